@@ -1,0 +1,8 @@
+//! safetensors: reading files and sharded folders, planned (sharded) writing.
+
+pub mod reader;
+pub mod writer;
+
+pub use ::safetensors::tensor::Dtype;
+pub use reader::{INDEX_FILE, SafetensorsFile, SafetensorsModel, StTensor};
+pub use writer::{SafetensorsPlan, SafetensorsWriter, StLayout, StTensorSpec};

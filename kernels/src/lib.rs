@@ -1,0 +1,1 @@
+//! moeq-kernels: numeric kernels (block types, conversions, quantizers). No I/O.
