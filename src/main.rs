@@ -1,1 +1,56 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use moeq::cli::{Cli, Command};
+use moeq::convert::{ConvertOptions, convert};
+use moeq::inspect::{Report, human_bytes};
+use moeq::source::Source;
+
+/// Exit status for errors (bad input, I/O); 1 is kept for "ran, but a check failed".
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inspect { path, json } => {
+            let report = Report::new(&path, &Source::open(&path)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
+        Command::Convert {
+            input,
+            output,
+            split_max_size,
+            quiet,
+        } => {
+            let opts = ConvertOptions {
+                input,
+                output,
+                split_max_bytes: split_max_size,
+                quiet,
+            };
+            let summary = convert(&opts)?;
+            for file in &summary.files {
+                eprintln!("wrote {}", file.display());
+            }
+            eprintln!(
+                "{} tensors, {}",
+                summary.tensors,
+                human_bytes(summary.bytes)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

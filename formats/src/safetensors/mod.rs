@@ -4,5 +4,5 @@ pub mod reader;
 pub mod writer;
 
 pub use ::safetensors::tensor::Dtype;
-pub use reader::{INDEX_FILE, SafetensorsFile, SafetensorsModel, StTensor};
+pub use reader::{HeaderStyle, INDEX_FILE, SafetensorsFile, SafetensorsModel, StTensor};
 pub use writer::{SafetensorsPlan, SafetensorsWriter, StLayout, StTensorSpec};

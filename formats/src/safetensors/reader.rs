@@ -34,6 +34,20 @@ pub struct SafetensorsFile {
     bytes: FileBytes,
     tensors: Vec<StTensor>,
     metadata: Option<Vec<(String, String)>>,
+    style: HeaderStyle,
+}
+
+/// How a header is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// As the safetensors crate (and so Python's safetensors and transformers) writes it:
+    /// entries in data order, fields `dtype`, `shape`, `data_offsets`, JSON padded with
+    /// spaces to a multiple of 8 bytes.
+    #[default]
+    Safetensors,
+    /// As MLX writes it: entries sorted by name, fields `data_offsets`, `dtype`, `shape`, no
+    /// padding.
+    Mlx,
 }
 
 impl SafetensorsFile {
@@ -51,35 +65,44 @@ impl SafetensorsFile {
         let (header_len, parsed) =
             SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
         let data_start = 8 + header_len;
-        let mut tensors = Vec::with_capacity(parsed.offset_keys().len());
-        for name in parsed.offset_keys() {
+        // The crate keeps the header in HashMaps; re-read the JSON (already validated by the
+        // crate) in file order, so a rewrite can reproduce the header byte for byte.
+        let json: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes[8..data_start]).map_err(|e| err(e.to_string()))?;
+        let mut tensors = Vec::with_capacity(json.len());
+        for name in json.keys().filter(|k| *k != "__metadata__") {
             let info = parsed
-                .info(&name)
+                .info(name)
                 .ok_or_else(|| err(format!("tensor '{name}' vanished")))?;
             let (begin, end) = info.data_offsets;
             tensors.push(StTensor {
-                name,
+                name: name.clone(),
                 dtype: info.dtype,
                 shape: info.shape.clone(),
                 start: data_start + begin,
                 len: end - begin,
             });
         }
-        // The crate keeps `__metadata__` in a HashMap; re-read it in file order so a rewrite
-        // reproduces the header byte for byte. The crate has already validated the JSON.
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes[8..data_start]).map_err(|e| err(e.to_string()))?;
+        // Data order; ties (empty tensors) keep their header order.
+        tensors.sort_by_key(|t| t.start);
+        let first_field = json
+            .iter()
+            .find(|(k, _)| *k != "__metadata__")
+            .and_then(|(_, v)| v.as_object()?.keys().next());
+        let style = if first_field.is_some_and(|f| f == "data_offsets") {
+            HeaderStyle::Mlx
+        } else {
+            HeaderStyle::Safetensors
+        };
         let metadata = match json.get("__metadata__") {
             None => None,
             Some(serde_json::Value::Object(map)) => Some(
                 map.iter()
                     .map(|(k, v)| {
-                        Ok((
-                            k.clone(),
-                            v.as_str()
-                                .ok_or_else(|| err(format!("__metadata__ '{k}' is not a string")))?
-                                .to_string(),
-                        ))
+                        let v = v
+                            .as_str()
+                            .ok_or_else(|| err(format!("__metadata__ '{k}' is not a string")))?;
+                        Ok((k.clone(), v.to_string()))
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
@@ -90,7 +113,13 @@ impl SafetensorsFile {
             bytes,
             tensors,
             metadata,
+            style,
         })
+    }
+
+    /// How the header lists its tensors.
+    pub fn header_style(&self) -> HeaderStyle {
+        self.style
     }
 
     /// The file's path.

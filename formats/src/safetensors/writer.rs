@@ -8,7 +8,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::output::{OutputFile, PlannedOutput};
-use crate::safetensors::reader::SafetensorsFile;
+use crate::safetensors::reader::{HeaderStyle, SafetensorsFile};
 
 /// A tensor to write.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,7 +36,7 @@ impl StTensorSpec {
 /// Where everything goes in a planned safetensors file.
 #[derive(Clone, Debug)]
 pub struct StLayout {
-    /// Header bytes: the u64 length, then the JSON padded with spaces to a multiple of 8.
+    /// Header bytes: the u64 length, then the JSON (padded as the style wants).
     pub header: Vec<u8>,
     /// Absolute offset and size of each tensor's data.
     pub spans: Vec<(u64, u64)>,
@@ -49,6 +49,8 @@ pub struct SafetensorsPlan {
     pub metadata: Option<Vec<(String, String)>>,
     /// Tensors in data order.
     pub tensors: Vec<StTensorSpec>,
+    /// How the header lists them.
+    pub style: HeaderStyle,
 }
 
 impl SafetensorsPlan {
@@ -56,6 +58,7 @@ impl SafetensorsPlan {
     pub fn from_file(file: &SafetensorsFile) -> SafetensorsPlan {
         SafetensorsPlan {
             metadata: file.metadata().map(<[_]>::to_vec),
+            style: file.header_style(),
             tensors: file
                 .tensors()
                 .iter()
@@ -87,6 +90,7 @@ impl SafetensorsPlan {
         }
         let mut names = HashSet::new();
         let mut spans = Vec::with_capacity(self.tensors.len());
+        let mut entries = Vec::with_capacity(self.tensors.len());
         let mut offset = 0u64;
         for t in &self.tensors {
             if t.name == "__metadata__" || !names.insert(t.name.as_str()) {
@@ -99,20 +103,30 @@ impl SafetensorsPlan {
                 .nbytes()
                 .ok_or_else(|| format!("tensor '{}' has an impossible size", t.name))?;
             let end = offset + size;
+            let data_offsets = (offset as usize, end as usize);
             let info = TensorInfo {
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                data_offsets: (offset as usize, end as usize),
+                data_offsets,
             };
-            json.insert(
-                t.name.clone(),
-                serde_json::to_value(info).map_err(|e| e.to_string())?,
-            );
+            let mut entry = serde_json::to_value(info).map_err(|e| e.to_string())?;
+            if self.style == HeaderStyle::Mlx
+                && let serde_json::Value::Object(fields) = &mut entry
+            {
+                fields.sort_keys();
+            }
+            entries.push((t.name.clone(), entry));
             spans.push((offset, size));
             offset = end;
         }
+        if self.style == HeaderStyle::Mlx {
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        json.extend(entries);
         let mut text = serde_json::to_vec(&json).map_err(|e| e.to_string())?;
-        text.resize(text.len().next_multiple_of(8), b' ');
+        if self.style == HeaderStyle::Safetensors {
+            text.resize(text.len().next_multiple_of(8), b' ');
+        }
         let mut header = Vec::with_capacity(8 + text.len());
         header.extend((text.len() as u64).to_le_bytes());
         header.extend(text);
@@ -125,20 +139,19 @@ impl SafetensorsPlan {
     /// `save_pretrained` does (a tensor is never split; a shard holds at least one). Every
     /// shard keeps the metadata.
     pub fn shard(&self, max_bytes: u64) -> Vec<SafetensorsPlan> {
-        let mut shards = vec![SafetensorsPlan {
+        let empty = SafetensorsPlan {
             metadata: self.metadata.clone(),
             tensors: Vec::new(),
-        }];
+            style: self.style,
+        };
+        let mut shards = vec![empty.clone()];
         let mut bytes = 0u64;
         for t in &self.tensors {
             let size = t.nbytes().unwrap_or(0);
             if !shards.last().is_some_and(|s| s.tensors.is_empty())
                 && bytes.saturating_add(size) > max_bytes
             {
-                shards.push(SafetensorsPlan {
-                    metadata: self.metadata.clone(),
-                    tensors: Vec::new(),
-                });
+                shards.push(empty.clone());
                 bytes = 0;
             }
             bytes = bytes.saturating_add(size);
@@ -184,7 +197,8 @@ impl SafetensorsWriter {
             } else {
                 path.with_file_name(format!("{stem}-{:05}-of-{count:05}.safetensors", i + 1))
             };
-            let StLayout { header, spans } = shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
+            let StLayout { header, spans } =
+                shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
             let len = spans.last().map_or(header.len() as u64, |&(o, s)| o + s);
             let file = out.add_file(&shard_path, len, &header)?;
             let file_name = shard_path

@@ -1,0 +1,49 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::convert::parse_size;
+
+/// moeq: turn Mixture-of-Experts checkpoints into the files local runtimes load.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show what a model holds: format, architecture, hyperparameters, metadata, tensors.
+    ///
+    /// PATH is a .gguf file (the first split is enough), a .safetensors file, or a model
+    /// folder (Hugging Face or OpenAI original). Only headers are read.
+    Inspect {
+        /// The file or folder.
+        path: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a model to a new file.
+    ///
+    /// Today: a GGUF (single or split) is rewritten as one file, or re-split with
+    /// --split-max-size, every tensor copied byte for byte.
+    Convert {
+        /// The input model.
+        input: PathBuf,
+        /// The output file (shards are named OUT-00001-of-0000N.gguf beside it).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G).
+        #[arg(long, value_parser = parse_size)]
+        split_max_size: Option<u64>,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}

@@ -1,0 +1,14 @@
+//! moeq: Mixture-of-Experts checkpoints → GGUF and safetensors builds, streamed and verified.
+//!
+//! The pipeline, one module per stage:
+//! - [`source`]: open any input (memory-mapped safetensors shards or GGUF);
+//! - [`arch`]: which model it is and its hyperparameters;
+//! - [`convert`]: plan the output and stream tensor bytes into it;
+//! - [`inspect`]: report what a model holds.
+
+pub mod arch;
+pub mod cli;
+pub mod convert;
+pub mod inspect;
+pub mod progress;
+pub mod source;

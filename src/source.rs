@@ -1,0 +1,67 @@
+//! The first pipeline stage: open any input moeq reads (memory-mapped, headers only).
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use moeq_formats::gguf::GgufModel;
+use moeq_formats::safetensors::SafetensorsModel;
+
+use crate::arch::ModelConfig;
+
+/// An opened input model.
+pub enum Source {
+    /// A GGUF file, or the first of a split GGUF.
+    Gguf(GgufModel),
+    /// A safetensors file or folder, with its `config.json` when there is one.
+    Safetensors {
+        /// The tensors.
+        model: SafetensorsModel,
+        /// The detected architecture, if a `config.json` is present.
+        config: Option<ModelConfig>,
+    },
+}
+
+impl Source {
+    /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a model folder.
+    pub fn open(path: &Path) -> Result<Source> {
+        if path.is_dir() {
+            // Detect the architecture first: an unsupported model is reported as such.
+            let config = ModelConfig::detect(path)?;
+            let model = SafetensorsModel::open(path)?;
+            return Ok(Source::Safetensors { model, config });
+        }
+        if !path.exists() {
+            bail!("{}: no such file or folder", path.display());
+        }
+        if starts_with_gguf_magic(path)? {
+            return Ok(Source::Gguf(GgufModel::open(path)?));
+        }
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let model = SafetensorsModel::open(path)?;
+            let config = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => ModelConfig::detect(dir)?,
+                _ => ModelConfig::detect(Path::new("."))?,
+            };
+            return Ok(Source::Safetensors { model, config });
+        }
+        if path.extension().is_some_and(|e| e == "gguf") {
+            // Let the GGUF reader say what is wrong with it.
+            return Ok(Source::Gguf(GgufModel::open(path)?));
+        }
+        bail!(
+            "{}: not a GGUF or safetensors file (nor a model folder)",
+            path.display()
+        )
+    }
+}
+
+fn starts_with_gguf_magic(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut file =
+        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let n = file
+        .read(&mut magic)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(n == 4 && &magic == b"GGUF")
+}
