@@ -71,8 +71,7 @@ pub struct ModelConfig {
     pub hparams: Vec<(&'static str, Json)>,
 }
 
-const SUPPORTED: &str =
-    "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout";
+const SUPPORTED: &str = "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout";
 
 impl ModelConfig {
     /// Reads `config.json` in `dir`; `Ok(None)` when there is none.
@@ -81,13 +80,9 @@ impl ModelConfig {
         if !path.is_file() {
             return Ok(None);
         }
-        let text =
-            std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let json: Json = serde_json::from_slice(&text)
-            .with_context(|| format!("{}: invalid JSON", path.display()))?;
-        Self::from_json(&json)
-            .with_context(|| format!("{}", path.display()))
-            .map(Some)
+        let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let json: Json = serde_json::from_slice(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Self::from_json(&json).with_context(|| format!("{}", path.display())).map(Some)
     }
 
     /// Interprets a parsed `config.json`.
@@ -101,27 +96,15 @@ impl ModelConfig {
                 None => bail!("\"architectures\" names no class"),
             },
             Some(_) => bail!("\"architectures\" is not a list"),
-            None if json.get("num_experts").is_some()
-                && json.get("experts_per_token").is_some() =>
-            {
+            None if json.get("num_experts").is_some() && json.get("experts_per_token").is_some() => {
                 return Ok(Self::openai_original(json));
             }
             None => bail!("no \"architectures\" entry; moeq supports {SUPPORTED}"),
         };
         let (arch, layout) = match class.as_str() {
             "GptOssForCausalLM" => {
-                let mxfp4 = json
-                    .pointer("/quantization_config/quant_method")
-                    .and_then(Json::as_str)
-                    == Some("mxfp4");
-                (
-                    Architecture::GptOss,
-                    if mxfp4 {
-                        SourceLayout::HfMxfp4
-                    } else {
-                        SourceLayout::Hf
-                    },
-                )
+                let mxfp4 = json.pointer("/quantization_config/quant_method").and_then(Json::as_str) == Some("mxfp4");
+                (Architecture::GptOss, if mxfp4 { SourceLayout::HfMxfp4 } else { SourceLayout::Hf })
             }
             "MixtralForCausalLM" => (Architecture::Mixtral, SourceLayout::Hf),
             "LlamaForCausalLM" => (Architecture::Llama, SourceLayout::Hf),
@@ -147,12 +130,7 @@ impl ModelConfig {
         if let Some(scaling) = json.get("rope_scaling").filter(|v| v.is_object()) {
             hparams.push(("rope.scaling", scaling.clone()));
         }
-        Ok(ModelConfig {
-            arch,
-            class,
-            layout,
-            hparams,
-        })
+        Ok(ModelConfig { arch, class, layout, hparams })
     }
 
     fn openai_original(json: &Json) -> ModelConfig {
@@ -182,13 +160,7 @@ impl ModelConfig {
 }
 
 fn pick(json: &Json, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
-    keys.iter()
-        .filter_map(|&(name, key)| {
-            json.get(key)
-                .filter(|v| !v.is_null())
-                .map(|v| (name, v.clone()))
-        })
-        .collect()
+    keys.iter().filter_map(|&(name, key)| json.get(key).filter(|v| !v.is_null()).map(|v| (name, v.clone()))).collect()
 }
 
 #[cfg(test)]
@@ -201,15 +173,11 @@ mod tests {
         let c = ModelConfig::from_json(&json!({"architectures": ["GptOssForCausalLM"],
             "quantization_config": {"quant_method": "mxfp4"}, "num_hidden_layers": 24}))
         .unwrap();
-        assert_eq!(
-            (c.arch, c.layout),
-            (Architecture::GptOss, SourceLayout::HfMxfp4)
-        );
+        assert_eq!((c.arch, c.layout), (Architecture::GptOss, SourceLayout::HfMxfp4));
         assert_eq!(c.hparams, vec![("block_count", json!(24))]);
         let c = ModelConfig::from_json(&json!({"architectures": ["GptOssForCausalLM"]})).unwrap();
         assert_eq!(c.layout, SourceLayout::Hf);
-        let c =
-            ModelConfig::from_json(&json!({"num_experts": 32, "experts_per_token": 4})).unwrap();
+        let c = ModelConfig::from_json(&json!({"num_experts": 32, "experts_per_token": 4})).unwrap();
         assert_eq!(c.layout, SourceLayout::OpenAiOriginal);
         let c = ModelConfig::from_json(&json!({"architectures": ["MixtralForCausalLM"]})).unwrap();
         assert_eq!(c.arch, Architecture::Mixtral);
@@ -217,13 +185,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_and_malformed() {
-        let e =
-            ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]})).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("unknown architecture 'Qwen3MoeForCausalLM'"),
-            "{e}"
-        );
+        let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]})).unwrap_err();
+        assert!(e.to_string().contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{e}");
         assert!(ModelConfig::from_json(&json!({"architectures": []})).is_err());
         assert!(ModelConfig::from_json(&json!({"architectures": "Llama"})).is_err());
         assert!(ModelConfig::from_json(&json!({})).is_err());

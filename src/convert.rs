@@ -60,11 +60,7 @@ pub fn merged_plan(model: &GgufModel) -> GgufPlan {
     }
     plan.tensors = model
         .tensors()
-        .map(|(_, t)| TensorSpec {
-            name: t.name.clone(),
-            ne: t.ne.clone(),
-            ggml_type: t.ggml_type,
-        })
+        .map(|(_, t)| TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ggml_type: t.ggml_type })
         .collect();
     plan
 }
@@ -89,24 +85,18 @@ fn copy_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary>
         .collect();
     let total: u64 = pieces.iter().map(|p| p.2).sum();
     let bar = bytes_bar(total, "writing", opts.quiet);
-    pieces
-        .par_iter()
-        .try_for_each(|&(index, offset, len)| -> Result<()> {
-            let (s, i) = sources[index];
-            let data = model.shards()[s].tensor_data(i);
-            let piece = &data[offset as usize..(offset + len) as usize];
-            writer.write_tensor_part(index, offset, piece)?;
-            bar.inc(len);
-            Ok(())
-        })?;
+    pieces.par_iter().try_for_each(|&(index, offset, len)| -> Result<()> {
+        let (s, i) = sources[index];
+        let data = model.shards()[s].tensor_data(i);
+        let piece = &data[offset as usize..(offset + len) as usize];
+        writer.write_tensor_part(index, offset, piece)?;
+        bar.inc(len);
+        Ok(())
+    })?;
     let files = writer.paths();
     writer.finish()?;
     bar.finish_and_clear();
-    Ok(ConvertSummary {
-        files,
-        tensors: plan.tensors.len(),
-        bytes: total,
-    })
+    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes: total })
 }
 
 /// Parses a size as gguf-py's `--split-max-size` does: `N`, `NK`, `NM` or `NG`, in powers
@@ -123,9 +113,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         'G' => 1_000_000_000,
         _ => return Err(format!("'{text}': the unit must be K, M or G")),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size like 500M or 2G"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size like 500M or 2G"))?;
     match n.checked_mul(scale) {
         Some(0) => Err("the size must be positive".into()),
         Some(v) => Ok(v),

@@ -102,11 +102,7 @@ impl Report {
         Report {
             format: "gguf",
             path: String::new(),
-            files: model
-                .shards()
-                .iter()
-                .map(|s| s.path().display().to_string())
-                .collect(),
+            files: model.shards().iter().map(|s| s.path().display().to_string()).collect(),
             architecture,
             details,
             hparams,
@@ -147,20 +143,11 @@ impl Report {
         Report {
             format: "safetensors",
             path: String::new(),
-            files: model
-                .shards()
-                .iter()
-                .map(|s| s.path().display().to_string())
-                .collect(),
+            files: model.shards().iter().map(|s| s.path().display().to_string()).collect(),
             architecture: config.map(|c| c.arch.name().to_string()),
             details,
             hparams: config
-                .map(|c| {
-                    c.hparams
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect()
-                })
+                .map(|c| c.hparams.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
                 .unwrap_or_default(),
             metadata,
             tensors,
@@ -174,17 +161,10 @@ impl Report {
 
     /// The `--json` form.
     pub fn to_json(&self) -> Json {
-        let metadata: serde_json::Map<String, Json> = self
-            .metadata
-            .iter()
-            .map(|m| (m.key.clone(), m.json.clone()))
-            .collect();
+        let metadata: serde_json::Map<String, Json> =
+            self.metadata.iter().map(|m| (m.key.clone(), m.json.clone())).collect();
         let hparams: serde_json::Map<String, Json> = self.hparams.iter().cloned().collect();
-        let details: serde_json::Map<String, Json> = self
-            .details
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        let details: serde_json::Map<String, Json> = self.details.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         json!({
             "format": self.format,
             "path": self.path,
@@ -209,11 +189,7 @@ impl Report {
         };
         let _ = writeln!(out, "format        {}", self.format);
         let _ = writeln!(out, "path          {files}");
-        let _ = writeln!(
-            out,
-            "architecture  {}",
-            self.architecture.as_deref().unwrap_or("unknown")
-        );
+        let _ = writeln!(out, "architecture  {}", self.architecture.as_deref().unwrap_or("unknown"));
         for (k, v) in &self.details {
             let _ = writeln!(out, "{k:<13} {v}");
         }
@@ -227,71 +203,28 @@ impl Report {
         if !self.metadata.is_empty() {
             let _ = writeln!(out, "\nmetadata ({})", plural(self.metadata.len(), "key"));
             let kw = self.metadata.iter().map(|m| m.key.len()).max().unwrap_or(0);
-            let tw = self
-                .metadata
-                .iter()
-                .map(|m| m.type_label.len())
-                .max()
-                .unwrap_or(0);
+            let tw = self.metadata.iter().map(|m| m.type_label.len()).max().unwrap_or(0);
             for m in &self.metadata {
-                let _ = writeln!(
-                    out,
-                    "  {:<kw$}  {:<tw$}  {}",
-                    m.key, m.type_label, m.display
-                );
+                let _ = writeln!(out, "  {:<kw$}  {:<tw$}  {}", m.key, m.type_label, m.display);
             }
         }
         let _ = writeln!(out, "\ntensors ({})", self.tensors.len());
-        let shapes: Vec<String> = self
-            .tensors
-            .iter()
-            .map(|t| format!("{:?}", t.shape))
-            .collect();
-        let nw = self
-            .tensors
-            .iter()
-            .map(|t| t.name.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        let dw = self
-            .tensors
-            .iter()
-            .map(|t| t.dtype.len())
-            .max()
-            .unwrap_or(4)
-            .max(4);
+        let shapes: Vec<String> = self.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
+        let nw = self.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+        let dw = self.tensors.iter().map(|t| t.dtype.len()).max().unwrap_or(4).max(4);
         let sw = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
-        let _ = writeln!(
-            out,
-            "  {:<nw$}  {:<dw$}  {:<sw$}  {:>12}",
-            "name", "type", "shape", "bytes"
-        );
+        let _ = writeln!(out, "  {:<nw$}  {:<dw$}  {:<sw$}  {:>12}", "name", "type", "shape", "bytes");
         for (t, shape) in self.tensors.iter().zip(&shapes) {
-            let _ = writeln!(
-                out,
-                "  {:<nw$}  {:<dw$}  {:<sw$}  {:>12}",
-                t.name, t.dtype, shape, t.bytes
-            );
+            let _ = writeln!(out, "  {:<nw$}  {:<dw$}  {:<sw$}  {:>12}", t.name, t.dtype, shape, t.bytes);
         }
         let total = self.total_bytes();
-        let _ = writeln!(
-            out,
-            "\ntotal: {} tensors, {} bytes ({})",
-            self.tensors.len(),
-            total,
-            human_bytes(total)
-        );
+        let _ = writeln!(out, "\ntotal: {} tensors, {} bytes ({})", self.tensors.len(), total, human_bytes(total));
         out
     }
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
 }
 
 /// `1536` → `1.50 KiB`.
@@ -303,11 +236,7 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[unit]) }
 }
 
 fn value_json(value: &Value) -> Json {
@@ -319,10 +248,7 @@ fn value_json(value: &Value) -> Json {
         Value::U32(x) => json!(x),
         Value::I32(x) => json!(x),
         // Shortest decimal that round-trips the f32, not the widened f64's digits.
-        Value::F32(x) => x
-            .to_string()
-            .parse::<f64>()
-            .map_or(Json::Null, |v| json!(v)),
+        Value::F32(x) => x.to_string().parse::<f64>().map_or(Json::Null, |v| json!(v)),
         Value::Bool(x) => json!(x),
         Value::String(s) => json!(s),
         Value::U64(x) => json!(x),
@@ -334,13 +260,6 @@ fn value_json(value: &Value) -> Json {
 
 fn array_json(a: &Array) -> Json {
     let shown = a.len().min(ARRAY_SHOWN);
-    let items: Vec<Json> = (0..shown)
-        .filter_map(|i| a.get(i))
-        .map(|v| value_json(&v))
-        .collect();
-    if a.len() <= ARRAY_SHOWN {
-        Json::Array(items)
-    } else {
-        json!({ "len": a.len(), "head": items })
-    }
+    let items: Vec<Json> = (0..shown).filter_map(|i| a.get(i)).map(|v| value_json(&v)).collect();
+    if a.len() <= ARRAY_SHOWN { Json::Array(items) } else { json!({ "len": a.len(), "head": items }) }
 }

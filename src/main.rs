@@ -29,27 +29,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Convert {
-            input,
-            output,
-            split_max_size,
-            quiet,
-        } => {
-            let opts = ConvertOptions {
-                input,
-                output,
-                split_max_bytes: split_max_size,
-                quiet,
-            };
+        Command::Convert { input, output, split_max_size, quiet } => {
+            let opts = ConvertOptions { input, output, split_max_bytes: split_max_size, quiet };
             let summary = convert(&opts)?;
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());
             }
-            eprintln!(
-                "{} tensors, {}",
-                summary.tensors,
-                human_bytes(summary.bytes)
-            );
+            eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
         }
     }
     Ok(ExitCode::SUCCESS)

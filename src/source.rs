@@ -49,19 +49,13 @@ impl Source {
             // Let the GGUF reader say what is wrong with it.
             return Ok(Source::Gguf(GgufModel::open(path)?));
         }
-        bail!(
-            "{}: not a GGUF or safetensors file (nor a model folder)",
-            path.display()
-        )
+        bail!("{}: not a GGUF or safetensors file (nor a model folder)", path.display())
     }
 }
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
-    let mut file =
-        std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let n = file
-        .read(&mut magic)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let n = file.read(&mut magic).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(n == 4 && &magic == b"GGUF")
 }

@@ -1,1 +1,240 @@
+//! End-to-end tests of the `moeq` binary on the bundled tiny checkpoints.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value as Json;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn moeq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moeq")).args(args).output().expect("moeq runs")
+}
+
+fn path_arg(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Runs moeq expecting success; returns stdout.
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "moeq {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Runs moeq expecting a clean failure (exit 2, an `error:` line, no panic); returns stderr.
+#[track_caller]
+fn fails(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "moeq {args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn golden(name: &str) -> PathBuf {
+    fixtures().join("golden").join(name)
+}
+
+fn model_inputs() -> Vec<PathBuf> {
+    let mut inputs: Vec<PathBuf> =
+        ["gpt-oss/original", "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "mixtral/hf", "llama/hf"]
+            .iter()
+            .map(|d| fixtures().join(d))
+            .collect();
+    for dir in ["golden", "golden-mlx"] {
+        for entry in std::fs::read_dir(fixtures().join(dir)).unwrap() {
+            inputs.push(entry.unwrap().path());
+        }
+    }
+    inputs.push(fixtures().join("llama/hf/model.safetensors"));
+    inputs.push(fixtures().join("gpt-oss/reference.safetensors"));
+    inputs.sort();
+    inputs
+}
+
+#[test]
+fn inspect_json_describes_every_fixture() {
+    for input in model_inputs() {
+        let json: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&input)])).unwrap();
+        let tensors = json["tensors"].as_array().unwrap();
+        assert!(!tensors.is_empty(), "{}", input.display());
+        let sum: u64 = tensors.iter().map(|t| t["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(json["total_bytes"].as_u64(), Some(sum));
+        for t in tensors {
+            assert!(t["name"].is_string() && t["dtype"].is_string() && t["shape"].is_array());
+        }
+        let format = json["format"].as_str().unwrap();
+        let is_gguf = input.extension().is_some_and(|e| e == "gguf");
+        assert_eq!(format, if is_gguf { "gguf" } else { "safetensors" });
+        assert!(json["metadata"].is_object());
+    }
+}
+
+#[test]
+fn inspect_reports_architecture_and_hyperparameters() {
+    let cases = [
+        ("gpt-oss/original", "gpt-oss", "OpenAI original layout"),
+        ("gpt-oss/hf-mxfp4", "gpt-oss", "Hugging Face MXFP4 layout"),
+        ("gpt-oss/hf-bf16", "gpt-oss", "Hugging Face layout"),
+        ("mixtral/hf", "mixtral", "Hugging Face layout"),
+        ("llama/hf", "llama", "Hugging Face layout"),
+    ];
+    for (dir, arch, layout) in cases {
+        let json: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&fixtures().join(dir))])).unwrap();
+        assert_eq!(json["architecture"], arch, "{dir}");
+        assert_eq!(json["details"]["layout"], layout, "{dir}");
+        assert_eq!(json["hyperparameters"]["block_count"], 2, "{dir}");
+    }
+    let json: Json =
+        serde_json::from_str(&ok(&["inspect", "--json", path_arg(&fixtures().join("gpt-oss/hf-mxfp4"))])).unwrap();
+    assert_eq!(json["files"].as_array().unwrap().len(), 3);
+    assert_eq!(json["hyperparameters"]["expert_count"], 4);
+    let blocks = json["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "model.layers.0.mlp.experts.gate_up_proj_blocks");
+    assert_eq!(blocks.unwrap()["shape"], serde_json::json!([4, 128, 2, 16]));
+}
+
+#[test]
+fn inspect_gguf_keeps_types_and_summarizes_arrays() {
+    let json: Json =
+        serde_json::from_str(&ok(&["inspect", "--json", path_arg(&golden("gpt-oss-mxfp4.gguf"))])).unwrap();
+    assert_eq!(json["architecture"], "gpt-oss");
+    let meta = &json["metadata"];
+    assert_eq!(meta["gpt-oss.block_count"], serde_json::json!({"type": "UINT32", "value": 2}));
+    assert_eq!(meta["gpt-oss.attention.layer_norm_rms_epsilon"]["value"], 0.00001);
+    assert_eq!(meta["general.file_type"]["value"], 38);
+    let tokens = &meta["tokenizer.ggml.tokens"];
+    assert_eq!(tokens["type"], "ARRAY[STRING]");
+    assert_eq!(tokens["value"]["len"], 512);
+    assert_eq!(tokens["value"]["head"].as_array().unwrap().len(), 16);
+    let gate = json["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_gate_exps.weight").unwrap();
+    assert_eq!(gate["dtype"], "MXFP4");
+    assert_eq!(gate["shape"], serde_json::json!([64, 64, 4]));
+    assert_eq!(gate["bytes"], 64 * 64 * 4 / 32 * 17);
+    assert_eq!(json["hyperparameters"]["expert_feed_forward_length"], 64);
+}
+
+#[test]
+fn inspect_text_has_every_section() {
+    let text = ok(&["inspect", path_arg(&golden("mixtral-bf16-Q4_0.gguf"))]);
+    for needle in [
+        "format        gguf",
+        "architecture  llama",
+        "hyperparameters",
+        "expert_count",
+        "metadata (",
+        "tensors (",
+        "Q4_0",
+        "total: ",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let text = ok(&["inspect", path_arg(&fixtures().join("llama/hf"))]);
+    assert!(text.contains("LlamaForCausalLM") && text.contains("model.embed_tokens.weight"), "{text}");
+}
+
+#[test]
+fn convert_rewrites_gguf_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["gpt-oss-mxfp4.gguf", "mixtral-bf16-Q4_0.gguf", "llama-bf16.gguf"] {
+        let out = dir.path().join(name);
+        ok(&["convert", path_arg(&golden(name)), "-o", path_arg(&out)]);
+        assert!(std::fs::read(golden(name)).unwrap() == std::fs::read(&out).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn convert_splits_and_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let split = dir.path().join("split.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&split), "--split-max-size", "150K"]);
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    shards.sort();
+    let n = shards.len();
+    assert!(n >= 3, "{shards:?}");
+    assert!(shards[0].ends_with(format!("split-00001-of-{n:05}.gguf")));
+    // inspect reads a split model from its first shard, as one model.
+    let json: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&shards[0])])).unwrap();
+    let original: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&source)])).unwrap();
+    assert_eq!(json["files"].as_array().unwrap().len(), n);
+    assert_eq!(json["tensors"], original["tensors"]);
+    assert_eq!(json["metadata"]["split.count"]["value"], n);
+    // Merging the shards gives back the original file.
+    let merged = dir.path().join("merged.gguf");
+    ok(&["convert", path_arg(&shards[0]), "-o", path_arg(&merged)]);
+    assert!(std::fs::read(&source).unwrap() == std::fs::read(&merged).unwrap());
+}
+
+#[test]
+fn convert_failures_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    let mut bytes = std::fs::read(golden("llama-bf16.gguf")).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    std::fs::write(&bad, &bytes).unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.gguf");
+    let err = fails(&["convert", path_arg(&bad), "-o", path_arg(&out)]);
+    assert!(err.contains("bad.gguf") && err.contains("past the end of the file"), "{err}");
+    let err = fails(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", "/nonexistent-moeq/out.gguf"]);
+    assert!(err.contains("/nonexistent-moeq") && err.contains("does not exist"), "{err}");
+    let err = fails(&["convert", path_arg(&fixtures().join("llama/hf")), "-o", path_arg(&out)]);
+    assert!(err.contains("not implemented yet"), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing at the output path, no temporary files");
+    let out = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--split-max-size", "10X"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be K, M or G"));
+}
+
+#[test]
+fn hostile_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let mut truncated = std::fs::read(golden("gpt-oss-mxfp4.gguf")).unwrap();
+    truncated.truncate(1000);
+    let mut huge_kv = b"GGUF".to_vec();
+    huge_kv.extend(3u32.to_le_bytes());
+    huge_kv.extend(0u64.to_le_bytes());
+    huge_kv.extend(u64::MAX.to_le_bytes());
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write("empty.gguf", b""), "ends inside the magic"),
+        (write("trunc.gguf", &truncated), "truncated or corrupt"),
+        (write("kv.gguf", &huge_kv), "key/value count"),
+        (write("v1.gguf", b"GGUF\x01\0\0\0"), "version 1"),
+        (write("x.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\xffjunk"), "invalid header"),
+        (write("notes.txt", b"hello"), "not a GGUF or safetensors file"),
+        (dir.path().join("missing.gguf"), "no such file"),
+    ];
+    for (path, expected) in cases {
+        let err = fails(&["inspect", path_arg(&path)]);
+        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{err}");
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+    }
+    // Folders: empty, unknown architecture, index naming a missing shard.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(fails(&["inspect", path_arg(empty.path())]).contains("holds no *.safetensors files"));
+    let unknown = tempfile::tempdir().unwrap();
+    std::fs::write(unknown.path().join("config.json"), r#"{"architectures": ["Qwen3MoeForCausalLM"]}"#).unwrap();
+    let err = fails(&["inspect", path_arg(unknown.path())]);
+    assert!(err.contains("config.json") && err.contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{err}");
+    let partial = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors.index.json", "model-00000-of-00002.safetensors"] {
+        std::fs::copy(fixtures().join("gpt-oss/hf-mxfp4").join(f), partial.path().join(f)).unwrap();
+    }
+    let err = fails(&["inspect", path_arg(partial.path())]);
+    assert!(err.contains("model-00001-of-00002.safetensors', which is missing"), "{err}");
+}

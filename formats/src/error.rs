@@ -7,25 +7,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
 pub enum GgufError {
-    #[error(
-        "the file ends inside {what} (needs {needed} bytes at offset {offset}, has {available})"
-    )]
-    Truncated {
-        what: String,
-        offset: u64,
-        needed: u64,
-        available: u64,
-    },
+    #[error("the file ends inside {what} (needs {needed} bytes at offset {offset}, has {available})")]
+    Truncated { what: String, offset: u64, needed: u64, available: u64 },
     #[error("bad magic {found:02x?}: not a GGUF file (expected \"GGUF\")")]
     BadMagic { found: Vec<u8> },
     #[error("unsupported GGUF version {0} (moeq reads versions 2 and 3)")]
     UnsupportedVersion(u32),
-    #[error("{what} count {count} is impossible: the file has only {available} bytes left")]
-    CountTooLarge {
-        what: &'static str,
-        count: u64,
-        available: u64,
-    },
+    #[error("{what} count {count} is impossible: only {available} bytes are left in the file (truncated or corrupt)")]
+    CountTooLarge { what: &'static str, count: u64, available: u64 },
     #[error("{what} is {len} bytes long, more than the limit of {max}")]
     TooLong { what: String, len: u64, max: u64 },
     #[error("{what} is not valid UTF-8")]
@@ -47,11 +36,7 @@ pub enum GgufError {
     #[error("tensor '{tensor}' has {n_dims} dimensions; ggml allows at most 4")]
     TooManyDims { tensor: String, n_dims: u32 },
     #[error("tensor '{tensor}' has dimension {dim} = {value}, which is negative as a ggml int64")]
-    NegativeDim {
-        tensor: String,
-        dim: usize,
-        value: u64,
-    },
+    NegativeDim { tensor: String, dim: usize, value: u64 },
     #[error("tensor '{tensor}' has shape {ne:?} whose element count overflows int64")]
     ShapeOverflow { tensor: String, ne: Vec<u64> },
     #[error("tensor '{tensor}' has unknown ggml type id {type_id}")]
@@ -59,28 +44,13 @@ pub enum GgufError {
     #[error(
         "tensor '{tensor}' of type {ggml_type} has rows of {ne0} elements, not a multiple of the block size {block}"
     )]
-    PartialBlock {
-        tensor: String,
-        ggml_type: String,
-        ne0: u64,
-        block: u64,
-    },
+    PartialBlock { tensor: String, ggml_type: String, ne0: u64, block: u64 },
     #[error(
         "tensor '{tensor}' has offset {offset}, expected {expected} (tensor data must follow the infos in order, each padded to the alignment)"
     )]
-    BadOffset {
-        tensor: String,
-        offset: u64,
-        expected: u64,
-    },
-    #[error(
-        "tensor '{tensor}' data ends at byte {end}, past the end of the file ({file_len} bytes)"
-    )]
-    DataOutOfBounds {
-        tensor: String,
-        end: u64,
-        file_len: u64,
-    },
+    BadOffset { tensor: String, offset: u64, expected: u64 },
+    #[error("tensor '{tensor}' data ends at byte {end}, past the end of the file ({file_len} bytes)")]
+    DataOutOfBounds { tensor: String, end: u64, file_len: u64 },
 }
 
 /// What is wrong inside a safetensors file or folder (named by [`Error::Safetensors`]).
@@ -91,9 +61,7 @@ pub enum SafetensorsError {
     Header(String),
     #[error("tensor '{0}' appears in more than one shard")]
     DuplicateTensor(String),
-    #[error(
-        "the index names tensor '{tensor}' in shard '{shard}', but that shard does not hold it"
-    )]
+    #[error("the index names tensor '{tensor}' in shard '{shard}', but that shard does not hold it")]
     IndexedTensorMissing { tensor: String, shard: String },
     #[error("invalid index: {0}")]
     Index(String),
@@ -103,15 +71,14 @@ pub enum SafetensorsError {
 #[derive(Debug, thiserror::Error)]
 #[allow(missing_docs)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{}: invalid GGUF: {source}", path.display())]
-    Gguf { path: PathBuf, source: GgufError },
-    #[error("{}: {source}", path.display())]
-    Safetensors {
-        path: PathBuf,
-        source: SafetensorsError,
-    },
+    // The inner errors are part of the message, not `source()`, so a printed error chain
+    // does not repeat them.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}: invalid GGUF: {problem}", path.display())]
+    Gguf { path: PathBuf, problem: GgufError },
+    #[error("{}: {problem}", path.display())]
+    Safetensors { path: PathBuf, problem: SafetensorsError },
     /// A problem with a set of files taken together (split GGUFs, shard folders).
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },
@@ -122,24 +89,15 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: io::Error) -> Error {
-        Error::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.to_path_buf(), error: source }
     }
 
     pub(crate) fn model(path: &Path, message: impl Into<String>) -> Error {
-        Error::Model {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Error::Model { path: path.to_path_buf(), message: message.into() }
     }
 
     pub(crate) fn plan(path: &Path, message: impl Into<String>) -> Error {
-        Error::Plan {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Error::Plan { path: path.to_path_buf(), message: message.into() }
     }
 }
 

@@ -20,34 +20,20 @@ impl OutputFile {
     /// Creates a temporary file of `len` bytes (zero-filled, sparse) in the folder of `path`.
     pub fn create(path: &Path, len: u64) -> Result<OutputFile> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::plan(path, "the output path has no file name"))?
-            .to_string_lossy();
+        let name =
+            path.file_name().ok_or_else(|| Error::plan(path, "the output path has no file name"))?.to_string_lossy();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         if !dir.is_dir() {
-            return Err(Error::plan(
-                path,
-                format!("the folder {} does not exist", dir.display()),
-            ));
+            return Err(Error::plan(path, format!("the folder {} does not exist", dir.display())));
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!(".{name}.moeq-{}-{n}.tmp", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        let out = OutputFile {
-            file,
-            tmp,
-            path: path.to_path_buf(),
-            committed: false,
-        };
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let out = OutputFile { file, tmp, path: path.to_path_buf(), committed: false };
         out.file.set_len(len).map_err(|e| Error::io(&out.tmp, e))?;
         Ok(out)
     }
@@ -59,9 +45,7 @@ impl OutputFile {
 
     /// Writes `bytes` at `offset` (positional: callable from several threads at once).
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(bytes, offset)
-            .map_err(|e| Error::io(&self.path, e))
+        self.file.write_all_at(bytes, offset).map_err(|e| Error::io(&self.path, e))
     }
 
     /// Flushes the data to disk and renames the file into place.
@@ -118,12 +102,7 @@ pub(crate) struct PlannedOutput {
 
 impl PlannedOutput {
     pub(crate) fn new() -> PlannedOutput {
-        PlannedOutput {
-            files: Vec::new(),
-            slots: Vec::new(),
-            names: Vec::new(),
-            written: Vec::new(),
-        }
+        PlannedOutput { files: Vec::new(), slots: Vec::new(), names: Vec::new(), written: Vec::new() }
     }
 
     /// Adds a file whose first bytes are `header`; returns its index.
@@ -152,10 +131,7 @@ impl PlannedOutput {
     pub(crate) fn write_tensor(&self, index: usize, data: &[u8]) -> Result<()> {
         let size = self.tensor_size(index);
         if data.len() as u64 != size {
-            return Err(self.error(
-                index,
-                format!("data is {} bytes, the plan says {size}", data.len()),
-            ));
+            return Err(self.error(index, format!("data is {} bytes, the plan says {size}", data.len())));
         }
         self.write_tensor_part(index, 0, data)
     }
@@ -164,18 +140,10 @@ impl PlannedOutput {
         let Some(slot) = self.slots.get(index).copied() else {
             return Err(self.error(index, "is not in the plan".into()));
         };
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > slot.size)
-        {
-            return Err(self.error(
-                index,
-                format!(
-                    "{} bytes at offset {offset} overrun its {} bytes",
-                    data.len(),
-                    slot.size
-                ),
-            ));
+        if offset.checked_add(data.len() as u64).is_none_or(|end| end > slot.size) {
+            return Err(
+                self.error(index, format!("{} bytes at offset {offset} overrun its {} bytes", data.len(), slot.size))
+            );
         }
         self.files[slot.file].write_at(data, slot.offset + offset)?;
         self.written[index].fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -187,10 +155,7 @@ impl PlannedOutput {
         for (index, slot) in self.slots.iter().enumerate() {
             let written = self.written[index].load(Ordering::Relaxed);
             if written != slot.size {
-                return Err(self.error(
-                    index,
-                    format!("{written} of {} bytes were written", slot.size),
-                ));
+                return Err(self.error(index, format!("{written} of {} bytes were written", slot.size)));
             }
         }
         let mut all = self.files;
@@ -200,10 +165,7 @@ impl PlannedOutput {
 
     fn error(&self, index: usize, message: String) -> Error {
         let file = self.slots.get(index).map_or(0, |s| s.file);
-        let path = self
-            .files
-            .get(file)
-            .map_or_else(PathBuf::new, |f| f.path().to_path_buf());
+        let path = self.files.get(file).map_or_else(PathBuf::new, |f| f.path().to_path_buf());
         let name = self.names.get(index).map_or("?", String::as_str);
         Error::plan(&path, format!("tensor {index} '{name}' {message}"))
     }

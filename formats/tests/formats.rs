@@ -21,9 +21,6 @@ pub fn golden_ggufs() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 10,
-        "expected the golden GGUFs, found {files:?}"
-    );
+    assert!(files.len() >= 10, "expected the golden GGUFs, found {files:?}");
     files
 }

@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use moeq_formats::gguf::split::shard_path;
-use moeq_formats::gguf::{
-    Array, GgmlType, GgufFile, GgufModel, GgufPlan, GgufWriter, TensorSpec, Value,
-};
+use moeq_formats::gguf::{Array, GgmlType, GgufFile, GgufModel, GgufPlan, GgufWriter, TensorSpec, Value};
 use proptest::prelude::*;
 
 use crate::golden_ggufs;
@@ -26,18 +24,12 @@ fn golden_files_rewrite_byte_identical() {
     for path in golden_ggufs() {
         let file = GgufFile::open(&path).unwrap();
         let plan = GgufPlan::from_header(file.header());
-        let data: Vec<Vec<u8>> = (0..plan.tensors.len())
-            .map(|i| file.tensor_data(i).to_vec())
-            .collect();
+        let data: Vec<Vec<u8>> = (0..plan.tensors.len()).map(|i| file.tensor_data(i).to_vec()).collect();
         let out = dir.path().join("out.gguf");
         write(&out, &plan, &data, None);
         let original = std::fs::read(&path).unwrap();
         let rewritten = std::fs::read(&out).unwrap();
-        assert!(
-            original == rewritten,
-            "{} changed on rewrite",
-            path.display()
-        );
+        assert!(original == rewritten, "{} changed on rewrite", path.display());
     }
 }
 
@@ -56,9 +48,7 @@ fn split_output_reads_back_as_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     let source = GgufFile::open(&crate::fixtures().join("golden/mixtral-bf16.gguf")).unwrap();
     let plan = GgufPlan::from_header(source.header());
-    let data: Vec<Vec<u8>> = (0..plan.tensors.len())
-        .map(|i| source.tensor_data(i).to_vec())
-        .collect();
+    let data: Vec<Vec<u8>> = (0..plan.tensors.len()).map(|i| source.tensor_data(i).to_vec()).collect();
     let out = dir.path().join("model.gguf");
     write(&out, &plan, &data, Some(100_000));
     assert!(!out.exists(), "a split output has no unsplit file");
@@ -77,17 +67,9 @@ fn split_output_reads_back_as_the_same_model() {
     assert_eq!(h0.metadata.len(), plan.metadata.len() + 3);
     assert_eq!(h0.get("split.no"), Some(&Value::U16(0)));
     assert_eq!(h0.get("split.count"), Some(&Value::U16(count as u16)));
-    assert_eq!(
-        h0.get("split.tensors.count"),
-        Some(&Value::I32(plan.tensors.len() as i32))
-    );
+    assert_eq!(h0.get("split.tensors.count"), Some(&Value::I32(plan.tensors.len() as i32)));
     for (i, shard) in model.shards().iter().enumerate().skip(1) {
-        let keys: Vec<&str> = shard
-            .header()
-            .metadata
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect();
+        let keys: Vec<&str> = shard.header().metadata.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["split.no", "split.count", "split.tensors.count"]);
         assert_eq!(shard.header().get("split.no"), Some(&Value::U16(i as u16)));
     }
@@ -103,18 +85,11 @@ fn split_output_reads_back_as_the_same_model() {
 fn split_that_fits_in_one_shard_is_a_plain_file() {
     let plan = GgufPlan {
         metadata: vec![("split.no".into(), Value::U16(3))],
-        tensors: vec![TensorSpec {
-            name: "t".into(),
-            ne: vec![8],
-            ggml_type: GgmlType::F32,
-        }],
+        tensors: vec![TensorSpec { name: "t".into(), ne: vec![8], ggml_type: GgmlType::F32 }],
     };
     let shards = plan.split(1 << 30);
     assert_eq!(shards.len(), 1);
-    assert!(
-        shards[0].metadata.is_empty(),
-        "stale split keys are dropped"
-    );
+    assert!(shards[0].metadata.is_empty(), "stale split keys are dropped");
 }
 
 #[test]
@@ -122,34 +97,23 @@ fn split_model_checks_its_shards() {
     let dir = tempfile::tempdir().unwrap();
     let source = GgufFile::open(&crate::fixtures().join("golden/llama-bf16.gguf")).unwrap();
     let plan = GgufPlan::from_header(source.header());
-    let data: Vec<Vec<u8>> = (0..plan.tensors.len())
-        .map(|i| source.tensor_data(i).to_vec())
-        .collect();
+    let data: Vec<Vec<u8>> = (0..plan.tensors.len()).map(|i| source.tensor_data(i).to_vec()).collect();
     let out = dir.path().join("m.gguf");
     write(&out, &plan, &data, Some(60_000));
     let count = std::fs::read_dir(dir.path()).unwrap().count();
     let first = shard_path(&out, 0, count);
     // Opening a later shard asks for the first.
-    let err = GgufModel::open(&shard_path(&out, 1, count))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = GgufModel::open(&shard_path(&out, 1, count)).err().unwrap().to_string();
     assert!(err.contains("open the first shard"), "{err}");
     // A missing shard is named.
     let last = shard_path(&out, count - 1, count);
     std::fs::rename(&last, dir.path().join("gone")).unwrap();
     let err = GgufModel::open(&first).err().unwrap().to_string();
-    assert!(
-        err.contains("missing split") && err.contains(&last.display().to_string()),
-        "{err}"
-    );
+    assert!(err.contains("missing split") && err.contains(&last.display().to_string()), "{err}");
     // A shard that lies about its number is refused.
     std::fs::copy(shard_path(&out, 0, count), &last).unwrap();
     let err = GgufModel::open(&first).err().unwrap().to_string();
-    assert!(
-        err.contains(&format!("split.no must be {}", count - 1)),
-        "{err}"
-    );
+    assert!(err.contains(&format!("split.no must be {}", count - 1)), "{err}");
 }
 
 #[test]
@@ -157,90 +121,23 @@ fn writer_refuses_impossible_plans() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.gguf");
     let cases: Vec<(TensorSpec, &str)> = vec![
-        (
-            TensorSpec {
-                name: "n".repeat(64),
-                ne: vec![4],
-                ggml_type: GgmlType::F32,
-            },
-            "at most 63",
-        ),
-        (
-            TensorSpec {
-                name: "q".into(),
-                ne: vec![33],
-                ggml_type: GgmlType::Q8_0,
-            },
-            "multiple of 32",
-        ),
-        (
-            TensorSpec {
-                name: "k".into(),
-                ne: vec![2880, 8],
-                ggml_type: GgmlType::Q4_K,
-            },
-            "multiple of 256",
-        ),
-        (
-            TensorSpec {
-                name: "d".into(),
-                ne: vec![1, 1, 1, 1, 1],
-                ggml_type: GgmlType::F32,
-            },
-            "at most 4",
-        ),
-        (
-            TensorSpec {
-                name: "o".into(),
-                ne: vec![u64::MAX / 2, 4],
-                ggml_type: GgmlType::F32,
-            },
-            "multiple",
-        ),
+        (TensorSpec { name: "n".repeat(64), ne: vec![4], ggml_type: GgmlType::F32 }, "at most 63"),
+        (TensorSpec { name: "q".into(), ne: vec![33], ggml_type: GgmlType::Q8_0 }, "multiple of 32"),
+        (TensorSpec { name: "k".into(), ne: vec![2880, 8], ggml_type: GgmlType::Q4_K }, "multiple of 256"),
+        (TensorSpec { name: "d".into(), ne: vec![1, 1, 1, 1, 1], ggml_type: GgmlType::F32 }, "at most 4"),
+        (TensorSpec { name: "o".into(), ne: vec![u64::MAX / 2, 4], ggml_type: GgmlType::F32 }, "multiple"),
     ];
     for (spec, expected) in cases {
-        let plan = GgufPlan {
-            metadata: vec![],
-            tensors: vec![spec],
-        };
-        let err = GgufWriter::create(&out, &plan, None)
-            .err()
-            .expect("refused")
-            .to_string();
+        let plan = GgufPlan { metadata: vec![], tensors: vec![spec] };
+        let err = GgufWriter::create(&out, &plan, None).err().expect("refused").to_string();
         assert!(err.contains(expected) && err.contains("x.gguf"), "{err}");
     }
-    let t = TensorSpec {
-        name: "same".into(),
-        ne: vec![4],
-        ggml_type: GgmlType::F32,
-    };
-    let plan = GgufPlan {
-        metadata: vec![],
-        tensors: vec![t.clone(), t],
-    };
-    assert!(
-        GgufWriter::create(&out, &plan, None)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("duplicate tensor")
-    );
-    let plan = GgufPlan {
-        metadata: vec![("general.alignment".into(), Value::U64(32))],
-        tensors: vec![],
-    };
-    assert!(
-        GgufWriter::create(&out, &plan, None)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("alignment")
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "nothing left behind"
-    );
+    let t = TensorSpec { name: "same".into(), ne: vec![4], ggml_type: GgmlType::F32 };
+    let plan = GgufPlan { metadata: vec![], tensors: vec![t.clone(), t] };
+    assert!(GgufWriter::create(&out, &plan, None).err().unwrap().to_string().contains("duplicate tensor"));
+    let plan = GgufPlan { metadata: vec![("general.alignment".into(), Value::U64(32))], tensors: vec![] };
+    assert!(GgufWriter::create(&out, &plan, None).err().unwrap().to_string().contains("alignment"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left behind");
 }
 
 #[test]
@@ -250,37 +147,19 @@ fn incomplete_output_leaves_nothing() {
     let plan = GgufPlan {
         metadata: vec![],
         tensors: vec![
-            TensorSpec {
-                name: "a".into(),
-                ne: vec![8],
-                ggml_type: GgmlType::F32,
-            },
-            TensorSpec {
-                name: "b".into(),
-                ne: vec![8],
-                ggml_type: GgmlType::F32,
-            },
+            TensorSpec { name: "a".into(), ne: vec![8], ggml_type: GgmlType::F32 },
+            TensorSpec { name: "b".into(), ne: vec![8], ggml_type: GgmlType::F32 },
         ],
     };
     let writer = GgufWriter::create(&out, &plan, None).unwrap();
     assert!(writer.write_tensor(0, &[0; 31]).is_err(), "wrong length");
-    assert!(
-        writer.write_tensor_part(0, 16, &[0; 17]).is_err(),
-        "overrun"
-    );
+    assert!(writer.write_tensor_part(0, 16, &[0; 17]).is_err(), "overrun");
     assert!(writer.write_tensor(7, &[0; 32]).is_err(), "no such tensor");
     writer.write_tensor(0, &[1; 32]).unwrap();
     writer.write_tensor_part(1, 0, &[2; 16]).unwrap();
     let err = writer.finish().err().unwrap().to_string();
-    assert!(
-        err.contains("'b'") && err.contains("16 of 32 bytes"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "no output and no temporary file"
-    );
+    assert!(err.contains("'b'") && err.contains("16 of 32 bytes"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no output and no temporary file");
     // Dropping a writer without finishing also cleans up.
     drop(GgufWriter::create(&out, &plan, Some(1)).unwrap());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -289,14 +168,8 @@ fn incomplete_output_leaves_nothing() {
 #[test]
 fn missing_output_folder_is_named() {
     let out = Path::new("/nonexistent-moeq-dir/x.gguf");
-    let err = GgufWriter::create(out, &GgufPlan::default(), None)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("/nonexistent-moeq-dir") && err.contains("does not exist"),
-        "{err}"
-    );
+    let err = GgufWriter::create(out, &GgufPlan::default(), None).err().unwrap().to_string();
+    assert!(err.contains("/nonexistent-moeq-dir") && err.contains("does not exist"), "{err}");
 }
 
 fn arb_scalar() -> impl Strategy<Value = Value> {
@@ -329,28 +202,14 @@ fn arb_value() -> impl Strategy<Value = Value> {
 }
 
 fn arb_tensor() -> impl Strategy<Value = TensorSpec> {
-    let types = [
-        GgmlType::F32,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::MXFP4,
-        GgmlType::Q4_K,
-        GgmlType::I8,
-    ];
-    (
-        prop::sample::select(types.to_vec()),
-        1u64..4,
-        prop::collection::vec(1u64..4, 0..3),
-    )
-        .prop_map(|(ggml_type, blocks, rest)| {
+    let types = [GgmlType::F32, GgmlType::BF16, GgmlType::Q8_0, GgmlType::MXFP4, GgmlType::Q4_K, GgmlType::I8];
+    (prop::sample::select(types.to_vec()), 1u64..4, prop::collection::vec(1u64..4, 0..3)).prop_map(
+        |(ggml_type, blocks, rest)| {
             let mut ne = vec![blocks * ggml_type.block_size()];
             ne.extend(rest);
-            TensorSpec {
-                name: String::new(),
-                ne,
-                ggml_type,
-            }
-        })
+            TensorSpec { name: String::new(), ne, ggml_type }
+        },
+    )
 }
 
 /// Bit-level equality (f32 NaN payloads included).

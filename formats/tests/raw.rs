@@ -11,27 +11,18 @@ impl RawKv {
     pub fn u32(key: &str, v: u32) -> RawKv {
         let mut body = 4u32.to_le_bytes().to_vec();
         body.extend(v.to_le_bytes());
-        RawKv {
-            key: key.as_bytes().to_vec(),
-            body,
-        }
+        RawKv { key: key.as_bytes().to_vec(), body }
     }
 
     pub fn string(key: &str, v: &str) -> RawKv {
         let mut body = 8u32.to_le_bytes().to_vec();
         body.extend((v.len() as u64).to_le_bytes());
         body.extend(v.as_bytes());
-        RawKv {
-            key: key.as_bytes().to_vec(),
-            body,
-        }
+        RawKv { key: key.as_bytes().to_vec(), body }
     }
 
     pub fn raw(key: &str, body: Vec<u8>) -> RawKv {
-        RawKv {
-            key: key.as_bytes().to_vec(),
-            body,
-        }
+        RawKv { key: key.as_bytes().to_vec(), body }
     }
 }
 
@@ -45,12 +36,7 @@ pub struct RawTensor {
 
 impl RawTensor {
     pub fn f32(name: &str, ne: &[u64], offset: u64) -> RawTensor {
-        RawTensor {
-            name: name.as_bytes().to_vec(),
-            ne: ne.to_vec(),
-            type_id: 0,
-            offset,
-        }
+        RawTensor { name: name.as_bytes().to_vec(), ne: ne.to_vec(), type_id: 0, offset }
     }
 }
 
@@ -74,10 +60,7 @@ impl Default for RawGguf {
             n_tensors: None,
             n_kv: None,
             kvs: vec![RawKv::string("general.architecture", "llama")],
-            tensors: vec![
-                RawTensor::f32("a", &[4, 2], 0),
-                RawTensor::f32("b", &[8], 32),
-            ],
+            tensors: vec![RawTensor::f32("a", &[4, 2], 0), RawTensor::f32("b", &[8], 32)],
             alignment: 32,
             data: vec![0x3f; 64],
         }
@@ -88,11 +71,7 @@ impl RawGguf {
     pub fn bytes(&self) -> Vec<u8> {
         let mut out = self.magic.to_vec();
         out.extend(self.version.to_le_bytes());
-        out.extend(
-            self.n_tensors
-                .unwrap_or(self.tensors.len() as u64)
-                .to_le_bytes(),
-        );
+        out.extend(self.n_tensors.unwrap_or(self.tensors.len() as u64).to_le_bytes());
         out.extend(self.n_kv.unwrap_or(self.kvs.len() as u64).to_le_bytes());
         for kv in &self.kvs {
             out.extend((kv.key.len() as u64).to_le_bytes());

@@ -27,41 +27,11 @@ fn bad_headers() {
         ((u64::MAX).to_le_bytes().to_vec(), ""),
         ((1000u64).to_le_bytes().to_vec(), ""),
         (with_header("{not json", 0), ""),
-        (
-            with_header(
-                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
-                4,
-            ),
-            "",
-        ),
-        (
-            with_header(
-                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-                8,
-            ),
-            "",
-        ),
-        (
-            with_header(
-                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-                12,
-            ),
-            "",
-        ),
-        (
-            with_header(
-                r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#,
-                4,
-            ),
-            "",
-        ),
-        (
-            with_header(
-                r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#,
-                4,
-            ),
-            "",
-        ),
+        (with_header(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, 4), ""),
+        (with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8), ""),
+        (with_header(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, 12), ""),
+        (with_header(r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,4]}}"#, 4), ""),
+        (with_header(r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, 4), ""),
         (with_header(r#"{"__metadata__":{"k":1}}"#, 0), ""),
         (with_header(r#"{"__metadata__":"x"}"#, 0), ""),
     ];
@@ -76,9 +46,7 @@ fn bad_headers() {
 
 #[test]
 fn truncation_anywhere_is_an_error() {
-    let bytes =
-        std::fs::read(crate::fixtures().join("gpt-oss/hf-mxfp4/model-00002-of-00002.safetensors"))
-            .unwrap();
+    let bytes = std::fs::read(crate::fixtures().join("gpt-oss/hf-mxfp4/model-00002-of-00002.safetensors")).unwrap();
     for cut in (0..bytes.len()).step_by(7) {
         assert!(file_err(bytes[..cut].to_vec()).contains("invalid header"));
     }
@@ -96,21 +64,13 @@ fn tiny(names: &[&str]) -> Vec<u8> {
     let entries: Vec<String> = names
         .iter()
         .enumerate()
-        .map(|(i, n)| {
-            format!(
-                r#""{n}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#,
-                i + 1
-            )
-        })
+        .map(|(i, n)| format!(r#""{n}":{{"dtype":"U8","shape":[1],"data_offsets":[{i},{}]}}"#, i + 1))
         .collect();
     with_header(&format!("{{{}}}", entries.join(",")), names.len())
 }
 
 fn model_err(dir: &Path) -> String {
-    SafetensorsModel::open(dir)
-        .err()
-        .expect("rejected")
-        .to_string()
+    SafetensorsModel::open(dir).err().expect("rejected").to_string()
 }
 
 #[test]
@@ -127,21 +87,12 @@ fn bad_folders_and_indexes() {
 
     let dup = folder_with(&[("x.safetensors", &a), ("y.safetensors", &ab)]);
     let err = model_err(dup.path());
-    assert!(
-        err.contains("tensor 'a' appears in more than one shard") && err.contains("y.safetensors"),
-        "{err}"
-    );
+    assert!(err.contains("tensor 'a' appears in more than one shard") && err.contains("y.safetensors"), "{err}");
 
     let missing = index(r#"{"a":"s1.safetensors","b":"s2.safetensors"}"#);
-    let d = folder_with(&[
-        ("s1.safetensors", &a),
-        ("model.safetensors.index.json", missing.as_bytes()),
-    ]);
+    let d = folder_with(&[("s1.safetensors", &a), ("model.safetensors.index.json", missing.as_bytes())]);
     let err = model_err(d.path());
-    assert!(
-        err.contains("index.json") && err.contains("shard 's2.safetensors', which is missing"),
-        "{err}"
-    );
+    assert!(err.contains("index.json") && err.contains("shard 's2.safetensors', which is missing"), "{err}");
 
     let wrong = index(r#"{"a":"s1.safetensors","b":"s1.safetensors"}"#);
     let d = folder_with(&[
@@ -150,28 +101,16 @@ fn bad_folders_and_indexes() {
         ("model.safetensors.index.json", wrong.as_bytes()),
     ]);
     let err = model_err(d.path());
-    assert!(
-        err.contains("names tensor 'b' in shard 's1.safetensors'"),
-        "{err}"
-    );
+    assert!(err.contains("names tensor 'b' in shard 's1.safetensors'"), "{err}");
 
     let escape = index(r#"{"a":"../s1.safetensors"}"#);
     let d = folder_with(&[("model.safetensors.index.json", escape.as_bytes())]);
     assert!(model_err(d.path()).contains("not a plain file name"));
 
-    for bad in [
-        "{",
-        r#"{"weight_map":[]}"#,
-        r#"{"weight_map":{}}"#,
-        r#"{"weight_map":{"a":3}}"#,
-        "[]",
-    ] {
+    for bad in ["{", r#"{"weight_map":[]}"#, r#"{"weight_map":{}}"#, r#"{"weight_map":{"a":3}}"#, "[]"] {
         let d = folder_with(&[("model.safetensors.index.json", bad.as_bytes())]);
         let err = model_err(d.path());
-        assert!(
-            err.contains("model.safetensors.index.json: invalid index"),
-            "{bad}: {err}"
-        );
+        assert!(err.contains("model.safetensors.index.json: invalid index"), "{bad}: {err}");
     }
 
     let good = index(r#"{"a":"s1.safetensors","b":"s2.safetensors"}"#);
@@ -192,21 +131,13 @@ fn bad_folders_and_indexes() {
 
 #[test]
 fn every_fixture_folder_opens() {
-    for dir in [
-        "gpt-oss/original",
-        "gpt-oss/hf-mxfp4",
-        "gpt-oss/hf-bf16",
-        "mixtral/hf",
-        "llama/hf",
-    ] {
+    for dir in ["gpt-oss/original", "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "mixtral/hf", "llama/hf"] {
         let model = SafetensorsModel::open(&crate::fixtures().join(dir)).unwrap();
         assert!(!model.is_empty(), "{dir}");
     }
     let sharded = SafetensorsModel::open(&crate::fixtures().join("gpt-oss/hf-mxfp4")).unwrap();
     assert_eq!(sharded.shards().len(), 3);
-    let (t, data) = sharded
-        .get("model.layers.1.mlp.experts.gate_up_proj_blocks")
-        .unwrap();
+    let (t, data) = sharded.get("model.layers.1.mlp.experts.gate_up_proj_blocks").unwrap();
     assert_eq!(t.shape, vec![4, 128, 2, 16]);
     assert_eq!(data.len(), 4 * 128 * 2 * 16);
 }

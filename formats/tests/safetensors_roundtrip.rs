@@ -31,12 +31,7 @@ fn fixture_safetensors() -> Vec<PathBuf> {
 
 fn rewrite(file: &SafetensorsFile, plan: &SafetensorsPlan, out: &Path, shard: Option<u64>) {
     let writer = SafetensorsWriter::create(out, plan, shard).unwrap();
-    let by_name: HashMap<&str, usize> = file
-        .tensors()
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
+    let by_name: HashMap<&str, usize> = file.tensors().iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
     for (i, spec) in plan.tensors.iter().enumerate().rev() {
         let t = &file.tensors()[by_name[spec.name.as_str()]];
         writer.write_tensor(i, file.data(t)).unwrap();
@@ -51,11 +46,7 @@ fn fixture_files_rewrite_byte_identical() {
         let file = SafetensorsFile::open(&path).unwrap();
         let out = dir.path().join("out.safetensors");
         rewrite(&file, &SafetensorsPlan::from_file(&file), &out, None);
-        assert!(
-            std::fs::read(&path).unwrap() == std::fs::read(&out).unwrap(),
-            "{} changed",
-            path.display()
-        );
+        assert!(std::fs::read(&path).unwrap() == std::fs::read(&out).unwrap(), "{} changed", path.display());
     }
 }
 
@@ -65,25 +56,16 @@ fn sharded_output_reads_back_through_its_index() {
     let source = SafetensorsModel::open(&crate::fixtures().join("mixtral/hf")).unwrap();
     assert_eq!(source.shards().len(), 3);
     // Merge all shards into one plan, sorted for alignment, then shard at 150 kB.
-    let mut plan = SafetensorsPlan {
-        metadata: Some(vec![("format".into(), "pt".into())]),
-        ..Default::default()
-    };
+    let mut plan = SafetensorsPlan { metadata: Some(vec![("format".into(), "pt".into())]), ..Default::default() };
     for (_, t) in source.tensors() {
-        plan.tensors.push(StTensorSpec {
-            name: t.name.clone(),
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-        });
+        plan.tensors.push(StTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
     }
     plan.sort_for_alignment();
     let out = dir.path().join("model.safetensors");
     let writer = SafetensorsWriter::create(&out, &plan, Some(150_000)).unwrap();
     let paths = writer.paths();
     for (i, spec) in plan.tensors.iter().enumerate() {
-        writer
-            .write_tensor(i, source.get(&spec.name).unwrap().1)
-            .unwrap();
+        writer.write_tensor(i, source.get(&spec.name).unwrap().1).unwrap();
     }
     writer.finish().unwrap();
     assert!(paths.len() >= 3 && paths.iter().all(|p| p.exists()));
@@ -96,50 +78,26 @@ fn sharded_output_reads_back_through_its_index() {
         assert_eq!((u.dtype, &u.shape), (t.dtype, &t.shape));
         assert_eq!(data, source.get(&t.name).unwrap().1);
     }
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("model.safetensors.index.json")).unwrap(),
-    )
-    .unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
     let total: u64 = source.tensors().map(|(_, t)| t.len as u64).sum();
     assert_eq!(index["metadata"]["total_size"], total);
     assert_eq!(index["weight_map"].as_object().unwrap().len(), source.len());
     for shard in model.shards() {
-        assert_eq!(
-            shard.metadata(),
-            Some(&[("format".to_string(), "pt".to_string())][..])
-        );
+        assert_eq!(shard.metadata(), Some(&[("format".to_string(), "pt".to_string())][..]));
     }
 }
 
 #[test]
 fn sorted_plans_keep_every_tensor_aligned() {
     let mut plan = SafetensorsPlan::default();
-    for (i, dtype) in [
-        Dtype::U8,
-        Dtype::BF16,
-        Dtype::F32,
-        Dtype::U8,
-        Dtype::F64,
-        Dtype::I32,
-    ]
-    .iter()
-    .enumerate()
-    {
-        plan.tensors.push(StTensorSpec {
-            name: format!("t{i}"),
-            dtype: *dtype,
-            shape: vec![3, i + 1],
-        });
+    for (i, dtype) in [Dtype::U8, Dtype::BF16, Dtype::F32, Dtype::U8, Dtype::F64, Dtype::I32].iter().enumerate() {
+        plan.tensors.push(StTensorSpec { name: format!("t{i}"), dtype: *dtype, shape: vec![3, i + 1] });
     }
     plan.sort_for_alignment();
     let layout = plan.layout().unwrap();
     for (t, &(offset, _)) in plan.tensors.iter().zip(&layout.spans) {
-        assert_eq!(
-            offset % (t.dtype.bitsize() as u64 / 8),
-            0,
-            "{} misaligned",
-            t.name
-        );
+        assert_eq!(offset % (t.dtype.bitsize() as u64 / 8), 0, "{} misaligned", t.name);
     }
 }
 
@@ -147,55 +105,21 @@ fn sorted_plans_keep_every_tensor_aligned() {
 fn writer_refuses_impossible_plans() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.safetensors");
-    let t = StTensorSpec {
-        name: "a".into(),
-        dtype: Dtype::F32,
-        shape: vec![2],
-    };
+    let t = StTensorSpec { name: "a".into(), dtype: Dtype::F32, shape: vec![2] };
+    let plan = SafetensorsPlan { tensors: vec![t.clone(), t], ..Default::default() };
+    let err = SafetensorsWriter::create(&out, &plan, None).err().unwrap().to_string();
+    assert!(err.contains("x.safetensors") && err.contains("'a'"), "{err}");
     let plan = SafetensorsPlan {
-        tensors: vec![t.clone(), t],
+        tensors: vec![StTensorSpec { name: "f4".into(), dtype: Dtype::F4, shape: vec![3] }],
         ..Default::default()
     };
-    let err = SafetensorsWriter::create(&out, &plan, None)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("x.safetensors") && err.contains("'a'"),
-        "{err}"
-    );
+    assert!(SafetensorsWriter::create(&out, &plan, None).err().unwrap().to_string().contains("impossible size"));
     let plan = SafetensorsPlan {
-        tensors: vec![StTensorSpec {
-            name: "f4".into(),
-            dtype: Dtype::F4,
-            shape: vec![3],
-        }],
-        ..Default::default()
-    };
-    assert!(
-        SafetensorsWriter::create(&out, &plan, None)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("impossible size")
-    );
-    let plan = SafetensorsPlan {
-        tensors: vec![StTensorSpec {
-            name: "a".into(),
-            dtype: Dtype::F32,
-            shape: vec![2],
-        }],
+        tensors: vec![StTensorSpec { name: "a".into(), dtype: Dtype::F32, shape: vec![2] }],
         ..Default::default()
     };
     let writer = SafetensorsWriter::create(&out, &plan, None).unwrap();
-    assert!(
-        writer
-            .finish()
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("0 of 8 bytes")
-    );
+    assert!(writer.finish().err().unwrap().to_string().contains("0 of 8 bytes"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

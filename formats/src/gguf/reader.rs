@@ -70,9 +70,7 @@ impl GgufHeader {
         let mut c = Cursor { buf: file, pos: 0 };
         let magic = c.take(4, || "the magic".into())?;
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic {
-                found: magic.to_vec(),
-            });
+            return Err(GgufError::BadMagic { found: magic.to_vec() });
         }
         let version = c.u32(|| "the version".into())?;
         if !(2..=3).contains(&version) {
@@ -102,14 +100,10 @@ impl GgufHeader {
             None => DEFAULT_ALIGNMENT,
             Some((_, Value::U32(a))) if a.is_power_of_two() => u64::from(*a),
             Some((_, Value::U32(a))) => {
-                return Err(GgufError::BadAlignment {
-                    problem: format!("{a} is not a power of two"),
-                });
+                return Err(GgufError::BadAlignment { problem: format!("{a} is not a power of two") });
             }
             Some((_, v)) => {
-                return Err(GgufError::BadAlignment {
-                    problem: format!("must be UINT32, found {}", v.type_label()),
-                });
+                return Err(GgufError::BadAlignment { problem: format!("must be UINT32, found {}", v.type_label()) });
             }
         };
 
@@ -123,44 +117,26 @@ impl GgufHeader {
             tensors.push(info);
         }
 
-        let data_offset = if n_tensors > 0 {
-            pad(c.pos as u64, alignment)
-        } else {
-            c.pos as u64
-        };
+        let data_offset = if n_tensors > 0 { pad(c.pos as u64, alignment) } else { c.pos as u64 };
         let file_len = file.len() as u64;
         let mut expected = 0u64;
         for t in &tensors {
             if t.offset != expected {
-                return Err(GgufError::BadOffset {
-                    tensor: t.name.clone(),
-                    offset: t.offset,
-                    expected,
-                });
+                return Err(GgufError::BadOffset { tensor: t.name.clone(), offset: t.offset, expected });
             }
-            let end = data_offset
-                .checked_add(t.offset)
-                .and_then(|o| o.checked_add(t.nbytes))
-                .filter(|&end| end <= file_len);
+            let end =
+                data_offset.checked_add(t.offset).and_then(|o| o.checked_add(t.nbytes)).filter(|&end| end <= file_len);
             let Some(_) = end else {
                 return Err(GgufError::DataOutOfBounds {
                     tensor: t.name.clone(),
-                    end: data_offset
-                        .saturating_add(t.offset)
-                        .saturating_add(t.nbytes),
+                    end: data_offset.saturating_add(t.offset).saturating_add(t.nbytes),
                     file_len,
                 });
             };
             // Cannot overflow: offset + nbytes <= file_len, and padding adds < alignment <= 2^31.
             expected = pad(t.offset + t.nbytes, alignment);
         }
-        Ok(GgufHeader {
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
     }
 
     /// The value of `key`.
@@ -203,10 +179,7 @@ impl<'a> Cursor<'a> {
         Ok(&self.buf[start..self.pos])
     }
 
-    fn array<const N: usize>(
-        &mut self,
-        what: impl FnOnce() -> String,
-    ) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<[u8; N], GgufError> {
         let bytes = self.take(N as u64, what)?;
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
@@ -224,15 +197,8 @@ impl<'a> Cursor<'a> {
     /// Rejects a count whose records, at `min_size` bytes each, cannot fit in the rest of the
     /// file, so nothing is ever allocated beyond what the file can hold.
     fn check_count(&self, what: &'static str, count: u64, min_size: u64) -> Result<(), GgufError> {
-        if count
-            .checked_mul(min_size)
-            .is_none_or(|n| n > self.remaining())
-        {
-            return Err(GgufError::CountTooLarge {
-                what,
-                count,
-                available: self.remaining(),
-            });
+        if count.checked_mul(min_size).is_none_or(|n| n > self.remaining()) {
+            return Err(GgufError::CountTooLarge { what, count, available: self.remaining() });
         }
         Ok(())
     }
@@ -240,11 +206,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, what: impl Fn() -> String) -> Result<String, GgufError> {
         let len = self.u64(&what)?;
         if len > MAX_STRING_LEN {
-            return Err(GgufError::TooLong {
-                what: what(),
-                len,
-                max: MAX_STRING_LEN,
-            });
+            return Err(GgufError::TooLong { what: what(), len, max: MAX_STRING_LEN });
         }
         let bytes = self.take(len, &what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what() })
@@ -253,30 +215,20 @@ impl<'a> Cursor<'a> {
     fn value(&mut self, key: &str) -> Result<Value, GgufError> {
         let what = || format!("the value of key '{key}'");
         let type_id = self.u32(what)?;
-        let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
-            key: key.to_string(),
-            type_id,
-        })?;
+        let ty =
+            ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), type_id })?;
         if ty != ValueType::Array {
             return self.scalar(ty, key);
         }
         let elem_id = self.u32(what)?;
-        let elem = ValueType::from_id(elem_id).ok_or_else(|| GgufError::UnknownValueType {
-            key: key.to_string(),
-            type_id: elem_id,
-        })?;
+        let elem = ValueType::from_id(elem_id)
+            .ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), type_id: elem_id })?;
         if elem == ValueType::Array {
-            return Err(GgufError::NestedArray {
-                key: key.to_string(),
-            });
+            return Err(GgufError::NestedArray { key: key.to_string() });
         }
         let n = self.u64(what)?;
         if n > MAX_ARRAY_LEN {
-            return Err(GgufError::TooLong {
-                what: format!("array '{key}'"),
-                len: n,
-                max: MAX_ARRAY_LEN,
-            });
+            return Err(GgufError::TooLong { what: format!("array '{key}'"), len: n, max: MAX_ARRAY_LEN });
         }
         // Strings take at least their 8-byte length.
         let min = elem.fixed_size().unwrap_or(8) as u64;
@@ -300,9 +252,7 @@ impl<'a> Cursor<'a> {
             ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(what)?)),
             ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(what)?)),
             ValueType::Array => {
-                return Err(GgufError::NestedArray {
-                    key: key.to_string(),
-                });
+                return Err(GgufError::NestedArray { key: key.to_string() });
             }
         })
     }
@@ -314,10 +264,7 @@ impl<'a> Cursor<'a> {
                 const SIZE: usize = std::mem::size_of::<$t>();
                 let bytes = self.take((n * SIZE) as u64, what)?;
                 Array::$variant(
-                    bytes
-                        .chunks_exact(SIZE)
-                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
-                        .collect(),
+                    bytes.chunks_exact(SIZE).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
                 )
             }};
         }
@@ -332,9 +279,7 @@ impl<'a> Cursor<'a> {
             ValueType::U64 => fixed!(U64, u64),
             ValueType::I64 => fixed!(I64, i64),
             ValueType::F64 => fixed!(F64, f64),
-            ValueType::Bool => {
-                Array::Bool(self.take(n as u64, what)?.iter().map(|&b| b != 0).collect())
-            }
+            ValueType::Bool => Array::Bool(self.take(n as u64, what)?.iter().map(|&b| b != 0).collect()),
             ValueType::String => {
                 let mut v = Vec::with_capacity(n);
                 for i in 0..n {
@@ -343,9 +288,7 @@ impl<'a> Cursor<'a> {
                 Array::String(v)
             }
             ValueType::Array => {
-                return Err(GgufError::NestedArray {
-                    key: key.to_string(),
-                });
+                return Err(GgufError::NestedArray { key: key.to_string() });
             }
         })
     }
@@ -361,52 +304,31 @@ impl<'a> Cursor<'a> {
         let what = || format!("the info of tensor '{name}'");
         let n_dims = self.u32(what)?;
         if n_dims > MAX_DIMS {
-            return Err(GgufError::TooManyDims {
-                tensor: name,
-                n_dims,
-            });
+            return Err(GgufError::TooManyDims { tensor: name, n_dims });
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
         for dim in 0..n_dims as usize {
             let value = self.u64(what)?;
             if value > i64::MAX as u64 {
-                return Err(GgufError::NegativeDim {
-                    tensor: name,
-                    dim,
-                    value,
-                });
+                return Err(GgufError::NegativeDim { tensor: name, dim, value });
             }
             ne.push(value);
         }
-        if ne
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .is_none_or(|n| n > i64::MAX as u64)
-        {
+        if ne.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).is_none_or(|n| n > i64::MAX as u64) {
             return Err(GgufError::ShapeOverflow { tensor: name, ne });
         }
         let type_id = self.u32(what)?;
-        let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-            tensor: name.clone(),
-            type_id,
-        })?;
+        let ggml_type =
+            GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType { tensor: name.clone(), type_id })?;
         let ne0 = ne.first().copied().unwrap_or(1);
-        let nbytes = ggml_type
-            .tensor_bytes(&ne)
-            .ok_or_else(|| GgufError::PartialBlock {
-                tensor: name.clone(),
-                ggml_type: ggml_type.to_string(),
-                ne0,
-                block: ggml_type.block_size(),
-            })?;
+        let nbytes = ggml_type.tensor_bytes(&ne).ok_or_else(|| GgufError::PartialBlock {
+            tensor: name.clone(),
+            ggml_type: ggml_type.to_string(),
+            ne0,
+            block: ggml_type.block_size(),
+        })?;
         let offset = self.u64(what)?;
-        Ok(TensorInfo {
-            name,
-            ne,
-            ggml_type,
-            offset,
-            nbytes,
-        })
+        Ok(TensorInfo { name, ne, ggml_type, offset, nbytes })
     }
 }
 
@@ -426,15 +348,8 @@ impl GgufFile {
 
     /// Parses `bytes`, naming them `path` in errors.
     pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<GgufFile> {
-        let header = GgufHeader::parse(&bytes).map_err(|source| Error::Gguf {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(GgufFile {
-            path: path.to_path_buf(),
-            bytes,
-            header,
-        })
+        let header = GgufHeader::parse(&bytes).map_err(|problem| Error::Gguf { path: path.to_path_buf(), problem })?;
+        Ok(GgufFile { path: path.to_path_buf(), bytes, header })
     }
 
     /// The file's path.
@@ -464,10 +379,7 @@ impl GgufFile {
     /// Hints that the data of tensor `index` will be read soon.
     pub fn prefetch(&self, index: usize) {
         if let Some(t) = self.header.tensors.get(index) {
-            self.bytes.will_need(
-                (self.header.data_offset + t.offset) as usize,
-                t.nbytes as usize,
-            );
+            self.bytes.will_need((self.header.data_offset + t.offset) as usize, t.nbytes as usize);
         }
     }
 }

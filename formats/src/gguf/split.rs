@@ -18,10 +18,7 @@ pub const KEY_SPLIT_TENSORS_COUNT: &str = "split.tensors.count";
 /// The name of shard `index` (0-based) of `count` for the output path `path`:
 /// `dir/model.gguf` → `dir/model-00001-of-00003.gguf`, as gguf-py and llama.cpp name them.
 pub fn shard_path(path: &Path, index: usize, count: usize) -> PathBuf {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!("{stem}-{:05}-of-{:05}.gguf", index + 1, count))
 }
 
@@ -44,42 +41,29 @@ impl GgufModel {
         if split_no != 0 {
             return Err(Error::model(
                 path,
-                format!(
-                    "this is shard {} of a split model; open the first shard instead",
-                    split_no + 1
-                ),
+                format!("this is shard {} of a split model; open the first shard instead", split_no + 1),
             ));
         }
         let prefix = split_prefix(path, split_count).ok_or_else(|| {
             Error::model(
                 path,
-                format!("split.count is {split_count} but the file name does not end in -00001-of-{split_count:05}.gguf"),
+                format!(
+                    "split.count is {split_count} but the file name does not end in -00001-of-{split_count:05}.gguf"
+                ),
             )
         })?;
         let mut shards = vec![first];
         for index in 1..split_count as usize {
-            let shard_path = PathBuf::from(format!(
-                "{prefix}-{:05}-of-{split_count:05}.gguf",
-                index + 1
-            ));
+            let shard_path = PathBuf::from(format!("{prefix}-{:05}-of-{split_count:05}.gguf", index + 1));
             if !shard_path.exists() {
-                return Err(Error::model(
-                    path,
-                    format!("missing split {}: {}", index + 1, shard_path.display()),
-                ));
+                return Err(Error::model(path, format!("missing split {}: {}", index + 1, shard_path.display())));
             }
             let shard = GgufFile::open(&shard_path)?;
             if split_u16(&shard, KEY_SPLIT_NO)? != Some(index as u16) {
-                return Err(Error::model(
-                    &shard_path,
-                    format!("split.no must be {index}"),
-                ));
+                return Err(Error::model(&shard_path, format!("split.no must be {index}")));
             }
             if split_u16(&shard, KEY_SPLIT_COUNT)? != Some(split_count) {
-                return Err(Error::model(
-                    &shard_path,
-                    format!("split.count must be {split_count}"),
-                ));
+                return Err(Error::model(&shard_path, format!("split.count must be {split_count}")));
             }
             shards.push(shard);
         }
@@ -87,16 +71,10 @@ impl GgufModel {
         let mut names = HashSet::new();
         for (_, t) in model.tensors() {
             if !names.insert(t.name.as_str()) {
-                return Err(Error::model(
-                    path,
-                    format!("tensor '{}' appears in more than one split", t.name),
-                ));
+                return Err(Error::model(path, format!("tensor '{}' appears in more than one split", t.name)));
             }
         }
-        let total = model.shards[0]
-            .header()
-            .get(KEY_SPLIT_TENSORS_COUNT)
-            .and_then(Value::as_u64);
+        let total = model.shards[0].header().get(KEY_SPLIT_TENSORS_COUNT).and_then(Value::as_u64);
         if total != Some(model.order.len() as u64) {
             return Err(Error::model(
                 path,
@@ -111,11 +89,8 @@ impl GgufModel {
     }
 
     fn from_shards(shards: Vec<GgufFile>) -> GgufModel {
-        let order = shards
-            .iter()
-            .enumerate()
-            .flat_map(|(s, f)| (0..f.header().tensors.len()).map(move |i| (s, i)))
-            .collect();
+        let order =
+            shards.iter().enumerate().flat_map(|(s, f)| (0..f.header().tensors.len()).map(move |i| (s, i))).collect();
         GgufModel { shards, order }
     }
 
@@ -136,9 +111,7 @@ impl GgufModel {
 
     /// Every tensor with its shard index, in order.
     pub fn tensors(&self) -> impl Iterator<Item = (usize, &TensorInfo)> {
-        self.order
-            .iter()
-            .map(|&(s, i)| (s, &self.shards[s].header().tensors[i]))
+        self.order.iter().map(|&(s, i)| (s, &self.shards[s].header().tensors[i]))
     }
 
     /// Number of tensors in all shards.
@@ -160,10 +133,7 @@ fn split_u16(file: &GgufFile, key: &str) -> Result<Option<u16>> {
     match file.header().get(key) {
         None => Ok(None),
         Some(Value::U16(v)) => Ok(Some(*v)),
-        Some(v) => Err(Error::model(
-            file.path(),
-            format!("{key} must be UINT16, found {}", v.type_label()),
-        )),
+        Some(v) => Err(Error::model(file.path(), format!("{key} must be UINT16, found {}", v.type_label()))),
     }
 }
 

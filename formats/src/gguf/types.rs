@@ -103,10 +103,7 @@ impl GgmlType {
 
     /// The type with this name (`Q4_0`, `mxfp4`, …; case-insensitive).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TABLE
-            .iter()
-            .find(|row| row.2.eq_ignore_ascii_case(name))
-            .map(|row| row.0)
+        TABLE.iter().find(|row| row.2.eq_ignore_ascii_case(name)).map(|row| row.0)
     }
 
     /// The ggml id written in GGUF tensor infos.
@@ -157,9 +154,7 @@ impl GgmlType {
     /// `(ne0 / block) * type_size * ne1 * ne2 * ne3`. `None` on a partial block or overflow.
     pub fn tensor_bytes(self, ne: &[u64]) -> Option<u64> {
         let first = ne.first().copied().unwrap_or(1);
-        ne.iter()
-            .skip(1)
-            .try_fold(self.row_bytes(first)?, |acc, &d| acc.checked_mul(d))
+        ne.iter().skip(1).try_fold(self.row_bytes(first)?, |acc, &d| acc.checked_mul(d))
     }
 }
 

@@ -53,11 +53,7 @@ impl GgufPlan {
             tensors: header
                 .tensors
                 .iter()
-                .map(|t| TensorSpec {
-                    name: t.name.clone(),
-                    ne: t.ne.clone(),
-                    ggml_type: t.ggml_type,
-                })
+                .map(|t| TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ggml_type: t.ggml_type })
                 .collect(),
         }
     }
@@ -86,9 +82,7 @@ impl GgufPlan {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
             Some(v) => {
-                return Err(format!(
-                    "general.alignment must be a UINT32 power of two, found {v}"
-                ));
+                return Err(format!("general.alignment must be a UINT32 power of two, found {v}"));
             }
         };
         let mut header = Vec::new();
@@ -118,21 +112,13 @@ impl GgufPlan {
         let mut offset = 0u64;
         for t in &self.tensors {
             if t.name.len() as u64 >= MAX_NAME_LEN {
-                return Err(format!(
-                    "tensor name '{}' is {} bytes; ggml allows at most 63",
-                    t.name,
-                    t.name.len()
-                ));
+                return Err(format!("tensor name '{}' is {} bytes; ggml allows at most 63", t.name, t.name.len()));
             }
             if !names.insert(t.name.as_str()) {
                 return Err(format!("duplicate tensor name '{}'", t.name));
             }
             if t.ne.len() > MAX_DIMS as usize {
-                return Err(format!(
-                    "tensor '{}' has {} dimensions; ggml allows at most 4",
-                    t.name,
-                    t.ne.len()
-                ));
+                return Err(format!("tensor '{}' has {} dimensions; ggml allows at most 4", t.name, t.ne.len()));
             }
             let nbytes = t.ggml_type.tensor_bytes(&t.ne).ok_or_else(|| {
                 format!(
@@ -184,10 +170,7 @@ impl GgufPlan {
                 group_bytes = 0;
             }
             group_bytes = group_bytes.saturating_add(nbytes);
-            groups
-                .last_mut()
-                .expect("groups is never empty")
-                .push(t.clone());
+            groups.last_mut().expect("groups is never empty").push(t.clone());
         }
         let mut base = self.clone();
         for key in [KEY_SPLIT_NO, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT] {
@@ -201,17 +184,10 @@ impl GgufPlan {
             .into_iter()
             .enumerate()
             .map(|(i, tensors)| {
-                let mut metadata = if i == 0 {
-                    base.metadata.clone()
-                } else {
-                    Vec::new()
-                };
+                let mut metadata = if i == 0 { base.metadata.clone() } else { Vec::new() };
                 metadata.push((KEY_SPLIT_NO.into(), Value::U16(i as u16)));
                 metadata.push((KEY_SPLIT_COUNT.into(), Value::U16(count as u16)));
-                metadata.push((
-                    KEY_SPLIT_TENSORS_COUNT.into(),
-                    Value::I32(self.tensors.len() as i32),
-                ));
+                metadata.push((KEY_SPLIT_TENSORS_COUNT.into(), Value::I32(self.tensors.len() as i32)));
                 GgufPlan { metadata, tensors }
             })
             .collect()
@@ -229,11 +205,7 @@ impl GgufWriter {
     /// Creates the output for `plan` at `path`, split into shards of at most
     /// `split_max_bytes` of tensor data when given (`path` names the unsplit file; shards are
     /// named `stem-00001-of-0000N.gguf` beside it). Writes the header(s) now.
-    pub fn create(
-        path: &Path,
-        plan: &GgufPlan,
-        split_max_bytes: Option<u64>,
-    ) -> Result<GgufWriter> {
+    pub fn create(path: &Path, plan: &GgufPlan, split_max_bytes: Option<u64>) -> Result<GgufWriter> {
         let plans = match split_max_bytes {
             Some(max) => plan.split(max),
             None => vec![plan.clone()],
@@ -241,18 +213,10 @@ impl GgufWriter {
         let count = plans.len();
         let mut out = PlannedOutput::new();
         for (i, shard) in plans.iter().enumerate() {
-            let shard_path: PathBuf = if count == 1 {
-                path.to_path_buf()
-            } else {
-                shard_path(path, i, count)
-            };
+            let shard_path: PathBuf = if count == 1 { path.to_path_buf() } else { shard_path(path, i, count) };
             let layout = shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
             let file = out.add_file(&shard_path, layout.file_len, &layout.header)?;
-            for (t, (&offset, &size)) in shard
-                .tensors
-                .iter()
-                .zip(layout.offsets.iter().zip(&layout.sizes))
-            {
+            for (t, (&offset, &size)) in shard.tensors.iter().zip(layout.offsets.iter().zip(&layout.sizes)) {
                 out.add_tensor(file, &t.name, offset, size);
             }
         }

@@ -58,12 +58,8 @@ impl SafetensorsFile {
 
     /// Parses `bytes`, naming them `path` in errors.
     pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<SafetensorsFile> {
-        let err = |m: String| Error::Safetensors {
-            path: path.to_path_buf(),
-            source: SafetensorsError::Header(m),
-        };
-        let (header_len, parsed) =
-            SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        let err = |m: String| Error::Safetensors { path: path.to_path_buf(), problem: SafetensorsError::Header(m) };
+        let (header_len, parsed) = SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
         let data_start = 8 + header_len;
         // The crate keeps the header in HashMaps; re-read the JSON (already validated by the
         // crate) in file order, so a rewrite can reproduce the header byte for byte.
@@ -71,9 +67,7 @@ impl SafetensorsFile {
             serde_json::from_slice(&bytes[8..data_start]).map_err(|e| err(e.to_string()))?;
         let mut tensors = Vec::with_capacity(json.len());
         for name in json.keys().filter(|k| *k != "__metadata__") {
-            let info = parsed
-                .info(name)
-                .ok_or_else(|| err(format!("tensor '{name}' vanished")))?;
+            let info = parsed.info(name).ok_or_else(|| err(format!("tensor '{name}' vanished")))?;
             let (begin, end) = info.data_offsets;
             tensors.push(StTensor {
                 name: name.clone(),
@@ -85,36 +79,23 @@ impl SafetensorsFile {
         }
         // Data order; ties (empty tensors) keep their header order.
         tensors.sort_by_key(|t| t.start);
-        let first_field = json
-            .iter()
-            .find(|(k, _)| *k != "__metadata__")
-            .and_then(|(_, v)| v.as_object()?.keys().next());
-        let style = if first_field.is_some_and(|f| f == "data_offsets") {
-            HeaderStyle::Mlx
-        } else {
-            HeaderStyle::Safetensors
-        };
+        let first_field =
+            json.iter().find(|(k, _)| *k != "__metadata__").and_then(|(_, v)| v.as_object()?.keys().next());
+        let style =
+            if first_field.is_some_and(|f| f == "data_offsets") { HeaderStyle::Mlx } else { HeaderStyle::Safetensors };
         let metadata = match json.get("__metadata__") {
             None => None,
             Some(serde_json::Value::Object(map)) => Some(
                 map.iter()
                     .map(|(k, v)| {
-                        let v = v
-                            .as_str()
-                            .ok_or_else(|| err(format!("__metadata__ '{k}' is not a string")))?;
+                        let v = v.as_str().ok_or_else(|| err(format!("__metadata__ '{k}' is not a string")))?;
                         Ok((k.clone(), v.to_string()))
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
             Some(_) => return Err(err("__metadata__ is not an object".into())),
         };
-        Ok(SafetensorsFile {
-            path: path.to_path_buf(),
-            bytes,
-            tensors,
-            metadata,
-            style,
-        })
+        Ok(SafetensorsFile { path: path.to_path_buf(), bytes, tensors, metadata, style })
     }
 
     /// How the header lists its tensors.
@@ -139,9 +120,7 @@ impl SafetensorsFile {
 
     /// The data of `tensor` (which must come from this file).
     pub fn data(&self, tensor: &StTensor) -> &[u8] {
-        self.bytes
-            .get(tensor.start..tensor.start + tensor.len)
-            .unwrap_or(&[])
+        self.bytes.get(tensor.start..tensor.start + tensor.len).unwrap_or(&[])
     }
 
     /// Hints that `tensor`'s data will be read soon.
@@ -177,27 +156,18 @@ impl SafetensorsModel {
             .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.is_file())
             .collect();
         if files.is_empty() {
-            return Err(Error::model(
-                path,
-                "the folder holds no *.safetensors files",
-            ));
+            return Err(Error::model(path, "the folder holds no *.safetensors files"));
         }
         files.sort();
-        let shards = files
-            .iter()
-            .map(|f| SafetensorsFile::open(f))
-            .collect::<Result<Vec<_>>>()?;
+        let shards = files.iter().map(|f| SafetensorsFile::open(f)).collect::<Result<Vec<_>>>()?;
         Self::from_shards(path, shards, None)
     }
 
     fn open_indexed(dir: &Path, index_path: &Path) -> Result<SafetensorsModel> {
-        let bad = |m: String| Error::Safetensors {
-            path: index_path.to_path_buf(),
-            source: SafetensorsError::Index(m),
-        };
+        let bad =
+            |m: String| Error::Safetensors { path: index_path.to_path_buf(), problem: SafetensorsError::Index(m) };
         let text = std::fs::read(index_path).map_err(|e| Error::io(index_path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         let map = json
             .get("weight_map")
             .and_then(serde_json::Value::as_object)
@@ -205,13 +175,9 @@ impl SafetensorsModel {
         let mut weight_map = Vec::with_capacity(map.len());
         let mut shard_names: Vec<String> = Vec::new();
         for (tensor, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(format!("the shard of '{tensor}' is not a string")))?;
+            let file = file.as_str().ok_or_else(|| bad(format!("the shard of '{tensor}' is not a string")))?;
             if file.is_empty() || file.contains(['/', '\\']) || file == "." || file == ".." {
-                return Err(bad(format!(
-                    "shard name '{file}' for '{tensor}' is not a plain file name"
-                )));
+                return Err(bad(format!("shard name '{file}' for '{tensor}' is not a plain file name")));
             }
             if !shard_names.iter().any(|s| s == file) {
                 shard_names.push(file.to_string());
@@ -226,10 +192,7 @@ impl SafetensorsModel {
         for name in &shard_names {
             let shard_path = dir.join(name);
             if !shard_path.is_file() {
-                return Err(Error::model(
-                    index_path,
-                    format!("the index names shard '{name}', which is missing"),
-                ));
+                return Err(Error::model(index_path, format!("the index names shard '{name}', which is missing")));
             }
             shards.push(SafetensorsFile::open(&shard_path)?);
         }
@@ -247,7 +210,7 @@ impl SafetensorsModel {
                 if by_name.insert(t.name.clone(), (s, i)).is_some() {
                     return Err(Error::Safetensors {
                         path: shard.path().to_path_buf(),
-                        source: SafetensorsError::DuplicateTensor(t.name.clone()),
+                        problem: SafetensorsError::DuplicateTensor(t.name.clone()),
                     });
                 }
             }
@@ -255,24 +218,15 @@ impl SafetensorsModel {
         if let Some((index_path, weight_map)) = index {
             for (tensor, file) in weight_map {
                 let found = by_name.get(&tensor).map(|&(s, _)| &shards[s]);
-                if found
-                    .is_none_or(|shard| shard.path().file_name().is_none_or(|n| n != file.as_str()))
-                {
+                if found.is_none_or(|shard| shard.path().file_name().is_none_or(|n| n != file.as_str())) {
                     return Err(Error::Safetensors {
                         path: index_path.to_path_buf(),
-                        source: SafetensorsError::IndexedTensorMissing {
-                            tensor,
-                            shard: file,
-                        },
+                        problem: SafetensorsError::IndexedTensorMissing { tensor, shard: file },
                     });
                 }
             }
         }
-        Ok(SafetensorsModel {
-            path: path.to_path_buf(),
-            shards,
-            by_name,
-        })
+        Ok(SafetensorsModel { path: path.to_path_buf(), shards, by_name })
     }
 
     /// The file or folder this model was opened from.
@@ -287,9 +241,7 @@ impl SafetensorsModel {
 
     /// Every tensor with its shard, shard by shard in data order.
     pub fn tensors(&self) -> impl Iterator<Item = (&SafetensorsFile, &StTensor)> {
-        self.shards
-            .iter()
-            .flat_map(|s| s.tensors().iter().map(move |t| (s, t)))
+        self.shards.iter().flat_map(|s| s.tensors().iter().map(move |t| (s, t)))
     }
 
     /// Number of tensors.

@@ -24,10 +24,7 @@ pub struct StTensorSpec {
 impl StTensorSpec {
     /// Bytes of data, or `None` on overflow or a sub-byte tensor that does not end on a byte.
     pub fn nbytes(&self) -> Option<u64> {
-        let elements = self
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
+        let elements = self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))?;
         let bits = elements.checked_mul(self.dtype.bitsize() as u64)?;
         (bits % 8 == 0).then_some(bits / 8)
     }
@@ -62,11 +59,7 @@ impl SafetensorsPlan {
             tensors: file
                 .tensors()
                 .iter()
-                .map(|t| StTensorSpec {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                })
+                .map(|t| StTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() })
                 .collect(),
         }
     }
@@ -74,18 +67,14 @@ impl SafetensorsPlan {
     /// Orders tensors as the safetensors crate does (by dtype, widest first, then by name), so
     /// every tensor's data is aligned to its element size.
     pub fn sort_for_alignment(&mut self) {
-        self.tensors
-            .sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
+        self.tensors.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
     }
 
     /// Checks the plan and computes where everything goes.
     pub fn layout(&self) -> Result<StLayout, String> {
         let mut json = serde_json::Map::new();
         if let Some(meta) = &self.metadata {
-            let map = meta
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
+            let map = meta.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
             json.insert("__metadata__".into(), serde_json::Value::Object(map));
         }
         let mut names = HashSet::new();
@@ -94,21 +83,12 @@ impl SafetensorsPlan {
         let mut offset = 0u64;
         for t in &self.tensors {
             if t.name == "__metadata__" || !names.insert(t.name.as_str()) {
-                return Err(format!(
-                    "tensor name '{}' is used twice or reserved",
-                    t.name
-                ));
+                return Err(format!("tensor name '{}' is used twice or reserved", t.name));
             }
-            let size = t
-                .nbytes()
-                .ok_or_else(|| format!("tensor '{}' has an impossible size", t.name))?;
+            let size = t.nbytes().ok_or_else(|| format!("tensor '{}' has an impossible size", t.name))?;
             let end = offset + size;
             let data_offsets = (offset as usize, end as usize);
-            let info = TensorInfo {
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                data_offsets,
-            };
+            let info = TensorInfo { dtype: t.dtype, shape: t.shape.clone(), data_offsets };
             let mut entry = serde_json::to_value(info).map_err(|e| e.to_string())?;
             if self.style == HeaderStyle::Mlx
                 && let serde_json::Value::Object(fields) = &mut entry
@@ -139,18 +119,12 @@ impl SafetensorsPlan {
     /// `save_pretrained` does (a tensor is never split; a shard holds at least one). Every
     /// shard keeps the metadata.
     pub fn shard(&self, max_bytes: u64) -> Vec<SafetensorsPlan> {
-        let empty = SafetensorsPlan {
-            metadata: self.metadata.clone(),
-            tensors: Vec::new(),
-            style: self.style,
-        };
+        let empty = SafetensorsPlan { metadata: self.metadata.clone(), tensors: Vec::new(), style: self.style };
         let mut shards = vec![empty.clone()];
         let mut bytes = 0u64;
         for t in &self.tensors {
             let size = t.nbytes().unwrap_or(0);
-            if !shards.last().is_some_and(|s| s.tensors.is_empty())
-                && bytes.saturating_add(size) > max_bytes
-            {
+            if !shards.last().is_some_and(|s| s.tensors.is_empty()) && bytes.saturating_add(size) > max_bytes {
                 shards.push(empty.clone());
                 bytes = 0;
             }
@@ -174,20 +148,13 @@ impl SafetensorsWriter {
     /// Creates the output for `plan` at `path` (e.g. `dir/model.safetensors`). With
     /// `shard_max_bytes` and more than one shard, writes `dir/model-00001-of-0000N.safetensors`
     /// … and `dir/model.safetensors.index.json` instead.
-    pub fn create(
-        path: &Path,
-        plan: &SafetensorsPlan,
-        shard_max_bytes: Option<u64>,
-    ) -> Result<SafetensorsWriter> {
+    pub fn create(path: &Path, plan: &SafetensorsPlan, shard_max_bytes: Option<u64>) -> Result<SafetensorsWriter> {
         let shards = match shard_max_bytes {
             Some(max) => plan.shard(max),
             None => vec![plan.clone()],
         };
         let count = shards.len();
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut out = PlannedOutput::new();
         let mut weight_map = serde_json::Map::new();
         let mut total_size = 0u64;
@@ -197,14 +164,10 @@ impl SafetensorsWriter {
             } else {
                 path.with_file_name(format!("{stem}-{:05}-of-{count:05}.safetensors", i + 1))
             };
-            let StLayout { header, spans } =
-                shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
+            let StLayout { header, spans } = shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
             let len = spans.last().map_or(header.len() as u64, |&(o, s)| o + s);
             let file = out.add_file(&shard_path, len, &header)?;
-            let file_name = shard_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let file_name = shard_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             for (t, &(offset, size)) in shard.tensors.iter().zip(&spans) {
                 out.add_tensor(file, &t.name, offset, size);
                 weight_map.insert(t.name.clone(), serde_json::Value::String(file_name.clone()));
@@ -214,8 +177,7 @@ impl SafetensorsWriter {
         let index = if count > 1 {
             weight_map.sort_keys();
             let json = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
-            let mut text =
-                serde_json::to_vec_pretty(&json).map_err(|e| Error::plan(path, e.to_string()))?;
+            let mut text = serde_json::to_vec_pretty(&json).map_err(|e| Error::plan(path, e.to_string()))?;
             text.push(b'\n');
             let index_path = path.with_file_name(format!("{stem}.safetensors.index.json"));
             let file = OutputFile::create(&index_path, text.len() as u64)?;
