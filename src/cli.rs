@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::convert::parse_size;
+use crate::quant_plan::Ftype;
 
 /// moeq: turn Mixture-of-Experts checkpoints into the files local runtimes load.
 #[derive(Parser, Debug)]
@@ -29,16 +30,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write a model to a new file.
+    /// Write a model to a new file, optionally requantized.
     ///
     /// Today: a GGUF (single or split) is rewritten as one file, or re-split with
-    /// --split-max-size, every tensor copied byte for byte.
+    /// --split-max-size; with --type, requantized as `llama-quantize --allow-requantize`
+    /// does, with the same per-tensor choices and byte-identical results.
     Convert {
         /// The input model.
         input: PathBuf,
         /// The output file (shards are named OUT-00001-of-0000N.gguf beside it).
         #[arg(short, long)]
         output: PathBuf,
+        /// The llama.cpp file type to requantize to: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
+        /// Q5_1, MXFP4_MOE, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K. Without it tensors are copied.
+        #[arg(long = "type", value_parser = Ftype::parse)]
+        ftype: Option<Ftype>,
         /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G).
         #[arg(long, value_parser = parse_size)]
         split_max_size: Option<u64>,

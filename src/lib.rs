@@ -3,6 +3,8 @@
 //! The pipeline, one module per stage:
 //! - [`source`]: open any input (memory-mapped safetensors shards or GGUF);
 //! - [`arch`]: which model it is and its hyperparameters;
+//! - [`quant_plan`]: which type each tensor gets (llama-quantize's rules);
+//! - [`transcode`]: between tensor types and f32, through the kernels;
 //! - [`convert`]: plan the output and stream tensor bytes into it;
 //! - [`inspect`]: report what a model holds.
 
@@ -11,4 +13,6 @@ pub mod cli;
 pub mod convert;
 pub mod inspect;
 pub mod progress;
+pub mod quant_plan;
 pub mod source;
+pub mod transcode;

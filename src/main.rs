@@ -29,8 +29,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Convert { input, output, split_max_size, quiet } => {
-            let opts = ConvertOptions { input, output, split_max_bytes: split_max_size, quiet };
+        Command::Convert { input, output, ftype, split_max_size, quiet } => {
+            let opts = ConvertOptions { input, output, ftype, split_max_bytes: split_max_size, quiet };
             let summary = convert(&opts)?;
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());

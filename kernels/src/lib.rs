@@ -1,1 +1,20 @@
-//! moeq-kernels: numeric kernels (block types, conversions, quantizers). No I/O.
+//! moeq-kernels: the numeric heart of moeq. Block types, ggml-exact reference quantizers,
+//! SIMD variants that match them byte for byte, conversions. No I/O.
+//!
+//! - [`scalar`]: the reference for every type, ported operation for operation from ggml's
+//!   `quantize_row_*_ref` / `dequantize_row_*` (what llama-quantize writes).
+//! - [`backend`]: scalar, AVX2 and AVX-512 tables, one picked at run time
+//!   (`MOEQ_KERNELS=scalar|avx2|avx512` forces one).
+//! - [`openai`]: MXFP4 in OpenAI's gpt-oss layout, and its lossless repack to ggml's.
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod convert;
+pub mod openai;
+pub mod scalar;
+mod types;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use backend::{Backend, active, available};
+pub use types::{KernelError, QuantType};

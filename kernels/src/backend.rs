@@ -1,0 +1,130 @@
+//! Kernel backends (scalar, AVX2, AVX-512), chosen once at run time.
+//!
+//! A [`Backend`] is a table of functions. The scalar one is always there and defines the
+//! results; SIMD ones replace some entries with byte-identical faster versions and keep the
+//! scalar ones elsewhere. SIMD tables are only handed out after the CPU has been checked for
+//! their features, which is what makes their `unsafe` calls sound.
+
+use std::sync::OnceLock;
+
+use crate::convert::rows;
+use crate::{KernelError, QuantType, scalar};
+
+/// Values checked and quantized per step: the finiteness check then reads data that is
+/// still in cache when the kernel reads it again. A multiple of every block size.
+const STEP: usize = 8192;
+
+/// A set of kernels.
+pub struct Backend {
+    /// `scalar`, `avx2` or `avx512`.
+    pub name: &'static str,
+    pub(crate) quantize: fn(QuantType, &[f32], &mut [u8]),
+    pub(crate) dequantize: fn(QuantType, &[u8], &mut [f32]),
+    pub(crate) bf16_to_f32: fn(&[u16], &mut [f32]),
+    pub(crate) f16_to_f32: fn(&[u16], &mut [f32]),
+    pub(crate) f32_to_bf16: fn(&[f32], &mut [u16]),
+    pub(crate) f32_to_f16: fn(&[f32], &mut [u16]),
+}
+
+/// The reference backend.
+pub static SCALAR: Backend = Backend {
+    name: "scalar",
+    quantize: scalar::quantize,
+    dequantize: scalar::dequantize,
+    bf16_to_f32: rows::bf16_to_f32,
+    f16_to_f32: rows::f16_to_f32,
+    f32_to_bf16: rows::f32_to_bf16,
+    f32_to_f16: rows::f32_to_f16,
+};
+
+/// Every backend this CPU can run, scalar first.
+pub fn available() -> Vec<&'static Backend> {
+    let mut out = vec![&SCALAR];
+    #[cfg(target_arch = "x86_64")]
+    out.extend(crate::x86::available());
+    out
+}
+
+/// The backend in use: `MOEQ_KERNELS=scalar|avx2|avx512` if set (falling back to the best
+/// available when that one cannot run here), else the fastest available.
+pub fn active() -> &'static Backend {
+    static ACTIVE: OnceLock<&'static Backend> = OnceLock::new();
+    ACTIVE.get_or_init(|| {
+        let all = available();
+        let forced = std::env::var("MOEQ_KERNELS").ok();
+        forced.and_then(|name| all.iter().copied().find(|b| b.name == name)).unwrap_or(all[all.len() - 1])
+    })
+}
+
+/// The index and value of the first NaN or infinity in `x`, if any.
+pub fn first_non_finite(x: &[f32]) -> Option<(usize, f32)> {
+    // A branch-free pass the compiler vectorizes; the position is only searched on failure.
+    let all_finite = x.chunks(64).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    if all_finite { None } else { x.iter().position(|v| !v.is_finite()).map(|i| (i, x[i])) }
+}
+
+impl Backend {
+    /// Quantizes `src` (a whole number of blocks) into `dst` (exactly its byte size).
+    /// Refuses NaN and infinities.
+    pub fn quantize(&self, ty: QuantType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
+        if !ty.can_quantize() {
+            return Err(KernelError::Unsupported(ty.name()));
+        }
+        check_lengths(ty, src.len(), dst.len())?;
+        let step_bytes = ty.bytes_for(STEP);
+        for (i, (x, y)) in src.chunks(STEP).zip(dst.chunks_mut(step_bytes)).enumerate() {
+            if let Some((at, value)) = first_non_finite(x) {
+                return Err(KernelError::NonFinite { index: i * STEP + at, value });
+            }
+            (self.quantize)(ty, x, y);
+        }
+        Ok(())
+    }
+
+    /// Dequantizes `src` (whole blocks) into `dst` (exactly its value count).
+    pub fn dequantize(&self, ty: QuantType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
+        if src.len() % ty.block_bytes() != 0 {
+            let what = format!("{} bytes is not a whole number of {}-byte blocks", src.len(), ty.block_bytes());
+            return Err(KernelError::Length { ty: ty.name(), what });
+        }
+        check_lengths(ty, dst.len(), src.len())?;
+        (self.dequantize)(ty, src, dst);
+        Ok(())
+    }
+
+    /// bf16 bits → f32. Panics if the lengths differ.
+    pub fn bf16_to_f32(&self, src: &[u16], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "bf16_to_f32: length mismatch");
+        (self.bf16_to_f32)(src, dst)
+    }
+
+    /// f16 bits → f32. Panics if the lengths differ.
+    pub fn f16_to_f32(&self, src: &[u16], dst: &mut [f32]) {
+        assert_eq!(src.len(), dst.len(), "f16_to_f32: length mismatch");
+        (self.f16_to_f32)(src, dst)
+    }
+
+    /// f32 → bf16 bits (round to nearest even). Panics if the lengths differ.
+    pub fn f32_to_bf16(&self, src: &[f32], dst: &mut [u16]) {
+        assert_eq!(src.len(), dst.len(), "f32_to_bf16: length mismatch");
+        (self.f32_to_bf16)(src, dst)
+    }
+
+    /// f32 → f16 bits (round to nearest even). Panics if the lengths differ.
+    pub fn f32_to_f16(&self, src: &[f32], dst: &mut [u16]) {
+        assert_eq!(src.len(), dst.len(), "f32_to_f16: length mismatch");
+        (self.f32_to_f16)(src, dst)
+    }
+}
+
+fn check_lengths(ty: QuantType, values: usize, bytes: usize) -> Result<(), KernelError> {
+    if values % ty.block_size() != 0 {
+        let what = format!("{values} values is not a whole number of {}-value blocks", ty.block_size());
+        return Err(KernelError::Length { ty: ty.name(), what });
+    }
+    if ty.bytes_for(values) != bytes {
+        let what = format!("{values} values take {} bytes, the buffer has {bytes}", ty.bytes_for(values));
+        return Err(KernelError::Length { ty: ty.name(), what });
+    }
+    Ok(())
+}
