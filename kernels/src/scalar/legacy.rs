@@ -3,6 +3,15 @@
 
 use crate::convert::{f16_to_f32, f32_to_f16};
 
+/// C's float → integer conversion as x86-64 compilers emit it (`cvttss2si`): truncation
+/// toward zero, and 0x8000_0000 ("integer indefinite") for NaN and out-of-range values.
+/// ggml's `(int8_t)` / `(uint8_t)` casts then keep the low byte. Degenerate blocks (all
+/// values subnormal, so `1/d` is infinite) depend on this.
+#[inline]
+pub fn c_int(v: f32) -> i32 {
+    if v > -2_147_483_648.0 && v < 2_147_483_648.0 { v as i32 } else { i32::MIN }
+}
+
 fn put_f16(out: &mut [u8], at: usize, v: f32) {
     out[at..at + 2].copy_from_slice(&f32_to_f16(v).to_le_bytes());
 }
@@ -46,7 +55,7 @@ pub fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         put_f16(b, 0, d);
         for (q, &v) in b[2..].iter_mut().zip(x) {
-            *q = (v * id).round() as i8 as u8;
+            *q = c_int((v * id).round()) as u8;
         }
     }
 }
@@ -70,8 +79,8 @@ pub fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
         for j in 0..16 {
             let x0 = x[j] * id;
             let x1 = x[16 + j] * id;
-            let q0 = ((x0 + 8.5) as i8).min(15) as u8;
-            let q1 = ((x1 + 8.5) as i8).min(15) as u8;
+            let q0 = (c_int(x0 + 8.5) as i8).min(15) as u8;
+            let q1 = (c_int(x1 + 8.5) as i8).min(15) as u8;
             b[2 + j] = q0 | (q1 << 4);
         }
     }
@@ -99,8 +108,8 @@ pub fn quantize_q4_1(x: &[f32], y: &mut [u8]) {
         for j in 0..16 {
             let x0 = (x[j] - min) * id;
             let x1 = (x[16 + j] - min) * id;
-            let q0 = ((x0 + 0.5) as i8).min(15) as u8;
-            let q1 = ((x1 + 0.5) as i8).min(15) as u8;
+            let q0 = (c_int(x0 + 0.5) as i8).min(15) as u8;
+            let q1 = (c_int(x1 + 0.5) as i8).min(15) as u8;
             b[4 + j] = q0 | (q1 << 4);
         }
     }
@@ -128,8 +137,8 @@ pub fn quantize_q5_0(x: &[f32], y: &mut [u8]) {
         for j in 0..16 {
             let x0 = x[j] * id;
             let x1 = x[16 + j] * id;
-            let q0 = ((x0 + 16.5) as i8).min(31) as u8;
-            let q1 = ((x1 + 16.5) as i8).min(31) as u8;
+            let q0 = (c_int(x0 + 16.5) as i8).min(31) as u8;
+            let q1 = (c_int(x1 + 16.5) as i8).min(31) as u8;
             b[6 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4);
             qh |= (((q0 & 0x10) >> 4) as u32) << j;
             qh |= (((q1 & 0x10) >> 4) as u32) << (j + 16);
@@ -166,8 +175,8 @@ pub fn quantize_q5_1(x: &[f32], y: &mut [u8]) {
         for j in 0..16 {
             let x0 = (x[j] - min) * id;
             let x1 = (x[16 + j] - min) * id;
-            let q0 = (x0 + 0.5) as u8;
-            let q1 = (x1 + 0.5) as u8;
+            let q0 = c_int(x0 + 0.5) as u8;
+            let q1 = c_int(x1 + 0.5) as u8;
             b[8 + j] = (q0 & 0x0F) | ((q1 & 0x0F) << 4);
             qh |= (((q0 & 0x10) >> 4) as u32) << j;
             qh |= (((q1 & 0x10) >> 4) as u32) << (j + 16);

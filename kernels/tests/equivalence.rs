@@ -1,0 +1,245 @@
+//! Every SIMD backend this CPU runs equals the scalar reference byte for byte, on random data
+//! and on the edge cases that break careless SIMD (ties, ±0, subnormals, huge values,
+//! outliers); non-finite input is refused.
+
+use moeq_kernels::backend::SCALAR;
+use moeq_kernels::{Backend, KernelError, QuantType, available};
+use proptest::prelude::*;
+
+fn simd_backends() -> Vec<&'static Backend> {
+    available().into_iter().filter(|b| b.name != "scalar").collect()
+}
+
+fn quantizable() -> Vec<QuantType> {
+    QuantType::ALL.into_iter().filter(|t| t.can_quantize()).collect()
+}
+
+/// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one.
+#[track_caller]
+fn check_all(ty: QuantType, x: &[f32]) {
+    let n = x.len() / ty.block_size() * ty.block_size();
+    let x = &x[..n];
+    let mut want = vec![0u8; ty.bytes_for(n)];
+    SCALAR.quantize(ty, x, &mut want).unwrap();
+    let mut want_f = vec![0f32; n];
+    SCALAR.dequantize(ty, &want, &mut want_f).unwrap();
+    for b in simd_backends() {
+        let mut got = vec![0u8; want.len()];
+        b.quantize(ty, x, &mut got).unwrap();
+        if let Some(i) = want.iter().zip(&got).position(|(a, b)| a != b) {
+            let block = i / ty.block_bytes();
+            let xs = &x[block * ty.block_size()..(block + 1) * ty.block_size()];
+            panic!(
+                "{} {}: block {block} differs at byte {}: {:?}\ninput {xs:?}",
+                b.name,
+                ty.name(),
+                i % ty.block_bytes(),
+                (want[i], got[i])
+            );
+        }
+        let mut got_f = vec![0f32; n];
+        b.dequantize(ty, &want, &mut got_f).unwrap();
+        assert!(
+            want_f.iter().zip(&got_f).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())),
+            "{} {} dequantize differs",
+            b.name,
+            ty.name()
+        );
+    }
+}
+
+/// 256 values (one k-quant super-block, eight 32-blocks) shaped by `f`.
+fn shaped(f: impl Fn(usize) -> f32) -> Vec<f32> {
+    (0..256).map(f).collect()
+}
+
+#[test]
+fn edge_cases() {
+    let min_sub = f32::from_bits(1);
+    let cases: Vec<(&str, Vec<f32>)> = vec![
+        ("zeros", vec![0.0; 256]),
+        ("negative zeros", vec![-0.0; 256]),
+        ("mixed zeros", shaped(|i| if i % 3 == 0 { -0.0 } else { 0.0 })),
+        (
+            "subnormals",
+            shaped(|i| f32::from_bits(1 + (i as u32 * 7919) % 0x007f_ffff) * if i % 2 == 0 { 1.0 } else { -1.0 }),
+        ),
+        ("tiny normals", shaped(|i| f32::MIN_POSITIVE * (1.0 + i as f32) * if i % 5 == 0 { -1.0 } else { 1.0 })),
+        ("min subnormal", shaped(|i| if i % 7 == 0 { min_sub } else { 0.0 })),
+        ("all equal", vec![0.37; 256]),
+        ("all equal negative", vec![-1234.5; 256]),
+        ("single outlier", shaped(|i| if i == 77 { 1e4 } else { (i as f32 * 0.013).sin() * 1e-3 })),
+        ("negative outlier", shaped(|i| if i % 32 == 5 { -50.0 } else { (i as f32).cos() })),
+        (
+            "q8 ties",
+            shaped(|i| {
+                (i % 32) as f32 * if i % 2 == 0 { 0.5 } else { -0.5 } + if i % 32 == 31 { 127.0 - 15.5 } else { 0.0 }
+            }),
+        ),
+        ("q8 exact halves", shaped(|i| if i % 32 == 0 { 127.0 } else { (i % 127) as f32 + 0.5 })),
+        ("q4 ties", shaped(|i| if i % 32 == 0 { -8.0 } else { (i % 17) as f32 * 0.5 - 4.0 })),
+        (
+            "mxfp4 ties",
+            shaped(|i| [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0][i % 8] * if i % 16 < 8 { 1.0 } else { -1.0 }),
+        ),
+        (
+            "mxfp4 near powers of two",
+            shaped(|i| f32::from_bits(0x437f_ffff - (i as u32 % 4)) * if i % 3 == 0 { -1.0 } else { 1.0 }),
+        ),
+        ("huge", shaped(|i| 3.0e38 * if i % 2 == 0 { 1.0 } else { -0.999 })),
+        ("max magnitude", shaped(|i| if i % 32 == 0 { f32::MAX } else { -f32::MAX / (1.0 + i as f32) })),
+        ("equal magnitude, opposite signs", shaped(|i| if i % 2 == 0 { 2.0 } else { -2.0 })),
+        (
+            "first max negative",
+            shaped(|i| {
+                if i % 32 == 3 {
+                    -7.0
+                } else if i % 32 == 9 {
+                    7.0
+                } else {
+                    1.0
+                }
+            }),
+        ),
+    ];
+    for ty in quantizable() {
+        for (name, x) in &cases {
+            let result = std::panic::catch_unwind(|| check_all(ty, x));
+            assert!(result.is_ok(), "case '{name}' failed for {}", ty.name());
+        }
+    }
+}
+
+#[test]
+fn non_finite_input_is_refused() {
+    for b in available() {
+        for ty in quantizable() {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = vec![1.0f32; 512];
+                x[300] = bad;
+                let mut y = vec![0u8; ty.bytes_for(512)];
+                let err = b.quantize(ty, &x, &mut y).unwrap_err();
+                assert!(matches!(err, KernelError::NonFinite { index: 300, .. }), "{} {}: {err}", b.name, ty.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn wrong_lengths_are_refused() {
+    let mut y = vec![0u8; 34];
+    assert!(matches!(SCALAR.quantize(QuantType::Q8_0, &[0.0; 31], &mut y), Err(KernelError::Length { .. })));
+    assert!(matches!(SCALAR.quantize(QuantType::Q8_0, &[0.0; 64], &mut y), Err(KernelError::Length { .. })));
+    assert!(matches!(SCALAR.quantize(QuantType::IQ4_NL, &[0.0; 32], &mut y[..18]), Err(KernelError::Unsupported(_))));
+    let mut f = vec![0f32; 32];
+    assert!(SCALAR.dequantize(QuantType::Q8_0, &y[..33], &mut f).is_err());
+}
+
+#[test]
+fn conversions_match_on_every_half_value() {
+    let all: Vec<u16> = (0..=u16::MAX).collect();
+    let mut want = vec![0f32; all.len()];
+    let mut got = vec![0f32; all.len()];
+    for b in simd_backends() {
+        SCALAR.bf16_to_f32(&all, &mut want);
+        b.bf16_to_f32(&all, &mut got);
+        assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} bf16_to_f32", b.name);
+        SCALAR.f16_to_f32(&all, &mut want);
+        b.f16_to_f32(&all, &mut got);
+        assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()), "{} f16_to_f32", b.name);
+    }
+}
+
+#[test]
+fn f32_to_half_conversions_match_on_edge_values() {
+    let mut x: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        -f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        65504.0,
+        65520.0,
+        65519.99,
+    ];
+    x.extend([
+        f32::from_bits(0x7fc0_0000),
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffff_ffff),
+        f32::from_bits(0x7fbf_ffff),
+    ]);
+    x.extend((0..4096u32).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9))));
+    x.extend((0..4096u32).map(|i| f32::from_bits(0x3380_0000 + i * 977))); // f16 subnormal range
+    x.extend((0..4096u32).map(|i| f32::from_bits(0x3f80_0000 | (i << 12) | 0x0fff))); // ties and near-ties
+    let (mut want, mut got) = (vec![0u16; x.len()], vec![0u16; x.len()]);
+    for b in simd_backends() {
+        SCALAR.f32_to_bf16(&x, &mut want);
+        b.f32_to_bf16(&x, &mut got);
+        assert_eq!(want, got, "{} f32_to_bf16", b.name);
+        SCALAR.f32_to_f16(&x, &mut want);
+        b.f32_to_f16(&x, &mut got);
+        assert_eq!(want, got, "{} f32_to_f16", b.name);
+    }
+}
+
+fn arb_values() -> impl Strategy<Value = Vec<f32>> {
+    let scale = prop_oneof![Just(1e-30f32), Just(1e-3), Just(1.0), Just(1e3), Just(1e30)];
+    (scale, prop::collection::vec(-1.0f32..1.0, 256..=1024), any::<u64>()).prop_map(|(scale, v, seed)| {
+        v.iter()
+            .enumerate()
+            .map(|(i, &u)| {
+                // Mostly normal-ish weights, some exact zeros and repeated values.
+                let h = (seed ^ i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
+                match h {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => scale,
+                    _ => u * u * u.signum() * scale,
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn random_data_matches_scalar(x in arb_values()) {
+        for ty in quantizable() {
+            check_all(ty, &x);
+        }
+    }
+
+    #[test]
+    fn random_bytes_dequantize_like_scalar(bytes in prop::collection::vec(any::<u8>(), 210 * 34)) {
+        for ty in QuantType::ALL {
+            let n = bytes.len() / ty.block_bytes();
+            let src = &bytes[..n * ty.block_bytes()];
+            let mut want = vec![0f32; n * ty.block_size()];
+            SCALAR.dequantize(ty, src, &mut want).unwrap();
+            for b in simd_backends() {
+                let mut got = vec![0f32; want.len()];
+                b.dequantize(ty, src, &mut got).unwrap();
+                prop_assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())),
+                    "{} {}", b.name, ty.name());
+            }
+        }
+    }
+
+    #[test]
+    fn random_floats_convert_like_scalar(bits in prop::collection::vec(any::<u32>(), 1..300)) {
+        let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let (mut want, mut got) = (vec![0u16; x.len()], vec![0u16; x.len()]);
+        for b in simd_backends() {
+            SCALAR.f32_to_bf16(&x, &mut want);
+            b.f32_to_bf16(&x, &mut got);
+            prop_assert_eq!(&want, &got);
+            SCALAR.f32_to_f16(&x, &mut want);
+            b.f32_to_f16(&x, &mut got);
+            prop_assert_eq!(&want, &got);
+        }
+    }
+}
