@@ -30,6 +30,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure moeq's speed on this machine.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        what: BenchTarget,
+    },
     /// Write a model to a new file, optionally requantized.
     ///
     /// Today: a GGUF (single or split) is rewritten as one file, or re-split with
@@ -51,5 +57,19 @@ pub enum Command {
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
+    },
+}
+
+/// What `moeq bench` measures.
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Single-thread throughput of every kernel on every backend this CPU runs (GB/s of f32).
+    Kernels {
+        /// Print a JSON list of {"type", "backend", "op", "gbps"}.
+        #[arg(long)]
+        json: bool,
+        /// Bytes of f32 data per measurement.
+        #[arg(long, default_value_t = 16 << 20)]
+        size: usize,
     },
 }

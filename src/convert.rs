@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
 use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, GgufWriter, TensorSpec, Value};
+use moeq_kernels::KernelError;
 use rayon::prelude::*;
 
 use crate::progress::bytes_bar;
@@ -134,8 +135,15 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
                     let src = &data[(first * src_row) as usize..((first + count) * src_row) as usize];
                     values.resize((count * ne0) as usize, 0.0);
                     out.resize((count * dst_row) as usize, 0);
-                    let at =
-                        |e: anyhow::Error| e.context(format!("tensor '{}', rows {first}..{}", t.name, first + count));
+                    let at = |e: anyhow::Error| match e.downcast_ref::<KernelError>() {
+                        Some(&KernelError::NonFinite { index, value }) => anyhow::anyhow!(
+                            "tensor '{}': the value at row {}, column {} is {value}, which cannot be quantized",
+                            t.name,
+                            first + index as u64 / ne0,
+                            index as u64 % ne0
+                        ),
+                        _ => e.context(format!("tensor '{}', rows {first}..{}", t.name, first + count)),
+                    };
                     to_f32(t.ggml_type, src, values).map_err(at)?;
                     from_f32(j.to, values, out).map_err(at)?;
                     writer.write_tensor_part(job, first * dst_row, out)?;

@@ -6,9 +6,11 @@
 //! - [`quant_plan`]: which type each tensor gets (llama-quantize's rules);
 //! - [`transcode`]: between tensor types and f32, through the kernels;
 //! - [`convert`]: plan the output and stream tensor bytes into it;
-//! - [`inspect`]: report what a model holds.
+//! - [`inspect`]: report what a model holds;
+//! - [`bench`]: kernel throughput on this machine.
 
 pub mod arch;
+pub mod bench;
 pub mod cli;
 pub mod convert;
 pub mod inspect;

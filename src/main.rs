@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use moeq::cli::{Cli, Command};
+use moeq::bench::bench_kernels;
+use moeq::cli::{BenchTarget, Cli, Command};
 use moeq::convert::{ConvertOptions, convert};
 use moeq::inspect::{Report, human_bytes};
 use moeq::source::Source;
@@ -27,6 +28,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {
                 print!("{}", report.to_text());
+            }
+        }
+        Command::Bench { what: BenchTarget::Kernels { json, size } } => {
+            let rows = bench_kernels(size, std::time::Duration::from_millis(300));
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({"type": r.ty, "backend": r.backend, "op": r.op, "gbps": r.gbps}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<8} {:<8} {:<11} {:>8}", "type", "backend", "op", "GB/s");
+                for r in &rows {
+                    println!("{:<8} {:<8} {:<11} {:>8.2}", r.ty, r.backend, r.op, r.gbps);
+                }
             }
         }
         Command::Convert { input, output, ftype, split_max_size, quiet } => {

@@ -238,3 +238,65 @@ fn hostile_inputs_fail_cleanly() {
     let err = fails(&["inspect", path_arg(partial.path())]);
     assert!(err.contains("model-00001-of-00002.safetensors', which is missing"), "{err}");
 }
+
+/// Every quantized golden file (written by llama-quantize) is reproduced byte for byte by
+/// `moeq convert --type`, with each kernel backend this CPU runs.
+#[test]
+fn convert_type_reproduces_llama_quantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(fixtures().join("golden")).unwrap() {
+        let golden_path = entry.unwrap().path();
+        let name = golden_path.file_stem().unwrap().to_str().unwrap().to_string();
+        let Some((source, ftype)) = name.rsplit_once('-').filter(|(s, _)| s.ends_with("bf16") || s.ends_with("mxfp4"))
+        else {
+            continue;
+        };
+        let expected = std::fs::read(&golden_path).unwrap();
+        for kernels in ["scalar", "avx2", "avx512"] {
+            let out = dir.path().join(format!("{name}-{kernels}.gguf"));
+            let status = Command::new(env!("CARGO_BIN_EXE_moeq"))
+                .env("MOEQ_KERNELS", kernels)
+                .args([
+                    "convert",
+                    path_arg(&golden(&format!("{source}.gguf"))),
+                    "-o",
+                    path_arg(&out),
+                    "--type",
+                    ftype,
+                    "-q",
+                ])
+                .output()
+                .unwrap();
+            assert!(status.status.success(), "{name}: {}", String::from_utf8_lossy(&status.stderr));
+            assert!(
+                std::fs::read(&out).unwrap() == expected,
+                "{name} differs from llama-quantize's with {kernels} kernels"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 9, "expected the 9 quantized goldens");
+}
+
+#[test]
+fn convert_type_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let err = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--type", "Q3_K"]);
+    assert_eq!(err.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("unknown type 'Q3_K'"));
+    // A NaN in a tensor is named, and nothing is left behind.
+    let mut bytes = std::fs::read(golden("llama-bf16.gguf")).unwrap();
+    let file = moeq_formats::gguf::GgufFile::open(&golden("llama-bf16.gguf")).unwrap();
+    let header = file.header();
+    let idx = header.tensors.iter().position(|t| t.name == "blk.1.attn_q.weight").unwrap();
+    let at = (header.data_offset + header.tensors[idx].offset) as usize + 2 * 70;
+    bytes[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    let bad = dir.path().join("nan.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let err = fails(&["convert", path_arg(&bad), "-o", path_arg(&out), "--type", "Q8_0"]);
+    assert!(err.contains("blk.1.attn_q.weight") && err.contains("NaN"), "{err}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input remains");
+}

@@ -46,14 +46,102 @@ pub fn available() -> Vec<&'static Backend> {
 }
 
 /// The backend in use: `MOEQ_KERNELS=scalar|avx2|avx512` if set (falling back to the best
-/// available when that one cannot run here), else the fastest available.
+/// available when that one cannot run here), else the fastest available. A SIMD backend is
+/// first checked against the scalar reference on a probe set (ties, ±0, subnormals, huge
+/// values, every half-precision value); one that disagrees is never used.
 pub fn active() -> &'static Backend {
     static ACTIVE: OnceLock<&'static Backend> = OnceLock::new();
     ACTIVE.get_or_init(|| {
-        let all = available();
-        let forced = std::env::var("MOEQ_KERNELS").ok();
-        forced.and_then(|name| all.iter().copied().find(|b| b.name == name)).unwrap_or(all[all.len() - 1])
+        let mut all = available();
+        if let Some(name) = std::env::var("MOEQ_KERNELS").ok().filter(|n| !n.is_empty()) {
+            match all.iter().position(|b| b.name == name) {
+                Some(i) => all.truncate(i + 1),
+                None => eprintln!("moeq: MOEQ_KERNELS={name} is not available on this CPU; using the best available"),
+            }
+        }
+        while let Some(&b) = all.last() {
+            if agrees_with_scalar(b) {
+                return b;
+            }
+            eprintln!("moeq: the {} kernels disagree with the reference on this CPU; not using them", b.name);
+            all.pop();
+        }
+        &SCALAR
     })
+}
+
+/// Whether `b` produces the scalar reference's bytes on a probe set.
+pub fn agrees_with_scalar(b: &Backend) -> bool {
+    if std::ptr::eq(b, &SCALAR) {
+        return true;
+    }
+    let probe = probe_values();
+    let quantize_agrees = QuantType::ALL.into_iter().filter(|t| t.can_quantize()).all(|ty| {
+        let mut want = vec![0u8; ty.bytes_for(probe.len())];
+        let mut got = want.clone();
+        SCALAR.quantize(ty, &probe, &mut want).is_ok() && b.quantize(ty, &probe, &mut got).is_ok() && want == got
+    });
+    let halves: Vec<u16> = (0..=u16::MAX).collect();
+    let (mut want, mut got) = (vec![0f32; halves.len()], vec![0f32; halves.len()]);
+    let mut convert_agrees = true;
+    for f in [
+        |k: &Backend, s: &[u16], d: &mut [f32]| k.bf16_to_f32(s, d),
+        |k: &Backend, s: &[u16], d: &mut [f32]| k.f16_to_f32(s, d),
+    ] {
+        f(&SCALAR, &halves, &mut want);
+        f(b, &halves, &mut got);
+        convert_agrees &= want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+    }
+    let (mut want16, mut got16) = (vec![0u16; probe.len()], vec![0u16; probe.len()]);
+    for f in [
+        |k: &Backend, s: &[f32], d: &mut [u16]| k.f32_to_bf16(s, d),
+        |k: &Backend, s: &[f32], d: &mut [u16]| k.f32_to_f16(s, d),
+    ] {
+        f(&SCALAR, &probe, &mut want16);
+        f(b, &probe, &mut got16);
+        convert_agrees &= want16 == got16;
+    }
+    quantize_agrees && convert_agrees
+}
+
+/// 4096 values in blocks that exercise rounding ties, signed zeros, subnormals, huge values,
+/// outliers and ordinary weights.
+fn probe_values() -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..4096)
+        .map(|i| {
+            let r = next();
+            let u = (r >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            match (i / 256) % 8 {
+                0 => u,
+                1 => (i % 32) as f32 * 0.5 - 8.0,
+                2 => {
+                    if i % 2 == 0 {
+                        0.0
+                    } else {
+                        -0.0
+                    }
+                }
+                3 => f32::from_bits((r as u32) & 0x807f_ffff),
+                4 => u * 3.0e38,
+                5 => {
+                    if i % 64 == 0 {
+                        1e4
+                    } else {
+                        u * 1e-3
+                    }
+                }
+                6 => [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0][i % 8] * if r & 1 == 0 { 1.0 } else { -1.0 },
+                _ => f32::from_bits(0x437f_ffff - (i as u32 % 4)),
+            }
+        })
+        .collect()
 }
 
 /// The index and value of the first NaN or infinity in `x`, if any.
@@ -83,7 +171,7 @@ impl Backend {
 
     /// Dequantizes `src` (whole blocks) into `dst` (exactly its value count).
     pub fn dequantize(&self, ty: QuantType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
-        if src.len() % ty.block_bytes() != 0 {
+        if !src.len().is_multiple_of(ty.block_bytes()) {
             let what = format!("{} bytes is not a whole number of {}-byte blocks", src.len(), ty.block_bytes());
             return Err(KernelError::Length { ty: ty.name(), what });
         }
@@ -118,7 +206,7 @@ impl Backend {
 }
 
 fn check_lengths(ty: QuantType, values: usize, bytes: usize) -> Result<(), KernelError> {
-    if values % ty.block_size() != 0 {
+    if !values.is_multiple_of(ty.block_size()) {
         let what = format!("{values} values is not a whole number of {}-value blocks", ty.block_size());
         return Err(KernelError::Length { ty: ty.name(), what });
     }

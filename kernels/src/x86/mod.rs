@@ -1,6 +1,7 @@
 //! x86-64 SIMD backends, detected at run time.
 
 mod avx2;
+mod avx512;
 
 use std::sync::OnceLock;
 
@@ -17,11 +18,24 @@ static AVX2: Backend = Backend {
     f32_to_f16: avx2::entry::f32_to_f16,
 };
 
+static AVX512: Backend = Backend {
+    name: "avx512",
+    quantize: avx512::quantize,
+    dequantize: avx512::dequantize,
+    bf16_to_f32: avx512::entry::bf16_to_f32,
+    f16_to_f32: avx512::entry::f16_to_f32,
+    f32_to_bf16: avx512::entry::f32_to_bf16,
+    f32_to_f16: avx512::entry::f32_to_f16,
+};
+
 /// The SIMD backends this CPU supports, slowest first.
 pub fn available() -> Vec<&'static Backend> {
     let mut out = Vec::new();
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
         out.push(&AVX2);
+    }
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        out.push(&AVX512);
     }
     out
 }
