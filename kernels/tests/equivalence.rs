@@ -110,6 +110,25 @@ fn edge_cases() {
     }
 }
 
+/// Values within a few ulps of every midpoint between MXFP4 code magnitudes, at several
+/// scales: where a nearest-code shortcut would be wrong, if anywhere.
+#[test]
+fn mxfp4_near_midpoints() {
+    let mut x = Vec::new();
+    for scale in [1.0f32, 0.75, 3.0e-30, 1.7e30, 2.0f32.powi(-100), 1.0e-36] {
+        for (i, m) in [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.1, 3.0].iter().enumerate() {
+            let mut block = vec![6.0 * scale];
+            for k in -15i32..16 {
+                let v = m * scale;
+                let v = f32::from_bits((v.to_bits() as i32 + k) as u32);
+                block.push(if (i as i32 + k) % 2 == 0 { v } else { -v });
+            }
+            x.extend(block);
+        }
+    }
+    check_all(QuantType::MXFP4, &x);
+}
+
 #[test]
 fn non_finite_input_is_refused() {
     for b in available() {

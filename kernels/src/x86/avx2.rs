@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use super::mxfp4_exponent;
 use crate::QuantType;
 use crate::convert::{self, rows};
-use crate::scalar::{self, mxfp4::KVALUES};
+use crate::scalar;
 
 /// The 8 lanes of `v`, as an array.
 #[target_feature(enable = "avx2")]
@@ -33,113 +33,190 @@ fn load_block(x: &[f32]) -> [__m256; 4] {
     std::array::from_fn(|i| load(x[8 * i..8 * i + 8].try_into().expect("8 values")))
 }
 
-/// Largest |x| of the block (max is exact, so the order does not matter).
+/// The horizontal maxima of eight vectors, as one vector (lane k = max of `v[k]`).
 #[target_feature(enable = "avx2")]
-fn abs_max(v: &[__m256; 4]) -> f32 {
-    let sign = _mm256_set1_ps(-0.0);
-    let a = v.map(|x| _mm256_andnot_ps(sign, x));
-    let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
-    lanes(m).iter().fold(0.0f32, |acc, &x| acc.max(x))
+fn hmax8(v: [__m256; 8]) -> __m256 {
+    let pair = |a: __m256, b: __m256| _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    let (a0, a1, a2, a3) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
+    let quad = |a: __m256, b: __m256| {
+        _mm256_max_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
+    };
+    let (b0, b1) = (quad(a0, a1), quad(a2, a3));
+    _mm256_max_ps(_mm256_permute2f128_ps::<0x20>(b0, b1), _mm256_permute2f128_ps::<0x31>(b0, b1))
 }
 
-/// `f32::round` (half away from zero) on 8 lanes, exact: truncate, then step away from zero
-/// where the dropped fraction is at least one half.
+/// `f32::round` for |s| < 2^22 (and ±inf, NaN): truncate `s + copysign(0.5 - 2^-25, s)`.
+/// Adding the largest float below one half rounds exactly the values whose fraction is at
+/// least one half across the next integer; nothing else.
 #[target_feature(enable = "avx2")]
-fn round_half_away(s: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
-    let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(s, t));
-    let step = _mm256_or_ps(_mm256_and_ps(s, sign), _mm256_set1_ps(1.0));
-    let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
-    _mm256_add_ps(t, _mm256_and_ps(up, step))
-}
-
-/// The low byte of each i32 lane of four vectors, in order (C's cast to a byte type).
-#[target_feature(enable = "avx2")]
-fn low_bytes(q: [__m256i; 4]) -> [u8; 32] {
-    let m = _mm256_set1_epi32(0xff);
-    let q = q.map(|v| _mm256_and_si256(v, m));
-    let p01 = _mm256_packus_epi32(q[0], q[1]);
-    let p23 = _mm256_packus_epi32(q[2], q[3]);
-    let bytes = _mm256_packus_epi16(p01, p23);
-    let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-    let mut out = [0u8; 32];
-    // SAFETY: `out` has room for 32 bytes; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), ordered) };
-    out
-}
-
-/// C's `MIN(max, (int8_t)v)` on i32 lanes: sign-extend the low byte, then clamp from above.
-#[target_feature(enable = "avx2")]
-fn min_i8(v: __m256i, max: i32) -> __m256i {
-    _mm256_min_epi32(_mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(v)), _mm256_set1_epi32(max))
-}
-
-/// `lo[j] | hi[j] << 4` for 16 nibble pairs given as i32 lanes (lo = q[0..2], hi = q[2..4]).
-#[target_feature(enable = "avx2")]
-fn pack_nibbles(q: [__m256i; 4]) -> [u8; 16] {
-    let m = _mm256_set1_epi32(0xff);
-    let q = q.map(|v| _mm256_and_si256(v, m));
-    let b0 = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
-    let b1 = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
-    let zero = _mm256_setzero_si256();
-    let all = low_bytes([b0, b1, zero, zero]);
-    all[..16].try_into().expect("16 bytes")
+fn round_half_away_small(s: __m256) -> __m256 {
+    let sign = _mm256_and_ps(s, _mm256_set1_ps(-0.0));
+    let bias = _mm256_or_ps(sign, _mm256_set1_ps(0.499_999_97));
+    _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(_mm256_add_ps(s, bias))
 }
 
 #[target_feature(enable = "avx2,f16c")]
 fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
-        let v = load_block(x);
-        let amax = abs_max(&v);
-        let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b[..2].copy_from_slice(&convert::f32_to_f16(d).to_le_bytes());
-        let idv = _mm256_set1_ps(id);
-        let q = v.map(|v| _mm256_cvtps_epi32(round_half_away(_mm256_mul_ps(v, idv))));
-        b[2..].copy_from_slice(&low_bytes(q));
+    let sign = _mm256_set1_ps(-0.0);
+    let mut xs = x.chunks_exact(256);
+    let mut ys = y.chunks_exact_mut(8 * 34);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        // Pass 1: the eight blocks' amax, d and 1/d, computed as the reference does (IEEE
+        // division is exact whatever the lane).
+        let amax = hmax8(std::array::from_fn(|k| {
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let a = v.map(|v| _mm256_andnot_ps(sign, v));
+            _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]))
+        }));
+        // Blocks whose d would be subnormal (or inf after 1/d) take the reference path:
+        // their rounding and C's float-to-int8 casts need the careful version.
+        let tiny = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(amax, _mm256_setzero_ps()),
+            _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(127.0 * f32::MIN_POSITIVE)),
+        );
+        if _mm256_movemask_ps(tiny) != 0 {
+            scalar::legacy::quantize_q8_0(x, y);
+            continue;
+        }
+        let d = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+        let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
+        let mut d16 = [0u16; 8];
+        // SAFETY: `d16` has room for 8 u16 (16 bytes); unaligned store.
+        unsafe { _mm_storeu_si128(d16.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d)) };
+        let ids = lanes(id);
+        // Pass 2: codes. With a normal d, |x * id| <= 127 after rounding, so saturating packs
+        // equal C's casts.
+        for k in 0..8 {
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let idv = _mm256_set1_ps(ids[k]);
+            let q = v.map(|v| _mm256_cvttps_epi32(round_half_away_small(_mm256_mul_ps(v, idv))));
+            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let b = &mut y[34 * k..34 * k + 34];
+            b[..2].copy_from_slice(&d16[k].to_le_bytes());
+            // SAFETY: `b[2..]` holds 32 bytes; unaligned store.
+            unsafe { _mm256_storeu_si256(b[2..].as_mut_ptr().cast(), ordered) };
+        }
     }
+    scalar::legacy::quantize_q8_0(xs.remainder(), ys.into_remainder());
+}
+
+/// The eight blocks' largest magnitudes (lane k = block k).
+#[target_feature(enable = "avx2")]
+fn amax8(x: &[f32]) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    hmax8(std::array::from_fn(|k| {
+        let a = load_block(&x[32 * k..32 * k + 32]).map(|v| _mm256_andnot_ps(sign, v));
+        _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]))
+    }))
+}
+
+/// 16 nibble pairs from four vectors of codes in 0..=15: `q[0..2]` low, `q[2..4]` high.
+#[target_feature(enable = "avx2")]
+fn pack_small_nibbles(q: [__m256i; 4]) -> __m128i {
+    let b0 = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
+    let b1 = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
+    let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(b0, b1));
+    let bytes = _mm256_packus_epi16(words, words);
+    _mm_unpacklo_epi64(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256::<1>(bytes))
 }
 
 #[target_feature(enable = "avx2,f16c")]
 fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(32).zip(y.chunks_exact_mut(18)) {
-        let v = load_block(x);
-        let amax = abs_max(&v);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut xs = x.chunks_exact(256);
+    let mut ys = y.chunks_exact_mut(8 * 18);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let amax = amax8(x);
+        let amaxs = lanes(amax);
         // The reference keeps the first element of largest magnitude, with its sign.
-        let max = if amax == 0.0 { 0.0 } else { x[x.iter().position(|v| v.abs() == amax).unwrap_or(0)] };
-        let d = max / -8.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        b[..2].copy_from_slice(&convert::f32_to_f16(d).to_le_bytes());
-        let (idv, half) = (_mm256_set1_ps(id), _mm256_set1_ps(8.5));
-        let q = v.map(|v| min_i8(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), half)), 15));
-        b[2..].copy_from_slice(&pack_nibbles(q));
+        let max: [f32; 8] = std::array::from_fn(|k| {
+            if amaxs[k] == 0.0 {
+                return 0.0;
+            }
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let target = _mm256_set1_ps(amaxs[k]);
+            let hits =
+                v.map(|v| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, v), target)) as u32);
+            let mask = hits[0] | hits[1] << 8 | hits[2] << 16 | hits[3] << 24;
+            x[32 * k + mask.trailing_zeros() as usize]
+        });
+        // d subnormal (so 1/d may be infinite): the reference path handles C's casts.
+        let tiny = _mm256_and_ps(
+            _mm256_cmp_ps::<_CMP_GT_OQ>(amax, _mm256_setzero_ps()),
+            _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(8.0 * f32::MIN_POSITIVE)),
+        );
+        if _mm256_movemask_ps(tiny) != 0 {
+            scalar::legacy::quantize_q4_0(x, y);
+            continue;
+        }
+        // SAFETY: `max` holds 8 f32.
+        let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-8.0));
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+        let ids = lanes(_mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d)));
+        let mut d16 = [0u16; 8];
+        // SAFETY: `d16` has room for 8 u16; unaligned store.
+        unsafe { _mm_storeu_si128(d16.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d)) };
+        let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
+        for k in 0..8 {
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let idv = _mm256_set1_ps(ids[k]);
+            // With a normal d, x * id + 8.5 lies in [0, 17): truncation and min give C's codes.
+            let q =
+                v.map(|v| _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), half)), fifteen));
+            let b = &mut y[18 * k..18 * k + 18];
+            b[..2].copy_from_slice(&d16[k].to_le_bytes());
+            // SAFETY: `b[2..]` holds 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(b[2..].as_mut_ptr().cast(), pack_small_nibbles(q)) };
+        }
     }
+    scalar::legacy::quantize_q4_0(xs.remainder(), ys.into_remainder());
 }
+
+/// Shared exponents for which MXFP4's nearest-code search is exactly a count of midpoints
+/// crossed (see `quantize_mxfp4`); blocks outside take the reference path.
+const MXFP4_FAST_EXPONENTS: std::ops::RangeInclusive<u8> = 32..=249;
 
 #[target_feature(enable = "avx2,f16c")]
 fn quantize_mxfp4(x: &[f32], y: &mut [u8]) {
     let sign = _mm256_set1_ps(-0.0);
-    for (x, b) in x.chunks_exact(32).zip(y.chunks_exact_mut(17)) {
-        let v = load_block(x);
-        let e = mxfp4_exponent(abs_max(&v));
-        let d = scalar::mxfp4::e8m0_to_f32_half(e);
-        b[0] = e;
-        let kd: [__m256; 16] = std::array::from_fn(|i| _mm256_set1_ps(KVALUES[i] as f32 * d));
-        // The reference's linear scan: the first code with the strictly smallest error wins.
-        let q = v.map(|x| {
-            let mut best_err = _mm256_andnot_ps(sign, _mm256_sub_ps(kd[0], x));
-            let mut best = _mm256_setzero_si256();
-            for (i, k) in kd.iter().enumerate().skip(1) {
-                let err = _mm256_andnot_ps(sign, _mm256_sub_ps(*k, x));
-                let better = _mm256_cmp_ps::<_CMP_LT_OQ>(err, best_err);
-                best_err = _mm256_blendv_ps(best_err, err, better);
-                best = _mm256_blendv_epi8(best, _mm256_set1_epi32(i as i32), _mm256_castps_si256(better));
-            }
-            best
-        });
-        b[1..].copy_from_slice(&pack_nibbles(q));
+    // Midpoints between the code magnitudes 0, 1, 2, 3, 4, 6, 8, 12 (in units of d).
+    let mids = [0.5f32, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0].map(|m| _mm256_set1_ps(m));
+    let mut xs = x.chunks_exact(256);
+    let mut ys = y.chunks_exact_mut(8 * 17);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let e: [u8; 8] = lanes(amax8(x)).map(mxfp4_exponent);
+        if !e.iter().all(|e| MXFP4_FAST_EXPONENTS.contains(e)) {
+            scalar::mxfp4::quantize(x, y);
+            continue;
+        }
+        for k in 0..8 {
+            // d = 2^(e-128) is a power of two, so t = x / d is exact, and the reference's
+            // errors |kv*d - x| are d * |kv - t| exactly for the two codes around t. The first
+            // code with the smallest error is then the number of midpoints strictly below |t|
+            // (ties go to the smaller magnitude), with the sign bit for negative x unless the
+            // code is 0.
+            let inv_d = _mm256_castsi256_ps(_mm256_set1_epi32((255 - e[k] as i32) << 23));
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let q = v.map(|v| {
+                let a = _mm256_andnot_ps(sign, _mm256_mul_ps(v, inv_d));
+                let mut count = _mm256_setzero_si256();
+                for m in &mids {
+                    count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(a, *m)));
+                }
+                let negative =
+                    _mm256_srli_epi32::<28>(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(i32::MIN)));
+                let nonzero = _mm256_cmpgt_epi32(count, _mm256_setzero_si256());
+                _mm256_or_si256(count, _mm256_and_si256(negative, nonzero))
+            });
+            let b = &mut y[17 * k..17 * k + 17];
+            b[0] = e[k];
+            // SAFETY: `b[1..]` holds 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(b[1..].as_mut_ptr().cast(), pack_small_nibbles(q)) };
+        }
     }
+    scalar::mxfp4::quantize(xs.remainder(), ys.into_remainder());
 }
 
 #[target_feature(enable = "avx2,f16c")]
