@@ -158,16 +158,32 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The shared first half of Q4_K and Q5_K: per 32-value sub-block scale and min, packed to
-/// 6 bits, then the codes recomputed with the rounded scales. Writes d, dmin and scales into
-/// `head` (16 bytes) and the codes (0..=nmax) into `l`.
-fn k_scales_and_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u8], l: &mut [u8; 256]) {
+/// The parameters that differ between Q4_K and Q5_K.
+#[derive(Clone, Copy, Debug)]
+pub struct KParams {
+    /// Largest code (15 or 31).
+    pub nmax: i32,
+    /// `make_qkx2_quants`' `rmin`.
+    pub rmin: f32,
+    /// `make_qkx2_quants`' `rdelta`.
+    pub rdelta: f32,
+    /// `make_qkx2_quants`' `nstep`.
+    pub nstep: i32,
+    /// Bytes per super-block.
+    pub block_bytes: usize,
+}
+
+/// Q4_K's parameters (`quantize_row_q4_K_ref`).
+pub const Q4_K: KParams = KParams { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, block_bytes: 144 };
+/// Q5_K's parameters (`quantize_row_q5_K_ref`).
+pub const Q5_K: KParams = KParams { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15, block_bytes: 176 };
+
+/// The per-sub-block weights and `make_qkx2_quants` of one super-block: scales, mins, codes.
+fn search_superblock(p: &KParams, x: &[f32], l: &mut [u8; 256]) -> ([f32; 8], [f32; 8]) {
     let mut laux = [0u8; 32];
     let mut weights = [0f32; 32];
-    let mut mins = [0f32; 8];
     let mut scales = [0f32; 8];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
+    let mut mins = [0f32; 8];
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
         let mut sum_x2 = 0.0f32;
@@ -178,20 +194,29 @@ fn k_scales_and_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        let (scale, min) =
-            make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, rmin, 0.1, nstep);
-        scales[j] = scale;
-        mins[j] = min;
-        if scale > max_scale {
-            max_scale = scale;
+        (scales[j], mins[j]) =
+            make_qkx2_quants(p.nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, p.rmin, p.rdelta, p.nstep);
+    }
+    (scales, mins)
+}
+
+/// The rest of a Q4_K / Q5_K super-block once every sub-block has its scale, min and codes:
+/// 6-bit scales and mins, d and dmin, codes recomputed with the rounded scales, packing.
+pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32; 8], l: &mut [u8; 256], b: &mut [u8]) {
+    let nmax = p.nmax;
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        if min > max_min {
-            max_min = min;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let sc = &mut head[4..16];
+    let sc = &mut b[4..16];
     sc.fill(0);
     for j in 0..8 {
         let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
@@ -207,10 +232,10 @@ fn k_scales_and_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u
     }
     let d16 = f32_to_f16(max_scale / 63.0);
     let dmin16 = f32_to_f16(max_min / 63.0);
-    head[0..2].copy_from_slice(&d16.to_le_bytes());
-    head[2..4].copy_from_slice(&dmin16.to_le_bytes());
+    b[0..2].copy_from_slice(&d16.to_le_bytes());
+    b[2..4].copy_from_slice(&dmin16.to_le_bytes());
     for j in 0..8 {
-        let (s, m) = scale_min_k4(j, &head[4..16]);
+        let (s, m) = scale_min_k4(j, &b[4..16]);
         let d = f16_to_f32(d16) * s as f32;
         if d == 0.0 {
             continue;
@@ -220,47 +245,42 @@ fn k_scales_and_codes(x: &[f32], nmax: i32, rmin: f32, nstep: i32, head: &mut [u
             l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
         }
     }
-}
-
-/// `quantize_row_q4_K_ref`.
-pub fn quantize_q4_k(x: &[f32], y: &mut [u8]) {
-    let mut l = [0u8; 256];
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(144)) {
-        k_scales_and_codes(x, 15, -1.0, 20, &mut b[..16], &mut l);
-        let q = &mut b[16..];
-        for (c, chunk) in q.chunks_exact_mut(32).enumerate() {
+    if nmax == 15 {
+        for (c, chunk) in b[16..144].chunks_exact_mut(32).enumerate() {
             for i in 0..32 {
                 chunk[i] = l[64 * c + i] | (l[64 * c + i + 32] << 4);
             }
         }
+        return;
+    }
+    let (qh, ql) = b[16..176].split_at_mut(32);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (c, chunk) in ql.chunks_exact_mut(32).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[64 * c + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[64 * c + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            chunk[j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
     }
 }
 
-/// `quantize_row_q5_K_ref`.
-pub fn quantize_q5_k(x: &[f32], y: &mut [u8]) {
+/// `quantize_row_q4_K_ref` (`p` = [`Q4_K`]) or `quantize_row_q5_K_ref` (`p` = [`Q5_K`]).
+pub fn quantize_k(p: &KParams, x: &[f32], y: &mut [u8]) {
     let mut l = [0u8; 256];
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(176)) {
-        k_scales_and_codes(x, 31, -0.5, 15, &mut b[..16], &mut l);
-        let (qh, ql) = b[16..].split_at_mut(32);
-        qh.fill(0);
-        let (mut m1, mut m2) = (1u8, 2u8);
-        for (c, chunk) in ql.chunks_exact_mut(32).enumerate() {
-            for j in 0..32 {
-                let mut l1 = l[64 * c + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[64 * c + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                chunk[j] = l1 | (l2 << 4);
-            }
-            m1 <<= 2;
-            m2 <<= 2;
-        }
+    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(p.block_bytes)) {
+        let (scales, mins) = search_superblock(p, x, &mut l);
+        finish_superblock(p, x, &scales, &mins, &mut l, b);
     }
 }
 

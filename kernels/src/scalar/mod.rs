@@ -31,8 +31,8 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
         QuantType::Q5_0 => legacy::quantize_q5_0(x, y),
         QuantType::Q5_1 => legacy::quantize_q5_1(x, y),
         QuantType::MXFP4 => mxfp4::quantize(x, y),
-        QuantType::Q4_K => kquants::quantize_q4_k(x, y),
-        QuantType::Q5_K => kquants::quantize_q5_k(x, y),
+        QuantType::Q4_K => kquants::quantize_k(&kquants::Q4_K, x, y),
+        QuantType::Q5_K => kquants::quantize_k(&kquants::Q5_K, x, y),
         QuantType::Q6_K => kquants::quantize_q6_k(x, y),
         QuantType::IQ4_NL => unreachable!("IQ4_NL quantization is refused before dispatch"),
     }

@@ -309,6 +309,8 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
             QuantType::Q8_0 => quantize_q8_0(x, y),
             QuantType::Q4_0 => quantize_q4_0(x, y),
             QuantType::MXFP4 => quantize_mxfp4(x, y),
+            QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
+            QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
             other => scalar::quantize(other, x, y),
         }
     }

@@ -2,6 +2,7 @@
 
 mod avx2;
 mod avx512;
+mod kquants_avx2;
 
 use std::sync::OnceLock;
 

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Compare moeq's quantizers with ggml's own, called through ctypes.
+
+Builds F32 GGUFs with random llama-shaped tensors (row widths that are multiples of 256, and
+3-D expert tensors), runs `moeq convert --type T` for every ftype moeq offers under every
+kernel backend this CPU runs, and checks each output tensor against `ggml_quantize_chunk`
+(what llama-quantize calls) from the libggml that llama-cpp-python installs. This covers the
+k-quants, which gguf-py cannot quantize.
+
+    python3 scripts/check_ggml_oracle.py [--moeq target/release/moeq]
+
+Needs: pip install gguf numpy llama-cpp-python
+"""
+
+import argparse
+import ctypes
+import glob
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FTYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4_MOE", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16"]
+
+
+def load_libggml():
+    import llama_cpp  # noqa: F401  (only to find its libraries)
+
+    lib_dir = pathlib.Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) + sorted(glob.glob(str(lib_dir / "libggml.so*")))
+    for path in candidates:
+        lib = ctypes.CDLL(path)
+        if hasattr(lib, "ggml_quantize_chunk"):
+            lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+            lib.ggml_quantize_chunk.argtypes = [
+                ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p,
+                ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]
+            lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+            return lib, path
+    sys.exit(f"no libggml with ggml_quantize_chunk under {lib_dir}")
+
+
+def ggml_quantize(lib, qtype, data):
+    """ggml_quantize_chunk over all rows of `data` (numpy f32 array, rows along the last axis)."""
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    n_per_row = data.shape[-1]
+    nrows = data.size // n_per_row
+    if qtype in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        size = data.size * 2
+    else:
+        from gguf.constants import GGML_QUANT_SIZES
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        size = data.size // block * type_size
+    out = ctypes.create_string_buffer(size)
+    lib.ggml_quantize_init(int(qtype))
+    written = lib.ggml_quantize_chunk(int(qtype), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out, 0, nrows, n_per_row, None)
+    assert written == size, (qtype, written, size)
+    return out.raw
+
+
+def write_model(path, rng, experts):
+    """A 2-layer llama-style F32 model whose rows are multiples of 256."""
+    hidden, ffn, vocab = 512, 768, 256
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(2)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(8)
+    w.add_head_count_kv(2)
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(2)
+
+    def add(name, shape, scale=0.02):
+        x = rng.standard_normal(shape).astype(np.float32) * scale
+        x[..., ::97] *= 30  # outliers
+        w.add_tensor(name, x)
+
+    add("token_embd.weight", (vocab, hidden))
+    add("output.weight", (vocab, hidden))
+    w.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for n in range(2):
+        add(f"blk.{n}.attn_q.weight", (hidden, hidden))
+        add(f"blk.{n}.attn_k.weight", (hidden // 4, hidden))
+        add(f"blk.{n}.attn_v.weight", (hidden // 4, hidden))
+        add(f"blk.{n}.attn_output.weight", (hidden, hidden))
+        w.add_tensor(f"blk.{n}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        w.add_tensor(f"blk.{n}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        if experts:
+            add(f"blk.{n}.ffn_gate_inp.weight", (experts, hidden))
+            add(f"blk.{n}.ffn_gate_exps.weight", (experts, ffn, hidden))
+            add(f"blk.{n}.ffn_up_exps.weight", (experts, ffn, hidden))
+            add(f"blk.{n}.ffn_down_exps.weight", (experts, hidden, ffn))
+        else:
+            add(f"blk.{n}.ffn_gate.weight", (ffn, hidden))
+            add(f"blk.{n}.ffn_up.weight", (ffn, hidden))
+            add(f"blk.{n}.ffn_down.weight", (hidden, ffn))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--moeq", default=str(ROOT / "target/release/moeq"))
+    args = ap.parse_args()
+    lib, lib_path = load_libggml()
+    print(f"oracle: ggml_quantize_chunk in {lib_path}")
+    rng = np.random.default_rng(7)
+    backends = ["scalar", "avx2", "avx512"]
+    checked = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for experts in (0, 8):
+            src = tmp / f"model-{experts}.gguf"
+            write_model(src, rng, experts)
+            source = {t.name: np.asarray(t.data, dtype=np.float32) for t in GGUFReader(src).tensors}
+            for ftype in FTYPES:
+                for kernels in backends:
+                    out = tmp / f"out-{experts}-{ftype}-{kernels}.gguf"
+                    env = dict(os.environ, MOEQ_KERNELS=kernels)
+                    subprocess.run([args.moeq, "convert", str(src), "-o", str(out), "--type", ftype, "-q"],
+                                   check=True, capture_output=True, env=env)
+                    types = set()
+                    for t in GGUFReader(out).tensors:
+                        if t.tensor_type == GGMLQuantizationType.F32:
+                            continue
+                        want = ggml_quantize(lib, t.tensor_type, source[t.name])
+                        got = np.asarray(t.data).tobytes()
+                        if got != want:
+                            sys.exit(f"FAIL {ftype} ({kernels}): {t.name} as {t.tensor_type.name} differs from ggml")
+                        types.add(t.tensor_type.name)
+                        checked += 1
+                    out.unlink()
+                print(f"ok  {'moe' if experts else 'dense'} {ftype:<10} tensors as {', '.join(sorted(types))}: identical to ggml")
+    print(f"{checked} tensors identical to ggml_quantize_chunk")
+
+
+if __name__ == "__main__":
+    main()
