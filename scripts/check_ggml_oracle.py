@@ -9,7 +9,9 @@ k-quants, which gguf-py cannot quantize.
 
     python3 scripts/check_ggml_oracle.py [--moeq target/release/moeq]
 
-Needs: pip install gguf numpy llama-cpp-python
+Needs: pip install gguf numpy; the library comes from llama-cpp-python when it is installed,
+else scripts/build_libggml.sh builds it from the same source (llama.cpp vendored in
+llama-cpp-python 0.3.36) in under a minute.
 """
 
 import argparse
@@ -28,13 +30,26 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FTYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "MXFP4_MOE", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "F16", "BF16"]
 
 
-def load_libggml():
-    import llama_cpp  # noqa: F401  (only to find its libraries)
+def find_libggml(explicit):
+    """The library to use: --libggml, else llama-cpp-python's, else one built from its source."""
+    if explicit:
+        return [explicit]
+    try:
+        import llama_cpp
 
-    lib_dir = pathlib.Path(llama_cpp.__file__).parent / "lib"
-    candidates = sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) + sorted(glob.glob(str(lib_dir / "libggml.so*")))
-    for path in candidates:
-        lib = ctypes.CDLL(path)
+        lib_dir = pathlib.Path(llama_cpp.__file__).parent / "lib"
+        found = sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) + sorted(glob.glob(str(lib_dir / "libggml.so*")))
+        if found:
+            return found
+    except ImportError:
+        pass
+    built = subprocess.run(["bash", str(ROOT / "scripts/build_libggml.sh")], check=True, capture_output=True, text=True)
+    return [built.stdout.strip().splitlines()[-1]]
+
+
+def load_libggml(explicit):
+    for path in find_libggml(explicit):
+        lib = ctypes.CDLL(str(pathlib.Path(path).resolve()))
         if hasattr(lib, "ggml_quantize_chunk"):
             lib.ggml_quantize_chunk.restype = ctypes.c_size_t
             lib.ggml_quantize_chunk.argtypes = [
@@ -42,7 +57,7 @@ def load_libggml():
                 ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_float)]
             lib.ggml_quantize_init.argtypes = [ctypes.c_int]
             return lib, path
-    sys.exit(f"no libggml with ggml_quantize_chunk under {lib_dir}")
+    sys.exit("no libggml with ggml_quantize_chunk found")
 
 
 def ggml_quantize(lib, qtype, data):
@@ -110,8 +125,9 @@ def write_model(path, rng, experts):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--moeq", default=str(ROOT / "target/release/moeq"))
+    ap.add_argument("--libggml", help="path to libggml-base.so (default: llama-cpp-python's, or built by scripts/build_libggml.sh)")
     args = ap.parse_args()
-    lib, lib_path = load_libggml()
+    lib, lib_path = load_libggml(args.libggml)
     print(f"oracle: ggml_quantize_chunk in {lib_path}")
     rng = np.random.default_rng(7)
     backends = ["scalar", "avx2", "avx512"]

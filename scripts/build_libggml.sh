@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds ggml's base library (ggml_quantize_chunk, the reference quantizers, the gguf reader)
+# from the llama.cpp vendored in llama-cpp-python 0.3.36 — the same source as the golden
+# files — with plain gcc, in about half a minute. Prints the library's path.
+#
+#   scripts/build_libggml.sh [OUT_DIR]      (default target/libggml)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/libggml}
+lib="$out/libggml-base.so"
+if [ -f "$lib" ]; then echo "$lib"; exit 0; fi
+mkdir -p "$out"
+if [ ! -d "$out/llama_cpp_python-0.3.36" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check scikit-build-core >&2
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
+        --no-build-isolation -d "$out" llama-cpp-python==0.3.36 >&2
+    tar xzf "$out/llama_cpp_python-0.3.36.tar.gz" -C "$out"
+fi
+ggml="$out/llama_cpp_python-0.3.36/vendor/llama.cpp/ggml"
+# The header CMake would generate.
+printf '#pragma once\n#define GGML_VERSION "0.3.36-vendored"\n#define GGML_COMMIT "vendored"\n' > "$out/ggml-version.h"
+flags=(-O2 -fPIC -DGGML_BUILD -DGGML_SHARED -D_GNU_SOURCE -I "$out" -I "$ggml/include" -I "$ggml/src")
+objs=()
+pids=()
+for f in ggml.c ggml-alloc.c ggml-quants.c; do
+    gcc -std=c11 "${flags[@]}" -c "$ggml/src/$f" -o "$out/$f.o" & pids+=($!); objs+=("$out/$f.o")
+done
+for f in ggml.cpp ggml-backend.cpp ggml-backend-meta.cpp ggml-opt.cpp ggml-threading.cpp gguf.cpp; do
+    g++ -std=c++17 "${flags[@]}" -c "$ggml/src/$f" -o "$out/$f.o" & pids+=($!); objs+=("$out/$f.o")
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+g++ -shared -o "$lib.tmp" "${objs[@]}" -lm -lpthread
+mv "$lib.tmp" "$lib"
+echo "$lib"
