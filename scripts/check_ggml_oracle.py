@@ -88,6 +88,8 @@ def write_model(path, rng, experts):
     w.add_feed_forward_length(ffn)
     w.add_head_count(8)
     w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(0)
     if experts:
         w.add_expert_count(experts)
         w.add_expert_used_count(2)
@@ -122,6 +124,33 @@ def write_model(path, rng, experts):
     w.close()
 
 
+LLAMA_FTYPE_IDS = {"Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "MXFP4_MOE": 38, "Q4_K_S": 14,
+                   "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "F16": 1, "BF16": 32}
+
+
+def llama_quantize():
+    """llama-cpp-python's llama_model_quantize (the real llama-quantize), if installed."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+
+    # Keep llama.cpp's per-tensor log lines out of the report.
+    quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+    def run(src, dst, ftype):
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = LLAMA_FTYPE_IDS[ftype]
+        params.allow_requantize = True
+        params.nthread = 2
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        assert rc == 0, f"llama_model_quantize failed for {ftype}"
+
+    run.keep_alive = quiet  # the callback must outlive every call
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--moeq", default=str(ROOT / "target/release/moeq"))
@@ -129,6 +158,9 @@ def main():
     args = ap.parse_args()
     lib, lib_path = load_libggml(args.libggml)
     print(f"oracle: ggml_quantize_chunk in {lib_path}")
+    quantize_with_llama = llama_quantize()
+    if quantize_with_llama is None:
+        print("llama-cpp-python is not installed: whole files are not compared with llama-quantize")
     rng = np.random.default_rng(7)
     backends = ["scalar", "avx2", "avx512"]
     checked = 0
@@ -154,8 +186,15 @@ def main():
                             sys.exit(f"FAIL {ftype} ({kernels}): {t.name} as {t.tensor_type.name} differs from ggml")
                         types.add(t.tensor_type.name)
                         checked += 1
+                    if quantize_with_llama is not None and kernels == backends[-1]:
+                        ref = tmp / "llama-quantize.gguf"
+                        quantize_with_llama(src, ref, ftype)
+                        if ref.read_bytes() != out.read_bytes():
+                            sys.exit(f"FAIL {ftype}: the file differs from llama-quantize's")
+                        ref.unlink()
                     out.unlink()
-                print(f"ok  {'moe' if experts else 'dense'} {ftype:<10} tensors as {', '.join(sorted(types))}: identical to ggml")
+                whole = ", whole file identical to llama-quantize's" if quantize_with_llama else ""
+                print(f"ok  {'moe' if experts else 'dense'} {ftype:<10} tensors as {', '.join(sorted(types))}: identical to ggml{whole}")
     print(f"{checked} tensors identical to ggml_quantize_chunk")
 
 
