@@ -14,7 +14,7 @@ use crate::scalar;
 
 /// The 8 lanes of `v`, as an array.
 #[target_feature(enable = "avx2")]
-fn lanes(v: __m256) -> [f32; 8] {
+pub(super) fn lanes(v: __m256) -> [f32; 8] {
     let mut out = [0f32; 8];
     // SAFETY: `out` has room for 8 f32; storeu has no alignment requirement.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
@@ -325,28 +325,9 @@ pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Safe entry points for the backend table.
-pub mod entry {
-    // SAFETY (all four): only reached through the AVX2 backend, handed out after AVX2 and F16C
-    // were detected.
-    /// bf16 → f32.
-    pub fn bf16_to_f32(s: &[u16], d: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { super::bf16_to_f32_rows(s, d) }
-    }
-    /// f16 → f32.
-    pub fn f16_to_f32(s: &[u16], d: &mut [f32]) {
-        // SAFETY: see above.
-        unsafe { super::f16_to_f32_rows(s, d) }
-    }
-    /// f32 → bf16.
-    pub fn f32_to_bf16(s: &[f32], d: &mut [u16]) {
-        // SAFETY: see above.
-        unsafe { super::f32_to_bf16_rows(s, d) }
-    }
-    /// f32 → f16.
-    pub fn f32_to_f16(s: &[f32], d: &mut [u16]) {
-        // SAFETY: see above.
-        unsafe { super::f32_to_f16_rows(s, d) }
-    }
+conversion_entries! {
+    bf16_to_f32(u16, f32) => bf16_to_f32_rows;
+    f16_to_f32(u16, f32) => f16_to_f32_rows;
+    f32_to_bf16(f32, u16) => f32_to_bf16_rows;
+    f32_to_f16(f32, u16) => f32_to_f16_rows;
 }

@@ -213,26 +213,9 @@ pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Safe entry points for the backend table.
-pub mod entry {
-    /// bf16 → f32.
-    pub fn bf16_to_f32(s: &[u16], d: &mut [f32]) {
-        // SAFETY: only reached through the AVX-512 backend, handed out after detection.
-        unsafe { super::bf16_to_f32_rows(s, d) }
-    }
-    /// f16 → f32.
-    pub fn f16_to_f32(s: &[u16], d: &mut [f32]) {
-        // SAFETY: only reached through the AVX-512 backend, handed out after detection.
-        unsafe { super::f16_to_f32_rows(s, d) }
-    }
-    /// f32 → bf16.
-    pub fn f32_to_bf16(s: &[f32], d: &mut [u16]) {
-        // SAFETY: only reached through the AVX-512 backend, handed out after detection.
-        unsafe { super::f32_to_bf16_rows(s, d) }
-    }
-    /// f32 → f16.
-    pub fn f32_to_f16(s: &[f32], d: &mut [u16]) {
-        // SAFETY: only reached through the AVX-512 backend, handed out after detection.
-        unsafe { super::f32_to_f16_rows(s, d) }
-    }
+conversion_entries! {
+    bf16_to_f32(u16, f32) => bf16_to_f32_rows;
+    f16_to_f32(u16, f32) => f16_to_f32_rows;
+    f32_to_bf16(f32, u16) => f32_to_bf16_rows;
+    f32_to_f16(f32, u16) => f32_to_f16_rows;
 }

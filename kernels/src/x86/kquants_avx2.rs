@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::lanes;
 use crate::scalar::kquants::{self, KParams};
 
 #[target_feature(enable = "avx2")]
@@ -27,14 +28,6 @@ fn clamp(l: __m256i, nmax: i32) -> __m256i {
 #[target_feature(enable = "avx2")]
 fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
     _mm256_blendv_ps(a, b, take_b)
-}
-
-#[target_feature(enable = "avx2")]
-fn lanes(v: __m256) -> [f32; 8] {
-    let mut out = [0f32; 8];
-    // SAFETY: `out` has room for 8 f32; unaligned store.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-    out
 }
 
 /// `make_qkx2_quants` for the 8 sub-blocks of one super-block at once. `x[i]` and `w[i]` hold

@@ -1,5 +1,24 @@
 //! x86-64 SIMD backends, detected at run time.
 
+/// Safe wrappers around a backend module's `#[target_feature]` conversion kernels, for its
+/// [`Backend`] table. The table is only handed out after `available` detected the module's
+/// CPU features, which is what makes the calls sound.
+macro_rules! conversion_entries {
+    ($($name:ident($src:ty, $dst:ty) => $kernel:ident;)*) => {
+        /// Safe entry points for the backend table.
+        pub mod entry {
+            $(
+                #[doc = concat!("`", stringify!($kernel), "` for the backend table.")]
+                pub fn $name(s: &[$src], d: &mut [$dst]) {
+                    // SAFETY: only reached through this module's backend table, which
+                    // `x86::available` hands out only after detecting its CPU features.
+                    unsafe { super::$kernel(s, d) }
+                }
+            )*
+        }
+    };
+}
+
 mod avx2;
 mod avx512;
 mod kquants_avx2;
