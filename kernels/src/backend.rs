@@ -10,15 +10,16 @@ use std::sync::OnceLock;
 use crate::convert::rows;
 use crate::{KernelError, QuantType, scalar};
 
-/// Values checked and quantized per step: the finiteness check then reads data that is
-/// still in cache when the kernel reads it again. A multiple of every block size.
+/// Values quantized per call of a kernel (a multiple of every block size); a kernel that
+/// meets a NaN or an infinity stops, and only then is its step searched for the culprit.
 const STEP: usize = 8192;
 
 /// A set of kernels.
 pub struct Backend {
     /// `scalar`, `avx2` or `avx512`.
     pub name: &'static str,
-    pub(crate) quantize: fn(QuantType, &[f32], &mut [u8]),
+    /// Quantizes whole blocks; returns false (output unspecified) on a NaN or infinity.
+    pub(crate) quantize: fn(QuantType, &[f32], &mut [u8]) -> bool,
     pub(crate) dequantize: fn(QuantType, &[u8], &mut [f32]),
     pub(crate) bf16_to_f32: fn(&[u16], &mut [f32]),
     pub(crate) f16_to_f32: fn(&[u16], &mut [f32]),
@@ -29,7 +30,7 @@ pub struct Backend {
 /// The reference backend.
 pub static SCALAR: Backend = Backend {
     name: "scalar",
-    quantize: scalar::quantize,
+    quantize: scalar::quantize_checked,
     dequantize: scalar::dequantize,
     bf16_to_f32: rows::bf16_to_f32,
     f16_to_f32: rows::f16_to_f32,
@@ -161,10 +162,10 @@ impl Backend {
         check_lengths(ty, src.len(), dst.len())?;
         let step_bytes = ty.bytes_for(STEP);
         for (i, (x, y)) in src.chunks(STEP).zip(dst.chunks_mut(step_bytes)).enumerate() {
-            if let Some((at, value)) = first_non_finite(x) {
+            if !(self.quantize)(ty, x, y) {
+                let (at, value) = first_non_finite(x).unwrap_or((0, f32::NAN));
                 return Err(KernelError::NonFinite { index: i * STEP + at, value });
             }
-            (self.quantize)(ty, x, y);
         }
         Ok(())
     }

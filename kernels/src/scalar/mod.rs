@@ -38,6 +38,15 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// Quantizes whole blocks if every value is finite; returns whether it did.
+pub fn quantize_checked(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
+    quantize(ty, x, y);
+    true
+}
+
 /// Dequantizes whole blocks (lengths already checked).
 pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
     match ty {

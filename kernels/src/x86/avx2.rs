@@ -21,28 +21,64 @@ pub(super) fn lanes(v: __m256) -> [f32; 8] {
     out
 }
 
-#[target_feature(enable = "avx2")]
-fn load(x: &[f32; 8]) -> __m256 {
-    // SAFETY: `x` holds 8 f32; loadu has no alignment requirement.
-    unsafe { _mm256_loadu_ps(x.as_ptr()) }
-}
-
-/// Splits a 32-value block into four 8-lane vectors.
+/// A 32-value block as four 8-lane vectors.
 #[target_feature(enable = "avx2")]
 fn load_block(x: &[f32]) -> [__m256; 4] {
-    std::array::from_fn(|i| load(x[8 * i..8 * i + 8].try_into().expect("8 values")))
+    assert!(x.len() >= 32, "a block is 32 values");
+    // SAFETY: `x` holds at least 32 f32 (checked above); loadu has no alignment requirement.
+    unsafe {
+        let p = x.as_ptr();
+        [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))]
+    }
+}
+
+/// Lanewise max of |x| over a block (not yet reduced across lanes), and a mask of lanes that
+/// saw a NaN or an infinity.
+#[target_feature(enable = "avx2")]
+fn block_abs_max(x: &[f32]) -> (__m256, __m256) {
+    let v = load_block(x);
+    let sign = _mm256_set1_ps(-0.0);
+    let big = _mm256_set1_ps(f32::MAX);
+    let mut max = _mm256_setzero_ps();
+    let mut bad = _mm256_setzero_ps();
+    for v in v {
+        let a = _mm256_andnot_ps(sign, v);
+        max = _mm256_max_ps(max, a);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLE_UQ>(a, big));
+    }
+    (max, bad)
+}
+
+#[target_feature(enable = "avx2")]
+fn pair_max(a: __m256, b: __m256) -> __m256 {
+    _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b))
+}
+
+#[target_feature(enable = "avx2")]
+fn quad_max(a: __m256, b: __m256) -> __m256 {
+    _mm256_max_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
 }
 
 /// The horizontal maxima of eight vectors, as one vector (lane k = max of `v[k]`).
 #[target_feature(enable = "avx2")]
-fn hmax8(v: [__m256; 8]) -> __m256 {
-    let pair = |a: __m256, b: __m256| _mm256_max_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
-    let (a0, a1, a2, a3) = (pair(v[0], v[1]), pair(v[2], v[3]), pair(v[4], v[5]), pair(v[6], v[7]));
-    let quad = |a: __m256, b: __m256| {
-        _mm256_max_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
-    };
-    let (b0, b1) = (quad(a0, a1), quad(a2, a3));
+fn hmax8(v: &[__m256; 8]) -> __m256 {
+    let b0 = quad_max(pair_max(v[0], v[1]), pair_max(v[2], v[3]));
+    let b1 = quad_max(pair_max(v[4], v[5]), pair_max(v[6], v[7]));
     _mm256_max_ps(_mm256_permute2f128_ps::<0x20>(b0, b1), _mm256_permute2f128_ps::<0x31>(b0, b1))
+}
+
+/// The largest magnitude of each of eight consecutive blocks (lane k = block k), or `None`
+/// if any value is NaN or infinite.
+#[target_feature(enable = "avx2")]
+fn amax8(x: &[f32]) -> Option<__m256> {
+    let mut maxes = [_mm256_setzero_ps(); 8];
+    let mut bad = _mm256_setzero_ps();
+    for (k, m) in maxes.iter_mut().enumerate() {
+        let (max, b) = block_abs_max(&x[32 * k..32 * k + 32]);
+        *m = max;
+        bad = _mm256_or_ps(bad, b);
+    }
+    if _mm256_movemask_ps(bad) != 0 { None } else { Some(hmax8(&maxes)) }
 }
 
 /// `f32::round` for |s| < 2^22 (and ±inf, NaN): truncate `s + copysign(0.5 - 2^-25, s)`.
@@ -55,42 +91,54 @@ fn round_half_away_small(s: __m256) -> __m256 {
     _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(_mm256_add_ps(s, bias))
 }
 
+/// Whether any of the eight blocks would get a subnormal scale `amax / div` (its reciprocal
+/// may overflow): those groups take the reference path, which mirrors C's casts exactly.
+#[target_feature(enable = "avx2")]
+fn any_tiny(amax: __m256, div: f32) -> bool {
+    let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(amax, _mm256_setzero_ps());
+    let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(div * f32::MIN_POSITIVE));
+    _mm256_movemask_ps(_mm256_and_ps(positive, tiny)) != 0
+}
+
+/// `1 / d` where `d != 0`, else 0 (the reference's `id`).
+#[target_feature(enable = "avx2")]
+fn inverse_or_zero(d: __m256) -> __m256 {
+    let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
+    _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d))
+}
+
+/// The f16 bits of eight scales (F16C rounds to nearest even, as ggml's routine does for
+/// finite values).
 #[target_feature(enable = "avx2,f16c")]
-fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
-    let sign = _mm256_set1_ps(-0.0);
+fn to_f16x8(d: __m256) -> [u16; 8] {
+    let mut out = [0u16; 8];
+    // SAFETY: `out` has room for 8 u16 (16 bytes); unaligned store.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d)) };
+    out
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn quantize_q8_0(x: &[f32], y: &mut [u8]) -> bool {
     let mut xs = x.chunks_exact(256);
     let mut ys = y.chunks_exact_mut(8 * 34);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        // Pass 1: the eight blocks' amax, d and 1/d, computed as the reference does (IEEE
-        // division is exact whatever the lane).
-        let amax = hmax8(std::array::from_fn(|k| {
-            let v = load_block(&x[32 * k..32 * k + 32]);
-            let a = v.map(|v| _mm256_andnot_ps(sign, v));
-            _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]))
-        }));
-        // Blocks whose d would be subnormal (or inf after 1/d) take the reference path:
-        // their rounding and C's float-to-int8 casts need the careful version.
-        let tiny = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_GT_OQ>(amax, _mm256_setzero_ps()),
-            _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(127.0 * f32::MIN_POSITIVE)),
-        );
-        if _mm256_movemask_ps(tiny) != 0 {
+        let Some(amax) = amax8(x) else { return false };
+        if any_tiny(amax, 127.0) {
             scalar::legacy::quantize_q8_0(x, y);
             continue;
         }
+        // IEEE division is exact whatever the lane: d and 1/d are the reference's.
         let d = _mm256_div_ps(amax, _mm256_set1_ps(127.0));
-        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
-        let id = _mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d));
-        let mut d16 = [0u16; 8];
-        // SAFETY: `d16` has room for 8 u16 (16 bytes); unaligned store.
-        unsafe { _mm_storeu_si128(d16.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d)) };
-        let ids = lanes(id);
-        // Pass 2: codes. With a normal d, |x * id| <= 127 after rounding, so saturating packs
-        // equal C's casts.
+        let ids = lanes(inverse_or_zero(d));
+        let d16 = to_f16x8(d);
         for k in 0..8 {
             let v = load_block(&x[32 * k..32 * k + 32]);
             let idv = _mm256_set1_ps(ids[k]);
-            let q = v.map(|v| _mm256_cvttps_epi32(round_half_away_small(_mm256_mul_ps(v, idv))));
+            // With a normal d, |x * id| rounds to at most 127: saturating packs equal C's casts.
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = _mm256_cvttps_epi32(round_half_away_small(_mm256_mul_ps(v[i], idv)));
+            }
             let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
             let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             let b = &mut y[34 * k..34 * k + 34];
@@ -99,22 +147,21 @@ fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
             unsafe { _mm256_storeu_si256(b[2..].as_mut_ptr().cast(), ordered) };
         }
     }
-    scalar::legacy::quantize_q8_0(xs.remainder(), ys.into_remainder());
+    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q8_0)
 }
 
-/// The eight blocks' largest magnitudes (lane k = block k).
-#[target_feature(enable = "avx2")]
-fn amax8(x: &[f32]) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    hmax8(std::array::from_fn(|k| {
-        let a = load_block(&x[32 * k..32 * k + 32]).map(|v| _mm256_andnot_ps(sign, v));
-        _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]))
-    }))
+/// The reference kernel on a tail shorter than a group, after checking it is finite.
+fn finish_with_reference(x: &[f32], y: &mut [u8], kernel: fn(&[f32], &mut [u8])) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
+    kernel(x, y);
+    true
 }
 
 /// 16 nibble pairs from four vectors of codes in 0..=15: `q[0..2]` low, `q[2..4]` high.
 #[target_feature(enable = "avx2")]
-fn pack_small_nibbles(q: [__m256i; 4]) -> __m128i {
+fn pack_small_nibbles(q: &[__m256i; 4]) -> __m128i {
     let b0 = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
     let b1 = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
     let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(b0, b1));
@@ -122,101 +169,113 @@ fn pack_small_nibbles(q: [__m256i; 4]) -> __m128i {
     _mm_unpacklo_epi64(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256::<1>(bytes))
 }
 
+/// The first element of largest magnitude in a block, with its sign (0 for an all-zero
+/// block), as the Q4_0/Q5_0 references pick it.
+#[target_feature(enable = "avx2")]
+fn signed_max(x: &[f32], amax: f32) -> f32 {
+    if amax == 0.0 {
+        return 0.0;
+    }
+    let v = load_block(x);
+    let (sign, target) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(amax));
+    let mut mask = 0u32;
+    for (i, v) in v.iter().enumerate() {
+        let hit = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, *v), target);
+        mask |= (_mm256_movemask_ps(hit) as u32) << (8 * i);
+    }
+    x[mask.trailing_zeros() as usize]
+}
+
 #[target_feature(enable = "avx2,f16c")]
-fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
-    let sign = _mm256_set1_ps(-0.0);
+fn quantize_q4_0(x: &[f32], y: &mut [u8]) -> bool {
     let mut xs = x.chunks_exact(256);
     let mut ys = y.chunks_exact_mut(8 * 18);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        let amax = amax8(x);
-        let amaxs = lanes(amax);
-        // The reference keeps the first element of largest magnitude, with its sign.
-        let max: [f32; 8] = std::array::from_fn(|k| {
-            if amaxs[k] == 0.0 {
-                return 0.0;
-            }
-            let v = load_block(&x[32 * k..32 * k + 32]);
-            let target = _mm256_set1_ps(amaxs[k]);
-            let hits =
-                v.map(|v| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, v), target)) as u32);
-            let mask = hits[0] | hits[1] << 8 | hits[2] << 16 | hits[3] << 24;
-            x[32 * k + mask.trailing_zeros() as usize]
-        });
-        // d subnormal (so 1/d may be infinite): the reference path handles C's casts.
-        let tiny = _mm256_and_ps(
-            _mm256_cmp_ps::<_CMP_GT_OQ>(amax, _mm256_setzero_ps()),
-            _mm256_cmp_ps::<_CMP_LT_OQ>(amax, _mm256_set1_ps(8.0 * f32::MIN_POSITIVE)),
-        );
-        if _mm256_movemask_ps(tiny) != 0 {
+        let Some(amax) = amax8(x) else { return false };
+        if any_tiny(amax, 8.0) {
             scalar::legacy::quantize_q4_0(x, y);
             continue;
         }
+        let amaxs = lanes(amax);
+        let mut max = [0f32; 8];
+        for k in 0..8 {
+            max[k] = signed_max(&x[32 * k..32 * k + 32], amaxs[k]);
+        }
         // SAFETY: `max` holds 8 f32.
         let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-8.0));
-        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(d, _mm256_setzero_ps());
-        let ids = lanes(_mm256_and_ps(nonzero, _mm256_div_ps(_mm256_set1_ps(1.0), d)));
-        let mut d16 = [0u16; 8];
-        // SAFETY: `d16` has room for 8 u16; unaligned store.
-        unsafe { _mm_storeu_si128(d16.as_mut_ptr().cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(d)) };
+        let ids = lanes(inverse_or_zero(d));
+        let d16 = to_f16x8(d);
         let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
         for k in 0..8 {
             let v = load_block(&x[32 * k..32 * k + 32]);
             let idv = _mm256_set1_ps(ids[k]);
             // With a normal d, x * id + 8.5 lies in [0, 17): truncation and min give C's codes.
-            let q =
-                v.map(|v| _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v, idv), half)), fifteen));
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[i], idv), half)), fifteen);
+            }
             let b = &mut y[18 * k..18 * k + 18];
             b[..2].copy_from_slice(&d16[k].to_le_bytes());
             // SAFETY: `b[2..]` holds 16 bytes; unaligned store.
-            unsafe { _mm_storeu_si128(b[2..].as_mut_ptr().cast(), pack_small_nibbles(q)) };
+            unsafe { _mm_storeu_si128(b[2..].as_mut_ptr().cast(), pack_small_nibbles(&q)) };
         }
     }
-    scalar::legacy::quantize_q4_0(xs.remainder(), ys.into_remainder());
+    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q4_0)
 }
 
 /// Shared exponents for which MXFP4's nearest-code search is exactly a count of midpoints
-/// crossed (see `quantize_mxfp4`); blocks outside take the reference path.
+/// crossed (see `mxfp4_codes`); blocks outside take the reference path.
 const MXFP4_FAST_EXPONENTS: std::ops::RangeInclusive<u8> = 32..=249;
 
+/// The reference's code for each lane of `v`, given the block's shared exponent `e`.
+///
+/// d = 2^(e-128) is a power of two, so t = x / d is exact, and the reference's errors
+/// |kv·d − x| are d·|kv − t| exactly for the two codes around t. The first code with the
+/// smallest error is then the number of midpoints (0.5, 1.5, 2.5, 3.5, 5, 7, 10) strictly
+/// below |t| — ties go to the smaller magnitude — with the sign bit for negative x unless the
+/// code is 0.
+#[target_feature(enable = "avx2")]
+fn mxfp4_codes(v: __m256, inv_d: __m256) -> __m256i {
+    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_mul_ps(v, inv_d));
+    let mut count = _mm256_setzero_si256();
+    for m in [0.5f32, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0] {
+        let above = _mm256_cmp_ps::<_CMP_GT_OQ>(a, _mm256_set1_ps(m));
+        count = _mm256_sub_epi32(count, _mm256_castps_si256(above));
+    }
+    let negative = _mm256_srli_epi32::<28>(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(i32::MIN)));
+    let nonzero = _mm256_cmpgt_epi32(count, _mm256_setzero_si256());
+    _mm256_or_si256(count, _mm256_and_si256(negative, nonzero))
+}
+
 #[target_feature(enable = "avx2,f16c")]
-fn quantize_mxfp4(x: &[f32], y: &mut [u8]) {
-    let sign = _mm256_set1_ps(-0.0);
-    // Midpoints between the code magnitudes 0, 1, 2, 3, 4, 6, 8, 12 (in units of d).
-    let mids = [0.5f32, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0].map(|m| _mm256_set1_ps(m));
+fn quantize_mxfp4(x: &[f32], y: &mut [u8]) -> bool {
     let mut xs = x.chunks_exact(256);
     let mut ys = y.chunks_exact_mut(8 * 17);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        let e: [u8; 8] = lanes(amax8(x)).map(mxfp4_exponent);
+        let Some(amax) = amax8(x) else { return false };
+        let amaxs = lanes(amax);
+        let mut e = [0u8; 8];
+        for k in 0..8 {
+            e[k] = mxfp4_exponent(amaxs[k]);
+        }
         if !e.iter().all(|e| MXFP4_FAST_EXPONENTS.contains(e)) {
             scalar::mxfp4::quantize(x, y);
             continue;
         }
         for k in 0..8 {
-            // d = 2^(e-128) is a power of two, so t = x / d is exact, and the reference's
-            // errors |kv*d - x| are d * |kv - t| exactly for the two codes around t. The first
-            // code with the smallest error is then the number of midpoints strictly below |t|
-            // (ties go to the smaller magnitude), with the sign bit for negative x unless the
-            // code is 0.
             let inv_d = _mm256_castsi256_ps(_mm256_set1_epi32((255 - e[k] as i32) << 23));
             let v = load_block(&x[32 * k..32 * k + 32]);
-            let q = v.map(|v| {
-                let a = _mm256_andnot_ps(sign, _mm256_mul_ps(v, inv_d));
-                let mut count = _mm256_setzero_si256();
-                for m in &mids {
-                    count = _mm256_sub_epi32(count, _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(a, *m)));
-                }
-                let negative =
-                    _mm256_srli_epi32::<28>(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(i32::MIN)));
-                let nonzero = _mm256_cmpgt_epi32(count, _mm256_setzero_si256());
-                _mm256_or_si256(count, _mm256_and_si256(negative, nonzero))
-            });
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = mxfp4_codes(v[i], inv_d);
+            }
             let b = &mut y[17 * k..17 * k + 17];
             b[0] = e[k];
             // SAFETY: `b[1..]` holds 16 bytes; unaligned store.
-            unsafe { _mm_storeu_si128(b[1..].as_mut_ptr().cast(), pack_small_nibbles(q)) };
+            unsafe { _mm_storeu_si128(b[1..].as_mut_ptr().cast(), pack_small_nibbles(&q)) };
         }
     }
-    scalar::mxfp4::quantize(xs.remainder(), ys.into_remainder());
+    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::mxfp4::quantize)
 }
 
 #[target_feature(enable = "avx2,f16c")]
@@ -300,8 +359,9 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
     rows::f32_to_f16(s.remainder(), d.into_remainder());
 }
 
-/// Quantizes with the AVX2 kernel where there is one, else the scalar reference.
-pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
+/// Quantizes with the AVX2 kernel where there is one, else the scalar reference. Returns
+/// false, with the output unspecified, if the input holds a NaN or an infinity.
+pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
     // SAFETY: this module's functions are only reached through the AVX2 backend, which is only
     // handed out after AVX2 and F16C were detected (see `x86::available`).
     unsafe {
@@ -311,7 +371,7 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
             QuantType::MXFP4 => quantize_mxfp4(x, y),
             QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
             QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
-            other => scalar::quantize(other, x, y),
+            other => scalar::quantize_checked(other, x, y),
         }
     }
 }

@@ -62,9 +62,8 @@ fn quantize_q8_0(x: &[f32], y: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b[..2].copy_from_slice(&convert::f32_to_f16(d).to_le_bytes());
         let idv = _mm512_set1_ps(id);
-        let q = v.map(|v| _mm512_cvtps_epi32(round_half_away(_mm512_mul_ps(v, idv))));
-        b[2..18].copy_from_slice(&low_bytes(q[0]));
-        b[18..].copy_from_slice(&low_bytes(q[1]));
+        b[2..18].copy_from_slice(&low_bytes(_mm512_cvtps_epi32(round_half_away(_mm512_mul_ps(v[0], idv)))));
+        b[18..].copy_from_slice(&low_bytes(_mm512_cvtps_epi32(round_half_away(_mm512_mul_ps(v[1], idv)))));
     }
 }
 
@@ -79,10 +78,11 @@ fn quantize_q4_0(x: &[f32], y: &mut [u8]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         b[..2].copy_from_slice(&convert::f32_to_f16(d).to_le_bytes());
         let (idv, half, fifteen) = (_mm512_set1_ps(id), _mm512_set1_ps(8.5), _mm512_set1_epi32(15));
-        let q = v.map(|v| {
-            let i = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(v, idv), half));
-            _mm512_min_epi32(_mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(i)), fifteen)
-        });
+        let mut q = [_mm512_setzero_si512(); 2];
+        for i in 0..2 {
+            let t = _mm512_cvttps_epi32(_mm512_add_ps(_mm512_mul_ps(v[i], idv), half));
+            q[i] = _mm512_min_epi32(_mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(t)), fifteen);
+        }
         b[2..].copy_from_slice(&pack_nibbles(q[0], q[1]));
     }
 }
@@ -94,19 +94,17 @@ fn quantize_mxfp4(x: &[f32], y: &mut [u8]) {
         let e = mxfp4_exponent(abs_max(&v));
         let d = scalar::mxfp4::e8m0_to_f32_half(e);
         b[0] = e;
-        let kd: [__m512; 16] = std::array::from_fn(|i| _mm512_set1_ps(KVALUES[i] as f32 * d));
         // The reference's linear scan: the first code with the strictly smallest error wins.
-        let q = v.map(|x| {
-            let mut best_err = _mm512_abs_ps(_mm512_sub_ps(kd[0], x));
-            let mut best = _mm512_setzero_si512();
-            for (i, k) in kd.iter().enumerate().skip(1) {
-                let err = _mm512_abs_ps(_mm512_sub_ps(*k, x));
+        let mut q = [_mm512_setzero_si512(); 2];
+        for (x, best) in v.iter().zip(q.iter_mut()) {
+            let mut best_err = _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(KVALUES[0] as f32 * d), *x));
+            for (i, &k) in KVALUES.iter().enumerate().skip(1) {
+                let err = _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(k as f32 * d), *x));
                 let better = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(err, best_err);
                 best_err = _mm512_mask_blend_ps(better, best_err, err);
-                best = _mm512_mask_blend_epi32(better, best, _mm512_set1_epi32(i as i32));
+                *best = _mm512_mask_blend_epi32(better, *best, _mm512_set1_epi32(i as i32));
             }
-            best
-        });
+        }
         b[1..].copy_from_slice(&pack_nibbles(q[0], q[1]));
     }
 }
@@ -190,8 +188,12 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
     rows::f32_to_f16(s.remainder(), d.into_remainder());
 }
 
-/// Quantizes with the AVX-512 kernel where there is one, else the scalar reference.
-pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
+/// Quantizes with the AVX-512 kernel where there is one, else the scalar reference. Returns
+/// false, with the output unspecified, if the input holds a NaN or an infinity.
+pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
     // SAFETY: this module's functions are only reached through the AVX-512 backend, which is
     // only handed out after AVX512F and AVX512BW were detected (see `x86::available`).
     unsafe {
@@ -202,6 +204,7 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
             other => scalar::quantize(other, x, y),
         }
     }
+    true
 }
 
 /// Dequantizes with the AVX-512 kernel where there is one, else the scalar reference.

@@ -49,7 +49,10 @@ fn make_qkx2_quants_x8(p: &KParams, x: &[__m256; 32], w: &[__m256; 32], l: &mut 
     let flat = _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min);
     // `max - min` and `x - min` use the current min, which an accepted step changes.
     let mut range = _mm256_sub_ps(max, min);
-    let mut xm: [__m256; 32] = std::array::from_fn(|i| _mm256_sub_ps(x[i], min));
+    let mut xm = [_mm256_setzero_ps(); 32];
+    for i in 0..32 {
+        xm[i] = _mm256_sub_ps(x[i], min);
+    }
     let mut iscale = _mm256_div_ps(splat(nmax as f32), range);
     let mut scale = _mm256_div_ps(splat(1.0), iscale);
     let mut codes: [__m256i; 32] = [_mm256_setzero_si256(); 32];
@@ -102,7 +105,9 @@ fn make_qkx2_quants_x8(p: &KParams, x: &[__m256; 32], w: &[__m256; 32], l: &mut 
         scale = blend(scale, this_scale, better);
         min = blend(min, this_min, better);
         range = _mm256_sub_ps(max, min);
-        xm = std::array::from_fn(|i| _mm256_sub_ps(x[i], min));
+        for i in 0..32 {
+            xm[i] = _mm256_sub_ps(x[i], min);
+        }
     }
     // Flat sub-blocks: codes 0, scale 0, min as clamped.
     let take_flat = _mm256_castps_si256(flat);
@@ -129,24 +134,34 @@ fn superblock(p: &KParams, x: &[f32], block: &mut [u8]) {
             xt[i][j] = x[32 * j + i];
         }
     }
-    // SAFETY: each `xt[i]` holds 8 f32; unaligned loads.
-    let xv: [__m256; 32] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xt[i].as_ptr()) });
+    let mut xv = [_mm256_setzero_ps(); 32];
+    for i in 0..32 {
+        // SAFETY: `xt[i]` holds 8 f32; unaligned load.
+        xv[i] = unsafe { _mm256_loadu_ps(xt[i].as_ptr()) };
+    }
     let mut sum_x2 = _mm256_setzero_ps();
     for v in &xv {
         sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(*v, *v));
     }
     let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, splat(32.0)));
     let sign = splat(-0.0);
-    let wv: [__m256; 32] = std::array::from_fn(|i| _mm256_add_ps(av_x, _mm256_andnot_ps(sign, xv[i])));
+    let mut wv = [_mm256_setzero_ps(); 32];
+    for i in 0..32 {
+        wv[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, xv[i]));
+    }
     let mut l = [0u8; 256];
     let (scales, mins) = make_qkx2_quants_x8(p, &xv, &wv, &mut l);
     kquants::finish_superblock(p, x, &scales, &mins, &mut l, block);
 }
 
-/// Q4_K (`p` = Q4_K parameters) or Q5_K, all super-blocks.
+/// Q4_K (`p` = Q4_K parameters) or Q5_K, all super-blocks; false on a NaN or infinity.
 #[target_feature(enable = "avx2")]
-pub fn quantize(p: &KParams, x: &[f32], y: &mut [u8]) {
+pub fn quantize(p: &KParams, x: &[f32], y: &mut [u8]) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
     for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(p.block_bytes)) {
         superblock(p, x, b);
     }
+    true
 }
