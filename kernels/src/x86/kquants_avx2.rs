@@ -1,7 +1,8 @@
 //! Q4_K and Q5_K on AVX2, bit-exact: a super-block's 8 sub-blocks run in the 8 lanes, each
 //! lane doing `make_qkx2_quants` for its sub-block with the scalar reference's operations in
 //! the reference's order (sums accumulate element by element within a lane; nothing is
-//! summed across lanes). Only the per-sub-block search is vectorized; packing stays scalar.
+//! summed across lanes), several super-blocks at a time. Only the per-sub-block search is
+//! vectorized; packing stays scalar.
 
 use std::arch::x86_64::*;
 
@@ -30,128 +31,167 @@ fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
     _mm256_blendv_ps(a, b, take_b)
 }
 
-/// `make_qkx2_quants` for the 8 sub-blocks of one super-block at once. `x[i]` and `w[i]` hold
-/// element i of every sub-block (lane j = sub-block j). Returns per-lane (scale, -min) and
-/// writes the codes to `l[32 * j + i]`.
+/// Super-blocks searched together. Each lane's sums are sequential (as in the reference), so
+/// one super-block alone is latency-bound; several give the CPU independent chains.
+const N: usize = 4;
+
+/// `make_qkx2_quants` for the 8 sub-blocks of each of [`N`] super-blocks. `x[i][g]` holds
+/// element i of every sub-block of super-block g (lane j = sub-block j); likewise `w`. Returns
+/// per super-block and lane (scale, -min), and writes the codes to `l[g][32 * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_qkx2_quants_x8(p: &KParams, x: &[__m256; 32], w: &[__m256; 32], l: &mut [u8; 256]) -> ([f32; 8], [f32; 8]) {
+fn make_qkx2_quants_xn(
+    p: &KParams,
+    x: &[[__m256; N]; 32],
+    w: &[[__m256; N]; 32],
+    l: &mut [[u8; 256]; N],
+) -> [([f32; 8], [f32; 8]); N] {
     let nmax = p.nmax;
-    let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = w[0];
-    let mut sum_x = _mm256_mul_ps(sum_w, x[0]);
+    let zero = _mm256_setzero_ps();
+    let (mut min, mut max, mut sum_w, mut sum_x) = ([zero; N], [zero; N], [zero; N], [zero; N]);
+    for g in 0..N {
+        min[g] = x[0][g];
+        max[g] = x[0][g];
+        sum_w[g] = w[0][g];
+        sum_x[g] = _mm256_mul_ps(sum_w[g], x[0][g]);
+    }
     for i in 1..32 {
-        min = blend(min, x[i], _mm256_cmp_ps::<_CMP_LT_OQ>(x[i], min));
-        max = blend(max, x[i], _mm256_cmp_ps::<_CMP_GT_OQ>(x[i], max));
-        sum_w = _mm256_add_ps(sum_w, w[i]);
-        sum_x = _mm256_add_ps(sum_x, _mm256_mul_ps(w[i], x[i]));
+        for g in 0..N {
+            min[g] = blend(min[g], x[i][g], _mm256_cmp_ps::<_CMP_LT_OQ>(x[i][g], min[g]));
+            max[g] = blend(max[g], x[i][g], _mm256_cmp_ps::<_CMP_GT_OQ>(x[i][g], max[g]));
+            sum_w[g] = _mm256_add_ps(sum_w[g], w[i][g]);
+            sum_x[g] = _mm256_add_ps(sum_x[g], _mm256_mul_ps(w[i][g], x[i][g]));
+        }
     }
-    min = blend(min, _mm256_setzero_ps(), _mm256_cmp_ps::<_CMP_GT_OQ>(min, _mm256_setzero_ps()));
-    let flat = _mm256_cmp_ps::<_CMP_EQ_OQ>(max, min);
-    // `max - min` and `x - min` use the current min, which an accepted step changes.
-    let mut range = _mm256_sub_ps(max, min);
-    let mut xm = [_mm256_setzero_ps(); 32];
-    for i in 0..32 {
-        xm[i] = _mm256_sub_ps(x[i], min);
+    let (mut flat, mut range, mut scale, mut best_error) = ([zero; N], [zero; N], [zero; N], [zero; N]);
+    let mut xm = [[zero; N]; 32];
+    let mut codes = [[_mm256_setzero_si256(); N]; 32];
+    for g in 0..N {
+        min[g] = blend(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
+        flat[g] = _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]);
+        // `max - min` and `x - min` use the current min, which an accepted step changes.
+        range[g] = _mm256_sub_ps(max[g], min[g]);
+        let iscale = _mm256_div_ps(splat(nmax as f32), range[g]);
+        scale[g] = _mm256_div_ps(splat(1.0), iscale);
+        for i in 0..32 {
+            xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
+            codes[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax);
+            let lf = _mm256_cvtepi32_ps(codes[i][g]);
+            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
+            best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], _mm256_mul_ps(diff, diff)));
+        }
     }
-    let mut iscale = _mm256_div_ps(splat(nmax as f32), range);
-    let mut scale = _mm256_div_ps(splat(1.0), iscale);
-    let mut codes: [__m256i; 32] = [_mm256_setzero_si256(); 32];
-    let mut best_error = _mm256_setzero_ps();
-    for i in 0..32 {
-        codes[i] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i])), nmax);
-        let lf = _mm256_cvtepi32_ps(codes[i]);
-        let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale, lf), min), x[i]);
-        best_error = _mm256_add_ps(best_error, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
-    }
-    let mut laux: [__m256i; 32] = [_mm256_setzero_si256(); 32];
+    let mut laux = [[_mm256_setzero_si256(); N]; 32];
+    let mut lfs = [[zero; N]; 32];
     for is in 0..=p.nstep {
-        let numerator = p.rmin + p.rdelta * is as f32 + nmax as f32;
-        iscale = _mm256_div_ps(splat(numerator), range);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut lfs = [_mm256_setzero_ps(); 32];
-        for i in 0..32 {
-            laux[i] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i])), nmax);
-            let lf = _mm256_cvtepi32_ps(laux[i]);
-            lfs[i] = lf;
-            let wl = _mm256_mul_ps(w[i], lf);
-            sum_l = _mm256_add_ps(sum_l, wl);
-            sum_l2 = _mm256_add_ps(sum_l2, _mm256_mul_ps(wl, lf));
-            sum_xl = _mm256_add_ps(sum_xl, _mm256_mul_ps(wl, x[i]));
+        let numerator = splat(p.rmin + p.rdelta * is as f32 + nmax as f32);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; N], [zero; N], [zero; N]);
+        let mut iscale = [zero; N];
+        for g in 0..N {
+            iscale[g] = _mm256_div_ps(numerator, range[g]);
         }
-        let d = _mm256_sub_ps(_mm256_mul_ps(sum_w, sum_l2), _mm256_mul_ps(sum_l, sum_l));
-        let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(d, _mm256_setzero_ps());
-        if _mm256_movemask_ps(positive) == 0 {
+        for i in 0..32 {
+            for g in 0..N {
+                laux[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale[g], xm[i][g])), nmax);
+                let lf = _mm256_cvtepi32_ps(laux[i][g]);
+                lfs[i][g] = lf;
+                let wl = _mm256_mul_ps(w[i][g], lf);
+                sum_l[g] = _mm256_add_ps(sum_l[g], wl);
+                sum_l2[g] = _mm256_add_ps(sum_l2[g], _mm256_mul_ps(wl, lf));
+                sum_xl[g] = _mm256_add_ps(sum_xl[g], _mm256_mul_ps(wl, x[i][g]));
+            }
+        }
+        let (mut positive, mut this_scale, mut this_min) = ([zero; N], [zero; N], [zero; N]);
+        let mut any_positive = 0;
+        for g in 0..N {
+            let d = _mm256_sub_ps(_mm256_mul_ps(sum_w[g], sum_l2[g]), _mm256_mul_ps(sum_l[g], sum_l[g]));
+            positive[g] = _mm256_cmp_ps::<_CMP_GT_OQ>(d, zero);
+            any_positive |= _mm256_movemask_ps(positive[g]);
+            let s =
+                _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w[g], sum_xl[g]), _mm256_mul_ps(sum_x[g], sum_l[g])), d);
+            let m =
+                _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2[g], sum_x[g]), _mm256_mul_ps(sum_l[g], sum_xl[g])), d);
+            let clip = _mm256_cmp_ps::<_CMP_GT_OQ>(m, zero);
+            this_min[g] = blend(m, zero, clip);
+            this_scale[g] = blend(s, _mm256_div_ps(sum_xl[g], sum_l2[g]), clip);
+        }
+        if any_positive == 0 {
             continue;
         }
-        let mut this_scale = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_w, sum_xl), _mm256_mul_ps(sum_x, sum_l)), d);
-        let mut this_min = _mm256_div_ps(_mm256_sub_ps(_mm256_mul_ps(sum_l2, sum_x), _mm256_mul_ps(sum_l, sum_xl)), d);
-        let clip = _mm256_cmp_ps::<_CMP_GT_OQ>(this_min, _mm256_setzero_ps());
-        this_min = blend(this_min, _mm256_setzero_ps(), clip);
-        this_scale = blend(this_scale, _mm256_div_ps(sum_xl, sum_l2), clip);
-        let mut cur_error = _mm256_setzero_ps();
+        let mut cur_error = [zero; N];
         for i in 0..32 {
-            let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale, lfs[i]), this_min), x[i]);
-            cur_error = _mm256_add_ps(cur_error, _mm256_mul_ps(w[i], _mm256_mul_ps(diff, diff)));
+            for g in 0..N {
+                let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale[g], lfs[i][g]), this_min[g]), x[i][g]);
+                cur_error[g] = _mm256_add_ps(cur_error[g], _mm256_mul_ps(w[i][g], _mm256_mul_ps(diff, diff)));
+            }
         }
-        let better = _mm256_and_ps(positive, _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error, best_error));
-        if _mm256_movemask_ps(better) == 0 {
-            continue;
-        }
-        let take = _mm256_castps_si256(better);
-        for i in 0..32 {
-            codes[i] = _mm256_blendv_epi8(codes[i], laux[i], take);
-        }
-        best_error = blend(best_error, cur_error, better);
-        scale = blend(scale, this_scale, better);
-        min = blend(min, this_min, better);
-        range = _mm256_sub_ps(max, min);
-        for i in 0..32 {
-            xm[i] = _mm256_sub_ps(x[i], min);
+        for g in 0..N {
+            let better = _mm256_and_ps(positive[g], _mm256_cmp_ps::<_CMP_LT_OQ>(cur_error[g], best_error[g]));
+            if _mm256_movemask_ps(better) == 0 {
+                continue;
+            }
+            let take = _mm256_castps_si256(better);
+            for i in 0..32 {
+                codes[i][g] = _mm256_blendv_epi8(codes[i][g], laux[i][g], take);
+            }
+            best_error[g] = blend(best_error[g], cur_error[g], better);
+            scale[g] = blend(scale[g], this_scale[g], better);
+            min[g] = blend(min[g], this_min[g], better);
+            range[g] = _mm256_sub_ps(max[g], min[g]);
+            for i in 0..32 {
+                xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
+            }
         }
     }
-    // Flat sub-blocks: codes 0, scale 0, min as clamped.
-    let take_flat = _mm256_castps_si256(flat);
-    for (i, c) in codes.iter().enumerate() {
-        let c = _mm256_andnot_si256(take_flat, *c);
-        let mut v = [0i32; 8];
-        // SAFETY: `v` has room for 8 i32; unaligned store.
-        unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), c) };
-        for (j, &q) in v.iter().enumerate() {
-            l[32 * j + i] = q as u8;
+    let mut out = [([0f32; 8], [0f32; 8]); N];
+    for g in 0..N {
+        // Flat sub-blocks: codes 0, scale 0, min as clamped.
+        let take_flat = _mm256_castps_si256(flat[g]);
+        for i in 0..32 {
+            let mut v = [0i32; 8];
+            // SAFETY: `v` has room for 8 i32; unaligned store.
+            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, codes[i][g])) };
+            for (j, &q) in v.iter().enumerate() {
+                l[g][32 * j + i] = q as u8;
+            }
         }
+        out[g] = (lanes(_mm256_andnot_ps(flat[g], scale[g])), lanes(_mm256_sub_ps(zero, min[g])));
     }
-    scale = _mm256_andnot_ps(flat, scale);
-    let neg_min = _mm256_sub_ps(_mm256_setzero_ps(), min);
-    (lanes(scale), lanes(neg_min))
+    out
 }
 
-/// One Q4_K or Q5_K super-block: the vectorized search, then the reference's packing.
+/// [`N`] Q4_K or Q5_K super-blocks (`x` holds `256 * N` values): the vectorized search, then
+/// the reference's packing.
 #[target_feature(enable = "avx2")]
-fn superblock(p: &KParams, x: &[f32], block: &mut [u8]) {
-    let mut xt = [[0f32; 8]; 32];
-    for j in 0..8 {
+fn superblocks(p: &KParams, x: &[f32], y: &mut [u8]) {
+    let zero = _mm256_setzero_ps();
+    let mut xv = [[zero; N]; 32];
+    let mut wv = [[zero; N]; 32];
+    for g in 0..N {
+        let xg = &x[256 * g..256 * g + 256];
+        let mut column = [0f32; 8];
         for i in 0..32 {
-            xt[i][j] = x[32 * j + i];
+            for j in 0..8 {
+                column[j] = xg[32 * j + i];
+            }
+            // SAFETY: `column` holds 8 f32; unaligned load.
+            xv[i][g] = unsafe { _mm256_loadu_ps(column.as_ptr()) };
+        }
+        let mut sum_x2 = zero;
+        for i in 0..32 {
+            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xv[i][g], xv[i][g]));
+        }
+        let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, splat(32.0)));
+        for i in 0..32 {
+            wv[i][g] = _mm256_add_ps(av_x, _mm256_andnot_ps(splat(-0.0), xv[i][g]));
         }
     }
-    let mut xv = [_mm256_setzero_ps(); 32];
-    for i in 0..32 {
-        // SAFETY: `xt[i]` holds 8 f32; unaligned load.
-        xv[i] = unsafe { _mm256_loadu_ps(xt[i].as_ptr()) };
+    let mut l = [[0u8; 256]; N];
+    let found = make_qkx2_quants_xn(p, &xv, &wv, &mut l);
+    for g in 0..N {
+        let (scales, mins) = &found[g];
+        let block = &mut y[p.block_bytes * g..p.block_bytes * (g + 1)];
+        kquants::finish_superblock(p, &x[256 * g..256 * g + 256], scales, mins, &mut l[g], block);
     }
-    let mut sum_x2 = _mm256_setzero_ps();
-    for v in &xv {
-        sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(*v, *v));
-    }
-    let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, splat(32.0)));
-    let sign = splat(-0.0);
-    let mut wv = [_mm256_setzero_ps(); 32];
-    for i in 0..32 {
-        wv[i] = _mm256_add_ps(av_x, _mm256_andnot_ps(sign, xv[i]));
-    }
-    let mut l = [0u8; 256];
-    let (scales, mins) = make_qkx2_quants_x8(p, &xv, &wv, &mut l);
-    kquants::finish_superblock(p, x, &scales, &mins, &mut l, block);
 }
 
 /// Q4_K (`p` = Q4_K parameters) or Q5_K, all super-blocks; false on a NaN or infinity.
@@ -160,8 +200,11 @@ pub fn quantize(p: &KParams, x: &[f32], y: &mut [u8]) -> bool {
     if crate::backend::first_non_finite(x).is_some() {
         return false;
     }
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(p.block_bytes)) {
-        superblock(p, x, b);
+    let mut xs = x.chunks_exact(256 * N);
+    let mut ys = y.chunks_exact_mut(p.block_bytes * N);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        superblocks(p, x, y);
     }
+    kquants::quantize_k(p, xs.remainder(), ys.into_remainder());
     true
 }
