@@ -177,8 +177,8 @@ fn superblocks(p: &KParams, x: &[f32], y: &mut [u8]) {
             xv[i][g] = unsafe { _mm256_loadu_ps(column.as_ptr()) };
         }
         let mut sum_x2 = zero;
-        for i in 0..32 {
-            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(xv[i][g], xv[i][g]));
+        for row in &xv {
+            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(row[g], row[g]));
         }
         let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, splat(32.0)));
         for i in 0..32 {
