@@ -223,6 +223,135 @@ fn quantize_q4_0(x: &[f32], y: &mut [u8]) -> bool {
     finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q4_0)
 }
 
+/// Bit 4 of each code (i32 lanes, 32 codes in `q`) as a u32: bit j for code j.
+#[target_feature(enable = "avx2")]
+fn high_bits(q: &[__m256i; 4]) -> u32 {
+    let mut bits = 0u32;
+    for (i, v) in q.iter().enumerate() {
+        bits |= (_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<27>(*v))) as u32) << (8 * i);
+    }
+    bits
+}
+
+/// The low nibbles of 32 codes, packed as Q4_0-style bytes (j low, j+16 high).
+#[target_feature(enable = "avx2")]
+fn pack_low_nibbles(q: &[__m256i; 4]) -> __m128i {
+    let m = _mm256_set1_epi32(15);
+    let mut low = [_mm256_setzero_si256(); 4];
+    for i in 0..4 {
+        low[i] = _mm256_and_si256(q[i], m);
+    }
+    pack_small_nibbles(&low)
+}
+
+#[target_feature(enable = "avx2,f16c")]
+fn quantize_q5_0(x: &[f32], y: &mut [u8]) -> bool {
+    let mut xs = x.chunks_exact(256);
+    let mut ys = y.chunks_exact_mut(8 * 22);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let Some(amax) = amax8(x) else { return false };
+        if any_tiny(amax, 16.0) {
+            scalar::legacy::quantize_q5_0(x, y);
+            continue;
+        }
+        let amaxs = lanes(amax);
+        let mut max = [0f32; 8];
+        for k in 0..8 {
+            max[k] = signed_max(&x[32 * k..32 * k + 32], amaxs[k]);
+        }
+        // SAFETY: `max` holds 8 f32.
+        let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-16.0));
+        let ids = lanes(inverse_or_zero(d));
+        let d16 = to_f16x8(d);
+        let (half, top) = (_mm256_set1_ps(16.5), _mm256_set1_epi32(31));
+        for k in 0..8 {
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let idv = _mm256_set1_ps(ids[k]);
+            // With a normal d, x * id + 16.5 lies in [0, 33): truncation and min give C's codes.
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[i], idv), half)), top);
+            }
+            let b = &mut y[22 * k..22 * k + 22];
+            b[..2].copy_from_slice(&d16[k].to_le_bytes());
+            b[2..6].copy_from_slice(&high_bits(&q).to_le_bytes());
+            // SAFETY: `b[6..]` holds 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(b[6..].as_mut_ptr().cast(), pack_low_nibbles(&q)) };
+        }
+    }
+    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q5_0)
+}
+
+/// The reference's min and max of a block (the Q4_1/Q5_1 scan): values by vector compares;
+/// when one is zero, its sign is that of the first zero in the block, as the scan keeps it.
+#[target_feature(enable = "avx2")]
+fn block_min_max(x: &[f32]) -> (f32, f32) {
+    let v = load_block(x);
+    let (mut lo, mut hi) = (v[0], v[0]);
+    for v in &v[1..] {
+        lo = _mm256_min_ps(lo, *v);
+        hi = _mm256_max_ps(hi, *v);
+    }
+    let lo = lanes(lo).iter().fold(f32::MAX, |m, &v| if v < m { v } else { m });
+    let hi = lanes(hi).iter().fold(-f32::MAX, |m, &v| if v > m { v } else { m });
+    let first_zero = || x.iter().copied().find(|v| *v == 0.0).unwrap_or(0.0);
+    (if lo == 0.0 { first_zero() } else { lo }, if hi == 0.0 { first_zero() } else { hi })
+}
+
+/// Q4_1 (`levels` = 15) or Q5_1 (31): codes trunc((x - min) * id + 0.5), capped at 15 for Q4_1.
+#[target_feature(enable = "avx2,f16c")]
+fn quantize_affine(x: &[f32], y: &mut [u8], levels: f32, block_bytes: usize) -> bool {
+    let reference = if levels == 15.0 { scalar::legacy::quantize_q4_1 } else { scalar::legacy::quantize_q5_1 };
+    let mut xs = x.chunks_exact(256);
+    let mut ys = y.chunks_exact_mut(8 * block_bytes);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        if amax8(x).is_none() {
+            return false;
+        }
+        let (mut mins, mut maxs) = ([0f32; 8], [0f32; 8]);
+        for k in 0..8 {
+            (mins[k], maxs[k]) = block_min_max(&x[32 * k..32 * k + 32]);
+        }
+        // Scales that are subnormal or infinite take the reference path (C's casts).
+        let degenerate = (0..8).any(|k| {
+            let range = maxs[k] - mins[k];
+            !range.is_finite() || (range > 0.0 && range < levels * f32::MIN_POSITIVE)
+        });
+        if degenerate {
+            reference(x, y);
+            continue;
+        }
+        // SAFETY: `mins` and `maxs` hold 8 f32.
+        let (minv, maxv) = unsafe { (_mm256_loadu_ps(mins.as_ptr()), _mm256_loadu_ps(maxs.as_ptr())) };
+        let d = _mm256_div_ps(_mm256_sub_ps(maxv, minv), _mm256_set1_ps(levels));
+        let ids = lanes(inverse_or_zero(d));
+        let (d16, m16) = (to_f16x8(d), to_f16x8(minv));
+        let (half, cap) = (_mm256_set1_ps(0.5), _mm256_set1_epi32(levels as i32));
+        for k in 0..8 {
+            let v = load_block(&x[32 * k..32 * k + 32]);
+            let (idv, minv) = (_mm256_set1_ps(ids[k]), _mm256_set1_ps(mins[k]));
+            // With a normal d, (x - min) * id + 0.5 lies in [0, levels + 1).
+            let mut q = [_mm256_setzero_si256(); 4];
+            for i in 0..4 {
+                let t = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(v[i], minv), idv), half);
+                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(t), cap);
+            }
+            let b = &mut y[block_bytes * k..block_bytes * (k + 1)];
+            b[..2].copy_from_slice(&d16[k].to_le_bytes());
+            b[2..4].copy_from_slice(&m16[k].to_le_bytes());
+            let codes = if levels == 15.0 {
+                pack_small_nibbles(&q)
+            } else {
+                b[4..8].copy_from_slice(&high_bits(&q).to_le_bytes());
+                pack_low_nibbles(&q)
+            };
+            // SAFETY: the block's last 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(b[block_bytes - 16..].as_mut_ptr().cast(), codes) };
+        }
+    }
+    finish_with_reference(xs.remainder(), ys.into_remainder(), reference)
+}
+
 /// Shared exponents for which MXFP4's nearest-code search is exactly a count of midpoints
 /// crossed (see `mxfp4_codes`); blocks outside take the reference path.
 const MXFP4_FAST_EXPONENTS: std::ops::RangeInclusive<u8> = 32..=249;
@@ -368,6 +497,9 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
         match ty {
             QuantType::Q8_0 => quantize_q8_0(x, y),
             QuantType::Q4_0 => quantize_q4_0(x, y),
+            QuantType::Q5_0 => quantize_q5_0(x, y),
+            QuantType::Q4_1 => quantize_affine(x, y, 15.0, 20),
+            QuantType::Q5_1 => quantize_affine(x, y, 31.0, 24),
             QuantType::MXFP4 => quantize_mxfp4(x, y),
             QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
             QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
