@@ -289,46 +289,53 @@ pub fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
     let mut l = [0i8; 256];
     let mut scales = [0f32; 16];
     for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(210)) {
-        let mut max_scale = 0.0f32;
-        let mut max_abs_scale = 0.0f32;
         for ib in 0..16 {
-            let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
-            scales[ib] = scale;
-            if scale.abs() > max_abs_scale {
-                max_abs_scale = scale.abs();
-                max_scale = scale;
-            }
+            scales[ib] = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
         }
-        if max_abs_scale < GROUP_MAX_EPS {
-            b.fill(0);
+        finish_q6_k(x, &scales, &mut l, b);
+    }
+}
+
+/// The rest of a Q6_K super-block once its 16 sub-blocks have their `make_qx_quants` scales
+/// and codes: the 8-bit scales, d, codes recomputed with the rounded scales, packing.
+pub fn finish_q6_k(x: &[f32], scales: &[f32; 16], l: &mut [i8; 256], b: &mut [u8]) {
+    let mut max_scale = 0.0f32;
+    let mut max_abs_scale = 0.0f32;
+    for &scale in scales {
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = scale;
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        b.fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d16 = f32_to_f16(1.0 / iscale);
+    b[208..210].copy_from_slice(&d16.to_le_bytes());
+    for ib in 0..16 {
+        b[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let d = f16_to_f32(d16) * (b[192 + j] as i8) as f32;
+        if d == 0.0 {
             continue;
         }
-        let iscale = -128.0 / max_scale;
-        let d16 = f32_to_f16(1.0 / iscale);
-        b[208..210].copy_from_slice(&d16.to_le_bytes());
-        for ib in 0..16 {
-            b[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+        for ii in 0..16 {
+            let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+            l[16 * j + ii] = (q + 32) as i8;
         }
-        for j in 0..16 {
-            let d = f16_to_f32(d16) * (b[192 + j] as i8) as f32;
-            if d == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
-                l[16 * j + ii] = (q + 32) as i8;
-            }
-        }
-        let (ql, rest) = b.split_at_mut(128);
-        let qh = &mut rest[..64];
-        for half in 0..2 {
-            let (j, ql, qh) = (128 * half, &mut ql[64 * half..64 * half + 64], &mut qh[32 * half..32 * half + 32]);
-            for i in 0..32 {
-                let q = |k: usize| l[j + i + k] as u8;
-                ql[i] = (q(0) & 0xF) | ((q(64) & 0xF) << 4);
-                ql[i + 32] = (q(32) & 0xF) | ((q(96) & 0xF) << 4);
-                qh[i] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
-            }
+    }
+    let (ql, rest) = b.split_at_mut(128);
+    let qh = &mut rest[..64];
+    for half in 0..2 {
+        let (j, ql, qh) = (128 * half, &mut ql[64 * half..64 * half + 64], &mut qh[32 * half..32 * half + 32]);
+        for i in 0..32 {
+            let q = |k: usize| l[j + i + k] as u8;
+            ql[i] = (q(0) & 0xF) | ((q(64) & 0xF) << 4);
+            ql[i + 32] = (q(32) & 0xF) | ((q(96) & 0xF) << 4);
+            qh[i] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
         }
     }
 }

@@ -503,6 +503,7 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
             QuantType::MXFP4 => quantize_mxfp4(x, y),
             QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
             QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
+            QuantType::Q6_K => super::kquants_avx2::quantize_q6_k(x, y),
             other => scalar::quantize_checked(other, x, y),
         }
     }

@@ -208,3 +208,143 @@ pub fn quantize(p: &KParams, x: &[f32], y: &mut [u8]) -> bool {
     kquants::quantize_k(p, xs.remainder(), ys.into_remainder());
     true
 }
+
+/// Q6_K: vectors of 8 sub-blocks (of 16 values) searched together: 2 super-blocks.
+const Q6_VECTORS: usize = 4;
+
+#[target_feature(enable = "avx2")]
+fn clamp_signed(l: __m256i) -> __m256i {
+    _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(31)), _mm256_set1_epi32(-32))
+}
+
+/// `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)` for 8 sub-blocks per vector. `x[i][v]`
+/// holds element i of sub-blocks 8v..8v+8 (lane j = sub-block 8v + j). Returns the scales
+/// and writes the codes (offset by 32) to `l[v][16 * j + i]`.
+#[target_feature(enable = "avx2")]
+fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTORS]) -> [[f32; 8]; Q6_VECTORS] {
+    const V: usize = Q6_VECTORS;
+    let zero = _mm256_setzero_ps();
+    let sign = splat(-0.0);
+    let (mut max, mut amax) = ([zero; V], [zero; V]);
+    for row in x {
+        for v in 0..V {
+            let ax = _mm256_andnot_ps(sign, row[v]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[v]);
+            amax[v] = blend(amax[v], ax, gt);
+            max[v] = blend(max[v], row[v], gt);
+        }
+    }
+    let mut w = [[zero; V]; 16];
+    for i in 0..16 {
+        for v in 0..V {
+            w[i][v] = _mm256_mul_ps(x[i][v], x[i][v]);
+        }
+    }
+    // One candidate: codes for `iscale`, and the weighted sums Σw·x·l, Σw·l·l.
+    let candidate = |iscale: &[__m256; V], codes: &mut [[__m256i; V]; 16]| {
+        let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
+        for i in 0..16 {
+            for v in 0..V {
+                let q = clamp_signed(nearest_int(_mm256_mul_ps(iscale[v], x[i][v])));
+                codes[i][v] = q;
+                let lf = _mm256_cvtepi32_ps(q);
+                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], x[i][v]), lf));
+                suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
+            }
+        }
+        (sumlx, suml2)
+    };
+    let mut iscale = [zero; V];
+    for v in 0..V {
+        iscale[v] = _mm256_div_ps(splat(-32.0), max[v]);
+    }
+    let mut codes = [[_mm256_setzero_si256(); V]; 16];
+    let (sumlx, suml2) = candidate(&iscale, &mut codes);
+    let (mut scale, mut best) = ([zero; V], [zero; V]);
+    for v in 0..V {
+        let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(suml2[v], zero);
+        scale[v] = _mm256_and_ps(nonzero, _mm256_div_ps(sumlx[v], suml2[v]));
+        best[v] = _mm256_mul_ps(scale[v], sumlx[v]);
+    }
+    let mut trial = [[_mm256_setzero_si256(); V]; 16];
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let numerator = splat(-(32.0 + 0.1 * is as f32));
+        for v in 0..V {
+            iscale[v] = _mm256_div_ps(numerator, max[v]);
+        }
+        let (sumlx, suml2) = candidate(&iscale, &mut trial);
+        for v in 0..V {
+            let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
+            let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx[v], sumlx[v]), _mm256_mul_ps(best[v], suml2[v]));
+            let accept = _mm256_and_ps(positive, gain);
+            if _mm256_movemask_ps(accept) == 0 {
+                continue;
+            }
+            let take = _mm256_castps_si256(accept);
+            for row in codes.iter_mut().zip(&trial) {
+                row.0[v] = _mm256_blendv_epi8(row.0[v], row.1[v], take);
+            }
+            let new_scale = _mm256_div_ps(sumlx[v], suml2[v]);
+            scale[v] = blend(scale[v], new_scale, accept);
+            best[v] = blend(best[v], _mm256_mul_ps(new_scale, sumlx[v]), accept);
+        }
+    }
+    let mut out = [[0f32; 8]; V];
+    for v in 0..V {
+        // All-but-zero sub-blocks: codes 0 (not offset), scale 0.
+        let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15));
+        let keep = _mm256_castps_si256(_mm256_andnot_ps(small, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
+        for (i, row) in codes.iter().enumerate() {
+            let offset = _mm256_and_si256(keep, _mm256_add_epi32(row[v], _mm256_set1_epi32(32)));
+            let mut q = [0i32; 8];
+            // SAFETY: `q` has room for 8 i32; unaligned store.
+            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), offset) };
+            for (j, &q) in q.iter().enumerate() {
+                l[v][16 * j + i] = q as i8;
+            }
+        }
+        out[v] = lanes(_mm256_andnot_ps(small, scale[v]));
+    }
+    out
+}
+
+/// Q6_K, all super-blocks; false on a NaN or infinity.
+#[target_feature(enable = "avx2")]
+pub fn quantize_q6_k(x: &[f32], y: &mut [u8]) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
+    const SUPERBLOCKS: usize = Q6_VECTORS / 2;
+    let mut xs = x.chunks_exact(256 * SUPERBLOCKS);
+    let mut ys = y.chunks_exact_mut(210 * SUPERBLOCKS);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        // Sub-block s (of 16 values) of the batch goes to vector s / 8, lane s % 8.
+        let mut xv = [[_mm256_setzero_ps(); Q6_VECTORS]; 16];
+        for v in 0..Q6_VECTORS {
+            let mut column = [0f32; 8];
+            for i in 0..16 {
+                for j in 0..8 {
+                    column[j] = x[16 * (8 * v + j) + i];
+                }
+                // SAFETY: `column` holds 8 f32; unaligned load.
+                xv[i][v] = unsafe { _mm256_loadu_ps(column.as_ptr()) };
+            }
+        }
+        let mut codes = [[0i8; 128]; Q6_VECTORS];
+        let found = make_qx_quants_x(&xv, &mut codes);
+        for g in 0..SUPERBLOCKS {
+            let mut scales = [0f32; 16];
+            let mut l = [0i8; 256];
+            for half in 0..2 {
+                scales[8 * half..8 * half + 8].copy_from_slice(&found[2 * g + half]);
+                l[128 * half..128 * half + 128].copy_from_slice(&codes[2 * g + half]);
+            }
+            kquants::finish_q6_k(&x[256 * g..256 * g + 256], &scales, &mut l, &mut y[210 * g..210 * g + 210]);
+        }
+    }
+    kquants::quantize_q6_k(xs.remainder(), ys.into_remainder());
+    true
+}
