@@ -177,6 +177,22 @@ fn conversions_match_on_every_half_value() {
     }
 }
 
+/// Outputs large enough for streaming stores, at every alignment of the destination.
+#[test]
+fn large_conversions_match_at_any_alignment() {
+    let src: Vec<u16> = (0..(1u32 << 21) + 13).map(|i| (i.wrapping_mul(40503)) as u16).collect();
+    let mut want = vec![0f32; src.len()];
+    SCALAR.bf16_to_f32(&src, &mut want);
+    for b in simd_backends() {
+        let mut buf = vec![0f32; src.len() + 8];
+        for offset in [0, 1, 3, 7] {
+            b.bf16_to_f32(&src[..src.len() - offset], &mut buf[offset..src.len()]);
+            let got = &buf[offset..src.len()];
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{} offset {offset}", b.name);
+        }
+    }
+}
+
 #[test]
 fn f32_to_half_conversions_match_on_edge_values() {
     let mut x: Vec<f32> = vec![

@@ -425,16 +425,30 @@ fn dequantize_q8_0(x: &[u8], y: &mut [f32]) {
     }
 }
 
+/// Outputs at least this large bypass the cache (non-temporal stores): they would not fit in
+/// it anyway, and streaming them saves reading every destination line first.
+const STREAM_BYTES: usize = 4 << 20;
+
 #[target_feature(enable = "avx2")]
 fn bf16_to_f32_rows(src: &[u16], dst: &mut [f32]) {
+    // Scalar until the destination is 32-byte aligned, as streaming stores require.
+    let head = if dst.len() * 4 >= STREAM_BYTES { dst.as_ptr().align_offset(32).min(dst.len()) } else { 0 };
+    rows::bf16_to_f32(&src[..head], &mut dst[..head]);
+    let (src, dst) = (&src[head..], &mut dst[head..]);
+    let stream = head > 0 || (dst.len() * 4 >= STREAM_BYTES && dst.as_ptr().align_offset(32) == 0);
     let mut s = src.chunks_exact(8);
     let mut d = dst.chunks_exact_mut(8);
     for (s, d) in (&mut s).zip(&mut d) {
-        // SAFETY: `s` holds 8 u16 (16 bytes), `d` has room for 8 f32; unaligned ops.
+        // SAFETY: `s` holds 8 u16 (16 bytes), `d` has room for 8 f32; the streaming store is
+        // only used when `d` is 32-byte aligned (every chunk is, once the first one is).
         unsafe {
-            let w = _mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().cast()));
-            _mm256_storeu_ps(d.as_mut_ptr(), _mm256_castsi256_ps(_mm256_slli_epi32::<16>(w)));
+            let w =
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().cast()))));
+            if stream { _mm256_stream_ps(d.as_mut_ptr(), w) } else { _mm256_storeu_ps(d.as_mut_ptr(), w) }
         }
+    }
+    if stream {
+        _mm_sfence();
     }
     rows::bf16_to_f32(s.remainder(), d.into_remainder());
 }
