@@ -170,6 +170,41 @@ impl Backend {
         Ok(())
     }
 
+    /// Quantizes rows of `n_per_row` values with importance weights (an imatrix row: one
+    /// weight per column), as ggml does when given `quant_weights`. Q8_0 and MXFP4 ignore
+    /// the weights, as in ggml. The scalar reference serves every backend.
+    pub fn quantize_weighted(
+        &self,
+        ty: QuantType,
+        src: &[f32],
+        dst: &mut [u8],
+        n_per_row: usize,
+        weights: &[f32],
+    ) -> Result<(), KernelError> {
+        if !ty.can_quantize() {
+            return Err(KernelError::Unsupported(ty.name()));
+        }
+        check_lengths(ty, src.len(), dst.len())?;
+        if n_per_row == 0 || !src.len().is_multiple_of(n_per_row) || !n_per_row.is_multiple_of(ty.block_size()) {
+            let what = format!("{} values do not form rows of {n_per_row} whole blocks", src.len());
+            return Err(KernelError::Length { ty: ty.name(), what });
+        }
+        if weights.len() != n_per_row {
+            let what = format!("{} weights for rows of {n_per_row} values", weights.len());
+            return Err(KernelError::Length { ty: ty.name(), what });
+        }
+        if let Some((index, value)) = first_non_finite(src) {
+            return Err(KernelError::NonFinite { index, value });
+        }
+        if let Some((index, value)) =
+            first_non_finite(weights).or(weights.iter().position(|w| *w < 0.0).map(|i| (i, weights[i])))
+        {
+            return Err(KernelError::BadWeight { index, value });
+        }
+        scalar::weighted::quantize_rows(ty, src, dst, n_per_row, weights);
+        Ok(())
+    }
+
     /// Dequantizes `src` (whole blocks) into `dst` (exactly its value count).
     pub fn dequantize(&self, ty: QuantType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
         if !src.len().is_multiple_of(ty.block_bytes()) {

@@ -110,6 +110,14 @@ pub enum KernelError {
         /// What is wrong.
         what: String,
     },
+    /// An importance weight is negative, NaN or infinite.
+    #[error("importance weight {index} is {value}; weights must be finite and not negative")]
+    BadWeight {
+        /// Its index (column).
+        index: usize,
+        /// The weight.
+        value: f32,
+    },
     /// The type cannot be quantized to.
     #[error("quantizing to {0} is not supported")]
     Unsupported(&'static str),

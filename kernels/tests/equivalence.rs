@@ -286,3 +286,42 @@ proptest! {
         }
     }
 }
+
+/// The importance-weighted quantizers reproduce `ggml_quantize_chunk` with an imatrix, byte
+/// for byte (vectors written by scripts/make_imatrix_vectors.py with ggml itself; they
+/// include an all-zero super-block, a flat block and zero weights).
+#[test]
+fn weighted_quantizers_match_ggml() {
+    fn floats(bytes: &[u8]) -> Vec<f32> {
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    }
+    let x = floats(include_bytes!("data/imatrix/input.f32"));
+    let w = floats(include_bytes!("data/imatrix/weights.f32"));
+    let expected: [(QuantType, &[u8]); 9] = [
+        (QuantType::Q4_0, include_bytes!("data/imatrix/Q4_0.bin")),
+        (QuantType::Q4_1, include_bytes!("data/imatrix/Q4_1.bin")),
+        (QuantType::Q5_0, include_bytes!("data/imatrix/Q5_0.bin")),
+        (QuantType::Q5_1, include_bytes!("data/imatrix/Q5_1.bin")),
+        (QuantType::Q8_0, include_bytes!("data/imatrix/Q8_0.bin")),
+        (QuantType::Q4_K, include_bytes!("data/imatrix/Q4_K.bin")),
+        (QuantType::Q5_K, include_bytes!("data/imatrix/Q5_K.bin")),
+        (QuantType::Q6_K, include_bytes!("data/imatrix/Q6_K.bin")),
+        (QuantType::MXFP4, include_bytes!("data/imatrix/MXFP4.bin")),
+    ];
+    for b in available() {
+        for (ty, want) in expected {
+            let mut got = vec![0u8; want.len()];
+            b.quantize_weighted(ty, &x, &mut got, w.len(), &w).unwrap();
+            if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+                panic!("{} {} differs from ggml at byte {i} (block {})", b.name, ty.name(), i / ty.block_bytes());
+            }
+        }
+    }
+    let mut out = vec![0u8; QuantType::Q4_0.bytes_for(x.len())];
+    let bad = SCALAR.quantize_weighted(QuantType::Q4_0, &x, &mut out, w.len(), &w[..10]);
+    assert!(matches!(bad, Err(KernelError::Length { .. })));
+    let mut neg = w.clone();
+    neg[5] = -1.0;
+    let bad = SCALAR.quantize_weighted(QuantType::Q4_0, &x, &mut out, w.len(), &neg);
+    assert!(matches!(bad, Err(KernelError::BadWeight { index: 5, .. })));
+}

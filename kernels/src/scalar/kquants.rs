@@ -18,7 +18,7 @@ pub fn nearest_int(f: f32) -> i32 {
 /// `make_qkx2_quants`: the scale and (positive) min of a sub-block with weights, choosing the
 /// best of `nstep + 1` candidate scales by weighted squared error. Writes the codes to `l`.
 #[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(
+pub(crate) fn make_qkx2_quants(
     nmax: i32,
     x: &[f32],
     weights: &[f32],
@@ -96,9 +96,10 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
-/// `make_qx_quants` with `rmse_type = 1` and no importance weights (weights x²), as Q6_K uses.
-/// Codes are written to `l` offset by `nmax`.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
+/// `make_qx_quants` with `rmse_type = 1`: weights `qw` when given, else x². Codes are written to
+/// `l` offset by `nmax`.
+pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let weight = |i: usize, v: f32| qw.map_or(v * v, |q| q[i]);
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -117,7 +118,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     for (i, &v) in x.iter().enumerate() {
         let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
         l[i] = (q + nmax) as i8;
-        let w = v * v;
+        let w = weight(i, v);
         sumlx += w * v * q as f32;
         suml2 += w * q as f32 * q as f32;
     }
@@ -130,9 +131,9 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
-        for &v in x {
+        for (i, &v) in x.iter().enumerate() {
             let q = nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-            let w = v * v;
+            let w = weight(i, v);
             sumlx += w * v * q as f32;
             suml2 += w * q as f32 * q as f32;
         }
@@ -150,7 +151,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 
 /// `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from the 12 packed bytes.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -203,7 +204,6 @@ fn search_superblock(p: &KParams, x: &[f32], l: &mut [u8; 256]) -> ([f32; 8], [f
 /// The rest of a Q4_K / Q5_K super-block once every sub-block has its scale, min and codes:
 /// 6-bit scales and mins, d and dmin, codes recomputed with the rounded scales, packing.
 pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32; 8], l: &mut [u8; 256], b: &mut [u8]) {
-    let nmax = p.nmax;
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
@@ -216,22 +216,44 @@ pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32;
     }
     let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    pack_and_requantize(p, x, &ls, &lm, max_scale / 63.0, max_min / 63.0, l, b);
+}
+
+/// Packs the 6-bit scales and mins and the f16 d and dmin into a Q4_K / Q5_K super-block,
+/// recomputes the codes with the rounded scales (sub-blocks whose scale rounds to 0 keep
+/// `l`), and packs the codes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pack_and_requantize(
+    p: &KParams,
+    x: &[f32],
+    ls: &[u8; 8],
+    lm: &[u8; 8],
+    d: f32,
+    dmin: f32,
+    l: &mut [u8; 256],
+    b: &mut [u8],
+) {
+    let nmax = p.nmax;
     let sc = &mut b[4..16];
     sc.fill(0);
     for j in 0..8 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
         if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
+            sc[j] = ls[j];
+            sc[j + 4] = lm[j];
         } else {
-            sc[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
+            sc[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            sc[j - 4] |= (ls[j] >> 4) << 6;
+            sc[j] |= (lm[j] >> 4) << 6;
         }
     }
-    let d16 = f32_to_f16(max_scale / 63.0);
-    let dmin16 = f32_to_f16(max_min / 63.0);
+    let d16 = f32_to_f16(d);
+    let dmin16 = f32_to_f16(dmin);
     b[0..2].copy_from_slice(&d16.to_le_bytes());
     b[2..4].copy_from_slice(&dmin16.to_le_bytes());
     for j in 0..8 {
@@ -290,7 +312,7 @@ pub fn quantize_q6_k(x: &[f32], y: &mut [u8]) {
     let mut scales = [0f32; 16];
     for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(210)) {
         for ib in 0..16 {
-            scales[ib] = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+            scales[ib] = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16], None);
         }
         finish_q6_k(x, &scales, &mut l, b);
     }

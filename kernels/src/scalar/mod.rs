@@ -4,6 +4,7 @@
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod weighted;
 
 use crate::QuantType;
 use crate::convert::f16_to_f32;
