@@ -190,9 +190,9 @@ fn k_row(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
 fn q6_k_row(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let (mut l, mut scales) = ([0i8; 256], [0f32; 16]);
     for ((x, qw), b) in x.chunks_exact(256).zip(qw.chunks_exact(256)).zip(y.chunks_exact_mut(210)) {
-        for ib in 0..16 {
+        for (ib, scale) in scales.iter_mut().enumerate() {
             let r = 16 * ib..16 * ib + 16;
-            scales[ib] = make_qx_quants(32, &x[r.clone()], &mut l[r.clone()], Some(&qw[r]));
+            *scale = make_qx_quants(32, &x[r.clone()], &mut l[r.clone()], Some(&qw[r]));
         }
         kquants::finish_q6_k(x, &scales, &mut l, b);
     }
