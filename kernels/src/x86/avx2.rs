@@ -190,14 +190,19 @@ fn signed_max(x: &[f32], amax: f32) -> f32 {
     x[mask.trailing_zeros() as usize]
 }
 
+/// Q4_0 (`bits` 4) or Q5_0 (`bits` 5): d = signed max / -2^(bits-1), codes
+/// min(2^bits - 1, trunc(x * id + 2^(bits-1) + 0.5)).
 #[target_feature(enable = "avx2,f16c")]
-fn quantize_q4_0(x: &[f32], y: &mut [u8]) -> bool {
+fn quantize_symmetric(x: &[f32], y: &mut [u8], bits: u32) -> bool {
+    let reference = if bits == 4 { scalar::legacy::quantize_q4_0 } else { scalar::legacy::quantize_q5_0 };
+    let block_bytes = if bits == 4 { 18 } else { 22 };
+    let half_range = (1u32 << (bits - 1)) as f32;
     let mut xs = x.chunks_exact(256);
-    let mut ys = y.chunks_exact_mut(8 * 18);
+    let mut ys = y.chunks_exact_mut(8 * block_bytes);
     for (x, y) in (&mut xs).zip(&mut ys) {
         let Some(amax) = amax8(x) else { return false };
-        if any_tiny(amax, 8.0) {
-            scalar::legacy::quantize_q4_0(x, y);
+        if any_tiny(amax, half_range) {
+            reference(x, y);
             continue;
         }
         let amaxs = lanes(amax);
@@ -206,25 +211,32 @@ fn quantize_q4_0(x: &[f32], y: &mut [u8]) -> bool {
             max[k] = signed_max(&x[32 * k..32 * k + 32], amaxs[k]);
         }
         // SAFETY: `max` holds 8 f32.
-        let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-8.0));
+        let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-half_range));
         let ids = lanes(inverse_or_zero(d));
         let d16 = to_f16x8(d);
-        let (half, fifteen) = (_mm256_set1_ps(8.5), _mm256_set1_epi32(15));
+        let (offset, top) = (_mm256_set1_ps(half_range + 0.5), _mm256_set1_epi32((1 << bits) - 1));
         for k in 0..8 {
             let v = load_block(&x[32 * k..32 * k + 32]);
             let idv = _mm256_set1_ps(ids[k]);
-            // With a normal d, x * id + 8.5 lies in [0, 17): truncation and min give C's codes.
+            // With a normal d, x * id + offset lies in [0, 2^bits + 1): truncation and min give
+            // C's codes.
             let mut q = [_mm256_setzero_si256(); 4];
             for i in 0..4 {
-                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[i], idv), half)), fifteen);
+                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[i], idv), offset)), top);
             }
-            let b = &mut y[18 * k..18 * k + 18];
+            let b = &mut y[block_bytes * k..block_bytes * (k + 1)];
             b[..2].copy_from_slice(&d16[k].to_le_bytes());
-            // SAFETY: `b[2..]` holds 16 bytes; unaligned store.
-            unsafe { _mm_storeu_si128(b[2..].as_mut_ptr().cast(), pack_small_nibbles(&q)) };
+            let codes = if bits == 4 {
+                pack_small_nibbles(&q)
+            } else {
+                b[2..6].copy_from_slice(&high_bits(&q).to_le_bytes());
+                pack_low_nibbles(&q)
+            };
+            // SAFETY: the block's last 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(b[block_bytes - 16..].as_mut_ptr().cast(), codes) };
         }
     }
-    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q4_0)
+    finish_with_reference(xs.remainder(), ys.into_remainder(), reference)
 }
 
 /// Bit 4 of each code (i32 lanes, 32 codes in `q`) as a u32: bit j for code j.
@@ -246,44 +258,6 @@ fn pack_low_nibbles(q: &[__m256i; 4]) -> __m128i {
         low[i] = _mm256_and_si256(q[i], m);
     }
     pack_small_nibbles(&low)
-}
-
-#[target_feature(enable = "avx2,f16c")]
-fn quantize_q5_0(x: &[f32], y: &mut [u8]) -> bool {
-    let mut xs = x.chunks_exact(256);
-    let mut ys = y.chunks_exact_mut(8 * 22);
-    for (x, y) in (&mut xs).zip(&mut ys) {
-        let Some(amax) = amax8(x) else { return false };
-        if any_tiny(amax, 16.0) {
-            scalar::legacy::quantize_q5_0(x, y);
-            continue;
-        }
-        let amaxs = lanes(amax);
-        let mut max = [0f32; 8];
-        for k in 0..8 {
-            max[k] = signed_max(&x[32 * k..32 * k + 32], amaxs[k]);
-        }
-        // SAFETY: `max` holds 8 f32.
-        let d = _mm256_div_ps(unsafe { _mm256_loadu_ps(max.as_ptr()) }, _mm256_set1_ps(-16.0));
-        let ids = lanes(inverse_or_zero(d));
-        let d16 = to_f16x8(d);
-        let (half, top) = (_mm256_set1_ps(16.5), _mm256_set1_epi32(31));
-        for k in 0..8 {
-            let v = load_block(&x[32 * k..32 * k + 32]);
-            let idv = _mm256_set1_ps(ids[k]);
-            // With a normal d, x * id + 16.5 lies in [0, 33): truncation and min give C's codes.
-            let mut q = [_mm256_setzero_si256(); 4];
-            for i in 0..4 {
-                q[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[i], idv), half)), top);
-            }
-            let b = &mut y[22 * k..22 * k + 22];
-            b[..2].copy_from_slice(&d16[k].to_le_bytes());
-            b[2..6].copy_from_slice(&high_bits(&q).to_le_bytes());
-            // SAFETY: `b[6..]` holds 16 bytes; unaligned store.
-            unsafe { _mm_storeu_si128(b[6..].as_mut_ptr().cast(), pack_low_nibbles(&q)) };
-        }
-    }
-    finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q5_0)
 }
 
 /// The reference's min and max of a block (the Q4_1/Q5_1 scan): values by vector compares;
@@ -514,8 +488,8 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
     unsafe {
         match ty {
             QuantType::Q8_0 => quantize_q8_0(x, y),
-            QuantType::Q4_0 => quantize_q4_0(x, y),
-            QuantType::Q5_0 => quantize_q5_0(x, y),
+            QuantType::Q4_0 => quantize_symmetric(x, y, 4),
+            QuantType::Q5_0 => quantize_symmetric(x, y, 5),
             QuantType::Q4_1 => quantize_affine(x, y, 15.0, 20),
             QuantType::Q5_1 => quantize_affine(x, y, 31.0, 24),
             QuantType::MXFP4 => quantize_mxfp4(x, y),
