@@ -362,6 +362,14 @@ pub fn finish_q6_k(x: &[f32], scales: &[f32; 16], l: &mut [i8; 256], b: &mut [u8
     }
 }
 
+/// The scale and min of the two 32-value sub-blocks of 64-value chunk `c` of a Q4_K / Q5_K
+/// super-block, as the dequantizers compute them: `(d * sc, dmin * m)` for each.
+fn chunk_scales(c: usize, sc: &[u8], d: f32, min: f32) -> ((f32, f32), (f32, f32)) {
+    let (s1, m1) = scale_min_k4(2 * c, sc);
+    let (s2, m2) = scale_min_k4(2 * c + 1, sc);
+    ((d * s1 as f32, min * m1 as f32), (d * s2 as f32, min * m2 as f32))
+}
+
 /// `dequantize_row_q4_K`.
 pub fn dequantize_q4_k(x: &[u8], y: &mut [f32]) {
     for (b, y) in x.chunks_exact(144).zip(y.chunks_exact_mut(256)) {
@@ -369,10 +377,7 @@ pub fn dequantize_q4_k(x: &[u8], y: &mut [f32]) {
         let min = f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
         let sc = &b[4..16];
         for (c, q) in b[16..].chunks_exact(32).enumerate() {
-            let (s1, m1) = scale_min_k4(2 * c, sc);
-            let (s2, m2) = scale_min_k4(2 * c + 1, sc);
-            let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-            let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+            let ((d1, m1), (d2, m2)) = chunk_scales(c, sc, d, min);
             for l in 0..32 {
                 y[64 * c + l] = d1 * (q[l] & 0xF) as f32 - m1;
                 y[64 * c + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
@@ -390,10 +395,7 @@ pub fn dequantize_q5_k(x: &[u8], y: &mut [f32]) {
         let qh = &b[16..48];
         let (mut u1, mut u2) = (1u8, 2u8);
         for (c, ql) in b[48..].chunks_exact(32).enumerate() {
-            let (s1, m1) = scale_min_k4(2 * c, sc);
-            let (s2, m2) = scale_min_k4(2 * c + 1, sc);
-            let (d1, m1) = (d * s1 as f32, min * m1 as f32);
-            let (d2, m2) = (d * s2 as f32, min * m2 as f32);
+            let ((d1, m1), (d2, m2)) = chunk_scales(c, sc, d, min);
             for l in 0..32 {
                 let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
                 let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
