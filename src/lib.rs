@@ -16,5 +16,7 @@ pub mod convert;
 pub mod inspect;
 pub mod progress;
 pub mod quant_plan;
+pub mod recipe;
 pub mod source;
 pub mod transcode;
+pub mod write_gguf;

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::Path;
 
-use memmap2::{Advice, Mmap};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 
@@ -39,6 +39,24 @@ impl FileBytes {
         if let FileBytes::Mapped(map) = self {
             // Advice is only a hint; failure changes nothing but speed.
             let _ = map.advise_range(Advice::WillNeed, offset, len);
+        }
+    }
+
+    /// Drops `range` from this process's resident memory once it has been read: the pages stay
+    /// in the OS page cache, and reading them again maps them back. This keeps a conversion's
+    /// resident size flat however large the input is (a no-op for owned bytes).
+    pub fn release(&self, offset: usize, len: usize) {
+        if let FileBytes::Mapped(map) = self {
+            let len = len.min(map.len().saturating_sub(offset));
+            if len == 0 {
+                return;
+            }
+            // SAFETY: the map is a read-only shared mapping of a regular file. MADV_DONTNEED on
+            // such a mapping only unmaps the pages from this process; the next access faults
+            // them back in from the page cache with the same contents, so every slice borrowed
+            // from the map keeps its value. (It would zero private anonymous or copy-on-write
+            // memory, which this never is.) Failure only costs memory.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, offset, len) };
         }
     }
 }

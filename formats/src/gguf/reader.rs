@@ -376,6 +376,16 @@ impl GgufFile {
         &self.bytes[start..start + t.nbytes as usize]
     }
 
+    /// The whole file's bytes.
+    pub fn file_bytes(&self) -> &FileBytes {
+        &self.bytes
+    }
+
+    /// The absolute file offset of tensor `index`'s data.
+    pub fn tensor_start(&self, index: usize) -> u64 {
+        self.header.tensors.get(index).map_or(0, |t| self.header.data_offset + t.offset)
+    }
+
     /// Hints that the data of tensor `index` will be read soon.
     pub fn prefetch(&self, index: usize) {
         if let Some(t) = self.header.tensors.get(index) {

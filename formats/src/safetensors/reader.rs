@@ -123,6 +123,11 @@ impl SafetensorsFile {
         self.bytes.get(tensor.start..tensor.start + tensor.len).unwrap_or(&[])
     }
 
+    /// The whole file's bytes (tensor `start`s index into them).
+    pub fn file_bytes(&self) -> &FileBytes {
+        &self.bytes
+    }
+
     /// Hints that `tensor`'s data will be read soon.
     pub fn prefetch(&self, tensor: &StTensor) {
         self.bytes.will_need(tensor.start, tensor.len);

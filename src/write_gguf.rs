@@ -1,0 +1,52 @@
+//! The write stage: stream every recipe's rows into a GGUF, in pieces, on all cores.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use moeq_formats::gguf::{GgufPlan, GgufWriter};
+use rayon::prelude::*;
+
+use crate::progress::bytes_bar;
+use crate::recipe::{Recipe, Scratch};
+
+/// A piece reads about this many input bytes, so one huge tensor still keeps every core busy
+/// and the progress bar moving.
+const PIECE_BYTES: u64 = 8 << 20;
+/// ... and decodes at most this many values (4 MiB of f32 per thread).
+const PIECE_VALUES: u64 = 1 << 20;
+
+/// Writes `plan` (whose tensors are the recipes' specs, in order) to `output`, split when
+/// `split_max_bytes` is set. Returns the files written and the input bytes read. Nothing is
+/// left at the output path on failure.
+pub fn write_gguf(
+    plan: &GgufPlan,
+    recipes: &[Recipe],
+    output: &Path,
+    split_max_bytes: Option<u64>,
+    quiet: bool,
+) -> Result<(Vec<PathBuf>, u64)> {
+    if plan.tensors.len() != recipes.len() || plan.tensors.iter().zip(recipes).any(|(t, r)| *t != r.spec) {
+        bail!("internal error: the GGUF plan and the recipes disagree");
+    }
+    let writer = GgufWriter::create(output, plan, split_max_bytes)?;
+    let mut pieces = Vec::new();
+    for (i, recipe) in recipes.iter().enumerate() {
+        let rows = recipe.n_rows();
+        let per = recipe.rows_per_piece(PIECE_BYTES, PIECE_VALUES);
+        pieces.extend((0..rows.div_ceil(per)).map(|p| (i, p * per, per.min(rows - p * per))));
+    }
+    let total: u64 = recipes.iter().map(|r| r.n_rows() * r.in_row_bytes()).sum();
+    let bar = bytes_bar(total, "converting", quiet);
+    pieces.par_iter().try_for_each_init(Scratch::default, |scratch, &(i, first, count)| -> Result<()> {
+        let recipe = &recipes[i];
+        let bytes = recipe.rows(first, count, scratch)?;
+        writer.write_tensor_part(i, first * recipe.out_row_bytes(), bytes)?;
+        recipe.release(first, count);
+        bar.inc(count * recipe.in_row_bytes());
+        Ok(())
+    })?;
+    let files = writer.paths();
+    writer.finish()?;
+    bar.finish_and_clear();
+    Ok((files, total))
+}
