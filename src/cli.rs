@@ -36,11 +36,16 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchTarget,
     },
-    /// Write a model to a new file, optionally requantized.
+    /// Convert a checkpoint to GGUF, or rewrite / requantize a GGUF.
     ///
-    /// Today: a GGUF (single or split) is rewritten as one file, or re-split with
-    /// --split-max-size; with --type, requantized as `llama-quantize --allow-requantize`
-    /// does, with the same per-tensor choices and byte-identical results.
+    /// A gpt-oss checkpoint folder (OpenAI original, Hugging Face MXFP4 or bf16) becomes the
+    /// GGUF llama.cpp's convert_hf_to_gguf.py writes: MXFP4 experts carried over losslessly,
+    /// the rest BF16. --type F32/F16/BF16 act as its --outtype; quantized types give what
+    /// llama-quantize would make of that file (MXFP4 experts are kept as released).
+    ///
+    /// A GGUF (single or split) is rewritten as one file, or re-split with --split-max-size;
+    /// with --type, requantized as `llama-quantize --allow-requantize` does, with the same
+    /// per-tensor choices and byte-identical results.
     Convert {
         /// The input model.
         input: PathBuf,
@@ -57,6 +62,12 @@ pub enum Command {
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
+        /// Convert a checkpoint without its tokenizer (llama.cpp cannot chat with the result).
+        #[arg(long)]
+        no_vocab: bool,
+        /// The tokenizer.ggml.pre to write (default: the family's, `gpt-4o` for gpt-oss).
+        #[arg(long, value_name = "NAME")]
+        tokenizer_pre: Option<String>,
     },
 }
 

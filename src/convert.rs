@@ -4,12 +4,16 @@
 //! byte for byte (merging or re-splitting a model); with `--type` tensors are requantized as
 //! `llama-quantize IN OUT TYPE --allow-requantize` does, tensor by tensor, in pieces of rows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
+use moeq_formats::safetensors::SafetensorsModel;
 use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
 
+use crate::arch::{Architecture, ModelConfig};
+use crate::gpt_oss::{self, OutType};
+use crate::vocab::{find_tokenizer, gpt2_vocab};
 use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
@@ -28,6 +32,10 @@ pub struct ConvertOptions {
     pub split_max_bytes: Option<u64>,
     /// No progress bar.
     pub quiet: bool,
+    /// Convert a checkpoint without its tokenizer.
+    pub no_vocab: bool,
+    /// `tokenizer.ggml.pre` to write instead of the family's.
+    pub tokenizer_pre: Option<String>,
 }
 
 /// What a conversion wrote.
@@ -44,12 +52,70 @@ pub struct ConvertSummary {
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     match Source::open(&opts.input)? {
         Source::Gguf(model) => convert_gguf(&model, opts),
-        Source::Safetensors { .. } => bail!(
-            "{}: converting safetensors checkpoints is not implemented yet; moeq convert currently \
-             re-writes and requantizes GGUF files",
-            opts.input.display()
-        ),
+        Source::Safetensors { model, config } => convert_safetensors(&model, config, opts),
     }
+}
+
+/// A Hugging Face or OpenAI checkpoint → the GGUF llama.cpp's converter writes (with `--type`
+/// F32/F16/BF16 as its `--outtype`), then for quantized types what `llama-quantize` makes of
+/// that, in one pass.
+fn convert_safetensors(model: &SafetensorsModel, config: Option<ModelConfig>, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    let dir = if opts.input.is_dir() { opts.input.clone() } else { opts.input.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let Some(config) = config else {
+        bail!("{}: no config.json beside the weights; moeq needs it to know the model", dir.display());
+    };
+    if config.arch != Architecture::GptOss {
+        bail!("{}: converting {} safetensors checkpoints is not implemented yet (gpt-oss is)", dir.display(), config.arch.name());
+    }
+    let config_path = dir.join("config.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)
+        .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
+    let vocab_size = json.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+    let mut warnings = Vec::new();
+    let vocab = if opts.no_vocab {
+        None
+    } else {
+        let Some(tok_dir) = find_tokenizer(&dir) else {
+            bail!(
+                "{}: no tokenizer.json here or in the parent folder; llama.cpp needs the tokenizer in the GGUF \
+                 (pass --no-vocab to convert the weights alone)",
+                dir.display()
+            );
+        };
+        let pre = opts.tokenizer_pre.as_deref().unwrap_or("gpt-4o");
+        let (keys, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre)?;
+        warnings.extend(w);
+        Some(keys)
+    };
+    let outtype = match opts.ftype {
+        Some(Ftype::F32) => OutType::Float(GgmlType::F32),
+        Some(Ftype::F16) => OutType::Float(GgmlType::F16),
+        Some(Ftype::BF16) => OutType::Float(GgmlType::BF16),
+        _ => OutType::Auto,
+    };
+    let converted = gpt_oss::convert(model, &dir, &json, config.layout, outtype, vocab)?;
+    warnings.extend(converted.warnings);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let (plan, recipes) = match opts.ftype {
+        Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
+            let hp = &converted.hparams;
+            let facts = ModelFacts {
+                arch: "gpt-oss".into(),
+                n_layer: hp.n_layer as u32,
+                n_expert: hp.n_expert as u32,
+                n_head: hp.n_head as u32,
+                n_head_kv: hp.n_head_kv as u32,
+            };
+            // MXFP4 experts stay as released: requantizing them could only lose.
+            let keep = |r: &Recipe| matches!(r.input, Input::OpenAiMxfp4 { .. });
+            requantize(converted.plan, converted.recipes, &facts, ftype, keep)?
+        }
+        _ => (converted.plan, converted.recipes),
+    };
+    let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
+    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
 }
 
 /// The plan of a GGUF model as one file: the first shard's metadata without `split.*` keys,
