@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
-use moeq_formats::safetensors::SafetensorsModel;
 use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
+use moeq_formats::safetensors::SafetensorsModel;
 
 use crate::arch::{Architecture, ModelConfig};
 use crate::gpt_oss::{self, OutType};
-use crate::vocab::{find_tokenizer, gpt2_vocab};
 use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
 use crate::transcode::{can_read, can_write};
+use crate::vocab::{find_tokenizer, gpt2_vocab};
 use crate::write_gguf::write_gguf;
 
 /// What to convert and how.
@@ -59,13 +59,25 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
 /// A Hugging Face or OpenAI checkpoint → the GGUF llama.cpp's converter writes (with `--type`
 /// F32/F16/BF16 as its `--outtype`), then for quantized types what `llama-quantize` makes of
 /// that, in one pass.
-fn convert_safetensors(model: &SafetensorsModel, config: Option<ModelConfig>, opts: &ConvertOptions) -> Result<ConvertSummary> {
-    let dir = if opts.input.is_dir() { opts.input.clone() } else { opts.input.parent().map(Path::to_path_buf).unwrap_or_default() };
+fn convert_safetensors(
+    model: &SafetensorsModel,
+    config: Option<ModelConfig>,
+    opts: &ConvertOptions,
+) -> Result<ConvertSummary> {
+    let dir = if opts.input.is_dir() {
+        opts.input.clone()
+    } else {
+        opts.input.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
     let Some(config) = config else {
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", dir.display());
     };
     if config.arch != Architecture::GptOss {
-        bail!("{}: converting {} safetensors checkpoints is not implemented yet (gpt-oss is)", dir.display(), config.arch.name());
+        bail!(
+            "{}: converting {} safetensors checkpoints is not implemented yet (gpt-oss is)",
+            dir.display(),
+            config.arch.name()
+        );
     }
     let config_path = dir.join("config.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)

@@ -59,7 +59,8 @@ impl Hparams {
     pub fn from_config(json: &Json, layout: SourceLayout) -> Result<(Hparams, Vec<String>)> {
         let mut warnings = Vec::new();
         let original = layout == SourceLayout::OpenAiOriginal;
-        let (experts, used) = if original { ("num_experts", "experts_per_token") } else { ("num_local_experts", "num_experts_per_tok") };
+        let (experts, used) =
+            if original { ("num_experts", "experts_per_token") } else { ("num_local_experts", "num_experts_per_tok") };
         let rope_theta = float(json, "rope_theta")?
             .or(json.pointer("/rope_parameters/rope_theta").and_then(Json::as_f64))
             .context("\"rope_theta\" is missing")?;
@@ -91,7 +92,12 @@ impl Hparams {
                                 bail!("rope_scaling.{k} is set; llama.cpp's gpt-oss graph does not read it");
                             }
                         }
-                        Some((factor, orig, float(r, "beta_fast")?.unwrap_or(32.0), float(r, "beta_slow")?.unwrap_or(1.0)))
+                        Some((
+                            factor,
+                            orig,
+                            float(r, "beta_fast")?.unwrap_or(32.0),
+                            float(r, "beta_slow")?.unwrap_or(1.0),
+                        ))
                     }
                     Some("default") | None => None,
                     Some(other) => bail!("rope type '{other}' is not what llama.cpp runs for gpt-oss (yarn)"),
@@ -108,7 +114,9 @@ impl Hparams {
         if let Some(limit) = float(json, "swiglu_limit")?
             && limit != 7.0
         {
-            bail!("swiglu_limit is {limit}; llama.cpp hard-codes 7.0 for gpt-oss, so the GGUF would compute a different model");
+            bail!(
+                "swiglu_limit is {limit}; llama.cpp hard-codes 7.0 for gpt-oss, so the GGUF would compute a different model"
+            );
         }
         if let Some(alpha) = float(json, "swiglu_alpha")?
             && alpha != 1.702
@@ -119,7 +127,7 @@ impl Hparams {
             bail!("tie_word_embeddings is true; llama.cpp's gpt-oss needs its own output.weight");
         }
         if let Some(types) = json.get("layer_types").and_then(Json::as_array) {
-            let expected = |i: usize| if i % 2 == 0 { "sliding_attention" } else { "full_attention" };
+            let expected = |i: usize| if i.is_multiple_of(2) { "sliding_attention" } else { "full_attention" };
             if types.iter().enumerate().any(|(i, t)| t.as_str() != Some(expected(i))) {
                 bail!("layer_types is not sliding/full alternating from layer 0; llama.cpp hard-codes that pattern");
             }
@@ -145,14 +153,23 @@ impl Hparams {
             rms_eps,
             vocab_size: uint(json, "vocab_size")?,
         };
-        if hp.n_embd % 32 != 0 || hp.n_ff % 32 != 0 {
+        if !hp.n_embd.is_multiple_of(32) || !hp.n_ff.is_multiple_of(32) {
             bail!("hidden_size {} and intermediate_size {} must be multiples of 32 (MXFP4 blocks)", hp.n_embd, hp.n_ff);
         }
         let all = [hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_expert, hp.n_expert_used];
-        if all.contains(&0) || hp.n_head % hp.n_head_kv != 0 || hp.n_expert_used > hp.n_expert || hp.vocab_size == 0 {
+        if all.contains(&0)
+            || !hp.n_head.is_multiple_of(hp.n_head_kv)
+            || hp.n_expert_used > hp.n_expert
+            || hp.vocab_size == 0
+        {
             bail!("inconsistent sizes: {hp:?}");
         }
-        if hp.n_layer > 4096 || hp.n_expert > 4096 || hp.n_embd > 1 << 20 || hp.n_ff > 1 << 20 || hp.vocab_size > 1 << 24 {
+        if hp.n_layer > 4096
+            || hp.n_expert > 4096
+            || hp.n_embd > 1 << 20
+            || hp.n_ff > 1 << 20
+            || hp.vocab_size > 1 << 24
+        {
             bail!("implausible sizes: {hp:?}");
         }
         Ok((hp, warnings))
@@ -240,7 +257,12 @@ fn hf_tensors<'a>(model: &'a SafetensorsModel, layout: SourceLayout, hp: &Hparam
 
 /// One tensor of the original layout as the Hugging Face tensors it becomes (the fused qkv
 /// becomes three row ranges).
-fn original_to_hf<'a>(name: &str, stored: Stored<'a>, shape: &[u64], hp: &Hparams) -> Result<Vec<(String, Stored<'a>, Vec<u64>)>> {
+fn original_to_hf<'a>(
+    name: &str,
+    stored: Stored<'a>,
+    shape: &[u64],
+    hp: &Hparams,
+) -> Result<Vec<(String, Stored<'a>, Vec<u64>)>> {
     let global = match name {
         "embedding.weight" => Some("model.embed_tokens.weight"),
         "unembedding.weight" => Some("lm_head.weight"),
@@ -343,7 +365,10 @@ fn expected(hp: &Hparams, mxfp4: bool) -> Vec<(String, Vec<u64>, bool)> {
                 (l("mlp.experts.down_proj_scales"), vec![e, h, i / 32], true),
             ]);
         } else {
-            x.extend([(l("mlp.experts.gate_up_proj"), vec![e, h, 2 * i], false), (l("mlp.experts.down_proj"), vec![e, i, h], false)]);
+            x.extend([
+                (l("mlp.experts.gate_up_proj"), vec![e, h, 2 * i], false),
+                (l("mlp.experts.down_proj"), vec![e, i, h], false),
+            ]);
         }
     }
     x
@@ -400,7 +425,8 @@ pub fn convert<'a>(
     outtype: OutType,
     vocab: Option<Vec<(String, Value)>>,
 ) -> Result<Converted<'a>> {
-    let (hp, mut warnings) = Hparams::from_config(config, layout).with_context(|| format!("{}", dir.join("config.json").display()))?;
+    let (hp, mut warnings) =
+        Hparams::from_config(config, layout).with_context(|| format!("{}", dir.join("config.json").display()))?;
     let mxfp4 = layout != SourceLayout::Hf;
     let sources = hf_tensors(model, layout, &hp)?;
 
@@ -426,16 +452,22 @@ pub fn convert<'a>(
 
     let out = match outtype {
         OutType::Float(t) => t,
-        OutType::Auto => match sources.iter().find(|s| s.shape.len() >= 2 && s.stored.ty != GgmlType::I8).map(|s| s.stored.ty) {
-            Some(GgmlType::BF16) => GgmlType::BF16,
-            _ => GgmlType::F16,
-        },
+        OutType::Auto => {
+            match sources.iter().find(|s| s.shape.len() >= 2 && s.stored.ty != GgmlType::I8).map(|s| s.stored.ty) {
+                Some(GgmlType::BF16) => GgmlType::BF16,
+                _ => GgmlType::F16,
+            }
+        }
     };
     let (h, i, e) = (hp.n_embd, hp.n_ff, hp.n_expert);
     let mut recipes = Vec::new();
     let make = |name: String, ne: Vec<u64>, ty: GgmlType, src: &Source<'a>, view: View| {
         let plain = view == View::plain(view.n_rows(), view.cols);
-        let input = if plain && src.stored.ty == ty { Input::Copy(src.stored) } else { Input::Values { src: src.stored, view } };
+        let input = if plain && src.stored.ty == ty {
+            Input::Copy(src.stored)
+        } else {
+            Input::Values { src: src.stored, view }
+        };
         Recipe { spec: TensorSpec { name, ne, ggml_type: ty }, input, check_finite: true, origin: src.origin.clone() }
     };
 
@@ -457,7 +489,15 @@ pub fn convert<'a>(
             } else {
                 let g = h / 32;
                 for (k, which) in ["gate", "up"].iter().enumerate() {
-                    let view = View { outer: e, rows: i, cols: g, outer_stride: 2 * i * g, row_stride: 2 * g, col_stride: 1, offset: k as u64 * g };
+                    let view = View {
+                        outer: e,
+                        rows: i,
+                        cols: g,
+                        outer_stride: 2 * i * g,
+                        row_stride: 2 * g,
+                        col_stride: 1,
+                        offset: k as u64 * g,
+                    };
                     recipes.push(mx(format!("blk.{n}.ffn_{which}_exps.weight"), vec![h, i, e], view));
                 }
             }
@@ -470,7 +510,15 @@ pub fn convert<'a>(
         let n = s.name.trim_start_matches("model.layers.").split('.').next().unwrap_or_default();
         if s.name.ends_with("gate_up_proj_bias") {
             for (k, which) in ["gate", "up"].iter().enumerate() {
-                let view = View { outer: 1, rows: e, cols: i, outer_stride: e * 2 * i, row_stride: 2 * i, col_stride: 2, offset: k as u64 };
+                let view = View {
+                    outer: 1,
+                    rows: e,
+                    cols: i,
+                    outer_stride: e * 2 * i,
+                    row_stride: 2 * i,
+                    col_stride: 2,
+                    offset: k as u64,
+                };
                 recipes.push(make(format!("blk.{n}.ffn_{which}_exps.bias"), vec![i, e], GgmlType::F32, s, view));
             }
             continue;
@@ -478,14 +526,23 @@ pub fn convert<'a>(
         if s.name.ends_with("gate_up_proj") {
             // [E, H, 2I] stored as x @ W; llama.cpp wants [E, I, H] per half.
             for (k, which) in ["gate", "up"].iter().enumerate() {
-                let view = View { outer: e, rows: i, cols: h, outer_stride: h * 2 * i, row_stride: 2, col_stride: 2 * i, offset: k as u64 };
+                let view = View {
+                    outer: e,
+                    rows: i,
+                    cols: h,
+                    outer_stride: h * 2 * i,
+                    row_stride: 2,
+                    col_stride: 2 * i,
+                    offset: k as u64,
+                };
                 recipes.push(make(format!("blk.{n}.ffn_{which}_exps.weight"), vec![h, i, e], out, s, view));
             }
             continue;
         }
         let name = gguf_name(&s.name).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         if s.name.ends_with("down_proj") {
-            let view = View { outer: e, rows: h, cols: i, outer_stride: i * h, row_stride: 1, col_stride: h, offset: 0 };
+            let view =
+                View { outer: e, rows: h, cols: i, outer_stride: i * h, row_stride: 1, col_stride: h, offset: 0 };
             recipes.push(make(name, vec![i, h, e], out, s, view));
             continue;
         }
@@ -501,17 +558,27 @@ pub fn convert<'a>(
         (false, GgmlType::F16) => 1,
         _ => 32,
     };
-    let params = ParamCount::of(recipes.iter().map(|r| (r.spec.name.as_str(), r.spec.ne.iter().rev().copied().collect())));
-    let card_dir = if layout == SourceLayout::OpenAiOriginal { dir.parent().filter(|p| p.file_name().is_some()).unwrap_or(dir) } else { dir };
+    let params =
+        ParamCount::of(recipes.iter().map(|r| (r.spec.name.as_str(), r.spec.ne.iter().rev().copied().collect())));
+    let card_dir = if layout == SourceLayout::OpenAiOriginal {
+        dir.parent().filter(|p| p.file_name().is_some()).unwrap_or(dir)
+    } else {
+        dir
+    };
     let mut plan = GgufPlan::default();
     plan.set("general.architecture", Value::String("gpt-oss".into()));
     plan.set("general.type", Value::String("model".into()));
-    for (k, v) in general_metadata(card_dir, config, &params).into_iter().chain(hp.metadata(file_type)).chain(vocab.into_iter().flatten()) {
+    for (k, v) in general_metadata(card_dir, config, &params)
+        .into_iter()
+        .chain(hp.metadata(file_type))
+        .chain(vocab.into_iter().flatten())
+    {
         plan.set(&k, v);
     }
     plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
     if layout == SourceLayout::Hf {
-        warnings.push("the experts are not in MXFP4 (a bf16 checkpoint); the GGUF keeps them in the output type".into());
+        warnings
+            .push("the experts are not in MXFP4 (a bf16 checkpoint); the GGUF keeps them in the output type".into());
     }
     Ok(Converted { plan, recipes, warnings, hparams: hp })
 }

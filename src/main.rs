@@ -46,8 +46,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Convert { input, output, ftype, split_max_size, quiet, no_vocab, tokenizer_pre } => {
-            let opts =
-                ConvertOptions { input, output, ftype, split_max_bytes: split_max_size, quiet, no_vocab, tokenizer_pre };
+            let opts = ConvertOptions {
+                input,
+                output,
+                ftype,
+                split_max_bytes: split_max_size,
+                quiet,
+                no_vocab,
+                tokenizer_pre,
+            };
             let summary = convert(&opts)?;
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());

@@ -54,7 +54,7 @@ impl ParamCount {
             }
             c.total += size;
         }
-        c.experts = if n_expert_tensors > 0 { expert_sum / n_expert_tensors } else { 0 };
+        c.experts = expert_sum.checked_div(n_expert_tensors).unwrap_or(0);
         c
     }
 
@@ -105,7 +105,11 @@ fn title_case(w: &str) -> String {
     let mut out = String::with_capacity(w.len());
     let mut prev_letter = false;
     for c in w.chars() {
-        if prev_letter { out.extend(c.to_lowercase()) } else { out.extend(c.to_uppercase()) }
+        if prev_letter {
+            out.extend(c.to_lowercase())
+        } else {
+            out.extend(c.to_uppercase())
+        }
         prev_letter = c.is_alphabetic();
     }
     out
@@ -114,11 +118,7 @@ fn title_case(w: &str) -> String {
 /// `(v|iter)?\d+([.]\d+)*` (with `iter` only when `iter` is set), whole word, any case.
 fn is_version(part: &str, iter: bool) -> bool {
     let lower = part.to_ascii_lowercase();
-    let rest = if iter && lower.starts_with("iter") {
-        &lower[4..]
-    } else {
-        lower.strip_prefix('v').unwrap_or(&lower)
-    };
+    let rest = if iter && lower.starts_with("iter") { &lower[4..] } else { lower.strip_prefix('v').unwrap_or(&lower) };
     !rest.is_empty() && rest.split('.').all(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -209,7 +209,10 @@ impl ModelId {
                     p = format!("{}.{}{}", &p[..n - 2], &p[n - 1..], &p[n - 2..n - 1]);
                 }
                 let n = p.len();
-                if n > 1 && p.as_bytes()[n - 2].is_ascii_digit() && matches!(p.as_bytes()[n - 1], b'k' | b'm' | b'b' | b't') {
+                if n > 1
+                    && p.as_bytes()[n - 2].is_ascii_digit()
+                    && matches!(p.as_bytes()[n - 1], b'k' | b'm' | b'b' | b't')
+                {
                     p = format!("{}{}", &p[..n - 1], p[n - 1..].to_uppercase());
                 }
                 if total_params != 0 {
@@ -262,7 +265,10 @@ impl ModelId {
         let join = |want: Part, exclude: Option<Part>| {
             let mut seen = Vec::new();
             for (p, k) in parts.iter().zip(&kinds) {
-                if k.contains(&want) && exclude.is_none_or(|x| !k.contains(&x)) && (want != Part::Size || !seen.contains(p)) {
+                if k.contains(&want)
+                    && exclude.is_none_or(|x| !k.contains(&x))
+                    && (want != Part::Size || !seen.contains(p))
+                {
                     seen.push(p.clone());
                 }
             }

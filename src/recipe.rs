@@ -75,7 +75,8 @@ impl View {
     fn span(&self, first: u64, count: u64) -> (u64, u64) {
         let last = first + count - 1;
         let tail = (self.cols - 1) * self.col_stride;
-        let corners = [self.row_start(first), self.row_start(last), self.row_start(first) + tail, self.row_start(last) + tail];
+        let corners =
+            [self.row_start(first), self.row_start(last), self.row_start(first) + tail, self.row_start(last) + tail];
         (corners.iter().copied().min().unwrap_or(0), corners.iter().copied().max().unwrap_or(0) + 1)
     }
 
@@ -245,12 +246,15 @@ impl<'a> Recipe<'a> {
         if src.ty.is_quantized() && aux.is_none() {
             // Quantized sources are read in whole rows of blocks: contiguous.
             let row = src.ty.row_bytes(self.row_len()).unwrap_or(0);
-            src.file.release(src.start + (view.row_start(first) / src.ty.block_size() * src.ty.type_size()) as usize, (count * row) as usize);
+            src.file.release(
+                src.start + (view.row_start(first) / src.ty.block_size() * src.ty.type_size()) as usize,
+                (count * row) as usize,
+            );
             return;
         }
         let (lo, hi) = if view.col_stride == 1 {
             view.span(first, count)
-        } else if (first + count) % view.rows == 0 {
+        } else if (first + count).is_multiple_of(view.rows) {
             let slab = (first + count - 1) / view.rows;
             view.span(slab * view.rows, view.rows)
         } else {
@@ -334,7 +338,14 @@ fn first_all_ones32(bytes: &[u8], mask: u32) -> Option<usize> {
 }
 
 /// Decodes output rows `first..first + count` of `view` over `src` into `values`.
-fn gather_values(src: &Stored, view: &View, first: u64, count: u64, gathered: &mut Vec<u8>, values: &mut [f32]) -> Result<()> {
+fn gather_values(
+    src: &Stored,
+    view: &View,
+    first: u64,
+    count: u64,
+    gathered: &mut Vec<u8>,
+    values: &mut [f32],
+) -> Result<()> {
     let bytes = src.bytes();
     let cols = view.cols as usize;
     if src.ty.is_quantized() || view.col_stride == 1 {
@@ -346,7 +357,7 @@ fn gather_values(src: &Stored, view: &View, first: u64, count: u64, gathered: &m
         }
         for (r, y) in values.chunks_exact_mut(cols).enumerate() {
             let start = view.row_start(first + r as u64);
-            if start % block != 0 {
+            if !start.is_multiple_of(block) {
                 bail!("a row does not start on a block boundary");
             }
             let at = (start / block * size) as usize;

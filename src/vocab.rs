@@ -9,6 +9,9 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
+/// GGUF metadata entries, in order.
+pub type Metadata = Vec<(String, Value)>;
+
 /// llama.cpp's token types.
 const NORMAL: i32 = 1;
 const CONTROL: i32 = 3;
@@ -20,11 +23,48 @@ pub const O200K_REGEX: &str = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{L
 
 /// Pre-tokenizer names llama.cpp's loader accepts (an unknown one fails the load).
 const KNOWN_PRE: &[&str] = &[
-    "default", "llama3", "llama-v3", "llama-bpe", "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "mpt",
-    "starcoder", "gpt-2", "refact", "command-r", "qwen2", "stablelm2", "olmo", "dbrx", "smaug-bpe", "poro-chat",
-    "jais", "tekken", "smollm", "codeshell", "bloom", "gpt3-finnish", "exaone", "chameleon", "minerva-7b",
-    "megrez", "gpt-4o", "superbpe", "trillion", "bailingmoe", "llama4", "pixtral", "seed-coder", "kimi-k2",
-    "hunyuan", "grok-2", "viking", "qwen35", "glm4",
+    "default",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "falcon",
+    "mpt",
+    "starcoder",
+    "gpt-2",
+    "refact",
+    "command-r",
+    "qwen2",
+    "stablelm2",
+    "olmo",
+    "dbrx",
+    "smaug-bpe",
+    "poro-chat",
+    "jais",
+    "tekken",
+    "smollm",
+    "codeshell",
+    "bloom",
+    "gpt3-finnish",
+    "exaone",
+    "chameleon",
+    "minerva-7b",
+    "megrez",
+    "gpt-4o",
+    "superbpe",
+    "trillion",
+    "bailingmoe",
+    "llama4",
+    "pixtral",
+    "seed-coder",
+    "kimi-k2",
+    "hunyuan",
+    "grok-2",
+    "viking",
+    "qwen35",
+    "glm4",
 ];
 
 /// Finds the tokenizer of a model folder: in it, or (for OpenAI's `original/`) its parent.
@@ -41,11 +81,12 @@ fn read_json(path: &Path) -> Result<Json> {
 /// (ids the tokenizer lacks become `[PADi]`, UNUSED) and `pre` as `tokenizer.ggml.pre`.
 /// `config` is the model's `config.json` (for special token ids). Returns the keys and
 /// warnings.
-pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Result<(Vec<(String, Value)>, Vec<String>)> {
+pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Result<(Metadata, Vec<String>)> {
     let path = dir.join("tokenizer.json");
     let tok = read_json(&path)?;
     let mut warnings = Vec::new();
-    let model = tok.get("model").filter(|m| m.is_object()).with_context(|| format!("{}: no \"model\"", path.display()))?;
+    let model =
+        tok.get("model").filter(|m| m.is_object()).with_context(|| format!("{}: no \"model\"", path.display()))?;
     if model.get("type").and_then(Json::as_str) != Some("BPE") {
         bail!("{}: the tokenizer model is not BPE; moeq converts byte-level BPE tokenizers here", path.display());
     }
@@ -64,14 +105,16 @@ pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Re
 
     // id → (token, type)
     let mut by_id: HashMap<u64, (String, i32)> = HashMap::new();
-    let vocab = model.get("vocab").and_then(Json::as_object).with_context(|| format!("{}: no model.vocab", path.display()))?;
+    let vocab =
+        model.get("vocab").and_then(Json::as_object).with_context(|| format!("{}: no model.vocab", path.display()))?;
     for (token, id) in vocab {
         let id = id.as_u64().with_context(|| format!("{}: token {token:?} has no integer id", path.display()))?;
         by_id.insert(id, (token.clone(), NORMAL));
     }
     let added = tok.get("added_tokens").and_then(Json::as_array).cloned().unwrap_or_default();
     for a in &added {
-        let (Some(id), Some(content)) = (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str)) else {
+        let (Some(id), Some(content)) = (a.get("id").and_then(Json::as_u64), a.get("content").and_then(Json::as_str))
+        else {
             bail!("{}: an added token lacks an id or content", path.display());
         };
         let special = a.get("special").and_then(Json::as_bool).unwrap_or(false);
@@ -154,17 +197,24 @@ fn merges(model: &Json) -> Result<Vec<String>> {
 }
 
 /// Special token ids, add-bos/eos flags and the chat template, in `SpecialVocab`'s order.
-fn special_tokens(dir: &Path, tok: &Json, added: &[Json], config: &Json, n_vocab: usize) -> Result<Vec<(String, Value)>> {
+fn special_tokens(
+    dir: &Path,
+    tok: &Json,
+    added: &[Json],
+    config: &Json,
+    n_vocab: usize,
+) -> Result<Vec<(String, Value)>> {
     const TYPES: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.is_file() { Some(read_json(&tc_path)?) } else { None };
     let mut add: Vec<(&str, bool)> = Vec::new();
-    let set_add = |add: &mut Vec<(&'static str, bool)>, typ: &'static str, v: bool, overwrite: bool| {
-        match add.iter_mut().find(|(t, _)| *t == typ) {
-            Some(entry) if overwrite => entry.1 = v,
-            Some(_) => {}
-            None => add.push((typ, v)),
-        }
+    let set_add = |add: &mut Vec<(&'static str, bool)>, typ: &'static str, v: bool, overwrite: bool| match add
+        .iter_mut()
+        .find(|(t, _)| *t == typ)
+    {
+        Some(entry) if overwrite => entry.1 = v,
+        Some(_) => {}
+        None => add.push((typ, v)),
     };
     if let Some(pp) = tok.get("post_processor").filter(|p| p.is_object()) {
         let procs = pp.get("processors").and_then(Json::as_array).cloned().unwrap_or_else(|| vec![pp.clone()]);
@@ -227,13 +277,15 @@ fn special_tokens(dir: &Path, tok: &Json, added: &[Json], config: &Json, n_vocab
         set_id(&mut ids, typ, config.get(format!("{typ}_token_id")).and_then(Json::as_u64));
     }
     // gguf-py's key names (sic); it has no key for `cls`.
-    let id_key = |typ: &'static str| -> Option<&'static str> { match typ {
-        "unk" => Some("unknown"),
-        "sep" => Some("seperator"),
-        "pad" => Some("padding"),
-        "cls" => None,
-        other => Some(other),
-    } };
+    let id_key = |typ: &'static str| -> Option<&'static str> {
+        match typ {
+            "unk" => Some("unknown"),
+            "sep" => Some("seperator"),
+            "pad" => Some("padding"),
+            "cls" => None,
+            other => Some(other),
+        }
+    };
     let mut out: Vec<(String, Value)> = ids
         .into_iter()
         .filter_map(|(t, id)| Some((format!("tokenizer.ggml.{}_token_id", id_key(t)?), Value::U32(id as u32))))

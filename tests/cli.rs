@@ -300,3 +300,192 @@ fn convert_type_refuses_bad_input() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input remains");
 }
+
+/// Each gpt-oss layout converts to exactly what llama.cpp's converter (and llama-quantize)
+/// write: the HF folders byte for byte, the original layout with the same tensors and
+/// metadata (only the name, taken from the folder, differs).
+#[test]
+fn gpt_oss_checkpoints_convert_like_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("hf-mxfp4", None, "gpt-oss-mxfp4.gguf"),
+        ("hf-bf16", None, "gpt-oss-bf16.gguf"),
+        ("hf-mxfp4", Some("MXFP4_MOE"), "gpt-oss-mxfp4-MXFP4_MOE.gguf"),
+        ("hf-bf16", Some("MXFP4_MOE"), "gpt-oss-bf16-MXFP4_MOE.gguf"),
+        ("hf-bf16", Some("Q8_0"), "gpt-oss-bf16-Q8_0.gguf"),
+        ("hf-bf16", Some("Q4_0"), "gpt-oss-bf16-Q4_0.gguf"),
+        ("hf-bf16", Some("Q4_1"), "gpt-oss-bf16-Q4_1.gguf"),
+    ];
+    for (layout, ftype, expected) in cases {
+        let out = dir.path().join(format!("{layout}-{ftype:?}.gguf"));
+        let input = fixtures().join("gpt-oss").join(layout);
+        let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&out), "-q"];
+        args.extend(ftype.iter().flat_map(|t| ["--type", *t]));
+        ok(&args);
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(golden(expected)).unwrap(),
+            "{layout} {ftype:?} ≠ {expected}"
+        );
+    }
+    let out = dir.path().join("original.gguf");
+    ok(&["convert", path_arg(&fixtures().join("gpt-oss/original")), "-o", path_arg(&out), "-q"]);
+    let ours = moeq_formats::gguf::GgufFile::open(&out).unwrap();
+    let theirs = moeq_formats::gguf::GgufFile::open(&golden("gpt-oss-mxfp4.gguf")).unwrap();
+    let keys = |f: &moeq_formats::gguf::GgufFile| {
+        f.header().metadata.iter().filter(|(k, _)| k != "general.name").cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&ours), keys(&theirs));
+    assert_eq!(ours.header().tensors.len(), theirs.header().tensors.len());
+    for (i, (a, b)) in ours.header().tensors.iter().zip(&theirs.header().tensors).enumerate() {
+        assert_eq!((&a.name, &a.ne, a.ggml_type), (&b.name, &b.ne, b.ggml_type));
+        assert!(ours.tensor_data(i) == theirs.tensor_data(i), "{}", a.name);
+    }
+}
+
+/// Rewrites a safetensors file entry by entry: `edit` may change an entry's header (shape)
+/// and data, or drop it (returning false).
+fn rewrite_safetensors(src: &Path, dst: &Path, mut edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool) {
+    let bytes = std::fs::read(src).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Json> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let (mut out_header, mut out_data) = (serde_json::Map::new(), Vec::new());
+    for (name, mut entry) in header {
+        if name == "__metadata__" {
+            out_header.insert(name, entry);
+            continue;
+        }
+        let offsets: Vec<usize> =
+            entry["data_offsets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let mut tensor = data[offsets[0]..offsets[1]].to_vec();
+        if edit(&name, &mut entry, &mut tensor) {
+            entry["data_offsets"] = serde_json::json!([out_data.len(), out_data.len() + tensor.len()]);
+            out_data.extend(tensor);
+            out_header.insert(name, entry);
+        }
+    }
+    let mut text = serde_json::to_vec(&out_header).unwrap();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend(text);
+    file.extend(out_data);
+    std::fs::write(dst, file).unwrap();
+}
+
+/// A copy of the original-layout fixture with its weights edited and its config patched.
+fn broken_original(
+    edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool,
+    config: &[(&str, Json)],
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/original");
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg: Json = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    for (k, v) in config {
+        cfg[*k] = v.clone();
+    }
+    std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    rewrite_safetensors(&src.join("model.safetensors"), &dir.path().join("model.safetensors"), edit);
+    dir
+}
+
+/// Broken checkpoints fail with an error naming the file and the problem, and leave nothing
+/// at the output path.
+#[test]
+fn broken_gpt_oss_checkpoints_fail_cleanly() {
+    let keep = |_: &str, _: &mut Json, _: &mut Vec<u8>| true;
+    let cases: Vec<(tempfile::TempDir, &str, Vec<&str>)> = vec![
+        (broken_original(|n, _, _| n != "block.1.mlp.mlp2_bias", &[]), "down_proj_bias' is missing", vec![]),
+        (
+            broken_original(
+                |n, e, _| {
+                    if n == "block.0.attn.sinks" {
+                        e["shape"] = serde_json::json!([2, 2]);
+                    }
+                    true
+                },
+                &[],
+            ),
+            "shape [2, 2], expected [4]",
+            vec!["block.0.attn.sinks"],
+        ),
+        (
+            broken_original(
+                |n, _, d| {
+                    if n == "block.0.mlp.mlp1_weight.scales" {
+                        d[40] = 0xFF;
+                    }
+                    true
+                },
+                &[],
+            ),
+            "scale byte 0xFF",
+            vec!["block.0.mlp.mlp1_weight.scales"],
+        ),
+        (
+            broken_original(
+                |n, _, d| {
+                    if n == "block.0.attn.out.weight" {
+                        d[2 * 70..2 * 70 + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+                    }
+                    true
+                },
+                &[],
+            ),
+            "row 1, column 6 is NaN",
+            vec!["block.0.attn.out.weight"],
+        ),
+        (broken_original(keep, &[("swiglu_limit", Json::from(8.0))]), "swiglu_limit is 8", vec!["config.json"]),
+        (
+            broken_original(keep, &[("num_experts", Json::from("four"))]),
+            "\"num_experts\" is \"four\"",
+            vec!["config.json"],
+        ),
+        (broken_original(keep, &[("hidden_size", Json::from(48))]), "multiples of 32", vec!["config.json"]),
+    ];
+    for (dir, expected, also) in &cases {
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("out.gguf");
+        let err = fails(&["convert", path_arg(dir.path()), "-o", path_arg(&out), "-q"]);
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+        assert!(err.contains(path_arg(dir.path())), "{err}");
+        for a in also {
+            assert!(err.contains(a), "{a:?} not in {err}");
+        }
+        assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing left behind: {err}");
+    }
+
+    // A missing shard; a missing tokenizer (fine with --no-vocab).
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.gguf");
+    let partial = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00000-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        std::fs::copy(fixtures().join("gpt-oss/hf-mxfp4").join(f), partial.path().join(f)).unwrap();
+    }
+    let err = fails(&["convert", path_arg(partial.path()), "-o", path_arg(&out)]);
+    assert!(err.contains("model-00001-of-00002.safetensors', which is missing"), "{err}");
+    std::fs::copy(
+        fixtures().join("gpt-oss/hf-mxfp4/model-00001-of-00002.safetensors"),
+        partial.path().join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    let err = fails(&["convert", path_arg(partial.path()), "-o", path_arg(&out)]);
+    assert!(err.contains("no tokenizer.json") && err.contains("--no-vocab"), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+    ok(&["convert", path_arg(partial.path()), "-o", path_arg(&out), "--no-vocab", "-q"]);
+    let file = moeq_formats::gguf::GgufFile::open(&out).unwrap();
+    assert!(file.header().get("tokenizer.ggml.model").is_none());
+    assert_eq!(file.header().tensors.len(), 41);
+    let err =
+        fails(&["convert", path_arg(&fixtures().join("llama/hf")), "-o", path_arg(&out_dir.path().join("l.gguf"))]);
+    assert!(err.contains("not implemented yet"), "{err}");
+}
