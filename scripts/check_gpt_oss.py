@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""External oracles for moeq's gpt-oss conversion (run in CI after `cargo build --release`).
+
+1. gguf-py (llama.cpp's own reader) dequantizes the MXFP4 experts moeq writes to exactly the
+   values OpenAI's decoder (gpt_oss/torch/weights.py, re-implemented in numpy below) gives for
+   the source blocks and scales, gate = even rows and up = odd rows.
+2. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from the three layouts, and its
+   logits for the reference tokens match reference.safetensors at least as well as those of
+   the golden file of the same type (cosine, relative L2, top-1).
+
+Usage: scripts/check_gpt_oss.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+FP4 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+
+
+def openai_decode(blocks, scales):
+    """gpt_oss/torch/weights.py::Checkpoint._get_mxfp4_tensor, in numpy (f32)."""
+    *prefix, g, b = blocks.shape
+    out = np.empty((*prefix, g, b * 2), dtype=np.float32)
+    out[..., 0::2] = FP4[blocks & 0x0F]
+    out[..., 1::2] = FP4[blocks >> 4]
+    out = np.ldexp(out, (scales.astype(np.int32) - 127)[..., None])
+    return out.reshape(*prefix, g * b * 2)
+
+
+def tensors(path):
+    reader = GGUFReader(path)
+    return {t.name: t for t in reader.tensors}
+
+
+def check_mxfp4_experts(gguf_path, original):
+    with safe_open(str(original / "model.safetensors"), "np") as f:  # only the U8 tensors: numpy has no bf16
+        src = {k: f.get_tensor(k) for k in f.keys() if k.endswith((".blocks", ".scales"))}
+    ours = tensors(gguf_path)
+    n_layer = json.loads((original / "config.json").read_text())["num_hidden_layers"]
+    checked = 0
+    for n in range(n_layer):
+        mlp1 = openai_decode(src[f"block.{n}.mlp.mlp1_weight.blocks"], src[f"block.{n}.mlp.mlp1_weight.scales"])
+        mlp2 = openai_decode(src[f"block.{n}.mlp.mlp2_weight.blocks"], src[f"block.{n}.mlp.mlp2_weight.scales"])
+        for name, want in [("gate", mlp1[:, 0::2]), ("up", mlp1[:, 1::2]), ("down", mlp2)]:
+            t = ours[f"blk.{n}.ffn_{name}_exps.weight"]
+            got = dequantize(t.data, t.tensor_type).reshape(want.shape)
+            if not np.array_equal(got, want):
+                sys.exit(f"{gguf_path}: blk.{n}.ffn_{name}_exps differs from OpenAI's decoding "
+                         f"(max |diff| {np.abs(got - want).max()})")
+            checked += 1
+    print(f"gguf-py dequantizes {checked} MXFP4 expert tensors of {gguf_path.name} exactly to OpenAI's values")
+
+
+def logits_of(gguf_path, tokens):
+    from llama_cpp import Llama
+    llm = Llama(model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, n_batch=64)
+    llm.eval(tokens)
+    out = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    llm.close()
+    return out
+
+
+def agreement(got, ref):
+    cos = float((got * ref).sum() / np.sqrt((got * got).sum() * (ref * ref).sum()))
+    rel = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    top1 = int((got.argmax(-1) == ref.argmax(-1)).sum())
+    return cos, rel, top1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--moeq", default="target/release/moeq")
+    ap.add_argument("--fixtures", default="tests/fixtures")
+    ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp logits check")
+    args = ap.parse_args()
+    fx = Path(args.fixtures)
+    ref = load_file(str(fx / "gpt-oss/reference.safetensors"))
+    tokens = [int(t) for t in ref["tokens"]]
+    ref_logits = ref["logits"].astype(np.float64)
+
+    # (layout, --type, golden of the same type to beat)
+    cases = [
+        ("original", None, "gpt-oss-mxfp4.gguf"),
+        ("hf-mxfp4", None, "gpt-oss-mxfp4.gguf"),
+        ("hf-bf16", None, "gpt-oss-bf16.gguf"),
+        ("hf-mxfp4", "MXFP4_MOE", "gpt-oss-mxfp4-MXFP4_MOE.gguf"),
+        ("hf-bf16", "MXFP4_MOE", "gpt-oss-bf16-MXFP4_MOE.gguf"),
+        ("hf-mxfp4", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("original", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("hf-bf16", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("hf-mxfp4", "Q4_0", "gpt-oss-bf16-Q4_0.gguf"),
+        ("hf-bf16", "F16", "gpt-oss-bf16.gguf"),
+    ]
+    golden_scores = {}
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for layout, ftype, golden in cases:
+            out = Path(tmp) / f"{layout}-{ftype or 'default'}.gguf"
+            cmd = [args.moeq, "convert", str(fx / "gpt-oss" / layout), "-o", str(out), "-q"]
+            if ftype:
+                cmd += ["--type", ftype]
+            subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+            if layout in ("original", "hf-mxfp4"):
+                check_mxfp4_experts(out, fx / "gpt-oss/original")
+            if args.no_llama:
+                continue
+            if golden not in golden_scores:
+                golden_scores[golden] = agreement(logits_of(fx / "golden" / golden, tokens), ref_logits)
+            cos, rel, top1 = agreement(logits_of(out, tokens), ref_logits)
+            gcos, grel, gtop1 = golden_scores[golden]
+            ok = cos >= gcos - 1e-6 and rel <= grel + 1e-6 and top1 >= gtop1
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {layout:9} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
+                  f"top-1 {top1}/{len(tokens)}   (golden {golden}: {gcos:.6f} {grel:.4f} {gtop1}/{len(tokens)})")
+    if failures:
+        sys.exit(f"{failures} conversions do worse than llama.cpp's own files")
+
+
+if __name__ == "__main__":
+    main()
