@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
@@ -11,6 +12,10 @@ use crate::error::{Error, Result};
 /// A file being written. Dropping it without [`OutputFile::commit`] deletes it.
 pub struct OutputFile {
     file: File,
+    /// Writes to one file serialize in the kernel (the inode lock), where waiting threads
+    /// spin; taking this lock first lets them sleep instead, leaving the CPU to the threads
+    /// that are computing.
+    writing: Mutex<()>,
     tmp: PathBuf,
     path: PathBuf,
     committed: bool,
@@ -33,7 +38,7 @@ impl OutputFile {
         let tmp = dir.join(format!(".{name}.moeq-{}-{n}.tmp", std::process::id()));
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let out = OutputFile { file, tmp, path: path.to_path_buf(), committed: false };
+        let out = OutputFile { file, writing: Mutex::new(()), tmp, path: path.to_path_buf(), committed: false };
         out.file.set_len(len).map_err(|e| Error::io(&out.tmp, e))?;
         Ok(out)
     }
@@ -45,6 +50,7 @@ impl OutputFile {
 
     /// Writes `bytes` at `offset` (positional: callable from several threads at once).
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
+        let _turn = self.writing.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         self.file.write_all_at(bytes, offset).map_err(|e| Error::io(&self.path, e))
     }
 
