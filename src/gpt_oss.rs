@@ -582,3 +582,47 @@ pub fn convert<'a>(
     }
     Ok(Converted { plan, recipes, warnings, hparams: hp })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hf_config() -> Json {
+        serde_json::from_str(include_str!("../tests/fixtures/gpt-oss/hf-mxfp4/config.json")).unwrap()
+    }
+
+    #[test]
+    fn original_and_hf_configs_give_the_same_hparams() {
+        let original: Json =
+            serde_json::from_str(include_str!("../tests/fixtures/gpt-oss/original/config.json")).unwrap();
+        let (a, _) = Hparams::from_config(&original, SourceLayout::OpenAiOriginal).unwrap();
+        let (b, warnings) = Hparams::from_config(&hf_config(), SourceLayout::HfMxfp4).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.yarn, Some((32.0, 4096, 32.0, 1.0)));
+        assert!(warnings.iter().any(|w| w.contains("truncate")));
+    }
+
+    #[test]
+    fn settings_llama_cpp_cannot_carry_are_refused() {
+        let cases: [(&str, Json, &str); 6] = [
+            ("swiglu_limit", json!(10.0), "swiglu_limit is 10"),
+            ("swiglu_alpha", json!(1.5), "swiglu_alpha is 1.5"),
+            ("layer_types", json!(["full_attention", "sliding_attention"]), "layer_types"),
+            ("tie_word_embeddings", json!(true), "tie_word_embeddings"),
+            ("num_local_experts", json!(0), "inconsistent sizes"),
+            ("sliding_window", json!(null), "\"sliding_window\" is null"),
+        ];
+        for (key, value, expected) in cases {
+            let mut c = hf_config();
+            c[key] = value;
+            let e = Hparams::from_config(&c, SourceLayout::HfMxfp4).unwrap_err().to_string();
+            assert!(e.contains(expected), "{key}: {e}");
+        }
+        let mut c = hf_config();
+        c["rope_scaling"]["beta_fast"] = json!(16.0);
+        assert!(Hparams::from_config(&c, SourceLayout::HfMxfp4).unwrap_err().to_string().contains("beta_fast 16"));
+        c["rope_scaling"] = json!({"rope_type": "linear", "factor": 2.0});
+        assert!(Hparams::from_config(&c, SourceLayout::HfMxfp4).unwrap_err().to_string().contains("'linear'"));
+    }
+}

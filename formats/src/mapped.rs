@@ -47,7 +47,14 @@ impl FileBytes {
     /// resident size flat however large the input is (a no-op for owned bytes).
     pub fn release(&self, offset: usize, len: usize) {
         if let FileBytes::Mapped(map) = self {
-            let len = len.min(map.len().saturating_sub(offset));
+            // A page fault maps more than its page: its neighbours ("fault-around") and, with
+            // large page-cache folios (ext4, xfs on recent kernels), the whole folio, up to 2 MiB.
+            // So reading a range maps a little around it: let that go as well, or some would
+            // stay resident per range and add up over a whole model.
+            const FAULT_AROUND: usize = 2 << 20;
+            let start = offset.saturating_sub(FAULT_AROUND);
+            let end = offset.saturating_add(len).saturating_add(FAULT_AROUND).min(map.len());
+            let (offset, len) = (start, end.saturating_sub(start));
             if len == 0 {
                 return;
             }
