@@ -61,6 +61,50 @@ def check_mxfp4_experts(gguf_path, original):
     print(f"gguf-py dequantizes {checked} MXFP4 expert tensors of {gguf_path.name} exactly to OpenAI's values")
 
 
+CARDS = [
+    "---\nlicense: apache-2.0\npipeline_tag: text-generation\nlibrary_name: transformers\ntags:\n- vllm\n---\n# x\n",
+    "---\nbase_model: openai/gpt-oss-20b\nlicense: mit\nlanguage:\n- en\n- fr\ntags: [a, b]\n---\n",
+    "---\nbase_model:\n- openai/gpt-oss-120b\n- https://huggingface.co/openai/gpt-oss-20b\nmodel_name: My Model\n---\n",
+]
+
+
+def check_general_metadata(moeq, fixture, tmp):
+    """moeq's general.* keys equal what gguf-py's Metadata (the converter's) derives for
+    model folders with model cards, generation configs and telling names."""
+    import shutil
+    import gguf
+    from gguf import GGUFReader, GGUFWriter, Metadata
+    from gguf.gguf_writer import GGUFValueType
+    folders = ["gpt-oss-20b", "My-Finetune-v2-8x7B-Instruct", "hf-mxfp4"]
+    for i, (folder, card) in enumerate(zip(folders, CARDS)):
+        d = Path(tmp) / f"card{i}" / folder
+        shutil.copytree(fixture, d)
+        (d / "README.md").write_text(card)
+        (d / "generation_config.json").write_text(json.dumps({"temperature": 0.7, "top_k": 40, "top_p": 0.9,
+                                                              "penalty_repeat": 1.1}))
+        out = Path(tmp) / f"card{i}.gguf"
+        subprocess.run([moeq, "convert", str(d), "-o", str(out), "-q"], check=True, stderr=subprocess.DEVNULL)
+        r = GGUFReader(out)
+        total = sum(int(np.prod(t.shape)) for t in r.tensors)
+        ours = [(k, f.contents()) for k, f in r.fields.items()
+                if k.startswith("general.") and k not in ("general.architecture", "general.type",
+                                                          "general.file_type", "general.quantization_version",
+                                                          "general.size_label")]
+        md = Metadata.load(None, d, None, total)
+        if md.name is None:
+            md.name = d.name
+        w = GGUFWriter(path=None, arch="gpt-oss")
+        md.size_label = None
+        md.set_gguf_meta_model(w)
+        theirs = [(k, v.value) for k, v in w.kv_data[0].items() if k.startswith("general.") and k not in
+                  ("general.architecture", "general.size_label")]
+        norm = lambda kv: [(k, [round(x, 6) for x in v] if isinstance(v, list) and v and isinstance(v[0], float)
+                            else round(v, 6) if isinstance(v, float) else v) for k, v in kv]
+        if norm(ours) != norm(theirs):
+            sys.exit(f"{folder}: general metadata differs from gguf-py's:\n ours   {ours}\n theirs {theirs}")
+    print(f"general.* metadata equals gguf-py's Metadata for {len(folders)} model folders with model cards")
+
+
 def logits_of(gguf_path, tokens):
     from llama_cpp import Llama
     llm = Llama(model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, n_batch=64)
@@ -104,6 +148,7 @@ def main():
     golden_scores = {}
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
+        check_general_metadata(args.moeq, fx / "gpt-oss/hf-mxfp4", tmp)
         for layout, ftype, golden in cases:
             out = Path(tmp) / f"{layout}-{ftype or 'default'}.gguf"
             cmd = [args.moeq, "convert", str(fx / "gpt-oss" / layout), "-o", str(out), "-q"]

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use moeq_formats::gguf::Value;
+use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
 /// The naming parts gguf-py reads out of a model id like `openai/gpt-oss-20b`.
@@ -285,12 +285,96 @@ impl ModelId {
     }
 }
 
-/// The `general.*` keys after `general.type`, in gguf-py's order: name, organization,
-/// finetune, basename, size_label. `dir` is the model folder, `config` its `config.json`.
+/// The YAML front matter of a model card (`README.md`), as far as gguf-py reads it: scalar
+/// `key: value` lines and lists (`key:` then `- item` lines, or `key: [a, b]`).
+pub fn front_matter(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut lines = text.lines();
+    if lines.next().map(str::trim_end) != Some("---") {
+        return Vec::new();
+    }
+    let unquote = |v: &str| v.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in lines {
+        if line.trim_end() == "---" {
+            break;
+        }
+        if let Some(item) = line.trim_start().strip_prefix("- ") {
+            if line.starts_with([' ', '-'])
+                && let Some(last) = out.last_mut()
+            {
+                last.1.push(unquote(item));
+            }
+            continue;
+        }
+        if line.starts_with(' ') || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        let values = match value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+            Some(list) => list.split(',').map(unquote).filter(|v| !v.is_empty()).collect(),
+            None if value.is_empty() => Vec::new(),
+            None => vec![unquote(value)],
+        };
+        out.push((key.trim().to_string(), values));
+    }
+    out
+}
+
+/// `general.sampling.*` from `generation_config.json`, in gguf-py's order and types.
+fn sampling(dir: &Path) -> Vec<(String, Value)> {
+    let Some(cfg) =
+        std::fs::read(dir.join("generation_config.json")).ok().and_then(|b| serde_json::from_slice::<Json>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    let keys: [(&str, &[&str], char); 12] = [
+        ("sequence", &["sequence"], 's'),
+        ("top_k", &["top_k"], 'i'),
+        ("top_p", &["top_p"], 'f'),
+        ("min_p", &["min_p"], 'f'),
+        ("xtc_probability", &["xtc_probability"], 'f'),
+        ("xtc_threshold", &["xtc_threshold"], 'f'),
+        ("temp", &["temperature"], 'f'),
+        ("penalty_last_n", &["penalty_last_n"], 'i'),
+        ("penalty_repeat", &["penalty_repeat", "repetition_penalty"], 'f'),
+        ("mirostat", &["mirostat"], 'i'),
+        ("mirostat_tau", &["mirostat_tau"], 'f'),
+        ("mirostat_eta", &["mirostat_eta"], 'f'),
+    ];
+    let mut out = Vec::new();
+    for (key, sources, kind) in keys {
+        let Some(v) = sources.iter().find_map(|s| cfg.get(*s).filter(|v| !v.is_null())) else { continue };
+        let value = match kind {
+            's' => v.as_str().map(|s| Value::String(s.to_string())),
+            'i' => v.as_i64().map(|n| Value::I32(n as i32)),
+            _ => v.as_f64().map(|f| Value::F32(f as f32)),
+        };
+        if let Some(value) = value {
+            out.push((format!("general.sampling.{key}"), value));
+        }
+    }
+    out
+}
+
+/// The `general.*` keys after `general.type`, in gguf-py's order: sampling defaults, name,
+/// author, version, organization, finetune, basename, description, size label, license,
+/// base models, tags, languages. `dir` is the model folder, `config` its `config.json`.
 pub fn general_metadata(dir: &Path, config: &Json, params: &ParamCount) -> Vec<(String, Value)> {
     let total = params.total;
-    let mut name = None;
-    let (mut org, mut finetune, mut basename, mut version, mut size) = (None, None, None, None, None);
+    let card = std::fs::read_to_string(dir.join("README.md")).map(|t| front_matter(&t)).unwrap_or_default();
+    let scalar = |keys: &[&str]| {
+        keys.iter().find_map(|k| card.iter().find(|(c, v)| c == k && !v.is_empty()).map(|(_, v)| v[0].clone()))
+    };
+    let list = |key: &str| card.iter().filter(|(c, _)| c == key).flat_map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let mut name = scalar(&["name", "model_name"]);
+    let author = scalar(&["author", "model_author", "model_creator"]);
+    let mut version = scalar(&["version", "model_version"]);
+    let mut org = scalar(&["organization", "model_organization"]);
+    let description = scalar(&["description", "model_description"]);
+    let mut finetune = scalar(&["finetune", "model_finetune"]);
+    let mut basename = scalar(&["basename", "model_basename", "model_type"]);
+    let mut size = scalar(&["size_label", "model_size_label"]);
     let mut ids = Vec::new();
     if let Some(id) = config.get("_name_or_path").and_then(Json::as_str).filter(|s| s.matches('/').count() <= 1) {
         ids.push(id.to_string());
@@ -308,18 +392,73 @@ pub fn general_metadata(dir: &Path, config: &Json, params: &ParamCount) -> Vec<(
         size = size.or(m.size_label);
     }
     let size = size.or_else(|| (total > 0).then(|| params.size_label()));
-    let mut out = Vec::new();
-    let mut put = |key: &str, v: Option<String>| {
+    let mut out = sampling(dir);
+    let mut put = |key: String, v: Option<String>| {
         if let Some(v) = v {
-            out.push((format!("general.{key}"), Value::String(v)));
+            out.push((key, Value::String(v)));
         }
     };
-    put("name", name.or(Some("model".into())));
-    put("version", version);
-    put("organization", org);
-    put("finetune", finetune);
-    put("basename", basename);
-    put("size_label", size);
+    put("general.name".into(), name.or(Some("model".into())));
+    put("general.author".into(), author);
+    put("general.version".into(), version);
+    put("general.organization".into(), org);
+    put("general.finetune".into(), finetune);
+    put("general.basename".into(), basename);
+    put("general.description".into(), description);
+    put("general.size_label".into(), size);
+    let licenses = list("license");
+    put("general.license".into(), (!licenses.is_empty()).then(|| licenses.join(",")));
+    put("general.license.name".into(), scalar(&["license_name"]));
+    put("general.license.link".into(), scalar(&["license_link"]));
+    let base_models: Vec<String> = ["base_model", "base_models", "base_model_sources"]
+        .iter()
+        .map(|k| list(k))
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    if card.iter().any(|(k, _)| matches!(k.as_str(), "base_model" | "base_models" | "base_model_sources")) {
+        out.push(("general.base_model.count".into(), Value::U32(base_models.len() as u32)));
+    }
+    for (i, id) in base_models.iter().enumerate() {
+        // A Hugging Face id, or a URL (whose id is read when it is a huggingface.co one).
+        let url = ["http://", "https://", "ssh://"].iter().any(|p| id.starts_with(p));
+        let hf_id = if url {
+            id.split_once("://")
+                .and_then(|(_, rest)| rest.strip_prefix("huggingface.co/"))
+                .filter(|rest| rest.matches('/').count() == 1 && !rest.split('/').any(str::is_empty))
+        } else {
+            Some(id.as_str())
+        };
+        let m = hf_id.map(|h| ModelId::parse(h, total));
+        let key = |f: &str| format!("general.base_model.{i}.{f}");
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if let Some(m) = &m {
+            fields.push(("name", id_to_title(&m.full_name)));
+            if let Some(v) = &m.version {
+                fields.push(("version", v.clone()));
+            }
+            if let Some(o) = &m.org {
+                fields.push(("organization", id_to_title(o)));
+            }
+        }
+        let repo = match (&m, url) {
+            (_, true) => Some(id.clone()),
+            (Some(ModelId { org: Some(o), .. }), false) => {
+                m.as_ref().map(|m| format!("https://huggingface.co/{o}/{}", m.full_name))
+            }
+            _ => None,
+        };
+        fields.extend(repo.map(|r| ("repo_url", r)));
+        out.extend(fields.into_iter().map(|(f, v)| (key(f), Value::String(v))));
+    }
+    let mut tags = list("tags");
+    tags.extend(list("pipeline_tag"));
+    if card.iter().any(|(k, _)| k == "tags" || k == "pipeline_tag") {
+        out.push(("general.tags".into(), Value::Array(Array::String(tags))));
+    }
+    let languages: Vec<String> = ["languages", "language"].iter().flat_map(|k| list(k)).collect();
+    if card.iter().any(|(k, _)| k == "languages" || k == "language") {
+        out.push(("general.languages".into(), Value::Array(Array::String(languages))));
+    }
     out
 }
 
@@ -343,6 +482,25 @@ mod tests {
         assert_eq!(id_to_title("hf-mxfp4"), "Hf Mxfp4");
         assert!(is_quant_type("Q4_K_M") && is_quant_type("bf16") && is_quant_type("fp32") && !is_quant_type("q"));
         assert!(is_size("7b1") && is_size("8x7b") && is_size("1.5B") && !is_size("oss"));
+    }
+
+    #[test]
+    fn model_cards_give_license_tags_and_base_models() {
+        let card = "---\nlicense: apache-2.0\npipeline_tag: text-generation\nlibrary_name: transformers\ntags:\n- vllm\n\
+                    base_model: openai/gpt-oss-20b\nlanguage: [en, fr]\n---\n# gpt-oss\n";
+        let dir = std::env::temp_dir().join(format!("moeq-card-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("README.md"), card).unwrap();
+        let m = general_metadata(&dir, &serde_json::json!({}), &ParamCount::default());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let get = |k: &str| m.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        assert_eq!(get("general.license"), Some(Value::String("apache-2.0".into())));
+        let strings = |v: &[&str]| Some(Value::Array(Array::String(v.iter().map(|s| s.to_string()).collect())));
+        assert_eq!(get("general.tags"), strings(&["vllm", "text-generation"]));
+        assert_eq!(get("general.languages"), strings(&["en", "fr"]));
+        assert_eq!(get("general.base_model.count"), Some(Value::U32(1)));
+        assert_eq!(get("general.base_model.0.name"), Some(Value::String("Gpt Oss 20b".into())));
+        assert_eq!(get("general.base_model.0.organization"), Some(Value::String("Openai".into())));
     }
 
     #[test]
