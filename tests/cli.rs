@@ -327,6 +327,23 @@ fn gpt_oss_checkpoints_convert_like_llama_cpp() {
             "{layout} {ftype:?} ≠ {expected}"
         );
     }
+    // Split output (as gguf-py splits) merges back into the same file.
+    let split = dir.path().join("split.gguf");
+    ok(&[
+        "convert",
+        path_arg(&fixtures().join("gpt-oss/hf-mxfp4")),
+        "-o",
+        path_arg(&split),
+        "--split-max-size",
+        "100K",
+        "-q",
+    ]);
+    let first = dir.path().join("split-00001-of-00004.gguf");
+    assert!(first.exists() && dir.path().join("split-00004-of-00004.gguf").exists());
+    let merged = dir.path().join("merged.gguf");
+    ok(&["convert", path_arg(&first), "-o", path_arg(&merged), "-q"]);
+    assert!(std::fs::read(&merged).unwrap() == std::fs::read(golden("gpt-oss-mxfp4.gguf")).unwrap());
+
     let out = dir.path().join("original.gguf");
     ok(&["convert", path_arg(&fixtures().join("gpt-oss/original")), "-o", path_arg(&out), "-q"]);
     let ours = moeq_formats::gguf::GgufFile::open(&out).unwrap();
