@@ -2,7 +2,8 @@
 # gpt-oss conversion benchmark: wall time and peak RSS of `moeq convert` on a full-width
 # checkpoint in HF MXFP4 layout, against `cat` of the same bytes to a file plus `sync`.
 #
-#   scripts/bench_gpt_oss.sh [LAYERS] [EXPERTS] [RUNS]   (defaults: 4 32 3 = gpt-oss-20b width)
+#   scripts/bench_gpt_oss.sh [LAYERS] [EXPERTS] [RUNS] [mxfp4|bf16]
+#   (defaults: 4 32 3 mxfp4 = gpt-oss-20b width in the released layout; bf16 = fine-tune layout)
 #
 # The checkpoint is generated once under bench-data/ (scripts/make_gpt_oss_checkpoint.py).
 # Input pages are warmed before each run; every run ends with the data on disk (moeq fsyncs
@@ -12,9 +13,16 @@ cd "$(dirname "$0")/.."
 layers=${1:-4}
 experts=${2:-32}
 runs=${3:-3}
-src=bench-data/gpt-oss-l${layers}-e${experts}
+layout=${4:-mxfp4}
+if [ "$layout" = bf16 ]; then
+    src=bench-data/gpt-oss-bf16-l${layers}-e${experts}
+    gen_flags=--bf16
+else
+    src=bench-data/gpt-oss-l${layers}-e${experts}
+    gen_flags=
+fi
 out=bench-data/bench-out.gguf
-[ -f "$src/config.json" ] || python3 scripts/make_gpt_oss_checkpoint.py "$src" --layers "$layers" --experts "$experts"
+[ -f "$src/config.json" ] || python3 scripts/make_gpt_oss_checkpoint.py "$src" --layers "$layers" --experts "$experts" $gen_flags
 cargo build --release --quiet
 bytes=$(cat "$src"/*.safetensors | wc -c)
 

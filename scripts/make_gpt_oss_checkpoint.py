@@ -6,7 +6,7 @@ number of layers, shards numbered from 0 with an index, the tiny fixture's token
 Values are random but valid: bf16 weights are finite (exponent bit 14 cleared, |x| < 2), E8M0
 scales lie in [110, 130). Memory use stays small: tensors are written in chunks.
 
-Usage: scripts/make_gpt_oss_checkpoint.py OUT_DIR [--layers 4] [--experts 32]
+Usage: scripts/make_gpt_oss_checkpoint.py OUT_DIR [--layers 4] [--experts 32] [--bf16]
 """
 
 import argparse
@@ -21,9 +21,15 @@ H, I, HEADS, KV, HD, VOCAB = 2880, 2880, 64, 8, 64, 201088
 CHUNK = 64 << 20
 
 
-def layer_tensors(n, e):
+def layer_tensors(n, e, bf16=False):
     l = f"model.layers.{n}."
     q, kv = HEADS * HD, KV * HD
+    if bf16:
+        experts = [(l + "mlp.experts.down_proj", "BF16", [e, I, H]), (l + "mlp.experts.down_proj_bias", "BF16", [e, H]),
+                   (l + "mlp.experts.gate_up_proj", "BF16", [e, H, 2 * I]),
+                   (l + "mlp.experts.gate_up_proj_bias", "BF16", [e, 2 * I])]
+        dense = [t for t in layer_tensors(n, e) if "experts" not in t[0]]
+        return sorted(dense + experts)
     return [
         (l + "input_layernorm.weight", "BF16", [H]),
         (l + "mlp.experts.down_proj_bias", "BF16", [e, H]),
@@ -76,6 +82,7 @@ def main():
     ap.add_argument("out", type=Path)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--experts", type=int, default=32)
+    ap.add_argument("--bf16", action="store_true", help="the Hugging Face bf16 layout (fine-tunes) instead of MXFP4")
     args = ap.parse_args()
     out, e = args.out, args.experts
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +90,8 @@ def main():
     shards = [[("lm_head.weight", "BF16", [VOCAB, H]), ("model.embed_tokens.weight", "BF16", [VOCAB, H]),
                ("model.norm.weight", "BF16", [H])]]
     half = (args.layers + 1) // 2
-    shards.append([t for n in range(half) for t in layer_tensors(n, e)])
-    shards.append([t for n in range(half, args.layers) for t in layer_tensors(n, e)])
+    shards.append([t for n in range(half) for t in layer_tensors(n, e, args.bf16)])
+    shards.append([t for n in range(half, args.layers) for t in layer_tensors(n, e, args.bf16)])
     shards = [s for s in shards if s]
     weight_map = {}
     for k, tensors in enumerate(shards):
@@ -94,6 +101,8 @@ def main():
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
     fixture = Path(__file__).resolve().parent.parent / "tests/fixtures/gpt-oss/hf-mxfp4"
     config = json.loads((fixture / "config.json").read_text())
+    if args.bf16:
+        del config["quantization_config"]
     config.update({
         "num_hidden_layers": args.layers, "num_local_experts": e, "num_experts_per_tok": 4, "experts_per_token": 4,
         "hidden_size": H, "intermediate_size": I, "head_dim": HD, "num_attention_heads": HEADS,

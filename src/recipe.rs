@@ -162,6 +162,24 @@ impl<'a> Recipe<'a> {
         by_bytes.min(by_values).max(1)
     }
 
+    /// The pieces (first row, row count) to produce the tensor in, each reading about
+    /// `budget` input bytes and decoding at most `values` values. A transposing view reads a
+    /// whole slab (expert) per row, so its pieces never straddle two slabs: the slab is let go
+    /// after its last piece.
+    pub fn pieces(&self, budget: u64, values: u64) -> Vec<(u64, u64)> {
+        let per = self.rows_per_piece(budget, values);
+        let slab = match &self.input {
+            Input::Values { view, .. } if view.col_stride != 1 => view.rows,
+            _ => self.n_rows(),
+        };
+        let mut out = Vec::new();
+        for start in (0..self.n_rows()).step_by(slab.max(1) as usize) {
+            let end = (start + slab).min(self.n_rows());
+            out.extend((start..end).step_by(per as usize).map(|first| (first, per.min(end - first))));
+        }
+        out
+    }
+
     /// Changes the output type, keeping the values.
     pub fn retype(self, to: GgmlType) -> Recipe<'a> {
         if to == self.spec.ggml_type {
@@ -365,18 +383,30 @@ fn gather_values(
         }
         return Ok(());
     }
-    // Scattered values: gather their bytes row by row, walking the stored tensor in order
-    // (column-major over the output) so a transpose reads memory sequentially.
+    // Scattered values: gather their bytes, walking the stored tensor in order (column-major
+    // over the output) so a transpose reads memory sequentially.
     let size = src.ty.type_size() as usize;
     gathered.resize(count as usize * cols * size, 0);
-    for c in 0..cols {
-        for r in 0..count as usize {
-            let at = (view.row_start(first + r as u64) + c as u64 * view.col_stride) as usize * size;
-            let to = (r * cols + c) * size;
-            gathered[to..to + size].copy_from_slice(&bytes[at..at + size]);
-        }
+    let starts: Vec<usize> = (0..count).map(|r| view.row_start(first + r) as usize).collect();
+    let stride = view.col_stride as usize;
+    match size {
+        2 => gather::<2>(bytes, &starts, stride, cols, gathered),
+        4 => gather::<4>(bytes, &starts, stride, cols, gathered),
+        _ => bail!("{} values cannot be gathered", src.ty),
     }
     to_f32(src.ty, gathered, values)
+}
+
+/// `out[r][c] = stored[starts[r] + c · stride]` for values of `N` bytes.
+fn gather<const N: usize>(bytes: &[u8], starts: &[usize], stride: usize, cols: usize, out: &mut [u8]) {
+    for c in 0..cols {
+        for (r, &start) in starts.iter().enumerate() {
+            let at = (start + c * stride) * N;
+            let value: [u8; N] = bytes[at..at + N].try_into().expect("N bytes");
+            let to = (r * cols + c) * N;
+            out[to..to + N].copy_from_slice(&value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,9 +31,7 @@ pub fn write_gguf(
     let writer = GgufWriter::create(output, plan, split_max_bytes)?;
     let mut pieces = Vec::new();
     for (i, recipe) in recipes.iter().enumerate() {
-        let rows = recipe.n_rows();
-        let per = recipe.rows_per_piece(PIECE_BYTES, PIECE_VALUES);
-        pieces.extend((0..rows.div_ceil(per)).map(|p| (i, p * per, per.min(rows - p * per))));
+        pieces.extend(recipe.pieces(PIECE_BYTES, PIECE_VALUES).into_iter().map(|(first, count)| (i, first, count)));
     }
     let total: u64 = recipes.iter().map(|r| r.n_rows() * r.in_row_bytes()).sum();
     let bar = bytes_bar(total, "converting", quiet);
