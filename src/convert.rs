@@ -121,7 +121,7 @@ fn convert_safetensors(
                 n_head_kv: hp.n_head_kv as u32,
             };
             // MXFP4 experts stay as released: requantizing them could only lose.
-            let keep = |r: &Recipe| matches!(r.input, Input::OpenAiMxfp4 { .. });
+            let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
             requantize(converted.plan, converted.recipes, &facts, ftype, keep)?
         }
         _ => (converted.plan, converted.recipes),
@@ -155,12 +155,12 @@ fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
                 len: t.nbytes as usize,
                 ty: t.ggml_type,
             };
-            recipes.push(Recipe {
-                spec: TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ggml_type: t.ggml_type },
-                input: Input::Copy(src),
-                check_finite: false,
-                origin: format!("{}: tensor '{}'", shard.path().display(), t.name),
-            });
+            recipes.push(Recipe::new(
+                TensorSpec { name: t.name.clone(), ne: t.ne.clone(), ggml_type: t.ggml_type },
+                Input::Copy(src),
+                false,
+                format!("{}: tensor '{}'", shard.path().display(), t.name),
+            ));
         }
     }
     recipes
@@ -212,7 +212,7 @@ pub fn requantize<'a>(
             out.push(recipe);
             continue;
         }
-        let read = match &recipe.input {
+        let read = match recipe.input() {
             Input::Copy(src) | Input::Values { src, .. } => src.ty,
             Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
         };

@@ -468,7 +468,7 @@ pub fn convert<'a>(
         } else {
             Input::Values { src: src.stored, view }
         };
-        Recipe { spec: TensorSpec { name, ne, ggml_type: ty }, input, check_finite: true, origin: src.origin.clone() }
+        Recipe::new(TensorSpec { name, ne, ggml_type: ty }, input, true, src.origin.clone())
     };
 
     // The MXFP4 experts come first (the converter's `generate_extra_tensors`).
@@ -477,11 +477,13 @@ pub fn convert<'a>(
             let base = s.name.trim_end_matches("_scales");
             let blocks = find(&format!("{base}_blocks")).context("blocks without scales")?;
             let n = s.name.trim_start_matches("model.layers.").split('.').next().unwrap_or_default();
-            let mx = |name: String, ne: Vec<u64>, view: View| Recipe {
-                spec: TensorSpec { name, ne, ggml_type: GgmlType::MXFP4 },
-                input: Input::OpenAiMxfp4 { blocks: blocks.stored, scales: s.stored, view },
-                check_finite: true,
-                origin: s.origin.clone(),
+            let mx = |name: String, ne: Vec<u64>, view: View| {
+                Recipe::new(
+                    TensorSpec { name, ne, ggml_type: GgmlType::MXFP4 },
+                    Input::OpenAiMxfp4 { blocks: blocks.stored, scales: s.stored, view },
+                    true,
+                    s.origin.clone(),
+                )
             };
             if base.ends_with("down_proj") {
                 let g = i / 32;

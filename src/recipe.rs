@@ -113,11 +113,18 @@ pub enum Input<'a> {
 pub struct Recipe<'a> {
     /// Name, dimensions and type of the output tensor.
     pub spec: TensorSpec,
-    /// Its values.
-    pub input: Input<'a>,
+    /// Its values: one part, or several stacked (each making an equal share of the rows, as
+    /// Mixtral's per-expert tensors make one 3-D expert tensor).
+    pub parts: Vec<Part<'a>>,
     /// Refuse NaN and infinity (for float checkpoints; a GGUF is copied as it is).
     pub check_finite: bool,
-    /// What the values come from, for error messages ("'X' in FILE").
+}
+
+/// One input of a recipe.
+pub struct Part<'a> {
+    /// Its values.
+    pub input: Input<'a>,
+    /// What they come from, for error messages ("FILE: tensor 'X'").
     pub origin: String,
 }
 
@@ -130,6 +137,28 @@ pub struct Scratch {
 }
 
 impl<'a> Recipe<'a> {
+    /// A recipe with one input.
+    pub fn new(spec: TensorSpec, input: Input<'a>, check_finite: bool, origin: String) -> Recipe<'a> {
+        Recipe { spec, parts: vec![Part { input, origin }], check_finite }
+    }
+
+    /// The first input (all parts have the same form).
+    pub fn input(&self) -> &Input<'a> {
+        &self.parts[0].input
+    }
+
+    /// Output rows per part.
+    fn part_rows(&self) -> u64 {
+        self.n_rows() / self.parts.len().max(1) as u64
+    }
+
+    /// The part making output row `first`, and the row's index within it.
+    fn part_of(&self, first: u64) -> (&Part<'a>, u64) {
+        let per = self.part_rows().max(1);
+        let p = ((first / per) as usize).min(self.parts.len() - 1);
+        (&self.parts[p], first - p as u64 * per)
+    }
+
     /// Values per output row (`ne[0]`).
     pub fn row_len(&self) -> u64 {
         self.spec.ne.first().copied().unwrap_or(1).max(1)
@@ -147,7 +176,7 @@ impl<'a> Recipe<'a> {
 
     /// Bytes of input read per output row (for progress).
     pub fn in_row_bytes(&self) -> u64 {
-        match &self.input {
+        match self.input() {
             Input::Copy(_) => self.out_row_bytes(),
             Input::Values { src, .. } => src.ty.row_bytes(self.row_len()).unwrap_or(0),
             Input::OpenAiMxfp4 { .. } => self.row_len() / 32 * 17,
@@ -158,7 +187,7 @@ impl<'a> Recipe<'a> {
     /// decoded values.
     pub fn rows_per_piece(&self, budget: u64, values: u64) -> u64 {
         let by_bytes = budget / self.in_row_bytes().max(1);
-        let by_values = if matches!(self.input, Input::Copy(_)) { u64::MAX } else { values / self.row_len() };
+        let by_values = if matches!(self.input(), Input::Copy(_)) { u64::MAX } else { values / self.row_len() };
         by_bytes.min(by_values).max(1)
     }
 
@@ -168,9 +197,9 @@ impl<'a> Recipe<'a> {
     /// after its last piece.
     pub fn pieces(&self, budget: u64, values: u64) -> Vec<(u64, u64)> {
         let per = self.rows_per_piece(budget, values);
-        let slab = match &self.input {
+        let slab = match self.input() {
             Input::Values { view, .. } if view.col_stride != 1 => view.rows,
-            _ => self.n_rows(),
+            _ => self.part_rows(),
         };
         let mut out = Vec::new();
         for start in (0..self.n_rows()).step_by(slab.max(1) as usize) {
@@ -185,23 +214,33 @@ impl<'a> Recipe<'a> {
         if to == self.spec.ggml_type {
             return self;
         }
-        let input = match self.input {
-            Input::Copy(src) => Input::Values { src, view: View::plain(self.n_rows(), self.row_len()) },
-            other => other,
-        };
-        Recipe { spec: TensorSpec { ggml_type: to, ..self.spec }, input, ..self }
+        let (rows, cols) = (self.part_rows(), self.row_len());
+        let parts = self
+            .parts
+            .into_iter()
+            .map(|Part { input, origin }| {
+                let input = match input {
+                    Input::Copy(src) => Input::Values { src, view: View::plain(rows, cols) },
+                    other => other,
+                };
+                Part { input, origin }
+            })
+            .collect();
+        Recipe { spec: TensorSpec { ggml_type: to, ..self.spec }, parts, ..self }
     }
 
     /// Output rows `first..first + count`, encoded. Borrowed straight from the input when the
     /// bytes are copied.
+    /// Pieces never straddle two parts (see [`Recipe::pieces`]).
     pub fn rows<'s>(&'s self, first: u64, count: u64, scratch: &'s mut Scratch) -> Result<&'s [u8]> {
         let (ne0, to) = (self.row_len(), self.spec.ggml_type);
-        match &self.input {
+        let (part, first) = self.part_of(first);
+        match &part.input {
             Input::Copy(src) => {
                 let row = self.out_row_bytes() as usize;
                 let bytes = &src.bytes()[first as usize * row..(first + count) as usize * row];
                 if self.check_finite {
-                    self.check_stored(src.ty, bytes, first)?;
+                    self.check_stored(part, src.ty, bytes, first)?;
                 }
                 Ok(bytes)
             }
@@ -209,11 +248,11 @@ impl<'a> Recipe<'a> {
                 let n = (count * ne0) as usize;
                 scratch.values.resize(n, 0.0);
                 gather_values(src, view, first, count, &mut scratch.gathered, &mut scratch.values)
-                    .map_err(|e| self.located(e, first))?;
+                    .map_err(|e| self.located(part, e, first))?;
                 if self.check_finite {
-                    self.check_values(&scratch.values, first)?;
+                    self.check_values(part, &scratch.values, first)?;
                 }
-                self.encode(&scratch.values, &mut scratch.out, count, first)?;
+                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
             }
             Input::OpenAiMxfp4 { blocks, scales, view } => {
@@ -225,7 +264,7 @@ impl<'a> Recipe<'a> {
                         for (b, out) in out_row.chunks_exact_mut(17).enumerate() {
                             let idx = (start + b as u64 * view.col_stride) as usize;
                             let scale = scales.bytes()[idx];
-                            self.check_scale(scale, first + r as u64, b as u64)?;
+                            check_scale(part, scale, first + r as u64, b as u64)?;
                             out[0] = scale;
                             let codes: &[u8; 16] = blocks.bytes()[idx * 16..idx * 16 + 16].try_into()?;
                             out[1..].copy_from_slice(&openai::to_ggml_codes(codes));
@@ -239,11 +278,11 @@ impl<'a> Recipe<'a> {
                     for (b, y) in y.chunks_exact_mut(32).enumerate() {
                         let idx = (start + b as u64 * view.col_stride) as usize;
                         let scale = scales.bytes()[idx];
-                        self.check_scale(scale, first + r as u64, b as u64)?;
+                        check_scale(part, scale, first + r as u64, b as u64)?;
                         openai::dequantize(&blocks.bytes()[idx * 16..idx * 16 + 16], &[scale], y);
                     }
                 }
-                self.encode(&scratch.values, &mut scratch.out, count, first)?;
+                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
             }
         }
@@ -252,7 +291,8 @@ impl<'a> Recipe<'a> {
     /// Tells the input file that the rows just produced will not be read again soon. For a
     /// transposing view a row reads a whole slab, so a slab is let go after its last row.
     pub fn release(&self, first: u64, count: u64) {
-        let (src, aux, view, unit) = match &self.input {
+        let (part, first) = self.part_of(first);
+        let (src, aux, view, unit) = match &part.input {
             Input::Copy(src) => {
                 let row = self.out_row_bytes();
                 src.file.release(src.start + (first * row) as usize, (count * row) as usize);
@@ -284,19 +324,19 @@ impl<'a> Recipe<'a> {
         }
     }
 
-    fn encode(&self, values: &[f32], out: &mut Vec<u8>, count: u64, first: u64) -> Result<()> {
+    fn encode(&self, part: &Part, values: &[f32], out: &mut Vec<u8>, count: u64, first: u64) -> Result<()> {
         out.resize((count * self.out_row_bytes()) as usize, 0);
-        from_f32(self.spec.ggml_type, values, out).map_err(|e| self.located(e, first))
+        from_f32(self.spec.ggml_type, values, out).map_err(|e| self.located(part, e, first))
     }
 
-    fn check_values(&self, values: &[f32], first: u64) -> Result<()> {
+    fn check_values(&self, part: &Part, values: &[f32], first: u64) -> Result<()> {
         match first_non_finite(values) {
-            Some((index, value)) => Err(self.located(KernelError::NonFinite { index, value }.into(), first)),
+            Some((index, value)) => Err(self.located(part, KernelError::NonFinite { index, value }.into(), first)),
             None => Ok(()),
         }
     }
 
-    fn check_stored(&self, ty: GgmlType, bytes: &[u8], first: u64) -> Result<()> {
+    fn check_stored(&self, part: &Part, ty: GgmlType, bytes: &[u8], first: u64) -> Result<()> {
         let index = match ty {
             GgmlType::BF16 => first_all_ones16(bytes, 0x7F80),
             GgmlType::F16 => first_all_ones16(bytes, 0x7C00),
@@ -307,33 +347,34 @@ impl<'a> Recipe<'a> {
         let size = ty.type_size() as usize;
         let mut value = [0.0f32];
         to_f32(ty, &bytes[index * size..index * size + size], &mut value)?;
-        Err(self.located(KernelError::NonFinite { index, value: value[0] }.into(), first))
-    }
-
-    fn check_scale(&self, scale: u8, row: u64, block: u64) -> Result<()> {
-        if scale == 0xFF {
-            bail!(
-                "{}: row {row}, block {block} has scale byte 0xFF, which is NaN in E8M0 (OCP MX); the checkpoint is corrupt",
-                self.origin
-            );
-        }
-        Ok(())
+        Err(self.located(part, KernelError::NonFinite { index, value: value[0] }.into(), first))
     }
 
     /// Names the tensor (and, for a bad value, its row and column) in an error.
-    fn located(&self, e: anyhow::Error, first: u64) -> anyhow::Error {
+    fn located(&self, part: &Part, e: anyhow::Error, first: u64) -> anyhow::Error {
         let ne0 = self.row_len();
         match e.downcast_ref::<KernelError>() {
             Some(&KernelError::NonFinite { index, value }) => anyhow!(
                 "{} → '{}': the value at row {}, column {} is {value}, which cannot be converted",
-                self.origin,
+                part.origin,
                 self.spec.name,
                 first + index as u64 / ne0,
                 index as u64 % ne0
             ),
-            _ => e.context(format!("{} → '{}'", self.origin, self.spec.name)),
+            _ => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
         }
     }
+}
+
+/// Refuses an E8M0 scale byte 0xFF (NaN in the OCP MX format).
+fn check_scale(part: &Part, scale: u8, row: u64, block: u64) -> Result<()> {
+    if scale == 0xFF {
+        bail!(
+            "{}: row {row}, block {block} has scale byte 0xFF, which is NaN in E8M0 (OCP MX); the checkpoint is corrupt",
+            part.origin
+        );
+    }
+    Ok(())
 }
 
 /// The first 16-bit value whose `mask` bits are all set (an all-ones exponent: NaN or
