@@ -13,11 +13,12 @@ use moeq_formats::safetensors::SafetensorsModel;
 
 use crate::arch::{Architecture, ModelConfig};
 use crate::gpt_oss::{self, OutType};
+use crate::llama;
 use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
 use crate::transcode::{can_read, can_write};
-use crate::vocab::{find_tokenizer, gpt2_vocab};
+use crate::vocab::{LLAMA3_REGEX, O200K_REGEX, find_tokenizer, gpt2_vocab, sentencepiece_vocab};
 use crate::write_gguf::write_gguf;
 
 /// What to convert and how.
@@ -72,13 +73,6 @@ fn convert_safetensors(
     let Some(config) = config else {
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", dir.display());
     };
-    if config.arch != Architecture::GptOss {
-        bail!(
-            "{}: converting {} safetensors checkpoints is not implemented yet (gpt-oss is)",
-            dir.display(),
-            config.arch.name()
-        );
-    }
     let config_path = dir.join("config.json");
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)
         .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
@@ -94,9 +88,32 @@ fn convert_safetensors(
                 dir.display()
             );
         };
-        let pre = opts.tokenizer_pre.as_deref().unwrap_or("gpt-4o");
-        let (keys, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre)?;
-        warnings.extend(w);
+        let mut keys = Vec::new();
+        if config.arch == Architecture::GptOss {
+            let pre = opts.tokenizer_pre.as_deref().unwrap_or("gpt-4o");
+            let (k, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre, ("gpt-4o", O200K_REGEX))?;
+            keys.extend(k);
+            warnings.extend(w);
+        } else {
+            // LlamaModel.set_vocab: the tokenizer's space-prefix setting, then SentencePiece when
+            // there is a tokenizer.model, else byte-level BPE (Llama 3).
+            let tc = tok_dir.join("tokenizer_config.json");
+            if let Some(v) = std::fs::read(&tc)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|c| c.get("add_prefix_space").and_then(serde_json::Value::as_bool))
+            {
+                keys.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(v)));
+            }
+            if tok_dir.join("tokenizer.model").is_file() && opts.tokenizer_pre.is_none() {
+                keys.extend(sentencepiece_vocab(&tok_dir, &json, vocab_size)?);
+            } else {
+                let pre = opts.tokenizer_pre.as_deref().unwrap_or("llama-bpe");
+                let (k, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre, ("llama-bpe", LLAMA3_REGEX))?;
+                keys.extend(k);
+                warnings.extend(w);
+            }
+        }
         Some(keys)
     };
     let outtype = match opts.ftype {
@@ -105,14 +122,10 @@ fn convert_safetensors(
         Some(Ftype::BF16) => OutType::Float(GgmlType::BF16),
         _ => OutType::Auto,
     };
-    let converted = gpt_oss::convert(model, &dir, &json, config.layout, outtype, vocab)?;
-    warnings.extend(converted.warnings);
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
-    let (plan, recipes) = match opts.ftype {
-        Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
-            let hp = &converted.hparams;
+    let (plan, recipes, facts) = match config.arch {
+        Architecture::GptOss => {
+            let c = gpt_oss::convert(model, &dir, &json, config.layout, outtype, vocab)?;
+            let hp = &c.hparams;
             let facts = ModelFacts {
                 arch: "gpt-oss".into(),
                 n_layer: hp.n_layer as u32,
@@ -120,11 +133,33 @@ fn convert_safetensors(
                 n_head: hp.n_head as u32,
                 n_head_kv: hp.n_head_kv as u32,
             };
+            warnings.extend(c.warnings);
+            (c.plan, c.recipes, facts)
+        }
+        Architecture::Mixtral | Architecture::Llama => {
+            let c = llama::convert(model, &dir, &json, config.arch, outtype, vocab)?;
+            let hp = &c.hparams;
+            let facts = ModelFacts {
+                arch: "llama".into(),
+                n_layer: hp.n_layer as u32,
+                n_expert: hp.experts.map_or(0, |e| e.0 as u32),
+                n_head: hp.n_head as u32,
+                n_head_kv: hp.n_head_kv as u32,
+            };
+            warnings.extend(c.warnings);
+            (c.plan, c.recipes, facts)
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let (plan, recipes) = match opts.ftype {
+        Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
-            requantize(converted.plan, converted.recipes, &facts, ftype, keep)?
+            requantize(plan, recipes, &facts, ftype, keep)?
         }
-        _ => (converted.plan, converted.recipes),
+        _ => (plan, recipes),
     };
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
     Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
@@ -215,6 +250,7 @@ pub fn requantize<'a>(
         let read = match recipe.input() {
             Input::Copy(src) | Input::Values { src, .. } => src.ty,
             Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
+            Input::Owned(_) => recipe.spec.ggml_type,
         };
         if !can_read(read) {
             bail!("tensor '{}': reading {read} data is not supported", recipe.spec.name);

@@ -499,6 +499,7 @@ pub fn convert<'a>(
                         row_stride: 2 * g,
                         col_stride: 1,
                         offset: k as u64 * g,
+                        rope_group: 0,
                     };
                     recipes.push(mx(format!("blk.{n}.ffn_{which}_exps.weight"), vec![h, i, e], view));
                 }
@@ -520,6 +521,7 @@ pub fn convert<'a>(
                     row_stride: 2 * i,
                     col_stride: 2,
                     offset: k as u64,
+                    rope_group: 0,
                 };
                 recipes.push(make(format!("blk.{n}.ffn_{which}_exps.bias"), vec![i, e], GgmlType::F32, s, view));
             }
@@ -536,6 +538,7 @@ pub fn convert<'a>(
                     row_stride: 2,
                     col_stride: 2 * i,
                     offset: k as u64,
+                    rope_group: 0,
                 };
                 recipes.push(make(format!("blk.{n}.ffn_{which}_exps.weight"), vec![h, i, e], out, s, view));
             }
@@ -543,8 +546,16 @@ pub fn convert<'a>(
         }
         let name = gguf_name(&s.name).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         if s.name.ends_with("down_proj") {
-            let view =
-                View { outer: e, rows: h, cols: i, outer_stride: i * h, row_stride: 1, col_stride: h, offset: 0 };
+            let view = View {
+                outer: e,
+                rows: h,
+                cols: i,
+                outer_stride: i * h,
+                row_stride: 1,
+                col_stride: h,
+                offset: 0,
+                rope_group: 0,
+            };
             recipes.push(make(name, vec![i, h, e], out, s, view));
             continue;
         }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod convert;
 pub mod gpt_oss;
 pub mod inspect;
+pub mod llama;
 pub mod model_card;
 pub mod progress;
 pub mod quant_plan;

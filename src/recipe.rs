@@ -53,12 +53,25 @@ pub struct View {
     pub col_stride: u64,
     /// Index of the first value.
     pub offset: u64,
+    /// When non-zero, rows are reordered within groups of this many, from Hugging Face's
+    /// rotate-half order to llama.cpp's interleaved RoPE order (Llama's q/k permutation):
+    /// output row `2i + j` of a group is stored row `j · size/2 + i`.
+    pub rope_group: u64,
 }
 
 impl View {
     /// `rows` contiguous rows of `cols` values.
     pub fn plain(rows: u64, cols: u64) -> View {
-        View { outer: 1, rows, cols, outer_stride: rows * cols, row_stride: cols, col_stride: 1, offset: 0 }
+        View {
+            outer: 1,
+            rows,
+            cols,
+            outer_stride: rows * cols,
+            row_stride: cols,
+            col_stride: 1,
+            offset: 0,
+            rope_group: 0,
+        }
     }
 
     /// Total output rows.
@@ -68,12 +81,24 @@ impl View {
 
     /// Index of value 0 of output row `i`.
     fn row_start(&self, i: u64) -> u64 {
-        (i / self.rows) * self.outer_stride + (i % self.rows) * self.row_stride + self.offset
+        let mut r = i % self.rows;
+        if self.rope_group > 0 {
+            let g = self.rope_group;
+            let k = r % g;
+            r = r - k + (k % 2) * (g / 2) + k / 2;
+        }
+        (i / self.rows) * self.outer_stride + r * self.row_stride + self.offset
     }
 
     /// The range of stored indices rows `first..first + count` read.
     fn span(&self, first: u64, count: u64) -> (u64, u64) {
-        let last = first + count - 1;
+        let (mut first, mut last) = (first, first + count - 1);
+        if self.rope_group > 0 {
+            // Whole groups map onto whole groups (the first and last rows of a group stay).
+            let g = self.rope_group;
+            first -= first % g;
+            last = (last - last % g + g - 1).min(self.n_rows() - 1);
+        }
         let tail = (self.cols - 1) * self.col_stride;
         let corners =
             [self.row_start(first), self.row_start(last), self.row_start(first) + tail, self.row_start(last) + tail];
@@ -97,6 +122,8 @@ pub enum Input<'a> {
         /// Which of its values, in which order.
         view: View,
     },
+    /// Bytes computed by moeq (Llama 3's RoPE factors), in the output type.
+    Owned(Vec<u8>),
     /// OpenAI-layout MXFP4 (codes and scales in two tensors), viewed in units of 32-value
     /// blocks; repacked losslessly when the output is MXFP4, decoded otherwise.
     OpenAiMxfp4 {
@@ -177,7 +204,7 @@ impl<'a> Recipe<'a> {
     /// Bytes of input read per output row (for progress).
     pub fn in_row_bytes(&self) -> u64 {
         match self.input() {
-            Input::Copy(_) => self.out_row_bytes(),
+            Input::Copy(_) | Input::Owned(_) => self.out_row_bytes(),
             Input::Values { src, .. } => src.ty.row_bytes(self.row_len()).unwrap_or(0),
             Input::OpenAiMxfp4 { .. } => self.row_len() / 32 * 17,
         }
@@ -210,8 +237,9 @@ impl<'a> Recipe<'a> {
     }
 
     /// Changes the output type, keeping the values.
+    /// Computed bytes keep their type.
     pub fn retype(self, to: GgmlType) -> Recipe<'a> {
-        if to == self.spec.ggml_type {
+        if to == self.spec.ggml_type || matches!(self.input(), Input::Owned(_)) {
             return self;
         }
         let (rows, cols) = (self.part_rows(), self.row_len());
@@ -236,6 +264,10 @@ impl<'a> Recipe<'a> {
         let (ne0, to) = (self.row_len(), self.spec.ggml_type);
         let (part, first) = self.part_of(first);
         match &part.input {
+            Input::Owned(bytes) => {
+                let row = self.out_row_bytes() as usize;
+                Ok(&bytes[first as usize * row..(first + count) as usize * row])
+            }
             Input::Copy(src) => {
                 let row = self.out_row_bytes() as usize;
                 let bytes = &src.bytes()[first as usize * row..(first + count) as usize * row];
@@ -293,6 +325,7 @@ impl<'a> Recipe<'a> {
     pub fn release(&self, first: u64, count: u64) {
         let (part, first) = self.part_of(first);
         let (src, aux, view, unit) = match &part.input {
+            Input::Owned(_) => return,
             Input::Copy(src) => {
                 let row = self.out_row_bytes();
                 src.file.release(src.start + (first * row) as usize, (count * row) as usize);
@@ -457,7 +490,16 @@ mod tests {
     #[test]
     fn views_address_the_right_values() {
         // [E=2, H=3, 2I=4] stored; gate = transposed even columns → [E, I=2, H=3].
-        let gate = View { outer: 2, rows: 2, cols: 3, outer_stride: 12, row_stride: 2, col_stride: 4, offset: 0 };
+        let gate = View {
+            outer: 2,
+            rows: 2,
+            cols: 3,
+            outer_stride: 12,
+            row_stride: 2,
+            col_stride: 4,
+            offset: 0,
+            rope_group: 0,
+        };
         let up = View { offset: 1, ..gate };
         let row = |v: &View, i: u64| (0..v.cols).map(|c| v.row_start(i) + c * v.col_stride).collect::<Vec<_>>();
         assert_eq!(row(&gate, 0), [0, 4, 8]);
@@ -466,5 +508,9 @@ mod tests {
         assert_eq!(row(&up, 3), [15, 19, 23]);
         assert_eq!(up.extent(), 24);
         assert_eq!(View::plain(3, 5).span(1, 2), (5, 15));
+        // Llama's q/k permutation, head size 4: rows 0,1,2,3 ← 0,2,1,3.
+        let q = View { rope_group: 4, ..View::plain(8, 2) };
+        assert_eq!((0..8).map(|i| q.row_start(i) / 2).collect::<Vec<_>>(), [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(q.span(1, 2), (0, 8));
     }
 }

@@ -21,6 +21,9 @@ const UNUSED: i32 = 5;
 /// The split regex of o200k (gpt-4o, gpt-oss); llama.cpp calls its pre-tokenizer `gpt-4o`.
 pub const O200K_REGEX: &str = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/// The split regex of Llama 3's tokenizer; llama.cpp calls its pre-tokenizer `llama-bpe`.
+pub const LLAMA3_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
 /// Pre-tokenizer names llama.cpp's loader accepts (an unknown one fails the load).
 const KNOWN_PRE: &[&str] = &[
     "default",
@@ -79,9 +82,16 @@ fn read_json(path: &Path) -> Result<Json> {
 
 /// The `tokenizer.*` keys for a byte-level BPE tokenizer in `dir`, with `vocab_size` tokens
 /// (ids the tokenizer lacks become `[PADi]`, UNUSED) and `pre` as `tokenizer.ggml.pre`.
-/// `config` is the model's `config.json` (for special token ids). Returns the keys and
-/// warnings.
-pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Result<(Metadata, Vec<String>)> {
+/// `config` is the model's `config.json` (for special token ids); `family` is the family's
+/// pre-tokenizer name and split regex (a warning says when `pre` is that name but the regex
+/// differs). Returns the keys and warnings.
+pub fn gpt2_vocab(
+    dir: &Path,
+    config: &Json,
+    vocab_size: usize,
+    pre: &str,
+    family: (&str, &str),
+) -> Result<(Metadata, Vec<String>)> {
     let path = dir.join("tokenizer.json");
     let tok = read_json(&path)?;
     let mut warnings = Vec::new();
@@ -94,11 +104,12 @@ pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Re
         bail!("pre-tokenizer '{pre}' is not one llama.cpp knows (it would refuse to load the file)");
     }
     if let Some(regex) = split_regex(tok.get("pre_tokenizer"))
-        && pre == "gpt-4o"
-        && regex != O200K_REGEX
+        && pre == family.0
+        && regex != family.1
     {
         warnings.push(format!(
-            "{}: the pre-tokenizer split regex is not o200k's, but the GGUF says 'gpt-4o'; pass --tokenizer-pre to choose another",
+            "{}: the pre-tokenizer's split regex is not the one llama.cpp's '{pre}' implements; \
+             pass --tokenizer-pre to choose another",
             path.display()
         ));
     }
@@ -156,8 +167,163 @@ pub fn gpt2_vocab(dir: &Path, config: &Json, vocab_size: usize, pre: &str) -> Re
         ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
         ("tokenizer.ggml.merges".to_string(), Value::Array(Array::String(merges))),
     ];
-    keys.extend(special_tokens(dir, &tok, &added, config, vocab_size)?);
+    keys.extend(special_tokens(dir, Some(&tok), &added, config, vocab_size)?);
     Ok((keys, warnings))
+}
+
+/// SentencePiece token types (`sentencepiece_model.proto`), which llama.cpp's are.
+const SP_UNKNOWN: i32 = 2;
+const SP_BYTE: i32 = 6;
+
+/// The pieces of a SentencePiece model (`tokenizer.model`, a `ModelProto`): text, score and
+/// type, read straight from the protobuf wire format.
+pub fn sentencepiece_pieces(bytes: &[u8]) -> Result<Vec<(String, f32, i32)>> {
+    let mut pieces = Vec::new();
+    let mut r = Wire { bytes, at: 0 };
+    while !r.done() {
+        let (field, wire) = r.key()?;
+        if field == 1 && wire == 2 {
+            let piece = r.bytes()?;
+            let (mut text, mut score, mut ty) = (String::new(), 0.0f32, 1i32);
+            let mut p = Wire { bytes: piece, at: 0 };
+            while !p.done() {
+                match p.key()? {
+                    (1, 2) => text = String::from_utf8(p.bytes()?.to_vec()).context("a piece is not UTF-8")?,
+                    (2, 5) => score = f32::from_le_bytes(p.fixed::<4>()?),
+                    (3, 0) => ty = p.varint()? as i32,
+                    (_, w) => p.skip(w)?,
+                }
+            }
+            pieces.push((text, score, ty));
+        } else {
+            r.skip(wire)?;
+        }
+    }
+    if pieces.is_empty() {
+        bail!("no pieces: not a SentencePiece model");
+    }
+    Ok(pieces)
+}
+
+/// A protobuf wire-format reader.
+struct Wire<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Wire<'b> {
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.bytes.get(self.at) else { bail!("truncated varint") };
+            self.at += 1;
+            v |= ((b & 0x7F) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        bail!("varint longer than 10 bytes")
+    }
+
+    fn key(&mut self) -> Result<(u64, u8)> {
+        let k = self.varint()?;
+        Ok((k >> 3, (k & 7) as u8))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'b [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).context("truncated field")?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn bytes(&mut self) -> Result<&'b [u8]> {
+        let n = self.varint()?;
+        self.take(usize::try_from(n)?)
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N]> {
+        Ok(self.take(N)?.try_into()?)
+    }
+
+    fn skip(&mut self, wire: u8) -> Result<()> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.take(8).map(drop),
+            2 => self.bytes().map(drop),
+            5 => self.take(4).map(drop),
+            w => bail!("unsupported protobuf wire type {w}"),
+        }
+    }
+}
+
+/// The `tokenizer.*` keys for a SentencePiece tokenizer (`tokenizer.model` in `dir`) as
+/// llama.cpp's `_set_vocab_sentencepiece` writes them: the `llama` model, pieces, scores and
+/// types, added tokens from `tokenizer_config.json`, special ids.
+pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Result<Metadata> {
+    let path = dir.join("tokenizer.model");
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let pieces = sentencepiece_pieces(&bytes).with_context(|| format!("{}", path.display()))?;
+    let n = if vocab_size == 0 { pieces.len() } else { vocab_size };
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; n];
+    let mut types = vec![UNUSED; n];
+    for (id, (text, score, ty)) in pieces.into_iter().enumerate().take(n) {
+        tokens[id] = text;
+        scores[id] = score;
+        types[id] = match ty {
+            SP_UNKNOWN | CONTROL | UNUSED | SP_BYTE => ty,
+            _ => NORMAL,
+        };
+    }
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let added = read_json(&added_path)?;
+        for (token, id) in added.as_object().into_iter().flatten() {
+            if let Some(id) = id.as_u64().map(|i| i as usize).filter(|&i| i < n) {
+                tokens[id] = token.clone();
+                scores[id] = -1000.0;
+                types[id] = USER_DEFINED;
+            }
+        }
+    }
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = if tc_path.is_file() { Some(read_json(&tc_path)?) } else { None };
+    if let Some(decoder) = tc.as_ref().and_then(|t| t.get("added_tokens_decoder")).and_then(Json::as_object) {
+        for (id, data) in decoder {
+            let (Ok(id), Some(content)) = (id.parse::<usize>(), data.get("content").and_then(Json::as_str)) else {
+                continue;
+            };
+            if id >= n {
+                continue;
+            }
+            let special = data.get("special").and_then(Json::as_bool).unwrap_or(false);
+            if special || looks_special(content) {
+                types[id] = CONTROL;
+                tokens[id] = content.to_string();
+            } else {
+                types[id] = USER_DEFINED;
+                tokens[id] = content.replace('\u{2581}', " ");
+            }
+            scores[id] = -1000.0;
+        }
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tok = if tok_path.is_file() { Some(read_json(&tok_path)?) } else { None };
+    let added = tok.as_ref().and_then(|t| t.get("added_tokens")).and_then(Json::as_array).cloned().unwrap_or_default();
+    let mut keys = vec![
+        ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".to_string(), Value::Array(Array::String(tokens))),
+        ("tokenizer.ggml.scores".to_string(), Value::Array(Array::F32(scores))),
+        ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
+    ];
+    keys.extend(special_tokens(dir, tok.as_ref(), &added, config, n)?);
+    Ok(keys)
 }
 
 /// The split regex of a (possibly sequenced) pre-tokenizer.
@@ -197,13 +363,7 @@ fn merges(model: &Json) -> Result<Vec<String>> {
 }
 
 /// Special token ids, add-bos/eos flags and the chat template, in `SpecialVocab`'s order.
-fn special_tokens(
-    dir: &Path,
-    tok: &Json,
-    added: &[Json],
-    config: &Json,
-    n_vocab: usize,
-) -> Result<Vec<(String, Value)>> {
+fn special_tokens(dir: &Path, tok: Option<&Json>, added: &[Json], config: &Json, n_vocab: usize) -> Result<Metadata> {
     const TYPES: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.is_file() { Some(read_json(&tc_path)?) } else { None };
@@ -216,7 +376,8 @@ fn special_tokens(
         Some(_) => {}
         None => add.push((typ, v)),
     };
-    if let Some(pp) = tok.get("post_processor").filter(|p| p.is_object()) {
+    let tc_token = |k: &str| tc.as_ref().and_then(|c| c.get(k)).and_then(token_content);
+    if let Some(pp) = tok.and_then(|t| t.get("post_processor")).filter(|p| p.is_object()) {
         let procs = pp.get("processors").and_then(Json::as_array).cloned().unwrap_or_else(|| vec![pp.clone()]);
         for p in procs {
             match p.get("type").and_then(Json::as_str) {
@@ -231,17 +392,40 @@ fn special_tokens(
                 }
                 Some("TemplateProcessing") => {
                     let single = p.get("single").and_then(Json::as_array).cloned().unwrap_or_default();
+                    let pair = p.get("pair").and_then(Json::as_array).cloned().unwrap_or_default();
                     let special = |e: &Json| e.pointer("/SpecialToken/id").and_then(Json::as_str).map(str::to_string);
-                    let tc_token = |k: &str| tc.as_ref().and_then(|c| c.get(k)).and_then(token_content);
+                    let sequence = |e: &Json| e.pointer("/Sequence/id").and_then(Json::as_str).map(str::to_string);
+                    let (bos, eos, sep) = (tc_token("bos_token"), tc_token("eos_token"), tc_token("sep_token"));
+                    let (mut first, mut last) = (None, None);
                     if single.len() > 1 {
-                        if let Some(first) = special(&single[0]) {
-                            set_add(&mut add, "bos", tc_token("bos_token").as_deref() == Some(first.as_str()), true);
+                        first = special(&single[0]);
+                        if let Some(f) = &first {
+                            set_add(&mut add, "bos", bos.as_deref() == Some(f.as_str()), true);
                         }
-                        if let Some(last) = single.last().and_then(special) {
-                            set_add(&mut add, "eos", tc_token("eos_token").as_deref() == Some(last.as_str()), true);
+                        last = single.last().and_then(special);
+                        if let Some(l) = &last {
+                            set_add(&mut add, "eos", eos.as_deref() == Some(l.as_str()), true);
                         }
                     }
+                    // gguf-py's reading of the pair template: a separator between A and B.
+                    let start = usize::from(first.is_some() && pair.first().and_then(special) == first);
+                    let stop =
+                        pair.len().saturating_sub(usize::from(last.is_some() && pair.last().and_then(special) == last));
+                    let middle = if start < stop { &pair[start..stop] } else { &[][..] };
+                    if middle.len() > 2
+                        && sequence(&middle[0]).as_deref() == Some("A")
+                        && sequence(&middle[middle.len() - 1]).as_deref() == Some("B")
+                    {
+                        let inner = &middle[1..middle.len() - 1];
+                        let is_sep = |t: &Option<String>| t.is_some() && (*t == sep || *t == eos);
+                        let mut add_sep = is_sep(&special(&inner[0])) && last.is_none();
+                        if inner.len() == 2 && is_sep(&special(&inner[1])) {
+                            add_sep = true;
+                        }
+                        set_add(&mut add, "sep", add_sep, true);
+                    }
                 }
+
                 _ => {}
             }
         }
