@@ -145,7 +145,7 @@ impl Hparams {
 
     /// Values per attention head.
     pub fn head_dim(&self) -> Option<u64> {
-        self.head_dim.or((self.n_embd % self.n_head == 0).then(|| self.n_embd / self.n_head))
+        self.head_dim.or(self.n_embd.is_multiple_of(self.n_head).then(|| self.n_embd / self.n_head))
     }
 
     /// The `llama.*` keys, in the converter's order, with `general.file_type` among them.

@@ -493,3 +493,24 @@ fn token_content(v: &Json) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentencepiece_models_parse() {
+        let bytes = include_bytes!("../tests/fixtures/mixtral/hf/tokenizer.model");
+        let pieces = sentencepiece_pieces(bytes).unwrap();
+        assert_eq!(pieces.len(), 512);
+        assert_eq!(pieces[0], ("<unk>".to_string(), 0.0, SP_UNKNOWN));
+        assert_eq!(pieces[1].2, CONTROL);
+        assert_eq!((pieces[3].0.as_str(), pieces[3].2), ("<0x00>", SP_BYTE));
+        // Truncated or garbage input is an error, never a panic.
+        for cut in [1, 7, 100, bytes.len() / 2] {
+            let _ = sentencepiece_pieces(&bytes[..cut]);
+        }
+        assert!(sentencepiece_pieces(b"\x0a\xff\xff\xff\xff\x0f").is_err());
+        assert!(sentencepiece_pieces(b"").is_err());
+    }
+}

@@ -188,8 +188,6 @@ fn convert_failures_leave_nothing_behind() {
     assert!(err.contains("bad.gguf") && err.contains("past the end of the file"), "{err}");
     let err = fails(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", "/nonexistent-moeq/out.gguf"]);
     assert!(err.contains("/nonexistent-moeq") && err.contains("does not exist"), "{err}");
-    let err = fails(&["convert", path_arg(&fixtures().join("llama/hf")), "-o", path_arg(&out)]);
-    assert!(err.contains("not implemented yet"), "{err}");
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing at the output path, no temporary files");
     let out = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--split-max-size", "10X"]);
     assert_eq!(out.status.code(), Some(2));
@@ -301,11 +299,11 @@ fn convert_type_refuses_bad_input() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input remains");
 }
 
-/// Each gpt-oss layout converts to exactly what llama.cpp's converter (and llama-quantize)
-/// write: the HF folders byte for byte, the original layout with the same tensors and
-/// metadata (only the name, taken from the folder, differs).
+/// Each gpt-oss layout, Mixtral and Llama convert to exactly what llama.cpp's converter (and
+/// llama-quantize) write: the HF folders byte for byte, gpt-oss's original layout with the
+/// same tensors and metadata (only the name, taken from the folder, differs).
 #[test]
-fn gpt_oss_checkpoints_convert_like_llama_cpp() {
+fn checkpoints_convert_like_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("hf-mxfp4", None, "gpt-oss-mxfp4.gguf"),
@@ -315,9 +313,15 @@ fn gpt_oss_checkpoints_convert_like_llama_cpp() {
         ("hf-bf16", Some("Q8_0"), "gpt-oss-bf16-Q8_0.gguf"),
         ("hf-bf16", Some("Q4_0"), "gpt-oss-bf16-Q4_0.gguf"),
         ("hf-bf16", Some("Q4_1"), "gpt-oss-bf16-Q4_1.gguf"),
+        ("../mixtral/hf", None, "mixtral-bf16.gguf"),
+        ("../mixtral/hf", Some("Q8_0"), "mixtral-bf16-Q8_0.gguf"),
+        ("../mixtral/hf", Some("Q4_0"), "mixtral-bf16-Q4_0.gguf"),
+        ("../llama/hf", None, "llama-bf16.gguf"),
+        ("../llama/hf", Some("Q8_0"), "llama-bf16-Q8_0.gguf"),
+        ("../llama/hf", Some("Q4_0"), "llama-bf16-Q4_0.gguf"),
     ];
     for (layout, ftype, expected) in cases {
-        let out = dir.path().join(format!("{layout}-{ftype:?}.gguf"));
+        let out = dir.path().join(format!("{}-{ftype:?}.gguf", layout.replace("../", "").replace('/', "-")));
         let input = fixtures().join("gpt-oss").join(layout);
         let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&out), "-q"];
         args.extend(ftype.iter().flat_map(|t| ["--type", *t]));
@@ -502,7 +506,51 @@ fn broken_gpt_oss_checkpoints_fail_cleanly() {
     let file = moeq_formats::gguf::GgufFile::open(&out).unwrap();
     assert!(file.header().get("tokenizer.ggml.model").is_none());
     assert_eq!(file.header().tensors.len(), 41);
-    let err =
-        fails(&["convert", path_arg(&fixtures().join("llama/hf")), "-o", path_arg(&out_dir.path().join("l.gguf"))]);
-    assert!(err.contains("not implemented yet"), "{err}");
+}
+
+/// A copy of the Mixtral fixture with one shard's tensors edited.
+fn broken_mixtral(shard: &str, edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("mixtral/hf");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != shard {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    rewrite_safetensors(&src.join(shard), &dir.path().join(shard), edit);
+    dir
+}
+
+/// Broken Mixtral checkpoints: the expert tensor that is missing or holds a NaN is named.
+#[test]
+fn broken_mixtral_checkpoints_fail_cleanly() {
+    let shards =
+        ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"];
+    let index: Json =
+        serde_json::from_slice(&std::fs::read(fixtures().join("mixtral/hf/model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let expert = "model.layers.1.block_sparse_moe.experts.2.w3.weight";
+    let shard = index["weight_map"][expert].as_str().unwrap();
+    assert!(shards.contains(&shard));
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.gguf");
+
+    let nan = broken_mixtral(shard, |n, _, d| {
+        if n == expert {
+            d[2 * 100..2 * 100 + 2].copy_from_slice(&0xff80u16.to_le_bytes());
+        }
+        true
+    });
+    let err = fails(&["convert", path_arg(nan.path()), "-o", path_arg(&out), "--type", "Q8_0"]);
+    assert!(
+        err.contains(expert) && err.contains("blk.1.ffn_up_exps.weight") && err.contains("row 1, column 36 is -inf"),
+        "{err}"
+    );
+
+    let missing = broken_mixtral(shard, |n, _, _| n != expert);
+    let err = fails(&["convert", path_arg(missing.path()), "-o", path_arg(&out)]);
+    assert!(err.contains("model.safetensors.index.json") && err.contains(expert), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }
