@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""External oracles for moeq's gpt-oss conversion (run in CI after `cargo build --release`).
+"""External oracles for moeq's checkpoint conversions (run in CI after `cargo build --release`).
 
 1. gguf-py (llama.cpp's own reader) dequantizes the MXFP4 experts moeq writes to exactly the
    values OpenAI's decoder (gpt_oss/torch/weights.py, re-implemented in numpy below) gives for
    the source blocks and scales, gate = even rows and up = odd rows.
-2. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from the three layouts, and its
-   logits for the reference tokens match reference.safetensors at least as well as those of
-   the golden file of the same type (cosine, relative L2, top-1).
+2. gguf-py's Metadata (the converter's) derives the same general.* keys from model cards.
+3. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from gpt-oss's three layouts,
+   Mixtral and Llama, and its logits for the reference tokens match reference.safetensors at
+   least as well as those of llama.cpp's own file of the same type (cosine, relative L2, top-1).
 
-Usage: scripts/check_gpt_oss.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
+Usage: scripts/check_conversions.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
 """
 
 import argparse
@@ -128,44 +129,54 @@ def main():
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp logits check")
     args = ap.parse_args()
     fx = Path(args.fixtures)
-    ref = load_file(str(fx / "gpt-oss/reference.safetensors"))
-    tokens = [int(t) for t in ref["tokens"]]
-    ref_logits = ref["logits"].astype(np.float64)
+    refs = {}
+    for family in ("gpt-oss", "mixtral", "llama"):
+        ref = load_file(str(fx / family / "reference.safetensors"))
+        refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
 
-    # (layout, --type, golden of the same type to beat)
+    # (input folder, --type, golden of the same type to beat)
     cases = [
-        ("original", None, "gpt-oss-mxfp4.gguf"),
-        ("hf-mxfp4", None, "gpt-oss-mxfp4.gguf"),
-        ("hf-bf16", None, "gpt-oss-bf16.gguf"),
-        ("hf-mxfp4", "MXFP4_MOE", "gpt-oss-mxfp4-MXFP4_MOE.gguf"),
-        ("hf-bf16", "MXFP4_MOE", "gpt-oss-bf16-MXFP4_MOE.gguf"),
-        ("hf-mxfp4", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
-        ("original", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
-        ("hf-bf16", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
-        ("hf-mxfp4", "Q4_0", "gpt-oss-bf16-Q4_0.gguf"),
-        ("hf-bf16", "F16", "gpt-oss-bf16.gguf"),
+        ("gpt-oss/original", None, "gpt-oss-mxfp4.gguf"),
+        ("gpt-oss/hf-mxfp4", None, "gpt-oss-mxfp4.gguf"),
+        ("gpt-oss/hf-bf16", None, "gpt-oss-bf16.gguf"),
+        ("gpt-oss/hf-mxfp4", "MXFP4_MOE", "gpt-oss-mxfp4-MXFP4_MOE.gguf"),
+        ("gpt-oss/hf-bf16", "MXFP4_MOE", "gpt-oss-bf16-MXFP4_MOE.gguf"),
+        ("gpt-oss/hf-mxfp4", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("gpt-oss/original", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("gpt-oss/hf-bf16", "Q8_0", "gpt-oss-bf16-Q8_0.gguf"),
+        ("gpt-oss/hf-mxfp4", "Q4_0", "gpt-oss-bf16-Q4_0.gguf"),
+        ("gpt-oss/hf-bf16", "F16", "gpt-oss-bf16.gguf"),
+        ("mixtral/hf", None, "mixtral-bf16.gguf"),
+        ("mixtral/hf", "Q8_0", "mixtral-bf16-Q8_0.gguf"),
+        ("mixtral/hf", "Q4_0", "mixtral-bf16-Q4_0.gguf"),
+        ("mixtral/hf", "F16", "mixtral-bf16.gguf"),
+        ("llama/hf", None, "llama-bf16.gguf"),
+        ("llama/hf", "Q8_0", "llama-bf16-Q8_0.gguf"),
+        ("llama/hf", "Q4_0", "llama-bf16-Q4_0.gguf"),
+        ("llama/hf", "F16", "llama-bf16.gguf"),
     ]
     golden_scores = {}
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         check_general_metadata(args.moeq, fx / "gpt-oss/hf-mxfp4", tmp)
         for layout, ftype, golden in cases:
-            out = Path(tmp) / f"{layout}-{ftype or 'default'}.gguf"
-            cmd = [args.moeq, "convert", str(fx / "gpt-oss" / layout), "-o", str(out), "-q"]
+            out = Path(tmp) / f"{layout.replace('/', '-')}-{ftype or 'default'}.gguf"
+            cmd = [args.moeq, "convert", str(fx / layout), "-o", str(out), "-q"]
             if ftype:
                 cmd += ["--type", ftype]
             subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
-            if layout in ("original", "hf-mxfp4"):
+            if layout in ("gpt-oss/original", "gpt-oss/hf-mxfp4"):
                 check_mxfp4_experts(out, fx / "gpt-oss/original")
             if args.no_llama:
                 continue
+            tokens, ref_logits = refs[layout.split("/")[0]]
             if golden not in golden_scores:
                 golden_scores[golden] = agreement(logits_of(fx / "golden" / golden, tokens), ref_logits)
             cos, rel, top1 = agreement(logits_of(out, tokens), ref_logits)
             gcos, grel, gtop1 = golden_scores[golden]
             ok = cos >= gcos - 1e-6 and rel <= grel + 1e-6 and top1 >= gtop1
             failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {layout:9} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
+            print(f"{'ok  ' if ok else 'FAIL'} {layout:16} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
                   f"top-1 {top1}/{len(tokens)}   (golden {golden}: {gcos:.6f} {grel:.4f} {gtop1}/{len(tokens)})")
     if failures:
         sys.exit(f"{failures} conversions do worse than llama.cpp's own files")
