@@ -106,6 +106,90 @@ def check_general_metadata(moeq, fixture, tmp):
     print(f"general.* metadata equals gguf-py's Metadata for {len(folders)} model folders with model cards")
 
 
+def write_safetensors(path, tensors):
+    """A safetensors file of bf16 tensors (numpy has no bf16: the f32 values' top halves)."""
+    header, blobs, offset = {}, [], 0
+    for name, x in tensors:
+        data = (np.ascontiguousarray(x, dtype=np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(x.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+        for b in blobs:
+            f.write(b)
+
+
+def write_hf_checkpoint(folder, fixture, experts, rng):
+    """A Llama (or, with experts, Mixtral) checkpoint with rows that are multiples of 256, so
+    the k-quant mixes apply; the fixture's tokenizer and config as a template."""
+    import shutil
+    shutil.copytree(fixture, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    hidden, ffn, heads, kv, vocab = 512, 768, 8, 2, 512
+    hd = hidden // heads
+    config = json.loads((fixture / "config.json").read_text())
+    config.update({"hidden_size": hidden, "intermediate_size": ffn, "num_attention_heads": heads,
+                   "num_key_value_heads": kv, "head_dim": hd, "num_hidden_layers": 2, "tie_word_embeddings": False})
+    if experts:
+        config["num_local_experts"] = experts
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def w(*shape):
+        x = rng.standard_normal(shape).astype(np.float32) * 0.02
+        x[..., ::97] *= 30
+        return x
+
+    t = [("model.embed_tokens.weight", w(vocab, hidden)), ("lm_head.weight", w(vocab, hidden)),
+         ("model.norm.weight", np.ones(hidden, np.float32))]
+    for n in range(2):
+        l = f"model.layers.{n}."
+        t += [(l + "input_layernorm.weight", np.ones(hidden, np.float32)),
+              (l + "post_attention_layernorm.weight", np.ones(hidden, np.float32)),
+              (l + "self_attn.q_proj.weight", w(heads * hd, hidden)), (l + "self_attn.k_proj.weight", w(kv * hd, hidden)),
+              (l + "self_attn.v_proj.weight", w(kv * hd, hidden)), (l + "self_attn.o_proj.weight", w(hidden, heads * hd))]
+        if experts:
+            t.append((l + "block_sparse_moe.gate.weight", w(experts, hidden)))
+            for j in range(experts):
+                e = l + f"block_sparse_moe.experts.{j}."
+                t += [(e + "w1.weight", w(ffn, hidden)), (e + "w2.weight", w(hidden, ffn)), (e + "w3.weight", w(ffn, hidden))]
+        else:
+            t += [(l + "mlp.gate_proj.weight", w(ffn, hidden)), (l + "mlp.up_proj.weight", w(ffn, hidden)),
+                  (l + "mlp.down_proj.weight", w(hidden, ffn))]
+    write_safetensors(folder / "model.safetensors", t)
+
+
+def check_kquant_mixes(moeq, fx, tmp):
+    """On Llama- and Mixtral-shaped checkpoints with realistic widths, `moeq convert --type T`
+    from the safetensors equals llama-quantize T of the bf16 GGUF, byte for byte (k-quant
+    mixes, the 8-expert attn_v/attn_k bumps, ffn_down getting more bits)."""
+    import ctypes
+    import llama_cpp
+    quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+    ftypes = {"Q4_K_M": 15, "Q4_K_S": 14, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7}
+    rng = np.random.default_rng(11)
+    for family, experts in (("llama", 0), ("mixtral", 8)):
+        folder = Path(tmp) / f"{family}-wide"
+        write_hf_checkpoint(folder, fx / family / "hf", experts, rng)
+        bf16 = Path(tmp) / f"{family}-wide-bf16.gguf"
+        subprocess.run([moeq, "convert", str(folder), "-o", str(bf16), "-q"], check=True, stderr=subprocess.DEVNULL)
+        for name, ftype in ftypes.items():
+            ours, theirs = Path(tmp) / "ours.gguf", Path(tmp) / "theirs.gguf"
+            subprocess.run([moeq, "convert", str(folder), "-o", str(ours), "--type", name, "-q"], check=True,
+                           stderr=subprocess.DEVNULL)
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.nthread = 2
+            assert llama_cpp.llama_model_quantize(str(bf16).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+            if ours.read_bytes() != theirs.read_bytes():
+                sys.exit(f"FAIL {family} {name}: moeq convert --type differs from convert + llama-quantize")
+            types = sorted({t.tensor_type.name for t in GGUFReader(ours).tensors})
+            print(f"ok   {family}-shaped (hidden 512{', 8 experts' if experts else ''}) {name:7} = llama-quantize "
+                  f"byte for byte ({', '.join(types)})")
+
+
 def logits_of(gguf_path, tokens):
     from llama_cpp import Llama
     llm = Llama(model_path=str(gguf_path), n_ctx=64, logits_all=True, verbose=False, n_threads=2, n_batch=64)
@@ -178,6 +262,8 @@ def main():
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {layout:16} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
                   f"top-1 {top1}/{len(tokens)}   (golden {golden}: {gcos:.6f} {grel:.4f} {gtop1}/{len(tokens)})")
+        if not args.no_llama:
+            check_kquant_mixes(args.moeq, fx, tmp)
     if failures:
         sys.exit(f"{failures} conversions do worse than llama.cpp's own files")
 
