@@ -30,6 +30,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run moeq's own f32 forward on a model and show the most likely next tokens.
+    ///
+    /// MODEL is anything moeq reads: a checkpoint folder (gpt-oss in any layout, Mixtral,
+    /// Llama) or a GGUF of any type moeq writes.
+    Eval {
+        /// The model.
+        model: PathBuf,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        /// Write logits, hidden states and MoE block inputs/outputs as F32 safetensors.
+        #[arg(long, value_name = "OUT.safetensors")]
+        dump: Option<PathBuf>,
+        /// How many candidates to show per position.
+        #[arg(long, default_value_t = 3)]
+        top: usize,
+    },
     /// Measure moeq's speed on this machine.
     Bench {
         /// What to measure.

@@ -180,7 +180,7 @@ pub fn merged_plan(model: &GgufModel) -> GgufPlan {
 }
 
 /// Every tensor of a GGUF model, copied as it is.
-fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
+pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
     let mut recipes = Vec::with_capacity(model.tensor_count());
     for shard in model.shards() {
         for (i, t) in shard.header().tensors.iter().enumerate() {

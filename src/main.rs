@@ -30,6 +30,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
+        Command::Eval { model, tokens, dump, top } => {
+            let trace = moeq::eval::eval(&model, &tokens)?;
+            let vocab = trace.logits.len() / tokens.len().max(1);
+            for (pos, (tok, cands)) in tokens.iter().zip(moeq::eval::top_tokens(&trace.logits, vocab, top)).enumerate() {
+                let list: Vec<String> = cands.iter().map(|(t, p)| format!("{t} ({p:.3})")).collect();
+                println!("{pos:>4}  {tok:>7} → {}", list.join("  "));
+            }
+            if let Some(out) = dump {
+                let hidden = trace.hidden.first().map_or(0, |h| h.len() / tokens.len().max(1));
+                moeq::eval::dump(&trace, &tokens, hidden, &out)?;
+                eprintln!("wrote {}", out.display());
+            }
+        }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {
             let rows = bench_kernels(size, std::time::Duration::from_millis(300));
             if json {

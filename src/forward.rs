@@ -1,0 +1,376 @@
+//! moeq's own f32 forward pass of the models it converts, on llama.cpp-layout weights:
+//! gpt-oss (attention sinks, sliding window on even layers, YaRN RoPE on halves, GQA, router
+//! top-k then softmax, interleaved clamped SwiGLU with +1), Mixtral (softmax, top-k,
+//! renormalize, SwiGLU experts) and Llama (dense SwiGLU, tied embeddings). It follows the
+//! reference implementations (transformers, OpenAI's gpt_oss.torch) rather than llama.cpp
+//! where they differ (YaRN's correction range is not rounded).
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::Value;
+use rayon::prelude::*;
+
+use crate::weights::Weights;
+
+/// The model family, as the forward sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// gpt-oss.
+    GptOss,
+    /// Llama and Mixtral (`llama` in GGUF).
+    Llama,
+}
+
+/// The hyperparameters of the forward, read from GGUF metadata.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub family: Family,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_expert: usize,
+    pub n_expert_used: usize,
+    pub rms_eps: f32,
+    pub sliding_window: usize,
+    /// Inverse frequencies of the rotary pairs, and the factor applied to cos and sin.
+    pub inv_freq: Vec<f64>,
+    pub rope_scale: f64,
+}
+
+fn meta_u(w: &Weights, key: &str) -> Result<usize> {
+    w.get(key).and_then(Value::as_u64).map(|v| v as usize).with_context(|| format!("{}: no metadata '{key}'", w.path))
+}
+
+fn meta_f(w: &Weights, key: &str) -> Option<f64> {
+    w.get(key).and_then(Value::as_f64)
+}
+
+impl Config {
+    /// Reads the forward's settings from the model's metadata.
+    pub fn from_weights(w: &Weights) -> Result<Config> {
+        let arch = w.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
+        let family = match arch.as_str() {
+            "gpt-oss" => Family::GptOss,
+            "llama" => Family::Llama,
+            other => bail!("{}: moeq's forward runs gpt-oss, Mixtral and Llama, not '{other}'", w.path),
+        };
+        let k = |s: &str| format!("{arch}.{s}");
+        let n_embd = meta_u(w, &k("embedding_length"))?;
+        let n_head = meta_u(w, &k("attention.head_count"))?;
+        let n_head_kv = meta_u(w, &k("attention.head_count_kv")).unwrap_or(n_head);
+        let head_dim = meta_u(w, &k("attention.key_length")).or_else(|_| meta_u(w, &k("rope.dimension_count")))
+            .unwrap_or(n_embd / n_head.max(1));
+        let theta = meta_f(w, &k("rope.freq_base")).unwrap_or(10000.0);
+        let half = head_dim / 2;
+        let mut inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        let mut rope_scale = 1.0;
+        let scaling = w.get(&k("rope.scaling.type")).and_then(Value::as_str).unwrap_or("none");
+        let factor = meta_f(w, &k("rope.scaling.factor")).unwrap_or(1.0);
+        match scaling {
+            "yarn" if factor > 1.0 => {
+                // transformers' _compute_yarn_parameters with truncate = false.
+                let orig = meta_f(w, &k("rope.scaling.original_context_length")).context("YaRN without original context")?;
+                let fast = meta_f(w, &k("rope.scaling.yarn_beta_fast")).unwrap_or(32.0);
+                let slow = meta_f(w, &k("rope.scaling.yarn_beta_slow")).unwrap_or(1.0);
+                let dim = |rot: f64| head_dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+                let (low, mut high) = (dim(fast), dim(slow));
+                if low == high {
+                    high += 0.001;
+                }
+                for (i, f) in inv_freq.iter_mut().enumerate() {
+                    let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+                    let extrapolate = 1.0 - ramp;
+                    *f = *f / factor * (1.0 - extrapolate) + *f * extrapolate;
+                }
+                rope_scale = 0.1 * factor.ln() + 1.0;
+            }
+            "linear" if factor > 0.0 => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            _ => {}
+        }
+        if w.has("rope_freqs.weight") {
+            let factors = w.all("rope_freqs.weight")?;
+            inv_freq.iter_mut().zip(factors).for_each(|(f, s)| *f /= s as f64);
+        }
+        Ok(Config {
+            family,
+            n_layer: meta_u(w, &k("block_count"))?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_expert: meta_u(w, &k("expert_count")).unwrap_or(0),
+            n_expert_used: meta_u(w, &k("expert_used_count")).unwrap_or(0),
+            rms_eps: meta_f(w, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
+            sliding_window: meta_u(w, &k("attention.sliding_window")).unwrap_or(0),
+            inv_freq,
+            rope_scale,
+        })
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Default)]
+pub struct Trace {
+    /// [T, vocab].
+    pub logits: Vec<f32>,
+    /// The embedding output, the residual stream after each layer, then the final norm's
+    /// output: L + 1 tensors of [T, hidden].
+    pub hidden: Vec<Vec<f32>>,
+    /// Per layer, the MoE block's normalized input and its output (before the residual).
+    pub moe_in: Vec<Vec<f32>>,
+    pub moe_out: Vec<Vec<f32>>,
+    /// Per layer, the experts each token was routed to.
+    pub routes: Vec<Vec<Vec<usize>>>,
+}
+
+/// A model ready to run.
+pub struct Model<'w, 'a> {
+    pub w: &'w Weights<'a>,
+    pub cfg: Config,
+}
+
+/// `y[t][o] = Σ_i x[t][i] · m[o][i] (+ bias[o])` for `m` of `rows` rows.
+fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let cols = m.len() / rows.max(1);
+    let t = x.len() / cols.max(1);
+    let mut y = vec![0.0f32; t * rows];
+    y.par_chunks_mut(rows).zip(x.par_chunks(cols)).for_each(|(yt, xt)| {
+        for (o, (y, row)) in yt.iter_mut().zip(m.chunks_exact(cols)).enumerate() {
+            *y = dot(xt, row) + bias.map_or(0.0, |b| b[o]);
+        }
+    });
+    y
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: vectorizes, and sums in a fixed order.
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
+    let n = g.len();
+    let mut out = vec![0.0f32; x.len()];
+    for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let ms = x.iter().map(|v| (v * v) as f64).sum::<f64>() / n as f64;
+        let r = 1.0 / ((ms as f32) + eps).sqrt();
+        for ((o, x), g) in o.iter_mut().zip(x).zip(g) {
+            *o = x * r * g;
+        }
+    }
+    out
+}
+
+fn softmax(v: &mut [f32]) {
+    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    v.iter_mut().for_each(|x| *x /= sum);
+}
+
+impl<'w, 'a> Model<'w, 'a> {
+    /// Reads the configuration.
+    pub fn new(w: &'w Weights<'a>) -> Result<Model<'w, 'a>> {
+        Ok(Model { cfg: Config::from_weights(w)?, w })
+    }
+
+    fn t(&self, name: &str) -> Result<Vec<f32>> {
+        self.w.all(name)
+    }
+
+    fn linear(&self, x: &[f32], name: &str, bias: bool) -> Result<Vec<f32>> {
+        let m = self.t(&format!("{name}.weight"))?;
+        let rows = *self.w.ne(&format!("{name}.weight"))?.get(1).unwrap_or(&1) as usize;
+        let b = if bias { Some(self.t(&format!("{name}.bias"))?) } else { None };
+        Ok(matmul(x, &m, rows, b.as_deref()))
+    }
+
+    /// Runs the model on `tokens`.
+    pub fn run(&self, tokens: &[u32]) -> Result<Trace> {
+        let c = &self.cfg;
+        let (h, t) = (c.n_embd, tokens.len());
+        let vocab = *self.w.ne("token_embd.weight")?.get(1).unwrap_or(&0) as usize;
+        let mut x = Vec::with_capacity(t * h);
+        for &tok in tokens {
+            if tok as usize >= vocab {
+                bail!("token {tok} is outside the vocabulary ({vocab} tokens)");
+            }
+            x.extend(self.w.rows("token_embd.weight", tok as u64, 1)?);
+        }
+        let mut trace = Trace { hidden: vec![x.clone()], ..Trace::default() };
+        for l in 0..c.n_layer {
+            let attn = self.attention(l, &x, t)?;
+            x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+            let norm = if c.family == Family::GptOss { "post_attention_norm" } else { "ffn_norm" };
+            let m_in = rmsnorm(&x, &self.t(&format!("blk.{l}.{norm}.weight"))?, c.rms_eps);
+            let (m_out, routes) = self.ffn(l, &m_in)?;
+            x.iter_mut().zip(&m_out).for_each(|(a, b)| *a += b);
+            trace.moe_in.push(m_in);
+            trace.moe_out.push(m_out);
+            trace.routes.push(routes);
+            trace.hidden.push(x.clone());
+        }
+        let out = rmsnorm(&x, &self.t("output_norm.weight")?, c.rms_eps);
+        *trace.hidden.last_mut().unwrap_or(&mut Vec::new()) = out.clone();
+        let head = if self.w.has("output.weight") { "output" } else { "token_embd" };
+        trace.logits = self.linear(&out, head, false)?;
+        Ok(trace)
+    }
+
+    fn rope(&self, v: &mut [f32], heads: usize, t: usize) {
+        let c = &self.cfg;
+        let (hd, half) = (c.head_dim, c.head_dim / 2);
+        for p in 0..t {
+            for hh in 0..heads {
+                let x = &mut v[(p * heads + hh) * hd..(p * heads + hh + 1) * hd];
+                for (i, f) in c.inv_freq.iter().enumerate() {
+                    let angle = p as f64 * f;
+                    let (sin, cos) = ((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32);
+                    // gpt-oss (NEOX): halves; llama's GGUF q/k rows are permuted to pairs.
+                    let (a, b) = if c.family == Family::GptOss { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                    let (x0, x1) = (x[a], x[b]);
+                    x[a] = x0 * cos - x1 * sin;
+                    x[b] = x1 * cos + x0 * sin;
+                }
+            }
+        }
+    }
+
+    fn attention(&self, l: usize, x: &[f32], t: usize) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let gpt = c.family == Family::GptOss;
+        let a_in = rmsnorm(x, &self.t(&format!("blk.{l}.attn_norm.weight"))?, c.rms_eps);
+        let mut q = self.linear(&a_in, &format!("blk.{l}.attn_q"), gpt)?;
+        let mut k = self.linear(&a_in, &format!("blk.{l}.attn_k"), gpt)?;
+        let v = self.linear(&a_in, &format!("blk.{l}.attn_v"), gpt)?;
+        self.rope(&mut q, c.n_head, t);
+        self.rope(&mut k, c.n_head_kv, t);
+        let sinks = if gpt { Some(self.t(&format!("blk.{l}.attn_sinks.weight"))?) } else { None };
+        let window = if gpt && l % 2 == 0 { c.sliding_window } else { 0 };
+        let hd = c.head_dim;
+        let group = c.n_head / c.n_head_kv.max(1);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut o = vec![0.0f32; t * c.n_head * hd];
+        o.par_chunks_mut(c.n_head * hd).enumerate().for_each(|(i, oi)| {
+            for hh in 0..c.n_head {
+                let kv = hh / group.max(1);
+                let qi = &q[(i * c.n_head + hh) * hd..][..hd];
+                let mut s: Vec<f32> = (0..=i)
+                    .map(|j| {
+                        if window > 0 && i - j >= window {
+                            f32::NEG_INFINITY
+                        } else {
+                            dot(qi, &k[(j * c.n_head_kv + kv) * hd..][..hd]) * scale
+                        }
+                    })
+                    .collect();
+                if let Some(sinks) = &sinks {
+                    s.push(sinks[hh]);
+                }
+                softmax(&mut s);
+                let out = &mut oi[hh * hd..(hh + 1) * hd];
+                for (j, p) in s.iter().take(i + 1).enumerate() {
+                    let vj = &v[(j * c.n_head_kv + kv) * hd..][..hd];
+                    out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                }
+            }
+        });
+        self.linear(&o, &format!("blk.{l}.attn_output"), gpt)
+    }
+
+    /// The feed-forward block of layer `l` on normalized input `x` [T, hidden]: its output and,
+    /// for MoE layers, the experts each token was routed to.
+    pub fn ffn(&self, l: usize, x: &[f32]) -> Result<(Vec<f32>, Vec<Vec<usize>>)> {
+        let c = &self.cfg;
+        let h = c.n_embd;
+        let t = x.len() / h;
+        if c.n_expert == 0 {
+            let g = self.linear(x, &format!("blk.{l}.ffn_gate"), false)?;
+            let u = self.linear(x, &format!("blk.{l}.ffn_up"), false)?;
+            let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            return Ok((self.linear(&a, &format!("blk.{l}.ffn_down"), false)?, Vec::new()));
+        }
+        let gpt = c.family == Family::GptOss;
+        let logits = self.linear(x, &format!("blk.{l}.ffn_gate_inp"), gpt)?;
+        let mut routes = Vec::with_capacity(t);
+        let mut weights = Vec::with_capacity(t);
+        for row in logits.chunks_exact(c.n_expert) {
+            let mut order: Vec<usize> = (0..c.n_expert).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            order.truncate(c.n_expert_used);
+            let w = if gpt {
+                let mut v: Vec<f32> = order.iter().map(|&e| row[e]).collect();
+                softmax(&mut v);
+                v
+            } else {
+                let mut all = row.to_vec();
+                softmax(&mut all);
+                let sum: f32 = order.iter().map(|&e| all[e]).sum();
+                order.iter().map(|&e| all[e] / sum).collect()
+            };
+            routes.push(order);
+            weights.push(w);
+        }
+        let mut out = vec![0.0f32; t * h];
+        for e in 0..c.n_expert {
+            let picked: Vec<(usize, f32)> = routes
+                .iter()
+                .zip(&weights)
+                .enumerate()
+                .filter_map(|(i, (r, w))| r.iter().position(|&x| x == e).map(|k| (i, w[k])))
+                .collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let xe: Vec<f32> = picked.iter().flat_map(|&(i, _)| x[i * h..(i + 1) * h].iter().copied()).collect();
+            let ye = self.expert(l, e, &xe)?;
+            for (k, &(i, w)) in picked.iter().enumerate() {
+                out[i * h..(i + 1) * h].iter_mut().zip(&ye[k * h..(k + 1) * h]).for_each(|(o, y)| *o += w * y);
+            }
+        }
+        Ok((out, routes))
+    }
+
+    /// Expert `e` of layer `l` on rows `x` [n, hidden].
+    pub fn expert(&self, l: usize, e: usize, x: &[f32]) -> Result<Vec<f32>> {
+        let gpt = self.cfg.family == Family::GptOss;
+        let part = |name: &str| -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+            let w = format!("blk.{l}.{name}.weight");
+            let rows = self.w.ne(&w)?[1];
+            let m = self.w.rows(&w, e as u64 * rows, rows)?;
+            let b = if gpt { Some(self.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None };
+            Ok((m, b))
+        };
+        let (gw, gb) = part("ffn_gate_exps")?;
+        let (uw, ub) = part("ffn_up_exps")?;
+        let (dw, db) = part("ffn_down_exps")?;
+        let ff = gw.len() / self.cfg.n_embd;
+        let g = matmul(x, &gw, ff, gb.as_deref());
+        let u = matmul(x, &uw, ff, ub.as_deref());
+        let a: Vec<f32> = if gpt {
+            g.iter()
+                .zip(&u)
+                .map(|(&g, &u)| {
+                    let g = g.min(7.0);
+                    let u = u.clamp(-7.0, 7.0);
+                    g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+                })
+                .collect()
+        } else {
+            g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+        };
+        Ok(matmul(&a, &dw, self.cfg.n_embd, db.as_deref()))
+    }
+}

@@ -1,0 +1,116 @@
+//! Any model moeq reads, seen as llama.cpp-named tensors of f32 values in GGUF layout: the
+//! input of the forward pass. A GGUF is read as it is stored (every ggml type moeq decodes);
+//! a safetensors checkpoint through the converter's own re-layout, so the two can be compared
+//! tensor by tensor and run through the same forward.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::{GgmlType, Value};
+
+use crate::arch::Architecture;
+use crate::convert::gguf_recipes;
+use crate::gpt_oss::{self, OutType};
+use crate::llama;
+use crate::recipe::{Recipe, Scratch};
+use crate::source::Source;
+
+/// The tensors and metadata of a model, decoded on demand.
+pub struct Weights<'a> {
+    recipes: Vec<Recipe<'a>>,
+    by_name: HashMap<String, usize>,
+    /// The GGUF metadata (for a checkpoint: what the converter would write).
+    pub metadata: Vec<(String, Value)>,
+    /// How the tensors are stored, per name (the source type, before decoding).
+    pub stored_types: HashMap<String, GgmlType>,
+    /// Where the model comes from, for reports.
+    pub path: String,
+}
+
+impl<'a> Weights<'a> {
+    /// Reads an opened model: a GGUF as stored, a checkpoint through the converter.
+    pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
+        let (metadata, recipes) = match source {
+            Source::Gguf(model) => {
+                let plan = crate::convert::merged_plan(model);
+                (plan.metadata, gguf_recipes(model))
+            }
+            Source::Safetensors { model, config } => {
+                let Some(config) = config else {
+                    bail!("{}: no config.json; moeq needs it to know the model", path.display());
+                };
+                let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+                let json: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(dir.join("config.json")).with_context(|| format!("{}: no config.json", dir.display()))?,
+                )?;
+                match config.arch {
+                    Architecture::GptOss => {
+                        let c = gpt_oss::convert(model, &dir, &json, config.layout, OutType::Auto, None)?;
+                        (c.plan.metadata, c.recipes)
+                    }
+                    Architecture::Mixtral | Architecture::Llama => {
+                        let c = llama::convert(model, &dir, &json, config.arch, OutType::Auto, None)?;
+                        (c.plan.metadata, c.recipes)
+                    }
+                }
+            }
+        };
+        let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
+        let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();
+        let by_name = recipes.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
+        Ok(Weights { recipes, by_name, metadata, stored_types, path: path.display().to_string() })
+    }
+
+    /// Tensor names in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.recipes.iter().map(|r| r.spec.name.as_str())
+    }
+
+    /// Whether the model has tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The dimensions of tensor `name` (`ne`, fastest first).
+    pub fn ne(&self, name: &str) -> Result<&[u64]> {
+        Ok(&self.recipe(name)?.spec.ne)
+    }
+
+    fn recipe(&self, name: &str) -> Result<&Recipe<'a>> {
+        let i = self.by_name.get(name).with_context(|| format!("{}: no tensor '{name}'", self.path))?;
+        Ok(&self.recipes[*i])
+    }
+
+    /// Rows `first..first + count` of tensor `name` (rows of `ne[0]` values), as f32.
+    pub fn rows(&self, name: &str, first: u64, count: u64) -> Result<Vec<f32>> {
+        let r = self.recipe(name)?;
+        if first + count > r.n_rows() {
+            bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
+        }
+        let mut out = Vec::with_capacity((count * r.row_len()) as usize);
+        let mut scratch = Scratch::default();
+        // In pieces that never straddle two stacked inputs.
+        for (p_first, p_count) in r.pieces(u64::MAX, u64::MAX) {
+            let lo = p_first.max(first);
+            let hi = (p_first + p_count).min(first + count);
+            if lo >= hi {
+                continue;
+            }
+            let bytes = r.rows(lo, hi - lo, &mut scratch)?;
+            out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        }
+        Ok(out)
+    }
+
+    /// All values of tensor `name`.
+    pub fn all(&self, name: &str) -> Result<Vec<f32>> {
+        let n = self.recipe(name)?.n_rows();
+        self.rows(name, 0, n)
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
