@@ -47,6 +47,32 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         top: usize,
     },
+    /// Check that an output computes what its source computes: every tensor, every MoE block
+    /// on the source's own hidden states, and the next-token distributions on reference tokens.
+    ///
+    /// Exit status 0 when within the limits, 1 when a check fails, 2 on errors. Default limits
+    /// follow the output's types; lossless conversions must be exact.
+    Verify {
+        /// The source model (a checkpoint folder or a GGUF).
+        source: PathBuf,
+        /// The converted model.
+        output: PathBuf,
+        /// Reference token ids (comma-separated); default: a built-in set of 4 × 32 tokens.
+        #[arg(long, value_delimiter = ',')]
+        tokens: Vec<u32>,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Largest allowed KL divergence of a next-token distribution.
+        #[arg(long)]
+        max_kl: Option<f64>,
+        /// Smallest allowed share of positions with the same most likely token.
+        #[arg(long)]
+        min_top1: Option<f64>,
+        /// Largest allowed relative error of a feed-forward block's output.
+        #[arg(long)]
+        max_moe_rel_err: Option<f64>,
+    },
     /// Measure moeq's speed on this machine.
     Bench {
         /// What to measure.
@@ -85,6 +111,9 @@ pub enum Command {
         /// The tokenizer.ggml.pre to write (default: the family's, `gpt-4o` for gpt-oss).
         #[arg(long, value_name = "NAME")]
         tokenizer_pre: Option<String>,
+        /// Run `moeq verify` on the fresh output (exit status 1 if it fails).
+        #[arg(long)]
+        verify: bool,
     },
 }
 

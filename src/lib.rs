@@ -24,6 +24,7 @@ pub mod quant_plan;
 pub mod recipe;
 pub mod source;
 pub mod transcode;
+pub mod verify;
 pub mod vocab;
 pub mod weights;
 pub mod write_gguf;

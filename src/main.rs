@@ -20,6 +20,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs `moeq verify`: exit status 1 when a check fails.
+fn run_verify(
+    source: &std::path::Path,
+    output: &std::path::Path,
+    tokens: &[u32],
+    json: bool,
+    limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
+) -> anyhow::Result<ExitCode> {
+    use moeq::verify::{Limits, reference_tokens, verify};
+    use moeq::weights::Weights;
+    let (src, out) = (Source::open(source)?, Source::open(output)?);
+    let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
+    let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
+    let sequences = if tokens.is_empty() { reference_tokens(vocab) } else { vec![tokens.to_vec()] };
+    let mut report = verify(&src_w, &out_w, &sequences, None)?;
+    if let Some((kl, top1, moe)) = limits {
+        let d = report.limits;
+        report.limits = Limits {
+            max_kl: kl.unwrap_or(d.max_kl),
+            min_top1: top1.unwrap_or(d.min_top1),
+            max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
+        };
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
@@ -58,9 +89,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Convert { input, output, ftype, split_max_size, quiet, no_vocab, tokenizer_pre } => {
+        Command::Convert { input, output, ftype, split_max_size, quiet, no_vocab, tokenizer_pre, verify } => {
             let opts = ConvertOptions {
-                input,
+                input: input.clone(),
                 output,
                 ftype,
                 split_max_bytes: split_max_size,
@@ -73,6 +104,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("wrote {}", file.display());
             }
             eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
+            if verify {
+                let first = summary.files.first().cloned().unwrap_or_default();
+                return run_verify(&input, &first, &[], false, None);
+            }
+        }
+        Command::Verify { source, output, tokens, json, max_kl, min_top1, max_moe_rel_err } => {
+            let overrides = [max_kl, min_top1, max_moe_rel_err];
+            let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
+            return run_verify(&source, &output, &tokens, json, limits);
         }
     }
     Ok(ExitCode::SUCCESS)

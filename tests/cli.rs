@@ -554,3 +554,65 @@ fn broken_mixtral_checkpoints_fail_cleanly() {
     assert!(err.contains("model.safetensors.index.json") && err.contains(expert), "{err}");
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }
+
+/// F32 (or I32) tensor `name` of a safetensors file, as f64.
+fn st_tensor(path: &Path, name: &str) -> Vec<f64> {
+    let file = moeq_formats::safetensors::SafetensorsFile::open(path).unwrap();
+    let t = file.tensors().iter().find(|t| t.name == name).unwrap_or_else(|| panic!("{name} in {path:?}"));
+    let data = file.data(t);
+    match t.dtype {
+        moeq_formats::safetensors::Dtype::I32 => {
+            data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+        }
+        _ => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+    }
+}
+
+fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(&x, y)| (x as f64 - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den).sqrt()
+}
+
+/// moeq's forward on every fixture (checkpoints in every layout, and llama.cpp's unquantized
+/// GGUFs of them) reproduces what transformers and OpenAI's reference computed: logits,
+/// hidden states, and each MoE block's output from its input.
+#[test]
+fn eval_reproduces_the_reference_forward() {
+    let cases = [
+        ("gpt-oss", "gpt-oss/original"),
+        ("gpt-oss", "gpt-oss/hf-mxfp4"),
+        ("gpt-oss", "gpt-oss/hf-bf16"),
+        ("gpt-oss", "golden/gpt-oss-mxfp4.gguf"),
+        ("gpt-oss", "golden/gpt-oss-bf16.gguf"),
+        ("mixtral", "mixtral/hf"),
+        ("mixtral", "golden/mixtral-bf16.gguf"),
+        ("llama", "llama/hf"),
+        ("llama", "golden/llama-bf16.gguf"),
+    ];
+    for (family, input) in cases {
+        let reference = fixtures().join(family).join("reference.safetensors");
+        let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
+        let path = fixtures().join(input);
+        let trace = moeq::eval::eval(&path, &tokens).unwrap();
+        let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(&reference, "logits")))];
+        for (n, h) in trace.hidden.iter().enumerate() {
+            checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")))));
+        }
+        if family != "llama" {
+            // The MoE block alone, on the reference's own input.
+            let source = moeq::source::Source::open(&path).unwrap();
+            let weights = moeq::weights::Weights::new(&source, &path).unwrap();
+            let model = moeq::forward::Model::new(&weights).unwrap();
+            for n in 0..trace.moe_in.len() {
+                let input: Vec<f32> = st_tensor(&reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();
+                let (out, _) = model.ffn(n, &input).unwrap();
+                checked.push((format!("moe_out.{n}"), rel_l2(&out, &st_tensor(&reference, &format!("moe_out.{n}")))));
+            }
+        }
+        for (name, err) in checked {
+            assert!(err <= 1e-4, "{input}: {name} relative L2 {err:e}");
+        }
+    }
+}

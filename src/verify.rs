@@ -1,0 +1,393 @@
+//! `moeq verify`: proof that an output computes what its source computes. Three levels, each
+//! with the source and the output read in their own layouts: every tensor (matched by its
+//! llama.cpp name), every MoE block on the source's own hidden states, and the whole model's
+//! next-token distributions on reference tokens.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::GgmlType;
+use serde_json::json;
+
+use crate::forward::Model;
+use crate::weights::Weights;
+
+/// How far an output may be from its source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Largest KL divergence of a next-token distribution (nats).
+    pub max_kl: f64,
+    /// Smallest share of positions whose most likely token is unchanged.
+    pub min_top1: f64,
+    /// Largest relative error of an MoE block's output.
+    pub max_moe_rel_err: f64,
+}
+
+/// Expected relative RMS error of a tensor stored as `ty` (from a wider source), with margin:
+/// the bound above which a tensor is reported as wrong rather than merely quantized.
+fn tensor_bound(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 => 1e-6,
+        GgmlType::F16 => 2e-3,
+        GgmlType::BF16 => 1e-2,
+        GgmlType::Q8_0 => 0.03,
+        GgmlType::Q6_K => 0.06,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.12,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::MXFP4 => 0.3,
+        _ => 0.6,
+    }
+}
+
+impl Limits {
+    /// Defaults for an output whose least precise changed tensor type is `worst` (`None`: every
+    /// tensor kept its type, so the output must be exact).
+    pub fn for_type(worst: Option<GgmlType>) -> Limits {
+        let (max_kl, min_top1, max_moe_rel_err) = match worst {
+            None => (0.0, 1.0, 0.0),
+            Some(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => (1e-3, 0.95, 0.02),
+            Some(GgmlType::Q8_0) => (0.01, 0.9, 0.05),
+            Some(GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K) => (0.05, 0.8, 0.15),
+            Some(_) => (0.3, 0.6, 0.4),
+        };
+        Limits { max_kl, min_top1, max_moe_rel_err }
+    }
+}
+
+/// One tensor, source against output.
+#[derive(Clone, Debug)]
+pub struct TensorCheck {
+    pub name: String,
+    pub source_type: GgmlType,
+    pub output_type: GgmlType,
+    pub rel_rmse: f64,
+    pub cosine: f64,
+    pub max_abs: f64,
+    pub identical: bool,
+    /// The largest error this tensor may have.
+    pub bound: f64,
+}
+
+impl TensorCheck {
+    /// Whether the tensor is within its bound.
+    pub fn ok(&self) -> bool {
+        if self.bound == 0.0 { self.identical } else { self.rel_rmse <= self.bound }
+    }
+}
+
+/// One MoE (or dense feed-forward) block on the source's own input.
+#[derive(Clone, Debug)]
+pub struct BlockCheck {
+    pub layer: usize,
+    pub rel_err: f64,
+    pub cosine: f64,
+    /// Share of tokens whose selected experts are unchanged.
+    pub routing_agreement: f64,
+    /// The experts whose outputs moved most: (expert, relative error).
+    pub worst_experts: Vec<(usize, f64)>,
+}
+
+/// The whole model on the reference tokens.
+#[derive(Clone, Debug, Default)]
+pub struct ModelCheck {
+    pub kl_mean: f64,
+    pub kl_max: f64,
+    pub top1: f64,
+    pub cosine: f64,
+    pub positions: usize,
+}
+
+/// Everything `moeq verify` measured.
+pub struct Report {
+    pub source: String,
+    pub output: String,
+    pub tensors: Vec<TensorCheck>,
+    /// Tensors only one side has.
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub blocks: Vec<BlockCheck>,
+    pub model: ModelCheck,
+    pub limits: Limits,
+}
+
+/// Sums for a streamed comparison.
+#[derive(Default)]
+struct Stats {
+    diff2: f64,
+    a2: f64,
+    b2: f64,
+    ab: f64,
+    max_abs: f64,
+    identical: bool,
+}
+
+impl Stats {
+    fn add(&mut self, a: &[f32], b: &[f32]) {
+        for (&x, &y) in a.iter().zip(b) {
+            let (x, y) = (x as f64, y as f64);
+            self.diff2 += (x - y) * (x - y);
+            self.a2 += x * x;
+            self.b2 += y * y;
+            self.ab += x * y;
+            self.max_abs = self.max_abs.max((x - y).abs());
+        }
+        self.identical &= a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    }
+
+    fn rel(&self) -> f64 {
+        if self.a2 == 0.0 { if self.diff2 == 0.0 { 0.0 } else { f64::INFINITY } } else { (self.diff2 / self.a2).sqrt() }
+    }
+
+    fn cosine(&self) -> f64 {
+        if self.a2 == 0.0 || self.b2 == 0.0 { if self.diff2 == 0.0 { 1.0 } else { 0.0 } } else { self.ab / (self.a2 * self.b2).sqrt() }
+    }
+}
+
+fn compare(a: &[f32], b: &[f32]) -> Stats {
+    let mut s = Stats { identical: true, ..Stats::default() };
+    s.add(a, b);
+    s
+}
+
+/// The built-in reference tokens: 4 sequences of 32, deterministic, mixing frequent (low) ids
+/// and rare ones across the whole vocabulary.
+pub fn reference_tokens(vocab: usize) -> Vec<Vec<u32>> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..4)
+        .map(|_| {
+            (0..32)
+                .map(|i| {
+                    let r = next();
+                    let span = if i % 3 == 0 { vocab } else { (vocab / 16).max(1) };
+                    (r % span as u64) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Compares `output` with `source` on `sequences`. `limits` overrides the defaults, which
+/// follow the output's types.
+pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits: Option<Limits>) -> Result<Report> {
+    // 1. Tensors.
+    let mut tensors = Vec::new();
+    let mut missing = Vec::new();
+    for name in source.names() {
+        if !output.has(name) {
+            missing.push(name.to_string());
+            continue;
+        }
+        if source.ne(name)? != output.ne(name)? {
+            bail!("tensor '{name}': shape {:?} in {} but {:?} in {}", source.ne(name)?, source.path, output.ne(name)?, output.path);
+        }
+        let ne = source.ne(name)?;
+        let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
+        let per = ((1u64 << 20) / cols).max(1);
+        let mut s = Stats { identical: true, ..Stats::default() };
+        let mut first = 0;
+        while first < rows {
+            let n = per.min(rows - first);
+            s.add(&source.rows(name, first, n)?, &output.rows(name, first, n)?);
+            first += n;
+        }
+        let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
+        let bound = if source_type == output_type || output_type == GgmlType::F32 && !source_type.is_quantized() {
+            0.0
+        } else {
+            tensor_bound(output_type)
+        };
+        tensors.push(TensorCheck {
+            name: name.to_string(),
+            source_type,
+            output_type,
+            rel_rmse: s.rel(),
+            cosine: s.cosine(),
+            max_abs: s.max_abs,
+            identical: s.identical,
+            bound,
+        });
+    }
+    let extra: Vec<String> = output.names().filter(|n| !source.has(n)).map(str::to_string).collect();
+    let worst = tensors
+        .iter()
+        .filter(|t| t.bound > 0.0)
+        .map(|t| t.output_type)
+        .max_by(|a, b| tensor_bound(*a).total_cmp(&tensor_bound(*b)));
+    let limits = limits.unwrap_or(Limits::for_type(worst));
+
+    // 2 and 3. Blocks on the source's hidden states, and the whole model.
+    let (src_model, out_model) = (Model::new(source)?, Model::new(output)?);
+    let mut blocks: Vec<BlockCheck> = Vec::new();
+    let mut model = ModelCheck::default();
+    let (mut kl_sum, mut top1, mut logit_stats) = (0.0, 0usize, Stats { identical: true, ..Stats::default() });
+    for tokens in sequences {
+        let src = src_model.run(tokens).context("the source model")?;
+        let out = out_model.run(tokens).context("the output model")?;
+        for (layer, input) in src.moe_in.iter().enumerate() {
+            let (a, routes_a) = src_model.ffn(layer, input)?;
+            let (b, routes_b) = out_model.ffn(layer, input)?;
+            let s = compare(&a, &b);
+            let same = routes_a
+                .iter()
+                .zip(&routes_b)
+                .filter(|(x, y)| {
+                    let (mut x, mut y) = (x.to_vec(), y.to_vec());
+                    x.sort_unstable();
+                    y.sort_unstable();
+                    x == y
+                })
+                .count();
+            let mut worst_experts = Vec::new();
+            let h = src_model.cfg.n_embd;
+            for e in 0..src_model.cfg.n_expert {
+                let rows: Vec<f32> = routes_a
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.contains(&e))
+                    .flat_map(|(i, _)| input[i * h..(i + 1) * h].iter().copied())
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let es = compare(&src_model.expert(layer, e, &rows)?, &out_model.expert(layer, e, &rows)?);
+                worst_experts.push((e, es.rel()));
+            }
+            worst_experts.sort_by(|a, b| b.1.total_cmp(&a.1));
+            worst_experts.truncate(3);
+            let n = routes_a.len().max(1);
+            let check = BlockCheck {
+                layer,
+                rel_err: s.rel(),
+                cosine: s.cosine(),
+                routing_agreement: if routes_a.is_empty() { 1.0 } else { same as f64 / n as f64 },
+                worst_experts,
+            };
+            // Keep the worst over sequences.
+            match blocks.iter_mut().find(|b| b.layer == layer) {
+                Some(b) if b.rel_err >= check.rel_err => {}
+                Some(b) => *b = check,
+                None => blocks.push(check),
+            }
+        }
+        let vocab = src.logits.len() / tokens.len().max(1);
+        logit_stats.add(&src.logits, &out.logits);
+        for (p, q) in src.logits.chunks_exact(vocab).zip(out.logits.chunks_exact(vocab)) {
+            let kl = kl_divergence(p, q);
+            kl_sum += kl;
+            model.kl_max = model.kl_max.max(kl);
+            top1 += usize::from(argmax(p) == argmax(q));
+            model.positions += 1;
+        }
+    }
+    model.kl_mean = kl_sum / model.positions.max(1) as f64;
+    model.top1 = top1 as f64 / model.positions.max(1) as f64;
+    model.cosine = logit_stats.cosine();
+    tensors.sort_by(|a, b| (b.rel_rmse / b.bound.max(1e-12)).total_cmp(&(a.rel_rmse / a.bound.max(1e-12))).then(a.name.cmp(&b.name)));
+    Ok(Report { source: source.path.clone(), output: output.path.clone(), tensors, missing, extra, blocks, model, limits })
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
+}
+
+/// KL(softmax(p) ‖ softmax(q)) in nats.
+fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+    let log_softmax = |v: &[f32]| {
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = v.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+        v.iter().map(|&x| x as f64 - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
+}
+
+impl Report {
+    /// The failed checks, in words.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        for t in self.tensors.iter().filter(|t| !t.ok()) {
+            f.push(if t.bound == 0.0 {
+                format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_type)
+            } else {
+                format!("tensor '{}' is off by {:.4} relative RMS error (at most {} expected for {})", t.name, t.rel_rmse, t.bound, t.output_type)
+            });
+        }
+        f.extend(self.missing.iter().map(|n| format!("tensor '{n}' is missing from the output")));
+        f.extend(self.extra.iter().map(|n| format!("tensor '{n}' is in the output but not the source")));
+        let l = &self.limits;
+        for b in self.blocks.iter().filter(|b| b.rel_err > l.max_moe_rel_err) {
+            f.push(format!("layer {}: the feed-forward block's output is off by {:.4} (at most {})", b.layer, b.rel_err, l.max_moe_rel_err));
+        }
+        if self.model.kl_max > l.max_kl {
+            f.push(format!("next-token KL divergence reaches {:.5} (at most {})", self.model.kl_max, l.max_kl));
+        }
+        if self.model.top1 < l.min_top1 {
+            f.push(format!("top-1 agreement is {:.3} (at least {})", self.model.top1, l.min_top1));
+        }
+        f
+    }
+
+    /// A compact table, worst first.
+    pub fn to_text(&self) -> String {
+        let mut s = format!("source {}\noutput {}\n\ntensors (worst first)\n", self.source, self.output);
+        s += &format!("  {:<34} {:<6} {:<6} {:>10} {:>10} {:>10}  status\n", "name", "from", "to", "rel RMSE", "cosine", "max |err|");
+        for t in self.tensors.iter().take(12) {
+            let status = if t.identical { "identical" } else if t.ok() { "ok" } else { "FAIL" };
+            s += &format!(
+                "  {:<34} {:<6} {:<6} {:>10.2e} {:>10.6} {:>10.2e}  {status}\n",
+                t.name, t.source_type.name(), t.output_type.name(), t.rel_rmse, t.cosine, t.max_abs
+            );
+        }
+        let identical = self.tensors.iter().filter(|t| t.identical).count();
+        s += &format!("  ({} tensors, {identical} bit-identical)\n\nblocks on the source's hidden states\n", self.tensors.len());
+        s += &format!("  {:<6} {:>10} {:>10} {:>9}  worst experts\n", "layer", "rel err", "cosine", "routing");
+        for b in &self.blocks {
+            let worst: Vec<String> = b.worst_experts.iter().map(|(e, r)| format!("{e}: {r:.2e}")).collect();
+            s += &format!("  {:<6} {:>10.2e} {:>10.6} {:>8.1}%  {}\n", b.layer, b.rel_err, b.cosine, b.routing_agreement * 100.0, worst.join(", "));
+        }
+        let m = &self.model;
+        s += &format!(
+            "\nwhole model, {} positions\n  KL mean {:.2e}, max {:.2e}; top-1 agreement {:.1}%; logit cosine {:.6}\n",
+            m.positions, m.kl_mean, m.kl_max, m.top1 * 100.0, m.cosine
+        );
+        let l = &self.limits;
+        s += &format!("limits: KL ≤ {}, top-1 ≥ {}, block rel err ≤ {}\n", l.max_kl, l.min_top1, l.max_moe_rel_err);
+        let f = self.failures();
+        if f.is_empty() {
+            s += "PASS\n";
+        } else {
+            s += "FAIL\n";
+            for x in f {
+                s += &format!("  {x}\n");
+            }
+        }
+        s
+    }
+
+    /// The whole report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "source": self.source,
+            "output": self.output,
+            "pass": self.failures().is_empty(),
+            "failures": self.failures(),
+            "limits": {"max_kl": self.limits.max_kl, "min_top1": self.limits.min_top1, "max_moe_rel_err": self.limits.max_moe_rel_err},
+            "tensors": self.tensors.iter().map(|t| json!({
+                "name": t.name, "source_type": t.source_type.name(), "output_type": t.output_type.name(),
+                "rel_rmse": t.rel_rmse, "cosine": t.cosine, "max_abs": t.max_abs, "identical": t.identical,
+                "bound": t.bound, "ok": t.ok(),
+            })).collect::<Vec<_>>(),
+            "missing": self.missing,
+            "extra": self.extra,
+            "blocks": self.blocks.iter().map(|b| json!({
+                "layer": b.layer, "rel_err": b.rel_err, "cosine": b.cosine, "routing_agreement": b.routing_agreement,
+                "worst_experts": b.worst_experts.iter().map(|(e, r)| json!({"expert": e, "rel_err": r})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "model": {"kl_mean": self.model.kl_mean, "kl_max": self.model.kl_max, "top1": self.model.top1,
+                      "logit_cosine": self.model.cosine, "positions": self.model.positions},
+        })
+    }
+}
