@@ -59,7 +59,8 @@ impl Config {
         let n_embd = meta_u(w, &k("embedding_length"))?;
         let n_head = meta_u(w, &k("attention.head_count"))?;
         let n_head_kv = meta_u(w, &k("attention.head_count_kv")).unwrap_or(n_head);
-        let head_dim = meta_u(w, &k("attention.key_length")).or_else(|_| meta_u(w, &k("rope.dimension_count")))
+        let head_dim = meta_u(w, &k("attention.key_length"))
+            .or_else(|_| meta_u(w, &k("rope.dimension_count")))
             .unwrap_or(n_embd / n_head.max(1));
         let theta = meta_f(w, &k("rope.freq_base")).unwrap_or(10000.0);
         let half = head_dim / 2;
@@ -70,10 +71,12 @@ impl Config {
         match scaling {
             "yarn" if factor > 1.0 => {
                 // transformers' _compute_yarn_parameters with truncate = false.
-                let orig = meta_f(w, &k("rope.scaling.original_context_length")).context("YaRN without original context")?;
+                let orig =
+                    meta_f(w, &k("rope.scaling.original_context_length")).context("YaRN without original context")?;
                 let fast = meta_f(w, &k("rope.scaling.yarn_beta_fast")).unwrap_or(32.0);
                 let slow = meta_f(w, &k("rope.scaling.yarn_beta_slow")).unwrap_or(1.0);
-                let dim = |rot: f64| head_dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+                let dim =
+                    |rot: f64| head_dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
                 let (low, mut high) = (dim(fast), dim(slow));
                 if low == high {
                     high += 0.001;
@@ -258,7 +261,7 @@ impl<'w, 'a> Model<'w, 'a> {
         self.rope(&mut q, c.n_head, t);
         self.rope(&mut k, c.n_head_kv, t);
         let sinks = if gpt { Some(self.t(&format!("blk.{l}.attn_sinks.weight"))?) } else { None };
-        let window = if gpt && l % 2 == 0 { c.sliding_window } else { 0 };
+        let window = if gpt && l.is_multiple_of(2) { c.sliding_window } else { 0 };
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv.max(1);
         let scale = 1.0 / (hd as f32).sqrt();

@@ -64,7 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval { model, tokens, dump, top } => {
             let trace = moeq::eval::eval(&model, &tokens)?;
             let vocab = trace.logits.len() / tokens.len().max(1);
-            for (pos, (tok, cands)) in tokens.iter().zip(moeq::eval::top_tokens(&trace.logits, vocab, top)).enumerate() {
+            for (pos, (tok, cands)) in tokens.iter().zip(moeq::eval::top_tokens(&trace.logits, vocab, top)).enumerate()
+            {
                 let list: Vec<String> = cands.iter().map(|(t, p)| format!("{t} ({p:.3})")).collect();
                 println!("{pos:>4}  {tok:>7} → {}", list.join("  "));
             }

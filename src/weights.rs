@@ -40,9 +40,14 @@ impl<'a> Weights<'a> {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
-                let dir = if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() };
+                let dir = if path.is_dir() {
+                    path.to_path_buf()
+                } else {
+                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
+                };
                 let json: serde_json::Value = serde_json::from_slice(
-                    &std::fs::read(dir.join("config.json")).with_context(|| format!("{}: no config.json", dir.display()))?,
+                    &std::fs::read(dir.join("config.json"))
+                        .with_context(|| format!("{}: no config.json", dir.display()))?,
                 )?;
                 match config.arch {
                     Architecture::GptOss => {

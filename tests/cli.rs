@@ -616,3 +616,169 @@ fn eval_reproduces_the_reference_forward() {
         }
     }
 }
+
+/// A golden GGUF with `patch` applied to its bytes (given each tensor's data range).
+fn patched_golden(
+    dir: &Path,
+    name: &str,
+    mut patch: impl FnMut(&dyn Fn(&str) -> (usize, usize), &mut [u8]),
+) -> PathBuf {
+    let path = golden(name);
+    let file = moeq_formats::gguf::GgufFile::open(&path).unwrap();
+    let h = file.header();
+    let range = |tensor: &str| {
+        let t = h.tensors.iter().find(|t| t.name == tensor).unwrap_or_else(|| panic!("{tensor}"));
+        ((h.data_offset + t.offset) as usize, t.nbytes as usize)
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    patch(&range, &mut bytes);
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = dir.join(format!("broken-{n}-{name}"));
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// Runs `moeq verify --json`; returns the exit code and the report.
+fn verify_json(source: &Path, output: &Path) -> (i32, Json) {
+    let out = moeq(&["verify", path_arg(source), path_arg(output), "--json"]);
+    let report: Json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("verify printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// verify: exact for lossless conversions, ordered errors for lossy ones.
+#[test]
+fn verify_is_exact_when_lossless_and_orders_lossy_types() {
+    for (source, output) in [
+        ("gpt-oss/hf-mxfp4", "gpt-oss-mxfp4.gguf"),
+        ("gpt-oss/original", "gpt-oss-mxfp4.gguf"),
+        ("gpt-oss/hf-bf16", "gpt-oss-bf16.gguf"),
+        ("mixtral/hf", "mixtral-bf16.gguf"),
+        ("llama/hf", "llama-bf16.gguf"),
+    ] {
+        let (code, r) = verify_json(&fixtures().join(source), &golden(output));
+        assert_eq!(code, 0, "{source} → {output}: {}", r["failures"]);
+        assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true), "{output}");
+        assert_eq!((r["model"]["kl_max"].as_f64(), r["model"]["top1"].as_f64()), (Some(0.0), Some(1.0)));
+    }
+    let error = |ty: &str| {
+        let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-bf16"), &golden(&format!("gpt-oss-bf16-{ty}.gguf")));
+        assert_eq!(code, 0, "{ty}: {}", r["failures"]);
+        let lossy: Vec<f64> = r["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["bound"].as_f64() > Some(0.0))
+            .map(|t| t["rel_rmse"].as_f64().unwrap())
+            .collect();
+        (lossy.iter().sum::<f64>() / lossy.len() as f64, r["model"]["kl_mean"].as_f64().unwrap())
+    };
+    // Limits given on the command line; convert --verify gates a conversion.
+    let q8 = golden("gpt-oss-bf16-Q8_0.gguf");
+    let strict = moeq(&["verify", path_arg(&fixtures().join("gpt-oss/hf-bf16")), path_arg(&q8), "--max-kl", "0"]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("KL divergence reaches"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.gguf");
+    let run = moeq(&[
+        "convert",
+        path_arg(&fixtures().join("mixtral/hf")),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "Q8_0",
+        "--verify",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
+    // 8-bit well below 4-bit, in tensors and in the model's outputs. (Q4_1 and Q4_0 land
+    // close together on these random Gaussian weights, as in llama.cpp's own measurements.)
+    let (q8, q41, q40) = (error("Q8_0"), error("Q4_1"), error("Q4_0"));
+    assert!(q8.0 * 5.0 < q41.0 && q8.0 * 5.0 < q40.0, "tensor errors {q8:?} {q41:?} {q40:?}");
+    assert!(q8.1 * 5.0 < q41.1 && q8.1 * 5.0 < q40.1, "KL {q8:?} {q41:?} {q40:?}");
+}
+
+/// verify fails loudly on broken outputs and names the culprit.
+#[test]
+fn verify_catches_broken_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let swap = |a: &str, b: &str| {
+        let (a, b) = (a.to_string(), b.to_string());
+        move |range: &dyn Fn(&str) -> (usize, usize), bytes: &mut [u8]| {
+            let ((x, n), (y, _)) = (range(&a), range(&b));
+            let tmp = bytes[x..x + n].to_vec();
+            bytes.copy_within(y..y + n, x);
+            bytes[y..y + n].copy_from_slice(&tmp);
+        }
+    };
+    let cases: Vec<(&str, PathBuf, Vec<&str>)> = vec![
+        (
+            "gpt-oss/hf-mxfp4",
+            patched_golden(
+                dir.path(),
+                "gpt-oss-mxfp4.gguf",
+                swap("blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"),
+            ),
+            vec!["blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            patched_golden(dir.path(), "gpt-oss-mxfp4.gguf", |range, bytes| {
+                let (at, n) = range("blk.1.ffn_down_exps.weight");
+                for block in bytes[at..at + n].chunks_exact_mut(17) {
+                    block[1..].iter_mut().for_each(|b| *b = b.rotate_left(4)); // nibbles swapped
+                }
+            }),
+            vec!["blk.1.ffn_down_exps.weight"],
+        ),
+        (
+            "gpt-oss/original",
+            patched_golden(dir.path(), "gpt-oss-mxfp4.gguf", |range, bytes| {
+                let (at, n) = range("blk.1.attn_sinks.weight");
+                bytes[at..at + n].fill(0);
+            }),
+            vec!["blk.1.attn_sinks.weight"],
+        ),
+        (
+            "mixtral/hf",
+            patched_golden(dir.path(), "mixtral-bf16.gguf", |range, bytes| {
+                // Expert 2's rows of ffn_up_exps (96 rows of 64 bf16) in reverse order.
+                let (at, _) = range("blk.0.ffn_up_exps.weight");
+                let (row, rows) = (128, 96);
+                let slab = at + 2 * rows * row;
+                let reversed: Vec<u8> =
+                    bytes[slab..slab + rows * row].chunks_exact(row).rev().flatten().copied().collect();
+                bytes[slab..slab + rows * row].copy_from_slice(&reversed);
+            }),
+            vec!["blk.0.ffn_up_exps.weight"],
+        ),
+        (
+            "llama/hf",
+            patched_golden(dir.path(), "llama-bf16.gguf", |range, bytes| {
+                // attn_q rows left in Hugging Face's rotate-half order (head size 16).
+                let (at, n) = range("blk.0.attn_q.weight");
+                let (row, hd) = (128, 16);
+                let q = bytes[at..at + n].to_vec();
+                for r in 0..n / row {
+                    let (h, k) = (r / hd, r % hd);
+                    let src = h * hd + 2 * (k % (hd / 2)) + k / (hd / 2);
+                    bytes[at + r * row..at + (r + 1) * row].copy_from_slice(&q[src * row..(src + 1) * row]);
+                }
+            }),
+            vec!["blk.0.attn_q.weight"],
+        ),
+    ];
+    for (source, output, culprits) in cases {
+        let (code, r) = verify_json(&fixtures().join(source), &output);
+        assert_eq!(code, 1, "{output:?} passed: {r}");
+        let failures = r["failures"].to_string();
+        for c in culprits {
+            assert!(failures.contains(c), "{c} not named in {failures}");
+        }
+    }
+    // The shuffled expert is the worst expert of its layer.
+    let (_, r) = verify_json(&fixtures().join("mixtral/hf"), &dir.path().join("broken-3-mixtral-bf16.gguf"));
+    assert_eq!(r["blocks"][0]["worst_experts"][0]["expert"], 2, "{}", r["blocks"][0]);
+}
