@@ -193,20 +193,51 @@ impl<'w, 'a> Model<'w, 'a> {
         self.w.all(name)
     }
 
+    /// `x · Wᵀ (+ b)`, reading the weight in slices of rows so a large matrix (the output
+    /// head) is never decoded whole.
     fn linear(&self, x: &[f32], name: &str, bias: bool) -> Result<Vec<f32>> {
-        let m = self.t(&format!("{name}.weight"))?;
-        let rows = *self.w.ne(&format!("{name}.weight"))?.get(1).unwrap_or(&1) as usize;
+        let weight = format!("{name}.weight");
+        let ne = self.w.ne(&weight)?;
+        let (cols, rows) = (ne.first().copied().unwrap_or(1) as usize, ne.get(1).copied().unwrap_or(1) as usize);
         let b = if bias { Some(self.t(&format!("{name}.bias"))?) } else { None };
-        Ok(matmul(x, &m, rows, b.as_deref()))
+        let t = x.len() / cols.max(1);
+        let per = ((1 << 22) / cols.max(1)).max(1);
+        let mut y = vec![0.0f32; t * rows];
+        for first in (0..rows).step_by(per) {
+            let n = per.min(rows - first);
+            let m = self.w.rows(&weight, first as u64, n as u64)?;
+            let part = matmul(x, &m, n, b.as_ref().map(|b| &b[first..first + n]));
+            for (yt, pt) in y.chunks_exact_mut(rows).zip(part.chunks_exact(n)) {
+                yt[first..first + n].copy_from_slice(pt);
+            }
+        }
+        Ok(y)
     }
 
     /// Runs the model on `tokens`.
     pub fn run(&self, tokens: &[u32]) -> Result<Trace> {
+        self.run_batch(&[tokens.to_vec()])
+    }
+
+    /// Runs the model on several independent sequences at once (one batch: each weight is
+    /// read once for all of them). The trace holds their rows one sequence after the other.
+    pub fn run_batch(&self, sequences: &[Vec<u32>]) -> Result<Trace> {
         let c = &self.cfg;
+        let tokens: Vec<u32> = sequences.iter().flatten().copied().collect();
+        // For each row: the row where its sequence starts.
+        let starts: Vec<usize> = sequences
+            .iter()
+            .scan(0, |at, s| {
+                let start = *at;
+                *at += s.len();
+                Some(std::iter::repeat_n(start, s.len()))
+            })
+            .flatten()
+            .collect();
         let (h, t) = (c.n_embd, tokens.len());
         let vocab = *self.w.ne("token_embd.weight")?.get(1).unwrap_or(&0) as usize;
         let mut x = Vec::with_capacity(t * h);
-        for &tok in tokens {
+        for &tok in &tokens {
             if tok as usize >= vocab {
                 bail!("token {tok} is outside the vocabulary ({vocab} tokens)");
             }
@@ -214,7 +245,7 @@ impl<'w, 'a> Model<'w, 'a> {
         }
         let mut trace = Trace { hidden: vec![x.clone()], ..Trace::default() };
         for l in 0..c.n_layer {
-            let attn = self.attention(l, &x, t)?;
+            let attn = self.attention(l, &x, &starts)?;
             x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
             let norm = if c.family == Family::GptOss { "post_attention_norm" } else { "ffn_norm" };
             let m_in = rmsnorm(&x, &self.t(&format!("blk.{l}.{norm}.weight"))?, c.rms_eps);
@@ -232,12 +263,13 @@ impl<'w, 'a> Model<'w, 'a> {
         Ok(trace)
     }
 
-    fn rope(&self, v: &mut [f32], heads: usize, t: usize) {
+    fn rope(&self, v: &mut [f32], heads: usize, starts: &[usize]) {
         let c = &self.cfg;
         let (hd, half) = (c.head_dim, c.head_dim / 2);
-        for p in 0..t {
+        for (row, &start) in starts.iter().enumerate() {
+            let p = row - start;
             for hh in 0..heads {
-                let x = &mut v[(p * heads + hh) * hd..(p * heads + hh + 1) * hd];
+                let x = &mut v[(row * heads + hh) * hd..(row * heads + hh + 1) * hd];
                 for (i, f) in c.inv_freq.iter().enumerate() {
                     let angle = p as f64 * f;
                     let (sin, cos) = ((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32);
@@ -251,15 +283,16 @@ impl<'w, 'a> Model<'w, 'a> {
         }
     }
 
-    fn attention(&self, l: usize, x: &[f32], t: usize) -> Result<Vec<f32>> {
+    fn attention(&self, l: usize, x: &[f32], starts: &[usize]) -> Result<Vec<f32>> {
+        let t = starts.len();
         let c = &self.cfg;
         let gpt = c.family == Family::GptOss;
         let a_in = rmsnorm(x, &self.t(&format!("blk.{l}.attn_norm.weight"))?, c.rms_eps);
         let mut q = self.linear(&a_in, &format!("blk.{l}.attn_q"), gpt)?;
         let mut k = self.linear(&a_in, &format!("blk.{l}.attn_k"), gpt)?;
         let v = self.linear(&a_in, &format!("blk.{l}.attn_v"), gpt)?;
-        self.rope(&mut q, c.n_head, t);
-        self.rope(&mut k, c.n_head_kv, t);
+        self.rope(&mut q, c.n_head, starts);
+        self.rope(&mut k, c.n_head_kv, starts);
         let sinks = if gpt { Some(self.t(&format!("blk.{l}.attn_sinks.weight"))?) } else { None };
         let window = if gpt && l.is_multiple_of(2) { c.sliding_window } else { 0 };
         let hd = c.head_dim;
@@ -270,7 +303,8 @@ impl<'w, 'a> Model<'w, 'a> {
             for hh in 0..c.n_head {
                 let kv = hh / group.max(1);
                 let qi = &q[(i * c.n_head + hh) * hd..][..hd];
-                let mut s: Vec<f32> = (0..=i)
+                let start = starts[i];
+                let mut s: Vec<f32> = (start..=i)
                     .map(|j| {
                         if window > 0 && i - j >= window {
                             f32::NEG_INFINITY
@@ -284,7 +318,7 @@ impl<'w, 'a> Model<'w, 'a> {
                 }
                 softmax(&mut s);
                 let out = &mut oi[hh * hd..(hh + 1) * hd];
-                for (j, p) in s.iter().take(i + 1).enumerate() {
+                for (j, p) in (start..=i).zip(&s) {
                     let vj = &v[(j * c.n_head_kv + kv) * hd..][..hd];
                     out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
                 }

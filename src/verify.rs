@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::GgmlType;
+use rayon::prelude::*;
 use serde_json::json;
 
 use crate::forward::Model;
@@ -130,7 +131,8 @@ impl Stats {
             self.ab += x * y;
             self.max_abs = self.max_abs.max((x - y).abs());
         }
-        self.identical &= a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        // Equal values (+0 and -0 are the same weight: ggml's MXFP4 has no -0).
+        self.identical &= a.iter().zip(b).all(|(x, y)| x == y);
     }
 
     fn rel(&self) -> f64 {
@@ -175,53 +177,47 @@ pub fn reference_tokens(vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// One tensor of both models, streamed.
+fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<TensorCheck> {
+    if source.ne(name)? != output.ne(name)? {
+        bail!("tensor '{name}': shape {:?} in {} but {:?} in {}", source.ne(name)?, source.path, output.ne(name)?, output.path);
+    }
+    let ne = source.ne(name)?;
+    let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
+    let per = ((1u64 << 20) / cols).max(1);
+    let mut s = Stats { identical: true, ..Stats::default() };
+    let mut first = 0;
+    while first < rows {
+        let n = per.min(rows - first);
+        s.add(&source.rows(name, first, n)?, &output.rows(name, first, n)?);
+        first += n;
+    }
+    let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
+    let lossless = source_type == output_type || output_type == GgmlType::F32 && !source_type.is_quantized();
+    Ok(TensorCheck {
+        name: name.to_string(),
+        source_type,
+        output_type,
+        rel_rmse: s.rel(),
+        cosine: s.cosine(),
+        max_abs: s.max_abs,
+        identical: s.identical,
+        bound: if lossless { 0.0 } else { tensor_bound(output_type) },
+    })
+}
+
 /// Compares `output` with `source` on `sequences`. `limits` overrides the defaults, which
 /// follow the output's types.
 pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits: Option<Limits>) -> Result<Report> {
-    // 1. Tensors.
-    let mut tensors = Vec::new();
-    let mut missing = Vec::new();
-    for name in source.names() {
-        if !output.has(name) {
-            missing.push(name.to_string());
-            continue;
-        }
-        if source.ne(name)? != output.ne(name)? {
-            bail!(
-                "tensor '{name}': shape {:?} in {} but {:?} in {}",
-                source.ne(name)?,
-                source.path,
-                output.ne(name)?,
-                output.path
-            );
-        }
-        let ne = source.ne(name)?;
-        let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
-        let per = ((1u64 << 20) / cols).max(1);
-        let mut s = Stats { identical: true, ..Stats::default() };
-        let mut first = 0;
-        while first < rows {
-            let n = per.min(rows - first);
-            s.add(&source.rows(name, first, n)?, &output.rows(name, first, n)?);
-            first += n;
-        }
-        let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
-        let bound = if source_type == output_type || output_type == GgmlType::F32 && !source_type.is_quantized() {
-            0.0
-        } else {
-            tensor_bound(output_type)
-        };
-        tensors.push(TensorCheck {
-            name: name.to_string(),
-            source_type,
-            output_type,
-            rel_rmse: s.rel(),
-            cosine: s.cosine(),
-            max_abs: s.max_abs,
-            identical: s.identical,
-            bound,
-        });
-    }
+    // 1. Tensors, in parallel, each streamed in pieces of about a million values.
+    let names: Vec<&str> = source.names().collect();
+    let missing: Vec<String> = names.iter().filter(|n| !output.has(n)).map(|n| n.to_string()).collect();
+    let checks: Result<Vec<TensorCheck>> = names
+        .par_iter()
+        .filter(|n| output.has(n))
+        .map(|&name| compare_tensor(source, output, name))
+        .collect();
+    let mut tensors = checks?;
     let extra: Vec<String> = output.names().filter(|n| !source.has(n)).map(str::to_string).collect();
     let worst = tensors
         .iter()
@@ -235,13 +231,13 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
     let mut blocks: Vec<BlockCheck> = Vec::new();
     let mut model = ModelCheck::default();
     let (mut kl_sum, mut top1, mut logit_stats) = (0.0, 0usize, Stats { identical: true, ..Stats::default() });
-    for tokens in sequences {
-        let src = src_model.run(tokens).context("the source model")?;
-        let out = out_model.run(tokens).context("the output model")?;
+    {
+        let src = src_model.run_batch(sequences).context("the source model")?;
+        let out = out_model.run_batch(sequences).context("the output model")?;
         for (layer, input) in src.moe_in.iter().enumerate() {
-            let (a, routes_a) = src_model.ffn(layer, input)?;
+            let (a, routes_a) = (&src.moe_out[layer], &src.routes[layer]);
             let (b, routes_b) = out_model.ffn(layer, input)?;
-            let s = compare(&a, &b);
+            let s = compare(a, &b);
             let same = routes_a
                 .iter()
                 .zip(&routes_b)
@@ -284,7 +280,7 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
                 None => blocks.push(check),
             }
         }
-        let vocab = src.logits.len() / tokens.len().max(1);
+        let vocab = src.logits.len() / sequences.iter().map(Vec::len).sum::<usize>().max(1);
         logit_stats.add(&src.logits, &out.logits);
         for (p, q) in src.logits.chunks_exact(vocab).zip(out.logits.chunks_exact(vocab)) {
             let kl = kl_divergence(p, q);

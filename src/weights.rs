@@ -104,6 +104,7 @@ impl<'a> Weights<'a> {
             }
             let bytes = r.rows(lo, hi - lo, &mut scratch)?;
             out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            r.release(lo, hi - lo);
         }
         Ok(out)
     }
