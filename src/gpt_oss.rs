@@ -11,10 +11,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
-use moeq_formats::safetensors::{Dtype, SafetensorsModel};
+use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
 use crate::arch::SourceLayout;
+use crate::checkpoint::{SourceTensor, auto_outtype, check_tensors, float, global_name, source_tensors, uint};
 use crate::model_card::{ParamCount, general_metadata};
 use crate::recipe::{Input, Recipe, Stored, View};
 
@@ -36,21 +37,6 @@ pub struct Hparams {
     pub yarn: Option<(f64, u64, f64, f64)>,
     pub rms_eps: f64,
     pub vocab_size: u64,
-}
-
-/// Reads a config value as an unsigned integer.
-fn uint(json: &Json, key: &str) -> Result<u64> {
-    match json.get(key) {
-        Some(v) => v.as_u64().with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-        None => bail!("\"{key}\" is missing"),
-    }
-}
-
-fn float(json: &Json, key: &str) -> Result<Option<f64>> {
-    match json.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).with_context(|| format!("\"{key}\" is {v}, not a number")),
-    }
 }
 
 impl Hparams {
@@ -210,49 +196,19 @@ impl Hparams {
     }
 }
 
-/// A source tensor under its Hugging Face name.
-struct Source<'a> {
-    /// Converter order: shard rank, then name.
-    rank: usize,
-    name: String,
-    stored: Stored<'a>,
-    shape: Vec<u64>,
-    origin: String,
-}
-
-fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
-    match dtype {
-        Dtype::BF16 => Some(GgmlType::BF16),
-        Dtype::F16 => Some(GgmlType::F16),
-        Dtype::F32 => Some(GgmlType::F32),
-        Dtype::U8 => Some(GgmlType::I8),
-        _ => None,
-    }
-}
-
 /// The source tensors under Hugging Face names, in the order the converter visits them.
-fn hf_tensors<'a>(model: &'a SafetensorsModel, layout: SourceLayout, hp: &Hparams) -> Result<Vec<Source<'a>>> {
-    let mut out = Vec::new();
-    for (rank, shard) in model.shards().iter().enumerate() {
-        for t in shard.tensors() {
-            let origin = format!("{}: tensor '{}'", shard.path().display(), t.name);
-            let Some(ty) = ggml_of(t.dtype) else {
-                bail!("{origin} has dtype {:?}; gpt-oss checkpoints hold BF16/F16/F32 and U8 (MXFP4) tensors", t.dtype);
-            };
-            let stored = Stored { file: shard.file_bytes(), start: t.start, len: t.len, ty };
-            let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-            if layout != SourceLayout::OpenAiOriginal {
-                out.push(Source { rank, name: t.name.clone(), stored, shape, origin });
-                continue;
-            }
-            // OpenAI's names; every tensor sorts as if in one file.
-            for (name, stored, shape) in original_to_hf(&t.name, stored, &shape, hp).with_context(|| origin.clone())? {
-                out.push(Source { rank: 0, name, stored, shape, origin: origin.clone() });
-            }
+fn hf_tensors<'a>(model: &'a SafetensorsModel, layout: SourceLayout, hp: &Hparams) -> Result<Vec<SourceTensor<'a>>> {
+    source_tensors(model, |t| {
+        if layout != SourceLayout::OpenAiOriginal {
+            return Ok(vec![t]);
         }
-    }
-    out.sort_by(|a, b| (a.rank, &a.name).cmp(&(b.rank, &b.name)));
-    Ok(out)
+        // OpenAI's names; every tensor sorts as if in one file.
+        let renamed = original_to_hf(&t.name, t.stored, &t.shape, hp)?;
+        Ok(renamed
+            .into_iter()
+            .map(|(name, stored, shape)| SourceTensor { rank: 0, name, stored, shape, origin: t.origin.clone() })
+            .collect())
+    })
 }
 
 /// One tensor of the original layout as the Hugging Face tensors it becomes (the fused qkv
@@ -376,13 +332,7 @@ fn expected(hp: &Hparams, mxfp4: bool) -> Vec<(String, Vec<u64>, bool)> {
 
 /// llama.cpp's name for a Hugging Face gpt-oss tensor (not the experts' weights).
 fn gguf_name(hf: &str) -> Option<String> {
-    let global = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        _ => None,
-    };
-    if let Some(g) = global {
+    if let Some(g) = global_name(hf) {
         return Some(g.to_string());
     }
     let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
@@ -431,37 +381,15 @@ pub fn convert<'a>(
     let sources = hf_tensors(model, layout, &hp)?;
 
     // Every tensor the model needs, with its shape, and nothing else.
-    let want = expected(&hp, mxfp4);
-    for s in &sources {
-        let Some((_, shape, raw)) = want.iter().find(|(n, _, _)| *n == s.name) else {
-            bail!("{}: not a tensor of a gpt-oss {} checkpoint", s.origin, layout.describe());
-        };
-        if s.shape != *shape {
-            bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
-        }
-        if *raw != (s.stored.ty == GgmlType::I8) {
-            bail!("{}: dtype {}, expected {}", s.origin, s.stored.ty, if *raw { "U8" } else { "BF16, F16 or F32" });
-        }
-    }
+    check_tensors(model, &sources, &expected(&hp, mxfp4), &format!("gpt-oss {}", layout.describe()))?;
     let find = |name: &str| sources.iter().find(|s| s.name == name);
-    for (name, _, _) in &want {
-        if find(name).is_none() {
-            bail!("{}: tensor '{name}' is missing", model.path().display());
-        }
-    }
-
     let out = match outtype {
         OutType::Float(t) => t,
-        OutType::Auto => {
-            match sources.iter().find(|s| s.shape.len() >= 2 && s.stored.ty != GgmlType::I8).map(|s| s.stored.ty) {
-                Some(GgmlType::BF16) => GgmlType::BF16,
-                _ => GgmlType::F16,
-            }
-        }
+        OutType::Auto => auto_outtype(&sources),
     };
     let (h, i, e) = (hp.n_embd, hp.n_ff, hp.n_expert);
     let mut recipes = Vec::new();
-    let make = |name: String, ne: Vec<u64>, ty: GgmlType, src: &Source<'a>, view: View| {
+    let make = |name: String, ne: Vec<u64>, ty: GgmlType, src: &SourceTensor<'a>, view: View| {
         let plain = view == View::plain(view.n_rows(), view.cols);
         let input = if plain && src.stored.ty == ty {
             Input::Copy(src.stored)

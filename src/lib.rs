@@ -11,6 +11,7 @@
 
 pub mod arch;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod convert;
 pub mod eval;

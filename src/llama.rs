@@ -11,13 +11,16 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
-use moeq_formats::safetensors::{Dtype, SafetensorsModel};
+use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
 use crate::arch::Architecture;
+use crate::checkpoint::{
+    SourceTensor, auto_outtype, check_tensors, float, global_name, opt_uint, source_tensors, uint,
+};
 use crate::gpt_oss::OutType;
 use crate::model_card::{ParamCount, general_metadata};
-use crate::recipe::{Input, Part, Recipe, Stored, View};
+use crate::recipe::{Input, Part, Recipe, View};
 
 /// The hyperparameters llama.cpp reads for Llama and Mixtral.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,27 +42,6 @@ pub struct Hparams {
     pub llama3_rope: Option<(f64, f64, f64, f64)>,
     pub rms_eps: Option<f64>,
     pub vocab_size: u64,
-}
-
-fn uint(json: &Json, key: &str) -> Result<u64> {
-    match json.get(key) {
-        Some(v) => v.as_u64().with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-        None => bail!("\"{key}\" is missing"),
-    }
-}
-
-fn opt_uint(json: &Json, key: &str) -> Result<Option<u64>> {
-    match json.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(_) => uint(json, key).map(Some),
-    }
-}
-
-fn float(json: &Json, key: &str) -> Result<Option<f64>> {
-    match json.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).with_context(|| format!("\"{key}\" is {v}, not a number")),
-    }
 }
 
 impl Hparams {
@@ -207,33 +189,9 @@ impl Hparams {
     }
 }
 
-/// A source tensor: converter order is shard rank, then name.
-struct Source<'a> {
-    rank: usize,
-    name: String,
-    stored: Stored<'a>,
-    shape: Vec<u64>,
-    origin: String,
-}
-
-fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
-    match dtype {
-        Dtype::BF16 => Some(GgmlType::BF16),
-        Dtype::F16 => Some(GgmlType::F16),
-        Dtype::F32 => Some(GgmlType::F32),
-        _ => None,
-    }
-}
-
 /// llama.cpp's name for a Hugging Face Llama/Mixtral tensor (not the per-expert ones).
 fn gguf_name(hf: &str) -> Option<String> {
-    let global = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        _ => None,
-    };
-    if let Some(g) = global {
+    if let Some(g) = global_name(hf) {
         return Some(g.to_string());
     }
     let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
@@ -308,49 +266,20 @@ pub fn convert<'a>(
 ) -> Result<Converted<'a>> {
     let (hp, warnings) =
         Hparams::from_config(config, arch).with_context(|| format!("{}", dir.join("config.json").display()))?;
-    let mut sources = Vec::new();
-    for (rank, shard) in model.shards().iter().enumerate() {
-        for t in shard.tensors() {
-            let origin = format!("{}: tensor '{}'", shard.path().display(), t.name);
-            if t.name.ends_with(".rotary_emb.inv_freq") {
-                continue;
-            }
-            let Some(ty) = ggml_of(t.dtype) else {
-                bail!("{origin} has dtype {:?}; moeq converts BF16, F16 and F32 checkpoints", t.dtype);
-            };
-            let stored = Stored { file: shard.file_bytes(), start: t.start, len: t.len, ty };
-            let shape = t.shape.iter().map(|&d| d as u64).collect();
-            sources.push(Source { rank, name: t.name.clone(), stored, shape, origin });
+    let sources = source_tensors(model, |t| {
+        if t.name.ends_with(".rotary_emb.inv_freq") {
+            return Ok(Vec::new());
         }
+        Ok(vec![t])
+    })?;
+    let mut want: Vec<(String, Vec<u64>, bool)> = expected(&hp).into_iter().map(|(n, s)| (n, s, false)).collect();
+    if sources.iter().any(|s| s.name == "lm_head.weight") {
+        want.push(("lm_head.weight".into(), vec![hp.vocab_size, hp.n_embd], false));
     }
-    sources.sort_by(|a, b| (a.rank, &a.name).cmp(&(b.rank, &b.name)));
-
-    let mut want = expected(&hp);
-    let tied = !sources.iter().any(|s| s.name == "lm_head.weight");
-    if !tied {
-        want.push(("lm_head.weight".into(), vec![hp.vocab_size, hp.n_embd]));
-    }
-    let kind = if hp.experts.is_some() { "Mixtral" } else { "Llama" };
-    for s in &sources {
-        let Some((_, shape)) = want.iter().find(|(n, _)| *n == s.name) else {
-            bail!("{}: not a tensor of a {kind} checkpoint", s.origin);
-        };
-        if s.shape != *shape {
-            bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
-        }
-    }
-    for (name, _) in &want {
-        if !sources.iter().any(|s| s.name == *name) {
-            bail!("{}: tensor '{name}' is missing", model.path().display());
-        }
-    }
-
+    check_tensors(model, &sources, &want, if hp.experts.is_some() { "Mixtral" } else { "Llama" })?;
     let out = match outtype {
         OutType::Float(t) => t,
-        OutType::Auto => match sources.iter().find(|s| s.shape.len() >= 2).map(|s| s.stored.ty) {
-            Some(GgmlType::BF16) => GgmlType::BF16,
-            _ => GgmlType::F16,
-        },
+        OutType::Auto => auto_outtype(&sources),
     };
     let hd = hp.head_dim().unwrap_or(0);
     let mut recipes = Vec::new();
@@ -362,7 +291,7 @@ pub fn convert<'a>(
             "rope_scaling in config.json".into(),
         ));
     }
-    let part = |s: &Source<'a>, ty: GgmlType| {
+    let part = |s: &SourceTensor<'a>, ty: GgmlType| {
         let cols = *s.shape.last().unwrap_or(&1);
         let rows = s.shape.iter().product::<u64>() / cols.max(1);
         let mut view = View::plain(rows, cols);

@@ -180,7 +180,13 @@ pub fn reference_tokens(vocab: usize) -> Vec<Vec<u32>> {
 /// One tensor of both models, streamed.
 fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<TensorCheck> {
     if source.ne(name)? != output.ne(name)? {
-        bail!("tensor '{name}': shape {:?} in {} but {:?} in {}", source.ne(name)?, source.path, output.ne(name)?, output.path);
+        bail!(
+            "tensor '{name}': shape {:?} in {} but {:?} in {}",
+            source.ne(name)?,
+            source.path,
+            output.ne(name)?,
+            output.path
+        );
     }
     let ne = source.ne(name)?;
     let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
@@ -212,11 +218,8 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
     // 1. Tensors, in parallel, each streamed in pieces of about a million values.
     let names: Vec<&str> = source.names().collect();
     let missing: Vec<String> = names.iter().filter(|n| !output.has(n)).map(|n| n.to_string()).collect();
-    let checks: Result<Vec<TensorCheck>> = names
-        .par_iter()
-        .filter(|n| output.has(n))
-        .map(|&name| compare_tensor(source, output, name))
-        .collect();
+    let checks: Result<Vec<TensorCheck>> =
+        names.par_iter().filter(|n| output.has(n)).map(|&name| compare_tensor(source, output, name)).collect();
     let mut tensors = checks?;
     let extra: Vec<String> = output.names().filter(|n| !source.has(n)).map(str::to_string).collect();
     let worst = tensors
@@ -382,7 +385,7 @@ impl Report {
         }
         let identical = self.tensors.iter().filter(|t| t.identical).count();
         s += &format!(
-            "  ({} tensors, {identical} bit-identical)\n\nblocks on the source's hidden states\n",
+            "  ({} tensors, {identical} identical in value)\n\nblocks on the source's hidden states\n",
             self.tensors.len()
         );
         s += &format!("  {:<6} {:>10} {:>10} {:>9}  worst experts\n", "layer", "rel err", "cosine", "routing");

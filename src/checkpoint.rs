@@ -1,0 +1,127 @@
+//! What the per-family converters share: reading `config.json` values, listing a
+//! checkpoint's tensors in the order llama.cpp's converter visits them, and checking them
+//! against the tensors a model of that shape must have.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::GgmlType;
+use moeq_formats::safetensors::{Dtype, SafetensorsModel};
+use serde_json::Value as Json;
+
+use crate::recipe::Stored;
+
+/// A config value that must be a non-negative integer.
+pub fn uint(json: &Json, key: &str) -> Result<u64> {
+    match json.get(key) {
+        Some(v) => v.as_u64().with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
+        None => bail!("\"{key}\" is missing"),
+    }
+}
+
+/// An optional non-negative integer (absent or null: `None`).
+pub fn opt_uint(json: &Json, key: &str) -> Result<Option<u64>> {
+    match json.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(_) => uint(json, key).map(Some),
+    }
+}
+
+/// An optional number (absent or null: `None`).
+pub fn float(json: &Json, key: &str) -> Result<Option<f64>> {
+    match json.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(v) => v.as_f64().map(Some).with_context(|| format!("\"{key}\" is {v}, not a number")),
+    }
+}
+
+/// A checkpoint tensor under its Hugging Face name.
+pub struct SourceTensor<'a> {
+    /// The shard's rank in the converter's order (0 for all when ranks do not matter).
+    pub rank: usize,
+    /// Hugging Face name.
+    pub name: String,
+    /// Its bytes; U8 tensors (MXFP4 blocks and scales) are typed I8.
+    pub stored: Stored<'a>,
+    /// Numpy-order shape.
+    pub shape: Vec<u64>,
+    /// "FILE: tensor 'NAME'", for errors.
+    pub origin: String,
+}
+
+/// The ggml type a safetensors dtype is read as: floats, and U8 as raw bytes.
+fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
+    match dtype {
+        Dtype::BF16 => Some(GgmlType::BF16),
+        Dtype::F16 => Some(GgmlType::F16),
+        Dtype::F32 => Some(GgmlType::F32),
+        Dtype::U8 => Some(GgmlType::I8),
+        _ => None,
+    }
+}
+
+/// Every tensor of `model`, passed through `rename` (which may split one into several, or
+/// drop it), sorted as llama.cpp's converter visits them: shard by shard, by name.
+pub fn source_tensors<'a>(
+    model: &'a SafetensorsModel,
+    mut rename: impl FnMut(SourceTensor<'a>) -> Result<Vec<SourceTensor<'a>>>,
+) -> Result<Vec<SourceTensor<'a>>> {
+    let mut out = Vec::new();
+    for (rank, shard) in model.shards().iter().enumerate() {
+        for t in shard.tensors() {
+            let origin = format!("{}: tensor '{}'", shard.path().display(), t.name);
+            let Some(ty) = ggml_of(t.dtype) else {
+                bail!("{origin} has dtype {:?}; moeq reads BF16, F16, F32 and U8 (MXFP4) tensors", t.dtype);
+            };
+            let stored = Stored { file: shard.file_bytes(), start: t.start, len: t.len, ty };
+            let shape = t.shape.iter().map(|&d| d as u64).collect();
+            let tensor = SourceTensor { rank, name: t.name.clone(), stored, shape, origin: origin.clone() };
+            out.extend(rename(tensor).with_context(|| origin.clone())?);
+        }
+    }
+    out.sort_by(|a, b| (a.rank, &a.name).cmp(&(b.rank, &b.name)));
+    Ok(out)
+}
+
+/// Checks `tensors` against what the model must hold: `(name, shape, raw)` where `raw` marks
+/// U8 tensors. Unknown tensors, wrong shapes or dtypes and missing tensors are errors.
+pub fn check_tensors(
+    model: &SafetensorsModel,
+    tensors: &[SourceTensor],
+    want: &[(String, Vec<u64>, bool)],
+    kind: &str,
+) -> Result<()> {
+    for s in tensors {
+        let Some((_, shape, raw)) = want.iter().find(|(n, _, _)| *n == s.name) else {
+            bail!("{}: not a tensor of a {kind} checkpoint", s.origin);
+        };
+        if s.shape != *shape {
+            bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
+        }
+        if *raw != (s.stored.ty == GgmlType::I8) {
+            bail!("{}: dtype {}, expected {}", s.origin, s.stored.ty, if *raw { "U8" } else { "BF16, F16 or F32" });
+        }
+    }
+    for (name, _, _) in want {
+        if !tensors.iter().any(|s| s.name == *name) {
+            bail!("{}: tensor '{name}' is missing", model.path().display());
+        }
+    }
+    Ok(())
+}
+
+/// llama.cpp's names for the tensors outside the layers, shared by every family.
+pub fn global_name(hf: &str) -> Option<&'static str> {
+    match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        _ => None,
+    }
+}
+
+/// The `--outtype auto` choice: BF16 when the first float matrix is BF16, else F16.
+pub fn auto_outtype(tensors: &[SourceTensor]) -> GgmlType {
+    match tensors.iter().find(|s| s.shape.len() >= 2 && s.stored.ty != GgmlType::I8).map(|s| s.stored.ty) {
+        Some(GgmlType::BF16) => GgmlType::BF16,
+        _ => GgmlType::F16,
+    }
+}
