@@ -3,11 +3,14 @@
 //! against the tensors a model of that shape must have.
 
 use anyhow::{Context, Result, bail};
-use moeq_formats::gguf::GgmlType;
+use std::path::Path;
+
+use moeq_formats::gguf::{GgmlType, GgufPlan, Value};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use serde_json::Value as Json;
 
-use crate::recipe::Stored;
+use crate::model_card::{ParamCount, general_metadata};
+use crate::recipe::{Recipe, Stored};
 
 /// A config value that must be a non-negative integer.
 pub fn uint(json: &Json, key: &str) -> Result<u64> {
@@ -124,4 +127,37 @@ pub fn auto_outtype(tensors: &[SourceTensor]) -> GgmlType {
         Some(GgmlType::BF16) => GgmlType::BF16,
         _ => GgmlType::F16,
     }
+}
+
+/// `general.file_type` for a float output type, as the converter writes it.
+pub fn float_file_type(out: GgmlType) -> u32 {
+    match out {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        _ => 32,
+    }
+}
+
+/// The converter's GGUF plan: architecture and type, the `general.*` naming derived from the
+/// model card folder, the family's keys, the vocabulary, then the tensors of `recipes`.
+pub fn gguf_plan(
+    arch: &str,
+    card_dir: &Path,
+    config: &Json,
+    recipes: &[Recipe],
+    family_keys: Vec<(String, Value)>,
+    vocab: Option<Vec<(String, Value)>>,
+) -> GgufPlan {
+    let params =
+        ParamCount::of(recipes.iter().map(|r| (r.spec.name.as_str(), r.spec.ne.iter().rev().copied().collect())));
+    let mut plan = GgufPlan::default();
+    plan.set("general.architecture", Value::String(arch.into()));
+    plan.set("general.type", Value::String("model".into()));
+    for (k, v) in
+        general_metadata(card_dir, config, &params).into_iter().chain(family_keys).chain(vocab.into_iter().flatten())
+    {
+        plan.set(&k, v);
+    }
+    plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
+    plan
 }

@@ -15,8 +15,9 @@ use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
 use crate::arch::SourceLayout;
-use crate::checkpoint::{SourceTensor, auto_outtype, check_tensors, float, global_name, source_tensors, uint};
-use crate::model_card::{ParamCount, general_metadata};
+use crate::checkpoint::{
+    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_plan, global_name, source_tensors, uint,
+};
 use crate::recipe::{Input, Recipe, Stored, View};
 
 /// The hyperparameters llama.cpp reads for gpt-oss.
@@ -493,30 +494,13 @@ pub fn convert<'a>(
         recipes.push(make(name, ne, ty, s, View::plain(s.shape.iter().product::<u64>() / cols, cols)));
     }
 
-    let file_type = match (mxfp4, out) {
-        (true, _) => 38,
-        (false, GgmlType::F32) => 0,
-        (false, GgmlType::F16) => 1,
-        _ => 32,
-    };
-    let params =
-        ParamCount::of(recipes.iter().map(|r| (r.spec.name.as_str(), r.spec.ne.iter().rev().copied().collect())));
+    let file_type = if mxfp4 { 38 } else { float_file_type(out) };
     let card_dir = if layout == SourceLayout::OpenAiOriginal {
         dir.parent().filter(|p| p.file_name().is_some()).unwrap_or(dir)
     } else {
         dir
     };
-    let mut plan = GgufPlan::default();
-    plan.set("general.architecture", Value::String("gpt-oss".into()));
-    plan.set("general.type", Value::String("model".into()));
-    for (k, v) in general_metadata(card_dir, config, &params)
-        .into_iter()
-        .chain(hp.metadata(file_type))
-        .chain(vocab.into_iter().flatten())
-    {
-        plan.set(&k, v);
-    }
-    plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
+    let plan = gguf_plan("gpt-oss", card_dir, config, &recipes, hp.metadata(file_type), vocab);
     if layout == SourceLayout::Hf {
         warnings
             .push("the experts are not in MXFP4 (a bf16 checkpoint); the GGUF keeps them in the output type".into());

@@ -16,10 +16,10 @@ use serde_json::Value as Json;
 
 use crate::arch::Architecture;
 use crate::checkpoint::{
-    SourceTensor, auto_outtype, check_tensors, float, global_name, opt_uint, source_tensors, uint,
+    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_plan, global_name, opt_uint,
+    source_tensors, uint,
 };
 use crate::gpt_oss::OutType;
-use crate::model_card::{ParamCount, general_metadata};
 use crate::recipe::{Input, Part, Recipe, View};
 
 /// The hyperparameters llama.cpp reads for Llama and Mixtral.
@@ -349,23 +349,6 @@ pub fn convert<'a>(
         });
     }
 
-    let file_type = match out {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        _ => 32,
-    };
-    let params =
-        ParamCount::of(recipes.iter().map(|r| (r.spec.name.as_str(), r.spec.ne.iter().rev().copied().collect())));
-    let mut plan = GgufPlan::default();
-    plan.set("general.architecture", Value::String("llama".into()));
-    plan.set("general.type", Value::String("model".into()));
-    for (k, v) in general_metadata(dir, config, &params)
-        .into_iter()
-        .chain(hp.metadata(file_type))
-        .chain(vocab.into_iter().flatten())
-    {
-        plan.set(&k, v);
-    }
-    plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
+    let plan = gguf_plan("llama", dir, config, &recipes, hp.metadata(float_file_type(out)), vocab);
     Ok(Converted { plan, recipes, warnings, hparams: hp })
 }
