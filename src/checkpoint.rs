@@ -111,14 +111,22 @@ pub fn check_tensors(
     Ok(())
 }
 
-/// llama.cpp's names for the tensors outside the layers, shared by every family.
-pub fn global_name(hf: &str) -> Option<&'static str> {
-    match hf {
+/// llama.cpp's name for a Hugging Face tensor: the names outside the layers every family
+/// shares, then the family's `layer_names` (what follows `model.layers.N.` → what follows
+/// `blk.N.`).
+pub fn gguf_name(hf: &str, layer_names: &[(&str, &str)]) -> Option<String> {
+    let global = match hf {
         "model.embed_tokens.weight" => Some("token_embd.weight"),
         "lm_head.weight" => Some("output.weight"),
         "model.norm.weight" => Some("output_norm.weight"),
         _ => None,
+    };
+    if let Some(g) = global {
+        return Some(g.to_string());
     }
+    let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
+    let (_, mapped) = layer_names.iter().find(|(from, _)| *from == rest)?;
+    Some(format!("blk.{n}.{mapped}"))
 }
 
 /// The `--outtype auto` choice: BF16 when the first float matrix is BF16, else F16.

@@ -16,7 +16,7 @@ use serde_json::Value as Json;
 
 use crate::arch::SourceLayout;
 use crate::checkpoint::{
-    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_plan, global_name, source_tensors, uint,
+    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_name, gguf_plan, source_tensors, uint,
 };
 use crate::recipe::{Input, Recipe, Stored, View};
 
@@ -331,32 +331,24 @@ fn expected(hp: &Hparams, mxfp4: bool) -> Vec<(String, Vec<u64>, bool)> {
     x
 }
 
-/// llama.cpp's name for a Hugging Face gpt-oss tensor (not the experts' weights).
-fn gguf_name(hf: &str) -> Option<String> {
-    if let Some(g) = global_name(hf) {
-        return Some(g.to_string());
-    }
-    let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    let mapped = match rest {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "post_attention_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "self_attn.o_proj.bias" => "attn_output.bias",
-        "self_attn.sinks" => "attn_sinks.weight",
-        "mlp.router.weight" => "ffn_gate_inp.weight",
-        "mlp.router.bias" => "ffn_gate_inp.bias",
-        "mlp.experts.down_proj_bias" => "ffn_down_exps.bias",
-        "mlp.experts.down_proj" => "ffn_down_exps.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{n}.{mapped}"))
-}
+/// llama.cpp's names for gpt-oss's per-layer tensors (not the experts' weights).
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.q_proj.bias", "attn_q.bias"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.k_proj.bias", "attn_k.bias"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.v_proj.bias", "attn_v.bias"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.o_proj.bias", "attn_output.bias"),
+    ("self_attn.sinks", "attn_sinks.weight"),
+    ("mlp.router.weight", "ffn_gate_inp.weight"),
+    ("mlp.router.bias", "ffn_gate_inp.bias"),
+    ("mlp.experts.down_proj_bias", "ffn_down_exps.bias"),
+    ("mlp.experts.down_proj", "ffn_down_exps.weight"),
+];
 
 /// The converter's type rule: 1-D tensors, norms, the router and every bias are F32.
 fn converter_type(name: &str, n_dims: usize, out: GgmlType) -> GgmlType {
@@ -473,7 +465,7 @@ pub fn convert<'a>(
             }
             continue;
         }
-        let name = gguf_name(&s.name).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
+        let name = gguf_name(&s.name, LAYER_NAMES).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         if s.name.ends_with("down_proj") {
             let view = View {
                 outer: e,

@@ -16,8 +16,8 @@ use serde_json::Value as Json;
 
 use crate::arch::Architecture;
 use crate::checkpoint::{
-    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_plan, global_name, opt_uint,
-    source_tensors, uint,
+    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_name, gguf_plan, opt_uint, source_tensors,
+    uint,
 };
 use crate::gpt_oss::OutType;
 use crate::recipe::{Input, Part, Recipe, View};
@@ -189,27 +189,19 @@ impl Hparams {
     }
 }
 
-/// llama.cpp's name for a Hugging Face Llama/Mixtral tensor (not the per-expert ones).
-fn gguf_name(hf: &str) -> Option<String> {
-    if let Some(g) = global_name(hf) {
-        return Some(g.to_string());
-    }
-    let (n, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    let mapped = match rest {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        "block_sparse_moe.gate.weight" => "ffn_gate_inp.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{n}.{mapped}"))
-}
+/// llama.cpp's names for Llama/Mixtral per-layer tensors (not the per-expert ones).
+const LAYER_NAMES: &[(&str, &str)] = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("self_attn.q_proj.weight", "attn_q.weight"),
+    ("self_attn.k_proj.weight", "attn_k.weight"),
+    ("self_attn.v_proj.weight", "attn_v.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("mlp.gate_proj.weight", "ffn_gate.weight"),
+    ("mlp.up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+    ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight"),
+];
 
 /// The Hugging Face tensors a Llama/Mixtral checkpoint must hold, with shapes (numpy order).
 /// `lm_head.weight` is left out: it is absent when the embeddings are tied.
@@ -335,7 +327,7 @@ pub fn convert<'a>(
             }
             continue;
         }
-        let name = gguf_name(&s.name).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
+        let name = gguf_name(&s.name, LAYER_NAMES).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
         let ty = if ne.len() <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") {
             GgmlType::F32
