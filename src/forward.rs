@@ -137,12 +137,34 @@ pub struct Model<'w, 'a> {
 fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let cols = m.len() / rows.max(1);
     let t = x.len() / cols.max(1);
+    // Each weight row is read once and used for every token (the tokens stay in cache); the
+    // rows are shared out among the threads. Every result is one `dot`, so the values do not
+    // depend on the split.
+    const ROWS_PER_TASK: usize = 16;
+    let blocks: Vec<Vec<f32>> = m
+        .par_chunks(cols * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(b, block)| {
+            let n = block.len() / cols;
+            let mut out = vec![0.0f32; n * t];
+            for (r, row) in block.chunks_exact(cols).enumerate() {
+                let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + r]);
+                for (k, xt) in x.chunks_exact(cols).enumerate() {
+                    out[r * t + k] = dot(xt, row) + add;
+                }
+            }
+            out
+        })
+        .collect();
     let mut y = vec![0.0f32; t * rows];
-    y.par_chunks_mut(rows).zip(x.par_chunks(cols)).for_each(|(yt, xt)| {
-        for (o, (y, row)) in yt.iter_mut().zip(m.chunks_exact(cols)).enumerate() {
-            *y = dot(xt, row) + bias.map_or(0.0, |b| b[o]);
+    for (b, block) in blocks.iter().enumerate() {
+        for (r, values) in block.chunks_exact(t.max(1)).enumerate() {
+            let o = b * ROWS_PER_TASK + r;
+            for (k, &v) in values.iter().enumerate() {
+                y[k * rows + o] = v;
+            }
         }
-    });
+    }
     y
 }
 

@@ -276,14 +276,8 @@ impl<'a> Recipe<'a> {
                 }
                 Ok(bytes)
             }
-            Input::Values { src, view } => {
-                let n = (count * ne0) as usize;
-                scratch.values.resize(n, 0.0);
-                gather_values(src, view, first, count, &mut scratch.gathered, &mut scratch.values)
-                    .map_err(|e| self.located(part, e, first))?;
-                if self.check_finite {
-                    self.check_values(part, &scratch.values, first)?;
-                }
+            Input::Values { .. } => {
+                self.decode(part, first, count, scratch)?;
                 self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
             }
@@ -304,7 +298,45 @@ impl<'a> Recipe<'a> {
                     }
                     return Ok(&scratch.out);
                 }
-                scratch.values.resize((count * ne0) as usize, 0.0);
+                self.decode(part, first, count, scratch)?;
+                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
+                Ok(&scratch.out)
+            }
+        }
+    }
+
+    /// Output rows `first..first + count` as f32 values, whatever the output type: what the
+    /// rows hold before they are encoded (for reading a model rather than writing one).
+    pub fn values<'s>(&'s self, first: u64, count: u64, scratch: &'s mut Scratch) -> Result<&'s [f32]> {
+        let (whole, local) = (first, self.part_of(first));
+        let (part, first) = local;
+        match &part.input {
+            Input::Values { .. } => self.decode(part, first, count, scratch)?,
+            Input::OpenAiMxfp4 { .. } if self.spec.ggml_type != GgmlType::MXFP4 => self.decode(part, first, count, scratch)?,
+            _ => {
+                let ty = self.spec.ggml_type;
+                let Scratch { values, out, .. } = scratch;
+                let bytes = self.rows(whole, count, &mut Scratch { out: std::mem::take(out), ..Scratch::default() })?.to_vec();
+                values.resize((count * self.row_len()) as usize, 0.0);
+                to_f32(ty, &bytes, values)?;
+            }
+        }
+        Ok(&scratch.values)
+    }
+
+    /// Decodes rows of a part that reads values (not copied bytes) into `scratch.values`.
+    fn decode(&self, part: &Part, first: u64, count: u64, scratch: &mut Scratch) -> Result<()> {
+        let ne0 = self.row_len();
+        scratch.values.resize((count * ne0) as usize, 0.0);
+        match &part.input {
+            Input::Values { src, view } => {
+                gather_values(src, view, first, count, &mut scratch.gathered, &mut scratch.values)
+                    .map_err(|e| self.located(part, e, first))?;
+                if self.check_finite {
+                    self.check_values(part, &scratch.values, first)?;
+                }
+            }
+            Input::OpenAiMxfp4 { blocks, scales, view } => {
                 for (r, y) in scratch.values.chunks_exact_mut(ne0 as usize).enumerate() {
                     let start = view.row_start(first + r as u64);
                     for (b, y) in y.chunks_exact_mut(32).enumerate() {
@@ -314,10 +346,10 @@ impl<'a> Recipe<'a> {
                         openai::dequantize(&blocks.bytes()[idx * 16..idx * 16 + 16], &[scale], y);
                     }
                 }
-                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
-                Ok(&scratch.out)
             }
+            _ => bail!("internal error: no values to decode"),
         }
+        Ok(())
     }
 
     /// Tells the input file that the rows just produced will not be read again soon. For a

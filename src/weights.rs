@@ -16,6 +16,11 @@ use crate::llama;
 use crate::recipe::{Recipe, Scratch};
 use crate::source::Source;
 
+thread_local! {
+    /// Decoding buffers, kept per thread so that reading expert after expert reuses them.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// The tensors and metadata of a model, decoded on demand.
 pub struct Weights<'a> {
     recipes: Vec<Recipe<'a>>,
@@ -94,18 +99,19 @@ impl<'a> Weights<'a> {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
         let mut out = Vec::with_capacity((count * r.row_len()) as usize);
-        let mut scratch = Scratch::default();
-        // In pieces that never straddle two stacked inputs.
-        for (p_first, p_count) in r.pieces(u64::MAX, u64::MAX) {
-            let lo = p_first.max(first);
-            let hi = (p_first + p_count).min(first + count);
-            if lo >= hi {
-                continue;
+        SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
+            // In pieces that never straddle two stacked inputs.
+            for (p_first, p_count) in r.pieces(u64::MAX, u64::MAX) {
+                let lo = p_first.max(first);
+                let hi = (p_first + p_count).min(first + count);
+                if lo >= hi {
+                    continue;
+                }
+                out.extend_from_slice(r.values(lo, hi - lo, scratch)?);
+                r.release(lo, hi - lo);
             }
-            let bytes = r.rows(lo, hi - lo, &mut scratch)?;
-            out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-            r.release(lo, hi - lo);
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 
