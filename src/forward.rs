@@ -7,6 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
+use moeq_kernels::dot::dot_rows;
 use rayon::prelude::*;
 
 use crate::weights::Weights;
@@ -147,10 +148,10 @@ fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         .map(|(b, block)| {
             let n = block.len() / cols;
             let mut out = vec![0.0f32; n * t];
-            for (r, row) in block.chunks_exact(cols).enumerate() {
-                let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + r]);
-                for (k, xt) in x.chunks_exact(cols).enumerate() {
-                    out[r * t + k] = dot(xt, row) + add;
+            for (r, (row, o)) in block.chunks_exact(cols).zip(out.chunks_exact_mut(t.max(1))).enumerate() {
+                dot_rows(row, x, o);
+                if let Some(bias) = bias {
+                    o.iter_mut().for_each(|v| *v += bias[b * ROWS_PER_TASK + r]);
                 }
             }
             out
@@ -169,17 +170,9 @@ fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums: vectorizes, and sums in a fixed order.
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+    let mut out = [0.0f32];
+    dot_rows(b, a, &mut out);
+    out[0]
 }
 
 fn rmsnorm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod convert;
+pub mod dot;
 pub mod openai;
 pub mod scalar;
 mod types;

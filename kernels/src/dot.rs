@@ -1,0 +1,100 @@
+//! Dot products for the forward pass: one weight row against several activation rows, so
+//! the weight row is loaded once for all of them. AVX2 + FMA when the CPU has them.
+
+/// `out[k] = Σ_i row[i] · xs[k · n + i]` for `n = row.len()` and every row `k` of `xs`.
+pub fn dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
+    assert_eq!(xs.len(), row.len() * out.len(), "dot_rows: xs must hold out.len() rows of row.len() values");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 and FMA were just detected; the lengths were checked above.
+        return unsafe { avx2::dot_rows(row, xs, out) };
+    }
+    scalar_dot_rows(row, xs, out);
+}
+
+/// The portable version: eight partial sums per dot product.
+pub fn scalar_dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
+    let n = row.len();
+    for (o, x) in out.iter_mut().zip(xs.chunks_exact(n.max(1))) {
+        let mut acc = [0.0f32; 8];
+        let (cx, cr) = (x.chunks_exact(8), row.chunks_exact(8));
+        let tail: f32 = cx.remainder().iter().zip(cr.remainder()).map(|(a, b)| a * b).sum();
+        for (a, b) in cx.zip(cr) {
+            for k in 0..8 {
+                acc[k] += a[k] * b[k];
+            }
+        }
+        *o = acc.iter().sum::<f32>() + tail;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Sum of the eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// [`super::dot_rows`] four activation rows at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `xs.len() == row.len() * out.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
+        let n = row.len();
+        let n8 = n - n % 8;
+        let mut k = 0;
+        while k < out.len() {
+            let m = (out.len() - k).min(4);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < n8 {
+                // SAFETY: i + 8 <= n8 <= n = row.len(); each activation row k + j has n values
+                // in xs (checked by the caller), so every load is in bounds.
+                unsafe {
+                    let w = _mm256_loadu_ps(row.as_ptr().add(i));
+                    for (j, a) in acc.iter_mut().enumerate().take(m) {
+                        let x = _mm256_loadu_ps(xs.as_ptr().add((k + j) * n + i));
+                        *a = _mm256_fmadd_ps(x, w, *a);
+                    }
+                }
+                i += 8;
+            }
+            for (j, a) in acc.iter().enumerate().take(m) {
+                let x = &xs[(k + j) * n..(k + j + 1) * n];
+                let tail: f32 = x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum();
+                out[k + j] = hsum(*a) + tail;
+            }
+            k += m;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_and_scalar_agree() {
+        let n = 2883;
+        let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let xs: Vec<f32> = (0..n * 7).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+        let (mut a, mut b) = (vec![0.0; 7], vec![0.0; 7]);
+        dot_rows(&row, &xs, &mut a);
+        scalar_dot_rows(&row, &xs, &mut b);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-3 * y.abs().max(1.0), "{x} vs {y}");
+        }
+        let exact: Vec<f64> =
+            xs.chunks(n).map(|x| x.iter().zip(&row).map(|(a, b)| *a as f64 * *b as f64).sum()).collect();
+        for (x, e) in a.iter().zip(&exact) {
+            assert!((*x as f64 - e).abs() <= 1e-3 * e.abs().max(1.0));
+        }
+    }
+}
