@@ -126,6 +126,18 @@ pub struct Trace {
     pub moe_out: Vec<Vec<f32>>,
     /// Per layer, the experts each token was routed to.
     pub routes: Vec<Vec<Vec<usize>>>,
+    /// Per layer and token, each routed expert's output (in `routes` order).
+    pub expert_out: Vec<Vec<Vec<Vec<f32>>>>,
+}
+
+/// A feed-forward block's output, with its routing.
+pub struct FfnOutput {
+    /// [T, hidden], before the residual add.
+    pub out: Vec<f32>,
+    /// The experts each token was routed to (empty for a dense block).
+    pub routes: Vec<Vec<usize>>,
+    /// Each routed expert's output per token, in `routes` order (before weighting).
+    pub expert_out: Vec<Vec<Vec<f32>>>,
 }
 
 /// A model ready to run.
@@ -264,7 +276,8 @@ impl<'w, 'a> Model<'w, 'a> {
             x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
             let norm = if c.family == Family::GptOss { "post_attention_norm" } else { "ffn_norm" };
             let m_in = rmsnorm(&x, &self.t(&format!("blk.{l}.{norm}.weight"))?, c.rms_eps);
-            let (m_out, routes) = self.ffn(l, &m_in)?;
+            let FfnOutput { out: m_out, routes, expert_out } = self.ffn_detailed(l, &m_in)?;
+            trace.expert_out.push(expert_out);
             x.iter_mut().zip(&m_out).for_each(|(a, b)| *a += b);
             trace.moe_in.push(m_in);
             trace.moe_out.push(m_out);
@@ -345,6 +358,12 @@ impl<'w, 'a> Model<'w, 'a> {
     /// The feed-forward block of layer `l` on normalized input `x` [T, hidden]: its output and,
     /// for MoE layers, the experts each token was routed to.
     pub fn ffn(&self, l: usize, x: &[f32]) -> Result<(Vec<f32>, Vec<Vec<usize>>)> {
+        let f = self.ffn_detailed(l, x)?;
+        Ok((f.out, f.routes))
+    }
+
+    /// [`Model::ffn`], with each routed expert's own output.
+    pub fn ffn_detailed(&self, l: usize, x: &[f32]) -> Result<FfnOutput> {
         let c = &self.cfg;
         let h = c.n_embd;
         let t = x.len() / h;
@@ -352,7 +371,8 @@ impl<'w, 'a> Model<'w, 'a> {
             let g = self.linear(x, &format!("blk.{l}.ffn_gate"), false)?;
             let u = self.linear(x, &format!("blk.{l}.ffn_up"), false)?;
             let a: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            return Ok((self.linear(&a, &format!("blk.{l}.ffn_down"), false)?, Vec::new()));
+            let out = self.linear(&a, &format!("blk.{l}.ffn_down"), false)?;
+            return Ok(FfnOutput { out, routes: Vec::new(), expert_out: Vec::new() });
         }
         let gpt = c.family == Family::GptOss;
         let logits = self.linear(x, &format!("blk.{l}.ffn_gate_inp"), gpt)?;
@@ -376,6 +396,7 @@ impl<'w, 'a> Model<'w, 'a> {
             weights.push(w);
         }
         let mut out = vec![0.0f32; t * h];
+        let mut expert_out: Vec<Vec<Vec<f32>>> = routes.iter().map(|r| vec![Vec::new(); r.len()]).collect();
         for e in 0..c.n_expert {
             let picked: Vec<(usize, f32)> = routes
                 .iter()
@@ -389,10 +410,14 @@ impl<'w, 'a> Model<'w, 'a> {
             let xe: Vec<f32> = picked.iter().flat_map(|&(i, _)| x[i * h..(i + 1) * h].iter().copied()).collect();
             let ye = self.expert(l, e, &xe)?;
             for (k, &(i, w)) in picked.iter().enumerate() {
-                out[i * h..(i + 1) * h].iter_mut().zip(&ye[k * h..(k + 1) * h]).for_each(|(o, y)| *o += w * y);
+                let y = &ye[k * h..(k + 1) * h];
+                out[i * h..(i + 1) * h].iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
+                if let Some(slot) = routes[i].iter().position(|&x| x == e) {
+                    expert_out[i][slot] = y.to_vec();
+                }
             }
         }
-        Ok((out, routes))
+        Ok(FfnOutput { out, routes, expert_out })
     }
 
     /// Expert `e` of layer `l` on rows `x` [n, hidden].

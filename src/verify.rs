@@ -238,12 +238,13 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
         let src = src_model.run_batch(sequences).context("the source model")?;
         let out = out_model.run_batch(sequences).context("the output model")?;
         for (layer, input) in src.moe_in.iter().enumerate() {
-            let (a, routes_a) = (&src.moe_out[layer], &src.routes[layer]);
-            let (b, routes_b) = out_model.ffn(layer, input)?;
-            let s = compare(a, &b);
+            let (a, routes_a, experts_a) = (&src.moe_out[layer], &src.routes[layer], &src.expert_out[layer]);
+            let b = out_model.ffn_detailed(layer, input)?;
+            let (routes_b, experts_b) = (&b.routes, &b.expert_out);
+            let s = compare(a, &b.out);
             let same = routes_a
                 .iter()
-                .zip(&routes_b)
+                .zip(routes_b)
                 .filter(|(x, y)| {
                     let (mut x, mut y) = (x.to_vec(), y.to_vec());
                     x.sort_unstable();
@@ -251,21 +252,17 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
                     x == y
                 })
                 .count();
-            let mut worst_experts = Vec::new();
-            let h = src_model.cfg.n_embd;
-            for e in 0..src_model.cfg.n_expert {
-                let rows: Vec<f32> = routes_a
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.contains(&e))
-                    .flat_map(|(i, _)| input[i * h..(i + 1) * h].iter().copied())
-                    .collect();
-                if rows.is_empty() {
-                    continue;
+            // Each expert, on the tokens both models sent to it: its own outputs, compared.
+            let mut per_expert: Vec<Stats> = (0..src_model.cfg.n_expert).map(|_| Stats::default()).collect();
+            for (i, (ra, rb)) in routes_a.iter().zip(routes_b).enumerate() {
+                for (ka, e) in ra.iter().enumerate() {
+                    if let Some(kb) = rb.iter().position(|x| x == e) {
+                        per_expert[*e].add(&experts_a[i][ka], &experts_b[i][kb]);
+                    }
                 }
-                let es = compare(&src_model.expert(layer, e, &rows)?, &out_model.expert(layer, e, &rows)?);
-                worst_experts.push((e, es.rel()));
             }
+            let mut worst_experts: Vec<(usize, f64)> =
+                per_expert.iter().enumerate().filter(|(_, s)| s.a2 > 0.0).map(|(e, s)| (e, s.rel())).collect();
             worst_experts.sort_by(|a, b| b.1.total_cmp(&a.1));
             worst_experts.truncate(3);
             let n = routes_a.len().max(1);
