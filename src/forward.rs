@@ -159,11 +159,17 @@ fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
         .enumerate()
         .map(|(b, block)| {
             let n = block.len() / cols;
+            // Four tokens against the task's rows at a time: both stay in cache.
             let mut out = vec![0.0f32; n * t];
-            for (r, (row, o)) in block.chunks_exact(cols).zip(out.chunks_exact_mut(t.max(1))).enumerate() {
-                dot_rows(row, x, o);
-                if let Some(bias) = bias {
-                    o.iter_mut().for_each(|v| *v += bias[b * ROWS_PER_TASK + r]);
+            let mut four = [0.0f32; 4];
+            for (g, xs) in x.chunks(4 * cols).enumerate() {
+                let m = xs.len() / cols;
+                for (r, row) in block.chunks_exact(cols).enumerate() {
+                    dot_rows(row, xs, &mut four[..m]);
+                    let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + r]);
+                    for (j, v) in four[..m].iter().enumerate() {
+                        out[r * t + g * 4 + j] = v + add;
+                    }
                 }
             }
             out

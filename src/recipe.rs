@@ -312,11 +312,14 @@ impl<'a> Recipe<'a> {
         let (part, first) = local;
         match &part.input {
             Input::Values { .. } => self.decode(part, first, count, scratch)?,
-            Input::OpenAiMxfp4 { .. } if self.spec.ggml_type != GgmlType::MXFP4 => self.decode(part, first, count, scratch)?,
+            Input::OpenAiMxfp4 { .. } if self.spec.ggml_type != GgmlType::MXFP4 => {
+                self.decode(part, first, count, scratch)?
+            }
             _ => {
                 let ty = self.spec.ggml_type;
                 let Scratch { values, out, .. } = scratch;
-                let bytes = self.rows(whole, count, &mut Scratch { out: std::mem::take(out), ..Scratch::default() })?.to_vec();
+                let bytes =
+                    self.rows(whole, count, &mut Scratch { out: std::mem::take(out), ..Scratch::default() })?.to_vec();
                 values.resize((count * self.row_len()) as usize, 0.0);
                 to_f32(ty, &bytes, values)?;
             }

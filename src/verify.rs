@@ -123,16 +123,43 @@ struct Stats {
 
 impl Stats {
     fn add(&mut self, a: &[f32], b: &[f32]) {
-        for (&x, &y) in a.iter().zip(b) {
-            let (x, y) = (x as f64, y as f64);
-            self.diff2 += (x - y) * (x - y);
-            self.a2 += x * x;
-            self.b2 += y * y;
-            self.ab += x * y;
-            self.max_abs = self.max_abs.max((x - y).abs());
+        // f32 partial sums in eight lanes over short runs (this vectorizes), gathered in f64.
+        for (a, b) in a.chunks(256).zip(b.chunks(256)) {
+            let mut acc = [[0.0f32; 8]; 5];
+            let mut unequal = [0u32; 8];
+            let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+            let (ra, rb) = (ca.remainder(), cb.remainder());
+            for (x, y) in ca.zip(cb) {
+                let (x, y): (&[f32; 8], &[f32; 8]) =
+                    (x.try_into().unwrap_or(&[0.0; 8]), y.try_into().unwrap_or(&[0.0; 8]));
+                for k in 0..8 {
+                    let d = x[k] - y[k];
+                    acc[0][k] += d * d;
+                    acc[1][k] += x[k] * x[k];
+                    acc[2][k] += y[k] * y[k];
+                    acc[3][k] += x[k] * y[k];
+                    acc[4][k] = acc[4][k].max(d.abs());
+                    // Equal values (+0 and -0 are the same weight: ggml's MXFP4 has no -0).
+                    unequal[k] += u32::from(x[k] != y[k]);
+                }
+            }
+            for (&x, &y) in ra.iter().zip(rb) {
+                let d = x - y;
+                acc[0][0] += d * d;
+                acc[1][0] += x * x;
+                acc[2][0] += y * y;
+                acc[3][0] += x * y;
+                acc[4][0] = acc[4][0].max(d.abs());
+                unequal[0] += u32::from(x != y);
+            }
+            let sum = |v: &[f32; 8]| v.iter().map(|&x| x as f64).sum::<f64>();
+            self.diff2 += sum(&acc[0]);
+            self.a2 += sum(&acc[1]);
+            self.b2 += sum(&acc[2]);
+            self.ab += sum(&acc[3]);
+            self.max_abs = self.max_abs.max(acc[4].iter().fold(0.0f32, |m, &v| m.max(v)) as f64);
+            self.identical &= unequal.iter().all(|&u| u == 0);
         }
-        // Equal values (+0 and -0 are the same weight: ggml's MXFP4 has no -0).
-        self.identical &= a.iter().zip(b).all(|(x, y)| x == y);
     }
 
     fn rel(&self) -> f64 {
