@@ -19,3 +19,15 @@ pub fn bytes_bar(total: u64, label: &str, quiet: bool) -> ProgressBar {
     bar.set_prefix(label.to_string());
     bar
 }
+
+/// A bar counting `total` steps of a stage, labelled `label`; hidden when stderr is not a
+/// terminal.
+pub fn steps_bar(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:32}] {pos}/{len} {msg} eta {eta}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(label.to_string());
+    bar
+}

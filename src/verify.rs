@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::forward::Model;
+use crate::progress::steps_bar;
 use crate::weights::Weights;
 
 /// How far an output may be from its source.
@@ -245,8 +246,17 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
     // 1. Tensors, in parallel, each streamed in pieces of about a million values.
     let names: Vec<&str> = source.names().collect();
     let missing: Vec<String> = names.iter().filter(|n| !output.has(n)).map(|n| n.to_string()).collect();
-    let checks: Result<Vec<TensorCheck>> =
-        names.par_iter().filter(|n| output.has(n)).map(|&name| compare_tensor(source, output, name)).collect();
+    let bar = steps_bar(names.len() as u64, "tensors");
+    let checks: Result<Vec<TensorCheck>> = names
+        .par_iter()
+        .filter(|n| output.has(n))
+        .map(|&name| {
+            let check = compare_tensor(source, output, name);
+            bar.inc(1);
+            check
+        })
+        .collect();
+    bar.finish_and_clear();
     let mut tensors = checks?;
     let extra: Vec<String> = output.names().filter(|n| !source.has(n)).map(str::to_string).collect();
     let worst = tensors
@@ -262,8 +272,14 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
     let mut model = ModelCheck::default();
     let (mut kl_sum, mut top1, mut logit_stats) = (0.0, 0usize, Stats { identical: true, ..Stats::default() });
     {
+        let bar = steps_bar(3, "models");
+        bar.set_message("the source model");
         let src = src_model.run_batch(sequences).context("the source model")?;
+        bar.inc(1);
+        bar.set_message("the output model");
         let out = out_model.run_batch(sequences).context("the output model")?;
+        bar.inc(1);
+        bar.set_message("each block on the source's hidden states");
         for (layer, input) in src.moe_in.iter().enumerate() {
             let (a, routes_a, experts_a) = (&src.moe_out[layer], &src.routes[layer], &src.expert_out[layer]);
             let b = out_model.ffn_detailed(layer, input)?;
@@ -316,6 +332,7 @@ pub fn verify(source: &Weights, output: &Weights, sequences: &[Vec<u32>], limits
             top1 += usize::from(argmax(p) == argmax(q));
             model.positions += 1;
         }
+        bar.finish_and_clear();
     }
     model.kl_mean = kl_sum / model.positions.max(1) as f64;
     model.top1 = top1 as f64 / model.positions.max(1) as f64;
