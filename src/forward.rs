@@ -12,6 +12,11 @@ use rayon::prelude::*;
 
 use crate::weights::Weights;
 
+thread_local! {
+    /// An expert's three weight matrices, decoded: reused from expert to expert.
+    static EXPERT_WEIGHTS: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
 /// The model family, as the forward sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -236,9 +241,10 @@ impl<'w, 'a> Model<'w, 'a> {
         let t = x.len() / cols.max(1);
         let per = ((1 << 22) / cols.max(1)).max(1);
         let mut y = vec![0.0f32; t * rows];
+        let mut m = Vec::new();
         for first in (0..rows).step_by(per) {
             let n = per.min(rows - first);
-            let m = self.w.rows(&weight, first as u64, n as u64)?;
+            self.w.rows_into(&weight, first as u64, n as u64, &mut m)?;
             let part = matmul(x, &m, n, b.as_ref().map(|b| &b[first..first + n]));
             for (yt, pt) in y.chunks_exact_mut(rows).zip(part.chunks_exact(n)) {
                 yt[first..first + n].copy_from_slice(pt);
@@ -429,31 +435,33 @@ impl<'w, 'a> Model<'w, 'a> {
     /// Expert `e` of layer `l` on rows `x` [n, hidden].
     pub fn expert(&self, l: usize, e: usize, x: &[f32]) -> Result<Vec<f32>> {
         let gpt = self.cfg.family == Family::GptOss;
-        let part = |name: &str| -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-            let w = format!("blk.{l}.{name}.weight");
-            let rows = self.w.ne(&w)?[1];
-            let m = self.w.rows(&w, e as u64 * rows, rows)?;
-            let b = if gpt { Some(self.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None };
-            Ok((m, b))
-        };
-        let (gw, gb) = part("ffn_gate_exps")?;
-        let (uw, ub) = part("ffn_up_exps")?;
-        let (dw, db) = part("ffn_down_exps")?;
-        let ff = gw.len() / self.cfg.n_embd;
-        let g = matmul(x, &gw, ff, gb.as_deref());
-        let u = matmul(x, &uw, ff, ub.as_deref());
-        let a: Vec<f32> = if gpt {
-            g.iter()
-                .zip(&u)
-                .map(|(&g, &u)| {
-                    let g = g.min(7.0);
-                    let u = u.clamp(-7.0, 7.0);
-                    g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
-                })
-                .collect()
-        } else {
-            g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
-        };
-        Ok(matmul(&a, &dw, self.cfg.n_embd, db.as_deref()))
+        EXPERT_WEIGHTS.with_borrow_mut(|bufs| -> Result<Vec<f32>> {
+            let [gw, uw, dw] = bufs;
+            let part = |name: &str, buf: &mut Vec<f32>| -> Result<Option<Vec<f32>>> {
+                let w = format!("blk.{l}.{name}.weight");
+                let rows = self.w.ne(&w)?[1];
+                self.w.rows_into(&w, e as u64 * rows, rows, buf)?;
+                Ok(if gpt { Some(self.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None })
+            };
+            let gb = part("ffn_gate_exps", gw)?;
+            let ub = part("ffn_up_exps", uw)?;
+            let db = part("ffn_down_exps", dw)?;
+            let ff = gw.len() / self.cfg.n_embd;
+            let g = matmul(x, gw, ff, gb.as_deref());
+            let u = matmul(x, uw, ff, ub.as_deref());
+            let a: Vec<f32> = if gpt {
+                g.iter()
+                    .zip(&u)
+                    .map(|(&g, &u)| {
+                        let g = g.min(7.0);
+                        let u = u.clamp(-7.0, 7.0);
+                        g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+                    })
+                    .collect()
+            } else {
+                g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+            };
+            Ok(matmul(&a, dw, self.cfg.n_embd, db.as_deref()))
+        })
     }
 }

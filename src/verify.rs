@@ -220,10 +220,13 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
     let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
     let per = ((1u64 << 20) / cols).max(1);
     let mut s = Stats { identical: true, ..Stats::default() };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut first = 0;
     while first < rows {
         let n = per.min(rows - first);
-        s.add(&source.rows(name, first, n)?, &output.rows(name, first, n)?);
+        source.rows_into(name, first, n, &mut a)?;
+        output.rows_into(name, first, n, &mut b)?;
+        s.add(&a, &b);
         first += n;
     }
     let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);

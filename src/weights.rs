@@ -94,11 +94,19 @@ impl<'a> Weights<'a> {
 
     /// Rows `first..first + count` of tensor `name` (rows of `ne[0]` values), as f32.
     pub fn rows(&self, name: &str, first: u64, count: u64) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.rows_into(name, first, count, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Weights::rows`] into `out` (cleared first), so a caller can reuse one buffer.
+    pub fn rows_into(&self, name: &str, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
         let r = self.recipe(name)?;
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
-        let mut out = Vec::with_capacity((count * r.row_len()) as usize);
+        out.clear();
+        out.reserve((count * r.row_len()) as usize);
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
             // In pieces that never straddle two stacked inputs.
             for (p_first, p_count) in r.pieces(u64::MAX, u64::MAX) {
@@ -111,8 +119,7 @@ impl<'a> Weights<'a> {
                 r.release(lo, hi - lo);
             }
             Ok(())
-        })?;
-        Ok(out)
+        })
     }
 
     /// All values of tensor `name`.
