@@ -159,7 +159,8 @@ pub struct Part<'a> {
 #[derive(Default)]
 pub struct Scratch {
     gathered: Vec<u8>,
-    values: Vec<f32>,
+    /// The decoded values of the last [`Recipe::values`] call.
+    pub values: Vec<f32>,
     out: Vec<u8>,
 }
 

@@ -115,8 +115,14 @@ impl<'a> Weights<'a> {
                 if lo >= hi {
                     continue;
                 }
-                out.extend_from_slice(r.values(lo, hi - lo, scratch)?);
+                r.values(lo, hi - lo, scratch)?;
                 r.release(lo, hi - lo);
+                if out.is_empty() && hi - lo == count {
+                    // The whole range in one piece: hand over the decoded buffer, no copy.
+                    std::mem::swap(out, &mut scratch.values);
+                } else {
+                    out.extend_from_slice(&scratch.values);
+                }
             }
             Ok(())
         })
