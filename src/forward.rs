@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
-use moeq_kernels::dot::dot_rows;
+use moeq_kernels::dot::{dot_block, dot_rows};
 use rayon::prelude::*;
 
 use crate::weights::Weights;
@@ -166,14 +166,17 @@ fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
             let n = block.len() / cols;
             // Four tokens against the task's rows at a time: both stay in cache.
             let mut out = vec![0.0f32; n * t];
-            let mut four = [0.0f32; 4];
+            let mut tile = [0.0f32; 16];
             for (g, xs) in x.chunks(4 * cols).enumerate() {
                 let m = xs.len() / cols;
-                for (r, row) in block.chunks_exact(cols).enumerate() {
-                    dot_rows(row, xs, &mut four[..m]);
-                    let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + r]);
-                    for (j, v) in four[..m].iter().enumerate() {
-                        out[r * t + g * 4 + j] = v + add;
+                for (q, rows4) in block.chunks(4 * cols).enumerate() {
+                    let p = rows4.len() / cols;
+                    dot_block(rows4, xs, cols, &mut tile[..p * m]);
+                    for r in 0..p {
+                        let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + q * 4 + r]);
+                        for j in 0..m {
+                            out[(q * 4 + r) * t + g * 4 + j] = tile[r * m + j] + add;
+                        }
                     }
                 }
             }
