@@ -105,24 +105,28 @@ impl<'a> Weights<'a> {
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
-        out.clear();
-        out.reserve((count * r.row_len()) as usize);
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
             // In pieces that never straddle two stacked inputs.
-            for (p_first, p_count) in r.pieces(u64::MAX, u64::MAX) {
-                let lo = p_first.max(first);
-                let hi = (p_first + p_count).min(first + count);
-                if lo >= hi {
-                    continue;
-                }
-                r.values(lo, hi - lo, scratch)?;
+            let pieces: Vec<(u64, u64)> = r
+                .pieces(u64::MAX, u64::MAX)
+                .into_iter()
+                .map(|(p, n)| (p.max(first), (p + n).min(first + count)))
+                .filter(|(lo, hi)| lo < hi)
+                .collect();
+            if let [(lo, hi)] = pieces[..] {
+                // One piece: decode straight into the caller's buffer (lent to the scratch, so a
+                // buffer reused at the same size is neither copied nor cleared).
+                std::mem::swap(out, &mut scratch.values);
+                let decoded = r.values(lo, hi - lo, scratch).map(drop);
+                std::mem::swap(out, &mut scratch.values);
+                decoded?;
                 r.release(lo, hi - lo);
-                if out.is_empty() && hi - lo == count {
-                    // The whole range in one piece: hand over the decoded buffer, no copy.
-                    std::mem::swap(out, &mut scratch.values);
-                } else {
-                    out.extend_from_slice(&scratch.values);
-                }
+                return Ok(());
+            }
+            out.clear();
+            for (lo, hi) in pieces {
+                out.extend_from_slice(r.values(lo, hi - lo, scratch)?);
+                r.release(lo, hi - lo);
             }
             Ok(())
         })
