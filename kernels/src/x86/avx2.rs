@@ -399,6 +399,34 @@ fn dequantize_q8_0(x: &[u8], y: &mut [f32]) {
     }
 }
 
+#[target_feature(enable = "avx2")]
+fn dequantize_mxfp4(x: &[u8], y: &mut [f32]) {
+    // SAFETY: KVALUES holds 16 bytes.
+    let lut = unsafe { _mm_loadu_si128(scalar::mxfp4::KVALUES.as_ptr().cast()) };
+    let low = _mm_set1_epi8(0x0F);
+    for (b, y) in x.chunks_exact(17).zip(y.chunks_exact_mut(32)) {
+        let d = _mm256_set1_ps(scalar::mxfp4::e8m0_to_f32_half(b[0]));
+        // SAFETY: `b[1..]` holds 16 bytes, `y` has room for 32 f32 (four stores of 8).
+        unsafe {
+            let q = _mm_loadu_si128(b[1..].as_ptr().cast());
+            // Element j is the low nibble of byte j, element j + 16 its high nibble.
+            let lo = _mm_shuffle_epi8(lut, _mm_and_si128(q, low));
+            let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16::<4>(q), low));
+            let p = y.as_mut_ptr();
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d));
+            _mm256_storeu_ps(
+                p.add(8),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(lo))), d),
+            );
+            _mm256_storeu_ps(p.add(16), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d));
+            _mm256_storeu_ps(
+                p.add(24),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(hi))), d),
+            );
+        }
+    }
+}
+
 /// Outputs at least this large bypass the cache (non-temporal stores): they would not fit in
 /// it anyway, and streaming them saves reading every destination line first.
 const STREAM_BYTES: usize = 4 << 20;
@@ -506,6 +534,8 @@ pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
     match ty {
         // SAFETY: as in `quantize`: AVX2 and F16C were detected.
         QuantType::Q8_0 => unsafe { dequantize_q8_0(x, y) },
+        // SAFETY: as above.
+        QuantType::MXFP4 => unsafe { dequantize_mxfp4(x, y) },
         other => scalar::dequantize(other, x, y),
     }
 }
