@@ -60,6 +60,10 @@ pub enum Command {
         /// Reference token ids (comma-separated); default: a built-in set of 4 × 32 tokens.
         #[arg(long, value_delimiter = ',')]
         tokens: Vec<u32>,
+        /// Reference sequences from a file: one sequence per line, ids separated by commas or
+        /// spaces.
+        #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
+        tokens_file: Option<PathBuf>,
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,

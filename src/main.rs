@@ -24,7 +24,7 @@ fn main() -> ExitCode {
 fn run_verify(
     source: &std::path::Path,
     output: &std::path::Path,
-    tokens: &[u32],
+    sequences: &[Vec<u32>],
     json: bool,
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
 ) -> anyhow::Result<ExitCode> {
@@ -33,7 +33,7 @@ fn run_verify(
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
-    let sequences = if tokens.is_empty() { reference_tokens(vocab) } else { vec![tokens.to_vec()] };
+    let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
     let mut report = verify(&src_w, &out_w, &sequences, None)?;
     if let Some((kl, top1, moe)) = limits {
         let d = report.limits;
@@ -110,10 +110,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return run_verify(&input, &first, &[], false, None);
             }
         }
-        Command::Verify { source, output, tokens, json, max_kl, min_top1, max_moe_rel_err } => {
+        Command::Verify { source, output, tokens, tokens_file, json, max_kl, min_top1, max_moe_rel_err } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
-            return run_verify(&source, &output, &tokens, json, limits);
+            let sequences = match tokens_file {
+                Some(path) => moeq::verify::read_token_file(&path)?,
+                None if tokens.is_empty() => Vec::new(),
+                None => vec![tokens],
+            };
+            return run_verify(&source, &output, &sequences, json, limits);
         }
     }
     Ok(ExitCode::SUCCESS)

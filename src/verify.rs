@@ -182,6 +182,21 @@ fn compare(a: &[f32], b: &[f32]) -> Stats {
     s
 }
 
+/// Reads reference sequences: one per non-empty line, ids separated by commas or spaces.
+pub fn read_token_file(path: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut sequences = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let ids: Result<Vec<u32>, _> =
+            line.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).map(str::parse).collect();
+        sequences.push(ids.with_context(|| format!("{}, line {}: not a list of token ids", path.display(), n + 1))?);
+    }
+    if sequences.is_empty() {
+        bail!("{}: no token sequences", path.display());
+    }
+    Ok(sequences)
+}
+
 /// The built-in reference tokens: 4 sequences of 32, deterministic, mixing frequent (low) ids
 /// and rare ones across the whole vocabulary.
 pub fn reference_tokens(vocab: usize) -> Vec<Vec<u32>> {

@@ -674,12 +674,26 @@ fn verify_is_exact_when_lossless_and_orders_lossy_types() {
             .collect();
         (lossy.iter().sum::<f64>() / lossy.len() as f64, r["model"]["kl_mean"].as_f64().unwrap())
     };
+    // Reference sequences from a file: one per line.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.txt");
+    std::fs::write(&file, "1,2,3,4\n\n5 6 7\n").unwrap();
+    let out = moeq(&[
+        "verify",
+        path_arg(&fixtures().join("mixtral/hf")),
+        path_arg(&golden("mixtral-bf16.gguf")),
+        "--tokens-file",
+        path_arg(&file),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["model"]["positions"], 7);
     // Limits given on the command line; convert --verify gates a conversion.
     let q8 = golden("gpt-oss-bf16-Q8_0.gguf");
     let strict = moeq(&["verify", path_arg(&fixtures().join("gpt-oss/hf-bf16")), path_arg(&q8), "--max-kl", "0"]);
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stdout).contains("KL divergence reaches"));
-    let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("v.gguf");
     let run = moeq(&[
         "convert",
