@@ -317,12 +317,13 @@ impl<'a> Recipe<'a> {
                 self.decode(part, first, count, scratch)?
             }
             _ => {
-                let ty = self.spec.ggml_type;
-                let Scratch { values, out, .. } = scratch;
-                let bytes =
-                    self.rows(whole, count, &mut Scratch { out: std::mem::take(out), ..Scratch::default() })?.to_vec();
-                values.resize((count * self.row_len()) as usize, 0.0);
-                to_f32(ty, &bytes, values)?;
+                // Bytes already in the output type (copied, computed, or repacked MXFP4):
+                // produce them as for writing, with a second scratch, then decode.
+                let mut encoded = Scratch { out: std::mem::take(&mut scratch.out), ..Scratch::default() };
+                let bytes = self.rows(whole, count, &mut encoded)?;
+                scratch.values.resize((count * self.row_len()) as usize, 0.0);
+                to_f32(self.spec.ggml_type, bytes, &mut scratch.values)?;
+                scratch.out = encoded.out;
             }
         }
         Ok(&scratch.values)
