@@ -1,7 +1,7 @@
 //! Model architectures moeq knows, detected from a checkpoint's `config.json`, with the
 //! hyperparameters that matter for conversion.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value as Json;
@@ -69,6 +69,10 @@ pub struct ModelConfig {
     pub layout: SourceLayout,
     /// Hyperparameters, named as llama.cpp's GGUF keys name them (without the arch prefix).
     pub hparams: Vec<(&'static str, Json)>,
+    /// The whole parsed `config.json`.
+    pub json: Json,
+    /// The folder it was read from (empty when built from JSON alone).
+    pub dir: PathBuf,
 }
 
 const SUPPORTED: &str = "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout";
@@ -82,7 +86,8 @@ impl ModelConfig {
         }
         let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
         let json: Json = serde_json::from_slice(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-        Self::from_json(&json).with_context(|| format!("{}", path.display())).map(Some)
+        let config = Self::from_json(&json).with_context(|| format!("{}", path.display()))?;
+        Ok(Some(ModelConfig { dir: dir.to_path_buf(), ..config }))
     }
 
     /// Interprets a parsed `config.json`.
@@ -130,7 +135,7 @@ impl ModelConfig {
         if let Some(scaling) = json.get("rope_scaling").filter(|v| v.is_object()) {
             hparams.push(("rope.scaling", scaling.clone()));
         }
-        Ok(ModelConfig { arch, class, layout, hparams })
+        Ok(ModelConfig { arch, class, layout, hparams, json: json.clone(), dir: PathBuf::new() })
     }
 
     fn openai_original(json: &Json) -> ModelConfig {
@@ -155,6 +160,8 @@ impl ModelConfig {
             class: "GptOssForCausalLM".into(),
             layout: SourceLayout::OpenAiOriginal,
             hparams: pick(json, keys),
+            json: json.clone(),
+            dir: PathBuf::new(),
         }
     }
 }

@@ -137,6 +137,35 @@ pub fn auto_outtype(tensors: &[SourceTensor]) -> GgmlType {
     }
 }
 
+/// What `--type` asks of the converter stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    /// `--outtype auto`: BF16 (or F16) like the checkpoint's first float matrix.
+    Auto,
+    /// A float `--outtype`: F32, F16 or BF16.
+    Float(GgmlType),
+}
+
+/// What a family converter plans: the GGUF llama.cpp's converter writes, and warnings.
+pub struct Converted<'a> {
+    /// Metadata and tensors, in the converter's order.
+    pub plan: GgufPlan,
+    /// How each tensor is made (same order as `plan.tensors`).
+    pub recipes: Vec<Recipe<'a>>,
+    /// Settings the GGUF cannot carry exactly, in words.
+    pub warnings: Vec<String>,
+}
+
+/// The converter's type rule: 1-D tensors, norms, the router and every bias are F32; other
+/// tensors take the output type.
+pub fn converter_type(name: &str, n_dims: usize, out: GgmlType) -> GgmlType {
+    if n_dims <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") || !name.ends_with(".weight") {
+        GgmlType::F32
+    } else {
+        out
+    }
+}
+
 /// `general.file_type` for a float output type, as the converter writes it.
 pub fn float_file_type(out: GgmlType) -> u32 {
     match out {

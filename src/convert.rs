@@ -4,7 +4,7 @@
 //! byte for byte (merging or re-splitting a model); with `--type` tensors are requantized as
 //! `llama-quantize IN OUT TYPE --allow-requantize` does, tensor by tensor, in pieces of rows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
@@ -12,13 +12,14 @@ use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 
 use crate::arch::{Architecture, ModelConfig};
-use crate::gpt_oss::{self, OutType};
+use crate::checkpoint::{Converted, OutType};
+use crate::gpt_oss;
 use crate::llama;
 use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
 use crate::transcode::{can_read, can_write};
-use crate::vocab::{LLAMA3_REGEX, O200K_REGEX, find_tokenizer, gpt2_vocab, sentencepiece_vocab};
+use crate::vocab::{Metadata, checkpoint_vocab};
 use crate::write_gguf::write_gguf;
 
 /// What to convert and how.
@@ -65,55 +66,15 @@ fn convert_safetensors(
     config: Option<ModelConfig>,
     opts: &ConvertOptions,
 ) -> Result<ConvertSummary> {
-    let dir = if opts.input.is_dir() {
-        opts.input.clone()
-    } else {
-        opts.input.parent().map(Path::to_path_buf).unwrap_or_default()
-    };
     let Some(config) = config else {
-        bail!("{}: no config.json beside the weights; moeq needs it to know the model", dir.display());
+        bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
-    let config_path = dir.join("config.json");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)
-        .with_context(|| format!("{}: invalid JSON", config_path.display()))?;
-    let vocab_size = json.get("vocab_size").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
     let mut warnings = Vec::new();
     let vocab = if opts.no_vocab {
         None
     } else {
-        let Some(tok_dir) = find_tokenizer(&dir) else {
-            bail!(
-                "{}: no tokenizer.json here or in the parent folder; llama.cpp needs the tokenizer in the GGUF \
-                 (pass --no-vocab to convert the weights alone)",
-                dir.display()
-            );
-        };
-        let mut keys = Vec::new();
-        if config.arch == Architecture::GptOss {
-            let pre = opts.tokenizer_pre.as_deref().unwrap_or("gpt-4o");
-            let (k, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre, ("gpt-4o", O200K_REGEX))?;
-            keys.extend(k);
-            warnings.extend(w);
-        } else {
-            // LlamaModel.set_vocab: the tokenizer's space-prefix setting, then SentencePiece when
-            // there is a tokenizer.model, else byte-level BPE (Llama 3).
-            let tc = tok_dir.join("tokenizer_config.json");
-            if let Some(v) = std::fs::read(&tc)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|c| c.get("add_prefix_space").and_then(serde_json::Value::as_bool))
-            {
-                keys.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(v)));
-            }
-            if tok_dir.join("tokenizer.model").is_file() && opts.tokenizer_pre.is_none() {
-                keys.extend(sentencepiece_vocab(&tok_dir, &json, vocab_size)?);
-            } else {
-                let pre = opts.tokenizer_pre.as_deref().unwrap_or("llama-bpe");
-                let (k, w) = gpt2_vocab(&tok_dir, &json, vocab_size, pre, ("llama-bpe", LLAMA3_REGEX))?;
-                keys.extend(k);
-                warnings.extend(w);
-            }
-        }
+        let (keys, w) = checkpoint_vocab(&config, opts.tokenizer_pre.as_deref())?;
+        warnings.extend(w);
         Some(keys)
     };
     let outtype = match opts.ftype {
@@ -122,47 +83,49 @@ fn convert_safetensors(
         Some(Ftype::BF16) => OutType::Float(GgmlType::BF16),
         _ => OutType::Auto,
     };
-    let (plan, recipes, facts) = match config.arch {
-        Architecture::GptOss => {
-            let c = gpt_oss::convert(model, &dir, &json, config.layout, outtype, vocab)?;
-            let hp = &c.hparams;
-            let facts = ModelFacts {
-                arch: "gpt-oss".into(),
-                n_layer: hp.n_layer as u32,
-                n_expert: hp.n_expert as u32,
-                n_head: hp.n_head as u32,
-                n_head_kv: hp.n_head_kv as u32,
-            };
-            warnings.extend(c.warnings);
-            (c.plan, c.recipes, facts)
-        }
-        Architecture::Mixtral | Architecture::Llama => {
-            let c = llama::convert(model, &dir, &json, config.arch, outtype, vocab)?;
-            let hp = &c.hparams;
-            let facts = ModelFacts {
-                arch: "llama".into(),
-                n_layer: hp.n_layer as u32,
-                n_expert: hp.experts.map_or(0, |e| e.0 as u32),
-                n_head: hp.n_head as u32,
-                n_head_kv: hp.n_head_kv as u32,
-            };
-            warnings.extend(c.warnings);
-            (c.plan, c.recipes, facts)
-        }
-    };
-    for w in &warnings {
+    let Converted { plan, recipes, warnings: w } = plan_checkpoint(model, &config, outtype, vocab)?;
+    for w in warnings.iter().chain(&w) {
         eprintln!("warning: {w}");
     }
     let (plan, recipes) = match opts.ftype {
         Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
+            let facts = model_facts(&plan);
             requantize(plan, recipes, &facts, ftype, keep)?
         }
         _ => (plan, recipes),
     };
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
     Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
+}
+
+/// The GGUF llama.cpp's converter writes for a checkpoint of any family moeq converts.
+pub fn plan_checkpoint<'a>(
+    model: &'a SafetensorsModel,
+    config: &ModelConfig,
+    outtype: OutType,
+    vocab: Option<Metadata>,
+) -> Result<Converted<'a>> {
+    match config.arch {
+        Architecture::GptOss => gpt_oss::convert(model, &config.dir, &config.json, config.layout, outtype, vocab),
+        Architecture::Mixtral | Architecture::Llama => {
+            llama::convert(model, &config.dir, &config.json, config.arch, outtype, vocab)
+        }
+    }
+}
+
+/// What llama-quantize's rules need to know, read from GGUF metadata as llama-quantize reads it.
+fn model_facts(plan: &GgufPlan) -> ModelFacts {
+    let arch = plan.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
+    let hparam = |key: &str| plan.get(&format!("{arch}.{key}")).and_then(Value::as_u64).unwrap_or(0) as u32;
+    ModelFacts {
+        n_layer: hparam("block_count"),
+        n_expert: hparam("expert_count"),
+        n_head: hparam("attention.head_count"),
+        n_head_kv: hparam("attention.head_count_kv"),
+        arch,
+    }
 }
 
 /// The plan of a GGUF model as one file: the first shard's metadata without `split.*` keys,
@@ -207,15 +170,7 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     let (plan, recipes) = match opts.ftype {
         None => (plan, recipes),
         Some(ftype) => {
-            let arch = model.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
-            let hparam = |key: &str| model.get(&format!("{arch}.{key}")).and_then(Value::as_u64).unwrap_or(0) as u32;
-            let facts = ModelFacts {
-                n_layer: hparam("block_count"),
-                n_expert: hparam("expert_count"),
-                n_head: hparam("attention.head_count"),
-                n_head_kv: hparam("attention.head_count_kv"),
-                arch,
-            };
+            let facts = model_facts(&plan);
             requantize(plan, recipes, &facts, ftype, |_| false).with_context(|| format!("{}", opts.input.display()))?
         }
     };

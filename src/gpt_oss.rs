@@ -10,13 +10,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
+use moeq_formats::gguf::{GgmlType, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
 use crate::arch::SourceLayout;
 use crate::checkpoint::{
-    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_name, gguf_plan, source_tensors, uint,
+    Converted, OutType, SourceTensor, auto_outtype, check_tensors, converter_type, float, float_file_type, gguf_name,
+    gguf_plan, source_tensors, uint,
 };
 use crate::recipe::{Input, Recipe, Stored, View};
 
@@ -268,23 +269,6 @@ fn original_to_hf<'a>(
     Ok(vec![part("q_proj", 0, q), part("k_proj", q, kv), part("v_proj", q + kv, kv)])
 }
 
-/// What `--type` asks of the converter stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutType {
-    /// `--outtype auto`: BF16 (or F16) like the checkpoint's first float matrix.
-    Auto,
-    /// A float `--outtype`: F32, F16 or BF16.
-    Float(GgmlType),
-}
-
-/// The converter's output for a gpt-oss checkpoint: metadata, then tensors in its order.
-pub struct Converted<'a> {
-    pub plan: GgufPlan,
-    pub recipes: Vec<Recipe<'a>>,
-    pub warnings: Vec<String>,
-    pub hparams: Hparams,
-}
-
 /// The expected Hugging Face tensors and their shapes (numpy order), and whether they are
 /// raw bytes (MXFP4) rather than floats.
 fn expected(hp: &Hparams, mxfp4: bool) -> Vec<(String, Vec<u64>, bool)> {
@@ -349,15 +333,6 @@ const LAYER_NAMES: &[(&str, &str)] = &[
     ("mlp.experts.down_proj_bias", "ffn_down_exps.bias"),
     ("mlp.experts.down_proj", "ffn_down_exps.weight"),
 ];
-
-/// The converter's type rule: 1-D tensors, norms, the router and every bias are F32.
-fn converter_type(name: &str, n_dims: usize, out: GgmlType) -> GgmlType {
-    if n_dims <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") || !name.ends_with(".weight") {
-        GgmlType::F32
-    } else {
-        out
-    }
-}
 
 /// Plans the GGUF llama.cpp's converter writes for the gpt-oss checkpoint in `dir`.
 pub fn convert<'a>(
@@ -497,7 +472,7 @@ pub fn convert<'a>(
         warnings
             .push("the experts are not in MXFP4 (a bf16 checkpoint); the GGUF keeps them in the output type".into());
     }
-    Ok(Converted { plan, recipes, warnings, hparams: hp })
+    Ok(Converted { plan, recipes, warnings })
 }
 
 #[cfg(test)]

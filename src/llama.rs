@@ -10,16 +10,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
+use moeq_formats::gguf::{GgmlType, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
 use crate::arch::Architecture;
 use crate::checkpoint::{
-    SourceTensor, auto_outtype, check_tensors, float, float_file_type, gguf_name, gguf_plan, opt_uint, source_tensors,
-    uint,
+    Converted, OutType, SourceTensor, auto_outtype, check_tensors, converter_type, float, float_file_type, gguf_name,
+    gguf_plan, opt_uint, source_tensors, uint,
 };
-use crate::gpt_oss::OutType;
 use crate::recipe::{Input, Part, Recipe, View};
 
 /// The hyperparameters llama.cpp reads for Llama and Mixtral.
@@ -239,14 +238,6 @@ fn expected(hp: &Hparams) -> Vec<(String, Vec<u64>)> {
     x
 }
 
-/// The converter's output for a Llama or Mixtral checkpoint.
-pub struct Converted<'a> {
-    pub plan: GgufPlan,
-    pub recipes: Vec<Recipe<'a>>,
-    pub warnings: Vec<String>,
-    pub hparams: Hparams,
-}
-
 /// Plans the GGUF llama.cpp's converter writes for the Llama/Mixtral checkpoint in `dir`.
 pub fn convert<'a>(
     model: &'a SafetensorsModel,
@@ -329,11 +320,7 @@ pub fn convert<'a>(
         }
         let name = gguf_name(&s.name, LAYER_NAMES).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
-        let ty = if ne.len() <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") {
-            GgmlType::F32
-        } else {
-            out
-        };
+        let ty = converter_type(&name, ne.len(), out);
         recipes.push(Recipe {
             spec: TensorSpec { name, ne, ggml_type: ty },
             parts: vec![part(s, ty)],
@@ -342,5 +329,5 @@ pub fn convert<'a>(
     }
 
     let plan = gguf_plan("llama", dir, config, &recipes, hp.metadata(float_file_type(out)), vocab);
-    Ok(Converted { plan, recipes, warnings, hparams: hp })
+    Ok(Converted { plan, recipes, warnings })
 }

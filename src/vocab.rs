@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
+use crate::arch::{Architecture, ModelConfig};
+
 /// GGUF metadata entries, in order.
 pub type Metadata = Vec<(String, Value)>;
 
@@ -69,6 +71,38 @@ const KNOWN_PRE: &[&str] = &[
     "qwen35",
     "glm4",
 ];
+
+/// The `tokenizer.*` keys for a checkpoint, as its family's converter writes them: gpt-oss's
+/// byte-level BPE (`gpt-4o`); for Llama/Mixtral (`LlamaModel.set_vocab`) the tokenizer's
+/// space-prefix setting, then SentencePiece when there is a `tokenizer.model`, else byte-level
+/// BPE (`llama-bpe`, Llama 3). `pre` overrides the pre-tokenizer name. Returns the keys and
+/// warnings.
+pub fn checkpoint_vocab(config: &ModelConfig, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
+    let Some(dir) = find_tokenizer(&config.dir) else {
+        bail!(
+            "{}: no tokenizer.json here or in the parent folder; llama.cpp needs the tokenizer in the GGUF \
+             (pass --no-vocab to convert the weights alone)",
+            config.dir.display()
+        );
+    };
+    let json = &config.json;
+    let vocab_size = json.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
+    if config.arch == Architecture::GptOss {
+        return gpt2_vocab(&dir, json, vocab_size, pre.unwrap_or("gpt-4o"), ("gpt-4o", O200K_REGEX));
+    }
+    let mut keys = Vec::new();
+    let tc = dir.join("tokenizer_config.json");
+    if let Some(v) = read_json(&tc).ok().and_then(|c| c.get("add_prefix_space").and_then(Json::as_bool)) {
+        keys.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(v)));
+    }
+    if dir.join("tokenizer.model").is_file() && pre.is_none() {
+        keys.extend(sentencepiece_vocab(&dir, json, vocab_size)?);
+        return Ok((keys, Vec::new()));
+    }
+    let (k, warnings) = gpt2_vocab(&dir, json, vocab_size, pre.unwrap_or("llama-bpe"), ("llama-bpe", LLAMA3_REGEX))?;
+    keys.extend(k);
+    Ok((keys, warnings))
+}
 
 /// Finds the tokenizer of a model folder: in it, or (for OpenAI's `original/`) its parent.
 pub fn find_tokenizer(dir: &Path) -> Option<PathBuf> {

@@ -9,10 +9,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, Value};
 
-use crate::arch::Architecture;
-use crate::convert::gguf_recipes;
-use crate::gpt_oss::{self, OutType};
-use crate::llama;
+use crate::checkpoint::OutType;
+use crate::convert::{gguf_recipes, plan_checkpoint};
 use crate::recipe::{Recipe, Scratch};
 use crate::source::Source;
 
@@ -45,25 +43,8 @@ impl<'a> Weights<'a> {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
-                let dir = if path.is_dir() {
-                    path.to_path_buf()
-                } else {
-                    path.parent().unwrap_or(Path::new(".")).to_path_buf()
-                };
-                let json: serde_json::Value = serde_json::from_slice(
-                    &std::fs::read(dir.join("config.json"))
-                        .with_context(|| format!("{}: no config.json", dir.display()))?,
-                )?;
-                match config.arch {
-                    Architecture::GptOss => {
-                        let c = gpt_oss::convert(model, &dir, &json, config.layout, OutType::Auto, None)?;
-                        (c.plan.metadata, c.recipes)
-                    }
-                    Architecture::Mixtral | Architecture::Llama => {
-                        let c = llama::convert(model, &dir, &json, config.arch, OutType::Auto, None)?;
-                        (c.plan.metadata, c.recipes)
-                    }
-                }
+                let c = plan_checkpoint(model, config, OutType::Auto, None)?;
+                (c.plan.metadata, c.recipes)
             }
         };
         let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
