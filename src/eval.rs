@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use moeq_formats::safetensors::{Dtype, HeaderStyle, SafetensorsPlan, SafetensorsWriter, StTensorSpec};
 
 use crate::forward::{Model, Trace};
 use crate::source::Source;
@@ -40,40 +41,34 @@ pub fn top_tokens(logits: &[f32], vocab: usize, top: usize) -> Vec<Vec<(usize, f
 }
 
 /// Writes a trace as F32 safetensors: `logits` [T, vocab], `hidden.N`, `moe_in.N`, `moe_out.N`
-/// [T, hidden], and the tokens as I32.
+/// [T, hidden], and the tokens as I32 (through moeq's safetensors writer: temporary file,
+/// renamed when complete).
 pub fn dump(trace: &Trace, tokens: &[u32], hidden: usize, out: &Path) -> Result<()> {
     let t = tokens.len();
-    let mut tensors: Vec<(String, &str, Vec<usize>, Vec<u8>)> = Vec::new();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    tensors.push(("tokens".into(), "I32", vec![t], tokens.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()));
-    tensors.push(("logits".into(), "F32", vec![t, trace.logits.len() / t.max(1)], f32s(&trace.logits)));
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        ("tokens".into(), Dtype::I32, vec![t], tokens.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()),
+        ("logits".into(), Dtype::F32, vec![t, trace.logits.len() / t.max(1)], f32s(&trace.logits)),
+    ];
     for (n, h) in trace.hidden.iter().enumerate() {
-        tensors.push((format!("hidden.{n}"), "F32", vec![t, hidden], f32s(h)));
+        tensors.push((format!("hidden.{n}"), Dtype::F32, vec![t, hidden], f32s(h)));
     }
     for (n, (i, o)) in trace.moe_in.iter().zip(&trace.moe_out).enumerate() {
-        tensors.push((format!("moe_in.{n}"), "F32", vec![t, hidden], f32s(i)));
-        tensors.push((format!("moe_out.{n}"), "F32", vec![t, hidden], f32s(o)));
+        tensors.push((format!("moe_in.{n}"), Dtype::F32, vec![t, hidden], f32s(i)));
+        tensors.push((format!("moe_out.{n}"), Dtype::F32, vec![t, hidden], f32s(o)));
     }
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    for (name, dtype, shape, data) in &tensors {
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}),
-        );
-        offset += data.len();
+    let plan = SafetensorsPlan {
+        metadata: None,
+        tensors: tensors
+            .iter()
+            .map(|(name, dtype, shape, _)| StTensorSpec { name: name.clone(), dtype: *dtype, shape: shape.clone() })
+            .collect(),
+        style: HeaderStyle::Safetensors,
+    };
+    let writer = SafetensorsWriter::create(out, &plan, None)?;
+    for (i, (_, _, _, data)) in tensors.iter().enumerate() {
+        writer.write_tensor(i, data)?;
     }
-    let mut text = serde_json::to_vec(&header)?;
-    while text.len() % 8 != 0 {
-        text.push(b' ');
-    }
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(text);
-    for (_, _, _, data) in tensors {
-        bytes.extend(data);
-    }
-    let Some(name) = out.file_name() else { bail!("{}: not a file path", out.display()) };
-    let tmp = out.with_file_name(format!(".{}.moeq-tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))
+    writer.finish()?;
+    Ok(())
 }
