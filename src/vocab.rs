@@ -104,6 +104,11 @@ pub fn checkpoint_vocab(config: &ModelConfig, pre: Option<&str>) -> Result<(Meta
     Ok((keys, warnings))
 }
 
+/// A JSON file that may be absent.
+fn read_if_present(path: &Path) -> Result<Option<Json>> {
+    if path.is_file() { read_json(path).map(Some) } else { Ok(None) }
+}
+
 /// Finds the tokenizer of a model folder: in it, or (for OpenAI's `original/`) its parent.
 pub fn find_tokenizer(dir: &Path) -> Option<PathBuf> {
     std::iter::once(dir).chain(dir.parent()).find(|d| d.join("tokenizer.json").is_file()).map(Path::to_path_buf)
@@ -201,7 +206,8 @@ pub fn gpt2_vocab(
         ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
         ("tokenizer.ggml.merges".to_string(), Value::Array(Array::String(merges))),
     ];
-    keys.extend(special_tokens(dir, Some(&tok), &added, config, vocab_size)?);
+    let tc = read_if_present(&dir.join("tokenizer_config.json"))?;
+    keys.extend(special_tokens(dir, Some(&tok), tc.as_ref(), &added, config, vocab_size)?);
     Ok((keys, warnings))
 }
 
@@ -325,8 +331,7 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
             }
         }
     }
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc = if tc_path.is_file() { Some(read_json(&tc_path)?) } else { None };
+    let tc = read_if_present(&dir.join("tokenizer_config.json"))?;
     if let Some(decoder) = tc.as_ref().and_then(|t| t.get("added_tokens_decoder")).and_then(Json::as_object) {
         for (id, data) in decoder {
             let (Ok(id), Some(content)) = (id.parse::<usize>(), data.get("content").and_then(Json::as_str)) else {
@@ -346,8 +351,7 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
             scores[id] = -1000.0;
         }
     }
-    let tok_path = dir.join("tokenizer.json");
-    let tok = if tok_path.is_file() { Some(read_json(&tok_path)?) } else { None };
+    let tok = read_if_present(&dir.join("tokenizer.json"))?;
     let added = tok.as_ref().and_then(|t| t.get("added_tokens")).and_then(Json::as_array).cloned().unwrap_or_default();
     let mut keys = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
@@ -356,7 +360,7 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
         ("tokenizer.ggml.scores".to_string(), Value::Array(Array::F32(scores))),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
     ];
-    keys.extend(special_tokens(dir, tok.as_ref(), &added, config, n)?);
+    keys.extend(special_tokens(dir, tok.as_ref(), tc.as_ref(), &added, config, n)?);
     Ok(keys)
 }
 
@@ -397,10 +401,16 @@ fn merges(model: &Json) -> Result<Vec<String>> {
 }
 
 /// Special token ids, add-bos/eos flags and the chat template, in `SpecialVocab`'s order.
-fn special_tokens(dir: &Path, tok: Option<&Json>, added: &[Json], config: &Json, n_vocab: usize) -> Result<Metadata> {
+/// `tc` is `tokenizer_config.json`, when there is one.
+fn special_tokens(
+    dir: &Path,
+    tok: Option<&Json>,
+    tc: Option<&Json>,
+    added: &[Json],
+    config: &Json,
+    n_vocab: usize,
+) -> Result<Metadata> {
     const TYPES: [&str; 7] = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
-    let tc_path = dir.join("tokenizer_config.json");
-    let tc = if tc_path.is_file() { Some(read_json(&tc_path)?) } else { None };
     let mut add: Vec<(&str, bool)> = Vec::new();
     let set_add = |add: &mut Vec<(&'static str, bool)>, typ: &'static str, v: bool, overwrite: bool| match add
         .iter_mut()
@@ -410,7 +420,7 @@ fn special_tokens(dir: &Path, tok: Option<&Json>, added: &[Json], config: &Json,
         Some(_) => {}
         None => add.push((typ, v)),
     };
-    let tc_token = |k: &str| tc.as_ref().and_then(|c| c.get(k)).and_then(token_content);
+    let tc_token = |k: &str| tc.and_then(|c| c.get(k)).and_then(token_content);
     if let Some(pp) = tok.and_then(|t| t.get("post_processor")).filter(|p| p.is_object()) {
         let procs = pp.get("processors").and_then(Json::as_array).cloned().unwrap_or_else(|| vec![pp.clone()]);
         for p in procs {
@@ -474,7 +484,7 @@ fn special_tokens(dir: &Path, tok: Option<&Json>, added: &[Json], config: &Json,
         }
     };
     let mut chat_template = None;
-    if let Some(tc) = &tc {
+    if let Some(tc) = tc {
         let jinja = dir.join("chat_template.jinja");
         let alt = if jinja.is_file() {
             Some(std::fs::read_to_string(&jinja).with_context(|| format!("{}: cannot read", jinja.display()))?)
