@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::convert::parse_size;
-use crate::quant_plan::Ftype;
+use crate::convert::{Format, parse_size};
 
 /// moeq: turn Mixture-of-Experts checkpoints into the files local runtimes load.
 #[derive(Parser, Debug)]
@@ -93,17 +92,37 @@ pub enum Command {
     /// A GGUF (single or split) is rewritten as one file, or re-split with --split-max-size;
     /// with --type, requantized as `llama-quantize --allow-requantize` does, with the same
     /// per-tensor choices and byte-identical results.
+    ///
+    /// --format mlx writes the folder `mlx_lm convert` writes (any checkpoint, including
+    /// gpt-oss bf16 fine-tunes and Mixtral): no --type = without -q (bf16, gpt-oss MXFP4
+    /// experts kept); --type q4|q8 [--group-size G] = -q --q-bits 4|8 --q-group-size G with
+    /// mlx-lm's per-module choices (gpt-oss: experts mxfp4, router 8-bit); --type mxfp4|bf16|f16
+    /// too; --quant-override PATTERN=TYPE[:GROUP] on top. --format hf writes gpt-oss's
+    /// published Hugging Face layout (MXFP4 experts) from any gpt-oss checkpoint.
     Convert {
         /// The input model.
         input: PathBuf,
-        /// The output file (shards are named OUT-00001-of-0000N.gguf beside it).
+        /// The output file (shards are named OUT-00001-of-0000N.gguf beside it), or folder for
+        /// --format mlx/hf.
         #[arg(short, long)]
         output: PathBuf,
-        /// The llama.cpp file type to requantize to: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
-        /// Q5_1, MXFP4_MOE, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K. Without it tensors are copied.
-        #[arg(long = "type", value_parser = Ftype::parse)]
-        ftype: Option<Ftype>,
-        /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G).
+        /// The output format: gguf, mlx or hf.
+        #[arg(long, default_value = "gguf", value_parser = Format::parse)]
+        format: Format,
+        /// GGUF: the llama.cpp file type to requantize to: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
+        /// Q5_0, Q5_1, MXFP4_MOE, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (without it tensors are
+        /// copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
+        #[arg(long = "type", value_name = "TYPE")]
+        ty: Option<String>,
+        /// MLX: values per quantization group for q4/q8 (32, 64 or 128; default 64).
+        #[arg(long)]
+        group_size: Option<u64>,
+        /// MLX: store modules matching PATTERN (`*` matches anything, e.g. `lm_head`,
+        /// `model.layers.*.mlp.router`) as TYPE[:GROUP] instead; repeatable, first match wins.
+        #[arg(long, value_name = "PATTERN=TYPE")]
+        quant_override: Vec<String>,
+        /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G;
+        /// MLX and HF folders: default 5G as mlx-lm and transformers).
         #[arg(long, value_parser = parse_size)]
         split_max_size: Option<u64>,
         /// No progress bar.

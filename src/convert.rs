@@ -14,13 +14,18 @@ use moeq_formats::safetensors::SafetensorsModel;
 use crate::arch::{Architecture, ModelConfig};
 use crate::checkpoint::{Converted, OutType};
 use crate::gpt_oss;
+use crate::gpt_oss_hf;
 use crate::llama;
+use crate::mlx::{self, MlxOptions};
 use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
 use crate::transcode::{can_read, can_write};
 use crate::vocab::{Metadata, checkpoint_vocab};
 use crate::write_gguf::write_gguf;
+use crate::write_safetensors::{BuildFiles, copy_side_files, write_items, write_json};
+use moeq_formats::output::OutputDir;
+use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
 
 /// What to convert and how.
 pub struct ConvertOptions {
@@ -38,6 +43,34 @@ pub struct ConvertOptions {
     pub no_vocab: bool,
     /// `tokenizer.ggml.pre` to write instead of the family's.
     pub tokenizer_pre: Option<String>,
+    /// What to write.
+    pub format: Format,
+    /// Types of an MLX build.
+    pub mlx: MlxOptions,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One GGUF file (or splits) for llama.cpp, Ollama, LM Studio.
+    #[default]
+    Gguf,
+    /// A folder for MLX (mlx-lm), as `mlx_lm convert` writes it.
+    Mlx,
+    /// A folder in the published Hugging Face gpt-oss layout (MXFP4 experts).
+    Hf,
+}
+
+impl Format {
+    /// Parses `gguf`, `mlx` or `hf`.
+    pub fn parse(text: &str) -> Result<Format, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "gguf" => Ok(Format::Gguf),
+            "mlx" => Ok(Format::Mlx),
+            "hf" => Ok(Format::Hf),
+            other => Err(format!("'{other}' is not an output format: gguf, mlx or hf")),
+        }
+    }
 }
 
 /// What a conversion wrote.
@@ -52,7 +85,11 @@ pub struct ConvertSummary {
 
 /// Runs a conversion.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
-    match Source::open(&opts.input)? {
+    let source = Source::open(&opts.input)?;
+    if opts.format != Format::Gguf {
+        return convert_folder(&source, opts);
+    }
+    match source {
         Source::Gguf(model) => convert_gguf(&model, opts),
         Source::Safetensors { model, config } => convert_safetensors(&model, config, opts),
     }
@@ -98,6 +135,67 @@ fn convert_safetensors(
     };
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
     Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
+}
+
+/// A checkpoint → an MLX or Hugging Face folder, built under a temporary name.
+fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    let Source::Safetensors { model, config } = source else {
+        bail!(
+            "{}: --format mlx and hf read checkpoint folders (safetensors); a GGUF converts to GGUF",
+            opts.input.display()
+        );
+    };
+    let Some(config) = config else {
+        bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
+    };
+    let is_gpt_oss = config.arch == Architecture::GptOss;
+    let (items, config_json, format, parameters) = match opts.format {
+        Format::Mlx => {
+            let Converted { recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
+            for w in warnings.iter().filter(|w| !w.contains("GGUF") && !w.contains("llama.cpp")) {
+                eprintln!("warning: {w}");
+            }
+            let hf = if is_gpt_oss { gpt_oss_hf::hf_config(config, false)? } else { config.json.clone() };
+            let build = mlx::plan(recipes, config.arch, mlx::model_dtype(&hf), &opts.mlx)?;
+            (build.items, mlx::config_json(&hf, build.quantization.as_ref()), "mlx", Some(build.parameters))
+        }
+        _ => {
+            if !is_gpt_oss {
+                bail!("--format hf writes gpt-oss's published MXFP4 layout; {} is not gpt-oss", config.class);
+            }
+            (gpt_oss_hf::plan(model, config)?, gpt_oss_hf::hf_config(config, true)?, "pt", None)
+        }
+    };
+    let dir = OutputDir::create(&opts.output)?;
+    write_json(&dir, "config.json", &config_json)?;
+    let mut side = copy_side_files(&config.dir, &dir)?;
+    if !side.iter().any(|f| f.starts_with("tokenizer"))
+        && let Some(parent) = config.dir.parent()
+    {
+        // OpenAI's original/ folder: the tokenizer is in the repository above it.
+        side = copy_side_files(parent, &dir)?;
+    }
+    drop(side);
+    let files = BuildFiles {
+        dir: &dir,
+        metadata: vec![("format".into(), format.into())],
+        style: if opts.format == Format::Mlx { HeaderStyle::Mlx } else { HeaderStyle::Safetensors },
+        // mlx-lm's 5 GiB shards; transformers' "5GB".
+        shard_max_bytes: opts.split_max_bytes.unwrap_or(if opts.format == Format::Mlx {
+            5 << 30
+        } else {
+            5_000_000_000
+        }),
+        index: IndexOptions { always: opts.format == Format::Mlx, total_parameters: parameters },
+    };
+    let bytes = write_items(&items, &files, opts.quiet)?;
+    dir.commit()?;
+    let mut written: Vec<PathBuf> = std::fs::read_dir(&opts.output)
+        .with_context(|| format!("{}", opts.output.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    written.sort();
+    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes })
 }
 
 /// The GGUF llama.cpp's converter writes for a checkpoint of any family moeq converts.

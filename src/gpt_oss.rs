@@ -199,7 +199,11 @@ impl Hparams {
 }
 
 /// The source tensors under Hugging Face names, in the order the converter visits them.
-fn hf_tensors<'a>(model: &'a SafetensorsModel, layout: SourceLayout, hp: &Hparams) -> Result<Vec<SourceTensor<'a>>> {
+pub fn hf_tensors<'a>(
+    model: &'a SafetensorsModel,
+    layout: SourceLayout,
+    hp: &Hparams,
+) -> Result<Vec<SourceTensor<'a>>> {
     source_tensors(model, |t| {
         if layout != SourceLayout::OpenAiOriginal {
             return Ok(vec![t]);
@@ -316,7 +320,7 @@ fn expected(hp: &Hparams, mxfp4: bool) -> Vec<(String, Vec<u64>, bool)> {
 }
 
 /// llama.cpp's names for gpt-oss's per-layer tensors (not the experts' weights).
-const LAYER_NAMES: &[(&str, &str)] = &[
+pub const LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm.weight", "attn_norm.weight"),
     ("post_attention_layernorm.weight", "post_attention_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),

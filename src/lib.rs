@@ -5,7 +5,9 @@
 //! - [`arch`]: which model it is and its hyperparameters;
 //! - [`quant_plan`]: which type each tensor gets (llama-quantize's rules);
 //! - [`transcode`]: between tensor types and f32, through the kernels;
-//! - [`convert`]: plan the output and stream tensor bytes into it;
+//! - [`convert`]: plan the output and stream tensor bytes into it ([`write_gguf`] for
+//!   llama.cpp; [`mlx`] and [`gpt_oss_hf`] plan safetensors folders that
+//!   [`write_safetensors`] streams);
 //! - [`inspect`]: report what a model holds;
 //! - [`bench`]: kernel throughput on this machine.
 
@@ -17,8 +19,10 @@ pub mod convert;
 pub mod eval;
 pub mod forward;
 pub mod gpt_oss;
+pub mod gpt_oss_hf;
 pub mod inspect;
 pub mod llama;
+pub mod mlx;
 pub mod model_card;
 pub mod progress;
 pub mod quant_plan;
@@ -29,3 +33,4 @@ pub mod verify;
 pub mod vocab;
 pub mod weights;
 pub mod write_gguf;
+pub mod write_safetensors;

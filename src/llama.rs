@@ -189,7 +189,7 @@ impl Hparams {
 }
 
 /// llama.cpp's names for Llama/Mixtral per-layer tensors (not the per-expert ones).
-const LAYER_NAMES: &[(&str, &str)] = &[
+pub const LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm.weight", "attn_norm.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),

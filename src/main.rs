@@ -3,8 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use moeq::bench::bench_kernels;
 use moeq::cli::{BenchTarget, Cli, Command};
-use moeq::convert::{ConvertOptions, convert};
+use moeq::convert::{ConvertOptions, Format, convert};
 use moeq::inspect::{Report, human_bytes};
+use moeq::mlx::{MlxOptions, MlxType, parse_override};
+use moeq::quant_plan::Ftype;
 use moeq::source::Source;
 
 /// Exit status for errors (bad input, I/O); 1 is kept for "ran, but a check failed".
@@ -90,7 +92,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Convert { input, output, ftype, split_max_size, quiet, no_vocab, tokenizer_pre, verify } => {
+        Command::Convert {
+            input,
+            output,
+            format,
+            ty,
+            group_size,
+            quant_override,
+            split_max_size,
+            quiet,
+            no_vocab,
+            tokenizer_pre,
+            verify,
+        } => {
+            let (mut ftype, mut mlx) = (None, MlxOptions::default());
+            match format {
+                Format::Gguf => {
+                    if group_size.is_some() || !quant_override.is_empty() {
+                        anyhow::bail!("--group-size and --quant-override apply to --format mlx");
+                    }
+                    ftype = ty.as_deref().map(Ftype::parse).transpose().map_err(anyhow::Error::msg)?;
+                }
+                Format::Mlx => {
+                    mlx.ty = ty.as_deref().map(|t| MlxType::parse(t, group_size)).transpose()?;
+                    if group_size.is_some() && !matches!(mlx.ty, Some(MlxType::Affine { .. })) {
+                        anyhow::bail!("--group-size goes with --type q4 or q8");
+                    }
+                    mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
+                }
+                Format::Hf => {
+                    if ty.is_some() || group_size.is_some() || !quant_override.is_empty() {
+                        anyhow::bail!(
+                            "--format hf writes gpt-oss's own layout (MXFP4 experts, the rest as stored); it takes no --type"
+                        );
+                    }
+                }
+            }
+            if format != Format::Gguf && verify {
+                anyhow::bail!("--verify checks GGUF outputs; run `moeq verify SRC OUT` on a folder");
+            }
             let opts = ConvertOptions {
                 input: input.clone(),
                 output,
@@ -99,6 +139,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 quiet,
                 no_vocab,
                 tokenizer_pre,
+                format,
+                mlx,
             };
             let summary = convert(&opts)?;
             for file in &summary.files {

@@ -329,6 +329,30 @@ impl<'a> Recipe<'a> {
         Ok(&scratch.values)
     }
 
+    /// Output rows `first..first + count` of an OpenAI-MXFP4 input as they are stored: 16
+    /// code bytes and one scale byte per block, appended to `codes` and `scales` (both
+    /// cleared first). Scales are checked as when decoding.
+    pub fn openai_blocks(&self, first: u64, count: u64, codes: &mut Vec<u8>, scales_out: &mut Vec<u8>) -> Result<()> {
+        let (part, first) = self.part_of(first);
+        let Input::OpenAiMxfp4 { blocks, scales, view } = &part.input else {
+            bail!("internal error: {} is not stored as OpenAI MXFP4", self.spec.name);
+        };
+        let g = self.row_len() / 32;
+        codes.clear();
+        scales_out.clear();
+        for r in 0..count {
+            let start = view.row_start(first + r);
+            for b in 0..g {
+                let idx = (start + b * view.col_stride) as usize;
+                let scale = scales.bytes()[idx];
+                check_scale(part, scale, first + r, b)?;
+                scales_out.push(scale);
+                codes.extend_from_slice(&blocks.bytes()[idx * 16..idx * 16 + 16]);
+            }
+        }
+        Ok(())
+    }
+
     /// Decodes rows of a part that reads values (not copied bytes) into `scratch.values`.
     fn decode(&self, part: &Part, first: u64, count: u64, scratch: &mut Scratch) -> Result<()> {
         let ne0 = self.row_len();

@@ -796,3 +796,200 @@ fn verify_catches_broken_outputs() {
     let (_, r) = verify_json(&fixtures().join("mixtral/hf"), &dir.path().join("broken-3-mixtral-bf16.gguf"));
     assert_eq!(r["blocks"][0]["worst_experts"][0]["expert"], 2, "{}", r["blocks"][0]);
 }
+
+/// Every tensor of a safetensors folder: name → (dtype, shape, bytes).
+fn folder_tensors(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let model = moeq_formats::safetensors::SafetensorsModel::open(dir).unwrap();
+    model
+        .tensors()
+        .map(|(file, t)| (t.name.clone(), (format!("{:?}", t.dtype), t.shape.clone(), file.data(t).to_vec())))
+        .collect()
+}
+
+fn config_of(dir: &Path) -> Json {
+    serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap()
+}
+
+/// The MLX values of `module` (affine or MXFP4) in a folder's tensors.
+fn mlx_values(t: &std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)>, module: &str) -> Vec<f32> {
+    let weight = &t[&format!("{module}.weight")].2;
+    let scales = &t[&format!("{module}.scales")].2;
+    let mut y = vec![0.0f32; weight.len() * 2];
+    moeq_kernels::mlx::mxfp4_dequantize(weight, scales, &mut y);
+    y
+}
+
+#[test]
+fn mlx_builds_equal_what_mlx_lm_writes() {
+    let out = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("llama/hf", &["--type", "q4"], "llama-q4"),
+        ("llama/hf", &["--type", "q8", "--group-size", "64"], "llama-q8"),
+        ("gpt-oss/hf-mxfp4", &[], "gpt-oss-mxfp4"),
+        ("gpt-oss/hf-mxfp4", &["--type", "q4", "--group-size", "32"], "gpt-oss-q4"),
+        // Sources mlx-lm does not read itself give the same build.
+        ("gpt-oss/original", &[], "gpt-oss-mxfp4"),
+        ("gpt-oss/original", &["--type", "q4", "--group-size", "32"], "gpt-oss-q4"),
+    ];
+    for (i, (src, args, golden)) in cases.iter().enumerate() {
+        let dst = out.path().join(format!("{i}-{golden}"));
+        let input = fixtures().join(src);
+        let mut argv = vec!["convert", path_arg(&input), "-o", path_arg(&dst), "--format", "mlx", "-q"];
+        argv.extend(args.iter());
+        ok(&argv);
+        let want = fixtures().join("golden-mlx").join(golden);
+        let (got_t, want_t) = (folder_tensors(&dst), folder_tensors(&want));
+        assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{src} → {golden}");
+        for (name, w) in &want_t {
+            assert!(got_t[name] == *w, "{src} → {golden}: tensor {name} differs");
+        }
+        let (got_c, want_c) = (config_of(&dst), config_of(&want));
+        assert_eq!(got_c["quantization"], want_c["quantization"], "{src} → {golden}");
+        assert_eq!(got_c["quantization_config"], want_c["quantization"]);
+        for f in ["tokenizer.json", "chat_template.jinja", "model.safetensors.index.json"] {
+            assert!(dst.join(f).is_file(), "{f} in {}", dst.display());
+        }
+    }
+
+    // A bf16 fine-tune: everything equal, experts re-quantized to MXFP4 with equal values.
+    let dst = out.path().join("bf16-q4");
+    ok(&[
+        "convert",
+        path_arg(&fixtures().join("gpt-oss/hf-bf16")),
+        "-o",
+        path_arg(&dst),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+        "--group-size",
+        "32",
+        "-q",
+    ]);
+    let (got, want) = (folder_tensors(&dst), folder_tensors(&fixtures().join("golden-mlx/gpt-oss-q4")));
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    let mut experts = 0;
+    for (name, w) in &want {
+        if name.contains(".experts.") && !name.ends_with(".bias") {
+            if name.ends_with(".weight") {
+                let module = name.trim_end_matches(".weight");
+                assert_eq!(mlx_values(&got, module), mlx_values(&want, module), "{module}");
+                experts += 1;
+            }
+        } else {
+            assert!(got[name] == *w, "bf16 → q4: tensor {name} differs");
+        }
+    }
+    assert_eq!(experts, 6);
+    assert_eq!(config_of(&dst)["quantization"], config_of(&fixtures().join("golden-mlx/gpt-oss-q4"))["quantization"]);
+
+    // Without --type, bf16 stays bf16; Mixtral's experts are stacked and quantized.
+    let dst = out.path().join("bf16");
+    ok(&["convert", path_arg(&fixtures().join("gpt-oss/hf-bf16")), "-o", path_arg(&dst), "--format", "mlx", "-q"]);
+    let t = folder_tensors(&dst);
+    assert_eq!(t["model.layers.0.mlp.experts.gate_proj.weight"].1, vec![4, 64, 64]);
+    assert_eq!(t["model.layers.0.mlp.experts.gate_proj.weight"].0, "BF16");
+    assert!(config_of(&dst).get("quantization").is_none());
+    let dst = out.path().join("mixtral");
+    ok(&[
+        "convert",
+        path_arg(&fixtures().join("mixtral/hf")),
+        "-o",
+        path_arg(&dst),
+        "--format",
+        "mlx",
+        "--type",
+        "q8",
+        "--quant-override",
+        "lm_head=bf16",
+        "-q",
+    ]);
+    let t = folder_tensors(&dst);
+    assert_eq!(t["model.layers.1.block_sparse_moe.switch_mlp.up_proj.weight"].1, vec![4, 96, 16]);
+    assert_eq!(t["lm_head.weight"].0, "BF16");
+    assert!(!t.contains_key("lm_head.scales"));
+    // Rows of 96 values are not whole groups of 64: down_proj stays bf16, as mlx-lm leaves it.
+    assert_eq!(t["model.layers.1.block_sparse_moe.switch_mlp.down_proj.weight"].0, "BF16");
+}
+
+#[test]
+fn hf_builds_equal_the_published_gpt_oss_layout() {
+    let out = tempfile::tempdir().unwrap();
+    let published = folder_tensors(&fixtures().join("gpt-oss/hf-mxfp4"));
+    for src in ["gpt-oss/original", "gpt-oss/hf-mxfp4"] {
+        let dst = out.path().join(src.replace('/', "-"));
+        ok(&["convert", path_arg(&fixtures().join(src)), "-o", path_arg(&dst), "--format", "hf", "-q"]);
+        assert!(folder_tensors(&dst) == published, "{src}: the tensors differ from the published layout");
+        let config = config_of(&dst);
+        assert_eq!(config["quantization_config"]["quant_method"], "mxfp4");
+        assert_eq!(config["architectures"][0], "GptOssForCausalLM");
+        assert_eq!(config["num_local_experts"], 4);
+    }
+    // A bf16 fine-tune goes back to MXFP4 with OpenAI's quantizer: the same values.
+    let dst = out.path().join("from-bf16");
+    ok(&["convert", path_arg(&fixtures().join("gpt-oss/hf-bf16")), "-o", path_arg(&dst), "--format", "hf", "-q"]);
+    let got = folder_tensors(&dst);
+    assert_eq!(got.keys().collect::<Vec<_>>(), published.keys().collect::<Vec<_>>());
+    for (name, want) in &published {
+        if let Some(base) = name.strip_suffix("_blocks") {
+            let decode = |t: &std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)>| {
+                let (blocks, scales) = (&t[name].2, &t[&format!("{base}_scales")].2);
+                let mut y = vec![0.0f32; scales.len() * 32];
+                moeq_kernels::openai::dequantize(blocks, scales, &mut y);
+                y
+            };
+            assert_eq!(decode(&got), decode(&published), "{name}");
+        } else if !name.ends_with("_scales") {
+            assert!(got[name] == *want, "{name} differs");
+        }
+    }
+    assert_eq!(config_of(&dst)["quantization_config"]["quant_method"], "mxfp4");
+}
+
+#[test]
+fn folder_builds_refuse_bad_requests_and_leave_nothing() {
+    let out = tempfile::tempdir().unwrap();
+    let dst = out.path().join("x");
+    let llama = fixtures().join("llama/hf");
+    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "hf"]);
+    assert!(err.contains("not gpt-oss"), "{err}");
+    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--type", "q3"]);
+    assert!(err.contains("'q3' is not an MLX type"), "{err}");
+    let err = fails(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&dst),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+        "--group-size",
+        "48",
+    ]);
+    assert!(err.contains("group size 48"), "{err}");
+    let err = fails(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&dst), "--format", "mlx"]);
+    assert!(err.contains("a GGUF converts to GGUF"), "{err}");
+    let err =
+        fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--quant-override", "lm_head"]);
+    assert!(err.contains("PATTERN=TYPE"), "{err}");
+    // NaN in a bf16 weight: named, and no folder (nor temporary folder) left.
+    let broken = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(llama.join(f), broken.path().join(f)).unwrap();
+    }
+    rewrite_safetensors(&llama.join("model.safetensors"), &broken.path().join("model.safetensors"), |name, _, data| {
+        if name == "model.layers.1.mlp.up_proj.weight" {
+            data[6..8].copy_from_slice(&[0xc0, 0x7f]);
+        }
+        true
+    });
+    let err =
+        fails(&["convert", path_arg(broken.path()), "-o", path_arg(&dst), "--format", "mlx", "--type", "q4", "-q"]);
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("NaN"), "{err}");
+    assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing left behind");
+    // An existing output folder is not overwritten.
+    std::fs::create_dir(&dst).unwrap();
+    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx"]);
+    assert!(err.contains("exists already"), "{err}");
+}

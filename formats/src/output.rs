@@ -176,3 +176,57 @@ impl PlannedOutput {
         Error::plan(&path, format!("tensor {index} '{name}' {message}"))
     }
 }
+
+/// An output folder built under a temporary name beside `path` and renamed into place only
+/// when complete; dropping it without [`OutputDir::commit`] deletes it and all it holds.
+pub struct OutputDir {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl OutputDir {
+    /// Creates the temporary folder. Refuses when `path` exists already.
+    pub fn create(path: &Path) -> Result<OutputDir> {
+        if path.exists() {
+            return Err(Error::plan(path, "exists already; remove it or choose another output folder"));
+        }
+        let name =
+            path.file_name().ok_or_else(|| Error::plan(path, "the output path has no folder name"))?.to_string_lossy();
+        let parent = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::plan(path, format!("the folder {} does not exist", parent.display())));
+        }
+        let tmp = parent.join(format!(".{name}.moeq-{}.tmp", std::process::id()));
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(OutputDir { tmp, path: path.to_path_buf(), committed: false })
+    }
+
+    /// Where files go while the folder is being built.
+    pub fn staging(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the folder into place.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
+}

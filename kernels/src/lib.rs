@@ -6,11 +6,13 @@
 //! - [`backend`]: scalar, AVX2 and AVX-512 tables, one picked at run time
 //!   (`MOEQ_KERNELS=scalar|avx2|avx512` forces one).
 //! - [`openai`]: MXFP4 in OpenAI's gpt-oss layout, and its lossless repack to ggml's.
+//! - [`mlx`]: MLX's affine and MXFP4 layouts, as `mlx.core.quantize` writes them.
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod convert;
 pub mod dot;
+pub mod mlx;
 pub mod openai;
 pub mod scalar;
 mod types;

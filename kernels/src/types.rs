@@ -121,4 +121,7 @@ pub enum KernelError {
     /// The type cannot be quantized to.
     #[error("quantizing to {0} is not supported")]
     Unsupported(&'static str),
+    /// A quantization setting this kernel does not support.
+    #[error("{0} is not supported")]
+    UnsupportedSetting(String),
 }

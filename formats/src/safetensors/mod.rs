@@ -5,4 +5,4 @@ pub mod writer;
 
 pub use ::safetensors::tensor::Dtype;
 pub use reader::{HeaderStyle, INDEX_FILE, SafetensorsFile, SafetensorsModel, StTensor};
-pub use writer::{SafetensorsPlan, SafetensorsWriter, StLayout, StTensorSpec};
+pub use writer::{IndexOptions, SafetensorsPlan, SafetensorsWriter, StLayout, StTensorSpec};

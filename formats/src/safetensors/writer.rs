@@ -137,6 +137,15 @@ impl SafetensorsPlan {
     }
 }
 
+/// How the index of a safetensors output is written.
+#[derive(Clone, Debug, Default)]
+pub struct IndexOptions {
+    /// Write `model.safetensors.index.json` even for one file (as mlx-lm does).
+    pub always: bool,
+    /// `metadata.total_parameters` (mlx-lm and recent transformers write it).
+    pub total_parameters: Option<u64>,
+}
+
 /// Writes a safetensors output, one file or shards plus index, from a plan. Tensors are
 /// addressed by their index in the plan and may be written from many threads.
 pub struct SafetensorsWriter {
@@ -149,6 +158,17 @@ impl SafetensorsWriter {
     /// `shard_max_bytes` and more than one shard, writes `dir/model-00001-of-0000N.safetensors`
     /// … and `dir/model.safetensors.index.json` instead.
     pub fn create(path: &Path, plan: &SafetensorsPlan, shard_max_bytes: Option<u64>) -> Result<SafetensorsWriter> {
+        Self::create_indexed(path, plan, shard_max_bytes, &IndexOptions::default())
+    }
+
+    /// [`SafetensorsWriter::create`], with the index written as `index` says.
+    pub fn create_indexed(
+        path: &Path,
+        plan: &SafetensorsPlan,
+        shard_max_bytes: Option<u64>,
+        index: &IndexOptions,
+    ) -> Result<SafetensorsWriter> {
+        let options = index;
         let shards = match shard_max_bytes {
             Some(max) => plan.shard(max),
             None => vec![plan.clone()],
@@ -174,9 +194,13 @@ impl SafetensorsWriter {
                 total_size += size;
             }
         }
-        let index = if count > 1 {
+        let index = if count > 1 || options.always {
             weight_map.sort_keys();
-            let json = serde_json::json!({ "metadata": { "total_size": total_size }, "weight_map": weight_map });
+            let mut metadata = serde_json::json!({ "total_size": total_size });
+            if let Some(n) = options.total_parameters {
+                metadata["total_parameters"] = n.into();
+            }
+            let json = serde_json::json!({ "metadata": metadata, "weight_map": weight_map });
             let mut text = serde_json::to_vec_pretty(&json).map_err(|e| Error::plan(path, e.to_string()))?;
             text.push(b'\n');
             let index_path = path.with_file_name(format!("{stem}.safetensors.index.json"));
