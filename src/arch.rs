@@ -45,6 +45,8 @@ pub enum SourceLayout {
     HfMxfp4,
     /// Hugging Face with plain (bf16/f16/f32) weights.
     Hf,
+    /// An MLX build (mlx-lm's layout: stacked experts, quantized `weight`/`scales`/`biases`).
+    Mlx,
 }
 
 impl SourceLayout {
@@ -54,6 +56,7 @@ impl SourceLayout {
             SourceLayout::OpenAiOriginal => "OpenAI original layout",
             SourceLayout::HfMxfp4 => "Hugging Face MXFP4 layout",
             SourceLayout::Hf => "Hugging Face layout",
+            SourceLayout::Mlx => "MLX build",
         }
     }
 }
@@ -115,6 +118,8 @@ impl ModelConfig {
             "LlamaForCausalLM" => (Architecture::Llama, SourceLayout::Hf),
             other => bail!("unknown architecture '{other}'; moeq supports {SUPPORTED}"),
         };
+        // mlx-lm's quantization block marks an MLX build.
+        let layout = if json.get("quantization").is_some_and(Json::is_object) { SourceLayout::Mlx } else { layout };
         let keys: &[(&'static str, &str)] = &[
             ("block_count", "num_hidden_layers"),
             ("context_length", "max_position_embeddings"),

@@ -11,7 +11,7 @@ use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS
 use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 
-use crate::arch::{Architecture, ModelConfig};
+use crate::arch::{Architecture, ModelConfig, SourceLayout};
 use crate::checkpoint::{Converted, OutType};
 use crate::gpt_oss;
 use crate::gpt_oss_hf;
@@ -106,6 +106,7 @@ fn convert_safetensors(
     let Some(config) = config else {
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
+    refuse_mlx(&config, model)?;
     let mut warnings = Vec::new();
     let vocab = if opts.no_vocab {
         None
@@ -148,6 +149,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
     let Some(config) = config else {
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
+    refuse_mlx(config, model)?;
     let is_gpt_oss = config.arch == Architecture::GptOss;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
@@ -198,6 +200,18 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
     Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes })
 }
 
+/// MLX builds are read as models (eval, verify) but not converted: their quantized layers
+/// would be quantized a second time.
+fn refuse_mlx(config: &ModelConfig, model: &SafetensorsModel) -> Result<()> {
+    if config.layout == SourceLayout::Mlx {
+        bail!(
+            "{}: an MLX build; moeq reads it for eval and verify, but converts from the original checkpoint",
+            model.path().display()
+        );
+    }
+    Ok(())
+}
+
 /// The GGUF llama.cpp's converter writes for a checkpoint of any family moeq converts.
 pub fn plan_checkpoint<'a>(
     model: &'a SafetensorsModel,
@@ -205,6 +219,9 @@ pub fn plan_checkpoint<'a>(
     outtype: OutType,
     vocab: Option<Metadata>,
 ) -> Result<Converted<'a>> {
+    if config.layout == SourceLayout::Mlx {
+        return crate::mlx_read::plan(model, config);
+    }
     match config.arch {
         Architecture::GptOss => gpt_oss::convert(model, &config.dir, &config.json, config.layout, outtype, vocab),
         Architecture::Mixtral | Architecture::Llama => {
@@ -303,7 +320,7 @@ pub fn requantize<'a>(
         let read = match recipe.input() {
             Input::Copy(src) | Input::Values { src, .. } => src.ty,
             Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
-            Input::Owned(_) => recipe.spec.ggml_type,
+            Input::Owned(_) | Input::MlxAffine { .. } => recipe.spec.ggml_type,
         };
         if !can_read(read) {
             bail!("tensor '{}': reading {read} data is not supported", recipe.spec.name);

@@ -338,6 +338,11 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
     ("mlp.experts.down_proj", "ffn_down_exps.weight"),
 ];
 
+/// The `gpt-oss.*` keys for a config (for reading a build back as a model).
+pub fn gguf_metadata(config: &Json, layout: SourceLayout, file_type: u32) -> Result<Vec<(String, Value)>> {
+    Ok(Hparams::from_config(config, layout)?.0.metadata(file_type))
+}
+
 /// Plans the GGUF llama.cpp's converter writes for the gpt-oss checkpoint in `dir`.
 pub fn convert<'a>(
     model: &'a SafetensorsModel,

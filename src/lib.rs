@@ -23,6 +23,7 @@ pub mod gpt_oss_hf;
 pub mod inspect;
 pub mod llama;
 pub mod mlx;
+pub mod mlx_read;
 pub mod model_card;
 pub mod progress;
 pub mod quant_plan;

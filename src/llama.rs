@@ -238,6 +238,12 @@ fn expected(hp: &Hparams) -> Vec<(String, Vec<u64>)> {
     x
 }
 
+/// The `llama.*` keys for a config and the head size (for reading a build back as a model).
+pub fn gguf_metadata(config: &Json, arch: Architecture, file_type: u32) -> Result<(Vec<(String, Value)>, u64)> {
+    let (hp, _) = Hparams::from_config(config, arch)?;
+    Ok((hp.metadata(file_type), hp.head_dim().unwrap_or(0)))
+}
+
 /// Plans the GGUF llama.cpp's converter writes for the Llama/Mixtral checkpoint in `dir`.
 pub fn convert<'a>(
     model: &'a SafetensorsModel,

@@ -128,9 +128,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            if format != Format::Gguf && verify {
-                anyhow::bail!("--verify checks GGUF outputs; run `moeq verify SRC OUT` on a folder");
-            }
             let opts = ConvertOptions {
                 input: input.clone(),
                 output,
@@ -143,12 +140,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mlx,
             };
             let summary = convert(&opts)?;
+            let opts = &opts;
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());
             }
             eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
             if verify {
-                let first = summary.files.first().cloned().unwrap_or_default();
+                let first = match format {
+                    Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
+                    _ => opts.output.clone(),
+                };
                 return run_verify(&input, &first, &[], false, None);
             }
         }

@@ -134,6 +134,22 @@ pub enum Input<'a> {
         /// Which blocks, in which order.
         view: View,
     },
+    /// MLX affine quantization (an MLX build read back): u32 code words, bf16 scales and
+    /// biases per group; the view selects rows of `cols` values.
+    MlxAffine {
+        /// The packed codes.
+        weight: Stored<'a>,
+        /// One bf16 scale per group.
+        scales: Stored<'a>,
+        /// One bf16 bias per group.
+        biases: Stored<'a>,
+        /// Bits per value.
+        bits: u32,
+        /// Values per group.
+        group: u64,
+        /// Which rows, in which order (contiguous rows; `rope_group` may reorder them).
+        view: View,
+    },
 }
 
 /// How one output tensor is made.
@@ -208,6 +224,7 @@ impl<'a> Recipe<'a> {
             Input::Copy(_) | Input::Owned(_) => self.out_row_bytes(),
             Input::Values { src, .. } => src.ty.row_bytes(self.row_len()).unwrap_or(0),
             Input::OpenAiMxfp4 { .. } => self.row_len() / 32 * 17,
+            Input::MlxAffine { bits, group, .. } => self.row_len() * *bits as u64 / 8 + self.row_len() / group * 4,
         }
     }
 
@@ -282,6 +299,11 @@ impl<'a> Recipe<'a> {
                 self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
             }
+            Input::MlxAffine { .. } => {
+                self.decode(part, first, count, scratch)?;
+                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
+                Ok(&scratch.out)
+            }
             Input::OpenAiMxfp4 { blocks, scales, view } => {
                 let g = ne0 / 32;
                 if to == GgmlType::MXFP4 {
@@ -316,6 +338,7 @@ impl<'a> Recipe<'a> {
             Input::OpenAiMxfp4 { .. } if self.spec.ggml_type != GgmlType::MXFP4 => {
                 self.decode(part, first, count, scratch)?
             }
+            Input::MlxAffine { .. } => self.decode(part, first, count, scratch)?,
             _ => {
                 // Bytes already in the output type (copied, computed, or repacked MXFP4):
                 // produce them as for writing, with a second scratch, then decode.
@@ -376,6 +399,32 @@ impl<'a> Recipe<'a> {
                     }
                 }
             }
+            Input::MlxAffine { weight, scales, biases, bits, group, view } => {
+                let (words_per_row, groups) = ((ne0 * *bits as u64 / 32) as usize, (ne0 / group) as usize);
+                let (w, s, b) = (weight.bytes(), scales.bytes(), biases.bytes());
+                let mut codes = vec![0u32; words_per_row];
+                let (mut sc, mut bi) = (vec![0u16; groups], vec![0u16; groups]);
+                for (r, y) in scratch.values.chunks_exact_mut(ne0 as usize).enumerate() {
+                    let row = (view.row_start(first + r as u64) / ne0) as usize;
+                    let words = &w[row * words_per_row * 4..(row + 1) * words_per_row * 4];
+                    for (c, bytes) in codes.iter_mut().zip(words.chunks_exact(4)) {
+                        *c = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+                    }
+                    let le16 = |src: &[u8], dst: &mut [u16]| {
+                        for (v, bytes) in
+                            dst.iter_mut().zip(src[row * groups * 2..(row + 1) * groups * 2].chunks_exact(2))
+                        {
+                            *v = u16::from_le_bytes([bytes[0], bytes[1]]);
+                        }
+                    };
+                    le16(s, &mut sc);
+                    le16(b, &mut bi);
+                    moeq_kernels::mlx::affine_dequantize(&codes, &sc, &bi, *bits, *group as usize, y);
+                }
+                if self.check_finite {
+                    self.check_values(part, &scratch.values, first)?;
+                }
+            }
             _ => bail!("internal error: no values to decode"),
         }
         Ok(())
@@ -386,7 +435,7 @@ impl<'a> Recipe<'a> {
     pub fn release(&self, first: u64, count: u64) {
         let (part, first) = self.part_of(first);
         let (src, aux, view, unit) = match &part.input {
-            Input::Owned(_) => return,
+            Input::Owned(_) | Input::MlxAffine { .. } => return,
             Input::Copy(src) => {
                 let row = self.out_row_bytes();
                 src.file.release(src.start + (first * row) as usize, (count * row) as usize);

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use moeq_formats::gguf::GgufModel;
 use moeq_formats::safetensors::SafetensorsModel;
 
-use crate::arch::ModelConfig;
+use crate::arch::{ModelConfig, SourceLayout};
 
 /// An opened input model.
 pub enum Source {
@@ -29,7 +29,7 @@ impl Source {
             // Detect the architecture first: an unsupported model is reported as such.
             let config = ModelConfig::detect(path)?;
             let model = SafetensorsModel::open(path)?;
-            return Ok(Source::Safetensors { model, config });
+            return Ok(Source::Safetensors { config: config.map(|c| mark_mlx(&model, c)), model });
         }
         if !path.exists() {
             bail!("{}: no such file or folder", path.display());
@@ -43,7 +43,7 @@ impl Source {
                 Some(dir) if !dir.as_os_str().is_empty() => ModelConfig::detect(dir)?,
                 _ => ModelConfig::detect(Path::new("."))?,
             };
-            return Ok(Source::Safetensors { model, config });
+            return Ok(Source::Safetensors { config: config.map(|c| mark_mlx(&model, c)), model });
         }
         if path.extension().is_some_and(|e| e == "gguf") {
             // Let the GGUF reader say what is wrong with it.
@@ -51,6 +51,13 @@ impl Source {
         }
         bail!("{}: not a GGUF or safetensors file (nor a model folder)", path.display())
     }
+}
+
+/// An unquantized MLX build has no quantization block; its shards say `format: mlx`.
+fn mark_mlx(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
+    let mlx =
+        model.shards().iter().any(|f| f.metadata().is_some_and(|m| m.iter().any(|(k, v)| k == "format" && v == "mlx")));
+    if mlx { ModelConfig { layout: SourceLayout::Mlx, ..config } } else { config }
 }
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {

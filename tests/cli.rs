@@ -586,6 +586,8 @@ fn eval_reproduces_the_reference_forward() {
         ("gpt-oss", "gpt-oss/hf-bf16"),
         ("gpt-oss", "golden/gpt-oss-mxfp4.gguf"),
         ("gpt-oss", "golden/gpt-oss-bf16.gguf"),
+        // mlx-lm's own build (bf16 + MXFP4 experts, the stored values).
+        ("gpt-oss", "golden-mlx/gpt-oss-mxfp4"),
         ("mixtral", "mixtral/hf"),
         ("mixtral", "golden/mixtral-bf16.gguf"),
         ("llama", "llama/hf"),
@@ -992,4 +994,52 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
     std::fs::create_dir(&dst).unwrap();
     let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx"]);
     assert!(err.contains("exists already"), "{err}");
+}
+
+/// MLX and Hugging Face builds are models too: verify reads them in their own layout.
+#[test]
+fn verify_reads_mlx_and_hf_builds() {
+    let out = tempfile::tempdir().unwrap();
+    let hf = out.path().join("hf");
+    ok(&["convert", path_arg(&fixtures().join("gpt-oss/hf-bf16")), "-o", path_arg(&hf), "--format", "hf", "-q"]);
+    let mlx = fixtures().join("golden-mlx");
+    for (source, output) in [
+        (fixtures().join("gpt-oss/hf-mxfp4"), mlx.join("gpt-oss-mxfp4")),
+        (fixtures().join("gpt-oss/original"), mlx.join("gpt-oss-mxfp4")),
+        (fixtures().join("gpt-oss/hf-mxfp4"), hf.clone()),
+    ] {
+        let (code, r) = verify_json(&source, &output);
+        assert_eq!(code, 0, "{output:?}: {}", r["failures"]);
+        assert_eq!((r["model"]["kl_max"].as_f64(), r["model"]["top1"].as_f64()), (Some(0.0), Some(1.0)), "{output:?}");
+    }
+    // Quantized builds: within their limits, 8-bit far closer than 4-bit.
+    let kl = |dir: &str| {
+        let (code, r) = verify_json(&fixtures().join("llama/hf"), &mlx.join(dir));
+        assert_eq!(code, 0, "{dir}: {}", r["failures"]);
+        r["model"]["kl_mean"].as_f64().unwrap()
+    };
+    assert!(kl("llama-q8") * 20.0 < kl("llama-q4"));
+    let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
+    assert_eq!(code, 0, "{}", r["failures"]);
+    // convert --verify checks a fresh folder the same way. (mlx-lm's default also quantizes
+    // Mixtral's router, which flips a routing decision here; keep it in bf16.)
+    let run = moeq(&[
+        "convert",
+        path_arg(&fixtures().join("mixtral/hf")),
+        "-o",
+        path_arg(&out.path().join("mixtral-q8")),
+        "--format",
+        "mlx",
+        "--type",
+        "q8",
+        "--quant-override",
+        "*.block_sparse_moe.gate=bf16",
+        "--verify",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
+    // A build is read, not converted again.
+    let err = fails(&["convert", path_arg(&mlx.join("llama-q4")), "-o", path_arg(&out.path().join("x.gguf"))]);
+    assert!(err.contains("an MLX build"), "{err}");
 }

@@ -1,0 +1,167 @@
+//! Reading an MLX build back as a model (for `eval`, `verify`, `inspect`): every tensor under
+//! its llama.cpp name in GGUF layout, quantized layers decoded from their `weight`, `scales`
+//! and `biases`, Llama's q/k rows interleaved again for llama.cpp's RoPE.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::{GgmlType, TensorSpec};
+use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensor};
+use serde_json::Value as Json;
+
+use crate::arch::{Architecture, ModelConfig};
+use crate::checkpoint::{Converted, gguf_plan};
+use crate::mlx::mlx_name;
+use crate::recipe::{Input, Recipe, Stored, View};
+
+/// The quantization of `module` per the config: (bits, group, mode).
+fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
+    let q = config.get("quantization")?;
+    let params = q.get(module).filter(|v| v.is_object()).unwrap_or(q);
+    let bits = params.get("bits")?.as_u64()? as u32;
+    let group = params.get("group_size")?.as_u64()?;
+    let mode = params.get("mode").and_then(Json::as_str).unwrap_or("affine").to_string();
+    Some((bits, group, mode))
+}
+
+fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'a StTensor)> {
+    let (file, t) = model.tensors().find(|(_, t)| t.name == name)?;
+    let ty = match t.dtype {
+        Dtype::BF16 => GgmlType::BF16,
+        Dtype::F16 => GgmlType::F16,
+        Dtype::F32 => GgmlType::F32,
+        _ => GgmlType::I8,
+    };
+    Some((Stored { file: file.file_bytes(), start: t.start, len: t.len, ty }, t))
+}
+
+/// Plans the model in an MLX build folder as llama.cpp-named recipes.
+pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Converted<'a>> {
+    let json = &config.json;
+    let (arch_name, metadata, head_dim) = match config.arch {
+        Architecture::GptOss => ("gpt-oss", crate::gpt_oss::gguf_metadata(json, crate::arch::SourceLayout::Hf, 1)?, 0),
+        arch => {
+            let (m, hd) = crate::llama::gguf_metadata(json, arch, 1)?;
+            ("llama", m, hd)
+        }
+    };
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut by_mlx = std::collections::HashMap::new();
+    for (_, t) in model.tensors() {
+        by_mlx.insert(t.name.clone(), ());
+    }
+    // llama.cpp name for every MLX tensor that carries values (not scales/biases).
+    let gguf_names = gguf_candidates(config, json);
+    for (_, t) in model.tensors() {
+        if t.name.ends_with(".scales") || t.name.ends_with(".biases") {
+            continue;
+        }
+        let gguf = gguf_names.iter().find(|(_, m)| *m == t.name).map(|(g, _)| g.clone()).with_context(|| {
+            format!("{}: tensor '{}' is not part of a {} MLX build", model.path().display(), t.name, config.class)
+        })?;
+        names.push((gguf, t.name.clone()));
+    }
+    // In llama.cpp's tensor order.
+    names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
+    let mut recipes = Vec::new();
+    for (gguf, name) in names {
+        let origin = format!("{}: tensor '{name}'", model.path().display());
+        let (weight, t) = stored(model, &name).context("listed tensor")?;
+        let module = name.trim_end_matches(".weight");
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        let rope = if head_dim > 0 && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
+            head_dim
+        } else {
+            0
+        };
+        let scales =
+            by_mlx.contains_key(&format!("{module}.scales")).then(|| stored(model, &format!("{module}.scales")));
+        let (input, cols, ty) = match scales.flatten() {
+            None => {
+                let cols = *shape.last().unwrap_or(&1);
+                let mut view = View::plain(shape.iter().product::<u64>() / cols.max(1), cols);
+                view.rope_group = rope;
+                (Input::Values { src: weight, view }, cols, weight.ty)
+            }
+            Some((scales, st)) => {
+                let Some((bits, group, mode)) = quant_of(json, module) else {
+                    bail!("{origin}: quantized, but config.json has no quantization settings for it");
+                };
+                let words = *shape.last().unwrap_or(&0);
+                let cols = words * 32 / bits as u64;
+                let rows = shape.iter().product::<u64>() / words.max(1);
+                let groups = st.shape.last().copied().unwrap_or(0) as u64;
+                if cols == 0 || groups * group != cols || !cols.is_multiple_of(32) {
+                    bail!("{origin}: {words} words of {bits} bits do not make groups of {group} ({groups} scales)");
+                }
+                let mut view = View::plain(rows, cols);
+                view.rope_group = rope;
+                match mode.as_str() {
+                    "mxfp4" if bits == 4 && group == 32 => {
+                        let blocks_view =
+                            View { cols: cols / 32, row_stride: cols / 32, outer_stride: rows * cols / 32, ..view };
+                        (Input::OpenAiMxfp4 { blocks: weight, scales, view: blocks_view }, cols, GgmlType::MXFP4)
+                    }
+                    "affine" if matches!(bits, 4 | 8) => {
+                        let biases = stored(model, &format!("{module}.biases")).map(|b| b.0);
+                        let biases = biases.with_context(|| format!("{origin}: affine without biases"))?;
+                        let ty = if bits == 8 { GgmlType::Q8_0 } else { GgmlType::Q4_1 };
+                        (Input::MlxAffine { weight, scales, biases, bits, group, view }, cols, ty)
+                    }
+                    other => bail!("{origin}: MLX {other} with {bits} bits, group {group} is not supported"),
+                }
+            }
+        };
+        let mut ne: Vec<u64> = shape.iter().rev().copied().collect();
+        if let Some(first) = ne.first_mut() {
+            *first = cols;
+        }
+        check_size(&input, &ne, &origin)?;
+        recipes.push(Recipe::new(TensorSpec { name: gguf, ne, ggml_type: ty }, input, true, origin));
+    }
+    let plan = gguf_plan(arch_name, &config.dir, json, &recipes, metadata, None);
+    Ok(Converted { plan, recipes, warnings: Vec::new() })
+}
+
+/// Checks that the stored bytes hold what the recipe reads.
+fn check_size(input: &Input, ne: &[u64], origin: &str) -> Result<()> {
+    let values: u64 = ne.iter().product();
+    let (need, have) = match input {
+        Input::Values { src, .. } => (values * src.ty.type_size(), src.len as u64),
+        Input::OpenAiMxfp4 { blocks, .. } => (values / 2, blocks.len as u64),
+        Input::MlxAffine { weight, bits, .. } => (values * *bits as u64 / 8, weight.len as u64),
+        _ => return Ok(()),
+    };
+    if need != have {
+        bail!("{origin}: {have} bytes, but its shape needs {need}");
+    }
+    Ok(())
+}
+
+/// Every (llama.cpp name, MLX name) a model of this config can have, in llama.cpp's order.
+fn gguf_candidates(config: &ModelConfig, json: &Json) -> Vec<(String, String)> {
+    let layers = json.get("num_hidden_layers").and_then(Json::as_u64).unwrap_or(0);
+    let table = match config.arch {
+        Architecture::GptOss => crate::gpt_oss::LAYER_NAMES,
+        _ => crate::llama::LAYER_NAMES,
+    };
+    let mut out = Vec::new();
+    let mut push = |gguf: String| {
+        if let Some(m) = mlx_name(&gguf, config.arch) {
+            out.push((gguf, m));
+        }
+    };
+    push("token_embd.weight".into());
+    for l in 0..layers {
+        for (_, g) in table {
+            push(format!("blk.{l}.{g}"));
+        }
+        for which in ["gate", "up", "down"] {
+            for suffix in ["weight", "bias"] {
+                push(format!("blk.{l}.ffn_{which}_exps.{suffix}"));
+            }
+        }
+    }
+    push("output_norm.weight".into());
+    push("output.weight".into());
+    out.dedup();
+    out
+}
