@@ -190,7 +190,10 @@ pub fn plan<'a>(
     for recipe in recipes {
         let Some(name) = mlx_name(&recipe.spec.name, arch) else { continue };
         let shape: Vec<usize> = recipe.spec.ne.iter().rev().map(|&d| d as usize).collect();
-        parameters += shape.iter().product::<usize>() as u64;
+        if !name.ends_with(".sinks") {
+            // As mlx-lm counts: parameters of leaf modules (the sinks belong to the attention).
+            parameters += shape.iter().product::<usize>() as u64;
+        }
         let recipe = hf_row_order(recipe);
         let is_module = name.ends_with(".weight") && shape.len() >= 2;
         let module = name.trim_end_matches(".weight").to_string();

@@ -101,11 +101,17 @@ pub fn write_items(items: &[Item], files: &BuildFiles, quiet: bool) -> Result<u6
         || (Scratch::default(), [Vec::new(), Vec::new(), Vec::new()]),
         |(scratch, bufs), &(i, first, count)| -> Result<()> {
             let item = &items[i];
-            encode_rows(item, first, count, scratch, bufs)?;
             let n_rows = item.recipe.n_rows().max(1);
-            for (k, spec) in item.outputs.iter().enumerate() {
-                let row_bytes = spec.nbytes().unwrap_or(0) / n_rows;
-                writer.write_tensor_part(first_output[i] + k, first * row_bytes, &bufs[k])?;
+            let row_bytes = |k: usize| item.outputs[k].nbytes().unwrap_or(0) / n_rows;
+            if item.encoding == Encoding::Rows {
+                // Straight from the input when the bytes are copied.
+                let bytes = item.recipe.rows(first, count, scratch)?;
+                writer.write_tensor_part(first_output[i], first * row_bytes(0), bytes)?;
+            } else {
+                encode_rows(item, first, count, scratch, bufs)?;
+                for (k, buf) in bufs.iter().enumerate().take(item.outputs.len()) {
+                    writer.write_tensor_part(first_output[i] + k, first * row_bytes(k), buf)?;
+                }
             }
             item.recipe.release(first, count);
             bar.inc(count * item.recipe.in_row_bytes());
@@ -117,16 +123,13 @@ pub fn write_items(items: &[Item], files: &BuildFiles, quiet: bool) -> Result<u6
     Ok(total)
 }
 
-/// Encodes rows `first..first + count` of `item` into `bufs` (one buffer per output).
+/// Encodes rows `first..first + count` of a quantized `item` into `bufs` (one buffer per
+/// output).
 fn encode_rows(item: &Item, first: u64, count: u64, scratch: &mut Scratch, bufs: &mut [Vec<u8>; 3]) -> Result<()> {
     let recipe = &item.recipe;
     let located = |e: moeq_kernels::KernelError| anyhow::anyhow!("{}: {e}", recipe.parts[0].origin);
     match item.encoding {
-        Encoding::Rows => {
-            let bytes = recipe.rows(first, count, scratch)?;
-            bufs[0].clear();
-            bufs[0].extend_from_slice(bytes);
-        }
+        Encoding::Rows => bail!("internal error: {} is not quantized", recipe.spec.name),
         Encoding::StoredMxfp4 => {
             let [codes, scales, _] = bufs;
             recipe.openai_blocks(first, count, codes, scales)?;
