@@ -12,11 +12,6 @@ use rayon::prelude::*;
 
 use crate::weights::Weights;
 
-thread_local! {
-    /// An expert's three weight matrices, decoded: reused from expert to expert.
-    static EXPERT_WEIGHTS: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
 /// The model family, as the forward sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -151,48 +146,32 @@ pub struct Model<'w, 'a> {
     pub cfg: Config,
 }
 
-/// `y[t][o] = Σ_i x[t][i] · m[o][i] (+ bias[o])` for `m` of `rows` rows.
-fn matmul(x: &[f32], m: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    let cols = m.len() / rows.max(1);
+/// Weight rows decoded per task of [`Model::project`]: 15 rows (five blocks of three) of a few thousand f32 stay
+/// in the core's L2 cache while every token is multiplied with them.
+const TILE_ROWS: u64 = 15;
+
+/// `out[r · t + k] = Σ_i tile[r][i] · x[k][i] + bias[r]`: one tile of weight rows against all
+/// `t` tokens, three rows by four tokens at a time. Every result is one `dot_block` value, so
+/// it does not depend on how the rows were split into tiles.
+fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out: &mut Vec<f32>) {
+    let n = tile.len() / cols.max(1);
     let t = x.len() / cols.max(1);
-    // Each weight row is read once and used for every token (the tokens stay in cache); the
-    // rows are shared out among the threads. Every result is one `dot`, so the values do not
-    // depend on the split.
-    const ROWS_PER_TASK: usize = 16;
-    let blocks: Vec<Vec<f32>> = m
-        .par_chunks(cols * ROWS_PER_TASK)
-        .enumerate()
-        .map(|(b, block)| {
-            let n = block.len() / cols;
-            // Four tokens against the task's rows at a time: both stay in cache.
-            let mut out = vec![0.0f32; n * t];
-            let mut tile = [0.0f32; 16];
-            for (g, xs) in x.chunks(4 * cols).enumerate() {
-                let m = xs.len() / cols;
-                for (q, rows4) in block.chunks(4 * cols).enumerate() {
-                    let p = rows4.len() / cols;
-                    dot_block(rows4, xs, cols, &mut tile[..p * m]);
-                    for r in 0..p {
-                        let add = bias.map_or(0.0, |bias| bias[b * ROWS_PER_TASK + q * 4 + r]);
-                        for j in 0..m {
-                            out[(q * 4 + r) * t + g * 4 + j] = tile[r * m + j] + add;
-                        }
-                    }
+    out.clear();
+    out.resize(n * t, 0.0);
+    let mut block = [0.0f32; 16];
+    for (g, xs) in x.chunks(4 * cols).enumerate() {
+        let m = xs.len() / cols;
+        for (q, rows3) in tile.chunks(3 * cols).enumerate() {
+            let p = rows3.len() / cols;
+            dot_block(rows3, xs, cols, &mut block[..p * m]);
+            for r in 0..p {
+                let add = bias.map_or(0.0, |bias| bias[q * 3 + r]);
+                for j in 0..m {
+                    out[(q * 3 + r) * t + g * 4 + j] = block[r * m + j] + add;
                 }
-            }
-            out
-        })
-        .collect();
-    let mut y = vec![0.0f32; t * rows];
-    for (b, block) in blocks.iter().enumerate() {
-        for (r, values) in block.chunks_exact(t.max(1)).enumerate() {
-            let o = b * ROWS_PER_TASK + r;
-            for (k, &v) in values.iter().enumerate() {
-                y[k * rows + o] = v;
             }
         }
     }
-    y
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -238,19 +217,40 @@ impl<'w, 'a> Model<'w, 'a> {
     /// head) is never decoded whole.
     fn linear(&self, x: &[f32], name: &str, bias: bool) -> Result<Vec<f32>> {
         let weight = format!("{name}.weight");
-        let ne = self.w.ne(&weight)?;
-        let (cols, rows) = (ne.first().copied().unwrap_or(1) as usize, ne.get(1).copied().unwrap_or(1) as usize);
+        let rows = self.w.ne(&weight)?.get(1).copied().unwrap_or(1);
         let b = if bias { Some(self.t(&format!("{name}.bias"))?) } else { None };
+        self.project(x, &weight, 0, rows, b.as_deref())
+    }
+
+    /// `y[k][o] = Σ_i x[k][i] · W[first + o][i] (+ bias[o])` for rows `first..first + rows` of
+    /// weight `name`. The rows are decoded tile by tile, each tile on whichever thread takes it
+    /// and multiplied with every token while it is in cache, so decoding runs on all cores and
+    /// no decoded matrix is ever held whole.
+    fn project(&self, x: &[f32], name: &str, first: u64, rows: u64, bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        let cols = self.w.ne(name)?.first().copied().unwrap_or(1) as usize;
         let t = x.len() / cols.max(1);
-        let per = ((1 << 22) / cols.max(1)).max(1);
+        let tiles: Vec<u64> = (0..rows).step_by(TILE_ROWS as usize).collect();
+        let parts: Vec<Vec<f32>> = tiles
+            .par_iter()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(tile, out), &start| -> Result<Vec<f32>> {
+                    let n = TILE_ROWS.min(rows - start);
+                    self.w.rows_into(name, first + start, n, tile)?;
+                    let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
+                    multiply_tile(x, tile, cols, b, out);
+                    Ok(out.clone())
+                },
+            )
+            .collect::<Result<_>>()?;
+        let rows = rows as usize;
         let mut y = vec![0.0f32; t * rows];
-        let mut m = Vec::new();
-        for first in (0..rows).step_by(per) {
-            let n = per.min(rows - first);
-            self.w.rows_into(&weight, first as u64, n as u64, &mut m)?;
-            let part = matmul(x, &m, n, b.as_ref().map(|b| &b[first..first + n]));
-            for (yt, pt) in y.chunks_exact_mut(rows).zip(part.chunks_exact(n)) {
-                yt[first..first + n].copy_from_slice(pt);
+        for (i, part) in parts.iter().enumerate() {
+            for (r, values) in part.chunks_exact(t.max(1)).enumerate() {
+                let o = i * TILE_ROWS as usize + r;
+                for (k, &v) in values.iter().enumerate() {
+                    y[k * rows + o] = v;
+                }
             }
         }
         Ok(y)
@@ -438,33 +438,27 @@ impl<'w, 'a> Model<'w, 'a> {
     /// Expert `e` of layer `l` on rows `x` [n, hidden].
     pub fn expert(&self, l: usize, e: usize, x: &[f32]) -> Result<Vec<f32>> {
         let gpt = self.cfg.family == Family::GptOss;
-        EXPERT_WEIGHTS.with_borrow_mut(|bufs| -> Result<Vec<f32>> {
-            let [gw, uw, dw] = bufs;
-            let part = |name: &str, buf: &mut Vec<f32>| -> Result<Option<Vec<f32>>> {
-                let w = format!("blk.{l}.{name}.weight");
-                let rows = self.w.ne(&w)?[1];
-                self.w.rows_into(&w, e as u64 * rows, rows, buf)?;
-                Ok(if gpt { Some(self.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None })
-            };
-            let gb = part("ffn_gate_exps", gw)?;
-            let ub = part("ffn_up_exps", uw)?;
-            let db = part("ffn_down_exps", dw)?;
-            let ff = gw.len() / self.cfg.n_embd;
-            let g = matmul(x, gw, ff, gb.as_deref());
-            let u = matmul(x, uw, ff, ub.as_deref());
-            let a: Vec<f32> = if gpt {
-                g.iter()
-                    .zip(&u)
-                    .map(|(&g, &u)| {
-                        let g = g.min(7.0);
-                        let u = u.clamp(-7.0, 7.0);
-                        g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
-                    })
-                    .collect()
-            } else {
-                g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
-            };
-            Ok(matmul(&a, dw, self.cfg.n_embd, db.as_deref()))
-        })
+        // Expert e's rows of a stacked tensor, and its bias (gpt-oss), applied to `input`.
+        let project = |name: &str, input: &[f32]| -> Result<Vec<f32>> {
+            let w = format!("blk.{l}.{name}.weight");
+            let rows = self.w.ne(&w)?[1];
+            let bias = if gpt { Some(self.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None };
+            self.project(input, &w, e as u64 * rows, rows, bias.as_deref())
+        };
+        let g = project("ffn_gate_exps", x)?;
+        let u = project("ffn_up_exps", x)?;
+        let a: Vec<f32> = if gpt {
+            g.iter()
+                .zip(&u)
+                .map(|(&g, &u)| {
+                    let g = g.min(7.0);
+                    let u = u.clamp(-7.0, 7.0);
+                    g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+                })
+                .collect()
+        } else {
+            g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+        };
+        project("ffn_down_exps", &a)
     }
 }

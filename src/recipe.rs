@@ -389,10 +389,21 @@ impl<'a> Recipe<'a> {
                 }
             }
             Input::OpenAiMxfp4 { blocks, scales, view } => {
+                let kernels = moeq_kernels::active();
+                let g = (ne0 / 32) as usize;
                 for (r, y) in scratch.values.chunks_exact_mut(ne0 as usize).enumerate() {
-                    let start = view.row_start(first + r as u64);
+                    let start = view.row_start(first + r as u64) as usize;
+                    if view.col_stride == 1 {
+                        // A row's blocks are contiguous: check its scales, decode it in one go.
+                        let row_scales = &scales.bytes()[start..start + g];
+                        if let Some(b) = row_scales.iter().position(|&s| s == 0xFF) {
+                            check_scale(part, 0xFF, first + r as u64, b as u64)?;
+                        }
+                        kernels.openai_mxfp4_dequantize(&blocks.bytes()[start * 16..(start + g) * 16], row_scales, y);
+                        continue;
+                    }
                     for (b, y) in y.chunks_exact_mut(32).enumerate() {
-                        let idx = (start + b as u64 * view.col_stride) as usize;
+                        let idx = start + b * view.col_stride as usize;
                         let scale = scales.bytes()[idx];
                         check_scale(part, scale, first + r as u64, b as u64)?;
                         openai::dequantize(&blocks.bytes()[idx * 16..idx * 16 + 16], &[scale], y);

@@ -22,6 +22,8 @@ thread_local! {
 /// The tensors and metadata of a model, decoded on demand.
 pub struct Weights<'a> {
     recipes: Vec<Recipe<'a>>,
+    /// The same tensors producing their stored (GGUF-typed) bytes, for byte comparisons.
+    encoded: Vec<Recipe<'a>>,
     by_name: HashMap<String, usize>,
     /// The GGUF metadata (for a checkpoint: what the converter would write).
     pub metadata: Vec<(String, Value)>,
@@ -34,23 +36,25 @@ pub struct Weights<'a> {
 impl<'a> Weights<'a> {
     /// Reads an opened model: a GGUF as stored, a checkpoint through the converter.
     pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
-        let (metadata, recipes) = match source {
+        let (metadata, recipes, encoded) = match source {
             Source::Gguf(model) => {
                 let plan = crate::convert::merged_plan(model);
-                (plan.metadata, gguf_recipes(model))
+                (plan.metadata, gguf_recipes(model), gguf_recipes(model))
             }
             Source::Safetensors { model, config } => {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
+                // Planned twice (headers only): once to decode, once to encode.
                 let c = plan_checkpoint(model, config, OutType::Auto, None)?;
-                (c.plan.metadata, c.recipes)
+                let encoded = plan_checkpoint(model, config, OutType::Auto, None)?.recipes;
+                (c.plan.metadata, c.recipes, encoded)
             }
         };
         let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
         let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();
         let by_name = recipes.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
-        Ok(Weights { recipes, by_name, metadata, stored_types, path: path.display().to_string() })
+        Ok(Weights { recipes, encoded, by_name, metadata, stored_types, path: path.display().to_string() })
     }
 
     /// Tensor names in file order.
@@ -111,6 +115,37 @@ impl<'a> Weights<'a> {
             }
             Ok(())
         })
+    }
+
+    /// Whether tensor `name` has the same type, shape and stored bytes in both models (a
+    /// checkpoint's tensor as the converter would write it). Same bytes mean the same values;
+    /// `false` says nothing (decode and compare the values then).
+    pub fn same_bytes(&self, other: &Weights, name: &str) -> Result<bool> {
+        let (a, b) = (&self.encoded[self.index(name)?], &other.encoded[other.index(name)?]);
+        if a.spec.ggml_type != b.spec.ggml_type || a.spec.ne != b.spec.ne {
+            return Ok(false);
+        }
+        // Ranges that lie within one piece of each (pieces never straddle stacked inputs).
+        let mut starts: Vec<u64> =
+            a.pieces(8 << 20, 1 << 20).iter().chain(&b.pieces(8 << 20, 1 << 20)).map(|p| p.0).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts.push(a.n_rows());
+        let (mut sa, mut sb) = (Scratch::default(), Scratch::default());
+        for w in starts.windows(2) {
+            let (first, count) = (w[0], w[1] - w[0]);
+            let same = a.rows(first, count, &mut sa)? == b.rows(first, count, &mut sb)?;
+            a.release(first, count);
+            b.release(first, count);
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.by_name.get(name).copied().with_context(|| format!("{}: no tensor '{name}'", self.path))
     }
 
     /// All values of tensor `name`.

@@ -25,6 +25,7 @@ pub struct Backend {
     pub(crate) f16_to_f32: fn(&[u16], &mut [f32]),
     pub(crate) f32_to_bf16: fn(&[f32], &mut [u16]),
     pub(crate) f32_to_f16: fn(&[f32], &mut [u16]),
+    pub(crate) openai_mxfp4_to_f32: fn(&[u8], &[u8], &mut [f32]),
 }
 
 /// The reference backend.
@@ -36,6 +37,7 @@ pub static SCALAR: Backend = Backend {
     f16_to_f32: rows::f16_to_f32,
     f32_to_bf16: rows::f32_to_bf16,
     f32_to_f16: rows::f32_to_f16,
+    openai_mxfp4_to_f32: crate::openai::dequantize,
 };
 
 /// Every backend this CPU can run, scalar first.
@@ -214,6 +216,13 @@ impl Backend {
         check_lengths(ty, dst.len(), src.len())?;
         (self.dequantize)(ty, src, dst);
         Ok(())
+    }
+
+    /// OpenAI-layout MXFP4 (16 code bytes and one scale byte per 32 values) → f32, as
+    /// [`crate::openai::dequantize`]. Panics if the lengths disagree.
+    pub fn openai_mxfp4_dequantize(&self, blocks: &[u8], scales: &[u8], dst: &mut [f32]) {
+        assert!(blocks.len() == 16 * scales.len() && dst.len() == 32 * scales.len(), "openai_mxfp4: length mismatch");
+        (self.openai_mxfp4_to_f32)(blocks, scales, dst)
     }
 
     /// bf16 bits → f32. Panics if the lengths differ.

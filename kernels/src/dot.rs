@@ -19,13 +19,68 @@ pub fn dot_block(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
     let (r, m) = (rows.len() / n.max(1), xs.len() / n.max(1));
     assert_eq!(out.len(), r * m, "dot_block: out must hold one value per row and activation");
     #[cfg(target_arch = "x86_64")]
-    if r == 4 && m == 4 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: AVX2 and FMA were just detected; four rows and four activations of n values.
-        return unsafe { avx2::dot_4x4(rows, xs, n, out) };
+    if m == 4 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if r == 3 {
+            // SAFETY: AVX2 and FMA were just detected; three rows and four activations of n values.
+            return unsafe { avx2::dot_3x4(rows, xs, n, out) };
+        }
+        if r == 4 {
+            // SAFETY: as above, four rows.
+            return unsafe { avx2::dot_4x4(rows, xs, n, out) };
+        }
     }
     for (row, o) in rows.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(m.max(1))) {
         dot_rows(row, xs, o);
     }
+}
+
+/// What comparing two tensors needs: Σ(a−b)², Σa², Σb², Σab (f32 partial sums over runs of
+/// 256 values, gathered in f64), the largest |a − b|, and how many values differ (+0 and −0
+/// are equal).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CompareSums {
+    /// Σ(a − b)².
+    pub diff2: f64,
+    /// Σa².
+    pub a2: f64,
+    /// Σb².
+    pub b2: f64,
+    /// Σab.
+    pub ab: f64,
+    /// max |a − b|.
+    pub max_abs: f32,
+    /// Number of positions where a ≠ b.
+    pub unequal: u64,
+}
+
+/// [`CompareSums`] of two equally long slices of finite values.
+pub fn compare(a: &[f32], b: &[f32]) -> CompareSums {
+    assert_eq!(a.len(), b.len(), "compare: lengths differ");
+    let mut out = CompareSums::default();
+    for (a, b) in a.chunks(256).zip(b.chunks(256)) {
+        #[cfg(target_arch = "x86_64")]
+        if a.len() == 256 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA were just detected; both chunks hold 256 values.
+            unsafe { avx2::compare_256(a, b, &mut out) };
+            continue;
+        }
+        let (mut d2, mut a2, mut b2, mut ab, mut max) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
+        for (&x, &y) in a.iter().zip(b) {
+            let d = x - y;
+            d2 += d * d;
+            a2 += x * x;
+            b2 += y * y;
+            ab += x * y;
+            max = max.max(d.abs());
+            out.unequal += u64::from(x != y);
+        }
+        out.diff2 += d2 as f64;
+        out.a2 += a2 as f64;
+        out.b2 += b2 as f64;
+        out.ab += ab as f64;
+        out.max_abs = out.max_abs.max(max);
+    }
+    out
 }
 
 /// The portable version: eight partial sums per dot product.
@@ -47,6 +102,35 @@ pub fn scalar_dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    /// [`super::compare`] of 256 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn compare_256(a: &[f32], b: &[f32], out: &mut super::CompareSums) {
+        let (mut d2, mut a2, mut b2, mut ab, mut max) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+        let mut unequal = 0u32;
+        for i in (0..256).step_by(8) {
+            // SAFETY: the caller passes 256 values in each slice; i + 8 ≤ 256.
+            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            let d = _mm256_sub_ps(x, y);
+            d2 = _mm256_fmadd_ps(d, d, d2);
+            a2 = _mm256_fmadd_ps(x, x, a2);
+            b2 = _mm256_fmadd_ps(y, y, b2);
+            ab = _mm256_fmadd_ps(x, y, ab);
+            max = _mm256_max_ps(max, _mm256_and_ps(d, abs_mask));
+            unequal += (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(x, y)) as u32).count_ones();
+        }
+        out.diff2 += hsum(d2) as f64;
+        out.a2 += hsum(a2) as f64;
+        out.b2 += hsum(b2) as f64;
+        out.ab += hsum(ab) as f64;
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
+        out.max_abs = lanes.iter().fold(out.max_abs, |m, &v| m.max(v));
+        out.unequal += unequal as u64;
+    }
 
     /// Sum of the eight lanes.
     #[target_feature(enable = "avx2,fma")]
@@ -101,6 +185,43 @@ mod avx2 {
         }
     }
 
+    /// [`super::dot_block`] for three weight rows and four activation rows: twelve
+    /// accumulators, three weight vectors and one activation vector fill the sixteen
+    /// registers, so nothing spills and each loaded vector feeds three or four FMAs. Each
+    /// result is computed exactly as [`dot_rows`] computes it.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `rows` holds 3 · n values, `xs` 4 · n, `out` 12.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // k indexes the three accumulator rows and the activations
+    pub unsafe fn dot_3x4(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
+        let n8 = n - n % 8;
+        let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+        let mut i = 0;
+        while i < n8 {
+            // SAFETY: i + 8 <= n8 <= n, and rows and xs hold three and four runs of n values.
+            unsafe {
+                let (r, x) = (rows.as_ptr(), xs.as_ptr());
+                let (w0, w1, w2) =
+                    (_mm256_loadu_ps(r.add(i)), _mm256_loadu_ps(r.add(n + i)), _mm256_loadu_ps(r.add(2 * n + i)));
+                for k in 0..4 {
+                    let x = _mm256_loadu_ps(x.add(k * n + i));
+                    acc[0][k] = _mm256_fmadd_ps(x, w0, acc[0][k]);
+                    acc[1][k] = _mm256_fmadd_ps(x, w1, acc[1][k]);
+                    acc[2][k] = _mm256_fmadd_ps(x, w2, acc[2][k]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..3 {
+            for k in 0..4 {
+                let (row, x) = (&rows[r * n..(r + 1) * n], &xs[k * n..(k + 1) * n]);
+                let tail: f32 = x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum();
+                out[r * 4 + k] = hsum(acc[r][k]) + tail;
+            }
+        }
+    }
+
     /// [`super::dot_rows`] four activation rows at a time.
     ///
     /// # Safety
@@ -139,6 +260,22 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_block_shape_gives_the_same_bits() {
+        let n = 2885;
+        let rows: Vec<f32> = (0..n * 4).map(|i| ((i * 29 % 103) as f32 - 51.0) / 40.0).collect();
+        let xs: Vec<f32> = (0..n * 4).map(|i| ((i * 61 % 89) as f32 - 44.0) / 20.0).collect();
+        for r in [3, 4] {
+            let mut block = vec![0.0; r * 4];
+            dot_block(&rows[..r * n], &xs, n, &mut block);
+            for q in 0..r {
+                let mut single = [0.0; 4];
+                dot_rows(&rows[q * n..(q + 1) * n], &xs, &mut single);
+                assert_eq!(block[q * 4..q * 4 + 4], single, "{r} rows, row {q}");
+            }
+        }
+    }
 
     #[test]
     fn blocks_agree_with_single_dots() {

@@ -273,6 +273,20 @@ proptest! {
     }
 
     #[test]
+    fn openai_mxfp4_dequantizes_like_scalar(bytes in prop::collection::vec(any::<u8>(), 17 * 40)) {
+        let n = bytes.len() / 17;
+        let (blocks, scales) = bytes.split_at(16 * n);
+        let mut want = vec![0f32; 32 * n];
+        SCALAR.openai_mxfp4_dequantize(blocks, scales, &mut want);
+        for b in simd_backends() {
+            let mut got = vec![0f32; want.len()];
+            b.openai_mxfp4_dequantize(blocks, scales, &mut got);
+            prop_assert!(want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())),
+                "{}", b.name);
+        }
+    }
+
+    #[test]
     fn random_floats_convert_like_scalar(bits in prop::collection::vec(any::<u32>(), 1..300)) {
         let x: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
         let (mut want, mut got) = (vec![0u16; x.len()], vec![0u16; x.len()]);

@@ -427,6 +427,48 @@ fn dequantize_mxfp4(x: &[u8], y: &mut [f32]) {
     }
 }
 
+#[target_feature(enable = "avx2")]
+fn dequantize_openai_mxfp4(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
+    // SAFETY: KVALUES holds 16 bytes.
+    let lut = unsafe { _mm_loadu_si128(scalar::mxfp4::KVALUES.as_ptr().cast()) };
+    let low = _mm_set1_epi8(0x0F);
+    for ((codes, &s), y) in blocks.chunks_exact(16).zip(scales).zip(y.chunks_exact_mut(32)) {
+        if s == 0xFF {
+            // NaN scale (infinite in OpenAI's reading): as the reference computes it.
+            crate::openai::dequantize(codes, &[s], y);
+            continue;
+        }
+        let d = _mm256_set1_ps(scalar::mxfp4::e8m0_to_f32_half(s));
+        // SAFETY: `codes` holds 16 bytes, `y` has room for 32 f32 (four stores of 8).
+        unsafe {
+            let q = _mm_loadu_si128(codes.as_ptr().cast());
+            let (lo_code, hi_code) = (_mm_and_si128(q, low), _mm_and_si128(_mm_srli_epi16::<4>(q), low));
+            let (lo, hi) = (_mm_shuffle_epi8(lut, lo_code), _mm_shuffle_epi8(lut, hi_code));
+            // OpenAI order: element 2i is the low nibble of byte i, 2i + 1 its high nibble.
+            let (first, second) = (_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi));
+            let (first_c, second_c) = (_mm_unpacklo_epi8(lo_code, hi_code), _mm_unpackhi_epi8(lo_code, hi_code));
+            let sign = _mm256_set1_epi32(i32::MIN);
+            // Value times scale; code 8 is -0 (the sign bit of the code becomes the float's).
+            let put = |v: __m128i, c: __m128i| {
+                let signs = _mm256_and_si256(_mm256_slli_epi32::<28>(_mm256_cvtepu8_epi32(c)), sign);
+                let x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d);
+                _mm256_or_ps(x, _mm256_castsi256_ps(signs))
+            };
+            let p = y.as_mut_ptr();
+            _mm256_storeu_ps(p, put(first, first_c));
+            _mm256_storeu_ps(p.add(8), put(_mm_srli_si128::<8>(first), _mm_srli_si128::<8>(first_c)));
+            _mm256_storeu_ps(p.add(16), put(second, second_c));
+            _mm256_storeu_ps(p.add(24), put(_mm_srli_si128::<8>(second), _mm_srli_si128::<8>(second_c)));
+        }
+    }
+}
+
+/// OpenAI-layout MXFP4 → f32 (AVX2 was detected when this table was handed out).
+pub fn openai_mxfp4_to_f32(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
+    // SAFETY: this backend is only used after AVX2 was detected.
+    unsafe { dequantize_openai_mxfp4(blocks, scales, y) }
+}
+
 /// Outputs at least this large bypass the cache (non-temporal stores): they would not fit in
 /// it anyway, and streaming them saves reading every destination line first.
 const STREAM_BYTES: usize = 4 << 20;

@@ -36,6 +36,7 @@ static AVX2: Backend = Backend {
     f16_to_f32: avx2::entry::f16_to_f32,
     f32_to_bf16: avx2::entry::f32_to_bf16,
     f32_to_f16: avx2::entry::f32_to_f16,
+    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
 };
 
 static AVX512: Backend = Backend {
@@ -46,6 +47,8 @@ static AVX512: Backend = Backend {
     f16_to_f32: avx512::entry::f16_to_f32,
     f32_to_bf16: avx512::entry::f32_to_bf16,
     f32_to_f16: avx512::entry::f32_to_f16,
+    // AVX-512 implies AVX2; the AVX2 kernel is memory-bound already.
+    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
 };
 
 /// The SIMD backends this CPU supports, slowest first.
