@@ -363,8 +363,19 @@ impl<'a> Recipe<'a> {
         let g = self.row_len() / 32;
         codes.clear();
         scales_out.clear();
+        let (all_codes, all_scales) = (blocks.bytes(), scales.bytes());
         for r in 0..count {
             let start = view.row_start(first + r);
+            if view.col_stride == 1 {
+                // The row's blocks are contiguous: copy them whole.
+                let (lo, hi) = (start as usize, (start + g) as usize);
+                if let Some(b) = all_scales[lo..hi].iter().position(|&s| s == 0xFF) {
+                    check_scale(part, 0xFF, first + r, b as u64)?;
+                }
+                scales_out.extend_from_slice(&all_scales[lo..hi]);
+                codes.extend_from_slice(&all_codes[lo * 16..hi * 16]);
+                continue;
+            }
             for b in 0..g {
                 let idx = (start + b * view.col_stride) as usize;
                 let scale = scales.bytes()[idx];
