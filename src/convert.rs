@@ -170,14 +170,13 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
     };
     let dir = OutputDir::create(&opts.output)?;
     write_json(&dir, "config.json", &config_json)?;
-    let mut side = copy_side_files(&config.dir, &dir)?;
-    if !side.iter().any(|f| f.starts_with("tokenizer"))
+    let copied = copy_side_files(&config.dir, &dir)?;
+    if !copied.iter().any(|f| f.starts_with("tokenizer"))
         && let Some(parent) = config.dir.parent()
     {
         // OpenAI's original/ folder: the tokenizer is in the repository above it.
-        side = copy_side_files(parent, &dir)?;
+        copy_side_files(parent, &dir)?;
     }
-    drop(side);
     let files = BuildFiles {
         dir: &dir,
         metadata: vec![("format".into(), format.into())],

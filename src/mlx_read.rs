@@ -44,10 +44,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
         }
     };
     let mut names: Vec<(String, String)> = Vec::new();
-    let mut by_mlx = std::collections::HashMap::new();
-    for (_, t) in model.tensors() {
-        by_mlx.insert(t.name.clone(), ());
-    }
+    let present: std::collections::HashSet<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
     // llama.cpp name for every MLX tensor that carries values (not scales/biases).
     let gguf_names = gguf_candidates(config, json);
     for (_, t) in model.tensors() {
@@ -73,7 +70,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
             0
         };
         let scales =
-            by_mlx.contains_key(&format!("{module}.scales")).then(|| stored(model, &format!("{module}.scales")));
+            present.contains(format!("{module}.scales").as_str()).then(|| stored(model, &format!("{module}.scales")));
         let (input, cols, ty) = match scales.flatten() {
             None => {
                 let cols = *shape.last().unwrap_or(&1);

@@ -912,6 +912,24 @@ fn mlx_builds_equal_what_mlx_lm_writes() {
     assert!(!t.contains_key("lm_head.scales"));
     // Rows of 96 values are not whole groups of 64: down_proj stays bf16, as mlx-lm leaves it.
     assert_eq!(t["model.layers.1.block_sparse_moe.switch_mlp.down_proj.weight"].0, "BF16");
+
+    // Sharded past a size limit, with an index naming every tensor's shard; the same tensors.
+    for format in ["mlx", "hf"] {
+        let dst = out.path().join(format!("sharded-{format}"));
+        let src = fixtures().join("gpt-oss/hf-mxfp4");
+        ok(&["convert", path_arg(&src), "-o", path_arg(&dst), "--format", format, "--split-max-size", "60K", "-q"]);
+        let index: Json =
+            serde_json::from_slice(&std::fs::read(dst.join("model.safetensors.index.json")).unwrap()).unwrap();
+        let map = index["weight_map"].as_object().unwrap();
+        let shards: std::collections::BTreeSet<&str> = map.values().map(|v| v.as_str().unwrap()).collect();
+        assert!(shards.len() >= 3, "{format}: {shards:?}");
+        assert!(shards.iter().all(|s| dst.join(s).is_file()), "{shards:?}");
+        let whole = folder_tensors(&dst);
+        assert_eq!(map.len(), whole.len());
+        let single = out.path().join(format!("single-{format}"));
+        ok(&["convert", path_arg(&src), "-o", path_arg(&single), "--format", format, "-q"]);
+        assert!(folder_tensors(&single) == whole, "{format}: sharding changed the tensors");
+    }
 }
 
 #[test]
