@@ -170,7 +170,7 @@ pub struct MlxBuild<'a> {
     pub items: Vec<Item<'a>>,
     /// `config.json`'s `quantization` (and `quantization_config`).
     pub quantization: Option<Json>,
-    /// Logical parameter count (every weight value once), for the index.
+    /// Parameters as mlx-lm counts them (those of leaf modules), for the index.
     pub parameters: u64,
 }
 
@@ -182,7 +182,7 @@ pub fn plan<'a>(
     opts: &MlxOptions,
 ) -> Result<MlxBuild<'a>> {
     let mut items = Vec::new();
-    // Modules quantized otherwise than the global setting, in model order.
+    // Quantized modules other than MXFP4 experts, with their settings, in model order.
     let mut per_module: Vec<(String, Json)> = Vec::new();
     let mut mxfp4_experts = false;
     let mut parameters = 0u64;
