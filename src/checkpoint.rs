@@ -51,13 +51,22 @@ pub struct SourceTensor<'a> {
 }
 
 /// The ggml type a safetensors dtype is read as: floats, and U8 as raw bytes.
-fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
+pub fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
     match dtype {
         Dtype::BF16 => Some(GgmlType::BF16),
         Dtype::F16 => Some(GgmlType::F16),
         Dtype::F32 => Some(GgmlType::F32),
         Dtype::U8 => Some(GgmlType::I8),
         _ => None,
+    }
+}
+
+/// The safetensors dtype a float ggml type is written as (bf16 for anything else).
+pub fn float_dtype(ty: GgmlType) -> Dtype {
+    match ty {
+        GgmlType::F16 => Dtype::F16,
+        GgmlType::F32 => Dtype::F32,
+        _ => Dtype::BF16,
     }
 }
 

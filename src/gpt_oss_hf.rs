@@ -11,7 +11,7 @@ use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensorSpec};
 use serde_json::{Value as Json, json};
 
 use crate::arch::{ModelConfig, SourceLayout};
-use crate::checkpoint::SourceTensor;
+use crate::checkpoint::{SourceTensor, float_dtype};
 use crate::gpt_oss::{Hparams, hf_tensors};
 use crate::recipe::{Input, Recipe, View};
 use crate::write_safetensors::{Encoding, Item};
@@ -54,11 +54,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Vec
             continue;
         }
         // Everything else as stored.
-        let dtype = match s.stored.ty {
-            GgmlType::F16 => Dtype::F16,
-            GgmlType::F32 => Dtype::F32,
-            _ => Dtype::BF16,
-        };
+        let dtype = float_dtype(s.stored.ty);
         let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
         let spec = TensorSpec { name: s.name.clone(), ne, ggml_type: s.stored.ty };
         let out = StTensorSpec { name: s.name.clone(), dtype, shape: s.shape.iter().map(|&d| d as usize).collect() };

@@ -12,6 +12,7 @@ use moeq_formats::safetensors::{Dtype, StTensorSpec};
 use serde_json::{Value as Json, json};
 
 use crate::arch::Architecture;
+use crate::checkpoint::float_dtype;
 use crate::recipe::{Input, Recipe};
 use crate::write_safetensors::{Encoding, Item};
 
@@ -153,14 +154,6 @@ pub fn model_dtype(config: &Json) -> GgmlType {
         Some("float16") => GgmlType::F16,
         Some("float32") => GgmlType::F32,
         _ => GgmlType::BF16,
-    }
-}
-
-fn dtype_of(ty: GgmlType) -> Dtype {
-    match ty {
-        GgmlType::F16 => Dtype::F16,
-        GgmlType::F32 => Dtype::F32,
-        _ => Dtype::BF16,
     }
 }
 
@@ -311,7 +304,7 @@ fn item<'a>(
     match choice {
         MlxType::Float(t) => {
             let recipe = recipe.retype(t);
-            let out = StTensorSpec { name: name.to_string(), dtype: dtype_of(t), shape: shape.to_vec() };
+            let out = StTensorSpec { name: name.to_string(), dtype: float_dtype(t), shape: shape.to_vec() };
             Item { recipe, encoding: Encoding::Rows, outputs: vec![out] }
         }
         MlxType::Affine { bits, group } => Item {

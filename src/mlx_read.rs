@@ -4,11 +4,11 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, TensorSpec};
-use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensor};
+use moeq_formats::safetensors::{SafetensorsModel, StTensor};
 use serde_json::Value as Json;
 
 use crate::arch::{Architecture, ModelConfig};
-use crate::checkpoint::{Converted, gguf_plan};
+use crate::checkpoint::{Converted, ggml_of, gguf_plan};
 use crate::mlx::mlx_name;
 use crate::recipe::{Input, Recipe, Stored, View};
 
@@ -24,12 +24,8 @@ fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
 
 fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'a StTensor)> {
     let (file, t) = model.tensors().find(|(_, t)| t.name == name)?;
-    let ty = match t.dtype {
-        Dtype::BF16 => GgmlType::BF16,
-        Dtype::F16 => GgmlType::F16,
-        Dtype::F32 => GgmlType::F32,
-        _ => GgmlType::I8,
-    };
+    // Raw bytes (MXFP4 codes, packed words) for anything but floats.
+    let ty = ggml_of(t.dtype).unwrap_or(GgmlType::I8);
     Some((Stored { file: file.file_bytes(), start: t.start, len: t.len, ty }, t))
 }
 

@@ -112,6 +112,7 @@ impl View {
 }
 
 /// Where an output tensor's values come from.
+#[derive(Clone)]
 pub enum Input<'a> {
     /// Bytes already in the output type and order, copied as they are.
     Copy(Stored<'a>),
@@ -153,6 +154,7 @@ pub enum Input<'a> {
 }
 
 /// How one output tensor is made.
+#[derive(Clone)]
 pub struct Recipe<'a> {
     /// Name, dimensions and type of the output tensor.
     pub spec: TensorSpec,
@@ -164,6 +166,7 @@ pub struct Recipe<'a> {
 }
 
 /// One input of a recipe.
+#[derive(Clone)]
 pub struct Part<'a> {
     /// Its values.
     pub input: Input<'a>,

@@ -36,21 +36,21 @@ pub struct Weights<'a> {
 impl<'a> Weights<'a> {
     /// Reads an opened model: a GGUF as stored, a checkpoint through the converter.
     pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
-        let (metadata, recipes, encoded) = match source {
+        let (metadata, recipes) = match source {
             Source::Gguf(model) => {
                 let plan = crate::convert::merged_plan(model);
-                (plan.metadata, gguf_recipes(model), gguf_recipes(model))
+                (plan.metadata, gguf_recipes(model))
             }
             Source::Safetensors { model, config } => {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
-                // Planned twice (headers only): once to decode, once to encode.
                 let c = plan_checkpoint(model, config, OutType::Auto, None)?;
-                let encoded = plan_checkpoint(model, config, OutType::Auto, None)?.recipes;
-                (c.plan.metadata, c.recipes, encoded)
+                (c.plan.metadata, c.recipes)
             }
         };
+        // Kept as stored (to compare bytes) besides the f32 view (to compute).
+        let encoded = recipes.clone();
         let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
         let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();
         let by_name = recipes.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();

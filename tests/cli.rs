@@ -817,7 +817,7 @@ fn mlx_values(t: &std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8
     let weight = &t[&format!("{module}.weight")].2;
     let scales = &t[&format!("{module}.scales")].2;
     let mut y = vec![0.0f32; weight.len() * 2];
-    moeq_kernels::mlx::mxfp4_dequantize(weight, scales, &mut y);
+    moeq_kernels::openai::dequantize(weight, scales, &mut y);
     y
 }
 

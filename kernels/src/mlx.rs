@@ -6,11 +6,10 @@
 //!   little-endian u32 words, element `k` of a word at bits `k · bits`.
 //! - MXFP4 (`mode="mxfp4"`, groups of 32): E2M1 codes packed the same way (so byte `i` holds
 //!   elements `2i` and `2i + 1` in its low and high nibble, OpenAI's order) and one E8M0 scale
-//!   byte per group.
+//!   byte per group: OpenAI's MXFP4 layout exactly, decoded by [`crate::openai::dequantize`].
 
 use crate::KernelError;
 use crate::convert::{bf16_to_f32, f32_to_bf16};
-use crate::openai::E2M1;
 
 /// Checks that an affine setting is one MLX supports here.
 pub fn check_affine(bits: u32, group: usize) -> Result<(), KernelError> {
@@ -152,17 +151,6 @@ fn e2m1_toward_zero(v: f32) -> u8 {
     if code != 0 && v < 0.0 { code | 8 } else { code }
 }
 
-/// Decodes MXFP4 codes in OpenAI/MLX order with E8M0 scales.
-pub fn mxfp4_dequantize(codes: &[u8], scales: &[u8], y: &mut [f32]) {
-    for ((g, c), &s) in y.chunks_exact_mut(32).zip(codes.chunks_exact(16)).zip(scales) {
-        let scale = crate::openai::e8m0_to_f32(s);
-        for (i, &byte) in c.iter().enumerate() {
-            g[2 * i] = E2M1[(byte & 15) as usize] * scale;
-            g[2 * i + 1] = E2M1[(byte >> 4) as usize] * scale;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,10 +192,10 @@ mod tests {
             [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.2, -0.75, 6.0].iter().map(|&v| e2m1_toward_zero(v)).collect();
         assert_eq!(got, [0, 1, 2, 3, 4, 5, 6, 0, 9, 7]);
         // Values that are MXFP4 values already come back.
-        let x: Vec<f32> = (0..32).map(|i| E2M1[i % 16] * 0.25).collect();
+        let x: Vec<f32> = (0..32).map(|i| crate::openai::E2M1[i % 16] * 0.25).collect();
         let (mut c, mut s, mut y) = ([0u8; 16], [0u8; 1], [0.0f32; 32]);
         mxfp4_quantize(&x, &mut c, &mut s).unwrap();
-        mxfp4_dequantize(&c, &s, &mut y);
+        crate::openai::dequantize(&c, &s, &mut y);
         assert_eq!(x.iter().map(|v| v.abs()).collect::<Vec<_>>(), y.iter().map(|v| v.abs()).collect::<Vec<_>>());
     }
 }
