@@ -56,7 +56,8 @@ pub enum Command {
         source: PathBuf,
         /// The converted model.
         output: PathBuf,
-        /// Reference token ids (comma-separated); default: a built-in set of 4 × 32 tokens.
+        /// Reference token ids (comma-separated); default: a built-in set of 256 tokens in five
+        /// sequences (160, 48, 24, 16 and 8 long).
         #[arg(long, value_delimiter = ',')]
         tokens: Vec<u32>,
         /// Reference sequences from a file: one sequence per line, ids separated by commas or
@@ -75,6 +76,12 @@ pub enum Command {
         /// Largest allowed relative error of a feed-forward block's output.
         #[arg(long)]
         max_moe_rel_err: Option<f64>,
+        /// Run every layer of the output model. By default a layer (or the head) whose tensors
+        /// are bit-identical to the source's, with the same hyperparameters and the same input,
+        /// is taken from the source's run: the forward is deterministic, so it would give the
+        /// same bits.
+        #[arg(long)]
+        full_forward: bool,
     },
     /// Measure moeq's speed on this machine.
     Bench {

@@ -22,7 +22,7 @@ pub enum Family {
 }
 
 /// The hyperparameters of the forward, read from GGUF metadata.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub family: Family,
     pub n_layer: usize,
@@ -116,8 +116,9 @@ impl Config {
 /// What a forward pass returns.
 #[derive(Default)]
 pub struct Trace {
-    /// [T, vocab].
-    pub logits: Vec<f32>,
+    /// [T, vocab]; shared, so a run that takes them from another (see [`Reuse`]) does not copy
+    /// them.
+    pub logits: std::sync::Arc<Vec<f32>>,
     /// The embedding output, the residual stream after each layer, then the final norm's
     /// output: L + 1 tensors of [T, hidden].
     pub hidden: Vec<Vec<f32>>,
@@ -128,6 +129,31 @@ pub struct Trace {
     pub routes: Vec<Vec<Vec<usize>>>,
     /// Per layer and token, each routed expert's output (in `routes` order).
     pub expert_out: Vec<Vec<Vec<Vec<f32>>>>,
+    /// The residual stream after the last layer (before the final norm).
+    pub residual: Vec<f32>,
+    /// The layers taken from another run instead of computed (see [`Reuse`]).
+    pub reused_layers: Vec<usize>,
+    /// Whether the final norm and the logits were taken from another run.
+    pub reused_head: bool,
+}
+
+/// What a run may take from an earlier run of another model instead of computing it: the
+/// layers whose tensors are bit-identical to that model's, when both share one [`Config`].
+/// The forward is deterministic, so a layer with the same weights, the same hyperparameters
+/// and the same input bits produces the same output bits; each layer's input is compared
+/// before its results are taken.
+pub struct Reuse<'t> {
+    /// The earlier run, on the same sequences.
+    pub trace: &'t Trace,
+    /// Per layer: every tensor of the layer is bit-identical.
+    pub layers: Vec<bool>,
+    /// The final norm and the head are bit-identical.
+    pub head: bool,
+}
+
+/// Whether two slices hold the same bits (so +0 and −0 differ).
+pub fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 /// A feed-forward block's output, with its routing.
@@ -150,6 +176,9 @@ pub struct Model<'w, 'a> {
 /// KB of f32 that stay in cache while every token is multiplied with them (measured best
 /// among 15–240 on the gpt-oss benchmark).
 const TILE_ROWS: u64 = 60;
+
+/// Tiles computed together before their results are put in place (about 8k rows).
+const TILES_PER_RUN: u64 = 128;
 
 /// `out[r · t + k] = Σ_i tile[r][i] · x[k][i] + bias[r]`: one tile of weight rows against all
 /// `t` tokens, three rows by four tokens at a time. Every result is one `dot_block` value, so
@@ -210,6 +239,11 @@ impl<'w, 'a> Model<'w, 'a> {
         Ok(Model { cfg: Config::from_weights(w)?, w })
     }
 
+    /// The tensor the logits come from: `output.weight`, or the embedding when tied.
+    pub fn head_weight(&self) -> &'static str {
+        if self.w.has("output.weight") { "output.weight" } else { "token_embd.weight" }
+    }
+
     fn t(&self, name: &str) -> Result<Vec<f32>> {
         self.w.all(name)
     }
@@ -230,27 +264,32 @@ impl<'w, 'a> Model<'w, 'a> {
     fn project(&self, x: &[f32], name: &str, first: u64, rows: u64, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         let cols = self.w.ne(name)?.first().copied().unwrap_or(1) as usize;
         let t = x.len() / cols.max(1);
-        let tiles: Vec<u64> = (0..rows).step_by(TILE_ROWS as usize).collect();
-        let parts: Vec<Vec<f32>> = tiles
-            .par_iter()
-            .map_init(
-                || (Vec::new(), Vec::new()),
-                |(tile, out), &start| -> Result<Vec<f32>> {
-                    let n = TILE_ROWS.min(rows - start);
-                    self.w.rows_into(name, first + start, n, tile)?;
-                    let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
-                    multiply_tile(x, tile, cols, b, out);
-                    Ok(out.clone())
-                },
-            )
-            .collect::<Result<_>>()?;
-        let rows = rows as usize;
-        let mut y = vec![0.0f32; t * rows];
-        for (i, part) in parts.iter().enumerate() {
-            for (r, values) in part.chunks_exact(t.max(1)).enumerate() {
-                let o = i * TILE_ROWS as usize + r;
-                for (k, &v) in values.iter().enumerate() {
-                    y[k * rows + o] = v;
+        let mut y = vec![0.0f32; t * rows as usize];
+        // Runs of tiles, so the per-tile results held before they are scattered into `y` stay
+        // small even for the output head.
+        let run = TILE_ROWS * TILES_PER_RUN;
+        for run_start in (0..rows).step_by(run as usize) {
+            let run_rows = run.min(rows - run_start);
+            let tiles: Vec<u64> = (run_start..run_start + run_rows).step_by(TILE_ROWS as usize).collect();
+            let parts: Vec<Vec<f32>> = tiles
+                .par_iter()
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |(tile, out), &start| -> Result<Vec<f32>> {
+                        let n = TILE_ROWS.min(rows - start);
+                        self.w.rows_into(name, first + start, n, tile)?;
+                        let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
+                        multiply_tile(x, tile, cols, b, out);
+                        Ok(out.clone())
+                    },
+                )
+                .collect::<Result<_>>()?;
+            // Token by token, each tile's results go to one contiguous run of `y`.
+            for (&start, part) in tiles.iter().zip(&parts) {
+                let n = part.len() / t.max(1);
+                for (k, y_row) in y.chunks_exact_mut(rows as usize).enumerate() {
+                    let dst = &mut y_row[start as usize..start as usize + n];
+                    dst.iter_mut().enumerate().for_each(|(r, d)| *d = part[r * t + k]);
                 }
             }
         }
@@ -265,6 +304,12 @@ impl<'w, 'a> Model<'w, 'a> {
     /// Runs the model on several independent sequences at once (one batch: each weight is
     /// read once for all of them). The trace holds their rows one sequence after the other.
     pub fn run_batch(&self, sequences: &[Vec<u32>]) -> Result<Trace> {
+        self.run_batch_reusing(sequences, None)
+    }
+
+    /// [`Model::run_batch`], taking from `reuse` (an earlier run on the same sequences) every
+    /// layer that it marks identical and whose input bits are unchanged, and the head likewise.
+    pub fn run_batch_reusing(&self, sequences: &[Vec<u32>], reuse: Option<&Reuse>) -> Result<Trace> {
         let c = &self.cfg;
         let tokens: Vec<u32> = sequences.iter().flatten().copied().collect();
         // For each row: the row where its sequence starts.
@@ -288,6 +333,17 @@ impl<'w, 'a> Model<'w, 'a> {
         }
         let mut trace = Trace { hidden: vec![x.clone()], ..Trace::default() };
         for l in 0..c.n_layer {
+            if let Some(r) = reuse.filter(|r| r.layers.get(l) == Some(&true) && same_bits(&x, &r.trace.hidden[l])) {
+                let from = r.trace;
+                trace.moe_in.push(from.moe_in[l].clone());
+                trace.moe_out.push(from.moe_out[l].clone());
+                trace.routes.push(from.routes[l].clone());
+                trace.expert_out.push(from.expert_out[l].clone());
+                x = if l + 1 < c.n_layer { from.hidden[l + 1].clone() } else { from.residual.clone() };
+                trace.hidden.push(x.clone());
+                trace.reused_layers.push(l);
+                continue;
+            }
             let attn = self.attention(l, &x, &starts)?;
             x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
             let norm = if c.family == Family::GptOss { "post_attention_norm" } else { "ffn_norm" };
@@ -300,10 +356,18 @@ impl<'w, 'a> Model<'w, 'a> {
             trace.routes.push(routes);
             trace.hidden.push(x.clone());
         }
+        if let Some(r) = reuse.filter(|r| r.head && same_bits(&x, &r.trace.residual)) {
+            *trace.hidden.last_mut().unwrap_or(&mut Vec::new()) = r.trace.hidden[c.n_layer].clone();
+            trace.logits = r.trace.logits.clone();
+            trace.residual = x;
+            trace.reused_head = true;
+            return Ok(trace);
+        }
         let out = rmsnorm(&x, &self.t("output_norm.weight")?, c.rms_eps);
         *trace.hidden.last_mut().unwrap_or(&mut Vec::new()) = out.clone();
-        let head = if self.w.has("output.weight") { "output" } else { "token_embd" };
-        trace.logits = self.linear(&out, head, false)?;
+        let head = self.head_weight().trim_end_matches(".weight");
+        trace.logits = std::sync::Arc::new(self.linear(&out, head, false)?);
+        trace.residual = x;
         Ok(trace)
     }
 

@@ -29,6 +29,7 @@ fn run_verify(
     sequences: &[Vec<u32>],
     json: bool,
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
+    full_forward: bool,
 ) -> anyhow::Result<ExitCode> {
     use moeq::verify::{Limits, reference_tokens, verify};
     use moeq::weights::Weights;
@@ -36,7 +37,7 @@ fn run_verify(
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
     let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
-    let mut report = verify(&src_w, &out_w, &sequences, None)?;
+    let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
     if let Some((kl, top1, moe)) = limits {
         let d = report.limits;
         report.limits = Limits {
@@ -150,10 +151,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None);
+                return run_verify(&input, &first, &[], false, None, false);
             }
         }
-        Command::Verify { source, output, tokens, tokens_file, json, max_kl, min_top1, max_moe_rel_err } => {
+        Command::Verify {
+            source,
+            output,
+            tokens,
+            tokens_file,
+            json,
+            max_kl,
+            min_top1,
+            max_moe_rel_err,
+            full_forward,
+        } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
             let sequences = match tokens_file {
@@ -161,7 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None if tokens.is_empty() => Vec::new(),
                 None => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits);
+            return run_verify(&source, &output, &sequences, json, limits, full_forward);
         }
     }
     Ok(ExitCode::SUCCESS)

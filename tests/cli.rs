@@ -663,6 +663,30 @@ fn verify_is_exact_when_lossless_and_orders_lossy_types() {
         assert_eq!(code, 0, "{source} → {output}: {}", r["failures"]);
         assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true), "{output}");
         assert_eq!((r["model"]["kl_max"].as_f64(), r["model"]["top1"].as_f64()), (Some(0.0), Some(1.0)));
+        assert_eq!(r["model"]["positions"], 256, "the built-in reference set");
+        // Every layer and the head are provably the source's, so they are taken from its run;
+        // --full-forward recomputes them and must find the same.
+        assert_eq!(r["model"]["reused_head"], true, "{output}");
+        let layers = r["blocks"].as_array().unwrap().len();
+        assert_eq!(r["model"]["reused_layers"], Json::from((0..layers).collect::<Vec<_>>()), "{output}");
+        let out = moeq(&[
+            "verify",
+            path_arg(&fixtures().join(source)),
+            path_arg(&golden(output)),
+            "--json",
+            "--full-forward",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        let full: Json = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (&full["model"]["reused_layers"], &full["model"]["reused_head"]),
+            (&Json::from(Vec::<usize>::new()), &Json::from(false))
+        );
+        assert_eq!(full["blocks"], r["blocks"], "{output}");
+        assert_eq!(
+            (&full["model"]["kl_max"], &full["model"]["top1"], &full["model"]["logit_cosine"]),
+            (&r["model"]["kl_max"], &r["model"]["top1"], &r["model"]["logit_cosine"])
+        );
     }
     let error = |ty: &str| {
         let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-bf16"), &golden(&format!("gpt-oss-bf16-{ty}.gguf")));
@@ -794,6 +818,28 @@ fn verify_catches_broken_outputs() {
             assert!(failures.contains(c), "{c} not named in {failures}");
         }
     }
+    // Only the layers before the zeroed sink are taken from the source's run.
+    let (_, r) = verify_json(&fixtures().join("gpt-oss/original"), &dir.path().join("broken-2-gpt-oss-mxfp4.gguf"));
+    assert_eq!(
+        (&r["model"]["reused_layers"], &r["model"]["reused_head"]),
+        (&serde_json::json!([0]), &Json::from(false))
+    );
+    // Same tensors but a different hyperparameter: nothing is taken, and the forward shows it.
+    let eps = patched_golden(dir.path(), "gpt-oss-mxfp4.gguf", |_, bytes| {
+        let key = b"gpt-oss.attention.layer_norm_rms_epsilon";
+        let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        assert_eq!(bytes[at..at + 4], [6, 0, 0, 0], "an f32 value");
+        let v = f32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        bytes[at + 4..at + 8].copy_from_slice(&(v * 1e4).to_le_bytes());
+    });
+    let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &eps);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true));
+    assert_eq!(
+        (&r["model"]["reused_layers"], &r["model"]["reused_head"]),
+        (&serde_json::json!([]), &Json::from(false))
+    );
+    assert!(r["model"]["kl_max"].as_f64() > Some(0.0), "{}", r["model"]);
     // The shuffled expert is the worst expert of its layer.
     let (_, r) = verify_json(&fixtures().join("mixtral/hf"), &dir.path().join("broken-3-mixtral-bf16.gguf"));
     assert_eq!(r["blocks"][0]["worst_experts"][0]["expert"], 2, "{}", r["blocks"][0]);

@@ -35,8 +35,8 @@ pub fn dot_block(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
 }
 
 /// What comparing two tensors needs: Σ(a−b)², Σa², Σb², Σab (f32 partial sums over runs of
-/// 256 values, gathered in f64), the largest |a − b|, and how many values differ (+0 and −0
-/// are equal).
+/// 256 values, gathered in f64), the largest |a − b|, and how many values differ in their bits
+/// (+0 and −0 differ: a forward pass can tell them apart).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct CompareSums {
     /// Σ(a − b)².
@@ -49,7 +49,7 @@ pub struct CompareSums {
     pub ab: f64,
     /// max |a − b|.
     pub max_abs: f32,
-    /// Number of positions where a ≠ b.
+    /// Number of positions whose bits differ.
     pub unequal: u64,
 }
 
@@ -72,7 +72,7 @@ pub fn compare(a: &[f32], b: &[f32]) -> CompareSums {
             b2 += y * y;
             ab += x * y;
             max = max.max(d.abs());
-            out.unequal += u64::from(x != y);
+            out.unequal += u64::from(x.to_bits() != y.to_bits());
         }
         out.diff2 += d2 as f64;
         out.a2 += a2 as f64;
@@ -119,7 +119,8 @@ mod avx2 {
             b2 = _mm256_fmadd_ps(y, y, b2);
             ab = _mm256_fmadd_ps(x, y, ab);
             max = _mm256_max_ps(max, _mm256_and_ps(d, abs_mask));
-            unequal += (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(x, y)) as u32).count_ones();
+            let same = _mm256_cmpeq_epi32(_mm256_castps_si256(x), _mm256_castps_si256(y));
+            unequal += 8 - (_mm256_movemask_ps(_mm256_castsi256_ps(same)) as u32).count_ones();
         }
         out.diff2 += hsum(d2) as f64;
         out.a2 += hsum(a2) as f64;
@@ -292,6 +293,22 @@ mod tests {
                 assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn compare_counts_differing_bits() {
+        // 300 values: one SIMD run of 256 and a scalar tail of 44.
+        let a: Vec<f32> = (0..300).map(|i| (i as f32 - 150.0) / 7.0).collect();
+        let mut b = a.clone();
+        assert_eq!(compare(&a, &b).unequal, 0);
+        let zero = a.iter().position(|&v| v == 0.0).unwrap();
+        b[zero] = -0.0; // equal values, different bits
+        b[3] += 1.0;
+        b[290] = -0.0 - a[290];
+        let sums = compare(&a, &b);
+        assert_eq!(sums.unequal, 3);
+        assert_eq!(sums.max_abs, 2.0 * a[290].abs());
+        assert!((sums.diff2 - (1.0 + 4.0 * (a[290] as f64).powi(2))).abs() < 1e-3);
     }
 
     #[test]
