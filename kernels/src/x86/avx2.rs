@@ -334,20 +334,22 @@ fn quantize_affine(x: &[f32], y: &mut [u8], levels: f32, block_bytes: usize) -> 
 /// crossed (see `mxfp4_codes`); blocks outside take the reference path.
 const MXFP4_FAST_EXPONENTS: std::ops::RangeInclusive<u8> = 32..=249;
 
-/// The reference's code for each lane of `v`, given the block's shared exponent `e`.
+/// The reference's code for each lane of `v`, given `twice_inv_d` = 2 / d for the block's
+/// shared exponent.
 ///
 /// d = 2^(e-128) is a power of two, so t = x / d is exact, and the reference's errors
 /// |kv·d − x| are d·|kv − t| exactly for the two codes around t. The first code with the
 /// smallest error is then the number of midpoints (0.5, 1.5, 2.5, 3.5, 5, 7, 10) strictly
 /// below |t| — ties go to the smaller magnitude — with the sign bit for negative x unless the
-/// code is 0.
+/// code is 0. Counted on j = ⌈2|t|⌉ (exact): the doubled midpoints are integers, so 2|t| > 2m
+/// exactly when j > 2m; that count is ⌊min(j, 8) / 2⌋ + [j > 10] + [j > 14] + [j > 20].
 #[target_feature(enable = "avx2")]
-fn mxfp4_codes(v: __m256, inv_d: __m256) -> __m256i {
-    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_mul_ps(v, inv_d));
-    let mut count = _mm256_setzero_si256();
-    for m in [0.5f32, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0] {
-        let above = _mm256_cmp_ps::<_CMP_GT_OQ>(a, _mm256_set1_ps(m));
-        count = _mm256_sub_epi32(count, _mm256_castps_si256(above));
+fn mxfp4_codes(v: __m256, twice_inv_d: __m256) -> __m256i {
+    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_mul_ps(v, twice_inv_d));
+    let j = _mm256_cvttps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC }>(a));
+    let mut count = _mm256_srli_epi32::<1>(_mm256_min_epi32(j, _mm256_set1_epi32(8)));
+    for m in [10, 14, 20] {
+        count = _mm256_sub_epi32(count, _mm256_cmpgt_epi32(j, _mm256_set1_epi32(m)));
     }
     let negative = _mm256_srli_epi32::<28>(_mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(i32::MIN)));
     let nonzero = _mm256_cmpgt_epi32(count, _mm256_setzero_si256());
@@ -370,11 +372,11 @@ fn quantize_mxfp4(x: &[f32], y: &mut [u8]) -> bool {
             continue;
         }
         for k in 0..8 {
-            let inv_d = _mm256_castsi256_ps(_mm256_set1_epi32((255 - e[k] as i32) << 23));
+            let twice_inv_d = _mm256_castsi256_ps(_mm256_set1_epi32((256 - e[k] as i32) << 23));
             let v = load_block(&x[32 * k..32 * k + 32]);
             let mut q = [_mm256_setzero_si256(); 4];
             for i in 0..4 {
-                q[i] = mxfp4_codes(v[i], inv_d);
+                q[i] = mxfp4_codes(v[i], twice_inv_d);
             }
             let b = &mut y[17 * k..17 * k + 17];
             b[0] = e[k];
