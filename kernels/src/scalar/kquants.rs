@@ -201,9 +201,9 @@ fn search_superblock(p: &KParams, x: &[f32], l: &mut [u8; 256]) -> ([f32; 8], [f
     (scales, mins)
 }
 
-/// The rest of a Q4_K / Q5_K super-block once every sub-block has its scale, min and codes:
-/// 6-bit scales and mins, d and dmin, codes recomputed with the rounded scales, packing.
-pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32; 8], l: &mut [u8; 256], b: &mut [u8]) {
+/// The 6-bit scale and min codes of a super-block's 8 sub-blocks and the super-block's d and
+/// dmin (before rounding to f16), as `quantize_row_q{4,5}_K_ref` derives them.
+pub(crate) fn sub_block_codes(scales: &[f32; 8], mins: &[f32; 8]) -> ([u8; 8], [u8; 8], f32, f32) {
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     for j in 0..8 {
@@ -222,7 +222,14 @@ pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32;
         ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
-    pack_and_requantize(p, x, &ls, &lm, max_scale / 63.0, max_min / 63.0, l, b);
+    (ls, lm, max_scale / 63.0, max_min / 63.0)
+}
+
+/// Finishes a Q4_K / Q5_K super-block from its sub-blocks' scales and mins: the 6-bit codes,
+/// then [`pack_and_requantize`].
+pub fn finish_superblock(p: &KParams, x: &[f32], scales: &[f32; 8], mins: &[f32; 8], l: &mut [u8; 256], b: &mut [u8]) {
+    let (ls, lm, d, dmin) = sub_block_codes(scales, mins);
+    pack_and_requantize(p, x, &ls, &lm, d, dmin, l, b);
 }
 
 /// Packs the 6-bit scales and mins and the f16 d and dmin into a Q4_K / Q5_K super-block,
@@ -239,7 +246,20 @@ pub(crate) fn pack_and_requantize(
     l: &mut [u8; 256],
     b: &mut [u8],
 ) {
-    let nmax = p.nmax;
+    pack_scales(ls, lm, d, dmin, b);
+    for j in 0..8 {
+        if let Some((d, dm)) = sub_block_scale(j, b) {
+            for ii in 0..32 {
+                l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, p.nmax) as u8;
+            }
+        }
+    }
+    pack_codes(p, l, b);
+}
+
+/// Writes d, dmin (as f16) and the packed 6-bit scales and mins: the super-block's first 16
+/// bytes.
+pub(crate) fn pack_scales(ls: &[u8; 8], lm: &[u8; 8], d: f32, dmin: f32, b: &mut [u8]) {
     let sc = &mut b[4..16];
     sc.fill(0);
     for j in 0..8 {
@@ -252,22 +272,22 @@ pub(crate) fn pack_and_requantize(
             sc[j] |= (lm[j] >> 4) << 6;
         }
     }
-    let d16 = f32_to_f16(d);
-    let dmin16 = f32_to_f16(dmin);
-    b[0..2].copy_from_slice(&d16.to_le_bytes());
-    b[2..4].copy_from_slice(&dmin16.to_le_bytes());
-    for j in 0..8 {
-        let (s, m) = scale_min_k4(j, &b[4..16]);
-        let d = f16_to_f32(d16) * s as f32;
-        if d == 0.0 {
-            continue;
-        }
-        let dm = f16_to_f32(dmin16) * m as f32;
-        for ii in 0..32 {
-            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
-        }
-    }
-    if nmax == 15 {
+    b[0..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    b[2..4].copy_from_slice(&f32_to_f16(dmin).to_le_bytes());
+}
+
+/// Sub-block `j`'s rounded scale and min (d·s, dmin·m) from a packed super-block head, or
+/// `None` when its scale is 0 (its codes are kept as searched).
+#[inline]
+pub(crate) fn sub_block_scale(j: usize, b: &[u8]) -> Option<(f32, f32)> {
+    let (s, m) = scale_min_k4(j, &b[4..16]);
+    let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * s as f32;
+    (d != 0.0).then(|| (d, f16_to_f32(u16::from_le_bytes([b[2], b[3]])) * m as f32))
+}
+
+/// Packs the 256 codes after the head: nibbles for Q4_K, nibbles plus high bits for Q5_K.
+pub(crate) fn pack_codes(p: &KParams, l: &[u8; 256], b: &mut [u8]) {
+    if p.nmax == 15 {
         for (c, chunk) in b[16..144].chunks_exact_mut(32).enumerate() {
             for i in 0..32 {
                 chunk[i] = l[64 * c + i] | (l[64 * c + i + 32] << 4);

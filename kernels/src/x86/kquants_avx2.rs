@@ -21,22 +21,9 @@ fn nearest_int(f: __m256) -> __m256i {
     _mm256_sub_epi32(_mm256_and_si256(val, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x0040_0000))
 }
 
-/// `nearest_int(f).clamp(0, nmax)` as a float, for `f = iscale · (x − min)` with a finite
-/// `iscale` (see [`finite_or_zero`]). Where ggml's `nearest_int` precondition |f| ≤ 2^22 − 1
-/// holds, rounding to nearest even is the 1.5·2^23 trick's result exactly; a NaN (an infinite
-/// x − min times a zero `iscale`) gives 0 as the trick does (`max` returns its second operand
-/// for a NaN).
 #[target_feature(enable = "avx2")]
-fn code(f: __m256, nmax: __m256) -> __m256 {
-    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(f);
-    _mm256_min_ps(_mm256_max_ps(r, _mm256_setzero_ps()), nmax)
-}
-
-/// `iscale`, with infinite lanes (a sub-block whose range is tiny enough that `n / range`
-/// overflows) set to 0: the trick maps ∞·(x − min) (∞ or NaN) to code 0, and so does 0.
-#[target_feature(enable = "avx2")]
-fn finite_or_zero(iscale: __m256) -> __m256 {
-    _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(iscale, splat(f32::INFINITY)), iscale)
+fn clamp(l: __m256i, nmax: i32) -> __m256i {
+    _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(nmax)), _mm256_setzero_si256())
 }
 
 #[target_feature(enable = "avx2")]
@@ -59,7 +46,6 @@ fn make_qkx2_quants_xn(
     l: &mut [[u8; 256]; N],
 ) -> [([f32; 8], [f32; 8]); N] {
     let nmax = p.nmax;
-    let nmax_f = splat(nmax as f32);
     let zero = _mm256_setzero_ps();
     let (mut min, mut max, mut sum_w, mut sum_x) = ([zero; N], [zero; N], [zero; N], [zero; N]);
     for g in 0..N {
@@ -78,34 +64,35 @@ fn make_qkx2_quants_xn(
     }
     let (mut flat, mut range, mut scale, mut best_error) = ([zero; N], [zero; N], [zero; N], [zero; N]);
     let mut xm = [[zero; N]; 32];
-    let mut codes = [[zero; N]; 32];
+    let mut codes = [[_mm256_setzero_si256(); N]; 32];
     for g in 0..N {
         min[g] = blend(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
         flat[g] = _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]);
         // `max - min` and `x - min` use the current min, which an accepted step changes.
         range[g] = _mm256_sub_ps(max[g], min[g]);
-        let iscale = _mm256_div_ps(nmax_f, range[g]);
+        let iscale = _mm256_div_ps(splat(nmax as f32), range[g]);
         scale[g] = _mm256_div_ps(splat(1.0), iscale);
-        let iscale = finite_or_zero(iscale);
         for i in 0..32 {
             xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
-            codes[i][g] = code(_mm256_mul_ps(iscale, xm[i][g]), nmax_f);
-            let lf = codes[i][g];
+            codes[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax);
+            let lf = _mm256_cvtepi32_ps(codes[i][g]);
             let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
             best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], _mm256_mul_ps(diff, diff)));
         }
     }
+    let mut laux = [[_mm256_setzero_si256(); N]; 32];
     let mut lfs = [[zero; N]; 32];
     for is in 0..=p.nstep {
         let numerator = splat(p.rmin + p.rdelta * is as f32 + nmax as f32);
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; N], [zero; N], [zero; N]);
         let mut iscale = [zero; N];
         for g in 0..N {
-            iscale[g] = finite_or_zero(_mm256_div_ps(numerator, range[g]));
+            iscale[g] = _mm256_div_ps(numerator, range[g]);
         }
         for i in 0..32 {
             for g in 0..N {
-                let lf = code(_mm256_mul_ps(iscale[g], xm[i][g]), nmax_f);
+                laux[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale[g], xm[i][g])), nmax);
+                let lf = _mm256_cvtepi32_ps(laux[i][g]);
                 lfs[i][g] = lf;
                 let wl = _mm256_mul_ps(w[i][g], lf);
                 sum_l[g] = _mm256_add_ps(sum_l[g], wl);
@@ -142,8 +129,9 @@ fn make_qkx2_quants_xn(
             if _mm256_movemask_ps(better) == 0 {
                 continue;
             }
+            let take = _mm256_castps_si256(better);
             for i in 0..32 {
-                codes[i][g] = blend(codes[i][g], lfs[i][g], better);
+                codes[i][g] = _mm256_blendv_epi8(codes[i][g], laux[i][g], take);
             }
             best_error[g] = blend(best_error[g], cur_error[g], better);
             scale[g] = blend(scale[g], this_scale[g], better);
@@ -160,9 +148,8 @@ fn make_qkx2_quants_xn(
         let take_flat = _mm256_castps_si256(flat[g]);
         for i in 0..32 {
             let mut v = [0i32; 8];
-            let q = _mm256_cvtps_epi32(codes[i][g]);
             // SAFETY: `v` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, q)) };
+            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, codes[i][g])) };
             for (j, &q) in v.iter().enumerate() {
                 l[g][32 * j + i] = q as u8;
             }
@@ -203,7 +190,33 @@ fn superblocks(p: &KParams, x: &[f32], y: &mut [u8]) {
     for g in 0..N {
         let (scales, mins) = &found[g];
         let block = &mut y[p.block_bytes * g..p.block_bytes * (g + 1)];
-        kquants::finish_superblock(p, &x[256 * g..256 * g + 256], scales, mins, &mut l[g], block);
+        let (ls, lm, d, dmin) = kquants::sub_block_codes(scales, mins);
+        kquants::pack_scales(&ls, &lm, d, dmin, block);
+        requantize(p.nmax, &x[256 * g..256 * g + 256], block, &mut l[g]);
+        kquants::pack_codes(p, &l[g], block);
+    }
+}
+
+/// The codes of every sub-block whose rounded scale is not 0, recomputed from the packed
+/// head `b` as the reference does: `nearest_int((x + dm) / d)` clamped to `0..=nmax` (the
+/// division and the 1.5·2^23 trick lane by lane, so the same bits for any value).
+#[target_feature(enable = "avx2")]
+fn requantize(nmax: i32, x: &[f32], b: &[u8], l: &mut [u8; 256]) {
+    for j in 0..8 {
+        let Some((d, dm)) = kquants::sub_block_scale(j, b) else { continue };
+        let (dv, dmv) = (splat(d), splat(dm));
+        let xs = &x[32 * j..32 * j + 32];
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (c, q) in q.iter_mut().enumerate() {
+            // SAFETY: `xs` holds 32 f32, c < 4; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * c)) };
+            *q = clamp(nearest_int(_mm256_div_ps(_mm256_add_ps(v, dmv), dv)), nmax);
+        }
+        // Codes are in 0..=31: the saturating packs keep them; the permute undoes their lane order.
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `l[32 * j..]` holds 32 bytes (j < 8); unaligned store.
+        unsafe { _mm256_storeu_si256(l[32 * j..].as_mut_ptr().cast(), ordered) };
     }
 }
 
