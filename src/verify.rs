@@ -101,6 +101,9 @@ pub struct ModelCheck {
     pub reused_layers: Vec<usize>,
     /// Whether the output's logits were taken from the source run likewise.
     pub reused_head: bool,
+    /// The block checks (on the source's hidden states) that took the source's block output,
+    /// the block's feed-forward tensors being bit-identical.
+    pub reused_blocks: Vec<usize>,
 }
 
 /// Everything `moeq verify` measured.
@@ -245,29 +248,44 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
     })
 }
 
-/// The parts of the output model provably identical to the source's: per layer, and the head
-/// (final norm and logits). A part qualifies when both models have the same tensors there, all
-/// bit-identical, and the same forward hyperparameters.
-fn identical_parts(src: &Model, out: &Model, tensors: &[TensorCheck]) -> (Vec<bool>, bool) {
-    let n_layer = src.cfg.n_layer;
-    if src.cfg != out.cfg {
-        return (vec![false; n_layer], false);
+/// The parts of the output model provably identical to the source's. A part qualifies when
+/// both models have the same tensors there, all bit-identical, and the same forward
+/// hyperparameters.
+#[derive(Default)]
+struct IdenticalParts {
+    /// Per layer: every `blk.N.*` tensor.
+    layers: Vec<bool>,
+    /// Per layer: every `blk.N.ffn_*` tensor (the feed-forward block after its norm).
+    ffn: Vec<bool>,
+    /// The final norm and the head.
+    head: bool,
+}
+
+impl IdenticalParts {
+    fn find(src: &Model, out: &Model, tensors: &[TensorCheck]) -> IdenticalParts {
+        if src.cfg != out.cfg {
+            return IdenticalParts::default();
+        }
+        let identical: std::collections::HashSet<&str> =
+            tensors.iter().filter(|t| t.identical).map(|t| t.name.as_str()).collect();
+        let all_identical = |prefix: &str| {
+            let mut names = src.w.names().chain(out.w.names()).filter(|n| n.starts_with(prefix)).peekable();
+            names.peek().is_some() && names.all(|n| identical.contains(n))
+        };
+        let n_layer = src.cfg.n_layer;
+        IdenticalParts {
+            layers: (0..n_layer).map(|l| all_identical(&format!("blk.{l}."))).collect(),
+            ffn: (0..n_layer).map(|l| all_identical(&format!("blk.{l}.ffn_"))).collect(),
+            head: src.head_weight() == out.head_weight()
+                && ["output_norm.weight", src.head_weight()].iter().all(|n| identical.contains(n)),
+        }
     }
-    let identical: std::collections::HashSet<&str> =
-        tensors.iter().filter(|t| t.identical).map(|t| t.name.as_str()).collect();
-    let all_identical = |prefix: &str| {
-        let mut names = src.w.names().chain(out.w.names()).filter(|n| n.starts_with(prefix)).peekable();
-        names.peek().is_some() && names.all(|n| identical.contains(n))
-    };
-    let layers = (0..n_layer).map(|l| all_identical(&format!("blk.{l}."))).collect();
-    let head = src.head_weight() == out.head_weight()
-        && ["output_norm.weight", src.head_weight()].iter().all(|n| identical.contains(n));
-    (layers, head)
 }
 
 /// Compares `output` with `source` on `sequences`. `limits` overrides the defaults, which
 /// follow the output's types. Unless `full_forward`, the output model takes from the source's
-/// run every part [`identical_parts`] finds (the forward is deterministic: same weights, same
+/// run every part [`IdenticalParts`] finds, and each block check whose feed-forward tensors are
+/// identical takes the source's block output (the forward is deterministic: same weights, same
 /// settings, same input bits give the same output bits).
 pub fn verify(
     source: &Weights,
@@ -310,9 +328,12 @@ pub fn verify(
         let src = src_model.run_batch(sequences).context("the source model")?;
         bar.inc(1);
         bar.set_message("the output model");
-        let (layers, head) =
-            if full_forward { (Vec::new(), false) } else { identical_parts(&src_model, &out_model, &tensors) };
-        let reuse = Reuse { trace: &src, layers, head };
+        let same = if full_forward {
+            IdenticalParts::default()
+        } else {
+            IdenticalParts::find(&src_model, &out_model, &tensors)
+        };
+        let reuse = Reuse { trace: &src, layers: same.layers.clone(), head: same.head };
         let out = out_model.run_batch_reusing(sequences, Some(&reuse)).context("the output model")?;
         model.reused_layers = out.reused_layers.clone();
         model.reused_head = out.reused_head;
@@ -328,6 +349,11 @@ pub fn verify(
                     routes: out.routes[layer].clone(),
                     expert_out: out.expert_out[layer].clone(),
                 }
+            } else if same.ffn.get(layer) == Some(&true) {
+                // The block's tensors are the source's: on the source's input it computes what
+                // the source's block computed.
+                model.reused_blocks.push(layer);
+                FfnOutput { out: a.clone(), routes: routes_a.clone(), expert_out: experts_a.clone() }
             } else {
                 out_model.ffn_detailed(layer, input)?
             };
@@ -507,7 +533,7 @@ impl Report {
             m.top1 * 100.0,
             m.cosine
         );
-        if !m.reused_layers.is_empty() || m.reused_head {
+        if !m.reused_layers.is_empty() || m.reused_head || !m.reused_blocks.is_empty() {
             let mut parts: Vec<String> = Vec::new();
             if !m.reused_layers.is_empty() {
                 let list: Vec<String> = m.reused_layers.iter().map(usize::to_string).collect();
@@ -516,10 +542,14 @@ impl Report {
             if m.reused_head {
                 parts.push("the head".into());
             }
+            if !m.reused_blocks.is_empty() {
+                let list: Vec<String> = m.reused_blocks.iter().map(usize::to_string).collect();
+                parts.push(format!("the block checks of layers {}", list.join(", ")));
+            }
             s += &format!(
                 "  output model: {} taken from the source run (bit-identical tensors, same settings, same \
                  inputs; --full-forward recomputes)\n",
-                parts.join(" and ")
+                parts.join("; ")
             );
         }
         let l = &self.limits;
@@ -557,7 +587,8 @@ impl Report {
             })).collect::<Vec<_>>(),
             "model": {"kl_mean": self.model.kl_mean, "kl_max": self.model.kl_max, "top1": self.model.top1,
                       "logit_cosine": self.model.cosine, "positions": self.model.positions,
-                      "reused_layers": self.model.reused_layers, "reused_head": self.model.reused_head},
+                      "reused_layers": self.model.reused_layers, "reused_head": self.model.reused_head,
+                      "reused_blocks": self.model.reused_blocks},
         })
     }
 }

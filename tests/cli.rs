@@ -688,6 +688,17 @@ fn verify_is_exact_when_lossless_and_orders_lossy_types() {
             (&r["model"]["kl_max"], &r["model"]["top1"], &r["model"]["logit_cosine"])
         );
     }
+    // MXFP4_MOE keeps the experts and the router: the block checks take the source's outputs,
+    // and recomputing them gives the same report.
+    let (source, output) = (fixtures().join("gpt-oss/hf-mxfp4"), golden("gpt-oss-mxfp4-MXFP4_MOE.gguf"));
+    let (code, r) = verify_json(&source, &output);
+    assert_eq!(code, 0, "{}", r["failures"]);
+    assert_eq!(r["model"]["reused_blocks"], serde_json::json!([0, 1]));
+    assert_eq!(r["model"]["reused_layers"], serde_json::json!([]));
+    let out = moeq(&["verify", path_arg(&source), path_arg(&output), "--json", "--full-forward"]);
+    let full: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(full["model"]["reused_blocks"], serde_json::json!([]));
+    assert_eq!((&full["blocks"], &full["model"]["kl_max"]), (&r["blocks"], &r["model"]["kl_max"]));
     let error = |ty: &str| {
         let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-bf16"), &golden(&format!("gpt-oss-bf16-{ty}.gguf")));
         assert_eq!(code, 0, "{ty}: {}", r["failures"]);
