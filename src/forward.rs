@@ -333,7 +333,9 @@ impl<'w, 'a> Model<'w, 'a> {
         }
         let mut trace = Trace { hidden: vec![x.clone()], ..Trace::default() };
         for l in 0..c.n_layer {
-            if let Some(r) = reuse.filter(|r| r.layers.get(l) == Some(&true) && same_bits(&x, &r.trace.hidden[l])) {
+            if let Some(r) = reuse
+                .filter(|r| r.layers.get(l) == Some(&true) && r.trace.hidden.get(l).is_some_and(|h| same_bits(&x, h)))
+            {
                 let from = r.trace;
                 trace.moe_in.push(from.moe_in[l].clone());
                 trace.moe_out.push(from.moe_out[l].clone());
