@@ -159,6 +159,9 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
             }
             let hf = if is_gpt_oss { gpt_oss_hf::hf_config(config, false)? } else { config.json.clone() };
             let build = mlx::plan(recipes, config.arch, mlx::model_dtype(&hf), &opts.mlx)?;
+            for w in &build.warnings {
+                eprintln!("warning: {w}");
+            }
             (build.items, mlx::config_json(&hf, build.quantization.as_ref()), "mlx", Some(build.parameters))
         }
         _ => {

@@ -165,6 +165,8 @@ pub struct MlxBuild<'a> {
     pub quantization: Option<Json>,
     /// Parameters as mlx-lm counts them (those of leaf modules), for the index.
     pub parameters: u64,
+    /// What the user should know about the choices (printed by `convert`).
+    pub warnings: Vec<String>,
 }
 
 /// Plans the MLX build of a checkpoint from its GGUF recipes.
@@ -179,6 +181,7 @@ pub fn plan<'a>(
     let mut per_module: Vec<(String, Json)> = Vec::new();
     let mut mxfp4_experts = false;
     let mut parameters = 0u64;
+    let mut quantized_routers = 0;
     let global = opts.ty.filter(|t| !matches!(t, MlxType::Float(_)));
     for recipe in recipes {
         let Some(name) = mlx_name(&recipe.spec.name, arch) else { continue };
@@ -230,6 +233,9 @@ pub fn plan<'a>(
         if is_experts && choice == MlxType::Mxfp4 {
             mxfp4_experts = true;
         }
+        if over.is_none() && module.ends_with(".block_sparse_moe.gate") && matches!(choice, MlxType::Affine { .. }) {
+            quantized_routers += 1;
+        }
         if matches!(choice, MlxType::Affine { .. } | MlxType::Mxfp4) && !(is_experts && choice == MlxType::Mxfp4) {
             let params = if over.is_none() && arch == Architecture::GptOss && module.ends_with(".mlp.router") {
                 json!({"group_size": 64, "bits": 8})
@@ -270,7 +276,15 @@ pub fn plan<'a>(
     } else {
         None
     };
-    Ok(MlxBuild { items, quantization, parameters })
+    let mut warnings = Vec::new();
+    if quantized_routers > 0 {
+        warnings.push(format!(
+            "{quantized_routers} MoE routers (block_sparse_moe.gate) quantized like any linear layer, as mlx-lm \
+             does; expert choice is sensitive to them: --quant-override '*.block_sparse_moe.gate=bf16' keeps \
+             them in the model's dtype"
+        ));
+    }
+    Ok(MlxBuild { items, quantization, parameters, warnings })
 }
 
 /// Llama's q/k rows back in Hugging Face order (the GGUF recipe interleaves them for

@@ -1114,6 +1114,22 @@ fn verify_reads_mlx_and_hf_builds() {
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
     assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("routers"));
+    // Without the override the user is told (and the build is mlx-lm's).
+    let run = moeq(&[
+        "convert",
+        path_arg(&fixtures().join("mixtral/hf")),
+        "-o",
+        path_arg(&out.path().join("mixtral-q8-default")),
+        "--format",
+        "mlx",
+        "--type",
+        "q8",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("2 MoE routers") && err.contains("*.block_sparse_moe.gate=bf16"), "{err}");
     // A build is read, not converted again.
     let err = fails(&["convert", path_arg(&mlx.join("llama-q4")), "-o", path_arg(&out.path().join("x.gguf"))]);
     assert!(err.contains("an MLX build"), "{err}");
