@@ -435,8 +435,7 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) }).0
 }
 
-/// KL(softmax(p) ‖ softmax(q)) in nats.
-/// KL(p ‖ q) of the softmax distributions of two logit rows, in f64:
+/// KL(p ‖ q) in nats of the softmax distributions of two logit rows, in f64:
 /// Σ pᵢ (xᵢ − yᵢ) − lse(x) + lse(y), with pᵢ = exp(xᵢ − lse(x)). Exactly 0 for equal rows.
 fn kl_divergence(p: &[f32], q: &[f32], scratch: &mut Vec<f64>) -> f64 {
     let max = |v: &[f32]| v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
