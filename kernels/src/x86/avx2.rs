@@ -143,8 +143,7 @@ fn quantize_q8_0(x: &[f32], y: &mut [u8]) -> bool {
             for i in 0..4 {
                 q[i] = _mm256_cvttps_epi32(round_half_away_small(_mm256_mul_ps(v[i], idv)));
             }
-            let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            let ordered = pack_i8x32(&q);
             let b = &mut y[34 * k..34 * k + 34];
             b[..2].copy_from_slice(&d16[k].to_le_bytes());
             // SAFETY: `b[2..]` holds 32 bytes; unaligned store.
@@ -152,6 +151,14 @@ fn quantize_q8_0(x: &[f32], y: &mut [u8]) -> bool {
         }
     }
     finish_with_reference(xs.remainder(), ys.into_remainder(), scalar::legacy::quantize_q8_0)
+}
+
+/// 32 codes (four vectors of i32 in −128..=127) as 32 bytes in order: the saturating packs
+/// keep them, the permute undoes the packs' lane interleaving.
+#[target_feature(enable = "avx2")]
+pub(super) fn pack_i8x32(q: &[__m256i; 4]) -> __m256i {
+    let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// The reference kernel on a tail shorter than a group, after checking it is finite.

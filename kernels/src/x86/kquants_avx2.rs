@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::lanes;
+use super::avx2::{lanes, pack_i8x32};
 use crate::scalar::kquants::{self, KParams};
 
 #[target_feature(enable = "avx2")]
@@ -212,9 +212,7 @@ fn requantize(nmax: i32, x: &[f32], b: &[u8], l: &mut [u8; 256]) {
             let v = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * c)) };
             *q = clamp(nearest_int(_mm256_div_ps(_mm256_add_ps(v, dmv), dv)), nmax);
         }
-        // Codes are in 0..=31: the saturating packs keep them; the permute undoes their lane order.
-        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let ordered = pack_i8x32(&q); // codes are in 0..=31
         // SAFETY: `l[32 * j..]` holds 32 bytes (j < 8); unaligned store.
         unsafe { _mm256_storeu_si256(l[32 * j..].as_mut_ptr().cast(), ordered) };
     }
