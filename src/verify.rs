@@ -328,14 +328,14 @@ pub fn verify(
         let src = src_model.run_batch(sequences).context("the source model")?;
         bar.inc(1);
         bar.set_message("the output model");
-        let same = if full_forward {
+        let IdenticalParts { layers, ffn, head } = if full_forward {
             IdenticalParts::default()
         } else {
             IdenticalParts::find(&src_model, &out_model, &tensors)
         };
-        let reuse = Reuse { trace: &src, layers: same.layers.clone(), head: same.head };
-        let out = out_model.run_batch_reusing(sequences, Some(&reuse)).context("the output model")?;
-        model.reused_layers = out.reused_layers.clone();
+        let reuse = Reuse { trace: &src, layers, head };
+        let mut out = out_model.run_batch_reusing(sequences, Some(&reuse)).context("the output model")?;
+        model.reused_layers = std::mem::take(&mut out.reused_layers);
         model.reused_head = out.reused_head;
         bar.inc(1);
         bar.set_message("each block on the source's hidden states");
@@ -349,7 +349,7 @@ pub fn verify(
                     routes: out.routes[layer].clone(),
                     expert_out: out.expert_out[layer].clone(),
                 }
-            } else if same.ffn.get(layer) == Some(&true) {
+            } else if ffn.get(layer) == Some(&true) {
                 // The block's tensors are the source's: on the source's input it computes what
                 // the source's block computed.
                 model.reused_blocks.push(layer);

@@ -1096,37 +1096,21 @@ fn verify_reads_mlx_and_hf_builds() {
     assert!(kl("llama-q8") * 20.0 < kl("llama-q4"));
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
+    // Mixtral as an MLX q8 build, with more options.
+    let mixtral_q8 = |dir: &str, more: &[&str]| {
+        let (input, output) = (fixtures().join("mixtral/hf"), out.path().join(dir));
+        let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&output), "--format", "mlx", "--type", "q8"];
+        args.extend(more);
+        moeq(&args)
+    };
     // convert --verify checks a fresh folder the same way. (mlx-lm's default also quantizes
     // Mixtral's router, which flips a routing decision here; keep it in bf16.)
-    let run = moeq(&[
-        "convert",
-        path_arg(&fixtures().join("mixtral/hf")),
-        "-o",
-        path_arg(&out.path().join("mixtral-q8")),
-        "--format",
-        "mlx",
-        "--type",
-        "q8",
-        "--quant-override",
-        "*.block_sparse_moe.gate=bf16",
-        "--verify",
-        "-q",
-    ]);
+    let run = mixtral_q8("mixtral-q8", &["--quant-override", "*.block_sparse_moe.gate=bf16", "--verify", "-q"]);
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
     assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
     assert!(!String::from_utf8_lossy(&run.stderr).contains("routers"));
     // Without the override the user is told (and the build is mlx-lm's).
-    let run = moeq(&[
-        "convert",
-        path_arg(&fixtures().join("mixtral/hf")),
-        "-o",
-        path_arg(&out.path().join("mixtral-q8-default")),
-        "--format",
-        "mlx",
-        "--type",
-        "q8",
-        "-q",
-    ]);
+    let run = mixtral_q8("mixtral-q8-default", &["-q"]);
     assert_eq!(run.status.code(), Some(0));
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("2 MoE routers") && err.contains("*.block_sparse_moe.gate=bf16"), "{err}");
