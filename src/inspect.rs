@@ -6,7 +6,7 @@ use moeq_formats::gguf::{Array, GgufModel, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::{Value as Json, json};
 
-use crate::arch::ModelConfig;
+use crate::families::ModelConfig;
 use crate::source::Source;
 
 /// Arrays longer than this are summarized (length and first elements).

@@ -3,10 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use moeq::bench::bench_kernels;
 use moeq::cli::{BenchTarget, Cli, Command};
-use moeq::convert::{ConvertOptions, Format, convert};
 use moeq::inspect::{Report, human_bytes};
-use moeq::mlx::{MlxOptions, MlxType, parse_override};
-use moeq::quant_plan::Ftype;
+use moeq::plan::convert::{ConvertOptions, Format, convert};
+use moeq::plan::mlx::{MlxOptions, MlxType, parse_override};
+use moeq::plan::quant_plan::Ftype;
 use moeq::source::Source;
 
 /// Exit status for errors (bad input, I/O); 1 is kept for "ran, but a check failed".
@@ -31,8 +31,8 @@ fn run_verify(
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
 ) -> anyhow::Result<ExitCode> {
+    use moeq::model::weights::Weights;
     use moeq::verify::{Limits, reference_tokens, verify};
-    use moeq::weights::Weights;
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
@@ -65,16 +65,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Eval { model, tokens, dump, top } => {
-            let trace = moeq::eval::eval(&model, &tokens)?;
+            let trace = moeq::verify::eval::eval(&model, &tokens)?;
             let vocab = trace.logits.len() / tokens.len().max(1);
-            for (pos, (tok, cands)) in tokens.iter().zip(moeq::eval::top_tokens(&trace.logits, vocab, top)).enumerate()
+            for (pos, (tok, cands)) in
+                tokens.iter().zip(moeq::verify::eval::top_tokens(&trace.logits, vocab, top)).enumerate()
             {
                 let list: Vec<String> = cands.iter().map(|(t, p)| format!("{t} ({p:.3})")).collect();
                 println!("{pos:>4}  {tok:>7} → {}", list.join("  "));
             }
             if let Some(out) = dump {
                 let hidden = trace.hidden.first().map_or(0, |h| h.len() / tokens.len().max(1));
-                moeq::eval::dump(&trace, &tokens, hidden, &out)?;
+                moeq::verify::eval::dump(&trace, &tokens, hidden, &out)?;
                 eprintln!("wrote {}", out.display());
             }
         }

@@ -597,7 +597,7 @@ fn eval_reproduces_the_reference_forward() {
         let reference = fixtures().join(family).join("reference.safetensors");
         let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
         let path = fixtures().join(input);
-        let trace = moeq::eval::eval(&path, &tokens).unwrap();
+        let trace = moeq::verify::eval::eval(&path, &tokens).unwrap();
         let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(&reference, "logits")))];
         for (n, h) in trace.hidden.iter().enumerate() {
             checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")))));
@@ -605,7 +605,7 @@ fn eval_reproduces_the_reference_forward() {
         if family != "llama" {
             // The MoE block alone, on the reference's own input.
             let source = moeq::source::Source::open(&path).unwrap();
-            let weights = moeq::weights::Weights::new(&source, &path).unwrap();
+            let weights = moeq::model::weights::Weights::new(&source, &path).unwrap();
             let model = moeq::forward::Model::new(&weights).unwrap();
             for n in 0..trace.moe_in.len() {
                 let input: Vec<f32> = st_tensor(&reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();

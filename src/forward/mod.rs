@@ -10,7 +10,7 @@ use moeq_formats::gguf::Value;
 use moeq_kernels::dot::{dot_block, dot_rows};
 use rayon::prelude::*;
 
-use crate::weights::Weights;
+use crate::model::weights::Weights;
 
 /// The model family, as the forward sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

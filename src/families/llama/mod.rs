@@ -14,12 +14,12 @@ use moeq_formats::gguf::{GgmlType, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
-use crate::arch::Architecture;
-use crate::checkpoint::{
+use crate::families::Architecture;
+use crate::families::common::{
     Converted, OutType, SourceTensor, auto_outtype, check_tensors, converter_type, float, float_file_type, gguf_name,
     gguf_plan, opt_uint, source_tensors, uint,
 };
-use crate::recipe::{Input, Part, Recipe, View};
+use crate::plan::recipe::{Input, Part, Recipe, View};
 
 /// The hyperparameters llama.cpp reads for Llama and Mixtral.
 #[derive(Clone, Debug, PartialEq)]

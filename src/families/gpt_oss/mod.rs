@@ -7,6 +7,8 @@
 //! to ggml's nibble order with the scale byte first, never requantized; bf16 experts are
 //! stored [in, out] and transposed.
 
+pub mod hf_build;
+
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -14,12 +16,12 @@ use moeq_formats::gguf::{GgmlType, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
-use crate::arch::SourceLayout;
-use crate::checkpoint::{
+use crate::families::SourceLayout;
+use crate::families::common::{
     Converted, OutType, SourceTensor, auto_outtype, check_tensors, converter_type, float, float_file_type, gguf_name,
     gguf_plan, source_tensors, uint,
 };
-use crate::recipe::{Input, Recipe, Stored, View};
+use crate::plan::recipe::{Input, Recipe, Stored, View};
 
 /// The hyperparameters llama.cpp reads for gpt-oss.
 #[derive(Clone, Debug, PartialEq)]
@@ -490,13 +492,13 @@ mod tests {
     use serde_json::json;
 
     fn hf_config() -> Json {
-        serde_json::from_str(include_str!("../tests/fixtures/gpt-oss/hf-mxfp4/config.json")).unwrap()
+        serde_json::from_str(include_str!("../../../tests/fixtures/gpt-oss/hf-mxfp4/config.json")).unwrap()
     }
 
     #[test]
     fn original_and_hf_configs_give_the_same_hparams() {
         let original: Json =
-            serde_json::from_str(include_str!("../tests/fixtures/gpt-oss/original/config.json")).unwrap();
+            serde_json::from_str(include_str!("../../../tests/fixtures/gpt-oss/original/config.json")).unwrap();
         let (a, _) = Hparams::from_config(&original, SourceLayout::OpenAiOriginal).unwrap();
         let (b, warnings) = Hparams::from_config(&hf_config(), SourceLayout::HfMxfp4).unwrap();
         assert_eq!(a, b);

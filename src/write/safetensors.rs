@@ -11,8 +11,8 @@ use moeq_formats::safetensors::{HeaderStyle, IndexOptions, SafetensorsPlan, Safe
 use moeq_kernels::{mlx, openai};
 use rayon::prelude::*;
 
-use crate::progress::bytes_bar;
-use crate::recipe::{Recipe, Scratch};
+use crate::plan::recipe::{Recipe, Scratch};
+use crate::write::progress::bytes_bar;
 
 /// How an item's rows become output bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use anyhow::{Result, bail};
 use moeq_formats::gguf::{GgufPlan, GgufWriter};
 use rayon::prelude::*;
 
-use crate::progress::bytes_bar;
-use crate::recipe::{Recipe, Scratch};
+use crate::plan::recipe::{Recipe, Scratch};
+use crate::write::progress::bytes_bar;
 
 /// A piece reads about this many input bytes, so one huge tensor still keeps every core busy
 /// and the progress bar moving.

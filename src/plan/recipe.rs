@@ -10,7 +10,7 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_kernels::backend::first_non_finite;
 use moeq_kernels::{KernelError, openai};
 
-use crate::transcode::{from_f32, to_f32};
+use crate::plan::transcode::{from_f32, to_f32};
 
 /// A stored tensor's bytes inside a mapped input file.
 #[derive(Clone, Copy)]

@@ -3,14 +3,16 @@
 //! llama.cpp name), every MoE block on the source's own hidden states, and the whole model's
 //! next-token distributions on reference tokens.
 
+pub mod eval;
+
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::GgmlType;
 use rayon::prelude::*;
 use serde_json::json;
 
 use crate::forward::{FfnOutput, Model, Reuse, same_bits};
-use crate::progress::steps_bar;
-use crate::weights::Weights;
+use crate::model::weights::Weights;
+use crate::write::progress::steps_bar;
 
 /// How far an output may be from its source.
 #[derive(Clone, Copy, Debug, PartialEq)]

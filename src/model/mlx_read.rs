@@ -7,10 +7,10 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_formats::safetensors::{SafetensorsModel, StTensor};
 use serde_json::Value as Json;
 
-use crate::arch::{Architecture, ModelConfig};
-use crate::checkpoint::{Converted, ggml_of, gguf_plan};
-use crate::mlx::mlx_name;
-use crate::recipe::{Input, Recipe, Stored, View};
+use crate::families::common::{Converted, ggml_of, gguf_plan};
+use crate::families::{Architecture, ModelConfig};
+use crate::plan::mlx::mlx_name;
+use crate::plan::recipe::{Input, Recipe, Stored, View};
 
 /// The quantization of `module` per the config: (bits, group, mode).
 fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
@@ -33,9 +33,11 @@ fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'
 pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Converted<'a>> {
     let json = &config.json;
     let (arch_name, metadata, head_dim) = match config.arch {
-        Architecture::GptOss => ("gpt-oss", crate::gpt_oss::gguf_metadata(json, crate::arch::SourceLayout::Hf, 1)?, 0),
+        Architecture::GptOss => {
+            ("gpt-oss", crate::families::gpt_oss::gguf_metadata(json, crate::families::SourceLayout::Hf, 1)?, 0)
+        }
         arch => {
-            let (m, hd) = crate::llama::gguf_metadata(json, arch, 1)?;
+            let (m, hd) = crate::families::llama::gguf_metadata(json, arch, 1)?;
             ("llama", m, hd)
         }
     };
@@ -133,8 +135,8 @@ fn check_size(input: &Input, ne: &[u64], origin: &str) -> Result<()> {
 fn gguf_candidates(config: &ModelConfig, json: &Json) -> Vec<(String, String)> {
     let layers = json.get("num_hidden_layers").and_then(Json::as_u64).unwrap_or(0);
     let table = match config.arch {
-        Architecture::GptOss => crate::gpt_oss::LAYER_NAMES,
-        _ => crate::llama::LAYER_NAMES,
+        Architecture::GptOss => crate::families::gpt_oss::LAYER_NAMES,
+        _ => crate::families::llama::LAYER_NAMES,
     };
     let mut out = Vec::new();
     let mut push = |gguf: String| {

@@ -11,19 +11,19 @@ use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS
 use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 
-use crate::arch::{Architecture, ModelConfig, SourceLayout};
-use crate::checkpoint::{Converted, OutType};
-use crate::gpt_oss;
-use crate::gpt_oss_hf;
-use crate::llama;
-use crate::mlx::{self, MlxOptions};
-use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
-use crate::recipe::{Input, Recipe, Stored};
+use crate::families::common::{Converted, OutType};
+use crate::families::gpt_oss;
+use crate::families::gpt_oss::hf_build;
+use crate::families::llama;
+use crate::families::{Architecture, ModelConfig, SourceLayout};
+use crate::plan::mlx::{self, MlxOptions};
+use crate::plan::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
+use crate::plan::recipe::{Input, Recipe, Stored};
+use crate::plan::transcode::{can_read, can_write};
 use crate::source::Source;
-use crate::transcode::{can_read, can_write};
 use crate::vocab::{Metadata, checkpoint_vocab};
-use crate::write_gguf::write_gguf;
-use crate::write_safetensors::{BuildFiles, copy_side_files, write_items, write_json};
+use crate::write::gguf::write_gguf;
+use crate::write::safetensors::{BuildFiles, copy_side_files, write_items, write_json};
 use moeq_formats::output::OutputDir;
 use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
 
@@ -157,7 +157,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
             for w in warnings.iter().filter(|w| !w.contains("GGUF") && !w.contains("llama.cpp")) {
                 eprintln!("warning: {w}");
             }
-            let hf = if is_gpt_oss { gpt_oss_hf::hf_config(config, false)? } else { config.json.clone() };
+            let hf = if is_gpt_oss { hf_build::hf_config(config, false)? } else { config.json.clone() };
             let build = mlx::plan(recipes, config.arch, mlx::model_dtype(&hf), &opts.mlx)?;
             for w in &build.warnings {
                 eprintln!("warning: {w}");
@@ -168,7 +168,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
             if !is_gpt_oss {
                 bail!("--format hf writes gpt-oss's published MXFP4 layout; {} is not gpt-oss", config.class);
             }
-            (gpt_oss_hf::plan(model, config)?, gpt_oss_hf::hf_config(config, true)?, "pt", None)
+            (hf_build::plan(model, config)?, hf_build::hf_config(config, true)?, "pt", None)
         }
     };
     let dir = OutputDir::create(&opts.output)?;
@@ -222,7 +222,7 @@ pub fn plan_checkpoint<'a>(
     vocab: Option<Metadata>,
 ) -> Result<Converted<'a>> {
     if config.layout == SourceLayout::Mlx {
-        return crate::mlx_read::plan(model, config);
+        return crate::model::mlx_read::plan(model, config);
     }
     match config.arch {
         Architecture::GptOss => gpt_oss::convert(model, &config.dir, &config.json, config.layout, outtype, vocab),

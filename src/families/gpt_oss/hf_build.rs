@@ -10,11 +10,11 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensorSpec};
 use serde_json::{Value as Json, json};
 
-use crate::arch::{ModelConfig, SourceLayout};
-use crate::checkpoint::{SourceTensor, float_dtype};
-use crate::gpt_oss::{Hparams, hf_tensors};
-use crate::recipe::{Input, Recipe, View};
-use crate::write_safetensors::{Encoding, Item};
+use crate::families::common::{SourceTensor, float_dtype};
+use crate::families::gpt_oss::{Hparams, hf_tensors};
+use crate::families::{ModelConfig, SourceLayout};
+use crate::plan::recipe::{Input, Recipe, View};
+use crate::write::safetensors::{Encoding, Item};
 
 /// The tensors of the Hugging Face MXFP4 layout, in the source's order.
 pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Vec<Item<'a>>> {

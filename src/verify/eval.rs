@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use moeq_formats::safetensors::{Dtype, HeaderStyle, SafetensorsPlan, SafetensorsWriter, StTensorSpec};
 
 use crate::forward::{Model, Trace};
+use crate::model::weights::Weights;
 use crate::source::Source;
-use crate::weights::Weights;
 
 /// Parses `3,17,99`.
 pub fn parse_tokens(text: &str) -> Result<Vec<u32>, String> {

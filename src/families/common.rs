@@ -9,8 +9,8 @@ use moeq_formats::gguf::{GgmlType, GgufPlan, Value};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use serde_json::Value as Json;
 
-use crate::model_card::{ParamCount, general_metadata};
-use crate::recipe::{Recipe, Stored};
+use crate::plan::recipe::{Recipe, Stored};
+use crate::vocab::model_card::{ParamCount, general_metadata};
 
 /// A config value that must be a non-negative integer.
 pub fn uint(json: &Json, key: &str) -> Result<u64> {

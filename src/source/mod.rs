@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use moeq_formats::gguf::GgufModel;
 use moeq_formats::safetensors::SafetensorsModel;
 
-use crate::arch::{ModelConfig, SourceLayout};
+use crate::families::{ModelConfig, SourceLayout};
 
 /// An opened input model.
 pub enum Source {

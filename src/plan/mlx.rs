@@ -11,10 +11,10 @@ use moeq_formats::gguf::GgmlType;
 use moeq_formats::safetensors::{Dtype, StTensorSpec};
 use serde_json::{Value as Json, json};
 
-use crate::arch::Architecture;
-use crate::checkpoint::float_dtype;
-use crate::recipe::{Input, Recipe};
-use crate::write_safetensors::{Encoding, Item};
+use crate::families::Architecture;
+use crate::families::common::float_dtype;
+use crate::plan::recipe::{Input, Recipe};
+use crate::write::safetensors::{Encoding, Item};
 
 /// How one MLX tensor is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +140,8 @@ pub fn mlx_name(gguf: &str, arch: Architecture) -> Option<String> {
         }
     }
     let table = match arch {
-        Architecture::GptOss => crate::gpt_oss::LAYER_NAMES,
-        _ => crate::llama::LAYER_NAMES,
+        Architecture::GptOss => crate::families::gpt_oss::LAYER_NAMES,
+        _ => crate::families::llama::LAYER_NAMES,
     };
     let hf = table.iter().find(|(_, g)| *g == rest)?.0;
     Some(format!("model.layers.{layer}.{hf}"))

@@ -2,6 +2,8 @@
 //! `tokenizer_config.json`, `chat_template.jinja`), as llama.cpp's converter writes it for
 //! byte-level BPE (`gpt2`) vocabularies: `_set_vocab_gpt2` and gguf-py's `SpecialVocab`.
 
+pub mod model_card;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
-use crate::arch::{Architecture, ModelConfig};
+use crate::families::{Architecture, ModelConfig};
 
 /// GGUF metadata entries, in order.
 pub type Metadata = Vec<(String, Value)>;
@@ -544,7 +546,7 @@ mod tests {
 
     #[test]
     fn sentencepiece_models_parse() {
-        let bytes = include_bytes!("../tests/fixtures/mixtral/hf/tokenizer.model");
+        let bytes = include_bytes!("../../tests/fixtures/mixtral/hf/tokenizer.model");
         let pieces = sentencepiece_pieces(bytes).unwrap();
         assert_eq!(pieces.len(), 512);
         assert_eq!(pieces[0], ("<unk>".to_string(), 0.0, SP_UNKNOWN));

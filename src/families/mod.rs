@@ -1,6 +1,10 @@
 //! Model architectures moeq knows, detected from a checkpoint's `config.json`, with the
 //! hyperparameters that matter for conversion.
 
+pub mod common;
+pub mod gpt_oss;
+pub mod llama;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};

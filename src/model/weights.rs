@@ -9,9 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, Value};
 
-use crate::checkpoint::OutType;
-use crate::convert::{gguf_recipes, plan_checkpoint};
-use crate::recipe::{Recipe, Scratch};
+use crate::families::common::OutType;
+use crate::plan::convert::{gguf_recipes, plan_checkpoint};
+use crate::plan::recipe::{Recipe, Scratch};
 use crate::source::Source;
 
 thread_local! {
@@ -38,7 +38,7 @@ impl<'a> Weights<'a> {
     pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
         let (metadata, recipes) = match source {
             Source::Gguf(model) => {
-                let plan = crate::convert::merged_plan(model);
+                let plan = crate::plan::convert::merged_plan(model);
                 (plan.metadata, gguf_recipes(model))
             }
             Source::Safetensors { model, config } => {
