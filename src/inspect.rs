@@ -61,7 +61,7 @@ impl Report {
     pub fn new(path: &std::path::Path, source: &Source) -> Report {
         let mut report = match source {
             Source::Gguf(model) => Self::gguf(model),
-            Source::Safetensors { model, config } => Self::safetensors(model, config.as_ref()),
+            Source::Safetensors { model, config } => Self::safetensors(model, config.as_deref()),
         };
         report.path = path.display().to_string();
         report
@@ -144,7 +144,7 @@ impl Report {
             format: "safetensors",
             path: String::new(),
             files: model.shards().iter().map(|s| s.path().display().to_string()).collect(),
-            architecture: config.map(|c| c.arch.name().to_string()),
+            architecture: config.map(|c| c.family.name().to_string()),
             details,
             hparams: config
                 .map(|c| c.hparams.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())

@@ -1,4 +1,4 @@
-//! What the per-family converters share: reading `config.json` values, listing a
+//! What the per-family converters share: `inspect`'s hyperparameters, listing a
 //! checkpoint's tensors in the order llama.cpp's converter visits them, and checking them
 //! against the tensors a model of that shape must have.
 
@@ -9,31 +9,42 @@ use moeq_formats::gguf::{GgmlType, GgufPlan, Value};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use serde_json::Value as Json;
 
+use crate::source::config::Keys;
+
 use crate::plan::recipe::{Recipe, Stored};
 use crate::vocab::model_card::{ParamCount, general_metadata};
 
-/// A config value that must be a non-negative integer.
-pub fn uint(json: &Json, key: &str) -> Result<u64> {
-    match json.get(key) {
-        Some(v) => v.as_u64().with_context(|| format!("\"{key}\" is {v}, not a non-negative integer")),
-        None => bail!("\"{key}\" is missing"),
+/// The hyperparameters `inspect` shows for a Hugging Face `config.json`: GGUF key names
+/// (without the architecture prefix) and the raw values they come from.
+pub fn inspect_hparams(config: &Keys) -> Vec<(&'static str, Json)> {
+    let mut hparams = pick(config, HF_HPARAMS);
+    if let Some(scaling) = config.raw("rope_scaling").filter(|v| v.is_object()) {
+        hparams.push(("rope.scaling", scaling.clone()));
     }
+    hparams
 }
 
-/// An optional non-negative integer (absent or null: `None`).
-pub fn opt_uint(json: &Json, key: &str) -> Result<Option<u64>> {
-    match json.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(_) => uint(json, key).map(Some),
-    }
-}
+/// GGUF key → Hugging Face `config.json` key, for `inspect`.
+const HF_HPARAMS: &[(&str, &str)] = &[
+    ("block_count", "num_hidden_layers"),
+    ("context_length", "max_position_embeddings"),
+    ("embedding_length", "hidden_size"),
+    ("feed_forward_length", "intermediate_size"),
+    ("attention.head_count", "num_attention_heads"),
+    ("attention.head_count_kv", "num_key_value_heads"),
+    ("attention.key_length", "head_dim"),
+    ("expert_count", "num_local_experts"),
+    ("expert_used_count", "num_experts_per_tok"),
+    ("attention.sliding_window", "sliding_window"),
+    ("rope.freq_base", "rope_theta"),
+    ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    ("vocab_size", "vocab_size"),
+    ("tie_word_embeddings", "tie_word_embeddings"),
+];
 
-/// An optional number (absent or null: `None`).
-pub fn float(json: &Json, key: &str) -> Result<Option<f64>> {
-    match json.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).with_context(|| format!("\"{key}\" is {v}, not a number")),
-    }
+/// The values of `keys` (GGUF name, config key) that `config` holds (not null).
+pub fn pick(config: &Keys, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
+    keys.iter().filter_map(|&(name, key)| config.raw(key).map(|v| (name, v.clone()))).collect()
 }
 
 /// A checkpoint tensor under its Hugging Face name.

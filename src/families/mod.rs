@@ -1,43 +1,182 @@
-//! Model architectures moeq knows, detected from a checkpoint's `config.json`, with the
-//! hyperparameters that matter for conversion.
+//! Model families: what moeq knows about each, one folder per family ([`gpt_oss`],
+//! [`mixtral`], [`llama`]), what they share ([`common`]), and the registry ([`FAMILIES`]) that
+//! finds a checkpoint's family from its `config.json` (the Hugging Face class in
+//! `architectures`, or OpenAI's original gpt-oss layout) and a GGUF's from its
+//! `general.architecture`, as llama.cpp's converter keeps one module per family under
+//! `conversion/` with a registry by class name.
+//!
+//! A family implements [`Family`]: its typed config and the layout of its checkpoints, the
+//! GGUF llama.cpp's converter writes (names, metadata, tensor recipes), its vocabulary, its
+//! MLX names and per-module choices, and its forward blocks for eval and verify.
 
 pub mod common;
 pub mod gpt_oss;
 pub mod llama;
+pub mod mixtral;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::Value as Json;
 
-/// A model family moeq converts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Architecture {
-    /// OpenAI gpt-oss (20b, 120b): MoE with MXFP4 experts, attention sinks.
-    GptOss,
-    /// Mistral's Mixtral: MoE with per-expert weights.
-    Mixtral,
-    /// Meta's Llama (dense).
-    Llama,
+use crate::forward::Blocks;
+use crate::plan::mlx::MlxType;
+use crate::source::config::{ConfigFile, Keys};
+use crate::vocab::Metadata;
+use crate::write::safetensors::Item;
+use common::{Converted, OutType};
+
+/// Every family moeq knows, in the order detection asks them. A new family is its folder
+/// and one line here.
+pub static FAMILIES: &[&dyn Family] = &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama];
+
+/// What moeq knows about one model family. Every method that reads `config.json` parses it
+/// into the family's typed config first, with errors naming the file and the key.
+pub trait Family: Sync {
+    /// A short name (`inspect`'s architecture): `gpt-oss`, `mixtral`, `llama`.
+    fn name(&self) -> &'static str;
+
+    /// The Hugging Face classes (`architectures[0]` in `config.json`) of this family.
+    fn classes(&self) -> &'static [&'static str];
+
+    /// For a `config.json` without `architectures`: the class to report when it is this
+    /// family's own layout (OpenAI's original gpt-oss), else `None`.
+    fn classless(&self, _config: &Keys) -> Option<&'static str> {
+        None
+    }
+
+    /// What [`Family::classless`] recognizes, in words (for the list of supported models).
+    fn classless_description(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The layout of a checkpoint of this family, from its `config.json` and tensor names
+    /// (empty when unknown). Settings that can only be checked with the tensors belong here.
+    fn layout(&self, _config: &Keys, _tensor_names: &[&str]) -> SourceLayout {
+        SourceLayout::Hf
+    }
+
+    /// Hyperparameters for `inspect`: GGUF key names (without the architecture prefix) and the
+    /// `config.json` values they come from.
+    fn inspect_hparams(&self, config: &Keys, _layout: SourceLayout) -> Vec<(&'static str, Json)> {
+        common::inspect_hparams(config)
+    }
+
+    /// The `general.architecture` llama.cpp uses for this family.
+    fn gguf_arch(&self) -> &'static str;
+
+    /// Whether a GGUF of `general.architecture` `arch` with `expert_count` experts (0 when the
+    /// key is absent) is a model of this family (for eval and verify).
+    fn runs_gguf(&self, arch: &str, _expert_count: u64) -> bool {
+        arch == self.gguf_arch()
+    }
+
+    /// The `tokenizer.*` keys for a checkpoint whose tokenizer is in `dir`, as the family's
+    /// converter writes them; `pre` overrides the pre-tokenizer. Returns keys and warnings.
+    fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)>;
+
+    /// The GGUF llama.cpp's converter writes for a checkpoint of this family.
+    fn convert<'a>(
+        &self,
+        model: &'a SafetensorsModel,
+        config: &ModelConfig,
+        outtype: OutType,
+        vocab: Option<Metadata>,
+    ) -> Result<Converted<'a>>;
+
+    /// The family's GGUF metadata for a build of it (an MLX folder read back), and the head
+    /// size by which llama.cpp's q/k rows are permuted (0: not permuted).
+    fn build_metadata(&self, config: &ModelConfig) -> Result<(Metadata, u64)>;
+
+    /// Per-layer tensor names: Hugging Face (after `model.layers.N.`) → llama.cpp (after
+    /// `blk.N.`), in llama.cpp's order, not counting stacked experts.
+    fn layer_names(&self) -> &'static [(&'static str, &'static str)];
+
+    /// The MLX module holding the stacked experts of a layer (`mlp.experts`,
+    /// `block_sparse_moe.switch_mlp`).
+    fn mlx_experts(&self) -> &'static str {
+        "block_sparse_moe.switch_mlp"
+    }
+
+    /// The MoE router's MLX module, as a name suffix (`.block_sparse_moe.gate`), for
+    /// families whose router mlx-lm quantizes like any linear layer (moeq warns).
+    fn mlx_router(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// mlx-lm's per-model choice for `module` (its `quant_predicate`), given `--type` and
+    /// the module: the type and, when mlx-lm writes other settings than the type's, the
+    /// `quantization` entry. `None`: the global choice applies.
+    fn mlx_choice(&self, _module: &MlxModule, _ty: Option<MlxType>, _dtype: MlxType) -> Option<MlxChoice> {
+        None
+    }
+
+    /// The Hugging Face `config.json` of a build (MLX, or `--format hf` when `quantized`).
+    fn hf_config(&self, config: &ModelConfig, _quantized: bool) -> Result<Json> {
+        Ok(config.json.clone())
+    }
+
+    /// The family's published Hugging Face layout (`--format hf`): the items to write and
+    /// the `config.json`; `None` when the family has none.
+    fn hf_build<'a>(&self, _model: &'a SafetensorsModel, _config: &ModelConfig) -> Option<Result<Vec<Item<'a>>>> {
+        None
+    }
+
+    /// The family's forward blocks (for eval and verify).
+    fn forward(&self) -> &'static dyn Blocks;
 }
 
-impl Architecture {
-    /// The `general.architecture` llama.cpp uses for it.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Architecture::GptOss => "gpt-oss",
-            Architecture::Mixtral | Architecture::Llama => "llama",
-        }
-    }
+/// A module of an MLX build, as mlx-lm's `quant_predicate` sees it.
+pub struct MlxModule<'m> {
+    /// Its MLX path (`model.layers.0.mlp.router`).
+    pub path: &'m str,
+    /// Stacked experts.
+    pub experts: bool,
+    /// Stored as OpenAI MXFP4 in the source.
+    pub stored_mxfp4: bool,
+    /// Values per row.
+    pub row_len: u64,
+}
 
-    /// A short human name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Architecture::GptOss => "gpt-oss",
-            Architecture::Mixtral => "mixtral",
-            Architecture::Llama => "llama",
-        }
+/// A family's MLX choice for one module.
+pub struct MlxChoice {
+    /// The type.
+    pub ty: MlxType,
+    /// The `quantization` entry mlx-lm writes for it, when not the type's own.
+    pub params: Option<Json>,
+}
+
+impl std::fmt::Debug for dyn Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
+}
+
+impl PartialEq for dyn Family {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+/// The family of a Hugging Face class.
+pub fn for_class(class: &str) -> Option<&'static dyn Family> {
+    FAMILIES.iter().copied().find(|f| f.classes().contains(&class))
+}
+
+/// The family whose forward runs a GGUF of `general.architecture` `arch`.
+pub fn for_gguf(arch: &str, expert_count: u64) -> Option<&'static dyn Family> {
+    FAMILIES.iter().copied().find(|f| f.runs_gguf(arch, expert_count))
+}
+
+/// The checkpoints moeq converts, in words.
+fn supported() -> String {
+    let classes: Vec<&str> = FAMILIES.iter().flat_map(|f| f.classes().iter().copied()).collect();
+    let mut text = classes.join(", ");
+    for d in FAMILIES.iter().filter_map(|f| f.classless_description()) {
+        text += &format!(", or {d}");
+    }
+    text
 }
 
 /// How a checkpoint's tensors are laid out.
@@ -65,16 +204,17 @@ impl SourceLayout {
     }
 }
 
-/// What `config.json` says about a checkpoint.
+/// A checkpoint's `config.json` and what it says: the family, class and layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     /// The family.
-    pub arch: Architecture,
-    /// The class name in `architectures` (or `GptOssForCausalLM` for the original layout).
+    pub family: &'static dyn Family,
+    /// The class name in `architectures` (or the family's for a config without one).
     pub class: String,
     /// The tensor layout.
     pub layout: SourceLayout,
-    /// Hyperparameters, named as llama.cpp's GGUF keys name them (without the arch prefix).
+    /// Hyperparameters for `inspect`, named as llama.cpp's GGUF keys name them (without the
+    /// architecture prefix).
     pub hparams: Vec<(&'static str, Json)>,
     /// The whole parsed `config.json`.
     pub json: Json,
@@ -82,101 +222,51 @@ pub struct ModelConfig {
     pub dir: PathBuf,
 }
 
-const SUPPORTED: &str = "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout";
-
 impl ModelConfig {
-    /// Reads `config.json` in `dir`; `Ok(None)` when there is none.
-    pub fn detect(dir: &Path) -> Result<Option<ModelConfig>> {
-        let path = dir.join("config.json");
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let json: Json = serde_json::from_slice(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
-        let config = Self::from_json(&json).with_context(|| format!("{}", path.display()))?;
+    /// Reads `config.json` in `dir` and finds the family; `Ok(None)` when there is none.
+    /// `tensor_names` are the checkpoint's (empty when unknown), for the layout.
+    pub fn detect(dir: &Path, tensor_names: &[&str]) -> Result<Option<ModelConfig>> {
+        let Some(file) = ConfigFile::read(dir)? else { return Ok(None) };
+        let config = Self::from_json(&file.json, tensor_names).with_context(|| format!("{}", file.path.display()))?;
         Ok(Some(ModelConfig { dir: dir.to_path_buf(), ..config }))
     }
 
     /// Interprets a parsed `config.json`.
-    pub fn from_json(json: &Json) -> Result<ModelConfig> {
+    pub fn from_json(json: &Json, tensor_names: &[&str]) -> Result<ModelConfig> {
         if !json.is_object() {
             bail!("config.json is not a JSON object");
         }
-        let class = match json.get("architectures") {
+        let keys = Keys::of(json, "");
+        let (family, class) = match json.get("architectures") {
             Some(Json::Array(list)) => match list.first().and_then(Json::as_str) {
-                Some(c) => c.to_string(),
+                Some(c) => match for_class(c) {
+                    Some(f) => (f, c.to_string()),
+                    None => bail!("unknown architecture '{c}'; moeq supports {}", supported()),
+                },
                 None => bail!("\"architectures\" names no class"),
             },
             Some(_) => bail!("\"architectures\" is not a list"),
-            None if json.get("num_experts").is_some() && json.get("experts_per_token").is_some() => {
-                return Ok(Self::openai_original(json));
-            }
-            None => bail!("no \"architectures\" entry; moeq supports {SUPPORTED}"),
+            None => match FAMILIES.iter().find_map(|f| f.classless(&keys).map(|c| (*f, c))) {
+                Some((f, c)) => (f, c.to_string()),
+                None => bail!("no \"architectures\" entry; moeq supports {}", supported()),
+            },
         };
-        let (arch, layout) = match class.as_str() {
-            "GptOssForCausalLM" => {
-                let mxfp4 = json.pointer("/quantization_config/quant_method").and_then(Json::as_str) == Some("mxfp4");
-                (Architecture::GptOss, if mxfp4 { SourceLayout::HfMxfp4 } else { SourceLayout::Hf })
-            }
-            "MixtralForCausalLM" => (Architecture::Mixtral, SourceLayout::Hf),
-            "LlamaForCausalLM" => (Architecture::Llama, SourceLayout::Hf),
-            other => bail!("unknown architecture '{other}'; moeq supports {SUPPORTED}"),
-        };
+        let layout = family.layout(&keys, tensor_names);
         // mlx-lm's quantization block marks an MLX build.
-        let layout = if json.get("quantization").is_some_and(Json::is_object) { SourceLayout::Mlx } else { layout };
-        let keys: &[(&'static str, &str)] = &[
-            ("block_count", "num_hidden_layers"),
-            ("context_length", "max_position_embeddings"),
-            ("embedding_length", "hidden_size"),
-            ("feed_forward_length", "intermediate_size"),
-            ("attention.head_count", "num_attention_heads"),
-            ("attention.head_count_kv", "num_key_value_heads"),
-            ("attention.key_length", "head_dim"),
-            ("expert_count", "num_local_experts"),
-            ("expert_used_count", "num_experts_per_tok"),
-            ("attention.sliding_window", "sliding_window"),
-            ("rope.freq_base", "rope_theta"),
-            ("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
-            ("vocab_size", "vocab_size"),
-            ("tie_word_embeddings", "tie_word_embeddings"),
-        ];
-        let mut hparams = pick(json, keys);
-        if let Some(scaling) = json.get("rope_scaling").filter(|v| v.is_object()) {
-            hparams.push(("rope.scaling", scaling.clone()));
-        }
-        Ok(ModelConfig { arch, class, layout, hparams, json: json.clone(), dir: PathBuf::new() })
+        let layout = if keys.object("quantization").is_some() { SourceLayout::Mlx } else { layout };
+        let hparams = family.inspect_hparams(&keys, layout);
+        Ok(ModelConfig { family, class, layout, hparams, json: json.clone(), dir: PathBuf::new() })
     }
 
-    fn openai_original(json: &Json) -> ModelConfig {
-        let keys: &[(&'static str, &str)] = &[
-            ("block_count", "num_hidden_layers"),
-            ("context_length", "initial_context_length"),
-            ("embedding_length", "hidden_size"),
-            ("feed_forward_length", "intermediate_size"),
-            ("attention.head_count", "num_attention_heads"),
-            ("attention.head_count_kv", "num_key_value_heads"),
-            ("attention.key_length", "head_dim"),
-            ("expert_count", "num_experts"),
-            ("expert_used_count", "experts_per_token"),
-            ("attention.sliding_window", "sliding_window"),
-            ("rope.freq_base", "rope_theta"),
-            ("rope.scaling.factor", "rope_scaling_factor"),
-            ("vocab_size", "vocab_size"),
-            ("swiglu_limit", "swiglu_limit"),
-        ];
-        ModelConfig {
-            arch: Architecture::GptOss,
-            class: "GptOssForCausalLM".into(),
-            layout: SourceLayout::OpenAiOriginal,
-            hparams: pick(json, keys),
-            json: json.clone(),
-            dir: PathBuf::new(),
-        }
+    /// The `config.json` path, for errors.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("config.json")
     }
-}
 
-fn pick(json: &Json, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
-    keys.iter().filter_map(|&(name, key)| json.get(key).filter(|v| !v.is_null()).map(|v| (name, v.clone()))).collect()
+    /// Its keys.
+    pub fn keys(&self) -> Keys<'_> {
+        Keys::of(&self.json, "")
+    }
 }
 
 #[cfg(test)]
@@ -186,26 +276,34 @@ mod tests {
 
     #[test]
     fn detects_each_family() {
-        let c = ModelConfig::from_json(&json!({"architectures": ["GptOssForCausalLM"],
-            "quantization_config": {"quant_method": "mxfp4"}, "num_hidden_layers": 24}))
+        let c = ModelConfig::from_json(
+            &json!({"architectures": ["GptOssForCausalLM"],
+            "quantization_config": {"quant_method": "mxfp4"}, "num_hidden_layers": 24}),
+            &[],
+        )
         .unwrap();
-        assert_eq!((c.arch, c.layout), (Architecture::GptOss, SourceLayout::HfMxfp4));
+        assert_eq!((c.family.name(), c.layout), ("gpt-oss", SourceLayout::HfMxfp4));
         assert_eq!(c.hparams, vec![("block_count", json!(24))]);
-        let c = ModelConfig::from_json(&json!({"architectures": ["GptOssForCausalLM"]})).unwrap();
+        let c = ModelConfig::from_json(&json!({"architectures": ["GptOssForCausalLM"]}), &[]).unwrap();
         assert_eq!(c.layout, SourceLayout::Hf);
-        let c = ModelConfig::from_json(&json!({"num_experts": 32, "experts_per_token": 4})).unwrap();
+        let c = ModelConfig::from_json(&json!({"num_experts": 32, "experts_per_token": 4}), &[]).unwrap();
         assert_eq!(c.layout, SourceLayout::OpenAiOriginal);
-        let c = ModelConfig::from_json(&json!({"architectures": ["MixtralForCausalLM"]})).unwrap();
-        assert_eq!(c.arch, Architecture::Mixtral);
+        let c = ModelConfig::from_json(&json!({"architectures": ["MixtralForCausalLM"]}), &[]).unwrap();
+        assert_eq!(c.family.name(), "mixtral");
     }
 
     #[test]
     fn rejects_unknown_and_malformed() {
-        let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]})).unwrap_err();
+        let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]}), &[]).unwrap_err();
         assert!(e.to_string().contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{e}");
-        assert!(ModelConfig::from_json(&json!({"architectures": []})).is_err());
-        assert!(ModelConfig::from_json(&json!({"architectures": "Llama"})).is_err());
-        assert!(ModelConfig::from_json(&json!({})).is_err());
-        assert!(ModelConfig::from_json(&json!([1, 2])).is_err());
+        assert!(
+            e.to_string().ends_with(
+                "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout"
+            )
+        );
+        assert!(ModelConfig::from_json(&json!({"architectures": []}), &[]).is_err());
+        assert!(ModelConfig::from_json(&json!({"architectures": "Llama"}), &[]).is_err());
+        assert!(ModelConfig::from_json(&json!({}), &[]).is_err());
+        assert!(ModelConfig::from_json(&json!([1, 2]), &[]).is_err());
     }
 }

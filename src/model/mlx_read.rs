@@ -7,8 +7,8 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_formats::safetensors::{SafetensorsModel, StTensor};
 use serde_json::Value as Json;
 
+use crate::families::ModelConfig;
 use crate::families::common::{Converted, ggml_of, gguf_plan};
-use crate::families::{Architecture, ModelConfig};
 use crate::plan::mlx::mlx_name;
 use crate::plan::recipe::{Input, Recipe, Stored, View};
 
@@ -32,15 +32,8 @@ fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'
 /// Plans the model in an MLX build folder as llama.cpp-named recipes.
 pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Converted<'a>> {
     let json = &config.json;
-    let (arch_name, metadata, head_dim) = match config.arch {
-        Architecture::GptOss => {
-            ("gpt-oss", crate::families::gpt_oss::gguf_metadata(json, crate::families::SourceLayout::Hf, 1)?, 0)
-        }
-        arch => {
-            let (m, hd) = crate::families::llama::gguf_metadata(json, arch, 1)?;
-            ("llama", m, hd)
-        }
-    };
+    let (metadata, head_dim) = config.family.build_metadata(config)?;
+    let arch_name = config.family.gguf_arch();
     let mut names: Vec<(String, String)> = Vec::new();
     let present: std::collections::HashSet<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
     // llama.cpp name for every MLX tensor that carries values (not scales/biases).
@@ -134,13 +127,10 @@ fn check_size(input: &Input, ne: &[u64], origin: &str) -> Result<()> {
 /// Every (llama.cpp name, MLX name) a model of this config can have, in llama.cpp's order.
 fn gguf_candidates(config: &ModelConfig, json: &Json) -> Vec<(String, String)> {
     let layers = json.get("num_hidden_layers").and_then(Json::as_u64).unwrap_or(0);
-    let table = match config.arch {
-        Architecture::GptOss => crate::families::gpt_oss::LAYER_NAMES,
-        _ => crate::families::llama::LAYER_NAMES,
-    };
+    let table = config.family.layer_names();
     let mut out = Vec::new();
     let mut push = |gguf: String| {
-        if let Some(m) = mlx_name(&gguf, config.arch) {
+        if let Some(m) = mlx_name(&gguf, config.family) {
             out.push((gguf, m));
         }
     };

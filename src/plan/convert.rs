@@ -12,10 +12,7 @@ use moeq_formats::gguf::{GgmlType, GgufModel, GgufPlan, TensorSpec, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 
 use crate::families::common::{Converted, OutType};
-use crate::families::gpt_oss;
-use crate::families::gpt_oss::hf_build;
-use crate::families::llama;
-use crate::families::{Architecture, ModelConfig, SourceLayout};
+use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::mlx::{self, MlxOptions};
 use crate::plan::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
 use crate::plan::recipe::{Input, Recipe, Stored};
@@ -100,7 +97,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
 /// that, in one pass.
 fn convert_safetensors(
     model: &SafetensorsModel,
-    config: Option<ModelConfig>,
+    config: Option<Box<ModelConfig>>,
     opts: &ConvertOptions,
 ) -> Result<ConvertSummary> {
     let Some(config) = config else {
@@ -150,25 +147,25 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(config, model)?;
-    let is_gpt_oss = config.arch == Architecture::GptOss;
+    let family = config.family;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
             let Converted { recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
             for w in warnings.iter().filter(|w| !w.contains("GGUF") && !w.contains("llama.cpp")) {
                 eprintln!("warning: {w}");
             }
-            let hf = if is_gpt_oss { hf_build::hf_config(config, false)? } else { config.json.clone() };
-            let build = mlx::plan(recipes, config.arch, mlx::model_dtype(&hf), &opts.mlx)?;
+            let hf = family.hf_config(config, false)?;
+            let build = mlx::plan(recipes, family, mlx::model_dtype(&hf), &opts.mlx)?;
             for w in &build.warnings {
                 eprintln!("warning: {w}");
             }
             (build.items, mlx::config_json(&hf, build.quantization.as_ref()), "mlx", Some(build.parameters))
         }
         _ => {
-            if !is_gpt_oss {
+            let Some(items) = family.hf_build(model, config) else {
                 bail!("--format hf writes gpt-oss's published MXFP4 layout; {} is not gpt-oss", config.class);
-            }
-            (hf_build::plan(model, config)?, hf_build::hf_config(config, true)?, "pt", None)
+            };
+            (items?, family.hf_config(config, true)?, "pt", None)
         }
     };
     let dir = OutputDir::create(&opts.output)?;
@@ -224,12 +221,7 @@ pub fn plan_checkpoint<'a>(
     if config.layout == SourceLayout::Mlx {
         return crate::model::mlx_read::plan(model, config);
     }
-    match config.arch {
-        Architecture::GptOss => gpt_oss::convert(model, &config.dir, &config.json, config.layout, outtype, vocab),
-        Architecture::Mixtral | Architecture::Llama => {
-            llama::convert(model, &config.dir, &config.json, config.arch, outtype, vocab)
-        }
-    }
+    config.family.convert(model, config, outtype, vocab)
 }
 
 /// What llama-quantize's rules need to know, read from GGUF metadata as llama-quantize reads it.

@@ -11,8 +11,8 @@ use moeq_formats::gguf::GgmlType;
 use moeq_formats::safetensors::{Dtype, StTensorSpec};
 use serde_json::{Value as Json, json};
 
-use crate::families::Architecture;
 use crate::families::common::float_dtype;
+use crate::families::{Family, MlxModule};
 use crate::plan::recipe::{Input, Recipe};
 use crate::write::safetensors::{Encoding, Item};
 
@@ -58,7 +58,7 @@ impl MlxType {
     }
 
     /// Group size of a quantized type.
-    fn group(self) -> Option<u64> {
+    pub fn group(self) -> Option<u64> {
         match self {
             MlxType::Float(_) => None,
             MlxType::Affine { group, .. } => Some(group),
@@ -117,7 +117,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 
 /// mlx-lm's name for a llama.cpp tensor name, or `None` for tensors MLX does not store
 /// (Llama 3's computed RoPE factors).
-pub fn mlx_name(gguf: &str, arch: Architecture) -> Option<String> {
+pub fn mlx_name(gguf: &str, family: &dyn Family) -> Option<String> {
     let global = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -128,10 +128,7 @@ pub fn mlx_name(gguf: &str, arch: Architecture) -> Option<String> {
         return Some(name.to_string());
     }
     let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    let experts = match arch {
-        Architecture::GptOss => "mlp.experts",
-        _ => "block_sparse_moe.switch_mlp",
-    };
+    let experts = family.mlx_experts();
     for which in ["gate", "up", "down"] {
         for suffix in ["weight", "bias"] {
             if rest == format!("ffn_{which}_exps.{suffix}") {
@@ -139,11 +136,7 @@ pub fn mlx_name(gguf: &str, arch: Architecture) -> Option<String> {
             }
         }
     }
-    let table = match arch {
-        Architecture::GptOss => crate::families::gpt_oss::LAYER_NAMES,
-        _ => crate::families::llama::LAYER_NAMES,
-    };
-    let hf = table.iter().find(|(_, g)| *g == rest)?.0;
+    let hf = family.layer_names().iter().find(|(_, g)| *g == rest)?.0;
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
@@ -172,7 +165,7 @@ pub struct MlxBuild<'a> {
 /// Plans the MLX build of a checkpoint from its GGUF recipes.
 pub fn plan<'a>(
     recipes: Vec<Recipe<'a>>,
-    arch: Architecture,
+    family: &dyn Family,
     dtype: GgmlType,
     opts: &MlxOptions,
 ) -> Result<MlxBuild<'a>> {
@@ -184,7 +177,7 @@ pub fn plan<'a>(
     let mut quantized_routers = 0;
     let global = opts.ty.filter(|t| !matches!(t, MlxType::Float(_)));
     for recipe in recipes {
-        let Some(name) = mlx_name(&recipe.spec.name, arch) else { continue };
+        let Some(name) = mlx_name(&recipe.spec.name, family) else { continue };
         let shape: Vec<usize> = recipe.spec.ne.iter().rev().map(|&d| d as usize).collect();
         if !name.ends_with(".sinks") {
             // As mlx-lm counts: parameters of leaf modules (the sinks belong to the attention).
@@ -198,26 +191,20 @@ pub fn plan<'a>(
         let row_len = recipe.row_len();
         let over = opts.overrides.iter().find(|(p, _)| glob(p, &module)).map(|(_, t)| *t);
 
+        let module_info = MlxModule { path: &module, experts: is_experts, stored_mxfp4, row_len };
+        let mut family_params = None;
         let choice = if !is_module {
             MlxType::Float(dtype)
         } else if let Some(t) = over {
             t
-        } else if is_experts && arch == Architecture::GptOss && (stored_mxfp4 || global.is_some()) {
-            // mlx-lm keeps gpt-oss's experts in MXFP4.
-            MlxType::Mxfp4
+        } else if let Some(c) = family.mlx_choice(&module_info, opts.ty, MlxType::Float(dtype)) {
+            // mlx-lm's per-model choice (gpt-oss: experts MXFP4, the router in 8 bits).
+            family_params = c.params;
+            c.ty
         } else {
             match opts.ty {
                 None => MlxType::Float(dtype),
-                Some(MlxType::Float(t)) => MlxType::Float(t),
-                Some(q) if arch == Architecture::GptOss && module.ends_with(".mlp.router") => {
-                    // gpt-oss's quant_predicate: the router in 8 bits, groups of 64.
-                    if row_len.is_multiple_of(q.group().unwrap_or(1)) {
-                        MlxType::Affine { bits: 8, group: 64 }
-                    } else {
-                        MlxType::Float(dtype)
-                    }
-                }
-                Some(q) => q,
+                Some(t) => t,
             }
         };
         // Quantize only rows that are whole groups, as mlx-lm does.
@@ -233,15 +220,14 @@ pub fn plan<'a>(
         if is_experts && choice == MlxType::Mxfp4 {
             mxfp4_experts = true;
         }
-        if over.is_none() && module.ends_with(".block_sparse_moe.gate") && matches!(choice, MlxType::Affine { .. }) {
+        if over.is_none()
+            && family.mlx_router().is_some_and(|r| module.ends_with(r))
+            && matches!(choice, MlxType::Affine { .. })
+        {
             quantized_routers += 1;
         }
         if matches!(choice, MlxType::Affine { .. } | MlxType::Mxfp4) && !(is_experts && choice == MlxType::Mxfp4) {
-            let params = if over.is_none() && arch == Architecture::GptOss && module.ends_with(".mlp.router") {
-                json!({"group_size": 64, "bits": 8})
-            } else {
-                choice.params()
-            };
+            let params = family_params.clone().unwrap_or_else(|| choice.params());
             per_module.push((module.clone(), params));
         } else if is_experts && choice == MlxType::Mxfp4 && over.is_some() {
             per_module.push((module.clone(), choice.params()));
@@ -277,10 +263,13 @@ pub fn plan<'a>(
         None
     };
     let mut warnings = Vec::new();
-    if quantized_routers > 0 {
+    if quantized_routers > 0
+        && let Some(router) = family.mlx_router()
+    {
+        let module = router.trim_start_matches('.');
         warnings.push(format!(
-            "{quantized_routers} MoE routers (block_sparse_moe.gate) quantized like any linear layer, as mlx-lm \
-             does; expert choice is sensitive to them: --quant-override '*.block_sparse_moe.gate=bf16' keeps \
+            "{quantized_routers} MoE routers ({module}) quantized like any linear layer, as mlx-lm \
+             does; expert choice is sensitive to them: --quant-override '*{router}=bf16' keeps \
              them in the model's dtype"
         ));
     }
@@ -361,19 +350,14 @@ mod tests {
 
     #[test]
     fn names_and_patterns() {
+        use crate::families::{gpt_oss::GptOss, llama::Llama, mixtral::Mixtral};
+        assert_eq!(mlx_name("blk.3.ffn_gate_exps.bias", &GptOss).unwrap(), "model.layers.3.mlp.experts.gate_proj.bias");
         assert_eq!(
-            mlx_name("blk.3.ffn_gate_exps.bias", Architecture::GptOss).unwrap(),
-            "model.layers.3.mlp.experts.gate_proj.bias"
-        );
-        assert_eq!(
-            mlx_name("blk.0.ffn_down_exps.weight", Architecture::Mixtral).unwrap(),
+            mlx_name("blk.0.ffn_down_exps.weight", &Mixtral).unwrap(),
             "model.layers.0.block_sparse_moe.switch_mlp.down_proj.weight"
         );
-        assert_eq!(
-            mlx_name("blk.1.attn_sinks.weight", Architecture::GptOss).unwrap(),
-            "model.layers.1.self_attn.sinks"
-        );
-        assert_eq!(mlx_name("rope_freqs.weight", Architecture::Llama), None);
+        assert_eq!(mlx_name("blk.1.attn_sinks.weight", &GptOss).unwrap(), "model.layers.1.self_attn.sinks");
+        assert_eq!(mlx_name("rope_freqs.weight", &Llama), None);
         assert!(glob("*.mlp.router", "model.layers.0.mlp.router"));
         assert!(glob("model.layers.*.self_attn.*", "model.layers.12.self_attn.q_proj"));
         assert!(!glob("lm_head", "model.lm_head"));

@@ -1,4 +1,7 @@
-//! The first pipeline stage: open any input moeq reads (memory-mapped, headers only).
+//! The first pipeline stage: open any input moeq reads (memory-mapped, headers only), and
+//! read a checkpoint's [`config`] to find its family.
+
+pub mod config;
 
 use std::io::Read;
 use std::path::Path;
@@ -18,7 +21,7 @@ pub enum Source {
         /// The tensors.
         model: SafetensorsModel,
         /// The detected architecture, if a `config.json` is present.
-        config: Option<ModelConfig>,
+        config: Option<Box<ModelConfig>>,
     },
 }
 
@@ -26,10 +29,10 @@ impl Source {
     /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a model folder.
     pub fn open(path: &Path) -> Result<Source> {
         if path.is_dir() {
-            // Detect the architecture first: an unsupported model is reported as such.
-            let config = ModelConfig::detect(path)?;
+            // Detect the family first: an unsupported model is reported as such.
+            let config = ModelConfig::detect(path, &[])?;
             let model = SafetensorsModel::open(path)?;
-            return Ok(Source::Safetensors { config: config.map(|c| mark_mlx(&model, c)), model });
+            return Ok(Source::Safetensors { config: config.map(|c| Box::new(with_tensors(&model, c))), model });
         }
         if !path.exists() {
             bail!("{}: no such file or folder", path.display());
@@ -40,10 +43,10 @@ impl Source {
         if path.extension().is_some_and(|e| e == "safetensors") {
             let model = SafetensorsModel::open(path)?;
             let config = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => ModelConfig::detect(dir)?,
-                _ => ModelConfig::detect(Path::new("."))?,
+                Some(dir) if !dir.as_os_str().is_empty() => ModelConfig::detect(dir, &[])?,
+                _ => ModelConfig::detect(Path::new("."), &[])?,
             };
-            return Ok(Source::Safetensors { config: config.map(|c| mark_mlx(&model, c)), model });
+            return Ok(Source::Safetensors { config: config.map(|c| Box::new(with_tensors(&model, c))), model });
         }
         if path.extension().is_some_and(|e| e == "gguf") {
             // Let the GGUF reader say what is wrong with it.
@@ -53,11 +56,18 @@ impl Source {
     }
 }
 
-/// An unquantized MLX build has no quantization block; its shards say `format: mlx`.
-fn mark_mlx(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
+/// The layout, now that the tensors are known: the family's (from the config and the tensor
+/// names), or an MLX build (a quantization block, or shards that say `format: mlx`).
+fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
     let mlx =
         model.shards().iter().any(|f| f.metadata().is_some_and(|m| m.iter().any(|(k, v)| k == "format" && v == "mlx")));
-    if mlx { ModelConfig { layout: SourceLayout::Mlx, ..config } } else { config }
+    if mlx || config.layout == SourceLayout::Mlx {
+        return ModelConfig { layout: SourceLayout::Mlx, ..config };
+    }
+    let names: Vec<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
+    let layout = config.family.layout(&config.keys(), &names);
+    let hparams = config.family.inspect_hparams(&config.keys(), layout);
+    ModelConfig { layout, hparams, ..config }
 }
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {

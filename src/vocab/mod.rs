@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
-use crate::families::{Architecture, ModelConfig};
+use crate::families::ModelConfig;
 
 /// GGUF metadata entries, in order.
 pub type Metadata = Vec<(String, Value)>;
@@ -74,10 +74,9 @@ const KNOWN_PRE: &[&str] = &[
     "glm4",
 ];
 
-/// The `tokenizer.*` keys for a checkpoint, as its family's converter writes them: gpt-oss's
-/// byte-level BPE (`gpt-4o`); for Llama/Mixtral (`LlamaModel.set_vocab`) the tokenizer's
-/// space-prefix setting, then SentencePiece when there is a `tokenizer.model`, else byte-level
-/// BPE (`llama-bpe`, Llama 3). `pre` overrides the pre-tokenizer name. Returns the keys and
+/// The `tokenizer.*` keys for a checkpoint, as its family's converter writes them (see
+/// [`crate::families::Family::vocab`]), from the tokenizer in its folder or (OpenAI's
+/// `original/`) the parent. `pre` overrides the pre-tokenizer name. Returns the keys and
 /// warnings.
 pub fn checkpoint_vocab(config: &ModelConfig, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
     let Some(dir) = find_tokenizer(&config.dir) else {
@@ -87,21 +86,24 @@ pub fn checkpoint_vocab(config: &ModelConfig, pre: Option<&str>) -> Result<(Meta
             config.dir.display()
         );
     };
-    let json = &config.json;
+    config.family.vocab(&dir, &config.json, pre)
+}
+
+/// The `tokenizer.*` keys of llama.cpp's `llama` architecture (`LlamaModel.set_vocab`): the
+/// tokenizer's space-prefix setting, then SentencePiece when there is a `tokenizer.model`, else
+/// byte-level BPE (`llama-bpe`, Llama 3). `pre` overrides the pre-tokenizer name.
+pub fn llama_vocab(dir: &Path, json: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
     let vocab_size = json.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
-    if config.arch == Architecture::GptOss {
-        return gpt2_vocab(&dir, json, vocab_size, pre.unwrap_or("gpt-4o"), ("gpt-4o", O200K_REGEX));
-    }
     let mut keys = Vec::new();
     let tc = dir.join("tokenizer_config.json");
     if let Some(v) = read_json(&tc).ok().and_then(|c| c.get("add_prefix_space").and_then(Json::as_bool)) {
         keys.push(("tokenizer.ggml.add_space_prefix".to_string(), Value::Bool(v)));
     }
     if dir.join("tokenizer.model").is_file() && pre.is_none() {
-        keys.extend(sentencepiece_vocab(&dir, json, vocab_size)?);
+        keys.extend(sentencepiece_vocab(dir, json, vocab_size)?);
         return Ok((keys, Vec::new()));
     }
-    let (k, warnings) = gpt2_vocab(&dir, json, vocab_size, pre.unwrap_or("llama-bpe"), ("llama-bpe", LLAMA3_REGEX))?;
+    let (k, warnings) = gpt2_vocab(dir, json, vocab_size, pre.unwrap_or("llama-bpe"), ("llama-bpe", LLAMA3_REGEX))?;
     keys.extend(k);
     Ok((keys, warnings))
 }

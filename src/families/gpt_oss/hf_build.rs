@@ -10,16 +10,16 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensorSpec};
 use serde_json::{Value as Json, json};
 
+use super::config::GptOssConfig;
+use super::layout::hf_tensors;
 use crate::families::common::{SourceTensor, float_dtype};
-use crate::families::gpt_oss::{Hparams, hf_tensors};
 use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::recipe::{Input, Recipe, View};
 use crate::write::safetensors::{Encoding, Item};
 
 /// The tensors of the Hugging Face MXFP4 layout, in the source's order.
 pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Vec<Item<'a>>> {
-    let (hp, _) = Hparams::from_config(&config.json, config.layout)
-        .with_context(|| format!("{}", config.dir.join("config.json").display()))?;
+    let (hp, _) = GptOssConfig::load(config)?;
     let sources = hf_tensors(model, config.layout, &hp)?;
     let find = |name: &str| sources.iter().find(|s| s.name == name);
     let (h, i, e) = (hp.n_embd, hp.n_ff, hp.n_expert);
@@ -102,7 +102,7 @@ pub fn quantization_config() -> Json {
 /// transformers' conversion script writes it). `quantized`: add the MXFP4 `quantization_config`.
 pub fn hf_config(config: &ModelConfig, quantized: bool) -> Result<Json> {
     let mut json = if config.layout == SourceLayout::OpenAiOriginal {
-        let (hp, _) = Hparams::from_config(&config.json, config.layout)?;
+        let (hp, _) = GptOssConfig::load(config)?;
         let (factor, orig, fast, slow) = hp.yarn.unwrap_or((1.0, hp.n_ctx, 32.0, 1.0));
         let layer_types: Vec<&str> =
             (0..hp.n_layer).map(|l| if l % 2 == 0 { "sliding_attention" } else { "full_attention" }).collect();
