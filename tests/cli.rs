@@ -1118,3 +1118,87 @@ fn verify_reads_mlx_and_hf_builds() {
     let err = fails(&["convert", path_arg(&mlx.join("llama-q4")), "-o", path_arg(&out.path().join("x.gguf"))]);
     assert!(err.contains("an MLX build"), "{err}");
 }
+
+/// A golden GGUF with its metadata edited, written anew by moeq-formats' GGUF writer.
+fn edited_golden(dir: &Path, name: &str, tag: &str, edit: impl FnOnce(&mut moeq_formats::gguf::GgufPlan)) -> PathBuf {
+    let file = moeq_formats::gguf::GgufFile::open(&golden(name)).unwrap();
+    let mut plan = moeq_formats::gguf::GgufPlan::from_header(file.header());
+    edit(&mut plan);
+    let out = dir.join(format!("{tag}-{name}"));
+    let writer = moeq_formats::gguf::GgufWriter::create(&out, &plan, None).unwrap();
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let index = file.header().tensors.iter().position(|s| s.name == t.name).unwrap();
+        writer.write_tensor(i, file.tensor_data(index)).unwrap();
+    }
+    writer.finish().unwrap();
+    out
+}
+
+/// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
+/// forward runs (exit 2, naming the key and the tensor), never a panic.
+#[test]
+fn forward_refuses_metadata_that_disagrees_with_the_tensors() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let set = |key: &'static str, v: u32| move |p: &mut moeq_formats::gguf::GgufPlan| p.set(key, Value::U32(v));
+    let cases: Vec<(&str, PathBuf, [&str; 2])> = vec![
+        (
+            "llama/hf",
+            edited_golden(dir.path(), "llama-bf16.gguf", "key-length", set("llama.attention.key_length", 8208)),
+            ["llama.attention.key_length = 8208", "blk.0.attn_q.weight"],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "embd", set("gpt-oss.embedding_length", 96)),
+            ["gpt-oss.embedding_length = 96", "token_embd.weight"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "kv", |p| p.remove("llama.attention.head_count_kv")),
+            ["llama.attention.head_count_kv (absent", "blk.0.attn_k.weight"],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "experts", set("gpt-oss.expert_count", 8)),
+            ["gpt-oss.expert_count = 8", "blk.0.ffn_gate_inp.weight"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "layers", set("llama.block_count", 3)),
+            ["llama.block_count = 3", "blk.2.attn_norm.weight"],
+        ),
+        (
+            "llama/hf",
+            edited_golden(dir.path(), "llama-bf16.gguf", "fewer-layers", set("llama.block_count", 1)),
+            ["llama.block_count = 1", "blk.1."],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "used", set("gpt-oss.expert_used_count", 5)),
+            ["gpt-oss.expert_used_count = 5", "gpt-oss.expert_count = 4"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "heads", set("llama.attention.head_count", 3)),
+            ["llama.attention.head_count = 3", "llama.attention.head_count_kv = 2"],
+        ),
+    ];
+    for (source, gguf, needles) in &cases {
+        let eval = fails(&["eval", path_arg(gguf), "--tokens", "1,2,3"]);
+        let verify = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(gguf)]);
+        for err in [&eval, &verify] {
+            assert!(err.contains(path_arg(gguf)), "{err}");
+            for n in needles {
+                assert!(err.contains(n), "{n:?} not in {err}");
+            }
+        }
+    }
+    // A model with fewer layers as the output: refused, not run layer against missing layer.
+    let one_layer = edited_golden(dir.path(), "llama-bf16.gguf", "one-layer", |p| {
+        p.set("llama.block_count", Value::U32(1));
+        p.tensors.retain(|t| !t.name.starts_with("blk.1."));
+    });
+    ok(&["eval", path_arg(&one_layer), "--tokens", "1,2,3"]);
+    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&one_layer)]);
+    assert!(err.contains("1 layers") && err.contains("2 layers") && err.contains("not the same model"), "{err}");
+}

@@ -296,6 +296,9 @@ pub fn verify(
     limits: Option<Limits>,
     full_forward: bool,
 ) -> Result<Report> {
+    // Both models' hyperparameters, checked against their tensors before anything runs.
+    let (src_model, out_model) = (Model::new(source)?, Model::new(output)?);
+
     // 1. Tensors, in parallel, each streamed in pieces of about a million values.
     let names: Vec<&str> = source.names().collect();
     let missing: Vec<String> = names.iter().filter(|n| !output.has(n)).map(|n| n.to_string()).collect();
@@ -319,8 +322,23 @@ pub fn verify(
         .max_by(|a, b| tensor_bound(*a).total_cmp(&tensor_bound(*b)));
     let limits = limits.unwrap_or(Limits::for_type(worst));
 
-    // 2 and 3. Blocks on the source's hidden states, and the whole model.
-    let (src_model, out_model) = (Model::new(source)?, Model::new(output)?);
+    // 2 and 3. Blocks on the source's hidden states, and the whole model: both must have the
+    // same layers, width and vocabulary.
+    let (sc, oc) = (&src_model.cfg, &out_model.cfg);
+    let vocab = |w: &Weights| w.ne("token_embd.weight").map(|ne| ne.get(1).copied().unwrap_or(1));
+    let (src_vocab, out_vocab) = (vocab(source)?, vocab(output)?);
+    if (sc.n_layer, sc.n_embd, src_vocab) != (oc.n_layer, oc.n_embd, out_vocab) {
+        bail!(
+            "{} has {} layers of width {} and {out_vocab} tokens, but its source {} has {} layers of width {} and \
+             {src_vocab} tokens: not the same model",
+            output.path,
+            oc.n_layer,
+            oc.n_embd,
+            source.path,
+            sc.n_layer,
+            sc.n_embd
+        );
+    }
     let mut blocks: Vec<BlockCheck> = Vec::new();
     let mut model = ModelCheck::default();
     let (mut kl_sum, mut top1, mut logit_stats) = (0.0, 0usize, Stats { identical: true, ..Stats::default() });
