@@ -13,7 +13,8 @@ use moeq_formats::gguf::Value;
 use crate::families::{Family, for_gguf};
 use crate::model::weights::Weights;
 
-/// The hyperparameters of the forward.
+/// The hyperparameters of the forward. Two models with equal configs and bit-identical
+/// tensors compute the same bits (verify relies on it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The family (its short name).
@@ -33,6 +34,8 @@ pub struct Config {
     /// Inverse frequencies of the rotary pairs, and the factor applied to cos and sin.
     pub inv_freq: Vec<f64>,
     pub rope_scale: f64,
+    /// The family's own hyperparameters ([`crate::forward::Blocks::hparams`]).
+    pub extra: Vec<(&'static str, f64)>,
 }
 
 /// A size and where it comes from (`llama.attention.head_count = 4`), for errors.
@@ -93,19 +96,20 @@ impl Expect {
     }
 }
 
-/// Reads metadata values of one model, naming the file and key in errors.
-struct Meta<'w, 'a> {
+/// Reads the `{arch}.*` metadata values of one model, naming the file and key in errors.
+pub struct Meta<'w, 'a> {
     w: &'w Weights<'a>,
     arch: String,
 }
 
 impl Meta<'_, '_> {
-    fn key(&self, key: &str) -> String {
+    /// The full key of `key` (with the architecture prefix).
+    pub fn key(&self, key: &str) -> String {
         format!("{}.{key}", self.arch)
     }
 
     /// An integer key, if present.
-    fn opt(&self, key: &str) -> Result<Option<Hp>> {
+    pub fn opt(&self, key: &str) -> Result<Option<Hp>> {
         let key = self.key(key);
         match self.w.get(&key) {
             None => Ok(None),
@@ -117,12 +121,12 @@ impl Meta<'_, '_> {
     }
 
     /// A required integer key.
-    fn req(&self, key: &str) -> Result<Hp> {
+    pub fn req(&self, key: &str) -> Result<Hp> {
         self.opt(key)?.with_context(|| format!("{}: no metadata '{}'", self.w.path, self.key(key)))
     }
 
     /// A number, if present.
-    fn float(&self, key: &str) -> Result<Option<f64>> {
+    pub fn float(&self, key: &str) -> Result<Option<f64>> {
         let key = self.key(key);
         match self.w.get(&key) {
             None => Ok(None),
@@ -134,6 +138,11 @@ impl Meta<'_, '_> {
 }
 
 impl Config {
+    /// A family hyperparameter ([`Config::extra`]).
+    pub fn extra(&self, name: &str) -> Option<f64> {
+        self.extra.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
     /// Reads the forward's settings from the model's metadata, finds its family, and checks
     /// every size against the tensors.
     pub fn new(w: &Weights) -> Result<(Config, &'static dyn Family)> {
@@ -216,16 +225,8 @@ impl Config {
             expect.push(Expect::new("rope_freqs.weight", &[&half]));
         }
         for l in 0..s.n_layer.value as usize {
-            let t = |name: &str| format!("blk.{l}.{name}.weight");
-            let (q, kv) = (s.q(), s.kv());
-            expect.extend([
-                Expect::new(t("attn_norm"), &[&s.n_embd]),
-                Expect::new(t("attn_q"), &[&s.n_embd, &q]),
-                Expect::new(t("attn_k"), &[&s.n_embd, &kv]),
-                Expect::new(t("attn_v"), &[&s.n_embd, &kv]),
-                Expect::new(t("attn_output"), &[&q, &s.n_embd]),
-                Expect::new(t(blocks.ffn_norm()), &[&s.n_embd]),
-            ]);
+            expect.extend(blocks.attention_tensors(&s, l));
+            expect.push(Expect::new(format!("blk.{l}.{}.weight", blocks.ffn_norm()), &[&s.n_embd]));
             expect.extend(blocks.layer_tensors(&s, l));
         }
         for e in &expect {
@@ -287,6 +288,7 @@ impl Config {
             sliding_window: m.opt("attention.sliding_window")?.map_or(0, |h| h.value as usize),
             inv_freq,
             rope_scale,
+            extra: blocks.hparams(&m)?,
         };
         Ok((config, family))
     }

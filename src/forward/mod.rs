@@ -19,16 +19,45 @@ pub mod ops;
 
 use anyhow::{Result, bail};
 
-pub use attention::{Attention, RopePairs};
-pub use config::{Config, Expect, Sizes};
+pub use attention::{Attention, Heads, RopePairs, attend};
+pub use config::{Config, Expect, Hp, Meta, Sizes};
 
 use crate::model::weights::Weights;
 use ops::rmsnorm;
 
-/// What a family's forward does its own way; the shared layers call these.
+/// What a family's forward does its own way; the shared layers call these. The defaults are
+/// the shared blocks; a family overrides what it computes differently, building on the shared
+/// pieces ([`Model::attention`], [`attend`], [`moe::routed`], [`moe::dispatch`], [`moe::dense`]).
 pub trait Blocks: Sync {
-    /// The attention settings of layer `l`.
+    /// The family's own hyperparameters beyond [`Config`]'s, read once from the metadata
+    /// (errors naming the file and key) and kept in [`Config::extra`].
+    fn hparams(&self, _meta: &Meta) -> Result<Vec<(&'static str, f64)>> {
+        Ok(Vec::new())
+    }
+
+    /// The attention settings of layer `l` (for the shared attention).
     fn attention(&self, cfg: &Config, l: usize) -> Attention;
+
+    /// The attention block of layer `l` on the residual stream `x` [T, hidden] (its norm
+    /// included), before the residual add; `starts[i]` is the row where row i's sequence
+    /// starts.
+    fn attention_block(&self, m: &Model, l: usize, x: &[f32], starts: &[usize]) -> Result<Vec<f32>> {
+        m.attention(l, x, starts, self.attention(&m.cfg, l))
+    }
+
+    /// The attention tensors of layer `l`, with the shapes the hyperparameters give, for
+    /// [`Config::new`]'s checks.
+    fn attention_tensors(&self, s: &Sizes, l: usize) -> Vec<Expect> {
+        let t = |name: &str| format!("blk.{l}.{name}.weight");
+        let (q, kv) = (s.q(), s.kv());
+        vec![
+            Expect::new(t("attn_norm"), &[&s.n_embd]),
+            Expect::new(t("attn_q"), &[&s.n_embd, &q]),
+            Expect::new(t("attn_k"), &[&s.n_embd, &kv]),
+            Expect::new(t("attn_v"), &[&s.n_embd, &kv]),
+            Expect::new(t("attn_output"), &[&q, &s.n_embd]),
+        ]
+    }
 
     /// The norm before the feed-forward block (`blk.N.{name}.weight`).
     fn ffn_norm(&self) -> &'static str {
@@ -48,8 +77,9 @@ pub trait Blocks: Sync {
         bail!("a dense model has no experts")
     }
 
-    /// The tensors of layer `l` besides the shared attention ones (norms, q/k/v/output), with
-    /// the shapes the hyperparameters give, for [`Config::new`]'s checks.
+    /// The other tensors of layer `l` (the feed-forward block's, and any the attention adds to
+    /// [`Blocks::attention_tensors`]), with the shapes the hyperparameters give, for
+    /// [`Config::new`]'s checks.
     fn layer_tensors(&self, s: &Sizes, l: usize) -> Vec<Expect>;
 }
 
@@ -176,7 +206,7 @@ impl<'w, 'a> Model<'w, 'a> {
                 trace.reused_layers.push(l);
                 continue;
             }
-            let attn = self.attention(l, &x, &starts)?;
+            let attn = self.blocks.attention_block(self, l, &x, &starts)?;
             x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
             let norm = self.blocks.ffn_norm();
             let m_in = rmsnorm(&x, &self.t(&format!("blk.{l}.{norm}.weight"))?, c.rms_eps);

@@ -10,6 +10,9 @@ use super::{FfnOutput, Model};
 /// A router: from one token's router logits and top-k, the chosen experts and their weights.
 pub type Route = fn(&[f32], usize) -> (Vec<usize>, Vec<f32>);
 
+/// One expert's computation: expert `e` on rows [n, hidden] → [n, hidden].
+pub type Expert<'f> = dyn Fn(usize, &[f32]) -> Result<Vec<f32>> + 'f;
+
 /// How a family's MoE block routes and computes.
 pub struct Moe {
     /// The router (`ffn_gate_inp`) and every expert projection have biases.
@@ -28,23 +31,30 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// The routed-experts block of layer `l` on normalized input `x` [T, hidden]: each token's
-/// output is the weighted sum of its chosen experts' outputs.
+/// The routed-experts block of layer `l` on normalized input `x` [T, hidden]: the router
+/// (`ffn_gate_inp`), the family's routing, then [`dispatch`] to the experts.
 pub fn routed(m: &Model, l: usize, x: &[f32], moe: &Moe) -> Result<FfnOutput> {
     let c = &m.cfg;
-    let h = c.n_embd;
-    let t = x.len() / h;
     let logits = m.linear(x, &format!("blk.{l}.ffn_gate_inp"), moe.bias)?;
-    let mut routes = Vec::with_capacity(t);
-    let mut weights = Vec::with_capacity(t);
-    for row in logits.chunks_exact(c.n_expert) {
-        let (order, w) = (moe.route)(row, c.n_expert_used);
-        routes.push(order);
-        weights.push(w);
-    }
+    let (routes, weights) = logits.chunks_exact(c.n_expert).map(|row| (moe.route)(row, c.n_expert_used)).unzip();
+    dispatch(m, x, routes, weights, &|e, xe| expert(m, l, e, xe, moe))
+}
+
+/// Each token's output as the weighted sum of its chosen experts' outputs: `routes[i]` and
+/// `weights[i]` are token i's experts and weights; `expert(e, rows)` computes expert `e` on
+/// the rows of the tokens routed to it (each expert runs once, on all its tokens).
+pub fn dispatch(
+    m: &Model,
+    x: &[f32],
+    routes: Vec<Vec<usize>>,
+    weights: Vec<Vec<f32>>,
+    expert: &Expert,
+) -> Result<FfnOutput> {
+    let h = m.cfg.n_embd;
+    let t = x.len() / h;
     let mut out = vec![0.0f32; t * h];
-    let mut expert_out: Vec<Vec<Vec<f32>>> = routes.iter().map(|r: &Vec<usize>| vec![Vec::new(); r.len()]).collect();
-    for e in 0..c.n_expert {
+    let mut expert_out: Vec<Vec<Vec<f32>>> = routes.iter().map(|r| vec![Vec::new(); r.len()]).collect();
+    for e in 0..m.cfg.n_expert {
         let picked: Vec<(usize, f32)> = routes
             .iter()
             .zip(&weights)
@@ -55,7 +65,7 @@ pub fn routed(m: &Model, l: usize, x: &[f32], moe: &Moe) -> Result<FfnOutput> {
             continue;
         }
         let xe: Vec<f32> = picked.iter().flat_map(|&(i, _)| x[i * h..(i + 1) * h].iter().copied()).collect();
-        let ye = expert(m, l, e, &xe, moe)?;
+        let ye = expert(e, &xe)?;
         for (k, &(i, w)) in picked.iter().enumerate() {
             let y = &ye[k * h..(k + 1) * h];
             out[i * h..(i + 1) * h].iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
@@ -82,11 +92,18 @@ pub fn expert(m: &Model, l: usize, e: usize, x: &[f32], moe: &Moe) -> Result<Vec
     project("ffn_down_exps", &a)
 }
 
+/// A dense gated block of layer `l` without biases: `blk.l.{gate,up,down}` with `suffix`
+/// (`""` for `ffn_gate`…, `"_shexp"` for a shared expert's `ffn_gate_shexp`…), `act` on each
+/// gate/up pair.
+pub fn dense(m: &Model, l: usize, x: &[f32], suffix: &str, act: fn(f32, f32) -> f32) -> Result<Vec<f32>> {
+    let g = m.linear(x, &format!("blk.{l}.ffn_gate{suffix}"), false)?;
+    let u = m.linear(x, &format!("blk.{l}.ffn_up{suffix}"), false)?;
+    let a: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| act(g, u)).collect();
+    m.linear(&a, &format!("blk.{l}.ffn_down{suffix}"), false)
+}
+
 /// The dense SwiGLU block of layer `l` (`ffn_gate`, `ffn_up`, `ffn_down`, no biases).
 pub fn dense_swiglu(m: &Model, l: usize, x: &[f32]) -> Result<FfnOutput> {
-    let g = m.linear(x, &format!("blk.{l}.ffn_gate"), false)?;
-    let u = m.linear(x, &format!("blk.{l}.ffn_up"), false)?;
-    let a: Vec<f32> = g.iter().zip(&u).map(|(&g, &u)| swiglu(g, u)).collect();
-    let out = m.linear(&a, &format!("blk.{l}.ffn_down"), false)?;
+    let out = dense(m, l, x, "", swiglu)?;
     Ok(FfnOutput { out, routes: Vec::new(), expert_out: Vec::new() })
 }
