@@ -5,10 +5,10 @@
 //! - [`families`]: what moeq knows per model family (one folder each) and the registry;
 //! - [`vocab`]: tokenizer metadata and `general.*` naming;
 //! - [`plan`]: recipes (how each output tensor is made), llama-quantize's rules, conversion;
-//! - [`write`]: stream recipes into GGUF files or safetensors folders;
+//! - [`write`](mod@write): stream recipes into GGUF files or safetensors folders;
 //! - [`model`]: any model as llama.cpp-named f32 tensors (for eval and verify);
 //! - [`forward`]: moeq's own forward pass; [`verify`]: `moeq verify` and `moeq eval`;
-//! - [`inspect`]: report what a model holds; [`bench`]: kernel throughput.
+//! - [`inspect`]: report what a model holds; [`bench`](mod@bench): kernel throughput.
 
 pub mod bench;
 pub mod cli;

@@ -36,9 +36,13 @@ pub struct Attention {
 /// values per head of q and k, and of v.
 #[derive(Clone, Copy, Debug)]
 pub struct Heads {
+    /// Query heads.
     pub n_head: usize,
+    /// KV heads (a divisor of `n_head`; each serves `n_head / n_head_kv` query heads).
     pub n_head_kv: usize,
+    /// Values per head of q and k.
     pub qk_dim: usize,
+    /// Values per head of v (and of the output).
     pub v_dim: usize,
 }
 

@@ -10,7 +10,7 @@
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
 
-use crate::families::{Family, for_gguf};
+use crate::families::{FAMILIES, Family, for_gguf};
 use crate::model::weights::Weights;
 
 /// The hyperparameters of the forward. Two models with equal configs and bit-identical
@@ -19,20 +19,27 @@ use crate::model::weights::Weights;
 pub struct Config {
     /// The family (its short name).
     pub family: &'static str,
+    /// Layers.
     pub n_layer: usize,
+    /// The hidden width.
     pub n_embd: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// KV heads (a divisor of `n_head`).
     pub n_head_kv: usize,
     /// Values per attention head (q, k and v).
     pub head_dim: usize,
     /// Experts per MoE layer (0: dense).
     pub n_expert: usize,
+    /// Experts per token (1 to `n_expert` in MoE models).
     pub n_expert_used: usize,
+    /// RMSNorm's epsilon.
     pub rms_eps: f32,
     /// The sliding window of the layers that have one (0: none).
     pub sliding_window: usize,
     /// Inverse frequencies of the rotary pairs, and the factor applied to cos and sin.
     pub inv_freq: Vec<f64>,
+    /// YaRN's attention factor on cos and sin (1 without YaRN).
     pub rope_scale: f64,
     /// The family's own hyperparameters ([`crate::forward::Blocks::hparams`]).
     pub extra: Vec<(&'static str, f64)>,
@@ -57,11 +64,17 @@ impl Hp {
 /// The sizes a model's tensors must have, each with its source.
 #[derive(Clone, Debug)]
 pub struct Sizes {
+    /// Layers (`block_count`).
     pub n_layer: Hp,
+    /// The hidden width (`embedding_length`).
     pub n_embd: Hp,
+    /// Query heads.
     pub n_head: Hp,
+    /// KV heads.
     pub n_head_kv: Hp,
+    /// Values per head (`key_length`, or `rope.dimension_count`, or width / heads).
     pub head_dim: Hp,
+    /// Experts per MoE layer (0: dense).
     pub n_expert: Hp,
     /// The feed-forward (per-expert) width.
     pub n_ff: Hp,
@@ -152,7 +165,8 @@ impl Config {
         let n_expert =
             m.opt("expert_count")?.unwrap_or(Hp { value: 0, from: format!("{arch}.expert_count (absent: 0)") });
         let Some(family) = for_gguf(&arch, n_expert.value) else {
-            bail!("{path}: moeq's forward runs gpt-oss, Mixtral and Llama, not '{arch}'");
+            let names: Vec<&str> = FAMILIES.iter().map(|f| f.name()).collect();
+            bail!("{path}: moeq's forward runs {}, not '{arch}'", names.join(", "));
         };
         let blocks = family.forward();
         let n_layer = m.req("block_count")?;

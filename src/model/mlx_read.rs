@@ -37,7 +37,9 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
     let mut names: Vec<(String, String)> = Vec::new();
     let present: std::collections::HashSet<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
     // llama.cpp name for every MLX tensor that carries values (not scales/biases).
-    let gguf_names = gguf_candidates(config, json);
+    let block_count = format!("{arch_name}.block_count");
+    let layers = metadata.iter().find(|(k, _)| *k == block_count).and_then(|(_, v)| v.as_u64()).unwrap_or(0);
+    let gguf_names = gguf_candidates(config, layers);
     for (_, t) in model.tensors() {
         if t.name.ends_with(".scales") || t.name.ends_with(".biases") {
             continue;
@@ -124,9 +126,9 @@ fn check_size(input: &Input, ne: &[u64], origin: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every (llama.cpp name, MLX name) a model of this config can have, in llama.cpp's order.
-fn gguf_candidates(config: &ModelConfig, json: &Json) -> Vec<(String, String)> {
-    let layers = json.get("num_hidden_layers").and_then(Json::as_u64).unwrap_or(0);
+/// Every (llama.cpp name, MLX name) a model of this family with `layers` layers can have, in
+/// llama.cpp's order.
+fn gguf_candidates(config: &ModelConfig, layers: u64) -> Vec<(String, String)> {
     let table = config.family.layer_names();
     let mut out = Vec::new();
     let mut push = |gguf: String| {
