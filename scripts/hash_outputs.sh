@@ -68,7 +68,7 @@ for g in "$FX"/golden/*.gguf; do
         run "gg-$b-$ty" convert "$g" -o "out/gg-$b-$ty.gguf" --type "$ty" -q
     done
 done
-run gg-merge convert out/gg-mixtral-bf16-split-150K/s-00001-of-00003.gguf -o out/gg-merged.gguf -q
+run gg-merge convert out/gg-mixtral-bf16-split-150K/s-00001-of-*.gguf -o out/gg-merged.gguf -q
 
 # MLX builds: every type and group, overrides, shards.
 for c in $CHECKPOINTS; do
@@ -115,7 +115,7 @@ for m in $MODELS; do
     run "inspect-$t" inspect "$FX/$m"
     run "inspect-json-$t" inspect "$FX/$m" --json
 done
-for b in out/hf-gpt-oss-hf-bf16 out/mlx-mixtral-q8 out/mlx-gpt-oss-original-default; do
+for b in out/hf-gpt-oss-hf-bf16 out/mlx-mixtral-hf-q8 out/mlx-gpt-oss-original-default; do
     run "eval-$(basename "$b")" eval "$b" --tokens "$TOKENS" --dump "out/eval-$(basename "$b").safetensors"
 done
 

@@ -293,6 +293,20 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_finds_each_family() {
+        for f in FAMILIES {
+            for c in f.classes() {
+                assert_eq!(for_class(c).map(|g| g.name()), Some(f.name()));
+            }
+        }
+        assert_eq!(for_gguf("gpt-oss", 4).map(|f| f.name()), Some("gpt-oss"));
+        // llama.cpp's `llama` architecture: Mixtral with experts, Llama without.
+        assert_eq!(for_gguf("llama", 8).map(|f| f.name()), Some("mixtral"));
+        assert_eq!(for_gguf("llama", 0).map(|f| f.name()), Some("llama"));
+        assert!(for_gguf("qwen3moe", 128).is_none() && for_class("Qwen3MoeForCausalLM").is_none());
+    }
+
+    #[test]
     fn rejects_unknown_and_malformed() {
         let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]}), &[]).unwrap_err();
         assert!(e.to_string().contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{e}");

@@ -103,3 +103,24 @@ impl<'a> Keys<'a> {
         self.json.get(key).filter(|v| v.is_object()).map(|json| Keys { json, prefix: format!("{}.", self.name(key)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn errors_name_the_key() {
+        let json = json!({"n": 3, "s": "four", "z": null, "f": 1.5, "rope_scaling": {"factor": "x"}});
+        let k = Keys::of(&json, "");
+        assert_eq!(k.u64("n").unwrap(), 3);
+        assert_eq!(k.u64("s").unwrap_err().to_string(), "\"s\" is \"four\", not a non-negative integer");
+        assert_eq!(k.u64("z").unwrap_err().to_string(), "\"z\" is null, not a non-negative integer");
+        assert_eq!(k.u64("gone").unwrap_err().to_string(), "\"gone\" is missing");
+        assert_eq!((k.opt_u64("z").unwrap(), k.opt_u64("gone").unwrap()), (None, None));
+        assert_eq!(k.opt_f64("f").unwrap(), Some(1.5));
+        let r = k.object("rope_scaling").unwrap();
+        assert_eq!(r.opt_f64("factor").unwrap_err().to_string(), "\"rope_scaling.factor\" is \"x\", not a number");
+        assert!(k.object("n").is_none());
+    }
+}
