@@ -117,8 +117,8 @@ pub trait Family: Sync {
         Ok(config.json.clone())
     }
 
-    /// The family's published Hugging Face layout (`--format hf`): the items to write and
-    /// the `config.json`; `None` when the family has none.
+    /// The family's published Hugging Face layout (`--format hf`): the tensors to write (its
+    /// `config.json` is [`Family::hf_config`]); `None` when the family has none.
     fn hf_build<'a>(&self, _model: &'a SafetensorsModel, _config: &ModelConfig) -> Option<Result<Vec<Item<'a>>>> {
         None
     }

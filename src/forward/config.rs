@@ -80,6 +80,8 @@ pub struct Sizes {
     pub n_ff: Hp,
     /// Rows of the embedding.
     pub vocab: Hp,
+    /// The family's own sizes ([`crate::forward::Blocks::sizes`]).
+    pub extra: Vec<(&'static str, Hp)>,
 }
 
 impl Sizes {
@@ -91,6 +93,11 @@ impl Sizes {
     /// Rows of k and v: KV heads × head size.
     pub fn kv(&self) -> Hp {
         self.n_head_kv.times(&self.head_dim)
+    }
+
+    /// A size of the family's own, by the name [`crate::forward::Blocks::sizes`] gave it.
+    pub fn extra(&self, name: &str) -> Option<&Hp> {
+        self.extra.iter().find(|(n, _)| *n == name).map(|(_, h)| h)
     }
 }
 
@@ -226,7 +233,8 @@ impl Config {
                 Hp { value, from: format!("{arch}.{ff_key} (absent: the rows of '{}')", tensor.unwrap_or("ffn_up")) }
             }
         };
-        let s = Sizes { n_layer, n_embd, n_head, n_head_kv, head_dim, n_expert, n_ff, vocab };
+        let extra = blocks.sizes(&m)?;
+        let s = Sizes { n_layer, n_embd, n_head, n_head_kv, head_dim, n_expert, n_ff, vocab, extra };
         let mut expect = vec![
             Expect::new("token_embd.weight", &[&s.n_embd, &s.vocab]),
             Expect::new("output_norm.weight", &[&s.n_embd]),

@@ -35,6 +35,13 @@ pub trait Blocks: Sync {
         Ok(Vec::new())
     }
 
+    /// The family's own tensor sizes (e.g. a second feed-forward width, latent ranks), read
+    /// from the metadata with their keys, for [`Blocks::attention_tensors`] and
+    /// [`Blocks::layer_tensors`] ([`Sizes::extra`]).
+    fn sizes(&self, _meta: &Meta) -> Result<Vec<(&'static str, Hp)>> {
+        Ok(Vec::new())
+    }
+
     /// The attention settings of layer `l` (for the shared attention).
     fn attention(&self, cfg: &Config, l: usize) -> Attention;
 

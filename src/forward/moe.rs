@@ -82,7 +82,7 @@ pub fn expert(m: &Model, l: usize, e: usize, x: &[f32], moe: &Moe) -> Result<Vec
     // Expert e's rows of a stacked tensor, and its bias, applied to `input`.
     let project = |name: &str, input: &[f32]| -> Result<Vec<f32>> {
         let w = format!("blk.{l}.{name}.weight");
-        let rows = m.w.ne(&w)?[1];
+        let rows = m.w.ne(&w)?.get(1).copied().unwrap_or(1);
         let bias = if moe.bias { Some(m.w.rows(&format!("blk.{l}.{name}.bias"), e as u64, 1)?) } else { None };
         m.project(input, &w, e as u64 * rows, rows, bias.as_deref())
     };
