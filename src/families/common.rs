@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::source::config::Keys;
 
-use crate::plan::recipe::{Recipe, Stored};
+use crate::plan::recipe::{Input, Part, Recipe, Stored, View};
 use crate::vocab::model_card::{ParamCount, general_metadata};
 
 /// The hyperparameters `inspect` shows for a Hugging Face `config.json`: GGUF key names
@@ -217,4 +217,33 @@ pub fn gguf_plan(
     }
     plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
     plan
+}
+
+/// One stacked expert tensor (`blk.N.ffn_*_exps.weight`, experts outermost: `ne` = [cols, rows,
+/// experts]) made of per-expert matrices, each written at its offset without being gathered
+/// first (Mixtral's `w1`/`w2`/`w3`, and the per-expert `gate_proj`/`up_proj`/`down_proj` of
+/// later MoE families). `expert(j)` is expert j's Hugging Face name; every expert must be in
+/// `sources` (checked before).
+pub fn stacked_experts<'a>(
+    sources: &[SourceTensor<'a>],
+    name: String,
+    expert: impl Fn(u64) -> String,
+    (n_expert, rows, cols): (u64, u64, u64),
+    out: GgmlType,
+) -> Result<Recipe<'a>> {
+    let parts = (0..n_expert)
+        .map(|j| {
+            let hf = expert(j);
+            let s =
+                sources.iter().find(|s| s.name == hf).with_context(|| format!("expert tensor '{hf}' is missing"))?;
+            let input = if s.stored.ty == out {
+                Input::Copy(s.stored)
+            } else {
+                Input::Values { src: s.stored, view: View::plain(rows, cols) }
+            };
+            Ok(Part { input, origin: s.origin.clone() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, n_expert], ggml_type: out };
+    Ok(Recipe { spec, parts, check_finite: true })
 }

@@ -4,13 +4,13 @@
 //! them anywhere first: each expert's rows are written at their offset in the stacked tensor,
 //! once all of a layer's experts have been seen, as the converter does.
 
-use anyhow::{Context, Result};
-use moeq_formats::gguf::{GgmlType, TensorSpec};
+use anyhow::Result;
+use moeq_formats::gguf::GgmlType;
 
 use super::config::MixtralConfig;
-use crate::families::common::SourceTensor;
+use crate::families::common::{SourceTensor, stacked_experts};
 use crate::families::llama::config::LlamaConfig;
-use crate::families::llama::gguf::{LlamaArch, part};
+use crate::families::llama::gguf::LlamaArch;
 use crate::plan::recipe::Recipe;
 
 /// llama.cpp's names for Mixtral's per-layer tensors (not the per-expert ones).
@@ -78,15 +78,8 @@ impl LlamaArch for MixtralConfig {
             ("w2", "ffn_down_exps", hp.n_embd, hp.n_ff),
             ("w3", "ffn_up_exps", hp.n_ff, hp.n_embd),
         ] {
-            let parts = (0..e)
-                .map(|j| {
-                    let hf = format!("model.layers.{layer}.block_sparse_moe.experts.{j}.{wid}.weight");
-                    sources.iter().find(|s| s.name == hf).map(|s| part(s, out, 0)).context("expert missing")
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let spec =
-                TensorSpec { name: format!("blk.{layer}.{name}.weight"), ne: vec![cols, rows, e], ggml_type: out };
-            recipes.push(Recipe { spec, parts, check_finite: true });
+            let expert = |j| format!("model.layers.{layer}.block_sparse_moe.experts.{j}.{wid}.weight");
+            recipes.push(stacked_experts(sources, format!("blk.{layer}.{name}.weight"), expert, (e, rows, cols), out)?);
         }
         Ok(Some(recipes))
     }
