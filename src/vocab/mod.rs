@@ -7,6 +7,7 @@ pub mod bpe;
 pub mod model_card;
 pub mod sentencepiece;
 pub mod special;
+pub mod tokenize;
 
 use std::path::{Path, PathBuf};
 
