@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
 use crate::QuantType;
+use crate::backend::{Conversions, Kernel, TypeKernels};
 use crate::convert::{self, rows};
 use crate::scalar;
 
@@ -472,12 +473,6 @@ fn dequantize_openai_mxfp4(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
     }
 }
 
-/// OpenAI-layout MXFP4 → f32 (AVX2 was detected when this table was handed out).
-pub fn openai_mxfp4_to_f32(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
-    // SAFETY: this backend is only used after AVX2 was detected.
-    unsafe { dequantize_openai_mxfp4(blocks, scales, y) }
-}
-
 /// Outputs at least this large bypass the cache (non-temporal stores): they would not fit in
 /// it anyway, and streaming them saves reading every destination line first.
 const STREAM_BYTES: usize = 4 << 20;
@@ -559,41 +554,39 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
     rows::f32_to_f16(s.remainder(), d.into_remainder());
 }
 
-/// Quantizes with the AVX2 kernel where there is one, else the scalar reference. Returns
-/// false, with the output unspecified, if the input holds a NaN or an infinity.
-pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
-    // SAFETY: this module's functions are only reached through the AVX2 backend, which is only
-    // handed out after AVX2 and F16C were detected (see `x86::available`).
-    unsafe {
-        match ty {
-            QuantType::Q8_0 => quantize_q8_0(x, y),
-            QuantType::Q4_0 => quantize_symmetric(x, y, 4),
-            QuantType::Q5_0 => quantize_symmetric(x, y, 5),
-            QuantType::Q4_1 => quantize_affine(x, y, 15.0, 20),
-            QuantType::Q5_1 => quantize_affine(x, y, 31.0, 24),
-            QuantType::MXFP4 => quantize_mxfp4(x, y),
-            QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
-            QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
-            QuantType::Q6_K => super::kquants_avx2::quantize_q6_k(x, y),
-            other => scalar::quantize_checked(other, x, y),
-        }
-    }
-}
+/// This backend's name, the origin of its own table entries.
+const NAME: &str = "avx2";
 
-/// Dequantizes with the AVX2 kernel where there is one, else the scalar reference.
-pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
+/// The AVX2 table: the scalar reference's kernels, replaced where AVX2 has its own.
+pub(super) fn kernels(ty: QuantType) -> TypeKernels {
+    let k = crate::backend::scalar_kernels(ty);
     match ty {
-        // SAFETY: as in `quantize`: AVX2 and F16C were detected.
-        QuantType::Q8_0 => unsafe { dequantize_q8_0(x, y) },
-        // SAFETY: as above.
-        QuantType::MXFP4 => unsafe { dequantize_mxfp4(x, y) },
-        other => scalar::dequantize(other, x, y),
+        QuantType::Q8_0 => k
+            .quantize_with(NAME, simd!(|_, x, y| quantize_q8_0(x, y)))
+            .dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
+        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 4))),
+        QuantType::Q5_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 5))),
+        QuantType::Q4_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 15.0, 20))),
+        QuantType::Q5_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 31.0, 24))),
+        QuantType::MXFP4 => k
+            .quantize_with(NAME, simd!(|_, x, y| quantize_mxfp4(x, y)))
+            .dequantize_with(NAME, simd!(|_, x, y| dequantize_mxfp4(x, y))),
+        QuantType::Q4_K => {
+            k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y)))
+        }
+        QuantType::Q5_K => {
+            k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y)))
+        }
+        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize_q6_k(x, y))),
+        _ => k,
     }
 }
 
-conversion_entries! {
-    bf16_to_f32(u16, f32) => bf16_to_f32_rows;
-    f16_to_f32(u16, f32) => f16_to_f32_rows;
-    f32_to_bf16(f32, u16) => f32_to_bf16_rows;
-    f32_to_f16(f32, u16) => f32_to_f16_rows;
-}
+/// The AVX2 conversions.
+pub(super) const CONVERSIONS: Conversions = Conversions {
+    bf16_to_f32: Kernel::new(NAME, simd!(|s, d| bf16_to_f32_rows(s, d))),
+    f16_to_f32: Kernel::new(NAME, simd!(|s, d| f16_to_f32_rows(s, d))),
+    f32_to_bf16: Kernel::new(NAME, simd!(|s, d| f32_to_bf16_rows(s, d))),
+    f32_to_f16: Kernel::new(NAME, simd!(|s, d| f32_to_f16_rows(s, d))),
+    openai_mxfp4_to_f32: Kernel::new(NAME, simd!(|b, s, d| dequantize_openai_mxfp4(b, s, d))),
+};

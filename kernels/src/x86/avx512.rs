@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
 use crate::QuantType;
+use crate::backend::{Conversions, Kernel, TypeKernels};
 use crate::convert::{self, rows};
 use crate::scalar::{self, mxfp4::KVALUES};
 
@@ -188,37 +189,36 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
     rows::f32_to_f16(s.remainder(), d.into_remainder());
 }
 
-/// Quantizes with the AVX-512 kernel where there is one, else the scalar reference. Returns
-/// false, with the output unspecified, if the input holds a NaN or an infinity.
-pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
+/// This backend's name, the origin of its own table entries.
+const NAME: &str = "avx512";
+
+/// `kernel` after the check for NaN and infinities the table's quantizers owe.
+fn checked(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> bool {
     if crate::backend::first_non_finite(x).is_some() {
         return false;
     }
-    // SAFETY: this module's functions are only reached through the AVX-512 backend, which is
-    // only handed out after AVX512F and AVX512BW were detected (see `x86::available`).
-    unsafe {
-        match ty {
-            QuantType::Q8_0 => quantize_q8_0(x, y),
-            QuantType::Q4_0 => quantize_q4_0(x, y),
-            QuantType::MXFP4 => quantize_mxfp4(x, y),
-            other => scalar::quantize(other, x, y),
-        }
-    }
+    kernel(x, y);
     true
 }
 
-/// Dequantizes with the AVX-512 kernel where there is one, else the scalar reference.
-pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
+/// The AVX-512 table: the AVX2 table, replaced where AVX-512 has its own kernel.
+pub(super) fn kernels(ty: QuantType) -> TypeKernels {
+    let k = super::avx2::kernels(ty);
     match ty {
-        // SAFETY: as in `quantize`: AVX512F and AVX512BW were detected.
-        QuantType::Q8_0 => unsafe { dequantize_q8_0(x, y) },
-        other => scalar::dequantize(other, x, y),
+        QuantType::Q8_0 => k
+            .quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_q8_0(x, y))))
+            .dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
+        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_q4_0(x, y)))),
+        QuantType::MXFP4 => k.quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_mxfp4(x, y)))),
+        _ => k,
     }
 }
 
-conversion_entries! {
-    bf16_to_f32(u16, f32) => bf16_to_f32_rows;
-    f16_to_f32(u16, f32) => f16_to_f32_rows;
-    f32_to_bf16(f32, u16) => f32_to_bf16_rows;
-    f32_to_f16(f32, u16) => f32_to_f16_rows;
-}
+/// The AVX-512 conversions.
+pub(super) const CONVERSIONS: Conversions = Conversions {
+    bf16_to_f32: Kernel::new(NAME, simd!(|s, d| bf16_to_f32_rows(s, d))),
+    f16_to_f32: Kernel::new(NAME, simd!(|s, d| f16_to_f32_rows(s, d))),
+    f32_to_bf16: Kernel::new(NAME, simd!(|s, d| f32_to_bf16_rows(s, d))),
+    f32_to_f16: Kernel::new(NAME, simd!(|s, d| f32_to_f16_rows(s, d))),
+    openai_mxfp4_to_f32: super::avx2::CONVERSIONS.openai_mxfp4_to_f32,
+};

@@ -1,20 +1,14 @@
 //! x86-64 SIMD backends, detected at run time.
 
-/// Safe wrappers around a backend module's `#[target_feature]` conversion kernels, for its
-/// [`Backend`] table. The table is only handed out after `available` detected the module's
-/// CPU features, which is what makes the calls sound.
-macro_rules! conversion_entries {
-    ($($name:ident($src:ty, $dst:ty) => $kernel:ident;)*) => {
-        /// Safe entry points for the backend table.
-        pub mod entry {
-            $(
-                #[doc = concat!("`", stringify!($kernel), "` for the backend table.")]
-                pub fn $name(s: &[$src], d: &mut [$dst]) {
-                    // SAFETY: only reached through this module's backend table, which
-                    // `x86::available` hands out only after detecting its CPU features.
-                    unsafe { super::$kernel(s, d) }
-                }
-            )*
+/// A safe table entry: a closure calling one of the enclosing backend module's
+/// `#[target_feature]` kernels. The table is only handed out after `available` detected the
+/// module's CPU features, which is what makes the call sound.
+macro_rules! simd {
+    (|$($arg:pat_param),*| $call:expr) => {
+        |$($arg),*| {
+            // SAFETY: only reachable through this module's backend table, which
+            // `x86::available` hands out only after detecting its CPU features.
+            unsafe { $call }
         }
     };
 }
@@ -28,28 +22,9 @@ use std::sync::OnceLock;
 use crate::backend::Backend;
 use crate::scalar::mxfp4::shared_exponent;
 
-static AVX2: Backend = Backend {
-    name: "avx2",
-    quantize: avx2::quantize,
-    dequantize: avx2::dequantize,
-    bf16_to_f32: avx2::entry::bf16_to_f32,
-    f16_to_f32: avx2::entry::f16_to_f32,
-    f32_to_bf16: avx2::entry::f32_to_bf16,
-    f32_to_f16: avx2::entry::f32_to_f16,
-    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-};
+static AVX2: Backend = Backend { name: "avx2", kernels: avx2::kernels, conversions: avx2::CONVERSIONS };
 
-static AVX512: Backend = Backend {
-    name: "avx512",
-    quantize: avx512::quantize,
-    dequantize: avx512::dequantize,
-    bf16_to_f32: avx512::entry::bf16_to_f32,
-    f16_to_f32: avx512::entry::f16_to_f32,
-    f32_to_bf16: avx512::entry::f32_to_bf16,
-    f32_to_f16: avx512::entry::f32_to_f16,
-    // AVX-512 implies AVX2; the AVX2 kernel is memory-bound already.
-    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-};
+static AVX512: Backend = Backend { name: "avx512", kernels: avx512::kernels, conversions: avx512::CONVERSIONS };
 
 /// The SIMD backends this CPU supports, slowest first.
 pub fn available() -> Vec<&'static Backend> {
