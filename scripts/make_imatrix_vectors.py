@@ -26,7 +26,7 @@ TYPES = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22), "Q5_1": 
          "Q8_0": (8, 32, 34), "Q2_K": (10, 256, 84), "Q3_K": (11, 256, 110), "Q4_K": (12, 256, 144),
          "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210), "IQ4_NL": (20, 32, 18), "IQ4_XS": (23, 256, 136),
          "MXFP4": (39, 32, 17)}
-NROWS, N_PER_ROW = 10, 512
+NROWS, N_PER_ROW = 10, 1024
 
 
 def test_rows(rng):
@@ -36,9 +36,9 @@ def test_rows(rng):
     x[1, :256] = 0.0                                     # an all-zero super-block
     x[1, 300:316] = 0.0                                  # an all-zero 16-value sub-block
     x[2, 32:64] = 1.5                                    # a constant block
-    x[2, 256:] = -0.75                                   # a constant super-block
+    x[2, 256:512] = -0.75                                # a constant super-block
     x[3] = (rng.standard_normal(N_PER_ROW) * 1e-6).astype(np.float32)   # tiny values
-    x[3, 256:] *= 1e-6                                   # tinier (scales underflow f16)
+    x[3, 512:] *= 1e-6                                   # tinier (scales underflow f16)
     x[4] = (rng.integers(-6, 7, N_PER_ROW) * 0.25).astype(np.float32)   # ties on a grid
     x[5] = rng.integers(-4, 4, N_PER_ROW).astype(np.float32)            # exact 3-bit codes
     x[6] = np.abs(x[6]) + 0.01                           # all positive

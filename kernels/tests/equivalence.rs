@@ -14,28 +14,52 @@ fn quantizable() -> Vec<QuantType> {
     QuantType::ALL.into_iter().filter(|t| t.can_quantize()).collect()
 }
 
-/// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one.
+/// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one, and
+/// quantizes it with importance weights like the scalar one (rows of 1024 values, weights
+/// derived from the data: some zero, some tiny, some huge).
 #[track_caller]
 fn check_all(ty: QuantType, x: &[f32]) {
+    let n = x.len() / 256 * 256;
+    let weights: Vec<f32> = (0..1024)
+        .map(|i| match (i * 7 + x.len()) % 13 {
+            0 => 0.0,
+            1 => 1e-30,
+            2 => 1e12,
+            k => k as f32 * 0.37,
+        })
+        .collect();
+    check_all_weighted(ty, &x[..n], &weights);
+}
+
+/// [`check_all`] with the given weights (one per column of rows of `weights.len()` values).
+#[track_caller]
+fn check_all_weighted(ty: QuantType, x: &[f32], weights: &[f32]) {
     let n = x.len() / ty.block_size() * ty.block_size();
     let x = &x[..n];
     let mut want = vec![0u8; ty.bytes_for(n)];
     SCALAR.quantize(ty, x, &mut want).unwrap();
     let mut want_f = vec![0f32; n];
     SCALAR.dequantize(ty, &want, &mut want_f).unwrap();
+    let rows = n - n % weights.len();
+    let mut want_w = vec![0u8; ty.bytes_for(rows)];
+    SCALAR.quantize_weighted(ty, &x[..rows], &mut want_w, weights.len(), weights).unwrap();
+    let first_difference = |want: &[u8], got: &[u8]| {
+        want.iter().zip(got).position(|(a, b)| a != b).map(|i| {
+            let block = i / ty.block_bytes();
+            let xs = &x[block * ty.block_size()..(block + 1) * ty.block_size()];
+            format!("block {block} differs at byte {}: {:?}\ninput {xs:?}", i % ty.block_bytes(), (want[i], got[i]))
+        })
+    };
     for b in simd_backends() {
         let mut got = vec![0u8; want.len()];
         b.quantize(ty, x, &mut got).unwrap();
-        if let Some(i) = want.iter().zip(&got).position(|(a, b)| a != b) {
-            let block = i / ty.block_bytes();
-            let xs = &x[block * ty.block_size()..(block + 1) * ty.block_size()];
-            panic!(
-                "{} {}: block {block} differs at byte {}: {:?}\ninput {xs:?}",
-                b.name,
-                ty.name(),
-                i % ty.block_bytes(),
-                (want[i], got[i])
-            );
+        if let Some(e) = first_difference(&want, &got) {
+            panic!("{} {}: {e}", b.name, ty.name());
+        }
+        let mut got_w = vec![0u8; want_w.len()];
+        b.quantize_weighted(ty, &x[..rows], &mut got_w, weights.len(), weights).unwrap();
+        if let Some(e) = first_difference(&want_w, &got_w) {
+            panic!("{} {} with weights: {e}", b.name, ty.name());
         }
         let mut got_f = vec![0f32; n];
         b.dequantize(ty, &want, &mut got_f).unwrap();
@@ -228,7 +252,7 @@ fn f32_to_half_conversions_match_on_edge_values() {
 
 fn arb_values() -> impl Strategy<Value = Vec<f32>> {
     let scale = prop_oneof![Just(1e-30f32), Just(1e-3), Just(1.0), Just(1e3), Just(1e30)];
-    (scale, prop::collection::vec(-1.0f32..1.0, 256..=4096), any::<u64>()).prop_map(|(scale, v, seed)| {
+    (scale, prop::collection::vec(-1.0f32..1.0, 256..=6144), any::<u64>()).prop_map(|(scale, v, seed)| {
         v.iter()
             .enumerate()
             .map(|(i, &u)| {
@@ -245,13 +269,20 @@ fn arb_values() -> impl Strategy<Value = Vec<f32>> {
     })
 }
 
+/// Importance weights for rows of 256 to 2048 values (kernels that work on groups of
+/// super-blocks meet whole groups and remainders): zeros, tiny, huge and ordinary ones.
+fn arb_weights() -> impl Strategy<Value = Vec<f32>> {
+    let one = prop_oneof![3 => 0.0f32..10.0, 1 => Just(0.0f32), 1 => Just(1e-30f32), 1 => Just(1e15f32)];
+    (0..4usize).prop_flat_map(move |k| prop::collection::vec(one.clone(), 256 << k))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn random_data_matches_scalar(x in arb_values()) {
+    fn random_data_matches_scalar(x in arb_values(), w in arb_weights()) {
         for ty in quantizable() {
-            check_all(ty, &x);
+            check_all_weighted(ty, &x, &w);
         }
     }
 

@@ -4,6 +4,8 @@
 //! without importance weights: `ntry` 7), and the dequantizers. Every float operation is in
 //! ggml's order.
 
+use std::sync::OnceLock;
+
 use super::kquants::nearest_int;
 use crate::convert::{f16_to_f32, f32_to_f16};
 
@@ -39,6 +41,29 @@ pub fn best_index(x: f32) -> u8 {
         }
     }
     if x - (v[mu - 1] as f32) < v[mu] as f32 - x { (mu - 1) as u8 } else { mu as u8 }
+}
+
+/// For k in 1..16, the smallest f32 at which [`best_index`] picks `KVALUES_IQ4NL[k]` over
+/// `KVALUES_IQ4NL[k - 1]` (ggml compares `x - v[k-1] < v[k] - x` in f32, so this lies a few
+/// ulps at most below the midpoint); entry 0 is −∞. `best_index(x)` is the number of entries
+/// 1..16 that `x` is not below, a NaN counting as above all of them (ggml's bisection then
+/// ends at 15). Built from the very comparison the reference makes.
+pub fn decision_thresholds() -> &'static [f32; 16] {
+    static TABLE: OnceLock<[f32; 16]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let v = KVALUES_IQ4NL.map(|v| v as f32);
+        let mut t = [f32::NEG_INFINITY; 16];
+        for k in 1..16 {
+            // The comparison is monotone in x: false (upper value) from the threshold on.
+            let picks_upper = |x: f32| !(x - v[k - 1] < v[k] - x);
+            let mut x = (v[k - 1] + v[k]) / 2.0;
+            while picks_upper(x.next_down()) {
+                x = x.next_down();
+            }
+            t[k] = x;
+        }
+        t
+    })
 }
 
 /// The per-value weights of one 32-value block: `qw · sqrt(sigma2 + x²)` with importance
@@ -173,6 +198,49 @@ pub fn quantize_iq4_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
             *s = block_scale(xb, &weight);
         }
         finish_iq4_xs(x, &scales, b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_thresholds(x: f32) -> u8 {
+        decision_thresholds()[1..].iter().filter(|&&t| !(x < t)).count() as u8
+    }
+
+    /// Near every threshold, across the table's range, and at ±∞ and NaN, counting
+    /// thresholds gives ggml's bisection.
+    #[test]
+    fn thresholds_reproduce_best_index() {
+        let mut xs = vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0, f32::MAX, f32::MIN];
+        for &t in &decision_thresholds()[1..] {
+            let mut x = t;
+            for _ in 0..2000 {
+                x = x.next_down();
+            }
+            for _ in 0..4000 {
+                xs.push(x);
+                x = x.next_up();
+            }
+        }
+        xs.extend((0..200_000).map(|i| -140.0 + i as f32 * 0.001_35));
+        xs.extend(KVALUES_IQ4NL.iter().map(|&v| v as f32));
+        for x in xs {
+            assert_eq!(by_thresholds(x), best_index(x), "{x:e}");
+        }
+    }
+
+    /// Every f32 from −256 to 256 (run with --ignored).
+    #[test]
+    #[ignore]
+    fn thresholds_reproduce_best_index_exhaustively() {
+        for bits in 0u32..=0xC380_0000 {
+            let x = f32::from_bits(bits);
+            if x.abs() <= 256.0 {
+                assert_eq!(by_thresholds(x), best_index(x), "{x:e}");
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
+use super::{iq4_avx2, kquants_avx2, q2k_q3k_avx2};
 use crate::QuantType;
 use crate::backend::{Conversions, Kernel, TypeKernels};
 use crate::convert::{self, rows};
@@ -173,7 +174,7 @@ fn finish_with_reference(x: &[f32], y: &mut [u8], kernel: fn(&[f32], &mut [u8]))
 
 /// 16 nibble pairs from four vectors of codes in 0..=15: `q[0..2]` low, `q[2..4]` high.
 #[target_feature(enable = "avx2")]
-fn pack_small_nibbles(q: &[__m256i; 4]) -> __m128i {
+pub(super) fn pack_small_nibbles(q: &[__m256i; 4]) -> __m128i {
     let b0 = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
     let b1 = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
     let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(b0, b1));
@@ -572,12 +573,46 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
             .quantize_with(NAME, simd!(|_, x, y| quantize_mxfp4(x, y)))
             .dequantize_with(NAME, simd!(|_, x, y| dequantize_mxfp4(x, y))),
         QuantType::Q4_K => {
-            k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y)))
+            k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y))).weighted_with(
+                NAME,
+                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q4_K, x, y, n, qw)),
+            )
         }
         QuantType::Q5_K => {
-            k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y)))
+            k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y))).weighted_with(
+                NAME,
+                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw)),
+            )
         }
-        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| super::kquants_avx2::quantize_q6_k(x, y))),
+        QuantType::Q2_K => k
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q2_k(x, y))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
+                    q2k_q3k_avx2::quantize_q2_k_weighted(x, y, qw)
+                })),
+            ),
+        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize_q6_k(x, y))),
+        QuantType::IQ4_NL => k
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_nl(x, y, None))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| iq4_avx2::quantize_iq4_nl(
+                    x,
+                    y,
+                    Some(qw)
+                ))),
+            ),
+        QuantType::IQ4_XS => k
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_xs(x, y, None))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| iq4_avx2::quantize_iq4_xs(
+                    x,
+                    y,
+                    Some(qw)
+                ))),
+            ),
         _ => k,
     }
 }

@@ -192,24 +192,15 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
 /// This backend's name, the origin of its own table entries.
 const NAME: &str = "avx512";
 
-/// `kernel` after the check for NaN and infinities the table's quantizers owe.
-fn checked(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> bool {
-    if crate::backend::first_non_finite(x).is_some() {
-        return false;
-    }
-    kernel(x, y);
-    true
-}
-
 /// The AVX-512 table: the AVX2 table, replaced where AVX-512 has its own kernel.
 pub(super) fn kernels(ty: QuantType) -> TypeKernels {
     let k = super::avx2::kernels(ty);
     match ty {
         QuantType::Q8_0 => k
-            .quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_q8_0(x, y))))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| quantize_q8_0(x, y))))
             .dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
-        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_q4_0(x, y)))),
-        QuantType::MXFP4 => k.quantize_with(NAME, simd!(|_, x, y| checked(x, y, |x, y| quantize_mxfp4(x, y)))),
+        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| quantize_q4_0(x, y)))),
+        QuantType::MXFP4 => k.quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| quantize_mxfp4(x, y)))),
         _ => k,
     }
 }

@@ -1,51 +1,80 @@
-//! Q4_K and Q5_K on AVX2, bit-exact: a super-block's 8 sub-blocks run in the 8 lanes, each
-//! lane doing `make_qkx2_quants` for its sub-block with the scalar reference's operations in
-//! the reference's order (sums accumulate element by element within a lane; nothing is
-//! summed across lanes), several super-blocks at a time. Only the per-sub-block search is
-//! vectorized; packing stays scalar.
+//! Q4_K, Q5_K and Q6_K on AVX2, bit-exact: a super-block's sub-blocks run in the 8 lanes,
+//! each lane doing `make_qkx2_quants` (or `make_qx_quants`) for its sub-block with the scalar
+//! reference's operations in the reference's order (sums accumulate element by element
+//! within a lane; nothing is summed across lanes), several super-blocks at a time. Only the
+//! per-sub-block search is vectorized; packing stays scalar. The search also serves Q2_K
+//! (16-value sub-blocks) and the importance-weighted variants.
 
 use std::arch::x86_64::*;
 
 use super::avx2::{lanes, pack_i8x32};
 use crate::scalar::kquants::{self, KParams};
+use crate::scalar::weighted::make_qp_quants;
 
 #[target_feature(enable = "avx2")]
-fn splat(v: f32) -> __m256 {
+pub(super) fn splat(v: f32) -> __m256 {
     _mm256_set1_ps(v)
 }
 
 /// `nearest_int` on 8 lanes: the same 1.5·2^23 trick, so the same bits.
 #[target_feature(enable = "avx2")]
-fn nearest_int(f: __m256) -> __m256i {
+pub(super) fn nearest_int(f: __m256) -> __m256i {
     let val = _mm256_castps_si256(_mm256_add_ps(f, splat(12_582_912.0)));
     _mm256_sub_epi32(_mm256_and_si256(val, _mm256_set1_epi32(0x007f_ffff)), _mm256_set1_epi32(0x0040_0000))
 }
 
 #[target_feature(enable = "avx2")]
-fn clamp(l: __m256i, nmax: i32) -> __m256i {
+pub(super) fn clamp(l: __m256i, nmax: i32) -> __m256i {
     _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(nmax)), _mm256_setzero_si256())
 }
 
 #[target_feature(enable = "avx2")]
-fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
+pub(super) fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
     _mm256_blendv_ps(a, b, take_b)
 }
 
-/// Super-blocks searched together. Each lane's sums are sequential (as in the reference), so
-/// one super-block alone is latency-bound; several give the CPU independent chains.
-const N: usize = 4;
+/// Vectors of 8 sub-blocks searched together. Each lane's sums are sequential (as in the
+/// reference), so one vector alone is latency-bound; several give the CPU independent chains.
+pub(super) const N: usize = 4;
 
-/// `make_qkx2_quants` for the 8 sub-blocks of each of [`N`] super-blocks. `x[i][g]` holds
-/// element i of every sub-block of super-block g (lane j = sub-block j); likewise `w`. Returns
-/// per super-block and lane (scale, -min), and writes the codes to `l[g][32 * j + i]`.
+/// `make_qkx2_quants`' parameters.
+#[derive(Clone, Copy)]
+pub(super) struct Search {
+    /// Largest code.
+    pub nmax: i32,
+    /// First candidate's offset from `nmax`.
+    pub rmin: f32,
+    /// Step between candidates.
+    pub rdelta: f32,
+    /// Candidates after the first.
+    pub nstep: i32,
+}
+
+impl Search {
+    /// Q4_K's or Q5_K's search without importance weights.
+    fn plain(p: &KParams) -> Search {
+        Search { nmax: p.nmax, rmin: p.rmin, rdelta: p.rdelta, nstep: p.nstep }
+    }
+
+    /// The search of ggml's weighted `quantize_row_q{2,4,5}_K_impl`.
+    pub(super) const fn weighted(nmax: i32) -> Search {
+        Search { nmax, rmin: -0.9, rdelta: 0.05, nstep: 36 }
+    }
+}
+
+/// `make_qkx2_quants` on [`N`] vectors of 8 sub-blocks of `E` values (`use_mad` = `MAD`).
+/// `x[i][g]` holds element i of the 8 sub-blocks of vector g (lane j = sub-block j); likewise
+/// `w`. Returns per vector and lane (scale, -min), and writes the codes to `l[g][E * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_qkx2_quants_xn(
-    p: &KParams,
-    x: &[[__m256; N]; 32],
-    w: &[[__m256; N]; 32],
+pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
+    p: &Search,
+    x: &[[__m256; N]; E],
+    w: &[[__m256; N]; E],
     l: &mut [[u8; 256]; N],
 ) -> [([f32; 8], [f32; 8]); N] {
     let nmax = p.nmax;
+    // The error measure: squared, or absolute with use_mad.
+    let measure = |d: __m256| if MAD { _mm256_andnot_ps(splat(-0.0), d) } else { _mm256_mul_ps(d, d) };
     let zero = _mm256_setzero_ps();
     let (mut min, mut max, mut sum_w, mut sum_x) = ([zero; N], [zero; N], [zero; N], [zero; N]);
     for g in 0..N {
@@ -54,7 +83,7 @@ fn make_qkx2_quants_xn(
         sum_w[g] = w[0][g];
         sum_x[g] = _mm256_mul_ps(sum_w[g], x[0][g]);
     }
-    for i in 1..32 {
+    for i in 1..E {
         for g in 0..N {
             min[g] = blend(min[g], x[i][g], _mm256_cmp_ps::<_CMP_LT_OQ>(x[i][g], min[g]));
             max[g] = blend(max[g], x[i][g], _mm256_cmp_ps::<_CMP_GT_OQ>(x[i][g], max[g]));
@@ -63,8 +92,8 @@ fn make_qkx2_quants_xn(
         }
     }
     let (mut flat, mut range, mut scale, mut best_error) = ([zero; N], [zero; N], [zero; N], [zero; N]);
-    let mut xm = [[zero; N]; 32];
-    let mut codes = [[_mm256_setzero_si256(); N]; 32];
+    let mut xm = [[zero; N]; E];
+    let mut codes = [[_mm256_setzero_si256(); N]; E];
     for g in 0..N {
         min[g] = blend(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
         flat[g] = _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]);
@@ -72,16 +101,16 @@ fn make_qkx2_quants_xn(
         range[g] = _mm256_sub_ps(max[g], min[g]);
         let iscale = _mm256_div_ps(splat(nmax as f32), range[g]);
         scale[g] = _mm256_div_ps(splat(1.0), iscale);
-        for i in 0..32 {
+        for i in 0..E {
             xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
             codes[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax);
             let lf = _mm256_cvtepi32_ps(codes[i][g]);
             let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
-            best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], _mm256_mul_ps(diff, diff)));
+            best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], measure(diff)));
         }
     }
-    let mut laux = [[_mm256_setzero_si256(); N]; 32];
-    let mut lfs = [[zero; N]; 32];
+    let mut laux = [[_mm256_setzero_si256(); N]; E];
+    let mut lfs = [[zero; N]; E];
     for is in 0..=p.nstep {
         let numerator = splat(p.rmin + p.rdelta * is as f32 + nmax as f32);
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; N], [zero; N], [zero; N]);
@@ -89,7 +118,7 @@ fn make_qkx2_quants_xn(
         for g in 0..N {
             iscale[g] = _mm256_div_ps(numerator, range[g]);
         }
-        for i in 0..32 {
+        for i in 0..E {
             for g in 0..N {
                 laux[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale[g], xm[i][g])), nmax);
                 let lf = _mm256_cvtepi32_ps(laux[i][g]);
@@ -118,10 +147,10 @@ fn make_qkx2_quants_xn(
             continue;
         }
         let mut cur_error = [zero; N];
-        for i in 0..32 {
+        for i in 0..E {
             for g in 0..N {
                 let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(this_scale[g], lfs[i][g]), this_min[g]), x[i][g]);
-                cur_error[g] = _mm256_add_ps(cur_error[g], _mm256_mul_ps(w[i][g], _mm256_mul_ps(diff, diff)));
+                cur_error[g] = _mm256_add_ps(cur_error[g], _mm256_mul_ps(w[i][g], measure(diff)));
             }
         }
         for g in 0..N {
@@ -130,14 +159,14 @@ fn make_qkx2_quants_xn(
                 continue;
             }
             let take = _mm256_castps_si256(better);
-            for i in 0..32 {
+            for i in 0..E {
                 codes[i][g] = _mm256_blendv_epi8(codes[i][g], laux[i][g], take);
             }
             best_error[g] = blend(best_error[g], cur_error[g], better);
             scale[g] = blend(scale[g], this_scale[g], better);
             min[g] = blend(min[g], this_min[g], better);
             range[g] = _mm256_sub_ps(max[g], min[g]);
-            for i in 0..32 {
+            for i in 0..E {
                 xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
             }
         }
@@ -146,17 +175,56 @@ fn make_qkx2_quants_xn(
     for g in 0..N {
         // Flat sub-blocks: codes 0, scale 0, min as clamped.
         let take_flat = _mm256_castps_si256(flat[g]);
-        for i in 0..32 {
+        for i in 0..E {
             let mut v = [0i32; 8];
             // SAFETY: `v` has room for 8 i32; unaligned store.
             unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, codes[i][g])) };
             for (j, &q) in v.iter().enumerate() {
-                l[g][32 * j + i] = q as u8;
+                l[g][E * j + i] = q as u8;
             }
         }
         out[g] = (lanes(_mm256_andnot_ps(flat[g], scale[g])), lanes(_mm256_sub_ps(zero, min[g])));
     }
     out
+}
+
+/// 8 sub-blocks of `E` consecutive values (`x` holds `8 * E`) as `E` vectors: lane j of
+/// vector i is element i of sub-block j.
+#[target_feature(enable = "avx2")]
+pub(super) fn columns<const E: usize>(x: &[f32]) -> [__m256; E] {
+    assert!(x.len() >= 8 * E);
+    std::array::from_fn(|i| {
+        let column: [f32; 8] = std::array::from_fn(|j| x[E * j + i]);
+        // SAFETY: `column` holds 8 f32; unaligned load.
+        unsafe { _mm256_loadu_ps(column.as_ptr()) }
+    })
+}
+
+/// `Σ x²` of each of `G` runs of `n` values (`x` holds `G * n`), each summed in order: the
+/// runs interleaved so that their dependency chains overlap.
+pub(super) fn sums_of_squares<const G: usize>(x: &[f32], n: usize) -> [f32; G] {
+    let mut s = [0f32; G];
+    for i in 0..n {
+        for (g, s) in s.iter_mut().enumerate() {
+            let v = x[n * g + i];
+            *s += v * v;
+        }
+    }
+    s
+}
+
+/// Importance-weighted sub-block weights `qw · sqrt(sigma2 + x²)` and their per-lane sums
+/// (each lane summed in order from 0, as ggml's `sw`).
+#[target_feature(enable = "avx2")]
+pub(super) fn imatrix_weights<const E: usize>(x: &[__m256; E], qw: &[__m256; E], sigma2: f32) -> ([__m256; E], __m256) {
+    let s = splat(sigma2);
+    let w: [__m256; E] =
+        std::array::from_fn(|i| _mm256_mul_ps(qw[i], _mm256_sqrt_ps(_mm256_add_ps(s, _mm256_mul_ps(x[i], x[i])))));
+    let mut sw = _mm256_setzero_ps();
+    for w in &w {
+        sw = _mm256_add_ps(sw, *w);
+    }
+    (w, sw)
 }
 
 /// [`N`] Q4_K or Q5_K super-blocks (`x` holds `256 * N` values): the vectorized search, then
@@ -167,18 +235,11 @@ fn superblocks(p: &KParams, x: &[f32], y: &mut [u8]) {
     let mut xv = [[zero; N]; 32];
     let mut wv = [[zero; N]; 32];
     for g in 0..N {
-        let xg = &x[256 * g..256 * g + 256];
-        let mut column = [0f32; 8];
-        for i in 0..32 {
-            for j in 0..8 {
-                column[j] = xg[32 * j + i];
-            }
-            // SAFETY: `column` holds 8 f32; unaligned load.
-            xv[i][g] = unsafe { _mm256_loadu_ps(column.as_ptr()) };
-        }
+        let columns = columns::<32>(&x[256 * g..256 * g + 256]);
         let mut sum_x2 = zero;
-        for row in &xv {
-            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(row[g], row[g]));
+        for (i, c) in columns.iter().enumerate() {
+            xv[i][g] = *c;
+            sum_x2 = _mm256_add_ps(sum_x2, _mm256_mul_ps(*c, *c));
         }
         let av_x = _mm256_sqrt_ps(_mm256_div_ps(sum_x2, splat(32.0)));
         for i in 0..32 {
@@ -186,12 +247,45 @@ fn superblocks(p: &KParams, x: &[f32], y: &mut [u8]) {
         }
     }
     let mut l = [[0u8; 256]; N];
-    let found = make_qkx2_quants_xn(p, &xv, &wv, &mut l);
+    let found = make_qkx2_quants_xn::<32, false>(&Search::plain(p), &xv, &wv, &mut l);
     for g in 0..N {
         let (scales, mins) = &found[g];
         let block = &mut y[p.block_bytes * g..p.block_bytes * (g + 1)];
         let (ls, lm, d, dmin) = kquants::sub_block_codes(scales, mins);
         kquants::pack_scales(&ls, &lm, d, dmin, block);
+        requantize(p.nmax, &x[256 * g..256 * g + 256], block, &mut l[g]);
+        kquants::pack_codes(p, &l[g], block);
+    }
+}
+
+/// [`N`] Q4_K or Q5_K super-blocks with importance weights `qw` (one per value of `x`):
+/// `quantize_row_q{4,5}_K_impl`.
+#[target_feature(enable = "avx2")]
+fn superblocks_weighted(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let zero = _mm256_setzero_ps();
+    let mut xv = [[zero; N]; 32];
+    let mut wv = [[zero; N]; 32];
+    let mut sw = [[0f32; 8]; N];
+    let sum_x2 = sums_of_squares::<N>(x, 256);
+    for g in 0..N {
+        let r = 256 * g..256 * g + 256;
+        let columns = columns::<32>(&x[r.clone()]);
+        let (w, sums) = imatrix_weights(&columns, &self::columns::<32>(&qw[r]), 2.0 * sum_x2[g] / 256.0);
+        for i in 0..32 {
+            xv[i][g] = columns[i];
+            wv[i][g] = w[i];
+        }
+        sw[g] = lanes(sums);
+    }
+    let mut l = [[0u8; 256]; N];
+    let found = make_qkx2_quants_xn::<32, false>(&Search::weighted(p.nmax), &xv, &wv, &mut l);
+    for g in 0..N {
+        let (scales, mins) = &found[g];
+        let block = &mut y[p.block_bytes * g..p.block_bytes * (g + 1)];
+        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+        let d_block = make_qp_quants(63, scales, &mut ls, &sw[g]);
+        let m_block = make_qp_quants(63, mins, &mut lm, &sw[g]);
+        kquants::pack_scales(&ls.map(|v| v.min(63)), &lm.map(|v| v.min(63)), d_block, m_block, block);
         requantize(p.nmax, &x[256 * g..256 * g + 256], block, &mut l[g]);
         kquants::pack_codes(p, &l[g], block);
     }
@@ -231,6 +325,26 @@ pub fn quantize(p: &KParams, x: &[f32], y: &mut [u8]) -> bool {
     }
     kquants::quantize_k(p, xs.remainder(), ys.into_remainder());
     true
+}
+
+/// Q4_K or Q5_K rows (`n_per_row` values each) with importance weights `qw` (one per column);
+/// values finite.
+#[target_feature(enable = "avx2")]
+pub fn quantize_weighted(p: &KParams, x: &[f32], y: &mut [u8], n_per_row: usize, qw: &[f32]) {
+    let row_bytes = n_per_row / 256 * p.block_bytes;
+    for (x, y) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(row_bytes)) {
+        let mut xs = x.chunks_exact(256 * N);
+        let mut ys = y.chunks_exact_mut(p.block_bytes * N);
+        let mut ws = qw.chunks_exact(256 * N);
+        for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+            superblocks_weighted(p, x, y, qw);
+        }
+        let ty = if p.nmax == 15 { crate::QuantType::Q4_K } else { crate::QuantType::Q5_K };
+        let rest = xs.remainder();
+        if !rest.is_empty() {
+            crate::scalar::weighted::quantize_rows(ty, rest, ys.into_remainder(), rest.len(), ws.remainder());
+        }
+    }
 }
 
 /// Q6_K: vectors of 8 sub-blocks (of 16 values) searched together: 2 super-blocks.

@@ -15,10 +15,13 @@ macro_rules! simd {
 
 mod avx2;
 mod avx512;
+mod iq4_avx2;
 mod kquants_avx2;
+mod q2k_q3k_avx2;
 
 use std::sync::OnceLock;
 
+use crate::QuantType;
 use crate::backend::Backend;
 use crate::scalar::mxfp4::shared_exponent;
 
@@ -36,6 +39,30 @@ pub fn available() -> Vec<&'static Backend> {
         out.push(&AVX512);
     }
     out
+}
+
+/// Runs `kernel` on `x` if every value is finite: the NaN/infinity check the table's
+/// quantizers owe (false, output untouched, otherwise).
+fn finite(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
+    kernel(x, y);
+    true
+}
+
+/// Runs a weighted quantizer row by row: `kernel(row, row output, weights)`.
+fn by_rows(
+    ty: QuantType,
+    x: &[f32],
+    y: &mut [u8],
+    n_per_row: usize,
+    qw: &[f32],
+    kernel: impl Fn(&[f32], &mut [u8], &[f32]),
+) {
+    for (x, y) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(ty.bytes_for(n_per_row))) {
+        kernel(x, y, qw);
+    }
 }
 
 /// For each biased f32 exponent E, the smallest mantissa at which `floor(log2f(x))` is E−126
