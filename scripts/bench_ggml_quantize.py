@@ -7,8 +7,9 @@ normal values of scale 0.02 with every 997th one 20x larger), in GB/s of f32 inp
     "quantize_row_q_reference");
   - `ggml_quantize_chunk` without an importance matrix (what llama-quantize runs; for IQ4_NL
     and IQ4_XS this is a 15-candidate search, not the one-candidate `_ref`);
-  - `ggml_quantize_chunk` with importance weights (rows of 4096 columns, moeq's bench weights).
-Best of several runs each. The library is ggml's base library: pass the one llama.cpp's
+  - `ggml_quantize_chunk` with importance weights (rows of 4096 columns, moeq's bench weights);
+  - `dequantize_row_<type>` (test-quantize-perf's "dequantize_row_q"), in GB/s of f32 output.
+Best thread CPU time of several runs each. The library is ggml's base library: pass the one llama.cpp's
 CMake build made (e.g. /work/llama/build/bin/libggml-base.so) to time what llama-quantize runs.
 
     python3 scripts/bench_ggml_quantize.py --libggml PATH [--types Q2_K,Q3_K] [--size BYTES]
@@ -50,11 +51,12 @@ def sample_weights():
 
 
 def best_time(f, budget=1.0, min_runs=3):
+    """Best thread CPU time of `f` (as `moeq bench kernels` measures: robust on a busy machine)."""
     best, start, runs = float("inf"), time.perf_counter(), 0
     while runs < min_runs or time.perf_counter() - start < budget:
-        t = time.perf_counter()
+        t = time.thread_time()
         f()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.thread_time() - t)
         runs += 1
     return best
 
@@ -85,6 +87,10 @@ def main():
             ("quantize_chunk+imatrix",
              lambda: lib.ggml_quantize_chunk(tid, x.ctypes.data, dst, 0, n // ROW, ROW, w.ctypes.data)),
         ]
+        deq = getattr(lib, "de" + ref.replace("quantize_row_", "quantize_row_").replace("_ref", ""))
+        deq.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        y = np.zeros(n, dtype=np.float32)
+        rows.append((deq.__name__, lambda: deq(dst, y.ctypes.data, n)))
         for label, f in rows:
             print(f"{name:<8} {label:<26} {n * 4 / best_time(f) / 1e9:>8.3f}", flush=True)
 

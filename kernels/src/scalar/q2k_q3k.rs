@@ -308,8 +308,13 @@ pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
 pub(crate) fn q3_k_weighted_head(scales: &[f32; 16], sw: &[f32; 16], b: &mut [u8]) {
     let mut ls = [0i8; 16];
     let d_block = make_qx_quants(32, scales, &mut ls, Some(sw));
+    put_q3_k_head(&ls, d_block, b);
+}
+
+/// Writes a Q3_K super-block's 6-bit scale codes (0..=63, as i8) and d.
+pub(crate) fn put_q3_k_head(ls: &[i8; 16], d: f32, b: &mut [u8]) {
     pack_q3_k_scales(&ls.map(|v| v as u8), &mut b[96..108]);
-    b[108..110].copy_from_slice(&f32_to_f16(d_block).to_le_bytes());
+    b[108..110].copy_from_slice(&f32_to_f16(d).to_le_bytes());
 }
 
 /// `dequantize_row_q2_K`.

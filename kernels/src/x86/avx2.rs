@@ -584,7 +584,17 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                 simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw)),
             )
         }
+        QuantType::Q3_K => k
+            .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q3_k(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q3_k(x, y))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
+                    q2k_q3k_avx2::quantize_q3_k_weighted(x, y, qw)
+                })),
+            ),
         QuantType::Q2_K => k
+            .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q2_k(x, y)))
             .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q2_k(x, y))))
             .weighted_with(
                 NAME,
@@ -592,8 +602,14 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                     q2k_q3k_avx2::quantize_q2_k_weighted(x, y, qw)
                 })),
             ),
-        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize_q6_k(x, y))),
+        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize_q6_k(x, y))).weighted_with(
+            NAME,
+            simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| kquants_avx2::quantize_q6_k_weighted(
+                x, y, qw
+            ))),
+        ),
         QuantType::IQ4_NL => k
+            .dequantize_with(NAME, simd!(|_, x, y| iq4_avx2::dequantize_iq4_nl(x, y)))
             .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_nl(x, y, None))))
             .weighted_with(
                 NAME,
@@ -604,6 +620,7 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                 ))),
             ),
         QuantType::IQ4_XS => k
+            .dequantize_with(NAME, simd!(|_, x, y| iq4_avx2::dequantize_iq4_xs(x, y)))
             .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_xs(x, y, None))))
             .weighted_with(
                 NAME,
@@ -613,6 +630,8 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                     Some(qw)
                 ))),
             ),
+        // Types without an AVX2 kernel keep the scalar reference's.
+        #[allow(unreachable_patterns)]
         _ => k,
     }
 }

@@ -222,3 +222,52 @@ pub fn quantize_iq4_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
         b[4..8].copy_from_slice(&scales_l);
     }
 }
+
+/// 32 values of one 16-byte code block: table value of each nibble times `d` (code j in the
+/// low nibble of byte j, code j + 16 in its high nibble), as `dequantize_row_iq4_nl` computes
+/// them.
+#[target_feature(enable = "avx2")]
+fn dequantize_codes(q: &[u8], d: f32, lut: __m128i, y: &mut [f32]) {
+    assert!(q.len() >= 16 && y.len() >= 32);
+    let dv = _mm256_set1_ps(d);
+    let low = _mm_set1_epi8(0x0F);
+    // SAFETY: `q` holds at least 16 bytes, `y` room for 32 f32 (four stores of 8).
+    unsafe {
+        let q = _mm_loadu_si128(q.as_ptr().cast());
+        let lo = _mm_shuffle_epi8(lut, _mm_and_si128(q, low));
+        let hi = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16::<4>(q), low));
+        let p = y.as_mut_ptr();
+        let put = |p: *mut f32, v: __m128i| {
+            _mm256_storeu_ps(p, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))))
+        };
+        put(p, lo);
+        put(p.add(8), _mm_srli_si128::<8>(lo));
+        put(p.add(16), hi);
+        put(p.add(24), _mm_srli_si128::<8>(hi));
+    }
+}
+
+/// `dequantize_row_iq4_nl`.
+#[target_feature(enable = "avx2,f16c")]
+pub fn dequantize_iq4_nl(x: &[u8], y: &mut [f32]) {
+    // SAFETY: the table holds 16 bytes.
+    let lut = unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) };
+    for (b, y) in x.chunks_exact(IQ4_NL_BYTES).zip(y.chunks_exact_mut(32)) {
+        dequantize_codes(&b[2..], crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]])), lut, y);
+    }
+}
+
+/// `dequantize_row_iq4_xs`.
+#[target_feature(enable = "avx2,f16c")]
+pub fn dequantize_iq4_xs(x: &[u8], y: &mut [f32]) {
+    // SAFETY: the table holds 16 bytes.
+    let lut = unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) };
+    for (b, y) in x.chunks_exact(IQ4_XS_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        for ib in 0..8 {
+            let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+            dequantize_codes(&b[8 + 16 * ib..], d * (ls - 32) as f32, lut, &mut y[32 * ib..]);
+        }
+    }
+}

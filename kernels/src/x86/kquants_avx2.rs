@@ -348,18 +348,25 @@ pub fn quantize_weighted(p: &KParams, x: &[f32], y: &mut [u8], n_per_row: usize,
 }
 
 /// Q6_K: vectors of 8 sub-blocks (of 16 values) searched together: 2 super-blocks.
-const Q6_VECTORS: usize = 4;
+pub(super) const Q6_VECTORS: usize = 4;
 
+/// Codes clamped to `-nmax..nmax`, as `make_qx_quants` clamps them.
 #[target_feature(enable = "avx2")]
-fn clamp_signed(l: __m256i) -> __m256i {
-    _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(31)), _mm256_set1_epi32(-32))
+fn clamp_signed(l: __m256i, nmax: i32) -> __m256i {
+    _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(nmax - 1)), _mm256_set1_epi32(-nmax))
 }
 
-/// `make_qx_quants(16, 32, x, L, rmse_type = 1, NULL)` for 8 sub-blocks per vector. `x[i][v]`
-/// holds element i of sub-blocks 8v..8v+8 (lane j = sub-block 8v + j). Returns the scales
-/// and writes the codes (offset by 32) to `l[v][16 * j + i]`.
+/// `make_qx_quants(16, nmax, x, L, rmse_type = 1, qw)` for 8 sub-blocks per vector, with
+/// weights `w` (`qw`, or x² without importance weights). `x[i][v]` holds element i of
+/// sub-blocks 8v..8v+8 (lane j = sub-block 8v + j). Returns the scales and writes the codes
+/// (offset by `nmax`) to `l[v][16 * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTORS]) -> [[f32; 8]; Q6_VECTORS] {
+pub(super) fn make_qx_quants_x(
+    nmax: i32,
+    x: &[[__m256; Q6_VECTORS]; 16],
+    w: &[[__m256; Q6_VECTORS]; 16],
+    l: &mut [[i8; 128]; Q6_VECTORS],
+) -> [[f32; 8]; Q6_VECTORS] {
     const V: usize = Q6_VECTORS;
     let zero = _mm256_setzero_ps();
     let sign = splat(-0.0);
@@ -372,18 +379,12 @@ fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTO
             max[v] = blend(max[v], row[v], gt);
         }
     }
-    let mut w = [[zero; V]; 16];
-    for i in 0..16 {
-        for v in 0..V {
-            w[i][v] = _mm256_mul_ps(x[i][v], x[i][v]);
-        }
-    }
     // One candidate: codes for `iscale`, and the weighted sums Σw·x·l, Σw·l·l.
     let candidate = |iscale: &[__m256; V], codes: &mut [[__m256i; V]; 16]| {
         let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
         for i in 0..16 {
             for v in 0..V {
-                let q = clamp_signed(nearest_int(_mm256_mul_ps(iscale[v], x[i][v])));
+                let q = clamp_signed(nearest_int(_mm256_mul_ps(iscale[v], x[i][v])), nmax);
                 codes[i][v] = q;
                 let lf = _mm256_cvtepi32_ps(q);
                 sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], x[i][v]), lf));
@@ -394,7 +395,7 @@ fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTO
     };
     let mut iscale = [zero; V];
     for v in 0..V {
-        iscale[v] = _mm256_div_ps(splat(-32.0), max[v]);
+        iscale[v] = _mm256_div_ps(splat(-(nmax as f32)), max[v]);
     }
     let mut codes = [[_mm256_setzero_si256(); V]; 16];
     let (sumlx, suml2) = candidate(&iscale, &mut codes);
@@ -409,7 +410,7 @@ fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTO
         if is == 0 {
             continue;
         }
-        let numerator = splat(-(32.0 + 0.1 * is as f32));
+        let numerator = splat(-(nmax as f32 + 0.1 * is as f32));
         for v in 0..V {
             iscale[v] = _mm256_div_ps(numerator, max[v]);
         }
@@ -436,7 +437,7 @@ fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTO
         let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15));
         let keep = _mm256_castps_si256(_mm256_andnot_ps(small, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
         for (i, row) in codes.iter().enumerate() {
-            let offset = _mm256_and_si256(keep, _mm256_add_epi32(row[v], _mm256_set1_epi32(32)));
+            let offset = _mm256_and_si256(keep, _mm256_add_epi32(row[v], _mm256_set1_epi32(nmax)));
             let mut q = [0i32; 8];
             // SAFETY: `q` has room for 8 i32; unaligned store.
             unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), offset) };
@@ -449,6 +450,102 @@ fn make_qx_quants_x(x: &[[__m256; Q6_VECTORS]; 16], l: &mut [[i8; 128]; Q6_VECTO
     out
 }
 
+/// `make_qx_quants(16, nmax, x, L, rmse_type = 1, qw)` for one run of 16 values (a
+/// super-block's scales), its 19 candidate scales in the lanes of three vectors: each lane
+/// sums Σw·x·l and Σw·l² over the values in order, and the choice among them is replayed as
+/// the reference makes it. Returns the scale and writes the codes (offset by `nmax`) to `l`.
+#[target_feature(enable = "avx2")]
+pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mut [i8; 16]) -> f32 {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax < 1e-15 {
+        *l = [0; 16];
+        return 0.0;
+    }
+    // Lane 0: the first guess -nmax/max; then is = -9..=-1, 1..=9: -(nmax + 0.1 is)/max.
+    let mut numerators = [0f32; 24];
+    numerators[0] = -(nmax as f32);
+    for (c, is) in (-9i32..=9).filter(|&is| is != 0).enumerate() {
+        numerators[c + 1] = -(nmax as f32 + 0.1 * is as f32);
+    }
+    let maxv = splat(max);
+    // SAFETY: `numerators` holds 24 f32; unaligned loads.
+    let iscale: [__m256; 3] =
+        std::array::from_fn(|k| _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv));
+    let zero = _mm256_setzero_ps();
+    let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);
+    for (&v, &w) in x.iter().zip(qw) {
+        let (xv, wv) = (splat(v), splat(w));
+        let wx = _mm256_mul_ps(wv, xv);
+        for k in 0..3 {
+            let lf = _mm256_cvtepi32_ps(clamp_signed(nearest_int(_mm256_mul_ps(iscale[k], xv)), nmax));
+            sumlx[k] = _mm256_add_ps(sumlx[k], _mm256_mul_ps(wx, lf));
+            suml2[k] = _mm256_add_ps(suml2[k], _mm256_mul_ps(_mm256_mul_ps(wv, lf), lf));
+        }
+    }
+    let (mut sx, mut s2, mut is) = ([0f32; 24], [0f32; 24], [0f32; 24]);
+    for k in 0..3 {
+        sx[8 * k..8 * k + 8].copy_from_slice(&lanes(sumlx[k]));
+        s2[8 * k..8 * k + 8].copy_from_slice(&lanes(suml2[k]));
+        is[8 * k..8 * k + 8].copy_from_slice(&lanes(iscale[k]));
+    }
+    let mut scale = if s2[0] != 0.0 { sx[0] / s2[0] } else { 0.0 };
+    let mut best = scale * sx[0];
+    let mut chosen = 0;
+    for c in 1..19 {
+        if s2[c] > 0.0 && sx[c] * sx[c] > best * s2[c] {
+            scale = sx[c] / s2[c];
+            best = scale * sx[c];
+            chosen = c;
+        }
+    }
+    for (q, &v) in l.iter_mut().zip(x) {
+        *q = (kquants::nearest_int(is[chosen] * v).clamp(-nmax, nmax - 1) + nmax) as i8;
+    }
+    scale
+}
+
+/// Sub-block s (of 16 values) of `x` (`16 * 8 * Q6_VECTORS` values) in vector s / 8, lane
+/// s % 8: element i of each in `out[i][s / 8]`.
+#[target_feature(enable = "avx2")]
+pub(super) fn columns16(x: &[f32]) -> [[__m256; Q6_VECTORS]; 16] {
+    let mut out = [[_mm256_setzero_ps(); Q6_VECTORS]; 16];
+    for v in 0..Q6_VECTORS {
+        for (i, c) in columns::<16>(&x[128 * v..128 * v + 128]).into_iter().enumerate() {
+            out[i][v] = c;
+        }
+    }
+    out
+}
+
+/// Two Q6_K super-blocks (`x` holds 512 values), with importance weights `qw` (one per value)
+/// or without (weights x²).
+#[target_feature(enable = "avx2")]
+fn q6_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    const SUPERBLOCKS: usize = Q6_VECTORS / 2;
+    let xv = columns16(x);
+    let wv = match qw {
+        Some(qw) => columns16(qw),
+        None => xv.map(|row| row.map(|v| _mm256_mul_ps(v, v))),
+    };
+    let mut codes = [[0i8; 128]; Q6_VECTORS];
+    let found = make_qx_quants_x(32, &xv, &wv, &mut codes);
+    for g in 0..SUPERBLOCKS {
+        let mut scales = [0f32; 16];
+        let mut l = [0i8; 256];
+        for half in 0..2 {
+            scales[8 * half..8 * half + 8].copy_from_slice(&found[2 * g + half]);
+            l[128 * half..128 * half + 128].copy_from_slice(&codes[2 * g + half]);
+        }
+        kquants::finish_q6_k(&x[256 * g..256 * g + 256], &scales, &mut l, &mut y[210 * g..210 * g + 210]);
+    }
+}
+
 /// Q6_K, all super-blocks; false on a NaN or infinity.
 #[target_feature(enable = "avx2")]
 pub fn quantize_q6_k(x: &[f32], y: &mut [u8]) -> bool {
@@ -459,30 +556,30 @@ pub fn quantize_q6_k(x: &[f32], y: &mut [u8]) -> bool {
     let mut xs = x.chunks_exact(256 * SUPERBLOCKS);
     let mut ys = y.chunks_exact_mut(210 * SUPERBLOCKS);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        // Sub-block s (of 16 values) of the batch goes to vector s / 8, lane s % 8.
-        let mut xv = [[_mm256_setzero_ps(); Q6_VECTORS]; 16];
-        for v in 0..Q6_VECTORS {
-            let mut column = [0f32; 8];
-            for i in 0..16 {
-                for j in 0..8 {
-                    column[j] = x[16 * (8 * v + j) + i];
-                }
-                // SAFETY: `column` holds 8 f32; unaligned load.
-                xv[i][v] = unsafe { _mm256_loadu_ps(column.as_ptr()) };
-            }
-        }
-        let mut codes = [[0i8; 128]; Q6_VECTORS];
-        let found = make_qx_quants_x(&xv, &mut codes);
-        for g in 0..SUPERBLOCKS {
-            let mut scales = [0f32; 16];
-            let mut l = [0i8; 256];
-            for half in 0..2 {
-                scales[8 * half..8 * half + 8].copy_from_slice(&found[2 * g + half]);
-                l[128 * half..128 * half + 128].copy_from_slice(&codes[2 * g + half]);
-            }
-            kquants::finish_q6_k(&x[256 * g..256 * g + 256], &scales, &mut l, &mut y[210 * g..210 * g + 210]);
-        }
+        q6_k_superblocks(x, y, None);
     }
     kquants::quantize_q6_k(xs.remainder(), ys.into_remainder());
     true
+}
+
+/// One Q6_K row with importance weights `qw` (`quantize_row_q6_K_impl`), values finite.
+#[target_feature(enable = "avx2")]
+pub fn quantize_q6_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    const SUPERBLOCKS: usize = Q6_VECTORS / 2;
+    let mut xs = x.chunks_exact(256 * SUPERBLOCKS);
+    let mut ys = y.chunks_exact_mut(210 * SUPERBLOCKS);
+    let mut ws = qw.chunks_exact(256 * SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q6_k_superblocks(x, y, Some(qw));
+    }
+    let rest = xs.remainder();
+    if !rest.is_empty() {
+        crate::scalar::weighted::quantize_rows(
+            crate::QuantType::Q6_K,
+            rest,
+            ys.into_remainder(),
+            rest.len(),
+            ws.remainder(),
+        );
+    }
 }
