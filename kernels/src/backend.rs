@@ -188,20 +188,19 @@ pub fn disagreement(b: &Backend) -> Option<String> {
         let (mine, reference) = (b.kernels(ty), SCALAR.kernels(ty));
         let mut want = vec![0u8; ty.bytes_for(probe.len())];
         let mut got = want.clone();
-        if let (Some(k), Some(r)) = (mine.quantize, reference.quantize) {
-            if k.origin != "scalar"
-                && (!(r.run)(ty, &probe, &mut want) || !(k.run)(ty, &probe, &mut got) || want != got)
-            {
-                return Some(format!("{} quantize", ty.name()));
-            }
+        if let (Some(k), Some(r)) = (mine.quantize, reference.quantize)
+            && k.origin != "scalar"
+            && (!(r.run)(ty, &probe, &mut want) || !(k.run)(ty, &probe, &mut got) || want != got)
+        {
+            return Some(format!("{} quantize", ty.name()));
         }
-        if let (Some(k), Some(r)) = (mine.quantize_weighted, reference.quantize_weighted) {
-            if k.origin != "scalar" {
-                (r.run)(ty, &probe, &mut want, n_per_row, &weights);
-                (k.run)(ty, &probe, &mut got, n_per_row, &weights);
-                if want != got {
-                    return Some(format!("{} quantize with weights", ty.name()));
-                }
+        if let (Some(k), Some(r)) = (mine.quantize_weighted, reference.quantize_weighted)
+            && k.origin != "scalar"
+        {
+            (r.run)(ty, &probe, &mut want, n_per_row, &weights);
+            (k.run)(ty, &probe, &mut got, n_per_row, &weights);
+            if want != got {
+                return Some(format!("{} quantize with weights", ty.name()));
             }
         }
         if mine.dequantize.origin != "scalar" {

@@ -55,7 +55,7 @@ pub fn decision_thresholds() -> &'static [f32; 16] {
         let mut t = [f32::NEG_INFINITY; 16];
         for k in 1..16 {
             // The comparison is monotone in x: false (upper value) from the threshold on.
-            let picks_upper = |x: f32| !(x - v[k - 1] < v[k] - x);
+            let picks_upper = |x: f32| (x - v[k - 1]).partial_cmp(&(v[k] - x)) != Some(std::cmp::Ordering::Less);
             let mut x = (v[k - 1] + v[k]) / 2.0;
             while picks_upper(x.next_down()) {
                 x = x.next_down();
@@ -201,12 +201,41 @@ pub fn quantize_iq4_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     }
 }
 
+/// `dequantize_row_iq4_nl`.
+pub fn dequantize_iq4_nl(x: &[u8], y: &mut [f32]) {
+    for (b, y) in x.chunks_exact(IQ4_NL_BYTES).zip(y.chunks_exact_mut(32)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for j in 0..16 {
+            y[j] = d * KVALUES_IQ4NL[(b[2 + j] & 0xf) as usize] as f32;
+            y[j + 16] = d * KVALUES_IQ4NL[(b[2 + j] >> 4) as usize] as f32;
+        }
+    }
+}
+
+/// `dequantize_row_iq4_xs`.
+pub fn dequantize_iq4_xs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in x.chunks_exact(IQ4_XS_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        for ib in 0..8 {
+            let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+            let dl = d * (ls - 32) as f32;
+            let qs = &b[8 + 16 * ib..24 + 16 * ib];
+            for j in 0..16 {
+                y[32 * ib + j] = dl * KVALUES_IQ4NL[(qs[j] & 0xf) as usize] as f32;
+                y[32 * ib + j + 16] = dl * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn by_thresholds(x: f32) -> u8 {
-        decision_thresholds()[1..].iter().filter(|&&t| !(x < t)).count() as u8
+        decision_thresholds()[1..].iter().filter(|&&t| x.partial_cmp(&t) != Some(std::cmp::Ordering::Less)).count()
+            as u8
     }
 
     /// Near every threshold, across the table's range, and at ±∞ and NaN, counting
@@ -239,34 +268,6 @@ mod tests {
             let x = f32::from_bits(bits);
             if x.abs() <= 256.0 {
                 assert_eq!(by_thresholds(x), best_index(x), "{x:e}");
-            }
-        }
-    }
-}
-
-/// `dequantize_row_iq4_nl`.
-pub fn dequantize_iq4_nl(x: &[u8], y: &mut [f32]) {
-    for (b, y) in x.chunks_exact(IQ4_NL_BYTES).zip(y.chunks_exact_mut(32)) {
-        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-        for j in 0..16 {
-            y[j] = d * KVALUES_IQ4NL[(b[2 + j] & 0xf) as usize] as f32;
-            y[j + 16] = d * KVALUES_IQ4NL[(b[2 + j] >> 4) as usize] as f32;
-        }
-    }
-}
-
-/// `dequantize_row_iq4_xs`.
-pub fn dequantize_iq4_xs(x: &[u8], y: &mut [f32]) {
-    for (b, y) in x.chunks_exact(IQ4_XS_BYTES).zip(y.chunks_exact_mut(256)) {
-        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-        let scales_h = u16::from_le_bytes([b[2], b[3]]);
-        for ib in 0..8 {
-            let ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
-            let dl = d * (ls - 32) as f32;
-            let qs = &b[8 + 16 * ib..24 + 16 * ib];
-            for j in 0..16 {
-                y[32 * ib + j] = dl * KVALUES_IQ4NL[(qs[j] & 0xf) as usize] as f32;
-                y[32 * ib + j + 16] = dl * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
             }
         }
     }

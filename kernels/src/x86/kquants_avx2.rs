@@ -188,16 +188,49 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
     out
 }
 
-/// 8 sub-blocks of `E` consecutive values (`x` holds `8 * E`) as `E` vectors: lane j of
-/// vector i is element i of sub-block j.
+/// The transpose of an 8×8 matrix of f32 held as 8 row vectors.
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0b01_00_01_00>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0b11_10_11_10>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0b01_00_01_00>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0b11_10_11_10>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// 8 sub-blocks of `E` consecutive values (`x` holds `8 * E`; `E` a multiple of 8) as `E`
+/// vectors: lane j of vector i is element i of sub-block j.
 #[target_feature(enable = "avx2")]
 pub(super) fn columns<const E: usize>(x: &[f32]) -> [__m256; E] {
-    assert!(x.len() >= 8 * E);
-    std::array::from_fn(|i| {
-        let column: [f32; 8] = std::array::from_fn(|j| x[E * j + i]);
-        // SAFETY: `column` holds 8 f32; unaligned load.
-        unsafe { _mm256_loadu_ps(column.as_ptr()) }
-    })
+    assert!(x.len() >= 8 * E && E.is_multiple_of(8));
+    let mut out = [_mm256_setzero_ps(); E];
+    for c in 0..E / 8 {
+        // SAFETY: row j, columns 8c..8c+8 lie within `x` (8 rows of E values).
+        let rows: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(x.as_ptr().add(E * j + 8 * c)) });
+        out[8 * c..8 * c + 8].copy_from_slice(&transpose8(rows));
+    }
+    out
 }
 
 /// `Σ x²` of each of `G` runs of `n` values (`x` holds `G * n`), each summed in order: the
@@ -510,12 +543,12 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
     scale
 }
 
-/// Sub-block s (of 16 values) of `x` (`16 * 8 * Q6_VECTORS` values) in vector s / 8, lane
+/// Sub-block s (of 16 values) of `x` (`16 * 8 * V` values) in vector s / 8, lane
 /// s % 8: element i of each in `out[i][s / 8]`.
 #[target_feature(enable = "avx2")]
-pub(super) fn columns16(x: &[f32]) -> [[__m256; Q6_VECTORS]; 16] {
-    let mut out = [[_mm256_setzero_ps(); Q6_VECTORS]; 16];
-    for v in 0..Q6_VECTORS {
+pub(super) fn columns16<const V: usize>(x: &[f32]) -> [[__m256; V]; 16] {
+    let mut out = [[_mm256_setzero_ps(); V]; 16];
+    for v in 0..V {
         for (i, c) in columns::<16>(&x[128 * v..128 * v + 128]).into_iter().enumerate() {
             out[i][v] = c;
         }
@@ -528,9 +561,9 @@ pub(super) fn columns16(x: &[f32]) -> [[__m256; Q6_VECTORS]; 16] {
 #[target_feature(enable = "avx2")]
 fn q6_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     const SUPERBLOCKS: usize = Q6_VECTORS / 2;
-    let xv = columns16(x);
+    let xv = columns16::<Q6_VECTORS>(x);
     let wv = match qw {
-        Some(qw) => columns16(qw),
+        Some(qw) => columns16::<Q6_VECTORS>(qw),
         None => xv.map(|row| row.map(|v| _mm256_mul_ps(v, v))),
     };
     let mut codes = [[0i8; 128]; Q6_VECTORS];

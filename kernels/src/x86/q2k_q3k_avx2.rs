@@ -121,16 +121,20 @@ pub fn quantize_q2_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     q2k_q3k::quantize_q2_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
 
-/// Vectors of 8 sub-blocks searched together by [`make_q3_quants_x`].
+/// Vectors of 8 sub-blocks searched together by `make_qx_quants_x` (Q3_K with importance
+/// weights) and by [`make_q3_quants_x`]: the latter's steps form one long dependency chain
+/// per vector (a division among them), so it interleaves more of them.
 const V: usize = Q6_VECTORS;
-/// Q3_K super-blocks per call.
+const V_PLAIN: usize = 8;
+/// Q3_K super-blocks per call, with and without importance weights.
 const Q3_SUPERBLOCKS: usize = V / 2;
+const Q3_SUPERBLOCKS_PLAIN: usize = V_PLAIN / 2;
 
 /// `make_q3_quants(16, 4, x, L, true)` for 8 sub-blocks per vector (`x[i][v]` is element i of
 /// sub-blocks 8v..8v+8). Returns the scales and writes the codes (offset by 4; 0 for an
 /// all-zero sub-block) to `l[v][16 * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_q3_quants_x(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8]; V] {
+fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8]; V] {
     let zero = _mm256_setzero_ps();
     let (mut max, mut amax) = ([zero; V], [zero; V]);
     for row in x {
@@ -168,6 +172,14 @@ fn make_q3_quants_x(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8];
                 let slx = _mm256_sub_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
                 let sl2 = _mm256_sub_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
                 let new_l = codes(nearest_int(_mm256_div_ps(_mm256_mul_ps(x[i][v], sl2), slx)));
+                // Lanes where the reference would try the new code; most steps have none.
+                let tries = _mm256_andnot_si256(
+                    _mm256_cmpeq_epi32(new_l, lv[i][v]),
+                    _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero)),
+                );
+                if _mm256_testz_si256(tries, tries) != 0 {
+                    continue;
+                }
                 let nf = _mm256_cvtepi32_ps(new_l);
                 let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][v], nf));
                 let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
@@ -175,10 +187,8 @@ fn make_q3_quants_x(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8];
                     _mm256_mul_ps(_mm256_mul_ps(slx_new, slx_new), suml2[v]),
                     _mm256_mul_ps(_mm256_mul_ps(sumlx[v], sumlx[v]), sl2_new),
                 );
-                let valid =
-                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero), _mm256_cmp_ps::<_CMP_GT_OQ>(sl2_new, zero));
-                let differs = _mm256_xor_si256(_mm256_cmpeq_epi32(new_l, lv[i][v]), _mm256_set1_epi32(-1));
-                let accept = _mm256_and_si256(_mm256_castps_si256(_mm256_and_ps(valid, gain)), differs);
+                let valid = _mm256_and_ps(gain, _mm256_cmp_ps::<_CMP_GT_OQ>(sl2_new, zero));
+                let accept = _mm256_and_si256(_mm256_castps_si256(valid), tries);
                 lv[i][v] = _mm256_blendv_epi8(lv[i][v], new_l, accept);
                 let take = _mm256_castsi256_ps(accept);
                 sumlx[v] = blend(sumlx[v], slx_new, take);
@@ -264,40 +274,27 @@ fn finish_q3_k(x: &[f32], l: &mut [i8; 256], b: &mut [u8]) {
     }
 }
 
-/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks, with importance weights `qw` (one per value) or
-/// without.
+/// Q3_K super-blocks from their sub-blocks' scales (`found[v]`, lane j: sub-block 8v + j)
+/// and codes: the head (plain, or weighted with the sums of weights `sw`), then the codes.
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
-    let xv = columns16(x);
-    let mut codes = [[0i8; 128]; V];
-    let mut sw = [[0f32; 8]; V];
-    let found = match qw {
-        Some(qw) => {
-            let sum_x2 = sums_of_squares::<Q3_SUPERBLOCKS>(x, 256);
-            let qv = columns16(qw);
-            let mut wv = [[_mm256_setzero_ps(); V]; 16];
-            for v in 0..V {
-                let xs: [__m256; 16] = std::array::from_fn(|i| xv[i][v]);
-                let qs: [__m256; 16] = std::array::from_fn(|i| qv[i][v]);
-                let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
-                for i in 0..16 {
-                    wv[i][v] = w[i];
-                }
-                sw[v] = lanes(sums);
-            }
-            make_qx_quants_x(4, &xv, &wv, &mut codes)
-        }
-        None => make_q3_quants_x(&xv, &mut codes),
-    };
-    for s in 0..Q3_SUPERBLOCKS {
+fn q3_k_finish_all<const W: usize>(
+    x: &[f32],
+    y: &mut [u8],
+    found: &[[f32; 8]; W],
+    codes: &[[i8; 128]; W],
+    sw: Option<&[[f32; 8]; W]>,
+) {
+    for s in 0..W / 2 {
         let (mut scales, mut sums, mut l) = ([0f32; 16], [0f32; 16], [0i8; 256]);
         for h in 0..2 {
             scales[8 * h..8 * h + 8].copy_from_slice(&found[2 * s + h]);
-            sums[8 * h..8 * h + 8].copy_from_slice(&sw[2 * s + h]);
+            if let Some(sw) = sw {
+                sums[8 * h..8 * h + 8].copy_from_slice(&sw[2 * s + h]);
+            }
             l[128 * h..128 * h + 128].copy_from_slice(&codes[2 * s + h]);
         }
         let b = &mut y[Q3_K_BYTES * s..Q3_K_BYTES * (s + 1)];
-        if qw.is_some() {
+        if sw.is_some() {
             let mut ls = [0i8; 16];
             let d = make_qx_quants_16(32, &scales, &sums, &mut ls);
             q2k_q3k::put_q3_k_head(&ls, d, b);
@@ -308,13 +305,44 @@ fn q3_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     }
 }
 
+/// [`Q3_SUPERBLOCKS_PLAIN`] Q3_K super-blocks without importance weights.
+#[target_feature(enable = "avx2,f16c")]
+fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
+    let xv = columns16::<V_PLAIN>(x);
+    let mut codes = [[0i8; 128]; V_PLAIN];
+    let found = make_q3_quants_x(&xv, &mut codes);
+    q3_k_finish_all(x, y, &found, &codes, None);
+}
+
+/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value).
+#[target_feature(enable = "avx2,f16c")]
+fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let xv = columns16::<V>(x);
+    let sum_x2 = sums_of_squares::<Q3_SUPERBLOCKS>(x, 256);
+    let qv = columns16::<V>(qw);
+    let mut wv = [[_mm256_setzero_ps(); V]; 16];
+    let mut sw = [[0f32; 8]; V];
+    for v in 0..V {
+        let xs: [__m256; 16] = std::array::from_fn(|i| xv[i][v]);
+        let qs: [__m256; 16] = std::array::from_fn(|i| qv[i][v]);
+        let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
+        for i in 0..16 {
+            wv[i][v] = w[i];
+        }
+        sw[v] = lanes(sums);
+    }
+    let mut codes = [[0i8; 128]; V];
+    let found = make_qx_quants_x(4, &xv, &wv, &mut codes);
+    q3_k_finish_all(x, y, &found, &codes, Some(&sw));
+}
+
 /// Q3_K without importance weights (`quantize_row_q3_K_ref`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
-    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS);
-    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
+    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS_PLAIN);
+    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS_PLAIN);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        q3_k_superblocks(x, y, None);
+        q3_k_superblocks(x, y);
     }
     q2k_q3k::quantize_q3_k(xs.remainder(), ys.into_remainder());
 }
@@ -326,7 +354,7 @@ pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
     let mut ws = qw.chunks_exact(256 * Q3_SUPERBLOCKS);
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
-        q3_k_superblocks(x, y, Some(qw));
+        q3_k_superblocks_weighted(x, y, qw);
     }
     q2k_q3k::quantize_q3_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
