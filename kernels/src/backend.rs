@@ -255,10 +255,10 @@ pub fn disagreement(b: &Backend) -> Option<String> {
     None
 }
 
-/// Importance weights for rows of 512 probe values: ordinary, zero, tiny and large, and
-/// repeated runs.
+/// Importance weights for rows of 1024 probe values (whole groups of super-blocks for the
+/// SIMD kernels that batch them): ordinary, zero, tiny and large, and repeated runs.
 fn probe_weights() -> Vec<f32> {
-    (0..512)
+    (0..1024)
         .map(|i| match i % 11 {
             0 => 0.0,
             1 => 1e-20,
@@ -429,4 +429,86 @@ fn check_lengths(ty: QuantType, values: usize, bytes: usize) -> Result<(), Kerne
         return Err(KernelError::Length { ty: ty.name(), what });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeros(_: QuantType, _: &[u8], y: &mut [f32]) {
+        y.fill(0.0);
+    }
+
+    fn shifted_weights(ty: QuantType, x: &[f32], y: &mut [u8], n: usize, w: &[f32]) {
+        let w: Vec<f32> = w.iter().map(|v| v * 2.0 + 1.0).collect();
+        scalar::weighted::quantize_rows(ty, x, y, n, &w)
+    }
+
+    fn broken_q4_k(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        if ty == QuantType::Q4_K { k.dequantize_with("test", zeros) } else { k }
+    }
+
+    fn broken_q2_k_weights(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        if ty == QuantType::Q2_K { k.weighted_with("test", shifted_weights) } else { k }
+    }
+
+    static BROKEN_DEQUANTIZE: Backend = Backend { name: "test", kernels: broken_q4_k, conversions: SCALAR.conversions };
+    static BROKEN_WEIGHTS: Backend =
+        Backend { name: "test", kernels: broken_q2_k_weights, conversions: SCALAR.conversions };
+    static BROKEN_CONVERSION: Backend = Backend {
+        name: "test",
+        kernels: scalar_kernels,
+        conversions: Conversions {
+            f16_to_f32: Kernel::new("test", |s: &[u16], d: &mut [f32]| {
+                rows::f16_to_f32(s, d);
+                d[12345] = 0.5;
+            }),
+            ..SCALAR.conversions
+        },
+    };
+
+    /// The start-up check looks at every entry that is not the reference's own.
+    #[test]
+    fn the_start_up_check_finds_a_wrong_entry() {
+        assert_eq!(disagreement(&BROKEN_DEQUANTIZE).as_deref(), Some("Q4_K dequantize"));
+        assert_eq!(disagreement(&BROKEN_WEIGHTS).as_deref(), Some("Q2_K quantize with weights"));
+        assert_eq!(disagreement(&BROKEN_CONVERSION).as_deref(), Some("f16 to f32"));
+        for b in available() {
+            assert_eq!(disagreement(b), None, "{}", b.name);
+        }
+    }
+
+    /// A table never falls back to scalar code where a table below it has SIMD code, and
+    /// names only itself or a table below it.
+    #[test]
+    fn tables_inherit_the_best_entry_below() {
+        let all = available();
+        for (i, b) in all.iter().enumerate() {
+            let names: Vec<&str> = all[..=i].iter().map(|b| b.name).collect();
+            for ty in QuantType::ALL {
+                let k = b.kernels(ty);
+                let origins =
+                    [k.quantize.map(|k| k.origin), k.quantize_weighted.map(|k| k.origin), Some(k.dequantize.origin)];
+                for below in &all[..i] {
+                    let kb = below.kernels(ty);
+                    let below_origins = [
+                        kb.quantize.map(|k| k.origin),
+                        kb.quantize_weighted.map(|k| k.origin),
+                        Some(kb.dequantize.origin),
+                    ];
+                    for (o, ob) in origins.iter().zip(&below_origins) {
+                        assert!(
+                            !(ob.is_some_and(|o| o != "scalar") && *o == Some("scalar")),
+                            "{} {}",
+                            b.name,
+                            ty.name()
+                        );
+                    }
+                }
+                assert!(origins.iter().flatten().all(|o| names.contains(o)), "{} {}", b.name, ty.name());
+            }
+        }
+    }
 }
