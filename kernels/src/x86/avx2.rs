@@ -572,18 +572,20 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
         QuantType::MXFP4 => k
             .quantize_with(NAME, simd!(|_, x, y| quantize_mxfp4(x, y)))
             .dequantize_with(NAME, simd!(|_, x, y| dequantize_mxfp4(x, y))),
-        QuantType::Q4_K => {
-            k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y))).weighted_with(
+        QuantType::Q4_K => k
+            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y)))
+            .weighted_with(
                 NAME,
                 simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q4_K, x, y, n, qw)),
             )
-        }
-        QuantType::Q5_K => {
-            k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y))).weighted_with(
+            .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q4_K, x, y))),
+        QuantType::Q5_K => k
+            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y)))
+            .weighted_with(
                 NAME,
                 simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw)),
             )
-        }
+            .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q5_K, x, y))),
         QuantType::Q3_K => k
             .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q3_k(x, y)))
             .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q3_k(x, y))))

@@ -616,3 +616,51 @@ pub fn quantize_q6_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
         );
     }
 }
+
+/// `dl * v - ml` for 32 codes (bytes 0..=31 of `codes`), stored to `out[..32]`.
+#[target_feature(enable = "avx2")]
+fn put32(codes: __m256i, dl: f32, ml: f32, out: &mut [f32]) {
+    assert!(out.len() >= 32);
+    let (dv, mv) = (splat(dl), splat(ml));
+    let halves = [_mm256_castsi256_si128(codes), _mm256_extracti128_si256::<1>(codes)];
+    for (h, v) in halves.into_iter().enumerate() {
+        for (k, v) in [v, _mm_srli_si128::<8>(v)].into_iter().enumerate() {
+            let f = _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))), mv);
+            // SAFETY: `out` holds at least 32 f32; 16 h + 8 k + 8 <= 32; unaligned store.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(16 * h + 8 * k), f) };
+        }
+    }
+}
+
+/// `dequantize_row_q4_K` (`p` = Q4_K) or `dequantize_row_q5_K` (`p` = Q5_K).
+#[target_feature(enable = "avx2,f16c")]
+pub fn dequantize(p: &KParams, x: &[u8], y: &mut [f32]) {
+    let low = _mm256_set1_epi8(0x0F);
+    let five_bit = p.nmax == 31;
+    for (b, y) in x.chunks_exact(p.block_bytes).zip(y.chunks_exact_mut(256)) {
+        let d = crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let min = crate::convert::f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
+        let codes_at = if five_bit { 48 } else { 16 };
+        // SAFETY: Q5_K blocks hold 32 bytes of high bits at 16.
+        let qh =
+            if five_bit { unsafe { _mm256_loadu_si256(b.as_ptr().add(16).cast()) } } else { _mm256_setzero_si256() };
+        for c in 0..4 {
+            let (s1, m1) = kquants::scale_min_k4(2 * c, &b[4..16]);
+            let (s2, m2) = kquants::scale_min_k4(2 * c + 1, &b[4..16]);
+            // SAFETY: bytes codes_at + 32 c .. + 32 lie within the block.
+            let q = unsafe { _mm256_loadu_si256(b.as_ptr().add(codes_at + 32 * c).cast()) };
+            let mut lo = _mm256_and_si256(q, low);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low);
+            if five_bit {
+                let bit = |m: u8| {
+                    let m = _mm256_set1_epi8(m as i8);
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m), _mm256_set1_epi8(16))
+                };
+                lo = _mm256_add_epi8(lo, bit(1 << (2 * c)));
+                hi = _mm256_add_epi8(hi, bit(2 << (2 * c)));
+            }
+            put32(lo, d * s1 as f32, min * m1 as f32, &mut y[64 * c..]);
+            put32(hi, d * s2 as f32, min * m2 as f32, &mut y[64 * c + 32..]);
+        }
+    }
+}
