@@ -641,9 +641,12 @@ pub fn dequantize(p: &KParams, x: &[u8], y: &mut [f32]) {
         let d = crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
         let min = crate::convert::f16_to_f32(u16::from_le_bytes([b[2], b[3]]));
         let codes_at = if five_bit { 48 } else { 16 };
-        // SAFETY: Q5_K blocks hold 32 bytes of high bits at 16.
-        let qh =
-            if five_bit { unsafe { _mm256_loadu_si256(b.as_ptr().add(16).cast()) } } else { _mm256_setzero_si256() };
+        let qh = if five_bit {
+            // SAFETY: Q5_K blocks hold 32 bytes of high bits at 16; unaligned load.
+            unsafe { _mm256_loadu_si256(b.as_ptr().add(16).cast()) }
+        } else {
+            _mm256_setzero_si256()
+        };
         for c in 0..4 {
             let (s1, m1) = kquants::scale_min_k4(2 * c, &b[4..16]);
             let (s2, m2) = kquants::scale_min_k4(2 * c + 1, &b[4..16]);
