@@ -1,13 +1,15 @@
 //! x86-64 SIMD backends, detected at run time.
 
 /// A safe table entry: a closure calling one of the enclosing backend module's
-/// `#[target_feature]` kernels. The table is only handed out after `available` detected the
-/// module's CPU features, which is what makes the call sound.
+/// `#[target_feature]` kernels. The table, and every table that inherits the entry (AVX-512
+/// inherits AVX2's), is only handed out after `available` detected the module's CPU
+/// features, which is what makes the call sound.
 macro_rules! simd {
     (|$($arg:pat_param),*| $call:expr) => {
         |$($arg),*| {
-            // SAFETY: only reachable through this module's backend table, which
-            // `x86::available` hands out only after detecting its CPU features.
+            // SAFETY: only reachable through this module's backend table and the tables that
+            // inherit from it, which `x86::available` hands out only after detecting this
+            // module's CPU features.
             unsafe { $call }
         }
     };
@@ -29,13 +31,15 @@ static AVX2: Backend = Backend { name: "avx2", kernels: avx2::kernels, conversio
 
 static AVX512: Backend = Backend { name: "avx512", kernels: avx512::kernels, conversions: avx512::CONVERSIONS };
 
-/// The SIMD backends this CPU supports, slowest first.
+/// The SIMD backends this CPU supports, slowest first. The AVX-512 table runs AVX2 kernels
+/// where it has none of its own, so it needs AVX2's features as well as its own.
 pub fn available() -> Vec<&'static Backend> {
     let mut out = Vec::new();
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c");
+    if avx2 {
         out.push(&AVX2);
     }
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+    if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
         out.push(&AVX512);
     }
     out
