@@ -84,13 +84,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|r| serde_json::json!({"type": r.ty, "backend": r.backend, "op": r.op, "gbps": r.gbps}))
+                    .map(|r| serde_json::json!({"type": r.ty, "backend": r.backend, "kernel": r.kernel, "op": r.op, "gbps": r.gbps}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<8} {:<8} {:<11} {:>8}", "type", "backend", "op", "GB/s");
+                println!("{:<13} {:<17} {:<8} {:<8} {:>8}", "type", "op", "backend", "kernel", "GB/s");
                 for r in &rows {
-                    println!("{:<8} {:<8} {:<11} {:>8.2}", r.ty, r.backend, r.op, r.gbps);
+                    println!("{:<13} {:<17} {:<8} {:<8} {:>8.2}", r.ty, r.op, r.backend, r.kernel, r.gbps);
                 }
             }
         }

@@ -17,6 +17,9 @@ pub fn quant_type(ty: GgmlType) -> Option<QuantType> {
         GgmlType::Q5_K => QuantType::Q5_K,
         GgmlType::Q6_K => QuantType::Q6_K,
         GgmlType::IQ4_NL => QuantType::IQ4_NL,
+        GgmlType::Q2_K => QuantType::Q2_K,
+        GgmlType::Q3_K => QuantType::Q3_K,
+        GgmlType::IQ4_XS => QuantType::IQ4_XS,
         _ => return None,
     })
 }
