@@ -1162,8 +1162,8 @@ fn sparse_gguf(path: &Path, n: usize, rows: u64, cols: u64) {
     file.set_len(layout.file_len).unwrap();
 }
 
-/// Whether process `pid` holds a file descriptor to something in `dir` (an `O_TMPFILE` shows
-/// as `dir/#INODE (deleted)`): it has started writing there. Waits up to 60 s.
+/// Whether the child holds a file descriptor to something in `dir` (an `O_TMPFILE` shows as
+/// `dir/#INODE (deleted)`): it has started writing there. Waits up to 60 s.
 fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
     let dir = std::fs::canonicalize(dir).unwrap();
     for _ in 0..6000 {
@@ -1172,7 +1172,8 @@ fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
         }
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", child.id())) {
             for fd in fds.flatten() {
-                if std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir)) {
+                // Inside the folder, not the folder itself (which the stale-temporary sweep reads).
+                if std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir) && t != dir) {
                     return true;
                 }
             }
@@ -1414,6 +1415,45 @@ fn stale_temporaries_never_block_and_are_swept() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success() && stderr.contains("removed 1 temporary file"), "{stderr}");
     assert_eq!(names_in(out_dir.path()), ["next.gguf"]);
+    // The same for a folder build, which has no unnamed form.
+    let ck = clean.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    sparse_llama(&ck, 4);
+    let mut child = spawn_moeq(
+        &["convert", path_arg(&ck), "-o", path_arg(&out_dir.path().join("mlx")), "--format", "mlx", "--type", "q4"],
+        &[],
+    );
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the folder build started writing");
+    send(child.id(), "KILL");
+    assert_eq!(stderr_of(child).0.signal(), Some(9));
+    let left = names_in(out_dir.path());
+    assert!(left.len() == 2 && left[0].starts_with(".mlx.moeq-"), "{left:?}");
+    let run = moeq(&["convert", path_arg(&a), "-o", path_arg(&out_dir.path().join("next2.gguf"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("removed 1 temporary file"), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), ["next.gguf", "next2.gguf"]);
+}
+
+/// A SIGBUS that is not a fault in an input (here: sent with kill) keeps its default action.
+#[test]
+fn other_sigbus_keep_their_default_action() {
+    use std::os::unix::process::ExitStatusExt;
+    let inputs = tempfile::tempdir().unwrap();
+    let big = inputs.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -c 0 && exec {} convert {} -o {} --type Q8_0 -q",
+        env!("CARGO_BIN_EXE_moeq"),
+        path_arg(&big),
+        path_arg(&out_dir.path().join("o.gguf"))
+    );
+    let mut child = Command::new("sh").args(["-c", &script]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "BUS");
+    let (status, stderr) = stderr_of(child);
+    assert_eq!(status.signal(), Some(7), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), Vec::<String>::new());
 }
 
 /// A Llama checkpoint of `layers` layers at width 2048 whose weights are holes (zeros), with
