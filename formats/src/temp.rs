@@ -206,20 +206,26 @@ fn alive(maker: Maker) -> Option<bool> {
 
 /// A random 64-bit token (the kernel's generator; the clock and a counter when it fails).
 fn token() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: `bytes` is writable for the 8 bytes we pass.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
-    if n == 8 {
-        return u64::from_le_bytes(bytes);
+    #[cfg(target_os = "linux")]
+    {
+        let mut bytes = [0u8; 8];
+        // SAFETY: `bytes` is writable for the 8 bytes we pass.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
+        if n == 8 {
+            return u64::from_le_bytes(bytes);
+        }
     }
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut h = Fnv::new();
-    h.add(&nanos.to_le_bytes());
-    h.add(&n.to_le_bytes());
-    h.add(&std::process::id().to_le_bytes());
-    (u64::from(h.finish()) << 32) | (nanos ^ n.rotate_left(17)) & 0xffff_ffff
+    let mut hi = Fnv::new();
+    hi.add(&nanos.to_le_bytes());
+    hi.add(&n.to_le_bytes());
+    let mut lo = Fnv::new();
+    lo.add(&std::process::id().to_le_bytes());
+    lo.add(&n.to_le_bytes());
+    lo.add(&nanos.to_be_bytes());
+    (u64::from(hi.finish()) << 32) | u64::from(lo.finish())
 }
 
 /// Longest part of the output's name kept in a temporary's name (names are limited to 255
