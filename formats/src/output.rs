@@ -316,27 +316,32 @@ impl PlannedOutput {
     }
 
     /// Parks open files (other than `except`) until fewer than the budget are open: finished
-    /// files first, then the least recently written. Files busy in another thread are
-    /// skipped (the budget is a soft limit, well under the real one).
+    /// files first, then the least recently written. Files busy in another thread (being
+    /// written, or parked by another thread at this moment) are passed over for the next;
+    /// only when every other open file is busy does the budget, a soft limit well under the
+    /// real one, stay exceeded for a moment.
     fn make_room(&self, except: usize) {
+        let mut busy: Vec<usize> = Vec::new();
         while self.open_files.load(Ordering::Relaxed) >= self.budget {
             let victim = self
                 .files
                 .iter()
                 .enumerate()
-                .filter(|(j, f)| *j != except && f.open.load(Ordering::Relaxed))
+                .filter(|(j, f)| *j != except && !busy.contains(j) && f.open.load(Ordering::Relaxed))
                 .min_by_key(|(_, f)| (f.written.load(Ordering::Relaxed) < f.data, f.last_use.load(Ordering::Relaxed)));
-            let Some((_, f)) = victim else {
+            let Some((j, f)) = victim else {
                 return;
             };
             let Ok(mut state) = f.state.try_lock() else {
-                return;
+                busy.push(j);
+                continue;
             };
             if let Some(temp) = state.as_mut()
                 && temp.is_open()
             {
                 if temp.close().is_err() {
-                    return;
+                    busy.push(j);
+                    continue;
                 }
                 f.open.store(false, Ordering::Relaxed);
                 self.open_files.fetch_sub(1, Ordering::Relaxed);
