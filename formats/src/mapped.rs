@@ -41,16 +41,18 @@ impl FileBytes {
         if !meta.is_file() {
             return Err(Error::model(path, "not a regular file"));
         }
-        // SAFETY: the map is read-only and private to this process, and moeq never writes to a
-        // file it has mapped: outputs go to new temporary files moved into place. Another
-        // program may still change the file while it is mapped. Truncation makes reads past
-        // the new end fault (SIGBUS): the guard in `crate::inputs` maps zeros there and marks
-        // the input changed, and every writer fails on that mark before committing, so the
-        // zeros never reach an output. Rewrites in place are caught by the size and time
-        // check at commit. The bytes read are only ever treated as untrusted data (any value
-        // is valid for u8, and every reader bounds-checks what it derives from them), so a
-        // value that changes between two reads can give a wrong result, which the change
-        // checks then void, but not unsafety.
+        // SAFETY: the map is read-only, and moeq never writes to a file it has mapped: outputs
+        // go to new temporary files moved into place, and no output may be an input
+        // (`crate::target`, checked again at commit). Another program may still change the
+        // file while it is mapped, which every mmap-based reader must live with (memmap2
+        // documents it: in Rust's model, memory behind a shared slice must not change). moeq
+        // contains the consequences: truncation makes reads past the new end fault (SIGBUS),
+        // and the guard in `crate::inputs` maps zeros there and marks the input changed;
+        // rewrites in place are caught by the size and time check at commit; in both cases
+        // every writer fails before committing, so nothing computed from changed bytes is
+        // kept. The bytes are only ever read as untrusted data (every value of a u8 is valid,
+        // and readers bounds-check what they derive from them, with indexing that panics
+        // rather than reads out of bounds).
         let map = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, e))?;
         let registration = register(path, &meta, (map.as_ptr() as usize, map.len()), tracked);
         Ok(FileBytes::Mapped(MappedInput { _registration: registration, map }))
