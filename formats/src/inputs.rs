@@ -262,8 +262,10 @@ mod guard {
         Ok(())
     }
 
-    /// The SIGBUS handler. Async-signal-safe: atomic loads and stores, `mmap`, `sigaction`
-    /// and `raise` (system calls), errno saved and restored; no allocation, no locks.
+    /// The SIGBUS handler. Async-signal-safe: atomic loads and stores, and `mmap`,
+    /// `sigaction` and `raise`, with errno saved and restored; no allocation, no locks.
+    /// (`sigaction` and `raise` are on POSIX's async-signal-safe list; `mmap` is not, but in
+    /// glibc and musl on Linux it is a plain system call wrapper that takes no lock.)
     extern "C" fn on_sigbus(sig: c_int, info: *mut siginfo_t, ctx: *mut c_void) {
         // SAFETY: errno is thread-local; the location is valid for this thread.
         let errno = unsafe { *libc::__errno_location() };
