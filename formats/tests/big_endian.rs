@@ -47,3 +47,19 @@ fn truncated_big_endian_files_fail_cleanly() {
         assert!(err.is_err(), "cut at {cut}");
     }
 }
+
+#[test]
+fn mutated_big_endian_files_never_panic() {
+    for name in ["float", "quant"] {
+        let (be_path, _) = pair(name);
+        let bytes = std::fs::read(&be_path).unwrap();
+        for pos in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut mutated = bytes.clone();
+                mutated[pos] ^= flip;
+                // Any outcome but a panic.
+                let _ = GgufFile::from_bytes(&be_path, FileBytes::Owned(mutated));
+            }
+        }
+    }
+}
