@@ -96,6 +96,7 @@ impl Report {
             .collect();
         let details = vec![
             ("version".into(), header.version.to_string()),
+            ("byte order".into(), header.byte_order.name().into()),
             ("alignment".into(), header.alignment.to_string()),
             ("shape order".into(), "ne (fastest dimension first)".into()),
         ];

@@ -13,7 +13,18 @@ use moeq::source::Source;
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // First, before any thread starts: interrupts remove temporaries, a truncated input is an
+    // error (see moeq_formats::interrupt and moeq_formats::inputs).
+    if let Err(e) = moeq_formats::interrupt::install() {
+        eprintln!("warning: cannot install the interrupt cleanup: {e}");
+    }
+    let result = run(Cli::parse());
+    // An input that changed while being read voids whatever the run did with it.
+    let result = match moeq_formats::inputs::changed() {
+        Some(path) => Err(moeq_formats::Error::InputChanged { path }.into()),
+        None => result,
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -38,6 +49,7 @@ fn run_verify(
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
     let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
     let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
+    moeq_formats::inputs::check_unchanged()?;
     if let Some((kl, top1, moe)) = limits {
         let d = report.limits;
         report.limits = Limits {
@@ -57,7 +69,7 @@ fn run_verify(
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
-            let report = Report::new(&path, &Source::open(&path)?);
+            let report = Report::new(&path, &Source::open_headers(&path)?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {
@@ -65,7 +77,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Eval { model, tokens, dump, top } => {
-            let trace = moeq::verify::eval::eval(&model, &tokens)?;
+            let kind = moeq_formats::target::OutputKind::File;
+            if let Some(out) = &dump {
+                moeq_formats::target::check_path(out, kind)?;
+            }
+            let source = Source::open(&model)?;
+            if let Some(out) = &dump {
+                moeq::plan::convert::prepare_output(out, kind, &source.files(), false)?;
+            }
+            let trace = moeq::verify::eval::run(&source, &model, &tokens)?;
+            moeq_formats::inputs::check_unchanged()?;
             let vocab = trace.logits.len() / tokens.len().max(1);
             for (pos, (tok, cands)) in
                 tokens.iter().zip(moeq::verify::eval::top_tokens(&trace.logits, vocab, top)).enumerate()

@@ -4,7 +4,7 @@
 //! byte for byte (merging or re-splitting a model); with `--type` tensors are requantized as
 //! `llama-quantize IN OUT TYPE --allow-requantize` does, tensor by tensor, in pieces of rows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::split::{KEY_SPLIT_COUNT, KEY_SPLIT_NO, KEY_SPLIT_TENSORS_COUNT};
@@ -23,6 +23,7 @@ use crate::write::gguf::write_gguf;
 use crate::write::safetensors::{BuildFiles, copy_side_files, write_items, write_json};
 use moeq_formats::output::OutputDir;
 use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
+use moeq_formats::target::{self, OutputKind};
 
 /// What to convert and how.
 pub struct ConvertOptions {
@@ -80,9 +81,16 @@ pub struct ConvertSummary {
     pub bytes: u64,
 }
 
-/// Runs a conversion.
+/// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
+    let kind = match (opts.format, opts.split_max_bytes) {
+        (Format::Gguf, None) => OutputKind::File,
+        (Format::Gguf, Some(_)) => OutputKind::Split,
+        _ => OutputKind::Folder,
+    };
+    target::check_path(&opts.output, kind)?;
     let source = Source::open(&opts.input)?;
+    prepare_output(&opts.output, kind, &source.files(), opts.quiet)?;
     if opts.format != Format::Gguf {
         return convert_folder(&source, opts);
     }
@@ -197,6 +205,32 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         .collect();
     written.sort();
     Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes })
+}
+
+/// Checks an output path before any work (what it names, and that it is none of `inputs`:
+/// see `moeq_formats::target`), then removes the temporaries interrupted moeq runs left in its
+/// folder, saying so (unless `quiet`), and warns about those it cannot tell are abandoned.
+pub fn prepare_output(output: &Path, kind: OutputKind, inputs: &[PathBuf], quiet: bool) -> Result<()> {
+    let leftovers = target::prepare(output, kind, inputs)?;
+    let removed: Vec<_> = leftovers.iter().filter(|l| l.removed).collect();
+    if !removed.is_empty() && !quiet {
+        let bytes = removed.iter().map(|l| l.bytes).sum();
+        eprintln!(
+            "note: removed {} temporary file(s) ({}) left in {} by interrupted moeq runs",
+            removed.len(),
+            crate::inspect::human_bytes(bytes),
+            target::parent_dir(output).display()
+        );
+    }
+    for l in leftovers.iter().filter(|l| !l.removed) {
+        let why = l.kept_because.unwrap_or("it could not be removed");
+        eprintln!(
+            "warning: {}: a moeq temporary ({}) kept: {why}; remove it if no moeq run is writing there",
+            l.path.display(),
+            crate::inspect::human_bytes(l.bytes)
+        );
+    }
+    Ok(())
 }
 
 /// MLX builds are read as models (eval, verify) but not converted: their quantized layers

@@ -4,7 +4,7 @@
 pub mod config;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use moeq_formats::gguf::GgufModel;
@@ -25,7 +25,50 @@ pub enum Source {
     },
 }
 
+/// The files beside a checkpoint's weights that moeq may read (config, tokenizer, chat
+/// template, generation settings, model card) or copy into a build. A reader that starts
+/// reading another file beside the weights adds its name here, so no output can replace it.
+pub const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "dtypes.json",
+    "generation_config.json",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
 impl Source {
+    /// Every file a run on this source may read: the weights (shards, index, GGUF splits)
+    /// and, for a checkpoint, the [`SIDE_FILES`] present in its folder and the folder above
+    /// (where OpenAI's `original/` keeps its tokenizer). Outputs are checked against them.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Source::Gguf(model) => model.files(),
+            Source::Safetensors { model, .. } => {
+                let mut files = model.files();
+                let dir = if model.path().is_dir() { model.path() } else { parent_or_here(model.path()) };
+                for d in std::iter::once(dir).chain(dir.parent().filter(|p| !p.as_os_str().is_empty())) {
+                    files.extend(SIDE_FILES.iter().map(|name| d.join(name)).filter(|p| p.is_file()));
+                }
+                files
+            }
+        }
+    }
+
+    /// [`Source::open`] for `inspect`: a big-endian GGUF's tensor data is not converted
+    /// (only its headers are shown).
+    pub fn open_headers(path: &Path) -> Result<Source> {
+        if path.is_file() && starts_with_gguf_magic(path)? {
+            return Ok(Source::Gguf(GgufModel::open_headers(path)?));
+        }
+        Source::open(path)
+    }
+
     /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a model folder.
     pub fn open(path: &Path) -> Result<Source> {
         if path.is_dir() {
@@ -53,6 +96,13 @@ impl Source {
             return Ok(Source::Gguf(GgufModel::open(path)?));
         }
         bail!("{}: not a GGUF or safetensors file (nor a model folder)", path.display())
+    }
+}
+
+fn parent_or_here(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     }
 }
 

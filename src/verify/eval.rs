@@ -20,8 +20,12 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>, String> {
 
 /// Runs the model at `path` on `tokens`.
 pub fn eval(path: &Path, tokens: &[u32]) -> Result<Trace> {
-    let source = Source::open(path)?;
-    let weights = Weights::new(&source, path)?;
+    run(&Source::open(path)?, path, tokens)
+}
+
+/// Runs the opened model `source` (read from `path`) on `tokens`.
+pub fn run(source: &Source, path: &Path, tokens: &[u32]) -> Result<Trace> {
+    let weights = Weights::new(source, path)?;
     let model = Model::new(&weights)?;
     model.run(tokens).with_context(|| format!("{}", path.display()))
 }
