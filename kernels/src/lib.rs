@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod convert;
 pub mod dot;
+pub mod fp8;
 pub mod mlx;
 pub mod openai;
 pub mod scalar;

@@ -3,6 +3,7 @@
 //! against the tensors a model of that shape must have.
 
 use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
 use std::path::Path;
 
 use moeq_formats::gguf::{GgmlType, GgufPlan, Value};
@@ -59,15 +60,18 @@ pub struct SourceTensor<'a> {
     pub shape: Vec<u64>,
     /// "FILE: tensor 'NAME'", for errors.
     pub origin: String,
+    /// Its safetensors dtype (U8 and F8_E4M3 are both raw bytes in `stored`).
+    pub dtype: Dtype,
 }
 
-/// The ggml type a safetensors dtype is read as: floats, and U8 as raw bytes.
+/// The ggml type a safetensors dtype is read as: floats, and U8 and F8_E4M3 (FP8 weights,
+/// decoded with their block scales: [`fp8_input`]) as raw bytes.
 pub fn ggml_of(dtype: Dtype) -> Option<GgmlType> {
     match dtype {
         Dtype::BF16 => Some(GgmlType::BF16),
         Dtype::F16 => Some(GgmlType::F16),
         Dtype::F32 => Some(GgmlType::F32),
-        Dtype::U8 => Some(GgmlType::I8),
+        Dtype::U8 | Dtype::F8_E4M3 => Some(GgmlType::I8),
         _ => None,
     }
 }
@@ -92,11 +96,12 @@ pub fn source_tensors<'a>(
         for t in shard.tensors() {
             let origin = format!("{}: tensor '{}'", shard.path().display(), t.name);
             let Some(ty) = ggml_of(t.dtype) else {
-                bail!("{origin} has dtype {:?}; moeq reads BF16, F16, F32 and U8 (MXFP4) tensors", t.dtype);
+                bail!("{origin} has dtype {:?}; moeq reads BF16, F16, F32, U8 (MXFP4) and F8_E4M3 tensors", t.dtype);
             };
             let stored = Stored { file: shard.file_bytes(), start: t.start, len: t.len, ty };
             let shape = t.shape.iter().map(|&d| d as u64).collect();
-            let tensor = SourceTensor { rank, name: t.name.clone(), stored, shape, origin: origin.clone() };
+            let tensor =
+                SourceTensor { rank, name: t.name.clone(), stored, shape, origin: origin.clone(), dtype: t.dtype };
             out.extend(rename(tensor).with_context(|| origin.clone())?);
         }
     }
@@ -119,8 +124,9 @@ pub fn check_tensors(
         if s.shape != *shape {
             bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
         }
-        if *raw != (s.stored.ty == GgmlType::I8) {
-            bail!("{}: dtype {}, expected {}", s.origin, s.stored.ty, if *raw { "U8" } else { "BF16, F16 or F32" });
+        let fits = if *raw { s.dtype == Dtype::U8 } else { matches!(s.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) };
+        if !fits {
+            bail!("{}: dtype {:?}, expected {}", s.origin, s.dtype, if *raw { "U8" } else { "BF16, F16 or F32" });
         }
     }
     for (name, _, _) in want {
@@ -246,4 +252,112 @@ pub fn stacked_experts<'a>(
         .collect::<Result<Vec<_>>>()?;
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, n_expert], ggml_type: out };
     Ok(Recipe { spec, parts, check_finite: true })
+}
+
+/// The FP8 block quantization `config.json` declares (`quantization_config` with `quant_method:
+/// fp8`, as DeepSeek-V3/R1 and other FP8 releases have it): rows and columns per block
+/// (`weight_block_size`); `None` without one (or with mlx-lm's block, which has no
+/// `quant_method`). Only E4M3 (`fmt`) with two-dimensional blocks
+/// is read; anything else is refused, naming the key.
+pub fn fp8_block(config: &Keys) -> Result<Option<(u64, u64)>> {
+    let Some(q) = config.object("quantization_config") else { return Ok(None) };
+    match q.str("quant_method") {
+        Some("fp8") => {}
+        Some(other) => bail!("quantization_config.quant_method is '{other}'; moeq reads FP8 ('fp8') checkpoints"),
+        // mlx-lm's builds repeat their own settings there.
+        None => return Ok(None),
+    }
+    if let Some(fmt) = q.str("fmt")
+        && fmt != "e4m3"
+    {
+        bail!("quantization_config.fmt is '{fmt}'; moeq reads E4M3 FP8 weights");
+    }
+    let sizes: Option<Vec<u64>> =
+        q.raw("weight_block_size").and_then(Json::as_array).map(|a| a.iter().filter_map(Json::as_u64).collect());
+    match sizes.as_deref() {
+        Some(&[rows, cols]) if rows > 0 && cols > 0 && rows <= 1 << 20 && cols <= 1 << 20 => Ok(Some((rows, cols))),
+        _ => bail!(
+            "quantization_config.weight_block_size is {}; moeq reads FP8 weights with one scale per block of [rows, cols]",
+            q.raw("weight_block_size").map_or("missing".to_string(), Json::to_string)
+        ),
+    }
+}
+
+/// The block scales of a checkpoint's FP8 weights (`NAME_scale_inv` beside `NAME`), taken out
+/// of its tensor list: what makes an FP8 weight's [`Input::Fp8`].
+pub struct Fp8Scales<'a> {
+    block: (u64, u64),
+    scales: HashMap<String, SourceTensor<'a>>,
+}
+
+impl<'a> Fp8Scales<'a> {
+    /// Takes the `*_scale_inv` tensors out of `sources` and pairs them with their weights.
+    /// `block` is [`fp8_block`]'s. Errors name the file and tensor: an F8_E4M3 weight without
+    /// its scales, scales without an FP8 weight, F8_E4M3 tensors in a checkpoint whose
+    /// `config.json` declares no FP8 quantization, scales that are not F32 or not one per block
+    /// ([⌈rows / block rows⌉, ⌈cols / block cols⌉]), an FP8 tensor that is not a matrix.
+    pub fn split(
+        sources: Vec<SourceTensor<'a>>,
+        block: Option<(u64, u64)>,
+    ) -> Result<(Vec<SourceTensor<'a>>, Fp8Scales<'a>)> {
+        let (scales, weights): (Vec<_>, Vec<_>) = sources.into_iter().partition(|s| s.name.ends_with("_scale_inv"));
+        let mut by_weight = HashMap::new();
+        for s in scales {
+            let weight = s.name.trim_end_matches("_scale_inv").to_string();
+            let Some(w) = weights.iter().find(|w| w.name == weight) else {
+                bail!("{}: block scales of '{weight}', which the checkpoint does not hold", s.origin);
+            };
+            if w.dtype != Dtype::F8_E4M3 {
+                bail!("{}: block scales of '{weight}', which is {:?}, not F8_E4M3", s.origin, w.dtype);
+            }
+            by_weight.insert(weight, s);
+        }
+        for w in weights.iter().filter(|w| w.dtype == Dtype::F8_E4M3) {
+            let Some(block) = block else {
+                bail!(
+                    "{}: F8_E4M3, but config.json declares no FP8 quantization (quantization_config with \
+                     quant_method 'fp8' and its weight_block_size)",
+                    w.origin
+                );
+            };
+            let Some(s) = by_weight.get(&w.name) else {
+                bail!("{}: F8_E4M3 without its block scales '{}_scale_inv'", w.origin, w.name);
+            };
+            let &[rows, cols] = w.shape.as_slice() else {
+                bail!("{}: an F8_E4M3 tensor of shape {:?}; FP8 weights are matrices", w.origin, w.shape);
+            };
+            let want = vec![rows.div_ceil(block.0), cols.div_ceil(block.1)];
+            if s.dtype != Dtype::F32 || s.shape != want {
+                bail!(
+                    "{}: {:?} {:?}, but the scales of '{}' {:?} in blocks of {block:?} are F32 {want:?}",
+                    s.origin,
+                    s.dtype,
+                    s.shape,
+                    w.name,
+                    w.shape
+                );
+            }
+        }
+        Ok((weights, Fp8Scales { block: block.unwrap_or((1, 1)), scales: by_weight }))
+    }
+
+    /// Whether `s` is an FP8 weight.
+    pub fn is_fp8(&self, s: &SourceTensor) -> bool {
+        self.scales.contains_key(&s.name)
+    }
+
+    /// The input decoding FP8 weight `s` through `view` (indices of its stored values), each
+    /// value rounded to `round` (the type the converter writes); `None` when `s` is not FP8.
+    pub fn input(&self, s: &SourceTensor<'a>, view: View, round: GgmlType) -> Option<Input<'a>> {
+        let scales = self.scales.get(&s.name)?;
+        let cols = s.shape.get(1).copied().unwrap_or(1);
+        Some(Input::Fp8 { weight: s.stored, scales: scales.stored, cols, block: self.block, view, round })
+    }
+}
+
+/// One stacked expert tensor (`ne` = [cols, rows, experts]) from per-expert parts, each
+/// making `rows` rows (see [`stacked_experts`], which builds the parts of float checkpoints).
+pub fn stacked(name: String, parts: Vec<Part<'_>>, (rows, cols): (u64, u64), out: GgmlType) -> Recipe<'_> {
+    let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, parts.len() as u64], ggml_type: out };
+    Recipe { spec, parts, check_finite: true }
 }

@@ -10,6 +10,7 @@
 //! MLX names and per-module choices, and its forward blocks for eval and verify.
 
 pub mod common;
+pub mod deepseek_v3;
 pub mod gpt_oss;
 pub mod llama;
 pub mod mixtral;
@@ -29,7 +30,7 @@ use common::{Converted, OutType};
 
 /// Every family moeq knows, in the order detection asks them. A new family is its folder
 /// and one line here.
-pub static FAMILIES: &[&dyn Family] = &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama];
+pub static FAMILIES: &[&dyn Family] = &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama, &deepseek_v3::DeepseekV3];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it
 /// into the family's typed config first, with errors naming the file and the key.
@@ -110,6 +111,12 @@ pub trait Family: Sync {
     /// `quantization` entry. `None`: the global choice applies.
     fn mlx_choice(&self, _module: &MlxModule, _ty: Option<MlxType>, _dtype: MlxType) -> Option<MlxChoice> {
         None
+    }
+
+    /// Whether mlx-lm casts tensor `name` (its MLX name) to the model's dtype (its model's
+    /// `cast_predicate`).
+    fn mlx_cast(&self, _name: &str) -> bool {
+        true
     }
 
     /// The Hugging Face `config.json` of a build (MLX, or `--format hf` when `quantized`).

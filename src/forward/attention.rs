@@ -98,13 +98,19 @@ impl Model<'_, '_> {
     /// Rotates each head of `v` ([T, heads · head_dim]) by its position in its sequence, with
     /// the model's frequencies (YaRN and RoPE factors applied).
     pub fn rope(&self, v: &mut [f32], heads: usize, starts: &[usize], pairs: RopePairs) {
+        self.rope_heads(v, heads, self.cfg.head_dim, starts, pairs);
+    }
+
+    /// [`Model::rope`] on heads of `hd` values (rotated pairs: the model's frequencies), for
+    /// attentions that rotate a part of each head apart from the rest (DeepSeek's MLA).
+    pub fn rope_heads(&self, v: &mut [f32], heads: usize, hd: usize, starts: &[usize], pairs: RopePairs) {
         let c = &self.cfg;
-        let (hd, half) = (c.head_dim, c.head_dim / 2);
+        let half = hd / 2;
         for (row, &start) in starts.iter().enumerate() {
             let p = row - start;
             for hh in 0..heads {
                 let x = &mut v[(row * heads + hh) * hd..(row * heads + hh + 1) * hd];
-                for (i, f) in c.inv_freq.iter().enumerate() {
+                for (i, f) in c.inv_freq.iter().enumerate().take(half) {
                     let angle = p as f64 * f;
                     let (sin, cos) = ((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32);
                     let (a, b) = match pairs {

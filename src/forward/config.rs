@@ -145,6 +145,12 @@ impl Meta<'_, '_> {
         self.opt(key)?.with_context(|| format!("{}: no metadata '{}'", self.w.path, self.key(key)))
     }
 
+    /// The raw value of a key (with the architecture prefix added), if present: for flags and
+    /// names a family reads itself.
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.w.get(&self.key(key))
+    }
+
     /// A number, if present.
     pub fn float(&self, key: &str) -> Result<Option<f64>> {
         let key = self.key(key);
@@ -264,22 +270,36 @@ impl Config {
 
         let (n_embd, n_head, head_dim) = (s.n_embd.value as usize, s.n_head.value as usize, s.head_dim.value as usize);
         let theta = m.float("rope.freq_base")?.unwrap_or(10000.0);
-        let half = head_dim / 2;
-        let mut inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
+        // The values of a head RoPE rotates: `rope.dimension_count` (DeepSeek's MLA rotates a
+        // part of each key), else the head size.
+        let rot = match m.opt("rope.dimension_count")? {
+            None => head_dim,
+            Some(h) if h.value == 0 => head_dim,
+            Some(h) if h.value % 2 == 0 && h.value <= head_dim as u64 => h.value as usize,
+            Some(h) => {
+                bail!("{path}: {} is not an even number of rotated values of at most the head size {head_dim}", h.from)
+            }
+        };
+        let half = rot / 2;
+        let mut inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / rot as f64)).collect();
         let mut rope_scale = 1.0;
         let scaling = w.get(&m.key("rope.scaling.type")).and_then(Value::as_str).unwrap_or("none");
         let factor = m.float("rope.scaling.factor")?.unwrap_or(1.0);
         match scaling {
             "yarn" if factor > 1.0 => {
-                // transformers' _compute_yarn_parameters with truncate = false.
+                // transformers' _compute_yarn_parameters; the correction range is rounded
+                // (`truncate`, transformers' default) where the family says so.
                 let orig = m.float("rope.scaling.original_context_length")?.with_context(|| {
                     format!("{path}: YaRN without '{}'", m.key("rope.scaling.original_context_length"))
                 })?;
                 let fast = m.float("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0);
                 let slow = m.float("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0);
-                let dim =
-                    |rot: f64| head_dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
-                let (low, mut high) = (dim(fast), dim(slow));
+                let dim = |r: f64| rot as f64 * (orig / (r * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+                let (mut low, mut high) = (dim(fast), dim(slow));
+                if blocks.yarn_truncate() {
+                    (low, high) = (low.floor(), high.ceil());
+                }
+                (low, high) = (low.max(0.0), high.min(rot as f64 - 1.0));
                 if low == high {
                     high += 0.001;
                 }
@@ -288,7 +308,11 @@ impl Config {
                     let extrapolate = 1.0 - ramp;
                     *f = *f / factor * (1.0 - extrapolate) + *f * extrapolate;
                 }
-                rope_scale = 0.1 * factor.ln() + 1.0;
+                // With a log multiplier (DeepSeek's mscale_all_dim) llama.cpp takes mscale equal
+                // to it: cos and sin stay unscaled, and the attention scale carries the factor
+                // (the family's blocks apply it).
+                rope_scale =
+                    if m.float("rope.scaling.yarn_log_multiplier")?.is_some() { 1.0 } else { 0.1 * factor.ln() + 1.0 };
             }
             "linear" if factor > 0.0 => inv_freq.iter_mut().for_each(|f| *f /= factor),
             _ => {}

@@ -42,6 +42,12 @@ pub trait Blocks: Sync {
         Ok(Vec::new())
     }
 
+    /// Whether YaRN's correction range is rounded to whole dimensions (transformers'
+    /// `truncate`, its default and llama.cpp's way); gpt-oss's config turns it off.
+    fn yarn_truncate(&self) -> bool {
+        false
+    }
+
     /// The attention settings of layer `l` (for the shared attention).
     fn attention(&self, cfg: &Config, l: usize) -> Attention;
 

@@ -49,7 +49,10 @@ impl<'a> Weights<'a> {
                 (c.plan.metadata, c.recipes)
             }
         };
-        // Kept as stored (to compare bytes) besides the f32 view (to compute).
+        // A checkpoint's own values: FP8 weights exactly (times their block scales, in f32), not
+        // rounded to the type the converter writes. Kept as stored (to compare bytes) besides
+        // the f32 view (to compute).
+        let recipes: Vec<Recipe> = recipes.into_iter().map(Recipe::exact).collect();
         let encoded = recipes.clone();
         let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
         let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();

@@ -348,6 +348,7 @@ pub fn requantize<'a>(
         let read = match recipe.input() {
             Input::Copy(src) | Input::Values { src, .. } => src.ty,
             Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
+            Input::Fp8 { .. } => GgmlType::F32,
             Input::Owned(_) | Input::MlxAffine { .. } => recipe.spec.ggml_type,
         };
         if !can_read(read) {

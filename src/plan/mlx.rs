@@ -194,7 +194,8 @@ pub fn plan<'a>(
         let module_info = MlxModule { path: &module, experts: is_experts, stored_mxfp4, row_len };
         let mut family_params = None;
         let choice = if !is_module {
-            MlxType::Float(dtype)
+            // mlx-lm casts to the model's dtype what its model's cast_predicate lets it.
+            MlxType::Float(if family.mlx_cast(&name) { dtype } else { recipe.spec.ggml_type })
         } else if let Some(t) = over {
             t
         } else if let Some(c) = family.mlx_choice(&module_info, opts.ty, MlxType::Float(dtype)) {

@@ -135,6 +135,26 @@ pub enum Input<'a> {
         /// Which blocks, in which order.
         view: View,
     },
+    /// FP8 E4M3 weights with one f32 scale per block of values (the `weight` and
+    /// `weight_scale_inv` of DeepSeek-V3's released checkpoints), decoded block-exactly as
+    /// llama.cpp's converter does (`dequant_simple`: each code's value times its block's scale,
+    /// one f32 multiply), then rounded to `round`, the type the converter writes and
+    /// llama-quantize reads back (F32: not rounded). Never held whole: each piece of rows is
+    /// decoded from the codes, and the rounding is per value.
+    Fp8 {
+        /// The E4M3 codes, [rows, cols] in numpy order (one byte each).
+        weight: Stored<'a>,
+        /// One f32 per block, [⌈rows / block.0⌉, ⌈cols / block.1⌉] (edge blocks may be partial).
+        scales: Stored<'a>,
+        /// Values per stored row.
+        cols: u64,
+        /// Rows and columns per block (`quantization_config.weight_block_size`).
+        block: (u64, u64),
+        /// Which values, in which order (indices of stored values).
+        view: View,
+        /// F32, BF16 or F16: the type each decoded value is rounded to.
+        round: GgmlType,
+    },
     /// MLX affine quantization (an MLX build read back): u32 code words, bf16 scales and
     /// biases per group; the view selects rows of `cols` values.
     MlxAffine {
@@ -178,6 +198,7 @@ pub struct Part<'a> {
 #[derive(Default)]
 pub struct Scratch {
     gathered: Vec<u8>,
+    halves: Vec<u16>,
     /// The decoded values of the last [`Recipe::values`] call.
     pub values: Vec<f32>,
     out: Vec<u8>,
@@ -227,6 +248,7 @@ impl<'a> Recipe<'a> {
             Input::Copy(_) | Input::Owned(_) => self.out_row_bytes(),
             Input::Values { src, .. } => src.ty.row_bytes(self.row_len()).unwrap_or(0),
             Input::OpenAiMxfp4 { .. } => self.row_len() / 32 * 17,
+            Input::Fp8 { .. } => self.row_len(),
             Input::MlxAffine { bits, group, .. } => self.row_len() * *bits as u64 / 8 + self.row_len() / group * 4,
         }
     }
@@ -246,7 +268,7 @@ impl<'a> Recipe<'a> {
     pub fn pieces(&self, budget: u64, values: u64) -> Vec<(u64, u64)> {
         let per = self.rows_per_piece(budget, values);
         let slab = match self.input() {
-            Input::Values { view, .. } if view.col_stride != 1 => view.rows,
+            Input::Values { view, .. } | Input::Fp8 { view, .. } if view.col_stride != 1 => view.rows,
             _ => self.part_rows(),
         };
         let mut out = Vec::new();
@@ -278,6 +300,23 @@ impl<'a> Recipe<'a> {
         Recipe { spec: TensorSpec { ggml_type: to, ..self.spec }, parts, ..self }
     }
 
+    /// The recipe of the source's own values: FP8 inputs decoded exactly (value × block scale
+    /// in f32, not rounded to the converter's type), typed F32; other recipes as they are. What
+    /// `eval` and `verify` read a checkpoint as.
+    pub fn exact(mut self) -> Recipe<'a> {
+        let mut fp8 = false;
+        for part in &mut self.parts {
+            if let Input::Fp8 { round, .. } = &mut part.input {
+                *round = GgmlType::F32;
+                fp8 = true;
+            }
+        }
+        if fp8 {
+            self.spec.ggml_type = GgmlType::F32;
+        }
+        self
+    }
+
     /// Output rows `first..first + count`, encoded. Borrowed straight from the input when the
     /// bytes are copied.
     /// Pieces never straddle two parts (see [`Recipe::pieces`]).
@@ -302,7 +341,7 @@ impl<'a> Recipe<'a> {
                 self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
             }
-            Input::MlxAffine { .. } => {
+            Input::MlxAffine { .. } | Input::Fp8 { .. } => {
                 self.decode(part, first, count, scratch)?;
                 self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
                 Ok(&scratch.out)
@@ -341,7 +380,7 @@ impl<'a> Recipe<'a> {
             Input::OpenAiMxfp4 { .. } if self.spec.ggml_type != GgmlType::MXFP4 => {
                 self.decode(part, first, count, scratch)?
             }
-            Input::MlxAffine { .. } => self.decode(part, first, count, scratch)?,
+            Input::MlxAffine { .. } | Input::Fp8 { .. } => self.decode(part, first, count, scratch)?,
             _ => {
                 // Bytes already in the output type (copied, computed, or repacked MXFP4):
                 // produce them as for writing, with a second scratch, then decode.
@@ -450,6 +489,22 @@ impl<'a> Recipe<'a> {
                     self.check_values(part, &scratch.values, first)?;
                 }
             }
+            Input::Fp8 { weight, scales, cols, block, view, round } => {
+                let fp8 = Fp8Rows { codes: weight.bytes(), scales: scales.bytes(), cols: *cols, block: *block };
+                if let Err((index, code)) = fp8.decode(view, first, count, &mut scratch.values) {
+                    let at = first + index as u64 / ne0;
+                    bail!(
+                        "{} → '{}': the value at row {at}, column {} is FP8 code {code:#04x}, which is NaN",
+                        part.origin,
+                        self.spec.name,
+                        index as u64 % ne0
+                    );
+                }
+                if self.check_finite {
+                    self.check_values(part, &scratch.values, first)?;
+                }
+                round_through(*round, &mut scratch.values, &mut scratch.halves);
+            }
             _ => bail!("internal error: no values to decode"),
         }
         Ok(())
@@ -467,6 +522,7 @@ impl<'a> Recipe<'a> {
                 return;
             }
             Input::Values { src, view } => (src, None, view, src.ty.type_size() / src.ty.block_size().max(1)),
+            Input::Fp8 { weight, view, .. } => (weight, None, view, 1),
             Input::OpenAiMxfp4 { blocks, scales, view } => (blocks, Some(scales), view, 16),
         };
         if src.ty.is_quantized() && aux.is_none() {
@@ -531,6 +587,79 @@ impl<'a> Recipe<'a> {
             ),
             _ => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
         }
+    }
+}
+
+/// An FP8 tensor's codes and block scales (see [`Input::Fp8`]).
+struct Fp8Rows<'b> {
+    codes: &'b [u8],
+    scales: &'b [u8],
+    cols: u64,
+    block: (u64, u64),
+}
+
+impl Fp8Rows<'_> {
+    /// The scale of the block holding stored value `index`.
+    fn scale(&self, index: u64) -> f32 {
+        let (row, col) = (index / self.cols, index % self.cols);
+        let per_row = self.cols.div_ceil(self.block.1);
+        let at = ((row / self.block.0 * per_row + col / self.block.1) * 4) as usize;
+        f32::from_le_bytes([self.scales[at], self.scales[at + 1], self.scales[at + 2], self.scales[at + 3]])
+    }
+
+    /// Output rows `first..first + count` of `view` into `out` (resized by the caller to whole
+    /// rows): each value times its block's scale. Contiguous rows go block run by block run;
+    /// a transposing view (DeepSeek's `k_b`) value by value. A NaN code stops it: its index in
+    /// `out` and the code.
+    fn decode(&self, view: &View, first: u64, count: u64, out: &mut [f32]) -> Result<(), (usize, u8)> {
+        let n = view.cols as usize;
+        for (r, y) in out.chunks_exact_mut(n).enumerate().take(count as usize) {
+            let start = view.row_start(first + r as u64);
+            if view.col_stride == 1 {
+                let mut c = 0;
+                while c < n {
+                    let index = start + c as u64;
+                    let col = index % self.cols;
+                    let run = ((self.block.1 - col % self.block.1).min(self.cols - col) as usize).min(n - c);
+                    let codes = &self.codes[index as usize..index as usize + run];
+                    if let Some(bad) =
+                        moeq_kernels::fp8::dequantize_scaled(codes, self.scale(index), &mut y[c..c + run])
+                    {
+                        return Err((r * n + c + bad, codes[bad]));
+                    }
+                    c += run;
+                }
+            } else {
+                for (c, v) in y.iter_mut().enumerate() {
+                    let index = start + c as u64 * view.col_stride;
+                    let code = self.codes[index as usize];
+                    if moeq_kernels::fp8::dequantize_scaled(&[code], self.scale(index), std::slice::from_mut(v))
+                        .is_some()
+                    {
+                        return Err((r * n + c, code));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rounds `values` to `ty` (BF16 or F16) and back, as writing them in that type and reading
+/// them again would; F32 leaves them. `halves` is scratch space.
+fn round_through(ty: GgmlType, values: &mut [f32], halves: &mut Vec<u16>) {
+    if !matches!(ty, GgmlType::BF16 | GgmlType::F16) {
+        return;
+    }
+    let k = moeq_kernels::active();
+    halves.resize(values.len(), 0);
+    let h = &mut halves[..];
+    if ty == GgmlType::BF16 {
+        k.f32_to_bf16(values, h);
+        k.bf16_to_f32(h, values);
+    } else {
+        k.f32_to_f16(values, h);
+        k.f16_to_f32(h, values);
     }
 }
 

@@ -24,7 +24,14 @@ pub fn hf_tensors<'a>(
         let renamed = original_to_hf(&t.name, t.stored, &t.shape, hp)?;
         Ok(renamed
             .into_iter()
-            .map(|(name, stored, shape)| SourceTensor { rank: 0, name, stored, shape, origin: t.origin.clone() })
+            .map(|(name, stored, shape)| SourceTensor {
+                rank: 0,
+                name,
+                stored,
+                shape,
+                origin: t.origin.clone(),
+                dtype: t.dtype,
+            })
             .collect())
     })
 }
