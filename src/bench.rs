@@ -11,7 +11,8 @@ pub struct BenchRow {
     pub ty: &'static str,
     /// `scalar`, `avx2`, `avx512`.
     pub backend: &'static str,
-    /// `quantize`, `dequantize` or `convert`.
+    /// `quantize`, `quantize+imatrix` (with importance weights, rows of 4096), `dequantize` or
+    /// `convert`.
     pub op: &'static str,
     /// Gigabytes of f32 data per second (input for quantize, output otherwise).
     pub gbps: f64,
@@ -52,13 +53,43 @@ fn gbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / t.as_secs_f64() / 1e9
 }
 
+/// Deterministic positive importance weights for rows of `n` columns (some zero, as in real
+/// imatrices).
+fn sample_weights(n: usize) -> Vec<f32> {
+    (0..n).map(|i| if i % 29 == 0 { 0.0 } else { 0.5 + ((i * 7919) % 1000) as f32 / 250.0 }).collect()
+}
+
+/// Row width for the importance-weighted rows.
+const WEIGHTED_ROW: usize = 4096;
+
 fn bench_backend(b: &Backend, x: &[f32], budget: Duration, rows: &mut Vec<BenchRow>) {
     let f32_bytes = x.len() * 4;
+    let n_per_row = if x.len().is_multiple_of(WEIGHTED_ROW) { WEIGHTED_ROW } else { x.len() };
+    let w = sample_weights(n_per_row);
     for ty in QuantType::ALL {
         let mut q = vec![0u8; ty.bytes_for(x.len())];
         if ty.can_quantize() {
-            let t = best_time(budget, || b.quantize(ty, x, &mut q).expect("finite sample data"));
-            rows.push(BenchRow { ty: ty.name(), backend: b.name, op: "quantize", gbps: gbps(f32_bytes, t) });
+            if !ty.needs_importance() {
+                let t = best_time(budget, || b.quantize(ty, x, &mut q).expect("finite sample data"));
+                rows.push(BenchRow { ty: ty.name(), backend: b.name, op: "quantize", gbps: gbps(f32_bytes, t) });
+            }
+            // Types whose bytes depend on importance weights, quantized with an imatrix row.
+            let weighted = !matches!(ty, QuantType::Q8_0 | QuantType::MXFP4 | QuantType::TQ1_0 | QuantType::TQ2_0);
+            if weighted {
+                let mut qw = vec![0u8; q.len()];
+                let t = best_time(budget, || {
+                    b.quantize_weighted(ty, x, &mut qw, n_per_row, &w).expect("finite sample data")
+                });
+                rows.push(BenchRow {
+                    ty: ty.name(),
+                    backend: b.name,
+                    op: "quantize+imatrix",
+                    gbps: gbps(f32_bytes, t),
+                });
+                if ty.needs_importance() {
+                    q = qw;
+                }
+            }
         } else {
             // Dequantize-only types: bench on arbitrary (deterministic) codes.
             q.iter_mut().enumerate().for_each(|(i, v)| *v = (i * 37 % 251) as u8 & 0x3f);

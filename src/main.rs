@@ -87,9 +87,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<8} {:<8} {:<11} {:>8}", "type", "backend", "op", "GB/s");
+                println!("{:<8} {:<8} {:<16} {:>8}", "type", "backend", "op", "GB/s");
                 for r in &rows {
-                    println!("{:<8} {:<8} {:<11} {:>8.2}", r.ty, r.backend, r.op, r.gbps);
+                    println!("{:<8} {:<8} {:<16} {:>8.4}", r.ty, r.backend, r.op, r.gbps);
                 }
             }
         }

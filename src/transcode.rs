@@ -17,6 +17,15 @@ pub fn quant_type(ty: GgmlType) -> Option<QuantType> {
         GgmlType::Q5_K => QuantType::Q5_K,
         GgmlType::Q6_K => QuantType::Q6_K,
         GgmlType::IQ4_NL => QuantType::IQ4_NL,
+        GgmlType::IQ2_XXS => QuantType::IQ2_XXS,
+        GgmlType::IQ2_XS => QuantType::IQ2_XS,
+        GgmlType::IQ2_S => QuantType::IQ2_S,
+        GgmlType::IQ3_XXS => QuantType::IQ3_XXS,
+        GgmlType::IQ3_S => QuantType::IQ3_S,
+        GgmlType::IQ1_S => QuantType::IQ1_S,
+        GgmlType::IQ1_M => QuantType::IQ1_M,
+        GgmlType::TQ1_0 => QuantType::TQ1_0,
+        GgmlType::TQ2_0 => QuantType::TQ2_0,
         _ => return None,
     })
 }

@@ -26,6 +26,8 @@ pub struct Backend {
     pub(crate) f32_to_bf16: fn(&[f32], &mut [u16]),
     pub(crate) f32_to_f16: fn(&[f32], &mut [u16]),
     pub(crate) openai_mxfp4_to_f32: fn(&[u8], &[u8], &mut [f32]),
+    /// The i-quant and ternary kernels.
+    pub(crate) iq: &'static crate::iquants::Kernels,
 }
 
 /// The reference backend.
@@ -38,6 +40,7 @@ pub static SCALAR: Backend = Backend {
     f32_to_bf16: rows::f32_to_bf16,
     f32_to_f16: rows::f32_to_f16,
     openai_mxfp4_to_f32: crate::openai::dequantize,
+    iq: &crate::iquants::SCALAR,
 };
 
 /// Every backend this CPU can run, scalar first.
@@ -79,7 +82,9 @@ pub fn agrees_with_scalar(b: &Backend) -> bool {
         return true;
     }
     let probe = probe_values();
-    let quantize_agrees = QuantType::ALL.into_iter().filter(|t| t.can_quantize()).all(|ty| {
+    // The i-quants are left out: their search is slow for a start-up check (the tests compare
+    // them on every backend).
+    let quantize_agrees = QuantType::ALL.into_iter().filter(|t| t.can_quantize() && !t.is_iquant()).all(|ty| {
         let mut want = vec![0u8; ty.bytes_for(probe.len())];
         let mut got = want.clone();
         SCALAR.quantize(ty, &probe, &mut want).is_ok() && b.quantize(ty, &probe, &mut got).is_ok() && want == got
@@ -162,6 +167,9 @@ impl Backend {
             return Err(KernelError::Unsupported(ty.name()));
         }
         check_lengths(ty, src.len(), dst.len())?;
+        if ty.is_iquant() {
+            return crate::iquants::quantize(self.iq, ty, src, dst, None);
+        }
         let step_bytes = ty.bytes_for(STEP);
         for (i, (x, y)) in src.chunks(STEP).zip(dst.chunks_mut(step_bytes)).enumerate() {
             if !(self.quantize)(ty, x, y) {
@@ -173,8 +181,9 @@ impl Backend {
     }
 
     /// Quantizes rows of `n_per_row` values with importance weights (an imatrix row: one
-    /// weight per column), as ggml does when given `quant_weights`. Q8_0 and MXFP4 ignore
-    /// the weights, as in ggml. The scalar reference serves every backend.
+    /// weight per column), as ggml does when given `quant_weights`. Q8_0, MXFP4, TQ1_0 and
+    /// TQ2_0 ignore the weights, as in ggml. The scalar reference serves every backend except
+    /// for the i-quants.
     pub fn quantize_weighted(
         &self,
         ty: QuantType,
@@ -203,6 +212,9 @@ impl Backend {
         {
             return Err(KernelError::BadWeight { index, value });
         }
+        if ty.is_iquant() {
+            return crate::iquants::quantize(self.iq, ty, src, dst, Some(weights));
+        }
         scalar::weighted::quantize_rows(ty, src, dst, n_per_row, weights);
         Ok(())
     }
@@ -214,6 +226,10 @@ impl Backend {
             return Err(KernelError::Length { ty: ty.name(), what });
         }
         check_lengths(ty, dst.len(), src.len())?;
+        if ty.is_iquant() {
+            (self.iq.dequantize)(ty, src, dst);
+            return Ok(());
+        }
         (self.dequantize)(ty, src, dst);
         Ok(())
     }

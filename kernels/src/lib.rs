@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod convert;
 pub mod dot;
+mod iquants;
 pub mod mlx;
 pub mod openai;
 pub mod scalar;

@@ -1,9 +1,15 @@
 //! The scalar reference kernels: the definition of every type's bytes. SIMD backends must
 //! match them byte for byte.
 
+pub mod iq1;
+pub mod iq2;
+pub mod iq3;
+pub mod iq_grids;
+pub mod iq_tables;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod ternary;
 pub mod weighted;
 
 use crate::QuantType;
@@ -36,6 +42,7 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
         QuantType::Q5_K => kquants::quantize_k(&kquants::Q5_K, x, y),
         QuantType::Q6_K => kquants::quantize_q6_k(x, y),
         QuantType::IQ4_NL => unreachable!("IQ4_NL quantization is refused before dispatch"),
+        other => unreachable!("{} is quantized through crate::iquants", other.name()),
     }
 }
 
@@ -61,5 +68,6 @@ pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
         QuantType::Q5_K => kquants::dequantize_q5_k(x, y),
         QuantType::Q6_K => kquants::dequantize_q6_k(x, y),
         QuantType::IQ4_NL => dequantize_iq4_nl(x, y),
+        other => crate::iquants::dequantize(other, x, y),
     }
 }

@@ -1,0 +1,573 @@
+//! IQ2_XXS, IQ2_XS and IQ2_S (2.06, 2.31 and 2.56 bits per weight): ports of ggml's
+//! `quantize_row_iq2_xxs_impl`, `quantize_row_iq2_xs_impl`, `quantize_row_iq2_s_impl` and
+//! `dequantize_row_iq2_*` (ggml/src/ggml-quants.c), operation for operation: the sums are
+//! sequential, in ggml's order, as a reordering changes bytes.
+//!
+//! Each super-block of 256 values is quantized on its own, with importance weights `qw` (the
+//! imatrix columns of those 256 values) when given. IQ2_XXS and IQ2_XS need them: ggml asserts
+//! on their absence, and so the callers refuse.
+
+// The loops index several arrays by one position, as ggml's do.
+#![allow(clippy::needless_range_loop)]
+
+use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
+use super::iq_tables::{self, FLT_MAX, GgmlAbort, Lattice, Lookup, c_max, check_scale};
+use super::kquants::nearest_int;
+use crate::convert::{f16_to_f32, f32_to_f16};
+
+/// ggml's `GROUP_MAX_EPS`.
+const GROUP_MAX_EPS: f32 = 1e-15;
+/// ggml's `GROUP_MAX_EPS_IQ2_S`.
+const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
+/// ggml's `kMaxQ` for the 2-bit grids: codes 0..=2, positions 1, 3, 5.
+const KMAXQ: i32 = 3;
+
+/// Bytes per super-block.
+pub const IQ2_XXS_BYTES: usize = 66;
+/// Bytes per super-block.
+pub const IQ2_XS_BYTES: usize = 74;
+/// Bytes per super-block.
+pub const IQ2_S_BYTES: usize = 82;
+
+/// `iq2_find_best_neighbour`: the candidate closest to `xval` at `scale` (weighted squared
+/// distance, the first of equals), whose codes are written to `l`.
+pub(crate) fn find_best_neighbour(
+    neighbours: &[u16],
+    grid: &[[i8; 8]],
+    xval: &[f32],
+    weight: &[f32],
+    scale: f32,
+    l: &mut [i8],
+) -> Result<u16, GgmlAbort> {
+    let mut best_d2 = FLT_MAX;
+    let mut grid_index = None;
+    for &j in neighbours {
+        let pg = &grid[j as usize];
+        let mut d2 = 0.0f32;
+        for i in 0..8 {
+            let q = pg[i] as f32;
+            let diff = scale * q - xval[i];
+            d2 += weight[i] * diff * diff;
+        }
+        if d2 < best_d2 {
+            best_d2 = d2;
+            grid_index = Some(j);
+        }
+    }
+    let g = grid_index.ok_or(GgmlAbort)?;
+    for (l, &p) in l.iter_mut().zip(&grid[g as usize]) {
+        *l = (p - 1) / 2;
+    }
+    Ok(g)
+}
+
+/// The codes of 8 values at inverse scale `id` (clamped to 0..=2), packed 2 bits each; the
+/// grid point for them, or the best neighbour at `scale`, with its codes in `l`.
+#[inline]
+fn grid_point(
+    t: &Lattice<8>,
+    xval: &[f32],
+    waux: &[f32],
+    id: f32,
+    scale: f32,
+    l: &mut [i8],
+) -> Result<(u16, bool), GgmlAbort> {
+    let mut u = 0usize;
+    for i in 0..8 {
+        let q = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAXQ - 1);
+        l[i] = q as i8;
+        u |= (q as usize) << (2 * i);
+    }
+    match t.lookup(u) {
+        Lookup::OnGrid(g) => Ok((g, true)),
+        Lookup::Near(n) => find_best_neighbour(n, &t.grid, xval, waux, scale, l).map(|g| (g, false)),
+    }
+}
+
+/// The packed code of 8 codes, and its grid index (ggml aborts if it is not on the grid).
+#[inline]
+fn on_grid(t: &Lattice<8>, l: &[i8]) -> Result<u16, GgmlAbort> {
+    let u = l.iter().enumerate().fold(0usize, |u, (i, &q)| u | ((q as u8 as usize) << (2 * i)));
+    t.index_of(u).ok_or(GgmlAbort)
+}
+
+/// Magnitudes of 8 values into `xval` and their sign bits. With `even` (IQ2_XXS, IQ2_XS, IQ3_XXS),
+/// an odd number of negatives is made even by flipping the value of least weight·x², and 7 bits
+/// are kept.
+#[inline]
+pub(crate) fn signs8(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+    let mut nflip = 0;
+    let mut s = 0u8;
+    for i in 0..8 {
+        if xb[i] >= 0.0 {
+            xval[i] = xb[i];
+        } else {
+            xval[i] = -xb[i];
+            nflip += 1;
+            s |= 1 << i;
+        }
+    }
+    if !even {
+        return s;
+    }
+    if nflip % 2 == 1 {
+        let mut imin = 0;
+        let mut min = weight[0] * xb[0] * xb[0];
+        for i in 1..8 {
+            let ax = weight[i] * xb[i] * xb[i];
+            if ax < min {
+                min = ax;
+                imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        s ^= 1 << imin;
+    }
+    s & 127
+}
+
+/// `Σ x²` over a super-block, in order.
+#[inline]
+pub(crate) fn sum_x2(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// `weight[i] = qw[i]·√(sigma2 + x[i]²)`.
+#[inline]
+pub(crate) fn imatrix_weights(x: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32]) {
+    for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(x) {
+        *w = q * (sigma2 + v * v).sqrt();
+    }
+}
+
+/// `Σ w·x·q` and `Σ w·q²` with `q = 2l+1`, in order.
+#[inline]
+pub(crate) fn sums(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for i in 0..weight.len() {
+        let w = weight[i];
+        let q = (2 * l[i] as i32 + 1) as f32;
+        sumqx += w * xval[i] * q;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// `make_qp_quants` for `n` values: a positive scale for codes 0..=nmax, weighted; codes to `l`
+/// (as ggml's `uint8_t`, wrapping).
+fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
+    let mut max = 0.0f32;
+    for &v in x {
+        max = c_max(max, v);
+    }
+    if max < GROUP_MAX_EPS {
+        l[..n].fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for i in 0..n {
+        l[i] = nearest_int(iscale * x[i]) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0.0f32;
+    for i in 0..n {
+        let diff = x[i] - scale * l[i] as f32;
+        best_mse += qw[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0.0f32;
+        for i in 0..n {
+            let q = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * q as f32;
+            mse += qw[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        let q = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = q as u8;
+        let w = qw[i];
+        sumlx += w * x[i] * q as f32;
+        suml2 += w * q as f32 * q as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..n {
+            let w = qw[i];
+            let li = l[i] as f32;
+            let mut slx = sumlx - w * x[i] * li;
+            let mut sl2 = suml2 - w * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    slx += w * x[i] * new_l as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
+}
+
+/// The 4-bit super-block code of a block scale: `nearest_int(0.5·(id·scale − 1))` in 0..=15.
+#[inline]
+pub(crate) fn scale_code(id: f32, scale: f32, max: i32) -> u32 {
+    nearest_int(0.5 * (id * scale - 1.0)).clamp(0, max) as u32
+}
+
+/// One IQ2_XXS super-block (`quantize_row_iq2_xxs_impl`): 256 values, their 256 weights.
+pub fn quantize_iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+    let t = iq_tables::iq2_xxs();
+    let mut scales = [0f32; 8];
+    let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
+    let mut laux = [0i8; 32];
+    let mut block_signs = [0u8; 4];
+    let mut q2 = [0u32; 16];
+    let mut max_scale = 0.0f32;
+    let sigma2 = sum_x2(x) / 256.0;
+    for ib in 0..8 {
+        let xb = &x[32 * ib..32 * ib + 32];
+        imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
+        for (a, &w) in waux.iter_mut().zip(&weight) {
+            *a = w.sqrt();
+        }
+        for k in 0..4 {
+            let r = 8 * k..8 * k + 8;
+            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+        }
+        let mut max = xval[0];
+        for &v in &xval[1..] {
+            max = c_max(max, v);
+        }
+        if max < GROUP_MAX_EPS {
+            scales[ib] = 0.0;
+            continue;
+        }
+        let mut lq = [0u8; 32];
+        let mut scale = make_qp_quants(KMAXQ + 1, &xval, &mut lq, &weight);
+        let mut l = lq.map(|v| v as i8);
+        let eff_max = scale * KMAXQ as f32;
+        if eff_max <= 0.0 {
+            scales[ib] = 0.0;
+            continue;
+        }
+        let mut best = 0.0f32;
+        for is in -6..=6 {
+            let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / eff_max;
+            let this_scale = 1.0 / id;
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                grid_point(t, &xval[r.clone()], &waux[r.clone()], id, this_scale, &mut laux[r])?;
+            }
+            let (sumqx, sumq2) = sums(&weight, &xval, &laux);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                l = laux;
+            }
+        }
+        if scale > 0.0 {
+            let id = 1.0 / scale;
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                let (g, _) = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, scale, &mut l[r.clone()])?;
+                for (q, &p) in l[r].iter_mut().zip(&t.grid[g as usize]) {
+                    *q = (p - 1) / 2;
+                }
+            }
+            let (sumqx, sumq2) = sums(&weight, &xval, &l);
+            if sumq2 > 0.0 {
+                scale = sumqx / sumq2;
+            }
+        }
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut block_signs {
+                *s = !*s & 127;
+            }
+        }
+        for k in 0..4 {
+            let g = on_grid(t, &l[8 * k..8 * k + 8])?;
+            q2[2 * ib] |= (g as u32) << (8 * k);
+            q2[2 * ib + 1] |= (block_signs[k] as u32) << (7 * k);
+        }
+        check_scale(scale)?;
+        scales[ib] = scale;
+        max_scale = c_max(max_scale, scale);
+    }
+    y[..IQ2_XXS_BYTES].fill(0);
+    if max_scale == 0.0 {
+        return Ok(());
+    }
+    let d = max_scale / 31.0;
+    y[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    let id = 1.0 / d;
+    for ib in 0..8 {
+        q2[2 * ib + 1] |= scale_code(id, scales[ib], 15) << 28;
+    }
+    for (o, q) in y[2..IQ2_XXS_BYTES].chunks_exact_mut(4).zip(q2) {
+        o.copy_from_slice(&q.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// The block search shared by IQ2_XS and IQ2_S (16 values, two groups of 8): the best scale
+/// over ggml's 19 candidates, refined where a group fell off the grid. Codes end in `l`.
+fn search16(
+    t: &Lattice<8>,
+    xval: &[f32; 16],
+    weight: &[f32; 16],
+    waux: &[f32; 16],
+    max: f32,
+    l: &mut [i8; 16],
+) -> Result<f32, GgmlAbort> {
+    let mut laux = [0i8; 16];
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * KMAXQ - 1) as f32;
+    let mut is_on_grid = [true; 2];
+    let mut is_on_grid_aux = [true; 2];
+    for is in -9..=9 {
+        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..2 {
+            let r = 8 * k..8 * k + 8;
+            is_on_grid_aux[k] = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, this_scale, &mut laux[r])?.1;
+        }
+        let (sumqx, sumq2) = sums(weight, xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            *l = laux;
+            is_on_grid = is_on_grid_aux;
+        }
+    }
+    if is_on_grid.contains(&false) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..2 {
+            if is_on_grid[k] {
+                continue;
+            }
+            let r = 8 * k..8 * k + 8;
+            grid_point(t, &xval[r.clone()], &waux[r.clone()], id, scale, &mut l[r])?;
+        }
+        let (sumqx, sumq2) = sums(weight, xval, l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    Ok(scale)
+}
+
+/// One IQ2_XS super-block (`quantize_row_iq2_xs_impl`): 256 values, their 256 weights.
+pub fn quantize_iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+    let t = iq_tables::iq2_xs();
+    let mut scales = [0f32; 16];
+    let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    let mut block_signs = [0u8; 2];
+    let mut q2 = [0u16; 32];
+    let mut max_scale = 0.0f32;
+    let sigma2 = sum_x2(x) / 256.0;
+    for ib in 0..16 {
+        let xb = &x[16 * ib..16 * ib + 16];
+        imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight);
+        for (a, &w) in waux.iter_mut().zip(&weight) {
+            *a = w.sqrt();
+        }
+        for k in 0..2 {
+            let r = 8 * k..8 * k + 8;
+            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+        }
+        let mut max = xval[0];
+        for &v in &xval[1..] {
+            max = c_max(max, v);
+        }
+        if max < GROUP_MAX_EPS {
+            scales[ib] = 0.0;
+            continue;
+        }
+        let mut l = [0i8; 16];
+        let mut scale = search16(t, &xval, &weight, &waux, max, &mut l)?;
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut block_signs {
+                *s = !*s & 127;
+            }
+        }
+        for k in 0..2 {
+            let g = on_grid(t, &l[8 * k..8 * k + 8])?;
+            q2[2 * ib + k] = g | ((block_signs[k] as u16) << 9);
+        }
+        check_scale(scale)?;
+        scales[ib] = scale;
+        max_scale = c_max(max_scale, scale);
+    }
+    y[..IQ2_XS_BYTES].fill(0);
+    if max_scale == 0.0 {
+        return Ok(());
+    }
+    let d = max_scale / 31.0;
+    y[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
+    let id = 1.0 / d;
+    for (o, q) in y[2..66].chunks_exact_mut(2).zip(q2) {
+        o.copy_from_slice(&q.to_le_bytes());
+    }
+    for ib in 0..16 {
+        y[66 + ib / 2] |= (scale_code(id, scales[ib], 15) << (4 * (ib % 2))) as u8;
+    }
+    Ok(())
+}
+
+/// One IQ2_S super-block (`quantize_row_iq2_s_impl`): 256 values, with their 256 weights or
+/// without (then each value weighs `0.25·sigma2 + x²`).
+pub fn quantize_iq2_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+    let t = iq_tables::iq2_s();
+    let mut scales = [0f32; 16];
+    let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+    let mut block_signs = [0u8; 2];
+    let mut max_scale = 0.0f32;
+    y[..IQ2_S_BYTES].fill(0);
+    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    for ib in 0..16 {
+        let xb = &x[16 * ib..16 * ib + 16];
+        match qw {
+            Some(qw) => imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight),
+            None => {
+                for (w, &v) in weight.iter_mut().zip(xb) {
+                    *w = 0.25 * sigma2 + v * v;
+                }
+            }
+        }
+        for (a, &w) in waux.iter_mut().zip(&weight) {
+            *a = w.sqrt();
+        }
+        for k in 0..2 {
+            let r = 8 * k..8 * k + 8;
+            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
+        }
+        let mut max = xval[0];
+        for &v in &xval[1..] {
+            max = c_max(max, v);
+        }
+        if max < GROUP_MAX_EPS_IQ2_S {
+            scales[ib] = 0.0;
+            continue;
+        }
+        let mut l = [0i8; 16];
+        let mut scale = search16(t, &xval, &weight, &waux, max, &mut l)?;
+        if scale < 0.0 {
+            scale = -scale;
+            for s in &mut block_signs {
+                *s = !*s;
+            }
+        }
+        for k in 0..2 {
+            let g = on_grid(t, &l[8 * k..8 * k + 8])?;
+            let i8 = 2 * ib + k;
+            y[2 + i8] = g as u8;
+            y[66 + i8 / 4] |= ((g >> 8) << (2 * (i8 % 4))) as u8;
+            y[2 + 32 + i8] = block_signs[k];
+        }
+        check_scale(scale)?;
+        scales[ib] = scale;
+        max_scale = c_max(max_scale, scale);
+    }
+    if max_scale == 0.0 {
+        return Ok(());
+    }
+    let d = max_scale / 31.0;
+    y[..2].copy_from_slice(&f32_to_f16(d * 0.9875).to_le_bytes());
+    let id = 1.0 / d;
+    for ib in 0..16 {
+        let code = scale_code(id, scales[ib], 15) as u8;
+        if ib % 2 == 0 {
+            y[74 + ib / 2] = code;
+        } else {
+            y[74 + ib / 2] |= code << 4;
+        }
+    }
+    Ok(())
+}
+
+/// 8 values of a grid entry times `db`, signs applied (`dequantize_row_iq2_*`'s inner loop).
+#[inline]
+fn put8(y: &mut [f32], db: f32, grid: u64, signs: u8) {
+    let g = grid.to_le_bytes();
+    for j in 0..8 {
+        y[j] = db * g[j] as f32 * if signs & KMASK_IQ2XS[j] != 0 { -1.0 } else { 1.0 };
+    }
+}
+
+/// `dequantize_row_iq2_xxs`.
+pub fn dequantize_iq2_xxs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in x.chunks_exact(IQ2_XXS_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for ib in 0..8 {
+            let q = &b[2 + 8 * ib..2 + 8 * ib + 8];
+            let aux1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+            let db = d * (0.5 + (aux1 >> 28) as f32) * 0.25;
+            for l in 0..4 {
+                let signs = KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize];
+                put8(&mut y[32 * ib + 8 * l..], db, IQ2XXS_GRID[q[l] as usize], signs);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_iq2_xs`.
+pub fn dequantize_iq2_xs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in x.chunks_exact(IQ2_XS_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for ib in 0..8 {
+            let s = b[66 + ib];
+            let db = [d * (0.5 + (s & 0xf) as f32) * 0.25, d * (0.5 + (s >> 4) as f32) * 0.25];
+            for l in 0..4 {
+                let at = 2 + 2 * (4 * ib + l);
+                let q = u16::from_le_bytes([b[at], b[at + 1]]);
+                put8(
+                    &mut y[32 * ib + 8 * l..],
+                    db[l / 2],
+                    IQ2XS_GRID[(q & 511) as usize],
+                    KSIGNS_IQ2XS[(q >> 9) as usize],
+                );
+            }
+        }
+    }
+}
+
+/// `dequantize_row_iq2_s`.
+pub fn dequantize_iq2_s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in x.chunks_exact(IQ2_S_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        let (qs, signs, qh, sc) = (&b[2..34], &b[34..66], &b[66..74], &b[74..82]);
+        for ib in 0..8 {
+            let db = [d * (0.5 + (sc[ib] & 0xf) as f32) * 0.25, d * (0.5 + (sc[ib] >> 4) as f32) * 0.25];
+            for l in 0..4 {
+                let index = qs[4 * ib + l] as usize | (((qh[ib] as usize) << (8 - 2 * l)) & 0x300);
+                put8(&mut y[32 * ib + 8 * l..], db[l / 2], IQ2S_GRID[index], signs[4 * ib + l]);
+            }
+        }
+    }
+}
