@@ -21,15 +21,22 @@ fn values() -> Vec<f32> {
 
 fn kernels(c: &mut Criterion) {
     let x = values();
+    let w: Vec<f32> =
+        (0..4096).map(|i| if i % 29 == 0 { 0.0 } else { 0.5 + ((i * 7919) % 1000) as f32 / 250.0 }).collect();
     for b in available() {
         let mut group = c.benchmark_group(b.name);
         group.throughput(Throughput::Bytes((x.len() * 4) as u64));
         group.sample_size(10);
         for ty in QuantType::ALL {
             let mut q = vec![0u8; ty.bytes_for(x.len())];
-            if ty.can_quantize() {
+            if ty.can_quantize() && !ty.needs_importance() {
                 group.bench_function(format!("quantize {}", ty.name()), |bench| {
                     bench.iter(|| b.quantize(ty, &x, &mut q).expect("finite values"))
+                });
+            }
+            if ty.can_quantize() && !matches!(ty, QuantType::Q8_0 | QuantType::MXFP4) {
+                group.bench_function(format!("quantize+imatrix {}", ty.name()), |bench| {
+                    bench.iter(|| b.quantize_weighted(ty, &x, &mut q, 4096, &w).expect("finite values"))
                 });
             }
             let mut y = vec![0f32; x.len()];

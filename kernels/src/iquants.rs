@@ -6,6 +6,7 @@
 //! row's worth (one per column) and the weights of super-block `b` of a row are its columns
 //! `256·b..256·b+256`. Without weights, rows do not matter.
 
+use crate::scalar::iq_search::{Reference, Searcher};
 use crate::scalar::iq_tables::GgmlAbort;
 use crate::scalar::{iq1, iq2, iq3, ternary};
 use crate::{KernelError, QuantType};
@@ -26,15 +27,26 @@ pub(crate) struct Kernels {
 pub(crate) static SCALAR: Kernels = Kernels { quantize: quantize_block, dequantize };
 
 /// The scalar reference for one super-block.
-pub(crate) fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+    quantize_block_with(&Reference, ty, x, qw, y)
+}
+
+/// One super-block with the searches of `s`.
+pub(crate) fn quantize_block_with<S: Searcher>(
+    s: &S,
+    ty: QuantType,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     match (ty, qw) {
-        (QuantType::IQ2_XXS, Some(qw)) => iq2::quantize_iq2_xxs_block(x, qw, y),
-        (QuantType::IQ2_XS, Some(qw)) => iq2::quantize_iq2_xs_block(x, qw, y),
-        (QuantType::IQ2_S, qw) => iq2::quantize_iq2_s_block(x, qw, y),
-        (QuantType::IQ3_XXS, qw) => iq3::quantize_iq3_xxs_block(x, qw, y),
-        (QuantType::IQ3_S, qw) => iq3::quantize_iq3_s_block(x, qw, y),
-        (QuantType::IQ1_S, Some(qw)) => iq1::quantize_iq1_s_block(x, qw, y),
-        (QuantType::IQ1_M, qw) => iq1::quantize_iq1_m_block(x, qw, y),
+        (QuantType::IQ2_XXS, Some(qw)) => iq2::quantize_iq2_xxs_block(s, x, qw, y),
+        (QuantType::IQ2_XS, Some(qw)) => iq2::quantize_iq2_xs_block(s, x, qw, y),
+        (QuantType::IQ2_S, qw) => iq2::quantize_iq2_s_block(s, x, qw, y),
+        (QuantType::IQ3_XXS, qw) => iq3::quantize_iq3_xxs_block(s, x, qw, y),
+        (QuantType::IQ3_S, qw) => iq3::quantize_iq3_s_block(s, x, qw, y),
+        (QuantType::IQ1_S, Some(qw)) => iq1::quantize_iq1_s_block(s, x, qw, y),
+        (QuantType::IQ1_M, qw) => iq1::quantize_iq1_m_block(s, x, qw, y),
         (QuantType::TQ1_0, _) => {
             ternary::quantize_tq1_0(x, y);
             Ok(())

@@ -11,7 +11,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::iq_grids::IQ1S_GRID;
-use super::iq_tables::{self, FLT_MAX, GgmlAbort, Lattice, Lookup, c_max, check_scale};
+use super::iq_search::{Searcher, grid_codes};
+use super::iq_tables::{self, GgmlAbort, Lattice, Lookup, c_max, check_scale};
 use super::iq2::{imatrix_weights, sum_x2};
 use super::kquants::nearest_int;
 use crate::convert::{f16_to_f32, f32_to_f16};
@@ -32,41 +33,6 @@ pub const IQ1_M_BYTES: usize = 56;
 pub const X_P: [f32; 3] = [-1.0 + IQ1S_DELTA, IQ1S_DELTA, 1.0 + IQ1S_DELTA];
 /// The three levels with a negative shift (`x_m`).
 pub const X_M: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
-
-/// `iq1_find_best_neighbour2`: the candidate whose levels `xg` at `scale` are closest to `xval`
-/// (weighted squared distance, the first of equals); its codes go to `l`. ggml's fallback when
-/// no candidate is closer than `FLT_MAX` reads past its arrays: that is an abort here.
-pub(crate) fn find_best_neighbour2(
-    neighbours: &[u16],
-    grid: &[[i8; 8]],
-    xval: &[f32],
-    weight: &[f32],
-    scale: f32,
-    xg: &[f32; 3],
-    l: &mut [i8],
-) -> Result<u16, GgmlAbort> {
-    let mut best_score = FLT_MAX;
-    let mut grid_index = None;
-    for &j in neighbours {
-        let pg = &grid[j as usize];
-        let mut d2 = 0.0f32;
-        for i in 0..8 {
-            let q = xg[((pg[i] - 1) / 2) as usize];
-            let w = weight[i];
-            let diff = scale * q - xval[i];
-            d2 += w * diff * diff;
-        }
-        if d2 < best_score {
-            best_score = d2;
-            grid_index = Some(j);
-        }
-    }
-    let g = grid_index.ok_or(GgmlAbort)?;
-    for (l, &p) in l.iter_mut().zip(&grid[g as usize]) {
-        *l = (p - 1) / 2;
-    }
-    Ok(g)
-}
 
 /// Indices of a block's values in ascending order, ties in index order (glibc's stable
 /// `qsort` with `iq1_sort_helper`).
@@ -91,10 +57,13 @@ fn split_codes(idx: &[usize], i1: usize, i2: usize, l: &mut [i8]) {
     }
 }
 
-/// The grid index for 8 codes, or the best neighbour (codes rewritten in `l`); and whether
-/// they were on the grid.
+/// The grid index for 8 codes, or (`iq1_find_best_neighbour2`) the neighbour whose levels `xx`
+/// at `scale` come closest to `xb`, its codes rewritten in `l`; and whether they were on the
+/// grid. ggml's fallback when no neighbour is closer than `FLT_MAX` reads past its arrays:
+/// that is an abort here.
 #[inline]
-fn grid_point(
+fn grid_point<S: Searcher>(
+    s: &S,
     t: &Lattice<8>,
     xb: &[f32],
     weight: &[f32],
@@ -105,12 +74,17 @@ fn grid_point(
     let u = l.iter().enumerate().fold(0usize, |u, (j, &q)| u | ((q as u8 as usize) << (2 * j)));
     match t.lookup(u) {
         Lookup::OnGrid(g) => Ok((g, true)),
-        Lookup::Near(n) => find_best_neighbour2(n, &t.grid, xb, weight, scale, xx, l).map(|g| (g, false)),
+        Lookup::Near(list) => {
+            let qtab = [xx[0], xx[1], xx[2], 0.0, 0.0, 0.0, 0.0, 0.0];
+            let g = list.indices[s.nearest::<8>(list, &qtab, xb, weight, scale).ok_or(GgmlAbort)?];
+            grid_codes(t, g, l);
+            Ok((g, false))
+        }
     }
 }
 
 /// One IQ1_S super-block (`quantize_row_iq1_s_impl`): 256 values, their 256 weights.
-pub fn quantize_iq1_s_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq1_s_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq1();
     let mut scales = [0f32; 8];
     let mut shifts = [0i8; 8];
@@ -137,26 +111,7 @@ pub fn quantize_iq1_s_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), G
             sumx[j + 1] = sumx[j] + weight[i] * xb[i];
             sumw[j + 1] = sumw[j] + weight[i];
         }
-        let mut best_score = -FLT_MAX;
-        let mut scale = max;
-        let (mut besti1, mut besti2, mut best_shift) = (None, 0, 0i8);
-        for i1 in 0..=32 {
-            for i2 in i1..=32 {
-                for (xs, shift) in [(&X_P, 1i8), (&X_M, -1)] {
-                    let sumqx =
-                        (sumx[i1] - sumx[0]) * xs[0] + (sumx[i2] - sumx[i1]) * xs[1] + (sumx[32] - sumx[i2]) * xs[2];
-                    let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
-                        + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
-                        + (sumw[32] - sumw[i2]) * xs[2] * xs[2];
-                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
-                        scale = sumqx / sumq2;
-                        best_score = scale * sumqx;
-                        (besti1, besti2, best_shift) = (Some(i1), i2, shift);
-                    }
-                }
-            }
-        }
-        let Some(besti1) = besti1 else {
+        let Some((besti1, besti2, mut best_shift, mut scale)) = s.iq1s_split(&sumx, &sumw) else {
             scales[ib] = 0.0;
             shifts[ib] = 1;
             continue;
@@ -174,7 +129,7 @@ pub fn quantize_iq1_s_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), G
         let mut all_on_grid = true;
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            let (g, on) = grid_point(t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
+            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
             all_on_grid &= on;
             index[k] = g;
         }
@@ -231,7 +186,7 @@ fn iq1m_levels(k: usize, half: usize) -> &'static [f32; 3] {
 
 /// One IQ1_M super-block (`quantize_row_iq1_m_impl`): 256 values, with their 256 weights or
 /// without (then each value weighs x²).
-pub fn quantize_iq1_m_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq1_m_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
     let t = iq_tables::iq1();
     let mut scales = [0f32; 16];
@@ -262,9 +217,6 @@ pub fn quantize_iq1_m_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Resu
             continue;
         }
         let idx = sorted_order::<16>(xb);
-        let mut best_score = -FLT_MAX;
-        let mut scale = max;
-        let (mut besti1, mut besti2, mut best_k) = (None, 0, 0usize);
         // Prefix sums per half of the block (each half has its own shift).
         let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
         for (j, &i) in idx.iter().enumerate() {
@@ -274,35 +226,7 @@ pub fn quantize_iq1_m_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Resu
             pw[h][j + 1] = pw[h][j] + weight[i];
             pw[1 - h][j + 1] = pw[1 - h][j];
         }
-        let txs = [px[0][16], px[1][16]];
-        let tws = [pw[0][16], pw[1][16]];
-        let (p2, m2) = (X_P[2], X_M[2]);
-        let cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1];
-        let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
-        let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
-        let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
-        for i1 in 0..=16 {
-            for i2 in i1..=16 {
-                let (mut qx_p, mut qx_m, mut q2_p, mut q2_m) = ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
-                for h in 0..2 {
-                    let sx = px[h][i1] + px[h][i2];
-                    qx_p[h] = txs[h] * p2 - sx;
-                    qx_m[h] = txs[h] * m2 - sx;
-                    q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                    q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                }
-                let sumqx = [qx_p[0] + qx_p[1], qx_p[0] + qx_m[1], qx_m[0] + qx_p[1], qx_m[0] + qx_m[1]];
-                let sumq2 = [q2_p[0] + q2_p[1], q2_p[0] + q2_m[1], q2_m[0] + q2_p[1], q2_m[0] + q2_m[1]];
-                for k in 0..4 {
-                    if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
-                        scale = sumqx[k] / sumq2[k];
-                        best_score = scale * sumqx[k];
-                        (besti1, besti2, best_k) = (Some(i1), i2, k);
-                    }
-                }
-            }
-        }
-        let Some(besti1) = besti1 else {
+        let Some((besti1, besti2, mut best_k, mut scale)) = s.iq1m_split(&px, &pw) else {
             scales[ib] = 0.0;
             shifts[ib] = 0;
             continue;
@@ -320,7 +244,7 @@ pub fn quantize_iq1_m_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Resu
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
             let xx = iq1m_levels(best_k, k);
-            let (g, on) = grid_point(t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
+            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
             all_on_grid &= on;
             index[k] = g;
         }

@@ -11,7 +11,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_tables::{self, FLT_MAX, GgmlAbort, Lattice, Lookup, c_max, check_scale};
+use super::iq_search::{Candidate, Codes, Searcher, sums};
+use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
 use super::kquants::nearest_int;
 use crate::convert::{f16_to_f32, f32_to_f16};
 
@@ -21,6 +22,8 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 /// ggml's `kMaxQ` for the 2-bit grids: codes 0..=2, positions 1, 3, 5.
 const KMAXQ: i32 = 3;
+/// Codes of the 2-bit grids.
+const CODES: Codes = Codes { bits: 2, kmax: KMAXQ };
 
 /// Bytes per super-block.
 pub const IQ2_XXS_BYTES: usize = 66;
@@ -28,61 +31,6 @@ pub const IQ2_XXS_BYTES: usize = 66;
 pub const IQ2_XS_BYTES: usize = 74;
 /// Bytes per super-block.
 pub const IQ2_S_BYTES: usize = 82;
-
-/// `iq2_find_best_neighbour`: the candidate closest to `xval` at `scale` (weighted squared
-/// distance, the first of equals), whose codes are written to `l`.
-pub(crate) fn find_best_neighbour(
-    neighbours: &[u16],
-    grid: &[[i8; 8]],
-    xval: &[f32],
-    weight: &[f32],
-    scale: f32,
-    l: &mut [i8],
-) -> Result<u16, GgmlAbort> {
-    let mut best_d2 = FLT_MAX;
-    let mut grid_index = None;
-    for &j in neighbours {
-        let pg = &grid[j as usize];
-        let mut d2 = 0.0f32;
-        for i in 0..8 {
-            let q = pg[i] as f32;
-            let diff = scale * q - xval[i];
-            d2 += weight[i] * diff * diff;
-        }
-        if d2 < best_d2 {
-            best_d2 = d2;
-            grid_index = Some(j);
-        }
-    }
-    let g = grid_index.ok_or(GgmlAbort)?;
-    for (l, &p) in l.iter_mut().zip(&grid[g as usize]) {
-        *l = (p - 1) / 2;
-    }
-    Ok(g)
-}
-
-/// The codes of 8 values at inverse scale `id` (clamped to 0..=2), packed 2 bits each; the
-/// grid point for them, or the best neighbour at `scale`, with its codes in `l`.
-#[inline]
-fn grid_point(
-    t: &Lattice<8>,
-    xval: &[f32],
-    waux: &[f32],
-    id: f32,
-    scale: f32,
-    l: &mut [i8],
-) -> Result<(u16, bool), GgmlAbort> {
-    let mut u = 0usize;
-    for i in 0..8 {
-        let q = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAXQ - 1);
-        l[i] = q as i8;
-        u |= (q as usize) << (2 * i);
-    }
-    match t.lookup(u) {
-        Lookup::OnGrid(g) => Ok((g, true)),
-        Lookup::Near(n) => find_best_neighbour(n, &t.grid, xval, waux, scale, l).map(|g| (g, false)),
-    }
-}
 
 /// The packed code of 8 codes, and its grid index (ggml aborts if it is not on the grid).
 #[inline]
@@ -142,19 +90,6 @@ pub(crate) fn imatrix_weights(x: &[f32], qw: &[f32], sigma2: f32, weight: &mut [
     for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(x) {
         *w = q * (sigma2 + v * v).sqrt();
     }
-}
-
-/// `Σ w·x·q` and `Σ w·q²` with `q = 2l+1`, in order.
-#[inline]
-pub(crate) fn sums(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
-    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for i in 0..weight.len() {
-        let w = weight[i];
-        let q = (2 * l[i] as i32 + 1) as f32;
-        sumqx += w * xval[i] * q;
-        sumq2 += w * q * q;
-    }
-    (sumqx, sumq2)
 }
 
 /// `make_qp_quants` for `n` values: a positive scale for codes 0..=nmax, weighted; codes to `l`
@@ -239,11 +174,10 @@ pub(crate) fn scale_code(id: f32, scale: f32, max: i32) -> u32 {
 }
 
 /// One IQ2_XXS super-block (`quantize_row_iq2_xxs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xxs();
     let mut scales = [0f32; 8];
     let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
-    let mut laux = [0i8; 32];
     let mut block_signs = [0u8; 4];
     let mut q2 = [0u32; 16];
     let mut max_scale = 0.0f32;
@@ -274,39 +208,32 @@ pub fn quantize_iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(),
             scales[ib] = 0.0;
             continue;
         }
+        let candidates: [(f32, f32); 13] = std::array::from_fn(|c| {
+            let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1) / eff_max;
+            (id, 1.0 / id)
+        });
+        let mut out = [Candidate::default(); 13];
+        s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut out)?;
         let mut best = 0.0f32;
-        for is in -6..=6 {
-            let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / eff_max;
-            let this_scale = 1.0 / id;
-            for k in 0..4 {
-                let r = 8 * k..8 * k + 8;
-                grid_point(t, &xval[r.clone()], &waux[r.clone()], id, this_scale, &mut laux[r])?;
-            }
-            let (sumqx, sumq2) = sums(&weight, &xval, &laux);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                l = laux;
+        for o in &out {
+            if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
+                scale = o.sumqx / o.sumq2;
+                best = scale * o.sumqx;
+                l = o.codes;
             }
         }
         if scale > 0.0 {
-            let id = 1.0 / scale;
-            for k in 0..4 {
-                let r = 8 * k..8 * k + 8;
-                let (g, _) = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, scale, &mut l[r.clone()])?;
-                for (q, &p) in l[r].iter_mut().zip(&t.grid[g as usize]) {
-                    *q = (p - 1) / 2;
-                }
-            }
-            let (sumqx, sumq2) = sums(&weight, &xval, &l);
-            if sumq2 > 0.0 {
-                scale = sumqx / sumq2;
+            let mut r = [Candidate::default()];
+            s.evaluate(t, CODES, &xval, &weight, &waux, &[(1.0 / scale, scale)], 0xf, &mut r)?;
+            l = r[0].codes;
+            if r[0].sumq2 > 0.0 {
+                scale = r[0].sumqx / r[0].sumq2;
             }
         }
         if scale < 0.0 {
             scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s & 127;
+            for b in &mut block_signs {
+                *b = !*b & 127;
             }
         }
         for k in 0..4 {
@@ -336,7 +263,8 @@ pub fn quantize_iq2_xxs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(),
 
 /// The block search shared by IQ2_XS and IQ2_S (16 values, two groups of 8): the best scale
 /// over ggml's 19 candidates, refined where a group fell off the grid. Codes end in `l`.
-fn search16(
+fn search16<S: Searcher>(
+    s: &S,
     t: &Lattice<8>,
     xval: &[f32; 16],
     weight: &[f32; 16],
@@ -344,34 +272,30 @@ fn search16(
     max: f32,
     l: &mut [i8; 16],
 ) -> Result<f32, GgmlAbort> {
-    let mut laux = [0i8; 16];
+    let candidates: [(f32, f32); 19] = std::array::from_fn(|c| {
+        let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1) / max;
+        (id, 1.0 / id)
+    });
+    let mut out = [Candidate::default(); 19];
+    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut out)?;
     let mut best = 0.0f32;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
-    let mut is_on_grid = [true; 2];
-    let mut is_on_grid_aux = [true; 2];
-    for is in -9..=9 {
-        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.1) / max;
-        let this_scale = 1.0 / id;
-        for k in 0..2 {
-            let r = 8 * k..8 * k + 8;
-            is_on_grid_aux[k] = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, this_scale, &mut laux[r])?.1;
-        }
-        let (sumqx, sumq2) = sums(weight, xval, &laux);
-        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-            scale = sumqx / sumq2;
-            best = scale * sumqx;
-            *l = laux;
-            is_on_grid = is_on_grid_aux;
+    let mut on_grid = 0b11u8;
+    for o in &out {
+        if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
+            scale = o.sumqx / o.sumq2;
+            best = scale * o.sumqx;
+            l.copy_from_slice(&o.codes[..16]);
+            on_grid = o.on_grid;
         }
     }
-    if is_on_grid.contains(&false) && scale > 0.0 {
-        let id = 1.0 / scale;
+    if on_grid != 0b11 && scale > 0.0 {
+        let mut r = [Candidate::default()];
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, &mut r)?;
         for k in 0..2 {
-            if is_on_grid[k] {
-                continue;
+            if on_grid & (1 << k) == 0 {
+                l[8 * k..8 * k + 8].copy_from_slice(&r[0].codes[8 * k..8 * k + 8]);
             }
-            let r = 8 * k..8 * k + 8;
-            grid_point(t, &xval[r.clone()], &waux[r.clone()], id, scale, &mut l[r])?;
         }
         let (sumqx, sumq2) = sums(weight, xval, l);
         if sumq2 > 0.0 {
@@ -382,7 +306,7 @@ fn search16(
 }
 
 /// One IQ2_XS super-block (`quantize_row_iq2_xs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xs();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
@@ -409,11 +333,11 @@ pub fn quantize_iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), 
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s & 127;
+            for b in &mut block_signs {
+                *b = !*b & 127;
             }
         }
         for k in 0..2 {
@@ -442,7 +366,7 @@ pub fn quantize_iq2_xs_block(x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), 
 
 /// One IQ2_S super-block (`quantize_row_iq2_s_impl`): 256 values, with their 256 weights or
 /// without (then each value weighs `0.25·sigma2 + x²`).
-pub fn quantize_iq2_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_s();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
@@ -476,11 +400,11 @@ pub fn quantize_iq2_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Resu
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s;
+            for b in &mut block_signs {
+                *b = !*b;
             }
         }
         for k in 0..2 {

@@ -9,76 +9,22 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_tables::{self, FLT_MAX, GgmlAbort, Lattice, Lookup, c_max, check_scale};
-use super::iq2::{imatrix_weights, scale_code, signs8, sum_x2, sums};
-use super::kquants::nearest_int;
+use super::iq_search::{Candidate, Codes, Searcher, sums};
+use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
+use super::iq2::{imatrix_weights, scale_code, signs8, sum_x2};
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `GROUP_MAX_EPS_IQ3_XXS`.
 const GROUP_MAX_EPS_IQ3_XXS: f32 = 1e-8;
 /// ggml's `kMaxQ` for the 3-bit grids: codes 0..=7.
 const KMAXQ: i32 = 8;
+/// Codes of the 3-bit grids.
+const CODES: Codes = Codes { bits: 3, kmax: KMAXQ };
 
 /// Bytes per super-block.
 pub const IQ3_XXS_BYTES: usize = 98;
 /// Bytes per super-block.
 pub const IQ3_S_BYTES: usize = 110;
-
-/// `iq3_find_best_neighbour`: the candidate closest to `xval` at `scale` (weighted squared
-/// distance, the first of equals), whose codes are written to `l`.
-pub(crate) fn find_best_neighbour(
-    neighbours: &[u16],
-    grid: &[[i8; 4]],
-    xval: &[f32],
-    weight: &[f32],
-    scale: f32,
-    l: &mut [i8],
-) -> Result<u16, GgmlAbort> {
-    let mut best_d2 = FLT_MAX;
-    let mut grid_index = None;
-    for &j in neighbours {
-        let pg = &grid[j as usize];
-        let mut d2 = 0.0f32;
-        for i in 0..4 {
-            let q = pg[i] as f32;
-            let diff = scale * q - xval[i];
-            d2 += weight[i] * diff * diff;
-        }
-        if d2 < best_d2 {
-            best_d2 = d2;
-            grid_index = Some(j);
-        }
-    }
-    let g = grid_index.ok_or(GgmlAbort)?;
-    for (l, &p) in l.iter_mut().zip(&grid[g as usize]) {
-        *l = (p - 1) / 2;
-    }
-    Ok(g)
-}
-
-/// The codes of 4 values at inverse scale `id` (clamped to 0..=7), packed 3 bits each; the
-/// grid point for them (and whether it was on the grid), or the best neighbour at `scale`,
-/// with its codes in `l`.
-#[inline]
-fn grid_point(
-    t: &Lattice<4>,
-    xval: &[f32],
-    waux: &[f32],
-    id: f32,
-    scale: f32,
-    l: &mut [i8],
-) -> Result<(u16, bool), GgmlAbort> {
-    let mut u = 0usize;
-    for i in 0..4 {
-        let q = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAXQ - 1);
-        l[i] = q as i8;
-        u |= (q as usize) << (3 * i);
-    }
-    match t.lookup(u) {
-        Lookup::OnGrid(g) => Ok((g, true)),
-        Lookup::Near(n) => find_best_neighbour(n, &t.grid, xval, waux, scale, l).map(|g| (g, false)),
-    }
-}
 
 /// The grid index of 4 codes (ggml aborts if they are not on the grid).
 #[inline]
@@ -115,45 +61,43 @@ struct Search {
 
 /// The search of one 32-value block: the best scale over the candidates, refined where a
 /// group fell off the grid. Codes end in `l` (always on the grid).
-fn search32(
+#[allow(clippy::too_many_arguments)]
+fn search32<S: Searcher>(
+    s: &S,
     t: &Lattice<4>,
-    s: &Search,
+    p: &Search,
     xval: &[f32; 32],
     weight: &[f32; 32],
     waux: &[f32; 32],
     max: f32,
     l: &mut [i8; 32],
 ) -> Result<f32, GgmlAbort> {
-    let mut laux = [0i8; 32];
+    let n = (2 * p.steps + 1) as usize;
+    let mut candidates = [(0f32, 0f32); 31];
+    for (c, slot) in candidates[..n].iter_mut().enumerate() {
+        let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - p.steps) as f32 * 0.2) / max;
+        *slot = (id, 1.0 / id);
+    }
+    let mut out = [Candidate::default(); 31];
+    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut out[..n])?;
     let mut best = 0.0f32;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
-    let mut is_on_grid = [s.start_on_grid; 8];
-    let mut is_on_grid_aux = [true; 8];
-    for is in -s.steps..=s.steps {
-        let id = ((2 * KMAXQ - 1) as f32 + is as f32 * 0.2) / max;
-        let this_scale = 1.0 / id;
-        for k in 0..8 {
-            let r = 4 * k..4 * k + 4;
-            is_on_grid_aux[k] = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, this_scale, &mut laux[r])?.1;
-        }
-        let (sumqx, sumq2) = sums(weight, xval, &laux);
-        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-            scale = sumqx / sumq2;
-            best = scale * sumqx;
-            *l = laux;
-            is_on_grid = is_on_grid_aux;
+    let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
+    for o in &out[..n] {
+        if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
+            scale = o.sumqx / o.sumq2;
+            best = scale * o.sumqx;
+            *l = o.codes;
+            on_grid = o.on_grid;
         }
     }
-    if is_on_grid.contains(&false) && scale > 0.0 {
-        let id = 1.0 / scale;
+    if on_grid != 0xff && scale > 0.0 {
+        let groups = if p.refine_all { 0xff } else { !on_grid };
+        let mut r = [Candidate::default()];
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, &mut r)?;
         for k in 0..8 {
-            if is_on_grid[k] && !s.refine_all {
-                continue;
-            }
-            let r = 4 * k..4 * k + 4;
-            let (g, _) = grid_point(t, &xval[r.clone()], &waux[r.clone()], id, scale, &mut l[r.clone()])?;
-            for (q, &p) in l[r].iter_mut().zip(&t.grid[g as usize]) {
-                *q = (p - 1) / 2;
+            if groups & (1 << k) != 0 {
+                l[4 * k..4 * k + 4].copy_from_slice(&r[0].codes[4 * k..4 * k + 4]);
             }
         }
         let (sumqx, sumq2) = sums(weight, xval, l);
@@ -166,7 +110,12 @@ fn search32(
 
 /// One IQ3_XXS super-block (`quantize_row_iq3_xxs_impl` with grid size 256): 256 values, with
 /// their 256 weights or without.
-pub fn quantize_iq3_xxs_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq3_xxs_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 15, start_on_grid: true, refine_all: false };
     let t = iq_tables::iq3_xxs();
     let mut scales = [0f32; 8];
@@ -192,11 +141,11 @@ pub fn quantize_iq3_xxs_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Re
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s & 127;
+            for b in &mut block_signs {
+                *b = !*b & 127;
             }
         }
         for k in 0..8 {
@@ -229,7 +178,7 @@ pub fn quantize_iq3_xxs_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Re
 
 /// One IQ3_S super-block (`quantize_row_iq3_s_impl` with blocks of 32): 256 values, with
 /// their 256 weights or without.
-pub fn quantize_iq3_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 9, start_on_grid: false, refine_all: true };
     let t = iq_tables::iq3_s();
     let mut scales = [0f32; 8];
@@ -257,11 +206,11 @@ pub fn quantize_iq3_s_block(x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Resu
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
-            for s in &mut block_signs {
-                *s = !*s;
+            for b in &mut block_signs {
+                *b = !*b;
             }
         }
         for k in 0..8 {

@@ -40,19 +40,34 @@ pub fn check_scale(scale: f32) -> Result<(), GgmlAbort> {
 pub struct Lattice<const N: usize> {
     /// Grid point `j` as positions `2l+1` (`kgrid_q2xs` / `kgrid_q3xs`).
     pub grid: Vec<[i8; N]>,
-    /// Packed code → grid index (≥ 0), or −(offset+1) of its list in `neighbours`, or
-    /// `i32::MIN` for codes the quantizers never form.
+    /// Packed code → grid index (≥ 0), or −(list+1), or `i32::MIN` for codes the quantizers
+    /// never form.
     map: Vec<i32>,
-    /// Lists, each its length followed by grid indices (`kneighbors_q2xs` / `kneighbors_q3xs`).
+    /// Each list's start in `neighbours` (a multiple of 8) and length.
+    lists: Vec<(u32, u32)>,
+    /// The lists' grid indices in ggml's order (`kneighbors_q2xs` / `kneighbors_q3xs` without
+    /// the counts), each padded with zeros to a multiple of 8.
     neighbours: Vec<u16>,
+    /// The same points' levels `(position − 1) / 2`, by chunks of 8 neighbours: `N` rows of 8
+    /// bytes per chunk (for SIMD searches).
+    levels: Vec<u8>,
+}
+
+/// A neighbour list.
+#[derive(Clone, Copy)]
+pub struct List<'a> {
+    /// The candidates' grid indices, in ggml's search order.
+    pub indices: &'a [u16],
+    /// Their levels by chunks of 8 (`N` rows of 8 bytes per chunk; the last chunk padded).
+    pub levels: &'a [u8],
 }
 
 /// Where a packed code falls.
 pub enum Lookup<'a> {
     /// On the grid, at this index.
     OnGrid(u16),
-    /// Off the grid: the candidate grid indices to search, in ggml's order.
-    Near(&'a [u16]),
+    /// Off the grid: the candidates to search (empty for codes the quantizers never form).
+    Near(List<'a>),
 }
 
 impl<const N: usize> Lattice<N> {
@@ -71,7 +86,7 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let mut neighbours = Vec::new();
+        let (mut lists, mut neighbours, mut levels) = (Vec::new(), Vec::new(), Vec::new());
         let mut dist = vec![0u32; grid.len()];
         let mut near: Vec<(u32, u16)> = Vec::new();
         for (i, slot) in map.iter_mut().enumerate() {
@@ -100,11 +115,39 @@ impl<const N: usize> Lattice<N> {
             near.clear();
             near.extend(dist.iter().enumerate().filter(|&(_, &d)| d <= limit).map(|(j, &d)| (d, j as u16)));
             near.sort_unstable();
-            *slot = -(neighbours.len() as i32 + 1);
-            neighbours.push(near.len() as u16);
-            neighbours.extend(near.iter().map(|&(_, j)| j));
+            *slot = -(lists.len() as i32 + 1);
+            lists.push((neighbours.len() as u32, near.len() as u32));
+            for chunk in near.chunks(8) {
+                let mut rows = [[0u8; 8]; N];
+                for (lane, &(_, j)) in chunk.iter().enumerate() {
+                    neighbours.push(j);
+                    for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
+                        row[lane] = ((p - 1) / 2) as u8;
+                    }
+                }
+                neighbours.resize(neighbours.len().next_multiple_of(8), 0);
+                levels.extend(rows.iter().flatten());
+            }
         }
-        Lattice { grid, map, neighbours }
+        Lattice { grid, map, lists, neighbours, levels }
+    }
+
+    /// The raw code map: grid index (≥ 0), −(list+1), or `i32::MIN`.
+    #[inline]
+    pub fn map(&self) -> &[i32] {
+        &self.map
+    }
+
+    /// A list by its number (from a negative map entry `m`: `−(m+1)`).
+    #[inline]
+    pub fn list(&self, list: usize) -> List<'_> {
+        let (start, len) = self.lists[list];
+        let (start, len) = (start as usize, len as usize);
+        let chunks = len.div_ceil(8);
+        List {
+            indices: &self.neighbours[start..start + len],
+            levels: &self.levels[start * N..(start + 8 * chunks) * N],
+        }
     }
 
     /// Looks up a packed code.
@@ -112,12 +155,8 @@ impl<const N: usize> Lattice<N> {
     pub fn lookup(&self, code: usize) -> Lookup<'_> {
         match self.map.get(code).copied().unwrap_or(i32::MIN) {
             g if g >= 0 => Lookup::OnGrid(g as u16),
-            i32::MIN => Lookup::Near(&[]),
-            g => {
-                let start = (-(g + 1)) as usize;
-                let n = self.neighbours[start] as usize;
-                Lookup::Near(&self.neighbours[start + 1..start + 1 + n])
-            }
+            i32::MIN => Lookup::Near(List { indices: &[], levels: &[] }),
+            g => Lookup::Near(self.list((-(g + 1)) as usize)),
         }
     }
 
@@ -218,13 +257,19 @@ mod tests {
                 Lookup::OnGrid(g) => assert_eq!(l.index_of(packed), Some(g)),
                 Lookup::Near(n) => {
                     off += 1;
-                    assert!(!n.is_empty());
-                    assert!(n.windows(2).all(|w| w[0] != w[1]));
+                    assert!(!n.indices.is_empty());
+                    assert!(n.indices.windows(2).all(|w| w[0] != w[1]));
+                    for (k, &j) in n.indices.iter().enumerate() {
+                        for c in 0..8 {
+                            let level = n.levels[(k / 8) * 64 + c * 8 + k % 8];
+                            assert_eq!(2 * level as i8 + 1, l.grid[j as usize][c]);
+                        }
+                    }
                 }
             }
         }
         assert_eq!(off, 6561 - 512);
-        assert!(matches!(l.lookup(3), Lookup::Near(n) if n.is_empty()));
-        assert!(matches!(l.lookup(1 << 20), Lookup::Near(n) if n.is_empty()));
+        assert!(matches!(l.lookup(3), Lookup::Near(n) if n.indices.is_empty()));
+        assert!(matches!(l.lookup(1 << 20), Lookup::Near(n) if n.indices.is_empty()));
     }
 }

@@ -5,6 +5,7 @@ pub mod iq1;
 pub mod iq2;
 pub mod iq3;
 pub mod iq_grids;
+pub mod iq_search;
 pub mod iq_tables;
 pub mod kquants;
 pub mod legacy;
