@@ -4,7 +4,8 @@ for comparison with `moeq bench kernels` (same size, same kind of data).
 
 test-quantize-perf only times types with a CPU `from_float` (of these, TQ1_0 and TQ2_0); the
 i-quants are only reachable through `ggml_quantize_chunk`, which llama-quantize calls, so
-that is what is timed here (via ctypes, `ggml_quantize_init` done before timing), with and
+that is what is timed here (via ctypes, `ggml_quantize_init` done before timing; CPU time of
+the calling thread, so that other load on the machine counts less), with and
 without importance weights (rows of 4096, weights as moeq's bench makes them).
 
     python3 scripts/bench_ggml_iquants.py [--libggml PATH] [--size MiB] [--repeat N] [--types T,...]
@@ -51,10 +52,10 @@ def main():
                 continue
             best = float("inf")
             for _ in range(args.repeat):
-                t = time.perf_counter()
+                t = time.thread_time()
                 lib.ggml_quantize_chunk(type_id, x.ctypes.data, dst, 0, n // ROW, ROW,
                                         None if weights is None else weights.ctypes.data)
-                best = min(best, time.perf_counter() - t)
+                best = min(best, time.thread_time() - t)
             print(f"{name:<8} {op:<16} {n * 4 / best / 1e6:>8.2f}", flush=True)
 
 

@@ -38,9 +38,15 @@ pub const X_M: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
 /// `qsort` with `iq1_sort_helper`).
 #[inline]
 fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
-    let mut idx: [usize; N] = std::array::from_fn(|i| i);
-    idx.sort_by(|&a, &b| xb[a].partial_cmp(&xb[b]).unwrap_or(std::cmp::Ordering::Equal));
-    idx
+    // Keys that order floats as `<` does (−0 made +0, so the two zeros tie), then by index:
+    // one unstable sort of distinct keys gives the stable order.
+    let mut keys: [u64; N] = std::array::from_fn(|i| {
+        let bits = (xb[i] + 0.0).to_bits();
+        let key = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
+        (key as u64) << 32 | i as u64
+    });
+    keys.sort_unstable();
+    keys.map(|k| k as u32 as usize)
 }
 
 /// Codes 0/1/2 for the values below `i1`, between, and from `i2` on in sorted order.

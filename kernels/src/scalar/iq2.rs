@@ -11,7 +11,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Candidate, Codes, Searcher, sums};
+use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
 use super::kquants::nearest_int;
 use crate::convert::{f16_to_f32, f32_to_f16};
@@ -212,22 +212,17 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
             let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1) / eff_max;
             (id, 1.0 / id)
         });
-        let mut out = [Candidate::default(); 13];
-        s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut out)?;
-        let mut best = 0.0f32;
-        for o in &out {
-            if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
-                scale = o.sumqx / o.sumq2;
-                best = scale * o.sumqx;
-                l = o.codes;
-            }
+        let mut ev = Evaluation::default();
+        s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut ev)?;
+        if let Some((c, sc)) = ev.choose(13) {
+            scale = sc;
+            ev.codes_of(c, &mut l);
         }
         if scale > 0.0 {
-            let mut r = [Candidate::default()];
-            s.evaluate(t, CODES, &xval, &weight, &waux, &[(1.0 / scale, scale)], 0xf, &mut r)?;
-            l = r[0].codes;
-            if r[0].sumq2 > 0.0 {
-                scale = r[0].sumqx / r[0].sumq2;
+            s.evaluate(t, CODES, &xval, &weight, &waux, &[(1.0 / scale, scale)], 0xf, &mut ev)?;
+            ev.codes_of(0, &mut l);
+            if ev.sumq2[0] > 0.0 {
+                scale = ev.sumqx[0] / ev.sumq2[0];
             }
         }
         if scale < 0.0 {
@@ -276,25 +271,22 @@ fn search16<S: Searcher>(
         let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1) / max;
         (id, 1.0 / id)
     });
-    let mut out = [Candidate::default(); 19];
-    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut out)?;
-    let mut best = 0.0f32;
+    let mut ev = Evaluation::default();
+    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = 0b11u8;
-    for o in &out {
-        if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
-            scale = o.sumqx / o.sumq2;
-            best = scale * o.sumqx;
-            l.copy_from_slice(&o.codes[..16]);
-            on_grid = o.on_grid;
-        }
+    if let Some((c, sc)) = ev.choose(19) {
+        scale = sc;
+        ev.codes_of(c, l);
+        on_grid = ev.on_grid[c];
     }
     if on_grid != 0b11 && scale > 0.0 {
-        let mut r = [Candidate::default()];
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, &mut r)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, &mut ev)?;
+        let mut r = [0i8; 16];
+        ev.codes_of(0, &mut r);
         for k in 0..2 {
             if on_grid & (1 << k) == 0 {
-                l[8 * k..8 * k + 8].copy_from_slice(&r[0].codes[8 * k..8 * k + 8]);
+                l[8 * k..8 * k + 8].copy_from_slice(&r[8 * k..8 * k + 8]);
             }
         }
         let (sumqx, sumq2) = sums(weight, xval, l);

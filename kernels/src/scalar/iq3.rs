@@ -9,7 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Candidate, Codes, Searcher, sums};
+use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
 use super::iq2::{imatrix_weights, scale_code, signs8, sum_x2};
 use crate::convert::{f16_to_f32, f32_to_f16};
@@ -78,26 +78,23 @@ fn search32<S: Searcher>(
         let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - p.steps) as f32 * 0.2) / max;
         *slot = (id, 1.0 / id);
     }
-    let mut out = [Candidate::default(); 31];
-    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut out[..n])?;
-    let mut best = 0.0f32;
+    let mut ev = Evaluation::default();
+    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
-    for o in &out[..n] {
-        if o.sumq2 > 0.0 && o.sumqx * o.sumqx > best * o.sumq2 {
-            scale = o.sumqx / o.sumq2;
-            best = scale * o.sumqx;
-            *l = o.codes;
-            on_grid = o.on_grid;
-        }
+    if let Some((c, sc)) = ev.choose(n) {
+        scale = sc;
+        ev.codes_of(c, l);
+        on_grid = ev.on_grid[c];
     }
     if on_grid != 0xff && scale > 0.0 {
         let groups = if p.refine_all { 0xff } else { !on_grid };
-        let mut r = [Candidate::default()];
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, &mut r)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, &mut ev)?;
+        let mut r = [0i8; 32];
+        ev.codes_of(0, &mut r);
         for k in 0..8 {
             if groups & (1 << k) != 0 {
-                l[4 * k..4 * k + 4].copy_from_slice(&r[0].codes[4 * k..4 * k + 4]);
+                l[4 * k..4 * k + 4].copy_from_slice(&r[4 * k..4 * k + 4]);
             }
         }
         let (sumqx, sumq2) = sums(weight, xval, l);

@@ -20,17 +20,49 @@ pub struct Codes {
     pub kmax: i32,
 }
 
-/// One candidate scale's outcome.
-#[derive(Clone, Copy, Default)]
-pub struct Candidate {
-    /// Codes of the block's values (the first `n`).
-    pub codes: [i8; 32],
-    /// Bit k set when group k's codes were on the grid.
-    pub on_grid: u8,
-    /// `Σ w·x·q` with `q = 2l+1`, in order.
-    pub sumqx: f32,
-    /// `Σ w·q²`, in order.
-    pub sumq2: f32,
+/// The outcome of up to 32 candidate scales.
+#[derive(Clone)]
+pub struct Evaluation {
+    /// `Σ w·x·q` with `q = 2l+1`, in order, per candidate.
+    pub sumqx: [f32; 32],
+    /// `Σ w·q²`, in order, per candidate.
+    pub sumq2: [f32; 32],
+    /// Per candidate, bit k set when group k's codes were on the grid.
+    pub on_grid: [u8; 32],
+    /// Codes by chunks of 8 candidates: `codes[c / 8][i][c % 8]` is value i's code for
+    /// candidate c.
+    pub codes: [[[i8; 8]; 32]; 4],
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation { sumqx: [0.0; 32], sumq2: [0.0; 32], on_grid: [0; 32], codes: [[[0; 8]; 32]; 4] }
+    }
+}
+
+impl Evaluation {
+    /// Candidate `c`'s codes of the first `l.len()` values.
+    pub fn codes_of(&self, c: usize, l: &mut [i8]) {
+        for (i, q) in l.iter_mut().enumerate() {
+            *q = self.codes[c / 8][i][c % 8];
+        }
+    }
+
+    /// ggml's sequential choice among candidates `0..n`: the last that beat the running best
+    /// (`sumq2 > 0 && sumqx² > best·sumq2`, best from 0), with its scale `sumqx / sumq2`.
+    pub fn choose(&self, n: usize) -> Option<(usize, f32)> {
+        let mut best = 0.0f32;
+        let mut chosen = None;
+        for c in 0..n {
+            let (sumqx, sumq2) = (self.sumqx[c], self.sumq2[c]);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                let scale = sumqx / sumq2;
+                best = scale * sumqx;
+                chosen = Some((c, scale));
+            }
+        }
+        chosen
+    }
 }
 
 /// The searches.
@@ -47,10 +79,11 @@ pub trait Searcher {
         scale: f32,
     ) -> Option<usize>;
 
-    /// For each candidate `(id, scale)`, the codes `clamp(nearest_int(0.5·(id·x − 1)), 0,
-    /// kmax−1)` of `xval`, each group of `N` (only those in the bit mask `groups`) looked up and,
-    /// off the grid, replaced by its nearest neighbour at `scale` with weights `waux`; then the
-    /// sums over all values with weights `weight`.
+    /// For each candidate `(id, scale)` (at most 32), the codes `clamp(nearest_int(0.5·(id·x
+    /// − 1)), 0, kmax−1)` of `xval`, each group of `N` (only those in the bit mask `groups`)
+    /// looked up and, off the grid, replaced by its nearest neighbour at `scale` with weights
+    /// `waux`; then the sums over all values with weights `weight`. Codes and sums are only
+    /// defined when every group is in `groups`; otherwise only the selected groups' codes are.
     #[allow(clippy::too_many_arguments)]
     fn evaluate<const N: usize>(
         &self,
@@ -61,7 +94,7 @@ pub trait Searcher {
         waux: &[f32],
         candidates: &[(f32, f32)],
         groups: u8,
-        out: &mut [Candidate],
+        out: &mut Evaluation,
     ) -> Result<(), GgmlAbort>;
 
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best
@@ -136,31 +169,36 @@ impl Searcher for Reference {
         waux: &[f32],
         candidates: &[(f32, f32)],
         groups: u8,
-        out: &mut [Candidate],
+        out: &mut Evaluation,
     ) -> Result<(), GgmlAbort> {
         let n = xval.len();
-        for (&(id, scale), o) in candidates.iter().zip(out.iter_mut()) {
-            o.on_grid = 0;
+        let mut codes = [0i8; 32];
+        for (cand, &(id, scale)) in candidates.iter().enumerate() {
+            let mut on_grid = 0;
             for k in 0..n / N {
                 if groups & (1 << k) == 0 {
                     continue;
                 }
                 let r = N * k..N * k + N;
                 let mut u = 0usize;
-                for (i, l) in o.codes[r.clone()].iter_mut().enumerate() {
+                for (i, l) in codes[r.clone()].iter_mut().enumerate() {
                     let q = nearest_int(0.5 * (id * xval[N * k + i] - 1.0)).clamp(0, c.kmax - 1);
                     *l = q as i8;
                     u |= (q as usize) << (c.bits as usize * i);
                 }
                 match t.lookup(u) {
-                    Lookup::OnGrid(_) => o.on_grid |= 1 << k,
+                    Lookup::OnGrid(_) => on_grid |= 1 << k,
                     Lookup::Near(list) => {
                         let best = self.nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scale);
-                        grid_codes(t, list.indices[best.ok_or(GgmlAbort)?], &mut o.codes[r]);
+                        grid_codes(t, list.indices[best.ok_or(GgmlAbort)?], &mut codes[r]);
                     }
                 }
             }
-            (o.sumqx, o.sumq2) = sums(weight, xval, &o.codes[..n]);
+            (out.sumqx[cand], out.sumq2[cand]) = sums(weight, xval, &codes[..n]);
+            out.on_grid[cand] = on_grid;
+            for (i, &q) in codes[..n].iter().enumerate() {
+                out.codes[cand / 8][i][cand % 8] = q;
+            }
         }
         Ok(())
     }

@@ -40,6 +40,8 @@ pub fn check_scale(scale: f32) -> Result<(), GgmlAbort> {
 pub struct Lattice<const N: usize> {
     /// Grid point `j` as positions `2l+1` (`kgrid_q2xs` / `kgrid_q3xs`).
     pub grid: Vec<[i8; N]>,
+    /// The same positions as floats.
+    pub grid_f32: Vec<[f32; N]>,
     /// Packed code → grid index (≥ 0), or −(list+1), or `i32::MIN` for codes the quantizers
     /// never form.
     map: Vec<i32>,
@@ -129,7 +131,8 @@ impl<const N: usize> Lattice<N> {
                 levels.extend(rows.iter().flatten());
             }
         }
-        Lattice { grid, map, lists, neighbours, levels }
+        let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
+        Lattice { grid, grid_f32, map, lists, neighbours, levels }
     }
 
     /// The raw code map: grid index (≥ 0), −(list+1), or `i32::MIN`.

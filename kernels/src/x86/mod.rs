@@ -21,6 +21,7 @@ macro_rules! conversion_entries {
 
 mod avx2;
 mod avx512;
+mod iquants_avx2;
 mod kquants_avx2;
 
 use std::sync::OnceLock;
@@ -37,7 +38,7 @@ static AVX2: Backend = Backend {
     f32_to_bf16: avx2::entry::f32_to_bf16,
     f32_to_f16: avx2::entry::f32_to_f16,
     openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-    iq: &crate::iquants::SCALAR,
+    iq: &iquants_avx2::KERNELS,
 };
 
 static AVX512: Backend = Backend {
@@ -50,7 +51,7 @@ static AVX512: Backend = Backend {
     f32_to_f16: avx512::entry::f32_to_f16,
     // AVX-512 implies AVX2; the AVX2 kernel is memory-bound already.
     openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-    iq: &crate::iquants::SCALAR,
+    iq: &iquants_avx2::KERNELS,
 };
 
 /// The SIMD backends this CPU supports, slowest first.

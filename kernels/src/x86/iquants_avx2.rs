@@ -1,0 +1,472 @@
+//! AVX2 versions of the i-quant searches ([`Searcher`]) and the ternary quantizers. Each
+//! performs the scalar reference's float operations, in the same order, per lane, so their
+//! results are the reference's bit for bit:
+//!
+//! - neighbour searches: lanes are neighbours (8 at a time from the lists' level rows), each
+//!   lane summing its coordinates in order; the first of equal minima wins, as in ggml;
+//! - candidate scales: lanes are candidates, each computing its codes and its sums over the
+//!   block's values in order; the sequential choice among them stays scalar;
+//! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
+//!   one by one (in ggml's order, with the running best) when a lane could beat the best.
+//!
+//! Every `#[target_feature]` function here is reached only through [`KERNELS`], which the AVX2
+//! and AVX-512 backends hand out only after detecting AVX2.
+
+use std::arch::x86_64::*;
+
+use crate::QuantType;
+use crate::iquants::Kernels;
+use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
+use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
+use crate::scalar::ternary;
+
+/// The AVX2 searches. Only this module makes one, inside functions that the backends reach
+/// after detecting AVX2.
+pub(crate) struct Avx2(());
+
+/// The AVX2 i-quant kernels.
+pub(crate) static KERNELS: Kernels = Kernels { quantize: quantize_block, dequantize: crate::iquants::dequantize };
+
+fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+    match ty {
+        // SAFETY: reached only through the AVX2 / AVX-512 backends, after AVX2 was detected.
+        QuantType::TQ1_0 => unsafe { quantize_tq1_0(x, y) },
+        // SAFETY: as above.
+        QuantType::TQ2_0 => unsafe { quantize_tq2_0(x, y) },
+        _ => return crate::iquants::quantize_block_with(&Avx2(()), ty, x, qw, y),
+    }
+    Ok(())
+}
+
+impl Searcher for Avx2 {
+    fn nearest<const N: usize>(
+        &self,
+        list: List<'_>,
+        qtab: &[f32; 8],
+        x: &[f32],
+        w: &[f32],
+        scale: f32,
+    ) -> Option<usize> {
+        // SAFETY: an `Avx2` exists only once AVX2 was detected (see the type).
+        unsafe { nearest::<N>(list, qtab, x, w, scale) }
+    }
+
+    fn evaluate<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidates: &[(f32, f32)],
+        groups: u8,
+        out: &mut Evaluation,
+    ) -> Result<(), GgmlAbort> {
+        // SAFETY: as above.
+        unsafe { evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out) }
+    }
+
+    fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
+        // SAFETY: as above.
+        unsafe { iq1s_split(sumx, sumw) }
+    }
+
+    fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
+        // SAFETY: as above.
+        unsafe { iq1m_split(px, pw) }
+    }
+}
+
+/// The 8 lanes of `v`.
+#[target_feature(enable = "avx2")]
+fn f32s(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: `out` has room for 8 f32; storeu has no alignment requirement.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// The 8 lanes of `v`.
+#[target_feature(enable = "avx2")]
+fn i32s(v: __m256i) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    // SAFETY: `out` has room for 8 i32; storeu has no alignment requirement.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    out
+}
+
+/// 8 floats from a slice of at least 8.
+#[target_feature(enable = "avx2")]
+fn load8(x: &[f32]) -> __m256 {
+    assert!(x.len() >= 8);
+    // SAFETY: at least 8 f32 are readable (checked above).
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// 8 levels (bytes) widened to i32.
+#[target_feature(enable = "avx2")]
+fn levels8(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 8);
+    // SAFETY: at least 8 bytes are readable (checked above).
+    _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(b.as_ptr().cast()) })
+}
+
+/// [`Searcher::nearest`] with lanes as neighbours.
+#[target_feature(enable = "avx2")]
+fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
+    let len = list.indices.len();
+    let qt = load8(qtab);
+    let s = _mm256_set1_ps(scale);
+    let xs: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(x[i]));
+    let ws: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(w[i]));
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(i32::MAX);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let end = _mm256_set1_epi32(len as i32);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        let mut d2 = _mm256_setzero_ps();
+        for i in 0..N {
+            let q = _mm256_permutevar8x32_ps(qt, levels8(&rows[8 * i..]));
+            let diff = _mm256_sub_ps(_mm256_mul_ps(s, q), xs[i]);
+            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(ws[i], diff), diff));
+        }
+        let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
+        let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, at));
+        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), valid);
+        best = _mm256_blendv_ps(best, d2, better);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+    }
+    // Each lane holds its first minimum; the answer is the smallest value, first position.
+    let (b, p) = (f32s(best), i32s(best_at));
+    let mut found: Option<(f32, i32)> = None;
+    for k in 0..8 {
+        if p[k] != i32::MAX && found.is_none_or(|(m, at)| b[k] < m || (b[k] == m && p[k] < at)) {
+            found = Some((b[k], p[k]));
+        }
+    }
+    found.map(|(_, at)| at as usize)
+}
+
+/// The nearest neighbour in `list` for each lane in `lanes` (bit mask), each at its own scale
+/// (`scales`), scanning the list in order with a strict less-than per lane, as the scalar
+/// search does lane by lane; the winners' codes go to `codes` (rows of the group's values).
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane<const N: usize>(
+    t: &Lattice<N>,
+    list: List<'_>,
+    x: &[f32],
+    w: &[f32],
+    scales: __m256,
+    lanes: i32,
+    codes: &mut [[i32; 8]],
+) -> Result<(), GgmlAbort> {
+    let xs: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(x[i]));
+    let ws: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(w[i]));
+    let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(-1);
+    for (k, &j) in list.indices.iter().enumerate() {
+        let q = &t.grid_f32[j as usize];
+        let mut d2 = _mm256_setzero_ps();
+        for i in 0..N {
+            let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(q[i])), xs[i]);
+            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(ws[i], diff), diff));
+        }
+        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
+        best = _mm256_blendv_ps(best, d2, better);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(best_at),
+            _mm256_castsi256_ps(_mm256_set1_epi32(k as i32)),
+            better,
+        ));
+    }
+    let at = i32s(best_at);
+    for lane in 0..8 {
+        if lanes & (1 << lane) == 0 {
+            continue;
+        }
+        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+        for (i, row) in codes.iter_mut().enumerate().take(N) {
+            row[lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+        }
+    }
+    Ok(())
+}
+
+/// [`Searcher::evaluate`] with lanes as candidates.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+fn evaluate<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    candidates: &[(f32, f32)],
+    groups: u8,
+    out: &mut Evaluation,
+) -> Result<(), GgmlAbort> {
+    let n = xval.len();
+    assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && candidates.len() <= 32);
+    let map = t.map();
+    // The largest packed code the clamped codes can form must be inside the map (gathers).
+    let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
+    assert!(top < map.len(), "code map too small");
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+    let (mantissa, offset) = (_mm256_set1_epi32(0x007f_ffff), _mm256_set1_epi32(0x0040_0000));
+    let (zero, kmax) = (_mm256_setzero_si256(), _mm256_set1_epi32(c.kmax - 1));
+    for (chunk, cands) in candidates.chunks(8).enumerate() {
+        let m = cands.len();
+        let ids: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].0);
+        let scales: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].1);
+        let (idv, scalev) = (load8(&ids), load8(&scales));
+        let mut codes = [[0i32; 8]; 32];
+        for i in 0..n {
+            let v = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, _mm256_set1_ps(xval[i])), one));
+            let bits = _mm256_castps_si256(_mm256_add_ps(v, magic));
+            let q = _mm256_sub_epi32(_mm256_and_si256(bits, mantissa), offset);
+            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), kmax);
+            // SAFETY: `codes[i]` has room for 8 i32.
+            unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
+        }
+        let live = (1i32 << m) - 1;
+        let mut on_grid = [0u8; 8];
+        for k in 0..n / N {
+            if groups & (1 << k) == 0 {
+                continue;
+            }
+            let mut u = _mm256_setzero_si256();
+            for j in 0..N {
+                // SAFETY: `codes[N·k+j]` holds 8 i32.
+                let q = unsafe { _mm256_loadu_si256(codes[N * k + j].as_ptr().cast()) };
+                u = _mm256_or_si256(u, _mm256_sllv_epi32(q, _mm256_set1_epi32((c.bits as usize * j) as i32)));
+            }
+            // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
+            let g = unsafe { _mm256_i32gather_epi32::<4>(map.as_ptr(), u) };
+            let mut off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
+            for (lane, b) in on_grid.iter_mut().enumerate() {
+                *b |= (((off >> lane) & 1) ^ 1) as u8 * (1 << k);
+            }
+            if off == 0 {
+                continue;
+            }
+            let (gs, us) = (i32s(g), i32s(u));
+            let r = N * k..N * k + N;
+            while off != 0 {
+                // The lanes whose code equals the first remaining lane's share its list.
+                let first = off.trailing_zeros() as usize;
+                let same =
+                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(u, _mm256_set1_epi32(us[first])))) & off;
+                off &= !same;
+                if gs[first] == i32::MIN {
+                    return Err(GgmlAbort);
+                }
+                let list = t.list((-(gs[first] + 1)) as usize);
+                if same.count_ones() == 1 && list.indices.len() > 8 {
+                    let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], cands[first].1)
+                        .ok_or(GgmlAbort)?;
+                    for (j, row) in codes[r.clone()].iter_mut().enumerate() {
+                        row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                    }
+                } else {
+                    nearest_per_lane::<N>(
+                        t,
+                        list,
+                        &xval[r.clone()],
+                        &waux[r.clone()],
+                        scalev,
+                        same,
+                        &mut codes[r.clone()],
+                    )?;
+                }
+            }
+        }
+        let (mut sx, mut sq) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let ones = _mm256_set1_epi32(1);
+        for i in 0..n {
+            // SAFETY: `codes[i]` holds 8 i32.
+            let l = unsafe { _mm256_loadu_si256(codes[i].as_ptr().cast()) };
+            let q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), ones));
+            sx = _mm256_add_ps(sx, _mm256_mul_ps(_mm256_set1_ps(weight[i] * xval[i]), q));
+            sq = _mm256_add_ps(sq, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(weight[i]), q), q));
+            // The 8 codes as bytes (each in 0..8, so the saturating packs are exact).
+            let p16 = _mm_packs_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256::<1>(l));
+            let p8 = _mm_packs_epi16(p16, p16);
+            // SAFETY: `out.codes[chunk][i]` has room for 8 bytes.
+            unsafe { _mm_storel_epi64(out.codes[chunk][i].as_mut_ptr().cast(), p8) };
+        }
+        let (sx, sq) = (f32s(sx), f32s(sq));
+        out.sumqx[8 * chunk..8 * chunk + m].copy_from_slice(&sx[..m]);
+        out.sumq2[8 * chunk..8 * chunk + m].copy_from_slice(&sq[..m]);
+        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid[..m]);
+    }
+    Ok(())
+}
+
+/// The levels of IQ1_S / IQ1_M with a positive and a negative shift.
+const X_P: [f32; 3] = [-0.875, 0.125, 1.125];
+const X_M: [f32; 3] = [-1.125, -0.125, 0.875];
+
+/// [`Searcher::iq1s_split`]: lanes are `i2`.
+#[target_feature(enable = "avx2")]
+fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
+    // Padded so that 8 lanes from any i2 ≤ 32 can be loaded.
+    let mut px = [0f32; 41];
+    let mut pw = [0f32; 41];
+    px[..33].copy_from_slice(sumx);
+    pw[..33].copy_from_slice(sumw);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let zero = _mm256_setzero_ps();
+    let (xe, we) = (_mm256_set1_ps(sumx[32]), _mm256_set1_ps(sumw[32]));
+    let mut best_score = -FLT_MAX;
+    let mut best = None;
+    for i1 in 0..=32usize {
+        let a = sumx[i1] - sumx[0];
+        let aw = sumw[i1] - sumw[0];
+        let (xi1, wi1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+        for base in (i1..=32).step_by(8) {
+            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(33),
+                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
+            ));
+            let (sx2, sw2) = (load8(&px[base..]), load8(&pw[base..]));
+            let (b, c) = (_mm256_sub_ps(sx2, xi1), _mm256_sub_ps(xe, sx2));
+            let (bw, cw) = (_mm256_sub_ps(sw2, wi1), _mm256_sub_ps(we, sw2));
+            let mut qx = [zero; 2];
+            let mut q2 = [zero; 2];
+            let mut hit = 0;
+            for (v, xs) in [X_P, X_M].iter().enumerate() {
+                let (x0, x1, x2) = (_mm256_set1_ps(xs[0]), _mm256_set1_ps(xs[1]), _mm256_set1_ps(xs[2]));
+                qx[v] =
+                    _mm256_add_ps(_mm256_add_ps(_mm256_set1_ps(a * xs[0]), _mm256_mul_ps(b, x1)), _mm256_mul_ps(c, x2));
+                q2[v] = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_set1_ps(aw * xs[0] * xs[0]), _mm256_mul_ps(_mm256_mul_ps(bw, x1), x1)),
+                    _mm256_mul_ps(_mm256_mul_ps(cw, x2), x2),
+                );
+                let _ = x0;
+                let ok = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(q2[v], zero),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(
+                        _mm256_mul_ps(qx[v], qx[v]),
+                        _mm256_mul_ps(_mm256_set1_ps(best_score), q2[v]),
+                    ),
+                );
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid));
+            }
+            if hit == 0 {
+                continue;
+            }
+            // Some lane may beat the best: walk the chunk in ggml's order.
+            let (qxp, qxm, q2p, q2m) = (f32s(qx[0]), f32s(qx[1]), f32s(q2[0]), f32s(q2[1]));
+            for k in 0..8.min(33 - base) {
+                for (sumqx, sumq2, shift) in [(qxp[k], q2p[k], 1i8), (qxm[k], q2m[k], -1)] {
+                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
+                        let scale = sumqx / sumq2;
+                        best_score = scale * sumqx;
+                        best = Some((i1, base + k, shift, scale));
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+/// [`Searcher::iq1m_split`]: lanes are `i2`.
+#[target_feature(enable = "avx2")]
+fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
+    let mut ppx = [[0f32; 25]; 2];
+    let mut ppw = [[0f32; 25]; 2];
+    for h in 0..2 {
+        ppx[h][..17].copy_from_slice(&px[h]);
+        ppw[h][..17].copy_from_slice(&pw[h]);
+    }
+    let txs = [px[0][16], px[1][16]];
+    let tws = [pw[0][16], pw[1][16]];
+    let (p2, m2) = (X_P[2], X_M[2]);
+    let cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1];
+    let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
+    let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
+    let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let zero = _mm256_setzero_ps();
+    let mut best_score = -FLT_MAX;
+    let mut best = None;
+    for i1 in 0..=16usize {
+        for base in (i1..=16).step_by(8) {
+            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(17),
+                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
+            ));
+            let mut qx_p = [zero; 2];
+            let mut qx_m = [zero; 2];
+            let mut q2_p = [zero; 2];
+            let mut q2_m = [zero; 2];
+            for h in 0..2 {
+                let sx = _mm256_add_ps(_mm256_set1_ps(ppx[h][i1]), load8(&ppx[h][base..]));
+                let pw2 = load8(&ppw[h][base..]);
+                qx_p[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * p2), sx);
+                qx_m[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * m2), sx);
+                q2_p[h] = _mm256_add_ps(
+                    _mm256_set1_ps(tws[h] * p2 * p2 + ppw[h][i1] * cp1),
+                    _mm256_mul_ps(pw2, _mm256_set1_ps(cp2)),
+                );
+                q2_m[h] = _mm256_add_ps(
+                    _mm256_set1_ps(tws[h] * m2 * m2 + ppw[h][i1] * cm1),
+                    _mm256_mul_ps(pw2, _mm256_set1_ps(cm2)),
+                );
+            }
+            let sumqx = [
+                _mm256_add_ps(qx_p[0], qx_p[1]),
+                _mm256_add_ps(qx_p[0], qx_m[1]),
+                _mm256_add_ps(qx_m[0], qx_p[1]),
+                _mm256_add_ps(qx_m[0], qx_m[1]),
+            ];
+            let sumq2 = [
+                _mm256_add_ps(q2_p[0], q2_p[1]),
+                _mm256_add_ps(q2_p[0], q2_m[1]),
+                _mm256_add_ps(q2_m[0], q2_p[1]),
+                _mm256_add_ps(q2_m[0], q2_m[1]),
+            ];
+            let bs = _mm256_set1_ps(best_score);
+            let mut hit = 0;
+            for k in 0..4 {
+                let ok = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2[k], zero),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k])),
+                );
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid));
+            }
+            if hit == 0 {
+                continue;
+            }
+            let qx = sumqx.map(|v| f32s(v));
+            let q2 = sumq2.map(|v| f32s(v));
+            for lane in 0..8.min(17 - base) {
+                for k in 0..4 {
+                    let (sumqx, sumq2) = (qx[k][lane], q2[k][lane]);
+                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
+                        let scale = sumqx / sumq2;
+                        best_score = scale * sumqx;
+                        best = Some((i1, base + lane, k, scale));
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+/// TQ1_0 with AVX2: the scalar reference (the trits are cheap next to the memory traffic).
+#[target_feature(enable = "avx2")]
+fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
+    ternary::quantize_tq1_0(x, y);
+}
+
+/// TQ2_0 with AVX2: the scalar reference.
+#[target_feature(enable = "avx2")]
+fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
+    ternary::quantize_tq2_0(x, y);
+}
