@@ -6,7 +6,8 @@ test-quantize-perf only times types with a CPU `from_float` (of these, TQ1_0 and
 i-quants are only reachable through `ggml_quantize_chunk`, which llama-quantize calls, so
 that is what is timed here (via ctypes, `ggml_quantize_init` done before timing; CPU time of
 the calling thread, so that other load on the machine counts less), with and
-without importance weights (rows of 4096, weights as moeq's bench makes them).
+without importance weights (rows of 4096, weights as moeq's bench makes them), and its
+dequantizer (`to_float`).
 
     python3 scripts/bench_ggml_iquants.py [--libggml PATH] [--size MiB] [--repeat N] [--types T,...]
 """
@@ -17,6 +18,15 @@ import os
 import time
 
 import numpy as np
+
+class TypeTraits(ctypes.Structure):
+    _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                ("is_quantized", ctypes.c_bool), ("to_float", ctypes.c_void_p),
+                ("from_float_ref", ctypes.c_void_p)]
+
+
+TO_FLOAT = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 TYPES = {"IQ2_XXS": (16, 66, True), "IQ2_XS": (17, 74, True), "IQ2_S": (22, 82, False),
          "IQ3_XXS": (18, 98, False), "IQ3_S": (21, 110, False), "IQ1_S": (19, 50, True),
@@ -36,6 +46,7 @@ def main():
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t
     lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(TypeTraits)
     n = args.size * (1 << 20) // 4 // ROW * ROW
     rng = np.random.default_rng(1)
     x = (rng.standard_normal(n) * 0.02).astype(np.float32)
@@ -57,6 +68,15 @@ def main():
                                         None if weights is None else weights.ctypes.data)
                 best = min(best, time.thread_time() - t)
             print(f"{name:<8} {op:<16} {n * 4 / best / 1e6:>8.2f}", flush=True)
+        to_float = TO_FLOAT(lib.ggml_get_type_traits(type_id).contents.to_float)
+        y = np.zeros(n, np.float32)
+        to_float(dst, y.ctypes.data, n)
+        best = float("inf")
+        for _ in range(max(args.repeat, 3)):
+            t = time.thread_time()
+            to_float(dst, y.ctypes.data, n)
+            best = min(best, time.thread_time() - t)
+        print(f"{name:<8} {'dequantize':<16} {n * 4 / best / 1e6:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

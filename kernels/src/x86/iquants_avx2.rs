@@ -117,8 +117,12 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     let len = list.indices.len();
     let qt = load8(qtab);
     let s = _mm256_set1_ps(scale);
-    let xs: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(x[i]));
-    let ws: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(w[i]));
+    // Lane l of terms[i]: coordinate i's term at level l, w·(scale·q_l − x)·(scale·q_l − x),
+    // the very products the scalar search forms; a neighbour's distance adds its levels' terms.
+    let terms: [__m256; N] = std::array::from_fn(|i| {
+        let diff = _mm256_sub_ps(_mm256_mul_ps(s, qt), _mm256_set1_ps(x[i]));
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
+    });
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(i32::MAX);
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -126,9 +130,7 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
         let mut d2 = _mm256_setzero_ps();
         for i in 0..N {
-            let q = _mm256_permutevar8x32_ps(qt, levels8(&rows[8 * i..]));
-            let diff = _mm256_sub_ps(_mm256_mul_ps(s, q), xs[i]);
-            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(ws[i], diff), diff));
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], levels8(&rows[8 * i..])));
         }
         let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
         let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, at));
@@ -147,31 +149,41 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     found.map(|(_, at)| at as usize)
 }
 
+/// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
+/// neighbour distance (the scalar search's very products), for levels `0..levels`.
+#[target_feature(enable = "avx2")]
+fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usize) -> [[__m256; 8]; N] {
+    let mut terms = [[_mm256_setzero_ps(); 8]; N];
+    for (i, row) in terms.iter_mut().enumerate() {
+        let (xi, wi) = (_mm256_set1_ps(x[i]), _mm256_set1_ps(w[i]));
+        for (l, term) in row.iter_mut().enumerate().take(levels) {
+            let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(ODD_LEVELS[l])), xi);
+            *term = _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff);
+        }
+    }
+    terms
+}
+
 /// The nearest neighbour in `list` for each lane in `lanes` (bit mask), each at its own scale
-/// (`scales`), scanning the list in order with a strict less-than per lane, as the scalar
-/// search does lane by lane; the winners' codes go to `codes` (rows of the group's values).
+/// (whose distance terms are `terms`, from [`lane_terms`]), scanning the list in order with a
+/// strict less-than per lane, as the scalar search does lane by lane; the winners' codes go to
+/// `codes` (rows of the group's values).
 #[target_feature(enable = "avx2")]
 fn nearest_per_lane<const N: usize>(
-    t: &Lattice<N>,
+    terms: &[[__m256; 8]; N],
     list: List<'_>,
-    x: &[f32],
-    w: &[f32],
-    scales: __m256,
     lanes: i32,
     codes: &mut [[i32; 8]],
 ) -> Result<(), GgmlAbort> {
-    let xs: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(x[i]));
-    let ws: [__m256; N] = std::array::from_fn(|i| _mm256_set1_ps(w[i]));
     let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
-    for (k, &j) in list.indices.iter().enumerate() {
-        let q = &t.grid_f32[j as usize];
+    for k in 0..list.indices.len() {
+        let rows = &list.levels[(k / 8) * 8 * N + k % 8..];
         let mut d2 = _mm256_setzero_ps();
         for i in 0..N {
-            let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(q[i])), xs[i]);
-            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(ws[i], diff), diff));
+            d2 = _mm256_add_ps(d2, terms[i][rows[8 * i] as usize]);
         }
         let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
         best = _mm256_blendv_ps(best, d2, better);
@@ -254,6 +266,7 @@ fn evaluate<const N: usize>(
             }
             let (gs, us) = (i32s(g), i32s(u));
             let r = N * k..N * k + N;
+            let mut terms = None;
             while off != 0 {
                 // The lanes whose code equals the first remaining lane's share its list.
                 let first = off.trailing_zeros() as usize;
@@ -271,15 +284,10 @@ fn evaluate<const N: usize>(
                         row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
                     }
                 } else {
-                    nearest_per_lane::<N>(
-                        t,
-                        list,
-                        &xval[r.clone()],
-                        &waux[r.clone()],
-                        scalev,
-                        same,
-                        &mut codes[r.clone()],
-                    )?;
+                    let terms = terms.get_or_insert_with(|| {
+                        lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], scalev, 1 << c.bits)
+                    });
+                    nearest_per_lane::<N>(terms, list, same, &mut codes[r.clone()])?;
                 }
             }
         }
