@@ -139,56 +139,119 @@ fn iquants_huge_values_match_ggml_or_fail_cleanly() {
     }
 }
 
-/// Seeded random rows of several shapes: every SIMD backend equals the scalar reference, with
-/// and without weights.
-#[test]
-fn iquants_simd_match_scalar_on_random_data() {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+fn rows(shape: u32, seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut state = seed | 1;
     let mut next = move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
-    let n = 256 * 24;
-    for shape in 0..6 {
-        let x: Vec<f32> = (0..n)
-            .map(|i| {
-                let g = (0..4).map(|_| next()).sum::<f32>() - 2.0;
-                match shape {
-                    0 => g * 0.02,
-                    1 => {
-                        if i % 97 == 0 {
-                            g * 3.0
-                        } else {
-                            g * 0.01
-                        }
+    let levels = [0.0f32, 0.01, -0.01, 0.02, -0.03];
+    let x: Vec<f32> = (0..n)
+        .map(|i| {
+            let g = (0..4).map(|_| next()).sum::<f32>() - 2.0;
+            match shape % 9 {
+                0 => g * 0.02,
+                1 => {
+                    if i % 97 == 0 {
+                        g * 3.0
+                    } else {
+                        g * 0.01
                     }
-                    2 => {
-                        if next() < 0.3 {
-                            0.0
-                        } else {
-                            g
-                        }
-                    }
-                    3 => (g * 4.0).round() * 0.25,
-                    4 => g * 1e-6,
-                    _ => g * [1e-30f32, 1e-3, 1.0, 1e10][i / 256 % 4],
                 }
-            })
-            .collect();
-        let w: Vec<f32> = (0..768).map(|i| if i % 13 == 0 { 0.0 } else { next() * 4.0 }).collect();
+                2 => {
+                    if next() < 0.3 {
+                        0.0
+                    } else {
+                        g
+                    }
+                }
+                3 => (g * 4.0).round() * 0.25,
+                4 => g * 1e-6,
+                5 => g * [1e-30f32, 1e-3, 1.0, 1e10][i / 256 % 4],
+                6 => levels[(next() * 5.0) as usize % 5],
+                7 => {
+                    if i % 16 == 3 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }
+                _ => g.abs() * if i % 2 == 0 { 1.0 } else { -1.0 } * (1.0 + (i / 32) as f32),
+            }
+        })
+        .collect();
+    let w: Vec<f32> = (0..768)
+        .map(|i| match shape % 3 {
+            0 => {
+                if i % 13 == 0 {
+                    0.0
+                } else {
+                    next() * 4.0
+                }
+            }
+            1 => {
+                if (i / 32) % 5 == 2 {
+                    0.0
+                } else {
+                    next() * next() * 100.0
+                }
+            }
+            _ => 1.0 + (i % 7) as f32,
+        })
+        .collect();
+    (x, w)
+}
+
+/// Seeded random rows of many shapes (scales from 1e-30 to 1e10, zeros, ties, sparse spikes,
+/// alternating signs; weights with zero columns and runs): every SIMD backend equals the scalar
+/// reference, with and without weights.
+#[test]
+fn iquants_simd_match_scalar_on_random_data() {
+    let backends: Vec<_> = available().into_iter().filter(|b| b.name != "scalar").collect();
+    for case in 0..27u32 {
+        let (x, w) = rows(case, 0x9E37_79B9_7F4A_7C15 ^ (case as u64) << 32, 256 * 12);
         for ty in IQUANTS {
             for weights in [None, Some(&w[..])] {
                 if weights.is_none() && ty.needs_importance() {
                     continue;
                 }
                 let want = quantize(&SCALAR, ty, &x, weights);
-                for b in available().into_iter().filter(|b| b.name != "scalar") {
+                for b in &backends {
                     let got = quantize(b, ty, &x, weights);
-                    assert!(got == want, "{} {} shape {shape} weights {}", b.name, ty.name(), weights.is_some());
+                    assert!(got == want, "{} {} case {case} weights {}", b.name, ty.name(), weights.is_some());
                 }
             }
+        }
+    }
+}
+
+/// Random bytes (finite scales) dequantize identically on every backend.
+#[test]
+fn iquants_dequantize_random_bytes_like_scalar() {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for ty in IQUANTS {
+        let mut bytes: Vec<u8> = (0..ty.block_bytes() * 64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 56) as u8
+            })
+            .collect();
+        for b in bytes.chunks_exact_mut(ty.block_bytes()) {
+            // Finite scales: clear the f16 exponent's top bit wherever a scale may sit.
+            for at in [0, 1, b.len() - 1] {
+                b[at] &= 0xbf;
+            }
+        }
+        let mut want = vec![0f32; 64 * 256];
+        SCALAR.dequantize(ty, &bytes, &mut want).unwrap();
+        for b in available() {
+            let mut got = vec![0f32; want.len()];
+            b.dequantize(ty, &bytes, &mut got).unwrap();
+            assert!(same_floats(&got, &want).is_none(), "{} {}", b.name, ty.name());
         }
     }
 }
