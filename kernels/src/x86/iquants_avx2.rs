@@ -25,7 +25,7 @@ use crate::scalar::ternary;
 pub(crate) struct Avx2(());
 
 /// The AVX2 i-quant kernels.
-pub(crate) static KERNELS: Kernels = Kernels { quantize: quantize_block, dequantize: crate::iquants::dequantize };
+pub(crate) static KERNELS: Kernels = Kernels { quantize: quantize_block, dequantize };
 
 fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
     match ty {
@@ -36,6 +36,111 @@ fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) ->
         _ => return crate::iquants::quantize_block_with(&Avx2(()), ty, x, qw, y),
     }
     Ok(())
+}
+
+fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
+    match ty {
+        // SAFETY: reached only through the AVX2 / AVX-512 backends, after AVX2 was detected.
+        QuantType::IQ1_S => unsafe { dequantize_iq1_s(x, y) },
+        // SAFETY: as above.
+        QuantType::IQ1_M => unsafe { dequantize_iq1_m(x, y) },
+        // SAFETY: as above.
+        QuantType::TQ1_0 => unsafe { dequantize_tq1_0(x, y) },
+        _ => crate::iquants::dequantize(ty, x, y),
+    }
+}
+
+/// `dl·(grid[j] + delta)` for the 8 values of an IQ1 grid entry, into `y[..8]`.
+#[target_feature(enable = "avx2")]
+fn iq1_put8(y: &mut [f32], entry: u64, dl: f32, delta: f32) {
+    assert!(y.len() >= 8);
+    let g = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(entry as i64)));
+    let v = _mm256_mul_ps(_mm256_set1_ps(dl), _mm256_add_ps(g, _mm256_set1_ps(delta)));
+    // SAFETY: `y` has room for 8 f32 (checked above).
+    unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) };
+}
+
+/// `dequantize_row_iq1_s` with the grid entries widened in lanes.
+#[target_feature(enable = "avx2")]
+fn dequantize_iq1_s(x: &[u8], y: &mut [f32]) {
+    use crate::scalar::iq_grids::IQ1S_GRID;
+    use crate::scalar::iq1::{IQ1_S_BYTES, IQ1S_DELTA};
+    for (b, y) in x.chunks_exact(IQ1_S_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([b[34 + 2 * ib], b[35 + 2 * ib]]);
+            let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+            let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            for l in 0..4 {
+                let index = b[2 + 4 * ib + l] as usize | (((qh >> (3 * l)) & 7) as usize) << 8;
+                iq1_put8(&mut y[32 * ib + 8 * l..], IQ1S_GRID[index], dl, delta);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_iq1_m` with the grid entries widened in lanes.
+#[target_feature(enable = "avx2")]
+fn dequantize_iq1_m(x: &[u8], y: &mut [f32]) {
+    use crate::scalar::iq_grids::IQ1S_GRID;
+    use crate::scalar::iq1::{IQ1_M_BYTES, IQ1S_DELTA};
+    for (b, y) in x.chunks_exact(IQ1_M_BYTES).zip(y.chunks_exact_mut(256)) {
+        let (qs, qh) = (&b[..32], &b[32..48]);
+        let sc: [u16; 4] = std::array::from_fn(|i| u16::from_le_bytes([b[48 + 2 * i], b[49 + 2 * i]]));
+        let bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+        let d = crate::convert::f16_to_f32(bits);
+        for ib in 0..8 {
+            let s = sc[ib / 2] as i32;
+            let dl1 = d * (2 * ((s >> (6 * (ib % 2))) & 0x7) + 1) as f32;
+            let dl2 = d * (2 * ((s >> (6 * (ib % 2) + 3)) & 0x7) + 1) as f32;
+            let (h0, h1) = (qh[2 * ib] as usize, qh[2 * ib + 1] as usize);
+            let idx = [
+                qs[4 * ib] as usize | ((h0 << 8) & 0x700),
+                qs[4 * ib + 1] as usize | ((h0 << 4) & 0x700),
+                qs[4 * ib + 2] as usize | ((h1 << 8) & 0x700),
+                qs[4 * ib + 3] as usize | ((h1 << 4) & 0x700),
+            ];
+            let delta =
+                [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80].map(|m| if m != 0 { -IQ1S_DELTA } else { IQ1S_DELTA });
+            for l in 0..4 {
+                iq1_put8(&mut y[32 * ib + 8 * l..], IQ1S_GRID[idx[l]], if l < 2 { dl1 } else { dl2 }, delta[l]);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_tq1_0` with the trits extracted in lanes: `(q·3^n mod 256)·3 >> 8`.
+#[target_feature(enable = "avx2")]
+fn dequantize_tq1_0(x: &[u8], y: &mut [f32]) {
+    const POW3: [i32; 5] = [1, 3, 9, 27, 81];
+    let (byte, three, one) = (_mm256_set1_epi32(0xff), _mm256_set1_epi32(3), _mm256_set1_epi32(1));
+    // 8 outputs from 8 packed bytes and a power of 3.
+    let put = |y: &mut [f32], q: &[u8], pow3: i32, d: __m256| {
+        let q = _mm256_and_si256(_mm256_mullo_epi32(levels8(q), _mm256_set1_epi32(pow3)), byte);
+        let xi = _mm256_srli_epi32::<8>(_mm256_mullo_epi32(q, three));
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(xi, one)), d);
+        assert!(y.len() >= 8);
+        // SAFETY: `y` has room for 8 f32 (checked above).
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) };
+    };
+    for (b, y) in x.chunks_exact(ternary::TQ1_0_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = _mm256_set1_ps(crate::convert::f16_to_f32(u16::from_le_bytes([b[52], b[53]])));
+        for (n, &p) in POW3.iter().enumerate() {
+            for m in (0..32).step_by(8) {
+                put(&mut y[32 * n + m..], &b[m..], p, d);
+            }
+            for m in (0..16).step_by(8) {
+                put(&mut y[160 + 16 * n + m..], &b[32 + m..], p, d);
+            }
+        }
+        for n in 0..4 {
+            for j in 0..4 {
+                let q = b[48 + j].wrapping_mul(POW3[n] as u8);
+                y[240 + 4 * n + j] = (((q as u16 * 3) >> 8) as i32 - 1) as f32
+                    * crate::convert::f16_to_f32(u16::from_le_bytes([b[52], b[53]]));
+            }
+        }
+    }
 }
 
 impl Searcher for Avx2 {
