@@ -466,19 +466,23 @@ fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f
                         _mm256_mul_ps(_mm256_set1_ps(best_score), q2[v]),
                     ),
                 );
-                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid));
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * v);
             }
             if hit == 0 {
                 continue;
             }
-            // Some lane may beat the best: walk the chunk in ggml's order.
-            let (qxp, qxm, q2p, q2m) = (f32s(qx[0]), f32s(qx[1]), f32s(q2[0]), f32s(q2[1]));
-            for k in 0..8.min(33 - base) {
-                for (sumqx, sumq2, shift) in [(qxp[k], q2p[k], 1i8), (qxm[k], q2m[k], -1)] {
-                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
-                        let scale = sumqx / sumq2;
-                        best_score = scale * sumqx;
-                        best = Some((i1, base + k, shift, scale));
+            // Some lane may beat the best: walk the chunk in ggml's order from the first lane
+            // that passes, with each candidate's scale and score computed in lanes.
+            let (qxs, q2s) = (qx.map(|v| f32s(v)), q2.map(|v| f32s(v)));
+            let scale = std::array::from_fn::<_, 2, _>(|v| _mm256_div_ps(qx[v], q2[v]));
+            let score = std::array::from_fn::<_, 2, _>(|v| f32s(_mm256_mul_ps(scale[v], qx[v])));
+            let scale = scale.map(|v| f32s(v));
+            let first = (hit as u32 | hit as u32 >> 8).trailing_zeros() as usize;
+            for k in first..8.min(33 - base) {
+                for (v, shift) in [(0, 1i8), (1, -1)] {
+                    if q2s[v][k] > 0.0 && qxs[v][k] * qxs[v][k] > best_score * q2s[v][k] {
+                        best_score = score[v][k];
+                        best = Some((i1, base + k, shift, scale[v][k]));
                     }
                 }
             }
@@ -550,20 +554,24 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
                     _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2[k], zero),
                     _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k])),
                 );
-                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid));
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * k);
             }
             if hit == 0 {
                 continue;
             }
+            // Walk the chunk in ggml's order from the first lane that passes, with each
+            // candidate's scale and score (`sumqx / sumq2`, `scale · sumqx`) computed in lanes.
             let qx = sumqx.map(|v| f32s(v));
             let q2 = sumq2.map(|v| f32s(v));
-            for lane in 0..8.min(17 - base) {
+            let scale = std::array::from_fn::<_, 4, _>(|k| _mm256_div_ps(sumqx[k], sumq2[k]));
+            let score = std::array::from_fn::<_, 4, _>(|k| f32s(_mm256_mul_ps(scale[k], sumqx[k])));
+            let scale = scale.map(|v| f32s(v));
+            let first = (hit as u32 | hit as u32 >> 8 | hit as u32 >> 16 | hit as u32 >> 24).trailing_zeros() as usize;
+            for lane in first..8.min(17 - base) {
                 for k in 0..4 {
-                    let (sumqx, sumq2) = (qx[k][lane], q2[k][lane]);
-                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
-                        let scale = sumqx / sumq2;
-                        best_score = scale * sumqx;
-                        best = Some((i1, base + lane, k, scale));
+                    if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
+                        best_score = score[k][lane];
+                        best = Some((i1, base + lane, k, scale[k][lane]));
                     }
                 }
             }
