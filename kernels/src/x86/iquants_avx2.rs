@@ -257,8 +257,7 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
 /// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
 /// neighbour distance (the scalar search's very products), for levels `0..levels`.
 #[target_feature(enable = "avx2")]
-fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usize) -> [[__m256; 8]; N] {
-    let mut terms = [[_mm256_setzero_ps(); 8]; N];
+fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usize, terms: &mut [[__m256; 8]; N]) {
     for (i, row) in terms.iter_mut().enumerate() {
         let (xi, wi) = (_mm256_set1_ps(x[i]), _mm256_set1_ps(w[i]));
         for (l, term) in row.iter_mut().enumerate().take(levels) {
@@ -266,7 +265,6 @@ fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usiz
             *term = _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff);
         }
     }
-    terms
 }
 
 /// The nearest neighbour in `list` for each lane in `lanes` (bit mask), each at its own scale
@@ -334,6 +332,7 @@ fn evaluate<const N: usize>(
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
     let (mantissa, offset) = (_mm256_set1_epi32(0x007f_ffff), _mm256_set1_epi32(0x0040_0000));
     let (zero, kmax) = (_mm256_setzero_si256(), _mm256_set1_epi32(c.kmax - 1));
+    let mut terms = [[_mm256_setzero_ps(); 8]; N];
     for (chunk, cands) in candidates.chunks(8).enumerate() {
         let m = cands.len();
         let ids: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].0);
@@ -371,7 +370,7 @@ fn evaluate<const N: usize>(
             }
             let (gs, us) = (i32s(g), i32s(u));
             let r = N * k..N * k + N;
-            let mut terms = None;
+            let mut have_terms = false;
             while off != 0 {
                 // The lanes whose code equals the first remaining lane's share its list.
                 let first = off.trailing_zeros() as usize;
@@ -389,10 +388,11 @@ fn evaluate<const N: usize>(
                         row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
                     }
                 } else {
-                    let terms = terms.get_or_insert_with(|| {
-                        lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], scalev, 1 << c.bits)
-                    });
-                    nearest_per_lane::<N>(terms, list, same, &mut codes[r.clone()])?;
+                    if !have_terms {
+                        lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], scalev, 1 << c.bits, &mut terms);
+                        have_terms = true;
+                    }
+                    nearest_per_lane::<N>(&terms, list, same, &mut codes[r.clone()])?;
                 }
             }
         }
