@@ -89,11 +89,12 @@ pub(crate) fn quantize(
     if weights.is_none() && ty.needs_importance() {
         return Err(KernelError::NeedsImportance(ty.name()));
     }
-    if let Some((index, value)) = crate::backend::first_non_finite(x) {
-        return Err(KernelError::NonFinite { index, value });
-    }
     let weights = weights.filter(|_| !matches!(ty, QuantType::TQ1_0 | QuantType::TQ2_0));
     for (block, (xb, yb)) in x.chunks_exact(256).zip(y.chunks_exact_mut(ty.block_bytes())).enumerate() {
+        // Checked block by block, so that the values are read from memory once.
+        if let Some((at, value)) = crate::backend::first_non_finite(xb) {
+            return Err(KernelError::NonFinite { index: block * 256 + at, value });
+        }
         let qw = weights.map(|w| {
             let at = block * 256 % w.len();
             &w[at..at + 256]

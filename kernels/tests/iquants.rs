@@ -255,3 +255,25 @@ fn iquants_dequantize_random_bytes_like_scalar() {
         }
     }
 }
+
+/// Ternary rounding at and around the half-way points (lroundf rounds half away from zero),
+/// at several scales, equal on every backend.
+#[test]
+fn ternary_ties_match_scalar() {
+    let around = |v: f32| [f32::from_bits(v.to_bits() - 1), v, f32::from_bits(v.to_bits() + 1)];
+    let mut x = Vec::new();
+    for scale in [1.0f32, 3.0, 1e-20, 7e30, 0.1] {
+        let mut block = vec![scale; 256];
+        for (i, v) in [0.5f32, -0.5, 0.25, -1.0, 0.75].iter().flat_map(|&v| around(v * scale)).enumerate() {
+            block[1 + i] = v;
+        }
+        block[100] = -scale;
+        x.extend(block);
+    }
+    for ty in [QuantType::TQ1_0, QuantType::TQ2_0] {
+        let want = quantize(&SCALAR, ty, &x, None).unwrap();
+        for b in available() {
+            assert_eq!(quantize(b, ty, &x, None).unwrap(), want, "{} {}", b.name, ty.name());
+        }
+    }
+}

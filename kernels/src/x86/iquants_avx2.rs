@@ -596,16 +596,15 @@ fn trits(x: &[f32]) -> Option<([u8; 256], f32)> {
         return None;
     }
     let idv = _mm256_set1_ps(id);
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+    let (half, neg_half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5), _mm256_set1_epi32(1));
     let mut out = [0u8; 256];
     for (c, o) in x[..256].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        // |x·id| ≤ 1 + 2⁻²³ (|x| ≤ d), where rounding half away from zero gives 1 from ½ up,
+        // −1 from −½ down and 0 between: the trit is 1 + [p ≥ ½] − [p ≤ −½].
         let p = _mm256_mul_ps(load8(c), idv);
-        // Round half away from zero: truncate, then step away when the fraction is ≥ ½.
-        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(p);
-        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(p, t));
-        let step = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), _mm256_or_ps(one, _mm256_and_ps(sign, p)));
-        let r = _mm256_cvtps_epi32(_mm256_add_ps(t, step));
-        let xi = _mm256_add_epi32(r, _mm256_set1_epi32(1));
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(p, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(p, neg_half));
+        let xi = _mm256_add_epi32(_mm256_sub_epi32(one, up), down);
         let p16 = _mm_packs_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256::<1>(xi));
         // SAFETY: `o` has room for 8 bytes.
         unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
