@@ -88,3 +88,45 @@ pub fn from_f32(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every type the kernels know has the block shape of the GGUF type table.
+    #[test]
+    fn kernel_blocks_match_the_gguf_type_table() {
+        for ty in GgmlType::all() {
+            if let Some(q) = quant_type(ty) {
+                assert_eq!(q.name(), ty.name());
+                assert_eq!(q.block_size() as u64, ty.block_size(), "{ty}");
+                assert_eq!(q.block_bytes() as u64, ty.type_size(), "{ty}");
+            }
+        }
+    }
+
+    /// The i-quants and ternary types are read and written; those that need importance weights
+    /// are refused without, naming the reason.
+    #[test]
+    fn iquants_read_and_write() {
+        let x: Vec<f32> = (0..512).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+        for ty in
+            [GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ1_M, GgmlType::TQ1_0, GgmlType::TQ2_0]
+        {
+            assert!(can_read(ty) && can_write(ty), "{ty}");
+            let mut q = vec![0u8; ty.row_bytes(512).unwrap() as usize];
+            from_f32(ty, &x, &mut q).unwrap();
+            let mut y = vec![0f32; 512];
+            to_f32(ty, &q, &mut y).unwrap();
+            // A plumbing check (the kernels' tests pin the bytes): the values come back roughly.
+            let rms = |v: &mut dyn Iterator<Item = f32>| (v.map(|e| e * e).sum::<f32>() / 512.0).sqrt();
+            let (err, size) = (rms(&mut x.iter().zip(&y).map(|(a, b)| a - b)), rms(&mut x.iter().copied()));
+            assert!(err < 0.6 * size, "{ty}: rms error {err} for values of rms {size}");
+        }
+        for ty in [GgmlType::IQ2_XXS, GgmlType::IQ2_XS, GgmlType::IQ1_S] {
+            let mut q = vec![0u8; ty.row_bytes(512).unwrap() as usize];
+            let err = from_f32(ty, &x, &mut q).unwrap_err().to_string();
+            assert!(err.contains("importance"), "{ty}: {err}");
+        }
+    }
+}
