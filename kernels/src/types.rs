@@ -22,8 +22,15 @@ pub enum QuantType {
     Q5_K,
     /// `{ql: u8[128], qh: u8[64], scales: i8[16], d: f16}`, 210 bytes per 256 values.
     Q6_K,
-    /// `{d: f16, qs: u8[16]}` with a non-linear table, 18 bytes per 32 values (dequantize only).
+    /// `{d: f16, qs: u8[16]}` with a non-linear table, 18 bytes per 32 values.
     IQ4_NL,
+    /// `{scales: u8[16], qs: u8[64], d, dmin: f16}`, 84 bytes per 256 values.
+    Q2_K,
+    /// `{hmask: u8[32], qs: u8[64], scales: u8[12], d: f16}`, 110 bytes per 256 values.
+    Q3_K,
+    /// `{d: f16, scales_h: u16, scales_l: u8[4], qs: u8[128]}` with IQ4_NL's table, 136 bytes
+    /// per 256 values.
+    IQ4_XS,
     /// `{d: f16, qs: u16[32]}` (grid of 256, 7 sign bits and a 4-bit scale per 32), 66 bytes per
     /// 256 values; quantizing needs importance weights.
     IQ2_XXS,
@@ -51,7 +58,7 @@ pub enum QuantType {
 
 impl QuantType {
     /// Every type.
-    pub const ALL: [QuantType; 19] = [
+    pub const ALL: [QuantType; 22] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
@@ -62,6 +69,9 @@ impl QuantType {
         QuantType::Q5_K,
         QuantType::Q6_K,
         QuantType::IQ4_NL,
+        QuantType::Q2_K,
+        QuantType::Q3_K,
+        QuantType::IQ4_XS,
         QuantType::IQ2_XXS,
         QuantType::IQ2_XS,
         QuantType::IQ2_S,
@@ -76,9 +86,14 @@ impl QuantType {
     /// Values per block.
     pub fn block_size(self) -> usize {
         match self {
-            QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => 256,
-            t if t.is_iquant() => 256,
-            _ => 32,
+            QuantType::Q8_0
+            | QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1
+            | QuantType::MXFP4
+            | QuantType::IQ4_NL => 32,
+            _ => 256,
         }
     }
 
@@ -94,6 +109,9 @@ impl QuantType {
             QuantType::Q4_K => 144,
             QuantType::Q5_K => 176,
             QuantType::Q6_K => 210,
+            QuantType::Q2_K => 84,
+            QuantType::Q3_K => 110,
+            QuantType::IQ4_XS => 136,
             QuantType::IQ2_XXS | QuantType::TQ2_0 => 66,
             QuantType::IQ2_XS => 74,
             QuantType::IQ2_S => 82,
@@ -105,32 +123,15 @@ impl QuantType {
         }
     }
 
-    /// Whether this is one of the i-quants (IQ1_S … IQ3_S) or ternary types (TQ1_0, TQ2_0),
-    /// whose kernels dispatch super-block by super-block (module `iquants`).
-    pub fn is_iquant(self) -> bool {
-        matches!(
-            self,
-            QuantType::IQ2_XXS
-                | QuantType::IQ2_XS
-                | QuantType::IQ2_S
-                | QuantType::IQ3_XXS
-                | QuantType::IQ3_S
-                | QuantType::IQ1_S
-                | QuantType::IQ1_M
-                | QuantType::TQ1_0
-                | QuantType::TQ2_0
-        )
-    }
-
     /// Whether quantizing to this type needs importance weights: ggml asserts on their
     /// absence for IQ2_XXS, IQ2_XS and IQ1_S (`ggml_quantize_requires_imatrix`).
     pub fn needs_importance(self) -> bool {
         matches!(self, QuantType::IQ2_XXS | QuantType::IQ2_XS | QuantType::IQ1_S)
     }
 
-    /// Whether moeq can quantize to this type (IQ4_NL is dequantize-only).
+    /// Whether moeq can quantize to this type.
     pub fn can_quantize(self) -> bool {
-        self != QuantType::IQ4_NL
+        true
     }
 
     /// The ggml name.
@@ -146,6 +147,9 @@ impl QuantType {
             QuantType::Q5_K => "Q5_K",
             QuantType::Q6_K => "Q6_K",
             QuantType::IQ4_NL => "IQ4_NL",
+            QuantType::Q2_K => "Q2_K",
+            QuantType::Q3_K => "Q3_K",
+            QuantType::IQ4_XS => "IQ4_XS",
             QuantType::IQ2_XXS => "IQ2_XXS",
             QuantType::IQ2_XS => "IQ2_XS",
             QuantType::IQ2_S => "IQ2_S",

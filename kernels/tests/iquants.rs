@@ -6,7 +6,7 @@
 use moeq_kernels::backend::SCALAR;
 use moeq_kernels::{Backend, KernelError, QuantType, available};
 
-const IQUANTS: [QuantType; 9] = [
+pub const IQUANTS: [QuantType; 9] = [
     QuantType::IQ2_XXS,
     QuantType::IQ2_XS,
     QuantType::IQ2_S,

@@ -10,11 +10,10 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
+use super::common::{c_max, imatrix_weights, nearest_int, sum_x2, value_weights};
 use super::iq_grids::IQ1S_GRID;
 use super::iq_search::{Searcher, grid_codes};
-use super::iq_tables::{self, GgmlAbort, Lattice, Lookup, c_max, check_scale};
-use super::iq2::{imatrix_weights, sum_x2};
-use super::kquants::nearest_int;
+use super::iq_tables::{self, GgmlAbort, Lattice, Lookup, check_scale};
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `IQ1S_DELTA` (and `IQ1M_DELTA`).
@@ -202,14 +201,8 @@ pub fn quantize_iq1_m_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     let mut max_scale = 0.0f32;
     y[..IQ1_M_BYTES].fill(0);
     let sigma2 = 2.0 * sum_x2(x) / 256.0;
-    let weights_of = |ib: usize, xb: &[f32], weight: &mut [f32; 16]| match qw {
-        Some(qw) => imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, weight),
-        None => {
-            for (w, &v) in weight.iter_mut().zip(xb) {
-                *w = v * v;
-            }
-        }
-    };
+    let weights_of =
+        |ib: usize, xb: &[f32], weight: &mut [f32; 16]| value_weights(xb, qw.map(|q| &q[16 * ib..]), sigma2, weight);
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
         weights_of(ib, xb, &mut weight);

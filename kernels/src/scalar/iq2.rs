@@ -10,14 +10,11 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
+use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, make_qp_quants, nearest_int, sum_x2};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
-use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
-use super::kquants::nearest_int;
+use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
 use crate::convert::{f16_to_f32, f32_to_f16};
-
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
 /// ggml's `GROUP_MAX_EPS_IQ2_S`.
 const GROUP_MAX_EPS_IQ2_S: f32 = 1e-8;
 /// ggml's `kMaxQ` for the 2-bit grids: codes 0..=2, positions 1, 3, 5.
@@ -72,99 +69,6 @@ pub(crate) fn signs8(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -
         s ^= 1 << imin;
     }
     s & 127
-}
-
-/// `Σ x²` over a super-block, in order.
-#[inline]
-pub(crate) fn sum_x2(x: &[f32]) -> f32 {
-    let mut s = 0.0f32;
-    for &v in x {
-        s += v * v;
-    }
-    s
-}
-
-/// `weight[i] = qw[i]·√(sigma2 + x[i]²)`.
-#[inline]
-pub(crate) fn imatrix_weights(x: &[f32], qw: &[f32], sigma2: f32, weight: &mut [f32]) {
-    for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(x) {
-        *w = q * (sigma2 + v * v).sqrt();
-    }
-}
-
-/// `make_qp_quants` for `n` values: a positive scale for codes 0..=nmax, weighted; codes to `l`
-/// (as ggml's `uint8_t`, wrapping).
-fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
-    let n = x.len();
-    let mut max = 0.0f32;
-    for &v in x {
-        max = c_max(max, v);
-    }
-    if max < GROUP_MAX_EPS {
-        l[..n].fill(0);
-        return 0.0;
-    }
-    let mut iscale = nmax as f32 / max;
-    for i in 0..n {
-        l[i] = nearest_int(iscale * x[i]) as u8;
-    }
-    let scale = 1.0 / iscale;
-    let mut best_mse = 0.0f32;
-    for i in 0..n {
-        let diff = x[i] - scale * l[i] as f32;
-        best_mse += qw[i] * diff * diff;
-    }
-    for is in -4..=4 {
-        if is == 0 {
-            continue;
-        }
-        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
-        let scale_is = 1.0 / iscale_is;
-        let mut mse = 0.0f32;
-        for i in 0..n {
-            let q = nearest_int(iscale_is * x[i]).min(nmax);
-            let diff = x[i] - scale_is * q as f32;
-            mse += qw[i] * diff * diff;
-        }
-        if mse < best_mse {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).min(nmax);
-        l[i] = q as u8;
-        let w = qw[i];
-        sumlx += w * x[i] * q as f32;
-        suml2 += w * q as f32 * q as f32;
-    }
-    for _ in 0..5 {
-        let mut changed = false;
-        for i in 0..n {
-            let w = qw[i];
-            let li = l[i] as f32;
-            let mut slx = sumlx - w * x[i] * li;
-            let mut sl2 = suml2 - w * li * li;
-            if slx > 0.0 && sl2 > 0.0 {
-                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
-                if new_l != l[i] as i32 {
-                    slx += w * x[i] * new_l as f32;
-                    sl2 += w * new_l as f32 * new_l as f32;
-                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l as u8;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 
 /// The 4-bit super-block code of a block scale: `nearest_int(0.5·(id·scale − 1))` in 0..=15.

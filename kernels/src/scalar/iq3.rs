@@ -8,10 +8,11 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
+use super::common::{c_max, sum_x2, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
-use super::iq_tables::{self, GgmlAbort, Lattice, c_max, check_scale};
-use super::iq2::{imatrix_weights, scale_code, signs8, sum_x2};
+use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
+use super::iq2::{scale_code, signs8};
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `GROUP_MAX_EPS_IQ3_XXS`.
@@ -36,14 +37,7 @@ fn on_grid(t: &Lattice<4>, l: &[i8]) -> Result<u16, GgmlAbort> {
 /// The weights of a 32-value block: from the imatrix, or x².
 #[inline]
 fn block_weights(xb: &[f32], qw: Option<&[f32]>, sigma2: f32, weight: &mut [f32; 32], waux: &mut [f32; 32]) {
-    match qw {
-        Some(qw) => imatrix_weights(xb, qw, sigma2, weight),
-        None => {
-            for (w, &v) in weight.iter_mut().zip(xb) {
-                *w = v * v;
-            }
-        }
-    }
+    value_weights(xb, qw, sigma2, weight);
     for (a, &w) in waux.iter_mut().zip(weight.iter()) {
         *a = w.sqrt();
     }

@@ -5,8 +5,9 @@
 //! `quantize_row_iq1_{s,m}_impl`); any other implementation must return exactly the same
 //! values (bit for bit) for every input.
 
+use super::common::nearest_int;
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
-use super::kquants::nearest_int;
+use super::iq1::{X_M, X_P};
 
 /// The levels of the 2- and 3-bit grids as floats: level `l` is position `2l+1`.
 pub const ODD_LEVELS: [f32; 8] = [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0];
@@ -129,10 +130,6 @@ pub fn grid_codes<const N: usize>(t: &Lattice<N>, j: u16, l: &mut [i8]) {
         *l = (p - 1) / 2;
     }
 }
-
-/// `x_p` / `x_m` of IQ1_S and IQ1_M: the three levels shifted by ±`IQ1S_DELTA`.
-const X_P: [f32; 3] = [-0.875, 0.125, 1.125];
-const X_M: [f32; 3] = [-1.125, -0.125, 0.875];
 
 impl Searcher for Reference {
     fn nearest<const N: usize>(

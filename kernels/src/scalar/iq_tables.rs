@@ -24,12 +24,6 @@ pub struct GgmlAbort;
 /// The largest f32 below infinity, ggml's `FLT_MAX`.
 pub const FLT_MAX: f32 = f32::MAX;
 
-/// ggml's `MAX(a, b)`: `a > b ? a : b` (which differs from `f32::max` on NaN).
-#[inline]
-pub fn c_max(a: f32, b: f32) -> f32 {
-    if a > b { a } else { b }
-}
-
 /// ggml's `GGML_ASSERT(scale >= 0)`: a negative or NaN block scale is an abort.
 #[inline]
 pub fn check_scale(scale: f32) -> Result<(), GgmlAbort> {
@@ -89,31 +83,34 @@ impl<const N: usize> Lattice<N> {
             map[index] = j as i32;
         }
         let (mut lists, mut neighbours, mut levels) = (Vec::new(), Vec::new(), Vec::new());
-        let mut dist = vec![0u32; grid.len()];
-        let mut near: Vec<(u32, u16)> = Vec::new();
+        // The grid by coordinates (columns), for distance passes the compiler vectorizes.
+        let columns: [Vec<i16>; N] = std::array::from_fn(|k| grid.iter().map(|p| p[k] as i16).collect());
+        let mut dist = vec![0i16; grid.len()];
+        let mut near: Vec<(i16, u16)> = Vec::new();
         for (i, slot) in map.iter_mut().enumerate() {
             let digits: [usize; N] = std::array::from_fn(|k| (i >> (bits as usize * k)) & mask);
             if *slot >= 0 || digits.iter().any(|&d| d > max_digit) {
                 continue;
             }
-            let pos = digits.map(|d| (2 * d + 1) as i32);
-            for (d, p) in dist.iter_mut().zip(&grid) {
-                *d = p.iter().zip(&pos).map(|(&g, &q)| ((g as i32 - q) * (g as i32 - q)) as u32).sum();
-            }
-            // The nwant smallest distinct distances, then every point within the largest of
-            // them, in (distance, index) order: ggml's qsort of (d2, j) pairs cut the same way.
-            let mut smallest: Vec<u32> = Vec::with_capacity(nwant);
-            for &d in &dist {
-                if smallest.contains(&d) {
-                    continue;
-                }
-                if smallest.len() < nwant {
-                    smallest.push(d);
-                } else if let Some(m) = smallest.iter_mut().max().filter(|m| d < **m) {
-                    *m = d;
+            let pos = digits.map(|d| (2 * d + 1) as i16);
+            // Squared distances to every grid point (at most N·(2·mask)², so i16 is exact).
+            dist.fill(0);
+            for (column, &q) in columns.iter().zip(&pos) {
+                for (d, &g) in dist.iter_mut().zip(column) {
+                    *d += (g - q) * (g - q);
                 }
             }
-            let limit = smallest.iter().copied().max().unwrap_or(0);
+            // The nwant smallest distinct distances (all, if fewer), then every point within
+            // the largest of them, in (distance, index) order: ggml's qsort of (d2, j) pairs
+            // cut the same way.
+            let mut limit = -1i16;
+            for _ in 0..nwant {
+                let next = dist.iter().fold(i16::MAX, |m, &d| m.min(if d > limit { d } else { i16::MAX }));
+                if next == i16::MAX {
+                    break;
+                }
+                limit = next;
+            }
             near.clear();
             near.extend(dist.iter().enumerate().filter(|&(_, &d)| d <= limit).map(|(j, &d)| (d, j as u16)));
             near.sort_unstable();

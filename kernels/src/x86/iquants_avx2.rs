@@ -16,45 +16,39 @@
 //! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
 //! this machine (AMD EPYC, 512-bit operations double-pumped).
 //!
-//! Every `#[target_feature]` function here is reached only through [`KERNELS`], which the AVX2
-//! and AVX-512 backends hand out only after detecting AVX2.
+//! Every `#[target_feature]` function here is reached only through the AVX2 table (and the
+//! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
 
 use std::arch::x86_64::*;
 
+use super::avx2::lanes as f32s;
+use super::kquants_avx2::{clamp, nearest_int};
 use crate::QuantType;
-use crate::iquants::Kernels;
+use crate::backend::Refusal;
 use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
 use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
-use crate::scalar::ternary;
+use crate::scalar::iq1::{X_M, X_P};
+use crate::scalar::{iquants, ternary};
 
-/// The AVX2 searches. Only this module makes one, inside functions that the backends reach
-/// after detecting AVX2.
+/// The AVX2 searches. Only this module makes one, inside `#[target_feature(enable = "avx2")]`
+/// functions (which only run where AVX2 was detected).
 pub(crate) struct Avx2(());
 
-/// The AVX2 i-quant kernels.
-pub(crate) static KERNELS: Kernels = Kernels { quantize: quantize_block, dequantize };
-
-fn quantize_block(ty: QuantType, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
-    match ty {
-        // SAFETY: reached only through the AVX2 / AVX-512 backends, after AVX2 was detected.
-        QuantType::TQ1_0 => unsafe { quantize_tq1_0(x, y) },
-        // SAFETY: as above.
-        QuantType::TQ2_0 => unsafe { quantize_tq2_0(x, y) },
-        _ => return crate::iquants::quantize_block_with(&Avx2(()), ty, x, qw, y),
+/// IQ2_S, IQ3_XXS, IQ3_S, IQ1_M (and, refusing, the types that need weights) without
+/// importance weights, with the AVX2 searches; refuses NaN and infinities.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> Result<(), Refusal> {
+    if crate::backend::first_non_finite(x).is_some() {
+        return Err(Refusal::NonFinite);
     }
-    Ok(())
+    iquants::quantize(&Avx2(()), ty, x, y, None)
 }
 
-fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
-    match ty {
-        // SAFETY: reached only through the AVX2 / AVX-512 backends, after AVX2 was detected.
-        QuantType::IQ1_S => unsafe { dequantize_iq1_s(x, y) },
-        // SAFETY: as above.
-        QuantType::IQ1_M => unsafe { dequantize_iq1_m(x, y) },
-        // SAFETY: as above.
-        QuantType::TQ1_0 => unsafe { dequantize_tq1_0(x, y) },
-        _ => crate::iquants::dequantize(ty, x, y),
-    }
+/// The i-quants with importance weights `qw` (a row's worth), with the AVX2 searches; values
+/// finite.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], qw: &[f32]) -> Result<(), Refusal> {
+    iquants::quantize_rows(&Avx2(()), ty, x, y, qw)
 }
 
 /// `dl·(grid[j] + delta)` for the 8 values of an IQ1 grid entry, into `y[..8]`.
@@ -69,7 +63,7 @@ fn iq1_put8(y: &mut [f32], entry: u64, dl: f32, delta: f32) {
 
 /// `dequantize_row_iq1_s` with the grid entries widened in lanes.
 #[target_feature(enable = "avx2")]
-fn dequantize_iq1_s(x: &[u8], y: &mut [f32]) {
+pub(super) fn dequantize_iq1_s(x: &[u8], y: &mut [f32]) {
     use crate::scalar::iq_grids::IQ1S_GRID;
     use crate::scalar::iq1::{IQ1_S_BYTES, IQ1S_DELTA};
     for (b, y) in x.chunks_exact(IQ1_S_BYTES).zip(y.chunks_exact_mut(256)) {
@@ -88,7 +82,7 @@ fn dequantize_iq1_s(x: &[u8], y: &mut [f32]) {
 
 /// `dequantize_row_iq1_m` with the grid entries widened in lanes.
 #[target_feature(enable = "avx2")]
-fn dequantize_iq1_m(x: &[u8], y: &mut [f32]) {
+pub(super) fn dequantize_iq1_m(x: &[u8], y: &mut [f32]) {
     use crate::scalar::iq_grids::IQ1S_GRID;
     use crate::scalar::iq1::{IQ1_M_BYTES, IQ1S_DELTA};
     for (b, y) in x.chunks_exact(IQ1_M_BYTES).zip(y.chunks_exact_mut(256)) {
@@ -118,7 +112,7 @@ fn dequantize_iq1_m(x: &[u8], y: &mut [f32]) {
 
 /// `dequantize_row_tq1_0` with the trits extracted in lanes: `(q·3^n mod 256)·3 >> 8`.
 #[target_feature(enable = "avx2")]
-fn dequantize_tq1_0(x: &[u8], y: &mut [f32]) {
+pub(super) fn dequantize_tq1_0(x: &[u8], y: &mut [f32]) {
     const POW3: [i32; 5] = [1, 3, 9, 27, 81];
     let (byte, three, one) = (_mm256_set1_epi32(0xff), _mm256_set1_epi32(3), _mm256_set1_epi32(1));
     // 8 outputs from 8 packed bytes and a power of 3.
@@ -187,15 +181,6 @@ impl Searcher for Avx2 {
         // SAFETY: as above.
         unsafe { iq1m_split(px, pw) }
     }
-}
-
-/// The 8 lanes of `v`.
-#[target_feature(enable = "avx2")]
-fn f32s(v: __m256) -> [f32; 8] {
-    let mut out = [0f32; 8];
-    // SAFETY: `out` has room for 8 f32; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-    out
 }
 
 /// The 8 lanes of `v`.
@@ -335,10 +320,7 @@ fn evaluate<const N: usize>(
     // The largest packed code the clamped codes can form must be inside the map (gathers).
     let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
     assert!(top < map.len(), "code map too small");
-    let magic = _mm256_set1_ps(12_582_912.0);
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
-    let (mantissa, offset) = (_mm256_set1_epi32(0x007f_ffff), _mm256_set1_epi32(0x0040_0000));
-    let (zero, kmax) = (_mm256_setzero_si256(), _mm256_set1_epi32(c.kmax - 1));
     let mut terms = [[_mm256_setzero_ps(); 8]; N];
     for (chunk, cands) in candidates.chunks(8).enumerate() {
         let m = cands.len();
@@ -348,9 +330,7 @@ fn evaluate<const N: usize>(
         let mut codes = [[0i32; 8]; 32];
         for i in 0..n {
             let v = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, _mm256_set1_ps(xval[i])), one));
-            let bits = _mm256_castps_si256(_mm256_add_ps(v, magic));
-            let q = _mm256_sub_epi32(_mm256_and_si256(bits, mantissa), offset);
-            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), kmax);
+            let q = clamp(nearest_int(v), c.kmax - 1);
             // SAFETY: `codes[i]` has room for 8 i32.
             unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
         }
@@ -424,10 +404,6 @@ fn evaluate<const N: usize>(
     }
     Ok(())
 }
-
-/// The levels of IQ1_S / IQ1_M with a positive and a negative shift.
-const X_P: [f32; 3] = [-0.875, 0.125, 1.125];
-const X_M: [f32; 3] = [-1.125, -0.125, 0.875];
 
 /// [`Searcher::iq1s_split`]: lanes are `i2`.
 #[target_feature(enable = "avx2")]
@@ -646,7 +622,7 @@ fn pack5x8(t: &[u8], stride: usize) -> [u8; 8] {
 
 /// TQ1_0: the trits with AVX2, packed as `quantize_row_tq1_0_ref` packs them.
 #[target_feature(enable = "avx2")]
-fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
+pub(super) fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
     for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ1_0_BYTES)) {
         let Some((t, d)) = trits(x) else {
             ternary::quantize_tq1_0(x, b);
@@ -668,7 +644,7 @@ fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
 
 /// TQ2_0: the trits with AVX2, packed as `quantize_row_tq2_0_ref` packs them.
 #[target_feature(enable = "avx2")]
-fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
+pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
     for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ2_0_BYTES)) {
         let Some((t, d)) = trits(x) else {
             ternary::quantize_tq2_0(x, b);
