@@ -17,12 +17,13 @@ use crate::gpt_oss;
 use crate::gpt_oss_hf;
 use crate::llama;
 use crate::mlx::{self, MlxOptions};
-use crate::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
+use crate::quant_plan::{Ftype, ModelFacts};
+use crate::quant_rules::apply::{QuantRequest, copy_report, requantize};
+use crate::quant_rules::report::PlanReport;
 use crate::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
-use crate::transcode::{can_read, can_write};
 use crate::vocab::{Metadata, checkpoint_vocab};
-use crate::write_gguf::write_gguf;
+use crate::write_gguf::{write_gguf, write_gguf_shards};
 use crate::write_safetensors::{BuildFiles, copy_side_files, write_items, write_json};
 use moeq_formats::output::OutputDir;
 use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
@@ -47,6 +48,8 @@ pub struct ConvertOptions {
     pub format: Format,
     /// Types of an MLX build.
     pub mlx: MlxOptions,
+    /// llama-quantize's options (`--imatrix`, `--tensor-type`, `--dry-run`, …).
+    pub quant: QuantRequest,
 }
 
 /// Output formats.
@@ -81,13 +84,21 @@ pub struct ConvertSummary {
     pub tensors: usize,
     /// Bytes of tensor data read from the input.
     pub bytes: u64,
+    /// Every tensor's type and why (GGUF output).
+    pub plan: Option<PlanReport>,
 }
 
 /// Runs a conversion.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     let source = Source::open(&opts.input)?;
     if opts.format != Format::Gguf {
+        if opts.quant.any() || opts.quant.dry_run {
+            bail!("--dry-run, --imatrix and llama-quantize's other options apply to GGUF output");
+        }
         return convert_folder(&source, opts);
+    }
+    if opts.quant.any() && opts.ftype.is_none() {
+        bail!("--imatrix, --tensor-type, --pure and llama-quantize's other options go with --type");
     }
     match source {
         Source::Gguf(model) => convert_gguf(&model, opts),
@@ -125,17 +136,32 @@ fn convert_safetensors(
     for w in warnings.iter().chain(&w) {
         eprintln!("warning: {w}");
     }
-    let (plan, recipes) = match opts.ftype {
+    if opts.quant.keep_split {
+        bail!("--keep-split keeps the shards of a split GGUF input; split a checkpoint's GGUF with --split-max-size");
+    }
+    if opts.quant.any() && matches!(opts.ftype, Some(Ftype::F32 | Ftype::F16 | Ftype::BF16)) {
+        bail!(
+            "with a checkpoint, --type F32/F16/BF16 is the converter's --outtype; llama-quantize's options need a \
+             quantized --type (or convert to GGUF first, then requantize that)"
+        );
+    }
+    let (plan, recipes, report) = match opts.ftype {
         Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
             let facts = model_facts(&plan);
-            requantize(plan, recipes, &facts, ftype, keep)?
+            requantize(plan, recipes, &facts, ftype, &opts.quant.settings()?, keep)?
         }
-        _ => (plan, recipes),
+        _ => {
+            let report = copy_report(&recipes);
+            (plan, recipes, report)
+        }
     };
+    if opts.quant.dry_run {
+        return Ok(ConvertSummary { files: Vec::new(), tensors: plan.tensors.len(), bytes: 0, plan: Some(report) });
+    }
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
-    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
+    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report) })
 }
 
 /// A checkpoint → an MLX or Hugging Face folder, built under a temporary name.
@@ -199,7 +225,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     written.sort();
-    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes })
+    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes, plan: None })
 }
 
 /// MLX builds are read as models (eval, verify) but not converted: their quantized layers
@@ -235,12 +261,19 @@ pub fn plan_checkpoint<'a>(
 /// What llama-quantize's rules need to know, read from GGUF metadata as llama-quantize reads it.
 fn model_facts(plan: &GgufPlan) -> ModelFacts {
     let arch = plan.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
-    let hparam = |key: &str| plan.get(&format!("{arch}.{key}")).and_then(Value::as_u64).unwrap_or(0) as u32;
+    // A per-layer array counts as its first layer's value (llama.cpp's `n_head()`).
+    let hparam = |key: &str| {
+        plan.get(&format!("{arch}.{key}")).and_then(|v| match v {
+            Value::Array(a) => a.get(0).and_then(|v| v.as_u64()),
+            v => v.as_u64(),
+        })
+    };
+    let n_head = hparam("attention.head_count").unwrap_or(0) as u32;
     ModelFacts {
-        n_layer: hparam("block_count"),
-        n_expert: hparam("expert_count"),
-        n_head: hparam("attention.head_count"),
-        n_head_kv: hparam("attention.head_count_kv"),
+        n_layer: hparam("block_count").unwrap_or(0) as u32,
+        n_expert: hparam("expert_count").unwrap_or(0) as u32,
+        n_head,
+        n_head_kv: hparam("attention.head_count_kv").map_or(n_head, |v| v as u32),
         arch,
     }
 }
@@ -284,60 +317,32 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
     let plan = merged_plan(model);
     let recipes = gguf_recipes(model);
-    let (plan, recipes) = match opts.ftype {
-        None => (plan, recipes),
+    let (plan, recipes, report) = match opts.ftype {
+        None => {
+            let report = copy_report(&recipes);
+            (plan, recipes, report)
+        }
         Some(ftype) => {
             let facts = model_facts(&plan);
-            requantize(plan, recipes, &facts, ftype, |_| false).with_context(|| format!("{}", opts.input.display()))?
+            let settings = opts.quant.settings()?;
+            requantize(plan, recipes, &facts, ftype, &settings, |_| false)
+                .with_context(|| format!("{}", opts.input.display()))?
         }
     };
-    let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
-    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
-}
-
-/// What `llama-quantize IN OUT TYPE --allow-requantize` makes of a model: its tensor order, its
-/// type choices, the input's metadata with `general.quantization_version` and
-/// `general.file_type` set last. Tensors for which `keep` says so keep their type (gpt-oss's
-/// MXFP4 experts, which requantizing could only make worse).
-pub fn requantize<'a>(
-    mut plan: GgufPlan,
-    mut recipes: Vec<Recipe<'a>>,
-    facts: &ModelFacts,
-    ftype: Ftype,
-    keep: impl Fn(&Recipe) -> bool,
-) -> Result<(GgufPlan, Vec<Recipe<'a>>)> {
-    recipes.sort_by(|a, b| llama_order(&a.spec.name, &b.spec.name));
-    let tensors: Vec<TensorFacts> = recipes
-        .iter()
-        .map(|r| TensorFacts { name: r.spec.name.clone(), ne: r.spec.ne.clone(), ggml_type: r.spec.ggml_type })
-        .collect();
-    let types = target_types(facts, &tensors, ftype)?;
-    let mut out = Vec::with_capacity(recipes.len());
-    for (recipe, to) in recipes.into_iter().zip(types) {
-        let from = recipe.spec.ggml_type;
-        if to == from || keep(&recipe) {
-            out.push(recipe);
-            continue;
-        }
-        let read = match recipe.input() {
-            Input::Copy(src) | Input::Values { src, .. } => src.ty,
-            Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
-            Input::Owned(_) | Input::MlxAffine { .. } => recipe.spec.ggml_type,
-        };
-        if !can_read(read) {
-            bail!("tensor '{}': reading {read} data is not supported", recipe.spec.name);
-        }
-        if !can_write(to) {
-            bail!("tensor '{}': writing {to} is not supported", recipe.spec.name);
-        }
-        out.push(recipe.retype(to));
+    let tensors = plan.tensors.len();
+    if opts.quant.dry_run {
+        return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report) });
     }
-    plan.remove("general.quantization_version");
-    plan.remove("general.file_type");
-    plan.set("general.quantization_version", Value::U32(2));
-    plan.set("general.file_type", Value::U32(ftype.id()));
-    plan.tensors = out.iter().map(|r| r.spec.clone()).collect();
-    Ok((plan, out))
+    let (files, bytes) = if opts.quant.keep_split {
+        if opts.split_max_bytes.is_some() {
+            bail!("--keep-split and --split-max-size both decide the shards; give one");
+        }
+        let counts: Vec<usize> = model.shards().iter().map(|s| s.header().tensors.len()).collect();
+        write_gguf_shards(&plan, &recipes, &opts.output, &counts, opts.quiet)?
+    } else {
+        write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?
+    };
+    Ok(ConvertSummary { files, tensors, bytes, plan: Some(report) })
 }
 
 /// Parses a size as gguf-py's `--split-max-size` does: `N`, `NK`, `NM` or `NG`, in powers

@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage:
 //! - [`source`]: open any input (memory-mapped safetensors shards or GGUF);
 //! - [`arch`]: which model it is and its hyperparameters;
-//! - [`quant_plan`]: which type each tensor gets (llama-quantize's rules);
+//! - [`quant_plan`], [`quant_rules`]: which type each tensor gets and why (llama-quantize's
+//!   rules and options), with importance weights from [`imatrix_file`];
 //! - [`transcode`]: between tensor types and f32, through the kernels;
 //! - [`convert`]: plan the output and stream tensor bytes into it ([`write_gguf`] for
 //!   llama.cpp; [`mlx`] and [`gpt_oss_hf`] plan safetensors folders that
@@ -20,6 +21,7 @@ pub mod eval;
 pub mod forward;
 pub mod gpt_oss;
 pub mod gpt_oss_hf;
+pub mod imatrix_file;
 pub mod inspect;
 pub mod llama;
 pub mod mlx;
@@ -27,6 +29,7 @@ pub mod mlx_read;
 pub mod model_card;
 pub mod progress;
 pub mod quant_plan;
+pub mod quant_rules;
 pub mod recipe;
 pub mod source;
 pub mod transcode;

@@ -320,7 +320,7 @@ pub fn convert<'a>(
                     .collect::<Result<Vec<_>>>()?;
                 let spec =
                     TensorSpec { name: format!("blk.{layer}.{name}.weight"), ne: vec![cols, rows, e], ggml_type: out };
-                recipes.push(Recipe { spec, parts, check_finite: true });
+                recipes.push(Recipe { spec, parts, check_finite: true, importance: None });
             }
             continue;
         }
@@ -331,6 +331,7 @@ pub fn convert<'a>(
             spec: TensorSpec { name, ne, ggml_type: ty },
             parts: vec![part(s, ty)],
             check_finite: true,
+            importance: None,
         });
     }
 

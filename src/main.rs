@@ -54,6 +54,34 @@ fn run_verify(
     Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Refuses a `--report` path that is the input or the output.
+fn refuse_overwrite(report: &std::path::Path, others: &[&std::path::Path]) -> anyhow::Result<()> {
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if others.iter().any(|o| !o.as_os_str().is_empty() && same(report, o)) {
+        anyhow::bail!("--report {}: that is the input or the output", report.display());
+    }
+    Ok(())
+}
+
+/// Writes the plan JSON to `path` through a temporary file renamed into place.
+fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.moeq-{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let text = serde_json::to_string_pretty(json)? + "\n";
+    let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("--report {}: {e}", path.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
@@ -105,7 +133,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_vocab,
             tokenizer_pre,
             verify,
+            quant,
         } => {
+            let (request, warnings) = quant.request()?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let output = output.unwrap_or_default();
+            if let Some(report) = &quant.report {
+                refuse_overwrite(report, &[&input, &output])?;
+            }
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
             match format {
                 Format::Gguf => {
@@ -139,9 +176,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokenizer_pre,
                 format,
                 mlx,
+                quant: request,
             };
             let summary = convert(&opts)?;
             let opts = &opts;
+            if let Some(plan) = &summary.plan {
+                if quant.dry_run && !quant.json {
+                    print!("{}", plan.to_text());
+                } else if !quant.dry_run {
+                    for w in plan.warnings.iter().map(String::clone).chain(plan.imatrix_notes(10)) {
+                        eprintln!("warning: {w}");
+                    }
+                }
+                if quant.json {
+                    println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+                }
+                if let Some(path) = &quant.report {
+                    write_report(path, &plan.to_json())?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            if quant.dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());
             }
