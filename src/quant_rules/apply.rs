@@ -219,6 +219,8 @@ pub fn requantize<'a>(
     }
 
     let mut out = Vec::with_capacity(recipes.len());
+    // Tensors whose type needs an importance matrix when none is given.
+    let mut needing: Vec<(String, GgmlType)> = Vec::new();
     for (recipe, (t, d)) in recipes.into_iter().zip(tensors.iter().zip(decisions)) {
         let Decision { ty: target, mut steps, quantizable, rule: d_rule } = d;
         let from = recipe.spec.ggml_type;
@@ -242,14 +244,8 @@ pub fn requantize<'a>(
         let requires = quantizable && requires_imatrix(&t.name, to, ftype);
         let mut usage = None;
         let mut importance = None;
-        if !opts.has_imatrix && requires && report.refusal.is_none() {
-            let n = tensors.len();
-            report.refusal = Some(format!(
-                "{} needs an importance matrix (--imatrix; llama-imatrix makes one): tensor '{}' would be {to}, which \
-                 llama-quantize refuses to make without importance weights (of {n} tensors)",
-                ftype.name(),
-                t.name
-            ));
+        if !opts.has_imatrix && requires {
+            needing.push((t.name.clone(), to));
         }
         if let (Some(m), true) = (imatrix, quantize) {
             let (ne0, n_mat) = (t.dim(0), t.dim(2));
@@ -307,6 +303,15 @@ pub fn requantize<'a>(
         out.push(recipe);
     }
     report.summarize_imatrix(imatrix.map(|m| m.as_ref()));
+    if let Some((first, ty)) = needing.first() {
+        // llama-quantize names the first; the count says how far a fix must go.
+        report.refusal = Some(format!(
+            "{} needs an importance matrix (--imatrix; llama-imatrix makes one): {} tensor(s) would be types \
+             llama-quantize refuses to make without importance weights, the first '{first}' ({ty})",
+            ftype.name(),
+            needing.len()
+        ));
+    }
 
     if let Some(refusal) = &report.refusal {
         if !settings.dry_run {
