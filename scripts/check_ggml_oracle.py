@@ -196,15 +196,16 @@ def main():
                 whole = ", whole file identical to llama-quantize's" if quantize_with_llama else ""
                 print(f"ok  {'moe' if experts else 'dense'} {ftype:<10} tensors as {', '.join(sorted(types))}: identical to ggml{whole}")
     print(f"{checked} tensors identical to ggml_quantize_chunk")
-    # The importance-weighted test vectors in the repository are what this ggml writes.
-    committed = ROOT / "kernels/tests/data/imatrix"
+    # The test vectors in the repository (with and without importance weights) are what this
+    # ggml writes.
+    committed = ROOT / "kernels/tests/data/ggml"
     with tempfile.TemporaryDirectory() as fresh:
         subprocess.run([sys.executable, str(ROOT / "scripts/make_imatrix_vectors.py"), "--libggml", str(lib_path),
                         "--out", fresh], check=True, capture_output=True)
         for f in sorted(pathlib.Path(fresh).iterdir()):
             if f.read_bytes() != (committed / f.name).read_bytes():
-                sys.exit(f"FAIL imatrix vector {f.name} differs from what ggml writes now")
-    print("imatrix test vectors: identical to what ggml_quantize_chunk writes")
+                sys.exit(f"FAIL test vector {f.name} differs from what ggml writes now")
+    print("kernel test vectors: identical to what ggml_quantize_chunk writes")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::convert::{Format, parse_size};
+use crate::plan::convert::{Format, parse_size};
 
 /// moeq: turn Mixture-of-Experts checkpoints into the files local runtimes load.
 #[derive(Parser, Debug)]

@@ -6,7 +6,7 @@ use moeq_formats::gguf::{Array, GgufModel, Value};
 use moeq_formats::safetensors::SafetensorsModel;
 use serde_json::{Value as Json, json};
 
-use crate::arch::ModelConfig;
+use crate::families::ModelConfig;
 use crate::source::Source;
 
 /// Arrays longer than this are summarized (length and first elements).
@@ -61,7 +61,7 @@ impl Report {
     pub fn new(path: &std::path::Path, source: &Source) -> Report {
         let mut report = match source {
             Source::Gguf(model) => Self::gguf(model),
-            Source::Safetensors { model, config } => Self::safetensors(model, config.as_ref()),
+            Source::Safetensors { model, config } => Self::safetensors(model, config.as_deref()),
         };
         report.path = path.display().to_string();
         report
@@ -96,6 +96,7 @@ impl Report {
             .collect();
         let details = vec![
             ("version".into(), header.version.to_string()),
+            ("byte order".into(), header.byte_order.name().into()),
             ("alignment".into(), header.alignment.to_string()),
             ("shape order".into(), "ne (fastest dimension first)".into()),
         ];
@@ -144,7 +145,7 @@ impl Report {
             format: "safetensors",
             path: String::new(),
             files: model.shards().iter().map(|s| s.path().display().to_string()).collect(),
-            architecture: config.map(|c| c.arch.name().to_string()),
+            architecture: config.map(|c| c.family.name().to_string()),
             details,
             hparams: config
                 .map(|c| c.hparams.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())

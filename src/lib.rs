@@ -1,40 +1,24 @@
 //! moeq: Mixture-of-Experts checkpoints → GGUF and safetensors builds, streamed and verified.
 //!
-//! The pipeline, one module per stage:
-//! - [`source`]: open any input (memory-mapped safetensors shards or GGUF);
-//! - [`arch`]: which model it is and its hyperparameters;
-//! - [`quant_plan`], [`quant_rules`]: which type each tensor gets and why (llama-quantize's
-//!   rules and options), with importance weights from [`imatrix_file`];
-//! - [`transcode`]: between tensor types and f32, through the kernels;
-//! - [`convert`]: plan the output and stream tensor bytes into it ([`write_gguf`] for
-//!   llama.cpp; [`mlx`] and [`gpt_oss_hf`] plan safetensors folders that
-//!   [`write_safetensors`] streams);
-//! - [`inspect`]: report what a model holds;
-//! - [`bench`]: kernel throughput on this machine.
+//! The crate follows the pipeline, one folder per stage (see `docs/architecture.md`):
+//! - [`source`]: open any input (memory-mapped safetensors shards or GGUF), `config.json`;
+//! - [`families`]: what moeq knows per model family (one folder each) and the registry;
+//! - [`vocab`]: tokenizer metadata and `general.*` naming;
+//! - [`plan`]: recipes (how each output tensor is made), llama-quantize's rules and options
+//!   with the reason for each type, importance matrices, conversion;
+//! - [`write`](mod@write): stream recipes into GGUF files or safetensors folders;
+//! - [`model`]: any model as llama.cpp-named f32 tensors (for eval and verify);
+//! - [`forward`]: moeq's own forward pass; [`verify`]: `moeq verify` and `moeq eval`;
+//! - [`inspect`]: report what a model holds; [`bench`](mod@bench): kernel throughput.
 
-pub mod arch;
 pub mod bench;
-pub mod checkpoint;
 pub mod cli;
-pub mod convert;
-pub mod eval;
+pub mod families;
 pub mod forward;
-pub mod gpt_oss;
-pub mod gpt_oss_hf;
-pub mod imatrix_file;
 pub mod inspect;
-pub mod llama;
-pub mod mlx;
-pub mod mlx_read;
-pub mod model_card;
-pub mod progress;
-pub mod quant_plan;
-pub mod quant_rules;
-pub mod recipe;
+pub mod model;
+pub mod plan;
 pub mod source;
-pub mod transcode;
 pub mod verify;
 pub mod vocab;
-pub mod weights;
-pub mod write_gguf;
-pub mod write_safetensors;
+pub mod write;

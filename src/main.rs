@@ -3,17 +3,28 @@ use std::process::ExitCode;
 use clap::Parser;
 use moeq::bench::bench_kernels;
 use moeq::cli::{BenchTarget, Cli, Command};
-use moeq::convert::{ConvertOptions, Format, convert};
 use moeq::inspect::{Report, human_bytes};
-use moeq::mlx::{MlxOptions, MlxType, parse_override};
-use moeq::quant_plan::Ftype;
+use moeq::plan::convert::{ConvertOptions, Format, convert};
+use moeq::plan::mlx::{MlxOptions, MlxType, parse_override};
+use moeq::plan::quant_plan::Ftype;
 use moeq::source::Source;
 
 /// Exit status for errors (bad input, I/O); 1 is kept for "ran, but a check failed".
 const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    // First, before any thread starts: interrupts remove temporaries, a truncated input is an
+    // error (see moeq_formats::interrupt and moeq_formats::inputs).
+    if let Err(e) = moeq_formats::interrupt::install() {
+        eprintln!("warning: cannot install the interrupt cleanup: {e}");
+    }
+    let result = run(Cli::parse());
+    // An input that changed while being read voids whatever the run did with it.
+    let result = match moeq_formats::inputs::changed() {
+        Some(path) => Err(moeq_formats::Error::InputChanged { path }.into()),
+        None => result,
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -31,13 +42,14 @@ fn run_verify(
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
 ) -> anyhow::Result<ExitCode> {
+    use moeq::model::weights::Weights;
     use moeq::verify::{Limits, reference_tokens, verify};
-    use moeq::weights::Weights;
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
     let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
     let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
+    moeq_formats::inputs::check_unchanged()?;
     if let Some((kl, top1, moe)) = limits {
         let d = report.limits;
         report.limits = Limits {
@@ -85,7 +97,7 @@ fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Res
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
-            let report = Report::new(&path, &Source::open(&path)?);
+            let report = Report::new(&path, &Source::open_headers(&path)?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {
@@ -93,16 +105,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Eval { model, tokens, dump, top } => {
-            let trace = moeq::eval::eval(&model, &tokens)?;
+            let kind = moeq_formats::target::OutputKind::File;
+            if let Some(out) = &dump {
+                moeq_formats::target::check_path(out, kind)?;
+            }
+            let source = Source::open(&model)?;
+            if let Some(out) = &dump {
+                moeq::plan::convert::prepare_output(out, kind, &source.files(), false)?;
+            }
+            let trace = moeq::verify::eval::run(&source, &model, &tokens)?;
+            moeq_formats::inputs::check_unchanged()?;
             let vocab = trace.logits.len() / tokens.len().max(1);
-            for (pos, (tok, cands)) in tokens.iter().zip(moeq::eval::top_tokens(&trace.logits, vocab, top)).enumerate()
+            for (pos, (tok, cands)) in
+                tokens.iter().zip(moeq::verify::eval::top_tokens(&trace.logits, vocab, top)).enumerate()
             {
                 let list: Vec<String> = cands.iter().map(|(t, p)| format!("{t} ({p:.3})")).collect();
                 println!("{pos:>4}  {tok:>7} → {}", list.join("  "));
             }
             if let Some(out) = dump {
                 let hidden = trace.hidden.first().map_or(0, |h| h.len() / tokens.len().max(1));
-                moeq::eval::dump(&trace, &tokens, hidden, &out)?;
+                moeq::verify::eval::dump(&trace, &tokens, hidden, &out)?;
                 eprintln!("wrote {}", out.display());
             }
         }
@@ -111,13 +133,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let list: Vec<_> = rows
                     .iter()
-                    .map(|r| serde_json::json!({"type": r.ty, "backend": r.backend, "op": r.op, "gbps": r.gbps}))
+                    .map(|r| serde_json::json!({"type": r.ty, "backend": r.backend, "kernel": r.kernel, "op": r.op, "gbps": r.gbps}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<8} {:<8} {:<11} {:>8}", "type", "backend", "op", "GB/s");
+                println!("{:<13} {:<17} {:<8} {:<8} {:>8}", "type", "op", "backend", "kernel", "GB/s");
                 for r in &rows {
-                    println!("{:<8} {:<8} {:<11} {:>8.2}", r.ty, r.backend, r.op, r.gbps);
+                    println!("{:<13} {:<17} {:<8} {:<8} {:>8.2}", r.ty, r.op, r.backend, r.kernel, r.gbps);
                 }
             }
         }

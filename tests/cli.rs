@@ -597,7 +597,7 @@ fn eval_reproduces_the_reference_forward() {
         let reference = fixtures().join(family).join("reference.safetensors");
         let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
         let path = fixtures().join(input);
-        let trace = moeq::eval::eval(&path, &tokens).unwrap();
+        let trace = moeq::verify::eval::eval(&path, &tokens).unwrap();
         let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(&reference, "logits")))];
         for (n, h) in trace.hidden.iter().enumerate() {
             checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")))));
@@ -605,7 +605,7 @@ fn eval_reproduces_the_reference_forward() {
         if family != "llama" {
             // The MoE block alone, on the reference's own input.
             let source = moeq::source::Source::open(&path).unwrap();
-            let weights = moeq::weights::Weights::new(&source, &path).unwrap();
+            let weights = moeq::model::weights::Weights::new(&source, &path).unwrap();
             let model = moeq::forward::Model::new(&weights).unwrap();
             for n in 0..trace.moe_in.len() {
                 let input: Vec<f32> = st_tensor(&reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();
@@ -1569,4 +1569,597 @@ fn override_kv_report_and_keep_split() {
         "1M",
     ]);
     assert!(err.contains("--keep-split and --split-max-size"), "{err}");
+}
+
+/// A golden GGUF with its metadata edited, written anew by moeq-formats' GGUF writer.
+fn edited_golden(dir: &Path, name: &str, tag: &str, edit: impl FnOnce(&mut moeq_formats::gguf::GgufPlan)) -> PathBuf {
+    let file = moeq_formats::gguf::GgufFile::open(&golden(name)).unwrap();
+    let mut plan = moeq_formats::gguf::GgufPlan::from_header(file.header());
+    edit(&mut plan);
+    let out = dir.join(format!("{tag}-{name}"));
+    let writer = moeq_formats::gguf::GgufWriter::create(&out, &plan, None).unwrap();
+    for (i, t) in plan.tensors.iter().enumerate() {
+        let index = file.header().tensors.iter().position(|s| s.name == t.name).unwrap();
+        writer.write_tensor(i, file.tensor_data(index)).unwrap();
+    }
+    writer.finish().unwrap();
+    out
+}
+
+/// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
+/// forward runs (exit 2, naming the key and the tensor), never a panic.
+#[test]
+fn forward_refuses_metadata_that_disagrees_with_the_tensors() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let set = |key: &'static str, v: u32| move |p: &mut moeq_formats::gguf::GgufPlan| p.set(key, Value::U32(v));
+    let cases: Vec<(&str, PathBuf, [&str; 2])> = vec![
+        (
+            "llama/hf",
+            edited_golden(dir.path(), "llama-bf16.gguf", "key-length", set("llama.attention.key_length", 8208)),
+            ["llama.attention.key_length = 8208", "blk.0.attn_q.weight"],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "embd", set("gpt-oss.embedding_length", 96)),
+            ["gpt-oss.embedding_length = 96", "token_embd.weight"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "kv", |p| p.remove("llama.attention.head_count_kv")),
+            ["llama.attention.head_count_kv (absent", "blk.0.attn_k.weight"],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "experts", set("gpt-oss.expert_count", 8)),
+            ["gpt-oss.expert_count = 8", "blk.0.ffn_gate_inp.weight"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "layers", set("llama.block_count", 3)),
+            ["llama.block_count = 3", "blk.2.attn_norm.weight"],
+        ),
+        (
+            "llama/hf",
+            edited_golden(dir.path(), "llama-bf16.gguf", "fewer-layers", set("llama.block_count", 1)),
+            ["llama.block_count = 1", "blk.1."],
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            edited_golden(dir.path(), "gpt-oss-mxfp4.gguf", "used", set("gpt-oss.expert_used_count", 5)),
+            ["gpt-oss.expert_used_count = 5", "gpt-oss.expert_count = 4"],
+        ),
+        (
+            "mixtral/hf",
+            edited_golden(dir.path(), "mixtral-bf16.gguf", "heads", set("llama.attention.head_count", 3)),
+            ["llama.attention.head_count = 3", "llama.attention.head_count_kv = 2"],
+        ),
+    ];
+    for (source, gguf, needles) in &cases {
+        let eval = fails(&["eval", path_arg(gguf), "--tokens", "1,2,3"]);
+        let verify = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(gguf)]);
+        for err in [&eval, &verify] {
+            assert!(err.contains(path_arg(gguf)), "{err}");
+            for n in needles {
+                assert!(err.contains(n), "{n:?} not in {err}");
+            }
+        }
+    }
+    // A model with fewer layers as the output: refused, not run layer against missing layer.
+    let one_layer = edited_golden(dir.path(), "llama-bf16.gguf", "one-layer", |p| {
+        p.set("llama.block_count", Value::U32(1));
+        p.tensors.retain(|t| !t.name.starts_with("blk.1."));
+    });
+    ok(&["eval", path_arg(&one_layer), "--tokens", "1,2,3"]);
+    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&one_layer)]);
+    assert!(err.contains("1 layers") && err.contains("2 layers") && err.contains("not the same model"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Safety of the user's files (issue 13, items 1–8 and 11).
+
+/// Every file under `dir` (recursively, hidden ones too), with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&path));
+        } else if meta.is_file() {
+            out.insert(path.clone(), std::fs::read(&path).unwrap());
+        } else {
+            out.insert(path.clone(), Vec::new());
+        }
+    }
+    out
+}
+
+/// Names in `dir`, hidden ones included, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Writes a GGUF of `n` F32 tensors of `rows` × `cols` whose data are holes (zeros): big
+/// inputs at no disk cost.
+fn sparse_gguf(path: &Path, n: usize, rows: u64, cols: u64) {
+    use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
+    let mut plan = GgufPlan::default();
+    plan.set("general.architecture", Value::String("llama".into()));
+    plan.tensors = (0..n)
+        .map(|i| TensorSpec { name: format!("blk.{i}.ffn_up.weight"), ne: vec![cols, rows], ggml_type: GgmlType::F32 })
+        .collect();
+    let layout = plan.layout().unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &layout.header, 0).unwrap();
+    file.set_len(layout.file_len).unwrap();
+}
+
+/// Whether the child holds a file descriptor to something in `dir` (an `O_TMPFILE` shows as
+/// `dir/#INODE (deleted)`): it has started writing there. Waits up to 60 s.
+fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    for _ in 0..6000 {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", child.id())) {
+            for fd in fds.flatten() {
+                // Inside the folder, not the folder itself (which the stale-temporary sweep reads).
+                if std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir) && t != dir) {
+                    return true;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+fn send(pid: u32, signal: &str) {
+    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+fn spawn_moeq(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
+    cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn stderr_of(child: std::process::Child) -> (std::process::ExitStatus, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn outputs_that_name_inputs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("gpt-oss/hf-mxfp4")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, ck.join(path.file_name().unwrap())).unwrap();
+    }
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    let a = x.join("a.gguf");
+    std::fs::copy(golden("llama-bf16.gguf"), &a).unwrap();
+    std::os::unix::fs::symlink(&a, dir.path().join("link.gguf")).unwrap();
+    std::fs::hard_link(&a, dir.path().join("hard.gguf")).unwrap();
+    let before = snapshot(dir.path());
+    let ck_arg = path_arg(&ck).to_string();
+    let a_arg = path_arg(&a).to_string();
+    let spelled = format!("{}/./../x/a.gguf", path_arg(&x));
+    let cases: Vec<Vec<String>> = vec![
+        // A checkpoint's shards, index, config and tokenizer files.
+        vec![&ck_arg, "-o", &format!("{ck_arg}/model-00000-of-00002.safetensors")],
+        vec![&ck_arg, "-o", &format!("{ck_arg}/model.safetensors.index.json")],
+        vec![&ck_arg, "-o", &format!("{ck_arg}/config.json")],
+        vec![&ck_arg, "-o", &format!("{ck_arg}/tokenizer.json"), "--type", "Q8_0"],
+        vec![&ck_arg, "-o", &format!("{ck_arg}/chat_template.jinja"), "--split-max-size", "1G"],
+        // A GGUF requantized in place, however spelled, through links too.
+        vec![&a_arg, "-o", &a_arg, "--type", "Q4_0"],
+        vec![&a_arg, "-o", &spelled, "--type", "Q4_0"],
+        vec![&a_arg, "-o", path_arg(&dir.path().join("link.gguf"))],
+        vec![&a_arg, "-o", path_arg(&dir.path().join("hard.gguf"))],
+    ]
+    .into_iter()
+    .map(|c| c.into_iter().map(str::to_string).collect())
+    .collect();
+    for case in &cases {
+        let mut args = vec!["convert"];
+        args.extend(case.iter().map(String::as_str));
+        let err = fails(&args);
+        assert!(err.contains("is the input") && err.contains("never writes over"), "{args:?}: {err}");
+    }
+    // eval --dump onto its own input.
+    let err = fails(&["eval", &a_arg, "--tokens", "1,2", "--dump", &a_arg]);
+    assert!(err.contains("is the input"), "{err}");
+    assert!(snapshot(dir.path()) == before, "inputs unchanged, nothing written");
+    // A split output replaces the set of its stem: it must not be the set it reads.
+    let s = dir.path().join("s.gguf");
+    ok(&["convert", path_arg(&golden("mixtral-bf16.gguf")), "-o", path_arg(&s), "--split-max-size", "200K", "-q"]);
+    let first = dir.path().join("s-00001-of-00003.gguf");
+    let before = snapshot(dir.path());
+    let err = fails(&["convert", path_arg(&first), "-o", path_arg(&s), "--split-max-size", "100K"]);
+    assert!(err.contains("is the input") && err.contains("would be replaced"), "{err}");
+    let err = fails(&["convert", path_arg(&first), "-o", path_arg(&first), "--split-max-size", "100K"]);
+    assert!(err.contains("is the input"), "{err}");
+    assert!(snapshot(dir.path()) == before);
+    // Writing beside the inputs under a new name is fine.
+    ok(&["convert", &a_arg, "-o", path_arg(&x.join("b.gguf")), "-q"]);
+}
+
+#[test]
+fn output_paths_are_checked_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = golden("llama-bf16.gguf");
+    // The output is checked before the input is even opened: a missing input is not reached.
+    let missing = dir.path().join("missing.gguf");
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let err = fails(&["convert", path_arg(&missing), "-o", path_arg(&folder)]);
+    assert!(err.contains("is a folder") && err.contains("give a file name"), "{err}");
+    let slash = format!("{}/", path_arg(&dir.path().join("new")));
+    let err = fails(&["convert", path_arg(&missing), "-o", &slash]);
+    assert!(err.contains("ends in '/'") && err.contains("this output is a file"), "{err}");
+    let err = fails(&["convert", path_arg(&missing), "-o", &format!("{}/", path_arg(&folder))]);
+    assert!(err.contains("ends in '/'"), "{err}");
+    // Devices and FIFOs are never replaced.
+    let err = fails(&["convert", path_arg(&a), "-o", "/dev/null"]);
+    assert!(err.contains("/dev/null") && err.contains("is a device"), "{err}");
+    let fifo = dir.path().join("fifo.gguf");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let err = fails(&["convert", path_arg(&a), "-o", path_arg(&fifo)]);
+    assert!(err.contains("is a FIFO"), "{err}");
+    let err = fails(&["convert", path_arg(&a), "-o", path_arg(&fifo), "--split-max-size", "1G"]);
+    assert!(err.contains("is a FIFO"), "{err}");
+    let err = fails(&["eval", path_arg(&a), "--tokens", "1", "--dump", "/dev/null"]);
+    assert!(err.contains("is a device"), "{err}");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    // Folder builds: an existing path is refused (before reading), a trailing slash is fine.
+    let llama = fixtures().join("llama/hf");
+    let err = fails(&["convert", path_arg(&missing), "-o", path_arg(&folder), "--format", "mlx"]);
+    assert!(err.contains("exists already"), "{err}");
+    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&fifo), "--format", "mlx"]);
+    assert!(err.contains("exists already and is not a folder"), "{err}");
+    let built = dir.path().join("built");
+    ok(&["convert", path_arg(&llama), "-o", &format!("{}/", path_arg(&built)), "--format", "mlx", "-q"]);
+    assert!(built.join("model.safetensors").is_file());
+    assert_eq!(names_in(dir.path()), ["built", "fifo.gguf", "folder"]);
+    assert_eq!(names_in(&folder).len(), 0);
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[test]
+fn resplitting_replaces_the_old_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let s = dir.path().join("s.gguf");
+    let split = |size: &str| ok(&["convert", path_arg(&source), "-o", path_arg(&s), "--split-max-size", size, "-q"]);
+    split("60K");
+    let first: Vec<String> = names_in(dir.path());
+    let n = first.len();
+    assert!(n >= 5 && first.iter().all(|f| f.ends_with(&format!("-of-{n:05}.gguf"))), "{first:?}");
+    // Files of the same name pattern that are not shards of the set, and other files, stay.
+    std::fs::write(dir.path().join("s-00001-of-00077.gguf"), b"not a GGUF").unwrap();
+    std::fs::write(dir.path().join("s-notes.txt"), b"mine").unwrap();
+    std::fs::copy(golden("llama-bf16.gguf"), dir.path().join("t-00001-of-00002.gguf")).unwrap();
+    split("200K");
+    let names = names_in(dir.path());
+    assert_eq!(
+        names,
+        [
+            "s-00001-of-00003.gguf",
+            "s-00001-of-00077.gguf",
+            "s-00002-of-00003.gguf",
+            "s-00003-of-00003.gguf",
+            "s-notes.txt",
+            "t-00001-of-00002.gguf"
+        ]
+    );
+    let merged = dir.path().join("merged.gguf");
+    ok(&["convert", path_arg(&dir.path().join("s-00001-of-00003.gguf")), "-o", path_arg(&merged), "-q"]);
+    assert!(std::fs::read(&merged).unwrap() == std::fs::read(&source).unwrap());
+    // A split that comes out as one file replaces the set too.
+    split("1G");
+    let names = names_in(dir.path());
+    assert_eq!(names, ["merged.gguf", "s-00001-of-00077.gguf", "s-notes.txt", "s.gguf", "t-00001-of-00002.gguf"]);
+    assert!(std::fs::read(&s).unwrap() == std::fs::read(&source).unwrap());
+}
+
+#[test]
+fn splits_open_shards_as_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let many = dir.path().join("many.gguf");
+    sparse_gguf(&many, 200, 2, 64);
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let script = format!(
+        "ulimit -n 64 && exec {} convert {} -o {} --split-max-size 1 -q",
+        env!("CARGO_BIN_EXE_moeq"),
+        path_arg(&many),
+        path_arg(&out.join("m.gguf"))
+    );
+    // Several threads opening and parking shards at once (the first version of the parking
+    // gave up when two threads chose the same shard to park, and ran out of descriptors).
+    for threads in ["2", "8", "16"] {
+        let run = Command::new("sh").args(["-c", &script]).env("RAYON_NUM_THREADS", threads).output().unwrap();
+        assert!(run.status.success(), "{threads} threads: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    let names = names_in(&out);
+    assert_eq!(names.len(), 200, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("m-") && n.ends_with("-of-00200.gguf")));
+    // Merged back under the same limit: the same file.
+    let merged = dir.path().join("merged.gguf");
+    let script = format!(
+        "ulimit -n 64 && exec {} convert {} -o {} -q",
+        env!("CARGO_BIN_EXE_moeq"),
+        path_arg(&out.join("m-00001-of-00200.gguf")),
+        path_arg(&merged)
+    );
+    let run = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(std::fs::read(&merged).unwrap() == std::fs::read(&many).unwrap());
+}
+
+#[test]
+fn stale_temporaries_never_block_and_are_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let a = golden("llama-bf16.gguf");
+    // Temporaries named as an older moeq named them, for the very PID the run gets (the
+    // shell's, kept by exec): they used to make the run fail with "File exists".
+    let script = format!(
+        "touch {d}/.out.gguf.moeq-$$-0.tmp && mkdir {d}/.mlx.moeq-$$.tmp && \
+         MOEQ_TMPFILE=named exec {moeq} convert {a} -o {out}",
+        d = path_arg(dir.path()),
+        moeq = env!("CARGO_BIN_EXE_moeq"),
+        a = path_arg(&a),
+        out = path_arg(&out)
+    );
+    let run = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&a).unwrap());
+    // They are reported (an older moeq's: whether its run is over cannot be told), not removed.
+    assert!(stderr.contains("warning:") && stderr.contains("older moeq"), "{stderr}");
+    assert_eq!(names_in(dir.path()).len(), 3);
+    // A temporary left by kill -9 (named, as where O_TMPFILE is unsupported) is removed by
+    // the next run writing to that folder, which says so.
+    let clean = tempfile::tempdir().unwrap();
+    let big = clean.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("o.gguf");
+    let mut child = spawn_moeq(
+        &["convert", path_arg(&big), "-o", path_arg(&out), "--type", "Q8_0", "-q"],
+        &[("MOEQ_TMPFILE", "named")],
+    );
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "KILL");
+    let (status, _) = stderr_of(child);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9));
+    let left = names_in(out_dir.path());
+    assert!(left.len() == 1 && left[0].starts_with(".o.gguf.moeq-"), "{left:?}");
+    let run = moeq(&["convert", path_arg(&a), "-o", path_arg(&out_dir.path().join("next.gguf"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("removed 1 temporary file"), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), ["next.gguf"]);
+    // The same for a folder build, which has no unnamed form.
+    let ck = clean.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    sparse_llama(&ck, 4);
+    let mut child = spawn_moeq(
+        &["convert", path_arg(&ck), "-o", path_arg(&out_dir.path().join("mlx")), "--format", "mlx", "--type", "q4"],
+        &[],
+    );
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the folder build started writing");
+    send(child.id(), "KILL");
+    assert_eq!(stderr_of(child).0.signal(), Some(9));
+    let left = names_in(out_dir.path());
+    assert!(left.len() == 2 && left[0].starts_with(".mlx.moeq-"), "{left:?}");
+    let run = moeq(&["convert", path_arg(&a), "-o", path_arg(&out_dir.path().join("next2.gguf"))]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && stderr.contains("removed 1 temporary file"), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), ["next.gguf", "next2.gguf"]);
+}
+
+/// A SIGBUS that is not a fault in an input (here: sent with kill) keeps its default action.
+#[test]
+fn other_sigbus_keep_their_default_action() {
+    use std::os::unix::process::ExitStatusExt;
+    let inputs = tempfile::tempdir().unwrap();
+    let big = inputs.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -c 0 && exec {} convert {} -o {} --type Q8_0 -q",
+        env!("CARGO_BIN_EXE_moeq"),
+        path_arg(&big),
+        path_arg(&out_dir.path().join("o.gguf"))
+    );
+    let mut child = Command::new("sh").args(["-c", &script]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "BUS");
+    let (status, stderr) = stderr_of(child);
+    assert_eq!(status.signal(), Some(7), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), Vec::<String>::new());
+}
+
+/// A Llama checkpoint of `layers` layers at width 2048 whose weights are holes (zeros), with
+/// the tiny fixture's tokenizer: a folder build of it takes a while.
+fn sparse_llama(dir: &Path, layers: usize) {
+    let llama = fixtures().join("llama/hf");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(llama.join(f), dir.join(f)).unwrap();
+    }
+    let (h, inter, heads, kv, vocab) = (2048usize, 5632usize, 16usize, 8usize, 512usize);
+    let mut config: Json = serde_json::from_slice(&std::fs::read(llama.join("config.json")).unwrap()).unwrap();
+    config["hidden_size"] = h.into();
+    config["intermediate_size"] = inter.into();
+    config["num_attention_heads"] = heads.into();
+    config["num_key_value_heads"] = kv.into();
+    config["head_dim"] = (h / heads).into();
+    config["num_hidden_layers"] = layers.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![vocab, h]), ("model.norm.weight".into(), vec![h])];
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.");
+        tensors.extend([
+            (format!("{p}input_layernorm.weight"), vec![h]),
+            (format!("{p}post_attention_layernorm.weight"), vec![h]),
+            (format!("{p}self_attn.q_proj.weight"), vec![h, h]),
+            (format!("{p}self_attn.k_proj.weight"), vec![kv * h / heads, h]),
+            (format!("{p}self_attn.v_proj.weight"), vec![kv * h / heads, h]),
+            (format!("{p}self_attn.o_proj.weight"), vec![h, h]),
+            (format!("{p}mlp.gate_proj.weight"), vec![inter, h]),
+            (format!("{p}mlp.up_proj.weight"), vec![inter, h]),
+            (format!("{p}mlp.down_proj.weight"), vec![h, inter]),
+        ]);
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in &tensors {
+        let size = shape.iter().product::<usize>() * 2;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + size]}),
+        );
+        offset += size;
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text);
+    let file = std::fs::File::create(dir.join("model.safetensors")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 0).unwrap();
+    file.set_len((bytes.len() + offset) as u64).unwrap();
+}
+
+#[test]
+fn interrupted_runs_leave_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let inputs = tempfile::tempdir().unwrap();
+    let big = inputs.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let ck = inputs.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    sparse_llama(&ck, 4);
+    let before = snapshot(inputs.path());
+    /// (signal, its number, extra arguments, environment)
+    type Run<'a> = (&'a str, i32, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let runs: [Run; 7] = [
+        ("INT", 2, &[], &[]),
+        ("TERM", 15, &[], &[]),
+        ("HUP", 1, &[], &[]),
+        ("TERM", 15, &[], &[("MOEQ_TMPFILE", "named")]),
+        ("INT", 2, &["--split-max-size", "100M"], &[("MOEQ_TMPFILE", "named")]),
+        ("INT", 2, &["--format", "mlx", "--type", "q4"], &[]),
+        ("KILL", 9, &[], &[]),
+    ];
+    for (signal, number, extra, env) in runs {
+        let out_dir = tempfile::tempdir().unwrap();
+        let folder = extra.contains(&"mlx");
+        let (input, out) =
+            if folder { (&ck, out_dir.path().join("mlx")) } else { (&big, out_dir.path().join("o.gguf")) };
+        let mut args = vec!["convert", path_arg(input), "-o", path_arg(&out), "-q"];
+        if !folder {
+            args.extend(["--type", "Q8_0"]);
+        }
+        args.extend(extra);
+        let mut child = spawn_moeq(&args, env);
+        assert!(wait_until_writing(&mut child, out_dir.path()), "{signal} {extra:?}: the run started writing");
+        send(child.id(), signal);
+        let (status, stderr) = stderr_of(child);
+        // Ended by the signal itself (a shell shows 128 + N: 130, 143, 129).
+        assert_eq!(status.signal(), Some(number), "{signal} {extra:?}: {status:?} {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if number != 9 {
+            assert!(stderr.contains(&format!("interrupted by SIG{signal}")), "{stderr}");
+        }
+        // Nothing of moeq's in the output folder (kill -9: O_TMPFILE leaves nothing either).
+        assert_eq!(names_in(out_dir.path()), Vec::<String>::new(), "{signal} {extra:?} {env:?}");
+    }
+    assert!(snapshot(inputs.path()) == before, "inputs unchanged");
+}
+
+#[test]
+fn inputs_changed_while_read_are_errors_naming_them() {
+    let inputs = tempfile::tempdir().unwrap();
+    let source = inputs.path().join("source.gguf");
+    sparse_gguf(&source, 8, 4096, 4096);
+    // Truncated while mapped (SIGBUS on a computed read, EFAULT on a copied one), and
+    // rewritten in place without changing its size.
+    for (extra, how) in
+        [(&["--type", "Q8_0"][..], "truncate"), (&[][..], "truncate"), (&["--type", "Q4_K"][..], "rewrite")]
+    {
+        let victim = inputs.path().join("victim.gguf");
+        std::fs::copy(&source, &victim).unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["convert", path_arg(&victim), "-o", "o.gguf", "-q"];
+        args.extend(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
+        cmd.args(&args).current_dir(out_dir.path()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        assert!(wait_until_writing(&mut child, out_dir.path()), "{how} {extra:?}: the run started writing");
+        let file = std::fs::OpenOptions::new().write(true).open(&victim).unwrap();
+        if how == "truncate" {
+            file.set_len(100 << 20).unwrap();
+        } else {
+            std::os::unix::fs::FileExt::write_all_at(&file, b"changed", 300 << 20).unwrap();
+        }
+        drop(file);
+        let (status, stderr) = stderr_of(child);
+        assert_eq!(status.code(), Some(2), "{how} {extra:?}: {status:?} {stderr}");
+        assert!(
+            stderr.contains(path_arg(&victim)) && stderr.contains("changed while being read"),
+            "{how} {extra:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(names_in(out_dir.path()), Vec::<String>::new(), "{how} {extra:?}: nothing left");
+    }
+}
+
+#[test]
+fn big_endian_gguf_reads_as_gguf_py_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let be = fixtures().join("big-endian");
+    for name in ["float", "quant"] {
+        let out = dir.path().join(format!("{name}.gguf"));
+        ok(&["convert", path_arg(&be.join(format!("{name}-be.gguf"))), "-o", path_arg(&out), "-q"]);
+        let little = std::fs::read(be.join(format!("{name}-le.gguf"))).unwrap();
+        assert!(std::fs::read(&out).unwrap() == little, "{name}: the little-endian file gguf-py writes");
+        let json: Json =
+            serde_json::from_str(&ok(&["inspect", "--json", path_arg(&be.join(format!("{name}-be.gguf")))])).unwrap();
+        let le: Json =
+            serde_json::from_str(&ok(&["inspect", "--json", path_arg(&be.join(format!("{name}-le.gguf")))])).unwrap();
+        assert_eq!(json["details"]["byte order"], "big-endian");
+        assert_eq!(le["details"]["byte order"], "little-endian");
+        assert_eq!(json["metadata"], le["metadata"]);
+        assert_eq!(json["tensors"], le["tensors"]);
+    }
+    let text = ok(&["inspect", path_arg(&be.join("float-be.gguf"))]);
+    assert!(text.contains("byte order    big-endian"), "{text}");
+    // A quantized type whose big-endian layout nobody defined: inspect shows it, reading its
+    // data is refused, naming the tensor. (Q4_0 → IQ4_NL: same block size.)
+    let mut bytes = std::fs::read(be.join("quant-be.gguf")).unwrap();
+    let at = bytes.windows(4).position(|w| w == b"q4_0").unwrap() + 4 + 4 + 16;
+    assert_eq!(bytes[at..at + 4], 2u32.to_be_bytes());
+    bytes[at..at + 4].copy_from_slice(&20u32.to_be_bytes());
+    let odd = dir.path().join("odd-be.gguf");
+    std::fs::write(&odd, &bytes).unwrap();
+    assert!(ok(&["inspect", path_arg(&odd)]).contains("IQ4_NL"));
+    let err = fails(&["convert", path_arg(&odd), "-o", path_arg(&dir.path().join("odd.gguf"))]);
+    assert!(err.contains("odd-be.gguf") && err.contains("big-endian") && err.contains("'q4_0'"), "{err}");
 }

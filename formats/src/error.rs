@@ -13,6 +13,12 @@ pub enum GgufError {
     BadMagic { found: Vec<u8> },
     #[error("unsupported GGUF version {0} (moeq reads versions 2 and 3)")]
     UnsupportedVersion(u32),
+    #[error("a big-endian GGUF of unsupported version {0} (moeq reads versions 2 and 3, in either byte order)")]
+    UnsupportedBigEndianVersion(u32),
+    #[error(
+        "big-endian GGUF: tensor '{tensor}' has type {ggml_type}, whose byte order in big-endian files gguf-py does not define (moeq reads big-endian F32, F16, BF16, F64, I8-I64, Q4_0, Q8_0, Q4_K, Q6_K, TQ2_0, Q1_0, MXFP4 and NVFP4 tensors); convert it with gguf-py's gguf_convert_endian.py on a big-endian machine"
+    )]
+    BigEndianType { tensor: String, ggml_type: String },
     #[error("{what} count {count} is impossible: only {available} bytes are left in the file (truncated or corrupt)")]
     CountTooLarge { what: &'static str, count: u64, available: u64 },
     #[error("{what} is {len} bytes long, more than the limit of {max}")]
@@ -82,9 +88,17 @@ pub enum Error {
     /// A problem with a set of files taken together (split GGUFs, shard folders).
     #[error("{}: {message}", path.display())]
     Model { path: PathBuf, message: String },
-    /// A write plan that cannot be written (bad names, shapes, sizes).
+    /// A write plan that cannot be written (bad names, shapes, sizes), or an output path
+    /// that must not be written.
     #[error("{}: cannot write: {message}", path.display())]
     Plan { path: PathBuf, message: String },
+    /// An input was truncated or rewritten while the run read it: whatever was computed from
+    /// it is void, and nothing was written.
+    #[error(
+        "{}: changed while being read (truncated or rewritten by another program, or unreadable): moeq stopped and wrote nothing",
+        path.display()
+    )]
+    InputChanged { path: PathBuf },
 }
 
 impl Error {

@@ -1,5 +1,6 @@
 //! Integration tests of moeq-formats: round trips, properties, and hostile input.
 
+mod big_endian;
 mod gguf_hostile;
 mod gguf_roundtrip;
 mod raw;

@@ -21,15 +21,24 @@ fn values() -> Vec<f32> {
 
 fn kernels(c: &mut Criterion) {
     let x = values();
+    // Importance weights for rows of 4096 columns, as an imatrix gives them.
+    let w: Vec<f32> = (0..4096).map(|i| if i % 61 == 0 { 0.0 } else { 0.1 + (i % 97) as f32 * 0.05 }).collect();
     for b in available() {
         let mut group = c.benchmark_group(b.name);
         group.throughput(Throughput::Bytes((x.len() * 4) as u64));
         group.sample_size(10);
         for ty in QuantType::ALL {
+            let kernels = b.kernels(ty);
             let mut q = vec![0u8; ty.bytes_for(x.len())];
-            if ty.can_quantize() {
+            if kernels.quantize.is_some() {
                 group.bench_function(format!("quantize {}", ty.name()), |bench| {
                     bench.iter(|| b.quantize(ty, &x, &mut q).expect("finite values"))
+                });
+            }
+            if kernels.quantize_weighted.is_some() {
+                let mut qw = q.clone();
+                group.bench_function(format!("quantize+imatrix {}", ty.name()), |bench| {
+                    bench.iter(|| b.quantize_weighted(ty, &x, &mut qw, w.len(), &w).expect("finite values"))
                 });
             }
             let mut y = vec![0f32; x.len()];
@@ -39,7 +48,11 @@ fn kernels(c: &mut Criterion) {
         }
         let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
         let mut y = vec![0f32; x.len()];
+        let mut h16 = vec![0u16; x.len()];
         group.bench_function("bf16 to f32", |bench| bench.iter(|| b.bf16_to_f32(&h, &mut y)));
+        group.bench_function("f16 to f32", |bench| bench.iter(|| b.f16_to_f32(&h, &mut y)));
+        group.bench_function("f32 to bf16", |bench| bench.iter(|| b.f32_to_bf16(&x, &mut h16)));
+        group.bench_function("f32 to f16", |bench| bench.iter(|| b.f32_to_f16(&x, &mut h16)));
         group.finish();
     }
 }

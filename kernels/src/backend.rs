@@ -1,9 +1,13 @@
 //! Kernel backends (scalar, AVX2, AVX-512), chosen once at run time.
 //!
-//! A [`Backend`] is a table of functions. The scalar one is always there and defines the
-//! results; SIMD ones replace some entries with byte-identical faster versions and keep the
-//! scalar ones elsewhere. SIMD tables are only handed out after the CPU has been checked for
-//! their features, which is what makes their `unsafe` calls sound.
+//! A [`Backend`] is a table: for each type and operation one kernel, and one per conversion.
+//! The scalar table is always there and defines the results. A SIMD table starts from the
+//! table below it (AVX2 from scalar, AVX-512 from AVX2) and replaces the entries it has a
+//! byte-identical faster kernel for; each entry names the backend whose code it is
+//! ([`Kernel::origin`], shown by `moeq bench kernels`). So an AVX-512 machine runs AVX-512
+//! code only where it was measured faster than AVX2, AVX2 code elsewhere, and scalar code
+//! only where no SIMD kernel exists. SIMD tables are only handed out after the CPU has been
+//! checked for their features, which is what makes their `unsafe` calls sound.
 
 use std::sync::OnceLock;
 
@@ -14,30 +18,118 @@ use crate::{KernelError, QuantType, scalar};
 /// meets a NaN or an infinity stops, and only then is its step searched for the culprit.
 const STEP: usize = 8192;
 
+/// Quantizes whole blocks of a type; returns false (output unspecified) on a NaN or infinity.
+pub(crate) type QuantizeFn = fn(QuantType, &[f32], &mut [u8]) -> bool;
+/// Quantizes rows (`n_per_row` values each, finite) with one importance weight per column.
+pub(crate) type QuantizeRowsFn = fn(QuantType, &[f32], &mut [u8], usize, &[f32]);
+/// Dequantizes whole blocks of a type.
+pub(crate) type DequantizeFn = fn(QuantType, &[u8], &mut [f32]);
+/// A 16-bit float format → f32.
+pub(crate) type WidenFn = fn(&[u16], &mut [f32]);
+/// f32 → a 16-bit float format.
+pub(crate) type NarrowFn = fn(&[f32], &mut [u16]);
+/// OpenAI-layout MXFP4 (codes, scales) → f32.
+pub(crate) type OpenaiFn = fn(&[u8], &[u8], &mut [f32]);
+
+/// One entry of a backend's table: a kernel and the backend whose code it is.
+#[derive(Clone, Copy)]
+pub struct Kernel<F> {
+    /// `scalar`, `avx2` or `avx512`: whose code runs (a table inherits the entries of the
+    /// one below it where it has no faster kernel of its own).
+    pub origin: &'static str,
+    pub(crate) run: F,
+}
+
+impl<F> Kernel<F> {
+    pub(crate) const fn new(origin: &'static str, run: F) -> Self {
+        Kernel { origin, run }
+    }
+}
+
+/// The kernels a backend runs for one type.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    /// Quantization of whole blocks without importance weights; `None` for types moeq
+    /// cannot quantize to.
+    pub quantize: Option<Kernel<QuantizeFn>>,
+    /// Quantization of rows with importance weights; `None` where the weights cannot change
+    /// the bytes (ggml ignores them for Q8_0 and MXFP4: `quantize` serves) or where moeq
+    /// cannot quantize.
+    pub quantize_weighted: Option<Kernel<QuantizeRowsFn>>,
+    /// Dequantization of whole blocks.
+    pub dequantize: Kernel<DequantizeFn>,
+}
+
+impl TypeKernels {
+    /// These kernels with quantization by `run`, the code of backend `origin`.
+    pub(crate) fn quantize_with(mut self, origin: &'static str, run: QuantizeFn) -> Self {
+        self.quantize = Some(Kernel::new(origin, run));
+        self
+    }
+
+    /// These kernels with weighted quantization by `run`, the code of backend `origin`.
+    pub(crate) fn weighted_with(mut self, origin: &'static str, run: QuantizeRowsFn) -> Self {
+        self.quantize_weighted = Some(Kernel::new(origin, run));
+        self
+    }
+
+    /// These kernels with dequantization by `run`, the code of backend `origin`.
+    pub(crate) fn dequantize_with(mut self, origin: &'static str, run: DequantizeFn) -> Self {
+        self.dequantize = Kernel::new(origin, run);
+        self
+    }
+}
+
+/// A backend's type-independent kernels.
+#[derive(Clone, Copy)]
+pub struct Conversions {
+    /// bf16 → f32.
+    pub bf16_to_f32: Kernel<WidenFn>,
+    /// f16 → f32.
+    pub f16_to_f32: Kernel<WidenFn>,
+    /// f32 → bf16.
+    pub f32_to_bf16: Kernel<NarrowFn>,
+    /// f32 → f16.
+    pub f32_to_f16: Kernel<NarrowFn>,
+    /// OpenAI-layout MXFP4 → f32.
+    pub openai_mxfp4_to_f32: Kernel<OpenaiFn>,
+}
+
 /// A set of kernels.
 pub struct Backend {
     /// `scalar`, `avx2` or `avx512`.
     pub name: &'static str,
-    /// Quantizes whole blocks; returns false (output unspecified) on a NaN or infinity.
-    pub(crate) quantize: fn(QuantType, &[f32], &mut [u8]) -> bool,
-    pub(crate) dequantize: fn(QuantType, &[u8], &mut [f32]),
-    pub(crate) bf16_to_f32: fn(&[u16], &mut [f32]),
-    pub(crate) f16_to_f32: fn(&[u16], &mut [f32]),
-    pub(crate) f32_to_bf16: fn(&[f32], &mut [u16]),
-    pub(crate) f32_to_f16: fn(&[f32], &mut [u16]),
-    pub(crate) openai_mxfp4_to_f32: fn(&[u8], &[u8], &mut [f32]),
+    pub(crate) kernels: fn(QuantType) -> TypeKernels,
+    /// The conversion kernels.
+    pub conversions: Conversions,
+}
+
+/// Whether ggml ignores importance weights for this type (its weighted quantizer is the
+/// plain one).
+fn ignores_weights(ty: QuantType) -> bool {
+    matches!(ty, QuantType::Q8_0 | QuantType::MXFP4)
+}
+
+/// The scalar reference's kernels for `ty`: the base every SIMD table starts from.
+pub(crate) fn scalar_kernels(ty: QuantType) -> TypeKernels {
+    let quantize: Option<Kernel<QuantizeFn>> =
+        ty.can_quantize().then_some(Kernel::new("scalar", scalar::quantize_checked));
+    let weighted: Option<Kernel<QuantizeRowsFn>> =
+        (ty.can_quantize() && !ignores_weights(ty)).then_some(Kernel::new("scalar", scalar::weighted::quantize_rows));
+    TypeKernels { quantize, quantize_weighted: weighted, dequantize: Kernel::new("scalar", scalar::dequantize) }
 }
 
 /// The reference backend.
 pub static SCALAR: Backend = Backend {
     name: "scalar",
-    quantize: scalar::quantize_checked,
-    dequantize: scalar::dequantize,
-    bf16_to_f32: rows::bf16_to_f32,
-    f16_to_f32: rows::f16_to_f32,
-    f32_to_bf16: rows::f32_to_bf16,
-    f32_to_f16: rows::f32_to_f16,
-    openai_mxfp4_to_f32: crate::openai::dequantize,
+    kernels: scalar_kernels,
+    conversions: Conversions {
+        bf16_to_f32: Kernel::new("scalar", rows::bf16_to_f32),
+        f16_to_f32: Kernel::new("scalar", rows::f16_to_f32),
+        f32_to_bf16: Kernel::new("scalar", rows::f32_to_bf16),
+        f32_to_f16: Kernel::new("scalar", rows::f32_to_f16),
+        openai_mxfp4_to_f32: Kernel::new("scalar", crate::openai::dequantize),
+    },
 };
 
 /// Every backend this CPU can run, scalar first.
@@ -51,7 +143,8 @@ pub fn available() -> Vec<&'static Backend> {
 /// The backend in use: `MOEQ_KERNELS=scalar|avx2|avx512` if set (falling back to the best
 /// available when that one cannot run here), else the fastest available. A SIMD backend is
 /// first checked against the scalar reference on a probe set (ties, ±0, subnormals, huge
-/// values, every half-precision value); one that disagrees is never used.
+/// values, every half-precision value), entry by entry; one that disagrees anywhere is never
+/// used.
 pub fn active() -> &'static Backend {
     static ACTIVE: OnceLock<&'static Backend> = OnceLock::new();
     ACTIVE.get_or_init(|| {
@@ -73,38 +166,107 @@ pub fn active() -> &'static Backend {
     })
 }
 
-/// Whether `b` produces the scalar reference's bytes on a probe set.
+/// Whether every entry of `b`'s table that is not the scalar reference's own produces the
+/// reference's bytes on a probe set: quantization with and without importance weights and
+/// dequantization of every type, and every conversion.
 pub fn agrees_with_scalar(b: &Backend) -> bool {
+    disagreement(b).is_none()
+}
+
+/// The first entry of `b`'s table that disagrees with the scalar reference on the probe set,
+/// as `"TYPE operation"`.
+pub fn disagreement(b: &Backend) -> Option<String> {
     if std::ptr::eq(b, &SCALAR) {
-        return true;
+        return None;
     }
     let probe = probe_values();
-    let quantize_agrees = QuantType::ALL.into_iter().filter(|t| t.can_quantize()).all(|ty| {
+    let weights = probe_weights();
+    let n_per_row = weights.len();
+    let same_f32 =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
+    for ty in QuantType::ALL {
+        let (mine, reference) = (b.kernels(ty), SCALAR.kernels(ty));
         let mut want = vec![0u8; ty.bytes_for(probe.len())];
         let mut got = want.clone();
-        SCALAR.quantize(ty, &probe, &mut want).is_ok() && b.quantize(ty, &probe, &mut got).is_ok() && want == got
-    });
+        if let (Some(k), Some(r)) = (mine.quantize, reference.quantize)
+            && k.origin != "scalar"
+            && (!(r.run)(ty, &probe, &mut want) || !(k.run)(ty, &probe, &mut got) || want != got)
+        {
+            return Some(format!("{} quantize", ty.name()));
+        }
+        if let (Some(k), Some(r)) = (mine.quantize_weighted, reference.quantize_weighted)
+            && k.origin != "scalar"
+        {
+            (r.run)(ty, &probe, &mut want, n_per_row, &weights);
+            (k.run)(ty, &probe, &mut got, n_per_row, &weights);
+            if want != got {
+                return Some(format!("{} quantize with weights", ty.name()));
+            }
+        }
+        if mine.dequantize.origin != "scalar" {
+            // The reference's codes of the probe, then arbitrary bytes (any scale bits).
+            if let Some(r) = reference.quantize {
+                (r.run)(ty, &probe, &mut want);
+            }
+            let mut noise = want.clone();
+            noise.iter_mut().enumerate().for_each(|(i, v)| *v = (i.wrapping_mul(0x9E37_79B1) >> 7) as u8);
+            let (mut want_f, mut got_f) = (vec![0f32; probe.len()], vec![0f32; probe.len()]);
+            for bytes in [&want, &noise] {
+                (reference.dequantize.run)(ty, bytes, &mut want_f);
+                (mine.dequantize.run)(ty, bytes, &mut got_f);
+                if !same_f32(&want_f, &got_f) {
+                    return Some(format!("{} dequantize", ty.name()));
+                }
+            }
+        }
+    }
+    let (c, r) = (&b.conversions, &SCALAR.conversions);
     let halves: Vec<u16> = (0..=u16::MAX).collect();
     let (mut want, mut got) = (vec![0f32; halves.len()], vec![0f32; halves.len()]);
-    let mut convert_agrees = true;
-    for f in [
-        |k: &Backend, s: &[u16], d: &mut [f32]| k.bf16_to_f32(s, d),
-        |k: &Backend, s: &[u16], d: &mut [f32]| k.f16_to_f32(s, d),
-    ] {
-        f(&SCALAR, &halves, &mut want);
-        f(b, &halves, &mut got);
-        convert_agrees &= want.iter().zip(&got).all(|(x, y)| x.to_bits() == y.to_bits());
+    for (name, k, r) in [("bf16 to f32", c.bf16_to_f32, r.bf16_to_f32), ("f16 to f32", c.f16_to_f32, r.f16_to_f32)] {
+        if k.origin != "scalar" {
+            (r.run)(&halves, &mut want);
+            (k.run)(&halves, &mut got);
+            if !same_f32(&want, &got) {
+                return Some(name.into());
+            }
+        }
     }
     let (mut want16, mut got16) = (vec![0u16; probe.len()], vec![0u16; probe.len()]);
-    for f in [
-        |k: &Backend, s: &[f32], d: &mut [u16]| k.f32_to_bf16(s, d),
-        |k: &Backend, s: &[f32], d: &mut [u16]| k.f32_to_f16(s, d),
-    ] {
-        f(&SCALAR, &probe, &mut want16);
-        f(b, &probe, &mut got16);
-        convert_agrees &= want16 == got16;
+    for (name, k, r) in [("f32 to bf16", c.f32_to_bf16, r.f32_to_bf16), ("f32 to f16", c.f32_to_f16, r.f32_to_f16)] {
+        if k.origin != "scalar" {
+            (r.run)(&probe, &mut want16);
+            (k.run)(&probe, &mut got16);
+            if want16 != got16 {
+                return Some(name.into());
+            }
+        }
     }
-    quantize_agrees && convert_agrees
+    if c.openai_mxfp4_to_f32.origin != "scalar" {
+        let bytes: Vec<u8> = (0..17 * 256u32).map(|i| (i.wrapping_mul(0x9E37_79B1) >> 11) as u8).collect();
+        let (blocks, scales) = bytes.split_at(16 * 256);
+        let (mut want, mut got) = (vec![0f32; 32 * 256], vec![0f32; 32 * 256]);
+        (r.openai_mxfp4_to_f32.run)(blocks, scales, &mut want);
+        (c.openai_mxfp4_to_f32.run)(blocks, scales, &mut got);
+        if !same_f32(&want, &got) {
+            return Some("OpenAI MXFP4 to f32".into());
+        }
+    }
+    None
+}
+
+/// Importance weights for rows of 1024 probe values (whole groups of super-blocks for the
+/// SIMD kernels that batch them): ordinary, zero, tiny and large, and repeated runs.
+fn probe_weights() -> Vec<f32> {
+    (0..1024)
+        .map(|i| match i % 11 {
+            0 => 0.0,
+            1 => 1e-20,
+            2 => 1e6,
+            3 | 4 => 1.0,
+            _ => ((i * 7919) % 1000) as f32 / 100.0,
+        })
+        .collect()
 }
 
 /// 4096 values in blocks that exercise rounding ties, signed zeros, subnormals, huge values,
@@ -155,16 +317,19 @@ pub fn first_non_finite(x: &[f32]) -> Option<(usize, f32)> {
 }
 
 impl Backend {
+    /// The kernels this backend runs for `ty`, each naming the backend whose code it is.
+    pub fn kernels(&self, ty: QuantType) -> TypeKernels {
+        (self.kernels)(ty)
+    }
+
     /// Quantizes `src` (a whole number of blocks) into `dst` (exactly its byte size).
     /// Refuses NaN and infinities.
     pub fn quantize(&self, ty: QuantType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
-        if !ty.can_quantize() {
-            return Err(KernelError::Unsupported(ty.name()));
-        }
+        let Some(k) = self.kernels(ty).quantize else { return Err(KernelError::Unsupported(ty.name())) };
         check_lengths(ty, src.len(), dst.len())?;
         let step_bytes = ty.bytes_for(STEP);
         for (i, (x, y)) in src.chunks(STEP).zip(dst.chunks_mut(step_bytes)).enumerate() {
-            if !(self.quantize)(ty, x, y) {
+            if !(k.run)(ty, x, y) {
                 let (at, value) = first_non_finite(x).unwrap_or((0, f32::NAN));
                 return Err(KernelError::NonFinite { index: i * STEP + at, value });
             }
@@ -173,8 +338,8 @@ impl Backend {
     }
 
     /// Quantizes rows of `n_per_row` values with importance weights (an imatrix row: one
-    /// weight per column), as ggml does when given `quant_weights`. Q8_0 and MXFP4 ignore
-    /// the weights, as in ggml. The scalar reference serves every backend.
+    /// weight per column), as ggml's `ggml_quantize_chunk` does when given `quant_weights`.
+    /// Q8_0 and MXFP4 ignore the weights, as in ggml.
     pub fn quantize_weighted(
         &self,
         ty: QuantType,
@@ -183,7 +348,8 @@ impl Backend {
         n_per_row: usize,
         weights: &[f32],
     ) -> Result<(), KernelError> {
-        if !ty.can_quantize() {
+        let kernels = self.kernels(ty);
+        if kernels.quantize.is_none() {
             return Err(KernelError::Unsupported(ty.name()));
         }
         check_lengths(ty, src.len(), dst.len())?;
@@ -203,7 +369,10 @@ impl Backend {
         {
             return Err(KernelError::BadWeight { index, value });
         }
-        scalar::weighted::quantize_rows(ty, src, dst, n_per_row, weights);
+        match kernels.quantize_weighted {
+            Some(k) => (k.run)(ty, src, dst, n_per_row, weights),
+            None => self.quantize(ty, src, dst)?,
+        }
         Ok(())
     }
 
@@ -214,7 +383,7 @@ impl Backend {
             return Err(KernelError::Length { ty: ty.name(), what });
         }
         check_lengths(ty, dst.len(), src.len())?;
-        (self.dequantize)(ty, src, dst);
+        (self.kernels(ty).dequantize.run)(ty, src, dst);
         Ok(())
     }
 
@@ -222,31 +391,31 @@ impl Backend {
     /// [`crate::openai::dequantize`]. Panics if the lengths disagree.
     pub fn openai_mxfp4_dequantize(&self, blocks: &[u8], scales: &[u8], dst: &mut [f32]) {
         assert!(blocks.len() == 16 * scales.len() && dst.len() == 32 * scales.len(), "openai_mxfp4: length mismatch");
-        (self.openai_mxfp4_to_f32)(blocks, scales, dst)
+        (self.conversions.openai_mxfp4_to_f32.run)(blocks, scales, dst)
     }
 
     /// bf16 bits → f32. Panics if the lengths differ.
     pub fn bf16_to_f32(&self, src: &[u16], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "bf16_to_f32: length mismatch");
-        (self.bf16_to_f32)(src, dst)
+        (self.conversions.bf16_to_f32.run)(src, dst)
     }
 
     /// f16 bits → f32. Panics if the lengths differ.
     pub fn f16_to_f32(&self, src: &[u16], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "f16_to_f32: length mismatch");
-        (self.f16_to_f32)(src, dst)
+        (self.conversions.f16_to_f32.run)(src, dst)
     }
 
     /// f32 → bf16 bits (round to nearest even). Panics if the lengths differ.
     pub fn f32_to_bf16(&self, src: &[f32], dst: &mut [u16]) {
         assert_eq!(src.len(), dst.len(), "f32_to_bf16: length mismatch");
-        (self.f32_to_bf16)(src, dst)
+        (self.conversions.f32_to_bf16.run)(src, dst)
     }
 
     /// f32 → f16 bits (round to nearest even). Panics if the lengths differ.
     pub fn f32_to_f16(&self, src: &[f32], dst: &mut [u16]) {
         assert_eq!(src.len(), dst.len(), "f32_to_f16: length mismatch");
-        (self.f32_to_f16)(src, dst)
+        (self.conversions.f32_to_f16.run)(src, dst)
     }
 }
 
@@ -260,4 +429,86 @@ fn check_lengths(ty: QuantType, values: usize, bytes: usize) -> Result<(), Kerne
         return Err(KernelError::Length { ty: ty.name(), what });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zeros(_: QuantType, _: &[u8], y: &mut [f32]) {
+        y.fill(0.0);
+    }
+
+    fn shifted_weights(ty: QuantType, x: &[f32], y: &mut [u8], n: usize, w: &[f32]) {
+        let w: Vec<f32> = w.iter().map(|v| v * 2.0 + 1.0).collect();
+        scalar::weighted::quantize_rows(ty, x, y, n, &w)
+    }
+
+    fn broken_q4_k(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        if ty == QuantType::Q4_K { k.dequantize_with("test", zeros) } else { k }
+    }
+
+    fn broken_q2_k_weights(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        if ty == QuantType::Q2_K { k.weighted_with("test", shifted_weights) } else { k }
+    }
+
+    static BROKEN_DEQUANTIZE: Backend = Backend { name: "test", kernels: broken_q4_k, conversions: SCALAR.conversions };
+    static BROKEN_WEIGHTS: Backend =
+        Backend { name: "test", kernels: broken_q2_k_weights, conversions: SCALAR.conversions };
+    static BROKEN_CONVERSION: Backend = Backend {
+        name: "test",
+        kernels: scalar_kernels,
+        conversions: Conversions {
+            f16_to_f32: Kernel::new("test", |s: &[u16], d: &mut [f32]| {
+                rows::f16_to_f32(s, d);
+                d[12345] = 0.5;
+            }),
+            ..SCALAR.conversions
+        },
+    };
+
+    /// The start-up check looks at every entry that is not the reference's own.
+    #[test]
+    fn the_start_up_check_finds_a_wrong_entry() {
+        assert_eq!(disagreement(&BROKEN_DEQUANTIZE).as_deref(), Some("Q4_K dequantize"));
+        assert_eq!(disagreement(&BROKEN_WEIGHTS).as_deref(), Some("Q2_K quantize with weights"));
+        assert_eq!(disagreement(&BROKEN_CONVERSION).as_deref(), Some("f16 to f32"));
+        for b in available() {
+            assert_eq!(disagreement(b), None, "{}", b.name);
+        }
+    }
+
+    /// A table never falls back to scalar code where a table below it has SIMD code, and
+    /// names only itself or a table below it.
+    #[test]
+    fn tables_inherit_the_best_entry_below() {
+        let all = available();
+        for (i, b) in all.iter().enumerate() {
+            let names: Vec<&str> = all[..=i].iter().map(|b| b.name).collect();
+            for ty in QuantType::ALL {
+                let k = b.kernels(ty);
+                let origins =
+                    [k.quantize.map(|k| k.origin), k.quantize_weighted.map(|k| k.origin), Some(k.dequantize.origin)];
+                for below in &all[..i] {
+                    let kb = below.kernels(ty);
+                    let below_origins = [
+                        kb.quantize.map(|k| k.origin),
+                        kb.quantize_weighted.map(|k| k.origin),
+                        Some(kb.dequantize.origin),
+                    ];
+                    for (o, ob) in origins.iter().zip(&below_origins) {
+                        assert!(
+                            !(ob.is_some_and(|o| o != "scalar") && *o == Some("scalar")),
+                            "{} {}",
+                            b.name,
+                            ty.name()
+                        );
+                    }
+                }
+                assert!(origins.iter().flatten().all(|o| names.contains(o)), "{} {}", b.name, ty.name());
+            }
+        }
+    }
 }

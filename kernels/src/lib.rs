@@ -3,8 +3,10 @@
 //!
 //! - [`scalar`]: the reference for every type, ported operation for operation from ggml's
 //!   `quantize_row_*_ref` / `dequantize_row_*` (what llama-quantize writes).
-//! - [`backend`]: scalar, AVX2 and AVX-512 tables, one picked at run time
-//!   (`MOEQ_KERNELS=scalar|avx2|avx512` forces one).
+//! - [`backend`]: scalar, AVX2 and AVX-512 tables (one kernel per type and operation, each
+//!   naming the backend whose code it is; a table inherits the entries of the one below it
+//!   where it has no faster kernel), one picked at run time (`MOEQ_KERNELS=scalar|avx2|avx512`
+//!   forces one).
 //! - [`openai`]: MXFP4 in OpenAI's gpt-oss layout, and its lossless repack to ggml's.
 //! - [`mlx`]: MLX's affine and MXFP4 layouts, as `mlx.core.quantize` writes them.
 #![deny(missing_docs)]

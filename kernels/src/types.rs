@@ -22,13 +22,20 @@ pub enum QuantType {
     Q5_K,
     /// `{ql: u8[128], qh: u8[64], scales: i8[16], d: f16}`, 210 bytes per 256 values.
     Q6_K,
-    /// `{d: f16, qs: u8[16]}` with a non-linear table, 18 bytes per 32 values (dequantize only).
+    /// `{d: f16, qs: u8[16]}` with a non-linear table, 18 bytes per 32 values.
     IQ4_NL,
+    /// `{scales: u8[16], qs: u8[64], d, dmin: f16}`, 84 bytes per 256 values.
+    Q2_K,
+    /// `{hmask: u8[32], qs: u8[64], scales: u8[12], d: f16}`, 110 bytes per 256 values.
+    Q3_K,
+    /// `{d: f16, scales_h: u16, scales_l: u8[4], qs: u8[128]}` with IQ4_NL's table, 136 bytes
+    /// per 256 values.
+    IQ4_XS,
 }
 
 impl QuantType {
     /// Every type.
-    pub const ALL: [QuantType; 10] = [
+    pub const ALL: [QuantType; 13] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
@@ -39,12 +46,20 @@ impl QuantType {
         QuantType::Q5_K,
         QuantType::Q6_K,
         QuantType::IQ4_NL,
+        QuantType::Q2_K,
+        QuantType::Q3_K,
+        QuantType::IQ4_XS,
     ];
 
     /// Values per block.
     pub fn block_size(self) -> usize {
         match self {
-            QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => 256,
+            QuantType::Q4_K
+            | QuantType::Q5_K
+            | QuantType::Q6_K
+            | QuantType::Q2_K
+            | QuantType::Q3_K
+            | QuantType::IQ4_XS => 256,
             _ => 32,
         }
     }
@@ -61,12 +76,15 @@ impl QuantType {
             QuantType::Q4_K => 144,
             QuantType::Q5_K => 176,
             QuantType::Q6_K => 210,
+            QuantType::Q2_K => 84,
+            QuantType::Q3_K => 110,
+            QuantType::IQ4_XS => 136,
         }
     }
 
-    /// Whether moeq can quantize to this type (IQ4_NL is dequantize-only).
+    /// Whether moeq can quantize to this type.
     pub fn can_quantize(self) -> bool {
-        self != QuantType::IQ4_NL
+        true
     }
 
     /// The ggml name.
@@ -82,6 +100,9 @@ impl QuantType {
             QuantType::Q5_K => "Q5_K",
             QuantType::Q6_K => "Q6_K",
             QuantType::IQ4_NL => "IQ4_NL",
+            QuantType::Q2_K => "Q2_K",
+            QuantType::Q3_K => "Q3_K",
+            QuantType::IQ4_XS => "IQ4_XS",
         }
     }
 

@@ -14,28 +14,52 @@ fn quantizable() -> Vec<QuantType> {
     QuantType::ALL.into_iter().filter(|t| t.can_quantize()).collect()
 }
 
-/// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one.
+/// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one, and
+/// quantizes it with importance weights like the scalar one (rows of 1024 values, weights
+/// derived from the data: some zero, some tiny, some huge).
 #[track_caller]
 fn check_all(ty: QuantType, x: &[f32]) {
+    let n = x.len() / 256 * 256;
+    let weights: Vec<f32> = (0..1024)
+        .map(|i| match (i * 7 + x.len()) % 13 {
+            0 => 0.0,
+            1 => 1e-30,
+            2 => 1e12,
+            k => k as f32 * 0.37,
+        })
+        .collect();
+    check_all_weighted(ty, &x[..n], &weights);
+}
+
+/// [`check_all`] with the given weights (one per column of rows of `weights.len()` values).
+#[track_caller]
+fn check_all_weighted(ty: QuantType, x: &[f32], weights: &[f32]) {
     let n = x.len() / ty.block_size() * ty.block_size();
     let x = &x[..n];
     let mut want = vec![0u8; ty.bytes_for(n)];
     SCALAR.quantize(ty, x, &mut want).unwrap();
     let mut want_f = vec![0f32; n];
     SCALAR.dequantize(ty, &want, &mut want_f).unwrap();
+    let rows = n - n % weights.len();
+    let mut want_w = vec![0u8; ty.bytes_for(rows)];
+    SCALAR.quantize_weighted(ty, &x[..rows], &mut want_w, weights.len(), weights).unwrap();
+    let first_difference = |want: &[u8], got: &[u8]| {
+        want.iter().zip(got).position(|(a, b)| a != b).map(|i| {
+            let block = i / ty.block_bytes();
+            let xs = &x[block * ty.block_size()..(block + 1) * ty.block_size()];
+            format!("block {block} differs at byte {}: {:?}\ninput {xs:?}", i % ty.block_bytes(), (want[i], got[i]))
+        })
+    };
     for b in simd_backends() {
         let mut got = vec![0u8; want.len()];
         b.quantize(ty, x, &mut got).unwrap();
-        if let Some(i) = want.iter().zip(&got).position(|(a, b)| a != b) {
-            let block = i / ty.block_bytes();
-            let xs = &x[block * ty.block_size()..(block + 1) * ty.block_size()];
-            panic!(
-                "{} {}: block {block} differs at byte {}: {:?}\ninput {xs:?}",
-                b.name,
-                ty.name(),
-                i % ty.block_bytes(),
-                (want[i], got[i])
-            );
+        if let Some(e) = first_difference(&want, &got) {
+            panic!("{} {}: {e}", b.name, ty.name());
+        }
+        let mut got_w = vec![0u8; want_w.len()];
+        b.quantize_weighted(ty, &x[..rows], &mut got_w, weights.len(), weights).unwrap();
+        if let Some(e) = first_difference(&want_w, &got_w) {
+            panic!("{} {} with weights: {e}", b.name, ty.name());
         }
         let mut got_f = vec![0f32; n];
         b.dequantize(ty, &want, &mut got_f).unwrap();
@@ -157,7 +181,6 @@ fn wrong_lengths_are_refused() {
     let mut y = vec![0u8; 34];
     assert!(matches!(SCALAR.quantize(QuantType::Q8_0, &[0.0; 31], &mut y), Err(KernelError::Length { .. })));
     assert!(matches!(SCALAR.quantize(QuantType::Q8_0, &[0.0; 64], &mut y), Err(KernelError::Length { .. })));
-    assert!(matches!(SCALAR.quantize(QuantType::IQ4_NL, &[0.0; 32], &mut y[..18]), Err(KernelError::Unsupported(_))));
     let mut f = vec![0f32; 32];
     assert!(SCALAR.dequantize(QuantType::Q8_0, &y[..33], &mut f).is_err());
 }
@@ -229,7 +252,7 @@ fn f32_to_half_conversions_match_on_edge_values() {
 
 fn arb_values() -> impl Strategy<Value = Vec<f32>> {
     let scale = prop_oneof![Just(1e-30f32), Just(1e-3), Just(1.0), Just(1e3), Just(1e30)];
-    (scale, prop::collection::vec(-1.0f32..1.0, 256..=4096), any::<u64>()).prop_map(|(scale, v, seed)| {
+    (scale, prop::collection::vec(-1.0f32..1.0, 256..=6144), any::<u64>()).prop_map(|(scale, v, seed)| {
         v.iter()
             .enumerate()
             .map(|(i, &u)| {
@@ -246,13 +269,20 @@ fn arb_values() -> impl Strategy<Value = Vec<f32>> {
     })
 }
 
+/// Importance weights for rows of 256 to 2048 values (kernels that work on groups of
+/// super-blocks meet whole groups and remainders): zeros, tiny, huge and ordinary ones.
+fn arb_weights() -> impl Strategy<Value = Vec<f32>> {
+    let one = prop_oneof![3 => 0.0f32..10.0, 1 => Just(0.0f32), 1 => Just(1e-30f32), 1 => Just(1e15f32)];
+    (0..4usize).prop_flat_map(move |k| prop::collection::vec(one.clone(), 256 << k))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn random_data_matches_scalar(x in arb_values()) {
+    fn random_data_matches_scalar(x in arb_values(), w in arb_weights()) {
         for ty in quantizable() {
-            check_all(ty, &x);
+            check_all_weighted(ty, &x, &w);
         }
     }
 
@@ -301,36 +331,51 @@ proptest! {
     }
 }
 
-/// The importance-weighted quantizers reproduce `ggml_quantize_chunk` with an imatrix, byte
-/// for byte (vectors written by scripts/make_imatrix_vectors.py with ggml itself; they
-/// include an all-zero super-block, a flat block and zero weights).
+/// Every quantizer reproduces `ggml_quantize_chunk` byte for byte on every backend, with an
+/// importance matrix and without (vectors written by scripts/make_imatrix_vectors.py with
+/// ggml itself; rows with outliers, zeros, constant stretches, tiny values and ties, weights
+/// with zeros and a wide range).
 #[test]
-fn weighted_quantizers_match_ggml() {
+fn quantizers_match_ggml() {
     fn floats(bytes: &[u8]) -> Vec<f32> {
         bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     }
-    let x = floats(include_bytes!("data/imatrix/input.f32"));
-    let w = floats(include_bytes!("data/imatrix/weights.f32"));
-    let expected: [(QuantType, &[u8]); 9] = [
-        (QuantType::Q4_0, include_bytes!("data/imatrix/Q4_0.bin")),
-        (QuantType::Q4_1, include_bytes!("data/imatrix/Q4_1.bin")),
-        (QuantType::Q5_0, include_bytes!("data/imatrix/Q5_0.bin")),
-        (QuantType::Q5_1, include_bytes!("data/imatrix/Q5_1.bin")),
-        (QuantType::Q8_0, include_bytes!("data/imatrix/Q8_0.bin")),
-        (QuantType::Q4_K, include_bytes!("data/imatrix/Q4_K.bin")),
-        (QuantType::Q5_K, include_bytes!("data/imatrix/Q5_K.bin")),
-        (QuantType::Q6_K, include_bytes!("data/imatrix/Q6_K.bin")),
-        (QuantType::MXFP4, include_bytes!("data/imatrix/MXFP4.bin")),
-    ];
+    let x = floats(include_bytes!("data/ggml/input.f32"));
+    let w = floats(include_bytes!("data/ggml/weights.f32"));
+    macro_rules! vectors {
+        ($($ty:ident),*) => {
+            [$((QuantType::$ty, &include_bytes!(concat!("data/ggml/", stringify!($ty), ".imatrix.bin"))[..],
+                &include_bytes!(concat!("data/ggml/", stringify!($ty), ".plain.bin"))[..])),*]
+        };
+    }
+    let expected = vectors!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4);
+    let mut failures = Vec::new();
     for b in available() {
-        for (ty, want) in expected {
-            let mut got = vec![0u8; want.len()];
+        for (ty, with_imatrix, plain) in expected {
+            let mut got = vec![0u8; plain.len()];
+            b.quantize(ty, &x, &mut got).unwrap();
+            if let Some(i) = got.iter().zip(plain).position(|(a, b)| a != b) {
+                failures.push(format!(
+                    "{} {} plain: byte {i} (row {}, block {})",
+                    b.name,
+                    ty.name(),
+                    i / ty.bytes_for(w.len()),
+                    i % ty.bytes_for(w.len()) / ty.block_bytes()
+                ));
+            }
             b.quantize_weighted(ty, &x, &mut got, w.len(), &w).unwrap();
-            if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-                panic!("{} {} differs from ggml at byte {i} (block {})", b.name, ty.name(), i / ty.block_bytes());
+            if let Some(i) = got.iter().zip(with_imatrix).position(|(a, b)| a != b) {
+                failures.push(format!(
+                    "{} {} imatrix: byte {i} (row {}, block {})",
+                    b.name,
+                    ty.name(),
+                    i / ty.bytes_for(w.len()),
+                    i % ty.bytes_for(w.len()) / ty.block_bytes()
+                ));
             }
         }
     }
+    assert!(failures.is_empty(), "differ from ggml:\n{}", failures.join("\n"));
     let mut out = vec![0u8; QuantType::Q4_0.bytes_for(x.len())];
     let bad = SCALAR.quantize_weighted(QuantType::Q4_0, &x, &mut out, w.len(), &w[..10]);
     assert!(matches!(bad, Err(KernelError::Length { .. })));

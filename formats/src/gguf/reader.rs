@@ -47,11 +47,34 @@ impl TensorInfo {
     }
 }
 
+/// The byte order of a GGUF file's numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ByteOrder {
+    /// Little-endian: what llama.cpp writes on every common machine, and all moeq writes.
+    #[default]
+    Little,
+    /// Big-endian: written for big-endian machines (s390x) by gguf-py (`--bigendian`,
+    /// `gguf_convert_endian.py`). moeq reads it as gguf-py does.
+    Big,
+}
+
+impl ByteOrder {
+    /// `little-endian` or `big-endian`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ByteOrder::Little => "little-endian",
+            ByteOrder::Big => "big-endian",
+        }
+    }
+}
+
 /// Everything in a GGUF file before the tensor data.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufHeader {
     /// The format version (2 or 3).
     pub version: u32,
+    /// The byte order of the file's header (and tensor data) as stored.
+    pub byte_order: ByteOrder,
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
     /// Tensor infos in file order.
@@ -67,15 +90,24 @@ impl GgufHeader {
     ///
     /// Only the header bytes are read; tensor data is bounds-checked against `file.len()`.
     pub fn parse(file: &[u8]) -> Result<GgufHeader, GgufError> {
-        let mut c = Cursor { buf: file, pos: 0 };
+        let mut c = Cursor { buf: file, pos: 0, big: false };
         let magic = c.take(4, || "the magic".into())?;
         if magic != GGUF_MAGIC {
             return Err(GgufError::BadMagic { found: magic.to_vec() });
         }
-        let version = c.u32(|| "the version".into())?;
+        // As gguf-py: a version whose low 16 bits are zero was written in the other byte order.
+        let raw: [u8; 4] = c.array(|| "the version".into())?;
+        let (version, byte_order) = match u32::from_le_bytes(raw) {
+            v if v & 0xffff != 0 || v == 0 => (v, ByteOrder::Little),
+            _ => (u32::from_be_bytes(raw), ByteOrder::Big),
+        };
         if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion(version));
+            return Err(match byte_order {
+                ByteOrder::Little => GgufError::UnsupportedVersion(version),
+                ByteOrder::Big => GgufError::UnsupportedBigEndianVersion(version),
+            });
         }
+        c.big = byte_order == ByteOrder::Big;
         let n_tensors = c.u64(|| "the tensor count".into())?;
         let n_kv = c.u64(|| "the key/value count".into())?;
         // Each key/value pair takes at least 13 bytes, each tensor info at least 24.
@@ -136,7 +168,7 @@ impl GgufHeader {
             // Cannot overflow: offset + nbytes <= file_len, and padding adds < alignment <= 2^31.
             expected = pad(t.offset + t.nbytes, alignment);
         }
-        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset })
+        Ok(GgufHeader { version, byte_order, metadata, tensors, alignment, data_offset })
     }
 
     /// The value of `key`.
@@ -158,7 +190,26 @@ pub(crate) fn pad(n: u64, alignment: u64) -> u64 {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Numbers are big-endian.
+    big: bool,
 }
+
+/// Numbers read in either byte order.
+trait Endian<const N: usize>: Sized {
+    fn read(bytes: [u8; N], big: bool) -> Self;
+}
+
+macro_rules! endian {
+    ($($t:ty),*) => {$(
+        impl Endian<{ std::mem::size_of::<$t>() }> for $t {
+            fn read(bytes: [u8; std::mem::size_of::<$t>()], big: bool) -> $t {
+                if big { <$t>::from_be_bytes(bytes) } else { <$t>::from_le_bytes(bytes) }
+            }
+        }
+    )*};
+}
+
+endian!(u8, i8, u16, i16, u32, i32, f32, u64, i64, f64);
 
 impl<'a> Cursor<'a> {
     fn remaining(&self) -> u64 {
@@ -186,12 +237,17 @@ impl<'a> Cursor<'a> {
         Ok(out)
     }
 
+    fn num<T: Endian<N>, const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<T, GgufError> {
+        let big = self.big;
+        self.array(what).map(|b| T::read(b, big))
+    }
+
     fn u32(&mut self, what: impl FnOnce() -> String) -> Result<u32, GgufError> {
-        self.array(what).map(u32::from_le_bytes)
+        self.num(what)
     }
 
     fn u64(&mut self, what: impl FnOnce() -> String) -> Result<u64, GgufError> {
-        self.array(what).map(u64::from_le_bytes)
+        self.num(what)
     }
 
     /// Rejects a count whose records, at `min_size` bytes each, cannot fit in the rest of the
@@ -239,18 +295,18 @@ impl<'a> Cursor<'a> {
     fn scalar(&mut self, ty: ValueType, key: &str) -> Result<Value, GgufError> {
         let what = || format!("the value of key '{key}'");
         Ok(match ty {
-            ValueType::U8 => Value::U8(u8::from_le_bytes(self.array(what)?)),
-            ValueType::I8 => Value::I8(i8::from_le_bytes(self.array(what)?)),
-            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(what)?)),
-            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(what)?)),
-            ValueType::U32 => Value::U32(u32::from_le_bytes(self.array(what)?)),
-            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(what)?)),
-            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(what)?)),
+            ValueType::U8 => Value::U8(self.num(what)?),
+            ValueType::I8 => Value::I8(self.num(what)?),
+            ValueType::U16 => Value::U16(self.num(what)?),
+            ValueType::I16 => Value::I16(self.num(what)?),
+            ValueType::U32 => Value::U32(self.num(what)?),
+            ValueType::I32 => Value::I32(self.num(what)?),
+            ValueType::F32 => Value::F32(self.num(what)?),
             ValueType::Bool => Value::Bool(self.array::<1>(what)?[0] != 0),
             ValueType::String => Value::String(self.string(what)?),
-            ValueType::U64 => Value::U64(u64::from_le_bytes(self.array(what)?)),
-            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(what)?)),
-            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(what)?)),
+            ValueType::U64 => Value::U64(self.num(what)?),
+            ValueType::I64 => Value::I64(self.num(what)?),
+            ValueType::F64 => Value::F64(self.num(what)?),
             ValueType::Array => {
                 return Err(GgufError::NestedArray { key: key.to_string() });
             }
@@ -263,8 +319,9 @@ impl<'a> Cursor<'a> {
             ($variant:ident, $t:ty) => {{
                 const SIZE: usize = std::mem::size_of::<$t>();
                 let bytes = self.take((n * SIZE) as u64, what)?;
+                let big = self.big;
                 Array::$variant(
-                    bytes.chunks_exact(SIZE).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
+                    bytes.chunks_exact(SIZE).map(|c| <$t>::read(c.try_into().unwrap_or_default(), big)).collect(),
                 )
             }};
         }
@@ -333,23 +390,56 @@ impl<'a> Cursor<'a> {
 }
 
 /// One GGUF file: its parsed header over its (mapped) bytes.
+///
+/// A big-endian file is read as gguf-py reads it: its header values are decoded from their
+/// byte order (and [`GgufHeader::byte_order`] says which it was), and its bytes are a
+/// little-endian copy ([`crate::gguf::big_endian`]), so tensor data always comes out
+/// little-endian, as llama.cpp and moeq use it. [`GgufFile::open_header`] skips that copy.
 pub struct GgufFile {
     path: PathBuf,
     bytes: FileBytes,
     header: GgufHeader,
+    /// Whether `bytes` are little-endian (false only for big-endian files opened with
+    /// [`GgufFile::open_header`]).
+    native: bool,
 }
 
 impl GgufFile {
-    /// Maps and parses `path`. Reads only the header pages.
+    /// Maps and parses `path`. Reads only the header pages (a big-endian file is read whole,
+    /// into a little-endian copy).
     pub fn open(path: &Path) -> Result<GgufFile> {
         let bytes = FileBytes::map(path)?;
         Self::from_bytes(path, bytes)
     }
 
+    /// Maps and parses `path` for its header only: the tensor data of a big-endian file stays
+    /// in its byte order ([`GgufFile::data_is_native`] is false), for inspecting it without
+    /// copying it.
+    pub fn open_header(path: &Path) -> Result<GgufFile> {
+        let bytes = FileBytes::map(path)?;
+        let header = Self::parse(path, &bytes)?;
+        let native = header.byte_order == ByteOrder::Little;
+        Ok(GgufFile { path: path.to_path_buf(), bytes, header, native })
+    }
+
     /// Parses `bytes`, naming them `path` in errors.
     pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<GgufFile> {
-        let header = GgufHeader::parse(&bytes).map_err(|problem| Error::Gguf { path: path.to_path_buf(), problem })?;
-        Ok(GgufFile { path: path.to_path_buf(), bytes, header })
+        let header = Self::parse(path, &bytes)?;
+        let bytes = match header.byte_order {
+            ByteOrder::Little => bytes,
+            ByteOrder::Big => crate::gguf::big_endian::little_endian_copy(path, &header, &bytes)?,
+        };
+        Ok(GgufFile { path: path.to_path_buf(), bytes, header, native: true })
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<GgufHeader> {
+        GgufHeader::parse(bytes).map_err(|problem| Error::Gguf { path: path.to_path_buf(), problem })
+    }
+
+    /// Whether the bytes (tensor data) are little-endian, as [`GgufFile::tensor_data`]
+    /// promises: always, except for a big-endian file opened with [`GgufFile::open_header`].
+    pub fn data_is_native(&self) -> bool {
+        self.native
     }
 
     /// The file's path.

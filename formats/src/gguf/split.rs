@@ -32,7 +32,17 @@ pub struct GgufModel {
 impl GgufModel {
     /// Opens `path`; when it is the first shard of a split model, opens the others too.
     pub fn open(path: &Path) -> Result<GgufModel> {
-        let first = GgufFile::open(path)?;
+        Self::open_with(path, GgufFile::open)
+    }
+
+    /// [`GgufModel::open`] for the headers only: the tensor data of big-endian shards stays
+    /// in its byte order (see [`GgufFile::open_header`]). For inspecting.
+    pub fn open_headers(path: &Path) -> Result<GgufModel> {
+        Self::open_with(path, GgufFile::open_header)
+    }
+
+    fn open_with(path: &Path, open: fn(&Path) -> Result<GgufFile>) -> Result<GgufModel> {
+        let first = open(path)?;
         let split_count = split_u16(&first, KEY_SPLIT_COUNT)?.unwrap_or(0);
         if split_count <= 1 {
             return Ok(Self::from_shards(vec![first]));
@@ -58,7 +68,7 @@ impl GgufModel {
             if !shard_path.exists() {
                 return Err(Error::model(path, format!("missing split {}: {}", index + 1, shard_path.display())));
             }
-            let shard = GgufFile::open(&shard_path)?;
+            let shard = open(&shard_path)?;
             if split_u16(&shard, KEY_SPLIT_NO)? != Some(index as u16) {
                 return Err(Error::model(&shard_path, format!("split.no must be {index}")));
             }
@@ -94,6 +104,11 @@ impl GgufModel {
         GgufModel { shards, order }
     }
 
+    /// The files this model is read from, first shard first.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.path().to_path_buf()).collect()
+    }
+
     /// The shards, first one first (a single file is one shard).
     pub fn shards(&self) -> &[GgufFile] {
         &self.shards
@@ -127,6 +142,15 @@ impl GgufModel {
             (info.name == name).then(|| (info, shard.tensor_data(i)))
         })
     }
+}
+
+/// `(split.no, split.count)` of the GGUF file at `path`, when it is a readable GGUF with both
+/// keys (UINT16). Reads the header only.
+pub fn split_position(path: &Path) -> Option<(u32, u32)> {
+    let file = GgufFile::open_header(path).ok()?;
+    let no = split_u16(&file, KEY_SPLIT_NO).ok()??;
+    let count = split_u16(&file, KEY_SPLIT_COUNT).ok()??;
+    Some((u32::from(no), u32::from(count)))
 }
 
 fn split_u16(file: &GgufFile, key: &str) -> Result<Option<u16>> {

@@ -229,20 +229,31 @@ pub struct GgufWriter {
 impl GgufWriter {
     /// Creates the output for `plan` at `path`, split into shards of at most
     /// `split_max_bytes` of tensor data when given (`path` names the unsplit file; shards are
-    /// named `stem-00001-of-0000N.gguf` beside it). Writes the header(s) now.
+    /// named `stem-00001-of-0000N.gguf` beside it). A split output replaces the set of its
+    /// stem: when it is committed, the shards of an earlier split (`stem-*-of-*.gguf` that are
+    /// GGUF splits, of another count) are removed. Each file is created when first written.
     pub fn create(path: &Path, plan: &GgufPlan, split_max_bytes: Option<u64>) -> Result<GgufWriter> {
         let plans = match split_max_bytes {
             Some(max) => plan.split(max),
             None => vec![plan.clone()],
         };
-        Self::create_shards(path, &plans)
+        Self::from_plans(path, &plans, split_max_bytes.is_some())
     }
 
-    /// Creates the output for plans already split into shards (see
-    /// [`GgufPlan::split_by_counts`]); one plan is written at `path` itself.
+    /// Creates a split output for plans already split into shards (see
+    /// [`GgufPlan::split_by_counts`]), named as [`GgufWriter::create`] names them (one plan is
+    /// written at `path` itself). Like any split output it replaces the set of its stem when
+    /// committed, and each file is created when first written.
     pub fn create_shards(path: &Path, plans: &[GgufPlan]) -> Result<GgufWriter> {
+        Self::from_plans(path, plans, true)
+    }
+
+    fn from_plans(path: &Path, plans: &[GgufPlan], split: bool) -> Result<GgufWriter> {
         let count = plans.len();
         let mut out = PlannedOutput::new();
+        if split {
+            out.replace_set(path);
+        }
         for (i, shard) in plans.iter().enumerate() {
             let shard_path: PathBuf = if count == 1 { path.to_path_buf() } else { shard_path(path, i, count) };
             let layout = shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
@@ -275,8 +286,8 @@ impl GgufWriter {
         self.out.write_tensor_part(index, offset, data)
     }
 
-    /// Checks that every tensor was written in full, then syncs and renames every file into
-    /// place.
+    /// Checks that every tensor was written in full and that no input changed, then syncs
+    /// and moves every file into place (and removes the old set a split output replaces).
     pub fn finish(self) -> Result<()> {
         self.out.finish(None)
     }

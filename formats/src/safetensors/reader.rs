@@ -239,6 +239,17 @@ impl SafetensorsModel {
         &self.path
     }
 
+    /// The files this model is read from: the shards, then the index when it was opened
+    /// through one (a folder holding `model.safetensors.index.json`).
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.shards.iter().map(|s| s.path().to_path_buf()).collect();
+        let index = self.path.join(INDEX_FILE);
+        if self.path.is_dir() && index.is_file() {
+            files.push(index);
+        }
+        files
+    }
+
     /// The shard files, in name order.
     pub fn shards(&self) -> &[SafetensorsFile] {
         &self.shards

@@ -16,7 +16,8 @@ pub fn nearest_int(f: f32) -> i32 {
 }
 
 /// `make_qkx2_quants`: the scale and (positive) min of a sub-block with weights, choosing the
-/// best of `nstep + 1` candidate scales by weighted squared error. Writes the codes to `l`.
+/// best of `nstep + 1` candidate scales by weighted squared error (weighted absolute error
+/// with `use_mad`). Writes the codes to `l`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_qkx2_quants(
     nmax: i32,
@@ -27,6 +28,7 @@ pub(crate) fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
@@ -58,7 +60,7 @@ pub(crate) fn make_qkx2_quants(
         let q = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         l[i] = q as u8;
         let diff = scale * l[i] as f32 + min - x[i];
-        best_error += weights[i] * (diff * diff);
+        best_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
     }
     for is in 0..=nstep {
         iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
@@ -83,7 +85,7 @@ pub(crate) fn make_qkx2_quants(
             let mut cur_error = 0.0f32;
             for i in 0..n {
                 let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
+                cur_error += weights[i] * if use_mad { diff.abs() } else { diff * diff };
             }
             if cur_error < best_error {
                 l[..n].copy_from_slice(&laux[..n]);
@@ -195,8 +197,17 @@ fn search_superblock(p: &KParams, x: &[f32], l: &mut [u8; 256]) -> ([f32; 8], [f
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) =
-            make_qkx2_quants(p.nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, p.rmin, p.rdelta, p.nstep);
+        (scales[j], mins[j]) = make_qkx2_quants(
+            p.nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            &mut laux,
+            p.rmin,
+            p.rdelta,
+            p.nstep,
+            false,
+        );
     }
     (scales, mins)
 }

@@ -1,27 +1,16 @@
 //! The scalar reference kernels: the definition of every type's bytes. SIMD backends must
 //! match them byte for byte.
 
+pub mod iq4;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod q2k_q3k;
 pub mod weighted;
 
 use crate::QuantType;
-use crate::convert::f16_to_f32;
 
-/// ggml's `kvalues_iq4nl`.
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
-
-/// `dequantize_row_iq4_nl`.
-pub fn dequantize_iq4_nl(x: &[u8], y: &mut [f32]) {
-    for (b, y) in x.chunks_exact(18).zip(y.chunks_exact_mut(32)) {
-        let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
-        for j in 0..16 {
-            y[j] = d * KVALUES_IQ4NL[(b[2 + j] & 0xf) as usize] as f32;
-            y[j + 16] = d * KVALUES_IQ4NL[(b[2 + j] >> 4) as usize] as f32;
-        }
-    }
-}
+pub use iq4::KVALUES_IQ4NL;
 
 /// Quantizes whole blocks (lengths already checked, values finite).
 pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
@@ -35,7 +24,10 @@ pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) {
         QuantType::Q4_K => kquants::quantize_k(&kquants::Q4_K, x, y),
         QuantType::Q5_K => kquants::quantize_k(&kquants::Q5_K, x, y),
         QuantType::Q6_K => kquants::quantize_q6_k(x, y),
-        QuantType::IQ4_NL => unreachable!("IQ4_NL quantization is refused before dispatch"),
+        QuantType::IQ4_NL => iq4::quantize_iq4_nl(x, y, None),
+        QuantType::Q2_K => q2k_q3k::quantize_q2_k(x, y),
+        QuantType::Q3_K => q2k_q3k::quantize_q3_k(x, y),
+        QuantType::IQ4_XS => iq4::quantize_iq4_xs(x, y, None),
     }
 }
 
@@ -60,6 +52,9 @@ pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
         QuantType::Q4_K => kquants::dequantize_q4_k(x, y),
         QuantType::Q5_K => kquants::dequantize_q5_k(x, y),
         QuantType::Q6_K => kquants::dequantize_q6_k(x, y),
-        QuantType::IQ4_NL => dequantize_iq4_nl(x, y),
+        QuantType::IQ4_NL => iq4::dequantize_iq4_nl(x, y),
+        QuantType::Q2_K => q2k_q3k::dequantize_q2_k(x, y),
+        QuantType::Q3_K => q2k_q3k::dequantize_q3_k(x, y),
+        QuantType::IQ4_XS => iq4::dequantize_iq4_xs(x, y),
     }
 }

@@ -22,6 +22,10 @@ pub fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], n_per_row: usize, q
             QuantType::Q4_K => k_row(&kquants::Q4_K, x, y, qw),
             QuantType::Q5_K => k_row(&kquants::Q5_K, x, y, qw),
             QuantType::Q6_K => q6_k_row(x, y, qw),
+            QuantType::Q2_K => super::q2k_q3k::quantize_q2_k_weighted(x, y, qw),
+            QuantType::Q3_K => super::q2k_q3k::quantize_q3_k_weighted(x, y, qw),
+            QuantType::IQ4_NL => super::iq4::quantize_iq4_nl(x, y, Some(qw)),
+            QuantType::IQ4_XS => super::iq4::quantize_iq4_xs(x, y, Some(qw)),
             other => super::quantize(other, x, y),
         }
     }
@@ -78,15 +82,17 @@ fn affine_row(x: &[f32], y: &mut [u8], qw: &[f32], nmax: i32, block_bytes: usize
     let (mut weight, mut l, mut laux) = ([0f32; 32], [0u8; 32], [0u8; 32]);
     for ((xb, qw), b) in x.chunks_exact(32).zip(qw.chunks_exact(32)).zip(y.chunks_exact_mut(block_bytes)) {
         block_weights(xb, qw, sigma2, &mut weight);
-        let (d, the_min) = make_qkx2_quants(nmax, xb, &weight, &mut l, &mut laux, -0.9, 0.05, 36);
+        let (d, the_min) = make_qkx2_quants(nmax, xb, &weight, &mut l, &mut laux, -0.9, 0.05, 36, false);
         b[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         b[2..4].copy_from_slice(&f32_to_f16(-the_min).to_le_bytes());
         pack_codes(&l, &mut b[4..], nmax == 31);
     }
 }
 
-/// `make_qp_quants`: 6-bit quantization of a super-block's scales (or mins), weighted.
-fn make_qp_quants(nmax: i32, x: &[f32; 8], l: &mut [u8; 8], qw: &[f32; 8]) -> f32 {
+/// `make_qp_quants`: quantization of a super-block's scales (or mins) to `0..=nmax`, weighted
+/// by `qw`; the codes go to `l` (same length as `x`).
+pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
+    let n = x.len();
     let mut max = 0.0f32;
     for &v in x {
         max = if max > v { max } else { v };
@@ -101,7 +107,7 @@ fn make_qp_quants(nmax: i32, x: &[f32; 8], l: &mut [u8; 8], qw: &[f32; 8]) -> f3
     }
     let scale = 1.0 / iscale;
     let mut best_mse = 0.0f32;
-    for i in 0..8 {
+    for i in 0..n {
         let diff = x[i] - scale * l[i] as f32;
         best_mse += qw[i] * diff * diff;
     }
@@ -112,7 +118,7 @@ fn make_qp_quants(nmax: i32, x: &[f32; 8], l: &mut [u8; 8], qw: &[f32; 8]) -> f3
         let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
         let scale_is = 1.0 / iscale_is;
         let mut mse = 0.0f32;
-        for i in 0..8 {
+        for i in 0..n {
             let q = nearest_int(iscale_is * x[i]).min(nmax);
             let diff = x[i] - scale_is * q as f32;
             mse += qw[i] * diff * diff;
@@ -123,7 +129,7 @@ fn make_qp_quants(nmax: i32, x: &[f32; 8], l: &mut [u8; 8], qw: &[f32; 8]) -> f3
         }
     }
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..8 {
+    for i in 0..n {
         let q = nearest_int(iscale * x[i]).min(nmax);
         l[i] = q as u8;
         let w = qw[i];
@@ -132,7 +138,7 @@ fn make_qp_quants(nmax: i32, x: &[f32; 8], l: &mut [u8; 8], qw: &[f32; 8]) -> f3
     }
     for _ in 0..5 {
         let mut changed = false;
-        for i in 0..8 {
+        for i in 0..n {
             let w = qw[i];
             let li = l[i] as f32;
             let mut slx = sumlx - w * x[i] * li;
@@ -177,7 +183,7 @@ fn k_row(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
             }
             sw[j] = sumw;
             (scales[j], mins[j]) =
-                make_qkx2_quants(p.nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, -0.9, 0.05, 36);
+                make_qkx2_quants(p.nmax, xs, &weights, &mut l[32 * j..32 * j + 32], &mut laux, -0.9, 0.05, 36, false);
         }
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
         let d_block = make_qp_quants(63, &scales, &mut ls, &sw);

@@ -8,7 +8,9 @@
 use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
+use super::{iq4_avx2, kquants_avx2, q2k_q3k_avx2};
 use crate::QuantType;
+use crate::backend::{Conversions, Kernel, TypeKernels};
 use crate::convert::{self, rows};
 use crate::scalar;
 
@@ -172,7 +174,7 @@ fn finish_with_reference(x: &[f32], y: &mut [u8], kernel: fn(&[f32], &mut [u8]))
 
 /// 16 nibble pairs from four vectors of codes in 0..=15: `q[0..2]` low, `q[2..4]` high.
 #[target_feature(enable = "avx2")]
-fn pack_small_nibbles(q: &[__m256i; 4]) -> __m128i {
+pub(super) fn pack_small_nibbles(q: &[__m256i; 4]) -> __m128i {
     let b0 = _mm256_or_si256(q[0], _mm256_slli_epi32::<4>(q[2]));
     let b1 = _mm256_or_si256(q[1], _mm256_slli_epi32::<4>(q[3]));
     let words = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(b0, b1));
@@ -472,12 +474,6 @@ fn dequantize_openai_mxfp4(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
     }
 }
 
-/// OpenAI-layout MXFP4 → f32 (AVX2 was detected when this table was handed out).
-pub fn openai_mxfp4_to_f32(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
-    // SAFETY: this backend is only used after AVX2 was detected.
-    unsafe { dequantize_openai_mxfp4(blocks, scales, y) }
-}
-
 /// Outputs at least this large bypass the cache (non-temporal stores): they would not fit in
 /// it anyway, and streaming them saves reading every destination line first.
 const STREAM_BYTES: usize = 4 << 20;
@@ -559,41 +555,94 @@ fn f32_to_f16_rows(src: &[f32], dst: &mut [u16]) {
     rows::f32_to_f16(s.remainder(), d.into_remainder());
 }
 
-/// Quantizes with the AVX2 kernel where there is one, else the scalar reference. Returns
-/// false, with the output unspecified, if the input holds a NaN or an infinity.
-pub fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> bool {
-    // SAFETY: this module's functions are only reached through the AVX2 backend, which is only
-    // handed out after AVX2 and F16C were detected (see `x86::available`).
-    unsafe {
-        match ty {
-            QuantType::Q8_0 => quantize_q8_0(x, y),
-            QuantType::Q4_0 => quantize_symmetric(x, y, 4),
-            QuantType::Q5_0 => quantize_symmetric(x, y, 5),
-            QuantType::Q4_1 => quantize_affine(x, y, 15.0, 20),
-            QuantType::Q5_1 => quantize_affine(x, y, 31.0, 24),
-            QuantType::MXFP4 => quantize_mxfp4(x, y),
-            QuantType::Q4_K => super::kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y),
-            QuantType::Q5_K => super::kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y),
-            QuantType::Q6_K => super::kquants_avx2::quantize_q6_k(x, y),
-            other => scalar::quantize_checked(other, x, y),
-        }
-    }
-}
+/// This backend's name, the origin of its own table entries.
+const NAME: &str = "avx2";
 
-/// Dequantizes with the AVX2 kernel where there is one, else the scalar reference.
-pub fn dequantize(ty: QuantType, x: &[u8], y: &mut [f32]) {
+/// The AVX2 table: the scalar reference's kernels, replaced where AVX2 has its own.
+pub(super) fn kernels(ty: QuantType) -> TypeKernels {
+    let k = crate::backend::scalar_kernels(ty);
     match ty {
-        // SAFETY: as in `quantize`: AVX2 and F16C were detected.
-        QuantType::Q8_0 => unsafe { dequantize_q8_0(x, y) },
-        // SAFETY: as above.
-        QuantType::MXFP4 => unsafe { dequantize_mxfp4(x, y) },
-        other => scalar::dequantize(other, x, y),
+        QuantType::Q8_0 => k
+            .quantize_with(NAME, simd!(|_, x, y| quantize_q8_0(x, y)))
+            .dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
+        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 4))),
+        QuantType::Q5_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 5))),
+        QuantType::Q4_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 15.0, 20))),
+        QuantType::Q5_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 31.0, 24))),
+        QuantType::MXFP4 => k
+            .quantize_with(NAME, simd!(|_, x, y| quantize_mxfp4(x, y)))
+            .dequantize_with(NAME, simd!(|_, x, y| dequantize_mxfp4(x, y))),
+        QuantType::Q4_K => k
+            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y)))
+            .weighted_with(
+                NAME,
+                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q4_K, x, y, n, qw)),
+            )
+            .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q4_K, x, y))),
+        QuantType::Q5_K => k
+            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y)))
+            .weighted_with(
+                NAME,
+                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw)),
+            )
+            .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q5_K, x, y))),
+        QuantType::Q3_K => k
+            .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q3_k(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q3_k(x, y))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
+                    q2k_q3k_avx2::quantize_q3_k_weighted(x, y, qw)
+                })),
+            ),
+        QuantType::Q2_K => k
+            .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q2_k(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q2_k(x, y))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
+                    q2k_q3k_avx2::quantize_q2_k_weighted(x, y, qw)
+                })),
+            ),
+        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize_q6_k(x, y))).weighted_with(
+            NAME,
+            simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| kquants_avx2::quantize_q6_k_weighted(
+                x, y, qw
+            ))),
+        ),
+        QuantType::IQ4_NL => k
+            .dequantize_with(NAME, simd!(|_, x, y| iq4_avx2::dequantize_iq4_nl(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_nl(x, y, None))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| iq4_avx2::quantize_iq4_nl(
+                    x,
+                    y,
+                    Some(qw)
+                ))),
+            ),
+        QuantType::IQ4_XS => k
+            .dequantize_with(NAME, simd!(|_, x, y| iq4_avx2::dequantize_iq4_xs(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_xs(x, y, None))))
+            .weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| iq4_avx2::quantize_iq4_xs(
+                    x,
+                    y,
+                    Some(qw)
+                ))),
+            ),
+        // Types without an AVX2 kernel keep the scalar reference's.
+        #[allow(unreachable_patterns)]
+        _ => k,
     }
 }
 
-conversion_entries! {
-    bf16_to_f32(u16, f32) => bf16_to_f32_rows;
-    f16_to_f32(u16, f32) => f16_to_f32_rows;
-    f32_to_bf16(f32, u16) => f32_to_bf16_rows;
-    f32_to_f16(f32, u16) => f32_to_f16_rows;
-}
+/// The AVX2 conversions.
+pub(super) const CONVERSIONS: Conversions = Conversions {
+    bf16_to_f32: Kernel::new(NAME, simd!(|s, d| bf16_to_f32_rows(s, d))),
+    f16_to_f32: Kernel::new(NAME, simd!(|s, d| f16_to_f32_rows(s, d))),
+    f32_to_bf16: Kernel::new(NAME, simd!(|s, d| f32_to_bf16_rows(s, d))),
+    f32_to_f16: Kernel::new(NAME, simd!(|s, d| f32_to_f16_rows(s, d))),
+    openai_mxfp4_to_f32: Kernel::new(NAME, simd!(|b, s, d| dequantize_openai_mxfp4(b, s, d))),
+};

@@ -1,66 +1,72 @@
 //! x86-64 SIMD backends, detected at run time.
 
-/// Safe wrappers around a backend module's `#[target_feature]` conversion kernels, for its
-/// [`Backend`] table. The table is only handed out after `available` detected the module's
-/// CPU features, which is what makes the calls sound.
-macro_rules! conversion_entries {
-    ($($name:ident($src:ty, $dst:ty) => $kernel:ident;)*) => {
-        /// Safe entry points for the backend table.
-        pub mod entry {
-            $(
-                #[doc = concat!("`", stringify!($kernel), "` for the backend table.")]
-                pub fn $name(s: &[$src], d: &mut [$dst]) {
-                    // SAFETY: only reached through this module's backend table, which
-                    // `x86::available` hands out only after detecting its CPU features.
-                    unsafe { super::$kernel(s, d) }
-                }
-            )*
+/// A safe table entry: a closure calling one of the enclosing backend module's
+/// `#[target_feature]` kernels. The table, and every table that inherits the entry (AVX-512
+/// inherits AVX2's), is only handed out after `available` detected the module's CPU
+/// features, which is what makes the call sound.
+macro_rules! simd {
+    (|$($arg:pat_param),*| $call:expr) => {
+        |$($arg),*| {
+            // SAFETY: only reachable through this module's backend table and the tables that
+            // inherit from it, which `x86::available` hands out only after detecting this
+            // module's CPU features.
+            unsafe { $call }
         }
     };
 }
 
 mod avx2;
 mod avx512;
+mod iq4_avx2;
 mod kquants_avx2;
+mod q2k_q3k_avx2;
 
 use std::sync::OnceLock;
 
+use crate::QuantType;
 use crate::backend::Backend;
 use crate::scalar::mxfp4::shared_exponent;
 
-static AVX2: Backend = Backend {
-    name: "avx2",
-    quantize: avx2::quantize,
-    dequantize: avx2::dequantize,
-    bf16_to_f32: avx2::entry::bf16_to_f32,
-    f16_to_f32: avx2::entry::f16_to_f32,
-    f32_to_bf16: avx2::entry::f32_to_bf16,
-    f32_to_f16: avx2::entry::f32_to_f16,
-    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-};
+static AVX2: Backend = Backend { name: "avx2", kernels: avx2::kernels, conversions: avx2::CONVERSIONS };
 
-static AVX512: Backend = Backend {
-    name: "avx512",
-    quantize: avx512::quantize,
-    dequantize: avx512::dequantize,
-    bf16_to_f32: avx512::entry::bf16_to_f32,
-    f16_to_f32: avx512::entry::f16_to_f32,
-    f32_to_bf16: avx512::entry::f32_to_bf16,
-    f32_to_f16: avx512::entry::f32_to_f16,
-    // AVX-512 implies AVX2; the AVX2 kernel is memory-bound already.
-    openai_mxfp4_to_f32: avx2::openai_mxfp4_to_f32,
-};
+static AVX512: Backend = Backend { name: "avx512", kernels: avx512::kernels, conversions: avx512::CONVERSIONS };
 
-/// The SIMD backends this CPU supports, slowest first.
+/// The SIMD backends this CPU supports, slowest first. The AVX-512 table runs AVX2 kernels
+/// where it has none of its own, so it needs AVX2's features as well as its own.
 pub fn available() -> Vec<&'static Backend> {
     let mut out = Vec::new();
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c");
+    if avx2 {
         out.push(&AVX2);
     }
-    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+    if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
         out.push(&AVX512);
     }
     out
+}
+
+/// Runs `kernel` on `x` if every value is finite: the NaN/infinity check the table's
+/// quantizers owe (false, output untouched, otherwise).
+fn finite(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> bool {
+    if crate::backend::first_non_finite(x).is_some() {
+        return false;
+    }
+    kernel(x, y);
+    true
+}
+
+/// Runs a weighted quantizer row by row: `kernel(row, row output, weights)`.
+fn by_rows(
+    ty: QuantType,
+    x: &[f32],
+    y: &mut [u8],
+    n_per_row: usize,
+    qw: &[f32],
+    kernel: impl Fn(&[f32], &mut [u8], &[f32]),
+) {
+    for (x, y) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(ty.bytes_for(n_per_row))) {
+        kernel(x, y, qw);
+    }
 }
 
 /// For each biased f32 exponent E, the smallest mantissa at which `floor(log2f(x))` is E−126

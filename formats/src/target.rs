@@ -1,0 +1,199 @@
+//! Checking an output path before any work: what it names, that it can be written without
+//! destroying anything that is not an earlier output, and that it is none of the run's
+//! inputs.
+//!
+//! Rules (each one an error, before anything is read or written beyond headers):
+//! - A file output (GGUF, a dump) is a file path: a trailing `/` or an existing folder there
+//!   is refused, saying so; so is anything there that is not a regular file (a device such
+//!   as `/dev/null`, a FIFO, a socket), which renaming into place would replace.
+//! - A folder output (`--format mlx|hf`) must not exist yet (a trailing `/` is fine).
+//! - The folder that will hold the output must exist.
+//! - No output may be an input: an existing file at the output path (or, for a split output,
+//!   any `STEM-NNNNN-of-MMMMM.gguf` beside it, which the new set replaces) that is the same
+//!   file as an input (same device and inode, whatever the spelling: `./../x/a.gguf`,
+//!   symbolic or hard links) is refused.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+pub use crate::temp::{Leftover, sweep};
+
+/// What an output path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// One file (`moeq convert … -o OUT.gguf`, `eval --dump OUT.safetensors`).
+    File,
+    /// One file or a set of shards `STEM-NNNNN-of-MMMMM.gguf` that replaces the set of the
+    /// same stem (`--split-max-size`).
+    Split,
+    /// A folder built whole (`--format mlx|hf`).
+    Folder,
+}
+
+/// The folder an output goes into (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Checks what `path` names against `kind` (see the module rules), without looking at the
+/// inputs.
+pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err(Error::plan(path, "the output path is empty"));
+    }
+    let trailing_slash = bytes.ends_with(b"/");
+    if kind != OutputKind::Folder {
+        if trailing_slash {
+            return Err(Error::plan(
+                path,
+                "ends in '/', which names a folder, but this output is a file: give its file name (e.g. \
+                 OUT/model.gguf), without the trailing '/'",
+            ));
+        }
+        if path.file_name().is_none() {
+            return Err(Error::plan(path, "the output path has no file name"));
+        }
+    } else if path.file_name().is_none() {
+        return Err(Error::plan(path, "the output path has no folder name"));
+    }
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        return Err(Error::plan(path, format!("the folder {} does not exist", dir.display())));
+    }
+    match std::fs::metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if kind == OutputKind::Folder => Err(Error::plan(
+            path,
+            if m.is_dir() {
+                "exists already; remove it or choose another output folder"
+            } else {
+                "exists already and is not a folder; choose another output folder"
+            },
+        )),
+        Ok(m) if m.is_dir() => Err(Error::plan(
+            path,
+            "is a folder, but this output is a file: give a file name (e.g. OUT/model.gguf); only --format mlx and \
+             hf write folders",
+        )),
+        Ok(m) if !m.is_file() => Err(not_regular(path, &m)),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn not_regular(path: &Path, m: &std::fs::Metadata) -> Error {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    let what = if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Error::plan(path, format!("exists and is {what}; moeq writes only regular files and would replace it"))
+}
+
+/// Checks that a file about to be replaced at `path` (when something is there) is a regular
+/// file, and that the folder exists.
+pub(crate) fn check_final_file(path: &Path) -> Result<()> {
+    check_path(path, OutputKind::File)
+}
+
+/// Refuses an output that would replace one of `inputs` (see the module rules).
+pub fn check_inputs(path: &Path, kind: OutputKind, inputs: &[PathBuf]) -> Result<()> {
+    let ids: Vec<((u64, u64), &Path)> =
+        inputs.iter().filter_map(|p| std::fs::metadata(p).ok().map(|m| ((m.dev(), m.ino()), p.as_path()))).collect();
+    let mut candidates = vec![path.to_path_buf()];
+    if kind == OutputKind::Split {
+        candidates.extend(split_members(path).into_iter().map(|m| m.path));
+    }
+    for c in &candidates {
+        let Ok(m) = std::fs::metadata(c) else {
+            continue;
+        };
+        if let Some((_, input)) = ids.iter().find(|(id, _)| *id == (m.dev(), m.ino())) {
+            let same = if c == path { String::new() } else { format!(" ({} would be replaced)", c.display()) };
+            return Err(Error::plan(
+                path,
+                format!(
+                    "is the input {}{same}: moeq never writes over a file it reads; choose another output path",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every check before work: [`check_path`], [`check_inputs`], then [`sweep`] of the output's
+/// folder, whose findings are returned for the caller to report.
+pub fn prepare(path: &Path, kind: OutputKind, inputs: &[PathBuf]) -> Result<Vec<Leftover>> {
+    check_path(path, kind)?;
+    check_inputs(path, kind, inputs)?;
+    Ok(sweep(parent_dir(path)))
+}
+
+/// A file of a split set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitMember {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its 1-based number in the name.
+    pub number: u32,
+    /// The set size in the name.
+    pub count: u32,
+}
+
+/// The files beside `path` named as shards of its stem: `STEM-NNNNN-of-MMMMM.gguf` (five or
+/// more digits each, as gguf-py and llama.cpp name them).
+pub fn split_members(path: &Path) -> Vec<SplitMember> {
+    let stem = path.file_stem().map(|s| s.as_bytes().to_vec()).unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<SplitMember> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let (number, count) = parse_split_name(&name, &stem)?;
+            Some(SplitMember { path: parent_dir(path).join(&name), number, count })
+        })
+        .collect();
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
+}
+
+fn parse_split_name(name: &OsStr, stem: &[u8]) -> Option<(u32, u32)> {
+    let rest = name.as_bytes().strip_prefix(stem)?.strip_prefix(b"-")?.strip_suffix(b".gguf")?;
+    let text = std::str::from_utf8(rest).ok()?;
+    let (number, count) = text.split_once("-of-")?;
+    let digits = |t: &str| t.len() >= 5 && t.bytes().all(|c| c.is_ascii_digit());
+    if !digits(number) || !digits(count) {
+        return None;
+    }
+    Some((number.parse().ok()?, count.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_names_parse() {
+        assert_eq!(parse_split_name(OsStr::new("s-00001-of-00009.gguf"), b"s"), Some((1, 9)));
+        assert_eq!(parse_split_name(OsStr::new("s-123456-of-200000.gguf"), b"s"), Some((123456, 200000)));
+        for other in ["s.gguf", "s-0001-of-00009.gguf", "t-00001-of-00009.gguf", "s-00001-of-00009.gguf.tmp"] {
+            assert_eq!(parse_split_name(OsStr::new(other), b"s"), None, "{other}");
+        }
+        assert_eq!(parse_split_name(OsStr::new("s-x-00001-of-00002.gguf"), b"s"), None);
+    }
+}

@@ -1,0 +1,425 @@
+//! Q2_K and Q3_K on AVX2, bit-exact. The 16-value sub-blocks run 8 to a vector, each lane
+//! doing its sub-block's search with the reference's operations in the reference's order:
+//! for Q2_K the k-quant search of `kquants_avx2` (`make_qkx2_quants`, with `use_mad` without
+//! importance weights), for Q3_K `make_q3_quants` (its coordinate descent lane by lane,
+//! every step masked as the reference decides it) or, with importance weights,
+//! `make_qx_quants`. The super-block heads (scales of scales) stay scalar; the final codes are
+//! recomputed and packed with vectors.
+
+use std::arch::x86_64::*;
+
+use super::avx2::lanes;
+use super::kquants_avx2::{
+    N, Q6_VECTORS, Search, blend, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn, make_qx_quants_16,
+    make_qx_quants_x, nearest_int, splat, sums_of_squares,
+};
+use crate::convert::f16_to_f32;
+use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
+
+/// Super-blocks per call: each is two vectors of 8 sub-blocks.
+const Q2_SUPERBLOCKS: usize = N / 2;
+
+/// Recomputes the codes of a Q2_K super-block whose head (scales, d, dmin) is written, as
+/// `q2k_q3k::finish_q2_k` does (sub-blocks whose scale is 0 keep `l`), and packs them.
+#[target_feature(enable = "avx2")]
+fn finish_q2_k(x: &[f32], l: &mut [u8; 256], b: &mut [u8]) {
+    assert!(x.len() >= 256 && b.len() >= Q2_K_BYTES);
+    let d_all = f16_to_f32(u16::from_le_bytes([b[80], b[81]]));
+    let m_all = f16_to_f32(u16::from_le_bytes([b[82], b[83]]));
+    for j in 0..16 {
+        let d = d_all * (b[j] & 0xF) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let (dv, dmv) = (splat(d), splat(m_all * (b[j] >> 4) as f32));
+        for h in 0..2 {
+            // SAFETY: `x` holds 256 f32, 16 j + 8 h + 8 <= 256; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(16 * j + 8 * h)) };
+            let q = clamp(nearest_int(_mm256_div_ps(_mm256_add_ps(v, dmv), dv)), 3);
+            let mut out = [0i32; 8];
+            // SAFETY: `out` has room for 8 i32; unaligned store.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
+            for (k, &q) in out.iter().enumerate() {
+                l[16 * j + 8 * h + k] = q as u8;
+            }
+        }
+    }
+    q2k_q3k::pack_2bit(l, &mut b[16..80]);
+}
+
+/// [`Q2_SUPERBLOCKS`] Q2_K super-blocks, with importance weights `qw` (one per value) or
+/// without.
+#[target_feature(enable = "avx2,f16c")]
+fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+    let zero = _mm256_setzero_ps();
+    let mut xv = [[zero; N]; 16];
+    let mut wv = [[zero; N]; 16];
+    let mut sw = [[0f32; 8]; N];
+    let sum_x2 = qw.map(|_| sums_of_squares::<Q2_SUPERBLOCKS>(x, 256));
+    for g in 0..N {
+        let r = 128 * g..128 * g + 128;
+        let c = columns::<16>(&x[r.clone()]);
+        let w = match (qw, sum_x2) {
+            (Some(qw), Some(s)) => {
+                let (w, sums) = imatrix_weights(&c, &columns::<16>(&qw[r]), s[g / 2] / 256.0);
+                sw[g] = lanes(sums);
+                w
+            }
+            _ => c.map(|v| _mm256_andnot_ps(splat(-0.0), v)),
+        };
+        for i in 0..16 {
+            xv[i][g] = c[i];
+            wv[i][g] = w[i];
+        }
+    }
+    let mut l = [[0u8; 256]; N];
+    let found = if qw.is_some() {
+        make_qkx2_quants_xn::<16, false>(&Search::weighted(3), &xv, &wv, &mut l)
+    } else {
+        make_qkx2_quants_xn::<16, true>(&Search { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15 }, &xv, &wv, &mut l)
+    };
+    for s in 0..Q2_SUPERBLOCKS {
+        let (mut scales, mut mins, mut sums) = ([0f32; 16], [0f32; 16], [0f32; 16]);
+        let mut codes = [0u8; 256];
+        for h in 0..2 {
+            let g = 2 * s + h;
+            scales[8 * h..8 * h + 8].copy_from_slice(&found[g].0);
+            mins[8 * h..8 * h + 8].copy_from_slice(&found[g].1);
+            sums[8 * h..8 * h + 8].copy_from_slice(&sw[g]);
+            codes[128 * h..128 * h + 128].copy_from_slice(&l[g][..128]);
+        }
+        let b = &mut y[Q2_K_BYTES * s..Q2_K_BYTES * (s + 1)];
+        if qw.is_some() {
+            q2k_q3k::q2_k_weighted_head(&scales, &mins, &sums, b);
+        } else {
+            q2k_q3k::q2_k_head(&scales, &mins, b);
+        }
+        finish_q2_k(&x[256 * s..256 * s + 256], &mut codes, b);
+    }
+}
+
+/// Q2_K without importance weights (`quantize_row_q2_K_ref`), values finite.
+#[target_feature(enable = "avx2,f16c")]
+pub fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
+    let mut xs = x.chunks_exact(256 * Q2_SUPERBLOCKS);
+    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        q2_k_superblocks(x, y, None);
+    }
+    q2k_q3k::quantize_q2_k(xs.remainder(), ys.into_remainder());
+}
+
+/// One Q2_K row with importance weights `qw` (`quantize_row_q2_K_impl`), values finite.
+#[target_feature(enable = "avx2,f16c")]
+pub fn quantize_q2_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let mut xs = x.chunks_exact(256 * Q2_SUPERBLOCKS);
+    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
+    let mut ws = qw.chunks_exact(256 * Q2_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q2_k_superblocks(x, y, Some(qw));
+    }
+    q2k_q3k::quantize_q2_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
+}
+
+/// Vectors of 8 sub-blocks searched together by `make_qx_quants_x` (Q3_K with importance
+/// weights) and by [`make_q3_quants_x`]: the latter's steps form one long dependency chain
+/// per vector (a division among them), so it interleaves more of them.
+const V: usize = Q6_VECTORS;
+const V_PLAIN: usize = 8;
+/// Q3_K super-blocks per call, with and without importance weights.
+const Q3_SUPERBLOCKS: usize = V / 2;
+const Q3_SUPERBLOCKS_PLAIN: usize = V_PLAIN / 2;
+
+/// `make_q3_quants(16, 4, x, L, true)` for 8 sub-blocks per vector (`x[i][v]` is element i of
+/// sub-blocks 8v..8v+8). Returns the scales and writes the codes (offset by 4; 0 for an
+/// all-zero sub-block) to `l[v][16 * j + i]`.
+#[target_feature(enable = "avx2")]
+fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8]; V] {
+    let zero = _mm256_setzero_ps();
+    let (mut max, mut amax) = ([zero; V], [zero; V]);
+    for row in x {
+        for v in 0..V {
+            let ax = _mm256_andnot_ps(splat(-0.0), row[v]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[v]);
+            amax[v] = blend(amax[v], ax, gt);
+            max[v] = blend(max[v], row[v], gt);
+        }
+    }
+    let codes = |q: __m256i| _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(3)), _mm256_set1_epi32(-4));
+    let mut lv = [[_mm256_setzero_si256(); V]; 16];
+    let (mut w, mut wx) = ([[zero; V]; 16], [[zero; V]; 16]);
+    let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
+    for v in 0..V {
+        let iscale = _mm256_div_ps(splat(-4.0), max[v]);
+        for i in 0..16 {
+            let q = codes(nearest_int(_mm256_mul_ps(iscale, x[i][v])));
+            lv[i][v] = q;
+            w[i][v] = _mm256_mul_ps(x[i][v], x[i][v]);
+            wx[i][v] = _mm256_mul_ps(w[i][v], x[i][v]);
+            let lf = _mm256_cvtepi32_ps(q);
+            sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
+            suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
+        }
+    }
+    // Passes until no lane of a vector changes (a pass that changes nothing leaves the state
+    // as it was, so lanes that stopped may run on: they repeat it exactly).
+    let mut active = [true; V];
+    for _ in 0..5 {
+        let mut changed = [_mm256_setzero_si256(); V];
+        for i in 0..16 {
+            for v in (0..V).filter(|&v| active[v]) {
+                let lf = _mm256_cvtepi32_ps(lv[i][v]);
+                let slx = _mm256_sub_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
+                let sl2 = _mm256_sub_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
+                let new_l = codes(nearest_int(_mm256_div_ps(_mm256_mul_ps(x[i][v], sl2), slx)));
+                // Lanes where the reference would try the new code; most steps have none.
+                let tries = _mm256_andnot_si256(
+                    _mm256_cmpeq_epi32(new_l, lv[i][v]),
+                    _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero)),
+                );
+                if _mm256_testz_si256(tries, tries) != 0 {
+                    continue;
+                }
+                let nf = _mm256_cvtepi32_ps(new_l);
+                let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][v], nf));
+                let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
+                let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx_new, slx_new), suml2[v]),
+                    _mm256_mul_ps(_mm256_mul_ps(sumlx[v], sumlx[v]), sl2_new),
+                );
+                let valid = _mm256_and_ps(gain, _mm256_cmp_ps::<_CMP_GT_OQ>(sl2_new, zero));
+                let accept = _mm256_and_si256(_mm256_castps_si256(valid), tries);
+                lv[i][v] = _mm256_blendv_epi8(lv[i][v], new_l, accept);
+                let take = _mm256_castsi256_ps(accept);
+                sumlx[v] = blend(sumlx[v], slx_new, take);
+                suml2[v] = blend(suml2[v], sl2_new, take);
+                changed[v] = _mm256_or_si256(changed[v], accept);
+            }
+        }
+        for v in 0..V {
+            active[v] &= _mm256_testz_si256(changed[v], changed[v]) == 0;
+        }
+        if !active.contains(&true) {
+            break;
+        }
+    }
+    let mut out = [[0f32; 8]; V];
+    for v in 0..V {
+        let small = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15)));
+        for i in 0..16 {
+            let q = _mm256_andnot_si256(small, _mm256_add_epi32(lv[i][v], _mm256_set1_epi32(4)));
+            let mut q8 = [0i32; 8];
+            // SAFETY: `q8` has room for 8 i32; unaligned store.
+            unsafe { _mm256_storeu_si256(q8.as_mut_ptr().cast(), q) };
+            for (j, &q) in q8.iter().enumerate() {
+                l[v][16 * j + i] = q as i8;
+            }
+        }
+        let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
+        let scale = _mm256_and_ps(positive, _mm256_div_ps(sumlx[v], suml2[v]));
+        out[v] = lanes(_mm256_andnot_ps(_mm256_castsi256_ps(small), scale));
+    }
+    out
+}
+
+/// The end of a Q3_K super-block whose head (scales, d) is written, as `q2k_q3k::finish_q3_k`:
+/// codes recomputed with the rounded scales (sub-blocks whose scale is 0 keep `l`), high
+/// bits to `hmask`, low bits packed.
+#[target_feature(enable = "avx2")]
+fn finish_q3_k(x: &[f32], l: &mut [i8; 256], b: &mut [u8]) {
+    assert!(x.len() >= 256 && b.len() >= Q3_K_BYTES);
+    let d_all = f16_to_f32(u16::from_le_bytes([b[108], b[109]]));
+    for j in 0..16 {
+        let d = d_all * (q2k_q3k::q3_k_scale(j, &b[96..108]) as i32 - 32) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dv = splat(d);
+        for h in 0..2 {
+            // SAFETY: `x` holds 256 f32, 16 j + 8 h + 8 <= 256; unaligned load.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(16 * j + 8 * h)) };
+            let q = nearest_int(_mm256_div_ps(v, dv));
+            let q = _mm256_add_epi32(
+                _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(3)), _mm256_set1_epi32(-4)),
+                _mm256_set1_epi32(4),
+            );
+            let mut out = [0i32; 8];
+            // SAFETY: `out` has room for 8 i32; unaligned store.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
+            for (k, &q) in out.iter().enumerate() {
+                l[16 * j + 8 * h + k] = q as i8;
+            }
+        }
+    }
+    let (one, three) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
+    let mut hmask = _mm256_setzero_si256();
+    let mut qs = [_mm256_setzero_si256(); 2];
+    for c in 0..8 {
+        // SAFETY: `l` holds 256 bytes, 32 c + 32 <= 256; unaligned load.
+        let codes = unsafe { _mm256_loadu_si256(l.as_ptr().add(32 * c).cast()) };
+        // Codes are 0..=7: bit 2 is the high bit, bits 0..2 the low ones; 16-bit shifts
+        // move them within their bytes.
+        let shift = _mm_cvtsi32_si128(c as i32);
+        let high = _mm256_and_si256(_mm256_srli_epi16::<2>(codes), one);
+        hmask = _mm256_or_si256(hmask, _mm256_sll_epi16(high, shift));
+        let low = _mm256_and_si256(codes, three);
+        let k = _mm_cvtsi32_si128(2 * (c as i32 % 4));
+        qs[c / 4] = _mm256_or_si256(qs[c / 4], _mm256_sll_epi16(low, k));
+    }
+    // SAFETY: `b` holds at least 96 bytes: hmask at 0, qs at 32 and 64; unaligned stores.
+    unsafe {
+        _mm256_storeu_si256(b.as_mut_ptr().cast(), hmask);
+        _mm256_storeu_si256(b.as_mut_ptr().add(32).cast(), qs[0]);
+        _mm256_storeu_si256(b.as_mut_ptr().add(64).cast(), qs[1]);
+    }
+}
+
+/// Q3_K super-blocks from their sub-blocks' scales (`found[v]`, lane j: sub-block 8v + j)
+/// and codes: the head (plain, or weighted with the sums of weights `sw`), then the codes.
+#[target_feature(enable = "avx2,f16c")]
+fn q3_k_finish_all<const W: usize>(
+    x: &[f32],
+    y: &mut [u8],
+    found: &[[f32; 8]; W],
+    codes: &[[i8; 128]; W],
+    sw: Option<&[[f32; 8]; W]>,
+) {
+    for s in 0..W / 2 {
+        let (mut scales, mut sums, mut l) = ([0f32; 16], [0f32; 16], [0i8; 256]);
+        for h in 0..2 {
+            scales[8 * h..8 * h + 8].copy_from_slice(&found[2 * s + h]);
+            if let Some(sw) = sw {
+                sums[8 * h..8 * h + 8].copy_from_slice(&sw[2 * s + h]);
+            }
+            l[128 * h..128 * h + 128].copy_from_slice(&codes[2 * s + h]);
+        }
+        let b = &mut y[Q3_K_BYTES * s..Q3_K_BYTES * (s + 1)];
+        if sw.is_some() {
+            let mut ls = [0i8; 16];
+            let d = make_qx_quants_16(32, &scales, &sums, &mut ls);
+            q2k_q3k::put_q3_k_head(&ls, d, b);
+        } else {
+            q2k_q3k::q3_k_head(&scales, b);
+        }
+        finish_q3_k(&x[256 * s..256 * s + 256], &mut l, b);
+    }
+}
+
+/// [`Q3_SUPERBLOCKS_PLAIN`] Q3_K super-blocks without importance weights.
+#[target_feature(enable = "avx2,f16c")]
+fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
+    let xv = columns16::<V_PLAIN>(x);
+    let mut codes = [[0i8; 128]; V_PLAIN];
+    let found = make_q3_quants_x(&xv, &mut codes);
+    q3_k_finish_all(x, y, &found, &codes, None);
+}
+
+/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value).
+#[target_feature(enable = "avx2,f16c")]
+fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let xv = columns16::<V>(x);
+    let sum_x2 = sums_of_squares::<Q3_SUPERBLOCKS>(x, 256);
+    let qv = columns16::<V>(qw);
+    let mut wv = [[_mm256_setzero_ps(); V]; 16];
+    let mut sw = [[0f32; 8]; V];
+    for v in 0..V {
+        let xs: [__m256; 16] = std::array::from_fn(|i| xv[i][v]);
+        let qs: [__m256; 16] = std::array::from_fn(|i| qv[i][v]);
+        let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
+        for i in 0..16 {
+            wv[i][v] = w[i];
+        }
+        sw[v] = lanes(sums);
+    }
+    let mut codes = [[0i8; 128]; V];
+    let found = make_qx_quants_x(4, &xv, &wv, &mut codes);
+    q3_k_finish_all(x, y, &found, &codes, Some(&sw));
+}
+
+/// Q3_K without importance weights (`quantize_row_q3_K_ref`), values finite.
+#[target_feature(enable = "avx2,f16c")]
+pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS_PLAIN);
+    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS_PLAIN);
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        q3_k_superblocks(x, y);
+    }
+    q2k_q3k::quantize_q3_k(xs.remainder(), ys.into_remainder());
+}
+
+/// One Q3_K row with importance weights `qw` (`quantize_row_q3_K_impl`), values finite.
+#[target_feature(enable = "avx2,f16c")]
+pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS);
+    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
+    let mut ws = qw.chunks_exact(256 * Q3_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q3_k_superblocks_weighted(x, y, qw);
+    }
+    q2k_q3k::quantize_q3_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
+}
+
+/// `out[k] = dl * v[k] - ml` for 16 small codes (bytes), as the reference computes them.
+#[target_feature(enable = "avx2")]
+fn put16(codes: __m128i, dl: f32, ml: Option<f32>, out: &mut [f32]) {
+    assert!(out.len() >= 16);
+    let (dv, mv) = (splat(dl), splat(ml.unwrap_or(0.0)));
+    for (h, v) in [codes, _mm_srli_si128::<8>(codes)].into_iter().enumerate() {
+        let f = _mm256_mul_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
+        let f = if ml.is_some() { _mm256_sub_ps(f, mv) } else { f };
+        // SAFETY: `out` holds at least 16 f32, h < 2; unaligned store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), f) };
+    }
+}
+
+/// `dequantize_row_q2_K`.
+#[target_feature(enable = "avx2,f16c")]
+pub fn dequantize_q2_k(x: &[u8], y: &mut [f32]) {
+    let three = _mm_set1_epi8(3);
+    for (b, y) in x.chunks_exact(Q2_K_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = f16_to_f32(u16::from_le_bytes([b[80], b[81]]));
+        let min = f16_to_f32(u16::from_le_bytes([b[82], b[83]]));
+        for h in 0..2 {
+            for half in 0..2 {
+                // SAFETY: bytes 16 + 32 h + 16 half .. + 16 lie within the 84-byte block.
+                let q = unsafe { _mm_loadu_si128(b.as_ptr().add(16 + 32 * h + 16 * half).cast()) };
+                for k in 0..4 {
+                    let sc = b[8 * h + 2 * k + half];
+                    let codes = _mm_and_si128(_mm_srl_epi16(q, _mm_cvtsi32_si128(2 * k as i32)), three);
+                    let out = &mut y[128 * h + 32 * k + 16 * half..];
+                    put16(codes, d * (sc & 0xF) as f32, Some(min * (sc >> 4) as f32), out);
+                }
+            }
+        }
+    }
+}
+
+/// `dequantize_row_q3_K`.
+#[target_feature(enable = "avx2,f16c")]
+pub fn dequantize_q3_k(x: &[u8], y: &mut [f32]) {
+    let (three, four) = (_mm_set1_epi8(3), _mm_set1_epi8(4));
+    for (b, y) in x.chunks_exact(Q3_K_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d_all = f16_to_f32(u16::from_le_bytes([b[108], b[109]]));
+        for h in 0..2 {
+            for half in 0..2 {
+                // SAFETY: bytes 32 + 32 h + 16 half .. + 16 and 16 half .. + 16 lie within the
+                // 110-byte block.
+                let (q, hm) = unsafe {
+                    (
+                        _mm_loadu_si128(b.as_ptr().add(32 + 32 * h + 16 * half).cast()),
+                        _mm_loadu_si128(b.as_ptr().add(16 * half).cast()),
+                    )
+                };
+                for k in 0..4 {
+                    let m = _mm_set1_epi8((1u8 << (4 * h + k)) as i8);
+                    let low = _mm_and_si128(_mm_srl_epi16(q, _mm_cvtsi32_si128(2 * k as i32)), three);
+                    // Minus 4 where the high bit is clear.
+                    let clear = _mm_cmpeq_epi8(_mm_and_si128(hm, m), _mm_setzero_si128());
+                    let codes = _mm_sub_epi8(low, _mm_and_si128(clear, four));
+                    let sc = q2k_q3k::q3_k_scale(8 * h + 2 * k + half, &b[96..108]) as i32 - 32;
+                    put16(codes, d_all * sc as f32, None, &mut y[128 * h + 32 * k + 16 * half..]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Llama's typed config: `config.json` read once (rope scaling, Llama 3.1's frequency
+//! factors, head size), with what llama.cpp's `llama` architecture cannot run refused.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::Value;
+use serde_json::Value as Json;
+
+use crate::families::ModelConfig;
+use crate::source::config::Keys;
+
+/// A Llama `config.json`, typed: the hyperparameters llama.cpp reads for its `llama`
+/// architecture (Mixtral's config is this plus its experts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub n_layer: u64,
+    pub n_ctx: Option<u64>,
+    pub n_embd: u64,
+    pub n_ff: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    /// `head_dim` when config.json gives it.
+    pub head_dim: Option<u64>,
+    pub rope_theta: Option<f64>,
+    /// `linear` or `yarn` scaling: type, factor, original context (yarn).
+    pub rope_scaling: Option<(String, f64, Option<u64>)>,
+    /// Llama 3.1's frequency factors: factor, low, high, original context.
+    pub llama3_rope: Option<(f64, f64, f64, f64)>,
+    pub rms_eps: Option<f64>,
+    pub vocab_size: u64,
+}
+
+impl LlamaConfig {
+    /// Reads the checkpoint's `config.json` once, with the file named in errors. Returns the
+    /// config and warnings.
+    pub fn load(config: &ModelConfig) -> Result<(LlamaConfig, Vec<String>)> {
+        Self::parse(&config.keys()).with_context(|| format!("{}", config.path().display()))
+    }
+
+    /// Reads `config.json`'s keys. Returns the hyperparameters and warnings.
+    pub fn parse(json: &Keys) -> Result<(LlamaConfig, Vec<String>)> {
+        let mut warnings = Vec::new();
+        let n_head = json.u64("num_attention_heads")?;
+        let rope = json.object("rope_scaling").or(json.object("rope_parameters"));
+        let (mut rope_scaling, mut llama3_rope) = (None, None);
+        if let Some(r) = rope {
+            match r.str("rope_type").or(r.str("type")) {
+                Some(t @ ("linear" | "yarn")) => {
+                    let factor = r.opt_f64("factor")?.context("rope_scaling.factor is missing")?;
+                    let orig = if t == "yarn" { Some(r.u64("original_max_position_embeddings")?) } else { None };
+                    rope_scaling = Some((t.to_string(), factor, orig));
+                }
+                Some(t) if t.eq_ignore_ascii_case("llama3") => {
+                    llama3_rope = Some((
+                        r.opt_f64("factor")?.unwrap_or(8.0),
+                        r.opt_f64("low_freq_factor")?.unwrap_or(1.0),
+                        r.opt_f64("high_freq_factor")?.unwrap_or(4.0),
+                        r.opt_f64("original_max_position_embeddings")?.unwrap_or(8192.0),
+                    ));
+                }
+                Some("default") | None => {}
+                Some(other) => bail!("rope type '{other}' is not one llama.cpp's llama architecture runs"),
+            }
+        }
+        if let Some(window) = json.opt_u64("sliding_window")? {
+            let ctx = json.opt_u64("max_position_embeddings")?.unwrap_or(u64::MAX);
+            if window < ctx {
+                warnings.push(format!(
+                    "sliding_window is {window}; llama.cpp's llama architecture attends to the whole context"
+                ));
+            }
+        }
+        if let Some(act) = json.str("hidden_act")
+            && act != "silu"
+        {
+            bail!("hidden_act is '{act}'; llama.cpp's llama architecture runs SiLU");
+        }
+        for key in ["attention_bias", "mlp_bias"] {
+            if json.bool(key) == Some(true) {
+                bail!("{key} is true; moeq converts Llama checkpoints without biases");
+            }
+        }
+        let hp = LlamaConfig {
+            n_layer: json.u64("num_hidden_layers")?,
+            n_ctx: json.opt_u64("max_position_embeddings")?,
+            n_embd: json.u64("hidden_size")?,
+            n_ff: json.u64("intermediate_size")?,
+            n_head,
+            n_head_kv: json.opt_u64("num_key_value_heads")?.unwrap_or(n_head),
+            head_dim: json.opt_u64("head_dim")?,
+            rope_theta: json
+                .opt_f64("rope_theta")?
+                .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64)),
+            rope_scaling,
+            llama3_rope,
+            rms_eps: json.opt_f64("rms_norm_eps")?,
+            vocab_size: json.u64("vocab_size")?,
+        };
+        let dims = [hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.vocab_size];
+        if dims.contains(&0) || !hp.n_head.is_multiple_of(hp.n_head_kv) {
+            bail!("inconsistent sizes: {hp:?}");
+        }
+        if hp.n_layer > 4096 || hp.n_embd > 1 << 20 || hp.n_ff > 1 << 22 || hp.vocab_size > 1 << 24 {
+            bail!("implausible sizes: {hp:?}");
+        }
+        if hp.head_dim().is_none_or(|d| d == 0 || d % 2 != 0) {
+            bail!("the head size is not a positive even number: {hp:?}");
+        }
+        Ok((hp, warnings))
+    }
+
+    /// Values per attention head.
+    pub fn head_dim(&self) -> Option<u64> {
+        self.head_dim.or(self.n_embd.is_multiple_of(self.n_head).then(|| self.n_embd / self.n_head))
+    }
+
+    /// The `llama.*` keys, in the converter's order, with `general.file_type` among them and
+    /// Mixtral's `experts` (count, used) where the converter puts them.
+    pub fn metadata(&self, file_type: u32, experts: Option<(u64, u64)>) -> Vec<(String, Value)> {
+        let k = |key: &str| format!("llama.{key}");
+        let u = |v: u64| Value::U32(v as u32);
+        let mut m = vec![(k("block_count"), u(self.n_layer))];
+        m.extend(self.n_ctx.map(|c| (k("context_length"), u(c))));
+        m.extend([
+            (k("embedding_length"), u(self.n_embd)),
+            (k("feed_forward_length"), u(self.n_ff)),
+            (k("attention.head_count"), u(self.n_head)),
+            (k("attention.head_count_kv"), u(self.n_head_kv)),
+        ]);
+        if let Some((ty, factor, orig)) = &self.rope_scaling {
+            m.push((k("rope.scaling.type"), Value::String(ty.clone())));
+            m.push((k("rope.scaling.factor"), Value::F32(*factor as f32)));
+            m.extend(orig.map(|o| (k("rope.scaling.original_context_length"), u(o))));
+        }
+        m.extend(self.rope_theta.map(|t| (k("rope.freq_base"), Value::F32(t as f32))));
+        m.extend(self.rms_eps.map(|e| (k("attention.layer_norm_rms_epsilon"), Value::F32(e as f32))));
+        if let Some((e, used)) = experts {
+            m.push((k("expert_count"), u(e)));
+            m.push((k("expert_used_count"), u(used)));
+        }
+        if let Some(d) = self.head_dim {
+            m.push((k("attention.key_length"), u(d)));
+            m.push((k("attention.value_length"), u(d)));
+        }
+        m.push(("general.file_type".into(), Value::U32(file_type)));
+        m.push((k("vocab_size"), u(self.vocab_size)));
+        m.push((k("rope.dimension_count"), u(self.head_dim().unwrap_or(0))));
+        m.push(("general.quantization_version".into(), Value::U32(2)));
+        m
+    }
+
+    /// Llama 3.1's `rope_freqs` (one factor per rotary pair), as the converter computes them.
+    pub fn llama3_rope_factors(&self) -> Option<Vec<f32>> {
+        let (factor, low, high, old_ctx) = self.llama3_rope?;
+        let dim = self.head_dim()?;
+        let base = self.rope_theta.unwrap_or(10000.0) as f32;
+        let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+        Some(
+            (0..dim / 2)
+                .map(|i| {
+                    let freq = 1.0 / base.powf((2 * i) as f32 / dim as f32);
+                    let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+                    if wavelen < high_wavelen {
+                        1.0
+                    } else if wavelen > low_wavelen {
+                        factor as f32
+                    } else {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                    }
+                })
+                .collect(),
+        )
+    }
+}

@@ -1,0 +1,38 @@
+//! Mixtral's typed config: Llama's, plus the experts (`num_local_experts`,
+//! `num_experts_per_tok`).
+
+use anyhow::{Context, Result, bail};
+
+use crate::families::ModelConfig;
+use crate::families::llama::config::LlamaConfig;
+use crate::source::config::Keys;
+
+/// A Mixtral `config.json`, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MixtralConfig {
+    /// What Mixtral shares with Llama.
+    pub base: LlamaConfig,
+    /// Experts per layer.
+    pub n_expert: u64,
+    /// Experts per token.
+    pub n_expert_used: u64,
+}
+
+impl MixtralConfig {
+    /// Reads the checkpoint's `config.json` once, with the file named in errors. Returns the
+    /// config and warnings.
+    pub fn load(config: &ModelConfig) -> Result<(MixtralConfig, Vec<String>)> {
+        Self::parse(&config.keys()).with_context(|| format!("{}", config.path().display()))
+    }
+
+    /// Reads `config.json`'s keys.
+    pub fn parse(json: &Keys) -> Result<(MixtralConfig, Vec<String>)> {
+        let (n_expert, n_expert_used) = (json.u64("num_local_experts")?, json.u64("num_experts_per_tok")?);
+        let (base, warnings) = LlamaConfig::parse(json)?;
+        let hp = MixtralConfig { base, n_expert, n_expert_used };
+        if n_expert_used == 0 || n_expert_used > n_expert {
+            bail!("inconsistent sizes: {hp:?}");
+        }
+        Ok((hp, warnings))
+    }
+}

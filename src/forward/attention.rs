@@ -1,0 +1,139 @@
+//! The attention every family shares: RMSNorm, q/k/v projections, RoPE, GQA, causal softmax
+//! attention per sequence, with the family's variations ([`Attention`]): biases, attention
+//! sinks, a sliding window, and which values RoPE pairs. A family whose attention differs more
+//! (extra norms, latent projections) overrides [`super::Blocks::attention_block`] and builds on
+//! the pieces here: [`Model::rope`] and [`attend`].
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use super::Model;
+use super::ops::{dot, rmsnorm, softmax};
+
+/// Which values of a head RoPE rotates together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopePairs {
+    /// Value i with value i + head_dim/2 (NEOX, gpt-oss).
+    Halves,
+    /// Values 2i and 2i + 1 (llama.cpp's llama: the converter permuted q/k rows to pairs).
+    Adjacent,
+}
+
+/// A family's attention settings for one layer.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    /// q, k, v and output projections have biases.
+    pub bias: bool,
+    /// A learned sink logit per head joins each softmax (`attn_sinks`).
+    pub sinks: bool,
+    /// Attend to at most this many positions back (0: the whole sequence).
+    pub window: usize,
+    /// RoPE's pairing.
+    pub rope: RopePairs,
+}
+
+/// The head layout of an attention: query heads, KV heads (a divisor of the query heads), and
+/// values per head of q and k, and of v.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    /// Query heads.
+    pub n_head: usize,
+    /// KV heads (a divisor of `n_head`; each serves `n_head / n_head_kv` query heads).
+    pub n_head_kv: usize,
+    /// Values per head of q and k.
+    pub qk_dim: usize,
+    /// Values per head of v (and of the output).
+    pub v_dim: usize,
+}
+
+/// Causal softmax attention of each row of `q` [T, n_head · qk_dim] over the rows of its own
+/// sequence in `k` [T, n_head_kv · qk_dim] and `v` [T, n_head_kv · v_dim] (`starts[i]`: the row
+/// where row i's sequence starts), `scale` applied to the scores; with `sinks`, one more logit
+/// per head joins each softmax (and takes its share of the weight); with `window` > 0, only the
+/// last `window` positions are attended. Returns [T, n_head · v_dim]. Rows are computed in
+/// parallel; the sizes must agree (the forward's [`super::Config`] checks them).
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    starts: &[usize],
+    heads: Heads,
+    scale: f32,
+    sinks: Option<&[f32]>,
+    window: usize,
+) -> Vec<f32> {
+    let Heads { n_head, n_head_kv, qk_dim: hd, v_dim: vd } = heads;
+    let group = n_head / n_head_kv.max(1);
+    let mut o = vec![0.0f32; starts.len() * n_head * vd];
+    o.par_chunks_mut(n_head * vd).enumerate().for_each(|(i, oi)| {
+        for hh in 0..n_head {
+            let kv = hh / group.max(1);
+            let qi = &q[(i * n_head + hh) * hd..][..hd];
+            let start = starts[i];
+            let mut s: Vec<f32> = (start..=i)
+                .map(|j| {
+                    if window > 0 && i - j >= window {
+                        f32::NEG_INFINITY
+                    } else {
+                        dot(qi, &k[(j * n_head_kv + kv) * hd..][..hd]) * scale
+                    }
+                })
+                .collect();
+            if let Some(sinks) = sinks {
+                s.push(sinks[hh]);
+            }
+            softmax(&mut s);
+            let out = &mut oi[hh * vd..(hh + 1) * vd];
+            for (j, p) in (start..=i).zip(&s) {
+                let vj = &v[(j * n_head_kv + kv) * vd..][..vd];
+                out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+            }
+        }
+    });
+    o
+}
+
+impl Model<'_, '_> {
+    /// Rotates each head of `v` ([T, heads · head_dim]) by its position in its sequence, with
+    /// the model's frequencies (YaRN and RoPE factors applied).
+    pub fn rope(&self, v: &mut [f32], heads: usize, starts: &[usize], pairs: RopePairs) {
+        let c = &self.cfg;
+        let (hd, half) = (c.head_dim, c.head_dim / 2);
+        for (row, &start) in starts.iter().enumerate() {
+            let p = row - start;
+            for hh in 0..heads {
+                let x = &mut v[(row * heads + hh) * hd..(row * heads + hh + 1) * hd];
+                for (i, f) in c.inv_freq.iter().enumerate() {
+                    let angle = p as f64 * f;
+                    let (sin, cos) = ((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32);
+                    let (a, b) = match pairs {
+                        RopePairs::Halves => (i, i + half),
+                        RopePairs::Adjacent => (2 * i, 2 * i + 1),
+                    };
+                    let (x0, x1) = (x[a], x[b]);
+                    x[a] = x0 * cos - x1 * sin;
+                    x[b] = x1 * cos + x0 * sin;
+                }
+            }
+        }
+    }
+
+    /// Self-attention of layer `l` on the residual stream `x` [T, hidden] (its norm included),
+    /// causal within each sequence (`starts[i]`: the row where row i's sequence starts), with
+    /// the settings `spec`: the shared attention of [`super::Blocks::attention_block`].
+    pub fn attention(&self, l: usize, x: &[f32], starts: &[usize], spec: Attention) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let a_in = rmsnorm(x, &self.t(&format!("blk.{l}.attn_norm.weight"))?, c.rms_eps);
+        let mut q = self.linear(&a_in, &format!("blk.{l}.attn_q"), spec.bias)?;
+        let mut k = self.linear(&a_in, &format!("blk.{l}.attn_k"), spec.bias)?;
+        let v = self.linear(&a_in, &format!("blk.{l}.attn_v"), spec.bias)?;
+        self.rope(&mut q, c.n_head, starts, spec.rope);
+        self.rope(&mut k, c.n_head_kv, starts, spec.rope);
+        let sinks = if spec.sinks { Some(self.t(&format!("blk.{l}.attn_sinks.weight"))?) } else { None };
+        let heads = Heads { n_head: c.n_head, n_head_kv: c.n_head_kv, qk_dim: c.head_dim, v_dim: c.head_dim };
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        let o = attend(&q, &k, &v, starts, heads, scale, sinks.as_deref(), spec.window);
+        self.linear(&o, &format!("blk.{l}.attn_output"), spec.bias)
+    }
+}

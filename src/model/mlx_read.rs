@@ -1,0 +1,154 @@
+//! Reading an MLX build back as a model (for `eval`, `verify`, `inspect`): every tensor under
+//! its llama.cpp name in GGUF layout, quantized layers decoded from their `weight`, `scales`
+//! and `biases`, Llama's q/k rows interleaved again for llama.cpp's RoPE.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::{GgmlType, TensorSpec};
+use moeq_formats::safetensors::{SafetensorsModel, StTensor};
+use serde_json::Value as Json;
+
+use crate::families::ModelConfig;
+use crate::families::common::{Converted, ggml_of, gguf_plan};
+use crate::plan::mlx::mlx_name;
+use crate::plan::recipe::{Input, Recipe, Stored, View};
+
+/// The quantization of `module` per the config: (bits, group, mode).
+fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
+    let q = config.get("quantization")?;
+    let params = q.get(module).filter(|v| v.is_object()).unwrap_or(q);
+    let bits = params.get("bits")?.as_u64()? as u32;
+    let group = params.get("group_size")?.as_u64()?;
+    let mode = params.get("mode").and_then(Json::as_str).unwrap_or("affine").to_string();
+    Some((bits, group, mode))
+}
+
+fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'a StTensor)> {
+    let (file, t) = model.tensors().find(|(_, t)| t.name == name)?;
+    // Raw bytes (MXFP4 codes, packed words) for anything but floats.
+    let ty = ggml_of(t.dtype).unwrap_or(GgmlType::I8);
+    Some((Stored { file: file.file_bytes(), start: t.start, len: t.len, ty }, t))
+}
+
+/// Plans the model in an MLX build folder as llama.cpp-named recipes.
+pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Converted<'a>> {
+    let json = &config.json;
+    let (metadata, head_dim) = config.family.build_metadata(config)?;
+    let arch_name = config.family.gguf_arch();
+    let mut names: Vec<(String, String)> = Vec::new();
+    let present: std::collections::HashSet<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
+    // llama.cpp name for every MLX tensor that carries values (not scales/biases).
+    let block_count = format!("{arch_name}.block_count");
+    let layers = metadata.iter().find(|(k, _)| *k == block_count).and_then(|(_, v)| v.as_u64()).unwrap_or(0);
+    let gguf_names = gguf_candidates(config, layers);
+    for (_, t) in model.tensors() {
+        if t.name.ends_with(".scales") || t.name.ends_with(".biases") {
+            continue;
+        }
+        let gguf = gguf_names.iter().find(|(_, m)| *m == t.name).map(|(g, _)| g.clone()).with_context(|| {
+            format!("{}: tensor '{}' is not part of a {} MLX build", model.path().display(), t.name, config.class)
+        })?;
+        names.push((gguf, t.name.clone()));
+    }
+    // In llama.cpp's tensor order.
+    names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
+    let mut recipes = Vec::new();
+    for (gguf, name) in names {
+        let origin = format!("{}: tensor '{name}'", model.path().display());
+        let (weight, t) = stored(model, &name).context("listed tensor")?;
+        let module = name.trim_end_matches(".weight");
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        let rope = if head_dim > 0 && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
+            head_dim
+        } else {
+            0
+        };
+        let scales =
+            present.contains(format!("{module}.scales").as_str()).then(|| stored(model, &format!("{module}.scales")));
+        let (input, cols, ty) = match scales.flatten() {
+            None => {
+                let cols = *shape.last().unwrap_or(&1);
+                let mut view = View::plain(shape.iter().product::<u64>() / cols.max(1), cols);
+                view.rope_group = rope;
+                (Input::Values { src: weight, view }, cols, weight.ty)
+            }
+            Some((scales, st)) => {
+                let Some((bits, group, mode)) = quant_of(json, module) else {
+                    bail!("{origin}: quantized, but config.json has no quantization settings for it");
+                };
+                let words = *shape.last().unwrap_or(&0);
+                let cols = words * 32 / bits as u64;
+                let rows = shape.iter().product::<u64>() / words.max(1);
+                let groups = st.shape.last().copied().unwrap_or(0) as u64;
+                if cols == 0 || groups * group != cols || !cols.is_multiple_of(32) {
+                    bail!("{origin}: {words} words of {bits} bits do not make groups of {group} ({groups} scales)");
+                }
+                let mut view = View::plain(rows, cols);
+                view.rope_group = rope;
+                match mode.as_str() {
+                    "mxfp4" if bits == 4 && group == 32 => {
+                        let blocks_view =
+                            View { cols: cols / 32, row_stride: cols / 32, outer_stride: rows * cols / 32, ..view };
+                        (Input::OpenAiMxfp4 { blocks: weight, scales, view: blocks_view }, cols, GgmlType::MXFP4)
+                    }
+                    "affine" if matches!(bits, 4 | 8) => {
+                        let biases = stored(model, &format!("{module}.biases")).map(|b| b.0);
+                        let biases = biases.with_context(|| format!("{origin}: affine without biases"))?;
+                        let ty = if bits == 8 { GgmlType::Q8_0 } else { GgmlType::Q4_1 };
+                        (Input::MlxAffine { weight, scales, biases, bits, group, view }, cols, ty)
+                    }
+                    other => bail!("{origin}: MLX {other} with {bits} bits, group {group} is not supported"),
+                }
+            }
+        };
+        let mut ne: Vec<u64> = shape.iter().rev().copied().collect();
+        if let Some(first) = ne.first_mut() {
+            *first = cols;
+        }
+        check_size(&input, &ne, &origin)?;
+        recipes.push(Recipe::new(TensorSpec { name: gguf, ne, ggml_type: ty }, input, true, origin));
+    }
+    let plan = gguf_plan(arch_name, &config.dir, json, &recipes, metadata, None);
+    Ok(Converted { plan, recipes, warnings: Vec::new() })
+}
+
+/// Checks that the stored bytes hold what the recipe reads.
+fn check_size(input: &Input, ne: &[u64], origin: &str) -> Result<()> {
+    let values: u64 = ne.iter().product();
+    let (need, have) = match input {
+        Input::Values { src, .. } => (values * src.ty.type_size(), src.len as u64),
+        Input::OpenAiMxfp4 { blocks, .. } => (values / 2, blocks.len as u64),
+        Input::MlxAffine { weight, bits, .. } => (values * *bits as u64 / 8, weight.len as u64),
+        _ => return Ok(()),
+    };
+    if need != have {
+        bail!("{origin}: {have} bytes, but its shape needs {need}");
+    }
+    Ok(())
+}
+
+/// Every (llama.cpp name, MLX name) a model of this family with `layers` layers can have, in
+/// llama.cpp's order.
+fn gguf_candidates(config: &ModelConfig, layers: u64) -> Vec<(String, String)> {
+    let table = config.family.layer_names();
+    let mut out = Vec::new();
+    let mut push = |gguf: String| {
+        if let Some(m) = mlx_name(&gguf, config.family) {
+            out.push((gguf, m));
+        }
+    };
+    push("token_embd.weight".into());
+    for l in 0..layers {
+        for (_, g) in table {
+            push(format!("blk.{l}.{g}"));
+        }
+        for which in ["gate", "up", "down"] {
+            for suffix in ["weight", "bias"] {
+                push(format!("blk.{l}.ffn_{which}_exps.{suffix}"));
+            }
+        }
+    }
+    push("output_norm.weight".into());
+    push("output.weight".into());
+    out.dedup();
+    out
+}

@@ -1,0 +1,161 @@
+//! Any model moeq reads, seen as llama.cpp-named tensors of f32 values in GGUF layout: the
+//! input of the forward pass. A GGUF is read as it is stored (every ggml type moeq decodes);
+//! a safetensors checkpoint through the converter's own re-layout, so the two can be compared
+//! tensor by tensor and run through the same forward.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::{GgmlType, Value};
+
+use crate::families::common::OutType;
+use crate::plan::convert::{gguf_recipes, plan_checkpoint};
+use crate::plan::recipe::{Recipe, Scratch};
+use crate::source::Source;
+
+thread_local! {
+    /// Decoding buffers, kept per thread so that reading expert after expert reuses them.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The tensors and metadata of a model, decoded on demand.
+pub struct Weights<'a> {
+    recipes: Vec<Recipe<'a>>,
+    /// The same tensors producing their stored (GGUF-typed) bytes, for byte comparisons.
+    encoded: Vec<Recipe<'a>>,
+    by_name: HashMap<String, usize>,
+    /// The GGUF metadata (for a checkpoint: what the converter would write).
+    pub metadata: Vec<(String, Value)>,
+    /// How the tensors are stored, per name (the source type, before decoding).
+    pub stored_types: HashMap<String, GgmlType>,
+    /// Where the model comes from, for reports.
+    pub path: String,
+}
+
+impl<'a> Weights<'a> {
+    /// Reads an opened model: a GGUF as stored, a checkpoint through the converter.
+    pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
+        let (metadata, recipes) = match source {
+            Source::Gguf(model) => {
+                let plan = crate::plan::convert::merged_plan(model);
+                (plan.metadata, gguf_recipes(model))
+            }
+            Source::Safetensors { model, config } => {
+                let Some(config) = config else {
+                    bail!("{}: no config.json; moeq needs it to know the model", path.display());
+                };
+                let c = plan_checkpoint(model, config, OutType::Auto, None)?;
+                (c.plan.metadata, c.recipes)
+            }
+        };
+        // Kept as stored (to compare bytes) besides the f32 view (to compute).
+        let encoded = recipes.clone();
+        let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
+        let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();
+        let by_name = recipes.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
+        Ok(Weights { recipes, encoded, by_name, metadata, stored_types, path: path.display().to_string() })
+    }
+
+    /// Tensor names in file order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.recipes.iter().map(|r| r.spec.name.as_str())
+    }
+
+    /// Whether the model has tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The dimensions of tensor `name` (`ne`, fastest first).
+    pub fn ne(&self, name: &str) -> Result<&[u64]> {
+        Ok(&self.recipe(name)?.spec.ne)
+    }
+
+    fn recipe(&self, name: &str) -> Result<&Recipe<'a>> {
+        let i = self.by_name.get(name).with_context(|| format!("{}: no tensor '{name}'", self.path))?;
+        Ok(&self.recipes[*i])
+    }
+
+    /// Rows `first..first + count` of tensor `name` (rows of `ne[0]` values), as f32.
+    pub fn rows(&self, name: &str, first: u64, count: u64) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.rows_into(name, first, count, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Weights::rows`] into `out` (cleared first), so a caller can reuse one buffer.
+    pub fn rows_into(&self, name: &str, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
+        let r = self.recipe(name)?;
+        if first + count > r.n_rows() {
+            bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
+        }
+        SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
+            // In pieces that never straddle two stacked inputs.
+            let pieces: Vec<(u64, u64)> = r
+                .pieces(u64::MAX, u64::MAX)
+                .into_iter()
+                .map(|(p, n)| (p.max(first), (p + n).min(first + count)))
+                .filter(|(lo, hi)| lo < hi)
+                .collect();
+            if let [(lo, hi)] = pieces[..] {
+                // One piece: decode straight into the caller's buffer (lent to the scratch, so a
+                // buffer reused at the same size is neither copied nor cleared).
+                std::mem::swap(out, &mut scratch.values);
+                let decoded = r.values(lo, hi - lo, scratch).map(drop);
+                std::mem::swap(out, &mut scratch.values);
+                decoded?;
+                r.release(lo, hi - lo);
+                return Ok(());
+            }
+            out.clear();
+            for (lo, hi) in pieces {
+                out.extend_from_slice(r.values(lo, hi - lo, scratch)?);
+                r.release(lo, hi - lo);
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether tensor `name` has the same type, shape and stored bytes in both models (a
+    /// checkpoint's tensor as the converter would write it). Same bytes mean the same values;
+    /// `false` says nothing (decode and compare the values then).
+    pub fn same_bytes(&self, other: &Weights, name: &str) -> Result<bool> {
+        let (a, b) = (&self.encoded[self.index(name)?], &other.encoded[other.index(name)?]);
+        if a.spec.ggml_type != b.spec.ggml_type || a.spec.ne != b.spec.ne {
+            return Ok(false);
+        }
+        // Ranges that lie within one piece of each (pieces never straddle stacked inputs).
+        let mut starts: Vec<u64> =
+            a.pieces(8 << 20, 1 << 20).iter().chain(&b.pieces(8 << 20, 1 << 20)).map(|p| p.0).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        starts.push(a.n_rows());
+        let (mut sa, mut sb) = (Scratch::default(), Scratch::default());
+        for w in starts.windows(2) {
+            let (first, count) = (w[0], w[1] - w[0]);
+            let same = a.rows(first, count, &mut sa)? == b.rows(first, count, &mut sb)?;
+            a.release(first, count);
+            b.release(first, count);
+            if !same {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn index(&self, name: &str) -> Result<usize> {
+        self.by_name.get(name).copied().with_context(|| format!("{}: no tensor '{name}'", self.path))
+    }
+
+    /// All values of tensor `name`.
+    pub fn all(&self, name: &str) -> Result<Vec<f32>> {
+        let n = self.recipe(name)?.n_rows();
+        self.rows(name, 0, n)
+    }
+
+    /// A metadata value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}

@@ -1,0 +1,370 @@
+//! MLX builds (`moeq convert SRC -o DIR --format mlx`): the folder `mlx_lm convert` writes for
+//! Apple silicon, from any checkpoint moeq reads.
+//!
+//! The tensors come from the same recipes as the GGUF (llama.cpp's layout is MLX's: rows are
+//! output features, experts stacked `[E, out, in]`), renamed to mlx-lm's names, with Llama's
+//! q/k rows left in Hugging Face order. Per quantized layer: `weight` (u32 words), `scales`,
+//! and `biases` for affine mode. `config.json` gets mlx-lm's `quantization` block.
+
+use anyhow::{Context, Result, bail};
+use moeq_formats::gguf::GgmlType;
+use moeq_formats::safetensors::{Dtype, StTensorSpec};
+use serde_json::{Value as Json, json};
+
+use crate::families::common::float_dtype;
+use crate::families::{Family, MlxModule};
+use crate::plan::recipe::{Input, Recipe};
+use crate::write::safetensors::{Encoding, Item};
+
+/// How one MLX tensor is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlxType {
+    /// Unquantized, in this float type (BF16, F16, F32).
+    Float(GgmlType),
+    /// Affine quantization.
+    Affine {
+        /// Bits per value: 4 or 8.
+        bits: u32,
+        /// Values per group: 32, 64 or 128.
+        group: u64,
+    },
+    /// MXFP4 (groups of 32, E8M0 scales).
+    Mxfp4,
+}
+
+impl MlxType {
+    /// Parses `bf16`, `f16`, `f32`, `q4`, `q8` or `mxfp4`; `group` applies to q4/q8 (mlx-lm's
+    /// default 64).
+    pub fn parse(text: &str, group: Option<u64>) -> Result<MlxType> {
+        let affine = |bits| {
+            let group = group.unwrap_or(64);
+            if !matches!(group, 32 | 64 | 128) {
+                bail!("group size {group}: MLX takes 32, 64 or 128");
+            }
+            Ok(MlxType::Affine { bits, group })
+        };
+        match text.to_ascii_lowercase().as_str() {
+            "bf16" | "bfloat16" => Ok(MlxType::Float(GgmlType::BF16)),
+            "f16" | "float16" => Ok(MlxType::Float(GgmlType::F16)),
+            "f32" | "float32" => Ok(MlxType::Float(GgmlType::F32)),
+            "q4" => affine(4),
+            "q8" => affine(8),
+            "mxfp4" => match group {
+                None | Some(32) => Ok(MlxType::Mxfp4),
+                Some(g) => bail!("group size {g}: MLX's mxfp4 uses groups of 32"),
+            },
+            other => bail!("'{other}' is not an MLX type: bf16, f16, f32, q4, q8 or mxfp4"),
+        }
+    }
+
+    /// Group size of a quantized type.
+    pub fn group(self) -> Option<u64> {
+        match self {
+            MlxType::Float(_) => None,
+            MlxType::Affine { group, .. } => Some(group),
+            MlxType::Mxfp4 => Some(32),
+        }
+    }
+
+    /// The settings as mlx-lm writes them in `config.json`.
+    fn params(self) -> Json {
+        match self {
+            MlxType::Float(_) => Json::Null,
+            MlxType::Affine { bits, group } => json!({"group_size": group, "bits": bits, "mode": "affine"}),
+            MlxType::Mxfp4 => json!({"group_size": 32, "bits": 4, "mode": "mxfp4"}),
+        }
+    }
+}
+
+/// What the user asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MlxOptions {
+    /// `--type`: `None` = mlx-lm without `-q`.
+    pub ty: Option<MlxType>,
+    /// Per-module overrides (`PATTERN=TYPE`, `*` matches any text), first match wins.
+    pub overrides: Vec<(String, MlxType)>,
+}
+
+/// Parses an override `PATTERN=TYPE[:GROUP]` (e.g. `lm_head=q8`, `*.mlp.router=bf16`).
+pub fn parse_override(text: &str) -> Result<(String, MlxType)> {
+    let (pattern, ty) = text.split_once('=').context("expected PATTERN=TYPE, e.g. lm_head=q8:64")?;
+    let (ty, group) = match ty.split_once(':') {
+        Some((t, g)) => (t, Some(g.parse::<u64>().with_context(|| format!("group size '{g}'"))?)),
+        None => (ty, None),
+    };
+    Ok((pattern.to_string(), MlxType::parse(ty, group)?))
+}
+
+/// Whether `pattern` (with `*` wildcards) matches all of `text`.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// mlx-lm's name for a llama.cpp tensor name, or `None` for tensors MLX does not store
+/// (Llama 3's computed RoPE factors).
+pub fn mlx_name(gguf: &str, family: &dyn Family) -> Option<String> {
+    let global = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(name) = global {
+        return Some(name.to_string());
+    }
+    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let experts = family.mlx_experts();
+    for which in ["gate", "up", "down"] {
+        for suffix in ["weight", "bias"] {
+            if rest == format!("ffn_{which}_exps.{suffix}") {
+                return Some(format!("model.layers.{layer}.{experts}.{which}_proj.{suffix}"));
+            }
+        }
+    }
+    let hf = family.layer_names().iter().find(|(_, g)| *g == rest)?.0;
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// The float type of unquantized tensors: the checkpoint's `torch_dtype` (or `dtype`), as
+/// mlx-lm casts to it; bf16 when the config names none.
+pub fn model_dtype(config: &Json) -> GgmlType {
+    match config.get("torch_dtype").or(config.get("dtype")).and_then(Json::as_str) {
+        Some("float16") => GgmlType::F16,
+        Some("float32") => GgmlType::F32,
+        _ => GgmlType::BF16,
+    }
+}
+
+/// The MLX build: items to write and the `quantization` block (`None`: unquantized).
+pub struct MlxBuild<'a> {
+    /// The tensors.
+    pub items: Vec<Item<'a>>,
+    /// `config.json`'s `quantization` (and `quantization_config`).
+    pub quantization: Option<Json>,
+    /// Parameters as mlx-lm counts them (those of leaf modules), for the index.
+    pub parameters: u64,
+    /// What the user should know about the choices (printed by `convert`).
+    pub warnings: Vec<String>,
+}
+
+/// Plans the MLX build of a checkpoint from its GGUF recipes.
+pub fn plan<'a>(
+    recipes: Vec<Recipe<'a>>,
+    family: &dyn Family,
+    dtype: GgmlType,
+    opts: &MlxOptions,
+) -> Result<MlxBuild<'a>> {
+    let mut items = Vec::new();
+    // Quantized modules other than MXFP4 experts, with their settings, in model order.
+    let mut per_module: Vec<(String, Json)> = Vec::new();
+    let mut mxfp4_experts = false;
+    let mut parameters = 0u64;
+    let mut quantized_routers = 0;
+    let global = opts.ty.filter(|t| !matches!(t, MlxType::Float(_)));
+    for recipe in recipes {
+        let Some(name) = mlx_name(&recipe.spec.name, family) else { continue };
+        let shape: Vec<usize> = recipe.spec.ne.iter().rev().map(|&d| d as usize).collect();
+        if !name.ends_with(".sinks") {
+            // As mlx-lm counts: parameters of leaf modules (the sinks belong to the attention).
+            parameters += shape.iter().product::<usize>() as u64;
+        }
+        let recipe = hf_row_order(recipe);
+        let is_module = name.ends_with(".weight") && shape.len() >= 2;
+        let module = name.trim_end_matches(".weight").to_string();
+        let is_experts = recipe.spec.name.contains("_exps.");
+        let stored_mxfp4 = matches!(recipe.input(), Input::OpenAiMxfp4 { .. });
+        let row_len = recipe.row_len();
+        let over = opts.overrides.iter().find(|(p, _)| glob(p, &module)).map(|(_, t)| *t);
+
+        let module_info = MlxModule { path: &module, experts: is_experts, stored_mxfp4, row_len };
+        let mut family_params = None;
+        let choice = if !is_module {
+            MlxType::Float(dtype)
+        } else if let Some(t) = over {
+            t
+        } else if let Some(c) = family.mlx_choice(&module_info, opts.ty, MlxType::Float(dtype)) {
+            // mlx-lm's per-model choice (gpt-oss: experts MXFP4, the router in 8 bits).
+            family_params = c.params;
+            c.ty
+        } else {
+            match opts.ty {
+                None => MlxType::Float(dtype),
+                Some(t) => t,
+            }
+        };
+        // Quantize only rows that are whole groups, as mlx-lm does.
+        let choice = match choice.group() {
+            Some(g) if !row_len.is_multiple_of(g) => {
+                if over.is_some() {
+                    bail!("{module}: rows of {row_len} values are not whole groups of {g}");
+                }
+                MlxType::Float(dtype)
+            }
+            _ => choice,
+        };
+        if is_experts && choice == MlxType::Mxfp4 {
+            mxfp4_experts = true;
+        }
+        if over.is_none()
+            && family.mlx_router().is_some_and(|r| module.ends_with(r))
+            && matches!(choice, MlxType::Affine { .. })
+        {
+            quantized_routers += 1;
+        }
+        if matches!(choice, MlxType::Affine { .. } | MlxType::Mxfp4) && !(is_experts && choice == MlxType::Mxfp4) {
+            let params = family_params.clone().unwrap_or_else(|| choice.params());
+            per_module.push((module.clone(), params));
+        } else if is_experts && choice == MlxType::Mxfp4 && over.is_some() {
+            per_module.push((module.clone(), choice.params()));
+        }
+        items.push(item(recipe, &name, &module, &shape, choice, stored_mxfp4));
+    }
+
+    // The quantization block as mlx-lm writes it: when the source was MXFP4 (gpt-oss), the
+    // global setting is mxfp4 and every other quantized module is listed; otherwise the
+    // global setting is --type's and only modules that differ are listed.
+    let quantization = if mxfp4_experts {
+        let mut q = MlxType::Mxfp4.params();
+        for (module, params) in &per_module {
+            q[module] = params.clone();
+        }
+        Some(q)
+    } else if let Some(g) = global {
+        let mut q = g.params();
+        for (module, params) in &per_module {
+            if *params != g.params() {
+                q[module] = params.clone();
+            }
+        }
+        Some(q)
+    } else if !per_module.is_empty() {
+        // Only overrides quantize: list each.
+        let mut q = json!({});
+        for (module, params) in &per_module {
+            q[module] = params.clone();
+        }
+        Some(q)
+    } else {
+        None
+    };
+    let mut warnings = Vec::new();
+    if quantized_routers > 0
+        && let Some(router) = family.mlx_router()
+    {
+        let module = router.trim_start_matches('.');
+        warnings.push(format!(
+            "{quantized_routers} MoE routers ({module}) quantized like any linear layer, as mlx-lm \
+             does; expert choice is sensitive to them: --quant-override '*{router}=bf16' keeps \
+             them in the model's dtype"
+        ));
+    }
+    Ok(MlxBuild { items, quantization, parameters, warnings })
+}
+
+/// Llama's q/k rows back in Hugging Face order (the GGUF recipe interleaves them for
+/// llama.cpp's RoPE; MLX rotates halves like transformers).
+fn hf_row_order(mut recipe: Recipe<'_>) -> Recipe<'_> {
+    for part in &mut recipe.parts {
+        if let Input::Values { view, .. } = &mut part.input {
+            view.rope_group = 0;
+        }
+    }
+    recipe
+}
+
+/// The item writing `module` as `choice`.
+fn item<'a>(
+    recipe: Recipe<'a>,
+    name: &str,
+    module: &str,
+    shape: &[usize],
+    choice: MlxType,
+    stored_mxfp4: bool,
+) -> Item<'a> {
+    let cols = *shape.last().unwrap_or(&1);
+    let lead = &shape[..shape.len().saturating_sub(1)];
+    let with_last = |last: usize| -> Vec<usize> { lead.iter().copied().chain([last]).collect() };
+    let spec = |suffix: &str, dtype: Dtype, shape: Vec<usize>| StTensorSpec {
+        name: format!("{module}.{suffix}"),
+        dtype,
+        shape,
+    };
+    match choice {
+        MlxType::Float(t) => {
+            let recipe = recipe.retype(t);
+            let out = StTensorSpec { name: name.to_string(), dtype: float_dtype(t), shape: shape.to_vec() };
+            Item { recipe, encoding: Encoding::Rows, outputs: vec![out] }
+        }
+        MlxType::Affine { bits, group } => Item {
+            recipe,
+            encoding: Encoding::Affine { bits, group },
+            outputs: vec![
+                spec("weight", Dtype::U32, with_last(cols * bits as usize / 32)),
+                spec("scales", Dtype::BF16, with_last(cols / group as usize)),
+                spec("biases", Dtype::BF16, with_last(cols / group as usize)),
+            ],
+        },
+        MlxType::Mxfp4 => Item {
+            recipe,
+            encoding: if stored_mxfp4 { Encoding::StoredMxfp4 } else { Encoding::MlxMxfp4 },
+            outputs: vec![
+                spec("weight", Dtype::U32, with_last(cols / 8)),
+                spec("scales", Dtype::U8, with_last(cols / 32)),
+            ],
+        },
+    }
+}
+
+/// `config.json` of the build: the source's (Hugging Face form), with the quantization block
+/// replaced and keys sorted, as mlx-lm's `save_config` writes it.
+pub fn config_json(hf_config: &Json, quantization: Option<&Json>) -> Json {
+    let mut map: Vec<(String, Json)> =
+        hf_config.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+    map.retain(|(k, _)| k != "quantization" && k != "quantization_config" && k != "_name_or_path");
+    if let Some(q) = quantization {
+        map.push(("quantization".into(), q.clone()));
+        map.push(("quantization_config".into(), q.clone()));
+    }
+    map.sort_by(|a, b| a.0.cmp(&b.0));
+    Json::Object(map.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_patterns() {
+        use crate::families::{gpt_oss::GptOss, llama::Llama, mixtral::Mixtral};
+        assert_eq!(mlx_name("blk.3.ffn_gate_exps.bias", &GptOss).unwrap(), "model.layers.3.mlp.experts.gate_proj.bias");
+        assert_eq!(
+            mlx_name("blk.0.ffn_down_exps.weight", &Mixtral).unwrap(),
+            "model.layers.0.block_sparse_moe.switch_mlp.down_proj.weight"
+        );
+        assert_eq!(mlx_name("blk.1.attn_sinks.weight", &GptOss).unwrap(), "model.layers.1.self_attn.sinks");
+        assert_eq!(mlx_name("rope_freqs.weight", &Llama), None);
+        assert!(glob("*.mlp.router", "model.layers.0.mlp.router"));
+        assert!(glob("model.layers.*.self_attn.*", "model.layers.12.self_attn.q_proj"));
+        assert!(!glob("lm_head", "model.lm_head"));
+        assert_eq!(
+            parse_override("lm_head=q8:32").unwrap(),
+            ("lm_head".into(), MlxType::Affine { bits: 8, group: 32 })
+        );
+        assert!(parse_override("lm_head=q3").is_err() && MlxType::parse("q4", Some(48)).is_err());
+    }
+}

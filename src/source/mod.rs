@@ -1,0 +1,128 @@
+//! The first pipeline stage: open any input moeq reads (memory-mapped, headers only), and
+//! read a checkpoint's [`config`] to find its family.
+
+pub mod config;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use moeq_formats::gguf::GgufModel;
+use moeq_formats::safetensors::SafetensorsModel;
+
+use crate::families::{ModelConfig, SourceLayout};
+
+/// An opened input model.
+pub enum Source {
+    /// A GGUF file, or the first of a split GGUF.
+    Gguf(GgufModel),
+    /// A safetensors file or folder, with its `config.json` when there is one.
+    Safetensors {
+        /// The tensors.
+        model: SafetensorsModel,
+        /// The detected architecture, if a `config.json` is present.
+        config: Option<Box<ModelConfig>>,
+    },
+}
+
+/// The files beside a checkpoint's weights that moeq may read (config, tokenizer, chat
+/// template, generation settings, model card) or copy into a build. A reader that starts
+/// reading another file beside the weights adds its name here, so no output can replace it.
+pub const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "dtypes.json",
+    "generation_config.json",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
+impl Source {
+    /// Every file a run on this source may read: the weights (shards, index, GGUF splits)
+    /// and, for a checkpoint, the [`SIDE_FILES`] present in its folder and the folder above
+    /// (where OpenAI's `original/` keeps its tokenizer). Outputs are checked against them.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Source::Gguf(model) => model.files(),
+            Source::Safetensors { model, .. } => {
+                let mut files = model.files();
+                let dir = if model.path().is_dir() { model.path() } else { parent_or_here(model.path()) };
+                for d in std::iter::once(dir).chain(dir.parent().filter(|p| !p.as_os_str().is_empty())) {
+                    files.extend(SIDE_FILES.iter().map(|name| d.join(name)).filter(|p| p.is_file()));
+                }
+                files
+            }
+        }
+    }
+
+    /// [`Source::open`] for `inspect`: a big-endian GGUF's tensor data is not converted
+    /// (only its headers are shown).
+    pub fn open_headers(path: &Path) -> Result<Source> {
+        if path.is_file() && starts_with_gguf_magic(path)? {
+            return Ok(Source::Gguf(GgufModel::open_headers(path)?));
+        }
+        Source::open(path)
+    }
+
+    /// Opens `path`: a `.gguf` file, a `.safetensors` file, or a model folder.
+    pub fn open(path: &Path) -> Result<Source> {
+        if path.is_dir() {
+            // Detect the family first: an unsupported model is reported as such.
+            let config = ModelConfig::detect(path, &[])?;
+            let model = SafetensorsModel::open(path)?;
+            return Ok(Source::Safetensors { config: config.map(|c| Box::new(with_tensors(&model, c))), model });
+        }
+        if !path.exists() {
+            bail!("{}: no such file or folder", path.display());
+        }
+        if starts_with_gguf_magic(path)? {
+            return Ok(Source::Gguf(GgufModel::open(path)?));
+        }
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let model = SafetensorsModel::open(path)?;
+            let config = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => ModelConfig::detect(dir, &[])?,
+                _ => ModelConfig::detect(Path::new("."), &[])?,
+            };
+            return Ok(Source::Safetensors { config: config.map(|c| Box::new(with_tensors(&model, c))), model });
+        }
+        if path.extension().is_some_and(|e| e == "gguf") {
+            // Let the GGUF reader say what is wrong with it.
+            return Ok(Source::Gguf(GgufModel::open(path)?));
+        }
+        bail!("{}: not a GGUF or safetensors file (nor a model folder)", path.display())
+    }
+}
+
+fn parent_or_here(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The layout, now that the tensors are known: the family's (from the config and the tensor
+/// names), or an MLX build (a quantization block, or shards that say `format: mlx`).
+fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
+    let mlx =
+        model.shards().iter().any(|f| f.metadata().is_some_and(|m| m.iter().any(|(k, v)| k == "format" && v == "mlx")));
+    if mlx || config.layout == SourceLayout::Mlx {
+        return ModelConfig { layout: SourceLayout::Mlx, ..config };
+    }
+    let names: Vec<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
+    let layout = config.family.layout(&config.keys(), &names);
+    let hparams = config.family.inspect_hparams(&config.keys(), layout);
+    ModelConfig { layout, hparams, ..config }
+}
+
+fn starts_with_gguf_magic(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let n = file.read(&mut magic).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(n == 4 && &magic == b"GGUF")
+}

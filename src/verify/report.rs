@@ -1,0 +1,254 @@
+//! `moeq verify`'s findings and limits, and the report: a compact table worst first, or JSON.
+
+use moeq_formats::gguf::GgmlType;
+use serde_json::json;
+
+/// How far an output may be from its source.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Largest KL divergence of a next-token distribution (nats).
+    pub max_kl: f64,
+    /// Smallest share of positions whose most likely token is unchanged.
+    pub min_top1: f64,
+    /// Largest relative error of an MoE block's output.
+    pub max_moe_rel_err: f64,
+}
+
+/// Expected relative RMS error of a tensor stored as `ty` (from a wider source), with margin:
+/// the bound above which a tensor is reported as wrong rather than merely quantized.
+pub(super) fn tensor_bound(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::F32 => 1e-6,
+        GgmlType::F16 => 2e-3,
+        GgmlType::BF16 => 1e-2,
+        GgmlType::Q8_0 => 0.03,
+        GgmlType::Q6_K => 0.06,
+        GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K => 0.12,
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K | GgmlType::IQ4_NL | GgmlType::IQ4_XS | GgmlType::MXFP4 => 0.3,
+        _ => 0.6,
+    }
+}
+
+impl Limits {
+    /// Defaults for an output whose least precise changed tensor type is `worst` (`None`: every
+    /// tensor kept its type, so the output must be exact).
+    pub fn for_type(worst: Option<GgmlType>) -> Limits {
+        // Calibrated on the fixtures' tiny random models (flat next-token distributions make
+        // KL and top-1 fragile), with room to spare; real models do far better.
+        let (max_kl, min_top1, max_moe_rel_err) = match worst {
+            None => (0.0, 1.0, 0.0),
+            Some(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => (1e-3, 0.95, 0.02),
+            Some(GgmlType::Q8_0) => (0.1, 0.9, 0.05),
+            Some(GgmlType::Q6_K | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q5_K) => (0.1, 0.75, 0.15),
+            Some(_) => (0.3, 0.5, 0.4),
+        };
+        Limits { max_kl, min_top1, max_moe_rel_err }
+    }
+}
+
+/// One tensor, source against output.
+#[derive(Clone, Debug)]
+pub struct TensorCheck {
+    pub name: String,
+    pub source_type: GgmlType,
+    pub output_type: GgmlType,
+    pub rel_rmse: f64,
+    pub cosine: f64,
+    pub max_abs: f64,
+    pub identical: bool,
+    /// The largest error this tensor may have.
+    pub bound: f64,
+}
+
+impl TensorCheck {
+    /// Whether the tensor is within its bound.
+    pub fn ok(&self) -> bool {
+        if self.bound == 0.0 { self.identical } else { self.rel_rmse <= self.bound }
+    }
+}
+
+/// One MoE (or dense feed-forward) block on the source's own input.
+#[derive(Clone, Debug)]
+pub struct BlockCheck {
+    pub layer: usize,
+    pub rel_err: f64,
+    pub cosine: f64,
+    /// Share of tokens whose selected experts are unchanged.
+    pub routing_agreement: f64,
+    /// The experts whose outputs moved most: (expert, relative error).
+    pub worst_experts: Vec<(usize, f64)>,
+}
+
+/// The whole model on the reference tokens.
+#[derive(Clone, Debug, Default)]
+pub struct ModelCheck {
+    pub kl_mean: f64,
+    pub kl_max: f64,
+    pub top1: f64,
+    pub cosine: f64,
+    pub positions: usize,
+    /// The output model's layers taken from the source run rather than recomputed (their
+    /// tensors bit-identical, the hyperparameters equal, their inputs the same bits).
+    pub reused_layers: Vec<usize>,
+    /// Whether the output's logits were taken from the source run likewise.
+    pub reused_head: bool,
+    /// The block checks (on the source's hidden states) that took the source's block output,
+    /// the block's feed-forward tensors being bit-identical.
+    pub reused_blocks: Vec<usize>,
+}
+
+/// Everything `moeq verify` measured.
+pub struct Report {
+    pub source: String,
+    pub output: String,
+    pub tensors: Vec<TensorCheck>,
+    /// Tensors only one side has.
+    pub missing: Vec<String>,
+    pub extra: Vec<String>,
+    pub blocks: Vec<BlockCheck>,
+    pub model: ModelCheck,
+    pub limits: Limits,
+}
+
+impl Report {
+    /// The failed checks, in words.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        for t in self.tensors.iter().filter(|t| !t.ok()) {
+            f.push(if t.bound == 0.0 {
+                format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_type)
+            } else {
+                format!(
+                    "tensor '{}' is off by {:.4} relative RMS error (at most {} expected for {})",
+                    t.name, t.rel_rmse, t.bound, t.output_type
+                )
+            });
+        }
+        f.extend(self.missing.iter().map(|n| format!("tensor '{n}' is missing from the output")));
+        f.extend(self.extra.iter().map(|n| format!("tensor '{n}' is in the output but not the source")));
+        let l = &self.limits;
+        for b in self.blocks.iter().filter(|b| b.rel_err > l.max_moe_rel_err) {
+            f.push(format!(
+                "layer {}: the feed-forward block's output is off by {:.4} (at most {})",
+                b.layer, b.rel_err, l.max_moe_rel_err
+            ));
+        }
+        if self.model.kl_max > l.max_kl {
+            f.push(format!("next-token KL divergence reaches {:.5} (at most {})", self.model.kl_max, l.max_kl));
+        }
+        if self.model.top1 < l.min_top1 {
+            f.push(format!("top-1 agreement is {:.3} (at least {})", self.model.top1, l.min_top1));
+        }
+        f
+    }
+
+    /// A compact table, worst first.
+    pub fn to_text(&self) -> String {
+        let mut s = format!("source {}\noutput {}\n\ntensors (worst first)\n", self.source, self.output);
+        s += &format!(
+            "  {:<34} {:<6} {:<6} {:>10} {:>10} {:>10}  status\n",
+            "name", "from", "to", "rel RMSE", "cosine", "max |err|"
+        );
+        for t in self.tensors.iter().take(12) {
+            let status = if t.identical {
+                "identical"
+            } else if t.ok() {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            s += &format!(
+                "  {:<34} {:<6} {:<6} {:>10.2e} {:>10.6} {:>10.2e}  {status}\n",
+                t.name,
+                t.source_type.name(),
+                t.output_type.name(),
+                t.rel_rmse,
+                t.cosine,
+                t.max_abs
+            );
+        }
+        let identical = self.tensors.iter().filter(|t| t.identical).count();
+        s += &format!(
+            "  ({} tensors, {identical} identical in value)\n\nblocks on the source's hidden states\n",
+            self.tensors.len()
+        );
+        s += &format!("  {:<6} {:>10} {:>10} {:>9}  worst experts\n", "layer", "rel err", "cosine", "routing");
+        for b in &self.blocks {
+            let worst: Vec<String> = b.worst_experts.iter().map(|(e, r)| format!("{e}: {r:.2e}")).collect();
+            s += &format!(
+                "  {:<6} {:>10.2e} {:>10.6} {:>8.1}%  {}\n",
+                b.layer,
+                b.rel_err,
+                b.cosine,
+                b.routing_agreement * 100.0,
+                worst.join(", ")
+            );
+        }
+        let m = &self.model;
+        s += &format!(
+            "\nwhole model, {} positions\n  KL mean {:.2e}, max {:.2e}; top-1 agreement {:.1}%; logit cosine {:.6}\n",
+            m.positions,
+            m.kl_mean,
+            m.kl_max,
+            m.top1 * 100.0,
+            m.cosine
+        );
+        if !m.reused_layers.is_empty() || m.reused_head || !m.reused_blocks.is_empty() {
+            let mut parts: Vec<String> = Vec::new();
+            if !m.reused_layers.is_empty() {
+                let list: Vec<String> = m.reused_layers.iter().map(usize::to_string).collect();
+                parts.push(format!("layers {}", list.join(", ")));
+            }
+            if m.reused_head {
+                parts.push("the head".into());
+            }
+            if !m.reused_blocks.is_empty() {
+                let list: Vec<String> = m.reused_blocks.iter().map(usize::to_string).collect();
+                parts.push(format!("the block checks of layers {}", list.join(", ")));
+            }
+            s += &format!(
+                "  output model: {} taken from the source run (bit-identical tensors, same settings, same \
+                 inputs; --full-forward recomputes)\n",
+                parts.join("; ")
+            );
+        }
+        let l = &self.limits;
+        s += &format!("limits: KL ≤ {}, top-1 ≥ {}, block rel err ≤ {}\n", l.max_kl, l.min_top1, l.max_moe_rel_err);
+        let f = self.failures();
+        if f.is_empty() {
+            s += "PASS\n";
+        } else {
+            s += "FAIL\n";
+            for x in f {
+                s += &format!("  {x}\n");
+            }
+        }
+        s
+    }
+
+    /// The whole report as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "source": self.source,
+            "output": self.output,
+            "pass": self.failures().is_empty(),
+            "failures": self.failures(),
+            "limits": {"max_kl": self.limits.max_kl, "min_top1": self.limits.min_top1, "max_moe_rel_err": self.limits.max_moe_rel_err},
+            "tensors": self.tensors.iter().map(|t| json!({
+                "name": t.name, "source_type": t.source_type.name(), "output_type": t.output_type.name(),
+                "rel_rmse": t.rel_rmse, "cosine": t.cosine, "max_abs": t.max_abs, "identical": t.identical,
+                "bound": t.bound, "ok": t.ok(),
+            })).collect::<Vec<_>>(),
+            "missing": self.missing,
+            "extra": self.extra,
+            "blocks": self.blocks.iter().map(|b| json!({
+                "layer": b.layer, "rel_err": b.rel_err, "cosine": b.cosine, "routing_agreement": b.routing_agreement,
+                "worst_experts": b.worst_experts.iter().map(|(e, r)| json!({"expert": e, "rel_err": r})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "model": {"kl_mean": self.model.kl_mean, "kl_max": self.model.kl_max, "top1": self.model.top1,
+                      "logit_cosine": self.model.cosine, "positions": self.model.positions,
+                      "reused_layers": self.model.reused_layers, "reused_head": self.model.reused_head,
+                      "reused_blocks": self.model.reused_blocks},
+        })
+    }
+}
