@@ -66,31 +66,14 @@ fn run_verify(
     Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Refuses a `--report` path that is the input or the output.
-fn refuse_overwrite(report: &std::path::Path, others: &[&std::path::Path]) -> anyhow::Result<()> {
-    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    };
-    if others.iter().any(|o| !o.as_os_str().is_empty() && same(report, o)) {
-        anyhow::bail!("--report {}: that is the input or the output", report.display());
-    }
-    Ok(())
-}
-
-/// Writes the plan JSON to `path` through a temporary file renamed into place.
+/// Writes the plan JSON to `path` (checked before the conversion, see
+/// `ConvertOptions::report`) as any moeq output: a temporary beside it, moved into place
+/// when complete.
 fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.moeq-{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
     let text = serde_json::to_string_pretty(json)? + "\n";
-    let result = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("--report {}: {e}", path.display());
-    }
+    let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
+    file.write_at(text.as_bytes(), 0)?;
+    file.commit()?;
     Ok(())
 }
 
@@ -162,9 +145,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {w}");
             }
             let output = output.unwrap_or_default();
-            if let Some(report) = &quant.report {
-                refuse_overwrite(report, &[&input, &output])?;
-            }
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
             match format {
                 Format::Gguf => {
@@ -199,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format,
                 mlx,
                 quant: request,
+                report: quant.report.clone(),
             };
             let summary = convert(&opts)?;
             let opts = &opts;

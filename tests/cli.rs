@@ -1543,20 +1543,51 @@ fn override_kv_report_and_keep_split() {
         assert!(err.contains(want), "{err}");
     }
     let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--report", path_arg(&source)]);
-    assert!(err.contains("is the input or the output"), "{err}");
-    // --keep-split: the output has the input's shards, each with the same tensors.
+    assert!(err.contains("is the input") && err.contains("never writes over a file it reads"), "{err}");
+    // The report is an output like the model: never the output itself, nor the importance
+    // matrix (an input), nor a folder; checked before any work.
+    let imatrix = dir.path().join("m.imatrix");
+    write_imatrix_gguf(&imatrix, &mixtral_entries());
+    let before = names_in(dir.path());
+    let q8 = |more: &[&str]| {
+        let mut args = vec!["convert", path_arg(&source), "--type", "Q4_K_M", "-q"];
+        args.extend(more);
+        fails(&args)
+    };
+    let (m, o) = (path_arg(&imatrix), path_arg(&out));
+    let err = q8(&["-o", o, "--imatrix", m, "--report", o]);
+    assert!(err.contains("where the output goes"), "{err}");
+    let err = q8(&["-o", o, "--imatrix", m, "--report", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["-o", m, "--imatrix", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["--dry-run", "--imatrix", m, "--report", path_arg(dir.path())]);
+    assert!(err.contains("is a folder"), "{err}");
+    let split_report = dir.path().join("sp-00001-of-00002.gguf");
+    let err = q8(&["-o", path_arg(&dir.path().join("sp.gguf")), "--keep-split", "--report", path_arg(&split_report)]);
+    assert!(err.contains("where the output goes"), "{err}");
+    assert_eq!(names_in(dir.path()), before, "nothing written, no temporaries");
+    // --keep-split: the output has the input's shards, each with the same tensors, and
+    // replaces an earlier set of its name (here of 2 shards) as --split-max-size does.
     let split = dir.path().join("split.gguf");
     ok(&["convert", path_arg(&source), "-o", path_arg(&split), "--split-max-size", "150K", "-q"]);
     let first = dir.path().join("split-00001-of-00004.gguf");
     assert!(first.exists());
     let kept = dir.path().join("kept.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&kept), "--split-max-size", "400K", "-q"]);
+    let kept_names = || names_in(dir.path()).into_iter().filter(|n| n.starts_with("kept")).collect::<Vec<_>>();
+    assert_eq!(kept_names(), ["kept-00001-of-00002.gguf", "kept-00002-of-00002.gguf"]);
     ok(&["convert", path_arg(&first), "-o", path_arg(&kept), "--type", "Q8_0", "--keep-split", "-q"]);
+    assert_eq!(kept_names(), (1..=4).map(|i| format!("kept-{i:05}-of-00004.gguf")).collect::<Vec<_>>());
     for i in 1..=4 {
         let names = |p: PathBuf| tensor_bytes(&p).into_keys().collect::<Vec<_>>();
         let a = names(dir.path().join(format!("split-{i:05}-of-00004.gguf")));
         let b = names(dir.path().join(format!("kept-{i:05}-of-00004.gguf")));
         assert_eq!(a, b, "shard {i}");
     }
+    // Requantizing a set in place is refused before any work.
+    let err = fails(&["convert", path_arg(&first), "-o", path_arg(&split), "--type", "Q8_0", "--keep-split"]);
+    assert!(err.contains("is the input"), "{err}");
     let err = fails(&[
         "convert",
         path_arg(&first),

@@ -48,6 +48,9 @@ pub struct ConvertOptions {
     pub mlx: MlxOptions,
     /// llama-quantize's options (`--imatrix`, `--tensor-type`, `--dry-run`, …).
     pub quant: QuantRequest,
+    /// Where the plan's JSON will be written (`--report`): checked with the output, before
+    /// any work, as a file output that may be none of the inputs nor the output.
+    pub report: Option<PathBuf>,
 }
 
 /// Output formats.
@@ -88,18 +91,31 @@ pub struct ConvertSummary {
 
 /// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
-    let kind = match (opts.format, opts.split_max_bytes) {
-        (Format::Gguf, None) => OutputKind::File,
-        (Format::Gguf, Some(_)) => OutputKind::Split,
+    let kind = match (opts.format, opts.split_max_bytes.is_some() || opts.quant.keep_split) {
+        (Format::Gguf, false) => OutputKind::File,
+        (Format::Gguf, true) => OutputKind::Split,
         _ => OutputKind::Folder,
     };
-    // --dry-run writes nothing (and needs no output path).
-    if !opts.quant.dry_run {
+    // --dry-run writes no model (and needs no output path); --report writes a file.
+    let writes = !opts.quant.dry_run;
+    if writes {
         target::check_path(&opts.output, kind)?;
     }
+    if let Some(report) = &opts.report {
+        target::check_path(report, OutputKind::File)?;
+        if writes {
+            refuse_report_at_output(report, &opts.output, kind)?;
+        }
+    }
     let source = Source::open(&opts.input)?;
-    if !opts.quant.dry_run {
-        prepare_output(&opts.output, kind, &source.files(), opts.quiet)?;
+    // The importance matrix and the --tensor-type file are inputs too.
+    let mut inputs = source.files();
+    inputs.extend(opts.quant.input_files());
+    if writes {
+        prepare_output(&opts.output, kind, &inputs, opts.quiet)?;
+    }
+    if let Some(report) = &opts.report {
+        prepare_output(report, OutputKind::File, &inputs, opts.quiet)?;
     }
     if opts.format != Format::Gguf {
         if opts.quant.any() || opts.quant.dry_run {
@@ -260,6 +276,32 @@ pub fn prepare_output(output: &Path, kind: OutputKind, inputs: &[PathBuf], quiet
             l.path.display(),
             crate::inspect::human_bytes(l.bytes)
         );
+    }
+    Ok(())
+}
+
+/// Refuses a `--report` path that names the output (or, for a split output, one of its
+/// shards, `STEM-NNNNN-of-MMMMM.gguf`), which does not exist yet to be compared as a file.
+fn refuse_report_at_output(report: &Path, output: &Path, kind: OutputKind) -> Result<()> {
+    let dir = |p: &Path| {
+        let d = target::parent_dir(p);
+        d.canonicalize().unwrap_or_else(|_| d.to_path_buf())
+    };
+    let (Some(name), Some(out_name)) = (report.file_name(), output.file_name()) else {
+        return Ok(());
+    };
+    if dir(report) != dir(output) {
+        return Ok(());
+    }
+    let shard = || {
+        let stem = output.file_stem().unwrap_or_default().to_string_lossy();
+        let name = name.to_string_lossy();
+        name.strip_prefix(&*format!("{stem}-"))
+            .and_then(|rest| rest.strip_suffix(".gguf"))
+            .is_some_and(|rest| rest.contains("-of-"))
+    };
+    if name == out_name || (kind == OutputKind::Split && shard()) {
+        bail!("--report {}: that is where the output goes; choose another file for the report", report.display());
     }
     Ok(())
 }

@@ -35,6 +35,8 @@ pub struct QuantRequest {
     pub token_embedding_type: Option<GgmlType>,
     /// `--tensor-type` rules (and those of `--tensor-type-file`), in order.
     pub tensor_types: Vec<TensorTypeRule>,
+    /// `--tensor-type-file FILE` (already read into `tensor_types`).
+    pub tensor_type_file: Option<PathBuf>,
     /// `--pure`.
     pub pure: bool,
     /// `--leave-output-tensor`.
@@ -77,6 +79,7 @@ impl QuantArgs {
             output_tensor_type: ty("--output-tensor-type", &self.output_tensor_type)?,
             token_embedding_type: ty("--token-embedding-type", &self.token_embedding_type)?,
             tensor_types: rules,
+            tensor_type_file: self.tensor_type_file.clone(),
             pure: self.pure,
             leave_output_tensor: self.leave_output_tensor,
             keep_split: self.keep_split,
@@ -100,6 +103,12 @@ impl QuantRequest {
             || self.leave_output_tensor
             || self.keep_split
             || !self.overrides.is_empty()
+    }
+
+    /// The files these options read (`--imatrix`, `--tensor-type-file`), which no output may
+    /// replace.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        self.imatrix.iter().chain(&self.tensor_type_file).cloned().collect()
     }
 
     /// The settings: the importance matrix read and filtered as llama-quantize's
