@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::plan::convert::{Format, parse_size};
 
@@ -17,6 +17,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once; `convert`'s many options make it the largest, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Show what a model holds: format, architecture, hyperparameters, metadata, tensors.
     ///
@@ -110,15 +112,17 @@ pub enum Command {
         /// The input model.
         input: PathBuf,
         /// The output file (shards are named OUT-00001-of-0000N.gguf beside it), or folder for
-        /// --format mlx/hf.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// --format mlx/hf. Not needed with --dry-run.
+        #[arg(short, long, required_unless_present = "dry_run")]
+        output: Option<PathBuf>,
         /// The output format: gguf, mlx or hf.
         #[arg(long, default_value = "gguf", value_parser = Format::parse)]
         format: Format,
-        /// GGUF: the llama.cpp file type to requantize to: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-        /// Q5_0, Q5_1, MXFP4_MOE, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (without it tensors are
-        /// copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
+        /// GGUF: the llama.cpp file type to requantize to (a name or llama_ftype id, as
+        /// llama-quantize takes it): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4_MOE,
+        /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL,
+        /// IQ4_XS, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S, IQ1_M,
+        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
         #[arg(long = "type", value_name = "TYPE")]
         ty: Option<String>,
         /// MLX: values per quantization group for q4/q8 (32, 64 or 128; default 64).
@@ -142,8 +146,11 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         tokenizer_pre: Option<String>,
         /// Run `moeq verify` on the fresh output (exit status 1 if it fails).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         verify: bool,
+        /// llama-quantize's options.
+        #[command(flatten)]
+        quant: QuantArgs,
     },
 }
 
@@ -159,4 +166,54 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 16 << 20)]
         size: usize,
     },
+}
+
+/// llama-quantize's options on `moeq convert` (GGUF output with a quantized `--type`), spelled
+/// as llama-quantize spells them.
+#[derive(Args, Debug, Default, Clone)]
+pub struct QuantArgs {
+    /// Importance matrix to quantize with (llama-imatrix's GGUF or legacy .dat).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Use importance data only for entries whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "exclude_weights")]
+    pub include_weights: Vec<String>,
+    /// Use no importance data for entries whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_weights: Vec<String>,
+    /// The ggml type of output.weight (e.g. q8_0).
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<String>,
+    /// The ggml type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<String>,
+    /// Quantize tensors whose name matches the regular expression PATTERN (searched, as
+    /// llama-quantize's std::regex) to TYPE, e.g. `attn_v=q8_0`; repeatable, first match
+    /// wins. A rule that matches no tensor is an error.
+    #[arg(long, value_name = "PATTERN=TYPE")]
+    pub tensor_type: Vec<String>,
+    /// --tensor-type rules from a file, separated by spaces or newlines.
+    #[arg(long, value_name = "FILE")]
+    pub tensor_type_file: Option<PathBuf>,
+    /// No mix rules: every quantizable tensor gets the file type's default type.
+    #[arg(long)]
+    pub pure: bool,
+    /// Keep output.weight as it is.
+    #[arg(long)]
+    pub leave_output_tensor: bool,
+    /// A split GGUF input is written in the same shards.
+    #[arg(long)]
+    pub keep_split: bool,
+    /// Set metadata KEY to int:N, float:X, bool:true|false or str:TEXT (repeatable).
+    #[arg(long, value_name = "KEY=TYPE:VALUE")]
+    pub override_kv: Vec<String>,
+    /// Write nothing: print every tensor's type, why, size and bits per weight.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run (or after a conversion): print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Save the plan as JSON in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }

@@ -4,7 +4,8 @@
 //! - [`source`]: open any input (memory-mapped safetensors shards or GGUF), `config.json`;
 //! - [`families`]: what moeq knows per model family (one folder each) and the registry;
 //! - [`vocab`]: tokenizer metadata and `general.*` naming;
-//! - [`plan`]: recipes (how each output tensor is made), llama-quantize's rules, conversion;
+//! - [`plan`]: recipes (how each output tensor is made), llama-quantize's rules and options
+//!   with the reason for each type, importance matrices, conversion;
 //! - [`write`](mod@write): stream recipes into GGUF files or safetensors folders;
 //! - [`model`]: any model as llama.cpp-named f32 tensors (for eval and verify);
 //! - [`forward`]: moeq's own forward pass; [`verify`]: `moeq verify` and `moeq eval`;

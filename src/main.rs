@@ -66,6 +66,17 @@ fn run_verify(
     Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Writes the plan JSON to `path` (checked before the conversion, see
+/// `ConvertOptions::report`) as any moeq output: a temporary beside it, moved into place
+/// when complete.
+fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(json)? + "\n";
+    let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
+    file.write_at(text.as_bytes(), 0)?;
+    file.commit()?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
@@ -127,7 +138,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_vocab,
             tokenizer_pre,
             verify,
+            quant,
         } => {
+            let (request, warnings) = quant.request()?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let output = output.unwrap_or_default();
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
             match format {
                 Format::Gguf => {
@@ -161,9 +178,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokenizer_pre,
                 format,
                 mlx,
+                quant: request,
+                report: quant.report.clone(),
             };
             let summary = convert(&opts)?;
             let opts = &opts;
+            if let Some(plan) = &summary.plan {
+                if quant.dry_run && !quant.json {
+                    print!("{}", plan.to_text());
+                } else if !quant.dry_run {
+                    for w in plan.warnings.iter().map(String::clone).chain(plan.imatrix_notes(10)) {
+                        eprintln!("warning: {w}");
+                    }
+                }
+                if quant.json {
+                    println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+                }
+                if let Some(path) = &quant.report {
+                    write_report(path, &plan.to_json())?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            if quant.dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
             for file in &summary.files {
                 eprintln!("wrote {}", file.display());
             }

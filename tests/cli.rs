@@ -281,9 +281,9 @@ fn convert_type_reproduces_llama_quantize() {
 fn convert_type_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let err = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--type", "Q3_K"]);
+    let err = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--type", "Q7_K"]);
     assert_eq!(err.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&err.stderr).contains("unknown type 'Q3_K'"));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("unknown type 'Q7_K'"));
     // A NaN in a tensor is named, and nothing is left behind.
     let mut bytes = std::fs::read(golden("llama-bf16.gguf")).unwrap();
     let file = moeq_formats::gguf::GgufFile::open(&golden("llama-bf16.gguf")).unwrap();
@@ -1117,6 +1117,489 @@ fn verify_reads_mlx_and_hf_builds() {
     // A build is read, not converted again.
     let err = fails(&["convert", path_arg(&mlx.join("llama-q4")), "-o", path_arg(&out.path().join("x.gguf"))]);
     assert!(err.contains("an MLX build"), "{err}");
+}
+
+/// A GGUF file with `metadata` and F32 tensors `(name, ne, values)`.
+fn gguf_file(path: &Path, metadata: Vec<(&str, moeq_formats::gguf::Value)>, tensors: &[(String, Vec<u64>, Vec<f32>)]) {
+    use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec};
+    let plan = GgufPlan {
+        metadata: metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        tensors: tensors
+            .iter()
+            .map(|(n, ne, _)| TensorSpec { name: n.clone(), ne: ne.clone(), ggml_type: GgmlType::F32 })
+            .collect(),
+    };
+    let layout = plan.layout().unwrap();
+    let mut bytes = vec![0u8; layout.file_len as usize];
+    bytes[..layout.header.len()].copy_from_slice(&layout.header);
+    for ((_, _, values), &at) in tensors.iter().zip(&layout.offsets) {
+        for (i, v) in values.iter().enumerate() {
+            bytes[at as usize + 4 * i..at as usize + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// One importance matrix entry: weight name, columns, per-matrix sums and counts.
+struct Entry {
+    name: String,
+    ne0: usize,
+    sums: Vec<f32>,
+    counts: Vec<f32>,
+}
+
+/// What llama-imatrix records for the golden Mixtral: every weight a matrix multiplication
+/// reads (not the token embedding, the output is untied), per expert for the expert tensors;
+/// expert 1 of blk.1.ffn_down_exps saw no token. Counts are powers of two, so the legacy
+/// format (values divided by their count, one call) holds exactly the same weights.
+fn mixtral_entries() -> Vec<Entry> {
+    entries_for(&golden("mixtral-bf16.gguf"))
+}
+
+/// As [`mixtral_entries`], for any model.
+fn entries_for(model: &Path) -> Vec<Entry> {
+    let file = moeq_formats::gguf::GgufFile::open(model).unwrap();
+    let mut out = Vec::new();
+    for (k, t) in file.header().tensors.iter().enumerate() {
+        if t.ne.len() < 2 || t.name == "token_embd.weight" {
+            continue;
+        }
+        let (ne0, n_mat) = (t.ne[0] as usize, t.ne.get(2).copied().unwrap_or(1) as usize);
+        let counts: Vec<f32> = (0..n_mat)
+            .map(|e| if t.name == "blk.1.ffn_down_exps.weight" && e == 1 { 0.0 } else { (64 << ((e + k) % 4)) as f32 })
+            .collect();
+        let sums = (0..n_mat * ne0)
+            .map(|i| {
+                let c = counts[i / ne0];
+                if c == 0.0 { 0.0 } else { c * (0.25 + ((i * 7919 + k * 31) % 97) as f32 / 16.0) }
+            })
+            .collect();
+        out.push(Entry { name: t.name.clone(), ne0, sums, counts });
+    }
+    out
+}
+
+fn imatrix_metadata() -> Vec<(&'static str, moeq_formats::gguf::Value)> {
+    use moeq_formats::gguf::{Array, Value};
+    vec![
+        ("general.type", Value::String("imatrix".into())),
+        ("imatrix.datasets", Value::Array(Array::String(vec!["tests.txt".into()]))),
+        ("imatrix.chunk_count", Value::U32(3)),
+        ("imatrix.chunk_size", Value::U32(512)),
+    ]
+}
+
+fn write_imatrix_gguf(path: &Path, entries: &[Entry]) {
+    let mut tensors = Vec::new();
+    for e in entries {
+        let n_mat = e.counts.len() as u64;
+        tensors.push((format!("{}.in_sum2", e.name), vec![e.ne0 as u64, n_mat], e.sums.clone()));
+        tensors.push((format!("{}.counts", e.name), vec![1, n_mat], e.counts.clone()));
+    }
+    gguf_file(path, imatrix_metadata(), &tensors);
+}
+
+/// The legacy `.dat` format with one call per entry (values = weights).
+fn write_imatrix_dat(path: &Path, entries: &[Entry]) {
+    let mut b = (entries.len() as i32).to_le_bytes().to_vec();
+    for e in entries {
+        b.extend((e.name.len() as i32).to_le_bytes());
+        b.extend(e.name.as_bytes());
+        b.extend(1i32.to_le_bytes());
+        b.extend((e.sums.len() as i32).to_le_bytes());
+        for (i, s) in e.sums.iter().enumerate() {
+            let c = e.counts[i / e.ne0];
+            b.extend((if c == 0.0 { 1.0 } else { s / c }).to_le_bytes());
+        }
+    }
+    b.extend(3i32.to_le_bytes());
+    b.extend(9i32.to_le_bytes());
+    b.extend(b"tests.txt");
+    std::fs::write(path, b).unwrap();
+}
+
+/// A one-layer Llama-shaped F32 model whose rows are 256 wide (the goldens' 64-wide rows
+/// make every 256-block type fall back, so nothing there needs an importance matrix).
+fn wide_model(path: &Path) {
+    use moeq_formats::gguf::Value;
+    let metadata = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(1)),
+        ("llama.embedding_length", Value::U32(256)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.attention.head_count_kv", Value::U32(4)),
+    ];
+    let mut tensors = Vec::new();
+    for (name, ne) in [
+        ("output.weight", vec![256, 32]),
+        ("output_norm.weight", vec![256]),
+        ("token_embd.weight", vec![256, 32]),
+        ("blk.0.attn_k.weight", vec![256, 64]),
+        ("blk.0.attn_norm.weight", vec![256]),
+        ("blk.0.attn_output.weight", vec![256, 256]),
+        ("blk.0.attn_q.weight", vec![256, 256]),
+        ("blk.0.attn_v.weight", vec![256, 64]),
+        ("blk.0.ffn_down.weight", vec![256, 256]),
+        ("blk.0.ffn_gate.weight", vec![256, 256]),
+        ("blk.0.ffn_up.weight", vec![256, 256]),
+    ] {
+        let n: u64 = ne.iter().product();
+        let values = (0..n).map(|i| ((i * 2654435761 % 1000) as f32 - 500.0) / 20000.0).collect();
+        tensors.push((name.to_string(), ne, values));
+    }
+    gguf_file(path, metadata, &tensors);
+}
+
+fn plan_json(args: &[&str]) -> Json {
+    let mut all = vec!["convert", "--dry-run", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all)).unwrap()
+}
+
+fn type_in(plan: &Json, name: &str) -> String {
+    let t = plan["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name}"));
+    t["type"].as_str().unwrap().to_string()
+}
+
+/// Tensor data of a GGUF by name.
+fn tensor_bytes(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let file = moeq_formats::gguf::GgufFile::open(path).unwrap();
+    (0..file.header().tensors.len())
+        .map(|i| (file.header().tensors[i].name.clone(), file.tensor_data(i).to_vec()))
+        .collect()
+}
+
+#[test]
+fn dry_run_explains_every_tensor_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let plan = plan_json(&[path_arg(&source), "--type", "Q3_K_M"]);
+    let tensors = plan["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 23);
+    assert_eq!((plan["ftype"].as_str(), plan["ftype_id"].as_u64()), (Some("Q3_K_M"), Some(12)));
+    let mut bytes = 0;
+    for t in tensors {
+        assert!(!t["why"].as_array().unwrap().is_empty(), "{t}");
+        bytes += t["bytes"].as_u64().unwrap();
+    }
+    assert_eq!(plan["totals"]["bytes"].as_u64(), Some(bytes));
+    let by_type = plan["totals"]["by_type"].as_object().unwrap();
+    assert_eq!(by_type.values().map(|v| v["tensors"].as_u64().unwrap()).sum::<u64>(), 23);
+    // attn_v: the first two get Q5_K, which the 64-wide rows turn into Q5_1.
+    let v = tensors.iter().find(|t| t["name"] == "blk.0.attn_v.weight").unwrap();
+    let rules: Vec<&str> = v["why"].as_array().unwrap().iter().map(|s| s["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["file-type", "mix", "row-fallback"]);
+    assert_eq!(v["type"], "Q5_1");
+    assert_eq!(plan["fallbacks"], 15);
+    // The table, without -o.
+    let text = ok(&["convert", path_arg(&source), "--type", "Q3_K_M", "--dry-run"]);
+    assert!(text.starts_with("plan: Q3_K_M (llama_ftype 12)") && text.contains("total: 23 tensors"), "{text}");
+    assert!(text.contains("blk.0.ffn_gate_inp.weight") && text.contains("expert routers"), "{text}");
+    // An i-quant without importance matrix: the dry run says a real run is refused, which it is.
+    let wide = dir.path().join("wide.gguf");
+    wide_model(&wide);
+    let plan = plan_json(&[path_arg(&wide), "--type", "IQ2_XXS"]);
+    let refusal = plan["refusal"].as_str().unwrap();
+    assert!(refusal.contains("needs an importance matrix") && refusal.contains("'blk.0.attn_k.weight'"), "{refusal}");
+    let out = dir.path().join("out.gguf");
+    let err = fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "IQ2_XXS"]);
+    assert!(err.contains("needs an importance matrix") && err.contains("blk.0.attn_k.weight"), "{err}");
+    let err = fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "Q2_K_S"]);
+    assert!(err.contains("Q2_K_S needs an importance matrix"), "{err}");
+    // The golden's 64-wide rows fall back to IQ4_NL, which needs none (as in llama-quantize).
+    assert!(plan_json(&[path_arg(&source), "--type", "IQ2_XXS"])["refusal"].is_null());
+    std::fs::remove_file(&wide).unwrap();
+    // Plain conversions list their tensors too.
+    let plan = plan_json(&[path_arg(&fixtures().join("llama/hf"))]);
+    assert_eq!(plan["tensors"][0]["why"][0]["rule"], "copy");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn quant_options_steer_the_types() {
+    let source = golden("mixtral-bf16.gguf");
+    let src = path_arg(&source);
+    let pure = plan_json(&[src, "--type", "Q3_K_M", "--pure"]);
+    assert_eq!(type_in(&pure, "blk.0.attn_v.weight"), "Q4_0", "Q3_K's fallback, no mix");
+    assert_eq!(type_in(&pure, "output.weight"), "Q4_0");
+    let leave = plan_json(&[src, "--type", "Q4_K_M", "--leave-output-tensor"]);
+    assert_eq!(type_in(&leave, "output.weight"), "BF16");
+    let types = plan_json(&[src, "--type", "Q4_K_M", "--output-tensor-type", "f16", "--token-embedding-type", "Q8_0"]);
+    assert_eq!(type_in(&types, "output.weight"), "F16");
+    assert_eq!(type_in(&types, "token_embd.weight"), "Q8_0");
+    let rules = plan_json(&[src, "--type", "Q4_K_M", "--tensor-type", "ATTN_V=q8_0", "--tensor-type", "ffn_down=q6_k"]);
+    assert_eq!(type_in(&rules, "blk.1.attn_v.weight"), "Q8_0");
+    assert_eq!(type_in(&rules, "blk.1.ffn_down_exps.weight"), "Q8_0", "Q6_K falls back for 96-wide rows");
+    let warnings = rules["warnings"].to_string();
+    assert!(warnings.contains("ffn_down=q6_k") && warnings.contains("overridden"), "{warnings}");
+    // Type ids as llama-quantize takes them, and the 1-bit file types plan too.
+    assert_eq!(plan_json(&[src, "--type", "12"])["ftype"], "Q3_K_M");
+    assert_eq!(type_in(&plan_json(&[src, "--type", "IQ1_M"]), "blk.0.attn_output.weight"), "IQ4_NL");
+    // Rules that match nothing, bad patterns and types are errors naming them.
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--tensor-type", "attn_qkv=q8_0"]);
+    assert!(err.contains("rule 1 'attn_qkv=q8_0' matches no tensor"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--tensor-type", r"(a)\1=q8_0"]);
+    assert!(err.contains("backreference"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--output-tensor-type", "q9_k"]);
+    assert!(err.contains("--output-tensor-type q9_k"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--token-embedding-type", "q4_k"]);
+    assert!(err.contains("rows of 64 values"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--pure"]);
+    assert!(err.contains("go with --type"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--format", "mlx"]);
+    assert!(err.contains("GGUF output"), "{err}");
+}
+
+#[test]
+fn importance_weights_reach_the_kernels_per_expert() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let entries = mixtral_entries();
+    let (im_gguf, im_dat) = (dir.path().join("m.imatrix.gguf"), dir.path().join("m.imatrix.dat"));
+    write_imatrix_gguf(&im_gguf, &entries);
+    write_imatrix_dat(&im_dat, &entries);
+    let run = |name: &str, ty: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["convert", path_arg(&source), "-o", path_arg(&out), "--type", ty, "-q"];
+        args.extend_from_slice(extra);
+        ok(&args);
+        out
+    };
+    let plain = run("plain.gguf", "Q4_K_M", &[]);
+    let with_gguf = run("gguf.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_gguf)]);
+    let with_dat = run("dat.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_dat)]);
+    // The checkpoint converts and requantizes in one pass to the same file.
+    let from_checkpoint = dir.path().join("checkpoint.gguf");
+    let mixtral = fixtures().join("mixtral/hf");
+    let args = ["convert", path_arg(&mixtral), "-o", path_arg(&from_checkpoint), "--type", "Q4_K_M", "-q"];
+    ok(&[&args[..], &["--imatrix", path_arg(&im_gguf)]].concat());
+    assert!(std::fs::read(&from_checkpoint).unwrap() == std::fs::read(&with_gguf).unwrap());
+    let (plain, with_gguf, with_dat) = (tensor_bytes(&plain), tensor_bytes(&with_gguf), tensor_bytes(&with_dat));
+    assert_eq!(with_gguf, with_dat, "both formats give the same weights");
+    for name in ["blk.0.attn_q.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight"] {
+        assert_ne!(plain[name], with_gguf[name], "{name}: the weights change the quantization");
+    }
+    assert_eq!(plain["token_embd.weight"], with_gguf["token_embd.weight"], "no entry: quantized without weights");
+    // Per expert: changing expert 2's weights changes expert 2's rows only.
+    let mut changed = mixtral_entries();
+    let gate = changed.iter_mut().find(|e| e.name == "blk.0.ffn_gate_exps.weight").unwrap();
+    for v in &mut gate.sums[2 * 64..3 * 64] {
+        *v = 1.0 / (*v + 1.0);
+    }
+    let im_changed = dir.path().join("changed.imatrix.gguf");
+    write_imatrix_gguf(&im_changed, &changed);
+    let other = tensor_bytes(&run("changed.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_changed)]));
+    let (a, b) = (&with_gguf["blk.0.ffn_gate_exps.weight"], &other["blk.0.ffn_gate_exps.weight"]);
+    let per_expert = a.len() / 4;
+    for e in 0..4 {
+        let range = e * per_expert..(e + 1) * per_expert;
+        assert_eq!(a[range.clone()] == b[range], e != 2, "expert {e}");
+    }
+    let meta: Json =
+        serde_json::from_str(&ok(&["inspect", "--json", path_arg(&dir.path().join("gguf.gguf"))])).unwrap();
+    let m = &meta["metadata"];
+    assert_eq!(m["quantize.imatrix.file"]["value"], path_arg(&im_gguf));
+    assert_eq!(m["quantize.imatrix.dataset"]["value"], "tests.txt");
+    assert_eq!(m["quantize.imatrix.entries_count"]["value"], entries.len());
+    assert_eq!(m["quantize.imatrix.chunks_count"]["value"], 3);
+    // The report names the expert that saw no token and what was done.
+    let plan = plan_json(&[path_arg(&source), "--type", "Q4_K_M", "--imatrix", path_arg(&im_gguf)]);
+    let gaps = &plan["imatrix"]["experts_without_data"];
+    assert_eq!(gaps[0]["tensor"], "blk.1.ffn_down_exps.weight");
+    assert_eq!(gaps[0]["experts"], serde_json::json!([1]));
+    let t = plan["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.1.ffn_down_exps.weight").unwrap();
+    assert_eq!(t["imatrix"]["status"], "used");
+    assert_eq!(t["imatrix"]["tokens"].as_array().unwrap().len(), 4);
+    // --exclude-weights drops entries: those tensors are quantized as without a matrix.
+    let excluded = run("excl.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_gguf), "--exclude-weights", "attn_q"]);
+    let excluded = tensor_bytes(&excluded);
+    assert_eq!(excluded["blk.0.attn_q.weight"], plain["blk.0.attn_q.weight"]);
+    assert_eq!(excluded["blk.0.attn_k.weight"], with_gguf["blk.0.attn_k.weight"]);
+    // Q8_0 ignores importance weights, as ggml.
+    let q8 = tensor_bytes(&run("q8.gguf", "Q8_0", &[]));
+    let q8_im = tensor_bytes(&run("q8im.gguf", "Q8_0", &["--imatrix", path_arg(&im_gguf)]));
+    assert_eq!(q8, q8_im);
+}
+
+#[test]
+fn hostile_importance_matrices_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.gguf");
+    let write = |name: &str, edit: &dyn Fn(&mut Vec<Entry>)| {
+        let mut entries = mixtral_entries();
+        edit(&mut entries);
+        let p = dir.path().join(name);
+        write_imatrix_gguf(&p, &entries);
+        p
+    };
+    let good = write("good.gguf", &|_| {});
+    let mut truncated = std::fs::read(&good).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    let truncated_path = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated_path, truncated).unwrap();
+    let garbage = dir.path().join("garbage.dat");
+    std::fs::write(&garbage, b"\x01\0\0\0\xff\xff\xff\x7fjunk, not an importance matrix").unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (truncated_path, "past the end of the file"),
+        (write("nan.gguf", &|e| e[3].sums[5] = f32::NAN), "entry 'blk.0.attn_q.weight': value 5 is NaN"),
+        (write("nan3d.gguf", &|e| e[5].sums[70] = f32::NAN), "matrix 1 column 6 is NaN"),
+        (write("inf.gguf", &|e| e[0].sums[1] = f32::INFINITY), "value 1 is inf"),
+        (write("negative.gguf", &|e| e[2].counts[0] = -3.0), "count 0 is -3"),
+        (
+            write("stray.gguf", &|e| {
+                e.push(Entry { name: "blk.9.attn_q.weight".into(), ne0: 64, sums: vec![1.0; 64], counts: vec![1.0] })
+            }),
+            "'blk.9.attn_q.weight'",
+        ),
+        (
+            write("rows.gguf", &|e| {
+                let q = e.iter_mut().find(|x| x.name == "blk.0.attn_q.weight").unwrap();
+                q.ne0 = 32;
+                q.sums.truncate(32);
+            }),
+            "entry 'blk.0.attn_q.weight' holds 32 values, but the tensor has 64 columns",
+        ),
+        (source.clone(), "not an importance matrix"),
+        (garbage, "name length"),
+    ];
+    for (path, want) in cases {
+        for dry in [false, true] {
+            let mut args = vec!["convert", path_arg(&source), "--type", "Q4_K_M", "--imatrix", path_arg(&path)];
+            args.extend(if dry { vec!["--dry-run"] } else { vec!["-o", path_arg(&out)] });
+            let err = fails(&args);
+            assert!(err.contains(want), "{want:?} not in {err}");
+            assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{err}");
+        }
+    }
+    let err = fails(&[
+        "convert",
+        path_arg(&source),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "Q4_K_M",
+        "--imatrix",
+        path_arg(&good),
+        "--include-weights",
+        "a",
+        "--exclude-weights",
+        "b",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    // An importance matrix without data for a tensor that needs it: refused, naming it.
+    let wide = dir.path().join("wide.gguf");
+    wide_model(&wide);
+    let partial = dir.path().join("partial.gguf");
+    let mut entries = entries_for(&wide);
+    entries.retain(|x| x.name != "blk.0.attn_q.weight");
+    write_imatrix_gguf(&partial, &entries);
+    let err =
+        fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "IQ2_XS", "--imatrix", path_arg(&partial)]);
+    assert!(err.contains("no importance data for tensor 'blk.0.attn_q.weight'"), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn override_kv_report_and_keep_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let out = dir.path().join("out.gguf");
+    let report = dir.path().join("plan.json");
+    let stdout = ok(&[
+        "convert",
+        path_arg(&source),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "Q8_0",
+        "-q",
+        "--override-kv",
+        "llama.expert_used_count=int:1",
+        "--override-kv",
+        "general.name=str:Tiny",
+        "--override-kv",
+        "test.flag=bool:true",
+        "--json",
+        "--report",
+        path_arg(&report),
+    ]);
+    let meta: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&out)])).unwrap();
+    let m = &meta["metadata"];
+    assert_eq!(
+        (m["llama.expert_used_count"]["type"].as_str(), &m["llama.expert_used_count"]["value"]),
+        (Some("UINT32"), &Json::from(1))
+    );
+    assert_eq!(m["general.name"]["value"], "Tiny");
+    assert_eq!(m["test.flag"]["value"], true);
+    let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
+    assert_eq!(keys[keys.len() - 3..], ["llama.expert_used_count", "general.name", "test.flag"], "appended in order");
+    let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(saved, serde_json::from_str::<Json>(&stdout).unwrap());
+    for (arg, want) in [("a.b=int:x", "not an integer"), ("a.b=bool:1", "'true' or 'false'"), ("a.b", "KEY=TYPE:VALUE")]
+    {
+        let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--override-kv", arg]);
+        assert!(err.contains(want), "{err}");
+    }
+    let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--report", path_arg(&source)]);
+    assert!(err.contains("is the input") && err.contains("never writes over a file it reads"), "{err}");
+    // The report is an output like the model: never the output itself, nor the importance
+    // matrix (an input), nor a folder; checked before any work.
+    let imatrix = dir.path().join("m.imatrix");
+    write_imatrix_gguf(&imatrix, &mixtral_entries());
+    let before = names_in(dir.path());
+    let q8 = |more: &[&str]| {
+        let mut args = vec!["convert", path_arg(&source), "--type", "Q4_K_M", "-q"];
+        args.extend(more);
+        fails(&args)
+    };
+    let (m, o) = (path_arg(&imatrix), path_arg(&out));
+    let err = q8(&["-o", o, "--imatrix", m, "--report", o]);
+    assert!(err.contains("where the output goes"), "{err}");
+    let err = q8(&["-o", o, "--imatrix", m, "--report", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["-o", m, "--imatrix", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["--dry-run", "--imatrix", m, "--report", path_arg(dir.path())]);
+    assert!(err.contains("is a folder"), "{err}");
+    let split_report = dir.path().join("sp-00001-of-00002.gguf");
+    let err = q8(&["-o", path_arg(&dir.path().join("sp.gguf")), "--keep-split", "--report", path_arg(&split_report)]);
+    assert!(err.contains("where the output goes"), "{err}");
+    assert_eq!(names_in(dir.path()), before, "nothing written, no temporaries");
+    // --keep-split: the output has the input's shards, each with the same tensors, and
+    // replaces an earlier set of its name (here of 2 shards) as --split-max-size does.
+    let split = dir.path().join("split.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&split), "--split-max-size", "150K", "-q"]);
+    let first = dir.path().join("split-00001-of-00004.gguf");
+    assert!(first.exists());
+    let kept = dir.path().join("kept.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&kept), "--split-max-size", "400K", "-q"]);
+    let kept_names = || names_in(dir.path()).into_iter().filter(|n| n.starts_with("kept")).collect::<Vec<_>>();
+    assert_eq!(kept_names(), ["kept-00001-of-00002.gguf", "kept-00002-of-00002.gguf"]);
+    ok(&["convert", path_arg(&first), "-o", path_arg(&kept), "--type", "Q8_0", "--keep-split", "-q"]);
+    assert_eq!(kept_names(), (1..=4).map(|i| format!("kept-{i:05}-of-00004.gguf")).collect::<Vec<_>>());
+    for i in 1..=4 {
+        let names = |p: PathBuf| tensor_bytes(&p).into_keys().collect::<Vec<_>>();
+        let a = names(dir.path().join(format!("split-{i:05}-of-00004.gguf")));
+        let b = names(dir.path().join(format!("kept-{i:05}-of-00004.gguf")));
+        assert_eq!(a, b, "shard {i}");
+    }
+    // Requantizing a set in place is refused before any work.
+    let err = fails(&["convert", path_arg(&first), "-o", path_arg(&split), "--type", "Q8_0", "--keep-split"]);
+    assert!(err.contains("is the input"), "{err}");
+    let err = fails(&[
+        "convert",
+        path_arg(&first),
+        "-o",
+        path_arg(&kept),
+        "--type",
+        "Q8_0",
+        "--keep-split",
+        "--split-max-size",
+        "1M",
+    ]);
+    assert!(err.contains("--keep-split and --split-max-size"), "{err}");
 }
 
 /// A golden GGUF with its metadata edited, written anew by moeq-formats' GGUF writer.

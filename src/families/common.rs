@@ -245,5 +245,5 @@ pub fn stacked_experts<'a>(
         })
         .collect::<Result<Vec<_>>>()?;
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, n_expert], ggml_type: out };
-    Ok(Recipe { spec, parts, check_finite: true })
+    Ok(Recipe { spec, parts, check_finite: true, importance: None })
 }

@@ -92,6 +92,19 @@ pub fn from_f32(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Encodes rows of `n_per_row` values as type `ty` with importance weights (one per column),
+/// as ggml does when given `quant_weights`. Float types and Q8_0 / MXFP4 (whose ggml
+/// quantizers ignore the weights) take the plain path.
+pub fn from_f32_weighted(ty: GgmlType, src: &[f32], dst: &mut [u8], n_per_row: usize, weights: &[f32]) -> Result<()> {
+    match quant_type(ty) {
+        Some(q) if !matches!(ty, GgmlType::Q8_0 | GgmlType::MXFP4) => {
+            active().quantize_weighted(q, src, dst, n_per_row, weights)?;
+            Ok(())
+        }
+        _ => from_f32(ty, src, dst),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
