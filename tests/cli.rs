@@ -1497,3 +1497,21 @@ fn layout_follows_the_tensors_not_config_json() {
     let err = fails_after_warnings(&["eval", path_arg(stripped.path()), "--tokens", "1,2,3"]);
     assert!(err.contains("no \"quantization\" settings") && err.contains("model.embed_tokens.weight"), "{err}");
 }
+
+/// Inputs the fuzzers once found troublesome (`tests/fixtures/fuzz/`; e.g. a `block_count` of
+/// 65535 over a 2-layer model, which listed every claimed layer's tensors, 300 MB and 1.5 s,
+/// before failing at layer 2): eval and verify refuse each cleanly, and so does the fuzz
+/// targets' library entry point.
+#[test]
+fn fuzz_regressions_fail_cleanly() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(fixtures().join("fuzz")).unwrap() {
+        let path = entry.unwrap().path();
+        let err = fails_after_warnings(&["eval", path_arg(&path), "--tokens", "0,1"]);
+        assert!(err.contains(path_arg(&path)), "{err}");
+        fails_after_warnings(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&path)]);
+        assert!(moeq::forward::check_gguf_bytes(&std::fs::read(&path).unwrap()).is_err(), "{path:?}");
+        count += 1;
+    }
+    assert!(count > 0);
+}

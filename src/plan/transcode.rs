@@ -203,7 +203,7 @@ mod tests {
     fn overflow_is_found_in_every_writable_type() {
         let types = [GgmlType::F16, GgmlType::BF16, GgmlType::F32]
             .into_iter()
-            .chain((0..64).filter_map(|id| GgmlType::from_id(id)).filter(|&t| quant_type(t).is_some()));
+            .chain((0..64).filter_map(GgmlType::from_id).filter(|&t| quant_type(t).is_some()));
         for ty in types.filter(|&t| can_write(t)) {
             let n = 512;
             let mut values: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
