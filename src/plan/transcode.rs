@@ -70,18 +70,32 @@ pub fn from_f32(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     match ty {
         GgmlType::F32 => dst.chunks_exact_mut(4).zip(src).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
         GgmlType::F16 | GgmlType::BF16 => {
-            let mut halves = vec![0u16; src.len()];
-            let exponent = if ty == GgmlType::F16 {
-                k.f32_to_f16(src, &mut halves);
-                0x7C00
-            } else {
-                k.f32_to_bf16(src, &mut halves);
-                0x7F80
+            let convert = |halves: &mut [u16]| {
+                if ty == GgmlType::F16 {
+                    k.f32_to_f16(src, halves);
+                    0x7C00
+                } else {
+                    k.f32_to_bf16(src, halves);
+                    0x7F80
+                }
             };
-            if let Some(index) = overflowed_half(&halves, exponent, src) {
+            // Straight into the output when it is aligned (little-endian: the bytes are the
+            // halves); the overflow scan then costs what the copy from a buffer did.
+            let index = match bytemuck::try_cast_slice_mut::<u8, u16>(dst) {
+                Ok(halves) if cfg!(target_endian = "little") => {
+                    let exponent = convert(halves);
+                    overflowed_half(halves, exponent, src)
+                }
+                _ => {
+                    let mut halves = vec![0u16; src.len()];
+                    let exponent = convert(&mut halves);
+                    dst.chunks_exact_mut(2).zip(&halves).for_each(|(d, h)| d.copy_from_slice(&h.to_le_bytes()));
+                    overflowed_half(&halves, exponent, src)
+                }
+            };
+            if let Some(index) = index {
                 return Err(Overflow { index, value: src[index], ty, scale: false }.into());
             }
-            dst.chunks_exact_mut(2).zip(&halves).for_each(|(d, h)| d.copy_from_slice(&h.to_le_bytes()));
         }
         other => match quant_type(other) {
             Some(q) => {
@@ -183,7 +197,12 @@ fn overflowed_scale(ty: GgmlType, blocks: &[u8], src: &[f32]) -> Option<usize> {
     }
     let hit =
         |b: &[u8]| fields.iter().fold(false, |any, &o| any | (u16::from_le_bytes([b[o], b[o + 1]]) & 0x7C00 == 0x7C00));
-    if !blocks.chunks_exact(block_bytes).fold(false, |any, b| any | hit(b)) {
+    // First one strided pass per field over the high bytes (they hold the exponent).
+    let any = fields.iter().any(|&o| {
+        let high = blocks.get(o + 1..).unwrap_or_default();
+        high.iter().step_by(block_bytes).fold(false, |any, &h| any | (h & 0x7C == 0x7C))
+    });
+    if !any {
         return None;
     }
     let b = blocks.chunks_exact(block_bytes).position(hit)?;
