@@ -1352,6 +1352,39 @@ fn narrowing_casts_that_overflow_are_refused() {
         assert!(err.contains(n), "{n:?} not in {err}");
     }
     ok(&["convert", path_arg(f32_max.path()), "-o", path_arg(&out.path().join("max.gguf")), "--type", "F32", "-q"]);
+    // An MLX affine group spanning more than f32 holds: its bf16 scale would be infinite.
+    let span = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, entry, data| {
+            if name == "model.layers.0.mlp.gate_proj.weight" {
+                let mut wide: Vec<u8> = data
+                    .chunks_exact(2)
+                    .flat_map(|h| f32::from_bits((u16::from_le_bytes([h[0], h[1]]) as u32) << 16).to_le_bytes())
+                    .collect();
+                wide[..4].copy_from_slice(&3.0e38f32.to_le_bytes());
+                wide[4..8].copy_from_slice(&(-3.0e38f32).to_le_bytes());
+                *data = wide;
+                entry["dtype"] = Json::from("F32");
+            }
+            true
+        },
+        |_| {},
+    );
+    let err = fails_after_warnings(&[
+        "convert",
+        path_arg(span.path()),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+    ]);
+    for n in ["gate_proj.weight", "row 0, columns 0..64", "-3e38..3e38", "scale overflows bf16", "--quant-override"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+    assert!(!mlx.exists());
 
     // GGUF requantization: F32 → F16 and F32 → Q8_0 (block scale), from a GGUF moeq wrote.
     let f32_gguf = out.path().join("llama-f32.gguf");

@@ -161,7 +161,7 @@ fn encode_rows(item: &Item, first: u64, count: u64, scratch: &mut Scratch, bufs:
                 let span = &values[g * group..(g + 1) * group];
                 let (lo, hi) = span.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
                 bail!(
-                    "{} → '{}': row {}, columns {}..{} span {lo}..{hi}, whose {bits}-bit scale overflows bf16; \
+                    "{} → '{}': row {}, columns {}..{} span {lo:e}..{hi:e}, whose {bits}-bit scale overflows bf16; \
                      keep this module in bf16 (--quant-override)",
                     recipe.parts[0].origin,
                     recipe.spec.name,
