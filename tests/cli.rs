@@ -2194,3 +2194,349 @@ fn big_endian_gguf_reads_as_gguf_py_writes_it() {
     let err = fails(&["convert", path_arg(&odd), "-o", path_arg(&dir.path().join("odd.gguf"))]);
     assert!(err.contains("odd-be.gguf") && err.contains("big-endian") && err.contains("'q4_0'"), "{err}");
 }
+
+/// Runs moeq expecting success; returns stderr (warnings).
+#[track_caller]
+fn ok_stderr(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "moeq {args:?} failed: {stderr}");
+    stderr
+}
+
+/// A copy of a fixture folder with one file's tensors edited (or none: `shard` empty) and
+/// its `config.json` edited, at `TEMP/PARENT/NAME` as the fixture is at `PARENT/NAME` (the
+/// GGUF's `general.name` comes from those names).
+fn fixture_variant(
+    src: &Path,
+    shard: &str,
+    edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool,
+    config: impl FnOnce(&mut serde_json::Map<String, Json>),
+) -> Variant {
+    let temp = tempfile::tempdir().unwrap();
+    let names = |p: &Path| p.file_name().unwrap().to_owned();
+    let dir = temp.path().join(names(src.parent().unwrap())).join(names(src));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != shard && path.is_file() {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
+        }
+    }
+    if !shard.is_empty() {
+        rewrite_safetensors(&src.join(shard), &dir.join(shard), edit);
+    }
+    let mut cfg = config_of(&dir);
+    config(cfg.as_object_mut().unwrap());
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    Variant { _temp: temp, dir }
+}
+
+/// A fixture copy made by [`fixture_variant`] (removed when dropped).
+struct Variant {
+    _temp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Variant {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Runs moeq expecting a clean failure (exit 2, an `error:` line after any warnings, no
+/// panic); returns stderr.
+#[track_caller]
+fn fails_after_warnings(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "moeq {args:?}: {stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The bf16 bits of `v` (truncated: exact for the values used here).
+fn bf16_bits(v: f32) -> [u8; 2] {
+    ((v.to_bits() >> 16) as u16).to_le_bytes()
+}
+
+/// A narrowing cast that overflows (a bf16 weight above 65504 written as F16, an f32 one past
+/// bf16's range, a Q8_0 block whose F16 scale overflows) is refused like NaN input: file,
+/// tensor, row and column named, BF16 (or F32) suggested, nothing left behind. The same
+/// values convert where the type holds them.
+#[test]
+fn narrowing_casts_that_overflow_are_refused() {
+    let llama = fixtures().join("llama/hf");
+    // Row 1, column 6 of o_proj [64, 64] (not permuted: the same row and column in the GGUF).
+    let big = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, _, data| {
+            if name == "model.layers.0.self_attn.o_proj.weight" {
+                data[2 * 70..2 * 70 + 2].copy_from_slice(&bf16_bits(70144.0));
+            }
+            true
+        },
+        |_| {},
+    );
+    let out = tempfile::tempdir().unwrap();
+    let gguf = out.path().join("f16.gguf");
+    let mlx = out.path().join("f16-mlx");
+    let needles = ["model.safetensors", "o_proj.weight", "row 1, column 6", "70144", "F16", "BF16"];
+    for args in [
+        vec!["convert", path_arg(big.path()), "-o", path_arg(&gguf), "--type", "F16", "-q"],
+        vec!["convert", path_arg(big.path()), "-o", path_arg(&mlx), "--format", "mlx", "--type", "f16", "-q"],
+    ] {
+        let err = fails_after_warnings(&args);
+        for n in needles {
+            assert!(err.contains(n), "{n:?} not in {err}");
+        }
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing left behind: {err}");
+    }
+    // BF16 (the default for this checkpoint) and F32 hold it.
+    for ty in ["BF16", "F32"] {
+        ok(&["convert", path_arg(big.path()), "-o", path_arg(&out.path().join(format!("{ty}.gguf"))), "--type", ty]);
+    }
+    ok(&["convert", path_arg(big.path()), "-o", path_arg(&out.path().join("bf16-mlx")), "--format", "mlx", "-q"]);
+
+    // gpt-oss's transposed bf16 experts: the output row and column are named.
+    let experts = fixture_variant(
+        &fixtures().join("gpt-oss/hf-bf16"),
+        "model.safetensors",
+        |name, _, data| {
+            if name == "model.layers.1.mlp.experts.gate_up_proj" {
+                // Expert 0, input 0, output column 2 (gate row 1 after de-interleaving).
+                data[4..6].copy_from_slice(&bf16_bits(-1.0e6));
+            }
+            true
+        },
+        |_| {},
+    );
+    let err =
+        fails_after_warnings(&["convert", path_arg(experts.path()), "-o", path_arg(&gguf), "--type", "F16", "-q"]);
+    for n in ["gate_up_proj", "blk.1.ffn_gate_exps.weight", "row 1, column 0", "-999", "F16's range", "BF16"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+
+    // An f32 checkpoint value that rounds past bf16's range.
+    let f32_max = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, entry, data| {
+            if name == "model.layers.1.mlp.down_proj.weight" {
+                let mut wide: Vec<u8> = data
+                    .chunks_exact(2)
+                    .flat_map(|h| f32::from_bits((u16::from_le_bytes([h[0], h[1]]) as u32) << 16).to_le_bytes())
+                    .collect();
+                wide[4 * 130..4 * 131].copy_from_slice(&f32::MAX.to_le_bytes());
+                *data = wide;
+                entry["dtype"] = Json::from("F32");
+            }
+            true
+        },
+        |_| {},
+    );
+    let err =
+        fails_after_warnings(&["convert", path_arg(f32_max.path()), "-o", path_arg(&gguf), "--type", "BF16", "-q"]);
+    for n in ["down_proj.weight", "row 1, column 2", "infinity in BF16", "F32"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+    ok(&["convert", path_arg(f32_max.path()), "-o", path_arg(&out.path().join("max.gguf")), "--type", "F32", "-q"]);
+    // An MLX affine group spanning more than f32 holds: its bf16 scale would be infinite.
+    let span = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, entry, data| {
+            if name == "model.layers.0.mlp.gate_proj.weight" {
+                let mut wide: Vec<u8> = data
+                    .chunks_exact(2)
+                    .flat_map(|h| f32::from_bits((u16::from_le_bytes([h[0], h[1]]) as u32) << 16).to_le_bytes())
+                    .collect();
+                wide[..4].copy_from_slice(&3.0e38f32.to_le_bytes());
+                wide[4..8].copy_from_slice(&(-3.0e38f32).to_le_bytes());
+                *data = wide;
+                entry["dtype"] = Json::from("F32");
+            }
+            true
+        },
+        |_| {},
+    );
+    let err = fails_after_warnings(&[
+        "convert",
+        path_arg(span.path()),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+    ]);
+    for n in ["gate_proj.weight", "row 0, columns 0..64", "-3e38..3e38", "scale overflows bf16", "--quant-override"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+    assert!(!mlx.exists());
+
+    // GGUF requantization: F32 → F16 and F32 → Q8_0 (block scale), from a GGUF moeq wrote.
+    let f32_gguf = out.path().join("llama-f32.gguf");
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&f32_gguf), "--type", "F32", "-q"]);
+    let mut bytes = std::fs::read(&f32_gguf).unwrap();
+    let file = moeq_formats::gguf::GgufFile::open(&f32_gguf).unwrap();
+    let header = file.header();
+    let idx = header.tensors.iter().position(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    let at = (header.data_offset + header.tensors[idx].offset) as usize + 4 * 67;
+    bytes[at..at + 4].copy_from_slice(&1.0e9f32.to_le_bytes());
+    let patched = out.path().join("patched-f32.gguf");
+    std::fs::write(&patched, bytes).unwrap();
+    let requant = out.path().join("requant.gguf");
+    for (ty, needle) in [("F16", "F16's range"), ("Q8_0", "Q8_0 block (its scales overflow)")] {
+        let err = fails_after_warnings(&["convert", path_arg(&patched), "-o", path_arg(&requant), "--type", ty]);
+        for n in ["patched-f32.gguf", "blk.0.ffn_up.weight", "row 1, column 3", "1000000000", needle] {
+            assert!(err.contains(n), "{ty}: {n:?} not in {err}");
+        }
+        assert!(!requant.exists());
+    }
+    ok(&["convert", path_arg(&patched), "-o", path_arg(&requant), "--type", "BF16", "-q"]);
+}
+
+/// The tensors decide a checkpoint's layout, not config.json (a fine-tune's config still
+/// saying MXFP4, a folder whose config lost its quantization_config, OpenAI's original
+/// tensors beside a Hugging Face config and back, an MLX build whose config lost its
+/// `quantization` block, plain weights under an MLX or fp8 config): moeq warns and converts
+/// to GGUF, MLX and HF and evaluates and verifies exactly as with the right config.
+#[test]
+fn layout_follows_the_tensors_not_config_json() {
+    let keep = |_: &str, _: &mut Json, _: &mut Vec<u8>| true;
+    let gpt_oss = fixtures().join("gpt-oss");
+    let out = tempfile::tempdir().unwrap();
+    let read_config = |dir: &str| config_of(&gpt_oss.join(dir));
+    let replace_config = |with: Json| {
+        move |m: &mut serde_json::Map<String, Json>| {
+            m.clear();
+            m.extend(with.as_object().unwrap().clone());
+        }
+    };
+    let mxfp4_config = read_config("hf-mxfp4");
+    let cases: Vec<(&str, Variant, &str, &[&str])> = vec![
+        (
+            "hf-bf16",
+            fixture_variant(&gpt_oss.join("hf-bf16"), "", keep, |m| {
+                m.insert("quantization_config".into(), mxfp4_config["quantization_config"].clone());
+            }),
+            "gpt-oss-bf16.gguf",
+            &["\"quant_method\": \"mxfp4\"", "plain float weights"],
+        ),
+        (
+            "hf-mxfp4",
+            fixture_variant(&gpt_oss.join("hf-mxfp4"), "", keep, |m| {
+                m.remove("quantization_config");
+            }),
+            "gpt-oss-mxfp4.gguf",
+            &["says no quantization", "MXFP4 (*_blocks/*_scales tensors)"],
+        ),
+        (
+            "original",
+            fixture_variant(&gpt_oss.join("original"), "", keep, replace_config(mxfp4_config.clone())),
+            "gpt-oss-mxfp4.gguf",
+            &["Hugging Face MXFP4 layout", "OpenAI's original layout (block.N.*)"],
+        ),
+        (
+            "hf-mxfp4",
+            fixture_variant(&gpt_oss.join("hf-mxfp4"), "", keep, replace_config(read_config("original"))),
+            "gpt-oss-mxfp4.gguf",
+            &["OpenAI's original form", "MXFP4 (*_blocks/*_scales tensors)"],
+        ),
+        (
+            "../llama/hf",
+            fixture_variant(&fixtures().join("llama/hf"), "", keep, |m| {
+                m.insert("quantization".into(), serde_json::json!({"group_size": 64, "bits": 4}));
+            }),
+            "llama-bf16.gguf",
+            &["an MLX \"quantization\" block", "plain float weights"],
+        ),
+        (
+            "../mixtral/hf",
+            fixture_variant(&fixtures().join("mixtral/hf"), "", keep, |m| {
+                m.insert("quantization_config".into(), serde_json::json!({"quant_method": "fp8"}));
+            }),
+            "mixtral-bf16.gguf",
+            &["quant_method \"fp8\"", "plain float weights"],
+        ),
+    ];
+    let tensors_and_keys = |path: &Path| {
+        let f = moeq_formats::gguf::GgufFile::open(path).unwrap();
+        let keys: Vec<_> = f.header().metadata.iter().filter(|(k, _)| k != "general.name").cloned().collect();
+        let data: Vec<_> = (0..f.header().tensors.len()).map(|i| f.tensor_data(i).to_vec()).collect();
+        (keys, f.header().tensors.clone(), data)
+    };
+    for (i, (clean, dir, golden_name, warned)) in cases.iter().enumerate() {
+        let clean = gpt_oss.join(clean);
+        let input = path_arg(dir.path());
+        // GGUF: the file llama.cpp's converter writes from the clean checkpoint.
+        let gguf = out.path().join(format!("{i}.gguf"));
+        let err = ok_stderr(&["convert", input, "-o", path_arg(&gguf), "-q"]);
+        for n in *warned {
+            assert!(err.contains(n), "case {i}: {n:?} not in {err}");
+        }
+        assert!(err.contains("config.json") && err.contains("reading them as"), "case {i}: {err}");
+        assert!(tensors_and_keys(&gguf) == tensors_and_keys(&golden(golden_name)), "case {i}: GGUF differs");
+        // MLX and (gpt-oss) HF builds: those of the clean checkpoint.
+        let mut formats = vec![("mlx", vec!["--type", "q4", "--group-size", "32"])];
+        if golden_name.starts_with("gpt-oss") {
+            formats.push(("hf", vec![]));
+        }
+        for (format, more) in formats {
+            let (a, b) = (out.path().join(format!("{i}-{format}")), out.path().join(format!("{i}-{format}-clean")));
+            for (src, dst) in [(input, &a), (path_arg(&clean), &b)] {
+                let mut args = vec!["convert", src, "-o", path_arg(dst), "--format", format, "-q"];
+                args.extend(more.iter());
+                ok(&args);
+            }
+            assert!(folder_tensors(&a) == folder_tensors(&b), "case {i}: {format} build differs");
+        }
+        // eval and verify: the same model.
+        let eval = |p: &str| ok(&["eval", p, "--tokens", "1,2,3"]);
+        assert_eq!(eval(input), eval(path_arg(&clean)), "case {i}");
+        let (code, r) = verify_json(&clean, dir.path());
+        assert_eq!((code, r["model"]["kl_max"].as_f64()), (0, Some(0.0)), "case {i}: {}", r["failures"]);
+        let inspect = ok(&["inspect", input]);
+        assert!(inspect.contains("warning"), "case {i}: {inspect}");
+    }
+
+    // An MLX build whose config.json lost its quantization block: found by its tensors;
+    // MLX's mxfp4 mode needs no settings, affine ones are asked for.
+    let strip = |m: &mut serde_json::Map<String, Json>| {
+        m.remove("quantization");
+        m.remove("quantization_config");
+    };
+    let mlx = fixtures().join("golden-mlx");
+    let stripped = fixture_variant(&mlx.join("gpt-oss-mxfp4"), "", keep, strip);
+    let eval = |p: &Path| ok(&["eval", path_arg(p), "--tokens", "1,2,3"]);
+    assert_eq!(eval(stripped.path()), eval(&mlx.join("gpt-oss-mxfp4")));
+    let inspect = ok(&["inspect", path_arg(stripped.path())]);
+    assert!(inspect.contains("MLX build") && inspect.contains("warning"), "{inspect}");
+    let err = fails_after_warnings(&["convert", path_arg(stripped.path()), "-o", path_arg(&out.path().join("x.gguf"))]);
+    assert!(err.contains("an MLX build"), "{err}");
+    let stripped = fixture_variant(&mlx.join("llama-q4"), "", keep, strip);
+    let err = fails_after_warnings(&["eval", path_arg(stripped.path()), "--tokens", "1,2,3"]);
+    assert!(err.contains("no \"quantization\" settings") && err.contains("model.embed_tokens.weight"), "{err}");
+}
+
+/// Inputs the fuzzers once found troublesome (`tests/fixtures/fuzz/`; e.g. a `block_count` of
+/// 65535 over a 2-layer model, which listed every claimed layer's tensors, 300 MB and 1.5 s,
+/// before failing at layer 2): eval and verify refuse each cleanly, and so does the fuzz
+/// targets' library entry point.
+#[test]
+fn fuzz_regressions_fail_cleanly() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(fixtures().join("fuzz")).unwrap() {
+        let path = entry.unwrap().path();
+        let err = fails_after_warnings(&["eval", path_arg(&path), "--tokens", "0,1"]);
+        assert!(err.contains(path_arg(&path)), "{err}");
+        fails_after_warnings(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&path)]);
+        assert!(moeq::forward::check_gguf_bytes(&std::fs::read(&path).unwrap()).is_err(), "{path:?}");
+        count += 1;
+    }
+    assert!(count > 0);
+}

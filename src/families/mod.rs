@@ -51,8 +51,11 @@ pub trait Family: Sync {
         None
     }
 
-    /// The layout of a checkpoint of this family, from its `config.json` and tensor names
-    /// (empty when unknown). Settings that can only be checked with the tensors belong here.
+    /// The layout of a checkpoint of this family. With its tensor names, from the tensors
+    /// alone, as llama.cpp's converter decides how to read each tensor by its name (a
+    /// fine-tune's `config.json` often still describes the base model); without them (empty),
+    /// what `config.json` says. Where the two disagree the tensors win and moeq warns
+    /// ([`ModelConfig::warnings`]). MLX builds are recognized before this is asked.
     fn layout(&self, _config: &Keys, _tensor_names: &[&str]) -> SourceLayout {
         SourceLayout::Hf
     }
@@ -202,6 +205,28 @@ impl SourceLayout {
             SourceLayout::Mlx => "MLX build",
         }
     }
+
+    /// What in `config.json` says this layout (for warnings).
+    pub fn config_evidence(self) -> &'static str {
+        match self {
+            SourceLayout::OpenAiOriginal => "OpenAI's original form (no \"architectures\")",
+            SourceLayout::HfMxfp4 => "\"quantization_config\": {\"quant_method\": \"mxfp4\"}",
+            SourceLayout::Hf => "no quantization",
+            SourceLayout::Mlx => "an MLX \"quantization\" block",
+        }
+    }
+
+    /// What in the tensors shows this layout (for warnings).
+    pub fn tensor_evidence(self) -> &'static str {
+        match self {
+            SourceLayout::OpenAiOriginal => "named as in OpenAI's original layout (block.N.*)",
+            SourceLayout::HfMxfp4 => "MXFP4 (*_blocks/*_scales tensors)",
+            SourceLayout::Hf => "plain float weights",
+            SourceLayout::Mlx => {
+                "in MLX's form (quantized .weight/.scales pairs, mlx-lm's names or format: mlx shards)"
+            }
+        }
+    }
 }
 
 /// A checkpoint's `config.json` and what it says: the family, class and layout.
@@ -220,11 +245,14 @@ pub struct ModelConfig {
     pub json: Json,
     /// The folder it was read from (empty when built from JSON alone).
     pub dir: PathBuf,
+    /// Where `config.json` disagrees with the tensors (the layout follows the tensors).
+    pub warnings: Vec<String>,
 }
 
 impl ModelConfig {
     /// Reads `config.json` in `dir` and finds the family; `Ok(None)` when there is none.
-    /// `tensor_names` are the checkpoint's (empty when unknown), for the layout.
+    /// `tensor_names` are the checkpoint's (empty when unknown), for the layout; with the
+    /// opened tensors, [`crate::source::Source::open`] decides it from them.
     pub fn detect(dir: &Path, tensor_names: &[&str]) -> Result<Option<ModelConfig>> {
         let Some(file) = ConfigFile::read(dir)? else { return Ok(None) };
         let config = Self::from_json(&file.json, tensor_names).with_context(|| format!("{}", file.path.display()))?;
@@ -255,7 +283,15 @@ impl ModelConfig {
         // mlx-lm's quantization block marks an MLX build.
         let layout = if keys.object("quantization").is_some() { SourceLayout::Mlx } else { layout };
         let hparams = family.inspect_hparams(&keys, layout);
-        Ok(ModelConfig { family, class, layout, hparams, json: json.clone(), dir: PathBuf::new() })
+        Ok(ModelConfig {
+            family,
+            class,
+            layout,
+            hparams,
+            json: json.clone(),
+            dir: PathBuf::new(),
+            warnings: Vec::new(),
+        })
     }
 
     /// The `config.json` path, for errors.
@@ -290,6 +326,25 @@ mod tests {
         assert_eq!(c.layout, SourceLayout::OpenAiOriginal);
         let c = ModelConfig::from_json(&json!({"architectures": ["MixtralForCausalLM"]}), &[]).unwrap();
         assert_eq!(c.family.name(), "mixtral");
+    }
+
+    #[test]
+    fn gpt_oss_layout_comes_from_the_tensor_names() {
+        let stale = json!({"architectures": ["GptOssForCausalLM"], "quantization_config": {"quant_method": "mxfp4"}});
+        let keys = Keys::of(&stale, "");
+        let g = &gpt_oss::GptOss;
+        assert_eq!(g.layout(&keys, &[]), SourceLayout::HfMxfp4);
+        let bf16 = ["model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"];
+        assert_eq!(g.layout(&keys, &bf16), SourceLayout::Hf);
+        let mxfp4 =
+            ["model.layers.0.mlp.experts.gate_up_proj_blocks", "model.layers.0.mlp.experts.gate_up_proj_scales"];
+        let none = json!({"architectures": ["GptOssForCausalLM"]});
+        assert_eq!(g.layout(&Keys::of(&none, ""), &mxfp4), SourceLayout::HfMxfp4);
+        let original = ["embedding.weight", "block.0.mlp.mlp1_weight.blocks", "block.0.mlp.mlp1_weight.scales"];
+        assert_eq!(g.layout(&keys, &original), SourceLayout::OpenAiOriginal);
+        let original_config = json!({"num_experts": 4, "experts_per_token": 2});
+        assert_eq!(g.layout(&Keys::of(&original_config, ""), &mxfp4), SourceLayout::HfMxfp4);
+        assert!(gpt_oss::original_form(&Keys::of(&original_config, "")) && !gpt_oss::original_form(&keys));
     }
 
     #[test]

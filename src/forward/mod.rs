@@ -12,6 +12,7 @@
 //! will index before anything runs.
 
 pub mod attention;
+pub mod check;
 pub mod config;
 pub mod linear;
 pub mod moe;
@@ -20,6 +21,7 @@ pub mod ops;
 use anyhow::{Result, bail};
 
 pub use attention::{Attention, Heads, RopePairs, attend};
+pub use check::{check_gguf_bytes, check_model};
 pub use config::{Config, Expect, Hp, Meta, Sizes};
 
 use crate::model::weights::Weights;

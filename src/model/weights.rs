@@ -45,6 +45,9 @@ impl<'a> Weights<'a> {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
+                for w in &config.warnings {
+                    eprintln!("warning: {w}");
+                }
                 let c = plan_checkpoint(model, config, OutType::Auto, None)?;
                 (c.plan.metadata, c.recipes)
             }

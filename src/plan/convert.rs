@@ -144,7 +144,7 @@ fn convert_safetensors(
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(&config, model)?;
-    let mut warnings = Vec::new();
+    let mut warnings = config.warnings.clone();
     let vocab = if opts.no_vocab {
         None
     } else {
@@ -202,6 +202,9 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(config, model)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     let family = config.family;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {

@@ -13,7 +13,7 @@ use moeq_kernels::{KernelError, openai};
 use std::sync::Arc;
 
 use crate::plan::imatrix_file::ImatrixFile;
-use crate::plan::transcode::{from_f32, from_f32_weighted, to_f32};
+use crate::plan::transcode::{Overflow, from_f32, from_f32_weighted, to_f32};
 
 /// A stored tensor's bytes inside a mapped input file.
 #[derive(Clone, Copy)]
@@ -572,7 +572,25 @@ impl<'a> Recipe<'a> {
                 first + index as u64 / ne0,
                 index as u64 % ne0
             ),
-            _ => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
+            _ => match e.downcast_ref::<Overflow>() {
+                Some(o) => {
+                    let why = match (o.scale, o.ty) {
+                        (true, ty) => format!("too large for a {ty} block (its scales overflow)"),
+                        (false, GgmlType::F16) => "beyond F16's range (±65504)".to_string(),
+                        (false, ty) => format!("which rounds to infinity in {ty}"),
+                    };
+                    anyhow!(
+                        "{} → '{}': the value at row {}, column {} is {}, {why}; convert to {}",
+                        part.origin,
+                        self.spec.name,
+                        first + o.index as u64 / ne0,
+                        o.index as u64 % ne0,
+                        o.value,
+                        if o.ty == GgmlType::BF16 { "F32 instead" } else { "BF16 (or F32) instead, which holds it" },
+                    )
+                }
+                None => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
+            },
         }
     }
 }
