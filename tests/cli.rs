@@ -5,6 +5,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value as Json;
 
+#[path = "cli/vocab.rs"]
+mod vocab;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
