@@ -126,7 +126,11 @@ pub fn gpt2_vocab(
 /// warning (and another when the tokenizer's split regex is not the one llama.cpp implements
 /// for that name).
 fn pre_of(path: &Path, tok: &Json, family: (&str, &str)) -> (String, Option<String>) {
-    let hash = TextTokenizer::from_file(path).and_then(|t| chkhsh(&t));
+    // The tokenizers library reads a file moeq does not control: a panic in it is caught and
+    // taken as a tokenizer that cannot run.
+    let run = || TextTokenizer::from_file(path).and_then(|t| chkhsh(&t));
+    let hash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the tokenizers library failed on it")));
     if let Ok(h) = &hash
         && let Some(name) = pre_for_hash(h)
     {
