@@ -13,6 +13,11 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Print warnings and errors only: no progress bar, no `wrote …` lines or summaries, and
+    /// `verify`'s report only when a check fails (what a command is asked to print on
+    /// standard output, like `inspect`'s report, is still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 /// The subcommands.
@@ -136,9 +141,6 @@ pub enum Command {
         /// MLX and HF folders: default 5G as mlx-lm and transformers).
         #[arg(long, value_parser = parse_size)]
         split_max_size: Option<u64>,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
         /// Convert a checkpoint without its tokenizer (llama.cpp cannot chat with the result).
         #[arg(long)]
         no_vocab: bool,

@@ -41,6 +41,7 @@ fn run_verify(
     json: bool,
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
+    quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     use moeq::model::weights::Weights;
     use moeq::verify::{Limits, reference_tokens, verify};
@@ -58,12 +59,15 @@ fn run_verify(
             max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
         };
     }
-    if json {
+    let passed = report.failures().is_empty();
+    if quiet && passed {
+        // Quiet: the report only when a check fails.
+    } else if json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {
         print!("{}", report.to_text());
     }
-    Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Writes the plan JSON to `path` (checked before the conversion, see
@@ -78,6 +82,7 @@ fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Res
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Inspect { path, json } => {
             let report = Report::new(&path, &Source::open_headers(&path)?);
@@ -108,7 +113,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(out) = dump {
                 let hidden = trace.hidden.first().map_or(0, |h| h.len() / tokens.len().max(1));
                 moeq::verify::eval::dump(&trace, &tokens, hidden, &out)?;
-                eprintln!("wrote {}", out.display());
+                if !quiet {
+                    eprintln!("wrote {}", out.display());
+                }
             }
         }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {
@@ -134,7 +141,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group_size,
             quant_override,
             split_max_size,
-            quiet,
             no_vocab,
             tokenizer_pre,
             verify,
@@ -196,22 +202,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(path) = &quant.report {
                     write_report(path, &plan.to_json())?;
-                    eprintln!("wrote {}", path.display());
+                    if !quiet {
+                        eprintln!("wrote {}", path.display());
+                    }
                 }
             }
             if quant.dry_run {
                 return Ok(ExitCode::SUCCESS);
             }
-            for file in &summary.files {
-                eprintln!("wrote {}", file.display());
+            if !quiet {
+                for file in &summary.files {
+                    eprintln!("wrote {}", file.display());
+                }
+                eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
             }
-            eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
             if verify {
                 let first = match format {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None, false);
+                return run_verify(&input, &first, &[], false, None, false, quiet);
             }
         }
         Command::Verify {
@@ -232,7 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None if tokens.is_empty() => Vec::new(),
                 None => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits, full_forward);
+            return run_verify(&source, &output, &sequences, json, limits, full_forward, quiet);
         }
     }
     Ok(ExitCode::SUCCESS)
