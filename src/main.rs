@@ -54,6 +54,17 @@ fn run_verify(
     Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Refuses an output path that names one of the inputs (moeq never writes over an input).
+fn refuse_overwrite(output: &std::path::Path, inputs: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let Ok(out) = output.canonicalize() else { return Ok(()) };
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|i| i == out) {
+            anyhow::bail!("{}: the output would overwrite an input", output.display());
+        }
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Inspect { path, json } => {
@@ -64,7 +75,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Eval { model, tokens, dump, top } => {
+        Command::Eval { model, tokens, text, tokenizer, dump, top } => {
+            let tokens = match text {
+                Some(text) => moeq::verify::eval::text_tokens(&model, &text, tokenizer.as_deref())?,
+                None => tokens,
+            };
             let trace = moeq::verify::eval::eval(&model, &tokens)?;
             let vocab = trace.logits.len() / tokens.len().max(1);
             for (pos, (tok, cands)) in
@@ -78,6 +93,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 moeq::verify::eval::dump(&trace, &tokens, hidden, &out)?;
                 eprintln!("wrote {}", out.display());
             }
+        }
+        Command::Imatrix {
+            model,
+            text,
+            tokens_file,
+            output,
+            ctx,
+            chunks,
+            tokenizer,
+            output_format,
+            all_experts,
+            process_output,
+            min_expert_tokens,
+            save_chunks,
+            json,
+            quiet,
+        } => {
+            use moeq::imatrix::{Calibration, ImatrixOptions, Request, compute_request, file};
+            let calibration = match (text, tokens_file) {
+                (Some(t), _) => Calibration::Text(t),
+                (None, Some(f)) => Calibration::Tokens(f),
+                (None, None) => anyhow::bail!("give --text FILE or --tokens-file FILE"),
+            };
+            let inputs = match &calibration {
+                Calibration::Text(p) | Calibration::Tokens(p) => [model.clone(), p.clone()],
+            };
+            refuse_overwrite(&output, &inputs)?;
+            if let Some(path) = &save_chunks {
+                refuse_overwrite(path, &inputs)?;
+            }
+            let options =
+                ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
+            let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
+            let (imatrix, coverage) = compute_request(&req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
+            } else {
+                print!("{}", coverage.to_text());
+            }
+            if all_experts && !imatrix.all_experts {
+                eprintln!("note: --all-experts has no effect: the model has no experts");
+            }
+            match output_format.as_str() {
+                "dat" => file::write_dat(&imatrix, &output)?,
+                _ => file::write_gguf(&imatrix, &output)?,
+            }
+            eprintln!(
+                "wrote {} ({} entries, {} chunks of {} tokens)",
+                output.display(),
+                imatrix.entries.len(),
+                imatrix.chunk_count,
+                imatrix.chunk_size
+            );
         }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {
             let rows = bench_kernels(size, std::time::Duration::from_millis(300));
@@ -160,6 +228,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             tokens,
             tokens_file,
+            text,
+            tokenizer,
             json,
             max_kl,
             min_top1,
@@ -168,10 +238,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
-            let sequences = match tokens_file {
-                Some(path) => moeq::verify::read_token_file(&path)?,
-                None if tokens.is_empty() => Vec::new(),
-                None => vec![tokens],
+            let sequences = match (tokens_file, text) {
+                (Some(path), _) => moeq::verify::read_token_file(&path)?,
+                (None, Some(text)) => moeq::verify::text_sequences(&source, &text, tokenizer.as_deref())?,
+                (None, None) if tokens.is_empty() => Vec::new(),
+                (None, None) => vec![tokens],
             };
             return run_verify(&source, &output, &sequences, json, limits, full_forward);
         }

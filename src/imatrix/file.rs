@@ -1,0 +1,124 @@
+//! Importance matrix files as llama-imatrix writes them (tools/imatrix/imatrix.cpp,
+//! `save_imatrix` and `save_imatrix_legacy`), through moeq's writers (a temporary file renamed
+//! into place when complete).
+//!
+//! GGUF: `general.type = "imatrix"`, `imatrix.datasets` (string array), `imatrix.chunk_count`
+//! and `imatrix.chunk_size` (u32), then per weight, in name order, `NAME.in_sum2` (F32,
+//! `[cols, matrices]`) and `NAME.counts` (F32, `[1, matrices]`), trailing dimensions of 1
+//! dropped as ggml writes them. Every entry is stored, also experts without data (count 0).
+//!
+//! Legacy `.dat`: entry count (i32); per entry with data, in name order: name length and bytes,
+//! `ncall = ⌈max count / chunk_size⌉`, value count, then each value as `sum / count · ncall`
+//! (f32; a matrix without data stores 1 · ncall); then the chunk count and the dataset name.
+//! Entries without any data are left out (llama-imatrix warns and skips them).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use moeq_formats::gguf::{Array, GgmlType, GgufPlan, GgufWriter, TensorSpec, Value};
+use moeq_formats::output::OutputFile;
+
+use super::collect::Entry;
+
+/// An importance matrix with what it was computed on.
+#[derive(Clone, Debug)]
+pub struct Imatrix {
+    /// Entries in name order.
+    pub entries: Vec<Entry>,
+    /// The calibration inputs (file names as given).
+    pub datasets: Vec<String>,
+    /// Chunks computed.
+    pub chunk_count: u32,
+    /// Tokens per chunk.
+    pub chunk_size: u32,
+    /// Every expert was given every token's activations (`--all-experts`), recorded as
+    /// `moeq.imatrix.all_experts` in the GGUF.
+    pub all_experts: bool,
+}
+
+/// The metadata key `--all-experts` adds (llama.cpp's readers ignore keys they do not know).
+pub const KEY_ALL_EXPERTS: &str = "moeq.imatrix.all_experts";
+
+/// ggml's dimensions of a 2-D tensor, trailing 1s dropped (gguf writes `ggml_n_dims`).
+fn dims(a: u64, b: u64) -> Vec<u64> {
+    if b == 1 { vec![a] } else { vec![a, b] }
+}
+
+fn f32_bytes(v: impl Iterator<Item = f32>) -> Vec<u8> {
+    v.flat_map(f32::to_le_bytes).collect()
+}
+
+/// Writes `m` in llama.cpp's GGUF imatrix format to `path`.
+pub fn write_gguf(m: &Imatrix, path: &Path) -> Result<()> {
+    let mut plan = GgufPlan::default();
+    plan.set("general.type", Value::String("imatrix".into()));
+    plan.set("imatrix.datasets", Value::Array(Array::String(m.datasets.clone())));
+    plan.set("imatrix.chunk_count", Value::U32(m.chunk_count));
+    plan.set("imatrix.chunk_size", Value::U32(m.chunk_size));
+    if m.all_experts {
+        plan.set(KEY_ALL_EXPERTS, Value::Bool(true));
+    }
+    for e in &m.entries {
+        let mats = e.counts.len() as u64;
+        plan.tensors.push(TensorSpec {
+            name: format!("{}.in_sum2", e.name),
+            ne: dims(e.cols as u64, mats),
+            ggml_type: GgmlType::F32,
+        });
+        plan.tensors.push(TensorSpec {
+            name: format!("{}.counts", e.name),
+            ne: dims(1, mats),
+            ggml_type: GgmlType::F32,
+        });
+    }
+    let writer = GgufWriter::create(path, &plan, None)?;
+    for (i, e) in m.entries.iter().enumerate() {
+        writer.write_tensor(2 * i, &f32_bytes(e.sums.iter().copied()))?;
+        writer.write_tensor(2 * i + 1, &f32_bytes(e.counts.iter().map(|&c| c as f32)))?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// The legacy `.dat` bytes of `m` (see the module documentation).
+pub fn dat_bytes(m: &Imatrix) -> Result<Vec<u8>> {
+    let chunk_size = i64::from(m.chunk_size.max(1));
+    let stored: Vec<&Entry> = m.entries.iter().filter(|e| e.counts.iter().any(|&c| c > 0)).collect();
+    let i32_of =
+        |v: usize, what: &str| i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} ({v}) exceeds the .dat format"));
+    let mut out = Vec::new();
+    out.extend(i32_of(stored.len(), "entry count")?.to_le_bytes());
+    for e in stored {
+        out.extend(i32_of(e.name.len(), "name length")?.to_le_bytes());
+        out.extend(e.name.as_bytes());
+        let max = e.counts.iter().copied().max().unwrap_or(0) as i64;
+        let ncall = i32::try_from((max + chunk_size - 1) / chunk_size)
+            .map_err(|_| anyhow::anyhow!("{}: {max} tokens exceed the .dat format", e.name))?;
+        out.extend(ncall.to_le_bytes());
+        out.extend(i32_of(e.sums.len(), "value count")?.to_le_bytes());
+        for (mat, sums) in e.sums.chunks_exact(e.cols.max(1)).enumerate() {
+            let count = e.counts[mat] as f32;
+            for &s in sums {
+                let (value, count) = if count == 0.0 { (1.0f32, 1.0f32) } else { (s, count) };
+                out.extend(((value / count) * ncall as f32).to_le_bytes());
+            }
+        }
+    }
+    out.extend(i32_of(m.chunk_count as usize, "chunk count")?.to_le_bytes());
+    let dataset = m.datasets.last().map(String::as_str).unwrap_or("");
+    out.extend(i32_of(dataset.len(), "dataset name length")?.to_le_bytes());
+    out.extend(dataset.as_bytes());
+    Ok(out)
+}
+
+/// Writes `m` in llama.cpp's legacy `.dat` format to `path`.
+pub fn write_dat(m: &Imatrix, path: &Path) -> Result<()> {
+    if m.entries.iter().all(|e| e.counts.iter().all(|&c| c == 0)) {
+        bail!("{}: no weight received any data; nothing to write", path.display());
+    }
+    let bytes = dat_bytes(m)?;
+    let file = OutputFile::create(path, bytes.len() as u64)?;
+    file.write_at(&bytes, 0)?;
+    file.commit()?;
+    Ok(())
+}
