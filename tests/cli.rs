@@ -1226,7 +1226,9 @@ fn read_imatrix(path: &Path) -> ImatrixFile {
 }
 
 /// A legacy .dat imatrix: entries (name, ncall, values), then the chunk count and dataset.
-fn read_dat(path: &Path) -> (Vec<(String, i32, Vec<f32>)>, i32, String) {
+type DatFile = (Vec<(String, i32, Vec<f32>)>, i32, String);
+
+fn read_dat(path: &Path) -> DatFile {
     let b = std::fs::read(path).unwrap();
     let mut at = 0;
     let i32_at = |at: &mut usize| {

@@ -159,10 +159,8 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Resul
         for (first, len, starts) in &groups {
             let xs = &mut x[first * h..(first + len) * h];
             let (m_in, f) = model.layer(l, xs, starts).with_context(|| format!("{}: layer {l}", w.path))?;
-            for r in &f.routes {
-                for &e in r {
-                    routed[l][e] += 1;
-                }
+            if let Some(per_expert) = routed.get_mut(l) {
+                f.routes.iter().flatten().for_each(|&e| per_expert[e] += 1);
             }
             if all_experts {
                 run_unrouted(&model, l, &m_in, &f.routes, per_group * chunk_len)?;
