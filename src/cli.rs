@@ -98,6 +98,10 @@ pub enum Command {
         /// same bits.
         #[arg(long)]
         full_forward: bool,
+        /// Also run every expert of every MoE layer on every token's block input in both models
+        /// and report each expert's relative error (the block check sees only routed tokens).
+        #[arg(long)]
+        every_expert: bool,
     },
     /// Compute an importance matrix (llama-imatrix's) with moeq's own forward, one layer at a
     /// time over all calibration tokens, from any model moeq reads.

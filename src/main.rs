@@ -30,9 +30,10 @@ fn run_verify(
     json: bool,
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
+    every_expert: bool,
 ) -> anyhow::Result<ExitCode> {
     use moeq::model::weights::Weights;
-    use moeq::verify::{Limits, reference_tokens, verify};
+    use moeq::verify::{Limits, experts::expert_errors, reference_tokens, verify};
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
@@ -46,10 +47,25 @@ fn run_verify(
             max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
         };
     }
+    let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        let mut value = report.to_json();
+        if let (Some(checks), Some(obj)) = (&experts, value.as_object_mut()) {
+            let list: Vec<_> = checks
+                .iter()
+                .map(|c| serde_json::json!({"layer": c.layer, "expert": c.expert, "routed": c.routed, "rel_err": c.rel_err}))
+                .collect();
+            obj.insert("experts".into(), serde_json::Value::Array(list));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", report.to_text());
+        if let Some(checks) = &experts {
+            println!("\nevery expert on every token (layer/expert: relative error, tokens routed)");
+            for c in checks {
+                println!("  {:>3}/{:<3} {:.3e}  {}", c.layer, c.expert, c.rel_err, c.routed);
+            }
+        }
     }
     Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -220,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None, false);
+                return run_verify(&input, &first, &[], false, None, false, false);
             }
         }
         Command::Verify {
@@ -235,6 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             min_top1,
             max_moe_rel_err,
             full_forward,
+            every_expert,
         } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
@@ -244,7 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) if tokens.is_empty() => Vec::new(),
                 (None, None) => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits, full_forward);
+            return run_verify(&source, &output, &sequences, json, limits, full_forward, every_expert);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1479,3 +1479,28 @@ fn eval_and_verify_take_text() {
     let report: Json = serde_json::from_str(&report).unwrap();
     assert!(report["model"]["positions"].as_u64().unwrap() > 1000, "{report}");
 }
+
+/// verify --every-expert: each expert on every token; exact for a lossless build, small and
+/// nonzero for Q8_0, large for Q4_0.
+#[test]
+fn verify_every_expert_checks_each_expert_on_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/hf-bf16");
+    let experts = |output: &Path| -> Vec<f64> {
+        let out = ok(&["verify", path_arg(&src), path_arg(output), "--every-expert", "--json"]);
+        let report: Json = serde_json::from_str(&out).unwrap();
+        let list = report["experts"].as_array().unwrap();
+        assert_eq!(list.len(), 8, "2 layers × 4 experts");
+        let routed: u64 = list.iter().map(|e| e["routed"].as_u64().unwrap()).sum();
+        assert_eq!(routed, 2 * 2 * 256, "top-2 over 256 reference tokens in 2 layers");
+        list.iter().map(|e| e["rel_err"].as_f64().unwrap()).collect()
+    };
+    assert!(experts(&golden("gpt-oss-bf16.gguf")).iter().all(|&r| r == 0.0));
+    let (q8, q4) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"));
+    for (out, ty) in [(&q8, "Q8_0"), (&q4, "Q4_0")] {
+        moeq(&["convert", path_arg(&src), "-o", path_arg(out), "--type", ty, "-q"]);
+    }
+    let (e8, e4) = (experts(&q8), experts(&q4));
+    assert!(e8.iter().all(|&r| r > 0.0 && r < 0.02), "{e8:?}");
+    assert!(e4.iter().zip(&e8).all(|(a, b)| a > &(5.0 * b)), "{e4:?} vs {e8:?}");
+}

@@ -4,6 +4,7 @@
 //! next-token distributions on reference tokens.
 
 pub mod eval;
+pub mod experts;
 pub mod report;
 
 use anyhow::{Context, Result, bail};
