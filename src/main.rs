@@ -142,7 +142,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options =
                 ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
             let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
+            let started = std::time::Instant::now();
             let (imatrix, coverage) = compute_request(&req)?;
+            let seconds = started.elapsed().as_secs_f64();
             if json {
                 println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
             } else {
@@ -155,12 +157,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "dat" => file::write_dat(&imatrix, &output)?,
                 _ => file::write_gguf(&imatrix, &output)?,
             }
+            let tokens = coverage.tokens as f64;
             eprintln!(
-                "wrote {} ({} entries, {} chunks of {} tokens)",
+                "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
                 output.display(),
                 imatrix.entries.len(),
                 imatrix.chunk_count,
-                imatrix.chunk_size
+                coverage.tokens,
+                tokens / seconds.max(1e-9)
             );
         }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {

@@ -122,3 +122,59 @@ pub fn write_dat(m: &Imatrix, path: &Path) -> Result<()> {
     file.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, cols: usize, sums: &[f32], counts: &[u64]) -> Entry {
+        Entry { name: name.into(), cols, sums: sums.to_vec(), counts: counts.to_vec() }
+    }
+
+    #[test]
+    fn dat_stores_means_times_calls_and_skips_entries_without_data() {
+        let m = Imatrix {
+            entries: vec![
+                entry("a.weight", 2, &[10.0, 20.0, 3.0, 5.0], &[0, 10]),
+                entry("b.weight", 1, &[0.0, 0.0], &[0, 0]),
+            ],
+            datasets: vec!["calib.txt".into()],
+            chunk_count: 3,
+            chunk_size: 4,
+            all_experts: false,
+        };
+        let b = dat_bytes(&m).unwrap();
+        let i32_at = |at: usize| i32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let f32_at = |at: usize| f32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        assert_eq!(i32_at(0), 1, "b has no data: left out");
+        assert_eq!((i32_at(4), &b[8..16]), (8, &b"a.weight"[..]));
+        // ncall = ⌈10 / 4⌉ = 3; expert 0 without data stores 1 · ncall; expert 1 sum / count · ncall.
+        assert_eq!((i32_at(16), i32_at(20)), (3, 4));
+        let values: Vec<f32> = (0..4).map(|i| f32_at(24 + 4 * i)).collect();
+        assert_eq!(values, [3.0, 3.0, 3.0 / 10.0 * 3.0, 5.0 / 10.0 * 3.0]);
+        assert_eq!((i32_at(40), i32_at(44), &b[48..]), (3, 9, &b"calib.txt"[..]));
+    }
+
+    #[test]
+    fn gguf_entries_keep_experts_without_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let m = Imatrix {
+            entries: vec![entry("blk.0.ffn_up_exps.weight", 2, &[1.0, 2.0, 0.0, 0.0], &[3, 0])],
+            datasets: vec!["x".into()],
+            chunk_count: 1,
+            chunk_size: 3,
+            all_experts: true,
+        };
+        write_gguf(&m, &path).unwrap();
+        let file = moeq_formats::gguf::GgufFile::open(&path).unwrap();
+        let h = file.header();
+        let names: Vec<(&str, &[u64])> = h.tensors.iter().map(|t| (t.name.as_str(), t.ne.as_slice())).collect();
+        assert_eq!(
+            names,
+            [("blk.0.ffn_up_exps.weight.in_sum2", &[2u64, 2][..]), ("blk.0.ffn_up_exps.weight.counts", &[1, 2][..])]
+        );
+        assert_eq!(file.tensor_data(1), [3.0f32, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+        assert_eq!(h.get(KEY_ALL_EXPERTS), Some(&Value::Bool(true)));
+    }
+}
