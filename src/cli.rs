@@ -44,8 +44,16 @@ pub enum Command {
         /// The model.
         model: PathBuf,
         /// Token ids, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "text", conflicts_with = "text")]
         tokens: Vec<u32>,
+        /// Text instead of ids, tokenized with the model's tokenizer.json (a BOS first when
+        /// llama.cpp adds one for this vocabulary).
+        #[arg(long, value_name = "TEXT")]
+        text: Option<String>,
+        /// The folder with the tokenizer.json for --text (default: the checkpoint's folder; a
+        /// GGUF needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
         /// Write logits, hidden states and MoE block inputs/outputs as F32 safetensors.
         #[arg(long, value_name = "OUT.safetensors")]
         dump: Option<PathBuf>,
@@ -71,6 +79,14 @@ pub enum Command {
         /// spaces.
         #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
         tokens_file: Option<PathBuf>,
+        /// Reference text from a UTF-8 file, tokenized with the source model's tokenizer.json
+        /// as `moeq imatrix --text` does, in sequences of 512 tokens (the last one shorter).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["tokens", "tokens_file"])]
+        text: Option<PathBuf>,
+        /// The folder with the tokenizer.json for --text (default: the source checkpoint's
+        /// folder; a GGUF source needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,
@@ -89,6 +105,63 @@ pub enum Command {
         /// same bits.
         #[arg(long)]
         full_forward: bool,
+        /// Also run every expert of every MoE layer on every token's block input in both models
+        /// and report each expert's relative error (the block check sees only routed tokens).
+        #[arg(long)]
+        every_expert: bool,
+    },
+    /// Compute an importance matrix (llama-imatrix's) with moeq's own forward, one layer at a
+    /// time over all calibration tokens, from any model moeq reads.
+    ///
+    /// The text is tokenized with the model's tokenizer.json and cut into chunks of --ctx
+    /// tokens as llama-imatrix cuts them (the first token of each chunk replaced by BOS when
+    /// the vocabulary adds one); --tokens-file takes chunks of ids, one per line. The output is
+    /// llama.cpp's GGUF imatrix (or --output-format dat, the legacy format), named as the GGUF
+    /// moeq writes of the model, for llama-quantize --imatrix and moeq convert --imatrix. A
+    /// report of tokens per expert per layer flags experts under a threshold; --all-experts
+    /// gives every expert every token's activations (routing unchanged).
+    Imatrix {
+        /// The model (a checkpoint folder or a GGUF).
+        model: PathBuf,
+        /// Calibration text (UTF-8).
+        #[arg(long, value_name = "FILE", required_unless_present = "tokens_file", conflicts_with = "tokens_file")]
+        text: Option<PathBuf>,
+        /// Calibration chunks as token ids: one chunk per line, ids separated by commas or
+        /// spaces, used as given.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: Option<PathBuf>,
+        /// The importance matrix to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Tokens per chunk (--text).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// At most this many chunks (default: all the text holds).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// The folder with the tokenizer.json (default: the checkpoint's folder; a GGUF needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
+        /// gguf (llama.cpp's current format) or dat (legacy).
+        #[arg(long, default_value = "gguf", value_parser = ["gguf", "dat"])]
+        output_format: String,
+        /// Add every calibration token's activations to every expert's statistics (the model
+        /// still routes as it does); recorded as moeq.imatrix.all_experts in the GGUF.
+        #[arg(long)]
+        all_experts: bool,
+        /// Also collect output.weight (llama-imatrix's --process-output).
+        #[arg(long)]
+        process_output: bool,
+        /// Flag experts routed fewer tokens than this in a layer (default: a tenth of an even
+        /// share).
+        #[arg(long, value_name = "N")]
+        min_expert_tokens: Option<u64>,
+        /// Also write the chunks computed on, as --tokens-file reads them (one per line).
+        #[arg(long, value_name = "FILE")]
+        save_chunks: Option<PathBuf>,
+        /// Print the expert coverage report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure moeq's speed on this machine.
     Bench {

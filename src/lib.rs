@@ -9,12 +9,14 @@
 //! - [`write`](mod@write): stream recipes into GGUF files or safetensors folders;
 //! - [`model`]: any model as llama.cpp-named f32 tensors (for eval and verify);
 //! - [`forward`]: moeq's own forward pass; [`verify`]: `moeq verify` and `moeq eval`;
+//! - [`imatrix`]: importance matrices computed with that forward, streamed layer by layer;
 //! - [`inspect`]: report what a model holds; [`bench`](mod@bench): kernel throughput.
 
 pub mod bench;
 pub mod cli;
 pub mod families;
 pub mod forward;
+pub mod imatrix;
 pub mod inspect;
 pub mod model;
 pub mod plan;

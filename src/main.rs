@@ -42,9 +42,10 @@ fn run_verify(
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
     quiet: bool,
+    every_expert: bool,
 ) -> anyhow::Result<ExitCode> {
     use moeq::model::weights::Weights;
-    use moeq::verify::{Limits, reference_tokens, verify};
+    use moeq::verify::{Limits, experts::expert_errors, reference_tokens, verify};
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
@@ -60,12 +61,27 @@ fn run_verify(
         };
     }
     let passed = report.failures().is_empty();
+    let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };
     if quiet && passed {
         // Quiet: the report only when a check fails.
     } else if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+        let mut value = report.to_json();
+        if let (Some(checks), Some(obj)) = (&experts, value.as_object_mut()) {
+            let list: Vec<_> = checks
+                .iter()
+                .map(|c| serde_json::json!({"layer": c.layer, "expert": c.expert, "routed": c.routed, "rel_err": c.rel_err}))
+                .collect();
+            obj.insert("experts".into(), serde_json::Value::Array(list));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", report.to_text());
+        if let Some(checks) = &experts {
+            println!("\nevery expert on every token (layer/expert: relative error, tokens routed)");
+            for c in checks {
+                println!("  {:>3}/{:<3} {:.3e}  {}", c.layer, c.expert, c.rel_err, c.routed);
+            }
+        }
     }
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -92,11 +108,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Eval { model, tokens, dump, top } => {
+        Command::Eval { model, tokens, text, tokenizer, dump, top } => {
             let kind = moeq_formats::target::OutputKind::File;
             if let Some(out) = &dump {
                 moeq_formats::target::check_path(out, kind)?;
             }
+            let tokens = match text {
+                Some(text) => moeq::verify::eval::text_tokens(&model, &text, tokenizer.as_deref())?,
+                None => tokens,
+            };
             let source = Source::open(&model)?;
             if let Some(out) = &dump {
                 moeq::plan::convert::prepare_output(out, kind, &source.files(), false)?;
@@ -117,6 +137,71 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     eprintln!("wrote {}", out.display());
                 }
             }
+        }
+        Command::Imatrix {
+            model,
+            text,
+            tokens_file,
+            output,
+            ctx,
+            chunks,
+            tokenizer,
+            output_format,
+            all_experts,
+            process_output,
+            min_expert_tokens,
+            save_chunks,
+            json,
+        } => {
+            use moeq::imatrix::{Calibration, ImatrixOptions, Request, compute_request, file};
+            let calibration = match (text, tokens_file) {
+                (Some(t), _) => Calibration::Text(t),
+                (None, Some(f)) => Calibration::Tokens(f),
+                (None, None) => anyhow::bail!("give --text FILE or --tokens-file FILE"),
+            };
+            // The outputs are checked before any work, as convert's: never an input (model
+            // files, the calibration file), never a folder or device; written through a
+            // temporary moved into place.
+            let kind = moeq_formats::target::OutputKind::File;
+            moeq_formats::target::check_path(&output, kind)?;
+            if let Some(path) = &save_chunks {
+                moeq_formats::target::check_path(path, kind)?;
+            }
+            let mut inputs = Source::open_headers(&model)?.files();
+            inputs.push(match &calibration {
+                Calibration::Text(p) | Calibration::Tokens(p) => p.clone(),
+            });
+            moeq::plan::convert::prepare_output(&output, kind, &inputs, quiet)?;
+            if let Some(path) = &save_chunks {
+                moeq::plan::convert::prepare_output(path, kind, &inputs, quiet)?;
+            }
+            let options =
+                ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
+            let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
+            let started = std::time::Instant::now();
+            let (imatrix, coverage) = compute_request(&req)?;
+            let seconds = started.elapsed().as_secs_f64();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
+            } else {
+                print!("{}", coverage.to_text());
+            }
+            if all_experts && !imatrix.all_experts {
+                eprintln!("note: --all-experts has no effect: the model has no experts");
+            }
+            match output_format.as_str() {
+                "dat" => file::write_dat(&imatrix, &output)?,
+                _ => file::write_gguf(&imatrix, &output)?,
+            }
+            let tokens = coverage.tokens as f64;
+            eprintln!(
+                "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
+                output.display(),
+                imatrix.entries.len(),
+                imatrix.chunk_count,
+                coverage.tokens,
+                tokens / seconds.max(1e-9)
+            );
         }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {
             let rows = bench_kernels(size, std::time::Duration::from_millis(300));
@@ -221,7 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None, false, quiet);
+                return run_verify(&input, &first, &[], false, None, false, quiet, false);
             }
         }
         Command::Verify {
@@ -229,20 +314,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             tokens,
             tokens_file,
+            text,
+            tokenizer,
             json,
             max_kl,
             min_top1,
             max_moe_rel_err,
             full_forward,
+            every_expert,
         } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
-            let sequences = match tokens_file {
-                Some(path) => moeq::verify::read_token_file(&path)?,
-                None if tokens.is_empty() => Vec::new(),
-                None => vec![tokens],
+            let sequences = match (tokens_file, text) {
+                (Some(path), _) => moeq::verify::read_token_file(&path)?,
+                (None, Some(text)) => moeq::verify::text_sequences(&source, &text, tokenizer.as_deref())?,
+                (None, None) if tokens.is_empty() => Vec::new(),
+                (None, None) => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits, full_forward, quiet);
+            return run_verify(&source, &output, &sequences, json, limits, full_forward, quiet, every_expert);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -2548,3 +2548,305 @@ fn fuzz_regressions_fail_cleanly() {
     }
     assert!(count > 0);
 }
+
+// ---- moeq imatrix -------------------------------------------------------------------------
+
+/// An importance matrix GGUF: its metadata and, per tensor, its `ne` and f32 values.
+type ImatrixFile = (Vec<(String, moeq_formats::gguf::Value)>, Vec<(String, Vec<u64>, Vec<f32>)>);
+
+fn read_imatrix(path: &Path) -> ImatrixFile {
+    let file = moeq_formats::gguf::GgufFile::open(path).unwrap();
+    let h = file.header();
+    let tensors = h
+        .tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            assert_eq!(t.ggml_type, moeq_formats::gguf::GgmlType::F32, "{}", t.name);
+            let values =
+                file.tensor_data(i).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            (t.name.clone(), t.ne.clone(), values)
+        })
+        .collect();
+    (h.metadata.clone(), tensors)
+}
+
+/// A legacy .dat imatrix: entries (name, ncall, values), then the chunk count and dataset.
+type DatFile = (Vec<(String, i32, Vec<f32>)>, i32, String);
+
+fn read_dat(path: &Path) -> DatFile {
+    let b = std::fs::read(path).unwrap();
+    let mut at = 0;
+    let i32_at = |at: &mut usize| {
+        let v = i32::from_le_bytes(b[*at..*at + 4].try_into().unwrap());
+        *at += 4;
+        v
+    };
+    let n = i32_at(&mut at);
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let len = i32_at(&mut at) as usize;
+        let name = String::from_utf8(b[at..at + len].to_vec()).unwrap();
+        at += len;
+        let ncall = i32_at(&mut at);
+        let nval = i32_at(&mut at) as usize;
+        let values = b[at..at + 4 * nval].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        at += 4 * nval;
+        entries.push((name, ncall, values));
+    }
+    let chunks = i32_at(&mut at);
+    let len = i32_at(&mut at) as usize;
+    let dataset = String::from_utf8(b[at..at + len].to_vec()).unwrap();
+    assert_eq!(at + len, b.len(), "trailing bytes");
+    (entries, chunks, dataset)
+}
+
+fn rel_l2_f32(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
+/// A copy of the bf16 gpt-oss fixture with its config and weights edited.
+fn gpt_oss_variant(
+    config: impl FnOnce(&mut Json),
+    edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/hf-bf16");
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg: Json = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config(&mut cfg);
+    std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    rewrite_safetensors(&src.join("model.safetensors"), &dir.path().join("model.safetensors"), edit);
+    dir
+}
+
+/// On the same text and chunks, `moeq imatrix` gives what llama-imatrix gives (f32 throughout,
+/// see tests/fixtures/imatrix/README.md): the same metadata keys and tensors, identical counts
+/// (experts included), sums within 1e-4; the legacy .dat too.
+#[test]
+fn imatrix_equals_llama_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_yarn = gpt_oss_variant(|c| c["rope_scaling"]["factor"] = serde_json::json!(1.0), |_, _, _| true);
+    let text = fixtures().join("imatrix/calib.txt");
+    for (name, model) in [("mixtral", fixtures().join("mixtral/hf")), ("gpt-oss", no_yarn.path().to_path_buf())] {
+        let (gguf, dat) = (dir.path().join(format!("{name}.gguf")), dir.path().join(format!("{name}.dat")));
+        for (out, format) in [(&gguf, "gguf"), (&dat, "dat")] {
+            ok(&[
+                "imatrix",
+                path_arg(&model),
+                "--text",
+                path_arg(&text),
+                "--ctx",
+                "64",
+                "--chunks",
+                "20",
+                "-o",
+                path_arg(out),
+                "--output-format",
+                format,
+                "-q",
+            ]);
+        }
+        let (ours_meta, ours) = read_imatrix(&gguf);
+        let (ref_meta, reference) = read_imatrix(&fixtures().join(format!("imatrix/{name}-llama.imatrix.gguf")));
+        let keys = |m: &[(String, moeq_formats::gguf::Value)]| -> Vec<(String, String)> {
+            m.iter().map(|(k, v)| (k.clone(), v.type_label())).collect()
+        };
+        assert_eq!(keys(&ours_meta), keys(&ref_meta), "{name}: metadata keys");
+        for key in ["general.type", "imatrix.chunk_count", "imatrix.chunk_size"] {
+            let get = |m: &[(String, moeq_formats::gguf::Value)]| m.iter().find(|(k, _)| k == key).unwrap().1.clone();
+            assert_eq!(get(&ours_meta), get(&ref_meta), "{name}: {key}");
+        }
+        assert_eq!(ours.len(), reference.len(), "{name}: tensor count");
+        let mut worst = 0.0f64;
+        for ((a_name, a_ne, a), (b_name, b_ne, b)) in ours.iter().zip(&reference) {
+            assert_eq!((a_name, a_ne), (b_name, b_ne), "{name}: tensor order and shapes");
+            if a_name.ends_with(".counts") {
+                assert_eq!(a, b, "{name}: {a_name}");
+            } else {
+                let rel = rel_l2_f32(a, b);
+                worst = worst.max(rel);
+                assert!(rel < 1e-4, "{name}: {a_name} deviates by {rel:.2e}");
+            }
+        }
+        assert!(ours.iter().any(|(n, ne, _)| n.ends_with("ffn_gate_exps.weight.in_sum2") && ne == &[64, 4]), "{name}");
+        let (ours_dat, ours_chunks, dataset) = read_dat(&dat);
+        let (ref_dat, ref_chunks, _) = read_dat(&fixtures().join(format!("imatrix/{name}-llama.imatrix.dat")));
+        assert_eq!((ours_chunks, dataset.as_str()), (ref_chunks, path_arg(&text)), "{name}: .dat trailer");
+        assert_eq!(ours_dat.len(), ref_dat.len(), "{name}: .dat entries");
+        for ((a_name, a_ncall, a), (b_name, b_ncall, b)) in ours_dat.iter().zip(&ref_dat) {
+            assert_eq!((a_name, a_ncall, a.len()), (b_name, b_ncall, b.len()), "{name}: .dat entry");
+            assert!(rel_l2_f32(a, b) < 1e-4, "{name}: .dat {a_name}");
+        }
+        eprintln!("{name}: largest relative deviation from llama-imatrix {worst:.2e}");
+    }
+}
+
+/// Expert statistics follow the routing; a router that starves two experts is reported, and
+/// --all-experts gives every expert every token (recorded in the file), routing unchanged.
+#[test]
+fn imatrix_covers_starved_experts_with_all_experts() {
+    // Router bias −40 for experts 2 and 3 in every layer: they are never among the top 2.
+    let starved = gpt_oss_variant(
+        |_| {},
+        |name, _, data| {
+            if name.ends_with("mlp.router.bias") {
+                for e in [2, 3] {
+                    data[2 * e..2 * e + 2].copy_from_slice(&0xC220u16.to_le_bytes()); // bf16 −40
+                }
+            }
+            true
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures().join("imatrix/calib.txt");
+    let run = |out: &Path, extra: &[&str]| -> Json {
+        let mut args = vec![
+            "imatrix",
+            path_arg(starved.path()),
+            "--text",
+            path_arg(&text),
+            "--ctx",
+            "64",
+            "-o",
+            path_arg(out),
+            "--json",
+            "-q",
+        ];
+        args.extend(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let (routed, all) = (dir.path().join("routed.gguf"), dir.path().join("all.gguf"));
+    let coverage = run(&routed, &[]);
+    let tokens = coverage["tokens"].as_u64().unwrap();
+    assert!(tokens >= 64 * 20, "{coverage}");
+    for layer in coverage["routed"].as_array().unwrap() {
+        let counts: Vec<u64> = layer.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(counts[2..], [0, 0], "{coverage}");
+        assert_eq!(counts.iter().sum::<u64>(), 2 * tokens, "top-2 routing: {coverage}");
+    }
+    let starved_list = coverage["starved"].as_array().unwrap();
+    assert_eq!(starved_list.len(), 4, "{coverage}");
+    assert_eq!(run(&all, &["--all-experts"])["routed"], coverage["routed"], "routing unchanged");
+
+    let tensor = |file: &ImatrixFile, name: &str| file.1.iter().find(|t| t.0 == name).unwrap().2.clone();
+    let (r, a) = (read_imatrix(&routed), read_imatrix(&all));
+    assert!(!r.0.iter().any(|(k, _)| k == "moeq.imatrix.all_experts"));
+    assert!(a.0.iter().any(|(k, v)| k == "moeq.imatrix.all_experts" && *v == moeq_formats::gguf::Value::Bool(true)));
+    for l in 0..2 {
+        let router_sums = tensor(&r, &format!("blk.{l}.ffn_gate_inp.weight.in_sum2"));
+        assert_eq!(tensor(&r, &format!("blk.{l}.ffn_gate_inp.weight.counts")), [tokens as f32]);
+        for proj in ["gate", "up", "down"] {
+            let name = format!("blk.{l}.ffn_{proj}_exps.weight");
+            let counts = tensor(&r, &format!("{name}.counts"));
+            assert_eq!(counts[2..], [0.0, 0.0], "{name}");
+            assert_eq!(counts.iter().sum::<f32>(), 2.0 * tokens as f32, "{name}");
+            assert_eq!(tensor(&a, &format!("{name}.counts")), [tokens as f32; 4], "{name} with --all-experts");
+            let sums = tensor(&a, &format!("{name}.in_sum2"));
+            assert!(sums.iter().all(|s| *s > 0.0), "{name}: every expert has data");
+            if proj != "down" {
+                // Gate and up see the block's input: with every token, each expert's sums are
+                // the router's; routed, the experts' sums add up to top-k times the router's.
+                for e in 0..4 {
+                    assert!(rel_l2_f32(&sums[e * 64..(e + 1) * 64], &router_sums) < 1e-6, "{name} expert {e}");
+                }
+                let routed_sums = tensor(&r, &format!("{name}.in_sum2"));
+                let per_col: Vec<f32> =
+                    (0..64).map(|c| (0..4).map(|e| routed_sums[e * 64 + c]).sum::<f32>() / 2.0).collect();
+                assert!(rel_l2_f32(&per_col, &router_sums) < 1e-6, "{name}");
+            }
+        }
+    }
+}
+
+/// Bad calibration input: a clear error naming the problem, exit 2, nothing written.
+#[test]
+fn imatrix_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let (empty, short, bad_utf8) =
+        (write("empty.txt", b"  \n"), write("short.txt", b"Hello world"), write("latin1.txt", b"caf\xe9 au lait\n"));
+    let big_id = write("ids.txt", b"1,2,3\n4,5,99999\n");
+    let mixtral = fixtures().join("mixtral/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (gpt_oss, gguf) = (fixtures().join("gpt-oss/hf-mxfp4"), golden("mixtral-bf16.gguf"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![path_arg(&mixtral), "--text", path_arg(&empty)], "the text is empty"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&short)], "fewer than one chunk of 512"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&bad_utf8)], "not UTF-8 text (invalid byte at offset 3)"),
+        (
+            vec![path_arg(&mixtral), "--text", path_arg(&text), "--tokenizer", path_arg(&gpt_oss)],
+            "not this model's tokenizer",
+        ),
+        (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer DIR"),
+        (vec![path_arg(&mixtral), "--tokens-file", path_arg(&big_id)], "chunk 2 holds token 99999"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&text), "--ctx", "0"], "--ctx must be at least 1"),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["imatrix"];
+        all.extend(args);
+        all.extend(["-o", path_arg(&out)]);
+        let e = fails(&all);
+        assert!(e.contains(message), "{all:?}: {e}");
+    }
+    // The output may not replace an input.
+    let e = fails(&["imatrix", path_arg(&mixtral), "--text", path_arg(&text), "-o", path_arg(&text)]);
+    assert!(e.contains("would overwrite an input"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 4, "nothing but the inputs: {left:?}");
+}
+
+/// Text as input to eval and verify, tokenized as imatrix tokenizes it.
+#[test]
+fn eval_and_verify_take_text() {
+    // Llama's byte-level BPE (llama-bpe) starts with its BOS, 509.
+    let out = ok(&["eval", path_arg(&fixtures().join("llama/hf")), "--text", "Hello world, hello", "--top", "1"]);
+    let first: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&first[..2], ["0", "509"], "{out}");
+    assert!(out.lines().count() > 3, "{out}");
+    let text = fixtures().join("imatrix/calib.txt");
+    let report = ok(&[
+        "verify",
+        path_arg(&fixtures().join("mixtral/hf")),
+        path_arg(&golden("mixtral-bf16.gguf")),
+        "--text",
+        path_arg(&text),
+        "--json",
+    ]);
+    let report: Json = serde_json::from_str(&report).unwrap();
+    assert!(report["model"]["positions"].as_u64().unwrap() > 1000, "{report}");
+}
+
+/// verify --every-expert: each expert on every token; exact for a lossless build, small and
+/// nonzero for Q8_0, large for Q4_0.
+#[test]
+fn verify_every_expert_checks_each_expert_on_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/hf-bf16");
+    let experts = |output: &Path| -> Vec<f64> {
+        let out = ok(&["verify", path_arg(&src), path_arg(output), "--every-expert", "--json"]);
+        let report: Json = serde_json::from_str(&out).unwrap();
+        let list = report["experts"].as_array().unwrap();
+        assert_eq!(list.len(), 8, "2 layers × 4 experts");
+        let routed: u64 = list.iter().map(|e| e["routed"].as_u64().unwrap()).sum();
+        assert_eq!(routed, 2 * 2 * 256, "top-2 over 256 reference tokens in 2 layers");
+        list.iter().map(|e| e["rel_err"].as_f64().unwrap()).collect()
+    };
+    assert!(experts(&golden("gpt-oss-bf16.gguf")).iter().all(|&r| r == 0.0));
+    let (q8, q4) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"));
+    for (out, ty) in [(&q8, "Q8_0"), (&q4, "Q4_0")] {
+        moeq(&["convert", path_arg(&src), "-o", path_arg(out), "--type", ty, "-q"]);
+    }
+    let (e8, e4) = (experts(&q8), experts(&q4));
+    assert!(e8.iter().all(|&r| r > 0.0 && r < 0.02), "{e8:?}");
+    assert!(e4.iter().zip(&e8).all(|(a, b)| a > &(5.0 * b)), "{e4:?} vs {e8:?}");
+}
