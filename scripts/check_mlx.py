@@ -192,6 +192,7 @@ def check_mlx_lm(moeq, fixtures, work):
         ("mixtral", "mixtral/hf", []),
         ("mixtral", "mixtral/hf", ["--type", "q8"]),
         ("mixtral", "mixtral/hf", ["--type", "q4"]),
+        ("mixtral", "mixtral/hf", ["--type", "mxfp4"]),
         ("qwen3-moe", "qwen3-moe/hf", []),
         ("qwen3-moe", "qwen3-moe/hf", ["--type", "q4"]),
         ("qwen3-moe", "qwen3-moe/hf", ["--type", "q8", "--group-size", "32"]),

@@ -21,7 +21,7 @@ Writes, for FAMILY in qwen3-moe and qwen2-moe:
   `tokenizer.ggml.pre` set to `qwen2` (the tiny tokenizer's hash is not in the converter's
   table, the same change as for the other goldens), and `golden/FAMILY-bf16-TYPE.gguf` by
   `llama-quantize` from it.
-- `golden-mlx/FAMILY-q4` and `-q8` by `mlx_lm convert`.
+- `golden-mlx/FAMILY-q4` and `-q8` by `mlx_lm convert` (and `qwen3-moe-mxfp4`).
 
 Qwen3-MoE also gets `qwen3-moe/hf-dense/`: the same family with a dense layer among the MoE
 ones (`mlp_only_layers: [0]`), which llama.cpp refuses and mlx-lm runs, its reference, and
@@ -354,6 +354,7 @@ def make_mlx(fx: Path):
     builds = [
         ("qwen3-moe/hf", "qwen3-moe-q4", {"quantize": True, "q_bits": 4, "q_group_size": 64}),
         ("qwen3-moe/hf", "qwen3-moe-q8", {"quantize": True, "q_bits": 8, "q_group_size": 32}),
+        ("qwen3-moe/hf", "qwen3-moe-mxfp4", {"quantize": True, "q_bits": 4, "q_mode": "mxfp4"}),
         ("qwen3-moe/hf-dense", "qwen3-moe-dense-q4", {"quantize": True, "q_bits": 4, "q_group_size": 32}),
         ("qwen2-moe/hf", "qwen2-moe-q4", {"quantize": True, "q_bits": 4, "q_group_size": 64}),
         ("qwen2-moe/hf", "qwen2-moe-q8", {"quantize": True, "q_bits": 8, "q_group_size": 32}),

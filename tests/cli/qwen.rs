@@ -309,6 +309,8 @@ fn qwen_mlx_builds_equal_what_mlx_lm_writes() {
     let cases: &[(&str, &[&str], &str)] = &[
         ("qwen3-moe/hf", &["--type", "q4"], "qwen3-moe-q4"),
         ("qwen3-moe/hf", &["--type", "q8", "--group-size", "32"], "qwen3-moe-q8"),
+        // Every layer MXFP4 but the routers (mlx-lm's 8 bits): the block lists only those.
+        ("qwen3-moe/hf", &["--type", "mxfp4"], "qwen3-moe-mxfp4"),
         ("qwen3-moe/hf-dense", &["--type", "q4", "--group-size", "32"], "qwen3-moe-dense-q4"),
         ("qwen2-moe/hf", &["--type", "q4"], "qwen2-moe-q4"),
         ("qwen2-moe/hf", &["--type", "q8", "--group-size", "32"], "qwen2-moe-q8"),
