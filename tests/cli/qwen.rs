@@ -219,8 +219,8 @@ fn qwen_eval_reproduces_the_reference_forward() {
 
 /// verify: exact for the lossless conversions (every layer and the head taken from the
 /// source's run), within its limits for llama-quantize's types, and failing loudly, naming the
-/// tensor, on corrupted outputs: Qwen2-MoE's shared expert dropped or its gate zeroed, its q
-/// bias zeroed; Qwen3-MoE's q/k norms zeroed or left out (all ones), two experts swapped.
+/// tensor, on corrupted outputs: Qwen2-MoE's shared expert zeroed, left out or its gate zeroed,
+/// its q bias zeroed; Qwen3-MoE's q/k norms zeroed or left out (all ones), two experts swapped.
 #[test]
 fn qwen_verify_is_exact_and_catches_broken_outputs() {
     for family in FAMILIES {
@@ -290,6 +290,12 @@ fn qwen_verify_is_exact_and_catches_broken_outputs() {
             "blk.0.ffn_gate_exps.weight",
         ),
     ];
+    // The shared expert left out of the file altogether: refused before anything runs.
+    let dropped = edited_golden(dir.path(), "qwen2-moe-bf16.gguf", "no-shexp", |p| {
+        p.tensors.retain(|t| !t.name.contains("_shexp."));
+    });
+    let err = fails(&["verify", path_arg(&fixtures().join("qwen2-moe/hf")), path_arg(&dropped)]);
+    assert!(err.contains("no tensor 'blk.0.ffn_gate_inp_shexp.weight'"), "{err}");
     for (source, output, culprit) in cases {
         let (code, r) = verify_json(&fixtures().join(source), &output);
         assert_eq!(code, 1, "{output:?} passed: {r}");

@@ -206,7 +206,7 @@ pub fn convert<'a>(
         let name = gguf_name(&s.name, layer_names).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
         let ty = converter_type(&name, ne.len(), out);
-        let cols = ne[0].max(1);
+        let cols = ne.first().copied().unwrap_or(1).max(1);
         let input = if s.stored.ty == ty {
             Input::Copy(s.stored)
         } else {
