@@ -51,11 +51,19 @@ fn golden(name: &str) -> PathBuf {
 }
 
 fn model_inputs() -> Vec<PathBuf> {
-    let mut inputs: Vec<PathBuf> =
-        ["gpt-oss/original", "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "mixtral/hf", "llama/hf"]
-            .iter()
-            .map(|d| fixtures().join(d))
-            .collect();
+    let mut inputs: Vec<PathBuf> = [
+        "gpt-oss/original",
+        "gpt-oss/hf-mxfp4",
+        "gpt-oss/hf-bf16",
+        "mixtral/hf",
+        "llama/hf",
+        "qwen3-moe/hf",
+        "qwen3-moe/hf-dense",
+        "qwen2-moe/hf",
+    ]
+    .iter()
+    .map(|d| fixtures().join(d))
+    .collect();
     for dir in ["golden", "golden-mlx"] {
         for entry in std::fs::read_dir(fixtures().join(dir)).unwrap() {
             inputs.push(entry.unwrap().path());
@@ -235,9 +243,9 @@ fn hostile_inputs_fail_cleanly() {
     let empty = tempfile::tempdir().unwrap();
     assert!(fails(&["inspect", path_arg(empty.path())]).contains("holds no *.safetensors files"));
     let unknown = tempfile::tempdir().unwrap();
-    std::fs::write(unknown.path().join("config.json"), r#"{"architectures": ["Qwen3MoeForCausalLM"]}"#).unwrap();
+    std::fs::write(unknown.path().join("config.json"), r#"{"architectures": ["GraniteMoeForCausalLM"]}"#).unwrap();
     let err = fails(&["inspect", path_arg(unknown.path())]);
-    assert!(err.contains("config.json") && err.contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{err}");
+    assert!(err.contains("config.json") && err.contains("unknown architecture 'GraniteMoeForCausalLM'"), "{err}");
     let partial = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors.index.json", "model-00000-of-00002.safetensors"] {
         std::fs::copy(fixtures().join("gpt-oss/hf-mxfp4").join(f), partial.path().join(f)).unwrap();
@@ -283,7 +291,7 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 9, "expected the 9 quantized goldens");
+    assert_eq!(checked, 21, "expected the 21 quantized goldens");
 }
 
 #[test]
@@ -2850,3 +2858,5 @@ fn verify_every_expert_checks_each_expert_on_every_token() {
     assert!(e8.iter().all(|&r| r > 0.0 && r < 0.02), "{e8:?}");
     assert!(e4.iter().zip(&e8).all(|(a, b)| a > &(5.0 * b)), "{e4:?} vs {e8:?}");
 }
+#[path = "cli/qwen.rs"]
+mod qwen;

@@ -176,10 +176,11 @@ pub struct Converted<'a> {
     pub warnings: Vec<String>,
 }
 
-/// The converter's type rule: 1-D tensors, norms, the router and every bias are F32; other
-/// tensors take the output type.
+/// The converter's type rule: 1-D tensors, norms, the router, a shared expert's gate
+/// (`ffn_gate_inp_shexp`) and every bias are F32; other tensors take the output type.
 pub fn converter_type(name: &str, n_dims: usize, out: GgmlType) -> GgmlType {
-    if n_dims <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") || !name.ends_with(".weight") {
+    let router = name.contains("ffn_gate_inp.") || name.contains("ffn_gate_inp_shexp.");
+    if n_dims <= 1 || name.ends_with("_norm.weight") || router || !name.ends_with(".weight") {
         GgmlType::F32
     } else {
         out

@@ -13,6 +13,8 @@ pub mod common;
 pub mod gpt_oss;
 pub mod llama;
 pub mod mixtral;
+pub mod qwen2_moe;
+pub mod qwen3_moe;
 
 use std::path::{Path, PathBuf};
 
@@ -29,7 +31,8 @@ use common::{Converted, OutType};
 
 /// Every family moeq knows, in the order detection asks them. A new family is its folder
 /// and one line here.
-pub static FAMILIES: &[&dyn Family] = &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama];
+pub static FAMILIES: &[&dyn Family] =
+    &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama, &qwen3_moe::Qwen3Moe, &qwen2_moe::Qwen2Moe];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it
 /// into the family's typed config first, with errors naming the file and the key.
@@ -78,6 +81,14 @@ pub trait Family: Sync {
     /// The `tokenizer.*` keys for a checkpoint whose tokenizer is in `dir`, as the family's
     /// converter writes them; `pre` overrides the pre-tokenizer. Returns keys and warnings.
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)>;
+
+    /// An error when llama.cpp's converter or runtime cannot carry this checkpoint in a GGUF
+    /// (`moeq convert` checks it before writing one), though moeq still reads it: its
+    /// [`Family::convert`] plans it for `--format mlx` and the forward (Qwen3-MoE with dense
+    /// layers, which mlx-lm runs).
+    fn gguf_refusal(&self, _config: &ModelConfig) -> Result<()> {
+        Ok(())
+    }
 
     /// The GGUF llama.cpp's converter writes for a checkpoint of this family.
     fn convert<'a>(
@@ -358,18 +369,19 @@ mod tests {
         // llama.cpp's `llama` architecture: Mixtral with experts, Llama without.
         assert_eq!(for_gguf("llama", 8).map(|f| f.name()), Some("mixtral"));
         assert_eq!(for_gguf("llama", 0).map(|f| f.name()), Some("llama"));
-        assert!(for_gguf("qwen3moe", 128).is_none() && for_class("Qwen3MoeForCausalLM").is_none());
+        assert_eq!(for_gguf("qwen3moe", 128).map(|f| f.name()), Some("qwen3-moe"));
+        assert_eq!(for_gguf("qwen2moe", 60).map(|f| f.name()), Some("qwen2-moe"));
+        assert!(for_gguf("granitemoe", 32).is_none() && for_class("GraniteMoeForCausalLM").is_none());
     }
 
     #[test]
     fn rejects_unknown_and_malformed() {
-        let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]}), &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{e}");
-        assert!(
-            e.to_string().ends_with(
-                "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout"
-            )
-        );
+        let e = ModelConfig::from_json(&json!({"architectures": ["GraniteMoeForCausalLM"]}), &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown architecture 'GraniteMoeForCausalLM'"), "{e}");
+        for class in FAMILIES.iter().flat_map(|f| f.classes()) {
+            assert!(e.to_string().contains(&format!(" {class},")), "{class} not listed in: {e}");
+        }
+        assert!(e.to_string().ends_with(", or OpenAI's original gpt-oss layout"), "{e}");
         assert!(ModelConfig::from_json(&json!({"architectures": []}), &[]).is_err());
         assert!(ModelConfig::from_json(&json!({"architectures": "Llama"}), &[]).is_err());
         assert!(ModelConfig::from_json(&json!({}), &[]).is_err());

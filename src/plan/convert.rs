@@ -144,6 +144,7 @@ fn convert_safetensors(
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(&config, model)?;
+    config.family.gguf_refusal(&config)?;
     let mut warnings = config.warnings.clone();
     let vocab = if opts.no_vocab {
         None
@@ -421,6 +422,20 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     Ok(ConvertSummary { files, tensors, bytes, plan: Some(report) })
 }
 
+/// A tensor's dimensions (`ne`, fastest first) as llama-quantize writes them: it adds every
+/// output tensor with `gguf_add_tensor`, which records `ggml_n_dims` dimensions, so trailing
+/// dimensions of 1 are dropped (at least one is kept). llama.cpp's converter writes numpy's
+/// shape instead: Qwen2-MoE's shared-expert gate `[hidden, 1]` becomes `[hidden]`, for every
+/// tensor and family alike. The values and their order are unchanged.
+pub fn ggml_dims(ne: &[u64]) -> Vec<u64> {
+    let n = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+    let mut out: Vec<u64> = ne.iter().copied().take(n).collect();
+    if out.is_empty() {
+        out.push(1);
+    }
+    out
+}
+
 /// Parses a size as gguf-py's `--split-max-size` does: `N`, `NK`, `NM` or `NG`, in powers
 /// of 1000.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -445,7 +460,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{ggml_dims, parse_size};
+
+    #[test]
+    fn dimensions_are_counted_as_ggml_counts_them() {
+        assert_eq!(ggml_dims(&[96, 1]), vec![96]);
+        assert_eq!(ggml_dims(&[64, 1, 1]), vec![64]);
+        assert_eq!(ggml_dims(&[64, 1, 4]), vec![64, 1, 4]);
+        assert_eq!(ggml_dims(&[1, 64]), vec![1, 64]);
+        assert_eq!(ggml_dims(&[1, 1]), vec![1]);
+        assert_eq!(ggml_dims(&[1]), vec![1]);
+        assert_eq!(ggml_dims(&[]), vec![1]);
+        assert_eq!(ggml_dims(&[64, 32, 4]), vec![64, 32, 4]);
+    }
 
     #[test]
     fn sizes_parse_like_gguf_py() {

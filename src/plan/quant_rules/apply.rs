@@ -201,6 +201,10 @@ pub fn requantize<'a>(
     if !settings.keep_order {
         recipes.sort_by(|a, b| llama_order(&a.spec.name, &b.spec.name));
     }
+    // llama-quantize adds every tensor with ggml's dimension count: trailing 1s dropped.
+    for r in &mut recipes {
+        r.spec.ne = crate::plan::convert::ggml_dims(&r.spec.ne);
+    }
     let facts = facts_with_overrides(facts, &settings.overrides);
     let imatrix = settings.imatrix.as_ref().filter(|m| !m.entries().is_empty());
     let mut opts = settings.plan.clone();
