@@ -20,9 +20,14 @@ fn main() -> ExitCode {
     }
     let result = run(Cli::parse());
     // An input that changed while being read voids whatever the run did with it.
+    // A failed run checks every input it read: an error caused by an input rewritten under it
+    // is reported as that.
     let result = match moeq_formats::inputs::changed() {
         Some(path) => Err(moeq_formats::Error::InputChanged { path }.into()),
-        None => result,
+        None => match (&result, moeq_formats::inputs::check_unchanged_since_mapped()) {
+            (Err(_), Err(changed)) => Err(changed.into()),
+            _ => result,
+        },
     };
     match result {
         Ok(code) => code,

@@ -129,6 +129,9 @@ pub fn from_f32_weighted(ty: GgmlType, src: &[f32], dst: &mut [u8], n_per_row: u
     match quant_type(ty) {
         Some(q) if !matches!(ty, GgmlType::Q8_0 | GgmlType::MXFP4) => {
             active().quantize_weighted(q, src, dst, n_per_row, weights)?;
+            if let Some(index) = overflowed_scale(ty, dst, src).or_else(|| overflowed_square(ty, src)) {
+                return Err(Overflow { index, value: src[index], ty, scale: true }.into());
+            }
             Ok(())
         }
         _ => from_f32(ty, src, dst),
@@ -197,13 +200,15 @@ fn f16_scales(ty: GgmlType) -> &'static [usize] {
     }
 }
 
-/// The k-quants weigh each value by its square (`make_qx_quants`, `make_qkx2_quants`): past
+/// The k-quants and IQ4_NL/IQ4_XS weigh each value by its square (`make_qx_quants`,
+/// `make_qkx2_quants`, `quantize_row_iq4_nl_impl`) without importance weights: past
 /// √f32::MAX ≈ 1.8e19 the weight is infinite and the sub-block's scale NaN, which ggml writes
 /// as garbage without an infinite F16 scale. The index of the first such value, for those
 /// types (one max pass, against their far slower quantizers).
 fn overflowed_square(ty: GgmlType, src: &[f32]) -> Option<usize> {
     const LIMIT: f32 = 1.8e19;
-    if !matches!(ty, GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K) {
+    use GgmlType as G;
+    if !matches!(ty, G::Q2_K | G::Q3_K | G::Q4_K | G::Q5_K | G::Q6_K | G::IQ4_NL | G::IQ4_XS) {
         return None;
     }
     if src.iter().fold(0.0f32, |m, v| m.max(v.abs())) <= LIMIT {
@@ -217,6 +222,9 @@ fn overflowed_square(ty: GgmlType, src: &[f32]) -> Option<usize> {
 fn overflowed_scale(ty: GgmlType, blocks: &[u8], src: &[f32]) -> Option<usize> {
     let fields = f16_scales(ty);
     let (per_block, block_bytes) = (ty.block_size() as usize, ty.type_size() as usize);
+    if ty == GgmlType::IQ1_M && block_bytes > 0 {
+        return overflowed_iq1_m(blocks, src, per_block, block_bytes);
+    }
     if fields.is_empty() || block_bytes == 0 {
         return None;
     }
@@ -236,9 +244,23 @@ fn overflowed_scale(ty: GgmlType, blocks: &[u8], src: &[f32]) -> Option<usize> {
     Some(b * per_block + largest)
 }
 
+/// IQ1_M keeps its F16 super-block scale in the top nibbles of the four u16 `scales` after
+/// `qs[32]` and `qh[16]` (ggml-common.h's `block_iq1_m`, `iq1m_scale_t`).
+fn overflowed_iq1_m(blocks: &[u8], src: &[f32], per_block: usize, block_bytes: usize) -> Option<usize> {
+    let scale = |b: &[u8]| {
+        let sc = |i: usize| u16::from_le_bytes([b[48 + 2 * i], b[49 + 2 * i]]);
+        (sc(0) >> 12) | ((sc(1) >> 8) & 0x00f0) | ((sc(2) >> 4) & 0x0f00) | (sc(3) & 0xf000)
+    };
+    let b = blocks.chunks_exact(block_bytes).position(|b| scale(b) & 0x7C00 == 0x7C00)?;
+    let values = src.get(b * per_block..(b + 1) * per_block)?;
+    let largest = values.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))?.0;
+    Some(b * per_block + largest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use moeq_kernels::KernelError;
 
     /// Every type the kernels know has the block shape of the GGUF type table.
     #[test]
@@ -275,6 +297,8 @@ mod tests {
             let err = from_f32(ty, &x, &mut q).unwrap_err().to_string();
             assert!(err.contains("importance"), "{ty}: {err}");
         }
+    }
+
     /// Every writable type: a finite value the type cannot hold is an overflow at its index
     /// (for block types, through the F16 scale at the offsets of [`f16_scales`]); values it
     /// holds encode.
@@ -283,7 +307,9 @@ mod tests {
         let types = [GgmlType::F16, GgmlType::BF16, GgmlType::F32]
             .into_iter()
             .chain((0..64).filter_map(GgmlType::from_id).filter(|&t| quant_type(t).is_some()));
-        for ty in types.filter(|&t| can_write(t)) {
+        // (IQ2_XXS, IQ2_XS and IQ1_S need importance weights: refused without, tested above.)
+        let needs_weights = |t| matches!(t, GgmlType::IQ2_XXS | GgmlType::IQ2_XS | GgmlType::IQ1_S);
+        for ty in types.filter(|&t| can_write(t) && !needs_weights(t)) {
             let n = 512;
             let mut values: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
             let mut out = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
@@ -293,6 +319,11 @@ mod tests {
                 values[300] = -big;
                 match from_f32(ty, &values, &mut out) {
                     Ok(()) => assert!(matches!(ty, GgmlType::F32 | GgmlType::MXFP4), "{ty}: not refused"),
+                    // The i-quants whose ggml quantizer aborts on such blocks refuse them
+                    // as degenerate (naming the super-block) before any scale is written.
+                    Err(e) if matches!(e.downcast_ref::<KernelError>(), Some(KernelError::Degenerate { .. })) => {
+                        assert!(ty.name().starts_with("IQ"), "{ty}: {e}");
+                    }
                     Err(e) => {
                         let o = e.downcast_ref::<Overflow>().unwrap_or_else(|| panic!("{ty}: {e}"));
                         assert_eq!(

@@ -216,6 +216,7 @@ pub fn convert<'a>(
             spec: TensorSpec { name, ne, ggml_type: ty },
             parts: vec![Part { input, origin: s.origin.clone() }],
             check_finite: true,
+            importance: None,
         });
     }
     let plan = gguf_plan(hp.kind.arch(), &config.dir, &config.json, &recipes, hp.metadata(float_file_type(out)), vocab);
