@@ -3,12 +3,21 @@
 # from the llama.cpp vendored in llama-cpp-python 0.3.36 — the same source as the golden
 # files — with plain gcc, in about half a minute. Prints the library's path.
 #
+# Built as CMake's Release build is (-O2 here, and -DNDEBUG): ggml's plain `assert`s (e.g.
+# nearest_int's range check in ggml-quants.c) are compiled out, as in llama.cpp's own
+# binaries and the library that wrote the test vectors (kernels/tests/data), which come from
+# a Release-equivalent build. Without -DNDEBUG the library aborts on inputs that llama-quantize
+# quantizes.
+#
 #   scripts/build_libggml.sh [OUT_DIR]      (default target/libggml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/libggml}
 lib="$out/libggml-base.so"
-if [ -f "$lib" ]; then echo "$lib"; exit 0; fi
+flags=(-O2 -DNDEBUG -fPIC -DGGML_BUILD -DGGML_SHARED -D_GNU_SOURCE -I "$out")
+# A library built with other flags (an older script without -DNDEBUG) is rebuilt.
+stamp="$lib.flags"
+if [ -f "$lib" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${flags[*]}" ]; then echo "$lib"; exit 0; fi
 mkdir -p "$out"
 if [ ! -d "$out/llama_cpp_python-0.3.36" ]; then
     python3 -m pip install --quiet --disable-pip-version-check scikit-build-core >&2
@@ -19,7 +28,8 @@ fi
 ggml="$out/llama_cpp_python-0.3.36/vendor/llama.cpp/ggml"
 # The header CMake would generate.
 printf '#pragma once\n#define GGML_VERSION "0.3.36-vendored"\n#define GGML_COMMIT "vendored"\n' > "$out/ggml-version.h"
-flags=(-O2 -fPIC -DGGML_BUILD -DGGML_SHARED -D_GNU_SOURCE -I "$out" -I "$ggml/include" -I "$ggml/src")
+stamp_flags="${flags[*]}"
+flags+=(-I "$ggml/include" -I "$ggml/src")
 objs=()
 pids=()
 for f in ggml.c ggml-alloc.c ggml-quants.c; do
@@ -31,4 +41,5 @@ done
 for pid in "${pids[@]}"; do wait "$pid"; done
 g++ -shared -o "$lib.tmp" "${objs[@]}" -lm -lpthread
 mv "$lib.tmp" "$lib"
+echo "$stamp_flags" > "$stamp"
 echo "$lib"

@@ -6,10 +6,14 @@
    the source blocks and scales, gate = even rows and up = odd rows.
 2. gguf-py's Metadata (the converter's) derives the same general.* keys from model cards.
 3. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from gpt-oss's three layouts,
-   Mixtral and Llama, and its logits for the reference tokens match reference.safetensors at
+   Mixtral, Llama, Qwen3-MoE and Qwen2-MoE, and its logits for the reference tokens match reference.safetensors at
    least as well as those of llama.cpp's own file of the same type (cosine, relative L2, top-1).
 
+4. On wide checkpoints of each family (rows of 256, 8 experts), `moeq convert --type` equals
+   llama-quantize of the bf16 GGUF for the k-quant mixes.
+
 Usage: scripts/check_conversions.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
+       [--no-llama] [--llama-quantize PATH]
 """
 
 import argparse
@@ -160,29 +164,89 @@ def write_hf_checkpoint(folder, fixture, experts, rng):
     write_safetensors(folder / "model.safetensors", t)
 
 
-def check_kquant_mixes(moeq, fx, tmp):
-    """On Llama- and Mixtral-shaped checkpoints with realistic widths, `moeq convert --type T`
-    from the safetensors equals llama-quantize T of the bf16 GGUF, byte for byte (k-quant
-    mixes, the 8-expert attn_v/attn_k bumps, ffn_down getting more bits)."""
-    import ctypes
-    import llama_cpp
-    quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+def write_qwen_checkpoint(folder, fixture, rng):
+    """A Qwen3-MoE or Qwen2-MoE checkpoint (as its fixture's config says) with rows that are
+    multiples of 256 and 8 experts, so the k-quant mixes and their 8-expert rules apply; the
+    fixture's tokenizer and config as a template."""
+    import shutil
+    shutil.copytree(fixture, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    config = json.loads((fixture / "config.json").read_text())
+    qwen3 = config["architectures"][0] == "Qwen3MoeForCausalLM"
+    hidden, heads, kv, experts, ffn, vocab = 512, 8, 2, 8, 256, config["vocab_size"]
+    hd = 128 if qwen3 else hidden // heads
+    config.update({"hidden_size": hidden, "num_attention_heads": heads, "num_key_value_heads": kv,
+                   "num_hidden_layers": 2, "num_experts": experts, "moe_intermediate_size": ffn,
+                   "intermediate_size": 1024})
+    if qwen3:
+        config["head_dim"] = hd
+    else:
+        config["shared_expert_intermediate_size"] = 768
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def w(*shape):
+        x = rng.standard_normal(shape).astype(np.float32) * 0.02
+        x[..., ::97] *= 30
+        return x
+
+    ones = lambda n: np.ones(n, np.float32)
+    t = [("model.embed_tokens.weight", w(vocab, hidden)), ("lm_head.weight", w(vocab, hidden)),
+         ("model.norm.weight", ones(hidden))]
+    for n in range(2):
+        l = f"model.layers.{n}."
+        t += [(l + "input_layernorm.weight", ones(hidden)), (l + "post_attention_layernorm.weight", ones(hidden)),
+              (l + "self_attn.q_proj.weight", w(heads * hd, hidden)), (l + "self_attn.k_proj.weight", w(kv * hd, hidden)),
+              (l + "self_attn.v_proj.weight", w(kv * hd, hidden)), (l + "self_attn.o_proj.weight", w(hidden, heads * hd)),
+              (l + "mlp.gate.weight", w(experts, hidden))]
+        if qwen3:
+            t += [(l + "self_attn.q_norm.weight", ones(hd)), (l + "self_attn.k_norm.weight", ones(hd))]
+        else:
+            t += [(l + "self_attn.q_proj.bias", w(heads * hd)), (l + "self_attn.k_proj.bias", w(kv * hd)),
+                  (l + "self_attn.v_proj.bias", w(kv * hd)), (l + "mlp.shared_expert_gate.weight", w(1, hidden)),
+                  (l + "mlp.shared_expert.gate_proj.weight", w(768, hidden)),
+                  (l + "mlp.shared_expert.up_proj.weight", w(768, hidden)),
+                  (l + "mlp.shared_expert.down_proj.weight", w(hidden, 768))]
+        for j in range(experts):
+            e = l + f"mlp.experts.{j}."
+            t += [(e + "gate_proj.weight", w(ffn, hidden)), (e + "up_proj.weight", w(ffn, hidden)),
+                  (e + "down_proj.weight", w(hidden, ffn))]
+    write_safetensors(folder / "model.safetensors", t)
+
+
+def check_kquant_mixes(moeq, fx, tmp, llama_quantize=None):
+    """On Llama-, Mixtral-, Qwen3-MoE- and Qwen2-MoE-shaped checkpoints with realistic widths,
+    `moeq convert --type T` from the safetensors equals llama-quantize T of the bf16 GGUF, byte
+    for byte (k-quant mixes, the 8-expert attn_v/attn_k bumps, ffn_down getting more bits, the
+    shared expert, trailing unit dimensions dropped). llama-quantize is llama-cpp-python's
+    `llama_model_quantize`, or the `llama_quantize` binary when given."""
     ftypes = {"Q4_K_M": 15, "Q4_K_S": 14, "Q5_K_M": 17, "Q6_K": 18, "Q8_0": 7}
+    if llama_quantize:
+        def quantize(src, dst, name, ftype):
+            subprocess.run([llama_quantize, str(src), str(dst), name, "2"], check=True, capture_output=True)
+    else:
+        import ctypes
+        import llama_cpp
+        quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+        def quantize(src, dst, name, ftype):
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.nthread = 2
+            assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
     rng = np.random.default_rng(11)
-    for family, experts in (("llama", 0), ("mixtral", 8)):
+    for family, experts in (("llama", 0), ("mixtral", 8), ("qwen3-moe", 8), ("qwen2-moe", 8)):
         folder = Path(tmp) / f"{family}-wide"
-        write_hf_checkpoint(folder, fx / family / "hf", experts, rng)
+        if family.startswith("qwen"):
+            write_qwen_checkpoint(folder, fx / family / "hf", rng)
+        else:
+            write_hf_checkpoint(folder, fx / family / "hf", experts, rng)
         bf16 = Path(tmp) / f"{family}-wide-bf16.gguf"
         subprocess.run([moeq, "convert", str(folder), "-o", str(bf16), "-q"], check=True, stderr=subprocess.DEVNULL)
         for name, ftype in ftypes.items():
             ours, theirs = Path(tmp) / "ours.gguf", Path(tmp) / "theirs.gguf"
             subprocess.run([moeq, "convert", str(folder), "-o", str(ours), "--type", name, "-q"], check=True,
                            stderr=subprocess.DEVNULL)
-            params = llama_cpp.llama_model_quantize_default_params()
-            params.ftype = ftype
-            params.nthread = 2
-            assert llama_cpp.llama_model_quantize(str(bf16).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+            quantize(bf16, theirs, name, ftype)
             if ours.read_bytes() != theirs.read_bytes():
                 sys.exit(f"FAIL {family} {name}: moeq convert --type differs from convert + llama-quantize")
             types = sorted({t.tensor_type.name for t in GGUFReader(ours).tensors})
@@ -211,10 +275,12 @@ def main():
     ap.add_argument("--moeq", default="target/release/moeq")
     ap.add_argument("--fixtures", default="tests/fixtures")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp logits check")
+    ap.add_argument("--llama-quantize", help="the llama-quantize binary for the whole-file k-quant checks "
+                    "(default: llama-cpp-python's llama_model_quantize; given, they run without it)")
     args = ap.parse_args()
     fx = Path(args.fixtures)
     refs = {}
-    for family in ("gpt-oss", "mixtral", "llama"):
+    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe"):
         ref = load_file(str(fx / family / "reference.safetensors"))
         refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
 
@@ -238,6 +304,18 @@ def main():
         ("llama/hf", "Q8_0", "llama-bf16-Q8_0.gguf"),
         ("llama/hf", "Q4_0", "llama-bf16-Q4_0.gguf"),
         ("llama/hf", "F16", "llama-bf16.gguf"),
+        ("qwen3-moe/hf", None, "qwen3-moe-bf16.gguf"),
+        ("qwen3-moe/hf", "Q8_0", "qwen3-moe-bf16-Q8_0.gguf"),
+        ("qwen3-moe/hf", "Q4_0", "qwen3-moe-bf16-Q4_0.gguf"),
+        ("qwen3-moe/hf", "Q4_K_M", "qwen3-moe-bf16-Q4_K_M.gguf"),
+        ("qwen3-moe/hf", "MXFP4_MOE", "qwen3-moe-bf16-MXFP4_MOE.gguf"),
+        ("qwen3-moe/hf", "F16", "qwen3-moe-bf16.gguf"),
+        ("qwen2-moe/hf", None, "qwen2-moe-bf16.gguf"),
+        ("qwen2-moe/hf", "Q8_0", "qwen2-moe-bf16-Q8_0.gguf"),
+        ("qwen2-moe/hf", "Q4_0", "qwen2-moe-bf16-Q4_0.gguf"),
+        ("qwen2-moe/hf", "Q4_K_M", "qwen2-moe-bf16-Q4_K_M.gguf"),
+        ("qwen2-moe/hf", "MXFP4_MOE", "qwen2-moe-bf16-MXFP4_MOE.gguf"),
+        ("qwen2-moe/hf", "F16", "qwen2-moe-bf16.gguf"),
     ]
     golden_scores = {}
     failures = 0
@@ -262,8 +340,8 @@ def main():
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {layout:16} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
                   f"top-1 {top1}/{len(tokens)}   (golden {golden}: {gcos:.6f} {grel:.4f} {gtop1}/{len(tokens)})")
-        if not args.no_llama:
-            check_kquant_mixes(args.moeq, fx, tmp)
+        if not args.no_llama or args.llama_quantize:
+            check_kquant_mixes(args.moeq, fx, tmp, args.llama_quantize)
     if failures:
         sys.exit(f"{failures} conversions do worse than llama.cpp's own files")
 

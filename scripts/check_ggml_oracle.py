@@ -9,9 +9,11 @@ k-quants, which gguf-py cannot quantize.
 
     python3 scripts/check_ggml_oracle.py [--moeq target/release/moeq]
 
-Needs: pip install gguf numpy; the library comes from llama-cpp-python when it is installed,
-else scripts/build_libggml.sh builds it from the same source (llama.cpp vendored in
-llama-cpp-python 0.3.36) in under a minute.
+Needs: pip install gguf numpy; the library comes from --libggml, else from llama-cpp-python
+when it is installed, else scripts/build_libggml.sh builds it from the same source (llama.cpp
+vendored in llama-cpp-python 0.3.36) in under a minute. It must be a release build (NDEBUG,
+as llama-quantize is built): with assertions on, ggml aborts on some of the i-quant vectors'
+inputs.
 """
 
 import argparse
@@ -196,16 +198,20 @@ def main():
                 whole = ", whole file identical to llama-quantize's" if quantize_with_llama else ""
                 print(f"ok  {'moe' if experts else 'dense'} {ftype:<10} tensors as {', '.join(sorted(types))}: identical to ggml{whole}")
     print(f"{checked} tensors identical to ggml_quantize_chunk")
-    # The test vectors in the repository (with and without importance weights) are what this
-    # ggml writes.
-    committed = ROOT / "kernels/tests/data/ggml"
-    with tempfile.TemporaryDirectory() as fresh:
-        subprocess.run([sys.executable, str(ROOT / "scripts/make_imatrix_vectors.py"), "--libggml", str(lib_path),
-                        "--out", fresh], check=True, capture_output=True)
-        for f in sorted(pathlib.Path(fresh).iterdir()):
-            if f.read_bytes() != (committed / f.name).read_bytes():
-                sys.exit(f"FAIL test vector {f.name} differs from what ggml writes now")
-    print("kernel test vectors: identical to what ggml_quantize_chunk writes")
+    # The test vectors in the repository (with and without importance weights; the i-quants'
+    # also dequantized by ggml, and on huge values where ggml aborts) are what this ggml writes.
+    for script, folder in [("make_imatrix_vectors.py", "ggml"), ("make_iquant_vectors.py", "iquants")]:
+        committed = ROOT / "kernels/tests/data" / folder
+        with tempfile.TemporaryDirectory() as fresh:
+            subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--libggml", str(lib_path),
+                            "--out", fresh], check=True, capture_output=True)
+            made = sorted(pathlib.Path(fresh).iterdir())
+            if {f.name for f in made} != {f.name for f in committed.iterdir()}:
+                sys.exit(f"FAIL {script} writes other files than kernels/tests/data/{folder} holds")
+            for f in made:
+                if f.read_bytes() != (committed / f.name).read_bytes():
+                    sys.exit(f"FAIL test vector {folder}/{f.name} differs from what ggml writes now")
+        print(f"kernel test vectors in kernels/tests/data/{folder}: identical to what ggml writes")
 
 
 if __name__ == "__main__":

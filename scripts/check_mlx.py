@@ -6,7 +6,8 @@
    `moeq convert --format mlx --type q4|q8 --group-size 32|64|128` and `--type mxfp4` write,
    for every quantized layer, exactly the bytes `mlx.core.quantize` computes for its weight.
 2. mlx-lm: for every MLX build moeq writes from the fixtures (all gpt-oss layouts including
-   those mlx-lm cannot convert, Mixtral, Llama; bf16, q8, q4 with each group size, mxfp4),
+   those mlx-lm cannot convert, Mixtral, Llama, Qwen3-MoE with and without a dense layer,
+   Qwen2-MoE; bf16, q8, q4 with each group size, mxfp4),
    `mlx_lm convert` makes its own build with the same settings (from the MXFP4 layout where
    it cannot read the source); moeq's equals it tensor for tensor when the source is the
    same, and loaded in mlx-lm its logits for the reference tokens match reference.safetensors
@@ -168,7 +169,9 @@ def mlx_lm_build(src, out, args):
 def check_mlx_lm(moeq, fixtures, work):
     from safetensors.numpy import load_file
 
-    refs = {f: load_file(str(fixtures / f / "reference.safetensors")) for f in ["gpt-oss", "mixtral", "llama"]}
+    refs = {f: load_file(str(fixtures / f / "reference.safetensors"))
+            for f in ["gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe"]}
+    refs["qwen3-moe-dense"] = load_file(str(fixtures / "qwen3-moe/reference-dense.safetensors"))
     # mlx-lm reads gpt-oss only in the MXFP4 layout: the other layouts are compared with its
     # build of that one (the same model).
     readable = {"gpt-oss/original": "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16": "gpt-oss/hf-mxfp4"}
@@ -189,6 +192,17 @@ def check_mlx_lm(moeq, fixtures, work):
         ("mixtral", "mixtral/hf", []),
         ("mixtral", "mixtral/hf", ["--type", "q8"]),
         ("mixtral", "mixtral/hf", ["--type", "q4"]),
+        ("mixtral", "mixtral/hf", ["--type", "mxfp4"]),
+        ("qwen3-moe", "qwen3-moe/hf", []),
+        ("qwen3-moe", "qwen3-moe/hf", ["--type", "q4"]),
+        ("qwen3-moe", "qwen3-moe/hf", ["--type", "q8", "--group-size", "32"]),
+        ("qwen3-moe", "qwen3-moe/hf", ["--type", "mxfp4"]),
+        ("qwen3-moe-dense", "qwen3-moe/hf-dense", []),
+        ("qwen3-moe-dense", "qwen3-moe/hf-dense", ["--type", "q4", "--group-size", "32"]),
+        ("qwen2-moe", "qwen2-moe/hf", []),
+        ("qwen2-moe", "qwen2-moe/hf", ["--type", "q4"]),
+        ("qwen2-moe", "qwen2-moe/hf", ["--type", "q8", "--group-size", "32"]),
+        ("qwen2-moe", "qwen2-moe/hf", ["--type", "mxfp4"]),
     ]
     print(f"{'source':<18} {'args':<26} {'cosine':>9} {'top-1':>6}   mlx_lm convert, same settings")
     for i, (family, src, args) in enumerate(cases):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Hashes every output moeq makes from tests/fixtures: the README's main job, every conversion
-# the CLI tests and the CI scripts make (all gpt-oss layouts, Mixtral, Llama; GGUF with no type
+# the CLI tests and the CI scripts make (all gpt-oss layouts, Mixtral, Llama, Qwen3-MoE with and
+# without a dense layer, Qwen2-MoE; GGUF with no type
 # and every --type; --format mlx with every type and group; --format hf; requantized and split
 # goldens), eval --dump, verify --json and inspect. Prints `sha256  name` for every output file
 # and for each command's exit status, stdout and stderr, sorted; run it with two binaries and
@@ -31,7 +32,7 @@ run() {
     set -e
 }
 
-CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf"
+CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf qwen3-moe/hf qwen3-moe/hf-dense qwen2-moe/hf"
 GGUF_TYPES="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 MXFP4_MOE Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
 tag() { echo "$1" | tr '/' '-'; }
 
@@ -137,6 +138,14 @@ for ty in Q8_0 Q4_0 Q4_1 MXFP4_MOE; do
 done
 verify_pair mixtral-q4 "$FX/mixtral/hf" "$FX/golden/mixtral-bf16-Q4_0.gguf"
 verify_pair llama-q8 "$FX/llama/hf" "$FX/golden/llama-bf16-Q8_0.gguf"
+for f in qwen3-moe qwen2-moe; do
+    verify_pair "$f" "$FX/$f/hf" "$FX/golden/$f-bf16.gguf"
+    for ty in Q8_0 Q4_K_M MXFP4_MOE; do
+        verify_pair "$f-$ty" "$FX/$f/hf" "$FX/golden/$f-bf16-$ty.gguf"
+    done
+    verify_pair "mlx-$f-q4" "$FX/$f/hf" "$FX/golden-mlx/$f-q4"
+done
+verify_pair mlx-qwen3-moe-dense "$FX/qwen3-moe/hf-dense" "$FX/golden-mlx/qwen3-moe-dense-q4"
 verify_pair mlx-mxfp4 "$FX/gpt-oss/hf-mxfp4" "$FX/golden-mlx/gpt-oss-mxfp4"
 verify_pair mlx-original "$FX/gpt-oss/original" "$FX/golden-mlx/gpt-oss-mxfp4"
 verify_pair mlx-q4 "$FX/gpt-oss/hf-mxfp4" "$FX/golden-mlx/gpt-oss-q4"

@@ -92,7 +92,8 @@ fn bench_backend(b: &Backend, x: &[f32], budget: Duration, rows: &mut Vec<BenchR
             let t = best_time(budget, || b.quantize(ty, x, &mut q).expect("finite sample data"));
             push(ty.name(), k.origin, "quantize", t);
         } else {
-            // Dequantize-only types: bench on arbitrary (deterministic) codes.
+            // Types not quantized without weights: arbitrary (deterministic) codes, unless the
+            // weighted quantizer below gives real ones.
             q.iter_mut().enumerate().for_each(|(i, v)| *v = (i * 37 % 251) as u8 & 0x3f);
         }
         if let Some(k) = kernels.quantize_weighted.filter(|_| x.len().is_multiple_of(ROW)) {
@@ -100,6 +101,10 @@ fn bench_backend(b: &Backend, x: &[f32], budget: Duration, rows: &mut Vec<BenchR
             let t =
                 best_time(budget, || b.quantize_weighted(ty, x, &mut qw, ROW, &weights).expect("finite sample data"));
             push(ty.name(), k.origin, "quantize+imatrix", t);
+            if kernels.quantize.is_none() {
+                // Types quantized only with weights: dequantize their codes.
+                q = qw;
+            }
         }
         let mut y = vec![0f32; x.len()];
         let t = best_time(budget, || b.dequantize(ty, &q, &mut y).expect("whole blocks"));

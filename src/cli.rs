@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::plan::convert::{Format, parse_size};
 
@@ -13,10 +13,17 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Print warnings and errors only: no progress bar, no `wrote …` lines or summaries, and
+    /// `verify`'s report only when a check fails (what a command is asked to print on
+    /// standard output, like `inspect`'s report, is still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
 }
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once; `convert`'s many options make it the largest, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Show what a model holds: format, architecture, hyperparameters, metadata, tensors.
     ///
@@ -37,8 +44,16 @@ pub enum Command {
         /// The model.
         model: PathBuf,
         /// Token ids, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "text", conflicts_with = "text")]
         tokens: Vec<u32>,
+        /// Text instead of ids, tokenized with the model's tokenizer.json (a BOS first when
+        /// llama.cpp adds one for this vocabulary).
+        #[arg(long, value_name = "TEXT")]
+        text: Option<String>,
+        /// The folder with the tokenizer.json for --text (default: the checkpoint's folder; a
+        /// GGUF needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
         /// Write logits, hidden states and MoE block inputs/outputs as F32 safetensors.
         #[arg(long, value_name = "OUT.safetensors")]
         dump: Option<PathBuf>,
@@ -64,6 +79,14 @@ pub enum Command {
         /// spaces.
         #[arg(long, value_name = "FILE", conflicts_with = "tokens")]
         tokens_file: Option<PathBuf>,
+        /// Reference text from a UTF-8 file, tokenized with the source model's tokenizer.json
+        /// as `moeq imatrix --text` does, in sequences of 512 tokens (the last one shorter).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["tokens", "tokens_file"])]
+        text: Option<PathBuf>,
+        /// The folder with the tokenizer.json for --text (default: the source checkpoint's
+        /// folder; a GGUF source needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,
@@ -82,6 +105,63 @@ pub enum Command {
         /// same bits.
         #[arg(long)]
         full_forward: bool,
+        /// Also run every expert of every MoE layer on every token's block input in both models
+        /// and report each expert's relative error (the block check sees only routed tokens).
+        #[arg(long)]
+        every_expert: bool,
+    },
+    /// Compute an importance matrix (llama-imatrix's) with moeq's own forward, one layer at a
+    /// time over all calibration tokens, from any model moeq reads.
+    ///
+    /// The text is tokenized with the model's tokenizer.json and cut into chunks of --ctx
+    /// tokens as llama-imatrix cuts them (the first token of each chunk replaced by BOS when
+    /// the vocabulary adds one); --tokens-file takes chunks of ids, one per line. The output is
+    /// llama.cpp's GGUF imatrix (or --output-format dat, the legacy format), named as the GGUF
+    /// moeq writes of the model, for llama-quantize --imatrix and moeq convert --imatrix. A
+    /// report of tokens per expert per layer flags experts under a threshold; --all-experts
+    /// gives every expert every token's activations (routing unchanged).
+    Imatrix {
+        /// The model (a checkpoint folder or a GGUF).
+        model: PathBuf,
+        /// Calibration text (UTF-8).
+        #[arg(long, value_name = "FILE", required_unless_present = "tokens_file", conflicts_with = "tokens_file")]
+        text: Option<PathBuf>,
+        /// Calibration chunks as token ids: one chunk per line, ids separated by commas or
+        /// spaces, used as given.
+        #[arg(long, value_name = "FILE")]
+        tokens_file: Option<PathBuf>,
+        /// The importance matrix to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Tokens per chunk (--text).
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// At most this many chunks (default: all the text holds).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// The folder with the tokenizer.json (default: the checkpoint's folder; a GGUF needs it).
+        #[arg(long, value_name = "DIR")]
+        tokenizer: Option<PathBuf>,
+        /// gguf (llama.cpp's current format) or dat (legacy).
+        #[arg(long, default_value = "gguf", value_parser = ["gguf", "dat"])]
+        output_format: String,
+        /// Add every calibration token's activations to every expert's statistics (the model
+        /// still routes as it does); recorded as moeq.imatrix.all_experts in the GGUF.
+        #[arg(long)]
+        all_experts: bool,
+        /// Also collect output.weight (llama-imatrix's --process-output).
+        #[arg(long)]
+        process_output: bool,
+        /// Flag experts routed fewer tokens than this in a layer (default: a tenth of an even
+        /// share).
+        #[arg(long, value_name = "N")]
+        min_expert_tokens: Option<u64>,
+        /// Also write the chunks computed on, as --tokens-file reads them (one per line).
+        #[arg(long, value_name = "FILE")]
+        save_chunks: Option<PathBuf>,
+        /// Print the expert coverage report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure moeq's speed on this machine.
     Bench {
@@ -110,15 +190,17 @@ pub enum Command {
         /// The input model.
         input: PathBuf,
         /// The output file (shards are named OUT-00001-of-0000N.gguf beside it), or folder for
-        /// --format mlx/hf.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// --format mlx/hf. Not needed with --dry-run.
+        #[arg(short, long, required_unless_present = "dry_run")]
+        output: Option<PathBuf>,
         /// The output format: gguf, mlx or hf.
         #[arg(long, default_value = "gguf", value_parser = Format::parse)]
         format: Format,
-        /// GGUF: the llama.cpp file type to requantize to: F32, F16, BF16, Q8_0, Q4_0, Q4_1,
-        /// Q5_0, Q5_1, MXFP4_MOE, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K (without it tensors are
-        /// copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
+        /// GGUF: the llama.cpp file type to requantize to (a name or llama_ftype id, as
+        /// llama-quantize takes it): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4_MOE,
+        /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL,
+        /// IQ4_XS, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S, IQ1_M,
+        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
         #[arg(long = "type", value_name = "TYPE")]
         ty: Option<String>,
         /// MLX: values per quantization group for q4/q8 (32, 64 or 128; default 64).
@@ -132,9 +214,6 @@ pub enum Command {
         /// MLX and HF folders: default 5G as mlx-lm and transformers).
         #[arg(long, value_parser = parse_size)]
         split_max_size: Option<u64>,
-        /// No progress bar.
-        #[arg(short, long)]
-        quiet: bool,
         /// Convert a checkpoint without its tokenizer (llama.cpp cannot chat with the result).
         #[arg(long)]
         no_vocab: bool,
@@ -142,8 +221,11 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         tokenizer_pre: Option<String>,
         /// Run `moeq verify` on the fresh output (exit status 1 if it fails).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         verify: bool,
+        /// llama-quantize's options.
+        #[command(flatten)]
+        quant: QuantArgs,
     },
 }
 
@@ -159,4 +241,54 @@ pub enum BenchTarget {
         #[arg(long, default_value_t = 16 << 20)]
         size: usize,
     },
+}
+
+/// llama-quantize's options on `moeq convert` (GGUF output with a quantized `--type`), spelled
+/// as llama-quantize spells them.
+#[derive(Args, Debug, Default, Clone)]
+pub struct QuantArgs {
+    /// Importance matrix to quantize with (llama-imatrix's GGUF or legacy .dat).
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Use importance data only for entries whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "exclude_weights")]
+    pub include_weights: Vec<String>,
+    /// Use no importance data for entries whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_weights: Vec<String>,
+    /// The ggml type of output.weight (e.g. q8_0).
+    #[arg(long, value_name = "TYPE")]
+    pub output_tensor_type: Option<String>,
+    /// The ggml type of token_embd.weight.
+    #[arg(long, value_name = "TYPE")]
+    pub token_embedding_type: Option<String>,
+    /// Quantize tensors whose name matches the regular expression PATTERN (searched, as
+    /// llama-quantize's std::regex) to TYPE, e.g. `attn_v=q8_0`; repeatable, first match
+    /// wins. A rule that matches no tensor is an error.
+    #[arg(long, value_name = "PATTERN=TYPE")]
+    pub tensor_type: Vec<String>,
+    /// --tensor-type rules from a file, separated by spaces or newlines.
+    #[arg(long, value_name = "FILE")]
+    pub tensor_type_file: Option<PathBuf>,
+    /// No mix rules: every quantizable tensor gets the file type's default type.
+    #[arg(long)]
+    pub pure: bool,
+    /// Keep output.weight as it is.
+    #[arg(long)]
+    pub leave_output_tensor: bool,
+    /// A split GGUF input is written in the same shards.
+    #[arg(long)]
+    pub keep_split: bool,
+    /// Set metadata KEY to int:N, float:X, bool:true|false or str:TEXT (repeatable).
+    #[arg(long, value_name = "KEY=TYPE:VALUE")]
+    pub override_kv: Vec<String>,
+    /// Write nothing: print every tensor's type, why, size and bits per weight.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run (or after a conversion): print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Save the plan as JSON in FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }

@@ -117,6 +117,9 @@ impl Report {
         if let Some(c) = config {
             details.push(("class".into(), c.class.clone()));
             details.push(("layout".into(), c.layout.describe().into()));
+            for w in &c.warnings {
+                details.push(("warning".into(), w.clone()));
+            }
         }
         details.push(("shape order".into(), "slowest dimension first".into()));
         let metadata = model

@@ -20,9 +20,14 @@ fn main() -> ExitCode {
     }
     let result = run(Cli::parse());
     // An input that changed while being read voids whatever the run did with it.
+    // A failed run checks every input it read: an error caused by an input rewritten under it
+    // is reported as that.
     let result = match moeq_formats::inputs::changed() {
         Some(path) => Err(moeq_formats::Error::InputChanged { path }.into()),
-        None => result,
+        None => match (&result, moeq_formats::inputs::check_unchanged_since_mapped()) {
+            (Err(_), Err(changed)) => Err(changed.into()),
+            _ => result,
+        },
     };
     match result {
         Ok(code) => code,
@@ -41,9 +46,11 @@ fn run_verify(
     json: bool,
     limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
     full_forward: bool,
+    quiet: bool,
+    every_expert: bool,
 ) -> anyhow::Result<ExitCode> {
     use moeq::model::weights::Weights;
-    use moeq::verify::{Limits, reference_tokens, verify};
+    use moeq::verify::{Limits, experts::expert_errors, reference_tokens, verify};
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
@@ -58,15 +65,45 @@ fn run_verify(
             max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
         };
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    let passed = report.failures().is_empty();
+    let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };
+    if quiet && passed {
+        // Quiet: the report only when a check fails.
+    } else if json {
+        let mut value = report.to_json();
+        if let (Some(checks), Some(obj)) = (&experts, value.as_object_mut()) {
+            let list: Vec<_> = checks
+                .iter()
+                .map(|c| serde_json::json!({"layer": c.layer, "expert": c.expert, "routed": c.routed, "rel_err": c.rel_err}))
+                .collect();
+            obj.insert("experts".into(), serde_json::Value::Array(list));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", report.to_text());
+        if let Some(checks) = &experts {
+            println!("\nevery expert on every token (layer/expert: relative error, tokens routed)");
+            for c in checks {
+                println!("  {:>3}/{:<3} {:.3e}  {}", c.layer, c.expert, c.rel_err, c.routed);
+            }
+        }
     }
-    Ok(if report.failures().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Writes the plan JSON to `path` (checked before the conversion, see
+/// `ConvertOptions::report`) as any moeq output: a temporary beside it, moved into place
+/// when complete.
+fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(json)? + "\n";
+    let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
+    file.write_at(text.as_bytes(), 0)?;
+    file.commit()?;
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let quiet = cli.quiet;
     match cli.command {
         Command::Inspect { path, json } => {
             let report = Report::new(&path, &Source::open_headers(&path)?);
@@ -76,11 +113,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.to_text());
             }
         }
-        Command::Eval { model, tokens, dump, top } => {
+        Command::Eval { model, tokens, text, tokenizer, dump, top } => {
             let kind = moeq_formats::target::OutputKind::File;
             if let Some(out) = &dump {
                 moeq_formats::target::check_path(out, kind)?;
             }
+            let tokens = match text {
+                Some(text) => moeq::verify::eval::text_tokens(&model, &text, tokenizer.as_deref())?,
+                None => tokens,
+            };
             let source = Source::open(&model)?;
             if let Some(out) = &dump {
                 moeq::plan::convert::prepare_output(out, kind, &source.files(), false)?;
@@ -97,8 +138,75 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(out) = dump {
                 let hidden = trace.hidden.first().map_or(0, |h| h.len() / tokens.len().max(1));
                 moeq::verify::eval::dump(&trace, &tokens, hidden, &out)?;
-                eprintln!("wrote {}", out.display());
+                if !quiet {
+                    eprintln!("wrote {}", out.display());
+                }
             }
+        }
+        Command::Imatrix {
+            model,
+            text,
+            tokens_file,
+            output,
+            ctx,
+            chunks,
+            tokenizer,
+            output_format,
+            all_experts,
+            process_output,
+            min_expert_tokens,
+            save_chunks,
+            json,
+        } => {
+            use moeq::imatrix::{Calibration, ImatrixOptions, Request, compute_request, file};
+            let calibration = match (text, tokens_file) {
+                (Some(t), _) => Calibration::Text(t),
+                (None, Some(f)) => Calibration::Tokens(f),
+                (None, None) => anyhow::bail!("give --text FILE or --tokens-file FILE"),
+            };
+            // The outputs are checked before any work, as convert's: never an input (model
+            // files, the calibration file), never a folder or device; written through a
+            // temporary moved into place.
+            let kind = moeq_formats::target::OutputKind::File;
+            moeq_formats::target::check_path(&output, kind)?;
+            if let Some(path) = &save_chunks {
+                moeq_formats::target::check_path(path, kind)?;
+            }
+            let mut inputs = Source::open_headers(&model)?.files();
+            inputs.push(match &calibration {
+                Calibration::Text(p) | Calibration::Tokens(p) => p.clone(),
+            });
+            moeq::plan::convert::prepare_output(&output, kind, &inputs, quiet)?;
+            if let Some(path) = &save_chunks {
+                moeq::plan::convert::prepare_output(path, kind, &inputs, quiet)?;
+            }
+            let options =
+                ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
+            let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
+            let started = std::time::Instant::now();
+            let (imatrix, coverage) = compute_request(&req)?;
+            let seconds = started.elapsed().as_secs_f64();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
+            } else {
+                print!("{}", coverage.to_text());
+            }
+            if all_experts && !imatrix.all_experts {
+                eprintln!("note: --all-experts has no effect: the model has no experts");
+            }
+            match output_format.as_str() {
+                "dat" => file::write_dat(&imatrix, &output)?,
+                _ => file::write_gguf(&imatrix, &output)?,
+            }
+            let tokens = coverage.tokens as f64;
+            eprintln!(
+                "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
+                output.display(),
+                imatrix.entries.len(),
+                imatrix.chunk_count,
+                coverage.tokens,
+                tokens / seconds.max(1e-9)
+            );
         }
         Command::Bench { what: BenchTarget::Kernels { json, size } } => {
             let rows = bench_kernels(size, std::time::Duration::from_millis(300));
@@ -111,7 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<13} {:<17} {:<8} {:<8} {:>8}", "type", "op", "backend", "kernel", "GB/s");
                 for r in &rows {
-                    println!("{:<13} {:<17} {:<8} {:<8} {:>8.2}", r.ty, r.op, r.backend, r.kernel, r.gbps);
+                    println!("{:<13} {:<17} {:<8} {:<8} {:>8.4}", r.ty, r.op, r.backend, r.kernel, r.gbps);
                 }
             }
         }
@@ -123,11 +231,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             group_size,
             quant_override,
             split_max_size,
-            quiet,
             no_vocab,
             tokenizer_pre,
             verify,
+            quant,
         } => {
+            let (request, warnings) = quant.request()?;
+            for w in &warnings {
+                eprintln!("warning: {w}");
+            }
+            let output = output.unwrap_or_default();
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
             match format {
                 Format::Gguf => {
@@ -161,19 +274,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokenizer_pre,
                 format,
                 mlx,
+                quant: request,
+                report: quant.report.clone(),
             };
             let summary = convert(&opts)?;
             let opts = &opts;
-            for file in &summary.files {
-                eprintln!("wrote {}", file.display());
+            if let Some(plan) = &summary.plan {
+                if quant.dry_run && !quant.json {
+                    print!("{}", plan.to_text());
+                } else if !quant.dry_run {
+                    for w in plan.warnings.iter().map(String::clone).chain(plan.imatrix_notes(10)) {
+                        eprintln!("warning: {w}");
+                    }
+                }
+                if quant.json {
+                    println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+                }
+                if let Some(path) = &quant.report {
+                    write_report(path, &plan.to_json())?;
+                    if !quiet {
+                        eprintln!("wrote {}", path.display());
+                    }
+                }
             }
-            eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
+            if quant.dry_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !quiet {
+                for file in &summary.files {
+                    eprintln!("wrote {}", file.display());
+                }
+                eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
+            }
             if verify {
                 let first = match format {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None, false);
+                return run_verify(&input, &first, &[], false, None, false, quiet, false);
             }
         }
         Command::Verify {
@@ -181,20 +319,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             tokens,
             tokens_file,
+            text,
+            tokenizer,
             json,
             max_kl,
             min_top1,
             max_moe_rel_err,
             full_forward,
+            every_expert,
         } => {
             let overrides = [max_kl, min_top1, max_moe_rel_err];
             let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
-            let sequences = match tokens_file {
-                Some(path) => moeq::verify::read_token_file(&path)?,
-                None if tokens.is_empty() => Vec::new(),
-                None => vec![tokens],
+            let sequences = match (tokens_file, text) {
+                (Some(path), _) => moeq::verify::read_token_file(&path)?,
+                (None, Some(text)) => moeq::verify::text_sequences(&source, &text, tokenizer.as_deref())?,
+                (None, None) if tokens.is_empty() => Vec::new(),
+                (None, None) => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits, full_forward);
+            return run_verify(&source, &output, &sequences, json, limits, full_forward, quiet, every_expert);
         }
     }
     Ok(ExitCode::SUCCESS)

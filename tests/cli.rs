@@ -5,6 +5,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value as Json;
 
+#[path = "cli/vocab.rs"]
+mod vocab;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -26,13 +29,19 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
-/// Runs moeq expecting a clean failure (exit 2, an `error:` line, no panic); returns stderr.
+/// Runs moeq expecting a clean failure (exit 2, an `error:` line after any warnings, no
+/// panic); returns stderr.
 #[track_caller]
 fn fails(args: &[&str]) -> String {
     let out = moeq(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "moeq {args:?}: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    let before_error = stderr.split("\nerror: ").next().unwrap_or_default();
+    assert!(
+        stderr.starts_with("error: ")
+            || before_error.lines().all(|l| l.starts_with("warning: ")) && stderr.contains("\nerror: "),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
 }
@@ -42,11 +51,19 @@ fn golden(name: &str) -> PathBuf {
 }
 
 fn model_inputs() -> Vec<PathBuf> {
-    let mut inputs: Vec<PathBuf> =
-        ["gpt-oss/original", "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "mixtral/hf", "llama/hf"]
-            .iter()
-            .map(|d| fixtures().join(d))
-            .collect();
+    let mut inputs: Vec<PathBuf> = [
+        "gpt-oss/original",
+        "gpt-oss/hf-mxfp4",
+        "gpt-oss/hf-bf16",
+        "mixtral/hf",
+        "llama/hf",
+        "qwen3-moe/hf",
+        "qwen3-moe/hf-dense",
+        "qwen2-moe/hf",
+    ]
+    .iter()
+    .map(|d| fixtures().join(d))
+    .collect();
     for dir in ["golden", "golden-mlx"] {
         for entry in std::fs::read_dir(fixtures().join(dir)).unwrap() {
             inputs.push(entry.unwrap().path());
@@ -226,9 +243,9 @@ fn hostile_inputs_fail_cleanly() {
     let empty = tempfile::tempdir().unwrap();
     assert!(fails(&["inspect", path_arg(empty.path())]).contains("holds no *.safetensors files"));
     let unknown = tempfile::tempdir().unwrap();
-    std::fs::write(unknown.path().join("config.json"), r#"{"architectures": ["Qwen3MoeForCausalLM"]}"#).unwrap();
+    std::fs::write(unknown.path().join("config.json"), r#"{"architectures": ["GraniteMoeForCausalLM"]}"#).unwrap();
     let err = fails(&["inspect", path_arg(unknown.path())]);
-    assert!(err.contains("config.json") && err.contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{err}");
+    assert!(err.contains("config.json") && err.contains("unknown architecture 'GraniteMoeForCausalLM'"), "{err}");
     let partial = tempfile::tempdir().unwrap();
     for f in ["config.json", "model.safetensors.index.json", "model-00000-of-00002.safetensors"] {
         std::fs::copy(fixtures().join("gpt-oss/hf-mxfp4").join(f), partial.path().join(f)).unwrap();
@@ -274,16 +291,16 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 12, "expected the 12 quantized goldens");
+    assert_eq!(checked, 21, "expected the 21 quantized goldens");
 }
 
 #[test]
 fn convert_type_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let err = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--type", "Q3_K"]);
+    let err = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--type", "Q7_K"]);
     assert_eq!(err.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&err.stderr).contains("unknown type 'Q3_K'"));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("unknown type 'Q7_K'"));
     // A NaN in a tensor is named, and nothing is left behind.
     let mut bytes = std::fs::read(golden("llama-bf16.gguf")).unwrap();
     let file = moeq_formats::gguf::GgufFile::open(&golden("llama-bf16.gguf")).unwrap();
@@ -740,7 +757,6 @@ fn verify_is_exact_when_lossless_and_orders_lossy_types() {
         "--type",
         "Q8_0",
         "--verify",
-        "-q",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
     assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
@@ -1105,7 +1121,7 @@ fn verify_reads_mlx_and_hf_builds() {
     };
     // convert --verify checks a fresh folder the same way. (mlx-lm's default also quantizes
     // Mixtral's router, which flips a routing decision here; keep it in bf16.)
-    let run = mixtral_q8("mixtral-q8", &["--quant-override", "*.block_sparse_moe.gate=bf16", "--verify", "-q"]);
+    let run = mixtral_q8("mixtral-q8", &["--quant-override", "*.block_sparse_moe.gate=bf16", "--verify"]);
     assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stdout));
     assert!(String::from_utf8_lossy(&run.stdout).contains("PASS"));
     assert!(!String::from_utf8_lossy(&run.stderr).contains("routers"));
@@ -1117,6 +1133,489 @@ fn verify_reads_mlx_and_hf_builds() {
     // A build is read, not converted again.
     let err = fails(&["convert", path_arg(&mlx.join("llama-q4")), "-o", path_arg(&out.path().join("x.gguf"))]);
     assert!(err.contains("an MLX build"), "{err}");
+}
+
+/// A GGUF file with `metadata` and F32 tensors `(name, ne, values)`.
+fn gguf_file(path: &Path, metadata: Vec<(&str, moeq_formats::gguf::Value)>, tensors: &[(String, Vec<u64>, Vec<f32>)]) {
+    use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec};
+    let plan = GgufPlan {
+        metadata: metadata.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        tensors: tensors
+            .iter()
+            .map(|(n, ne, _)| TensorSpec { name: n.clone(), ne: ne.clone(), ggml_type: GgmlType::F32 })
+            .collect(),
+    };
+    let layout = plan.layout().unwrap();
+    let mut bytes = vec![0u8; layout.file_len as usize];
+    bytes[..layout.header.len()].copy_from_slice(&layout.header);
+    for ((_, _, values), &at) in tensors.iter().zip(&layout.offsets) {
+        for (i, v) in values.iter().enumerate() {
+            bytes[at as usize + 4 * i..at as usize + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// One importance matrix entry: weight name, columns, per-matrix sums and counts.
+struct Entry {
+    name: String,
+    ne0: usize,
+    sums: Vec<f32>,
+    counts: Vec<f32>,
+}
+
+/// What llama-imatrix records for the golden Mixtral: every weight a matrix multiplication
+/// reads (not the token embedding, the output is untied), per expert for the expert tensors;
+/// expert 1 of blk.1.ffn_down_exps saw no token. Counts are powers of two, so the legacy
+/// format (values divided by their count, one call) holds exactly the same weights.
+fn mixtral_entries() -> Vec<Entry> {
+    entries_for(&golden("mixtral-bf16.gguf"))
+}
+
+/// As [`mixtral_entries`], for any model.
+fn entries_for(model: &Path) -> Vec<Entry> {
+    let file = moeq_formats::gguf::GgufFile::open(model).unwrap();
+    let mut out = Vec::new();
+    for (k, t) in file.header().tensors.iter().enumerate() {
+        if t.ne.len() < 2 || t.name == "token_embd.weight" {
+            continue;
+        }
+        let (ne0, n_mat) = (t.ne[0] as usize, t.ne.get(2).copied().unwrap_or(1) as usize);
+        let counts: Vec<f32> = (0..n_mat)
+            .map(|e| if t.name == "blk.1.ffn_down_exps.weight" && e == 1 { 0.0 } else { (64 << ((e + k) % 4)) as f32 })
+            .collect();
+        let sums = (0..n_mat * ne0)
+            .map(|i| {
+                let c = counts[i / ne0];
+                if c == 0.0 { 0.0 } else { c * (0.25 + ((i * 7919 + k * 31) % 97) as f32 / 16.0) }
+            })
+            .collect();
+        out.push(Entry { name: t.name.clone(), ne0, sums, counts });
+    }
+    out
+}
+
+fn imatrix_metadata() -> Vec<(&'static str, moeq_formats::gguf::Value)> {
+    use moeq_formats::gguf::{Array, Value};
+    vec![
+        ("general.type", Value::String("imatrix".into())),
+        ("imatrix.datasets", Value::Array(Array::String(vec!["tests.txt".into()]))),
+        ("imatrix.chunk_count", Value::U32(3)),
+        ("imatrix.chunk_size", Value::U32(512)),
+    ]
+}
+
+fn write_imatrix_gguf(path: &Path, entries: &[Entry]) {
+    let mut tensors = Vec::new();
+    for e in entries {
+        let n_mat = e.counts.len() as u64;
+        tensors.push((format!("{}.in_sum2", e.name), vec![e.ne0 as u64, n_mat], e.sums.clone()));
+        tensors.push((format!("{}.counts", e.name), vec![1, n_mat], e.counts.clone()));
+    }
+    gguf_file(path, imatrix_metadata(), &tensors);
+}
+
+/// The legacy `.dat` format with one call per entry (values = weights).
+fn write_imatrix_dat(path: &Path, entries: &[Entry]) {
+    let mut b = (entries.len() as i32).to_le_bytes().to_vec();
+    for e in entries {
+        b.extend((e.name.len() as i32).to_le_bytes());
+        b.extend(e.name.as_bytes());
+        b.extend(1i32.to_le_bytes());
+        b.extend((e.sums.len() as i32).to_le_bytes());
+        for (i, s) in e.sums.iter().enumerate() {
+            let c = e.counts[i / e.ne0];
+            b.extend((if c == 0.0 { 1.0 } else { s / c }).to_le_bytes());
+        }
+    }
+    b.extend(3i32.to_le_bytes());
+    b.extend(9i32.to_le_bytes());
+    b.extend(b"tests.txt");
+    std::fs::write(path, b).unwrap();
+}
+
+/// A one-layer Llama-shaped F32 model whose rows are 256 wide (the goldens' 64-wide rows
+/// make every 256-block type fall back, so nothing there needs an importance matrix).
+fn wide_model(path: &Path) {
+    use moeq_formats::gguf::Value;
+    let metadata = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.block_count", Value::U32(1)),
+        ("llama.embedding_length", Value::U32(256)),
+        ("llama.attention.head_count", Value::U32(4)),
+        ("llama.attention.head_count_kv", Value::U32(4)),
+    ];
+    let mut tensors = Vec::new();
+    for (name, ne) in [
+        ("output.weight", vec![256, 32]),
+        ("output_norm.weight", vec![256]),
+        ("token_embd.weight", vec![256, 32]),
+        ("blk.0.attn_k.weight", vec![256, 64]),
+        ("blk.0.attn_norm.weight", vec![256]),
+        ("blk.0.attn_output.weight", vec![256, 256]),
+        ("blk.0.attn_q.weight", vec![256, 256]),
+        ("blk.0.attn_v.weight", vec![256, 64]),
+        ("blk.0.ffn_down.weight", vec![256, 256]),
+        ("blk.0.ffn_gate.weight", vec![256, 256]),
+        ("blk.0.ffn_up.weight", vec![256, 256]),
+    ] {
+        let n: u64 = ne.iter().product();
+        let values = (0..n).map(|i| ((i * 2654435761 % 1000) as f32 - 500.0) / 20000.0).collect();
+        tensors.push((name.to_string(), ne, values));
+    }
+    gguf_file(path, metadata, &tensors);
+}
+
+fn plan_json(args: &[&str]) -> Json {
+    let mut all = vec!["convert", "--dry-run", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all)).unwrap()
+}
+
+fn type_in(plan: &Json, name: &str) -> String {
+    let t = plan["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("{name}"));
+    t["type"].as_str().unwrap().to_string()
+}
+
+/// Tensor data of a GGUF by name.
+fn tensor_bytes(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let file = moeq_formats::gguf::GgufFile::open(path).unwrap();
+    (0..file.header().tensors.len())
+        .map(|i| (file.header().tensors[i].name.clone(), file.tensor_data(i).to_vec()))
+        .collect()
+}
+
+#[test]
+fn dry_run_explains_every_tensor_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let plan = plan_json(&[path_arg(&source), "--type", "Q3_K_M"]);
+    let tensors = plan["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 23);
+    assert_eq!((plan["ftype"].as_str(), plan["ftype_id"].as_u64()), (Some("Q3_K_M"), Some(12)));
+    let mut bytes = 0;
+    for t in tensors {
+        assert!(!t["why"].as_array().unwrap().is_empty(), "{t}");
+        bytes += t["bytes"].as_u64().unwrap();
+    }
+    assert_eq!(plan["totals"]["bytes"].as_u64(), Some(bytes));
+    let by_type = plan["totals"]["by_type"].as_object().unwrap();
+    assert_eq!(by_type.values().map(|v| v["tensors"].as_u64().unwrap()).sum::<u64>(), 23);
+    // attn_v: the first two get Q5_K, which the 64-wide rows turn into Q5_1.
+    let v = tensors.iter().find(|t| t["name"] == "blk.0.attn_v.weight").unwrap();
+    let rules: Vec<&str> = v["why"].as_array().unwrap().iter().map(|s| s["rule"].as_str().unwrap()).collect();
+    assert_eq!(rules, ["file-type", "mix", "row-fallback"]);
+    assert_eq!(v["type"], "Q5_1");
+    assert_eq!(plan["fallbacks"], 15);
+    // The table, without -o.
+    let text = ok(&["convert", path_arg(&source), "--type", "Q3_K_M", "--dry-run"]);
+    assert!(text.starts_with("plan: Q3_K_M (llama_ftype 12)") && text.contains("total: 23 tensors"), "{text}");
+    assert!(text.contains("blk.0.ffn_gate_inp.weight") && text.contains("expert routers"), "{text}");
+    // An i-quant without importance matrix: the dry run says a real run is refused, which it is.
+    let wide = dir.path().join("wide.gguf");
+    wide_model(&wide);
+    let plan = plan_json(&[path_arg(&wide), "--type", "IQ2_XXS"]);
+    let refusal = plan["refusal"].as_str().unwrap();
+    assert!(refusal.contains("needs an importance matrix") && refusal.contains("'blk.0.attn_k.weight'"), "{refusal}");
+    let out = dir.path().join("out.gguf");
+    let err = fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "IQ2_XXS"]);
+    assert!(err.contains("needs an importance matrix") && err.contains("blk.0.attn_k.weight"), "{err}");
+    let err = fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "Q2_K_S"]);
+    assert!(err.contains("Q2_K_S needs an importance matrix"), "{err}");
+    // The golden's 64-wide rows fall back to IQ4_NL, which needs none (as in llama-quantize).
+    assert!(plan_json(&[path_arg(&source), "--type", "IQ2_XXS"])["refusal"].is_null());
+    std::fs::remove_file(&wide).unwrap();
+    // Plain conversions list their tensors too.
+    let plan = plan_json(&[path_arg(&fixtures().join("llama/hf"))]);
+    assert_eq!(plan["tensors"][0]["why"][0]["rule"], "copy");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn quant_options_steer_the_types() {
+    let source = golden("mixtral-bf16.gguf");
+    let src = path_arg(&source);
+    let pure = plan_json(&[src, "--type", "Q3_K_M", "--pure"]);
+    assert_eq!(type_in(&pure, "blk.0.attn_v.weight"), "Q4_0", "Q3_K's fallback, no mix");
+    assert_eq!(type_in(&pure, "output.weight"), "Q4_0");
+    let leave = plan_json(&[src, "--type", "Q4_K_M", "--leave-output-tensor"]);
+    assert_eq!(type_in(&leave, "output.weight"), "BF16");
+    let types = plan_json(&[src, "--type", "Q4_K_M", "--output-tensor-type", "f16", "--token-embedding-type", "Q8_0"]);
+    assert_eq!(type_in(&types, "output.weight"), "F16");
+    assert_eq!(type_in(&types, "token_embd.weight"), "Q8_0");
+    let rules = plan_json(&[src, "--type", "Q4_K_M", "--tensor-type", "ATTN_V=q8_0", "--tensor-type", "ffn_down=q6_k"]);
+    assert_eq!(type_in(&rules, "blk.1.attn_v.weight"), "Q8_0");
+    assert_eq!(type_in(&rules, "blk.1.ffn_down_exps.weight"), "Q8_0", "Q6_K falls back for 96-wide rows");
+    let warnings = rules["warnings"].to_string();
+    assert!(warnings.contains("ffn_down=q6_k") && warnings.contains("overridden"), "{warnings}");
+    // Type ids as llama-quantize takes them, and the 1-bit file types plan too.
+    assert_eq!(plan_json(&[src, "--type", "12"])["ftype"], "Q3_K_M");
+    assert_eq!(type_in(&plan_json(&[src, "--type", "IQ1_M"]), "blk.0.attn_output.weight"), "IQ4_NL");
+    // Rules that match nothing, bad patterns and types are errors naming them.
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--tensor-type", "attn_qkv=q8_0"]);
+    assert!(err.contains("rule 1 'attn_qkv=q8_0' matches no tensor"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--tensor-type", r"(a)\1=q8_0"]);
+    assert!(err.contains("backreference"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--output-tensor-type", "q9_k"]);
+    assert!(err.contains("--output-tensor-type q9_k"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--type", "Q4_K_M", "--token-embedding-type", "q4_k"]);
+    assert!(err.contains("rows of 64 values"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--pure"]);
+    assert!(err.contains("go with --type"), "{err}");
+    let err = fails(&["convert", src, "--dry-run", "--format", "mlx"]);
+    assert!(err.contains("GGUF output"), "{err}");
+}
+
+#[test]
+fn importance_weights_reach_the_kernels_per_expert() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let entries = mixtral_entries();
+    let (im_gguf, im_dat) = (dir.path().join("m.imatrix.gguf"), dir.path().join("m.imatrix.dat"));
+    write_imatrix_gguf(&im_gguf, &entries);
+    write_imatrix_dat(&im_dat, &entries);
+    let run = |name: &str, ty: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec!["convert", path_arg(&source), "-o", path_arg(&out), "--type", ty, "-q"];
+        args.extend_from_slice(extra);
+        ok(&args);
+        out
+    };
+    let plain = run("plain.gguf", "Q4_K_M", &[]);
+    let with_gguf = run("gguf.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_gguf)]);
+    let with_dat = run("dat.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_dat)]);
+    // The checkpoint converts and requantizes in one pass to the same file.
+    let from_checkpoint = dir.path().join("checkpoint.gguf");
+    let mixtral = fixtures().join("mixtral/hf");
+    let args = ["convert", path_arg(&mixtral), "-o", path_arg(&from_checkpoint), "--type", "Q4_K_M", "-q"];
+    ok(&[&args[..], &["--imatrix", path_arg(&im_gguf)]].concat());
+    assert!(std::fs::read(&from_checkpoint).unwrap() == std::fs::read(&with_gguf).unwrap());
+    let (plain, with_gguf, with_dat) = (tensor_bytes(&plain), tensor_bytes(&with_gguf), tensor_bytes(&with_dat));
+    assert_eq!(with_gguf, with_dat, "both formats give the same weights");
+    for name in ["blk.0.attn_q.weight", "blk.0.ffn_up_exps.weight", "blk.0.ffn_down_exps.weight"] {
+        assert_ne!(plain[name], with_gguf[name], "{name}: the weights change the quantization");
+    }
+    assert_eq!(plain["token_embd.weight"], with_gguf["token_embd.weight"], "no entry: quantized without weights");
+    // Per expert: changing expert 2's weights changes expert 2's rows only.
+    let mut changed = mixtral_entries();
+    let gate = changed.iter_mut().find(|e| e.name == "blk.0.ffn_gate_exps.weight").unwrap();
+    for v in &mut gate.sums[2 * 64..3 * 64] {
+        *v = 1.0 / (*v + 1.0);
+    }
+    let im_changed = dir.path().join("changed.imatrix.gguf");
+    write_imatrix_gguf(&im_changed, &changed);
+    let other = tensor_bytes(&run("changed.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_changed)]));
+    let (a, b) = (&with_gguf["blk.0.ffn_gate_exps.weight"], &other["blk.0.ffn_gate_exps.weight"]);
+    let per_expert = a.len() / 4;
+    for e in 0..4 {
+        let range = e * per_expert..(e + 1) * per_expert;
+        assert_eq!(a[range.clone()] == b[range], e != 2, "expert {e}");
+    }
+    let meta: Json =
+        serde_json::from_str(&ok(&["inspect", "--json", path_arg(&dir.path().join("gguf.gguf"))])).unwrap();
+    let m = &meta["metadata"];
+    assert_eq!(m["quantize.imatrix.file"]["value"], path_arg(&im_gguf));
+    assert_eq!(m["quantize.imatrix.dataset"]["value"], "tests.txt");
+    assert_eq!(m["quantize.imatrix.entries_count"]["value"], entries.len());
+    assert_eq!(m["quantize.imatrix.chunks_count"]["value"], 3);
+    // The report names the expert that saw no token and what was done.
+    let plan = plan_json(&[path_arg(&source), "--type", "Q4_K_M", "--imatrix", path_arg(&im_gguf)]);
+    let gaps = &plan["imatrix"]["experts_without_data"];
+    assert_eq!(gaps[0]["tensor"], "blk.1.ffn_down_exps.weight");
+    assert_eq!(gaps[0]["experts"], serde_json::json!([1]));
+    let t = plan["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.1.ffn_down_exps.weight").unwrap();
+    assert_eq!(t["imatrix"]["status"], "used");
+    assert_eq!(t["imatrix"]["tokens"].as_array().unwrap().len(), 4);
+    // --exclude-weights drops entries: those tensors are quantized as without a matrix.
+    let excluded = run("excl.gguf", "Q4_K_M", &["--imatrix", path_arg(&im_gguf), "--exclude-weights", "attn_q"]);
+    let excluded = tensor_bytes(&excluded);
+    assert_eq!(excluded["blk.0.attn_q.weight"], plain["blk.0.attn_q.weight"]);
+    assert_eq!(excluded["blk.0.attn_k.weight"], with_gguf["blk.0.attn_k.weight"]);
+    // Q8_0 ignores importance weights, as ggml.
+    let q8 = tensor_bytes(&run("q8.gguf", "Q8_0", &[]));
+    let q8_im = tensor_bytes(&run("q8im.gguf", "Q8_0", &["--imatrix", path_arg(&im_gguf)]));
+    assert_eq!(q8, q8_im);
+}
+
+#[test]
+fn hostile_importance_matrices_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("out.gguf");
+    let write = |name: &str, edit: &dyn Fn(&mut Vec<Entry>)| {
+        let mut entries = mixtral_entries();
+        edit(&mut entries);
+        let p = dir.path().join(name);
+        write_imatrix_gguf(&p, &entries);
+        p
+    };
+    let good = write("good.gguf", &|_| {});
+    let mut truncated = std::fs::read(&good).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    let truncated_path = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated_path, truncated).unwrap();
+    let garbage = dir.path().join("garbage.dat");
+    std::fs::write(&garbage, b"\x01\0\0\0\xff\xff\xff\x7fjunk, not an importance matrix").unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (truncated_path, "past the end of the file"),
+        (write("nan.gguf", &|e| e[3].sums[5] = f32::NAN), "entry 'blk.0.attn_q.weight': value 5 is NaN"),
+        (write("nan3d.gguf", &|e| e[5].sums[70] = f32::NAN), "matrix 1 column 6 is NaN"),
+        (write("inf.gguf", &|e| e[0].sums[1] = f32::INFINITY), "value 1 is inf"),
+        (write("negative.gguf", &|e| e[2].counts[0] = -3.0), "count 0 is -3"),
+        (
+            write("stray.gguf", &|e| {
+                e.push(Entry { name: "blk.9.attn_q.weight".into(), ne0: 64, sums: vec![1.0; 64], counts: vec![1.0] })
+            }),
+            "'blk.9.attn_q.weight'",
+        ),
+        (
+            write("rows.gguf", &|e| {
+                let q = e.iter_mut().find(|x| x.name == "blk.0.attn_q.weight").unwrap();
+                q.ne0 = 32;
+                q.sums.truncate(32);
+            }),
+            "entry 'blk.0.attn_q.weight' holds 32 values, but the tensor has 64 columns",
+        ),
+        (source.clone(), "not an importance matrix"),
+        (garbage, "name length"),
+    ];
+    for (path, want) in cases {
+        for dry in [false, true] {
+            let mut args = vec!["convert", path_arg(&source), "--type", "Q4_K_M", "--imatrix", path_arg(&path)];
+            args.extend(if dry { vec!["--dry-run"] } else { vec!["-o", path_arg(&out)] });
+            let err = fails(&args);
+            assert!(err.contains(want), "{want:?} not in {err}");
+            assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{err}");
+        }
+    }
+    let err = fails(&[
+        "convert",
+        path_arg(&source),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "Q4_K_M",
+        "--imatrix",
+        path_arg(&good),
+        "--include-weights",
+        "a",
+        "--exclude-weights",
+        "b",
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+    // An importance matrix without data for a tensor that needs it: refused, naming it.
+    let wide = dir.path().join("wide.gguf");
+    wide_model(&wide);
+    let partial = dir.path().join("partial.gguf");
+    let mut entries = entries_for(&wide);
+    entries.retain(|x| x.name != "blk.0.attn_q.weight");
+    write_imatrix_gguf(&partial, &entries);
+    let err =
+        fails(&["convert", path_arg(&wide), "-o", path_arg(&out), "--type", "IQ2_XS", "--imatrix", path_arg(&partial)]);
+    assert!(err.contains("no importance data for tensor 'blk.0.attn_q.weight'"), "{err}");
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn override_kv_report_and_keep_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let out = dir.path().join("out.gguf");
+    let report = dir.path().join("plan.json");
+    let stdout = ok(&[
+        "convert",
+        path_arg(&source),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "Q8_0",
+        "-q",
+        "--override-kv",
+        "llama.expert_used_count=int:1",
+        "--override-kv",
+        "general.name=str:Tiny",
+        "--override-kv",
+        "test.flag=bool:true",
+        "--json",
+        "--report",
+        path_arg(&report),
+    ]);
+    let meta: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&out)])).unwrap();
+    let m = &meta["metadata"];
+    assert_eq!(
+        (m["llama.expert_used_count"]["type"].as_str(), &m["llama.expert_used_count"]["value"]),
+        (Some("UINT32"), &Json::from(1))
+    );
+    assert_eq!(m["general.name"]["value"], "Tiny");
+    assert_eq!(m["test.flag"]["value"], true);
+    let keys: Vec<&String> = m.as_object().unwrap().keys().collect();
+    assert_eq!(keys[keys.len() - 3..], ["llama.expert_used_count", "general.name", "test.flag"], "appended in order");
+    let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(saved, serde_json::from_str::<Json>(&stdout).unwrap());
+    for (arg, want) in [("a.b=int:x", "not an integer"), ("a.b=bool:1", "'true' or 'false'"), ("a.b", "KEY=TYPE:VALUE")]
+    {
+        let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--override-kv", arg]);
+        assert!(err.contains(want), "{err}");
+    }
+    let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--report", path_arg(&source)]);
+    assert!(err.contains("is the input") && err.contains("never writes over a file it reads"), "{err}");
+    // The report is an output like the model: never the output itself, nor the importance
+    // matrix (an input), nor a folder; checked before any work.
+    let imatrix = dir.path().join("m.imatrix");
+    write_imatrix_gguf(&imatrix, &mixtral_entries());
+    let before = names_in(dir.path());
+    let q8 = |more: &[&str]| {
+        let mut args = vec!["convert", path_arg(&source), "--type", "Q4_K_M", "-q"];
+        args.extend(more);
+        fails(&args)
+    };
+    let (m, o) = (path_arg(&imatrix), path_arg(&out));
+    let err = q8(&["-o", o, "--imatrix", m, "--report", o]);
+    assert!(err.contains("where the output goes"), "{err}");
+    let err = q8(&["-o", o, "--imatrix", m, "--report", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["-o", m, "--imatrix", m]);
+    assert!(err.contains("is the input") && err.contains("m.imatrix"), "{err}");
+    let err = q8(&["--dry-run", "--imatrix", m, "--report", path_arg(dir.path())]);
+    assert!(err.contains("is a folder"), "{err}");
+    let split_report = dir.path().join("sp-00001-of-00002.gguf");
+    let err = q8(&["-o", path_arg(&dir.path().join("sp.gguf")), "--keep-split", "--report", path_arg(&split_report)]);
+    assert!(err.contains("where the output goes"), "{err}");
+    assert_eq!(names_in(dir.path()), before, "nothing written, no temporaries");
+    // --keep-split: the output has the input's shards, each with the same tensors, and
+    // replaces an earlier set of its name (here of 2 shards) as --split-max-size does.
+    let split = dir.path().join("split.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&split), "--split-max-size", "150K", "-q"]);
+    let first = dir.path().join("split-00001-of-00004.gguf");
+    assert!(first.exists());
+    let kept = dir.path().join("kept.gguf");
+    ok(&["convert", path_arg(&source), "-o", path_arg(&kept), "--split-max-size", "400K", "-q"]);
+    let kept_names = || names_in(dir.path()).into_iter().filter(|n| n.starts_with("kept")).collect::<Vec<_>>();
+    assert_eq!(kept_names(), ["kept-00001-of-00002.gguf", "kept-00002-of-00002.gguf"]);
+    ok(&["convert", path_arg(&first), "-o", path_arg(&kept), "--type", "Q8_0", "--keep-split", "-q"]);
+    assert_eq!(kept_names(), (1..=4).map(|i| format!("kept-{i:05}-of-00004.gguf")).collect::<Vec<_>>());
+    for i in 1..=4 {
+        let names = |p: PathBuf| tensor_bytes(&p).into_keys().collect::<Vec<_>>();
+        let a = names(dir.path().join(format!("split-{i:05}-of-00004.gguf")));
+        let b = names(dir.path().join(format!("kept-{i:05}-of-00004.gguf")));
+        assert_eq!(a, b, "shard {i}");
+    }
+    // Requantizing a set in place is refused before any work.
+    let err = fails(&["convert", path_arg(&first), "-o", path_arg(&split), "--type", "Q8_0", "--keep-split"]);
+    assert!(err.contains("is the input"), "{err}");
+    let err = fails(&[
+        "convert",
+        path_arg(&first),
+        "-o",
+        path_arg(&kept),
+        "--type",
+        "Q8_0",
+        "--keep-split",
+        "--split-max-size",
+        "1M",
+    ]);
+    assert!(err.contains("--keep-split and --split-max-size"), "{err}");
 }
 
 /// A golden GGUF with its metadata edited, written anew by moeq-formats' GGUF writer.
@@ -1712,364 +2211,655 @@ fn big_endian_gguf_reads_as_gguf_py_writes_it() {
     assert!(err.contains("odd-be.gguf") && err.contains("big-endian") && err.contains("'q4_0'"), "{err}");
 }
 
-// DeepSeek-V3: the released FP8 layout (`deepseek-v3/fp8`, with its multi-token-prediction
-// layer) and DeepSeek's bf16 cast of it (`deepseek-v3/hf`).
-
-fn deepseek(layout: &str) -> PathBuf {
-    fixtures().join("deepseek-v3").join(layout)
+/// Runs moeq expecting success; returns stderr (warnings).
+#[track_caller]
+fn ok_stderr(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "moeq {args:?} failed: {stderr}");
+    stderr
 }
 
-/// Whether two GGUFs hold the same tensors (names, shapes, types, bytes) and metadata, apart
-/// from the keys in `except`.
-fn same_gguf_except(a: &Path, b: &Path, except: &[&str]) -> bool {
-    let (a, b) = (moeq_formats::gguf::GgufFile::open(a).unwrap(), moeq_formats::gguf::GgufFile::open(b).unwrap());
-    let keys = |f: &moeq_formats::gguf::GgufFile| {
-        f.header().metadata.iter().filter(|(k, _)| !except.contains(&k.as_str())).cloned().collect::<Vec<_>>()
-    };
-    let tensors = |f: &moeq_formats::gguf::GgufFile| {
-        f.header()
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), t.ne.clone(), t.ggml_type, f.tensor_data(i).to_vec()))
-            .collect::<Vec<_>>()
-    };
-    keys(&a) == keys(&b) && tensors(&a) == tensors(&b)
-}
-
-/// Both layouts convert to what llama.cpp's converter writes, and with `--type` to what
-/// llama-quantize makes of that, byte for byte. The FP8 weights are decoded block by block
-/// (value × block scale in f32) and rounded to bf16 as the converter does; from the FP8
-/// layout the converter writes the bf16 layout's tensors (DeepSeek's cast rounds the same
-/// way), so its quantized files are the bf16 goldens but for `general.name`.
-#[test]
-fn deepseek_v3_converts_like_llama_cpp() {
-    let dir = tempfile::tempdir().unwrap();
-    for (layout, ftype, expected) in [
-        ("hf", None, "deepseek-v3-bf16.gguf"),
-        ("hf", Some("Q8_0"), "deepseek-v3-bf16-Q8_0.gguf"),
-        ("hf", Some("Q4_0"), "deepseek-v3-bf16-Q4_0.gguf"),
-        ("hf", Some("Q4_K_M"), "deepseek-v3-bf16-Q4_K_M.gguf"),
-        ("fp8", None, "deepseek-v3-fp8.gguf"),
-    ] {
-        let out = dir.path().join(format!("{layout}-{ftype:?}.gguf"));
-        let input = deepseek(layout);
-        let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&out), "-q"];
-        args.extend(ftype.iter().flat_map(|t| ["--type", *t]));
-        ok(&args);
-        assert!(std::fs::read(&out).unwrap() == std::fs::read(golden(expected)).unwrap(), "{layout} {ftype:?}");
-    }
-    for ftype in ["Q8_0", "Q4_0", "Q4_K_M"] {
-        let out = dir.path().join(format!("fp8-{ftype}.gguf"));
-        let input = deepseek("fp8");
-        let run = moeq(&["convert", path_arg(&input), "-o", path_arg(&out), "--type", ftype, "-q"]);
-        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-        // The multi-token-prediction layer is left out, and the user told so.
-        assert!(String::from_utf8_lossy(&run.stderr).contains("model.layers.3) is left out"));
-        let want = golden(&format!("deepseek-v3-bf16-{ftype}.gguf"));
-        assert!(same_gguf_except(&out, &want, &["general.name"]), "fp8 {ftype}");
-    }
-    // GGUF → GGUF requantizes as llama-quantize does.
-    let out = dir.path().join("requantized.gguf");
-    ok(&["convert", path_arg(&golden("deepseek-v3-bf16.gguf")), "-o", path_arg(&out), "--type", "Q4_K_M", "-q"]);
-    assert!(std::fs::read(&out).unwrap() == std::fs::read(golden("deepseek-v3-bf16-Q4_K_M.gguf")).unwrap());
-    let inspect: Json = serde_json::from_str(&ok(&["inspect", path_arg(&deepseek("fp8")), "--json"])).unwrap();
-    assert_eq!(inspect["architecture"], "deepseek-v3");
-    let tensors = inspect["tensors"].as_array().unwrap();
-    assert!(tensors.iter().any(|t| t["dtype"] == "F8_E4M3"), "{}", inspect["tensors"]);
-}
-
-/// moeq's forward reproduces transformers' `DeepseekV3ForCausalLM`: on the bf16 layout and
-/// llama.cpp's GGUFs (the bf16 values), and on the FP8 layout (its values decoded exactly,
-/// against the reference computed from the FP8 weights dequantized in f32).
-#[test]
-fn deepseek_v3_eval_reproduces_the_reference() {
-    for (input, reference) in [
-        (deepseek("hf"), "reference.safetensors"),
-        (golden("deepseek-v3-bf16.gguf"), "reference.safetensors"),
-        (golden("deepseek-v3-fp8.gguf"), "reference.safetensors"),
-        (deepseek("fp8"), "reference-fp8.safetensors"),
-    ] {
-        let reference = deepseek(reference);
-        let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
-        let trace = moeq::verify::eval::eval(&input, &tokens).unwrap();
-        let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(&reference, "logits")))];
-        for (n, h) in trace.hidden.iter().enumerate() {
-            checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")))));
-        }
-        // Each feed-forward block alone (layer 0 dense, then MoE), on the reference's input.
-        let source = moeq::source::Source::open(&input).unwrap();
-        let weights = moeq::model::weights::Weights::new(&source, &input).unwrap();
-        let model = moeq::forward::Model::new(&weights).unwrap();
-        assert_eq!(trace.moe_in.len(), 3);
-        for n in 0..trace.moe_in.len() {
-            let x: Vec<f32> = st_tensor(&reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();
-            let (out, routes) = model.ffn(n, &x).unwrap();
-            assert_eq!(routes.is_empty(), n == 0, "layer 0 is dense");
-            checked.push((format!("moe_out.{n}"), rel_l2(&out, &st_tensor(&reference, &format!("moe_out.{n}")))));
-        }
-        for (name, err) in checked {
-            assert!(err <= 1e-4, "{input:?}: {name} relative L2 {err:e}");
-        }
-    }
-}
-
-/// verify: exact for the lossless conversions (bf16 → BF16, FP8 → F32), the FP8 → BF16
-/// rounding within BF16's bound; and broken outputs fail, naming the culprit: MLA's key and
-/// value halves swapped, a shared expert dropped, the correction bias zeroed.
-#[test]
-fn deepseek_v3_verify_is_exact_and_catches_broken_outputs() {
-    let dir = tempfile::tempdir().unwrap();
-    let (code, r) = verify_json(&deepseek("hf"), &golden("deepseek-v3-bf16.gguf"));
-    assert_eq!(code, 0, "{}", r["failures"]);
-    assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true));
-    assert_eq!((r["model"]["kl_max"].as_f64(), r["model"]["top1"].as_f64()), (Some(0.0), Some(1.0)));
-    let f32_out = dir.path().join("fp8-f32.gguf");
-    ok(&["convert", path_arg(&deepseek("fp8")), "-o", path_arg(&f32_out), "--type", "F32", "-q"]);
-    let (code, r) = verify_json(&deepseek("fp8"), &f32_out);
-    assert_eq!(code, 0, "{}", r["failures"]);
-    assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true));
-    assert_eq!(r["model"]["reused_head"], true);
-    // Rounding the FP8 values to bf16: every tensor within BF16's bound, the FP8 ones not
-    // identical. (This tiny random model's logits are fragile: its next-token distributions
-    // move more than the default BF16 limit allows, so the model check gets a looser one.)
-    let out = moeq(&[
-        "verify",
-        path_arg(&deepseek("fp8")),
-        path_arg(&golden("deepseek-v3-fp8.gguf")),
-        "--json",
-        "--max-kl",
-        "0.2",
-    ]);
-    let r: Json = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", r["failures"]);
-    let tensors = r["tensors"].as_array().unwrap();
-    let q_b = tensors.iter().find(|t| t["name"] == "blk.1.attn_q_b.weight").unwrap();
-    assert!(q_b["identical"] == false && q_b["rel_rmse"].as_f64() > Some(0.0) && q_b["output_type"] == "BF16", "{q_b}");
-    assert!(tensors.iter().find(|t| t["name"] == "blk.1.ffn_gate_inp.weight").unwrap()["identical"] == true);
-
-    // nope = v_head_dim = 32, kv_lora_rank = 160, 4 heads, bf16.
-    let (heads, kv_lora, half) = (4, 160, 32);
-    let swapped = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
-        // attn_k_b [heads][kv_lora][nope] made of attn_v_b's rows and the reverse.
-        let ((k, n), (v, _)) = (range("blk.1.attn_k_b.weight"), range("blk.1.attn_v_b.weight"));
-        let (old_k, old_v) = (bytes[k..k + n].to_vec(), bytes[v..v + n].to_vec());
-        for h in 0..heads {
-            for c in 0..kv_lora {
-                for j in 0..half {
-                    let kb = 2 * ((h * kv_lora + c) * half + j);
-                    let vb = 2 * ((h * half + j) * kv_lora + c);
-                    bytes[k + kb..k + kb + 2].copy_from_slice(&old_v[vb..vb + 2]);
-                    bytes[v + vb..v + vb + 2].copy_from_slice(&old_k[kb..kb + 2]);
-                }
-            }
-        }
-    });
-    let no_shared = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
-        let (at, n) = range("blk.2.ffn_down_shexp.weight");
-        bytes[at..at + n].fill(0);
-    });
-    let no_bias = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
-        let (at, n) = range("blk.1.exp_probs_b.bias");
-        bytes[at..at + n].fill(0);
-    });
-    for (output, culprits, layer) in [
-        (swapped, vec!["blk.1.attn_k_b.weight", "blk.1.attn_v_b.weight"], None),
-        (no_shared, vec!["blk.2.ffn_down_shexp.weight"], Some(2)),
-        (no_bias, vec!["blk.1.exp_probs_b.bias"], Some(1)),
-    ] {
-        let (code, r) = verify_json(&deepseek("hf"), &output);
-        assert_eq!(code, 1, "{output:?} passed: {r}");
-        let failures = r["failures"].to_string();
-        for c in culprits {
-            assert!(failures.contains(c), "{c} not named in {failures}");
-        }
-        assert!(r["model"]["kl_max"].as_f64() > Some(1e-3), "{}", r["model"]);
-        if let Some(l) = layer {
-            // The block check on the source's hidden states sees it too.
-            let block = &r["blocks"][l];
-            assert!(block["rel_err"].as_f64() > Some(0.02), "{block}");
-        }
-    }
-    // Without the correction bias the routing itself changes.
-    let (_, r) = verify_json(&deepseek("hf"), &dir.path().join("broken-2-deepseek-v3-bf16.gguf"));
-    assert!(r["blocks"][1]["routing_agreement"].as_f64() < Some(0.9), "{}", r["blocks"][1]);
-}
-
-/// A copy of the FP8 fixture with the tensors of shard `shard` edited (the index follows) and
-/// `config.json` patched.
-fn broken_fp8(
+/// A copy of a fixture folder with one file's tensors edited (or none: `shard` empty) and
+/// its `config.json` edited, at `TEMP/PARENT/NAME` as the fixture is at `PARENT/NAME` (the
+/// GGUF's `general.name` comes from those names).
+fn fixture_variant(
+    src: &Path,
     shard: &str,
     edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool,
-    config: impl FnOnce(&mut Json),
-) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let src = deepseek("fp8");
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ] {
-        if f != shard {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    config: impl FnOnce(&mut serde_json::Map<String, Json>),
+) -> Variant {
+    let temp = tempfile::tempdir().unwrap();
+    let names = |p: &Path| p.file_name().unwrap().to_owned();
+    let dir = temp.path().join(names(src.parent().unwrap())).join(names(src));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name != shard && path.is_file() {
+            std::fs::copy(&path, dir.join(&name)).unwrap();
         }
     }
-    rewrite_safetensors(&src.join(shard), &dir.path().join(shard), edit);
-    let kept: Vec<String> = moeq_formats::safetensors::SafetensorsFile::open(&dir.path().join(shard))
-        .unwrap()
-        .tensors()
+    if !shard.is_empty() {
+        rewrite_safetensors(&src.join(shard), &dir.join(shard), edit);
+    }
+    let mut cfg = config_of(&dir);
+    config(cfg.as_object_mut().unwrap());
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    Variant { _temp: temp, dir }
+}
+
+/// A fixture copy made by [`fixture_variant`] (removed when dropped).
+struct Variant {
+    _temp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Variant {
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Runs moeq expecting a clean failure (exit 2, an `error:` line after any warnings, no
+/// panic); returns stderr.
+#[track_caller]
+fn fails_after_warnings(args: &[&str]) -> String {
+    let out = moeq(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "moeq {args:?}: {stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("error: ")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The bf16 bits of `v` (truncated: exact for the values used here).
+fn bf16_bits(v: f32) -> [u8; 2] {
+    ((v.to_bits() >> 16) as u16).to_le_bytes()
+}
+
+/// A narrowing cast that overflows (a bf16 weight above 65504 written as F16, an f32 one past
+/// bf16's range, a Q8_0 block whose F16 scale overflows) is refused like NaN input: file,
+/// tensor, row and column named, BF16 (or F32) suggested, nothing left behind. The same
+/// values convert where the type holds them.
+#[test]
+fn narrowing_casts_that_overflow_are_refused() {
+    let llama = fixtures().join("llama/hf");
+    // Row 1, column 6 of o_proj [64, 64] (not permuted: the same row and column in the GGUF).
+    let big = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, _, data| {
+            if name == "model.layers.0.self_attn.o_proj.weight" {
+                data[2 * 70..2 * 70 + 2].copy_from_slice(&bf16_bits(70144.0));
+            }
+            true
+        },
+        |_| {},
+    );
+    let out = tempfile::tempdir().unwrap();
+    let gguf = out.path().join("f16.gguf");
+    let mlx = out.path().join("f16-mlx");
+    let needles = ["model.safetensors", "o_proj.weight", "row 1, column 6", "70144", "F16", "BF16"];
+    for args in [
+        vec!["convert", path_arg(big.path()), "-o", path_arg(&gguf), "--type", "F16", "-q"],
+        vec!["convert", path_arg(big.path()), "-o", path_arg(&mlx), "--format", "mlx", "--type", "f16", "-q"],
+    ] {
+        let err = fails_after_warnings(&args);
+        for n in needles {
+            assert!(err.contains(n), "{n:?} not in {err}");
+        }
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "nothing left behind: {err}");
+    }
+    // BF16 (the default for this checkpoint) and F32 hold it.
+    for ty in ["BF16", "F32"] {
+        ok(&["convert", path_arg(big.path()), "-o", path_arg(&out.path().join(format!("{ty}.gguf"))), "--type", ty]);
+    }
+    ok(&["convert", path_arg(big.path()), "-o", path_arg(&out.path().join("bf16-mlx")), "--format", "mlx", "-q"]);
+
+    // gpt-oss's transposed bf16 experts: the output row and column are named.
+    let experts = fixture_variant(
+        &fixtures().join("gpt-oss/hf-bf16"),
+        "model.safetensors",
+        |name, _, data| {
+            if name == "model.layers.1.mlp.experts.gate_up_proj" {
+                // Expert 0, input 0, output column 2 (gate row 1 after de-interleaving).
+                data[4..6].copy_from_slice(&bf16_bits(-1.0e6));
+            }
+            true
+        },
+        |_| {},
+    );
+    let err =
+        fails_after_warnings(&["convert", path_arg(experts.path()), "-o", path_arg(&gguf), "--type", "F16", "-q"]);
+    for n in ["gate_up_proj", "blk.1.ffn_gate_exps.weight", "row 1, column 0", "-999", "F16's range", "BF16"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+
+    // An f32 checkpoint value that rounds past bf16's range.
+    let f32_max = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, entry, data| {
+            if name == "model.layers.1.mlp.down_proj.weight" {
+                let mut wide: Vec<u8> = data
+                    .chunks_exact(2)
+                    .flat_map(|h| f32::from_bits((u16::from_le_bytes([h[0], h[1]]) as u32) << 16).to_le_bytes())
+                    .collect();
+                wide[4 * 130..4 * 131].copy_from_slice(&f32::MAX.to_le_bytes());
+                *data = wide;
+                entry["dtype"] = Json::from("F32");
+            }
+            true
+        },
+        |_| {},
+    );
+    let err =
+        fails_after_warnings(&["convert", path_arg(f32_max.path()), "-o", path_arg(&gguf), "--type", "BF16", "-q"]);
+    for n in ["down_proj.weight", "row 1, column 2", "infinity in BF16", "F32"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+    ok(&["convert", path_arg(f32_max.path()), "-o", path_arg(&out.path().join("max.gguf")), "--type", "F32", "-q"]);
+    // An MLX affine group spanning more than f32 holds: its bf16 scale would be infinite.
+    let span = fixture_variant(
+        &llama,
+        "model.safetensors",
+        |name, entry, data| {
+            if name == "model.layers.0.mlp.gate_proj.weight" {
+                let mut wide: Vec<u8> = data
+                    .chunks_exact(2)
+                    .flat_map(|h| f32::from_bits((u16::from_le_bytes([h[0], h[1]]) as u32) << 16).to_le_bytes())
+                    .collect();
+                wide[..4].copy_from_slice(&3.0e38f32.to_le_bytes());
+                wide[4..8].copy_from_slice(&(-3.0e38f32).to_le_bytes());
+                *data = wide;
+                entry["dtype"] = Json::from("F32");
+            }
+            true
+        },
+        |_| {},
+    );
+    let err = fails_after_warnings(&[
+        "convert",
+        path_arg(span.path()),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+    ]);
+    for n in ["gate_proj.weight", "row 0, columns 0..64", "-3e38..3e38", "scale overflows bf16", "--quant-override"] {
+        assert!(err.contains(n), "{n:?} not in {err}");
+    }
+    assert!(!mlx.exists());
+
+    // GGUF requantization: F32 → F16 and F32 → Q8_0 (block scale), from a GGUF moeq wrote.
+    let f32_gguf = out.path().join("llama-f32.gguf");
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&f32_gguf), "--type", "F32", "-q"]);
+    let mut bytes = std::fs::read(&f32_gguf).unwrap();
+    let file = moeq_formats::gguf::GgufFile::open(&f32_gguf).unwrap();
+    let header = file.header();
+    let idx = header.tensors.iter().position(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    let at = (header.data_offset + header.tensors[idx].offset) as usize + 4 * 67;
+    bytes[at..at + 4].copy_from_slice(&1.0e9f32.to_le_bytes());
+    let patched = out.path().join("patched-f32.gguf");
+    std::fs::write(&patched, bytes).unwrap();
+    let requant = out.path().join("requant.gguf");
+    for (ty, needle) in [("F16", "F16's range"), ("Q8_0", "Q8_0 block (its scales overflow)")] {
+        let err = fails_after_warnings(&["convert", path_arg(&patched), "-o", path_arg(&requant), "--type", ty]);
+        for n in ["patched-f32.gguf", "blk.0.ffn_up.weight", "row 1, column 3", "1000000000", needle] {
+            assert!(err.contains(n), "{ty}: {n:?} not in {err}");
+        }
+        assert!(!requant.exists());
+    }
+    ok(&["convert", path_arg(&patched), "-o", path_arg(&requant), "--type", "BF16", "-q"]);
+}
+
+/// The tensors decide a checkpoint's layout, not config.json (a fine-tune's config still
+/// saying MXFP4, a folder whose config lost its quantization_config, OpenAI's original
+/// tensors beside a Hugging Face config and back, an MLX build whose config lost its
+/// `quantization` block, plain weights under an MLX or fp8 config): moeq warns and converts
+/// to GGUF, MLX and HF and evaluates and verifies exactly as with the right config.
+#[test]
+fn layout_follows_the_tensors_not_config_json() {
+    let keep = |_: &str, _: &mut Json, _: &mut Vec<u8>| true;
+    let gpt_oss = fixtures().join("gpt-oss");
+    let out = tempfile::tempdir().unwrap();
+    let read_config = |dir: &str| config_of(&gpt_oss.join(dir));
+    let replace_config = |with: Json| {
+        move |m: &mut serde_json::Map<String, Json>| {
+            m.clear();
+            m.extend(with.as_object().unwrap().clone());
+        }
+    };
+    let mxfp4_config = read_config("hf-mxfp4");
+    let cases: Vec<(&str, Variant, &str, &[&str])> = vec![
+        (
+            "hf-bf16",
+            fixture_variant(&gpt_oss.join("hf-bf16"), "", keep, |m| {
+                m.insert("quantization_config".into(), mxfp4_config["quantization_config"].clone());
+            }),
+            "gpt-oss-bf16.gguf",
+            &["\"quant_method\": \"mxfp4\"", "plain float weights"],
+        ),
+        (
+            "hf-mxfp4",
+            fixture_variant(&gpt_oss.join("hf-mxfp4"), "", keep, |m| {
+                m.remove("quantization_config");
+            }),
+            "gpt-oss-mxfp4.gguf",
+            &["says no quantization", "MXFP4 (*_blocks/*_scales tensors)"],
+        ),
+        (
+            "original",
+            fixture_variant(&gpt_oss.join("original"), "", keep, replace_config(mxfp4_config.clone())),
+            "gpt-oss-mxfp4.gguf",
+            &["Hugging Face MXFP4 layout", "OpenAI's original layout (block.N.*)"],
+        ),
+        (
+            "hf-mxfp4",
+            fixture_variant(&gpt_oss.join("hf-mxfp4"), "", keep, replace_config(read_config("original"))),
+            "gpt-oss-mxfp4.gguf",
+            &["OpenAI's original form", "MXFP4 (*_blocks/*_scales tensors)"],
+        ),
+        (
+            "../llama/hf",
+            fixture_variant(&fixtures().join("llama/hf"), "", keep, |m| {
+                m.insert("quantization".into(), serde_json::json!({"group_size": 64, "bits": 4}));
+            }),
+            "llama-bf16.gguf",
+            &["an MLX \"quantization\" block", "plain float weights"],
+        ),
+        (
+            "../mixtral/hf",
+            fixture_variant(&fixtures().join("mixtral/hf"), "", keep, |m| {
+                m.insert("quantization_config".into(), serde_json::json!({"quant_method": "fp8"}));
+            }),
+            "mixtral-bf16.gguf",
+            &["quant_method \"fp8\"", "plain float weights"],
+        ),
+    ];
+    let tensors_and_keys = |path: &Path| {
+        let f = moeq_formats::gguf::GgufFile::open(path).unwrap();
+        let keys: Vec<_> = f.header().metadata.iter().filter(|(k, _)| k != "general.name").cloned().collect();
+        let data: Vec<_> = (0..f.header().tensors.len()).map(|i| f.tensor_data(i).to_vec()).collect();
+        (keys, f.header().tensors.clone(), data)
+    };
+    for (i, (clean, dir, golden_name, warned)) in cases.iter().enumerate() {
+        let clean = gpt_oss.join(clean);
+        let input = path_arg(dir.path());
+        // GGUF: the file llama.cpp's converter writes from the clean checkpoint.
+        let gguf = out.path().join(format!("{i}.gguf"));
+        let err = ok_stderr(&["convert", input, "-o", path_arg(&gguf), "-q"]);
+        for n in *warned {
+            assert!(err.contains(n), "case {i}: {n:?} not in {err}");
+        }
+        assert!(err.contains("config.json") && err.contains("reading them as"), "case {i}: {err}");
+        assert!(tensors_and_keys(&gguf) == tensors_and_keys(&golden(golden_name)), "case {i}: GGUF differs");
+        // MLX and (gpt-oss) HF builds: those of the clean checkpoint.
+        let mut formats = vec![("mlx", vec!["--type", "q4", "--group-size", "32"])];
+        if golden_name.starts_with("gpt-oss") {
+            formats.push(("hf", vec![]));
+        }
+        for (format, more) in formats {
+            let (a, b) = (out.path().join(format!("{i}-{format}")), out.path().join(format!("{i}-{format}-clean")));
+            for (src, dst) in [(input, &a), (path_arg(&clean), &b)] {
+                let mut args = vec!["convert", src, "-o", path_arg(dst), "--format", format, "-q"];
+                args.extend(more.iter());
+                ok(&args);
+            }
+            assert!(folder_tensors(&a) == folder_tensors(&b), "case {i}: {format} build differs");
+        }
+        // eval and verify: the same model.
+        let eval = |p: &str| ok(&["eval", p, "--tokens", "1,2,3"]);
+        assert_eq!(eval(input), eval(path_arg(&clean)), "case {i}");
+        let (code, r) = verify_json(&clean, dir.path());
+        assert_eq!((code, r["model"]["kl_max"].as_f64()), (0, Some(0.0)), "case {i}: {}", r["failures"]);
+        let inspect = ok(&["inspect", input]);
+        assert!(inspect.contains("warning"), "case {i}: {inspect}");
+    }
+
+    // An MLX build whose config.json lost its quantization block: found by its tensors;
+    // MLX's mxfp4 mode needs no settings, affine ones are asked for.
+    let strip = |m: &mut serde_json::Map<String, Json>| {
+        m.remove("quantization");
+        m.remove("quantization_config");
+    };
+    let mlx = fixtures().join("golden-mlx");
+    let stripped = fixture_variant(&mlx.join("gpt-oss-mxfp4"), "", keep, strip);
+    let eval = |p: &Path| ok(&["eval", path_arg(p), "--tokens", "1,2,3"]);
+    assert_eq!(eval(stripped.path()), eval(&mlx.join("gpt-oss-mxfp4")));
+    let inspect = ok(&["inspect", path_arg(stripped.path())]);
+    assert!(inspect.contains("MLX build") && inspect.contains("warning"), "{inspect}");
+    let err = fails_after_warnings(&["convert", path_arg(stripped.path()), "-o", path_arg(&out.path().join("x.gguf"))]);
+    assert!(err.contains("an MLX build"), "{err}");
+    let stripped = fixture_variant(&mlx.join("llama-q4"), "", keep, strip);
+    let err = fails_after_warnings(&["eval", path_arg(stripped.path()), "--tokens", "1,2,3"]);
+    assert!(err.contains("no \"quantization\" settings") && err.contains("model.embed_tokens.weight"), "{err}");
+}
+
+/// Inputs the fuzzers once found troublesome (`tests/fixtures/fuzz/`; e.g. a `block_count` of
+/// 65535 over a 2-layer model, which listed every claimed layer's tensors, 300 MB and 1.5 s,
+/// before failing at layer 2): eval and verify refuse each cleanly, and so does the fuzz
+/// targets' library entry point.
+#[test]
+fn fuzz_regressions_fail_cleanly() {
+    let mut count = 0;
+    for entry in std::fs::read_dir(fixtures().join("fuzz")).unwrap() {
+        let path = entry.unwrap().path();
+        let err = fails_after_warnings(&["eval", path_arg(&path), "--tokens", "0,1"]);
+        assert!(err.contains(path_arg(&path)), "{err}");
+        fails_after_warnings(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&path)]);
+        assert!(moeq::forward::check_gguf_bytes(&std::fs::read(&path).unwrap()).is_err(), "{path:?}");
+        count += 1;
+    }
+    assert!(count > 0);
+}
+
+// ---- moeq imatrix -------------------------------------------------------------------------
+
+/// An importance matrix GGUF: its metadata and, per tensor, its `ne` and f32 values.
+type ImatrixFile = (Vec<(String, moeq_formats::gguf::Value)>, Vec<(String, Vec<u64>, Vec<f32>)>);
+
+fn read_imatrix(path: &Path) -> ImatrixFile {
+    let file = moeq_formats::gguf::GgufFile::open(path).unwrap();
+    let h = file.header();
+    let tensors = h
+        .tensors
         .iter()
-        .map(|t| t.name.clone())
+        .enumerate()
+        .map(|(i, t)| {
+            assert_eq!(t.ggml_type, moeq_formats::gguf::GgmlType::F32, "{}", t.name);
+            let values =
+                file.tensor_data(i).chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            (t.name.clone(), t.ne.clone(), values)
+        })
         .collect();
-    let mut index: Json =
-        serde_json::from_slice(&std::fs::read(src.join("model.safetensors.index.json")).unwrap()).unwrap();
-    index["weight_map"].as_object_mut().unwrap().retain(|name, file| file != shard || kept.contains(name));
-    std::fs::write(dir.path().join("model.safetensors.index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    (h.metadata.clone(), tensors)
+}
+
+/// A legacy .dat imatrix: entries (name, ncall, values), then the chunk count and dataset.
+type DatFile = (Vec<(String, i32, Vec<f32>)>, i32, String);
+
+fn read_dat(path: &Path) -> DatFile {
+    let b = std::fs::read(path).unwrap();
+    let mut at = 0;
+    let i32_at = |at: &mut usize| {
+        let v = i32::from_le_bytes(b[*at..*at + 4].try_into().unwrap());
+        *at += 4;
+        v
+    };
+    let n = i32_at(&mut at);
+    let mut entries = Vec::new();
+    for _ in 0..n {
+        let len = i32_at(&mut at) as usize;
+        let name = String::from_utf8(b[at..at + len].to_vec()).unwrap();
+        at += len;
+        let ncall = i32_at(&mut at);
+        let nval = i32_at(&mut at) as usize;
+        let values = b[at..at + 4 * nval].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        at += 4 * nval;
+        entries.push((name, ncall, values));
+    }
+    let chunks = i32_at(&mut at);
+    let len = i32_at(&mut at) as usize;
+    let dataset = String::from_utf8(b[at..at + len].to_vec()).unwrap();
+    assert_eq!(at + len, b.len(), "trailing bytes");
+    (entries, chunks, dataset)
+}
+
+fn rel_l2_f32(a: &[f32], b: &[f32]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
+/// A copy of the bf16 gpt-oss fixture with its config and weights edited.
+fn gpt_oss_variant(
+    config: impl FnOnce(&mut Json),
+    edit: impl FnMut(&str, &mut Json, &mut Vec<u8>) -> bool,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/hf-bf16");
+    for f in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
     let mut cfg: Json = serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
     config(&mut cfg);
     std::fs::write(dir.path().join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    rewrite_safetensors(&src.join("model.safetensors"), &dir.path().join("model.safetensors"), edit);
     dir
 }
 
-/// FP8 tensors whose block scales are missing or misshapen, NaN codes, and FP8 without its
-/// quantization settings are refused, naming the file and tensor; nothing is left behind.
+/// On the same text and chunks, `moeq imatrix` gives what llama-imatrix gives (f32 throughout,
+/// see tests/fixtures/imatrix/README.md): the same metadata keys and tensors, identical counts
+/// (experts included), sums within 1e-4; the legacy .dat too.
 #[test]
-fn broken_fp8_checkpoints_fail_cleanly() {
-    let out_dir = tempfile::tempdir().unwrap();
-    let out = out_dir.path().join("out.gguf");
-    let shard = "model-00001-of-00002.safetensors";
-    let weight = "model.layers.1.self_attn.kv_b_proj.weight";
-    let scales = "model.layers.1.self_attn.kv_b_proj.weight_scale_inv";
-    let keep = |_: &mut Json| {};
-    // Like `fails`, but the multi-token-prediction layer's warning may come first.
-    let fails = |args: &[&str]| -> String {
-        let out = moeq(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(2), "moeq {args:?}: {stderr}");
-        assert!(stderr.lines().any(|l| l.starts_with("error: ")) && !stderr.contains("panicked"), "{stderr}");
-        stderr
-    };
-
-    let missing = broken_fp8(shard, |n, _, _| n != scales, keep);
-    let err = fails(&["convert", path_arg(missing.path()), "-o", path_arg(&out)]);
-    assert!(err.contains(shard) && err.contains(weight) && err.contains("without its block scales"), "{err}");
-
-    let misshapen = broken_fp8(
-        shard,
-        |n, entry, data| {
-            if n == scales {
-                // [2, 2] (256 rows, 160 columns in blocks of 128) given as [2, 1].
-                entry["shape"] = serde_json::json!([2, 1]);
-                data.truncate(8);
-            }
-            true
-        },
-        keep,
-    );
-    let err = fails(&["convert", path_arg(misshapen.path()), "-o", path_arg(&out)]);
-    assert!(err.contains(scales) && err.contains("[2, 1]") && err.contains("F32 [2, 2]"), "{err}");
-
-    let bf16_scales = broken_fp8(
-        shard,
-        |n, entry, data| {
-            if n == scales {
-                entry["dtype"] = Json::from("BF16");
-                data.truncate(8);
-            }
-            true
-        },
-        keep,
-    );
-    let err = fails(&["convert", path_arg(bf16_scales.path()), "-o", path_arg(&out)]);
-    assert!(err.contains(scales) && err.contains("BF16"), "{err}");
-
-    let orphan = broken_fp8(shard, |n, _, _| n != weight, keep);
-    let err = fails(&["convert", path_arg(orphan.path()), "-o", path_arg(&out)]);
-    assert!(err.contains(scales) && err.contains("does not hold"), "{err}");
-
-    let nan = broken_fp8(
-        shard,
-        |n, _, data| {
-            if n == weight {
-                data[5 * 160 + 7] = 0x7F;
-            }
-            true
-        },
-        keep,
-    );
-    for ftype in ["Q4_K_M", "BF16"] {
-        let err = fails(&["convert", path_arg(nan.path()), "-o", path_arg(&out), "--type", ftype]);
-        // Stored row 5, column 7 is row 7 (head 0, latent 7), column 5 of the transposed attn_k_b.
-        assert!(
-            err.contains(weight)
-                && err.contains("attn_k_b")
-                && err.contains("row 7, column 5 is FP8 code 0x7f, which is NaN"),
-            "{err}"
-        );
-    }
-
-    let undeclared = broken_fp8(
-        shard,
-        |_, _, _| true,
-        |c| {
-            c.as_object_mut().unwrap().remove("quantization_config");
-        },
-    );
-    let err = fails(&["convert", path_arg(undeclared.path()), "-o", path_arg(&out)]);
-    assert!(err.contains("F8_E4M3") && err.contains("quantization_config"), "{err}");
-
-    let no_blocks = broken_fp8(
-        shard,
-        |_, _, _| true,
-        |c| {
-            c["quantization_config"].as_object_mut().unwrap().remove("weight_block_size");
-        },
-    );
-    let err = fails(&["convert", path_arg(no_blocks.path()), "-o", path_arg(&out)]);
-    assert!(err.contains("config.json") && err.contains("weight_block_size"), "{err}");
-    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
-}
-
-/// MLX builds equal what `mlx_lm convert` writes, from both layouts (mlx-lm dequantizes the
-/// FP8 weights to bf16 as the converter does), and read back for eval and verify.
-#[test]
-fn deepseek_v3_mlx_builds_equal_what_mlx_lm_writes() {
-    let out = tempfile::tempdir().unwrap();
-    for (layout, group, golden) in [("hf", "32", "deepseek-v3-q4"), ("fp8", "64", "deepseek-v3-fp8-q4")] {
-        let dst = out.path().join(golden);
-        let input = deepseek(layout);
-        ok(&[
-            "convert",
-            path_arg(&input),
-            "-o",
-            path_arg(&dst),
-            "--format",
-            "mlx",
-            "--type",
-            "q4",
-            "--group-size",
-            group,
-            "-q",
-        ]);
-        let want = fixtures().join("golden-mlx").join(golden);
-        let (got_t, want_t) = (folder_tensors(&dst), folder_tensors(&want));
-        assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{layout}");
-        for (name, w) in &want_t {
-            assert!(got_t[name] == *w, "{layout}: tensor {name} differs");
+fn imatrix_equals_llama_imatrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_yarn = gpt_oss_variant(|c| c["rope_scaling"]["factor"] = serde_json::json!(1.0), |_, _, _| true);
+    let text = fixtures().join("imatrix/calib.txt");
+    for (name, model) in [("mixtral", fixtures().join("mixtral/hf")), ("gpt-oss", no_yarn.path().to_path_buf())] {
+        let (gguf, dat) = (dir.path().join(format!("{name}.gguf")), dir.path().join(format!("{name}.dat")));
+        for (out, format) in [(&gguf, "gguf"), (&dat, "dat")] {
+            ok(&[
+                "imatrix",
+                path_arg(&model),
+                "--text",
+                path_arg(&text),
+                "--ctx",
+                "64",
+                "--chunks",
+                "20",
+                "-o",
+                path_arg(out),
+                "--output-format",
+                format,
+                "-q",
+            ]);
         }
-        // The router is never quantized and its correction bias stays f32, as in mlx-lm.
-        assert_eq!(got_t["model.layers.1.mlp.gate.e_score_correction_bias"].0, "F32");
-        assert_eq!(got_t["model.layers.1.mlp.gate.weight"].0, "BF16");
-        assert_eq!(config_of(&dst)["quantization"], config_of(&want)["quantization"]);
-        let index = |d: &Path| -> Json {
-            serde_json::from_slice(&std::fs::read(d.join("model.safetensors.index.json")).unwrap()).unwrap()
+        let (ours_meta, ours) = read_imatrix(&gguf);
+        let (ref_meta, reference) = read_imatrix(&fixtures().join(format!("imatrix/{name}-llama.imatrix.gguf")));
+        let keys = |m: &[(String, moeq_formats::gguf::Value)]| -> Vec<(String, String)> {
+            m.iter().map(|(k, v)| (k.clone(), v.type_label())).collect()
         };
-        assert_eq!(index(&dst)["metadata"], index(&want)["metadata"]);
+        assert_eq!(keys(&ours_meta), keys(&ref_meta), "{name}: metadata keys");
+        for key in ["general.type", "imatrix.chunk_count", "imatrix.chunk_size"] {
+            let get = |m: &[(String, moeq_formats::gguf::Value)]| m.iter().find(|(k, _)| k == key).unwrap().1.clone();
+            assert_eq!(get(&ours_meta), get(&ref_meta), "{name}: {key}");
+        }
+        assert_eq!(ours.len(), reference.len(), "{name}: tensor count");
+        let mut worst = 0.0f64;
+        for ((a_name, a_ne, a), (b_name, b_ne, b)) in ours.iter().zip(&reference) {
+            assert_eq!((a_name, a_ne), (b_name, b_ne), "{name}: tensor order and shapes");
+            if a_name.ends_with(".counts") {
+                assert_eq!(a, b, "{name}: {a_name}");
+            } else {
+                let rel = rel_l2_f32(a, b);
+                worst = worst.max(rel);
+                assert!(rel < 1e-4, "{name}: {a_name} deviates by {rel:.2e}");
+            }
+        }
+        assert!(ours.iter().any(|(n, ne, _)| n.ends_with("ffn_gate_exps.weight.in_sum2") && ne == &[64, 4]), "{name}");
+        let (ours_dat, ours_chunks, dataset) = read_dat(&dat);
+        let (ref_dat, ref_chunks, _) = read_dat(&fixtures().join(format!("imatrix/{name}-llama.imatrix.dat")));
+        assert_eq!((ours_chunks, dataset.as_str()), (ref_chunks, path_arg(&text)), "{name}: .dat trailer");
+        assert_eq!(ours_dat.len(), ref_dat.len(), "{name}: .dat entries");
+        for ((a_name, a_ncall, a), (b_name, b_ncall, b)) in ours_dat.iter().zip(&ref_dat) {
+            assert_eq!((a_name, a_ncall, a.len()), (b_name, b_ncall, b.len()), "{name}: .dat entry");
+            assert!(rel_l2_f32(a, b) < 1e-4, "{name}: .dat {a_name}");
+        }
+        eprintln!("{name}: largest relative deviation from llama-imatrix {worst:.2e}");
     }
-    // mlx-lm's build reads back: its tensors are the q4 values of the source's.
-    let (code, r) = verify_json(&deepseek("hf"), &fixtures().join("golden-mlx/deepseek-v3-q4"));
-    assert!(code == 0 || code == 1, "{r}");
-    assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["rel_rmse"].as_f64() <= t["bound"].as_f64()), "{r}");
 }
+
+/// Expert statistics follow the routing; a router that starves two experts is reported, and
+/// --all-experts gives every expert every token (recorded in the file), routing unchanged.
+#[test]
+fn imatrix_covers_starved_experts_with_all_experts() {
+    // Router bias −40 for experts 2 and 3 in every layer: they are never among the top 2.
+    let starved = gpt_oss_variant(
+        |_| {},
+        |name, _, data| {
+            if name.ends_with("mlp.router.bias") {
+                for e in [2, 3] {
+                    data[2 * e..2 * e + 2].copy_from_slice(&0xC220u16.to_le_bytes()); // bf16 −40
+                }
+            }
+            true
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures().join("imatrix/calib.txt");
+    let run = |out: &Path, extra: &[&str]| -> Json {
+        let mut args = vec![
+            "imatrix",
+            path_arg(starved.path()),
+            "--text",
+            path_arg(&text),
+            "--ctx",
+            "64",
+            "-o",
+            path_arg(out),
+            "--json",
+            "-q",
+        ];
+        args.extend(extra);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let (routed, all) = (dir.path().join("routed.gguf"), dir.path().join("all.gguf"));
+    let coverage = run(&routed, &[]);
+    let tokens = coverage["tokens"].as_u64().unwrap();
+    assert!(tokens >= 64 * 20, "{coverage}");
+    for layer in coverage["routed"].as_array().unwrap() {
+        let counts: Vec<u64> = layer.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(counts[2..], [0, 0], "{coverage}");
+        assert_eq!(counts.iter().sum::<u64>(), 2 * tokens, "top-2 routing: {coverage}");
+    }
+    let starved_list = coverage["starved"].as_array().unwrap();
+    assert_eq!(starved_list.len(), 4, "{coverage}");
+    assert_eq!(run(&all, &["--all-experts"])["routed"], coverage["routed"], "routing unchanged");
+
+    let tensor = |file: &ImatrixFile, name: &str| file.1.iter().find(|t| t.0 == name).unwrap().2.clone();
+    let (r, a) = (read_imatrix(&routed), read_imatrix(&all));
+    assert!(!r.0.iter().any(|(k, _)| k == "moeq.imatrix.all_experts"));
+    assert!(a.0.iter().any(|(k, v)| k == "moeq.imatrix.all_experts" && *v == moeq_formats::gguf::Value::Bool(true)));
+    for l in 0..2 {
+        let router_sums = tensor(&r, &format!("blk.{l}.ffn_gate_inp.weight.in_sum2"));
+        assert_eq!(tensor(&r, &format!("blk.{l}.ffn_gate_inp.weight.counts")), [tokens as f32]);
+        for proj in ["gate", "up", "down"] {
+            let name = format!("blk.{l}.ffn_{proj}_exps.weight");
+            let counts = tensor(&r, &format!("{name}.counts"));
+            assert_eq!(counts[2..], [0.0, 0.0], "{name}");
+            assert_eq!(counts.iter().sum::<f32>(), 2.0 * tokens as f32, "{name}");
+            assert_eq!(tensor(&a, &format!("{name}.counts")), [tokens as f32; 4], "{name} with --all-experts");
+            let sums = tensor(&a, &format!("{name}.in_sum2"));
+            assert!(sums.iter().all(|s| *s > 0.0), "{name}: every expert has data");
+            if proj != "down" {
+                // Gate and up see the block's input: with every token, each expert's sums are
+                // the router's; routed, the experts' sums add up to top-k times the router's.
+                for e in 0..4 {
+                    assert!(rel_l2_f32(&sums[e * 64..(e + 1) * 64], &router_sums) < 1e-6, "{name} expert {e}");
+                }
+                let routed_sums = tensor(&r, &format!("{name}.in_sum2"));
+                let per_col: Vec<f32> =
+                    (0..64).map(|c| (0..4).map(|e| routed_sums[e * 64 + c]).sum::<f32>() / 2.0).collect();
+                assert!(rel_l2_f32(&per_col, &router_sums) < 1e-6, "{name}");
+            }
+        }
+    }
+}
+
+/// Bad calibration input: a clear error naming the problem, exit 2, nothing written.
+#[test]
+fn imatrix_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let (empty, short, bad_utf8) =
+        (write("empty.txt", b"  \n"), write("short.txt", b"Hello world"), write("latin1.txt", b"caf\xe9 au lait\n"));
+    let big_id = write("ids.txt", b"1,2,3\n4,5,99999\n");
+    let mixtral = fixtures().join("mixtral/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (gpt_oss, gguf) = (fixtures().join("gpt-oss/hf-mxfp4"), golden("mixtral-bf16.gguf"));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![path_arg(&mixtral), "--text", path_arg(&empty)], "the text is empty"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&short)], "fewer than one chunk of 512"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&bad_utf8)], "not UTF-8 text (invalid byte at offset 3)"),
+        (
+            vec![path_arg(&mixtral), "--text", path_arg(&text), "--tokenizer", path_arg(&gpt_oss)],
+            "not this model's tokenizer",
+        ),
+        (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer DIR"),
+        (vec![path_arg(&mixtral), "--tokens-file", path_arg(&big_id)], "chunk 2 holds token 99999"),
+        (vec![path_arg(&mixtral), "--text", path_arg(&text), "--ctx", "0"], "--ctx must be at least 1"),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["imatrix"];
+        all.extend(args);
+        all.extend(["-o", path_arg(&out)]);
+        let e = fails(&all);
+        assert!(e.contains(message), "{all:?}: {e}");
+    }
+    // The output may not replace an input.
+    let e = fails(&["imatrix", path_arg(&mixtral), "--text", path_arg(&text), "-o", path_arg(&text)]);
+    assert!(e.contains("never writes over a file it reads"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 4, "nothing but the inputs: {left:?}");
+}
+
+/// Text as input to eval and verify, tokenized as imatrix tokenizes it.
+#[test]
+fn eval_and_verify_take_text() {
+    // Llama's byte-level BPE (llama-bpe) starts with its BOS, 509.
+    let out = ok(&["eval", path_arg(&fixtures().join("llama/hf")), "--text", "Hello world, hello", "--top", "1"]);
+    let first: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(&first[..2], ["0", "509"], "{out}");
+    assert!(out.lines().count() > 3, "{out}");
+    let text = fixtures().join("imatrix/calib.txt");
+    let report = ok(&[
+        "verify",
+        path_arg(&fixtures().join("mixtral/hf")),
+        path_arg(&golden("mixtral-bf16.gguf")),
+        "--text",
+        path_arg(&text),
+        "--json",
+    ]);
+    let report: Json = serde_json::from_str(&report).unwrap();
+    assert!(report["model"]["positions"].as_u64().unwrap() > 1000, "{report}");
+}
+
+/// verify --every-expert: each expert on every token; exact for a lossless build, small and
+/// nonzero for Q8_0, large for Q4_0.
+#[test]
+fn verify_every_expert_checks_each_expert_on_every_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("gpt-oss/hf-bf16");
+    let experts = |output: &Path| -> Vec<f64> {
+        let out = ok(&["verify", path_arg(&src), path_arg(output), "--every-expert", "--json"]);
+        let report: Json = serde_json::from_str(&out).unwrap();
+        let list = report["experts"].as_array().unwrap();
+        assert_eq!(list.len(), 8, "2 layers × 4 experts");
+        let routed: u64 = list.iter().map(|e| e["routed"].as_u64().unwrap()).sum();
+        assert_eq!(routed, 2 * 2 * 256, "top-2 over 256 reference tokens in 2 layers");
+        list.iter().map(|e| e["rel_err"].as_f64().unwrap()).collect()
+    };
+    assert!(experts(&golden("gpt-oss-bf16.gguf")).iter().all(|&r| r == 0.0));
+    let (q8, q4) = (dir.path().join("q8.gguf"), dir.path().join("q4.gguf"));
+    for (out, ty) in [(&q8, "Q8_0"), (&q4, "Q4_0")] {
+        moeq(&["convert", path_arg(&src), "-o", path_arg(out), "--type", ty, "-q"]);
+    }
+    let (e8, e4) = (experts(&q8), experts(&q4));
+    assert!(e8.iter().all(|&r| r > 0.0 && r < 0.02), "{e8:?}");
+    assert!(e4.iter().zip(&e8).all(|(a, b)| a > &(5.0 * b)), "{e4:?} vs {e8:?}");
+}
+#[path = "cli/qwen.rs"]
+mod qwen;
+
+#[path = "cli/deepseek.rs"]
+mod deepseek;

@@ -182,11 +182,22 @@ fn mark_changed(id: usize) {
 /// Fails with [`Error::InputChanged`] when an input was truncated while mapped, or when a
 /// mapped input's size or modification time differs from when it was mapped.
 pub fn check_unchanged() -> Result<()> {
+    check(false)
+}
+
+/// [`check_unchanged`] over every input the run mapped, also those no longer mapped: for a
+/// run that failed, whose error may come from an input rewritten under it (values that make
+/// no sense), so that the error names the cause.
+pub fn check_unchanged_since_mapped() -> Result<()> {
+    check(true)
+}
+
+fn check(unmapped_too: bool) -> Result<()> {
     if let Some(path) = changed() {
         return Err(Error::InputChanged { path });
     }
     let found = records().iter().enumerate().find_map(|(id, r)| {
-        if !r.tracked || r.live == 0 {
+        if !r.tracked || (r.live == 0 && !unmapped_too) {
             return None;
         }
         let m = std::fs::metadata(&r.path).ok()?;

@@ -92,6 +92,44 @@ fn split_that_fits_in_one_shard_is_a_plain_file() {
     assert!(shards[0].metadata.is_empty(), "stale split keys are dropped");
 }
 
+/// `--keep-split`'s shards: given tensor counts, the same keys as a size split; written
+/// through the same output (nothing at the path until finished, an old set of the stem with
+/// another count replaced).
+#[test]
+fn shards_by_count_replace_an_earlier_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = GgufFile::open(&crate::fixtures().join("golden/llama-bf16.gguf")).unwrap();
+    let plan = GgufPlan::from_header(source.header());
+    let data: Vec<Vec<u8>> = (0..plan.tensors.len()).map(|i| source.tensor_data(i).to_vec()).collect();
+    let n = plan.tensors.len();
+    assert!(plan.split_by_counts(&[n - 1]).is_none(), "counts must add up");
+    assert!(plan.split_by_counts(&[0, n]).is_none(), "no empty shard");
+    assert_eq!(plan.split_by_counts(&[n]).unwrap().len(), 1);
+    let out = dir.path().join("model.gguf");
+    write(&out, &plan, &data, Some(60_000));
+    let old = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(old != 3 && old > 1, "{old}");
+    let counts = [2, n - 5, 3];
+    let shards = plan.split_by_counts(&counts).unwrap();
+    let writer = GgufWriter::create_shards(&out, &shards).unwrap();
+    assert_eq!(writer.paths(), (0..3).map(|i| shard_path(&out, i, 3)).collect::<Vec<_>>());
+    for (i, d) in data.iter().enumerate() {
+        writer.write_tensor(i, d).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), old, "nothing new in place before finish");
+    writer.finish().unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    assert_eq!(names, (0..3).map(|i| shard_path(&out, i, 3)).collect::<Vec<_>>(), "the old set is gone");
+    let model = GgufModel::open(&names[0]).unwrap();
+    let per: Vec<usize> = model.shards().iter().map(|s| s.header().tensors.len()).collect();
+    assert_eq!(per, counts);
+    assert_eq!(model.first().header().get("split.count"), Some(&Value::U16(3)));
+    for (i, spec) in plan.tensors.iter().enumerate() {
+        assert_eq!(model.tensor(&spec.name).unwrap().1, &data[i][..]);
+    }
+}
+
 #[test]
 fn split_model_checks_its_shards() {
     let dir = tempfile::tempdir().unwrap();

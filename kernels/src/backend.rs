@@ -18,10 +18,23 @@ use crate::{KernelError, QuantType, scalar};
 /// meets a NaN or an infinity stops, and only then is its step searched for the culprit.
 const STEP: usize = 8192;
 
-/// Quantizes whole blocks of a type; returns false (output unspecified) on a NaN or infinity.
-pub(crate) type QuantizeFn = fn(QuantType, &[f32], &mut [u8]) -> bool;
-/// Quantizes rows (`n_per_row` values each, finite) with one importance weight per column.
-pub(crate) type QuantizeRowsFn = fn(QuantType, &[f32], &mut [u8], usize, &[f32]);
+/// Why a quantizer stopped; its output is then unspecified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The input holds a NaN or an infinity (the caller finds which).
+    NonFinite,
+    /// ggml's quantizer aborts on this block (its index in the quantizer's input): an
+    /// i-quant super-block whose values are so large that their squares overflow.
+    Degenerate(usize),
+    /// The type needs importance weights ([`QuantType::needs_importance`]) and got none.
+    NeedsImportance,
+}
+
+/// Quantizes whole blocks of a type without importance weights.
+pub(crate) type QuantizeFn = fn(QuantType, &[f32], &mut [u8]) -> Result<(), Refusal>;
+/// Quantizes rows (`n_per_row` values each, finite) with one importance weight per column;
+/// only [`Refusal::Degenerate`] can come back.
+pub(crate) type QuantizeRowsFn = fn(QuantType, &[f32], &mut [u8], usize, &[f32]) -> Result<(), Refusal>;
 /// Dequantizes whole blocks of a type.
 pub(crate) type DequantizeFn = fn(QuantType, &[u8], &mut [f32]);
 /// A 16-bit float format → f32.
@@ -50,11 +63,12 @@ impl<F> Kernel<F> {
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
     /// Quantization of whole blocks without importance weights; `None` for types moeq
-    /// cannot quantize to.
+    /// cannot quantize to and for those that [need weights](QuantType::needs_importance)
+    /// (IQ2_XXS, IQ2_XS, IQ1_S: ggml refuses them without).
     pub quantize: Option<Kernel<QuantizeFn>>,
     /// Quantization of rows with importance weights; `None` where the weights cannot change
-    /// the bytes (ggml ignores them for Q8_0 and MXFP4: `quantize` serves) or where moeq
-    /// cannot quantize.
+    /// the bytes (ggml ignores them for Q8_0, MXFP4, TQ1_0 and TQ2_0: `quantize` serves) or
+    /// where moeq cannot quantize.
     pub quantize_weighted: Option<Kernel<QuantizeRowsFn>>,
     /// Dequantization of whole blocks.
     pub dequantize: Kernel<DequantizeFn>,
@@ -107,13 +121,13 @@ pub struct Backend {
 /// Whether ggml ignores importance weights for this type (its weighted quantizer is the
 /// plain one).
 fn ignores_weights(ty: QuantType) -> bool {
-    matches!(ty, QuantType::Q8_0 | QuantType::MXFP4)
+    matches!(ty, QuantType::Q8_0 | QuantType::MXFP4 | QuantType::TQ1_0 | QuantType::TQ2_0)
 }
 
 /// The scalar reference's kernels for `ty`: the base every SIMD table starts from.
 pub(crate) fn scalar_kernels(ty: QuantType) -> TypeKernels {
     let quantize: Option<Kernel<QuantizeFn>> =
-        ty.can_quantize().then_some(Kernel::new("scalar", scalar::quantize_checked));
+        (ty.can_quantize() && !ty.needs_importance()).then_some(Kernel::new("scalar", scalar::quantize_checked));
     let weighted: Option<Kernel<QuantizeRowsFn>> =
         (ty.can_quantize() && !ignores_weights(ty)).then_some(Kernel::new("scalar", scalar::weighted::quantize_rows));
     TypeKernels { quantize, quantize_weighted: weighted, dequantize: Kernel::new("scalar", scalar::dequantize) }
@@ -179,34 +193,44 @@ pub fn disagreement(b: &Backend) -> Option<String> {
     if std::ptr::eq(b, &SCALAR) {
         return None;
     }
-    let probe = probe_values();
+    let (all_probe, ordinary_probe) = (probe_values(), ordinary_probe_values());
     let weights = probe_weights();
     let n_per_row = weights.len();
     let same_f32 =
         |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()));
     for ty in QuantType::ALL {
         let (mine, reference) = (b.kernels(ty), SCALAR.kernels(ty));
+        // The i-quants' searches are slow and abort (as ggml's do) on values whose squares
+        // overflow: they get a few super-blocks of ordinary values.
+        let probe = if scalar::iquants::is_iquant(ty) { &ordinary_probe } else { &all_probe };
         let mut want = vec![0u8; ty.bytes_for(probe.len())];
         let mut got = want.clone();
         if let (Some(k), Some(r)) = (mine.quantize, reference.quantize)
             && k.origin != "scalar"
-            && (!(r.run)(ty, &probe, &mut want) || !(k.run)(ty, &probe, &mut got) || want != got)
         {
-            return Some(format!("{} quantize", ty.name()));
+            let (r_result, k_result) = ((r.run)(ty, probe, &mut want), (k.run)(ty, probe, &mut got));
+            if r_result.is_err() || k_result != r_result || want != got {
+                return Some(format!("{} quantize", ty.name()));
+            }
         }
         if let (Some(k), Some(r)) = (mine.quantize_weighted, reference.quantize_weighted)
             && k.origin != "scalar"
         {
-            (r.run)(ty, &probe, &mut want, n_per_row, &weights);
-            (k.run)(ty, &probe, &mut got, n_per_row, &weights);
-            if want != got {
+            let r_result = (r.run)(ty, probe, &mut want, n_per_row, &weights);
+            let k_result = (k.run)(ty, probe, &mut got, n_per_row, &weights);
+            if r_result.is_err() || k_result != r_result || want != got {
                 return Some(format!("{} quantize with weights", ty.name()));
             }
         }
         if mine.dequantize.origin != "scalar" {
             // The reference's codes of the probe, then arbitrary bytes (any scale bits).
-            if let Some(r) = reference.quantize {
-                (r.run)(ty, &probe, &mut want);
+            let codes = match (reference.quantize, reference.quantize_weighted) {
+                (Some(r), _) => (r.run)(ty, probe, &mut want),
+                (None, Some(r)) => (r.run)(ty, probe, &mut want, n_per_row, &weights),
+                (None, None) => Ok(()),
+            };
+            if codes.is_err() {
+                return Some(format!("{} quantize (scalar reference)", ty.name()));
             }
             let mut noise = want.clone();
             noise.iter_mut().enumerate().for_each(|(i, v)| *v = (i.wrapping_mul(0x9E37_79B1) >> 7) as u8);
@@ -232,6 +256,7 @@ pub fn disagreement(b: &Backend) -> Option<String> {
             }
         }
     }
+    let probe = all_probe;
     let (mut want16, mut got16) = (vec![0u16; probe.len()], vec![0u16; probe.len()]);
     for (name, k, r) in [("f32 to bf16", c.f32_to_bf16, r.f32_to_bf16), ("f32 to f16", c.f32_to_f16, r.f32_to_f16)] {
         if k.origin != "scalar" {
@@ -265,6 +290,43 @@ fn probe_weights() -> Vec<f32> {
             2 => 1e6,
             3 | 4 => 1.0,
             _ => ((i * 7919) % 1000) as f32 / 100.0,
+        })
+        .collect()
+}
+
+/// 1024 ordinary values (one row of [`probe_weights`], four super-blocks) for the i-quants:
+/// uniform noise, a bell-shaped block with outliers, a block of small integers and halves
+/// with all-zero groups (ties and empty groups), and a block of small values with one
+/// outlier per 64.
+fn ordinary_probe_values() -> Vec<f32> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    (0..1024)
+        .map(|i| match i / 256 {
+            0 => next(),
+            1 => {
+                let v = next() + next() + next() + next();
+                if i % 97 == 0 { v * 8.0 } else { v }
+            }
+            2 => {
+                if (i / 32) % 3 == 0 {
+                    0.0
+                } else {
+                    ((i * 7) % 9) as f32 * 0.5 - 2.0
+                }
+            }
+            _ => {
+                if i % 64 == 5 {
+                    0.9
+                } else {
+                    next() * 1e-3
+                }
+            }
         })
         .collect()
 }
@@ -325,21 +387,26 @@ impl Backend {
     /// Quantizes `src` (a whole number of blocks) into `dst` (exactly its byte size).
     /// Refuses NaN and infinities.
     pub fn quantize(&self, ty: QuantType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
-        let Some(k) = self.kernels(ty).quantize else { return Err(KernelError::Unsupported(ty.name())) };
+        let Some(k) = self.kernels(ty).quantize else {
+            let name = ty.name();
+            return Err(if ty.needs_importance() {
+                KernelError::NeedsImportance(name)
+            } else {
+                KernelError::Unsupported(name)
+            });
+        };
         check_lengths(ty, src.len(), dst.len())?;
         let step_bytes = ty.bytes_for(STEP);
         for (i, (x, y)) in src.chunks(STEP).zip(dst.chunks_mut(step_bytes)).enumerate() {
-            if !(k.run)(ty, x, y) {
-                let (at, value) = first_non_finite(x).unwrap_or((0, f32::NAN));
-                return Err(KernelError::NonFinite { index: i * STEP + at, value });
-            }
+            (k.run)(ty, x, y).map_err(|r| refused(ty, r, x, i * STEP))?;
         }
         Ok(())
     }
 
     /// Quantizes rows of `n_per_row` values with importance weights (an imatrix row: one
     /// weight per column), as ggml's `ggml_quantize_chunk` does when given `quant_weights`.
-    /// Q8_0 and MXFP4 ignore the weights, as in ggml.
+    /// Q8_0, MXFP4, TQ1_0 and TQ2_0 ignore the weights, as in ggml. Refuses NaN and
+    /// infinities, and an i-quant super-block on which ggml's quantizer aborts.
     pub fn quantize_weighted(
         &self,
         ty: QuantType,
@@ -349,7 +416,7 @@ impl Backend {
         weights: &[f32],
     ) -> Result<(), KernelError> {
         let kernels = self.kernels(ty);
-        if kernels.quantize.is_none() {
+        if kernels.quantize.is_none() && kernels.quantize_weighted.is_none() {
             return Err(KernelError::Unsupported(ty.name()));
         }
         check_lengths(ty, src.len(), dst.len())?;
@@ -370,10 +437,9 @@ impl Backend {
             return Err(KernelError::BadWeight { index, value });
         }
         match kernels.quantize_weighted {
-            Some(k) => (k.run)(ty, src, dst, n_per_row, weights),
-            None => self.quantize(ty, src, dst)?,
+            Some(k) => (k.run)(ty, src, dst, n_per_row, weights).map_err(|r| refused(ty, r, src, 0)),
+            None => self.quantize(ty, src, dst),
         }
-        Ok(())
     }
 
     /// Dequantizes `src` (whole blocks) into `dst` (exactly its value count).
@@ -419,6 +485,20 @@ impl Backend {
     }
 }
 
+/// The error for a kernel's refusal of `x`, which starts at value `offset` of the input.
+fn refused(ty: QuantType, r: Refusal, x: &[f32], offset: usize) -> KernelError {
+    match r {
+        Refusal::NonFinite => {
+            let (at, value) = first_non_finite(x).unwrap_or((0, f32::NAN));
+            KernelError::NonFinite { index: offset + at, value }
+        }
+        Refusal::Degenerate(block) => {
+            KernelError::Degenerate { ty: ty.name(), block: offset / ty.block_size() + block }
+        }
+        Refusal::NeedsImportance => KernelError::NeedsImportance(ty.name()),
+    }
+}
+
 fn check_lengths(ty: QuantType, values: usize, bytes: usize) -> Result<(), KernelError> {
     if !values.is_multiple_of(ty.block_size()) {
         let what = format!("{values} values is not a whole number of {}-value blocks", ty.block_size());
@@ -439,9 +519,24 @@ mod tests {
         y.fill(0.0);
     }
 
-    fn shifted_weights(ty: QuantType, x: &[f32], y: &mut [u8], n: usize, w: &[f32]) {
+    fn shifted_weights(ty: QuantType, x: &[f32], y: &mut [u8], n: usize, w: &[f32]) -> Result<(), Refusal> {
         let w: Vec<f32> = w.iter().map(|v| v * 2.0 + 1.0).collect();
         scalar::weighted::quantize_rows(ty, x, y, n, &w)
+    }
+
+    /// The reference's bytes with one bit flipped in the last super-block.
+    fn flipped_iq3_s(ty: QuantType, x: &[f32], y: &mut [u8]) -> Result<(), Refusal> {
+        scalar::quantize(ty, x, y)?;
+        if let Some(last) = y.last_mut() {
+            *last ^= 1;
+        }
+        Ok(())
+    }
+
+    fn flipped_iq1_s_weights(ty: QuantType, x: &[f32], y: &mut [u8], n: usize, w: &[f32]) -> Result<(), Refusal> {
+        scalar::weighted::quantize_rows(ty, x, y, n, w)?;
+        y[y.len() / 2] ^= 4;
+        Ok(())
     }
 
     fn broken_q4_k(ty: QuantType) -> TypeKernels {
@@ -454,6 +549,25 @@ mod tests {
         if ty == QuantType::Q2_K { k.weighted_with("test", shifted_weights) } else { k }
     }
 
+    fn broken_iquants(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        match ty {
+            QuantType::IQ3_S => k.quantize_with("test", flipped_iq3_s),
+            _ => k,
+        }
+    }
+
+    fn broken_iquant_weights(ty: QuantType) -> TypeKernels {
+        let k = scalar_kernels(ty);
+        match ty {
+            QuantType::IQ1_S => k.weighted_with("test", flipped_iq1_s_weights),
+            _ => k,
+        }
+    }
+
+    static BROKEN_IQUANT: Backend = Backend { name: "test", kernels: broken_iquants, conversions: SCALAR.conversions };
+    static BROKEN_IQUANT_WEIGHTS: Backend =
+        Backend { name: "test", kernels: broken_iquant_weights, conversions: SCALAR.conversions };
     static BROKEN_DEQUANTIZE: Backend = Backend { name: "test", kernels: broken_q4_k, conversions: SCALAR.conversions };
     static BROKEN_WEIGHTS: Backend =
         Backend { name: "test", kernels: broken_q2_k_weights, conversions: SCALAR.conversions };
@@ -475,6 +589,8 @@ mod tests {
         assert_eq!(disagreement(&BROKEN_DEQUANTIZE).as_deref(), Some("Q4_K dequantize"));
         assert_eq!(disagreement(&BROKEN_WEIGHTS).as_deref(), Some("Q2_K quantize with weights"));
         assert_eq!(disagreement(&BROKEN_CONVERSION).as_deref(), Some("f16 to f32"));
+        assert_eq!(disagreement(&BROKEN_IQUANT).as_deref(), Some("IQ3_S quantize"));
+        assert_eq!(disagreement(&BROKEN_IQUANT_WEIGHTS).as_deref(), Some("IQ1_S quantize with weights"));
         for b in available() {
             assert_eq!(disagreement(b), None, "{}", b.name);
         }

@@ -6,12 +6,15 @@ use moeq_kernels::backend::SCALAR;
 use moeq_kernels::{Backend, KernelError, QuantType, available};
 use proptest::prelude::*;
 
+mod iquants;
+
 fn simd_backends() -> Vec<&'static Backend> {
     available().into_iter().filter(|b| b.name != "scalar").collect()
 }
 
+/// The types these generic tests quantize (the i-quants have their own, in `iquants`).
 fn quantizable() -> Vec<QuantType> {
-    QuantType::ALL.into_iter().filter(|t| t.can_quantize()).collect()
+    QuantType::ALL.into_iter().filter(|t| t.can_quantize() && !iquants::IQUANTS.contains(t)).collect()
 }
 
 /// Asserts every backend quantizes `x` (and dequantizes the result) like the scalar one, and

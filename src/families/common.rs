@@ -182,10 +182,11 @@ pub struct Converted<'a> {
     pub warnings: Vec<String>,
 }
 
-/// The converter's type rule: 1-D tensors, norms, the router and every bias are F32; other
-/// tensors take the output type.
+/// The converter's type rule: 1-D tensors, norms, the router, a shared expert's gate
+/// (`ffn_gate_inp_shexp`) and every bias are F32; other tensors take the output type.
 pub fn converter_type(name: &str, n_dims: usize, out: GgmlType) -> GgmlType {
-    if n_dims <= 1 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp.") || !name.ends_with(".weight") {
+    let router = name.contains("ffn_gate_inp.") || name.contains("ffn_gate_inp_shexp.");
+    if n_dims <= 1 || name.ends_with("_norm.weight") || router || !name.ends_with(".weight") {
         GgmlType::F32
     } else {
         out
@@ -251,7 +252,7 @@ pub fn stacked_experts<'a>(
         })
         .collect::<Result<Vec<_>>>()?;
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, n_expert], ggml_type: out };
-    Ok(Recipe { spec, parts, check_finite: true })
+    Ok(Recipe { spec, parts, check_finite: true, importance: None })
 }
 
 /// The FP8 block quantization `config.json` declares (`quantization_config` with `quant_method:
@@ -359,5 +360,5 @@ impl<'a> Fp8Scales<'a> {
 /// making `rows` rows (see [`stacked_experts`], which builds the parts of float checkpoints).
 pub fn stacked(name: String, parts: Vec<Part<'_>>, (rows, cols): (u64, u64), out: GgmlType) -> Recipe<'_> {
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, parts.len() as u64], ggml_type: out };
-    Recipe { spec, parts, check_finite: true }
+    Recipe { spec, parts, check_finite: true, importance: None }
 }

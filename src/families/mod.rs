@@ -14,6 +14,8 @@ pub mod deepseek_v3;
 pub mod gpt_oss;
 pub mod llama;
 pub mod mixtral;
+pub mod qwen2_moe;
+pub mod qwen3_moe;
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +32,8 @@ use common::{Converted, OutType};
 
 /// Every family moeq knows, in the order detection asks them. A new family is its folder
 /// and one line here.
-pub static FAMILIES: &[&dyn Family] = &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama, &deepseek_v3::DeepseekV3];
+pub static FAMILIES: &[&dyn Family] =
+    &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama, &qwen3_moe::Qwen3Moe, &qwen2_moe::Qwen2Moe, &deepseek_v3::DeepseekV3];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it
 /// into the family's typed config first, with errors naming the file and the key.
@@ -52,8 +55,11 @@ pub trait Family: Sync {
         None
     }
 
-    /// The layout of a checkpoint of this family, from its `config.json` and tensor names
-    /// (empty when unknown). Settings that can only be checked with the tensors belong here.
+    /// The layout of a checkpoint of this family. With its tensor names, from the tensors
+    /// alone, as llama.cpp's converter decides how to read each tensor by its name (a
+    /// fine-tune's `config.json` often still describes the base model); without them (empty),
+    /// what `config.json` says. Where the two disagree the tensors win and moeq warns
+    /// ([`ModelConfig::warnings`]). MLX builds are recognized before this is asked.
     fn layout(&self, _config: &Keys, _tensor_names: &[&str]) -> SourceLayout {
         SourceLayout::Hf
     }
@@ -76,6 +82,14 @@ pub trait Family: Sync {
     /// The `tokenizer.*` keys for a checkpoint whose tokenizer is in `dir`, as the family's
     /// converter writes them; `pre` overrides the pre-tokenizer. Returns keys and warnings.
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)>;
+
+    /// An error when llama.cpp's converter or runtime cannot carry this checkpoint in a GGUF
+    /// (`moeq convert` checks it before writing one), though moeq still reads it: its
+    /// [`Family::convert`] plans it for `--format mlx` and the forward (Qwen3-MoE with dense
+    /// layers, which mlx-lm runs).
+    fn gguf_refusal(&self, _config: &ModelConfig) -> Result<()> {
+        Ok(())
+    }
 
     /// The GGUF llama.cpp's converter writes for a checkpoint of this family.
     fn convert<'a>(
@@ -209,6 +223,28 @@ impl SourceLayout {
             SourceLayout::Mlx => "MLX build",
         }
     }
+
+    /// What in `config.json` says this layout (for warnings).
+    pub fn config_evidence(self) -> &'static str {
+        match self {
+            SourceLayout::OpenAiOriginal => "OpenAI's original form (no \"architectures\")",
+            SourceLayout::HfMxfp4 => "\"quantization_config\": {\"quant_method\": \"mxfp4\"}",
+            SourceLayout::Hf => "no quantization",
+            SourceLayout::Mlx => "an MLX \"quantization\" block",
+        }
+    }
+
+    /// What in the tensors shows this layout (for warnings).
+    pub fn tensor_evidence(self) -> &'static str {
+        match self {
+            SourceLayout::OpenAiOriginal => "named as in OpenAI's original layout (block.N.*)",
+            SourceLayout::HfMxfp4 => "MXFP4 (*_blocks/*_scales tensors)",
+            SourceLayout::Hf => "plain float weights",
+            SourceLayout::Mlx => {
+                "in MLX's form (quantized .weight/.scales pairs, mlx-lm's names or format: mlx shards)"
+            }
+        }
+    }
 }
 
 /// A checkpoint's `config.json` and what it says: the family, class and layout.
@@ -227,11 +263,14 @@ pub struct ModelConfig {
     pub json: Json,
     /// The folder it was read from (empty when built from JSON alone).
     pub dir: PathBuf,
+    /// Where `config.json` disagrees with the tensors (the layout follows the tensors).
+    pub warnings: Vec<String>,
 }
 
 impl ModelConfig {
     /// Reads `config.json` in `dir` and finds the family; `Ok(None)` when there is none.
-    /// `tensor_names` are the checkpoint's (empty when unknown), for the layout.
+    /// `tensor_names` are the checkpoint's (empty when unknown), for the layout; with the
+    /// opened tensors, [`crate::source::Source::open`] decides it from them.
     pub fn detect(dir: &Path, tensor_names: &[&str]) -> Result<Option<ModelConfig>> {
         let Some(file) = ConfigFile::read(dir)? else { return Ok(None) };
         let config = Self::from_json(&file.json, tensor_names).with_context(|| format!("{}", file.path.display()))?;
@@ -262,7 +301,15 @@ impl ModelConfig {
         // mlx-lm's quantization block marks an MLX build.
         let layout = if keys.object("quantization").is_some() { SourceLayout::Mlx } else { layout };
         let hparams = family.inspect_hparams(&keys, layout);
-        Ok(ModelConfig { family, class, layout, hparams, json: json.clone(), dir: PathBuf::new() })
+        Ok(ModelConfig {
+            family,
+            class,
+            layout,
+            hparams,
+            json: json.clone(),
+            dir: PathBuf::new(),
+            warnings: Vec::new(),
+        })
     }
 
     /// The `config.json` path, for errors.
@@ -300,6 +347,25 @@ mod tests {
     }
 
     #[test]
+    fn gpt_oss_layout_comes_from_the_tensor_names() {
+        let stale = json!({"architectures": ["GptOssForCausalLM"], "quantization_config": {"quant_method": "mxfp4"}});
+        let keys = Keys::of(&stale, "");
+        let g = &gpt_oss::GptOss;
+        assert_eq!(g.layout(&keys, &[]), SourceLayout::HfMxfp4);
+        let bf16 = ["model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"];
+        assert_eq!(g.layout(&keys, &bf16), SourceLayout::Hf);
+        let mxfp4 =
+            ["model.layers.0.mlp.experts.gate_up_proj_blocks", "model.layers.0.mlp.experts.gate_up_proj_scales"];
+        let none = json!({"architectures": ["GptOssForCausalLM"]});
+        assert_eq!(g.layout(&Keys::of(&none, ""), &mxfp4), SourceLayout::HfMxfp4);
+        let original = ["embedding.weight", "block.0.mlp.mlp1_weight.blocks", "block.0.mlp.mlp1_weight.scales"];
+        assert_eq!(g.layout(&keys, &original), SourceLayout::OpenAiOriginal);
+        let original_config = json!({"num_experts": 4, "experts_per_token": 2});
+        assert_eq!(g.layout(&Keys::of(&original_config, ""), &mxfp4), SourceLayout::HfMxfp4);
+        assert!(gpt_oss::original_form(&Keys::of(&original_config, "")) && !gpt_oss::original_form(&keys));
+    }
+
+    #[test]
     fn the_registry_finds_each_family() {
         for f in FAMILIES {
             for c in f.classes() {
@@ -310,18 +376,19 @@ mod tests {
         // llama.cpp's `llama` architecture: Mixtral with experts, Llama without.
         assert_eq!(for_gguf("llama", 8).map(|f| f.name()), Some("mixtral"));
         assert_eq!(for_gguf("llama", 0).map(|f| f.name()), Some("llama"));
-        assert!(for_gguf("qwen3moe", 128).is_none() && for_class("Qwen3MoeForCausalLM").is_none());
+        assert_eq!(for_gguf("qwen3moe", 128).map(|f| f.name()), Some("qwen3-moe"));
+        assert_eq!(for_gguf("qwen2moe", 60).map(|f| f.name()), Some("qwen2-moe"));
+        assert!(for_gguf("granitemoe", 32).is_none() && for_class("GraniteMoeForCausalLM").is_none());
     }
 
     #[test]
     fn rejects_unknown_and_malformed() {
-        let e = ModelConfig::from_json(&json!({"architectures": ["Qwen3MoeForCausalLM"]}), &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown architecture 'Qwen3MoeForCausalLM'"), "{e}");
-        assert!(
-            e.to_string().ends_with(
-                "GptOssForCausalLM, MixtralForCausalLM, LlamaForCausalLM, or OpenAI's original gpt-oss layout"
-            )
-        );
+        let e = ModelConfig::from_json(&json!({"architectures": ["GraniteMoeForCausalLM"]}), &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown architecture 'GraniteMoeForCausalLM'"), "{e}");
+        for class in FAMILIES.iter().flat_map(|f| f.classes()) {
+            assert!(e.to_string().contains(&format!(" {class},")), "{class} not listed in: {e}");
+        }
+        assert!(e.to_string().ends_with(", or OpenAI's original gpt-oss layout"), "{e}");
         assert!(ModelConfig::from_json(&json!({"architectures": []}), &[]).is_err());
         assert!(ModelConfig::from_json(&json!({"architectures": "Llama"}), &[]).is_err());
         assert!(ModelConfig::from_json(&json!({}), &[]).is_err());

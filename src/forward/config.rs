@@ -252,13 +252,18 @@ impl Config {
         if w.has("rope_freqs.weight") {
             expect.push(Expect::new("rope_freqs.weight", &[&half]));
         }
-        for l in 0..s.n_layer.value as usize {
-            expect.extend(blocks.attention_tensors(&s, l));
-            expect.push(Expect::new(format!("blk.{l}.{}.weight", blocks.ffn_norm()), &[&s.n_embd]));
-            expect.extend(blocks.layer_tensors(&s, l));
-        }
         for e in &expect {
             check(w, &s, e)?;
+        }
+        // Layer by layer, so a `block_count` far past the tensors fails at the first missing
+        // layer instead of listing every layer it claims first.
+        for l in 0..s.n_layer.value as usize {
+            let mut layer = blocks.attention_tensors(&s, l);
+            layer.push(Expect::new(format!("blk.{l}.{}.weight", blocks.ffn_norm()), &[&s.n_embd]));
+            layer.extend(blocks.layer_tensors(&s, l));
+            for e in &layer {
+                check(w, &s, e)?;
+            }
         }
         if let Some(past) = w.names().find(|n| {
             n.strip_prefix("blk.")

@@ -56,9 +56,12 @@ impl Model<'_, '_> {
     /// `y[k][o] = Σ_i x[k][i] · W[first + o][i] (+ bias[o])` for rows `first..first + rows` of
     /// weight `name`. The rows are decoded tile by tile, each tile on whichever thread takes it
     /// and multiplied with every token while it is in cache, so decoding runs on all cores and
-    /// no decoded matrix is ever held whole.
+    /// no decoded matrix is ever held whole. The model's [`super::Probe`], if any, sees `x` first.
     pub fn project(&self, x: &[f32], name: &str, first: u64, rows: u64, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         let cols = self.w.ne(name)?.first().copied().unwrap_or(1) as usize;
+        if let Some(probe) = &self.probe {
+            probe.input(name, first, rows, x);
+        }
         let t = x.len() / cols.max(1);
         let mut y = vec![0.0f32; t * rows as usize];
         // Runs of tiles, so the per-tile results held before they are scattered into `y` stay

@@ -12,6 +12,7 @@
 //! will index before anything runs.
 
 pub mod attention;
+pub mod check;
 pub mod config;
 pub mod linear;
 pub mod moe;
@@ -20,6 +21,7 @@ pub mod ops;
 use anyhow::{Result, bail};
 
 pub use attention::{Attention, Heads, RopePairs, attend};
+pub use check::{check_gguf_bytes, check_model};
 pub use config::{Config, Expect, Hp, Meta, Sizes};
 
 use crate::model::weights::Weights;
@@ -149,6 +151,15 @@ pub struct FfnOutput {
     pub expert_out: Vec<Vec<Vec<f32>>>,
 }
 
+/// Sees the input of every weight multiplication of a forward pass ([`Model::project`]): what
+/// an importance matrix collects. Called on the thread that runs the pass, before the product
+/// is computed.
+pub trait Probe: Send + Sync {
+    /// `x` ([t, cols], row-major) is multiplied with rows `first..first + rows` of weight
+    /// `name` (for a stacked expert tensor [cols, rows per expert, experts]: one expert's rows).
+    fn input(&self, name: &str, first: u64, rows: u64, x: &[f32]);
+}
+
 /// A model ready to run.
 pub struct Model<'w, 'a> {
     /// Its tensors.
@@ -157,13 +168,19 @@ pub struct Model<'w, 'a> {
     pub cfg: Config,
     /// Its family's blocks.
     pub blocks: &'static dyn Blocks,
+    /// Sees every weight multiplication's input (none by default; `moeq imatrix` sets one).
+    pub probe: Option<std::sync::Arc<dyn Probe>>,
+    /// Whether MoE blocks keep each routed expert's own output per token
+    /// ([`FfnOutput::expert_out`], for verify's per-expert check; on by default). Runs that do
+    /// not need them turn it off: they take tokens × experts used × hidden values.
+    pub keep_expert_out: bool,
 }
 
 impl<'w, 'a> Model<'w, 'a> {
     /// Reads the hyperparameters and checks them against the tensors ([`Config::new`]).
     pub fn new(w: &'w Weights<'a>) -> Result<Model<'w, 'a>> {
         let (cfg, family) = Config::new(w)?;
-        Ok(Model { cfg, w, blocks: family.forward() })
+        Ok(Model { cfg, w, blocks: family.forward(), probe: None, keep_expert_out: true })
     }
 
     /// The tensor the logits come from: `output.weight`, or the embedding when tied.
@@ -195,15 +212,7 @@ impl<'w, 'a> Model<'w, 'a> {
             })
             .flatten()
             .collect();
-        let (h, t) = (c.n_embd, tokens.len());
-        let vocab = *self.w.ne("token_embd.weight")?.get(1).unwrap_or(&0) as usize;
-        let mut x = Vec::with_capacity(t * h);
-        for &tok in &tokens {
-            if tok as usize >= vocab {
-                bail!("token {tok} is outside the vocabulary ({vocab} tokens)");
-            }
-            x.extend(self.w.rows("token_embd.weight", tok as u64, 1)?);
-        }
+        let mut x = self.embed(&tokens)?;
         let mut trace = Trace { hidden: vec![x.clone()], ..Trace::default() };
         for l in 0..c.n_layer {
             if let Some(r) = reuse
@@ -219,13 +228,8 @@ impl<'w, 'a> Model<'w, 'a> {
                 trace.reused_layers.push(l);
                 continue;
             }
-            let attn = self.blocks.attention_block(self, l, &x, &starts)?;
-            x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
-            let norm = self.blocks.ffn_norm();
-            let m_in = rmsnorm(&x, &self.t(&format!("blk.{l}.{norm}.weight"))?, c.rms_eps);
-            let FfnOutput { out: m_out, routes, expert_out } = self.ffn_detailed(l, &m_in)?;
+            let (m_in, FfnOutput { out: m_out, routes, expert_out }) = self.layer(l, &mut x, &starts)?;
             trace.expert_out.push(expert_out);
-            x.iter_mut().zip(&m_out).for_each(|(a, b)| *a += b);
             trace.moe_in.push(m_in);
             trace.moe_out.push(m_out);
             trace.routes.push(routes);
@@ -244,6 +248,34 @@ impl<'w, 'a> Model<'w, 'a> {
         trace.logits = std::sync::Arc::new(self.linear(&out, head, false)?);
         trace.residual = x;
         Ok(trace)
+    }
+
+    /// The embeddings of `tokens` [T, hidden]: the residual stream entering layer 0.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let vocab = *self.w.ne("token_embd.weight")?.get(1).unwrap_or(&0) as usize;
+        let mut x = Vec::with_capacity(tokens.len() * self.cfg.n_embd);
+        for &tok in tokens {
+            if tok as usize >= vocab {
+                bail!("token {tok} is outside the vocabulary ({vocab} tokens)");
+            }
+            x.extend(self.w.rows("token_embd.weight", tok as u64, 1)?);
+        }
+        Ok(x)
+    }
+
+    /// Layer `l` on the residual stream `x` [T, hidden], in place: the attention block (rows
+    /// attend within their sequence: `starts[i]` is the row where row i's sequence starts) and
+    /// its residual add, the feed-forward norm, the feed-forward block and its residual add.
+    /// Returns the feed-forward block's normalized input and its output (before the add).
+    pub fn layer(&self, l: usize, x: &mut [f32], starts: &[usize]) -> Result<(Vec<f32>, FfnOutput)> {
+        let attn = self.blocks.attention_block(self, l, x, starts)?;
+        x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+        drop(attn);
+        let norm = self.blocks.ffn_norm();
+        let m_in = rmsnorm(x, &self.t(&format!("blk.{l}.{norm}.weight"))?, self.cfg.rms_eps);
+        let f = self.ffn_detailed(l, &m_in)?;
+        x.iter_mut().zip(&f.out).for_each(|(a, b)| *a += b);
+        Ok((m_in, f))
     }
 
     /// The feed-forward block of layer `l` on normalized input `x` [T, hidden]: its output and,

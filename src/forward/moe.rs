@@ -42,7 +42,9 @@ pub fn routed(m: &Model, l: usize, x: &[f32], moe: &Moe) -> Result<FfnOutput> {
 
 /// Each token's output as the weighted sum of its chosen experts' outputs: `routes[i]` and
 /// `weights[i]` are token i's experts and weights; `expert(e, rows)` computes expert `e` on
-/// the rows of the tokens routed to it (each expert runs once, on all its tokens).
+/// the rows of the tokens routed to it (each expert runs once, on all its tokens). Each
+/// expert's own outputs are kept only when [`Model::keep_expert_out`] (else `expert_out` holds
+/// empty rows).
 pub fn dispatch(
     m: &Model,
     x: &[f32],
@@ -69,6 +71,9 @@ pub fn dispatch(
         for (k, &(i, w)) in picked.iter().enumerate() {
             let y = &ye[k * h..(k + 1) * h];
             out[i * h..(i + 1) * h].iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
+            if !m.keep_expert_out {
+                continue;
+            }
             if let Some(slot) = routes[i].iter().position(|&x| x == e) {
                 expert_out[i][slot] = y.to_vec();
             }

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, TensorSpec};
-use moeq_formats::safetensors::{SafetensorsModel, StTensor};
+use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensor};
 use serde_json::Value as Json;
 
 use crate::families::ModelConfig;
@@ -72,8 +72,16 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
                 (Input::Values { src: weight, view }, cols, weight.ty)
             }
             Some((scales, st)) => {
-                let Some((bits, group, mode)) = quant_of(json, module) else {
-                    bail!("{origin}: quantized, but config.json has no quantization settings for it");
+                // Without settings in config.json, MLX's mxfp4 mode (U8 scales, no biases)
+                // still says everything: 4 bits in groups of 32.
+                let mxfp4 = st.dtype == Dtype::U8 && !present.contains(format!("{module}.biases").as_str());
+                let Some((bits, group, mode)) =
+                    quant_of(json, module).or_else(|| mxfp4.then(|| (4, 32, "mxfp4".to_string())))
+                else {
+                    bail!(
+                        "{origin}: quantized, but config.json has no \"quantization\" settings for it (bits and group \
+                         size); an MLX build needs the config.json it was written with"
+                    );
                 };
                 let words = *shape.last().unwrap_or(&0);
                 let cols = words * 32 / bits as u64;

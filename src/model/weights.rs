@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, Value};
 
 use crate::families::common::OutType;
-use crate::plan::convert::{gguf_recipes, plan_checkpoint};
+use crate::plan::convert::{ggml_dims, gguf_recipes, plan_checkpoint};
 use crate::plan::recipe::{Recipe, Scratch};
 use crate::source::Source;
 
@@ -45,6 +45,9 @@ impl<'a> Weights<'a> {
                 let Some(config) = config else {
                     bail!("{}: no config.json; moeq needs it to know the model", path.display());
                 };
+                for w in &config.warnings {
+                    eprintln!("warning: {w}");
+                }
                 let c = plan_checkpoint(model, config, OutType::Auto, None)?;
                 (c.plan.metadata, c.recipes)
             }
@@ -120,12 +123,12 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// Whether tensor `name` has the same type, shape and stored bytes in both models (a
-    /// checkpoint's tensor as the converter would write it). Same bytes mean the same values;
-    /// `false` says nothing (decode and compare the values then).
+    /// Whether tensor `name` has the same type, shape (trailing dimensions of 1 aside) and
+    /// stored bytes in both models (a checkpoint's tensor as the converter would write it). Same
+    /// bytes mean the same values; `false` says nothing (decode and compare the values then).
     pub fn same_bytes(&self, other: &Weights, name: &str) -> Result<bool> {
         let (a, b) = (&self.encoded[self.index(name)?], &other.encoded[other.index(name)?]);
-        if a.spec.ggml_type != b.spec.ggml_type || a.spec.ne != b.spec.ne {
+        if a.spec.ggml_type != b.spec.ggml_type || ggml_dims(&a.spec.ne) != ggml_dims(&b.spec.ne) {
             return Ok(false);
         }
         // Ranges that lie within one piece of each (pieces never straddle stacked inputs).

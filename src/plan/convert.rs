@@ -14,12 +14,13 @@ use moeq_formats::safetensors::SafetensorsModel;
 use crate::families::common::{Converted, OutType};
 use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::mlx::{self, MlxOptions};
-use crate::plan::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order, target_types};
+use crate::plan::quant_plan::{Ftype, ModelFacts};
+use crate::plan::quant_rules::apply::{QuantRequest, copy_report, requantize};
+use crate::plan::quant_rules::report::PlanReport;
 use crate::plan::recipe::{Input, Recipe, Stored};
-use crate::plan::transcode::{can_read, can_write};
 use crate::source::Source;
 use crate::vocab::{Metadata, checkpoint_vocab};
-use crate::write::gguf::write_gguf;
+use crate::write::gguf::{write_gguf, write_gguf_shards};
 use crate::write::safetensors::{BuildFiles, copy_side_files, write_items, write_json};
 use moeq_formats::output::OutputDir;
 use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
@@ -45,6 +46,11 @@ pub struct ConvertOptions {
     pub format: Format,
     /// Types of an MLX build.
     pub mlx: MlxOptions,
+    /// llama-quantize's options (`--imatrix`, `--tensor-type`, `--dry-run`, …).
+    pub quant: QuantRequest,
+    /// Where the plan's JSON will be written (`--report`): checked with the output, before
+    /// any work, as a file output that may be none of the inputs nor the output.
+    pub report: Option<PathBuf>,
 }
 
 /// Output formats.
@@ -79,20 +85,46 @@ pub struct ConvertSummary {
     pub tensors: usize,
     /// Bytes of tensor data read from the input.
     pub bytes: u64,
+    /// Every tensor's type and why (GGUF output).
+    pub plan: Option<PlanReport>,
 }
 
 /// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
-    let kind = match (opts.format, opts.split_max_bytes) {
-        (Format::Gguf, None) => OutputKind::File,
-        (Format::Gguf, Some(_)) => OutputKind::Split,
+    let kind = match (opts.format, opts.split_max_bytes.is_some() || opts.quant.keep_split) {
+        (Format::Gguf, false) => OutputKind::File,
+        (Format::Gguf, true) => OutputKind::Split,
         _ => OutputKind::Folder,
     };
-    target::check_path(&opts.output, kind)?;
+    // --dry-run writes no model (and needs no output path); --report writes a file.
+    let writes = !opts.quant.dry_run;
+    if writes {
+        target::check_path(&opts.output, kind)?;
+    }
+    if let Some(report) = &opts.report {
+        target::check_path(report, OutputKind::File)?;
+        if writes {
+            refuse_report_at_output(report, &opts.output, kind)?;
+        }
+    }
     let source = Source::open(&opts.input)?;
-    prepare_output(&opts.output, kind, &source.files(), opts.quiet)?;
+    // The importance matrix and the --tensor-type file are inputs too.
+    let mut inputs = source.files();
+    inputs.extend(opts.quant.input_files());
+    if writes {
+        prepare_output(&opts.output, kind, &inputs, opts.quiet)?;
+    }
+    if let Some(report) = &opts.report {
+        prepare_output(report, OutputKind::File, &inputs, opts.quiet)?;
+    }
     if opts.format != Format::Gguf {
+        if opts.quant.any() || opts.quant.dry_run {
+            bail!("--dry-run, --imatrix and llama-quantize's other options apply to GGUF output");
+        }
         return convert_folder(&source, opts);
+    }
+    if opts.quant.any() && opts.ftype.is_none() {
+        bail!("--imatrix, --tensor-type, --pure and llama-quantize's other options go with --type");
     }
     match source {
         Source::Gguf(model) => convert_gguf(&model, opts),
@@ -112,7 +144,8 @@ fn convert_safetensors(
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(&config, model)?;
-    let mut warnings = Vec::new();
+    config.family.gguf_refusal(&config)?;
+    let mut warnings = config.warnings.clone();
     let vocab = if opts.no_vocab {
         None
     } else {
@@ -130,17 +163,32 @@ fn convert_safetensors(
     for w in warnings.iter().chain(&w) {
         eprintln!("warning: {w}");
     }
-    let (plan, recipes) = match opts.ftype {
+    if opts.quant.keep_split {
+        bail!("--keep-split keeps the shards of a split GGUF input; split a checkpoint's GGUF with --split-max-size");
+    }
+    if opts.quant.any() && matches!(opts.ftype, Some(Ftype::F32 | Ftype::F16 | Ftype::BF16)) {
+        bail!(
+            "with a checkpoint, --type F32/F16/BF16 is the converter's --outtype; llama-quantize's options need a \
+             quantized --type (or convert to GGUF first, then requantize that)"
+        );
+    }
+    let (plan, recipes, report) = match opts.ftype {
         Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
             let facts = model_facts(&plan);
-            requantize(plan, recipes, &facts, ftype, keep)?
+            requantize(plan, recipes, &facts, ftype, &opts.quant.settings()?, keep)?
         }
-        _ => (plan, recipes),
+        _ => {
+            let report = copy_report(&recipes);
+            (plan, recipes, report)
+        }
     };
+    if opts.quant.dry_run {
+        return Ok(ConvertSummary { files: Vec::new(), tensors: plan.tensors.len(), bytes: 0, plan: Some(report) });
+    }
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
-    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
+    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report) })
 }
 
 /// A checkpoint → an MLX or Hugging Face folder, built under a temporary name.
@@ -155,6 +203,9 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         bail!("{}: no config.json beside the weights; moeq needs it to know the model", model.path().display());
     };
     refuse_mlx(config, model)?;
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     let family = config.family;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
@@ -204,7 +255,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     written.sort();
-    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes })
+    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes, plan: None })
 }
 
 /// Checks an output path before any work (what it names, and that it is none of `inputs`:
@@ -229,6 +280,32 @@ pub fn prepare_output(output: &Path, kind: OutputKind, inputs: &[PathBuf], quiet
             l.path.display(),
             crate::inspect::human_bytes(l.bytes)
         );
+    }
+    Ok(())
+}
+
+/// Refuses a `--report` path that names the output (or, for a split output, one of its
+/// shards, `STEM-NNNNN-of-MMMMM.gguf`), which does not exist yet to be compared as a file.
+fn refuse_report_at_output(report: &Path, output: &Path, kind: OutputKind) -> Result<()> {
+    let dir = |p: &Path| {
+        let d = target::parent_dir(p);
+        d.canonicalize().unwrap_or_else(|_| d.to_path_buf())
+    };
+    let (Some(name), Some(out_name)) = (report.file_name(), output.file_name()) else {
+        return Ok(());
+    };
+    if dir(report) != dir(output) {
+        return Ok(());
+    }
+    let shard = || {
+        let stem = output.file_stem().unwrap_or_default().to_string_lossy();
+        let name = name.to_string_lossy();
+        name.strip_prefix(&*format!("{stem}-"))
+            .and_then(|rest| rest.strip_suffix(".gguf"))
+            .is_some_and(|rest| rest.contains("-of-"))
+    };
+    if name == out_name || (kind == OutputKind::Split && shard()) {
+        bail!("--report {}: that is where the output goes; choose another file for the report", report.display());
     }
     Ok(())
 }
@@ -261,12 +338,19 @@ pub fn plan_checkpoint<'a>(
 /// What llama-quantize's rules need to know, read from GGUF metadata as llama-quantize reads it.
 fn model_facts(plan: &GgufPlan) -> ModelFacts {
     let arch = plan.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
-    let hparam = |key: &str| plan.get(&format!("{arch}.{key}")).and_then(Value::as_u64).unwrap_or(0) as u32;
+    // A per-layer array counts as its first layer's value (llama.cpp's `n_head()`).
+    let hparam = |key: &str| {
+        plan.get(&format!("{arch}.{key}")).and_then(|v| match v {
+            Value::Array(a) => a.get(0).and_then(|v| v.as_u64()),
+            v => v.as_u64(),
+        })
+    };
+    let n_head = hparam("attention.head_count").unwrap_or(0) as u32;
     ModelFacts {
-        n_layer: hparam("block_count"),
-        n_expert: hparam("expert_count"),
-        n_head: hparam("attention.head_count"),
-        n_head_kv: hparam("attention.head_count_kv"),
+        n_layer: hparam("block_count").unwrap_or(0) as u32,
+        n_expert: hparam("expert_count").unwrap_or(0) as u32,
+        n_head,
+        n_head_kv: hparam("attention.head_count_kv").map_or(n_head, |v| v as u32),
         arch,
     }
 }
@@ -310,61 +394,46 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
     let plan = merged_plan(model);
     let recipes = gguf_recipes(model);
-    let (plan, recipes) = match opts.ftype {
-        None => (plan, recipes),
+    let (plan, recipes, report) = match opts.ftype {
+        None => {
+            let report = copy_report(&recipes);
+            (plan, recipes, report)
+        }
         Some(ftype) => {
             let facts = model_facts(&plan);
-            requantize(plan, recipes, &facts, ftype, |_| false).with_context(|| format!("{}", opts.input.display()))?
+            let settings = opts.quant.settings()?;
+            requantize(plan, recipes, &facts, ftype, &settings, |_| false)
+                .with_context(|| format!("{}", opts.input.display()))?
         }
     };
-    let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
-    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes })
+    let tensors = plan.tensors.len();
+    if opts.quant.dry_run {
+        return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report) });
+    }
+    let (files, bytes) = if opts.quant.keep_split {
+        if opts.split_max_bytes.is_some() {
+            bail!("--keep-split and --split-max-size both decide the shards; give one");
+        }
+        let counts: Vec<usize> = model.shards().iter().map(|s| s.header().tensors.len()).collect();
+        write_gguf_shards(&plan, &recipes, &opts.output, &counts, opts.quiet)?
+    } else {
+        write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?
+    };
+    Ok(ConvertSummary { files, tensors, bytes, plan: Some(report) })
 }
 
-/// What `llama-quantize IN OUT TYPE --allow-requantize` makes of a model: its tensor order, its
-/// type choices, the input's metadata with `general.quantization_version` and
-/// `general.file_type` set last. Tensors for which `keep` says so keep their type (gpt-oss's
-/// MXFP4 experts, which requantizing could only make worse).
-pub fn requantize<'a>(
-    mut plan: GgufPlan,
-    mut recipes: Vec<Recipe<'a>>,
-    facts: &ModelFacts,
-    ftype: Ftype,
-    keep: impl Fn(&Recipe) -> bool,
-) -> Result<(GgufPlan, Vec<Recipe<'a>>)> {
-    recipes.sort_by(|a, b| llama_order(&a.spec.name, &b.spec.name));
-    let tensors: Vec<TensorFacts> = recipes
-        .iter()
-        .map(|r| TensorFacts { name: r.spec.name.clone(), ne: r.spec.ne.clone(), ggml_type: r.spec.ggml_type })
-        .collect();
-    let types = target_types(facts, &tensors, ftype)?;
-    let mut out = Vec::with_capacity(recipes.len());
-    for (recipe, to) in recipes.into_iter().zip(types) {
-        let from = recipe.spec.ggml_type;
-        if to == from || keep(&recipe) {
-            out.push(recipe);
-            continue;
-        }
-        let read = match recipe.input() {
-            Input::Copy(src) | Input::Values { src, .. } => src.ty,
-            Input::OpenAiMxfp4 { .. } => GgmlType::MXFP4,
-            Input::Fp8 { .. } => GgmlType::F32,
-            Input::Owned(_) | Input::MlxAffine { .. } => recipe.spec.ggml_type,
-        };
-        if !can_read(read) {
-            bail!("tensor '{}': reading {read} data is not supported", recipe.spec.name);
-        }
-        if !can_write(to) {
-            bail!("tensor '{}': writing {to} is not supported", recipe.spec.name);
-        }
-        out.push(recipe.retype(to));
+/// A tensor's dimensions (`ne`, fastest first) as llama-quantize writes them: it adds every
+/// output tensor with `gguf_add_tensor`, which records `ggml_n_dims` dimensions, so trailing
+/// dimensions of 1 are dropped (at least one is kept). llama.cpp's converter writes numpy's
+/// shape instead: Qwen2-MoE's shared-expert gate `[hidden, 1]` becomes `[hidden]`, for every
+/// tensor and family alike. The values and their order are unchanged.
+pub fn ggml_dims(ne: &[u64]) -> Vec<u64> {
+    let n = ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1);
+    let mut out: Vec<u64> = ne.iter().copied().take(n).collect();
+    if out.is_empty() {
+        out.push(1);
     }
-    plan.remove("general.quantization_version");
-    plan.remove("general.file_type");
-    plan.set("general.quantization_version", Value::U32(2));
-    plan.set("general.file_type", Value::U32(ftype.id()));
-    plan.tensors = out.iter().map(|r| r.spec.clone()).collect();
-    Ok((plan, out))
+    out
 }
 
 /// Parses a size as gguf-py's `--split-max-size` does: `N`, `NK`, `NM` or `NG`, in powers
@@ -391,7 +460,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{ggml_dims, parse_size};
+
+    #[test]
+    fn dimensions_are_counted_as_ggml_counts_them() {
+        assert_eq!(ggml_dims(&[96, 1]), vec![96]);
+        assert_eq!(ggml_dims(&[64, 1, 1]), vec![64]);
+        assert_eq!(ggml_dims(&[64, 1, 4]), vec![64, 1, 4]);
+        assert_eq!(ggml_dims(&[1, 64]), vec![1, 64]);
+        assert_eq!(ggml_dims(&[1, 1]), vec![1]);
+        assert_eq!(ggml_dims(&[1]), vec![1]);
+        assert_eq!(ggml_dims(&[]), vec![1]);
+        assert_eq!(ggml_dims(&[64, 32, 4]), vec![64, 32, 4]);
+    }
 
     #[test]
     fn sizes_parse_like_gguf_py() {

@@ -193,6 +193,7 @@ pub fn plan<'a>(
 
         let module_info = MlxModule { path: &module, experts: is_experts, stored_mxfp4, row_len };
         let mut family_params = None;
+        let mut from_family = false;
         let choice = if !is_module {
             // mlx-lm casts to the model's dtype what its model's cast_predicate lets it.
             MlxType::Float(if family.mlx_cast(&name) { dtype } else { recipe.spec.ggml_type })
@@ -201,6 +202,7 @@ pub fn plan<'a>(
         } else if let Some(c) = family.mlx_choice(&module_info, opts.ty, MlxType::Float(dtype)) {
             // mlx-lm's per-model choice (gpt-oss: experts MXFP4, the router in 8 bits).
             family_params = c.params;
+            from_family = true;
             c.ty
         } else {
             match opts.ty {
@@ -218,7 +220,9 @@ pub fn plan<'a>(
             }
             _ => choice,
         };
-        if is_experts && choice == MlxType::Mxfp4 {
+        // MXFP4 experts by the model's own choice (gpt-oss), as mlx-lm reads them from an MXFP4
+        // source; not when --type mxfp4 made every layer MXFP4.
+        if is_experts && choice == MlxType::Mxfp4 && (from_family || stored_mxfp4 || over.is_some()) {
             mxfp4_experts = true;
         }
         if over.is_none()

@@ -1,6 +1,8 @@
-//! Planning a requantization: which type each tensor gets, exactly as `llama-quantize IN OUT
-//! TYPE` decides (`src/llama-quant.cpp`: `tensor_allows_quantization`,
-//! `llama_tensor_get_type_impl`, `tensor_type_fallback`), and in which order tensors go.
+//! Planning a requantization: the llama.cpp file types, what the rules know about a model and
+//! its tensors, the tensor order, categories, which tensors may be quantized and the row-width
+//! fallback, as `llama-quantize` has them (`src/llama-quant.cpp`: `llama_ftype_get_default_type`,
+//! `tensor_get_category`, `tensor_allows_quantization`, `tensor_type_fallback`). The per-tensor
+//! mix rules and the options live in [`crate::plan::quant_rules`].
 
 use std::cmp::Ordering;
 
@@ -25,9 +27,28 @@ pub enum Ftype {
     Q5_K_S,
     Q5_K_M,
     Q6_K,
+    Q2_K,
+    Q2_K_S,
+    Q3_K_S,
+    Q3_K_M,
+    Q3_K_L,
+    IQ4_NL,
+    IQ4_XS,
+    IQ3_XXS,
+    IQ3_XS,
+    IQ3_S,
+    IQ3_M,
+    IQ2_XXS,
+    IQ2_XS,
+    IQ2_S,
+    IQ2_M,
+    IQ1_S,
+    IQ1_M,
+    TQ1_0,
+    TQ2_0,
 }
 
-/// `(ftype, name, llama_ftype id, default tensor type)`.
+/// `(ftype, name, llama_ftype id, default tensor type)` (`llama_ftype_get_default_type`).
 const FTYPES: &[(Ftype, &str, u32, GgmlType)] = &[
     (Ftype::F32, "F32", 0, GgmlType::F32),
     (Ftype::F16, "F16", 1, GgmlType::F16),
@@ -43,6 +64,25 @@ const FTYPES: &[(Ftype, &str, u32, GgmlType)] = &[
     (Ftype::Q5_K_S, "Q5_K_S", 16, GgmlType::Q5_K),
     (Ftype::Q5_K_M, "Q5_K_M", 17, GgmlType::Q5_K),
     (Ftype::Q6_K, "Q6_K", 18, GgmlType::Q6_K),
+    (Ftype::Q2_K, "Q2_K", 10, GgmlType::Q2_K),
+    (Ftype::Q2_K_S, "Q2_K_S", 21, GgmlType::Q2_K),
+    (Ftype::Q3_K_S, "Q3_K_S", 11, GgmlType::Q3_K),
+    (Ftype::Q3_K_M, "Q3_K_M", 12, GgmlType::Q3_K),
+    (Ftype::Q3_K_L, "Q3_K_L", 13, GgmlType::Q3_K),
+    (Ftype::IQ4_NL, "IQ4_NL", 25, GgmlType::IQ4_NL),
+    (Ftype::IQ4_XS, "IQ4_XS", 30, GgmlType::IQ4_XS),
+    (Ftype::IQ3_XXS, "IQ3_XXS", 23, GgmlType::IQ3_XXS),
+    (Ftype::IQ3_XS, "IQ3_XS", 22, GgmlType::IQ3_S),
+    (Ftype::IQ3_S, "IQ3_S", 26, GgmlType::IQ3_S),
+    (Ftype::IQ3_M, "IQ3_M", 27, GgmlType::IQ3_S),
+    (Ftype::IQ2_XXS, "IQ2_XXS", 19, GgmlType::IQ2_XXS),
+    (Ftype::IQ2_XS, "IQ2_XS", 20, GgmlType::IQ2_XS),
+    (Ftype::IQ2_S, "IQ2_S", 28, GgmlType::IQ2_XS),
+    (Ftype::IQ2_M, "IQ2_M", 29, GgmlType::IQ2_S),
+    (Ftype::IQ1_S, "IQ1_S", 24, GgmlType::IQ1_S),
+    (Ftype::IQ1_M, "IQ1_M", 31, GgmlType::IQ1_M),
+    (Ftype::TQ1_0, "TQ1_0", 36, GgmlType::TQ1_0),
+    (Ftype::TQ2_0, "TQ2_0", 37, GgmlType::TQ2_0),
 ];
 
 impl Ftype {
@@ -50,16 +90,28 @@ impl Ftype {
         &FTYPES[self as usize]
     }
 
-    /// Parses a llama-quantize type name (`Q4_K_M`, `q8_0`; `Q4_K` means `Q4_K_M`, `Q5_K`
-    /// means `Q5_K_M`, as in llama-quantize).
+    /// Every file type moeq offers, in [`Ftype`] order.
+    pub fn all() -> impl Iterator<Item = Ftype> {
+        FTYPES.iter().map(|r| r.0)
+    }
+
+    /// Parses a file type as llama-quantize's `try_parse_ftype` does: a name in any case
+    /// (`Q4_K_M`, `iq2_xxs`; `Q3_K`, `Q4_K` and `Q5_K` mean the `_M` mixes) or a
+    /// `llama_ftype` id (`15`).
     pub fn parse(name: &str) -> Result<Ftype, String> {
         let upper = name.to_ascii_uppercase();
         let upper = match upper.as_str() {
+            "Q3_K" => "Q3_K_M",
             "Q4_K" => "Q4_K_M",
             "Q5_K" => "Q5_K_M",
             other => other,
         };
-        FTYPES.iter().find(|r| r.1 == upper).map(|r| r.0).ok_or_else(|| {
+        let by_id = |text: &str| {
+            let id: u32 = text.parse().ok()?;
+            FTYPES.iter().find(|r| r.2 == id)
+        };
+        let by_name = FTYPES.iter().find(|r| r.1 == upper);
+        by_name.or_else(|| by_id(upper)).map(|r| r.0).ok_or_else(|| {
             let names: Vec<&str> = FTYPES.iter().map(|r| r.1).collect();
             format!("unknown type '{name}'; choose one of {}", names.join(", "))
         })
@@ -81,7 +133,7 @@ impl Ftype {
     }
 }
 
-/// What the mix rules need to know about the model.
+/// What the mix rules need to know about the model (llama.cpp's `hparams` and `model.type`).
 #[derive(Clone, Debug, Default)]
 pub struct ModelFacts {
     /// `general.architecture`.
@@ -90,10 +142,29 @@ pub struct ModelFacts {
     pub n_layer: u32,
     /// `{arch}.expert_count` (0 for dense models).
     pub n_expert: u32,
-    /// `{arch}.attention.head_count`.
+    /// `{arch}.attention.head_count` (of layer 0).
     pub n_head: u32,
-    /// `{arch}.attention.head_count_kv`.
+    /// `{arch}.attention.head_count_kv` (of layer 0; the head count when absent).
     pub n_head_kv: u32,
+}
+
+impl ModelFacts {
+    /// `hparams.n_gqa()`: query heads per KV head (0 without KV heads).
+    pub fn n_gqa(&self) -> u32 {
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
+    }
+
+    /// Whether llama.cpp's loader calls the model `LLM_TYPE_70B` (the only model size the
+    /// rules look at): Llama with 80 layers, not 8 experts, and grouped-query attention;
+    /// Qwen2, Deci and OLMo with 80 layers; Jais2 with 68.
+    pub fn is_70b(&self) -> bool {
+        match self.arch.as_str() {
+            "llama" => self.n_expert != 8 && self.n_layer == 80 && self.n_head != self.n_head_kv,
+            "qwen2" | "deci" | "olmo" => self.n_layer == 80,
+            "jais2" => self.n_layer == 68,
+            _ => false,
+        }
+    }
 }
 
 /// A tensor as the planner sees it.
@@ -108,9 +179,14 @@ pub struct TensorFacts {
 }
 
 impl TensorFacts {
-    fn n_dims(&self) -> usize {
-        // ggml_n_dims: trailing dimensions of 1 do not count; at least 1.
+    /// `ggml_n_dims`: trailing dimensions of 1 do not count; at least 1.
+    pub fn n_dims(&self) -> usize {
         self.ne.iter().rposition(|&d| d != 1).map_or(1, |i| i + 1)
+    }
+
+    /// `ne[i]`, 1 past the stored dimensions.
+    pub fn dim(&self, i: usize) -> u64 {
+        self.ne.get(i).copied().unwrap_or(1)
     }
 }
 
@@ -126,8 +202,10 @@ pub fn llama_order(a: &str, b: &str) -> Ordering {
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Category {
+/// llama-quantize's tensor categories (`tensor_get_category`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Category {
     Output,
     TokenEmbd,
     AttentionQkv,
@@ -142,7 +220,8 @@ enum Category {
     Other,
 }
 
-fn category(name: &str) -> Category {
+/// The category of a tensor name, first match in llama.cpp's order.
+pub fn category(name: &str) -> Category {
     match name {
         "output.weight" => return Category::Output,
         "token_embd.weight" | "per_layer_token_embd.weight" => return Category::TokenEmbd,
@@ -162,19 +241,31 @@ fn category(name: &str) -> Category {
     rules.iter().find(|(pat, _)| name.contains(pat)).map_or(Category::Other, |&(_, c)| c)
 }
 
-fn is_attn_v(c: Category) -> bool {
+/// `category_is_attn_v`: the attention-v-like tensors (more sensitive to quantization).
+pub fn is_attn_v(c: Category) -> bool {
     matches!(c, Category::AttentionV | Category::AttentionQkv | Category::AttentionKvB)
 }
 
-/// `tensor_allows_quantization` (for the architectures moeq handles; the list of excluded
-/// names is llama.cpp's).
-pub fn allows_quantization(t: &TensorFacts) -> bool {
-    if t.n_dims() < 2 || !t.name.ends_with("weight") {
-        return false;
+/// Why `tensor_allows_quantization` keeps a tensor as it is, or `None` when it may be
+/// quantized. `arch` is `general.architecture`; `quantize_output` is false under
+/// `--leave-output-tensor`. The lists of excluded names are llama.cpp's.
+pub fn not_quantizable(t: &TensorFacts, arch: &str, quantize_output: bool) -> Option<String> {
+    if t.n_dims() < 2 {
+        return Some("1-D tensors are not quantized".into());
+    }
+    if !t.name.ends_with("weight") {
+        return Some("the name does not end in 'weight'".into());
+    }
+    if t.name.contains("_norm.weight") {
+        return Some("norms are not quantized".into());
+    }
+    if !quantize_output && t.name == "output.weight" {
+        return Some("--leave-output-tensor".into());
+    }
+    if t.name.contains("ffn_gate_inp.weight") {
+        return Some("expert routers (ffn_gate_inp) are not quantized".into());
     }
     const EXCLUDED: &[&str] = &[
-        "_norm.weight",
-        "ffn_gate_inp.weight",
         "ffn_gate_tid2eid.weight",
         "altup",
         "laurel",
@@ -209,151 +300,55 @@ pub fn allows_quantization(t: &TensorFacts) -> bool {
         "a.rvq.codebook",
         "mm.a.code_embd",
     ];
-    !EXCLUDED.iter().any(|pat| t.name.contains(pat))
-        && t.name != "position_embd.weight"
-        && t.name != "token_types.weight"
-}
-
-/// The target type of every tensor (given in [`llama_order`]), as llama-quantize picks them.
-pub fn target_types(model: &ModelFacts, tensors: &[TensorFacts], ftype: Ftype) -> Result<Vec<GgmlType>> {
-    let default = ftype.default_type();
-    let mut state = MixState {
-        n_attention_wv: tensors.iter().filter(|t| is_attn_v(category(&t.name))).count() as i64,
-        has_tied_embeddings: !tensors.iter().any(|t| category(&t.name) == Category::Output),
-        ..MixState::default()
-    };
-    let mut out = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        if !allows_quantization(t) {
-            out.push(t.ggml_type);
-            continue;
-        }
-        let mut new_type = default;
-        if default.is_quantized() {
-            new_type = state.mix(model, t, ftype, new_type)?;
-            new_type = fallback(t, new_type)?;
-        }
-        out.push(new_type);
+    const GLM5_NEXT: &[&str] = &[
+        "hc_",
+        "indexer.attn_q_b",
+        "indexer.attn_k",
+        "indexer.proj",
+        "indexer_compressor_gate",
+        "indexer_compressor_ape",
+        "ssm_f_a.weight",
+        "ssm_f_b.weight",
+        "ssm_g_a.weight",
+        "ssm_g_b.weight",
+        "ssm_beta.weight",
+        "attn_kv_a_mqa.weight",
+        "attn_k_b.weight",
+        "attn_v_b.weight",
+    ];
+    let arch_list: &[&str] = if arch == "glm5-next" { GLM5_NEXT } else { &[] };
+    if let Some(pat) = EXCLUDED.iter().chain(arch_list).find(|pat| t.name.contains(*pat)) {
+        return Some(format!("llama.cpp does not quantize tensors named '*{pat}*'"));
     }
-    Ok(out)
+    if t.name == "position_embd.weight" || t.name == "token_types.weight" {
+        return Some("positional embeddings and token types are not quantized".into());
+    }
+    None
 }
 
-#[derive(Default)]
-struct MixState {
-    n_attention_wv: i64,
-    i_attention_wv: i64,
-    i_ffn_down: i64,
-    i_ffn_gate: i64,
-    i_ffn_up: i64,
-    has_tied_embeddings: bool,
+/// `tensor_allows_quantization` (output tensor quantized).
+pub fn allows_quantization(t: &TensorFacts) -> bool {
+    not_quantizable(t, "", true).is_none()
 }
 
-fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
+/// The target type of every tensor (given in [`llama_order`]), as `llama-quantize IN OUT
+/// TYPE` picks them without options or importance matrix.
+pub fn target_types(model: &ModelFacts, tensors: &[TensorFacts], ftype: Ftype) -> Result<Vec<GgmlType>> {
+    let decisions =
+        crate::plan::quant_rules::decide(model, tensors, ftype, &crate::plan::quant_rules::PlanOptions::default())?;
+    Ok(decisions.into_iter().map(|d| d.ty).collect())
+}
+
+/// `use_more_bits`: the first and last eighth of the layers, and every third in between.
+pub fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
     i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2
 }
 
-impl MixState {
-    /// `layer_info`: the layer of a tensor (from its name in MoE models, else a counter).
-    fn layer(&self, model: &ModelFacts, counter: i64, name: &str) -> Result<(i64, i64)> {
-        let n_layer = model.n_layer as i64;
-        if model.n_expert.max(1) > 1 {
-            let layer = name
-                .strip_prefix("blk.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(|| anyhow::anyhow!("failed to determine the layer of tensor {name}"))?;
-            if layer < 0 || layer >= n_layer {
-                bail!("bad layer {layer} for tensor {name}: must be in [0, {n_layer})");
-            }
-            return Ok((layer, n_layer));
-        }
-        Ok((counter, n_layer))
-    }
-
-    /// `llama_tensor_get_type_impl` for the ftypes moeq offers.
-    fn mix(&mut self, model: &ModelFacts, t: &TensorFacts, ftype: Ftype, mut new_type: GgmlType) -> Result<GgmlType> {
-        use Ftype as F;
-        use GgmlType as G;
-        let cat = category(&t.name);
-        let falcon = model.arch == "falcon";
-        let eight_experts = model.n_expert == 8;
-        if cat == Category::Output || (self.has_tied_embeddings && cat == Category::TokenEmbd) {
-            let nx = t.ne.first().copied().unwrap_or(1);
-            if ftype == F::MXFP4_MOE || falcon || nx % new_type.block_size() != 0 {
-                new_type = G::Q8_0;
-            } else if new_type != G::Q8_0 {
-                new_type = G::Q6_K;
-            }
-        } else if ftype == F::MXFP4_MOE {
-            new_type = if t.ne.get(2).copied().unwrap_or(1) > 1 { G::MXFP4 } else { G::Q8_0 };
-        } else if cat == Category::TokenEmbd {
-            // Only very-low-bit ftypes change the token embedding; none of moeq's do.
-        } else if is_attn_v(cat) {
-            if matches!(ftype, F::Q4_K_M | F::Q5_K_M) && use_more_bits(self.i_attention_wv, self.n_attention_wv) {
-                new_type = G::Q6_K;
-            } else if ftype == F::Q4_K_S && self.i_attention_wv < 4 {
-                new_type = G::Q5_K;
-            }
-            let is_70b = model.arch == "llama" && model.n_layer == 80;
-            if is_70b && matches!(new_type, G::Q3_K | G::Q4_K) {
-                new_type = G::Q5_K;
-            }
-            if eight_experts {
-                new_type = G::Q8_0;
-            }
-            self.i_attention_wv += 1;
-        } else if cat == Category::AttentionK {
-            if eight_experts {
-                new_type = G::Q8_0;
-            }
-        } else if cat == Category::AttentionQ {
-            // Only IQ3 ftypes change attn_q.
-        } else if cat == Category::FfnDown {
-            let (i_layer, n_layer) = self.layer(model, self.i_ffn_down, &t.name)?;
-            if ftype == F::Q4_K_M {
-                if falcon {
-                    new_type = if i_layer < n_layer / 16 {
-                        G::Q6_K
-                    } else if use_more_bits(i_layer, n_layer) {
-                        G::Q5_K
-                    } else {
-                        G::Q4_K
-                    };
-                } else if use_more_bits(i_layer, n_layer) {
-                    new_type = G::Q6_K;
-                }
-            } else if ftype == F::Q5_K_M && use_more_bits(i_layer, n_layer) {
-                new_type = G::Q6_K;
-            } else if ftype == F::Q4_K_S && !falcon && i_layer < n_layer / 8 {
-                new_type = G::Q5_K;
-            }
-            self.i_ffn_down += 1;
-        } else if cat == Category::AttentionOutput {
-            if !falcon && eight_experts && matches!(ftype, F::Q4_K_S | F::Q4_K_M) {
-                new_type = G::Q5_K;
-            }
-        } else if cat == Category::AttentionQkv {
-            if ftype == F::Q4_K_M {
-                new_type = G::Q5_K;
-            } else if ftype == F::Q5_K_M {
-                new_type = G::Q6_K;
-            }
-        } else if cat == Category::FfnGate {
-            self.layer(model, self.i_ffn_gate, &t.name)?;
-            self.i_ffn_gate += 1;
-        } else if cat == Category::FfnUp {
-            self.layer(model, self.i_ffn_up, &t.name)?;
-            self.i_ffn_up += 1;
-        }
-        Ok(new_type)
-    }
-}
-
-/// `tensor_type_fallback`: a type whose block does not divide the rows is replaced.
-fn fallback(t: &TensorFacts, target: GgmlType) -> Result<GgmlType> {
+/// `tensor_type_fallback`: the type that replaces `target` when its block does not divide the
+/// rows (`ncols` values each). Errors for a 256-block type without a fallback.
+pub fn fallback(ncols: u64, target: GgmlType) -> Result<GgmlType> {
     use GgmlType as G;
-    let ncols = t.ne.first().copied().unwrap_or(1);
-    if ncols % target.block_size() == 0 {
+    if ncols.is_multiple_of(target.block_size()) {
         return Ok(target);
     }
     let mut ret = match target {
@@ -365,7 +360,7 @@ fn fallback(t: &TensorFacts, target: GgmlType) -> Result<GgmlType> {
         other if other.block_size() <= 32 => other,
         other => bail!("no tensor type fallback is defined for type {other}"),
     };
-    if ncols % ret.block_size() != 0 {
+    if !ncols.is_multiple_of(ret.block_size()) {
         ret = G::F16;
     }
     Ok(ret)
@@ -423,7 +418,12 @@ mod tests {
     fn ftype_names() {
         assert_eq!(Ftype::parse("q4_k").unwrap(), Ftype::Q4_K_M);
         assert_eq!(Ftype::parse("MXFP4_MOE").unwrap().id(), 38);
-        assert!(Ftype::parse("Q3_K").unwrap_err().contains("choose one of"));
+        assert_eq!(Ftype::parse("Q3_K").unwrap(), Ftype::Q3_K_M);
+        assert_eq!(Ftype::parse("iq2_xxs").unwrap().id(), 19);
+        assert_eq!(Ftype::parse("12").unwrap(), Ftype::Q3_K_M);
+        assert_eq!(Ftype::parse("30").unwrap(), Ftype::IQ4_XS);
+        assert!(Ftype::parse("Q7_K").unwrap_err().contains("choose one of"));
+        assert!(Ftype::parse("4").is_err(), "removed ftype ids are refused");
         for (i, row) in FTYPES.iter().enumerate() {
             assert_eq!(row.0 as usize, i);
         }

@@ -10,7 +10,10 @@ use moeq_formats::gguf::{GgmlType, TensorSpec};
 use moeq_kernels::backend::first_non_finite;
 use moeq_kernels::{KernelError, openai};
 
-use crate::plan::transcode::{from_f32, to_f32};
+use std::sync::Arc;
+
+use crate::plan::imatrix_file::ImatrixFile;
+use crate::plan::transcode::{Overflow, from_f32, from_f32_weighted, to_f32};
 
 /// A stored tensor's bytes inside a mapped input file.
 #[derive(Clone, Copy)]
@@ -183,6 +186,22 @@ pub struct Recipe<'a> {
     pub parts: Vec<Part<'a>>,
     /// Refuse NaN and infinity (for float checkpoints; a GGUF is copied as it is).
     pub check_finite: bool,
+    /// Importance weights to quantize with (`--imatrix`), if any.
+    pub importance: Option<Importance>,
+}
+
+/// Importance weights for one tensor: an importance matrix entry with one row of weights
+/// (one per column) per matrix; output row `r` is quantized with matrix
+/// `r / rows_per_matrix`'s weights (each expert of a stacked expert tensor with its own, as
+/// llama-quantize's `llama_tensor_quantize_impl`).
+#[derive(Clone)]
+pub struct Importance {
+    /// The importance matrix.
+    pub file: Arc<ImatrixFile>,
+    /// The entry's index in [`ImatrixFile::entries`].
+    pub entry: usize,
+    /// Rows per matrix (`ne[1]`).
+    pub rows_per_matrix: u64,
 }
 
 /// One input of a recipe.
@@ -202,12 +221,13 @@ pub struct Scratch {
     /// The decoded values of the last [`Recipe::values`] call.
     pub values: Vec<f32>,
     out: Vec<u8>,
+    weights: Vec<f32>,
 }
 
 impl<'a> Recipe<'a> {
     /// A recipe with one input.
     pub fn new(spec: TensorSpec, input: Input<'a>, check_finite: bool, origin: String) -> Recipe<'a> {
-        Recipe { spec, parts: vec![Part { input, origin }], check_finite }
+        Recipe { spec, parts: vec![Part { input, origin }], check_finite, importance: None }
     }
 
     /// The first input (all parts have the same form).
@@ -322,6 +342,7 @@ impl<'a> Recipe<'a> {
     /// Pieces never straddle two parts (see [`Recipe::pieces`]).
     pub fn rows<'s>(&'s self, first: u64, count: u64, scratch: &'s mut Scratch) -> Result<&'s [u8]> {
         let (ne0, to) = (self.row_len(), self.spec.ggml_type);
+        let global = first;
         let (part, first) = self.part_of(first);
         match &part.input {
             Input::Owned(bytes) => {
@@ -338,12 +359,12 @@ impl<'a> Recipe<'a> {
             }
             Input::Values { .. } => {
                 self.decode(part, first, count, scratch)?;
-                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
+                self.encode(part, scratch, count, first, global)?;
                 Ok(&scratch.out)
             }
             Input::MlxAffine { .. } | Input::Fp8 { .. } => {
                 self.decode(part, first, count, scratch)?;
-                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
+                self.encode(part, scratch, count, first, global)?;
                 Ok(&scratch.out)
             }
             Input::OpenAiMxfp4 { blocks, scales, view } => {
@@ -364,7 +385,7 @@ impl<'a> Recipe<'a> {
                     return Ok(&scratch.out);
                 }
                 self.decode(part, first, count, scratch)?;
-                self.encode(part, &scratch.values, &mut scratch.out, count, first)?;
+                self.encode(part, scratch, count, first, global)?;
                 Ok(&scratch.out)
             }
         }
@@ -548,9 +569,31 @@ impl<'a> Recipe<'a> {
         }
     }
 
-    fn encode(&self, part: &Part, values: &[f32], out: &mut Vec<u8>, count: u64, first: u64) -> Result<()> {
+    /// Encodes `scratch.values` (rows `global..global + count` of the tensor, `first` of
+    /// the part) into `scratch.out`, with importance weights when the recipe has them.
+    fn encode(&self, part: &Part, scratch: &mut Scratch, count: u64, first: u64, global: u64) -> Result<()> {
+        let Scratch { values, out, weights, .. } = scratch;
         out.resize((count * self.out_row_bytes()) as usize, 0);
-        from_f32(self.spec.ggml_type, values, out).map_err(|e| self.located(part, e, first))
+        let ty = self.spec.ggml_type;
+        let Some(imp) = &self.importance else {
+            return from_f32(ty, values, out).map_err(|e| self.located(part, e, first));
+        };
+        // Rows of one matrix (expert) at a time, each with that matrix's weights.
+        let (ne0, row_bytes) = (self.row_len() as usize, self.out_row_bytes() as usize);
+        let per = imp.rows_per_matrix.max(1);
+        let entry = &imp.file.entries()[imp.entry];
+        weights.resize(ne0, 0.0);
+        let mut done = 0u64;
+        while done < count {
+            let row = global + done;
+            let n = (per - row % per).min(count - done);
+            imp.file.weights(entry, (row / per) as usize, weights);
+            let (a, b) = (done as usize, (done + n) as usize);
+            from_f32_weighted(ty, &values[a * ne0..b * ne0], &mut out[a * row_bytes..b * row_bytes], ne0, weights)
+                .map_err(|e| self.located(part, e, first + done))?;
+            done += n;
+        }
+        Ok(())
     }
 
     fn check_values(&self, part: &Part, values: &[f32], first: u64) -> Result<()> {
@@ -585,7 +628,25 @@ impl<'a> Recipe<'a> {
                 first + index as u64 / ne0,
                 index as u64 % ne0
             ),
-            _ => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
+            _ => match e.downcast_ref::<Overflow>() {
+                Some(o) => {
+                    let why = match (o.scale, o.ty) {
+                        (true, ty) => format!("too large for a {ty} block (its scales overflow)"),
+                        (false, GgmlType::F16) => "beyond F16's range (±65504)".to_string(),
+                        (false, ty) => format!("which rounds to infinity in {ty}"),
+                    };
+                    anyhow!(
+                        "{} → '{}': the value at row {}, column {} is {}, {why}; convert to {}",
+                        part.origin,
+                        self.spec.name,
+                        first + o.index as u64 / ne0,
+                        o.index as u64 % ne0,
+                        o.value,
+                        if o.ty == GgmlType::BF16 { "F32 instead" } else { "BF16 (or F32) instead, which holds it" },
+                    )
+                }
+                None => e.context(format!("{} → '{}'", part.origin, self.spec.name)),
+            },
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use moeq_formats::gguf::GgufModel;
-use moeq_formats::safetensors::SafetensorsModel;
+use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 
 use crate::families::{ModelConfig, SourceLayout};
 
@@ -106,18 +106,62 @@ fn parent_or_here(path: &Path) -> &Path {
     }
 }
 
-/// The layout, now that the tensors are known: the family's (from the config and the tensor
-/// names), or an MLX build (a quantization block, or shards that say `format: mlx`).
+/// The layout, now that the tensors are known: decided from the tensors (an MLX build, else
+/// the family's reading of the tensor names), as llama.cpp's converter reads a checkpoint by
+/// its tensor names whatever `config.json` says; a `config.json` that says otherwise (a
+/// fine-tune's stale `quantization_config`, an MLX `quantization` block over plain weights, a
+/// build that lost it) gets a warning in [`ModelConfig::warnings`].
 fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
-    let mlx =
-        model.shards().iter().any(|f| f.metadata().is_some_and(|m| m.iter().any(|(k, v)| k == "format" && v == "mlx")));
-    if mlx || config.layout == SourceLayout::Mlx {
-        return ModelConfig { layout: SourceLayout::Mlx, ..config };
-    }
+    let keys = config.keys();
     let names: Vec<&str> = model.tensors().map(|(_, t)| t.name.as_str()).collect();
-    let layout = config.family.layout(&config.keys(), &names);
-    let hparams = config.family.inspect_hparams(&config.keys(), layout);
-    ModelConfig { layout, hparams, ..config }
+    let by_config = config.layout;
+    let (mlx, quantized) = mlx_build(model, config.family.mlx_experts());
+    let layout = if mlx { SourceLayout::Mlx } else { config.family.layout(&keys, &names) };
+    let mut warnings = Vec::new();
+    let file = config.path();
+    // An unquantized MLX build has no quantization block: nothing to disagree with.
+    let unquantized_mlx = mlx && !quantized && by_config != SourceLayout::Mlx;
+    if layout != by_config && !unquantized_mlx {
+        warnings.push(format!(
+            "{}: config.json says {} ({}), but the tensors are {} ({}); reading them as the tensors are",
+            file.display(),
+            by_config.config_evidence(),
+            by_config.describe(),
+            layout.tensor_evidence(),
+            layout.describe(),
+        ));
+    } else if layout == SourceLayout::Hf
+        && let Some(method) = keys.object("quantization_config").and_then(|q| q.raw("quant_method"))
+    {
+        warnings.push(format!(
+            "{}: config.json's quantization_config says quant_method {method}, but the tensors are plain float \
+             weights; reading them as they are",
+            file.display()
+        ));
+    }
+    let hparams = config.family.inspect_hparams(&keys, layout);
+    ModelConfig { layout, hparams, warnings, ..config }
+}
+
+/// Whether the tensors are an MLX build (shards whose metadata says `format: mlx`, a quantized
+/// module, or mlx-lm's stacked expert names `{experts}.gate_proj.weight`, `experts` the
+/// family's MLX expert module), and whether it has quantized modules (a U32 `.weight` beside
+/// its `.scales`).
+fn mlx_build(model: &SafetensorsModel, experts: &str) -> (bool, bool) {
+    let tagged =
+        model.shards().iter().any(|f| f.metadata().is_some_and(|m| m.iter().any(|(k, v)| k == "format" && v == "mlx")));
+    let quantized = model.tensors().any(|(_, t)| {
+        t.name
+            .strip_suffix(".scales")
+            .is_some_and(|module| model.get(&format!("{module}.weight")).is_some_and(|(w, _)| w.dtype == Dtype::U32))
+    });
+    let stacked = format!(".{experts}.");
+    let mlx_names = model.tensors().any(|(_, t)| {
+        t.name
+            .split_once(&stacked)
+            .is_some_and(|(_, rest)| ["gate_proj.weight", "up_proj.weight", "down_proj.weight"].contains(&rest))
+    });
+    (tagged || quantized || mlx_names, quantized)
 }
 
 fn starts_with_gguf_magic(path: &Path) -> Result<bool> {

@@ -18,6 +18,18 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>, String> {
     }
 }
 
+/// The ids of `text` for the model at `path`, as llama.cpp tokenizes it (the model's
+/// tokenizer.json, or the one in `tokenizer_dir`; a BOS first when the vocabulary adds one).
+pub fn text_tokens(path: &Path, text: &str, tokenizer_dir: Option<&Path>) -> Result<Vec<u32>> {
+    let source = Source::open(path)?;
+    let weights = Weights::new(&source, path)?;
+    let ids = crate::vocab::tokenize::ModelText::open(path, &source, &weights, tokenizer_dir)?.encode(text)?;
+    if ids.is_empty() {
+        anyhow::bail!("the text gives no tokens");
+    }
+    Ok(ids)
+}
+
 /// Runs the model at `path` on `tokens`.
 pub fn eval(path: &Path, tokens: &[u32]) -> Result<Trace> {
     run(&Source::open(path)?, path, tokens)

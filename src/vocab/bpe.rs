@@ -1,6 +1,6 @@
 //! Byte-level BPE vocabularies (`gpt2` in GGUF) from a Hugging Face `tokenizer.json`, as
 //! llama.cpp's converter writes them (`_set_vocab_gpt2`): tokens, types, merges, the
-//! pre-tokenizer name.
+//! pre-tokenizer name ([`super::pre`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,8 +9,10 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
-use super::special::{looks_special, special_tokens};
-use super::{CONTROL, Metadata, NORMAL, UNUSED, USER_DEFINED, read_if_present, read_json};
+use super::pre::{KNOWN_PRE, chkhsh, pre_for_hash};
+use super::special::{SpecialVocab, looks_special};
+use super::tokenize::TextTokenizer;
+use super::{CONTROL, Metadata, NORMAL, UNUSED, USER_DEFINED, read_json};
 
 /// The split regex of o200k (gpt-4o, gpt-oss); llama.cpp calls its pre-tokenizer `gpt-4o`.
 pub const O200K_REGEX: &str = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
@@ -18,62 +20,25 @@ pub const O200K_REGEX: &str = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{L
 /// The split regex of Llama 3's tokenizer; llama.cpp calls its pre-tokenizer `llama-bpe`.
 pub const LLAMA3_REGEX: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-/// Pre-tokenizer names llama.cpp's loader accepts (an unknown one fails the load).
-const KNOWN_PRE: &[&str] = &[
-    "default",
-    "llama3",
-    "llama-v3",
-    "llama-bpe",
-    "deepseek-llm",
-    "deepseek-coder",
-    "deepseek-v3",
-    "falcon",
-    "mpt",
-    "starcoder",
-    "gpt-2",
-    "refact",
-    "command-r",
-    "qwen2",
-    "stablelm2",
-    "olmo",
-    "dbrx",
-    "smaug-bpe",
-    "poro-chat",
-    "jais",
-    "tekken",
-    "smollm",
-    "codeshell",
-    "bloom",
-    "gpt3-finnish",
-    "exaone",
-    "chameleon",
-    "minerva-7b",
-    "megrez",
-    "gpt-4o",
-    "superbpe",
-    "trillion",
-    "bailingmoe",
-    "llama4",
-    "pixtral",
-    "seed-coder",
-    "kimi-k2",
-    "hunyuan",
-    "grok-2",
-    "viking",
-    "qwen35",
-    "glm4",
-];
-
-/// The `tokenizer.*` keys for a byte-level BPE tokenizer in `dir`, with `vocab_size` tokens
-/// (ids the tokenizer lacks become `[PADi]`, UNUSED) and `pre` as `tokenizer.ggml.pre`.
-/// `config` is the model's `config.json` (for special token ids); `family` is the family's
-/// pre-tokenizer name and split regex (a warning says when `pre` is that name but the regex
-/// differs). Returns the keys and warnings.
+/// The `tokenizer.*` keys for a byte-level BPE tokenizer (`tokenizer.json` in `dir`) as
+/// llama.cpp's `_set_vocab_gpt2` / `get_vocab_base` write them: config.json's `vocab_size`
+/// entries (the tokenizer's size without one; ids the tokenizer lacks become `[PADi]`,
+/// UNUSED), added tokens CONTROL when special or special-looking, else USER_DEFINED with `▁`
+/// written as a space; `tokenizer.ggml.pre` as llama.cpp's converter chooses it (the hash of
+/// its check text's tokens looked up in its table, [`super::pre`]), or `pre` when given; the
+/// merges and special tokens ([`SpecialVocab`], without a vocabulary bound, as the converter
+/// reads them). `family` is the family's pre-tokenizer name and split regex, written with a
+/// warning when llama.cpp's table does not know the tokenizer (where the converter stops).
+/// Returns the keys and warnings.
+///
+/// Errors: a `tokenizer.json` that is not BPE or has no merges (llama.cpp cannot load a
+/// `gpt2` vocabulary without them), token ids beyond `vocab_size`, a `pre` llama.cpp does not
+/// know.
 pub fn gpt2_vocab(
     dir: &Path,
     config: &Json,
     vocab_size: usize,
-    pre: &str,
+    pre: Option<&str>,
     family: (&str, &str),
 ) -> Result<(Metadata, Vec<String>)> {
     let path = dir.join("tokenizer.json");
@@ -84,18 +49,10 @@ pub fn gpt2_vocab(
     if model.get("type").and_then(Json::as_str) != Some("BPE") {
         bail!("{}: the tokenizer model is not BPE; moeq converts byte-level BPE tokenizers here", path.display());
     }
-    if !KNOWN_PRE.contains(&pre) {
-        bail!("pre-tokenizer '{pre}' is not one llama.cpp knows (it would refuse to load the file)");
-    }
-    if let Some(regex) = split_regex(tok.get("pre_tokenizer"))
-        && pre == family.0
-        && regex != family.1
+    if let Some(p) = pre
+        && !KNOWN_PRE.contains(&p)
     {
-        warnings.push(format!(
-            "{}: the pre-tokenizer's split regex is not the one llama.cpp's '{pre}' implements; \
-             pass --tokenizer-pre to choose another",
-            path.display()
-        ));
+        bail!("pre-tokenizer '{p}' is not one llama.cpp knows (it would refuse to load the file)");
     }
 
     // id → (token, type)
@@ -120,6 +77,7 @@ pub fn gpt2_vocab(
         };
         by_id.insert(id, (token, ty));
     }
+    let vocab_size = if vocab_size == 0 { by_id.len() } else { vocab_size };
     if let Some(&max) = by_id.keys().max()
         && max >= vocab_size as u64
     {
@@ -139,21 +97,59 @@ pub fn gpt2_vocab(
             }
         }
     }
-
-    let merges = merges(model).with_context(|| format!("{}", path.display()))?;
-    if merges.is_empty() {
+    let pre = match pre {
+        Some(p) => p.to_string(),
+        None => {
+            let (name, warning) = pre_of(&path, &tok, family);
+            warnings.extend(warning);
+            name
+        }
+    };
+    let special = SpecialVocab::load(dir, config, true, None, None)?;
+    if special.merges.is_empty() {
         bail!("{}: no BPE merges; llama.cpp cannot load a gpt2 vocabulary without them", path.display());
     }
+    warnings.extend(special.warnings.iter().cloned());
     let mut keys = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Value::String(pre.into())),
+        ("tokenizer.ggml.pre".to_string(), Value::String(pre)),
         ("tokenizer.ggml.tokens".to_string(), Value::Array(Array::String(tokens))),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
-        ("tokenizer.ggml.merges".to_string(), Value::Array(Array::String(merges))),
     ];
-    let tc = read_if_present(&dir.join("tokenizer_config.json"))?;
-    keys.extend(special_tokens(dir, Some(&tok), tc.as_ref(), &added, config, vocab_size)?);
+    keys.extend(special.metadata()?);
     Ok((keys, warnings))
+}
+
+/// `tokenizer.ggml.pre` as llama.cpp's converter chooses it for the tokenizer at `path`: the
+/// name its table gives the hash of the check text's token ids. For a tokenizer the table does
+/// not know (the converter stops there) or that cannot be run, the family's name, with a
+/// warning (and another when the tokenizer's split regex is not the one llama.cpp implements
+/// for that name).
+fn pre_of(path: &Path, tok: &Json, family: (&str, &str)) -> (String, Option<String>) {
+    // The tokenizers library reads a file moeq does not control: a panic in it is caught and
+    // taken as a tokenizer that cannot run.
+    let run = || TextTokenizer::from_file(path).and_then(|t| chkhsh(&t));
+    let hash = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the tokenizers library failed on it")));
+    if let Ok(h) = &hash
+        && let Some(name) = pre_for_hash(h)
+    {
+        return (name.to_string(), None);
+    }
+    let why = match hash {
+        Ok(h) => format!("llama.cpp's converter does not know this pre-tokenizer (check hash {h})"),
+        Err(e) => format!("the pre-tokenizer check could not run ({e:#})"),
+    };
+    let regex = match split_regex(tok.get("pre_tokenizer")) {
+        Some(r) if r != family.1 => " and its split regex is not the one llama.cpp implements for it",
+        _ => "",
+    };
+    let warning = format!(
+        "{}: {why}; writing tokenizer.ggml.pre '{}'{regex}; pass --tokenizer-pre to choose another",
+        path.display(),
+        family.0
+    );
+    (family.0.to_string(), Some(warning))
 }
 
 /// The split regex of a (possibly sequenced) pre-tokenizer.
@@ -163,23 +159,4 @@ fn split_regex(pre: Option<&Json>) -> Option<&str> {
         return pre.pointer("/pattern/Regex").and_then(Json::as_str);
     }
     pre.get("pretokenizers")?.as_array()?.iter().find_map(|p| split_regex(Some(p)))
-}
-
-/// `model.merges` as `"left right"` strings (pairs joined with a space, spaces inside a pair
-/// encoded as U+0120, as gguf-py does).
-fn merges(model: &Json) -> Result<Vec<String>> {
-    let Some(list) = model.get("merges").and_then(Json::as_array) else { return Ok(Vec::new()) };
-    list.iter()
-        .map(|m| match m {
-            Json::String(s) => Ok(s.clone()),
-            Json::Array(pair) if pair.len() == 2 => {
-                let part = |v: &Json| v.as_str().map(|s| s.replace(' ', "\u{120}"));
-                match (part(&pair[0]), part(&pair[1])) {
-                    (Some(a), Some(b)) => Ok(format!("{a} {b}")),
-                    _ => bail!("a merge is not a pair of strings"),
-                }
-            }
-            _ => bail!("unknown merges format"),
-        })
-        .collect()
 }

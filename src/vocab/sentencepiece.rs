@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{Array, Value};
 use serde_json::Value as Json;
 
-use super::special::{looks_special, special_tokens};
-use super::{CONTROL, Metadata, NORMAL, UNUSED, USER_DEFINED, read_if_present, read_json};
+use super::special::{SpecialVocab, looks_special};
+use super::{CONTROL, Metadata, NORMAL, UNUSED, USER_DEFINED, read_if_present};
 
 /// SentencePiece token types (`sentencepiece_model.proto`), which llama.cpp's are.
 const SP_UNKNOWN: i32 = 2;
@@ -101,13 +101,31 @@ impl<'b> Wire<'b> {
 }
 
 /// The `tokenizer.*` keys for a SentencePiece tokenizer (`tokenizer.model` in `dir`) as
-/// llama.cpp's `_set_vocab_sentencepiece` writes them: the `llama` model, pieces, scores and
-/// types, added tokens from `tokenizer_config.json`, special ids.
-pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Result<Metadata> {
+/// llama.cpp's `_set_vocab_sentencepiece` / `_create_vocab_sentencepiece` write them: the
+/// `llama` model, `vocab_size` entries (config.json's, else the model's piece count) of
+/// pieces, scores and types (unknown, control, unused and byte pieces keep their type, the
+/// rest are normal; ids the model lacks are `[PADi]`, unused, score -10000), then the tokens
+/// of `added_tokens.json` (user-defined, score -1000) and `tokenizer_config.json`'s
+/// `added_tokens_decoder` (control when special or special-looking, else user-defined with
+/// `▁` written as a space; score -1000), then the special tokens ([`SpecialVocab`]).
+/// Returns the keys and warnings (ids beyond the vocabulary are left out, as the converter
+/// leaves them out).
+///
+/// Errors: an unreadable or malformed `tokenizer.model`, JSON files or token ids that are
+/// not integers.
+pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Result<(Metadata, Vec<String>)> {
     let path = dir.join("tokenizer.model");
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let pieces = sentencepiece_pieces(&bytes).with_context(|| format!("{}", path.display()))?;
+    let mut warnings = Vec::new();
     let n = if vocab_size == 0 { pieces.len() } else { vocab_size };
+    if pieces.len() > n {
+        warnings.push(format!(
+            "{}: {} pieces, but config.json's vocab_size is {n}: pieces from id {n} on are left out",
+            path.display(),
+            pieces.len()
+        ));
+    }
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
     let mut scores = vec![-10000.0f32; n];
     let mut types = vec![UNUSED; n];
@@ -119,26 +137,34 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
             _ => NORMAL,
         };
     }
+    let out_of_range =
+        |file: &Path, id: u64| format!("{}: token id {id} is beyond the vocabulary ({n}); left out", file.display());
     let added_path = dir.join("added_tokens.json");
-    if added_path.is_file() {
-        let added = read_json(&added_path)?;
-        for (token, id) in added.as_object().into_iter().flatten() {
-            if let Some(id) = id.as_u64().map(|i| i as usize).filter(|&i| i < n) {
-                tokens[id] = token.clone();
-                scores[id] = -1000.0;
-                types[id] = USER_DEFINED;
+    if let Some(added) = read_if_present(&added_path)? {
+        let Json::Object(added) = added else { bail!("{}: not a JSON object", added_path.display()) };
+        for (token, id) in added {
+            let id = id.as_u64().with_context(|| format!("{}: {token:?} has no token id", added_path.display()))?;
+            if id >= n as u64 {
+                warnings.push(out_of_range(&added_path, id));
+                continue;
             }
+            tokens[id as usize] = token.clone();
+            scores[id as usize] = -1000.0;
+            types[id as usize] = USER_DEFINED;
         }
     }
-    let tc = read_if_present(&dir.join("tokenizer_config.json"))?;
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = read_if_present(&tc_path)?;
     if let Some(decoder) = tc.as_ref().and_then(|t| t.get("added_tokens_decoder")).and_then(Json::as_object) {
         for (id, data) in decoder {
-            let (Ok(id), Some(content)) = (id.parse::<usize>(), data.get("content").and_then(Json::as_str)) else {
-                continue;
+            let (Ok(id), Some(content)) = (id.parse::<u64>(), data.get("content").and_then(Json::as_str)) else {
+                bail!("{}: added_tokens_decoder entry {id:?} has no token id or content", tc_path.display());
             };
-            if id >= n {
+            if id >= n as u64 {
+                warnings.push(out_of_range(&tc_path, id));
                 continue;
             }
+            let id = id as usize;
             let special = data.get("special").and_then(Json::as_bool).unwrap_or(false);
             if special || looks_special(content) {
                 types[id] = CONTROL;
@@ -150,8 +176,8 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
             scores[id] = -1000.0;
         }
     }
-    let tok = read_if_present(&dir.join("tokenizer.json"))?;
-    let added = tok.as_ref().and_then(|t| t.get("added_tokens")).and_then(Json::as_array).cloned().unwrap_or_default();
+    let special = SpecialVocab::load(dir, config, false, None, Some(n))?;
+    warnings.extend(special.warnings.iter().cloned());
     let mut keys = vec![
         ("tokenizer.ggml.model".to_string(), Value::String("llama".into())),
         ("tokenizer.ggml.pre".to_string(), Value::String("default".into())),
@@ -159,8 +185,8 @@ pub fn sentencepiece_vocab(dir: &Path, config: &Json, vocab_size: usize) -> Resu
         ("tokenizer.ggml.scores".to_string(), Value::Array(Array::F32(scores))),
         ("tokenizer.ggml.token_type".to_string(), Value::Array(Array::I32(types))),
     ];
-    keys.extend(special_tokens(dir, tok.as_ref(), tc.as_ref(), &added, config, n)?);
-    Ok(keys)
+    keys.extend(special.metadata()?);
+    Ok((keys, warnings))
 }
 
 #[cfg(test)]

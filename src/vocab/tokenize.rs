@@ -4,7 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use moeq_formats::gguf::{Array, Value};
+
+use crate::model::weights::Weights;
+use crate::source::Source;
 
 /// A model's tokenizer, loaded from its `tokenizer.json`.
 pub struct TextTokenizer {
@@ -53,6 +57,16 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The text of token `id`, if the tokenizer has it.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Every token's text and id, added (special) tokens included.
+    pub fn vocab(&self) -> std::collections::HashMap<String, u32> {
+        self.inner.get_vocab(true)
+    }
+
     /// The number of ids the tokenizer can produce (its vocabulary with added tokens): the
     /// largest id + 1.
     pub fn id_count(&self) -> usize {
@@ -60,9 +74,179 @@ impl TextTokenizer {
     }
 }
 
+/// Whether llama.cpp adds a BOS token to this vocabulary, and which: `tokenizer.ggml.add_bos_token`
+/// when present, else the default of its tokenizer type (llama-vocab.cpp, `llama_vocab::impl::load`:
+/// SentencePiece `llama` and WordPiece `bert` add one; byte-level BPE `gpt2` only with the
+/// pre-tokenizers listed there). The id is `tokenizer.ggml.bos_token_id`, else the type's
+/// default (1 for `llama`, 11 for `gpt2`, 101 for `bert`). `None`: no BOS is added.
+pub fn bos_token(metadata: &[(String, Value)]) -> Option<u32> {
+    let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+    let model = get("tokenizer.ggml.model").and_then(Value::as_str).unwrap_or("");
+    let pre = get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    const BPE_WITH_BOS: [&str; 11] = [
+        "llama3",
+        "llama-v3",
+        "llama-bpe",
+        "falcon3",
+        "falcon-h1",
+        "pixtral",
+        "midm-2.0",
+        "lfm2",
+        "jina-v5-nano",
+        "tekken",
+        "chameleon",
+    ];
+    let (default_add, default_id) = match model {
+        "llama" => (true, 1),
+        "bert" => (true, 101),
+        "gpt2" => (BPE_WITH_BOS.contains(&pre), 11),
+        _ => (false, 1),
+    };
+    let add = match get("tokenizer.ggml.add_bos_token") {
+        Some(Value::Bool(b)) => *b,
+        _ => default_add,
+    };
+    let id = get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64).map_or(default_id, |v| v as u32);
+    add.then_some(id)
+}
+
+/// Checks that `tokenizer` is the model's: every id it produces is inside the model's
+/// vocabulary (`n_vocab` embedding rows), and, when the model's metadata lists its tokens
+/// (`tokenizer.ggml.tokens`), each of the tokenizer's tokens has the same text at its id.
+pub fn check_tokenizer(tokenizer: &TextTokenizer, n_vocab: usize, metadata: &[(String, Value)]) -> Result<()> {
+    let ids = tokenizer.id_count();
+    if ids > n_vocab {
+        bail!(
+            "{}: the tokenizer has {ids} token ids but the model's vocabulary has {n_vocab}: not this model's tokenizer",
+            tokenizer.path().display()
+        );
+    }
+    let tokens = metadata.iter().find(|(k, _)| k == "tokenizer.ggml.tokens").map(|(_, v)| v);
+    if let Some(Value::Array(Array::String(tokens))) = tokens {
+        if tokens.len() < ids {
+            bail!(
+                "{}: the tokenizer has {ids} token ids but the model lists {} tokens: not this model's tokenizer",
+                tokenizer.path().display(),
+                tokens.len()
+            );
+        }
+        let vocab = tokenizer.vocab();
+        let mut wrong: Vec<(u32, &str, &str)> = vocab
+            .iter()
+            .filter(|&(text, &id)| tokens[id as usize] != *text)
+            .map(|(text, &id)| (id, text.as_str(), tokens[id as usize].as_str()))
+            .collect();
+        if !wrong.is_empty() {
+            wrong.sort_unstable();
+            let (id, text, model) = wrong[0];
+            bail!(
+                "{}: {} of its {} tokens differ from the model's (token {id} is {text:?} there, {model:?} in the model): \
+                 not this model's tokenizer",
+                tokenizer.path().display(),
+                wrong.len(),
+                vocab.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads a calibration text: UTF-8, not empty. Errors name the file (and the byte offset of
+/// invalid UTF-8).
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+    })?;
+    if text.trim().is_empty() {
+        bail!("{}: the text is empty", path.display());
+    }
+    Ok(text)
+}
+
+/// A model's tokenizer for text inputs, checked against the model, and the BOS llama.cpp adds.
+pub struct ModelText {
+    /// The tokenizer.
+    pub tokenizer: TextTokenizer,
+    /// The BOS token llama.cpp puts first ([`bos_token`]).
+    pub bos: Option<u32>,
+    /// A space goes before the text: llama.cpp's SentencePiece tokenizer adds one
+    /// (`tokenizer.ggml.add_space_prefix`, default true) and this tokenizer.json does not.
+    pub space_prefix: bool,
+}
+
+impl ModelText {
+    /// The tokenizer of the model at `path` (opened as `source`, read as `w`): `tokenizer_dir`
+    /// when given, else the checkpoint's folder (a GGUF needs `tokenizer_dir`); checked with
+    /// [`check_tokenizer`] against the model's vocabulary (a GGUF's own tokens, or the ones the
+    /// converter would write for a checkpoint).
+    pub fn open(path: &Path, source: &Source, w: &Weights, tokenizer_dir: Option<&Path>) -> Result<ModelText> {
+        let metadata = match source {
+            Source::Gguf(_) => w.metadata.clone(),
+            Source::Safetensors { config: Some(config), .. } => match crate::vocab::checkpoint_vocab(config, None) {
+                Ok((vocab, _)) => vocab,
+                Err(_) if tokenizer_dir.is_some() => Vec::new(),
+                Err(e) => return Err(e),
+            },
+            Source::Safetensors { config: None, .. } => Vec::new(),
+        };
+        let tokenizer = match (tokenizer_dir, source) {
+            (Some(dir), _) => TextTokenizer::from_dir(dir)?,
+            (None, Source::Gguf(_)) => bail!(
+                "{}: a GGUF carries no tokenizer.json; pass --tokenizer DIR (the model's Hugging Face folder)",
+                path.display()
+            ),
+            (None, Source::Safetensors { .. }) => TextTokenizer::from_dir(path)?,
+        };
+        let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
+        check_tokenizer(&tokenizer, n_vocab, &metadata)?;
+        let get = |key: &str| metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        let spm = get("tokenizer.ggml.model").and_then(Value::as_str) == Some("llama");
+        let wants_prefix = !matches!(get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
+        // Whether the tokenizer.json adds the prefix itself (a Prepend normalizer or a Metaspace
+        // pre-tokenizer that prepends): then a word's first token starts with '▁'.
+        let adds_prefix = || -> Result<bool> {
+            let ids = tokenizer.encode("a", false)?;
+            Ok(ids.first().and_then(|&id| tokenizer.token_text(id)).is_some_and(|t| t.starts_with('\u{2581}')))
+        };
+        let space_prefix = spm && wants_prefix && !adds_prefix()?;
+        Ok(ModelText { tokenizer, bos: bos_token(&metadata), space_prefix })
+    }
+
+    /// The ids of `text` as llama.cpp's `common_tokenize(text, add_special = true)` gives them:
+    /// the BOS first when the vocabulary adds one, then the text's tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        if self.space_prefix {
+            ids.extend(self.tokenizer.encode(&format!(" {text}"), false)?);
+        } else {
+            ids.extend(self.tokenizer.encode(text, false)?);
+        }
+        Ok(ids)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    fn meta(pairs: &[(&str, Value)]) -> Vec<(String, Value)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn bos_follows_llama_cpp() {
+        let s = |v: &str| Value::String(v.into());
+        assert_eq!(bos_token(&meta(&[("tokenizer.ggml.model", s("llama"))])), Some(1));
+        assert_eq!(bos_token(&meta(&[("tokenizer.ggml.model", s("gpt2")), ("tokenizer.ggml.pre", s("gpt-4o"))])), None);
+        let llama3 = meta(&[
+            ("tokenizer.ggml.model", s("gpt2")),
+            ("tokenizer.ggml.pre", s("llama-bpe")),
+            ("tokenizer.ggml.bos_token_id", Value::U32(509)),
+        ]);
+        assert_eq!(bos_token(&llama3), Some(509));
+        let off = meta(&[("tokenizer.ggml.model", s("llama")), ("tokenizer.ggml.add_bos_token", Value::Bool(false))]);
+        assert_eq!(bos_token(&off), None);
+    }
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)

@@ -25,10 +25,34 @@ pub fn write_gguf(
     split_max_bytes: Option<u64>,
     quiet: bool,
 ) -> Result<(Vec<PathBuf>, u64)> {
+    check(plan, recipes)?;
+    write_with(GgufWriter::create(output, plan, split_max_bytes)?, recipes, quiet)
+}
+
+/// As [`write_gguf`], into shards of `counts[i]` tensors each (`--keep-split`), named
+/// `OUT-00001-of-0000N.gguf` beside `output` (one shard: `output` itself).
+pub fn write_gguf_shards(
+    plan: &GgufPlan,
+    recipes: &[Recipe],
+    output: &Path,
+    counts: &[usize],
+    quiet: bool,
+) -> Result<(Vec<PathBuf>, u64)> {
+    check(plan, recipes)?;
+    let Some(plans) = plan.split_by_counts(counts) else {
+        bail!("internal error: {} tensors do not make shards of {counts:?}", plan.tensors.len());
+    };
+    write_with(GgufWriter::create_shards(output, &plans)?, recipes, quiet)
+}
+
+fn check(plan: &GgufPlan, recipes: &[Recipe]) -> Result<()> {
     if plan.tensors.len() != recipes.len() || plan.tensors.iter().zip(recipes).any(|(t, r)| *t != r.spec) {
         bail!("internal error: the GGUF plan and the recipes disagree");
     }
-    let writer = GgufWriter::create(output, plan, split_max_bytes)?;
+    Ok(())
+}
+
+fn write_with(writer: GgufWriter, recipes: &[Recipe], quiet: bool) -> Result<(Vec<PathBuf>, u64)> {
     let mut pieces = Vec::new();
     for (i, recipe) in recipes.iter().enumerate() {
         pieces.extend(recipe.pieces(PIECE_BYTES, PIECE_VALUES).into_iter().map(|(first, count)| (i, first, count)));

@@ -154,6 +154,22 @@ fn encode_rows(item: &Item, first: u64, count: u64, scratch: &mut Scratch, bufs:
             let (mut words, mut s, mut b) =
                 (vec![0u32; n * bits as usize / 32], vec![0u16; n / group as usize], vec![0u16; n / group as usize]);
             mlx::affine_quantize(values, bits, group as usize, &mut words, &mut s, &mut b).map_err(located)?;
+            // A group spanning more than f32 holds gets an infinite bf16 scale or bias.
+            let infinite = |h: &u16| h & 0x7F80 == 0x7F80;
+            if let Some(g) = s.iter().zip(&b).position(|(s, b)| infinite(s) | infinite(b)) {
+                let (row_len, group) = (recipe.row_len() as usize, group as usize);
+                let span = &values[g * group..(g + 1) * group];
+                let (lo, hi) = span.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                bail!(
+                    "{} → '{}': row {}, columns {}..{} span {lo:e}..{hi:e}, whose {bits}-bit scale overflows bf16; \
+                     keep this module in bf16 (--quant-override)",
+                    recipe.parts[0].origin,
+                    recipe.spec.name,
+                    first + (g * group / row_len) as u64,
+                    g * group % row_len,
+                    g * group % row_len + group,
+                );
+            }
             let [w_out, s_out, b_out] = bufs;
             w_out.clear();
             w_out.extend(words.iter().flat_map(|w| w.to_le_bytes()));

@@ -98,6 +98,12 @@ impl GgufModel {
         Ok(model)
     }
 
+    /// A model of one file already opened (no other shard is looked for, whatever its
+    /// `split.*` keys say), e.g. GGUF bytes held in memory ([`GgufFile::from_bytes`]).
+    pub fn single(file: GgufFile) -> GgufModel {
+        Self::from_shards(vec![file])
+    }
+
     fn from_shards(shards: Vec<GgufFile>) -> GgufModel {
         let order =
             shards.iter().enumerate().flat_map(|(s, f)| (0..f.header().tensors.len()).map(move |i| (s, i))).collect();

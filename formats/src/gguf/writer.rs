@@ -172,6 +172,31 @@ impl GgufPlan {
             group_bytes = group_bytes.saturating_add(nbytes);
             groups.last_mut().expect("groups is never empty").push(t.clone());
         }
+        self.shards(groups)
+    }
+
+    /// Splits the plan into shards holding `counts[i]` tensors each, in order (as
+    /// llama-quantize's `--keep-split` keeps a split input's shards), with the same `split.*`
+    /// keys as [`GgufPlan::split`]. `None` when the counts do not add up to the tensors.
+    pub fn split_by_counts(&self, counts: &[usize]) -> Option<Vec<GgufPlan>> {
+        if counts.iter().sum::<usize>() != self.tensors.len() || counts.contains(&0) {
+            return None;
+        }
+        let mut rest = self.tensors.as_slice();
+        let groups = counts
+            .iter()
+            .map(|&n| {
+                let (group, tail) = rest.split_at(n);
+                rest = tail;
+                group.to_vec()
+            })
+            .collect();
+        Some(self.shards(groups))
+    }
+
+    /// One plan per group of tensors: the first with the metadata, all with `split.*` keys
+    /// (none when there is one group).
+    fn shards(&self, groups: Vec<Vec<TensorSpec>>) -> Vec<GgufPlan> {
         let mut base = self.clone();
         for key in [KEY_SPLIT_NO, KEY_SPLIT_COUNT, KEY_SPLIT_TENSORS_COUNT] {
             base.remove(key);
@@ -212,9 +237,21 @@ impl GgufWriter {
             Some(max) => plan.split(max),
             None => vec![plan.clone()],
         };
+        Self::from_plans(path, &plans, split_max_bytes.is_some())
+    }
+
+    /// Creates a split output for plans already split into shards (see
+    /// [`GgufPlan::split_by_counts`]), named as [`GgufWriter::create`] names them (one plan is
+    /// written at `path` itself). Like any split output it replaces the set of its stem when
+    /// committed, and each file is created when first written.
+    pub fn create_shards(path: &Path, plans: &[GgufPlan]) -> Result<GgufWriter> {
+        Self::from_plans(path, plans, true)
+    }
+
+    fn from_plans(path: &Path, plans: &[GgufPlan], split: bool) -> Result<GgufWriter> {
         let count = plans.len();
         let mut out = PlannedOutput::new();
-        if split_max_bytes.is_some() {
+        if split {
             out.replace_set(path);
         }
         for (i, shard) in plans.iter().enumerate() {

@@ -6,14 +6,11 @@
 
 use std::sync::OnceLock;
 
-use super::kquants::nearest_int;
+use super::common::{GROUP_MAX_EPS, nearest_int, sum_x2, value_weights};
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `kvalues_iq4nl` (ggml-common.h).
 pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
-
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// IQ4_NL block bytes.
 pub const IQ4_NL_BYTES: usize = 18;
@@ -66,30 +63,9 @@ pub fn decision_thresholds() -> &'static [f32; 16] {
     })
 }
 
-/// The per-value weights of one 32-value block: `qw · sqrt(sigma2 + x²)` with importance
-/// weights, else `x²`.
-fn block_weights(xb: &[f32], qw: Option<&[f32]>, sigma2: f32, weight: &mut [f32; 32]) {
-    match qw {
-        Some(qw) => {
-            for ((w, &q), &v) in weight.iter_mut().zip(qw).zip(xb) {
-                *w = q * (sigma2 + v * v).sqrt();
-            }
-        }
-        None => {
-            for (w, &v) in weight.iter_mut().zip(xb) {
-                *w = v * v;
-            }
-        }
-    }
-}
-
 /// `sigma2` of a super-block: `Σx² · (2 / n)`.
 pub(crate) fn super_block_sigma2(x: &[f32]) -> f32 {
-    let mut sigma2 = 0.0f32;
-    for &v in x {
-        sigma2 += v * v;
-    }
-    sigma2 * (2.0 / x.len() as f32)
+    sum_x2(x) * (2.0 / x.len() as f32)
 }
 
 /// The scale search of one 32-value block (`ntry` 7): the best of 16 candidate scales by
@@ -152,7 +128,7 @@ pub fn quantize_iq4_nl(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let mut weight = [0f32; 32];
     for (ib, (xb, b)) in x.chunks_exact(32).zip(y.chunks_exact_mut(IQ4_NL_BYTES)).enumerate() {
         let sigma2 = super_block_sigma2(xb);
-        block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight);
+        value_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight);
         let d = block_scale(xb, &weight);
         b[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -194,7 +170,7 @@ pub fn quantize_iq4_xs(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
         let mut scales = [0f32; 8];
         for (ib, s) in scales.iter_mut().enumerate() {
             let xb = &x[32 * ib..32 * ib + 32];
-            block_weights(xb, qw.map(|q| &q[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32]), sigma2, &mut weight);
+            value_weights(xb, qw.map(|q| &q[256 * ibl + 32 * ib..256 * ibl + 32 * ib + 32]), sigma2, &mut weight);
             *s = block_scale(xb, &weight);
         }
         finish_iq4_xs(x, &scales, b);

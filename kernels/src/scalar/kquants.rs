@@ -2,18 +2,8 @@
 //! `make_qkx2_quants` / `make_qx_quants`, and their dequantizers. Every float operation is in
 //! ggml's order: the sums here are sequential, and a reordering changes bytes.
 
+use super::common::{GROUP_MAX_EPS, nearest_int, sum_x2};
 use crate::convert::{f16_to_f32, f32_to_f16};
-
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// `nearest_int`: round half to even through the 1.5·2^23 trick (exactly ggml's bits, also
-/// outside the range it asserts).
-#[inline]
-pub fn nearest_int(f: f32) -> i32 {
-    let val = f + 12_582_912.0;
-    (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
-}
 
 /// `make_qkx2_quants`: the scale and (positive) min of a sub-block with weights, choosing the
 /// best of `nstep + 1` candidate scales by weighted squared error (weighted absolute error
@@ -189,11 +179,7 @@ fn search_superblock(p: &KParams, x: &[f32], l: &mut [u8; 256]) -> ([f32; 8], [f
     let mut mins = [0f32; 8];
     for j in 0..8 {
         let xs = &x[32 * j..32 * j + 32];
-        let mut sum_x2 = 0.0f32;
-        for &v in xs {
-            sum_x2 += v * v;
-        }
-        let av_x = (sum_x2 / 32.0).sqrt();
+        let av_x = (sum_x2(xs) / 32.0).sqrt();
         for (w, &v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
@@ -460,15 +446,5 @@ pub fn dequantize_q6_k(x: &[u8], y: &mut [f32]) {
                 y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::nearest_int;
-
-    #[test]
-    fn nearest_int_rounds_half_to_even() {
-        assert_eq!([0.5, 1.5, 2.5, -0.5, -1.5, 2.4999, 3.7].map(nearest_int), [0, 2, 2, 0, -2, 2, 4]);
     }
 }

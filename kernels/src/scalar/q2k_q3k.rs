@@ -3,12 +3,9 @@
 //! importance weights), `quantize_row_q2_K_impl` / `quantize_row_q3_K_impl` (with them),
 //! `make_q3_quants`, and the dequantizers. Every float operation is in ggml's order.
 
-use super::kquants::{make_qkx2_quants, make_qx_quants, nearest_int};
-use super::weighted::make_qp_quants;
+use super::common::{GROUP_MAX_EPS, imatrix_weights, make_qp_quants, nearest_int, sum_x2};
+use super::kquants::{make_qkx2_quants, make_qx_quants};
 use crate::convert::{f16_to_f32, f32_to_f16};
-
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Q2_K block bytes.
 pub const Q2_K_BYTES: usize = 84;
@@ -100,17 +97,11 @@ pub fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
 pub fn quantize_q2_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let (mut l, mut laux, mut weight) = ([0u8; 256], [0u8; 16], [0f32; 16]);
     for ((x, qw), b) in x.chunks_exact(256).zip(qw.chunks_exact(256)).zip(y.chunks_exact_mut(Q2_K_BYTES)) {
-        let mut sumx2 = 0.0f32;
-        for &v in x {
-            sumx2 += v * v;
-        }
-        let sigma2 = sumx2 / 256.0;
+        let sigma2 = sum_x2(x) / 256.0;
         let (mut scales, mut mins, mut sw) = ([0f32; 16], [0f32; 16], [0f32; 16]);
         for j in 0..16 {
             let xs = &x[16 * j..16 * j + 16];
-            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
-                *w = q * (sigma2 + v * v).sqrt();
-            }
+            imatrix_weights(xs, &qw[16 * j..16 * j + 16], sigma2, &mut weight);
             for &w in &weight {
                 sw[j] += w;
             }
@@ -281,17 +272,11 @@ pub(crate) fn q3_k_head(scales: &[f32; 16], b: &mut [u8]) {
 pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let (mut l, mut weight) = ([0i8; 256], [0f32; 16]);
     for ((x, qw), b) in x.chunks_exact(256).zip(qw.chunks_exact(256)).zip(y.chunks_exact_mut(Q3_K_BYTES)) {
-        let mut sumx2 = 0.0f32;
-        for &v in x {
-            sumx2 += v * v;
-        }
-        let sigma2 = 2.0 * sumx2 / 256.0;
+        let sigma2 = 2.0 * sum_x2(x) / 256.0;
         let (mut scales, mut sw) = ([0f32; 16], [0f32; 16]);
         for j in 0..16 {
             let xs = &x[16 * j..16 * j + 16];
-            for ((w, &q), &v) in weight.iter_mut().zip(&qw[16 * j..16 * j + 16]).zip(xs) {
-                *w = q * (sigma2 + v * v).sqrt();
-            }
+            imatrix_weights(xs, &qw[16 * j..16 * j + 16], sigma2, &mut weight);
             let mut sumw = 0.0f32;
             for &w in &weight {
                 sumw += w;

@@ -2,16 +2,19 @@
 //! what `ggml_quantize_chunk` (and so llama-quantize) runs when given `quant_weights`. They
 //! work row by row: the legacy types weigh by the whole row's variance.
 
-use super::kquants::{self, KParams, make_qkx2_quants, make_qx_quants, nearest_int};
+use super::common::{imatrix_weights, make_qp_quants, sum_x2};
+use super::kquants::{self, KParams, make_qkx2_quants, make_qx_quants};
 use crate::QuantType;
+use crate::backend::Refusal;
 use crate::convert::f32_to_f16;
 
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
-
-/// Quantizes rows of `n_per_row` values with importance weights `qw` (one per column).
-/// Q8_0 and MXFP4 ignore the weights, as ggml does.
-pub fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], n_per_row: usize, qw: &[f32]) {
+/// Quantizes rows of `n_per_row` finite values with importance weights `qw` (one per column).
+/// Q8_0, MXFP4, TQ1_0 and TQ2_0 ignore the weights, as ggml does. Only the i-quants can
+/// refuse ([`Refusal::Degenerate`] where ggml aborts, the block counted from the start of `x`).
+pub fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], n_per_row: usize, qw: &[f32]) -> Result<(), Refusal> {
+    if super::iquants::is_iquant(ty) {
+        return super::iquants::quantize_rows(&super::iq_search::Reference, ty, x, y, qw);
+    }
     let row_bytes = ty.bytes_for(n_per_row);
     for (x, y) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(row_bytes)) {
         match ty {
@@ -26,25 +29,10 @@ pub fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], n_per_row: usize, q
             QuantType::Q3_K => super::q2k_q3k::quantize_q3_k_weighted(x, y, qw),
             QuantType::IQ4_NL => super::iq4::quantize_iq4_nl(x, y, Some(qw)),
             QuantType::IQ4_XS => super::iq4::quantize_iq4_xs(x, y, Some(qw)),
-            other => super::quantize(other, x, y),
+            other => super::quantize(other, x, y)?,
         }
     }
-}
-
-/// `sigma2 = Σx² / n` over a row, summed in order.
-fn row_sigma2(x: &[f32]) -> f32 {
-    let mut sum_x2 = 0.0f32;
-    for &v in x {
-        sum_x2 += v * v;
-    }
-    sum_x2 / x.len() as f32
-}
-
-/// `weight[j] = qw[j] * sqrt(sigma2 + x[j]²)`.
-fn block_weights(x: &[f32], qw: &[f32], sigma2: f32, out: &mut [f32]) {
-    for ((w, &q), &v) in out.iter_mut().zip(qw).zip(x) {
-        *w = q * (sigma2 + v * v).sqrt();
-    }
+    Ok(())
 }
 
 /// Packs 32 codes (j low nibble, j+16 high) into a block's payload; with `five_bit`, their
@@ -65,10 +53,10 @@ fn pack_codes(l: &[u8; 32], out: &mut [u8], five_bit: bool) {
 
 /// `quantize_row_q4_0_impl` (`nmax` 8) and `quantize_row_q5_0_impl` (`nmax` 16).
 fn legacy_row(x: &[f32], y: &mut [u8], qw: &[f32], nmax: i32, block_bytes: usize) {
-    let sigma2 = row_sigma2(x);
+    let sigma2 = sum_x2(x) / x.len() as f32;
     let (mut weight, mut l) = ([0f32; 32], [0i8; 32]);
     for ((xb, qw), b) in x.chunks_exact(32).zip(qw.chunks_exact(32)).zip(y.chunks_exact_mut(block_bytes)) {
-        block_weights(xb, qw, sigma2, &mut weight);
+        imatrix_weights(xb, qw, sigma2, &mut weight);
         let d = make_qx_quants(nmax, xb, &mut l, Some(&weight));
         b[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         pack_codes(&l.map(|v| v as u8), &mut b[2..], nmax == 16);
@@ -78,10 +66,10 @@ fn legacy_row(x: &[f32], y: &mut [u8], qw: &[f32], nmax: i32, block_bytes: usize
 /// `quantize_row_q4_1_impl` (`nmax` 15) and `quantize_row_q5_1_impl` (`nmax` 31), whose
 /// `make_qkx3_quants` is `make_qkx2_quants` when weights are given.
 fn affine_row(x: &[f32], y: &mut [u8], qw: &[f32], nmax: i32, block_bytes: usize) {
-    let sigma2 = row_sigma2(x);
+    let sigma2 = sum_x2(x) / x.len() as f32;
     let (mut weight, mut l, mut laux) = ([0f32; 32], [0u8; 32], [0u8; 32]);
     for ((xb, qw), b) in x.chunks_exact(32).zip(qw.chunks_exact(32)).zip(y.chunks_exact_mut(block_bytes)) {
-        block_weights(xb, qw, sigma2, &mut weight);
+        imatrix_weights(xb, qw, sigma2, &mut weight);
         let (d, the_min) = make_qkx2_quants(nmax, xb, &weight, &mut l, &mut laux, -0.9, 0.05, 36, false);
         b[..2].copy_from_slice(&f32_to_f16(d).to_le_bytes());
         b[2..4].copy_from_slice(&f32_to_f16(-the_min).to_le_bytes());
@@ -89,94 +77,15 @@ fn affine_row(x: &[f32], y: &mut [u8], qw: &[f32], nmax: i32, block_bytes: usize
     }
 }
 
-/// `make_qp_quants`: quantization of a super-block's scales (or mins) to `0..=nmax`, weighted
-/// by `qw`; the codes go to `l` (same length as `x`).
-pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
-    let n = x.len();
-    let mut max = 0.0f32;
-    for &v in x {
-        max = if max > v { max } else { v };
-    }
-    if max < GROUP_MAX_EPS {
-        l.fill(0);
-        return 0.0;
-    }
-    let mut iscale = nmax as f32 / max;
-    for (q, &v) in l.iter_mut().zip(x) {
-        *q = nearest_int(iscale * v) as u8;
-    }
-    let scale = 1.0 / iscale;
-    let mut best_mse = 0.0f32;
-    for i in 0..n {
-        let diff = x[i] - scale * l[i] as f32;
-        best_mse += qw[i] * diff * diff;
-    }
-    for is in -4..=4 {
-        if is == 0 {
-            continue;
-        }
-        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
-        let scale_is = 1.0 / iscale_is;
-        let mut mse = 0.0f32;
-        for i in 0..n {
-            let q = nearest_int(iscale_is * x[i]).min(nmax);
-            let diff = x[i] - scale_is * q as f32;
-            mse += qw[i] * diff * diff;
-        }
-        if mse < best_mse {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).min(nmax);
-        l[i] = q as u8;
-        let w = qw[i];
-        sumlx += w * x[i] * q as f32;
-        suml2 += w * q as f32 * q as f32;
-    }
-    for _ in 0..5 {
-        let mut changed = false;
-        for i in 0..n {
-            let w = qw[i];
-            let li = l[i] as f32;
-            let mut slx = sumlx - w * x[i] * li;
-            let mut sl2 = suml2 - w * li * li;
-            if slx > 0.0 && sl2 > 0.0 {
-                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
-                if new_l != l[i] as i32 {
-                    slx += w * x[i] * new_l as f32;
-                    sl2 += w * new_l as f32 * new_l as f32;
-                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l as u8;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
-}
-
 /// `quantize_row_q4_K_impl` / `quantize_row_q5_K_impl`.
-fn k_row(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
+pub(crate) fn k_row(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
     let (mut weights, mut laux, mut l) = ([0f32; 32], [0u8; 32], [0u8; 256]);
     for ((x, qw), b) in x.chunks_exact(256).zip(qw.chunks_exact(256)).zip(y.chunks_exact_mut(p.block_bytes)) {
-        let mut sum_x2 = 0.0f32;
-        for &v in x {
-            sum_x2 += v * v;
-        }
-        let sigma2 = 2.0 * sum_x2 / 256.0;
+        let sigma2 = 2.0 * sum_x2(x) / 256.0;
         let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
         for j in 0..8 {
             let xs = &x[32 * j..32 * j + 32];
-            block_weights(xs, &qw[32 * j..32 * j + 32], sigma2, &mut weights);
+            imatrix_weights(xs, &qw[32 * j..32 * j + 32], sigma2, &mut weights);
             let mut sumw = 0.0f32;
             for &w in &weights {
                 sumw += w;
@@ -193,7 +102,7 @@ fn k_row(p: &KParams, x: &[f32], y: &mut [u8], qw: &[f32]) {
 }
 
 /// `quantize_row_q6_K_impl`: `make_qx_quants` weighted by the imatrix itself.
-fn q6_k_row(x: &[f32], y: &mut [u8], qw: &[f32]) {
+pub(crate) fn q6_k_row(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let (mut l, mut scales) = ([0i8; 256], [0f32; 16]);
     for ((x, qw), b) in x.chunks_exact(256).zip(qw.chunks_exact(256)).zip(y.chunks_exact_mut(210)) {
         for (ib, scale) in scales.iter_mut().enumerate() {
@@ -213,7 +122,7 @@ mod tests {
     fn q8_0_ignores_weights() {
         let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
         let (mut a, mut b) = (vec![0u8; 68], vec![0u8; 68]);
-        quantize_rows(QuantType::Q8_0, &x, &mut a, 64, &[2.0; 64]);
+        quantize_rows(QuantType::Q8_0, &x, &mut a, 64, &[2.0; 64]).unwrap();
         legacy::quantize_q8_0(&x, &mut b);
         assert_eq!(a, b);
     }

@@ -8,9 +8,9 @@
 use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
-use super::{iq4_avx2, kquants_avx2, q2k_q3k_avx2};
+use super::{iq4_avx2, iquants_avx2, kquants_avx2, q2k_q3k_avx2};
 use crate::QuantType;
-use crate::backend::{Conversions, Kernel, TypeKernels};
+use crate::backend::{Conversions, Kernel, QuantizeFn, QuantizeRowsFn, TypeKernels};
 use crate::convert::{self, rows};
 use crate::scalar;
 
@@ -563,27 +563,39 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
     let k = crate::backend::scalar_kernels(ty);
     match ty {
         QuantType::Q8_0 => k
-            .quantize_with(NAME, simd!(|_, x, y| quantize_q8_0(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_q8_0(x, y))))
             .dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
-        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 4))),
-        QuantType::Q5_0 => k.quantize_with(NAME, simd!(|_, x, y| quantize_symmetric(x, y, 5))),
-        QuantType::Q4_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 15.0, 20))),
-        QuantType::Q5_1 => k.quantize_with(NAME, simd!(|_, x, y| quantize_affine(x, y, 31.0, 24))),
+        QuantType::Q4_0 => k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_symmetric(x, y, 4)))),
+        QuantType::Q5_0 => k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_symmetric(x, y, 5)))),
+        QuantType::Q4_1 => k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_affine(x, y, 15.0, 20)))),
+        QuantType::Q5_1 => k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_affine(x, y, 31.0, 24)))),
         QuantType::MXFP4 => k
-            .quantize_with(NAME, simd!(|_, x, y| quantize_mxfp4(x, y)))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite_if(quantize_mxfp4(x, y))))
             .dequantize_with(NAME, simd!(|_, x, y| dequantize_mxfp4(x, y))),
         QuantType::Q4_K => k
-            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y)))
+            .quantize_with(
+                NAME,
+                simd!(|_, x, y| super::finite_if(kquants_avx2::quantize(&scalar::kquants::Q4_K, x, y))),
+            )
             .weighted_with(
                 NAME,
-                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q4_K, x, y, n, qw)),
+                simd!(|_, x, y, n, qw| {
+                    kquants_avx2::quantize_weighted(&scalar::kquants::Q4_K, x, y, n, qw);
+                    Ok(())
+                }),
             )
             .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q4_K, x, y))),
         QuantType::Q5_K => k
-            .quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y)))
+            .quantize_with(
+                NAME,
+                simd!(|_, x, y| super::finite_if(kquants_avx2::quantize(&scalar::kquants::Q5_K, x, y))),
+            )
             .weighted_with(
                 NAME,
-                simd!(|_, x, y, n, qw| kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw)),
+                simd!(|_, x, y, n, qw| {
+                    kquants_avx2::quantize_weighted(&scalar::kquants::Q5_K, x, y, n, qw);
+                    Ok(())
+                }),
             )
             .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q5_K, x, y))),
         QuantType::Q3_K => k
@@ -604,12 +616,14 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                     q2k_q3k_avx2::quantize_q2_k_weighted(x, y, qw)
                 })),
             ),
-        QuantType::Q6_K => k.quantize_with(NAME, simd!(|_, x, y| kquants_avx2::quantize_q6_k(x, y))).weighted_with(
-            NAME,
-            simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| kquants_avx2::quantize_q6_k_weighted(
-                x, y, qw
-            ))),
-        ),
+        QuantType::Q6_K => {
+            k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(kquants_avx2::quantize_q6_k(x, y)))).weighted_with(
+                NAME,
+                simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
+                    kquants_avx2::quantize_q6_k_weighted(x, y, qw)
+                })),
+            )
+        }
         QuantType::IQ4_NL => k
             .dequantize_with(NAME, simd!(|_, x, y| iq4_avx2::dequantize_iq4_nl(x, y)))
             .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iq4_avx2::quantize_iq4_nl(x, y, None))))
@@ -632,10 +646,38 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
                     Some(qw)
                 ))),
             ),
+        // The i-quants: the scalar reference's quantizers with the AVX2 searches.
+        QuantType::IQ2_XXS | QuantType::IQ2_XS => k.weighted_with(NAME, iquant_rows()),
+        QuantType::IQ2_S | QuantType::IQ3_XXS | QuantType::IQ3_S => {
+            k.quantize_with(NAME, iquant_plain()).weighted_with(NAME, iquant_rows())
+        }
+        QuantType::IQ1_S => k
+            .weighted_with(NAME, iquant_rows())
+            .dequantize_with(NAME, simd!(|_, x, y| iquants_avx2::dequantize_iq1_s(x, y))),
+        QuantType::IQ1_M => k
+            .quantize_with(NAME, iquant_plain())
+            .weighted_with(NAME, iquant_rows())
+            .dequantize_with(NAME, simd!(|_, x, y| iquants_avx2::dequantize_iq1_m(x, y))),
+        QuantType::TQ1_0 => k
+            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iquants_avx2::quantize_tq1_0(x, y))))
+            .dequantize_with(NAME, simd!(|_, x, y| iquants_avx2::dequantize_tq1_0(x, y))),
+        QuantType::TQ2_0 => {
+            k.quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iquants_avx2::quantize_tq2_0(x, y))))
+        }
         // Types without an AVX2 kernel keep the scalar reference's.
         #[allow(unreachable_patterns)]
         _ => k,
     }
+}
+
+/// An i-quant without importance weights, with the AVX2 searches.
+fn iquant_plain() -> QuantizeFn {
+    simd!(|ty, x, y| iquants_avx2::quantize(ty, x, y))
+}
+
+/// An i-quant with importance weights, with the AVX2 searches.
+fn iquant_rows() -> QuantizeRowsFn {
+    simd!(|ty, x, y, _, qw| iquants_avx2::quantize_rows(ty, x, y, qw))
 }
 
 /// The AVX2 conversions.

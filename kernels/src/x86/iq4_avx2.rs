@@ -8,11 +8,8 @@
 use std::arch::x86_64::*;
 
 use crate::convert::f32_to_f16;
+use crate::scalar::common::{GROUP_MAX_EPS, nearest_int};
 use crate::scalar::iq4::{self, IQ4_NL_BYTES, IQ4_XS_BYTES, KVALUES_IQ4NL, decision_thresholds};
-use crate::scalar::kquants::nearest_int;
-
-/// ggml's `GROUP_MAX_EPS`.
-const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// The thresholds and table values as vectors for [`nearest`].
 #[derive(Clone, Copy)]

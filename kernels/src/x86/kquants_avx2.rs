@@ -8,8 +8,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{lanes, pack_i8x32};
+use crate::scalar::common::make_qp_quants;
 use crate::scalar::kquants::{self, KParams};
-use crate::scalar::weighted::make_qp_quants;
 
 #[target_feature(enable = "avx2")]
 pub(super) fn splat(v: f32) -> __m256 {
@@ -372,11 +372,7 @@ pub fn quantize_weighted(p: &KParams, x: &[f32], y: &mut [u8], n_per_row: usize,
         for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
             superblocks_weighted(p, x, y, qw);
         }
-        let ty = if p.nmax == 15 { crate::QuantType::Q4_K } else { crate::QuantType::Q5_K };
-        let rest = xs.remainder();
-        if !rest.is_empty() {
-            crate::scalar::weighted::quantize_rows(ty, rest, ys.into_remainder(), rest.len(), ws.remainder());
-        }
+        crate::scalar::weighted::k_row(p, xs.remainder(), ys.into_remainder(), ws.remainder());
     }
 }
 
@@ -538,7 +534,7 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
         }
     }
     for (q, &v) in l.iter_mut().zip(x) {
-        *q = (kquants::nearest_int(is[chosen] * v).clamp(-nmax, nmax - 1) + nmax) as i8;
+        *q = (crate::scalar::common::nearest_int(is[chosen] * v).clamp(-nmax, nmax - 1) + nmax) as i8;
     }
     scale
 }
@@ -605,16 +601,7 @@ pub fn quantize_q6_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
         q6_k_superblocks(x, y, Some(qw));
     }
-    let rest = xs.remainder();
-    if !rest.is_empty() {
-        crate::scalar::weighted::quantize_rows(
-            crate::QuantType::Q6_K,
-            rest,
-            ys.into_remainder(),
-            rest.len(),
-            ws.remainder(),
-        );
-    }
+    crate::scalar::weighted::q6_k_row(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
 
 /// `dl * v - ml` for 32 codes (bytes 0..=31 of `codes`), stored to `out[..32]`.

@@ -18,13 +18,14 @@ macro_rules! simd {
 mod avx2;
 mod avx512;
 mod iq4_avx2;
+mod iquants_avx2;
 mod kquants_avx2;
 mod q2k_q3k_avx2;
 
 use std::sync::OnceLock;
 
 use crate::QuantType;
-use crate::backend::Backend;
+use crate::backend::{Backend, Refusal};
 use crate::scalar::mxfp4::shared_exponent;
 
 static AVX2: Backend = Backend { name: "avx2", kernels: avx2::kernels, conversions: avx2::CONVERSIONS };
@@ -46,13 +47,18 @@ pub fn available() -> Vec<&'static Backend> {
 }
 
 /// Runs `kernel` on `x` if every value is finite: the NaN/infinity check the table's
-/// quantizers owe (false, output untouched, otherwise).
-fn finite(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> bool {
+/// quantizers owe (output untouched otherwise).
+fn finite(x: &[f32], y: &mut [u8], kernel: impl FnOnce(&[f32], &mut [u8])) -> Result<(), Refusal> {
     if crate::backend::first_non_finite(x).is_some() {
-        return false;
+        return Err(Refusal::NonFinite);
     }
     kernel(x, y);
-    true
+    Ok(())
+}
+
+/// A quantizer's "all values were finite" as the table's result.
+fn finite_if(all_finite: bool) -> Result<(), Refusal> {
+    if all_finite { Ok(()) } else { Err(Refusal::NonFinite) }
 }
 
 /// Runs a weighted quantizer row by row: `kernel(row, row output, weights)`.
@@ -63,10 +69,11 @@ fn by_rows(
     n_per_row: usize,
     qw: &[f32],
     kernel: impl Fn(&[f32], &mut [u8], &[f32]),
-) {
+) -> Result<(), Refusal> {
     for (x, y) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(ty.bytes_for(n_per_row))) {
         kernel(x, y, qw);
     }
+    Ok(())
 }
 
 /// For each biased f32 exponent E, the smallest mantissa at which `floor(log2f(x))` is E−126

@@ -32,12 +32,15 @@ impl GptOssConfig {
     /// Reads the `config.json` of a checkpoint (either layout) once, with the file named in
     /// errors. Returns the config and warnings.
     pub fn load(config: &ModelConfig) -> Result<(GptOssConfig, Vec<String>)> {
-        let layout = if config.layout == SourceLayout::Mlx { SourceLayout::Hf } else { config.layout };
-        Self::parse(&config.keys(), layout).with_context(|| format!("{}", config.path().display()))
+        // The file's own form, whatever layout the tensors are in.
+        let keys = config.keys();
+        let form = if super::original_form(&keys) { SourceLayout::OpenAiOriginal } else { SourceLayout::Hf };
+        Self::parse(&keys, form).with_context(|| format!("{}", config.path().display()))
     }
 
-    /// Reads `config.json` of either layout, checking what llama.cpp cannot carry. Returns the
-    /// hyperparameters and warnings; settings that would change the model's output are errors.
+    /// Reads `config.json` of either form (`layout` OpenAI original or not), checking what
+    /// llama.cpp cannot carry. Returns the hyperparameters and warnings; settings that would
+    /// change the model's output are errors.
     pub fn parse(json: &Keys, layout: SourceLayout) -> Result<(GptOssConfig, Vec<String>)> {
         let mut warnings = Vec::new();
         let original = layout == SourceLayout::OpenAiOriginal;

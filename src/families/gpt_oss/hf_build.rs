@@ -12,8 +12,8 @@ use serde_json::{Value as Json, json};
 
 use super::config::GptOssConfig;
 use super::layout::hf_tensors;
+use crate::families::ModelConfig;
 use crate::families::common::{SourceTensor, float_dtype};
-use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::recipe::{Input, Recipe, View};
 use crate::write::safetensors::{Encoding, Item};
 
@@ -101,7 +101,7 @@ pub fn quantization_config() -> Json {
 /// Face layouts; built from the hyperparameters for OpenAI's original layout (as
 /// transformers' conversion script writes it). `quantized`: add the MXFP4 `quantization_config`.
 pub fn hf_config(config: &ModelConfig, quantized: bool) -> Result<Json> {
-    let mut json = if config.layout == SourceLayout::OpenAiOriginal {
+    let mut json = if super::original_form(&config.keys()) {
         let (hp, _) = GptOssConfig::load(config)?;
         let (factor, orig, fast, slow) = hp.yarn.unwrap_or((1.0, hp.n_ctx, 32.0, 1.0));
         let layer_types: Vec<&str> =

@@ -32,6 +32,13 @@ use config::GptOssConfig;
 /// The gpt-oss family.
 pub struct GptOss;
 
+/// Whether `config.json` is in OpenAI's original form (`num_experts`, `experts_per_token`, no
+/// `architectures`) rather than Hugging Face's. This is the form of the file; the tensors'
+/// layout is decided from the tensors ([`Family::layout`]).
+pub fn original_form(config: &Keys) -> bool {
+    config.raw("architectures").is_none() && GptOss.classless(config).is_some()
+}
+
 /// GGUF key → OpenAI original `config.json` key, for `inspect`.
 const ORIGINAL_HPARAMS: &[(&str, &str)] = &[
     ("block_count", "num_hidden_layers"),
@@ -68,18 +75,30 @@ impl Family for GptOss {
         Some("OpenAI's original gpt-oss layout")
     }
 
-    fn layout(&self, config: &Keys, _tensor_names: &[&str]) -> SourceLayout {
-        if self.classless(config).is_some() && config.raw("architectures").is_none() {
+    /// From the tensor names, as llama.cpp's `GptOssModel` reads them: OpenAI's original
+    /// names (`block.N.*`, `embedding.weight`), MXFP4 experts (`*_blocks`/`*_scales`), or
+    /// plain experts (`gate_up_proj`, a bf16 fine-tune, whatever `quantization_config` says).
+    fn layout(&self, config: &Keys, tensor_names: &[&str]) -> SourceLayout {
+        if tensor_names.is_empty() {
+            return if original_form(config) {
+                SourceLayout::OpenAiOriginal
+            } else if config.object("quantization_config").and_then(|q| q.str("quant_method")) == Some("mxfp4") {
+                SourceLayout::HfMxfp4
+            } else {
+                SourceLayout::Hf
+            };
+        }
+        if tensor_names.iter().any(|n| n.starts_with("block.") || *n == "embedding.weight") {
             SourceLayout::OpenAiOriginal
-        } else if config.object("quantization_config").and_then(|q| q.str("quant_method")) == Some("mxfp4") {
+        } else if tensor_names.iter().any(|n| n.ends_with("_blocks") || n.ends_with("_scales")) {
             SourceLayout::HfMxfp4
         } else {
             SourceLayout::Hf
         }
     }
 
-    fn inspect_hparams(&self, config: &Keys, layout: SourceLayout) -> Vec<(&'static str, Json)> {
-        if layout == SourceLayout::OpenAiOriginal {
+    fn inspect_hparams(&self, config: &Keys, _layout: SourceLayout) -> Vec<(&'static str, Json)> {
+        if original_form(config) {
             pick(config, ORIGINAL_HPARAMS)
         } else {
             crate::families::common::inspect_hparams(config)
@@ -92,7 +111,7 @@ impl Family for GptOss {
 
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
         let vocab_size = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
-        gpt2_vocab(dir, config, vocab_size, pre.unwrap_or("gpt-4o"), ("gpt-4o", O200K_REGEX))
+        gpt2_vocab(dir, config, vocab_size, pre, ("gpt-4o", O200K_REGEX))
     }
 
     fn convert<'a>(

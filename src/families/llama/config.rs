@@ -8,6 +8,36 @@ use serde_json::Value as Json;
 use crate::families::ModelConfig;
 use crate::source::config::Keys;
 
+/// What transformers' config class fills in for keys a `config.json` lacks. llama.cpp's
+/// converter reads the config through transformers (`AutoConfig`, by `model_type`), so these
+/// defaults reach the GGUF; a config.json without a `model_type` transformers knows is read
+/// as it is.
+#[derive(Clone, Copy, Debug)]
+struct Defaults {
+    n_ctx: u64,
+    rms_eps: f64,
+    rope_theta: f64,
+    /// `None`: the attention head count.
+    n_head_kv: Option<u64>,
+    /// Whether the class fills in `head_dim` (hidden size / heads).
+    head_dim: bool,
+}
+
+impl Defaults {
+    /// transformers' `LlamaConfig` and `MixtralConfig` (the same in 4.57 and 5.x).
+    fn of(model_type: Option<&str>) -> Option<Defaults> {
+        match model_type? {
+            "llama" => {
+                Some(Defaults { n_ctx: 2048, rms_eps: 1e-6, rope_theta: 10000.0, n_head_kv: None, head_dim: true })
+            }
+            "mixtral" => {
+                Some(Defaults { n_ctx: 4096 * 32, rms_eps: 1e-5, rope_theta: 1e6, n_head_kv: Some(8), head_dim: false })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A Llama `config.json`, typed: the hyperparameters llama.cpp reads for its `llama`
 /// architecture (Mixtral's config is this plus its experts).
 #[derive(Clone, Debug, PartialEq)]
@@ -18,7 +48,7 @@ pub struct LlamaConfig {
     pub n_ff: u64,
     pub n_head: u64,
     pub n_head_kv: u64,
-    /// `head_dim` when config.json gives it.
+    /// `head_dim` when config.json gives it or transformers fills it in (Llama).
     pub head_dim: Option<u64>,
     pub rope_theta: Option<f64>,
     /// `linear` or `yarn` scaling: type, factor, original context (yarn).
@@ -79,20 +109,34 @@ impl LlamaConfig {
                 bail!("{key} is true; moeq converts Llama checkpoints without biases");
             }
         }
+        let defaults = Defaults::of(json.str("model_type"));
+        let n_embd = json.u64("hidden_size")?;
+        // Without transformers' defaults (a config.json transformers cannot read), the
+        // converter takes the context length from the first of these it finds.
+        let mut n_ctx = None;
+        for key in ["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length"] {
+            if n_ctx.is_none() && (key == "max_position_embeddings" || defaults.is_none()) {
+                n_ctx = json.opt_u64(key)?;
+            }
+        }
         let hp = LlamaConfig {
             n_layer: json.u64("num_hidden_layers")?,
-            n_ctx: json.opt_u64("max_position_embeddings")?,
-            n_embd: json.u64("hidden_size")?,
+            n_ctx: n_ctx.or(defaults.map(|d| d.n_ctx)),
+            n_embd,
             n_ff: json.u64("intermediate_size")?,
             n_head,
-            n_head_kv: json.opt_u64("num_key_value_heads")?.unwrap_or(n_head),
-            head_dim: json.opt_u64("head_dim")?,
+            n_head_kv: json
+                .opt_u64("num_key_value_heads")?
+                .or(defaults.map(|d| d.n_head_kv.unwrap_or(n_head)))
+                .unwrap_or(n_head),
+            head_dim: json.opt_u64("head_dim")?.or(defaults.filter(|d| d.head_dim).map(|_| n_embd / n_head)),
             rope_theta: json
                 .opt_f64("rope_theta")?
-                .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64)),
+                .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64))
+                .or(defaults.map(|d| d.rope_theta)),
             rope_scaling,
             llama3_rope,
-            rms_eps: json.opt_f64("rms_norm_eps")?,
+            rms_eps: json.opt_f64("rms_norm_eps")?.or(defaults.map(|d| d.rms_eps)),
             vocab_size: json.u64("vocab_size")?,
         };
         let dims = [hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.vocab_size];

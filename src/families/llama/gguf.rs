@@ -173,6 +173,7 @@ pub fn convert<'a>(
             spec: TensorSpec { name, ne, ggml_type: ty },
             parts: vec![part(s, ty, hd)],
             check_finite: true,
+            importance: None,
         });
     }
     let metadata = hp.metadata(float_file_type(out), arch.experts());

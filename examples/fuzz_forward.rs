@@ -1,0 +1,92 @@
+//! An in-process mutation loop for the forward's model loading, without libFuzzer: for
+//! volume on machines where the coverage-guided `fuzz/` targets run too slowly. Mutates the
+//! seed GGUFs (structure-aware with `fuzz/src/lib.rs`'s mutator, or bytes), runs
+//! `moeq::forward::check_gguf_bytes` on each under `catch_unwind`, and counts executions,
+//! errors, panics and slow runs; panicking inputs are written to OUT_DIR.
+//!
+//! cargo run --release --example fuzz_forward -- SEED_DIR OUT_DIR EXECUTIONS [SEED]
+
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod moeq_fuzz;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, seeds, out, n, ..] = &args[..] else {
+        eprintln!("usage: fuzz_forward SEED_DIR OUT_DIR EXECUTIONS [SEED]");
+        std::process::exit(2);
+    };
+    let n: u64 = n.parse().expect("a number of executions");
+    let mut rng = moeq_fuzz::Rng::new(args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1));
+    let mut pool: Vec<Vec<u8>> =
+        std::fs::read_dir(seeds).expect("seed folder").filter_map(|e| std::fs::read(e.ok()?.path()).ok()).collect();
+    let seeds_len = pool.len();
+    assert!(seeds_len > 0, "no seeds");
+    std::fs::create_dir_all(out).expect("output folder");
+    std::panic::set_hook(Box::new(|_| {}));
+    let pool_1 = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread pool");
+    let (mut ok, mut errors, mut panics, mut slow) = (0u64, 0u64, 0u64, 0u64);
+    let start = Instant::now();
+    for i in 0..n {
+        let parent = rng.below(pool.len());
+        let base = &pool[parent];
+        let input = if rng.below(4) > 0 {
+            moeq_fuzz::mutate(base, rng.next()).unwrap_or_else(|| base.clone())
+        } else {
+            let mut b = base.clone();
+            for _ in 0..1 + rng.below(8) {
+                let limit = if rng.below(2) == 0 { 4096 } else { usize::MAX };
+                let at = rng.below(b.len().min(limit));
+                match rng.below(4) {
+                    0 => b[at] ^= 1 << rng.below(8),
+                    1 => b[at] = *rng.pick(&[0, 1, 0x7f, 0x80, 0xff]),
+                    2 => b.truncate(at.max(1)),
+                    _ => b[at] = rng.next() as u8,
+                }
+            }
+            b
+        };
+        let t = Instant::now();
+        // On the pool's own thread, parallel loops run inline (no cross-thread wake-ups).
+        let result =
+            pool_1.install(|| catch_unwind(AssertUnwindSafe(|| moeq::forward::check_gguf_bytes(&input).map(drop))));
+        if t.elapsed() > Duration::from_secs(5) {
+            slow += 1;
+            std::fs::write(format!("{out}/slow-{i}.gguf"), &input).expect("write");
+        }
+        match result {
+            Ok(Ok(())) => {
+                ok += 1;
+                // Valid mutants become parents (bounded pool, seeds kept).
+                if pool.len() < 4096 {
+                    pool.push(input);
+                } else {
+                    let slot = seeds_len + rng.below(pool.len() - seeds_len);
+                    pool[slot] = input;
+                }
+            }
+            Ok(Err(_)) => errors += 1,
+            Err(_) => {
+                panics += 1;
+                std::fs::write(format!("{out}/panic-{i}.gguf"), &input).expect("write");
+            }
+        }
+        if (i + 1) % 100_000 == 0 {
+            eprintln!(
+                "{} executions in {:.0} s: {ok} ran, {errors} errors, {panics} panics, {slow} slow",
+                i + 1,
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "{n} executions in {:.0} s: {ok} ran the forward, {errors} errors, {panics} panics, {slow} slower than 5 s",
+        start.elapsed().as_secs_f64()
+    );
+    if panics + slow > 0 {
+        std::process::exit(1);
+    }
+}

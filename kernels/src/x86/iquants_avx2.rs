@@ -1,0 +1,668 @@
+//! AVX2 versions of the i-quant searches ([`Searcher`]), the ternary quantizers and some
+//! dequantizers. Each performs the scalar reference's float operations, in the same order,
+//! per lane, so their results are the reference's bit for bit:
+//!
+//! - candidate scales: lanes are candidates, each computing its codes and its sums over the
+//!   block's values in order; the sequential choice among them stays scalar;
+//! - neighbour searches of candidates whose codes fall on the same list: lanes are those
+//!   candidates, each adding its precomputed per-level distance terms (the scalar search's very
+//!   products) in coordinate order and keeping its first minimum over the list, scanned in order;
+//! - neighbour searches at one scale (IQ1, or one candidate with a long list): lanes are
+//!   neighbours, 8 at a time from the lists' level rows; the first of equal minima wins;
+//! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
+//!   one by one (in ggml's order, with the running best) from the first lane that could win;
+//! - TQ1_0 / TQ2_0: trits from two compares per lane, packed in lanes.
+//!
+//! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
+//! this machine (AMD EPYC, 512-bit operations double-pumped).
+//!
+//! Every `#[target_feature]` function here is reached only through the AVX2 table (and the
+//! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
+
+use std::arch::x86_64::*;
+
+use super::avx2::lanes as f32s;
+use super::kquants_avx2::{clamp, nearest_int};
+use crate::QuantType;
+use crate::backend::Refusal;
+use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
+use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
+use crate::scalar::iq1::{X_M, X_P};
+use crate::scalar::{iquants, ternary};
+
+/// The AVX2 searches. Only this module makes one, inside `#[target_feature(enable = "avx2")]`
+/// functions (which only run where AVX2 was detected).
+pub(crate) struct Avx2(());
+
+/// IQ2_S, IQ3_XXS, IQ3_S, IQ1_M (and, refusing, the types that need weights) without
+/// importance weights, with the AVX2 searches; refuses NaN and infinities.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> Result<(), Refusal> {
+    if crate::backend::first_non_finite(x).is_some() {
+        return Err(Refusal::NonFinite);
+    }
+    iquants::quantize(&Avx2(()), ty, x, y, None)
+}
+
+/// The i-quants with importance weights `qw` (a row's worth), with the AVX2 searches; values
+/// finite.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], qw: &[f32]) -> Result<(), Refusal> {
+    iquants::quantize_rows(&Avx2(()), ty, x, y, qw)
+}
+
+/// `dl·(grid[j] + delta)` for the 8 values of an IQ1 grid entry, into `y[..8]`.
+#[target_feature(enable = "avx2")]
+fn iq1_put8(y: &mut [f32], entry: u64, dl: f32, delta: f32) {
+    assert!(y.len() >= 8);
+    let g = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(entry as i64)));
+    let v = _mm256_mul_ps(_mm256_set1_ps(dl), _mm256_add_ps(g, _mm256_set1_ps(delta)));
+    // SAFETY: `y` has room for 8 f32 (checked above).
+    unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) };
+}
+
+/// `dequantize_row_iq1_s` with the grid entries widened in lanes.
+#[target_feature(enable = "avx2")]
+pub(super) fn dequantize_iq1_s(x: &[u8], y: &mut [f32]) {
+    use crate::scalar::iq_grids::IQ1S_GRID;
+    use crate::scalar::iq1::{IQ1_S_BYTES, IQ1S_DELTA};
+    for (b, y) in x.chunks_exact(IQ1_S_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = crate::convert::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([b[34 + 2 * ib], b[35 + 2 * ib]]);
+            let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+            let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            for l in 0..4 {
+                let index = b[2 + 4 * ib + l] as usize | (((qh >> (3 * l)) & 7) as usize) << 8;
+                iq1_put8(&mut y[32 * ib + 8 * l..], IQ1S_GRID[index], dl, delta);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_iq1_m` with the grid entries widened in lanes.
+#[target_feature(enable = "avx2")]
+pub(super) fn dequantize_iq1_m(x: &[u8], y: &mut [f32]) {
+    use crate::scalar::iq_grids::IQ1S_GRID;
+    use crate::scalar::iq1::{IQ1_M_BYTES, IQ1S_DELTA};
+    for (b, y) in x.chunks_exact(IQ1_M_BYTES).zip(y.chunks_exact_mut(256)) {
+        let (qs, qh) = (&b[..32], &b[32..48]);
+        let sc: [u16; 4] = std::array::from_fn(|i| u16::from_le_bytes([b[48 + 2 * i], b[49 + 2 * i]]));
+        let bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+        let d = crate::convert::f16_to_f32(bits);
+        for ib in 0..8 {
+            let s = sc[ib / 2] as i32;
+            let dl1 = d * (2 * ((s >> (6 * (ib % 2))) & 0x7) + 1) as f32;
+            let dl2 = d * (2 * ((s >> (6 * (ib % 2) + 3)) & 0x7) + 1) as f32;
+            let (h0, h1) = (qh[2 * ib] as usize, qh[2 * ib + 1] as usize);
+            let idx = [
+                qs[4 * ib] as usize | ((h0 << 8) & 0x700),
+                qs[4 * ib + 1] as usize | ((h0 << 4) & 0x700),
+                qs[4 * ib + 2] as usize | ((h1 << 8) & 0x700),
+                qs[4 * ib + 3] as usize | ((h1 << 4) & 0x700),
+            ];
+            let delta =
+                [h0 & 0x08, h0 & 0x80, h1 & 0x08, h1 & 0x80].map(|m| if m != 0 { -IQ1S_DELTA } else { IQ1S_DELTA });
+            for l in 0..4 {
+                iq1_put8(&mut y[32 * ib + 8 * l..], IQ1S_GRID[idx[l]], if l < 2 { dl1 } else { dl2 }, delta[l]);
+            }
+        }
+    }
+}
+
+/// `dequantize_row_tq1_0` with the trits extracted in lanes: `(q·3^n mod 256)·3 >> 8`.
+#[target_feature(enable = "avx2")]
+pub(super) fn dequantize_tq1_0(x: &[u8], y: &mut [f32]) {
+    const POW3: [i32; 5] = [1, 3, 9, 27, 81];
+    let (byte, three, one) = (_mm256_set1_epi32(0xff), _mm256_set1_epi32(3), _mm256_set1_epi32(1));
+    // 8 outputs from 8 packed bytes and a power of 3.
+    let put = |y: &mut [f32], q: &[u8], pow3: i32, d: __m256| {
+        let q = _mm256_and_si256(_mm256_mullo_epi32(levels8(q), _mm256_set1_epi32(pow3)), byte);
+        let xi = _mm256_srli_epi32::<8>(_mm256_mullo_epi32(q, three));
+        let v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(xi, one)), d);
+        assert!(y.len() >= 8);
+        // SAFETY: `y` has room for 8 f32 (checked above).
+        unsafe { _mm256_storeu_ps(y.as_mut_ptr(), v) };
+    };
+    for (b, y) in x.chunks_exact(ternary::TQ1_0_BYTES).zip(y.chunks_exact_mut(256)) {
+        let d = _mm256_set1_ps(crate::convert::f16_to_f32(u16::from_le_bytes([b[52], b[53]])));
+        for (n, &p) in POW3.iter().enumerate() {
+            for m in (0..32).step_by(8) {
+                put(&mut y[32 * n + m..], &b[m..], p, d);
+            }
+            for m in (0..16).step_by(8) {
+                put(&mut y[160 + 16 * n + m..], &b[32 + m..], p, d);
+            }
+        }
+        for n in 0..4 {
+            for j in 0..4 {
+                let q = b[48 + j].wrapping_mul(POW3[n] as u8);
+                y[240 + 4 * n + j] = (((q as u16 * 3) >> 8) as i32 - 1) as f32
+                    * crate::convert::f16_to_f32(u16::from_le_bytes([b[52], b[53]]));
+            }
+        }
+    }
+}
+
+impl Searcher for Avx2 {
+    fn nearest<const N: usize>(
+        &self,
+        list: List<'_>,
+        qtab: &[f32; 8],
+        x: &[f32],
+        w: &[f32],
+        scale: f32,
+    ) -> Option<usize> {
+        // SAFETY: an `Avx2` exists only once AVX2 was detected (see the type).
+        unsafe { nearest::<N>(list, qtab, x, w, scale) }
+    }
+
+    fn evaluate<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidates: &[(f32, f32)],
+        groups: u8,
+        out: &mut Evaluation,
+    ) -> Result<(), GgmlAbort> {
+        // SAFETY: as above.
+        unsafe { evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out) }
+    }
+
+    fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
+        // SAFETY: as above.
+        unsafe { iq1s_split(sumx, sumw) }
+    }
+
+    fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
+        // SAFETY: as above.
+        unsafe { iq1m_split(px, pw) }
+    }
+}
+
+/// The 8 lanes of `v`.
+#[target_feature(enable = "avx2")]
+fn i32s(v: __m256i) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    // SAFETY: `out` has room for 8 i32; storeu has no alignment requirement.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    out
+}
+
+/// 8 floats from a slice of at least 8.
+#[target_feature(enable = "avx2")]
+fn load8(x: &[f32]) -> __m256 {
+    assert!(x.len() >= 8);
+    // SAFETY: at least 8 f32 are readable (checked above).
+    unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// 8 levels (bytes) widened to i32.
+#[target_feature(enable = "avx2")]
+fn levels8(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 8);
+    // SAFETY: at least 8 bytes are readable (checked above).
+    _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(b.as_ptr().cast()) })
+}
+
+/// [`Searcher::nearest`] with lanes as neighbours.
+#[target_feature(enable = "avx2")]
+fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
+    let len = list.indices.len();
+    let qt = load8(qtab);
+    let s = _mm256_set1_ps(scale);
+    // Lane l of terms[i]: coordinate i's term at level l, w·(scale·q_l − x)·(scale·q_l − x),
+    // the very products the scalar search forms; a neighbour's distance adds its levels' terms.
+    let terms: [__m256; N] = std::array::from_fn(|i| {
+        let diff = _mm256_sub_ps(_mm256_mul_ps(s, qt), _mm256_set1_ps(x[i]));
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
+    });
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(i32::MAX);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let end = _mm256_set1_epi32(len as i32);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        let mut d2 = _mm256_setzero_ps();
+        for i in 0..N {
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], levels8(&rows[8 * i..])));
+        }
+        let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
+        let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, at));
+        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), valid);
+        best = _mm256_blendv_ps(best, d2, better);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+    }
+    // Each lane holds its first minimum; the answer is the smallest value, first position.
+    let (b, p) = (f32s(best), i32s(best_at));
+    let mut found: Option<(f32, i32)> = None;
+    for k in 0..8 {
+        if p[k] != i32::MAX && found.is_none_or(|(m, at)| b[k] < m || (b[k] == m && p[k] < at)) {
+            found = Some((b[k], p[k]));
+        }
+    }
+    found.map(|(_, at)| at as usize)
+}
+
+/// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
+/// neighbour distance (the scalar search's very products), for levels `0..levels`.
+#[target_feature(enable = "avx2")]
+fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usize, terms: &mut [[__m256; 8]; N]) {
+    for (i, row) in terms.iter_mut().enumerate() {
+        let (xi, wi) = (_mm256_set1_ps(x[i]), _mm256_set1_ps(w[i]));
+        for (l, term) in row.iter_mut().enumerate().take(levels) {
+            let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(ODD_LEVELS[l])), xi);
+            *term = _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff);
+        }
+    }
+}
+
+/// The nearest neighbour in `list` for each lane in `lanes` (bit mask), each at its own scale
+/// (whose distance terms are `terms`, from [`lane_terms`]), scanning the list in order with a
+/// strict less-than per lane, as the scalar search does lane by lane; the winners' codes go to
+/// `codes` (rows of the group's values).
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane<const N: usize>(
+    terms: &[[__m256; 8]; N],
+    list: List<'_>,
+    lanes: i32,
+    codes: &mut [[i32; 8]],
+) -> Result<(), GgmlAbort> {
+    let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(-1);
+    for k in 0..list.indices.len() {
+        let rows = &list.levels[(k / 8) * 8 * N + k % 8..];
+        let mut d2 = _mm256_setzero_ps();
+        for i in 0..N {
+            d2 = _mm256_add_ps(d2, terms[i][rows[8 * i] as usize]);
+        }
+        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
+        best = _mm256_blendv_ps(best, d2, better);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(
+            _mm256_castsi256_ps(best_at),
+            _mm256_castsi256_ps(_mm256_set1_epi32(k as i32)),
+            better,
+        ));
+    }
+    let at = i32s(best_at);
+    for lane in 0..8 {
+        if lanes & (1 << lane) == 0 {
+            continue;
+        }
+        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+        for (i, row) in codes.iter_mut().enumerate().take(N) {
+            row[lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+        }
+    }
+    Ok(())
+}
+
+/// [`Searcher::evaluate`] with lanes as candidates.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+fn evaluate<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    candidates: &[(f32, f32)],
+    groups: u8,
+    out: &mut Evaluation,
+) -> Result<(), GgmlAbort> {
+    let n = xval.len();
+    assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && candidates.len() <= 32);
+    let map = t.map();
+    // The largest packed code the clamped codes can form must be inside the map (gathers).
+    let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
+    assert!(top < map.len(), "code map too small");
+    let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
+    let mut terms = [[_mm256_setzero_ps(); 8]; N];
+    for (chunk, cands) in candidates.chunks(8).enumerate() {
+        let m = cands.len();
+        let ids: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].0);
+        let scales: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].1);
+        let (idv, scalev) = (load8(&ids), load8(&scales));
+        let mut codes = [[0i32; 8]; 32];
+        for i in 0..n {
+            let v = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, _mm256_set1_ps(xval[i])), one));
+            let q = clamp(nearest_int(v), c.kmax - 1);
+            // SAFETY: `codes[i]` has room for 8 i32.
+            unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
+        }
+        let live = (1i32 << m) - 1;
+        let mut on_grid = [0u8; 8];
+        for k in 0..n / N {
+            if groups & (1 << k) == 0 {
+                continue;
+            }
+            let mut u = _mm256_setzero_si256();
+            for j in 0..N {
+                // SAFETY: `codes[N·k+j]` holds 8 i32.
+                let q = unsafe { _mm256_loadu_si256(codes[N * k + j].as_ptr().cast()) };
+                u = _mm256_or_si256(u, _mm256_sllv_epi32(q, _mm256_set1_epi32((c.bits as usize * j) as i32)));
+            }
+            // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
+            let g = unsafe { _mm256_i32gather_epi32::<4>(map.as_ptr(), u) };
+            let mut off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
+            for (lane, b) in on_grid.iter_mut().enumerate() {
+                *b |= (((off >> lane) & 1) ^ 1) as u8 * (1 << k);
+            }
+            if off == 0 {
+                continue;
+            }
+            let (gs, us) = (i32s(g), i32s(u));
+            let r = N * k..N * k + N;
+            let mut have_terms = false;
+            while off != 0 {
+                // The lanes whose code equals the first remaining lane's share its list.
+                let first = off.trailing_zeros() as usize;
+                let same =
+                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(u, _mm256_set1_epi32(us[first])))) & off;
+                off &= !same;
+                if gs[first] == i32::MIN {
+                    return Err(GgmlAbort);
+                }
+                let list = t.list((-(gs[first] + 1)) as usize);
+                if same.count_ones() == 1 && list.indices.len() > 8 {
+                    let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], cands[first].1)
+                        .ok_or(GgmlAbort)?;
+                    for (j, row) in codes[r.clone()].iter_mut().enumerate() {
+                        row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                    }
+                } else {
+                    if !have_terms {
+                        lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], scalev, 1 << c.bits, &mut terms);
+                        have_terms = true;
+                    }
+                    nearest_per_lane::<N>(&terms, list, same, &mut codes[r.clone()])?;
+                }
+            }
+        }
+        let (mut sx, mut sq) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let ones = _mm256_set1_epi32(1);
+        for i in 0..n {
+            // SAFETY: `codes[i]` holds 8 i32.
+            let l = unsafe { _mm256_loadu_si256(codes[i].as_ptr().cast()) };
+            let q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), ones));
+            sx = _mm256_add_ps(sx, _mm256_mul_ps(_mm256_set1_ps(weight[i] * xval[i]), q));
+            sq = _mm256_add_ps(sq, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(weight[i]), q), q));
+            // The 8 codes as bytes (each in 0..8, so the saturating packs are exact).
+            let p16 = _mm_packs_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256::<1>(l));
+            let p8 = _mm_packs_epi16(p16, p16);
+            // SAFETY: `out.codes[chunk][i]` has room for 8 bytes.
+            unsafe { _mm_storel_epi64(out.codes[chunk][i].as_mut_ptr().cast(), p8) };
+        }
+        let (sx, sq) = (f32s(sx), f32s(sq));
+        out.sumqx[8 * chunk..8 * chunk + m].copy_from_slice(&sx[..m]);
+        out.sumq2[8 * chunk..8 * chunk + m].copy_from_slice(&sq[..m]);
+        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid[..m]);
+    }
+    Ok(())
+}
+
+/// [`Searcher::iq1s_split`]: lanes are `i2`.
+#[target_feature(enable = "avx2")]
+fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
+    // Padded so that 8 lanes from any i2 ≤ 32 can be loaded.
+    let mut px = [0f32; 41];
+    let mut pw = [0f32; 41];
+    px[..33].copy_from_slice(sumx);
+    pw[..33].copy_from_slice(sumw);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let zero = _mm256_setzero_ps();
+    let (xe, we) = (_mm256_set1_ps(sumx[32]), _mm256_set1_ps(sumw[32]));
+    let mut best_score = -FLT_MAX;
+    let mut best = None;
+    for i1 in 0..=32usize {
+        let a = sumx[i1] - sumx[0];
+        let aw = sumw[i1] - sumw[0];
+        let (xi1, wi1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+        for base in (i1..=32).step_by(8) {
+            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(33),
+                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
+            ));
+            let (sx2, sw2) = (load8(&px[base..]), load8(&pw[base..]));
+            let (b, c) = (_mm256_sub_ps(sx2, xi1), _mm256_sub_ps(xe, sx2));
+            let (bw, cw) = (_mm256_sub_ps(sw2, wi1), _mm256_sub_ps(we, sw2));
+            let mut qx = [zero; 2];
+            let mut q2 = [zero; 2];
+            let mut hit = 0;
+            for (v, xs) in [X_P, X_M].iter().enumerate() {
+                let (x0, x1, x2) = (_mm256_set1_ps(xs[0]), _mm256_set1_ps(xs[1]), _mm256_set1_ps(xs[2]));
+                qx[v] =
+                    _mm256_add_ps(_mm256_add_ps(_mm256_set1_ps(a * xs[0]), _mm256_mul_ps(b, x1)), _mm256_mul_ps(c, x2));
+                q2[v] = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_set1_ps(aw * xs[0] * xs[0]), _mm256_mul_ps(_mm256_mul_ps(bw, x1), x1)),
+                    _mm256_mul_ps(_mm256_mul_ps(cw, x2), x2),
+                );
+                let _ = x0;
+                let ok = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(q2[v], zero),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(
+                        _mm256_mul_ps(qx[v], qx[v]),
+                        _mm256_mul_ps(_mm256_set1_ps(best_score), q2[v]),
+                    ),
+                );
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * v);
+            }
+            if hit == 0 {
+                continue;
+            }
+            // Some lane may beat the best: walk the chunk in ggml's order from the first lane
+            // that passes, with each candidate's scale and score computed in lanes.
+            let (qxs, q2s) = (qx.map(|v| f32s(v)), q2.map(|v| f32s(v)));
+            let scale = std::array::from_fn::<_, 2, _>(|v| _mm256_div_ps(qx[v], q2[v]));
+            let score = std::array::from_fn::<_, 2, _>(|v| f32s(_mm256_mul_ps(scale[v], qx[v])));
+            let scale = scale.map(|v| f32s(v));
+            let first = (hit as u32 | hit as u32 >> 8).trailing_zeros() as usize;
+            for k in first..8.min(33 - base) {
+                for (v, shift) in [(0, 1i8), (1, -1)] {
+                    if q2s[v][k] > 0.0 && qxs[v][k] * qxs[v][k] > best_score * q2s[v][k] {
+                        best_score = score[v][k];
+                        best = Some((i1, base + k, shift, scale[v][k]));
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+/// [`Searcher::iq1m_split`]: lanes are `i2`.
+#[target_feature(enable = "avx2")]
+fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
+    let mut ppx = [[0f32; 25]; 2];
+    let mut ppw = [[0f32; 25]; 2];
+    for h in 0..2 {
+        ppx[h][..17].copy_from_slice(&px[h]);
+        ppw[h][..17].copy_from_slice(&pw[h]);
+    }
+    let txs = [px[0][16], px[1][16]];
+    let tws = [pw[0][16], pw[1][16]];
+    let (p2, m2) = (X_P[2], X_M[2]);
+    let cp1 = X_P[0] * X_P[0] - X_P[1] * X_P[1];
+    let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
+    let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
+    let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let zero = _mm256_setzero_ps();
+    let mut best_score = -FLT_MAX;
+    let mut best = None;
+    for i1 in 0..=16usize {
+        for base in (i1..=16).step_by(8) {
+            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                _mm256_set1_epi32(17),
+                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
+            ));
+            let mut qx_p = [zero; 2];
+            let mut qx_m = [zero; 2];
+            let mut q2_p = [zero; 2];
+            let mut q2_m = [zero; 2];
+            for h in 0..2 {
+                let sx = _mm256_add_ps(_mm256_set1_ps(ppx[h][i1]), load8(&ppx[h][base..]));
+                let pw2 = load8(&ppw[h][base..]);
+                qx_p[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * p2), sx);
+                qx_m[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * m2), sx);
+                q2_p[h] = _mm256_add_ps(
+                    _mm256_set1_ps(tws[h] * p2 * p2 + ppw[h][i1] * cp1),
+                    _mm256_mul_ps(pw2, _mm256_set1_ps(cp2)),
+                );
+                q2_m[h] = _mm256_add_ps(
+                    _mm256_set1_ps(tws[h] * m2 * m2 + ppw[h][i1] * cm1),
+                    _mm256_mul_ps(pw2, _mm256_set1_ps(cm2)),
+                );
+            }
+            let sumqx = [
+                _mm256_add_ps(qx_p[0], qx_p[1]),
+                _mm256_add_ps(qx_p[0], qx_m[1]),
+                _mm256_add_ps(qx_m[0], qx_p[1]),
+                _mm256_add_ps(qx_m[0], qx_m[1]),
+            ];
+            let sumq2 = [
+                _mm256_add_ps(q2_p[0], q2_p[1]),
+                _mm256_add_ps(q2_p[0], q2_m[1]),
+                _mm256_add_ps(q2_m[0], q2_p[1]),
+                _mm256_add_ps(q2_m[0], q2_m[1]),
+            ];
+            let bs = _mm256_set1_ps(best_score);
+            let mut hit = 0;
+            for k in 0..4 {
+                let ok = _mm256_and_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2[k], zero),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k])),
+                );
+                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * k);
+            }
+            if hit == 0 {
+                continue;
+            }
+            // Walk the chunk in ggml's order from the first lane that passes, with each
+            // candidate's scale and score (`sumqx / sumq2`, `scale · sumqx`) computed in lanes.
+            let qx = sumqx.map(|v| f32s(v));
+            let q2 = sumq2.map(|v| f32s(v));
+            let scale = std::array::from_fn::<_, 4, _>(|k| _mm256_div_ps(sumqx[k], sumq2[k]));
+            let score = std::array::from_fn::<_, 4, _>(|k| f32s(_mm256_mul_ps(scale[k], sumqx[k])));
+            let scale = scale.map(|v| f32s(v));
+            let first = (hit as u32 | hit as u32 >> 8 | hit as u32 >> 16 | hit as u32 >> 24).trailing_zeros() as usize;
+            for lane in first..8.min(17 - base) {
+                for k in 0..4 {
+                    if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
+                        best_score = score[k][lane];
+                        best = Some((i1, base + lane, k, scale[k][lane]));
+                    }
+                }
+            }
+        }
+    }
+    best
+}
+
+/// `lroundf(x·id) + 1` for a super-block's 256 values (each 0, 1 or 2), and its scale `d`;
+/// `None` when `1/d` overflows (tiny subnormal blocks, left to the scalar reference).
+#[target_feature(enable = "avx2")]
+fn trits(x: &[f32]) -> Option<([u8; 256], f32)> {
+    assert!(x.len() >= 256);
+    let sign = _mm256_set1_ps(-0.0);
+    let mut amax = _mm256_setzero_ps();
+    for c in x[..256].chunks_exact(8) {
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, load8(c)));
+    }
+    let d = f32s(amax).iter().fold(0.0f32, |m, &v| if m > v { m } else { v });
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    if !id.is_finite() {
+        return None;
+    }
+    let idv = _mm256_set1_ps(id);
+    let (half, neg_half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5), _mm256_set1_epi32(1));
+    let mut out = [0u8; 256];
+    for (c, o) in x[..256].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        // |x·id| ≤ 1 + 2⁻²³ (|x| ≤ d), where rounding half away from zero gives 1 from ½ up,
+        // −1 from −½ down and 0 between: the trit is 1 + [p ≥ ½] − [p ≤ −½].
+        let p = _mm256_mul_ps(load8(c), idv);
+        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(p, half));
+        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(p, neg_half));
+        let xi = _mm256_add_epi32(_mm256_sub_epi32(one, up), down);
+        let p16 = _mm_packs_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256::<1>(xi));
+        // SAFETY: `o` has room for 8 bytes.
+        unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
+    }
+    Some((out, d))
+}
+
+/// 8 trits (bytes) from `t` widened to i32.
+#[target_feature(enable = "avx2")]
+fn trits8(t: &[u8]) -> __m256i {
+    levels8(t)
+}
+
+/// 8 bytes of TQ1_0's `qs`: 5 trits each (`t[0]`, `t[stride]`, …, first most significant) as
+/// base 3, scaled by `⌈q·256/243⌉` (`(q·256 + 242) / 243` through a multiply by
+/// ⌈2²⁴/243⌉ and a shift, exact for every q ≤ 242).
+#[target_feature(enable = "avx2")]
+fn pack5x8(t: &[u8], stride: usize) -> [u8; 8] {
+    let three = _mm256_set1_epi32(3);
+    let mut q = trits8(t);
+    for n in 1..5 {
+        q = _mm256_add_epi32(_mm256_mullo_epi32(q, three), trits8(&t[n * stride..]));
+    }
+    let v = _mm256_add_epi32(_mm256_slli_epi32::<8>(q), _mm256_set1_epi32(242));
+    let r = _mm256_srli_epi32::<24>(_mm256_mullo_epi32(v, _mm256_set1_epi32(69043)));
+    let p16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+    let mut out = [0u8; 8];
+    // SAFETY: `out` has room for 8 bytes.
+    unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
+    out
+}
+
+/// TQ1_0: the trits with AVX2, packed as `quantize_row_tq1_0_ref` packs them.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
+    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ1_0_BYTES)) {
+        let Some((t, d)) = trits(x) else {
+            ternary::quantize_tq1_0(x, b);
+            continue;
+        };
+        for m in (0..32).step_by(8) {
+            b[m..m + 8].copy_from_slice(&pack5x8(&t[m..], 32));
+        }
+        for m in (0..16).step_by(8) {
+            b[32 + m..40 + m].copy_from_slice(&pack5x8(&t[160 + m..], 16));
+        }
+        for j in 0..4 {
+            let q = (0..4).fold(0u16, |q, m| q * 3 + t[240 + j + 4 * m] as u16) * 3;
+            b[48 + j] = (q * 256).div_ceil(243) as u8;
+        }
+        b[52..54].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
+    }
+}
+
+/// TQ2_0: the trits with AVX2, packed as `quantize_row_tq2_0_ref` packs them.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
+    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ2_0_BYTES)) {
+        let Some((t, d)) = trits(x) else {
+            ternary::quantize_tq2_0(x, b);
+            continue;
+        };
+        for j in 0..2 {
+            // SAFETY: `t` holds 256 bytes and `b` 66: every 32-byte access is in bounds.
+            unsafe {
+                let p = t.as_ptr().add(128 * j);
+                let v = |n: usize| _mm256_loadu_si256(p.add(32 * n).cast());
+                // Trits are at most 2, so 16-bit shifts by up to 6 stay inside their bytes.
+                let q = _mm256_or_si256(
+                    _mm256_or_si256(v(0), _mm256_slli_epi16::<2>(v(1))),
+                    _mm256_or_si256(_mm256_slli_epi16::<4>(v(2)), _mm256_slli_epi16::<6>(v(3))),
+                );
+                _mm256_storeu_si256(b.as_mut_ptr().add(32 * j).cast(), q);
+            }
+        }
+        b[64..66].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
+    }
+}

@@ -1,0 +1,150 @@
+//! What an importance matrix holds, collected during a forward pass: for every weight matrix
+//! the sum over tokens of each input column's squared activation (`in_sum2`) and the number of
+//! tokens (`counts`); for a stacked expert tensor one row of sums and one count per expert,
+//! from the tokens that reached it. This is what llama-imatrix's `collect_imatrix` accumulates
+//! (tools/imatrix/imatrix.cpp: `acc[j] += x[j] * x[j]` per token, `counts` per matrix, the
+//! experts told apart by `ggml_mul_mat_id`'s ids), for the weights whose names start with
+//! `blk.` (and `output.weight` when asked).
+//!
+//! Sums are kept in f64 while a layer runs and stored as f32 (the file's type) when it ends,
+//! so only one layer's f64 sums are ever held.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use anyhow::{Result, bail};
+use rayon::prelude::*;
+
+use crate::forward::Probe;
+use crate::model::weights::Weights;
+
+/// One weight's statistics, as stored in the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The weight's name (`blk.0.attn_q.weight`).
+    pub name: String,
+    /// Input columns (the weight's `ne[0]`).
+    pub cols: usize,
+    /// `[matrices][cols]`: the sums of squared inputs per column (one matrix, or one per expert).
+    pub sums: Vec<f32>,
+    /// Tokens per matrix.
+    pub counts: Vec<u64>,
+}
+
+/// The shape of a collected weight: input columns, rows per matrix, matrices (experts).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    cols: usize,
+    rows: u64,
+    mats: usize,
+}
+
+/// Sums of one weight while its layer runs.
+struct Acc {
+    sums: Vec<f64>,
+    counts: Vec<u64>,
+}
+
+/// The probe `moeq imatrix` gives the forward: accumulates every collected weight's inputs.
+pub struct Collector {
+    shapes: HashMap<String, Shape>,
+    current: Mutex<HashMap<String, Acc>>,
+    done: Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Collector {
+    /// A collector for the weights of `w` an importance matrix covers: every matrix named
+    /// `blk.*.weight` with two or more dimensions, plus `output.weight` with `process_output`.
+    pub fn new(w: &Weights, process_output: bool) -> Result<Collector> {
+        let mut shapes = HashMap::new();
+        for name in w.names() {
+            let wanted =
+                (name.starts_with("blk.") && name.ends_with(".weight")) || (process_output && name == "output.weight");
+            let ne = w.ne(name)?;
+            if !wanted || ne.len() < 2 {
+                continue;
+            }
+            let mats: u64 = ne[2..].iter().product();
+            shapes.insert(name.to_string(), Shape { cols: ne[0] as usize, rows: ne[1].max(1), mats: mats as usize });
+        }
+        Ok(Collector { shapes, current: Mutex::new(HashMap::new()), done: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Ends a layer: its sums become f32 entries. Non-finite sums are an error naming the
+    /// tensor (llama-imatrix stops on them too).
+    pub fn flush(&self) -> Result<()> {
+        let current = std::mem::take(&mut *self.current.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, acc) in current {
+            let sums: Vec<f32> = acc.sums.iter().map(|&s| s as f32).collect();
+            if let Some(i) = sums.iter().position(|s| !s.is_finite()) {
+                let cols = self.shapes[&name].cols;
+                bail!(
+                    "tensor '{name}': the sum of squared inputs of column {} (matrix {}) is not finite: the model's \
+                     activations overflow on this text",
+                    i % cols,
+                    i / cols
+                );
+            }
+            let cols = self.shapes[&name].cols;
+            done.insert(name.clone(), Entry { name, cols, sums, counts: acc.counts });
+        }
+        Ok(())
+    }
+
+    /// Every entry collected so far (flushed layers), sorted by name (as llama-imatrix sorts).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}
+
+/// `acc[c] += Σ_rows x[row][c]²` in f64, column blocks in parallel; each column sums its rows
+/// in order, so the result does not depend on the thread count.
+fn add_squares(x: &[f32], cols: usize, acc: &mut [f64]) {
+    const BLOCK: usize = 64;
+    acc.par_chunks_mut(BLOCK).enumerate().for_each(|(b, a)| {
+        let (c0, n) = (b * BLOCK, a.len());
+        for row in x.chunks_exact(cols) {
+            for (s, &v) in a.iter_mut().zip(&row[c0..c0 + n]) {
+                let v = v as f64;
+                *s += v * v;
+            }
+        }
+    });
+}
+
+impl Probe for Collector {
+    fn input(&self, name: &str, first: u64, _rows: u64, x: &[f32]) {
+        let Some(&Shape { cols, rows, mats }) = self.shapes.get(name) else { return };
+        // Each matrix's input is counted once: at the call that starts at its first row.
+        if cols == 0 || !first.is_multiple_of(rows) {
+            return;
+        }
+        let mat = (first / rows) as usize;
+        if mat >= mats {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let acc = current
+            .entry(name.to_string())
+            .or_insert_with(|| Acc { sums: vec![0.0; cols * mats], counts: vec![0; mats] });
+        add_squares(x, cols, &mut acc.sums[mat * cols..(mat + 1) * cols]);
+        acc.counts[mat] += (x.len() / cols) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_squares_add_up_in_f64() {
+        let x: Vec<f32> = (0..3 * 130).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut acc = vec![1.0f64; 130];
+        add_squares(&x, 130, &mut acc);
+        for c in 0..130 {
+            let want = (0..3).fold(1.0f64, |s, r| s + (x[r * 130 + c] as f64).powi(2));
+            assert_eq!(acc[c], want, "column {c}");
+        }
+    }
+}
