@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hashes every output moeq makes from tests/fixtures: the README's main job, every conversion
 # the CLI tests and the CI scripts make (all gpt-oss layouts, Mixtral, Llama, Qwen3-MoE with and
-# without a dense layer, Qwen2-MoE; GGUF with no type
+# without a dense layer, Qwen2-MoE, DeepSeek-V3 in its FP8 and bf16 layouts; GGUF with no type
 # and every --type; --format mlx with every type and group; --format hf; requantized and split
 # goldens), eval --dump, verify --json and inspect. Prints `sha256  name` for every output file
 # and for each command's exit status, stdout and stderr, sorted; run it with two binaries and
@@ -32,7 +32,7 @@ run() {
     set -e
 }
 
-CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf qwen3-moe/hf qwen3-moe/hf-dense qwen2-moe/hf"
+CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf qwen3-moe/hf qwen3-moe/hf-dense qwen2-moe/hf deepseek-v3/hf deepseek-v3/fp8"
 GGUF_TYPES="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 MXFP4_MOE Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
 tag() { echo "$1" | tr '/' '-'; }
 
@@ -145,6 +145,14 @@ for f in qwen3-moe qwen2-moe; do
     done
     verify_pair "mlx-$f-q4" "$FX/$f/hf" "$FX/golden-mlx/$f-q4"
 done
+verify_pair deepseek-v3 "$FX/deepseek-v3/hf" "$FX/golden/deepseek-v3-bf16.gguf"
+verify_pair deepseek-v3-fp8 "$FX/deepseek-v3/fp8" "$FX/golden/deepseek-v3-fp8.gguf" --max-kl 0.2
+for ty in Q8_0 Q4_0 Q4_K_M; do
+    verify_pair "deepseek-v3-$ty" "$FX/deepseek-v3/hf" "$FX/golden/deepseek-v3-bf16-$ty.gguf"
+done
+verify_pair deepseek-v3-fp8-f32 "$FX/deepseek-v3/fp8" out/ck-deepseek-v3-fp8-F32.gguf
+verify_pair mlx-deepseek-v3-q4 "$FX/deepseek-v3/hf" "$FX/golden-mlx/deepseek-v3-q4"
+verify_pair mlx-deepseek-v3-fp8-q4 "$FX/deepseek-v3/fp8" "$FX/golden-mlx/deepseek-v3-fp8-q4"
 verify_pair mlx-qwen3-moe-dense "$FX/qwen3-moe/hf-dense" "$FX/golden-mlx/qwen3-moe-dense-q4"
 verify_pair mlx-mxfp4 "$FX/gpt-oss/hf-mxfp4" "$FX/golden-mlx/gpt-oss-mxfp4"
 verify_pair mlx-original "$FX/gpt-oss/original" "$FX/golden-mlx/gpt-oss-mxfp4"

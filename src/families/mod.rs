@@ -32,8 +32,14 @@ use common::{Converted, OutType};
 
 /// Every family moeq knows, in the order detection asks them. A new family is its folder
 /// and one line here.
-pub static FAMILIES: &[&dyn Family] =
-    &[&gpt_oss::GptOss, &mixtral::Mixtral, &llama::Llama, &qwen3_moe::Qwen3Moe, &qwen2_moe::Qwen2Moe, &deepseek_v3::DeepseekV3];
+pub static FAMILIES: &[&dyn Family] = &[
+    &gpt_oss::GptOss,
+    &mixtral::Mixtral,
+    &llama::Llama,
+    &qwen3_moe::Qwen3Moe,
+    &qwen2_moe::Qwen2Moe,
+    &deepseek_v3::DeepseekV3,
+];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it
 /// into the family's typed config first, with errors naming the file and the key.
@@ -209,6 +215,9 @@ pub enum SourceLayout {
     HfMxfp4,
     /// Hugging Face with plain (bf16/f16/f32) weights.
     Hf,
+    /// Hugging Face with FP8 weights: `F8_E4M3` with one F32 `weight_scale_inv` per block
+    /// (`quantization_config` with `quant_method: fp8`; DeepSeek-V3/R1 as released).
+    HfFp8,
     /// An MLX build (mlx-lm's layout: stacked experts, quantized `weight`/`scales`/`biases`).
     Mlx,
 }
@@ -220,6 +229,7 @@ impl SourceLayout {
             SourceLayout::OpenAiOriginal => "OpenAI original layout",
             SourceLayout::HfMxfp4 => "Hugging Face MXFP4 layout",
             SourceLayout::Hf => "Hugging Face layout",
+            SourceLayout::HfFp8 => "Hugging Face FP8 layout",
             SourceLayout::Mlx => "MLX build",
         }
     }
@@ -230,6 +240,7 @@ impl SourceLayout {
             SourceLayout::OpenAiOriginal => "OpenAI's original form (no \"architectures\")",
             SourceLayout::HfMxfp4 => "\"quantization_config\": {\"quant_method\": \"mxfp4\"}",
             SourceLayout::Hf => "no quantization",
+            SourceLayout::HfFp8 => "\"quantization_config\": {\"quant_method\": \"fp8\"}",
             SourceLayout::Mlx => "an MLX \"quantization\" block",
         }
     }
@@ -240,6 +251,7 @@ impl SourceLayout {
             SourceLayout::OpenAiOriginal => "named as in OpenAI's original layout (block.N.*)",
             SourceLayout::HfMxfp4 => "MXFP4 (*_blocks/*_scales tensors)",
             SourceLayout::Hf => "plain float weights",
+            SourceLayout::HfFp8 => "FP8 (F8_E4M3 weights with *_scale_inv block scales)",
             SourceLayout::Mlx => {
                 "in MLX's form (quantized .weight/.scales pairs, mlx-lm's names or format: mlx shards)"
             }

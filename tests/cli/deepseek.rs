@@ -57,7 +57,10 @@ fn deepseek_v3_converts_like_llama_cpp() {
         let run = moeq(&["convert", path_arg(&input), "-o", path_arg(&out), "--type", ftype, "-q"]);
         assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
         // The multi-token-prediction layer is left out, and the user told so.
-        assert!(String::from_utf8_lossy(&run.stderr).contains("model.layers.3) is left out"));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains("model.layers.3) is left out"), "{stderr}");
+        // The FP8 layout is what its config.json declares: no warning about it.
+        assert!(!stderr.contains("config.json"), "{stderr}");
         let want = golden(&format!("deepseek-v3-bf16-{ftype}.gguf"));
         assert!(same_gguf_except(&out, &want, &["general.name"]), "fp8 {ftype}");
     }
@@ -364,4 +367,35 @@ fn deepseek_v3_mlx_builds_equal_what_mlx_lm_writes() {
     let (code, r) = verify_json(&deepseek("hf"), &fixtures().join("golden-mlx/deepseek-v3-q4"));
     assert!(code == 0 || code == 1, "{r}");
     assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["rel_rmse"].as_f64() <= t["bound"].as_f64()), "{r}");
+}
+
+/// The layout follows the tensors: the bf16 cast under a `config.json` still declaring FP8
+/// (as casts often keep it) converts to the same bytes, with a warning naming the file; the
+/// FP8 folder is recognized as such.
+#[test]
+fn deepseek_v3_layout_follows_the_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Named as the fixture's folder, from which general.name comes.
+    let stale = dir.path().join("hf");
+    std::fs::create_dir(&stale).unwrap();
+    for entry in std::fs::read_dir(deepseek("hf")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, stale.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut config = config_of(&stale);
+    config["quantization_config"] = config_of(&deepseek("fp8"))["quantization_config"].clone();
+    std::fs::write(stale.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let out = dir.path().join("stale.gguf");
+    let run = moeq(&["convert", path_arg(&stale), "-o", path_arg(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("hf/config.json") && stderr.contains("\"fp8\"") && stderr.contains("plain float weights"),
+        "{stderr}"
+    );
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(golden("deepseek-v3-bf16.gguf")).unwrap());
+    for (layout, want) in [("fp8", "Hugging Face FP8 layout"), ("hf", "Hugging Face layout")] {
+        let text = ok(&["inspect", path_arg(&deepseek(layout))]);
+        assert!(text.lines().any(|l| l.starts_with("layout") && l.ends_with(want)), "{text}");
+    }
 }

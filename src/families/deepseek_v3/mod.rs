@@ -73,6 +73,15 @@ impl Family for DeepseekV3 {
         &["DeepseekV3ForCausalLM"]
     }
 
+    fn layout(&self, config: &Keys, tensor_names: &[&str]) -> SourceLayout {
+        let fp8 = if tensor_names.is_empty() {
+            config.object("quantization_config").and_then(|q| q.str("quant_method")) == Some("fp8")
+        } else {
+            tensor_names.iter().any(|n| n.ends_with("_scale_inv"))
+        };
+        if fp8 { SourceLayout::HfFp8 } else { SourceLayout::Hf }
+    }
+
     fn inspect_hparams(&self, config: &Keys, _layout: SourceLayout) -> Vec<(&'static str, Json)> {
         let mut hparams = pick(config, HPARAMS);
         // qk_nope_head_dim shown as llama.cpp's key_length_mla (nope + rope).
