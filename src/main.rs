@@ -38,17 +38,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `moeq verify` runs and prints beyond the default checks.
+#[derive(Default)]
+struct VerifyOptions {
+    /// The report as JSON.
+    json: bool,
+    /// Overridden limits: max KL, min top-1 agreement, max MoE block relative error.
+    limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
+    /// Run every layer of the output (not taking bit-identical layers from the source run).
+    full_forward: bool,
+    /// The report only when a check fails.
+    quiet: bool,
+    /// Every expert on every token (`--every-expert`).
+    every_expert: bool,
+}
+
 /// Runs `moeq verify`: exit status 1 when a check fails.
 fn run_verify(
     source: &std::path::Path,
     output: &std::path::Path,
     sequences: &[Vec<u32>],
-    json: bool,
-    limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
-    full_forward: bool,
-    quiet: bool,
-    every_expert: bool,
+    o: VerifyOptions,
 ) -> anyhow::Result<ExitCode> {
+    let VerifyOptions { json, limits, full_forward, quiet, every_expert } = o;
     use moeq::model::weights::Weights;
     use moeq::verify::{Limits, experts::expert_errors, reference_tokens, verify};
     let (src, out) = (Source::open(source)?, Source::open(output)?);
@@ -311,7 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], false, None, false, quiet, false);
+                return run_verify(&input, &first, &[], VerifyOptions { quiet, ..Default::default() });
             }
         }
         Command::Verify {
@@ -336,7 +348,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None) if tokens.is_empty() => Vec::new(),
                 (None, None) => vec![tokens],
             };
-            return run_verify(&source, &output, &sequences, json, limits, full_forward, quiet, every_expert);
+            return run_verify(
+                &source,
+                &output,
+                &sequences,
+                VerifyOptions { json, limits, full_forward, quiet, every_expert },
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
