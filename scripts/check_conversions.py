@@ -6,7 +6,8 @@
    the source blocks and scales, gate = even rows and up = odd rows.
 2. gguf-py's Metadata (the converter's) derives the same general.* keys from model cards.
 3. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from gpt-oss's three layouts,
-   Mixtral, Llama, Qwen3-MoE and Qwen2-MoE, and its logits for the reference tokens match reference.safetensors at
+   Mixtral, Llama, Qwen3-MoE, Qwen2-MoE and DeepSeek-V3 (FP8 and bf16), and its logits for the
+   reference tokens match reference.safetensors at
    least as well as those of llama.cpp's own file of the same type (cosine, relative L2, top-1).
 
 4. On wide checkpoints of each family (rows of 256, 8 experts), `moeq convert --type` equals
@@ -280,7 +281,7 @@ def main():
     args = ap.parse_args()
     fx = Path(args.fixtures)
     refs = {}
-    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe"):
+    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3"):
         ref = load_file(str(fx / family / "reference.safetensors"))
         refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
 
@@ -316,6 +317,16 @@ def main():
         ("qwen2-moe/hf", "Q4_K_M", "qwen2-moe-bf16-Q4_K_M.gguf"),
         ("qwen2-moe/hf", "MXFP4_MOE", "qwen2-moe-bf16-MXFP4_MOE.gguf"),
         ("qwen2-moe/hf", "F16", "qwen2-moe-bf16.gguf"),
+        # DeepSeek-V3 from the FP8 release and from its bf16 cast (the same bf16 values).
+        ("deepseek-v3/hf", None, "deepseek-v3-bf16.gguf"),
+        ("deepseek-v3/hf", "Q8_0", "deepseek-v3-bf16-Q8_0.gguf"),
+        ("deepseek-v3/hf", "Q4_0", "deepseek-v3-bf16-Q4_0.gguf"),
+        ("deepseek-v3/hf", "Q4_K_M", "deepseek-v3-bf16-Q4_K_M.gguf"),
+        ("deepseek-v3/fp8", None, "deepseek-v3-fp8.gguf"),
+        ("deepseek-v3/fp8", "Q8_0", "deepseek-v3-bf16-Q8_0.gguf"),
+        ("deepseek-v3/fp8", "Q4_0", "deepseek-v3-bf16-Q4_0.gguf"),
+        ("deepseek-v3/fp8", "Q4_K_M", "deepseek-v3-bf16-Q4_K_M.gguf"),
+        ("deepseek-v3/fp8", "F32", "deepseek-v3-fp8.gguf"),
     ]
     golden_scores = {}
     failures = 0

@@ -291,7 +291,8 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 21, "expected the 21 quantized goldens");
+    // 21, and DeepSeek-V3's three.
+    assert_eq!(checked, 24, "expected the 24 quantized goldens");
 }
 
 #[test]
@@ -654,6 +655,29 @@ fn patched_golden(
     static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = dir.join(format!("broken-{n}-{name}"));
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// A golden GGUF with `patch` applied to its bytes (given each tensor's data range), written
+/// as `dir/tag.gguf` (named by the caller: [`patched_golden`]'s shared counter is left to the
+/// tests that read it).
+fn patched(
+    dir: &Path,
+    name: &str,
+    tag: &str,
+    patch: impl FnOnce(&dyn Fn(&str) -> (usize, usize), &mut [u8]),
+) -> PathBuf {
+    let path = golden(name);
+    let file = moeq_formats::gguf::GgufFile::open(&path).unwrap();
+    let h = file.header();
+    let range = |tensor: &str| {
+        let t = h.tensors.iter().find(|t| t.name == tensor).unwrap_or_else(|| panic!("{tensor}"));
+        ((h.data_offset + t.offset) as usize, t.nbytes as usize)
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    patch(&range, &mut bytes);
+    let out = dir.join(format!("{tag}.gguf"));
     std::fs::write(&out, bytes).unwrap();
     out
 }

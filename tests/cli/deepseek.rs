@@ -145,7 +145,7 @@ fn deepseek_v3_verify_is_exact_and_catches_broken_outputs() {
 
     // nope = v_head_dim = 32, kv_lora_rank = 160, 4 heads, bf16.
     let (heads, kv_lora, half) = (4, 160, 32);
-    let swapped = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
+    let swapped = patched(dir.path(), "deepseek-v3-bf16.gguf", "kv-swapped", |range, bytes| {
         // attn_k_b [heads][kv_lora][nope] made of attn_v_b's rows and the reverse.
         let ((k, n), (v, _)) = (range("blk.1.attn_k_b.weight"), range("blk.1.attn_v_b.weight"));
         let (old_k, old_v) = (bytes[k..k + n].to_vec(), bytes[v..v + n].to_vec());
@@ -160,11 +160,11 @@ fn deepseek_v3_verify_is_exact_and_catches_broken_outputs() {
             }
         }
     });
-    let no_shared = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
+    let no_shared = patched(dir.path(), "deepseek-v3-bf16.gguf", "no-shared", |range, bytes| {
         let (at, n) = range("blk.2.ffn_down_shexp.weight");
         bytes[at..at + n].fill(0);
     });
-    let no_bias = patched_golden(dir.path(), "deepseek-v3-bf16.gguf", |range, bytes| {
+    let no_bias = patched(dir.path(), "deepseek-v3-bf16.gguf", "no-bias", |range, bytes| {
         let (at, n) = range("blk.1.exp_probs_b.bias");
         bytes[at..at + n].fill(0);
     });
@@ -187,7 +187,7 @@ fn deepseek_v3_verify_is_exact_and_catches_broken_outputs() {
         }
     }
     // Without the correction bias the routing itself changes.
-    let (_, r) = verify_json(&deepseek("hf"), &dir.path().join("broken-2-deepseek-v3-bf16.gguf"));
+    let (_, r) = verify_json(&deepseek("hf"), &dir.path().join("no-bias.gguf"));
     assert!(r["blocks"][1]["routing_agreement"].as_f64() < Some(0.9), "{}", r["blocks"][1]);
 }
 

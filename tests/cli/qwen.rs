@@ -23,29 +23,6 @@ fn edited_checkpoint(dir: &Path, src: &str, edit: impl FnOnce(&mut Json)) -> Pat
     out
 }
 
-/// A golden GGUF with `patch` applied to its bytes (given each tensor's data range), written
-/// as `dir/tag.gguf` (named by the caller: [`patched_golden`]'s shared counter is left to the
-/// tests that read it).
-fn patched(
-    dir: &Path,
-    name: &str,
-    tag: &str,
-    patch: impl FnOnce(&dyn Fn(&str) -> (usize, usize), &mut [u8]),
-) -> PathBuf {
-    let path = golden(name);
-    let file = moeq_formats::gguf::GgufFile::open(&path).unwrap();
-    let h = file.header();
-    let range = |tensor: &str| {
-        let t = h.tensors.iter().find(|t| t.name == tensor).unwrap_or_else(|| panic!("{tensor}"));
-        ((h.data_offset + t.offset) as usize, t.nbytes as usize)
-    };
-    let mut bytes = std::fs::read(&path).unwrap();
-    patch(&range, &mut bytes);
-    let out = dir.join(format!("{tag}.gguf"));
-    std::fs::write(&out, bytes).unwrap();
-    out
-}
-
 /// The checkpoints convert to exactly what llama.cpp's converter writes (tensors, order, types,
 /// every metadata key, the vocabulary with pre-tokenizer `qwen2`, the chat template) and, with
 /// `--type`, to what llama-quantize makes of that, in one pass.
