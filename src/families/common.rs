@@ -302,10 +302,11 @@ impl<'a> Fp8Scales<'a> {
         block: Option<(u64, u64)>,
     ) -> Result<(Vec<SourceTensor<'a>>, Fp8Scales<'a>)> {
         let (scales, weights): (Vec<_>, Vec<_>) = sources.into_iter().partition(|s| s.name.ends_with("_scale_inv"));
+        let index: HashMap<&str, &SourceTensor> = weights.iter().map(|w| (w.name.as_str(), w)).collect();
         let mut by_weight = HashMap::new();
         for s in scales {
             let weight = s.name.trim_end_matches("_scale_inv").to_string();
-            let Some(w) = weights.iter().find(|w| w.name == weight) else {
+            let Some(w) = index.get(weight.as_str()) else {
                 bail!("{}: block scales of '{weight}', which the checkpoint does not hold", s.origin);
             };
             if w.dtype != Dtype::F8_E4M3 {

@@ -14,7 +14,7 @@
 //!   converter dequantizes them (value × block scale in f32) and rounded to the output type,
 //!   piece by piece of rows: no dequantized copy exists anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::{GgmlType, TensorSpec};
@@ -116,19 +116,22 @@ fn check(
     want: &[(String, Vec<u64>)],
     fp8: &Fp8Scales,
 ) -> Result<()> {
+    // By name: the released checkpoint has some 45,000 weights.
+    let shapes: HashMap<&str, &Vec<u64>> = want.iter().map(|(n, s)| (n.as_str(), s)).collect();
     for s in tensors {
-        let Some((_, shape)) = want.iter().find(|(n, _)| *n == s.name) else {
+        let Some(shape) = shapes.get(s.name.as_str()) else {
             bail!("{}: not a tensor of a DeepSeek-V3 checkpoint", s.origin);
         };
-        if s.shape != *shape {
+        if s.shape != **shape {
             bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
         }
         if !fp8.is_fp8(s) && !matches!(s.dtype, Dtype::BF16 | Dtype::F16 | Dtype::F32) {
             bail!("{}: dtype {:?}, expected BF16, F16, F32, or F8_E4M3 with block scales", s.origin, s.dtype);
         }
     }
+    let held: HashSet<&str> = tensors.iter().map(|s| s.name.as_str()).collect();
     for (name, _) in want {
-        if !tensors.iter().any(|s| s.name == *name) {
+        if !held.contains(name.as_str()) {
             bail!("{}: tensor '{name}' is missing", model.path().display());
         }
     }
@@ -209,11 +212,19 @@ pub fn convert<'a>(
     };
 
     let (heads, nope, v_dim, kv_lora) = (hp.n_head, hp.qk_nope, hp.v_head_dim, hp.kv_lora_rank);
+    // The stacks are made at the layer's last expert tensor; the experts found by name.
+    let mut last_expert: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        if let Some(layer) = expert_layer(&s.name) {
+            last_expert.insert(layer, i);
+        }
+    }
+    let by_name: HashMap<&str, &SourceTensor> = sources.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut recipes = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         if let Some(layer) = expert_layer(&s.name) {
-            // The stacks are made at the layer's last expert tensor, down, gate, up.
-            if sources[i + 1..].iter().any(|t| expert_layer(&t.name) == Some(layer)) {
+            // down, gate, up, as the converter's order has them.
+            if last_expert.get(layer) != Some(&i) {
                 continue;
             }
             for (proj, name, rows, cols) in [
@@ -224,7 +235,7 @@ pub fn convert<'a>(
                 let parts = (0..hp.n_expert)
                     .map(|j| {
                         let hf = format!("model.layers.{layer}.mlp.experts.{j}.{proj}.weight");
-                        let e = sources.iter().find(|t| t.name == hf).with_context(|| format!("'{hf}' is missing"))?;
+                        let e = by_name.get(hf.as_str()).with_context(|| format!("'{hf}' is missing"))?;
                         Ok(Part { input: input(e, &fp8, View::plain(rows, cols), out), origin: e.origin.clone() })
                     })
                     .collect::<Result<Vec<_>>>()?;
