@@ -47,7 +47,7 @@ pub struct ImatrixOptions {
 /// How the router spread the calibration tokens over the experts.
 #[derive(Clone, Debug, Default)]
 pub struct Coverage {
-    /// `[layer][expert]`: tokens routed (by the model's own routing).
+    /// `[layer][expert]`: tokens routed (by the model's own routing); empty for dense layers.
     pub routed: Vec<Vec<u64>>,
     /// Tokens in the calibration set.
     pub tokens: u64,
@@ -56,7 +56,8 @@ pub struct Coverage {
 }
 
 impl Coverage {
-    /// (layer, expert, tokens) of every expert routed fewer tokens than the threshold.
+    /// (layer, expert, tokens) of every expert routed fewer tokens than the threshold (dense
+    /// layers have none: their lists are empty).
     pub fn starved(&self) -> Vec<(usize, usize, u64)> {
         let mut out = Vec::new();
         for (l, experts) in self.routed.iter().enumerate() {
@@ -76,7 +77,8 @@ impl Coverage {
         }
         let mut s =
             format!("tokens per expert ({} calibration tokens; flagged below {}):\n", self.tokens, self.threshold);
-        for (l, experts) in self.routed.iter().enumerate() {
+        // Dense layers (no experts) are left out.
+        for (l, experts) in self.routed.iter().enumerate().filter(|(_, e)| !e.is_empty()) {
             let (min, max) = (experts.iter().min().unwrap_or(&0), experts.iter().max().unwrap_or(&0));
             let list: Vec<String> = experts.iter().map(u64::to_string).collect();
             s += &format!("  layer {l:>3}: min {min:>7} max {max:>7}  [{}]\n", list.join(" "));
@@ -162,7 +164,13 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Resul
             if let Some(per_expert) = routed.get_mut(l) {
                 f.routes.iter().flatten().for_each(|&e| per_expert[e] += 1);
             }
-            if all_experts {
+            // A dense layer (DeepSeek-V3's leading ones, Qwen3-MoE's mlp_only_layers) routes
+            // nothing and has no experts to run.
+            let dense = f.routes.iter().all(Vec::is_empty);
+            if dense && let Some(per_expert) = routed.get_mut(l) {
+                per_expert.clear();
+            }
+            if all_experts && !dense {
                 run_unrouted(&model, l, &m_in, &f.routes, per_group * chunk_len)?;
             }
             bar.inc(1);

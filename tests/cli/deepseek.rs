@@ -399,3 +399,58 @@ fn deepseek_v3_layout_follows_the_tensors() {
         assert!(text.lines().any(|l| l.starts_with("layout") && l.ends_with(want)), "{text}");
     }
 }
+
+/// `moeq imatrix` on the FP8 release: the dense layer 0 has no experts in the coverage report
+/// (none starved there, `--all-experts` runs the MoE layers only), the MoE layers route top-4
+/// of 16 for every token, and the matrix quantizes the checkpoint to an i-quant.
+#[test]
+fn deepseek_v3_imatrix_skips_the_dense_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(
+        &tokens,
+        "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16\n17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32\n",
+    )
+    .unwrap();
+    let fp8 = deepseek("fp8");
+    let run = |out: &Path, extra: &[&str]| -> Json {
+        let mut args = vec!["imatrix", path_arg(&fp8), "--tokens-file", path_arg(&tokens), "-o", path_arg(out)];
+        args.extend(extra);
+        args.extend(["--json", "-q"]);
+        serde_json::from_str(&ok(&args)).unwrap()
+    };
+    let (routed, all) = (dir.path().join("routed.gguf"), dir.path().join("all.gguf"));
+    let coverage = run(&routed, &[]);
+    let layers = coverage["routed"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{coverage}");
+    assert!(layers[0].as_array().unwrap().is_empty(), "layer 0 is dense: {coverage}");
+    for layer in &layers[1..] {
+        let counts: Vec<u64> = layer.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!((counts.len(), counts.iter().sum::<u64>()), (16, 4 * 32), "{coverage}");
+    }
+    assert!(coverage["starved"].as_array().unwrap().iter().all(|s| s[0] != 0), "{coverage}");
+    assert_eq!(run(&all, &["--all-experts"])["routed"], coverage["routed"], "routing unchanged");
+    let counts = read_imatrix(&all).1;
+    let down = counts.iter().find(|t| t.0 == "blk.1.ffn_down_exps.weight.counts").unwrap();
+    assert_eq!(down.2, [32.0; 16], "every expert, every token");
+    assert!(counts.iter().any(|t| t.0 == "blk.0.ffn_down.weight.in_sum2"), "the dense layer's matrices");
+
+    let out = dir.path().join("iq2.gguf");
+    ok(&[
+        "convert",
+        path_arg(&deepseek("fp8")),
+        "-o",
+        path_arg(&out),
+        "--type",
+        "IQ2_XS",
+        "--imatrix",
+        path_arg(&all),
+        "-q",
+    ]);
+    let file = moeq_formats::gguf::GgufFile::open(&out).unwrap();
+    // The dense down projection (rows of 256) is IQ2_XS, which needs its importance weights;
+    // the experts' rows of 32 and 64 fall back to IQ4_NL as llama-quantize's rule has it.
+    let ty = |name: &str| file.header().tensors.iter().find(|t| t.name == name).unwrap().ggml_type;
+    assert_eq!(ty("blk.0.ffn_down.weight"), moeq_formats::gguf::GgmlType::IQ2_XS);
+    assert_eq!(ty("blk.1.ffn_gate_exps.weight"), moeq_formats::gguf::GgmlType::IQ4_NL);
+}
