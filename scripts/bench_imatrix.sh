@@ -25,10 +25,11 @@ mkdir -p "$data"
 cargo build --release --quiet
 moeq=target/release/moeq
 
-# Runs a command under /usr/bin/time; prints "seconds peak_kb".
+# Runs a command under /usr/bin/time; prints "seconds peak_kb cpu_seconds" (CPU: user + sys of
+# all its threads, steadier than wall time on a shared machine).
 timed() {
-    /usr/bin/time -f "%e %M" -o "$data/time.txt" "$@" > "$data/run.log" 2>&1 || { cat "$data/run.log"; exit 1; }
-    cat "$data/time.txt"
+    /usr/bin/time -f "%e %M %U %S" -o "$data/time.txt" "$@" > "$data/run.log" 2>&1 || { cat "$data/run.log"; exit 1; }
+    awk '{print $1, $2, $3 + $4}' "$data/time.txt"
 }
 
 case "${1:-}" in
@@ -40,10 +41,10 @@ smollm2)
     python3 scripts/llama_tokenize.py "$gguf" "$calib" --chunks 512 --max-chunks "$chunks" > "$data/smol.tok" 2>/dev/null
     tokens=$((chunks * 512))
     for r in $(seq "$runs"); do
-        read -r t m < <(timed $moeq imatrix "$gguf" --tokens-file "$data/smol.tok" -o "$data/smol-moeq.gguf" -q)
-        printf 'run %d  moeq imatrix     %7.1f s  %7.1f tokens/s  peak RSS %6.0f MB\n' "$r" "$t" "$(echo "$tokens / $t" | bc -l)" "$(echo "$m / 1024" | bc -l)"
-        read -r t m < <(timed "$llama/llama-imatrix" -m "$gguf" -f "$calib" -c 512 --chunks "$chunks" --no-ppl -o "$data/smol-llama.gguf")
-        printf 'run %d  llama-imatrix    %7.1f s  %7.1f tokens/s  peak RSS %6.0f MB\n' "$r" "$t" "$(echo "$tokens / $t" | bc -l)" "$(echo "$m / 1024" | bc -l)"
+        read -r t m c < <(timed $moeq imatrix "$gguf" --tokens-file "$data/smol.tok" -o "$data/smol-moeq.gguf" -q)
+        printf 'run %d  moeq imatrix     %7.1f s  %7.1f tokens/s  CPU %7.1f s  peak RSS %6.0f MB\n' "$r" "$t" "$(echo "$tokens / $t" | bc -l)" "$c" "$(echo "$m / 1024" | bc -l)"
+        read -r t m c < <(timed "$llama/llama-imatrix" -m "$gguf" -f "$calib" -c 512 --chunks "$chunks" --no-ppl -o "$data/smol-llama.gguf")
+        printf 'run %d  llama-imatrix    %7.1f s  %7.1f tokens/s  CPU %7.1f s  peak RSS %6.0f MB\n' "$r" "$t" "$(echo "$tokens / $t" | bc -l)" "$c" "$(echo "$m / 1024" | bc -l)"
     done
     python3 scripts/compare_imatrix.py "$data/smol-moeq.gguf" "$data/smol-llama.gguf" --show 3 || true
     ;;
@@ -56,14 +57,14 @@ gpt-oss)
     tokens=$((chunks * 512))
     bound=$(( (1 << 30) + tokens * 2880 * 4 ))
     for r in $(seq "$runs"); do
-        read -r t m < <(timed $moeq imatrix "$src" --text "$calib" --chunks "$chunks" -o "$data/gpt-oss-moeq.gguf" -q)
-        printf 'run %d  moeq imatrix (%d layers, %d tokens)  %7.1f s  peak RSS %6.0f MB  (bound %6.0f MB)\n' "$r" "$layers" "$tokens" "$t" "$(echo "$m / 1024" | bc -l)" "$(echo "$bound / 1048576" | bc -l)"
+        read -r t m c < <(timed $moeq imatrix "$src" --text "$calib" --chunks "$chunks" -o "$data/gpt-oss-moeq.gguf" -q)
+        printf 'run %d  moeq imatrix (%d layers, %d tokens)  %7.1f s  CPU %7.1f s  peak RSS %6.0f MB  (bound %6.0f MB)\n' "$r" "$layers" "$tokens" "$t" "$c" "$(echo "$m / 1024" | bc -l)" "$(echo "$bound / 1048576" | bc -l)"
     done
     if [ "${LLAMA:-1}" = 1 ]; then
         gguf=$data/gpt-oss-l${layers}.gguf
         [ -f "$gguf" ] || $moeq convert "$src" -o "$gguf" -q
-        read -r t m < <(timed "$llama/llama-imatrix" -m "$gguf" -f "$calib" -c 512 --chunks "$chunks" --no-ppl -o "$data/gpt-oss-llama.gguf")
-        printf '       llama-imatrix (GGUF)                 %7.1f s  peak RSS %6.0f MB\n' "$t" "$(echo "$m / 1024" | bc -l)"
+        read -r t m c < <(timed "$llama/llama-imatrix" -m "$gguf" -f "$calib" -c 512 --chunks "$chunks" --no-ppl -o "$data/gpt-oss-llama.gguf")
+        printf '       llama-imatrix (GGUF)                 %7.1f s  CPU %7.1f s  peak RSS %6.0f MB\n' "$t" "$c" "$(echo "$m / 1024" | bc -l)"
     fi
     ;;
 *)

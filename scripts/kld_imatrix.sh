@@ -9,7 +9,7 @@
 # with CHUNKS it is cut to its first CHUNKS chunks first (its layout: "_logits_", n_ctx, n_vocab,
 # n_chunk, the tokens, then per chunk (n_ctx - 1 - n_ctx/2) rows of nv uint16). TYPES default to
 # Q4_K_M IQ4_XS Q3_K_M Q2_K. The builds are made by llama-quantize (BUILD=moeq: by
-# `moeq convert --imatrix`, once moeq has those types). Prints one line per type: mean KLD of each
+# `moeq convert --imatrix`; MOEQ names the binary, default target/release/moeq). Prints one line per type: mean KLD of each
 # build and the ratio moeq / llama-imatrix. Work files go to $KLD_DATA (default bench-data/kld).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +53,7 @@ kld() {
 
 build() { # TYPE IMATRIX OUT
     if [ "${BUILD:-llama}" = moeq ]; then
-        target/release/moeq convert "$model" -o "$3" --type "$1" ${2:+--imatrix "$2"} -q > /dev/null
+        ${MOEQ:-target/release/moeq} convert "$model" -o "$3" --type "$1" ${2:+--imatrix "$2"} -q > /dev/null
     else
         "$llama/llama-quantize" ${2:+--imatrix "$2"} "$model" "$3" "$1" > "$work/quantize.log" 2>&1 \
             || { tail -5 "$work/quantize.log"; exit 1; }

@@ -34,6 +34,29 @@ pub fn dot_block(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
+/// `out[d] += Σ_j w[j] · vs[j · n + d]` for `n = out.len()` and every row `j` of `vs`
+/// (`vs.len() == w.len() · n`): a weighted sum of rows, as attention sums its values. Each
+/// output adds its terms one by one in the order of `j`, every term a rounded product followed
+/// by a rounded addition (no fused multiply-add), so the result has the same bits on every
+/// backend and equals the plain loop `for j { for d { out[d] += w[j] * vs[j * n + d] } }`.
+pub fn weighted_rows(w: &[f32], vs: &[f32], out: &mut [f32]) {
+    assert_eq!(vs.len(), w.len() * out.len(), "weighted_rows: vs must hold w.len() rows of out.len() values");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected; the lengths were checked above.
+        return unsafe { avx2::weighted_rows(w, vs, out) };
+    }
+    scalar_weighted_rows(w, vs, out);
+}
+
+/// The portable [`weighted_rows`] (the plain loop; the SIMD version gives the same bits).
+pub fn scalar_weighted_rows(w: &[f32], vs: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for (p, v) in w.iter().zip(vs.chunks_exact(n.max(1))) {
+        out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+    }
+}
+
 /// What comparing two tensors needs: Σ(a−b)², Σa², Σb², Σab (f32 partial sums over runs of
 /// 256 values, gathered in f64), the largest |a − b|, and how many values differ in their bits
 /// (+0 and −0 differ: a forward pass can tell them apart).
@@ -223,6 +246,44 @@ mod avx2 {
         }
     }
 
+    /// [`super::weighted_rows`]: 64 outputs at a time held in eight registers while every row
+    /// is added (multiply, then add: the scalar loop's two roundings), the rest one by one.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `vs.len() == w.len() * out.len()`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn weighted_rows(w: &[f32], vs: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        let n64 = n - n % 64;
+        let mut d = 0;
+        while d < n64 {
+            // SAFETY: d + 64 <= n64 <= n = out.len(), and each row j of vs holds n values
+            // (checked by the caller), so every load and store is in bounds.
+            unsafe {
+                let o = out.as_mut_ptr().add(d);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_loadu_ps(o.add(8 * r));
+                }
+                for (j, &p) in w.iter().enumerate() {
+                    let (p, v) = (_mm256_set1_ps(p), vs.as_ptr().add(j * n + d));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(p, _mm256_loadu_ps(v.add(8 * r))));
+                    }
+                }
+                for (r, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(8 * r), *a);
+                }
+            }
+            d += 64;
+        }
+        if n64 < n {
+            for (p, v) in w.iter().zip(vs.chunks_exact(n)) {
+                out[n64..].iter_mut().zip(&v[n64..]).for_each(|(o, v)| *o += p * v);
+            }
+        }
+    }
+
     /// [`super::dot_rows`] four activation rows at a time.
     ///
     /// # Safety
@@ -309,6 +370,27 @@ mod tests {
         assert_eq!(sums.unequal, 3);
         assert_eq!(sums.max_abs, 2.0 * a[290].abs());
         assert!((sums.diff2 - (1.0 + 4.0 * (a[290] as f64).powi(2))).abs() < 1e-3);
+    }
+
+    #[test]
+    fn weighted_rows_equal_the_plain_loop() {
+        // 64-wide SIMD runs and a scalar tail (n = 150), row counts 0 to 37, signed zeros.
+        for (n, m) in [(150, 37), (64, 5), (7, 3), (128, 0), (200, 1)] {
+            let w: Vec<f32> = (0..m).map(|j| ((j * 31 % 17) as f32 - 8.0) / 9.0).collect();
+            let vs: Vec<f32> = (0..m * n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 30.0).collect();
+            let start: Vec<f32> = (0..n).map(|d| if d % 3 == 0 { 0.0 } else { d as f32 / 7.0 }).collect();
+            let (mut a, mut b, mut plain) = (start.clone(), start.clone(), start.clone());
+            weighted_rows(&w, &vs, &mut a);
+            scalar_weighted_rows(&w, &vs, &mut b);
+            for j in 0..m {
+                for d in 0..n {
+                    plain[d] += w[j] * vs[j * n + d];
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&plain), "SIMD, n {n}, rows {m}");
+            assert_eq!(bits(&b), bits(&plain), "scalar, n {n}, rows {m}");
+        }
     }
 
     #[test]

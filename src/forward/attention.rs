@@ -8,7 +8,9 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use super::Model;
-use super::ops::{dot, rmsnorm, softmax};
+use moeq_kernels::dot::{dot_rows, weighted_rows};
+
+use super::ops::{rmsnorm, softmax};
 
 /// Which values of a head RoPE rotates together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,30 +67,39 @@ pub fn attend(
 ) -> Vec<f32> {
     let Heads { n_head, n_head_kv, qk_dim: hd, v_dim: vd } = heads;
     let group = n_head / n_head_kv.max(1);
-    let mut o = vec![0.0f32; starts.len() * n_head * vd];
-    o.par_chunks_mut(n_head * vd).enumerate().for_each(|(i, oi)| {
+    let t = starts.len();
+    // K and V regrouped by KV head ([n_head_kv][T][dim]), so that a query's keys and values
+    // are contiguous rows: its scores are one dot_rows call, its output one weighted_rows call.
+    let by_head = |x: &[f32], dim: usize| -> Vec<f32> {
+        let mut out = vec![0.0f32; x.len()];
+        for (kv, dst) in out.chunks_mut((t * dim).max(1)).enumerate() {
+            for (j, row) in dst.chunks_exact_mut(dim.max(1)).enumerate() {
+                row.copy_from_slice(&x[(j * n_head_kv + kv) * dim..][..dim]);
+            }
+        }
+        out
+    };
+    let (kh, vh) = (by_head(&k[..t * n_head_kv * hd], hd), by_head(&v[..t * n_head_kv * vd], vd));
+    let mut o = vec![0.0f32; t * n_head * vd];
+    o.par_chunks_mut(n_head * vd).enumerate().for_each_init(Vec::new, |s, (i, oi)| {
+        let start = starts[i];
+        // Positions before `first` lie outside the window: weight exactly 0 in the softmax,
+        // so they add nothing to the output and are skipped there.
+        let first = if window > 0 { start.max((i + 1).saturating_sub(window)) } else { start };
         for hh in 0..n_head {
             let kv = hh / group.max(1);
             let qi = &q[(i * n_head + hh) * hd..][..hd];
-            let start = starts[i];
-            let mut s: Vec<f32> = (start..=i)
-                .map(|j| {
-                    if window > 0 && i - j >= window {
-                        f32::NEG_INFINITY
-                    } else {
-                        dot(qi, &k[(j * n_head_kv + kv) * hd..][..hd]) * scale
-                    }
-                })
-                .collect();
+            s.clear();
+            s.resize(i + 1 - start, f32::NEG_INFINITY);
+            let keys = &kh[(kv * t + first) * hd..(kv * t + i + 1) * hd];
+            dot_rows(qi, keys, &mut s[first - start..]);
+            s[first - start..].iter_mut().for_each(|x| *x *= scale);
             if let Some(sinks) = sinks {
                 s.push(sinks[hh]);
             }
-            softmax(&mut s);
-            let out = &mut oi[hh * vd..(hh + 1) * vd];
-            for (j, p) in (start..=i).zip(&s) {
-                let vj = &v[(j * n_head_kv + kv) * vd..][..vd];
-                out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
-            }
+            softmax(s);
+            let values = &vh[(kv * t + first) * vd..(kv * t + i + 1) * vd];
+            weighted_rows(&s[first - start..i + 1 - start], values, &mut oi[hh * vd..(hh + 1) * vd]);
         }
     });
     o
@@ -106,13 +117,22 @@ impl Model<'_, '_> {
     pub fn rope_heads(&self, v: &mut [f32], heads: usize, hd: usize, starts: &[usize], pairs: RopePairs) {
         let c = &self.cfg;
         let half = hd / 2;
+        // (sin, cos) per position in a sequence and frequency, computed once for every row and
+        // head at that position.
+        let positions = starts.iter().enumerate().map(|(row, &start)| row - start + 1).max().unwrap_or(0);
+        let mut table = Vec::with_capacity(positions * c.inv_freq.len());
+        for p in 0..positions {
+            for f in &c.inv_freq {
+                let angle = p as f64 * f;
+                table.push(((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32));
+            }
+        }
         for (row, &start) in starts.iter().enumerate() {
             let p = row - start;
+            let angles = &table[p * c.inv_freq.len()..(p + 1) * c.inv_freq.len()];
             for hh in 0..heads {
                 let x = &mut v[(row * heads + hh) * hd..(row * heads + hh + 1) * hd];
-                for (i, f) in c.inv_freq.iter().enumerate().take(half) {
-                    let angle = p as f64 * f;
-                    let (sin, cos) = ((angle.sin() * c.rope_scale) as f32, (angle.cos() * c.rope_scale) as f32);
+                for (i, &(sin, cos)) in angles.iter().enumerate().take(half) {
                     let (a, b) = match pairs {
                         RopePairs::Halves => (i, i + half),
                         RopePairs::Adjacent => (2 * i, 2 * i + 1),

@@ -15,9 +15,10 @@ const TILE_ROWS: u64 = 60;
 /// Tiles computed together before their results are put in place (about 8k rows).
 const TILES_PER_RUN: u64 = 128;
 
-/// `out[r · t + k] = Σ_i tile[r][i] · x[k][i] + bias[r]`: one tile of weight rows against all
-/// `t` tokens, three rows by four tokens at a time. Every result is one `dot_block` value, so
-/// it does not depend on how the rows were split into tiles.
+/// `out[k · n + r] = Σ_i tile[r][i] · x[k][i] + bias[r]` for the tile's `n` weight rows: one
+/// tile against all tokens, three rows by four tokens at a time, each token's results
+/// contiguous (they are copied into its output row as one run). Every result is one
+/// `dot_block` value, so it does not depend on how the rows were split into tiles.
 fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out: &mut Vec<f32>) {
     let n = tile.len() / cols.max(1);
     let t = x.len() / cols.max(1);
@@ -32,7 +33,7 @@ fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out
             for r in 0..p {
                 let add = bias.map_or(0.0, |bias| bias[q * 3 + r]);
                 for j in 0..m {
-                    out[(q * 3 + r) * t + g * 4 + j] = block[r * m + j] + add;
+                    out[(g * 4 + j) * n + q * 3 + r] = block[r * m + j] + add;
                 }
             }
         }
@@ -79,18 +80,18 @@ impl Model<'_, '_> {
                         self.w.rows_into(name, first + start, n, tile)?;
                         let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
                         multiply_tile(x, tile, cols, b, out);
-                        Ok(out.clone())
+                        Ok(std::mem::take(out))
                     },
                 )
                 .collect::<Result<_>>()?;
-            // Token by token, each tile's results go to one contiguous run of `y`.
-            for (&start, part) in tiles.iter().zip(&parts) {
-                let n = part.len() / t.max(1);
-                for (k, y_row) in y.chunks_exact_mut(rows as usize).enumerate() {
-                    let dst = &mut y_row[start as usize..start as usize + n];
-                    dst.iter_mut().enumerate().for_each(|(r, d)| *d = part[r * t + k]);
+            // Token by token (on every core), each tile's results go to one contiguous run of
+            // the token's row of `y`.
+            y.par_chunks_exact_mut(rows as usize).enumerate().for_each(|(k, y_row)| {
+                for (&start, part) in tiles.iter().zip(&parts) {
+                    let n = part.len() / t.max(1);
+                    y_row[start as usize..start as usize + n].copy_from_slice(&part[k * n..(k + 1) * n]);
                 }
-            }
+            });
         }
         Ok(y)
     }

@@ -1,13 +1,4 @@
-//! The forward's elementwise and row operations: RMSNorm, softmax, a dot product, SiLU.
-
-use moeq_kernels::dot::dot_rows;
-
-/// `a · b` through the kernels' dot product.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut out = [0.0f32];
-    dot_rows(b, a, &mut out);
-    out[0]
-}
+//! The forward's elementwise and row operations: RMSNorm, softmax, SiLU.
 
 /// RMSNorm of each row of `x` (rows of `g.len()` values), scaled by `g`: the mean square in
 /// f64, then `x / sqrt(ms + eps) · g` in f32, as transformers computes it.
