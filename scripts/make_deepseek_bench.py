@@ -161,7 +161,7 @@ def write_data(f, name, shape, kind, gen: torch.Generator) -> None:
             f.write(x.to(torch.float8_e4m3fn).view(torch.uint8).numpy().tobytes())
     elif kind == "scale":
         cols_blocks = shape[1]
-        fan_in = cols_blocks * BLOCK  # within a block of the true width; enough for a spread
+        fan_in = cols_blocks * BLOCK  # the weight's width: every V3 width is a multiple of 128
         s = (0.5 + torch.rand(*shape, generator=gen)) / (112.0 * math.sqrt(fan_in))
         f.write(s.to(torch.float32).numpy().tobytes())
     elif kind == "bias":
