@@ -259,7 +259,9 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         if r < 0.2:
             entry["dtype"] = rng.choice(DTYPES + [rng.choice(JSON_EDGES)])
         elif r < 0.45:
-            shape = list(entry.get("shape", []))
+            # An earlier edit of this run may have left a shape that is not a list.
+            shape = entry.get("shape", [])
+            shape = list(shape) if isinstance(shape, list) else []
             if shape and rng.random() < 0.7:
                 d = rng.randrange(len(shape))
                 shape[d] = rng.choice(JSON_EDGES[:8] + [shape[d] * 2, shape[d] // 2, shape[d] + 1])

@@ -2557,6 +2557,42 @@ fn fuzz_regressions_fail_cleanly() {
     assert!(count > 0);
 }
 
+/// A config.json `vocab_size` far past any vocabulary (10^12, found by scripts/fuzz_cli.py)
+/// aborted `convert` with a 24 TB allocation while padding the vocabulary (SIGABRT, no
+/// message). Every family refuses it, exit 2, naming the key; a large
+/// but plausible count still gets as far as the tensor checks.
+#[test]
+fn implausible_vocab_size_is_refused_before_padding() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf"] {
+        let src = fixtures().join(fixture);
+        let variant = fixture_variant(
+            &src,
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000_000u64));
+            },
+        );
+        let o = out.path().join("v.gguf");
+        let err = fails_after_warnings(&["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"]);
+        // (Qwen's configuration checks come first and say the same in their own words.)
+        assert!(err.contains("implausible") && err.contains("vocab_size"), "{fixture}: {err}");
+        assert!(!o.exists(), "{fixture}");
+        let variant = fixture_variant(
+            &src,
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("vocab_size".into(), serde_json::json!(1 << 20));
+            },
+        );
+        let err = fails_after_warnings(&["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"]);
+        assert!(!err.contains("implausible"), "{fixture}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{fixture}: {:?}", names_in(out.path()));
+    }
+}
+
 // ---- moeq imatrix -------------------------------------------------------------------------
 
 /// An importance matrix GGUF: its metadata and, per tensor, its `ne` and f32 values.
