@@ -5,6 +5,11 @@
 //! errors, panics and slow runs; panicking inputs are written to OUT_DIR.
 //!
 //! cargo run --release --example fuzz_forward -- SEED_DIR OUT_DIR EXECUTIONS [SEED]
+//!
+//! Seeds: `python3 scripts/make_fuzz_seeds.py SEED_DIR` writes the golden GGUFs with a
+//! 32-token vocabulary (every layer, tensor type and metadata key kept), a fifth to a half of
+//! their bytes: about 200 µs of CPU per execution here, 10 M executions in some 35 minutes of
+//! one core. Executions are deterministic for a given SEED: shards with different SEEDs add up.
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]

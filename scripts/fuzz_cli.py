@@ -261,7 +261,7 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         elif r < 0.45:
             # An earlier edit of this run may have left a shape that is not a list.
             shape = entry.get("shape", [])
-            shape = list(shape) if isinstance(shape, list) else []
+            shape = list(shape) if isinstance(shape, list) and all(type(v) is int for v in shape) else []
             if shape and rng.random() < 0.7:
                 d = rng.randrange(len(shape))
                 shape[d] = rng.choice(JSON_EDGES[:8] + [shape[d] * 2, shape[d] // 2, shape[d] + 1])
