@@ -2593,6 +2593,36 @@ fn implausible_vocab_size_is_refused_before_padding() {
     }
 }
 
+/// `--format hf` cut the expert rows by config.json's sizes without checking the tensors
+/// against them: a hidden_size doubled over a gpt-oss checkpoint panicked (slice index out of
+/// range, found by scripts/fuzz_cli.py). Every gpt-oss layout is now checked as for a GGUF:
+/// exit 2 naming the tensor and both shapes, nothing written; the GGUF and MLX outputs refuse
+/// the same configs.
+#[test]
+fn hf_builds_check_the_tensors_against_config_json() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in ["gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "gpt-oss/original"] {
+        for (key, value) in [("hidden_size", 128), ("intermediate_size", 128), ("num_attention_heads", 8)] {
+            let variant = fixture_variant(
+                &fixtures().join(fixture),
+                "",
+                |_, _, _| false,
+                |c| {
+                    c.insert(key.into(), serde_json::json!(value));
+                },
+            );
+            let dir = variant.path();
+            for (format, o) in [("hf", "build"), ("mlx", "build"), ("gguf", "m.gguf")] {
+                let o = out.path().join(o);
+                let err =
+                    fails_after_warnings(&["convert", path_arg(dir), "-o", path_arg(&o), "-q", "--format", format]);
+                assert!(err.contains("shape") && err.contains("expected"), "{fixture} {key} {format}: {err}");
+                assert!(names_in(out.path()).is_empty(), "{fixture} {key} {format}: {:?}", names_in(out.path()));
+            }
+        }
+    }
+}
+
 // ---- moeq imatrix -------------------------------------------------------------------------
 
 /// An importance matrix GGUF: its metadata and, per tensor, its `ne` and f32 values.
