@@ -2593,6 +2593,42 @@ fn implausible_vocab_size_is_refused_before_padding() {
     }
 }
 
+/// An expert count of 10^12 in config.json (found by scripts/fuzz_cli.py: Mixtral's
+/// `num_local_experts` had no limit, and `convert` ran until killed) is refused in every
+/// family, exit 2, for conversion and eval alike.
+#[test]
+fn implausible_expert_counts_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let cases = [
+        ("mixtral/hf", "num_local_experts"),
+        ("gpt-oss/hf-mxfp4", "num_local_experts"),
+        ("gpt-oss/original", "num_experts"),
+        ("qwen2-moe/hf", "num_experts"),
+        ("qwen3-moe/hf", "num_experts"),
+    ];
+    for (fixture, key) in cases {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert(key.into(), serde_json::json!(1_000_000_000_000u64));
+            },
+        );
+        let dir = path_arg(variant.path());
+        let o = out.path().join("m.gguf");
+        for args in [
+            vec!["convert", dir, "-o", path_arg(&o), "-q", "--type", "BF16"],
+            vec!["convert", dir, "-o", path_arg(&o), "-q", "--format", "mlx"],
+            vec!["eval", dir, "--tokens", "1,2"],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains("implausible") || err.contains("inconsistent"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+}
+
 /// `--format hf` cut the expert rows by config.json's sizes without checking the tensors
 /// against them: a hidden_size doubled over a gpt-oss checkpoint panicked (slice index out of
 /// range, found by scripts/fuzz_cli.py). Every gpt-oss layout is now checked as for a GGUF:
