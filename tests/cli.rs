@@ -2629,6 +2629,58 @@ fn implausible_expert_counts_are_refused() {
     }
 }
 
+/// Zeros that were divisors (found by scripts/fuzz_cli.py, both exit 101): a Llama-style
+/// config with `num_attention_heads` 0 and no `head_dim` (the default head size divided by
+/// it), and an MLX build whose `quantization` says 0 bits. Both are errors naming the
+/// setting, for eval, verify and convert.
+#[test]
+fn zero_sizes_in_config_json_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let llama = fixtures().join("llama/hf");
+    let heads = fixture_variant(
+        &llama,
+        "",
+        |_, _, _| false,
+        |c| {
+            c.insert("num_attention_heads".into(), serde_json::json!(0));
+        },
+    );
+    let mlx = fixtures().join("golden-mlx");
+    let bits = |name: &str| {
+        fixture_variant(
+            &mlx.join(name),
+            "",
+            |_, _, _| false,
+            |c| {
+                if let Some(q) = c.get_mut("quantization").and_then(Json::as_object_mut) {
+                    q.insert("bits".into(), serde_json::json!(0));
+                    for v in q.values_mut() {
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert("bits".into(), serde_json::json!(0));
+                        }
+                    }
+                }
+            },
+        )
+    };
+    let cases = [(heads, "inconsistent sizes"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
+    for (variant, why) in &cases {
+        let dir = path_arg(variant.path());
+        let mut runs =
+            vec![vec!["eval", dir, "--tokens", "1,2"], vec!["verify", dir, path_arg(&llama), "--tokens", "1,2"]];
+        // (MLX builds are read, not converted.)
+        if !why.contains("bits") {
+            runs.push(vec!["convert", dir, "-o", path_arg(&o), "-q"]);
+        }
+        for args in runs {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why), "{args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{args:?}");
+        }
+    }
+}
+
 /// `--format hf` cut the expert rows by config.json's sizes without checking the tensors
 /// against them: a hidden_size doubled over a gpt-oss checkpoint panicked (slice index out of
 /// range, found by scripts/fuzz_cli.py). Every gpt-oss layout is now checked as for a GGUF:
