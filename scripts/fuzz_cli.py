@@ -19,6 +19,7 @@ Inputs that trip a counter are kept under --findings.
 
 import argparse
 import collections
+import copy
 import hashlib
 import json
 import os
@@ -62,6 +63,14 @@ EDGE_INTS = [0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 
              4096, 8208, 65535, 65536, 1 << 24, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1]
 EDGE_FLOATS = [0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, 3.4e38, float("nan"), float("inf"), float("-inf"), 70000.0]
 JSON_EDGES = [0, -1, 1, 2, 3, 64, 65, 10**12, 2**64, 1.5, -0.5, "x", "", None, True, [], {}, [1, 2], "bf16"]
+
+
+def json_edge(rng: random.Random):
+    """One of JSON_EDGES, a copy: the lists and dicts there must not be shared between the
+    places they are put (a later edit of one would reach the others, or make a cycle)."""
+    return copy.deepcopy(rng.choice(JSON_EDGES))
+
+
 DTYPES = ["BF16", "F16", "F32", "F64", "U8", "I8", "U32", "I32", "I64", "BOOL", "F8_E4M3", "F8_E5M2", "E8M0", "X", ""]
 
 
@@ -257,9 +266,11 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         if not isinstance(entry, dict):
             continue
         if r < 0.2:
-            entry["dtype"] = rng.choice(DTYPES + [rng.choice(JSON_EDGES)])
+            entry["dtype"] = rng.choice(DTYPES + [json_edge(rng)])
         elif r < 0.45:
-            shape = list(entry.get("shape", []))
+            # An earlier edit of this run may have left a shape that is not a list.
+            shape = entry.get("shape", [])
+            shape = list(shape) if isinstance(shape, list) and all(type(v) is int for v in shape) else []
             if shape and rng.random() < 0.7:
                 d = rng.randrange(len(shape))
                 shape[d] = rng.choice(JSON_EDGES[:8] + [shape[d] * 2, shape[d] // 2, shape[d] + 1])
@@ -279,7 +290,7 @@ def mutate_safetensors(data: bytes, rng: random.Random) -> bytes:
         elif r < 0.9:
             header["__metadata__"] = rng.choice([{"format": "mlx"}, {"format": 1}, [], "x", {"format": "pt"}])
         else:
-            header[rng.choice(JSON_EDGES[11:14]) or "k"] = rng.choice(JSON_EDGES)
+            header[rng.choice(JSON_EDGES[11:14]) or "k"] = json_edge(rng)
     out = join_st(header, body)
     if rng.random() < 0.15:
         out = out[: rng.randrange(len(out))]
@@ -318,7 +329,7 @@ def mutate_json(data: bytes, rng: random.Random, prefer=()) -> bytes:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and rng.random() < 0.5:
                 target[k] = rng.choice([v + 1, v - 1, v * 2, v // 2 if isinstance(v, int) else v / 2, -v])
             else:
-                target[k] = rng.choice(JSON_EDGES)
+                target[k] = json_edge(rng)
         else:
             extra = rng.choice([("quantization_config", {"quant_method": rng.choice(["mxfp4", "fp8", "gptq", 1])}),
                                 ("quantization", {"group_size": rng.choice([32, 64, 7]), "bits": rng.choice([4, 8, 3])}),

@@ -2581,6 +2581,160 @@ fn fuzz_regressions_fail_cleanly() {
     assert!(count > 0);
 }
 
+/// A config.json `vocab_size` far past any vocabulary (10^12, found by scripts/fuzz_cli.py)
+/// aborted `convert` with a 24 TB allocation while padding the vocabulary (SIGABRT, no
+/// message). Every family refuses it, exit 2, naming the key; a large
+/// but plausible count still gets as far as the tensor checks.
+#[test]
+fn implausible_vocab_size_is_refused_before_padding() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf"] {
+        let src = fixtures().join(fixture);
+        let variant = fixture_variant(
+            &src,
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000_000u64));
+            },
+        );
+        let o = out.path().join("v.gguf");
+        let err = fails_after_warnings(&["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"]);
+        // (Qwen's configuration checks come first and say the same in their own words.)
+        assert!(err.contains("implausible") && err.contains("vocab_size"), "{fixture}: {err}");
+        assert!(!o.exists(), "{fixture}");
+        let variant = fixture_variant(
+            &src,
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("vocab_size".into(), serde_json::json!(1 << 20));
+            },
+        );
+        let err = fails_after_warnings(&["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"]);
+        assert!(!err.contains("implausible"), "{fixture}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{fixture}: {:?}", names_in(out.path()));
+    }
+}
+
+/// An expert count of 10^12 in config.json (found by scripts/fuzz_cli.py: Mixtral's
+/// `num_local_experts` had no limit, and `convert` ran until killed) is refused in every
+/// family, exit 2, for conversion and eval alike.
+#[test]
+fn implausible_expert_counts_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let cases = [
+        ("mixtral/hf", "num_local_experts"),
+        ("gpt-oss/hf-mxfp4", "num_local_experts"),
+        ("gpt-oss/original", "num_experts"),
+        ("qwen2-moe/hf", "num_experts"),
+        ("qwen3-moe/hf", "num_experts"),
+    ];
+    for (fixture, key) in cases {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert(key.into(), serde_json::json!(1_000_000_000_000u64));
+            },
+        );
+        let dir = path_arg(variant.path());
+        let o = out.path().join("m.gguf");
+        for args in [
+            vec!["convert", dir, "-o", path_arg(&o), "-q", "--type", "BF16"],
+            vec!["convert", dir, "-o", path_arg(&o), "-q", "--format", "mlx"],
+            vec!["eval", dir, "--tokens", "1,2"],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains("implausible") || err.contains("inconsistent"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+}
+
+/// Zeros that were divisors (found by scripts/fuzz_cli.py, both exit 101): a Llama-style
+/// config with `num_attention_heads` 0 and no `head_dim` (the default head size divided by
+/// it), and an MLX build whose `quantization` says 0 bits. Both are errors naming the
+/// setting, for eval, verify and convert.
+#[test]
+fn zero_sizes_in_config_json_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let llama = fixtures().join("llama/hf");
+    let heads = fixture_variant(
+        &llama,
+        "",
+        |_, _, _| false,
+        |c| {
+            c.insert("num_attention_heads".into(), serde_json::json!(0));
+        },
+    );
+    let mlx = fixtures().join("golden-mlx");
+    let bits = |name: &str| {
+        fixture_variant(
+            &mlx.join(name),
+            "",
+            |_, _, _| false,
+            |c| {
+                if let Some(q) = c.get_mut("quantization").and_then(Json::as_object_mut) {
+                    q.insert("bits".into(), serde_json::json!(0));
+                    for v in q.values_mut() {
+                        if let Some(m) = v.as_object_mut() {
+                            m.insert("bits".into(), serde_json::json!(0));
+                        }
+                    }
+                }
+            },
+        )
+    };
+    let cases = [(heads, "inconsistent sizes"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
+    for (variant, why) in &cases {
+        let dir = path_arg(variant.path());
+        let mut runs =
+            vec![vec!["eval", dir, "--tokens", "1,2"], vec!["verify", dir, path_arg(&llama), "--tokens", "1,2"]];
+        // (MLX builds are read, not converted.)
+        if !why.contains("bits") {
+            runs.push(vec!["convert", dir, "-o", path_arg(&o), "-q"]);
+        }
+        for args in runs {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why), "{args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{args:?}");
+        }
+    }
+}
+
+/// `--format hf` cut the expert rows by config.json's sizes without checking the tensors
+/// against them: a hidden_size doubled over a gpt-oss checkpoint panicked (slice index out of
+/// range, found by scripts/fuzz_cli.py). Every gpt-oss layout is now checked as for a GGUF:
+/// exit 2 naming the tensor and both shapes, nothing written; the GGUF and MLX outputs refuse
+/// the same configs.
+#[test]
+fn hf_builds_check_the_tensors_against_config_json() {
+    let out = tempfile::tempdir().unwrap();
+    for fixture in ["gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16", "gpt-oss/original"] {
+        for (key, value) in [("hidden_size", 128), ("intermediate_size", 128), ("num_attention_heads", 8)] {
+            let variant = fixture_variant(
+                &fixtures().join(fixture),
+                "",
+                |_, _, _| false,
+                |c| {
+                    c.insert(key.into(), serde_json::json!(value));
+                },
+            );
+            let dir = variant.path();
+            for (format, o) in [("hf", "build"), ("mlx", "build"), ("gguf", "m.gguf")] {
+                let o = out.path().join(o);
+                let err =
+                    fails_after_warnings(&["convert", path_arg(dir), "-o", path_arg(&o), "-q", "--format", format]);
+                assert!(err.contains("shape") && err.contains("expected"), "{fixture} {key} {format}: {err}");
+                assert!(names_in(out.path()).is_empty(), "{fixture} {key} {format}: {:?}", names_in(out.path()));
+            }
+        }
+    }
+}
+
 // ---- moeq imatrix -------------------------------------------------------------------------
 
 /// An importance matrix GGUF: its metadata and, per tensor, its `ne` and f32 values.

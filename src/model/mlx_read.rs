@@ -16,7 +16,8 @@ use crate::plan::recipe::{Input, Recipe, Stored, View};
 fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
     let q = config.get("quantization")?;
     let params = q.get(module).filter(|v| v.is_object()).unwrap_or(q);
-    let bits = params.get("bits")?.as_u64()? as u32;
+    // Past u32: kept out of range (refused by the caller), not wrapped.
+    let bits = u32::try_from(params.get("bits")?.as_u64()?).unwrap_or(u32::MAX);
     let group = params.get("group_size")?.as_u64()?;
     let mode = params.get("mode").and_then(Json::as_str).unwrap_or("affine").to_string();
     Some((bits, group, mode))
@@ -83,6 +84,12 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
                          size); an MLX build needs the config.json it was written with"
                     );
                 };
+                if !(1..=8).contains(&bits) || group == 0 {
+                    bail!(
+                        "{origin}: config.json's quantization gives {bits} bits in groups of {group}; MLX packs 1 to 8 \
+                         bits in groups of at least one"
+                    );
+                }
                 let words = *shape.last().unwrap_or(&0);
                 let cols = words * 32 / bits as u64;
                 let rows = shape.iter().product::<u64>() / words.max(1);

@@ -55,6 +55,24 @@ pub fn checkpoint_vocab(config: &ModelConfig, pre: Option<&str>) -> Result<(Meta
     Ok((keys, warnings))
 }
 
+/// The largest `vocab_size` moeq takes from config.json, as the families' hyperparameter
+/// checks (16,777,216 tokens; released models have at most a few hundred thousand).
+pub const MAX_VOCAB_SIZE: u64 = 1 << 24;
+
+/// config.json's `vocab_size`, the count a vocabulary is padded to (`[PADn]` tokens, as
+/// llama.cpp's converter pads); 0 when it is absent or not an integer (the tokenizer's own
+/// count is used then). `dir` is the tokenizer's folder, named in errors.
+///
+/// Errors: a `vocab_size` above [`MAX_VOCAB_SIZE`], refused before anything is allocated for
+/// it (a mutated `vocab_size` of 10^12 once made the padding abort on a 24 TB allocation).
+pub fn config_vocab_size(dir: &Path, config: &Json) -> Result<usize> {
+    let n = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0);
+    if n > MAX_VOCAB_SIZE {
+        bail!("{}: config.json's vocab_size {n} is implausible (more than {MAX_VOCAB_SIZE} tokens)", dir.display());
+    }
+    Ok(n as usize)
+}
+
 /// Tokens that only chat models' tokenizers carry (turn markers of the common templates).
 const CHAT_MARKERS: &[&str] = &[
     "<|im_start|>",
@@ -111,7 +129,7 @@ fn missing_chat_template(model_dir: &Path, tok_dir: &Path, config: &Json, keys: 
 /// tiktoken file) is passed over with a warning when there is a `tokenizer.json` (the
 /// converter stops there).
 pub fn llama_vocab(dir: &Path, json: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
-    let vocab_size = json.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
+    let vocab_size = config_vocab_size(dir, json)?;
     let mut keys = Vec::new();
     let mut warnings = Vec::new();
     if let Some(p) = pre

@@ -11,9 +11,9 @@ use moeq_formats::safetensors::{Dtype, SafetensorsModel, StTensorSpec};
 use serde_json::{Value as Json, json};
 
 use super::config::GptOssConfig;
-use super::layout::hf_tensors;
-use crate::families::ModelConfig;
-use crate::families::common::{SourceTensor, float_dtype};
+use super::layout::{expected, hf_tensors};
+use crate::families::common::{SourceTensor, check_tensors, float_dtype};
+use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::recipe::{Input, Recipe, View};
 use crate::write::safetensors::{Encoding, Item};
 
@@ -21,6 +21,10 @@ use crate::write::safetensors::{Encoding, Item};
 pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Vec<Item<'a>>> {
     let (hp, _) = GptOssConfig::load(config)?;
     let sources = hf_tensors(model, config.layout, &hp)?;
+    // Every tensor with the shape config.json gives it, as for a GGUF: the rows below are cut
+    // by config.json's sizes (a hidden_size doubled over the tensors read past them).
+    let mxfp4 = config.layout != SourceLayout::Hf;
+    check_tensors(model, &sources, &expected(&hp, mxfp4), &format!("gpt-oss {}", config.layout.describe()))?;
     let find = |name: &str| sources.iter().find(|s| s.name == name);
     let (h, i, e) = (hp.n_embd, hp.n_ff, hp.n_expert);
     let mut items = Vec::new();

@@ -110,7 +110,7 @@ impl Family for GptOss {
     }
 
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
-        let vocab_size = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
+        let vocab_size = crate::vocab::config_vocab_size(dir, config)?;
         gpt2_vocab(dir, config, vocab_size, pre, ("gpt-4o", O200K_REGEX))
     }
 

@@ -129,7 +129,9 @@ impl LlamaConfig {
                 .opt_u64("num_key_value_heads")?
                 .or(defaults.map(|d| d.n_head_kv.unwrap_or(n_head)))
                 .unwrap_or(n_head),
-            head_dim: json.opt_u64("head_dim")?.or(defaults.filter(|d| d.head_dim).map(|_| n_embd / n_head)),
+            head_dim: json
+                .opt_u64("head_dim")?
+                .or(defaults.filter(|d| d.head_dim).and_then(|_| n_embd.checked_div(n_head))),
             rope_theta: json
                 .opt_f64("rope_theta")?
                 .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64))

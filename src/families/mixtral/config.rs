@@ -33,6 +33,10 @@ impl MixtralConfig {
         if n_expert_used == 0 || n_expert_used > n_expert {
             bail!("inconsistent sizes: {hp:?}");
         }
+        // As Qwen's limit: a count of 10^12 once listed expert tensors until killed.
+        if n_expert > 1 << 16 {
+            bail!("implausible sizes: {hp:?}");
+        }
         Ok((hp, warnings))
     }
 }

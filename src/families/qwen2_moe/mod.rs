@@ -55,7 +55,7 @@ pub fn qwen_inspect_hparams(config: &Keys) -> Vec<(&'static str, Json)> {
 
 /// The `tokenizer.*` keys of Qwen's families (`_set_vocab_gpt2`, pre-tokenizer `qwen2`).
 pub fn qwen_vocab(dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
-    let vocab_size = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
+    let vocab_size = crate::vocab::config_vocab_size(dir, config)?;
     gpt2_vocab(dir, config, vocab_size, pre, ("qwen2", QWEN2_REGEX))
 }
 
