@@ -89,6 +89,8 @@ pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec
             let (recipe, types) = &jobs[i];
             let out = measure_piece(recipe, types, first, count, scratch)
                 .with_context(|| format!("measuring tensor '{}'", recipe.spec.name))?;
+            // Let the input pages go, as the writer does: memory stays bounded.
+            recipe.release(first, count);
             bar.inc(1);
             Ok((i, out))
         })
