@@ -291,4 +291,20 @@ pub struct QuantArgs {
     /// Save the plan as JSON in FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// With --type T: choose every quantized tensor's type to make the least measured error
+    /// within the size of T's llama-quantize mix (see --target-size).
+    #[arg(long, conflicts_with_all = ["target_size", "target_bpw"])]
+    pub optimize: bool,
+    /// Choose every quantized tensor's type (k-, i- and legacy quants, Q8_0, F16, BF16) to make
+    /// the least measured error (importance-weighted with --imatrix) in a file of at most SIZE
+    /// bytes (e.g. 90M, 12G; powers of 1000).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "target_bpw")]
+    pub target_size: Option<u64>,
+    /// As --target-size, for a size of B bits per weight over all tensors' data.
+    #[arg(long, value_name = "B")]
+    pub target_bpw: Option<f64>,
+    /// With --optimize / --target-*: choose only among these types (comma-separated, e.g.
+    /// q4_k,q5_k,q6_k,q8_0,iq4_nl); default every k-, i- and legacy quant, Q8_0, F16 and BF16.
+    #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
+    pub candidate_types: Vec<String>,
 }

@@ -54,6 +54,9 @@ pub struct Report {
     pub metadata: Vec<MetaEntry>,
     /// Tensors in file order.
     pub tensors: Vec<TensorRow>,
+    /// The size-budget decisions `moeq convert --optimize / --target-*` stored under
+    /// `moeq.optimize.tensors`, `.types` and `.errors`: tensor, type, measured relative error.
+    pub decisions: Vec<(String, String, Option<f32>)>,
 }
 
 impl Report {
@@ -109,6 +112,7 @@ impl Report {
             hparams,
             metadata,
             tensors,
+            decisions: decisions(&header.metadata),
         }
     }
 
@@ -155,6 +159,7 @@ impl Report {
                 .unwrap_or_default(),
             metadata,
             tensors,
+            decisions: Vec::new(),
         }
     }
 
@@ -181,6 +186,7 @@ impl Report {
                 "name": t.name, "dtype": t.dtype, "shape": t.shape, "bytes": t.bytes,
             })).collect::<Vec<_>>(),
             "total_bytes": self.total_bytes(),
+            "optimize_decisions": self.decisions.iter().map(|(n, t, e)| json!({"tensor": n, "type": t, "error": e})).collect::<Vec<_>>(),
         })
     }
 
@@ -212,6 +218,14 @@ impl Report {
                 let _ = writeln!(out, "  {:<kw$}  {:<tw$}  {}", m.key, m.type_label, m.display);
             }
         }
+        if !self.decisions.is_empty() {
+            let _ = writeln!(out, "\nsize-budget decisions (moeq.optimize.*: type, measured relative error)");
+            let nw = self.decisions.iter().map(|d| d.0.len()).max().unwrap_or(0);
+            for (n, t, e) in &self.decisions {
+                let e = e.map_or("-".to_string(), |e| format!("{e:.3e}"));
+                let _ = writeln!(out, "  {n:<nw$}  {t:<8}  {e}");
+            }
+        }
         let _ = writeln!(out, "\ntensors ({})", self.tensors.len());
         let shapes: Vec<String> = self.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
         let nw = self.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
@@ -225,6 +239,24 @@ impl Report {
         let _ = writeln!(out, "\ntotal: {} tensors, {} bytes ({})", self.tensors.len(), total, human_bytes(total));
         out
     }
+}
+
+/// The decisions stored under `moeq.optimize.*`, when the three arrays are there and agree.
+fn decisions(metadata: &[(String, Value)]) -> Vec<(String, String, Option<f32>)> {
+    let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let (Some(Value::Array(Array::String(names))), Some(Value::Array(Array::String(types)))) =
+        (get("moeq.optimize.tensors"), get("moeq.optimize.types"))
+    else {
+        return Vec::new();
+    };
+    let errors = match get("moeq.optimize.errors") {
+        Some(Value::Array(Array::F32(e))) if e.len() == names.len() => Some(e),
+        _ => None,
+    };
+    if names.len() != types.len() {
+        return Vec::new();
+    }
+    (0..names.len()).map(|i| (names[i].clone(), types[i].clone(), errors.map(|e| e[i]))).collect()
 }
 
 fn plural(n: usize, word: &str) -> String {

@@ -3041,3 +3041,132 @@ mod qwen;
 
 #[path = "cli/deepseek.rs"]
 mod deepseek;
+/// `--optimize` / `--target-size` / `--target-bpw`: types chosen to a byte budget, the
+/// decision log in the report and in the file, and the refusals.
+#[test]
+fn size_budget_chooses_types_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.gguf");
+    wide_model(&wide);
+    let w = path_arg(&wide);
+    // The budget of --type T --optimize is the size of llama-quantize's T file.
+    let mix = dir.path().join("mix.gguf");
+    ok(&["convert", w, "-o", path_arg(&mix), "--type", "Q4_K_M", "-q"]);
+    let mix_len = std::fs::metadata(&mix).unwrap().len();
+    let plan = plan_json(&[w, "--type", "Q4_K_M", "--optimize"]);
+    let log = &plan["optimize"];
+    assert_eq!(log["budget_bytes"].as_u64(), Some(mix_len), "{log}");
+    let decided = log["tensors"].as_array().unwrap();
+    // Every 2-D tensor is chosen here (the norms are not quantized); each among its candidates.
+    assert_eq!(decided.len(), 9);
+    for t in decided {
+        let ty = t["type"].as_str().unwrap();
+        let candidates = t["candidates"].as_array().unwrap();
+        assert!(candidates.iter().any(|c| c["type"] == ty), "{t}");
+        assert!(t["why"].as_str().unwrap().starts_with("size budget:"), "{t}");
+        let row = plan["tensors"].as_array().unwrap().iter().find(|r| r["name"] == t["name"]).unwrap();
+        assert_eq!(row["type"], ty);
+        assert_eq!(row["why"].as_array().unwrap().last().unwrap()["rule"], "optimize");
+    }
+    // The real run writes a file of the size the log says, within the budget, whose types and
+    // moeq.optimize.* keys are the log's.
+    let opt = dir.path().join("opt.gguf");
+    let report = dir.path().join("opt.json");
+    ok(&["convert", w, "-o", path_arg(&opt), "--type", "Q4_K_M", "--optimize", "--report", path_arg(&report), "-q"]);
+    let written = std::fs::metadata(&opt).unwrap().len();
+    assert_eq!(Some(written), log["file_bytes"].as_u64());
+    assert!(written <= mix_len);
+    let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(saved["optimize"]["tensors"], log["tensors"]);
+    let inspected: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&opt)])).unwrap();
+    let meta = &inspected["metadata"];
+    assert!(meta["moeq.optimize.method"]["value"].as_str().unwrap().contains("knapsack"));
+    assert_eq!(meta["moeq.optimize.budget_bytes"]["value"].as_u64(), Some(mix_len));
+    assert_eq!(meta["general.file_type"]["value"], 15);
+    let shown = inspected["optimize_decisions"].as_array().unwrap();
+    assert_eq!(shown.len(), decided.len());
+    let types: std::collections::BTreeMap<&str, &str> = inspected["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["dtype"].as_str().unwrap()))
+        .collect();
+    for (d, s) in decided.iter().zip(shown) {
+        assert_eq!(d["name"], s["tensor"]);
+        assert_eq!(d["type"], s["type"]);
+        assert_eq!(types[d["name"].as_str().unwrap()], d["type"].as_str().unwrap());
+    }
+    let text = ok(&["inspect", path_arg(&opt)]);
+    assert!(text.contains("size-budget decisions"), "{text}");
+    // The same plan is chosen again (measurement and choice are deterministic), and the
+    // written tensors are what a plain conversion with those types would write.
+    let again = plan_json(&[w, "--type", "Q4_K_M", "--optimize"]);
+    assert_eq!(again["optimize"]["tensors"], log["tensors"]);
+
+    // --target-size: within the size, the summed error never grows with the size.
+    let min = plan_json(&[w, "--target-size", "10M"])["optimize"]["min_bytes"].as_u64().unwrap();
+    let mut last = f64::INFINITY;
+    for size in [min, min + 20_000, min + 60_000, min + 200_000, 10_000_000] {
+        let s = size.to_string();
+        let plan = plan_json(&[w, "--target-size", &s]);
+        let log = &plan["optimize"];
+        assert!(log["file_bytes"].as_u64().unwrap() <= size, "{log}");
+        let err = log["total_error"].as_f64().unwrap();
+        assert!(err <= last, "size {size}: {err} after {last}");
+        last = err;
+    }
+    // With room for everything, every tensor gets the 16-bit type closest to its f32 values.
+    let roomy = plan_json(&[w, "--target-size", "10M"]);
+    for t in roomy["optimize"]["tensors"].as_array().unwrap() {
+        assert!(t["type"] == "F16" || t["type"] == "BF16", "{t}");
+    }
+    let bpw = plan_json(&[w, "--target-bpw", "5"]);
+    let bytes = bpw["totals"]["bytes"].as_u64().unwrap();
+    assert!(bytes as f64 * 8.0 / bpw["totals"]["elements"].as_f64().unwrap() <= 5.0, "{}", bpw["totals"]);
+    // --candidate-types restricts the choice.
+    let only = plan_json(&[w, "--target-bpw", "6", "--candidate-types", "q4_k,q6_k"]);
+    for t in only["optimize"]["tensors"].as_array().unwrap() {
+        assert!(t["type"] == "Q4_K" || t["type"] == "Q6_K", "{t}");
+    }
+
+    // Refusals: exit 2, a clear message, nothing written.
+    let out = dir.path().join("never.gguf");
+    let o = path_arg(&out);
+    let too_small = (min - 1).to_string();
+    let err = fails(&["convert", w, "-o", o, "--target-size", &too_small]);
+    assert!(err.contains("smaller than the smallest file") && err.contains(&format!("{min} bytes")), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--optimize"]);
+    assert!(err.contains("--optimize goes with --type"), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--type", "BF16", "--optimize"]);
+    assert!(err.contains("need a quantized --type"), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--type", "Q4_K_M", "--candidate-types", "q4_k"]);
+    assert!(err.contains("--candidate-types goes with"), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--target-size", "1M", "--candidate-types", "q8_1"]);
+    assert!(err.contains("q8_1"), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--target-bpw", "0"]);
+    assert!(err.contains("--target-bpw"), "{err}");
+    let err = fails(&["convert", w, "-o", o, "--target-size", "200K", "--candidate-types", "q4_0"]);
+    assert!(err.contains("fit no candidate type of --candidate-types") || err.contains("smallest"), "{err}");
+    assert!(!out.exists());
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+}
+
+/// With an importance matrix the error is importance-weighted, and stacked experts get one
+/// type.
+#[test]
+fn size_budget_uses_the_importance_matrix() {
+    let source = golden("mixtral-bf16.gguf");
+    let imatrix = fixtures().join("imatrix/mixtral-llama.imatrix.gguf");
+    let plan = plan_json(&[path_arg(&source), "--target-bpw", "6", "--imatrix", path_arg(&imatrix)]);
+    let log = &plan["optimize"];
+    assert!(log["error_measure"].as_str().unwrap().contains("imatrix"), "{log}");
+    let experts =
+        log["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_down_exps.weight").unwrap();
+    assert!(experts["type"].is_string());
+    let plain = plan_json(&[path_arg(&source), "--target-bpw", "6"]);
+    assert!(plain["optimize"]["error_measure"].as_str().unwrap().starts_with("sum of"));
+    let bits = plan["totals"]["bytes"].as_f64().unwrap() * 8.0 / plan["totals"]["elements"].as_f64().unwrap();
+    assert!(bits <= 6.0, "{bits}");
+}

@@ -14,8 +14,9 @@ use moeq_formats::safetensors::SafetensorsModel;
 use crate::families::common::{Converted, OutType};
 use crate::families::{ModelConfig, SourceLayout};
 use crate::plan::mlx::{self, MlxOptions};
+use crate::plan::optimize::{OptimizeSettings, Target, optimize};
 use crate::plan::quant_plan::{Ftype, ModelFacts};
-use crate::plan::quant_rules::apply::{QuantRequest, copy_report, requantize};
+use crate::plan::quant_rules::apply::{QuantRequest, QuantSettings, copy_report, requantize};
 use crate::plan::quant_rules::report::PlanReport;
 use crate::plan::recipe::{Input, Recipe, Stored};
 use crate::source::Source;
@@ -123,13 +124,48 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         }
         return convert_folder(&source, opts);
     }
-    if opts.quant.any() && opts.ftype.is_none() {
-        bail!("--imatrix, --tensor-type, --pure and llama-quantize's other options go with --type");
+    match (opts.quant.target, opts.ftype) {
+        (Some(Target::Mix), None) => bail!("--optimize goes with --type T: the budget is the size of T's mix"),
+        (Some(_), Some(Ftype::F32 | Ftype::F16 | Ftype::BF16)) => {
+            bail!("--optimize, --target-size and --target-bpw need a quantized --type (or none)")
+        }
+        (None, None) if opts.quant.any() => {
+            bail!("--imatrix, --tensor-type, --pure and llama-quantize's other options go with --type")
+        }
+        _ => {}
     }
     match source {
         Source::Gguf(model) => convert_gguf(&model, opts),
         Source::Safetensors { model, config } => convert_safetensors(&model, config, opts),
     }
+}
+
+/// The file type whose llama-quantize plan is made first: `--type`, or for `--target-size` /
+/// `--target-bpw` without one Q8_0 (which marks every tensor llama-quantize quantizes).
+fn planned_ftype(opts: &ConvertOptions) -> Option<Ftype> {
+    opts.ftype.or(opts.quant.target.map(|_| Ftype::Q8_0))
+}
+
+/// With a size target, rechooses the planned types to the budget (see
+/// [`crate::plan::optimize`]); otherwise returns the plan unchanged.
+fn optimize_types<'a>(
+    plan: GgufPlan,
+    recipes: Vec<Recipe<'a>>,
+    report: PlanReport,
+    planned: Ftype,
+    settings: &QuantSettings,
+    opts: &ConvertOptions,
+) -> Result<(GgufPlan, Vec<Recipe<'a>>, PlanReport)> {
+    let Some(target) = opts.quant.target else { return Ok((plan, recipes, report)) };
+    let settings = OptimizeSettings {
+        target,
+        ftype: opts.ftype,
+        planned,
+        imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
+        candidates: opts.quant.candidates.clone(),
+        quiet: opts.quiet,
+    };
+    optimize(plan, recipes, report, &settings)
 }
 
 /// A Hugging Face or OpenAI checkpoint → the GGUF llama.cpp's converter writes (with `--type`
@@ -172,12 +208,14 @@ fn convert_safetensors(
              quantized --type (or convert to GGUF first, then requantize that)"
         );
     }
-    let (plan, recipes, report) = match opts.ftype {
+    let (plan, recipes, report) = match planned_ftype(opts) {
         Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
             let facts = model_facts(&plan);
-            requantize(plan, recipes, &facts, ftype, &opts.quant.settings()?, keep)?
+            let settings = opts.quant.settings()?;
+            let (plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, keep)?;
+            optimize_types(plan, recipes, report, ftype, &settings, opts)?
         }
         _ => {
             let report = copy_report(&recipes);
@@ -394,7 +432,7 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
     let plan = merged_plan(model);
     let recipes = gguf_recipes(model);
-    let (plan, recipes, report) = match opts.ftype {
+    let (plan, recipes, report) = match planned_ftype(opts) {
         None => {
             let report = copy_report(&recipes);
             (plan, recipes, report)
@@ -402,7 +440,9 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
         Some(ftype) => {
             let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
-            requantize(plan, recipes, &facts, ftype, &settings, |_| false)
+            let (plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, |_| false)
+                .with_context(|| format!("{}", opts.input.display()))?;
+            optimize_types(plan, recipes, report, ftype, &settings, opts)
                 .with_context(|| format!("{}", opts.input.display()))?
         }
     };

@@ -6,6 +6,7 @@
 pub mod convert;
 pub mod imatrix_file;
 pub mod mlx;
+pub mod optimize;
 pub mod quant_plan;
 pub mod quant_rules;
 pub mod recipe;

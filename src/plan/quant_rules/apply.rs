@@ -16,6 +16,7 @@ use super::tensor_type::{TensorTypeRule, parse_type};
 use super::{Decision, PlanOptions, Step, decide, requires_imatrix};
 use crate::cli::QuantArgs;
 use crate::plan::imatrix_file::ImatrixFile;
+use crate::plan::optimize::Target;
 use crate::plan::quant_plan::{Ftype, ModelFacts, TensorFacts, llama_order};
 use crate::plan::recipe::{Importance, Input, Recipe};
 use crate::plan::transcode::{can_read, can_write};
@@ -47,6 +48,10 @@ pub struct QuantRequest {
     pub overrides: Vec<KvOverride>,
     /// `--dry-run`.
     pub dry_run: bool,
+    /// `--optimize`, `--target-size`, `--target-bpw`: types chosen to a size budget.
+    pub target: Option<Target>,
+    /// `--candidate-types`: the types the budget chooses among (`None`: all).
+    pub candidates: Option<Vec<GgmlType>>,
 }
 
 impl QuantArgs {
@@ -72,6 +77,32 @@ impl QuantArgs {
             warnings.extend(warning);
         }
         let overrides = self.override_kv.iter().map(|o| KvOverride::parse(o)).collect::<Result<Vec<_>>>()?;
+        let target = match (self.optimize, self.target_size, self.target_bpw) {
+            (true, _, _) => Some(Target::Mix),
+            (_, Some(size), _) => Some(Target::Size(size)),
+            (_, _, Some(b)) if b.is_finite() && b > 0.0 && b <= 32.0 => Some(Target::Bpw(b)),
+            (_, _, Some(b)) => bail!("--target-bpw {b}: give bits per weight above 0 and at most 32"),
+            _ => None,
+        };
+        let candidates = if self.candidate_types.is_empty() {
+            None
+        } else {
+            if target.is_none() {
+                bail!("--candidate-types goes with --optimize, --target-size or --target-bpw");
+            }
+            let mut types = Vec::new();
+            for name in &self.candidate_types {
+                let ty = parse_type(name.trim()).map_err(|e| anyhow!("--candidate-types {name}: {e}"))?;
+                if !crate::plan::optimize::CANDIDATES.contains(&ty) {
+                    bail!(
+                        "--candidate-types {name}: not a type the budget chooses among ({})",
+                        crate::plan::optimize::CANDIDATES.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                types.push(ty);
+            }
+            Some(types)
+        };
         let request = QuantRequest {
             imatrix: self.imatrix.clone(),
             include_weights: self.include_weights.clone(),
@@ -85,6 +116,8 @@ impl QuantArgs {
             keep_split: self.keep_split,
             overrides,
             dry_run: self.dry_run,
+            target,
+            candidates,
         };
         Ok((request, warnings))
     }
@@ -103,6 +136,7 @@ impl QuantRequest {
             || self.leave_output_tensor
             || self.keep_split
             || !self.overrides.is_empty()
+            || self.target.is_some()
     }
 
     /// The files these options read (`--imatrix`, `--tensor-type-file`), which no output may

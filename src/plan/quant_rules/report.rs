@@ -17,6 +17,7 @@ use serde_json::{Value as Json, json};
 use super::Step;
 use crate::inspect::human_bytes;
 use crate::plan::imatrix_file::{ImatrixFile, ImatrixFormat};
+use crate::plan::optimize::OptimizeLog;
 use crate::plan::quant_plan::Ftype;
 
 /// How a quantized tensor used the importance matrix.
@@ -114,6 +115,9 @@ pub struct PlanReport {
     pub refusal: Option<String>,
     /// The importance matrix's coverage, if one is given.
     pub imatrix: Option<ImatrixSummary>,
+    /// The decision log of a build optimized to a size (`--target-size`, `--target-bpw`,
+    /// `--optimize`).
+    pub optimize: Option<OptimizeLog>,
 }
 
 impl PlanReport {
@@ -124,7 +128,9 @@ impl PlanReport {
 
     /// Tensors that took a row-width fallback.
     pub fn fallbacks(&self) -> usize {
-        self.rows.iter().filter(|r| r.steps.iter().any(|s| s.rule == "row-fallback")).count()
+        // A type chosen to a size budget replaces the fallback.
+        let kept = |r: &&TensorRow| r.steps.last().is_some_and(|s| s.rule != "optimize");
+        self.rows.iter().filter(kept).filter(|r| r.steps.iter().any(|s| s.rule == "row-fallback")).count()
     }
 
     /// Fills in the importance matrix summary from the rows.
@@ -266,6 +272,7 @@ impl PlanReport {
             "fallbacks": self.fallbacks(),
             "warnings": self.warnings,
             "refusal": self.refusal,
+            "optimize": self.optimize.as_ref().map_or(Json::Null, OptimizeLog::to_json),
         })
     }
 
@@ -326,6 +333,9 @@ impl PlanReport {
             for note in self.imatrix_notes(usize::MAX) {
                 out.push_str(&format!("  {note}\n"));
             }
+        }
+        if let Some(log) = &self.optimize {
+            out.push_str(&log.to_text());
         }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));

@@ -1,0 +1,178 @@
+//! Measuring the error of each (tensor, type): quantize → dequantize the tensor's values with
+//! the same code the writer runs (importance weights included), and sum the squared
+//! difference weighted by the importance matrix (per column, per expert):
+//!
+//! `E(t, T) = Σ_rows Σ_j imp_j · (w_j − ŵ_j)²`,
+//!
+//! the expected increase of the squared output error of the layer `y = W x` when the
+//! calibration inputs have second moments `imp_j = E[x_j²]` and uncorrelated columns (the
+//! objective ggml's importance-weighted quantizers minimize per block). Without an entry the
+//! weights are 1 (plain squared error). It is reported relative to the tensor's own weighted
+//! energy `Σ_rows Σ_j imp_j · w_j²`, so that tensors of different sizes and scales compare:
+//! the relative output noise each layer adds.
+//!
+//! Work is split in pieces of rows measured in parallel (rayon); large tensors are sampled:
+//! at most [`SAMPLE_VALUES`] values per tensor, in pieces spread evenly over its rows (every
+//! expert of a stacked expert tensor is visited when there are enough pieces).
+
+use anyhow::{Context, Result};
+use moeq_formats::gguf::GgmlType;
+use rayon::prelude::*;
+
+use crate::plan::recipe::{Recipe, Scratch};
+use crate::plan::transcode::to_f32;
+use crate::write::progress::steps_bar;
+
+/// Most values measured per tensor.
+pub const SAMPLE_VALUES: u64 = 1 << 20;
+
+/// Rows per piece of work (fewer for wide rows).
+const PIECE_VALUES: u64 = 1 << 16;
+
+/// The measured error of one candidate type of one tensor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measured {
+    /// The type.
+    pub ty: GgmlType,
+    /// `Σ imp · (w − ŵ)²` over the sampled rows (`f64::INFINITY` when the type cannot hold
+    /// the values: an F16 overflow, a block scale that overflows).
+    pub error: f64,
+    /// `Σ imp · w²` over the same rows.
+    pub energy: f64,
+}
+
+impl Measured {
+    /// The error relative to the tensor's weighted energy (0 for an all-zero tensor).
+    pub fn relative(&self) -> f64 {
+        if self.energy > 0.0 {
+            self.error / self.energy
+        } else if self.error > 0.0 {
+            f64::INFINITY
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The pieces (first row, rows) measured, out of a tensor's `pieces` (in order, each of at
+/// most [`PIECE_VALUES`] values of rows of `ne0`): all of them when they hold at most
+/// [`SAMPLE_VALUES`] values, else a subset spread evenly over the list.
+pub fn sample_pieces(pieces: &[(u64, u64)], ne0: u64) -> Vec<(u64, u64)> {
+    let total: u64 = pieces.iter().map(|p| p.1 * ne0).sum();
+    if total <= SAMPLE_VALUES || pieces.is_empty() {
+        return pieces.to_vec();
+    }
+    let per = (total / pieces.len() as u64).max(1);
+    let keep = (SAMPLE_VALUES / per).clamp(1, pieces.len() as u64);
+    (0..keep).map(|k| pieces[(k * pieces.len() as u64 / keep) as usize]).collect()
+}
+
+/// Measures every candidate type of every tensor: `jobs[i]` is tensor `i`'s recipe (values
+/// read as it would be written; importance weights attached when it has them) and candidate
+/// types. Returns per tensor one [`Measured`] per candidate, in the candidates' order.
+///
+/// Errors: reading the input fails, or a quantizer fails on something other than an
+/// overflow (non-finite input).
+pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec<Measured>>> {
+    let mut work: Vec<(usize, u64, u64)> = Vec::new();
+    for (i, (recipe, _)) in jobs.iter().enumerate() {
+        work.extend(
+            sample_pieces(&recipe.pieces(PIECE_VALUES * 2, PIECE_VALUES), recipe.row_len())
+                .into_iter()
+                .map(|(f, n)| (i, f, n)),
+        );
+    }
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { steps_bar(work.len() as u64, "measure") };
+    let parts: Vec<(usize, Vec<(f64, f64)>)> = work
+        .par_iter()
+        .map_init(Scratch::default, |scratch, &(i, first, count)| -> Result<(usize, Vec<(f64, f64)>)> {
+            let (recipe, types) = &jobs[i];
+            let out = measure_piece(recipe, types, first, count, scratch)
+                .with_context(|| format!("measuring tensor '{}'", recipe.spec.name))?;
+            // Let the input pages go, as the writer does: memory stays bounded.
+            recipe.release(first, count);
+            bar.inc(1);
+            Ok((i, out))
+        })
+        .collect::<Result<_>>()?;
+    bar.finish_and_clear();
+    let mut out: Vec<Vec<Measured>> = jobs
+        .iter()
+        .map(|(_, types)| types.iter().map(|&ty| Measured { ty, error: 0.0, energy: 0.0 }).collect())
+        .collect();
+    for (i, sums) in parts {
+        for (m, (e, w)) in out[i].iter_mut().zip(sums) {
+            m.error += e;
+            m.energy += w;
+        }
+    }
+    Ok(out)
+}
+
+/// `(Σ imp (w − ŵ)², Σ imp w²)` of rows `first..first + count` for each type.
+fn measure_piece(
+    recipe: &Recipe,
+    types: &[GgmlType],
+    first: u64,
+    count: u64,
+    scratch: &mut Scratch,
+) -> Result<Vec<(f64, f64)>> {
+    let ne0 = recipe.row_len() as usize;
+    let values = recipe.values(first, count, scratch)?.to_vec();
+    // Importance weights per row (1 without an entry).
+    let mut weights = vec![1.0f32; values.len()];
+    if let Some(imp) = &recipe.importance {
+        let entry = &imp.file.entries()[imp.entry];
+        let per = imp.rows_per_matrix.max(1);
+        for (r, row) in weights.chunks_exact_mut(ne0).enumerate() {
+            imp.file.weights(entry, ((first + r as u64) / per) as usize, row);
+        }
+    }
+    let energy: f64 = values.iter().zip(&weights).map(|(&v, &w)| w as f64 * v as f64 * v as f64).sum();
+    let mut back = vec![0.0f32; values.len()];
+    let mut out = Vec::with_capacity(types.len());
+    for &ty in types {
+        let probe = recipe.clone().retype(ty);
+        let mut s = Scratch::default();
+        let bytes = match probe.rows(first, count, &mut s) {
+            Ok(b) => b,
+            Err(e) if e.chain().any(|c| c.downcast_ref::<crate::plan::transcode::Overflow>().is_some()) => {
+                out.push((f64::INFINITY, energy));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        to_f32(ty, bytes, &mut back)?;
+        let err: f64 = values
+            .iter()
+            .zip(&back)
+            .zip(&weights)
+            .map(|((&v, &q), &w)| {
+                let d = v as f64 - q as f64;
+                w as f64 * d * d
+            })
+            .sum();
+        out.push((err, energy));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample_pieces;
+
+    #[test]
+    fn small_tensors_are_measured_whole_and_large_ones_sampled_evenly() {
+        let pieces =
+            |rows: u64, per: u64| (0..rows).step_by(per as usize).map(|f| (f, per.min(rows - f))).collect::<Vec<_>>();
+        let whole = sample_pieces(&pieces(100, 113), 576);
+        assert_eq!(whole, pieces(100, 113));
+        let all = pieces(49152, 113);
+        let big = sample_pieces(&all, 576);
+        let rows: u64 = big.iter().map(|p| p.1).sum();
+        assert!(rows * 576 <= super::SAMPLE_VALUES && rows * 576 >= super::SAMPLE_VALUES / 2, "{rows}");
+        assert!(big.last().unwrap().0 > 40000, "the sample reaches the end of the tensor");
+        assert!(big.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+        assert!(big.iter().all(|p| all.contains(p)));
+    }
+}

@@ -1,0 +1,513 @@
+//! Size budget → per-tensor types (`moeq convert --target-size S | --target-bpw B | --type T
+//! --optimize`): every tensor llama-quantize would quantize gets the ggml type that makes the
+//! summed measured error least within the byte budget, and every decision is logged.
+//!
+//! 1. Candidates ([`candidate_types`]): the k- and i-quants, the legacy block types, Q8_0,
+//!    F16 and BF16 whose blocks divide the tensor's rows; the 1–3-bit i-quants that need
+//!    importance weights only when the tensor has an importance matrix entry.
+//! 2. Errors ([`measure`]): each candidate quantized and dequantized by the writer's own
+//!    code, the squared error weighted by the importance matrix, relative to the tensor's
+//!    weighted energy.
+//! 3. Choice ([`knapsack`]): the multiple-choice knapsack, exact for sizes rounded to a unit,
+//!    over the bytes the file may hold: the budget counts the header (with the `moeq.optimize.*`
+//!    keys), tensors kept as they are (norms, released MXFP4 experts, tensors whose type an
+//!    option sets) and the alignment padding, so the file is never larger than the target.
+//!    `--type T --optimize` targets the size of the file llama-quantize makes for T.
+//! 4. Log ([`OptimizeLog`]): per tensor the type, its measured error and bytes, the
+//!    candidates, and why (what the neighbouring choices would cost or save); printed by
+//!    `--dry-run`, in `--json` / `--report`, and in the GGUF under `moeq.optimize.*`.
+//!
+//! Stacked experts are one GGUF tensor and share one type.
+
+pub mod knapsack;
+pub mod measure;
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use moeq_formats::gguf::{Array, GgmlType, GgufPlan, Value};
+use serde_json::{Value as Json, json};
+
+use crate::inspect::human_bytes;
+use crate::plan::imatrix_file::ImatrixFile;
+use crate::plan::quant_plan::Ftype;
+use crate::plan::quant_rules::Step;
+use crate::plan::quant_rules::report::{ImatrixUse, PlanReport};
+use crate::plan::recipe::{Importance, Input, Recipe};
+use crate::plan::transcode::can_write;
+use knapsack::{Choice, KnapsackError};
+use measure::Measured;
+
+/// What the budget is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// `--target-size`: bytes of the whole file.
+    Size(u64),
+    /// `--target-bpw`: bits per weight of all tensor data (every tensor's bytes · 8 / its
+    /// elements, summed over all tensors; the header is not counted).
+    Bpw(f64),
+    /// `--type T --optimize`: the size of the file llama-quantize makes for T.
+    Mix,
+}
+
+impl Target {
+    /// In words, for the log and `moeq.optimize.target` (the number is in
+    /// `moeq.optimize.budget_bytes`, so the header's length does not depend on it).
+    fn describe(&self, ftype: Ftype) -> String {
+        match self {
+            Target::Size(_) => "--target-size".into(),
+            Target::Bpw(_) => "--target-bpw".into(),
+            Target::Mix => format!("--type {} --optimize: the size of llama-quantize's {0} file", ftype.name()),
+        }
+    }
+}
+
+/// The method, written to `moeq.optimize.method`.
+pub const METHOD: &str = "multiple-choice knapsack (dynamic programming over sizes rounded up to a unit)";
+
+/// The error measure, written to `moeq.optimize.error`.
+pub const ERROR_WITH_IMATRIX: &str =
+    "sum over rows and columns of imatrix weight * (w - dequant(quant(w)))^2, relative to sum imatrix weight * w^2";
+/// The error measure without an importance matrix.
+pub const ERROR_PLAIN: &str = "sum of (w - dequant(quant(w)))^2 relative to sum w^2";
+
+/// Every type the budget may choose, cheapest first within each family (the order only breaks ties).
+pub const CANDIDATES: &[GgmlType] = &[
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::Q2_K,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::Q3_K,
+    GgmlType::IQ4_XS,
+    GgmlType::IQ4_NL,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q4_K,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q8_0,
+    GgmlType::F16,
+    GgmlType::BF16,
+];
+
+/// Types ggml's quantizers make only with importance weights (and llama-quantize refuses
+/// without them).
+fn needs_importance(ty: GgmlType) -> bool {
+    use GgmlType as G;
+    matches!(ty, G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS)
+}
+
+/// The candidate types of a tensor with rows of `ne0` values: those whose block divides the
+/// rows and that moeq writes, among `allowed` (all of [`CANDIDATES`] when `None`); the types
+/// that need importance weights only when `importance`.
+pub fn candidate_types(ne0: u64, importance: bool, allowed: Option<&[GgmlType]>) -> Vec<GgmlType> {
+    CANDIDATES
+        .iter()
+        .copied()
+        .filter(|&t| allowed.is_none_or(|a| a.contains(&t)))
+        .filter(|&t| ne0.is_multiple_of(t.block_size()) && can_write(t) && (importance || !needs_importance(t)))
+        .collect()
+}
+
+/// One tensor's decision.
+#[derive(Clone, Debug)]
+pub struct TensorDecision {
+    /// The tensor.
+    pub name: String,
+    /// The chosen type.
+    pub ty: GgmlType,
+    /// Its measured relative error.
+    pub error: f64,
+    /// Its bytes.
+    pub bytes: u64,
+    /// Every candidate: type, bytes, measured relative error (infinite: cannot hold the
+    /// values).
+    pub candidates: Vec<(GgmlType, u64, f64)>,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// The decision log of an optimized build.
+#[derive(Clone, Debug)]
+pub struct OptimizeLog {
+    /// What the budget is, in words.
+    pub target: String,
+    /// [`METHOD`].
+    pub method: String,
+    /// The error measure.
+    pub error_measure: String,
+    /// The file size allowed.
+    pub budget_bytes: u64,
+    /// The smallest file the candidates allow.
+    pub min_bytes: u64,
+    /// The size of the file written.
+    pub file_bytes: u64,
+    /// The rounding unit of the knapsack.
+    pub unit: u64,
+    /// Summed relative error of the chosen types.
+    pub total_error: f64,
+    /// Summed relative error of llama-quantize's types for the same tensors (when they were
+    /// among the candidates).
+    pub mix_error: Option<f64>,
+    /// Per optimized tensor, in file order.
+    pub tensors: Vec<TensorDecision>,
+}
+
+impl OptimizeLog {
+    /// The JSON of `--json` / `--report` (`"optimize"`).
+    pub fn to_json(&self) -> Json {
+        json!({
+            "target": self.target,
+            "method": self.method,
+            "error_measure": self.error_measure,
+            "budget_bytes": self.budget_bytes,
+            "min_bytes": self.min_bytes,
+            "file_bytes": self.file_bytes,
+            "unit_bytes": self.unit,
+            "total_error": self.total_error,
+            "mix_error": self.mix_error,
+            "tensors": self.tensors.iter().map(|t| json!({
+                "name": t.name,
+                "type": t.ty.name(),
+                "error": finite(t.error),
+                "bytes": t.bytes,
+                "why": t.why,
+                "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.name(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Lines for the `--dry-run` table.
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "optimized for {}: budget {} ({} bytes), smallest possible {}, file {} ({} bytes)\n  method: {}\n  error: {}\n  summed error {:.4e}",
+            self.target,
+            human_bytes(self.budget_bytes),
+            self.budget_bytes,
+            human_bytes(self.min_bytes),
+            human_bytes(self.file_bytes),
+            self.file_bytes,
+            self.method,
+            self.error_measure,
+            self.total_error
+        );
+        if let Some(m) = self.mix_error {
+            out.push_str(&format!(" (llama-quantize's types for the same tensors: {m:.4e})"));
+        }
+        out.push('\n');
+        out
+    }
+
+    /// The `moeq.optimize.*` keys (llama.cpp ignores keys it does not know).
+    pub fn metadata(&self) -> Vec<(String, Value)> {
+        metadata_keys(
+            &self.target,
+            &self.method,
+            &self.error_measure,
+            self.budget_bytes,
+            self.total_error,
+            self.tensors.iter().map(|t| (t.name.clone(), t.ty.name().to_string(), t.error)).collect(),
+        )
+    }
+}
+
+fn finite(x: f64) -> Json {
+    if x.is_finite() { json!(x) } else { Json::Null }
+}
+
+fn metadata_keys(
+    target: &str,
+    method: &str,
+    error: &str,
+    budget: u64,
+    total: f64,
+    tensors: Vec<(String, String, f64)>,
+) -> Vec<(String, Value)> {
+    let s = |v: &str| Value::String(v.to_string());
+    vec![
+        ("moeq.optimize.target".into(), s(target)),
+        ("moeq.optimize.method".into(), s(method)),
+        ("moeq.optimize.error".into(), s(error)),
+        ("moeq.optimize.budget_bytes".into(), Value::U64(budget)),
+        ("moeq.optimize.total_error".into(), Value::F64(total)),
+        ("moeq.optimize.tensors".into(), Value::Array(Array::String(tensors.iter().map(|t| t.0.clone()).collect()))),
+        ("moeq.optimize.types".into(), Value::Array(Array::String(tensors.iter().map(|t| t.1.clone()).collect()))),
+        ("moeq.optimize.errors".into(), Value::Array(Array::F32(tensors.iter().map(|t| t.2 as f32).collect()))),
+    ]
+}
+
+/// Steps that fix a tensor's type: never optimized.
+const FIXED_RULES: &[&str] =
+    &["not-quantized", "released-mxfp4", "token-embedding-type", "output-tensor-type", "tensor-type", "copy"];
+
+/// Settings of [`optimize`].
+pub struct OptimizeSettings<'m> {
+    /// The budget.
+    pub target: Target,
+    /// The file type written to `general.file_type`; `None`: the one whose default type
+    /// holds most of the optimized bytes.
+    pub ftype: Option<Ftype>,
+    /// The file type whose plan `plan` / `report` are (for [`Target::Mix`]).
+    pub planned: Ftype,
+    /// The importance matrix (already filtered), if any.
+    pub imatrix: Option<&'m Arc<ImatrixFile>>,
+    /// `--candidate-types`: the types to choose among (`None`: [`CANDIDATES`]).
+    pub candidates: Option<Vec<GgmlType>>,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// Rechooses the types of a requantization plan (`plan`, `recipes` and `report` as
+/// [`crate::plan::quant_rules::apply::requantize`] made them) to the budget. Returns the new
+/// plan (with the `moeq.optimize.*` keys), recipes and report (with [`OptimizeLog`]).
+///
+/// Errors: the budget is smaller than the smallest possible file (every optimized tensor at
+/// its smallest candidate), naming both sizes; reading or quantizing the input fails.
+pub fn optimize<'a>(
+    mut plan: GgufPlan,
+    mut recipes: Vec<Recipe<'a>>,
+    mut report: PlanReport,
+    settings: &OptimizeSettings,
+) -> Result<(GgufPlan, Vec<Recipe<'a>>, PlanReport)> {
+    let alignment = match plan.get("general.alignment") {
+        Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
+        _ => 32,
+    };
+    let pad = |b: u64| b.div_ceil(alignment) * alignment;
+    let mix_file = plan.layout().map_err(anyhow::Error::msg)?.file_len;
+
+    // Which tensors are chosen here, with importance weights attached where the matrix has
+    // an entry that fits.
+    let mut chosen: Vec<usize> = Vec::new();
+    for (i, (recipe, row)) in recipes.iter_mut().zip(&report.rows).enumerate() {
+        let fixed =
+            row.steps.iter().any(|s| FIXED_RULES.contains(&s.rule)) || matches!(recipe.input(), Input::Owned(_));
+        if fixed {
+            continue;
+        }
+        if recipe.importance.is_none()
+            && let Some(m) = settings.imatrix
+            && let Some(index) = m.position(&recipe.spec.name)
+        {
+            let ne = &recipe.spec.ne;
+            let (ne0, n_mat) = (ne.first().copied().unwrap_or(1), ne.get(2).copied().unwrap_or(1));
+            if m.entries()[index].n_values as u64 == ne0 * n_mat {
+                recipe.importance = Some(Importance {
+                    file: Arc::clone(m),
+                    entry: index,
+                    rows_per_matrix: ne.get(1).copied().unwrap_or(1),
+                });
+            }
+        }
+        chosen.push(i);
+    }
+    if chosen.is_empty() {
+        bail!("no tensor of this model can be quantized, so there is nothing to choose types for");
+    }
+
+    let jobs: Vec<(&Recipe, Vec<GgmlType>)> = chosen
+        .iter()
+        .map(|&i| {
+            (
+                &recipes[i],
+                candidate_types(recipes[i].row_len(), recipes[i].importance.is_some(), settings.candidates.as_deref()),
+            )
+        })
+        .collect();
+    if let Some((r, _)) = jobs.iter().find(|(_, c)| c.is_empty()) {
+        bail!(
+            "tensor '{}': rows of {} values fit no candidate type{}",
+            r.spec.name,
+            r.row_len(),
+            if settings.candidates.is_some() { " of --candidate-types" } else { "" }
+        );
+    }
+    let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
+    let items: Vec<Vec<Choice>> = chosen
+        .iter()
+        .zip(&measured)
+        .map(|(&i, ms)| {
+            ms.iter()
+                .map(|m| Choice {
+                    bytes: pad(m.ty.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4)),
+                    error: m.relative(),
+                })
+                .collect()
+        })
+        .collect();
+
+    // The header with the moeq keys, every type name as long as the longest candidate's:
+    // the real header is no longer.
+    let longest = "X".repeat(CANDIDATES.iter().map(|t| t.name().len()).max().unwrap_or(8));
+    let target_text = settings.target.describe(settings.planned);
+    let error_text = if settings.imatrix.is_some() { ERROR_WITH_IMATRIX } else { ERROR_PLAIN };
+    let placeholder = metadata_keys(
+        &target_text,
+        METHOD,
+        error_text,
+        u64::MAX,
+        0.0,
+        chosen.iter().map(|&i| (recipes[i].spec.name.clone(), longest.clone(), 0.0)).collect(),
+    );
+    for (k, v) in &placeholder {
+        plan.set(k, v.clone());
+    }
+    // Tensor infos take the same bytes whatever the type; the layout pads the header.
+    let header = plan.layout().map_err(anyhow::Error::msg)?.header.len() as u64;
+    let fixed: u64 = (0..recipes.len())
+        .filter(|i| !chosen.contains(i))
+        .map(|i| pad(recipes[i].spec.ggml_type.tensor_bytes(&recipes[i].spec.ne).unwrap_or(0)))
+        .sum();
+    let elements: u64 = recipes.iter().map(|r| r.spec.ne.iter().product::<u64>()).sum();
+    let budget_file = match settings.target {
+        Target::Size(s) => s,
+        Target::Mix => mix_file,
+        Target::Bpw(b) => header + (b * elements as f64 / 8.0).floor() as u64,
+    };
+    let min_items: u64 = items.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+    let min_file = header + fixed + min_items;
+    let item_budget = budget_file.checked_sub(header + fixed);
+    let solution = match item_budget.map(|b| knapsack::solve(&items, b)) {
+        Some(Ok(s)) => s,
+        None | Some(Err(KnapsackError::TooSmall { .. })) => bail!(
+            "{target_text}: the budget of {} ({budget_file} bytes) is smaller than the smallest file moeq can make \
+             of this model, {} ({min_file} bytes: every quantized tensor at its smallest candidate type, the \
+             {} other tensors as they are, and the header)",
+            human_bytes(budget_file),
+            human_bytes(min_file),
+            recipes.len() - chosen.len()
+        ),
+        Some(Err(e)) => bail!("choosing types: {e}"),
+    };
+
+    // Apply the choice.
+    let mut decisions = Vec::with_capacity(chosen.len());
+    let mut mix_error = Some(0.0);
+    for (k, &i) in chosen.iter().enumerate() {
+        let pick = solution.picks[k];
+        let m = &measured[k];
+        let ty = m[pick].ty;
+        let front = knapsack::pareto(&items[k]);
+        let pos = front.iter().position(|&o| o == pick).unwrap_or(0);
+        let mut why = format!("size budget: {ty}, relative error {:.3e}", items[k][pick].error);
+        if pos > 0 {
+            let c = front[pos - 1];
+            why.push_str(&format!(
+                "; {} would save {} for {:+.3e}",
+                m[c].ty,
+                human_bytes(items[k][pick].bytes - items[k][c].bytes),
+                items[k][c].error - items[k][pick].error
+            ));
+        }
+        if let Some(&d) = front.get(pos + 1) {
+            why.push_str(&format!(
+                "; {} would cost {} more for {:+.3e}",
+                m[d].ty,
+                human_bytes(items[k][d].bytes - items[k][pick].bytes),
+                items[k][d].error - items[k][pick].error
+            ));
+        }
+        let row = &mut report.rows[i];
+        mix_error = match (mix_error, m.iter().position(|x| x.ty == row.ty)) {
+            (Some(acc), Some(p)) => Some(acc + items[k][p].error),
+            _ => None,
+        };
+        row.steps.push(Step { rule: "optimize", ty, detail: why.clone() });
+        row.ty = ty;
+        row.bytes = ty.tensor_bytes(&row.ne).unwrap_or(0);
+        row.requires_imatrix = needs_importance(ty);
+        let recipe = recipes[i].clone().retype(ty);
+        if let (Some(imp), Some(m)) = (&recipe.importance, settings.imatrix) {
+            let e = &m.entries()[imp.entry];
+            row.imatrix = Some(ImatrixUse::Used {
+                counts: e.counts.clone(),
+                legacy: e.n_mat() == 1 && recipe.spec.ne.get(2).copied().unwrap_or(1) > 1,
+            });
+        } else if settings.imatrix.is_some() && row.imatrix.is_none() && ty.is_quantized() {
+            row.imatrix = Some(ImatrixUse::NoEntry { refused: false });
+        }
+        recipes[i] = recipe;
+        decisions.push(TensorDecision {
+            name: row.name.clone(),
+            ty,
+            error: items[k][pick].error,
+            bytes: row.bytes,
+            candidates: m.iter().zip(&items[k]).map(|(x, c)| (x.ty, c.bytes, c.error)).collect(),
+            why,
+        });
+    }
+    let ftype = settings.ftype.unwrap_or_else(|| dominant_ftype(&decisions));
+    report.ftype = Some(ftype);
+    plan.set("general.file_type", Value::U32(ftype.id()));
+    plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
+    let mut log = OptimizeLog {
+        target: target_text,
+        method: METHOD.into(),
+        error_measure: error_text.into(),
+        budget_bytes: budget_file,
+        min_bytes: min_file,
+        file_bytes: 0,
+        unit: solution.unit,
+        total_error: solution.error,
+        mix_error: if settings.target == Target::Mix { mix_error } else { None },
+        tensors: decisions,
+    };
+    for (k, v) in log.metadata() {
+        plan.set(&k, v);
+    }
+    log.file_bytes = plan.layout().map_err(anyhow::Error::msg)?.file_len;
+    if log.file_bytes > budget_file {
+        bail!(
+            "internal error: the optimized file would take {} bytes, more than the budget of {budget_file}",
+            log.file_bytes
+        );
+    }
+    report.optimize = Some(log);
+    Ok((plan, recipes, report))
+}
+
+/// The file type named after the type holding most of the optimized bytes (`Q4_K` →
+/// `Q4_K_M`, `IQ4_XS` → `IQ4_XS`, `Q8_0` → `Q8_0`, `F16` → `F16`).
+fn dominant_ftype(decisions: &[TensorDecision]) -> Ftype {
+    let mut by_type: Vec<(GgmlType, u64)> = Vec::new();
+    for d in decisions {
+        match by_type.iter_mut().find(|(t, _)| *t == d.ty) {
+            Some(e) => e.1 += d.bytes,
+            None => by_type.push((d.ty, d.bytes)),
+        }
+    }
+    let ty = by_type.iter().max_by_key(|e| e.1).map_or(GgmlType::Q8_0, |e| e.0);
+    let named = |n: &str| Ftype::all().find(|f| f.name() == n);
+    named(&format!("{}_M", ty.name()))
+        .or_else(|| named(ty.name()))
+        .or_else(|| Ftype::all().find(|f| f.default_type() == ty))
+        .unwrap_or(Ftype::Q8_0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_the_row_width_and_the_importance_matrix() {
+        let narrow = candidate_types(576, true, None);
+        assert!(narrow.iter().all(|t| 576 % t.block_size() == 0));
+        assert!(
+            narrow.contains(&GgmlType::IQ4_NL) && narrow.contains(&GgmlType::Q5_0) && narrow.contains(&GgmlType::F16)
+        );
+        assert!(!narrow.contains(&GgmlType::Q4_K));
+        let wide = candidate_types(1536, false, None);
+        assert!(wide.contains(&GgmlType::Q2_K) && wide.contains(&GgmlType::IQ3_S) && wide.contains(&GgmlType::Q6_K));
+        assert!(!wide.iter().any(|&t| needs_importance(t)));
+        let with = candidate_types(1536, true, None);
+        assert!(with.contains(&GgmlType::IQ2_XXS) && with.contains(&GgmlType::IQ1_S));
+        let only = candidate_types(576, true, Some(&[GgmlType::Q4_K, GgmlType::Q8_0]));
+        assert_eq!(only, vec![GgmlType::Q8_0]);
+    }
+}
