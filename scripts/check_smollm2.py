@@ -14,8 +14,10 @@ importance matrix, naming the same tensor). SmolLM2's width (576) is not a multi
 the k-quant and i-quant file types exercise llama-quantize's row-width fallbacks on every layer.
 
 The importance matrix: --imatrix FILE if given; else one made by llama-imatrix (when it is
-beside llama-quantize) on CPython's pydoc_data.topics text (-c 512 --chunks 8); else the
-committed tests/fixtures/smollm2/imatrix-pydoc.gguf (made the same way).
+beside llama-quantize) on CPython's pydoc_data.topics text (the topics joined by blank lines,
+-c 512 --chunks 8); else the committed tests/fixtures/smollm2/imatrix-pydoc.gguf (llama-imatrix
+on that text with -c 512 --chunks 100, 631 KB: `llama-imatrix -m SMOL-BF16.gguf -f TOPICS.txt
+-c 512 --chunks 100 -t 2`).
 
 --quick (CI) compares a subset of file types covering each quantizer family (see QUICK); the
 default is every file type.
