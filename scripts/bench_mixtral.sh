@@ -12,7 +12,8 @@
 # e.g. scripts/bench_mixtral.sh 2 Q3_K_M IQ4_XS IQ2_XXS+imat. A TYPE+imat build uses an
 # importance matrix: $IMATRIX, else one made (untimed) by llama-imatrix (LLAMA_IMATRIX, default
 # beside llama-quantize) on the bf16 GGUF with CPython's pydoc_data.topics text, -c 128 --chunks 4.
-# Times are wall seconds and peak RSS from /usr/bin/time, the checkpoint in the page cache.
+# Times are wall seconds (the ratios) and CPU seconds (user + system, telling on a busy machine)
+# and peak RSS from /usr/bin/time, the checkpoint in the page cache.
 #
 # llama-quantize: build llama.cpp from llama-cpp-python's sdist with cmake
 # (cmake -B build -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON && cmake --build
@@ -31,10 +32,11 @@ cargo build --release --quiet
 : "${LLAMA_QUANTIZE:?set LLAMA_QUANTIZE to a llama-quantize binary}"
 timed() { # label, command...
     local label=$1; shift
-    /usr/bin/time -f "%e %M" -o bench-data/time.txt "$@" > bench-data/step.log 2>&1 \
+    /usr/bin/time -f "%e %M %U %S" -o bench-data/time.txt "$@" > bench-data/step.log 2>&1 \
         || { echo "$label failed:" >&2; tail -5 bench-data/step.log >&2; exit 1; }
-    read -r secs kb < bench-data/time.txt
-    printf '%-52s %8.1f s  peak RSS %7.1f MB\n' "$label" "$secs" "$(echo "$kb / 1024" | bc -l)" >&2
+    read -r secs kb user sys < bench-data/time.txt
+    printf '%-52s %8.1f s wall %8.1f s CPU  peak RSS %7.1f MB\n' "$label" "$secs" "$(echo "$user + $sys" | bc)" \
+        "$(echo "$kb / 1024" | bc -l)" >&2
     echo "$secs"
 }
 warm() { cat "$src"/*.safetensors > /dev/null; }
