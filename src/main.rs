@@ -54,7 +54,6 @@ struct VerifyOptions {
 }
 
 /// Runs `moeq verify`: exit status 1 when a check fails.
-#[allow(clippy::too_many_arguments)]
 fn run_verify(
     source: &std::path::Path,
     output: &std::path::Path,
