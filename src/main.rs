@@ -316,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for file in &summary.files {
                     eprintln!("wrote {}", file.display());
                 }
-                eprintln!("{} tensors, {}", summary.tensors, human_bytes(summary.bytes));
+                eprintln!("{} tensors, {} of tensor data read", summary.tensors, human_bytes(summary.bytes));
             }
             if verify {
                 let first = match format {

@@ -78,6 +78,29 @@ impl Blocks for DeepseekV3Blocks {
             );
         }
         let groups = int("expert_group_count", 1)?.max(1.0);
+        let groups_used = int("expert_group_used_count", groups as u64)?;
+        // Group-limited routing needs groups of two or more experts (a group scores by its top
+        // two) and room for the experts used in the groups kept (as config.rs checks a
+        // checkpoint's n_group / topk_group).
+        if groups > 1.0 {
+            let experts = int("expert_count", 0)?;
+            let used = int("expert_used_count", 0)?;
+            let per = (experts / groups).floor();
+            if experts % groups != 0.0 || per < 2.0 {
+                bail!(
+                    "metadata '{}' is {groups}: it does not divide the {experts} experts ('{}') into groups of two or more",
+                    meta.key("expert_group_count"),
+                    meta.key("expert_count")
+                );
+            }
+            if groups_used < 1.0 || groups_used > groups || used > groups_used * per {
+                bail!(
+                    "metadata '{}' is {groups_used}: {used} experts per token ('{}') do not fit in that many of {groups} groups of {per}",
+                    meta.key("expert_group_used_count"),
+                    meta.key("expert_used_count")
+                );
+            }
+        }
         // The softmax scale: llama.cpp's mscale = 1 + log multiplier · ln factor (with YaRN).
         let factor = meta.float("rope.scaling.factor")?.unwrap_or(1.0);
         let yarn = matches!(meta.value("rope.scaling.type"), Some(Value::String(t)) if t == "yarn");
@@ -89,7 +112,7 @@ impl Blocks for DeepseekV3Blocks {
             ("leading_dense", int("leading_dense_block_count", 0)?),
             ("gating", gating),
             ("groups", groups),
-            ("groups_used", int("expert_group_used_count", groups as u64)?),
+            ("groups_used", groups_used),
             ("weights_norm", if flag(meta, "expert_weights_norm")? { 1.0 } else { 0.0 }),
             ("weights_scale", meta.float("expert_weights_scale")?.unwrap_or(1.0)),
             ("kv_lora_rank", int("attention.kv_lora_rank", 0)?),
@@ -267,8 +290,8 @@ fn route(logits: &[f32], bias: &[f32], k: usize, c: &Config) -> (Vec<usize>, Vec
     }
     let mut choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
     let groups = x("groups") as usize;
-    if groups > 1 {
-        let per = choice.len() / groups;
+    let per = choice.len() / groups.max(1);
+    if groups > 1 && per > 0 {
         let group_scores: Vec<f32> =
             choice.chunks_exact(per).map(|g| top_k(g, 2).iter().map(|&i| g[i]).sum::<f32>()).collect();
         let kept = top_k(&group_scores, x("groups_used") as usize);
