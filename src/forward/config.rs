@@ -339,7 +339,7 @@ impl Config {
             sliding_window: m.opt("attention.sliding_window")?.map_or(0, |h| h.value as usize),
             inv_freq,
             rope_scale,
-            extra: blocks.hparams(&m).with_context(|| format!("{path}"))?,
+            extra: blocks.hparams(&m).with_context(|| path.to_string())?,
         };
         Ok((config, family))
     }
