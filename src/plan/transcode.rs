@@ -112,9 +112,7 @@ pub fn from_f32(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<()> {
         other => match quant_type(other) {
             Some(q) => {
                 k.quantize(q, src, dst)?;
-                if let Some(index) = overflowed_scale(other, dst, src).or_else(|| overflowed_square(other, src)) {
-                    return Err(Overflow { index, value: src[index], ty, scale: true }.into());
-                }
+                check_block_overflow(other, dst, src)?;
             }
             None => bail!("writing {other} tensors is not supported"),
         },
@@ -129,10 +127,7 @@ pub fn from_f32_weighted(ty: GgmlType, src: &[f32], dst: &mut [u8], n_per_row: u
     match quant_type(ty) {
         Some(q) if !matches!(ty, GgmlType::Q8_0 | GgmlType::MXFP4) => {
             active().quantize_weighted(q, src, dst, n_per_row, weights)?;
-            if let Some(index) = overflowed_scale(ty, dst, src).or_else(|| overflowed_square(ty, src)) {
-                return Err(Overflow { index, value: src[index], ty, scale: true }.into());
-            }
-            Ok(())
+            check_block_overflow(ty, dst, src)
         }
         _ => from_f32(ty, src, dst),
     }
@@ -172,6 +167,15 @@ impl std::fmt::Display for Overflow {
 }
 
 impl std::error::Error for Overflow {}
+
+/// Refuses blocks of `ty` encoded from `src` into `blocks` whose F16 scales overflowed, or whose
+/// values' squares did (see [`overflowed_scale`], [`overflowed_square`]).
+fn check_block_overflow(ty: GgmlType, blocks: &[u8], src: &[f32]) -> Result<()> {
+    match overflowed_scale(ty, blocks, src).or_else(|| overflowed_square(ty, src)) {
+        Some(index) => Err(Overflow { index, value: src[index], ty, scale: true }.into()),
+        None => Ok(()),
+    }
+}
 
 /// The first value whose output half has an all-ones `exponent` (infinite or NaN) while the
 /// input is finite. A branch-free pass first (it vectorizes); the search only on a hit.
@@ -238,7 +242,11 @@ fn overflowed_scale(ty: GgmlType, blocks: &[u8], src: &[f32]) -> Option<usize> {
     if !any {
         return None;
     }
-    let b = blocks.chunks_exact(block_bytes).position(hit)?;
+    largest_in_block(src, blocks.chunks_exact(block_bytes).position(hit)?, per_block)
+}
+
+/// The index in `src` of the largest magnitude of block `b` (of `per_block` values).
+fn largest_in_block(src: &[f32], b: usize, per_block: usize) -> Option<usize> {
     let values = src.get(b * per_block..(b + 1) * per_block)?;
     let largest = values.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))?.0;
     Some(b * per_block + largest)
@@ -251,10 +259,7 @@ fn overflowed_iq1_m(blocks: &[u8], src: &[f32], per_block: usize, block_bytes: u
         let sc = |i: usize| u16::from_le_bytes([b[48 + 2 * i], b[49 + 2 * i]]);
         (sc(0) >> 12) | ((sc(1) >> 8) & 0x00f0) | ((sc(2) >> 4) & 0x0f00) | (sc(3) & 0xf000)
     };
-    let b = blocks.chunks_exact(block_bytes).position(|b| scale(b) & 0x7C00 == 0x7C00)?;
-    let values = src.get(b * per_block..(b + 1) * per_block)?;
-    let largest = values.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))?.0;
-    Some(b * per_block + largest)
+    largest_in_block(src, blocks.chunks_exact(block_bytes).position(|b| scale(b) & 0x7C00 == 0x7C00)?, per_block)
 }
 
 #[cfg(test)]
