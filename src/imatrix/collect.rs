@@ -92,9 +92,10 @@ impl Collector {
         Ok(())
     }
 
-    /// Every entry collected so far (flushed layers), sorted by name (as llama-imatrix sorts).
-    pub fn entries(&self) -> Vec<Entry> {
-        self.done.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    /// Every entry collected so far (flushed layers), sorted by name (as llama-imatrix sorts),
+    /// moved out of the collector (no copy: the matrix is held once), which is left empty.
+    pub fn take_entries(&self) -> Vec<Entry> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect()
     }
 }
 

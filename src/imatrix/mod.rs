@@ -190,7 +190,7 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Resul
     let coverage =
         Coverage { routed, tokens: t as u64, threshold: opts.min_expert_tokens.unwrap_or((mean / 10).max(1)) };
     let imatrix = Imatrix {
-        entries: collector.entries(),
+        entries: collector.take_entries(),
         datasets: opts.datasets.clone(),
         chunk_count: chunks.len() as u32,
         chunk_size: chunk_len as u32,
