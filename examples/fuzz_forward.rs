@@ -10,8 +10,8 @@
 //! 32-token vocabulary (every layer, tensor type and metadata key kept), a fifth to a half of
 //! their bytes. Measured on a 2-core machine shared with other work: 290-340 µs of CPU per
 //! execution (10 M executions are some 50 minutes of one free core). A run is deterministic
-//! for its SEED: shards with different SEEDs add up. The pool of valid mutants (4096) holds
-//! up to about 1 GB.
+//! for its SEED: shards with different SEEDs add up. The pool of valid mutants holds at most
+//! 4096 inputs of up to 2 MB each and 1 GiB in all.
 
 #[path = "../fuzz/src/lib.rs"]
 #[allow(dead_code)]
@@ -19,6 +19,12 @@ mod moeq_fuzz;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
+
+/// Largest input kept as a parent (the biggest seed is about 1.1 MB).
+const MAX_PARENT: usize = 2 << 20;
+/// Most parents kept, and their bytes in all.
+const MAX_POOL: usize = 4096;
+const MAX_POOL_BYTES: usize = 1 << 30;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -31,6 +37,7 @@ fn main() {
     let mut pool: Vec<Vec<u8>> =
         std::fs::read_dir(seeds).expect("seed folder").filter_map(|e| std::fs::read(e.ok()?.path()).ok()).collect();
     let seeds_len = pool.len();
+    let mut pool_bytes: usize = pool.iter().map(Vec::len).sum();
     assert!(seeds_len > 0, "no seeds");
     std::fs::create_dir_all(out).expect("output folder");
     std::panic::set_hook(Box::new(|_| {}));
@@ -68,12 +75,18 @@ fn main() {
             match result {
                 Ok(Ok(())) => {
                     ok += 1;
-                    // Valid mutants become parents (bounded pool, seeds kept).
-                    if pool.len() < 4096 {
-                        pool.push(input);
-                    } else {
-                        let slot = seeds_len + rng.below(pool.len() - seeds_len);
-                        pool[slot] = input;
+                    // Valid mutants up to MAX_PARENT bytes become parents (seeds kept; the
+                    // pool bounded in entries and bytes: a grown mutant of up to 64 MB as a
+                    // parent made every later execution copy it, and the pool reach gigabytes).
+                    if input.len() <= MAX_PARENT {
+                        if pool.len() < MAX_POOL && pool_bytes + input.len() <= MAX_POOL_BYTES {
+                            pool_bytes += input.len();
+                            pool.push(input);
+                        } else if pool.len() > seeds_len {
+                            let slot = seeds_len + rng.below(pool.len() - seeds_len);
+                            pool_bytes = pool_bytes - pool[slot].len() + input.len();
+                            pool[slot] = input;
+                        }
                     }
                 }
                 Ok(Err(_)) => errors += 1,
