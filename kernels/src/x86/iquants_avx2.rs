@@ -11,7 +11,6 @@
 //!   neighbours, 8 at a time from the lists' level rows; the first of equal minima wins;
 //! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
 //!   one by one (in ggml's order, with the running best) from the first lane that could win;
-//! - TQ1_0 / TQ2_0: trits from two compares per lane, packed in lanes.
 //!
 //! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
 //! this machine (AMD EPYC, 512-bit operations double-pumped).
@@ -561,108 +560,4 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         }
     }
     best
-}
-
-/// `lroundf(x·id) + 1` for a super-block's 256 values (each 0, 1 or 2), and its scale `d`;
-/// `None` when `1/d` overflows (tiny subnormal blocks, left to the scalar reference).
-#[target_feature(enable = "avx2")]
-fn trits(x: &[f32]) -> Option<([u8; 256], f32)> {
-    assert!(x.len() >= 256);
-    let sign = _mm256_set1_ps(-0.0);
-    let mut amax = _mm256_setzero_ps();
-    for c in x[..256].chunks_exact(8) {
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, load8(c)));
-    }
-    let d = f32s(amax).iter().fold(0.0f32, |m, &v| if m > v { m } else { v });
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    if !id.is_finite() {
-        return None;
-    }
-    let idv = _mm256_set1_ps(id);
-    let (half, neg_half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5), _mm256_set1_epi32(1));
-    let mut out = [0u8; 256];
-    for (c, o) in x[..256].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
-        // |x·id| ≤ 1 + 2⁻²³ (|x| ≤ d), where rounding half away from zero gives 1 from ½ up,
-        // −1 from −½ down and 0 between: the trit is 1 + [p ≥ ½] − [p ≤ −½].
-        let p = _mm256_mul_ps(load8(c), idv);
-        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(p, half));
-        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(p, neg_half));
-        let xi = _mm256_add_epi32(_mm256_sub_epi32(one, up), down);
-        let p16 = _mm_packs_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256::<1>(xi));
-        // SAFETY: `o` has room for 8 bytes.
-        unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
-    }
-    Some((out, d))
-}
-
-/// 8 trits (bytes) from `t` widened to i32.
-#[target_feature(enable = "avx2")]
-fn trits8(t: &[u8]) -> __m256i {
-    levels8(t)
-}
-
-/// 8 bytes of TQ1_0's `qs`: 5 trits each (`t[0]`, `t[stride]`, …, first most significant) as
-/// base 3, scaled by `⌈q·256/243⌉` (`(q·256 + 242) / 243` through a multiply by
-/// ⌈2²⁴/243⌉ and a shift, exact for every q ≤ 242).
-#[target_feature(enable = "avx2")]
-fn pack5x8(t: &[u8], stride: usize) -> [u8; 8] {
-    let three = _mm256_set1_epi32(3);
-    let mut q = trits8(t);
-    for n in 1..5 {
-        q = _mm256_add_epi32(_mm256_mullo_epi32(q, three), trits8(&t[n * stride..]));
-    }
-    let v = _mm256_add_epi32(_mm256_slli_epi32::<8>(q), _mm256_set1_epi32(242));
-    let r = _mm256_srli_epi32::<24>(_mm256_mullo_epi32(v, _mm256_set1_epi32(69043)));
-    let p16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-    let mut out = [0u8; 8];
-    // SAFETY: `out` has room for 8 bytes.
-    unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
-    out
-}
-
-/// TQ1_0: the trits with AVX2, packed as `quantize_row_tq1_0_ref` packs them.
-#[target_feature(enable = "avx2")]
-pub(super) fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ1_0_BYTES)) {
-        let Some((t, d)) = trits(x) else {
-            ternary::quantize_tq1_0(x, b);
-            continue;
-        };
-        for m in (0..32).step_by(8) {
-            b[m..m + 8].copy_from_slice(&pack5x8(&t[m..], 32));
-        }
-        for m in (0..16).step_by(8) {
-            b[32 + m..40 + m].copy_from_slice(&pack5x8(&t[160 + m..], 16));
-        }
-        for j in 0..4 {
-            let q = (0..4).fold(0u16, |q, m| q * 3 + t[240 + j + 4 * m] as u16) * 3;
-            b[48 + j] = (q * 256).div_ceil(243) as u8;
-        }
-        b[52..54].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
-    }
-}
-
-/// TQ2_0: the trits with AVX2, packed as `quantize_row_tq2_0_ref` packs them.
-#[target_feature(enable = "avx2")]
-pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ2_0_BYTES)) {
-        let Some((t, d)) = trits(x) else {
-            ternary::quantize_tq2_0(x, b);
-            continue;
-        };
-        for j in 0..2 {
-            // SAFETY: `t` holds 256 bytes and `b` 66: every 32-byte access is in bounds.
-            unsafe {
-                let p = t.as_ptr().add(128 * j);
-                let v = |n: usize| _mm256_loadu_si256(p.add(32 * n).cast());
-                // Trits are at most 2, so 16-bit shifts by up to 6 stay inside their bytes.
-                let q = _mm256_or_si256(
-                    _mm256_or_si256(v(0), _mm256_slli_epi16::<2>(v(1))),
-                    _mm256_or_si256(_mm256_slli_epi16::<4>(v(2)), _mm256_slli_epi16::<6>(v(3))),
-                );
-                _mm256_storeu_si256(b.as_mut_ptr().add(32 * j).cast(), q);
-            }
-        }
-        b[64..66].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
-    }
 }
