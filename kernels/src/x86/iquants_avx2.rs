@@ -215,10 +215,11 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     let s = _mm256_set1_ps(scale);
     // Lane l of terms[i]: coordinate i's term at level l, w·(scale·q_l − x)·(scale·q_l − x),
     // the very products the scalar search forms; a neighbour's distance adds its levels' terms.
-    let terms: [__m256; N] = std::array::from_fn(|i| {
+    let mut terms = [_mm256_setzero_ps(); N];
+    for (i, t) in terms.iter_mut().enumerate() {
         let diff = _mm256_sub_ps(_mm256_mul_ps(s, qt), _mm256_set1_ps(x[i]));
-        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
-    });
+        *t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff);
+    }
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(i32::MAX);
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);

@@ -33,6 +33,23 @@ pub(super) fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
     _mm256_blendv_ps(a, b, take_b)
 }
 
+/// [`blend`] for state kept in memory across loop iterations: an opaque register blend, so the
+/// compiler cannot turn `x = blend(x, new, m)` into a masked store (`vmaskmovps`, slow on AMD
+/// and stalling the next load of `x`).
+#[target_feature(enable = "avx2")]
+pub(super) fn blend_state(a: __m256, b: __m256, take_b: __m256) -> __m256 {
+    let r: __m256;
+    // SAFETY: one register-only AVX instruction (AVX2 is enabled here): no memory, no stack.
+    unsafe {
+        std::arch::asm!(
+            "vblendvps {r}, {a}, {b}, {m}",
+            r = lateout(ymm_reg) r, a = in(ymm_reg) a, b = in(ymm_reg) b, m = in(ymm_reg) take_b,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    r
+}
+
 /// Vectors of 8 sub-blocks searched together. Each lane's sums are sequential (as in the
 /// reference), so one vector alone is latency-bound; several give the CPU independent chains.
 pub(super) const N: usize = 4;
@@ -93,7 +110,12 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
     }
     let (mut flat, mut range, mut scale, mut best_error) = ([zero; N], [zero; N], [zero; N], [zero; N]);
     let mut xm = [[zero; N]; E];
-    let mut codes = [[_mm256_setzero_si256(); N]; E];
+    // The best codes so far are `nearest_int(best_iscale · (x - best_from))`, recomputed at the
+    // end: per lane, the scale and the min they were computed with.
+    let (mut best_iscale, mut best_from) = ([zero; N], [zero; N]);
+    // Per vector, the largest |x - min| of each lane: bounds the candidates' products below.
+    let mut xm_max = [zero; N];
+    let abs = |v: __m256| _mm256_andnot_ps(splat(-0.0), v);
     for g in 0..N {
         min[g] = blend(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
         flat[g] = _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]);
@@ -101,27 +123,43 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
         range[g] = _mm256_sub_ps(max[g], min[g]);
         let iscale = _mm256_div_ps(splat(nmax as f32), range[g]);
         scale[g] = _mm256_div_ps(splat(1.0), iscale);
+        (best_iscale[g], best_from[g]) = (iscale, min[g]);
         for i in 0..E {
             xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
-            codes[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax);
-            let lf = _mm256_cvtepi32_ps(codes[i][g]);
+            xm_max[g] = _mm256_max_ps(xm_max[g], abs(xm[i][g]));
+            let lf = _mm256_cvtepi32_ps(clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax));
             let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
             best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], measure(diff)));
         }
     }
-    let mut laux = [[_mm256_setzero_si256(); N]; E];
+    let nmax_f = splat(nmax as f32);
     let mut lfs = [[zero; N]; E];
     for is in 0..=p.nstep {
         let numerator = splat(p.rmin + p.rdelta * is as f32 + nmax as f32);
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; N], [zero; N], [zero; N]);
         let mut iscale = [zero; N];
+        // Where every product `iscale · (x - min)` is below 2^21 in magnitude, `nearest_int`
+        // is rounding to nearest even, which `round_ps` does without the integer detour; so it
+        // is where the range is 0 (then x - min ≤ 0, and ±inf and NaN products clamp to 0 both
+        // ways). Elsewhere (huge or infinite scales) the codes take `nearest_int`'s own steps.
+        let mut rounding = -1;
         for g in 0..N {
             iscale[g] = _mm256_div_ps(numerator, range[g]);
+            let small = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_mul_ps(abs(iscale[g]), xm_max[g]), splat(2_097_152.0));
+            let flat_range = _mm256_cmp_ps::<_CMP_EQ_OQ>(range[g], zero);
+            rounding &= _mm256_movemask_ps(_mm256_or_ps(small, flat_range)) - 0xff;
         }
+        let rounding = rounding == 0;
         for i in 0..E {
             for g in 0..N {
-                laux[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale[g], xm[i][g])), nmax);
-                let lf = _mm256_cvtepi32_ps(laux[i][g]);
+                let v = _mm256_mul_ps(iscale[g], xm[i][g]);
+                let lf = if rounding {
+                    // max returns its second operand (+0) for NaN and for −0.
+                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                    _mm256_min_ps(_mm256_max_ps(r, zero), nmax_f)
+                } else {
+                    _mm256_cvtepi32_ps(clamp(nearest_int(v), nmax))
+                };
                 lfs[i][g] = lf;
                 let wl = _mm256_mul_ps(w[i][g], lf);
                 sum_l[g] = _mm256_add_ps(sum_l[g], wl);
@@ -158,27 +196,29 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
             if _mm256_movemask_ps(better) == 0 {
                 continue;
             }
-            let take = _mm256_castps_si256(better);
-            for i in 0..E {
-                codes[i][g] = _mm256_blendv_epi8(codes[i][g], laux[i][g], take);
-            }
-            best_error[g] = blend(best_error[g], cur_error[g], better);
-            scale[g] = blend(scale[g], this_scale[g], better);
-            min[g] = blend(min[g], this_min[g], better);
+            best_iscale[g] = blend_state(best_iscale[g], iscale[g], better);
+            best_from[g] = blend_state(best_from[g], min[g], better);
+            best_error[g] = blend_state(best_error[g], cur_error[g], better);
+            scale[g] = blend_state(scale[g], this_scale[g], better);
+            min[g] = blend_state(min[g], this_min[g], better);
             range[g] = _mm256_sub_ps(max[g], min[g]);
+            xm_max[g] = zero;
             for i in 0..E {
                 xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
+                xm_max[g] = _mm256_max_ps(xm_max[g], abs(xm[i][g]));
             }
         }
     }
     let mut out = [([0f32; 8], [0f32; 8]); N];
     for g in 0..N {
         // Flat sub-blocks: codes 0, scale 0, min as clamped.
-        let take_flat = _mm256_castps_si256(flat[g]);
         for i in 0..E {
             let mut v = [0i32; 8];
+            let xm = _mm256_sub_ps(x[i][g], best_from[g]);
+            let q = clamp(nearest_int(_mm256_mul_ps(best_iscale[g], xm)), nmax);
+            let q = _mm256_andnot_si256(_mm256_castps_si256(flat[g]), q);
             // SAFETY: `v` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, codes[i][g])) };
+            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), q) };
             for (j, &q) in v.iter().enumerate() {
                 l[g][E * j + i] = q as u8;
             }
@@ -227,7 +267,11 @@ pub(super) fn columns<const E: usize>(x: &[f32]) -> [__m256; E] {
     let mut out = [_mm256_setzero_ps(); E];
     for c in 0..E / 8 {
         // SAFETY: row j, columns 8c..8c+8 lie within `x` (8 rows of E values).
-        let rows: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(x.as_ptr().add(E * j + 8 * c)) });
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (j, r) in rows.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *r = unsafe { _mm256_loadu_ps(x.as_ptr().add(E * j + 8 * c)) };
+        }
         out[8 * c..8 * c + 8].copy_from_slice(&transpose8(rows));
     }
     out
@@ -251,11 +295,12 @@ pub(super) fn sums_of_squares<const G: usize>(x: &[f32], n: usize) -> [f32; G] {
 #[target_feature(enable = "avx2")]
 pub(super) fn imatrix_weights<const E: usize>(x: &[__m256; E], qw: &[__m256; E], sigma2: f32) -> ([__m256; E], __m256) {
     let s = splat(sigma2);
-    let w: [__m256; E] =
-        std::array::from_fn(|i| _mm256_mul_ps(qw[i], _mm256_sqrt_ps(_mm256_add_ps(s, _mm256_mul_ps(x[i], x[i])))));
+    // Plain loops: closures handed to `array::from_fn` would not be inlined into this AVX2 code.
+    let mut w = [_mm256_setzero_ps(); E];
     let mut sw = _mm256_setzero_ps();
-    for w in &w {
-        sw = _mm256_add_ps(sw, *w);
+    for i in 0..E {
+        w[i] = _mm256_mul_ps(qw[i], _mm256_sqrt_ps(_mm256_add_ps(s, _mm256_mul_ps(x[i], x[i]))));
+        sw = _mm256_add_ps(sw, w[i]);
     }
     (w, sw)
 }
@@ -504,8 +549,11 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
     }
     let maxv = splat(max);
     // SAFETY: `numerators` holds 24 f32; unaligned loads.
-    let iscale: [__m256; 3] =
-        std::array::from_fn(|k| _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv));
+    let mut iscale = [_mm256_setzero_ps(); 3];
+    for (k, v) in iscale.iter_mut().enumerate() {
+        // SAFETY: as above.
+        *v = _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv);
+    }
     let zero = _mm256_setzero_ps();
     let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);
     for (&v, &w) in x.iter().zip(qw) {
@@ -560,7 +608,13 @@ fn q6_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let xv = columns16::<Q6_VECTORS>(x);
     let wv = match qw {
         Some(qw) => columns16::<Q6_VECTORS>(qw),
-        None => xv.map(|row| row.map(|v| _mm256_mul_ps(v, v))),
+        None => {
+            let mut w = xv;
+            for v in w.iter_mut().flatten() {
+                *v = _mm256_mul_ps(*v, *v);
+            }
+            w
+        }
     };
     let mut codes = [[0i8; 128]; Q6_VECTORS];
     let found = make_qx_quants_x(32, &xv, &wv, &mut codes);

@@ -65,7 +65,14 @@ fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
                 sw[g] = lanes(sums);
                 w
             }
-            _ => c.map(|v| _mm256_andnot_ps(splat(-0.0), v)),
+            _ => {
+                // A plain loop: a closure handed to `map` would not be inlined into AVX2 code.
+                let mut w = c;
+                for v in &mut w {
+                    *v = _mm256_andnot_ps(splat(-0.0), *v);
+                }
+                w
+            }
         };
         for i in 0..16 {
             xv[i][g] = c[i];
@@ -323,8 +330,10 @@ fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let mut wv = [[_mm256_setzero_ps(); V]; 16];
     let mut sw = [[0f32; 8]; V];
     for v in 0..V {
-        let xs: [__m256; 16] = std::array::from_fn(|i| xv[i][v]);
-        let qs: [__m256; 16] = std::array::from_fn(|i| qv[i][v]);
+        let (mut xs, mut qs) = ([_mm256_setzero_ps(); 16], [_mm256_setzero_ps(); 16]);
+        for i in 0..16 {
+            (xs[i], qs[i]) = (xv[i][v], qv[i][v]);
+        }
         let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
         for i in 0..16 {
             wv[i][v] = w[i];
