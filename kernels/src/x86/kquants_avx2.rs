@@ -453,15 +453,25 @@ pub(super) fn make_qx_quants_x(
             max[v] = blend(max[v], row[v], gt);
         }
     }
-    // One candidate: codes for `iscale`, and the weighted sums Σw·x·l, Σw·l·l.
-    let candidate = |iscale: &[__m256; V], codes: &mut [[__m256i; V]; 16]| {
+    // One candidate: the weighted sums Σw·x·l, Σw·l·l of the codes for `iscale`. Lanes that
+    // matter have amax ≥ 1e-15 (the others end as zeros), so |iscale·x| ≤ nmax + 1 and
+    // `nearest_int` is rounding to nearest even: `round_ps`, clamped in floats.
+    let mut wx = [[zero; V]; 16];
+    for i in 0..16 {
+        for v in 0..V {
+            wx[i][v] = _mm256_mul_ps(w[i][v], x[i][v]);
+        }
+    }
+    let (lo, hi) = (splat(-(nmax as f32)), splat((nmax - 1) as f32));
+    let candidate = |iscale: &[__m256; V]| {
         let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
         for i in 0..16 {
             for v in 0..V {
-                let q = clamp_signed(nearest_int(_mm256_mul_ps(iscale[v], x[i][v])), nmax);
-                codes[i][v] = q;
-                let lf = _mm256_cvtepi32_ps(q);
-                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], x[i][v]), lf));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                    iscale[v], x[i][v],
+                ));
+                let lf = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
                 suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
             }
         }
@@ -471,15 +481,15 @@ pub(super) fn make_qx_quants_x(
     for v in 0..V {
         iscale[v] = _mm256_div_ps(splat(-(nmax as f32)), max[v]);
     }
-    let mut codes = [[_mm256_setzero_si256(); V]; 16];
-    let (sumlx, suml2) = candidate(&iscale, &mut codes);
+    // The codes are those of the winning `iscale`, recomputed at the end as the reference does.
+    let mut best_iscale = iscale;
+    let (sumlx, suml2) = candidate(&iscale);
     let (mut scale, mut best) = ([zero; V], [zero; V]);
     for v in 0..V {
         let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(suml2[v], zero);
         scale[v] = _mm256_and_ps(nonzero, _mm256_div_ps(sumlx[v], suml2[v]));
         best[v] = _mm256_mul_ps(scale[v], sumlx[v]);
     }
-    let mut trial = [[_mm256_setzero_si256(); V]; 16];
     for is in -9i32..=9 {
         if is == 0 {
             continue;
@@ -488,7 +498,7 @@ pub(super) fn make_qx_quants_x(
         for v in 0..V {
             iscale[v] = _mm256_div_ps(numerator, max[v]);
         }
-        let (sumlx, suml2) = candidate(&iscale, &mut trial);
+        let (sumlx, suml2) = candidate(&iscale);
         for v in 0..V {
             let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
             let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx[v], sumlx[v]), _mm256_mul_ps(best[v], suml2[v]));
@@ -496,13 +506,10 @@ pub(super) fn make_qx_quants_x(
             if _mm256_movemask_ps(accept) == 0 {
                 continue;
             }
-            let take = _mm256_castps_si256(accept);
-            for row in codes.iter_mut().zip(&trial) {
-                row.0[v] = _mm256_blendv_epi8(row.0[v], row.1[v], take);
-            }
             let new_scale = _mm256_div_ps(sumlx[v], suml2[v]);
-            scale[v] = blend(scale[v], new_scale, accept);
-            best[v] = blend(best[v], _mm256_mul_ps(new_scale, sumlx[v]), accept);
+            best_iscale[v] = blend_state(best_iscale[v], iscale[v], accept);
+            scale[v] = blend_state(scale[v], new_scale, accept);
+            best[v] = blend_state(best[v], _mm256_mul_ps(new_scale, sumlx[v]), accept);
         }
     }
     let mut out = [[0f32; 8]; V];
@@ -510,8 +517,9 @@ pub(super) fn make_qx_quants_x(
         // All-but-zero sub-blocks: codes 0 (not offset), scale 0.
         let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15));
         let keep = _mm256_castps_si256(_mm256_andnot_ps(small, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
-        for (i, row) in codes.iter().enumerate() {
-            let offset = _mm256_and_si256(keep, _mm256_add_epi32(row[v], _mm256_set1_epi32(nmax)));
+        for i in 0..16 {
+            let code = clamp_signed(nearest_int(_mm256_mul_ps(best_iscale[v], x[i][v])), nmax);
+            let offset = _mm256_and_si256(keep, _mm256_add_epi32(code, _mm256_set1_epi32(nmax)));
             let mut q = [0i32; 8];
             // SAFETY: `q` has room for 8 i32; unaligned store.
             unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), offset) };

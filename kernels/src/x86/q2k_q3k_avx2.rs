@@ -184,9 +184,6 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
                     _mm256_cmpeq_epi32(new_l, lv[i][v]),
                     _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero)),
                 );
-                if _mm256_testz_si256(tries, tries) != 0 {
-                    continue;
-                }
                 let nf = _mm256_cvtepi32_ps(new_l);
                 let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][v], nf));
                 let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
