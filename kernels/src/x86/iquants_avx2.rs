@@ -274,19 +274,22 @@ fn nearest_per_lane<const N: usize>(
     let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
-    for k in 0..list.indices.len() {
-        let rows = &list.levels[(k / 8) * 8 * N + k % 8..];
-        let mut d2 = _mm256_setzero_ps();
-        for i in 0..N {
-            d2 = _mm256_add_ps(d2, terms[i][rows[8 * i] as usize]);
+    let len = list.indices.len();
+    let mut at = _mm256_setzero_si256();
+    let one = _mm256_set1_epi32(1);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        for j in 0..8.min(len - 8 * chunk) {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // Levels are below 8 (`& 7` keeps them and spares the bounds check).
+                d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
+            }
+            let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
+            best = _mm256_blendv_ps(best, d2, better);
+            best_at =
+                _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+            at = _mm256_add_epi32(at, one);
         }
-        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
-        best = _mm256_blendv_ps(best, d2, better);
-        best_at = _mm256_castps_si256(_mm256_blendv_ps(
-            _mm256_castsi256_ps(best_at),
-            _mm256_castsi256_ps(_mm256_set1_epi32(k as i32)),
-            better,
-        ));
     }
     let at = i32s(best_at);
     for lane in 0..8 {
@@ -300,6 +303,21 @@ fn nearest_per_lane<const N: usize>(
     }
     Ok(())
 }
+
+/// Byte `j` of `SPREAD[m]` is bit `j` of `m`: a lane mask as one bit per lane's byte.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[m] |= (((m >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        m += 1;
+    }
+    t
+};
 
 /// [`Searcher::evaluate`] with lanes as candidates.
 #[allow(clippy::too_many_arguments)]
@@ -335,7 +353,7 @@ fn evaluate<const N: usize>(
             unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
         }
         let live = (1i32 << m) - 1;
-        let mut on_grid = [0u8; 8];
+        let mut on_grid = 0u64;
         for k in 0..n / N {
             if groups & (1 << k) == 0 {
                 continue;
@@ -349,9 +367,8 @@ fn evaluate<const N: usize>(
             // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
             let g = unsafe { _mm256_i32gather_epi32::<4>(map.as_ptr(), u) };
             let mut off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
-            for (lane, b) in on_grid.iter_mut().enumerate() {
-                *b |= (((off >> lane) & 1) ^ 1) as u8 * (1 << k);
-            }
+            // Bit k of each lane's byte where its code is on the grid.
+            on_grid |= SPREAD[(!off & 0xff) as usize] << k;
             if off == 0 {
                 continue;
             }
@@ -400,7 +417,7 @@ fn evaluate<const N: usize>(
         let (sx, sq) = (f32s(sx), f32s(sq));
         out.sumqx[8 * chunk..8 * chunk + m].copy_from_slice(&sx[..m]);
         out.sumq2[8 * chunk..8 * chunk + m].copy_from_slice(&sq[..m]);
-        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid[..m]);
+        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid.to_le_bytes()[..m]);
     }
     Ok(())
 }
