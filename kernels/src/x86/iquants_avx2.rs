@@ -230,9 +230,12 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], levels8(&rows[8 * i..])));
         }
         let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
-        let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, at));
-        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), valid);
-        best = _mm256_blendv_ps(best, d2, better);
+        // Past the list's end, NaN (all bits set): never below the best.
+        let valid = _mm256_cmpgt_epi32(end, at);
+        let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict less-than.
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+        best = _mm256_min_ps(d2, best);
         best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
     }
     // Each lane holds its first minimum; the answer is the smallest value, first position.
@@ -270,8 +273,6 @@ fn nearest_per_lane<const N: usize>(
     lanes: i32,
     codes: &mut [[i32; 8]],
 ) -> Result<(), GgmlAbort> {
-    let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
     let len = list.indices.len();
@@ -284,8 +285,11 @@ fn nearest_per_lane<const N: usize>(
                 // Levels are below 8 (`& 7` keeps them and spares the bounds check).
                 d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
             }
-            let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
-            best = _mm256_blendv_ps(best, d2, better);
+            // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
+            // search, with a shorter dependency chain than compare-and-blend. Lanes outside
+            // `lanes` search too; their results are not read.
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+            best = _mm256_min_ps(d2, best);
             best_at =
                 _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
             at = _mm256_add_epi32(at, one);

@@ -230,7 +230,7 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
 
 /// The transpose of an 8×8 matrix of f32 held as 8 row vectors.
 #[target_feature(enable = "avx2")]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -288,6 +288,25 @@ pub(super) fn sums_of_squares<const G: usize>(x: &[f32], n: usize) -> [f32; G] {
         }
     }
     s
+}
+
+/// [`sums_of_squares`] of 8 consecutive super-blocks (`x` holds 8·256 values): lanes are
+/// super-blocks (fed by 8×8 transposes), each summing its `x²` in order, 8 chains at once.
+#[target_feature(enable = "avx2")]
+pub(super) fn sums_of_squares8(x: &[f32]) -> [f32; 8] {
+    assert!(x.len() >= 8 * 256);
+    let mut s = _mm256_setzero_ps();
+    for c in (0..256).step_by(8) {
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (g, r) in rows.iter_mut().enumerate() {
+            // SAFETY: 256 g + c + 8 <= 2048 values are readable (checked above); unaligned load.
+            *r = unsafe { _mm256_loadu_ps(x.as_ptr().add(256 * g + c)) };
+        }
+        for v in transpose8(rows) {
+            s = _mm256_add_ps(s, _mm256_mul_ps(v, v));
+        }
+    }
+    lanes(s)
 }
 
 /// Importance-weighted sub-block weights `qw · sqrt(sigma2 + x²)` and their per-lane sums

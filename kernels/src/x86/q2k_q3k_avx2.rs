@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::avx2::lanes;
 use super::kquants_avx2::{
     N, Q6_VECTORS, Search, blend, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn, make_qx_quants_16,
-    make_qx_quants_x, nearest_int, splat, sums_of_squares,
+    make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8,
 };
 use crate::convert::f16_to_f32;
 use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
@@ -47,15 +47,15 @@ fn finish_q2_k(x: &[f32], l: &mut [u8; 256], b: &mut [u8]) {
     q2k_q3k::pack_2bit(l, &mut b[16..80]);
 }
 
-/// [`Q2_SUPERBLOCKS`] Q2_K super-blocks, with importance weights `qw` (one per value) or
-/// without.
+/// [`Q2_SUPERBLOCKS`] Q2_K super-blocks, with importance weights (one per value) and the
+/// super-blocks' `Σx²` (at least [`Q2_SUPERBLOCKS`]), or without.
 #[target_feature(enable = "avx2,f16c")]
-fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<(&[f32], &[f32])>) {
     let zero = _mm256_setzero_ps();
     let mut xv = [[zero; N]; 16];
     let mut wv = [[zero; N]; 16];
     let mut sw = [[0f32; 8]; N];
-    let sum_x2 = qw.map(|_| sums_of_squares::<Q2_SUPERBLOCKS>(x, 256));
+    let (qw, sum_x2) = (qw.map(|q| q.0), qw.map(|q| q.1));
     for g in 0..N {
         let r = 128 * g..128 * g + 128;
         let c = columns::<16>(&x[r.clone()]);
@@ -119,11 +119,22 @@ pub fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
 /// One Q2_K row with importance weights `qw` (`quantize_row_q2_K_impl`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q2_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let mut xs = x.chunks_exact(256 * Q2_SUPERBLOCKS);
-    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
-    let mut ws = qw.chunks_exact(256 * Q2_SUPERBLOCKS);
+    // Batches of 8 super-blocks share one pass for their sums of squares.
+    let mut xs = x.chunks_exact(256 * 8);
+    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * 8);
+    let mut ws = qw.chunks_exact(256 * 8);
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
-        q2_k_superblocks(x, y, Some(qw));
+        let sum_x2 = sums_of_squares8(x);
+        for s in (0..8).step_by(Q2_SUPERBLOCKS) {
+            let (x, qw) = (&x[256 * s..256 * (s + Q2_SUPERBLOCKS)], &qw[256 * s..256 * (s + Q2_SUPERBLOCKS)]);
+            q2_k_superblocks(x, &mut y[Q2_K_BYTES * s..Q2_K_BYTES * (s + Q2_SUPERBLOCKS)], Some((qw, &sum_x2[s..])));
+        }
+    }
+    let mut xs = xs.remainder().chunks_exact(256 * Q2_SUPERBLOCKS);
+    let mut ys = ys.into_remainder().chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
+    let mut ws = ws.remainder().chunks_exact(256 * Q2_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q2_k_superblocks(x, y, Some((qw, &sums_of_squares::<Q2_SUPERBLOCKS>(x, 256))));
     }
     q2k_q3k::quantize_q2_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
@@ -318,11 +329,12 @@ fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
     q3_k_finish_all(x, y, &found, &codes, None);
 }
 
-/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value).
+/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value) and
+/// their `Σx²` (`sum_x2`, at least [`Q3_SUPERBLOCKS`]).
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]) {
+    assert!(sum_x2.len() >= Q3_SUPERBLOCKS);
     let xv = columns16::<V>(x);
-    let sum_x2 = sums_of_squares::<Q3_SUPERBLOCKS>(x, 256);
     let qv = columns16::<V>(qw);
     let mut wv = [[_mm256_setzero_ps(); V]; 16];
     let mut sw = [[0f32; 8]; V];
@@ -356,11 +368,22 @@ pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
 /// One Q3_K row with importance weights `qw` (`quantize_row_q3_K_impl`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS);
-    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
-    let mut ws = qw.chunks_exact(256 * Q3_SUPERBLOCKS);
+    // Batches of 8 super-blocks share one pass for their sums of squares.
+    let mut xs = x.chunks_exact(256 * 8);
+    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * 8);
+    let mut ws = qw.chunks_exact(256 * 8);
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
-        q3_k_superblocks_weighted(x, y, qw);
+        let sum_x2 = sums_of_squares8(x);
+        for s in (0..8).step_by(Q3_SUPERBLOCKS) {
+            let (x, qw) = (&x[256 * s..256 * (s + Q3_SUPERBLOCKS)], &qw[256 * s..256 * (s + Q3_SUPERBLOCKS)]);
+            q3_k_superblocks_weighted(x, &mut y[Q3_K_BYTES * s..Q3_K_BYTES * (s + Q3_SUPERBLOCKS)], qw, &sum_x2[s..]);
+        }
+    }
+    let mut xs = xs.remainder().chunks_exact(256 * Q3_SUPERBLOCKS);
+    let mut ys = ys.into_remainder().chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
+    let mut ws = ws.remainder().chunks_exact(256 * Q3_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q3_k_superblocks_weighted(x, y, qw, &sums_of_squares::<Q3_SUPERBLOCKS>(x, 256));
     }
     q2k_q3k::quantize_q3_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
