@@ -19,6 +19,15 @@ use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
 /// Super-blocks per call: each is two vectors of 8 sub-blocks.
 const Q2_SUPERBLOCKS: usize = N / 2;
 
+/// 8 codes (i32 lanes in 0..=7) as 8 bytes at the start of `out`.
+#[target_feature(enable = "avx2")]
+fn store8<T>(q: __m256i, out: &mut [T]) {
+    assert!(size_of::<T>() == 1 && out.len() >= 8);
+    let p16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    // SAFETY: `out` holds at least 8 one-byte elements (checked above); unaligned store.
+    unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
+}
+
 /// Recomputes the codes of a Q2_K super-block whose head (scales, d, dmin) is written, as
 /// `q2k_q3k::finish_q2_k` does (sub-blocks whose scale is 0 keep `l`), and packs them.
 #[target_feature(enable = "avx2")]
@@ -36,12 +45,7 @@ fn finish_q2_k(x: &[f32], l: &mut [u8; 256], b: &mut [u8]) {
             // SAFETY: `x` holds 256 f32, 16 j + 8 h + 8 <= 256; unaligned load.
             let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(16 * j + 8 * h)) };
             let q = clamp(nearest_int(_mm256_div_ps(_mm256_add_ps(v, dmv), dv)), 3);
-            let mut out = [0i32; 8];
-            // SAFETY: `out` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
-            for (k, &q) in out.iter().enumerate() {
-                l[16 * j + 8 * h + k] = q as u8;
-            }
+            store8(q, &mut l[16 * j + 8 * h..]);
         }
     }
     q2k_q3k::pack_2bit(l, &mut b[16..80]);
@@ -258,12 +262,7 @@ fn finish_q3_k(x: &[f32], l: &mut [i8; 256], b: &mut [u8]) {
                 _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(3)), _mm256_set1_epi32(-4)),
                 _mm256_set1_epi32(4),
             );
-            let mut out = [0i32; 8];
-            // SAFETY: `out` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
-            for (k, &q) in out.iter().enumerate() {
-                l[16 * j + 8 * h + k] = q as i8;
-            }
+            store8(q, &mut l[16 * j + 8 * h..]);
         }
     }
     let (one, three) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
