@@ -164,6 +164,25 @@ fn mxfp4_near_midpoints() {
     check_all(QuantType::MXFP4, &x);
 }
 
+/// Rows of 8 super-blocks and more (kernels that batch a row's super-blocks by 8, with
+/// remainders of 2 and 1), with importance weights.
+#[test]
+fn wide_rows_match_scalar() {
+    let x: Vec<f32> = (0..3 * 4608)
+        .map(|i| {
+            let v = ((i as f32 * 0.37).sin() + (i as f32 * 0.011).cos()) * 0.02;
+            if i % 997 == 0 { v * 40.0 } else { v }
+        })
+        .collect();
+    for width in [2048usize, 2560, 2816, 4608] {
+        let weights: Vec<f32> =
+            (0..width).map(|i| if i % 61 == 0 { 0.0 } else { ((i * 7919 % 1000) as f32 / 250.0).exp2() }).collect();
+        for ty in quantizable() {
+            check_all_weighted(ty, &x[..x.len() / width * width], &weights);
+        }
+    }
+}
+
 #[test]
 fn non_finite_input_is_refused() {
     for b in available() {

@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::mxfp4_exponent;
-use super::{iq4_avx2, iquants_avx2, kquants_avx2, q2k_q3k_avx2};
+use super::{iq4_avx2, iquants_avx2, kquants_avx2, q2k_q3k_avx2, ternary_avx2};
 use crate::QuantType;
 use crate::backend::{Conversions, Kernel, QuantizeFn, QuantizeRowsFn, TypeKernels};
 use crate::convert::{self, rows};
@@ -659,10 +659,10 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
             .weighted_with(NAME, iquant_rows())
             .dequantize_with(NAME, simd!(|_, x, y| iquants_avx2::dequantize_iq1_m(x, y))),
         QuantType::TQ1_0 => k
-            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iquants_avx2::quantize_tq1_0(x, y))))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite_if(ternary_avx2::quantize_tq1_0(x, y))))
             .dequantize_with(NAME, simd!(|_, x, y| iquants_avx2::dequantize_tq1_0(x, y))),
         QuantType::TQ2_0 => {
-            k.quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| iquants_avx2::quantize_tq2_0(x, y))))
+            k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(ternary_avx2::quantize_tq2_0(x, y))))
         }
         // Types without an AVX2 kernel keep the scalar reference's.
         #[allow(unreachable_patterns)]

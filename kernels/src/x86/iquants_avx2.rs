@@ -11,7 +11,6 @@
 //!   neighbours, 8 at a time from the lists' level rows; the first of equal minima wins;
 //! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
 //!   one by one (in ggml's order, with the running best) from the first lane that could win;
-//! - TQ1_0 / TQ2_0: trits from two compares per lane, packed in lanes.
 //!
 //! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
 //! this machine (AMD EPYC, 512-bit operations double-pumped).
@@ -216,10 +215,11 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     let s = _mm256_set1_ps(scale);
     // Lane l of terms[i]: coordinate i's term at level l, w·(scale·q_l − x)·(scale·q_l − x),
     // the very products the scalar search forms; a neighbour's distance adds its levels' terms.
-    let terms: [__m256; N] = std::array::from_fn(|i| {
+    let mut terms = [_mm256_setzero_ps(); N];
+    for (i, t) in terms.iter_mut().enumerate() {
         let diff = _mm256_sub_ps(_mm256_mul_ps(s, qt), _mm256_set1_ps(x[i]));
-        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
-    });
+        *t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff);
+    }
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(i32::MAX);
     let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -230,9 +230,12 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], levels8(&rows[8 * i..])));
         }
         let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
-        let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(end, at));
-        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), valid);
-        best = _mm256_blendv_ps(best, d2, better);
+        // Past the list's end, NaN (all bits set): never below the best.
+        let valid = _mm256_cmpgt_epi32(end, at);
+        let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict less-than.
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+        best = _mm256_min_ps(d2, best);
         best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
     }
     // Each lane holds its first minimum; the answer is the smallest value, first position.
@@ -270,23 +273,27 @@ fn nearest_per_lane<const N: usize>(
     lanes: i32,
     codes: &mut [[i32; 8]],
 ) -> Result<(), GgmlAbort> {
-    let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    let active = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(lanes), bit), bit));
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
-    for k in 0..list.indices.len() {
-        let rows = &list.levels[(k / 8) * 8 * N + k % 8..];
-        let mut d2 = _mm256_setzero_ps();
-        for i in 0..N {
-            d2 = _mm256_add_ps(d2, terms[i][rows[8 * i] as usize]);
+    let len = list.indices.len();
+    let mut at = _mm256_setzero_si256();
+    let one = _mm256_set1_epi32(1);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        for j in 0..8.min(len - 8 * chunk) {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // Levels are below 8 (`& 7` keeps them and spares the bounds check).
+                d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
+            }
+            // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
+            // search, with a shorter dependency chain than compare-and-blend. Lanes outside
+            // `lanes` search too; their results are not read.
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+            best = _mm256_min_ps(d2, best);
+            best_at =
+                _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+            at = _mm256_add_epi32(at, one);
         }
-        let better = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(d2, best), active);
-        best = _mm256_blendv_ps(best, d2, better);
-        best_at = _mm256_castps_si256(_mm256_blendv_ps(
-            _mm256_castsi256_ps(best_at),
-            _mm256_castsi256_ps(_mm256_set1_epi32(k as i32)),
-            better,
-        ));
     }
     let at = i32s(best_at);
     for lane in 0..8 {
@@ -300,6 +307,21 @@ fn nearest_per_lane<const N: usize>(
     }
     Ok(())
 }
+
+/// Byte `j` of `SPREAD[m]` is bit `j` of `m`: a lane mask as one bit per lane's byte.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[m] |= (((m >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        m += 1;
+    }
+    t
+};
 
 /// [`Searcher::evaluate`] with lanes as candidates.
 #[allow(clippy::too_many_arguments)]
@@ -335,7 +357,7 @@ fn evaluate<const N: usize>(
             unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
         }
         let live = (1i32 << m) - 1;
-        let mut on_grid = [0u8; 8];
+        let mut on_grid = 0u64;
         for k in 0..n / N {
             if groups & (1 << k) == 0 {
                 continue;
@@ -349,9 +371,8 @@ fn evaluate<const N: usize>(
             // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
             let g = unsafe { _mm256_i32gather_epi32::<4>(map.as_ptr(), u) };
             let mut off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
-            for (lane, b) in on_grid.iter_mut().enumerate() {
-                *b |= (((off >> lane) & 1) ^ 1) as u8 * (1 << k);
-            }
+            // Bit k of each lane's byte where its code is on the grid.
+            on_grid |= SPREAD[(!off & 0xff) as usize] << k;
             if off == 0 {
                 continue;
             }
@@ -400,7 +421,7 @@ fn evaluate<const N: usize>(
         let (sx, sq) = (f32s(sx), f32s(sq));
         out.sumqx[8 * chunk..8 * chunk + m].copy_from_slice(&sx[..m]);
         out.sumq2[8 * chunk..8 * chunk + m].copy_from_slice(&sq[..m]);
-        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid[..m]);
+        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid.to_le_bytes()[..m]);
     }
     Ok(())
 }
@@ -561,108 +582,4 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         }
     }
     best
-}
-
-/// `lroundf(x·id) + 1` for a super-block's 256 values (each 0, 1 or 2), and its scale `d`;
-/// `None` when `1/d` overflows (tiny subnormal blocks, left to the scalar reference).
-#[target_feature(enable = "avx2")]
-fn trits(x: &[f32]) -> Option<([u8; 256], f32)> {
-    assert!(x.len() >= 256);
-    let sign = _mm256_set1_ps(-0.0);
-    let mut amax = _mm256_setzero_ps();
-    for c in x[..256].chunks_exact(8) {
-        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, load8(c)));
-    }
-    let d = f32s(amax).iter().fold(0.0f32, |m, &v| if m > v { m } else { v });
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    if !id.is_finite() {
-        return None;
-    }
-    let idv = _mm256_set1_ps(id);
-    let (half, neg_half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(-0.5), _mm256_set1_epi32(1));
-    let mut out = [0u8; 256];
-    for (c, o) in x[..256].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
-        // |x·id| ≤ 1 + 2⁻²³ (|x| ≤ d), where rounding half away from zero gives 1 from ½ up,
-        // −1 from −½ down and 0 between: the trit is 1 + [p ≥ ½] − [p ≤ −½].
-        let p = _mm256_mul_ps(load8(c), idv);
-        let up = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GE_OQ>(p, half));
-        let down = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(p, neg_half));
-        let xi = _mm256_add_epi32(_mm256_sub_epi32(one, up), down);
-        let p16 = _mm_packs_epi32(_mm256_castsi256_si128(xi), _mm256_extracti128_si256::<1>(xi));
-        // SAFETY: `o` has room for 8 bytes.
-        unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
-    }
-    Some((out, d))
-}
-
-/// 8 trits (bytes) from `t` widened to i32.
-#[target_feature(enable = "avx2")]
-fn trits8(t: &[u8]) -> __m256i {
-    levels8(t)
-}
-
-/// 8 bytes of TQ1_0's `qs`: 5 trits each (`t[0]`, `t[stride]`, …, first most significant) as
-/// base 3, scaled by `⌈q·256/243⌉` (`(q·256 + 242) / 243` through a multiply by
-/// ⌈2²⁴/243⌉ and a shift, exact for every q ≤ 242).
-#[target_feature(enable = "avx2")]
-fn pack5x8(t: &[u8], stride: usize) -> [u8; 8] {
-    let three = _mm256_set1_epi32(3);
-    let mut q = trits8(t);
-    for n in 1..5 {
-        q = _mm256_add_epi32(_mm256_mullo_epi32(q, three), trits8(&t[n * stride..]));
-    }
-    let v = _mm256_add_epi32(_mm256_slli_epi32::<8>(q), _mm256_set1_epi32(242));
-    let r = _mm256_srli_epi32::<24>(_mm256_mullo_epi32(v, _mm256_set1_epi32(69043)));
-    let p16 = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
-    let mut out = [0u8; 8];
-    // SAFETY: `out` has room for 8 bytes.
-    unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
-    out
-}
-
-/// TQ1_0: the trits with AVX2, packed as `quantize_row_tq1_0_ref` packs them.
-#[target_feature(enable = "avx2")]
-pub(super) fn quantize_tq1_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ1_0_BYTES)) {
-        let Some((t, d)) = trits(x) else {
-            ternary::quantize_tq1_0(x, b);
-            continue;
-        };
-        for m in (0..32).step_by(8) {
-            b[m..m + 8].copy_from_slice(&pack5x8(&t[m..], 32));
-        }
-        for m in (0..16).step_by(8) {
-            b[32 + m..40 + m].copy_from_slice(&pack5x8(&t[160 + m..], 16));
-        }
-        for j in 0..4 {
-            let q = (0..4).fold(0u16, |q, m| q * 3 + t[240 + j + 4 * m] as u16) * 3;
-            b[48 + j] = (q * 256).div_ceil(243) as u8;
-        }
-        b[52..54].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
-    }
-}
-
-/// TQ2_0: the trits with AVX2, packed as `quantize_row_tq2_0_ref` packs them.
-#[target_feature(enable = "avx2")]
-pub(super) fn quantize_tq2_0(x: &[f32], y: &mut [u8]) {
-    for (x, b) in x.chunks_exact(256).zip(y.chunks_exact_mut(ternary::TQ2_0_BYTES)) {
-        let Some((t, d)) = trits(x) else {
-            ternary::quantize_tq2_0(x, b);
-            continue;
-        };
-        for j in 0..2 {
-            // SAFETY: `t` holds 256 bytes and `b` 66: every 32-byte access is in bounds.
-            unsafe {
-                let p = t.as_ptr().add(128 * j);
-                let v = |n: usize| _mm256_loadu_si256(p.add(32 * n).cast());
-                // Trits are at most 2, so 16-bit shifts by up to 6 stay inside their bytes.
-                let q = _mm256_or_si256(
-                    _mm256_or_si256(v(0), _mm256_slli_epi16::<2>(v(1))),
-                    _mm256_or_si256(_mm256_slli_epi16::<4>(v(2)), _mm256_slli_epi16::<6>(v(3))),
-                );
-                _mm256_storeu_si256(b.as_mut_ptr().add(32 * j).cast(), q);
-            }
-        }
-        b[64..66].copy_from_slice(&crate::convert::f32_to_f16(d).to_le_bytes());
-    }
 }

@@ -33,6 +33,23 @@ pub(super) fn blend(a: __m256, b: __m256, take_b: __m256) -> __m256 {
     _mm256_blendv_ps(a, b, take_b)
 }
 
+/// [`blend`] for state kept in memory across loop iterations: an opaque register blend, so the
+/// compiler cannot turn `x = blend(x, new, m)` into a masked store (`vmaskmovps`, slow on AMD
+/// and stalling the next load of `x`).
+#[target_feature(enable = "avx2")]
+pub(super) fn blend_state(a: __m256, b: __m256, take_b: __m256) -> __m256 {
+    let r: __m256;
+    // SAFETY: one register-only AVX instruction (AVX2 is enabled here): no memory, no stack.
+    unsafe {
+        std::arch::asm!(
+            "vblendvps {r}, {a}, {b}, {m}",
+            r = lateout(ymm_reg) r, a = in(ymm_reg) a, b = in(ymm_reg) b, m = in(ymm_reg) take_b,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    r
+}
+
 /// Vectors of 8 sub-blocks searched together. Each lane's sums are sequential (as in the
 /// reference), so one vector alone is latency-bound; several give the CPU independent chains.
 pub(super) const N: usize = 4;
@@ -93,7 +110,12 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
     }
     let (mut flat, mut range, mut scale, mut best_error) = ([zero; N], [zero; N], [zero; N], [zero; N]);
     let mut xm = [[zero; N]; E];
-    let mut codes = [[_mm256_setzero_si256(); N]; E];
+    // The best codes so far are `nearest_int(best_iscale · (x - best_from))`, recomputed at the
+    // end: per lane, the scale and the min they were computed with.
+    let (mut best_iscale, mut best_from) = ([zero; N], [zero; N]);
+    // Per vector, the largest |x - min| of each lane: bounds the candidates' products below.
+    let mut xm_max = [zero; N];
+    let abs = |v: __m256| _mm256_andnot_ps(splat(-0.0), v);
     for g in 0..N {
         min[g] = blend(min[g], zero, _mm256_cmp_ps::<_CMP_GT_OQ>(min[g], zero));
         flat[g] = _mm256_cmp_ps::<_CMP_EQ_OQ>(max[g], min[g]);
@@ -101,27 +123,43 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
         range[g] = _mm256_sub_ps(max[g], min[g]);
         let iscale = _mm256_div_ps(splat(nmax as f32), range[g]);
         scale[g] = _mm256_div_ps(splat(1.0), iscale);
+        (best_iscale[g], best_from[g]) = (iscale, min[g]);
         for i in 0..E {
             xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
-            codes[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax);
-            let lf = _mm256_cvtepi32_ps(codes[i][g]);
+            xm_max[g] = _mm256_max_ps(xm_max[g], abs(xm[i][g]));
+            let lf = _mm256_cvtepi32_ps(clamp(nearest_int(_mm256_mul_ps(iscale, xm[i][g])), nmax));
             let diff = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(scale[g], lf), min[g]), x[i][g]);
             best_error[g] = _mm256_add_ps(best_error[g], _mm256_mul_ps(w[i][g], measure(diff)));
         }
     }
-    let mut laux = [[_mm256_setzero_si256(); N]; E];
+    let nmax_f = splat(nmax as f32);
     let mut lfs = [[zero; N]; E];
     for is in 0..=p.nstep {
         let numerator = splat(p.rmin + p.rdelta * is as f32 + nmax as f32);
         let (mut sum_l, mut sum_l2, mut sum_xl) = ([zero; N], [zero; N], [zero; N]);
         let mut iscale = [zero; N];
+        // Where every product `iscale · (x - min)` is below 2^21 in magnitude, `nearest_int`
+        // is rounding to nearest even, which `round_ps` does without the integer detour; so it
+        // is where the range is 0 (then x - min ≤ 0, and ±inf and NaN products clamp to 0 both
+        // ways). Elsewhere (huge or infinite scales) the codes take `nearest_int`'s own steps.
+        let mut rounding = -1;
         for g in 0..N {
             iscale[g] = _mm256_div_ps(numerator, range[g]);
+            let small = _mm256_cmp_ps::<_CMP_LT_OQ>(_mm256_mul_ps(abs(iscale[g]), xm_max[g]), splat(2_097_152.0));
+            let flat_range = _mm256_cmp_ps::<_CMP_EQ_OQ>(range[g], zero);
+            rounding &= _mm256_movemask_ps(_mm256_or_ps(small, flat_range)) - 0xff;
         }
+        let rounding = rounding == 0;
         for i in 0..E {
             for g in 0..N {
-                laux[i][g] = clamp(nearest_int(_mm256_mul_ps(iscale[g], xm[i][g])), nmax);
-                let lf = _mm256_cvtepi32_ps(laux[i][g]);
+                let v = _mm256_mul_ps(iscale[g], xm[i][g]);
+                let lf = if rounding {
+                    // max returns its second operand (+0) for NaN and for −0.
+                    let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                    _mm256_min_ps(_mm256_max_ps(r, zero), nmax_f)
+                } else {
+                    _mm256_cvtepi32_ps(clamp(nearest_int(v), nmax))
+                };
                 lfs[i][g] = lf;
                 let wl = _mm256_mul_ps(w[i][g], lf);
                 sum_l[g] = _mm256_add_ps(sum_l[g], wl);
@@ -158,27 +196,29 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
             if _mm256_movemask_ps(better) == 0 {
                 continue;
             }
-            let take = _mm256_castps_si256(better);
-            for i in 0..E {
-                codes[i][g] = _mm256_blendv_epi8(codes[i][g], laux[i][g], take);
-            }
-            best_error[g] = blend(best_error[g], cur_error[g], better);
-            scale[g] = blend(scale[g], this_scale[g], better);
-            min[g] = blend(min[g], this_min[g], better);
+            best_iscale[g] = blend_state(best_iscale[g], iscale[g], better);
+            best_from[g] = blend_state(best_from[g], min[g], better);
+            best_error[g] = blend_state(best_error[g], cur_error[g], better);
+            scale[g] = blend_state(scale[g], this_scale[g], better);
+            min[g] = blend_state(min[g], this_min[g], better);
             range[g] = _mm256_sub_ps(max[g], min[g]);
+            xm_max[g] = zero;
             for i in 0..E {
                 xm[i][g] = _mm256_sub_ps(x[i][g], min[g]);
+                xm_max[g] = _mm256_max_ps(xm_max[g], abs(xm[i][g]));
             }
         }
     }
     let mut out = [([0f32; 8], [0f32; 8]); N];
     for g in 0..N {
         // Flat sub-blocks: codes 0, scale 0, min as clamped.
-        let take_flat = _mm256_castps_si256(flat[g]);
         for i in 0..E {
             let mut v = [0i32; 8];
+            let xm = _mm256_sub_ps(x[i][g], best_from[g]);
+            let q = clamp(nearest_int(_mm256_mul_ps(best_iscale[g], xm)), nmax);
+            let q = _mm256_andnot_si256(_mm256_castps_si256(flat[g]), q);
             // SAFETY: `v` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), _mm256_andnot_si256(take_flat, codes[i][g])) };
+            unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), q) };
             for (j, &q) in v.iter().enumerate() {
                 l[g][E * j + i] = q as u8;
             }
@@ -190,7 +230,7 @@ pub(super) fn make_qkx2_quants_xn<const E: usize, const MAD: bool>(
 
 /// The transpose of an 8×8 matrix of f32 held as 8 row vectors.
 #[target_feature(enable = "avx2")]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -227,7 +267,11 @@ pub(super) fn columns<const E: usize>(x: &[f32]) -> [__m256; E] {
     let mut out = [_mm256_setzero_ps(); E];
     for c in 0..E / 8 {
         // SAFETY: row j, columns 8c..8c+8 lie within `x` (8 rows of E values).
-        let rows: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(x.as_ptr().add(E * j + 8 * c)) });
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (j, r) in rows.iter_mut().enumerate() {
+            // SAFETY: as above.
+            *r = unsafe { _mm256_loadu_ps(x.as_ptr().add(E * j + 8 * c)) };
+        }
         out[8 * c..8 * c + 8].copy_from_slice(&transpose8(rows));
     }
     out
@@ -246,16 +290,36 @@ pub(super) fn sums_of_squares<const G: usize>(x: &[f32], n: usize) -> [f32; G] {
     s
 }
 
+/// [`sums_of_squares`] of 8 consecutive super-blocks (`x` holds 8·256 values): lanes are
+/// super-blocks (fed by 8×8 transposes), each summing its `x²` in order, 8 chains at once.
+#[target_feature(enable = "avx2")]
+pub(super) fn sums_of_squares8(x: &[f32]) -> [f32; 8] {
+    assert!(x.len() >= 8 * 256);
+    let mut s = _mm256_setzero_ps();
+    for c in (0..256).step_by(8) {
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (g, r) in rows.iter_mut().enumerate() {
+            // SAFETY: 256 g + c + 8 <= 2048 values are readable (checked above); unaligned load.
+            *r = unsafe { _mm256_loadu_ps(x.as_ptr().add(256 * g + c)) };
+        }
+        for v in transpose8(rows) {
+            s = _mm256_add_ps(s, _mm256_mul_ps(v, v));
+        }
+    }
+    lanes(s)
+}
+
 /// Importance-weighted sub-block weights `qw · sqrt(sigma2 + x²)` and their per-lane sums
 /// (each lane summed in order from 0, as ggml's `sw`).
 #[target_feature(enable = "avx2")]
 pub(super) fn imatrix_weights<const E: usize>(x: &[__m256; E], qw: &[__m256; E], sigma2: f32) -> ([__m256; E], __m256) {
     let s = splat(sigma2);
-    let w: [__m256; E] =
-        std::array::from_fn(|i| _mm256_mul_ps(qw[i], _mm256_sqrt_ps(_mm256_add_ps(s, _mm256_mul_ps(x[i], x[i])))));
+    // Plain loops: closures handed to `array::from_fn` would not be inlined into this AVX2 code.
+    let mut w = [_mm256_setzero_ps(); E];
     let mut sw = _mm256_setzero_ps();
-    for w in &w {
-        sw = _mm256_add_ps(sw, *w);
+    for i in 0..E {
+        w[i] = _mm256_mul_ps(qw[i], _mm256_sqrt_ps(_mm256_add_ps(s, _mm256_mul_ps(x[i], x[i]))));
+        sw = _mm256_add_ps(sw, w[i]);
     }
     (w, sw)
 }
@@ -408,15 +472,25 @@ pub(super) fn make_qx_quants_x(
             max[v] = blend(max[v], row[v], gt);
         }
     }
-    // One candidate: codes for `iscale`, and the weighted sums Σw·x·l, Σw·l·l.
-    let candidate = |iscale: &[__m256; V], codes: &mut [[__m256i; V]; 16]| {
+    // One candidate: the weighted sums Σw·x·l, Σw·l·l of the codes for `iscale`. Lanes that
+    // matter have amax ≥ 1e-15 (the others end as zeros), so |iscale·x| ≤ nmax + 1 and
+    // `nearest_int` is rounding to nearest even: `round_ps`, clamped in floats.
+    let mut wx = [[zero; V]; 16];
+    for i in 0..16 {
+        for v in 0..V {
+            wx[i][v] = _mm256_mul_ps(w[i][v], x[i][v]);
+        }
+    }
+    let (lo, hi) = (splat(-(nmax as f32)), splat((nmax - 1) as f32));
+    let candidate = |iscale: &[__m256; V]| {
         let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
         for i in 0..16 {
             for v in 0..V {
-                let q = clamp_signed(nearest_int(_mm256_mul_ps(iscale[v], x[i][v])), nmax);
-                codes[i][v] = q;
-                let lf = _mm256_cvtepi32_ps(q);
-                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], x[i][v]), lf));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                    iscale[v], x[i][v],
+                ));
+                let lf = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+                sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
                 suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
             }
         }
@@ -426,15 +500,15 @@ pub(super) fn make_qx_quants_x(
     for v in 0..V {
         iscale[v] = _mm256_div_ps(splat(-(nmax as f32)), max[v]);
     }
-    let mut codes = [[_mm256_setzero_si256(); V]; 16];
-    let (sumlx, suml2) = candidate(&iscale, &mut codes);
+    // The codes are those of the winning `iscale`, recomputed at the end as the reference does.
+    let mut best_iscale = iscale;
+    let (sumlx, suml2) = candidate(&iscale);
     let (mut scale, mut best) = ([zero; V], [zero; V]);
     for v in 0..V {
         let nonzero = _mm256_cmp_ps::<_CMP_NEQ_OQ>(suml2[v], zero);
         scale[v] = _mm256_and_ps(nonzero, _mm256_div_ps(sumlx[v], suml2[v]));
         best[v] = _mm256_mul_ps(scale[v], sumlx[v]);
     }
-    let mut trial = [[_mm256_setzero_si256(); V]; 16];
     for is in -9i32..=9 {
         if is == 0 {
             continue;
@@ -443,7 +517,7 @@ pub(super) fn make_qx_quants_x(
         for v in 0..V {
             iscale[v] = _mm256_div_ps(numerator, max[v]);
         }
-        let (sumlx, suml2) = candidate(&iscale, &mut trial);
+        let (sumlx, suml2) = candidate(&iscale);
         for v in 0..V {
             let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
             let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumlx[v], sumlx[v]), _mm256_mul_ps(best[v], suml2[v]));
@@ -451,13 +525,10 @@ pub(super) fn make_qx_quants_x(
             if _mm256_movemask_ps(accept) == 0 {
                 continue;
             }
-            let take = _mm256_castps_si256(accept);
-            for row in codes.iter_mut().zip(&trial) {
-                row.0[v] = _mm256_blendv_epi8(row.0[v], row.1[v], take);
-            }
             let new_scale = _mm256_div_ps(sumlx[v], suml2[v]);
-            scale[v] = blend(scale[v], new_scale, accept);
-            best[v] = blend(best[v], _mm256_mul_ps(new_scale, sumlx[v]), accept);
+            best_iscale[v] = blend_state(best_iscale[v], iscale[v], accept);
+            scale[v] = blend_state(scale[v], new_scale, accept);
+            best[v] = blend_state(best[v], _mm256_mul_ps(new_scale, sumlx[v]), accept);
         }
     }
     let mut out = [[0f32; 8]; V];
@@ -465,8 +536,9 @@ pub(super) fn make_qx_quants_x(
         // All-but-zero sub-blocks: codes 0 (not offset), scale 0.
         let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15));
         let keep = _mm256_castps_si256(_mm256_andnot_ps(small, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
-        for (i, row) in codes.iter().enumerate() {
-            let offset = _mm256_and_si256(keep, _mm256_add_epi32(row[v], _mm256_set1_epi32(nmax)));
+        for i in 0..16 {
+            let code = clamp_signed(nearest_int(_mm256_mul_ps(best_iscale[v], x[i][v])), nmax);
+            let offset = _mm256_and_si256(keep, _mm256_add_epi32(code, _mm256_set1_epi32(nmax)));
             let mut q = [0i32; 8];
             // SAFETY: `q` has room for 8 i32; unaligned store.
             unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), offset) };
@@ -504,8 +576,11 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
     }
     let maxv = splat(max);
     // SAFETY: `numerators` holds 24 f32; unaligned loads.
-    let iscale: [__m256; 3] =
-        std::array::from_fn(|k| _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv));
+    let mut iscale = [_mm256_setzero_ps(); 3];
+    for (k, v) in iscale.iter_mut().enumerate() {
+        // SAFETY: as above.
+        *v = _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv);
+    }
     let zero = _mm256_setzero_ps();
     let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);
     for (&v, &w) in x.iter().zip(qw) {
@@ -560,7 +635,13 @@ fn q6_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
     let xv = columns16::<Q6_VECTORS>(x);
     let wv = match qw {
         Some(qw) => columns16::<Q6_VECTORS>(qw),
-        None => xv.map(|row| row.map(|v| _mm256_mul_ps(v, v))),
+        None => {
+            let mut w = xv;
+            for v in w.iter_mut().flatten() {
+                *v = _mm256_mul_ps(*v, *v);
+            }
+            w
+        }
     };
     let mut codes = [[0i8; 128]; Q6_VECTORS];
     let found = make_qx_quants_x(32, &xv, &wv, &mut codes);

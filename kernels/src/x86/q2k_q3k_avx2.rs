@@ -11,13 +11,22 @@ use std::arch::x86_64::*;
 use super::avx2::lanes;
 use super::kquants_avx2::{
     N, Q6_VECTORS, Search, blend, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn, make_qx_quants_16,
-    make_qx_quants_x, nearest_int, splat, sums_of_squares,
+    make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8,
 };
 use crate::convert::f16_to_f32;
 use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
 
 /// Super-blocks per call: each is two vectors of 8 sub-blocks.
 const Q2_SUPERBLOCKS: usize = N / 2;
+
+/// 8 codes (i32 lanes in 0..=7) as 8 bytes at the start of `out`.
+#[target_feature(enable = "avx2")]
+fn store8<T>(q: __m256i, out: &mut [T]) {
+    assert!(size_of::<T>() == 1 && out.len() >= 8);
+    let p16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
+    // SAFETY: `out` holds at least 8 one-byte elements (checked above); unaligned store.
+    unsafe { _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(p16, p16)) };
+}
 
 /// Recomputes the codes of a Q2_K super-block whose head (scales, d, dmin) is written, as
 /// `q2k_q3k::finish_q2_k` does (sub-blocks whose scale is 0 keep `l`), and packs them.
@@ -36,26 +45,21 @@ fn finish_q2_k(x: &[f32], l: &mut [u8; 256], b: &mut [u8]) {
             // SAFETY: `x` holds 256 f32, 16 j + 8 h + 8 <= 256; unaligned load.
             let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(16 * j + 8 * h)) };
             let q = clamp(nearest_int(_mm256_div_ps(_mm256_add_ps(v, dmv), dv)), 3);
-            let mut out = [0i32; 8];
-            // SAFETY: `out` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
-            for (k, &q) in out.iter().enumerate() {
-                l[16 * j + 8 * h + k] = q as u8;
-            }
+            store8(q, &mut l[16 * j + 8 * h..]);
         }
     }
     q2k_q3k::pack_2bit(l, &mut b[16..80]);
 }
 
-/// [`Q2_SUPERBLOCKS`] Q2_K super-blocks, with importance weights `qw` (one per value) or
-/// without.
+/// [`Q2_SUPERBLOCKS`] Q2_K super-blocks, with importance weights (one per value) and the
+/// super-blocks' `Σx²` (at least [`Q2_SUPERBLOCKS`]), or without.
 #[target_feature(enable = "avx2,f16c")]
-fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
+fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<(&[f32], &[f32])>) {
     let zero = _mm256_setzero_ps();
     let mut xv = [[zero; N]; 16];
     let mut wv = [[zero; N]; 16];
     let mut sw = [[0f32; 8]; N];
-    let sum_x2 = qw.map(|_| sums_of_squares::<Q2_SUPERBLOCKS>(x, 256));
+    let (qw, sum_x2) = (qw.map(|q| q.0), qw.map(|q| q.1));
     for g in 0..N {
         let r = 128 * g..128 * g + 128;
         let c = columns::<16>(&x[r.clone()]);
@@ -65,7 +69,14 @@ fn q2_k_superblocks(x: &[f32], y: &mut [u8], qw: Option<&[f32]>) {
                 sw[g] = lanes(sums);
                 w
             }
-            _ => c.map(|v| _mm256_andnot_ps(splat(-0.0), v)),
+            _ => {
+                // A plain loop: a closure handed to `map` would not be inlined into AVX2 code.
+                let mut w = c;
+                for v in &mut w {
+                    *v = _mm256_andnot_ps(splat(-0.0), *v);
+                }
+                w
+            }
         };
         for i in 0..16 {
             xv[i][g] = c[i];
@@ -112,11 +123,22 @@ pub fn quantize_q2_k(x: &[f32], y: &mut [u8]) {
 /// One Q2_K row with importance weights `qw` (`quantize_row_q2_K_impl`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q2_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let mut xs = x.chunks_exact(256 * Q2_SUPERBLOCKS);
-    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
-    let mut ws = qw.chunks_exact(256 * Q2_SUPERBLOCKS);
+    // Batches of 8 super-blocks share one pass for their sums of squares.
+    let mut xs = x.chunks_exact(256 * 8);
+    let mut ys = y.chunks_exact_mut(Q2_K_BYTES * 8);
+    let mut ws = qw.chunks_exact(256 * 8);
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
-        q2_k_superblocks(x, y, Some(qw));
+        let sum_x2 = sums_of_squares8(x);
+        for s in (0..8).step_by(Q2_SUPERBLOCKS) {
+            let (x, qw) = (&x[256 * s..256 * (s + Q2_SUPERBLOCKS)], &qw[256 * s..256 * (s + Q2_SUPERBLOCKS)]);
+            q2_k_superblocks(x, &mut y[Q2_K_BYTES * s..Q2_K_BYTES * (s + Q2_SUPERBLOCKS)], Some((qw, &sum_x2[s..])));
+        }
+    }
+    let mut xs = xs.remainder().chunks_exact(256 * Q2_SUPERBLOCKS);
+    let mut ys = ys.into_remainder().chunks_exact_mut(Q2_K_BYTES * Q2_SUPERBLOCKS);
+    let mut ws = ws.remainder().chunks_exact(256 * Q2_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q2_k_superblocks(x, y, Some((qw, &sums_of_squares::<Q2_SUPERBLOCKS>(x, 256))));
     }
     q2k_q3k::quantize_q2_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
@@ -177,9 +199,6 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
                     _mm256_cmpeq_epi32(new_l, lv[i][v]),
                     _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero)),
                 );
-                if _mm256_testz_si256(tries, tries) != 0 {
-                    continue;
-                }
                 let nf = _mm256_cvtepi32_ps(new_l);
                 let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][v], nf));
                 let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
@@ -243,12 +262,7 @@ fn finish_q3_k(x: &[f32], l: &mut [i8; 256], b: &mut [u8]) {
                 _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(3)), _mm256_set1_epi32(-4)),
                 _mm256_set1_epi32(4),
             );
-            let mut out = [0i32; 8];
-            // SAFETY: `out` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), q) };
-            for (k, &q) in out.iter().enumerate() {
-                l[16 * j + 8 * h + k] = q as i8;
-            }
+            store8(q, &mut l[16 * j + 8 * h..]);
         }
     }
     let (one, three) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
@@ -314,17 +328,20 @@ fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
     q3_k_finish_all(x, y, &found, &codes, None);
 }
 
-/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value).
+/// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value) and
+/// their `Σx²` (`sum_x2`, at least [`Q3_SUPERBLOCKS`]).
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
+fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]) {
+    assert!(sum_x2.len() >= Q3_SUPERBLOCKS);
     let xv = columns16::<V>(x);
-    let sum_x2 = sums_of_squares::<Q3_SUPERBLOCKS>(x, 256);
     let qv = columns16::<V>(qw);
     let mut wv = [[_mm256_setzero_ps(); V]; 16];
     let mut sw = [[0f32; 8]; V];
     for v in 0..V {
-        let xs: [__m256; 16] = std::array::from_fn(|i| xv[i][v]);
-        let qs: [__m256; 16] = std::array::from_fn(|i| qv[i][v]);
+        let (mut xs, mut qs) = ([_mm256_setzero_ps(); 16], [_mm256_setzero_ps(); 16]);
+        for i in 0..16 {
+            (xs[i], qs[i]) = (xv[i][v], qv[i][v]);
+        }
         let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
         for i in 0..16 {
             wv[i][v] = w[i];
@@ -350,11 +367,22 @@ pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
 /// One Q3_K row with importance weights `qw` (`quantize_row_q3_K_impl`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q3_k_weighted(x: &[f32], y: &mut [u8], qw: &[f32]) {
-    let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS);
-    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
-    let mut ws = qw.chunks_exact(256 * Q3_SUPERBLOCKS);
+    // Batches of 8 super-blocks share one pass for their sums of squares.
+    let mut xs = x.chunks_exact(256 * 8);
+    let mut ys = y.chunks_exact_mut(Q3_K_BYTES * 8);
+    let mut ws = qw.chunks_exact(256 * 8);
     for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
-        q3_k_superblocks_weighted(x, y, qw);
+        let sum_x2 = sums_of_squares8(x);
+        for s in (0..8).step_by(Q3_SUPERBLOCKS) {
+            let (x, qw) = (&x[256 * s..256 * (s + Q3_SUPERBLOCKS)], &qw[256 * s..256 * (s + Q3_SUPERBLOCKS)]);
+            q3_k_superblocks_weighted(x, &mut y[Q3_K_BYTES * s..Q3_K_BYTES * (s + Q3_SUPERBLOCKS)], qw, &sum_x2[s..]);
+        }
+    }
+    let mut xs = xs.remainder().chunks_exact(256 * Q3_SUPERBLOCKS);
+    let mut ys = ys.into_remainder().chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS);
+    let mut ws = ws.remainder().chunks_exact(256 * Q3_SUPERBLOCKS);
+    for ((x, y), qw) in (&mut xs).zip(&mut ys).zip(&mut ws) {
+        q3_k_superblocks_weighted(x, y, qw, &sums_of_squares::<Q3_SUPERBLOCKS>(x, 256));
     }
     q2k_q3k::quantize_q3_k_weighted(xs.remainder(), ys.into_remainder(), ws.remainder());
 }
