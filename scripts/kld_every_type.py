@@ -89,9 +89,9 @@ def measure(args, ftype, imatrix, work, same_as=None):
 
 def cells(r):
     if r is None:
-        return ["—"] * 4
+        return ["—"] * 5
     if "refused" in r:
-        return ["refused", "—", "—", "—"]
+        return ["refused", "—", "—", "—", "—"]
     kld, kld_u = r["kld"]
     return [f"{r['bytes'] / 1e6:.2f}", f"{8 * r['bytes'] / r['n_weights']:.2f}" if r.get("n_weights") else "—",
             f"{kld:.4f} ± {kld_u:.4f}", f"{r['same_top'][0]:.1f}", f"{r['ppl_q'][0]:.2f}" if r.get("ppl_q") else "—"]
@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nice", type=int, default=5)
     ap.add_argument("--md", help="also write the Markdown table here")
+    ap.add_argument("--table-only", action="store_true",
+                    help="build nothing: the table of the rows already in WORK (types not measured: —)")
     args = ap.parse_args()
     args.force = False
     work = pathlib.Path(args.work)
@@ -118,10 +120,16 @@ def main():
             sys.exit(f"kld_every_type: {p} not found")
     rows = []
     for ftype in args.types.split(","):
+        if args.table_only:
+            plain, with_im = (json.loads(f.read_text()) if f.exists() else None
+                              for f in (work / f"{ftype}.json", work / f"{ftype}-imat.json"))
+            if plain or with_im:
+                rows.append((ftype, plain, with_im))
+            continue
         plain = measure(args, ftype, None, work)
         with_im = measure(args, ftype, args.imatrix, work, same_as=plain)
         for r in (plain, with_im):
-            if r.get("_path") and os.path.exists(r["_path"]):
+            if r and r.get("_path") and os.path.exists(r["_path"]):
                 os.unlink(r["_path"])
         rows.append((ftype, plain, with_im))
     head = ("| file type | size (MB) | bpw | mean KLD | same top % | PPL | size +imatrix (MB) | bpw | mean KLD +imatrix "
@@ -129,9 +137,7 @@ def main():
     lines = [head]
     for ftype, plain, with_im in rows:
         a, b = cells(plain), cells(with_im)
-        a += ["—"] * (5 - len(a))
-        b += ["—"] * (5 - len(b))
-        note = " ¹" if with_im.get("same_tensors_as") else ""
+        note = " ¹" if with_im and with_im.get("same_tensors_as") else ""
         lines.append(f"| {ftype} | " + " | ".join(a) + " | " + " | ".join(b[:2]) + " | " + b[2] + note + " | "
                      + " | ".join(b[3:]) + " |")
     table = "\n".join(lines) + "\n"
