@@ -413,6 +413,30 @@ pub(crate) fn create_dir(dir: &Path, final_name: &OsStr) -> io::Result<Named> {
     create_named(&mut reg, dir, final_name, true, |p| std::fs::create_dir(p))
 }
 
+/// A scratch file for data a run spills out of memory (read back by the same process): an
+/// anonymous `O_TMPFILE` file in `dir` where the OS allows, otherwise a file created there
+/// under a fresh name and unlinked at once, so nothing of it outlives the process.
+///
+/// Errors: the folder cannot hold a new file (missing, read-only, full).
+pub fn scratch_file(dir: &Path) -> io::Result<File> {
+    if let Some(file) = open_anonymous(dir)? {
+        return Ok(file);
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    for attempt in 0..100u32 {
+        let path = dir.join(format!(".moeq-scratch-{}-{nanos}-{attempt}.tmp", std::process::id()));
+        match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free scratch file name"))
+}
+
 /// Whether to try `O_TMPFILE` (Linux, with `/proc/self/fd` to link the file by; not when
 /// `MOEQ_TMPFILE=named`, which tests use to exercise the named fallback).
 fn anonymous_allowed() -> bool {

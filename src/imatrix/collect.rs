@@ -7,9 +7,13 @@
 //! `blk.` (and `output.weight` when asked).
 //!
 //! Sums are kept in f64 while a layer runs and stored as f32 (the file's type) when it ends,
-//! so only one layer's f64 sums are ever held.
+//! so only one layer's f64 sums are ever held; finished layers' sums go to an anonymous
+//! scratch file (read back by [`Collector::take_entries`]), so the memory a run holds does not
+//! grow with the layers (kept in memory when no scratch file can be made).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use anyhow::{Result, bail};
@@ -45,11 +49,29 @@ struct Acc {
     counts: Vec<u64>,
 }
 
+/// A finished weight's f32 sums: in memory, or `len` values at byte `offset` of the scratch file.
+enum Sums {
+    Memory(Vec<f32>),
+    Spilled { offset: u64, len: usize },
+}
+
+/// A finished weight: its columns, counts and where its sums are.
+struct Done {
+    cols: usize,
+    counts: Vec<u64>,
+    sums: Sums,
+}
+
+/// The scratch file of finished sums and its length in bytes (`None` until the first layer
+/// ends, or when it could not be made).
+type Spill = Option<(File, u64)>;
+
 /// The probe `moeq imatrix` gives the forward: accumulates every collected weight's inputs.
 pub struct Collector {
     shapes: HashMap<String, Shape>,
     current: Mutex<HashMap<String, Acc>>,
-    done: Mutex<BTreeMap<String, Entry>>,
+    done: Mutex<BTreeMap<String, Done>>,
+    spill: Mutex<(Spill, bool)>,
 }
 
 impl Collector {
@@ -67,7 +89,12 @@ impl Collector {
             let mats: u64 = ne[2..].iter().product();
             shapes.insert(name.to_string(), Shape { cols: ne[0] as usize, rows: ne[1].max(1), mats: mats as usize });
         }
-        Ok(Collector { shapes, current: Mutex::new(HashMap::new()), done: Mutex::new(BTreeMap::new()) })
+        Ok(Collector {
+            shapes,
+            current: Mutex::new(HashMap::new()),
+            done: Mutex::new(BTreeMap::new()),
+            spill: Mutex::new((None, false)),
+        })
     }
 
     /// Ends a layer: its sums become f32 entries. Non-finite sums are an error naming the
@@ -87,15 +114,56 @@ impl Collector {
                 );
             }
             let cols = self.shapes[&name].cols;
-            done.insert(name.clone(), Entry { name, cols, sums, counts: acc.counts });
+            let sums = self.spill_sums(sums);
+            done.insert(name, Done { cols, counts: acc.counts, sums });
         }
         Ok(())
     }
 
+    /// Appends `sums` to the scratch file (made at the first call, in the system's temporary
+    /// folder); keeps them in memory when the file cannot be made or written.
+    fn spill_sums(&self, sums: Vec<f32>) -> Sums {
+        let mut guard = self.spill.lock().unwrap_or_else(|p| p.into_inner());
+        let (spill, tried) = &mut *guard;
+        if spill.is_none() && !*tried {
+            *tried = true;
+            *spill = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok().map(|f| (f, 0));
+        }
+        let Some((file, end)) = spill.as_mut() else { return Sums::Memory(sums) };
+        let bytes: Vec<u8> = sums.iter().flat_map(|v| v.to_le_bytes()).collect();
+        match file.write_all_at(&bytes, *end) {
+            Ok(()) => {
+                let offset = *end;
+                *end += bytes.len() as u64;
+                Sums::Spilled { offset, len: sums.len() }
+            }
+            Err(_) => Sums::Memory(sums),
+        }
+    }
+
     /// Every entry collected so far (flushed layers), sorted by name (as llama-imatrix sorts),
-    /// moved out of the collector (no copy: the matrix is held once), which is left empty.
-    pub fn take_entries(&self) -> Vec<Entry> {
-        std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner())).into_values().collect()
+    /// moved out of the collector, which is left empty; spilled sums are read back.
+    ///
+    /// Errors: the scratch file cannot be read back.
+    pub fn take_entries(&self) -> Result<Vec<Entry>> {
+        let done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()));
+        let spill = self.spill.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(done.len());
+        for (name, d) in done {
+            let sums = match d.sums {
+                Sums::Memory(v) => v,
+                Sums::Spilled { offset, len } => {
+                    let Some((file, _)) = spill.0.as_ref() else { bail!("tensor '{name}': its sums were lost") };
+                    let mut bytes = vec![0u8; len * 4];
+                    file.read_exact_at(&mut bytes, offset).map_err(|e| {
+                        anyhow::anyhow!("tensor '{name}': reading its sums back from the scratch file: {e}")
+                    })?;
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+            };
+            out.push(Entry { name, cols: d.cols, sums, counts: d.counts });
+        }
+        Ok(out)
     }
 }
 

@@ -4,7 +4,8 @@
 //! The hidden states of all calibration tokens are kept ([T, hidden] f32); the model runs one
 //! layer at a time over all of them, in groups of whole chunks sized to a fixed memory budget,
 //! each weight decoded tile by tile as `eval` and `verify` decode them and its pages released
-//! after use, so the model is never held and memory does not grow with layers or experts. A
+//! after use, and finished layers' sums spilled to a scratch file, so the model is never held
+//! and memory does not grow with layers or experts. A
 //! [`collect::Collector`] sees every weight multiplication's input ([`crate::forward::Probe`])
 //! and accumulates what llama-imatrix accumulates. With `all_experts`, every expert of a MoE
 //! layer is also run on the tokens the router did not send to it (its output discarded: the
@@ -189,8 +190,11 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Resul
     let mean = if n_expert > 0 { t as u64 * k as u64 / n_expert as u64 } else { 0 };
     let coverage =
         Coverage { routed, tokens: t as u64, threshold: opts.min_expert_tokens.unwrap_or((mean / 10).max(1)) };
+    // The hidden states go before the matrix is read back from its scratch file.
+    drop(x);
+    let entries = collector.take_entries()?;
     let imatrix = Imatrix {
-        entries: collector.take_entries(),
+        entries,
         datasets: opts.datasets.clone(),
         chunk_count: chunks.len() as u32,
         chunk_size: chunk_len as u32,
