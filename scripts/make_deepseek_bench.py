@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+import make_deepseek_fixtures as fixtures
+
 HIDDEN, INTER, MOE_INTER, HEADS = 7168, 18432, 2048, 128
 Q_LORA, KV_LORA, NOPE, ROPE, V_DIM = 1536, 512, 128, 64, 128
 VOCAB, BLOCK = 512, 128
@@ -35,69 +37,35 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests/fixtures/deepseek-v3/f
 
 def config(layers: int, dense: int, experts: int) -> dict:
     """DeepSeek-V3's config.json with the given depth and expert count (groups of 2 experts;
-    top-k limited to what the groups allow)."""
+    top-k limited to what the groups allow): the fixture's (scripts/make_deepseek_fixtures.py)
+    at the release's widths, with its FP8 `quantization_config` and no multi-token-prediction
+    layer; keys in name order, as the release writes them."""
     n_group = max(1, min(8, experts // 2))
     topk_group = max(1, n_group // 2)
-    return {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "aux_loss_alpha": 0.001,
-        "bos_token_id": 0,
-        "eos_token_id": 1,
-        "ep_size": 1,
-        "first_k_dense_replace": dense,
-        "hidden_act": "silu",
-        "hidden_size": HIDDEN,
-        "initializer_range": 0.02,
-        "intermediate_size": INTER,
-        "kv_lora_rank": KV_LORA,
-        "max_position_embeddings": 163840,
-        "model_type": "deepseek_v3",
-        "moe_intermediate_size": MOE_INTER,
-        "moe_layer_freq": 1,
-        "n_group": n_group,
-        "n_routed_experts": experts,
-        "n_shared_experts": 1,
-        "norm_topk_prob": True,
-        "num_attention_heads": HEADS,
-        "num_experts_per_tok": min(8, topk_group * (experts // n_group)),
-        "num_hidden_layers": layers,
-        "num_key_value_heads": HEADS,
-        "num_nextn_predict_layers": 0,
-        "pretraining_tp": 1,
-        "q_lora_rank": Q_LORA,
-        "qk_nope_head_dim": NOPE,
-        "qk_rope_head_dim": ROPE,
-        "quantization_config": {
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "quant_method": "fp8",
-            "weight_block_size": [BLOCK, BLOCK],
-        },
-        "rms_norm_eps": 1e-06,
-        "rope_scaling": {
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "factor": 40,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
-            "original_max_position_embeddings": 4096,
-            "type": "yarn",
-        },
-        "rope_theta": 10000,
-        "routed_scaling_factor": 2.5,
-        "scoring_func": "sigmoid",
-        "seq_aux": True,
-        "tie_word_embeddings": False,
-        "topk_group": topk_group,
-        "topk_method": "noaux_tc",
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.46.3",
-        "use_cache": True,
-        "v_head_dim": V_DIM,
-        "vocab_size": VOCAB,
-    }
+    cfg = dict(
+        fixtures.CONFIG,
+        first_k_dense_replace=dense,
+        hidden_size=HIDDEN,
+        intermediate_size=INTER,
+        kv_lora_rank=KV_LORA,
+        moe_intermediate_size=MOE_INTER,
+        n_group=n_group,
+        n_routed_experts=experts,
+        n_shared_experts=1,
+        num_attention_heads=HEADS,
+        num_experts_per_tok=min(8, topk_group * (experts // n_group)),
+        num_hidden_layers=layers,
+        num_key_value_heads=HEADS,
+        num_nextn_predict_layers=0,
+        q_lora_rank=Q_LORA,
+        qk_nope_head_dim=NOPE,
+        qk_rope_head_dim=ROPE,
+        quantization_config=fixtures.QUANT,
+        topk_group=topk_group,
+        v_head_dim=V_DIM,
+        vocab_size=VOCAB,
+    )
+    return dict(sorted(cfg.items()))
 
 
 def tensors(layers: int, dense: int, experts: int) -> list[tuple[str, str, tuple[int, ...]]]:
