@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
+from bench_ggml_quantize import ROW, sample_values, sample_weights  # the data moeq bench kernels quantizes
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ROW = 4096
 
 # name: (ggml type id, values per block, bytes per block, reference function or None,
 #        quantized by ggml without weights)
@@ -51,20 +52,6 @@ TYPES = {
     "TQ1_0": (34, 256, 54, "quantize_row_tq1_0_ref", True),
     "TQ2_0": (35, 256, 66, "quantize_row_tq2_0_ref", True),
 }
-
-
-def sample_values(n, rng):
-    g = rng.random((4, n), dtype=np.float32).sum(axis=0) - 2.0
-    x = g * 0.02
-    x[::997] = g[::997] * 20.0
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def sample_weights():
-    i = np.arange(ROW)
-    w = np.exp2(((i * 7919) % 1000) / 250.0) * 0.1
-    w[::61] = 0.0
-    return np.ascontiguousarray(w, dtype=np.float32)
 
 
 def best_time(f, runs=2):
