@@ -638,25 +638,11 @@ fn eval_reproduces_the_reference_forward() {
 }
 
 /// A golden GGUF with `patch` applied to its bytes (given each tensor's data range).
-fn patched_golden(
-    dir: &Path,
-    name: &str,
-    mut patch: impl FnMut(&dyn Fn(&str) -> (usize, usize), &mut [u8]),
-) -> PathBuf {
-    let path = golden(name);
-    let file = moeq_formats::gguf::GgufFile::open(&path).unwrap();
-    let h = file.header();
-    let range = |tensor: &str| {
-        let t = h.tensors.iter().find(|t| t.name == tensor).unwrap_or_else(|| panic!("{tensor}"));
-        ((h.data_offset + t.offset) as usize, t.nbytes as usize)
-    };
-    let mut bytes = std::fs::read(&path).unwrap();
-    patch(&range, &mut bytes);
+fn patched_golden(dir: &Path, name: &str, patch: impl FnOnce(&dyn Fn(&str) -> (usize, usize), &mut [u8])) -> PathBuf {
     static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out = dir.join(format!("broken-{n}-{name}"));
-    std::fs::write(&out, bytes).unwrap();
-    out
+    let stem = name.strip_suffix(".gguf").unwrap_or_else(|| panic!("{name}: not a .gguf golden"));
+    patched(dir, name, &format!("broken-{n}-{stem}"), patch)
 }
 
 /// A golden GGUF with `patch` applied to its bytes (given each tensor's data range), written
