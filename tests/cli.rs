@@ -2574,7 +2574,7 @@ fn fuzz_regressions_fail_cleanly() {
 #[test]
 fn implausible_vocab_size_is_refused_before_padding() {
     let out = tempfile::tempdir().unwrap();
-    for fixture in ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf"] {
+    for fixture in ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf", "deepseek-v3/fp8"] {
         let src = fixtures().join(fixture);
         let variant = fixture_variant(
             &src,

@@ -102,7 +102,7 @@ impl Family for DeepseekV3 {
     }
 
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
-        let vocab_size = config.get("vocab_size").and_then(Json::as_u64).unwrap_or(0) as usize;
+        let vocab_size = crate::vocab::config_vocab_size(dir, config)?;
         gpt2_vocab(dir, config, vocab_size, pre, ("deepseek-v3", DEEPSEEK_V3_REGEX))
     }
 
