@@ -49,6 +49,10 @@ FOLDERS = [
     "gpt-oss/hf-bf16",
     "gpt-oss/original",
     "mixtral/hf",
+    "qwen2-moe/hf",
+    "qwen3-moe/hf",
+    "deepseek-v3/hf",
+    "deepseek-v3/fp8",
     "golden-mlx/llama-q4",
     "golden-mlx/gpt-oss-mxfp4",
 ]
