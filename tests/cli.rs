@@ -2605,7 +2605,7 @@ fn implausible_vocab_size_is_refused_before_padding() {
 
 /// An expert count of 10^12 in config.json (found by scripts/fuzz_cli.py: Mixtral's
 /// `num_local_experts` had no limit, and `convert` ran until killed) is refused in every
-/// family, exit 2, for conversion and eval alike.
+/// family, exit 2, for conversion and eval alike; so is a layer count of 10^12.
 #[test]
 fn implausible_expert_counts_are_refused() {
     let out = tempfile::tempdir().unwrap();
@@ -2615,6 +2615,11 @@ fn implausible_expert_counts_are_refused() {
         ("gpt-oss/original", "num_experts"),
         ("qwen2-moe/hf", "num_experts"),
         ("qwen3-moe/hf", "num_experts"),
+        // Layer counts too: Qwen's config ran for ever building its per-layer lists.
+        ("qwen2-moe/hf", "num_hidden_layers"),
+        ("qwen3-moe/hf", "num_hidden_layers"),
+        ("deepseek-v3/fp8", "num_hidden_layers"),
+        ("mixtral/hf", "num_hidden_layers"),
     ];
     for (fixture, key) in cases {
         let variant = fixture_variant(

@@ -11,6 +11,9 @@ use serde_json::Value as Json;
 use crate::families::ModelConfig;
 use crate::source::config::Keys;
 
+/// Most layers a config may declare (larger counts are refused as implausible).
+const MAX_LAYERS: u64 = 4096;
+
 /// Which of Qwen's MoE families a config belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QwenKind {
@@ -114,6 +117,10 @@ impl QwenMoeConfig {
             None => json.u64("num_local_experts")?,
         };
         let n_layer = json.u64("num_hidden_layers")?;
+        // Checked before the per-layer lists below are built (10^12 layers ran for ever there).
+        if n_layer > MAX_LAYERS {
+            bail!("implausible sizes: num_hidden_layers {n_layer} (more than {MAX_LAYERS})");
+        }
         let step = json.opt_u64("decoder_sparse_step")?.unwrap_or(1);
         if step == 0 {
             bail!("\"decoder_sparse_step\" is 0");
@@ -169,7 +176,7 @@ impl QwenMoeConfig {
         if hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert {
             bail!("num_experts_per_tok is {}, not 1 to num_experts ({})", hp.n_expert_used, hp.n_expert);
         }
-        let limits = [hp.n_layer > 4096, hp.n_embd > 1 << 20, hp.n_ff_exp > 1 << 22, hp.vocab_size > 1 << 24];
+        let limits = [hp.n_embd > 1 << 20, hp.n_ff_exp > 1 << 22, hp.vocab_size > 1 << 24];
         if limits.contains(&true) || hp.n_expert > 1 << 16 || hp.n_ff.is_some_and(|f| f > 1 << 22) {
             bail!("implausible sizes: {hp:?}");
         }
