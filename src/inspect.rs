@@ -220,7 +220,10 @@ impl Report {
             }
         }
         if !self.decisions.is_empty() {
-            let _ = writeln!(out, "\nsize-budget decisions (moeq.optimize.*: type, error as moeq.optimize.error defines it)");
+            let _ = writeln!(
+                out,
+                "\nsize-budget decisions (moeq.optimize.*: type, error as moeq.optimize.error defines it)"
+            );
             let nw = self.decisions.iter().map(|d| d.0.len()).max().unwrap_or(0);
             for (n, t, e) in &self.decisions {
                 let e = e.map_or("-".to_string(), |e| format!("{e:.3e}"));
