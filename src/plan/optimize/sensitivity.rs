@@ -194,7 +194,7 @@ impl Runner {
     /// The logits of the final residual `x`, [`HEAD_ROWS`] positions at a time, each slice
     /// handed to `each` with its first position.
     fn head(&self, m: &Model, x: &[f32], mut each: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let h = m.cfg.n_embd;
+        let h = m.cfg.n_embd.max(1);
         let norm = m.t("output_norm.weight")?;
         let head = m.head_weight().trim_end_matches(".weight");
         for (k, xs) in x.chunks(HEAD_ROWS * h).enumerate() {
@@ -270,7 +270,9 @@ pub fn sensitivities(
     }
     let base = Model::new(cal.weights).context("the source model cannot run for KL calibration")?;
     let model = Model { probe: None, keep_expert_out: false, ..base };
-    let run = Runner::new(&model, &cal.chunks);
+    // Empty lines of a token file hold no positions.
+    let chunks: Vec<Vec<u32>> = cal.chunks.iter().filter(|c| !c.is_empty()).cloned().collect();
+    let run = Runner::new(&model, &chunks);
     let bar = if quiet { indicatif::ProgressBar::hidden() } else { steps_bar(tensors.len() as u64 + 1, "KL") };
     bar.set_message("reference");
     let reference = reference(&model, &run).with_context(|| format!("the source model on {}", cal.what))?;
@@ -300,7 +302,7 @@ pub fn sensitivities(
     apply_floor(&mut out);
     let summary = CalibrationSummary {
         what: cal.what.clone(),
-        chunks: cal.chunks.len(),
+        chunks: chunks.len(),
         tokens: run.tokens.len(),
         top_k: TOP_K,
         seconds: began.elapsed().as_secs_f64(),
