@@ -307,4 +307,23 @@ pub struct QuantArgs {
     /// q4_k,q5_k,q6_k,q8_0,iq4_nl); default every k-, i- and legacy quant, Q8_0, F16 and BF16.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
     pub candidate_types: Vec<String>,
+    /// With --optimize / --target-*: calibration text (UTF-8, as `moeq imatrix --text`): each
+    /// tensor's error is scaled by the next-token KL divergence it causes in the source model's
+    /// forward on these tokens, and the summed predicted KL is minimized.
+    #[arg(long, value_name = "FILE", conflicts_with = "calibration_tokens")]
+    pub calibration: Option<PathBuf>,
+    /// As --calibration, with chunks of token ids: one chunk per line, ids separated by commas
+    /// or spaces (as `moeq imatrix --tokens-file`).
+    #[arg(long, value_name = "FILE")]
+    pub calibration_tokens: Option<PathBuf>,
+    /// Tokens per calibration chunk (--calibration text; default 512).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// At most this many calibration chunks (default 4: the KL forward runs once per tensor).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// The folder with the tokenizer.json for --calibration text (default: the checkpoint's
+    /// folder; a GGUF needs it).
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
 }

@@ -55,7 +55,8 @@ pub struct Report {
     /// Tensors in file order.
     pub tensors: Vec<TensorRow>,
     /// The size-budget decisions `moeq convert --optimize / --target-*` stored under
-    /// `moeq.optimize.tensors`, `.types` and `.errors`: tensor, type, measured relative error.
+    /// `moeq.optimize.tensors`, `.types` and `.errors`: tensor, type, measured error (relative
+    /// weight error, or predicted next-token KL in a KL-calibrated build: `moeq.optimize.error`).
     pub decisions: Vec<(String, String, Option<f32>)>,
 }
 
@@ -219,7 +220,10 @@ impl Report {
             }
         }
         if !self.decisions.is_empty() {
-            let _ = writeln!(out, "\nsize-budget decisions (moeq.optimize.*: type, measured relative error)");
+            let _ = writeln!(
+                out,
+                "\nsize-budget decisions (moeq.optimize.*: type, error as moeq.optimize.error defines it)"
+            );
             let nw = self.decisions.iter().map(|d| d.0.len()).max().unwrap_or(0);
             for (n, t, e) in &self.decisions {
                 let e = e.map_or("-".to_string(), |e| format!("{e:.3e}"));

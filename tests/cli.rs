@@ -3161,3 +3161,136 @@ fn size_budget_uses_the_importance_matrix() {
     let bits = plan["totals"]["bytes"].as_f64().unwrap() * 8.0 / plan["totals"]["elements"].as_f64().unwrap();
     assert!(bits <= 6.0, "{bits}");
 }
+
+/// `--calibration-tokens`: every chosen tensor is probed with moeq's forward (quantized alone
+/// to its probe type), its measured next-token KL scales its candidates' relative errors, and
+/// the log, the report and the file carry the KL per tensor. Without calibration input the
+/// choice is the uncalibrated one.
+#[test]
+fn size_budget_calibrates_with_next_token_kl() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = golden("mixtral-bf16.gguf");
+    let s = path_arg(&source);
+    // Two chunks of token ids (the fixture has 512 tokens).
+    let ids = dir.path().join("ids.txt");
+    let chunk = |seed: u32| (0..24).map(|i| ((i * 37 + seed * 101) % 512).to_string()).collect::<Vec<_>>().join(",");
+    std::fs::write(&ids, format!("{}\n{}\n", chunk(1), chunk(2))).unwrap();
+    let i = path_arg(&ids);
+    let plan = plan_json(&[s, "--target-bpw", "5", "--calibration-tokens", i]);
+    let log = &plan["optimize"];
+    assert!(log["method"].as_str().unwrap().starts_with("kl-calibrated"), "{}", log["method"]);
+    assert!(log["error_measure"].as_str().unwrap().starts_with("predicted next-token KL"), "{}", log["error_measure"]);
+    assert_eq!(log["calibration"]["chunks"], 2);
+    assert_eq!(log["calibration"]["tokens"], 48);
+    let bits = plan["totals"]["bytes"].as_f64().unwrap() * 8.0 / plan["totals"]["elements"].as_f64().unwrap();
+    assert!(bits <= 5.0, "{bits}");
+    // The uncalibrated choice: no KL anywhere, the errors relative errors.
+    let plain = plan_json(&[s, "--target-bpw", "5"]);
+    let plain_log = &plain["optimize"];
+    assert!(plain_log["method"].as_str().unwrap().starts_with("multiple-choice knapsack"), "{plain_log}");
+    assert!(plain_log["calibration"].is_null());
+    let (tensors, plain_tensors) = (log["tensors"].as_array().unwrap(), plain_log["tensors"].as_array().unwrap());
+    assert_eq!(tensors.len(), plain_tensors.len());
+    let mut measured = 0;
+    for (t, p) in tensors.iter().zip(plain_tensors) {
+        assert_eq!(t["name"], p["name"]);
+        assert!(p["kl"].is_null(), "{p}");
+        let kl = &t["kl"];
+        let probe = kl["probe"].as_str().unwrap();
+        assert!(["Q4_K", "IQ4_NL", "BF16"].contains(&probe), "{t}");
+        let scale = kl["scale"].as_f64().unwrap();
+        assert!(scale > 0.0 && scale.is_finite(), "{t}");
+        if kl["floored"] == false {
+            measured += 1;
+            let (k, e) = (kl["kl"].as_f64().unwrap(), kl["probe_error"].as_f64().unwrap());
+            assert!(k > 0.0 && e > 0.0, "{t}");
+            assert!((scale - k / e).abs() <= 1e-12 * scale, "{t}");
+        }
+        assert!(t["why"].as_str().unwrap().contains(&format!("probe {probe}: KL")), "{t}");
+        // Each candidate's error is its relative error times the tensor's scale.
+        for (c, pc) in t["candidates"].as_array().unwrap().iter().zip(p["candidates"].as_array().unwrap()) {
+            assert_eq!(c["type"], pc["type"]);
+            match (c["error"].as_f64(), pc["error"].as_f64()) {
+                (Some(a), Some(b)) => assert!((a - scale * b).abs() <= 1e-9 * a.abs().max(1e-300), "{t}"),
+                (a, b) => assert_eq!(a, b, "{t}"),
+            }
+        }
+    }
+    assert!(measured * 2 > tensors.len(), "most tensors change the model's predictions measurably: {log}");
+    // The scales differ between tensors (otherwise the calibration would change nothing).
+    let scales: Vec<f64> = tensors.iter().map(|t| t["kl"]["scale"].as_f64().unwrap()).collect();
+    let (lo, hi) = (scales.iter().copied().fold(f64::INFINITY, f64::min), scales.iter().copied().fold(0.0, f64::max));
+    assert!(hi > 2.0 * lo, "{scales:?}");
+    // Deterministic.
+    let again = plan_json(&[s, "--target-bpw", "5", "--calibration-tokens", i]);
+    assert_eq!(again["optimize"]["tensors"], log["tensors"]);
+    // --chunks takes the first chunks.
+    let one = plan_json(&[s, "--target-bpw", "5", "--calibration-tokens", i, "--chunks", "1"]);
+    assert_eq!(one["optimize"]["calibration"]["tokens"], 24);
+
+    // The real run: the file within the budget, the KL per tensor in its metadata and the report.
+    let out = dir.path().join("kl.gguf");
+    let report = dir.path().join("kl.json");
+    ok(&[
+        "convert",
+        s,
+        "-o",
+        path_arg(&out),
+        "--target-bpw",
+        "5",
+        "--calibration-tokens",
+        i,
+        "--report",
+        path_arg(&report),
+        "-q",
+    ]);
+    let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(saved["optimize"]["tensors"], log["tensors"]);
+    assert_eq!(Some(std::fs::metadata(&out).unwrap().len()), log["file_bytes"].as_u64());
+    let meta = serde_json::from_str::<Json>(&ok(&["inspect", "--json", path_arg(&out)])).unwrap()["metadata"].clone();
+    assert!(meta["moeq.optimize.method"]["value"].as_str().unwrap().starts_with("kl-calibrated"));
+    let kls = meta["moeq.optimize.kl"]["value"].as_array().unwrap();
+    assert_eq!(kls.len(), tensors.len());
+    for (k, t) in kls.iter().zip(tensors) {
+        let want = t["kl"]["kl"].as_f64().map_or(-1.0, |v| v as f32 as f64);
+        assert_eq!(k.as_f64().unwrap() as f32, want as f32, "{t}");
+    }
+    assert_eq!(meta["moeq.optimize.probe_types"]["value"].as_array().unwrap().len(), tensors.len());
+    let plain_out = dir.path().join("plain.gguf");
+    ok(&["convert", s, "-o", path_arg(&plain_out), "--target-bpw", "5", "-q"]);
+    let plain_meta =
+        serde_json::from_str::<Json>(&ok(&["inspect", "--json", path_arg(&plain_out)])).unwrap()["metadata"].clone();
+    assert!(plain_meta["moeq.optimize.kl"].is_null() && plain_meta["moeq.optimize.calibration"].is_null());
+
+    // Bad calibration input: exit 2 naming the file and the problem, nothing written.
+    let never = dir.path().join("never.gguf");
+    let n = path_arg(&never);
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "1,2,3\n4,5,99999\n").unwrap();
+    let garbage = dir.path().join("garbage.txt");
+    std::fs::write(&garbage, "1,2,x\n").unwrap();
+    let missing = dir.path().join("missing.txt");
+    let text = fixtures().join("imatrix/calib.txt");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--target-bpw", "5", "--calibration-tokens", path_arg(&big)],
+            format!("{}: chunk 2 holds token 99999", big.display()),
+        ),
+        (
+            vec!["--target-bpw", "5", "--calibration-tokens", path_arg(&garbage)],
+            format!("{}, line 1", garbage.display()),
+        ),
+        (vec!["--target-bpw", "5", "--calibration-tokens", path_arg(&missing)], missing.display().to_string()),
+        (vec!["--target-bpw", "5", "--calibration", path_arg(&text)], "pass --tokenizer DIR".into()),
+        (vec!["--type", "Q4_K_M", "--calibration-tokens", i], "go with --optimize".into()),
+        (vec!["--target-bpw", "5", "--chunks", "2"], "--chunks goes with --calibration".into()),
+        (vec!["--target-bpw", "5", "--calibration-tokens", i, "--chunks", "0"], "--chunks must be at least 1".into()),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["convert", s, "-o", n];
+        all.extend(args);
+        let err = fails(&all);
+        assert!(err.contains(&message), "{all:?}: {err}");
+    }
+    assert!(!never.exists());
+}

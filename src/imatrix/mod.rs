@@ -110,7 +110,7 @@ impl Coverage {
 
 /// Tokens per group: whole chunks whose per-layer temporaries fit [`GROUP_BUDGET`] (at least
 /// one chunk).
-fn group_chunks(m: &Model, chunk_len: usize) -> usize {
+pub(crate) fn group_chunks(m: &Model, chunk_len: usize) -> usize {
     let c = &m.cfg;
     let (h, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
     let ff =
@@ -227,6 +227,45 @@ pub enum Calibration {
     Tokens(std::path::PathBuf),
 }
 
+impl Calibration {
+    /// The file.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Calibration::Text(p) | Calibration::Tokens(p) => p,
+        }
+    }
+}
+
+/// The calibration chunks of `input` for the model `w` (opened from `path` as `source`): text
+/// tokenized with the model's tokenizer (the tokenizer.json in `tokenizer`, else the
+/// checkpoint's) and cut into at most `chunks` chunks of `ctx` tokens
+/// ([`calibration::text_chunks`]), or chunks of ids read as given ([`calibration::file_chunks`]).
+///
+/// Errors name the file: unreadable, not UTF-8, too short for one chunk, ids outside the
+/// vocabulary, no tokenizer for a GGUF.
+pub fn load_chunks(
+    path: &std::path::Path,
+    source: &crate::source::Source,
+    w: &Weights,
+    input: &Calibration,
+    ctx: usize,
+    chunks: Option<usize>,
+    tokenizer: Option<&std::path::Path>,
+) -> Result<Vec<Vec<u32>>> {
+    use crate::vocab::tokenize::{ModelText, read_text};
+    match input {
+        Calibration::Text(file) => {
+            let text = read_text(file)?;
+            let model_text = ModelText::open(path, source, w, tokenizer)?;
+            calibration::text_chunks(&model_text, &text, ctx, chunks, &file.display().to_string())
+        }
+        Calibration::Tokens(file) => {
+            let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
+            calibration::file_chunks(file, chunks, n_vocab)
+        }
+    }
+}
+
 /// An importance matrix to compute from a model on disk.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -250,19 +289,10 @@ pub struct Request {
 /// computes the importance matrix ([`compute`]).
 pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
     use crate::source::Source;
-    use crate::vocab::tokenize::{ModelText, read_text};
     let source = Source::open(&req.model)?;
     let w = Weights::new(&source, &req.model)?;
-    let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
-    let (chunks, dataset) = match &req.calibration {
-        Calibration::Text(path) => {
-            let text = read_text(path)?;
-            let model_text = ModelText::open(&req.model, &source, &w, req.tokenizer.as_deref())?;
-            let what = path.display().to_string();
-            (calibration::text_chunks(&model_text, &text, req.ctx, req.chunks, &what)?, path)
-        }
-        Calibration::Tokens(path) => (calibration::file_chunks(path, req.chunks, n_vocab)?, path),
-    };
+    let chunks = load_chunks(&req.model, &source, &w, &req.calibration, req.ctx, req.chunks, req.tokenizer.as_deref())?;
+    let dataset = req.calibration.path();
     if let Some(path) = &req.save_chunks {
         let text: String =
             chunks.iter().map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(",") + "\n").collect();

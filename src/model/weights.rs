@@ -31,6 +31,9 @@ pub struct Weights<'a> {
     pub stored_types: HashMap<String, GgmlType>,
     /// Where the model comes from, for reports.
     pub path: String,
+    /// One tensor whose values are replaced (see [`Weights::replaced`]): its index and its
+    /// values, all rows.
+    replacement: Option<(usize, std::sync::Arc<Vec<f32>>)>,
 }
 
 impl<'a> Weights<'a> {
@@ -60,7 +63,40 @@ impl<'a> Weights<'a> {
         let stored_types = recipes.iter().map(|r| (r.spec.name.clone(), r.spec.ggml_type)).collect();
         let recipes: Vec<Recipe> = recipes.into_iter().map(|r| r.retype(GgmlType::F32)).collect();
         let by_name = recipes.iter().enumerate().map(|(i, r)| (r.spec.name.clone(), i)).collect();
-        Ok(Weights { recipes, encoded, by_name, metadata, stored_types, path: path.display().to_string() })
+        Ok(Weights {
+            recipes,
+            encoded,
+            by_name,
+            metadata,
+            stored_types,
+            path: path.display().to_string(),
+            replacement: None,
+        })
+    }
+
+    /// The same model with the values of tensor `name` replaced by `values` (all its rows, in
+    /// the order [`Weights::rows`] gives them, e.g. the tensor quantized and dequantized): what
+    /// the forward computes when only that tensor changes. Only one tensor is replaced at a
+    /// time (an earlier replacement is dropped), so memory grows by that tensor's f32 values.
+    /// The stored bytes ([`Weights::same_bytes`]) stay the source's.
+    ///
+    /// Errors: no tensor `name`, or `values` is not its size.
+    pub fn replaced(&self, name: &str, values: std::sync::Arc<Vec<f32>>) -> Result<Weights<'a>> {
+        let index = self.index(name)?;
+        let r = &self.recipes[index];
+        let expected = r.n_rows() * r.row_len();
+        if values.len() as u64 != expected {
+            bail!("{}: tensor '{name}' has {expected} values, not {}", self.path, values.len());
+        }
+        Ok(Weights {
+            recipes: self.recipes.clone(),
+            encoded: self.encoded.clone(),
+            by_name: self.by_name.clone(),
+            metadata: self.metadata.clone(),
+            stored_types: self.stored_types.clone(),
+            path: self.path.clone(),
+            replacement: Some((index, values)),
+        })
     }
 
     /// Tensor names in file order.
@@ -95,6 +131,14 @@ impl<'a> Weights<'a> {
         let r = self.recipe(name)?;
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
+        }
+        if let Some((index, values)) = &self.replacement
+            && self.by_name.get(name) == Some(index)
+        {
+            let ne0 = r.row_len() as usize;
+            out.clear();
+            out.extend_from_slice(&values[first as usize * ne0..(first + count) as usize * ne0]);
+            return Ok(());
         }
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
             // In pieces that never straddle two stacked inputs.

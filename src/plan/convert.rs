@@ -13,7 +13,10 @@ use moeq_formats::safetensors::SafetensorsModel;
 
 use crate::families::common::{Converted, OutType};
 use crate::families::{ModelConfig, SourceLayout};
+use crate::imatrix::load_chunks;
+use crate::model::weights::Weights;
 use crate::plan::mlx::{self, MlxOptions};
+use crate::plan::optimize::sensitivity::Calibration;
 use crate::plan::optimize::{OptimizeSettings, Target, optimize};
 use crate::plan::quant_plan::{Ftype, ModelFacts};
 use crate::plan::quant_rules::apply::{QuantRequest, QuantSettings, copy_report, requantize};
@@ -157,12 +160,30 @@ fn optimize_types<'a>(
     opts: &ConvertOptions,
 ) -> Result<(GgufPlan, Vec<Recipe<'a>>, PlanReport)> {
     let Some(target) = opts.quant.target else { return Ok((plan, recipes, report)) };
+    // Calibration tokens: the source model is opened again for moeq's forward (a second
+    // mapping of the same files) and the tokens read before any measuring.
+    let source = match &opts.quant.calibration {
+        Some(_) => Some(Source::open(&opts.input)?),
+        None => None,
+    };
+    let weights = match &source {
+        Some(s) => Some(Weights::new(s, &opts.input)?),
+        None => None,
+    };
+    let calibration = match (&opts.quant.calibration, &source, &weights) {
+        (Some(c), Some(s), Some(w)) => {
+            let chunks = load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref())?;
+            Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string() })
+        }
+        _ => None,
+    };
     let settings = OptimizeSettings {
         target,
         ftype: opts.ftype,
         planned,
         imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
         candidates: opts.quant.candidates.clone(),
+        calibration: calibration.as_ref(),
         quiet: opts.quiet,
     };
     optimize(plan, recipes, report, &settings)

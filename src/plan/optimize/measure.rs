@@ -109,6 +109,45 @@ pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec
     Ok(out)
 }
 
+/// The importance weights of rows `first..first + count` (rows of `ne0` values; 1 without an
+/// entry), per value.
+fn piece_weights(recipe: &Recipe, first: u64, count: u64, ne0: usize) -> Vec<f32> {
+    let mut weights = vec![1.0f32; count as usize * ne0];
+    if let Some(imp) = &recipe.importance {
+        let entry = &imp.file.entries()[imp.entry];
+        let per = imp.rows_per_matrix.max(1);
+        for (r, row) in weights.chunks_exact_mut(ne0).enumerate() {
+            imp.file.weights(entry, ((first + r as u64) / per) as usize, row);
+        }
+    }
+    weights
+}
+
+/// Rows `first..first + count` quantized to `ty` by the writer's code and dequantized into
+/// `back` (resized to fit); `false` when the type cannot hold the values (an overflow).
+fn round_trip(recipe: &Recipe, ty: GgmlType, first: u64, count: u64, back: &mut Vec<f32>) -> Result<bool> {
+    let probe = recipe.clone().retype(ty);
+    let mut s = Scratch::default();
+    let bytes = match probe.rows(first, count, &mut s) {
+        Ok(b) => b,
+        Err(e) if e.chain().any(|c| c.downcast_ref::<crate::plan::transcode::Overflow>().is_some()) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    back.resize(count as usize * recipe.row_len() as usize, 0.0);
+    to_f32(ty, bytes, back)?;
+    Ok(true)
+}
+
+/// `(Σ imp (w − ŵ)², Σ imp w²)` over paired values and weights.
+fn weighted_sums(values: &[f32], back: &[f32], weights: &[f32]) -> (f64, f64) {
+    values.iter().zip(back).zip(weights).fold((0.0, 0.0), |(e, w2), ((&v, &q), &w)| {
+        let d = v as f64 - q as f64;
+        (e + w as f64 * d * d, w2 + w as f64 * v as f64 * v as f64)
+    })
+}
+
 /// `(Σ imp (w − ŵ)², Σ imp w²)` of rows `first..first + count` for each type.
 fn measure_piece(
     recipe: &Recipe,
@@ -119,42 +158,52 @@ fn measure_piece(
 ) -> Result<Vec<(f64, f64)>> {
     let ne0 = recipe.row_len() as usize;
     let values = recipe.values(first, count, scratch)?.to_vec();
-    // Importance weights per row (1 without an entry).
-    let mut weights = vec![1.0f32; values.len()];
-    if let Some(imp) = &recipe.importance {
-        let entry = &imp.file.entries()[imp.entry];
-        let per = imp.rows_per_matrix.max(1);
-        for (r, row) in weights.chunks_exact_mut(ne0).enumerate() {
-            imp.file.weights(entry, ((first + r as u64) / per) as usize, row);
-        }
-    }
+    let weights = piece_weights(recipe, first, count, ne0);
     let energy: f64 = values.iter().zip(&weights).map(|(&v, &w)| w as f64 * v as f64 * v as f64).sum();
-    let mut back = vec![0.0f32; values.len()];
+    let mut back = Vec::new();
     let mut out = Vec::with_capacity(types.len());
     for &ty in types {
-        let probe = recipe.clone().retype(ty);
-        let mut s = Scratch::default();
-        let bytes = match probe.rows(first, count, &mut s) {
-            Ok(b) => b,
-            Err(e) if e.chain().any(|c| c.downcast_ref::<crate::plan::transcode::Overflow>().is_some()) => {
-                out.push((f64::INFINITY, energy));
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        to_f32(ty, bytes, &mut back)?;
-        let err: f64 = values
-            .iter()
-            .zip(&back)
-            .zip(&weights)
-            .map(|((&v, &q), &w)| {
-                let d = v as f64 - q as f64;
-                w as f64 * d * d
-            })
-            .sum();
-        out.push((err, energy));
+        if !round_trip(recipe, ty, first, count, &mut back)? {
+            out.push((f64::INFINITY, energy));
+            continue;
+        }
+        out.push((weighted_sums(&values, &back, &weights).0, energy));
     }
     Ok(out)
+}
+
+/// The whole tensor of `recipe` quantized to `ty` by the writer's code and dequantized (all
+/// rows, in order: what the tensor would hold in the file), with its importance-weighted error
+/// over every row (not sampled). `None` when the type cannot hold the values. Pieces run in
+/// parallel; memory is the tensor's f32 values.
+///
+/// Errors: reading the input fails, or a quantizer fails on something other than an overflow.
+pub fn round_trip_whole(recipe: &Recipe, ty: GgmlType) -> Result<Option<(Vec<f32>, Measured)>> {
+    let ne0 = recipe.row_len() as usize;
+    let pieces = recipe.pieces(PIECE_VALUES * 2, PIECE_VALUES);
+    let parts: Vec<Option<(Vec<f32>, f64, f64)>> = pieces
+        .par_iter()
+        .map_init(Scratch::default, |scratch, &(first, count)| -> Result<Option<(Vec<f32>, f64, f64)>> {
+            let values = recipe.values(first, count, scratch)?.to_vec();
+            recipe.release(first, count);
+            let mut back = Vec::new();
+            if !round_trip(recipe, ty, first, count, &mut back)? {
+                return Ok(None);
+            }
+            let (error, energy) = weighted_sums(&values, &back, &piece_weights(recipe, first, count, ne0));
+            Ok(Some((back, error, energy)))
+        })
+        .collect::<Result<_>>()
+        .with_context(|| format!("quantizing tensor '{}' to {ty}", recipe.spec.name))?;
+    let mut all = Vec::with_capacity((recipe.n_rows() * recipe.row_len()) as usize);
+    let mut m = Measured { ty, error: 0.0, energy: 0.0 };
+    for part in parts {
+        let Some((back, error, energy)) = part else { return Ok(None) };
+        all.extend_from_slice(&back);
+        m.error += error;
+        m.energy += energy;
+    }
+    Ok(Some((all, m)))
 }
 
 #[cfg(test)]

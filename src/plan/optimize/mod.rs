@@ -17,10 +17,16 @@
 //!    candidates, and why (what the neighbouring choices would cost or save); printed by
 //!    `--dry-run`, in `--json` / `--report`, and in the GGUF under `moeq.optimize.*`.
 //!
+//! With calibration tokens (`--calibration` / `--calibration-tokens`) each tensor's error is
+//! put on the scale of the model's next-token KL divergence ([`sensitivity`]): the tensor is
+//! quantized alone to a probe type, the source model's forward measures the KL it causes, and
+//! the knapsack minimizes the summed predicted KL.
+//!
 //! Stacked experts are one GGUF tensor and share one type.
 
 pub mod knapsack;
 pub mod measure;
+pub mod sensitivity;
 
 use std::sync::Arc;
 
@@ -37,6 +43,7 @@ use crate::plan::recipe::{Importance, Input, Recipe};
 use crate::plan::transcode::can_write;
 use knapsack::{Choice, KnapsackError};
 use measure::Measured;
+use sensitivity::{Calibration, CalibrationSummary, Sensitivity};
 
 /// What the budget is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -64,6 +71,14 @@ impl Target {
 
 /// The method, written to `moeq.optimize.method`.
 pub const METHOD: &str = "multiple-choice knapsack (dynamic programming over sizes rounded up to a unit)";
+
+/// The method with calibration tokens, written to `moeq.optimize.method`.
+pub const METHOD_KL: &str = "kl-calibrated: multiple-choice knapsack (dynamic programming over sizes rounded up to a unit) \
+     minimizing the summed predicted next-token KL";
+
+/// The error measure with calibration tokens (the weight error's text follows).
+pub const ERROR_KL: &str = "predicted next-token KL in nats: KL measured with only this tensor quantized to its probe \
+     type, divided by its relative error there, times the relative error of the type; relative error = ";
 
 /// The error measure, written to `moeq.optimize.error`.
 pub const ERROR_WITH_IMATRIX: &str =
@@ -126,9 +141,11 @@ pub struct TensorDecision {
     pub error: f64,
     /// Its bytes.
     pub bytes: u64,
-    /// Every candidate: type, bytes, measured relative error (infinite: cannot hold the
-    /// values).
+    /// Every candidate: type, bytes, measured error (infinite: cannot hold the values).
     pub candidates: Vec<(GgmlType, u64, f64)>,
+    /// With calibration tokens: the tensor's measured KL at its probe type and its scale
+    /// (then `error` and the candidates' errors are predicted KL).
+    pub sensitivity: Option<Sensitivity>,
     /// Why, in words.
     pub why: String,
 }
@@ -157,6 +174,8 @@ pub struct OptimizeLog {
     pub mix_error: Option<f64>,
     /// Per optimized tensor, in file order.
     pub tensors: Vec<TensorDecision>,
+    /// With calibration tokens: what they were and what the KL measurement took.
+    pub calibration: Option<CalibrationSummary>,
 }
 
 impl OptimizeLog {
@@ -172,12 +191,26 @@ impl OptimizeLog {
             "unit_bytes": self.unit,
             "total_error": self.total_error,
             "mix_error": self.mix_error,
+            "calibration": self.calibration.as_ref().map(|c| json!({
+                "input": c.what,
+                "chunks": c.chunks,
+                "tokens": c.tokens,
+                "top_k": c.top_k,
+                "seconds": c.seconds,
+            })),
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name,
                 "type": t.ty.name(),
                 "error": finite(t.error),
                 "bytes": t.bytes,
                 "why": t.why,
+                "kl": t.sensitivity.as_ref().map(|s| json!({
+                    "probe": s.probe.name(),
+                    "kl": s.kl.map(finite),
+                    "probe_error": finite(s.probe_error),
+                    "scale": finite(s.scale),
+                    "floored": s.floored,
+                })),
                 "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.name(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
@@ -201,19 +234,30 @@ impl OptimizeLog {
             out.push_str(&format!(" (llama-quantize's types for the same tensors: {m:.4e})"));
         }
         out.push('\n');
+        if let Some(c) = &self.calibration {
+            out.push_str(&format!(
+                "  KL calibration: {} ({} chunks, {} tokens, top {} reference tokens per position) in {:.1} s\n",
+                c.what, c.chunks, c.tokens, c.top_k, c.seconds
+            ));
+        }
         out
     }
 
     /// The `moeq.optimize.*` keys (llama.cpp ignores keys it does not know).
     pub fn metadata(&self) -> Vec<(String, Value)> {
-        metadata_keys(
+        let mut keys = metadata_keys(
             &self.target,
             &self.method,
             &self.error_measure,
             self.budget_bytes,
             self.total_error,
             self.tensors.iter().map(|t| (t.name.clone(), t.ty.name().to_string(), t.error)).collect(),
-        )
+        );
+        let sensitivities: Option<Vec<&Sensitivity>> = self.tensors.iter().map(|t| t.sensitivity.as_ref()).collect();
+        if let (Some(c), Some(s)) = (&self.calibration, sensitivities) {
+            keys.extend(kl_keys(c, &s));
+        }
+        keys
     }
 }
 
@@ -242,6 +286,26 @@ fn metadata_keys(
     ]
 }
 
+/// The `moeq.optimize.*` keys of a KL-calibrated build: `.calibration` (the input, chunks and
+/// tokens, in words), `.kl` (f32 per tensor, in `.tensors` order: the mean next-token KL
+/// measured at the probe type; −1 where it was not measurable) and `.probe_types`.
+fn kl_keys(c: &CalibrationSummary, s: &[&Sensitivity]) -> Vec<(String, Value)> {
+    vec![
+        (
+            "moeq.optimize.calibration".into(),
+            Value::String(format!("{} ({} chunks, {} tokens)", c.what, c.chunks, c.tokens)),
+        ),
+        (
+            "moeq.optimize.kl".into(),
+            Value::Array(Array::F32(s.iter().map(|x| x.kl.map_or(-1.0, |k| k as f32)).collect())),
+        ),
+        (
+            "moeq.optimize.probe_types".into(),
+            Value::Array(Array::String(s.iter().map(|x| x.probe.name().to_string()).collect())),
+        ),
+    ]
+}
+
 /// Steps that fix a tensor's type: never optimized.
 const FIXED_RULES: &[&str] =
     &["not-quantized", "released-mxfp4", "token-embedding-type", "output-tensor-type", "tensor-type", "copy"];
@@ -259,6 +323,8 @@ pub struct OptimizeSettings<'m> {
     pub imatrix: Option<&'m Arc<ImatrixFile>>,
     /// `--candidate-types`: the types to choose among (`None`: [`CANDIDATES`]).
     pub candidates: Option<Vec<GgmlType>>,
+    /// Calibration tokens: the errors are scaled by measured next-token KL ([`sensitivity`]).
+    pub calibration: Option<&'m Calibration<'m, 'm>>,
     /// No progress bar.
     pub quiet: bool,
 }
@@ -329,14 +395,23 @@ pub fn optimize<'a>(
         );
     }
     let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
+    let calibrated: Option<(Vec<Sensitivity>, CalibrationSummary)> = match settings.calibration {
+        Some(cal) => {
+            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
+            Some(sensitivity::sensitivities(cal, &tensors, settings.quiet)?)
+        }
+        None => None,
+    };
+    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(s, _)| s[k].scale);
     let items: Vec<Vec<Choice>> = chosen
         .iter()
         .zip(&measured)
-        .map(|(&i, ms)| {
+        .enumerate()
+        .map(|(k, (&i, ms))| {
             ms.iter()
                 .map(|m| Choice {
                     bytes: pad(m.ty.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4)),
-                    error: m.relative(),
+                    error: scale(k) * m.relative(),
                 })
                 .collect()
         })
@@ -346,15 +421,22 @@ pub fn optimize<'a>(
     // the real header is no longer.
     let longest = "X".repeat(CANDIDATES.iter().map(|t| t.name().len()).max().unwrap_or(8));
     let target_text = settings.target.describe(settings.planned);
-    let error_text = if settings.imatrix.is_some() { ERROR_WITH_IMATRIX } else { ERROR_PLAIN };
-    let placeholder = metadata_keys(
+    let weight_error = if settings.imatrix.is_some() { ERROR_WITH_IMATRIX } else { ERROR_PLAIN };
+    let (method, error_text) = match &calibrated {
+        Some(_) => (METHOD_KL, format!("{ERROR_KL}{weight_error}")),
+        None => (METHOD, weight_error.to_string()),
+    };
+    let mut placeholder = metadata_keys(
         &target_text,
-        METHOD,
-        error_text,
+        method,
+        &error_text,
         u64::MAX,
         0.0,
         chosen.iter().map(|&i| (recipes[i].spec.name.clone(), longest.clone(), 0.0)).collect(),
     );
+    if let Some((s, c)) = &calibrated {
+        placeholder.extend(kl_keys(c, &s.iter().collect::<Vec<_>>()));
+    }
     for (k, v) in &placeholder {
         plan.set(k, v.clone());
     }
@@ -395,7 +477,21 @@ pub fn optimize<'a>(
         let ty = m[pick].ty;
         let front = knapsack::pareto(&items[k]);
         let pos = front.iter().position(|&o| o == pick).unwrap_or(0);
-        let mut why = format!("size budget: {ty}, relative error {:.3e}", items[k][pick].error);
+        let mut why = match &calibrated {
+            Some((s, _)) => {
+                let s = &s[k];
+                let kl = s.kl.map_or("not measurable".to_string(), |kl| format!("{kl:.3e} nats"));
+                format!(
+                    "size budget: {ty}, predicted KL {:.3e} (probe {}: KL {kl} at relative error {:.3e}, scale {:.3e}{})",
+                    items[k][pick].error,
+                    s.probe,
+                    s.probe_error,
+                    s.scale,
+                    if s.floored { ", floor" } else { "" }
+                )
+            }
+            None => format!("size budget: {ty}, relative error {:.3e}", items[k][pick].error),
+        };
         if pos > 0 {
             let c = front[pos - 1];
             why.push_str(&format!(
@@ -439,6 +535,7 @@ pub fn optimize<'a>(
             error: items[k][pick].error,
             bytes: row.bytes,
             candidates: m.iter().zip(&items[k]).map(|(x, c)| (x.ty, c.bytes, c.error)).collect(),
+            sensitivity: calibrated.as_ref().map(|(s, _)| s[k].clone()),
             why,
         });
     }
@@ -448,8 +545,8 @@ pub fn optimize<'a>(
     plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
     let mut log = OptimizeLog {
         target: target_text,
-        method: METHOD.into(),
-        error_measure: error_text.into(),
+        method: method.into(),
+        error_measure: error_text,
         budget_bytes: budget_file,
         min_bytes: min_file,
         file_bytes: 0,
@@ -457,6 +554,7 @@ pub fn optimize<'a>(
         total_error: solution.error,
         mix_error: if settings.target == Target::Mix { mix_error } else { None },
         tensors: decisions,
+        calibration: calibrated.map(|(_, c)| c),
     };
     for (k, v) in log.metadata() {
         plan.set(&k, v);

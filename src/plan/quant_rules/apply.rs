@@ -52,7 +52,25 @@ pub struct QuantRequest {
     pub target: Option<Target>,
     /// `--candidate-types`: the types the budget chooses among (`None`: all).
     pub candidates: Option<Vec<GgmlType>>,
+    /// `--calibration` / `--calibration-tokens` (with a size target): KL-calibrated errors.
+    pub calibration: Option<CalibrationRequest>,
 }
+
+/// Calibration tokens for the KL-calibrated optimizer, read as `moeq imatrix` reads them.
+#[derive(Clone, Debug)]
+pub struct CalibrationRequest {
+    /// Text (`--calibration`) or token chunks (`--calibration-tokens`).
+    pub input: crate::imatrix::Calibration,
+    /// Tokens per chunk (text).
+    pub ctx: usize,
+    /// At most this many chunks.
+    pub chunks: usize,
+    /// The folder with the tokenizer.json (text).
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Calibration chunks of `--calibration` / `--calibration-tokens` when none is given.
+pub const DEFAULT_CALIBRATION_CHUNKS: usize = 4;
 
 impl QuantArgs {
     /// The request these options make, and warnings about how they were read. Errors name
@@ -103,6 +121,38 @@ impl QuantArgs {
             }
             Some(types)
         };
+        let input = match (&self.calibration, &self.calibration_tokens) {
+            (Some(text), _) => Some(crate::imatrix::Calibration::Text(text.clone())),
+            (None, Some(ids)) => Some(crate::imatrix::Calibration::Tokens(ids.clone())),
+            (None, None) => None,
+        };
+        if input.is_some() && target.is_none() {
+            bail!("--calibration and --calibration-tokens go with --optimize, --target-size or --target-bpw");
+        }
+        if input.is_none() {
+            for (set, name) in [
+                (self.ctx.is_some(), "--ctx"),
+                (self.chunks.is_some(), "--chunks"),
+                (self.tokenizer.is_some(), "--tokenizer"),
+            ] {
+                if set {
+                    bail!("{name} goes with --calibration or --calibration-tokens");
+                }
+            }
+        }
+        let calibration = match input {
+            Some(input) => {
+                let (ctx, chunks) = (self.ctx.unwrap_or(512), self.chunks.unwrap_or(DEFAULT_CALIBRATION_CHUNKS));
+                if ctx == 0 {
+                    bail!("--ctx must be at least 1");
+                }
+                if chunks == 0 {
+                    bail!("--chunks must be at least 1");
+                }
+                Some(CalibrationRequest { input, ctx, chunks, tokenizer: self.tokenizer.clone() })
+            }
+            None => None,
+        };
         let request = QuantRequest {
             imatrix: self.imatrix.clone(),
             include_weights: self.include_weights.clone(),
@@ -118,6 +168,7 @@ impl QuantArgs {
             dry_run: self.dry_run,
             target,
             candidates,
+            calibration,
         };
         Ok((request, warnings))
     }
@@ -142,7 +193,10 @@ impl QuantRequest {
     /// The files these options read (`--imatrix`, `--tensor-type-file`), which no output may
     /// replace.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        self.imatrix.iter().chain(&self.tensor_type_file).cloned().collect()
+        let calibration = self.calibration.iter().flat_map(|c| match &c.input {
+            crate::imatrix::Calibration::Text(p) | crate::imatrix::Calibration::Tokens(p) => Some(p),
+        });
+        self.imatrix.iter().chain(&self.tensor_type_file).chain(calibration).cloned().collect()
     }
 
     /// The settings: the importance matrix read and filtered as llama-quantize's
