@@ -307,4 +307,27 @@ pub struct QuantArgs {
     /// q4_k,q5_k,q6_k,q8_0,iq4_nl); default every k-, i- and legacy quant, Q8_0, F16 and BF16.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
     pub candidate_types: Vec<String>,
+    /// How quantized values are rounded: ggml (the default: byte-identical to llama-quantize)
+    /// or gptq (GPTQ, Frantar et al. 2022: codes chosen, inside the same ggml block types, to
+    /// minimize each layer's output error on calibration tokens; needs --calibration or
+    /// --calibration-tokens). Recorded as moeq.rounding in the GGUF.
+    #[arg(long, value_name = "METHOD", value_parser = ["ggml", "gptq"])]
+    pub rounding: Option<String>,
+    /// --rounding gptq: calibration text (UTF-8), tokenized with the model's tokenizer and cut
+    /// into chunks of --calibration-ctx tokens as `moeq imatrix --text` does.
+    #[arg(long, value_name = "FILE", conflicts_with = "calibration_tokens")]
+    pub calibration: Option<PathBuf>,
+    /// --rounding gptq: calibration chunks as token ids, one chunk per line (as `moeq imatrix
+    /// --tokens-file` reads them).
+    #[arg(long, value_name = "FILE")]
+    pub calibration_tokens: Option<PathBuf>,
+    /// Tokens per calibration chunk (--calibration).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub calibration_ctx: usize,
+    /// At most this many calibration chunks (default: all the input holds).
+    #[arg(long, value_name = "N")]
+    pub calibration_chunks: Option<usize>,
+    /// --calibration with a GGUF input: the folder with the model's tokenizer.json.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer: Option<PathBuf>,
 }

@@ -3161,3 +3161,105 @@ fn size_budget_uses_the_importance_matrix() {
     let bits = plan["totals"]["bytes"].as_f64().unwrap() * 8.0 / plan["totals"]["elements"].as_f64().unwrap();
     assert!(bits <= 6.0, "{bits}");
 }
+
+/// `--rounding gptq`: the same tensors, types and size as ggml's rounding (but for the
+/// `moeq.rounding` key), other bytes, recorded in the GGUF and the report, deterministic; the
+/// default stays ggml's.
+#[test]
+fn convert_rounds_with_gptq() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (plain, gptq, again, report) = (
+        dir.path().join("plain.gguf"),
+        dir.path().join("gptq.gguf"),
+        dir.path().join("again.gguf"),
+        dir.path().join("report.json"),
+    );
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&plain), "--type", "Q4_0", "-q"]);
+    for (out, rep) in [(&gptq, Some(&report)), (&again, None)] {
+        let mut args = vec!["convert", path_arg(&llama), "-o", path_arg(out), "--type", "Q4_0", "--rounding", "gptq"];
+        args.extend(["--calibration", path_arg(&text), "--calibration-ctx", "64", "--calibration-chunks", "6", "-q"]);
+        if let Some(r) = rep {
+            args.extend(["--report", path_arg(r)]);
+        }
+        ok(&args);
+    }
+    let (a, b) = (std::fs::read(&gptq).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(a, b, "GPTQ rounding is deterministic");
+    let inspect = |p: &Path| -> Json { serde_json::from_str(&ok(&["inspect", "--json", path_arg(p)])).unwrap() };
+    let (ji, jp) = (inspect(&gptq), inspect(&plain));
+    assert_eq!(ji["metadata"]["moeq.rounding"]["value"], "gptq", "{}", ji["metadata"]);
+    assert!(jp["metadata"].get("moeq.rounding").is_none());
+    let shapes = |j: &Json| -> Vec<(String, String, u64)> {
+        j["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (t["name"].as_str().unwrap().into(), t["dtype"].as_str().unwrap().into(), t["bytes"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(shapes(&ji), shapes(&jp), "same tensors, types and sizes");
+    let plain_bytes = std::fs::read(&plain).unwrap();
+    assert!(a.len() >= plain_bytes.len() && a.len() <= plain_bytes.len() + 64, "{} vs {}", a.len(), plain_bytes.len());
+    let rep: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = &rep["rounding"];
+    assert_eq!(r["method"], "gptq");
+    assert_eq!(r["calibration"]["tokens"], 6 * 64);
+    let rounded: Vec<&str> = r["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.ffn_down.weight", "token_embd.weight"] {
+        assert!(rounded.contains(&name), "{name} not rounded with GPTQ: {rounded:?}");
+    }
+    let k = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.attn_k.weight").unwrap();
+    assert_eq!(k["hessian"], "blk.0.attn_q.weight", "k shares q's input");
+    // The file runs, and stays close to the source on next-token distributions.
+    let out =
+        ok(&["eval", path_arg(&gptq), "--text", "Hello world, hello", "--top", "1", "--tokenizer", path_arg(&llama)]);
+    assert!(out.lines().count() > 3, "{out}");
+}
+
+/// `--rounding gptq` without calibration input, calibration options without it, and MLX
+/// output are refused (exit 2, nothing written).
+#[test]
+fn convert_refuses_gptq_without_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let base = ["convert", path_arg(&llama), "-o", path_arg(&out)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--type", "Q4_0", "--rounding", "gptq"], "--rounding gptq needs calibration input"),
+        (vec!["--type", "Q4_0", "--calibration", path_arg(&text)], "go with --rounding gptq"),
+        (vec!["--rounding", "gptq", "--calibration", path_arg(&text)], "go with --type"),
+        (
+            vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&text), "--calibration-ctx", "0"],
+            "at least 1",
+        ),
+        (vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&out)], "out.gguf"),
+    ];
+    for (extra, message) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let e = fails(&args);
+        assert!(e.contains(message), "{args:?}: {e}");
+    }
+    let mlx = dir.path().join("mlx");
+    let e = fails(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+        "--rounding",
+        "gptq",
+        "--calibration",
+        path_arg(&text),
+    ]);
+    assert!(e.contains("apply to GGUF output"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}

@@ -122,6 +122,25 @@ impl Factor {
         Err(last.unwrap_or(GptqError::BadHessian("empty".into())))
     }
 
+    /// A factor from its upper triangle `u` (`cols × cols`, row-major, as [`Factor::upper`]
+    /// gives it: a factor stored and read back).
+    ///
+    /// Errors: `u` is not `cols²` long, or a diagonal entry is 0 or not finite.
+    pub fn from_upper(cols: usize, u: Vec<f32>) -> Result<Factor, GptqError> {
+        if u.len() != cols * cols {
+            return Err(GptqError::Length(format!("{} values for a {cols} × {cols} factor", u.len())));
+        }
+        if let Some(i) = (0..cols).find(|&i| !(u[i * cols + i].is_finite() && u[i * cols + i] != 0.0)) {
+            return Err(GptqError::BadHessian(format!("factor diagonal {i} is {}", u[i * cols + i])));
+        }
+        Ok(Factor { cols, u })
+    }
+
+    /// `U`, `cols × cols` row-major (zeros below the diagonal).
+    pub fn upper(&self) -> &[f32] {
+        &self.u
+    }
+
     /// Input columns.
     pub fn cols(&self) -> usize {
         self.cols

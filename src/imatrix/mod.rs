@@ -110,7 +110,7 @@ impl Coverage {
 
 /// Tokens per group: whole chunks whose per-layer temporaries fit [`GROUP_BUDGET`] (at least
 /// one chunk).
-fn group_chunks(m: &Model, chunk_len: usize) -> usize {
+pub(crate) fn group_chunks(m: &Model, chunk_len: usize) -> usize {
     let c = &m.cfg;
     let (h, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
     let ff =
@@ -246,22 +246,42 @@ pub struct Request {
     pub save_chunks: Option<std::path::PathBuf>,
 }
 
+/// The calibration chunks of `calibration` for the model `w` (opened from `model` as `source`):
+/// text tokenized with the model's tokenizer (or the one in `tokenizer`) and cut into chunks
+/// of `ctx` tokens as llama-imatrix cuts them, or chunks of ids read as given; at most
+/// `chunks`. Errors name the file (empty or short text, not UTF-8, a tokenizer that is not the
+/// model's, ids outside the vocabulary).
+pub fn read_chunks(
+    model: &std::path::Path,
+    source: &crate::source::Source,
+    w: &Weights,
+    calibration: &Calibration,
+    ctx: usize,
+    chunks: Option<usize>,
+    tokenizer: Option<&std::path::Path>,
+) -> Result<Vec<Vec<u32>>> {
+    use crate::vocab::tokenize::{ModelText, read_text};
+    let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
+    match calibration {
+        Calibration::Text(path) => {
+            let text = read_text(path)?;
+            let model_text = ModelText::open(model, source, w, tokenizer)?;
+            let what = path.display().to_string();
+            calibration::text_chunks(&model_text, &text, ctx, chunks, &what)
+        }
+        Calibration::Tokens(path) => calibration::file_chunks(path, chunks, n_vocab),
+    }
+}
+
 /// Opens the model, reads and tokenizes the calibration input (errors name the file), and
 /// computes the importance matrix ([`compute`]).
 pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
     use crate::source::Source;
-    use crate::vocab::tokenize::{ModelText, read_text};
     let source = Source::open(&req.model)?;
     let w = Weights::new(&source, &req.model)?;
-    let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
-    let (chunks, dataset) = match &req.calibration {
-        Calibration::Text(path) => {
-            let text = read_text(path)?;
-            let model_text = ModelText::open(&req.model, &source, &w, req.tokenizer.as_deref())?;
-            let what = path.display().to_string();
-            (calibration::text_chunks(&model_text, &text, req.ctx, req.chunks, &what)?, path)
-        }
-        Calibration::Tokens(path) => (calibration::file_chunks(path, req.chunks, n_vocab)?, path),
+    let chunks = read_chunks(&req.model, &source, &w, &req.calibration, req.ctx, req.chunks, req.tokenizer.as_deref())?;
+    let dataset = match &req.calibration {
+        Calibration::Text(path) | Calibration::Tokens(path) => path,
     };
     if let Some(path) = &req.save_chunks {
         let text: String =

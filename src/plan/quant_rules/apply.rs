@@ -52,6 +52,8 @@ pub struct QuantRequest {
     pub target: Option<Target>,
     /// `--candidate-types`: the types the budget chooses among (`None`: all).
     pub candidates: Option<Vec<GgmlType>>,
+    /// `--rounding gptq` with its calibration input (`None`: ggml's rounding).
+    pub rounding: Option<crate::plan::rounding::RoundingRequest>,
 }
 
 impl QuantArgs {
@@ -103,6 +105,7 @@ impl QuantArgs {
             }
             Some(types)
         };
+        let rounding = self.rounding_request()?;
         let request = QuantRequest {
             imatrix: self.imatrix.clone(),
             include_weights: self.include_weights.clone(),
@@ -118,8 +121,43 @@ impl QuantArgs {
             dry_run: self.dry_run,
             target,
             candidates,
+            rounding,
         };
         Ok((request, warnings))
+    }
+
+    /// `--rounding gptq` and its calibration options; errors for GPTQ without calibration input
+    /// and for calibration options without GPTQ.
+    fn rounding_request(&self) -> Result<Option<crate::plan::rounding::RoundingRequest>> {
+        use crate::imatrix::Calibration;
+        let calibration = match (&self.calibration, &self.calibration_tokens) {
+            (Some(text), _) => Some(Calibration::Text(text.clone())),
+            (None, Some(ids)) => Some(Calibration::Tokens(ids.clone())),
+            (None, None) => None,
+        };
+        let gptq = self.rounding.as_deref() == Some("gptq");
+        match (gptq, calibration) {
+            (true, None) => bail!(
+                "--rounding gptq needs calibration input: --calibration FILE (text) or --calibration-tokens FILE (token \
+                 ids, one chunk per line)"
+            ),
+            (true, Some(calibration)) => {
+                if self.calibration_ctx == 0 {
+                    bail!("--calibration-ctx must be at least 1");
+                }
+                Ok(Some(crate::plan::rounding::RoundingRequest {
+                    calibration,
+                    ctx: self.calibration_ctx,
+                    chunks: self.calibration_chunks,
+                    tokenizer: self.tokenizer.clone(),
+                }))
+            }
+            (false, Some(_)) => bail!("--calibration and --calibration-tokens go with --rounding gptq"),
+            (false, None) if self.calibration_chunks.is_some() || self.tokenizer.is_some() => {
+                bail!("--calibration-chunks and --tokenizer go with --rounding gptq")
+            }
+            (false, None) => Ok(None),
+        }
     }
 }
 
@@ -137,12 +175,14 @@ impl QuantRequest {
             || self.keep_split
             || !self.overrides.is_empty()
             || self.target.is_some()
+            || self.rounding.is_some()
     }
 
     /// The files these options read (`--imatrix`, `--tensor-type-file`), which no output may
     /// replace.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        self.imatrix.iter().chain(&self.tensor_type_file).cloned().collect()
+        let calibration = self.rounding.as_ref().map(|r| r.file().to_path_buf());
+        self.imatrix.iter().chain(&self.tensor_type_file).cloned().chain(calibration).collect()
     }
 
     /// The settings: the importance matrix read and filtered as llama-quantize's
