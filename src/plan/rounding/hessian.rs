@@ -135,6 +135,9 @@ fn add_outer(x: &[f32], cols: usize, h: &mut [f64]) {
     });
 }
 
+/// One factored Hessian: input name, columns, tokens, `diag(H) / tokens`, the factor.
+type Factored = (String, usize, u64, Vec<f32>, Result<Factor, moeq_kernels::gptq::GptqError>);
+
 /// The finished factors, spilled.
 struct Finished {
     spill: Option<(Arc<File>, u64)>,
@@ -145,7 +148,7 @@ struct Finished {
 impl Finished {
     /// Factors every Hessian of the layer just run (in parallel) and stores them.
     fn finish(&mut self, current: BTreeMap<String, Acc>) -> Result<()> {
-        let factored: Vec<(String, usize, u64, Vec<f32>, Result<Factor, _>)> = current
+        let factored: Vec<Factored> = current
             .into_par_iter()
             .map(|(name, mut acc)| {
                 let n = acc.cols;
