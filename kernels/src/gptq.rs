@@ -80,6 +80,9 @@ pub const DAMP: f64 = 0.01;
 pub struct Factor {
     cols: usize,
     u: Vec<f32>,
+    /// The column order of the sweep (GPTQ's act-order: decreasing `diag H`); empty for left
+    /// to right. `u` is in this order.
+    perm: Vec<u32>,
 }
 
 impl Factor {
@@ -94,6 +97,37 @@ impl Factor {
     /// Errors: `h` is not `cols²` long or holds a non-finite value; still not positive
     /// definite.
     pub fn from_hessian(h: &[f64], cols: usize, damp: f64) -> Result<Factor, GptqError> {
+        Self::from_hessian_ordered(h, cols, damp, false)
+    }
+
+    /// [`Factor::from_hessian`], with `act_order` for GPTQ's act-order: the sweep takes the
+    /// columns by decreasing `diag H` (ties by index) and `U` is that of the permuted Hessian.
+    ///
+    /// Errors: as [`Factor::from_hessian`].
+    pub fn from_hessian_ordered(h: &[f64], cols: usize, damp: f64, act_order: bool) -> Result<Factor, GptqError> {
+        if h.len() != cols * cols {
+            return Err(GptqError::BadHessian(format!("{} values for {cols} columns", h.len())));
+        }
+        if !act_order {
+            return Self::factor_natural(h, cols, damp);
+        }
+        let mut perm: Vec<u32> = (0..cols as u32).collect();
+        perm.sort_by(|&a, &b| {
+            let (x, y) = (h[a as usize * cols + a as usize], h[b as usize * cols + b as usize]);
+            y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        });
+        let mut p = vec![0f64; cols * cols];
+        for (i, &pi) in perm.iter().enumerate() {
+            for (j, &pj) in perm.iter().enumerate() {
+                p[i * cols + j] = h[pi as usize * cols + pj as usize];
+            }
+        }
+        let mut f = Self::factor_natural(&p, cols, damp)?;
+        f.perm = perm;
+        Ok(f)
+    }
+
+    fn factor_natural(h: &[f64], cols: usize, damp: f64) -> Result<Factor, GptqError> {
         if h.len() != cols * cols {
             return Err(GptqError::BadHessian(format!("{} values for {cols} columns", h.len())));
         }
@@ -115,7 +149,7 @@ impl Factor {
                 a[i * cols + i] += lambda;
             }
             match reverse_cholesky(&mut a, cols) {
-                Ok(()) => return Ok(Factor { cols, u: upper_inverse(&a, cols) }),
+                Ok(()) => return Ok(Factor { cols, u: upper_inverse(&a, cols), perm: Vec::new() }),
                 Err(e) => last = Some(e),
             }
         }
@@ -126,19 +160,31 @@ impl Factor {
     /// gives it: a factor stored and read back).
     ///
     /// Errors: `u` is not `cols²` long, or a diagonal entry is 0 or not finite.
-    pub fn from_upper(cols: usize, u: Vec<f32>) -> Result<Factor, GptqError> {
+    pub fn from_upper(cols: usize, u: Vec<f32>, perm: Vec<u32>) -> Result<Factor, GptqError> {
+        let mut seen = vec![false; if perm.is_empty() { 0 } else { cols }];
+        if !perm.is_empty()
+            && (perm.len() != cols
+                || perm.iter().any(|&p| p as usize >= cols || std::mem::replace(&mut seen[p as usize], true)))
+        {
+            return Err(GptqError::Length(format!("the column order is not a permutation of {cols} columns")));
+        }
         if u.len() != cols * cols {
             return Err(GptqError::Length(format!("{} values for a {cols} × {cols} factor", u.len())));
         }
         if let Some(i) = (0..cols).find(|&i| !(u[i * cols + i].is_finite() && u[i * cols + i] != 0.0)) {
             return Err(GptqError::BadHessian(format!("factor diagonal {i} is {}", u[i * cols + i])));
         }
-        Ok(Factor { cols, u })
+        Ok(Factor { cols, u, perm })
     }
 
     /// `U`, `cols × cols` row-major (zeros below the diagonal).
     pub fn upper(&self) -> &[f32] {
         &self.u
+    }
+
+    /// The sweep's column order (empty: left to right).
+    pub fn order(&self) -> &[u32] {
+        &self.perm
     }
 
     /// Input columns.
@@ -376,6 +422,9 @@ fn quantize_rows_traced(
     if let Some(index) = qw.iter().position(|w| !w.is_finite() || *w < 0.0) {
         return Err(GptqError::NonFinite { index, value: qw[index] });
     }
+    if !factor.perm.is_empty() {
+        return sweep_act_order(ty, x, y, factor, qw, used);
+    }
     let mut w = vec![0f32; n];
     let mut cell = vec![Cell::default(); bs];
     let mut codes = vec![0i32; bs];
@@ -408,6 +457,56 @@ fn quantize_rows_traced(
                 }
             }
             pack(ty, &codes, b);
+        }
+    }
+    Ok(())
+}
+
+/// The act-order sweep (lengths and values already checked): every block's scales are chosen
+/// first, from the row's own values (GPTQ's `static_groups`), then the columns are rounded in
+/// the factor's order, the error fed to the columns not yet rounded.
+fn sweep_act_order(
+    ty: QuantType,
+    x: &[f32],
+    y: &mut [u8],
+    factor: &Factor,
+    qw: &[f32],
+    mut used: Option<&mut [f32]>,
+) -> Result<(), GptqError> {
+    let n = factor.cols;
+    let (bs, bb) = (ty.block_size(), ty.block_bytes());
+    let mut w = vec![0f32; n];
+    let mut cell = vec![Cell::default(); n];
+    let mut codes = vec![0i32; n];
+    for (r, (row, out)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n / bs * bb)).enumerate() {
+        w.copy_from_slice(row);
+        for (blk, b) in out.chunks_exact_mut(bb).enumerate() {
+            let c0 = blk * bs;
+            weighted::quantize_rows(ty, &w[c0..c0 + bs], b, bs, &qw[c0..c0 + bs]).map_err(|e| match e {
+                Refusal::Degenerate(_) => GptqError::Degenerate(r * n / bs + blk),
+                _ => GptqError::Unsupported(ty.name()),
+            })?;
+            cells(ty, b, &mut cell[c0..c0 + bs]);
+        }
+        for k in 0..n {
+            let i = factor.perm[k] as usize;
+            if !w[i].is_finite() {
+                return Err(GptqError::NonFinite { index: r * n + i, value: w[i] });
+            }
+            let q = cell[i].nearest(w[i]);
+            let v = cell[i].value(q);
+            codes[i] = q + cell[i].offset;
+            if let Some(u) = used.as_deref_mut() {
+                u[r * n + i] = v;
+            }
+            let u = factor.row(k);
+            let e = (w[i] - v) / u[k];
+            for (&p, &uj) in factor.perm[k + 1..].iter().zip(&u[k + 1..]) {
+                w[p as usize] -= e * uj;
+            }
+        }
+        for (blk, b) in out.chunks_exact_mut(bb).enumerate() {
+            pack(ty, &codes[blk * bs..(blk + 1) * bs], b);
         }
     }
     Ok(())
@@ -584,6 +683,36 @@ mod tests {
             eprintln!("{ty:?}: GPTQ / ggml output error {:.3}", gptq / rtn);
             assert!(gptq < 0.9 * rtn, "{ty:?}: GPTQ {gptq:.4e}, ggml's rounding {rtn:.4e}");
         }
+    }
+
+    #[test]
+    fn act_order_is_exact_deterministic_and_below_round_to_nearest() {
+        let n = 512;
+        let mut rng = Rng(9);
+        let (_, h) = correlated(2048, n, &mut rng);
+        let f = Factor::from_hessian_ordered(&h, n, DAMP, true).unwrap();
+        assert_eq!(f.order().len(), n);
+        let back_again = Factor::from_upper(n, f.upper().to_vec(), f.order().to_vec()).unwrap();
+        let qw: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32).collect();
+        let w: Vec<f32> = (0..8 * n).map(|_| (rng.normal() * 0.05) as f32).collect();
+        for ty in TYPES {
+            let mut y = vec![0u8; ty.bytes_for(w.len())];
+            let mut used = vec![0f32; w.len()];
+            quantize_rows_traced(ty, &w, &mut y, &f, &qw, Some(&mut used)).unwrap();
+            let mut a = vec![0f32; w.len()];
+            scalar::dequantize(ty, &y, &mut a);
+            assert!(a.iter().zip(&used).all(|(p, q)| p.to_bits() == q.to_bits()), "{ty:?}");
+            let mut again = vec![0u8; y.len()];
+            quantize_rows(ty, &w, &mut again, &back_again, &qw).unwrap();
+            assert_eq!(y, again, "{ty:?}");
+            let mut g = vec![0u8; y.len()];
+            weighted::quantize_rows(ty, &w, &mut g, n, &qw).unwrap();
+            let mut b = vec![0f32; w.len()];
+            scalar::dequantize(ty, &g, &mut b);
+            let (gptq, rtn) = (output_error(&w, &a, &h, n), output_error(&w, &b, &h, n));
+            assert!(gptq < 0.9 * rtn, "{ty:?}: GPTQ act-order {gptq:.4e}, ggml's rounding {rtn:.4e}");
+        }
+        assert!(Factor::from_upper(2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 0]).is_err());
     }
 
     #[test]
