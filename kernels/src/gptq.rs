@@ -4,7 +4,7 @@
 //!
 //! Method: GPTQ, Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training
 //! Quantization for Generative Pre-trained Transformers" (arXiv:2210.17323, ICLR 2023),
-//! Algorithm 1, without its lazy batch updates. For a weight matrix `W` (rows = outputs,
+//! Algorithm 1, without its lazy batch updates (they change only the speed). For a weight matrix `W` (rows = outputs,
 //! columns = inputs) and the Hessian of its input `H = Σ_t x_t x_tᵀ` over calibration tokens,
 //! the output error `Σ_t ‖(W − Ŵ) x_t‖²` is minimized greedily column by column: each column
 //! is rounded, and its rounding error is moved onto the columns not yet rounded through the
@@ -12,14 +12,18 @@
 //! `j > i`). Rows are independent given `U`.
 //!
 //! Inside a ggml block format the grid of a column depends on its block's scales (and mins),
-//! which the format lets the quantizer choose. When the sweep reaches the first column of a
-//! (super-)block, that block's scales are chosen from the *current* (error-updated) values of
-//! the row with ggml's own importance-weighted search for the type
-//! ([`crate::scalar::weighted::quantize_rows`]: `make_qkx2_quants`, `make_qx_quants`,
-//! `make_qp_quants`, … as `quantize_row_*_impl`); the values of the block are then rounded one
-//! column at a time to the nearest code of that grid (the value ggml's dequantizer gives for
-//! the code, computed with its exact float operations), with the error fed forward. This is
-//! GPTQ's "static groups" variant with the ggml (super-)block as the group.
+//! which the format lets the quantizer choose, with ggml's own importance-weighted search for
+//! the type ([`crate::scalar::weighted::quantize_rows`]: `make_qkx2_quants`, `make_qx_quants`,
+//! `make_qp_quants`, … as `quantize_row_*_impl`). Two sweeps, as in GPTQ's reference code:
+//! - left to right ([`Factor::from_hessian`]): when the sweep reaches the first column of a
+//!   (super-)block, that block's scales are chosen from the *current* (error-updated) values
+//!   of the row (GPTQ's grouped quantization, the group being the ggml block);
+//! - act-order ([`Factor::from_hessian_ordered`] with `act_order`): the columns are taken by
+//!   decreasing `diag H`, and every block's scales are chosen first from the row's own values
+//!   (GPTQ's `static_groups`, needed because a block's columns are no longer visited together).
+//!
+//! Each value is rounded to the nearest code of its block's grid (the value ggml's dequantizer
+//! gives for the code, computed with its exact float operations), and its error fed forward.
 //!
 //! Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
 //! ([`supports`]). The lattice i-quants (IQ1_*, IQ2_*, IQ3_*), the ternary types and MXFP4 are
