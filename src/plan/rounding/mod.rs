@@ -76,7 +76,7 @@ impl RoundingLog {
     pub fn to_json(&self, file: &Path) -> Json {
         json!({
             "method": METHOD,
-            "reference": "GPTQ, Frantar et al. 2022, arXiv:2210.17323 (static groups = ggml blocks, damping 0.01)",
+            "reference": "GPTQ, Frantar et al. 2022, arXiv:2210.17323 (act-order, static groups = ggml blocks, damping 0.01)",
             "calibration": {"file": file.display().to_string(), "chunks": self.chunks, "tokens": self.tokens},
             "tensors": self.rounded.iter().map(|(n, h)| json!({"name": n, "hessian": h})).collect::<Vec<_>>(),
             "ggml_rounded": self.ggml.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
