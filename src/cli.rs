@@ -307,9 +307,17 @@ pub struct QuantArgs {
     /// q4_k,q5_k,q6_k,q8_0,iq4_nl); default every k-, i- and legacy quant, Q8_0, F16 and BF16.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',')]
     pub candidate_types: Vec<String>,
-    /// With --optimize / --target-*: calibration text (UTF-8, as `moeq imatrix --text`): each
-    /// tensor's error is scaled by the next-token KL divergence it causes in the source model's
-    /// forward on these tokens, and the summed predicted KL is minimized.
+    /// How quantized values are rounded: ggml (the default: byte-identical to llama-quantize)
+    /// or gptq (GPTQ, Frantar et al. 2022: codes chosen, inside the same ggml block types, to
+    /// minimize each layer's output error on calibration tokens; needs --calibration or
+    /// --calibration-tokens). Recorded as moeq.rounding in the GGUF.
+    #[arg(long, value_name = "METHOD", value_parser = ["ggml", "gptq"])]
+    pub rounding: Option<String>,
+    /// Calibration text (UTF-8, as `moeq imatrix --text`), tokenized with the model's tokenizer
+    /// and cut into chunks of --ctx tokens. With --optimize / --target-*: each tensor's error is
+    /// scaled by the next-token KL divergence it causes in the source model's forward on these
+    /// tokens, and the summed predicted KL is minimized. With --rounding gptq: the tokens whose
+    /// activations give each layer's Hessian.
     #[arg(long, value_name = "FILE", conflicts_with = "calibration_tokens")]
     pub calibration: Option<PathBuf>,
     /// As --calibration, with chunks of token ids: one chunk per line, ids separated by commas
@@ -317,10 +325,11 @@ pub struct QuantArgs {
     #[arg(long, value_name = "FILE")]
     pub calibration_tokens: Option<PathBuf>,
     /// Tokens per calibration chunk (--calibration text; default 512).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub ctx: Option<usize>,
-    /// At most this many calibration chunks (default 4: the KL forward runs once per tensor).
-    #[arg(long)]
+    /// At most this many calibration chunks (default: 4 for the KL calibration of --optimize /
+    /// --target-*, whose forward runs once per tensor; all the input holds for --rounding gptq).
+    #[arg(long, value_name = "N")]
     pub chunks: Option<usize>,
     /// The folder with the tokenizer.json for --calibration text (default: the checkpoint's
     /// folder; a GGUF needs it).

@@ -1776,9 +1776,23 @@ fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
     false
 }
 
+/// Sends SIG`signal` (INT, TERM, HUP, KILL, …) to `pid` at once (no `kill` process to start:
+/// under load that took long enough for a short conversion to finish first).
 fn send(pid: u32, signal: &str) {
-    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
+    let number = match signal {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "BUS" => libc::SIGBUS,
+        "SEGV" => libc::SIGSEGV,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        other => panic!("no signal SIG{other} in this test helper"),
+    };
+    // SAFETY: kill(2) takes plain integers; the worst a wrong pid can do is fail (checked).
+    let rc = unsafe { libc::kill(pid as libc::pid_t, number) };
+    assert_eq!(rc, 0, "kill -{signal} {pid}: {}", std::io::Error::last_os_error());
 }
 
 fn spawn_moeq(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
@@ -2109,7 +2123,7 @@ fn interrupted_runs_leave_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let inputs = tempfile::tempdir().unwrap();
     let big = inputs.path().join("big.gguf");
-    sparse_gguf(&big, 8, 4096, 4096);
+    sparse_gguf(&big, 16, 4096, 4096);
     let ck = inputs.path().join("ck");
     std::fs::create_dir(&ck).unwrap();
     sparse_llama(&ck, 4);
@@ -3293,4 +3307,103 @@ fn size_budget_calibrates_with_next_token_kl() {
         assert!(err.contains(&message), "{all:?}: {err}");
     }
     assert!(!never.exists());
+}
+
+/// `--rounding gptq`: the same tensors, types and size as ggml's rounding (but for the
+/// `moeq.rounding` key), other bytes, recorded in the GGUF and the report, deterministic; the
+/// default stays ggml's.
+#[test]
+fn convert_rounds_with_gptq() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (plain, gptq, again, report) = (
+        dir.path().join("plain.gguf"),
+        dir.path().join("gptq.gguf"),
+        dir.path().join("again.gguf"),
+        dir.path().join("report.json"),
+    );
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&plain), "--type", "Q4_0", "-q"]);
+    for (out, rep) in [(&gptq, Some(&report)), (&again, None)] {
+        let mut args = vec!["convert", path_arg(&llama), "-o", path_arg(out), "--type", "Q4_0", "--rounding", "gptq"];
+        args.extend(["--calibration", path_arg(&text), "--ctx", "64", "--chunks", "6", "-q"]);
+        if let Some(r) = rep {
+            args.extend(["--report", path_arg(r)]);
+        }
+        ok(&args);
+    }
+    let (a, b) = (std::fs::read(&gptq).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(a, b, "GPTQ rounding is deterministic");
+    let inspect = |p: &Path| -> Json { serde_json::from_str(&ok(&["inspect", "--json", path_arg(p)])).unwrap() };
+    let (ji, jp) = (inspect(&gptq), inspect(&plain));
+    assert_eq!(ji["metadata"]["moeq.rounding"]["value"], "gptq", "{}", ji["metadata"]);
+    assert!(jp["metadata"].get("moeq.rounding").is_none());
+    let shapes = |j: &Json| -> Vec<(String, String, u64)> {
+        j["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (t["name"].as_str().unwrap().into(), t["dtype"].as_str().unwrap().into(), t["bytes"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(shapes(&ji), shapes(&jp), "same tensors, types and sizes");
+    let plain_bytes = std::fs::read(&plain).unwrap();
+    assert!(a.len() >= plain_bytes.len() && a.len() <= plain_bytes.len() + 64, "{} vs {}", a.len(), plain_bytes.len());
+    let rep: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = &rep["rounding"];
+    assert_eq!(r["method"], "gptq");
+    assert_eq!(r["calibration"]["tokens"], 6 * 64);
+    let rounded: Vec<&str> = r["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.ffn_down.weight", "token_embd.weight"] {
+        assert!(rounded.contains(&name), "{name} not rounded with GPTQ: {rounded:?}");
+    }
+    let k = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.attn_k.weight").unwrap();
+    assert_eq!(k["hessian"], "blk.0.attn_q.weight", "k shares q's input");
+    // The file runs, and stays close to the source on next-token distributions.
+    let out =
+        ok(&["eval", path_arg(&gptq), "--text", "Hello world, hello", "--top", "1", "--tokenizer", path_arg(&llama)]);
+    assert!(out.lines().count() > 3, "{out}");
+}
+
+/// `--rounding gptq` without calibration input, calibration options without it, and MLX
+/// output are refused (exit 2, nothing written).
+#[test]
+fn convert_refuses_gptq_without_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let base = ["convert", path_arg(&llama), "-o", path_arg(&out)];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--type", "Q4_0", "--rounding", "gptq"], "--rounding gptq needs calibration input"),
+        (vec!["--type", "Q4_0", "--calibration", path_arg(&text)], "or --rounding gptq"),
+        (vec!["--rounding", "gptq", "--calibration", path_arg(&text)], "go with --type"),
+        (vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&text), "--ctx", "0"], "at least 1"),
+        (vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&out)], "out.gguf"),
+    ];
+    for (extra, message) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let e = fails(&args);
+        assert!(e.contains(message), "{args:?}: {e}");
+    }
+    let mlx = dir.path().join("mlx");
+    let e = fails(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+        "--rounding",
+        "gptq",
+        "--calibration",
+        path_arg(&text),
+    ]);
+    assert!(e.contains("apply to GGUF output"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }

@@ -8,6 +8,7 @@
 //!   where it has no faster kernel), one picked at run time (`MOEQ_KERNELS=scalar|avx2|avx512`
 //!   forces one).
 //! - [`openai`]: MXFP4 in OpenAI's gpt-oss layout, and its lossless repack to ggml's.
+//! - [`gptq`]: GPTQ rounding (Frantar et al. 2022) that writes ordinary ggml blocks.
 //! - [`mlx`]: MLX's affine and MXFP4 layouts, as `mlx.core.quantize` writes them.
 #![deny(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod backend;
 pub mod convert;
 pub mod dot;
 pub mod fp8;
+pub mod gptq;
 pub mod mlx;
 pub mod openai;
 pub mod scalar;

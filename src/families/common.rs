@@ -252,7 +252,7 @@ pub fn stacked_experts<'a>(
         })
         .collect::<Result<Vec<_>>>()?;
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, n_expert], ggml_type: out };
-    Ok(Recipe { spec, parts, check_finite: true, importance: None })
+    Ok(Recipe { spec, parts, check_finite: true, importance: None, rounding: None })
 }
 
 /// The FP8 block quantization `config.json` declares (`quantization_config` with `quant_method:
@@ -361,5 +361,5 @@ impl<'a> Fp8Scales<'a> {
 /// making `rows` rows (see [`stacked_experts`], which builds the parts of float checkpoints).
 pub fn stacked(name: String, parts: Vec<Part<'_>>, (rows, cols): (u64, u64), out: GgmlType) -> Recipe<'_> {
     let spec = moeq_formats::gguf::TensorSpec { name, ne: vec![cols, rows, parts.len() as u64], ggml_type: out };
-    Recipe { spec, parts, check_finite: true, importance: None }
+    Recipe { spec, parts, check_finite: true, importance: None, rounding: None }
 }

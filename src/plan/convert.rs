@@ -189,6 +189,33 @@ fn optimize_types<'a>(
     optimize(plan, recipes, report, &settings)
 }
 
+/// `--rounding gptq`: records `moeq.rounding = "gptq"` (a string; llama.cpp ignores keys it
+/// does not know) before a size budget counts the header.
+fn mark_rounding(plan: &mut GgufPlan, opts: &ConvertOptions) {
+    if opts.quant.rounding.is_some() {
+        plan.set("moeq.rounding", moeq_formats::gguf::Value::String(crate::plan::rounding::METHOD.into()));
+    }
+}
+
+/// `--rounding gptq`: computes the calibration Hessians and attaches GPTQ rounding to the
+/// recipes it applies to ([`crate::plan::rounding::attach`]), logging it in the report. A dry
+/// run computes nothing and says so.
+fn attach_rounding(recipes: &mut [Recipe], report: &mut PlanReport, opts: &ConvertOptions) -> Result<()> {
+    let Some(req) = &opts.quant.rounding else { return Ok(()) };
+    if opts.quant.dry_run {
+        report.rounding = Some(serde_json::json!({
+            "method": crate::plan::rounding::METHOD,
+            "calibration": {"file": req.file().display().to_string()},
+            "note": "dry run: no Hessians computed",
+        }));
+        return Ok(());
+    }
+    let log = crate::plan::rounding::attach(&opts.input, recipes, req, opts.quiet)
+        .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
+    report.rounding = Some(log.to_json(req.file()));
+    Ok(())
+}
+
 /// A Hugging Face or OpenAI checkpoint → the GGUF llama.cpp's converter writes (with `--type`
 /// F32/F16/BF16 as its `--outtype`), then for quantized types what `llama-quantize` makes of
 /// that, in one pass.
@@ -235,7 +262,8 @@ fn convert_safetensors(
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
             let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
-            let (plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, keep)?;
+            let (mut plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, keep)?;
+            mark_rounding(&mut plan, opts);
             optimize_types(plan, recipes, report, ftype, &settings, opts)?
         }
         _ => {
@@ -243,6 +271,8 @@ fn convert_safetensors(
             (plan, recipes, report)
         }
     };
+    let (mut recipes, mut report) = (recipes, report);
+    attach_rounding(&mut recipes, &mut report, opts)?;
     if opts.quant.dry_run {
         return Ok(ConvertSummary { files: Vec::new(), tensors: plan.tensors.len(), bytes: 0, plan: Some(report) });
     }
@@ -461,12 +491,15 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
         Some(ftype) => {
             let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
-            let (plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, |_| false)
+            let (mut plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, |_| false)
                 .with_context(|| format!("{}", opts.input.display()))?;
+            mark_rounding(&mut plan, opts);
             optimize_types(plan, recipes, report, ftype, &settings, opts)
                 .with_context(|| format!("{}", opts.input.display()))?
         }
     };
+    let (mut recipes, mut report) = (recipes, report);
+    attach_rounding(&mut recipes, &mut report, opts)?;
     let tensors = plan.tensors.len();
     if opts.quant.dry_run {
         return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report) });

@@ -10,4 +10,5 @@ pub mod optimize;
 pub mod quant_plan;
 pub mod quant_rules;
 pub mod recipe;
+pub mod rounding;
 pub mod transcode;

@@ -188,6 +188,9 @@ pub struct Recipe<'a> {
     pub check_finite: bool,
     /// Importance weights to quantize with (`--imatrix`), if any.
     pub importance: Option<Importance>,
+    /// GPTQ rounding (`--rounding gptq`): the factor of the input's Hessian. `None` rounds as
+    /// ggml does.
+    pub rounding: Option<Arc<crate::plan::rounding::TensorRounding>>,
 }
 
 /// Importance weights for one tensor: an importance matrix entry with one row of weights
@@ -227,7 +230,7 @@ pub struct Scratch {
 impl<'a> Recipe<'a> {
     /// A recipe with one input.
     pub fn new(spec: TensorSpec, input: Input<'a>, check_finite: bool, origin: String) -> Recipe<'a> {
-        Recipe { spec, parts: vec![Part { input, origin }], check_finite, importance: None }
+        Recipe { spec, parts: vec![Part { input, origin }], check_finite, importance: None, rounding: None }
     }
 
     /// The first input (all parts have the same form).
@@ -572,9 +575,15 @@ impl<'a> Recipe<'a> {
     /// Encodes `scratch.values` (rows `global..global + count` of the tensor, `first` of
     /// the part) into `scratch.out`, with importance weights when the recipe has them.
     fn encode(&self, part: &Part, scratch: &mut Scratch, count: u64, first: u64, global: u64) -> Result<()> {
-        let Scratch { values, out, weights, .. } = scratch;
-        out.resize((count * self.out_row_bytes()) as usize, 0);
+        scratch.out.resize((count * self.out_row_bytes()) as usize, 0);
         let ty = self.spec.ggml_type;
+        if let Some(r) = &self.rounding
+            && let Some(qt) = crate::plan::transcode::quant_type(ty)
+            && moeq_kernels::gptq::supports(qt)
+        {
+            return self.encode_gptq(part, scratch, qt, r, first, global);
+        }
+        let Scratch { values, out, weights, .. } = scratch;
         let Some(imp) = &self.importance else {
             return from_f32(ty, values, out).map_err(|e| self.located(part, e, first));
         };
@@ -594,6 +603,38 @@ impl<'a> Recipe<'a> {
             done += n;
         }
         Ok(())
+    }
+
+    /// [`Recipe::encode`] with GPTQ (one matrix: rounding is attached to 2-D tensors only).
+    /// The scale search is weighted by the tensor's `--imatrix` row when it has one, else by
+    /// the calibration Hessian's diagonal.
+    fn encode_gptq(
+        &self,
+        part: &Part,
+        scratch: &mut Scratch,
+        qt: moeq_kernels::QuantType,
+        r: &crate::plan::rounding::TensorRounding,
+        first: u64,
+        global: u64,
+    ) -> Result<()> {
+        let Scratch { values, out, weights, .. } = scratch;
+        let ne0 = self.row_len() as usize;
+        if r.cols != ne0 {
+            bail!("{} → '{}': GPTQ factor of {} columns for rows of {ne0}", part.origin, self.spec.name, r.cols);
+        }
+        let qw: &[f32] = match &self.importance {
+            Some(imp) => {
+                weights.resize(ne0, 0.0);
+                let per = imp.rows_per_matrix.max(1);
+                imp.file.weights(&imp.file.entries()[imp.entry], (global / per) as usize, weights);
+                weights
+            }
+            None => &r.diag,
+        };
+        let factor = r.factor()?;
+        moeq_kernels::gptq::quantize_rows(qt, values, out, &factor, qw).map_err(|e| {
+            anyhow::anyhow!("{} → '{}' (rows from {first}): GPTQ rounding: {e}", part.origin, self.spec.name)
+        })
     }
 
     fn check_values(&self, part: &Part, values: &[f32], first: u64) -> Result<()> {

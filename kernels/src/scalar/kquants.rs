@@ -366,6 +366,12 @@ pub fn finish_q6_k(x: &[f32], scales: &[f32; 16], l: &mut [i8; 256], b: &mut [u8
             l[16 * j + ii] = (q + 32) as i8;
         }
     }
+    pack_q6_k(l, b);
+}
+
+/// Packs 256 Q6_K codes (0..=63, the value + 32) into a super-block's `ql` and `qh` (the
+/// first 192 bytes), as `quantize_row_q6_K_ref` does.
+pub(crate) fn pack_q6_k(l: &[i8; 256], b: &mut [u8]) {
     let (ql, rest) = b.split_at_mut(128);
     let qh = &mut rest[..64];
     for half in 0..2 {

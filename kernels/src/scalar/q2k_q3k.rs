@@ -216,6 +216,12 @@ pub(crate) fn finish_q3_k(x: &[f32], l: &mut [i8; 256], b: &mut [u8]) {
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as i8;
         }
     }
+    pack_q3_k_codes(l, b);
+}
+
+/// Packs 256 Q3_K codes (0..=7, the value + 4) into a block's `hmask` and `qs` (the first 96
+/// bytes), as `quantize_row_q3_K_ref` does.
+pub(crate) fn pack_q3_k_codes(l: &[i8; 256], b: &mut [u8]) {
     let mut low = [0u8; 256];
     let hmask = &mut b[..32];
     hmask.fill(0);

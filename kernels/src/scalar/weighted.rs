@@ -37,7 +37,7 @@ pub fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], n_per_row: usize, q
 
 /// Packs 32 codes (j low nibble, j+16 high) into a block's payload; with `five_bit`, their
 /// fifth bits first go to a 4-byte `qh`.
-fn pack_codes(l: &[u8; 32], out: &mut [u8], five_bit: bool) {
+pub(crate) fn pack_codes(l: &[u8; 32], out: &mut [u8], five_bit: bool) {
     let mut qh = 0u32;
     let qs = if five_bit { 4 } else { 0 };
     for j in 0..16 {

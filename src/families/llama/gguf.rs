@@ -174,6 +174,7 @@ pub fn convert<'a>(
             parts: vec![part(s, ty, hd)],
             check_finite: true,
             importance: None,
+            rounding: None,
         });
     }
     let metadata = hp.metadata(float_file_type(out), arch.experts());

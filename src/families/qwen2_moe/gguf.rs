@@ -217,6 +217,7 @@ pub fn convert<'a>(
             parts: vec![Part { input, origin: s.origin.clone() }],
             check_finite: true,
             importance: None,
+            rounding: None,
         });
     }
     let plan = gguf_plan(hp.kind.arch(), &config.dir, &config.json, &recipes, hp.metadata(float_file_type(out)), vocab);

@@ -54,6 +54,8 @@ pub struct QuantRequest {
     pub candidates: Option<Vec<GgmlType>>,
     /// `--calibration` / `--calibration-tokens` (with a size target): KL-calibrated errors.
     pub calibration: Option<CalibrationRequest>,
+    /// `--rounding gptq` with its calibration input (`None`: ggml's rounding).
+    pub rounding: Option<crate::plan::rounding::RoundingRequest>,
 }
 
 /// Calibration tokens for the KL-calibrated optimizer, read as `moeq imatrix` reads them.
@@ -121,38 +123,7 @@ impl QuantArgs {
             }
             Some(types)
         };
-        let input = match (&self.calibration, &self.calibration_tokens) {
-            (Some(text), _) => Some(crate::imatrix::Calibration::Text(text.clone())),
-            (None, Some(ids)) => Some(crate::imatrix::Calibration::Tokens(ids.clone())),
-            (None, None) => None,
-        };
-        if input.is_some() && target.is_none() {
-            bail!("--calibration and --calibration-tokens go with --optimize, --target-size or --target-bpw");
-        }
-        if input.is_none() {
-            for (set, name) in [
-                (self.ctx.is_some(), "--ctx"),
-                (self.chunks.is_some(), "--chunks"),
-                (self.tokenizer.is_some(), "--tokenizer"),
-            ] {
-                if set {
-                    bail!("{name} goes with --calibration or --calibration-tokens");
-                }
-            }
-        }
-        let calibration = match input {
-            Some(input) => {
-                let (ctx, chunks) = (self.ctx.unwrap_or(512), self.chunks.unwrap_or(DEFAULT_CALIBRATION_CHUNKS));
-                if ctx == 0 {
-                    bail!("--ctx must be at least 1");
-                }
-                if chunks == 0 {
-                    bail!("--chunks must be at least 1");
-                }
-                Some(CalibrationRequest { input, ctx, chunks, tokenizer: self.tokenizer.clone() })
-            }
-            None => None,
-        };
+        let (calibration, rounding) = self.calibration_requests(target.is_some())?;
         let request = QuantRequest {
             imatrix: self.imatrix.clone(),
             include_weights: self.include_weights.clone(),
@@ -169,8 +140,69 @@ impl QuantArgs {
             target,
             candidates,
             calibration,
+            rounding,
         };
         Ok((request, warnings))
+    }
+
+    /// The calibration input's two uses: the KL calibration of a size target (`target`: one of
+    /// --optimize / --target-size / --target-bpw is given) and `--rounding gptq`. Errors: GPTQ
+    /// without calibration input, calibration input with neither use, --ctx / --chunks /
+    /// --tokenizer without calibration input, a zero --ctx or --chunks.
+    fn calibration_requests(
+        &self,
+        target: bool,
+    ) -> Result<(Option<CalibrationRequest>, Option<crate::plan::rounding::RoundingRequest>)> {
+        use crate::imatrix::Calibration;
+        let input = match (&self.calibration, &self.calibration_tokens) {
+            (Some(text), _) => Some(Calibration::Text(text.clone())),
+            (None, Some(ids)) => Some(Calibration::Tokens(ids.clone())),
+            (None, None) => None,
+        };
+        let gptq = self.rounding.as_deref() == Some("gptq");
+        let Some(input) = input else {
+            if gptq {
+                bail!(
+                    "--rounding gptq needs calibration input: --calibration FILE (text) or --calibration-tokens FILE \
+                     (token ids, one chunk per line)"
+                );
+            }
+            for (set, name) in [
+                (self.ctx.is_some(), "--ctx"),
+                (self.chunks.is_some(), "--chunks"),
+                (self.tokenizer.is_some(), "--tokenizer"),
+            ] {
+                if set {
+                    bail!("{name} goes with --calibration or --calibration-tokens");
+                }
+            }
+            return Ok((None, None));
+        };
+        if !target && !gptq {
+            bail!(
+                "--calibration and --calibration-tokens go with --optimize, --target-size, --target-bpw or --rounding gptq"
+            );
+        }
+        let ctx = self.ctx.unwrap_or(512);
+        if ctx == 0 {
+            bail!("--ctx must be at least 1");
+        }
+        if self.chunks == Some(0) {
+            bail!("--chunks must be at least 1");
+        }
+        let calibration = target.then(|| CalibrationRequest {
+            input: input.clone(),
+            ctx,
+            chunks: self.chunks.unwrap_or(DEFAULT_CALIBRATION_CHUNKS),
+            tokenizer: self.tokenizer.clone(),
+        });
+        let rounding = gptq.then(|| crate::plan::rounding::RoundingRequest {
+            calibration: input,
+            ctx,
+            chunks: self.chunks,
+            tokenizer: self.tokenizer.clone(),
+        });
+        Ok((calibration, rounding))
     }
 }
 
@@ -188,15 +220,21 @@ impl QuantRequest {
             || self.keep_split
             || !self.overrides.is_empty()
             || self.target.is_some()
+            || self.rounding.is_some()
     }
 
     /// The files these options read (`--imatrix`, `--tensor-type-file`), which no output may
     /// replace.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let calibration = self.calibration.iter().flat_map(|c| match &c.input {
-            crate::imatrix::Calibration::Text(p) | crate::imatrix::Calibration::Tokens(p) => Some(p),
-        });
-        self.imatrix.iter().chain(&self.tensor_type_file).chain(calibration).cloned().collect()
+        let calibration = self.calibration.as_ref().map(|c| c.input.path().to_path_buf());
+        let rounding = self.rounding.as_ref().map(|r| r.file().to_path_buf());
+        let mut files: Vec<PathBuf> = self.imatrix.iter().chain(&self.tensor_type_file).cloned().collect();
+        for f in calibration.into_iter().chain(rounding) {
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        files
     }
 
     /// The settings: the importance matrix read and filtered as llama-quantize's

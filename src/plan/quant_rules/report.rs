@@ -118,6 +118,9 @@ pub struct PlanReport {
     /// The decision log of a build optimized to a size (`--target-size`, `--target-bpw`,
     /// `--optimize`).
     pub optimize: Option<OptimizeLog>,
+    /// `--rounding gptq`: what was rounded with GPTQ and on which calibration input
+    /// ([`crate::plan::rounding::RoundingLog::to_json`]).
+    pub rounding: Option<Json>,
 }
 
 impl PlanReport {
@@ -273,6 +276,7 @@ impl PlanReport {
             "warnings": self.warnings,
             "refusal": self.refusal,
             "optimize": self.optimize.as_ref().map_or(Json::Null, OptimizeLog::to_json),
+            "rounding": self.rounding.clone().unwrap_or(Json::Null),
         })
     }
 

@@ -1,0 +1,297 @@
+//! Calibration Hessians for GPTQ: for every weight matrix to round, `H = Σ_t x_t x_tᵀ` over
+//! the calibration tokens of the matrix's *input*, collected with moeq's own forward one layer
+//! at a time (as `moeq imatrix` runs it), factored into GPTQ's `U` when the layer ends and
+//! spilled to an anonymous scratch file, so only one layer's Hessians are ever in memory.
+//!
+//! Matrices that read the same input share one Hessian: q, k and v read the attention norm's
+//! output (collected at `attn_q`), gate and up the feed-forward norm's output (at `ffn_gate`);
+//! `attn_output`, `ffn_down` and the output head have their own. The output head's input is
+//! the final norm's output; a model with tied embeddings (no `output.weight`) uses
+//! `token_embd.weight` as its head, so the embedding is rounded for its role as the head.
+//! Stacked expert tensors (MoE) get no Hessian here: they are rounded as ggml rounds them.
+//!
+//! Accumulation: each group of calibration chunks is summed in f32 (AVX2 dot products over the
+//! group's tokens, [`moeq_kernels::dot::dot_rows`]), groups are summed in f64; the factor
+//! ([`moeq_kernels::gptq::Factor`]) is computed in f64 and stored as f32.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use moeq_kernels::gptq::{DAMP, Factor};
+use rayon::prelude::*;
+
+use crate::forward::{Model, Probe};
+use crate::model::weights::Weights;
+use crate::write::progress::steps_bar;
+
+/// Where a factor's `U` (f32, `cols²`) is kept.
+#[derive(Debug)]
+enum Stored {
+    /// In the scratch file at this byte offset.
+    Spilled { file: Arc<File>, offset: u64 },
+    /// In memory (no scratch file could be made).
+    Memory(Vec<f32>),
+}
+
+/// What GPTQ needs to round one weight matrix: the factor of its input's damped inverse
+/// Hessian and the Hessian's diagonal (per-column mean squared input, the importance weights
+/// of the scale search when no `--imatrix` is given).
+#[derive(Debug)]
+pub struct TensorRounding {
+    /// The tensor whose input this is (`blk.0.attn_q.weight` also serves k and v).
+    pub input_of: String,
+    /// Input columns.
+    pub cols: usize,
+    /// Calibration tokens the Hessian summed.
+    pub tokens: u64,
+    /// `diag(H) / tokens`, one per column.
+    pub diag: Vec<f32>,
+    /// The sweep's column order (empty: left to right).
+    order: Vec<u32>,
+    stored: Arc<Stored>,
+}
+
+impl TensorRounding {
+    /// The factor, read back from the scratch file if it was spilled.
+    ///
+    /// Errors: the scratch file cannot be read.
+    pub fn factor(&self) -> Result<Factor> {
+        let n = self.cols * self.cols;
+        let u = match &*self.stored {
+            Stored::Memory(u) => u.clone(),
+            Stored::Spilled { file, offset } => {
+                let mut bytes = vec![0u8; n * 4];
+                file.read_exact_at(&mut bytes, *offset).with_context(|| {
+                    format!("reading the GPTQ factor of {} back from its scratch file", self.input_of)
+                })?;
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+        };
+        Factor::from_upper(self.cols, u, self.order.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", self.input_of))
+    }
+}
+
+/// The tensor whose Hessian `name` uses: k and v share q's input, up shares gate's (when the
+/// model has that tensor).
+pub fn input_key(name: &str, w: &Weights) -> String {
+    for (from, to) in [
+        (".attn_k.weight", ".attn_q.weight"),
+        (".attn_v.weight", ".attn_q.weight"),
+        (".ffn_up.weight", ".ffn_gate.weight"),
+    ] {
+        if let Some(stem) = name.strip_suffix(from) {
+            let key = format!("{stem}{to}");
+            if w.has(&key) {
+                return key;
+            }
+        }
+    }
+    name.to_string()
+}
+
+/// One Hessian while its layer runs: the lower triangle of `Σ x xᵀ` in f64.
+struct Acc {
+    cols: usize,
+    h: Vec<f64>,
+    tokens: u64,
+}
+
+/// The probe: accumulates the Hessians of the wanted inputs.
+struct Collector {
+    keys: HashMap<String, usize>,
+    current: Mutex<BTreeMap<String, Acc>>,
+}
+
+impl Probe for Collector {
+    fn input(&self, name: &str, first: u64, _rows: u64, x: &[f32]) {
+        let Some(&cols) = self.keys.get(name) else { return };
+        if first != 0 || cols == 0 || !x.len().is_multiple_of(cols) {
+            return;
+        }
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let acc = current.entry(name.to_string()).or_insert_with(|| Acc { cols, h: vec![0.0; cols * cols], tokens: 0 });
+        add_outer(x, cols, &mut acc.h);
+        acc.tokens += (x.len() / cols) as u64;
+    }
+}
+
+/// `h[i][k] += Σ_t x[t][i] · x[t][k]` for `k ≤ i` (`x` is [t, cols]); the group's sums in f32,
+/// added to `h` in f64. Rows of `h` in parallel; the result does not depend on the thread count.
+fn add_outer(x: &[f32], cols: usize, h: &mut [f64]) {
+    let t = x.len() / cols;
+    let mut xt = vec![0f32; cols * t];
+    for (k, row) in x.chunks_exact(cols).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            xt[i * t + k] = v;
+        }
+    }
+    h.par_chunks_mut(cols).enumerate().for_each_init(Vec::new, |out: &mut Vec<f32>, (i, hrow)| {
+        out.resize(i + 1, 0.0);
+        moeq_kernels::dot::dot_rows(&xt[i * t..(i + 1) * t], &xt[..(i + 1) * t], out);
+        for (a, &b) in hrow.iter_mut().zip(out.iter()) {
+            *a += b as f64;
+        }
+    });
+}
+
+/// One factored Hessian: input name, columns, tokens, `diag(H) / tokens`, the factor.
+type Factored = (String, usize, u64, Vec<f32>, Result<Factor, moeq_kernels::gptq::GptqError>);
+
+/// The finished factors, spilled.
+struct Finished {
+    spill: Option<(Arc<File>, u64)>,
+    tried: bool,
+    done: HashMap<String, Arc<TensorRounding>>,
+}
+
+impl Finished {
+    /// Factors every Hessian of the layer just run (in parallel) and stores them.
+    fn finish(&mut self, current: BTreeMap<String, Acc>) -> Result<()> {
+        let factored: Vec<Factored> = current
+            .into_par_iter()
+            .map(|(name, mut acc)| {
+                let n = acc.cols;
+                for i in 0..n {
+                    for k in 0..i {
+                        acc.h[k * n + i] = acc.h[i * n + k];
+                    }
+                }
+                let tokens = acc.tokens.max(1);
+                let diag = (0..n).map(|i| (acc.h[i * n + i] / tokens as f64) as f32).collect();
+                // GPTQ's act-order: columns by decreasing diag H (on SmolLM2 Q3_K_M, KLD 0.0453
+                // against 0.0554 left to right; docs/rounding.md).
+                let f = Factor::from_hessian_ordered(&acc.h, n, DAMP, true);
+                (name, n, acc.tokens, diag, f)
+            })
+            .collect();
+        for (name, cols, tokens, diag, f) in factored {
+            let f = f.map_err(|e| anyhow::anyhow!("the calibration Hessian of {name}'s input: {e}"))?;
+            let stored = Arc::new(self.store(f.upper()));
+            let order = f.order().to_vec();
+            self.done
+                .insert(name.clone(), Arc::new(TensorRounding { input_of: name, cols, tokens, diag, order, stored }));
+        }
+        Ok(())
+    }
+
+    /// Appends `u` to the scratch file (made at the first call in the system's temporary
+    /// folder); keeps it in memory when the file cannot be made or written.
+    fn store(&mut self, u: &[f32]) -> Stored {
+        if self.spill.is_none() && !self.tried {
+            self.tried = true;
+            self.spill = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok().map(|f| (Arc::new(f), 0));
+        }
+        let Some((file, end)) = self.spill.as_mut() else { return Stored::Memory(u.to_vec()) };
+        let bytes: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
+        match file.write_all_at(&bytes, *end) {
+            Ok(()) => {
+                let offset = *end;
+                *end += bytes.len() as u64;
+                Stored::Spilled { file: Arc::clone(file), offset }
+            }
+            Err(_) => Stored::Memory(u.to_vec()),
+        }
+    }
+}
+
+/// Runs the model `w` over `chunks` (independent sequences) one layer at a time and returns,
+/// for every tensor in `wanted` that has a 2-D weight in the model, its rounding data (tensors
+/// sharing an input share one). The output head (`output.weight`, or `token_embd.weight` when
+/// the embeddings are tied) gets the final norm's output.
+///
+/// Errors: the forward fails (named layer); a Hessian cannot be factored (named input).
+pub fn compute(
+    w: &Weights,
+    chunks: &[Vec<u32>],
+    wanted: &HashSet<String>,
+    quiet: bool,
+) -> Result<HashMap<String, Arc<TensorRounding>>> {
+    let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
+    let mut keys = HashMap::new();
+    for name in wanted {
+        let key = input_key(name, w);
+        let ne = w.ne(&key)?;
+        if ne.len() < 2 || ne[2..].iter().any(|&d| d != 1) {
+            continue;
+        }
+        keys.insert(key, ne[0] as usize);
+    }
+    let collector = Arc::new(Collector { keys, current: Mutex::new(BTreeMap::new()) });
+    let base = Model::new(w)?;
+    let model = Model { probe: Some(collector.clone()), keep_expert_out: false, ..base };
+    let c = &model.cfg;
+    let h = c.n_embd;
+    let tokens: Vec<u32> = chunks.iter().flatten().copied().collect();
+    let chunk_len = chunks.iter().map(Vec::len).max().unwrap_or(1);
+    let per_group = crate::imatrix::group_chunks(&model, chunk_len);
+    let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    let mut row = 0;
+    for g in chunks.chunks(per_group) {
+        let len: usize = g.iter().map(Vec::len).sum();
+        let mut starts = Vec::with_capacity(len);
+        let mut at = 0;
+        for chunk in g {
+            starts.extend(std::iter::repeat_n(at, chunk.len()));
+            at += chunk.len();
+        }
+        groups.push((row, len, starts));
+        row += len;
+    }
+    let mut finished = Finished { spill: None, tried: false, done: HashMap::new() };
+    let take = |c: &Collector| std::mem::take(&mut *c.current.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut x = model.embed(&tokens)?;
+    let bar = steps_bar((c.n_layer * groups.len()) as u64, "calibration layers");
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    for l in 0..c.n_layer {
+        for (first, len, starts) in &groups {
+            let xs = &mut x[first * h..(first + len) * h];
+            model.layer(l, xs, starts).with_context(|| format!("{}: layer {l}", w.path))?;
+            bar.inc(1);
+        }
+        finished.finish(take(&collector))?;
+    }
+    if collector.keys.contains_key(head) {
+        let cols = collector.keys[head];
+        if cols != h {
+            bail!("{}: {head} has {cols} columns, the hidden state {h}", w.path);
+        }
+        let norm = model.t("output_norm.weight")?;
+        for (first, len, _) in &groups {
+            let out = crate::forward::ops::rmsnorm(&x[first * h..(first + len) * h], &norm, c.rms_eps);
+            collector.input(head, 0, 0, &out);
+        }
+        finished.finish(take(&collector))?;
+    }
+    bar.finish_and_clear();
+    let mut out = HashMap::new();
+    for name in wanted {
+        if let Some(r) = finished.done.get(&input_key(name, w)) {
+            out.insert(name.clone(), Arc::clone(r));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outer_products_add_up() {
+        let (t, n) = (37, 70);
+        let x: Vec<f32> = (0..t * n).map(|i| ((i * 7919) % 113) as f32 / 50.0 - 1.1).collect();
+        let mut h = vec![0.5f64; n * n];
+        add_outer(&x, n, &mut h);
+        for i in 0..n {
+            for k in 0..=i {
+                let want: f64 = 0.5 + (0..t).map(|r| x[r * n + i] as f64 * x[r * n + k] as f64).sum::<f64>();
+                assert!((h[i * n + k] - want).abs() < 1e-4 * want.abs().max(1.0), "({i}, {k})");
+            }
+        }
+    }
+}
