@@ -2123,10 +2123,12 @@ fn interrupted_runs_leave_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let inputs = tempfile::tempdir().unwrap();
     let big = inputs.path().join("big.gguf");
-    sparse_gguf(&big, 16, 4096, 4096);
+    // Large enough (1.1 GB of Q8_0 output, 0.6 G values for MLX) that no run ends between the
+    // test seeing it write and the signal, even with the other tests loading both cores.
+    sparse_gguf(&big, 64, 4096, 4096);
     let ck = inputs.path().join("ck");
     std::fs::create_dir(&ck).unwrap();
-    sparse_llama(&ck, 4);
+    sparse_llama(&ck, 12);
     let before = snapshot(inputs.path());
     /// (signal, its number, extra arguments, environment)
     type Run<'a> = (&'a str, i32, &'a [&'a str], &'a [(&'a str, &'a str)]);
