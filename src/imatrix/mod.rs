@@ -108,6 +108,29 @@ impl Coverage {
     }
 }
 
+/// One group of whole calibration chunks run through a layer at once: its first row in the
+/// concatenated tokens, its rows, and for each row the row (relative to the group) where its
+/// chunk starts (each chunk attends within itself).
+pub(crate) type ChunkGroup = (usize, usize, Vec<usize>);
+
+/// `chunks` cut into groups of [`group_chunks`] whole chunks each, in order ([`ChunkGroup`]).
+pub(crate) fn chunk_groups(m: &Model, chunks: &[Vec<u32>]) -> Vec<ChunkGroup> {
+    let chunk_len = chunks.iter().map(Vec::len).max().unwrap_or(1);
+    let mut groups = Vec::new();
+    let mut row = 0;
+    for g in chunks.chunks(group_chunks(m, chunk_len)) {
+        let mut starts = Vec::with_capacity(g.iter().map(Vec::len).sum());
+        let mut at = 0;
+        for chunk in g {
+            starts.extend(std::iter::repeat_n(at, chunk.len()));
+            at += chunk.len();
+        }
+        groups.push((row, at, starts));
+        row += at;
+    }
+    groups
+}
+
 /// Tokens per group: whole chunks whose per-layer temporaries fit [`GROUP_BUDGET`] (at least
 /// one chunk).
 pub(crate) fn group_chunks(m: &Model, chunk_len: usize) -> usize {
@@ -138,20 +161,7 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Resul
     let t = tokens.len();
     let chunk_len = chunks.iter().map(Vec::len).max().unwrap_or(1);
     let per_group = group_chunks(&model, chunk_len);
-    // Groups of whole chunks: (first row, rows, row where each row's chunk starts, relative).
-    let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-    let mut row = 0;
-    for g in chunks.chunks(per_group) {
-        let len: usize = g.iter().map(Vec::len).sum();
-        let mut starts = Vec::with_capacity(len);
-        let mut at = 0;
-        for chunk in g {
-            starts.extend(std::iter::repeat_n(at, chunk.len()));
-            at += chunk.len();
-        }
-        groups.push((row, len, starts));
-        row += len;
-    }
+    let groups = chunk_groups(&model, chunks);
     let mut x = model.embed(&tokens)?;
     let mut routed = vec![vec![0u64; n_expert]; if n_expert > 0 { c.n_layer } else { 0 }];
     let bar = steps_bar((c.n_layer * groups.len()) as u64, "layers");

@@ -160,26 +160,12 @@ fn kl_coarse(top: &Top, row: &[f32]) -> f64 {
 struct Runner {
     tokens: Vec<u32>,
     /// (first row, rows, row where each row's chunk starts, relative to the group).
-    groups: Vec<(usize, usize, Vec<usize>)>,
+    groups: Vec<crate::imatrix::ChunkGroup>,
 }
 
 impl Runner {
     fn new(m: &Model, chunks: &[Vec<u32>]) -> Runner {
-        let chunk_len = chunks.iter().map(Vec::len).max().unwrap_or(1);
-        let per_group = crate::imatrix::group_chunks(m, chunk_len);
-        let mut groups = Vec::new();
-        let mut row = 0;
-        for g in chunks.chunks(per_group) {
-            let mut starts = Vec::new();
-            let mut at = 0;
-            for chunk in g {
-                starts.extend(std::iter::repeat_n(at, chunk.len()));
-                at += chunk.len();
-            }
-            groups.push((row, at, starts));
-            row += at;
-        }
-        Runner { tokens: chunks.iter().flatten().copied().collect(), groups }
+        Runner { tokens: chunks.iter().flatten().copied().collect(), groups: crate::imatrix::chunk_groups(m, chunks) }
     }
 
     /// Layer `l` of `m` on the residual stream `x` [tokens, hidden], in place.

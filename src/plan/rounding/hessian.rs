@@ -225,21 +225,7 @@ pub fn compute(
     let c = &model.cfg;
     let h = c.n_embd;
     let tokens: Vec<u32> = chunks.iter().flatten().copied().collect();
-    let chunk_len = chunks.iter().map(Vec::len).max().unwrap_or(1);
-    let per_group = crate::imatrix::group_chunks(&model, chunk_len);
-    let mut groups: Vec<(usize, usize, Vec<usize>)> = Vec::new();
-    let mut row = 0;
-    for g in chunks.chunks(per_group) {
-        let len: usize = g.iter().map(Vec::len).sum();
-        let mut starts = Vec::with_capacity(len);
-        let mut at = 0;
-        for chunk in g {
-            starts.extend(std::iter::repeat_n(at, chunk.len()));
-            at += chunk.len();
-        }
-        groups.push((row, len, starts));
-        row += len;
-    }
+    let groups = crate::imatrix::chunk_groups(&model, chunks);
     let mut finished = Finished { spill: None, tried: false, done: HashMap::new() };
     let take = |c: &Collector| std::mem::take(&mut *c.current.lock().unwrap_or_else(|p| p.into_inner()));
     let mut x = model.embed(&tokens)?;
