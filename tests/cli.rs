@@ -3381,6 +3381,52 @@ fn convert_rounds_with_gptq() {
     assert!(out.lines().count() > 3, "{out}");
 }
 
+/// `--type T --optimize --rounding gptq --calibration …`: the KL-calibrated mix, then GPTQ on
+/// the chosen types; the file (with both `moeq.optimize.*` and `moeq.rounding`) is no larger
+/// than llama-quantize's T (moeq's plain build of T is byte-identical to it), the report has
+/// both sections, and the calibration tokens serve both.
+#[test]
+fn size_budget_and_gptq_combine() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (plain, both, report) =
+        (dir.path().join("plain.gguf"), dir.path().join("both.gguf"), dir.path().join("report.json"));
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&plain), "--type", "Q4_K_M", "-q"]);
+    ok(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&both),
+        "--type",
+        "Q4_K_M",
+        "--optimize",
+        "--rounding",
+        "gptq",
+        "--calibration",
+        path_arg(&text),
+        "--ctx",
+        "64",
+        "--chunks",
+        "3",
+        "--report",
+        path_arg(&report),
+        "-q",
+    ]);
+    let (p, b) = (std::fs::metadata(&plain).unwrap().len(), std::fs::metadata(&both).unwrap().len());
+    assert!(b <= p, "the combined build ({b} bytes) is larger than llama-quantize's Q4_K_M ({p} bytes)");
+    let rep: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert!(rep["optimize"]["method"].as_str().unwrap().starts_with("kl-calibrated"), "{}", rep["optimize"]);
+    assert_eq!(rep["optimize"]["calibration"]["tokens"], 3 * 64);
+    assert!(rep["optimize"]["budget_bytes"].as_u64().unwrap() <= p, "{}", rep["optimize"]["budget_bytes"]);
+    assert_eq!(rep["rounding"]["method"], "gptq");
+    assert_eq!(rep["rounding"]["calibration"]["tokens"], 3 * 64);
+    assert!(!rep["rounding"]["tensors"].as_array().unwrap().is_empty(), "{}", rep["rounding"]);
+    let meta = serde_json::from_str::<Json>(&ok(&["inspect", "--json", path_arg(&both)])).unwrap()["metadata"].clone();
+    assert_eq!(meta["moeq.rounding"]["value"], "gptq");
+    assert!(meta["moeq.optimize.method"]["value"].as_str().unwrap().starts_with("kl-calibrated"));
+}
+
 /// `--rounding gptq` without calibration input, calibration options without it, and MLX
 /// output are refused (exit 2, nothing written).
 #[test]

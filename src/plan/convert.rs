@@ -193,7 +193,7 @@ fn optimize_types<'a>(
 /// does not know) before a size budget counts the header.
 fn mark_rounding(plan: &mut GgufPlan, opts: &ConvertOptions) {
     if opts.quant.rounding.is_some() {
-        plan.set("moeq.rounding", moeq_formats::gguf::Value::String(crate::plan::rounding::METHOD.into()));
+        plan.set(crate::plan::rounding::KEY, moeq_formats::gguf::Value::String(crate::plan::rounding::METHOD.into()));
     }
 }
 

@@ -346,7 +346,13 @@ pub fn optimize<'a>(
         _ => 32,
     };
     let pad = |b: u64| b.div_ceil(alignment) * alignment;
-    let mix_file = plan.layout().map_err(anyhow::Error::msg)?.file_len;
+    // llama-quantize's file of the planned type: without the `moeq.rounding` key that
+    // `--rounding gptq` adds, so that `--type T --optimize` stays within llama-quantize's size.
+    let mix_file = {
+        let mut mix = plan.clone();
+        mix.remove(crate::plan::rounding::KEY);
+        mix.layout().map_err(anyhow::Error::msg)?.file_len
+    };
 
     // Which tensors are chosen here, with importance weights attached where the matrix has
     // an entry that fits.

@@ -32,6 +32,9 @@ use crate::plan::transcode::quant_type;
 use crate::source::Source;
 pub use hessian::TensorRounding;
 
+/// The GGUF key that records the rounding method (llama.cpp ignores keys it does not know).
+pub const KEY: &str = "moeq.rounding";
+
 /// The value of the GGUF key `moeq.rounding` and of `"rounding"."method"` in the report.
 pub const METHOD: &str = "gptq";
 
