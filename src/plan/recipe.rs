@@ -207,6 +207,15 @@ pub struct Importance {
     pub rows_per_matrix: u64,
 }
 
+impl Importance {
+    /// The weights (one per column, `out.len()` of them) of the matrix that holds row `row` of
+    /// the tensor: a stacked expert tensor's rows go `rows_per_matrix` to each expert.
+    pub fn row_weights(&self, row: u64, out: &mut [f32]) {
+        let per = self.rows_per_matrix.max(1);
+        self.file.weights(&self.file.entries()[self.entry], (row / per) as usize, out);
+    }
+}
+
 /// One input of a recipe.
 #[derive(Clone)]
 pub struct Part<'a> {
@@ -590,13 +599,12 @@ impl<'a> Recipe<'a> {
         // Rows of one matrix (expert) at a time, each with that matrix's weights.
         let (ne0, row_bytes) = (self.row_len() as usize, self.out_row_bytes() as usize);
         let per = imp.rows_per_matrix.max(1);
-        let entry = &imp.file.entries()[imp.entry];
         weights.resize(ne0, 0.0);
         let mut done = 0u64;
         while done < count {
             let row = global + done;
             let n = (per - row % per).min(count - done);
-            imp.file.weights(entry, (row / per) as usize, weights);
+            imp.row_weights(row, weights);
             let (a, b) = (done as usize, (done + n) as usize);
             from_f32_weighted(ty, &values[a * ne0..b * ne0], &mut out[a * row_bytes..b * row_bytes], ne0, weights)
                 .map_err(|e| self.located(part, e, first + done))?;
@@ -625,8 +633,7 @@ impl<'a> Recipe<'a> {
         let qw: &[f32] = match &self.importance {
             Some(imp) => {
                 weights.resize(ne0, 0.0);
-                let per = imp.rows_per_matrix.max(1);
-                imp.file.weights(&imp.file.entries()[imp.entry], (global / per) as usize, weights);
+                imp.row_weights(global, weights);
                 weights
             }
             None => &r.diag,

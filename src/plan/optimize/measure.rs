@@ -114,10 +114,8 @@ pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec
 fn piece_weights(recipe: &Recipe, first: u64, count: u64, ne0: usize) -> Vec<f32> {
     let mut weights = vec![1.0f32; count as usize * ne0];
     if let Some(imp) = &recipe.importance {
-        let entry = &imp.file.entries()[imp.entry];
-        let per = imp.rows_per_matrix.max(1);
         for (r, row) in weights.chunks_exact_mut(ne0).enumerate() {
-            imp.file.weights(entry, ((first + r as u64) / per) as usize, row);
+            imp.row_weights(first + r as u64, row);
         }
     }
     weights
