@@ -17,7 +17,7 @@ round-to-nearest back to MXFP4 loses, small enough to stay a fine-tune of the sa
 
 Usage:
     scripts/make_gpt_oss_finetune.py TRAIN_TEXT [--out tests/fixtures/gpt-oss/finetune-bf16]
-        [--steps 40] [--lr 3e-3] [--threads 2]
+        [--steps 40] [--lr 1.5e-3] [--threads 2]
 (TRAIN_TEXT from `scripts/train_moe.py text train.txt`.) Deterministic for one torch version.
 """
 
@@ -50,7 +50,7 @@ def main():
     ap.add_argument("text")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests/fixtures/gpt-oss/finetune-bf16"))
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--seqlen", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
