@@ -25,16 +25,22 @@
 //! Each value is rounded to the nearest code of its block's grid (the value ggml's dequantizer
 //! gives for the code, computed with its exact float operations), and its error fed forward.
 //!
-//! Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
-//! ([`supports`]). The lattice i-quants (IQ1_*, IQ2_*, IQ3_*), the ternary types and MXFP4 are
-//! not: callers round them as ggml does.
+//! MXFP4 (blocks of 32 E2M1 codes {0, ½, 1, 1½, 2, 3, 4, 6}·sign with one E8M0 power-of-two
+//! scale): the block's exponent is chosen first by [`mxfp4_block_exponent`] (ggml's choice or
+//! a neighbour, by the importance-weighted round-to-nearest error), then each value goes to
+//! the nearest code of that scale (ggml's `best_index_mxfp4`) with GPTQ's error feedback;
+//! the result is an ordinary `block_mxfp4` (OpenAI's layout is a permutation of its nibbles).
+//!
+//! Supported: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4
+//! ([`supports`]). The lattice i-quants (IQ1_*, IQ2_*, IQ3_*) and the ternary types are not:
+//! callers round them as ggml does.
 
 use crate::QuantType;
 use crate::backend::{Refusal, first_non_finite};
 use crate::convert::f16_to_f32;
 use crate::scalar::common::nearest_int;
 use crate::scalar::iq4::{KVALUES_IQ4NL, best_index, pack_block};
-use crate::scalar::{kquants, q2k_q3k, weighted};
+use crate::scalar::{kquants, mxfp4, q2k_q3k, weighted};
 
 /// Why a Hessian cannot be factored or rows cannot be rounded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -72,7 +78,45 @@ pub enum GptqError {
 /// The types [`quantize_rows`] rounds with GPTQ.
 pub fn supports(ty: QuantType) -> bool {
     use QuantType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS)
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS | MXFP4)
+}
+
+/// The shared exponent GPTQ gives an MXFP4 block of values `x` (32) with importance weights
+/// `qw`: among ggml's choice `e₀ = floor(log2 amax) − 2 + 127` ([`mxfp4::shared_exponent`],
+/// which may clip values up to 8·2^(e₀−128)… to 6·scale), `e₀ + 1` (OpenAI's choice, the
+/// smallest power of two ≥ amax/6, is `e₀` or `e₀ + 1`) and `e₀ − 1`, the one whose
+/// round-to-nearest error `Σ qw_i (x_i − x̂_i)²` is least (ties: `e₀`, then `e₀ + 1`).
+pub fn mxfp4_block_exponent(x: &[f32], qw: &[f32]) -> u8 {
+    let amax = x.iter().fold(0.0f32, |m, v| if m < v.abs() { v.abs() } else { m });
+    let e0 = mxfp4::shared_exponent(amax);
+    let error = |e: u8| -> f64 {
+        let d = mxfp4::e8m0_to_f32_half(e);
+        x.iter()
+            .zip(qw)
+            .map(|(&v, &w)| {
+                let q = mxfp4::KVALUES[mxfp4::best_index(v, d) as usize] as f32 * d;
+                w as f64 * ((v - q) as f64).powi(2)
+            })
+            .sum()
+    };
+    let mut best = (error(e0), e0);
+    for e in [e0.checked_add(1).filter(|&e| e <= 254), e0.checked_sub(1)].into_iter().flatten() {
+        let err = error(e);
+        if err < best.0 {
+            best = (err, e);
+        }
+    }
+    best.1
+}
+
+/// Chooses one block's scales (and mins) from `x` into the block's head in `b`: ggml's
+/// importance-weighted search for the type, or [`mxfp4_block_exponent`] for MXFP4.
+fn choose_scales(ty: QuantType, x: &[f32], b: &mut [u8], qw: &[f32]) -> Result<(), Refusal> {
+    if ty == QuantType::MXFP4 {
+        b[0] = mxfp4_block_exponent(x, qw);
+        return Ok(());
+    }
+    weighted::quantize_rows(ty, x, b, x.len(), qw)
 }
 
 /// GPTQ's damping: `λ = 0.01 · mean(diag H)` (the paper's default `percdamp`).
@@ -256,8 +300,20 @@ fn upper_inverse(v: &[f64], n: usize) -> Vec<f32> {
     u
 }
 
+/// How a code becomes a grid point: itself, or an entry of a type's table.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum Table {
+    /// `t(q) = q`.
+    #[default]
+    Linear,
+    /// IQ4_NL's and IQ4_XS's `kvalues_iq4nl`.
+    Iq4nl,
+    /// MXFP4's `kvalues_mxfp4` (twice the E2M1 values; `a` is `GGML_E8M0_TO_FP32_HALF(e)`).
+    Mxfp4,
+}
+
 /// The grid one value of a block can take once the block's scales are chosen:
-/// `a · t(q) − b` for codes `q` in `lo..=hi`, `t` the identity or IQ4_NL's table; stored as
+/// `a · t(q) − b` for codes `q` in `lo..=hi`, `t` the identity or a type's table; stored as
 /// `q + offset`. The float operations are those of the type's ggml dequantizer.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Cell {
@@ -266,22 +322,31 @@ struct Cell {
     lo: i32,
     hi: i32,
     offset: i32,
-    table: bool,
+    table: Table,
 }
 
 impl Cell {
     /// The value code `q` dequantizes to.
     fn value(&self, q: i32) -> f32 {
-        let t = if self.table { KVALUES_IQ4NL[q.clamp(0, 15) as usize] as f32 } else { q as f32 };
+        let t = match self.table {
+            Table::Linear => q as f32,
+            Table::Iq4nl => KVALUES_IQ4NL[q.clamp(0, 15) as usize] as f32,
+            Table::Mxfp4 => mxfp4::KVALUES[q.clamp(0, 15) as usize] as f32,
+        };
         self.a * t - self.b
     }
 
     /// The code nearest `x`, rounded as ggml's own quantizers round to fixed scales
-    /// (`nearest_int((x + m) / d)`, or `best_index(x / d)` for the table).
+    /// (`nearest_int((x + m) / d)`, `best_index(x / d)` for IQ4's table, `best_index_mxfp4(x, d)`
+    /// for MXFP4's).
     fn nearest(&self, x: f32) -> i32 {
-        if self.table {
-            let inv = if self.a != 0.0 { 1.0 / self.a } else { 0.0 };
-            return best_index(inv * x) as i32;
+        match self.table {
+            Table::Iq4nl => {
+                let inv = if self.a != 0.0 { 1.0 / self.a } else { 0.0 };
+                return best_index(inv * x) as i32;
+            }
+            Table::Mxfp4 => return mxfp4::best_index(x, self.a) as i32,
+            Table::Linear => {}
         }
         if self.a == 0.0 {
             return 0i32.clamp(self.lo, self.hi);
@@ -298,14 +363,15 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 /// The cells of every value of one block of `ty` whose scales (head) are in `b`.
 fn cells(ty: QuantType, b: &[u8], out: &mut [Cell]) {
     use QuantType::*;
-    let linear = |a: f32, b: f32, lo: i32, hi: i32, offset: i32| Cell { a, b, lo, hi, offset, table: false };
+    let linear = |a: f32, b: f32, lo: i32, hi: i32, offset: i32| Cell { a, b, lo, hi, offset, table: Table::Linear };
     match ty {
         Q8_0 => out.fill(linear(f16_at(b, 0), 0.0, -127, 127, 0)),
         Q4_0 => out.fill(linear(f16_at(b, 0), 0.0, -8, 7, 8)),
         Q5_0 => out.fill(linear(f16_at(b, 0), 0.0, -16, 15, 16)),
         Q4_1 => out.fill(linear(f16_at(b, 0), -f16_at(b, 2), 0, 15, 0)),
         Q5_1 => out.fill(linear(f16_at(b, 0), -f16_at(b, 2), 0, 31, 0)),
-        IQ4_NL => out.fill(Cell { a: f16_at(b, 0), b: 0.0, lo: 0, hi: 15, offset: 0, table: true }),
+        IQ4_NL => out.fill(Cell { a: f16_at(b, 0), b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Iq4nl }),
+        MXFP4 => out.fill(Cell { a: mxfp4::e8m0_to_f32_half(b[0]), b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Mxfp4 }),
         Q4_K | Q5_K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let hi = if ty == Q4_K { 15 } else { 31 };
@@ -339,7 +405,7 @@ fn cells(ty: QuantType, b: &[u8], out: &mut [Cell]) {
             for (ib, sub) in out.chunks_exact_mut(32).enumerate() {
                 let ls =
                     ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xf) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
-                sub.fill(Cell { a: d * (ls - 32) as f32, b: 0.0, lo: 0, hi: 15, offset: 0, table: true });
+                sub.fill(Cell { a: d * (ls - 32) as f32, b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Iq4nl });
             }
         }
         _ => {}
@@ -362,6 +428,11 @@ fn pack(ty: QuantType, codes: &[i32], b: &mut [u8]) {
         Q4_1 => weighted::pack_codes(&u8s(0), &mut b[4..], false),
         Q5_1 => weighted::pack_codes(&u8s(0), &mut b[4..], true),
         IQ4_NL => pack_block(&u8s(0), &mut b[2..]),
+        MXFP4 => {
+            for j in 0..16 {
+                b[1 + j] = codes[j] as u8 | ((codes[16 + j] as u8) << 4);
+            }
+        }
         IQ4_XS => {
             for ib in 0..8 {
                 pack_block(&u8s(32 * ib), &mut b[8 + 16 * ib..24 + 16 * ib]);
@@ -441,7 +512,7 @@ fn quantize_rows_traced(
             if let Some((i, value)) = first_non_finite(current) {
                 return Err(GptqError::NonFinite { index: r * n + c0 + i, value });
             }
-            weighted::quantize_rows(ty, current, b, bs, &qw[c0..c0 + bs]).map_err(|e| match e {
+            choose_scales(ty, current, b, &qw[c0..c0 + bs]).map_err(|e| match e {
                 Refusal::Degenerate(_) => GptqError::Degenerate(r * n / bs + blk),
                 _ => GptqError::Unsupported(ty.name()),
             })?;
@@ -486,7 +557,7 @@ fn sweep_act_order(
         w.copy_from_slice(row);
         for (blk, b) in out.chunks_exact_mut(bb).enumerate() {
             let c0 = blk * bs;
-            weighted::quantize_rows(ty, &w[c0..c0 + bs], b, bs, &qw[c0..c0 + bs]).map_err(|e| match e {
+            choose_scales(ty, &w[c0..c0 + bs], b, &qw[c0..c0 + bs]).map_err(|e| match e {
                 Refusal::Degenerate(_) => GptqError::Degenerate(r * n / bs + blk),
                 _ => GptqError::Unsupported(ty.name()),
             })?;
@@ -717,6 +788,112 @@ mod tests {
             assert!(gptq < 0.9 * rtn, "{ty:?}: GPTQ act-order {gptq:.4e}, ggml's rounding {rtn:.4e}");
         }
         assert!(Factor::from_upper(2, vec![1.0, 0.0, 0.0, 1.0], vec![0, 0]).is_err());
+    }
+
+    /// MXFP4 rounding with GPTQ, both sweeps: the bytes decode to the values used, every
+    /// block is valid (scale byte below 255, codes are nibbles), deterministic; the output
+    /// error on correlated inputs is below both round-to-nearest quantizers' (ggml's and
+    /// OpenAI's), by more with the Hessian than without.
+    #[test]
+    fn mxfp4_gptq_is_exact_valid_and_below_round_to_nearest() {
+        let (n, ty) = (256, QuantType::MXFP4);
+        let mut rng = Rng(21);
+        let (_, h) = correlated(2048, n, &mut rng);
+        let qw: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32).collect();
+        let w: Vec<f32> = (0..16 * n).map(|_| (rng.normal() * 0.05) as f32).collect();
+        let mut rtn = vec![0u8; ty.bytes_for(w.len())];
+        mxfp4::quantize(&w, &mut rtn);
+        let mut b = vec![0f32; w.len()];
+        scalar::dequantize(ty, &rtn, &mut b);
+        let ggml_err = output_error(&w, &b, &h, n);
+        let (mut blocks, mut scales) = (vec![0u8; w.len() / 2], vec![0u8; w.len() / 32]);
+        crate::openai::quantize(&w, &mut blocks, &mut scales);
+        crate::openai::dequantize(&blocks, &scales, &mut b);
+        let openai_err = output_error(&w, &b, &h, n);
+        for act_order in [false, true] {
+            let f = Factor::from_hessian_ordered(&h, n, DAMP, act_order).unwrap();
+            let mut y = vec![0u8; rtn.len()];
+            let mut used = vec![0f32; w.len()];
+            quantize_rows_traced(ty, &w, &mut y, &f, &qw, Some(&mut used)).unwrap();
+            assert!(y.chunks_exact(17).all(|blk| blk[0] < 255), "act-order {act_order}");
+            let mut a = vec![0f32; w.len()];
+            scalar::dequantize(ty, &y, &mut a);
+            assert!(a.iter().zip(&used).all(|(p, q)| p.to_bits() == q.to_bits() && p.is_finite()));
+            let mut again = vec![0u8; y.len()];
+            quantize_rows(ty, &w, &mut again, &f, &qw).unwrap();
+            assert_eq!(y, again);
+            let gptq = output_error(&w, &a, &h, n);
+            eprintln!(
+                "MXFP4 act-order {act_order}: GPTQ / ggml {:.3}, GPTQ / OpenAI {:.3}",
+                gptq / ggml_err,
+                gptq / openai_err
+            );
+            assert!(gptq < 0.8 * ggml_err.min(openai_err), "act-order {act_order}: {gptq:.4e} vs {ggml_err:.4e}");
+        }
+    }
+
+    /// With `H = I` nothing is fed forward: each value is the nearest MXFP4 code of its block's
+    /// scale (ggml's `best_index_mxfp4`), the scale is [`mxfp4_block_exponent`]'s, and a block
+    /// whose exponent is ggml's own comes out byte for byte as ggml's quantizer writes it.
+    #[test]
+    fn mxfp4_identity_hessian_is_round_to_nearest() {
+        let (n, ty) = (128, QuantType::MXFP4);
+        let mut rng = Rng(4);
+        let f = Factor::from_hessian(&identity(n), n, DAMP).unwrap();
+        let qw = vec![1.0f32; n];
+        // Scales over several binades, and blocks with a value just under 8·2^k (where ggml's
+        // exponent clips it to 6·2^k and the next exponent is better).
+        let mut w: Vec<f32> = (0..8 * n).map(|i| (rng.normal() * 0.3 * (1 + i / 200) as f64) as f32).collect();
+        for blk in (0..w.len() / 32).step_by(3) {
+            w[blk * 32 + 5] = 7.9;
+        }
+        let mut y = vec![0u8; ty.bytes_for(w.len())];
+        quantize_rows(ty, &w, &mut y, &f, &qw).unwrap();
+        let mut rtn = vec![0u8; y.len()];
+        mxfp4::quantize(&w, &mut rtn);
+        let (mut same, mut moved) = (0, 0);
+        for (k, (blk, g)) in y.chunks_exact(17).zip(rtn.chunks_exact(17)).enumerate() {
+            let x = &w[k * 32..(k + 1) * 32];
+            assert_eq!(blk[0], mxfp4_block_exponent(x, &qw), "block {k}");
+            let d = mxfp4::e8m0_to_f32_half(blk[0]);
+            for j in 0..16 {
+                assert_eq!(blk[1 + j] & 0xF, mxfp4::best_index(x[j], d), "block {k} value {j}");
+                assert_eq!(blk[1 + j] >> 4, mxfp4::best_index(x[16 + j], d), "block {k} value {}", 16 + j);
+            }
+            if blk[0] == g[0] {
+                assert_eq!(blk, g, "block {k}");
+                same += 1;
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(same > 0 && moved > 0, "{same} blocks with ggml's exponent, {moved} with another");
+    }
+
+    /// The exponent search never does worse, by its own weighted error, than ggml's or
+    /// OpenAI's choice, and stays a valid E8M0 byte at the ends of the range.
+    #[test]
+    fn mxfp4_exponent_search_beats_both_fixed_choices() {
+        let mut rng = Rng(8);
+        let err = |x: &[f32], qw: &[f32], e: u8| -> f64 {
+            let d = mxfp4::e8m0_to_f32_half(e);
+            x.iter()
+                .zip(qw)
+                .map(|(&v, &w)| w as f64 * ((v - mxfp4::KVALUES[mxfp4::best_index(v, d) as usize] as f32 * d) as f64).powi(2))
+                .sum()
+        };
+        for k in 0..200 {
+            let x: Vec<f32> = (0..32).map(|_| (rng.normal() * 0.02 * (1 + k % 5) as f64) as f32).collect();
+            let qw: Vec<f32> = (0..32).map(|_| rng.uniform() as f32 + 0.01).collect();
+            let e = mxfp4_block_exponent(&x, &qw);
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (mut blocks, mut scales) = ([0u8; 16], [0u8; 1]);
+            crate::openai::quantize(&x, &mut blocks, &mut scales);
+            assert!(err(&x, &qw, e) <= err(&x, &qw, mxfp4::shared_exponent(amax)));
+            assert!(err(&x, &qw, e) <= err(&x, &qw, scales[0]));
+        }
+        assert!(mxfp4_block_exponent(&[0.0; 32], &[1.0; 32]) <= 1);
+        assert!(mxfp4_block_exponent(&[f32::MAX; 32], &[1.0; 32]) < 255);
     }
 
     #[test]
