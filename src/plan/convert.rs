@@ -122,8 +122,13 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         prepare_output(report, OutputKind::File, &inputs, opts.quiet)?;
     }
     if opts.format != Format::Gguf {
-        if opts.quant.any() || opts.quant.dry_run {
-            bail!("--dry-run, --imatrix and llama-quantize's other options apply to GGUF output");
+        // --format hf takes --rounding gptq alone (GPTQ for its MXFP4 experts).
+        let hf_gptq = opts.format == Format::Hf && opts.quant.rounding.is_some() && !opts.quant.any_but_rounding();
+        if (opts.quant.any() && !hf_gptq) || opts.quant.dry_run {
+            bail!(
+                "--dry-run, --imatrix and llama-quantize's other options apply to GGUF output (--format hf takes \
+                 --rounding gptq and its calibration options only)"
+            );
         }
         return convert_folder(&source, opts);
     }
@@ -313,7 +318,22 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
             let Some(items) = family.hf_build(model, config) else {
                 bail!("--format hf writes gpt-oss's published MXFP4 layout; {} is not gpt-oss", config.class);
             };
-            (items?, family.hf_config(config, true)?, "pt", None)
+            let mut items = items?;
+            if let Some(req) = &opts.quant.rounding {
+                let mut recipes: Vec<&mut Recipe> = items.iter_mut().map(|i| &mut i.recipe).collect();
+                let log = crate::plan::rounding::attach_hf(&opts.input, &mut recipes, req, opts.quiet)
+                    .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
+                if !opts.quiet {
+                    eprintln!(
+                        "GPTQ: {} expert tensors rounded on {} calibration tokens ({} chunks); {} left to OpenAI's rounding",
+                        log.experts.len(),
+                        log.tokens,
+                        log.chunks,
+                        log.ggml.len()
+                    );
+                }
+            }
+            (items, family.hf_config(config, true)?, "pt", None)
         }
     };
     let dir = OutputDir::create(&opts.output)?;
@@ -325,9 +345,13 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         // OpenAI's original/ folder: the tokenizer is in the repository above it.
         copy_side_files(parent, &dir)?;
     }
+    let mut metadata = vec![("format".to_string(), format.to_string())];
+    if opts.quant.rounding.is_some() {
+        metadata.push((crate::plan::rounding::KEY.into(), crate::plan::rounding::METHOD.into()));
+    }
     let files = BuildFiles {
         dir: &dir,
-        metadata: vec![("format".into(), format.into())],
+        metadata,
         style: if opts.format == Format::Mlx { HeaderStyle::Mlx } else { HeaderStyle::Safetensors },
         // mlx-lm's 5 GiB shards; transformers' "5GB".
         shard_max_bytes: opts.split_max_bytes.unwrap_or(if opts.format == Format::Mlx {

@@ -188,9 +188,9 @@ pub struct Recipe<'a> {
     pub check_finite: bool,
     /// Importance weights to quantize with (`--imatrix`), if any.
     pub importance: Option<Importance>,
-    /// GPTQ rounding (`--rounding gptq`): the factor of the input's Hessian. `None` rounds as
-    /// ggml does.
-    pub rounding: Option<Arc<crate::plan::rounding::TensorRounding>>,
+    /// GPTQ rounding (`--rounding gptq`): the factor of the input's Hessian (per expert for a
+    /// stacked expert tensor). `None` rounds as ggml does.
+    pub rounding: Option<crate::plan::rounding::Rounding>,
 }
 
 /// Importance weights for one tensor: an importance matrix entry with one row of weights
@@ -590,14 +590,33 @@ impl<'a> Recipe<'a> {
             && let Some(qt) = crate::plan::transcode::quant_type(ty)
             && moeq_kernels::gptq::supports(qt)
         {
-            return self.encode_gptq(part, scratch, qt, r, first, global);
+            return match r {
+                crate::plan::rounding::Rounding::Matrix(t) => self.encode_gptq(part, scratch, qt, t, first, global),
+                crate::plan::rounding::Rounding::Experts(x) => self.encode_experts(part, scratch, qt, x, first, global),
+            };
         }
         let Scratch { values, out, weights, .. } = scratch;
+        self.encode_ggml(part, values, out, weights, first, global)
+    }
+
+    /// ggml's rounding of `values` (rows `global..` of the tensor, `first..` of the part) into
+    /// `out`, with the importance weights of each row's matrix when the recipe has them.
+    fn encode_ggml(
+        &self,
+        part: &Part,
+        values: &[f32],
+        out: &mut [u8],
+        weights: &mut Vec<f32>,
+        first: u64,
+        global: u64,
+    ) -> Result<()> {
+        let ty = self.spec.ggml_type;
         let Some(imp) = &self.importance else {
             return from_f32(ty, values, out).map_err(|e| self.located(part, e, first));
         };
         // Rows of one matrix (expert) at a time, each with that matrix's weights.
         let (ne0, row_bytes) = (self.row_len() as usize, self.out_row_bytes() as usize);
+        let count = (values.len() / ne0.max(1)) as u64;
         let per = imp.rows_per_matrix.max(1);
         weights.resize(ne0, 0.0);
         let mut done = 0u64;
@@ -613,9 +632,38 @@ impl<'a> Recipe<'a> {
         Ok(())
     }
 
-    /// [`Recipe::encode`] with GPTQ (one matrix: rounding is attached to 2-D tensors only).
-    /// The scale search is weighted by the tensor's `--imatrix` row when it has one, else by
-    /// the calibration Hessian's diagonal.
+    /// [`Recipe::encode`] of a stacked expert tensor with per-expert GPTQ: the rows of each
+    /// expert (`ne[1]` of them) with that expert's factor; an expert without one (too few
+    /// routed calibration tokens) as ggml rounds it.
+    fn encode_experts(
+        &self,
+        part: &Part,
+        scratch: &mut Scratch,
+        qt: moeq_kernels::QuantType,
+        x: &crate::plan::rounding::ExpertRounding,
+        first: u64,
+        global: u64,
+    ) -> Result<()> {
+        let Scratch { values, out, weights, .. } = scratch;
+        let (ne0, row_bytes) = (self.row_len() as usize, self.out_row_bytes() as usize);
+        let per = self.spec.ne.get(1).copied().unwrap_or(1).max(1);
+        let count = (values.len() / ne0.max(1)) as u64;
+        let mut done = 0u64;
+        while done < count {
+            let row = global + done;
+            let n = (per - row % per).min(count - done);
+            let (a, b) = (done as usize, (done + n) as usize);
+            let (vals, bytes) = (&values[a * ne0..b * ne0], &mut out[a * row_bytes..b * row_bytes]);
+            match x.experts.get((row / per) as usize).and_then(|(_, f)| f.as_ref()) {
+                Some(t) => self.gptq_rows(part, vals, bytes, weights, qt, t, first + done, row)?,
+                None => self.encode_ggml(part, vals, bytes, weights, first + done, row)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// [`Recipe::encode`] of one matrix with GPTQ ([`Recipe::gptq_rows`]).
     fn encode_gptq(
         &self,
         part: &Part,
@@ -626,6 +674,24 @@ impl<'a> Recipe<'a> {
         global: u64,
     ) -> Result<()> {
         let Scratch { values, out, weights, .. } = scratch;
+        self.gptq_rows(part, values, out, weights, qt, r, first, global)
+    }
+
+    /// GPTQ of rows `global..` (all of one matrix or expert) with factor `r`. The scale search
+    /// is weighted by the tensor's `--imatrix` row when it has one, else by the calibration
+    /// Hessian's diagonal.
+    #[allow(clippy::too_many_arguments)]
+    fn gptq_rows(
+        &self,
+        part: &Part,
+        values: &[f32],
+        out: &mut [u8],
+        weights: &mut Vec<f32>,
+        qt: moeq_kernels::QuantType,
+        r: &crate::plan::rounding::TensorRounding,
+        first: u64,
+        global: u64,
+    ) -> Result<()> {
         let ne0 = self.row_len() as usize;
         if r.cols != ne0 {
             bail!("{} → '{}': GPTQ factor of {} columns for rows of {ne0}", part.origin, self.spec.name, r.cols);

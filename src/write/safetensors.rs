@@ -134,6 +134,7 @@ fn encode_rows(item: &Item, first: u64, count: u64, scratch: &mut Scratch, bufs:
             let [codes, scales, _] = bufs;
             recipe.openai_blocks(first, count, codes, scales)?;
         }
+        Encoding::OpenAiMxfp4 if recipe.rounding.is_some() => openai_gptq(recipe, first, count, scratch, bufs)?,
         Encoding::OpenAiMxfp4 | Encoding::MlxMxfp4 => {
             let values = recipe.values(first, count, scratch)?;
             let [codes, scales, _] = bufs;
@@ -177,6 +178,31 @@ fn encode_rows(item: &Item, first: u64, count: u64, scratch: &mut Scratch, bufs:
             s_out.extend(s.iter().flat_map(|v| v.to_le_bytes()));
             b_out.clear();
             b_out.extend(b.iter().flat_map(|v| v.to_le_bytes()));
+        }
+    }
+    Ok(())
+}
+
+/// `--rounding gptq` for OpenAI-layout MXFP4 experts: the recipe's own GPTQ rounding (ggml's
+/// `block_mxfp4`s, [`moeq_kernels::gptq`]) repacked to OpenAI's nibble order; the rows of an
+/// expert without calibration data keep OpenAI's quantizer, as without `--rounding`.
+fn openai_gptq(recipe: &Recipe, first: u64, count: u64, scratch: &mut Scratch, bufs: &mut [Vec<u8>; 3]) -> Result<()> {
+    let ggml = recipe.rows(first, count, scratch)?.to_vec();
+    let [codes, scales, _] = bufs;
+    codes.resize(ggml.len() / 17 * 16, 0);
+    scales.resize(ggml.len() / 17, 0);
+    openai::repack_from_ggml(&ggml, codes, scales);
+    let Some(crate::plan::rounding::Rounding::Experts(x)) = &recipe.rounding else { return Ok(()) };
+    let (per, ne0) = (recipe.spec.ne.get(1).copied().unwrap_or(1).max(1), recipe.row_len() as usize);
+    let values = recipe.values(first, count, scratch)?;
+    for r in 0..count {
+        if x.experts.get(((first + r) / per) as usize).is_some_and(|(_, f)| f.is_none()) {
+            let (a, g) = (r as usize * ne0, r as usize * ne0 / 32);
+            let row = &values[a..a + ne0];
+            if let Some(index) = row.iter().position(|v| !v.is_finite()) {
+                bail!("{}: value {} is {}, which cannot be quantized", recipe.parts[0].origin, a + index, row[index]);
+            }
+            openai::quantize(row, &mut codes[g * 16..(g + ne0 / 32) * 16], &mut scales[g..g + ne0 / 32]);
         }
     }
     Ok(())

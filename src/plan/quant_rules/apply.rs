@@ -207,6 +207,14 @@ impl QuantArgs {
 }
 
 impl QuantRequest {
+    /// Whether any option that needs a quantized `--type` is set but `--rounding` (and its
+    /// calibration input) and `--dry-run`.
+    pub fn any_but_rounding(&self) -> bool {
+        let mut other = self.clone();
+        other.rounding = None;
+        other.any()
+    }
+
     /// Whether any option that needs a quantized `--type` is set (all but `--dry-run`).
     pub fn any(&self) -> bool {
         self.imatrix.is_some()

@@ -8,7 +8,15 @@
 //! `attn_output`, `ffn_down` and the output head have their own. The output head's input is
 //! the final norm's output; a model with tied embeddings (no `output.weight`) uses
 //! `token_embd.weight` as its head, so the embedding is rounded for its role as the head.
-//! Stacked expert tensors (MoE) get no Hessian here: they are rounded as ggml rounds them.
+//!
+//! Stacked expert tensors (`ffn_{gate,up,down}_exps`, every MoE family: the forward runs each
+//! expert through [`crate::forward::moe::expert`]) get one Hessian per expert, over the tokens
+//! *routed* to it: gate and up share the normed hidden state of those tokens (collected at
+//! `ffn_gate_exps`), down has the expert's activation. While a layer runs, each expert's
+//! inputs are appended to a scratch file (not summed: E experts × cols² would not fit); when
+//! the layer ends, the experts' Hessians are summed from it and factored a few at a time, so
+//! at most that many expert Hessians are in memory. An expert that saw fewer than
+//! [`MIN_EXPERT_TOKENS`] tokens gets no factor: its rows are rounded as ggml rounds them.
 //!
 //! Accumulation: each group of calibration chunks is summed in f32 (AVX2 dot products over the
 //! group's tokens, [`moeq_kernels::dot::dot_rows`]), groups are summed in f64; the factor
@@ -34,6 +42,25 @@ enum Stored {
     Spilled { file: Arc<File>, offset: u64 },
     /// In memory (no scratch file could be made).
     Memory(Vec<f32>),
+}
+
+/// Fewer routed calibration tokens than this and an expert keeps ggml's rounding: a Hessian
+/// of so few tokens (rank ≤ tokens, the rest only damping) fits the rounding to them alone.
+pub const MIN_EXPERT_TOKENS: u64 = 16;
+
+/// Experts whose Hessians are summed and factored at once when a layer ends (each holds its
+/// `cols²` f64 sum and the factorization's copies).
+const EXPERTS_AT_ONCE: usize = 2;
+
+/// The rounding data of a stacked expert tensor: one entry per expert.
+#[derive(Debug)]
+pub struct ExpertRounding {
+    /// The tensor whose input this is (`…ffn_up_exps` uses `…ffn_gate_exps`'s).
+    pub input_of: String,
+    /// Rows per expert of the tensor the data was collected at.
+    pub rows: u64,
+    /// Per expert: routed calibration tokens, and its factor when it had enough of them.
+    pub experts: Vec<(u64, Option<Arc<TensorRounding>>)>,
 }
 
 /// What GPTQ needs to round one weight matrix: the factor of its input's damped inverse
@@ -81,6 +108,7 @@ pub fn input_key(name: &str, w: &Weights) -> String {
         (".attn_k.weight", ".attn_q.weight"),
         (".attn_v.weight", ".attn_q.weight"),
         (".ffn_up.weight", ".ffn_gate.weight"),
+        (".ffn_up_exps.weight", ".ffn_gate_exps.weight"),
     ] {
         if let Some(stem) = name.strip_suffix(from) {
             let key = format!("{stem}{to}");
@@ -99,14 +127,79 @@ struct Acc {
     tokens: u64,
 }
 
-/// The probe: accumulates the Hessians of the wanted inputs.
+/// Where one call's inputs of an expert were put while its layer runs.
+enum Piece {
+    /// In the activation scratch file: byte offset, f32 values.
+    File(u64, usize),
+    /// In memory (no scratch file).
+    Memory(Vec<f32>),
+}
+
+/// The experts' inputs of the layer running, per (tensor, expert).
+#[derive(Default)]
+struct Routed {
+    file: Option<File>,
+    tried: bool,
+    end: u64,
+    pieces: BTreeMap<(String, usize), Vec<Piece>>,
+}
+
+impl Routed {
+    fn push(&mut self, key: (String, usize), x: &[f32]) {
+        if self.file.is_none() && !self.tried {
+            self.tried = true;
+            self.file = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok();
+        }
+        let piece = match &self.file {
+            Some(file) => {
+                let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                match file.write_all_at(&bytes, self.end) {
+                    Ok(()) => {
+                        self.end += bytes.len() as u64;
+                        Piece::File(self.end - bytes.len() as u64, x.len())
+                    }
+                    Err(_) => Piece::Memory(x.to_vec()),
+                }
+            }
+            None => Piece::Memory(x.to_vec()),
+        };
+        self.pieces.entry(key).or_default().push(piece);
+    }
+
+    /// Reads one piece back.
+    fn read(&self, piece: &Piece) -> Result<Vec<f32>> {
+        match piece {
+            Piece::Memory(v) => Ok(v.clone()),
+            Piece::File(offset, n) => {
+                let file = self.file.as_ref().context("internal error: no activation scratch file")?;
+                let mut bytes = vec![0u8; n * 4];
+                file.read_exact_at(&mut bytes, *offset).context("reading expert inputs back from their scratch file")?;
+                Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            }
+        }
+    }
+}
+
+/// The probe: accumulates the Hessians of the wanted inputs (dense) and keeps the routed
+/// inputs of the wanted experts.
 struct Collector {
     keys: HashMap<String, usize>,
+    /// Stacked expert tensors: columns.
+    expert_keys: HashMap<String, usize>,
     current: Mutex<BTreeMap<String, Acc>>,
+    routed: Mutex<Routed>,
 }
 
 impl Probe for Collector {
-    fn input(&self, name: &str, first: u64, _rows: u64, x: &[f32]) {
+    fn input(&self, name: &str, first: u64, rows: u64, x: &[f32]) {
+        if let Some(&cols) = self.expert_keys.get(name) {
+            if cols == 0 || rows == 0 || !x.len().is_multiple_of(cols) || !first.is_multiple_of(rows) {
+                return;
+            }
+            let e = (first / rows) as usize;
+            self.routed.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_string(), e), x);
+            return;
+        }
         let Some(&cols) = self.keys.get(name) else { return };
         if first != 0 || cols == 0 || !x.len().is_multiple_of(cols) {
             return;
@@ -140,39 +233,89 @@ fn add_outer(x: &[f32], cols: usize, h: &mut [f64]) {
 /// One factored Hessian: input name, columns, tokens, `diag(H) / tokens`, the factor.
 type Factored = (String, usize, u64, Vec<f32>, Result<Factor, moeq_kernels::gptq::GptqError>);
 
+/// Symmetrizes a summed Hessian (lower triangle) and factors it for the act-order sweep.
+fn factor(name: String, mut acc: Acc) -> Factored {
+    let n = acc.cols;
+    for i in 0..n {
+        for k in 0..i {
+            acc.h[k * n + i] = acc.h[i * n + k];
+        }
+    }
+    let tokens = acc.tokens.max(1);
+    let diag = (0..n).map(|i| (acc.h[i * n + i] / tokens as f64) as f32).collect();
+    // GPTQ's act-order: columns by decreasing diag H (on SmolLM2 Q3_K_M, KLD 0.0453
+    // against 0.0554 left to right; docs/rounding.md).
+    let f = Factor::from_hessian_ordered(&acc.h, n, DAMP, true);
+    (name, n, acc.tokens, diag, f)
+}
+
 /// The finished factors, spilled.
 struct Finished {
     spill: Option<(Arc<File>, u64)>,
     tried: bool,
     done: HashMap<String, Arc<TensorRounding>>,
+    /// Per stacked tensor: per expert, routed tokens and factor.
+    experts: BTreeMap<String, BTreeMap<usize, (u64, Option<Arc<TensorRounding>>)>>,
 }
 
 impl Finished {
     /// Factors every Hessian of the layer just run (in parallel) and stores them.
     fn finish(&mut self, current: BTreeMap<String, Acc>) -> Result<()> {
-        let factored: Vec<Factored> = current
-            .into_par_iter()
-            .map(|(name, mut acc)| {
-                let n = acc.cols;
-                for i in 0..n {
-                    for k in 0..i {
-                        acc.h[k * n + i] = acc.h[i * n + k];
-                    }
-                }
-                let tokens = acc.tokens.max(1);
-                let diag = (0..n).map(|i| (acc.h[i * n + i] / tokens as f64) as f32).collect();
-                // GPTQ's act-order: columns by decreasing diag H (on SmolLM2 Q3_K_M, KLD 0.0453
-                // against 0.0554 left to right; docs/rounding.md).
-                let f = Factor::from_hessian_ordered(&acc.h, n, DAMP, true);
-                (name, n, acc.tokens, diag, f)
-            })
-            .collect();
+        let factored: Vec<Factored> = current.into_par_iter().map(|(name, acc)| factor(name, acc)).collect();
         for (name, cols, tokens, diag, f) in factored {
             let f = f.map_err(|e| anyhow::anyhow!("the calibration Hessian of {name}'s input: {e}"))?;
             let stored = Arc::new(self.store(f.upper()));
             let order = f.order().to_vec();
             self.done
                 .insert(name.clone(), Arc::new(TensorRounding { input_of: name, cols, tokens, diag, order, stored }));
+        }
+        Ok(())
+    }
+
+    /// Sums the Hessian of every expert whose inputs `routed` holds (the layer just run),
+    /// factors those with at least [`MIN_EXPERT_TOKENS`] tokens, a few at a time, and stores
+    /// them.
+    fn finish_experts(&mut self, routed: &Routed, cols_of: &HashMap<String, usize>) -> Result<()> {
+        let keys: Vec<&(String, usize)> = routed.pieces.keys().collect();
+        for batch in keys.chunks(EXPERTS_AT_ONCE) {
+            let factored: Vec<Result<(String, usize, Factored)>> = batch
+                .par_iter()
+                .map(|&key| {
+                    let (name, e) = key;
+                    let n = cols_of[name];
+                    let pieces = &routed.pieces[key];
+                    let tokens: u64 = pieces
+                        .iter()
+                        .map(|p| match p {
+                            Piece::File(_, v) => (*v / n) as u64,
+                            Piece::Memory(v) => (v.len() / n) as u64,
+                        })
+                        .sum();
+                    let label = format!("{name} expert {e}");
+                    if tokens < MIN_EXPERT_TOKENS {
+                        let none = Err(moeq_kernels::gptq::GptqError::Length(String::new()));
+                        return Ok((name.clone(), *e, (label, n, tokens, Vec::new(), none)));
+                    }
+                    let mut acc = Acc { cols: n, h: vec![0.0; n * n], tokens };
+                    for p in pieces {
+                        let x = routed.read(p)?;
+                        add_outer(&x, n, &mut acc.h);
+                    }
+                    Ok((name.clone(), *e, factor(label, acc)))
+                })
+                .collect();
+            for f in factored {
+                let (name, e, (label, cols, tokens, diag, f)) = f?;
+                if tokens < MIN_EXPERT_TOKENS {
+                    self.experts.entry(name).or_default().insert(e, (tokens, None));
+                    continue;
+                }
+                let f = f.map_err(|err| anyhow::anyhow!("the calibration Hessian of {label}'s input: {err}"))?;
+                let stored = Arc::new(self.store(f.upper()));
+                let order = f.order().to_vec();
+                let t = TensorRounding { input_of: label, cols, tokens, diag, order, stored };
+                self.experts.entry(name).or_default().insert(e, (tokens, Some(Arc::new(t))));
+            }
         }
         Ok(())
     }
@@ -197,37 +340,61 @@ impl Finished {
     }
 }
 
+/// The rounding data [`compute`] found.
+#[derive(Default)]
+pub struct Computed {
+    /// Per 2-D tensor.
+    pub matrices: HashMap<String, Arc<TensorRounding>>,
+    /// Per stacked expert tensor (`[cols, rows, experts]`).
+    pub experts: HashMap<String, Arc<ExpertRounding>>,
+}
+
+/// Whether `name` is a stacked expert tensor the forward runs expert by expert.
+pub fn is_expert_stack(name: &str) -> bool {
+    name.starts_with("blk.") && name.contains("_exps.")
+}
+
 /// Runs the model `w` over `chunks` (independent sequences) one layer at a time and returns,
 /// for every tensor in `wanted` that has a 2-D weight in the model, its rounding data (tensors
-/// sharing an input share one). The output head (`output.weight`, or `token_embd.weight` when
-/// the embeddings are tied) gets the final norm's output.
+/// sharing an input share one), and for every stacked expert tensor in `wanted` its per-expert
+/// data (module docs). The output head (`output.weight`, or `token_embd.weight` when the
+/// embeddings are tied) gets the final norm's output.
 ///
-/// Errors: the forward fails (named layer); a Hessian cannot be factored (named input).
-pub fn compute(
-    w: &Weights,
-    chunks: &[Vec<u32>],
-    wanted: &HashSet<String>,
-    quiet: bool,
-) -> Result<HashMap<String, Arc<TensorRounding>>> {
+/// Errors: the forward fails (named layer); a Hessian cannot be factored (named input); the
+/// experts' scratch file cannot be read back.
+pub fn compute(w: &Weights, chunks: &[Vec<u32>], wanted: &HashSet<String>, quiet: bool) -> Result<Computed> {
     let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
-    let mut keys = HashMap::new();
+    let (mut keys, mut expert_keys) = (HashMap::new(), HashMap::new());
     for name in wanted {
         let key = input_key(name, w);
         let ne = w.ne(&key)?;
-        if ne.len() < 2 || ne[2..].iter().any(|&d| d != 1) {
+        if ne.len() < 2 {
+            continue;
+        }
+        if ne.len() == 3 && is_expert_stack(&key) {
+            expert_keys.insert(key, ne[0] as usize);
+            continue;
+        }
+        if ne[2..].iter().any(|&d| d != 1) {
             continue;
         }
         keys.insert(key, ne[0] as usize);
     }
-    let collector = Arc::new(Collector { keys, current: Mutex::new(BTreeMap::new()) });
+    let collector = Arc::new(Collector {
+        keys,
+        expert_keys,
+        current: Mutex::new(BTreeMap::new()),
+        routed: Mutex::new(Routed::default()),
+    });
     let base = Model::new(w)?;
     let model = Model { probe: Some(collector.clone()), keep_expert_out: false, ..base };
     let c = &model.cfg;
     let h = c.n_embd;
     let tokens: Vec<u32> = chunks.iter().flatten().copied().collect();
     let groups = crate::imatrix::chunk_groups(&model, chunks);
-    let mut finished = Finished { spill: None, tried: false, done: HashMap::new() };
+    let mut finished = Finished { spill: None, tried: false, done: HashMap::new(), experts: BTreeMap::new() };
     let take = |c: &Collector| std::mem::take(&mut *c.current.lock().unwrap_or_else(|p| p.into_inner()));
+
     let mut x = model.embed(&tokens)?;
     let bar = steps_bar((c.n_layer * groups.len()) as u64, "calibration layers");
     if quiet {
@@ -240,6 +407,15 @@ pub fn compute(
             bar.inc(1);
         }
         finished.finish(take(&collector))?;
+        let routed = std::mem::take(&mut *collector.routed.lock().unwrap_or_else(|p| p.into_inner()));
+        finished.finish_experts(&routed, &collector.expert_keys).with_context(|| format!("{}: layer {l}", w.path))?;
+        // The layer's inputs are summed: the scratch file is reused from its start.
+        let Routed { file, tried, .. } = routed;
+        if let Some(f) = &file {
+            let _ = f.set_len(0);
+        }
+        let mut r = collector.routed.lock().unwrap_or_else(|p| p.into_inner());
+        (r.file, r.tried) = (file, tried);
     }
     if collector.keys.contains_key(head) {
         let cols = collector.keys[head];
@@ -254,10 +430,16 @@ pub fn compute(
         finished.finish(take(&collector))?;
     }
     bar.finish_and_clear();
-    let mut out = HashMap::new();
+    let mut out = Computed::default();
     for name in wanted {
-        if let Some(r) = finished.done.get(&input_key(name, w)) {
-            out.insert(name.clone(), Arc::clone(r));
+        let key = input_key(name, w);
+        if let Some(r) = finished.done.get(&key) {
+            out.matrices.insert(name.clone(), Arc::clone(r));
+        }
+        if let Some(per) = finished.experts.get(&key) {
+            let ne = w.ne(&key)?;
+            let experts = (0..ne[2] as usize).map(|e| per.get(&e).cloned().unwrap_or((0, None))).collect();
+            out.experts.insert(name.clone(), Arc::new(ExpertRounding { input_of: key, rows: ne[1], experts }));
         }
     }
     Ok(out)

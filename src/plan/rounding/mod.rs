@@ -9,9 +9,14 @@
 //! calibration tokens ([`hessian`]). The types are unchanged (the plan's, or `--optimize`'s),
 //! so the file has exactly the size of the ggml-rounded one, and any llama.cpp reads it.
 //!
+//! Stacked MoE expert tensors (`ffn_{gate,up,down}_exps`) are rounded expert by expert, each
+//! with the Hessian of the tokens routed to it ([`hessian`]); an expert that saw fewer than
+//! [`hessian::MIN_EXPERT_TOKENS`] calibration tokens keeps ggml's rounding (the report lists
+//! them). MXFP4 (gpt-oss's experts, `MXFP4_MOE`) is rounded with the MXFP4 variant of
+//! [`moeq_kernels::gptq`]; [`attach_hf`] does the same for `--format hf`'s OpenAI-layout experts.
+//!
 //! Not rounded with GPTQ (rounded as ggml does): the lattice i-quants (IQ1_*, IQ2_*, IQ3_*),
-//! TQ1_0/TQ2_0, MXFP4, F16/BF16/F32, and stacked MoE expert tensors (each expert would need a
-//! Hessian of the tokens routed to it; not collected yet).
+//! TQ1_0/TQ2_0, F16/BF16/F32, and tensors copied as stored (released MXFP4 experts).
 //!
 //! The scale search of each block uses the `--imatrix` weights when the tensor has them (as
 //! ggml's quantizer would), otherwise the Hessian's diagonal (the same statistic, from the
@@ -21,16 +26,27 @@ pub mod hessian;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::{Value as Json, json};
 
 use crate::imatrix::Calibration;
 use crate::model::weights::Weights;
-use crate::plan::recipe::Recipe;
+use crate::plan::recipe::{Input, Recipe};
+use moeq_formats::gguf::GgmlType;
 use crate::plan::transcode::quant_type;
 use crate::source::Source;
-pub use hessian::TensorRounding;
+pub use hessian::{ExpertRounding, TensorRounding};
+
+/// The rounding data a recipe carries.
+#[derive(Clone, Debug)]
+pub enum Rounding {
+    /// One matrix, one factor.
+    Matrix(Arc<TensorRounding>),
+    /// A stacked expert tensor: one factor per expert (`None`: ggml's rounding for its rows).
+    Experts(Arc<ExpertRounding>),
+}
 
 /// The GGUF key that records the rounding method (llama.cpp ignores keys it does not know).
 pub const KEY: &str = "moeq.rounding";
@@ -71,19 +87,47 @@ pub struct RoundingLog {
     pub rounded: Vec<(String, String)>,
     /// Quantized tensors rounded as ggml rounds them, and why.
     pub ggml: Vec<(String, String)>,
+    /// Stacked expert tensors rounded expert by expert: (tensor, the tensor whose input
+    /// Hessians it used, per expert the routed calibration tokens and whether it was rounded
+    /// with GPTQ).
+    pub experts: Vec<(String, String, Vec<(u64, bool)>)>,
 }
 
 impl RoundingLog {
     /// `{"method", "calibration": {"file", "chunks", "tokens"}, "tensors": [{"name", "hessian"}],
+    /// "experts": [{"name", "hessian", "tokens": [per expert], "ggml_rounded_experts": [e, …]}],
     /// "ggml_rounded": [{"name", "why"}]}`.
     pub fn to_json(&self, file: &Path) -> Json {
         json!({
             "method": METHOD,
-            "reference": "GPTQ, Frantar et al. 2022, arXiv:2210.17323 (act-order, static groups = ggml blocks, damping 0.01)",
+            "reference": "GPTQ, Frantar et al. 2022, arXiv:2210.17323 (act-order, static groups = ggml blocks, damping 0.01; MXFP4: per-block exponent by the Hessian-diagonal-weighted error)",
             "calibration": {"file": file.display().to_string(), "chunks": self.chunks, "tokens": self.tokens},
             "tensors": self.rounded.iter().map(|(n, h)| json!({"name": n, "hessian": h})).collect::<Vec<_>>(),
+            "experts": self.experts.iter().map(|(n, h, per)| json!({
+                "name": n,
+                "hessian": h,
+                "min_tokens": hessian::MIN_EXPERT_TOKENS,
+                "tokens": per.iter().map(|p| p.0).collect::<Vec<_>>(),
+                "ggml_rounded_experts": per.iter().enumerate().filter(|(_, p)| !p.1).map(|(e, _)| e).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
             "ggml_rounded": self.ggml.iter().map(|(n, w)| json!({"name": n, "why": w})).collect::<Vec<_>>(),
         })
+    }
+
+    /// Records a stacked tensor's per-expert rounding and warns (unless `quiet`) about the
+    /// experts left to ggml's rounding.
+    fn add_experts(&mut self, name: &str, x: &ExpertRounding, quiet: bool) {
+        let per: Vec<(u64, bool)> = x.experts.iter().map(|(t, f)| (*t, f.is_some())).collect();
+        let left: Vec<String> =
+            per.iter().enumerate().filter(|(_, p)| !p.1).map(|(e, p)| format!("{e} ({} tokens)", p.0)).collect();
+        if !left.is_empty() && !quiet {
+            eprintln!(
+                "note: {name}: expert(s) {} saw fewer than {} calibration tokens; their rows keep ggml's rounding",
+                left.join(", "),
+                hessian::MIN_EXPERT_TOKENS
+            );
+        }
+        self.experts.push((name.to_string(), x.input_of.clone(), per));
     }
 }
 
@@ -92,10 +136,18 @@ fn refusal(r: &Recipe, w: &Weights, head: &str) -> Option<&'static str> {
     let name = r.spec.name.as_str();
     let qt = quant_type(r.spec.ggml_type)?;
     if !moeq_kernels::gptq::supports(qt) {
-        return Some("type has no GPTQ rounding here (lattice i-quants, ternary, MXFP4)");
+        return Some("type has no GPTQ rounding here (lattice i-quants, ternary)");
     }
-    if r.spec.ne.len() > 2 && r.spec.ne[2..].iter().any(|&d| d != 1) {
-        return Some("stacked expert tensor: no per-expert Hessian");
+    match r.input() {
+        Input::Copy(_) | Input::Owned(_) => return Some("copied as stored"),
+        Input::OpenAiMxfp4 { .. } if r.spec.ggml_type == GgmlType::MXFP4 => {
+            return Some("released MXFP4 experts, copied as stored");
+        }
+        _ => {}
+    }
+    let stacked = r.spec.ne.len() > 2 && r.spec.ne[2..].iter().any(|&d| d != 1);
+    if stacked && !(r.spec.ne.len() == 3 && hessian::is_expert_stack(name)) {
+        return Some("stacked tensor the forward does not run expert by expert");
     }
     if !w.has(name) || !(name.starts_with("blk.") || name == head) {
         return Some("not a matrix the forward multiplies with");
@@ -137,11 +189,74 @@ pub fn attach(input: &Path, recipes: &mut [Recipe], req: &RoundingRequest, quiet
     }
     let found = hessian::compute(&w, &chunks, &wanted, quiet)?;
     for r in recipes.iter_mut() {
-        if let Some(t) = found.get(&r.spec.name) {
+        if let Some(t) = found.matrices.get(&r.spec.name) {
             log.rounded.push((r.spec.name.clone(), t.input_of.clone()));
-            r.rounding = Some(t.clone());
+            r.rounding = Some(Rounding::Matrix(t.clone()));
+        } else if let Some(x) = found.experts.get(&r.spec.name) {
+            log.add_experts(&r.spec.name, x, quiet);
+            r.rounding = Some(Rounding::Experts(x.clone()));
         } else if wanted.contains(&r.spec.name) {
             log.ggml.push((r.spec.name.clone(), "no calibration Hessian for its input".into()));
+        }
+    }
+    Ok(log)
+}
+
+/// The GGUF stacked expert tensor whose calibration data a `--format hf` gpt-oss expert tensor
+/// uses: `model.layers.N.mlp.experts.gate_up_proj` (gate and up interleaved, one input) →
+/// `blk.N.ffn_gate_exps.weight`, `…down_proj` → `blk.N.ffn_down_exps.weight`.
+fn hf_expert_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, what) = rest.split_once('.')?;
+    let layer: u64 = layer.parse().ok()?;
+    match what {
+        "mlp.experts.gate_up_proj" => Some(format!("blk.{layer}.ffn_gate_exps.weight")),
+        "mlp.experts.down_proj" => Some(format!("blk.{layer}.ffn_down_exps.weight")),
+        _ => None,
+    }
+}
+
+/// [`attach`] for `--format hf` (gpt-oss's OpenAI-layout MXFP4 experts): every expert tensor
+/// quantized from values (a bf16 fine-tune) gets per-expert GPTQ rounding with the Hessians
+/// moeq's forward collects under the GGUF names (gate and up share one input). Expert tensors
+/// copied as stored (released MXFP4) and every other tensor (written as stored) are left alone.
+///
+/// Errors: as [`attach`].
+pub fn attach_hf(input: &Path, recipes: &mut [&mut Recipe], req: &RoundingRequest, quiet: bool) -> Result<RoundingLog> {
+    let source = Source::open(input)?;
+    let w = Weights::new(&source, input)?;
+    let chunks = crate::imatrix::load_chunks(
+        input,
+        &source,
+        &w,
+        &req.calibration,
+        req.ctx,
+        req.chunks,
+        req.tokenizer.as_deref(),
+    )?;
+    let mut log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
+    let mut wanted = HashSet::new();
+    for r in recipes.iter() {
+        if r.spec.ggml_type != GgmlType::MXFP4 {
+            continue;
+        }
+        match (hf_expert_key(&r.spec.name), r.input()) {
+            (Some(key), Input::Values { .. }) if w.has(&key) => {
+                wanted.insert(key);
+            }
+            (_, Input::OpenAiMxfp4 { .. }) => {
+                log.ggml.push((r.spec.name.clone(), "released MXFP4 experts, copied as stored".into()))
+            }
+            _ => log.ggml.push((r.spec.name.clone(), "no calibration data for this tensor".into())),
+        }
+    }
+    let found = hessian::compute(&w, &chunks, &wanted, quiet)?;
+    for r in recipes.iter_mut() {
+        if let Some(x) = hf_expert_key(&r.spec.name).and_then(|k| found.experts.get(&k))
+            && matches!(r.input(), Input::Values { .. })
+        {
+            log.add_experts(&r.spec.name, x, quiet);
+            r.rounding = Some(Rounding::Experts(x.clone()));
         }
     }
     Ok(log)
