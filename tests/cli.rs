@@ -3427,6 +3427,159 @@ fn size_budget_and_gptq_combine() {
     assert!(meta["moeq.optimize.method"]["value"].as_str().unwrap().starts_with("kl-calibrated"));
 }
 
+/// `moeq verify SOURCE OUTPUT --text TEXT --json`: (next-token KL mean, each MoE block's relative error).
+fn verify_on_text(source: &Path, output: &Path, text: &Path) -> (f64, Vec<f64>) {
+    let o = moeq(&["verify", path_arg(source), path_arg(output), "--text", path_arg(text), "--json"]);
+    let r: Json =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let blocks = r["blocks"].as_array().unwrap().iter().map(|b| b["rel_err"].as_f64().unwrap()).collect();
+    (r["model"]["kl_mean"].as_f64().unwrap(), blocks)
+}
+
+/// `--rounding gptq` on a MoE model: every stacked expert tensor is rounded expert by expert
+/// with the Hessian of the tokens routed to it (up shares gate's), the file keeps ggml's
+/// tensors, types and sizes and runs, and each MoE block's output error on the calibration
+/// tokens is below ggml's rounding's; experts with too few routed tokens keep ggml's bytes.
+#[test]
+fn gptq_rounds_moe_experts_per_expert() {
+    let dir = tempfile::tempdir().unwrap();
+    let mixtral = fixtures().join("mixtral/hf");
+    let calib = fixtures().join("rounding/calib.txt");
+    let (plain, gptq, few, report, few_report) = (
+        dir.path().join("plain.gguf"),
+        dir.path().join("gptq.gguf"),
+        dir.path().join("few.gguf"),
+        dir.path().join("report.json"),
+        dir.path().join("few.json"),
+    );
+    ok(&["convert", path_arg(&mixtral), "-o", path_arg(&plain), "--type", "Q4_0", "-q"]);
+    for (out, rep, ctx, chunks) in [(&gptq, &report, "128", "8"), (&few, &few_report, "8", "1")] {
+        let mut args = vec!["convert", path_arg(&mixtral), "-o", path_arg(out), "--type", "Q4_0", "--rounding", "gptq"];
+        args.extend(["--calibration", path_arg(&calib), "--ctx", ctx, "--chunks", chunks, "-q"]);
+        args.extend(["--report", path_arg(rep)]);
+        ok(&args);
+    }
+    let inspect = |p: &Path| -> Json { serde_json::from_str(&ok(&["inspect", "--json", path_arg(p)])).unwrap() };
+    let (jg, jp) = (inspect(&gptq), inspect(&plain));
+    assert_eq!(jg["metadata"]["moeq.rounding"]["value"], "gptq");
+    let shapes = |j: &Json| -> Vec<(String, String, u64)> {
+        let t = j["tensors"].as_array().unwrap();
+        t.iter()
+            .map(|t| {
+                (t["name"].as_str().unwrap().into(), t["dtype"].as_str().unwrap().into(), t["bytes"].as_u64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(shapes(&jg), shapes(&jp), "same tensors, types and sizes");
+    let rep: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let experts = rep["rounding"]["experts"].as_array().unwrap();
+    let names: Vec<&str> = experts.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    for l in 0..2 {
+        for t in ["gate", "up", "down"] {
+            assert!(names.contains(&format!("blk.{l}.ffn_{t}_exps.weight").as_str()), "{names:?}");
+        }
+    }
+    for e in experts {
+        let tokens: Vec<u64> = e["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        assert_eq!(tokens.len(), 4, "{e}");
+        assert_eq!(tokens.iter().sum::<u64>(), 8 * 128 * 2, "every token is routed to its top-2 experts: {e}");
+        assert!(e["ggml_rounded_experts"].as_array().unwrap().is_empty(), "{e}");
+        if e["name"].as_str().unwrap().contains("_up_") {
+            assert!(e["hessian"].as_str().unwrap().contains("_gate_exps"), "up shares gate's input: {e}");
+        }
+    }
+    let (bg, bp, bf) = (tensor_bytes(&gptq), tensor_bytes(&plain), tensor_bytes(&few));
+    for (name, bytes) in &bp {
+        if name.contains("_exps") {
+            assert_ne!(&bg[name], bytes, "{name}: GPTQ changed nothing");
+            // 8 tokens × top-2 over 4 experts: no expert reaches the minimum, all keep ggml's bytes.
+            assert_eq!(&bf[name], bytes, "{name}: an expert without enough tokens keeps ggml's rounding");
+        }
+    }
+    let few_rep: Json = serde_json::from_slice(&std::fs::read(&few_report).unwrap()).unwrap();
+    for e in few_rep["rounding"]["experts"].as_array().unwrap() {
+        assert_eq!(e["ggml_rounded_experts"].as_array().unwrap().len(), 4, "{e}");
+    }
+    // Each MoE block's output error on the calibration tokens is below ggml's rounding's.
+    let (_, err_plain) = verify_on_text(&mixtral, &plain, &calib);
+    let (_, err_gptq) = verify_on_text(&mixtral, &gptq, &calib);
+    assert_eq!(err_plain.len(), 2);
+    for (l, (g, p)) in err_gptq.iter().zip(&err_plain).enumerate() {
+        assert!(g < &(0.95 * p), "layer {l}: MoE block error {g:.4} with GPTQ, {p:.4} with ggml's rounding");
+    }
+    let out =
+        ok(&["eval", path_arg(&gptq), "--text", "Hello world, hello", "--top", "1", "--tokenizer", path_arg(&mixtral)]);
+    assert!(out.lines().count() > 3, "{out}");
+}
+
+/// `__metadata__` of a safetensors file.
+fn safetensors_metadata(path: &Path) -> Json {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Json = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"].clone()
+}
+
+/// The gpt-oss bf16 fine-tune back to MXFP4 with GPTQ, as GGUF `MXFP4_MOE` and as `--format hf`:
+/// next-token KL against the bf16 source on text the calibration did not see at least 20 %
+/// below round-to-nearest's (ggml's quantizer for the GGUF, OpenAI's for hf) and every MoE
+/// block's error lower, in the same tensors and bytes per weight; only the experts change.
+#[test]
+fn gptq_mxfp4_lowers_kl_on_the_gpt_oss_finetune() {
+    let dir = tempfile::tempdir().unwrap();
+    let ft = fixtures().join("gpt-oss/finetune-bf16");
+    let (calib, eval) = (fixtures().join("rounding/calib.txt"), fixtures().join("rounding/eval.txt"));
+    let gptq_args = ["--rounding", "gptq", "--calibration", path_arg(&calib), "--ctx", "128", "--chunks", "16", "-q"];
+    let (plain, gptq) = (dir.path().join("plain.gguf"), dir.path().join("gptq.gguf"));
+    ok(&["convert", path_arg(&ft), "-o", path_arg(&plain), "--type", "MXFP4_MOE", "-q"]);
+    let mut args = vec!["convert", path_arg(&ft), "-o", path_arg(&gptq), "--type", "MXFP4_MOE"];
+    args.extend(gptq_args);
+    ok(&args);
+    let (hp, hg) = (dir.path().join("hf-plain"), dir.path().join("hf-gptq"));
+    ok(&["convert", path_arg(&ft), "-o", path_arg(&hp), "--format", "hf", "-q"]);
+    let mut args = vec!["convert", path_arg(&ft), "-o", path_arg(&hg), "--format", "hf"];
+    args.extend(gptq_args);
+    ok(&args);
+
+    for (what, p, g) in [("GGUF MXFP4_MOE", &plain, &gptq), ("--format hf", &hp, &hg)] {
+        let (kl_p, err_p) = verify_on_text(&ft, p, &eval);
+        let (kl_g, err_g) = verify_on_text(&ft, g, &eval);
+        eprintln!("{what}: KL {kl_p:.4e} → {kl_g:.4e}, MoE blocks {err_p:?} → {err_g:?}");
+        assert!(kl_g < 0.8 * kl_p, "{what}: KL {kl_g:.4e} with GPTQ, {kl_p:.4e} with round-to-nearest");
+        for (l, (g, p)) in err_g.iter().zip(&err_p).enumerate() {
+            assert!(g < p, "{what} layer {l}: MoE block error {g:.4} with GPTQ, {p:.4} with round-to-nearest");
+        }
+    }
+    // GGUF: the same tensors and sizes; the experts MXFP4 and changed.
+    let (bg, bp) = (tensor_bytes(&gptq), tensor_bytes(&plain));
+    assert_eq!(bg.keys().collect::<Vec<_>>(), bp.keys().collect::<Vec<_>>());
+    for (name, bytes) in &bp {
+        assert_eq!(bg[name].len(), bytes.len(), "{name}");
+        if name.contains("_exps.weight") {
+            assert_ne!(&bg[name], bytes, "{name}");
+        }
+    }
+    let meta: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&gptq)])).unwrap();
+    assert_eq!(meta["metadata"]["moeq.rounding"]["value"], "gptq");
+    let mxfp4 = meta["tensors"].as_array().unwrap().iter().filter(|t| t["dtype"] == "MXFP4").count();
+    assert_eq!(mxfp4, 6, "{}", meta["tensors"]);
+    // hf: OpenAI's layout, the same shapes; everything but the experts as without --rounding.
+    let (tg, tp) = (folder_tensors(&hg), folder_tensors(&hp));
+    assert_eq!(tg.keys().collect::<Vec<_>>(), tp.keys().collect::<Vec<_>>());
+    for (name, (dtype, shape, bytes)) in &tp {
+        let (gd, gs, gb) = &tg[name];
+        assert_eq!((gd, gs), (dtype, shape), "{name}");
+        if name.ends_with("_blocks") || name.ends_with("_scales") {
+            assert_ne!(gb, bytes, "{name}");
+        } else {
+            assert_eq!(gb, bytes, "{name}");
+        }
+    }
+    assert_eq!(safetensors_metadata(&hg.join("model.safetensors"))["moeq.rounding"], "gptq");
+    assert!(safetensors_metadata(&hp.join("model.safetensors")).get("moeq.rounding").is_none());
+    assert_eq!(config_of(&hg), config_of(&hp));
+}
+
 /// `--rounding gptq` without calibration input, calibration options without it, and MLX
 /// output are refused (exit 2, nothing written).
 #[test]

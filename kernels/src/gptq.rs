@@ -371,7 +371,9 @@ fn cells(ty: QuantType, b: &[u8], out: &mut [Cell]) {
         Q4_1 => out.fill(linear(f16_at(b, 0), -f16_at(b, 2), 0, 15, 0)),
         Q5_1 => out.fill(linear(f16_at(b, 0), -f16_at(b, 2), 0, 31, 0)),
         IQ4_NL => out.fill(Cell { a: f16_at(b, 0), b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Iq4nl }),
-        MXFP4 => out.fill(Cell { a: mxfp4::e8m0_to_f32_half(b[0]), b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Mxfp4 }),
+        MXFP4 => {
+            out.fill(Cell { a: mxfp4::e8m0_to_f32_half(b[0]), b: 0.0, lo: 0, hi: 15, offset: 0, table: Table::Mxfp4 })
+        }
         Q4_K | Q5_K => {
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let hi = if ty == Q4_K { 15 } else { 31 };
@@ -879,7 +881,9 @@ mod tests {
             let d = mxfp4::e8m0_to_f32_half(e);
             x.iter()
                 .zip(qw)
-                .map(|(&v, &w)| w as f64 * ((v - mxfp4::KVALUES[mxfp4::best_index(v, d) as usize] as f32 * d) as f64).powi(2))
+                .map(|(&v, &w)| {
+                    w as f64 * ((v - mxfp4::KVALUES[mxfp4::best_index(v, d) as usize] as f32 * d) as f64).powi(2)
+                })
                 .sum()
         };
         for k in 0..200 {

@@ -173,7 +173,8 @@ impl Routed {
             Piece::File(offset, n) => {
                 let file = self.file.as_ref().context("internal error: no activation scratch file")?;
                 let mut bytes = vec![0u8; n * 4];
-                file.read_exact_at(&mut bytes, *offset).context("reading expert inputs back from their scratch file")?;
+                file.read_exact_at(&mut bytes, *offset)
+                    .context("reading expert inputs back from their scratch file")?;
                 Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
             }
         }

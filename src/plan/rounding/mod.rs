@@ -34,10 +34,10 @@ use serde_json::{Value as Json, json};
 use crate::imatrix::Calibration;
 use crate::model::weights::Weights;
 use crate::plan::recipe::{Input, Recipe};
-use moeq_formats::gguf::GgmlType;
 use crate::plan::transcode::quant_type;
 use crate::source::Source;
 pub use hessian::{ExpertRounding, TensorRounding};
+use moeq_formats::gguf::GgmlType;
 
 /// The rounding data a recipe carries.
 #[derive(Clone, Debug)]
