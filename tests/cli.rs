@@ -3618,5 +3618,13 @@ fn convert_refuses_gptq_without_calibration() {
         path_arg(&text),
     ]);
     assert!(e.contains("apply to GGUF output"), "{e}");
+    // --format hf takes --rounding gptq, but none of llama-quantize's options.
+    let (ft, imatrix) =
+        (fixtures().join("gpt-oss/finetune-bf16"), fixtures().join("imatrix/gpt-oss-llama.imatrix.gguf"));
+    let hf = dir.path().join("hf");
+    let mut args = vec!["convert", path_arg(&ft), "-o", path_arg(&hf), "--format", "hf", "--rounding", "gptq"];
+    args.extend(["--calibration", path_arg(&text), "--imatrix", path_arg(&imatrix)]);
+    let e = fails(&args);
+    assert!(e.contains("--format hf takes --rounding gptq"), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }

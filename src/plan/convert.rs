@@ -325,7 +325,8 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
                     .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
                 if !opts.quiet {
                     eprintln!(
-                        "GPTQ: {} expert tensors rounded on {} calibration tokens ({} chunks); {} left to OpenAI's rounding",
+                        "GPTQ: {} expert tensors rounded on {} calibration tokens ({} chunks); {} not (copied as stored, or \
+                         no calibration data)",
                         log.experts.len(),
                         log.tokens,
                         log.chunks,

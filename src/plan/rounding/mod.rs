@@ -250,6 +250,9 @@ pub fn attach_hf(input: &Path, recipes: &mut [&mut Recipe], req: &RoundingReques
             _ => log.ggml.push((r.spec.name.clone(), "no calibration data for this tensor".into())),
         }
     }
+    if wanted.is_empty() {
+        return Ok(log);
+    }
     let found = hessian::compute(&w, &chunks, &wanted, quiet)?;
     for r in recipes.iter_mut() {
         if let Some(x) = hf_expert_key(&r.spec.name).and_then(|k| found.experts.get(&k))
