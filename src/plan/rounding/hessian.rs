@@ -52,6 +52,9 @@ pub const MIN_EXPERT_TOKENS: u64 = 16;
 /// `cols²` f64 sum and the factorization's copies).
 const EXPERTS_AT_ONCE: usize = 2;
 
+/// One expert's routed calibration tokens, and its factor when it had enough of them.
+pub type ExpertFactor = (u64, Option<Arc<TensorRounding>>);
+
 /// The rounding data of a stacked expert tensor: one entry per expert.
 #[derive(Debug)]
 pub struct ExpertRounding {
@@ -60,7 +63,7 @@ pub struct ExpertRounding {
     /// Rows per expert of the tensor the data was collected at.
     pub rows: u64,
     /// Per expert: routed calibration tokens, and its factor when it had enough of them.
-    pub experts: Vec<(u64, Option<Arc<TensorRounding>>)>,
+    pub experts: Vec<ExpertFactor>,
 }
 
 /// What GPTQ needs to round one weight matrix: the factor of its input's damped inverse
@@ -256,7 +259,7 @@ struct Finished {
     tried: bool,
     done: HashMap<String, Arc<TensorRounding>>,
     /// Per stacked tensor: per expert, routed tokens and factor.
-    experts: BTreeMap<String, BTreeMap<usize, (u64, Option<Arc<TensorRounding>>)>>,
+    experts: BTreeMap<String, BTreeMap<usize, ExpertFactor>>,
 }
 
 impl Finished {

@@ -90,8 +90,12 @@ pub struct RoundingLog {
     /// Stacked expert tensors rounded expert by expert: (tensor, the tensor whose input
     /// Hessians it used, per expert the routed calibration tokens and whether it was rounded
     /// with GPTQ).
-    pub experts: Vec<(String, String, Vec<(u64, bool)>)>,
+    pub experts: Vec<ExpertLog>,
 }
+
+/// A stacked expert tensor in the report: its name, the tensor whose input Hessians it used,
+/// per expert the routed calibration tokens and whether it was rounded with GPTQ.
+pub type ExpertLog = (String, String, Vec<(u64, bool)>);
 
 impl RoundingLog {
     /// `{"method", "calibration": {"file", "chunks", "tokens"}, "tensors": [{"name", "hessian"}],
