@@ -553,6 +553,9 @@ fn sweep_act_order(
     let n = factor.cols;
     let (bs, bb) = (ty.block_size(), ty.block_bytes());
     let mut w = vec![0f32; n];
+    // The row in the sweep's order, so the error update runs over contiguous values (the same
+    // f32 operations on each value as updating it in place: the same bits).
+    let mut wp = vec![0f32; n];
     let mut cell = vec![Cell::default(); n];
     let mut codes = vec![0i32; n];
     for (r, (row, out)) in x.chunks_exact(n).zip(y.chunks_exact_mut(n / bs * bb)).enumerate() {
@@ -565,21 +568,25 @@ fn sweep_act_order(
             })?;
             cells(ty, b, &mut cell[c0..c0 + bs]);
         }
+        for (v, &p) in wp.iter_mut().zip(&factor.perm) {
+            *v = w[p as usize];
+        }
         for k in 0..n {
             let i = factor.perm[k] as usize;
-            if !w[i].is_finite() {
-                return Err(GptqError::NonFinite { index: r * n + i, value: w[i] });
+            let wk = wp[k];
+            if !wk.is_finite() {
+                return Err(GptqError::NonFinite { index: r * n + i, value: wk });
             }
-            let q = cell[i].nearest(w[i]);
+            let q = cell[i].nearest(wk);
             let v = cell[i].value(q);
             codes[i] = q + cell[i].offset;
             if let Some(u) = used.as_deref_mut() {
                 u[r * n + i] = v;
             }
             let u = factor.row(k);
-            let e = (w[i] - v) / u[k];
-            for (&p, &uj) in factor.perm[k + 1..].iter().zip(&u[k + 1..]) {
-                w[p as usize] -= e * uj;
+            let e = (wk - v) / u[k];
+            for (wj, &uj) in wp[k + 1..].iter_mut().zip(&u[k + 1..]) {
+                *wj -= e * uj;
             }
         }
         for (blk, b) in out.chunks_exact_mut(bb).enumerate() {
