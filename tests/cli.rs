@@ -3195,6 +3195,32 @@ fn size_budget_uses_the_importance_matrix() {
 /// the log, the report and the file carry the KL per tensor. Without calibration input the
 /// choice is the uncalibrated one.
 #[test]
+fn size_budget_keeps_released_mxfp4_experts() {
+    // gpt-oss's released MXFP4 experts are a copy of the source in every file type; the
+    // optimizer chooses only the other tensors (it once requantized them under MXFP4_MOE).
+    let src = fixtures().join("gpt-oss/hf-mxfp4");
+    let s = path_arg(&src);
+    for args in [&["--type", "MXFP4_MOE", "--optimize"][..], &["--target-bpw", "6"][..]] {
+        let mut all = vec![s];
+        all.extend_from_slice(args);
+        let plan = plan_json(&all);
+        let experts: Vec<&Json> = plan["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"].as_str().unwrap().ends_with("_exps.weight"))
+            .collect();
+        assert_eq!(experts.len(), 6, "{args:?}");
+        for t in experts {
+            assert_eq!((&t["source_type"], &t["type"]), (&Json::from("MXFP4"), &Json::from("MXFP4")), "{args:?} {t}");
+        }
+        let decided = plan["optimize"]["tensors"].as_array().unwrap();
+        assert!(!decided.is_empty(), "{args:?}");
+        assert!(decided.iter().all(|t| !t["name"].as_str().unwrap().contains("_exps.")), "{args:?} {decided:?}");
+    }
+}
+
+#[test]
 fn size_budget_calibrates_with_next_token_kl() {
     let dir = tempfile::tempdir().unwrap();
     let source = golden("mixtral-bf16.gguf");

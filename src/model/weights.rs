@@ -31,9 +31,9 @@ pub struct Weights<'a> {
     pub stored_types: HashMap<String, GgmlType>,
     /// Where the model comes from, for reports.
     pub path: String,
-    /// One tensor whose values are replaced (see [`Weights::replaced`]): its index and its
-    /// values, all rows.
-    replacement: Option<(usize, std::sync::Arc<Vec<f32>>)>,
+    /// One tensor whose values are replaced (see [`Weights::replaced`]): its index, the type of
+    /// the replacement's bytes and the bytes, all rows.
+    replacement: Option<(usize, GgmlType, std::sync::Arc<Vec<u8>>)>,
 }
 
 impl<'a> Weights<'a> {
@@ -74,19 +74,21 @@ impl<'a> Weights<'a> {
         })
     }
 
-    /// The same model with the values of tensor `name` replaced by `values` (all its rows, in
-    /// the order [`Weights::rows`] gives them, e.g. the tensor quantized and dequantized): what
-    /// the forward computes when only that tensor changes. Only one tensor is replaced at a
-    /// time (an earlier replacement is dropped), so memory grows by that tensor's f32 values.
-    /// The stored bytes ([`Weights::same_bytes`]) stay the source's.
+    /// The same model with the values of tensor `name` replaced by the ggml-type `ty` rows in
+    /// `bytes` (all its rows, in the order [`Weights::rows`] gives them, e.g. the tensor
+    /// quantized to `ty`): what the forward computes when only that tensor changes. The rows
+    /// are decoded when read, so memory grows only by the encoded tensor (a 4.5-bit probe of
+    /// gpt-oss's 201088 × 2880 output head: 326 MB, not 2.3 GB of f32). Only one tensor is
+    /// replaced at a time (an earlier replacement is dropped). The stored bytes
+    /// ([`Weights::same_bytes`]) stay the source's.
     ///
-    /// Errors: no tensor `name`, or `values` is not its size.
-    pub fn replaced(&self, name: &str, values: std::sync::Arc<Vec<f32>>) -> Result<Weights<'a>> {
+    /// Errors: no tensor `name`, `ty` cannot hold its rows, or `bytes` is not its size in `ty`.
+    pub fn replaced(&self, name: &str, ty: GgmlType, bytes: std::sync::Arc<Vec<u8>>) -> Result<Weights<'a>> {
         let index = self.index(name)?;
         let r = &self.recipes[index];
-        let expected = r.n_rows() * r.row_len();
-        if values.len() as u64 != expected {
-            bail!("{}: tensor '{name}' has {expected} values, not {}", self.path, values.len());
+        let expected = ty.row_bytes(r.row_len()).map(|b| b * r.n_rows());
+        if expected != Some(bytes.len() as u64) {
+            bail!("{}: tensor '{name}' in {ty} is {expected:?} bytes, not {}", self.path, bytes.len());
         }
         Ok(Weights {
             recipes: self.recipes.clone(),
@@ -95,7 +97,7 @@ impl<'a> Weights<'a> {
             metadata: self.metadata.clone(),
             stored_types: self.stored_types.clone(),
             path: self.path.clone(),
-            replacement: Some((index, values)),
+            replacement: Some((index, ty, bytes)),
         })
     }
 
@@ -132,13 +134,19 @@ impl<'a> Weights<'a> {
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
-        if let Some((index, values)) = &self.replacement
+        if let Some((index, ty, bytes)) = &self.replacement
             && self.by_name.get(name) == Some(index)
         {
-            let ne0 = r.row_len() as usize;
+            // `replaced` checked the size: every row is `row` bytes.
+            let row = (bytes.len() as u64 / r.n_rows().max(1)) as usize;
             out.clear();
-            out.extend_from_slice(&values[first as usize * ne0..(first + count) as usize * ne0]);
-            return Ok(());
+            out.resize((count * r.row_len()) as usize, 0.0);
+            return crate::plan::transcode::to_f32(
+                *ty,
+                &bytes[first as usize * row..(first + count) as usize * row],
+                out,
+            )
+            .with_context(|| format!("{}: decoding the replaced tensor '{name}'", self.path));
         }
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
             // In pieces that never straddle two stacked inputs.

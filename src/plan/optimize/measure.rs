@@ -170,34 +170,42 @@ fn measure_piece(
     Ok(out)
 }
 
-/// The whole tensor of `recipe` quantized to `ty` by the writer's code and dequantized (all
-/// rows, in order: what the tensor would hold in the file), with its importance-weighted error
-/// over every row (not sampled). `None` when the type cannot hold the values. Pieces run in
-/// parallel; memory is the tensor's f32 values.
+/// The whole tensor of `recipe` quantized to `ty` by the writer's code (all rows, in order:
+/// the bytes the file would hold), with its importance-weighted error over every row (not
+/// sampled; measured on the dequantized rows, piece by piece). `None` when the type cannot hold
+/// the values. Pieces run in parallel; memory is the encoded tensor plus one piece per thread.
 ///
 /// Errors: reading the input fails, or a quantizer fails on something other than an overflow.
-pub fn round_trip_whole(recipe: &Recipe, ty: GgmlType) -> Result<Option<(Vec<f32>, Measured)>> {
+pub fn encode_whole(recipe: &Recipe, ty: GgmlType) -> Result<Option<(Vec<u8>, Measured)>> {
     let ne0 = recipe.row_len() as usize;
     let pieces = recipe.pieces(PIECE_VALUES * 2, PIECE_VALUES);
-    let parts: Vec<Option<(Vec<f32>, f64, f64)>> = pieces
+    let probe = recipe.clone().retype(ty);
+    let parts: Vec<Option<(Vec<u8>, f64, f64)>> = pieces
         .par_iter()
-        .map_init(Scratch::default, |scratch, &(first, count)| -> Result<Option<(Vec<f32>, f64, f64)>> {
+        .map_init(Scratch::default, |scratch, &(first, count)| -> Result<Option<(Vec<u8>, f64, f64)>> {
             let values = recipe.values(first, count, scratch)?.to_vec();
             recipe.release(first, count);
-            let mut back = Vec::new();
-            if !round_trip(recipe, ty, first, count, &mut back)? {
-                return Ok(None);
-            }
+            let mut s = Scratch::default();
+            let bytes = match probe.rows(first, count, &mut s) {
+                Ok(b) => b.to_vec(),
+                Err(e) if e.chain().any(|c| c.downcast_ref::<crate::plan::transcode::Overflow>().is_some()) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            let mut back = vec![0.0; count as usize * ne0];
+            to_f32(ty, &bytes, &mut back)?;
             let (error, energy) = weighted_sums(&values, &back, &piece_weights(recipe, first, count, ne0));
-            Ok(Some((back, error, energy)))
+            Ok(Some((bytes, error, energy)))
         })
         .collect::<Result<_>>()
         .with_context(|| format!("quantizing tensor '{}' to {ty}", recipe.spec.name))?;
-    let mut all = Vec::with_capacity((recipe.n_rows() * recipe.row_len()) as usize);
+    let row = ty.row_bytes(recipe.row_len()).unwrap_or(0);
+    let mut all = Vec::with_capacity((recipe.n_rows() * row) as usize);
     let mut m = Measured { ty, error: 0.0, energy: 0.0 };
     for part in parts {
-        let Some((back, error, energy)) = part else { return Ok(None) };
-        all.extend_from_slice(&back);
+        let Some((bytes, error, energy)) = part else { return Ok(None) };
+        all.extend_from_slice(&bytes);
         m.error += error;
         m.energy += energy;
     }

@@ -10,7 +10,8 @@
 //!    weighted energy.
 //! 3. Choice ([`knapsack`]): the multiple-choice knapsack, exact for sizes rounded to a unit,
 //!    over the bytes the file may hold: the budget counts the header (with the `moeq.optimize.*`
-//!    keys), tensors kept as they are (norms, released MXFP4 experts, tensors whose type an
+//!    keys), tensors kept as they are (norms, released MXFP4 experts — in every file type,
+//!    `MXFP4_MOE` included —, tensors whose type an
 //!    option sets) and the alignment padding, so the file is never larger than the target.
 //!    `--type T --optimize` targets the size of the file llama-quantize makes for T.
 //! 4. Log ([`OptimizeLog`]): per tensor the type, its measured error and bytes, the
@@ -358,8 +359,12 @@ pub fn optimize<'a>(
     // an entry that fits.
     let mut chosen: Vec<usize> = Vec::new();
     for (i, (recipe, row)) in recipes.iter_mut().zip(&report.rows).enumerate() {
-        let fixed =
-            row.steps.iter().any(|s| FIXED_RULES.contains(&s.rule)) || matches!(recipe.input(), Input::Owned(_));
+        // Released MXFP4 experts written as MXFP4 (an `MXFP4_MOE` file) are a copy of the source:
+        // kept, as every other file type keeps them (rule "released-mxfp4").
+        let released_mxfp4 = row.source == GgmlType::MXFP4 && recipe.spec.ggml_type == GgmlType::MXFP4;
+        let fixed = released_mxfp4
+            || row.steps.iter().any(|s| FIXED_RULES.contains(&s.rule))
+            || matches!(recipe.input(), Input::Owned(_));
         if fixed {
             continue;
         }

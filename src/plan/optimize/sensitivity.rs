@@ -24,7 +24,7 @@
 //! residual stream entering every layer, `(layers + 1) · tokens · hidden` f32 values; the
 //! reference distributions only as their [`TOP_K`] most likely tokens per position plus the
 //! rest's mass (`tokens · (TOP_K + 1) · 12` bytes), the logits computed [`HEAD_ROWS`]
-//! positions at a time; one substituted tensor at a time (its f32 values). The KL measured is
+//! positions at a time; one substituted tensor at a time (its bytes at the probe type, decoded as the forward reads them). The KL measured is
 //! that of the distributions coarsened to the reference's top [`TOP_K`] tokens and one "rest"
 //! bucket: a lower bound of the full KL (data processing), equal to it up to the mass outside
 //! the top tokens. Layers run in groups of whole chunks as `moeq imatrix` runs them, each
@@ -37,7 +37,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::GgmlType;
 use rayon::prelude::*;
 
-use super::measure::round_trip_whole;
+use super::measure::encode_whole;
 use crate::forward::Model;
 use crate::forward::ops::rmsnorm;
 use crate::model::weights::Weights;
@@ -269,10 +269,10 @@ pub fn sensitivities(
         let name = &recipe.spec.name;
         bar.set_message(name.clone());
         let probe = probe_type(recipe.row_len());
-        let measured = if cal.weights.has(name) { round_trip_whole(recipe, probe)? } else { None };
+        let measured = if cal.weights.has(name) { encode_whole(recipe, probe)? } else { None };
         let (kl, probe_error) = match measured {
-            Some((values, m)) => {
-                let w = cal.weights.replaced(name, Arc::new(values))?;
+            Some((bytes, m)) => {
+                let w = cal.weights.replaced(name, probe, Arc::new(bytes))?;
                 let changed =
                     Model { w: &w, cfg: model.cfg.clone(), blocks: model.blocks, probe: None, keep_expert_out: false };
                 let kl = probe_kl(&changed, &run, &reference, start_layer(name, n_layer, head))
