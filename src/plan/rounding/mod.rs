@@ -159,13 +159,16 @@ fn refusal(r: &Recipe, w: &Weights, head: &str) -> Option<&'static str> {
     None
 }
 
-/// Computes the calibration Hessians of the model at `input` (opened again for its forward)
-/// and attaches GPTQ rounding to every recipe it applies to (see the module docs). Recipes
-/// that are not quantized are left alone.
+/// Opens `input` again for its forward, reads the calibration chunks `req` names (tokenized
+/// with the model's or `--tokenizer`'s tokenizer) and hands the model, the chunks and an empty
+/// log that counts them to `f`.
 ///
-/// Errors: the calibration input cannot be read or tokenized (named file); the forward fails;
-/// a Hessian cannot be factored.
-pub fn attach(input: &Path, recipes: &mut [Recipe], req: &RoundingRequest, quiet: bool) -> Result<RoundingLog> {
+/// Errors: the input cannot be opened, the calibration cannot be read or tokenized; `f`'s.
+fn with_calibration<T>(
+    input: &Path,
+    req: &RoundingRequest,
+    f: impl FnOnce(&Weights, &[Vec<u32>], RoundingLog) -> Result<T>,
+) -> Result<T> {
     let source = Source::open(input)?;
     let w = Weights::new(&source, input)?;
     let chunks = crate::imatrix::load_chunks(
@@ -177,33 +180,45 @@ pub fn attach(input: &Path, recipes: &mut [Recipe], req: &RoundingRequest, quiet
         req.chunks,
         req.tokenizer.as_deref(),
     )?;
-    let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
-    let mut log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
-    let mut wanted = HashSet::new();
-    for r in recipes.iter() {
-        if quant_type(r.spec.ggml_type).is_none() {
-            continue;
-        }
-        match refusal(r, &w, head) {
-            None => {
-                wanted.insert(r.spec.name.clone());
+    let log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
+    f(&w, &chunks, log)
+}
+
+/// Computes the calibration Hessians of the model at `input` (opened again for its forward)
+/// and attaches GPTQ rounding to every recipe it applies to (see the module docs). Recipes
+/// that are not quantized are left alone.
+///
+/// Errors: the calibration input cannot be read or tokenized (named file); the forward fails;
+/// a Hessian cannot be factored.
+pub fn attach(input: &Path, recipes: &mut [Recipe], req: &RoundingRequest, quiet: bool) -> Result<RoundingLog> {
+    with_calibration(input, req, |w, chunks, mut log| {
+        let head = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let mut wanted = HashSet::new();
+        for r in recipes.iter() {
+            if quant_type(r.spec.ggml_type).is_none() {
+                continue;
             }
-            Some(why) => log.ggml.push((r.spec.name.clone(), why.to_string())),
+            match refusal(r, w, head) {
+                None => {
+                    wanted.insert(r.spec.name.clone());
+                }
+                Some(why) => log.ggml.push((r.spec.name.clone(), why.to_string())),
+            }
         }
-    }
-    let found = hessian::compute(&w, &chunks, &wanted, quiet)?;
-    for r in recipes.iter_mut() {
-        if let Some(t) = found.matrices.get(&r.spec.name) {
-            log.rounded.push((r.spec.name.clone(), t.input_of.clone()));
-            r.rounding = Some(Rounding::Matrix(t.clone()));
-        } else if let Some(x) = found.experts.get(&r.spec.name) {
-            log.add_experts(&r.spec.name, x, quiet);
-            r.rounding = Some(Rounding::Experts(x.clone()));
-        } else if wanted.contains(&r.spec.name) {
-            log.ggml.push((r.spec.name.clone(), "no calibration Hessian for its input".into()));
+        let found = hessian::compute(w, chunks, &wanted, quiet)?;
+        for r in recipes.iter_mut() {
+            if let Some(t) = found.matrices.get(&r.spec.name) {
+                log.rounded.push((r.spec.name.clone(), t.input_of.clone()));
+                r.rounding = Some(Rounding::Matrix(t.clone()));
+            } else if let Some(x) = found.experts.get(&r.spec.name) {
+                log.add_experts(&r.spec.name, x, quiet);
+                r.rounding = Some(Rounding::Experts(x.clone()));
+            } else if wanted.contains(&r.spec.name) {
+                log.ggml.push((r.spec.name.clone(), "no calibration Hessian for its input".into()));
+            }
         }
-    }
-    Ok(log)
+        Ok(log)
+    })
 }
 
 /// The GGUF stacked expert tensor whose calibration data a `--format hf` gpt-oss expert tensor
@@ -227,44 +242,34 @@ fn hf_expert_key(name: &str) -> Option<String> {
 ///
 /// Errors: as [`attach`].
 pub fn attach_hf(input: &Path, recipes: &mut [&mut Recipe], req: &RoundingRequest, quiet: bool) -> Result<RoundingLog> {
-    let source = Source::open(input)?;
-    let w = Weights::new(&source, input)?;
-    let chunks = crate::imatrix::load_chunks(
-        input,
-        &source,
-        &w,
-        &req.calibration,
-        req.ctx,
-        req.chunks,
-        req.tokenizer.as_deref(),
-    )?;
-    let mut log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
-    let mut wanted = HashSet::new();
-    for r in recipes.iter() {
-        if r.spec.ggml_type != GgmlType::MXFP4 {
-            continue;
-        }
-        match (hf_expert_key(&r.spec.name), r.input()) {
-            (Some(key), Input::Values { .. }) if w.has(&key) => {
-                wanted.insert(key);
+    with_calibration(input, req, |w, chunks, mut log| {
+        let mut wanted = HashSet::new();
+        for r in recipes.iter() {
+            if r.spec.ggml_type != GgmlType::MXFP4 {
+                continue;
             }
-            (_, Input::OpenAiMxfp4 { .. }) => {
-                log.ggml.push((r.spec.name.clone(), "released MXFP4 experts, copied as stored".into()))
+            match (hf_expert_key(&r.spec.name), r.input()) {
+                (Some(key), Input::Values { .. }) if w.has(&key) => {
+                    wanted.insert(key);
+                }
+                (_, Input::OpenAiMxfp4 { .. }) => {
+                    log.ggml.push((r.spec.name.clone(), "released MXFP4 experts, copied as stored".into()))
+                }
+                _ => log.ggml.push((r.spec.name.clone(), "no calibration data for this tensor".into())),
             }
-            _ => log.ggml.push((r.spec.name.clone(), "no calibration data for this tensor".into())),
         }
-    }
-    if wanted.is_empty() {
-        return Ok(log);
-    }
-    let found = hessian::compute(&w, &chunks, &wanted, quiet)?;
-    for r in recipes.iter_mut() {
-        if let Some(x) = hf_expert_key(&r.spec.name).and_then(|k| found.experts.get(&k))
-            && matches!(r.input(), Input::Values { .. })
-        {
-            log.add_experts(&r.spec.name, x, quiet);
-            r.rounding = Some(Rounding::Experts(x.clone()));
+        if wanted.is_empty() {
+            return Ok(log);
         }
-    }
-    Ok(log)
+        let found = hessian::compute(w, chunks, &wanted, quiet)?;
+        for r in recipes.iter_mut() {
+            if let Some(x) = hf_expert_key(&r.spec.name).and_then(|k| found.experts.get(&k))
+                && matches!(r.input(), Input::Values { .. })
+            {
+                log.add_experts(&r.spec.name, x, quiet);
+                r.rounding = Some(Rounding::Experts(x.clone()));
+            }
+        }
+        Ok(log)
+    })
 }
