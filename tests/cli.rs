@@ -1798,6 +1798,12 @@ fn send(pid: u32, signal: &str) {
 /// runner inherited: moeq keeps a signal its parent ignores ignored (as `nohup` and a shell's
 /// `&` without job control ask), so a test run under either would otherwise see it finish.
 fn spawn_moeq(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    spawn_moeq_ignoring(args, env, &[])
+}
+
+/// [`spawn_moeq`] with the signals in `ignored` ignored (SIG_IGN), as `nohup` leaves SIGHUP
+/// and a non-interactive shell's `&` leaves SIGINT; the others of the three at their default.
+fn spawn_moeq_ignoring(args: &[&str], env: &[(&str, &str)], ignored: &'static [i32]) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
     cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
@@ -1806,9 +1812,10 @@ fn spawn_moeq(args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
     }
     // SAFETY: between fork and exec only signal(2), which is async-signal-safe, is called.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                if libc::signal(s, libc::SIG_DFL) == libc::SIG_ERR {
+                let action = if ignored.contains(&s) { libc::SIG_IGN } else { libc::SIG_DFL };
+                if libc::signal(s, action) == libc::SIG_ERR {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -2177,6 +2184,28 @@ fn interrupted_runs_leave_nothing() {
         assert_eq!(names_in(out_dir.path()), Vec::<String>::new(), "{signal} {extra:?} {env:?}");
     }
     assert!(snapshot(inputs.path()) == before, "inputs unchanged");
+}
+
+/// `nohup moeq …` (SIGHUP ignored) or `moeq … &` in a script (SIGINT ignored): moeq keeps the
+/// signals its parent ignores ignored, so the run completes and writes its output.
+#[test]
+fn signals_ignored_by_the_parent_stay_ignored() {
+    let inputs = tempfile::tempdir().unwrap();
+    let big = inputs.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("o.gguf");
+    let args = ["convert", path_arg(&big), "-o", path_arg(&out), "--type", "Q8_0", "-q"];
+    let mut child = spawn_moeq_ignoring(&args, &[], &[libc::SIGINT, libc::SIGHUP]);
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "INT");
+    send(child.id(), "HUP");
+    let (status, stderr) = stderr_of(child);
+    assert!(status.success(), "{status:?} {stderr}");
+    assert!(!stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(names_in(out_dir.path()), ["o.gguf"]);
+    let info: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&out)])).unwrap();
+    assert!(!info["tensors"].as_array().unwrap().is_empty(), "{info}");
 }
 
 #[test]
