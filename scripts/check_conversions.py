@@ -271,6 +271,36 @@ def agreement(got, ref):
     return cos, rel, top1
 
 
+def check_trained_moe(moeq, fx, tmp):
+    """The trained MoE (tests/fixtures/trained-moe, scripts/train_moe.py) has no llama.cpp golden:
+    llama.cpp's converter stops at its tokenizer, a byte-level BPE with GPT-2's pre-tokenization
+    whose check hash its table lacks. moeq converts it with `--tokenizer-pre gpt-2`; llama.cpp
+    must then tokenize the reference sentence as transformers did and reproduce transformers'
+    logits (BF16: to float accuracy, same top token everywhere; Q8_0: close). Returns failures."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_moe import REFERENCE_TEXT
+    from llama_cpp import Llama
+    ref = load_file(str(fx / "trained-moe/reference.safetensors"))
+    tokens, ref_logits = [int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64)
+    failures = 0
+    for ftype, max_rel in ((None, 5e-3), ("Q8_0", 2e-2)):
+        out = Path(tmp) / f"trained-moe-{ftype or 'default'}.gguf"
+        cmd = [moeq, "convert", str(fx / "trained-moe/hf"), "-o", str(out), "-q", "--tokenizer-pre", "gpt-2"]
+        if ftype:
+            cmd += ["--type", ftype]
+        subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+        llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
+        ids = llm.tokenize(REFERENCE_TEXT.encode(), add_bos=False, special=False)
+        llm.close()
+        cos, rel, top1 = agreement(logits_of(out, tokens), ref_logits)
+        ok = ids == tokens and rel <= max_rel and top1 == len(tokens)
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} trained-moe/hf   {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
+              f"top-1 {top1}/{len(tokens)}, llama.cpp's tokens {'equal' if ids == tokens else 'differ'} "
+              f"(limit rel-L2 {max_rel})")
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--moeq", default="target/release/moeq")
@@ -351,6 +381,8 @@ def main():
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {layout:16} {ftype or 'default':10} cosine {cos:.6f} rel-L2 {rel:.4f} "
                   f"top-1 {top1}/{len(tokens)}   (golden {golden}: {gcos:.6f} {grel:.4f} {gtop1}/{len(tokens)})")
+        if not args.no_llama:
+            failures += check_trained_moe(args.moeq, fx, tmp)
         if not args.no_llama or args.llama_quantize:
             check_kquant_mixes(args.moeq, fx, tmp, args.llama_quantize)
     if failures:

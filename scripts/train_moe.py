@@ -28,6 +28,12 @@ Phases (all deterministic for one Python/torch version; seed 0):
         # the loss every 50 steps (held-out every 100), save DIR/model.safetensors (bf16),
         # config.json, generation_config.json and a training log train-log.json with the loss of the
         # untrained (random) model on the same held-out batches for comparison.
+    train_moe.py reference DIR OUT.safetensors
+        # transformers' float32 forward (eager attention) over the stored bf16 weights on the
+        # tokens of REFERENCE_TEXT (the model's own tokenizer, no BOS: the model was trained
+        # without one): `tokens` (I32), `logits` [T, vocab], `hidden.0..L` [T, hidden] (the last
+        # after the final norm), `moe_in.N`/`moe_out.N` (layer N's MoE block input and output),
+        # the layout of tests/fixtures/*/reference.safetensors.
 
 Run it niced: `nice -n 10 scripts/train_moe.py train ...` (the machine is shared).
 """
@@ -231,6 +237,42 @@ def cmd_train(args):
         json.dump(log, f, indent=1)
 
 
+# A sentence in the register of the training text, not taken from it or from eval.txt.
+REFERENCE_TEXT = "Return a new sorted list of the items, or raise ValueError if the key is not found."
+
+
+def cmd_reference(args):
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(1)
+    tokens = AutoTokenizer.from_pretrained(args.dir)(REFERENCE_TEXT)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32, attn_implementation="eager")
+    assert type(model).__name__ == "MixtralForCausalLM", type(model).__name__
+    model.eval()
+    moe_in, moe_out, hooks = {}, {}, []
+    for n, layer in enumerate(model.model.layers):
+        def hook(_m, inp, output, n=n):
+            moe_in[n] = inp[0][0].detach().clone()
+            moe_out[n] = (output[0] if isinstance(output, tuple) else output)[0].detach().clone()
+        hooks.append(layer.mlp.register_forward_hook(hook))
+    with torch.no_grad():
+        res = model(torch.tensor([tokens]), output_hidden_states=True)
+    for h in hooks:
+        h.remove()
+    hidden = [h[0] for h in res.hidden_states]
+    assert len(hidden) == len(model.model.layers) + 1
+    t = {"tokens": torch.tensor(tokens, dtype=torch.int32), "logits": res.logits[0].contiguous()}
+    for n, h in enumerate(hidden):
+        t[f"hidden.{n}"] = h.contiguous()
+    for n in sorted(moe_in):
+        t[f"moe_in.{n}"] = moe_in[n].contiguous()
+        t[f"moe_out.{n}"] = moe_out[n].contiguous()
+    save_file(t, args.out)
+    print(f"{args.out}: {len(tokens)} tokens; top-1 of the last position: "
+          f"{int(res.logits[0, -1].argmax())}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -248,8 +290,11 @@ def main():
     a.add_argument("--seqlen", type=int, default=128)
     a.add_argument("--batch", type=int, default=8)
     a.add_argument("--lr", type=float, default=3e-3)
+    a = sub.add_parser("reference")
+    a.add_argument("dir")
+    a.add_argument("out")
     args = ap.parse_args()
-    {"text": cmd_text, "tokenizer": cmd_tokenizer, "train": cmd_train}[args.cmd](args)
+    {"text": cmd_text, "tokenizer": cmd_tokenizer, "train": cmd_train, "reference": cmd_reference}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -610,6 +610,8 @@ fn eval_reproduces_the_reference_forward() {
         ("mixtral", "golden/mixtral-bf16.gguf"),
         ("llama", "llama/hf"),
         ("llama", "golden/llama-bf16.gguf"),
+        // Trained weights (tests/fixtures/trained-moe/README.md).
+        ("trained-moe", "trained-moe/hf"),
     ];
     for (family, input) in cases {
         let reference = fixtures().join(family).join("reference.safetensors");
@@ -3682,4 +3684,68 @@ fn convert_refuses_gptq_without_calibration() {
     let e = fails(&args);
     assert!(e.contains("--format hf takes --rounding gptq"), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
+
+/// The trained MoE fixture (`tests/fixtures/trained-moe`, made by `scripts/train_moe.py`): a
+/// byte-level BPE with GPT-2's pre-tokenization that llama.cpp's converter's table does not know.
+/// Without `--tokenizer-pre` moeq writes the family's `llama-bpe` and its warning names `gpt-2`;
+/// with `--tokenizer-pre gpt-2` the GGUF says `gpt-2`, holds the checkpoint's bf16 values
+/// exactly (verify: every tensor identical, KL 0), and moeq's forward on it reproduces
+/// transformers' float32 logits and hidden states on the stored tokens (reference.safetensors).
+#[test]
+fn trained_moe_converts_with_gpt2_pre_and_reproduces_transformers() {
+    let hf = fixtures().join("trained-moe/hf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trained-moe.gguf");
+    let run = moeq(&["convert", path_arg(&hf), "-o", path_arg(&out), "--quiet"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("does not know this pre-tokenizer")
+            && stderr.contains("'llama-bpe'")
+            && stderr.contains("--tokenizer-pre gpt-2"),
+        "{stderr}"
+    );
+    let pre = |path: &Path| {
+        let file = moeq_formats::gguf::GgufFile::open(path).unwrap();
+        file.header().get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_string)
+    };
+    assert_eq!(pre(&out).as_deref(), Some("llama-bpe"));
+    std::fs::remove_file(&out).unwrap();
+
+    let run = moeq(&["convert", path_arg(&hf), "-o", path_arg(&out), "--tokenizer-pre", "gpt-2", "--quiet"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success() && !stderr.contains("pre-tokenizer"), "{stderr}");
+    assert_eq!(pre(&out).as_deref(), Some("gpt-2"));
+    let file = moeq_formats::gguf::GgufFile::open(&out).unwrap();
+    let h = file.header();
+    assert_eq!(h.architecture(), Some("llama"), "Mixtral is llama.cpp's llama architecture");
+    let exps = h.tensors.iter().find(|t| t.name == "blk.3.ffn_down_exps.weight").expect("stacked experts");
+    assert_eq!(exps.ne, [512, 256, 8], "ne: expert width, hidden, experts");
+
+    let (code, r) = verify_json(&hf, &out);
+    assert_eq!(code, 0, "{}", r["failures"]);
+    assert!(r["tensors"].as_array().unwrap().iter().all(|t| t["identical"] == true));
+    assert_eq!(r["model"]["kl_max"].as_f64(), Some(0.0));
+
+    let reference = fixtures().join("trained-moe/reference.safetensors");
+    let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
+    assert!(tokens.len() >= 16, "{} reference tokens", tokens.len());
+    for input in [&hf, &out] {
+        let trace = moeq::verify::eval::eval(input, &tokens).unwrap();
+        let logits = st_tensor(&reference, "logits");
+        assert!(rel_l2(&trace.logits, &logits) <= 1e-4, "{input:?}: logits {:e}", rel_l2(&trace.logits, &logits));
+        assert_eq!(trace.hidden.len(), 5, "embedding, 4 layers (the last after the final norm)");
+        for (n, h) in trace.hidden.iter().enumerate() {
+            let err = rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")));
+            assert!(err <= 1e-4, "{input:?}: hidden.{n} relative L2 {err:e}");
+        }
+        // A trained model: the reference's top token at every position is moeq's.
+        let vocab = logits.len() / tokens.len();
+        for (p, (ours, theirs)) in trace.logits.chunks(vocab).zip(logits.chunks(vocab)).enumerate() {
+            let top = |row: &[f64]| (0..vocab).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            let ours: Vec<f64> = ours.iter().map(|&v| v as f64).collect();
+            assert_eq!(top(&ours), top(theirs), "{input:?}: position {p}");
+        }
+    }
 }

@@ -140,16 +140,39 @@ fn pre_of(path: &Path, tok: &Json, family: (&str, &str)) -> (String, Option<Stri
         Ok(h) => format!("llama.cpp's converter does not know this pre-tokenizer (check hash {h})"),
         Err(e) => format!("the pre-tokenizer check could not run ({e:#})"),
     };
-    let regex = match split_regex(tok.get("pre_tokenizer")) {
-        Some(r) if r != family.1 => " and its split regex is not the one llama.cpp implements for it",
-        _ => "",
+    let pre_tokenizer = tok.get("pre_tokenizer");
+    let (regex, hint) = match split_regex(pre_tokenizer) {
+        Some(r) if r != family.1 => (" and its split regex is not the one llama.cpp implements for it", ""),
+        None if family.0 != "gpt-2" && splits_as_gpt2(pre_tokenizer) => (
+            ", but it splits as GPT-2 does (ByteLevel with its built-in regex), which llama.cpp calls 'gpt-2'",
+            " (here: --tokenizer-pre gpt-2)",
+        ),
+        _ => ("", ""),
     };
     let warning = format!(
-        "{}: {why}; writing tokenizer.ggml.pre '{}'{regex}; pass --tokenizer-pre to choose another",
+        "{}: {why}; writing tokenizer.ggml.pre '{}'{regex}; pass --tokenizer-pre to choose another{hint}",
         path.display(),
         family.0
     );
     (family.0.to_string(), Some(warning))
+}
+
+/// Whether a (possibly sequenced) pre-tokenizer splits as GPT-2 does: a `ByteLevel` step with
+/// `use_regex` (true when absent, as in the tokenizers library), whose regex is GPT-2's, and no
+/// `Split` of its own ([`split_regex`] finds none).
+fn splits_as_gpt2(pre: Option<&Json>) -> bool {
+    let Some(pre) = pre else { return false };
+    match pre.get("type").and_then(Json::as_str) {
+        Some("ByteLevel") => pre.get("use_regex").and_then(Json::as_bool).unwrap_or(true),
+        Some("Sequence") => {
+            split_regex(Some(pre)).is_none()
+                && pre
+                    .get("pretokenizers")
+                    .and_then(Json::as_array)
+                    .is_some_and(|steps| steps.iter().any(|p| splits_as_gpt2(Some(p))))
+        }
+        _ => false,
+    }
 }
 
 /// The split regex of a (possibly sequenced) pre-tokenizer.
