@@ -182,18 +182,27 @@ impl Fnv {
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists and `/proc`
 /// is there to say so.
 fn start_time(pid: u32) -> Option<u64> {
+    stat_of(pid).map(|(_, start)| start)
+}
+
+/// A process's state letter (field 3 of `/proc/PID/stat`: `Z` a zombie, `X` dead) and start
+/// time (field 22).
+fn stat_of(pid: u32) -> Option<(u8, u64)> {
     let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold anything: count from the last ')'.
     let close = stat.iter().rposition(|&b| b == b')')?;
     let fields = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    fields.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut fields = fields.split_ascii_whitespace();
+    let state = *fields.next()?.as_bytes().first()?;
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// Whether the process that made a temporary still runs: `Some(false)` only when that is
 /// certain.
 fn alive(maker: Maker) -> Option<bool> {
-    if let Some(start) = start_time(maker.pid) {
-        return Some(maker.start == 0 || start == maker.start);
+    if let Some((state, start)) = stat_of(maker.pid) {
+        // A zombie (killed, not yet reaped by its parent) writes nothing any more.
+        return Some(!matches!(state, b'Z' | b'X') && (maker.start == 0 || start == maker.start));
     }
     if Path::new("/proc/self/stat").exists() {
         // /proc works, and has no such process.
@@ -591,6 +600,26 @@ mod tests {
             assert_eq!(parse_temp_name(OsStr::new(other)), None, "{other}");
         }
         assert_ne!(temp_name(OsStr::new("a")), temp_name(OsStr::new("a")));
+    }
+
+    #[test]
+    fn killed_processes_not_yet_reaped_are_not_alive() {
+        // A run killed with -9 stays a zombie until its parent reaps it; its temporaries are
+        // abandoned from the kill on (a sweep right after `kill -9` once kept them).
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let maker = Maker { pid, start: start_time(pid).unwrap(), host: me().host };
+        assert_eq!(alive(maker), Some(true));
+        child.kill().unwrap();
+        // Not reaped yet: wait until the kernel shows it as a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while stat_of(pid).is_some_and(|(state, _)| state != b'Z') && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(stat_of(pid).map(|(state, _)| state), Some(b'Z'));
+        assert_eq!(alive(maker), Some(false));
+        child.wait().unwrap();
+        assert_eq!(alive(maker), Some(false));
     }
 
     #[test]
