@@ -3405,6 +3405,27 @@ fn convert_rounds_with_gptq() {
     }
     let (a, b) = (std::fs::read(&gptq).unwrap(), std::fs::read(&again).unwrap());
     assert_eq!(a, b, "GPTQ rounding is deterministic");
+    // Without -q, stderr says what was rounded.
+    let third = dir.path().join("third.gguf");
+    let run = moeq(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&third),
+        "--type",
+        "Q4_0",
+        "--rounding",
+        "gptq",
+        "--calibration",
+        path_arg(&text),
+        "--ctx",
+        "64",
+        "--chunks",
+        "6",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("GPTQ: ") && stderr.contains("rounded on 384 calibration tokens (6 chunks)"), "{stderr}");
     let inspect = |p: &Path| -> Json { serde_json::from_str(&ok(&["inspect", "--json", path_arg(p)])).unwrap() };
     let (ji, jp) = (inspect(&gptq), inspect(&plain));
     assert_eq!(ji["metadata"]["moeq.rounding"]["value"], "gptq", "{}", ji["metadata"]);

@@ -217,6 +217,9 @@ fn attach_rounding(recipes: &mut [Recipe], report: &mut PlanReport, opts: &Conve
     }
     let log = crate::plan::rounding::attach(&opts.input, recipes, req, opts.quiet)
         .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
+    if !opts.quiet {
+        eprintln!("{}", log.summary());
+    }
     report.rounding = Some(log.to_json(req.file()));
     Ok(())
 }
@@ -324,14 +327,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
                 let log = crate::plan::rounding::attach_hf(&opts.input, &mut recipes, req, opts.quiet)
                     .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
                 if !opts.quiet {
-                    eprintln!(
-                        "GPTQ: {} expert tensors rounded on {} calibration tokens ({} chunks); {} not (copied as stored, or \
-                         no calibration data)",
-                        log.experts.len(),
-                        log.tokens,
-                        log.chunks,
-                        log.ggml.len()
-                    );
+                    eprintln!("{}", log.summary());
                 }
             }
             (items, family.hf_config(config, true)?, "pt", None)

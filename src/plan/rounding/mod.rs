@@ -118,6 +118,20 @@ impl RoundingLog {
         })
     }
 
+    /// One line for stderr: what was rounded with GPTQ, on how many tokens, and how many
+    /// quantized tensors kept ggml's (or, in `--format hf`, OpenAI's) rounding.
+    pub fn summary(&self) -> String {
+        format!(
+            "GPTQ: {} tensor(s) and {} stacked expert tensor(s) rounded on {} calibration tokens ({} chunks); {} kept \
+             the default rounding (see --report)",
+            self.rounded.len(),
+            self.experts.len(),
+            self.tokens,
+            self.chunks,
+            self.ggml.len()
+        )
+    }
+
     /// Records a stacked tensor's per-expert rounding and warns (unless `quiet`) about the
     /// experts left to ggml's rounding.
     fn add_experts(&mut self, name: &str, x: &ExpertRounding, quiet: bool) {
