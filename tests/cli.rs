@@ -3407,22 +3407,9 @@ fn convert_rounds_with_gptq() {
     assert_eq!(a, b, "GPTQ rounding is deterministic");
     // Without -q, stderr says what was rounded.
     let third = dir.path().join("third.gguf");
-    let run = moeq(&[
-        "convert",
-        path_arg(&llama),
-        "-o",
-        path_arg(&third),
-        "--type",
-        "Q4_0",
-        "--rounding",
-        "gptq",
-        "--calibration",
-        path_arg(&text),
-        "--ctx",
-        "64",
-        "--chunks",
-        "6",
-    ]);
+    let mut args = vec!["convert", path_arg(&llama), "-o", path_arg(&third), "--type", "Q4_0", "--rounding", "gptq"];
+    args.extend(["--calibration", path_arg(&text), "--ctx", "64", "--chunks", "6"]);
+    let run = moeq(&args);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("GPTQ: ") && stderr.contains("rounded on 384 calibration tokens (6 chunks)"), "{stderr}");
