@@ -422,6 +422,58 @@ pub(crate) fn create_dir(dir: &Path, final_name: &OsStr) -> io::Result<Named> {
     create_named(&mut reg, dir, final_name, true, |p| std::fs::create_dir(p))
 }
 
+/// An append-only scratch file of f32 values (little-endian), made by [`scratch_file`] in the
+/// system's temporary folder at the first append: where moeq puts what it computed and will
+/// read back later (finished importance sums, GPTQ factors, routed expert inputs), so that
+/// memory does not grow with the layers.
+#[derive(Default)]
+pub struct F32Spill {
+    file: Option<std::sync::Arc<File>>,
+    tried: bool,
+    end: u64,
+}
+
+impl F32Spill {
+    /// Appends `values`; returns the byte offset they start at, or `None` when the file cannot
+    /// be made (tried once) or written (the caller keeps the values in memory then).
+    pub fn append(&mut self, values: &[f32]) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        if self.file.is_none() && !self.tried {
+            self.tried = true;
+            self.file = scratch_file(&std::env::temp_dir()).ok().map(std::sync::Arc::new);
+        }
+        let file = self.file.as_ref()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        file.write_all_at(&bytes, self.end).ok()?;
+        let offset = self.end;
+        self.end += bytes.len() as u64;
+        Some(offset)
+    }
+
+    /// The file, once made (shared with readers that outlive this).
+    pub fn file(&self) -> Option<&std::sync::Arc<File>> {
+        self.file.as_ref()
+    }
+
+    /// Empties the file: later appends start again at offset 0, earlier offsets are void.
+    pub fn rewind(&mut self) {
+        if let Some(f) = &self.file {
+            let _ = f.set_len(0);
+        }
+        self.end = 0;
+    }
+}
+
+/// `n` f32 values (little-endian) at byte `offset` of `file`.
+///
+/// Errors: the read fails or ends early.
+pub fn read_f32_at(file: &File, offset: u64, n: usize) -> io::Result<Vec<f32>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; n * 4];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
 /// A scratch file for data a run spills out of memory (read back by the same process): an
 /// anonymous `O_TMPFILE` file in `dir` where the OS allows, otherwise a file created there
 /// under a fresh name and unlinked at once, so nothing of it outlives the process.

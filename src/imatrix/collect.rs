@@ -12,11 +12,10 @@
 //! grow with the layers (kept in memory when no scratch file can be made).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use anyhow::{Result, bail};
+use moeq_formats::temp::{F32Spill, read_f32_at};
 use rayon::prelude::*;
 
 use crate::forward::Probe;
@@ -62,16 +61,13 @@ struct Done {
     sums: Sums,
 }
 
-/// The scratch file of finished sums and its length in bytes (`None` until the first layer
-/// ends, or when it could not be made).
-type Spill = Option<(File, u64)>;
-
 /// The probe `moeq imatrix` gives the forward: accumulates every collected weight's inputs.
 pub struct Collector {
     shapes: HashMap<String, Shape>,
     current: Mutex<HashMap<String, Acc>>,
     done: Mutex<BTreeMap<String, Done>>,
-    spill: Mutex<(Spill, bool)>,
+    /// The scratch file of finished sums.
+    spill: Mutex<F32Spill>,
 }
 
 impl Collector {
@@ -93,7 +89,7 @@ impl Collector {
             shapes,
             current: Mutex::new(HashMap::new()),
             done: Mutex::new(BTreeMap::new()),
-            spill: Mutex::new((None, false)),
+            spill: Mutex::new(F32Spill::default()),
         })
     }
 
@@ -123,21 +119,10 @@ impl Collector {
     /// Appends `sums` to the scratch file (made at the first call, in the system's temporary
     /// folder); keeps them in memory when the file cannot be made or written.
     fn spill_sums(&self, sums: Vec<f32>) -> Sums {
-        let mut guard = self.spill.lock().unwrap_or_else(|p| p.into_inner());
-        let (spill, tried) = &mut *guard;
-        if spill.is_none() && !*tried {
-            *tried = true;
-            *spill = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok().map(|f| (f, 0));
-        }
-        let Some((file, end)) = spill.as_mut() else { return Sums::Memory(sums) };
-        let bytes: Vec<u8> = sums.iter().flat_map(|v| v.to_le_bytes()).collect();
-        match file.write_all_at(&bytes, *end) {
-            Ok(()) => {
-                let offset = *end;
-                *end += bytes.len() as u64;
-                Sums::Spilled { offset, len: sums.len() }
-            }
-            Err(_) => Sums::Memory(sums),
+        let offset = self.spill.lock().unwrap_or_else(|p| p.into_inner()).append(&sums);
+        match offset {
+            Some(offset) => Sums::Spilled { offset, len: sums.len() },
+            None => Sums::Memory(sums),
         }
     }
 
@@ -153,12 +138,10 @@ impl Collector {
             let sums = match d.sums {
                 Sums::Memory(v) => v,
                 Sums::Spilled { offset, len } => {
-                    let Some((file, _)) = spill.0.as_ref() else { bail!("tensor '{name}': its sums were lost") };
-                    let mut bytes = vec![0u8; len * 4];
-                    file.read_exact_at(&mut bytes, offset).map_err(|e| {
+                    let Some(file) = spill.file() else { bail!("tensor '{name}': its sums were lost") };
+                    read_f32_at(file, offset, len).map_err(|e| {
                         anyhow::anyhow!("tensor '{name}': reading its sums back from the scratch file: {e}")
-                    })?;
-                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                    })?
                 }
             };
             out.push(Entry { name, cols: d.cols, sums, counts: d.counts });

@@ -24,10 +24,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use moeq_formats::temp::{F32Spill, read_f32_at};
 use moeq_kernels::gptq::{DAMP, Factor};
 use rayon::prelude::*;
 
@@ -92,13 +92,8 @@ impl TensorRounding {
         let n = self.cols * self.cols;
         let u = match &*self.stored {
             Stored::Memory(u) => u.clone(),
-            Stored::Spilled { file, offset } => {
-                let mut bytes = vec![0u8; n * 4];
-                file.read_exact_at(&mut bytes, *offset).with_context(|| {
-                    format!("reading the GPTQ factor of {} back from its scratch file", self.input_of)
-                })?;
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            }
+            Stored::Spilled { file, offset } => read_f32_at(file, *offset, n)
+                .with_context(|| format!("reading the GPTQ factor of {} back from its scratch file", self.input_of))?,
         };
         Factor::from_upper(self.cols, u, self.order.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", self.input_of))
     }
@@ -141,29 +136,14 @@ enum Piece {
 /// The experts' inputs of the layer running, per (tensor, expert).
 #[derive(Default)]
 struct Routed {
-    file: Option<File>,
-    tried: bool,
-    end: u64,
+    spill: F32Spill,
     pieces: BTreeMap<(String, usize), Vec<Piece>>,
 }
 
 impl Routed {
     fn push(&mut self, key: (String, usize), x: &[f32]) {
-        if self.file.is_none() && !self.tried {
-            self.tried = true;
-            self.file = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok();
-        }
-        let piece = match &self.file {
-            Some(file) => {
-                let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-                match file.write_all_at(&bytes, self.end) {
-                    Ok(()) => {
-                        self.end += bytes.len() as u64;
-                        Piece::File(self.end - bytes.len() as u64, x.len())
-                    }
-                    Err(_) => Piece::Memory(x.to_vec()),
-                }
-            }
+        let piece = match self.spill.append(x) {
+            Some(offset) => Piece::File(offset, x.len()),
             None => Piece::Memory(x.to_vec()),
         };
         self.pieces.entry(key).or_default().push(piece);
@@ -174,11 +154,8 @@ impl Routed {
         match piece {
             Piece::Memory(v) => Ok(v.clone()),
             Piece::File(offset, n) => {
-                let file = self.file.as_ref().context("internal error: no activation scratch file")?;
-                let mut bytes = vec![0u8; n * 4];
-                file.read_exact_at(&mut bytes, *offset)
-                    .context("reading expert inputs back from their scratch file")?;
-                Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                let file = self.spill.file().context("internal error: no activation scratch file")?;
+                read_f32_at(file, *offset, *n).context("reading expert inputs back from their scratch file")
             }
         }
     }
@@ -255,8 +232,7 @@ fn factor(name: String, mut acc: Acc) -> Factored {
 
 /// The finished factors, spilled.
 struct Finished {
-    spill: Option<(Arc<File>, u64)>,
-    tried: bool,
+    spill: F32Spill,
     done: HashMap<String, Arc<TensorRounding>>,
     /// Per stacked tensor: per expert, routed tokens and factor.
     experts: BTreeMap<String, BTreeMap<usize, ExpertFactor>>,
@@ -327,19 +303,9 @@ impl Finished {
     /// Appends `u` to the scratch file (made at the first call in the system's temporary
     /// folder); keeps it in memory when the file cannot be made or written.
     fn store(&mut self, u: &[f32]) -> Stored {
-        if self.spill.is_none() && !self.tried {
-            self.tried = true;
-            self.spill = moeq_formats::temp::scratch_file(&std::env::temp_dir()).ok().map(|f| (Arc::new(f), 0));
-        }
-        let Some((file, end)) = self.spill.as_mut() else { return Stored::Memory(u.to_vec()) };
-        let bytes: Vec<u8> = u.iter().flat_map(|v| v.to_le_bytes()).collect();
-        match file.write_all_at(&bytes, *end) {
-            Ok(()) => {
-                let offset = *end;
-                *end += bytes.len() as u64;
-                Stored::Spilled { file: Arc::clone(file), offset }
-            }
-            Err(_) => Stored::Memory(u.to_vec()),
+        match (self.spill.append(u), self.spill.file()) {
+            (Some(offset), Some(file)) => Stored::Spilled { file: Arc::clone(file), offset },
+            _ => Stored::Memory(u.to_vec()),
         }
     }
 }
@@ -396,7 +362,7 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], wanted: &HashSet<String>, quiet
     let h = c.n_embd;
     let tokens: Vec<u32> = chunks.iter().flatten().copied().collect();
     let groups = crate::imatrix::chunk_groups(&model, chunks);
-    let mut finished = Finished { spill: None, tried: false, done: HashMap::new(), experts: BTreeMap::new() };
+    let mut finished = Finished { spill: F32Spill::default(), done: HashMap::new(), experts: BTreeMap::new() };
     let take = |c: &Collector| std::mem::take(&mut *c.current.lock().unwrap_or_else(|p| p.into_inner()));
 
     let mut x = model.embed(&tokens)?;
@@ -414,12 +380,9 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], wanted: &HashSet<String>, quiet
         let routed = std::mem::take(&mut *collector.routed.lock().unwrap_or_else(|p| p.into_inner()));
         finished.finish_experts(&routed, &collector.expert_keys).with_context(|| format!("{}: layer {l}", w.path))?;
         // The layer's inputs are summed: the scratch file is reused from its start.
-        let Routed { file, tried, .. } = routed;
-        if let Some(f) = &file {
-            let _ = f.set_len(0);
-        }
-        let mut r = collector.routed.lock().unwrap_or_else(|p| p.into_inner());
-        (r.file, r.tried) = (file, tried);
+        let Routed { mut spill, .. } = routed;
+        spill.rewind();
+        collector.routed.lock().unwrap_or_else(|p| p.into_inner()).spill = spill;
     }
     if collector.keys.contains_key(head) {
         let cols = collector.keys[head];
