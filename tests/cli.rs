@@ -3041,6 +3041,54 @@ fn imatrix_refuses_bad_input() {
     assert_eq!(left.len(), 4, "nothing but the inputs: {left:?}");
 }
 
+/// Calibration that cannot describe the model: `--ctx 1` with a vocabulary that puts BOS first
+/// in each chunk (every chunk the BOS alone) is refused for imatrix, `--optimize` and
+/// `--rounding gptq` (exit 2, naming --ctx, nothing written); fewer than 64 tokens beyond BOS
+/// get a warning naming the file and what the tokens are for; the default --ctx does not.
+#[test]
+fn calibration_refuses_bos_only_chunks_and_warns_on_few_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    let (l, t, o) = (path_arg(&llama), path_arg(&text), path_arg(&out));
+    let refused: [Vec<&str>; 3] = [
+        vec!["imatrix", l, "--text", t, "--ctx", "1", "-o", o],
+        vec!["convert", l, "-o", o, "--type", "Q4_0", "--optimize", "--calibration", t, "--ctx", "1"],
+        vec!["convert", l, "-o", o, "--type", "Q4_0", "--rounding", "gptq", "--calibration", t, "--ctx", "1"],
+    ];
+    for args in refused {
+        let e = fails(&args);
+        assert!(e.contains("--ctx 1 leaves no calibration text") && e.contains("BOS alone"), "{args:?}: {e}");
+        assert!(e.contains("calib.txt"), "{e}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+    // Three chunks of 8 (21 tokens beyond BOS): written, with a warning.
+    let stderr_of = |args: &[&str]| {
+        let run = moeq(args);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    let e = stderr_of(&["imatrix", l, "--text", t, "--ctx", "8", "--chunks", "3", "-o", o, "-q"]);
+    let warning = "warning: ".to_string()
+        + t
+        + ": only 21 calibration token(s) beyond each chunk's BOS (3 chunk(s)) for the importance matrix";
+    assert!(e.contains(&warning), "{e}");
+    // Ids as given (no BOS put first): 48 tokens, for GPTQ.
+    let ids = dir.path().join("ids.txt");
+    let line = |from: u32| (from..from + 24).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    std::fs::write(&ids, format!("{}\n{}\n", line(10), line(40))).unwrap();
+    let gguf = dir.path().join("gptq.gguf");
+    let mut args = vec!["convert", l, "-o", path_arg(&gguf), "--type", "Q4_0", "--rounding", "gptq"];
+    args.extend(["--calibration-tokens", path_arg(&ids), "-q"]);
+    let e = stderr_of(&args);
+    assert!(e.contains("only 48 calibration token(s) (2 chunk(s)) for GPTQ's Hessians"), "{e}");
+    // The default --ctx (3 chunks of 512): no warning.
+    let e = stderr_of(&["imatrix", l, "--text", t, "-o", o, "-q"]);
+    assert!(!e.contains("calibration token(s)"), "{e}");
+}
+
 /// Text as input to eval and verify, tokenized as imatrix tokenizes it.
 #[test]
 fn eval_and_verify_take_text() {

@@ -17,10 +17,17 @@ use anyhow::{Result, bail};
 
 use crate::vocab::tokenize::ModelText;
 
+/// Calibration inputs with fewer tokens than this (not counting the BOS put first in each chunk
+/// of text) get a warning: statistics from a few dozen tokens (an importance matrix, GPTQ's
+/// Hessians, the KL of `--optimize`) describe those tokens, not the model's use. 64 is one short
+/// sentence per chunk at the smallest useful `--ctx`; the defaults (`--ctx 512`) give hundreds.
+pub const MIN_TOKENS: usize = 64;
+
 /// The chunks llama-imatrix computes on: `tokens` (the whole text, with its leading BOS if the
 /// vocabulary adds one) cut into `min(chunks, tokens / ctx)` chunks of `ctx` tokens from the
 /// start, the first token of each replaced with `bos` when there is one. Fewer tokens than one
-/// chunk is an error (`what` names the input).
+/// chunk is an error (`what` names the input), and so is `ctx` 1 with a BOS: every chunk would
+/// be the BOS alone.
 pub fn cut_chunks(
     tokens: &[u32],
     ctx: usize,
@@ -30,6 +37,12 @@ pub fn cut_chunks(
 ) -> Result<Vec<Vec<u32>>> {
     if ctx == 0 {
         bail!("--ctx must be at least 1");
+    }
+    if ctx == 1 && bos.is_some() {
+        bail!(
+            "{what}: --ctx 1 leaves no calibration text: the first token of every chunk is replaced by the model's \
+             BOS (as llama-imatrix does), so each chunk would hold the BOS alone; use --ctx 2 or more (default 512)"
+        );
     }
     let available = tokens.len() / ctx;
     if available == 0 {
@@ -50,6 +63,26 @@ pub fn cut_chunks(
             c
         })
         .collect())
+}
+
+/// The calibration tokens of `chunks` beyond the BOS each chunk starts with (`bos`: text cut by
+/// [`cut_chunks`] for a vocabulary that adds one; `None` for chunks of ids, used as given).
+pub fn real_tokens(chunks: &[Vec<u32>], bos: Option<u32>) -> usize {
+    chunks.iter().map(|c| c.len() - usize::from(bos.is_some() && c.first() == bos.as_ref())).sum()
+}
+
+/// The warning for calibration input with fewer than [`MIN_TOKENS`] tokens beyond BOS
+/// ([`real_tokens`]), or `None`. `what` names the file, `purpose` what the tokens are for.
+pub fn too_few_tokens(chunks: &[Vec<u32>], bos: Option<u32>, what: &str, purpose: &str) -> Option<String> {
+    let n = real_tokens(chunks, bos);
+    (n < MIN_TOKENS).then(|| {
+        let beyond = if bos.is_some() { " beyond each chunk's BOS" } else { "" };
+        format!(
+            "{what}: only {n} calibration token(s){beyond} ({} chunk(s)) for {purpose}; fewer than {MIN_TOKENS} give \
+             statistics of those few tokens, not of the model's use: give more text, or a larger --ctx or --chunks",
+            chunks.len()
+        )
+    })
 }
 
 /// Text → chunks: `text` tokenized as llama.cpp does ([`ModelText::encode`]), then
@@ -93,5 +126,22 @@ mod tests {
         let c = cut_chunks(&tokens, 4, Some(1), None, "t").unwrap();
         assert_eq!(c, vec![vec![100, 101, 102, 103]]);
         assert!(cut_chunks(&tokens, 11, None, None, "t").unwrap_err().to_string().contains("fewer than one chunk"));
+        // --ctx 1 with a BOS: every chunk would be the BOS alone.
+        assert!(cut_chunks(&tokens, 1, None, Some(1), "t").unwrap_err().to_string().contains("--ctx 1 leaves no"));
+        assert_eq!(cut_chunks(&tokens, 1, Some(2), None, "t").unwrap(), vec![vec![100], vec![101]]);
+    }
+
+    #[test]
+    fn too_few_tokens_counts_beyond_bos() {
+        let chunks = vec![vec![1; 33], vec![1; 33]];
+        assert_eq!(real_tokens(&chunks, Some(1)), 64);
+        assert_eq!(real_tokens(&chunks, None), 66);
+        assert!(too_few_tokens(&chunks, Some(1), "t", "x").is_none());
+        let short = vec![vec![1; 32], vec![1; 33]];
+        let w = too_few_tokens(&short, Some(1), "t.txt", "GPTQ's Hessians").unwrap();
+        assert!(
+            w.starts_with("t.txt: only 63 calibration token(s) beyond each chunk's BOS (2 chunk(s)) for GPTQ"),
+            "{w}"
+        );
     }
 }

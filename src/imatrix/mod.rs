@@ -251,8 +251,12 @@ impl Calibration {
 /// checkpoint's) and cut into at most `chunks` chunks of `ctx` tokens
 /// ([`calibration::text_chunks`]), or chunks of ids read as given ([`calibration::file_chunks`]).
 ///
-/// Errors name the file: unreadable, not UTF-8, too short for one chunk, ids outside the
-/// vocabulary, no tokenizer for a GGUF.
+/// Fewer than [`calibration::MIN_TOKENS`] tokens beyond BOS print a warning naming the file
+/// and `purpose` (what the tokens are for, e.g. "GPTQ's Hessians").
+///
+/// Errors name the file: unreadable, not UTF-8, too short for one chunk, `--ctx 1` with a BOS
+/// (chunks of the BOS alone), ids outside the vocabulary, no tokenizer for a GGUF.
+#[allow(clippy::too_many_arguments)]
 pub fn load_chunks(
     path: &std::path::Path,
     source: &crate::source::Source,
@@ -261,19 +265,25 @@ pub fn load_chunks(
     ctx: usize,
     chunks: Option<usize>,
     tokenizer: Option<&std::path::Path>,
+    purpose: &str,
 ) -> Result<Vec<Vec<u32>>> {
     use crate::vocab::tokenize::{ModelText, read_text};
-    match input {
+    let what = input.path().display().to_string();
+    let (cut, bos) = match input {
         Calibration::Text(file) => {
             let text = read_text(file)?;
             let model_text = ModelText::open(path, source, w, tokenizer)?;
-            calibration::text_chunks(&model_text, &text, ctx, chunks, &file.display().to_string())
+            (calibration::text_chunks(&model_text, &text, ctx, chunks, &what)?, model_text.bos)
         }
         Calibration::Tokens(file) => {
             let n_vocab = w.ne("token_embd.weight")?.get(1).copied().unwrap_or(0) as usize;
-            calibration::file_chunks(file, chunks, n_vocab)
+            (calibration::file_chunks(file, chunks, n_vocab)?, None)
         }
+    };
+    if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose) {
+        eprintln!("warning: {warning}");
     }
+    Ok(cut)
 }
 
 /// An importance matrix to compute from a model on disk.
@@ -301,7 +311,16 @@ pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
     use crate::source::Source;
     let source = Source::open(&req.model)?;
     let w = Weights::new(&source, &req.model)?;
-    let chunks = load_chunks(&req.model, &source, &w, &req.calibration, req.ctx, req.chunks, req.tokenizer.as_deref())?;
+    let chunks = load_chunks(
+        &req.model,
+        &source,
+        &w,
+        &req.calibration,
+        req.ctx,
+        req.chunks,
+        req.tokenizer.as_deref(),
+        "the importance matrix",
+    )?;
     let dataset = req.calibration.path();
     if let Some(path) = &req.save_chunks {
         let text: String =

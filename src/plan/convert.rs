@@ -177,7 +177,9 @@ fn optimize_types<'a>(
     };
     let calibration = match (&opts.quant.calibration, &source, &weights) {
         (Some(c), Some(s), Some(w)) => {
-            let chunks = load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref())?;
+            let purpose = "the KL calibration of --optimize / --target-*";
+            let chunks =
+                load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), purpose)?;
             Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string() })
         }
         _ => None,

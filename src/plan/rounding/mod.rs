@@ -193,6 +193,7 @@ fn with_calibration<T>(
         req.ctx,
         req.chunks,
         req.tokenizer.as_deref(),
+        "GPTQ's Hessians (--rounding gptq)",
     )?;
     let log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
     f(&w, &chunks, log)
