@@ -3693,6 +3693,49 @@ fn gptq_mxfp4_lowers_kl_on_the_gpt_oss_finetune() {
     assert_eq!(config_of(&hg), config_of(&hp));
 }
 
+/// `--rounding gptq` where no tensor can be rounded with GPTQ: a released MXFP4 gpt-oss to
+/// `--format hf` (every expert copied as released) and a GGUF to `--type F16` (nothing
+/// quantized). A warning says so and why; the output is the one without `--rounding` and does
+/// not record `moeq.rounding` (`convert_rounds_with_gptq` and
+/// `gptq_mxfp4_lowers_kl_on_the_gpt_oss_finetune` check the key where something is rounded).
+#[test]
+fn convert_gptq_with_nothing_to_round_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = fixtures().join("imatrix/calib.txt");
+    let run = |args: &[&str]| {
+        let run = moeq(args);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    let mxfp4 = fixtures().join("gpt-oss/hf-mxfp4");
+    let (hg, hp) = (dir.path().join("gptq"), dir.path().join("plain"));
+    let mut args = vec!["convert", path_arg(&mxfp4), "-o", path_arg(&hg), "--format", "hf", "--rounding", "gptq"];
+    args.extend(["--calibration", path_arg(&text), "-q"]);
+    let e = run(&args);
+    let warning = "warning: --rounding gptq found nothing to round in ".to_string()
+        + path_arg(&mxfp4)
+        + " (4 tensor(s): released MXFP4 experts, copied as stored)";
+    assert!(e.contains(&warning) && e.contains("moeq.rounding is not recorded"), "{e}");
+    run(&["convert", path_arg(&mxfp4), "-o", path_arg(&hp), "--format", "hf", "-q"]);
+    assert!(safetensors_metadata(&hg.join("model.safetensors")).get("moeq.rounding").is_none());
+    assert_eq!(
+        std::fs::read(hg.join("model.safetensors")).unwrap(),
+        std::fs::read(hp.join("model.safetensors")).unwrap()
+    );
+    let (gguf, llama) = (golden("llama-bf16.gguf"), fixtures().join("llama/hf"));
+    let (gg, gp) = (dir.path().join("gptq.gguf"), dir.path().join("plain.gguf"));
+    let mut args = vec!["convert", path_arg(&gguf), "-o", path_arg(&gg), "--type", "F16", "--rounding", "gptq"];
+    args.extend(["--calibration", path_arg(&text), "--tokenizer", path_arg(&llama), "-q"]);
+    let e = run(&args);
+    assert!(
+        e.contains("found nothing to round") && e.contains("(no tensor is quantized to a type GPTQ rounds)"),
+        "{e}"
+    );
+    run(&["convert", path_arg(&gguf), "-o", path_arg(&gp), "--type", "F16", "-q"]);
+    assert_eq!(std::fs::read(&gg).unwrap(), std::fs::read(&gp).unwrap(), "no moeq.rounding, same bytes");
+}
+
 /// `--rounding gptq` without calibration input, calibration options without it, and MLX
 /// output are refused (exit 2, nothing written).
 #[test]

@@ -197,7 +197,8 @@ fn optimize_types<'a>(
 }
 
 /// `--rounding gptq`: records `moeq.rounding = "gptq"` (a string; llama.cpp ignores keys it
-/// does not know) before a size budget counts the header.
+/// does not know) before a size budget counts the header; [`attach_rounding`] removes it again
+/// when no tensor is to be rounded with GPTQ (the file is then a few bytes smaller, never larger).
 fn mark_rounding(plan: &mut GgufPlan, opts: &ConvertOptions) {
     if opts.quant.rounding.is_some() {
         plan.set(crate::plan::rounding::KEY, moeq_formats::gguf::Value::String(crate::plan::rounding::METHOD.into()));
@@ -205,9 +206,15 @@ fn mark_rounding(plan: &mut GgufPlan, opts: &ConvertOptions) {
 }
 
 /// `--rounding gptq`: computes the calibration Hessians and attaches GPTQ rounding to the
-/// recipes it applies to ([`crate::plan::rounding::attach`]), logging it in the report. A dry
-/// run computes nothing and says so.
-fn attach_rounding(recipes: &mut [Recipe], report: &mut PlanReport, opts: &ConvertOptions) -> Result<()> {
+/// recipes it applies to ([`crate::plan::rounding::attach`]), logging it in the report. When no
+/// tensor is to be rounded with GPTQ, `moeq.rounding` is taken out of `plan` (the header is
+/// written after this) with a warning saying why. A dry run computes nothing and says so.
+fn attach_rounding(
+    plan: &mut GgufPlan,
+    recipes: &mut [Recipe],
+    report: &mut PlanReport,
+    opts: &ConvertOptions,
+) -> Result<()> {
     let Some(req) = &opts.quant.rounding else { return Ok(()) };
     if opts.quant.dry_run {
         report.rounding = Some(serde_json::json!({
@@ -219,7 +226,10 @@ fn attach_rounding(recipes: &mut [Recipe], report: &mut PlanReport, opts: &Conve
     }
     let log = crate::plan::rounding::attach(&opts.input, recipes, req, opts.quiet)
         .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
-    if !opts.quiet {
+    if let Some(warning) = log.nothing_rounded(&opts.input) {
+        plan.remove(crate::plan::rounding::KEY);
+        eprintln!("warning: {warning}");
+    } else if !opts.quiet {
         eprintln!("{}", log.summary());
     }
     report.rounding = Some(log.to_json(req.file()));
@@ -281,8 +291,8 @@ fn convert_safetensors(
             (plan, recipes, report)
         }
     };
-    let (mut recipes, mut report) = (recipes, report);
-    attach_rounding(&mut recipes, &mut report, opts)?;
+    let (mut plan, mut recipes, mut report) = (plan, recipes, report);
+    attach_rounding(&mut plan, &mut recipes, &mut report, opts)?;
     if opts.quant.dry_run {
         return Ok(ConvertSummary { files: Vec::new(), tensors: plan.tensors.len(), bytes: 0, plan: Some(report) });
     }
@@ -306,6 +316,8 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         eprintln!("warning: {w}");
     }
     let family = config.family;
+    // Whether --rounding gptq rounds any tensor (then the shards record moeq.rounding).
+    let mut rounded = false;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
             let Converted { recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
@@ -328,8 +340,13 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
                 let mut recipes: Vec<&mut Recipe> = items.iter_mut().map(|i| &mut i.recipe).collect();
                 let log = crate::plan::rounding::attach_hf(&opts.input, &mut recipes, req, opts.quiet)
                     .with_context(|| format!("--rounding gptq on {}", opts.input.display()))?;
-                if !opts.quiet {
-                    eprintln!("{}", log.summary());
+                if let Some(warning) = log.nothing_rounded(&opts.input) {
+                    eprintln!("warning: {warning}");
+                } else {
+                    rounded = true;
+                    if !opts.quiet {
+                        eprintln!("{}", log.summary());
+                    }
                 }
             }
             (items, family.hf_config(config, true)?, "pt", None)
@@ -345,7 +362,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         copy_side_files(parent, &dir)?;
     }
     let mut metadata = vec![("format".to_string(), format.to_string())];
-    if opts.quant.rounding.is_some() {
+    if rounded {
         metadata.push((crate::plan::rounding::KEY.into(), crate::plan::rounding::METHOD.into()));
     }
     let files = BuildFiles {
@@ -521,8 +538,8 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
                 .with_context(|| format!("{}", opts.input.display()))?
         }
     };
-    let (mut recipes, mut report) = (recipes, report);
-    attach_rounding(&mut recipes, &mut report, opts)?;
+    let (mut plan, mut recipes, mut report) = (plan, recipes, report);
+    attach_rounding(&mut plan, &mut recipes, &mut report, opts)?;
     let tensors = plan.tensors.len();
     if opts.quant.dry_run {
         return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report) });

@@ -132,6 +132,42 @@ impl RoundingLog {
         )
     }
 
+    /// Whether any tensor, or any expert of a stacked one, is rounded with GPTQ: only then does
+    /// the output record [`KEY`].
+    pub fn rounded_any(&self) -> bool {
+        !self.rounded.is_empty() || self.experts.iter().any(|(_, _, per)| per.iter().any(|p| p.1))
+    }
+
+    /// When nothing is rounded with GPTQ ([`Self::rounded_any`] false): the warning for stderr,
+    /// naming `input` and why each quantized tensor kept the default rounding (counted by
+    /// reason); `None` when something is rounded.
+    pub fn nothing_rounded(&self, input: &Path) -> Option<String> {
+        if self.rounded_any() {
+            return None;
+        }
+        let mut reasons: Vec<(String, usize)> = Vec::new();
+        let mut count = |why: String| match reasons.iter_mut().find(|(w, _)| *w == why) {
+            Some(slot) => slot.1 += 1,
+            None => reasons.push((why, 1)),
+        };
+        for (_, why) in &self.ggml {
+            count(why.clone());
+        }
+        for _ in &self.experts {
+            count(format!("every expert saw fewer than {} calibration tokens", hessian::MIN_EXPERT_TOKENS));
+        }
+        let why = if reasons.is_empty() {
+            "no tensor is quantized to a type GPTQ rounds".to_string()
+        } else {
+            reasons.iter().map(|(w, n)| format!("{n} tensor(s): {w}")).collect::<Vec<_>>().join("; ")
+        };
+        Some(format!(
+            "--rounding gptq found nothing to round in {} ({why}); the output is what moeq writes without it, and \
+             {KEY} is not recorded",
+            input.display()
+        ))
+    }
+
     /// Records a stacked tensor's per-expert rounding and warns (unless `quiet`) about the
     /// experts left to ggml's rounding.
     fn add_experts(&mut self, name: &str, x: &ExpertRounding, quiet: bool) {
@@ -219,6 +255,9 @@ pub fn attach(input: &Path, recipes: &mut [Recipe], req: &RoundingRequest, quiet
                 }
                 Some(why) => log.ggml.push((r.spec.name.clone(), why.to_string())),
             }
+        }
+        if wanted.is_empty() {
+            return Ok(log);
         }
         let found = hessian::compute(w, chunks, &wanted, quiet)?;
         for r in recipes.iter_mut() {
