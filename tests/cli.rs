@@ -3041,6 +3041,45 @@ fn imatrix_refuses_bad_input() {
     assert_eq!(left.len(), 4, "nothing but the inputs: {left:?}");
 }
 
+/// A gpt-oss bf16 checkpoint's experts: to `MXFP4_MOE` they are quantized to MXFP4 and nothing
+/// says otherwise; without `--type` (BF16) or with `--type F16` a warning says the GGUF holds
+/// them unquantized and how to get MXFP4. A released MXFP4 checkpoint gets no such warning.
+#[test]
+fn gpt_oss_bf16_expert_warning_says_what_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.gguf");
+    let ft = fixtures().join("gpt-oss/finetune-bf16");
+    let convert = |input: &Path, ty: &[&str]| {
+        let _ = std::fs::remove_file(&out);
+        let mut args = vec!["convert", path_arg(input), "-o", path_arg(&out), "-q"];
+        args.extend(ty);
+        let run = moeq(&args);
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{args:?}: {stderr}");
+        stderr
+    };
+    let e = convert(&ft, &["--type", "MXFP4_MOE"]);
+    assert!(!e.contains("experts"), "{e}");
+    let meta: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(&out)])).unwrap();
+    let experts: Vec<&Json> = meta["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"].as_str().unwrap().ends_with("_exps.weight"))
+        .collect();
+    assert!(!experts.is_empty() && experts.iter().all(|t| t["dtype"] == "MXFP4"), "{experts:?}");
+    for (ty, shown) in [(&[][..], "BF16"), (&["--type", "F16"][..], "F16")] {
+        let e = convert(&ft, ty);
+        let warning = format!(
+            "warning: the experts are bf16 in this checkpoint (gpt-oss is released with MXFP4 experts) and the GGUF \
+             holds them as {shown}"
+        );
+        assert!(e.contains(&warning) && e.contains("--type MXFP4_MOE quantizes them to MXFP4"), "{ty:?}: {e}");
+    }
+    let e = convert(&fixtures().join("gpt-oss/hf-mxfp4"), &[]);
+    assert!(!e.contains("experts"), "{e}");
+}
+
 /// Calibration that cannot describe the model: `--ctx 1` with a vocabulary that puts BOS first
 /// in each chunk (every chunk the BOS alone) is refused for imatrix, `--optimize` and
 /// `--rounding gptq` (exit 2, naming --ctx, nothing written); fewer than 64 tokens beyond BOS

@@ -291,6 +291,9 @@ fn convert_safetensors(
             (plan, recipes, report)
         }
     };
+    if let Some(w) = float_experts_warning(&plan) {
+        eprintln!("warning: {w}");
+    }
     let (mut plan, mut recipes, mut report) = (plan, recipes, report);
     attach_rounding(&mut plan, &mut recipes, &mut report, opts)?;
     if opts.quant.dry_run {
@@ -298,6 +301,25 @@ fn convert_safetensors(
     }
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
     Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report) })
+}
+
+/// gpt-oss is released with MXFP4 experts, which every conversion keeps; a bf16 checkpoint's
+/// experts (a fine-tune, Hugging Face's bf16 layout) get the planned type. When that is a float
+/// type (no quantized `--type`, or F32/F16/BF16), the warning that the file holds them
+/// unquantized, several times the released model's size; `None` otherwise (quantized, or not
+/// gpt-oss).
+fn float_experts_warning(plan: &GgufPlan) -> Option<String> {
+    if plan.get("general.architecture").and_then(Value::as_str) != Some("gpt-oss") {
+        return None;
+    }
+    let t = plan.tensors.iter().find(|t| {
+        t.name.ends_with("_exps.weight") && matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+    })?;
+    Some(format!(
+        "the experts are bf16 in this checkpoint (gpt-oss is released with MXFP4 experts) and the GGUF holds them \
+         as {}, as llama.cpp's converter does; --type MXFP4_MOE quantizes them to MXFP4 (Q8_0 elsewhere)",
+        t.ggml_type
+    ))
 }
 
 /// A checkpoint → an MLX or Hugging Face folder, built under a temporary name.
