@@ -3733,8 +3733,8 @@ fn gptq_mxfp4_lowers_kl_on_the_gpt_oss_finetune() {
 }
 
 /// `--rounding gptq` where no tensor can be rounded with GPTQ: a released MXFP4 gpt-oss to
-/// `--format hf` (every expert copied as released) and a GGUF to `--type F16` (nothing
-/// quantized). A warning says so and why; the output is the one without `--rounding` and does
+/// `--format hf` (every expert copied as released) and a GGUF to `--type Q8_0` with every tensor
+/// set to F16 by `--tensor-type` (nothing quantized). A warning says so and why; the output is the one without `--rounding` and does
 /// not record `moeq.rounding` (`convert_rounds_with_gptq` and
 /// `gptq_mxfp4_lowers_kl_on_the_gpt_oss_finetune` check the key where something is rounded).
 #[test]
@@ -3764,19 +3764,24 @@ fn convert_gptq_with_nothing_to_round_records_nothing() {
     );
     let (gguf, llama) = (golden("llama-bf16.gguf"), fixtures().join("llama/hf"));
     let (gg, gp) = (dir.path().join("gptq.gguf"), dir.path().join("plain.gguf"));
-    let mut args = vec!["convert", path_arg(&gguf), "-o", path_arg(&gg), "--type", "F16", "--rounding", "gptq"];
-    args.extend(["--calibration", path_arg(&text), "--tokenizer", path_arg(&llama), "-q"]);
+    let f16 = ["--type", "Q8_0", "--tensor-type", ".=f16", "-q"];
+    let mut args = vec!["convert", path_arg(&gguf), "-o", path_arg(&gg), "--rounding", "gptq"];
+    args.extend(["--calibration", path_arg(&text), "--tokenizer", path_arg(&llama)]);
+    args.extend(f16);
     let e = run(&args);
     assert!(
         e.contains("found nothing to round") && e.contains("(no tensor is quantized to a type GPTQ rounds)"),
         "{e}"
     );
-    run(&["convert", path_arg(&gguf), "-o", path_arg(&gp), "--type", "F16", "-q"]);
+    let mut args = vec!["convert", path_arg(&gguf), "-o", path_arg(&gp)];
+    args.extend(f16);
+    run(&args);
     assert_eq!(std::fs::read(&gg).unwrap(), std::fs::read(&gp).unwrap(), "no moeq.rounding, same bytes");
 }
 
-/// `--rounding gptq` without calibration input, calibration options without it, and MLX
-/// output are refused (exit 2, nothing written).
+/// `--rounding gptq` without calibration input, calibration options without it, GGUF output
+/// without a quantized `--type`, and MLX output are refused (exit 2, nothing written), naming
+/// `--rounding gptq` and what it needs.
 #[test]
 fn convert_refuses_gptq_without_calibration() {
     let dir = tempfile::tempdir().unwrap();
@@ -3787,7 +3792,14 @@ fn convert_refuses_gptq_without_calibration() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--type", "Q4_0", "--rounding", "gptq"], "--rounding gptq needs calibration input"),
         (vec!["--type", "Q4_0", "--calibration", path_arg(&text)], "or --rounding gptq"),
-        (vec!["--rounding", "gptq", "--calibration", path_arg(&text)], "go with --type"),
+        (
+            vec!["--rounding", "gptq", "--calibration", path_arg(&text)],
+            "--rounding gptq rounds quantized tensors: GGUF output needs a quantized --type",
+        ),
+        (
+            vec!["--type", "BF16", "--rounding", "gptq", "--calibration", path_arg(&text)],
+            "--rounding gptq rounds quantized tensors: GGUF output needs a quantized --type",
+        ),
         (vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&text), "--ctx", "0"], "at least 1"),
         (vec!["--type", "Q4_0", "--rounding", "gptq", "--calibration", path_arg(&out)], "out.gguf"),
     ];
@@ -3812,7 +3824,7 @@ fn convert_refuses_gptq_without_calibration() {
         "--calibration",
         path_arg(&text),
     ]);
-    assert!(e.contains("apply to GGUF output"), "{e}");
+    assert!(e.contains("--rounding gptq does not apply to --format mlx") && e.contains("--format hf's MXFP4"), "{e}");
     // --format hf takes --rounding gptq, but none of llama-quantize's options.
     let (ft, imatrix) =
         (fixtures().join("gpt-oss/finetune-bf16"), fixtures().join("imatrix/gpt-oss-llama.imatrix.gguf"));

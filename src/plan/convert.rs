@@ -121,6 +121,21 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     if let Some(report) = &opts.report {
         prepare_output(report, OutputKind::File, &inputs, opts.quiet)?;
     }
+    if opts.quant.rounding.is_some() {
+        match opts.format {
+            Format::Mlx => bail!(
+                "--rounding gptq does not apply to --format mlx (MLX builds are rounded as mlx.core.quantize rounds); \
+                 it rounds GGUF output with a quantized --type, and --format hf's MXFP4 experts of a gpt-oss bf16 \
+                 checkpoint"
+            ),
+            Format::Gguf if matches!(planned_ftype(opts), None | Some(Ftype::F32 | Ftype::F16 | Ftype::BF16)) => bail!(
+                "--rounding gptq rounds quantized tensors: GGUF output needs a quantized --type (e.g. --type Q4_K_M) \
+                 or a size target (--target-size, --target-bpw); --format hf rounds a gpt-oss bf16 checkpoint's \
+                 MXFP4 experts"
+            ),
+            _ => {}
+        }
+    }
     if opts.format != Format::Gguf {
         // --format hf takes --rounding gptq alone (GPTQ for its MXFP4 experts).
         let hf_gptq = opts.format == Format::Hf && opts.quant.rounding.is_some() && !opts.quant.any_but_rounding();
