@@ -3024,6 +3024,7 @@ fn imatrix_refuses_bad_input() {
             "not this model's tokenizer",
         ),
         (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer DIR"),
+        (vec![path_arg(&gguf), "--text", path_arg(&text)], "or give token ids with --tokens-file FILE"),
         (vec![path_arg(&mixtral), "--tokens-file", path_arg(&big_id)], "chunk 2 holds token 99999"),
         (vec![path_arg(&mixtral), "--text", path_arg(&text), "--ctx", "0"], "--ctx must be at least 1"),
     ];
@@ -3126,6 +3127,25 @@ fn calibration_refuses_bos_only_chunks_and_warns_on_few_tokens() {
     // The default --ctx (3 chunks of 512): no warning.
     let e = stderr_of(&["imatrix", l, "--text", t, "-o", o, "-q"]);
     assert!(!e.contains("calibration token(s)"), "{e}");
+}
+
+/// `eval --text` of a GGUF without `--tokenizer`: the error says moeq reads text through the
+/// model's Hugging Face tokenizer.json, which the GGUF does not include, and how to give it
+/// (`--tokenizer DIR`) or ids instead (`--tokens`); with `--tokenizer` it runs.
+#[test]
+fn eval_gguf_text_says_how_to_give_the_tokenizer() {
+    let gguf = golden("llama-bf16.gguf");
+    let e = fails(&["eval", path_arg(&gguf), "--text", "Hello world"]);
+    let expected = format!(
+        "error: {}: moeq reads text through the model's Hugging Face tokenizer.json, which a GGUF file does not \
+         include: pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the GGUF was \
+         converted from), or give token ids with --tokens ID,ID,…",
+        gguf.display()
+    );
+    assert!(e.contains(&expected), "{e}");
+    let llama = fixtures().join("llama/hf");
+    let out = ok(&["eval", path_arg(&gguf), "--text", "Hello world", "--tokenizer", path_arg(&llama), "--top", "1"]);
+    assert!(out.lines().count() >= 2, "{out}");
 }
 
 /// Text as input to eval and verify, tokenized as imatrix tokenizes it.
@@ -3453,7 +3473,12 @@ fn size_budget_calibrates_with_next_token_kl() {
             format!("{}, line 1", garbage.display()),
         ),
         (vec!["--target-bpw", "5", "--calibration-tokens", path_arg(&missing)], missing.display().to_string()),
-        (vec!["--target-bpw", "5", "--calibration", path_arg(&text)], "pass --tokenizer DIR".into()),
+        (
+            vec!["--target-bpw", "5", "--calibration", path_arg(&text)],
+            "pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the GGUF was \
+             converted from), or give token ids with --calibration-tokens FILE"
+                .into(),
+        ),
         (vec!["--type", "Q4_K_M", "--calibration-tokens", i], "go with --optimize".into()),
         (vec!["--target-bpw", "5", "--chunks", "2"], "--chunks goes with --calibration".into()),
         (vec!["--target-bpw", "5", "--calibration-tokens", i, "--chunks", "0"], "--chunks must be at least 1".into()),

@@ -246,13 +246,22 @@ impl Calibration {
     }
 }
 
+/// What calibration tokens are for, in messages.
+#[derive(Clone, Copy, Debug)]
+pub struct Purpose {
+    /// What they feed, e.g. "the importance matrix".
+    pub what: &'static str,
+    /// The command's option that takes token ids instead of text, e.g. "--tokens-file FILE".
+    pub ids_option: &'static str,
+}
+
 /// The calibration chunks of `input` for the model `w` (opened from `path` as `source`): text
 /// tokenized with the model's tokenizer (the tokenizer.json in `tokenizer`, else the
 /// checkpoint's) and cut into at most `chunks` chunks of `ctx` tokens
 /// ([`calibration::text_chunks`]), or chunks of ids read as given ([`calibration::file_chunks`]).
 ///
 /// Fewer than [`calibration::MIN_TOKENS`] tokens beyond BOS print a warning naming the file
-/// and `purpose` (what the tokens are for, e.g. "GPTQ's Hessians").
+/// and what the tokens are for (`purpose`).
 ///
 /// Errors name the file: unreadable, not UTF-8, too short for one chunk, `--ctx 1` with a BOS
 /// (chunks of the BOS alone), ids outside the vocabulary, no tokenizer for a GGUF.
@@ -265,14 +274,14 @@ pub fn load_chunks(
     ctx: usize,
     chunks: Option<usize>,
     tokenizer: Option<&std::path::Path>,
-    purpose: &str,
+    purpose: &Purpose,
 ) -> Result<Vec<Vec<u32>>> {
     use crate::vocab::tokenize::{ModelText, read_text};
     let what = input.path().display().to_string();
     let (cut, bos) = match input {
         Calibration::Text(file) => {
             let text = read_text(file)?;
-            let model_text = ModelText::open(path, source, w, tokenizer)?;
+            let model_text = ModelText::open(path, source, w, tokenizer, purpose.ids_option)?;
             (calibration::text_chunks(&model_text, &text, ctx, chunks, &what)?, model_text.bos)
         }
         Calibration::Tokens(file) => {
@@ -280,7 +289,7 @@ pub fn load_chunks(
             (calibration::file_chunks(file, chunks, n_vocab)?, None)
         }
     };
-    if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose) {
+    if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose.what) {
         eprintln!("warning: {warning}");
     }
     Ok(cut)
@@ -319,7 +328,7 @@ pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
         req.ctx,
         req.chunks,
         req.tokenizer.as_deref(),
-        "the importance matrix",
+        &Purpose { what: "the importance matrix", ids_option: "--tokens-file FILE" },
     )?;
     let dataset = req.calibration.path();
     if let Some(path) = &req.save_chunks {

@@ -192,9 +192,12 @@ fn optimize_types<'a>(
     };
     let calibration = match (&opts.quant.calibration, &source, &weights) {
         (Some(c), Some(s), Some(w)) => {
-            let purpose = "the KL calibration of --optimize / --target-*";
+            let purpose = crate::imatrix::Purpose {
+                what: "the KL calibration of --optimize / --target-*",
+                ids_option: "--calibration-tokens FILE",
+            };
             let chunks =
-                load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), purpose)?;
+                load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), &purpose)?;
             Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string() })
         }
         _ => None,

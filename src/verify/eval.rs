@@ -23,7 +23,8 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>, String> {
 pub fn text_tokens(path: &Path, text: &str, tokenizer_dir: Option<&Path>) -> Result<Vec<u32>> {
     let source = Source::open(path)?;
     let weights = Weights::new(&source, path)?;
-    let ids = crate::vocab::tokenize::ModelText::open(path, &source, &weights, tokenizer_dir)?.encode(text)?;
+    let ids = crate::vocab::tokenize::ModelText::open(path, &source, &weights, tokenizer_dir, "--tokens ID,ID,…")?
+        .encode(text)?;
     if ids.is_empty() {
         anyhow::bail!("the text gives no tokens");
     }

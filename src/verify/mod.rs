@@ -90,7 +90,7 @@ pub fn text_sequences(
     let input = read_text(text)?;
     let opened = crate::source::Source::open(source)?;
     let w = Weights::new(&opened, source)?;
-    let model_text = ModelText::open(source, &opened, &w, tokenizer_dir)?;
+    let model_text = ModelText::open(source, &opened, &w, tokenizer_dir, "--tokens or --tokens-file FILE")?;
     let ids = model_text.encode(&input)?;
     Ok(ids
         .chunks(TEXT_SEQUENCE)

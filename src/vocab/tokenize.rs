@@ -179,8 +179,16 @@ impl ModelText {
     /// The tokenizer of the model at `path` (opened as `source`, read as `w`): `tokenizer_dir`
     /// when given, else the checkpoint's folder (a GGUF needs `tokenizer_dir`); checked with
     /// [`check_tokenizer`] against the model's vocabulary (a GGUF's own tokens, or the ones the
-    /// converter would write for a checkpoint).
-    pub fn open(path: &Path, source: &Source, w: &Weights, tokenizer_dir: Option<&Path>) -> Result<ModelText> {
+    /// converter would write for a checkpoint). `ids_option` names the command's option that
+    /// takes token ids instead of text (e.g. `--tokens ID,ID,…`), for the error when a GGUF comes
+    /// without `tokenizer_dir`.
+    pub fn open(
+        path: &Path,
+        source: &Source,
+        w: &Weights,
+        tokenizer_dir: Option<&Path>,
+        ids_option: &str,
+    ) -> Result<ModelText> {
         let metadata = match source {
             Source::Gguf(_) => w.metadata.clone(),
             Source::Safetensors { config: Some(config), .. } => match crate::vocab::checkpoint_vocab(config, None) {
@@ -193,7 +201,9 @@ impl ModelText {
         let tokenizer = match (tokenizer_dir, source) {
             (Some(dir), _) => TextTokenizer::from_dir(dir)?,
             (None, Source::Gguf(_)) => bail!(
-                "{}: a GGUF carries no tokenizer.json; pass --tokenizer DIR (the model's Hugging Face folder)",
+                "{}: moeq reads text through the model's Hugging Face tokenizer.json, which a GGUF file does not \
+                 include: pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the \
+                 GGUF was converted from), or give token ids with {ids_option}",
                 path.display()
             ),
             (None, Source::Safetensors { .. }) => TextTokenizer::from_dir(path)?,

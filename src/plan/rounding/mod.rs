@@ -229,7 +229,7 @@ fn with_calibration<T>(
         req.ctx,
         req.chunks,
         req.tokenizer.as_deref(),
-        "GPTQ's Hessians (--rounding gptq)",
+        &crate::imatrix::Purpose { what: "GPTQ's Hessians (--rounding gptq)", ids_option: "--calibration-tokens FILE" },
     )?;
     let log = RoundingLog { chunks: chunks.len(), tokens: chunks.iter().map(Vec::len).sum(), ..Default::default() };
     f(&w, &chunks, log)
