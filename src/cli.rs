@@ -57,8 +57,8 @@ pub enum Command {
         /// Write logits, hidden states and MoE block inputs/outputs as F32 safetensors.
         #[arg(long, value_name = "OUT.safetensors")]
         dump: Option<PathBuf>,
-        /// How many candidates to show per position.
-        #[arg(long, default_value_t = 3)]
+        /// How many candidates to show per position (at least 1).
+        #[arg(long, default_value_t = 3, value_parser = at_least_one)]
         top: usize,
     },
     /// Check that an output computes what its source computes: every tensor, every MoE block
@@ -227,6 +227,16 @@ pub enum Command {
         #[command(flatten)]
         quant: QuantArgs,
     },
+}
+
+/// A count that must be at least 1 (`eval --top`): 0 would show nothing. Clap reports the
+/// error naming the option and exits with status 2.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would show no candidates)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
 }
 
 /// What `moeq bench` measures.

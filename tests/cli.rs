@@ -3148,6 +3148,17 @@ fn eval_gguf_text_says_how_to_give_the_tokenizer() {
     assert!(out.lines().count() >= 2, "{out}");
 }
 
+/// `eval --top 0` would print rows without candidates: refused naming --top (exit 2); 1 works.
+#[test]
+fn eval_refuses_top_zero() {
+    let llama = fixtures().join("llama/hf");
+    let e = fails(&["eval", path_arg(&llama), "--tokens", "1,2", "--top", "0"]);
+    assert!(e.contains("invalid value '0' for '--top <TOP>': must be at least 1"), "{e}");
+    let out = ok(&["eval", path_arg(&llama), "--tokens", "1,2", "--top", "1"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.lines().all(|l| l.split('→').nth(1).is_some_and(|c| !c.trim().is_empty())), "{out}");
+}
+
 /// Text as input to eval and verify, tokenized as imatrix tokenizes it.
 #[test]
 fn eval_and_verify_take_text() {
