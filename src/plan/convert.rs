@@ -178,7 +178,7 @@ fn optimize_types<'a>(
     let calibration = match (&opts.quant.calibration, &source, &weights) {
         (Some(c), Some(s), Some(w)) => {
             let chunks = load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref())?;
-            Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string() })
+            Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string(), probes: c.probes })
         }
         _ => None,
     };
