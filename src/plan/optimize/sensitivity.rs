@@ -57,7 +57,11 @@ use reference::{Reference, Runner, reference, tail_kl};
 /// Reference tokens kept per position (the rest is one bucket).
 pub const TOP_K: usize = 256;
 
-/// Positions whose logits are computed at once.
+/// Tokens drawn per position from outside the reference's top tokens, whose logits estimate the
+/// change of the rest's total probability (see [`reference`]).
+pub const REST_SAMPLES: usize = 256;
+
+/// Positions whose logits are computed at once (the reference run).
 pub const HEAD_ROWS: usize = 64;
 
 /// Calibration input of the KL-calibrated optimizer: the source model and the token chunks.
@@ -183,7 +187,14 @@ fn with_weights<'w, 'a>(model: &Model<'_, 'a>, w: &'w Weights<'a>) -> Model<'w, 
 }
 
 /// One tensor probed directly: the forward from `start` (see [`start_layer`]) to the logits.
-fn direct(cal: &Calibration, model: &Model, run: &Runner, r: &Reference, recipe: &Recipe, start: Option<usize>) -> Result<Sensitivity> {
+fn direct(
+    cal: &Calibration,
+    model: &Model,
+    run: &Runner,
+    r: &Reference,
+    recipe: &Recipe,
+    start: Option<usize>,
+) -> Result<Sensitivity> {
     let name = &recipe.spec.name;
     let probe = probe_type(recipe.row_len());
     let (kl, probe_error) = match probed(cal, recipe, probe)? {
@@ -193,7 +204,8 @@ fn direct(cal: &Calibration, model: &Model, run: &Runner, r: &Reference, recipe:
                 Some(l) => (r.hidden[l].clone(), l),
                 None => (changed.embed(&run.tokens)?, 0),
             };
-            let kl = tail_kl(&changed, run, r, x, from).with_context(|| format!("the source model with '{name}' at {probe}"))?;
+            let kl = tail_kl(&changed, run, r, x, from)
+                .with_context(|| format!("the source model with '{name}' at {probe}"))?;
             (Some(kl).filter(|k| k.is_finite()), probe_error)
         }
         None => (None, f64::NAN),
@@ -302,13 +314,36 @@ mod tests {
     #[test]
     fn coarse_kl_is_zero_for_the_same_row_and_grows_with_the_change() {
         let row: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 10.0).collect();
-        let top = top_of(&row);
+        let gather = |r: &[f32], ids: &[u32]| -> Vec<f32> { ids.iter().map(|&i| r[i as usize]).collect() };
+        let (top, ids) = top_of(&row, 3, |ids| Ok(gather(&row, ids))).unwrap();
         assert_eq!(top.len(), TOP_K);
-        assert_eq!(kl_coarse(&top, &row), 0.0);
+        let kl = |changed: &[f32]| {
+            let z = gather(changed, &ids);
+            kl_coarse(&top, &z)
+        };
+        assert_eq!(kl(&row), 0.0);
         let near: Vec<f32> = row.iter().enumerate().map(|(i, &v)| v + 0.01 * (i % 7) as f32).collect();
         let far: Vec<f32> = row.iter().enumerate().map(|(i, &v)| v + 0.1 * (i % 7) as f32).collect();
-        let (a, b) = (kl_coarse(&top, &near), kl_coarse(&top, &far));
+        let (a, b) = (kl(&near), kl(&far));
         assert!(a > 0.0 && b > 10.0 * a, "{a} {b}");
+        // The sampled rest estimates the exact coarse KL (the full softmax over the top tokens
+        // and one rest bucket) closely.
+        let exact = |changed: &[f32]| -> f64 {
+            let lse = |r: &[f32]| -> f64 {
+                let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                m + r.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+            };
+            let ids = &ids[..TOP_K];
+            let (lp, lq) = (lse(&row), lse(changed));
+            let p: Vec<f64> = ids.iter().map(|&i| row[i as usize] as f64 - lp).collect();
+            let q: Vec<f64> = ids.iter().map(|&i| changed[i as usize] as f64 - lq).collect();
+            let (pr, qr) = (1.0 - p.iter().map(|v| v.exp()).sum::<f64>(), 1.0 - q.iter().map(|v| v.exp()).sum::<f64>());
+            p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum::<f64>() + pr * (pr.ln() - qr.ln())
+        };
+        for changed in [&near, &far] {
+            let (est, want) = (kl(changed), exact(changed));
+            assert!((est - want).abs() <= 0.02 * want, "{est} {want}");
+        }
     }
 
     #[test]

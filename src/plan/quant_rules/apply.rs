@@ -200,7 +200,9 @@ impl QuantArgs {
             Some(other) => bail!("--kl-probes {other}: give layer or tensor"),
         };
         if self.kl_probes.is_some() && !target {
-            bail!("--kl-probes goes with --optimize, --target-size or --target-bpw (the KL calibration of a size target)");
+            bail!(
+                "--kl-probes goes with --optimize, --target-size or --target-bpw (the KL calibration of a size target)"
+            );
         }
         let calibration = target.then(|| CalibrationRequest {
             input: input.clone(),

@@ -141,7 +141,8 @@ pub(super) fn layer_sensitivities(
         let mut x = r.hidden[l + 1].clone();
         add(&mut x, &residual);
         drop(residual);
-        let kl = tail_kl(model, run, r, x, l + 1).with_context(|| format!("the layers after layer {l} on its change"))?;
+        let kl =
+            tail_kl(model, run, r, x, l + 1).with_context(|| format!("the layers after layer {l} on its change"))?;
         gain[writer] = Some(kl / d_e).filter(|g| g.is_finite() && d_e > 0.0);
     }
     Ok(changes
