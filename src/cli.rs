@@ -345,4 +345,9 @@ pub struct QuantArgs {
     /// folder; a GGUF needs it).
     #[arg(long, value_name = "DIR")]
     pub tokenizer: Option<PathBuf>,
+    /// How the KL calibration of --optimize / --target-* probes tensors: layer (the default:
+    /// each tensor's change of its own layer's output, turned into KL by one run of the rest of
+    /// the model per layer) or tensor (one run to the logits per tensor: its KL itself, slower).
+    #[arg(long, value_name = "HOW", value_parser = ["layer", "tensor"])]
+    pub kl_probes: Option<String>,
 }

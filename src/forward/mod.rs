@@ -268,9 +268,22 @@ impl<'w, 'a> Model<'w, 'a> {
     /// its residual add, the feed-forward norm, the feed-forward block and its residual add.
     /// Returns the feed-forward block's normalized input and its output (before the add).
     pub fn layer(&self, l: usize, x: &mut [f32], starts: &[usize]) -> Result<(Vec<f32>, FfnOutput)> {
+        self.attention_residual(l, x, starts)?;
+        self.ffn_residual(l, x)
+    }
+
+    /// The first half of [`Model::layer`]: layer `l`'s attention block on the residual stream
+    /// `x` [T, hidden] and its residual add, in place (`starts` as for [`Model::layer`]).
+    pub fn attention_residual(&self, l: usize, x: &mut [f32], starts: &[usize]) -> Result<()> {
         let attn = self.blocks.attention_block(self, l, x, starts)?;
         x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
-        drop(attn);
+        Ok(())
+    }
+
+    /// The second half of [`Model::layer`]: the feed-forward norm, the feed-forward block and
+    /// its residual add on `x` [T, hidden], in place (rows are independent). Returns the block's
+    /// normalized input and its output (before the add).
+    pub fn ffn_residual(&self, l: usize, x: &mut [f32]) -> Result<(Vec<f32>, FfnOutput)> {
         let norm = self.blocks.ffn_norm();
         let m_in = rmsnorm(x, &self.t(&format!("blk.{l}.{norm}.weight"))?, self.cfg.rms_eps);
         let f = self.ffn_detailed(l, &m_in)?;

@@ -198,7 +198,7 @@ fn optimize_types<'a>(
             };
             let chunks =
                 load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), &purpose)?;
-            Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string() })
+            Some(Calibration { weights: w, chunks, what: c.input.path().display().to_string(), probes: c.probes })
         }
         _ => None,
     };

@@ -197,6 +197,7 @@ impl OptimizeLog {
                 "chunks": c.chunks,
                 "tokens": c.tokens,
                 "top_k": c.top_k,
+                "probes": c.probes.name(),
                 "seconds": c.seconds,
             })),
             "tensors": self.tensors.iter().map(|t| json!({
@@ -211,6 +212,11 @@ impl OptimizeLog {
                     "probe_error": finite(s.probe_error),
                     "scale": finite(s.scale),
                     "floored": s.floored,
+                    "layer_gain": s.via.map(|v| json!({
+                        "layer": v.layer,
+                        "gain": finite(v.gain),
+                        "residual_error": finite(v.residual_error),
+                    })),
                 })),
                 "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.name(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
@@ -237,8 +243,8 @@ impl OptimizeLog {
         out.push('\n');
         if let Some(c) = &self.calibration {
             out.push_str(&format!(
-                "  KL calibration: {} ({} chunks, {} tokens, top {} reference tokens per position) in {:.1} s\n",
-                c.what, c.chunks, c.tokens, c.top_k, c.seconds
+                "  KL calibration: {} ({} chunks, {} tokens, top {} reference tokens per position, {} probes) in {:.1} s\n",
+                c.what, c.chunks, c.tokens, c.top_k, c.probes.name(), c.seconds
             ));
         }
         out
@@ -294,7 +300,7 @@ fn kl_keys(c: &CalibrationSummary, s: &[&Sensitivity]) -> Vec<(String, Value)> {
     vec![
         (
             "moeq.optimize.calibration".into(),
-            Value::String(format!("{} ({} chunks, {} tokens)", c.what, c.chunks, c.tokens)),
+            Value::String(format!("{} ({} chunks, {} tokens, {} probes)", c.what, c.chunks, c.tokens, c.probes.name())),
         ),
         (
             "moeq.optimize.kl".into(),
@@ -491,7 +497,14 @@ pub fn optimize<'a>(
         let mut why = match &calibrated {
             Some((s, _)) => {
                 let s = &s[k];
-                let kl = s.kl.map_or("not measurable".to_string(), |kl| format!("{kl:.3e} nats"));
+                let kl = match (s.kl, s.via) {
+                    (None, _) => "not measurable".to_string(),
+                    (Some(kl), None) => format!("{kl:.3e} nats"),
+                    (Some(kl), Some(v)) => format!(
+                        "{kl:.3e} nats = layer {} gain {:.3e} × output change {:.3e}",
+                        v.layer, v.gain, v.residual_error
+                    ),
+                };
                 format!(
                     "size budget: {ty}, predicted KL {:.3e} (probe {}: KL {kl} at relative error {:.3e}, scale {:.3e}{})",
                     items[k][pick].error,

@@ -17,14 +17,21 @@
 //! the source model has no tensor of that name) or is 0, or whose probe error is 0, gets the
 //! smallest scale measured on any other tensor (1 when there is none): never treated as free.
 //!
+//! **Probes.** Per layer ([`KlProbes::Layer`], the default; [`layer_gain`]): each tensor of a
+//! layer reruns only its half of that layer (attention or feed-forward), which gives its change
+//! of the layer's output, and the rest of the model runs once per layer on all of them to give
+//! the layer's KL per unit change. Per tensor ([`KlProbes::Tensor`], `--kl-probes tensor`):
+//! the forward reruns from the tensor's layer to the logits once per tensor, measuring `KL_t`
+//! itself (the layers before are not run again: their outputs are the reference's, bit for bit).
+//! Either way the token embedding reruns everything and `output.weight` only the head.
+//!
 //! **Cost and bounds.** One forward of the source on the calibration tokens (the reference),
-//! then one partial forward per probed tensor: the layers before the tensor's layer are not
-//! run again (their outputs are the reference's, bit for bit: only later layers see the
-//! change), the token embedding reruns everything, `output.weight` only the head. Memory: the
-//! residual stream entering every layer, `(layers + 1) · tokens · hidden` f32 values; the
+//! then the probes. Memory: the residual stream entering every layer (and, per layer, after its
+//! attention half), `(2 · layers + 1) · tokens · hidden` f32 values; the
 //! reference distributions only as their [`TOP_K`] most likely tokens per position plus the
 //! rest's mass (`tokens · (TOP_K + 1) · 12` bytes), the logits computed [`HEAD_ROWS`]
-//! positions at a time; one substituted tensor at a time (its bytes at the probe type, decoded as the forward reads them). The KL measured is
+//! positions at a time; one substituted tensor at a time (its bytes at the probe type, decoded
+//! as the forward reads them). The KL measured is
 //! that of the distributions coarsened to the reference's top [`TOP_K`] tokens and one "rest"
 //! bucket: a lower bound of the full KL (data processing), equal to it up to the mass outside
 //! the top tokens. Layers run in groups of whole chunks as `moeq imatrix` runs them, each
@@ -35,19 +42,26 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::GgmlType;
-use rayon::prelude::*;
 
 use super::measure::encode_whole;
 use crate::forward::Model;
-use crate::forward::ops::rmsnorm;
 use crate::model::weights::Weights;
 use crate::plan::recipe::Recipe;
 use crate::write::progress::steps_bar;
 
+mod layer_gain;
+mod reference;
+
+use reference::{Reference, Runner, reference, tail_kl};
+
 /// Reference tokens kept per position (the rest is one bucket).
 pub const TOP_K: usize = 256;
 
-/// Positions whose logits are computed at once.
+/// Tokens drawn per position from outside the reference's top tokens, whose logits estimate the
+/// change of the rest's total probability (see [`reference`]).
+pub const REST_SAMPLES: usize = 256;
+
+/// Positions whose logits are computed at once (the reference run).
 pub const HEAD_ROWS: usize = 64;
 
 /// Calibration input of the KL-calibrated optimizer: the source model and the token chunks.
@@ -58,6 +72,43 @@ pub struct Calibration<'w, 'a> {
     pub chunks: Vec<Vec<u32>>,
     /// Where the tokens come from, for the log.
     pub what: String,
+    /// How tensors are probed.
+    pub probes: KlProbes,
+}
+
+/// How the KL-calibrated optimizer probes tensors (`--kl-probes`; see the module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KlProbes {
+    /// Each tensor's change of its own layer's output, and one run of the rest of the model
+    /// per layer ([`layer_gain`]).
+    #[default]
+    Layer,
+    /// One run from the tensor's layer to the logits per tensor: its KL itself.
+    Tensor,
+}
+
+impl KlProbes {
+    /// The option's value: `layer` or `tensor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KlProbes::Layer => "layer",
+            KlProbes::Tensor => "tensor",
+        }
+    }
+}
+
+/// How a per-layer probe predicted a tensor's KL (`kl = gain · residual_error`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerGain {
+    /// The tensor's layer.
+    pub layer: usize,
+    /// Mean over positions of the squared change of the layer's output (residual stream)
+    /// with only this tensor at the probe type; for an attention tensor its change after the
+    /// attention half times the layer's feed-forward amplification.
+    pub residual_error: f64,
+    /// The layer's KL (nats) per unit of `residual_error`, from one run of the later layers
+    /// and the head on the layer's combined change.
+    pub gain: f64,
 }
 
 /// One tensor's measured sensitivity.
@@ -65,8 +116,9 @@ pub struct Calibration<'w, 'a> {
 pub struct Sensitivity {
     /// The type it was probed at.
     pub probe: GgmlType,
-    /// Mean next-token KL (nats) with only this tensor at the probe type; `None`: not
-    /// measurable (see the module's guard).
+    /// Mean next-token KL (nats) with only this tensor at the probe type (measured, or
+    /// predicted from its layer's gain when `via` is set); `None`: not measurable (see the
+    /// module's guard).
     pub kl: Option<f64>,
     /// The tensor's relative (importance-weighted) error at the probe type, over all rows.
     pub probe_error: f64,
@@ -74,6 +126,8 @@ pub struct Sensitivity {
     pub scale: f64,
     /// Whether `scale` is the floor (KL 0 or not measurable, or no probe error).
     pub floored: bool,
+    /// How `kl` was predicted by a per-layer probe; `None`: measured directly (or not at all).
+    pub via: Option<LayerGain>,
 }
 
 /// What the calibration cost, for the log.
@@ -87,6 +141,8 @@ pub struct CalibrationSummary {
     pub tokens: usize,
     /// Reference tokens kept per position.
     pub top_k: usize,
+    /// How tensors were probed.
+    pub probes: KlProbes,
     /// Wall-clock seconds of the reference and the probes.
     pub seconds: f64,
 }
@@ -113,130 +169,48 @@ fn start_layer(name: &str, n_layer: usize, head: &str) -> Option<usize> {
     (l < n_layer).then_some(l)
 }
 
-/// A position's reference distribution: its top tokens' log-probabilities and the rest's mass.
-struct Top {
-    ids: Vec<u32>,
-    logp: Vec<f64>,
-    rest: f64,
-}
-
-/// The log-probabilities of tokens `ids` in the softmax of `row`, and the probability of all
-/// others (both computed the same way for the reference and a probe, so an unchanged row
-/// gives KL 0 exactly).
-fn coarse(row: &[f32], ids: &[u32]) -> (Vec<f64>, f64) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    let lse = sum.ln() + max;
-    let logp: Vec<f64> = ids.iter().map(|&i| row[i as usize] as f64 - lse).collect();
-    let top: f64 = ids.iter().map(|&i| (row[i as usize] as f64 - max).exp()).sum();
-    (logp, ((sum - top) / sum).max(0.0))
-}
-
-/// The reference distribution of one logit row.
-fn top_of(row: &[f32]) -> Top {
-    let mut ids: Vec<u32> = (0..row.len() as u32).collect();
-    let k = TOP_K.min(ids.len());
-    let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    if k < ids.len() {
-        ids.select_nth_unstable_by(k, order);
-        ids.truncate(k);
+/// The source model with tensor `recipe` replaced by its quantization to `probe`, and that
+/// quantization's relative (importance-weighted) error over all rows; `None` when it cannot
+/// be measured (the source model has no such tensor, or the probe type cannot hold it).
+fn probed<'a>(cal: &Calibration<'_, 'a>, recipe: &Recipe, probe: GgmlType) -> Result<Option<(Weights<'a>, f64)>> {
+    let name = &recipe.spec.name;
+    if !cal.weights.has(name) {
+        return Ok(None);
     }
-    ids.sort_unstable_by(order);
-    let (logp, rest) = coarse(row, &ids);
-    Top { ids, logp, rest }
+    let Some((bytes, m)) = encode_whole(recipe, probe)? else { return Ok(None) };
+    Ok(Some((cal.weights.replaced(name, probe, Arc::new(bytes))?, m.relative())))
 }
 
-/// KL(reference ‖ row) over the reference's top tokens and the rest bucket (nats, ≥ 0).
-fn kl_coarse(top: &Top, row: &[f32]) -> f64 {
-    let (logq, rest_q) = coarse(row, &top.ids);
-    let mut kl: f64 = top.logp.iter().zip(&logq).map(|(&p, &q)| p.exp() * (p - q)).sum();
-    if top.rest > 0.0 {
-        kl += top.rest * (top.rest.ln() - rest_q.max(f64::MIN_POSITIVE).ln());
-    }
-    kl.max(0.0)
+/// `model` reading weights `w` (one tensor replaced), without probe or kept expert outputs.
+fn with_weights<'w, 'a>(model: &Model<'_, 'a>, w: &'w Weights<'a>) -> Model<'w, 'a> {
+    Model { w, cfg: model.cfg.clone(), blocks: model.blocks, probe: None, keep_expert_out: false }
 }
 
-/// Runs layers of a model over all calibration tokens, group of chunks by group of chunks.
-struct Runner {
-    tokens: Vec<u32>,
-    /// (first row, rows, row where each row's chunk starts, relative to the group).
-    groups: Vec<crate::imatrix::ChunkGroup>,
-}
-
-impl Runner {
-    fn new(m: &Model, chunks: &[Vec<u32>]) -> Runner {
-        Runner { tokens: chunks.iter().flatten().copied().collect(), groups: crate::imatrix::chunk_groups(m, chunks) }
-    }
-
-    /// Layer `l` of `m` on the residual stream `x` [tokens, hidden], in place.
-    fn layer(&self, m: &Model, l: usize, x: &mut [f32]) -> Result<()> {
-        let h = m.cfg.n_embd;
-        for (first, len, starts) in &self.groups {
-            m.layer(l, &mut x[first * h..(first + len) * h], starts).with_context(|| format!("layer {l}"))?;
+/// One tensor probed directly: the forward from `start` (see [`start_layer`]) to the logits.
+fn direct(
+    cal: &Calibration,
+    model: &Model,
+    run: &Runner,
+    r: &Reference,
+    recipe: &Recipe,
+    start: Option<usize>,
+) -> Result<Sensitivity> {
+    let name = &recipe.spec.name;
+    let probe = probe_type(recipe.row_len());
+    let (kl, probe_error) = match probed(cal, recipe, probe)? {
+        Some((w, probe_error)) => {
+            let changed = with_weights(model, &w);
+            let (x, from) = match start {
+                Some(l) => (r.hidden[l].clone(), l),
+                None => (changed.embed(&run.tokens)?, 0),
+            };
+            let kl = tail_kl(&changed, run, r, x, from)
+                .with_context(|| format!("the source model with '{name}' at {probe}"))?;
+            (Some(kl).filter(|k| k.is_finite()), probe_error)
         }
-        Ok(())
-    }
-
-    /// The logits of the final residual `x`, [`HEAD_ROWS`] positions at a time, each slice
-    /// handed to `each` with its first position.
-    fn head(&self, m: &Model, x: &[f32], mut each: impl FnMut(usize, &[f32]) -> Result<()>) -> Result<()> {
-        let h = m.cfg.n_embd.max(1);
-        let norm = m.t("output_norm.weight")?;
-        let head = m.head_weight().trim_end_matches(".weight");
-        for (k, xs) in x.chunks(HEAD_ROWS * h).enumerate() {
-            let logits = m.linear(&rmsnorm(xs, &norm, m.cfg.rms_eps), head, false)?;
-            each(k * HEAD_ROWS, &logits)?;
-        }
-        Ok(())
-    }
-}
-
-/// The reference run: the residual stream entering each layer (and after the last), and each
-/// position's top tokens.
-struct Reference {
-    hidden: Vec<Vec<f32>>,
-    top: Vec<Top>,
-}
-
-fn reference(m: &Model, run: &Runner) -> Result<Reference> {
-    let mut x = m.embed(&run.tokens)?;
-    let mut hidden = Vec::with_capacity(m.cfg.n_layer + 1);
-    for l in 0..m.cfg.n_layer {
-        hidden.push(x.clone());
-        run.layer(m, l, &mut x)?;
-    }
-    let vocab = m.w.ne(m.head_weight())?.get(1).copied().unwrap_or(1).max(1) as usize;
-    let mut top = Vec::with_capacity(run.tokens.len());
-    run.head(m, &x, |_, logits| {
-        top.par_extend(logits.par_chunks_exact(vocab).map(top_of));
-        Ok(())
-    })?;
-    hidden.push(x);
-    Ok(Reference { hidden, top })
-}
-
-/// The mean coarse KL of model `m` (the source with one tensor replaced) against the
-/// reference, running from `start` (see [`start_layer`]).
-fn probe_kl(m: &Model, run: &Runner, r: &Reference, start: Option<usize>) -> Result<f64> {
-    let (mut x, from) = match start {
-        Some(l) => (r.hidden[l].clone(), l),
-        None => (m.embed(&run.tokens)?, 0),
+        None => (None, f64::NAN),
     };
-    for l in from..m.cfg.n_layer {
-        run.layer(m, l, &mut x)?;
-    }
-    let vocab = m.w.ne(m.head_weight())?.get(1).copied().unwrap_or(1).max(1) as usize;
-    let mut sum = 0.0;
-    run.head(m, &x, |first, logits| {
-        let kls: Vec<f64> = logits
-            .par_chunks_exact(vocab)
-            .enumerate()
-            .map(|(i, row)| r.top.get(first + i).map_or(0.0, |t| kl_coarse(t, row)))
-            .collect();
-        sum += kls.iter().sum::<f64>();
-        Ok(())
-    })?;
-    Ok(sum / r.top.len().max(1) as f64)
+    Ok(Sensitivity { probe, kl, probe_error, scale: 0.0, floored: true, via: None })
 }
 
 /// Measures every tensor's sensitivity (see the module): `tensors[i]` is tensor `i`'s recipe
@@ -259,38 +233,55 @@ pub fn sensitivities(
     // Empty lines of a token file hold no positions.
     let chunks: Vec<Vec<u32>> = cal.chunks.iter().filter(|c| !c.is_empty()).cloned().collect();
     let run = Runner::new(&model, &chunks);
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { steps_bar(tensors.len() as u64 + 1, "KL") };
-    bar.set_message("reference");
-    let reference = reference(&model, &run).with_context(|| format!("the source model on {}", cal.what))?;
-    bar.inc(1);
     let (n_layer, head) = (model.cfg.n_layer, model.head_weight());
-    let mut out = Vec::with_capacity(tensors.len());
-    for recipe in tensors {
-        let name = &recipe.spec.name;
-        bar.set_message(name.clone());
-        let probe = probe_type(recipe.row_len());
-        let measured = if cal.weights.has(name) { encode_whole(recipe, probe)? } else { None };
-        let (kl, probe_error) = match measured {
-            Some((bytes, m)) => {
-                let w = cal.weights.replaced(name, probe, Arc::new(bytes))?;
-                let changed =
-                    Model { w: &w, cfg: model.cfg.clone(), blocks: model.blocks, probe: None, keep_expert_out: false };
-                let kl = probe_kl(&changed, &run, &reference, start_layer(name, n_layer, head))
-                    .with_context(|| format!("the source model with '{name}' at {probe}"))?;
-                (Some(kl).filter(|k| k.is_finite()), m.relative())
-            }
-            None => (None, f64::NAN),
+    let starts: Vec<Option<usize>> = tensors.iter().map(|r| start_layer(&r.spec.name, n_layer, head)).collect();
+    let per_layer = cal.probes == KlProbes::Layer;
+    let layers: Vec<usize> = if per_layer {
+        let mut l: Vec<usize> = starts.iter().filter_map(|s| s.filter(|&l| l < n_layer)).collect();
+        l.sort_unstable();
+        l.dedup();
+        l
+    } else {
+        Vec::new()
+    };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        steps_bar(tensors.len() as u64 + 1 + layers.len() as u64, "KL")
+    };
+    bar.set_message("reference");
+    let reference = reference(&model, &run, per_layer).with_context(|| format!("the source model on {}", cal.what))?;
+    bar.inc(1);
+    let mut out: Vec<Option<Sensitivity>> = vec![None; tensors.len()];
+    for &l in &layers {
+        let members: Vec<(usize, &Recipe)> =
+            (0..tensors.len()).filter(|&i| starts[i] == Some(l)).map(|i| (i, tensors[i])).collect();
+        let tick = |name: &str| {
+            bar.set_message(name.to_string());
+            bar.inc(1);
         };
-        out.push(Sensitivity { probe, kl, probe_error, scale: 0.0, floored: true });
+        for (i, s) in layer_gain::layer_sensitivities(cal, &model, &run, &reference, l, &members, &tick)? {
+            out[i] = Some(s);
+        }
+        bar.inc(1);
+    }
+    for (i, recipe) in tensors.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        bar.set_message(recipe.spec.name.clone());
+        out[i] = Some(direct(cal, &model, &run, &reference, recipe, starts[i])?);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let mut out: Vec<Sensitivity> = out.into_iter().flatten().collect();
     apply_floor(&mut out);
     let summary = CalibrationSummary {
         what: cal.what.clone(),
         chunks: chunks.len(),
         tokens: run.tokens.len(),
         top_k: TOP_K,
+        probes: cal.probes,
         seconds: began.elapsed().as_secs_f64(),
     };
     Ok((out, summary))
@@ -317,18 +308,42 @@ fn apply_floor(s: &mut [Sensitivity]) {
 
 #[cfg(test)]
 mod tests {
+    use super::reference::{kl_coarse, top_of};
     use super::*;
 
     #[test]
     fn coarse_kl_is_zero_for_the_same_row_and_grows_with_the_change() {
         let row: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32) / 10.0).collect();
-        let top = top_of(&row);
-        assert_eq!(top.ids.len(), TOP_K);
-        assert_eq!(kl_coarse(&top, &row), 0.0);
+        let gather = |r: &[f32], ids: &[u32]| -> Vec<f32> { ids.iter().map(|&i| r[i as usize]).collect() };
+        let (top, ids) = top_of(&row, 3, |ids| Ok(gather(&row, ids))).unwrap();
+        assert_eq!(top.len(), TOP_K);
+        let kl = |changed: &[f32]| {
+            let z = gather(changed, &ids);
+            kl_coarse(&top, &z)
+        };
+        assert_eq!(kl(&row), 0.0);
         let near: Vec<f32> = row.iter().enumerate().map(|(i, &v)| v + 0.01 * (i % 7) as f32).collect();
         let far: Vec<f32> = row.iter().enumerate().map(|(i, &v)| v + 0.1 * (i % 7) as f32).collect();
-        let (a, b) = (kl_coarse(&top, &near), kl_coarse(&top, &far));
+        let (a, b) = (kl(&near), kl(&far));
         assert!(a > 0.0 && b > 10.0 * a, "{a} {b}");
+        // The sampled rest estimates the exact coarse KL (the full softmax over the top tokens
+        // and one rest bucket) closely.
+        let exact = |changed: &[f32]| -> f64 {
+            let lse = |r: &[f32]| -> f64 {
+                let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                m + r.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+            };
+            let ids = &ids[..TOP_K];
+            let (lp, lq) = (lse(&row), lse(changed));
+            let p: Vec<f64> = ids.iter().map(|&i| row[i as usize] as f64 - lp).collect();
+            let q: Vec<f64> = ids.iter().map(|&i| changed[i as usize] as f64 - lq).collect();
+            let (pr, qr) = (1.0 - p.iter().map(|v| v.exp()).sum::<f64>(), 1.0 - q.iter().map(|v| v.exp()).sum::<f64>());
+            p.iter().zip(&q).map(|(a, b)| a.exp() * (a - b)).sum::<f64>() + pr * (pr.ln() - qr.ln())
+        };
+        for changed in [&near, &far] {
+            let (est, want) = (kl(changed), exact(changed));
+            assert!((est - want).abs() <= 0.02 * want, "{est} {want}");
+        }
     }
 
     #[test]
@@ -339,6 +354,7 @@ mod tests {
             probe_error: e,
             scale: 0.0,
             floored: true,
+            via: None,
         };
         let mut v = vec![s(Some(2.0), 1.0), s(Some(0.5), 1.0), s(Some(0.0), 1.0), s(None, f64::NAN), s(Some(1.0), 0.0)];
         apply_floor(&mut v);

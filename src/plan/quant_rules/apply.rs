@@ -69,6 +69,8 @@ pub struct CalibrationRequest {
     pub chunks: usize,
     /// The folder with the tokenizer.json (text).
     pub tokenizer: Option<PathBuf>,
+    /// How tensors are probed (`--kl-probes`).
+    pub probes: crate::plan::optimize::sensitivity::KlProbes,
 }
 
 /// Calibration chunks of `--calibration` / `--calibration-tokens` when none is given.
@@ -171,6 +173,7 @@ impl QuantArgs {
                 (self.ctx.is_some(), "--ctx"),
                 (self.chunks.is_some(), "--chunks"),
                 (self.tokenizer.is_some(), "--tokenizer"),
+                (self.kl_probes.is_some(), "--kl-probes"),
             ] {
                 if set {
                     bail!("{name} goes with --calibration or --calibration-tokens");
@@ -190,11 +193,23 @@ impl QuantArgs {
         if self.chunks == Some(0) {
             bail!("--chunks must be at least 1");
         }
+        use crate::plan::optimize::sensitivity::KlProbes;
+        let probes = match self.kl_probes.as_deref() {
+            None | Some("layer") => KlProbes::Layer,
+            Some("tensor") => KlProbes::Tensor,
+            Some(other) => bail!("--kl-probes {other}: give layer or tensor"),
+        };
+        if self.kl_probes.is_some() && !target {
+            bail!(
+                "--kl-probes goes with --optimize, --target-size or --target-bpw (the KL calibration of a size target)"
+            );
+        }
         let calibration = target.then(|| CalibrationRequest {
             input: input.clone(),
             ctx,
             chunks: self.chunks.unwrap_or(DEFAULT_CALIBRATION_CHUNKS),
             tokenizer: self.tokenizer.clone(),
+            probes,
         });
         let rounding = gptq.then(|| crate::plan::rounding::RoundingRequest {
             calibration: input,

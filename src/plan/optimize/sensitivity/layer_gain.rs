@@ -1,0 +1,168 @@
+//! Per-layer KL probes (`--kl-probes layer`, the default): each tensor's effect measured on its
+//! own layer's output, and a run of the rest of the model per layer and group of tensors to
+//! turn that into KL.
+//!
+//! For the tensors of layer `l`, each quantized alone to its probe type:
+//! - a feed-forward tensor (`blk.l.ffn_*`: router, experts, shared experts, dense MLP) reruns
+//!   only the layer's feed-forward half, from the reference's residual stream after the
+//!   attention half; its change `δ_t` of the layer's output and `E_t = mean‖δ_t‖²` are kept;
+//! - any other tensor of the layer (attention) reruns only the attention half; its change
+//!   `α_t` after that half and `mean‖α_t‖²` are kept.
+//!
+//! The tensors fall in two groups whose changes point in different kinds of directions: the
+//! *writers* (`attn_output`, `ffn_down*`), whose rounding noise is added to the residual
+//! stream as it is, and the *inner* tensors (queries, keys, values, gates, ups, routers),
+//! whose noise reaches the residual stream through a writer, in the subspace the model uses.
+//! Per unit of squared change, the model's predictions are several times more sensitive to
+//! the second (measured on the trained MoE fixture: one gain for both mispredicts writers by
+//! ×2–6). So per group: the attention tensors' changes together, `A = Σ α_t`, run once through
+//! the unchanged feed-forward half, which gives their change of the layer's output `δ_A` and the
+//! group's amplification `r = mean‖δ_A‖² / mean‖A‖²` (an attention tensor's `E_t =
+//! r · mean‖α_t‖²`); then the rest of the model (the later layers and the head) runs once on
+//! the layer's output changed by the whole group, `D = δ_A + Σ_ffn δ_t`, scaled to the size of
+//! a typical single change (`c · D` with `c² · mean‖D‖²` the geometric mean of the group's
+//! `E_t`: KL is only about quadratic, and MoE routing flips make it less so for larger
+//! changes), and the mean next-token KL of that run gives the group's gain `g = KL(c · D) /
+//! mean‖c · D‖²`. A tensor's KL is predicted as `g · E_t`: KL is about quadratic in a small
+//! change of the residual stream, and the quantization errors of different tensors are
+//! independent, so their changes add about orthogonally.
+//!
+//! Cost per layer: one attention or feed-forward half per tensor, one feed-forward half more
+//! and one run of the later layers and the head per group — where the per-tensor probes
+//! (`--kl-probes tensor`) run the later layers and the head once per tensor. The token
+//! embedding and the output head are probed directly (they are not in a layer).
+
+use anyhow::{Context, Result};
+use moeq_formats::gguf::GgmlType;
+
+use super::reference::{Reference, Runner, add, mean_sq, sub, tail_kl};
+use super::{Calibration, LayerGain, Sensitivity, probe_type, probed, with_weights};
+use crate::forward::Model;
+use crate::plan::recipe::Recipe;
+
+/// Where a tensor of layer `l` acts: its half of the layer, and whether it writes to the
+/// residual stream itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Place {
+    ffn: bool,
+    writer: bool,
+}
+
+fn place(name: &str, l: usize) -> Place {
+    let short = name.strip_prefix(&format!("blk.{l}.")).unwrap_or(name);
+    Place { ffn: short.starts_with("ffn_"), writer: short.starts_with("attn_output") || short.starts_with("ffn_down") }
+}
+
+/// One tensor's measured change of its layer: `(place, mean squared change, probe error)`;
+/// `None`: not measurable.
+type Change = (usize, GgmlType, Option<(Place, f64, f64)>);
+
+/// Measures the tensors `members` (indices into the caller's list, with their recipes) of
+/// layer `l` and returns their sensitivities (scale not yet set), in `members`' order.
+/// `tick` is called before each probe with the tensor's name.
+///
+/// Errors: a tensor cannot be read or quantized, the model cannot run.
+pub(super) fn layer_sensitivities(
+    cal: &Calibration,
+    model: &Model,
+    run: &Runner,
+    r: &Reference,
+    l: usize,
+    members: &[(usize, &Recipe)],
+    tick: &dyn Fn(&str),
+) -> Result<Vec<(usize, Sensitivity)>> {
+    let h = model.cfg.n_embd;
+    // Per group (inner, writer): the summed attention changes and feed-forward changes.
+    let mut sums: [[Option<Vec<f32>>; 2]; 2] = Default::default();
+    let mut changes: Vec<Change> = Vec::with_capacity(members.len());
+    for &(index, recipe) in members {
+        let name = &recipe.spec.name;
+        tick(name);
+        let probe = probe_type(recipe.row_len());
+        let Some((w, probe_error)) = probed(cal, recipe, probe)? else {
+            changes.push((index, probe, None));
+            continue;
+        };
+        let changed = with_weights(model, &w);
+        let at = place(name, l);
+        let what = || format!("the source model with '{name}' at {probe}");
+        let mut x = if at.ffn {
+            let mut x = r.mid[l].clone();
+            run.ffn(&changed, l, &mut x).with_context(what)?;
+            sub(&mut x, &r.hidden[l + 1]);
+            x
+        } else {
+            let mut x = r.hidden[l].clone();
+            run.attention(&changed, l, &mut x).with_context(what)?;
+            sub(&mut x, &r.mid[l]);
+            x
+        };
+        let e = mean_sq(&x, h);
+        let sum = &mut sums[at.writer as usize][at.ffn as usize];
+        match sum {
+            Some(s) => add(s, &x),
+            None => *sum = Some(std::mem::take(&mut x)),
+        }
+        changes.push((index, probe, Some((at, e, probe_error))));
+    }
+    // Per group: the attention half's amplification and the gain.
+    let mut amplification = [None; 2];
+    let mut gain = [None; 2];
+    for (writer, [attn_sum, ffn_sum]) in sums.into_iter().enumerate() {
+        if attn_sum.is_none() && ffn_sum.is_none() {
+            continue;
+        }
+        let mut residual = ffn_sum.unwrap_or_else(|| vec![0.0; r.hidden[l].len()]);
+        if let Some(a) = attn_sum {
+            let a_e = mean_sq(&a, h);
+            let mut x = r.mid[l].clone();
+            add(&mut x, &a);
+            drop(a);
+            run.ffn(model, l, &mut x).with_context(|| format!("layer {l} with its attention tensors changed"))?;
+            sub(&mut x, &r.hidden[l + 1]);
+            let out_e = mean_sq(&x, h);
+            add(&mut residual, &x);
+            amplification[writer] = (a_e > 0.0).then(|| out_e / a_e);
+        }
+        let singles: Vec<f64> = changes
+            .iter()
+            .filter_map(|(_, _, m)| m.filter(|(at, ..)| at.writer == (writer == 1)))
+            .filter_map(|(at, e, _)| if at.ffn { Some(e) } else { amplification[writer].map(|a| a * e) })
+            .filter(|&e| e > 0.0 && e.is_finite())
+            .collect();
+        let joint = mean_sq(&residual, h);
+        if joint <= 0.0 || singles.is_empty() {
+            continue;
+        }
+        let typical = (singles.iter().map(|e| e.ln()).sum::<f64>() / singles.len() as f64).exp();
+        let c = (typical / joint).sqrt() as f32;
+        residual.iter_mut().for_each(|v| *v *= c);
+        let d_e = mean_sq(&residual, h);
+        let mut x = r.hidden[l + 1].clone();
+        add(&mut x, &residual);
+        drop(residual);
+        let kl =
+            tail_kl(model, run, r, x, l + 1).with_context(|| format!("the layers after layer {l} on its change"))?;
+        gain[writer] = Some(kl / d_e).filter(|g| g.is_finite() && d_e > 0.0);
+    }
+    Ok(changes
+        .into_iter()
+        .map(|(index, probe, measured)| {
+            let (kl, probe_error, via) = match measured {
+                None => (None, f64::NAN, None),
+                Some((at, e, probe_error)) => {
+                    let g = at.writer as usize;
+                    let residual_error = if at.ffn { Some(e) } else { amplification[g].map(|a| a * e) };
+                    match (residual_error, gain[g]) {
+                        (Some(re), _) if re == 0.0 => (Some(0.0), probe_error, None),
+                        (Some(re), Some(gain)) => {
+                            (Some(gain * re), probe_error, Some(LayerGain { layer: l, residual_error: re, gain }))
+                        }
+                        _ => (None, probe_error, None),
+                    }
+                }
+            };
+            (index, Sensitivity { probe, kl, probe_error, scale: 0.0, floored: true, via })
+        })
+        .collect())
+}
