@@ -31,9 +31,18 @@ pub struct Weights<'a> {
     pub stored_types: HashMap<String, GgmlType>,
     /// Where the model comes from, for reports.
     pub path: String,
-    /// One tensor whose values are replaced (see [`Weights::replaced`]): its index, the type of
-    /// the replacement's bytes and the bytes, all rows.
-    replacement: Option<(usize, GgmlType, std::sync::Arc<Vec<u8>>)>,
+    /// One tensor whose values are replaced (see [`Weights::replaced`]).
+    replacement: Option<Replacement>,
+}
+
+/// A replaced tensor: its index, the type of the replacement's bytes, the bytes, and which rows
+/// they hold (`None`: all, in order; else these rows, sorted, the others the source's).
+#[derive(Clone)]
+struct Replacement {
+    index: usize,
+    ty: GgmlType,
+    bytes: std::sync::Arc<Vec<u8>>,
+    rows: Option<std::sync::Arc<Vec<u64>>>,
 }
 
 impl<'a> Weights<'a> {
@@ -90,15 +99,51 @@ impl<'a> Weights<'a> {
         if expected != Some(bytes.len() as u64) {
             bail!("{}: tensor '{name}' in {ty} is {expected:?} bytes, not {}", self.path, bytes.len());
         }
-        Ok(Weights {
+        Ok(self.with_replacement(Replacement { index, ty, bytes, rows: None }))
+    }
+
+    /// [`Weights::replaced`] for some rows only: `bytes` holds rows `rows` (sorted, distinct) of
+    /// tensor `name` in `ty`, one after the other; every other row keeps the source's values.
+    /// For a forward that reads only those rows (the token embedding's rows of the tokens run,
+    /// the head rows a KL reads), the same as replacing the whole tensor, for the cost of
+    /// encoding only them.
+    ///
+    /// Errors: no tensor `name`, `ty` cannot hold its rows, `rows` is not sorted and distinct
+    /// within the tensor, or `bytes` is not their size in `ty`.
+    pub fn replaced_rows(
+        &self,
+        name: &str,
+        ty: GgmlType,
+        bytes: std::sync::Arc<Vec<u8>>,
+        rows: std::sync::Arc<Vec<u64>>,
+    ) -> Result<Weights<'a>> {
+        let index = self.index(name)?;
+        let r = &self.recipes[index];
+        if !rows.windows(2).all(|w| w[0] < w[1]) || rows.last().is_some_and(|&l| l >= r.n_rows()) {
+            bail!("{}: tensor '{name}': replaced rows must be sorted, distinct and below {}", self.path, r.n_rows());
+        }
+        let expected = ty.row_bytes(r.row_len()).map(|b| b * rows.len() as u64);
+        if expected != Some(bytes.len() as u64) {
+            bail!(
+                "{}: {} rows of tensor '{name}' in {ty} are {expected:?} bytes, not {}",
+                self.path,
+                rows.len(),
+                bytes.len()
+            );
+        }
+        Ok(self.with_replacement(Replacement { index, ty, bytes, rows: Some(rows) }))
+    }
+
+    fn with_replacement(&self, replacement: Replacement) -> Weights<'a> {
+        Weights {
             recipes: self.recipes.clone(),
             encoded: self.encoded.clone(),
             by_name: self.by_name.clone(),
             metadata: self.metadata.clone(),
             stored_types: self.stored_types.clone(),
             path: self.path.clone(),
-            replacement: Some((index, ty, bytes)),
-        })
+            replacement: Some(replacement),
+        }
     }
 
     /// Tensor names in file order.
@@ -134,20 +179,38 @@ impl<'a> Weights<'a> {
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
-        if let Some((index, ty, bytes)) = &self.replacement
-            && self.by_name.get(name) == Some(index)
+        if let Some(rep) = &self.replacement
+            && self.by_name.get(name) == Some(&rep.index)
         {
+            let decoding = || format!("{}: decoding the replaced tensor '{name}'", self.path);
             // `replaced` checked the size: every row is `row` bytes.
-            let row = (bytes.len() as u64 / r.n_rows().max(1)) as usize;
-            out.clear();
-            out.resize((count * r.row_len()) as usize, 0.0);
-            return crate::plan::transcode::to_f32(
-                *ty,
-                &bytes[first as usize * row..(first + count) as usize * row],
-                out,
-            )
-            .with_context(|| format!("{}: decoding the replaced tensor '{name}'", self.path));
+            let row = rep.ty.row_bytes(r.row_len()).unwrap_or(0) as usize;
+            let Some(rows) = &rep.rows else {
+                out.clear();
+                out.resize((count * r.row_len()) as usize, 0.0);
+                return crate::plan::transcode::to_f32(
+                    rep.ty,
+                    &rep.bytes[first as usize * row..(first + count) as usize * row],
+                    out,
+                )
+                .with_context(decoding);
+            };
+            // Some rows replaced: the source's rows, then the replaced ones over them.
+            self.source_rows(r, first, count, out)?;
+            let ne0 = r.row_len() as usize;
+            let from = rows.partition_point(|&x| x < first);
+            for (k, &x) in rows[from..].iter().take_while(|&&x| x < first + count).enumerate() {
+                let at = (x - first) as usize * ne0;
+                let src = &rep.bytes[(from + k) * row..(from + k + 1) * row];
+                crate::plan::transcode::to_f32(rep.ty, src, &mut out[at..at + ne0]).with_context(decoding)?;
+            }
+            return Ok(());
         }
+        self.source_rows(r, first, count, out)
+    }
+
+    /// Rows `first..first + count` of recipe `r` as the source holds them, into `out`.
+    fn source_rows(&self, r: &Recipe, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
             // In pieces that never straddle two stacked inputs.
             let pieces: Vec<(u64, u64)> = r

@@ -212,6 +212,47 @@ pub fn encode_whole(recipe: &Recipe, ty: GgmlType) -> Result<Option<(Vec<u8>, Me
     Ok(Some((all, m)))
 }
 
+/// Rows `rows` (sorted, distinct) of `recipe` encoded to `ty` by the writer's code, one after
+/// the other (for [`crate::model::weights::Weights::replaced_rows`]), and the type's
+/// importance-weighted error over the whole tensor, sampled as [`measure`] samples it. `None`
+/// when the type cannot hold the values. For a probe of a huge tensor of which a forward reads
+/// few rows (the token embedding, the head).
+///
+/// Errors: reading the input fails, or a quantizer fails on something other than an overflow.
+pub fn encode_rows(recipe: &Recipe, ty: GgmlType, rows: &[u64]) -> Result<Option<(Vec<u8>, Measured)>> {
+    let per = (PIECE_VALUES / recipe.row_len().max(1)).max(1);
+    // Runs of consecutive rows within one piece of the input (pieces never straddle stacked
+    // inputs), each at most `per` rows.
+    let bounds: Vec<u64> = recipe.pieces(u64::MAX, u64::MAX).iter().map(|p| p.0).collect();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &x in rows {
+        match runs.last_mut() {
+            Some((f, c)) if *f + *c == x && *c < per && !bounds.contains(&x) => *c += 1,
+            _ => runs.push((x, 1)),
+        }
+    }
+    let probe = recipe.clone().retype(ty);
+    let parts: Vec<Option<Vec<u8>>> = runs
+        .par_iter()
+        .map_init(Scratch::default, |scratch, &(first, count)| -> Result<Option<Vec<u8>>> {
+            let bytes = match probe.rows(first, count, scratch) {
+                Ok(b) => Some(b.to_vec()),
+                Err(e) if e.chain().any(|c| c.downcast_ref::<crate::plan::transcode::Overflow>().is_some()) => None,
+                Err(e) => return Err(e),
+            };
+            recipe.release(first, count);
+            Ok(bytes)
+        })
+        .collect::<Result<_>>()
+        .with_context(|| format!("quantizing rows of tensor '{}' to {ty}", recipe.spec.name))?;
+    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else { return Ok(None) };
+    let m = measure(&[(recipe, vec![ty])], true)?.into_iter().flatten().next();
+    match m {
+        Some(m) if m.error.is_finite() => Ok(Some((parts.concat(), m))),
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sample_pieces;

@@ -43,7 +43,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::GgmlType;
 
-use super::measure::encode_whole;
+use super::measure::{encode_rows, encode_whole};
 use crate::forward::Model;
 use crate::model::weights::Weights;
 use crate::plan::recipe::Recipe;
@@ -181,6 +181,23 @@ fn probed<'a>(cal: &Calibration<'_, 'a>, recipe: &Recipe, probe: GgmlType) -> Re
     Ok(Some((cal.weights.replaced(name, probe, Arc::new(bytes))?, m.relative())))
 }
 
+/// [`probed`] with only rows `rows` of the tensor quantized (the rest the source's): for the
+/// token embedding and the head, of which the forward reads only the calibration tokens' rows
+/// and the head rows the KL reads. The relative error is sampled over the whole tensor.
+fn probed_rows<'a>(
+    cal: &Calibration<'_, 'a>,
+    recipe: &Recipe,
+    probe: GgmlType,
+    rows: Vec<u64>,
+) -> Result<Option<(Weights<'a>, f64)>> {
+    let name = &recipe.spec.name;
+    if !cal.weights.has(name) {
+        return Ok(None);
+    }
+    let Some((bytes, m)) = encode_rows(recipe, probe, &rows)? else { return Ok(None) };
+    Ok(Some((cal.weights.replaced_rows(name, probe, Arc::new(bytes), Arc::new(rows))?, m.relative())))
+}
+
 /// `model` reading weights `w` (one tensor replaced), without probe or kept expert outputs.
 fn with_weights<'w, 'a>(model: &Model<'_, 'a>, w: &'w Weights<'a>) -> Model<'w, 'a> {
     Model { w, cfg: model.cfg.clone(), blocks: model.blocks, probe: None, keep_expert_out: false }
@@ -197,7 +214,23 @@ fn direct(
 ) -> Result<Sensitivity> {
     let name = &recipe.spec.name;
     let probe = probe_type(recipe.row_len());
-    let (kl, probe_error) = match probed(cal, recipe, probe)? {
+    // The forward reads only these rows of the embedding and the head.
+    let (is_embedding, is_head) = (name == "token_embd.weight", name == model.head_weight());
+    let measured = if is_embedding || is_head {
+        let mut rows: Vec<u64> = Vec::new();
+        if is_embedding {
+            rows.extend(run.tokens.iter().map(|&t| t as u64));
+        }
+        if is_head {
+            rows.extend(r.index.rows_read());
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        probed_rows(cal, recipe, probe, rows)?
+    } else {
+        probed(cal, recipe, probe)?
+    };
+    let (kl, probe_error) = match measured {
         Some((w, probe_error)) => {
             let changed = with_weights(model, &w);
             let (x, from) = match start {

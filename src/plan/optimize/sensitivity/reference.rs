@@ -83,6 +83,11 @@ pub(super) struct RowIndex {
 }
 
 impl RowIndex {
+    /// The head rows some position reads, ascending.
+    pub(super) fn rows_read(&self) -> impl Iterator<Item = u64> + '_ {
+        self.starts.windows(2).enumerate().filter(|(_, w)| w[1] > w[0]).map(|(v, _)| v as u64)
+    }
+
     fn new(ids: &[&[u32]], vocab: usize) -> RowIndex {
         let mut offsets = Vec::with_capacity(ids.len() + 1);
         offsets.push(0);
