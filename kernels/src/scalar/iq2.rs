@@ -171,10 +171,20 @@ fn search16<S: Searcher>(
     max: f32,
     l: &mut [i8; 16],
 ) -> Result<f32, GgmlAbort> {
-    let candidates: [(f32, f32); 19] = std::array::from_fn(|c| {
-        let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1) / max;
-        (id, 1.0 / id)
-    });
+    // The 19 divisions and reciprocals in plain loops over arrays (vectorized by the compiler:
+    // the same IEEE operations, element by element).
+    let mut ids = [0f32; 19];
+    for (c, id) in ids.iter_mut().enumerate() {
+        *id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1) / max;
+    }
+    let mut inverses = [0f32; 19];
+    for (inv, &id) in inverses.iter_mut().zip(&ids) {
+        *inv = 1.0 / id;
+    }
+    let mut candidates = [(0f32, 0f32); 19];
+    for (c, pair) in candidates.iter_mut().enumerate() {
+        *pair = (ids[c], inverses[c]);
+    }
     let mut ev = Evaluation::default();
     s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
