@@ -357,6 +357,66 @@ fn nearest_per_lane<const N: usize>(
     Ok(())
 }
 
+/// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
+/// of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first additions,
+/// as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up, then the other
+/// five terms added in order.
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane_prefix<const N: usize>(
+    terms: &[[__m256; 8]; N],
+    list: List<'_>,
+    lanes: i32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    assert!(N == 8);
+    let len = list.indices.len();
+    let rows = &list.prefix[..8 * len];
+    let mut t012 = [_mm256_setzero_ps(); 32];
+    for a in 0..3 {
+        for b in 0..3 {
+            let ab = _mm256_add_ps(terms[0][a], terms[1][b]);
+            for c in 0..3 {
+                t012[9 * a + 3 * b + c] = _mm256_add_ps(ab, terms[2][c]);
+            }
+        }
+    }
+    let (t012, rest): (*const u8, *const u8) = (t012.as_ptr().cast(), terms.as_ptr().cast());
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(-1);
+    let mut at = _mm256_setzero_si256();
+    let one = _mm256_set1_epi32(1);
+    for row in rows.chunks_exact(8) {
+        // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
+        // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i` plus
+        // 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The table's
+        // entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the masks keep.
+        let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
+        for i in 3..8 {
+            // SAFETY: as above.
+            let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
+            d2 = _mm256_add_ps(d2, term);
+        }
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
+        // search. Lanes outside `lanes` search too; their results are not read.
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+        best = _mm256_min_ps(d2, best);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+        at = _mm256_add_epi32(at, one);
+    }
+    let at = i32s(best_at);
+    for lane in 0..8 {
+        if lanes & (1 << lane) == 0 {
+            continue;
+        }
+        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+        for (i, row) in codes.iter_mut().enumerate().take(N) {
+            row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+        }
+    }
+    Ok(())
+}
+
 /// Byte `j` of `SPREAD[m]` is bit `j` of `m`: a lane mask as one bit per lane's byte.
 const SPREAD: [u64; 256] = {
     let mut t = [0u64; 256];
@@ -467,7 +527,11 @@ fn evaluate<const N: usize>(
                 }
             } else {
                 lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
-                nearest_per_lane::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                if list.prefix.is_empty() {
+                    nearest_per_lane::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                } else {
+                    nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                }
             }
         }
     }
