@@ -211,6 +211,11 @@ impl Searcher for Avx2 {
         unsafe { evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out, scratch) }
     }
 
+    fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+        // SAFETY: as above.
+        unsafe { candidates(numerators, max, out) }
+    }
+
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
         // SAFETY: as above.
         unsafe { iq1s_split(sumx, sumw) }
@@ -219,6 +224,21 @@ impl Searcher for Avx2 {
     fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
         // SAFETY: as above.
         unsafe { iq1m_split(px, pw) }
+    }
+}
+
+/// [`Searcher::candidates`], 8 divisions at a time.
+#[target_feature(enable = "avx2")]
+fn candidates(numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+    let (maxv, one) = (_mm256_set1_ps(max), _mm256_set1_ps(1.0));
+    for (nums, out) in numerators.chunks(8).zip(out.chunks_mut(8)) {
+        let mut padded = [1f32; 8];
+        padded[..nums.len()].copy_from_slice(nums);
+        let id = _mm256_div_ps(load8(&padded), maxv);
+        let (ids, inverses) = (f32s(id), f32s(_mm256_div_ps(one, id)));
+        for (k, slot) in out.iter_mut().enumerate().take(nums.len()) {
+            *slot = (ids[k], inverses[k]);
+        }
     }
 }
 
@@ -410,8 +430,12 @@ fn nearest_per_lane_prefix<const N: usize>(
             continue;
         }
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        for (i, row) in codes.iter_mut().enumerate().take(N) {
-            row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`).
+        let row = &rows[8 * k..8 * k + 8];
+        let first3 = (row[0] >> 2) as i32;
+        let levels = [first3 / 9, first3 / 3 % 3, first3 % 3];
+        for (i, out) in codes.iter_mut().enumerate().take(N) {
+            out[base + lane] = if i < 3 { levels[i] } else { (row[i - 2] >> 2) as i32 };
         }
     }
     Ok(())
