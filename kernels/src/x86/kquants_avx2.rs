@@ -597,18 +597,20 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
         *l = [0; 16];
         return 0.0;
     }
-    // Lane 0: the first guess -nmax/max; then is = -9..=-1, 1..=9: -(nmax + 0.1 is)/max.
-    let mut numerators = [0f32; 24];
-    numerators[0] = -(nmax as f32);
-    for (c, is) in (-9i32..=9).filter(|&is| is != 0).enumerate() {
-        numerators[c + 1] = -(nmax as f32 + 0.1 * is as f32);
-    }
+    // Lane 0: the first guess -nmax/max (is = 0: -(nmax + 0.1·0) is -nmax); then
+    // is = -9..=-1, 1..=9: -(nmax + 0.1 is)/max, the numerators formed in lanes.
+    const IS: [[f32; 8]; 3] = [
+        [0.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0],
+        [-2.0, -1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        [7.0, 8.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ];
     let maxv = splat(max);
-    // SAFETY: `numerators` holds 24 f32; unaligned loads.
     let mut iscale = [_mm256_setzero_ps(); 3];
     for (k, v) in iscale.iter_mut().enumerate() {
-        // SAFETY: as above.
-        *v = _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv);
+        // SAFETY: `IS[k]` holds 8 f32; unaligned load.
+        let is = unsafe { _mm256_loadu_ps(IS[k].as_ptr()) };
+        let numerator = _mm256_sub_ps(splat(-0.0), _mm256_add_ps(splat(nmax as f32), _mm256_mul_ps(splat(0.1), is)));
+        *v = _mm256_div_ps(numerator, maxv);
     }
     let zero = _mm256_setzero_ps();
     let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);
