@@ -100,7 +100,7 @@ def main():
     w = sample_weights()
     ours, theirs = {}, {}
     for r in range(args.rounds):
-        p = subprocess.run([args.moeq, "bench", "kernels", "--json", "--size", str(args.size)],
+        p = subprocess.run([args.moeq, "bench", "kernels", "--json", "--size", str(args.size), "--types", args.types],
                            check=True, capture_output=True, text=True)
         for row in json.loads(p.stdout):
             if row["type"] in names and row["op"].startswith("quantize"):

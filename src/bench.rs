@@ -80,12 +80,12 @@ pub fn sample_weights() -> Vec<f32> {
     (0..ROW).map(|i| if i % 61 == 0 { 0.0 } else { (((i * 7919) % 1000) as f32 / 250.0).exp2() * 0.1 }).collect()
 }
 
-fn bench_backend(b: &Backend, x: &[f32], budget: Duration, rows: &mut Vec<BenchRow>) {
+fn bench_backend(b: &Backend, x: &[f32], budget: Duration, only: &[QuantType], rows: &mut Vec<BenchRow>) {
     let f32_bytes = x.len() * 4;
     let weights = sample_weights();
     let mut push =
         |ty, kernel, op, t| rows.push(BenchRow { ty, backend: b.name, kernel, op, gbps: gbps(f32_bytes, t) });
-    for ty in QuantType::ALL {
+    for ty in QuantType::ALL.into_iter().filter(|t| only.is_empty() || only.contains(t)) {
         let kernels = b.kernels(ty);
         let mut q = vec![0u8; ty.bytes_for(x.len())];
         if let Some(k) = kernels.quantize {
@@ -110,6 +110,9 @@ fn bench_backend(b: &Backend, x: &[f32], budget: Duration, rows: &mut Vec<BenchR
         let t = best_time(budget, || b.dequantize(ty, &q, &mut y).expect("whole blocks"));
         push(ty.name(), kernels.dequantize.origin, "dequantize", t);
     }
+    if !only.is_empty() {
+        return;
+    }
     let c = &b.conversions;
     let h: Vec<u16> = x.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
     let mut y = vec![0f32; x.len()];
@@ -133,13 +136,14 @@ fn half_bits(v: f32) -> u16 {
     if exp <= 0 { sign as u16 } else { (sign | (exp.min(30) as u32) << 10 | (bits >> 13) & 0x3ff) as u16 }
 }
 
-/// Measures every kernel on `size` bytes of f32 data, on every backend.
-pub fn bench_kernels(size: usize, budget: Duration) -> Vec<BenchRow> {
+/// Measures every kernel on `size` bytes of f32 data, on every backend; with `only` not empty,
+/// only those block types' kernels (and no conversions).
+pub fn bench_kernels(size: usize, budget: Duration, only: &[QuantType]) -> Vec<BenchRow> {
     let n = (size / 4 / 256).max(1) * 256;
     let x = sample_values(n);
     let mut rows = Vec::new();
     for b in available() {
-        bench_backend(b, &x, budget, &mut rows);
+        bench_backend(b, &x, budget, only, &mut rows);
     }
     rows
 }

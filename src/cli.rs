@@ -250,6 +250,10 @@ pub enum BenchTarget {
         /// Bytes of f32 data per measurement.
         #[arg(long, default_value_t = 16 << 20)]
         size: usize,
+        /// Measure only these block types (comma-separated ggml names, e.g. `IQ2_XS,Q3_K`) and
+        /// no conversions.
+        #[arg(long, value_name = "TYPES", value_delimiter = ',')]
+        types: Vec<String>,
     },
 }
 

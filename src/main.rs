@@ -8,6 +8,7 @@ use moeq::plan::convert::{ConvertOptions, Format, convert};
 use moeq::plan::mlx::{MlxOptions, MlxType, parse_override};
 use moeq::plan::quant_plan::Ftype;
 use moeq::source::Source;
+use moeq_kernels::QuantType;
 
 /// Exit status for errors (bad input, I/O); 1 is kept for "ran, but a check failed".
 const EXIT_ERROR: u8 = 2;
@@ -220,8 +221,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokens / seconds.max(1e-9)
             );
         }
-        Command::Bench { what: BenchTarget::Kernels { json, size } } => {
-            let rows = bench_kernels(size, std::time::Duration::from_millis(300));
+        Command::Bench { what: BenchTarget::Kernels { json, size, types } } => {
+            let mut only = Vec::new();
+            for name in &types {
+                match QuantType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
+                    Some(t) => only.push(t),
+                    None => anyhow::bail!("moeq bench kernels: unknown block type {name:?} in --types"),
+                }
+            }
+            let rows = bench_kernels(size, std::time::Duration::from_millis(300), &only);
             if json {
                 let list: Vec<_> = rows
                     .iter()

@@ -406,7 +406,8 @@ impl Backend {
     /// Quantizes rows of `n_per_row` values with importance weights (an imatrix row: one
     /// weight per column), as ggml's `ggml_quantize_chunk` does when given `quant_weights`.
     /// Q8_0, MXFP4, TQ1_0 and TQ2_0 ignore the weights, as in ggml. Refuses NaN and
-    /// infinities, and an i-quant super-block on which ggml's quantizer aborts.
+    /// infinities, and an i-quant super-block on which ggml's quantizer aborts (the rows before
+    /// the refused piece may already be written, as with [`Backend::quantize`]).
     pub fn quantize_weighted(
         &self,
         ty: QuantType,
@@ -428,18 +429,31 @@ impl Backend {
             let what = format!("{} weights for rows of {n_per_row} values", weights.len());
             return Err(KernelError::Length { ty: ty.name(), what });
         }
-        if let Some((index, value)) = first_non_finite(src) {
-            return Err(KernelError::NonFinite { index, value });
-        }
         if let Some((index, value)) =
             first_non_finite(weights).or(weights.iter().position(|w| *w < 0.0).map(|i| (i, weights[i])))
         {
-            return Err(KernelError::BadWeight { index, value });
+            // A value that is not finite is named first.
+            return Err(match first_non_finite(src) {
+                Some((index, value)) => KernelError::NonFinite { index, value },
+                None => KernelError::BadWeight { index, value },
+            });
         }
-        match kernels.quantize_weighted {
-            Some(k) => (k.run)(ty, src, dst, n_per_row, weights).map_err(|r| refused(ty, r, src, 0)),
-            None => self.quantize(ty, src, dst),
+        let Some(k) = kernels.quantize_weighted else {
+            return self.quantize(ty, src, dst);
+        };
+        // Whole rows at a time, at least STEP values: each piece is checked for NaN and
+        // infinities just before it is quantized, while it is in cache (the first one met is
+        // named, as a check of everything first would name it; pieces before it are written).
+        let rows = (STEP / n_per_row).max(1);
+        let row_bytes = ty.bytes_for(n_per_row);
+        for (i, (x, y)) in src.chunks(rows * n_per_row).zip(dst.chunks_mut(rows * row_bytes)).enumerate() {
+            let offset = i * rows * n_per_row;
+            if let Some((index, value)) = first_non_finite(x) {
+                return Err(KernelError::NonFinite { index: offset + index, value });
+            }
+            (k.run)(ty, x, y, n_per_row, weights).map_err(|r| refused(ty, r, x, offset))?;
         }
+        Ok(())
     }
 
     /// Dequantizes `src` (whole blocks) into `dst` (exactly its value count).

@@ -183,6 +183,40 @@ fn wide_rows_match_scalar() {
     }
 }
 
+/// With weights, rows are checked piece by piece as they are quantized: the first NaN or
+/// infinity is still the one named (here past the first pieces), and a value that is not finite
+/// is named before a bad weight.
+#[test]
+fn non_finite_weighted_input_is_refused_at_its_index() {
+    let (rows, width) = (12, 4096);
+    let w = vec![1.0f32; width];
+    for b in available() {
+        for ty in quantizable() {
+            let mut x: Vec<f32> = (0..rows * width).map(|i| ((i % 97) as f32 - 48.0) * 0.01).collect();
+            x[9 * width + 300] = f32::NAN;
+            x[10 * width + 5] = f32::INFINITY;
+            let mut y = vec![0u8; ty.bytes_for(x.len())];
+            let err = b.quantize_weighted(ty, &x, &mut y, width, &w).unwrap_err();
+            let want = 9 * width + 300;
+            assert!(
+                matches!(err, KernelError::NonFinite { index, .. } if index == want),
+                "{} {}: {err}",
+                b.name,
+                ty.name()
+            );
+            let mut neg = w.clone();
+            neg[7] = -1.0;
+            let err = b.quantize_weighted(ty, &x, &mut y, width, &neg).unwrap_err();
+            assert!(
+                matches!(err, KernelError::NonFinite { index, .. } if index == want),
+                "{} {}: {err}",
+                b.name,
+                ty.name()
+            );
+        }
+    }
+}
+
 #[test]
 fn non_finite_input_is_refused() {
     for b in available() {

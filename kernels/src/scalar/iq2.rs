@@ -112,10 +112,9 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
             scales[ib] = 0.0;
             continue;
         }
-        let candidates: [(f32, f32); 13] = std::array::from_fn(|c| {
-            let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1) / eff_max;
-            (id, 1.0 / id)
-        });
+        let numerators: [f32; 13] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1);
+        let mut candidates = [(0f32, 0f32); 13];
+        s.candidates(&numerators, eff_max, &mut candidates);
         let mut ev = Evaluation::default();
         s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut ev)?;
         if let Some((c, sc)) = ev.choose(13) {
@@ -171,10 +170,9 @@ fn search16<S: Searcher>(
     max: f32,
     l: &mut [i8; 16],
 ) -> Result<f32, GgmlAbort> {
-    let candidates: [(f32, f32); 19] = std::array::from_fn(|c| {
-        let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1) / max;
-        (id, 1.0 / id)
-    });
+    let numerators: [f32; 19] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1);
+    let mut candidates = [(0f32, 0f32); 19];
+    s.candidates(&numerators, max, &mut candidates);
     let mut ev = Evaluation::default();
     s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;

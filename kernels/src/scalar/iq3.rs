@@ -67,11 +67,12 @@ fn search32<S: Searcher>(
     l: &mut [i8; 32],
 ) -> Result<f32, GgmlAbort> {
     let n = (2 * p.steps + 1) as usize;
-    let mut candidates = [(0f32, 0f32); 31];
-    for (c, slot) in candidates[..n].iter_mut().enumerate() {
-        let id = ((2 * KMAXQ - 1) as f32 + (c as i32 - p.steps) as f32 * 0.2) / max;
-        *slot = (id, 1.0 / id);
+    let mut numerators = [0f32; 31];
+    for (c, v) in numerators[..n].iter_mut().enumerate() {
+        *v = (2 * KMAXQ - 1) as f32 + (c as i32 - p.steps) as f32 * 0.2;
     }
+    let mut candidates = [(0f32, 0f32); 31];
+    s.candidates(&numerators[..n], max, &mut candidates[..n]);
     let mut ev = Evaluation::default();
     s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;

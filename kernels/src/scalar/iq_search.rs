@@ -98,6 +98,16 @@ pub trait Searcher {
         out: &mut Evaluation,
     ) -> Result<(), GgmlAbort>;
 
+    /// The candidate scales `(id, 1 / id)` with `id = numerators[c] / max`, into
+    /// `out[..numerators.len()]` (IEEE divisions, so every implementation gives the same
+    /// values; SIMD backends divide 8 at a time).
+    fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+        for (slot, &n) in out.iter_mut().zip(numerators) {
+            let id = n / max;
+            *slot = (id, 1.0 / id);
+        }
+    }
+
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best
     /// `(i1, i2, shift, scale)` as `quantize_row_iq1_s_impl` finds it, or `None`.
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)>;

@@ -47,6 +47,10 @@ pub struct Lattice<const N: usize> {
     /// The same points' levels `(position − 1) / 2`, by chunks of 8 neighbours: `N` rows of 8
     /// bytes per chunk (for SIMD searches).
     levels: Vec<u8>,
+    /// For the 8-coordinate 2-bit grids (else empty), the same points neighbour by neighbour
+    /// in 8 bytes (padded as `neighbours`): `4·(9·l0 + 3·l1 + l2)`, then `4·l` for coordinates
+    /// 3..8, then 0 (for SIMD searches that look the first three coordinates up together).
+    prefix: Vec<u8>,
 }
 
 /// A neighbour list.
@@ -56,6 +60,10 @@ pub struct List<'a> {
     pub indices: &'a [u16],
     /// Their levels by chunks of 8 (`N` rows of 8 bytes per chunk; the last chunk padded).
     pub levels: &'a [u8],
+    /// For the 8-coordinate 2-bit grids (else empty), their levels neighbour by neighbour, 8
+    /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
+    /// 0; the last chunk of 8 padded with zeros.
+    pub prefix: &'a [u8],
 }
 
 /// Where a packed code falls.
@@ -69,8 +77,8 @@ pub enum Lookup<'a> {
 impl<const N: usize> Lattice<N> {
     /// Builds the tables from a compressed grid (`bits` per coordinate), keeping for off-grid
     /// codes whose coordinates are all at most `max_digit` the points at the `nwant` smallest
-    /// distances.
-    fn build(kgrid: &[u16], bits: u32, kmap_size: usize, nwant: usize, max_digit: usize) -> Self {
+    /// distances; `with_prefix`: also the `prefix` rows (8-coordinate grids of levels 0..3).
+    fn build(kgrid: &[u16], bits: u32, kmap_size: usize, nwant: usize, max_digit: usize, with_prefix: bool) -> Self {
         let mask = (1usize << bits) - 1;
         let grid: Vec<[i8; N]> = kgrid
             .iter()
@@ -82,7 +90,9 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let (mut lists, mut neighbours, mut levels) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut lists, mut neighbours, mut levels, mut prefix) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
+        let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
         let columns: [Vec<i16>; N] = std::array::from_fn(|k| grid.iter().map(|p| p[k] as i16).collect());
         let mut dist = vec![0i16; grid.len()];
@@ -120,16 +130,25 @@ impl<const N: usize> Lattice<N> {
                 let mut rows = [[0u8; 8]; N];
                 for (lane, &(_, j)) in chunk.iter().enumerate() {
                     neighbours.push(j);
+                    if with_prefix {
+                        let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
+                        prefix.push(4 * (9 * l[0] + 3 * l[1] + l[2]));
+                        prefix.extend(l[3..].iter().map(|&l| 4 * l));
+                        prefix.resize(prefix.len().next_multiple_of(8), 0);
+                    }
                     for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
                         row[lane] = ((p - 1) / 2) as u8;
                     }
                 }
                 neighbours.resize(neighbours.len().next_multiple_of(8), 0);
+                if with_prefix {
+                    prefix.resize(8 * neighbours.len(), 0);
+                }
                 levels.extend(rows.iter().flatten());
             }
         }
         let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
-        Lattice { grid, grid_f32, map, lists, neighbours, levels }
+        Lattice { grid, grid_f32, map, lists, neighbours, levels, prefix }
     }
 
     /// The raw code map: grid index (≥ 0), −(list+1), or `i32::MIN`.
@@ -147,6 +166,7 @@ impl<const N: usize> Lattice<N> {
         List {
             indices: &self.neighbours[start..start + len],
             levels: &self.levels[start * N..(start + 8 * chunks) * N],
+            prefix: if self.prefix.is_empty() { &[] } else { &self.prefix[8 * start..8 * (start + 8 * chunks)] },
         }
     }
 
@@ -155,7 +175,7 @@ impl<const N: usize> Lattice<N> {
     pub fn lookup(&self, code: usize) -> Lookup<'_> {
         match self.map.get(code).copied().unwrap_or(i32::MIN) {
             g if g >= 0 => Lookup::OnGrid(g as u16),
-            i32::MIN => Lookup::Near(List { indices: &[], levels: &[] }),
+            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[] }),
             g => Lookup::Near(self.list((-(g + 1)) as usize)),
         }
     }
@@ -176,38 +196,38 @@ const KMAP_2BIT: usize = 43692;
 const KMAP_3BIT: usize = 4096;
 
 macro_rules! lattice {
-    ($(#[$doc:meta])* $name:ident: $n:literal, $kgrid:expr, $bits:expr, $kmap:expr, $nwant:expr, $max_digit:expr) => {
+    ($(#[$doc:meta])* $name:ident: $n:literal, $kgrid:expr, $bits:expr, $kmap:expr, $nwant:expr, $max_digit:expr, $prefix:expr) => {
         $(#[$doc])*
         pub fn $name() -> &'static Lattice<$n> {
             static TABLE: OnceLock<Lattice<$n>> = OnceLock::new();
-            TABLE.get_or_init(|| Lattice::build(&$kgrid, $bits, $kmap, $nwant, $max_digit))
+            TABLE.get_or_init(|| Lattice::build(&$kgrid, $bits, $kmap, $nwant, $max_digit, $prefix))
         }
     };
 }
 
 lattice!(
     /// IQ2_XXS: 256 points, 2 nearest distances.
-    iq2_xxs: 8, KGRID_2BIT_256, 2, KMAP_2BIT, 2, 2
+    iq2_xxs: 8, KGRID_2BIT_256, 2, KMAP_2BIT, 2, 2, true
 );
 lattice!(
     /// IQ2_XS: 512 points, 2 nearest distances.
-    iq2_xs: 8, KGRID_2BIT_512, 2, KMAP_2BIT, 2, 2
+    iq2_xs: 8, KGRID_2BIT_512, 2, KMAP_2BIT, 2, 2, true
 );
 lattice!(
     /// IQ2_S: 1024 points, the nearest distance only.
-    iq2_s: 8, KGRID_2BIT_1024, 2, KMAP_2BIT, 1, 2
+    iq2_s: 8, KGRID_2BIT_1024, 2, KMAP_2BIT, 1, 2, true
 );
 lattice!(
     /// IQ1_S and IQ1_M (one table in ggml): 2048 points, 3 nearest distances.
-    iq1: 8, KGRID_1BIT_2048, 2, KMAP_2BIT, 3, 2
+    iq1: 8, KGRID_1BIT_2048, 2, KMAP_2BIT, 3, 2, false
 );
 lattice!(
     /// IQ3_XXS: 256 points of 4 coordinates, 2 nearest distances.
-    iq3_xxs: 4, KGRID_3BIT_256, 3, KMAP_3BIT, 2, 7
+    iq3_xxs: 4, KGRID_3BIT_256, 3, KMAP_3BIT, 2, 7, false
 );
 lattice!(
     /// IQ3_S: 512 points of 4 coordinates, 3 nearest distances.
-    iq3_s: 4, KGRID_3BIT_512, 3, KMAP_3BIT, 3, 7
+    iq3_s: 4, KGRID_3BIT_512, 3, KMAP_3BIT, 3, 7, false
 );
 
 #[cfg(test)]
@@ -260,10 +280,14 @@ mod tests {
                     assert!(!n.indices.is_empty());
                     assert!(n.indices.windows(2).all(|w| w[0] != w[1]));
                     for (k, &j) in n.indices.iter().enumerate() {
+                        let mut levels = [0u8; 8];
                         for c in 0..8 {
-                            let level = n.levels[(k / 8) * 64 + c * 8 + k % 8];
-                            assert_eq!(2 * level as i8 + 1, l.grid[j as usize][c]);
+                            levels[c] = n.levels[(k / 8) * 64 + c * 8 + k % 8];
+                            assert_eq!(2 * levels[c] as i8 + 1, l.grid[j as usize][c]);
                         }
+                        let p = &n.prefix[8 * k..8 * k + 8];
+                        assert_eq!(p[0], 4 * (9 * levels[0] + 3 * levels[1] + levels[2]));
+                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l) && p[6..] == [0, 0]);
                     }
                 }
             }

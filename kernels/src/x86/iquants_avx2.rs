@@ -19,6 +19,7 @@
 //! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 use super::avx2::lanes as f32s;
 use super::kquants_avx2::{clamp, nearest_int};
@@ -31,7 +32,39 @@ use crate::scalar::{iquants, ternary};
 
 /// The AVX2 searches. Only this module makes one, inside `#[target_feature(enable = "avx2")]`
 /// functions (which only run where AVX2 was detected).
-pub(crate) struct Avx2(());
+pub(crate) struct Avx2 {
+    /// [`evaluate`]'s working arrays, kept from call to call (zeroing them per call cost more
+    /// than a tenth of the IQ2_XS quantizer's time).
+    scratch: RefCell<Scratch>,
+}
+
+impl Avx2 {
+    /// Only called where AVX2 was detected (see the type).
+    fn new() -> Self {
+        Avx2 { scratch: RefCell::new(Scratch::default()) }
+    }
+}
+
+/// Candidates [`evaluate`] handles at most, plus room for a window of 8 lanes past the last.
+const ROW: usize = 32 + 8;
+
+/// [`evaluate`]'s working arrays. Entries not written by the current call may hold an earlier
+/// call's values; [`evaluate`] reads only entries it wrote, except in windows of 8 lanes whose
+/// lanes past the last candidate it masks off.
+struct Scratch {
+    /// `codes[i][c]`: value i's code for candidate c.
+    codes: [[i32; ROW]; 32],
+    /// Per group, each candidate's packed code.
+    packed: [[i32; ROW]; 8],
+    /// Per group, each candidate's code map entry.
+    entries: [[i32; ROW]; 8],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW]; 8], entries: [[0; ROW]; 8] }
+    }
+}
 
 /// IQ2_S, IQ3_XXS, IQ3_S, IQ1_M (and, refusing, the types that need weights) without
 /// importance weights, with the AVX2 searches; refuses NaN and infinities.
@@ -40,14 +73,14 @@ pub(super) fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> Result<(), Ref
     if crate::backend::first_non_finite(x).is_some() {
         return Err(Refusal::NonFinite);
     }
-    iquants::quantize(&Avx2(()), ty, x, y, None)
+    iquants::quantize(&Avx2::new(), ty, x, y, None)
 }
 
 /// The i-quants with importance weights `qw` (a row's worth), with the AVX2 searches; values
 /// finite.
 #[target_feature(enable = "avx2")]
 pub(super) fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], qw: &[f32]) -> Result<(), Refusal> {
-    iquants::quantize_rows(&Avx2(()), ty, x, y, qw)
+    iquants::quantize_rows(&Avx2::new(), ty, x, y, qw)
 }
 
 /// `dl·(grid[j] + delta)` for the 8 values of an IQ1 grid entry, into `y[..8]`.
@@ -167,8 +200,20 @@ impl Searcher for Avx2 {
         groups: u8,
         out: &mut Evaluation,
     ) -> Result<(), GgmlAbort> {
+        // Not re-entered, so the scratch is free; were it not, a fresh one does the same.
+        let mut fresh = None;
+        let mut held = self.scratch.try_borrow_mut().ok();
+        let scratch = match held.as_deref_mut() {
+            Some(s) => s,
+            None => fresh.insert(Scratch::default()),
+        };
         // SAFETY: as above.
-        unsafe { evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out) }
+        unsafe { evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out, scratch) }
+    }
+
+    fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+        // SAFETY: as above.
+        unsafe { candidates(numerators, max, out) }
     }
 
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
@@ -179,6 +224,21 @@ impl Searcher for Avx2 {
     fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
         // SAFETY: as above.
         unsafe { iq1m_split(px, pw) }
+    }
+}
+
+/// [`Searcher::candidates`], 8 divisions at a time.
+#[target_feature(enable = "avx2")]
+fn candidates(numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+    let (maxv, one) = (_mm256_set1_ps(max), _mm256_set1_ps(1.0));
+    for (nums, out) in numerators.chunks(8).zip(out.chunks_mut(8)) {
+        let mut padded = [1f32; 8];
+        padded[..nums.len()].copy_from_slice(nums);
+        let id = _mm256_div_ps(load8(&padded), maxv);
+        let (ids, inverses) = (f32s(id), f32s(_mm256_div_ps(one, id)));
+        for (k, slot) in out.iter_mut().enumerate().take(nums.len()) {
+            *slot = (ids[k], inverses[k]);
+        }
     }
 }
 
@@ -197,6 +257,14 @@ fn load8(x: &[f32]) -> __m256 {
     assert!(x.len() >= 8);
     // SAFETY: at least 8 f32 are readable (checked above).
     unsafe { _mm256_loadu_ps(x.as_ptr()) }
+}
+
+/// 8 i32 from a slice of at least 8.
+#[target_feature(enable = "avx2")]
+fn load8i(x: &[i32]) -> __m256i {
+    assert!(x.len() >= 8);
+    // SAFETY: at least 8 i32 are readable (checked above).
+    unsafe { _mm256_loadu_si256(x.as_ptr().cast()) }
 }
 
 /// 8 levels (bytes) widened to i32.
@@ -264,14 +332,15 @@ fn lane_terms<const N: usize>(x: &[f32], w: &[f32], scales: __m256, levels: usiz
 
 /// The nearest neighbour in `list` for each lane in `lanes` (bit mask), each at its own scale
 /// (whose distance terms are `terms`, from [`lane_terms`]), scanning the list in order with a
-/// strict less-than per lane, as the scalar search does lane by lane; the winners' codes go to
-/// `codes` (rows of the group's values).
+/// strict less-than per lane, as the scalar search does lane by lane; lane j's winner's codes go
+/// to `codes[i][base + j]` (rows of the group's values).
 #[target_feature(enable = "avx2")]
 fn nearest_per_lane<const N: usize>(
     terms: &[[__m256; 8]; N],
     list: List<'_>,
     lanes: i32,
-    codes: &mut [[i32; 8]],
+    codes: &mut [[i32; ROW]],
+    base: usize,
 ) -> Result<(), GgmlAbort> {
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
@@ -302,7 +371,71 @@ fn nearest_per_lane<const N: usize>(
         }
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
         for (i, row) in codes.iter_mut().enumerate().take(N) {
-            row[lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+            row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+        }
+    }
+    Ok(())
+}
+
+/// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
+/// of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first additions,
+/// as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up, then the other
+/// five terms added in order.
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane_prefix<const N: usize>(
+    terms: &[[__m256; 8]; N],
+    list: List<'_>,
+    lanes: i32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    assert!(N == 8);
+    let len = list.indices.len();
+    let rows = &list.prefix[..8 * len];
+    let mut t012 = [_mm256_setzero_ps(); 32];
+    for a in 0..3 {
+        for b in 0..3 {
+            let ab = _mm256_add_ps(terms[0][a], terms[1][b]);
+            for c in 0..3 {
+                t012[9 * a + 3 * b + c] = _mm256_add_ps(ab, terms[2][c]);
+            }
+        }
+    }
+    let (t012, rest): (*const u8, *const u8) = (t012.as_ptr().cast(), terms.as_ptr().cast());
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(-1);
+    let mut at = _mm256_setzero_si256();
+    let one = _mm256_set1_epi32(1);
+    for row in rows.chunks_exact(8) {
+        // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
+        // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i` plus
+        // 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The table's
+        // entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the masks keep.
+        let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
+        for i in 3..8 {
+            // SAFETY: as above.
+            let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
+            d2 = _mm256_add_ps(d2, term);
+        }
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
+        // search. Lanes outside `lanes` search too; their results are not read.
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+        best = _mm256_min_ps(d2, best);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+        at = _mm256_add_epi32(at, one);
+    }
+    let at = i32s(best_at);
+    for lane in 0..8 {
+        if lanes & (1 << lane) == 0 {
+            continue;
+        }
+        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`).
+        let row = &rows[8 * k..8 * k + 8];
+        let first3 = (row[0] >> 2) as i32;
+        let levels = [first3 / 9, first3 / 3 % 3, first3 % 3];
+        for (i, out) in codes.iter_mut().enumerate().take(N) {
+            out[base + lane] = if i < 3 { levels[i] } else { (row[i - 2] >> 2) as i32 };
         }
     }
     Ok(())
@@ -323,7 +456,11 @@ const SPREAD: [u64; 256] = {
     t
 };
 
-/// [`Searcher::evaluate`] with lanes as candidates.
+/// [`Searcher::evaluate`] with lanes as candidates. Codes are formed and looked up 8
+/// candidates at a time; then, group by group, the candidates whose codes fell off the grid on
+/// the same code share neighbour scans, 8 consecutive candidates at a time from the first not
+/// yet done (a group's codes only grow with the candidate's `id`, so equal codes are runs of
+/// consecutive candidates, and a run shares its scans even across chunks of 8).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 fn evaluate<const N: usize>(
@@ -335,80 +472,100 @@ fn evaluate<const N: usize>(
     candidates: &[(f32, f32)],
     groups: u8,
     out: &mut Evaluation,
+    scratch: &mut Scratch,
 ) -> Result<(), GgmlAbort> {
     let n = xval.len();
-    assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && candidates.len() <= 32);
+    let count = candidates.len();
+    assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && count <= 32);
     let map = t.map();
     // The largest packed code the clamped codes can form must be inside the map (gathers).
     let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
     assert!(top < map.len(), "code map too small");
     let (one, half) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5));
-    let mut terms = [[_mm256_setzero_ps(); 8]; N];
-    for (chunk, cands) in candidates.chunks(8).enumerate() {
-        let m = cands.len();
-        let ids: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].0);
-        let scales: [f32; 8] = std::array::from_fn(|k| cands[k.min(m - 1)].1);
-        let (idv, scalev) = (load8(&ids), load8(&scales));
-        let mut codes = [[0i32; 8]; 32];
+    // Candidate c's id and scale at position c (past the last: copies of it, so that any
+    // window of 8 can be loaded).
+    let mut ids = [0f32; ROW];
+    let mut scales = [0f32; ROW];
+    for k in 0..ROW {
+        (ids[k], scales[k]) = candidates[k.min(count - 1)];
+    }
+    let Scratch { codes, packed, entries } = scratch;
+    // Per group, the candidates whose codes are off the grid.
+    let mut off_grid = [0u32; 8];
+    let mut on_grid = [0u8; ROW];
+    let store = |row: &mut [i32; ROW], at: usize, v: __m256i| {
+        // SAFETY: `at + 8 ≤ ROW` (at is a multiple of 8 below 32).
+        unsafe { _mm256_storeu_si256(row.as_mut_ptr().add(at).cast(), v) }
+    };
+    for chunk in 0..count.div_ceil(8) {
+        let at = 8 * chunk;
+        let live = ((1u32 << (count - at).min(8)) - 1) as i32;
+        let idv = load8(&ids[at..]);
         for i in 0..n {
             let v = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, _mm256_set1_ps(xval[i])), one));
-            let q = clamp(nearest_int(v), c.kmax - 1);
-            // SAFETY: `codes[i]` has room for 8 i32.
-            unsafe { _mm256_storeu_si256(codes[i].as_mut_ptr().cast(), q) };
+            store(&mut codes[i], at, clamp(nearest_int(v), c.kmax - 1));
         }
-        let live = (1i32 << m) - 1;
-        let mut on_grid = 0u64;
         for k in 0..n / N {
             if groups & (1 << k) == 0 {
                 continue;
             }
             let mut u = _mm256_setzero_si256();
             for j in 0..N {
-                // SAFETY: `codes[N·k+j]` holds 8 i32.
-                let q = unsafe { _mm256_loadu_si256(codes[N * k + j].as_ptr().cast()) };
+                let q = load8i(&codes[N * k + j][at..]);
                 u = _mm256_or_si256(u, _mm256_sllv_epi32(q, _mm256_set1_epi32((c.bits as usize * j) as i32)));
             }
             // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
             let g = unsafe { _mm256_i32gather_epi32::<4>(map.as_ptr(), u) };
-            let mut off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
+            let off = _mm256_movemask_ps(_mm256_castsi256_ps(g)) & live;
             // Bit k of each lane's byte where its code is on the grid.
-            on_grid |= SPREAD[(!off & 0xff) as usize] << k;
-            if off == 0 {
-                continue;
+            let bits = (SPREAD[(!off & 0xff) as usize] << k).to_le_bytes();
+            for (o, b) in on_grid[at..at + 8].iter_mut().zip(bits) {
+                *o |= b;
             }
-            let (gs, us) = (i32s(g), i32s(u));
-            let r = N * k..N * k + N;
-            let mut have_terms = false;
-            while off != 0 {
-                // The lanes whose code equals the first remaining lane's share its list.
-                let first = off.trailing_zeros() as usize;
-                let same =
-                    _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(u, _mm256_set1_epi32(us[first])))) & off;
-                off &= !same;
-                if gs[first] == i32::MIN {
-                    return Err(GgmlAbort);
+            off_grid[k] |= (off as u32) << at;
+            store(&mut packed[k], at, u);
+            store(&mut entries[k], at, g);
+        }
+    }
+    let mut terms = [[_mm256_setzero_ps(); 8]; N];
+    for k in 0..n / N {
+        let r = N * k..N * k + N;
+        let mut pending = off_grid[k];
+        while pending != 0 {
+            // The window of 8 candidates from the first pending one; its lanes whose code equals
+            // the first's share its list.
+            let first = pending.trailing_zeros() as usize;
+            let window = _mm256_cmpeq_epi32(load8i(&packed[k][first..]), _mm256_set1_epi32(packed[k][first]));
+            let same = (_mm256_movemask_ps(_mm256_castsi256_ps(window)) as u32) & (pending >> first);
+            pending &= !(same << first);
+            let entry = entries[k][first];
+            if entry == i32::MIN {
+                return Err(GgmlAbort);
+            }
+            let list = t.list((-(entry + 1)) as usize);
+            if same.count_ones() == 1 && list.indices.len() > 8 {
+                let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scales[first])
+                    .ok_or(GgmlAbort)?;
+                for (j, row) in codes[r.clone()].iter_mut().enumerate() {
+                    row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
                 }
-                let list = t.list((-(gs[first] + 1)) as usize);
-                if same.count_ones() == 1 && list.indices.len() > 8 {
-                    let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], cands[first].1)
-                        .ok_or(GgmlAbort)?;
-                    for (j, row) in codes[r.clone()].iter_mut().enumerate() {
-                        row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
-                    }
+            } else {
+                lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
+                if list.prefix.is_empty() {
+                    nearest_per_lane::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
                 } else {
-                    if !have_terms {
-                        lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], scalev, 1 << c.bits, &mut terms);
-                        have_terms = true;
-                    }
-                    nearest_per_lane::<N>(&terms, list, same, &mut codes[r.clone()])?;
+                    nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
                 }
             }
         }
+    }
+    for chunk in 0..count.div_ceil(8) {
+        let at = 8 * chunk;
+        let m = (count - at).min(8);
         let (mut sx, mut sq) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let ones = _mm256_set1_epi32(1);
         for i in 0..n {
-            // SAFETY: `codes[i]` holds 8 i32.
-            let l = unsafe { _mm256_loadu_si256(codes[i].as_ptr().cast()) };
+            let l = load8i(&codes[i][at..]);
             let q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), ones));
             sx = _mm256_add_ps(sx, _mm256_mul_ps(_mm256_set1_ps(weight[i] * xval[i]), q));
             sq = _mm256_add_ps(sq, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(weight[i]), q), q));
@@ -419,9 +576,9 @@ fn evaluate<const N: usize>(
             unsafe { _mm_storel_epi64(out.codes[chunk][i].as_mut_ptr().cast(), p8) };
         }
         let (sx, sq) = (f32s(sx), f32s(sq));
-        out.sumqx[8 * chunk..8 * chunk + m].copy_from_slice(&sx[..m]);
-        out.sumq2[8 * chunk..8 * chunk + m].copy_from_slice(&sq[..m]);
-        out.on_grid[8 * chunk..8 * chunk + m].copy_from_slice(&on_grid.to_le_bytes()[..m]);
+        out.sumqx[at..at + m].copy_from_slice(&sx[..m]);
+        out.sumq2[at..at + m].copy_from_slice(&sq[..m]);
+        out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
     }
     Ok(())
 }

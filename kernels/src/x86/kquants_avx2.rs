@@ -449,6 +449,39 @@ fn clamp_signed(l: __m256i, nmax: i32) -> __m256i {
     _mm256_max_epi32(_mm256_min_epi32(l, _mm256_set1_epi32(nmax - 1)), _mm256_set1_epi32(-nmax))
 }
 
+/// Codes of 16 values in 8 lanes (`codes[i]` lane j: value i of sub-block j, each in 0..128)
+/// to bytes by sub-block: `out[16·j + i]`. Packs, then transposes 4×4 blocks of bytes and of
+/// 32-bit groups within the 128-bit halves (half h holding sub-blocks 4h..4h+4).
+#[target_feature(enable = "avx2")]
+fn transpose_codes(codes: &[__m256i; 16], out: &mut [i8; 128]) {
+    // b[k], half h: bytes (i − 4k)·4 + (j − 4h) for values 4k..4k+4, then by sub-block.
+    let by_sub_block = _mm256_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    );
+    let b: [__m256i; 4] = std::array::from_fn(|k| {
+        let lo = _mm256_packs_epi32(codes[4 * k], codes[4 * k + 1]);
+        let hi = _mm256_packs_epi32(codes[4 * k + 2], codes[4 * k + 3]);
+        _mm256_shuffle_epi8(_mm256_packs_epi16(lo, hi), by_sub_block)
+    });
+    // 32-bit group g of b[k] (half h) holds sub-block 4h + g's values 4k..4k+4.
+    let (t01lo, t01hi) = (_mm256_unpacklo_epi32(b[0], b[1]), _mm256_unpackhi_epi32(b[0], b[1]));
+    let (t23lo, t23hi) = (_mm256_unpacklo_epi32(b[2], b[3]), _mm256_unpackhi_epi32(b[2], b[3]));
+    let rows = [
+        _mm256_unpacklo_epi64(t01lo, t23lo),
+        _mm256_unpackhi_epi64(t01lo, t23lo),
+        _mm256_unpacklo_epi64(t01hi, t23hi),
+        _mm256_unpackhi_epi64(t01hi, t23hi),
+    ];
+    for (g, row) in rows.into_iter().enumerate() {
+        // SAFETY: `out` holds 128 bytes; sub-blocks g and 4 + g start at 16·g and 64 + 16·g,
+        // each 16 bytes; unaligned stores.
+        unsafe {
+            _mm_storeu_si128(out.as_mut_ptr().add(16 * g).cast(), _mm256_castsi256_si128(row));
+            _mm_storeu_si128(out.as_mut_ptr().add(64 + 16 * g).cast(), _mm256_extracti128_si256::<1>(row));
+        }
+    }
+}
+
 /// `make_qx_quants(16, nmax, x, L, rmse_type = 1, qw)` for 8 sub-blocks per vector, with
 /// weights `w` (`qw`, or x² without importance weights). `x[i][v]` holds element i of
 /// sub-blocks 8v..8v+8 (lane j = sub-block 8v + j). Returns the scales and writes the codes
@@ -536,16 +569,12 @@ pub(super) fn make_qx_quants_x(
         // All-but-zero sub-blocks: codes 0 (not offset), scale 0.
         let small = _mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15));
         let keep = _mm256_castps_si256(_mm256_andnot_ps(small, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
-        for i in 0..16 {
+        let mut offsets = [_mm256_setzero_si256(); 16];
+        for (i, o) in offsets.iter_mut().enumerate() {
             let code = clamp_signed(nearest_int(_mm256_mul_ps(best_iscale[v], x[i][v])), nmax);
-            let offset = _mm256_and_si256(keep, _mm256_add_epi32(code, _mm256_set1_epi32(nmax)));
-            let mut q = [0i32; 8];
-            // SAFETY: `q` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), offset) };
-            for (j, &q) in q.iter().enumerate() {
-                l[v][16 * j + i] = q as i8;
-            }
+            *o = _mm256_and_si256(keep, _mm256_add_epi32(code, _mm256_set1_epi32(nmax)));
         }
+        transpose_codes(&offsets, &mut l[v]);
         out[v] = lanes(_mm256_andnot_ps(small, scale[v]));
     }
     out
@@ -568,18 +597,20 @@ pub(super) fn make_qx_quants_16(nmax: i32, x: &[f32; 16], qw: &[f32; 16], l: &mu
         *l = [0; 16];
         return 0.0;
     }
-    // Lane 0: the first guess -nmax/max; then is = -9..=-1, 1..=9: -(nmax + 0.1 is)/max.
-    let mut numerators = [0f32; 24];
-    numerators[0] = -(nmax as f32);
-    for (c, is) in (-9i32..=9).filter(|&is| is != 0).enumerate() {
-        numerators[c + 1] = -(nmax as f32 + 0.1 * is as f32);
-    }
+    // Lane 0: the first guess -nmax/max (is = 0: -(nmax + 0.1·0) is -nmax); then
+    // is = -9..=-1, 1..=9: -(nmax + 0.1 is)/max, the numerators formed in lanes.
+    const IS: [[f32; 8]; 3] = [
+        [0.0, -9.0, -8.0, -7.0, -6.0, -5.0, -4.0, -3.0],
+        [-2.0, -1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        [7.0, 8.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ];
     let maxv = splat(max);
-    // SAFETY: `numerators` holds 24 f32; unaligned loads.
     let mut iscale = [_mm256_setzero_ps(); 3];
     for (k, v) in iscale.iter_mut().enumerate() {
-        // SAFETY: as above.
-        *v = _mm256_div_ps(unsafe { _mm256_loadu_ps(numerators.as_ptr().add(8 * k)) }, maxv);
+        // SAFETY: `IS[k]` holds 8 f32; unaligned load.
+        let is = unsafe { _mm256_loadu_ps(IS[k].as_ptr()) };
+        let numerator = _mm256_sub_ps(splat(-0.0), _mm256_add_ps(splat(nmax as f32), _mm256_mul_ps(splat(0.1), is)));
+        *v = _mm256_div_ps(numerator, maxv);
     }
     let zero = _mm256_setzero_ps();
     let (mut sumlx, mut suml2) = ([zero; 3], [zero; 3]);

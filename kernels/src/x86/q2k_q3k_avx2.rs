@@ -334,17 +334,17 @@ fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
 fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]) {
     assert!(sum_x2.len() >= Q3_SUPERBLOCKS);
     let xv = columns16::<V>(x);
-    let qv = columns16::<V>(qw);
-    let mut wv = [[_mm256_setzero_ps(); V]; 16];
+    // The importance weights become the values' weights in place: `imatrix_weights`' formula,
+    // qw·√(sigma2 + x²), and their sums in order.
+    let mut wv = columns16::<V>(qw);
     let mut sw = [[0f32; 8]; V];
     for v in 0..V {
-        let (mut xs, mut qs) = ([_mm256_setzero_ps(); 16], [_mm256_setzero_ps(); 16]);
+        let sigma2 = splat(2.0 * sum_x2[v / 2] / 256.0);
+        let mut sums = _mm256_setzero_ps();
         for i in 0..16 {
-            (xs[i], qs[i]) = (xv[i][v], qv[i][v]);
-        }
-        let (w, sums) = imatrix_weights(&xs, &qs, 2.0 * sum_x2[v / 2] / 256.0);
-        for i in 0..16 {
-            wv[i][v] = w[i];
+            let w = _mm256_mul_ps(wv[i][v], _mm256_sqrt_ps(_mm256_add_ps(sigma2, _mm256_mul_ps(xv[i][v], xv[i][v]))));
+            wv[i][v] = w;
+            sums = _mm256_add_ps(sums, w);
         }
         sw[v] = lanes(sums);
     }
