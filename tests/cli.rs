@@ -4005,3 +4005,40 @@ fn kl_probes_per_layer_predict_the_per_tensor_kl() {
     assert!(e.contains("--kl-probes goes with --optimize"), "{e}");
     assert!(!out.exists());
 }
+
+/// `Weights::replaced_rows` (the KL probes of the embedding and the head): the given rows read
+/// as the replacement's bytes, every other row as the source's, whatever range is read;
+/// unsorted rows or bytes of the wrong size are refused.
+#[test]
+fn weights_replace_some_rows_only() {
+    use moeq::model::weights::Weights;
+    use moeq_formats::gguf::GgmlType;
+    use std::sync::Arc;
+    let hf = fixtures().join("trained-moe/hf");
+    let source = moeq::source::Source::open(&hf).unwrap();
+    let w = Weights::new(&source, &hf).unwrap();
+    let name = "output.weight";
+    let ne0 = w.ne(name).unwrap()[0] as usize;
+    let rows = vec![3u64, 4, 100];
+    let doubled: Vec<u8> =
+        rows.iter().flat_map(|&r| w.rows(name, r, 1).unwrap()).flat_map(|v| (2.0 * v).to_le_bytes()).collect();
+    let changed = w.replaced_rows(name, GgmlType::F32, Arc::new(doubled.clone()), Arc::new(rows.clone())).unwrap();
+    for (first, count) in [(0u64, 8u64), (4, 1), (99, 3), (0, 101)] {
+        let (before, after) = (w.rows(name, first, count).unwrap(), changed.rows(name, first, count).unwrap());
+        assert_eq!(after.len(), count as usize * ne0);
+        for (k, (b, a)) in before.chunks(ne0).zip(after.chunks(ne0)).enumerate() {
+            let r = first + k as u64;
+            let want: Vec<f32> = if rows.contains(&r) { b.iter().map(|v| 2.0 * v).collect() } else { b.to_vec() };
+            assert_eq!(a, &want[..], "row {r} of {first}+{count}");
+        }
+    }
+    // Other tensors are the source's.
+    assert_eq!(changed.rows("token_embd.weight", 3, 2).unwrap(), w.rows("token_embd.weight", 3, 2).unwrap());
+    let bad = |rows: Vec<u64>, bytes: Vec<u8>| {
+        w.replaced_rows(name, GgmlType::F32, Arc::new(bytes), Arc::new(rows)).err().unwrap().to_string()
+    };
+    assert!(bad(vec![4, 3, 100], doubled.clone()).contains("sorted, distinct"));
+    assert!(bad(vec![3, 3, 100], doubled.clone()).contains("sorted, distinct"));
+    assert!(bad(vec![3, 4, 1 << 40], doubled.clone()).contains("sorted, distinct"));
+    assert!(bad(rows.clone(), doubled[..doubled.len() - 4].to_vec()).contains("bytes, not"));
+}
