@@ -154,7 +154,7 @@ pub(super) fn layer_sensitivities(
                     let g = at.writer as usize;
                     let residual_error = if at.ffn { Some(e) } else { amplification[g].map(|a| a * e) };
                     match (residual_error, gain[g]) {
-                        (Some(re), _) if re == 0.0 => (Some(0.0), probe_error, None),
+                        (Some(re), _) if re <= 0.0 => (Some(0.0), probe_error, None),
                         (Some(re), Some(gain)) => {
                             (Some(gain * re), probe_error, Some(LayerGain { layer: l, residual_error: re, gain }))
                         }
