@@ -137,7 +137,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let source = Source::open(&model)?;
             if let Some(out) = &dump {
-                moeq::plan::convert::prepare_output(out, kind, &source.files(), false)?;
+                let mut inputs = source.files();
+                inputs.extend(tokenizer.iter().flat_map(|t| Source::tokenizer_files(t)));
+                moeq::plan::convert::prepare_output(out, kind, &inputs, false)?;
             }
             let trace = moeq::verify::eval::run(&source, &model, &tokens)?;
             moeq_formats::inputs::check_unchanged()?;
@@ -189,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inputs.push(match &calibration {
                 Calibration::Text(p) | Calibration::Tokens(p) => p.clone(),
             });
+            inputs.extend(tokenizer.iter().flat_map(|t| Source::tokenizer_files(t)));
             moeq::plan::convert::prepare_output(&output, kind, &inputs, quiet)?;
             if let Some(path) = &save_chunks {
                 moeq::plan::convert::prepare_output(path, kind, &inputs, quiet)?;
@@ -259,6 +262,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (request, warnings) = quant.request()?;
             for w in &warnings {
                 eprintln!("warning: {w}");
+            }
+            if format != Format::Gguf {
+                let name = if format == Format::Mlx { "mlx" } else { "hf" };
+                if request.target.is_some() {
+                    anyhow::bail!(
+                        "--optimize, --target-size and --target-bpw choose GGUF tensor types; --format {name} takes no \
+                         size target"
+                    );
+                }
+                if quant.json || quant.report.is_some() {
+                    anyhow::bail!(
+                        "--json and --report give a GGUF plan's per-tensor decisions; --format {name} has no such plan \
+                         (what it writes is printed)"
+                    );
+                }
             }
             let output = output.unwrap_or_default();
             let (mut ftype, mut mlx) = (None, MlxOptions::default());

@@ -3303,6 +3303,9 @@ fn size_budget_chooses_types_within_the_budget() {
     let too_small = (min - 1).to_string();
     let err = fails(&["convert", w, "-o", o, "--target-size", &too_small]);
     assert!(err.contains("smaller than the smallest file") && err.contains(&format!("{min} bytes")), "{err}");
+    // Far too small: refused before any measuring, from the tensors' sizes alone.
+    let err = fails(&["convert", w, "-o", o, "--target-size", "1K"]);
+    assert!(err.contains("smaller than the smallest file") && err.contains("before the header"), "{err}");
     let err = fails(&["convert", w, "-o", o, "--optimize"]);
     assert!(err.contains("--optimize goes with --type"), "{err}");
     let err = fails(&["convert", w, "-o", o, "--type", "BF16", "--optimize"]);
@@ -4003,7 +4006,18 @@ fn kl_probes_per_layer_predict_the_per_tensor_kl() {
     args.extend(["--calibration", path_arg(&text), "--kl-probes", "tensor"]);
     let e = fails(&args);
     assert!(e.contains("--kl-probes goes with --optimize"), "{e}");
-    assert!(!out.exists());
+    let e = fails(&["convert", path_arg(&hf), "-o", path_arg(&out), "--type", "Q4_0", "--kl-probes", "layer"]);
+    assert!(e.contains("--kl-probes goes with a KL-calibrated size target"), "{e}");
+    // Size targets and plan reports are GGUF's: refused for MLX and HF folders, naming them.
+    let mlx = ["convert", path_arg(&hf), "-o", path_arg(&out), "--format", "mlx"];
+    let e = fails(&[&mlx[..], &["--type", "q4", "--target-bpw", "4"]].concat());
+    assert!(e.contains("--format mlx takes no size target"), "{e}");
+    let e = fails(&[&mlx[..], &["--report", path_arg(&dir.path().join("r.json"))]].concat());
+    assert!(e.contains("--json and --report") && e.contains("--format mlx"), "{e}");
+    let oss = fixtures().join("gpt-oss/hf-mxfp4");
+    let e = fails(&["convert", path_arg(&oss), "-o", path_arg(&out), "--format", "hf", "--json"]);
+    assert!(e.contains("--format hf has no such plan"), "{e}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }
 
 /// `Weights::replaced_rows` (the KL probes of the embedding and the head): the given rows read
@@ -4041,4 +4055,38 @@ fn weights_replace_some_rows_only() {
     assert!(bad(vec![3, 3, 100], doubled.clone()).contains("sorted, distinct"));
     assert!(bad(vec![3, 4, 1 << 40], doubled.clone()).contains("sorted, distinct"));
     assert!(bad(rows.clone(), doubled[..doubled.len() - 4].to_vec()).contains("bytes, not"));
+}
+
+/// A tokenizer given by `--tokenizer DIR` is an input like the model's files: convert
+/// (`--calibration`, `--rounding gptq`), imatrix and `eval --dump` refuse to write over its
+/// tokenizer.json (or over a tokenizer file given directly), exit 2, the file unchanged.
+#[test]
+fn tokenizer_files_are_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tok");
+    std::fs::create_dir(&tok).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixtures().join("llama/hf").join(f), tok.join(f)).unwrap();
+    }
+    let json = tok.join("tokenizer.json");
+    let before = std::fs::read(&json).unwrap();
+    let (model, text) = (golden("llama-bf16.gguf"), fixtures().join("imatrix/calib.txt"));
+    let (m, t, d, j) = (path_arg(&model), path_arg(&text), path_arg(&tok), path_arg(&json));
+    let (x, config) = (dir.path().join("x.gguf"), tok.join("tokenizer_config.json"));
+    let cal = ["--calibration", t, "--tokenizer", d, "--ctx", "64", "--chunks", "2"];
+    let report = ["--report", path_arg(&config)];
+    let runs: Vec<Vec<&str>> = vec![
+        [&["convert", m, "-o", j, "--type", "Q4_K_M", "--optimize"][..], &cal[..]].concat(),
+        [&["convert", m, "-o", j, "--type", "Q4_0", "--rounding", "gptq"][..], &cal[..]].concat(),
+        [&["convert", m, "-o", path_arg(&x), "--type", "Q4_K_M", "--optimize"][..], &cal[..], &report[..]].concat(),
+        vec!["imatrix", m, "--text", t, "--tokenizer", d, "--ctx", "64", "--chunks", "2", "-o", j],
+        vec!["eval", m, "--text", "def f(x):", "--tokenizer", d, "--dump", j],
+        vec!["eval", m, "--text", "def f(x):", "--tokenizer", j, "--dump", j],
+    ];
+    for args in runs {
+        let e = fails(&args);
+        assert!(e.contains("is the input"), "{args:?}: {e}");
+    }
+    assert_eq!(std::fs::read(&json).unwrap(), before);
+    assert!(!x.exists());
 }

@@ -60,6 +60,20 @@ impl Source {
         }
     }
 
+    /// The files a `--tokenizer PATH` option may read (outputs are checked against them, as
+    /// against [`Source::files`]): `PATH` itself when it is a file, else the [`SIDE_FILES`]
+    /// present in the folder and the folder above (the tokenizer is looked for in both).
+    pub fn tokenizer_files(path: &Path) -> Vec<PathBuf> {
+        if path.is_file() {
+            return vec![path.to_path_buf()];
+        }
+        let mut files = Vec::new();
+        for d in std::iter::once(path).chain(path.parent().filter(|p| !p.as_os_str().is_empty())) {
+            files.extend(SIDE_FILES.iter().map(|name| d.join(name)).filter(|p| p.is_file()));
+        }
+        files
+    }
+
     /// [`Source::open`] for `inspect`: a big-endian GGUF's tensor data is not converted
     /// (only its headers are shown).
     pub fn open_headers(path: &Path) -> Result<Source> {

@@ -411,6 +411,33 @@ pub fn optimize<'a>(
             if settings.candidates.is_some() { " of --candidate-types" } else { "" }
         );
     }
+    // A budget that cannot hold even the smallest candidates is refused before any measuring
+    // (the header, not yet known, only adds to the smallest file).
+    let smallest = |i: usize, types: &[GgmlType]| -> u64 {
+        types.iter().map(|t| pad(t.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4))).min().unwrap_or(0)
+    };
+    let fixed_early: u64 = (0..recipes.len())
+        .filter(|i| !chosen.contains(i))
+        .map(|i| pad(recipes[i].spec.ggml_type.tensor_bytes(&recipes[i].spec.ne).unwrap_or(0)))
+        .sum();
+    let min_early = fixed_early + chosen.iter().zip(&jobs).map(|(&i, (_, c))| smallest(i, c)).sum::<u64>();
+    let elements_early: u64 = recipes.iter().map(|r| r.spec.ne.iter().product::<u64>()).sum();
+    let data_budget = match settings.target {
+        Target::Size(s) => Some(s),
+        Target::Bpw(b) => Some((b * elements_early as f64 / 8.0).floor() as u64),
+        Target::Mix => None,
+    };
+    if let Some(budget) = data_budget.filter(|&b| b < min_early) {
+        bail!(
+            "{}: the budget of {} ({budget} bytes) is smaller than the smallest file moeq can make of this model, \
+             more than {} ({min_early} bytes: every quantized tensor at its smallest candidate type and the {} other \
+             tensors as they are, before the header)",
+            settings.target.describe(settings.planned),
+            human_bytes(budget),
+            human_bytes(min_early),
+            recipes.len() - chosen.len()
+        );
+    }
     let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
     let calibrated: Option<(Vec<Sensitivity>, CalibrationSummary)> = match settings.calibration {
         Some(cal) => {

@@ -169,11 +169,16 @@ impl QuantArgs {
                      (token ids, one chunk per line)"
                 );
             }
+            if self.kl_probes.is_some() {
+                bail!(
+                    "--kl-probes goes with a KL-calibrated size target: --optimize, --target-size or --target-bpw \
+                     with --calibration or --calibration-tokens"
+                );
+            }
             for (set, name) in [
                 (self.ctx.is_some(), "--ctx"),
                 (self.chunks.is_some(), "--chunks"),
                 (self.tokenizer.is_some(), "--tokenizer"),
-                (self.kl_probes.is_some(), "--kl-probes"),
             ] {
                 if set {
                     bail!("{name} goes with --calibration or --calibration-tokens");
@@ -251,8 +256,15 @@ impl QuantRequest {
     pub fn input_files(&self) -> Vec<PathBuf> {
         let calibration = self.calibration.as_ref().map(|c| c.input.path().to_path_buf());
         let rounding = self.rounding.as_ref().map(|r| r.file().to_path_buf());
+        // The tokenizer files --tokenizer may read.
+        let tokenizers = self
+            .calibration
+            .iter()
+            .filter_map(|c| c.tokenizer.as_deref())
+            .chain(self.rounding.iter().filter_map(|r| r.tokenizer.as_deref()))
+            .flat_map(crate::source::Source::tokenizer_files);
         let mut files: Vec<PathBuf> = self.imatrix.iter().chain(&self.tensor_type_file).cloned().collect();
-        for f in calibration.into_iter().chain(rounding) {
+        for f in calibration.into_iter().chain(rounding).chain(tokenizers) {
             if !files.contains(&f) {
                 files.push(f);
             }
