@@ -416,15 +416,15 @@ pub fn optimize<'a>(
     let smallest = |i: usize, types: &[GgmlType]| -> u64 {
         types.iter().map(|t| pad(t.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4))).min().unwrap_or(0)
     };
-    let fixed_early: u64 = (0..recipes.len())
+    let fixed: u64 = (0..recipes.len())
         .filter(|i| !chosen.contains(i))
         .map(|i| pad(recipes[i].spec.ggml_type.tensor_bytes(&recipes[i].spec.ne).unwrap_or(0)))
         .sum();
-    let min_early = fixed_early + chosen.iter().zip(&jobs).map(|(&i, (_, c))| smallest(i, c)).sum::<u64>();
-    let elements_early: u64 = recipes.iter().map(|r| r.spec.ne.iter().product::<u64>()).sum();
+    let min_early = fixed + chosen.iter().zip(&jobs).map(|(&i, (_, c))| smallest(i, c)).sum::<u64>();
+    let elements: u64 = recipes.iter().map(|r| r.spec.ne.iter().product::<u64>()).sum();
     let data_budget = match settings.target {
         Target::Size(s) => Some(s),
-        Target::Bpw(b) => Some((b * elements_early as f64 / 8.0).floor() as u64),
+        Target::Bpw(b) => Some((b * elements as f64 / 8.0).floor() as u64),
         Target::Mix => None,
     };
     if let Some(budget) = data_budget.filter(|&b| b < min_early) {
@@ -486,11 +486,6 @@ pub fn optimize<'a>(
     }
     // Tensor infos take the same bytes whatever the type; the layout pads the header.
     let header = plan.layout().map_err(anyhow::Error::msg)?.header.len() as u64;
-    let fixed: u64 = (0..recipes.len())
-        .filter(|i| !chosen.contains(i))
-        .map(|i| pad(recipes[i].spec.ggml_type.tensor_bytes(&recipes[i].spec.ne).unwrap_or(0)))
-        .sum();
-    let elements: u64 = recipes.iter().map(|r| r.spec.ne.iter().product::<u64>()).sum();
     let budget_file = match settings.target {
         Target::Size(s) => s,
         Target::Mix => mix_file,
