@@ -3950,55 +3950,89 @@ fn trained_moe_converts_with_gpt2_pre_and_reproduces_transformers() {
 fn kl_probes_per_layer_predict_the_per_tensor_kl() {
     let hf = fixtures().join("trained-moe/hf");
     let text = fixtures().join("imatrix/calib.txt");
-    let plan = |probes: &str| -> Json {
+    // `sample_above`: MOEQ_KL_SAMPLE_ROWS_ABOVE (the default 2²⁶ samples no tensor of this model).
+    let plan = |probes: &str, sample_above: Option<&str>| -> Json {
         let args = [path_arg(&hf), "--type", "Q4_K_M", "--optimize", "--calibration", path_arg(&text), "--ctx", "128"];
-        let mut args = args.to_vec();
+        let mut args = [&["convert", "--dry-run", "--json"][..], &args[..]].concat();
         args.extend(["--chunks", "4", "--kl-probes", probes, "--tokenizer-pre", "gpt-2"]);
-        plan_json(&args)["optimize"].clone()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
+        if let Some(v) = sample_above {
+            cmd.env("MOEQ_KL_SAMPLE_ROWS_ABOVE", v);
+        }
+        let out = cmd.args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Json>(&out.stdout).unwrap()["optimize"].clone()
     };
-    let (layer, tensor) = (plan("layer"), plan("tensor"));
-    assert_eq!(layer["calibration"]["probes"], "layer");
-    assert_eq!(tensor["calibration"]["probes"], "tensor");
-    let (lt, tt) = (layer["tensors"].as_array().unwrap(), tensor["tensors"].as_array().unwrap());
-    assert_eq!(lt.len(), tt.len());
-    let (mut predicted, mut measured) = (Vec::new(), Vec::new());
-    for (a, b) in lt.iter().zip(tt) {
-        assert_eq!(a["name"], b["name"]);
-        let name = a["name"].as_str().unwrap();
-        let (ka, kb) = (&a["kl"], &b["kl"]);
-        assert!(kb["layer_gain"].is_null(), "{b}");
-        match name.strip_prefix("blk.") {
-            Some(rest) => {
-                let l: u64 = rest.split('.').next().unwrap().parse().unwrap();
-                let g = &ka["layer_gain"];
-                assert_eq!(g["layer"].as_u64(), Some(l), "{a}");
-                let (kl, gain, change) =
-                    (ka["kl"].as_f64().unwrap(), g["gain"].as_f64().unwrap(), g["residual_error"].as_f64().unwrap());
-                assert!(kl > 0.0 && (kl - gain * change).abs() <= 1e-12 * kl, "{a}");
-                assert!(a["why"].as_str().unwrap().contains(&format!("layer {l} gain")), "{a}");
-                predicted.push(kl.ln());
-                measured.push(kb["kl"].as_f64().unwrap().ln());
-            }
-            None => {
-                assert!(ka["layer_gain"].is_null(), "{a}");
-                assert_eq!(ka["kl"], kb["kl"], "{name}: probed directly either way");
-            }
+    let tensor = plan("tensor", None);
+    // Row-sampled probes of the experts' gates and ups (as for a Mixtral-width layer's): they
+    // predict as well, and say so.
+    let sampled = plan("layer", Some("100000"));
+    for t in sampled["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        let share = &t["kl"]["layer_gain"]["rows_probed"];
+        if name.contains("ffn_gate_exps") || name.contains("ffn_up_exps") {
+            assert_eq!(share.as_f64(), Some(0.25), "{t}");
+            assert!(t["why"].as_str().unwrap().contains("from 25 % of its rows"), "{t}");
+        } else if name.starts_with("blk.") {
+            assert_eq!(share.as_f64(), Some(1.0), "{t}");
         }
     }
-    assert!(predicted.len() >= 24, "{} layer tensors", predicted.len());
-    let rank = |v: &[f64]| -> Vec<f64> {
-        let mut order: Vec<usize> = (0..v.len()).collect();
-        order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-        let mut r = vec![0.0; v.len()];
-        order.iter().enumerate().for_each(|(k, &i)| r[i] = k as f64);
-        r
-    };
-    let (ra, rb, n) = (rank(&predicted), rank(&measured), predicted.len() as f64);
-    let spearman = 1.0 - 6.0 * ra.iter().zip(&rb).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / (n * (n * n - 1.0));
-    let d: Vec<f64> = predicted.iter().zip(&measured).map(|(p, m)| p - m).collect();
-    let mean = d.iter().sum::<f64>() / n;
-    assert!(spearman >= 0.8, "Spearman {spearman:.3}");
-    assert!(mean.abs() <= 1.5f64.ln(), "mean log ratio {mean:.3}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_moeq"))
+        .env("MOEQ_KL_SAMPLE_ROWS_ABOVE", "lots")
+        .args(["convert", "--dry-run", path_arg(&hf), "--type", "Q4_K_M", "--optimize", "--calibration"])
+        .args([path_arg(&text), "--tokenizer-pre", "gpt-2"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("MOEQ_KL_SAMPLE_ROWS_ABOVE=\"lots\" is not a count"));
+    let layer = plan("layer", None);
+    for (layer, label) in [(layer, "whole"), (sampled, "row-sampled")] {
+        assert_eq!(layer["calibration"]["probes"], "layer");
+        assert_eq!(tensor["calibration"]["probes"], "tensor");
+        let (lt, tt) = (layer["tensors"].as_array().unwrap(), tensor["tensors"].as_array().unwrap());
+        assert_eq!(lt.len(), tt.len());
+        let (mut predicted, mut measured) = (Vec::new(), Vec::new());
+        for (a, b) in lt.iter().zip(tt) {
+            assert_eq!(a["name"], b["name"]);
+            let name = a["name"].as_str().unwrap();
+            let (ka, kb) = (&a["kl"], &b["kl"]);
+            assert!(kb["layer_gain"].is_null(), "{b}");
+            match name.strip_prefix("blk.") {
+                Some(rest) => {
+                    let l: u64 = rest.split('.').next().unwrap().parse().unwrap();
+                    let g = &ka["layer_gain"];
+                    assert_eq!(g["layer"].as_u64(), Some(l), "{a}");
+                    let (kl, gain, change) = (
+                        ka["kl"].as_f64().unwrap(),
+                        g["gain"].as_f64().unwrap(),
+                        g["residual_error"].as_f64().unwrap(),
+                    );
+                    assert!(kl > 0.0 && (kl - gain * change).abs() <= 1e-12 * kl, "{a}");
+                    assert!(a["why"].as_str().unwrap().contains(&format!("layer {l} gain")), "{a}");
+                    predicted.push(kl.ln());
+                    measured.push(kb["kl"].as_f64().unwrap().ln());
+                }
+                None => {
+                    assert!(ka["layer_gain"].is_null(), "{a}");
+                    assert_eq!(ka["kl"], kb["kl"], "{name}: probed directly either way");
+                }
+            }
+        }
+        assert!(predicted.len() >= 24, "{} layer tensors", predicted.len());
+        let rank = |v: &[f64]| -> Vec<f64> {
+            let mut order: Vec<usize> = (0..v.len()).collect();
+            order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+            let mut r = vec![0.0; v.len()];
+            order.iter().enumerate().for_each(|(k, &i)| r[i] = k as f64);
+            r
+        };
+        let (ra, rb, n) = (rank(&predicted), rank(&measured), predicted.len() as f64);
+        let spearman = 1.0 - 6.0 * ra.iter().zip(&rb).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / (n * (n * n - 1.0));
+        let d: Vec<f64> = predicted.iter().zip(&measured).map(|(p, m)| p - m).collect();
+        let mean = d.iter().sum::<f64>() / n;
+        assert!(spearman >= 0.8, "{label}: Spearman {spearman:.3}");
+        assert!(mean.abs() <= 1.5f64.ln(), "{label}: mean log ratio {mean:.3}");
+    }
     // --kl-probes needs a size target.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never.gguf");
@@ -4055,6 +4089,81 @@ fn weights_replace_some_rows_only() {
     assert!(bad(vec![3, 3, 100], doubled.clone()).contains("sorted, distinct"));
     assert!(bad(vec![3, 4, 1 << 40], doubled.clone()).contains("sorted, distinct"));
     assert!(bad(rows.clone(), doubled[..doubled.len() - 4].to_vec()).contains("bytes, not"));
+}
+
+/// `forward::memo::Memo` (the per-layer KL probes): a recorded projection comes back bit for
+/// bit for the same input and weights; with some weight rows replaced only those rows are
+/// recomputed, and with the input changed in a few columns the recorded output is updated —
+/// both equal to computing it (within f32 rounding); anything else is computed.
+#[test]
+fn memo_reuses_recorded_projections() {
+    use moeq::forward::Model;
+    use moeq::forward::memo::Memo;
+    use moeq::model::weights::Weights;
+    use moeq_formats::gguf::GgmlType;
+    use std::sync::Arc;
+    let hf = fixtures().join("trained-moe/hf");
+    let source = moeq::source::Source::open(&hf).unwrap();
+    let w = Weights::new(&source, &hf).unwrap();
+    let memo = Arc::new(Memo::default());
+    let base = Model::new(&w).unwrap();
+    let with = |w| Model { w, memo: Some(memo.clone()), ..Model::new(w).unwrap() };
+    let plain = Model { memo: None, ..base };
+    let name = "blk.1.ffn_gate_exps.weight";
+    let ne = w.ne(name).unwrap().to_vec();
+    let (cols, rows) = (ne[0] as usize, ne[1]);
+    let (first, t) = (rows, 5usize); // expert 1's rows, five tokens
+    let x: Vec<f32> = (0..t * cols).map(|i| ((i * 7919) % 113) as f32 / 113.0 - 0.5).collect();
+    let full = |m: &Model, x: &[f32]| plain_or(m, x, name, first, rows);
+    fn plain_or(m: &Model, x: &[f32], name: &str, first: u64, rows: u64) -> Vec<f32> {
+        m.project(x, name, first, rows, None).unwrap()
+    }
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        let err: f32 = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        let scale: f32 = b.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        assert!(err <= 1e-5 * scale.max(1.0), "{what}: max error {err:e} of {scale:e}");
+    };
+    let reference = full(&plain, &x);
+    let m = with(&w);
+    memo.set_recording(true);
+    assert_eq!(full(&m, &x), reference);
+    memo.set_recording(false);
+    assert_eq!(memo.hits(), 0);
+    // Same input, same weights: the recorded output (bit for bit, as computing it gives).
+    assert_eq!(full(&m, &x), reference);
+    assert_eq!(memo.hits(), 1);
+    // Some rows replaced (every fourth of the stacked tensor, doubled): those rows recomputed.
+    let replaced: Vec<u64> = (0..ne[1] * ne[2]).step_by(4).collect();
+    let bytes: Vec<u8> =
+        replaced.iter().flat_map(|&r| w.rows(name, r, 1).unwrap()).flat_map(|v| (2.0 * v).to_le_bytes()).collect();
+    let changed = w.replaced_rows(name, GgmlType::F32, Arc::new(bytes), Arc::new(replaced)).unwrap();
+    let plain_changed = Model { memo: None, ..Model::new(&changed).unwrap() };
+    let expected = full(&plain_changed, &x);
+    assert_ne!(expected, reference);
+    close(&full(&with(&changed), &x), &expected, "replaced rows");
+    assert_eq!(memo.hits(), 2);
+    // The input changed in a few columns: the recorded output updated.
+    let mut y = x.clone();
+    for k in 0..t {
+        y[k * cols + 3] += 0.25;
+        y[k * cols + cols - 1] -= 0.5;
+    }
+    let expected = full(&plain, &y);
+    close(&full(&m, &y), &expected, "changed columns");
+    assert_eq!(memo.hits(), 3);
+    // Both at once.
+    let expected = full(&plain_changed, &y);
+    close(&full(&with(&changed), &y), &expected, "replaced rows and changed columns");
+    assert_eq!(memo.hits(), 4);
+    // Every column changed, or other rows of the weight: computed (and still right).
+    let z: Vec<f32> = x.iter().map(|v| v * 1.5).collect();
+    assert_eq!(full(&m, &z), full(&plain, &z));
+    assert_eq!(m.project(&x, name, 0, rows, None).unwrap(), plain.project(&x, name, 0, rows, None).unwrap());
+    assert_eq!(memo.hits(), 4);
+    // Cleared: nothing to reuse.
+    memo.clear();
+    assert_eq!(full(&m, &y), full(&plain, &y));
+    assert_eq!(memo.hits(), 4);
 }
 
 /// A tokenizer given by `--tokenizer DIR` is an input like the model's files: convert

@@ -57,11 +57,17 @@ impl Model<'_, '_> {
     /// `y[k][o] = Σ_i x[k][i] · W[first + o][i] (+ bias[o])` for rows `first..first + rows` of
     /// weight `name`. The rows are decoded tile by tile, each tile on whichever thread takes it
     /// and multiplied with every token while it is in cache, so decoding runs on all cores and
-    /// no decoded matrix is ever held whole. The model's [`super::Probe`], if any, sees `x` first.
+    /// no decoded matrix is ever held whole. The model's [`super::Probe`], if any, sees `x` first;
+    /// its [`super::memo::Memo`], if any, records the result or gives it without computing.
     pub fn project(&self, x: &[f32], name: &str, first: u64, rows: u64, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         let cols = self.w.ne(name)?.first().copied().unwrap_or(1) as usize;
         if let Some(probe) = &self.probe {
             probe.input(name, first, rows, x);
+        }
+        if let Some(memo) = &self.memo
+            && let Some(y) = memo.reuse(self, x, name, first, rows, bias)?
+        {
+            return Ok(y);
         }
         let t = x.len() / cols.max(1);
         let mut y = vec![0.0f32; t * rows as usize];
@@ -92,6 +98,9 @@ impl Model<'_, '_> {
                     y_row[start as usize..start as usize + n].copy_from_slice(&part[k * n..(k + 1) * n]);
                 }
             });
+        }
+        if let Some(memo) = &self.memo {
+            memo.record(name, first, rows, x, &y);
         }
         Ok(y)
     }

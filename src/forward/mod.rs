@@ -15,6 +15,7 @@ pub mod attention;
 pub mod check;
 pub mod config;
 pub mod linear;
+pub mod memo;
 pub mod moe;
 pub mod ops;
 
@@ -174,13 +175,16 @@ pub struct Model<'w, 'a> {
     /// ([`FfnOutput::expert_out`], for verify's per-expert check; on by default). Runs that do
     /// not need them turn it off: they take tokens × experts used × hidden values.
     pub keep_expert_out: bool,
+    /// Recorded projections of a reference run, reused by runs that change little of it
+    /// ([`memo::Memo`]; none by default).
+    pub memo: Option<std::sync::Arc<memo::Memo>>,
 }
 
 impl<'w, 'a> Model<'w, 'a> {
     /// Reads the hyperparameters and checks them against the tensors ([`Config::new`]).
     pub fn new(w: &'w Weights<'a>) -> Result<Model<'w, 'a>> {
         let (cfg, family) = Config::new(w)?;
-        Ok(Model { cfg, w, blocks: family.forward(), probe: None, keep_expert_out: true })
+        Ok(Model { cfg, w, blocks: family.forward(), probe: None, keep_expert_out: true, memo: None })
     }
 
     /// The tensor the logits come from: `output.weight`, or the embedding when tied.

@@ -153,7 +153,7 @@ pub(crate) fn group_chunks(m: &Model, chunk_len: usize) -> usize {
 pub fn compute(w: &Weights, chunks: &[Vec<u32>], opts: &ImatrixOptions) -> Result<(Imatrix, Coverage)> {
     let collector = Arc::new(Collector::new(w, opts.process_output)?);
     let base = Model::new(w)?;
-    let model = Model { probe: Some(collector.clone()), keep_expert_out: false, ..base };
+    let model = Model { probe: Some(collector.clone()), keep_expert_out: false, memo: None, ..base };
     let c = &model.cfg;
     let (h, n_expert, k) = (c.n_embd, c.n_expert, c.n_expert_used);
     let all_experts = opts.all_experts && n_expert > 0;

@@ -146,6 +146,23 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// Which rows of `first..first + count` of tensor `name` are not the source's: `None` when
+    /// the tensor is not the replaced one, else their offsets from `first`, ascending (all of
+    /// them when the whole tensor is replaced).
+    ///
+    /// Errors: no tensor `name`.
+    pub fn replaced_within(&self, name: &str, first: u64, count: u64) -> Result<Option<Vec<u64>>> {
+        let index = self.index(name)?;
+        let Some(rep) = self.replacement.as_ref().filter(|r| r.index == index) else { return Ok(None) };
+        Ok(Some(match &rep.rows {
+            None => (0..count).collect(),
+            Some(rows) => {
+                let from = rows.partition_point(|&x| x < first);
+                rows[from..].iter().take_while(|&&x| x < first + count).map(|&x| x - first).collect()
+            }
+        }))
+    }
+
     /// Tensor names in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.recipes.iter().map(|r| r.spec.name.as_str())

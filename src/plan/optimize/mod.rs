@@ -216,6 +216,7 @@ impl OptimizeLog {
                         "layer": v.layer,
                         "gain": finite(v.gain),
                         "residual_error": finite(v.residual_error),
+                        "rows_probed": v.rows_probed,
                     })),
                 })),
                 "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.name(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
@@ -523,8 +524,15 @@ pub fn optimize<'a>(
                     (None, _) => "not measurable".to_string(),
                     (Some(kl), None) => format!("{kl:.3e} nats"),
                     (Some(kl), Some(v)) => format!(
-                        "{kl:.3e} nats = layer {} gain {:.3e} × output change {:.3e}",
-                        v.layer, v.gain, v.residual_error
+                        "{kl:.3e} nats = layer {} gain {:.3e} × output change {:.3e}{}",
+                        v.layer,
+                        v.gain,
+                        v.residual_error,
+                        if v.rows_probed < 1.0 {
+                            format!(" (from {:.0} % of its rows)", 100.0 * v.rows_probed)
+                        } else {
+                            String::new()
+                        }
                     ),
                 };
                 format!(

@@ -26,8 +26,10 @@
 //! Either way the token embedding reruns everything and `output.weight` only the head.
 //!
 //! **Cost and bounds.** One forward of the source on the calibration tokens (the reference),
-//! then the probes. Memory: the residual stream entering every layer (and, per layer, after its
-//! attention half), `(2 · layers + 1) · tokens · hidden` f32 values; the
+//! then the probes (per-layer probes during it). Memory: the residual stream entering every
+//! layer and, per layer, its two groups' inputs to the rest of the model, `(3 · layers + 1) ·
+//! tokens · hidden` f32 values at most; one layer's recorded projections (per-layer probes;
+//! for a Mixtral-8x7B layer on 256 tokens about 110 MB); the
 //! reference distributions only as their [`TOP_K`] most likely tokens per position plus the
 //! rest's mass (`tokens · (TOP_K + 1) · 12` bytes), the logits computed [`HEAD_ROWS`]
 //! positions at a time; one substituted tensor at a time (its bytes at the probe type, decoded
@@ -45,6 +47,7 @@ use moeq_formats::gguf::GgmlType;
 
 use super::measure::{encode_rows, encode_whole};
 use crate::forward::Model;
+use crate::forward::memo::Memo;
 use crate::model::weights::Weights;
 use crate::plan::recipe::Recipe;
 use crate::write::progress::steps_bar;
@@ -74,7 +77,15 @@ pub struct Calibration<'w, 'a> {
     pub what: String,
     /// How tensors are probed.
     pub probes: KlProbes,
+    /// Per-layer probes quantize only every fourth row of an inner tensor with more values
+    /// than this ([`SAMPLE_ROWS_ABOVE`] by default, `MOEQ_KL_SAMPLE_ROWS_ABOVE` in the
+    /// environment for experiments; see the per-layer probes' module, `layer_gain.rs`).
+    pub sample_rows_above: u64,
 }
+
+/// Values above which an inner tensor's per-layer probe is row-sampled: 2²⁶ (67 M), which only
+/// stacked experts of large models exceed (a Mixtral-8x7B layer's gate: 470 M).
+pub const SAMPLE_ROWS_ABOVE: u64 = 1 << 26;
 
 /// How the KL-calibrated optimizer probes tensors (`--kl-probes`; see the module).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -106,6 +117,9 @@ pub struct LayerGain {
     /// with only this tensor at the probe type; for an attention tensor its change after the
     /// attention half times the layer's feed-forward amplification.
     pub residual_error: f64,
+    /// The share of the tensor's rows the probe quantized (1, or 1/4 for a huge inner tensor:
+    /// `residual_error` is then the sampled rows' change divided by it).
+    pub rows_probed: f64,
     /// The layer's KL (nats) per unit of `residual_error`, from one run of the later layers
     /// and the head on the layer's combined change.
     pub gain: f64,
@@ -200,7 +214,14 @@ fn probed_rows<'a>(
 
 /// `model` reading weights `w` (one tensor replaced), without probe or kept expert outputs.
 fn with_weights<'w, 'a>(model: &Model<'_, 'a>, w: &'w Weights<'a>) -> Model<'w, 'a> {
-    Model { w, cfg: model.cfg.clone(), blocks: model.blocks, probe: None, keep_expert_out: false }
+    Model {
+        w,
+        cfg: model.cfg.clone(),
+        blocks: model.blocks,
+        probe: None,
+        keep_expert_out: false,
+        memo: model.memo.clone(),
+    }
 }
 
 /// One tensor probed directly: the forward from `start` (see [`start_layer`]) to the logits.
@@ -262,7 +283,8 @@ pub fn sensitivities(
         bail!("{}: no calibration tokens", cal.what);
     }
     let base = Model::new(cal.weights).context("the source model cannot run for KL calibration")?;
-    let model = Model { probe: None, keep_expert_out: false, ..base };
+    let memo = (cal.probes == KlProbes::Layer).then(|| Arc::new(Memo::default()));
+    let model = Model { probe: None, keep_expert_out: false, memo, ..base };
     // Empty lines of a token file hold no positions.
     let chunks: Vec<Vec<u32>> = cal.chunks.iter().filter(|c| !c.is_empty()).cloned().collect();
     let run = Runner::new(&model, &chunks);
@@ -283,17 +305,25 @@ pub fn sensitivities(
         steps_bar(tensors.len() as u64 + 1 + layers.len() as u64, "KL")
     };
     bar.set_message("reference");
-    let reference = reference(&model, &run, per_layer).with_context(|| format!("the source model on {}", cal.what))?;
-    bar.inc(1);
-    let mut out: Vec<Option<Sensitivity>> = vec![None; tensors.len()];
-    for &l in &layers {
+    // The per-layer probes run as the reference run reaches their layer (see `layer_gain`).
+    let mut measured: Vec<layer_gain::LayerProbes> = Vec::with_capacity(layers.len());
+    let tick = |name: &str| {
+        bar.set_message(name.to_string());
+        bar.inc(1);
+    };
+    let mut each = |l: usize, streams: (&[f32], &[f32], &[f32])| -> Result<()> {
         let members: Vec<(usize, &Recipe)> =
             (0..tensors.len()).filter(|&i| starts[i] == Some(l)).map(|i| (i, tensors[i])).collect();
-        let tick = |name: &str| {
-            bar.set_message(name.to_string());
-            bar.inc(1);
-        };
-        for (i, s) in layer_gain::layer_sensitivities(cal, &model, &run, &reference, l, &members, &tick)? {
+        measured.push(layer_gain::probe_layer(cal, &model, &run, l, streams, &members, &tick)?);
+        bar.set_message("reference");
+        Ok(())
+    };
+    let reference = reference(&model, &run, per_layer, &layers, &mut each)
+        .with_context(|| format!("the source model on {}", cal.what))?;
+    bar.inc(1);
+    let mut out: Vec<Option<Sensitivity>> = vec![None; tensors.len()];
+    for probes in measured {
+        for (i, s) in layer_gain::layer_sensitivities(&model, &run, &reference, probes)? {
             out[i] = Some(s);
         }
         bar.inc(1);

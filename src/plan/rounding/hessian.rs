@@ -357,7 +357,7 @@ pub fn compute(w: &Weights, chunks: &[Vec<u32>], wanted: &HashSet<String>, quiet
         routed: Mutex::new(Routed::default()),
     });
     let base = Model::new(w)?;
-    let model = Model { probe: Some(collector.clone()), keep_expert_out: false, ..base };
+    let model = Model { probe: Some(collector.clone()), keep_expert_out: false, memo: None, ..base };
     let c = &model.cfg;
     let h = c.n_embd;
     let tokens: Vec<u32> = chunks.iter().flatten().copied().collect();

@@ -27,8 +27,26 @@
 //! change of the residual stream, and the quantization errors of different tensors are
 //! independent, so their changes add about orthogonally.
 //!
-//! Cost per layer: one attention or feed-forward half per tensor, one feed-forward half more
-//! and one run of the later layers and the head per group — where the per-tensor probes
+//! **Huge inner tensors** (more values than [`Calibration::sample_rows_above`], e.g. the stacked
+//! experts' gates and ups of a Mixtral-width layer, 470 M values each) are probed on every
+//! [`SAMPLE_STEP`]-th row only (the others keep the source's values): quantizing the probe was
+//! as much work as the plain conversion's own quantization. Rows' rounding errors are
+//! independent, so the change from a fraction `f` of the rows has about `f` times the whole
+//! tensor's squared size, in the same kind of directions (an inner tensor's rows are channels
+//! whose changes reach the residual stream through the writer); it is scaled by `1/√f`. The
+//! writers are probed whole: their rows are residual-stream dimensions, and a change in every
+//! fourth dimension only would not point where the whole tensor's change points.
+//!
+//! **While the reference runs.** A layer's probes run when the reference run has just computed
+//! that layer ([`probe_layer`]), with every projection of the reference's layer recorded
+//! ([`crate::forward::memo::Memo`]): a probe of the experts' gates reuses the ups as they
+//! were and recomputes only the gates' sampled rows and, behind them, a quarter of the downs'
+//! multiplications. The groups' runs of the rest of the model need the reference's
+//! distributions, so they follow the reference run ([`layer_sensitivities`]); each group's
+//! input to them (`tokens · hidden` values) is kept until then.
+//!
+//! Cost per layer: one attention or feed-forward half per tensor (less what the memo
+//! reuses), one feed-forward half more and one run of the later layers and the head per group — where the per-tensor probes
 //! (`--kl-probes tensor`) run the later layers and the head once per tensor. The token
 //! embedding and the output head are probed directly (they are not in a layer).
 
@@ -36,9 +54,12 @@ use anyhow::{Context, Result};
 use moeq_formats::gguf::GgmlType;
 
 use super::reference::{Reference, Runner, add, mean_sq, sub, tail_kl};
-use super::{Calibration, LayerGain, Sensitivity, probe_type, probed, with_weights};
+use super::{Calibration, LayerGain, Sensitivity, probe_type, probed, probed_rows, with_weights};
 use crate::forward::Model;
 use crate::plan::recipe::Recipe;
+
+/// A huge inner tensor's probe quantizes rows `0, SAMPLE_STEP, 2·SAMPLE_STEP, …` only.
+pub const SAMPLE_STEP: u64 = 4;
 
 /// Where a tensor of layer `l` acts: its half of the layer, and whether it writes to the
 /// residual stream itself.
@@ -53,24 +74,41 @@ fn place(name: &str, l: usize) -> Place {
     Place { ffn: short.starts_with("ffn_"), writer: short.starts_with("attn_output") || short.starts_with("ffn_down") }
 }
 
-/// One tensor's measured change of its layer: `(place, mean squared change, probe error)`;
+/// One tensor's measured change of its layer: `(place, mean squared change, probe error, share
+/// of its rows probed)`;
 /// `None`: not measurable.
-type Change = (usize, GgmlType, Option<(Place, f64, f64)>);
+type Change = (usize, GgmlType, Option<(Place, f64, f64, f64)>);
+
+/// What [`probe_layer`] measured of one layer, for [`layer_sensitivities`] once the reference
+/// run is complete: each tensor's change, each group's amplification, and each group's input
+/// to the rest of the model (the layer's output changed by the group's scaled change) with the
+/// mean squared size of that change.
+pub(super) struct LayerProbes {
+    l: usize,
+    changes: Vec<Change>,
+    amplification: [Option<f64>; 2],
+    tails: [Option<(Vec<f32>, f64)>; 2],
+}
 
 /// Measures the tensors `members` (indices into the caller's list, with their recipes) of
-/// layer `l` and returns their sensitivities (scale not yet set), in `members`' order.
+/// layer `l`, given the reference's residual stream entering the layer (`hidden`), after its
+/// attention half (`mid`) and after it (`next`): each tensor's change of the layer and, per
+/// group, the change the rest of the model runs on ([`layer_sensitivities`] runs it). Called
+/// while the reference run is at layer `l`, with the model's [`crate::forward::memo::Memo`]
+/// holding the layer's projections (so a probe recomputes only what its tensor changes).
 /// `tick` is called before each probe with the tensor's name.
 ///
 /// Errors: a tensor cannot be read or quantized, the model cannot run.
-pub(super) fn layer_sensitivities(
+#[allow(clippy::too_many_arguments)]
+pub(super) fn probe_layer(
     cal: &Calibration,
     model: &Model,
     run: &Runner,
-    r: &Reference,
     l: usize,
+    (hidden, mid, next): (&[f32], &[f32], &[f32]),
     members: &[(usize, &Recipe)],
     tick: &dyn Fn(&str),
-) -> Result<Vec<(usize, Sensitivity)>> {
+) -> Result<LayerProbes> {
     let h = model.cfg.n_embd;
     // Per group (inner, writer): the summed attention changes and feed-forward changes.
     let mut sums: [[Option<Vec<f32>>; 2]; 2] = Default::default();
@@ -79,47 +117,64 @@ pub(super) fn layer_sensitivities(
         let name = &recipe.spec.name;
         tick(name);
         let probe = probe_type(recipe.row_len());
-        let Some((w, probe_error)) = probed(cal, recipe, probe)? else {
+        let at = place(name, l);
+        // A huge inner tensor is probed on every SAMPLE_STEP-th row (see the module).
+        let n_rows = recipe.n_rows();
+        let sampled = !at.writer && n_rows >= 2 * SAMPLE_STEP && recipe.row_len() * n_rows > cal.sample_rows_above;
+        let measured = if sampled {
+            let rows: Vec<u64> = (0..n_rows).step_by(SAMPLE_STEP as usize).collect();
+            let fraction = rows.len() as f64 / n_rows as f64;
+            probed_rows(cal, recipe, probe, rows)?.map(|(w, e)| (w, e, fraction))
+        } else {
+            probed(cal, recipe, probe)?.map(|(w, e)| (w, e, 1.0))
+        };
+        let Some((w, probe_error, fraction)) = measured else {
             changes.push((index, probe, None));
             continue;
         };
         let changed = with_weights(model, &w);
-        let at = place(name, l);
         let what = || format!("the source model with '{name}' at {probe}");
         let mut x = if at.ffn {
-            let mut x = r.mid[l].clone();
+            let mut x = mid.to_vec();
             run.ffn(&changed, l, &mut x).with_context(what)?;
-            sub(&mut x, &r.hidden[l + 1]);
+            sub(&mut x, next);
             x
         } else {
-            let mut x = r.hidden[l].clone();
+            let mut x = hidden.to_vec();
             run.attention(&changed, l, &mut x).with_context(what)?;
-            sub(&mut x, &r.mid[l]);
+            sub(&mut x, mid);
             x
         };
+        drop(changed);
+        drop(w);
+        if fraction < 1.0 {
+            // The change of the sampled rows, scaled to the whole tensor's expected size.
+            let c = (1.0 / fraction).sqrt() as f32;
+            x.iter_mut().for_each(|v| *v *= c);
+        }
         let e = mean_sq(&x, h);
         let sum = &mut sums[at.writer as usize][at.ffn as usize];
         match sum {
             Some(s) => add(s, &x),
             None => *sum = Some(std::mem::take(&mut x)),
         }
-        changes.push((index, probe, Some((at, e, probe_error))));
+        changes.push((index, probe, Some((at, e, probe_error, fraction))));
     }
-    // Per group: the attention half's amplification and the gain.
+    // Per group: the attention half's amplification and the rest of the model's input.
     let mut amplification = [None; 2];
-    let mut gain = [None; 2];
+    let mut tails: [Option<(Vec<f32>, f64)>; 2] = Default::default();
     for (writer, [attn_sum, ffn_sum]) in sums.into_iter().enumerate() {
         if attn_sum.is_none() && ffn_sum.is_none() {
             continue;
         }
-        let mut residual = ffn_sum.unwrap_or_else(|| vec![0.0; r.hidden[l].len()]);
+        let mut residual = ffn_sum.unwrap_or_else(|| vec![0.0; next.len()]);
         if let Some(a) = attn_sum {
             let a_e = mean_sq(&a, h);
-            let mut x = r.mid[l].clone();
+            let mut x = mid.to_vec();
             add(&mut x, &a);
             drop(a);
             run.ffn(model, l, &mut x).with_context(|| format!("layer {l} with its attention tensors changed"))?;
-            sub(&mut x, &r.hidden[l + 1]);
+            sub(&mut x, next);
             let out_e = mean_sq(&x, h);
             add(&mut residual, &x);
             amplification[writer] = (a_e > 0.0).then(|| out_e / a_e);
@@ -127,7 +182,7 @@ pub(super) fn layer_sensitivities(
         let singles: Vec<f64> = changes
             .iter()
             .filter_map(|(_, _, m)| m.filter(|(at, ..)| at.writer == (writer == 1)))
-            .filter_map(|(at, e, _)| if at.ffn { Some(e) } else { amplification[writer].map(|a| a * e) })
+            .filter_map(|(at, e, ..)| if at.ffn { Some(e) } else { amplification[writer].map(|a| a * e) })
             .filter(|&e| e > 0.0 && e.is_finite())
             .collect();
         let joint = mean_sq(&residual, h);
@@ -138,9 +193,27 @@ pub(super) fn layer_sensitivities(
         let c = (typical / joint).sqrt() as f32;
         residual.iter_mut().for_each(|v| *v *= c);
         let d_e = mean_sq(&residual, h);
-        let mut x = r.hidden[l + 1].clone();
-        add(&mut x, &residual);
-        drop(residual);
+        add(&mut residual, next);
+        tails[writer] = Some((residual, d_e));
+    }
+    Ok(LayerProbes { l, changes, amplification, tails })
+}
+
+/// The sensitivities of one layer's tensors from what [`probe_layer`] measured (scale not
+/// yet set), in its `members`' order: the rest of the model runs once per group on the
+/// group's change to give the group's gain.
+///
+/// Errors: the model cannot run.
+pub(super) fn layer_sensitivities(
+    model: &Model,
+    run: &Runner,
+    r: &Reference,
+    probes: LayerProbes,
+) -> Result<Vec<(usize, Sensitivity)>> {
+    let LayerProbes { l, changes, amplification, tails } = probes;
+    let mut gain = [None; 2];
+    for (writer, tail) in tails.into_iter().enumerate() {
+        let Some((x, d_e)) = tail else { continue };
         let kl =
             tail_kl(model, run, r, x, l + 1).with_context(|| format!("the layers after layer {l} on its change"))?;
         gain[writer] = Some(kl / d_e).filter(|g| g.is_finite() && d_e > 0.0);
@@ -150,14 +223,16 @@ pub(super) fn layer_sensitivities(
         .map(|(index, probe, measured)| {
             let (kl, probe_error, via) = match measured {
                 None => (None, f64::NAN, None),
-                Some((at, e, probe_error)) => {
+                Some((at, e, probe_error, rows_probed)) => {
                     let g = at.writer as usize;
                     let residual_error = if at.ffn { Some(e) } else { amplification[g].map(|a| a * e) };
                     match (residual_error, gain[g]) {
                         (Some(re), _) if re <= 0.0 => (Some(0.0), probe_error, None),
-                        (Some(re), Some(gain)) => {
-                            (Some(gain * re), probe_error, Some(LayerGain { layer: l, residual_error: re, gain }))
-                        }
+                        (Some(re), Some(gain)) => (
+                            Some(gain * re),
+                            probe_error,
+                            Some(LayerGain { layer: l, residual_error: re, gain, rows_probed }),
+                        ),
                         _ => (None, probe_error, None),
                     }
                 }

@@ -224,7 +224,10 @@ impl Runner {
     /// The attention half of layer `l` ([`Model::attention_residual`]), group by group.
     pub(super) fn attention(&self, m: &Model, l: usize, x: &mut [f32]) -> Result<()> {
         let h = m.cfg.n_embd;
-        for (first, len, starts) in &self.groups {
+        for (g, (first, len, starts)) in self.groups.iter().enumerate() {
+            if let Some(memo) = &m.memo {
+                memo.set_scope(g);
+            }
             m.attention_residual(l, &mut x[first * h..(first + len) * h], starts)
                 .with_context(|| format!("layer {l}"))?;
         }
@@ -234,7 +237,10 @@ impl Runner {
     /// The feed-forward half of layer `l` ([`Model::ffn_residual`]), group by group.
     pub(super) fn ffn(&self, m: &Model, l: usize, x: &mut [f32]) -> Result<()> {
         let h = m.cfg.n_embd;
-        for (first, len, _) in &self.groups {
+        for (g, (first, len, _)) in self.groups.iter().enumerate() {
+            if let Some(memo) = &m.memo {
+                memo.set_scope(g);
+            }
             m.ffn_residual(l, &mut x[first * h..(first + len) * h]).with_context(|| format!("layer {l}"))?;
         }
         Ok(())
@@ -254,31 +260,54 @@ impl Runner {
     }
 }
 
-/// The reference run: the residual stream entering each layer (and after the last), the
-/// residual stream after each layer's attention half (when asked for), and each position's
-/// top tokens.
+/// The reference run: the residual stream entering each layer (and after the last) and each
+/// position's top tokens.
 pub(super) struct Reference {
     /// `hidden[l]`: entering layer `l`; `hidden[n_layer]`: after the last layer.
     pub(super) hidden: Vec<Vec<f32>>,
-    /// `mid[l]`: layer `l`'s residual stream after its attention half (empty unless asked).
-    pub(super) mid: Vec<Vec<f32>>,
     pub(super) top: Vec<Top>,
     /// The head rows the positions read.
     pub(super) index: RowIndex,
 }
 
-/// Runs the source model `m` on every calibration token; keeps `mid` when `keep_mid`.
-pub(super) fn reference(m: &Model, run: &Runner, keep_mid: bool) -> Result<Reference> {
+/// Called by [`reference`] after each layer of `layers` with the layer and its residual
+/// streams: entering it, after its attention half, after it.
+pub(super) type EachLayer<'c> = dyn FnMut(usize, (&[f32], &[f32], &[f32])) -> Result<()> + 'c;
+
+/// Runs the source model `m` on every calibration token. After each layer of `layers`
+/// (ascending), `each` sees it (the stream after the attention half only when `keep_mid`, else
+/// empty), with the layer's projections recorded in `m`'s memo (when it has one; cleared after).
+pub(super) fn reference(
+    m: &Model,
+    run: &Runner,
+    keep_mid: bool,
+    layers: &[usize],
+    each: &mut EachLayer,
+) -> Result<Reference> {
     let mut x = m.embed(&run.tokens)?;
     let mut hidden = Vec::with_capacity(m.cfg.n_layer + 1);
-    let mut mid = Vec::with_capacity(if keep_mid { m.cfg.n_layer } else { 0 });
     for l in 0..m.cfg.n_layer {
+        let wanted = layers.binary_search(&l).is_ok();
+        let memo = m.memo.as_ref().filter(|_| wanted);
+        if let Some(memo) = memo {
+            memo.clear();
+            memo.set_recording(true);
+        }
         hidden.push(x.clone());
         run.attention(m, l, &mut x)?;
-        if keep_mid {
-            mid.push(x.clone());
-        }
+        let after_attention = keep_mid.then(|| x.clone());
         run.ffn(m, l, &mut x)?;
+        if let Some(memo) = memo {
+            memo.set_recording(false);
+        }
+        if wanted {
+            let mid_l = after_attention.as_deref().unwrap_or(&[]);
+            let done = each(l, (&hidden[l], mid_l, &x));
+            if let Some(memo) = memo {
+                memo.clear();
+            }
+            done?;
+        }
     }
     let vocab = vocab(m)?;
     let mut chosen = Vec::with_capacity(run.tokens.len());
@@ -303,7 +332,7 @@ pub(super) fn reference(m: &Model, run: &Runner, keep_mid: bool) -> Result<Refer
         })
         .collect();
     hidden.push(x);
-    Ok(Reference { hidden, mid, top, index })
+    Ok(Reference { hidden, top, index })
 }
 
 /// The final norm of the residual stream `x` [tokens, hidden]: the head's input.
