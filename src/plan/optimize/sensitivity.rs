@@ -77,13 +77,13 @@ pub struct Calibration<'w, 'a> {
     pub what: String,
     /// How tensors are probed.
     pub probes: KlProbes,
-    /// Per-layer probes quantize only every fourth row of an inner tensor with more values
+    /// Per-layer probes quantize only every fourth row of a tensor with more values
     /// than this ([`SAMPLE_ROWS_ABOVE`] by default, `MOEQ_KL_SAMPLE_ROWS_ABOVE` in the
     /// environment for experiments; see the per-layer probes' module, `layer_gain.rs`).
     pub sample_rows_above: u64,
 }
 
-/// Values above which an inner tensor's per-layer probe is row-sampled: 2²⁶ (67 M), which only
+/// Values above which a tensor's per-layer probe is row-sampled: 2²⁶ (67 M), which only
 /// stacked experts of large models exceed (a Mixtral-8x7B layer's gate: 470 M).
 pub const SAMPLE_ROWS_ABOVE: u64 = 1 << 26;
 
@@ -117,7 +117,7 @@ pub struct LayerGain {
     /// with only this tensor at the probe type; for an attention tensor its change after the
     /// attention half times the layer's feed-forward amplification.
     pub residual_error: f64,
-    /// The share of the tensor's rows the probe quantized (1, or 1/4 for a huge inner tensor:
+    /// The share of the tensor's rows the probe quantized (1, or 1/4 for a huge tensor:
     /// `residual_error` is then the sampled rows' change divided by it).
     pub rows_probed: f64,
     /// The layer's KL (nats) per unit of `residual_error`, from one run of the later layers

@@ -27,15 +27,17 @@
 //! change of the residual stream, and the quantization errors of different tensors are
 //! independent, so their changes add about orthogonally.
 //!
-//! **Huge inner tensors** (more values than [`Calibration::sample_rows_above`], e.g. the stacked
-//! experts' gates and ups of a Mixtral-width layer, 470 M values each) are probed on every
-//! [`SAMPLE_STEP`]-th row only (the others keep the source's values): quantizing the probe was
-//! as much work as the plain conversion's own quantization. Rows' rounding errors are
-//! independent, so the change from a fraction `f` of the rows has about `f` times the whole
-//! tensor's squared size, in the same kind of directions (an inner tensor's rows are channels
-//! whose changes reach the residual stream through the writer); it is scaled by `1/√f`. The
-//! writers are probed whole: their rows are residual-stream dimensions, and a change in every
-//! fourth dimension only would not point where the whole tensor's change points.
+//! **Huge tensors** (more values than [`Calibration::sample_rows_above`], e.g. the stacked
+//! experts of a Mixtral-width layer, 470 M values each) are probed on every [`SAMPLE_STEP`]-th
+//! row only (the others keep the source's values): quantizing the probe was as much work as the
+//! plain conversion's own quantization. Rows' rounding errors are independent, so the change
+//! from a fraction `f` of the rows has about `f` times the whole tensor's squared size, and it
+//! is scaled by `1/√f`. For a writer, whose rows are residual-stream dimensions, the change then
+//! lies in every fourth dimension only — but the whole tensor's change has independent
+//! dimensions too (each is one row's error), so to second order the KL it causes is a sum over
+//! dimensions, which the sample estimates. Measured on the trained MoE with every expert tensor
+//! sampled: the predictions agree with the per-tensor probes as well as unsampled ones do
+//! (Spearman 0.90 / 0.87 against 0.89 / 0.83 on 512 / 2048 tokens).
 //!
 //! **While the reference runs.** A layer's probes run when the reference run has just computed
 //! that layer ([`probe_layer`]), with every projection of the reference's layer recorded
@@ -58,7 +60,7 @@ use super::{Calibration, LayerGain, Sensitivity, probe_type, probed, probed_rows
 use crate::forward::Model;
 use crate::plan::recipe::Recipe;
 
-/// A huge inner tensor's probe quantizes rows `0, SAMPLE_STEP, 2·SAMPLE_STEP, …` only.
+/// A huge tensor's probe quantizes rows `0, SAMPLE_STEP, 2·SAMPLE_STEP, …` only.
 pub const SAMPLE_STEP: u64 = 4;
 
 /// Where a tensor of layer `l` acts: its half of the layer, and whether it writes to the
@@ -118,9 +120,9 @@ pub(super) fn probe_layer(
         tick(name);
         let probe = probe_type(recipe.row_len());
         let at = place(name, l);
-        // A huge inner tensor is probed on every SAMPLE_STEP-th row (see the module).
+        // A huge tensor is probed on every SAMPLE_STEP-th row (see the module).
         let n_rows = recipe.n_rows();
-        let sampled = !at.writer && n_rows >= 2 * SAMPLE_STEP && recipe.row_len() * n_rows > cal.sample_rows_above;
+        let sampled = n_rows >= 2 * SAMPLE_STEP && recipe.row_len() * n_rows > cal.sample_rows_above;
         let measured = if sampled {
             let rows: Vec<u64> = (0..n_rows).step_by(SAMPLE_STEP as usize).collect();
             let fraction = rows.len() as f64 / n_rows as f64;
