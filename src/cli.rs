@@ -351,7 +351,9 @@ pub struct QuantArgs {
     pub tokenizer: Option<PathBuf>,
     /// How the KL calibration of --optimize / --target-* probes tensors: layer (the default:
     /// each tensor's change of its own layer's output, turned into KL by one run of the rest of
-    /// the model per layer) or tensor (one run to the logits per tensor: its KL itself, slower).
-    #[arg(long, value_name = "HOW", value_parser = ["layer", "tensor"])]
+    /// the model per layer and group: writers, inner tensors), halves (the same with each
+    /// layer half's groups apart: closer to tensor, up to twice layer's time) or tensor (one
+    /// run to the logits per tensor: its KL itself, slowest).
+    #[arg(long, value_name = "HOW", value_parser = ["layer", "halves", "tensor"])]
     pub kl_probes: Option<String>,
 }

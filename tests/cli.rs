@@ -3943,7 +3943,8 @@ fn trained_moe_converts_with_gpt2_pre_and_reproduces_transformers() {
 /// own layer's output and one run of the rest of the model per layer and group, where
 /// `--kl-probes tensor` measures it with one run to the logits per tensor. On the trained MoE
 /// (real weights: on random ones the two differ more) the predictions rank the tensors as the
-/// measurements do (Spearman ≥ 0.8; one gain for all of a layer's tensors gives ~0.6) and are
+/// measurements do (Spearman ≥ 0.8; one gain for all of a layer's tensors gives ~0.6;
+/// `--kl-probes halves`, four groups per layer, ≥ 0.9: measured 0.98) and are
 /// unbiased within a factor 1.5 on average; the embedding and the head, probed directly either
 /// way, get the same KL bit for bit; every prediction is its layer's gain times its change.
 #[test]
@@ -3986,8 +3987,10 @@ fn kl_probes_per_layer_predict_the_per_tensor_kl() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("MOEQ_KL_SAMPLE_ROWS_ABOVE=\"lots\" is not a count"));
     let layer = plan("layer", None);
-    for (layer, label) in [(layer, "whole"), (sampled, "row-sampled")] {
-        assert_eq!(layer["calibration"]["probes"], "layer");
+    let halves = plan("halves", None);
+    for (layer, label, min_spearman) in [(layer, "layer", 0.8), (sampled, "row-sampled", 0.8), (halves, "halves", 0.9)]
+    {
+        assert_eq!(layer["calibration"]["probes"], if label == "halves" { "halves" } else { "layer" });
         assert_eq!(tensor["calibration"]["probes"], "tensor");
         let (lt, tt) = (layer["tensors"].as_array().unwrap(), tensor["tensors"].as_array().unwrap());
         assert_eq!(lt.len(), tt.len());
@@ -4030,7 +4033,7 @@ fn kl_probes_per_layer_predict_the_per_tensor_kl() {
         let spearman = 1.0 - 6.0 * ra.iter().zip(&rb).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / (n * (n * n - 1.0));
         let d: Vec<f64> = predicted.iter().zip(&measured).map(|(p, m)| p - m).collect();
         let mean = d.iter().sum::<f64>() / n;
-        assert!(spearman >= 0.8, "{label}: Spearman {spearman:.3}");
+        assert!(spearman >= min_spearman, "{label}: Spearman {spearman:.3}");
         assert!(mean.abs() <= 1.5f64.ln(), "{label}: mean log ratio {mean:.3}");
     }
     // --kl-probes needs a size target.

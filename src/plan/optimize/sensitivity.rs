@@ -96,6 +96,10 @@ pub enum KlProbes {
     Layer,
     /// One run from the tensor's layer to the logits per tensor: its KL itself.
     Tensor,
+    /// As [`KlProbes::Layer`] with four groups per layer instead of two: each half's (attention,
+    /// feed-forward) writers and inner tensors apart — closer to the per-tensor probes, for one
+    /// more run of the rest of the model per layer half with probed tensors.
+    Halves,
 }
 
 impl KlProbes {
@@ -104,6 +108,7 @@ impl KlProbes {
         match self {
             KlProbes::Layer => "layer",
             KlProbes::Tensor => "tensor",
+            KlProbes::Halves => "halves",
         }
     }
 }
@@ -283,14 +288,14 @@ pub fn sensitivities(
         bail!("{}: no calibration tokens", cal.what);
     }
     let base = Model::new(cal.weights).context("the source model cannot run for KL calibration")?;
-    let memo = (cal.probes == KlProbes::Layer).then(|| Arc::new(Memo::default()));
+    let memo = (cal.probes != KlProbes::Tensor).then(|| Arc::new(Memo::default()));
     let model = Model { probe: None, keep_expert_out: false, memo, ..base };
     // Empty lines of a token file hold no positions.
     let chunks: Vec<Vec<u32>> = cal.chunks.iter().filter(|c| !c.is_empty()).cloned().collect();
     let run = Runner::new(&model, &chunks);
     let (n_layer, head) = (model.cfg.n_layer, model.head_weight());
     let starts: Vec<Option<usize>> = tensors.iter().map(|r| start_layer(&r.spec.name, n_layer, head)).collect();
-    let per_layer = cal.probes == KlProbes::Layer;
+    let per_layer = cal.probes != KlProbes::Tensor;
     let layers: Vec<usize> = if per_layer {
         let mut l: Vec<usize> = starts.iter().filter_map(|s| s.filter(|&l| l < n_layer)).collect();
         l.sort_unstable();

@@ -202,7 +202,8 @@ impl QuantArgs {
         let probes = match self.kl_probes.as_deref() {
             None | Some("layer") => KlProbes::Layer,
             Some("tensor") => KlProbes::Tensor,
-            Some(other) => bail!("--kl-probes {other}: give layer or tensor"),
+            Some("halves") => KlProbes::Halves,
+            Some(other) => bail!("--kl-probes {other}: give layer, halves or tensor"),
         };
         if self.kl_probes.is_some() && !target {
             bail!(
