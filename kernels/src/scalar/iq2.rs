@@ -10,7 +10,7 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, make_qp_quants, nearest_int, sum_x2};
+use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int, sum_x2};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
@@ -104,9 +104,10 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
             scales[ib] = 0.0;
             continue;
         }
-        let mut lq = [0u8; 32];
-        let mut scale = make_qp_quants(KMAXQ + 1, &xval, &mut lq, &weight);
-        let mut l = lq.map(|v| v as i8);
+        // ggml's codes from `make_qp_quants` never reach the output: a chosen candidate's
+        // replace them, and without one the scale is positive and the refinement replaces them.
+        let mut scale = s.qp_scale(KMAXQ + 1, &xval, &weight);
+        let mut l = [0i8; 32];
         let eff_max = scale * KMAXQ as f32;
         if eff_max <= 0.0 {
             scales[ib] = 0.0;

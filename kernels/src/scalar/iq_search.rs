@@ -5,7 +5,7 @@
 //! `quantize_row_iq1_{s,m}_impl`); any other implementation must return exactly the same
 //! values (bit for bit) for every input.
 
-use super::common::nearest_int;
+use super::common::{make_qp_quants, nearest_int};
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use super::iq1::{X_M, X_P};
 
@@ -106,6 +106,14 @@ pub trait Searcher {
             let id = n / max;
             *slot = (id, 1.0 / id);
         }
+    }
+
+    /// The scale `make_qp_quants(nmax, x, _, qw)` returns for a block of 32 values (IQ2_XXS's
+    /// first estimate; its codes are not needed). SIMD backends form the candidate errors in
+    /// lanes and run the coordinate descent a vector of values at a time, with ggml's every
+    /// float operation.
+    fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+        make_qp_quants(nmax, x, &mut [0u8; 32], qw)
     }
 
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best

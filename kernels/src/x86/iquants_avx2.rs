@@ -25,6 +25,7 @@ use super::avx2::lanes as f32s;
 use super::kquants_avx2::{clamp, nearest_int};
 use crate::QuantType;
 use crate::backend::Refusal;
+use crate::scalar::common::c_max;
 use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
 use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
 use crate::scalar::iq1::{X_M, X_P};
@@ -214,6 +215,11 @@ impl Searcher for Avx2 {
     fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
         // SAFETY: as above.
         unsafe { candidates(numerators, max, out) }
+    }
+
+    fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { qp_scale(nmax, x, qw) }
     }
 
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
@@ -583,6 +589,135 @@ fn evaluate<const N: usize>(
     Ok(())
 }
 
+/// [`Searcher::qp_scale`]: `make_qp_quants` of 32 values (ggml-quants.c), each float
+/// operation as the scalar reference performs it. The eight scaled candidates' errors are summed
+/// in lanes (lane = candidate, values in order), the first estimate's and the final sums' terms
+/// are formed in lanes and added in order; the coordinate descent tests a vector of values at
+/// a time against the current sums and applies the first value that changes (then tests again
+/// from the next value), which is the sequential descent's every step.
+#[target_feature(enable = "avx2")]
+fn qp_scale(nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+    let xv: [__m256; 4] = std::array::from_fn(|v| load8(&x[8 * v..]));
+    let wv: [__m256; 4] = std::array::from_fn(|v| load8(&qw[8 * v..]));
+    // The largest value (from 0, as ggml's `MAX` chain; only a positive maximum is used, and
+    // the maximum of finite values does not depend on the order).
+    let m = _mm256_max_ps(_mm256_max_ps(xv[0], xv[1]), _mm256_max_ps(xv[2], xv[3]));
+    let max = f32s(m).into_iter().fold(0.0f32, c_max);
+    if max < crate::scalar::common::GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let nmaxv = _mm256_set1_epi32(nmax);
+    let iscale0 = nmaxf / max;
+    let scale0 = 1.0 / iscale0;
+    // The first estimate's terms `w·diff·diff`, codes as ggml's `uint8_t` holds them.
+    let mut terms = [0f32; 32];
+    for v in 0..4 {
+        let l = _mm256_and_si256(nearest_int(_mm256_mul_ps(_mm256_set1_ps(iscale0), xv[v])), _mm256_set1_epi32(255));
+        let diff = _mm256_sub_ps(xv[v], _mm256_mul_ps(_mm256_set1_ps(scale0), _mm256_cvtepi32_ps(l)));
+        // SAFETY: `terms` has room for 8 f32 at 8·v (v < 4).
+        unsafe { _mm256_storeu_ps(terms.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(wv[v], diff), diff)) };
+    }
+    // Lanes: is = −4..−1, 1..4.
+    let is = _mm256_setr_ps(-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0);
+    let iscale_is = _mm256_div_ps(
+        _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(0.1), is), _mm256_set1_ps(nmaxf)),
+        _mm256_set1_ps(max),
+    );
+    let scale_is = _mm256_div_ps(_mm256_set1_ps(1.0), iscale_is);
+    let mut mse = _mm256_setzero_ps();
+    let mut best_mse = 0.0f32;
+    for i in 0..32 {
+        let xi = _mm256_set1_ps(x[i]);
+        let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(iscale_is, xi)), nmaxv);
+        let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale_is, _mm256_cvtepi32_ps(l)));
+        mse = _mm256_add_ps(mse, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(qw[i]), diff), diff));
+        best_mse += terms[i];
+    }
+    let (mse, iscales) = (f32s(mse), f32s(iscale_is));
+    let mut iscale = iscale0;
+    for k in 0..8 {
+        if mse[k] < best_mse {
+            best_mse = mse[k];
+            iscale = iscales[k];
+        }
+    }
+    // Codes at the chosen scale (as ggml's `uint8_t`, and as ints for the sums), `w·x`, and
+    // the sums' terms.
+    let mut lq = [_mm256_setzero_si256(); 4];
+    let mut lf = [_mm256_setzero_ps(); 4];
+    let mut wx = [_mm256_setzero_ps(); 4];
+    let (mut tx, mut t2) = ([0f32; 32], [0f32; 32]);
+    for v in 0..4 {
+        let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(_mm256_set1_ps(iscale), xv[v])), nmaxv);
+        let f = _mm256_cvtepi32_ps(l);
+        wx[v] = _mm256_mul_ps(wv[v], xv[v]);
+        lq[v] = _mm256_and_si256(l, _mm256_set1_epi32(255));
+        lf[v] = _mm256_cvtepi32_ps(lq[v]);
+        // SAFETY: `tx` and `t2` have room for 8 f32 at 8·v (v < 4).
+        unsafe {
+            _mm256_storeu_ps(tx.as_mut_ptr().add(8 * v), _mm256_mul_ps(wx[v], f));
+            _mm256_storeu_ps(t2.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(wv[v], f), f));
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..32 {
+        sumlx += tx[i];
+        suml2 += t2[i];
+    }
+    let zero = _mm256_setzero_ps();
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for _ in 0..5 {
+        let mut changed = false;
+        // The first value not yet tested in this pass.
+        let mut from = 0usize;
+        'pass: while from < 32 {
+            let (sx, s2) = (_mm256_set1_ps(sumlx), _mm256_set1_ps(suml2));
+            let rhs_base = _mm256_set1_ps(sumlx * sumlx);
+            for v in from / 8..4 {
+                let slx = _mm256_sub_ps(sx, _mm256_mul_ps(wx[v], lf[v]));
+                let sl2 = _mm256_sub_ps(s2, _mm256_mul_ps(_mm256_mul_ps(wv[v], lf[v]), lf[v]));
+                let ok = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero), _mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero));
+                // Lanes where `ok` fails may divide by zero or a negative; they are not used.
+                let new_l = _mm256_min_epi32(nearest_int(_mm256_div_ps(_mm256_mul_ps(xv[v], sl2), slx)), nmaxv);
+                let differs = _mm256_xor_si256(_mm256_cmpeq_epi32(new_l, lq[v]), _mm256_set1_epi32(-1));
+                let nf = _mm256_cvtepi32_ps(new_l);
+                let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[v], nf));
+                let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv[v], nf), nf));
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx_new, slx_new), s2),
+                    _mm256_mul_ps(rhs_base, sl2_new),
+                );
+                let tested = _mm256_cmpgt_epi32(
+                    _mm256_add_epi32(lane, _mm256_set1_epi32(8 * v as i32)),
+                    _mm256_set1_epi32(from as i32 - 1),
+                );
+                let take =
+                    _mm256_and_ps(_mm256_and_ps(ok, better), _mm256_castsi256_ps(_mm256_and_si256(differs, tested)));
+                let mask = _mm256_movemask_ps(take);
+                if mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    let (nl, sxn, s2n) = (i32s(new_l), f32s(slx_new), f32s(sl2_new));
+                    let mut codes = i32s(lq[v]);
+                    codes[j] = nl[j] & 255;
+                    lq[v] = load8i(&codes);
+                    lf[v] = _mm256_cvtepi32_ps(lq[v]);
+                    sumlx = sxn[j];
+                    suml2 = s2n[j];
+                    changed = true;
+                    from = 8 * v + j + 1;
+                    continue 'pass;
+                }
+            }
+            break;
+        }
+        if !changed {
+            break;
+        }
+    }
+    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
+}
+
 /// [`Searcher::iq1s_split`]: lanes are `i2`.
 #[target_feature(enable = "avx2")]
 fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
@@ -739,4 +874,55 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::common::make_qp_quants;
+
+    /// `qp_scale` against the scalar `make_qp_quants` on blocks shaped like IQ2_XXS's (magnitudes,
+    /// one negated value in some groups, zero and spread weights), on ties of the candidate
+    /// scales (values on multiples of a step) and on tiny and huge magnitudes.
+    #[test]
+    fn qp_scale_matches_make_qp_quants() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for case in 0..40_000 {
+            let shape = case % 8;
+            let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-16][shape];
+            let mut x = [0f32; 32];
+            let mut w = [0f32; 32];
+            for i in 0..32 {
+                let u = next();
+                x[i] = match shape {
+                    5 => (u * 8.0).floor() * 0.25,
+                    6 => (u * 4.0).round(),
+                    _ => u * scale,
+                };
+                if next() < 0.1 {
+                    x[i] = -x[i] * next();
+                }
+                w[i] = match case % 5 {
+                    0 => 1.0,
+                    1 if next() < 0.3 => 0.0,
+                    _ => next() * next() * 10.0,
+                };
+            }
+            for nmax in [4, 15] {
+                let want = make_qp_quants(nmax, &x, &mut [0u8; 32], &w);
+                // SAFETY: AVX2 was detected above.
+                let got = unsafe { qp_scale(nmax, &x, &w) };
+                assert_eq!(got.to_bits(), want.to_bits(), "case {case} nmax {nmax}: {x:?} {w:?}");
+            }
+        }
+    }
 }
