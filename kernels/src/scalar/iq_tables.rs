@@ -49,7 +49,8 @@ pub struct Lattice<const N: usize> {
     levels: Vec<u8>,
     /// For the 8-coordinate 2-bit grids (else empty), the same points neighbour by neighbour
     /// in 8 bytes (padded as `neighbours`): `4·(9·l0 + 3·l1 + l2)`, then `4·l` for coordinates
-    /// 3..8, then 0 (for SIMD searches that look the first three coordinates up together).
+    /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
+    /// coordinates up together, and read the winner's levels back from its row).
     prefix: Vec<u8>,
 }
 
@@ -62,7 +63,7 @@ pub struct List<'a> {
     pub levels: &'a [u8],
     /// For the 8-coordinate 2-bit grids (else empty), their levels neighbour by neighbour, 8
     /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
-    /// 0; the last chunk of 8 padded with zeros.
+    /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
     pub prefix: &'a [u8],
 }
 
@@ -134,6 +135,7 @@ impl<const N: usize> Lattice<N> {
                         let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
                         prefix.push(4 * (9 * l[0] + 3 * l[1] + l[2]));
                         prefix.extend(l[3..].iter().map(|&l| 4 * l));
+                        prefix.push(l[0] | l[1] << 2 | l[2] << 4);
                         prefix.resize(prefix.len().next_multiple_of(8), 0);
                     }
                     for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
@@ -287,7 +289,8 @@ mod tests {
                         }
                         let p = &n.prefix[8 * k..8 * k + 8];
                         assert_eq!(p[0], 4 * (9 * levels[0] + 3 * levels[1] + levels[2]));
-                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l) && p[6..] == [0, 0]);
+                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l));
+                        assert_eq!(p[6..], [levels[0] | levels[1] << 2 | levels[2] << 4, 0]);
                     }
                 }
             }

@@ -436,12 +436,12 @@ fn nearest_per_lane_prefix<const N: usize>(
             continue;
         }
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`).
-        let row = &rows[8 * k..8 * k + 8];
-        let first3 = (row[0] >> 2) as i32;
-        let levels = [first3 / 9, first3 / 3 % 3, first3 % 3];
+        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`):
+        // `4·l` of coordinates 3..8 in bytes 1..6, the first three packed in byte 6.
+        let row = u64::from_le_bytes(rows[8 * k..8 * k + 8].try_into().map_err(|_| GgmlAbort)?);
         for (i, out) in codes.iter_mut().enumerate().take(N) {
-            out[base + lane] = if i < 3 { levels[i] } else { (row[i - 2] >> 2) as i32 };
+            let shift = if i < 3 { 48 + 2 * i } else { 8 * (i - 2) + 2 };
+            out[base + lane] = ((row >> shift) & 3) as i32;
         }
     }
     Ok(())
