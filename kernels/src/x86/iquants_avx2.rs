@@ -312,15 +312,21 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
         best = _mm256_min_ps(d2, best);
         best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
     }
-    // Each lane holds its first minimum; the answer is the smallest value, first position.
-    let (b, p) = (f32s(best), i32s(best_at));
-    let mut found: Option<(f32, i32)> = None;
-    for k in 0..8 {
-        if p[k] != i32::MAX && found.is_none_or(|(m, at)| b[k] < m || (b[k] == m && p[k] < at)) {
-            found = Some((b[k], p[k]));
-        }
-    }
-    found.map(|(_, at)| at as usize)
+    // Each lane holds its first minimum; the answer is the smallest value, first position:
+    // the least position among the lanes holding the smallest value (lanes that found nothing
+    // hold NaN or FLT_MAX with position `i32::MAX`).
+    let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+    let at = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        best_at,
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(best, m)),
+    );
+    let at = _mm256_min_epi32(at, _mm256_permute2x128_si256::<1>(at, at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b01_00_11_10>(at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b10_11_00_01>(at));
+    usize::try_from(_mm256_cvtsi256_si32(at)).ok().filter(|&at| at < len)
 }
 
 /// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
@@ -371,10 +377,10 @@ fn nearest_per_lane<const N: usize>(
         }
     }
     let at = i32s(best_at);
-    for lane in 0..8 {
-        if lanes & (1 << lane) == 0 {
-            continue;
-        }
+    let mut todo = lanes as u32 & 0xff;
+    while todo != 0 {
+        let lane = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
         for (i, row) in codes.iter_mut().enumerate().take(N) {
             row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
@@ -431,10 +437,10 @@ fn nearest_per_lane_prefix<const N: usize>(
         at = _mm256_add_epi32(at, one);
     }
     let at = i32s(best_at);
-    for lane in 0..8 {
-        if lanes & (1 << lane) == 0 {
-            continue;
-        }
+    let mut todo = lanes as u32 & 0xff;
+    while todo != 0 {
+        let lane = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
         // The winner's levels from its row, just scanned (in cache, unlike `list.levels`):
         // `4·l` of coordinates 3..8 in bytes 1..6, the first three packed in byte 6.
