@@ -27,7 +27,7 @@ use crate::QuantType;
 use crate::backend::Refusal;
 use crate::scalar::common::c_max;
 use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
-use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
+use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use crate::scalar::iq1::{X_M, X_P};
 use crate::scalar::{iquants, ternary};
 
@@ -489,6 +489,9 @@ fn evaluate<const N: usize>(
     let n = xval.len();
     let count = candidates.len();
     assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && count <= 32);
+    if count == 1 && n.is_multiple_of(8) {
+        return evaluate_one::<N>(t, c, xval, weight, waux, candidates[0], groups, out);
+    }
     let map = t.map();
     // The largest packed code the clamped codes can form must be inside the map (gathers).
     let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
@@ -592,6 +595,72 @@ fn evaluate<const N: usize>(
         out.sumq2[at..at + m].copy_from_slice(&sq[..m]);
         out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
     }
+    Ok(())
+}
+
+/// [`evaluate`] for one candidate `(id, scale)` (the searches' refinement at the chosen scale),
+/// with lanes as values: the codes 8 values at a time, each group looked up and, off the grid,
+/// searched with lanes as neighbours; the sums' terms formed in lanes and added in order.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+fn evaluate_one<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    (id, scale): (f32, f32),
+    groups: u8,
+    out: &mut Evaluation,
+) -> Result<(), GgmlAbort> {
+    let n = xval.len();
+    assert!(n <= 32 && n.is_multiple_of(8) && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n);
+    let (one, half, idv) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5), _mm256_set1_ps(id));
+    let mut codes = [0i32; 32];
+    for v in 0..n / 8 {
+        let x = load8(&xval[8 * v..]);
+        let l = clamp(nearest_int(_mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, x), one))), c.kmax - 1);
+        // SAFETY: `codes` has room for 8 i32 at 8·v (v < 4).
+        unsafe { _mm256_storeu_si256(codes.as_mut_ptr().add(8 * v).cast(), l) };
+    }
+    let mut on_grid = 0u8;
+    for k in 0..n / N {
+        if groups & (1 << k) == 0 {
+            continue;
+        }
+        let r = N * k..N * k + N;
+        let u =
+            codes[r.clone()].iter().enumerate().fold(0usize, |u, (j, &q)| u | (q as usize) << (c.bits as usize * j));
+        match t.lookup(u) {
+            Lookup::OnGrid(_) => on_grid |= 1 << k,
+            Lookup::Near(list) => {
+                let best =
+                    nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scale).ok_or(GgmlAbort)?;
+                for (j, q) in codes[r].iter_mut().enumerate() {
+                    *q = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                }
+            }
+        }
+    }
+    let (mut tx, mut t2) = ([0f32; 32], [0f32; 32]);
+    for v in 0..n / 8 {
+        let (x, w, l) = (load8(&xval[8 * v..]), load8(&weight[8 * v..]), load8i(&codes[8 * v..]));
+        let q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), _mm256_set1_epi32(1)));
+        // SAFETY: `tx` and `t2` have room for 8 f32 at 8·v (v < 4).
+        unsafe {
+            _mm256_storeu_ps(tx.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(w, x), q));
+            _mm256_storeu_ps(t2.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+        }
+    }
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        sumqx += tx[i];
+        sumq2 += t2[i];
+        out.codes[0][i][0] = codes[i] as i8;
+    }
+    out.sumqx[0] = sumqx;
+    out.sumq2[0] = sumq2;
+    out.on_grid[0] = on_grid;
     Ok(())
 }
 
