@@ -85,6 +85,8 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
     let mut block_signs = [0u8; 4];
     let mut q2 = [0u32; 16];
     let mut max_scale = 0.0f32;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
     let sigma2 = sum_x2(x) / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
@@ -116,7 +118,6 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
         let numerators: [f32; 13] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1);
         let mut candidates = [(0f32, 0f32); 13];
         s.candidates(&numerators, eff_max, &mut candidates);
-        let mut ev = Evaluation::default();
         s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut ev)?;
         if let Some((c, sc)) = ev.choose(13) {
             scale = sc;
@@ -170,12 +171,12 @@ fn search16<S: Searcher>(
     waux: &[f32; 16],
     max: f32,
     l: &mut [i8; 16],
+    ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
     let numerators: [f32; 19] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1);
     let mut candidates = [(0f32, 0f32); 19];
     s.candidates(&numerators, max, &mut candidates);
-    let mut ev = Evaluation::default();
-    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut ev)?;
+    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = 0b11u8;
     if let Some((c, sc)) = ev.choose(19) {
@@ -184,7 +185,7 @@ fn search16<S: Searcher>(
         on_grid = ev.on_grid[c];
     }
     if on_grid != 0b11 && scale > 0.0 {
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, ev)?;
         let mut r = [0i8; 16];
         ev.codes_of(0, &mut r);
         for k in 0..2 {
@@ -208,6 +209,8 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
     let mut block_signs = [0u8; 2];
     let mut q2 = [0u16; 32];
     let mut max_scale = 0.0f32;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
     let sigma2 = sum_x2(x) / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
@@ -228,7 +231,7 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {
@@ -268,6 +271,8 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     let mut block_signs = [0u8; 2];
     let mut max_scale = 0.0f32;
     y[..IQ2_S_BYTES].fill(0);
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
     let sigma2 = 2.0 * sum_x2(x) / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
@@ -295,7 +300,7 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {

@@ -65,6 +65,7 @@ fn search32<S: Searcher>(
     waux: &[f32; 32],
     max: f32,
     l: &mut [i8; 32],
+    ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
     let n = (2 * p.steps + 1) as usize;
     let mut numerators = [0f32; 31];
@@ -73,8 +74,7 @@ fn search32<S: Searcher>(
     }
     let mut candidates = [(0f32, 0f32); 31];
     s.candidates(&numerators[..n], max, &mut candidates[..n]);
-    let mut ev = Evaluation::default();
-    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut ev)?;
+    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
     if let Some((c, sc)) = ev.choose(n) {
@@ -84,7 +84,7 @@ fn search32<S: Searcher>(
     }
     if on_grid != 0xff && scale > 0.0 {
         let groups = if p.refine_all { 0xff } else { !on_grid };
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, ev)?;
         let mut r = [0i8; 32];
         ev.codes_of(0, &mut r);
         for k in 0..8 {
@@ -116,6 +116,8 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
     let mut q3 = [0u8; 64];
     let mut scales_and_signs = [0u32; 8];
     let mut max_scale = 0.0f32;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
     let sigma2 = 2.0 * sum_x2(x) / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
@@ -133,7 +135,7 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {
@@ -177,6 +179,8 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
     let mut max_scale = 0.0f32;
     y[..IQ3_S_BYTES].fill(0);
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
     let sigma2 = 2.0 * sum_x2(x) / 256.0;
     // ggml advances its `qs` and `signs` pointers only past blocks it quantizes: after an
     // all-zero block, the next block's grid indices and signs land in the skipped one's place.
@@ -198,7 +202,7 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {

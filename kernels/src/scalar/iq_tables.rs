@@ -30,17 +30,18 @@ pub fn check_scale(scale: f32) -> Result<(), GgmlAbort> {
     if scale >= 0.0 { Ok(()) } else { Err(GgmlAbort) }
 }
 
+/// Bits of a list key that hold the list's length (the start is above them).
+const LEN_BITS: usize = 10;
+
 /// A grid of `N`-coordinate points with its code map and neighbour lists.
 pub struct Lattice<const N: usize> {
     /// Grid point `j` as positions `2l+1` (`kgrid_q2xs` / `kgrid_q3xs`).
     pub grid: Vec<[i8; N]>,
     /// The same positions as floats.
     pub grid_f32: Vec<[f32; N]>,
-    /// Packed code → grid index (≥ 0), or −(list+1), or `i32::MIN` for codes the quantizers
-    /// never form.
+    /// Packed code → grid index (≥ 0), or −(key+1) with its list's key (see [`Lattice::list`]),
+    /// or `i32::MIN` for codes the quantizers never form.
     map: Vec<i32>,
-    /// Each list's start in `neighbours` (a multiple of 8) and length.
-    lists: Vec<(u32, u32)>,
     /// The lists' grid indices in ggml's order (`kneighbors_q2xs` / `kneighbors_q3xs` without
     /// the counts), each padded with zeros to a multiple of 8.
     neighbours: Vec<u16>,
@@ -91,7 +92,7 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let (mut lists, mut neighbours, mut levels, mut prefix) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut neighbours, mut levels, mut prefix) = (Vec::new(), Vec::new(), Vec::new());
         // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
         let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
@@ -125,8 +126,10 @@ impl<const N: usize> Lattice<N> {
             near.clear();
             near.extend(dist.iter().enumerate().filter(|&(_, &d)| d <= limit).map(|(j, &d)| (d, j as u16)));
             near.sort_unstable();
-            *slot = -(lists.len() as i32 + 1);
-            lists.push((neighbours.len() as u32, near.len() as u32));
+            // The key holds the list's start (a multiple of 8) and length, so that a search
+            // finds the list from the map entry alone (no second table to read).
+            assert!(neighbours.len() < 1 << 21 && near.len() < 1 << LEN_BITS, "neighbour lists too long");
+            *slot = -((neighbours.len() << LEN_BITS | near.len()) as i32 + 1);
             for chunk in near.chunks(8) {
                 let mut rows = [[0u8; 8]; N];
                 for (lane, &(_, j)) in chunk.iter().enumerate() {
@@ -150,20 +153,20 @@ impl<const N: usize> Lattice<N> {
             }
         }
         let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
-        Lattice { grid, grid_f32, map, lists, neighbours, levels, prefix }
+        Lattice { grid, grid_f32, map, neighbours, levels, prefix }
     }
 
-    /// The raw code map: grid index (≥ 0), −(list+1), or `i32::MIN`.
+    /// The raw code map: grid index (≥ 0), −(key+1), or `i32::MIN`.
     #[inline]
     pub fn map(&self) -> &[i32] {
         &self.map
     }
 
-    /// A list by its number (from a negative map entry `m`: `−(m+1)`).
+    /// A list by its key (from a negative map entry `m`: `−(m+1)`): its start in the lists'
+    /// arrays, shifted left by 10 bits, and its length.
     #[inline]
-    pub fn list(&self, list: usize) -> List<'_> {
-        let (start, len) = self.lists[list];
-        let (start, len) = (start as usize, len as usize);
+    pub fn list(&self, key: usize) -> List<'_> {
+        let (start, len) = (key >> LEN_BITS, key & ((1 << LEN_BITS) - 1));
         let chunks = len.div_ceil(8);
         List {
             indices: &self.neighbours[start..start + len],
