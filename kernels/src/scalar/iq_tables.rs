@@ -53,6 +53,9 @@ pub struct Lattice<const N: usize> {
     /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
     /// coordinates up together, and read the winner's levels back from its row).
     prefix: Vec<u8>,
+    /// For the 3-bit grids (else empty), the same points' packed codes `Σ l_i << (3·i)` (padded
+    /// as `neighbours`), for SIMD searches that read their winners' levels back in lanes.
+    packed: Vec<u32>,
 }
 
 /// A neighbour list.
@@ -66,6 +69,9 @@ pub struct List<'a> {
     /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
     /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
     pub prefix: &'a [u8],
+    /// For the 3-bit grids (else empty), their packed codes `Σ l_i << (3·i)`, padded with zeros
+    /// to a multiple of 8.
+    pub packed: &'a [u32],
 }
 
 /// Where a packed code falls.
@@ -92,7 +98,7 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let (mut neighbours, mut levels, mut prefix) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut neighbours, mut levels, mut prefix, mut packed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
         let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
@@ -134,6 +140,10 @@ impl<const N: usize> Lattice<N> {
                 let mut rows = [[0u8; 8]; N];
                 for (lane, &(_, j)) in chunk.iter().enumerate() {
                     neighbours.push(j);
+                    if bits == 3 {
+                        let l = grid[j as usize].iter().map(|&p| ((p - 1) / 2) as u32);
+                        packed.push(l.enumerate().map(|(k, l)| l << (3 * k)).sum());
+                    }
                     if with_prefix {
                         let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
                         prefix.push(4 * (9 * l[0] + 3 * l[1] + l[2]));
@@ -146,6 +156,9 @@ impl<const N: usize> Lattice<N> {
                     }
                 }
                 neighbours.resize(neighbours.len().next_multiple_of(8), 0);
+                if bits == 3 {
+                    packed.resize(neighbours.len(), 0);
+                }
                 if with_prefix {
                     prefix.resize(8 * neighbours.len(), 0);
                 }
@@ -153,7 +166,7 @@ impl<const N: usize> Lattice<N> {
             }
         }
         let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
-        Lattice { grid, grid_f32, map, neighbours, levels, prefix }
+        Lattice { grid, grid_f32, map, neighbours, levels, prefix, packed }
     }
 
     /// The raw code map: grid index (≥ 0), −(key+1), or `i32::MIN`.
@@ -172,6 +185,7 @@ impl<const N: usize> Lattice<N> {
             indices: &self.neighbours[start..start + len],
             levels: &self.levels[start * N..(start + 8 * chunks) * N],
             prefix: if self.prefix.is_empty() { &[] } else { &self.prefix[8 * start..8 * (start + 8 * chunks)] },
+            packed: if self.packed.is_empty() { &[] } else { &self.packed[start..start + 8 * chunks] },
         }
     }
 
@@ -180,7 +194,7 @@ impl<const N: usize> Lattice<N> {
     pub fn lookup(&self, code: usize) -> Lookup<'_> {
         match self.map.get(code).copied().unwrap_or(i32::MIN) {
             g if g >= 0 => Lookup::OnGrid(g as u16),
-            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[] }),
+            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[], packed: &[] }),
             g => Lookup::Near(self.list((-(g + 1)) as usize)),
         }
     }
@@ -272,6 +286,29 @@ mod tests {
 
     /// Every code the quantizers can form is on the grid or has a non-empty list whose
     /// points are no closer than any point left out.
+    /// The 3-bit grids' lists carry each neighbour's packed code.
+    #[test]
+    fn three_bit_lists_carry_packed_codes() {
+        for l in [iq3_xxs(), iq3_s()] {
+            let mut off = 0;
+            for code in 0..4096usize {
+                if let Lookup::Near(n) = l.lookup(code) {
+                    off += 1;
+                    assert!(!n.indices.is_empty() && n.packed.len() == n.indices.len().next_multiple_of(8));
+                    for (k, &j) in n.indices.iter().enumerate() {
+                        let want: u32 = l.grid[j as usize]
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &p)| (((p - 1) / 2) as u32) << (3 * c))
+                            .sum();
+                        assert_eq!(n.packed[k], want);
+                    }
+                }
+            }
+            assert_eq!(off, 4096 - l.grid.len());
+        }
+    }
+
     #[test]
     fn every_reachable_code_has_candidates() {
         let l = iq2_xs();

@@ -351,6 +351,7 @@ fn nearest_per_lane<const N: usize>(
     terms: &[[__m256; 8]; N],
     list: List<'_>,
     lanes: i32,
+    bits: u32,
     codes: &mut [[i32; ROW]],
     base: usize,
 ) -> Result<(), GgmlAbort> {
@@ -376,17 +377,7 @@ fn nearest_per_lane<const N: usize>(
             at = _mm256_add_epi32(at, one);
         }
     }
-    let at = i32s(best_at);
-    let mut todo = lanes as u32 & 0xff;
-    while todo != 0 {
-        let lane = todo.trailing_zeros() as usize;
-        todo &= todo - 1;
-        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        for (i, row) in codes.iter_mut().enumerate().take(N) {
-            row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
-        }
-    }
-    Ok(())
+    write_winners::<N>(list, best_at, lanes, bits, codes, base)
 }
 
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
@@ -448,6 +439,65 @@ fn nearest_per_lane_prefix<const N: usize>(
         for (i, out) in codes.iter_mut().enumerate().take(N) {
             let shift = if i < 3 { 48 + 2 * i } else { 8 * (i - 2) + 2 };
             out[base + lane] = ((row >> shift) & 3) as i32;
+        }
+    }
+    Ok(())
+}
+
+/// The levels of each lane's winner (`best_at`: its position in `list`, −1 for none) into
+/// `codes[i][base..base + 8]` for the lanes in `lanes` (the others keep their codes): the
+/// winners' packed codes gathered, unpacked in lanes (`bits` per coordinate; grids without
+/// packed codes: read lane by lane). A lane of `lanes` without a winner is where ggml aborts.
+#[target_feature(enable = "avx2")]
+fn write_winners<const N: usize>(
+    list: List<'_>,
+    best_at: __m256i,
+    lanes: i32,
+    bits: u32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    let len = list.indices.len();
+    let wanted = _mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(lanes), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256(),
+    );
+    // Positions in 0..len (the scan's own), or −1.
+    let found = _mm256_and_si256(
+        _mm256_cmpgt_epi32(best_at, _mm256_set1_epi32(-1)),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), best_at),
+    );
+    if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(found, wanted))) != 0 {
+        return Err(GgmlAbort);
+    }
+    if list.packed.len() < len {
+        // A grid without packed codes: the levels one lane at a time.
+        let at = i32s(best_at);
+        let mut todo = lanes as u32 & 0xff;
+        while todo != 0 {
+            let lane = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
+            let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+            for (i, row) in codes.iter_mut().enumerate().take(N) {
+                row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+            }
+        }
+        return Ok(());
+    }
+    assert!(base + 8 <= ROW && codes.len() >= N);
+    // SAFETY: only lanes whose position lies in 0..len are read (the mask), and `packed` holds
+    // at least `len` entries (checked above).
+    let packed = unsafe {
+        _mm256_mask_i32gather_epi32::<4>(_mm256_setzero_si256(), list.packed.as_ptr().cast(), best_at, found)
+    };
+    let mask = _mm256_set1_epi32((1 << bits) - 1);
+    for (i, row) in codes.iter_mut().enumerate().take(N) {
+        let l = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_set1_epi32((bits as usize * i) as i32)), mask);
+        // SAFETY: `base + 8 ≤ ROW` (checked above); unaligned load and store.
+        unsafe {
+            let at = row.as_mut_ptr().add(base).cast();
+            let old = _mm256_loadu_si256(at);
+            _mm256_storeu_si256(at, _mm256_blendv_epi8(old, l, wanted));
         }
     }
     Ok(())
@@ -567,7 +617,7 @@ fn evaluate<const N: usize>(
             } else {
                 lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
                 if list.prefix.is_empty() {
-                    nearest_per_lane::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
                 } else {
                     nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
                 }
