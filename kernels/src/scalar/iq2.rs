@@ -163,6 +163,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
 
 /// The block search shared by IQ2_XS and IQ2_S (16 values, two groups of 8): the best scale
 /// over ggml's 19 candidates, refined where a group fell off the grid. Codes end in `l`.
+#[allow(clippy::too_many_arguments)]
 fn search16<S: Searcher>(
     s: &S,
     t: &Lattice<8>,

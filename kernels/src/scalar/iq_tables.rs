@@ -323,9 +323,9 @@ mod tests {
                     assert!(n.indices.windows(2).all(|w| w[0] != w[1]));
                     for (k, &j) in n.indices.iter().enumerate() {
                         let mut levels = [0u8; 8];
-                        for c in 0..8 {
-                            levels[c] = n.levels[(k / 8) * 64 + c * 8 + k % 8];
-                            assert_eq!(2 * levels[c] as i8 + 1, l.grid[j as usize][c]);
+                        for (c, level) in levels.iter_mut().enumerate() {
+                            *level = n.levels[(k / 8) * 64 + c * 8 + k % 8];
+                            assert_eq!(2 * *level as i8 + 1, l.grid[j as usize][c]);
                         }
                         let p = &n.prefix[8 * k..8 * k + 8];
                         assert_eq!(p[0], 4 * (9 * levels[0] + 3 * levels[1] + levels[2]));
