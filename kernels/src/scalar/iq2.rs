@@ -96,7 +96,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
         }
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -221,7 +221,7 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
         }
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -290,7 +290,7 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
         }
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {

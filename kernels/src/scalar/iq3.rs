@@ -12,7 +12,7 @@ use super::common::{c_max, sum_x2, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
-use super::iq2::{scale_code, signs8};
+use super::iq2::scale_code;
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `GROUP_MAX_EPS_IQ3_XXS`.
@@ -124,7 +124,7 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
         block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight, &mut waux);
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -191,7 +191,7 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
         let mut block_signs = [0u8; 4];
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {

@@ -8,6 +8,7 @@
 use super::common::{make_qp_quants, nearest_int};
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use super::iq1::{X_M, X_P};
+use super::iq2;
 
 /// The levels of the 2- and 3-bit grids as floats: level `l` is position `2l+1`.
 pub const ODD_LEVELS: [f32; 8] = [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0];
@@ -114,6 +115,12 @@ pub trait Searcher {
     /// float operation.
     fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
         make_qp_quants(nmax, x, &mut [0u8; 32], qw)
+    }
+
+    /// [`iq2::signs8`]: magnitudes of 8 values into `xval` and their sign bits (with `even`,
+    /// an odd number of negatives made even by flipping the value of least `w·x·x`).
+    fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+        iq2::signs8(xb, weight, xval, even)
     }
 
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best

@@ -217,6 +217,11 @@ impl Searcher for Avx2 {
         unsafe { candidates(numerators, max, out) }
     }
 
+    fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+        // SAFETY: as above.
+        unsafe { signs8(xb, weight, xval, even) }
+    }
+
     fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
         // SAFETY: as above.
         unsafe { qp_scale(nmax, x, qw) }
@@ -714,6 +719,35 @@ fn evaluate_one<const N: usize>(
     Ok(())
 }
 
+/// [`Searcher::signs8`] in lanes: the negatives' mask, their negations (`−x`, so `−0.0` stays
+/// as it is, as `x >= 0` keeps it), and for an odd count the first lane of least `(w·x)·x`.
+#[target_feature(enable = "avx2")]
+fn signs8(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+    assert!(xval.len() >= 8);
+    let x = load8(xb);
+    let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut v = _mm256_xor_ps(x, _mm256_and_ps(negative, sign));
+    let mut s = _mm256_movemask_ps(negative) as u8;
+    if even {
+        if s.count_ones() % 2 == 1 {
+            let ax = _mm256_mul_ps(_mm256_mul_ps(load8(weight), x), x);
+            let m = _mm256_min_ps(ax, _mm256_permute2f128_ps::<1>(ax, ax));
+            let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+            let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+            // The first lane holding the least value (the scalar loop's first strict minimum).
+            let imin = (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(ax, m)) as u32).trailing_zeros();
+            let lane = _mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(imin as i32));
+            v = _mm256_xor_ps(v, _mm256_and_ps(_mm256_castsi256_ps(lane), sign));
+            s ^= 1 << imin;
+        }
+        s &= 127;
+    }
+    // SAFETY: `xval` has room for 8 f32 (checked above).
+    unsafe { _mm256_storeu_ps(xval.as_mut_ptr(), v) };
+    s
+}
+
 /// [`Searcher::qp_scale`]: `make_qp_quants` of 32 values (ggml-quants.c), each float
 /// operation as the scalar reference performs it. The eight scaled candidates' errors are summed
 /// in lanes (lane = candidate, values in order), the first estimate's and the final sums' terms
@@ -1005,6 +1039,36 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
 mod tests {
     use super::*;
     use crate::scalar::common::make_qp_quants;
+
+    /// `signs8` against the scalar one: signed zeros, ties of the least `w·x·x` (equal values,
+    /// zero weights, −0.0 weights), odd and even counts of negatives.
+    #[test]
+    fn signs8_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as u32
+        };
+        let values = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-30, -1e-30, 3.25, -7.0];
+        let weights = [0.0, -0.0, 1.0, 2.0, 0.5, 1e-20];
+        for _ in 0..200_000 {
+            let xb: [f32; 8] = std::array::from_fn(|_| values[next() as usize % values.len()]);
+            let w: [f32; 8] = std::array::from_fn(|_| weights[next() as usize % weights.len()]);
+            for even in [false, true] {
+                let (mut want, mut got) = ([0f32; 8], [0f32; 8]);
+                let sw = crate::scalar::iq2::signs8(&xb, &w, &mut want, even);
+                // SAFETY: AVX2 was detected above.
+                let sg = unsafe { signs8(&xb, &w, &mut got, even) };
+                assert_eq!(sw, sg, "{xb:?} {w:?} {even}");
+                assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "{xb:?} {w:?} {even}");
+            }
+        }
+    }
 
     /// `qp_scale` against the scalar `make_qp_quants` on blocks shaped like IQ2_XXS's (magnitudes,
     /// one negated value in some groups, zero and spread weights), on ties of the candidate
