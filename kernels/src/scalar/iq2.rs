@@ -10,7 +10,7 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int, sum_x2};
+use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
@@ -78,7 +78,14 @@ pub(crate) fn scale_code(id: f32, scale: f32, max: i32) -> u32 {
 }
 
 /// One IQ2_XXS super-block (`quantize_row_iq2_xxs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_xxs_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: &[f32],
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xxs();
     let mut scales = [0f32; 8];
     let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
@@ -87,7 +94,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
     let mut max_scale = 0.0f32;
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
-    let sigma2 = sum_x2(x) / 256.0;
+    let sigma2 = sum_x2 / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
@@ -203,7 +210,14 @@ fn search16<S: Searcher>(
 }
 
 /// One IQ2_XS super-block (`quantize_row_iq2_xs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_xs_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: &[f32],
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xs();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
@@ -212,7 +226,7 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
     let mut max_scale = 0.0f32;
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
-    let sigma2 = sum_x2(x) / 256.0;
+    let sigma2 = sum_x2 / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
         imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight);
@@ -265,7 +279,14 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
 
 /// One IQ2_S super-block (`quantize_row_iq2_s_impl`): 256 values, with their 256 weights or
 /// without (then each value weighs `0.25·sigma2 + x²`).
-pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_s_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_s();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
@@ -274,7 +295,7 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     y[..IQ2_S_BYTES].fill(0);
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
         match qw {

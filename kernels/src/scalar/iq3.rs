@@ -8,7 +8,7 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, sum_x2, value_weights};
+use super::common::{c_max, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
@@ -102,10 +102,12 @@ fn search32<S: Searcher>(
 
 /// One IQ3_XXS super-block (`quantize_row_iq3_xxs_impl` with grid size 256): 256 values, with
 /// their 256 weights or without.
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
 pub fn quantize_iq3_xxs_block<S: Searcher>(
     s: &S,
     x: &[f32],
     qw: Option<&[f32]>,
+    sum_x2: f32,
     y: &mut [u8],
 ) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 15, start_on_grid: true, refine_all: false };
@@ -118,7 +120,7 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
     let mut max_scale = 0.0f32;
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight, &mut waux);
@@ -172,7 +174,14 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
 
 /// One IQ3_S super-block (`quantize_row_iq3_s_impl` with blocks of 32): 256 values, with
 /// their 256 weights or without.
-pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq3_s_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 9, start_on_grid: false, refine_all: true };
     let t = iq_tables::iq3_s();
     let mut scales = [0f32; 8];
@@ -181,7 +190,7 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     y[..IQ3_S_BYTES].fill(0);
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     // ggml advances its `qs` and `signs` pointers only past blocks it quantizes: after an
     // all-zero block, the next block's grid indices and signs land in the skipped one's place.
     let mut at = 0;

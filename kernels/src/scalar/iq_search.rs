@@ -5,7 +5,7 @@
 //! `quantize_row_iq1_{s,m}_impl`); any other implementation must return exactly the same
 //! values (bit for bit) for every input.
 
-use super::common::{make_qp_quants, nearest_int};
+use super::common::{make_qp_quants, nearest_int, sum_x2};
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use super::iq1::{X_M, X_P};
 use super::iq2;
@@ -115,6 +115,12 @@ pub trait Searcher {
     /// float operation.
     fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
         make_qp_quants(nmax, x, &mut [0u8; 32], qw)
+    }
+
+    /// `Σx²` of each of 8 consecutive super-blocks (`x` holds 8·256 values), each summed in
+    /// order (ggml's `sumx2`); SIMD backends sum the 8 side by side.
+    fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
+        std::array::from_fn(|b| sum_x2(&x[256 * b..256 * b + 256]))
     }
 
     /// [`iq2::signs8`]: magnitudes of 8 values into `xval` and their sign bits (with `even`,

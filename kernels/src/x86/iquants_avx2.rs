@@ -217,6 +217,11 @@ impl Searcher for Avx2 {
         unsafe { candidates(numerators, max, out) }
     }
 
+    fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { super::kquants_avx2::sums_of_squares8(x) }
+    }
+
     fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
         // SAFETY: as above.
         unsafe { signs8(xb, weight, xval, even) }
