@@ -88,34 +88,45 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(
 ) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xxs();
     let mut scales = [0f32; 8];
-    let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
-    let mut block_signs = [0u8; 4];
+    let (mut weight, mut xval, mut waux) = ([[0f32; 32]; 8], [[0f32; 32]; 8], [[0f32; 32]; 8]);
+    let mut block_signs = [[0u8; 4]; 8];
     let mut q2 = [0u32; 16];
     let mut max_scale = 0.0f32;
     // Reused by every block: each evaluation writes what is read of it.
     let mut ev = Evaluation::default();
     let sigma2 = sum_x2 / 256.0;
+    // Every block's weights and magnitudes first, then their first scales together (the
+    // searcher may run the blocks side by side), then the searches block by block.
+    let mut nonzero = 0u8;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
-        imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
-        for (a, &w) in waux.iter_mut().zip(&weight) {
+        let (weight, xval) = (&mut weight[ib], &mut xval[ib]);
+        imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, weight);
+        for (a, &w) in waux[ib].iter_mut().zip(weight.iter()) {
             *a = w.sqrt();
         }
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[ib][k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
             max = c_max(max, v);
         }
-        if max < GROUP_MAX_EPS {
+        if max >= GROUP_MAX_EPS {
+            nonzero |= 1 << ib;
+        }
+    }
+    // ggml's codes from `make_qp_quants` never reach the output: a chosen candidate's replace
+    // them, and without one the scale is positive and the refinement replaces them.
+    let first = s.qp_scales8(KMAXQ + 1, &xval, &weight, nonzero);
+    for ib in 0..8 {
+        let (weight, xval, waux, block_signs) = (&weight[ib], &xval[ib], &waux[ib], &mut block_signs[ib]);
+        if nonzero & (1 << ib) == 0 {
             scales[ib] = 0.0;
             continue;
         }
-        // ggml's codes from `make_qp_quants` never reach the output: a chosen candidate's
-        // replace them, and without one the scale is positive and the refinement replaces them.
-        let mut scale = s.qp_scale(KMAXQ + 1, &xval, &weight);
+        let mut scale = first[ib];
         let mut l = [0i8; 32];
         let eff_max = scale * KMAXQ as f32;
         if eff_max <= 0.0 {
@@ -125,13 +136,13 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(
         let numerators: [f32; 13] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1);
         let mut candidates = [(0f32, 0f32); 13];
         s.candidates(&numerators, eff_max, &mut candidates);
-        s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &candidates, 0xf, &mut ev)?;
         if let Some((c, sc)) = ev.choose(13) {
             scale = sc;
             ev.codes_of(c, &mut l);
         }
         if scale > 0.0 {
-            s.evaluate(t, CODES, &xval, &weight, &waux, &[(1.0 / scale, scale)], 0xf, &mut ev)?;
+            s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], 0xf, &mut ev)?;
             ev.codes_of(0, &mut l);
             if ev.sumq2[0] > 0.0 {
                 scale = ev.sumqx[0] / ev.sumq2[0];
@@ -139,7 +150,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(
         }
         if scale < 0.0 {
             scale = -scale;
-            for b in &mut block_signs {
+            for b in block_signs.iter_mut() {
                 *b = !*b & 127;
             }
         }

@@ -117,6 +117,12 @@ pub trait Searcher {
         make_qp_quants(nmax, x, &mut [0u8; 32], qw)
     }
 
+    /// [`Searcher::qp_scale`] of 8 blocks, for those whose bit is set in `blocks` (0 for the
+    /// others); SIMD backends run the blocks side by side.
+    fn qp_scales8(&self, nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+        std::array::from_fn(|b| if blocks & (1 << b) != 0 { self.qp_scale(nmax, &x[b], &qw[b]) } else { 0.0 })
+    }
+
     /// `Σx²` of each of 8 consecutive super-blocks (`x` holds 8·256 values), each summed in
     /// order (ggml's `sumx2`); SIMD backends sum the 8 side by side.
     fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {

@@ -227,6 +227,11 @@ impl Searcher for Avx2 {
         unsafe { signs8(xb, weight, xval, even) }
     }
 
+    fn qp_scales8(&self, nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { qp_scales8(nmax, x, qw, blocks) }
+    }
+
     fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
         // SAFETY: as above.
         unsafe { qp_scale(nmax, x, qw) }
@@ -753,6 +758,74 @@ fn signs8(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
     s
 }
 
+/// [`Searcher::qp_scales8`]: the first part of `make_qp_quants` (largest value, first
+/// estimate, the eight scaled candidates' errors and the choice among them) with lanes as the 8
+/// blocks, each lane summing its block's values in order, the candidates' chains side by side;
+/// then [`qp_finish`] per block.
+#[target_feature(enable = "avx2")]
+fn qp_scales8(nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+    // xt[i] lane b: value i of block b.
+    let (mut xt, mut wt) = ([_mm256_setzero_ps(); 32], [_mm256_setzero_ps(); 32]);
+    for c in 0..4 {
+        let (mut xr, mut wr) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        for b in 0..8 {
+            xr[b] = load8(&x[b][8 * c..]);
+            wr[b] = load8(&qw[b][8 * c..]);
+        }
+        xt[8 * c..8 * c + 8].copy_from_slice(&super::kquants_avx2::transpose8(xr));
+        wt[8 * c..8 * c + 8].copy_from_slice(&super::kquants_avx2::transpose8(wr));
+    }
+    // `max_ps(m, x)` is `m > x ? m : x`, ggml's `MAX(m, x)`.
+    let mut max = _mm256_setzero_ps();
+    for v in &xt {
+        max = _mm256_max_ps(max, *v);
+    }
+    let nmaxf = _mm256_set1_ps(nmax as f32);
+    let nmaxv = _mm256_set1_epi32(nmax);
+    let iscale0 = _mm256_div_ps(nmaxf, max);
+    let scale0 = _mm256_div_ps(_mm256_set1_ps(1.0), iscale0);
+    let mut iscale_is = [_mm256_setzero_ps(); 8];
+    let mut scale_is = [_mm256_setzero_ps(); 8];
+    for (k, is) in [-4.0f32, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0].into_iter().enumerate() {
+        iscale_is[k] = _mm256_div_ps(_mm256_add_ps(_mm256_set1_ps(0.1 * is), nmaxf), max);
+        scale_is[k] = _mm256_div_ps(_mm256_set1_ps(1.0), iscale_is[k]);
+    }
+    let mut best_mse = _mm256_setzero_ps();
+    let mut mse = [_mm256_setzero_ps(); 8];
+    let byte = _mm256_set1_epi32(255);
+    for i in 0..32 {
+        let (xi, wi) = (xt[i], wt[i]);
+        let l = _mm256_and_si256(nearest_int(_mm256_mul_ps(iscale0, xi)), byte);
+        let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale0, _mm256_cvtepi32_ps(l)));
+        best_mse = _mm256_add_ps(best_mse, _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff));
+        for k in 0..8 {
+            let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(iscale_is[k], xi)), nmaxv);
+            let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale_is[k], _mm256_cvtepi32_ps(l)));
+            mse[k] = _mm256_add_ps(mse[k], _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff));
+        }
+    }
+    let mut iscale = iscale0;
+    for k in 0..8 {
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(mse[k], best_mse);
+        best_mse = _mm256_blendv_ps(best_mse, mse[k], better);
+        iscale = _mm256_blendv_ps(iscale, iscale_is[k], better);
+    }
+    let (max, iscale) = (f32s(max), f32s(iscale));
+    let mut out = [0f32; 8];
+    for b in 0..8 {
+        if blocks & (1 << b) == 0 || max[b] < crate::scalar::common::GROUP_MAX_EPS {
+            continue;
+        }
+        let (mut xv, mut wv) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for v in 0..4 {
+            xv[v] = load8(&x[b][8 * v..]);
+            wv[v] = load8(&qw[b][8 * v..]);
+        }
+        out[b] = qp_finish(nmax, &xv, &wv, iscale[b]);
+    }
+    out
+}
+
 /// [`Searcher::qp_scale`]: `make_qp_quants` of 32 values (ggml-quants.c), each float
 /// operation as the scalar reference performs it. The eight scaled candidates' errors are summed
 /// in lanes (lane = candidate, values in order), the first estimate's and the final sums' terms
@@ -806,6 +879,14 @@ fn qp_scale(nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
             iscale = iscales[k];
         }
     }
+    qp_finish(nmax, &xv, &wv, iscale)
+}
+
+/// The end of `make_qp_quants` for 32 values (`xv`, weights `wv`, 8 per vector) from its chosen
+/// `iscale`: the codes, their sums, and the coordinate descent (see [`qp_scale`]).
+#[target_feature(enable = "avx2")]
+fn qp_finish(nmax: i32, xv: &[__m256; 4], wv: &[__m256; 4], iscale: f32) -> f32 {
+    let nmaxv = _mm256_set1_epi32(nmax);
     // Codes at the chosen scale (as ggml's `uint8_t`, and as ints for the sums), `w·x`, and
     // the sums' terms.
     let mut lq = [_mm256_setzero_si256(); 4];
@@ -1044,6 +1125,46 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
 mod tests {
     use super::*;
     use crate::scalar::common::make_qp_quants;
+
+    /// `qp_scales8` against the scalar `make_qp_quants`, block by block (some blocks left out,
+    /// some all zero).
+    #[test]
+    fn qp_scales8_matches_make_qp_quants() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for case in 0..5_000 {
+            let mut x = [[0f32; 32]; 8];
+            let mut w = [[0f32; 32]; 8];
+            for b in 0..8 {
+                let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 0.0][(case + b) % 8];
+                for i in 0..32 {
+                    x[b][i] = if (case + b) % 5 == 0 { (next() * 8.0).floor() * 0.25 } else { next() * scale };
+                    if next() < 0.1 {
+                        x[b][i] = -x[b][i] * next();
+                    }
+                    w[b][i] = if next() < 0.2 { 0.0 } else { next() * next() * 10.0 };
+                }
+            }
+            let blocks = (case as u8).wrapping_mul(37) | 1;
+            for nmax in [4, 15] {
+                // SAFETY: AVX2 was detected above.
+                let got = unsafe { qp_scales8(nmax, &x, &w, blocks) };
+                for b in 0..8 {
+                    let want =
+                        if blocks & (1 << b) != 0 { make_qp_quants(nmax, &x[b], &mut [0u8; 32], &w[b]) } else { 0.0 };
+                    assert_eq!(got[b].to_bits(), want.to_bits(), "case {case} block {b} nmax {nmax}");
+                }
+            }
+        }
+    }
 
     /// `signs8` against the scalar one: signed zeros, ties of the least `w·x·x` (equal values,
     /// zero weights, −0.0 weights), odd and even counts of negatives.
