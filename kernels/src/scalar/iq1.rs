@@ -10,7 +10,7 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, imatrix_weights, nearest_int, sum_x2, value_weights};
+use super::common::{c_max, imatrix_weights, nearest_int, value_weights};
 use super::iq_grids::IQ1S_GRID;
 use super::iq_search::{Searcher, grid_codes};
 use super::iq_tables::{self, GgmlAbort, Lattice, Lookup, check_scale};
@@ -89,7 +89,14 @@ fn grid_point<S: Searcher>(
 }
 
 /// One IQ1_S super-block (`quantize_row_iq1_s_impl`): 256 values, their 256 weights.
-pub fn quantize_iq1_s_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq1_s_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: &[f32],
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq1();
     let mut scales = [0f32; 8];
     let mut shifts = [0i8; 8];
@@ -97,7 +104,7 @@ pub fn quantize_iq1_s_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [
     let mut l = [0i8; 32];
     let mut max_scale = 0.0f32;
     y[..IQ1_S_BYTES].fill(0);
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
@@ -191,7 +198,14 @@ fn iq1m_levels(k: usize, half: usize) -> &'static [f32; 3] {
 
 /// One IQ1_M super-block (`quantize_row_iq1_m_impl`): 256 values, with their 256 weights or
 /// without (then each value weighs x²).
-pub fn quantize_iq1_m_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq1_m_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
     let t = iq_tables::iq1();
     let mut scales = [0f32; 16];
@@ -200,7 +214,7 @@ pub fn quantize_iq1_m_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
     let mut l = [0i8; 16];
     let mut max_scale = 0.0f32;
     y[..IQ1_M_BYTES].fill(0);
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     let weights_of =
         |ib: usize, xb: &[f32], weight: &mut [f32; 16]| value_weights(xb, qw.map(|q| &q[16 * ib..]), sigma2, weight);
     for ib in 0..16 {

@@ -10,7 +10,7 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, make_qp_quants, nearest_int, sum_x2};
+use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
@@ -78,35 +78,56 @@ pub(crate) fn scale_code(id: f32, scale: f32, max: i32) -> u32 {
 }
 
 /// One IQ2_XXS super-block (`quantize_row_iq2_xxs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_xxs_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: &[f32],
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xxs();
     let mut scales = [0f32; 8];
-    let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
-    let mut block_signs = [0u8; 4];
+    let (mut weight, mut xval, mut waux) = ([[0f32; 32]; 8], [[0f32; 32]; 8], [[0f32; 32]; 8]);
+    let mut block_signs = [[0u8; 4]; 8];
     let mut q2 = [0u32; 16];
     let mut max_scale = 0.0f32;
-    let sigma2 = sum_x2(x) / 256.0;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
+    let sigma2 = sum_x2 / 256.0;
+    // Every block's weights and magnitudes first, then their first scales together (the
+    // searcher may run the blocks side by side), then the searches block by block.
+    let mut nonzero = 0u8;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
-        imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, &mut weight);
-        for (a, &w) in waux.iter_mut().zip(&weight) {
+        let (weight, xval) = (&mut weight[ib], &mut xval[ib]);
+        imatrix_weights(xb, &qw[32 * ib..32 * ib + 32], sigma2, weight);
+        for (a, &w) in waux[ib].iter_mut().zip(weight.iter()) {
             *a = w.sqrt();
         }
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[ib][k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
             max = c_max(max, v);
         }
-        if max < GROUP_MAX_EPS {
+        if max >= GROUP_MAX_EPS {
+            nonzero |= 1 << ib;
+        }
+    }
+    // ggml's codes from `make_qp_quants` never reach the output: a chosen candidate's replace
+    // them, and without one the scale is positive and the refinement replaces them.
+    let first = s.qp_scales8(KMAXQ + 1, &xval, &weight, nonzero);
+    for ib in 0..8 {
+        let (weight, xval, waux, block_signs) = (&weight[ib], &xval[ib], &waux[ib], &mut block_signs[ib]);
+        if nonzero & (1 << ib) == 0 {
             scales[ib] = 0.0;
             continue;
         }
-        let mut lq = [0u8; 32];
-        let mut scale = make_qp_quants(KMAXQ + 1, &xval, &mut lq, &weight);
-        let mut l = lq.map(|v| v as i8);
+        let mut scale = first[ib];
+        let mut l = [0i8; 32];
         let eff_max = scale * KMAXQ as f32;
         if eff_max <= 0.0 {
             scales[ib] = 0.0;
@@ -115,14 +136,13 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
         let numerators: [f32; 13] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 6) as f32 * 0.1);
         let mut candidates = [(0f32, 0f32); 13];
         s.candidates(&numerators, eff_max, &mut candidates);
-        let mut ev = Evaluation::default();
-        s.evaluate(t, CODES, &xval, &weight, &waux, &candidates, 0xf, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &candidates, 0xf, &mut ev)?;
         if let Some((c, sc)) = ev.choose(13) {
             scale = sc;
             ev.codes_of(c, &mut l);
         }
         if scale > 0.0 {
-            s.evaluate(t, CODES, &xval, &weight, &waux, &[(1.0 / scale, scale)], 0xf, &mut ev)?;
+            s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], 0xf, &mut ev)?;
             ev.codes_of(0, &mut l);
             if ev.sumq2[0] > 0.0 {
                 scale = ev.sumqx[0] / ev.sumq2[0];
@@ -130,7 +150,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
         }
         if scale < 0.0 {
             scale = -scale;
-            for b in &mut block_signs {
+            for b in block_signs.iter_mut() {
                 *b = !*b & 127;
             }
         }
@@ -161,6 +181,7 @@ pub fn quantize_iq2_xxs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut
 
 /// The block search shared by IQ2_XS and IQ2_S (16 values, two groups of 8): the best scale
 /// over ggml's 19 candidates, refined where a group fell off the grid. Codes end in `l`.
+#[allow(clippy::too_many_arguments)]
 fn search16<S: Searcher>(
     s: &S,
     t: &Lattice<8>,
@@ -169,12 +190,12 @@ fn search16<S: Searcher>(
     waux: &[f32; 16],
     max: f32,
     l: &mut [i8; 16],
+    ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
     let numerators: [f32; 19] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1);
     let mut candidates = [(0f32, 0f32); 19];
     s.candidates(&numerators, max, &mut candidates);
-    let mut ev = Evaluation::default();
-    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, &mut ev)?;
+    s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = 0b11u8;
     if let Some((c, sc)) = ev.choose(19) {
@@ -183,7 +204,7 @@ fn search16<S: Searcher>(
         on_grid = ev.on_grid[c];
     }
     if on_grid != 0b11 && scale > 0.0 {
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, ev)?;
         let mut r = [0i8; 16];
         ev.codes_of(0, &mut r);
         for k in 0..2 {
@@ -200,14 +221,23 @@ fn search16<S: Searcher>(
 }
 
 /// One IQ2_XS super-block (`quantize_row_iq2_xs_impl`): 256 values, their 256 weights.
-pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_xs_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: &[f32],
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_xs();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
     let mut block_signs = [0u8; 2];
     let mut q2 = [0u16; 32];
     let mut max_scale = 0.0f32;
-    let sigma2 = sum_x2(x) / 256.0;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
+    let sigma2 = sum_x2 / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
         imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight);
@@ -216,7 +246,7 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
         }
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -227,7 +257,7 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {
@@ -260,14 +290,23 @@ pub fn quantize_iq2_xs_block<S: Searcher>(s: &S, x: &[f32], qw: &[f32], y: &mut 
 
 /// One IQ2_S super-block (`quantize_row_iq2_s_impl`): 256 values, with their 256 weights or
 /// without (then each value weighs `0.25·sigma2 + x²`).
-pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq2_s_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_s();
     let mut scales = [0f32; 16];
     let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
     let mut block_signs = [0u8; 2];
     let mut max_scale = 0.0f32;
     y[..IQ2_S_BYTES].fill(0);
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
         match qw {
@@ -283,7 +322,7 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
         }
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -294,7 +333,7 @@ pub fn quantize_iq2_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
             continue;
         }
         let mut l = [0i8; 16];
-        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {

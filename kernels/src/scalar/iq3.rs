@@ -8,11 +8,11 @@
 // The loops index several arrays by one position, as ggml's do.
 #![allow(clippy::needless_range_loop)]
 
-use super::common::{c_max, sum_x2, value_weights};
+use super::common::{c_max, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
 use super::iq_search::{Codes, Evaluation, Searcher, sums};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
-use super::iq2::{scale_code, signs8};
+use super::iq2::scale_code;
 use crate::convert::{f16_to_f32, f32_to_f16};
 
 /// ggml's `GROUP_MAX_EPS_IQ3_XXS`.
@@ -65,6 +65,7 @@ fn search32<S: Searcher>(
     waux: &[f32; 32],
     max: f32,
     l: &mut [i8; 32],
+    ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
     let n = (2 * p.steps + 1) as usize;
     let mut numerators = [0f32; 31];
@@ -73,8 +74,7 @@ fn search32<S: Searcher>(
     }
     let mut candidates = [(0f32, 0f32); 31];
     s.candidates(&numerators[..n], max, &mut candidates[..n]);
-    let mut ev = Evaluation::default();
-    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, &mut ev)?;
+    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
     if let Some((c, sc)) = ev.choose(n) {
@@ -84,7 +84,7 @@ fn search32<S: Searcher>(
     }
     if on_grid != 0xff && scale > 0.0 {
         let groups = if p.refine_all { 0xff } else { !on_grid };
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, &mut ev)?;
+        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, ev)?;
         let mut r = [0i8; 32];
         ev.codes_of(0, &mut r);
         for k in 0..8 {
@@ -102,10 +102,12 @@ fn search32<S: Searcher>(
 
 /// One IQ3_XXS super-block (`quantize_row_iq3_xxs_impl` with grid size 256): 256 values, with
 /// their 256 weights or without.
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
 pub fn quantize_iq3_xxs_block<S: Searcher>(
     s: &S,
     x: &[f32],
     qw: Option<&[f32]>,
+    sum_x2: f32,
     y: &mut [u8],
 ) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 15, start_on_grid: true, refine_all: false };
@@ -116,13 +118,15 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
     let mut q3 = [0u8; 64];
     let mut scales_and_signs = [0u32; 8];
     let mut max_scale = 0.0f32;
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     for ib in 0..8 {
         let xb = &x[32 * ib..32 * ib + 32];
         block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight, &mut waux);
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], true);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -133,7 +137,7 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {
@@ -170,14 +174,23 @@ pub fn quantize_iq3_xxs_block<S: Searcher>(
 
 /// One IQ3_S super-block (`quantize_row_iq3_s_impl` with blocks of 32): 256 values, with
 /// their 256 weights or without.
-pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y: &mut [u8]) -> Result<(), GgmlAbort> {
+/// `sum_x2` is the values' `Σx²` summed in order (ggml's `sumx2`).
+pub fn quantize_iq3_s_block<S: Searcher>(
+    s: &S,
+    x: &[f32],
+    qw: Option<&[f32]>,
+    sum_x2: f32,
+    y: &mut [u8],
+) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 9, start_on_grid: false, refine_all: true };
     let t = iq_tables::iq3_s();
     let mut scales = [0f32; 8];
     let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
     let mut max_scale = 0.0f32;
     y[..IQ3_S_BYTES].fill(0);
-    let sigma2 = 2.0 * sum_x2(x) / 256.0;
+    // Reused by every block: each evaluation writes what is read of it.
+    let mut ev = Evaluation::default();
+    let sigma2 = 2.0 * sum_x2 / 256.0;
     // ggml advances its `qs` and `signs` pointers only past blocks it quantizes: after an
     // all-zero block, the next block's grid indices and signs land in the skipped one's place.
     let mut at = 0;
@@ -187,7 +200,7 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
         let mut block_signs = [0u8; 4];
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            block_signs[k] = signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
+            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
         }
         let mut max = xval[0];
         for &v in &xval[1..] {
@@ -198,7 +211,7 @@ pub fn quantize_iq3_s_block<S: Searcher>(s: &S, x: &[f32], qw: Option<&[f32]>, y
             continue;
         }
         let mut l = [0i8; 32];
-        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l, &mut ev)?;
         if scale < 0.0 {
             scale = -scale;
             for b in &mut block_signs {

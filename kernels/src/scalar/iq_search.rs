@@ -5,9 +5,10 @@
 //! `quantize_row_iq1_{s,m}_impl`); any other implementation must return exactly the same
 //! values (bit for bit) for every input.
 
-use super::common::nearest_int;
+use super::common::{make_qp_quants, nearest_int, sum_x2};
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use super::iq1::{X_M, X_P};
+use super::iq2;
 
 /// The levels of the 2- and 3-bit grids as floats: level `l` is position `2l+1`.
 pub const ODD_LEVELS: [f32; 8] = [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0];
@@ -106,6 +107,32 @@ pub trait Searcher {
             let id = n / max;
             *slot = (id, 1.0 / id);
         }
+    }
+
+    /// The scale `make_qp_quants(nmax, x, _, qw)` returns for a block of 32 values (IQ2_XXS's
+    /// first estimate; its codes are not needed). SIMD backends form the candidate errors in
+    /// lanes and run the coordinate descent a vector of values at a time, with ggml's every
+    /// float operation.
+    fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+        make_qp_quants(nmax, x, &mut [0u8; 32], qw)
+    }
+
+    /// [`Searcher::qp_scale`] of 8 blocks, for those whose bit is set in `blocks` (0 for the
+    /// others); SIMD backends run the blocks side by side.
+    fn qp_scales8(&self, nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+        std::array::from_fn(|b| if blocks & (1 << b) != 0 { self.qp_scale(nmax, &x[b], &qw[b]) } else { 0.0 })
+    }
+
+    /// `Σx²` of each of 8 consecutive super-blocks (`x` holds 8·256 values), each summed in
+    /// order (ggml's `sumx2`); SIMD backends sum the 8 side by side.
+    fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
+        std::array::from_fn(|b| sum_x2(&x[256 * b..256 * b + 256]))
+    }
+
+    /// [`iq2::signs8`]: magnitudes of 8 values into `xval` and their sign bits (with `even`,
+    /// an odd number of negatives made even by flipping the value of least `w·x·x`).
+    fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+        iq2::signs8(xb, weight, xval, even)
     }
 
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best

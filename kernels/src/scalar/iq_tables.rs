@@ -30,17 +30,18 @@ pub fn check_scale(scale: f32) -> Result<(), GgmlAbort> {
     if scale >= 0.0 { Ok(()) } else { Err(GgmlAbort) }
 }
 
+/// Bits of a list key that hold the list's length (the start is above them).
+const LEN_BITS: usize = 10;
+
 /// A grid of `N`-coordinate points with its code map and neighbour lists.
 pub struct Lattice<const N: usize> {
     /// Grid point `j` as positions `2l+1` (`kgrid_q2xs` / `kgrid_q3xs`).
     pub grid: Vec<[i8; N]>,
     /// The same positions as floats.
     pub grid_f32: Vec<[f32; N]>,
-    /// Packed code → grid index (≥ 0), or −(list+1), or `i32::MIN` for codes the quantizers
-    /// never form.
+    /// Packed code → grid index (≥ 0), or −(key+1) with its list's key (see [`Lattice::list`]),
+    /// or `i32::MIN` for codes the quantizers never form.
     map: Vec<i32>,
-    /// Each list's start in `neighbours` (a multiple of 8) and length.
-    lists: Vec<(u32, u32)>,
     /// The lists' grid indices in ggml's order (`kneighbors_q2xs` / `kneighbors_q3xs` without
     /// the counts), each padded with zeros to a multiple of 8.
     neighbours: Vec<u16>,
@@ -49,8 +50,12 @@ pub struct Lattice<const N: usize> {
     levels: Vec<u8>,
     /// For the 8-coordinate 2-bit grids (else empty), the same points neighbour by neighbour
     /// in 8 bytes (padded as `neighbours`): `4·(9·l0 + 3·l1 + l2)`, then `4·l` for coordinates
-    /// 3..8, then 0 (for SIMD searches that look the first three coordinates up together).
+    /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
+    /// coordinates up together, and read the winner's levels back from its row).
     prefix: Vec<u8>,
+    /// For the 3-bit grids (else empty), the same points' packed codes `Σ l_i << (3·i)` (padded
+    /// as `neighbours`), for SIMD searches that read their winners' levels back in lanes.
+    packed: Vec<u32>,
 }
 
 /// A neighbour list.
@@ -62,8 +67,11 @@ pub struct List<'a> {
     pub levels: &'a [u8],
     /// For the 8-coordinate 2-bit grids (else empty), their levels neighbour by neighbour, 8
     /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
-    /// 0; the last chunk of 8 padded with zeros.
+    /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
     pub prefix: &'a [u8],
+    /// For the 3-bit grids (else empty), their packed codes `Σ l_i << (3·i)`, padded with zeros
+    /// to a multiple of 8.
+    pub packed: &'a [u32],
 }
 
 /// Where a packed code falls.
@@ -90,7 +98,7 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let (mut lists, mut neighbours, mut levels, mut prefix) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut neighbours, mut levels, mut prefix, mut packed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
         let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
@@ -124,16 +132,23 @@ impl<const N: usize> Lattice<N> {
             near.clear();
             near.extend(dist.iter().enumerate().filter(|&(_, &d)| d <= limit).map(|(j, &d)| (d, j as u16)));
             near.sort_unstable();
-            *slot = -(lists.len() as i32 + 1);
-            lists.push((neighbours.len() as u32, near.len() as u32));
+            // The key holds the list's start (a multiple of 8) and length, so that a search
+            // finds the list from the map entry alone (no second table to read).
+            assert!(neighbours.len() < 1 << 21 && near.len() < 1 << LEN_BITS, "neighbour lists too long");
+            *slot = -((neighbours.len() << LEN_BITS | near.len()) as i32 + 1);
             for chunk in near.chunks(8) {
                 let mut rows = [[0u8; 8]; N];
                 for (lane, &(_, j)) in chunk.iter().enumerate() {
                     neighbours.push(j);
+                    if bits == 3 {
+                        let l = grid[j as usize].iter().map(|&p| ((p - 1) / 2) as u32);
+                        packed.push(l.enumerate().map(|(k, l)| l << (3 * k)).sum());
+                    }
                     if with_prefix {
                         let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
                         prefix.push(4 * (9 * l[0] + 3 * l[1] + l[2]));
                         prefix.extend(l[3..].iter().map(|&l| 4 * l));
+                        prefix.push(l[0] | l[1] << 2 | l[2] << 4);
                         prefix.resize(prefix.len().next_multiple_of(8), 0);
                     }
                     for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
@@ -141,6 +156,9 @@ impl<const N: usize> Lattice<N> {
                     }
                 }
                 neighbours.resize(neighbours.len().next_multiple_of(8), 0);
+                if bits == 3 {
+                    packed.resize(neighbours.len(), 0);
+                }
                 if with_prefix {
                     prefix.resize(8 * neighbours.len(), 0);
                 }
@@ -148,25 +166,26 @@ impl<const N: usize> Lattice<N> {
             }
         }
         let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
-        Lattice { grid, grid_f32, map, lists, neighbours, levels, prefix }
+        Lattice { grid, grid_f32, map, neighbours, levels, prefix, packed }
     }
 
-    /// The raw code map: grid index (≥ 0), −(list+1), or `i32::MIN`.
+    /// The raw code map: grid index (≥ 0), −(key+1), or `i32::MIN`.
     #[inline]
     pub fn map(&self) -> &[i32] {
         &self.map
     }
 
-    /// A list by its number (from a negative map entry `m`: `−(m+1)`).
+    /// A list by its key (from a negative map entry `m`: `−(m+1)`): its start in the lists'
+    /// arrays, shifted left by 10 bits, and its length.
     #[inline]
-    pub fn list(&self, list: usize) -> List<'_> {
-        let (start, len) = self.lists[list];
-        let (start, len) = (start as usize, len as usize);
+    pub fn list(&self, key: usize) -> List<'_> {
+        let (start, len) = (key >> LEN_BITS, key & ((1 << LEN_BITS) - 1));
         let chunks = len.div_ceil(8);
         List {
             indices: &self.neighbours[start..start + len],
             levels: &self.levels[start * N..(start + 8 * chunks) * N],
             prefix: if self.prefix.is_empty() { &[] } else { &self.prefix[8 * start..8 * (start + 8 * chunks)] },
+            packed: if self.packed.is_empty() { &[] } else { &self.packed[start..start + 8 * chunks] },
         }
     }
 
@@ -175,7 +194,7 @@ impl<const N: usize> Lattice<N> {
     pub fn lookup(&self, code: usize) -> Lookup<'_> {
         match self.map.get(code).copied().unwrap_or(i32::MIN) {
             g if g >= 0 => Lookup::OnGrid(g as u16),
-            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[] }),
+            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[], packed: &[] }),
             g => Lookup::Near(self.list((-(g + 1)) as usize)),
         }
     }
@@ -267,6 +286,29 @@ mod tests {
 
     /// Every code the quantizers can form is on the grid or has a non-empty list whose
     /// points are no closer than any point left out.
+    /// The 3-bit grids' lists carry each neighbour's packed code.
+    #[test]
+    fn three_bit_lists_carry_packed_codes() {
+        for l in [iq3_xxs(), iq3_s()] {
+            let mut off = 0;
+            for code in 0..4096usize {
+                if let Lookup::Near(n) = l.lookup(code) {
+                    off += 1;
+                    assert!(!n.indices.is_empty() && n.packed.len() == n.indices.len().next_multiple_of(8));
+                    for (k, &j) in n.indices.iter().enumerate() {
+                        let want: u32 = l.grid[j as usize]
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &p)| (((p - 1) / 2) as u32) << (3 * c))
+                            .sum();
+                        assert_eq!(n.packed[k], want);
+                    }
+                }
+            }
+            assert_eq!(off, 4096 - l.grid.len());
+        }
+    }
+
     #[test]
     fn every_reachable_code_has_candidates() {
         let l = iq2_xs();
@@ -281,13 +323,14 @@ mod tests {
                     assert!(n.indices.windows(2).all(|w| w[0] != w[1]));
                     for (k, &j) in n.indices.iter().enumerate() {
                         let mut levels = [0u8; 8];
-                        for c in 0..8 {
-                            levels[c] = n.levels[(k / 8) * 64 + c * 8 + k % 8];
-                            assert_eq!(2 * levels[c] as i8 + 1, l.grid[j as usize][c]);
+                        for (c, level) in levels.iter_mut().enumerate() {
+                            *level = n.levels[(k / 8) * 64 + c * 8 + k % 8];
+                            assert_eq!(2 * *level as i8 + 1, l.grid[j as usize][c]);
                         }
                         let p = &n.prefix[8 * k..8 * k + 8];
                         assert_eq!(p[0], 4 * (9 * levels[0] + 3 * levels[1] + levels[2]));
-                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l) && p[6..] == [0, 0]);
+                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l));
+                        assert_eq!(p[6..], [levels[0] | levels[1] << 2 | levels[2] << 4, 0]);
                     }
                 }
             }

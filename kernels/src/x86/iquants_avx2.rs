@@ -25,8 +25,9 @@ use super::avx2::lanes as f32s;
 use super::kquants_avx2::{clamp, nearest_int};
 use crate::QuantType;
 use crate::backend::Refusal;
+use crate::scalar::common::c_max;
 use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
-use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
+use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use crate::scalar::iq1::{X_M, X_P};
 use crate::scalar::{iquants, ternary};
 
@@ -216,6 +217,26 @@ impl Searcher for Avx2 {
         unsafe { candidates(numerators, max, out) }
     }
 
+    fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { super::kquants_avx2::sums_of_squares8(x) }
+    }
+
+    fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+        // SAFETY: as above.
+        unsafe { signs8(xb, weight, xval, even) }
+    }
+
+    fn qp_scales8(&self, nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+        // SAFETY: as above.
+        unsafe { qp_scales8(nmax, x, qw, blocks) }
+    }
+
+    fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+        // SAFETY: as above.
+        unsafe { qp_scale(nmax, x, qw) }
+    }
+
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
         // SAFETY: as above.
         unsafe { iq1s_split(sumx, sumw) }
@@ -306,15 +327,21 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
         best = _mm256_min_ps(d2, best);
         best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
     }
-    // Each lane holds its first minimum; the answer is the smallest value, first position.
-    let (b, p) = (f32s(best), i32s(best_at));
-    let mut found: Option<(f32, i32)> = None;
-    for k in 0..8 {
-        if p[k] != i32::MAX && found.is_none_or(|(m, at)| b[k] < m || (b[k] == m && p[k] < at)) {
-            found = Some((b[k], p[k]));
-        }
-    }
-    found.map(|(_, at)| at as usize)
+    // Each lane holds its first minimum; the answer is the smallest value, first position:
+    // the least position among the lanes holding the smallest value (lanes that found nothing
+    // hold NaN or FLT_MAX with position `i32::MAX`).
+    let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+    let at = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        best_at,
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(best, m)),
+    );
+    let at = _mm256_min_epi32(at, _mm256_permute2x128_si256::<1>(at, at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b01_00_11_10>(at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b10_11_00_01>(at));
+    usize::try_from(_mm256_cvtsi256_si32(at)).ok().filter(|&at| at < len)
 }
 
 /// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
@@ -339,6 +366,7 @@ fn nearest_per_lane<const N: usize>(
     terms: &[[__m256; 8]; N],
     list: List<'_>,
     lanes: i32,
+    bits: u32,
     codes: &mut [[i32; ROW]],
     base: usize,
 ) -> Result<(), GgmlAbort> {
@@ -364,17 +392,7 @@ fn nearest_per_lane<const N: usize>(
             at = _mm256_add_epi32(at, one);
         }
     }
-    let at = i32s(best_at);
-    for lane in 0..8 {
-        if lanes & (1 << lane) == 0 {
-            continue;
-        }
-        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        for (i, row) in codes.iter_mut().enumerate().take(N) {
-            row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
-        }
-    }
-    Ok(())
+    write_winners::<N>(list, best_at, lanes, bits, codes, base)
 }
 
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
@@ -425,17 +443,76 @@ fn nearest_per_lane_prefix<const N: usize>(
         at = _mm256_add_epi32(at, one);
     }
     let at = i32s(best_at);
-    for lane in 0..8 {
-        if lanes & (1 << lane) == 0 {
-            continue;
-        }
+    let mut todo = lanes as u32 & 0xff;
+    while todo != 0 {
+        let lane = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
         let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`).
-        let row = &rows[8 * k..8 * k + 8];
-        let first3 = (row[0] >> 2) as i32;
-        let levels = [first3 / 9, first3 / 3 % 3, first3 % 3];
+        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`):
+        // `4·l` of coordinates 3..8 in bytes 1..6, the first three packed in byte 6.
+        let row = u64::from_le_bytes(rows[8 * k..8 * k + 8].try_into().map_err(|_| GgmlAbort)?);
         for (i, out) in codes.iter_mut().enumerate().take(N) {
-            out[base + lane] = if i < 3 { levels[i] } else { (row[i - 2] >> 2) as i32 };
+            let shift = if i < 3 { 48 + 2 * i } else { 8 * (i - 2) + 2 };
+            out[base + lane] = ((row >> shift) & 3) as i32;
+        }
+    }
+    Ok(())
+}
+
+/// The levels of each lane's winner (`best_at`: its position in `list`, −1 for none) into
+/// `codes[i][base..base + 8]` for the lanes in `lanes` (the others keep their codes): the
+/// winners' packed codes gathered, unpacked in lanes (`bits` per coordinate; grids without
+/// packed codes: read lane by lane). A lane of `lanes` without a winner is where ggml aborts.
+#[target_feature(enable = "avx2")]
+fn write_winners<const N: usize>(
+    list: List<'_>,
+    best_at: __m256i,
+    lanes: i32,
+    bits: u32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    let len = list.indices.len();
+    let wanted = _mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(lanes), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256(),
+    );
+    // Positions in 0..len (the scan's own), or −1.
+    let found = _mm256_and_si256(
+        _mm256_cmpgt_epi32(best_at, _mm256_set1_epi32(-1)),
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), best_at),
+    );
+    if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(found, wanted))) != 0 {
+        return Err(GgmlAbort);
+    }
+    if list.packed.len() < len {
+        // A grid without packed codes: the levels one lane at a time.
+        let at = i32s(best_at);
+        let mut todo = lanes as u32 & 0xff;
+        while todo != 0 {
+            let lane = todo.trailing_zeros() as usize;
+            todo &= todo - 1;
+            let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+            for (i, row) in codes.iter_mut().enumerate().take(N) {
+                row[base + lane] = list.levels[(k / 8) * 8 * N + 8 * i + k % 8] as i32;
+            }
+        }
+        return Ok(());
+    }
+    assert!(base + 8 <= ROW && codes.len() >= N);
+    // SAFETY: only lanes whose position lies in 0..len are read (the mask), and `packed` holds
+    // at least `len` entries (checked above).
+    let packed = unsafe {
+        _mm256_mask_i32gather_epi32::<4>(_mm256_setzero_si256(), list.packed.as_ptr().cast(), best_at, found)
+    };
+    let mask = _mm256_set1_epi32((1 << bits) - 1);
+    for (i, row) in codes.iter_mut().enumerate().take(N) {
+        let l = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_set1_epi32((bits as usize * i) as i32)), mask);
+        // SAFETY: `base + 8 ≤ ROW` (checked above); unaligned load and store.
+        unsafe {
+            let at = row.as_mut_ptr().add(base).cast();
+            let old = _mm256_loadu_si256(at);
+            _mm256_storeu_si256(at, _mm256_blendv_epi8(old, l, wanted));
         }
     }
     Ok(())
@@ -477,6 +554,9 @@ fn evaluate<const N: usize>(
     let n = xval.len();
     let count = candidates.len();
     assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && count <= 32);
+    if count == 1 && n.is_multiple_of(8) {
+        return evaluate_one::<N>(t, c, xval, weight, waux, candidates[0], groups, out);
+    }
     let map = t.map();
     // The largest packed code the clamped codes can form must be inside the map (gathers).
     let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
@@ -552,7 +632,7 @@ fn evaluate<const N: usize>(
             } else {
                 lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
                 if list.prefix.is_empty() {
-                    nearest_per_lane::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
                 } else {
                     nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
                 }
@@ -581,6 +661,306 @@ fn evaluate<const N: usize>(
         out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
     }
     Ok(())
+}
+
+/// [`evaluate`] for one candidate `(id, scale)` (the searches' refinement at the chosen scale),
+/// with lanes as values: the codes 8 values at a time, each group looked up and, off the grid,
+/// searched with lanes as neighbours; the sums' terms formed in lanes and added in order.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+fn evaluate_one<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    (id, scale): (f32, f32),
+    groups: u8,
+    out: &mut Evaluation,
+) -> Result<(), GgmlAbort> {
+    let n = xval.len();
+    assert!(n <= 32 && n.is_multiple_of(8) && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n);
+    let (one, half, idv) = (_mm256_set1_ps(1.0), _mm256_set1_ps(0.5), _mm256_set1_ps(id));
+    let mut codes = [0i32; 32];
+    for v in 0..n / 8 {
+        let x = load8(&xval[8 * v..]);
+        let l = clamp(nearest_int(_mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, x), one))), c.kmax - 1);
+        // SAFETY: `codes` has room for 8 i32 at 8·v (v < 4).
+        unsafe { _mm256_storeu_si256(codes.as_mut_ptr().add(8 * v).cast(), l) };
+    }
+    let mut on_grid = 0u8;
+    for k in 0..n / N {
+        if groups & (1 << k) == 0 {
+            continue;
+        }
+        let r = N * k..N * k + N;
+        let u =
+            codes[r.clone()].iter().enumerate().fold(0usize, |u, (j, &q)| u | (q as usize) << (c.bits as usize * j));
+        match t.lookup(u) {
+            Lookup::OnGrid(_) => on_grid |= 1 << k,
+            Lookup::Near(list) => {
+                let best =
+                    nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scale).ok_or(GgmlAbort)?;
+                for (j, q) in codes[r].iter_mut().enumerate() {
+                    *q = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                }
+            }
+        }
+    }
+    let (mut tx, mut t2) = ([0f32; 32], [0f32; 32]);
+    for v in 0..n / 8 {
+        let (x, w, l) = (load8(&xval[8 * v..]), load8(&weight[8 * v..]), load8i(&codes[8 * v..]));
+        let q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), _mm256_set1_epi32(1)));
+        // SAFETY: `tx` and `t2` have room for 8 f32 at 8·v (v < 4).
+        unsafe {
+            _mm256_storeu_ps(tx.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(w, x), q));
+            _mm256_storeu_ps(t2.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+        }
+    }
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for i in 0..n {
+        sumqx += tx[i];
+        sumq2 += t2[i];
+        out.codes[0][i][0] = codes[i] as i8;
+    }
+    out.sumqx[0] = sumqx;
+    out.sumq2[0] = sumq2;
+    out.on_grid[0] = on_grid;
+    Ok(())
+}
+
+/// [`Searcher::signs8`] in lanes: the negatives' mask, their negations (`−x`, so `−0.0` stays
+/// as it is, as `x >= 0` keeps it), and for an odd count the first lane of least `(w·x)·x`.
+#[target_feature(enable = "avx2")]
+fn signs8(xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+    assert!(xval.len() >= 8);
+    let x = load8(xb);
+    let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut v = _mm256_xor_ps(x, _mm256_and_ps(negative, sign));
+    let mut s = _mm256_movemask_ps(negative) as u8;
+    if even {
+        if s.count_ones() % 2 == 1 {
+            let ax = _mm256_mul_ps(_mm256_mul_ps(load8(weight), x), x);
+            let m = _mm256_min_ps(ax, _mm256_permute2f128_ps::<1>(ax, ax));
+            let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+            let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+            // The first lane holding the least value (the scalar loop's first strict minimum).
+            let imin = (_mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(ax, m)) as u32).trailing_zeros();
+            let lane = _mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(imin as i32));
+            v = _mm256_xor_ps(v, _mm256_and_ps(_mm256_castsi256_ps(lane), sign));
+            s ^= 1 << imin;
+        }
+        s &= 127;
+    }
+    // SAFETY: `xval` has room for 8 f32 (checked above).
+    unsafe { _mm256_storeu_ps(xval.as_mut_ptr(), v) };
+    s
+}
+
+/// [`Searcher::qp_scales8`]: the first part of `make_qp_quants` (largest value, first
+/// estimate, the eight scaled candidates' errors and the choice among them) with lanes as the 8
+/// blocks, each lane summing its block's values in order, the candidates' chains side by side;
+/// then [`qp_finish`] per block.
+#[target_feature(enable = "avx2")]
+fn qp_scales8(nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+    // xt[i] lane b: value i of block b.
+    let (mut xt, mut wt) = ([_mm256_setzero_ps(); 32], [_mm256_setzero_ps(); 32]);
+    for c in 0..4 {
+        let (mut xr, mut wr) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        for b in 0..8 {
+            xr[b] = load8(&x[b][8 * c..]);
+            wr[b] = load8(&qw[b][8 * c..]);
+        }
+        xt[8 * c..8 * c + 8].copy_from_slice(&super::kquants_avx2::transpose8(xr));
+        wt[8 * c..8 * c + 8].copy_from_slice(&super::kquants_avx2::transpose8(wr));
+    }
+    // `max_ps(m, x)` is `m > x ? m : x`, ggml's `MAX(m, x)`.
+    let mut max = _mm256_setzero_ps();
+    for v in &xt {
+        max = _mm256_max_ps(max, *v);
+    }
+    let nmaxf = _mm256_set1_ps(nmax as f32);
+    let nmaxv = _mm256_set1_epi32(nmax);
+    let iscale0 = _mm256_div_ps(nmaxf, max);
+    let scale0 = _mm256_div_ps(_mm256_set1_ps(1.0), iscale0);
+    let mut iscale_is = [_mm256_setzero_ps(); 8];
+    let mut scale_is = [_mm256_setzero_ps(); 8];
+    for (k, is) in [-4.0f32, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0].into_iter().enumerate() {
+        iscale_is[k] = _mm256_div_ps(_mm256_add_ps(_mm256_set1_ps(0.1 * is), nmaxf), max);
+        scale_is[k] = _mm256_div_ps(_mm256_set1_ps(1.0), iscale_is[k]);
+    }
+    let mut best_mse = _mm256_setzero_ps();
+    let mut mse = [_mm256_setzero_ps(); 8];
+    let byte = _mm256_set1_epi32(255);
+    for i in 0..32 {
+        let (xi, wi) = (xt[i], wt[i]);
+        let l = _mm256_and_si256(nearest_int(_mm256_mul_ps(iscale0, xi)), byte);
+        let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale0, _mm256_cvtepi32_ps(l)));
+        best_mse = _mm256_add_ps(best_mse, _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff));
+        for k in 0..8 {
+            let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(iscale_is[k], xi)), nmaxv);
+            let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale_is[k], _mm256_cvtepi32_ps(l)));
+            mse[k] = _mm256_add_ps(mse[k], _mm256_mul_ps(_mm256_mul_ps(wi, diff), diff));
+        }
+    }
+    let mut iscale = iscale0;
+    for k in 0..8 {
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(mse[k], best_mse);
+        best_mse = _mm256_blendv_ps(best_mse, mse[k], better);
+        iscale = _mm256_blendv_ps(iscale, iscale_is[k], better);
+    }
+    let (max, iscale) = (f32s(max), f32s(iscale));
+    let mut out = [0f32; 8];
+    for b in 0..8 {
+        if blocks & (1 << b) == 0 || max[b] < crate::scalar::common::GROUP_MAX_EPS {
+            continue;
+        }
+        let (mut xv, mut wv) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        for v in 0..4 {
+            xv[v] = load8(&x[b][8 * v..]);
+            wv[v] = load8(&qw[b][8 * v..]);
+        }
+        out[b] = qp_finish(nmax, &xv, &wv, iscale[b]);
+    }
+    out
+}
+
+/// [`Searcher::qp_scale`]: `make_qp_quants` of 32 values (ggml-quants.c), each float
+/// operation as the scalar reference performs it. The eight scaled candidates' errors are summed
+/// in lanes (lane = candidate, values in order), the first estimate's and the final sums' terms
+/// are formed in lanes and added in order; the coordinate descent tests a vector of values at
+/// a time against the current sums and applies the first value that changes (then tests again
+/// from the next value), which is the sequential descent's every step.
+#[target_feature(enable = "avx2")]
+fn qp_scale(nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+    let xv: [__m256; 4] = std::array::from_fn(|v| load8(&x[8 * v..]));
+    let wv: [__m256; 4] = std::array::from_fn(|v| load8(&qw[8 * v..]));
+    // The largest value (from 0, as ggml's `MAX` chain; only a positive maximum is used, and
+    // the maximum of finite values does not depend on the order).
+    let m = _mm256_max_ps(_mm256_max_ps(xv[0], xv[1]), _mm256_max_ps(xv[2], xv[3]));
+    let max = f32s(m).into_iter().fold(0.0f32, c_max);
+    if max < crate::scalar::common::GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let nmaxf = nmax as f32;
+    let nmaxv = _mm256_set1_epi32(nmax);
+    let iscale0 = nmaxf / max;
+    let scale0 = 1.0 / iscale0;
+    // The first estimate's terms `w·diff·diff`, codes as ggml's `uint8_t` holds them.
+    let mut terms = [0f32; 32];
+    for v in 0..4 {
+        let l = _mm256_and_si256(nearest_int(_mm256_mul_ps(_mm256_set1_ps(iscale0), xv[v])), _mm256_set1_epi32(255));
+        let diff = _mm256_sub_ps(xv[v], _mm256_mul_ps(_mm256_set1_ps(scale0), _mm256_cvtepi32_ps(l)));
+        // SAFETY: `terms` has room for 8 f32 at 8·v (v < 4).
+        unsafe { _mm256_storeu_ps(terms.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(wv[v], diff), diff)) };
+    }
+    // Lanes: is = −4..−1, 1..4.
+    let is = _mm256_setr_ps(-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0);
+    let iscale_is = _mm256_div_ps(
+        _mm256_add_ps(_mm256_mul_ps(_mm256_set1_ps(0.1), is), _mm256_set1_ps(nmaxf)),
+        _mm256_set1_ps(max),
+    );
+    let scale_is = _mm256_div_ps(_mm256_set1_ps(1.0), iscale_is);
+    let mut mse = _mm256_setzero_ps();
+    let mut best_mse = 0.0f32;
+    for i in 0..32 {
+        let xi = _mm256_set1_ps(x[i]);
+        let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(iscale_is, xi)), nmaxv);
+        let diff = _mm256_sub_ps(xi, _mm256_mul_ps(scale_is, _mm256_cvtepi32_ps(l)));
+        mse = _mm256_add_ps(mse, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(qw[i]), diff), diff));
+        best_mse += terms[i];
+    }
+    let (mse, iscales) = (f32s(mse), f32s(iscale_is));
+    let mut iscale = iscale0;
+    for k in 0..8 {
+        if mse[k] < best_mse {
+            best_mse = mse[k];
+            iscale = iscales[k];
+        }
+    }
+    qp_finish(nmax, &xv, &wv, iscale)
+}
+
+/// The end of `make_qp_quants` for 32 values (`xv`, weights `wv`, 8 per vector) from its chosen
+/// `iscale`: the codes, their sums, and the coordinate descent (see [`qp_scale`]).
+#[target_feature(enable = "avx2")]
+fn qp_finish(nmax: i32, xv: &[__m256; 4], wv: &[__m256; 4], iscale: f32) -> f32 {
+    let nmaxv = _mm256_set1_epi32(nmax);
+    // Codes at the chosen scale (as ggml's `uint8_t`, and as ints for the sums), `w·x`, and
+    // the sums' terms.
+    let mut lq = [_mm256_setzero_si256(); 4];
+    let mut lf = [_mm256_setzero_ps(); 4];
+    let mut wx = [_mm256_setzero_ps(); 4];
+    let (mut tx, mut t2) = ([0f32; 32], [0f32; 32]);
+    for v in 0..4 {
+        let l = _mm256_min_epi32(nearest_int(_mm256_mul_ps(_mm256_set1_ps(iscale), xv[v])), nmaxv);
+        let f = _mm256_cvtepi32_ps(l);
+        wx[v] = _mm256_mul_ps(wv[v], xv[v]);
+        lq[v] = _mm256_and_si256(l, _mm256_set1_epi32(255));
+        lf[v] = _mm256_cvtepi32_ps(lq[v]);
+        // SAFETY: `tx` and `t2` have room for 8 f32 at 8·v (v < 4).
+        unsafe {
+            _mm256_storeu_ps(tx.as_mut_ptr().add(8 * v), _mm256_mul_ps(wx[v], f));
+            _mm256_storeu_ps(t2.as_mut_ptr().add(8 * v), _mm256_mul_ps(_mm256_mul_ps(wv[v], f), f));
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..32 {
+        sumlx += tx[i];
+        suml2 += t2[i];
+    }
+    let zero = _mm256_setzero_ps();
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for _ in 0..5 {
+        let mut changed = false;
+        // The first value not yet tested in this pass.
+        let mut from = 0usize;
+        'pass: while from < 32 {
+            let (sx, s2) = (_mm256_set1_ps(sumlx), _mm256_set1_ps(suml2));
+            let rhs_base = _mm256_set1_ps(sumlx * sumlx);
+            for v in from / 8..4 {
+                let slx = _mm256_sub_ps(sx, _mm256_mul_ps(wx[v], lf[v]));
+                let sl2 = _mm256_sub_ps(s2, _mm256_mul_ps(_mm256_mul_ps(wv[v], lf[v]), lf[v]));
+                let ok = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero), _mm256_cmp_ps::<_CMP_GT_OQ>(sl2, zero));
+                // Lanes where `ok` fails may divide by zero or a negative; they are not used.
+                let new_l = _mm256_min_epi32(nearest_int(_mm256_div_ps(_mm256_mul_ps(xv[v], sl2), slx)), nmaxv);
+                let differs = _mm256_xor_si256(_mm256_cmpeq_epi32(new_l, lq[v]), _mm256_set1_epi32(-1));
+                let nf = _mm256_cvtepi32_ps(new_l);
+                let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[v], nf));
+                let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv[v], nf), nf));
+                let better = _mm256_cmp_ps::<_CMP_GT_OQ>(
+                    _mm256_mul_ps(_mm256_mul_ps(slx_new, slx_new), s2),
+                    _mm256_mul_ps(rhs_base, sl2_new),
+                );
+                let tested = _mm256_cmpgt_epi32(
+                    _mm256_add_epi32(lane, _mm256_set1_epi32(8 * v as i32)),
+                    _mm256_set1_epi32(from as i32 - 1),
+                );
+                let take =
+                    _mm256_and_ps(_mm256_and_ps(ok, better), _mm256_castsi256_ps(_mm256_and_si256(differs, tested)));
+                let mask = _mm256_movemask_ps(take);
+                if mask != 0 {
+                    let j = mask.trailing_zeros() as usize;
+                    let (nl, sxn, s2n) = (i32s(new_l), f32s(slx_new), f32s(sl2_new));
+                    let mut codes = i32s(lq[v]);
+                    codes[j] = nl[j] & 255;
+                    lq[v] = load8i(&codes);
+                    lf[v] = _mm256_cvtepi32_ps(lq[v]);
+                    sumlx = sxn[j];
+                    suml2 = s2n[j];
+                    changed = true;
+                    from = 8 * v + j + 1;
+                    continue 'pass;
+                }
+            }
+            break;
+        }
+        if !changed {
+            break;
+        }
+    }
+    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 
 /// [`Searcher::iq1s_split`]: lanes are `i2`.
@@ -739,4 +1119,125 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::common::make_qp_quants;
+
+    /// `qp_scales8` against the scalar `make_qp_quants`, block by block (some blocks left out,
+    /// some all zero).
+    #[test]
+    fn qp_scales8_matches_make_qp_quants() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for case in 0..5_000 {
+            let mut x = [[0f32; 32]; 8];
+            let mut w = [[0f32; 32]; 8];
+            for b in 0..8 {
+                let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 0.0][(case + b) % 8];
+                for i in 0..32 {
+                    x[b][i] = if (case + b) % 5 == 0 { (next() * 8.0).floor() * 0.25 } else { next() * scale };
+                    if next() < 0.1 {
+                        x[b][i] = -x[b][i] * next();
+                    }
+                    w[b][i] = if next() < 0.2 { 0.0 } else { next() * next() * 10.0 };
+                }
+            }
+            let blocks = (case as u8).wrapping_mul(37) | 1;
+            for nmax in [4, 15] {
+                // SAFETY: AVX2 was detected above.
+                let got = unsafe { qp_scales8(nmax, &x, &w, blocks) };
+                for b in 0..8 {
+                    let want =
+                        if blocks & (1 << b) != 0 { make_qp_quants(nmax, &x[b], &mut [0u8; 32], &w[b]) } else { 0.0 };
+                    assert_eq!(got[b].to_bits(), want.to_bits(), "case {case} block {b} nmax {nmax}");
+                }
+            }
+        }
+    }
+
+    /// `signs8` against the scalar one: signed zeros, ties of the least `w·x·x` (equal values,
+    /// zero weights, −0.0 weights), odd and even counts of negatives.
+    #[test]
+    fn signs8_matches_scalar() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as u32
+        };
+        let values = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-30, -1e-30, 3.25, -7.0];
+        let weights = [0.0, -0.0, 1.0, 2.0, 0.5, 1e-20];
+        for _ in 0..200_000 {
+            let xb: [f32; 8] = std::array::from_fn(|_| values[next() as usize % values.len()]);
+            let w: [f32; 8] = std::array::from_fn(|_| weights[next() as usize % weights.len()]);
+            for even in [false, true] {
+                let (mut want, mut got) = ([0f32; 8], [0f32; 8]);
+                let sw = crate::scalar::iq2::signs8(&xb, &w, &mut want, even);
+                // SAFETY: AVX2 was detected above.
+                let sg = unsafe { signs8(&xb, &w, &mut got, even) };
+                assert_eq!(sw, sg, "{xb:?} {w:?} {even}");
+                assert_eq!(want.map(f32::to_bits), got.map(f32::to_bits), "{xb:?} {w:?} {even}");
+            }
+        }
+    }
+
+    /// `qp_scale` against the scalar `make_qp_quants` on blocks shaped like IQ2_XXS's (magnitudes,
+    /// one negated value in some groups, zero and spread weights), on ties of the candidate
+    /// scales (values on multiples of a step) and on tiny and huge magnitudes.
+    #[test]
+    fn qp_scale_matches_make_qp_quants() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for case in 0..40_000 {
+            let shape = case % 8;
+            let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-16][shape];
+            let mut x = [0f32; 32];
+            let mut w = [0f32; 32];
+            for i in 0..32 {
+                let u = next();
+                x[i] = match shape {
+                    5 => (u * 8.0).floor() * 0.25,
+                    6 => (u * 4.0).round(),
+                    _ => u * scale,
+                };
+                if next() < 0.1 {
+                    x[i] = -x[i] * next();
+                }
+                w[i] = match case % 5 {
+                    0 => 1.0,
+                    1 if next() < 0.3 => 0.0,
+                    _ => next() * next() * 10.0,
+                };
+            }
+            for nmax in [4, 15] {
+                let want = make_qp_quants(nmax, &x, &mut [0u8; 32], &w);
+                // SAFETY: AVX2 was detected above.
+                let got = unsafe { qp_scale(nmax, &x, &w) };
+                assert_eq!(got.to_bits(), want.to_bits(), "case {case} nmax {nmax}: {x:?} {w:?}");
+            }
+        }
+    }
 }

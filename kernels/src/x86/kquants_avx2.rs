@@ -453,7 +453,7 @@ fn clamp_signed(l: __m256i, nmax: i32) -> __m256i {
 /// to bytes by sub-block: `out[16·j + i]`. Packs, then transposes 4×4 blocks of bytes and of
 /// 32-bit groups within the 128-bit halves (half h holding sub-blocks 4h..4h+4).
 #[target_feature(enable = "avx2")]
-fn transpose_codes(codes: &[__m256i; 16], out: &mut [i8; 128]) {
+pub(super) fn transpose_codes(codes: &[__m256i; 16], out: &mut [i8; 128]) {
     // b[k], half h: bytes (i − 4k)·4 + (j − 4h) for values 4k..4k+4, then by sub-block.
     let by_sub_block = _mm256_setr_epi8(
         0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,

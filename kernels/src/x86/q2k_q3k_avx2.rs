@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 use super::avx2::lanes;
 use super::kquants_avx2::{
     N, Q6_VECTORS, Search, blend, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn, make_qx_quants_16,
-    make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8,
+    make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8, transpose_codes,
 };
 use crate::convert::f16_to_f32;
 use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
@@ -225,15 +225,12 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
     let mut out = [[0f32; 8]; V];
     for v in 0..V {
         let small = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(amax[v], splat(1e-15)));
+        // Codes 0..8 leave the lanes by a byte transpose.
+        let mut q = [_mm256_setzero_si256(); 16];
         for i in 0..16 {
-            let q = _mm256_andnot_si256(small, _mm256_add_epi32(lv[i][v], _mm256_set1_epi32(4)));
-            let mut q8 = [0i32; 8];
-            // SAFETY: `q8` has room for 8 i32; unaligned store.
-            unsafe { _mm256_storeu_si256(q8.as_mut_ptr().cast(), q) };
-            for (j, &q) in q8.iter().enumerate() {
-                l[v][16 * j + i] = q as i8;
-            }
+            q[i] = _mm256_andnot_si256(small, _mm256_add_epi32(lv[i][v], _mm256_set1_epi32(4)));
         }
+        transpose_codes(&q, &mut l[v]);
         let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
         let scale = _mm256_and_ps(positive, _mm256_div_ps(sumlx[v], suml2[v]));
         out[v] = lanes(_mm256_andnot_ps(_mm256_castsi256_ps(small), scale));
