@@ -1126,6 +1126,17 @@ mod tests {
     use super::*;
     use crate::scalar::common::make_qp_quants;
 
+    /// Uniform values in [0, 1) from a fixed xorshift sequence.
+    fn uniform() -> impl FnMut() -> f32 {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
     /// `qp_scales8` against the scalar `make_qp_quants`, block by block (some blocks left out,
     /// some all zero).
     #[test]
@@ -1133,13 +1144,7 @@ mod tests {
         if !is_x86_feature_detected!("avx2") {
             return;
         }
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = uniform();
         for case in 0..5_000 {
             let mut x = [[0f32; 32]; 8];
             let mut w = [[0f32; 32]; 8];
@@ -1204,13 +1209,7 @@ mod tests {
         if !is_x86_feature_detected!("avx2") {
             return;
         }
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut next = uniform();
         for case in 0..40_000 {
             let shape = case % 8;
             let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-16][shape];
