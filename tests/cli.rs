@@ -4169,6 +4169,32 @@ fn memo_reuses_recorded_projections() {
     assert_eq!(memo.hits(), 4);
 }
 
+/// An output or report path that is a symbolic link is refused before any work (renaming the
+/// finished file into place would replace the link: `--report /dev/stdout` replaced
+/// `/dev/stdout`), and so is a folder that takes no new file; the link and its target stay.
+#[test]
+fn symlinked_outputs_and_unwritable_folders_are_refused_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("real.gguf");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = dir.path().join("link.gguf");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let hf = fixtures().join("llama/hf");
+    let e = fails(&["convert", path_arg(&hf), "-o", path_arg(&link), "--type", "Q8_0"]);
+    assert!(e.contains("is a symbolic link (to") && e.contains("give that path instead"), "{e}");
+    let out = dir.path().join("out.gguf");
+    let e = fails(&["convert", path_arg(&hf), "-o", path_arg(&out), "--type", "Q8_0", "--report", path_arg(&link)]);
+    assert!(e.contains("is a symbolic link"), "{e}");
+    let e = fails(&["convert", path_arg(&hf), "--dry-run", "--type", "Q8_0", "--report", path_arg(&link)]);
+    assert!(e.contains("is a symbolic link"), "{e}");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    assert!(!out.exists());
+    // /proc takes no new file, even for root.
+    let e = fails(&["convert", path_arg(&hf), "-o", "/proc/moeq-never.gguf", "--type", "Q8_0"]);
+    assert!(e.contains("the folder /proc takes no new file"), "{e}");
+}
+
 /// A tokenizer given by `--tokenizer DIR` is an input like the model's files: convert
 /// (`--calibration`, `--rounding gptq`), imatrix and `eval --dump` refuse to write over its
 /// tokenizer.json (or over a tokenizer file given directly), exit 2, the file unchanged.

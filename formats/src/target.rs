@@ -7,7 +7,10 @@
 //!   is refused, saying so; so is anything there that is not a regular file (a device such
 //!   as `/dev/null`, a FIFO, a socket), which renaming into place would replace.
 //! - A folder output (`--format mlx|hf`) must not exist yet (a trailing `/` is fine).
-//! - The folder that will hold the output must exist.
+//! - The folder that will hold the output must exist and take a new file (permissions, a
+//!   read-only file system).
+//! - The output path must not be a symbolic link: renaming the finished output into place
+//!   would replace the link itself (`--report /dev/stdout` would replace `/dev/stdout`).
 //! - No output may be an input: an existing file at the output path (or, for a split output,
 //!   any `STEM-NNNNN-of-MMMMM.gguf` beside it, which the new set replaces) that is the same
 //!   file as an input (same device and inode, whatever the spelling: `./../x/a.gguf`,
@@ -66,6 +69,23 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
     let dir = parent_dir(path);
     if !dir.is_dir() {
         return Err(Error::plan(path, format!("the folder {} does not exist", dir.display())));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && m.file_type().is_symlink()
+    {
+        let to = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+        return Err(Error::plan(
+            path,
+            format!(
+                "is a symbolic link (to {to}); moeq puts an output in place by renaming a new file over its path, \
+                 which would replace the link, not write to what it points to: give that path instead"
+            ),
+        ));
+    }
+    // A new file must be possible in the folder (its permissions, a read-only file system),
+    // found now rather than after the work.
+    if let Err(e) = crate::temp::scratch_file(dir) {
+        return Err(Error::plan(path, format!("the folder {} takes no new file ({e})", dir.display())));
     }
     match std::fs::metadata(path) {
         Err(_) => Ok(()),

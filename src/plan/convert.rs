@@ -16,7 +16,7 @@ use crate::families::{ModelConfig, SourceLayout};
 use crate::imatrix::load_chunks;
 use crate::model::weights::Weights;
 use crate::plan::mlx::{self, MlxOptions};
-use crate::plan::optimize::sensitivity::{Calibration, SAMPLE_ROWS_ABOVE};
+use crate::plan::optimize::sensitivity::{Calibration, KlProbes, SAMPLE_ROWS_ABOVE};
 use crate::plan::optimize::{OptimizeSettings, Target, optimize};
 use crate::plan::quant_plan::{Ftype, ModelFacts};
 use crate::plan::quant_rules::apply::{QuantRequest, QuantSettings, copy_report, requantize};
@@ -198,11 +198,15 @@ fn optimize_types<'a>(
             };
             let chunks =
                 load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), &purpose)?;
+            // Read only where rows are sampled (the per-layer probes); empty means unset.
             let sample_rows_above = match std::env::var("MOEQ_KL_SAMPLE_ROWS_ABOVE") {
-                Ok(v) => v.trim().parse().map_err(|_| {
-                    anyhow::anyhow!("MOEQ_KL_SAMPLE_ROWS_ABOVE={v:?} is not a count of values (a whole number)")
+                Ok(v) if c.probes != KlProbes::Tensor && !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!(
+                        "MOEQ_KL_SAMPLE_ROWS_ABOVE={v:?} is not a count of values (a whole number from 0 to {})",
+                        u64::MAX
+                    )
                 })?,
-                Err(_) => SAMPLE_ROWS_ABOVE,
+                _ => SAMPLE_ROWS_ABOVE,
             };
             Some(Calibration {
                 weights: w,
