@@ -3012,6 +3012,7 @@ fn imatrix_refuses_bad_input() {
     let (empty, short, bad_utf8) =
         (write("empty.txt", b"  \n"), write("short.txt", b"Hello world"), write("latin1.txt", b"caf\xe9 au lait\n"));
     let big_id = write("ids.txt", b"1,2,3\n4,5,99999\n");
+    let negative_id = write("neg.txt", b"1,2,3\n1 -2 3\n");
     let mixtral = fixtures().join("mixtral/hf");
     let text = fixtures().join("imatrix/calib.txt");
     let (gpt_oss, gguf) = (fixtures().join("gpt-oss/hf-mxfp4"), golden("mixtral-bf16.gguf"));
@@ -3026,6 +3027,7 @@ fn imatrix_refuses_bad_input() {
         (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer DIR"),
         (vec![path_arg(&gguf), "--text", path_arg(&text)], "or give token ids with --tokens-file FILE"),
         (vec![path_arg(&mixtral), "--tokens-file", path_arg(&big_id)], "chunk 2 holds token 99999"),
+        (vec![path_arg(&mixtral), "--tokens-file", path_arg(&negative_id)], "line 2: '-2' is not a token id"),
         (vec![path_arg(&mixtral), "--text", path_arg(&text), "--ctx", "0"], "--ctx must be at least 1"),
     ];
     for (args, message) in cases {
@@ -3039,7 +3041,7 @@ fn imatrix_refuses_bad_input() {
     let e = fails(&["imatrix", path_arg(&mixtral), "--text", path_arg(&text), "-o", path_arg(&text)]);
     assert!(e.contains("never writes over a file it reads"), "{e}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 4, "nothing but the inputs: {left:?}");
+    assert_eq!(left.len(), 5, "nothing but the inputs: {left:?}");
 }
 
 /// A gpt-oss bf16 checkpoint's experts: to `MXFP4_MOE` they are quantized to MXFP4 and nothing

@@ -64,9 +64,21 @@ pub fn read_token_file(path: &std::path::Path) -> Result<Vec<Vec<u32>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut sequences = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let ids: Result<Vec<u32>, _> =
-            line.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).map(str::parse).collect();
-        sequences.push(ids.with_context(|| format!("{}, line {}: not a list of token ids", path.display(), n + 1))?);
+        let ids: Result<Vec<u32>> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<u32>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}, line {}: '{t}' is not a token id (a whole number from 0 to {})",
+                        path.display(),
+                        n + 1,
+                        u32::MAX
+                    )
+                })
+            })
+            .collect();
+        sequences.push(ids?);
     }
     if sequences.is_empty() {
         bail!("{}: no token sequences", path.display());
