@@ -1871,6 +1871,11 @@ fn outputs_that_name_inputs_are_refused() {
         let mut args = vec!["convert"];
         args.extend(case.iter().map(String::as_str));
         let err = fails(&args);
+        if case.iter().any(|a| a.ends_with("link.gguf")) {
+            // A symbolic link at the output path is refused as such, before the inputs are known.
+            assert!(err.contains("is a symbolic link (to") && err.contains("a.gguf"), "{args:?}: {err}");
+            continue;
+        }
         assert!(err.contains("is the input") && err.contains("never writes over"), "{args:?}: {err}");
     }
     // eval --dump onto its own input.
