@@ -27,8 +27,8 @@
 //!
 //! **Cost and bounds.** One forward of the source on the calibration tokens (the reference),
 //! then the probes (per-layer probes during it). Memory: the residual stream entering every
-//! layer and, per layer, its two groups' inputs to the rest of the model, `(3 · layers + 1) ·
-//! tokens · hidden` f32 values at most; one layer's recorded projections (per-layer probes;
+//! layer and, per layer, its groups' inputs to the rest of the model (two, four with `halves`),
+//! `(3 · layers + 1) · tokens · hidden` f32 values at most (`(5 · layers + 1) · …`); one layer's recorded projections (per-layer probes;
 //! for a Mixtral-8x7B layer on 256 tokens about 110 MB); the
 //! reference distributions only as their [`TOP_K`] most likely tokens per position plus the
 //! rest's mass (`tokens · (TOP_K + 1) · 12` bytes), the logits computed [`HEAD_ROWS`]
