@@ -19,7 +19,7 @@ const TILES_PER_RUN: u64 = 128;
 /// tile against all tokens, three rows by four tokens at a time, each token's results
 /// contiguous (they are copied into its output row as one run). Every result is one
 /// `dot_block` value, so it does not depend on how the rows were split into tiles.
-fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out: &mut Vec<f32>) {
+pub(super) fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out: &mut Vec<f32>) {
     let n = tile.len() / cols.max(1);
     let t = x.len() / cols.max(1);
     out.clear();

@@ -11,17 +11,17 @@
 //!   the multiplications; equal to computing it up to f32 rounding);
 //!
 //! and computes it in full otherwise (more than half the columns changed, or the whole weight
-//! replaced and the input changed).
+//! replaced).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Result;
-use moeq_kernels::dot::dot_block;
 use rayon::prelude::*;
 
 use super::Model;
+use super::linear::multiply_tile;
 
 /// One recorded projection: its input [tokens, cols] and output [tokens, rows].
 struct Entry {
@@ -142,20 +142,8 @@ impl Memo {
                             let row = &tile[r * cols..(r + 1) * cols];
                             gathered.extend(changed.iter().map(|&j| row[j]));
                         }
-                        let mut out = vec![0.0f32; n * t];
-                        let mut block = [0.0f32; 16];
-                        for (g, ds) in delta.chunks(4 * c).enumerate() {
-                            let mm = ds.len() / c;
-                            for (q, rows3) in gathered.chunks(3 * c).enumerate() {
-                                let p = rows3.len() / c;
-                                dot_block(rows3, ds, c, &mut block[..p * mm]);
-                                for r in 0..p {
-                                    for j in 0..mm {
-                                        out[(g * 4 + j) * n + q * 3 + r] = block[r * mm + j];
-                                    }
-                                }
-                            }
-                        }
+                        let mut out = Vec::new();
+                        multiply_tile(&delta, gathered, c, None, &mut out);
                         // Replaced rows are recomputed below.
                         for r in 0..n {
                             if is_replaced(start + r) {
@@ -181,16 +169,8 @@ impl Memo {
                     let mut out = Vec::with_capacity(chunk.len());
                     for &r in chunk {
                         m.w.rows_into(name, first + r, 1, row)?;
-                        let mut v = vec![0.0f32; t];
-                        let mut block = [0.0f32; 16];
-                        for (g, xs) in x.chunks(4 * cols).enumerate() {
-                            let mm = xs.len() / cols;
-                            dot_block(row, xs, cols, &mut block[..mm]);
-                            let add = bias.map_or(0.0, |b| b[r as usize]);
-                            for j in 0..mm {
-                                v[g * 4 + j] = block[j] + add;
-                            }
-                        }
+                        let mut v = Vec::new();
+                        multiply_tile(x, row, cols, bias.map(|b| &b[r as usize..r as usize + 1]), &mut v);
                         out.push((r as usize, v));
                     }
                     Ok(out)

@@ -323,8 +323,8 @@ pub fn sensitivities(
         bar.set_message("reference");
         Ok(())
     };
-    let reference = reference(&model, &run, per_layer, &layers, &mut each)
-        .with_context(|| format!("the source model on {}", cal.what))?;
+    let reference =
+        reference(&model, &run, &layers, &mut each).with_context(|| format!("the source model on {}", cal.what))?;
     bar.inc(1);
     let mut out: Vec<Option<Sensitivity>> = vec![None; tensors.len()];
     for probes in measured {

@@ -58,8 +58,8 @@
 //! input to them (`tokens · hidden` values) is kept until then.
 //!
 //! Cost per layer: one attention or feed-forward half per tensor (less what the memo
-//! reuses), one feed-forward half more and one run of the later layers and the head per group — where the per-tensor probes
-//! (`--kl-probes tensor`) run the later layers and the head once per tensor. The token
+//! reuses), one feed-forward half more and one run of the later layers and the head per
+//! group — where the per-tensor probes (`--kl-probes tensor`) run the later layers and the head once per tensor. The token
 //! embedding and the output head are probed directly (they are not in a layer).
 
 use anyhow::{Context, Result};
@@ -134,7 +134,6 @@ pub(super) fn probe_layer(
         // A huge tensor is probed on every SAMPLE_STEP-th row (see the module).
         let n_rows = recipe.n_rows();
         let sampled = n_rows >= 2 * SAMPLE_STEP && recipe.row_len() * n_rows > cal.sample_rows_above;
-        let t1 = std::time::Instant::now();
         let measured = if sampled {
             let rows: Vec<u64> = (0..n_rows).step_by(SAMPLE_STEP as usize).collect();
             let fraction = rows.len() as f64 / n_rows as f64;
@@ -142,9 +141,6 @@ pub(super) fn probe_layer(
         } else {
             probed(cal, recipe, probe)?.map(|(w, e)| (w, e, 1.0))
         };
-        if std::env::var("MOEQ_TRACE").is_ok() {
-            eprintln!("TRACE encode {name} {:.2}s", t1.elapsed().as_secs_f64());
-        }
         let Some((w, probe_error, fraction)) = measured else {
             changes.push((index, probe, None));
             continue;

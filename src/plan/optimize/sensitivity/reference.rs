@@ -275,15 +275,9 @@ pub(super) struct Reference {
 pub(super) type EachLayer<'c> = dyn FnMut(usize, (&[f32], &[f32], &[f32])) -> Result<()> + 'c;
 
 /// Runs the source model `m` on every calibration token. After each layer of `layers`
-/// (ascending), `each` sees it (the stream after the attention half only when `keep_mid`, else
-/// empty), with the layer's projections recorded in `m`'s memo (when it has one; cleared after).
-pub(super) fn reference(
-    m: &Model,
-    run: &Runner,
-    keep_mid: bool,
-    layers: &[usize],
-    each: &mut EachLayer,
-) -> Result<Reference> {
+/// (ascending), `each` sees it, with the layer's projections recorded in `m`'s memo (when it
+/// has one; cleared after).
+pub(super) fn reference(m: &Model, run: &Runner, layers: &[usize], each: &mut EachLayer) -> Result<Reference> {
     let mut x = m.embed(&run.tokens)?;
     let mut hidden = Vec::with_capacity(m.cfg.n_layer + 1);
     for l in 0..m.cfg.n_layer {
@@ -295,14 +289,13 @@ pub(super) fn reference(
         }
         hidden.push(x.clone());
         run.attention(m, l, &mut x)?;
-        let after_attention = keep_mid.then(|| x.clone());
+        let after_attention = wanted.then(|| x.clone());
         run.ffn(m, l, &mut x)?;
         if let Some(memo) = memo {
             memo.set_recording(false);
         }
-        if wanted {
-            let mid_l = after_attention.as_deref().unwrap_or(&[]);
-            let done = each(l, (&hidden[l], mid_l, &x));
+        if let Some(mid_l) = after_attention {
+            let done = each(l, (&hidden[l], &mid_l, &x));
             if let Some(memo) = memo {
                 memo.clear();
             }
