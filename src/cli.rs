@@ -133,8 +133,8 @@ pub enum Command {
         /// The importance matrix to write.
         #[arg(short, long)]
         output: PathBuf,
-        /// Tokens per chunk (--text).
-        #[arg(long, default_value_t = 512)]
+        /// Tokens per chunk (--text; --tokens-file chunks are used as given).
+        #[arg(long, default_value_t = 512, conflicts_with = "tokens_file")]
         ctx: usize,
         /// At most this many chunks (default: all the text holds).
         #[arg(long)]
@@ -210,7 +210,7 @@ pub enum Command {
         /// `model.layers.*.mlp.router`) as TYPE[:GROUP] instead; repeatable, first match wins.
         #[arg(long, value_name = "PATTERN=TYPE")]
         quant_override: Vec<String>,
-        /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G;
+        /// Split the output into shards of at most this much tensor data (e.g. 500M, 4G, 3.5GiB;
         /// MLX and HF folders: default 5G as mlx-lm and transformers).
         #[arg(long, value_parser = parse_size)]
         split_max_size: Option<u64>,
@@ -311,7 +311,7 @@ pub struct QuantArgs {
     pub optimize: bool,
     /// Choose every quantized tensor's type (k-, i- and legacy quants, Q8_0, F16, BF16) to make
     /// the least measured error (importance-weighted with --imatrix) in a file of at most SIZE
-    /// bytes (e.g. 90M, 12G; powers of 1000).
+    /// bytes (e.g. 90M, 1.5G, 12G: powers of 1000; 800MiB, 11GiB: powers of 1024).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "target_bpw")]
     pub target_size: Option<u64>,
     /// As --target-size, for a size of B bits per weight over all tensors' data.
@@ -338,8 +338,9 @@ pub struct QuantArgs {
     /// or spaces (as `moeq imatrix --tokens-file`).
     #[arg(long, value_name = "FILE")]
     pub calibration_tokens: Option<PathBuf>,
-    /// Tokens per calibration chunk (--calibration text; default 512).
-    #[arg(long, value_name = "N")]
+    /// Tokens per calibration chunk (--calibration text; default 512; --calibration-tokens
+    /// chunks are used as given).
+    #[arg(long, value_name = "N", conflicts_with = "calibration_tokens")]
     pub ctx: Option<usize>,
     /// At most this many calibration chunks (default: 4 for the KL calibration of --optimize /
     /// --target-*, whose forward runs once per tensor; all the input holds for --rounding gptq).

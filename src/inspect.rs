@@ -268,6 +268,17 @@ fn plural(n: usize, word: &str) -> String {
 }
 
 /// `1536` → `1.50 KiB`.
+/// `n` bytes for a message: "512 B", or "1.50 KiB (1536 bytes)" when the unit rounds.
+pub fn bytes_exact(n: u64) -> String {
+    if n < 1024 { format!("{n} B") } else { format!("{} ({n} bytes)", human_bytes(n)) }
+}
+
+/// `n` things: "1 chunk", "2 chunks" (`word` is the singular; the plural adds an s).
+pub fn count(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    if n == 1 { format!("1 {word}") } else { format!("{n} {word}s") }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

@@ -3325,6 +3325,16 @@ fn size_budget_chooses_types_within_the_budget() {
     assert!(err.contains("--target-bpw"), "{err}");
     let err = fails(&["convert", w, "-o", o, "--target-size", "200K", "--candidate-types", "q4_0"]);
     assert!(err.contains("fit no candidate type of --candidate-types") || err.contains("smallest"), "{err}");
+    // Types that need an importance matrix, without one: the reason is named.
+    let err = fails(&["convert", w, "-o", o, "--target-size", "1M", "--candidate-types", "iq2_xxs,iq1_s"]);
+    assert!(err.contains("need an importance matrix") && err.contains("no --imatrix was given"), "{err}");
+    // Token files are used as given: --ctx does not go with them.
+    let ids = dir.path().join("ids.txt");
+    std::fs::write(&ids, "1,2,3\n").unwrap();
+    let err =
+        fails(&["convert", w, "-o", o, "--target-size", "1M", "--calibration-tokens", path_arg(&ids), "--ctx", "8"]);
+    assert!(err.contains("--ctx") && err.contains("--calibration-tokens"), "{err}");
+    std::fs::remove_file(&ids).unwrap();
     assert!(!out.exists());
     let names: Vec<String> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

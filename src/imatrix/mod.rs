@@ -292,6 +292,19 @@ pub fn load_chunks(
     if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose.what) {
         eprintln!("warning: {warning}");
     }
+    // Positions past the model's training context calibrate on what it never saw.
+    let arch = w.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let longest = cut.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(n_ctx) = w.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64())
+        && n_ctx > 0
+        && longest as u64 > n_ctx
+    {
+        eprintln!(
+            "warning: {what}: chunks of up to {longest} tokens are longer than the model's training context of \
+             {n_ctx} tokens ({arch}.context_length); positions past it show the model what it never saw \
+             (a smaller --ctx avoids it)"
+        );
+    }
     Ok(cut)
 }
 

@@ -93,6 +93,12 @@ pub struct ConvertSummary {
     pub plan: Option<PlanReport>,
 }
 
+/// `e` with the input file's name in front, unless its message already begins with it.
+fn naming_file(e: anyhow::Error, input: &Path) -> anyhow::Error {
+    let name = input.display().to_string();
+    if e.to_string().starts_with(&name) { e } else { e.context(name) }
+}
+
 /// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     let kind = match (opts.format, opts.split_max_bytes.is_some() || opts.quant.keep_split) {
@@ -588,10 +594,9 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
             let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
             let (mut plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, |_| false)
-                .with_context(|| format!("{}", opts.input.display()))?;
+                .map_err(|e| naming_file(e, &opts.input))?;
             mark_rounding(&mut plan, opts);
-            optimize_types(plan, recipes, report, ftype, &settings, opts)
-                .with_context(|| format!("{}", opts.input.display()))?
+            optimize_types(plan, recipes, report, ftype, &settings, opts).map_err(|e| naming_file(e, &opts.input))?
         }
     };
     let (mut plan, mut recipes, mut report) = (plan, recipes, report);
@@ -626,25 +631,41 @@ pub fn ggml_dims(ne: &[u64]) -> Vec<u64> {
     out
 }
 
-/// Parses a size as gguf-py's `--split-max-size` does: `N`, `NK`, `NM` or `NG`, in powers
-/// of 1000.
+/// Parses a size: a number (decimals allowed, e.g. `1.5G`) with an optional unit, `K`, `M`,
+/// `G`, `T` (powers of 1000, as llama-gguf-split's `--split-max-size` and gguf-py read them;
+/// `KB`, `MB`, `GB`, `TB` the same) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024, as moeq prints
+/// sizes), case-insensitive; no unit = bytes. A fraction of a byte is dropped.
+///
+/// Errors (clap's message for the option): not a number, an unknown unit, zero, or more than
+/// 2^64 bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
-        _ => (text, ' '),
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
+    let (digits, unit) = (trimmed[..split].trim(), trimmed[split..].to_ascii_lowercase());
+    let scale: f64 = match unit.as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0f64.powi(4),
+        _ => return Err(format!("'{text}': the unit must be K, M, G or T (powers of 1000) or KiB, MiB, GiB or TiB")),
     };
-    let scale: u64 = match unit {
-        ' ' => 1,
-        'K' => 1_000,
-        'M' => 1_000_000,
-        'G' => 1_000_000_000,
-        _ => return Err(format!("'{text}': the unit must be K, M or G")),
+    let plain = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let n: f64 = match digits.parse() {
+        Ok(n) if plain => n,
+        _ => return Err(format!("'{text}' is not a size like 500M, 1.5G or 800MiB")),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size like 500M or 2G"))?;
-    match n.checked_mul(scale) {
-        Some(0) => Err("the size must be positive".into()),
-        Some(v) => Ok(v),
-        None => Err(format!("'{text}' is too large")),
+    let bytes = (n * scale).floor();
+    if bytes < 1.0 {
+        Err("the size must be at least one byte".into())
+    } else if bytes >= 18_446_744_073_709_551_615.0 {
+        Err(format!("'{text}' is too large"))
+    } else {
+        Ok(bytes as u64)
     }
 }
 
@@ -671,7 +692,13 @@ mod tests {
         assert_eq!(parse_size("5M"), Ok(5_000_000));
         assert_eq!(parse_size("2g"), Ok(2_000_000_000));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("5T").is_err());
+        assert_eq!(parse_size("5T"), Ok(5_000_000_000_000));
+        assert_eq!(parse_size("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_size("100KiB"), Ok(102_400));
+        assert_eq!(parse_size(" 2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("12GB"), Ok(12_000_000_000));
+        assert_eq!(parse_size("90mib"), Ok(90 << 20));
+        assert!(parse_size("5X").is_err() && parse_size("1.2.3M").is_err() && parse_size("0.0001").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("-5M").is_err());
         assert!(parse_size("99999999999G").is_err());

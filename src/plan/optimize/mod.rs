@@ -35,7 +35,7 @@ use anyhow::{Result, bail};
 use moeq_formats::gguf::{Array, GgmlType, GgufPlan, Value};
 use serde_json::{Value as Json, json};
 
-use crate::inspect::human_bytes;
+use crate::inspect::{bytes_exact, count, human_bytes};
 use crate::plan::imatrix_file::ImatrixFile;
 use crate::plan::quant_plan::Ftype;
 use crate::plan::quant_rules::Step;
@@ -227,13 +227,11 @@ impl OptimizeLog {
     /// Lines for the `--dry-run` table.
     pub fn to_text(&self) -> String {
         let mut out = format!(
-            "optimized for {}: budget {} ({} bytes), smallest possible {}, file {} ({} bytes)\n  method: {}\n  error: {}\n  summed error {:.4e}",
+            "optimized for {}: budget {}, smallest possible {}, file {}\n  method: {}\n  error: {}\n  summed error {:.4e}",
             self.target,
-            human_bytes(self.budget_bytes),
-            self.budget_bytes,
+            bytes_exact(self.budget_bytes),
             human_bytes(self.min_bytes),
-            human_bytes(self.file_bytes),
-            self.file_bytes,
+            bytes_exact(self.file_bytes),
             self.method,
             self.error_measure,
             self.total_error
@@ -244,8 +242,13 @@ impl OptimizeLog {
         out.push('\n');
         if let Some(c) = &self.calibration {
             out.push_str(&format!(
-                "  KL calibration: {} ({} chunks, {} tokens, top {} reference tokens per position, {} probes) in {:.1} s\n",
-                c.what, c.chunks, c.tokens, c.top_k, c.probes.name(), c.seconds
+                "  KL calibration: {} ({}, {}, top {} reference tokens per position, {} probes) in {:.1} s\n",
+                c.what,
+                count(c.chunks as u64, "chunk"),
+                count(c.tokens as u64, "token"),
+                c.top_k,
+                c.probes.name(),
+                c.seconds
             ));
         }
         out
@@ -405,10 +408,32 @@ pub fn optimize<'a>(
         })
         .collect();
     if let Some((r, _)) = jobs.iter().find(|(_, c)| c.is_empty()) {
+        let ne0 = r.row_len();
+        // Why: types that would fit the rows but need importance weights the tensor lacks.
+        let fit_without: Vec<&str> = settings
+            .candidates
+            .as_deref()
+            .unwrap_or(CANDIDATES)
+            .iter()
+            .filter(|&&t| ne0.is_multiple_of(t.block_size()) && can_write(t) && needs_importance(t))
+            .map(|t| t.name())
+            .collect();
+        if !fit_without.is_empty() {
+            bail!(
+                "tensor '{}': the only candidate types for its rows of {ne0} values ({}) need an importance matrix, \
+                 and {}; add other types to --candidate-types (e.g. q2_k, q3_k, q4_k)",
+                r.spec.name,
+                fit_without.join(", "),
+                if settings.imatrix.is_some() {
+                    "the --imatrix file has no entry of this tensor's size for it".to_string()
+                } else {
+                    "no --imatrix was given".to_string()
+                }
+            );
+        }
         bail!(
-            "tensor '{}': rows of {} values fit no candidate type{}",
+            "tensor '{}': rows of {ne0} values fit no candidate type{}",
             r.spec.name,
-            r.row_len(),
             if settings.candidates.is_some() { " of --candidate-types" } else { "" }
         );
     }
@@ -430,13 +455,12 @@ pub fn optimize<'a>(
     };
     if let Some(budget) = data_budget.filter(|&b| b < min_early) {
         bail!(
-            "{}: the budget of {} ({budget} bytes) is smaller than the smallest file moeq can make of this model, \
-             more than {} ({min_early} bytes: every quantized tensor at its smallest candidate type and the {} other \
-             tensors as they are, before the header)",
+            "{}: the budget of {} is smaller than the smallest file moeq can make of this model, more than {}: \
+             every quantized tensor at its smallest candidate type and the {} as they are, before the header",
             settings.target.describe(settings.planned),
-            human_bytes(budget),
-            human_bytes(min_early),
-            recipes.len() - chosen.len()
+            bytes_exact(budget),
+            bytes_exact(min_early),
+            count((recipes.len() - chosen.len()) as u64, "other tensor")
         );
     }
     let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
