@@ -373,6 +373,9 @@ fn nearest_per_lane<const N: usize>(
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
     let len = list.indices.len();
+    if list.packed.len() >= len && bits == 3 {
+        return nearest_per_lane_packed::<N>(terms, list, lanes, codes, base);
+    }
     let mut at = _mm256_setzero_si256();
     let one = _mm256_set1_epi32(1);
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
@@ -393,6 +396,62 @@ fn nearest_per_lane<const N: usize>(
         }
     }
     write_winners::<N>(list, best_at, lanes, bits, codes, base)
+}
+
+/// [`nearest_per_lane`] for the 3-bit grids' lists, which carry each neighbour's packed code:
+/// each lane keeps the packed code of its first minimum rather than its position (−1 before
+/// any), so the winners' codes need no gather after the scan.
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane_packed<const N: usize>(
+    terms: &[[__m256; 8]; N],
+    list: List<'_>,
+    lanes: i32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    let len = list.indices.len();
+    let packed = &list.packed[..len];
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_code = _mm256_set1_epi32(-1);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        for (j, &code) in packed[8 * chunk..].iter().take(8).enumerate() {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // Levels are below 8 (`& 7` keeps them and spares the bounds check).
+                d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
+            }
+            // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict
+            // less-than. Lanes outside `lanes` search too; their results are not read.
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+            best = _mm256_min_ps(d2, best);
+            best_code = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(best_code),
+                _mm256_castsi256_ps(_mm256_set1_epi32(code as i32)),
+                better,
+            ));
+        }
+    }
+    let wanted = _mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(lanes), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256(),
+    );
+    // A wanted lane without a winner (every distance at least FLT_MAX) is where ggml aborts.
+    let none = _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1));
+    if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(none, wanted))) != 0 {
+        return Err(GgmlAbort);
+    }
+    assert!(base + 8 <= ROW && codes.len() >= N);
+    let mask = _mm256_set1_epi32(7);
+    for (i, row) in codes.iter_mut().enumerate().take(N) {
+        let l = _mm256_and_si256(_mm256_srlv_epi32(best_code, _mm256_set1_epi32(3 * i as i32)), mask);
+        // SAFETY: `base + 8 ≤ ROW` (checked above); unaligned load and store.
+        unsafe {
+            let at = row.as_mut_ptr().add(base).cast();
+            let old = _mm256_loadu_si256(at);
+            _mm256_storeu_si256(at, _mm256_blendv_epi8(old, l, wanted));
+        }
+    }
+    Ok(())
 }
 
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
