@@ -227,6 +227,30 @@ fn iquants_simd_match_scalar_on_random_data() {
     }
 }
 
+/// Every SIMD backend equals the scalar reference on many super-blocks of each data shape
+/// (128 per shape and type, with and without weights): enough blocks that the neighbour
+/// searches' rarer paths (long runs of candidates sharing a list, single-candidate windows,
+/// ties) are all taken.
+#[test]
+fn iquants_simd_match_scalar_on_many_blocks() {
+    let backends: Vec<_> = available().into_iter().filter(|b| b.name != "scalar").collect();
+    for shape in 0..9u32 {
+        let (x, w) = rows(shape, 0xD1B5_4A32_D192_ED03 ^ (shape as u64) << 40, 256 * 128);
+        for ty in IQUANTS {
+            for weights in [None, Some(&w[..])] {
+                if weights.is_none() && ty.needs_importance() {
+                    continue;
+                }
+                let want = quantize(&SCALAR, ty, &x, weights);
+                for b in &backends {
+                    let got = quantize(b, ty, &x, weights);
+                    assert!(got == want, "{} {} shape {shape} weights {}", b.name, ty.name(), weights.is_some());
+                }
+            }
+        }
+    }
+}
+
 /// Random bytes (finite scales) dequantize identically on every backend.
 #[test]
 fn iquants_dequantize_random_bytes_like_scalar() {

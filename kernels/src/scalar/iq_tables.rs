@@ -53,8 +53,9 @@ pub struct Lattice<const N: usize> {
     /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
     /// coordinates up together, and read the winner's levels back from its row).
     prefix: Vec<u8>,
-    /// For the 3-bit grids (else empty), the same points' packed codes `Σ l_i << (3·i)` (padded
-    /// as `neighbours`), for SIMD searches that read their winners' levels back in lanes.
+    /// The same points' packed codes `Σ l_i << (bits·i)` (padded as `neighbours`; empty for
+    /// grids whose codes take more than 30 bits), for SIMD searches that keep their winners'
+    /// codes in lanes.
     packed: Vec<u32>,
 }
 
@@ -69,8 +70,8 @@ pub struct List<'a> {
     /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
     /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
     pub prefix: &'a [u8],
-    /// For the 3-bit grids (else empty), their packed codes `Σ l_i << (3·i)`, padded with zeros
-    /// to a multiple of 8.
+    /// Their packed codes `Σ l_i << (bits·i)`, padded with zeros to a multiple of 8 (empty for
+    /// grids whose codes take more than 30 bits).
     pub packed: &'a [u32],
 }
 
@@ -101,6 +102,8 @@ impl<const N: usize> Lattice<N> {
         let (mut neighbours, mut levels, mut prefix, mut packed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
         let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
+        // Packed codes fit a u32 (and, for the SIMD searches, a positive i32).
+        let with_packed = bits as usize * N <= 30;
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
         let columns: [Vec<i16>; N] = std::array::from_fn(|k| grid.iter().map(|p| p[k] as i16).collect());
         let mut dist = vec![0i16; grid.len()];
@@ -140,9 +143,9 @@ impl<const N: usize> Lattice<N> {
                 let mut rows = [[0u8; 8]; N];
                 for (lane, &(_, j)) in chunk.iter().enumerate() {
                     neighbours.push(j);
-                    if bits == 3 {
+                    if with_packed {
                         let l = grid[j as usize].iter().map(|&p| ((p - 1) / 2) as u32);
-                        packed.push(l.enumerate().map(|(k, l)| l << (3 * k)).sum());
+                        packed.push(l.enumerate().map(|(k, l)| l << (bits as usize * k)).sum());
                     }
                     if with_prefix {
                         let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
@@ -156,7 +159,7 @@ impl<const N: usize> Lattice<N> {
                     }
                 }
                 neighbours.resize(neighbours.len().next_multiple_of(8), 0);
-                if bits == 3 {
+                if with_packed {
                     packed.resize(neighbours.len(), 0);
                 }
                 if with_prefix {
@@ -286,6 +289,33 @@ mod tests {
 
     /// Every code the quantizers can form is on the grid or has a non-empty list whose
     /// points are no closer than any point left out.
+    /// The grids' lists carry each neighbour's packed code.
+    #[test]
+    fn lists_carry_packed_codes() {
+        fn check<const N: usize>(l: &Lattice<N>, bits: usize) {
+            let mut off = 0;
+            for code in 0..1usize << (bits * N) {
+                if let Lookup::Near(n) = l.lookup(code) {
+                    off += 1;
+                    assert!(n.packed.len() == n.indices.len().next_multiple_of(8));
+                    for (k, &j) in n.indices.iter().enumerate() {
+                        let want: u32 = l.grid[j as usize]
+                            .iter()
+                            .enumerate()
+                            .map(|(c, &p)| (((p - 1) / 2) as u32) << (bits * c))
+                            .sum();
+                        assert_eq!(n.packed[k], want);
+                    }
+                }
+            }
+            assert_eq!(off, (1 << (bits * N)) - l.grid.len());
+        }
+        check(iq2_xxs(), 2);
+        check(iq2_xs(), 2);
+        check(iq2_s(), 2);
+        check(iq1(), 2);
+    }
+
     /// The 3-bit grids' lists carry each neighbour's packed code.
     #[test]
     fn three_bit_lists_carry_packed_codes() {

@@ -373,6 +373,9 @@ fn nearest_per_lane<const N: usize>(
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_at = _mm256_set1_epi32(-1);
     let len = list.indices.len();
+    if list.packed.len() >= len {
+        return nearest_per_lane_packed::<N>(terms, list, lanes, bits, codes, base);
+    }
     let mut at = _mm256_setzero_si256();
     let one = _mm256_set1_epi32(1);
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
@@ -393,6 +396,82 @@ fn nearest_per_lane<const N: usize>(
         }
     }
     write_winners::<N>(list, best_at, lanes, bits, codes, base)
+}
+
+/// [`nearest_per_lane`] for lists that carry each neighbour's packed code (`bits` per
+/// coordinate): each lane keeps the packed code of its first minimum rather than its position
+/// (−1 before any), so the winners' codes need no gather after the scan.
+#[target_feature(enable = "avx2")]
+fn nearest_per_lane_packed<const N: usize>(
+    terms: &[[__m256; 8]; N],
+    list: List<'_>,
+    lanes: i32,
+    bits: u32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    let len = list.indices.len();
+    let packed = &list.packed[..len];
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_code = _mm256_set1_epi32(-1);
+    for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
+        for (j, &code) in packed[8 * chunk..].iter().take(8).enumerate() {
+            let mut d2 = _mm256_setzero_ps();
+            for i in 0..N {
+                // Levels are below 8 (`& 7` keeps them and spares the bounds check).
+                d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
+            }
+            // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict
+            // less-than. Lanes outside `lanes` search too; their results are not read.
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+            best = _mm256_min_ps(d2, best);
+            best_code = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(best_code),
+                _mm256_castsi256_ps(_mm256_set1_epi32(code as i32)),
+                better,
+            ));
+        }
+    }
+    let wanted = wanted_lanes(lanes);
+    // A wanted lane without a winner (every distance at least FLT_MAX) is where ggml aborts.
+    let none = _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1));
+    if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(none, wanted))) != 0 {
+        return Err(GgmlAbort);
+    }
+    unpack_winners::<N>(best_code, wanted, bits, codes, base);
+    Ok(())
+}
+
+/// All bits set in the lanes whose bit is set in `lanes` (bit j: lane j).
+#[target_feature(enable = "avx2")]
+fn wanted_lanes(lanes: i32) -> __m256i {
+    _mm256_cmpgt_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(lanes), _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128)),
+        _mm256_setzero_si256(),
+    )
+}
+
+/// The levels of each lane's winner from its packed code (`bits` per coordinate) into
+/// `codes[i][base..base + 8]`, for the lanes set in `wanted` (the others keep their codes).
+#[target_feature(enable = "avx2")]
+fn unpack_winners<const N: usize>(
+    best_code: __m256i,
+    wanted: __m256i,
+    bits: u32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) {
+    assert!(base + 8 <= ROW && codes.len() >= N);
+    let mask = _mm256_set1_epi32((1 << bits) - 1);
+    for (i, row) in codes.iter_mut().enumerate().take(N) {
+        let l = _mm256_and_si256(_mm256_srlv_epi32(best_code, _mm256_set1_epi32((bits as usize * i) as i32)), mask);
+        // SAFETY: `base + 8 ≤ ROW` (checked above); unaligned load and store.
+        unsafe {
+            let at = row.as_mut_ptr().add(base).cast();
+            let old = _mm256_loadu_si256(at);
+            _mm256_storeu_si256(at, _mm256_blendv_epi8(old, l, wanted));
+        }
+    }
 }
 
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
@@ -421,6 +500,44 @@ fn nearest_per_lane_prefix<const N: usize>(
     }
     let (t012, rest): (*const u8, *const u8) = (t012.as_ptr().cast(), terms.as_ptr().cast());
     let mut best = _mm256_set1_ps(FLT_MAX);
+    if list.packed.len() >= len {
+        // Each lane keeps its first minimum's packed code (−1 before any), unpacked in lanes
+        // after the scan.
+        let mut best_code = _mm256_set1_epi32(-1);
+        for (row, &code) in rows.chunks_exact(8).zip(list.packed) {
+            // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
+            // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i`
+            // plus 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The
+            // table's entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the
+            // masks keep.
+            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
+            for i in 3..8 {
+                // SAFETY: as above.
+                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
+                d2 = _mm256_add_ps(d2, term);
+            }
+            // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
+            // search. Lanes outside `lanes` search too; their results are not read.
+            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+            best = _mm256_min_ps(d2, best);
+            best_code = _mm256_castps_si256(_mm256_blendv_ps(
+                _mm256_castsi256_ps(best_code),
+                _mm256_castsi256_ps(_mm256_set1_epi32(code as i32)),
+                better,
+            ));
+        }
+        let wanted = wanted_lanes(lanes);
+        // A wanted lane without a winner (every distance at least FLT_MAX) is where ggml aborts.
+        if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(
+            _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1)),
+            wanted,
+        ))) != 0
+        {
+            return Err(GgmlAbort);
+        }
+        unpack_winners::<N>(best_code, wanted, 2, codes, base);
+        return Ok(());
+    }
     let mut best_at = _mm256_set1_epi32(-1);
     let mut at = _mm256_setzero_si256();
     let one = _mm256_set1_epi32(1);
