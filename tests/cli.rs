@@ -208,7 +208,7 @@ fn convert_failures_leave_nothing_behind() {
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0, "nothing at the output path, no temporary files");
     let out = moeq(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&out), "--split-max-size", "10X"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unit must be K, M or G"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the unit must be K, M, G or T"));
 }
 
 #[test]
@@ -1757,8 +1757,8 @@ fn sparse_gguf(path: &Path, n: usize, rows: u64, cols: u64) {
     file.set_len(layout.file_len).unwrap();
 }
 
-/// Whether the child holds a file descriptor to something in `dir` (an `O_TMPFILE` shows as
-/// `dir/#INODE (deleted)`): it has started writing there. Waits up to 60 s.
+/// Whether the child holds a file descriptor to a file with data in `dir` (an `O_TMPFILE` shows
+/// as `dir/#INODE (deleted)`): it has started writing there. Waits up to 60 s.
 fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
     let dir = std::fs::canonicalize(dir).unwrap();
     for _ in 0..6000 {
@@ -1767,8 +1767,11 @@ fn wait_until_writing(child: &mut std::process::Child, dir: &Path) -> bool {
         }
         if let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", child.id())) {
             for fd in fds.flatten() {
-                // Inside the folder, not the folder itself (which the stale-temporary sweep reads).
-                if std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir) && t != dir) {
+                // A file inside the folder, not the folder itself (which the stale-temporary sweep
+                // reads), that holds data: not the empty scratch file the folder's write check opens.
+                if std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir) && t != dir)
+                    && std::fs::metadata(fd.path()).is_ok_and(|m| m.is_file() && m.len() > 0)
+                {
                     return true;
                 }
             }
