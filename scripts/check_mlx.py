@@ -3,7 +3,7 @@
 
 1. MLX's own quantizer: on a Llama-shaped checkpoint with random bf16 weights (hidden 256, so
    every group size applies; rows with ties, constant rows, zeros, outliers),
-   `moeq convert --format mlx --type q4|q8 --group-size 32|64|128` and `--type mxfp4` write,
+   `moeq convert --format mlx --type q2|q3|q4|q5|q6|q8 --group-size 32|64|128` and `--type mxfp4` write,
    for every quantized layer, exactly the bytes `mlx.core.quantize` computes for its weight.
 2. mlx-lm: for every MLX build moeq writes from the fixtures (all gpt-oss layouts including
    those mlx-lm cannot convert, Mixtral, Llama, Qwen3-MoE with and without a dense layer,
@@ -100,7 +100,7 @@ def check_mlx_quantizer(moeq, fixtures, work):
     write_bf16_safetensors(src / "model.safetensors", t)
     source = read_safetensors(src)
 
-    settings = [("q4", g) for g in (32, 64, 128)] + [("q8", g) for g in (32, 64, 128)] + [("mxfp4", None)]
+    settings = [(f"q{b}", g) for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)] + [("mxfp4", None)]
     checked = 0
     for ty, group in settings:
         out = work / f"llama-256-{ty}-{group}"

@@ -182,7 +182,8 @@ pub enum Command {
     ///
     /// --format mlx writes the folder `mlx_lm convert` writes (any checkpoint, including
     /// gpt-oss bf16 fine-tunes and Mixtral): no --type = without -q (bf16, gpt-oss MXFP4
-    /// experts kept); --type q4|q8 [--group-size G] = -q --q-bits 4|8 --q-group-size G with
+    /// experts kept); --type qN [--group-size G] = -q --q-bits N --q-group-size G (N = 2, 3, 4,
+    /// 5, 6 or 8) with
     /// mlx-lm's per-module choices (gpt-oss: experts mxfp4, router 8-bit); --type mxfp4|bf16|f16
     /// too; --quant-override PATTERN=TYPE[:GROUP] on top. --format hf writes gpt-oss's
     /// published Hugging Face layout (MXFP4 experts) from any gpt-oss checkpoint.
@@ -200,10 +201,12 @@ pub enum Command {
         /// llama-quantize takes it): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4_MOE,
         /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL,
         /// IQ4_XS, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S, IQ1_M,
-        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
+        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q2, q3, q4, q5, q6, q8, mxfp4, bf16,
+        /// f16 or f32.
         #[arg(long = "type", value_name = "TYPE")]
         ty: Option<String>,
-        /// MLX: values per quantization group for q4/q8 (32, 64 or 128; default 64).
+        /// MLX: values per quantization group for the affine types q2…q8 (32, 64 or 128;
+        /// default 64).
         #[arg(long)]
         group_size: Option<u64>,
         /// MLX: store modules matching PATTERN (`*` matches anything, e.g. `lm_head`,

@@ -290,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Mlx => {
                     mlx.ty = ty.as_deref().map(|t| MlxType::parse(t, group_size)).transpose()?;
                     if group_size.is_some() && !matches!(mlx.ty, Some(MlxType::Affine { .. })) {
-                        anyhow::bail!("--group-size goes with --type q4 or q8");
+                        anyhow::bail!("--group-size goes with an affine --type (q2, q3, q4, q5, q6, q8)");
                     }
                     mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
                 }

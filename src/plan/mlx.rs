@@ -23,7 +23,7 @@ pub enum MlxType {
     Float(GgmlType),
     /// Affine quantization.
     Affine {
-        /// Bits per value: 4 or 8.
+        /// Bits per value: 2, 3, 4, 5, 6 or 8 ([`moeq_kernels::mlx::AFFINE_BITS`]).
         bits: u32,
         /// Values per group: 32, 64 or 128.
         group: u64,
@@ -33,8 +33,8 @@ pub enum MlxType {
 }
 
 impl MlxType {
-    /// Parses `bf16`, `f16`, `f32`, `q4`, `q8` or `mxfp4`; `group` applies to q4/q8 (mlx-lm's
-    /// default 64).
+    /// Parses `bf16`, `f16`, `f32`, `q2`, `q3`, `q4`, `q5`, `q6`, `q8` or `mxfp4`; `group`
+    /// applies to the affine types `qN` (mlx-lm's default 64).
     pub fn parse(text: &str, group: Option<u64>) -> Result<MlxType> {
         let affine = |bits| {
             let group = group.unwrap_or(64);
@@ -47,13 +47,17 @@ impl MlxType {
             "bf16" | "bfloat16" => Ok(MlxType::Float(GgmlType::BF16)),
             "f16" | "float16" => Ok(MlxType::Float(GgmlType::F16)),
             "f32" | "float32" => Ok(MlxType::Float(GgmlType::F32)),
+            "q2" => affine(2),
+            "q3" => affine(3),
             "q4" => affine(4),
+            "q5" => affine(5),
+            "q6" => affine(6),
             "q8" => affine(8),
             "mxfp4" => match group {
                 None | Some(32) => Ok(MlxType::Mxfp4),
                 Some(g) => bail!("group size {g}: MLX's mxfp4 uses groups of 32"),
             },
-            other => bail!("'{other}' is not an MLX type: bf16, f16, f32, q4, q8 or mxfp4"),
+            other => bail!("'{other}' is not an MLX type: bf16, f16, f32, q2, q3, q4, q5, q6, q8 or mxfp4"),
         }
     }
 
@@ -370,6 +374,10 @@ mod tests {
             parse_override("lm_head=q8:32").unwrap(),
             ("lm_head".into(), MlxType::Affine { bits: 8, group: 32 })
         );
-        assert!(parse_override("lm_head=q3").is_err() && MlxType::parse("q4", Some(48)).is_err());
+        assert_eq!(parse_override("*.down_proj=q3").unwrap().1, MlxType::Affine { bits: 3, group: 64 });
+        for (t, bits) in [("q2", 2), ("q5", 5), ("q6", 6)] {
+            assert_eq!(MlxType::parse(t, Some(32)).unwrap(), MlxType::Affine { bits, group: 32 });
+        }
+        assert!(parse_override("lm_head=q7").is_err() && MlxType::parse("q4", Some(48)).is_err());
     }
 }
