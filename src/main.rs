@@ -263,20 +263,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
-            if format != Format::Gguf {
-                let name = if format == Format::Mlx { "mlx" } else { "hf" };
-                if request.target.is_some() {
-                    anyhow::bail!(
-                        "--optimize, --target-size and --target-bpw choose GGUF tensor types; --format {name} takes no \
-                         size target"
-                    );
-                }
-                if quant.json || quant.report.is_some() {
-                    anyhow::bail!(
-                        "--json and --report give a GGUF plan's per-tensor decisions; --format {name} has no such plan \
-                         (what it writes is printed)"
-                    );
-                }
+            if format == Format::Hf && request.target.is_some() {
+                anyhow::bail!(
+                    "--optimize, --target-size and --target-bpw choose GGUF tensor types or MLX module types; --format \
+                     hf takes no size target"
+                );
+            }
+            if format != Format::Gguf && request.target.is_none() && (quant.json || quant.report.is_some()) {
+                anyhow::bail!(
+                    "--json and --report give a GGUF plan's per-tensor decisions, or an MLX size budget's per-module \
+                     ones (--target-size, --target-bpw, --type qN --optimize); this build has no such plan (what it \
+                     writes is printed)"
+                );
             }
             let output = output.unwrap_or_default();
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
@@ -330,6 +328,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(path) = &quant.report {
                     write_report(path, &plan.to_json())?;
+                    if !quiet {
+                        eprintln!("wrote {}", path.display());
+                    }
+                }
+            }
+            if let Some((text, json)) = &summary.mlx_budget {
+                if quant.dry_run && !quant.json {
+                    print!("{text}");
+                }
+                if quant.json {
+                    println!("{}", serde_json::to_string_pretty(json)?);
+                }
+                if let Some(path) = &quant.report {
+                    write_report(path, json)?;
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }
