@@ -12,7 +12,11 @@
    it cannot read the source); moeq's equals it tensor for tensor when the source is the
    same, and loaded in mlx-lm its logits for the reference tokens match reference.safetensors
    at least as well.
-3. transformers (when torch is installed) loads the Hugging Face gpt-oss builds moeq writes
+3. Size budgets: `--format mlx --type q4 --optimize` (and `--target-bpw`) of the Llama, Mixtral
+   and gpt-oss fixtures mixes bit widths (2 to 8 bits, mxfp4) per module; mlx-lm loads each
+   folder (its per-module `quantization` entries) and its logits, run in float32, equal those of
+   moeq's own forward on the same folder (`moeq eval --dump`).
+4. transformers (when torch is installed) loads the Hugging Face gpt-oss builds moeq writes
    from all three layouts and reproduces the reference logits.
 
 Usage: scripts/check_mlx.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
@@ -233,6 +237,48 @@ def check_mlx_lm(moeq, fixtures, work):
             sys.exit(f"{out}: mlx-lm's logits are further from the reference than with its own build")
 
 
+def check_budget_builds(moeq, fixtures, work):
+    from safetensors.numpy import load_file
+    import mlx.core as mx
+    from mlx_lm import load
+
+    def logits_both(out, tokens, tag):
+        """mlx-lm's float32 logits on a folder and moeq's forward's on the same folder: rel L2."""
+        dump = work / f"{tag}.safetensors"
+        subprocess.run([moeq, "eval", str(out), "--tokens", ",".join(map(str, tokens)), "--dump", str(dump), "-q"],
+                       check=True, capture_output=True)
+        ours = load_file(str(dump))["logits"].astype(np.float64)
+        model, _ = load(str(out))
+        model.set_dtype(mx.float32)
+        theirs = np.array(model(mx.array([tokens])).astype(mx.float32))[0].astype(np.float64)
+        return float(np.linalg.norm(theirs - ours) / np.linalg.norm(ours))
+
+    cases = [("llama", "llama/hf", ["--type", "q4"], ["--optimize"]),
+             ("llama", "llama/hf", ["--type", "q4", "--group-size", "32"], ["--target-bpw", "3.8"]),
+             ("mixtral", "mixtral/hf", ["--type", "q4"], ["--optimize"]),
+             ("gpt-oss", "gpt-oss/hf-mxfp4", ["--type", "q4", "--group-size", "32"], ["--optimize"])]
+    for i, (family, src, base, budget) in enumerate(cases):
+        tokens = [int(t) for t in load_file(str(fixtures / family / "reference.safetensors"))["tokens"]]
+        rel = {}
+        for tag, args in [("uniform", base), ("budget", base + budget)]:
+            out = work / f"{tag}-{i}"
+            subprocess.run([moeq, "convert", str(fixtures / src), "-o", str(out), "--format", "mlx", "-q", *args],
+                           check=True, capture_output=True)
+            rel[tag] = logits_both(out, tokens, f"{tag}-{i}")
+        q = json.loads((work / f"budget-{i}" / "config.json").read_text())["quantization"]
+        widths = {(v["bits"], v.get("mode", "affine")) for v in q.values() if isinstance(v, dict)}
+        widths.add((q["bits"], q.get("mode", "affine")))
+        print(f"budget {src:<18} {' '.join(base + budget):<40} widths {sorted(widths)}: mlx-lm vs moeq's forward "
+              f"on the same folder, rel L2 {rel['budget']:.2e} (uniform build: {rel['uniform']:.2e})")
+        if len(widths) < 2:
+            sys.exit(f"{src}: a budget build with one width only: {widths}")
+        # mlx-lm's gpt-oss computes a little otherwise than moeq's forward whatever the types
+        # (~8e-4 on the uniform build too): the budget build may not differ more.
+        if rel["budget"] > max(1e-4, 1.5 * rel["uniform"]):
+            sys.exit(f"{src}: mlx-lm's logits differ from moeq's forward on the same budget folder "
+                     f"(relative L2 {rel['budget']:.2e}, uniform build {rel['uniform']:.2e})")
+
+
 def check_transformers(moeq, fixtures, work):
     try:
         import torch
@@ -267,6 +313,7 @@ def main():
         work = Path(tmp)
         check_mlx_quantizer(a.moeq, a.fixtures, work)
         check_mlx_lm(a.moeq, a.fixtures, work)
+        check_budget_builds(a.moeq, a.fixtures, work)
         check_transformers(a.moeq, a.fixtures, work)
     print("MLX and Hugging Face builds: all checks passed")
 

@@ -345,7 +345,8 @@ pub fn plan<'a>(
         if matches!(choice, MlxType::Affine { .. } | MlxType::Mxfp4) && !(is_experts && choice == MlxType::Mxfp4) {
             let params = family_params.clone().unwrap_or_else(|| choice.params());
             per_module.push((module.clone(), params));
-        } else if is_experts && choice == MlxType::Mxfp4 && over.is_some() {
+        } else if is_experts && choice == MlxType::Mxfp4 && (over.is_some() || chosen.is_some()) {
+            // Set for these experts alone (not the model's MXFP4 experts): listed.
             per_module.push((module.clone(), choice.params()));
         }
         items.push(item(recipe, &name, &module, &shape, choice, stored_mxfp4));
