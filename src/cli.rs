@@ -309,15 +309,20 @@ pub struct QuantArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// With --type T: choose every quantized tensor's type to make the least measured error
-    /// within the size of T's llama-quantize mix (see --target-size).
+    /// within the size of T's llama-quantize mix (see --target-size). --format mlx with
+    /// --type qN: each module's type, within the size of mlx-lm's uniform qN build.
     #[arg(long, conflicts_with_all = ["target_size", "target_bpw"])]
     pub optimize: bool,
     /// Choose every quantized tensor's type (k-, i- and legacy quants, Q8_0, F16, BF16) to make
     /// the least measured error (importance-weighted with --imatrix) in a file of at most SIZE
-    /// bytes (e.g. 90M, 12G; powers of 1000).
+    /// bytes (e.g. 90M, 12G; powers of 1000). --format mlx: each module mlx-lm quantizes gets
+    /// affine 2, 3, 4, 5, 6 or 8 bits (at --group-size), mxfp4 or the model's float type, within
+    /// SIZE bytes of model*.safetensors files.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "target_bpw")]
     pub target_size: Option<u64>,
-    /// As --target-size, for a size of B bits per weight over all tensors' data.
+    /// As --target-size, for a size of B bits per weight over all tensors' data. --format mlx:
+    /// bits per weight as mlx-lm reports them after convert (tensor data bytes · 8 / the
+    /// parameters, a quantized module counting its unquantized size).
     #[arg(long, value_name = "B")]
     pub target_bpw: Option<f64>,
     /// With --optimize / --target-*: choose only among these types (comma-separated, e.g.
