@@ -259,6 +259,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify,
             quant,
         } => {
+            // --format mlx: --candidate-types names MLX types (q2 … q8, mxfp4, the float type).
+            let mlx_candidates = match format {
+                Format::Mlx if !quant.candidate_types.is_empty() => Some(quant.candidate_types.clone()),
+                _ => None,
+            };
+            let mut quant = quant;
+            if mlx_candidates.is_some() {
+                quant.candidate_types.clear();
+                if !(quant.optimize || quant.target_size.is_some() || quant.target_bpw.is_some()) {
+                    anyhow::bail!("--candidate-types goes with --optimize, --target-size or --target-bpw");
+                }
+            }
             let (request, warnings) = quant.request()?;
             for w in &warnings {
                 eprintln!("warning: {w}");
@@ -291,6 +303,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         anyhow::bail!("--group-size goes with an affine --type (q2, q3, q4, q5, q6, q8)");
                     }
                     mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
+                    if let Some(names) = &mlx_candidates {
+                        // At the build's group size (--type qN's or --group-size's, else 64).
+                        let group = mlx.ty.and_then(MlxType::group).filter(|_| mlx.ty != Some(MlxType::Mxfp4));
+                        let types = names
+                            .iter()
+                            .map(|n| {
+                                let n = n.trim();
+                                let affine = n.to_ascii_lowercase().starts_with('q');
+                                MlxType::parse(n, if affine { group.or(group_size) } else { None })
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()
+                            .map_err(|e| anyhow::anyhow!("--candidate-types: {e}"))?;
+                        mlx.candidates = Some(types);
+                    }
                 }
                 Format::Hf => {
                     if ty.is_some() || group_size.is_some() || !quant_override.is_empty() {

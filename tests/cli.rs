@@ -1215,9 +1215,28 @@ fn mlx_size_budgets_hold_for_the_written_bytes() {
         );
         assert!(data as f64 * 8.0 / params as f64 <= 5.5, "{src}: {data} bytes for {params} parameters");
     }
-    // What the budget refuses.
     let llama = fixtures().join("llama/hf");
     let l = path_arg(&llama);
+    // --candidate-types names MLX types; calibration tokens scale each module's error by the KL
+    // it causes (the GGUF optimizer's probes, on the llama.cpp-named tensors the build is made of).
+    let only = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--candidate-types", "q3,q5,mxfp4"]);
+    for t in only["optimize"]["tensors"].as_array().unwrap() {
+        assert!(["q3:64", "q5:64", "mxfp4"].contains(&t["type"].as_str().unwrap()), "{t}");
+        assert_eq!(t["candidates"].as_array().unwrap().len(), 3, "{t}");
+    }
+    let ids = out.path().join("ids.txt");
+    let chunk = |seed: u32| (0..24).map(|i| ((i * 37 + seed * 101) % 512).to_string()).collect::<Vec<_>>().join(",");
+    std::fs::write(&ids, format!("{}\n{}\n", chunk(1), chunk(2))).unwrap();
+    let kl = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--calibration-tokens", path_arg(&ids)]);
+    let log = &kl["optimize"];
+    assert!(log["method"].as_str().unwrap().starts_with("kl-calibrated"), "{}", log["method"]);
+    assert_eq!(log["calibration"]["tokens"], 48);
+    for t in log["tensors"].as_array().unwrap() {
+        assert!(t["kl"]["scale"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["why"].as_str().unwrap().contains("predicted KL"), "{t}");
+    }
+    assert!(kl["quantization"]["bits"].is_u64(), "{kl}");
+    // What the budget refuses.
     let dst = out.path().join("never");
     let o = path_arg(&dst);
     let e = fails(&["convert", l, "-o", o, "--format", "mlx", "--optimize"]);

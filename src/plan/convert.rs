@@ -220,30 +220,29 @@ fn optimize_types<'a>(
     opts: &ConvertOptions,
 ) -> Result<(GgufPlan, Vec<Recipe<'a>>, PlanReport)> {
     let Some(target) = opts.quant.target else { return Ok((plan, recipes, report)) };
-    // Calibration tokens: the source model is opened again for moeq's forward (a second
-    // mapping of the same files) and the tokens read before any measuring.
-    let source = match &opts.quant.calibration {
-        Some(_) => Some(Source::open(&opts.input)?),
-        None => None,
-    };
-    let weights = match &source {
-        Some(s) => Some(Weights::new(s, &opts.input)?),
-        None => None,
-    };
-    let calibration = match (&source, &weights) {
-        (Some(s), Some(w)) => kl_calibration(opts, s, w)?,
-        _ => None,
-    };
-    let settings = OptimizeSettings {
-        target,
-        ftype: opts.ftype,
-        planned,
-        imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
-        candidates: opts.quant.candidates.clone(),
-        calibration: calibration.as_ref(),
-        quiet: opts.quiet,
-    };
-    optimize(plan, recipes, report, &settings)
+    with_kl_calibration(opts, |calibration| {
+        let settings = OptimizeSettings {
+            target,
+            ftype: opts.ftype,
+            planned,
+            imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
+            candidates: opts.quant.candidates.clone(),
+            calibration,
+            quiet: opts.quiet,
+        };
+        optimize(plan, recipes, report, &settings)
+    })
+}
+
+/// Runs `f` with the KL calibration of a size target ([`kl_calibration`]; `None` without
+/// calibration input): the source model is opened again for moeq's forward (a second mapping
+/// of the same files) and the tokens read before any measuring.
+fn with_kl_calibration<R>(opts: &ConvertOptions, f: impl FnOnce(Option<&Calibration>) -> Result<R>) -> Result<R> {
+    let Some(_) = &opts.quant.calibration else { return f(None) };
+    let source = Source::open(&opts.input)?;
+    let weights = Weights::new(&source, &opts.input)?;
+    let calibration = kl_calibration(opts, &source, &weights)?;
+    f(calibration.as_ref())
 }
 
 /// The KL calibration of a size target (`--calibration` / `--calibration-tokens`), on the
@@ -552,32 +551,22 @@ fn choose_mlx_types(
     opts: &ConvertOptions,
 ) -> Result<optimize::mlx::MlxBudget> {
     let settings = opts.quant.settings()?;
-    let source = match &opts.quant.calibration {
-        Some(_) => Some(Source::open(&opts.input)?),
-        None => None,
-    };
-    let weights = match &source {
-        Some(s) => Some(Weights::new(s, &opts.input)?),
-        None => None,
-    };
-    let calibration = match (&source, &weights) {
-        (Some(s), Some(w)) => kl_calibration(opts, s, w)?,
-        _ => None,
-    };
     let ty = match opts.mlx.ty {
         Some(t @ mlx::MlxType::Affine { .. }) => t,
         _ => mlx::MlxType::Affine { bits: 4, group: 64 },
     };
-    let budget = optimize::mlx::MlxBudgetSettings {
-        target,
-        ty,
-        imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
-        calibration: calibration.as_ref(),
-        metadata: mlx_metadata(),
-        shard_max_bytes: mlx_shard_max(opts),
-        quiet: opts.quiet,
-    };
-    optimize::mlx::choose(recipes, family, dtype, &opts.mlx, &budget)
+    with_kl_calibration(opts, |calibration| {
+        let budget = optimize::mlx::MlxBudgetSettings {
+            target,
+            ty,
+            imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
+            calibration,
+            metadata: mlx_metadata(),
+            shard_max_bytes: mlx_shard_max(opts),
+            quiet: opts.quiet,
+        };
+        optimize::mlx::choose(recipes, family, dtype, &opts.mlx, &budget)
+    })
 }
 
 /// Checks an output path before any work (what it names, and that it is none of `inputs`:

@@ -137,6 +137,8 @@ pub struct MlxOptions {
     /// Per-module types chosen to a size budget ([`crate::plan::optimize::mlx`]), by module
     /// path; applied after `overrides`, before the family's and `--type`'s choices.
     pub chosen: Vec<(String, MlxType)>,
+    /// `--candidate-types` of a size budget: the types to choose among (`None`: all).
+    pub candidates: Option<Vec<MlxType>>,
 }
 
 /// One tensor of an MLX build as [`plan`] sees it before choosing its type.

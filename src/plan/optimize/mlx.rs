@@ -35,10 +35,11 @@ use moeq_formats::safetensors::{HeaderStyle, SafetensorsPlan, StTensorSpec};
 use moeq_kernels::mlx::AFFINE_BITS;
 use serde_json::{Value as Json, json};
 
-use super::knapsack::{self, Choice, KnapsackError};
-use super::measure::{self, Measured};
-use super::sensitivity::{self, Calibration, CalibrationSummary, Sensitivity};
-use super::{OptimizeLog, Target, TensorDecision, attach_importance, explain, method_and_error, too_small};
+use super::knapsack::{self, KnapsackError};
+use super::sensitivity::Calibration;
+use super::{
+    OptimizeLog, Target, TensorDecision, attach_importance, explain, measure_and_score, method_and_error, too_small,
+};
 use crate::families::Family;
 use crate::inspect::human_bytes;
 use crate::plan::imatrix_file::ImatrixFile;
@@ -79,6 +80,7 @@ pub struct MlxBudget {
 
 /// The candidate types of a module with rows of `row_len` values: affine 2…8 bits at `ty`'s
 /// group size, MXFP4 when the rows are whole groups of 32, and `dtype`; cheapest first.
+/// (`--candidate-types` narrows them.)
 pub fn candidates(ty: MlxType, row_len: u64, dtype: GgmlType) -> Vec<MlxType> {
     let group = ty.group().unwrap_or(64);
     let mut out: Vec<MlxType> = AFFINE_BITS.iter().map(|&bits| MlxType::Affine { bits, group }).collect();
@@ -123,7 +125,7 @@ pub fn choose(
 ) -> Result<MlxBudget> {
     // mlx-lm's uniform build of the same type: the tensors kept as they are, the parameters,
     // and --optimize's size.
-    let uniform_opts = MlxOptions { ty: Some(s.ty), overrides: opts.overrides.clone(), chosen: Vec::new() };
+    let uniform_opts = MlxOptions { ty: Some(s.ty), overrides: opts.overrides.clone(), ..MlxOptions::default() };
     let uniform = mlx::plan(recipes.to_vec(), family, dtype, &uniform_opts)?;
     let mut budgeted: Vec<(usize, Slot)> = Vec::new();
     for (i, recipe) in recipes.iter_mut().enumerate() {
@@ -144,7 +146,24 @@ pub fn choose(
         .flat_map(|it| it.outputs.iter().cloned())
         .collect();
     let by_data = matches!(s.target, Target::Bpw(_));
-    let types: Vec<Vec<MlxType>> = budgeted.iter().map(|(_, m)| candidates(s.ty, m.row_len, dtype)).collect();
+    let types: Vec<Vec<MlxType>> = budgeted
+        .iter()
+        .map(|(_, m)| {
+            let mut c = candidates(s.ty, m.row_len, dtype);
+            c.retain(|t| opts.candidates.as_ref().is_none_or(|only| only.contains(t)));
+            c
+        })
+        .collect();
+    if let Some(((_, m), _)) = budgeted.iter().zip(&types).find(|(_, c)| c.is_empty()) {
+        bail!(
+            "{}: rows of {} values fit none of --candidate-types (affine types at group size {}; the float type is \
+             the model's, {})",
+            m.module,
+            m.row_len,
+            s.ty.group().unwrap_or(64),
+            MlxType::Float(dtype)
+        );
+    }
     // What each candidate counts against the budget: its data, and with a file-size budget its
     // header entries at their longest.
     let counted = |m: &Slot, t: MlxType| {
@@ -199,22 +218,9 @@ pub fn choose(
 
     let jobs: Vec<(&Recipe, Vec<MlxType>)> =
         budgeted.iter().zip(&types).map(|((i, _), t)| (&recipes[*i], t.clone())).collect();
-    let measured: Vec<Vec<Measured<MlxType>>> = measure::measure(&jobs, s.quiet)?;
-    let calibrated: Option<(Vec<Sensitivity>, CalibrationSummary)> = match s.calibration {
-        Some(cal) => {
-            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
-            Some(sensitivity::sensitivities(cal, &tensors, s.quiet)?)
-        }
-        None => None,
-    };
-    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(c, _)| c[k].scale);
-    let items: Vec<Vec<Choice>> = measured
-        .iter()
-        .enumerate()
-        .map(|(k, ms)| {
-            ms.iter().zip(&bytes[k]).map(|(m, &b)| Choice { bytes: b, error: scale(k) * m.relative() }).collect()
-        })
-        .collect();
+    let (_, items, calibrated) = measure_and_score(&jobs, s.calibration, s.quiet, |k, m| {
+        bytes[k][types[k].iter().position(|&t| t == m.ty).unwrap_or(0)]
+    })?;
     let solution = match knapsack::solve(&items, budget - fixed_counted) {
         Ok(x) => x,
         Err(KnapsackError::TooSmall { .. }) => return Err(too_small(&target_text, budget, min_bytes, kept, what)),

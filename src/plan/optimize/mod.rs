@@ -416,6 +416,40 @@ pub fn explain<T: Copy + std::fmt::Display>(
     why
 }
 
+/// What [`measure_and_score`] gives: per tensor the measured candidates, the knapsack's
+/// options (bytes and scored error, in the same order) and, with calibration, every tensor's
+/// sensitivity and what the calibration took.
+pub type Scored<T> = (Vec<Vec<Measured<T>>>, Vec<Vec<Choice>>, Option<(Vec<Sensitivity>, CalibrationSummary)>);
+
+/// Measures every candidate of every tensor of `jobs` ([`measure::measure`]), with
+/// `calibration` the tensors' KL scales ([`sensitivity::sensitivities`]), and makes the
+/// knapsack's options: `bytes(k, m)` what candidate `m` of tensor `k` counts against the budget,
+/// its error the relative error times the tensor's KL scale (1 without calibration).
+///
+/// Errors: as [`measure::measure`] and [`sensitivity::sensitivities`].
+pub fn measure_and_score<T: measure::Codec>(
+    jobs: &[(&Recipe, Vec<T>)],
+    calibration: Option<&Calibration>,
+    quiet: bool,
+    bytes: impl Fn(usize, &Measured<T>) -> u64,
+) -> Result<Scored<T>> {
+    let measured = measure::measure(jobs, quiet)?;
+    let calibrated = match calibration {
+        Some(cal) => {
+            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
+            Some(sensitivity::sensitivities(cal, &tensors, quiet)?)
+        }
+        None => None,
+    };
+    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(s, _): &(Vec<Sensitivity>, _)| s[k].scale);
+    let items = measured
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| ms.iter().map(|m| Choice { bytes: bytes(k, m), error: scale(k) * m.relative() }).collect())
+        .collect();
+    Ok((measured, items, calibrated))
+}
+
 /// Steps that fix a tensor's type: never optimized.
 const FIXED_RULES: &[&str] =
     &["not-quantized", "released-mxfp4", "token-embedding-type", "output-tensor-type", "tensor-type", "copy"];
@@ -528,28 +562,9 @@ pub fn optimize<'a>(
             recipes.len() - chosen.len()
         );
     }
-    let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
-    let calibrated: Option<(Vec<Sensitivity>, CalibrationSummary)> = match settings.calibration {
-        Some(cal) => {
-            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
-            Some(sensitivity::sensitivities(cal, &tensors, settings.quiet)?)
-        }
-        None => None,
-    };
-    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(s, _)| s[k].scale);
-    let items: Vec<Vec<Choice>> = chosen
-        .iter()
-        .zip(&measured)
-        .enumerate()
-        .map(|(k, (&i, ms))| {
-            ms.iter()
-                .map(|m| Choice {
-                    bytes: pad(m.ty.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4)),
-                    error: scale(k) * m.relative(),
-                })
-                .collect()
-        })
-        .collect();
+    let (measured, items, calibrated) = measure_and_score(&jobs, settings.calibration, settings.quiet, |k, m| {
+        pad(m.ty.tensor_bytes(&recipes[chosen[k]].spec.ne).unwrap_or(u64::MAX / 4))
+    })?;
 
     // The header with the moeq keys, every type name as long as the longest candidate's:
     // the real header is no longer.
