@@ -91,15 +91,16 @@ pub fn candidates(ty: MlxType, row_len: u64, dtype: GgmlType) -> Vec<MlxType> {
     out
 }
 
-/// Upper bound of the header bytes `specs` add to a shard's header: each entry with both data
-/// offsets at 20 digits (the most a u64 takes) and its comma.
-fn header_bound(specs: &[StTensorSpec]) -> u64 {
+/// About the header bytes `specs` add to a shard's header: each entry with its data offsets
+/// `0` and its size, and its comma (the real offsets may take more digits: [`choose`] checks the
+/// exact files and tightens the budget until they fit).
+fn header_estimate(specs: &[StTensorSpec]) -> u64 {
     specs
         .iter()
         .map(|s| {
             let one = SafetensorsPlan { metadata: None, tensors: vec![s.clone()], style: HeaderStyle::Mlx };
             // The layout: the u64 length, then `{entry}`; its offsets are `0` and the size.
-            one.layout().map_or(u64::MAX / 4, |l| l.header.len() as u64 - 8 - 2 + 1 + 40)
+            one.layout().map_or(u64::MAX / 4, |l| l.header.len() as u64 - 8 - 2 + 1)
         })
         .sum()
 }
@@ -164,11 +165,11 @@ pub fn choose(
             MlxType::Float(dtype)
         );
     }
-    // What each candidate counts against the budget: its data, and with a file-size budget its
-    // header entries at their longest.
+    // What each candidate counts against the budget: its data, and with a file-size budget about
+    // its header entries (the exact files are checked below).
     let counted = |m: &Slot, t: MlxType| {
         let specs = outputs(&m.name, &m.module, &m.shape, t);
-        data_bytes(&specs) + if by_data { 0 } else { header_bound(&specs) }
+        data_bytes(&specs) + if by_data { 0 } else { header_estimate(&specs) }
     };
     let bytes: Vec<Vec<u64>> =
         budgeted.iter().zip(&types).map(|((_, m), ts)| ts.iter().map(|&t| counted(m, t)).collect()).collect();
@@ -186,10 +187,10 @@ pub fn choose(
                     ts.iter().map(|&t| data_bytes(&outputs(&m.name, &m.module, &m.shape, t))).max().unwrap_or(0)
                 })
                 .sum::<u64>();
-        let shards = if most <= s.shard_max_bytes { 1 } else { 2 * most.div_ceil(s.shard_max_bytes.max(1)) + 1 };
+        let shards = most.div_ceil(s.shard_max_bytes.max(1)).max(1);
         let base = SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: Vec::new(), style: HeaderStyle::Mlx };
         let base = base.layout().map_err(anyhow::Error::msg)?.header.len() as u64;
-        fixed_data + header_bound(&fixed) + shards * base
+        fixed_data + header_estimate(&fixed) + shards * base
     };
     let uniform_specs: Vec<StTensorSpec> = uniform.items.iter().flat_map(|i| i.outputs.iter().cloned()).collect();
     let uniform_files =
@@ -209,7 +210,30 @@ pub fn choose(
             (uniform_files, format!("--type {} --optimize: the size of mlx-lm's uniform {0} build", short(s.ty)))
         }
     };
-    let min_bytes = fixed_counted + bytes.iter().map(|b| b.iter().copied().min().unwrap_or(0)).sum::<u64>();
+    // The exact bytes of the build with option `picks[k]` for module `k`: its files (or data).
+    let position: std::collections::HashMap<&str, usize> =
+        budgeted.iter().enumerate().map(|(k, (i, _))| (recipes[*i].spec.name.as_str(), k)).collect();
+    let exact = |picks: &[usize]| -> Result<u64> {
+        let specs: Vec<StTensorSpec> = uniform
+            .items
+            .iter()
+            .flat_map(|it| match position.get(it.recipe.spec.name.as_str()) {
+                Some(&k) => {
+                    let m = &budgeted[k].1;
+                    outputs(&m.name, &m.module, &m.shape, types[k][picks[k]])
+                }
+                None => it.outputs.clone(),
+            })
+            .collect();
+        if by_data {
+            return Ok(data_bytes(&specs));
+        }
+        SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: specs, style: HeaderStyle::Mlx }
+            .files_len(Some(s.shard_max_bytes))
+            .map_err(anyhow::Error::msg)
+    };
+    let smallest: Vec<usize> = bytes.iter().map(|b| (0..b.len()).min_by_key(|&o| b[o]).unwrap_or(0)).collect();
+    let min_bytes = exact(&smallest)?;
     let kept = uniform.items.len() - budgeted.len();
     let what = if by_data { ", counted as tensor data" } else { ", and the headers" };
     if budget < min_bytes {
@@ -221,10 +245,29 @@ pub fn choose(
     let (_, items, calibrated) = measure_and_score(&jobs, s.calibration, s.quiet, |k, m| {
         bytes[k][types[k].iter().position(|&t| t == m.ty).unwrap_or(0)]
     })?;
-    let solution = match knapsack::solve(&items, budget - fixed_counted) {
-        Ok(x) => x,
-        Err(KnapsackError::TooSmall { .. }) => return Err(too_small(&target_text, budget, min_bytes, kept, what)),
-        Err(e) => bail!("choosing types: {e}"),
+    // The knapsack on the estimated bytes; where the exact files come out larger (offsets of
+    // more digits), the room shrinks by the excess and the choice is made again.
+    let mut room = budget.saturating_sub(fixed_counted);
+    let mut rounds = 0;
+    let solution = loop {
+        let solution = match knapsack::solve(&items, room) {
+            Ok(x) => x,
+            Err(KnapsackError::TooSmall { .. }) => {
+                return Err(too_small(&target_text, budget, min_bytes, kept, what));
+            }
+            Err(e) => bail!("choosing types: {e}"),
+        };
+        let real = exact(&solution.picks)?;
+        if real <= budget {
+            break solution;
+        }
+        rounds += 1;
+        if rounds > 64 {
+            bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
+        }
+        // Never below the smallest options, whose exact files fit (`min_bytes` ≤ budget).
+        let floor: u64 = items.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+        room = room.saturating_sub((real - budget).max(1)).max(floor);
     };
 
     let mut decisions = Vec::with_capacity(budgeted.len());
@@ -377,6 +420,6 @@ mod tests {
         // Two entries never exceed the bound (the second name differs only to be legal).
         let mut two = real.clone();
         two.tensors[1].name.push('x');
-        assert!(two.layout().unwrap().header.len() as u64 - 10 <= header_bound(&two.tensors));
+        assert!(two.layout().unwrap().header.len() as u64 - 10 <= header_estimate(&two.tensors));
     }
 }
