@@ -3,7 +3,7 @@
 
 1. MLX's own quantizer: on a Llama-shaped checkpoint with random bf16 weights (hidden 256, so
    every group size applies; rows with ties, constant rows, zeros, outliers),
-   `moeq convert --format mlx --type q4|q8 --group-size 32|64|128` and `--type mxfp4` write,
+   `moeq convert --format mlx --type q2|q3|q4|q5|q6|q8 --group-size 32|64|128` and `--type mxfp4` write,
    for every quantized layer, exactly the bytes `mlx.core.quantize` computes for its weight.
 2. mlx-lm: for every MLX build moeq writes from the fixtures (all gpt-oss layouts including
    those mlx-lm cannot convert, Mixtral, Llama, Qwen3-MoE with and without a dense layer,
@@ -12,7 +12,11 @@
    it cannot read the source); moeq's equals it tensor for tensor when the source is the
    same, and loaded in mlx-lm its logits for the reference tokens match reference.safetensors
    at least as well.
-3. transformers (when torch is installed) loads the Hugging Face gpt-oss builds moeq writes
+3. Size budgets: `--format mlx --type q4 --optimize` (and `--target-bpw`) of the Llama, Mixtral
+   and gpt-oss fixtures mixes bit widths (2 to 8 bits, mxfp4) per module; mlx-lm loads each
+   folder (its per-module `quantization` entries) and its logits, run in float32, equal those of
+   moeq's own forward on the same folder (`moeq eval --dump`).
+4. transformers (when torch is installed) loads the Hugging Face gpt-oss builds moeq writes
    from all three layouts and reproduces the reference logits.
 
 Usage: scripts/check_mlx.py [--moeq target/release/moeq] [--fixtures tests/fixtures]
@@ -100,7 +104,7 @@ def check_mlx_quantizer(moeq, fixtures, work):
     write_bf16_safetensors(src / "model.safetensors", t)
     source = read_safetensors(src)
 
-    settings = [("q4", g) for g in (32, 64, 128)] + [("q8", g) for g in (32, 64, 128)] + [("mxfp4", None)]
+    settings = [(f"q{b}", g) for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)] + [("mxfp4", None)]
     checked = 0
     for ty, group in settings:
         out = work / f"llama-256-{ty}-{group}"
@@ -233,6 +237,48 @@ def check_mlx_lm(moeq, fixtures, work):
             sys.exit(f"{out}: mlx-lm's logits are further from the reference than with its own build")
 
 
+def check_budget_builds(moeq, fixtures, work):
+    from safetensors.numpy import load_file
+    import mlx.core as mx
+    from mlx_lm import load
+
+    def logits_both(out, tokens, tag):
+        """mlx-lm's float32 logits on a folder and moeq's forward's on the same folder: rel L2."""
+        dump = work / f"{tag}.safetensors"
+        subprocess.run([moeq, "eval", str(out), "--tokens", ",".join(map(str, tokens)), "--dump", str(dump), "-q"],
+                       check=True, capture_output=True)
+        ours = load_file(str(dump))["logits"].astype(np.float64)
+        model, _ = load(str(out))
+        model.set_dtype(mx.float32)
+        theirs = np.array(model(mx.array([tokens])).astype(mx.float32))[0].astype(np.float64)
+        return float(np.linalg.norm(theirs - ours) / np.linalg.norm(ours))
+
+    cases = [("llama", "llama/hf", ["--type", "q4"], ["--optimize"]),
+             ("llama", "llama/hf", ["--type", "q4", "--group-size", "32"], ["--target-bpw", "3.8"]),
+             ("mixtral", "mixtral/hf", ["--type", "q4"], ["--optimize"]),
+             ("gpt-oss", "gpt-oss/hf-mxfp4", ["--type", "q4", "--group-size", "32"], ["--optimize"])]
+    for i, (family, src, base, budget) in enumerate(cases):
+        tokens = [int(t) for t in load_file(str(fixtures / family / "reference.safetensors"))["tokens"]]
+        rel = {}
+        for tag, args in [("uniform", base), ("budget", base + budget)]:
+            out = work / f"{tag}-{i}"
+            subprocess.run([moeq, "convert", str(fixtures / src), "-o", str(out), "--format", "mlx", "-q", *args],
+                           check=True, capture_output=True)
+            rel[tag] = logits_both(out, tokens, f"{tag}-{i}")
+        q = json.loads((work / f"budget-{i}" / "config.json").read_text())["quantization"]
+        widths = {(v["bits"], v.get("mode", "affine")) for v in q.values() if isinstance(v, dict)}
+        widths.add((q["bits"], q.get("mode", "affine")))
+        print(f"budget {src:<18} {' '.join(base + budget):<40} widths {sorted(widths)}: mlx-lm vs moeq's forward "
+              f"on the same folder, rel L2 {rel['budget']:.2e} (uniform build: {rel['uniform']:.2e})")
+        if len(widths) < 2:
+            sys.exit(f"{src}: a budget build with one width only: {widths}")
+        # mlx-lm's gpt-oss computes a little otherwise than moeq's forward whatever the types
+        # (~8e-4 on the uniform build too): the budget build may not differ more.
+        if rel["budget"] > max(1e-4, 1.5 * rel["uniform"]):
+            sys.exit(f"{src}: mlx-lm's logits differ from moeq's forward on the same budget folder "
+                     f"(relative L2 {rel['budget']:.2e}, uniform build {rel['uniform']:.2e})")
+
+
 def check_transformers(moeq, fixtures, work):
     try:
         import torch
@@ -267,6 +313,7 @@ def main():
         work = Path(tmp)
         check_mlx_quantizer(a.moeq, a.fixtures, work)
         check_mlx_lm(a.moeq, a.fixtures, work)
+        check_budget_builds(a.moeq, a.fixtures, work)
         check_transformers(a.moeq, a.fixtures, work)
     print("MLX and Hugging Face builds: all checks passed")
 

@@ -182,7 +182,8 @@ pub enum Command {
     ///
     /// --format mlx writes the folder `mlx_lm convert` writes (any checkpoint, including
     /// gpt-oss bf16 fine-tunes and Mixtral): no --type = without -q (bf16, gpt-oss MXFP4
-    /// experts kept); --type q4|q8 [--group-size G] = -q --q-bits 4|8 --q-group-size G with
+    /// experts kept); --type qN [--group-size G] = -q --q-bits N --q-group-size G (N = 2, 3, 4,
+    /// 5, 6 or 8) with
     /// mlx-lm's per-module choices (gpt-oss: experts mxfp4, router 8-bit); --type mxfp4|bf16|f16
     /// too; --quant-override PATTERN=TYPE[:GROUP] on top. --format hf writes gpt-oss's
     /// published Hugging Face layout (MXFP4 experts) from any gpt-oss checkpoint.
@@ -200,10 +201,12 @@ pub enum Command {
         /// llama-quantize takes it): F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4_MOE,
         /// Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL,
         /// IQ4_XS, IQ3_XXS, IQ3_XS, IQ3_S, IQ3_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ2_M, IQ1_S, IQ1_M,
-        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q4, q8, mxfp4, bf16, f16 or f32.
+        /// TQ1_0, TQ2_0 (without it tensors are copied). MLX: q2, q3, q4, q5, q6, q8, mxfp4, bf16,
+        /// f16 or f32.
         #[arg(long = "type", value_name = "TYPE")]
         ty: Option<String>,
-        /// MLX: values per quantization group for q4/q8 (32, 64 or 128; default 64).
+        /// MLX: values per quantization group for the affine types q2…q8 (32, 64 or 128;
+        /// default 64).
         #[arg(long)]
         group_size: Option<u64>,
         /// MLX: store modules matching PATTERN (`*` matches anything, e.g. `lm_head`,
@@ -306,15 +309,20 @@ pub struct QuantArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// With --type T: choose every quantized tensor's type to make the least measured error
-    /// within the size of T's llama-quantize mix (see --target-size).
+    /// within the size of T's llama-quantize mix (see --target-size). --format mlx with
+    /// --type qN: each module's type, within the size of mlx-lm's uniform qN build.
     #[arg(long, conflicts_with_all = ["target_size", "target_bpw"])]
     pub optimize: bool,
     /// Choose every quantized tensor's type (k-, i- and legacy quants, Q8_0, F16, BF16) to make
     /// the least measured error (importance-weighted with --imatrix) in a file of at most SIZE
-    /// bytes (e.g. 90M, 1.5G, 12G: powers of 1000; 800MiB, 11GiB: powers of 1024).
+    /// bytes (e.g. 90M, 1.5G, 12G: powers of 1000; 800MiB, 11GiB: powers of 1024). --format mlx:
+    /// each module mlx-lm quantizes gets affine 2, 3, 4, 5, 6 or 8 bits (at --group-size), mxfp4
+    /// or the model's float type, within SIZE bytes of model*.safetensors files.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "target_bpw")]
     pub target_size: Option<u64>,
-    /// As --target-size, for a size of B bits per weight over all tensors' data.
+    /// As --target-size, for a size of B bits per weight over all tensors' data. --format mlx:
+    /// bits per weight as mlx-lm reports them after convert (tensor data bytes · 8 / the
+    /// parameters, a quantized module counting its unquantized size).
     #[arg(long, value_name = "B")]
     pub target_bpw: Option<f64>,
     /// With --optimize / --target-*: choose only among these types (comma-separated, e.g.

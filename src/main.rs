@@ -259,24 +259,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify,
             quant,
         } => {
+            // --format mlx: --candidate-types names MLX types (q2 … q8, mxfp4, the float type).
+            let mlx_candidates = match format {
+                Format::Mlx if !quant.candidate_types.is_empty() => Some(quant.candidate_types.clone()),
+                _ => None,
+            };
+            let mut quant = quant;
+            if mlx_candidates.is_some() {
+                quant.candidate_types.clear();
+                if !(quant.optimize || quant.target_size.is_some() || quant.target_bpw.is_some()) {
+                    anyhow::bail!("--candidate-types goes with --optimize, --target-size or --target-bpw");
+                }
+            }
             let (request, warnings) = quant.request()?;
             for w in &warnings {
                 eprintln!("warning: {w}");
             }
-            if format != Format::Gguf {
-                let name = if format == Format::Mlx { "mlx" } else { "hf" };
-                if request.target.is_some() {
-                    anyhow::bail!(
-                        "--optimize, --target-size and --target-bpw choose GGUF tensor types; --format {name} takes no \
-                         size target"
-                    );
-                }
-                if quant.json || quant.report.is_some() {
-                    anyhow::bail!(
-                        "--json and --report give a GGUF plan's per-tensor decisions; --format {name} has no such plan \
-                         (what it writes is printed)"
-                    );
-                }
+            if format == Format::Hf && request.target.is_some() {
+                anyhow::bail!(
+                    "--optimize, --target-size and --target-bpw choose GGUF tensor types or MLX module types; --format \
+                     hf takes no size target"
+                );
+            }
+            if format != Format::Gguf && request.target.is_none() && (quant.json || quant.report.is_some()) {
+                anyhow::bail!(
+                    "--json and --report give a GGUF plan's per-tensor decisions, or an MLX size budget's per-module \
+                     ones (--target-size, --target-bpw, --type qN --optimize); this build has no such plan (what it \
+                     writes is printed)"
+                );
             }
             let output = output.unwrap_or_default();
             let (mut ftype, mut mlx) = (None, MlxOptions::default());
@@ -290,9 +300,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Mlx => {
                     mlx.ty = ty.as_deref().map(|t| MlxType::parse(t, group_size)).transpose()?;
                     if group_size.is_some() && !matches!(mlx.ty, Some(MlxType::Affine { .. })) {
-                        anyhow::bail!("--group-size goes with --type q4 or q8");
+                        anyhow::bail!("--group-size goes with an affine --type (q2, q3, q4, q5, q6, q8)");
                     }
                     mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
+                    if let Some(names) = &mlx_candidates {
+                        // At the build's group size (--type qN's or --group-size's, else 64).
+                        let group = mlx.ty.and_then(MlxType::group).filter(|_| mlx.ty != Some(MlxType::Mxfp4));
+                        let types = names
+                            .iter()
+                            .map(|n| {
+                                let n = n.trim();
+                                let affine = n.to_ascii_lowercase().starts_with('q');
+                                MlxType::parse(n, if affine { group.or(group_size) } else { None })
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()
+                            .map_err(|e| anyhow::anyhow!("--candidate-types: {e}"))?;
+                        mlx.candidates = Some(types);
+                    }
                 }
                 Format::Hf => {
                     if ty.is_some() || group_size.is_some() || !quant_override.is_empty() {
@@ -330,6 +354,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(path) = &quant.report {
                     write_report(path, &plan.to_json())?;
+                    if !quiet {
+                        eprintln!("wrote {}", path.display());
+                    }
+                }
+            }
+            if let Some((text, json)) = &summary.mlx_budget {
+                if quant.dry_run && !quant.json {
+                    print!("{text}");
+                }
+                if quant.json {
+                    println!("{}", serde_json::to_string_pretty(json)?);
+                }
+                if let Some(path) = &quant.report {
+                    write_report(path, json)?;
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }

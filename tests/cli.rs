@@ -1058,8 +1058,8 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
     let llama = fixtures().join("llama/hf");
     let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "hf"]);
     assert!(err.contains("not gpt-oss"), "{err}");
-    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--type", "q3"]);
-    assert!(err.contains("'q3' is not an MLX type"), "{err}");
+    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--type", "q7"]);
+    assert!(err.contains("'q7' is not an MLX type"), "{err}");
     let err = fails(&[
         "convert",
         path_arg(&llama),
@@ -1097,6 +1097,155 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
     std::fs::create_dir(&dst).unwrap();
     let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx"]);
     assert!(err.contains("exists already"), "{err}");
+}
+
+/// Bytes of a folder's `model*.safetensors` files.
+fn safetensors_len(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with("model")
+                && p.extension().is_some_and(|e| e == "safetensors")
+        })
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// MLX size budgets (`--target-size`, `--target-bpw`, `--type qN --optimize`): the written
+/// files hold the budget (bytes of the safetensors files; bits per weight as mlx-lm counts
+/// them), modules get mixed bit widths written as mlx-lm's per-module `quantization` entries,
+/// the choice is deterministic, the log is in `--report`, what the model's own mlx-lm choice sets
+/// (gpt-oss's MXFP4 experts and router) is kept, and a budget below the smallest build is refused
+/// naming both sizes.
+#[test]
+fn mlx_size_budgets_hold_for_the_written_bytes() {
+    let out = tempfile::tempdir().unwrap();
+    for (k, src) in ["llama/hf", "mixtral/hf", "gpt-oss/hf-mxfp4"].iter().enumerate() {
+        let input = fixtures().join(src);
+        let i = path_arg(&input);
+        let at = |name: &str| out.path().join(format!("{k}-{name}"));
+        let mlx = |dst: &Path, extra: &[&str]| {
+            let mut argv = vec!["convert", i, "-o", path_arg(dst), "--format", "mlx", "-q"];
+            argv.extend(extra);
+            ok(&argv)
+        };
+        let uniform = at("q4");
+        mlx(&uniform, &["--type", "q4", "--group-size", "32"]);
+        let uniform_len = safetensors_len(&uniform);
+        // --type q4 --optimize: within mlx-lm's q4 build, the log saved, the choice reproducible.
+        let opt = at("opt");
+        let report = at("opt.json");
+        mlx(&opt, &["--type", "q4", "--group-size", "32", "--optimize", "--report", path_arg(&report)]);
+        let log: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let log = &log["optimize"];
+        let written = safetensors_len(&opt);
+        assert!(written <= uniform_len, "{src}: {written} > {uniform_len}");
+        assert_eq!(log["budget_bytes"].as_u64(), Some(uniform_len), "{src}");
+        assert_eq!(log["file_bytes"].as_u64(), Some(written), "{src}");
+        let again = plan_json(&[i, "--format", "mlx", "--type", "q4", "--group-size", "32", "--optimize"]);
+        assert_eq!(again["optimize"]["tensors"], log["tensors"], "{src}: deterministic");
+        let decisions = log["tensors"].as_array().unwrap();
+        let types: std::collections::BTreeSet<&str> = decisions.iter().map(|t| t["type"].as_str().unwrap()).collect();
+        assert!(types.len() >= 2, "{src}: one type only: {types:?}");
+        // Every decision is in config.json as mlx-lm's loader reads it, and in the tensors.
+        let q = &config_of(&opt)["quantization"];
+        let tensors = folder_tensors(&opt);
+        for t in decisions {
+            let (module, ty) = (t["name"].as_str().unwrap(), t["type"].as_str().unwrap());
+            assert!(t["why"].as_str().unwrap().starts_with("size budget"), "{t}");
+            let settings = if q[module].is_object() { &q[module] } else { q };
+            match ty.strip_prefix('q').and_then(|b| b.split_once(':')) {
+                Some((bits, group)) => {
+                    let bits: usize = bits.parse().unwrap();
+                    assert_eq!(settings["bits"].as_u64(), Some(bits as u64), "{module}");
+                    assert_eq!(settings["group_size"].as_u64().unwrap().to_string(), group, "{module}");
+                    let (w, s) = (&tensors[&format!("{module}.weight")], &tensors[&format!("{module}.scales")]);
+                    let cols = s.1.last().unwrap() * group.parse::<usize>().unwrap();
+                    assert_eq!(*w.1.last().unwrap(), cols * bits / 32, "{module}");
+                    assert!(tensors.contains_key(&format!("{module}.biases")), "{module}");
+                }
+                None if ty == "mxfp4" => assert_eq!(q[module]["mode"], "mxfp4", "{module}"),
+                None => assert!(!tensors.contains_key(&format!("{module}.scales")), "{module}: {ty}"),
+            }
+        }
+        if src.starts_with("gpt-oss") {
+            // mlx-lm's own choices for gpt-oss are kept: MXFP4 experts as released, the router in 8 bits.
+            assert!(decisions.iter().all(|t| !t["name"].as_str().unwrap().contains("experts")));
+            assert!(decisions.iter().all(|t| !t["name"].as_str().unwrap().ends_with("router")));
+            let base = folder_tensors(&uniform);
+            for (name, t) in &tensors {
+                if name.contains(".experts.") || name.contains(".router.") {
+                    assert_eq!(&base[name], t, "{name}");
+                }
+            }
+            assert_eq!(q["model.layers.0.mlp.router"]["bits"], 8);
+        }
+        // It reads back (moeq's forward on the folder).
+        ok(&["eval", path_arg(&opt), "--tokens", "1,2,3"]);
+        // --target-size: the smallest build holds exactly; below it is refused naming both sizes.
+        let min = log["min_bytes"].as_u64().unwrap();
+        let smallest = at("min");
+        mlx(&smallest, &["--type", "q4", "--group-size", "32", "--target-size", &min.to_string()]);
+        assert!(safetensors_len(&smallest) <= min, "{src}");
+        let e = fails(&[
+            "convert",
+            i,
+            "-o",
+            path_arg(&at("never")),
+            "--format",
+            "mlx",
+            "--type",
+            "q4",
+            "--group-size",
+            "32",
+            "--target-size",
+            &(min - 1).to_string(),
+        ]);
+        assert!(e.contains("smaller than the smallest") && e.contains(&format!("({min} bytes")), "{e}");
+        assert!(!at("never").exists());
+        // --target-bpw: bits per weight as mlx-lm reports them (data bytes · 8 / parameters).
+        let bpw = at("bpw");
+        mlx(&bpw, &["--target-bpw", "5.5"]);
+        let index: Json =
+            serde_json::from_slice(&std::fs::read(bpw.join("model.safetensors.index.json")).unwrap()).unwrap();
+        let (data, params) = (
+            index["metadata"]["total_size"].as_u64().unwrap(),
+            index["metadata"]["total_parameters"].as_u64().unwrap(),
+        );
+        assert!(data as f64 * 8.0 / params as f64 <= 5.5, "{src}: {data} bytes for {params} parameters");
+    }
+    let llama = fixtures().join("llama/hf");
+    let l = path_arg(&llama);
+    // --candidate-types names MLX types; calibration tokens scale each module's error by the KL
+    // it causes (the GGUF optimizer's probes, on the llama.cpp-named tensors the build is made of).
+    let only = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--candidate-types", "q3,q5,mxfp4"]);
+    for t in only["optimize"]["tensors"].as_array().unwrap() {
+        assert!(["q3:64", "q5:64", "mxfp4"].contains(&t["type"].as_str().unwrap()), "{t}");
+        assert_eq!(t["candidates"].as_array().unwrap().len(), 3, "{t}");
+    }
+    let ids = out.path().join("ids.txt");
+    let chunk = |seed: u32| (0..24).map(|i| ((i * 37 + seed * 101) % 512).to_string()).collect::<Vec<_>>().join(",");
+    std::fs::write(&ids, format!("{}\n{}\n", chunk(1), chunk(2))).unwrap();
+    let kl = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--calibration-tokens", path_arg(&ids)]);
+    let log = &kl["optimize"];
+    assert!(log["method"].as_str().unwrap().starts_with("kl-calibrated"), "{}", log["method"]);
+    assert_eq!(log["calibration"]["tokens"], 48);
+    for t in log["tensors"].as_array().unwrap() {
+        assert!(t["kl"]["scale"].as_f64().unwrap() > 0.0, "{t}");
+        assert!(t["why"].as_str().unwrap().contains("predicted KL"), "{t}");
+    }
+    assert!(kl["quantization"]["bits"].is_u64(), "{kl}");
+    // What the budget refuses.
+    let dst = out.path().join("never");
+    let o = path_arg(&dst);
+    let e = fails(&["convert", l, "-o", o, "--format", "mlx", "--optimize"]);
+    assert!(e.contains("--optimize goes with --type qN"), "{e}");
+    let e = fails(&["convert", l, "-o", o, "--format", "mlx", "--type", "mxfp4", "--target-bpw", "4"]);
+    assert!(e.contains("--type mxfp4 with a size target"), "{e}");
+    let e = fails(&["convert", l, "-o", o, "--format", "mlx", "--target-bpw", "4", "--pure"]);
+    assert!(e.contains("--pure is a GGUF option"), "{e}");
+    assert!(!dst.exists());
 }
 
 /// MLX and Hugging Face builds are models too: verify reads them in their own layout.
@@ -4065,15 +4214,16 @@ fn kl_probes_per_layer_predict_the_per_tensor_kl() {
     assert!(e.contains("--kl-probes goes with --optimize"), "{e}");
     let e = fails(&["convert", path_arg(&hf), "-o", path_arg(&out), "--type", "Q4_0", "--kl-probes", "layer"]);
     assert!(e.contains("--kl-probes goes with a KL-calibrated size target"), "{e}");
-    // Size targets and plan reports are GGUF's: refused for MLX and HF folders, naming them.
+    // Size targets are GGUF's and MLX's, plan reports theirs: refused for HF folders and for MLX
+    // builds without a size target.
     let mlx = ["convert", path_arg(&hf), "-o", path_arg(&out), "--format", "mlx"];
-    let e = fails(&[&mlx[..], &["--type", "q4", "--target-bpw", "4"]].concat());
-    assert!(e.contains("--format mlx takes no size target"), "{e}");
     let e = fails(&[&mlx[..], &["--report", path_arg(&dir.path().join("r.json"))]].concat());
-    assert!(e.contains("--json and --report") && e.contains("--format mlx"), "{e}");
+    assert!(e.contains("--json and --report") && e.contains("no such plan"), "{e}");
     let oss = fixtures().join("gpt-oss/hf-mxfp4");
     let e = fails(&["convert", path_arg(&oss), "-o", path_arg(&out), "--format", "hf", "--json"]);
-    assert!(e.contains("--format hf has no such plan"), "{e}");
+    assert!(e.contains("no such plan"), "{e}");
+    let e = fails(&["convert", path_arg(&oss), "-o", path_arg(&out), "--format", "hf", "--target-bpw", "4"]);
+    assert!(e.contains("--format hf takes no size target"), "{e}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }
 

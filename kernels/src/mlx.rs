@@ -1,9 +1,14 @@
 //! MLX's quantized layouts (what `mlx.core.quantize` writes and mlx-lm loads), ported from
 //! MLX's CPU quantizer so the bytes are the same.
 //!
-//! - Affine (`mode="affine"`, 4 or 8 bits, groups of 32/64/128 along a row): per group a scale
-//!   and a bias (stored bf16 by mlx-lm); value = scale · q + bias. Codes are packed into
-//!   little-endian u32 words, element `k` of a word at bits `k · bits`.
+//! - Affine (`mode="affine"`, 2, 3, 4, 5, 6 or 8 bits, groups of 32/64/128 along a row): per
+//!   group a scale and a bias (stored bf16 by mlx-lm); value = scale · q + bias. Codes form a
+//!   little-endian bit stream, code `k` of a row at bits `k · bits ..` (for 2, 4 and 8 bits:
+//!   element `k` of a word at bits `k · bits`; for 3 and 5 bits 8 codes per 3 or 5 bytes, for
+//!   6 bits 4 codes per 3 bytes, so codes straddle bytes and words), stored as u32 words,
+//!   `cols · bits / 32` per row. A group of 32 values is `bits` whole words, so every group
+//!   starts on a word. Checked against `mlx.core.quantize` 0.32 for every bits × group size
+//!   (`scripts/check_mlx.py`).
 //! - MXFP4 (`mode="mxfp4"`, groups of 32): E2M1 codes packed the same way (so byte `i` holds
 //!   elements `2i` and `2i + 1` in its low and high nibble, OpenAI's order) and one E8M0 scale
 //!   byte per group: OpenAI's MXFP4 layout exactly, decoded by [`crate::openai::dequantize`].
@@ -11,9 +16,13 @@
 use crate::KernelError;
 use crate::convert::{bf16_to_f32, f32_to_bf16};
 
-/// Checks that an affine setting is one MLX supports here.
+/// The bit widths of MLX's affine mode (`mlx.core.quantize`'s `bits`).
+pub const AFFINE_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+
+/// Checks that an affine setting is one MLX supports: bits in [`AFFINE_BITS`], groups of 32,
+/// 64 or 128.
 pub fn check_affine(bits: u32, group: usize) -> Result<(), KernelError> {
-    if !matches!(bits, 4 | 8) || !matches!(group, 32 | 64 | 128) {
+    if !AFFINE_BITS.contains(&bits) || !matches!(group, 32 | 64 | 128) {
         return Err(KernelError::UnsupportedSetting(format!("MLX affine {bits}-bit with group size {group}")));
     }
     Ok(())
@@ -40,8 +49,8 @@ pub fn affine_quantize(
     check_affine(bits, group)?;
     non_finite(x)?;
     let n_bins = ((1u32 << bits) - 1) as f32;
-    let per_word = (32 / bits) as usize;
-    let groups = x.chunks_exact(group).zip(words.chunks_exact_mut(group / per_word));
+    let words_per_group = group * bits as usize / 32;
+    let groups = x.chunks_exact(group).zip(words.chunks_exact_mut(words_per_group));
     for ((g, w), (s, b)) in groups.zip(scales.iter_mut().zip(biases.iter_mut())) {
         let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
         for &v in g {
@@ -60,13 +69,19 @@ pub fn affine_quantize(
             scale = edge / q0;
             bias = edge;
         }
-        for (word, vals) in w.iter_mut().zip(g.chunks_exact(per_word)) {
-            let mut packed = 0u32;
-            for (k, &v) in vals.iter().enumerate() {
-                let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins);
-                packed |= (q as u32) << (k as u32 * bits);
+        // The codes as a little-endian bit stream, flushed a word at a time.
+        let (mut acc, mut filled, mut out) = (0u64, 0u32, w.iter_mut());
+        for &v in g {
+            let q = ((v - bias) / scale).round_ties_even().clamp(0.0, n_bins);
+            acc |= (q as u64) << filled;
+            filled += bits;
+            if filled >= 32 {
+                if let Some(word) = out.next() {
+                    *word = acc as u32;
+                }
+                acc >>= 32;
+                filled -= 32;
             }
-            *word = packed;
         }
         *s = f32_to_bf16(scale);
         *b = f32_to_bf16(bias);
@@ -76,15 +91,20 @@ pub fn affine_quantize(
 
 /// Decodes affine codes: value = scale · q + bias (in f32, as MLX's CPU matmul does).
 pub fn affine_dequantize(words: &[u32], scales: &[u16], biases: &[u16], bits: u32, group: usize, y: &mut [f32]) {
-    let per_word = (32 / bits) as usize;
-    let mask = (1u32 << bits) - 1;
-    let groups = y.chunks_exact_mut(group).zip(words.chunks_exact(group / per_word));
+    let mask = (1u64 << bits) - 1;
+    let words_per_group = group * bits as usize / 32;
+    let groups = y.chunks_exact_mut(group).zip(words.chunks_exact(words_per_group));
     for ((g, w), (&s, &b)) in groups.zip(scales.iter().zip(biases)) {
         let (s, b) = (bf16_to_f32(s), bf16_to_f32(b));
-        for (vals, &word) in g.chunks_exact_mut(per_word).zip(w) {
-            for (k, v) in vals.iter_mut().enumerate() {
-                *v = s * ((word >> (k as u32 * bits)) & mask) as f32 + b;
+        let (mut acc, mut filled, mut next) = (0u64, 0u32, w.iter());
+        for v in g.iter_mut() {
+            if filled < bits {
+                acc |= u64::from(next.next().copied().unwrap_or(0)) << filled;
+                filled += 32;
             }
+            *v = s * (acc & mask) as f32 + b;
+            acc >>= bits;
+            filled -= bits;
         }
     }
 }
@@ -158,7 +178,7 @@ mod tests {
     #[test]
     fn affine_round_trips_within_a_step() {
         let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
-        for bits in [4, 8] {
+        for bits in AFFINE_BITS {
             for group in [32, 64, 128] {
                 let n = x.len();
                 let (mut w, mut s, mut b) =
@@ -176,7 +196,33 @@ mod tests {
             }
         }
         assert!(affine_quantize(&[f32::NAN; 32], 4, 32, &mut [0; 4], &mut [0], &mut [0]).is_err());
-        assert!(check_affine(3, 32).is_err() && check_affine(4, 16).is_err());
+        assert!(check_affine(7, 32).is_err() && check_affine(1, 32).is_err() && check_affine(4, 16).is_err());
+    }
+
+    #[test]
+    fn affine_codes_are_a_little_endian_bit_stream() {
+        // A group whose codes are 0, top, 2, 3, … (mod 2^bits): values on the grid of step 1
+        // from -top (the minimum is the larger magnitude, so the bias is -top and code = v + top).
+        for bits in AFFINE_BITS {
+            let top = (1u32 << bits) - 1;
+            let code = |k: u32| if k == 1 { top } else { k % (top + 1) };
+            let x: Vec<f32> = (0..64u32).map(|k| code(k) as f32 - top as f32).collect();
+            let (mut w, mut s, mut b) = (vec![0u32; 64 * bits as usize / 32], vec![0; 1], vec![0; 1]);
+            affine_quantize(&x, bits, 64, &mut w, &mut s, &mut b).unwrap();
+            let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+            // Read codes back bit by bit from the bytes, independently of the dequantizer.
+            for (k, &v) in x.iter().enumerate() {
+                let mut got = 0u32;
+                for bit in 0..bits as usize {
+                    let at = k * bits as usize + bit;
+                    got |= u32::from((bytes[at / 8] >> (at % 8)) & 1) << bit;
+                }
+                assert_eq!(got as f32, v + top as f32, "{bits} bits, code {k}");
+            }
+            let mut y = vec![0.0; 64];
+            affine_dequantize(&w, &s, &b, bits, 64, &mut y);
+            assert_eq!(x, y, "{bits} bits");
+        }
     }
 
     #[test]

@@ -105,10 +105,10 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
                             View { cols: cols / 32, row_stride: cols / 32, outer_stride: rows * cols / 32, ..view };
                         (Input::OpenAiMxfp4 { blocks: weight, scales, view: blocks_view }, cols, GgmlType::MXFP4)
                     }
-                    "affine" if matches!(bits, 4 | 8) => {
+                    "affine" if moeq_kernels::mlx::check_affine(bits, group as usize).is_ok() => {
                         let biases = stored(model, &format!("{module}.biases")).map(|b| b.0);
                         let biases = biases.with_context(|| format!("{origin}: affine without biases"))?;
-                        let ty = if bits == 8 { GgmlType::Q8_0 } else { GgmlType::Q4_1 };
+                        let ty = affine_kin(bits);
                         (Input::MlxAffine { weight, scales, biases, bits, group, view }, cols, ty)
                     }
                     other => bail!("{origin}: MLX {other} with {bits} bits, group {group} is not supported"),
@@ -124,6 +124,19 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
     }
     let plan = gguf_plan(arch_name, &config.dir, json, &recipes, metadata, None);
     Ok(Converted { plan, recipes, warnings: Vec::new() })
+}
+
+/// The ggml type of about the same precision as MLX's affine `bits` (what `verify` takes the
+/// error bounds from): Q2_K, Q3_K, Q4_1, Q5_1, Q6_K, Q8_0.
+fn affine_kin(bits: u32) -> GgmlType {
+    match bits {
+        2 => GgmlType::Q2_K,
+        3 => GgmlType::Q3_K,
+        5 => GgmlType::Q5_1,
+        6 => GgmlType::Q6_K,
+        8 => GgmlType::Q8_0,
+        _ => GgmlType::Q4_1,
+    }
 }
 
 /// Checks that the stored bytes hold what the recipe reads.

@@ -17,7 +17,7 @@ use crate::imatrix::load_chunks;
 use crate::model::weights::Weights;
 use crate::plan::mlx::{self, MlxOptions};
 use crate::plan::optimize::sensitivity::{Calibration, KlProbes, SAMPLE_ROWS_ABOVE};
-use crate::plan::optimize::{OptimizeSettings, Target, optimize};
+use crate::plan::optimize::{self, OptimizeSettings, Target, optimize};
 use crate::plan::quant_plan::{Ftype, ModelFacts};
 use crate::plan::quant_rules::apply::{QuantRequest, QuantSettings, copy_report, requantize};
 use crate::plan::quant_rules::report::PlanReport;
@@ -91,6 +91,9 @@ pub struct ConvertSummary {
     pub bytes: u64,
     /// Every tensor's type and why (GGUF output).
     pub plan: Option<PlanReport>,
+    /// An MLX build chosen to a size budget: the `--dry-run` text and the `--json` / `--report`
+    /// JSON of its decisions.
+    pub mlx_budget: Option<(String, serde_json::Value)>,
 }
 
 /// `e` with the input file's name in front, unless its message already begins with it.
@@ -145,10 +148,14 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     if opts.format != Format::Gguf {
         // --format hf takes --rounding gptq alone (GPTQ for its MXFP4 experts).
         let hf_gptq = opts.format == Format::Hf && opts.quant.rounding.is_some() && !opts.quant.any_but_rounding();
-        if (opts.quant.any() && !hf_gptq) || opts.quant.dry_run {
+        let mlx_budget = opts.format == Format::Mlx && opts.quant.target.is_some();
+        if mlx_budget {
+            check_mlx_budget(opts)?;
+        } else if (opts.quant.any() && !hf_gptq) || opts.quant.dry_run {
             bail!(
                 "--dry-run, --imatrix and llama-quantize's other options apply to GGUF output (--format hf takes \
-                 --rounding gptq and its calibration options only)"
+                 --rounding gptq and its calibration options only; --format mlx takes --dry-run, --imatrix and the \
+                 calibration options with a size target: --target-size, --target-bpw or --type qN --optimize)"
             );
         }
         return convert_folder(&source, opts);
@@ -169,6 +176,39 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     }
 }
 
+/// The options an MLX size budget takes: `--imatrix` (with `--include-weights` /
+/// `--exclude-weights`), the calibration options, `--dry-run`, `--json`, `--report`; an
+/// affine `--type qN` (needed by `--optimize`) or none.
+fn check_mlx_budget(opts: &ConvertOptions) -> Result<()> {
+    let q = &opts.quant;
+    let ggml_only = [
+        (q.output_tensor_type.is_some(), "--output-tensor-type"),
+        (q.token_embedding_type.is_some(), "--token-embedding-type"),
+        (!q.tensor_types.is_empty(), "--tensor-type"),
+        (q.pure, "--pure"),
+        (q.leave_output_tensor, "--leave-output-tensor"),
+        (q.keep_split, "--keep-split"),
+        (!q.overrides.is_empty(), "--override-kv"),
+        (q.candidates.is_some(), "--candidate-types"),
+    ];
+    if let Some((_, name)) = ggml_only.iter().find(|(set, _)| *set) {
+        bail!(
+            "{name} is a GGUF option; an MLX size budget chooses among affine 2-8 bits, mxfp4 and the model's float \
+             type per module (--quant-override fixes a module's type)"
+        );
+    }
+    match opts.mlx.ty {
+        None if q.target == Some(Target::Mix) => {
+            bail!("--optimize goes with --type qN: the budget is the size of mlx-lm's qN build")
+        }
+        None | Some(mlx::MlxType::Affine { .. }) => Ok(()),
+        Some(t) => bail!(
+            "--type {t} with a size target: the budget chooses each module's type; give an affine --type qN (its \
+             group size is the candidates') or none"
+        ),
+    }
+}
+
 /// The file type whose llama-quantize plan is made first: `--type`, or for `--target-size` /
 /// `--target-bpw` without one Q8_0 (which marks every tensor llama-quantize quantizes).
 fn planned_ftype(opts: &ConvertOptions) -> Option<Ftype> {
@@ -186,54 +226,63 @@ fn optimize_types<'a>(
     opts: &ConvertOptions,
 ) -> Result<(GgufPlan, Vec<Recipe<'a>>, PlanReport)> {
     let Some(target) = opts.quant.target else { return Ok((plan, recipes, report)) };
-    // Calibration tokens: the source model is opened again for moeq's forward (a second
-    // mapping of the same files) and the tokens read before any measuring.
-    let source = match &opts.quant.calibration {
-        Some(_) => Some(Source::open(&opts.input)?),
-        None => None,
+    with_kl_calibration(opts, |calibration| {
+        let settings = OptimizeSettings {
+            target,
+            ftype: opts.ftype,
+            planned,
+            imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
+            candidates: opts.quant.candidates.clone(),
+            calibration,
+            quiet: opts.quiet,
+        };
+        optimize(plan, recipes, report, &settings)
+    })
+}
+
+/// Runs `f` with the KL calibration of a size target ([`kl_calibration`]; `None` without
+/// calibration input): the source model is opened again for moeq's forward (a second mapping
+/// of the same files) and the tokens read before any measuring.
+fn with_kl_calibration<R>(opts: &ConvertOptions, f: impl FnOnce(Option<&Calibration>) -> Result<R>) -> Result<R> {
+    let Some(_) = &opts.quant.calibration else { return f(None) };
+    let source = Source::open(&opts.input)?;
+    let weights = Weights::new(&source, &opts.input)?;
+    let calibration = kl_calibration(opts, &source, &weights)?;
+    f(calibration.as_ref())
+}
+
+/// The KL calibration of a size target (`--calibration` / `--calibration-tokens`), on the
+/// source model `weights` (opened from `source`): the chunks read and checked; `None` without
+/// calibration input.
+fn kl_calibration<'w, 'a>(
+    opts: &ConvertOptions,
+    source: &Source,
+    weights: &'w Weights<'a>,
+) -> Result<Option<Calibration<'w, 'a>>> {
+    let Some(c) = &opts.quant.calibration else { return Ok(None) };
+    let purpose = crate::imatrix::Purpose {
+        what: "the KL calibration of --optimize / --target-*",
+        ids_option: "--calibration-tokens FILE",
     };
-    let weights = match &source {
-        Some(s) => Some(Weights::new(s, &opts.input)?),
-        None => None,
+    let chunks =
+        load_chunks(&opts.input, source, weights, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), &purpose)?;
+    // Read only where rows are sampled (the per-layer probes); empty means unset.
+    let sample_rows_above = match std::env::var("MOEQ_KL_SAMPLE_ROWS_ABOVE") {
+        Ok(v) if c.probes != KlProbes::Tensor && !v.trim().is_empty() => v.trim().parse().map_err(|_| {
+            anyhow::anyhow!(
+                "MOEQ_KL_SAMPLE_ROWS_ABOVE={v:?} is not a count of values (a whole number from 0 to {})",
+                u64::MAX
+            )
+        })?,
+        _ => SAMPLE_ROWS_ABOVE,
     };
-    let calibration = match (&opts.quant.calibration, &source, &weights) {
-        (Some(c), Some(s), Some(w)) => {
-            let purpose = crate::imatrix::Purpose {
-                what: "the KL calibration of --optimize / --target-*",
-                ids_option: "--calibration-tokens FILE",
-            };
-            let chunks =
-                load_chunks(&opts.input, s, w, &c.input, c.ctx, Some(c.chunks), c.tokenizer.as_deref(), &purpose)?;
-            // Read only where rows are sampled (the per-layer probes); empty means unset.
-            let sample_rows_above = match std::env::var("MOEQ_KL_SAMPLE_ROWS_ABOVE") {
-                Ok(v) if c.probes != KlProbes::Tensor && !v.trim().is_empty() => v.trim().parse().map_err(|_| {
-                    anyhow::anyhow!(
-                        "MOEQ_KL_SAMPLE_ROWS_ABOVE={v:?} is not a count of values (a whole number from 0 to {})",
-                        u64::MAX
-                    )
-                })?,
-                _ => SAMPLE_ROWS_ABOVE,
-            };
-            Some(Calibration {
-                weights: w,
-                chunks,
-                what: c.input.path().display().to_string(),
-                probes: c.probes,
-                sample_rows_above,
-            })
-        }
-        _ => None,
-    };
-    let settings = OptimizeSettings {
-        target,
-        ftype: opts.ftype,
-        planned,
-        imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
-        candidates: opts.quant.candidates.clone(),
-        calibration: calibration.as_ref(),
-        quiet: opts.quiet,
-    };
-    optimize(plan, recipes, report, &settings)
+    Ok(Some(Calibration {
+        weights,
+        chunks,
+        what: c.input.path().display().to_string(),
+        probes: c.probes,
+        sample_rows_above,
+    }))
 }
 
 /// `--rounding gptq`: records `moeq.rounding = "gptq"` (a string; llama.cpp ignores keys it
@@ -337,10 +386,16 @@ fn convert_safetensors(
     let (mut plan, mut recipes, mut report) = (plan, recipes, report);
     attach_rounding(&mut plan, &mut recipes, &mut report, opts)?;
     if opts.quant.dry_run {
-        return Ok(ConvertSummary { files: Vec::new(), tensors: plan.tensors.len(), bytes: 0, plan: Some(report) });
+        return Ok(ConvertSummary {
+            files: Vec::new(),
+            tensors: plan.tensors.len(),
+            bytes: 0,
+            plan: Some(report),
+            mlx_budget: None,
+        });
     }
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
-    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report) })
+    Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report), mlx_budget: None })
 }
 
 /// gpt-oss is released with MXFP4 experts, which every conversion keeps; a bf16 checkpoint's
@@ -380,16 +435,42 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
     let family = config.family;
     // Whether --rounding gptq rounds any tensor (then the shards record moeq.rounding).
     let mut rounded = false;
+    let mut mlx_budget = None;
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
-            let Converted { recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
+            let Converted { mut recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
             for w in warnings.iter().filter(|w| !w.contains("GGUF") && !w.contains("llama.cpp")) {
                 eprintln!("warning: {w}");
             }
             let hf = family.hf_config(config, false)?;
-            let build = mlx::plan(recipes, family, mlx::model_dtype(&hf), &opts.mlx)?;
+            let dtype = mlx::model_dtype(&hf);
+            let mut mlx_opts = opts.mlx.clone();
+            let mut chosen = match opts.quant.target {
+                Some(target) => {
+                    let b = choose_mlx_types(&mut recipes, family, dtype, target, opts)?;
+                    mlx_opts.chosen = b.chosen;
+                    mlx_opts.ty = Some(b.global);
+                    Some((b.log, target))
+                }
+                None => None,
+            };
+            let build = mlx::plan(recipes, family, dtype, &mlx_opts)?;
             for w in &build.warnings {
                 eprintln!("warning: {w}");
+            }
+            if let Some((log, target)) = &mut chosen {
+                optimize::mlx::check_written(log, &build.items, *target, &mlx_metadata(), mlx_shard_max(opts))?;
+                let text = optimize::mlx::to_text(log);
+                mlx_budget = Some((text, optimize::mlx::to_json(log, build.quantization.as_ref())));
+            }
+            if opts.quant.dry_run {
+                return Ok(ConvertSummary {
+                    files: Vec::new(),
+                    tensors: build.items.iter().map(|i| i.outputs.len()).sum(),
+                    bytes: 0,
+                    plan: None,
+                    mlx_budget,
+                });
             }
             (build.items, mlx::config_json(&hf, build.quantization.as_ref()), "mlx", Some(build.parameters))
         }
@@ -432,11 +513,11 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         metadata,
         style: if opts.format == Format::Mlx { HeaderStyle::Mlx } else { HeaderStyle::Safetensors },
         // mlx-lm's 5 GiB shards; transformers' "5GB".
-        shard_max_bytes: opts.split_max_bytes.unwrap_or(if opts.format == Format::Mlx {
-            5 << 30
+        shard_max_bytes: if opts.format == Format::Mlx {
+            mlx_shard_max(opts)
         } else {
-            5_000_000_000
-        }),
+            opts.split_max_bytes.unwrap_or(5_000_000_000)
+        },
         index: IndexOptions { always: opts.format == Format::Mlx, total_parameters: parameters },
     };
     let bytes = write_items(&items, &files, opts.quiet)?;
@@ -446,7 +527,52 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     written.sort();
-    Ok(ConvertSummary { files: written, tensors: items.iter().map(|i| i.outputs.len()).sum(), bytes, plan: None })
+    Ok(ConvertSummary {
+        files: written,
+        tensors: items.iter().map(|i| i.outputs.len()).sum(),
+        bytes,
+        plan: None,
+        mlx_budget,
+    })
+}
+
+/// `__metadata__` of an MLX build's shards.
+fn mlx_metadata() -> Vec<(String, String)> {
+    vec![("format".to_string(), "mlx".to_string())]
+}
+
+/// Most tensor bytes per shard of an MLX build: `--split-max-size`, else mlx-lm's 5 GiB.
+fn mlx_shard_max(opts: &ConvertOptions) -> u64 {
+    opts.split_max_bytes.unwrap_or(5 << 30)
+}
+
+/// An MLX size budget ([`optimize::mlx`]): the importance matrix and calibration tokens read
+/// (the source model opened again for the KL calibration's forward), then every budgeted
+/// module's type chosen.
+fn choose_mlx_types(
+    recipes: &mut [Recipe],
+    family: &dyn crate::families::Family,
+    dtype: GgmlType,
+    target: Target,
+    opts: &ConvertOptions,
+) -> Result<optimize::mlx::MlxBudget> {
+    let settings = opts.quant.settings()?;
+    let ty = match opts.mlx.ty {
+        Some(t @ mlx::MlxType::Affine { .. }) => t,
+        _ => mlx::MlxType::Affine { bits: 4, group: 64 },
+    };
+    with_kl_calibration(opts, |calibration| {
+        let budget = optimize::mlx::MlxBudgetSettings {
+            target,
+            ty,
+            imatrix: settings.imatrix.as_ref().filter(|m| !m.entries().is_empty()),
+            calibration,
+            metadata: mlx_metadata(),
+            shard_max_bytes: mlx_shard_max(opts),
+            quiet: opts.quiet,
+        };
+        optimize::mlx::choose(recipes, family, dtype, &opts.mlx, &budget)
+    })
 }
 
 /// Checks an output path before any work (what it names, and that it is none of `inputs`:
@@ -603,7 +729,7 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     attach_rounding(&mut plan, &mut recipes, &mut report, opts)?;
     let tensors = plan.tensors.len();
     if opts.quant.dry_run {
-        return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report) });
+        return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report), mlx_budget: None });
     }
     let (files, bytes) = if opts.quant.keep_split {
         if opts.split_max_bytes.is_some() {
@@ -614,7 +740,7 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     } else {
         write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?
     };
-    Ok(ConvertSummary { files, tensors, bytes, plan: Some(report) })
+    Ok(ConvertSummary { files, tensors, bytes, plan: Some(report), mlx_budget: None })
 }
 
 /// A tensor's dimensions (`ne`, fastest first) as llama-quantize writes them: it adds every

@@ -13,6 +13,7 @@ use serde_json::{Value as Json, json};
 
 use crate::families::common::float_dtype;
 use crate::families::{Family, MlxModule};
+use crate::plan::optimize::measure::Codec;
 use crate::plan::recipe::{Input, Recipe};
 use crate::write::safetensors::{Encoding, Item};
 
@@ -23,7 +24,7 @@ pub enum MlxType {
     Float(GgmlType),
     /// Affine quantization.
     Affine {
-        /// Bits per value: 4 or 8.
+        /// Bits per value: 2, 3, 4, 5, 6 or 8 ([`moeq_kernels::mlx::AFFINE_BITS`]).
         bits: u32,
         /// Values per group: 32, 64 or 128.
         group: u64,
@@ -33,8 +34,8 @@ pub enum MlxType {
 }
 
 impl MlxType {
-    /// Parses `bf16`, `f16`, `f32`, `q4`, `q8` or `mxfp4`; `group` applies to q4/q8 (mlx-lm's
-    /// default 64).
+    /// Parses `bf16`, `f16`, `f32`, `q2`, `q3`, `q4`, `q5`, `q6`, `q8` or `mxfp4`; `group`
+    /// applies to the affine types `qN` (mlx-lm's default 64).
     pub fn parse(text: &str, group: Option<u64>) -> Result<MlxType> {
         let affine = |bits| {
             let group = group.unwrap_or(64);
@@ -47,13 +48,17 @@ impl MlxType {
             "bf16" | "bfloat16" => Ok(MlxType::Float(GgmlType::BF16)),
             "f16" | "float16" => Ok(MlxType::Float(GgmlType::F16)),
             "f32" | "float32" => Ok(MlxType::Float(GgmlType::F32)),
+            "q2" => affine(2),
+            "q3" => affine(3),
             "q4" => affine(4),
+            "q5" => affine(5),
+            "q6" => affine(6),
             "q8" => affine(8),
             "mxfp4" => match group {
                 None | Some(32) => Ok(MlxType::Mxfp4),
                 Some(g) => bail!("group size {g}: MLX's mxfp4 uses groups of 32"),
             },
-            other => bail!("'{other}' is not an MLX type: bf16, f16, f32, q4, q8 or mxfp4"),
+            other => bail!("'{other}' is not an MLX type: bf16, f16, f32, q2, q3, q4, q5, q6, q8 or mxfp4"),
         }
     }
 
@@ -67,11 +72,57 @@ impl MlxType {
     }
 
     /// The settings as mlx-lm writes them in `config.json`.
-    fn params(self) -> Json {
+    pub fn params(self) -> Json {
         match self {
             MlxType::Float(_) => Json::Null,
             MlxType::Affine { bits, group } => json!({"group_size": group, "bits": bits, "mode": "affine"}),
             MlxType::Mxfp4 => json!({"group_size": 32, "bits": 4, "mode": "mxfp4"}),
+        }
+    }
+}
+
+/// `q4:64` (affine: bits and group size, as `--quant-override` takes them), `mxfp4`, `bf16`,
+/// `f16`, `f32`.
+impl std::fmt::Display for MlxType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MlxType::Float(t) => f.write_str(&t.name().to_ascii_lowercase()),
+            MlxType::Affine { bits, group } => write!(f, "q{bits}:{group}"),
+            MlxType::Mxfp4 => f.write_str("mxfp4"),
+        }
+    }
+}
+
+/// MLX's quantizers as the writer runs them (`mlx.core.quantize`'s bytes), decoded as mlx-lm
+/// decodes them: the error a size budget measures. Floats go through the GGUF writer's
+/// conversion (the same rounding). A group whose affine scale or bias overflows bf16 cannot be
+/// held.
+impl Codec for MlxType {
+    fn round_trip(&self, recipe: &Recipe, values: &[f32], first: u64, count: u64, back: &mut Vec<f32>) -> Result<bool> {
+        let n = values.len();
+        match *self {
+            MlxType::Float(t) => t.round_trip(recipe, values, first, count, back),
+            MlxType::Affine { bits, group } => {
+                let g = group as usize;
+                let (mut w, mut sc, mut bi) =
+                    (vec![0u32; n * bits as usize / 32], vec![0u16; n / g], vec![0u16; n / g]);
+                moeq_kernels::mlx::affine_quantize(values, bits, g, &mut w, &mut sc, &mut bi)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.parts[0].origin))?;
+                if sc.iter().chain(&bi).any(|h| h & 0x7F80 == 0x7F80) {
+                    return Ok(false);
+                }
+                back.resize(n, 0.0);
+                moeq_kernels::mlx::affine_dequantize(&w, &sc, &bi, bits, g, back);
+                Ok(true)
+            }
+            MlxType::Mxfp4 => {
+                let (mut codes, mut scales) = (vec![0u8; n / 2], vec![0u8; n / 32]);
+                moeq_kernels::mlx::mxfp4_quantize(values, &mut codes, &mut scales)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.parts[0].origin))?;
+                back.resize(n, 0.0);
+                moeq_kernels::openai::dequantize(&codes, &scales, back);
+                Ok(true)
+            }
         }
     }
 }
@@ -83,6 +134,70 @@ pub struct MlxOptions {
     pub ty: Option<MlxType>,
     /// Per-module overrides (`PATTERN=TYPE`, `*` matches any text), first match wins.
     pub overrides: Vec<(String, MlxType)>,
+    /// Per-module types chosen to a size budget ([`crate::plan::optimize::mlx`]), by module
+    /// path; applied after `overrides`, before the family's and `--type`'s choices.
+    pub chosen: Vec<(String, MlxType)>,
+    /// `--candidate-types` of a size budget: the types to choose among (`None`: all).
+    pub candidates: Option<Vec<MlxType>>,
+}
+
+/// One tensor of an MLX build as [`plan`] sees it before choosing its type.
+pub struct Slot {
+    /// Its MLX name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// The module (the name without `.weight`).
+    pub module: String,
+    /// Its MLX shape (row-major, rows of `row_len` values last).
+    pub shape: Vec<usize>,
+    /// A weight matrix of a module mlx-lm may quantize (`nn.Linear`, `SwitchLinear`,
+    /// `nn.Embedding`), not a norm, bias or 1-D tensor.
+    pub is_module: bool,
+    /// Stacked experts.
+    pub is_experts: bool,
+    /// Stored as OpenAI MXFP4 in the source (gpt-oss's released experts).
+    pub stored_mxfp4: bool,
+    /// Values per row.
+    pub row_len: u64,
+    /// The `--quant-override` that matches it.
+    pub over: Option<MlxType>,
+}
+
+impl Slot {
+    /// The tensor behind `recipe` (llama.cpp-named), or `None` for tensors MLX does not store.
+    pub fn of(recipe: &Recipe, family: &dyn Family, opts: &MlxOptions) -> Option<Slot> {
+        let name = mlx_name(&recipe.spec.name, family)?;
+        let shape: Vec<usize> = recipe.spec.ne.iter().rev().map(|&d| d as usize).collect();
+        let is_module = name.ends_with(".weight") && shape.len() >= 2;
+        let module = name.trim_end_matches(".weight").to_string();
+        let over = opts.overrides.iter().find(|(p, _)| glob(p, &module)).map(|(_, t)| *t);
+        Some(Slot {
+            is_module,
+            is_experts: recipe.spec.name.contains("_exps."),
+            stored_mxfp4: matches!(recipe.input(), Input::OpenAiMxfp4 { .. }),
+            row_len: recipe.row_len(),
+            over,
+            name,
+            module,
+            shape,
+        })
+    }
+
+    /// Whether a size budget may choose this module's type when the build's quantized type is
+    /// `ty`: a module mlx-lm quantizes (rows of whole groups of `ty`), not set by
+    /// `--quant-override`, and not one whose type the model's own mlx-lm choice sets (gpt-oss's
+    /// experts and router, Qwen3-MoE's routers).
+    pub fn budgeted(&self, family: &dyn Family, ty: MlxType, dtype: GgmlType) -> bool {
+        let info = MlxModule {
+            path: &self.module,
+            experts: self.is_experts,
+            stored_mxfp4: self.stored_mxfp4,
+            row_len: self.row_len,
+        };
+        self.is_module
+            && self.over.is_none()
+            && self.row_len.is_multiple_of(ty.group().unwrap_or(1))
+            && family.mlx_choice(&info, Some(ty), MlxType::Float(dtype)).is_none()
+    }
 }
 
 /// Parses an override `PATTERN=TYPE[:GROUP]` (e.g. `lm_head=q8`, `*.mlp.router=bf16`).
@@ -177,19 +292,17 @@ pub fn plan<'a>(
     let mut quantized_routers = 0;
     let global = opts.ty.filter(|t| !matches!(t, MlxType::Float(_)));
     for recipe in recipes {
-        let Some(name) = mlx_name(&recipe.spec.name, family) else { continue };
-        let shape: Vec<usize> = recipe.spec.ne.iter().rev().map(|&d| d as usize).collect();
+        let Some(Slot { name, module, shape, is_module, is_experts, stored_mxfp4, row_len, over }) =
+            Slot::of(&recipe, family, opts)
+        else {
+            continue;
+        };
         if !name.ends_with(".sinks") {
             // As mlx-lm counts: parameters of leaf modules (the sinks belong to the attention).
             parameters += shape.iter().product::<usize>() as u64;
         }
         let recipe = hf_row_order(recipe);
-        let is_module = name.ends_with(".weight") && shape.len() >= 2;
-        let module = name.trim_end_matches(".weight").to_string();
-        let is_experts = recipe.spec.name.contains("_exps.");
-        let stored_mxfp4 = matches!(recipe.input(), Input::OpenAiMxfp4 { .. });
-        let row_len = recipe.row_len();
-        let over = opts.overrides.iter().find(|(p, _)| glob(p, &module)).map(|(_, t)| *t);
+        let chosen = opts.chosen.iter().find(|(m, _)| *m == module).map(|(_, t)| *t);
 
         let module_info = MlxModule { path: &module, experts: is_experts, stored_mxfp4, row_len };
         let mut family_params = None;
@@ -197,7 +310,7 @@ pub fn plan<'a>(
         let choice = if !is_module {
             // mlx-lm casts to the model's dtype what its model's cast_predicate lets it.
             MlxType::Float(if family.mlx_cast(&name) { dtype } else { recipe.spec.ggml_type })
-        } else if let Some(t) = over {
+        } else if let Some(t) = over.or(chosen) {
             t
         } else if let Some(c) = family.mlx_choice(&module_info, opts.ty, MlxType::Float(dtype)) {
             // mlx-lm's per-model choice (gpt-oss: experts MXFP4, the router in 8 bits).
@@ -234,7 +347,8 @@ pub fn plan<'a>(
         if matches!(choice, MlxType::Affine { .. } | MlxType::Mxfp4) && !(is_experts && choice == MlxType::Mxfp4) {
             let params = family_params.clone().unwrap_or_else(|| choice.params());
             per_module.push((module.clone(), params));
-        } else if is_experts && choice == MlxType::Mxfp4 && over.is_some() {
+        } else if is_experts && choice == MlxType::Mxfp4 && (over.is_some() || chosen.is_some()) {
+            // Set for these experts alone (not the model's MXFP4 experts): listed.
             per_module.push((module.clone(), choice.params()));
         }
         items.push(item(recipe, &name, &module, &shape, choice, stored_mxfp4));
@@ -301,6 +415,20 @@ fn item<'a>(
     choice: MlxType,
     stored_mxfp4: bool,
 ) -> Item<'a> {
+    let outputs = outputs(name, module, shape, choice);
+    match choice {
+        MlxType::Float(t) => Item { recipe: recipe.retype(t), encoding: Encoding::Rows, outputs },
+        MlxType::Affine { bits, group } => Item { recipe, encoding: Encoding::Affine { bits, group }, outputs },
+        MlxType::Mxfp4 => {
+            Item { recipe, encoding: if stored_mxfp4 { Encoding::StoredMxfp4 } else { Encoding::MlxMxfp4 }, outputs }
+        }
+    }
+}
+
+/// The tensors tensor `name` (of `module`, MLX shape `shape`) becomes when stored as
+/// `choice`: the weight itself (floats), or `weight` (u32 words), `scales` and, affine,
+/// `biases` (bf16; MXFP4: u8 scales).
+pub fn outputs(name: &str, module: &str, shape: &[usize], choice: MlxType) -> Vec<StTensorSpec> {
     let cols = *shape.last().unwrap_or(&1);
     let lead = &shape[..shape.len().saturating_sub(1)];
     let with_last = |last: usize| -> Vec<usize> { lead.iter().copied().chain([last]).collect() };
@@ -311,27 +439,16 @@ fn item<'a>(
     };
     match choice {
         MlxType::Float(t) => {
-            let recipe = recipe.retype(t);
-            let out = StTensorSpec { name: name.to_string(), dtype: float_dtype(t), shape: shape.to_vec() };
-            Item { recipe, encoding: Encoding::Rows, outputs: vec![out] }
+            vec![StTensorSpec { name: name.to_string(), dtype: float_dtype(t), shape: shape.to_vec() }]
         }
-        MlxType::Affine { bits, group } => Item {
-            recipe,
-            encoding: Encoding::Affine { bits, group },
-            outputs: vec![
-                spec("weight", Dtype::U32, with_last(cols * bits as usize / 32)),
-                spec("scales", Dtype::BF16, with_last(cols / group as usize)),
-                spec("biases", Dtype::BF16, with_last(cols / group as usize)),
-            ],
-        },
-        MlxType::Mxfp4 => Item {
-            recipe,
-            encoding: if stored_mxfp4 { Encoding::StoredMxfp4 } else { Encoding::MlxMxfp4 },
-            outputs: vec![
-                spec("weight", Dtype::U32, with_last(cols / 8)),
-                spec("scales", Dtype::U8, with_last(cols / 32)),
-            ],
-        },
+        MlxType::Affine { bits, group } => vec![
+            spec("weight", Dtype::U32, with_last(cols * bits as usize / 32)),
+            spec("scales", Dtype::BF16, with_last(cols / group as usize)),
+            spec("biases", Dtype::BF16, with_last(cols / group as usize)),
+        ],
+        MlxType::Mxfp4 => {
+            vec![spec("weight", Dtype::U32, with_last(cols / 8)), spec("scales", Dtype::U8, with_last(cols / 32))]
+        }
     }
 }
 
@@ -370,6 +487,10 @@ mod tests {
             parse_override("lm_head=q8:32").unwrap(),
             ("lm_head".into(), MlxType::Affine { bits: 8, group: 32 })
         );
-        assert!(parse_override("lm_head=q3").is_err() && MlxType::parse("q4", Some(48)).is_err());
+        assert_eq!(parse_override("*.down_proj=q3").unwrap().1, MlxType::Affine { bits: 3, group: 64 });
+        for (t, bits) in [("q2", 2), ("q5", 5), ("q6", 6)] {
+            assert_eq!(MlxType::parse(t, Some(32)).unwrap(), MlxType::Affine { bits, group: 32 });
+        }
+        assert!(parse_override("lm_head=q7").is_err() && MlxType::parse("q4", Some(48)).is_err());
     }
 }

@@ -21,7 +21,7 @@ pub enum Encoding {
     Rows,
     /// MLX affine quantization: weight (u32), scales and biases (bf16).
     Affine {
-        /// Bits per value (4 or 8).
+        /// Bits per value (2, 3, 4, 5, 6 or 8).
         bits: u32,
         /// Values per group (32, 64 or 128).
         group: u64,

@@ -115,6 +115,24 @@ impl SafetensorsPlan {
         Ok(StLayout { header, spans })
     }
 
+    /// Bytes of the file(s) this plan makes: headers and data of every shard when split into
+    /// shards of at most `shard_max_bytes` of data ([`SafetensorsPlan::shard`]), as
+    /// [`SafetensorsWriter::create`] writes them (the index not counted).
+    ///
+    /// Errors: as [`SafetensorsPlan::layout`].
+    pub fn files_len(&self, shard_max_bytes: Option<u64>) -> Result<u64, String> {
+        let shards = match shard_max_bytes {
+            Some(max) => self.shard(max),
+            None => vec![self.clone()],
+        };
+        let mut total = 0u64;
+        for shard in &shards {
+            let StLayout { header, spans } = shard.layout()?;
+            total += spans.last().map_or(header.len() as u64, |&(o, s)| o + s);
+        }
+        Ok(total)
+    }
+
     /// Splits into shards of at most `max_bytes` of data each, in order, as transformers'
     /// `save_pretrained` does (a tensor is never split; a shard holds at least one). Every
     /// shard keeps the metadata.

@@ -29,11 +29,29 @@ pub const SAMPLE_VALUES: u64 = 1 << 20;
 /// Rows per piece of work (fewer for wide rows).
 const PIECE_VALUES: u64 = 1 << 16;
 
+/// A way of storing a tensor whose error can be measured: quantized and dequantized by the
+/// writer's own code. ggml types ([`GgmlType`], GGUF output) and MLX's types
+/// ([`crate::plan::mlx::MlxType`]) are.
+pub trait Codec: Copy + Send + Sync {
+    /// Rows `first..first + count` of `recipe` (whose values, as the writer reads them, are
+    /// `values`) stored this way and decoded into `back` (resized to fit); `false` when the
+    /// type cannot hold the values (an overflow).
+    ///
+    /// Errors: reading the input fails, or the quantizer fails otherwise.
+    fn round_trip(&self, recipe: &Recipe, values: &[f32], first: u64, count: u64, back: &mut Vec<f32>) -> Result<bool>;
+}
+
+impl Codec for GgmlType {
+    fn round_trip(&self, recipe: &Recipe, _: &[f32], first: u64, count: u64, back: &mut Vec<f32>) -> Result<bool> {
+        round_trip(recipe, *self, first, count, back)
+    }
+}
+
 /// The measured error of one candidate type of one tensor.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Measured {
+pub struct Measured<T = GgmlType> {
     /// The type.
-    pub ty: GgmlType,
+    pub ty: T,
     /// `Σ imp · (w − ŵ)²` over the sampled rows (`f64::INFINITY` when the type cannot hold
     /// the values: an F16 overflow, a block scale that overflows).
     pub error: f64,
@@ -41,7 +59,7 @@ pub struct Measured {
     pub energy: f64,
 }
 
-impl Measured {
+impl<T> Measured<T> {
     /// The error relative to the tensor's weighted energy (0 for an all-zero tensor).
     pub fn relative(&self) -> f64 {
         if self.energy > 0.0 {
@@ -73,7 +91,7 @@ pub fn sample_pieces(pieces: &[(u64, u64)], ne0: u64) -> Vec<(u64, u64)> {
 ///
 /// Errors: reading the input fails, or a quantizer fails on something other than an
 /// overflow (non-finite input).
-pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec<Measured>>> {
+pub fn measure<T: Codec>(jobs: &[(&Recipe, Vec<T>)], quiet: bool) -> Result<Vec<Vec<Measured<T>>>> {
     let mut work: Vec<(usize, u64, u64)> = Vec::new();
     for (i, (recipe, _)) in jobs.iter().enumerate() {
         work.extend(
@@ -96,7 +114,7 @@ pub fn measure(jobs: &[(&Recipe, Vec<GgmlType>)], quiet: bool) -> Result<Vec<Vec
         })
         .collect::<Result<_>>()?;
     bar.finish_and_clear();
-    let mut out: Vec<Vec<Measured>> = jobs
+    let mut out: Vec<Vec<Measured<T>>> = jobs
         .iter()
         .map(|(_, types)| types.iter().map(|&ty| Measured { ty, error: 0.0, energy: 0.0 }).collect())
         .collect();
@@ -147,9 +165,9 @@ fn weighted_sums(values: &[f32], back: &[f32], weights: &[f32]) -> (f64, f64) {
 }
 
 /// `(Σ imp (w − ŵ)², Σ imp w²)` of rows `first..first + count` for each type.
-fn measure_piece(
+fn measure_piece<T: Codec>(
     recipe: &Recipe,
-    types: &[GgmlType],
+    types: &[T],
     first: u64,
     count: u64,
     scratch: &mut Scratch,
@@ -160,8 +178,8 @@ fn measure_piece(
     let energy: f64 = values.iter().zip(&weights).map(|(&v, &w)| w as f64 * v as f64 * v as f64).sum();
     let mut back = Vec::new();
     let mut out = Vec::with_capacity(types.len());
-    for &ty in types {
-        if !round_trip(recipe, ty, first, count, &mut back)? {
+    for ty in types {
+        if !ty.round_trip(recipe, &values, first, count, &mut back)? {
             out.push((f64::INFINITY, energy));
             continue;
         }

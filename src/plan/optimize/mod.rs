@@ -27,6 +27,7 @@
 
 pub mod knapsack;
 pub mod measure;
+pub mod mlx;
 pub mod sensitivity;
 
 use std::sync::Arc;
@@ -131,19 +132,19 @@ pub fn candidate_types(ne0: u64, importance: bool, allowed: Option<&[GgmlType]>)
         .collect()
 }
 
-/// One tensor's decision.
+/// One tensor's decision (`T`: a ggml type for GGUF, [`crate::plan::mlx::MlxType`] for MLX).
 #[derive(Clone, Debug)]
-pub struct TensorDecision {
-    /// The tensor.
+pub struct TensorDecision<T = GgmlType> {
+    /// The tensor (GGUF) or module (MLX).
     pub name: String,
     /// The chosen type.
-    pub ty: GgmlType,
+    pub ty: T,
     /// Its measured relative error.
     pub error: f64,
     /// Its bytes.
     pub bytes: u64,
     /// Every candidate: type, bytes, measured error (infinite: cannot hold the values).
-    pub candidates: Vec<(GgmlType, u64, f64)>,
+    pub candidates: Vec<(T, u64, f64)>,
     /// With calibration tokens: the tensor's measured KL at its probe type and its scale
     /// (then `error` and the candidates' errors are predicted KL).
     pub sensitivity: Option<Sensitivity>,
@@ -153,18 +154,19 @@ pub struct TensorDecision {
 
 /// The decision log of an optimized build.
 #[derive(Clone, Debug)]
-pub struct OptimizeLog {
+pub struct OptimizeLog<T = GgmlType> {
     /// What the budget is, in words.
     pub target: String,
     /// [`METHOD`].
     pub method: String,
     /// The error measure.
     pub error_measure: String,
-    /// The file size allowed.
+    /// The file size allowed (MLX: of all `model*.safetensors` files; with `--target-bpw`,
+    /// of their tensor data).
     pub budget_bytes: u64,
     /// The smallest file the candidates allow.
     pub min_bytes: u64,
-    /// The size of the file written.
+    /// The size of the file written (counted as the budget is).
     pub file_bytes: u64,
     /// The rounding unit of the knapsack.
     pub unit: u64,
@@ -174,12 +176,12 @@ pub struct OptimizeLog {
     /// among the candidates).
     pub mix_error: Option<f64>,
     /// Per optimized tensor, in file order.
-    pub tensors: Vec<TensorDecision>,
+    pub tensors: Vec<TensorDecision<T>>,
     /// With calibration tokens: what they were and what the KL measurement took.
     pub calibration: Option<CalibrationSummary>,
 }
 
-impl OptimizeLog {
+impl<T: Copy + std::fmt::Display> OptimizeLog<T> {
     /// The JSON of `--json` / `--report` (`"optimize"`).
     pub fn to_json(&self) -> Json {
         json!({
@@ -202,7 +204,7 @@ impl OptimizeLog {
             })),
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name,
-                "type": t.ty.name(),
+                "type": t.ty.to_string(),
                 "error": finite(t.error),
                 "bytes": t.bytes,
                 "why": t.why,
@@ -219,7 +221,7 @@ impl OptimizeLog {
                         "rows_probed": v.rows_probed,
                     })),
                 })),
-                "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.name(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
+                "candidates": t.candidates.iter().map(|(ty, b, e)| json!({"type": ty.to_string(), "bytes": b, "error": finite(*e)})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
     }
@@ -237,7 +239,7 @@ impl OptimizeLog {
             self.total_error
         );
         if let Some(m) = self.mix_error {
-            out.push_str(&format!(" (llama-quantize's types for the same tensors: {m:.4e})"));
+            out.push_str(&format!(" (the planned mix's types for the same tensors: {m:.4e})"));
         }
         out.push('\n');
         if let Some(c) = &self.calibration {
@@ -262,7 +264,7 @@ impl OptimizeLog {
             &self.error_measure,
             self.budget_bytes,
             self.total_error,
-            self.tensors.iter().map(|t| (t.name.clone(), t.ty.name().to_string(), t.error)).collect(),
+            self.tensors.iter().map(|t| (t.name.clone(), t.ty.to_string(), t.error)).collect(),
         );
         let sensitivities: Option<Vec<&Sensitivity>> = self.tensors.iter().map(|t| t.sensitivity.as_ref()).collect();
         if let (Some(c), Some(s)) = (&self.calibration, sensitivities) {
@@ -315,6 +317,140 @@ fn kl_keys(c: &CalibrationSummary, s: &[&Sensitivity]) -> Vec<(String, Value)> {
             Value::Array(Array::String(s.iter().map(|x| x.probe.name().to_string()).collect())),
         ),
     ]
+}
+
+/// Attaches the importance matrix's entry for `recipe` (by its llama.cpp name) when it has
+/// none yet and the entry fits its columns (per expert for stacked experts).
+pub fn attach_importance(recipe: &mut Recipe, imatrix: Option<&Arc<ImatrixFile>>) {
+    if recipe.importance.is_none()
+        && let Some(m) = imatrix
+        && let Some(index) = m.position(&recipe.spec.name)
+    {
+        let ne = &recipe.spec.ne;
+        let (ne0, n_mat) = (ne.first().copied().unwrap_or(1), ne.get(2).copied().unwrap_or(1));
+        if m.entries()[index].n_values as u64 == ne0 * n_mat {
+            recipe.importance = Some(Importance {
+                file: Arc::clone(m),
+                entry: index,
+                rows_per_matrix: ne.get(1).copied().unwrap_or(1),
+            });
+        }
+    }
+}
+
+/// The method and error measure of a build, in words: the knapsack over the weight error
+/// (importance-weighted with `imatrix`), or over the predicted KL when `calibrated`.
+pub fn method_and_error(imatrix: bool, calibrated: bool) -> (&'static str, String) {
+    let weight_error = if imatrix { ERROR_WITH_IMATRIX } else { ERROR_PLAIN };
+    if calibrated { (METHOD_KL, format!("{ERROR_KL}{weight_error}")) } else { (METHOD, weight_error.to_string()) }
+}
+
+/// The error for a budget smaller than the smallest build: `what` is the budget in words,
+/// `min` the smallest build, `kept` the number of tensors kept as they are, `extra` what else
+/// the smallest build counts (", and the header").
+pub fn too_small(what: &str, budget: u64, min: u64, kept: usize, extra: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what}: the budget of {} ({budget} bytes) is smaller than the smallest file moeq can make of this model, \
+         {} ({min} bytes: every quantized tensor at its smallest candidate type, the {kept} other tensors as they \
+         are{extra})",
+        human_bytes(budget),
+        human_bytes(min),
+    )
+}
+
+/// Why the knapsack picked option `pick` of one tensor's options `items` (types `types`, in
+/// the same order): the choice and its (predicted) error, with calibration how its KL scale
+/// was measured, and what the neighbouring choices on the tensor's Pareto front would save or
+/// cost.
+pub fn explain<T: Copy + std::fmt::Display>(
+    types: &[T],
+    items: &[Choice],
+    pick: usize,
+    sensitivity: Option<&Sensitivity>,
+) -> String {
+    let ty = types[pick];
+    let front = knapsack::pareto(items);
+    let pos = front.iter().position(|&o| o == pick).unwrap_or(0);
+    let mut why = match sensitivity {
+        Some(s) => {
+            let kl = match (s.kl, s.via) {
+                (None, _) => "not measurable".to_string(),
+                (Some(kl), None) => format!("{kl:.3e} nats"),
+                (Some(kl), Some(v)) => format!(
+                    "{kl:.3e} nats = layer {} gain {:.3e} × output change {:.3e}{}",
+                    v.layer,
+                    v.gain,
+                    v.residual_error,
+                    if v.rows_probed < 1.0 {
+                        format!(" (from {:.0} % of its rows)", 100.0 * v.rows_probed)
+                    } else {
+                        String::new()
+                    }
+                ),
+            };
+            format!(
+                "size budget: {ty}, predicted KL {:.3e} (probe {}: KL {kl} at relative error {:.3e}, scale {:.3e}{})",
+                items[pick].error,
+                s.probe,
+                s.probe_error,
+                s.scale,
+                if s.floored { ", floor" } else { "" }
+            )
+        }
+        None => format!("size budget: {ty}, relative error {:.3e}", items[pick].error),
+    };
+    if pos > 0 {
+        let c = front[pos - 1];
+        why.push_str(&format!(
+            "; {} would save {} for {:+.3e}",
+            types[c],
+            human_bytes(items[pick].bytes - items[c].bytes),
+            items[c].error - items[pick].error
+        ));
+    }
+    if let Some(&d) = front.get(pos + 1) {
+        why.push_str(&format!(
+            "; {} would cost {} more for {:+.3e}",
+            types[d],
+            human_bytes(items[d].bytes - items[pick].bytes),
+            items[d].error - items[pick].error
+        ));
+    }
+    why
+}
+
+/// What [`measure_and_score`] gives: per tensor the measured candidates, the knapsack's
+/// options (bytes and scored error, in the same order) and, with calibration, every tensor's
+/// sensitivity and what the calibration took.
+pub type Scored<T> = (Vec<Vec<Measured<T>>>, Vec<Vec<Choice>>, Option<(Vec<Sensitivity>, CalibrationSummary)>);
+
+/// Measures every candidate of every tensor of `jobs` ([`measure::measure`]), with
+/// `calibration` the tensors' KL scales ([`sensitivity::sensitivities`]), and makes the
+/// knapsack's options: `bytes(k, m)` what candidate `m` of tensor `k` counts against the budget,
+/// its error the relative error times the tensor's KL scale (1 without calibration).
+///
+/// Errors: as [`measure::measure`] and [`sensitivity::sensitivities`].
+pub fn measure_and_score<T: measure::Codec>(
+    jobs: &[(&Recipe, Vec<T>)],
+    calibration: Option<&Calibration>,
+    quiet: bool,
+    bytes: impl Fn(usize, &Measured<T>) -> u64,
+) -> Result<Scored<T>> {
+    let measured = measure::measure(jobs, quiet)?;
+    let calibrated = match calibration {
+        Some(cal) => {
+            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
+            Some(sensitivity::sensitivities(cal, &tensors, quiet)?)
+        }
+        None => None,
+    };
+    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(s, _): &(Vec<Sensitivity>, _)| s[k].scale);
+    let items = measured
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| ms.iter().map(|m| Choice { bytes: bytes(k, m), error: scale(k) * m.relative() }).collect())
+        .collect();
+    Ok((measured, items, calibrated))
 }
 
 /// Steps that fix a tensor's type: never optimized.
@@ -378,20 +514,7 @@ pub fn optimize<'a>(
         if fixed {
             continue;
         }
-        if recipe.importance.is_none()
-            && let Some(m) = settings.imatrix
-            && let Some(index) = m.position(&recipe.spec.name)
-        {
-            let ne = &recipe.spec.ne;
-            let (ne0, n_mat) = (ne.first().copied().unwrap_or(1), ne.get(2).copied().unwrap_or(1));
-            if m.entries()[index].n_values as u64 == ne0 * n_mat {
-                recipe.importance = Some(Importance {
-                    file: Arc::clone(m),
-                    entry: index,
-                    rows_per_matrix: ne.get(1).copied().unwrap_or(1),
-                });
-            }
-        }
+        attach_importance(recipe, settings.imatrix);
         chosen.push(i);
     }
     if chosen.is_empty() {
@@ -463,38 +586,15 @@ pub fn optimize<'a>(
             count((recipes.len() - chosen.len()) as u64, "other tensor")
         );
     }
-    let measured: Vec<Vec<Measured>> = measure::measure(&jobs, settings.quiet)?;
-    let calibrated: Option<(Vec<Sensitivity>, CalibrationSummary)> = match settings.calibration {
-        Some(cal) => {
-            let tensors: Vec<&Recipe> = jobs.iter().map(|(r, _)| *r).collect();
-            Some(sensitivity::sensitivities(cal, &tensors, settings.quiet)?)
-        }
-        None => None,
-    };
-    let scale = |k: usize| calibrated.as_ref().map_or(1.0, |(s, _)| s[k].scale);
-    let items: Vec<Vec<Choice>> = chosen
-        .iter()
-        .zip(&measured)
-        .enumerate()
-        .map(|(k, (&i, ms))| {
-            ms.iter()
-                .map(|m| Choice {
-                    bytes: pad(m.ty.tensor_bytes(&recipes[i].spec.ne).unwrap_or(u64::MAX / 4)),
-                    error: scale(k) * m.relative(),
-                })
-                .collect()
-        })
-        .collect();
+    let (measured, items, calibrated) = measure_and_score(&jobs, settings.calibration, settings.quiet, |k, m| {
+        pad(m.ty.tensor_bytes(&recipes[chosen[k]].spec.ne).unwrap_or(u64::MAX / 4))
+    })?;
 
     // The header with the moeq keys, every type name as long as the longest candidate's:
     // the real header is no longer.
     let longest = "X".repeat(CANDIDATES.iter().map(|t| t.name().len()).max().unwrap_or(8));
     let target_text = settings.target.describe(settings.planned);
-    let weight_error = if settings.imatrix.is_some() { ERROR_WITH_IMATRIX } else { ERROR_PLAIN };
-    let (method, error_text) = match &calibrated {
-        Some(_) => (METHOD_KL, format!("{ERROR_KL}{weight_error}")),
-        None => (METHOD, weight_error.to_string()),
-    };
+    let (method, error_text) = method_and_error(settings.imatrix.is_some(), calibrated.is_some());
     let mut placeholder = metadata_keys(
         &target_text,
         method,
@@ -521,14 +621,15 @@ pub fn optimize<'a>(
     let item_budget = budget_file.checked_sub(header + fixed);
     let solution = match item_budget.map(|b| knapsack::solve(&items, b)) {
         Some(Ok(s)) => s,
-        None | Some(Err(KnapsackError::TooSmall { .. })) => bail!(
-            "{target_text}: the budget of {} ({budget_file} bytes) is smaller than the smallest file moeq can make \
-             of this model, {} ({min_file} bytes: every quantized tensor at its smallest candidate type, the \
-             {} other tensors as they are, and the header)",
-            human_bytes(budget_file),
-            human_bytes(min_file),
-            recipes.len() - chosen.len()
-        ),
+        None | Some(Err(KnapsackError::TooSmall { .. })) => {
+            return Err(too_small(
+                &target_text,
+                budget_file,
+                min_file,
+                recipes.len() - chosen.len(),
+                ", and the header",
+            ));
+        }
         Some(Err(e)) => bail!("choosing types: {e}"),
     };
 
@@ -539,54 +640,8 @@ pub fn optimize<'a>(
         let pick = solution.picks[k];
         let m = &measured[k];
         let ty = m[pick].ty;
-        let front = knapsack::pareto(&items[k]);
-        let pos = front.iter().position(|&o| o == pick).unwrap_or(0);
-        let mut why = match &calibrated {
-            Some((s, _)) => {
-                let s = &s[k];
-                let kl = match (s.kl, s.via) {
-                    (None, _) => "not measurable".to_string(),
-                    (Some(kl), None) => format!("{kl:.3e} nats"),
-                    (Some(kl), Some(v)) => format!(
-                        "{kl:.3e} nats = layer {} gain {:.3e} × output change {:.3e}{}",
-                        v.layer,
-                        v.gain,
-                        v.residual_error,
-                        if v.rows_probed < 1.0 {
-                            format!(" (from {:.0} % of its rows)", 100.0 * v.rows_probed)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                };
-                format!(
-                    "size budget: {ty}, predicted KL {:.3e} (probe {}: KL {kl} at relative error {:.3e}, scale {:.3e}{})",
-                    items[k][pick].error,
-                    s.probe,
-                    s.probe_error,
-                    s.scale,
-                    if s.floored { ", floor" } else { "" }
-                )
-            }
-            None => format!("size budget: {ty}, relative error {:.3e}", items[k][pick].error),
-        };
-        if pos > 0 {
-            let c = front[pos - 1];
-            why.push_str(&format!(
-                "; {} would save {} for {:+.3e}",
-                m[c].ty,
-                human_bytes(items[k][pick].bytes - items[k][c].bytes),
-                items[k][c].error - items[k][pick].error
-            ));
-        }
-        if let Some(&d) = front.get(pos + 1) {
-            why.push_str(&format!(
-                "; {} would cost {} more for {:+.3e}",
-                m[d].ty,
-                human_bytes(items[k][d].bytes - items[k][pick].bytes),
-                items[k][d].error - items[k][pick].error
-            ));
-        }
+        let types: Vec<GgmlType> = m.iter().map(|x| x.ty).collect();
+        let why = explain(&types, &items[k], pick, calibrated.as_ref().map(|(s, _)| &s[k]));
         let row = &mut report.rows[i];
         mix_error = match (mix_error, m.iter().position(|x| x.ty == row.ty)) {
             (Some(acc), Some(p)) => Some(acc + items[k][p].error),
