@@ -1245,6 +1245,13 @@ fn mlx_size_budgets_hold_for_the_written_bytes() {
     assert!(e.contains("--type mxfp4 with a size target"), "{e}");
     let e = fails(&["convert", l, "-o", o, "--format", "mlx", "--target-bpw", "4", "--pure"]);
     assert!(e.contains("--pure is a GGUF option"), "{e}");
+    // An importance matrix of another model is refused, as for GGUF.
+    let mixtral = fixtures().join("mixtral/hf");
+    let other = fixtures().join("imatrix/gpt-oss-llama.imatrix.gguf");
+    let mut argv = vec!["convert", path_arg(&mixtral), "-o", o, "--format", "mlx", "--target-size", "200K"];
+    argv.extend(["--type", "q4", "--group-size", "32", "--imatrix", path_arg(&other)]);
+    let e = fails(&argv);
+    assert!(e.contains("an importance matrix for another model?"), "{e}");
     assert!(!dst.exists());
 }
 
@@ -3272,7 +3279,7 @@ fn calibration_refuses_bos_only_chunks_and_warns_on_few_tokens() {
     let e = stderr_of(&["imatrix", l, "--text", t, "--ctx", "8", "--chunks", "3", "-o", o, "-q"]);
     let warning = "warning: ".to_string()
         + t
-        + ": only 21 calibration token(s) beyond each chunk's BOS (3 chunk(s)) for the importance matrix";
+        + ": only 21 calibration tokens beyond each chunk's BOS (3 chunks) for the importance matrix";
     assert!(e.contains(&warning), "{e}");
     // Ids as given (no BOS put first): 48 tokens, for GPTQ.
     let ids = dir.path().join("ids.txt");
@@ -3282,10 +3289,10 @@ fn calibration_refuses_bos_only_chunks_and_warns_on_few_tokens() {
     let mut args = vec!["convert", l, "-o", path_arg(&gguf), "--type", "Q4_0", "--rounding", "gptq"];
     args.extend(["--calibration-tokens", path_arg(&ids), "-q"]);
     let e = stderr_of(&args);
-    assert!(e.contains("only 48 calibration token(s) (2 chunk(s)) for GPTQ's Hessians"), "{e}");
+    assert!(e.contains("only 48 calibration tokens (2 chunks) for GPTQ's Hessians"), "{e}");
     // The default --ctx (3 chunks of 512): no warning.
     let e = stderr_of(&["imatrix", l, "--text", t, "-o", o, "-q"]);
-    assert!(!e.contains("calibration token(s)"), "{e}");
+    assert!(!e.contains("calibration tokens"), "{e}");
 }
 
 /// `eval --text` of a GGUF without `--tokenizer`: the error says moeq reads text through the

@@ -72,15 +72,18 @@ pub fn real_tokens(chunks: &[Vec<u32>], bos: Option<u32>) -> usize {
 }
 
 /// The warning for calibration input with fewer than [`MIN_TOKENS`] tokens beyond BOS
-/// ([`real_tokens`]), or `None`. `what` names the file, `purpose` what the tokens are for.
-pub fn too_few_tokens(chunks: &[Vec<u32>], bos: Option<u32>, what: &str, purpose: &str) -> Option<String> {
+/// ([`real_tokens`]), or `None`. `what` names the file, `purpose` what the tokens are for,
+/// `text` whether it was text (cut by --ctx) rather than chunks of ids.
+pub fn too_few_tokens(chunks: &[Vec<u32>], bos: Option<u32>, what: &str, purpose: &str, text: bool) -> Option<String> {
     let n = real_tokens(chunks, bos);
     (n < MIN_TOKENS).then(|| {
         let beyond = if bos.is_some() { " beyond each chunk's BOS" } else { "" };
+        let more = if text { "give more text, or a larger --ctx or --chunks" } else { "give more or longer chunks" };
         format!(
-            "{what}: only {n} calibration token(s){beyond} ({} chunk(s)) for {purpose}; fewer than {MIN_TOKENS} give \
-             statistics of those few tokens, not of the model's use: give more text, or a larger --ctx or --chunks",
-            chunks.len()
+            "{what}: only {n} calibration token{}{beyond} ({}) for {purpose}; fewer than {MIN_TOKENS} give \
+             statistics of those few tokens, not of the model's use: {more}",
+            if n == 1 { "" } else { "s" },
+            crate::inspect::count(chunks.len() as u64, "chunk")
         )
     })
 }
@@ -136,12 +139,9 @@ mod tests {
         let chunks = vec![vec![1; 33], vec![1; 33]];
         assert_eq!(real_tokens(&chunks, Some(1)), 64);
         assert_eq!(real_tokens(&chunks, None), 66);
-        assert!(too_few_tokens(&chunks, Some(1), "t", "x").is_none());
+        assert!(too_few_tokens(&chunks, Some(1), "t", "x", true).is_none());
         let short = vec![vec![1; 32], vec![1; 33]];
-        let w = too_few_tokens(&short, Some(1), "t.txt", "GPTQ's Hessians").unwrap();
-        assert!(
-            w.starts_with("t.txt: only 63 calibration token(s) beyond each chunk's BOS (2 chunk(s)) for GPTQ"),
-            "{w}"
-        );
+        let w = too_few_tokens(&short, Some(1), "t.txt", "GPTQ's Hessians", true).unwrap();
+        assert!(w.starts_with("t.txt: only 63 calibration tokens beyond each chunk's BOS (2 chunks) for GPTQ"), "{w}");
     }
 }

@@ -289,7 +289,8 @@ pub fn load_chunks(
             (calibration::file_chunks(file, chunks, n_vocab)?, None)
         }
     };
-    if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose.what) {
+    let text = matches!(input, Calibration::Text(_));
+    if let Some(warning) = calibration::too_few_tokens(&cut, bos, &what, purpose.what, text) {
         eprintln!("warning: {warning}");
     }
     // Positions past the model's training context calibrate on what it never saw.
@@ -301,8 +302,8 @@ pub fn load_chunks(
     {
         eprintln!(
             "warning: {what}: chunks of up to {longest} tokens are longer than the model's training context of \
-             {n_ctx} tokens ({arch}.context_length); positions past it show the model what it never saw \
-             (a smaller --ctx avoids it)"
+             {n_ctx} tokens; positions past it show the model what it never saw ({})",
+            if text { "a smaller --ctx avoids it" } else { "shorter chunks avoid it" }
         );
     }
     Ok(cut)

@@ -768,30 +768,38 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
     let (digits, unit) = (trimmed[..split].trim(), trimmed[split..].to_ascii_lowercase());
-    let scale: f64 = match unit.as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0f64.powi(4),
+    let scale: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        "ti" | "tib" => 1 << 40,
+        u if !u.chars().all(|c| c.is_ascii_alphabetic()) => {
+            return Err(format!("'{text}' is not a size like 500M, 1.5G or 800MiB"));
+        }
         _ => return Err(format!("'{text}': the unit must be K, M, G or T (powers of 1000) or KiB, MiB, GiB or TiB")),
     };
-    let plain = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
-    let n: f64 = match digits.parse() {
-        Ok(n) if plain => n,
-        _ => return Err(format!("'{text}' is not a size like 500M, 1.5G or 800MiB")),
-    };
-    let bytes = (n * scale).floor();
-    if bytes < 1.0 {
-        Err("the size must be at least one byte".into())
-    } else if bytes >= 18_446_744_073_709_551_615.0 {
-        Err(format!("'{text}' is too large"))
-    } else {
-        Ok(bytes as u64)
+    // Digits with at most one decimal point, computed exactly: `whole · scale + frac · scale /
+    // 10^places`, a fraction of a byte dropped.
+    let bad = || format!("'{text}' is not a size like 500M, 1.5G or 800MiB");
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |t: &str| t.chars().all(|c| c.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !all_digits(whole) || !all_digits(frac) || frac.len() > 18 {
+        return Err(bad());
+    }
+    let too_large = || format!("'{text}' is too large");
+    let scale = scale as u128;
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| too_large())? };
+    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
+    let bytes = whole.checked_mul(scale).ok_or_else(too_large)? + frac_value * scale / 10u128.pow(frac.len() as u32);
+    match u64::try_from(bytes) {
+        Ok(0) => Err("the size must be at least one byte".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(too_large()),
     }
 }
 
@@ -825,6 +833,11 @@ mod tests {
         assert_eq!(parse_size("12GB"), Ok(12_000_000_000));
         assert_eq!(parse_size("90mib"), Ok(90 << 20));
         assert!(parse_size("5X").is_err() && parse_size("1.2.3M").is_err() && parse_size("0.0001").is_err());
+        // Decimals are exact (no binary rounding).
+        assert_eq!(parse_size("4.1G"), Ok(4_100_000_000));
+        assert_eq!(parse_size("1.005K"), Ok(1005));
+        assert_eq!(parse_size(".5KiB"), Ok(512));
+        assert!(parse_size("1e9").is_err() && parse_size(".").is_err() && parse_size("99999999999T").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("-5M").is_err());
         assert!(parse_size("99999999999G").is_err());

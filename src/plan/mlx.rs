@@ -387,9 +387,10 @@ pub fn plan<'a>(
     {
         let module = router.trim_start_matches('.');
         warnings.push(format!(
-            "{quantized_routers} MoE routers ({module}) quantized like any linear layer, as mlx-lm \
+            "{} ({module}) quantized like any linear layer, as mlx-lm \
              does; expert choice is sensitive to them: --quant-override '*{router}=bf16' keeps \
-             them in the model's dtype"
+             them in the model's dtype",
+            crate::inspect::count(quantized_routers as u64, "MoE router")
         ));
     }
     Ok(MlxBuild { items, quantization, parameters, warnings })

@@ -132,7 +132,7 @@ pub fn choose(
     for (i, recipe) in recipes.iter_mut().enumerate() {
         let Some(slot) = Slot::of(recipe, family, opts) else { continue };
         if slot.budgeted(family, s.ty, dtype) {
-            attach_importance(recipe, s.imatrix);
+            attach_importance(recipe, s.imatrix)?;
             budgeted.push((i, slot));
         }
     }

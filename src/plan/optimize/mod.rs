@@ -321,21 +321,33 @@ fn kl_keys(c: &CalibrationSummary, s: &[&Sensitivity]) -> Vec<(String, Value)> {
 
 /// Attaches the importance matrix's entry for `recipe` (by its llama.cpp name) when it has
 /// none yet and the entry fits its columns (per expert for stacked experts).
-pub fn attach_importance(recipe: &mut Recipe, imatrix: Option<&Arc<ImatrixFile>>) {
+pub fn attach_importance(recipe: &mut Recipe, imatrix: Option<&Arc<ImatrixFile>>) -> Result<()> {
     if recipe.importance.is_none()
         && let Some(m) = imatrix
         && let Some(index) = m.position(&recipe.spec.name)
     {
         let ne = &recipe.spec.ne;
         let (ne0, n_mat) = (ne.first().copied().unwrap_or(1), ne.get(2).copied().unwrap_or(1));
-        if m.entries()[index].n_values as u64 == ne0 * n_mat {
+        let n_values = m.entries()[index].n_values as u64;
+        if n_values == ne0 * n_mat {
             recipe.importance = Some(Importance {
                 file: Arc::clone(m),
                 entry: index,
                 rows_per_matrix: ne.get(1).copied().unwrap_or(1),
             });
+        } else if !matches!(recipe.spec.name.as_str(), "token_embd.weight" | "per_layer_token_embd.weight") {
+            // As llama-quantize (and moeq's GGUF plan): only the embedding may differ.
+            bail!(
+                "{}: entry '{}' holds {n_values} values, but the tensor has {ne0} columns × {n_mat} matri{} = {} (an \
+                 importance matrix for another model?)",
+                m.path().display(),
+                recipe.spec.name,
+                if n_mat == 1 { "x" } else { "ces" },
+                ne0 * n_mat
+            );
         }
     }
+    Ok(())
 }
 
 /// The method and error measure of a build, in words: the knapsack over the weight error
@@ -350,11 +362,11 @@ pub fn method_and_error(imatrix: bool, calibrated: bool) -> (&'static str, Strin
 /// the smallest build counts (", and the header").
 pub fn too_small(what: &str, budget: u64, min: u64, kept: usize, extra: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "{what}: the budget of {} ({budget} bytes) is smaller than the smallest file moeq can make of this model, \
-         {} ({min} bytes: every quantized tensor at its smallest candidate type, the {kept} other tensors as they \
-         are{extra})",
-        human_bytes(budget),
-        human_bytes(min),
+        "{what}: the budget of {} is smaller than the smallest file moeq can make of this model, {}: every \
+         quantized tensor at its smallest candidate type, {} as they are{extra}",
+        bytes_exact(budget),
+        bytes_exact(min),
+        count(kept as u64, "other tensor"),
     )
 }
 
@@ -514,7 +526,7 @@ pub fn optimize<'a>(
         if fixed {
             continue;
         }
-        attach_importance(recipe, settings.imatrix);
+        attach_importance(recipe, settings.imatrix)?;
         chosen.push(i);
     }
     if chosen.is_empty() {
