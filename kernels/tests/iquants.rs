@@ -209,19 +209,25 @@ fn rows(shape: u32, seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
 /// reference, with and without weights.
 #[test]
 fn iquants_simd_match_scalar_on_random_data() {
-    let backends: Vec<_> = available().into_iter().filter(|b| b.name != "scalar").collect();
     for case in 0..27u32 {
         let (x, w) = rows(case, 0x9E37_79B9_7F4A_7C15 ^ (case as u64) << 32, 256 * 12);
-        for ty in IQUANTS {
-            for weights in [None, Some(&w[..])] {
-                if weights.is_none() && ty.needs_importance() {
-                    continue;
-                }
-                let want = quantize(&SCALAR, ty, &x, weights);
-                for b in &backends {
-                    let got = quantize(b, ty, &x, weights);
-                    assert!(got == want, "{} {} case {case} weights {}", b.name, ty.name(), weights.is_some());
-                }
+        simd_equals_scalar(&x, &w, &format!("case {case}"));
+    }
+}
+
+/// Every SIMD backend quantizes `x` (with and without the weights `w`) as the scalar reference
+/// does, for every i-quant (`what` names the data in the failure).
+fn simd_equals_scalar(x: &[f32], w: &[f32], what: &str) {
+    let backends: Vec<_> = available().into_iter().filter(|b| b.name != "scalar").collect();
+    for ty in IQUANTS {
+        for weights in [None, Some(w)] {
+            if weights.is_none() && ty.needs_importance() {
+                continue;
+            }
+            let want = quantize(&SCALAR, ty, x, weights);
+            for b in &backends {
+                let got = quantize(b, ty, x, weights);
+                assert!(got == want, "{} {} {what} weights {}", b.name, ty.name(), weights.is_some());
             }
         }
     }
@@ -233,21 +239,9 @@ fn iquants_simd_match_scalar_on_random_data() {
 /// ties) are all taken.
 #[test]
 fn iquants_simd_match_scalar_on_many_blocks() {
-    let backends: Vec<_> = available().into_iter().filter(|b| b.name != "scalar").collect();
     for shape in 0..9u32 {
         let (x, w) = rows(shape, 0xD1B5_4A32_D192_ED03 ^ (shape as u64) << 40, 256 * 128);
-        for ty in IQUANTS {
-            for weights in [None, Some(&w[..])] {
-                if weights.is_none() && ty.needs_importance() {
-                    continue;
-                }
-                let want = quantize(&SCALAR, ty, &x, weights);
-                for b in &backends {
-                    let got = quantize(b, ty, &x, weights);
-                    assert!(got == want, "{} {} shape {shape} weights {}", b.name, ty.name(), weights.is_some());
-                }
-            }
-        }
+        simd_equals_scalar(&x, &w, &format!("shape {shape}"));
     }
 }
 
