@@ -21,6 +21,12 @@ if [ -f "$lib" ] && [ "$(cat "$stamp" 2>/dev/null)" = "${flags[*]}" ]; then echo
 mkdir -p "$out"
 if [ ! -d "$out/llama_cpp_python-0.3.36" ]; then
     python3 -m pip install --quiet --disable-pip-version-check scikit-build-core >&2
+    # pip download prepares the sdist's metadata with scikit-build-core, which needs a cmake:
+    # PyPI's on a machine without one.
+    if ! command -v cmake >/dev/null; then
+        python3 -m pip install --quiet --disable-pip-version-check cmake >&2
+        PATH="$(python3 -c 'import cmake; print(cmake.CMAKE_BIN_DIR)'):$PATH"
+    fi
     python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
         --no-build-isolation -d "$out" llama-cpp-python==0.3.36 >&2
     tar xzf "$out/llama_cpp_python-0.3.36.tar.gz" -C "$out"

@@ -53,6 +53,12 @@ fi
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# A machine without cmake gets PyPI's (the one pip's build of llama-cpp-python would use);
+# needed already by pip download below, which prepares the sdist's metadata with it.
+if ! command -v cmake >/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check cmake >&2
+    PATH="$(python3 -c 'import cmake; print(cmake.CMAKE_BIN_DIR)'):$PATH"
+fi
 # pip download of an sdist prepares its metadata with the package's build backend.
 python3 -m pip install --quiet --disable-pip-version-check scikit-build-core >&2
 python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-python \
@@ -60,11 +66,6 @@ python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binar
 tar xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work" "llama_cpp_python-$version/vendor/llama.cpp"
 src="$work/llama_cpp_python-$version/vendor/llama.cpp"
 
-# A machine without cmake gets PyPI's (the one pip's build of llama-cpp-python would use).
-if ! command -v cmake >/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check cmake >&2
-    PATH="$(python3 -c 'import cmake; print(cmake.CMAKE_BIN_DIR)'):$PATH"
-fi
 generator=()
 if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 cmake -S "$src" -B "$work/build" "${generator[@]}" "${flags[@]}" >"$work/cmake.log" 2>&1 ||

@@ -6,6 +6,7 @@ use moeq::cli::{BenchTarget, Cli, Command};
 use moeq::inspect::{Report, human_bytes};
 use moeq::plan::convert::{ConvertOptions, Format, convert};
 use moeq::plan::mlx::{MlxOptions, MlxType, parse_override};
+use moeq::plan::optimize::Target;
 use moeq::plan::quant_plan::Ftype;
 use moeq::source::Source;
 use moeq_kernels::QuantType;
@@ -300,7 +301,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Mlx => {
                     mlx.ty = ty.as_deref().map(|t| MlxType::parse(t, group_size)).transpose()?;
                     if group_size.is_some() && !matches!(mlx.ty, Some(MlxType::Affine { .. })) {
-                        anyhow::bail!("--group-size goes with an affine --type (q2, q3, q4, q5, q6, q8)");
+                        let sized = matches!(request.target, Some(Target::Size(_) | Target::Bpw(_)));
+                        if mlx.ty.is_some() || !sized {
+                            anyhow::bail!(
+                                "--group-size goes with an affine --type (q2, q3, q4, q5, q6, q8) or a size budget \
+                                 (--target-size, --target-bpw)"
+                            );
+                        }
+                        // A size budget without --type: the affine candidates at this group size.
+                        mlx.ty = Some(MlxType::parse("q4", group_size)?);
                     }
                     mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
                     if let Some(names) = &mlx_candidates {

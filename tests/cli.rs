@@ -1078,6 +1078,23 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
     let err =
         fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--quant-override", "lm_head"]);
     assert!(err.contains("PATTERN=TYPE"), "{err}");
+    // A pattern that matches no module is a typo, not a no-op (llama.cpp's --tensor-type too).
+    let err = fails(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&dst),
+        "--format",
+        "mlx",
+        "--type",
+        "q4",
+        "--quant-override",
+        "*.q_proj=q8",
+        "--quant-override",
+        "*.mlp.gate=bf16",
+    ]);
+    assert!(err.contains("'*.mlp.gate=bf16' matches no module") && err.contains("self_attn.q_proj'"), "{err}");
+    assert!(!dst.exists(), "nothing written");
     // NaN in a bf16 weight: named, and no folder (nor temporary folder) left.
     let broken = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
@@ -1236,6 +1253,14 @@ fn mlx_size_budgets_hold_for_the_written_bytes() {
         assert!(t["why"].as_str().unwrap().contains("predicted KL"), "{t}");
     }
     assert!(kl["quantization"]["bits"].is_u64(), "{kl}");
+    // --group-size without --type: the candidates at that group size.
+    let g32 = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--group-size", "32", "-q"]);
+    for t in g32["optimize"]["tensors"].as_array().unwrap() {
+        let ty = t["type"].as_str().unwrap();
+        assert!(!ty.starts_with('q') || ty.ends_with(":32"), "{t}");
+    }
+    let e = fails(&["convert", l, "--dry-run", "--format", "mlx", "--group-size", "32"]);
+    assert!(e.contains("--group-size goes with an affine --type") && e.contains("--target-size"), "{e}");
     // What the budget refuses.
     let dst = out.path().join("never");
     let o = path_arg(&dst);
@@ -1479,6 +1504,15 @@ fn dry_run_explains_every_tensor_and_writes_nothing() {
     let text = ok(&["convert", path_arg(&source), "--type", "Q3_K_M", "--dry-run"]);
     assert!(text.starts_with("plan: Q3_K_M (llama_ftype 12)") && text.contains("total: 23 tensors"), "{text}");
     assert!(text.contains("blk.0.ffn_gate_inp.weight") && text.contains("expert routers"), "{text}");
+    // With -o naming what the real run would refuse (an existing folder): planned, and said.
+    let out = moeq(&["convert", path_arg(&source), "--type", "Q3_K_M", "--dry-run", "-o", path_arg(dir.path())]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("without --dry-run would stop here")
+            && stderr.contains("is a folder, but this output is a file"),
+        "{stderr}"
+    );
     // An i-quant without importance matrix: the dry run says a real run is refused, which it is.
     let wide = dir.path().join("wide.gguf");
     wide_model(&wide);

@@ -113,6 +113,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     let writes = !opts.quant.dry_run;
     if writes {
         target::check_path(&opts.output, kind)?;
+    } else if !opts.output.as_os_str().is_empty()
+        && let Err(e) = target::check_path(&opts.output, kind)
+    {
+        // A dry run writes nothing, but says now what would stop the real run.
+        eprintln!("warning: the run without --dry-run would stop here: {e}");
     }
     if let Some(report) = &opts.report {
         target::check_path(report, OutputKind::File)?;

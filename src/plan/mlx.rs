@@ -291,12 +291,24 @@ pub fn plan<'a>(
     let mut parameters = 0u64;
     let mut quantized_routers = 0;
     let global = opts.ty.filter(|t| !matches!(t, MlxType::Float(_)));
+    // Per --quant-override: whether it matched a module (llama.cpp's --tensor-type rules are
+    // checked the same way: a pattern that matches nothing is a typo, not a no-op).
+    let mut matched = vec![false; opts.overrides.len()];
+    let mut example_modules: Vec<String> = Vec::new();
     for recipe in recipes {
         let Some(Slot { name, module, shape, is_module, is_experts, stored_mxfp4, row_len, over }) =
             Slot::of(&recipe, family, opts)
         else {
             continue;
         };
+        if is_module {
+            for (hit, (pattern, _)) in matched.iter_mut().zip(&opts.overrides) {
+                *hit |= glob(pattern, &module);
+            }
+            if example_modules.len() < 3 && !example_modules.iter().any(|m| same_but_layer(m, &module)) {
+                example_modules.push(module.clone());
+            }
+        }
         if !name.ends_with(".sinks") {
             // As mlx-lm counts: parameters of leaf modules (the sinks belong to the attention).
             parameters += shape.iter().product::<usize>() as u64;
@@ -354,6 +366,15 @@ pub fn plan<'a>(
         items.push(item(recipe, &name, &module, &shape, choice, stored_mxfp4));
     }
 
+    if let Some(i) = matched.iter().position(|hit| !hit) {
+        let (pattern, ty) = &opts.overrides[i];
+        bail!(
+            "--quant-override '{pattern}={ty}' matches no module of the model that MLX quantizes (patterns match \
+             whole module paths, '*' any text; modules are named like {})",
+            example_modules.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", ")
+        );
+    }
+
     // The quantization block as mlx-lm writes it: when the source was MXFP4 (gpt-oss), the
     // global setting is mxfp4 and every other quantized module is listed; otherwise the
     // global setting is --type's and only modules that differ are listed.
@@ -394,6 +415,13 @@ pub fn plan<'a>(
         ));
     }
     Ok(MlxBuild { items, quantization, parameters, warnings })
+}
+
+/// Whether two module paths differ only in their layer number (`model.layers.N.…`).
+fn same_but_layer(a: &str, b: &str) -> bool {
+    let strip =
+        |m: &str| -> String { m.split('.').filter(|p| p.parse::<u64>().is_err()).collect::<Vec<_>>().join(".") };
+    strip(a) == strip(b)
 }
 
 /// Llama's q/k rows back in Hugging Face order (the GGUF recipe interleaves them for
@@ -459,6 +487,25 @@ pub fn config_json(hf_config: &Json, quantization: Option<&Json>) -> Json {
     let mut map: Vec<(String, Json)> =
         hf_config.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
     map.retain(|(k, _)| k != "quantization" && k != "quantization_config" && k != "_name_or_path");
+    // transformers 5 saves RoPE settings only in `rope_parameters`; mlx-lm's models read
+    // `rope_theta` and `rope_scaling` at the top level (and silently default a missing theta to
+    // 10000): both lifted, the original kept.
+    if let Some(rope) = hf_config.get("rope_parameters").and_then(Json::as_object) {
+        let has = |key: &str| hf_config.get(key).is_some_and(|v| !v.is_null());
+        if !has("rope_theta")
+            && let Some(theta) = rope.get("rope_theta").filter(|t| t.is_number())
+        {
+            map.retain(|(k, _)| k != "rope_theta");
+            map.push(("rope_theta".into(), theta.clone()));
+        }
+        let scaled = rope.get("rope_type").and_then(Json::as_str).is_some_and(|t| t != "default");
+        if scaled && !has("rope_scaling") {
+            let scaling: serde_json::Map<String, Json> =
+                rope.iter().filter(|(k, _)| *k != "rope_theta").map(|(k, v)| (k.clone(), v.clone())).collect();
+            map.retain(|(k, _)| k != "rope_scaling");
+            map.push(("rope_scaling".into(), Json::Object(scaling)));
+        }
+    }
     if let Some(q) = quantization {
         map.push(("quantization".into(), q.clone()));
         map.push(("quantization_config".into(), q.clone()));
@@ -493,5 +540,23 @@ mod tests {
             assert_eq!(MlxType::parse(t, Some(32)).unwrap(), MlxType::Affine { bits, group: 32 });
         }
         assert!(parse_override("lm_head=q7").is_err() && MlxType::parse("q4", Some(48)).is_err());
+    }
+
+    #[test]
+    fn rope_parameters_are_lifted_for_mlx_lm() {
+        // transformers 5's form: mlx-lm reads rope_theta / rope_scaling at the top level.
+        let hf = json!({"rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}, "rope_scaling": null});
+        let c = config_json(&hf, None);
+        assert_eq!(c["rope_theta"], 100000.0);
+        assert!(c["rope_scaling"].is_null() && c["rope_parameters"]["rope_theta"] == 100000.0);
+        let llama3 = json!({"rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 32.0}});
+        let c = config_json(&llama3, None);
+        assert_eq!(c["rope_scaling"], json!({"rope_type": "llama3", "factor": 32.0}));
+        assert_eq!(c["rope_theta"], 500000.0);
+        // Top-level settings win.
+        let both = json!({"rope_theta": 10000.0, "rope_parameters": {"rope_theta": 1.0, "rope_type": "yarn"},
+                          "rope_scaling": {"type": "yarn", "factor": 4.0}});
+        let c = config_json(&both, None);
+        assert_eq!((c["rope_theta"].clone(), c["rope_scaling"]["factor"].clone()), (json!(10000.0), json!(4.0)));
     }
 }

@@ -182,25 +182,6 @@ pub fn choose(
     };
     let bytes: Vec<Vec<u64>> =
         budgeted.iter().zip(&types).map(|((_, m), ts)| ts.iter().map(|&t| counted(m, t)).collect()).collect();
-    let fixed_data = data_bytes(&fixed);
-    let fixed_counted = if by_data {
-        fixed_data
-    } else {
-        // The shards' own bytes (length, braces, `__metadata__`) once per shard, for as many
-        // shards as the largest build could need.
-        let most: u64 = fixed_data
-            + budgeted
-                .iter()
-                .zip(&types)
-                .map(|((_, m), ts)| {
-                    ts.iter().map(|&t| data_bytes(&outputs(&m.name, &m.module, &m.shape, t))).max().unwrap_or(0)
-                })
-                .sum::<u64>();
-        let shards = most.div_ceil(s.shard_max_bytes.max(1)).max(1);
-        let base = SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: Vec::new(), style: HeaderStyle::Mlx };
-        let base = base.layout().map_err(anyhow::Error::msg)?.header.len() as u64;
-        fixed_data + header_estimate(&fixed) + shards * base
-    };
     let uniform_specs: Vec<StTensorSpec> = uniform.items.iter().flat_map(|i| i.outputs.iter().cloned()).collect();
     let uniform_files =
         SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: uniform_specs, style: HeaderStyle::Mlx }
@@ -219,10 +200,10 @@ pub fn choose(
             (uniform_files, format!("--type {} --optimize: the size of mlx-lm's uniform {0} build", short(s.ty)))
         }
     };
-    // The exact bytes of the build with option `picks[k]` for module `k`: its files (or data).
+    // The build with option `picks[k]` for module `k`, and its exact bytes: its files (or data).
     let position: std::collections::HashMap<&str, usize> =
         budgeted.iter().enumerate().map(|(k, (i, _))| (recipes[*i].spec.name.as_str(), k)).collect();
-    let exact = |picks: &[usize]| -> Result<u64> {
+    let build = |picks: &[usize]| -> SafetensorsPlan {
         let specs: Vec<StTensorSpec> = uniform
             .items
             .iter()
@@ -234,15 +215,29 @@ pub fn choose(
                 None => it.outputs.clone(),
             })
             .collect();
-        if by_data {
-            return Ok(data_bytes(&specs));
-        }
         SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: specs, style: HeaderStyle::Mlx }
-            .files_len(Some(s.shard_max_bytes))
-            .map_err(anyhow::Error::msg)
+    };
+    let exact = |picks: &[usize]| -> Result<u64> {
+        let plan = build(picks);
+        if by_data {
+            return Ok(data_bytes(&plan.tensors));
+        }
+        plan.files_len(Some(s.shard_max_bytes)).map_err(anyhow::Error::msg)
     };
     let smallest: Vec<usize> = bytes.iter().map(|b| (0..b.len()).min_by_key(|&o| b[o]).unwrap_or(0)).collect();
     let min_bytes = exact(&smallest)?;
+    let fixed_data = data_bytes(&fixed);
+    let fixed_counted = if by_data {
+        fixed_data
+    } else {
+        // The shards' own bytes (length, braces, `__metadata__`) once per shard of the smallest
+        // build (larger builds may need more shards: the exact check below shrinks the room by
+        // what they add).
+        let shards = build(&smallest).shard(s.shard_max_bytes).len().max(1) as u64;
+        let base = SafetensorsPlan { metadata: Some(s.metadata.clone()), tensors: Vec::new(), style: HeaderStyle::Mlx };
+        let base = base.layout().map_err(anyhow::Error::msg)?.header.len() as u64;
+        fixed_data + header_estimate(&fixed) + shards * base
+    };
     let kept = uniform.items.len() - budgeted.len();
     let what = if by_data { ", counted as tensor data" } else { ", and the headers" };
     if budget < min_bytes {
@@ -256,7 +251,9 @@ pub fn choose(
     })?;
     // The knapsack on the estimated bytes; where the exact files come out larger (offsets of
     // more digits), the room shrinks by the excess and the choice is made again.
-    let mut room = budget.saturating_sub(fixed_counted);
+    // Never below the smallest options, whose exact files fit (`min_bytes` ≤ budget).
+    let floor: u64 = bytes.iter().map(|b| b.iter().copied().min().unwrap_or(0)).sum();
+    let mut room = budget.saturating_sub(fixed_counted).max(floor);
     let mut rounds = 0;
     let solution = loop {
         let solution = match knapsack::solve(&items, room) {
@@ -274,8 +271,6 @@ pub fn choose(
         if rounds > 64 {
             bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
         }
-        // Never below the smallest options, whose exact files fit (`min_bytes` ≤ budget).
-        let floor: u64 = items.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
         room = room.saturating_sub((real - budget).max(1)).max(floor);
     };
 
