@@ -272,6 +272,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("--candidate-types goes with --optimize, --target-size or --target-bpw");
                 }
             }
+            if format == Format::Mlx && quant.rounding.is_some() {
+                // Said before the option checks, which would ask for calibration input first.
+                anyhow::bail!(moeq::plan::convert::MLX_ROUNDING);
+            }
             let (request, warnings) = quant.request()?;
             for w in &warnings {
                 eprintln!("warning: {w}");
@@ -311,7 +315,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         // A size budget without --type: the affine candidates at this group size.
                         mlx.ty = Some(MlxType::parse("q4", group_size)?);
                     }
-                    mlx.overrides = quant_override.iter().map(|o| parse_override(o)).collect::<anyhow::Result<_>>()?;
+                    mlx.overrides = quant_override
+                        .iter()
+                        .map(|o| parse_override(o).map_err(|e| anyhow::anyhow!("--quant-override '{o}': {e}")))
+                        .collect::<anyhow::Result<_>>()?;
                     if let Some(names) = &mlx_candidates {
                         // At the build's group size (--type qN's or --group-size's, else 64).
                         let group = mlx.ty.and_then(MlxType::group).filter(|_| mlx.ty != Some(MlxType::Mxfp4));

@@ -4074,6 +4074,20 @@ fn convert_refuses_gptq_without_calibration() {
         path_arg(&text),
     ]);
     assert!(e.contains("--rounding gptq does not apply to --format mlx") && e.contains("--format hf's MXFP4"), "{e}");
+    // The same without calibration (not "needs calibration input": it does not apply at all).
+    let e = fails(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&mlx),
+        "--format",
+        "mlx",
+        "--target-bpw",
+        "4",
+        "--rounding",
+        "gptq",
+    ]);
+    assert!(e.contains("--rounding gptq does not apply to --format mlx"), "{e}");
     // --format hf takes --rounding gptq, but none of llama-quantize's options.
     let (ft, imatrix) =
         (fixtures().join("gpt-oss/finetune-bf16"), fixtures().join("imatrix/gpt-oss-llama.imatrix.gguf"));

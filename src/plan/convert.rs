@@ -102,6 +102,11 @@ fn naming_file(e: anyhow::Error, input: &Path) -> anyhow::Error {
     if e.to_string().starts_with(&name) { e } else { e.context(name) }
 }
 
+/// Why `--rounding` is refused with `--format mlx`.
+pub const MLX_ROUNDING: &str = "--rounding gptq does not apply to --format mlx (MLX builds are rounded as \
+     mlx.core.quantize rounds); it rounds GGUF output with a quantized --type, and --format hf's MXFP4 experts of a \
+     gpt-oss bf16 checkpoint";
+
 /// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     let kind = match (opts.format, opts.split_max_bytes.is_some() || opts.quant.keep_split) {
@@ -137,11 +142,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     }
     if opts.quant.rounding.is_some() {
         match opts.format {
-            Format::Mlx => bail!(
-                "--rounding gptq does not apply to --format mlx (MLX builds are rounded as mlx.core.quantize rounds); \
-                 it rounds GGUF output with a quantized --type, and --format hf's MXFP4 experts of a gpt-oss bf16 \
-                 checkpoint"
-            ),
+            Format::Mlx => bail!(MLX_ROUNDING),
             Format::Gguf if matches!(planned_ftype(opts), None | Some(Ftype::F32 | Ftype::F16 | Ftype::BF16)) => bail!(
                 "--rounding gptq rounds quantized tensors: GGUF output needs a quantized --type (e.g. --type Q4_K_M) \
                  or a size target (--target-size, --target-bpw); --format hf rounds a gpt-oss bf16 checkpoint's \
