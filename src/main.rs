@@ -72,12 +72,17 @@ fn run_verify(
     let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
     moeq_formats::inputs::check_unchanged()?;
     if let Some((kl, top1, moe)) = limits {
+        // The limits given fail the check; the others stay as the defaults have them.
         let d = report.limits;
         report.limits = Limits {
             max_kl: kl.unwrap_or(d.max_kl),
             min_top1: top1.unwrap_or(d.min_top1),
             max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
         };
+        let e = &mut report.enforced;
+        e.kl |= kl.is_some();
+        e.top1 |= top1.is_some();
+        e.blocks |= moe.is_some();
     }
     let passed = report.failures().is_empty();
     let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };

@@ -779,6 +779,41 @@ fn verify_is_exact_when_lossless_and_orders_lossy_types() {
     assert!(q8.1 * 5.0 < q41.1 && q8.1 * 5.0 < q40.1, "KL {q8:?} {q41:?} {q40:?}");
 }
 
+/// verify on a quantized output: beyond-limit block and model measures are notes when every
+/// tensor is within its bound and the hyperparameters agree, failures when given on the command
+/// line; a hyperparameter that differs always fails, named.
+#[test]
+fn verify_notes_quantization_noise_and_fails_changed_hyperparameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let q3 = dir.path().join("q3");
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&q3), "--format", "mlx", "--type", "q3", "-q"]);
+    let (code, r) = verify_json(&llama, &q3);
+    assert_eq!(code, 0, "{}", r["failures"]);
+    assert_eq!(r["enforced"], serde_json::json!({"max_kl": false, "min_top1": false, "max_moe_rel_err": false}));
+    let top1 = r["model"]["top1"].as_f64().unwrap();
+    assert!(top1 < r["limits"]["min_top1"].as_f64().unwrap(), "the fixture's q3 is below the 4-bit-class top-1: {r}");
+    assert!(r["notes"].to_string().contains("top-1 agreement is"), "{}", r["notes"]);
+    // The same limit given: a failure; the others stay notes.
+    let out = moeq(&["verify", path_arg(&llama), path_arg(&q3), "--json", "--min-top1", "0.5"]);
+    let strict: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(strict["failures"].to_string().contains("top-1 agreement is"), "{strict}");
+    assert_eq!(strict["enforced"]["max_kl"], false);
+    // A changed hyperparameter (the same tensors otherwise) fails and is named.
+    for (kv, named) in [
+        ("llama.attention.layer_norm_rms_epsilon=float:0.001", "RMSNorm epsilon: 0.00001 → 0.001"),
+        ("llama.rope.freq_base=float:20000", "RoPE frequencies"),
+    ] {
+        let gguf = dir.path().join("hp.gguf");
+        ok(&["convert", path_arg(&llama), "-o", path_arg(&gguf), "--type", "Q4_0", "-q", "--override-kv", kv]);
+        let (code, r) = verify_json(&llama, &gguf);
+        assert_eq!(code, 1, "{kv}: {r}");
+        assert!(r["failures"].to_string().contains(named), "{kv}: {}", r["failures"]);
+        assert_eq!(r["enforced"]["max_kl"], true);
+    }
+}
+
 /// verify fails loudly on broken outputs and names the culprit.
 #[test]
 fn verify_catches_broken_outputs() {

@@ -45,6 +45,59 @@ pub struct Config {
     pub extra: Vec<(&'static str, f64)>,
 }
 
+impl Config {
+    /// The hyperparameters that differ between `self` (a source) and `other` (its output), as
+    /// `name: source → output`. Real values count as equal within a relative 1e-5: a GGUF holds
+    /// them as f32, a checkpoint's config.json as f64.
+    pub fn differences(&self, other: &Config) -> Vec<String> {
+        let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+        let mut d = Vec::new();
+        let mut size = |name: &str, a: usize, b: usize| {
+            if a != b {
+                d.push(format!("{name}: {a} → {b}"));
+            }
+        };
+        size("layers", self.n_layer, other.n_layer);
+        size("hidden width", self.n_embd, other.n_embd);
+        size("query heads", self.n_head, other.n_head);
+        size("KV heads", self.n_head_kv, other.n_head_kv);
+        size("head size", self.head_dim, other.head_dim);
+        size("experts", self.n_expert, other.n_expert);
+        size("experts per token", self.n_expert_used, other.n_expert_used);
+        size("sliding window", self.sliding_window, other.sliding_window);
+        if self.family != other.family {
+            d.push(format!("family: {} → {}", self.family, other.family));
+        }
+        if !close(self.rms_eps as f64, other.rms_eps as f64) {
+            d.push(format!("RMSNorm epsilon: {} → {}", self.rms_eps, other.rms_eps));
+        }
+        let freqs = self.inv_freq.len() == other.inv_freq.len()
+            && self.inv_freq.iter().zip(&other.inv_freq).all(|(&a, &b)| close(a, b));
+        if !freqs || !close(self.rope_scale, other.rope_scale) {
+            d.push(format!(
+                "RoPE frequencies ({} pairs, first {:?} → {} pairs, first {:?}; scale {} → {})",
+                self.inv_freq.len(),
+                self.inv_freq.get(1),
+                other.inv_freq.len(),
+                other.inv_freq.get(1),
+                self.rope_scale,
+                other.rope_scale
+            ));
+        }
+        for (name, a) in &self.extra {
+            match other.extra.iter().find(|(n, _)| n == name) {
+                Some((_, b)) if close(*a, *b) => {}
+                Some((_, b)) => d.push(format!("{name}: {a} → {b}")),
+                None => d.push(format!("{name}: {a} → (none)")),
+            }
+        }
+        for (name, b) in other.extra.iter().filter(|(n, _)| !self.extra.iter().any(|(m, _)| m == n)) {
+            d.push(format!("{name}: (none) → {b}"));
+        }
+        d
+    }
+}
+
 /// A size and where it comes from (`llama.attention.head_count = 4`), for errors.
 #[derive(Clone, Debug)]
 pub struct Hp {

@@ -16,7 +16,7 @@ use crate::model::weights::Weights;
 use crate::plan::convert::ggml_dims;
 use crate::write::progress::steps_bar;
 use report::tensor_bound;
-pub use report::{BlockCheck, Limits, ModelCheck, Report, TensorCheck};
+pub use report::{BlockCheck, Enforced, Limits, ModelCheck, Report, TensorCheck};
 
 /// Sums for a streamed comparison.
 #[derive(Default)]
@@ -260,6 +260,12 @@ pub fn verify(
         .filter(|t| t.bound > 0.0)
         .map(|t| t.output_type)
         .max_by(|a, b| tensor_bound(*a).total_cmp(&tensor_bound(*b)));
+    let hparams_differ = src_model.cfg.differences(&out_model.cfg);
+    // The block and model limits fail the check when given, for lossless and float outputs, and
+    // when anything else is off; otherwise they give notes (see `Enforced`).
+    let quantized = worst.is_some_and(|t| !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+    let sound = hparams_differ.is_empty() && missing.is_empty() && extra.is_empty() && tensors.iter().all(|t| t.ok());
+    let enforced = if limits.is_none() && quantized && sound { Enforced::NONE } else { Enforced::ALL };
     let limits = limits.unwrap_or(Limits::for_type(worst));
 
     // 2 and 3. Blocks on the source's hidden states, and the whole model: both must have the
@@ -388,6 +394,8 @@ pub fn verify(
         blocks,
         model,
         limits,
+        enforced,
+        hparams_differ,
     })
 }
 

@@ -46,6 +46,25 @@ impl Limits {
     }
 }
 
+/// Which of the block and whole-model limits fail a check. By default, for a quantized output
+/// whose every tensor is within its type's bound and whose forward hyperparameters equal the
+/// source's, none does: what remains between the two models is the quantization noise the
+/// tensor checks accepted, and how much of it reaches the logits depends on the model (on
+/// SmolLM2-135M, MLX 6-bit moves the built-in reference tokens' next-token distributions by up
+/// to 0.70 nats). Beyond-limit measures are then reported as notes. `--max-kl`, `--min-top1`
+/// and `--max-moe-rel-err` enforce theirs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Enforced {
+    pub kl: bool,
+    pub top1: bool,
+    pub blocks: bool,
+}
+
+impl Enforced {
+    pub const ALL: Enforced = Enforced { kl: true, top1: true, blocks: true };
+    pub const NONE: Enforced = Enforced { kl: false, top1: false, blocks: false };
+}
+
 /// One tensor, source against output.
 #[derive(Clone, Debug)]
 pub struct TensorCheck {
@@ -108,12 +127,56 @@ pub struct Report {
     pub blocks: Vec<BlockCheck>,
     pub model: ModelCheck,
     pub limits: Limits,
+    /// Which limits fail the check (the others give notes).
+    pub enforced: Enforced,
+    /// Forward hyperparameters of the output that differ from the source's (`name: source →
+    /// output`); empty when they agree.
+    pub hparams_differ: Vec<String>,
 }
 
 impl Report {
     /// The failed checks, in words.
     pub fn failures(&self) -> Vec<String> {
+        self.limit_checks(true)
+    }
+
+    /// Block and whole-model measures beyond the default limits that are not enforced (see
+    /// [`Enforced`]), in words.
+    pub fn notes(&self) -> Vec<String> {
+        self.limit_checks(false)
+    }
+
+    /// With `enforced`: the failed checks; without: the measures beyond limits not enforced.
+    fn limit_checks(&self, enforced: bool) -> Vec<String> {
         let mut f = Vec::new();
+        let e = self.enforced;
+        if !enforced {
+            let l = &self.limits;
+            if !e.blocks
+                && let Some(b) = self.blocks.iter().max_by(|a, b| a.rel_err.total_cmp(&b.rel_err))
+                && b.rel_err > l.max_moe_rel_err
+            {
+                f.push(format!(
+                    "layer {}: the feed-forward block's output is off by {:.4} (beyond {} for this type; --max-moe-rel-err \
+                     makes that a failure)",
+                    b.layer, b.rel_err, l.max_moe_rel_err
+                ));
+            }
+            if !e.kl && self.model.kl_max > l.max_kl {
+                f.push(format!(
+                    "next-token KL divergence reaches {:.5} (beyond {} for this type; --max-kl makes that a failure)",
+                    self.model.kl_max, l.max_kl
+                ));
+            }
+            if !e.top1 && self.model.top1 < l.min_top1 {
+                f.push(format!(
+                    "top-1 agreement is {:.3} (below {} for this type; --min-top1 makes that a failure)",
+                    self.model.top1, l.min_top1
+                ));
+            }
+            return f;
+        }
+        f.extend(self.hparams_differ.iter().map(|d| format!("hyperparameter differs: {d}")));
         for t in self.tensors.iter().filter(|t| !t.ok()) {
             f.push(if t.bound == 0.0 {
                 format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_type)
@@ -127,16 +190,16 @@ impl Report {
         f.extend(self.missing.iter().map(|n| format!("tensor '{n}' is missing from the output")));
         f.extend(self.extra.iter().map(|n| format!("tensor '{n}' is in the output but not the source")));
         let l = &self.limits;
-        for b in self.blocks.iter().filter(|b| b.rel_err > l.max_moe_rel_err) {
+        for b in self.blocks.iter().filter(|b| e.blocks && b.rel_err > l.max_moe_rel_err) {
             f.push(format!(
                 "layer {}: the feed-forward block's output is off by {:.4} (at most {})",
                 b.layer, b.rel_err, l.max_moe_rel_err
             ));
         }
-        if self.model.kl_max > l.max_kl {
+        if e.kl && self.model.kl_max > l.max_kl {
             f.push(format!("next-token KL divergence reaches {:.5} (at most {})", self.model.kl_max, l.max_kl));
         }
-        if self.model.top1 < l.min_top1 {
+        if e.top1 && self.model.top1 < l.min_top1 {
             f.push(format!("top-1 agreement is {:.3} (at least {})", self.model.top1, l.min_top1));
         }
         f
@@ -213,7 +276,25 @@ impl Report {
             );
         }
         let l = &self.limits;
-        s += &format!("limits: KL ≤ {}, top-1 ≥ {}, block rel err ≤ {}\n", l.max_kl, l.min_top1, l.max_moe_rel_err);
+        let e = self.enforced;
+        let mark = |on: bool| if on { "" } else { " (note)" };
+        s += &format!(
+            "limits: KL ≤ {}{}, top-1 ≥ {}{}, block rel err ≤ {}{}\n",
+            l.max_kl,
+            mark(e.kl),
+            l.min_top1,
+            mark(e.top1),
+            l.max_moe_rel_err,
+            mark(e.blocks)
+        );
+        let notes = self.notes();
+        if !notes.is_empty() {
+            s += "notes (quantization noise on this model: every tensor is within its type's bound and the \
+                  hyperparameters match)\n";
+            for x in notes {
+                s += &format!("  {x}\n");
+            }
+        }
         let f = self.failures();
         if f.is_empty() {
             s += "PASS\n";
@@ -233,7 +314,10 @@ impl Report {
             "output": self.output,
             "pass": self.failures().is_empty(),
             "failures": self.failures(),
+            "notes": self.notes(),
             "limits": {"max_kl": self.limits.max_kl, "min_top1": self.limits.min_top1, "max_moe_rel_err": self.limits.max_moe_rel_err},
+            "enforced": {"max_kl": self.enforced.kl, "min_top1": self.enforced.top1, "max_moe_rel_err": self.enforced.blocks},
+            "hparams_differ": self.hparams_differ,
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name, "source_type": t.source_type.name(), "output_type": t.output_type.name(),
                 "rel_rmse": t.rel_rmse, "cosine": t.cosine, "max_abs": t.max_abs, "identical": t.identical,
