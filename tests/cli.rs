@@ -1093,42 +1093,25 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
     let llama = fixtures().join("llama/hf");
     let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "hf"]);
     assert!(err.contains("not gpt-oss"), "{err}");
-    let err = fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--type", "q7"]);
+    let mlx_fails = |extra: &[&str]| {
+        let mut argv = vec!["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx"];
+        argv.extend_from_slice(extra);
+        fails(&argv)
+    };
+    let err = mlx_fails(&["--type", "q7"]);
     assert!(err.contains("'q7' is not an MLX type"), "{err}");
-    let err = fails(&[
-        "convert",
-        path_arg(&llama),
-        "-o",
-        path_arg(&dst),
-        "--format",
-        "mlx",
-        "--type",
-        "q4",
-        "--group-size",
-        "48",
-    ]);
+    let err = mlx_fails(&["--type", "q4", "--group-size", "48"]);
     assert!(err.contains("group size 48"), "{err}");
     let err = fails(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&dst), "--format", "mlx"]);
     assert!(err.contains("a GGUF converts to GGUF"), "{err}");
-    let err =
-        fails(&["convert", path_arg(&llama), "-o", path_arg(&dst), "--format", "mlx", "--quant-override", "lm_head"]);
+    let err = mlx_fails(&["--quant-override", "lm_head"]);
     assert!(err.contains("PATTERN=TYPE"), "{err}");
     // A pattern that matches no module is a typo, not a no-op (llama.cpp's --tensor-type too).
-    let err = fails(&[
-        "convert",
-        path_arg(&llama),
-        "-o",
-        path_arg(&dst),
-        "--format",
-        "mlx",
-        "--type",
-        "q4",
-        "--quant-override",
-        "*.q_proj=q8",
-        "--quant-override",
-        "*.mlp.gate=bf16",
-    ]);
-    assert!(err.contains("'*.mlp.gate=bf16' matches no module") && err.contains("self_attn.q_proj'"), "{err}");
+    let err = mlx_fails(&["--type", "q4", "--quant-override", "*.q_proj=q8", "--quant-override", "*.mlp.gate=bf16"]);
+    assert!(
+        err.contains("'*.mlp.gate=bf16' matches no module") && err.contains("'model.layers.0.mlp.down_proj'"),
+        "{err}"
+    );
     assert!(!dst.exists(), "nothing written");
     // NaN in a bf16 weight: named, and no folder (nor temporary folder) left.
     let broken = tempfile::tempdir().unwrap();
@@ -4094,34 +4077,15 @@ fn convert_refuses_gptq_without_calibration() {
         assert!(e.contains(message), "{args:?}: {e}");
     }
     let mlx = dir.path().join("mlx");
-    let e = fails(&[
-        "convert",
-        path_arg(&llama),
-        "-o",
-        path_arg(&mlx),
-        "--format",
-        "mlx",
-        "--type",
-        "q4",
-        "--rounding",
-        "gptq",
-        "--calibration",
-        path_arg(&text),
-    ]);
+    let mlx_fails = |extra: &[&str]| {
+        let mut argv = vec!["convert", path_arg(&llama), "-o", path_arg(&mlx), "--format", "mlx"];
+        argv.extend_from_slice(extra);
+        fails(&argv)
+    };
+    let e = mlx_fails(&["--type", "q4", "--rounding", "gptq", "--calibration", path_arg(&text)]);
     assert!(e.contains("--rounding gptq does not apply to --format mlx") && e.contains("--format hf's MXFP4"), "{e}");
     // The same without calibration (not "needs calibration input": it does not apply at all).
-    let e = fails(&[
-        "convert",
-        path_arg(&llama),
-        "-o",
-        path_arg(&mlx),
-        "--format",
-        "mlx",
-        "--target-bpw",
-        "4",
-        "--rounding",
-        "gptq",
-    ]);
+    let e = mlx_fails(&["--target-bpw", "4", "--rounding", "gptq"]);
     assert!(e.contains("--rounding gptq does not apply to --format mlx"), "{e}");
     // --format hf takes --rounding gptq, but none of llama-quantize's options.
     let (ft, imatrix) =

@@ -305,7 +305,7 @@ pub fn plan<'a>(
             for (hit, (pattern, _)) in matched.iter_mut().zip(&opts.overrides) {
                 *hit |= glob(pattern, &module);
             }
-            if example_modules.len() < 3 && !example_modules.iter().any(|m| same_but_layer(m, &module)) {
+            if example_modules.len() < 5 && !example_modules.iter().any(|m| same_but_layer(m, &module)) {
                 example_modules.push(module.clone());
             }
         }
