@@ -237,6 +237,11 @@ impl Searcher for Avx2 {
         unsafe { qp_scale(nmax, x, qw) }
     }
 
+    fn iq1_order<const N: usize>(&self, xb: &[f32]) -> [usize; N] {
+        // SAFETY: as above.
+        unsafe { iq1_order::<N>(xb) }
+    }
+
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
         // SAFETY: as above.
         unsafe { iq1s_split(sumx, sumw) }
@@ -1137,6 +1142,56 @@ fn qp_finish(nmax: i32, xv: &[__m256; 4], wv: &[__m256; 4], iscale: f32) -> f32 
     if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 
+/// [`Searcher::iq1_order`] by ranks: value i's position is the number of values below it plus
+/// the number of equal ones before it, counted in lanes (lanes are values, one broadcast per
+/// other value). Keys are the values' bits made to order as signed integers do (`x + 0.0`, so
+/// that `−0.0` ties `+0.0`; negative values' magnitude bits flipped); "below, or equal and
+/// before" is `k_j < k_i + [j < i]` (the values are finite, so `k_i + 1` does not overflow).
+#[target_feature(enable = "avx2")]
+fn iq1_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+    assert!(N % 8 == 0 && N <= 32 && xb.len() >= N);
+    let mut keys = [_mm256_setzero_si256(); 4];
+    let mut flat = [0i32; 32];
+    for v in 0..N / 8 {
+        let bits = _mm256_castps_si256(_mm256_add_ps(load8(&xb[8 * v..]), _mm256_setzero_ps()));
+        keys[v] = _mm256_xor_si256(bits, _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(bits)));
+        // SAFETY: `flat` has room for 8 i32 from 8·v (v < 4); storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(flat[8 * v..].as_mut_ptr().cast(), keys[v]) };
+    }
+    let one = _mm256_set1_epi32(1);
+    let plus = keys.map(|k| _mm256_add_epi32(k, one));
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut rank = [_mm256_setzero_si256(); 4];
+    for jb in 0..N / 8 {
+        for jj in 0..8 {
+            let kj = _mm256_set1_epi32(flat[8 * jb + jj]);
+            // Lanes of block jb after value j count equal keys too.
+            let after = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(jj as i32));
+            for v in 0..N / 8 {
+                let k = if v < jb {
+                    keys[v]
+                } else if v > jb {
+                    plus[v]
+                } else {
+                    _mm256_blendv_epi8(keys[v], plus[v], after)
+                };
+                rank[v] = _mm256_sub_epi32(rank[v], _mm256_cmpgt_epi32(k, kj));
+            }
+        }
+    }
+    let mut ranks = [0i32; 32];
+    for v in 0..N / 8 {
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_si256(ranks[8 * v..].as_mut_ptr().cast(), rank[v]) };
+    }
+    let mut order = [0usize; N];
+    for (i, &r) in ranks[..N].iter().enumerate() {
+        // Ranks are a permutation of 0..N (distinct keys after the tie-break).
+        order[r as usize & (N - 1)] = i;
+    }
+    order
+}
+
 /// Per-lane candidate masks of up to 4 variants (`c[k]`, all bits set or clear per lane) as one
 /// 32-bit mask in ggml's order: bit `4·lane + k` for variant `k` of lane `lane`.
 #[inline]
@@ -1482,6 +1537,30 @@ mod tests {
                 want.map(|(a, b, c, d)| (a, b, c, d.to_bits())),
                 "IQ1_M case {case}"
             );
+        }
+    }
+
+    /// `iq1_order` against the scalar stable sort: equal values, signed zeros, tiny and huge
+    /// magnitudes, negative values.
+    #[test]
+    fn iq1_order_matches_sorted_order() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = uniform();
+        let pool = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 1e-45, -1e-45, 3.4e38, -3.4e38, 0.25, -2.0];
+        for case in 0..50_000 {
+            let x: [f32; 32] = std::array::from_fn(|_| match case % 3 {
+                0 => pool[(next() * pool.len() as f32) as usize % pool.len()],
+                1 => (next() - 0.5) * 0.04,
+                _ => ((next() * 5.0).floor() - 2.0) * 0.125,
+            });
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1_order::<32>(&x) };
+            assert_eq!(got, crate::scalar::iq1::sorted_order::<32>(&x), "{x:?}");
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1_order::<16>(&x[..16]) };
+            assert_eq!(got, crate::scalar::iq1::sorted_order::<16>(&x[..16]), "{x:?}");
         }
     }
 
