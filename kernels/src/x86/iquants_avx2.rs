@@ -1216,7 +1216,9 @@ fn interleave4(c: [__m256; 4]) -> u32 {
 /// The sequential choice over one chunk of candidates (ggml's order: variant `k` of lane `l`
 /// is bit `4·l + k`), from the running best: each candidate with `sumq2 > 0 && sumqx² >
 /// best·sumq2` becomes the best (`scale = sumqx / sumq2`, `best = scale·sumqx`). Returns the
-/// last winner's `(bit, scale)`, if any, and leaves its `best` in `best_score`.
+/// last winner's `(bit, scale)`, if any, and leaves the running best in every lane of `best`
+/// (kept in lanes: the next chunk's test waits on it, and a store and reload would lengthen
+/// that wait).
 ///
 /// Without a walk: each candidate's `best` (`score`) is formed in lanes, and the running best
 /// before each candidate is predicted as the largest of the start and the earlier scores (a
@@ -1225,10 +1227,11 @@ fn interleave4(c: [__m256; 4]) -> u32 {
 /// every test agrees with the prediction, by induction over the candidates the running best
 /// before each is the prediction and the winners are the predicted ones. Where any disagrees
 /// (near-equal scores, where rounding decides), the candidates are walked one by one as ggml
-/// does.
+/// does. Where all agree, the running best after the chunk is the last prefix maximum (the
+/// last winner's score, or the start's where none won).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best_score: &mut f32) -> Option<(u32, f32)> {
+fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &mut __m256) -> Option<(u32, f32)> {
     let zero = _mm256_setzero_ps();
     let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
     let mut scale = [zero; 4];
@@ -1252,7 +1255,7 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best_sco
     let up4 = _mm256_setr_epi32(0, 0, 0, 0, 0, 1, 2, 3);
     m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_1111>(_mm256_permutevar8x32_ps(m, up4), ninf));
     let before = _mm256_blend_ps::<0b0000_0001>(_mm256_permutevar8x32_ps(m, up1), ninf);
-    let mut running = _mm256_max_ps(_mm256_set1_ps(*best_score), before);
+    let mut running = _mm256_max_ps(*best, before);
     let mut wins = [zero; 4];
     let mut disagree = zero;
     for k in 0..V {
@@ -1264,28 +1267,30 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best_sco
         disagree = _mm256_or_ps(disagree, _mm256_xor_ps(wins[k], test));
         running = _mm256_max_ps(running, s[k]);
     }
-    let (scale, score) = (scale.map(|v| f32s(v)), score.map(|v| f32s(v)));
     if _mm256_movemask_ps(disagree) != 0 {
+        let (scale, score) = (scale.map(|v| f32s(v)), score.map(|v| f32s(v)));
         let (qx, q2) = (sumqx.map(|v| f32s(v)), sumq2.map(|v| f32s(v)));
+        let mut best_score = _mm256_cvtss_f32(*best);
         let mut won = None;
         for lane in 0..8 {
             for k in 0..V {
-                if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > *best_score * q2[k][lane] {
-                    *best_score = score[k][lane];
+                if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
+                    best_score = score[k][lane];
                     won = Some(((4 * lane + k) as u32, scale[k][lane]));
                 }
             }
         }
+        *best = _mm256_set1_ps(best_score);
         return won;
     }
+    *best = _mm256_permutevar8x32_ps(running, _mm256_set1_epi32(7));
     let mask = interleave4(wins);
     if mask == 0 {
         return None;
     }
     let bit = 31 - mask.leading_zeros();
     let (lane, k) = ((bit / 4) as usize, (bit % 4) as usize);
-    *best_score = score[k][lane];
-    Some((bit, scale[k][lane]))
+    Some((bit, f32s(scale[k])[lane]))
 }
 
 /// [`Searcher::iq1s_split`]: lanes are `i2`, a chunk of 8 lanes is tested against the running
@@ -1309,7 +1314,7 @@ fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f
     }
     let x1 = [_mm256_set1_ps(X_P[1]), _mm256_set1_ps(X_M[1])];
     let zero = _mm256_setzero_ps();
-    let mut best_score = -FLT_MAX;
+    let mut best_score = _mm256_set1_ps(-FLT_MAX);
     let mut best = None;
     for i1 in 0..=32usize {
         let (xi1, wi1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
@@ -1321,7 +1326,7 @@ fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f
             let bw = _mm256_sub_ps(load8(&pw[base..]), wi1);
             let mut qx = [zero; 4];
             let mut q2 = [zero; 4];
-            let bs = _mm256_set1_ps(best_score);
+            let bs = best_score;
             let mut any = zero;
             for v in 0..2 {
                 qx[v] = _mm256_add_ps(_mm256_add_ps(head[v], _mm256_mul_ps(b, x1[v])), load8(&cx[v][base..]));
@@ -1371,7 +1376,7 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
     let txp = [_mm256_set1_ps(txs[0] * p2), _mm256_set1_ps(txs[1] * p2)];
     let txm = [_mm256_set1_ps(txs[0] * m2), _mm256_set1_ps(txs[1] * m2)];
     let zero = _mm256_setzero_ps();
-    let mut best_score = -FLT_MAX;
+    let mut best_score = _mm256_set1_ps(-FLT_MAX);
     let mut best = None;
     for i1 in 0..=16usize {
         let pxi1 = [_mm256_set1_ps(px[0][i1]), _mm256_set1_ps(px[1][i1])];
@@ -1402,7 +1407,7 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
                 _mm256_add_ps(q2_m[0], q2_m[1]),
             ];
             // Without `sumq2 > 0` (the walk tests it): a lane passing here may still fail.
-            let bs = _mm256_set1_ps(best_score);
+            let bs = best_score;
             let mut any = zero;
             for k in 0..4 {
                 let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k]));
