@@ -1155,7 +1155,7 @@ fn qp_finish(nmax: i32, xv: &[__m256; 4], wv: &[__m256; 4], iscale: f32) -> f32 
 /// before" is `k_j < k_i + [j < i]` (the values are finite, so `k_i + 1` does not overflow).
 #[target_feature(enable = "avx2")]
 fn iq1_order<const N: usize>(xb: &[f32]) -> [usize; N] {
-    assert!(N % 8 == 0 && N <= 32 && xb.len() >= N);
+    assert!(N.is_multiple_of(8) && N <= 32 && xb.len() >= N);
     let mut keys = [_mm256_setzero_si256(); 4];
     let mut flat = [0i32; 32];
     for v in 0..N / 8 {
