@@ -36,7 +36,7 @@ pub const X_M: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
 /// Indices of a block's values in ascending order, ties in index order (glibc's stable
 /// `qsort` with `iq1_sort_helper`).
 #[inline]
-fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+pub fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
     // Keys that order floats as `<` does (−0 made +0, so the two zeros tie), then by index:
     // one unstable sort of distinct keys gives the stable order.
     let mut keys: [u64; N] = std::array::from_fn(|i| {
@@ -117,7 +117,7 @@ pub fn quantize_iq1_s_block<S: Searcher>(
             shifts[ib] = 1;
             continue;
         }
-        let idx = sorted_order::<32>(xb);
+        let idx = s.iq1_order::<32>(xb);
         let (mut sumx, mut sumw) = ([0f32; 33], [0f32; 33]);
         for (j, &i) in idx.iter().enumerate() {
             sumx[j + 1] = sumx[j] + weight[i] * xb[i];
@@ -229,7 +229,7 @@ pub fn quantize_iq1_m_block<S: Searcher>(
             shifts[ib] = 0;
             continue;
         }
-        let idx = sorted_order::<16>(xb);
+        let idx = s.iq1_order::<16>(xb);
         // Prefix sums per half of the block (each half has its own shift).
         let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
         for (j, &i) in idx.iter().enumerate() {

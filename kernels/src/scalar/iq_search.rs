@@ -7,7 +7,7 @@
 
 use super::common::{make_qp_quants, nearest_int, sum_x2};
 use super::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
-use super::iq1::{X_M, X_P};
+use super::iq1::{self, X_M, X_P};
 use super::iq2;
 
 /// The levels of the 2- and 3-bit grids as floats: level `l` is position `2l+1`.
@@ -133,6 +133,13 @@ pub trait Searcher {
     /// an odd number of negatives made even by flipping the value of least `w·x·x`).
     fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
         iq2::signs8(xb, weight, xval, even)
+    }
+
+    /// The indices of a block's `N` values (16 or 32) in ascending order, ties in index order
+    /// ([`iq1::sorted_order`]: glibc's stable `qsort` with ggml's `iq1_sort_helper`, `−0.0`
+    /// equal to `+0.0`); SIMD backends rank the values in lanes.
+    fn iq1_order<const N: usize>(&self, xb: &[f32]) -> [usize; N] {
+        iq1::sorted_order::<N>(xb)
     }
 
     /// IQ1_S's boundary search over prefix sums of a block sorted by value: the best

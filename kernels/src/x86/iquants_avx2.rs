@@ -237,6 +237,11 @@ impl Searcher for Avx2 {
         unsafe { qp_scale(nmax, x, qw) }
     }
 
+    fn iq1_order<const N: usize>(&self, xb: &[f32]) -> [usize; N] {
+        // SAFETY: as above.
+        unsafe { iq1_order::<N>(xb) }
+    }
+
     fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
         // SAFETY: as above.
         unsafe { iq1s_split(sumx, sumw) }
@@ -300,6 +305,11 @@ fn levels8(b: &[u8]) -> __m256i {
 #[target_feature(enable = "avx2")]
 fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
     let len = list.indices.len();
+    // The 8-coordinate grids are the 2-bit ones (IQ2, IQ1): their lists' packed codes hold
+    // every neighbour's levels in 16 bits.
+    if N == 8 && list.packed.len() >= 8 * len.div_ceil(8) {
+        return nearest_packed2(list, qtab, x, w, scale);
+    }
     let qt = load8(qtab);
     let s = _mm256_set1_ps(scale);
     // Lane l of terms[i]: coordinate i's term at level l, w·(scale·q_l − x)·(scale·q_l − x),
@@ -330,6 +340,64 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     // Each lane holds its first minimum; the answer is the smallest value, first position:
     // the least position among the lanes holding the smallest value (lanes that found nothing
     // hold NaN or FLT_MAX with position `i32::MAX`).
+    let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
+    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
+    let at = _mm256_blendv_epi8(
+        _mm256_set1_epi32(i32::MAX),
+        best_at,
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(best, m)),
+    );
+    let at = _mm256_min_epi32(at, _mm256_permute2x128_si256::<1>(at, at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b01_00_11_10>(at));
+    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b10_11_00_01>(at));
+    usize::try_from(_mm256_cvtsi256_si32(at)).ok().filter(|&at| at < len)
+}
+
+/// [`nearest`] for 8-coordinate grids of 2-bit levels, lanes as neighbours, the levels taken
+/// from the neighbours' packed codes (one 32-byte load per 8 neighbours, a shift per
+/// coordinate) rather than from the level rows (a widening load per coordinate). The terms'
+/// table repeats levels 0..4 in lanes 4..8, so that a code shifted right by `2·i` indexes
+/// coordinate `i`'s term by its low 3 bits whatever the next coordinate's level.
+#[target_feature(enable = "avx2")]
+fn nearest_packed2(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
+    let len = list.indices.len();
+    // The caller reads the winner's grid index from `list.indices`, which the scan does not
+    // touch: fetched now, it arrives during the scan rather than after it (a cache miss per
+    // search otherwise, IQ1's lists being 660 KB of indices).
+    for line in list.indices.chunks(32) {
+        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+    }
+    let q = [qtab[0], qtab[1], qtab[2], qtab[3], qtab[0], qtab[1], qtab[2], qtab[3]];
+    let qt = load8(&q);
+    let s = _mm256_set1_ps(scale);
+    let mut terms = [_mm256_setzero_ps(); 8];
+    for (i, t) in terms.iter_mut().enumerate() {
+        let diff = _mm256_sub_ps(_mm256_mul_ps(s, qt), _mm256_set1_ps(x[i]));
+        *t = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff);
+    }
+    let shifts: [__m256i; 8] = std::array::from_fn(|i| _mm256_set1_epi32(2 * i as i32));
+    let mut best = _mm256_set1_ps(FLT_MAX);
+    let mut best_at = _mm256_set1_epi32(i32::MAX);
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let end = _mm256_set1_epi32(len as i32);
+    for (chunk, codes) in list.packed.chunks_exact(8).take(len.div_ceil(8)).enumerate() {
+        // SAFETY: a chunk holds 8 u32 (chunks_exact); loadu has no alignment requirement.
+        let codes = unsafe { _mm256_loadu_si256(codes.as_ptr().cast()) };
+        let mut d2 = _mm256_setzero_ps();
+        for i in 0..8 {
+            d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], _mm256_srlv_epi32(codes, shifts[i])));
+        }
+        let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
+        // Past the list's end, NaN (all bits set): never below the best.
+        let valid = _mm256_cmpgt_epi32(end, at);
+        let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict less-than.
+        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
+        best = _mm256_min_ps(d2, best);
+        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+    }
+    // As in `nearest`: the least position among the lanes holding the smallest value.
     let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
     let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
     let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
@@ -1080,84 +1148,212 @@ fn qp_finish(nmax: i32, xv: &[__m256; 4], wv: &[__m256; 4], iscale: f32) -> f32 
     if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
 }
 
-/// [`Searcher::iq1s_split`]: lanes are `i2`.
+/// [`Searcher::iq1_order`] by ranks: value i's position is the number of values below it plus
+/// the number of equal ones before it, counted in lanes (lanes are values, one broadcast per
+/// other value). Keys are the values' bits made to order as signed integers do (`x + 0.0`, so
+/// that `−0.0` ties `+0.0`; negative values' magnitude bits flipped); "below, or equal and
+/// before" is `k_j < k_i + [j < i]` (the values are finite, so `k_i + 1` does not overflow).
+#[target_feature(enable = "avx2")]
+fn iq1_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+    assert!(N.is_multiple_of(8) && N <= 32 && xb.len() >= N);
+    let mut keys = [_mm256_setzero_si256(); 4];
+    let mut flat = [0i32; 32];
+    for v in 0..N / 8 {
+        let bits = _mm256_castps_si256(_mm256_add_ps(load8(&xb[8 * v..]), _mm256_setzero_ps()));
+        keys[v] = _mm256_xor_si256(bits, _mm256_srli_epi32::<1>(_mm256_srai_epi32::<31>(bits)));
+        // SAFETY: `flat` has room for 8 i32 from 8·v (v < 4); storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(flat[8 * v..].as_mut_ptr().cast(), keys[v]) };
+    }
+    let one = _mm256_set1_epi32(1);
+    let plus = keys.map(|k| _mm256_add_epi32(k, one));
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut rank = [_mm256_setzero_si256(); 4];
+    for jb in 0..N / 8 {
+        for jj in 0..8 {
+            let kj = _mm256_set1_epi32(flat[8 * jb + jj]);
+            // Lanes of block jb after value j count equal keys too.
+            let after = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(jj as i32));
+            for v in 0..N / 8 {
+                let k = if v < jb {
+                    keys[v]
+                } else if v > jb {
+                    plus[v]
+                } else {
+                    _mm256_blendv_epi8(keys[v], plus[v], after)
+                };
+                rank[v] = _mm256_sub_epi32(rank[v], _mm256_cmpgt_epi32(k, kj));
+            }
+        }
+    }
+    let mut ranks = [0i32; 32];
+    for v in 0..N / 8 {
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_si256(ranks[8 * v..].as_mut_ptr().cast(), rank[v]) };
+    }
+    let mut order = [0usize; N];
+    for (i, &r) in ranks[..N].iter().enumerate() {
+        // Ranks are a permutation of 0..N (distinct keys after the tie-break).
+        order[r as usize & (N - 1)] = i;
+    }
+    order
+}
+
+/// Per-lane candidate masks of up to 4 variants (`c[k]`, all bits set or clear per lane) as one
+/// 32-bit mask in ggml's order: bit `4·lane + k` for variant `k` of lane `lane`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn interleave4(c: [__m256; 4]) -> u32 {
+    let a = _mm256_packs_epi32(_mm256_castps_si256(c[0]), _mm256_castps_si256(c[1]));
+    let b = _mm256_packs_epi32(_mm256_castps_si256(c[2]), _mm256_castps_si256(c[3]));
+    // Per 128-bit half: byte 4·k + l for lane l of the half; then byte 4·l + k.
+    let bytes = _mm256_packs_epi16(a, b);
+    let t = _mm256_setr_epi8(
+        0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+    );
+    _mm256_movemask_epi8(_mm256_shuffle_epi8(bytes, t)) as u32
+}
+
+/// The sequential choice over one chunk of candidates (ggml's order: variant `k` of lane `l`
+/// is bit `4·l + k`), from the running best: each candidate with `sumq2 > 0 && sumqx² >
+/// best·sumq2` becomes the best (`scale = sumqx / sumq2`, `best = scale·sumqx`). Returns the
+/// last winner's `(bit, scale)`, if any, and leaves the running best in every lane of `best`
+/// (kept in lanes: the next chunk's test waits on it, and a store and reload would lengthen
+/// that wait).
+///
+/// Without a walk: each candidate's `best` (`score`) is formed in lanes, and the running best
+/// before each candidate is predicted as the largest of the start and the earlier scores (a
+/// prefix maximum, in lanes); the winners are then the candidates whose score exceeds it. The
+/// prediction is checked by performing ggml's very test against it for every candidate: where
+/// every test agrees with the prediction, by induction over the candidates the running best
+/// before each is the prediction and the winners are the predicted ones. Where any disagrees
+/// (near-equal scores, where rounding decides), the candidates are walked one by one as ggml
+/// does. Where all agree, the running best after the chunk is the last prefix maximum (the
+/// last winner's score, or the start's where none won).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &mut __m256) -> Option<(u32, f32)> {
+    let zero = _mm256_setzero_ps();
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut scale = [zero; 4];
+    let mut score = [zero; 4];
+    let mut s = [ninf; 4];
+    let mut pos = [zero; 4];
+    for k in 0..V {
+        pos[k] = _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2[k], zero);
+        scale[k] = _mm256_div_ps(sumqx[k], sumq2[k]);
+        score[k] = _mm256_mul_ps(scale[k], sumqx[k]);
+        // Candidates that cannot win (sumq2 ≤ 0, padding) and NaN scores count as −∞.
+        let ok = _mm256_and_ps(pos[k], _mm256_cmp_ps::<_CMP_ORD_Q>(score[k], score[k]));
+        s[k] = _mm256_blendv_ps(ninf, score[k], ok);
+    }
+    // Per lane the largest score, then the running maximum over lanes before each lane.
+    let mut m = _mm256_max_ps(_mm256_max_ps(s[0], s[1]), _mm256_max_ps(s[2], s[3]));
+    let up1 = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6);
+    m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_0001>(_mm256_permutevar8x32_ps(m, up1), ninf));
+    let up2 = _mm256_setr_epi32(0, 0, 0, 1, 2, 3, 4, 5);
+    m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_0011>(_mm256_permutevar8x32_ps(m, up2), ninf));
+    let up4 = _mm256_setr_epi32(0, 0, 0, 0, 0, 1, 2, 3);
+    m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_1111>(_mm256_permutevar8x32_ps(m, up4), ninf));
+    let before = _mm256_blend_ps::<0b0000_0001>(_mm256_permutevar8x32_ps(m, up1), ninf);
+    let mut running = _mm256_max_ps(*best, before);
+    let mut wins = [zero; 4];
+    let mut disagree = zero;
+    for k in 0..V {
+        wins[k] = _mm256_cmp_ps::<_CMP_GT_OQ>(s[k], running);
+        let test = _mm256_and_ps(
+            pos[k],
+            _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(running, sumq2[k])),
+        );
+        disagree = _mm256_or_ps(disagree, _mm256_xor_ps(wins[k], test));
+        running = _mm256_max_ps(running, s[k]);
+    }
+    if _mm256_movemask_ps(disagree) != 0 {
+        let (scale, score) = (scale.map(|v| f32s(v)), score.map(|v| f32s(v)));
+        let (qx, q2) = (sumqx.map(|v| f32s(v)), sumq2.map(|v| f32s(v)));
+        let mut best_score = _mm256_cvtss_f32(*best);
+        let mut won = None;
+        for lane in 0..8 {
+            for k in 0..V {
+                if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
+                    best_score = score[k][lane];
+                    won = Some(((4 * lane + k) as u32, scale[k][lane]));
+                }
+            }
+        }
+        *best = _mm256_set1_ps(best_score);
+        return won;
+    }
+    *best = _mm256_permutevar8x32_ps(running, _mm256_set1_epi32(7));
+    let mask = interleave4(wins);
+    if mask == 0 {
+        return None;
+    }
+    let bit = 31 - mask.leading_zeros();
+    let (lane, k) = ((bit / 4) as usize, (bit % 4) as usize);
+    Some((bit, f32s(scale[k])[lane]))
+}
+
+/// [`Searcher::iq1s_split`]: lanes are `i2`, a chunk of 8 lanes is tested against the running
+/// best at once and walked only when some candidate passes ([`walk_chunk`]).
 #[target_feature(enable = "avx2")]
 fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
-    // Padded so that 8 lanes from any i2 ≤ 32 can be loaded.
-    let mut px = [0f32; 41];
-    let mut pw = [0f32; 41];
+    // Padded with NaN so that 8 lanes from any i2 ≤ 32 can be loaded and lanes past 32 fail
+    // every test. The third group's terms do not depend on i1: formed once per i2 and shift,
+    // `(sumx[32] − sumx[i2])·x2` and `(sumw[32] − sumw[i2])·x2·x2` as ggml forms them.
+    let mut px = [f32::NAN; 40];
+    let mut pw = [f32::NAN; 40];
     px[..33].copy_from_slice(sumx);
     pw[..33].copy_from_slice(sumw);
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut cx = [[f32::NAN; 40]; 2];
+    let mut cw = [[f32::NAN; 40]; 2];
+    for (v, xs) in [X_P, X_M].iter().enumerate() {
+        for i2 in 0..=32 {
+            cx[v][i2] = (sumx[32] - sumx[i2]) * xs[2];
+            cw[v][i2] = (sumw[32] - sumw[i2]) * xs[2] * xs[2];
+        }
+    }
+    let x1 = [_mm256_set1_ps(X_P[1]), _mm256_set1_ps(X_M[1])];
     let zero = _mm256_setzero_ps();
-    let (xe, we) = (_mm256_set1_ps(sumx[32]), _mm256_set1_ps(sumw[32]));
-    let mut best_score = -FLT_MAX;
+    let mut best_score = _mm256_set1_ps(-FLT_MAX);
     let mut best = None;
     for i1 in 0..=32usize {
-        let a = sumx[i1] - sumx[0];
-        let aw = sumw[i1] - sumw[0];
         let (xi1, wi1) = (_mm256_set1_ps(sumx[i1]), _mm256_set1_ps(sumw[i1]));
+        let (a, aw) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
+        let head = [_mm256_set1_ps(a * X_P[0]), _mm256_set1_ps(a * X_M[0])];
+        let headw = [_mm256_set1_ps(aw * X_P[0] * X_P[0]), _mm256_set1_ps(aw * X_M[0] * X_M[0])];
         for base in (i1..=32).step_by(8) {
-            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                _mm256_set1_epi32(33),
-                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
-            ));
-            let (sx2, sw2) = (load8(&px[base..]), load8(&pw[base..]));
-            let (b, c) = (_mm256_sub_ps(sx2, xi1), _mm256_sub_ps(xe, sx2));
-            let (bw, cw) = (_mm256_sub_ps(sw2, wi1), _mm256_sub_ps(we, sw2));
-            let mut qx = [zero; 2];
-            let mut q2 = [zero; 2];
-            let mut hit = 0;
-            for (v, xs) in [X_P, X_M].iter().enumerate() {
-                let (x0, x1, x2) = (_mm256_set1_ps(xs[0]), _mm256_set1_ps(xs[1]), _mm256_set1_ps(xs[2]));
-                qx[v] =
-                    _mm256_add_ps(_mm256_add_ps(_mm256_set1_ps(a * xs[0]), _mm256_mul_ps(b, x1)), _mm256_mul_ps(c, x2));
+            let b = _mm256_sub_ps(load8(&px[base..]), xi1);
+            let bw = _mm256_sub_ps(load8(&pw[base..]), wi1);
+            let mut qx = [zero; 4];
+            let mut q2 = [zero; 4];
+            let bs = best_score;
+            let mut any = zero;
+            for v in 0..2 {
+                qx[v] = _mm256_add_ps(_mm256_add_ps(head[v], _mm256_mul_ps(b, x1[v])), load8(&cx[v][base..]));
                 q2[v] = _mm256_add_ps(
-                    _mm256_add_ps(_mm256_set1_ps(aw * xs[0] * xs[0]), _mm256_mul_ps(_mm256_mul_ps(bw, x1), x1)),
-                    _mm256_mul_ps(_mm256_mul_ps(cw, x2), x2),
+                    _mm256_add_ps(headw[v], _mm256_mul_ps(_mm256_mul_ps(bw, x1[v]), x1[v])),
+                    load8(&cw[v][base..]),
                 );
-                let _ = x0;
-                let ok = _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(q2[v], zero),
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(
-                        _mm256_mul_ps(qx[v], qx[v]),
-                        _mm256_mul_ps(_mm256_set1_ps(best_score), q2[v]),
-                    ),
-                );
-                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * v);
+                // Without `sumq2 > 0` (the walk tests it): a lane passing here may still fail.
+                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(qx[v], qx[v]), _mm256_mul_ps(bs, q2[v]));
+                any = _mm256_or_ps(any, gt);
             }
-            if hit == 0 {
+            if _mm256_movemask_ps(any) == 0 {
                 continue;
             }
-            // Some lane may beat the best: walk the chunk in ggml's order from the first lane
-            // that passes, with each candidate's scale and score computed in lanes.
-            let (qxs, q2s) = (qx.map(|v| f32s(v)), q2.map(|v| f32s(v)));
-            let scale = std::array::from_fn::<_, 2, _>(|v| _mm256_div_ps(qx[v], q2[v]));
-            let score = std::array::from_fn::<_, 2, _>(|v| f32s(_mm256_mul_ps(scale[v], qx[v])));
-            let scale = scale.map(|v| f32s(v));
-            let first = (hit as u32 | hit as u32 >> 8).trailing_zeros() as usize;
-            for k in first..8.min(33 - base) {
-                for (v, shift) in [(0, 1i8), (1, -1)] {
-                    if q2s[v][k] > 0.0 && qxs[v][k] * qxs[v][k] > best_score * q2s[v][k] {
-                        best_score = score[v][k];
-                        best = Some((i1, base + k, shift, scale[v][k]));
-                    }
-                }
+            if let Some((bit, scale)) = walk_chunk::<2>(&qx, &q2, &mut best_score) {
+                best = Some((i1, base + (bit / 4) as usize, if bit % 4 == 0 { 1 } else { -1 }, scale));
             }
         }
     }
     best
 }
 
-/// [`Searcher::iq1m_split`]: lanes are `i2`.
+/// [`Searcher::iq1m_split`]: lanes are `i2`, a chunk of 8 lanes (4 sign patterns each) is
+/// tested against the running best at once and walked only when some candidate passes
+/// ([`walk_chunk`]).
 #[target_feature(enable = "avx2")]
 fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
-    let mut ppx = [[0f32; 25]; 2];
-    let mut ppw = [[0f32; 25]; 2];
-    for h in 0..2 {
-        ppx[h][..17].copy_from_slice(&px[h]);
-        ppw[h][..17].copy_from_slice(&pw[h]);
-    }
     let txs = [px[0][16], px[1][16]];
     let tws = [pw[0][16], pw[1][16]];
     let (p2, m2) = (X_P[2], X_M[2]);
@@ -1165,33 +1361,38 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
     let cp2 = X_P[1] * X_P[1] - X_P[2] * X_P[2];
     let cm1 = X_M[0] * X_M[0] - X_M[1] * X_M[1];
     let cm2 = X_M[1] * X_M[1] - X_M[2] * X_M[2];
-    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Padded with NaN so that 8 lanes from any i2 ≤ 16 can be loaded and lanes past 16 fail
+    // every test; `pw[h][i2]·cp2` and `·cm2` (ggml's last products) formed once per i2.
+    let mut ppx = [[f32::NAN; 24]; 2];
+    let mut pwp = [[f32::NAN; 24]; 2];
+    let mut pwm = [[f32::NAN; 24]; 2];
+    for h in 0..2 {
+        for i2 in 0..=16 {
+            ppx[h][i2] = px[h][i2];
+            pwp[h][i2] = pw[h][i2] * cp2;
+            pwm[h][i2] = pw[h][i2] * cm2;
+        }
+    }
+    let txp = [_mm256_set1_ps(txs[0] * p2), _mm256_set1_ps(txs[1] * p2)];
+    let txm = [_mm256_set1_ps(txs[0] * m2), _mm256_set1_ps(txs[1] * m2)];
     let zero = _mm256_setzero_ps();
-    let mut best_score = -FLT_MAX;
+    let mut best_score = _mm256_set1_ps(-FLT_MAX);
     let mut best = None;
     for i1 in 0..=16usize {
+        let pxi1 = [_mm256_set1_ps(px[0][i1]), _mm256_set1_ps(px[1][i1])];
+        let rowp: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1));
+        let rowm: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1));
         for base in (i1..=16).step_by(8) {
-            let valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
-                _mm256_set1_epi32(17),
-                _mm256_add_epi32(lane, _mm256_set1_epi32(base as i32)),
-            ));
             let mut qx_p = [zero; 2];
             let mut qx_m = [zero; 2];
             let mut q2_p = [zero; 2];
             let mut q2_m = [zero; 2];
             for h in 0..2 {
-                let sx = _mm256_add_ps(_mm256_set1_ps(ppx[h][i1]), load8(&ppx[h][base..]));
-                let pw2 = load8(&ppw[h][base..]);
-                qx_p[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * p2), sx);
-                qx_m[h] = _mm256_sub_ps(_mm256_set1_ps(txs[h] * m2), sx);
-                q2_p[h] = _mm256_add_ps(
-                    _mm256_set1_ps(tws[h] * p2 * p2 + ppw[h][i1] * cp1),
-                    _mm256_mul_ps(pw2, _mm256_set1_ps(cp2)),
-                );
-                q2_m[h] = _mm256_add_ps(
-                    _mm256_set1_ps(tws[h] * m2 * m2 + ppw[h][i1] * cm1),
-                    _mm256_mul_ps(pw2, _mm256_set1_ps(cm2)),
-                );
+                let sx = _mm256_add_ps(pxi1[h], load8(&ppx[h][base..]));
+                qx_p[h] = _mm256_sub_ps(txp[h], sx);
+                qx_m[h] = _mm256_sub_ps(txm[h], sx);
+                q2_p[h] = _mm256_add_ps(rowp[h], load8(&pwp[h][base..]));
+                q2_m[h] = _mm256_add_ps(rowm[h], load8(&pwm[h][base..]));
             }
             let sumqx = [
                 _mm256_add_ps(qx_p[0], qx_p[1]),
@@ -1205,33 +1406,18 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
                 _mm256_add_ps(q2_m[0], q2_p[1]),
                 _mm256_add_ps(q2_m[0], q2_m[1]),
             ];
-            let bs = _mm256_set1_ps(best_score);
-            let mut hit = 0;
+            // Without `sumq2 > 0` (the walk tests it): a lane passing here may still fail.
+            let bs = best_score;
+            let mut any = zero;
             for k in 0..4 {
-                let ok = _mm256_and_ps(
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(sumq2[k], zero),
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k])),
-                );
-                hit |= _mm256_movemask_ps(_mm256_and_ps(ok, valid)) << (8 * k);
+                let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_mul_ps(sumqx[k], sumqx[k]), _mm256_mul_ps(bs, sumq2[k]));
+                any = _mm256_or_ps(any, gt);
             }
-            if hit == 0 {
+            if _mm256_movemask_ps(any) == 0 {
                 continue;
             }
-            // Walk the chunk in ggml's order from the first lane that passes, with each
-            // candidate's scale and score (`sumqx / sumq2`, `scale · sumqx`) computed in lanes.
-            let qx = sumqx.map(|v| f32s(v));
-            let q2 = sumq2.map(|v| f32s(v));
-            let scale = std::array::from_fn::<_, 4, _>(|k| _mm256_div_ps(sumqx[k], sumq2[k]));
-            let score = std::array::from_fn::<_, 4, _>(|k| f32s(_mm256_mul_ps(scale[k], sumqx[k])));
-            let scale = scale.map(|v| f32s(v));
-            let first = (hit as u32 | hit as u32 >> 8 | hit as u32 >> 16 | hit as u32 >> 24).trailing_zeros() as usize;
-            for lane in first..8.min(17 - base) {
-                for k in 0..4 {
-                    if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
-                        best_score = score[k][lane];
-                        best = Some((i1, base + lane, k, scale[k][lane]));
-                    }
-                }
+            if let Some((bit, scale)) = walk_chunk::<4>(&sumqx, &sumq2, &mut best_score) {
+                best = Some((i1, base + (bit / 4) as usize, (bit % 4) as usize, scale));
             }
         }
     }
@@ -1285,6 +1471,107 @@ mod tests {
                     assert_eq!(got[b].to_bits(), want.to_bits(), "case {case} block {b} nmax {nmax}");
                 }
             }
+        }
+    }
+
+    /// The IQ1 boundary searches against the scalar reference on prefix sums of sorted blocks
+    /// built as the quantizers build them: ordinary values, values on a coarse grid (equal
+    /// values, so equal scores and near-ties where rounding decides), zero and tiny weights
+    /// (repeated prefix sums), all-equal blocks, huge and tiny scales.
+    #[test]
+    fn iq1_splits_match_reference() {
+        use crate::scalar::iq_search::Reference;
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = uniform();
+        for case in 0..20_000 {
+            let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-30][case % 8];
+            let kind = (case / 8) % 5;
+            let mut x = [0f32; 32];
+            let mut w = [0f32; 32];
+            for i in 0..32 {
+                x[i] = match kind {
+                    0 => (next() - 0.5) * scale,
+                    1 => ((next() * 6.0).floor() - 3.0) * 0.25 * scale,
+                    2 => scale,
+                    3 => ((next() * 3.0).floor() - 1.0) * scale,
+                    _ => (next() - 0.3) * scale * if next() < 0.1 { 20.0 } else { 1.0 },
+                };
+                w[i] = match (kind + case / 40) % 4 {
+                    0 => next() * 10.0,
+                    1 => {
+                        if next() < 0.3 {
+                            0.0
+                        } else {
+                            1.0 + (next() * 4.0).floor()
+                        }
+                    }
+                    2 => x[i] * x[i],
+                    _ => {
+                        if next() < 0.2 {
+                            1e-30
+                        } else {
+                            next()
+                        }
+                    }
+                };
+            }
+            x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let (mut sumx, mut sumw) = ([0f32; 33], [0f32; 33]);
+            for j in 0..32 {
+                sumx[j + 1] = sumx[j] + w[j] * x[j];
+                sumw[j + 1] = sumw[j] + w[j];
+            }
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1s_split(&sumx, &sumw) };
+            let want = Reference.iq1s_split(&sumx, &sumw);
+            assert_eq!(
+                got.map(|(a, b, c, d)| (a, b, c, d.to_bits())),
+                want.map(|(a, b, c, d)| (a, b, c, d.to_bits())),
+                "IQ1_S case {case}"
+            );
+            // IQ1_M: the first 16 values, their halves by the parity of their index.
+            let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
+            for j in 0..16 {
+                let h = (j * 7 + case) % 2;
+                px[h][j + 1] = px[h][j] + w[j] * x[j];
+                px[1 - h][j + 1] = px[1 - h][j];
+                pw[h][j + 1] = pw[h][j] + w[j];
+                pw[1 - h][j + 1] = pw[1 - h][j];
+            }
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1m_split(&px, &pw) };
+            let want = Reference.iq1m_split(&px, &pw);
+            assert_eq!(
+                got.map(|(a, b, c, d)| (a, b, c, d.to_bits())),
+                want.map(|(a, b, c, d)| (a, b, c, d.to_bits())),
+                "IQ1_M case {case}"
+            );
+        }
+    }
+
+    /// `iq1_order` against the scalar stable sort: equal values, signed zeros, tiny and huge
+    /// magnitudes, negative values.
+    #[test]
+    fn iq1_order_matches_sorted_order() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = uniform();
+        let pool = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 1e-45, -1e-45, 3.4e38, -3.4e38, 0.25, -2.0];
+        for case in 0..50_000 {
+            let x: [f32; 32] = std::array::from_fn(|_| match case % 3 {
+                0 => pool[(next() * pool.len() as f32) as usize % pool.len()],
+                1 => (next() - 0.5) * 0.04,
+                _ => ((next() * 5.0).floor() - 2.0) * 0.125,
+            });
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1_order::<32>(&x) };
+            assert_eq!(got, crate::scalar::iq1::sorted_order::<32>(&x), "{x:?}");
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { iq1_order::<16>(&x[..16]) };
+            assert_eq!(got, crate::scalar::iq1::sorted_order::<16>(&x[..16]), "{x:?}");
         }
     }
 
