@@ -90,14 +90,14 @@ pub enum Command {
         /// Print the whole report as JSON.
         #[arg(long)]
         json: bool,
-        /// Largest allowed KL divergence of a next-token distribution.
-        #[arg(long)]
+        /// Largest allowed KL divergence of a next-token distribution (nats, ≥ 0).
+        #[arg(long, value_parser = non_negative)]
         max_kl: Option<f64>,
-        /// Smallest allowed share of positions with the same most likely token.
-        #[arg(long)]
+        /// Smallest allowed share of positions with the same most likely token (0 to 1).
+        #[arg(long, value_parser = share)]
         min_top1: Option<f64>,
-        /// Largest allowed relative error of a feed-forward block's output.
-        #[arg(long)]
+        /// Largest allowed relative error of a feed-forward block's output (≥ 0).
+        #[arg(long, value_parser = non_negative)]
         max_moe_rel_err: Option<f64>,
         /// Run every layer of the output model. By default a layer (or the head) whose tensors
         /// are bit-identical to the source's, with the same hyperparameters and the same input,
@@ -224,12 +224,40 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         tokenizer_pre: Option<String>,
         /// Run `moeq verify` on the fresh output (exit status 1 if it fails).
-        #[arg(long, conflicts_with = "dry_run")]
+        #[arg(long, conflicts_with_all = ["dry_run", "json"])]
         verify: bool,
+        /// With --verify: the largest allowed next-token KL divergence (as `moeq verify --max-kl`).
+        #[arg(long, value_parser = non_negative, requires = "verify")]
+        max_kl: Option<f64>,
+        /// With --verify: the smallest allowed top-1 agreement (as `moeq verify --min-top1`).
+        #[arg(long, value_parser = share, requires = "verify")]
+        min_top1: Option<f64>,
+        /// With --verify: the largest allowed block error (as `moeq verify --max-moe-rel-err`).
+        #[arg(long, value_parser = non_negative, requires = "verify")]
+        max_moe_rel_err: Option<f64>,
         /// llama-quantize's options.
         #[command(flatten)]
         quant: QuantArgs,
     },
+}
+
+/// A limit: a finite number ≥ 0 (`-0` is 0).
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v.abs()),
+        _ => Err(format!("'{text}' is not a number ≥ 0")),
+    }
+}
+
+/// A share: a number from 0 to 1 (not a percentage).
+fn share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v.abs()),
+        Ok(v) if v.is_finite() && v > 1.0 && v <= 100.0 => {
+            Err(format!("'{text}' is more than 1: a share from 0 to 1 (for {v}% write {})", v / 100.0))
+        }
+        _ => Err(format!("'{text}' is not a share from 0 to 1")),
+    }
 }
 
 /// A count that must be at least 1 (`eval --top`): 0 would show nothing. Clap reports the

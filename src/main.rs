@@ -263,6 +263,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_vocab,
             tokenizer_pre,
             verify,
+            max_kl,
+            min_top1,
+            max_moe_rel_err,
             quant,
         } => {
             // --format mlx: --candidate-types names MLX types (q2 … q8, mxfp4, the float type).
@@ -342,7 +345,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Format::Hf => {
                     if ty.is_some() || group_size.is_some() || !quant_override.is_empty() {
                         anyhow::bail!(
-                            "--format hf writes gpt-oss's own layout (MXFP4 experts, the rest as stored); it takes no --type"
+                            "--format hf writes gpt-oss's own layout (MXFP4 experts, the rest as stored); it takes no --type, \
+                             --group-size or --quant-override"
                         );
                     }
                 }
@@ -408,7 +412,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                return run_verify(&input, &first, &[], VerifyOptions { quiet, ..Default::default() });
+                let given = [max_kl, min_top1, max_moe_rel_err];
+                let limits = given.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
+                return run_verify(&input, &first, &[], VerifyOptions { quiet, limits, ..Default::default() });
             }
         }
         Command::Verify {

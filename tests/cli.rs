@@ -812,6 +812,76 @@ fn verify_notes_quantization_noise_and_fails_changed_hyperparameters() {
         assert!(r["failures"].to_string().contains(named), "{kv}: {}", r["failures"]);
         assert_eq!(r["enforced"]["max_kl"], true);
     }
+    // Metadata a forward cannot run or that disagrees with the tensors: an error naming the key.
+    for (kv, named) in [
+        ("llama.rope.freq_base=float:0", "'llama.rope.freq_base' is 0: the RoPE base must be a positive number"),
+        ("llama.attention.value_length=int:8", "llama.attention.value_length = 8 differs from the head size 16"),
+    ] {
+        let gguf = dir.path().join("bad.gguf");
+        ok(&["convert", path_arg(&llama), "-o", path_arg(&gguf), "--type", "Q8_0", "-q", "--override-kv", kv]);
+        let e = fails(&["verify", path_arg(&llama), path_arg(&gguf)]);
+        assert!(e.contains(named), "{kv}: {e}");
+    }
+    // A scaling factor without a type scales linearly, as llama.cpp's loader reads it.
+    let gguf = dir.path().join("factor.gguf");
+    let kv = "llama.rope.scaling.factor=float:4";
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&gguf), "--type", "Q8_0", "-q", "--override-kv", kv]);
+    let (code, r) = verify_json(&llama, &gguf);
+    assert_eq!(code, 1, "{r}");
+    assert!(r["failures"].to_string().contains("pair 0 turns at 1.000000e0 → 2.500000e-1"), "{}", r["failures"]);
+    // A checkpoint whose RoPE base is not positive is refused before anything is written.
+    let zero = dir.path().join("theta0");
+    std::fs::create_dir(&zero).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(llama.join(f), zero.join(f)).unwrap();
+    }
+    let mut config: Json = serde_json::from_slice(&std::fs::read(llama.join("config.json")).unwrap()).unwrap();
+    config["rope_theta"] = Json::from(0.0);
+    std::fs::write(zero.join("config.json"), config.to_string()).unwrap();
+    let e = fails(&["convert", path_arg(&zero), "-o", path_arg(&dir.path().join("z.gguf"))]);
+    assert!(e.contains("\"rope_theta\" is 0: the RoPE base must be a positive number"), "{e}");
+    // Limits are numbers in range; convert --verify takes them too, and not --json.
+    for (flag, value, message) in [
+        ("--max-kl", "NaN", "is not a number ≥ 0"),
+        ("--min-top1", "90", "for 90% write 0.9"),
+        ("--max-moe-rel-err", "-1", "≥ 0"),
+    ] {
+        let out = moeq(&["verify", path_arg(&llama), path_arg(&q3), &format!("{flag}={value}")]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{flag} {value}");
+    }
+    let gguf = dir.path().join("gated.gguf");
+    let out =
+        moeq(&["convert", path_arg(&llama), "-o", path_arg(&gguf), "--type", "Q4_0", "--verify", "--max-kl", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("next-token KL divergence reaches"));
+    let out = moeq(&["convert", path_arg(&llama), "-o", path_arg(&gguf), "--type", "Q4_0", "--verify", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// An MLX build of a Llama 3.1-style checkpoint (`rope_scaling` of type llama3): read back with
+/// the rope factors llama.cpp's file computes, so verify passes; against a plain source it differs.
+#[test]
+fn mlx_builds_of_llama3_rope_scaling_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let l3 = dir.path().join("l3");
+    std::fs::create_dir(&l3).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(llama.join(f), l3.join(f)).unwrap();
+    }
+    let mut config: Json = serde_json::from_slice(&std::fs::read(llama.join("config.json")).unwrap()).unwrap();
+    config["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
+    std::fs::write(l3.join("config.json"), config.to_string()).unwrap();
+    for ty in ["q8", "bf16"] {
+        let out = dir.path().join(ty);
+        let run = moeq(&["convert", path_arg(&l3), "-o", path_arg(&out), "--format", "mlx", "--type", ty, "--verify"]);
+        assert_eq!(run.status.code(), Some(0), "{ty}: {}", String::from_utf8_lossy(&run.stdout));
+    }
+    let (code, r) = verify_json(&llama, &dir.path().join("q8"));
+    assert_eq!(code, 1, "{r}");
+    assert!(r["failures"].to_string().contains("RoPE frequencies"), "{}", r["failures"]);
 }
 
 /// verify fails loudly on broken outputs and names the culprit.
@@ -1113,6 +1183,23 @@ fn folder_builds_refuse_bad_requests_and_leave_nothing() {
         "{err}"
     );
     assert!(!dst.exists(), "nothing written");
+    // Overrides alone quantize: every module listed, and global settings (mlx-lm's loader reads
+    // them whenever the block exists).
+    ok(&[
+        "convert",
+        path_arg(&llama),
+        "-o",
+        path_arg(&dst),
+        "--format",
+        "mlx",
+        "--quant-override",
+        "*.q_proj=q8",
+        "-q",
+    ]);
+    let q = &config_of(&dst)["quantization"];
+    assert_eq!((&q["bits"], &q["group_size"]), (&Json::from(8), &Json::from(64)), "{q}");
+    assert_eq!(q["model.layers.1.self_attn.q_proj"]["bits"], 8, "{q}");
+    std::fs::remove_dir_all(&dst).unwrap();
     // NaN in a bf16 weight: named, and no folder (nor temporary folder) left.
     let broken = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
@@ -1277,6 +1364,11 @@ fn mlx_size_budgets_hold_for_the_written_bytes() {
         let ty = t["type"].as_str().unwrap();
         assert!(!ty.starts_with('q') || ty.ends_with(":32"), "{t}");
     }
+    // A group size the rows are not whole groups of leaves MXFP4 (groups of 32) and the float type.
+    let g128 = plan_json(&[l, "--format", "mlx", "--target-bpw", "4.5", "--group-size", "128", "-q"]);
+    let tensors = g128["optimize"]["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 15, "every module budgeted");
+    assert!(tensors.iter().all(|t| t["candidates"].to_string().contains("mxfp4")), "{g128}");
     let e = fails(&["convert", l, "--dry-run", "--format", "mlx", "--group-size", "32"]);
     assert!(e.contains("--group-size goes with an affine --type") && e.contains("--target-size"), "{e}");
     // What the budget refuses.
@@ -1531,6 +1623,10 @@ fn dry_run_explains_every_tensor_and_writes_nothing() {
             && stderr.contains("is a folder, but this output is a file"),
         "{stderr}"
     );
+    // -o naming the input: the same.
+    let out = moeq(&["convert", path_arg(&source), "--type", "Q3_K_M", "--dry-run", "-o", path_arg(&source)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("moeq never writes over a file it reads"), "{stderr}");
     // An i-quant without importance matrix: the dry run says a real run is refused, which it is.
     let wide = dir.path().join("wide.gguf");
     wide_model(&wide);
@@ -4083,10 +4179,10 @@ fn convert_refuses_gptq_without_calibration() {
         fails(&argv)
     };
     let e = mlx_fails(&["--type", "q4", "--rounding", "gptq", "--calibration", path_arg(&text)]);
-    assert!(e.contains("--rounding gptq does not apply to --format mlx") && e.contains("--format hf's MXFP4"), "{e}");
+    assert!(e.contains("--rounding does not apply to --format mlx") && e.contains("--format hf's MXFP4"), "{e}");
     // The same without calibration (not "needs calibration input": it does not apply at all).
     let e = mlx_fails(&["--target-bpw", "4", "--rounding", "gptq"]);
-    assert!(e.contains("--rounding gptq does not apply to --format mlx"), "{e}");
+    assert!(e.contains("--rounding does not apply to --format mlx"), "{e}");
     // --format hf takes --rounding gptq, but none of llama-quantize's options.
     let (ft, imatrix) =
         (fixtures().join("gpt-oss/finetune-bf16"), fixtures().join("imatrix/gpt-oss-llama.imatrix.gguf"));

@@ -157,9 +157,17 @@ pub fn check_inputs(path: &Path, kind: OutputKind, inputs: &[PathBuf]) -> Result
 /// Every check before work: [`check_path`], [`check_inputs`], then [`sweep`] of the output's
 /// folder, whose findings are returned for the caller to report.
 pub fn prepare(path: &Path, kind: OutputKind, inputs: &[PathBuf]) -> Result<Vec<Leftover>> {
-    check_path(path, kind)?;
-    check_inputs(path, kind, inputs)?;
+    check(path, kind, inputs)?;
     Ok(sweep(parent_dir(path)))
+}
+
+/// What [`prepare`] checks, without touching the folder: for a dry run, which writes nothing
+/// but says what would stop the real run.
+///
+/// Errors: as [`prepare`].
+pub fn check(path: &Path, kind: OutputKind, inputs: &[PathBuf]) -> Result<()> {
+    check_path(path, kind)?;
+    check_inputs(path, kind, inputs)
 }
 
 /// A file of a split set.

@@ -44,6 +44,22 @@ const HF_HPARAMS: &[(&str, &str)] = &[
 ];
 
 /// The values of `keys` (GGUF name, config key) that `config` holds (not null).
+/// The RoPE base of a Hugging Face config: `rope_theta`, or transformers 5's
+/// `rope_parameters.rope_theta`; `None` when neither is there.
+///
+/// Errors: a base that is not a positive number (a forward with it computes NaN).
+pub fn rope_theta(config: &Keys) -> Result<Option<f64>> {
+    let theta = config
+        .opt_f64("rope_theta")?
+        .or(config.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64));
+    match theta {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            bail!("\"rope_theta\" is {t}: the RoPE base must be a positive number")
+        }
+        t => Ok(t),
+    }
+}
+
 pub fn pick(config: &Keys, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
     keys.iter().filter_map(|&(name, key)| config.raw(key).map(|v| (name, v.clone()))).collect()
 }

@@ -110,6 +110,13 @@ pub trait Family: Sync {
     /// size by which llama.cpp's q/k rows are permuted (0: not permuted).
     fn build_metadata(&self, config: &ModelConfig) -> Result<(Metadata, u64)>;
 
+    /// Tensors of llama.cpp's file that a checkpoint computes from its config rather than
+    /// stores (Llama 3.1's `rope_freqs`): what a reader of a folder without them (an MLX build)
+    /// adds to its recipes. None by default.
+    fn computed_recipes(&self, _config: &ModelConfig) -> Result<Vec<crate::plan::recipe::Recipe<'static>>> {
+        Ok(Vec::new())
+    }
+
     /// Per-layer tensor names: Hugging Face (after `model.layers.N.`) → llama.cpp (after
     /// `blk.N.`), in llama.cpp's order, not counting stacked experts.
     fn layer_names(&self) -> &'static [(&'static str, &'static str)];

@@ -50,7 +50,8 @@ impl Config {
     /// `name: source → output`. Real values count as equal within a relative 1e-5: a GGUF holds
     /// them as f32, a checkpoint's config.json as f64.
     pub fn differences(&self, other: &Config) -> Vec<String> {
-        let close = |a: f64, b: f64| a == b || (a - b).abs() <= 1e-5 * a.abs().max(b.abs());
+        let close =
+            |a: f64, b: f64| a == b || (a.is_finite() && b.is_finite() && (a - b).abs() <= 1e-5 * a.abs().max(b.abs()));
         let mut d = Vec::new();
         let mut size = |name: &str, a: usize, b: usize| {
             if a != b {
@@ -71,18 +72,22 @@ impl Config {
         if !close(self.rms_eps as f64, other.rms_eps as f64) {
             d.push(format!("RMSNorm epsilon: {} → {}", self.rms_eps, other.rms_eps));
         }
-        let freqs = self.inv_freq.len() == other.inv_freq.len()
-            && self.inv_freq.iter().zip(&other.inv_freq).all(|(&a, &b)| close(a, b));
-        if !freqs || !close(self.rope_scale, other.rope_scale) {
+        // RoPE: the base (`rope_theta`, `rope.freq_base`), the scaling and `rope_freqs` together.
+        if self.inv_freq.len() != other.inv_freq.len() {
             d.push(format!(
-                "RoPE frequencies ({} pairs, first {:?} → {} pairs, first {:?}; scale {} → {})",
+                "RoPE rotated pairs per head (rope.dimension_count / partial rotary): {} → {}",
                 self.inv_freq.len(),
-                self.inv_freq.get(1),
-                other.inv_freq.len(),
-                other.inv_freq.get(1),
-                self.rope_scale,
-                other.rope_scale
+                other.inv_freq.len()
             ));
+        } else if let Some(i) = (0..self.inv_freq.len()).find(|&i| !close(self.inv_freq[i], other.inv_freq[i])) {
+            d.push(format!(
+                "RoPE frequencies (from the base rope_theta / rope.freq_base, the rope scaling and rope_freqs): pair \
+                 {i} turns at {:.6e} → {:.6e} radians per position",
+                self.inv_freq[i], other.inv_freq[i]
+            ));
+        }
+        if !close(self.rope_scale, other.rope_scale) {
+            d.push(format!("RoPE attention factor (YaRN): {} → {}", self.rope_scale, other.rope_scale));
         }
         for (name, a) in &self.extra {
             match other.extra.iter().find(|(n, _)| n == name) {
@@ -326,8 +331,24 @@ impl Config {
             bail!("{path}: tensor '{past}' is past the last layer ({})", s.n_layer.from);
         }
 
+        // After the tensors, which name a wrong key_length first.
+        if blocks.value_length_is_head_size()
+            && let Some(v) = m.opt("attention.value_length")?
+            && v.value != s.head_dim.value
+        {
+            bail!(
+                "{path}: {} differs from the head size {} ({}); values as wide as keys are what this family's \
+                 attention (and llama.cpp's) computes",
+                v.from,
+                s.head_dim.value,
+                s.head_dim.from
+            );
+        }
         let (n_embd, n_head, head_dim) = (s.n_embd.value as usize, s.n_head.value as usize, s.head_dim.value as usize);
         let theta = m.float("rope.freq_base")?.unwrap_or(10000.0);
+        if !(theta.is_finite() && theta > 0.0) {
+            bail!("{path}: '{}' is {theta}: the RoPE base must be a positive number", m.key("rope.freq_base"));
+        }
         // The values of a head RoPE rotates: `rope.dimension_count` (DeepSeek's MLA rotates a
         // part of each key), else the head size.
         let rot = match m.opt("rope.dimension_count")? {
@@ -341,8 +362,11 @@ impl Config {
         let half = rot / 2;
         let mut inv_freq: Vec<f64> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f64 / rot as f64)).collect();
         let mut rope_scale = 1.0;
-        let scaling = w.get(&m.key("rope.scaling.type")).and_then(Value::as_str).unwrap_or("none");
-        let factor = m.float("rope.scaling.factor")?.unwrap_or(1.0);
+        // As llama.cpp's loader: a scaling factor without a type scales linearly.
+        let factor = m.float("rope.scaling.factor")?;
+        let untyped = if factor.is_some() { "linear" } else { "none" };
+        let scaling = w.get(&m.key("rope.scaling.type")).and_then(Value::as_str).unwrap_or(untyped);
+        let factor = factor.unwrap_or(1.0);
         match scaling {
             "yarn" if factor > 1.0 => {
                 // transformers' _compute_yarn_parameters; the correction range is rounded
@@ -378,6 +402,14 @@ impl Config {
         if w.has("rope_freqs.weight") {
             let factors = w.all("rope_freqs.weight")?;
             inv_freq.iter_mut().zip(factors).for_each(|(f, s)| *f /= s as f64);
+        }
+        if let Some(i) = inv_freq.iter().position(|f| !(f.is_finite() && *f > 0.0)) {
+            bail!(
+                "{path}: RoPE pair {i} gets frequency {} (from '{}', the scaling settings{}): not a positive number",
+                inv_freq[i],
+                m.key("rope.freq_base"),
+                if w.has("rope_freqs.weight") { " and 'rope_freqs.weight'" } else { "" }
+            );
         }
         let config = Config {
             family: family.name(),

@@ -45,6 +45,13 @@ pub trait Blocks: Sync {
         Ok(Vec::new())
     }
 
+    /// Whether `attention.value_length`, when present, must equal the head size (`key_length`):
+    /// true for every family whose values are as wide as its keys (llama.cpp then expects
+    /// `attn_v` of that width); DeepSeek's MLA differs.
+    fn value_length_is_head_size(&self) -> bool {
+        true
+    }
+
     /// Whether YaRN's correction range is rounded to whole dimensions (transformers'
     /// `truncate`, its default and llama.cpp's way); gpt-oss's config turns it off.
     fn yarn_truncate(&self) -> bool {

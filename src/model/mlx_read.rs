@@ -52,7 +52,8 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
     }
     // In llama.cpp's tensor order.
     names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
-    let mut recipes = Vec::new();
+    // What llama.cpp's file holds but the folder does not store (Llama 3.1's rope_freqs).
+    let mut recipes = config.family.computed_recipes(config)?;
     for (gguf, name) in names {
         let origin = format!("{}: tensor '{name}'", model.path().display());
         let (weight, t) = stored(model, &name).context("listed tensor")?;

@@ -103,9 +103,9 @@ fn naming_file(e: anyhow::Error, input: &Path) -> anyhow::Error {
 }
 
 /// Why `--rounding` is refused with `--format mlx`.
-pub const MLX_ROUNDING: &str = "--rounding gptq does not apply to --format mlx (MLX builds are rounded as \
-     mlx.core.quantize rounds); it rounds GGUF output with a quantized --type, and --format hf's MXFP4 experts of a \
-     gpt-oss bf16 checkpoint";
+pub const MLX_ROUNDING: &str = "--rounding does not apply to --format mlx (MLX builds are rounded as \
+     mlx.core.quantize rounds); --rounding gptq rounds GGUF output with a quantized --type, and --format hf's MXFP4 \
+     experts of a gpt-oss bf16 checkpoint";
 
 /// Runs a conversion. The output path is checked before any work ([`prepare_output`]).
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
@@ -118,11 +118,6 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     let writes = !opts.quant.dry_run;
     if writes {
         target::check_path(&opts.output, kind)?;
-    } else if !opts.output.as_os_str().is_empty()
-        && let Err(e) = target::check_path(&opts.output, kind)
-    {
-        // A dry run writes nothing, but says now what would stop the real run.
-        eprintln!("warning: the run without --dry-run would stop here: {e}");
     }
     if let Some(report) = &opts.report {
         target::check_path(report, OutputKind::File)?;
@@ -136,6 +131,11 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     inputs.extend(opts.quant.input_files());
     if writes {
         prepare_output(&opts.output, kind, &inputs, opts.quiet)?;
+    } else if !opts.output.as_os_str().is_empty()
+        && let Err(e) = target::check(&opts.output, kind, &inputs)
+    {
+        // A dry run writes nothing, but says now what would stop the real run.
+        eprintln!("warning: the run without --dry-run would stop here: {e}");
     }
     if let Some(report) = &opts.report {
         prepare_output(report, OutputKind::File, &inputs, opts.quiet)?;

@@ -183,7 +183,7 @@ impl Slot {
     }
 
     /// Whether a size budget may choose this module's type when the build's quantized type is
-    /// `ty`: a module mlx-lm quantizes (rows of whole groups of `ty`), not set by
+    /// `ty`: a module mlx-lm quantizes (rows of whole groups of `ty`, or of MXFP4's 32), not set by
     /// `--quant-override`, and not one whose type the model's own mlx-lm choice sets (gpt-oss's
     /// experts and router, Qwen3-MoE's routers).
     pub fn budgeted(&self, family: &dyn Family, ty: MlxType, dtype: GgmlType) -> bool {
@@ -193,9 +193,11 @@ impl Slot {
             stored_mxfp4: self.stored_mxfp4,
             row_len: self.row_len,
         };
+        // Rows of whole groups of the affine candidates' size, or of MXFP4's 32.
+        let group = ty.group().unwrap_or(1);
         self.is_module
             && self.over.is_none()
-            && self.row_len.is_multiple_of(ty.group().unwrap_or(1))
+            && (self.row_len.is_multiple_of(group) || self.row_len.is_multiple_of(32))
             && family.mlx_choice(&info, Some(ty), MlxType::Float(dtype)).is_none()
     }
 }
@@ -392,9 +394,10 @@ pub fn plan<'a>(
             }
         }
         Some(q)
-    } else if !per_module.is_empty() {
-        // Only overrides quantize: list each.
-        let mut q = json!({});
+    } else if let Some((_, first)) = per_module.first() {
+        // Only overrides (or a budget's choices) quantize: each listed, and the first one's settings
+        // as the global ones, which mlx-lm's loader reads whenever the block exists.
+        let mut q = first.clone();
         for (module, params) in &per_module {
             q[module] = params.clone();
         }

@@ -261,11 +261,11 @@ pub fn verify(
         .map(|t| t.output_type)
         .max_by(|a, b| tensor_bound(*a).total_cmp(&tensor_bound(*b)));
     let hparams_differ = src_model.cfg.differences(&out_model.cfg);
-    // The block and model limits fail the check when given, for lossless and float outputs, and
-    // when anything else is off; otherwise they give notes (see `Enforced`).
-    let quantized = worst.is_some_and(|t| !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16));
+    // The block and model limits fail the check when given, for lossless outputs, and when
+    // anything else is off; otherwise they give notes (see `Enforced`).
+    let lossy = worst.is_some();
     let sound = hparams_differ.is_empty() && missing.is_empty() && extra.is_empty() && tensors.iter().all(|t| t.ok());
-    let enforced = if limits.is_none() && quantized && sound { Enforced::NONE } else { Enforced::ALL };
+    let enforced = if limits.is_none() && lossy && sound { Enforced::NONE } else { Enforced::ALL };
     let limits = limits.unwrap_or(Limits::for_type(worst));
 
     // 2 and 3. Blocks on the source's hidden states, and the whole model: both must have the
@@ -363,19 +363,33 @@ pub fn verify(
                 None => blocks.push(check),
             }
         }
+        if src.logits.iter().any(|v| !v.is_finite()) {
+            bail!(
+                "{}: the source model's own forward gives NaN or infinite logits on these tokens (check its \
+                 hyperparameters, e.g. the RoPE base), so there is nothing to compare against",
+                source.path
+            );
+        }
         let vocab = src.logits.len() / sequences.iter().map(Vec::len).sum::<usize>().max(1);
         logit_stats.add(&src.logits, &out.logits);
         let per_position: Vec<(f64, bool)> = src
             .logits
             .par_chunks_exact(vocab)
             .zip(out.logits.par_chunks_exact(vocab))
-            .map_init(Vec::new, |scratch, (p, q)| (kl_divergence(p, q, scratch), argmax(p) == argmax(q)))
+            .map_init(Vec::new, |scratch, (p, q)| {
+                let finite = q.iter().all(|v| v.is_finite());
+                (if finite { kl_divergence(p, q, scratch) } else { f64::NAN }, argmax(p) == argmax(q))
+            })
             .collect();
         for (kl, same_top) in per_position {
+            model.positions += 1;
+            if !kl.is_finite() {
+                model.non_finite += 1;
+                continue;
+            }
             kl_sum += kl;
             model.kl_max = model.kl_max.max(kl);
             top1 += usize::from(same_top);
-            model.positions += 1;
         }
         bar.finish_and_clear();
     }

@@ -46,8 +46,9 @@ impl Limits {
     }
 }
 
-/// Which of the block and whole-model limits fail a check. By default, for a quantized output
-/// whose every tensor is within its type's bound and whose forward hyperparameters equal the
+/// Which of the block and whole-model limits fail a check. By default, for a lossy output
+/// (quantized, or a float type narrower than the source's values, as BF16 from FP8 with block
+/// scales) whose every tensor is within its type's bound and whose forward hyperparameters equal the
 /// source's, none does: what remains between the two models is the quantization noise the
 /// tensor checks accepted, and how much of it reaches the logits depends on the model (on
 /// SmolLM2-135M, MLX 6-bit moves the built-in reference tokens' next-token distributions by up
@@ -106,6 +107,8 @@ pub struct ModelCheck {
     pub top1: f64,
     pub cosine: f64,
     pub positions: usize,
+    /// Positions whose output logits (or KL divergence) are not finite: always a failure.
+    pub non_finite: usize,
     /// The output model's layers taken from the source run rather than recomputed (their
     /// tensors bit-identical, the hyperparameters equal, their inputs the same bits).
     pub reused_layers: Vec<usize>,
@@ -177,6 +180,16 @@ impl Report {
             return f;
         }
         f.extend(self.hparams_differ.iter().map(|d| format!("hyperparameter differs: {d}")));
+        if self.model.non_finite > 0 {
+            f.push(format!(
+                "the output model's next-token distribution is not finite (NaN or infinite logits) at {} of {} \
+                 positions",
+                self.model.non_finite, self.model.positions
+            ));
+        }
+        for b in self.blocks.iter().filter(|b| !b.rel_err.is_finite()) {
+            f.push(format!("layer {}: the feed-forward block's output is not finite", b.layer));
+        }
         for t in self.tensors.iter().filter(|t| !t.ok()) {
             f.push(if t.bound == 0.0 {
                 format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_type)
@@ -331,6 +344,7 @@ impl Report {
             })).collect::<Vec<_>>(),
             "model": {"kl_mean": self.model.kl_mean, "kl_max": self.model.kl_max, "top1": self.model.top1,
                       "logit_cosine": self.model.cosine, "positions": self.model.positions,
+                      "non_finite": self.model.non_finite,
                       "reused_layers": self.model.reused_layers, "reused_head": self.model.reused_head,
                       "reused_blocks": self.model.reused_blocks},
         })

@@ -147,10 +147,7 @@ impl DeepseekV3Config {
                 Some(other) => bail!("rope type '{other}' is not one llama.cpp's deepseek2 runs (yarn or none)"),
             }
         }
-        let rope_theta = json
-            .opt_f64("rope_theta")?
-            .or(rope.as_ref().and_then(|r| r.raw("rope_theta")).and_then(serde_json::Value::as_f64))
-            .unwrap_or(10000.0);
+        let rope_theta = crate::families::common::rope_theta(json)?.unwrap_or(10000.0);
         let rms_eps = json.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
         if rms_eps != 1e-6 {
             warnings.push(format!(

@@ -167,6 +167,10 @@ impl Blocks for DeepseekV3Blocks {
         mla(m, l, x, starts)
     }
 
+    fn value_length_is_head_size(&self) -> bool {
+        false
+    }
+
     fn attention_tensors(&self, s: &Sizes, l: usize) -> Vec<Expect> {
         let t = |name: &str| format!("blk.{l}.{name}.weight");
         let h = &s.n_embd;

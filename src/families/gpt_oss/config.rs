@@ -46,10 +46,7 @@ impl GptOssConfig {
         let original = layout == SourceLayout::OpenAiOriginal;
         let (experts, used) =
             if original { ("num_experts", "experts_per_token") } else { ("num_local_experts", "num_experts_per_tok") };
-        let rope_theta = json
-            .opt_f64("rope_theta")?
-            .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64))
-            .context("\"rope_theta\" is missing")?;
+        let rope_theta = crate::families::common::rope_theta(json)?.context("\"rope_theta\" is missing")?;
         let (n_ctx, yarn, rms_eps) = if original {
             let factor = json.opt_f64("rope_scaling_factor")?.unwrap_or(1.0);
             let orig = json.u64("initial_context_length")?;

@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
-use serde_json::Value as Json;
 
 use crate::families::ModelConfig;
 use crate::source::config::Keys;
@@ -132,10 +131,7 @@ impl LlamaConfig {
             head_dim: json
                 .opt_u64("head_dim")?
                 .or(defaults.filter(|d| d.head_dim).and_then(|_| n_embd.checked_div(n_head))),
-            rope_theta: json
-                .opt_f64("rope_theta")?
-                .or(json.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64))
-                .or(defaults.map(|d| d.rope_theta)),
+            rope_theta: crate::families::common::rope_theta(json)?.or(defaults.map(|d| d.rope_theta)),
             rope_scaling,
             llama3_rope,
             rms_eps: json.opt_f64("rms_norm_eps")?.or(defaults.map(|d| d.rms_eps)),

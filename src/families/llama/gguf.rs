@@ -151,15 +151,7 @@ pub fn convert<'a>(
         OutType::Auto => auto_outtype(&sources),
     };
     let hd = hp.head_dim().unwrap_or(0);
-    let mut recipes = Vec::new();
-    if let Some(factors) = hp.llama3_rope_factors() {
-        recipes.push(Recipe::new(
-            TensorSpec { name: "rope_freqs.weight".into(), ne: vec![factors.len() as u64], ggml_type: GgmlType::F32 },
-            Input::Owned(factors.iter().flat_map(|f| f.to_le_bytes()).collect()),
-            false,
-            "rope_scaling in config.json".into(),
-        ));
-    }
+    let mut recipes: Vec<Recipe> = rope_freqs_recipe(hp).into_iter().collect();
     for (i, s) in sources.iter().enumerate() {
         if let Some(own) = arch.own_recipes(i, &sources, out)? {
             recipes.extend(own);
@@ -180,4 +172,16 @@ pub fn convert<'a>(
     let metadata = hp.metadata(float_file_type(out), arch.experts());
     let plan = gguf_plan("llama", &config.dir, &config.json, &recipes, metadata, vocab);
     Ok(Converted { plan, recipes, warnings })
+}
+
+/// Llama 3.1's `rope_freqs.weight` (one factor per rotary pair, F32), computed from
+/// `rope_scaling` as llama.cpp's converter does; `None` without Llama 3 scaling.
+pub fn rope_freqs_recipe(hp: &LlamaConfig) -> Option<Recipe<'static>> {
+    let factors = hp.llama3_rope_factors()?;
+    Some(Recipe::new(
+        TensorSpec { name: "rope_freqs.weight".into(), ne: vec![factors.len() as u64], ggml_type: GgmlType::F32 },
+        Input::Owned(factors.iter().flat_map(|f| f.to_le_bytes()).collect()),
+        false,
+        "rope_scaling in config.json".into(),
+    ))
 }

@@ -62,6 +62,11 @@ impl Family for Llama {
         Ok((hp.metadata(1, None), hp.head_dim().unwrap_or(0)))
     }
 
+    fn computed_recipes(&self, config: &ModelConfig) -> Result<Vec<crate::plan::recipe::Recipe<'static>>> {
+        let (hp, _) = LlamaConfig::load(config)?;
+        Ok(gguf::rope_freqs_recipe(&hp).into_iter().collect())
+    }
+
     fn layer_names(&self) -> &'static [(&'static str, &'static str)] {
         gguf::LAYER_NAMES
     }

@@ -153,7 +153,7 @@ impl QwenMoeConfig {
             n_head,
             n_head_kv: json.opt_u64("num_key_value_heads")?.unwrap_or(n_head),
             head_dim: json.opt_u64("head_dim")?,
-            rope_theta: json.opt_f64("rope_theta")?.or(rope.as_ref().and_then(|r| r.raw("rope_theta")?.as_f64())),
+            rope_theta: crate::families::common::rope_theta(json)?,
             rope_scaling,
             rms_eps: json.opt_f64("rms_norm_eps")?,
             vocab_size: json.u64("vocab_size")?,

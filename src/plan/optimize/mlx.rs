@@ -79,13 +79,16 @@ pub struct MlxBudget {
 }
 
 /// The candidate types of a module with rows of `row_len` values: affine 2…8 bits at `ty`'s
-/// group size, MXFP4 when the rows are whole groups of 32, and `dtype`; cheapest first.
-/// (`--candidate-types` narrows them.)
+/// group size when the rows are whole groups of it, MXFP4 when they are whole groups of 32, and
+/// `dtype`; cheapest first. (`--candidate-types` narrows them.)
 pub fn candidates(ty: MlxType, row_len: u64, dtype: GgmlType) -> Vec<MlxType> {
     let group = ty.group().unwrap_or(64);
-    let mut out: Vec<MlxType> = AFFINE_BITS.iter().map(|&bits| MlxType::Affine { bits, group }).collect();
+    let mut out: Vec<MlxType> = Vec::new();
+    if row_len.is_multiple_of(group) {
+        out.extend(AFFINE_BITS.iter().map(|&bits| MlxType::Affine { bits, group }));
+    }
     if row_len.is_multiple_of(32) {
-        out.insert(2, MlxType::Mxfp4);
+        out.insert(out.len().min(2), MlxType::Mxfp4);
     }
     out.push(MlxType::Float(dtype));
     out
