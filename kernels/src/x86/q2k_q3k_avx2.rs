@@ -489,8 +489,9 @@ mod tests {
 
     /// `make_q3_quants_x` (the descent's skipped no-op steps, its biased codes) against the
     /// scalar `make_q3_quants`, sub-block by sub-block: coarse values whose quotients fall on
-    /// rounding ties, zeros and all-zero sub-blocks, one outlier (tiny `slx`, quotients past
-    /// nearest_int's range), scales from subnormal to 1e19 (`x²` overflowing).
+    /// rounding ties (rounding them half up instead of to even fails here), zeros and all-zero
+    /// sub-blocks, one outlier among values 10^6 smaller, scales from subnormal to 3e38 (`x²`
+    /// and `w·x` overflowing).
     #[test]
     fn make_q3_quants_x_matches_make_q3_quants() {
         if !is_x86_feature_detected!("avx2") {
