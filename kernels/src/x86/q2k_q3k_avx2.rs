@@ -181,7 +181,6 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
         _mm256_max_epi32(_mm256_min_epi32(raw, _mm256_set1_epi32(BIAS + 3)), _mm256_set1_epi32(BIAS - 4))
     };
     let mut lv = [[_mm256_setzero_si256(); V]; 16];
-    let (mut w, mut wx) = ([[zero; V]; 16], [[zero; V]; 16]);
     // Each value's terms of the sums at its current code l: `w·x·l` and `w·l·l`, as the
     // reference forms them; renewed when the code changes.
     let (mut tlx, mut tl2) = ([[zero; V]; 16], [[zero; V]; 16]);
@@ -191,11 +190,10 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
         for i in 0..16 {
             let q = codes(nearest_int(_mm256_mul_ps(iscale, x[i][v])));
             lv[i][v] = _mm256_add_epi32(q, bias);
-            w[i][v] = _mm256_mul_ps(x[i][v], x[i][v]);
-            wx[i][v] = _mm256_mul_ps(w[i][v], x[i][v]);
+            let w = _mm256_mul_ps(x[i][v], x[i][v]);
             let lf = _mm256_cvtepi32_ps(q);
-            tlx[i][v] = _mm256_mul_ps(wx[i][v], lf);
-            tl2[i][v] = _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf);
+            tlx[i][v] = _mm256_mul_ps(_mm256_mul_ps(w, x[i][v]), lf);
+            tl2[i][v] = _mm256_mul_ps(_mm256_mul_ps(w, lf), lf);
             sumlx[v] = _mm256_add_ps(sumlx[v], tlx[i][v]);
             suml2[v] = _mm256_add_ps(suml2[v], tl2[i][v]);
         }
@@ -220,7 +218,10 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
                     continue;
                 }
                 let nf = _mm256_cvtepi32_ps(_mm256_sub_epi32(new_l, bias));
-                let (nlx, nl2) = (_mm256_mul_ps(wx[i][v], nf), _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
+                // The value's weight x² and w·x, formed again here (rarely needed: not kept).
+                let w = _mm256_mul_ps(x[i][v], x[i][v]);
+                let (nlx, nl2) =
+                    (_mm256_mul_ps(_mm256_mul_ps(w, x[i][v]), nf), _mm256_mul_ps(_mm256_mul_ps(w, nf), nf));
                 let slx_new = _mm256_add_ps(slx, nlx);
                 let sl2_new = _mm256_add_ps(sl2, nl2);
                 let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(
