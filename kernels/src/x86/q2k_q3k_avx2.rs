@@ -152,11 +152,32 @@ const V_PLAIN: usize = 8;
 const Q3_SUPERBLOCKS: usize = V / 2;
 const Q3_SUPERBLOCKS_PLAIN: usize = V_PLAIN / 2;
 
+/// The per-value state of [`make_q3_quants_x`]'s descent (codes offset by nearest_int's bias,
+/// the terms `w·x·l` and `w·l·l`), kept by the caller across calls: every entry is written
+/// before it is read in each call, so it is allocated (and zeroed) once per row, not per call.
+struct Descent<const V: usize> {
+    lv: [[__m256i; V]; 16],
+    tlx: [[__m256; V]; 16],
+    tl2: [[__m256; V]; 16],
+}
+
+impl<const V: usize> Descent<V> {
+    #[target_feature(enable = "avx2")]
+    fn new() -> Self {
+        let zero = _mm256_setzero_ps();
+        Descent { lv: [[_mm256_setzero_si256(); V]; 16], tlx: [[zero; V]; 16], tl2: [[zero; V]; 16] }
+    }
+}
+
 /// `make_q3_quants(16, 4, x, L, true)` for 8 sub-blocks per vector (`x[i][v]` is element i of
 /// sub-blocks 8v..8v+8). Returns the scales and writes the codes (offset by 4; 0 for an
 /// all-zero sub-block) to `l[v][16 * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8]; V] {
+fn make_q3_quants_x<const V: usize>(
+    x: &[[__m256; V]; 16],
+    l: &mut [[i8; 128]; V],
+    state: &mut Descent<V>,
+) -> [[f32; 8]; V] {
     let zero = _mm256_setzero_ps();
     let (mut max, mut amax) = ([zero; V], [zero; V]);
     for row in x {
@@ -180,10 +201,9 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
         );
         _mm256_max_epi32(_mm256_min_epi32(raw, _mm256_set1_epi32(BIAS + 3)), _mm256_set1_epi32(BIAS - 4))
     };
-    let mut lv = [[_mm256_setzero_si256(); V]; 16];
+    let Descent { lv, tlx, tl2 } = state;
     // Each value's terms of the sums at its current code l: `w·x·l` and `w·l·l`, as the
     // reference forms them; renewed when the code changes.
-    let (mut tlx, mut tl2) = ([[zero; V]; 16], [[zero; V]; 16]);
     let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
     for v in 0..V {
         let iscale = _mm256_div_ps(splat(-4.0), max[v]);
@@ -342,10 +362,10 @@ fn q3_k_finish_all<const W: usize>(
 
 /// [`Q3_SUPERBLOCKS_PLAIN`] Q3_K super-blocks without importance weights.
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
+fn q3_k_superblocks(x: &[f32], y: &mut [u8], state: &mut Descent<V_PLAIN>) {
     let xv = columns16::<V_PLAIN>(x);
     let mut codes = [[0i8; 128]; V_PLAIN];
-    let found = make_q3_quants_x(&xv, &mut codes);
+    let found = make_q3_quants_x(&xv, &mut codes, state);
     q3_k_finish_all(x, y, &found, &codes, None);
 }
 
@@ -377,10 +397,11 @@ fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]
 /// Q3_K without importance weights (`quantize_row_q3_K_ref`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+    let mut state = Descent::new();
     let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS_PLAIN);
     let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS_PLAIN);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        q3_k_superblocks(x, y);
+        q3_k_superblocks(x, y, &mut state);
     }
     q2k_q3k::quantize_q3_k(xs.remainder(), ys.into_remainder());
 }
@@ -499,6 +520,9 @@ mod tests {
             return;
         }
         let mut next = uniform();
+        // One state for all cases, as a row's super-blocks share one: nothing may leak.
+        // SAFETY: AVX2 was detected above.
+        let mut descent = unsafe { Descent::<8>::new() };
         let scales = [0.02, 1.0, 1e-3, 1e-15, 2e-15, 1e-20, 1e-40, 1e15, 1e19, 3e38, 0.0, 7.0];
         for case in 0..3_000 {
             let mut x = [0f32; 1024];
@@ -526,7 +550,7 @@ mod tests {
             }
             let mut got_l = [[0i8; 128]; 8];
             // SAFETY: AVX2 was detected above.
-            let got = unsafe { make_q3_quants_x::<8>(&columns16::<8>(&x), &mut got_l) };
+            let got = unsafe { make_q3_quants_x::<8>(&columns16::<8>(&x), &mut got_l, &mut descent) };
             for (s, sub) in x.chunks_exact(16).enumerate() {
                 let (v, j) = (s / 8, s % 8);
                 let mut want_l = [0i8; 16];
