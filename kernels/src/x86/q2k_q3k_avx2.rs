@@ -10,8 +10,8 @@ use std::arch::x86_64::*;
 
 use super::avx2::lanes;
 use super::kquants_avx2::{
-    N, Q6_VECTORS, Search, blend, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn, make_qx_quants_16,
-    make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8, transpose_codes,
+    N, Q6_VECTORS, Search, blend, blend_state, clamp, columns, columns16, imatrix_weights, make_qkx2_quants_xn,
+    make_qx_quants_16, make_qx_quants_x, nearest_int, splat, sums_of_squares, sums_of_squares8, transpose_codes,
 };
 use crate::convert::f16_to_f32;
 use crate::scalar::q2k_q3k::{self, Q2_K_BYTES, Q3_K_BYTES};
@@ -152,11 +152,32 @@ const V_PLAIN: usize = 8;
 const Q3_SUPERBLOCKS: usize = V / 2;
 const Q3_SUPERBLOCKS_PLAIN: usize = V_PLAIN / 2;
 
+/// The per-value state of [`make_q3_quants_x`]'s descent (codes offset by nearest_int's bias,
+/// the terms `w·x·l` and `w·l·l`), kept by the caller across calls: every entry is written
+/// before it is read in each call, so it is allocated (and zeroed) once per row, not per call.
+struct Descent<const V: usize> {
+    lv: [[__m256i; V]; 16],
+    tlx: [[__m256; V]; 16],
+    tl2: [[__m256; V]; 16],
+}
+
+impl<const V: usize> Descent<V> {
+    #[target_feature(enable = "avx2")]
+    fn new() -> Self {
+        let zero = _mm256_setzero_ps();
+        Descent { lv: [[_mm256_setzero_si256(); V]; 16], tlx: [[zero; V]; 16], tl2: [[zero; V]; 16] }
+    }
+}
+
 /// `make_q3_quants(16, 4, x, L, true)` for 8 sub-blocks per vector (`x[i][v]` is element i of
 /// sub-blocks 8v..8v+8). Returns the scales and writes the codes (offset by 4; 0 for an
 /// all-zero sub-block) to `l[v][16 * j + i]`.
 #[target_feature(enable = "avx2")]
-fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V]) -> [[f32; 8]; V] {
+fn make_q3_quants_x<const V: usize>(
+    x: &[[__m256; V]; 16],
+    l: &mut [[i8; 128]; V],
+    state: &mut Descent<V>,
+) -> [[f32; 8]; V] {
     let zero = _mm256_setzero_ps();
     let (mut max, mut amax) = ([zero; V], [zero; V]);
     for row in x {
@@ -168,40 +189,61 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
         }
     }
     let codes = |q: __m256i| _mm256_max_epi32(_mm256_min_epi32(q, _mm256_set1_epi32(3)), _mm256_set1_epi32(-4));
-    let mut lv = [[_mm256_setzero_si256(); V]; 16];
-    let (mut w, mut wx) = ([[zero; V]; 16], [[zero; V]; 16]);
+    // The descent keeps the codes offset by nearest_int's bias (`BIAS + l`): the bits of
+    // `f + 1.5·2^23` masked to 23 bits, clamped to BIAS − 4..=BIAS + 3, are `BIAS +
+    // clamp(nearest_int(f), −4, 3)` for every f (the subtraction of BIAS commutes with the clamp).
+    const BIAS: i32 = 0x0040_0000;
+    let bias = _mm256_set1_epi32(BIAS);
+    let biased_codes = |f: __m256| {
+        let raw = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_add_ps(f, splat(12_582_912.0))),
+            _mm256_set1_epi32(0x007f_ffff),
+        );
+        _mm256_max_epi32(_mm256_min_epi32(raw, _mm256_set1_epi32(BIAS + 3)), _mm256_set1_epi32(BIAS - 4))
+    };
+    let Descent { lv, tlx, tl2 } = state;
+    // Each value's terms of the sums at its current code l: `w·x·l` and `w·l·l`, as the
+    // reference forms them; renewed when the code changes.
     let (mut sumlx, mut suml2) = ([zero; V], [zero; V]);
     for v in 0..V {
         let iscale = _mm256_div_ps(splat(-4.0), max[v]);
         for i in 0..16 {
             let q = codes(nearest_int(_mm256_mul_ps(iscale, x[i][v])));
-            lv[i][v] = q;
-            w[i][v] = _mm256_mul_ps(x[i][v], x[i][v]);
-            wx[i][v] = _mm256_mul_ps(w[i][v], x[i][v]);
+            lv[i][v] = _mm256_add_epi32(q, bias);
+            let w = _mm256_mul_ps(x[i][v], x[i][v]);
             let lf = _mm256_cvtepi32_ps(q);
-            sumlx[v] = _mm256_add_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
-            suml2[v] = _mm256_add_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
+            tlx[i][v] = _mm256_mul_ps(_mm256_mul_ps(w, x[i][v]), lf);
+            tl2[i][v] = _mm256_mul_ps(_mm256_mul_ps(w, lf), lf);
+            sumlx[v] = _mm256_add_ps(sumlx[v], tlx[i][v]);
+            suml2[v] = _mm256_add_ps(suml2[v], tl2[i][v]);
         }
     }
     // Passes until no lane of a vector changes (a pass that changes nothing leaves the state
-    // as it was, so lanes that stopped may run on: they repeat it exactly).
+    // as it was, so lanes that stopped may run on: they repeat it exactly). A step where no
+    // lane would try a new code (about 9 in 10) changes nothing and ends at the test.
     let mut active = [true; V];
     for _ in 0..5 {
         let mut changed = [_mm256_setzero_si256(); V];
         for i in 0..16 {
             for v in (0..V).filter(|&v| active[v]) {
-                let lf = _mm256_cvtepi32_ps(lv[i][v]);
-                let slx = _mm256_sub_ps(sumlx[v], _mm256_mul_ps(wx[i][v], lf));
-                let sl2 = _mm256_sub_ps(suml2[v], _mm256_mul_ps(_mm256_mul_ps(w[i][v], lf), lf));
-                let new_l = codes(nearest_int(_mm256_div_ps(_mm256_mul_ps(x[i][v], sl2), slx)));
+                let slx = _mm256_sub_ps(sumlx[v], tlx[i][v]);
+                let sl2 = _mm256_sub_ps(suml2[v], tl2[i][v]);
+                let new_l = biased_codes(_mm256_div_ps(_mm256_mul_ps(x[i][v], sl2), slx));
                 // Lanes where the reference would try the new code; most steps have none.
                 let tries = _mm256_andnot_si256(
                     _mm256_cmpeq_epi32(new_l, lv[i][v]),
                     _mm256_castps_si256(_mm256_cmp_ps::<_CMP_GT_OQ>(slx, zero)),
                 );
-                let nf = _mm256_cvtepi32_ps(new_l);
-                let slx_new = _mm256_add_ps(slx, _mm256_mul_ps(wx[i][v], nf));
-                let sl2_new = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(w[i][v], nf), nf));
+                if _mm256_movemask_ps(_mm256_castsi256_ps(tries)) == 0 {
+                    continue;
+                }
+                let nf = _mm256_cvtepi32_ps(_mm256_sub_epi32(new_l, bias));
+                // The value's weight x² and w·x, formed again here (rarely needed: not kept).
+                let w = _mm256_mul_ps(x[i][v], x[i][v]);
+                let (nlx, nl2) =
+                    (_mm256_mul_ps(_mm256_mul_ps(w, x[i][v]), nf), _mm256_mul_ps(_mm256_mul_ps(w, nf), nf));
+                let slx_new = _mm256_add_ps(slx, nlx);
+                let sl2_new = _mm256_add_ps(sl2, nl2);
                 let gain = _mm256_cmp_ps::<_CMP_GT_OQ>(
                     _mm256_mul_ps(_mm256_mul_ps(slx_new, slx_new), suml2[v]),
                     _mm256_mul_ps(_mm256_mul_ps(sumlx[v], sumlx[v]), sl2_new),
@@ -210,8 +252,10 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
                 let accept = _mm256_and_si256(_mm256_castps_si256(valid), tries);
                 lv[i][v] = _mm256_blendv_epi8(lv[i][v], new_l, accept);
                 let take = _mm256_castsi256_ps(accept);
-                sumlx[v] = blend(sumlx[v], slx_new, take);
-                suml2[v] = blend(suml2[v], sl2_new, take);
+                tlx[i][v] = blend_state(tlx[i][v], nlx, take);
+                tl2[i][v] = blend_state(tl2[i][v], nl2, take);
+                sumlx[v] = blend_state(sumlx[v], slx_new, take);
+                suml2[v] = blend_state(suml2[v], sl2_new, take);
                 changed[v] = _mm256_or_si256(changed[v], accept);
             }
         }
@@ -228,7 +272,7 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], l: &mut [[i8; 128]; V
         // Codes 0..8 leave the lanes by a byte transpose.
         let mut q = [_mm256_setzero_si256(); 16];
         for i in 0..16 {
-            q[i] = _mm256_andnot_si256(small, _mm256_add_epi32(lv[i][v], _mm256_set1_epi32(4)));
+            q[i] = _mm256_andnot_si256(small, _mm256_sub_epi32(lv[i][v], _mm256_set1_epi32(BIAS - 4)));
         }
         transpose_codes(&q, &mut l[v]);
         let positive = _mm256_cmp_ps::<_CMP_GT_OQ>(suml2[v], zero);
@@ -318,10 +362,10 @@ fn q3_k_finish_all<const W: usize>(
 
 /// [`Q3_SUPERBLOCKS_PLAIN`] Q3_K super-blocks without importance weights.
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks(x: &[f32], y: &mut [u8]) {
+fn q3_k_superblocks(x: &[f32], y: &mut [u8], state: &mut Descent<V_PLAIN>) {
     let xv = columns16::<V_PLAIN>(x);
     let mut codes = [[0i8; 128]; V_PLAIN];
-    let found = make_q3_quants_x(&xv, &mut codes);
+    let found = make_q3_quants_x(&xv, &mut codes, state);
     q3_k_finish_all(x, y, &found, &codes, None);
 }
 
@@ -353,10 +397,11 @@ fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]
 /// Q3_K without importance weights (`quantize_row_q3_K_ref`), values finite.
 #[target_feature(enable = "avx2,f16c")]
 pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+    let mut state = Descent::new();
     let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS_PLAIN);
     let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS_PLAIN);
     for (x, y) in (&mut xs).zip(&mut ys) {
-        q3_k_superblocks(x, y);
+        q3_k_superblocks(x, y, &mut state);
     }
     q2k_q3k::quantize_q3_k(xs.remainder(), ys.into_remainder());
 }
@@ -444,6 +489,74 @@ pub fn dequantize_q3_k(x: &[u8], y: &mut [f32]) {
                     let sc = q2k_q3k::q3_k_scale(8 * h + 2 * k + half, &b[96..108]) as i32 - 32;
                     put16(codes, d_all * sc as f32, None, &mut y[128 * h + 32 * k + 16 * half..]);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Uniform values in [0, 1) from a fixed xorshift sequence.
+    fn uniform() -> impl FnMut() -> f32 {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
+    /// `make_q3_quants_x` (the descent's skipped no-op steps, its biased codes) against the
+    /// scalar `make_q3_quants`, sub-block by sub-block: coarse values whose quotients fall on
+    /// rounding ties (rounding them half up instead of to even fails here), zeros and all-zero
+    /// sub-blocks, one outlier among values 10^6 smaller, scales from subnormal to 3e38 (`x²`
+    /// and `w·x` overflowing).
+    #[test]
+    fn make_q3_quants_x_matches_make_q3_quants() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut next = uniform();
+        // One state for all cases, as a row's super-blocks share one: nothing may leak.
+        // SAFETY: AVX2 was detected above.
+        let mut descent = unsafe { Descent::<8>::new() };
+        let scales = [0.02, 1.0, 1e-3, 1e-15, 2e-15, 1e-20, 1e-40, 1e15, 1e19, 3e38, 0.0, 7.0];
+        for case in 0..3_000 {
+            let mut x = [0f32; 1024];
+            for (s, sub) in x.chunks_exact_mut(16).enumerate() {
+                let kind = (case + 7 * s) % 6;
+                let scale = scales[(case * 5 + s) % scales.len()];
+                for v in sub.iter_mut() {
+                    *v = match kind {
+                        // Multiples of 1/4: ties in the first rounding and in the descent.
+                        0 => ((next() * 16.0).floor() - 8.0) * 0.25,
+                        1 => ((next() * 8.0).floor() - 4.0) * scale,
+                        2 => (next() - 0.5) * scale,
+                        3 if next() < 0.5 => 0.0,
+                        3 => (next() - 0.3) * scale,
+                        4 => (next() - 0.5) * 1e-6 * scale,
+                        _ => ((next() * 3.0).floor() - 1.0) * scale,
+                    };
+                }
+                if kind == 4 {
+                    sub[(s * 3) % 16] = scale;
+                }
+                if (case + s) % 23 == 0 {
+                    sub.fill(0.0);
+                }
+            }
+            let mut got_l = [[0i8; 128]; 8];
+            // SAFETY: AVX2 was detected above.
+            let got = unsafe { make_q3_quants_x::<8>(&columns16::<8>(&x), &mut got_l, &mut descent) };
+            for (s, sub) in x.chunks_exact(16).enumerate() {
+                let (v, j) = (s / 8, s % 8);
+                let mut want_l = [0i8; 16];
+                let want = q2k_q3k::make_q3_quants(sub, &mut want_l);
+                assert_eq!(got[v][j].to_bits(), want.to_bits(), "case {case} sub-block {s}: {sub:?}");
+                assert_eq!(got_l[v][16 * j..16 * j + 16], want_l, "case {case} sub-block {s}: {sub:?}");
             }
         }
     }
