@@ -329,17 +329,32 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], levels8(&rows[8 * i..])));
         }
         let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
-        // Past the list's end, NaN (all bits set): never below the best.
-        let valid = _mm256_cmpgt_epi32(end, at);
-        let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
-        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict less-than.
-        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
-        best = _mm256_min_ps(d2, best);
-        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+        keep_first_minimum(d2, at, end, &mut best, &mut best_at);
     }
-    // Each lane holds its first minimum; the answer is the smallest value, first position:
-    // the least position among the lanes holding the smallest value (lanes that found nothing
-    // hold NaN or FLT_MAX with position `i32::MAX`).
+    first_minimum(best, best_at, len)
+}
+
+/// One chunk of a lanes-as-neighbours scan: the squared distances `d2` of the neighbours at
+/// positions `at`; positions at or past `end` count as NaN (all bits set: never below the
+/// best); each lane keeps its first minimum (`min_ps(d2, best)` is `d2 < best ? d2 : best`, the
+/// scalar search's strict less-than) and where it was.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn keep_first_minimum(d2: __m256, at: __m256i, end: __m256i, best: &mut __m256, best_at: &mut __m256i) {
+    let valid = _mm256_cmpgt_epi32(end, at);
+    let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
+    let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, *best);
+    *best = _mm256_min_ps(d2, *best);
+    *best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(*best_at), _mm256_castsi256_ps(at), better));
+}
+
+/// The scans' answer from each lane's first minimum (`best`, at position `best_at`): the
+/// smallest value's first position, i.e. the least position among the lanes holding the
+/// smallest value (lanes that found nothing hold NaN or FLT_MAX with position `i32::MAX`);
+/// `None` when it is not below `len`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn first_minimum(best: __m256, best_at: __m256i, len: usize) -> Option<usize> {
     let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
     let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
     let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
@@ -389,27 +404,9 @@ fn nearest_packed2(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale:
             d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(terms[i], _mm256_srlv_epi32(codes, shifts[i])));
         }
         let at = _mm256_add_epi32(lane, _mm256_set1_epi32(8 * chunk as i32));
-        // Past the list's end, NaN (all bits set): never below the best.
-        let valid = _mm256_cmpgt_epi32(end, at);
-        let d2 = _mm256_or_ps(d2, _mm256_castsi256_ps(_mm256_xor_si256(valid, _mm256_set1_epi32(-1))));
-        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict less-than.
-        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
-        best = _mm256_min_ps(d2, best);
-        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
+        keep_first_minimum(d2, at, end, &mut best, &mut best_at);
     }
-    // As in `nearest`: the least position among the lanes holding the smallest value.
-    let m = _mm256_min_ps(best, _mm256_permute2f128_ps::<1>(best, best));
-    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b01_00_11_10>(m));
-    let m = _mm256_min_ps(m, _mm256_permute_ps::<0b10_11_00_01>(m));
-    let at = _mm256_blendv_epi8(
-        _mm256_set1_epi32(i32::MAX),
-        best_at,
-        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(best, m)),
-    );
-    let at = _mm256_min_epi32(at, _mm256_permute2x128_si256::<1>(at, at));
-    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b01_00_11_10>(at));
-    let at = _mm256_min_epi32(at, _mm256_shuffle_epi32::<0b10_11_00_01>(at));
-    usize::try_from(_mm256_cvtsi256_si32(at)).ok().filter(|&at| at < len)
+    first_minimum(best, best_at, len)
 }
 
 /// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
@@ -1431,13 +1428,7 @@ mod tests {
 
     /// Uniform values in [0, 1) from a fixed xorshift sequence.
     fn uniform() -> impl FnMut() -> f32 {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        }
+        crate::x86::tests::xorshift_uniform(0x9E37_79B9_7F4A_7C15)
     }
 
     /// `qp_scales8` against the scalar `make_qp_quants`, block by block (some blocks left out,

@@ -116,8 +116,20 @@ pub(crate) fn mxfp4_exponent(amax: f32) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Uniform values in [0, 1) from the xorshift sequence seeded `seed` (the kernels' unit
+    /// tests' data).
+    pub(crate) fn xorshift_uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
 
     /// Around every power of two, and across each binade, the table agrees with log2f.
     #[test]

@@ -500,13 +500,7 @@ mod tests {
 
     /// Uniform values in [0, 1) from a fixed xorshift sequence.
     fn uniform() -> impl FnMut() -> f32 {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        }
+        crate::x86::tests::xorshift_uniform(0x2545_F491_4F6C_DD1D)
     }
 
     /// `make_q3_quants_x` (the descent's skipped no-op steps, its biased codes) against the
