@@ -486,19 +486,41 @@ fn nearest_per_lane_packed<const N: usize>(
                 // Levels are below 8 (`& 7` keeps them and spares the bounds check).
                 d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
             }
-            // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar search's strict
-            // less-than. Lanes outside `lanes` search too; their results are not read.
-            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
-            best = _mm256_min_ps(d2, best);
-            best_code = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(best_code),
-                _mm256_castsi256_ps(_mm256_set1_epi32(code as i32)),
-                better,
-            ));
+            // Lanes outside `lanes` search too; their results are not read.
+            keep_best_code(d2, code as i32, &mut best, &mut best_code);
         }
     }
+    unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base)
+}
+
+/// One neighbour of a per-lane scan: each lane keeps its first minimum of `d2` and, with it,
+/// the neighbour's packed `code` (`min_ps(d2, best)` is `d2 < best ? d2 : best`, the scalar
+/// search's strict less-than).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn keep_best_code(d2: __m256, code: i32, best: &mut __m256, best_code: &mut __m256i) {
+    let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, *best);
+    *best = _mm256_min_ps(d2, *best);
+    *best_code = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(*best_code),
+        _mm256_castsi256_ps(_mm256_set1_epi32(code)),
+        better,
+    ));
+}
+
+/// The end of a per-lane packed-code scan (`best_code` −1 where a lane found no winner): where a
+/// lane set in `lanes` has none (every distance at least FLT_MAX) ggml aborts; otherwise those
+/// lanes' winners are unpacked ([`unpack_winners`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn unpack_winners_or_abort<const N: usize>(
+    best_code: __m256i,
+    lanes: i32,
+    bits: u32,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
     let wanted = wanted_lanes(lanes);
-    // A wanted lane without a winner (every distance at least FLT_MAX) is where ggml aborts.
     let none = _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1));
     if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(none, wanted))) != 0 {
         return Err(GgmlAbort);
@@ -581,27 +603,10 @@ fn nearest_per_lane_prefix<const N: usize>(
                 let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
                 d2 = _mm256_add_ps(d2, term);
             }
-            // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
-            // search. Lanes outside `lanes` search too; their results are not read.
-            let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
-            best = _mm256_min_ps(d2, best);
-            best_code = _mm256_castps_si256(_mm256_blendv_ps(
-                _mm256_castsi256_ps(best_code),
-                _mm256_castsi256_ps(_mm256_set1_epi32(code as i32)),
-                better,
-            ));
+            // Lanes outside `lanes` search too; their results are not read.
+            keep_best_code(d2, code as i32, &mut best, &mut best_code);
         }
-        let wanted = wanted_lanes(lanes);
-        // A wanted lane without a winner (every distance at least FLT_MAX) is where ggml aborts.
-        if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(
-            _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1)),
-            wanted,
-        ))) != 0
-        {
-            return Err(GgmlAbort);
-        }
-        unpack_winners::<N>(best_code, wanted, 2, codes, base);
-        return Ok(());
+        return unpack_winners_or_abort::<N>(best_code, lanes, 2, codes, base);
     }
     let mut best_at = _mm256_set1_epi32(-1);
     let mut at = _mm256_setzero_si256();
