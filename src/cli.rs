@@ -14,8 +14,8 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Print warnings and errors only: no progress bar, no `wrote …` lines or summaries, and
-    /// `verify`'s report only when a check fails (what a command is asked to print on
-    /// standard output, like `inspect`'s report, is still printed).
+    /// `verify`'s text report only when a check fails (what a command is asked to print on
+    /// standard output, like `inspect`'s report or `--json`, is still printed).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 }

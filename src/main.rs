@@ -86,8 +86,8 @@ fn run_verify(
     }
     let passed = report.failures().is_empty();
     let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };
-    if quiet && passed {
-        // Quiet: the report only when a check fails.
+    if quiet && passed && !json {
+        // Quiet: the text report only when a check fails (JSON asked for is printed).
     } else if json {
         let mut value = report.to_json();
         if let (Some(checks), Some(obj)) = (&experts, value.as_object_mut()) {

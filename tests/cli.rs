@@ -670,9 +670,10 @@ fn patched(
     out
 }
 
-/// Runs `moeq verify --json`; returns the exit code and the report.
+/// Runs `moeq verify --json --quiet` (the JSON asked for is printed, pass or fail); returns the
+/// exit code and the report.
 fn verify_json(source: &Path, output: &Path) -> (i32, Json) {
-    let out = moeq(&["verify", path_arg(source), path_arg(output), "--json"]);
+    let out = moeq(&["verify", path_arg(source), path_arg(output), "--json", "--quiet"]);
     let report: Json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("verify printed no JSON: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap_or(-1), report)
@@ -987,6 +988,36 @@ fn verify_catches_broken_outputs() {
     // The shuffled expert is the worst expert of its layer.
     let (_, r) = verify_json(&fixtures().join("mixtral/hf"), &dir.path().join("broken-3-mixtral-bf16.gguf"));
     assert_eq!(r["blocks"][0]["worst_experts"][0]["expert"], 2, "{}", r["blocks"][0]);
+}
+
+/// verify's per-tensor bound follows what round-to-nearest of the source in the output's type
+/// gives: a Q4_0 tensor with 5 % of its blocks' scales zeroed is within Q4_0's fixed bound (0.3)
+/// but fails at ~2.8× its expected error, named; the file's other tensors are at their
+/// expected error.
+#[test]
+fn verify_bounds_tensors_by_their_round_to_nearest_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let zeroed = patched(dir.path(), "llama-bf16-Q4_0.gguf", "zeroed-scales", |range, bytes| {
+        let (at, n) = range("blk.0.ffn_up.weight");
+        for block in bytes[at..at + n].chunks_exact_mut(18).step_by(20) {
+            block[..2].fill(0); // the f16 scale
+        }
+    });
+    let (code, r) = verify_json(&llama, &zeroed);
+    assert_eq!(code, 1, "{r}");
+    let t = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_up.weight").unwrap();
+    let (err, expected, bound) =
+        (t["rel_rmse"].as_f64().unwrap(), t["expected_rel_rmse"].as_f64().unwrap(), t["bound"].as_f64().unwrap());
+    assert!(err < 0.3 && err > 2.0 * expected && bound < 0.3, "{t}");
+    let failures = r["failures"].to_string();
+    assert!(failures.contains("blk.0.ffn_up.weight") && failures.contains("round"), "{failures}");
+    // Every other tensor is at its expected error (the golden is llama-quantize's Q4_0).
+    for t in r["tensors"].as_array().unwrap().iter().filter(|t| t["name"] != "blk.0.ffn_up.weight") {
+        if let (Some(e), Some(x)) = (t["rel_rmse"].as_f64(), t["expected_rel_rmse"].as_f64()) {
+            assert!((e / x - 1.0).abs() < 0.05, "{t}");
+        }
+    }
 }
 
 /// Every tensor of a safetensors folder: name → (dtype, shape, bytes).

@@ -178,7 +178,24 @@ impl<'a> Weights<'a> {
         Ok(&self.recipe(name)?.spec.ne)
     }
 
-    fn recipe(&self, name: &str) -> Result<&Recipe<'a>> {
+    /// How tensor `name` is stored when that is not a ggml type's blocks: MLX's affine
+    /// quantization (bits, values per group). `None` for everything else (ggml types, OpenAI's
+    /// MXFP4 — the same values as ggml's MXFP4 —, floats).
+    ///
+    /// Errors: no tensor `name`.
+    pub fn mlx_affine(&self, name: &str) -> Result<Option<(u32, u64)>> {
+        let r = &self.encoded[self.index(name)?];
+        Ok(r.parts.first().and_then(|p| match p.input {
+            crate::plan::recipe::Input::MlxAffine { bits, group, .. } => Some((bits, group)),
+            _ => None,
+        }))
+    }
+
+    /// The recipe reading tensor `name` as f32 values (as [`Weights::rows`] decodes them, the
+    /// replacement aside).
+    ///
+    /// Errors: no tensor `name`.
+    pub fn recipe(&self, name: &str) -> Result<&Recipe<'a>> {
         let i = self.by_name.get(name).with_context(|| format!("{}: no tensor '{name}'", self.path))?;
         Ok(&self.recipes[*i])
     }

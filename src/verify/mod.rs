@@ -163,7 +163,18 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         // The bytes the converter would write are the bytes stored: the same values.
         let (rel_rmse, cosine, max_abs, identical) = (0.0, 1.0, 0.0, true);
         let name = name.to_string();
-        return Ok(TensorCheck { name, source_type, output_type, rel_rmse, cosine, max_abs, identical, bound });
+        let expected = None;
+        return Ok(TensorCheck {
+            name,
+            source_type,
+            output_type,
+            rel_rmse,
+            cosine,
+            max_abs,
+            identical,
+            bound,
+            expected,
+        });
     }
     let ne = source.ne(name)?;
     let (cols, rows) = (ne.first().copied().unwrap_or(1).max(1), ne.iter().skip(1).product::<u64>());
@@ -178,6 +189,12 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         s.add(&a, &b);
         first += n;
     }
+    let (expected, bound) = if bound > 0.0 && output_type.is_quantized() && !s.identical {
+        let expected = expected_error(source, output, name)?;
+        (expected, report::expected_bound(output_type, expected))
+    } else {
+        (None, bound)
+    };
     Ok(TensorCheck {
         name: name.to_string(),
         source_type,
@@ -187,6 +204,42 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         max_abs: s.max_abs,
         identical: s.identical,
         bound,
+        expected,
+    })
+}
+
+/// Values of a tensor [`expected_error`] quantizes at most, in pieces of about
+/// [`EXPECTED_PIECE`] values spread over its rows.
+const EXPECTED_SAMPLE: u64 = 1 << 18;
+const EXPECTED_PIECE: u64 = 1 << 13;
+
+/// The relative RMS error of tensor `name` of `source` stored as `output` stores it (its ggml
+/// type, or MLX's affine bits and group) by moeq's round-to-nearest quantizers (ggml's
+/// reference, without importance weights; MLX's), measured on up to [`EXPECTED_SAMPLE`] values
+/// spread over its rows. `None` when the quantizer refuses the values (a type that needs
+/// importance weights, an overflow; reading the source, which the comparison has just read
+/// whole, is not expected to fail here).
+///
+/// Errors: no tensor `name` in either model.
+fn expected_error(source: &Weights, output: &Weights, name: &str) -> Result<Option<f64>> {
+    use crate::plan::optimize::measure::{Measured, measure_sample};
+    let recipe = source.recipe(name)?;
+    let measured = match output.mlx_affine(name)? {
+        Some((bits, group)) => {
+            let ty = crate::plan::mlx::MlxType::Affine { bits, group };
+            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
+        }
+        None => {
+            let ty = output.stored_types[name];
+            if crate::plan::transcode::quant_type(ty).is_some_and(|q| q.needs_importance()) {
+                return Ok(None);
+            }
+            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m: Measured| m.relative())
+        }
+    };
+    Ok(match measured {
+        Ok(r) if r.is_finite() => Some(r.sqrt()),
+        _ => None,
     })
 }
 

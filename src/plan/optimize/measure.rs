@@ -76,13 +76,40 @@ impl<T> Measured<T> {
 /// most [`PIECE_VALUES`] values of rows of `ne0`): all of them when they hold at most
 /// [`SAMPLE_VALUES`] values, else a subset spread evenly over the list.
 pub fn sample_pieces(pieces: &[(u64, u64)], ne0: u64) -> Vec<(u64, u64)> {
+    sample_pieces_within(pieces, ne0, SAMPLE_VALUES)
+}
+
+/// [`sample_pieces`] with at most about `max_values` values.
+fn sample_pieces_within(pieces: &[(u64, u64)], ne0: u64, max_values: u64) -> Vec<(u64, u64)> {
     let total: u64 = pieces.iter().map(|p| p.1 * ne0).sum();
-    if total <= SAMPLE_VALUES || pieces.is_empty() {
+    if total <= max_values || pieces.is_empty() {
         return pieces.to_vec();
     }
     let per = (total / pieces.len() as u64).max(1);
-    let keep = (SAMPLE_VALUES / per).clamp(1, pieces.len() as u64);
+    let keep = (max_values / per).clamp(1, pieces.len() as u64);
     (0..keep).map(|k| pieces[(k * pieces.len() as u64 / keep) as usize]).collect()
+}
+
+/// The error of one tensor stored as `ty`, on this thread: measured on at most about
+/// `max_values` of its values, in pieces of about `piece_values` spread evenly over its rows
+/// (each expert of a stacked tensor visited when there are enough pieces). What `verify`
+/// expects a correct file's tensor to show (see [`measure`] for the sums).
+///
+/// Errors: reading the input fails, or the quantizer refuses the values (e.g. a type that
+/// needs importance weights, given none).
+pub fn measure_sample<T: Codec>(recipe: &Recipe, ty: T, max_values: u64, piece_values: u64) -> Result<Measured<T>> {
+    let pieces = recipe.pieces(piece_values.saturating_mul(2), piece_values);
+    let mut scratch = Scratch::default();
+    let mut m = Measured { ty, error: 0.0, energy: 0.0 };
+    for (first, count) in sample_pieces_within(&pieces, recipe.row_len(), max_values) {
+        let sums = measure_piece(recipe, &[ty], first, count, &mut scratch)?;
+        recipe.release(first, count);
+        for (error, energy) in sums {
+            m.error += error;
+            m.energy += energy;
+        }
+    }
+    Ok(m)
 }
 
 /// Measures every candidate type of every tensor: `jobs[i]` is tensor `i`'s recipe (values
