@@ -157,8 +157,13 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         );
     }
     let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
-    let lossless = source_type == output_type || output_type == GgmlType::F32 && !source_type.is_quantized();
+    let (source_mlx, output_mlx) = (source.mlx_affine(name)?, output.mlx_affine(name)?);
+    // MLX's affine types are not the ggml types named for their precision: an MLX 4-bit tensor
+    // is not lossless from a Q4_1 one.
+    let lossless = source_type == output_type && source_mlx == output_mlx
+        || output_type == GgmlType::F32 && !source_type.is_quantized() && source_mlx.is_none();
     let bound = if lossless { 0.0 } else { tensor_bound(output_type) };
+    let (source_storage, output_storage) = (storage(source_type, source_mlx), storage(output_type, output_mlx));
     if source.same_bytes(output, name)? {
         // The bytes the converter would write are the bytes stored: the same values.
         let (rel_rmse, cosine, max_abs, identical) = (0.0, 1.0, 0.0, true);
@@ -168,6 +173,8 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
             name,
             source_type,
             output_type,
+            source_storage,
+            output_storage,
             rel_rmse,
             cosine,
             max_abs,
@@ -199,6 +206,8 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         name: name.to_string(),
         source_type,
         output_type,
+        source_storage,
+        output_storage,
         rel_rmse: s.rel(),
         cosine: s.cosine(),
         max_abs: s.max_abs,
@@ -206,6 +215,15 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         bound,
         expected,
     })
+}
+
+/// How a tensor is stored, for reports: the ggml type's name, or `MLX q4/64` for MLX's affine
+/// quantization with 4 bits in groups of 64.
+fn storage(ty: GgmlType, mlx: Option<(u32, u64)>) -> String {
+    match mlx {
+        Some((bits, group)) => format!("MLX q{bits}/{group}"),
+        None => ty.name().to_string(),
+    }
 }
 
 /// Values of a tensor [`expected_error`] quantizes at most, in pieces of about

@@ -93,8 +93,14 @@ impl Enforced {
 #[derive(Clone, Debug)]
 pub struct TensorCheck {
     pub name: String,
+    /// The ggml type the source stores the tensor as (for MLX's affine quantization, the ggml
+    /// type of about its precision: see `source_storage`).
     pub source_type: GgmlType,
     pub output_type: GgmlType,
+    /// How each model stores the tensor: the ggml type's name, or `MLX q4/64` (MLX's affine
+    /// quantization, bits and group size).
+    pub source_storage: String,
+    pub output_storage: String,
     pub rel_rmse: f64,
     pub cosine: f64,
     pub max_abs: f64,
@@ -220,7 +226,7 @@ impl Report {
         }
         for t in self.tensors.iter().filter(|t| !t.ok()) {
             f.push(if t.bound == 0.0 {
-                format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_type)
+                format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_storage)
             } else {
                 match t.expected {
                     Some(e) if t.bound < tensor_bound(t.output_type) => format!(
@@ -229,12 +235,12 @@ impl Report {
                         t.name,
                         t.rel_rmse,
                         t.rel_rmse / e,
-                        t.output_type,
+                        t.output_storage,
                         t.bound
                     ),
                     _ => format!(
                         "tensor '{}' is off by {:.4} relative RMS error (at most {} expected for {})",
-                        t.name, t.rel_rmse, t.bound, t.output_type
+                        t.name, t.rel_rmse, t.bound, t.output_storage
                     ),
                 }
             });
@@ -261,7 +267,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut s = format!("source {}\noutput {}\n\ntensors (worst first)\n", self.source, self.output);
         s += &format!(
-            "  {:<34} {:<6} {:<6} {:>10} {:>7} {:>10} {:>10}  status\n",
+            "  {:<34} {:<9} {:<9} {:>10} {:>7} {:>10} {:>10}  status\n",
             "name", "from", "to", "rel RMSE", "vs RTN", "cosine", "max |err|"
         );
         for t in self.tensors.iter().take(12) {
@@ -276,14 +282,8 @@ impl Report {
             let vs_rtn =
                 t.expected.filter(|&e| e > 0.0).map_or("–".to_string(), |e| format!("{:.2}×", t.rel_rmse / e));
             s += &format!(
-                "  {:<34} {:<6} {:<6} {:>10.2e} {:>7} {:>10.6} {:>10.2e}  {status}\n",
-                t.name,
-                t.source_type.name(),
-                t.output_type.name(),
-                t.rel_rmse,
-                vs_rtn,
-                t.cosine,
-                t.max_abs
+                "  {:<34} {:<9} {:<9} {:>10.2e} {:>7} {:>10.6} {:>10.2e}  {status}\n",
+                t.name, t.source_storage, t.output_storage, t.rel_rmse, vs_rtn, t.cosine, t.max_abs
             );
         }
         let identical = self.tensors.iter().filter(|t| t.identical).count();
@@ -376,6 +376,7 @@ impl Report {
             "hparams_differ": self.hparams_differ,
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name, "source_type": t.source_type.name(), "output_type": t.output_type.name(),
+                "source_storage": t.source_storage, "output_storage": t.output_storage,
                 "rel_rmse": t.rel_rmse, "cosine": t.cosine, "max_abs": t.max_abs, "identical": t.identical,
                 "bound": t.bound, "expected_rel_rmse": t.expected, "ok": t.ok(),
             })).collect::<Vec<_>>(),
