@@ -1454,6 +1454,19 @@ fn verify_reads_mlx_and_hf_builds() {
         r["model"]["kl_mean"].as_f64().unwrap()
     };
     assert!(kl("llama-q8") * 20.0 < kl("llama-q4"));
+    // A tied build whose config says untied: mlx-lm would not load it, verify says why.
+    let untied = out.path().join("untied");
+    std::fs::create_dir(&untied).unwrap();
+    for f in std::fs::read_dir(mlx.join("llama-q4")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, untied.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = std::fs::read_to_string(untied.join("config.json")).unwrap();
+    let mut config: Json = serde_json::from_str(&config).unwrap();
+    config["tie_word_embeddings"] = Json::from(false);
+    std::fs::write(untied.join("config.json"), config.to_string()).unwrap();
+    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&untied)]);
+    assert!(err.contains("tie_word_embeddings") && err.contains("lm_head.weight"), "{err}");
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
     // Mixtral as an MLX q8 build, with more options.

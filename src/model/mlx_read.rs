@@ -50,6 +50,18 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
         })?;
         names.push((gguf, t.name.clone()));
     }
+    // mlx-lm builds an lm_head of its own when the embeddings are not tied, and refuses a
+    // folder without its weights (reading the embedding in its place would verify a model
+    // mlx-lm does not load).
+    if json.get("tie_word_embeddings").and_then(Json::as_bool) == Some(false)
+        && !names.iter().any(|(g, _)| g == "output.weight")
+    {
+        bail!(
+            "{}: config.json has tie_word_embeddings false, but the build has no lm_head.weight (mlx-lm would \
+             refuse to load it: its model has an lm_head of its own)",
+            model.path().display()
+        );
+    }
     // In llama.cpp's tensor order.
     names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
     // What llama.cpp's file holds but the folder does not store (Llama 3.1's rope_freqs).
