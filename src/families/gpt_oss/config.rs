@@ -92,19 +92,26 @@ impl GptOssConfig {
         if let Some((_, _, fast, slow)) = yarn
             && (fast != 32.0 || slow != 1.0)
         {
-            bail!("YaRN beta_fast {fast} / beta_slow {slow}: llama.cpp's loader ignores these keys and uses 32 / 1");
+            bail!(
+                "YaRN beta_fast {fast} / beta_slow {slow}: llama.cpp's loader ignores these keys and uses 32 / 1 (so does \
+                 moeq's forward, which follows it): a GGUF would compute another model, and moeq cannot run this one"
+            );
         }
         if let Some(limit) = json.opt_f64("swiglu_limit")?
             && limit != 7.0
         {
             bail!(
-                "swiglu_limit is {limit}; llama.cpp hard-codes 7.0 for gpt-oss, so the GGUF would compute a different model"
+                "swiglu_limit is {limit}; llama.cpp hard-codes 7.0 for gpt-oss (so does moeq's forward, which follows \
+                 it): a GGUF would compute another model, and moeq cannot run this one"
             );
         }
         if let Some(alpha) = json.opt_f64("swiglu_alpha")?
             && alpha != 1.702
         {
-            bail!("swiglu_alpha is {alpha}; llama.cpp hard-codes 1.702 for gpt-oss");
+            bail!(
+                "swiglu_alpha is {alpha}; llama.cpp hard-codes 1.702 for gpt-oss (so does moeq's forward): a GGUF would \
+                 compute another model, and moeq cannot run this one"
+            );
         }
         if json.bool("tie_word_embeddings") == Some(true) {
             bail!("tie_word_embeddings is true; llama.cpp's gpt-oss needs its own output.weight");
