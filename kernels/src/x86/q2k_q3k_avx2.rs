@@ -170,15 +170,18 @@ impl<const V: usize> Descent<V> {
 }
 
 /// `make_q3_quants(16, 4, x, L, true)` for 8 sub-blocks per vector (`x[i][v]` is element i of
-/// sub-blocks 8v..8v+8). Returns the scales (lane j of vector v: sub-block 8v + j) and leaves
-/// the codes in the same lanes (offset by 4; 0 for an all-zero sub-block) in `state.lv[i][v]`.
+/// sub-blocks 8v..8v+8). Returns the scales (lane j of vector v: sub-block 8v + j) and
+/// whether every value was finite, and leaves the codes in the same lanes (offset by 4; 0 for
+/// an all-zero sub-block) in `state.lv[i][v]`.
 #[target_feature(enable = "avx2")]
-fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], state: &mut Descent<V>) -> [__m256; V] {
+fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], state: &mut Descent<V>) -> ([__m256; V], bool) {
     let zero = _mm256_setzero_ps();
     let (mut max, mut amax) = ([zero; V], [zero; V]);
+    let mut finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
     for row in x {
         for v in 0..V {
             let ax = _mm256_andnot_ps(splat(-0.0), row[v]);
+            finite = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_LT_OQ>(ax, splat(f32::INFINITY)));
             let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(ax, amax[v]);
             amax[v] = blend(amax[v], ax, gt);
             max[v] = blend(max[v], row[v], gt);
@@ -278,7 +281,7 @@ fn make_q3_quants_x<const V: usize>(x: &[[__m256; V]; 16], state: &mut Descent<V
         let scale = _mm256_and_ps(positive, _mm256_div_ps(sumlx[v], suml2[v]));
         out[v] = _mm256_andnot_ps(_mm256_castsi256_ps(small), scale);
     }
-    out
+    (out, _mm256_movemask_ps(finite) == 0xFF)
 }
 
 /// `q2k_q3k::q3_k_head` for the 16 sub-block scales of one super-block in lanes (`s[h]`, lane
@@ -421,9 +424,9 @@ fn q3_k_finish_all<const W: usize>(
 
 /// [`Q3_SUPERBLOCKS_PLAIN`] Q3_K super-blocks without importance weights.
 #[target_feature(enable = "avx2,f16c")]
-fn q3_k_superblocks(x: &[f32], y: &mut [u8], state: &mut Descent<V_PLAIN>) {
+fn q3_k_superblocks(x: &[f32], y: &mut [u8], state: &mut Descent<V_PLAIN>) -> bool {
     let xv = columns16::<V_PLAIN>(x);
-    let found = make_q3_quants_x(&xv, state);
+    let (found, finite) = make_q3_quants_x(&xv, state);
     for s in 0..Q3_SUPERBLOCKS_PLAIN {
         let b = &mut y[Q3_K_BYTES * s..Q3_K_BYTES * (s + 1)];
         let d = q3_k_head_lanes([found[2 * s], found[2 * s + 1]], b);
@@ -447,6 +450,7 @@ fn q3_k_superblocks(x: &[f32], y: &mut [u8], state: &mut Descent<V_PLAIN>) {
         }
         pack_q3_k_codes(&l, b);
     }
+    finite
 }
 
 /// [`Q3_SUPERBLOCKS`] Q3_K super-blocks with importance weights `qw` (one per value) and
@@ -474,16 +478,20 @@ fn q3_k_superblocks_weighted(x: &[f32], y: &mut [u8], qw: &[f32], sum_x2: &[f32]
     q3_k_finish_all(x, y, &found, &codes, &sw);
 }
 
-/// Q3_K without importance weights (`quantize_row_q3_K_ref`), values finite.
+/// Q3_K without importance weights (`quantize_row_q3_K_ref`). Returns whether every value
+/// was finite (the blocks are written either way; only a `true` result makes them valid).
 #[target_feature(enable = "avx2,f16c")]
-pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) {
+pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) -> bool {
     let mut state = Descent::new();
     let mut xs = x.chunks_exact(256 * Q3_SUPERBLOCKS_PLAIN);
     let mut ys = y.chunks_exact_mut(Q3_K_BYTES * Q3_SUPERBLOCKS_PLAIN);
+    let mut finite = true;
     for (x, y) in (&mut xs).zip(&mut ys) {
-        q3_k_superblocks(x, y, &mut state);
+        finite &= q3_k_superblocks(x, y, &mut state);
     }
-    q2k_q3k::quantize_q3_k(xs.remainder(), ys.into_remainder());
+    let rest = xs.remainder();
+    q2k_q3k::quantize_q3_k(rest, ys.into_remainder());
+    finite && crate::backend::first_non_finite(rest).is_none()
 }
 
 /// One Q3_K row with importance weights `qw` (`quantize_row_q3_K_impl`), values finite.
@@ -625,7 +633,8 @@ mod tests {
             let mut got_l = [[0i8; 128]; 8];
             // SAFETY: AVX2 was detected above.
             let got = unsafe {
-                let found = make_q3_quants_x::<8>(&columns16::<8>(&x), &mut descent);
+                let (found, finite) = make_q3_quants_x::<8>(&columns16::<8>(&x), &mut descent);
+                assert_eq!(finite, x.iter().all(|v| v.is_finite()), "case {case}");
                 for (v, l) in got_l.iter_mut().enumerate() {
                     transpose_codes(&descent.lv.map(|row| row[v]), l);
                 }
@@ -682,6 +691,28 @@ mod tests {
             for j in 0..16 {
                 let want_d = d_all * (q2k_q3k::q3_k_scale(j, &want[96..108]) as i32 - 32) as f32;
                 assert_eq!(d[j / 8][j % 8].to_bits(), want_d.to_bits(), "case {case} scale {j}: {scales:?}");
+            }
+        }
+    }
+
+    /// `quantize_q3_k` reports a NaN or infinity anywhere: in the super-blocks searched in
+    /// vectors and in the scalar remainder (3 super-blocks: 2 + 1).
+    #[test]
+    fn quantize_q3_k_reports_non_finite_values() {
+        if !is_x86_feature_detected!("avx2") || !is_x86_feature_detected!("f16c") {
+            return;
+        }
+        let mut next = uniform();
+        let x: Vec<f32> = (0..768).map(|_| next() - 0.5).collect();
+        let mut y = vec![0u8; 3 * Q3_K_BYTES];
+        // SAFETY: AVX2 and F16C were detected above.
+        assert!(unsafe { quantize_q3_k(&x, &mut y) });
+        for at in [0, 17, 255, 256, 511, 512, 700, 767] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = x.clone();
+                x[at] = bad;
+                // SAFETY: AVX2 and F16C were detected above.
+                assert!(!unsafe { quantize_q3_k(&x, &mut y) }, "{bad} at {at}");
             }
         }
     }
