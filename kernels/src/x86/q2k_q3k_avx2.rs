@@ -430,22 +430,23 @@ fn columns16_q3<const V: usize>(x: &[f32]) -> [[__m256; V]; 16] {
     assert!(x.len() >= 128 * V);
     let mut out = [[_mm256_setzero_ps(); V]; 16];
     for v in 0..V {
-        for q in 0..4 {
+        for (q, rows) in out.chunks_exact_mut(4).enumerate() {
             // Values 4q..4q+4 of sub-blocks 8v + k (low half) and 8v + k + 4 (high half).
-            // SAFETY: 128 v + 16 (k + 4) + 4 q + 4 <= 128 V values are readable (checked
-            // above); unaligned 16-byte loads.
+            let base = 128 * v + 4 * q;
+            // SAFETY: base + 16 (k + 4) + 4 <= 128 V values are readable (checked above);
+            // unaligned 16-byte loads.
             let r: [__m256; 4] = std::array::from_fn(|k| unsafe {
-                let at = x.as_ptr().add(128 * v + 16 * k + 4 * q);
+                let at = x.as_ptr().add(base + 16 * k);
                 _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(_mm_loadu_ps(at)), _mm_loadu_ps(at.add(64)))
             });
             let t0 = _mm256_unpacklo_ps(r[0], r[1]);
             let t1 = _mm256_unpackhi_ps(r[0], r[1]);
             let t2 = _mm256_unpacklo_ps(r[2], r[3]);
             let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            out[4 * q][v] = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
-            out[4 * q + 1][v] = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
-            out[4 * q + 2][v] = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
-            out[4 * q + 3][v] = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
+            rows[0][v] = _mm256_shuffle_ps::<0b01_00_01_00>(t0, t2);
+            rows[1][v] = _mm256_shuffle_ps::<0b11_10_11_10>(t0, t2);
+            rows[2][v] = _mm256_shuffle_ps::<0b01_00_01_00>(t1, t3);
+            rows[3][v] = _mm256_shuffle_ps::<0b11_10_11_10>(t1, t3);
         }
     }
     out
