@@ -210,16 +210,17 @@ pub fn quantize_iq1_m_block<S: Searcher>(
     let t = iq_tables::iq1();
     let mut scales = [0f32; 16];
     let mut shifts = [0usize; 16];
-    let mut weight = [0f32; 16];
+    // The blocks' weights, formed once: the final scale reads them again.
+    let mut weights = [[0f32; 16]; 16];
     let mut l = [0i8; 16];
     let mut max_scale = 0.0f32;
     y[..IQ1_M_BYTES].fill(0);
     let sigma2 = 2.0 * sum_x2 / 256.0;
-    let weights_of =
-        |ib: usize, xb: &[f32], weight: &mut [f32; 16]| value_weights(xb, qw.map(|q| &q[16 * ib..]), sigma2, weight);
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
-        weights_of(ib, xb, &mut weight);
+        let weight = &mut weights[ib];
+        value_weights(xb, qw.map(|q| &q[16 * ib..]), sigma2, weight);
+        let weight = &*weight;
         let mut max = xb[0].abs();
         for &v in &xb[1..] {
             max = c_max(max, v.abs());
@@ -296,8 +297,7 @@ pub fn quantize_iq1_m_block<S: Searcher>(
         let code = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7);
         sc[ib / 4] |= (code as u16) << (3 * (ib % 4));
         y[32 + ib] |= MASKS[shifts[ib]];
-        let xb = &x[16 * ib..16 * ib + 16];
-        weights_of(ib, xb, &mut weight);
+        let (xb, weight) = (&x[16 * ib..16 * ib + 16], &weights[ib]);
         for k in 0..2 {
             let xx = iq1m_levels(shifts[ib], k);
             let g = y[2 * ib + k] as usize + (((y[32 + ib] as usize) << (8 - 4 * k)) & 0x700);

@@ -600,7 +600,7 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
             .dequantize_with(NAME, simd!(|_, x, y| kquants_avx2::dequantize(&scalar::kquants::Q5_K, x, y))),
         QuantType::Q3_K => k
             .dequantize_with(NAME, simd!(|_, x, y| q2k_q3k_avx2::dequantize_q3_k(x, y)))
-            .quantize_with(NAME, simd!(|_, x, y| super::finite(x, y, |x, y| q2k_q3k_avx2::quantize_q3_k(x, y))))
+            .quantize_with(NAME, simd!(|_, x, y| super::finite_if(q2k_q3k_avx2::quantize_q3_k(x, y))))
             .weighted_with(
                 NAME,
                 simd!(|ty, x, y, n, qw| super::by_rows(ty, x, y, n, qw, |x, y, qw| {
