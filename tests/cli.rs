@@ -1431,6 +1431,87 @@ fn mlx_size_budgets_hold_for_the_written_bytes() {
     assert!(!dst.exists());
 }
 
+/// MLX budgets with calibration tokens measure whole builds on them (the uniform build, the
+/// knapsack's choice, its downgrades and upgrades alone, the choice corrected in context) and
+/// write the lowest; the uniform build when no mix measures lower, which the log says.
+#[test]
+fn mlx_budgets_measure_whole_builds_and_keep_the_lower() {
+    let out = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let l = path_arg(&llama);
+    let ids = out.path().join("ids.txt");
+    let chunk = |seed: u32| (0..24).map(|i| ((i * 37 + seed * 101) % 512).to_string()).collect::<Vec<_>>().join(",");
+    std::fs::write(&ids, format!("{}\n{}\n", chunk(1), chunk(2))).unwrap();
+    let cal = ["--calibration-tokens", path_arg(&ids)];
+    for (budget, base) in
+        [(&["--type", "q3", "--optimize"][..], "uniform q3"), (&["--target-bpw", "4.6"][..], "uniform q4")]
+    {
+        let mut argv = vec![l, "--format", "mlx", "-q"];
+        argv.extend(budget);
+        argv.extend(cal);
+        let plan = plan_json(&argv);
+        let log = &plan["optimize"];
+        let w = &log["whole_builds"];
+        assert_eq!(w["base"], base, "{w}");
+        let builds = w["builds"].as_array().unwrap();
+        assert_eq!(builds[0]["name"], base);
+        assert_eq!(builds[1]["name"], "knapsack (tensors probed alone)");
+        assert_eq!((builds[0]["down"].as_u64(), builds[0]["up"].as_u64()), (Some(0), Some(0)));
+        let kl = |b: &Json| b["kl"].as_f64().unwrap();
+        assert!(builds.iter().all(|b| kl(b).is_finite() && kl(b) > 0.0), "{w}");
+        // The written build is the lowest measured of those within the budget.
+        let chosen = builds.iter().find(|b| b["name"] == w["chosen"]).unwrap();
+        assert_eq!(chosen["fits"], true);
+        assert!(builds.iter().filter(|b| b["fits"] == true).all(|b| kl(chosen) <= kl(b)), "{w}");
+        assert!(kl(chosen) <= kl(&builds[0]), "{w}");
+        assert_eq!(log["file_bytes"].as_u64(), chosen["bytes"].as_u64(), "{w}");
+        // ... and the decisions are its types: as many modules predicted worse / better than
+        // at the base type as the build counts.
+        let base_ty = format!("q{}:64", &base["uniform q".len()..]);
+        let (mut down, mut up) = (0, 0);
+        for t in log["tensors"].as_array().unwrap() {
+            let at_base = t["candidates"].as_array().unwrap().iter().find(|c| c["type"] == base_ty.as_str()).unwrap();
+            let (e, e0) = (t["error"].as_f64().unwrap(), at_base["error"].as_f64().unwrap());
+            if t["type"] != base_ty.as_str() && e > e0 {
+                down += 1;
+            } else if t["type"] != base_ty.as_str() && e < e0 {
+                up += 1;
+            }
+        }
+        assert_eq!((Some(down), Some(up)), (chosen["down"].as_u64(), chosen["up"].as_u64()), "{w}");
+    }
+    // The written build says which it is; the uniform choice writes mlx-lm's uniform files.
+    let opt = out.path().join("opt");
+    let mut argv = vec!["convert", l, "-o", path_arg(&opt), "--format", "mlx", "--type", "q3", "--optimize"];
+    argv.extend(cal);
+    let report = out.path().join("opt.json");
+    argv.extend(["--report", path_arg(&report)]);
+    let stderr = ok_stderr(&argv);
+    let log: Json = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let w = &log["optimize"]["whole_builds"];
+    assert!(stderr.contains("note: MLX budget: wrote "), "{stderr}");
+    let uniform = out.path().join("q3");
+    ok(&["convert", l, "-o", path_arg(&uniform), "--format", "mlx", "--type", "q3", "-q"]);
+    if w["chosen"] == "uniform q3" {
+        assert!(stderr.contains("no mix measured lower"), "{stderr}");
+        assert_eq!(folder_tensors(&opt), folder_tensors(&uniform));
+    } else {
+        assert!(stderr.contains(w["chosen"].as_str().unwrap()), "{stderr}");
+    }
+    assert!(safetensors_len(&opt) <= safetensors_len(&uniform));
+    // The text log lists the builds and marks the one written.
+    let mut argv = vec!["convert", "--dry-run", l, "--format", "mlx", "--type", "q3", "--optimize", "-q"];
+    argv.extend(cal);
+    let text = ok(&argv);
+    assert!(
+        text.contains("whole builds measured on the calibration tokens (base uniform q3") && text.contains("written: "),
+        "{text}"
+    );
+    // Without calibration nothing is measured.
+    let plain = plan_json(&[l, "--format", "mlx", "--type", "q3", "--optimize", "-q"]);
+    assert!(plain["optimize"]["whole_builds"].is_null());
+}
+
 /// MLX and Hugging Face builds are models too: verify reads them in their own layout.
 #[test]
 fn verify_reads_mlx_and_hf_builds() {

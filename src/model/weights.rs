@@ -31,15 +31,15 @@ pub struct Weights<'a> {
     pub stored_types: HashMap<String, GgmlType>,
     /// Where the model comes from, for reports.
     pub path: String,
-    /// One tensor whose values are replaced (see [`Weights::replaced`]).
-    replacement: Option<Replacement>,
+    /// Tensors whose values are replaced, by index (see [`Weights::replaced`] and
+    /// [`Weights::replaced_all`]).
+    replacements: HashMap<usize, Replacement>,
 }
 
-/// A replaced tensor: its index, the type of the replacement's bytes, the bytes, and which rows
+/// A replaced tensor: the type of the replacement's bytes, the bytes, and which rows
 /// they hold (`None`: all, in order; else these rows, sorted, the others the source's).
 #[derive(Clone)]
 struct Replacement {
-    index: usize,
     ty: GgmlType,
     bytes: std::sync::Arc<Vec<u8>>,
     rows: Option<std::sync::Arc<Vec<u64>>>,
@@ -79,7 +79,7 @@ impl<'a> Weights<'a> {
             metadata,
             stored_types,
             path: path.display().to_string(),
-            replacement: None,
+            replacements: HashMap::new(),
         })
     }
 
@@ -99,7 +99,31 @@ impl<'a> Weights<'a> {
         if expected != Some(bytes.len() as u64) {
             bail!("{}: tensor '{name}' in {ty} is {expected:?} bytes, not {}", self.path, bytes.len());
         }
-        Ok(self.with_replacement(Replacement { index, ty, bytes, rows: None }))
+        Ok(self.with_replacements(HashMap::from([(index, Replacement { ty, bytes, rows: None })])))
+    }
+
+    /// The same model with the values of every tensor named in `tensors` replaced by their
+    /// ggml-type bytes (each as in [`Weights::replaced`]: all rows, in order): what the forward
+    /// computes for a whole build, e.g. every quantized tensor of an MLX build decoded to F32.
+    /// Earlier replacements are dropped. Memory grows by the bytes given (shared, not copied).
+    ///
+    /// Errors: a tensor is named twice or not at all in the model, its type cannot hold its
+    /// rows, or its bytes are not its size in its type.
+    pub fn replaced_all(&self, tensors: &[(String, GgmlType, std::sync::Arc<Vec<u8>>)]) -> Result<Weights<'a>> {
+        let mut all = HashMap::with_capacity(tensors.len());
+        for (name, ty, bytes) in tensors {
+            let index = self.index(name)?;
+            let r = &self.recipes[index];
+            let expected = ty.row_bytes(r.row_len()).map(|b| b * r.n_rows());
+            if expected != Some(bytes.len() as u64) {
+                bail!("{}: tensor '{name}' in {ty} is {expected:?} bytes, not {}", self.path, bytes.len());
+            }
+            let rep = Replacement { ty: *ty, bytes: std::sync::Arc::clone(bytes), rows: None };
+            if all.insert(index, rep).is_some() {
+                bail!("{}: tensor '{name}' is replaced twice", self.path);
+            }
+        }
+        Ok(self.with_replacements(all))
     }
 
     /// [`Weights::replaced`] for some rows only: `bytes` holds rows `rows` (sorted, distinct) of
@@ -131,10 +155,10 @@ impl<'a> Weights<'a> {
                 bytes.len()
             );
         }
-        Ok(self.with_replacement(Replacement { index, ty, bytes, rows: Some(rows) }))
+        Ok(self.with_replacements(HashMap::from([(index, Replacement { ty, bytes, rows: Some(rows) })])))
     }
 
-    fn with_replacement(&self, replacement: Replacement) -> Weights<'a> {
+    fn with_replacements(&self, replacements: HashMap<usize, Replacement>) -> Weights<'a> {
         Weights {
             recipes: self.recipes.clone(),
             encoded: self.encoded.clone(),
@@ -142,7 +166,7 @@ impl<'a> Weights<'a> {
             metadata: self.metadata.clone(),
             stored_types: self.stored_types.clone(),
             path: self.path.clone(),
-            replacement: Some(replacement),
+            replacements,
         }
     }
 
@@ -153,7 +177,7 @@ impl<'a> Weights<'a> {
     /// Errors: no tensor `name`.
     pub fn replaced_within(&self, name: &str, first: u64, count: u64) -> Result<Option<Vec<u64>>> {
         let index = self.index(name)?;
-        let Some(rep) = self.replacement.as_ref().filter(|r| r.index == index) else { return Ok(None) };
+        let Some(rep) = self.replacements.get(&index) else { return Ok(None) };
         Ok(Some(match &rep.rows {
             None => (0..count).collect(),
             Some(rows) => {
@@ -213,9 +237,7 @@ impl<'a> Weights<'a> {
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
         }
-        if let Some(rep) = &self.replacement
-            && self.by_name.get(name) == Some(&rep.index)
-        {
+        if let Some(rep) = self.by_name.get(name).and_then(|i| self.replacements.get(i)) {
             let decoding = || format!("{}: decoding the replaced tensor '{name}'", self.path);
             // `replaced` checked the size: every row is `row` bytes.
             let row = rep.ty.row_bytes(r.row_len()).unwrap_or(0) as usize;

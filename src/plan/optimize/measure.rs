@@ -298,6 +298,41 @@ pub fn encode_rows(recipe: &Recipe, ty: GgmlType, rows: &[u64]) -> Result<Option
     }
 }
 
+/// The whole tensor of `recipe` stored as `codec` and decoded (all rows, in order), as F32
+/// bytes (little-endian) for [`crate::model::weights::Weights::replaced_all`] with
+/// `GgmlType::F32`, with its importance-weighted error over every row: a type the forward cannot
+/// read itself (an MLX type), as a whole build's forward reads it. `None` when the codec cannot hold the values. Pieces run in parallel;
+/// memory is the tensor in f32 plus one piece per thread.
+///
+/// Errors: reading the input fails, or the codec fails otherwise.
+pub fn decode_whole<T: Codec>(recipe: &Recipe, codec: T) -> Result<Option<(Vec<u8>, Measured<T>)>> {
+    let ne0 = recipe.row_len() as usize;
+    let pieces = recipe.pieces(PIECE_VALUES * 2, PIECE_VALUES);
+    let parts: Vec<Option<(Vec<u8>, f64, f64)>> = pieces
+        .par_iter()
+        .map_init(Scratch::default, |scratch, &(first, count)| -> Result<Option<(Vec<u8>, f64, f64)>> {
+            let values = recipe.values(first, count, scratch)?.to_vec();
+            recipe.release(first, count);
+            let mut back = Vec::new();
+            if !codec.round_trip(recipe, &values, first, count, &mut back)? {
+                return Ok(None);
+            }
+            let (error, energy) = weighted_sums(&values, &back, &piece_weights(recipe, first, count, ne0));
+            Ok(Some((back.iter().flat_map(|v| v.to_le_bytes()).collect(), error, energy)))
+        })
+        .collect::<Result<_>>()
+        .with_context(|| format!("quantizing tensor '{}' for a probe", recipe.spec.name))?;
+    let mut all = Vec::with_capacity((recipe.n_rows() * recipe.row_len() * 4) as usize);
+    let mut m = Measured { ty: codec, error: 0.0, energy: 0.0 };
+    for part in parts {
+        let Some((bytes, error, energy)) = part else { return Ok(None) };
+        all.extend_from_slice(&bytes);
+        m.error += error;
+        m.energy += energy;
+    }
+    Ok(Some((all, m)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::sample_pieces;

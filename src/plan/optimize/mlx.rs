@@ -26,7 +26,7 @@
 //!   parameters; `--type qN --optimize` bounds the files' bytes by those of mlx-lm's uniform qN
 //!   build (what `moeq convert --type qN` writes).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -36,9 +36,12 @@ use moeq_kernels::mlx::AFFINE_BITS;
 use serde_json::{Value as Json, json};
 
 use super::knapsack::{self, KnapsackError};
+use super::measure::decode_whole;
 use super::sensitivity::Calibration;
+use super::sensitivity::whole::Judge;
 use super::{
-    OptimizeLog, Target, TensorDecision, attach_importance, explain, measure_and_score, method_and_error, too_small,
+    OptimizeLog, Target, TensorDecision, attach_importance, explain, in_context, measure_and_score, method_and_error,
+    too_small,
 };
 use crate::families::Family;
 use crate::inspect::human_bytes;
@@ -256,25 +259,80 @@ pub fn choose(
     // more digits), the room shrinks by the excess and the choice is made again.
     // Never below the smallest options, whose exact files fit (`min_bytes` ≤ budget).
     let floor: u64 = bytes.iter().map(|b| b.iter().copied().min().unwrap_or(0)).sum();
-    let mut room = budget.saturating_sub(fixed_counted).max(floor);
-    let mut rounds = 0;
-    let solution = loop {
-        let solution = match knapsack::solve(&items, room) {
-            Ok(x) => x,
-            Err(KnapsackError::TooSmall { .. }) => {
-                return Err(too_small(&target_text, budget, min_bytes, kept, what));
+    let fit = |items: &[Vec<knapsack::Choice>]| -> Result<knapsack::Solution> {
+        let mut room = budget.saturating_sub(fixed_counted).max(floor);
+        let mut rounds = 0;
+        loop {
+            let solution = match knapsack::solve(items, room) {
+                Ok(x) => x,
+                Err(KnapsackError::TooSmall { .. }) => {
+                    return Err(too_small(&target_text, budget, min_bytes, kept, what));
+                }
+                Err(e) => bail!("choosing types: {e}"),
+            };
+            let real = exact(&solution.picks)?;
+            if real <= budget {
+                return Ok(solution);
             }
-            Err(e) => bail!("choosing types: {e}"),
-        };
-        let real = exact(&solution.picks)?;
-        if real <= budget {
-            break solution;
+            rounds += 1;
+            if rounds > 64 {
+                bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
+            }
+            room = room.saturating_sub((real - budget).max(1)).max(floor);
         }
-        rounds += 1;
-        if rounds > 64 {
-            bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
+    };
+    let first = fit(&items)?;
+    // With calibration tokens: whole builds measured in context, the uniform build as the guard.
+    let (picks, whole_builds) = match (s.calibration, uniform_base(s, &types, &exact, budget)?) {
+        (Some(cal), Some((base_ty, base))) if calibrated.is_some() => {
+            let mut judge = Judge::new(cal)?;
+            let mut cache: HashMap<(usize, usize), Arc<Vec<u8>>> = HashMap::new();
+            let measure = |picks: &[usize]| -> Result<f64> {
+                let mut tensors = Vec::with_capacity(picks.len());
+                for (k, &p) in picks.iter().enumerate() {
+                    let recipe = &recipes[budgeted[k].0];
+                    let bytes = match cache.get(&(k, p)) {
+                        Some(b) => Arc::clone(b),
+                        None => {
+                            let Some((b, _)) = decode_whole(recipe, types[k][p])? else {
+                                bail!("{}: {} cannot hold its values", budgeted[k].1.module, types[k][p]);
+                            };
+                            let b = Arc::new(b);
+                            cache.insert((k, p), Arc::clone(&b));
+                            b
+                        }
+                    };
+                    tensors.push((recipe.spec.name.clone(), GgmlType::F32, bytes));
+                }
+                // Only the base's and the latest build's decoded tensors are kept.
+                cache.retain(|&(k, p), _| p == base[k] || picks[k] == p);
+                judge.kl(&tensors)
+            };
+            let size = |picks: &[usize]| -> Result<(u64, bool)> {
+                let b = exact(picks)?;
+                Ok((b, b <= budget))
+            };
+            let (picks, log) = in_context::refine(
+                &items,
+                &base,
+                &format!("uniform {}", short(base_ty)),
+                first.picks.clone(),
+                |scores| Ok(fit(scores)?.picks),
+                size,
+                measure,
+            )?;
+            if !s.quiet {
+                eprintln!("note: MLX budget: wrote {}", log.summary());
+            }
+            (picks, Some(log))
         }
-        room = room.saturating_sub((real - budget).max(1)).max(floor);
+        _ => (first.picks.clone(), None),
+    };
+    let solution = knapsack::Solution {
+        error: items.iter().zip(&picks).map(|(o, &p)| o[p].error).sum(),
+        bytes: items.iter().zip(&picks).map(|(o, &p)| o[p].bytes).sum(),
+        picks,
+        unit: first.unit,
     };
 
     let mut decisions = Vec::with_capacity(budgeted.len());
@@ -316,8 +374,35 @@ pub fn choose(
         mix_error: if s.target == Target::Mix { mix_error } else { None },
         tensors: decisions,
         calibration: calibrated.map(|(_, c)| c),
+        whole_builds,
     };
     Ok(MlxBudget { chosen, global, log })
+}
+
+/// The uniform build [`in_context::refine`] measures against: `--type qN --optimize`'s qN, else
+/// the largest affine type at the build's group size whose uniform build fits the budget; and
+/// per module its option of that type. `None` when some module lacks that type among its
+/// candidates (`--candidate-types`) or no uniform build fits.
+fn uniform_base(
+    s: &MlxBudgetSettings,
+    types: &[Vec<MlxType>],
+    exact: &dyn Fn(&[usize]) -> Result<u64>,
+    budget: u64,
+) -> Result<Option<(MlxType, Vec<usize>)>> {
+    let of = |t: MlxType| -> Option<Vec<usize>> { types.iter().map(|ts| ts.iter().position(|&x| x == t)).collect() };
+    if s.target == Target::Mix {
+        return Ok(of(s.ty).map(|p| (s.ty, p)));
+    }
+    let group = s.ty.group().unwrap_or(64);
+    for &bits in AFFINE_BITS.iter().rev() {
+        let t = MlxType::Affine { bits, group };
+        if let Some(p) = of(t)
+            && exact(&p)? <= budget
+        {
+            return Ok(Some((t, p)));
+        }
+    }
+    Ok(None)
 }
 
 /// `q4` for affine 4 bits (the group size is `--group-size`'s).

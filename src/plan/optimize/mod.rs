@@ -25,6 +25,7 @@
 //!
 //! Stacked experts are one GGUF tensor and share one type.
 
+pub mod in_context;
 pub mod knapsack;
 pub mod measure;
 pub mod mlx;
@@ -179,6 +180,9 @@ pub struct OptimizeLog<T = GgmlType> {
     pub tensors: Vec<TensorDecision<T>>,
     /// With calibration tokens: what they were and what the KL measurement took.
     pub calibration: Option<CalibrationSummary>,
+    /// MLX budgets with calibration tokens: the whole builds measured in context and the one
+    /// written ([`in_context::refine`]).
+    pub whole_builds: Option<in_context::WholeBuilds>,
 }
 
 impl<T: Copy + std::fmt::Display> OptimizeLog<T> {
@@ -202,6 +206,7 @@ impl<T: Copy + std::fmt::Display> OptimizeLog<T> {
                 "probes": c.probes.name(),
                 "seconds": c.seconds,
             })),
+            "whole_builds": self.whole_builds.as_ref().map(in_context::WholeBuilds::to_json),
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name,
                 "type": t.ty.to_string(),
@@ -252,6 +257,9 @@ impl<T: Copy + std::fmt::Display> OptimizeLog<T> {
                 c.probes.name(),
                 c.seconds
             ));
+        }
+        if let Some(w) = &self.whole_builds {
+            out.push_str(&w.to_text());
         }
         out
     }
@@ -700,6 +708,7 @@ pub fn optimize<'a>(
         mix_error: if settings.target == Target::Mix { mix_error } else { None },
         tensors: decisions,
         calibration: calibrated.map(|(_, c)| c),
+        whole_builds: None,
     };
     for (k, v) in log.metadata() {
         plan.set(&k, v);

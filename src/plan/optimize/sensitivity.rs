@@ -54,6 +54,7 @@ use crate::write::progress::steps_bar;
 
 mod layer_gain;
 mod reference;
+pub mod whole;
 
 use reference::{Reference, Runner, reference, tail_kl};
 
