@@ -35,9 +35,9 @@ pub(super) fn tensor_bound(ty: GgmlType) -> f64 {
 
 /// How much more error than moeq's round-to-nearest quantizer gives the source's tensor a
 /// correct file's tensor may show (importance-weighted and error-minimizing roundings trade
-/// some weight error for output error; measured on SmolLM2-135M: at most 1.3× with llama.cpp's
-/// importance-weighted quantizers, see docs/verify.md).
-pub(super) const EXPECTED_FACTOR: f64 = 2.0;
+/// some weight error for output error; measured: at most 1.30× with llama.cpp's
+/// importance-weighted quantizers, 1.88× with GPTQ rounding — see docs/verify.md).
+pub(super) const EXPECTED_FACTOR: f64 = 2.5;
 
 /// The bound of a tensor stored as `ty` whose expected error (see [`TensorCheck::expected`])
 /// is `expected`: [`EXPECTED_FACTOR`] times it, but never above the type's fixed bound
@@ -400,9 +400,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expected_bound_is_twice_round_to_nearest_within_the_fixed_bound() {
-        // llama-quantize's Q4_0 of random weights: 0.0855 expected, 0.171 allowed.
-        assert!((expected_bound(GgmlType::Q4_0, Some(0.0855)) - 0.171).abs() < 1e-12);
+    fn expected_bound_is_a_multiple_of_round_to_nearest_within_the_fixed_bound() {
+        // llama-quantize's Q4_0 of random weights: 0.0855 expected, 0.21375 allowed.
+        assert!((expected_bound(GgmlType::Q4_0, Some(0.0855)) - 0.21375).abs() < 1e-12);
         // Not measured: the type's fixed bound.
         assert_eq!(expected_bound(GgmlType::Q4_0, None), 0.3);
         // A source on the output's grid expects nothing: a quarter of the fixed bound.
