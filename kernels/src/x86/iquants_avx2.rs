@@ -334,6 +334,21 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     first_minimum(best, best_at, len)
 }
 
+/// The levels of the neighbour at position `best` of `list` after a [`nearest`] search: from
+/// its packed code (`bits` per coordinate) where the search read the packed codes
+/// ([`nearest_packed2`]), so that they are in cache (the level rows of IQ2's long lists are
+/// not, and reading them was a cache miss after most searches); from the level rows otherwise
+/// (which the search just read).
+#[inline]
+fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
+    if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
+        let code = list.packed[best];
+        std::array::from_fn(|j| ((code >> (bits as usize * j)) & ((1 << bits) - 1)) as i32)
+    } else {
+        std::array::from_fn(|j| list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32)
+    }
+}
+
 /// One chunk of a lanes-as-neighbours scan: the squared distances `d2` of the neighbours at
 /// positions `at`; positions at or past `end` count as NaN (all bits set: never below the
 /// best); each lane keeps its first minimum (`min_ps(d2, best)` is `d2 < best ? d2 : best`, the
@@ -813,8 +828,9 @@ fn evaluate<const N: usize>(
             if same.count_ones() == 1 && list.indices.len() > 8 {
                 let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scales[first])
                     .ok_or(GgmlAbort)?;
-                for (j, row) in codes[r.clone()].iter_mut().enumerate() {
-                    row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                let levels = winner_levels::<N>(list, best, c.bits);
+                for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                    row[first] = l;
                 }
             } else {
                 lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
@@ -888,9 +904,7 @@ fn evaluate_one<const N: usize>(
             Lookup::Near(list) => {
                 let best =
                     nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scale).ok_or(GgmlAbort)?;
-                for (j, q) in codes[r].iter_mut().enumerate() {
-                    *q = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
-                }
+                codes[r].copy_from_slice(&winner_levels::<N>(list, best, c.bits));
             }
         }
     }
