@@ -576,6 +576,22 @@ fn unpack_winners<const N: usize>(
     }
 }
 
+/// The byte offset in [`nearest_per_lane_prefix`]'s table of `(t0 + t1) + t2` of the first three
+/// levels of a 2-bit code (its low 6 bits): `32·(9·l0 + 3·l1 + l2)`; 0 where a level is 3 (the
+/// grids with prefix rows have levels 0..3 only).
+const T012_AT: [u16; 64] = {
+    let mut t = [0u16; 64];
+    let mut c = 0;
+    while c < 64 {
+        let (l0, l1, l2) = (c & 3, (c >> 2) & 3, (c >> 4) & 3);
+        if l0 < 3 && l1 < 3 && l2 < 3 {
+            t[c] = (32 * (9 * l0 + 3 * l1 + l2)) as u16;
+        }
+        c += 1;
+    }
+    t
+};
+
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
 /// of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first additions,
 /// as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up, then the other
@@ -606,16 +622,19 @@ fn nearest_per_lane_prefix<const N: usize>(
         // Each lane keeps its first minimum's packed code (−1 before any), unpacked in lanes
         // after the scan.
         let mut best_code = _mm256_set1_epi32(-1);
-        for (row, &code) in rows.chunks_exact(8).zip(list.packed) {
-            // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
-            // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i`
-            // plus 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The
-            // table's entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the
-            // masks keep.
-            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
+        // The scan reads only the neighbours' packed codes (4 bytes each, which the
+        // lanes-as-neighbours search reads too) rather than their prefix rows as well (8 more):
+        // IQ2_XXS's lists are megabytes, and the scan waited on their loads.
+        for &code in &list.packed[..len] {
+            let c = code as usize;
+            // SAFETY: `T012_AT` holds byte offsets of at most 26·32, so the 32 bytes there lie
+            // within `t012` (32 vectors); `(c >> (2·i − 5)) & 0x60` is 32 times coordinate i's
+            // level (bits 2i, 2i+1 of the code), at most 96, so the 32 bytes at `256·i` plus it
+            // lie within `terms[i]` (8 vectors of 32 bytes; `i < N`).
+            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(T012_AT[c & 63] as usize).cast()) };
             for i in 3..8 {
                 // SAFETY: as above.
-                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
+                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + ((c >> (2 * i - 5)) & 0x60)).cast()) };
                 d2 = _mm256_add_ps(d2, term);
             }
             // Lanes outside `lanes` search too; their results are not read.
