@@ -494,6 +494,29 @@ fn nearest_per_lane_packed<const N: usize>(
     let packed = &list.packed[..len];
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_code = _mm256_set1_epi32(-1);
+    if N == 4 && bits == 3 {
+        // The 3-bit grids: the levels from the packed codes alone (shift and mask), so the
+        // scan reads 4 bytes per neighbour rather than 8 with the level rows. The first term
+        // starts the sum: `0 + t0` is `t0` but for the sign of a zero, which no comparison
+        // of the sums sees.
+        let rest: *const u8 = terms.as_ptr().cast();
+        for &code in packed {
+            let c = code as usize;
+            // SAFETY: each offset is 256·i (`i < N`) plus 32 times coordinate i's level (3 bits
+            // of the code, masked), at most 224: the 32 bytes there lie within `terms[i]` (8
+            // vectors of 32 bytes).
+            let mut d2 = unsafe { _mm256_loadu_ps(rest.add((c << 5) & 0xe0).cast()) };
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(256 + ((c << 2) & 0xe0)).cast()) });
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(512 + ((c >> 1) & 0xe0)).cast()) });
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(768 + ((c >> 4) & 0xe0)).cast()) });
+            // Lanes outside `lanes` search too; their results are not read.
+            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+        }
+        return unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base);
+    }
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
         for (j, &code) in packed[8 * chunk..].iter().take(8).enumerate() {
             let mut d2 = _mm256_setzero_ps();
