@@ -500,7 +500,10 @@ fn nearest_per_lane_packed<const N: usize>(
         // starts the sum: `0 + t0` is `t0` but for the sign of a zero, which no comparison
         // of the sums sees.
         let rest: *const u8 = terms.as_ptr().cast();
-        for &code in packed {
+        // Whole chunks of 8, unrolled: the padding repeats the last neighbour, which cannot
+        // win again (its distance is not strictly below the minimum it was compared with), and
+        // a fixed trip count spares the loop's exit a misprediction for the short lists.
+        for &code in list.packed.chunks_exact(8).take(len.div_ceil(8)).flatten() {
             let c = code as usize;
             // SAFETY: each offset is 256·i (`i < N`) plus 32 times coordinate i's level (3 bits
             // of the code, masked), at most 224: the 32 bytes there lie within `terms[i]` (8
