@@ -503,8 +503,8 @@ fn nearest_per_lane_packed<const N: usize>(
         // Whole chunks of 8, unrolled: the padding repeats the last neighbour, which cannot
         // win again (its distance is not strictly below the minimum it was compared with), and
         // a fixed trip count spares the loop's exit a misprediction for the short lists.
-        for &code in list.packed.chunks_exact(8).take(len.div_ceil(8)).flatten() {
-            let c = code as usize;
+        for code in list.packed.chunks_exact(8).take(len.div_ceil(8)).flatten() {
+            let c = *code as usize;
             // SAFETY: each offset is 256·i (`i < N`) plus 32 times coordinate i's level (3 bits
             // of the code, masked), at most 224: the 32 bytes there lie within `terms[i]` (8
             // vectors of 32 bytes).
@@ -516,19 +516,19 @@ fn nearest_per_lane_packed<const N: usize>(
             // SAFETY: as above.
             d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(768 + ((c >> 4) & 0xe0)).cast()) });
             // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+            keep_best_code(d2, code, &mut best, &mut best_code);
         }
         return unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base);
     }
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
-        for (j, &code) in packed[8 * chunk..].iter().take(8).enumerate() {
+        for (j, code) in packed[8 * chunk..].iter().take(8).enumerate() {
             let mut d2 = _mm256_setzero_ps();
             for i in 0..N {
                 // Levels are below 8 (`& 7` keeps them and spares the bounds check).
                 d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
             }
             // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+            keep_best_code(d2, code, &mut best, &mut best_code);
         }
     }
     unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base)
@@ -539,14 +539,13 @@ fn nearest_per_lane_packed<const N: usize>(
 /// search's strict less-than).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn keep_best_code(d2: __m256, code: i32, best: &mut __m256, best_code: &mut __m256i) {
+fn keep_best_code(d2: __m256, code: &u32, best: &mut __m256, best_code: &mut __m256i) {
     let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, *best);
     *best = _mm256_min_ps(d2, *best);
-    *best_code = _mm256_castps_si256(_mm256_blendv_ps(
-        _mm256_castsi256_ps(*best_code),
-        _mm256_castsi256_ps(_mm256_set1_epi32(code)),
-        better,
-    ));
+    // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is an f32;
+    // the code is broadcast from memory (one load) rather than through a general register.
+    let code = _mm256_broadcast_ss(unsafe { &*(code as *const u32).cast::<f32>() });
+    *best_code = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(*best_code), code, better));
 }
 
 /// The end of a per-lane packed-code scan (`best_code` −1 where a lane found no winner): where a
@@ -651,8 +650,8 @@ fn nearest_per_lane_prefix<const N: usize>(
         // The scan reads only the neighbours' packed codes (4 bytes each, which the
         // lanes-as-neighbours search reads too) rather than their prefix rows as well (8 more):
         // IQ2_XXS's lists are megabytes, and the scan waited on their loads.
-        for &code in &list.packed[..len] {
-            let c = code as usize;
+        for code in &list.packed[..len] {
+            let c = *code as usize;
             // SAFETY: `T012_AT` holds byte offsets of at most 26·32, so the 32 bytes there lie
             // within `t012` (32 vectors); `(c >> (2·i − 5)) & 0x60` is 32 times coordinate i's
             // level (bits 2i, 2i+1 of the code), at most 96, so the 32 bytes at `256·i` plus it
@@ -664,7 +663,7 @@ fn nearest_per_lane_prefix<const N: usize>(
                 d2 = _mm256_add_ps(d2, term);
             }
             // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+            keep_best_code(d2, code, &mut best, &mut best_code);
         }
         return unpack_winners_or_abort::<N>(best_code, lanes, 2, codes, base);
     }
