@@ -53,7 +53,8 @@ pub struct Lattice<const N: usize> {
     /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
     /// coordinates up together, and read the winner's levels back from its row).
     prefix: Vec<u8>,
-    /// The same points' packed codes `Σ l_i << (bits·i)` (padded as `neighbours`; empty for
+    /// The same points' packed codes `Σ l_i << (bits·i)` (padded as `neighbours`, with copies
+    /// of the list's last code; empty for
     /// grids whose codes take more than 30 bits), for SIMD searches that keep their winners'
     /// codes in lanes.
     packed: Vec<u32>,
@@ -70,8 +71,8 @@ pub struct List<'a> {
     /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
     /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
     pub prefix: &'a [u8],
-    /// Their packed codes `Σ l_i << (bits·i)`, padded with zeros to a multiple of 8 (empty for
-    /// grids whose codes take more than 30 bits).
+    /// Their packed codes `Σ l_i << (bits·i)`, padded to a multiple of 8 with copies of the last
+    /// (empty for grids whose codes take more than 30 bits).
     pub packed: &'a [u32],
 }
 
@@ -160,7 +161,11 @@ impl<const N: usize> Lattice<N> {
                 }
                 neighbours.resize(neighbours.len().next_multiple_of(8), 0);
                 if with_packed {
-                    packed.resize(neighbours.len(), 0);
+                    // Padded with copies of the last code: a scan that reads the padding too
+                    // meets a neighbour again, whose distance cannot be strictly below the
+                    // first minimum it already took part in.
+                    let last = packed.last().copied().unwrap_or(0);
+                    packed.resize(neighbours.len(), last);
                 }
                 if with_prefix {
                     prefix.resize(8 * neighbours.len(), 0);
@@ -316,7 +321,7 @@ mod tests {
         check(iq1(), 2);
     }
 
-    /// The 3-bit grids' lists carry each neighbour's packed code.
+    /// The 3-bit grids' lists carry each neighbour's packed code, padded with the last.
     #[test]
     fn three_bit_lists_carry_packed_codes() {
         for l in [iq3_xxs(), iq3_s()] {
@@ -333,6 +338,9 @@ mod tests {
                             .sum();
                         assert_eq!(n.packed[k], want);
                     }
+                    // The padding repeats the last code (scans of whole chunks rely on it).
+                    let last = n.packed[n.indices.len() - 1];
+                    assert!(n.packed[n.indices.len()..].iter().all(|&c| c == last));
                 }
             }
             assert_eq!(off, 4096 - l.grid.len());

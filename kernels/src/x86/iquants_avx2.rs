@@ -334,6 +334,21 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
     first_minimum(best, best_at, len)
 }
 
+/// The levels of the neighbour at position `best` of `list` after a [`nearest`] search: from
+/// its packed code (`bits` per coordinate) where the search read the packed codes
+/// ([`nearest_packed2`]), so that they are in cache (the level rows of IQ2's long lists are
+/// not, and reading them was a cache miss after most searches); from the level rows otherwise
+/// (which the search just read).
+#[inline]
+fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
+    if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
+        let code = list.packed[best];
+        std::array::from_fn(|j| ((code >> (bits as usize * j)) & ((1 << bits) - 1)) as i32)
+    } else {
+        std::array::from_fn(|j| list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32)
+    }
+}
+
 /// One chunk of a lanes-as-neighbours scan: the squared distances `d2` of the neighbours at
 /// positions `at`; positions at or past `end` count as NaN (all bits set: never below the
 /// best); each lane keeps its first minimum (`min_ps(d2, best)` is `d2 < best ? d2 : best`, the
@@ -479,15 +494,41 @@ fn nearest_per_lane_packed<const N: usize>(
     let packed = &list.packed[..len];
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_code = _mm256_set1_epi32(-1);
+    if N == 4 && bits == 3 {
+        // The 3-bit grids: the levels from the packed codes alone (shift and mask), so the
+        // scan reads 4 bytes per neighbour rather than 8 with the level rows. The first term
+        // starts the sum: `0 + t0` is `t0` but for the sign of a zero, which no comparison
+        // of the sums sees.
+        let rest: *const u8 = terms.as_ptr().cast();
+        // Whole chunks of 8, unrolled: the padding repeats the last neighbour, which cannot
+        // win again (its distance is not strictly below the minimum it was compared with), and
+        // a fixed trip count spares the loop's exit a misprediction for the short lists.
+        for code in list.packed.chunks_exact(8).take(len.div_ceil(8)).flatten() {
+            let c = *code as usize;
+            // SAFETY: each offset is 256·i (`i < N`) plus 32 times coordinate i's level (3 bits
+            // of the code, masked), at most 224: the 32 bytes there lie within `terms[i]` (8
+            // vectors of 32 bytes).
+            let mut d2 = unsafe { _mm256_loadu_ps(rest.add((c << 5) & 0xe0).cast()) };
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(256 + ((c << 2) & 0xe0)).cast()) });
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(512 + ((c >> 1) & 0xe0)).cast()) });
+            // SAFETY: as above.
+            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(768 + ((c >> 4) & 0xe0)).cast()) });
+            // Lanes outside `lanes` search too; their results are not read.
+            keep_best_code(d2, code, &mut best, &mut best_code);
+        }
+        return unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base);
+    }
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
-        for (j, &code) in packed[8 * chunk..].iter().take(8).enumerate() {
+        for (j, code) in packed[8 * chunk..].iter().take(8).enumerate() {
             let mut d2 = _mm256_setzero_ps();
             for i in 0..N {
                 // Levels are below 8 (`& 7` keeps them and spares the bounds check).
                 d2 = _mm256_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
             }
             // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+            keep_best_code(d2, code, &mut best, &mut best_code);
         }
     }
     unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base)
@@ -498,14 +539,13 @@ fn nearest_per_lane_packed<const N: usize>(
 /// search's strict less-than).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn keep_best_code(d2: __m256, code: i32, best: &mut __m256, best_code: &mut __m256i) {
+fn keep_best_code(d2: __m256, code: &u32, best: &mut __m256, best_code: &mut __m256i) {
     let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, *best);
     *best = _mm256_min_ps(d2, *best);
-    *best_code = _mm256_castps_si256(_mm256_blendv_ps(
-        _mm256_castsi256_ps(*best_code),
-        _mm256_castsi256_ps(_mm256_set1_epi32(code)),
-        better,
-    ));
+    // SAFETY: u32 and f32 have the same size and alignment, and every bit pattern is an f32;
+    // the code is broadcast from memory (one load) rather than through a general register.
+    let code = _mm256_broadcast_ss(unsafe { &*(code as *const u32).cast::<f32>() });
+    *best_code = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(*best_code), code, better));
 }
 
 /// The end of a per-lane packed-code scan (`best_code` −1 where a lane found no winner): where a
@@ -561,6 +601,22 @@ fn unpack_winners<const N: usize>(
     }
 }
 
+/// The byte offset in [`nearest_per_lane_prefix`]'s table of `(t0 + t1) + t2` of the first three
+/// levels of a 2-bit code (its low 6 bits): `32·(9·l0 + 3·l1 + l2)`; 0 where a level is 3 (the
+/// grids with prefix rows have levels 0..3 only).
+const T012_AT: [u16; 64] = {
+    let mut t = [0u16; 64];
+    let mut c = 0;
+    while c < 64 {
+        let (l0, l1, l2) = (c & 3, (c >> 2) & 3, (c >> 4) & 3);
+        if l0 < 3 && l1 < 3 && l2 < 3 {
+            t[c] = (32 * (9 * l0 + 3 * l1 + l2)) as u16;
+        }
+        c += 1;
+    }
+    t
+};
+
 /// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
 /// of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first additions,
 /// as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up, then the other
@@ -591,20 +647,23 @@ fn nearest_per_lane_prefix<const N: usize>(
         // Each lane keeps its first minimum's packed code (−1 before any), unpacked in lanes
         // after the scan.
         let mut best_code = _mm256_set1_epi32(-1);
-        for (row, &code) in rows.chunks_exact(8).zip(list.packed) {
-            // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
-            // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i`
-            // plus 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The
-            // table's entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the
-            // masks keep.
-            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
+        // The scan reads only the neighbours' packed codes (4 bytes each, which the
+        // lanes-as-neighbours search reads too) rather than their prefix rows as well (8 more):
+        // IQ2_XXS's lists are megabytes, and the scan waited on their loads.
+        for code in &list.packed[..len] {
+            let c = *code as usize;
+            // SAFETY: `T012_AT` holds byte offsets of at most 26·32, so the 32 bytes there lie
+            // within `t012` (32 vectors); `(c >> (2·i − 5)) & 0x60` is 32 times coordinate i's
+            // level (bits 2i, 2i+1 of the code), at most 96, so the 32 bytes at `256·i` plus it
+            // lie within `terms[i]` (8 vectors of 32 bytes; `i < N`).
+            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(T012_AT[c & 63] as usize).cast()) };
             for i in 3..8 {
                 // SAFETY: as above.
-                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
+                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + ((c >> (2 * i - 5)) & 0x60)).cast()) };
                 d2 = _mm256_add_ps(d2, term);
             }
             // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code as i32, &mut best, &mut best_code);
+            keep_best_code(d2, code, &mut best, &mut best_code);
         }
         return unpack_winners_or_abort::<N>(best_code, lanes, 2, codes, base);
     }
@@ -813,8 +872,9 @@ fn evaluate<const N: usize>(
             if same.count_ones() == 1 && list.indices.len() > 8 {
                 let best = nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scales[first])
                     .ok_or(GgmlAbort)?;
-                for (j, row) in codes[r.clone()].iter_mut().enumerate() {
-                    row[first] = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
+                let levels = winner_levels::<N>(list, best, c.bits);
+                for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                    row[first] = l;
                 }
             } else {
                 lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
@@ -888,9 +948,7 @@ fn evaluate_one<const N: usize>(
             Lookup::Near(list) => {
                 let best =
                     nearest::<N>(list, &ODD_LEVELS, &xval[r.clone()], &waux[r.clone()], scale).ok_or(GgmlAbort)?;
-                for (j, q) in codes[r].iter_mut().enumerate() {
-                    *q = list.levels[(best / 8) * 8 * N + 8 * j + best % 8] as i32;
-                }
+                codes[r].copy_from_slice(&winner_levels::<N>(list, best, c.bits));
             }
         }
     }
