@@ -246,15 +246,21 @@ pub fn encode_whole(recipe: &Recipe, ty: GgmlType) -> Result<Option<(Vec<u8>, Me
         .collect::<Result<_>>()
         .with_context(|| format!("quantizing tensor '{}' to {ty}", recipe.spec.name))?;
     let row = ty.row_bytes(recipe.row_len()).unwrap_or(0);
-    let mut all = Vec::with_capacity((recipe.n_rows() * row) as usize);
+    Ok(concatenate(parts, ty, (recipe.n_rows() * row) as usize))
+}
+
+/// The pieces' bytes one after the other (`capacity` bytes in all) and their summed error;
+/// `None` when any piece is `None` (a type that cannot hold its values).
+fn concatenate<T>(parts: Vec<Option<(Vec<u8>, f64, f64)>>, ty: T, capacity: usize) -> Option<(Vec<u8>, Measured<T>)> {
+    let mut all = Vec::with_capacity(capacity);
     let mut m = Measured { ty, error: 0.0, energy: 0.0 };
     for part in parts {
-        let Some((bytes, error, energy)) = part else { return Ok(None) };
+        let (bytes, error, energy) = part?;
         all.extend_from_slice(&bytes);
         m.error += error;
         m.energy += energy;
     }
-    Ok(Some((all, m)))
+    Some((all, m))
 }
 
 /// Rows `rows` (sorted, distinct) of `recipe` encoded to `ty` by the writer's code, one after
@@ -322,15 +328,7 @@ pub fn decode_whole<T: Codec>(recipe: &Recipe, codec: T) -> Result<Option<(Vec<u
         })
         .collect::<Result<_>>()
         .with_context(|| format!("quantizing tensor '{}' for a probe", recipe.spec.name))?;
-    let mut all = Vec::with_capacity((recipe.n_rows() * recipe.row_len() * 4) as usize);
-    let mut m = Measured { ty: codec, error: 0.0, energy: 0.0 };
-    for part in parts {
-        let Some((bytes, error, energy)) = part else { return Ok(None) };
-        all.extend_from_slice(&bytes);
-        m.error += error;
-        m.energy += energy;
-    }
-    Ok(Some((all, m)))
+    Ok(concatenate(parts, codec, (recipe.n_rows() * recipe.row_len() * 4) as usize))
 }
 
 #[cfg(test)]
