@@ -1028,6 +1028,14 @@ fn verify_bounds_tensors_by_their_round_to_nearest_error() {
     let t = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.attn_q.weight").unwrap();
     assert_eq!((&t["source_storage"], &t["output_storage"]), (&Json::from("MLX q4/64"), &Json::from("Q4_1")), "{t}");
     assert!(t["ok"] == true && t["identical"] == false && t["expected_rel_rmse"].as_f64() > Some(0.0), "{t}");
+    // Nor is MLX's MXFP4 quantizer ggml's: two correct MXFP4 builds of one model (GGUF, MLX)
+    // differ, within half MXFP4's fixed bound (the source's values are on the grid already).
+    let (code, r) =
+        verify_json(&golden("qwen3-moe-bf16-MXFP4_MOE.gguf"), &fixtures().join("golden-mlx/qwen3-moe-mxfp4"));
+    assert_eq!(code, 0, "{}", r["failures"]);
+    let t = r["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "blk.0.ffn_down_exps.weight").unwrap();
+    assert_eq!((&t["source_storage"], &t["output_storage"]), (&Json::from("MXFP4"), &Json::from("MLX mxfp4")), "{t}");
+    assert!(t["identical"] == false && t["rel_rmse"].as_f64() > Some(0.05), "{t}");
 }
 
 /// Every tensor of a safetensors folder: name → (dtype, shape, bytes).
@@ -1535,19 +1543,30 @@ fn verify_reads_mlx_and_hf_builds() {
         r["model"]["kl_mean"].as_f64().unwrap()
     };
     assert!(kl("llama-q8") * 20.0 < kl("llama-q4"));
-    // A tied build whose config says untied: mlx-lm would not load it, verify says why.
-    let untied = out.path().join("untied");
-    std::fs::create_dir(&untied).unwrap();
-    for f in std::fs::read_dir(mlx.join("llama-q4")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, untied.join(f.file_name().unwrap())).unwrap();
+    // Heads mlx-lm would not run as stored: a tied build whose config says untied (mlx-lm
+    // refuses it), an untied one whose config says tied (mlx-lm drops its lm_head, or refuses
+    // the quantized one's scales); verify says why.
+    let edited = |from: &str, to: &str, tie: bool| {
+        let dir = out.path().join(to);
+        std::fs::create_dir(&dir).unwrap();
+        for f in std::fs::read_dir(mlx.join(from)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        }
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut config: Json = serde_json::from_str(&config).unwrap();
+        config["tie_word_embeddings"] = Json::from(tie);
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        dir
+    };
+    for (source, build, tie, has) in [
+        ("llama/hf", "llama-q4", false, "has no lm_head.weight"),
+        ("qwen3-moe/hf", "qwen3-moe-q4", true, "its own lm_head"),
+    ] {
+        let dir = edited(build, &format!("{build}-tie-{tie}"), tie);
+        let err = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(&dir)]);
+        assert!(err.contains(&format!("tie_word_embeddings {tie}")) && err.contains(has), "{err}");
     }
-    let config = std::fs::read_to_string(untied.join("config.json")).unwrap();
-    let mut config: Json = serde_json::from_str(&config).unwrap();
-    config["tie_word_embeddings"] = Json::from(false);
-    std::fs::write(untied.join("config.json"), config.to_string()).unwrap();
-    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&untied)]);
-    assert!(err.contains("tie_word_embeddings") && err.contains("lm_head.weight"), "{err}");
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
     // Mixtral as an MLX q8 build, with more options.

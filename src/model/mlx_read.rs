@@ -50,18 +50,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
         })?;
         names.push((gguf, t.name.clone()));
     }
-    // mlx-lm builds an lm_head of its own when the embeddings are not tied, and refuses a
-    // folder without its weights (reading the embedding in its place would verify a model
-    // mlx-lm does not load).
-    if json.get("tie_word_embeddings").and_then(Json::as_bool) == Some(false)
-        && !names.iter().any(|(g, _)| g == "output.weight")
-    {
-        bail!(
-            "{}: config.json has tie_word_embeddings false, but the build has no lm_head.weight (mlx-lm would \
-             refuse to load it: its model has an lm_head of its own)",
-            model.path().display()
-        );
-    }
+    check_head(json, &names, &model.path().display().to_string())?;
     // In llama.cpp's tensor order.
     names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
     // What llama.cpp's file holds but the folder does not store (Llama 3.1's rope_freqs).
@@ -137,6 +126,41 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
     }
     let plan = gguf_plan(arch_name, &config.dir, json, &recipes, metadata, None);
     Ok(Converted { plan, recipes, warnings: Vec::new() })
+}
+
+/// Checks that mlx-lm would run the head this folder holds: a model whose embeddings mlx-lm
+/// ties (per `tie_word_embeddings`, or mlx-lm 0.32's default for the `model_type`: true for
+/// `llama`, false for `mixtral`; `qwen2_moe`, `deepseek_v3` and `gpt_oss` always have an
+/// `lm_head`) must not have an `lm_head.weight` (mlx-lm drops it and computes with the
+/// embedding — another model —, or refuses its quantization's scales), an untied one must.
+///
+/// Errors: either mismatch, naming the folder, the key and the tensor.
+fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> {
+    let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
+    let key = json.get("tie_word_embeddings").and_then(Json::as_bool);
+    let tied = match model_type {
+        "qwen2_moe" | "deepseek_v3" | "gpt_oss" => false,
+        "llama" => key.unwrap_or(true),
+        _ => key.unwrap_or(false),
+    };
+    let said = match key {
+        Some(v) => format!("config.json has tie_word_embeddings {v}"),
+        None => format!("config.json has no tie_word_embeddings (mlx-lm's {model_type} then ties: {tied})"),
+    };
+    let has_head = names.iter().any(|(g, _)| g == "output.weight");
+    if tied && has_head {
+        bail!(
+            "{dir}: {said}, but the build has its own lm_head.weight (mlx-lm would drop it and compute with the \
+             embedding, another model, or refuse its scales)"
+        );
+    }
+    if !tied && !has_head {
+        bail!(
+            "{dir}: {said}, but the build has no lm_head.weight (mlx-lm would refuse to load it: its model has an \
+             lm_head of its own)"
+        );
+    }
+    Ok(())
 }
 
 /// The ggml type of about the same precision as MLX's affine `bits` (what `verify` takes the

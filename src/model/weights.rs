@@ -34,6 +34,8 @@ pub struct Weights<'a> {
     /// Tensors whose values are replaced, by index (see [`Weights::replaced`] and
     /// [`Weights::replaced_all`]).
     replacements: HashMap<usize, Replacement>,
+    /// Whether the model is an MLX build.
+    mlx: bool,
 }
 
 /// A replaced tensor: the type of the replacement's bytes, the bytes, and which rows
@@ -48,6 +50,7 @@ struct Replacement {
 impl<'a> Weights<'a> {
     /// Reads an opened model: a GGUF as stored, a checkpoint through the converter.
     pub fn new(source: &'a Source, path: &Path) -> Result<Weights<'a>> {
+        let mlx = matches!(source, Source::Safetensors { config: Some(c), .. } if c.layout == crate::families::SourceLayout::Mlx);
         let (metadata, recipes) = match source {
             Source::Gguf(model) => {
                 let plan = crate::plan::convert::merged_plan(model);
@@ -80,6 +83,7 @@ impl<'a> Weights<'a> {
             stored_types,
             path: path.display().to_string(),
             replacements: HashMap::new(),
+            mlx,
         })
     }
 
@@ -167,6 +171,7 @@ impl<'a> Weights<'a> {
             stored_types: self.stored_types.clone(),
             path: self.path.clone(),
             replacements,
+            mlx: self.mlx,
         }
     }
 
@@ -213,6 +218,25 @@ impl<'a> Weights<'a> {
             crate::plan::recipe::Input::MlxAffine { bits, group, .. } => Some((bits, group)),
             _ => None,
         }))
+    }
+
+    /// Whether the model is an MLX build (read from its folder's `quantization` and names).
+    pub fn is_mlx(&self) -> bool {
+        self.mlx
+    }
+
+    /// How tensor `name` is stored, for reports: the ggml type's name (`Q4_K`, `BF16`, …), or
+    /// in an MLX build `MLX q4/64` (affine, bits / group size) and `MLX mxfp4` (MLX's MXFP4
+    /// quantizer, not ggml's).
+    ///
+    /// Errors: no tensor `name`.
+    pub fn storage(&self, name: &str) -> Result<String> {
+        let ty = self.stored_types.get(name).with_context(|| format!("{}: no tensor '{name}'", self.path))?;
+        Ok(match self.mlx_affine(name)? {
+            Some((bits, group)) => format!("MLX q{bits}/{group}"),
+            None if self.mlx && *ty == GgmlType::MXFP4 => "MLX mxfp4".to_string(),
+            None => ty.name().to_string(),
+        })
     }
 
     /// The recipe reading tensor `name` as f32 values (as [`Weights::rows`] decodes them, the

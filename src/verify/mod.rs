@@ -157,13 +157,12 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         );
     }
     let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
-    let (source_mlx, output_mlx) = (source.mlx_affine(name)?, output.mlx_affine(name)?);
-    // MLX's affine types are not the ggml types named for their precision: an MLX 4-bit tensor
-    // is not lossless from a Q4_1 one.
-    let lossless = source_type == output_type && source_mlx == output_mlx
-        || output_type == GgmlType::F32 && !source_type.is_quantized() && source_mlx.is_none();
+    let (source_storage, output_storage) = (source.storage(name)?, output.storage(name)?);
+    // MLX's quantized types are not the ggml types named for their precision (an MLX 4-bit
+    // tensor is not lossless from a Q4_1 one), nor is MLX's MXFP4 quantizer ggml's.
+    let lossless = source_storage == output_storage
+        || output_type == GgmlType::F32 && !source_type.is_quantized() && source_storage == source_type.name();
     let bound = if lossless { 0.0 } else { tensor_bound(output_type) };
-    let (source_storage, output_storage) = (storage(source_type, source_mlx), storage(output_type, output_mlx));
     if source.same_bytes(output, name)? {
         // The bytes the converter would write are the bytes stored: the same values.
         let (rel_rmse, cosine, max_abs, identical) = (0.0, 1.0, 0.0, true);
@@ -217,12 +216,29 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
     })
 }
 
-/// How a tensor is stored, for reports: the ggml type's name, or `MLX q4/64` for MLX's affine
-/// quantization with 4 bits in groups of 64.
-fn storage(ty: GgmlType, mlx: Option<(u32, u64)>) -> String {
-    match mlx {
-        Some((bits, group)) => format!("MLX q{bits}/{group}"),
-        None => ty.name().to_string(),
+/// A ggml type quantized with every importance weight 1 (for the types ggml quantizes only
+/// with importance weights: IQ2_XXS, IQ2_XS, IQ1_S).
+#[derive(Clone, Copy)]
+struct EqualWeights(GgmlType);
+
+impl crate::plan::optimize::measure::Codec for EqualWeights {
+    fn round_trip(
+        &self,
+        recipe: &crate::plan::recipe::Recipe,
+        values: &[f32],
+        _: u64,
+        count: u64,
+        back: &mut Vec<f32>,
+    ) -> Result<bool> {
+        let EqualWeights(ty) = *self;
+        let Some(q) = crate::plan::transcode::quant_type(ty) else { bail!("{ty} is not a quantized type") };
+        let ne0 = recipe.row_len() as usize;
+        let row = ty.row_bytes(ne0 as u64).with_context(|| format!("rows of {ne0} values in {ty}"))? as usize;
+        let mut bytes = vec![0u8; row * count as usize];
+        moeq_kernels::active().quantize_weighted(q, values, &mut bytes, ne0, &vec![1.0; ne0])?;
+        back.resize(values.len(), 0.0);
+        crate::plan::transcode::to_f32(ty, &bytes, back)?;
+        Ok(true)
     }
 }
 
@@ -247,12 +263,18 @@ fn expected_error(source: &Weights, output: &Weights, name: &str) -> Result<Opti
             let ty = crate::plan::mlx::MlxType::Affine { bits, group };
             measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
         }
+        None if output.is_mlx() && output.stored_types[name] == GgmlType::MXFP4 => {
+            let ty = crate::plan::mlx::MlxType::Mxfp4;
+            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
+        }
         None => {
             let ty = output.stored_types[name];
             if crate::plan::transcode::quant_type(ty).is_some_and(|q| q.needs_importance()) {
-                return Ok(None);
+                // ggml quantizes these only with importance weights: equal ones.
+                measure_sample(recipe, EqualWeights(ty), EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
+            } else {
+                measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m: Measured| m.relative())
             }
-            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m: Measured| m.relative())
         }
     };
     Ok(match measured {
