@@ -233,7 +233,7 @@ impl Report {
                 format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_storage)
             } else {
                 match t.expected {
-                    Some(e) if e == 0.0 => format!(
+                    Some(0.0) => format!(
                         "tensor '{}' is off by {:.4} relative RMS error, while the source's values are {} values \
                          already (at most {:.4} allowed)",
                         t.name, t.rel_rmse, t.output_storage, t.bound
