@@ -326,6 +326,16 @@ pub fn choose(
             }
             (picks, Some(log))
         }
+        (Some(_), None) if calibrated.is_some() => {
+            if !s.quiet {
+                eprintln!(
+                    "note: MLX budget: no uniform build of the candidate types fits the budget (or one is not a \
+                     candidate of every module), so no whole builds were measured: the knapsack's choice is \
+                     written without the uniform build's guard"
+                );
+            }
+            (first.picks.clone(), None)
+        }
         _ => (first.picks.clone(), None),
     };
     let solution = knapsack::Solution {
