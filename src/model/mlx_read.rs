@@ -68,6 +68,9 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
         let scales =
             present.contains(format!("{module}.scales").as_str()).then(|| stored(model, &format!("{module}.scales")));
         let (input, cols, ty) = match scales.flatten() {
+            None if t.dtype == Dtype::U32 => {
+                bail!("{origin}: packed codes (U32 words), but the folder has no '{module}.scales' to decode them with")
+            }
             None => {
                 let cols = *shape.last().unwrap_or(&1);
                 let mut view = View::plain(shape.iter().product::<u64>() / cols.max(1), cols);

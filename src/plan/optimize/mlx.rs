@@ -152,6 +152,12 @@ pub fn choose(
         );
     }
     if budgeted.is_empty() {
+        if !opts.overrides.is_empty() {
+            bail!(
+                "--quant-override sets every module the budget would choose a type for, so there is nothing left to \
+                 choose: drop the size budget, or the overrides of the modules it should decide"
+            );
+        }
         bail!("no module of this model can be quantized by mlx-lm, so there is nothing to choose types for");
     }
     let names: HashSet<&str> = budgeted.iter().map(|(i, _)| recipes[*i].spec.name.as_str()).collect();
