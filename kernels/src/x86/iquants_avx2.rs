@@ -622,32 +622,40 @@ const SUMS: usize = (SUM_AT[4] + 1568) / 32;
 /// additions, as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up,
 /// then the other five terms added in order, each looked up at its code bits masked (`sums`:
 /// the table, see [`SUM_AT`]).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 fn nearest_per_lane_prefix<const N: usize>(
-    terms: &[[__m256; 8]; N],
+    x: &[f32],
+    w: &[f32],
+    scales: __m256,
     list: List<'_>,
     lanes: i32,
     codes: &mut [[i32; ROW]],
     base: usize,
     sums: &mut [__m256; SUMS],
 ) -> Result<(), GgmlAbort> {
-    assert!(N == 8);
+    assert!(N == 8 && x.len() >= 8 && w.len() >= 8);
     let len = list.indices.len();
-    if list.packed.len() < len {
-        return nearest_per_lane::<N>(terms, list, lanes, 2, codes, base);
-    }
+    assert!(list.packed.len() >= len);
+    // Coordinate i's term at level l, `w·(scale·q_l − x)·(scale·q_l − x)` (as [`lane_terms`]),
+    // for levels 0..3 only.
+    let term = |i: usize, l: usize| {
+        let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(ODD_LEVELS[l])), _mm256_set1_ps(x[i]));
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
+    };
+    let t: [[__m256; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|l| term(i, l)));
     for a in 0..3 {
         for b in 0..3 {
-            let ab = _mm256_add_ps(terms[0][a], terms[1][b]);
+            let ab = _mm256_add_ps(t[0][a], t[1][b]);
             for c in 0..3 {
-                sums[a | b << 2 | c << 4] = _mm256_add_ps(ab, terms[2][c]);
+                sums[a | b << 2 | c << 4] = _mm256_add_ps(ab, t[2][c]);
             }
         }
     }
     // Coordinate i's term at level l: at byte SUM_AT[i − 3] + l·stride.
     for (i, stride) in [(3, 64), (4, 256), (5, 32), (6, 128), (7, 512)] {
         for l in 0..3 {
-            sums[(SUM_AT[i - 3] + l * stride) / 32] = terms[i][l];
+            sums[(SUM_AT[i - 3] + l * stride) / 32] = term(i, l);
         }
     }
     let at: *const u8 = sums.as_ptr().cast();
@@ -849,11 +857,12 @@ fn evaluate<const N: usize>(
                     row[first] = l;
                 }
             } else {
-                lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
-                if !list.three_levels {
-                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
+                let (x, w, s) = (&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]));
+                if list.three_levels && list.packed.len() >= list.indices.len() {
+                    nearest_per_lane_prefix::<N>(x, w, s, list, same as i32, &mut codes[r.clone()], first, sums)?;
                 } else {
-                    nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first, sums)?;
+                    lane_terms::<N>(x, w, s, 1 << c.bits, &mut terms);
+                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
                 }
             }
         }
