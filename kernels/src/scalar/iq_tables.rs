@@ -48,11 +48,9 @@ pub struct Lattice<const N: usize> {
     /// The same points' levels `(position − 1) / 2`, by chunks of 8 neighbours: `N` rows of 8
     /// bytes per chunk (for SIMD searches).
     levels: Vec<u8>,
-    /// For the 8-coordinate 2-bit grids (else empty), the same points neighbour by neighbour
-    /// in 8 bytes (padded as `neighbours`): `4·(9·l0 + 3·l1 + l2)`, then `4·l` for coordinates
-    /// 3..8, then `l0 | l1 << 2 | l2 << 4`, then 0 (for SIMD searches that look the first three
-    /// coordinates up together, and read the winner's levels back from its row).
-    prefix: Vec<u8>,
+    /// An 8-coordinate 2-bit grid of levels 0..3 only, whose lists carry packed codes (for SIMD
+    /// searches that look the terms of several coordinates up together, by their code bits).
+    three_levels: bool,
     /// The same points' packed codes `Σ l_i << (bits·i)` (padded as `neighbours`, with copies
     /// of the list's last code; empty for
     /// grids whose codes take more than 30 bits), for SIMD searches that keep their winners'
@@ -67,10 +65,9 @@ pub struct List<'a> {
     pub indices: &'a [u16],
     /// Their levels by chunks of 8 (`N` rows of 8 bytes per chunk; the last chunk padded).
     pub levels: &'a [u8],
-    /// For the 8-coordinate 2-bit grids (else empty), their levels neighbour by neighbour, 8
-    /// bytes each: `4·(9·l0 + 3·l1 + l2)` (below 108), `4·l` of coordinates 3..8 (below 12),
-    /// `l0 | l1 << 2 | l2 << 4`, 0; the last chunk of 8 padded with zeros.
-    pub prefix: &'a [u8],
+    /// The grid's points are 8 coordinates of levels 0..3 only, and `packed` holds every
+    /// neighbour's code (see [`Lattice::build`]'s `three_levels`).
+    pub three_levels: bool,
     /// Their packed codes `Σ l_i << (bits·i)`, padded to a multiple of 8 with copies of the last
     /// (empty for grids whose codes take more than 30 bits).
     pub packed: &'a [u32],
@@ -87,8 +84,9 @@ pub enum Lookup<'a> {
 impl<const N: usize> Lattice<N> {
     /// Builds the tables from a compressed grid (`bits` per coordinate), keeping for off-grid
     /// codes whose coordinates are all at most `max_digit` the points at the `nwant` smallest
-    /// distances; `with_prefix`: also the `prefix` rows (8-coordinate grids of levels 0..3).
-    fn build(kgrid: &[u16], bits: u32, kmap_size: usize, nwant: usize, max_digit: usize, with_prefix: bool) -> Self {
+    /// distances; `three_levels`: mark an 8-coordinate 2-bit grid of levels 0..3 as such (where
+    /// it is one).
+    fn build(kgrid: &[u16], bits: u32, kmap_size: usize, nwant: usize, max_digit: usize, three_levels: bool) -> Self {
         let mask = (1usize << bits) - 1;
         let grid: Vec<[i8; N]> = kgrid
             .iter()
@@ -100,11 +98,11 @@ impl<const N: usize> Lattice<N> {
                 p.iter().enumerate().map(|(k, &v)| (((v - 1) / 2) as usize) << (bits as usize * k)).sum();
             map[index] = j as i32;
         }
-        let (mut neighbours, mut levels, mut prefix, mut packed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
-        let with_prefix = with_prefix && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
+        let (mut neighbours, mut levels, mut packed) = (Vec::new(), Vec::new(), Vec::new());
         // Packed codes fit a u32 (and, for the SIMD searches, a positive i32).
         let with_packed = bits as usize * N <= 30;
+        // Levels 0..3 only (positions up to 5), as the 2-bit grids have.
+        let three_levels = three_levels && with_packed && N == 8 && bits == 2 && grid.iter().flatten().all(|&p| p <= 5);
         // The grid by coordinates (columns), for distance passes the compiler vectorizes.
         let columns: [Vec<i16>; N] = std::array::from_fn(|k| grid.iter().map(|p| p[k] as i16).collect());
         let mut dist = vec![0i16; grid.len()];
@@ -148,13 +146,6 @@ impl<const N: usize> Lattice<N> {
                         let l = grid[j as usize].iter().map(|&p| ((p - 1) / 2) as u32);
                         packed.push(l.enumerate().map(|(k, l)| l << (bits as usize * k)).sum());
                     }
-                    if with_prefix {
-                        let l: [u8; N] = grid[j as usize].map(|p| ((p - 1) / 2) as u8);
-                        prefix.push(4 * (9 * l[0] + 3 * l[1] + l[2]));
-                        prefix.extend(l[3..].iter().map(|&l| 4 * l));
-                        prefix.push(l[0] | l[1] << 2 | l[2] << 4);
-                        prefix.resize(prefix.len().next_multiple_of(8), 0);
-                    }
                     for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
                         row[lane] = ((p - 1) / 2) as u8;
                     }
@@ -167,14 +158,11 @@ impl<const N: usize> Lattice<N> {
                     let last = packed.last().copied().unwrap_or(0);
                     packed.resize(neighbours.len(), last);
                 }
-                if with_prefix {
-                    prefix.resize(8 * neighbours.len(), 0);
-                }
                 levels.extend(rows.iter().flatten());
             }
         }
         let grid_f32 = grid.iter().map(|p| p.map(|v| v as f32)).collect();
-        Lattice { grid, grid_f32, map, neighbours, levels, prefix, packed }
+        Lattice { grid, grid_f32, map, neighbours, levels, three_levels, packed }
     }
 
     /// The raw code map: grid index (≥ 0), −(key+1), or `i32::MIN`.
@@ -192,7 +180,7 @@ impl<const N: usize> Lattice<N> {
         List {
             indices: &self.neighbours[start..start + len],
             levels: &self.levels[start * N..(start + 8 * chunks) * N],
-            prefix: if self.prefix.is_empty() { &[] } else { &self.prefix[8 * start..8 * (start + 8 * chunks)] },
+            three_levels: self.three_levels,
             packed: if self.packed.is_empty() { &[] } else { &self.packed[start..start + 8 * chunks] },
         }
     }
@@ -202,7 +190,7 @@ impl<const N: usize> Lattice<N> {
     pub fn lookup(&self, code: usize) -> Lookup<'_> {
         match self.map.get(code).copied().unwrap_or(i32::MIN) {
             g if g >= 0 => Lookup::OnGrid(g as u16),
-            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], prefix: &[], packed: &[] }),
+            i32::MIN => Lookup::Near(List { indices: &[], levels: &[], three_levels: false, packed: &[] }),
             g => Lookup::Near(self.list((-(g + 1)) as usize)),
         }
     }
@@ -223,11 +211,11 @@ const KMAP_2BIT: usize = 43692;
 const KMAP_3BIT: usize = 4096;
 
 macro_rules! lattice {
-    ($(#[$doc:meta])* $name:ident: $n:literal, $kgrid:expr, $bits:expr, $kmap:expr, $nwant:expr, $max_digit:expr, $prefix:expr) => {
+    ($(#[$doc:meta])* $name:ident: $n:literal, $kgrid:expr, $bits:expr, $kmap:expr, $nwant:expr, $max_digit:expr, $three:expr) => {
         $(#[$doc])*
         pub fn $name() -> &'static Lattice<$n> {
             static TABLE: OnceLock<Lattice<$n>> = OnceLock::new();
-            TABLE.get_or_init(|| Lattice::build(&$kgrid, $bits, $kmap, $nwant, $max_digit, $prefix))
+            TABLE.get_or_init(|| Lattice::build(&$kgrid, $bits, $kmap, $nwant, $max_digit, $three))
         }
     };
 }
@@ -365,10 +353,7 @@ mod tests {
                             *level = n.levels[(k / 8) * 64 + c * 8 + k % 8];
                             assert_eq!(2 * *level as i8 + 1, l.grid[j as usize][c]);
                         }
-                        let p = &n.prefix[8 * k..8 * k + 8];
-                        assert_eq!(p[0], 4 * (9 * levels[0] + 3 * levels[1] + levels[2]));
-                        assert!(p[1..6].iter().zip(&levels[3..]).all(|(&p, &l)| p == 4 * l));
-                        assert_eq!(p[6..], [levels[0] | levels[1] << 2 | levels[2] << 4, 0]);
+                        assert!(n.three_levels && levels.iter().all(|&l| l < 3));
                     }
                 }
             }

@@ -59,11 +59,16 @@ struct Scratch {
     packed: [[i32; ROW]; 8],
     /// Per group, each candidate's code map entry.
     entries: [[i32; ROW]; 8],
+    /// [`nearest_per_lane_prefix`]'s look-up table (see there); zeroed once, so that every
+    /// entry is initialized.
+    sums: [__m256; SUMS],
 }
 
 impl Default for Scratch {
     fn default() -> Self {
-        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW]; 8], entries: [[0; ROW]; 8] }
+        // SAFETY: all bits zero is a valid `__m256` (eight 0.0).
+        let sums = unsafe { std::mem::zeroed() };
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW]; 8], entries: [[0; ROW]; 8], sums }
     }
 }
 
@@ -601,108 +606,83 @@ fn unpack_winners<const N: usize>(
     }
 }
 
-/// The byte offset in [`nearest_per_lane_prefix`]'s table of `(t0 + t1) + t2` of the first three
-/// levels of a 2-bit code (its low 6 bits): `32·(9·l0 + 3·l1 + l2)`; 0 where a level is 3 (the
-/// grids with prefix rows have levels 0..3 only).
-const T012_AT: [u16; 64] = {
-    let mut t = [0u16; 64];
-    let mut c = 0;
-    while c < 64 {
-        let (l0, l1, l2) = (c & 3, (c >> 2) & 3, (c >> 4) & 3);
-        if l0 < 3 && l1 < 3 && l2 < 3 {
-            t[c] = (32 * (9 * l0 + 3 * l1 + l2)) as u16;
-        }
-        c += 1;
-    }
-    t
-};
+/// Byte offsets in [`nearest_per_lane_prefix`]'s table (`SUMS` vectors of 32 bytes) of its
+/// regions: `(t0 + t1) + t2` at `32·(code & 63)` (the levels of coordinates 0..3), then
+/// coordinate 3's terms at `code & 0xc0` (`64·l3`) and 4's at `code & 0x300` (`256·l4`) from
+/// `SUM_AT[0]` and `SUM_AT[1]`, and with `e = code >> 5`, coordinate 5's at `e & 0x60` (`32·l5`),
+/// 6's at `e & 0x180` (`128·l6`) and 7's at `e & 0x600` (`512·l7`): each term's offset is its
+/// code bits masked, without a shift. Each region spans `3·stride + 32` bytes, so that even a
+/// level 3 reads inside it.
+const SUM_AT: [usize; 5] = [2048, 2048 + 224, 2048 + 224 + 800, 2048 + 224 + 800 + 128, 2048 + 224 + 800 + 128 + 416];
+/// Vectors in [`nearest_per_lane_prefix`]'s table.
+const SUMS: usize = (SUM_AT[4] + 1568) / 32;
 
-/// [`nearest_per_lane`] for the 8-coordinate 2-bit grids (`list.prefix` not empty): the sums
-/// of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first additions,
-/// as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up, then the other
-/// five terms added in order.
+/// [`nearest_per_lane`] for the 8-coordinate 2-bit grids of levels 0..3 (`list.three_levels`):
+/// the sums of the first three coordinates' terms, `(t0 + t1) + t2` (the scalar search's first
+/// additions, as `0 + t0` is `t0`), are formed once for the 27 level triples and looked up,
+/// then the other five terms added in order, each looked up at its code bits masked (`sums`:
+/// the table, see [`SUM_AT`]).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 fn nearest_per_lane_prefix<const N: usize>(
-    terms: &[[__m256; 8]; N],
+    x: &[f32],
+    w: &[f32],
+    scales: __m256,
     list: List<'_>,
     lanes: i32,
     codes: &mut [[i32; ROW]],
     base: usize,
+    sums: &mut [__m256; SUMS],
 ) -> Result<(), GgmlAbort> {
-    assert!(N == 8);
+    assert!(N == 8 && x.len() >= 8 && w.len() >= 8);
     let len = list.indices.len();
-    let rows = &list.prefix[..8 * len];
-    let mut t012 = [_mm256_setzero_ps(); 32];
+    assert!(list.packed.len() >= len);
+    // Coordinate i's term at level l, `w·(scale·q_l − x)·(scale·q_l − x)` (as [`lane_terms`]),
+    // for levels 0..3 only.
+    let term = |i: usize, l: usize| {
+        let diff = _mm256_sub_ps(_mm256_mul_ps(scales, _mm256_set1_ps(ODD_LEVELS[l])), _mm256_set1_ps(x[i]));
+        _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff)
+    };
+    let t: [[__m256; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|l| term(i, l)));
     for a in 0..3 {
         for b in 0..3 {
-            let ab = _mm256_add_ps(terms[0][a], terms[1][b]);
+            let ab = _mm256_add_ps(t[0][a], t[1][b]);
             for c in 0..3 {
-                t012[9 * a + 3 * b + c] = _mm256_add_ps(ab, terms[2][c]);
+                sums[a | b << 2 | c << 4] = _mm256_add_ps(ab, t[2][c]);
             }
         }
     }
-    let (t012, rest): (*const u8, *const u8) = (t012.as_ptr().cast(), terms.as_ptr().cast());
+    // Coordinate i's term at level l: at byte SUM_AT[i − 3] + l·stride.
+    for (i, stride) in [(3, 64), (4, 256), (5, 32), (6, 128), (7, 512)] {
+        for l in 0..3 {
+            sums[(SUM_AT[i - 3] + l * stride) / 32] = term(i, l);
+        }
+    }
+    let at: *const u8 = sums.as_ptr().cast();
+    let (at3, at4, at5, at6, at7) = (SUM_AT[0], SUM_AT[1], SUM_AT[2], SUM_AT[3], SUM_AT[4]);
     let mut best = _mm256_set1_ps(FLT_MAX);
-    if list.packed.len() >= len {
-        // Each lane keeps its first minimum's packed code (−1 before any), unpacked in lanes
-        // after the scan.
-        let mut best_code = _mm256_set1_epi32(-1);
-        // The scan reads only the neighbours' packed codes (4 bytes each, which the
-        // lanes-as-neighbours search reads too) rather than their prefix rows as well (8 more):
-        // IQ2_XXS's lists are megabytes, and the scan waited on their loads.
-        for code in &list.packed[..len] {
-            let c = *code as usize;
-            // SAFETY: `T012_AT` holds byte offsets of at most 26·32, so the 32 bytes there lie
-            // within `t012` (32 vectors); `(c >> (2·i − 5)) & 0x60` is 32 times coordinate i's
-            // level (bits 2i, 2i+1 of the code), at most 96, so the 32 bytes at `256·i` plus it
-            // lie within `terms[i]` (8 vectors of 32 bytes; `i < N`).
-            let mut d2 = unsafe { _mm256_loadu_ps(t012.add(T012_AT[c & 63] as usize).cast()) };
-            for i in 3..8 {
-                // SAFETY: as above.
-                let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + ((c >> (2 * i - 5)) & 0x60)).cast()) };
-                d2 = _mm256_add_ps(d2, term);
-            }
-            // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code, &mut best, &mut best_code);
-        }
-        return unpack_winners_or_abort::<N>(best_code, lanes, 2, codes, base);
+    // Each lane keeps its first minimum's packed code (−1 before any), unpacked in lanes after
+    // the scan. The scan reads only the neighbours' packed codes (4 bytes each, which the
+    // lanes-as-neighbours search reads too): IQ2_XXS's lists are megabytes.
+    let mut best_code = _mm256_set1_epi32(-1);
+    for code in &list.packed[..len] {
+        let c = *code as usize;
+        let e = c >> 5;
+        // SAFETY: every offset is a region's start plus its code bits masked, at most 3 times
+        // the region's stride, so the 32 bytes there lie within the region (see `SUM_AT`) and
+        // so within `sums` (the last region ends at `32·SUMS`).
+        let d2 = unsafe {
+            let mut d2 = _mm256_loadu_ps(at.add((c & 63) << 5).cast());
+            d2 = _mm256_add_ps(d2, _mm256_loadu_ps(at.add(at3 + (c & 0xc0)).cast()));
+            d2 = _mm256_add_ps(d2, _mm256_loadu_ps(at.add(at4 + (c & 0x300)).cast()));
+            d2 = _mm256_add_ps(d2, _mm256_loadu_ps(at.add(at5 + (e & 0x60)).cast()));
+            d2 = _mm256_add_ps(d2, _mm256_loadu_ps(at.add(at6 + (e & 0x180)).cast()));
+            _mm256_add_ps(d2, _mm256_loadu_ps(at.add(at7 + (e & 0x600)).cast()))
+        };
+        // Lanes outside `lanes` search too; their results are not read.
+        keep_best_code(d2, code, &mut best, &mut best_code);
     }
-    let mut best_at = _mm256_set1_epi32(-1);
-    let mut at = _mm256_setzero_si256();
-    let one = _mm256_set1_epi32(1);
-    for row in rows.chunks_exact(8) {
-        // SAFETY: `row[0] & 0x7c` is at most 124, so the 32 bytes at 8 times it lie within
-        // `t012` (32 vectors); `row[i] & 0x1c` is at most 28, so the 32 bytes at `256·i` plus
-        // 8 times it lie within `terms[i]` (8 vectors of 32 bytes; `i < N`). The table's
-        // entries are 4·(9·l0 + 3·l1 + l2) and 4·l with levels below 3, which the masks keep.
-        let mut d2 = unsafe { _mm256_loadu_ps(t012.add(8 * (row[0] & 0x7c) as usize).cast()) };
-        for i in 3..8 {
-            // SAFETY: as above.
-            let term = unsafe { _mm256_loadu_ps(rest.add(256 * i + 8 * (row[i - 2] & 0x1c) as usize).cast()) };
-            d2 = _mm256_add_ps(d2, term);
-        }
-        // `min_ps(d2, best)` is `d2 < best ? d2 : best`: the strict less-than of the scalar
-        // search. Lanes outside `lanes` search too; their results are not read.
-        let better = _mm256_cmp_ps::<_CMP_LT_OQ>(d2, best);
-        best = _mm256_min_ps(d2, best);
-        best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at), _mm256_castsi256_ps(at), better));
-        at = _mm256_add_epi32(at, one);
-    }
-    let at = i32s(best_at);
-    let mut todo = lanes as u32 & 0xff;
-    while todo != 0 {
-        let lane = todo.trailing_zeros() as usize;
-        todo &= todo - 1;
-        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
-        // The winner's levels from its row, just scanned (in cache, unlike `list.levels`):
-        // `4·l` of coordinates 3..8 in bytes 1..6, the first three packed in byte 6.
-        let row = u64::from_le_bytes(rows[8 * k..8 * k + 8].try_into().map_err(|_| GgmlAbort)?);
-        for (i, out) in codes.iter_mut().enumerate().take(N) {
-            let shift = if i < 3 { 48 + 2 * i } else { 8 * (i - 2) + 2 };
-            out[base + lane] = ((row >> shift) & 3) as i32;
-        }
-    }
-    Ok(())
+    unpack_winners_or_abort::<N>(best_code, lanes, 2, codes, base)
 }
 
 /// The levels of each lane's winner (`best_at`: its position in `list`, −1 for none) into
@@ -815,7 +795,7 @@ fn evaluate<const N: usize>(
     for k in 0..ROW {
         (ids[k], scales[k]) = candidates[k.min(count - 1)];
     }
-    let Scratch { codes, packed, entries } = scratch;
+    let Scratch { codes, packed, entries, sums } = scratch;
     // Per group, the candidates whose codes are off the grid.
     let mut off_grid = [0u32; 8];
     let mut on_grid = [0u8; ROW];
@@ -877,11 +857,12 @@ fn evaluate<const N: usize>(
                     row[first] = l;
                 }
             } else {
-                lane_terms::<N>(&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]), 1 << c.bits, &mut terms);
-                if list.prefix.is_empty() {
-                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
+                let (x, w, s) = (&xval[r.clone()], &waux[r.clone()], load8(&scales[first..]));
+                if list.three_levels && list.packed.len() >= list.indices.len() {
+                    nearest_per_lane_prefix::<N>(x, w, s, list, same as i32, &mut codes[r.clone()], first, sums)?;
                 } else {
-                    nearest_per_lane_prefix::<N>(&terms, list, same as i32, &mut codes[r.clone()], first)?;
+                    lane_terms::<N>(x, w, s, 1 << c.bits, &mut terms);
+                    nearest_per_lane::<N>(&terms, list, same as i32, c.bits, &mut codes[r.clone()], first)?;
                 }
             }
         }
