@@ -140,7 +140,16 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
 /// Errors: either mismatch, naming the folder, the key and the tensor.
 fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> {
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
-    let key = json.get("tie_word_embeddings").and_then(Json::as_bool);
+    let key = match json.get("tie_word_embeddings") {
+        None => None,
+        Some(Json::Bool(b)) => Some(*b),
+        Some(other) => {
+            bail!("{dir}: config.json has tie_word_embeddings {other}, not true or false (mlx-lm refuses it)")
+        }
+    };
+    if key.is_none() && model_type == "qwen3_moe" {
+        bail!("{dir}: config.json has no tie_word_embeddings, which mlx-lm's qwen3_moe requires (true or false)");
+    }
     let tied = match model_type {
         "qwen2_moe" | "deepseek_v3" | "gpt_oss" => false,
         "llama" => key.unwrap_or(true),

@@ -233,6 +233,9 @@ impl Report {
                 format!("tensor '{}' changed (it should be identical: {} in both)", t.name, t.output_storage)
             } else {
                 match t.expected {
+                    _ if t.rel_rmse.is_infinite() => {
+                        format!("tensor '{}' is not zero, but the source's tensor is all zeros", t.name)
+                    }
                     Some(0.0) => format!(
                         "tensor '{}' is off by {:.4} relative RMS error, while the source's values are {} values \
                          already (at most {:.4} allowed)",

@@ -281,8 +281,19 @@ pub fn choose(
                 return Ok(solution);
             }
             rounds += 1;
-            if rounds > 64 {
-                bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
+            if room == floor || rounds > 64 {
+                // At the floor the knapsack may still pick options of the smallest estimated
+                // sizes whose exact files are larger (headers): the smallest build, which fits
+                // (`min_bytes` ≤ budget), is the answer then.
+                let picks: Vec<usize> =
+                    bytes.iter().map(|b| b.iter().enumerate().min_by_key(|&(_, &x)| x).map_or(0, |(i, _)| i)).collect();
+                let real = exact(&picks)?;
+                if real > budget {
+                    bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
+                }
+                let error = items.iter().zip(&picks).map(|(o, &p)| o[p].error).sum();
+                let bytes = items.iter().zip(&picks).map(|(o, &p)| o[p].bytes).sum();
+                return Ok(knapsack::Solution { picks, bytes, error, unit: solution.unit });
             }
             room = room.saturating_sub((real - budget).max(1)).max(floor);
         }
