@@ -34,6 +34,16 @@ pub struct Solution {
     pub unit: u64,
 }
 
+impl Solution {
+    /// The solution picking option `picks[i]` of each item `i` (sizes rounded to `unit` bytes):
+    /// its bytes and error summed in item order.
+    pub fn of(items: &[Vec<Choice>], picks: Vec<usize>, unit: u64) -> Solution {
+        let bytes = picks.iter().enumerate().map(|(i, &o)| items[i][o].bytes).sum();
+        let error = picks.iter().enumerate().fold(0.0, |acc, (i, &o)| acc + items[i][o].error);
+        Solution { picks, bytes, error, unit }
+    }
+}
+
 /// Why no solution exists.
 #[derive(Clone, Debug, PartialEq)]
 pub enum KnapsackError {
@@ -155,9 +165,7 @@ pub fn solve(items: &[Vec<Choice>], budget: u64) -> Result<Solution, KnapsackErr
         picks[i] = o;
         c -= cost(i, o) as usize;
     }
-    let bytes = picks.iter().enumerate().map(|(i, &o)| items[i][o].bytes).sum();
-    let error = picks.iter().enumerate().fold(0.0, |acc, (i, &o)| acc + items[i][o].error);
-    Ok(Solution { picks, bytes, error, unit })
+    Ok(Solution::of(items, picks, unit))
 }
 
 #[cfg(test)]

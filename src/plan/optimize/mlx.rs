@@ -284,16 +284,8 @@ pub fn choose(
             if room == floor || rounds > 64 {
                 // At the floor the knapsack may still pick options of the smallest estimated
                 // sizes whose exact files are larger (headers): the smallest build, which fits
-                // (`min_bytes` ≤ budget), is the answer then.
-                let picks: Vec<usize> =
-                    bytes.iter().map(|b| b.iter().enumerate().min_by_key(|&(_, &x)| x).map_or(0, |(i, _)| i)).collect();
-                let real = exact(&picks)?;
-                if real > budget {
-                    bail!("internal error: the MLX build stays larger than the budget ({real} > {budget} bytes)");
-                }
-                let error = items.iter().zip(&picks).map(|(o, &p)| o[p].error).sum();
-                let bytes = items.iter().zip(&picks).map(|(o, &p)| o[p].bytes).sum();
-                return Ok(knapsack::Solution { picks, bytes, error, unit: solution.unit });
+                // (`min_bytes` ≤ budget, checked above), is the answer then.
+                return Ok(knapsack::Solution::of(items, smallest.clone(), solution.unit));
             }
             room = room.saturating_sub((real - budget).max(1)).max(floor);
         }
@@ -355,12 +347,7 @@ pub fn choose(
         }
         _ => (first.picks.clone(), None),
     };
-    let solution = knapsack::Solution {
-        error: items.iter().zip(&picks).map(|(o, &p)| o[p].error).sum(),
-        bytes: items.iter().zip(&picks).map(|(o, &p)| o[p].bytes).sum(),
-        picks,
-        unit: first.unit,
-    };
+    let solution = knapsack::Solution::of(&items, picks, first.unit);
 
     let mut decisions = Vec::with_capacity(budgeted.len());
     let mut chosen = Vec::with_capacity(budgeted.len());
