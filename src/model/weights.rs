@@ -38,6 +38,29 @@ pub struct Weights<'a> {
     mlx: bool,
 }
 
+/// How a model stores a tensor ([`Weights::storage`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Storage {
+    /// Blocks of a ggml type (or floats), as GGUF stores them; also OpenAI's MXFP4 of a
+    /// checkpoint (the same values as ggml's).
+    Ggml(GgmlType),
+    /// MLX's affine quantization: bits per value, values per group.
+    MlxAffine { bits: u32, group: u64 },
+    /// MLX's MXFP4 (its own quantizer, not ggml's).
+    MlxMxfp4,
+}
+
+impl std::fmt::Display for Storage {
+    /// The ggml type's name (`Q4_K`, `BF16`, …), `MLX q4/64`, `MLX mxfp4`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Ggml(ty) => f.write_str(ty.name()),
+            Storage::MlxAffine { bits, group } => write!(f, "MLX q{bits}/{group}"),
+            Storage::MlxMxfp4 => f.write_str("MLX mxfp4"),
+        }
+    }
+}
+
 /// A replaced tensor: the type of the replacement's bytes, the bytes, and which rows
 /// they hold (`None`: all, in order; else these rows, sorted, the others the source's).
 #[derive(Clone)]
@@ -207,35 +230,19 @@ impl<'a> Weights<'a> {
         Ok(&self.recipe(name)?.spec.ne)
     }
 
-    /// How tensor `name` is stored when that is not a ggml type's blocks: MLX's affine
-    /// quantization (bits, values per group). `None` for everything else (ggml types, OpenAI's
-    /// MXFP4 — the same values as ggml's MXFP4 —, floats).
+    /// How tensor `name` is stored: a ggml type, or in an MLX build MLX's own quantization
+    /// (affine, or MLX's MXFP4 quantizer, not ggml's).
     ///
     /// Errors: no tensor `name`.
-    pub fn mlx_affine(&self, name: &str) -> Result<Option<(u32, u64)>> {
-        let r = &self.encoded[self.index(name)?];
-        Ok(r.parts.first().and_then(|p| match p.input {
-            crate::plan::recipe::Input::MlxAffine { bits, group, .. } => Some((bits, group)),
-            _ => None,
-        }))
-    }
-
-    /// Whether the model is an MLX build (read from its folder's `quantization` and names).
-    pub fn is_mlx(&self) -> bool {
-        self.mlx
-    }
-
-    /// How tensor `name` is stored, for reports: the ggml type's name (`Q4_K`, `BF16`, …), or
-    /// in an MLX build `MLX q4/64` (affine, bits / group size) and `MLX mxfp4` (MLX's MXFP4
-    /// quantizer, not ggml's).
-    ///
-    /// Errors: no tensor `name`.
-    pub fn storage(&self, name: &str) -> Result<String> {
-        let ty = self.stored_types.get(name).with_context(|| format!("{}: no tensor '{name}'", self.path))?;
-        Ok(match self.mlx_affine(name)? {
-            Some((bits, group)) => format!("MLX q{bits}/{group}"),
-            None if self.mlx && *ty == GgmlType::MXFP4 => "MLX mxfp4".to_string(),
-            None => ty.name().to_string(),
+    pub fn storage(&self, name: &str) -> Result<Storage> {
+        let index = self.index(name)?;
+        let ty = self.encoded[index].spec.ggml_type;
+        Ok(match self.encoded[index].parts.first().map(|p| &p.input) {
+            Some(crate::plan::recipe::Input::MlxAffine { bits, group, .. }) => {
+                Storage::MlxAffine { bits: *bits, group: *group }
+            }
+            _ if self.mlx && ty == GgmlType::MXFP4 => Storage::MlxMxfp4,
+            _ => Storage::Ggml(ty),
         })
     }
 
@@ -325,7 +332,8 @@ impl<'a> Weights<'a> {
         let (a, b) = (&self.encoded[self.index(name)?], &other.encoded[other.index(name)?]);
         // MLX's affine rows come re-encoded as the ggml type of about their precision, which
         // loses precision: equal re-encodings need not be equal values.
-        if self.mlx_affine(name)?.is_some() || other.mlx_affine(name)?.is_some() {
+        let affine = |s: Storage| matches!(s, Storage::MlxAffine { .. });
+        if affine(self.storage(name)?) || affine(other.storage(name)?) {
             return Ok(false);
         }
         if a.spec.ggml_type != b.spec.ggml_type || ggml_dims(&a.spec.ne) != ggml_dims(&b.spec.ne) {

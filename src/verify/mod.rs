@@ -12,7 +12,7 @@ use moeq_formats::gguf::GgmlType;
 use rayon::prelude::*;
 
 use crate::forward::{FfnOutput, Model, Reuse, same_bits};
-use crate::model::weights::Weights;
+use crate::model::weights::{Storage, Weights};
 use crate::plan::convert::ggml_dims;
 use crate::write::progress::steps_bar;
 use report::tensor_bound;
@@ -157,12 +157,13 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         );
     }
     let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
-    let (source_storage, output_storage) = (source.storage(name)?, output.storage(name)?);
+    let (source_kind, output_kind) = (source.storage(name)?, output.storage(name)?);
     // MLX's quantized types are not the ggml types named for their precision (an MLX 4-bit
     // tensor is not lossless from a Q4_1 one), nor is MLX's MXFP4 quantizer ggml's.
-    let lossless = source_storage == output_storage
-        || output_type == GgmlType::F32 && !source_type.is_quantized() && source_storage == source_type.name();
+    let lossless = source_kind == output_kind
+        || output_type == GgmlType::F32 && !source_type.is_quantized() && matches!(source_kind, Storage::Ggml(_));
     let bound = if lossless { 0.0 } else { tensor_bound(output_type) };
+    let (source_storage, output_storage) = (source_kind.to_string(), output_kind.to_string());
     if source.same_bytes(output, name)? {
         // The bytes the converter would write are the bytes stored: the same values.
         let (rel_rmse, cosine, max_abs, identical) = (0.0, 1.0, 0.0, true);
@@ -196,7 +197,7 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         first += n;
     }
     let (expected, bound) = if bound > 0.0 && output_type.is_quantized() && !s.identical {
-        let expected = expected_error(source, output, name)?;
+        let expected = expected_error(source.recipe(name)?, output_kind);
         (expected, report::expected_bound(output_type, expected))
     } else {
         (None, bound)
@@ -247,40 +248,32 @@ impl crate::plan::optimize::measure::Codec for EqualWeights {
 const EXPECTED_SAMPLE: u64 = 1 << 18;
 const EXPECTED_PIECE: u64 = 1 << 13;
 
-/// The relative RMS error of tensor `name` of `source` stored as `output` stores it (its ggml
-/// type, or MLX's affine bits and group) by moeq's round-to-nearest quantizers (ggml's
-/// reference, without importance weights; MLX's), measured on up to [`EXPECTED_SAMPLE`] values
-/// spread over its rows. `None` when the quantizer refuses the values (a type that needs
-/// importance weights, an overflow; reading the source, which the comparison has just read
-/// whole, is not expected to fail here).
-///
-/// Errors: no tensor `name` in either model.
-fn expected_error(source: &Weights, output: &Weights, name: &str) -> Result<Option<f64>> {
-    use crate::plan::optimize::measure::{Measured, measure_sample};
-    let recipe = source.recipe(name)?;
-    let measured = match output.mlx_affine(name)? {
-        Some((bits, group)) => {
-            let ty = crate::plan::mlx::MlxType::Affine { bits, group };
-            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
+/// The relative RMS error of the source tensor `recipe` stored as `storage` (the output's) by
+/// moeq's round-to-nearest quantizers (ggml's reference, without importance weights or with
+/// equal ones for the types that need them; MLX's), measured on up to [`EXPECTED_SAMPLE`]
+/// values spread over its rows. `None` when the quantizer refuses the values (an overflow;
+/// reading the source, which the comparison has just read whole, is not expected to fail here).
+fn expected_error(recipe: &crate::plan::recipe::Recipe, storage: Storage) -> Option<f64> {
+    use crate::plan::mlx::MlxType;
+    use crate::plan::optimize::measure::measure_sample;
+    let measured = match storage {
+        Storage::MlxAffine { bits, group } => {
+            measure_sample(recipe, MlxType::Affine { bits, group }, EXPECTED_SAMPLE, EXPECTED_PIECE)
+                .map(|m| m.relative())
         }
-        None if output.is_mlx() && output.stored_types[name] == GgmlType::MXFP4 => {
-            let ty = crate::plan::mlx::MlxType::Mxfp4;
-            measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
+        Storage::MlxMxfp4 => {
+            measure_sample(recipe, MlxType::Mxfp4, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
         }
-        None => {
-            let ty = output.stored_types[name];
-            if crate::plan::transcode::quant_type(ty).is_some_and(|q| q.needs_importance()) {
-                // ggml quantizes these only with importance weights: equal ones.
-                measure_sample(recipe, EqualWeights(ty), EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
-            } else {
-                measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m: Measured| m.relative())
-            }
+        Storage::Ggml(ty) if crate::plan::transcode::quant_type(ty).is_some_and(|q| q.needs_importance()) => {
+            // ggml quantizes these only with importance weights: equal ones.
+            measure_sample(recipe, EqualWeights(ty), EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative())
         }
+        Storage::Ggml(ty) => measure_sample(recipe, ty, EXPECTED_SAMPLE, EXPECTED_PIECE).map(|m| m.relative()),
     };
-    Ok(match measured {
+    match measured {
         Ok(r) if r.is_finite() => Some(r.sqrt()),
         _ => None,
-    })
+    }
 }
 
 /// The parts of the output model provably identical to the source's. A part qualifies when
