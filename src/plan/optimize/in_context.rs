@@ -223,23 +223,22 @@ pub fn refine(
         if n_down + n_up == 0 {
             break;
         }
-        let factor = |measured: f64, predicted: f64| {
-            if predicted == 0.0 { 1.0 } else { (measured / predicted).clamp(FACTOR_RANGE.0, FACTOR_RANGE.1) }
+        // The measured / predicted change of a part's options alone (1 without any); a build
+        // measured before (the choice itself, when it only upgrades) is not run again.
+        let mut factor = |part: Vec<usize>, predicted: f64, n: usize, what: &str| -> Result<f64> {
+            if n == 0 {
+                return Ok(1.0);
+            }
+            let kl = match builds.iter().find(|(_, p)| *p == part) {
+                Some((b, _)) => b.kl,
+                None => measure(&part)?,
+            };
+            record(&mut builds, format!("round {round}: its {what} alone"), part, kl)?;
+            let measured = kl - kl_base;
+            Ok(if predicted == 0.0 { 1.0 } else { (measured / predicted).clamp(FACTOR_RANGE.0, FACTOR_RANGE.1) })
         };
-        let f_down = if n_down == 0 {
-            1.0
-        } else {
-            let kl = measure(&down)?;
-            record(&mut builds, format!("round {round}: its downgrades alone"), down, kl)?;
-            factor(kl - kl_base, pred_down)
-        };
-        let f_up = if n_up == 0 {
-            1.0
-        } else {
-            let kl = measure(&up)?;
-            record(&mut builds, format!("round {round}: its upgrades alone"), up, kl)?;
-            factor(kl - kl_base, pred_up)
-        };
+        let f_down = factor(down, pred_down, n_down, "downgrades")?;
+        let f_up = factor(up, pred_up, n_up, "upgrades")?;
         factors.push((f_down, f_up));
         let picks = solve(&rescaled(items, base, f_down, f_up))?;
         if builds.iter().any(|(_, p)| *p == picks) {
