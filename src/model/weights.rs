@@ -51,12 +51,13 @@ pub enum Storage {
 }
 
 impl std::fmt::Display for Storage {
-    /// The ggml type's name (`Q4_K`, `BF16`, …), `MLX q4/64`, `MLX mxfp4`.
+    /// The ggml type's name (`Q4_K`, `BF16`, …), `MLX q4/64`, `MLX mxfp4` (padded to the
+    /// formatter's width).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Storage::Ggml(ty) => f.write_str(ty.name()),
-            Storage::MlxAffine { bits, group } => write!(f, "MLX q{bits}/{group}"),
-            Storage::MlxMxfp4 => f.write_str("MLX mxfp4"),
+            Storage::Ggml(ty) => f.pad(ty.name()),
+            Storage::MlxAffine { bits, group } => f.pad(&format!("MLX q{bits}/{group}")),
+            Storage::MlxMxfp4 => f.pad("MLX mxfp4"),
         }
     }
 }

@@ -157,13 +157,12 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         );
     }
     let (source_type, output_type) = (source.stored_types[name], output.stored_types[name]);
-    let (source_kind, output_kind) = (source.storage(name)?, output.storage(name)?);
+    let (source_storage, output_storage) = (source.storage(name)?, output.storage(name)?);
     // MLX's quantized types are not the ggml types named for their precision (an MLX 4-bit
     // tensor is not lossless from a Q4_1 one), nor is MLX's MXFP4 quantizer ggml's.
-    let lossless = source_kind == output_kind
-        || output_type == GgmlType::F32 && !source_type.is_quantized() && matches!(source_kind, Storage::Ggml(_));
+    let lossless = source_storage == output_storage
+        || output_type == GgmlType::F32 && !source_type.is_quantized() && matches!(source_storage, Storage::Ggml(_));
     let bound = if lossless { 0.0 } else { tensor_bound(output_type) };
-    let (source_storage, output_storage) = (source_kind.to_string(), output_kind.to_string());
     if source.same_bytes(output, name)? {
         // The bytes the converter would write are the bytes stored: the same values.
         let (rel_rmse, cosine, max_abs, identical) = (0.0, 1.0, 0.0, true);
@@ -197,7 +196,7 @@ fn compare_tensor(source: &Weights, output: &Weights, name: &str) -> Result<Tens
         first += n;
     }
     let (expected, bound) = if bound > 0.0 && output_type.is_quantized() && !s.identical {
-        let expected = expected_error(source.recipe(name)?, output_kind);
+        let expected = expected_error(source.recipe(name)?, output_storage);
         (expected, report::expected_bound(output_type, expected))
     } else {
         (None, bound)

@@ -1,5 +1,6 @@
 //! `moeq verify`'s findings and limits, and the report: a compact table worst first, or JSON.
 
+use crate::model::weights::Storage;
 use moeq_formats::gguf::GgmlType;
 use serde_json::json;
 
@@ -101,10 +102,10 @@ pub struct TensorCheck {
     /// type of about its precision: see `source_storage`).
     pub source_type: GgmlType,
     pub output_type: GgmlType,
-    /// How each model stores the tensor: the ggml type's name, or `MLX q4/64` (MLX's affine
-    /// quantization, bits and group size).
-    pub source_storage: String,
-    pub output_storage: String,
+    /// How each model stores the tensor (shown as the ggml type's name, `MLX q4/64` or
+    /// `MLX mxfp4`).
+    pub source_storage: Storage,
+    pub output_storage: Storage,
     pub rel_rmse: f64,
     pub cosine: f64,
     pub max_abs: f64,
@@ -112,9 +113,9 @@ pub struct TensorCheck {
     /// The largest error this tensor may have.
     pub bound: f64,
     /// The relative RMS error the source's tensor shows when stored as the output stores it by
-    /// moeq's round-to-nearest quantizer (ggml's reference, MLX's), measured on a sample of its
-    /// rows; `None` when not measured (not quantized, identical, or a type that needs
-    /// importance weights).
+    /// moeq's round-to-nearest quantizer (ggml's reference — with equal importance weights for
+    /// the types that need them —, MLX's), measured on a sample of its rows; `None` when not
+    /// measured (not quantized, identical) or the quantizer refuses the values.
     pub expected: Option<f64>,
 }
 
@@ -388,7 +389,7 @@ impl Report {
             "hparams_differ": self.hparams_differ,
             "tensors": self.tensors.iter().map(|t| json!({
                 "name": t.name, "source_type": t.source_type.name(), "output_type": t.output_type.name(),
-                "source_storage": t.source_storage, "output_storage": t.output_storage,
+                "source_storage": t.source_storage.to_string(), "output_storage": t.output_storage.to_string(),
                 "rel_rmse": t.rel_rmse, "cosine": t.cosine, "max_abs": t.max_abs, "identical": t.identical,
                 "bound": t.bound, "expected_rel_rmse": t.expected, "ok": t.ok(),
             })).collect::<Vec<_>>(),
