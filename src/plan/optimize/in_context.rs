@@ -20,7 +20,7 @@
 //!    measured lower (ties go to the uniform build), so the written build is never worse than
 //!    the uniform one on the calibration tokens.
 //!
-//! Cost: `2 + 3 · rounds` forwards of the whole model on the calibration tokens, and the
+//! Cost: at most `2 + 3 · rounds` forwards of the whole model on the calibration tokens, and the
 //! reference run (about as many as the per-layer probes' own tail runs of one layer each).
 
 use anyhow::Result;
@@ -224,7 +224,8 @@ pub fn refine(
             break;
         }
         // The measured / predicted change of a part's options alone (1 without any); a build
-        // measured before (the choice itself, when it only upgrades) is not run again.
+        // measured before (the choice itself, when it only downgrades or only upgrades) is not
+        // run again: the forward is deterministic.
         let mut factor = |part: Vec<usize>, predicted: f64, n: usize, what: &str| -> Result<f64> {
             if n == 0 {
                 return Ok(1.0);
