@@ -264,7 +264,7 @@ pub fn choose(
     // The knapsack on the estimated bytes; where the exact files come out larger (offsets of
     // more digits), the room shrinks by the excess and the choice is made again.
     // Never below the smallest options, whose exact files fit (`min_bytes` ≤ budget).
-    let floor: u64 = bytes.iter().map(|b| b.iter().copied().min().unwrap_or(0)).sum();
+    let floor: u64 = bytes.iter().zip(&smallest).map(|(b, &o)| b.get(o).copied().unwrap_or(0)).sum();
     let fit = |items: &[Vec<knapsack::Choice>]| -> Result<knapsack::Solution> {
         let mut room = budget.saturating_sub(fixed_counted).max(floor);
         let mut rounds = 0;
