@@ -43,7 +43,6 @@ const HF_HPARAMS: &[(&str, &str)] = &[
     ("tie_word_embeddings", "tie_word_embeddings"),
 ];
 
-/// The values of `keys` (GGUF name, config key) that `config` holds (not null).
 /// The RoPE base of a Hugging Face config: `rope_theta`, or transformers 5's
 /// `rope_parameters.rope_theta`; `None` when neither is there.
 ///
@@ -60,6 +59,7 @@ pub fn rope_theta(config: &Keys) -> Result<Option<f64>> {
     }
 }
 
+/// The values of `keys` (GGUF name, config key) that `config` holds (not null).
 pub fn pick(config: &Keys, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
     keys.iter().filter_map(|&(name, key)| config.raw(key).map(|v| (name, v.clone()))).collect()
 }
