@@ -45,8 +45,9 @@ fn main() -> ExitCode {
 struct VerifyOptions {
     /// The report as JSON.
     json: bool,
-    /// Overridden limits: max KL, min top-1 agreement, max MoE block relative error.
-    limits: Option<(Option<f64>, Option<f64>, Option<f64>)>,
+    /// Limits given (each enforced; the others stay as the defaults have them): max KL, min
+    /// top-1 agreement, max MoE block relative error.
+    limits: (Option<f64>, Option<f64>, Option<f64>),
     /// Run every layer of the output (not taking bit-identical layers from the source run).
     full_forward: bool,
     /// The report only when a check fails.
@@ -71,19 +72,18 @@ fn run_verify(
     let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
     let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
     moeq_formats::inputs::check_unchanged()?;
-    if let Some((kl, top1, moe)) = limits {
-        // The limits given fail the check; the others stay as the defaults have them.
-        let d = report.limits;
-        report.limits = Limits {
-            max_kl: kl.unwrap_or(d.max_kl),
-            min_top1: top1.unwrap_or(d.min_top1),
-            max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
-        };
-        let e = &mut report.enforced;
-        e.kl |= kl.is_some();
-        e.top1 |= top1.is_some();
-        e.blocks |= moe.is_some();
-    }
+    // The limits given fail the check; the others stay as the defaults have them.
+    let (kl, top1, moe) = limits;
+    let d = report.limits;
+    report.limits = Limits {
+        max_kl: kl.unwrap_or(d.max_kl),
+        min_top1: top1.unwrap_or(d.min_top1),
+        max_moe_rel_err: moe.unwrap_or(d.max_moe_rel_err),
+    };
+    let e = &mut report.enforced;
+    e.kl |= kl.is_some();
+    e.top1 |= top1.is_some();
+    e.blocks |= moe.is_some();
     let passed = report.failures().is_empty();
     let experts = if every_expert { Some(expert_errors(&src_w, &out_w, &sequences)?) } else { None };
     if quiet && passed && !json {
@@ -412,8 +412,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Format::Gguf => summary.files.first().cloned().unwrap_or_default(),
                     _ => opts.output.clone(),
                 };
-                let given = [max_kl, min_top1, max_moe_rel_err];
-                let limits = given.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
+                let limits = (max_kl, min_top1, max_moe_rel_err);
                 return run_verify(&input, &first, &[], VerifyOptions { quiet, limits, ..Default::default() });
             }
         }
@@ -431,8 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             full_forward,
             every_expert,
         } => {
-            let overrides = [max_kl, min_top1, max_moe_rel_err];
-            let limits = overrides.iter().any(Option::is_some).then_some((max_kl, min_top1, max_moe_rel_err));
+            let limits = (max_kl, min_top1, max_moe_rel_err);
             let sequences = match (tokens_file, text) {
                 (Some(path), _) => moeq::verify::read_token_file(&path)?,
                 (None, Some(text)) => moeq::verify::text_sequences(&source, &text, tokenizer.as_deref())?,
