@@ -1575,23 +1575,7 @@ fn verify_reads_mlx_and_hf_builds() {
     // Heads mlx-lm would not run as stored: a tied build whose config says untied (mlx-lm
     // refuses it), an untied one whose config says tied (mlx-lm drops its lm_head, or refuses
     // the quantized one's scales); verify says why.
-    let edited = |from: &str, to: &str, tie: Option<Json>| {
-        let dir = out.path().join(to);
-        std::fs::create_dir(&dir).unwrap();
-        for f in std::fs::read_dir(mlx.join(from)).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-        }
-        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-        let mut config: Json = serde_json::from_str(&config).unwrap();
-        match tie {
-            Some(v) => config["tie_word_embeddings"] = v,
-            None => drop(config.as_object_mut().unwrap().remove("tie_word_embeddings")),
-        }
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        dir
-    };
-    for (n, (source, build, tie, says)) in [
+    for (source, build, tie, says) in [
         (
             "llama/hf",
             "llama-q4",
@@ -1606,12 +1590,17 @@ fn verify_reads_mlx_and_hf_builds() {
         ),
         ("llama/hf", "llama-q4", Some(Json::Null), "tie_word_embeddings null, not true or false"),
         ("qwen3-moe/hf", "qwen3-moe-q4", None, "no tie_word_embeddings, which mlx-lm's qwen3_moe requires"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let dir = edited(build, &format!("{build}-tie-{n}"), tie);
-        let err = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(&dir)]);
+    ] {
+        let edited = fixture_variant(
+            &mlx.join(build),
+            "",
+            |_, _, _| false,
+            |c| match tie {
+                Some(v) => drop(c.insert("tie_word_embeddings".into(), v)),
+                None => drop(c.remove("tie_word_embeddings")),
+            },
+        );
+        let err = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(edited.path())]);
         assert!(err.contains(says), "{err}");
     }
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
