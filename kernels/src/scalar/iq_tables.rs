@@ -54,7 +54,10 @@ pub struct Lattice<const N: usize> {
     /// The same points' packed codes `Σ l_i << (bits·i)` (padded as `neighbours`, with copies
     /// of the list's last code; empty for
     /// grids whose codes take more than 30 bits), for SIMD searches that keep their winners'
-    /// codes in lanes.
+    /// codes in lanes. The 4-coordinate 3-bit grids hold them as bytes instead,
+    /// `Σ (32·l_i) << (8·i)`: byte i is coordinate i's term offset (32 bytes per level) in a
+    /// per-lane scan's table, so the scan takes each offset by a byte extract, not a shift and
+    /// a mask.
     packed: Vec<u32>,
 }
 
@@ -68,8 +71,9 @@ pub struct List<'a> {
     /// The grid's points are 8 coordinates of levels 0..3 only, and `packed` holds every
     /// neighbour's code (see [`Lattice::build`]'s `three_levels`).
     pub three_levels: bool,
-    /// Their packed codes `Σ l_i << (bits·i)`, padded to a multiple of 8 with copies of the last
-    /// (empty for grids whose codes take more than 30 bits).
+    /// Their packed codes `Σ l_i << (bits·i)` (4-coordinate 3-bit grids: `Σ (32·l_i) << (8·i)`),
+    /// padded to a multiple of 8 with copies of the last (empty for grids whose codes take more
+    /// than 30 bits).
     pub packed: &'a [u32],
 }
 
@@ -144,7 +148,11 @@ impl<const N: usize> Lattice<N> {
                     neighbours.push(j);
                     if with_packed {
                         let l = grid[j as usize].iter().map(|&p| ((p - 1) / 2) as u32);
-                        packed.push(l.enumerate().map(|(k, l)| l << (bits as usize * k)).sum());
+                        packed.push(if N == 4 && bits == 3 {
+                            l.enumerate().map(|(k, l)| (32 * l) << (8 * k)).sum()
+                        } else {
+                            l.enumerate().map(|(k, l)| l << (bits as usize * k)).sum()
+                        });
                     }
                     for (row, &p) in rows.iter_mut().zip(&grid[j as usize]) {
                         row[lane] = ((p - 1) / 2) as u8;
@@ -309,7 +317,8 @@ mod tests {
         check(iq1(), 2);
     }
 
-    /// The 3-bit grids' lists carry each neighbour's packed code, padded with the last.
+    /// The 3-bit grids' lists carry each neighbour's levels as bytes `32·l_i` (coordinate i in
+    /// byte i), padded with the last.
     #[test]
     fn three_bit_lists_carry_packed_codes() {
         for l in [iq3_xxs(), iq3_s()] {
@@ -322,7 +331,7 @@ mod tests {
                         let want: u32 = l.grid[j as usize]
                             .iter()
                             .enumerate()
-                            .map(|(c, &p)| (((p - 1) / 2) as u32) << (3 * c))
+                            .map(|(c, &p)| (32 * ((p - 1) / 2) as u32) << (8 * c))
                             .sum();
                         assert_eq!(n.packed[k], want);
                     }

@@ -500,30 +500,37 @@ fn nearest_per_lane_packed<const N: usize>(
     let mut best = _mm256_set1_ps(FLT_MAX);
     let mut best_code = _mm256_set1_epi32(-1);
     if N == 4 && bits == 3 {
-        // The 3-bit grids: the levels from the packed codes alone (shift and mask), so the
-        // scan reads 4 bytes per neighbour rather than 8 with the level rows. The first term
-        // starts the sum: `0 + t0` is `t0` but for the sign of a zero, which no comparison
-        // of the sums sees.
+        // The 3-bit grids: the terms' offsets from the packed codes alone (byte i is 32 times
+        // coordinate i's level, see `List::packed`), so the scan reads 4 bytes per neighbour
+        // rather than 8 with the level rows. The first term starts the sum: `0 + t0` is `t0`
+        // but for the sign of a zero, which no comparison of the sums sees. Whole chunks of 8,
+        // unrolled: the padding repeats the last neighbour, which cannot win again (its
+        // distance is not strictly below the minimum it was compared with), and a fixed trip
+        // count spares the loop's exit a misprediction for the short lists.
         let rest: *const u8 = terms.as_ptr().cast();
-        // Whole chunks of 8, unrolled: the padding repeats the last neighbour, which cannot
-        // win again (its distance is not strictly below the minimum it was compared with), and
-        // a fixed trip count spares the loop's exit a misprediction for the short lists.
-        for code in list.packed.chunks_exact(8).take(len.div_ceil(8)).flatten() {
-            let c = *code as usize;
-            // SAFETY: each offset is 256·i (`i < N`) plus 32 times coordinate i's level (3 bits
-            // of the code, masked), at most 224: the 32 bytes there lie within `terms[i]` (8
-            // vectors of 32 bytes).
-            let mut d2 = unsafe { _mm256_loadu_ps(rest.add((c << 5) & 0xe0).cast()) };
-            // SAFETY: as above.
-            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(256 + ((c << 2) & 0xe0)).cast()) });
-            // SAFETY: as above.
-            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(512 + ((c >> 1) & 0xe0)).cast()) });
-            // SAFETY: as above.
-            d2 = _mm256_add_ps(d2, unsafe { _mm256_loadu_ps(rest.add(768 + ((c >> 4) & 0xe0)).cast()) });
-            // Lanes outside `lanes` search too; their results are not read.
-            keep_best_code(d2, code, &mut best, &mut best_code);
+        for chunk in list.packed.chunks_exact(8).take(len.div_ceil(8)) {
+            for code in chunk {
+                let c = *code as usize;
+                // SAFETY: byte i of a code is 32 times coordinate i's level (at most 224), and
+                // 256·i plus it is within `terms` (N·8 vectors of 32 bytes).
+                let d2 = unsafe {
+                    let mut d2 = _mm256_load_ps(rest.add(c & 0xff).cast());
+                    d2 = _mm256_add_ps(d2, _mm256_load_ps(rest.add(256 + ((c >> 8) & 0xff)).cast()));
+                    d2 = _mm256_add_ps(d2, _mm256_load_ps(rest.add(512 + ((c >> 16) & 0xff)).cast()));
+                    _mm256_add_ps(d2, _mm256_load_ps(rest.add(768 + ((c >> 24) & 0xff)).cast()))
+                };
+                // Lanes outside `lanes` search too; their results are not read.
+                keep_best_code(d2, code, &mut best, &mut best_code);
+            }
         }
-        return unpack_winners_or_abort::<N>(best_code, lanes, bits, codes, base);
+        let wanted = wanted_lanes(lanes);
+        let none = _mm256_cmpeq_epi32(best_code, _mm256_set1_epi32(-1));
+        if _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_and_si256(none, wanted))) != 0 {
+            return Err(GgmlAbort);
+        }
+        // Level i is byte i over 32.
+        unpack_winners::<N>(_mm256_srli_epi32::<5>(best_code), wanted, 8, codes, base);
+        return Ok(());
     }
     for (chunk, rows) in list.levels.chunks_exact(8 * N).take(len.div_ceil(8)).enumerate() {
         for (j, code) in packed[8 * chunk..].iter().take(8).enumerate() {
