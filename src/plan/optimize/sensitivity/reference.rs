@@ -382,7 +382,8 @@ pub(super) fn tail_kl(m: &Model, run: &Runner, r: &Reference, mut x: Vec<f32>, f
 pub(super) fn mean_sq(v: &[f32], hidden: usize) -> f64 {
     let positions = (v.len() / hidden.max(1)).max(1);
     // Chunks' sums added in order: the same on every run.
-    let parts: Vec<f64> = v.par_chunks(1 << 16).map(|c| c.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).collect();
+    let parts: Vec<f64> =
+        v.par_chunks(1 << 16).map(|c| c.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).collect();
     let sum: f64 = parts.iter().sum();
     sum / positions as f64
 }
