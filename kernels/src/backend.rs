@@ -377,8 +377,9 @@ pub fn first_non_finite(x: &[f32]) -> Option<(usize, f32)> {
 }
 
 /// Whether every value of `x` is finite: a branch-free pass the compiler vectorizes, with
-/// 256-bit vectors where the CPU has AVX2 (about three times the baseline x86-64 build's
-/// ~21 GB/s; quantizers check every input with it).
+/// 256-bit vectors where the CPU has AVX2 (`cargo bench -p moeq-kernels -- checks`, 4 MiB: 49
+/// GiB/s, against 23 GiB/s for the former bool fold built for baseline x86-64). Every
+/// quantizer's input passes it.
 fn all_finite(x: &[f32]) -> bool {
     // A value is NaN or infinite exactly when its bits without the sign are at least
     // 0x7f80_0000 (all exponent bits set): a running maximum of those bits, one AND and one
