@@ -125,6 +125,14 @@ impl Report {
             for w in &c.warnings {
                 details.push(("warning".into(), w.clone()));
             }
+            if c.layout == crate::families::SourceLayout::Mlx {
+                // What eval/verify/imatrix refuse: a head mlx-lm would not run as stored.
+                let has_head = model.tensors().any(|(_, t)| t.name == "lm_head.weight");
+                let dir = model.path().display().to_string();
+                if let Err(e) = crate::model::mlx_read::head_matches_config(&c.json, has_head, &dir) {
+                    details.push(("warning".into(), format!("{e:#}")));
+                }
+            }
         }
         details.push(("shape order".into(), "slowest dimension first".into()));
         let metadata = model
@@ -174,13 +182,17 @@ impl Report {
         let metadata: serde_json::Map<String, Json> =
             self.metadata.iter().map(|m| (m.key.clone(), m.json.clone())).collect();
         let hparams: serde_json::Map<String, Json> = self.hparams.iter().cloned().collect();
-        let details: serde_json::Map<String, Json> = self.details.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        // Warnings may be several: a list of their own.
+        let details: serde_json::Map<String, Json> =
+            self.details.iter().filter(|(k, _)| k != "warning").map(|(k, v)| (k.clone(), json!(v))).collect();
+        let warnings: Vec<&String> = self.details.iter().filter(|(k, _)| k == "warning").map(|(_, v)| v).collect();
         json!({
             "format": self.format,
             "path": self.path,
             "files": self.files,
             "architecture": self.architecture,
             "details": details,
+            "warnings": warnings,
             "hyperparameters": hparams,
             "metadata": metadata,
             "tensors": self.tensors.iter().map(|t| json!({

@@ -1602,7 +1602,15 @@ fn verify_reads_mlx_and_hf_builds() {
         );
         let err = fails(&["verify", path_arg(&fixtures().join(source)), path_arg(edited.path())]);
         assert!(err.contains(says), "{err}");
+        // inspect describes the folder and warns the same.
+        let shown = ok(&["inspect", path_arg(edited.path())]);
+        assert!(shown.contains("warning") && shown.contains(says), "{shown}");
+        let shown: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(edited.path())])).unwrap();
+        assert!(shown["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains(says)), "{shown}");
     }
+    // A folder mlx-lm runs as stored gets no such warning.
+    let shown = ok(&["inspect", path_arg(&mlx.join("llama-q4"))]);
+    assert!(!shown.contains("lm_head"), "{shown}");
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
     // Mixtral as an MLX q8 build, with more options.

@@ -3,6 +3,7 @@
 //! the same measurements as a table.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use moeq_kernels::backend::first_non_finite;
 use moeq_kernels::{QuantType, available};
 
 /// 4 MiB of weight-like f32 values.
@@ -23,6 +24,11 @@ fn kernels(c: &mut Criterion) {
     let x = values();
     // Importance weights for rows of 4096 columns, as an imatrix gives them.
     let w: Vec<f32> = (0..4096).map(|i| if i % 61 == 0 { 0.0 } else { 0.1 + (i % 97) as f32 * 0.05 }).collect();
+    // The NaN/infinity check every quantizer's input passes (dispatched on its own).
+    let mut group = c.benchmark_group("checks");
+    group.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    group.bench_function("first_non_finite", |bench| bench.iter(|| first_non_finite(std::hint::black_box(&x))));
+    group.finish();
     for b in available() {
         let mut group = c.benchmark_group(b.name);
         group.throughput(Throughput::Bytes((x.len() * 4) as u64));

@@ -83,13 +83,15 @@ impl Model<'_, '_> {
                     || (Vec::new(), Vec::new()),
                     |(tile, out), &start| -> Result<Vec<f32>> {
                         let n = TILE_ROWS.min(rows - start);
-                        self.w.rows_into(name, first + start, n, tile)?;
+                        self.w.rows_into_held(name, first + start, n, tile)?;
                         let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
                         multiply_tile(x, tile, cols, b, out);
                         Ok(std::mem::take(out))
                     },
                 )
                 .collect::<Result<_>>()?;
+            // The run's input pages at once (a tile's neighbours are read by other threads).
+            self.w.release(name, first + run_start, run_rows)?;
             // Token by token (on every core), each tile's results go to one contiguous run of
             // the token's row of `y`.
             y.par_chunks_exact_mut(rows as usize).enumerate().for_each(|(k, y_row)| {

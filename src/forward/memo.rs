@@ -136,7 +136,7 @@ impl Memo {
                     || (Vec::new(), Vec::new()),
                     |(tile, gathered): &mut (Vec<f32>, Vec<f32>), &start| -> Result<Vec<f32>> {
                         let n = TILE.min(rows_n - start);
-                        m.w.rows_into(name, first + start as u64, n as u64, tile)?;
+                        m.w.rows_into_held(name, first + start as u64, n as u64, tile)?;
                         gathered.clear();
                         for r in 0..n {
                             let row = &tile[r * cols..(r + 1) * cols];
@@ -168,7 +168,7 @@ impl Memo {
                 .map_init(Vec::new, |row, chunk| -> Result<Vec<(usize, Vec<f32>)>> {
                     let mut out = Vec::with_capacity(chunk.len());
                     for &r in chunk {
-                        m.w.rows_into(name, first + r, 1, row)?;
+                        m.w.rows_into_held(name, first + r, 1, row)?;
                         let mut v = Vec::new();
                         multiply_tile(x, row, cols, bias.map(|b| &b[r as usize..r as usize + 1]), &mut v);
                         out.push((r as usize, v));
@@ -185,6 +185,7 @@ impl Memo {
                 }
             }
         }
+        m.w.release(name, first, rows)?;
         self.hits.fetch_add(1, Ordering::SeqCst);
         Ok(Some(y))
     }

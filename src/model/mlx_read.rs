@@ -139,6 +139,14 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
 ///
 /// Errors: either mismatch, naming the folder, the key and the tensor.
 fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> {
+    head_matches_config(json, names.iter().any(|(g, _)| g == "output.weight"), dir)
+}
+
+/// [`check_head`] for a folder that has (`has_head`) or lacks its own `lm_head.weight`: for
+/// `moeq inspect`, which names the problem as a warning rather than refusing the folder.
+///
+/// Errors: as [`check_head`].
+pub(crate) fn head_matches_config(json: &Json, has_head: bool, dir: &str) -> Result<()> {
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
     let key = match json.get("tie_word_embeddings") {
         None => None,
@@ -159,7 +167,6 @@ fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> 
         Some(v) => format!("config.json has tie_word_embeddings {v}"),
         None => format!("config.json has no tie_word_embeddings (mlx-lm's {model_type} then ties: {tied})"),
     };
-    let has_head = names.iter().any(|(g, _)| g == "output.weight");
     if tied && has_head {
         bail!(
             "{dir}: {said}, but the build has its own lm_head.weight (mlx-lm would drop it and compute with the \

@@ -263,8 +263,19 @@ impl<'a> Weights<'a> {
         Ok(out)
     }
 
-    /// [`Weights::rows`] into `out` (cleared first), so a caller can reuse one buffer.
+    /// [`Weights::rows`] into `out` (cleared first), so a caller can reuse one buffer. The
+    /// input pages the rows were read from are let go afterwards (see [`Weights::release`]).
     pub fn rows_into(&self, name: &str, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
+        self.rows_into_held(name, first, count, out)?;
+        self.release(name, first, count)
+    }
+
+    /// [`Weights::rows_into`] keeping the input pages mapped: for a caller that reads
+    /// neighbouring rows next (the tiles of one projection, on several threads) and lets the
+    /// whole range go once with [`Weights::release`]. Letting go of every small tile's pages
+    /// (each with its fault-around margin of up to 2 MiB) made the forward spend a tenth of its
+    /// time in the kernel's TLB shootdowns and fault the neighbours' pages back in.
+    pub fn rows_into_held(&self, name: &str, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
         let r = self.recipe(name)?;
         if first + count > r.n_rows() {
             bail!("{}: tensor '{name}' has {} rows, not {}", self.path, r.n_rows(), first + count);
@@ -297,6 +308,23 @@ impl<'a> Weights<'a> {
         self.source_rows(r, first, count, out)
     }
 
+    /// Drops the input pages of rows `first..first + count` of tensor `name` from this
+    /// process's resident memory (they stay in the page cache; see `FileBytes::release`), so
+    /// reading a whole model keeps the resident size flat. Replaced tensors' bytes are owned
+    /// and stay.
+    ///
+    /// Errors: no tensor `name`.
+    pub fn release(&self, name: &str, first: u64, count: u64) -> Result<()> {
+        let r = self.recipe(name)?;
+        for (p, n) in r.pieces(u64::MAX, u64::MAX) {
+            let (lo, hi) = (p.max(first), (p + n).min(first + count));
+            if lo < hi {
+                r.release(lo, hi - lo);
+            }
+        }
+        Ok(())
+    }
+
     /// Rows `first..first + count` of recipe `r` as the source holds them, into `out`.
     fn source_rows(&self, r: &Recipe, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
@@ -313,14 +341,11 @@ impl<'a> Weights<'a> {
                 std::mem::swap(out, &mut scratch.values);
                 let decoded = r.values(lo, hi - lo, scratch).map(drop);
                 std::mem::swap(out, &mut scratch.values);
-                decoded?;
-                r.release(lo, hi - lo);
-                return Ok(());
+                return decoded;
             }
             out.clear();
             for (lo, hi) in pieces {
                 out.extend_from_slice(r.values(lo, hi - lo, scratch)?);
-                r.release(lo, hi - lo);
             }
             Ok(())
         })

@@ -94,11 +94,11 @@ impl WholeBuilds {
             format!("  whole builds measured on the calibration tokens (base {}; {:.1} s):\n", self.base, self.seconds);
         for (i, b) in self.builds.iter().enumerate() {
             out.push_str(&format!(
-                "    {} {:<34} KL {:.4} (predicted {:.4}), {} bytes{}, {} down / {} up\n",
+                "    {} {:<34} KL {} (predicted {}), {} bytes{}, {} down / {} up\n",
                 if i == self.chosen { "*" } else { " " },
                 b.name,
-                b.kl,
-                b.predicted,
+                kl_text(b.kl),
+                kl_text(b.predicted),
                 b.bytes,
                 if b.fits { "" } else { " (over the budget: measured only)" },
                 b.down,
@@ -121,18 +121,27 @@ impl WholeBuilds {
         let uniform = &self.builds[0];
         if self.chosen == 0 {
             format!(
-                "the {} build (KL {:.4} on the calibration tokens): no mix measured lower (best {:.4})",
+                "the {} build (KL {} on the calibration tokens): no mix measured lower (best {})",
                 uniform.name,
-                uniform.kl,
-                self.builds.iter().filter(|b| b.fits).skip(1).map(|b| b.kl).fold(f64::INFINITY, f64::min)
+                kl_text(uniform.kl),
+                kl_text(self.builds.iter().filter(|b| b.fits).skip(1).map(|b| b.kl).fold(f64::INFINITY, f64::min))
             )
         } else {
             format!(
-                "{} (KL {:.4} on the calibration tokens, the {} build {:.4})",
-                chosen.name, chosen.kl, uniform.name, uniform.kl
+                "{} (KL {} on the calibration tokens, the {} build {})",
+                chosen.name,
+                kl_text(chosen.kl),
+                uniform.name,
+                kl_text(uniform.kl)
             )
         }
     }
+}
+
+/// A KL in nats for the log: four decimals, or four significant digits below 0.01 (a tiny
+/// model's builds differ in the fifth decimal).
+fn kl_text(kl: f64) -> String {
+    if kl.abs() >= 0.01 || kl == 0.0 || !kl.is_finite() { format!("{kl:.4}") } else { format!("{kl:.3e}") }
 }
 
 /// Summed prediction of the options `picks` (infinite options count as they are).
@@ -270,6 +279,13 @@ pub fn refine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_kls_keep_their_digits() {
+        assert_eq!(kl_text(2.04417), "2.0442");
+        assert_eq!(kl_text(0.000123456), "1.235e-4");
+        assert_eq!(kl_text(0.0), "0.0000");
+    }
 
     fn items() -> Vec<Vec<Choice>> {
         // Three modules, options: 2 bits, 3 bits (base), 4 bits.

@@ -114,6 +114,9 @@ impl RowIndex {
 /// Head rows decoded per task of [`sparse_head`].
 const HEAD_TILE: u64 = 64;
 
+/// Head rows per run of tiles in [`sparse_head`] (a few tens of MB of input).
+const HEAD_RUN: u64 = 8192;
+
 /// The logits of every position's head rows (`index`) for the final normed hidden states
 /// `normed` [tokens, hidden], by slot: the head is read tile by tile (tiles no position needs
 /// are skipped) and only the named rows are multiplied, each with its positions' states.
@@ -125,27 +128,46 @@ fn sparse_head(m: &Model, index: &RowIndex, normed: &[f32]) -> Result<Vec<f32>> 
         .step_by(HEAD_TILE as usize)
         .filter(|&t| index.starts[(t + HEAD_TILE).min(vocab as u64) as usize] > index.starts[t as usize])
         .collect();
-    let parts: Vec<Vec<(u32, f32)>> = tiles
-        .par_iter()
-        .map_init(Vec::new, |buf, &start| -> Result<Vec<(u32, f32)>> {
-            let n = HEAD_TILE.min(vocab as u64 - start);
-            m.w.rows_into(head, start, n, buf)?;
-            let mut out = Vec::new();
-            let mut one = [0.0f32];
-            for r in 0..n as usize {
-                let v = start as usize + r;
-                for &(p, slot) in &index.entries[index.starts[v]..index.starts[v + 1]] {
-                    let p = p as usize;
-                    dot_block(&buf[r * h..(r + 1) * h], &normed[p * h..(p + 1) * h], h, &mut one);
-                    out.push((slot, one[0]));
-                }
-            }
-            Ok(out)
-        })
-        .collect::<Result<_>>()?;
     let mut z = vec![0.0f32; index.entries.len()];
-    for (slot, v) in parts.into_iter().flatten() {
-        z[slot as usize] = v;
+    // Runs of tiles on every core; each run's input pages are let go at once after it (a tile's
+    // neighbours are read by other threads).
+    for run in tiles.chunk_by(|a, b| a / HEAD_RUN == b / HEAD_RUN) {
+        let parts: Vec<Vec<(u32, f32)>> = run
+            .par_iter()
+            .map_init(Vec::new, |buf, &start| -> Result<Vec<(u32, f32)>> {
+                let end = (start + HEAD_TILE).min(vocab as u64) as usize;
+                let needed = |v: usize| index.starts[v + 1] > index.starts[v];
+                let mut out = Vec::new();
+                let mut one = [0.0f32];
+                // Only the runs of rows some position reads are decoded (with the rest of the
+                // vocabulary sampled, about half of a tile's rows).
+                let mut v = start as usize;
+                while v < end {
+                    if !needed(v) {
+                        v += 1;
+                        continue;
+                    }
+                    let first = v;
+                    while v < end && needed(v) {
+                        v += 1;
+                    }
+                    m.w.rows_into_held(head, first as u64, (v - first) as u64, buf)?;
+                    for (r, u) in (first..v).enumerate() {
+                        for &(p, slot) in &index.entries[index.starts[u]..index.starts[u + 1]] {
+                            let p = p as usize;
+                            dot_block(&buf[r * h..(r + 1) * h], &normed[p * h..(p + 1) * h], h, &mut one);
+                            out.push((slot, one[0]));
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<Result<_>>()?;
+        let (lo, last) = (run[0], run[run.len() - 1]);
+        m.w.release(head, lo, (last + HEAD_TILE).min(vocab as u64) - lo)?;
+        for (slot, v) in parts.into_iter().flatten() {
+            z[slot as usize] = v;
+        }
     }
     Ok(z)
 }
@@ -349,14 +371,20 @@ pub(super) fn tail_kl(m: &Model, run: &Runner, r: &Reference, mut x: Vec<f32>, f
     drop(x);
     let z = sparse_head(m, &r.index, &normed)?;
     let o = &r.index.offsets;
-    let sum: f64 = r.top.par_iter().enumerate().map(|(p, top)| kl_coarse(top, &z[o[p]..o[p + 1]])).sum();
+    // Summed in position order (a parallel sum's order depends on the threads' timing, and
+    // the same input must give the same file).
+    let each: Vec<f64> = r.top.par_iter().enumerate().map(|(p, top)| kl_coarse(top, &z[o[p]..o[p + 1]])).collect();
+    let sum: f64 = each.iter().sum();
     Ok(sum / r.top.len().max(1) as f64)
 }
 
 /// `Σ v²` over a residual stream change `v` [tokens, hidden], divided by the positions.
 pub(super) fn mean_sq(v: &[f32], hidden: usize) -> f64 {
     let positions = (v.len() / hidden.max(1)).max(1);
-    let sum: f64 = v.par_chunks(1 << 16).map(|c| c.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).sum();
+    // Chunks' sums added in order: the same on every run.
+    let parts: Vec<f64> =
+        v.par_chunks(1 << 16).map(|c| c.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).collect();
+    let sum: f64 = parts.iter().sum();
     sum / positions as f64
 }
 
