@@ -512,7 +512,9 @@ fn nearest_per_lane_packed<const N: usize>(
             for code in chunk {
                 let c = *code as usize;
                 // SAFETY: byte i of a code is 32 times coordinate i's level (at most 224), and
-                // 256·i plus it is within `terms` (N·8 vectors of 32 bytes).
+                // 256·i plus it is within `terms` (N·8 vectors of 32 bytes); every offset is a
+                // multiple of 32 and `terms` holds `__m256` values, so the aligned loads are
+                // aligned.
                 let d2 = unsafe {
                     let mut d2 = _mm256_load_ps(rest.add(c & 0xff).cast());
                     d2 = _mm256_add_ps(d2, _mm256_load_ps(rest.add(256 + ((c >> 8) & 0xff)).cast()));
