@@ -52,6 +52,9 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
     let k = super::avx2::kernels(ty);
     match ty {
         QuantType::Q8_0 => k.dequantize_with(NAME, simd!(|_, x, y| dequantize_q8_0(x, y))),
+        QuantType::Q3_K => {
+            k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(super::q3k_avx512::quantize_q3_k(x, y))))
+        }
         _ => k,
     }
 }
