@@ -3,21 +3,23 @@
 //! vector, one sub-block per lane, every step masked as the reference decides it. A vector of
 //! 16 runs on while any of its lanes still changes, but its steps cost about the instructions
 //! of an 8-lane step (masks instead of blends; on Zen 4 the 512-bit operations are split in
-//! two, yet the loop is bound by instructions, not by the FP pipes): 3.1 against 2.6 GB/s
-//! with the AVX2 kernel's loop structure. The transposes, the head and the packing are the
-//! AVX2 kernel's, on the vectors' halves.
+//! two, yet the later passes are bound by instructions, not by the FP pipes): 3.1 against
+//! 2.6 GB/s with the AVX2 kernel's loop structure, 4.5–4.8 with the loop below. The
+//! transposes, the head and the packing are the AVX2 kernel's, on the vectors' halves.
 
 use std::arch::x86_64::*;
 
 use super::kquants_avx2::transpose_codes;
 use super::q2k_q3k_avx2::{columns16_q3, pack_q3_k_codes, q3_k_head_lanes};
-use crate::scalar::q2k_q3k::{self, Q3_K_BYTES};
+use crate::scalar::q2k_q3k::Q3_K_BYTES;
 
-/// Super-blocks per call, one vector each, their descents interleaved (1: 2.84, 2: 3.14,
-/// 3: 1.95 GB/s, measured with the descent over an array of vectors). [`make_q3_quants_z`]'s
-/// descent is written for exactly two.
-const V: usize = 2;
-const _: () = assert!(V == 2, "make_q3_quants_z runs exactly two vectors");
+/// Super-blocks per call, one vector each, their descents interleaved. The descent's first
+/// pass runs without branches, so each vector's steps form one dependency chain (the division
+/// and the sums' update, ~40 cycles a step): 4 chains side by side gave 4.5–4.8 GB/s against
+/// 3.6 for 2 (8: 3.8; 6 leaves the bench rows' last 4 super-blocks to the remainder path).
+/// [`make_q3_quants_z`]'s descent is written for exactly this many.
+const V: usize = 4;
+const _: () = assert!(V == 4, "make_q3_quants_z runs exactly four vectors");
 
 #[target_feature(enable = "avx512f")]
 fn splat(v: f32) -> __m512 {
@@ -59,7 +61,7 @@ impl<const V: usize> Descent<V> {
     }
 }
 
-/// `make_q3_quants(16, 4, x, L, true)` for 16 sub-blocks per vector, two vectors (`x[i][v]`
+/// `make_q3_quants(16, 4, x, L, true)` for 16 sub-blocks per vector, [`V`] vectors (`x[i][v]`
 /// is element i of sub-blocks 16v..16v+16). Returns the scales (lane j of vector v: sub-block 16v + j) and
 /// whether every value was finite, and leaves the codes in the same lanes (offset by 4; 0 for
 /// an all-zero sub-block) in `state.lv[i][v]`. The steps and the early stop are those of the
@@ -105,7 +107,8 @@ fn make_q3_quants_z(x: &[[__m512; V]; 16], state: &mut Descent<V>) -> ([__m512; 
         }
     }
     // Each vector runs to 16 positions past its last accepted step (from position 15 if
-    // none), never past position 79; a step where no lane would try a new code ends at the test.
+    // none), never past position 79; from the second pass on, a step where no lane would try
+    // a new code ends at the test (`$branch`).
     // One step of vector v at position t: the reference's step, masked, on the sums `sx`, `s2`.
     // Each vector's sums and end are separate locals (not arrays indexed by v), which keeps
     // them in registers and the loop free of index arithmetic: 3.42 against 3.14 GB/s.
@@ -140,13 +143,16 @@ fn make_q3_quants_z(x: &[[__m512; V]; 16], state: &mut Descent<V>) -> ([__m512; 
             }
         }};
     }
-    let (mut sx0, mut s20, mut sx1, mut s21) = (sumlx[0], suml2[0], sumlx[1], suml2[1]);
-    let (mut end0, mut end1) = (15usize, 15usize);
+    let [mut sx0, mut sx1, mut sx2, mut sx3] = sumlx;
+    let [mut s20, mut s21, mut s22, mut s23] = suml2;
+    let (mut end0, mut end1, mut end2, mut end3) = (15usize, 15usize, 15usize, 15usize);
     // The first pass without the skip: a fifth to a third of its steps try a code in some
     // lane, too many for the branch to be predicted.
     for t in 0..16 {
         step!(t, 0, sx0, s20, end0, false);
         step!(t, 1, sx1, s21, end1, false);
+        step!(t, 2, sx2, s22, end2, false);
+        step!(t, 3, sx3, s23, end3, false);
     }
     for t in 16..80 {
         if t <= end0 {
@@ -155,11 +161,17 @@ fn make_q3_quants_z(x: &[[__m512; V]; 16], state: &mut Descent<V>) -> ([__m512; 
         if t <= end1 {
             step!(t, 1, sx1, s21, end1, true);
         }
-        if t >= end0.max(end1) {
+        if t <= end2 {
+            step!(t, 2, sx2, s22, end2, true);
+        }
+        if t <= end3 {
+            step!(t, 3, sx3, s23, end3, true);
+        }
+        if t >= end0.max(end1).max(end2.max(end3)) {
             break;
         }
     }
-    (sumlx[0], suml2[0], sumlx[1], suml2[1]) = (sx0, s20, sx1, s21);
+    let (sumlx, suml2) = ([sx0, sx1, sx2, sx3], [s20, s21, s22, s23]);
     let mut out = [zero; V];
     for v in 0..V {
         let large = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(amax[v], splat(1e-15));
@@ -232,14 +244,21 @@ pub fn quantize_q3_k(x: &[f32], y: &mut [u8]) -> bool {
     for (x, y) in (&mut xs).zip(&mut ys) {
         finite &= q3_k_superblocks(x, y, &mut state);
     }
-    let rest = xs.remainder();
-    q2k_q3k::quantize_q3_k(rest, ys.into_remainder());
-    finite && crate::backend::first_non_finite(rest).is_none()
+    // Fewer than V super-blocks left: the AVX2 kernel's (2 at a time, then scalar).
+    finite & super::q2k_q3k_avx2::quantize_q3_k(xs.remainder(), ys.into_remainder())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether this CPU runs the kernels here (the AVX-512 table's features).
+    fn supported() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("f16c")
+    }
 
     /// `make_q3_quants_z` against the scalar `make_q3_quants`, sub-block by sub-block, on the
     /// AVX2 kernel's test data: values on rounding ties, zeros and all-zero sub-blocks, one
@@ -247,11 +266,11 @@ mod tests {
     /// cases, as a row's super-blocks share it.
     #[test]
     fn make_q3_quants_z_matches_make_q3_quants() {
-        if !is_x86_feature_detected!("avx512f") || !is_x86_feature_detected!("avx512bw") {
+        if !supported() {
             return;
         }
         let mut next = crate::x86::tests::xorshift_uniform(0x2545_F491_4F6C_DD1D);
-        // SAFETY: AVX-512 F and BW were detected above (they imply AVX2).
+        // SAFETY: AVX-512 F and BW, AVX2 and F16C were detected above.
         let mut descent = unsafe { Descent::<V>::new() };
         let scales = [0.02, 1.0, 1e-3, 1e-15, 2e-15, 1e-20, 1e-40, 1e15, 1e19, 3e38, 0.0, 7.0];
         for case in 0..6_000 {
@@ -279,7 +298,7 @@ mod tests {
             }
             let mut got_l = [[0i8; 256]; V];
             let mut got = [[0f32; 16]; V];
-            // SAFETY: AVX-512 F and BW were detected above (they imply AVX2).
+            // SAFETY: AVX-512 F and BW, AVX2 and F16C were detected above.
             unsafe {
                 let (found, finite) = make_q3_quants_z(&columns::<V>(&x), &mut descent);
                 assert_eq!(finite, x.iter().all(|v| v.is_finite()), "case {case}");
@@ -297,9 +316,32 @@ mod tests {
             for (s, sub) in x.chunks_exact(16).enumerate() {
                 let (v, j) = (s / 16, s % 16);
                 let mut want_l = [0i8; 16];
-                let want = q2k_q3k::make_q3_quants(sub, &mut want_l);
+                let want = crate::scalar::q2k_q3k::make_q3_quants(sub, &mut want_l);
                 assert_eq!(got[v][j].to_bits(), want.to_bits(), "case {case} sub-block {s}: {sub:?}");
                 assert_eq!(got_l[v][16 * j..16 * j + 16], want_l, "case {case} sub-block {s}: {sub:?}");
+            }
+        }
+    }
+
+    /// NaN and ±∞ are reported wherever they are: in any of the [`V`] super-blocks of the
+    /// vector part and in the remainder (the AVX2 kernel's).
+    #[test]
+    fn quantize_q3_k_reports_non_finite_values() {
+        if !supported() {
+            return;
+        }
+        let mut next = crate::x86::tests::xorshift_uniform(0x9E37_79B9_7F4A_7C15);
+        let n = 256 * (V + 1);
+        let x: Vec<f32> = (0..n).map(|_| next() - 0.5).collect();
+        let mut y = vec![0u8; (V + 1) * Q3_K_BYTES];
+        // SAFETY: AVX-512 F and BW, AVX2 and F16C were detected above.
+        assert!(unsafe { quantize_q3_k(&x, &mut y) });
+        for at in [0, 17, 255, 256, 511, 600, 767, 768, 1000, 1023, 1024, n - 1] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut x = x.clone();
+                x[at] = bad;
+                // SAFETY: as above.
+                assert!(!unsafe { quantize_q3_k(&x, &mut y) }, "{bad} at {at}");
             }
         }
     }
