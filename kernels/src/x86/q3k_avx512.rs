@@ -64,8 +64,9 @@ impl<const V: usize> Descent<V> {
 /// `make_q3_quants(16, 4, x, L, true)` for 16 sub-blocks per vector, [`V`] vectors
 /// (`x[i][v]` is element i of sub-blocks 16v..16v+16). Returns the scales (lane j of vector v:
 /// sub-block 16v + j) and whether every value was finite, and leaves the codes in the same
-/// lanes (offset by 4; 0 for an all-zero sub-block) in `state.lv[i][v]`. The steps and the early stop are those of the
-/// AVX2 kernel's `make_q3_quants_x` (see there for why they are exact).
+/// lanes (offset by 4; 0 for an all-zero sub-block) in `state.lv[i][v]`. The steps and the
+/// early stop are those of the AVX2 kernel's `make_q3_quants_x` (see there for why they are
+/// exact).
 #[target_feature(enable = "avx512f,avx512bw")]
 fn make_q3_quants_z(x: &[[__m512; V]; 16], state: &mut Descent<V>) -> ([__m512; V], bool) {
     let zero = _mm512_setzero_ps();
