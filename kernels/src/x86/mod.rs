@@ -21,6 +21,7 @@ mod iq4_avx2;
 mod iquants_avx2;
 mod kquants_avx2;
 mod q2k_q3k_avx2;
+mod q3k_avx512;
 mod ternary_avx2;
 
 use std::sync::OnceLock;
