@@ -1,10 +1,12 @@
 //! `moeq bench kernels`: single-thread throughput of every kernel on every backend this CPU
-//! runs, in GB/s of f32 data, with the backend whose code each table entry runs. Times are
+//! runs, in GB/s of f32 data, with the backend whose code each table entry runs; `moeq bench
+//! dot`: the same for the forward's matrix products, in multiply-adds per second. Times are
 //! the measuring thread's CPU time (on Linux), so that other processes sharing the cores do
 //! not count; on an idle machine that is the wall time.
 
 use std::time::{Duration, Instant};
 
+use moeq_kernels::dot::{TileBackend, Tokens, dot_tile};
 use moeq_kernels::{Backend, QuantType, available};
 
 /// One measurement.
@@ -126,6 +128,52 @@ fn bench_backend(b: &Backend, x: &[f32], budget: Duration, only: &[QuantType], r
     let scales: Vec<u8> = (0..x.len() / 32).map(|i| 110 + (i % 20) as u8).collect();
     let t = best_time(budget, || b.openai_mxfp4_dequantize(&blocks, &scales, &mut y));
     push("MXFP4/OpenAI", c.openai_mxfp4_to_f32.origin, "to f32", t);
+}
+
+/// One `moeq bench dot` measurement.
+pub struct DotRow {
+    /// The [`TileBackend`]: `scalar`, `avx2` or `avx512`.
+    pub backend: &'static str,
+    /// Weight rows in the tile.
+    pub rows: usize,
+    /// Values per row and token.
+    pub width: usize,
+    /// Tokens multiplied with the tile.
+    pub tokens: usize,
+    /// 10⁹ multiply-adds per CPU-second of the measuring thread.
+    pub gmacs: f64,
+}
+
+/// Weight rows per tile, as the forward decodes them (`forward::linear`).
+const DOT_TILE_ROWS: usize = 60;
+
+/// Single-thread throughput of [`dot_tile`], the forward's matrix product, on every
+/// [`TileBackend`] this CPU runs: a tile of 60 rows of `width` values against 256 tokens (an
+/// attention projection or the head over a 256-token chunk), 32 (an expert's share of them
+/// with 4 of 32 experts per token) and 4, the tokens laid out once beforehand as the forward
+/// does. The tokens (2.9 MB at width 2880 for 256) come from L3 as in use; the tile, just
+/// decoded in use, stays in cache.
+pub fn bench_dot(width: usize, budget: Duration) -> Vec<DotRow> {
+    let width = width.max(1);
+    let tile = sample_values(DOT_TILE_ROWS * width);
+    let mut out = Vec::new();
+    for backend in TileBackend::available() {
+        for tokens in [256, 32, 4] {
+            let xs = sample_values(tokens * width + 1)[1..].to_vec();
+            let Some(t) = Tokens::with_backend(&xs, width, backend) else { continue };
+            let mut y = vec![0.0f32; DOT_TILE_ROWS * tokens];
+            let time = best_time(budget, || dot_tile(&tile, &t, &mut y));
+            let macs = (DOT_TILE_ROWS * width * tokens) as f64;
+            out.push(DotRow {
+                backend: backend.name(),
+                rows: DOT_TILE_ROWS,
+                width,
+                tokens,
+                gmacs: macs / time.as_secs_f64() / 1e9,
+            });
+        }
+    }
+    out
 }
 
 /// f16 bits of a value of modest magnitude (bench input only; not ggml's rounding).

@@ -286,6 +286,16 @@ pub enum BenchTarget {
         #[arg(long, value_name = "TYPES", value_delimiter = ',')]
         types: Vec<String>,
     },
+    /// Single-thread throughput of the forward's matrix products (tiles of 60 weight rows
+    /// against 256, 32 and 4 tokens) on every backend this CPU runs, in 10⁹ multiply-adds/s.
+    Dot {
+        /// Print a JSON list of {"backend", "rows", "width", "tokens", "gmacs"}.
+        #[arg(long)]
+        json: bool,
+        /// Values per row (gpt-oss-20b's hidden size by default).
+        #[arg(long, default_value_t = 2880, value_parser = at_least_one)]
+        width: usize,
+    },
 }
 
 /// llama-quantize's options on `moeq convert` (GGUF output with a quantized `--type`), spelled

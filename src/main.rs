@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use moeq::bench::bench_kernels;
+use moeq::bench::{bench_dot, bench_kernels};
 use moeq::cli::{BenchTarget, Cli, Command};
 use moeq::inspect::{Report, human_bytes};
 use moeq::plan::convert::{ConvertOptions, Format, convert};
@@ -249,6 +249,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{:<13} {:<17} {:<8} {:<8} {:>8}", "type", "op", "backend", "kernel", "GB/s");
                 for r in &rows {
                     println!("{:<13} {:<17} {:<8} {:<8} {:>8.4}", r.ty, r.op, r.backend, r.kernel, r.gbps);
+                }
+            }
+        }
+        Command::Bench { what: BenchTarget::Dot { json, width } } => {
+            let rows = bench_dot(width, std::time::Duration::from_millis(300));
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|r| serde_json::json!({"backend": r.backend, "rows": r.rows, "width": r.width, "tokens": r.tokens, "gmacs": r.gmacs}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<8} {:>5} {:>6} {:>7} {:>8}", "backend", "rows", "width", "tokens", "GMAC/s");
+                for r in &rows {
+                    println!("{:<8} {:>5} {:>6} {:>7} {:>8.1}", r.backend, r.rows, r.width, r.tokens, r.gmacs);
                 }
             }
         }

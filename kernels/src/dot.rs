@@ -1,5 +1,12 @@
 //! Dot products for the forward pass: one weight row against several activation rows, so
-//! the weight row is loaded once for all of them. AVX2 + FMA when the CPU has them.
+//! the weight row is loaded once for all of them. AVX2 + FMA when the CPU has them; a tile of
+//! weight rows against many tokens ([`dot_tile`]) with AVX-512 when the CPU has that too.
+//!
+//! Every SIMD dot product of `n` values is computed the same way, whatever the block shape or
+//! backend: eight lanes, lane `j` the fused multiply-adds of `i = j, j + 8, …` below
+//! `n − n % 8` in order, then the lanes summed pairwise (`hsum`), then the remaining products
+//! in order. So [`dot_rows`], [`dot_block`] and [`dot_tile`] give the same bits for the same
+//! row and token on a CPU with AVX2 + FMA; without them all three use [`scalar_dot_rows`].
 
 /// `out[k] = Σ_i row[i] · xs[k · n + i]` for `n = row.len()` and every row `k` of `xs`.
 pub fn dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
@@ -31,6 +38,170 @@ pub fn dot_block(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
     }
     for (row, o) in rows.chunks_exact(n.max(1)).zip(out.chunks_exact_mut(m.max(1))) {
         dot_rows(row, xs, o);
+    }
+}
+
+/// Which code computes [`dot_tile`]. AVX-512 and AVX2 give the same bits (the same lanes and
+/// order, two products per 512-bit register); scalar gives [`scalar_dot_rows`]'s (plain
+/// multiply and add, no FMA), used only where the CPU lacks AVX2 or FMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileBackend {
+    /// [`scalar_dot_rows`] row by row.
+    Scalar,
+    /// [`dot_block`]: three rows by four tokens at a time, 256-bit registers.
+    Avx2,
+    /// Four rows by twelve tokens at a time, each 512-bit register holding two tokens' eight
+    /// lanes (AVX-512 F + DQ, besides AVX2 and FMA).
+    Avx512,
+}
+
+impl TileBackend {
+    /// `scalar`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TileBackend::Scalar => "scalar",
+            TileBackend::Avx2 => "avx2",
+            TileBackend::Avx512 => "avx512",
+        }
+    }
+
+    /// The backends this CPU runs, slowest first (scalar always).
+    pub fn available() -> Vec<TileBackend> {
+        let mut out = vec![TileBackend::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            out.push(TileBackend::Avx2);
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+                out.push(TileBackend::Avx512);
+            }
+        }
+        out
+    }
+
+    /// The backend [`Tokens::new`] picks: the fastest available, but AVX2 when
+    /// `MOEQ_KERNELS` names `avx2` or `scalar` (AVX2 and AVX-512 give the same bits; the
+    /// scalar dot products round differently, so a CPU with AVX2 always uses at least AVX2
+    /// here, as [`dot_block`] does).
+    pub fn active() -> TileBackend {
+        static ACTIVE: std::sync::OnceLock<TileBackend> = std::sync::OnceLock::new();
+        *ACTIVE.get_or_init(|| {
+            let all = TileBackend::available();
+            let capped = matches!(std::env::var("MOEQ_KERNELS").as_deref(), Ok("avx2" | "scalar"));
+            let best = *all.last().unwrap_or(&TileBackend::Scalar);
+            if capped && best == TileBackend::Avx512 { TileBackend::Avx2 } else { best }
+        })
+    }
+}
+
+/// Activation rows (tokens) of `n` values each, laid out for [`dot_tile`]'s backend: the
+/// AVX-512 backend reads them in pairs, each run of eight values of one token next to the same
+/// run of the next token (the copy is made once here, for all the tiles multiplied with them).
+pub struct Tokens<'a> {
+    xs: &'a [f32],
+    n: usize,
+    count: usize,
+    backend: TileBackend,
+    /// AVX-512: for token pair `p` and run `b < n / 8`, 16 values at `(p · n8 + 8b) · 2`: token
+    /// 2p's `8b..8b + 8`, then token 2p + 1's (zeros past the last token). Empty otherwise.
+    pairs: Vec<f32>,
+}
+
+impl<'a> Tokens<'a> {
+    /// The `xs.len() / n` rows of `xs` for the [active](TileBackend::active) backend.
+    ///
+    /// # Panics
+    /// If `xs.len()` is not a multiple of `n` (or `n` is 0 and `xs` is not empty).
+    pub fn new(xs: &'a [f32], n: usize) -> Self {
+        Self::with_backend(xs, n, TileBackend::active()).expect("the active backend is available")
+    }
+
+    /// As [`Tokens::new`] for `backend`; `None` if this CPU cannot run it.
+    ///
+    /// # Panics
+    /// If `xs.len()` is not a multiple of `n` (or `n` is 0 and `xs` is not empty).
+    pub fn with_backend(xs: &'a [f32], n: usize, backend: TileBackend) -> Option<Self> {
+        let count = xs.len() / n.max(1);
+        assert_eq!(xs.len(), count * n, "Tokens: xs must hold whole rows of n values");
+        if !TileBackend::available().contains(&backend) {
+            return None;
+        }
+        let mut pairs = Vec::new();
+        if backend == TileBackend::Avx512 {
+            let n8 = n - n % 8;
+            pairs = vec![0.0f32; count.div_ceil(2) * 2 * n8];
+            for (k, x) in xs.chunks_exact(n.max(1)).enumerate() {
+                let base = (k / 2) * 2 * n8 + (k % 2) * 8;
+                for (b, run) in x[..n8].chunks_exact(8).enumerate() {
+                    pairs[base + 16 * b..base + 16 * b + 8].copy_from_slice(run);
+                }
+            }
+        }
+        Some(Tokens { xs, n, count, backend, pairs })
+    }
+
+    /// Number of tokens.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Values per token (`n`).
+    pub fn width(&self) -> usize {
+        self.n
+    }
+
+    /// The backend [`dot_tile`] uses for these tokens.
+    pub fn backend(&self) -> TileBackend {
+        self.backend
+    }
+}
+
+/// `out[k · r + q] = Σ_i rows[q · n + i] · x_k[i]` for the `r = rows.len() / n` weight rows
+/// and every token `k` of `tokens` (`n = tokens.width()`): a tile of a matrix product, each
+/// token's results contiguous. Every value equals [`dot_block`]'s for that row and token (on
+/// the scalar backend, [`scalar_dot_rows`]'s), whatever the tile's size.
+///
+/// # Panics
+/// If `rows.len()` is not a multiple of `n` or `out.len() != r · tokens.count()`.
+pub fn dot_tile(rows: &[f32], tokens: &Tokens, out: &mut [f32]) {
+    let (n, t) = (tokens.n, tokens.count);
+    let r = rows.len() / n.max(1);
+    assert_eq!(rows.len(), r * n, "dot_tile: rows must hold whole rows of n values");
+    assert_eq!(out.len(), r * t, "dot_tile: out must hold one value per row and token");
+    if r == 0 || t == 0 {
+        return; // (n = 0 means no rows)
+    }
+    match tokens.backend {
+        TileBackend::Scalar => {
+            let mut column = vec![0.0f32; t];
+            for (q, row) in rows.chunks_exact(n).enumerate() {
+                scalar_dot_rows(row, tokens.xs, &mut column);
+                for (k, v) in column.iter().enumerate() {
+                    out[k * r + q] = *v;
+                }
+            }
+        }
+        TileBackend::Avx2 => {
+            let mut block = [0.0f32; 16];
+            for (g, xs) in tokens.xs.chunks(4 * n).enumerate() {
+                let m = xs.len() / n;
+                for (b, rows3) in rows.chunks(3 * n).enumerate() {
+                    let p = rows3.len() / n;
+                    dot_block(rows3, xs, n, &mut block[..p * m]);
+                    for q in 0..p {
+                        for j in 0..m {
+                            out[(g * 4 + j) * r + b * 3 + q] = block[q * m + j];
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: tokens for this backend exist only after `with_backend` found AVX-512 F + DQ,
+        // AVX2 and FMA on this CPU; `pairs` is laid out for `n` and `t` (built there), and the
+        // lengths of `rows` and `out` were checked above.
+        TileBackend::Avx512 => unsafe { avx512::tile(rows, tokens.xs, &tokens.pairs, n, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        TileBackend::Avx512 => unreachable!("AVX-512 is never available off x86-64"),
     }
 }
 
@@ -123,6 +294,9 @@ pub fn scalar_dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
@@ -156,9 +330,15 @@ mod avx2 {
         out.unequal += unequal as u64;
     }
 
+    /// The products past the last whole run of eight, `Σ_{i ≥ n8} x[i] · row[i]` in order: what
+    /// every SIMD dot product adds to the sum of its lanes.
+    pub(super) fn tail(row: &[f32], x: &[f32], n8: usize) -> f32 {
+        x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum()
+    }
+
     /// Sum of the eight lanes.
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -202,9 +382,7 @@ mod avx2 {
         }
         for r in 0..4 {
             for k in 0..4 {
-                let (row, x) = (&rows[r * n..(r + 1) * n], &xs[k * n..(k + 1) * n]);
-                let tail: f32 = x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum();
-                out[r * 4 + k] = hsum(acc[r][k]) + tail;
+                out[r * 4 + k] = hsum(acc[r][k]) + tail(&rows[r * n..(r + 1) * n], &xs[k * n..(k + 1) * n], n8);
             }
         }
     }
@@ -239,9 +417,7 @@ mod avx2 {
         }
         for r in 0..3 {
             for k in 0..4 {
-                let (row, x) = (&rows[r * n..(r + 1) * n], &xs[k * n..(k + 1) * n]);
-                let tail: f32 = x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum();
-                out[r * 4 + k] = hsum(acc[r][k]) + tail;
+                out[r * 4 + k] = hsum(acc[r][k]) + tail(&rows[r * n..(r + 1) * n], &xs[k * n..(k + 1) * n], n8);
             }
         }
     }
@@ -310,9 +486,7 @@ mod avx2 {
                 i += 8;
             }
             for (j, a) in acc.iter().enumerate().take(m) {
-                let x = &xs[(k + j) * n..(k + j + 1) * n];
-                let tail: f32 = x[n8..].iter().zip(&row[n8..]).map(|(a, b)| a * b).sum();
-                out[k + j] = hsum(*a) + tail;
+                out[k + j] = hsum(*a) + tail(row, &xs[(k + j) * n..(k + j + 1) * n], n8);
             }
             k += m;
         }
@@ -337,6 +511,93 @@ mod tests {
                 assert_eq!(block[q * 4..q * 4 + 4], single, "{r} rows, row {q}");
             }
         }
+    }
+
+    /// Values with signed zeros, wide magnitudes and cancellation, so differently ordered
+    /// sums would show in the bits.
+    fn awkward(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| match (i * 7 + seed) % 23 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => ((i * 13 + seed) % 97) as f32 * 1e3,
+                _ => (((i * 29 + seed * 31) % 103) as f32 - 51.0) / (1.0 + ((i + seed) % 5) as f32 * 17.0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_tile_backend_gives_the_blocks_bits() {
+        // Widths around runs of 8, 16 and 64 and across the AVX-512 kernel's 512-value steps;
+        // token counts around its 12-token (6-pair) blocks, odd ones leaving half a pair;
+        // row counts around its 4-row blocks and AVX2's 3-row blocks.
+        let backends = TileBackend::available();
+        for n in [1, 7, 9, 17, 63, 65, 130, 520, 1031, 2885] {
+            for t in [1, 2, 3, 11, 12, 13, 25] {
+                let xs = awkward(t * n, n + t);
+                let tokens: Vec<Tokens> =
+                    backends.iter().map(|&b| Tokens::with_backend(&xs, n, b).expect("available")).collect();
+                for r in [1, 3, 4, 5, 9, 61] {
+                    let rows = awkward(r * n, 3 * n + r);
+                    // The reference: each row against each token alone.
+                    let (mut simd, mut scalar) = (vec![0.0f32; r * t], vec![0.0f32; r * t]);
+                    let mut one = [0.0f32];
+                    for (q, row) in rows.chunks_exact(n).enumerate() {
+                        for (k, x) in xs.chunks_exact(n).enumerate() {
+                            dot_block(row, x, n, &mut one);
+                            simd[k * r + q] = one[0];
+                            scalar_dot_rows(row, x, &mut one);
+                            scalar[k * r + q] = one[0];
+                        }
+                    }
+                    for tokens in &tokens {
+                        let mut out = vec![f32::NAN; r * t];
+                        dot_tile(&rows, tokens, &mut out);
+                        let want = if tokens.backend() == TileBackend::Scalar { &scalar } else { &simd };
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&out), bits(want), "{:?}: n {n}, {t} tokens, {r} rows", tokens.backend());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tile_backends_are_offered_only_with_their_features() {
+        let all = TileBackend::available();
+        assert_eq!(all[0], TileBackend::Scalar);
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            let avx512 = avx2 && has!("avx512f") && has!("avx512dq");
+            assert_eq!(all.contains(&TileBackend::Avx2), avx2);
+            assert_eq!(all.contains(&TileBackend::Avx512), avx512);
+            let capped = matches!(std::env::var("MOEQ_KERNELS").as_deref(), Ok("avx2" | "scalar"));
+            let want = match (avx2, avx512 && !capped) {
+                (_, true) => TileBackend::Avx512,
+                (true, false) => TileBackend::Avx2,
+                (false, false) => TileBackend::Scalar,
+            };
+            assert_eq!(TileBackend::active(), want);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        assert_eq!(all, [TileBackend::Scalar]);
+        let xs = [1.0f32; 16];
+        for b in [TileBackend::Scalar, TileBackend::Avx2, TileBackend::Avx512] {
+            assert_eq!(Tokens::with_backend(&xs, 8, b).is_some(), all.contains(&b), "{}", b.name());
+        }
+        assert_eq!(Tokens::new(&xs, 8).backend(), TileBackend::active());
+    }
+
+    #[test]
+    fn empty_tiles_and_tokens_give_nothing() {
+        let tokens = Tokens::new(&[], 5);
+        let mut out: [f32; 0] = [];
+        dot_tile(&[1.0; 10], &tokens, &mut out);
+        let xs = [2.0f32; 10];
+        dot_tile(&[], &Tokens::new(&xs, 5), &mut out);
+        dot_tile(&[], &Tokens::new(&[], 0), &mut out);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! tokens while in cache, so no decoded matrix is ever held whole.
 
 use anyhow::Result;
-use moeq_kernels::dot::dot_block;
+use moeq_kernels::dot::{Tokens, dot_tile};
 use rayon::prelude::*;
 
 use super::Model;
@@ -15,27 +15,19 @@ const TILE_ROWS: u64 = 60;
 /// Tiles computed together before their results are put in place (about 8k rows).
 const TILES_PER_RUN: u64 = 128;
 
-/// `out[k · n + r] = Σ_i tile[r][i] · x[k][i] + bias[r]` for the tile's `n` weight rows: one
-/// tile against all tokens, three rows by four tokens at a time, each token's results
+/// `out[k · n + r] = Σ_i tile[r][i] · x[k][i] + bias[r]` for the tile's `n` weight rows
+/// (`tokens.width()` values each): one tile against all tokens, each token's results
 /// contiguous (they are copied into its output row as one run). Every result is one
-/// `dot_block` value, so it does not depend on how the rows were split into tiles.
-pub(super) fn multiply_tile(x: &[f32], tile: &[f32], cols: usize, bias: Option<&[f32]>, out: &mut Vec<f32>) {
-    let n = tile.len() / cols.max(1);
-    let t = x.len() / cols.max(1);
+/// [`dot_tile`] value, which equals `dot_block`'s, plus the bias (+0 without one, as
+/// before), so it does not depend on how the rows were split into tiles.
+pub(super) fn multiply_tile(tokens: &Tokens, tile: &[f32], bias: Option<&[f32]>, out: &mut Vec<f32>) {
+    let n = tile.len() / tokens.width().max(1);
     out.clear();
-    out.resize(n * t, 0.0);
-    let mut block = [0.0f32; 16];
-    for (g, xs) in x.chunks(4 * cols).enumerate() {
-        let m = xs.len() / cols;
-        for (q, rows3) in tile.chunks(3 * cols).enumerate() {
-            let p = rows3.len() / cols;
-            dot_block(rows3, xs, cols, &mut block[..p * m]);
-            for r in 0..p {
-                let add = bias.map_or(0.0, |bias| bias[q * 3 + r]);
-                for j in 0..m {
-                    out[(g * 4 + j) * n + q * 3 + r] = block[r * m + j] + add;
-                }
-            }
+    out.resize(n * tokens.count(), 0.0);
+    dot_tile(tile, tokens, out);
+    for y in out.chunks_exact_mut(n.max(1)) {
+        for (r, y) in y.iter_mut().enumerate() {
+            *y += bias.map_or(0.0, |bias| bias[r]);
         }
     }
 }
@@ -69,7 +61,13 @@ impl Model<'_, '_> {
         {
             return Ok(y);
         }
+        anyhow::ensure!(
+            x.len().is_multiple_of(cols),
+            "{name}: the input holds {} values, not whole rows of {cols}",
+            x.len()
+        );
         let t = x.len() / cols.max(1);
+        let tokens = Tokens::new(x, cols);
         let mut y = vec![0.0f32; t * rows as usize];
         // Runs of tiles, so the per-tile results held before they are scattered into `y` stay
         // small even for the output head.
@@ -85,7 +83,7 @@ impl Model<'_, '_> {
                         let n = TILE_ROWS.min(rows - start);
                         self.w.rows_into_held(name, first + start, n, tile)?;
                         let b = bias.map(|b| &b[start as usize..(start + n) as usize]);
-                        multiply_tile(x, tile, cols, b, out);
+                        multiply_tile(&tokens, tile, b, out);
                         Ok(std::mem::take(out))
                     },
                 )

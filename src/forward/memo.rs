@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Result;
+use moeq_kernels::dot::Tokens;
 use rayon::prelude::*;
 
 use super::Model;
@@ -130,6 +131,7 @@ impl Memo {
             let is_replaced = |r: usize| replaced.as_ref().is_some_and(|v| v.binary_search(&(r as u64)).is_ok());
             const TILE: usize = 60;
             let tiles: Vec<usize> = (0..rows_n).step_by(TILE).collect();
+            let delta_tokens = Tokens::new(&delta, c);
             let parts: Vec<Vec<f32>> = tiles
                 .par_iter()
                 .map_init(
@@ -143,7 +145,7 @@ impl Memo {
                             gathered.extend(changed.iter().map(|&j| row[j]));
                         }
                         let mut out = Vec::new();
-                        multiply_tile(&delta, gathered, c, None, &mut out);
+                        multiply_tile(&delta_tokens, gathered, None, &mut out);
                         // Replaced rows are recomputed below.
                         for r in 0..n {
                             if is_replaced(start + r) {
@@ -163,6 +165,7 @@ impl Memo {
         }
         if let Some(replaced) = replaced.filter(|r| !r.is_empty()) {
             // The replaced rows in full, from the current input.
+            let tokens = Tokens::new(x, cols);
             let computed: Vec<(usize, Vec<f32>)> = replaced
                 .par_chunks(16)
                 .map_init(Vec::new, |row, chunk| -> Result<Vec<(usize, Vec<f32>)>> {
@@ -170,7 +173,7 @@ impl Memo {
                     for &r in chunk {
                         m.w.rows_into_held(name, first + r, 1, row)?;
                         let mut v = Vec::new();
-                        multiply_tile(x, row, cols, bias.map(|b| &b[r as usize..r as usize + 1]), &mut v);
+                        multiply_tile(&tokens, row, bias.map(|b| &b[r as usize..r as usize + 1]), &mut v);
                         out.push((r as usize, v));
                     }
                     Ok(out)
