@@ -1295,7 +1295,8 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &m
         s[k] = _mm256_blendv_ps(ninf, score[k], ok);
     }
     // Per lane the largest score, then the running maximum over lanes before each lane.
-    let mut m = _mm256_max_ps(_mm256_max_ps(s[0], s[1]), _mm256_max_ps(s[2], s[3]));
+    let lane_max = _mm256_max_ps(_mm256_max_ps(s[0], s[1]), _mm256_max_ps(s[2], s[3]));
+    let mut m = lane_max;
     let up1 = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6);
     m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_0001>(_mm256_permutevar8x32_ps(m, up1), ninf));
     let up2 = _mm256_setr_epi32(0, 0, 0, 1, 2, 3, 4, 5);
@@ -1331,7 +1332,13 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &m
         *best = _mm256_set1_ps(best_score);
         return won;
     }
-    *best = _mm256_permutevar8x32_ps(running, _mm256_set1_epi32(7));
+    // The running best after the chunk: the last lane of `running`, which is the largest of
+    // the start and every score. Formed from the scores by a reduction rather than read at the
+    // end of the prefix scan, so that the next chunk's test waits on a shorter chain.
+    let h = _mm256_max_ps(lane_max, _mm256_permute2f128_ps::<0x01>(lane_max, lane_max));
+    let h = _mm256_max_ps(h, _mm256_permute_ps::<0b01_00_11_10>(h));
+    let h = _mm256_max_ps(h, _mm256_permute_ps::<0b10_11_00_01>(h));
+    *best = _mm256_max_ps(*best, h);
     let mask = interleave4(wins);
     if mask == 0 {
         return None;
