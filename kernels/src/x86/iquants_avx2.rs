@@ -1376,7 +1376,10 @@ fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f
         let (a, aw) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
         let head = [_mm256_set1_ps(a * X_P[0]), _mm256_set1_ps(a * X_M[0])];
         let headw = [_mm256_set1_ps(aw * X_P[0] * X_P[0]), _mm256_set1_ps(aw * X_M[0] * X_M[0])];
-        for base in (i1..=32).step_by(8) {
+        // A plain counted loop: `step_by` over an inclusive range costs several instructions
+        // per chunk for its end test.
+        for c in 0..(32 - i1) / 8 + 1 {
+            let base = i1 + 8 * c;
             let b = _mm256_sub_ps(load8(&px[base..]), xi1);
             let bw = _mm256_sub_ps(load8(&pw[base..]), wi1);
             let mut qx = [zero; 4];
@@ -1437,7 +1440,10 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         let pxi1 = [_mm256_set1_ps(px[0][i1]), _mm256_set1_ps(px[1][i1])];
         let rowp: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1));
         let rowm: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1));
-        for base in (i1..=16).step_by(8) {
+        // A plain counted loop: `step_by` over an inclusive range costs several instructions
+        // per chunk for its end test.
+        for c in 0..(16 - i1) / 8 + 1 {
+            let base = i1 + 8 * c;
             let mut qx_p = [zero; 2];
             let mut qx_m = [zero; 2];
             let mut q2_p = [zero; 2];
