@@ -232,13 +232,22 @@ pub fn quantize_iq1_m_block<S: Searcher>(
         }
         let idx = s.iq1_order::<16>(xb);
         // Prefix sums per half of the block (each half has its own shift).
+        // The running sums stay in registers: each adds its value's term or +0.0 (the terms
+        // masked), which leaves a sum as it is, since a sum started at +0.0 is never −0.0 (a
+        // rounded sum is −0.0 only when both terms are).
         let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
+        let (mut sx, mut sw) = ([0f32; 2], [0f32; 2]);
         for (j, &i) in idx.iter().enumerate() {
-            let h = usize::from(i >= 8);
-            px[h][j + 1] = px[h][j] + weight[i] * xb[i];
-            px[1 - h][j + 1] = px[1 - h][j];
-            pw[h][j + 1] = pw[h][j] + weight[i];
-            pw[1 - h][j + 1] = pw[1 - h][j];
+            let hi = 0u32.wrapping_sub(u32::from(i >= 8));
+            let (tx, tw) = ((weight[i] * xb[i]).to_bits(), weight[i].to_bits());
+            sx[0] += f32::from_bits(tx & !hi);
+            sx[1] += f32::from_bits(tx & hi);
+            sw[0] += f32::from_bits(tw & !hi);
+            sw[1] += f32::from_bits(tw & hi);
+            for h in 0..2 {
+                px[h][j + 1] = sx[h];
+                pw[h][j + 1] = sw[h];
+            }
         }
         let Some((besti1, besti2, mut best_k, mut scale)) = s.iq1m_split(&px, &pw) else {
             scales[ib] = 0.0;

@@ -1297,7 +1297,8 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &m
         s[k] = _mm256_blendv_ps(ninf, score[k], ok);
     }
     // Per lane the largest score, then the running maximum over lanes before each lane.
-    let mut m = _mm256_max_ps(_mm256_max_ps(s[0], s[1]), _mm256_max_ps(s[2], s[3]));
+    let lane_max = _mm256_max_ps(_mm256_max_ps(s[0], s[1]), _mm256_max_ps(s[2], s[3]));
+    let mut m = lane_max;
     let up1 = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6);
     m = _mm256_max_ps(m, _mm256_blend_ps::<0b0000_0001>(_mm256_permutevar8x32_ps(m, up1), ninf));
     let up2 = _mm256_setr_epi32(0, 0, 0, 1, 2, 3, 4, 5);
@@ -1333,7 +1334,13 @@ fn walk_chunk<const V: usize>(sumqx: &[__m256; 4], sumq2: &[__m256; 4], best: &m
         *best = _mm256_set1_ps(best_score);
         return won;
     }
-    *best = _mm256_permutevar8x32_ps(running, _mm256_set1_epi32(7));
+    // The running best after the chunk: the last lane of `running`, which is the largest of
+    // the start and every score. Formed from the scores by a reduction rather than read at the
+    // end of the prefix scan, so that the next chunk's test waits on a shorter chain.
+    let h = _mm256_max_ps(lane_max, _mm256_permute2f128_ps::<0x01>(lane_max, lane_max));
+    let h = _mm256_max_ps(h, _mm256_permute_ps::<0b01_00_11_10>(h));
+    let h = _mm256_max_ps(h, _mm256_permute_ps::<0b10_11_00_01>(h));
+    *best = _mm256_max_ps(*best, h);
     let mask = interleave4(wins);
     if mask == 0 {
         return None;
@@ -1371,7 +1378,10 @@ fn iq1s_split(sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f
         let (a, aw) = (sumx[i1] - sumx[0], sumw[i1] - sumw[0]);
         let head = [_mm256_set1_ps(a * X_P[0]), _mm256_set1_ps(a * X_M[0])];
         let headw = [_mm256_set1_ps(aw * X_P[0] * X_P[0]), _mm256_set1_ps(aw * X_M[0] * X_M[0])];
-        for base in (i1..=32).step_by(8) {
+        // A plain counted loop: `step_by` over an inclusive range costs several instructions
+        // per chunk for its end test.
+        for c in 0..(32 - i1) / 8 + 1 {
+            let base = i1 + 8 * c;
             let b = _mm256_sub_ps(load8(&px[base..]), xi1);
             let bw = _mm256_sub_ps(load8(&pw[base..]), wi1);
             let mut qx = [zero; 4];
@@ -1432,7 +1442,10 @@ fn iq1m_split(px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize,
         let pxi1 = [_mm256_set1_ps(px[0][i1]), _mm256_set1_ps(px[1][i1])];
         let rowp: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * p2 * p2 + pw[h][i1] * cp1));
         let rowm: [__m256; 2] = std::array::from_fn(|h| _mm256_set1_ps(tws[h] * m2 * m2 + pw[h][i1] * cm1));
-        for base in (i1..=16).step_by(8) {
+        // A plain counted loop: `step_by` over an inclusive range costs several instructions
+        // per chunk for its end test.
+        for c in 0..(16 - i1) / 8 + 1 {
+            let base = i1 + 8 * c;
             let mut qx_p = [zero; 2];
             let mut qx_m = [zero; 2];
             let mut q2_p = [zero; 2];
