@@ -212,7 +212,9 @@ fn search16<S: Searcher>(
                 l[8 * k..8 * k + 8].copy_from_slice(&r[8 * k..8 * k + 8]);
             }
         }
-        let (sumqx, sumq2) = sums(weight, xval, l);
+        // With both groups refined, `l` is the refinement's codes, whose sums (the same
+        // products added in the same order) the evaluation holds.
+        let (sumqx, sumq2) = if on_grid == 0 { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }
