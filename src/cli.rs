@@ -38,16 +38,18 @@ pub enum Command {
     },
     /// Run moeq's own f32 forward on a model and show the most likely next tokens.
     ///
-    /// MODEL is anything moeq reads: a checkpoint folder (gpt-oss in any layout, Mixtral,
-    /// Llama) or a GGUF of any type moeq writes.
+    /// MODEL is anything moeq reads: a checkpoint folder (gpt-oss in any layout, DeepSeek-V3,
+    /// Qwen3-MoE, Qwen2-MoE, Mixtral, Llama), an MLX build folder, or a GGUF of any type moeq
+    /// writes.
     Eval {
         /// The model.
         model: PathBuf,
         /// Token ids, comma-separated.
         #[arg(long, value_delimiter = ',', required_unless_present = "text", conflicts_with = "text")]
         tokens: Vec<u32>,
-        /// Text instead of ids, tokenized with the model's tokenizer.json (a BOS first when
-        /// llama.cpp adds one for this vocabulary).
+        /// Text instead of ids, tokenized as llama.cpp tokenizes it, with the model's
+        /// tokenizer.json: a BOS first when llama.cpp adds one for this vocabulary, and for a
+        /// SentencePiece vocabulary the leading space llama.cpp adds.
         #[arg(long, value_name = "TEXT")]
         text: Option<String>,
         /// The folder with the tokenizer.json for --text (default: the checkpoint's folder; a
@@ -270,6 +272,18 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// The largest `moeq bench dot --width`: wider than any model's rows (a 405B Llama's widest,
+/// its feed-forward's 53,248), and 256 tokens of it still fit in 70 MB.
+const MAX_DOT_WIDTH: usize = 65536;
+
+fn row_width(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1..=MAX_DOT_WIDTH) => Ok(n),
+        Ok(n) => Err(format!("{n} values per row: must be 1 to {MAX_DOT_WIDTH}")),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
+}
+
 /// What `moeq bench` measures.
 #[derive(Subcommand, Debug)]
 pub enum BenchTarget {
@@ -292,8 +306,8 @@ pub enum BenchTarget {
         /// Print a JSON list of {"backend", "rows", "width", "tokens", "gmacs"}.
         #[arg(long)]
         json: bool,
-        /// Values per row (gpt-oss-20b's hidden size by default).
-        #[arg(long, default_value_t = 2880, value_parser = at_least_one)]
+        /// Values per row, 1 to 65536 (gpt-oss-20b's hidden size by default).
+        #[arg(long, default_value_t = 2880, value_parser = row_width)]
         width: usize,
     },
 }

@@ -126,11 +126,10 @@ impl Report {
                 details.push(("warning".into(), w.clone()));
             }
             if c.layout == crate::families::SourceLayout::Mlx {
-                // What eval/verify/imatrix refuse: a head mlx-lm would not run as stored.
-                let has_head = model.tensors().any(|(_, t)| t.name == "lm_head.weight");
-                let dir = model.path().display().to_string();
-                if let Err(e) = crate::model::mlx_read::head_matches_config(&c.json, has_head, &dir) {
-                    details.push(("warning".into(), format!("{e:#}")));
+                // What eval/verify/imatrix refuse when they read the folder (from its headers:
+                // a head mlx-lm would not run as stored, packed codes without their scales, …).
+                if let Err(e) = crate::model::mlx_read::plan(model, c) {
+                    details.push(("warning".into(), format!("eval/verify/imatrix refuse this folder: {e:#}")));
                 }
             }
         }

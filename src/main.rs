@@ -210,8 +210,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let seconds = started.elapsed().as_secs_f64();
             if json {
                 println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
-            } else {
+            } else if !quiet {
                 print!("{}", coverage.to_text());
+            } else if !coverage.starved().is_empty() {
+                // Quiet: the table goes, the experts under the threshold stay (a warning).
+                let starved = coverage.starved();
+                let list: Vec<String> = starved.iter().map(|(l, e, n)| format!("{l}/{e} ({n})")).collect();
+                eprintln!(
+                    "warning: {} experts got fewer than {} calibration tokens (layer/expert (tokens)): {}",
+                    starved.len(),
+                    coverage.threshold,
+                    list.join(" ")
+                );
             }
             if all_experts && !imatrix.all_experts {
                 eprintln!("note: --all-experts has no effect: the model has no experts");
@@ -221,14 +231,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => file::write_gguf(&imatrix, &output)?,
             }
             let tokens = coverage.tokens as f64;
-            eprintln!(
-                "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
-                output.display(),
-                imatrix.entries.len(),
-                imatrix.chunk_count,
-                coverage.tokens,
-                tokens / seconds.max(1e-9)
-            );
+            if !quiet {
+                eprintln!(
+                    "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
+                    output.display(),
+                    imatrix.entries.len(),
+                    imatrix.chunk_count,
+                    coverage.tokens,
+                    tokens / seconds.max(1e-9)
+                );
+            }
         }
         Command::Bench { what: BenchTarget::Kernels { json, size, types } } => {
             let mut only = Vec::new();

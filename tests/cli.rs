@@ -1611,6 +1611,15 @@ fn verify_reads_mlx_and_hf_builds() {
     // A folder mlx-lm runs as stored gets no such warning.
     let shown = ok(&["inspect", path_arg(&mlx.join("llama-q4"))]);
     assert!(!shown.contains("lm_head"), "{shown}");
+    // Packed codes without their scales: verify refuses, inspect warns the same.
+    let unscaled =
+        fixture_variant(&mlx.join("qwen3-moe-q4"), "model.safetensors", |name, _, _| name != "lm_head.scales", |_| ());
+    std::fs::remove_file(unscaled.path().join("model.safetensors.index.json")).unwrap();
+    let says = "packed codes (U32 words), but the folder has no 'lm_head.scales'";
+    let err = fails(&["verify", path_arg(&fixtures().join("qwen3-moe/hf")), path_arg(unscaled.path())]);
+    assert!(err.contains(says), "{err}");
+    let shown = ok(&["inspect", path_arg(unscaled.path())]);
+    assert!(shown.contains("warning") && shown.contains(says), "{shown}");
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
     // Mixtral as an MLX q8 build, with more options.
@@ -3381,7 +3390,7 @@ fn imatrix_equals_llama_imatrix() {
     for (name, model) in [("mixtral", fixtures().join("mixtral/hf")), ("gpt-oss", no_yarn.path().to_path_buf())] {
         let (gguf, dat) = (dir.path().join(format!("{name}.gguf")), dir.path().join(format!("{name}.dat")));
         for (out, format) in [(&gguf, "gguf"), (&dat, "dat")] {
-            ok(&[
+            let run = moeq(&[
                 "imatrix",
                 path_arg(&model),
                 "--text",
@@ -3396,6 +3405,9 @@ fn imatrix_equals_llama_imatrix() {
                 format,
                 "-q",
             ]);
+            // -q: no table, no `wrote` line (every expert got data here: no warning either).
+            assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+            assert_eq!((run.stdout.len(), run.stderr.len()), (0, 0), "{}", String::from_utf8_lossy(&run.stderr));
         }
         let (ours_meta, ours) = read_imatrix(&gguf);
         let (ref_meta, reference) = read_imatrix(&fixtures().join(format!("imatrix/{name}-llama.imatrix.gguf")));
@@ -4745,4 +4757,26 @@ fn tokenizer_files_are_never_overwritten() {
     }
     assert_eq!(std::fs::read(&json).unwrap(), before);
     assert!(!x.exists());
+}
+
+/// `bench dot` refuses widths it could not allocate (clap's exit 2, no panic or abort);
+/// `eval --text ""` is the BOS alone, as llama.cpp tokenizes an empty text (no leading space).
+#[test]
+fn bench_dot_widths_and_empty_text() {
+    for (width, says) in [
+        ("0", "must be 1 to 65536"),
+        ("65537", "must be 1 to 65536"),
+        ("18446744073709551615", "must be 1 to 65536"),
+        ("-3", ""),
+    ] {
+        let out = moeq(&["bench", "dot", "--width", width]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{width}: {err}");
+        assert!(err.contains(says) && !err.contains("panicked"), "{width}: {err}");
+    }
+    let mixtral = fixtures().join("mixtral/hf");
+    let shown = ok(&["eval", path_arg(&mixtral), "--text", "", "--top", "1"]);
+    let positions: Vec<&str> = shown.lines().filter(|l| l.contains('→')).collect();
+    assert_eq!(positions.len(), 1, "{shown}");
+    assert!(positions[0].trim_start().starts_with("0 ") && positions[0].contains(" 1 →"), "{shown}");
 }

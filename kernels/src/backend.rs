@@ -166,7 +166,12 @@ pub fn active() -> &'static Backend {
         if let Some(name) = std::env::var("MOEQ_KERNELS").ok().filter(|n| !n.is_empty()) {
             match all.iter().position(|b| b.name == name) {
                 Some(i) => all.truncate(i + 1),
-                None => eprintln!("moeq: MOEQ_KERNELS={name} is not available on this CPU; using the best available"),
+                None if ["scalar", "avx2", "avx512"].contains(&name.as_str()) => {
+                    eprintln!("moeq: MOEQ_KERNELS={name} is not available on this CPU; using the best available")
+                }
+                None => eprintln!(
+                    "moeq: MOEQ_KERNELS={name:?} is not a kernel backend (scalar, avx2 or avx512); using the best available"
+                ),
             }
         }
         while let Some(&b) = all.last() {

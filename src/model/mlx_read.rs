@@ -139,14 +139,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
 ///
 /// Errors: either mismatch, naming the folder, the key and the tensor.
 fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> {
-    head_matches_config(json, names.iter().any(|(g, _)| g == "output.weight"), dir)
-}
-
-/// [`check_head`] for a folder that has (`has_head`) or lacks its own `lm_head.weight`: for
-/// `moeq inspect`, which names the problem as a warning rather than refusing the folder.
-///
-/// Errors: as [`check_head`].
-pub(crate) fn head_matches_config(json: &Json, has_head: bool, dir: &str) -> Result<()> {
+    let has_head = names.iter().any(|(g, _)| g == "output.weight");
     let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
     let key = match json.get("tie_word_embeddings") {
         None => None,
@@ -158,12 +151,18 @@ pub(crate) fn head_matches_config(json: &Json, has_head: bool, dir: &str) -> Res
     if key.is_none() && model_type == "qwen3_moe" {
         bail!("{dir}: config.json has no tie_word_embeddings, which mlx-lm's qwen3_moe requires (true or false)");
     }
+    let always_untied = matches!(model_type, "qwen2_moe" | "deepseek_v3" | "gpt_oss");
     let tied = match model_type {
-        "qwen2_moe" | "deepseek_v3" | "gpt_oss" => false,
+        _ if always_untied => false,
         "llama" => key.unwrap_or(true),
         _ => key.unwrap_or(false),
     };
     let said = match key {
+        Some(true) if always_untied => {
+            format!(
+                "config.json has tie_word_embeddings true, which mlx-lm's {model_type} ignores (it always has an lm_head)"
+            )
+        }
         Some(v) => format!("config.json has tie_word_embeddings {v}"),
         None => format!("config.json has no tie_word_embeddings (mlx-lm's {model_type} then ties: {tied})"),
     };

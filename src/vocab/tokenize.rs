@@ -227,6 +227,10 @@ impl ModelText {
     /// the BOS first when the vocabulary adds one, then the text's tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        if text.is_empty() {
+            // llama.cpp tokenizes no fragment of an empty text (no leading space either).
+            return Ok(ids);
+        }
         if self.space_prefix {
             ids.extend(self.tokenizer.encode(&format!(" {text}"), false)?);
         } else {
