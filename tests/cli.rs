@@ -1622,6 +1622,17 @@ fn verify_reads_mlx_and_hf_builds() {
     assert!(shown.contains("warning") && shown.contains(says), "{shown}");
     let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), &mlx.join("gpt-oss-q4"));
     assert_eq!(code, 0, "{}", r["failures"]);
+    // mlx-lm's gpt_oss ignores tie_word_embeddings (it always has its lm_head): so does moeq.
+    let tied = fixture_variant(
+        &mlx.join("gpt-oss-q4"),
+        "",
+        |_, _, _| false,
+        |c| {
+            c.insert("tie_word_embeddings".into(), Json::from(true));
+        },
+    );
+    let (code, r) = verify_json(&fixtures().join("gpt-oss/hf-mxfp4"), tied.path());
+    assert_eq!(code, 0, "{}", r["failures"]);
     // Mixtral as an MLX q8 build, with more options.
     let mixtral_q8 = |dir: &str, more: &[&str]| {
         let (input, output) = (fixtures().join("mixtral/hf"), out.path().join(dir));

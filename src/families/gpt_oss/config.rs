@@ -34,11 +34,19 @@ impl GptOssConfig {
     pub fn load(config: &ModelConfig) -> Result<(GptOssConfig, Vec<String>)> {
         // The file's own form, whatever layout the tensors are in.
         let keys = config.keys();
-        let form = if super::original_form(&keys) { SourceLayout::OpenAiOriginal } else { SourceLayout::Hf };
+        let form = if super::original_form(&keys) {
+            SourceLayout::OpenAiOriginal
+        } else if config.layout == SourceLayout::Mlx {
+            // An MLX build's config is in Hugging Face's form; mlx-lm reads it its own way.
+            SourceLayout::Mlx
+        } else {
+            SourceLayout::Hf
+        };
         Self::parse(&keys, form).with_context(|| format!("{}", config.path().display()))
     }
 
-    /// Reads `config.json` of either form (`layout` OpenAI original or not), checking what
+    /// Reads `config.json` of either form (`layout` OpenAI original or not; [`SourceLayout::Mlx`]
+    /// for an MLX build's, which mlx-lm reads: a tied head is not refused), checking what
     /// llama.cpp cannot carry. Returns the hyperparameters and warnings; settings that would
     /// change the model's output are errors.
     pub fn parse(json: &Keys, layout: SourceLayout) -> Result<(GptOssConfig, Vec<String>)> {
@@ -113,7 +121,9 @@ impl GptOssConfig {
                  compute another model, and moeq cannot run this one"
             );
         }
-        if json.bool("tie_word_embeddings") == Some(true) {
+        // mlx-lm's gpt_oss always has its own lm_head (it ignores the key), as llama.cpp's does;
+        // transformers would tie the head to the embedding.
+        if json.bool("tie_word_embeddings") == Some(true) && layout != SourceLayout::Mlx {
             bail!("tie_word_embeddings is true; llama.cpp's gpt-oss needs its own output.weight");
         }
         if let Some(types) = json.raw("layer_types").and_then(Json::as_array) {
