@@ -212,9 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
             } else if !quiet {
                 print!("{}", coverage.to_text());
-            } else if !coverage.starved().is_empty() {
+            } else if let starved = coverage.starved()
+                && !starved.is_empty()
+            {
                 // Quiet: the table goes, the experts under the threshold stay (a warning).
-                let starved = coverage.starved();
                 let list: Vec<String> = starved.iter().map(|(l, e, n)| format!("{l}/{e} ({n})")).collect();
                 eprintln!(
                     "warning: {} experts got fewer than {} calibration tokens (layer/expert (tokens)): {}",

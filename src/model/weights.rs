@@ -316,11 +316,8 @@ impl<'a> Weights<'a> {
     /// Errors: no tensor `name`.
     pub fn release(&self, name: &str, first: u64, count: u64) -> Result<()> {
         let r = self.recipe(name)?;
-        for (p, n) in r.pieces(u64::MAX, u64::MAX) {
-            let (lo, hi) = (p.max(first), (p + n).min(first + count));
-            if lo < hi {
-                r.release(lo, hi - lo);
-            }
+        for (lo, hi) in pieces_within(r, first, count) {
+            r.release(lo, hi - lo);
         }
         Ok(())
     }
@@ -328,13 +325,7 @@ impl<'a> Weights<'a> {
     /// Rows `first..first + count` of recipe `r` as the source holds them, into `out`.
     fn source_rows(&self, r: &Recipe, first: u64, count: u64, out: &mut Vec<f32>) -> Result<()> {
         SCRATCH.with_borrow_mut(|scratch| -> Result<()> {
-            // In pieces that never straddle two stacked inputs.
-            let pieces: Vec<(u64, u64)> = r
-                .pieces(u64::MAX, u64::MAX)
-                .into_iter()
-                .map(|(p, n)| (p.max(first), (p + n).min(first + count)))
-                .filter(|(lo, hi)| lo < hi)
-                .collect();
+            let pieces = pieces_within(r, first, count);
             if let [(lo, hi)] = pieces[..] {
                 // One piece: decode straight into the caller's buffer (lent to the scratch, so a
                 // buffer reused at the same size is neither copied nor cleared).
@@ -398,4 +389,14 @@ impl<'a> Weights<'a> {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+}
+
+/// Rows `first..first + count` of `r` as `(lo, hi)` ranges that never straddle two stacked
+/// inputs (what one decode or one release may cover).
+fn pieces_within(r: &Recipe, first: u64, count: u64) -> Vec<(u64, u64)> {
+    r.pieces(u64::MAX, u64::MAX)
+        .into_iter()
+        .map(|(p, n)| (p.max(first), (p + n).min(first + count)))
+        .filter(|(lo, hi)| lo < hi)
+        .collect()
 }

@@ -43,14 +43,8 @@ fn log_sum_exp(v: impl Iterator<Item = f64> + Clone) -> f64 {
 /// the offset `seed`, in [0, 1)). Returns the ids (top first), the number of top ids and
 /// `ln Σ exp` over the rest.
 fn choose(row: &[f32], seed: f64) -> (Vec<u32>, usize, f64) {
-    let mut ids: Vec<u32> = (0..row.len() as u32).collect();
-    let k = TOP_K.min(ids.len());
-    let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    if k < ids.len() {
-        ids.select_nth_unstable_by(k, order);
-        ids.truncate(k);
-    }
-    ids.sort_unstable_by(order);
+    let mut ids: Vec<u32> = crate::forward::moe::top_k(row, TOP_K).into_iter().map(|i| i as u32).collect();
+    let k = ids.len();
     let mut top = vec![false; row.len()];
     ids.iter().for_each(|&i| top[i as usize] = true);
     let rest = || row.iter().enumerate().filter(|&(i, _)| !top[i]).map(|(_, &v)| v as f64);
