@@ -48,7 +48,8 @@ pub fn dot_block(rows: &[f32], xs: &[f32], n: usize, out: &mut [f32]) {
 pub enum TileBackend {
     /// [`scalar_dot_rows`] row by row.
     Scalar,
-    /// [`dot_block`]: three rows by four tokens at a time, 256-bit registers.
+    /// Three rows by four tokens at a time in 256-bit registers, [`dot_block`]'s arithmetic,
+    /// the inner dimension in 512-value steps.
     Avx2,
     /// Four rows by twelve tokens at a time, each 512-bit register holding two tokens' eight
     /// lanes (AVX-512 F + DQ, besides AVX2 and FMA).
@@ -180,21 +181,12 @@ pub fn dot_tile(rows: &[f32], tokens: &Tokens, out: &mut [f32]) {
                 }
             }
         }
-        TileBackend::Avx2 => {
-            let mut block = [0.0f32; 16];
-            for (g, xs) in tokens.xs.chunks(4 * n).enumerate() {
-                let m = xs.len() / n;
-                for (b, rows3) in rows.chunks(3 * n).enumerate() {
-                    let p = rows3.len() / n;
-                    dot_block(rows3, xs, n, &mut block[..p * m]);
-                    for q in 0..p {
-                        for j in 0..m {
-                            out[(g * 4 + j) * r + b * 3 + q] = block[q * m + j];
-                        }
-                    }
-                }
-            }
-        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: tokens for this backend exist only after `with_backend` found AVX2 and FMA on
+        // this CPU; the lengths of `rows` and `out` were checked above, `xs` holds t · n values.
+        TileBackend::Avx2 => unsafe { avx2_tile::tile(rows, tokens.xs, n, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        TileBackend::Avx2 => unreachable!("AVX2 is never available off x86-64"),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: tokens for this backend exist only after `with_backend` found AVX-512 F + DQ,
         // AVX2 and FMA on this CPU; `pairs` is laid out for `n` and `t` (built there), and the
@@ -293,6 +285,8 @@ pub fn scalar_dot_rows(row: &[f32], xs: &[f32], out: &mut [f32]) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2_tile;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
