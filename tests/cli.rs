@@ -1608,6 +1608,38 @@ fn verify_reads_mlx_and_hf_builds() {
         let shown: Json = serde_json::from_str(&ok(&["inspect", "--json", path_arg(edited.path())])).unwrap();
         assert!(shown["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains(says)), "{shown}");
     }
+    // mlx-lm chooses its model code by model_type alone: one it would not run as this class's
+    // is refused (inspect warns); its remapped names are that code (mistral is llama, which
+    // ties by default).
+    for (model_type, says) in [
+        (Some(Json::from("frobnicate")), "model_type 'frobnicate', but the folder holds a LlamaForCausalLM ('llama')"),
+        (Some(Json::from("mixtral")), "would run its 'mixtral' code"),
+        (None, "config.json has no model_type"),
+        (Some(Json::Null), "model_type null, not a string"),
+        (Some(Json::from("mistral")), ""),
+    ] {
+        let edited = fixture_variant(
+            &mlx.join("llama-q4"),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.remove("tie_word_embeddings");
+                match &model_type {
+                    Some(v) => drop(c.insert("model_type".into(), v.clone())),
+                    None => drop(c.remove("model_type")),
+                }
+            },
+        );
+        if says.is_empty() {
+            let (code, r) = verify_json(&fixtures().join("llama/hf"), edited.path());
+            assert_eq!(code, 0, "{model_type:?}: {}", r["failures"]);
+            continue;
+        }
+        let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(edited.path())]);
+        assert!(err.contains(says), "{err}");
+        let shown = ok(&["inspect", path_arg(edited.path())]);
+        assert!(shown.contains("warning") && shown.contains(says), "{shown}");
+    }
     // A folder mlx-lm runs as stored gets no such warning.
     let shown = ok(&["inspect", path_arg(&mlx.join("llama-q4"))]);
     assert!(!shown.contains("lm_head"), "{shown}");

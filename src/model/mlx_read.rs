@@ -50,7 +50,9 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
         })?;
         names.push((gguf, t.name.clone()));
     }
-    check_head(json, &names, &model.path().display().to_string())?;
+    let dir = model.path().display().to_string();
+    let module = mlx_module(json, &config.class, &dir)?;
+    check_head(json, module, &names, &dir)?;
     // In llama.cpp's tensor order.
     names.sort_by_key(|(g, _)| gguf_names.iter().position(|(n, _)| n == g));
     // What llama.cpp's file holds but the folder does not store (Llama 3.1's rope_freqs).
@@ -131,16 +133,57 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
     Ok(Converted { plan, recipes, warnings: Vec::new() })
 }
 
+/// The mlx-lm 0.32 model code (`mlx_lm.models.<module>`) a folder's `model_type` selects, after
+/// mlx-lm's `MODEL_REMAPPING` (`mistral`, `iquestcoder`, `xverse` → `llama`; `kimi_k2`,
+/// `joyai_llm_flash` → `deepseek_v3`), which must be the code of the folder's `architectures`
+/// class: mlx-lm picks its model by `model_type` alone.
+///
+/// Errors: `model_type` missing or not a string (mlx-lm's loader fails on it), or selecting
+/// other code than the class's (mlx-lm would run another model, or refuse a type it has no
+/// code for), naming the folder and the key.
+fn mlx_module(json: &Json, class: &str, dir: &str) -> Result<&'static str> {
+    let want = match class {
+        "LlamaForCausalLM" => "llama",
+        "MixtralForCausalLM" => "mixtral",
+        "Qwen2MoeForCausalLM" => "qwen2_moe",
+        "Qwen3MoeForCausalLM" => "qwen3_moe",
+        "DeepseekV3ForCausalLM" => "deepseek_v3",
+        "GptOssForCausalLM" => "gpt_oss",
+        other => bail!("{dir}: moeq does not read MLX builds of {other}"),
+    };
+    let model_type = match json.get("model_type") {
+        Some(Json::String(t)) => t.as_str(),
+        None => bail!(
+            "{dir}: config.json has no model_type (mlx-lm chooses its model code by it and cannot load the folder; {class} is '{want}')"
+        ),
+        Some(other) => bail!(
+            "{dir}: config.json has model_type {other}, not a string (mlx-lm cannot load the folder; {class} is '{want}')"
+        ),
+    };
+    let module = match model_type {
+        "mistral" | "iquestcoder" | "xverse" => "llama",
+        "kimi_k2" | "joyai_llm_flash" => "deepseek_v3",
+        t => t,
+    };
+    if module != want {
+        bail!(
+            "{dir}: config.json has model_type '{model_type}', but the folder holds a {class} ('{want}'): mlx-lm \
+             chooses its model code by model_type and would run its '{module}' code (another model) or refuse the folder"
+        );
+    }
+    Ok(want)
+}
+
 /// Checks that mlx-lm would run the head this folder holds: a model whose embeddings mlx-lm
-/// ties (per `tie_word_embeddings`, or mlx-lm 0.32's default for the `model_type`: true for
+/// ties (per `tie_word_embeddings`, or mlx-lm 0.32's default for its model code `model_type`
+/// ([`mlx_module`]): true for
 /// `llama`, false for `mixtral`; `qwen2_moe`, `deepseek_v3` and `gpt_oss` always have an
 /// `lm_head`) must not have an `lm_head.weight` (mlx-lm drops it and computes with the
 /// embedding — another model —, or refuses its quantization's scales), an untied one must.
 ///
 /// Errors: either mismatch, naming the folder, the key and the tensor.
-fn check_head(json: &Json, names: &[(String, String)], dir: &str) -> Result<()> {
+fn check_head(json: &Json, model_type: &str, names: &[(String, String)], dir: &str) -> Result<()> {
     let has_head = names.iter().any(|(g, _)| g == "output.weight");
-    let model_type = json.get("model_type").and_then(Json::as_str).unwrap_or("");
     let key = match json.get("tie_word_embeddings") {
         None => None,
         Some(Json::Bool(b)) => Some(*b),
