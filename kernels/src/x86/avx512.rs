@@ -57,8 +57,17 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
         QuantType::Q3_K => {
             k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(super::q3k_avx512::quantize_q3_k(x, y))))
         }
+        QuantType::IQ1_S => k.weighted_with(NAME, iq1_rows()),
+        QuantType::IQ1_M => k
+            .quantize_with(NAME, simd!(|ty, x, y| super::iq1_avx512::quantize(ty, x, y)))
+            .weighted_with(NAME, iq1_rows()),
         _ => k,
     }
+}
+
+/// IQ1_S or IQ1_M with importance weights, with the AVX-512 boundary searches.
+fn iq1_rows() -> crate::backend::QuantizeRowsFn {
+    simd!(|ty, x, y, _, qw| super::iq1_avx512::quantize_rows(ty, x, y, qw))
 }
 
 /// The AVX-512 conversions: f16 → f32 its own, the rest AVX2's.
