@@ -101,6 +101,11 @@ impl Searcher for Avx512Iq1 {
         w: &[f32],
         scale: f32,
     ) -> Option<usize> {
+        // The 8-coordinate 2-bit grids' lists (IQ1's) carry every neighbour's packed code.
+        if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
+            // SAFETY: as in `iq1s_split` below.
+            return unsafe { nearest_packed16(list, qtab, x, w, scale) };
+        }
         self.0.nearest::<N>(list, qtab, x, w, scale)
     }
 
@@ -152,6 +157,60 @@ impl Searcher for Avx512Iq1 {
         // SAFETY: as above.
         unsafe { iq1m_split(px, pw) }
     }
+}
+
+/// [`Searcher::nearest`] for 8-coordinate grids of 2-bit levels (`iquants_avx2`'s
+/// `nearest_packed2` on 16 lanes): lanes are neighbours, each adding its coordinates' terms
+/// `w·(scale·q − x)·(scale·q − x)` (the scalar search's very products) in coordinate order,
+/// the terms looked up by the neighbour's packed code shifted by `2·i` (the table repeats the
+/// four levels, so the next coordinates' bits above do not matter); each lane keeps its first
+/// minimum (strictly below, from `FLT_MAX`), and the answer is the least position holding the
+/// smallest of them.
+#[target_feature(enable = "avx512f")]
+fn nearest_packed16(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
+    let len = list.indices.len();
+    // The caller reads the winner's grid index from `list.indices`: fetched now, it arrives
+    // during the scan rather than after it.
+    for line in list.indices.chunks(32) {
+        _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+    }
+    let q: [f32; 16] = std::array::from_fn(|j| qtab[j & 3]);
+    let qt = load16(&q);
+    let s = _mm512_set1_ps(scale);
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (i, t) in t.iter_mut().enumerate() {
+        let diff = _mm512_sub_ps(_mm512_mul_ps(s, qt), _mm512_set1_ps(x[i]));
+        *t = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(w[i]), diff), diff);
+    }
+    let mut best = _mm512_set1_ps(FLT_MAX);
+    let mut best_at = _mm512_set1_epi32(i32::MAX);
+    let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let end = _mm512_set1_epi32(len as i32);
+    let packed = &list.packed[..len];
+    for (chunk, codes) in packed.chunks(16).enumerate() {
+        let m = if codes.len() >= 16 { 0xffff } else { (1u16 << codes.len()) - 1 };
+        // SAFETY: the lanes loaded (set in `m`) are within `codes`; masked-off lanes are not
+        // read.
+        let c = unsafe { _mm512_maskz_loadu_epi32(m, codes.as_ptr().cast()) };
+        let mut d2 = _mm512_setzero_ps();
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(c, t[0]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<2>(c), t[1]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(c), t[2]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<6>(c), t[3]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<8>(c), t[4]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<10>(c), t[5]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<12>(c), t[6]));
+        d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<14>(c), t[7]));
+        let at = _mm512_add_epi32(lane, _mm512_set1_epi32(16 * chunk as i32));
+        let valid = _mm512_cmplt_epi32_mask(at, end);
+        // `d2 < best` (false for NaN), as the scalar search's strict test.
+        let better = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(valid, d2, best);
+        best = _mm512_mask_mov_ps(best, better, d2);
+        best_at = _mm512_mask_mov_epi32(best_at, better, at);
+    }
+    let m = _mm512_set1_ps(_mm512_reduce_min_ps(best));
+    let at = _mm512_mask_mov_epi32(_mm512_set1_epi32(i32::MAX), _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best, m), best_at);
+    usize::try_from(_mm512_reduce_min_epi32(at)).ok().filter(|&at| at < len)
 }
 
 /// IQ1_M without importance weights (the only IQ1 type ggml quantizes without them), with
@@ -554,6 +613,46 @@ mod tests {
             assert_eq!(best.to_bits(), best_s.to_bits(), "case {case}");
         }
         assert!(walked > 0);
+    }
+
+    /// The 16-lane neighbour search against the scalar reference on IQ1's lists: ordinary
+    /// values, values and weights on a coarse grid (equal distances: the first of equals must
+    /// win, also across lanes and chunks), zero weights, scales so large that distances are
+    /// infinite or NaN (nothing below `FLT_MAX`: `None`), and every list length.
+    #[test]
+    fn nearest_packed16_matches_reference() {
+        use crate::scalar::iq_tables::{Lookup, iq1};
+        if !avx512() {
+            return;
+        }
+        let t = iq1();
+        let mut next = crate::x86::tests::xorshift_uniform(0x51ED_270B_1F0C_3A77);
+        let (mut lens, mut some, mut none) = (std::collections::BTreeSet::new(), 0, 0);
+        for case in 0..60_000 {
+            let code = (next() * 65536.0) as usize;
+            let Lookup::Near(list) = t.lookup(code) else { continue };
+            lens.insert(list.indices.len());
+            let kind = case % 5;
+            let scale = [0.7, 1.0, 1e30, 3e-3, 1.0][kind];
+            let x: [f32; 8] = std::array::from_fn(|_| match kind {
+                1 | 4 => ((next() * 5.0).floor() - 2.0) * 0.5,
+                _ => (next() - 0.5) * 2.0 * scale,
+            });
+            let w: [f32; 8] = std::array::from_fn(|_| match kind {
+                1 => 1.0,
+                4 => (next() * 2.0).floor(),
+                _ => next(),
+            });
+            let xx = if case % 2 == 0 { X_P } else { X_M };
+            let qtab = [xx[0], xx[1], xx[2], 0.0, 0.0, 0.0, 0.0, 0.0];
+            // SAFETY: AVX-512 F was detected above.
+            let got = unsafe { nearest_packed16(list, &qtab, &x, &w, scale) };
+            let want = crate::scalar::iq_search::Reference.nearest::<8>(list, &qtab, &x, &w, scale);
+            assert_eq!(got, want, "case {case}");
+            if want.is_some() { some += 1 } else { none += 1 }
+        }
+        assert!(some > 1000 && none > 100, "{some} {none}");
+        assert!(lens.iter().any(|&l| l % 16 == 0) && lens.iter().any(|&l| l % 16 > 8), "{lens:?}");
     }
 
     /// Both searches against the scalar reference on prefix sums of sorted blocks built as the
