@@ -309,16 +309,15 @@ fn walk16<const V: usize>(
     let zero = _mm512_setzero_ps();
     let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut scale = [zero; V];
-    let mut score = [zero; V];
     let mut s = [ninf; V];
     let mut pos = [0 as __mmask16; V];
     for k in 0..V {
         pos[k] = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, sumq2[k], zero);
         scale[k] = _mm512_div_ps(sumqx[k], sumq2[k]);
-        score[k] = _mm512_mul_ps(scale[k], sumqx[k]);
+        let score = _mm512_mul_ps(scale[k], sumqx[k]);
         // Candidates that cannot win (sumq2 ≤ 0, lanes left out) and NaN scores count as −∞.
-        let ok = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(pos[k], score[k], score[k]);
-        s[k] = _mm512_mask_mov_ps(ninf, ok, score[k]);
+        let ok = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(pos[k], score, score);
+        s[k] = _mm512_mask_mov_ps(ninf, ok, score);
     }
     // Per lane the largest score, then the running maximum over lanes before each lane.
     let mut lane_max = s[0];
@@ -344,15 +343,14 @@ fn walk16<const V: usize>(
         running = _mm512_max_ps(running, s[k]);
     }
     if disagree != 0 {
-        let (scale, score) = (scale.map(|v| lanes16(v)), score.map(|v| lanes16(v)));
+        // ggml's walk (a lane's division and product are the scalar ones).
         let (qx, q2) = (sumqx.map(|v| lanes16(v)), sumq2.map(|v| lanes16(v)));
         let mut best_score = _mm512_cvtss_f32(*best);
         let mut won = None;
         for lane in (0..16).filter(|l| valid & (1 << l) != 0) {
             for k in 0..V {
-                if q2[k][lane] > 0.0 && qx[k][lane] * qx[k][lane] > best_score * q2[k][lane] {
-                    best_score = score[k][lane];
-                    won = Some((lane, k, scale[k][lane]));
+                if let Some(scale) = test_one(qx[k][lane], q2[k][lane], &mut best_score) {
+                    won = Some((lane, k, scale));
                 }
             }
         }
@@ -372,7 +370,12 @@ fn walk16<const V: usize>(
     }
     let lane = 15 - any.leading_zeros() as usize;
     let k = (0..V).rev().find(|&k| wins[k] & (1 << lane) != 0).unwrap_or(0);
-    Some((lane, k, lanes16(scale[k])[lane]))
+    // Per lane the scale of its last winning variant, read at `lane` (kept in registers).
+    let mut last = scale[0];
+    for k in 1..V {
+        last = _mm512_mask_mov_ps(last, wins[k], scale[k]);
+    }
+    Some((lane, k, _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(lane as i32), last))))
 }
 
 /// [`Searcher::iq1s_split`]: pairs flat, 16 per vector (see the module).
