@@ -6,12 +6,13 @@
 //! several rows of `i1`: IQ1_S's 561 pairs make 35 chunks (and two pairs done one by one)
 //! instead of the AVX2 search's 85 chunks of 8, IQ1_M's 153 pairs 10 chunks instead of 27.
 //! Every lane performs the reference's very float operations (no fused multiply-adds), and a
-//! chunk that can win is resolved as [`super::iquants_avx2`]'s `walk_chunk` does: the winners
+//! chunk that can win is resolved as `iquants_avx2`'s `walk_chunk` does: the winners
 //! are predicted from a prefix maximum of the scores and the prediction is checked by ggml's
 //! own test for every candidate; where any test disagrees, the chunk is walked one by one.
 //!
-//! The rest of the IQ1 quantizers (sort order, neighbour searches) are the AVX2 searches.
-//! Reached only through the AVX-512 table, handed out only after detecting AVX-512 F and BW
+//! The neighbour searches of IQ1's grid are 16-lane too (`nearest_packed16`); the rest of
+//! the IQ1 quantizers (the sort order, the block code) are the AVX2 searches' and the scalar
+//! reference's. Reached only through the AVX-512 table, handed out only after detecting AVX-512 F and BW
 //! (and AVX2, whose searches this uses).
 
 // The lanes' loops index several arrays by one position.
