@@ -56,7 +56,9 @@ const fn pairs<const P: usize>(n: usize) -> [[u8; 2]; P] {
     out
 }
 
+/// IQ1_S's pairs in ggml's order (a winner's `(i1, i2)` from its flat position).
 const S_PAIR: [[u8; 2]; S_PAIRS] = pairs::<S_PAIRS>(32);
+/// IQ1_M's pairs in ggml's order.
 const M_PAIR: [[u8; 2]; M_PAIRS] = pairs::<M_PAIRS>(16);
 
 /// Per chunk of 16 lanes from pair `first + 16·c`, each lane's permute index of `i1` (minus
