@@ -189,12 +189,18 @@ fn nearest_packed16(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale
     let mut best_at = _mm512_set1_epi32(i32::MAX);
     let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     let end = _mm512_set1_epi32(len as i32);
-    let packed = &list.packed[..len];
+    // The codes padded to a multiple of 8 (the caller checked): chunks of 16, the last one
+    // possibly 8 (its upper lanes zero; they are past `len`, masked off below).
+    let packed = &list.packed[..8 * len.div_ceil(8)];
     for (chunk, codes) in packed.chunks(16).enumerate() {
-        let m = if codes.len() >= 16 { 0xffff } else { (1u16 << codes.len()) - 1 };
-        // SAFETY: the lanes loaded (set in `m`) are within `codes`; masked-off lanes are not
-        // read.
-        let c = unsafe { _mm512_maskz_loadu_epi32(m, codes.as_ptr().cast()) };
+        let c = if codes.len() == 16 {
+            // SAFETY: `codes` holds 16 u32; loadu has no alignment requirement.
+            unsafe { _mm512_loadu_si512(codes.as_ptr().cast()) }
+        } else {
+            assert!(codes.len() == 8);
+            // SAFETY: `codes` holds 8 u32 (checked above).
+            _mm512_zextsi256_si512(unsafe { _mm256_loadu_si256(codes.as_ptr().cast()) })
+        };
         let mut d2 = _mm512_setzero_ps();
         d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(c, t[0]));
         d2 = _mm512_add_ps(d2, _mm512_permutexvar_ps(_mm512_srli_epi32::<2>(c), t[1]));
