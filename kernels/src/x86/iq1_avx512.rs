@@ -10,9 +10,9 @@
 //! are predicted from a prefix maximum of the scores and the prediction is checked by ggml's
 //! own test for every candidate; where any test disagrees, the chunk is walked one by one.
 //!
-//! The neighbour searches of IQ1's grid are 16-lane too (`nearest_packed16`); the rest of
-//! the IQ1 quantizers (the sort order, the block code) are the AVX2 searches' and the scalar
-//! reference's. Reached only through the AVX-512 table, handed out only after detecting AVX-512 F and BW
+//! The neighbour searches of IQ1's grid and IQ1_S's sort order are 16-lane too
+//! (`nearest_packed16`, `iq1_order`); the rest of the IQ1 quantizers (IQ1_M's sort order, the
+//! block code) are the AVX2 searches' and the scalar reference's. Reached only through the AVX-512 table, handed out only after detecting AVX-512 F and BW
 //! (and AVX2, whose searches this uses).
 
 // The lanes' loops index several arrays by one position.
