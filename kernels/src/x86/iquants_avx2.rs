@@ -41,7 +41,7 @@ pub(crate) struct Avx2 {
 
 impl Avx2 {
     /// Only called where AVX2 was detected (see the type).
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Avx2 { scratch: RefCell::new(Scratch::default()) }
     }
 }

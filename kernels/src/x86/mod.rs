@@ -17,6 +17,7 @@ macro_rules! simd {
 
 mod avx2;
 mod avx512;
+mod iq1_avx512;
 mod iq4_avx2;
 mod iquants_avx2;
 mod kquants_avx2;
