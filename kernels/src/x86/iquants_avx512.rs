@@ -1,0 +1,446 @@
+//! AVX-512 (F + BW) version of the 3-bit i-quants' candidate evaluation (IQ3_XXS, IQ3_S):
+//! [`Searcher::evaluate`] with 16 candidates per vector; every other search is the AVX2
+//! searcher's ([`Avx2`]). Like the AVX2 kernel it performs the scalar reference's float
+//! operations, in the same order, per lane, so its results are the reference's bit for bit:
+//!
+//! - the codes, their packed form and the code map look-ups (gathers) of 16 candidates at a
+//!   time, and the sums `Σ w·x·q`, `Σ w·q²` of 16 candidates side by side, each lane summing
+//!   its candidate's values in order;
+//! - the neighbour searches of candidates whose codes fall on the same list (a "window"): lanes
+//!   are the candidates of an aligned chunk of 16 (candidates `16h..16h + 16`) that share the
+//!   code, each adding its per-level distance terms (the scalar search's very products) in
+//!   coordinate order and keeping the packed code of its first minimum over the list, scanned
+//!   in order. The terms depend only on a lane's scale, so one table per chunk and group serves
+//!   all of that chunk's windows (the AVX2 kernel forms it per window of 8 from the window's
+//!   first candidate); a window of one candidate on a list longer than 8 is searched with lanes
+//!   as neighbours (the AVX2 `nearest`), as the AVX2 kernel does.
+//!
+//! Written for this machine's Zen 5, whose 512-bit units are full width (a 16-lane operation
+//! costs an 8-lane one).
+//!
+//! Every `#[target_feature]` function here is reached only through the AVX-512 table, handed
+//! out only after detecting AVX2, AVX-512F and AVX-512BW.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::iquants_avx2::{Avx2, nearest, winner_levels};
+use crate::QuantType;
+use crate::backend::Refusal;
+use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
+use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
+use crate::scalar::iquants;
+
+/// The AVX-512 searches: [`Avx2`]'s, but for the multi-candidate evaluation of the 4-value
+/// groups (the 3-bit grids). Only this module makes one, inside `#[target_feature]` functions
+/// that only run where AVX2, AVX-512F and AVX-512BW were detected.
+pub(crate) struct Avx512 {
+    avx2: Avx2,
+    /// [`evaluate16`]'s working arrays, kept from call to call.
+    scratch: RefCell<Scratch>,
+}
+
+impl Avx512 {
+    /// Only called where AVX2, AVX-512F and AVX-512BW were detected (see the type).
+    fn new() -> Self {
+        Avx512 { avx2: Avx2::new(), scratch: RefCell::new(Scratch::default()) }
+    }
+}
+
+/// Candidates [`evaluate16`] handles at most: two chunks of 16.
+const ROW: usize = 32;
+
+/// [`evaluate16`]'s working arrays. Entries not written by the current call may hold an
+/// earlier call's values; [`evaluate16`] reads only entries it wrote, except in chunks of 16
+/// whose lanes past the last candidate it masks off.
+#[repr(C, align(64))]
+struct Scratch {
+    /// `codes[i][c]`: value i's code for candidate c.
+    codes: [[i32; ROW]; 32],
+    /// Per group, each candidate's packed code.
+    packed: [[i32; ROW]; 8],
+    /// Per group, each candidate's code map entry.
+    entries: [[i32; ROW]; 8],
+    /// The distance terms of one chunk and group: `terms[i][l]`, coordinate i at level l (see
+    /// [`lane_terms16`]).
+    terms: [[__m512; 8]; 4],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        // SAFETY: all bits zero is a valid `__m512` (sixteen 0.0).
+        let terms = unsafe { std::mem::zeroed() };
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW]; 8], entries: [[0; ROW]; 8], terms }
+    }
+}
+
+/// IQ3_XXS and IQ3_S (and every other i-quant, with the AVX2 searches) without importance
+/// weights; refuses NaN and infinities.
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) fn quantize(ty: QuantType, x: &[f32], y: &mut [u8]) -> Result<(), Refusal> {
+    if crate::backend::first_non_finite(x).is_some() {
+        return Err(Refusal::NonFinite);
+    }
+    iquants::quantize(&Avx512::new(), ty, x, y, None)
+}
+
+/// The i-quants with importance weights `qw` (a row's worth); values finite.
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) fn quantize_rows(ty: QuantType, x: &[f32], y: &mut [u8], qw: &[f32]) -> Result<(), Refusal> {
+    iquants::quantize_rows(&Avx512::new(), ty, x, y, qw)
+}
+
+impl Searcher for Avx512 {
+    fn nearest<const N: usize>(
+        &self,
+        list: List<'_>,
+        qtab: &[f32; 8],
+        x: &[f32],
+        w: &[f32],
+        scale: f32,
+    ) -> Option<usize> {
+        self.avx2.nearest::<N>(list, qtab, x, w, scale)
+    }
+
+    fn evaluate<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidates: &[(f32, f32)],
+        groups: u8,
+        out: &mut Evaluation,
+    ) -> Result<(), GgmlAbort> {
+        if N != 4 || c.bits != 3 || candidates.len() < 2 {
+            return self.avx2.evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out);
+        }
+        // Not re-entered, so the scratch is free; were it not, a fresh one does the same.
+        let mut fresh = None;
+        let mut held = self.scratch.try_borrow_mut().ok();
+        let scratch = match held.as_deref_mut() {
+            Some(s) => s,
+            None => &mut **fresh.insert(Box::new(Scratch::default())),
+        };
+        // SAFETY: an `Avx512` exists only once AVX2, AVX-512F and AVX-512BW were detected (see
+        // the type).
+        unsafe { evaluate16::<N>(t, c, xval, weight, waux, candidates, groups, out, scratch) }
+    }
+
+    fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+        self.avx2.candidates(numerators, max, out)
+    }
+
+    fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
+        self.avx2.sums_of_squares8(x)
+    }
+
+    fn signs8(&self, xb: &[f32], weight: &[f32], xval: &mut [f32], even: bool) -> u8 {
+        self.avx2.signs8(xb, weight, xval, even)
+    }
+
+    fn qp_scales8(&self, nmax: i32, x: &[[f32; 32]; 8], qw: &[[f32; 32]; 8], blocks: u8) -> [f32; 8] {
+        self.avx2.qp_scales8(nmax, x, qw, blocks)
+    }
+
+    fn qp_scale(&self, nmax: i32, x: &[f32; 32], qw: &[f32; 32]) -> f32 {
+        self.avx2.qp_scale(nmax, x, qw)
+    }
+
+    fn iq1_order<const N: usize>(&self, xb: &[f32]) -> [usize; N] {
+        self.avx2.iq1_order::<N>(xb)
+    }
+
+    fn iq1s_split(&self, sumx: &[f32; 33], sumw: &[f32; 33]) -> Option<(usize, usize, i8, f32)> {
+        self.avx2.iq1s_split(sumx, sumw)
+    }
+
+    fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
+        self.avx2.iq1m_split(px, pw)
+    }
+}
+
+/// 16 floats from a slice of at least 16.
+#[target_feature(enable = "avx512f")]
+fn load16(x: &[f32]) -> __m512 {
+    assert!(x.len() >= 16);
+    // SAFETY: at least 16 f32 are readable (checked above).
+    unsafe { _mm512_loadu_ps(x.as_ptr()) }
+}
+
+/// 16 i32 from a slice of at least 16.
+#[target_feature(enable = "avx512f")]
+fn load16i(x: &[i32]) -> __m512i {
+    assert!(x.len() >= 16);
+    // SAFETY: at least 16 i32 are readable (checked above).
+    unsafe { _mm512_loadu_si512(x.as_ptr().cast()) }
+}
+
+/// 16 i32 into a slice of at least 16.
+#[target_feature(enable = "avx512f")]
+fn store16i(x: &mut [i32], v: __m512i) {
+    assert!(x.len() >= 16);
+    // SAFETY: at least 16 i32 are writable (checked above).
+    unsafe { _mm512_storeu_si512(x.as_mut_ptr().cast(), v) }
+}
+
+/// `nearest_int` on 16 lanes: the 1.5·2^23 trick, the same bits as the scalar reference.
+#[target_feature(enable = "avx512f")]
+fn nearest_int(f: __m512) -> __m512i {
+    let val = _mm512_castps_si512(_mm512_add_ps(f, _mm512_set1_ps(12_582_912.0)));
+    _mm512_sub_epi32(_mm512_and_si512(val, _mm512_set1_epi32(0x007f_ffff)), _mm512_set1_epi32(0x0040_0000))
+}
+
+/// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
+/// neighbour distance (the scalar search's very products), levels 0..8.
+#[target_feature(enable = "avx512f")]
+fn lane_terms16(x: &[f32], w: &[f32], scales: __m512, terms: &mut [[__m512; 8]; 4]) {
+    for (i, row) in terms.iter_mut().enumerate() {
+        let (xi, wi) = (_mm512_set1_ps(x[i]), _mm512_set1_ps(w[i]));
+        for (l, term) in row.iter_mut().enumerate() {
+            let diff = _mm512_sub_ps(_mm512_mul_ps(scales, _mm512_set1_ps(ODD_LEVELS[l])), xi);
+            *term = _mm512_mul_ps(_mm512_mul_ps(wi, diff), diff);
+        }
+    }
+}
+
+/// The nearest neighbour in `list` for each lane set in `lanes`, each at its own scale (whose
+/// terms are `terms`, from [`lane_terms16`]), scanning the list in order with a strict
+/// less-than per lane, as the scalar search does lane by lane; lane j's winner's levels go to
+/// `codes[i][base + j]` (rows of the group's 4 values). Each lane keeps the packed code of its
+/// first minimum (−1 before any); a wanted lane without one (every distance at least
+/// FLT_MAX) is where ggml aborts.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn nearest_per_lane16(
+    terms: &[[__m512; 8]; 4],
+    list: List<'_>,
+    lanes: u16,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    assert!(codes.len() >= 4 && base + 16 <= ROW);
+    let len = list.indices.len();
+    let mut best = _mm512_set1_ps(FLT_MAX);
+    let mut best_code = _mm512_set1_epi32(-1);
+    if list.packed.len() >= 8 * len.div_ceil(8) {
+        // Byte i of a packed code is 32 times coordinate i's level (see `List::packed`): twice
+        // it is the level's offset in coordinate i's row of 64-byte terms. Whole chunks of 8:
+        // the padding repeats the last neighbour, which cannot win again (its distance is not
+        // strictly below the minimum it was compared with). The first term starts the sum:
+        // `0 + t0` is `t0` but for the sign of a zero, which no comparison of the sums sees.
+        let rest: *const u8 = terms.as_ptr().cast();
+        for chunk in list.packed.chunks_exact(8).take(len.div_ceil(8)) {
+            for code in chunk {
+                // A volatile read (a plain load): otherwise LLVM vectorizes the offsets of the
+                // unrolled chunk and takes them out of vectors one by one, 2.5 times the work.
+                // SAFETY: `code` is a reference to a valid u32.
+                let c = unsafe { std::ptr::read_volatile(code) } as usize;
+                // SAFETY: byte i of a code is at most 224, so 512·i plus twice it is inside
+                // `terms` (4·8 vectors of 64 bytes); every offset is a multiple of 64 and
+                // `terms` holds `__m512` values, so the aligned loads are aligned.
+                let d2 = unsafe {
+                    let mut d2 = _mm512_load_ps(rest.add(2 * (c & 0xff)).cast());
+                    d2 = _mm512_add_ps(d2, _mm512_load_ps(rest.add(512 + 2 * ((c >> 8) & 0xff)).cast()));
+                    d2 = _mm512_add_ps(d2, _mm512_load_ps(rest.add(1024 + 2 * ((c >> 16) & 0xff)).cast()));
+                    _mm512_add_ps(d2, _mm512_load_ps(rest.add(1536 + 2 * (c >> 24)).cast()))
+                };
+                // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the strict less-than. Lanes
+                // outside `lanes` search too; their results are not read.
+                let better = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d2, best);
+                best = _mm512_min_ps(d2, best);
+                best_code = _mm512_mask_set1_epi32(best_code, better, *code as i32);
+            }
+        }
+        if _mm512_mask_cmpeq_epi32_mask(lanes, best_code, _mm512_set1_epi32(-1)) != 0 {
+            return Err(GgmlAbort);
+        }
+        // Level i is byte i over 32.
+        let levels = _mm512_srli_epi32::<5>(best_code);
+        for (i, row) in codes.iter_mut().enumerate().take(4) {
+            let l =
+                _mm512_and_si512(_mm512_srlv_epi32(levels, _mm512_set1_epi32(8 * i as i32)), _mm512_set1_epi32(0xff));
+            // SAFETY: `base + 16 ≤ ROW` (checked above); an unaligned masked store.
+            unsafe { _mm512_mask_storeu_epi32(row.as_mut_ptr().add(base).cast(), lanes, l) };
+        }
+        return Ok(());
+    }
+    // A list without packed codes: the levels from its rows (N = 4 rows of 8 per chunk).
+    let mut best_at = _mm512_set1_epi32(-1);
+    for (chunk, rows) in list.levels.chunks_exact(32).take(len.div_ceil(8)).enumerate() {
+        for j in 0..8.min(len - 8 * chunk) {
+            let mut d2 = terms[0][(rows[j] & 7) as usize];
+            for i in 1..4 {
+                d2 = _mm512_add_ps(d2, terms[i][(rows[8 * i + j] & 7) as usize]);
+            }
+            let better = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d2, best);
+            best = _mm512_min_ps(d2, best);
+            best_at = _mm512_mask_set1_epi32(best_at, better, (8 * chunk + j) as i32);
+        }
+    }
+    let mut at = [0i32; 16];
+    // SAFETY: `at` has room for 16 i32.
+    unsafe { _mm512_storeu_si512(at.as_mut_ptr().cast(), best_at) };
+    let mut todo = lanes;
+    while todo != 0 {
+        let lane = todo.trailing_zeros() as usize;
+        todo &= todo - 1;
+        let k = usize::try_from(at[lane]).map_err(|_| GgmlAbort)?;
+        for (i, row) in codes.iter_mut().enumerate().take(4) {
+            row[base + lane] = list.levels[(k / 8) * 32 + 8 * i + k % 8] as i32;
+        }
+    }
+    Ok(())
+}
+
+/// Byte `j` of `SPREAD[m]` is bit `j` of `m`: a lane mask as one bit per lane's byte.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[m] |= (((m >> j) & 1) as u64) << (8 * j);
+            j += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// [`Searcher::evaluate`] for the 4-value groups of the 3-bit grids, 2..=32 candidates, lanes
+/// as candidates, 16 at a time: codes formed and looked up by chunks of 16; then, group by
+/// group, the candidates of a chunk whose codes fell off the grid on the same code share
+/// neighbour scans (one table of distance terms per chunk and group, formed when the chunk's
+/// first window needs it); then the sums.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+fn evaluate16<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    candidates: &[(f32, f32)],
+    groups: u8,
+    out: &mut Evaluation,
+    scratch: &mut Scratch,
+) -> Result<(), GgmlAbort> {
+    let n = xval.len();
+    let count = candidates.len();
+    assert!(N == 4 && c.bits == 3);
+    assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && (1..=ROW).contains(&count));
+    let map = t.map();
+    // The largest packed code the clamped codes can form must be inside the map (gathers).
+    let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
+    assert!(top < map.len(), "code map too small");
+    let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+    // Candidate c's id and scale at position c (past the last: copies of it).
+    let mut ids = [0f32; ROW];
+    let mut scales = [0f32; ROW];
+    for k in 0..ROW {
+        (ids[k], scales[k]) = candidates[k.min(count - 1)];
+    }
+    let Scratch { codes, packed, entries, terms } = scratch;
+    let chunks = count.div_ceil(16);
+    // Per group, the candidates whose codes are off the grid.
+    let mut off_grid = [0u32; 8];
+    let mut on_grid = [0u8; ROW];
+    let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(c.kmax - 1));
+    for h in 0..chunks {
+        let at = 16 * h;
+        let live = (((1u32 << (count - at).min(16)) - 1) & 0xffff) as u16;
+        let idv = load16(&ids[at..]);
+        for i in 0..n {
+            let v = _mm512_mul_ps(half, _mm512_sub_ps(_mm512_mul_ps(idv, _mm512_set1_ps(xval[i])), one));
+            store16i(&mut codes[i][at..], _mm512_max_epi32(_mm512_min_epi32(nearest_int(v), hi), lo));
+        }
+        for k in 0..n / N {
+            if groups & (1 << k) == 0 {
+                continue;
+            }
+            let mut u = load16i(&codes[N * k][at..]);
+            for j in 1..N {
+                let q = load16i(&codes[N * k + j][at..]);
+                u = _mm512_or_si512(u, _mm512_sllv_epi32(q, _mm512_set1_epi32(3 * j as i32)));
+            }
+            // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
+            let g = unsafe { _mm512_i32gather_epi32::<4>(u, map.as_ptr()) };
+            let off = _mm512_mask_cmplt_epi32_mask(live, g, lo);
+            // Bit k of each lane's byte where its code is on the grid.
+            let on = !off;
+            let (b0, b1) =
+                ((SPREAD[(on & 0xff) as usize] << k).to_le_bytes(), (SPREAD[(on >> 8) as usize] << k).to_le_bytes());
+            for (o, b) in on_grid[at..at + 16].iter_mut().zip(b0.iter().chain(&b1)) {
+                *o |= b;
+            }
+            off_grid[k] |= (off as u32) << at;
+            store16i(&mut packed[k][at..], u);
+            store16i(&mut entries[k][at..], g);
+        }
+    }
+    for k in 0..n / N {
+        let r = N * k..N * k + N;
+        let (x, w) = (&xval[r.clone()], &waux[r.clone()]);
+        let mut pending = off_grid[k];
+        // The chunk whose terms `terms` holds for this group.
+        let mut terms_of = usize::MAX;
+        while pending != 0 {
+            // The candidates of the first pending one's chunk whose code equals its code share
+            // its list.
+            let first = pending.trailing_zeros() as usize;
+            let base = first & !15;
+            let eq = _mm512_cmpeq_epi32_mask(load16i(&packed[k][base..]), _mm512_set1_epi32(packed[k][first]));
+            let same = ((eq as u32) << base) & pending;
+            pending &= !same;
+            let entry = entries[k][first];
+            if entry == i32::MIN {
+                return Err(GgmlAbort);
+            }
+            let list = t.list((-(entry + 1)) as usize);
+            if same.count_ones() == 1 && list.indices.len() > 8 {
+                let best = nearest::<N>(list, &ODD_LEVELS, x, w, scales[first]).ok_or(GgmlAbort)?;
+                let levels = winner_levels::<N>(list, best, c.bits);
+                for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                    row[first] = l;
+                }
+            } else {
+                if terms_of != base {
+                    lane_terms16(x, w, load16(&scales[base..]), terms);
+                    terms_of = base;
+                }
+                nearest_per_lane16(terms, list, (same >> base) as u16, &mut codes[r.clone()], base)?;
+            }
+        }
+    }
+    for h in 0..chunks {
+        let at = 16 * h;
+        let m = (count - at).min(16);
+        let (mut sx, mut sq) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let ones = _mm512_set1_epi32(1);
+        for i in 0..n {
+            let l = load16i(&codes[i][at..]);
+            let q = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(l, l), ones));
+            sx = _mm512_add_ps(sx, _mm512_mul_ps(_mm512_set1_ps(weight[i] * xval[i]), q));
+            sq = _mm512_add_ps(sq, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(weight[i]), q), q));
+            // The 16 codes as bytes (each in 0..8), 8 to each of the two chunks of 8.
+            let b = _mm512_cvtepi32_epi8(l);
+            // SAFETY: `out.codes[2h][i]` and `out.codes[2h + 1][i]` have room for 8 bytes each
+            // (h < 2).
+            unsafe {
+                _mm_storel_epi64(out.codes[2 * h][i].as_mut_ptr().cast(), b);
+                _mm_storel_epi64(out.codes[2 * h + 1][i].as_mut_ptr().cast(), _mm_unpackhi_epi64(b, b));
+            }
+        }
+        let (mut fx, mut fq) = ([0f32; 16], [0f32; 16]);
+        // SAFETY: each array has room for 16 f32.
+        unsafe {
+            _mm512_storeu_ps(fx.as_mut_ptr(), sx);
+            _mm512_storeu_ps(fq.as_mut_ptr(), sq);
+        }
+        out.sumqx[at..at + m].copy_from_slice(&fx[..m]);
+        out.sumq2[at..at + m].copy_from_slice(&fq[..m]);
+        out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
+    }
+    Ok(())
+}
