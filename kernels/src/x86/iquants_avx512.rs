@@ -57,8 +57,8 @@ const ROW: usize = 32;
 struct Scratch {
     /// `codes[i][c]`: value i's code for candidate c.
     codes: [[i32; ROW]; 32],
-    /// Per group, each candidate's packed code.
-    packed: [[i32; ROW]; 8],
+    /// Per group, each candidate's packed code (and room for a load of 16 from the last).
+    packed: [[i32; ROW + 16]; 8],
     /// Per group, each candidate's code map entry.
     entries: [[i32; ROW]; 8],
     /// The distance terms of one chunk and group: `terms[i][l]`, coordinate i at level l (see
@@ -70,7 +70,7 @@ impl Default for Scratch {
     fn default() -> Self {
         // SAFETY: all bits zero is a valid `__m512` (sixteen 0.0).
         let terms = unsafe { std::mem::zeroed() };
-        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW]; 8], entries: [[0; ROW]; 8], terms }
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW + 16]; 8], entries: [[0; ROW]; 8], terms }
     }
 }
 
@@ -293,21 +293,6 @@ fn nearest_per_lane16(
     Ok(())
 }
 
-/// Byte `j` of `SPREAD[m]` is bit `j` of `m`: a lane mask as one bit per lane's byte.
-const SPREAD: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut m = 0;
-    while m < 256 {
-        let mut j = 0;
-        while j < 8 {
-            t[m] |= (((m >> j) & 1) as u64) << (8 * j);
-            j += 1;
-        }
-        m += 1;
-    }
-    t
-};
-
 /// [`Searcher::evaluate`] for the 4-value groups of the 3-bit grids, 2..=32 candidates, lanes
 /// as candidates, 16 at a time: codes formed and looked up by chunks of 16; then, group by
 /// group, the candidates of a chunk whose codes fell off the grid on the same code share
@@ -351,6 +336,8 @@ fn evaluate16<const N: usize>(
         let at = 16 * h;
         let live = (((1u32 << (count - at).min(16)) - 1) & 0xffff) as u16;
         let idv = load16(&ids[at..]);
+        // Per lane, bit k set when group k's code is on the grid.
+        let mut flags = _mm512_setzero_si512();
         for i in 0..n {
             let v = _mm512_mul_ps(half, _mm512_sub_ps(_mm512_mul_ps(idv, _mm512_set1_ps(xval[i])), one));
             store16i(&mut codes[i][at..], _mm512_max_epi32(_mm512_min_epi32(nearest_int(v), hi), lo));
@@ -367,31 +354,27 @@ fn evaluate16<const N: usize>(
             // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
             let g = unsafe { _mm512_i32gather_epi32::<4>(u, map.as_ptr()) };
             let off = _mm512_mask_cmplt_epi32_mask(live, g, lo);
-            // Bit k of each lane's byte where its code is on the grid.
-            let on = !off;
-            let (b0, b1) =
-                ((SPREAD[(on & 0xff) as usize] << k).to_le_bytes(), (SPREAD[(on >> 8) as usize] << k).to_le_bytes());
-            for (o, b) in on_grid[at..at + 16].iter_mut().zip(b0.iter().chain(&b1)) {
-                *o |= b;
-            }
+            // Bit k of each lane's flags where its code is on the grid.
+            flags = _mm512_mask_or_epi32(flags, !off, flags, _mm512_set1_epi32(1 << k));
             off_grid[k] |= (off as u32) << at;
             store16i(&mut packed[k][at..], u);
             store16i(&mut entries[k][at..], g);
         }
+        // SAFETY: `on_grid` has room for 16 bytes at `at` (at most 16).
+        unsafe { _mm_storeu_si128(on_grid.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi8(flags)) };
     }
     for k in 0..n / N {
         let r = N * k..N * k + N;
         let (x, w) = (&xval[r.clone()], &waux[r.clone()]);
         let mut pending = off_grid[k];
-        // The chunk whose terms `terms` holds for this group.
-        let mut terms_of = usize::MAX;
+        // The terms in `terms` are those of candidates `from..from + 16` of this group.
+        let mut from = usize::MAX;
         while pending != 0 {
-            // The candidates of the first pending one's chunk whose code equals its code share
-            // its list.
+            // The 16 candidates from the first pending one: those whose code equals its code
+            // share its list.
             let first = pending.trailing_zeros() as usize;
-            let base = first & !15;
-            let eq = _mm512_cmpeq_epi32_mask(load16i(&packed[k][base..]), _mm512_set1_epi32(packed[k][first]));
-            let same = ((eq as u32) << base) & pending;
+            let eq = _mm512_cmpeq_epi32_mask(load16i(&packed[k][first..]), _mm512_set1_epi32(packed[k][first]));
+            let same = ((eq as u64) << first) as u32 & pending;
             pending &= !same;
             let entry = entries[k][first];
             if entry == i32::MIN {
@@ -405,11 +388,13 @@ fn evaluate16<const N: usize>(
                     row[first] = l;
                 }
             } else {
-                if terms_of != base {
-                    lane_terms16(x, w, load16(&scales[base..]), terms);
-                    terms_of = base;
+                let last = 31 - same.leading_zeros() as usize;
+                if from > first || last >= from + 16 {
+                    // New terms, for 16 candidates from this one (or the last 16).
+                    from = first.min(ROW - 16);
+                    lane_terms16(x, w, load16(&scales[from..]), terms);
                 }
-                nearest_per_lane16(terms, list, (same >> base) as u16, &mut codes[r.clone()], base)?;
+                nearest_per_lane16(terms, list, (same >> from) as u16, &mut codes[r.clone()], from)?;
             }
         }
     }
