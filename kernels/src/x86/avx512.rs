@@ -57,8 +57,8 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
         QuantType::Q3_K => {
             k.quantize_with(NAME, simd!(|_, x, y| super::finite_if(super::q3k_avx512::quantize_q3_k(x, y))))
         }
-        // IQ3_XXS and IQ3_S: the 16-lane candidate evaluation (`iquants_avx512`).
-        QuantType::IQ3_XXS | QuantType::IQ3_S => k
+        // IQ3_XXS, IQ3_S and IQ2_S: the 16-lane candidate evaluation (`iquants_avx512`).
+        QuantType::IQ3_XXS | QuantType::IQ3_S | QuantType::IQ2_S => k
             .quantize_with(NAME, simd!(|ty, x, y| super::iquants_avx512::quantize(ty, x, y)))
             .weighted_with(NAME, simd!(|ty, x, y, _, qw| super::iquants_avx512::quantize_rows(ty, x, y, qw))),
         _ => k,

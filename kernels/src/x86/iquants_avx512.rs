@@ -64,13 +64,15 @@ struct Scratch {
     /// The distance terms of one chunk and group: `terms[i][l]`, coordinate i at level l (see
     /// [`lane_terms16`]).
     terms: [[__m512; 8]; 4],
+    /// The 2-bit grids' table of prefix sums and terms (see [`PREFIX_AT`]).
+    prefix: [__m512; PREFIX],
 }
 
 impl Default for Scratch {
     fn default() -> Self {
         // SAFETY: all bits zero is a valid `__m512` (sixteen 0.0).
-        let terms = unsafe { std::mem::zeroed() };
-        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW + 16]; 8], entries: [[0; ROW]; 8], terms }
+        let (terms, prefix) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW + 16]; 8], entries: [[0; ROW]; 8], terms, prefix }
     }
 }
 
@@ -113,7 +115,8 @@ impl Searcher for Avx512 {
         groups: u8,
         out: &mut Evaluation,
     ) -> Result<(), GgmlAbort> {
-        if N != 4 || c.bits != 3 || candidates.len() < 2 {
+        let (three_bit, two_bit) = (N == 4 && c.bits == 3, N == 8 && c.bits == 2);
+        if !(three_bit || two_bit) || candidates.len() < 2 {
             return self.avx2.evaluate::<N>(t, c, xval, weight, waux, candidates, groups, out);
         }
         // Not re-entered, so the scratch is free; were it not, a fresh one does the same.
@@ -293,6 +296,101 @@ fn nearest_per_lane16(
     Ok(())
 }
 
+/// Byte offsets in [`prefix_table16`]'s table (`PREFIX` vectors of 64 bytes) of its regions,
+/// for a 2-bit code `c` (level `l_i` in bits `2i..2i + 2`) and `e = c >> 5`: `(t0 + t1) + t2` at
+/// `64·(c & 63)` (the levels of coordinates 0..3; at most index 42), then coordinate 3's terms at
+/// `PREFIX_AT[0] + (c & 0xc0)` (`64·l3`), 4's at `PREFIX_AT[1] + (c & 0x300)` (`256·l4`), 5's at
+/// `PREFIX_AT[2] + 2·(e & 0x60)` (`64·l5`), 6's at `PREFIX_AT[3] + (e & 0x180)` (`128·l6`) and
+/// 7's at `PREFIX_AT[4] + (e & 0x600)` (`512·l7`). Each region spans `3·stride + 64` bytes, so
+/// that even a level 3 reads inside it.
+const PREFIX_AT: [usize; 5] =
+    [43 * 64, 43 * 64 + 256, 43 * 64 + 256 + 832, 43 * 64 + 256 + 832 + 256, 43 * 64 + 256 + 832 + 256 + 448];
+/// Vectors in [`prefix_table16`]'s table.
+const PREFIX: usize = (PREFIX_AT[4] + 1600) / 64;
+
+/// The table of the 8-coordinate 2-bit grids' per-lane search (levels 0..3 only, see
+/// [`PREFIX_AT`]): per lane (a candidate at its scale), the term `w·(scale·q_l − x)·(scale·q_l −
+/// x)` of coordinate i at level l (the scalar search's very products), and the sums `(t0 + t1)
+/// + t2` of the first three coordinates' terms for the 27 level triples (the scalar search's
+/// first additions, as `0 + t0` is `t0`).
+#[target_feature(enable = "avx512f")]
+fn prefix_table16(x: &[f32], w: &[f32], scales: __m512, table: &mut [__m512; PREFIX]) {
+    assert!(x.len() >= 8 && w.len() >= 8);
+    let term = |i: usize, l: usize| {
+        let diff = _mm512_sub_ps(_mm512_mul_ps(scales, _mm512_set1_ps(ODD_LEVELS[l])), _mm512_set1_ps(x[i]));
+        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(w[i]), diff), diff)
+    };
+    let t: [[__m512; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|l| term(i, l)));
+    for a in 0..3 {
+        for b in 0..3 {
+            let ab = _mm512_add_ps(t[0][a], t[1][b]);
+            for c in 0..3 {
+                table[a | b << 2 | c << 4] = _mm512_add_ps(ab, t[2][c]);
+            }
+        }
+    }
+    // Coordinate i's term at level l: at byte PREFIX_AT[i − 3] + l·stride.
+    for (i, stride) in [(3, 64), (4, 256), (5, 64), (6, 128), (7, 512)] {
+        for l in 0..3 {
+            table[(PREFIX_AT[i - 3] + l * stride) / 64] = term(i, l);
+        }
+    }
+}
+
+/// The nearest neighbour in `list` (an 8-coordinate 2-bit list of levels 0..3 with packed
+/// codes) for each lane set in `lanes`, each at its own scale (whose table is `table`, from
+/// [`prefix_table16`]), scanning the list in order with a strict less-than per lane, as the
+/// scalar search does lane by lane: `(t0 + t1) + t2` looked up, then the other five terms added
+/// in order. Lane j's winner's levels go to `codes[i][base + j]`; each lane keeps its first
+/// minimum's packed code (−1 before any), and a wanted lane without one is where ggml aborts.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn nearest_per_lane_prefix16(
+    table: &[__m512; PREFIX],
+    list: List<'_>,
+    lanes: u16,
+    codes: &mut [[i32; ROW]],
+    base: usize,
+) -> Result<(), GgmlAbort> {
+    assert!(codes.len() >= 8 && base + 16 <= ROW);
+    let len = list.indices.len();
+    assert!(list.packed.len() >= len);
+    let at: *const u8 = table.as_ptr().cast();
+    let (at3, at4, at5, at6, at7) = (PREFIX_AT[0], PREFIX_AT[1], PREFIX_AT[2], PREFIX_AT[3], PREFIX_AT[4]);
+    let mut best = _mm512_set1_ps(FLT_MAX);
+    let mut best_code = _mm512_set1_epi32(-1);
+    for code in &list.packed[..len] {
+        // A volatile read (a plain load), so that LLVM keeps the offsets in general registers.
+        // SAFETY: `code` is a reference to a valid u32.
+        let c = unsafe { std::ptr::read_volatile(code) } as usize;
+        let e = c >> 5;
+        // SAFETY: every offset is a region's start plus its code bits masked (at most 3 times
+        // the region's stride), so the 64 bytes there lie within the region (see `PREFIX_AT`)
+        // and so within `table`; unaligned loads.
+        let d2 = unsafe {
+            let mut d2 = _mm512_loadu_ps(at.add((c & 63) << 6).cast());
+            d2 = _mm512_add_ps(d2, _mm512_loadu_ps(at.add(at3 + (c & 0xc0)).cast()));
+            d2 = _mm512_add_ps(d2, _mm512_loadu_ps(at.add(at4 + (c & 0x300)).cast()));
+            d2 = _mm512_add_ps(d2, _mm512_loadu_ps(at.add(at5 + 2 * (e & 0x60)).cast()));
+            d2 = _mm512_add_ps(d2, _mm512_loadu_ps(at.add(at6 + (e & 0x180)).cast()));
+            _mm512_add_ps(d2, _mm512_loadu_ps(at.add(at7 + (e & 0x600)).cast()))
+        };
+        // `min_ps(d2, best)` is `d2 < best ? d2 : best`, the strict less-than. Lanes outside
+        // `lanes` search too; their results are not read.
+        let better = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(d2, best);
+        best = _mm512_min_ps(d2, best);
+        best_code = _mm512_mask_set1_epi32(best_code, better, *code as i32);
+    }
+    if _mm512_mask_cmpeq_epi32_mask(lanes, best_code, _mm512_set1_epi32(-1)) != 0 {
+        return Err(GgmlAbort);
+    }
+    for (i, row) in codes.iter_mut().enumerate().take(8) {
+        let l = _mm512_and_si512(_mm512_srlv_epi32(best_code, _mm512_set1_epi32(2 * i as i32)), _mm512_set1_epi32(3));
+        // SAFETY: `base + 16 ≤ ROW` (checked above); an unaligned masked store.
+        unsafe { _mm512_mask_storeu_epi32(row.as_mut_ptr().add(base).cast(), lanes, l) };
+    }
+    Ok(())
+}
+
 /// [`Searcher::evaluate`] for the 4-value groups of the 3-bit grids, 2..=32 candidates, lanes
 /// as candidates, 16 at a time: codes formed and looked up by chunks of 16; then, group by
 /// group, the candidates of a chunk whose codes fell off the grid on the same code share
@@ -313,7 +411,7 @@ fn evaluate16<const N: usize>(
 ) -> Result<(), GgmlAbort> {
     let n = xval.len();
     let count = candidates.len();
-    assert!(N == 4 && c.bits == 3);
+    assert!((N == 4 && c.bits == 3) || (N == 8 && c.bits == 2));
     assert!(n <= 32 && n.is_multiple_of(N) && weight.len() >= n && waux.len() >= n && (1..=ROW).contains(&count));
     let map = t.map();
     // The largest packed code the clamped codes can form must be inside the map (gathers).
@@ -326,7 +424,7 @@ fn evaluate16<const N: usize>(
     for k in 0..ROW {
         (ids[k], scales[k]) = candidates[k.min(count - 1)];
     }
-    let Scratch { codes, packed, entries, terms } = scratch;
+    let Scratch { codes, packed, entries, terms, prefix } = scratch;
     let chunks = count.div_ceil(16);
     // Per group, the candidates whose codes are off the grid.
     let mut off_grid = [0u32; 8];
@@ -349,7 +447,7 @@ fn evaluate16<const N: usize>(
             let mut u = load16i(&codes[N * k][at..]);
             for j in 1..N {
                 let q = load16i(&codes[N * k + j][at..]);
-                u = _mm512_or_si512(u, _mm512_sllv_epi32(q, _mm512_set1_epi32(3 * j as i32)));
+                u = _mm512_or_si512(u, _mm512_sllv_epi32(q, _mm512_set1_epi32((c.bits as usize * j) as i32)));
             }
             // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
             let g = unsafe { _mm512_i32gather_epi32::<4>(u, map.as_ptr()) };
@@ -387,14 +485,36 @@ fn evaluate16<const N: usize>(
                 for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
                     row[first] = l;
                 }
+            } else if N == 8 && !(list.three_levels && list.packed.len() >= list.indices.len()) {
+                // A 2-bit list without the prefix search's form (none of the present grids):
+                // one candidate at a time.
+                let mut todo = same;
+                while todo != 0 {
+                    let j = todo.trailing_zeros() as usize;
+                    todo &= todo - 1;
+                    let best = nearest::<N>(list, &ODD_LEVELS, x, w, scales[j]).ok_or(GgmlAbort)?;
+                    let levels = winner_levels::<N>(list, best, c.bits);
+                    for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                        row[j] = l;
+                    }
+                }
             } else {
                 let last = 31 - same.leading_zeros() as usize;
                 if from > first || last >= from + 16 {
                     // New terms, for 16 candidates from this one (or the last 16).
                     from = first.min(ROW - 16);
-                    lane_terms16(x, w, load16(&scales[from..]), terms);
+                    if N == 8 {
+                        prefix_table16(x, w, load16(&scales[from..]), prefix);
+                    } else {
+                        lane_terms16(x, w, load16(&scales[from..]), terms);
+                    }
                 }
-                nearest_per_lane16(terms, list, (same >> from) as u16, &mut codes[r.clone()], from)?;
+                let lanes = (same >> from) as u16;
+                if N == 8 {
+                    nearest_per_lane_prefix16(prefix, list, lanes, &mut codes[r.clone()], from)?;
+                } else {
+                    nearest_per_lane16(terms, list, lanes, &mut codes[r.clone()], from)?;
+                }
             }
         }
     }
