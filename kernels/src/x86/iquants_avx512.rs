@@ -549,3 +549,125 @@ fn evaluate16<const N: usize>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scalar::iq_search::Reference;
+    use crate::scalar::iq_tables;
+
+    fn detected() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    }
+
+    /// `evaluate` of `n` values against the reference's on one lattice: random magnitudes at
+    /// several scales (some on a coarse grid, some zero), weights with zeros, 2..=32 candidates
+    /// (increasing as the quantizers form them, or in any order, so that equal codes are not
+    /// runs), every group or some. Compares the result, and for `Ok` the selected groups' codes
+    /// and, with every group, the sums and on-grid flags.
+    fn check<const N: usize>(t: &Lattice<N>, c: Codes, n: usize, seed: u64, cases: usize) {
+        let mut next = crate::x86::tests::xorshift_uniform(seed);
+        let searcher = Avx512::new();
+        let (mut want, mut got) = (Evaluation::default(), Evaluation::default());
+        for case in 0..cases {
+            let scale = [1.0, 0.02, 3.0, 1e-3, 1e6, 0.5][case % 6];
+            let xval: Vec<f32> = (0..n)
+                .map(|_| match (case / 6) % 3 {
+                    0 => next() * scale,
+                    1 => (next() * 6.0).floor() * 0.25 * scale,
+                    _ if next() < 0.3 => 0.0,
+                    _ => next() * scale,
+                })
+                .collect();
+            let weight: Vec<f32> = (0..n).map(|_| if next() < 0.15 { 0.0 } else { next() * 4.0 }).collect();
+            let waux: Vec<f32> = weight.iter().map(|w| w.sqrt()).collect();
+            let max = xval.iter().fold(0f32, |m, &v| m.max(v));
+            if max == 0.0 {
+                continue;
+            }
+            let count = 2 + case % 31;
+            let kmax = (2 * c.kmax - 1) as f32;
+            let mut ids: Vec<f32> = (0..count).map(|k| (kmax + (k as f32 - count as f32 / 2.0) * 0.15) / max).collect();
+            if case % 4 == 3 {
+                for k in (1..count).rev() {
+                    ids.swap(k, (next() * (k + 1) as f32) as usize % (k + 1));
+                }
+            }
+            let candidates: Vec<(f32, f32)> = ids.iter().map(|&id| (id, 1.0 / id)).collect();
+            let all = ((1u32 << (n / N)) - 1) as u8;
+            let groups = if case % 5 == 4 { (next() * 256.0) as u8 & all | 1 } else { all };
+            let w = Reference.evaluate::<N>(t, c, &xval, &weight, &waux, &candidates, groups, &mut want);
+            let g = searcher.evaluate::<N>(t, c, &xval, &weight, &waux, &candidates, groups, &mut got);
+            assert_eq!(w, g, "case {case}");
+            if w.is_err() {
+                continue;
+            }
+            for k in 0..count {
+                let (mut a, mut b) = ([0i8; 32], [0i8; 32]);
+                want.codes_of(k, &mut a[..n]);
+                got.codes_of(k, &mut b[..n]);
+                for grp in (0..n / N).filter(|grp| groups & (1 << grp) != 0) {
+                    assert_eq!(a[N * grp..N * grp + N], b[N * grp..N * grp + N], "case {case} candidate {k}");
+                }
+                if groups == all {
+                    assert_eq!(want.sumqx[k].to_bits(), got.sumqx[k].to_bits(), "case {case} candidate {k}");
+                    assert_eq!(want.sumq2[k].to_bits(), got.sumq2[k].to_bits(), "case {case} candidate {k}");
+                    assert_eq!(want.on_grid[k], got.on_grid[k], "case {case} candidate {k}");
+                }
+            }
+        }
+    }
+
+    /// The 16-lane evaluation on the 3-bit grids (IQ3_XXS, IQ3_S), the three-level 2-bit grids
+    /// (IQ2_XXS, IQ2_XS, IQ2_S: the prefix search) and IQ1's 2-bit grid (not three-level: the
+    /// one-candidate-at-a-time path), against the scalar reference.
+    #[test]
+    fn evaluate16_matches_reference() {
+        if !detected() {
+            return;
+        }
+        let three = Codes { bits: 3, kmax: 8 };
+        let two = Codes { bits: 2, kmax: 3 };
+        check(iq_tables::iq3_xxs(), three, 32, 1, 3000);
+        check(iq_tables::iq3_s(), three, 32, 2, 3000);
+        check(iq_tables::iq2_s(), two, 16, 3, 3000);
+        check(iq_tables::iq2_xs(), two, 16, 4, 1000);
+        check(iq_tables::iq2_xxs(), two, 16, 5, 1000);
+        check(iq_tables::iq1(), two, 16, 6, 300);
+    }
+
+    /// [`nearest_per_lane16`]'s path for lists without packed codes (none of the present
+    /// grids) against its packed path, on every off-grid code's list of the 3-bit grids.
+    #[test]
+    fn nearest_per_lane16_without_packed_codes_matches() {
+        if !detected() {
+            return;
+        }
+        let mut next = crate::x86::tests::xorshift_uniform(7);
+        for t in [iq_tables::iq3_xxs(), iq_tables::iq3_s()] {
+            for (u, &entry) in t.map().iter().enumerate() {
+                if entry >= 0 || entry == i32::MIN {
+                    continue;
+                }
+                let list = t.list((-(entry + 1)) as usize);
+                let bare = List { packed: &[], ..list };
+                let x: [f32; 4] =
+                    std::array::from_fn(|i| (((u >> (3 * i)) & 7) as f32 * 2.0 + 1.0) * (0.9 + 0.2 * next()));
+                let w: [f32; 4] = std::array::from_fn(|_| if next() < 0.1 { 0.0 } else { next() });
+                let scales: [f32; 16] = std::array::from_fn(|_| 0.8 + 0.4 * next());
+                // SAFETY: all bits zero is a valid `__m512`.
+                let mut terms: [[__m512; 8]; 4] = unsafe { std::mem::zeroed() };
+                let lanes = (next() * 65536.0) as u16 | 1;
+                let (mut a, mut b) = ([[-1i32; ROW]; 4], [[-1i32; ROW]; 4]);
+                // SAFETY: AVX2, AVX-512F and AVX-512BW were detected above.
+                unsafe {
+                    lane_terms16(&x, &w, _mm512_loadu_ps(scales.as_ptr()), &mut terms);
+                    let ra = nearest_per_lane16(&terms, list, lanes, &mut a, 3);
+                    let rb = nearest_per_lane16(&terms, bare, lanes, &mut b, 3);
+                    assert_eq!(ra, rb, "code {u}");
+                }
+                assert_eq!(a, b, "code {u}");
+            }
+        }
+    }
+}
