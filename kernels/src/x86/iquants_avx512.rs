@@ -132,7 +132,8 @@ impl Searcher for Avx512 {
     }
 
     fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
-        self.avx2.candidates(numerators, max, out)
+        // SAFETY: as above.
+        unsafe { candidates16(numerators, max, out) }
     }
 
     fn sums_of_squares8(&self, x: &[f32]) -> [f32; 8] {
@@ -162,6 +163,94 @@ impl Searcher for Avx512 {
     fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
         self.avx2.iq1m_split(px, pw)
     }
+}
+
+// The candidates' pairs `(id, scale)` are read and written as two consecutive f32.
+const _: () = assert!(
+    std::mem::size_of::<(f32, f32)>() == 8
+        && std::mem::offset_of!((f32, f32), 0) == 0
+        && std::mem::offset_of!((f32, f32), 1) == 4
+);
+
+/// The lanes of `a` (0..16) and `b` (16..32) at the even positions 2j + `ODD`: every pair's
+/// first (`ODD` 0) or second (1) of 16 pairs held in `a` and `b`.
+#[target_feature(enable = "avx512f")]
+fn deinterleave<const ODD: i32>(a: __m512, b: __m512) -> __m512 {
+    let at = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+        _mm512_set1_epi32(ODD),
+    );
+    _mm512_permutex2var_ps(a, at, b)
+}
+
+/// [`Searcher::candidates`], 16 divisions at a time (`id = n / max`, then `1 / id`, as the
+/// reference), the pairs written by interleaving the lanes.
+#[target_feature(enable = "avx512f")]
+fn candidates16(numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
+    assert!(out.len() >= numerators.len());
+    let (maxv, one) = (_mm512_set1_ps(max), _mm512_set1_ps(1.0));
+    let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let second = _mm512_add_epi32(first, _mm512_set1_epi32(8));
+    for (k, nums) in numerators.chunks(16).enumerate() {
+        let m = nums.len();
+        // SAFETY: only the first `m` lanes are read (the mask), all inside `nums`.
+        let n = unsafe { _mm512_mask_loadu_ps(one, ((1u32 << m) - 1) as u16, nums.as_ptr()) };
+        let id = _mm512_div_ps(n, maxv);
+        let inverse = _mm512_div_ps(one, id);
+        let at: *mut f32 = out[16 * k..].as_mut_ptr().cast();
+        // SAFETY: `out[16k..]` holds at least `m` pairs, 2m floats (the pairs are two
+        // consecutive f32, asserted above); only the first 2m floats are written (the masks).
+        // Whole vectors stored unmasked where they fit (AMD does not forward masked stores to
+        // the loads that follow).
+        unsafe {
+            let (lo, hi) = (_mm512_permutex2var_ps(id, first, inverse), _mm512_permutex2var_ps(id, second, inverse));
+            if m >= 8 {
+                _mm512_storeu_ps(at, lo);
+            } else {
+                _mm512_mask_storeu_ps(at, ((1u32 << (2 * m)) - 1) as u16, lo);
+            }
+            if m == 16 {
+                _mm512_storeu_ps(at.add(16), hi);
+            } else if m > 8 {
+                _mm512_mask_storeu_ps(at.add(16), ((1u32 << (2 * m - 16)) - 1) as u16, hi);
+            }
+        }
+    }
+}
+
+/// The candidates' ids and scales (at most 32) in two arrays, each padded past the last
+/// candidate with copies of its value.
+#[target_feature(enable = "avx512f")]
+fn split_candidates(candidates: &[(f32, f32)]) -> ([f32; ROW], [f32; ROW]) {
+    let count = candidates.len();
+    assert!((1..=ROW).contains(&count));
+    let (mut ids, mut scales) = ([0f32; ROW], [0f32; ROW]);
+    let (last_id, last_scale) = (_mm512_set1_ps(candidates[count - 1].0), _mm512_set1_ps(candidates[count - 1].1));
+    let at: *const f32 = candidates.as_ptr().cast();
+    for h in 0..2 {
+        // Floats 32h..32h + 32 of the pairs, those past the last pair not read.
+        let floats = (2 * count).saturating_sub(32 * h).min(32);
+        let live = ((1u64 << floats) - 1) as u32;
+        // Only the floats a mask selects are read, all below 2·count (inside `candidates`, whose
+        // pairs are two consecutive f32, asserted above); a whole vector unmasked only where all
+        // 16 lie inside.
+        let load = |mask: u32, at: *const f32| {
+            // SAFETY: as above.
+            unsafe {
+                if mask & 0xffff == 0xffff { _mm512_loadu_ps(at) } else { _mm512_maskz_loadu_ps(mask as u16, at) }
+            }
+        };
+        let (a, b) = (load(live, at.wrapping_add(32 * h)), load(live >> 16, at.wrapping_add(32 * h + 16)));
+        let pairs = ((1u32 << (count.saturating_sub(16 * h)).min(16)) - 1) as u16;
+        let id = _mm512_mask_blend_ps(pairs, last_id, deinterleave::<0>(a, b));
+        let scale = _mm512_mask_blend_ps(pairs, last_scale, deinterleave::<1>(a, b));
+        // SAFETY: both arrays have room for 16 f32 at 16h (h < 2).
+        unsafe {
+            _mm512_storeu_ps(ids.as_mut_ptr().add(16 * h), id);
+            _mm512_storeu_ps(scales.as_mut_ptr().add(16 * h), scale);
+        }
+    }
+    (ids, scales)
 }
 
 /// 16 floats from a slice of at least 16.
@@ -419,11 +508,7 @@ fn evaluate16<const N: usize>(
     assert!(top < map.len(), "code map too small");
     let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
     // Candidate c's id and scale at position c (past the last: copies of it).
-    let mut ids = [0f32; ROW];
-    let mut scales = [0f32; ROW];
-    for k in 0..ROW {
-        (ids[k], scales[k]) = candidates[k.min(count - 1)];
-    }
+    let (ids, scales) = split_candidates(candidates);
     let Scratch { codes, packed, entries, terms, prefix } = scratch;
     let chunks = count.div_ceil(16);
     // Per group, the candidates whose codes are off the grid.
@@ -634,6 +719,27 @@ mod tests {
         check(iq_tables::iq2_xs(), two, 16, 4, 1000);
         check(iq_tables::iq2_xxs(), two, 16, 5, 1000);
         check(iq_tables::iq1(), two, 16, 6, 300);
+    }
+
+    /// `candidates` (16 divisions at a time, pairs written by interleaving) against the
+    /// reference's, for 1..=32 numerators; the pairs past the numerators are left alone.
+    #[test]
+    fn candidates16_matches_reference() {
+        if !detected() {
+            return;
+        }
+        let mut next = crate::x86::tests::xorshift_uniform(8);
+        for case in 0..2000 {
+            let m = 1 + case % 32;
+            let numerators: Vec<f32> = (0..m).map(|_| 15.0 + (next() - 0.5) * 4.0).collect();
+            let max = [1.0, 3e-20, 7.5, 1e30, 0.1][case % 5] * (0.5 + next());
+            let mut want = [(f32::NAN, 2.0f32); 33];
+            let mut got = want;
+            Reference.candidates(&numerators, max, &mut want[..m]);
+            Avx512::new().candidates(&numerators, max, &mut got[..m]);
+            let bits = |p: &[(f32, f32)]| p.iter().map(|(a, b)| (a.to_bits(), b.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&want), bits(&got), "case {case}");
+        }
     }
 
     /// [`nearest_per_lane16`]'s path for lists without packed codes (none of the present
