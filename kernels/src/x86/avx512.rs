@@ -61,6 +61,10 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
         QuantType::IQ3_XXS | QuantType::IQ3_S | QuantType::IQ2_S => k
             .quantize_with(NAME, simd!(|ty, x, y| super::iquants_avx512::quantize(ty, x, y)))
             .weighted_with(NAME, simd!(|ty, x, y, _, qw| super::iquants_avx512::quantize_rows(ty, x, y, qw))),
+        // IQ2_XXS and IQ2_XS (with weights only): the same evaluation.
+        QuantType::IQ2_XXS | QuantType::IQ2_XS => {
+            k.weighted_with(NAME, simd!(|ty, x, y, _, qw| super::iquants_avx512::quantize_rows(ty, x, y, qw)))
+        }
         _ => k,
     }
 }

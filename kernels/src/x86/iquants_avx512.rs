@@ -723,6 +723,7 @@ mod tests {
         check(iq_tables::iq2_s(), two, 16, 3, 3000);
         check(iq_tables::iq2_xs(), two, 16, 4, 1000);
         check(iq_tables::iq2_xxs(), two, 16, 5, 1000);
+        check(iq_tables::iq2_xxs(), two, 32, 9, 1000);
         check(iq_tables::iq1(), two, 16, 6, 300);
     }
 
