@@ -608,16 +608,35 @@ fn evaluate16<const N: usize>(
             }
         }
     }
+    // The chunks' sums side by side (two independent chains each when there are two).
+    if chunks == 2 {
+        sums16::<2>(codes, xval, weight, out);
+    } else {
+        sums16::<1>(codes, xval, weight, out);
+    }
     for h in 0..chunks {
         let at = 16 * h;
         let m = (count - at).min(16);
-        let (mut sx, mut sq) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let ones = _mm512_set1_epi32(1);
-        for i in 0..n {
-            let l = load16i(&codes[i][at..]);
+        out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
+    }
+    Ok(())
+}
+
+/// The sums `Σ w·x·q` and `Σ w·q²` (`q = 2l + 1`, each lane its candidate's, in the values'
+/// order) of the first `C` chunks of 16 candidates into `out.sumqx`/`out.sumq2`, and their codes
+/// as bytes into `out.codes`; the chunks' chains side by side.
+#[target_feature(enable = "avx512f")]
+fn sums16<const C: usize>(codes: &[[i32; ROW]; 32], xval: &[f32], weight: &[f32], out: &mut Evaluation) {
+    assert!(C <= 2 && weight.len() >= xval.len() && xval.len() <= 32);
+    let (mut sx, mut sq) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
+    let ones = _mm512_set1_epi32(1);
+    for i in 0..xval.len() {
+        let (wx, w) = (_mm512_set1_ps(weight[i] * xval[i]), _mm512_set1_ps(weight[i]));
+        for h in 0..C {
+            let l = load16i(&codes[i][16 * h..]);
             let q = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(l, l), ones));
-            sx = _mm512_add_ps(sx, _mm512_mul_ps(_mm512_set1_ps(weight[i] * xval[i]), q));
-            sq = _mm512_add_ps(sq, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(weight[i]), q), q));
+            sx[h] = _mm512_add_ps(sx[h], _mm512_mul_ps(wx, q));
+            sq[h] = _mm512_add_ps(sq[h], _mm512_mul_ps(_mm512_mul_ps(w, q), q));
             // The 16 codes as bytes (each in 0..8), 8 to each of the two chunks of 8.
             let b = _mm512_cvtepi32_epi8(l);
             // SAFETY: `out.codes[2h][i]` and `out.codes[2h + 1][i]` have room for 8 bytes each
@@ -627,17 +646,14 @@ fn evaluate16<const N: usize>(
                 _mm_storel_epi64(out.codes[2 * h + 1][i].as_mut_ptr().cast(), _mm_unpackhi_epi64(b, b));
             }
         }
-        let (mut fx, mut fq) = ([0f32; 16], [0f32; 16]);
-        // SAFETY: each array has room for 16 f32.
-        unsafe {
-            _mm512_storeu_ps(fx.as_mut_ptr(), sx);
-            _mm512_storeu_ps(fq.as_mut_ptr(), sq);
-        }
-        out.sumqx[at..at + m].copy_from_slice(&fx[..m]);
-        out.sumq2[at..at + m].copy_from_slice(&fq[..m]);
-        out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
     }
-    Ok(())
+    for h in 0..C {
+        // SAFETY: `sumqx` and `sumq2` hold 32 f32, so 16 at 16h (h < 2).
+        unsafe {
+            _mm512_storeu_ps(out.sumqx.as_mut_ptr().add(16 * h), sx[h]);
+            _mm512_storeu_ps(out.sumq2.as_mut_ptr().add(16 * h), sq[h]);
+        }
+    }
 }
 
 #[cfg(test)]
