@@ -303,6 +303,7 @@ fn lane_terms16(x: &[f32], w: &[f32], scales: __m512, terms: &mut [[__m512; 8]; 
 /// `codes[i][base + j]` (rows of the group's 4 values). Each lane keeps the packed code of its
 /// first minimum (−1 before any); a wanted lane without one (every distance at least
 /// FLT_MAX) is where ggml aborts.
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn nearest_per_lane16(
     terms: &[[__m512; 8]; 4],
