@@ -1,9 +1,11 @@
 //! AVX-512 (F + BW) kernels: only those measured faster than the AVX2 kernel for the same
-//! entry on an AVX-512 machine (`moeq bench kernels`, an AMD Zen 4 here, 16 MiB single
+//! entry on an AVX-512 machine (`moeq bench kernels`, an AMD Zen 5 here, 16 MiB single
 //! thread, and alternating A/B runs on data that does not stay in cache); every other entry
 //! of the AVX-512 table is the AVX2 table's. Kept: Q8_0 dequantization (39 against 33 GB/s in
-//! cache, +5% from memory), f16 → f32 (+12% in cache, equal from memory) and Q3_K
-//! quantization without weights (`q3k_avx512`: 3.6–4.2 against 2.6–2.7 GB/s). Measured slower
+//! cache, +5% from memory), f16 → f32 (+12% in cache, equal from memory), Q3_K
+//! quantization without weights (`q3k_avx512`: 3.6–4.2 against 2.6–2.7 GB/s) and the i-quants'
+//! 16-lane candidate evaluation (`iquants_avx512`: IQ3_XXS, IQ3_S, IQ2_S with and without
+//! weights, IQ2_XXS and IQ2_XS with; +10–19% on a Zen 5). Measured slower
 //! and removed (see git history): Q8_0, Q4_0 and MXFP4 quantization (per-block horizontal
 //! reductions: 9, 3.5 and 2.7 GB/s against AVX2's 19, 13 and 11) and bf16 → f32 (AVX2
 //! streams its stores: 16 against 21 GB/s from memory); f32 → bf16 and f32 → f16 showed no
@@ -48,8 +50,8 @@ fn f16_to_f32_rows(src: &[u16], dst: &mut [f32]) {
 /// This backend's name, the origin of its own table entries.
 const NAME: &str = "avx512";
 
-/// The AVX-512 table: the AVX2 table, with AVX-512's Q8_0 dequantizer and Q3_K quantizer
-/// (without weights).
+/// The AVX-512 table: the AVX2 table, with AVX-512's Q8_0 dequantizer, Q3_K quantizer
+/// (without weights) and the i-quant quantizers with the 16-lane evaluation.
 pub(super) fn kernels(ty: QuantType) -> TypeKernels {
     let k = super::avx2::kernels(ty);
     match ty {

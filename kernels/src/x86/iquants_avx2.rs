@@ -12,8 +12,8 @@
 //! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
 //!   one by one (in ggml's order, with the running best) from the first lane that could win;
 //!
-//! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
-//! this machine (AMD EPYC, 512-bit operations double-pumped).
+//! The AVX-512 backend uses these too, but for the multi-candidate evaluation and the
+//! candidate scales, which it runs with 16 lanes (`iquants_avx512`).
 //!
 //! Every `#[target_feature]` function here is reached only through the AVX2 table (and the
 //! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
