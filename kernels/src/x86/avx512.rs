@@ -5,13 +5,15 @@
 //! dequantization (39 against 33 GB/s in cache, +5% from memory), f16 → f32 (+12% in cache,
 //! equal from memory), OpenAI MXFP4 → f32 (`vpermps` table lookups: 96–101 against 40–42 GB/s
 //! of f32 at 16 MiB, 113–172 against 42 at 1–2 MiB), Q3_K quantization without weights
-//! (`q3k_avx512`: 3.6–4.2 against 2.6–2.7 GB/s) and IQ1_S / IQ1_M quantization (`iq1_avx512`'s
+//! (`q3k_avx512`: 3.6–4.2 against 2.6–2.7 GB/s), IQ1_S / IQ1_M quantization (`iq1_avx512`'s
 //! 16-lane boundary and neighbour searches: IQ1_S 0.205–0.216 against 0.153–0.158 GB/s, IQ1_M
-//! 0.189–0.204 against 0.151–0.156). Measured slower and removed (see git history): Q8_0, Q4_0
-//! and MXFP4 quantization (per-block horizontal reductions: 9, 3.5 and 2.7 GB/s against AVX2's
-//! 19, 13 and 11) and bf16 → f32 (AVX2 streams its stores: 16 against 21 GB/s from memory);
-//! f32 → bf16 and f32 → f16 showed no consistent difference. Each kernel performs the scalar
-//! reference's operations, so its output equals the reference's.
+//! 0.189–0.204 against 0.151–0.156) and the other i-quants' 16-lane candidate evaluation
+//! (`iquants_avx512`: IQ3_XXS, IQ3_S, IQ2_S with and without weights, IQ2_XXS and IQ2_XS with;
+//! +10–19%). Measured slower and removed (see git history): Q8_0, Q4_0 and MXFP4 quantization
+//! (per-block horizontal reductions: 9, 3.5 and 2.7 GB/s against AVX2's 19, 13 and 11) and
+//! bf16 → f32 (AVX2 streams its stores: 16 against 21 GB/s from memory); f32 → bf16 and f32 →
+//! f16 showed no consistent difference. Each kernel performs the scalar reference's operations,
+//! so its output equals the reference's.
 //!
 //! Every function here is `#[target_feature(enable = "avx512f,avx512bw")]`; they are only
 //! reachable through the AVX-512 [`Backend`](crate::Backend), which is only handed out after
@@ -79,7 +81,8 @@ fn dequantize_openai_mxfp4(blocks: &[u8], scales: &[u8], y: &mut [f32]) {
 const NAME: &str = "avx512";
 
 /// The AVX-512 table: the AVX2 table, with AVX-512's Q8_0 dequantizer, Q3_K quantizer
-/// (without weights) and IQ1_S / IQ1_M quantizers.
+/// (without weights), IQ1_S / IQ1_M quantizers and the other i-quant quantizers with the
+/// 16-lane evaluation.
 pub(super) fn kernels(ty: QuantType) -> TypeKernels {
     let k = super::avx2::kernels(ty);
     match ty {
@@ -91,6 +94,14 @@ pub(super) fn kernels(ty: QuantType) -> TypeKernels {
         QuantType::IQ1_M => k
             .quantize_with(NAME, simd!(|ty, x, y| super::iq1_avx512::quantize(ty, x, y)))
             .weighted_with(NAME, iq1_rows()),
+        // IQ3_XXS, IQ3_S and IQ2_S: the 16-lane candidate evaluation (`iquants_avx512`).
+        QuantType::IQ3_XXS | QuantType::IQ3_S | QuantType::IQ2_S => k
+            .quantize_with(NAME, simd!(|ty, x, y| super::iquants_avx512::quantize(ty, x, y)))
+            .weighted_with(NAME, simd!(|ty, x, y, _, qw| super::iquants_avx512::quantize_rows(ty, x, y, qw))),
+        // IQ2_XXS and IQ2_XS (with weights only): the same evaluation.
+        QuantType::IQ2_XXS | QuantType::IQ2_XS => {
+            k.weighted_with(NAME, simd!(|ty, x, y, _, qw| super::iquants_avx512::quantize_rows(ty, x, y, qw)))
+        }
         _ => k,
     }
 }

@@ -12,8 +12,8 @@
 //! - IQ1 boundary searches: lanes are the second boundary; a chunk of lanes is only walked
 //!   one by one (in ggml's order, with the running best) from the first lane that could win;
 //!
-//! The AVX-512 backend uses these too: a 16-lane candidate evaluation measured no faster on
-//! this machine (AMD EPYC, 512-bit operations double-pumped).
+//! The AVX-512 backend uses these too, but for the multi-candidate evaluation and the
+//! candidate scales, which it runs with 16 lanes (`iquants_avx512`).
 //!
 //! Every `#[target_feature]` function here is reached only through the AVX2 table (and the
 //! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
@@ -308,7 +308,13 @@ fn levels8(b: &[u8]) -> __m256i {
 
 /// [`Searcher::nearest`] with lanes as neighbours.
 #[target_feature(enable = "avx2")]
-fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32], scale: f32) -> Option<usize> {
+pub(super) fn nearest<const N: usize>(
+    list: List<'_>,
+    qtab: &[f32; 8],
+    x: &[f32],
+    w: &[f32],
+    scale: f32,
+) -> Option<usize> {
     let len = list.indices.len();
     // The 8-coordinate grids are the 2-bit ones (IQ2, IQ1): their lists' packed codes hold
     // every neighbour's levels in 16 bits.
@@ -345,7 +351,7 @@ fn nearest<const N: usize>(list: List<'_>, qtab: &[f32; 8], x: &[f32], w: &[f32]
 /// not, and reading them was a cache miss after most searches); from the level rows otherwise
 /// (which the search just read).
 #[inline]
-fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
+pub(super) fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
     if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
         let code = list.packed[best];
         std::array::from_fn(|j| ((code >> (bits as usize * j)) & ((1 << bits) - 1)) as i32)

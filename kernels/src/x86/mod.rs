@@ -20,6 +20,7 @@ mod avx512;
 mod iq1_avx512;
 mod iq4_avx2;
 mod iquants_avx2;
+mod iquants_avx512;
 mod kquants_avx2;
 mod q2k_q3k_avx2;
 mod q3k_avx512;
