@@ -3227,9 +3227,114 @@ fn implausible_expert_counts_are_refused() {
             vec!["eval", dir, "--tokens", "1,2"],
         ] {
             let err = fails_after_warnings(&args);
-            assert!(err.contains("implausible") || err.contains("inconsistent"), "{fixture} {args:?}: {err}");
+            let named = format!("\"{key}\" is 1000000000000");
+            assert!(err.contains(&named) && err.contains("implausible"), "{fixture} {args:?}: {err}");
             assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
         }
+    }
+}
+
+/// A safetensors header whose shape and dtype disagree with a tensor's data_offsets (or
+/// overflow) is an error naming the tensor and both sizes (the safetensors crate's message
+/// named no tensor).
+#[test]
+fn safetensors_size_errors_name_the_tensor() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let cases: [(Json, &str); 3] = [
+        (
+            serde_json::json!("F32"),
+            "shape [512, 64] of F32 is 131072 bytes, but its data_offsets [0, 65536] hold 65536",
+        ),
+        (serde_json::json!("F4"), "shape [512, 64] of F4 is 16384 bytes"),
+        (serde_json::json!([1u64 << 40, 1u64 << 40]), "has more bytes than an address can count"),
+    ];
+    for (value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join("llama/hf"),
+            "model.safetensors",
+            |name, entry, _| {
+                if name == "model.embed_tokens.weight" {
+                    let field = if value.is_string() { "dtype" } else { "shape" };
+                    entry[field] = value.clone();
+                }
+                true
+            },
+            |_| {},
+        );
+        for args in [
+            vec!["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"],
+            vec!["inspect", path_arg(variant.path())],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(
+                err.contains("model.safetensors")
+                    && err.contains("tensor 'model.embed_tokens.weight'")
+                    && err.contains(why),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(names_in(out.path()).is_empty());
+    }
+}
+
+/// A size in config.json that is zero, too large or inconsistent is an error naming the key
+/// and its value in every family (they were a dump of moeq's internal config struct).
+#[test]
+fn config_size_errors_name_the_key() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let cases: [(&str, &str, Json, &str); 10] = [
+        (
+            "llama/hf",
+            "num_key_value_heads",
+            serde_json::json!(3),
+            "\"num_attention_heads\" 4 is not a multiple of \"num_key_value_heads\" 3",
+        ),
+        (
+            "llama/hf",
+            "hidden_size",
+            serde_json::json!(1u64 << 40),
+            "\"hidden_size\" is 1099511627776, more than 1048576",
+        ),
+        ("llama/hf", "head_dim", serde_json::json!(7), "\"head_dim\" is 7, not a positive even number"),
+        (
+            "mixtral/hf",
+            "num_experts_per_tok",
+            serde_json::json!(9),
+            "num_experts_per_tok is 9, not 1 to num_local_experts (4)",
+        ),
+        ("mixtral/hf", "intermediate_size", serde_json::json!(0), "\"intermediate_size\" is 0"),
+        ("gpt-oss/hf-mxfp4", "num_key_value_heads", serde_json::json!(0), "\"num_key_value_heads\" is 0"),
+        (
+            "gpt-oss/hf-mxfp4",
+            "num_experts_per_tok",
+            serde_json::json!(0),
+            "num_experts_per_tok is 0, not 1 to num_local_experts",
+        ),
+        ("qwen3-moe/hf", "moe_intermediate_size", serde_json::json!(0), "\"moe_intermediate_size\" is 0"),
+        (
+            "qwen2-moe/hf",
+            "shared_expert_intermediate_size",
+            serde_json::json!(0),
+            "\"shared_expert_intermediate_size\" is 0",
+        ),
+        ("deepseek-v3/fp8", "qk_rope_head_dim", serde_json::json!(7), "\"qk_rope_head_dim\" is 7, not an even number"),
+    ];
+    for (fixture, key, value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert(key.into(), value.clone());
+            },
+        );
+        let args = ["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q", "--type", "BF16"];
+        let err = fails_after_warnings(&args);
+        assert!(err.contains(why) && err.contains("config.json"), "{fixture} {key}: {err}");
+        assert!(!err.contains("Config {"), "{fixture} {key}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{fixture} {key}");
     }
 }
 
@@ -3268,7 +3373,8 @@ fn zero_sizes_in_config_json_are_errors() {
             },
         )
     };
-    let cases = [(heads, "inconsistent sizes"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
+    let cases =
+        [(heads, "\"num_attention_heads\" is 0"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
     for (variant, why) in &cases {
         let dir = path_arg(variant.path());
         let mut runs =
