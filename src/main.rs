@@ -114,10 +114,7 @@ fn run_verify(
 /// `ConvertOptions::report`) as any moeq output: a temporary beside it, moved into place
 /// when complete.
 fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(json)? + "\n";
-    let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
-    file.write_at(text.as_bytes(), 0)?;
-    file.commit()?;
+    moeq::plan::convert::stage_report(path, json)?.commit()?;
     Ok(())
 }
 
@@ -406,7 +403,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
                 }
                 if let Some(path) = &quant.report {
-                    write_report(path, &plan.to_json())?;
+                    // A real run wrote it with the model (before committing it).
+                    if quant.dry_run {
+                        write_report(path, &plan.to_json())?;
+                    }
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }
@@ -420,7 +420,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(json)?);
                 }
                 if let Some(path) = &quant.report {
-                    write_report(path, json)?;
+                    if quant.dry_run {
+                        write_report(path, json)?;
+                    }
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }

@@ -3278,6 +3278,85 @@ fn safetensors_size_errors_name_the_tensor() {
     }
 }
 
+/// A `--report` that cannot be written (disk full) fails the run with nothing in place: the
+/// report is written before the model is committed (it was written after, so the run exited
+/// 2 with the new model in place). Needs a small tmpfs, so runs only where `mount` is
+/// allowed (as root).
+#[test]
+fn report_on_a_full_disk_leaves_nothing() {
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let gguf = golden("mixtral-bf16.gguf");
+    let sizes = tempfile::tempdir().unwrap();
+    let (o, r) = (sizes.path().join("m.gguf"), sizes.path().join("r.json"));
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
+    let pages = |p: &Path| std::fs::metadata(p).unwrap().len().div_ceil(4096);
+    // Room for the model and for all of the report but one page.
+    let size = (pages(&o) + pages(&r) - 1) * 4096;
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_arg(dir.path())])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("report_on_a_full_disk_leaves_nothing: cannot mount a tmpfs here; skipped");
+        return;
+    }
+    let _guard = Mounted(dir.path().to_path_buf());
+    let (o, r) = (dir.path().join("m.gguf"), dir.path().join("r.json"));
+    let err =
+        fails(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(names_in(dir.path()).is_empty(), "{:?}", names_in(dir.path()));
+    // The model alone fits: it was the one left in place.
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "-q"]);
+    std::fs::remove_file(&o).unwrap();
+}
+
+/// A negative RMSNorm epsilon (config.json's `rms_norm_eps`, or a GGUF's
+/// `attention.layer_norm_rms_epsilon`) made every logit NaN in `eval`, exit 0, and was written
+/// into converted files: it is an error naming the key.
+#[test]
+fn negative_rms_norm_eps_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8"] {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("rms_norm_eps".into(), serde_json::json!(-1.0));
+            },
+        );
+        let dir = path_arg(variant.path());
+        for args in [vec!["convert", dir, "-o", path_arg(&o), "-q"], vec!["eval", dir, "--tokens", "1,2"]] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains("\"rms_norm_eps\" is -1") && err.contains("config.json"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+    let gguf = golden("mixtral-bf16.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&o),
+        "--type",
+        "Q8_0",
+        "--override-kv",
+        "llama.attention.layer_norm_rms_epsilon=float:-1",
+        "-q",
+    ]);
+    let err = fails_after_warnings(&["eval", path_arg(&o), "--tokens", "1,2"]);
+    assert!(err.contains("'llama.attention.layer_norm_rms_epsilon' is -1"), "{err}");
+}
+
 /// A size in config.json that is zero, too large or inconsistent is an error naming the key
 /// and its value in every family (they were a dump of moeq's internal config struct).
 #[test]

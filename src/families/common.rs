@@ -106,6 +106,19 @@ pub fn check_head_dim(head_dim: Option<u64>, explicit: bool, n_embd: u64, n_head
     }
 }
 
+/// The RMSNorm epsilon of a Hugging Face config (`rms_norm_eps`); `None` when absent.
+///
+/// Errors: an epsilon that is negative or not finite as the f32 the GGUF stores (the norm
+/// would take the square root of a negative number: every logit NaN).
+pub fn rms_eps(config: &Keys) -> Result<Option<f64>> {
+    match config.opt_f64("rms_norm_eps")? {
+        Some(e) if !(e >= 0.0 && (e as f32).is_finite()) => {
+            bail!("\"rms_norm_eps\" is {e}: RMSNorm's epsilon must be a non-negative number")
+        }
+        e => Ok(e),
+    }
+}
+
 /// The values of `keys` (GGUF name, config key) that `config` holds (not null).
 pub fn pick(config: &Keys, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
     keys.iter().filter_map(|&(name, key)| config.raw(key).map(|v| (name, v.clone()))).collect()

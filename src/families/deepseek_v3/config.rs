@@ -148,7 +148,7 @@ impl DeepseekV3Config {
             }
         }
         let rope_theta = crate::families::common::rope_theta(json)?.unwrap_or(10000.0);
-        let rms_eps = json.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+        let rms_eps = crate::families::common::rms_eps(json)?.unwrap_or(1e-6);
         if rms_eps != 1e-6 {
             warnings.push(format!(
                 "rms_norm_eps is {rms_eps:e}; transformers normalizes the q and kv latents with 1e-6, \

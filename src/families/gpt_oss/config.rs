@@ -96,7 +96,7 @@ impl GptOssConfig {
                 },
                 None => None,
             };
-            (json.u64("max_position_embeddings")?, yarn, json.opt_f64("rms_norm_eps")?.unwrap_or(1e-5))
+            (json.u64("max_position_embeddings")?, yarn, crate::families::common::rms_eps(json)?.unwrap_or(1e-5))
         };
         if let Some((_, _, fast, slow)) = yarn
             && (fast != 32.0 || slow != 1.0)

@@ -135,7 +135,7 @@ impl LlamaConfig {
             rope_theta: crate::families::common::rope_theta(json)?.or(defaults.map(|d| d.rope_theta)),
             rope_scaling,
             llama3_rope,
-            rms_eps: json.opt_f64("rms_norm_eps")?.or(defaults.map(|d| d.rms_eps)),
+            rms_eps: crate::families::common::rms_eps(json)?.or(defaults.map(|d| d.rms_eps)),
             vocab_size: json.u64("vocab_size")?,
         };
         check_sizes(&[

@@ -154,7 +154,7 @@ impl QwenMoeConfig {
             head_dim: json.opt_u64("head_dim")?,
             rope_theta: crate::families::common::rope_theta(json)?,
             rope_scaling,
-            rms_eps: json.opt_f64("rms_norm_eps")?,
+            rms_eps: crate::families::common::rms_eps(json)?,
             vocab_size: json.u64("vocab_size")?,
             n_expert,
             n_expert_used: json.u64("num_experts_per_tok")?,
