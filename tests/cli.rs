@@ -2087,8 +2087,14 @@ fn override_kv_report_and_keep_split() {
     assert_eq!(keys[keys.len() - 3..], ["llama.expert_used_count", "general.name", "test.flag"], "appended in order");
     let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(saved, serde_json::from_str::<Json>(&stdout).unwrap());
-    for (arg, want) in [("a.b=int:x", "not an integer"), ("a.b=bool:1", "'true' or 'false'"), ("a.b", "KEY=TYPE:VALUE")]
-    {
+    for (arg, want) in [
+        ("a.b=int:x", "not an integer"),
+        ("a.b=bool:1", "'true' or 'false'"),
+        ("a.b", "KEY=TYPE:VALUE"),
+        // A UINT32 split.count made a file neither moeq nor llama.cpp reads back.
+        ("split.count=int:3", "split.* keys describe a split model's shards"),
+        ("split.no=int:0", "cannot be overridden"),
+    ] {
         let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--override-kv", arg]);
         assert!(err.contains(want), "{err}");
     }
