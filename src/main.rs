@@ -1,3 +1,8 @@
+#[macro_use]
+#[allow(unused_macros)]
+#[path = "print.rs"]
+mod print;
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -2724,6 +2724,64 @@ fn interrupted_runs_leave_nothing() {
     assert!(snapshot(inputs.path()) == before, "inputs unchanged");
 }
 
+/// A closed standard output or error (`moeq … 2>&1 | head -1`, the reader gone) is no reason
+/// to stop: std's print macros panicked on EPIPE (exit 101; `imatrix` before writing its
+/// file), and an interrupt's message panicked the signal thread, so SIGTERM was lost and the
+/// run went on. Now the output is written, and a signal ends the run as it should.
+#[test]
+fn closed_stdout_and_stderr_are_no_errors() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = golden("mixtral-bf16.gguf");
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4 5 6 7 8 9 10\n").unwrap();
+    let imatrix = dir.path().join("m.imatrix");
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    for args in [
+        vec!["imatrix", path_arg(&gguf), "--tokens-file", path_arg(&tokens), "-o", path_arg(&imatrix)],
+        vec!["inspect", path_arg(&gguf)],
+        vec!["eval", path_arg(&gguf), "--tokens", "1,2,3"],
+    ] {
+        let w = closed();
+        let status = Command::new(env!("CARGO_BIN_EXE_moeq"))
+            .args(&args)
+            .stdout(w.try_clone().unwrap())
+            .stderr(w)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}: {status:?}");
+    }
+    assert!(imatrix.is_file(), "the importance matrix was written");
+    // SIGTERM with stderr closed: ends by SIGTERM, nothing left.
+    let big = dir.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("o.gguf");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
+    cmd.args(["convert", path_arg(&big), "-o", path_arg(&out), "--type", "Q8_0", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(closed());
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe, is called.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGTERM, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert_eq!(names_in(out_dir.path()), Vec::<String>::new());
+}
+
 /// `nohup moeq …` (SIGHUP ignored) or `moeq … &` in a script (SIGINT ignored): moeq keeps the
 /// signals its parent ignores ignored, so the run completes and writes its output.
 #[test]
