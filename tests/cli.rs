@@ -3298,6 +3298,36 @@ fn implausible_expert_counts_are_refused() {
     }
 }
 
+/// A GGUF tensor with a dimension of 0 (which GGUF's format allows) panicked `convert` in
+/// the recipes' row arithmetic (exit 101), with and without `--type`: an error naming file
+/// and tensor.
+#[test]
+fn gguf_tensors_without_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read(golden("llama-bf16.gguf")).unwrap();
+    let header = moeq_formats::gguf::GgufHeader::parse(&src).unwrap();
+    // The last tensor (so no later offset moves): find its info after the metadata, then its
+    // first dimension.
+    let last = header.tensors.last().unwrap();
+    let name = last.name.as_bytes();
+    let at = src.windows(name.len()).rposition(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(src[at..at + 4].try_into().unwrap());
+    assert_eq!(n_dims as usize, last.ne.len());
+    let mut bytes = src.clone();
+    bytes[at + 4..at + 12].copy_from_slice(&0u64.to_le_bytes());
+    let input = dir.path().join("zero.gguf");
+    std::fs::write(&input, &bytes).unwrap();
+    let out = dir.path().join("o.gguf");
+    for extra in [&[][..], &["--type", "Q4_0"][..]] {
+        let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&out), "-q"];
+        args.extend(extra);
+        let err = fails(&args);
+        let named = format!("zero.gguf: tensor '{}' has dimensions [0", last.name);
+        assert!(err.contains(&named) && err.contains("holds no values"), "{extra:?}: {err}");
+        assert!(!out.exists());
+    }
+}
+
 /// A safetensors header whose shape and dtype disagree with a tensor's data_offsets (or
 /// overflow) is an error naming the tensor and both sizes (the safetensors crate's message
 /// named no tensor).

@@ -740,6 +740,18 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 }
 
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    // GGUF allows a dimension of 0 (llama.cpp's reader checks only for negative ones); no
+    // model tensor is empty, and the row arithmetic of the recipes assumes rows with values.
+    for shard in model.shards() {
+        if let Some(t) = shard.header().tensors.iter().find(|t| t.ne.contains(&0)) {
+            bail!(
+                "{}: tensor '{}' has dimensions {:?}: it holds no values, which no model tensor does (a corrupt file?)",
+                shard.path().display(),
+                t.name,
+                t.ne
+            );
+        }
+    }
     let plan = merged_plan(model);
     let recipes = gguf_recipes(model);
     let (plan, recipes, report) = match planned_ftype(opts) {
