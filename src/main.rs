@@ -208,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
             let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
             let started = std::time::Instant::now();
-            let (imatrix, coverage) = compute_request(&req)?;
+            let (imatrix, coverage, saved_chunks) = compute_request(&req)?;
             let seconds = started.elapsed().as_secs_f64();
             if json {
                 println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
@@ -233,6 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "dat" => file::write_dat(&imatrix, &output)?,
                 _ => file::write_gguf(&imatrix, &output)?,
             }
+            // --save-chunks: written before, put in place only now that the matrix is.
+            saved_chunks.map(|f| f.commit()).transpose()?;
             let tokens = coverage.tokens as f64;
             if !quiet {
                 eprintln!(

@@ -3378,38 +3378,88 @@ fn safetensors_size_errors_name_the_tensor() {
 /// allowed (as root).
 #[test]
 fn report_on_a_full_disk_leaves_nothing() {
-    struct Mounted(PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
     let gguf = golden("mixtral-bf16.gguf");
     let sizes = tempfile::tempdir().unwrap();
     let (o, r) = (sizes.path().join("m.gguf"), sizes.path().join("r.json"));
     ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
     let pages = |p: &Path| std::fs::metadata(p).unwrap().len().div_ceil(4096);
     // Room for the model and for all of the report but one page.
-    let size = (pages(&o) + pages(&r) - 1) * 4096;
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_arg(dir.path())])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(small) = SmallDisk::mount(pages(&o) + pages(&r) - 1) else {
         eprintln!("report_on_a_full_disk_leaves_nothing: cannot mount a tmpfs here; skipped");
         return;
-    }
-    let _guard = Mounted(dir.path().to_path_buf());
-    let (o, r) = (dir.path().join("m.gguf"), dir.path().join("r.json"));
+    };
+    let (o, r) = (small.path().join("m.gguf"), small.path().join("r.json"));
     let err =
         fails(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
     assert!(err.contains("No space left on device"), "{err}");
-    assert!(names_in(dir.path()).is_empty(), "{:?}", names_in(dir.path()));
+    assert!(names_in(small.path()).is_empty(), "{:?}", names_in(small.path()));
     // The model alone fits: it was the one left in place.
     ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "-q"]);
     std::fs::remove_file(&o).unwrap();
+}
+
+/// `imatrix --save-chunks` put the chunks file in place before computing: a run that then
+/// failed (the matrix not fitting on the disk) or was interrupted left it behind. It is
+/// committed after the matrix now.
+#[test]
+fn imatrix_save_chunks_is_committed_with_the_matrix() {
+    let gguf = golden("mixtral-bf16.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4 5 6 7 8 9 10\n").unwrap();
+    let (m, c) = (dir.path().join("m.imatrix"), dir.path().join("chunks.txt"));
+    let run = |m: &Path, c: &Path| {
+        vec![
+            "imatrix".to_string(),
+            path_arg(&gguf).into(),
+            "--tokens-file".into(),
+            path_arg(&tokens).into(),
+            "-o".into(),
+            path_arg(m).into(),
+            "--save-chunks".into(),
+            path_arg(c).into(),
+            "-q".into(),
+        ]
+    };
+    let args = run(&m, &c);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "1,2,3,4,5,6,7,8,9,10\n");
+    let pages = |p: &Path| std::fs::metadata(p).unwrap().len().div_ceil(4096);
+    // Room for the chunks, not for the matrix.
+    let Some(small) = SmallDisk::mount(pages(&m)) else {
+        eprintln!("imatrix_save_chunks_is_committed_with_the_matrix: cannot mount a tmpfs here; skipped");
+        return;
+    };
+    let args = run(&small.path().join("m.imatrix"), &small.path().join("chunks.txt"));
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(names_in(small.path()).is_empty(), "{:?}", names_in(small.path()));
+}
+
+/// A tmpfs of `pages` pages of 4 KiB on a temporary folder (unmounted when dropped), where
+/// `mount` is allowed (as root); `None` elsewhere.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(pages: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}", pages * 4096), "tmpfs", path_arg(dir.path())])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
 }
 
 /// A negative RMSNorm epsilon (config.json's `rms_norm_eps`, or a GGUF's
