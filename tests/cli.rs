@@ -4180,6 +4180,15 @@ fn size_budget_chooses_types_within_the_budget() {
     assert!(err.contains("q8_1"), "{err}");
     let err = fails(&["convert", w, "-o", o, "--target-bpw", "0"]);
     assert!(err.contains("--target-bpw"), "{err}");
+    // A huge value is shown short (it was printed with its 309 digits).
+    let err = fails(&["convert", w, "-o", o, "--target-bpw", "1e308"]);
+    assert!(err.contains("--target-bpw 1e308: give bits per weight"), "{err}");
+    // A bad rule of --tensor-type-file is named with the file and line.
+    let rules = dir.path().join("rules.txt");
+    std::fs::write(&rules, "attn_q=q8_0\n\n# a comment\n").unwrap();
+    let err = fails(&["convert", w, "-o", o, "--type", "Q4_0", "--tensor-type-file", path_arg(&rules)]);
+    assert!(err.contains("rules.txt, line 3: --tensor-type '#': expected PATTERN=TYPE"), "{err}");
+    std::fs::remove_file(&rules).unwrap();
     let err = fails(&["convert", w, "-o", o, "--target-size", "200K", "--candidate-types", "q4_0"]);
     assert!(err.contains("fit no candidate type of --candidate-types") || err.contains("smallest"), "{err}");
     // Types that need an importance matrix, without one: the reason is named.
