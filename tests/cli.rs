@@ -252,6 +252,10 @@ fn hostile_inputs_fail_cleanly() {
     }
     let err = fails(&["inspect", path_arg(partial.path())]);
     assert!(err.contains("model-00001-of-00002.safetensors', which is missing"), "{err}");
+    // A shard that is there but is a folder is not called missing.
+    std::fs::create_dir(partial.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let err = fails(&["inspect", path_arg(partial.path())]);
+    assert!(err.contains("model-00001-of-00002.safetensors', which is not a regular file"), "{err}");
 }
 
 /// Every quantized golden file (written by llama-quantize) is reproduced byte for byte by

@@ -237,7 +237,8 @@ impl SafetensorsModel {
         for name in &shard_names {
             let shard_path = dir.join(name);
             if !shard_path.is_file() {
-                return Err(Error::model(index_path, format!("the index names shard '{name}', which is missing")));
+                let what = if shard_path.exists() { "is not a regular file" } else { "is missing" };
+                return Err(Error::model(index_path, format!("the index names shard '{name}', which {what}")));
             }
             shards.push(SafetensorsFile::open(&shard_path)?);
         }
