@@ -190,6 +190,17 @@ fn convert_splits_and_merges() {
     let merged = dir.path().join("merged.gguf");
     ok(&["convert", path_arg(&shards[0]), "-o", path_arg(&merged)]);
     assert!(std::fs::read(&source).unwrap() == std::fs::read(&merged).unwrap());
+    // A set mixing two models' shards: the tensor held twice is named with both shards.
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    ok(&["convert", path_arg(&source), "-o", path_arg(&a), "--split-max-size", "200K", "-q"]);
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&b), "--split-max-size", "100K", "-q"]);
+    let shard = |stem: &str, k: u32| dir.path().join(format!("{stem}-{k:05}-of-00003.gguf"));
+    for k in 1..=3 {
+        std::fs::copy(shard(if k == 2 { "b" } else { "a" }, k), shard("x", k)).unwrap();
+    }
+    let err = fails(&["inspect", path_arg(&shard("x", 1))]);
+    assert!(err.contains("is also in") && err.contains("x-00001-of-00003.gguf"), "{err}");
+    assert!(err.contains("x-00002-of-00003.gguf: tensor '"), "{err}");
 }
 
 #[test]
