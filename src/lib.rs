@@ -12,6 +12,10 @@
 //! - [`imatrix`]: importance matrices computed with that forward, streamed layer by layer;
 //! - [`inspect`]: report what a model holds; [`bench`](mod@bench): kernel throughput.
 
+#[macro_use]
+#[allow(unused_macros)]
+mod print;
+
 pub mod bench;
 pub mod cli;
 pub mod families;

@@ -1,3 +1,8 @@
+#[macro_use]
+#[allow(unused_macros)]
+#[path = "print.rs"]
+mod print;
+
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -114,10 +119,7 @@ fn run_verify(
 /// `ConvertOptions::report`) as any moeq output: a temporary beside it, moved into place
 /// when complete.
 fn write_report(path: &std::path::Path, json: &serde_json::Value) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(json)? + "\n";
-    let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
-    file.write_at(text.as_bytes(), 0)?;
-    file.commit()?;
+    moeq::plan::convert::stage_report(path, json)?.commit()?;
     Ok(())
 }
 
@@ -206,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ImatrixOptions { all_experts, process_output, min_expert_tokens, datasets: Vec::new(), quiet };
             let req = Request { model, calibration, ctx, chunks, tokenizer, options, save_chunks };
             let started = std::time::Instant::now();
-            let (imatrix, coverage) = compute_request(&req)?;
+            let (imatrix, coverage, saved_chunks) = compute_request(&req)?;
             let seconds = started.elapsed().as_secs_f64();
             if json {
                 println!("{}", serde_json::to_string_pretty(&coverage.to_json())?);
@@ -231,6 +233,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "dat" => file::write_dat(&imatrix, &output)?,
                 _ => file::write_gguf(&imatrix, &output)?,
             }
+            // --save-chunks: written before, put in place only now that the matrix is.
+            saved_chunks.map(|f| f.commit()).transpose()?;
             let tokens = coverage.tokens as f64;
             if !quiet {
                 eprintln!(
@@ -406,7 +410,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
                 }
                 if let Some(path) = &quant.report {
-                    write_report(path, &plan.to_json())?;
+                    // A real run wrote it with the model (before committing it).
+                    if quant.dry_run {
+                        write_report(path, &plan.to_json())?;
+                    }
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }
@@ -420,7 +427,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(json)?);
                 }
                 if let Some(path) = &quant.report {
-                    write_report(path, json)?;
+                    if quant.dry_run {
+                        write_report(path, json)?;
+                    }
                     if !quiet {
                         eprintln!("wrote {}", path.display());
                     }

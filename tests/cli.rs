@@ -190,6 +190,17 @@ fn convert_splits_and_merges() {
     let merged = dir.path().join("merged.gguf");
     ok(&["convert", path_arg(&shards[0]), "-o", path_arg(&merged)]);
     assert!(std::fs::read(&source).unwrap() == std::fs::read(&merged).unwrap());
+    // A set mixing two models' shards: the tensor held twice is named with both shards.
+    let (a, b) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
+    ok(&["convert", path_arg(&source), "-o", path_arg(&a), "--split-max-size", "200K", "-q"]);
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&b), "--split-max-size", "100K", "-q"]);
+    let shard = |stem: &str, k: u32| dir.path().join(format!("{stem}-{k:05}-of-00003.gguf"));
+    for k in 1..=3 {
+        std::fs::copy(shard(if k == 2 { "b" } else { "a" }, k), shard("x", k)).unwrap();
+    }
+    let err = fails(&["inspect", path_arg(&shard("x", 1))]);
+    assert!(err.contains("is also in") && err.contains("x-00001-of-00003.gguf"), "{err}");
+    assert!(err.contains("x-00002-of-00003.gguf: tensor '"), "{err}");
 }
 
 #[test]
@@ -252,6 +263,10 @@ fn hostile_inputs_fail_cleanly() {
     }
     let err = fails(&["inspect", path_arg(partial.path())]);
     assert!(err.contains("model-00001-of-00002.safetensors', which is missing"), "{err}");
+    // A shard that is there but is a folder is not called missing.
+    std::fs::create_dir(partial.path().join("model-00001-of-00002.safetensors")).unwrap();
+    let err = fails(&["inspect", path_arg(partial.path())]);
+    assert!(err.contains("model-00001-of-00002.safetensors', which is not a regular file"), "{err}");
 }
 
 /// Every quantized golden file (written by llama-quantize) is reproduced byte for byte by
@@ -2119,8 +2134,14 @@ fn override_kv_report_and_keep_split() {
     assert_eq!(keys[keys.len() - 3..], ["llama.expert_used_count", "general.name", "test.flag"], "appended in order");
     let saved: Json = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(saved, serde_json::from_str::<Json>(&stdout).unwrap());
-    for (arg, want) in [("a.b=int:x", "not an integer"), ("a.b=bool:1", "'true' or 'false'"), ("a.b", "KEY=TYPE:VALUE")]
-    {
+    for (arg, want) in [
+        ("a.b=int:x", "not an integer"),
+        ("a.b=bool:1", "'true' or 'false'"),
+        ("a.b", "KEY=TYPE:VALUE"),
+        // A UINT32 split.count made a file neither moeq nor llama.cpp reads back.
+        ("split.count=int:3", "split.* keys describe a split model's shards"),
+        ("split.no=int:0", "cannot be overridden"),
+    ] {
         let err = fails(&["convert", path_arg(&source), "--dry-run", "--type", "Q8_0", "--override-kv", arg]);
         assert!(err.contains(want), "{err}");
     }
@@ -2750,6 +2771,64 @@ fn interrupted_runs_leave_nothing() {
     assert!(snapshot(inputs.path()) == before, "inputs unchanged");
 }
 
+/// A closed standard output or error (`moeq … 2>&1 | head -1`, the reader gone) is no reason
+/// to stop: std's print macros panicked on EPIPE (exit 101; `imatrix` before writing its
+/// file), and an interrupt's message panicked the signal thread, so SIGTERM was lost and the
+/// run went on. Now the output is written, and a signal ends the run as it should.
+#[test]
+fn closed_stdout_and_stderr_are_no_errors() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = golden("mixtral-bf16.gguf");
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4 5 6 7 8 9 10\n").unwrap();
+    let imatrix = dir.path().join("m.imatrix");
+    let closed = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    for args in [
+        vec!["imatrix", path_arg(&gguf), "--tokens-file", path_arg(&tokens), "-o", path_arg(&imatrix)],
+        vec!["inspect", path_arg(&gguf)],
+        vec!["eval", path_arg(&gguf), "--tokens", "1,2,3"],
+    ] {
+        let w = closed();
+        let status = Command::new(env!("CARGO_BIN_EXE_moeq"))
+            .args(&args)
+            .stdout(w.try_clone().unwrap())
+            .stderr(w)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}: {status:?}");
+    }
+    assert!(imatrix.is_file(), "the importance matrix was written");
+    // SIGTERM with stderr closed: ends by SIGTERM, nothing left.
+    let big = dir.path().join("big.gguf");
+    sparse_gguf(&big, 8, 4096, 4096);
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("o.gguf");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_moeq"));
+    cmd.args(["convert", path_arg(&big), "-o", path_arg(&out), "--type", "Q8_0", "-q"])
+        .stdout(std::process::Stdio::null())
+        .stderr(closed());
+    // SAFETY: between fork and exec only signal(2), which is async-signal-safe, is called.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::signal(libc::SIGTERM, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    assert!(wait_until_writing(&mut child, out_dir.path()), "the run started writing");
+    send(child.id(), "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    assert_eq!(names_in(out_dir.path()), Vec::<String>::new());
+}
+
 /// `nohup moeq …` (SIGHUP ignored) or `moeq … &` in a script (SIGINT ignored): moeq keeps the
 /// signals its parent ignores ignored, so the run completes and writes its output.
 #[test]
@@ -3259,9 +3338,273 @@ fn implausible_expert_counts_are_refused() {
             vec!["eval", dir, "--tokens", "1,2"],
         ] {
             let err = fails_after_warnings(&args);
-            assert!(err.contains("implausible") || err.contains("inconsistent"), "{fixture} {args:?}: {err}");
+            let named = format!("\"{key}\" is 1000000000000");
+            assert!(err.contains(&named) && err.contains("implausible"), "{fixture} {args:?}: {err}");
             assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
         }
+    }
+}
+
+/// A GGUF tensor with a dimension of 0 (which GGUF's format allows) panicked `convert` in
+/// the recipes' row arithmetic (exit 101), with and without `--type`: an error naming file
+/// and tensor.
+#[test]
+fn gguf_tensors_without_values_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read(golden("llama-bf16.gguf")).unwrap();
+    let header = moeq_formats::gguf::GgufHeader::parse(&src).unwrap();
+    // The last tensor (so no later offset moves): find its info after the metadata, then its
+    // first dimension.
+    let last = header.tensors.last().unwrap();
+    let name = last.name.as_bytes();
+    let at = src.windows(name.len()).rposition(|w| w == name).unwrap() + name.len();
+    let n_dims = u32::from_le_bytes(src[at..at + 4].try_into().unwrap());
+    assert_eq!(n_dims as usize, last.ne.len());
+    let mut bytes = src.clone();
+    bytes[at + 4..at + 12].copy_from_slice(&0u64.to_le_bytes());
+    let input = dir.path().join("zero.gguf");
+    std::fs::write(&input, &bytes).unwrap();
+    let out = dir.path().join("o.gguf");
+    for extra in [&[][..], &["--type", "Q4_0"][..]] {
+        let mut args = vec!["convert", path_arg(&input), "-o", path_arg(&out), "-q"];
+        args.extend(extra);
+        let err = fails(&args);
+        let named = format!("zero.gguf: tensor '{}' has dimensions [0", last.name);
+        assert!(err.contains(&named) && err.contains("holds no values"), "{extra:?}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+/// A safetensors header whose shape and dtype disagree with a tensor's data_offsets (or
+/// overflow) is an error naming the tensor and both sizes (the safetensors crate's message
+/// named no tensor).
+#[test]
+fn safetensors_size_errors_name_the_tensor() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let cases: [(Json, &str); 3] = [
+        (
+            serde_json::json!("F32"),
+            "shape [512, 64] of F32 is 131072 bytes, but its data_offsets [0, 65536] hold 65536",
+        ),
+        (serde_json::json!("F4"), "shape [512, 64] of F4 is 16384 bytes"),
+        (serde_json::json!([1u64 << 40, 1u64 << 40]), "has more bytes than an address can count"),
+    ];
+    for (value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join("llama/hf"),
+            "model.safetensors",
+            |name, entry, _| {
+                if name == "model.embed_tokens.weight" {
+                    let field = if value.is_string() { "dtype" } else { "shape" };
+                    entry[field] = value.clone();
+                }
+                true
+            },
+            |_| {},
+        );
+        for args in [
+            vec!["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q"],
+            vec!["inspect", path_arg(variant.path())],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(
+                err.contains("model.safetensors")
+                    && err.contains("tensor 'model.embed_tokens.weight'")
+                    && err.contains(why),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(names_in(out.path()).is_empty());
+    }
+}
+
+/// A `--report` that cannot be written (disk full) fails the run with nothing in place: the
+/// report is written before the model is committed (it was written after, so the run exited
+/// 2 with the new model in place). Needs a small tmpfs, so runs only where `mount` is
+/// allowed (as root).
+#[test]
+fn report_on_a_full_disk_leaves_nothing() {
+    let gguf = golden("mixtral-bf16.gguf");
+    let sizes = tempfile::tempdir().unwrap();
+    let (o, r) = (sizes.path().join("m.gguf"), sizes.path().join("r.json"));
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
+    let pages = |p: &Path| std::fs::metadata(p).unwrap().len().div_ceil(4096);
+    // Room for the model and for all of the report but one page.
+    let Some(small) = SmallDisk::mount(pages(&o) + pages(&r) - 1) else {
+        eprintln!("report_on_a_full_disk_leaves_nothing: cannot mount a tmpfs here; skipped");
+        return;
+    };
+    let (o, r) = (small.path().join("m.gguf"), small.path().join("r.json"));
+    let err =
+        fails(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "--report", path_arg(&r), "-q"]);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(names_in(small.path()).is_empty(), "{:?}", names_in(small.path()));
+    // The model alone fits: it was the one left in place.
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_0", "-q"]);
+    std::fs::remove_file(&o).unwrap();
+}
+
+/// `imatrix --save-chunks` put the chunks file in place before computing: a run that then
+/// failed (the matrix not fitting on the disk) or was interrupted left it behind. It is
+/// committed after the matrix now.
+#[test]
+fn imatrix_save_chunks_is_committed_with_the_matrix() {
+    let gguf = golden("mixtral-bf16.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4 5 6 7 8 9 10\n").unwrap();
+    let (m, c) = (dir.path().join("m.imatrix"), dir.path().join("chunks.txt"));
+    let run = |m: &Path, c: &Path| {
+        vec![
+            "imatrix".to_string(),
+            path_arg(&gguf).into(),
+            "--tokens-file".into(),
+            path_arg(&tokens).into(),
+            "-o".into(),
+            path_arg(m).into(),
+            "--save-chunks".into(),
+            path_arg(c).into(),
+            "-q".into(),
+        ]
+    };
+    let args = run(&m, &c);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "1,2,3,4,5,6,7,8,9,10\n");
+    let pages = |p: &Path| std::fs::metadata(p).unwrap().len().div_ceil(4096);
+    // Room for the chunks, not for the matrix.
+    let Some(small) = SmallDisk::mount(pages(&m)) else {
+        eprintln!("imatrix_save_chunks_is_committed_with_the_matrix: cannot mount a tmpfs here; skipped");
+        return;
+    };
+    let args = run(&small.path().join("m.imatrix"), &small.path().join("chunks.txt"));
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(names_in(small.path()).is_empty(), "{:?}", names_in(small.path()));
+}
+
+/// A tmpfs of `pages` pages of 4 KiB on a temporary folder (unmounted when dropped), where
+/// `mount` is allowed (as root); `None` elsewhere.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(pages: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={}", pages * 4096), "tmpfs", path_arg(dir.path())])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// A negative RMSNorm epsilon (config.json's `rms_norm_eps`, or a GGUF's
+/// `attention.layer_norm_rms_epsilon`) made every logit NaN in `eval`, exit 0, and was written
+/// into converted files: it is an error naming the key.
+#[test]
+fn negative_rms_norm_eps_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8"] {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert("rms_norm_eps".into(), serde_json::json!(-1.0));
+            },
+        );
+        let dir = path_arg(variant.path());
+        for args in [vec!["convert", dir, "-o", path_arg(&o), "-q"], vec!["eval", dir, "--tokens", "1,2"]] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains("\"rms_norm_eps\" is -1") && err.contains("config.json"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+    let gguf = golden("mixtral-bf16.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&o),
+        "--type",
+        "Q8_0",
+        "--override-kv",
+        "llama.attention.layer_norm_rms_epsilon=float:-1",
+        "-q",
+    ]);
+    let err = fails_after_warnings(&["eval", path_arg(&o), "--tokens", "1,2"]);
+    assert!(err.contains("'llama.attention.layer_norm_rms_epsilon' is -1"), "{err}");
+}
+
+/// A size in config.json that is zero, too large or inconsistent is an error naming the key
+/// and its value in every family (they were a dump of moeq's internal config struct).
+#[test]
+fn config_size_errors_name_the_key() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let cases: [(&str, &str, Json, &str); 10] = [
+        (
+            "llama/hf",
+            "num_key_value_heads",
+            serde_json::json!(3),
+            "\"num_attention_heads\" 4 is not a multiple of \"num_key_value_heads\" 3",
+        ),
+        (
+            "llama/hf",
+            "hidden_size",
+            serde_json::json!(1u64 << 40),
+            "\"hidden_size\" is 1099511627776, more than 1048576",
+        ),
+        ("llama/hf", "head_dim", serde_json::json!(7), "\"head_dim\" is 7, not a positive even number"),
+        (
+            "mixtral/hf",
+            "num_experts_per_tok",
+            serde_json::json!(9),
+            "num_experts_per_tok is 9, not 1 to num_local_experts (4)",
+        ),
+        ("mixtral/hf", "intermediate_size", serde_json::json!(0), "\"intermediate_size\" is 0"),
+        ("gpt-oss/hf-mxfp4", "num_key_value_heads", serde_json::json!(0), "\"num_key_value_heads\" is 0"),
+        (
+            "gpt-oss/hf-mxfp4",
+            "num_experts_per_tok",
+            serde_json::json!(0),
+            "num_experts_per_tok is 0, not 1 to num_local_experts",
+        ),
+        ("qwen3-moe/hf", "moe_intermediate_size", serde_json::json!(0), "\"moe_intermediate_size\" is 0"),
+        (
+            "qwen2-moe/hf",
+            "shared_expert_intermediate_size",
+            serde_json::json!(0),
+            "\"shared_expert_intermediate_size\" is 0",
+        ),
+        ("deepseek-v3/fp8", "qk_rope_head_dim", serde_json::json!(7), "\"qk_rope_head_dim\" is 7, not an even number"),
+    ];
+    for (fixture, key, value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join(fixture),
+            "",
+            |_, _, _| false,
+            |c| {
+                c.insert(key.into(), value.clone());
+            },
+        );
+        let args = ["convert", path_arg(variant.path()), "-o", path_arg(&o), "-q", "--type", "BF16"];
+        let err = fails_after_warnings(&args);
+        assert!(err.contains(why) && err.contains("config.json"), "{fixture} {key}: {err}");
+        assert!(!err.contains("Config {"), "{fixture} {key}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{fixture} {key}");
     }
 }
 
@@ -3300,7 +3643,8 @@ fn zero_sizes_in_config_json_are_errors() {
             },
         )
     };
-    let cases = [(heads, "inconsistent sizes"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
+    let cases =
+        [(heads, "\"num_attention_heads\" is 0"), (bits("llama-q4"), "0 bits"), (bits("gpt-oss-mxfp4"), "0 bits")];
     for (variant, why) in &cases {
         let dir = path_arg(variant.path());
         let mut runs =
@@ -3883,6 +4227,15 @@ fn size_budget_chooses_types_within_the_budget() {
     assert!(err.contains("q8_1"), "{err}");
     let err = fails(&["convert", w, "-o", o, "--target-bpw", "0"]);
     assert!(err.contains("--target-bpw"), "{err}");
+    // A huge value is shown short (it was printed with its 309 digits).
+    let err = fails(&["convert", w, "-o", o, "--target-bpw", "1e308"]);
+    assert!(err.contains("--target-bpw 1e308: give bits per weight"), "{err}");
+    // A bad rule of --tensor-type-file is named with the file and line.
+    let rules = dir.path().join("rules.txt");
+    std::fs::write(&rules, "attn_q=q8_0\n\n# a comment\n").unwrap();
+    let err = fails(&["convert", w, "-o", o, "--type", "Q4_0", "--tensor-type-file", path_arg(&rules)]);
+    assert!(err.contains("rules.txt, line 3: --tensor-type '#': expected PATTERN=TYPE"), "{err}");
+    std::fs::remove_file(&rules).unwrap();
     let err = fails(&["convert", w, "-o", o, "--target-size", "200K", "--candidate-types", "q4_0"]);
     assert!(err.contains("fit no candidate type of --candidate-types") || err.contains("smallest"), "{err}");
     // Types that need an importance matrix, without one: the reason is named.

@@ -16,7 +16,7 @@
 //!
 //! A signal that was ignored when moeq started (`nohup` ignores SIGHUP) stays ignored.
 
-use std::io;
+use std::io::{self, Write as _};
 
 /// The signals that end a run with cleanup.
 const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -74,7 +74,9 @@ fn signal_name(sig: libc::c_int) -> &'static str {
 fn end_by(sig: libc::c_int) -> ! {
     let mut reg = crate::temp::registry();
     reg.remove_all();
-    eprintln!("\nmoeq: interrupted by {}; unfinished outputs removed", signal_name(sig));
+    // Not eprintln!, which panics when stderr is a closed pipe (`moeq … 2>&1 | head`): this
+    // thread would die holding the lock, and the process run on, the signal lost.
+    let _ = writeln!(std::io::stderr(), "\nmoeq: interrupted by {}; unfinished outputs removed", signal_name(sig));
     // SAFETY: restoring the default action and unblocking the signal in this thread, then
     // raising it, ends the process as the signal does; `_exit` is the fallback should the
     // signal somehow not end it. The registry lock is held until then on purpose.

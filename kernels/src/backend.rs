@@ -160,6 +160,11 @@ pub fn available() -> Vec<&'static Backend> {
 /// values, every half-precision value), entry by entry; one that disagrees anywhere is never
 /// used.
 pub fn active() -> &'static Backend {
+    // A line on stderr; a closed stderr is no reason to panic (eprintln! would).
+    fn say(line: std::fmt::Arguments) {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
     static ACTIVE: OnceLock<&'static Backend> = OnceLock::new();
     ACTIVE.get_or_init(|| {
         let mut all = available();
@@ -167,18 +172,18 @@ pub fn active() -> &'static Backend {
             match all.iter().position(|b| b.name == name) {
                 Some(i) => all.truncate(i + 1),
                 None if ["scalar", "avx2", "avx512"].contains(&name.as_str()) => {
-                    eprintln!("moeq: MOEQ_KERNELS={name} is not available on this CPU; using the best available")
+                    say(format_args!("moeq: MOEQ_KERNELS={name} is not available on this CPU; using the best available"))
                 }
-                None => eprintln!(
+                None => say(format_args!(
                     "moeq: MOEQ_KERNELS={name:?} is not a kernel backend (scalar, avx2 or avx512); using the best available"
-                ),
+                )),
             }
         }
         while let Some(&b) = all.last() {
             if agrees_with_scalar(b) {
                 return b;
             }
-            eprintln!("moeq: the {} kernels disagree with the reference on this CPU; not using them", b.name);
+            say(format_args!("moeq: the {} kernels disagree with the reference on this CPU; not using them", b.name));
             all.pop();
         }
         &SCALAR

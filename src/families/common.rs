@@ -59,6 +59,66 @@ pub fn rope_theta(config: &Keys) -> Result<Option<f64>> {
     }
 }
 
+/// Checks sizes read from `config.json`, each `(key, value, limit)`: the value must be at
+/// least 1 and at most `limit` (`u64::MAX` for none; the limits keep a corrupt count from
+/// allocating or looping for ever).
+///
+/// Errors: the first key that is 0 or past its limit, named with its value.
+pub fn check_sizes(sizes: &[(&str, u64, u64)]) -> Result<()> {
+    for &(key, value, limit) in sizes {
+        if value == 0 {
+            bail!("\"{key}\" is 0; it must be at least 1");
+        }
+        if value > limit {
+            bail!("\"{key}\" is {value}, more than {limit}: implausible (a corrupt config.json?)");
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the attention heads share the KV heads evenly (`n_head` a multiple of
+/// `n_head_kv`, both at least 1), as llama.cpp's grouped-query attention needs.
+///
+/// Errors: naming both keys and values.
+pub fn check_kv_heads(n_head: u64, n_head_kv: u64) -> Result<()> {
+    check_sizes(&[("num_attention_heads", n_head, u64::MAX), ("num_key_value_heads", n_head_kv, u64::MAX)])?;
+    if !n_head.is_multiple_of(n_head_kv) {
+        bail!("\"num_attention_heads\" {n_head} is not a multiple of \"num_key_value_heads\" {n_head_kv}");
+    }
+    Ok(())
+}
+
+/// Checks the size of an attention head (`head_dim`, or `hidden_size` over the heads when
+/// `None`): RoPE rotates pairs of values, so it must be a positive even number.
+///
+/// Errors: naming the keys it came from and its value.
+pub fn check_head_dim(head_dim: Option<u64>, explicit: bool, n_embd: u64, n_head: u64) -> Result<()> {
+    match head_dim {
+        Some(d) if d > 0 && d.is_multiple_of(2) => Ok(()),
+        Some(d) if explicit => bail!("\"head_dim\" is {d}, not a positive even number"),
+        Some(d) => bail!(
+            "the head size \"hidden_size\" {n_embd} / \"num_attention_heads\" {n_head} = {d} is not a positive even \
+             number"
+        ),
+        None => bail!(
+            "\"hidden_size\" {n_embd} is not a multiple of \"num_attention_heads\" {n_head}, and no \"head_dim\" is given"
+        ),
+    }
+}
+
+/// The RMSNorm epsilon of a Hugging Face config (`rms_norm_eps`); `None` when absent.
+///
+/// Errors: an epsilon that is negative or not finite as the f32 the GGUF stores (the norm
+/// would take the square root of a negative number: every logit NaN).
+pub fn rms_eps(config: &Keys) -> Result<Option<f64>> {
+    match config.opt_f64("rms_norm_eps")? {
+        Some(e) if !(e >= 0.0 && (e as f32).is_finite()) => {
+            bail!("\"rms_norm_eps\" is {e}: RMSNorm's epsilon must be a non-negative number")
+        }
+        e => Ok(e),
+    }
+}
+
 /// The values of `keys` (GGUF name, config key) that `config` holds (not null).
 pub fn pick(config: &Keys, keys: &[(&'static str, &str)]) -> Vec<(&'static str, Json)> {
     keys.iter().filter_map(|&(name, key)| config.raw(key).map(|v| (name, v.clone()))).collect()

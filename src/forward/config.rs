@@ -411,6 +411,14 @@ impl Config {
                 if w.has("rope_freqs.weight") { " and 'rope_freqs.weight'" } else { "" }
             );
         }
+        let rms_eps = m.float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32;
+        if !(rms_eps >= 0.0 && rms_eps.is_finite()) {
+            bail!(
+                "{path}: '{}' is {rms_eps}: RMSNorm's epsilon must be a non-negative number (the norm would take the \
+                 square root of a negative number: every logit NaN)",
+                m.key("attention.layer_norm_rms_epsilon")
+            );
+        }
         let config = Config {
             family: family.name(),
             n_layer: s.n_layer.value as usize,
@@ -420,7 +428,7 @@ impl Config {
             head_dim,
             n_expert: s.n_expert.value as usize,
             n_expert_used: n_expert_used.value as usize,
-            rms_eps: m.float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
+            rms_eps,
             sliding_window: m.opt("attention.sliding_window")?.map_or(0, |h| h.value as usize),
             inv_freq,
             rope_scale,

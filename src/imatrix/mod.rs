@@ -329,8 +329,10 @@ pub struct Request {
 }
 
 /// Opens the model, reads and tokenizes the calibration input (errors name the file), and
-/// computes the importance matrix ([`compute`]).
-pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
+/// computes the importance matrix ([`compute`]). With `save_chunks`, also returns that file
+/// written under its temporary name: the caller commits it after the matrix, so a run that
+/// fails (or is interrupted) leaves neither.
+pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage, Option<moeq_formats::output::OutputFile>)> {
     use crate::source::Source;
     let source = Source::open(&req.model)?;
     let w = Weights::new(&source, &req.model)?;
@@ -345,16 +347,20 @@ pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage)> {
         &Purpose { what: "the importance matrix", ids_option: "--tokens-file FILE" },
     )?;
     let dataset = req.calibration.path();
-    if let Some(path) = &req.save_chunks {
-        let text: String =
-            chunks.iter().map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(",") + "\n").collect();
-        let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
-        file.write_at(text.as_bytes(), 0)?;
-        file.commit()?;
-    }
+    let saved = match &req.save_chunks {
+        Some(path) => {
+            let text: String =
+                chunks.iter().map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(",") + "\n").collect();
+            let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
+            file.write_at(text.as_bytes(), 0)?;
+            Some(file)
+        }
+        None => None,
+    };
     let mut options = req.options.clone();
     if options.datasets.is_empty() {
         options.datasets.push(dataset.display().to_string());
     }
-    compute(&w, &chunks, &options)
+    let (imatrix, coverage) = compute(&w, &chunks, &options)?;
+    Ok((imatrix, coverage, saved))
 }

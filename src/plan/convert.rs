@@ -26,7 +26,7 @@ use crate::source::Source;
 use crate::vocab::{Metadata, checkpoint_vocab};
 use crate::write::gguf::{write_gguf, write_gguf_shards};
 use crate::write::safetensors::{BuildFiles, copy_side_files, write_items, write_json};
-use moeq_formats::output::OutputDir;
+use moeq_formats::output::{OutputDir, OutputFile};
 use moeq_formats::safetensors::{HeaderStyle, IndexOptions};
 use moeq_formats::target::{self, OutputKind};
 
@@ -100,6 +100,24 @@ pub struct ConvertSummary {
 fn naming_file(e: anyhow::Error, input: &Path) -> anyhow::Error {
     let name = input.display().to_string();
     if e.to_string().starts_with(&name) { e } else { e.context(name) }
+}
+
+/// Writes `json` to `path` as `--report` writes it (pretty, one line feed at the end) under
+/// a temporary name, not yet committed ([`OutputFile::commit`] puts it in place).
+///
+/// Errors: the file cannot be created or written (disk full), naming it.
+pub fn stage_report(path: &Path, json: &serde_json::Value) -> Result<OutputFile> {
+    let text = serde_json::to_string_pretty(json)? + "\n";
+    let file = OutputFile::create(path, text.len() as u64)?;
+    file.write_at(text.as_bytes(), 0)?;
+    Ok(file)
+}
+
+/// The `--report` of a real run, written before the model is committed, so that a report
+/// that cannot be written (disk full) fails the run with nothing in place; committed after
+/// the model.
+fn staged_report(opts: &ConvertOptions, json: impl FnOnce() -> serde_json::Value) -> Result<Option<OutputFile>> {
+    opts.report.as_deref().map(|path| stage_report(path, &json())).transpose()
 }
 
 /// Why `--rounding` is refused with `--format mlx`.
@@ -400,7 +418,9 @@ fn convert_safetensors(
             mlx_budget: None,
         });
     }
+    let report_file = staged_report(opts, || report.to_json())?;
     let (files, bytes) = write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?;
+    report_file.map(OutputFile::commit).transpose()?;
     Ok(ConvertSummary { files, tensors: plan.tensors.len(), bytes, plan: Some(report), mlx_budget: None })
 }
 
@@ -527,7 +547,12 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
         index: IndexOptions { always: opts.format == Format::Mlx, total_parameters: parameters },
     };
     let bytes = write_items(&items, &files, opts.quiet)?;
+    let report_file = match &mlx_budget {
+        Some((_, json)) => staged_report(opts, || json.clone())?,
+        None => None,
+    };
     dir.commit()?;
+    report_file.map(OutputFile::commit).transpose()?;
     let mut written: Vec<PathBuf> = std::fs::read_dir(&opts.output)
         .with_context(|| format!("{}", opts.output.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -715,6 +740,18 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 }
 
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    // GGUF allows a dimension of 0 (llama.cpp's reader checks only for negative ones); no
+    // model tensor is empty, and the row arithmetic of the recipes assumes rows with values.
+    for shard in model.shards() {
+        if let Some(t) = shard.header().tensors.iter().find(|t| t.ne.contains(&0)) {
+            bail!(
+                "{}: tensor '{}' has dimensions {:?}: it holds no values, which no model tensor does (a corrupt file?)",
+                shard.path().display(),
+                t.name,
+                t.ne
+            );
+        }
+    }
     let plan = merged_plan(model);
     let recipes = gguf_recipes(model);
     let (plan, recipes, report) = match planned_ftype(opts) {
@@ -737,6 +774,7 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     if opts.quant.dry_run {
         return Ok(ConvertSummary { files: Vec::new(), tensors, bytes: 0, plan: Some(report), mlx_budget: None });
     }
+    let report_file = staged_report(opts, || report.to_json())?;
     let (files, bytes) = if opts.quant.keep_split {
         if opts.split_max_bytes.is_some() {
             bail!("--keep-split and --split-max-size both decide the shards; give one");
@@ -746,6 +784,7 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
     } else {
         write_gguf(&plan, &recipes, &opts.output, opts.split_max_bytes, opts.quiet)?
     };
+    report_file.map(OutputFile::commit).transpose()?;
     Ok(ConvertSummary { files, tensors, bytes, plan: Some(report), mlx_budget: None })
 }
 

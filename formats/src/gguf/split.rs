@@ -1,7 +1,7 @@
 //! Split GGUFs (`model-00001-of-00003.gguf`, `split.*` keys) read as one model, with the
 //! checks llama.cpp's model loader makes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -78,10 +78,15 @@ impl GgufModel {
             shards.push(shard);
         }
         let model = Self::from_shards(shards);
-        let mut names = HashSet::new();
-        for (_, t) in model.tensors() {
-            if !names.insert(t.name.as_str()) {
-                return Err(Error::model(path, format!("tensor '{}' appears in more than one split", t.name)));
+        let mut names = HashMap::new();
+        for (s, t) in model.tensors() {
+            if let Some(first) = names.insert(t.name.as_str(), s) {
+                // Named by both shards (the second is where the extra copy is).
+                let shard = |s: usize| model.shards[s].path().display().to_string();
+                return Err(Error::model(
+                    model.shards[s].path(),
+                    format!("tensor '{}' is also in {}: a tensor appears in one split only", t.name, shard(first)),
+                ));
             }
         }
         let total = model.shards[0].header().get(KEY_SPLIT_TENSORS_COUNT).and_then(Value::as_u64);

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::SafeTensors;
 use safetensors::tensor::Dtype;
+use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::error::{Error, Result, SafetensorsError};
 use crate::mapped::FileBytes;
@@ -50,6 +50,37 @@ pub enum HeaderStyle {
     Mlx,
 }
 
+/// Names the tensor of a header whose shape and dtype do not give the length of its
+/// `data_offsets` (or overflow, or end inside a byte), and says why; `None` when the header
+/// cannot be read that far or every tensor fits.
+fn misfit_tensor(bytes: &[u8]) -> Option<String> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let json: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    for (name, entry) in json.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype: Dtype = serde_json::from_value(entry.get("dtype")?.clone()).ok()?;
+        let shape: Vec<usize> = serde_json::from_value(entry.get("shape")?.clone()).ok()?;
+        let [begin, end]: [usize; 2] = serde_json::from_value(entry.get("data_offsets")?.clone()).ok()?;
+        let what = format!("tensor '{name}': shape {shape:?} of {dtype}");
+        let Some(bits) =
+            shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).and_then(|n| n.checked_mul(dtype.bitsize()))
+        else {
+            return Some(format!("{what} has more bytes than an address can count"));
+        };
+        if bits % 8 != 0 {
+            return Some(format!("{what} is {bits} bits, not a whole number of bytes"));
+        }
+        if end.checked_sub(begin) != Some(bits / 8) {
+            return Some(format!(
+                "{what} is {} bytes, but its data_offsets [{begin}, {end}] hold {}",
+                bits / 8,
+                end.saturating_sub(begin)
+            ));
+        }
+    }
+    None
+}
+
 impl SafetensorsFile {
     /// Maps and parses `path` (only the header is read).
     pub fn open(path: &Path) -> Result<SafetensorsFile> {
@@ -59,7 +90,16 @@ impl SafetensorsFile {
     /// Parses `bytes`, naming them `path` in errors.
     pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<SafetensorsFile> {
         let err = |m: String| Error::Safetensors { path: path.to_path_buf(), problem: SafetensorsError::Header(m) };
-        let (header_len, parsed) = SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        let (header_len, parsed) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            // The crate's size errors name no tensor: find it.
+            let sizes = matches!(
+                e,
+                SafeTensorError::TensorInvalidInfo
+                    | SafeTensorError::ValidationOverflow
+                    | SafeTensorError::MisalignedSlice
+            );
+            err(sizes.then(|| misfit_tensor(&bytes)).flatten().unwrap_or_else(|| e.to_string()))
+        })?;
         let data_start = 8 + header_len;
         // The crate keeps the header in HashMaps; re-read the JSON (already validated by the
         // crate) in file order, so a rewrite can reproduce the header byte for byte.
@@ -197,7 +237,8 @@ impl SafetensorsModel {
         for name in &shard_names {
             let shard_path = dir.join(name);
             if !shard_path.is_file() {
-                return Err(Error::model(index_path, format!("the index names shard '{name}', which is missing")));
+                let what = if shard_path.exists() { "is not a regular file" } else { "is missing" };
+                return Err(Error::model(index_path, format!("the index names shard '{name}', which {what}")));
             }
             shards.push(SafetensorsFile::open(&shard_path)?);
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
 
 use crate::families::ModelConfig;
-use crate::families::common::fp8_block;
+use crate::families::common::{check_sizes, fp8_block};
 use crate::source::config::Keys;
 
 /// YaRN settings (`rope_scaling` or `rope_parameters` with type `yarn`).
@@ -148,7 +148,7 @@ impl DeepseekV3Config {
             }
         }
         let rope_theta = crate::families::common::rope_theta(json)?.unwrap_or(10000.0);
-        let rms_eps = json.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+        let rms_eps = crate::families::common::rms_eps(json)?.unwrap_or(1e-6);
         if rms_eps != 1e-6 {
             warnings.push(format!(
                 "rms_norm_eps is {rms_eps:e}; transformers normalizes the q and kv latents with 1e-6, \
@@ -182,38 +182,30 @@ impl DeepseekV3Config {
             n_mtp: json.opt_u64("num_nextn_predict_layers")?.unwrap_or(0),
             fp8_block: fp8_block(json)?,
         };
-        let sizes = [
-            hp.n_layer,
-            hp.n_embd,
-            hp.n_ff,
-            hp.n_ff_exp,
-            hp.n_head,
-            hp.n_expert,
-            hp.n_expert_used,
-            hp.n_expert_shared,
-            hp.n_group,
-            hp.topk_group,
-            hp.q_lora_rank,
-            hp.kv_lora_rank,
-            hp.qk_nope,
-            hp.qk_rope,
-            hp.v_head_dim,
-            hp.vocab_size,
-        ];
-        if sizes.contains(&0) || !hp.qk_rope.is_multiple_of(2) {
-            bail!("inconsistent sizes (a zero, or an odd qk_rope_head_dim): {hp:?}");
+        const NONE: u64 = u64::MAX;
+        check_sizes(&[
+            ("num_hidden_layers", hp.n_layer, 4096),
+            ("hidden_size", hp.n_embd, 1 << 20),
+            ("intermediate_size", hp.n_ff, 1 << 22),
+            ("moe_intermediate_size", hp.n_ff_exp, 1 << 22),
+            ("num_attention_heads", hp.n_head, 1 << 16),
+            ("n_routed_experts", hp.n_expert, 1 << 16),
+            ("num_experts_per_tok", hp.n_expert_used, NONE),
+            ("n_shared_experts", hp.n_expert_shared, NONE),
+            ("n_group", hp.n_group, NONE),
+            ("topk_group", hp.topk_group, NONE),
+            ("q_lora_rank", hp.q_lora_rank, 1 << 20),
+            ("kv_lora_rank", hp.kv_lora_rank, 1 << 20),
+            ("qk_nope_head_dim", hp.qk_nope, 1 << 20),
+            ("qk_rope_head_dim", hp.qk_rope, 1 << 20),
+            ("v_head_dim", hp.v_head_dim, 1 << 20),
+            ("vocab_size", hp.vocab_size, 1 << 24),
+        ])?;
+        if !hp.qk_rope.is_multiple_of(2) {
+            bail!("\"qk_rope_head_dim\" is {}, not an even number (RoPE rotates pairs)", hp.qk_rope);
         }
-        if hp.n_layer > 4096
-            || hp.n_embd > 1 << 20
-            || hp.n_ff > 1 << 22
-            || hp.n_ff_exp > 1 << 22
-            || hp.n_expert > 1 << 16
-            || hp.n_head > 1 << 16
-            || [hp.q_lora_rank, hp.kv_lora_rank, hp.qk_nope, hp.qk_rope, hp.v_head_dim].iter().any(|&d| d > 1 << 20)
-            || hp.vocab_size > 1 << 24
-            || hp.n_mtp > 64
-        {
-            bail!("implausible sizes: {hp:?}");
+        if hp.n_mtp > 64 {
+            bail!("\"num_nextn_predict_layers\" is {}, more than 64: implausible (a corrupt config.json?)", hp.n_mtp);
         }
         if hp.n_dense_lead > hp.n_layer {
             bail!("first_k_dense_replace {} is more than the {} layers", hp.n_dense_lead, hp.n_layer);

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, bail};
 use serde_json::Value as Json;
 
+use crate::families::common::{check_kv_heads, check_sizes};
 use crate::families::{ModelConfig, SourceLayout};
 use crate::source::config::Keys;
 
@@ -95,7 +96,7 @@ impl GptOssConfig {
                 },
                 None => None,
             };
-            (json.u64("max_position_embeddings")?, yarn, json.opt_f64("rms_norm_eps")?.unwrap_or(1e-5))
+            (json.u64("max_position_embeddings")?, yarn, crate::families::common::rms_eps(json)?.unwrap_or(1e-5))
         };
         if let Some((_, _, fast, slow)) = yarn
             && (fast != 32.0 || slow != 1.0)
@@ -156,22 +157,18 @@ impl GptOssConfig {
         if !hp.n_embd.is_multiple_of(32) || !hp.n_ff.is_multiple_of(32) {
             bail!("hidden_size {} and intermediate_size {} must be multiples of 32 (MXFP4 blocks)", hp.n_embd, hp.n_ff);
         }
-        let all = [hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_expert, hp.n_expert_used];
-        if all.contains(&0)
-            || !hp.n_head.is_multiple_of(hp.n_head_kv)
-            || hp.n_expert_used > hp.n_expert
-            || hp.vocab_size == 0
-        {
-            bail!("inconsistent sizes: {hp:?}");
+        check_sizes(&[
+            ("num_hidden_layers", hp.n_layer, 4096),
+            ("hidden_size", hp.n_embd, 1 << 20),
+            ("intermediate_size", hp.n_ff, 1 << 20),
+            ("head_dim", hp.head_dim, u64::MAX),
+            (experts, hp.n_expert, 4096),
+            ("vocab_size", hp.vocab_size, 1 << 24),
+        ])?;
+        if hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert {
+            bail!("{used} is {}, not 1 to {experts} ({})", hp.n_expert_used, hp.n_expert);
         }
-        if hp.n_layer > 4096
-            || hp.n_expert > 4096
-            || hp.n_embd > 1 << 20
-            || hp.n_ff > 1 << 20
-            || hp.vocab_size > 1 << 24
-        {
-            bail!("implausible sizes: {hp:?}");
-        }
+        check_kv_heads(hp.n_head, hp.n_head_kv)?;
         Ok((hp, warnings))
     }
 }
@@ -203,7 +200,7 @@ mod tests {
             ("swiglu_alpha", json!(1.5), "swiglu_alpha is 1.5"),
             ("layer_types", json!(["full_attention", "sliding_attention"]), "layer_types"),
             ("tie_word_embeddings", json!(true), "tie_word_embeddings"),
-            ("num_local_experts", json!(0), "inconsistent sizes"),
+            ("num_local_experts", json!(0), "\"num_local_experts\" is 0"),
             ("sliding_window", json!(null), "\"sliding_window\" is null"),
         ];
         for (key, value, expected) in cases {

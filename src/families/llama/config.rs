@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use moeq_formats::gguf::Value;
 
 use crate::families::ModelConfig;
+use crate::families::common::{check_head_dim, check_kv_heads, check_sizes};
 use crate::source::config::Keys;
 
 /// What transformers' config class fills in for keys a `config.json` lacks. llama.cpp's
@@ -134,19 +135,17 @@ impl LlamaConfig {
             rope_theta: crate::families::common::rope_theta(json)?.or(defaults.map(|d| d.rope_theta)),
             rope_scaling,
             llama3_rope,
-            rms_eps: json.opt_f64("rms_norm_eps")?.or(defaults.map(|d| d.rms_eps)),
+            rms_eps: crate::families::common::rms_eps(json)?.or(defaults.map(|d| d.rms_eps)),
             vocab_size: json.u64("vocab_size")?,
         };
-        let dims = [hp.n_layer, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.vocab_size];
-        if dims.contains(&0) || !hp.n_head.is_multiple_of(hp.n_head_kv) {
-            bail!("inconsistent sizes: {hp:?}");
-        }
-        if hp.n_layer > 4096 || hp.n_embd > 1 << 20 || hp.n_ff > 1 << 22 || hp.vocab_size > 1 << 24 {
-            bail!("implausible sizes: {hp:?}");
-        }
-        if hp.head_dim().is_none_or(|d| d == 0 || d % 2 != 0) {
-            bail!("the head size is not a positive even number: {hp:?}");
-        }
+        check_sizes(&[
+            ("num_hidden_layers", hp.n_layer, 4096),
+            ("hidden_size", hp.n_embd, 1 << 20),
+            ("intermediate_size", hp.n_ff, 1 << 22),
+            ("vocab_size", hp.vocab_size, 1 << 24),
+        ])?;
+        check_kv_heads(hp.n_head, hp.n_head_kv)?;
+        check_head_dim(hp.head_dim(), hp.head_dim.is_some(), hp.n_embd, hp.n_head)?;
         Ok((hp, warnings))
     }
 

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 
 use crate::families::ModelConfig;
+use crate::families::common::check_sizes;
 use crate::families::llama::config::LlamaConfig;
 use crate::source::config::Keys;
 
@@ -30,12 +31,10 @@ impl MixtralConfig {
         let (n_expert, n_expert_used) = (json.u64("num_local_experts")?, json.u64("num_experts_per_tok")?);
         let (base, warnings) = LlamaConfig::parse(json)?;
         let hp = MixtralConfig { base, n_expert, n_expert_used };
-        if n_expert_used == 0 || n_expert_used > n_expert {
-            bail!("inconsistent sizes: {hp:?}");
-        }
         // As Qwen's limit: a count of 10^12 once listed expert tensors until killed.
-        if n_expert > 1 << 16 {
-            bail!("implausible sizes: {hp:?}");
+        check_sizes(&[("num_local_experts", n_expert, 1 << 16)])?;
+        if n_expert_used == 0 || n_expert_used > n_expert {
+            bail!("num_experts_per_tok is {n_expert_used}, not 1 to num_local_experts ({n_expert})");
         }
         Ok((hp, warnings))
     }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value as Json;
 
 use crate::families::ModelConfig;
+use crate::families::common::{check_head_dim, check_kv_heads, check_sizes};
 use crate::source::config::Keys;
 
 /// Most layers a config may declare (larger counts are refused as implausible).
@@ -118,9 +119,7 @@ impl QwenMoeConfig {
         };
         let n_layer = json.u64("num_hidden_layers")?;
         // Checked before the per-layer lists below are built (10^12 layers ran for ever there).
-        if n_layer > MAX_LAYERS {
-            bail!("implausible sizes: num_hidden_layers {n_layer} (more than {MAX_LAYERS})");
-        }
+        check_sizes(&[("num_hidden_layers", n_layer, MAX_LAYERS)])?;
         let step = json.opt_u64("decoder_sparse_step")?.unwrap_or(1);
         if step == 0 {
             bail!("\"decoder_sparse_step\" is 0");
@@ -155,7 +154,7 @@ impl QwenMoeConfig {
             head_dim: json.opt_u64("head_dim")?,
             rope_theta: crate::families::common::rope_theta(json)?,
             rope_scaling,
-            rms_eps: json.opt_f64("rms_norm_eps")?,
+            rms_eps: crate::families::common::rms_eps(json)?,
             vocab_size: json.u64("vocab_size")?,
             n_expert,
             n_expert_used: json.u64("num_experts_per_tok")?,
@@ -169,20 +168,24 @@ impl QwenMoeConfig {
             qkv_bias,
             tied: json.bool("tie_word_embeddings").unwrap_or(false),
         };
-        let dims = [hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.vocab_size, hp.n_expert, hp.n_ff_exp];
-        if dims.contains(&0) || !hp.n_head.is_multiple_of(hp.n_head_kv) || hp.n_ff_shexp == Some(0) {
-            bail!("inconsistent sizes: {hp:?}");
+        check_sizes(&[
+            ("num_hidden_layers", hp.n_layer, MAX_LAYERS),
+            ("hidden_size", hp.n_embd, 1 << 20),
+            ("vocab_size", hp.vocab_size, 1 << 24),
+            ("num_experts", hp.n_expert, 1 << 16),
+            ("moe_intermediate_size", hp.n_ff_exp, 1 << 22),
+        ])?;
+        check_kv_heads(hp.n_head, hp.n_head_kv)?;
+        if let Some(f) = hp.n_ff_shexp {
+            check_sizes(&[("shared_expert_intermediate_size", f, u64::MAX)])?;
         }
         if hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert {
             bail!("num_experts_per_tok is {}, not 1 to num_experts ({})", hp.n_expert_used, hp.n_expert);
         }
-        let limits = [hp.n_embd > 1 << 20, hp.n_ff_exp > 1 << 22, hp.vocab_size > 1 << 24];
-        if limits.contains(&true) || hp.n_expert > 1 << 16 || hp.n_ff.is_some_and(|f| f > 1 << 22) {
-            bail!("implausible sizes: {hp:?}");
+        if let Some(f) = hp.n_ff.filter(|&f| f > 1 << 22) {
+            bail!("\"intermediate_size\" is {f}, more than {}: implausible (a corrupt config.json?)", 1 << 22);
         }
-        if hp.head_dim().is_none_or(|d| d == 0 || d % 2 != 0) {
-            bail!("the head size is not a positive even number: {hp:?}");
-        }
+        check_head_dim(hp.head_dim(), hp.head_dim.is_some(), hp.n_embd, hp.n_head)?;
         if !hp.dense_layers.is_empty() && hp.n_ff.is_none() {
             bail!("\"intermediate_size\" is missing: the dense layers {:?} need it", hp.dense_layers);
         }

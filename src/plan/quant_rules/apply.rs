@@ -85,16 +85,22 @@ impl QuantArgs {
             name.as_deref().map(|n| parse_type(n).map_err(|e| anyhow!("{option} {n}: {e}"))).transpose()
         };
         let mut rules = Vec::new();
-        let mut texts: Vec<String> = Vec::new();
+        // (rule, where it is written: line N of the file, or the command line)
+        let mut texts: Vec<(String, Option<usize>)> = self.tensor_type.iter().map(|t| (t.clone(), None)).collect();
         if let Some(path) = &self.tensor_type_file {
             let text =
                 std::fs::read_to_string(path).map_err(|e| anyhow!("--tensor-type-file {}: {e}", path.display()))?;
-            texts.extend(text.split_whitespace().map(str::to_string));
+            for (n, line) in text.lines().enumerate() {
+                texts.extend(line.split_whitespace().map(|t| (t.to_string(), Some(n + 1))));
+            }
         }
         // llama-quantize reads the options in order; moeq puts the file's rules after the
         // command line's.
-        for arg in self.tensor_type.iter().chain(&texts) {
-            let (rule, warning) = TensorTypeRule::parse(arg)?;
+        for (arg, line) in &texts {
+            let (rule, warning) = TensorTypeRule::parse(arg).map_err(|e| match (line, &self.tensor_type_file) {
+                (Some(n), Some(path)) => e.context(format!("--tensor-type-file {}, line {n}", path.display())),
+                _ => e,
+            })?;
             rules.push(rule);
             warnings.extend(warning);
         }
@@ -103,7 +109,7 @@ impl QuantArgs {
             (true, _, _) => Some(Target::Mix),
             (_, Some(size), _) => Some(Target::Size(size)),
             (_, _, Some(b)) if b.is_finite() && b > 0.0 && b <= 32.0 => Some(Target::Bpw(b)),
-            (_, _, Some(b)) => bail!("--target-bpw {b}: give bits per weight above 0 and at most 32"),
+            (_, _, Some(b)) => bail!("--target-bpw {}: give bits per weight above 0 and at most 32", Shortest(b)),
             _ => None,
         };
         let candidates = if self.candidate_types.is_empty() {
@@ -653,4 +659,15 @@ pub fn copy_report(recipes: &[Recipe]) -> PlanReport {
         });
     }
     report
+}
+
+/// A number as given when short (`4.5`, `-1`, `NaN`), in scientific notation when its digits
+/// would run long (`1e308`, not 309 digits).
+struct Shortest(f64);
+
+impl std::fmt::Display for Shortest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = self.0.to_string();
+        if plain.len() > 12 { write!(f, "{:e}", self.0) } else { f.write_str(&plain) }
+    }
 }

@@ -66,6 +66,16 @@ impl KvOverride {
             }
             other => bail!("--override-kv '{arg}': unknown type '{other}' (int, float, bool or str)"),
         };
+        // The split keys say which shard a file is (UINT16 / INT32, written by moeq for
+        // --split-max-size and --keep-split): an override would be dropped from a split
+        // output, and make an unsplit one unreadable (llama.cpp's loader and moeq check their
+        // types).
+        if key.starts_with("split.") {
+            bail!(
+                "--override-kv '{arg}': the split.* keys describe a split model's shards and are written by moeq \
+                 (--split-max-size, --keep-split); they cannot be overridden"
+            );
+        }
         if key == "general.alignment" && !matches!(value, Value::U32(a) if a.is_power_of_two()) {
             bail!("--override-kv '{arg}': general.alignment must be an int power of two");
         }
@@ -104,6 +114,7 @@ mod tests {
             ("a.b=bool:yes", "'true' or 'false'"),
             ("a.b=u32:1", "unknown type"),
             ("general.alignment=int:3", "power of two"),
+            ("split.count=int:3", "cannot be overridden"),
         ] {
             let err = KvOverride::parse(arg).unwrap_err().to_string();
             assert!(err.contains(want), "{arg}: {err}");
