@@ -760,44 +760,7 @@ mod tests {
         let mut next = crate::x86::tests::xorshift_uniform(0x9E37_79B9_7F4A_7C15);
         let (mut last_s, mut last_m) = (0, 0);
         for case in 0..40_000 {
-            let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-30][case % 8];
-            let kind = (case / 8) % 6;
-            let mut x = [0f32; 32];
-            let mut w = [0f32; 32];
-            for i in 0..32 {
-                x[i] = match kind {
-                    0 => (next() - 0.5) * scale,
-                    1 => ((next() * 6.0).floor() - 3.0) * 0.25 * scale,
-                    2 => scale,
-                    3 => ((next() * 3.0).floor() - 1.0) * scale,
-                    4 => (next() + 2.0) * scale * if next() < 0.5 { -1.0 } else { 1.0 },
-                    _ => (next() - 0.3) * scale * if next() < 0.1 { 20.0 } else { 1.0 },
-                };
-                w[i] = match (kind + case / 48) % 4 {
-                    0 => next() * 10.0,
-                    1 => {
-                        if next() < 0.3 {
-                            0.0
-                        } else {
-                            1.0 + (next() * 4.0).floor()
-                        }
-                    }
-                    2 => x[i] * x[i],
-                    _ => {
-                        if next() < 0.2 {
-                            1e-30
-                        } else {
-                            next()
-                        }
-                    }
-                };
-            }
-            x.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let (mut sumx, mut sumw) = ([0f32; 33], [0f32; 33]);
-            for j in 0..32 {
-                sumx[j + 1] = sumx[j] + w[j] * x[j];
-                sumw[j + 1] = sumw[j] + w[j];
-            }
+            let ((sumx, sumw), (px, pw)) = crate::x86::tests::iq1_split_case(case, &mut next);
             // SAFETY: AVX-512 F was detected above.
             let got = unsafe { iq1s_split(&sumx, &sumw) };
             let want = Reference.iq1s_split(&sumx, &sumw);
@@ -807,14 +770,6 @@ mod tests {
                 "IQ1_S case {case}"
             );
             last_s += usize::from(matches!(want, Some((i1, _, _, _)) if i1 >= 24));
-            let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
-            for j in 0..16 {
-                let h = (j * 7 + case) % 2;
-                px[h][j + 1] = px[h][j] + w[j] * x[j];
-                px[1 - h][j + 1] = px[1 - h][j];
-                pw[h][j + 1] = pw[h][j] + w[j];
-                pw[1 - h][j + 1] = pw[1 - h][j];
-            }
             // SAFETY: as above.
             let got = unsafe { iq1m_split(&px, &pw) };
             let want = Reference.iq1m_split(&px, &pw);

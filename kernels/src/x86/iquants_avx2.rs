@@ -1549,43 +1549,7 @@ mod tests {
         }
         let mut next = uniform();
         for case in 0..20_000 {
-            let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-30][case % 8];
-            let kind = (case / 8) % 5;
-            let mut x = [0f32; 32];
-            let mut w = [0f32; 32];
-            for i in 0..32 {
-                x[i] = match kind {
-                    0 => (next() - 0.5) * scale,
-                    1 => ((next() * 6.0).floor() - 3.0) * 0.25 * scale,
-                    2 => scale,
-                    3 => ((next() * 3.0).floor() - 1.0) * scale,
-                    _ => (next() - 0.3) * scale * if next() < 0.1 { 20.0 } else { 1.0 },
-                };
-                w[i] = match (kind + case / 40) % 4 {
-                    0 => next() * 10.0,
-                    1 => {
-                        if next() < 0.3 {
-                            0.0
-                        } else {
-                            1.0 + (next() * 4.0).floor()
-                        }
-                    }
-                    2 => x[i] * x[i],
-                    _ => {
-                        if next() < 0.2 {
-                            1e-30
-                        } else {
-                            next()
-                        }
-                    }
-                };
-            }
-            x.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            let (mut sumx, mut sumw) = ([0f32; 33], [0f32; 33]);
-            for j in 0..32 {
-                sumx[j + 1] = sumx[j] + w[j] * x[j];
-                sumw[j + 1] = sumw[j] + w[j];
-            }
+            let ((sumx, sumw), (px, pw)) = crate::x86::tests::iq1_split_case(case, &mut next);
             // SAFETY: AVX2 was detected above.
             let got = unsafe { iq1s_split(&sumx, &sumw) };
             let want = Reference.iq1s_split(&sumx, &sumw);
@@ -1595,14 +1559,6 @@ mod tests {
                 "IQ1_S case {case}"
             );
             // IQ1_M: the first 16 values, their halves by the parity of their index.
-            let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
-            for j in 0..16 {
-                let h = (j * 7 + case) % 2;
-                px[h][j + 1] = px[h][j] + w[j] * x[j];
-                px[1 - h][j + 1] = px[1 - h][j];
-                pw[h][j + 1] = pw[h][j] + w[j];
-                pw[1 - h][j + 1] = pw[1 - h][j];
-            }
             // SAFETY: AVX2 was detected above.
             let got = unsafe { iq1m_split(&px, &pw) };
             let want = Reference.iq1m_split(&px, &pw);

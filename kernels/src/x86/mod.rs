@@ -134,6 +134,66 @@ pub(crate) mod tests {
         }
     }
 
+    /// The prefix sums the IQ1 boundary searches take, for test case `case`: a 32-value block
+    /// (ordinary values, values on a coarse grid — equal scores, near-ties where rounding
+    /// decides —, all-equal blocks, blocks whose best split puts every value in the top group,
+    /// outliers; scales from 1e−30 to 1e12) with ordinary, zero, integer, squared and tiny
+    /// weights, sorted; IQ1_S's `(sumx, sumw)` over all 32 values, and IQ1_M's per-half
+    /// `(px, pw)` over the first 16, halves by the parity of `j · 7 + case`.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn iq1_split_case(
+        case: usize,
+        next: &mut impl FnMut() -> f32,
+    ) -> (([f32; 33], [f32; 33]), ([[f32; 17]; 2], [[f32; 17]; 2])) {
+        let scale = [1.0, 0.02, 1e-3, 1e-12, 1e12, 3.0, 0.5, 1e-30][case % 8];
+        let kind = (case / 8) % 6;
+        let mut x = [0f32; 32];
+        let mut w = [0f32; 32];
+        for i in 0..32 {
+            x[i] = match kind {
+                0 => (next() - 0.5) * scale,
+                1 => ((next() * 6.0).floor() - 3.0) * 0.25 * scale,
+                2 => scale,
+                3 => ((next() * 3.0).floor() - 1.0) * scale,
+                4 => (next() + 2.0) * scale * if next() < 0.5 { -1.0 } else { 1.0 },
+                _ => (next() - 0.3) * scale * if next() < 0.1 { 20.0 } else { 1.0 },
+            };
+            w[i] = match (kind + case / 48) % 4 {
+                0 => next() * 10.0,
+                1 => {
+                    if next() < 0.3 {
+                        0.0
+                    } else {
+                        1.0 + (next() * 4.0).floor()
+                    }
+                }
+                2 => x[i] * x[i],
+                _ => {
+                    if next() < 0.2 {
+                        1e-30
+                    } else {
+                        next()
+                    }
+                }
+            };
+        }
+        x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (mut sumx, mut sumw) = ([0f32; 33], [0f32; 33]);
+        for j in 0..32 {
+            sumx[j + 1] = sumx[j] + w[j] * x[j];
+            sumw[j + 1] = sumw[j] + w[j];
+        }
+        let (mut px, mut pw) = ([[0f32; 17]; 2], [[0f32; 17]; 2]);
+        for j in 0..16 {
+            let h = (j * 7 + case) % 2;
+            px[h][j + 1] = px[h][j] + w[j] * x[j];
+            px[1 - h][j + 1] = px[1 - h][j];
+            pw[h][j + 1] = pw[h][j] + w[j];
+            pw[1 - h][j + 1] = pw[1 - h][j];
+        }
+        ((sumx, sumw), (px, pw))
+    }
+
     /// Around every power of two, and across each binade, the table agrees with log2f.
     #[test]
     fn exponent_table_agrees_with_log2f() {
