@@ -731,13 +731,8 @@ mod tests {
             return;
         }
         let mut next = crate::x86::tests::xorshift_uniform(0x2545_F491_4F6C_DD1D);
-        let pool = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 1e-45, -1e-45, 3.4e38, -3.4e38, 0.25, -2.0];
         for case in 0..50_000 {
-            let x: [f32; 32] = std::array::from_fn(|_| match case % 3 {
-                0 => pool[(next() * pool.len() as f32) as usize % pool.len()],
-                1 => (next() - 0.5) * 0.04,
-                _ => ((next() * 5.0).floor() - 2.0) * 0.125,
-            });
+            let x = crate::x86::tests::iq1_order_case(case, &mut next);
             // SAFETY: AVX-512 F was detected above.
             let got = unsafe { iq1_order::<32>(&x) };
             assert_eq!(got, crate::scalar::iq1::sorted_order::<32>(&x), "{x:?}");

@@ -134,6 +134,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// A 32-value block for the IQ1 sort-order tests, case `case`: values from a pool of equal
+    /// values, signed zeros, tiny and huge magnitudes and negatives; small values; or values on
+    /// a coarse grid (many ties).
+    pub(crate) fn iq1_order_case(case: usize, next: &mut impl FnMut() -> f32) -> [f32; 32] {
+        let pool = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 1e-45, -1e-45, 3.4e38, -3.4e38, 0.25, -2.0];
+        std::array::from_fn(|_| match case % 3 {
+            0 => pool[(next() * pool.len() as f32) as usize % pool.len()],
+            1 => (next() - 0.5) * 0.04,
+            _ => ((next() * 5.0).floor() - 2.0) * 0.125,
+        })
+    }
+
     /// The prefix sums the IQ1 boundary searches take, for test case `case`: a 32-value block
     /// (ordinary values, values on a coarse grid — equal scores, near-ties where rounding
     /// decides —, all-equal blocks, blocks whose best split puts every value in the top group,
