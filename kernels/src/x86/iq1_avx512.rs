@@ -434,7 +434,10 @@ fn walk16<const V: usize>(
         return None;
     }
     let lane = 15 - any.leading_zeros() as usize;
-    let k = (0..V).rev().find(|&k| wins[k] & (1 << lane) != 0).unwrap_or(0);
+    // The last variant winning at `lane`: the highest bit of the lane's wins, gathered
+    // without a branch per variant.
+    let at_lane = (0..V).fold(0u32, |a, k| a | (u32::from(wins[k] >> lane) & 1) << k);
+    let k = 31 - (at_lane | 1).leading_zeros() as usize;
     // Per lane the scale of its last winning variant, read at `lane` (kept in registers).
     let mut last = scale[0];
     for k in 1..V {
