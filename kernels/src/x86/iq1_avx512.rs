@@ -380,9 +380,9 @@ fn walk16<const V: usize>(
         pos[k] = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(valid, sumq2[k], zero);
         scale[k] = _mm512_div_ps(sumqx[k], sumq2[k]);
         let score = _mm512_mul_ps(scale[k], sumqx[k]);
-        // Candidates that cannot win (sumq2 ≤ 0, lanes left out) and NaN scores count as −∞.
-        let ok = _mm512_mask_cmp_ps_mask::<_CMP_ORD_Q>(pos[k], score, score);
-        s[k] = _mm512_mask_mov_ps(ninf, ok, score);
+        // Candidates that cannot win (sumq2 ≤ 0, lanes left out) and NaN scores count as −∞:
+        // `max(score, −∞)` is `score`, or the second operand, −∞, where `score` is NaN.
+        s[k] = _mm512_mask_max_ps(ninf, pos[k], score, ninf);
     }
     // Per lane the largest score, then the running maximum over lanes before each lane.
     let mut lane_max = s[0];
@@ -434,7 +434,10 @@ fn walk16<const V: usize>(
         return None;
     }
     let lane = 15 - any.leading_zeros() as usize;
-    let k = (0..V).rev().find(|&k| wins[k] & (1 << lane) != 0).unwrap_or(0);
+    // The last variant winning at `lane`: the highest bit of the lane's wins, gathered
+    // without a branch per variant.
+    let at_lane = (0..V).fold(0u32, |a, k| a | (u32::from(wins[k] >> lane) & 1) << k);
+    let k = 31 - (at_lane | 1).leading_zeros() as usize;
     // Per lane the scale of its last winning variant, read at `lane` (kept in registers).
     let mut last = scale[0];
     for k in 1..V {
@@ -681,6 +684,39 @@ mod tests {
             assert_eq!(best.to_bits(), best_s.to_bits(), "case {case}");
         }
         assert!(walked > 0);
+    }
+
+    /// `walk16` counts a NaN score (`sumqx = sumq2 = ∞`: ggml's test fails, as `∞ > ∞` does
+    /// not hold) as −∞: it neither wins nor spreads through the lanes' maxima to the running
+    /// best, whichever lane holds it.
+    #[test]
+    fn walk16_leaves_nan_scores_out() {
+        if !avx512() {
+            return;
+        }
+        let mut next = crate::x86::tests::xorshift_uniform(0x7F4A_7C15_9E37_79B9);
+        for case in 0..400 {
+            let mut qx: [f32; 16] = std::array::from_fn(|l| (1.0 + next()) * (1 << l) as f32);
+            let mut q2: [f32; 16] = std::array::from_fn(|_| 1.0 + next());
+            let nan_at = case % 16;
+            (qx[nan_at], q2[nan_at]) = (f32::INFINITY, f32::INFINITY);
+            assert!((qx[nan_at] / q2[nan_at] * qx[nan_at]).is_nan());
+            let (mut best_s, mut want) = (0.5f32, None);
+            for l in 0..16 {
+                if let Some(scale) = test_one(qx[l], q2[l], &mut best_s) {
+                    want = Some((l, 0, scale));
+                }
+            }
+            // SAFETY: AVX-512 F was detected above; 16 f32 per load.
+            let (got, best) = unsafe {
+                let mut best = _mm512_set1_ps(0.5);
+                let got =
+                    walk16::<1>(&[_mm512_loadu_ps(qx.as_ptr())], &[_mm512_loadu_ps(q2.as_ptr())], 0xffff, &mut best);
+                (got, _mm512_cvtss_f32(best))
+            };
+            assert_eq!(got, want, "case {case}");
+            assert_eq!(best.to_bits(), best_s.to_bits(), "case {case}");
+        }
     }
 
     /// The 16-lane neighbour search against the scalar reference on IQ1's lists: ordinary
