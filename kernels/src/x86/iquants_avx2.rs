@@ -13,7 +13,8 @@
 //!   one by one (in ggml's order, with the running best) from the first lane that could win;
 //!
 //! The AVX-512 backend uses these too, but for the multi-candidate evaluation and the
-//! candidate scales, which it runs with 16 lanes (`iquants_avx512`).
+//! candidate scales (`iquants_avx512`) and IQ1's boundary searches, neighbour search and
+//! IQ1_S's sort order (`iq1_avx512`), which it runs with 16 lanes.
 //!
 //! Every `#[target_feature]` function here is reached only through the AVX2 table (and the
 //! AVX-512 table, which inherits its entries), handed out only after detecting AVX2.
