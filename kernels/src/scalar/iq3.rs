@@ -92,7 +92,8 @@ fn search32<S: Searcher>(
                 l[4 * k..4 * k + 4].copy_from_slice(&r[4 * k..4 * k + 4]);
             }
         }
-        let (sumqx, sumq2) = sums(weight, xval, l);
+        // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
+        let (sumqx, sumq2) = if groups == 0xff { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }
