@@ -77,7 +77,7 @@ fn search32<S: Searcher>(
     s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
-    if let Some((c, sc)) = ev.choose(n) {
+    if let Some((c, sc)) = s.choose(ev, n) {
         scale = sc;
         ev.codes_of(c, l);
         on_grid = ev.on_grid[c];
