@@ -1,7 +1,7 @@
 //! AVX-512 (F + BW) version of the i-quants' multi-candidate evaluation ([`Searcher::evaluate`]
 //! of 2..=32 candidates: IQ3_XXS and IQ3_S on the 4-value 3-bit grids, IQ2_XXS, IQ2_XS and IQ2_S
 //! on the 8-value 2-bit grids) with 16 candidates per vector, and the candidate scales 16
-//! divisions at a time; every other search (the one-candidate refinement, the lanes-as-neighbours
+//! divisions at a time, and the IQ3 searches' choice among the candidates in lanes; every other search (the one-candidate refinement, the lanes-as-neighbours
 //! search, signs, IQ1) is the AVX2 searcher's ([`Avx2`]). Like the AVX2 kernel it performs the
 //! scalar reference's float operations, in the same order, per lane, so its results are the
 //! reference's bit for bit:
