@@ -77,7 +77,7 @@ fn search32<S: Searcher>(
     s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
-    if let Some((c, sc)) = ev.choose(n) {
+    if let Some((c, sc)) = s.choose(ev, n) {
         scale = sc;
         ev.codes_of(c, l);
         on_grid = ev.on_grid[c];
@@ -92,7 +92,8 @@ fn search32<S: Searcher>(
                 l[4 * k..4 * k + 4].copy_from_slice(&r[4 * k..4 * k + 4]);
             }
         }
-        let (sumqx, sumq2) = sums(weight, xval, l);
+        // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
+        let (sumqx, sumq2) = if groups == 0xff { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }

@@ -149,6 +149,12 @@ pub trait Searcher {
     /// IQ1_M's boundary search over per-half prefix sums: the best `(i1, i2, k, scale)` as
     /// `quantize_row_iq1_m_impl` finds it, or `None`.
     fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)>;
+
+    /// [`Evaluation::choose`] of `ev`'s candidates `0..n` (at most 32): the same candidate and
+    /// scale, bit for bit.
+    fn choose(&self, ev: &Evaluation, n: usize) -> Option<(usize, f32)> {
+        ev.choose(n)
+    }
 }
 
 /// ggml's order of operations, one value at a time.

@@ -1,7 +1,7 @@
 //! AVX-512 (F + BW) version of the i-quants' multi-candidate evaluation ([`Searcher::evaluate`]
 //! of 2..=32 candidates: IQ3_XXS and IQ3_S on the 4-value 3-bit grids, IQ2_XXS, IQ2_XS and IQ2_S
 //! on the 8-value 2-bit grids) with 16 candidates per vector, and the candidate scales 16
-//! divisions at a time; every other search (the one-candidate refinement, the lanes-as-neighbours
+//! divisions at a time, and the IQ3 searches' choice among the candidates in lanes; every other search (the one-candidate refinement, the lanes-as-neighbours
 //! search, signs, IQ1) is the AVX2 searcher's ([`Avx2`]). Like the AVX2 kernel it performs the
 //! scalar reference's float operations, in the same order, per lane, so its results are the
 //! reference's bit for bit:
@@ -168,6 +168,54 @@ impl Searcher for Avx512 {
     fn iq1m_split(&self, px: &[[f32; 17]; 2], pw: &[[f32; 17]; 2]) -> Option<(usize, usize, usize, f32)> {
         self.avx2.iq1m_split(px, pw)
     }
+
+    fn choose(&self, ev: &Evaluation, n: usize) -> Option<(usize, f32)> {
+        // SAFETY: as above.
+        unsafe { choose16(ev, n) }
+    }
+}
+
+/// [`Evaluation::choose`] of candidates `0..n` (at most 32) with the divisions and products
+/// formed 16 at a time: per candidate `sumqx²`, `scale = sumqx / sumq2` and `scale·sumqx` (the
+/// reference's very operations); then winner by winner, the first candidate after the last
+/// winner that passes `sumq2 > 0 && sumqx² > best·sumq2` (one multiplication and comparison
+/// of 32 lanes per winner), `best` becoming its `scale·sumqx`.
+#[target_feature(enable = "avx512f")]
+fn choose16(ev: &Evaluation, n: usize) -> Option<(usize, f32)> {
+    assert!(n <= ROW);
+    let zero = _mm512_setzero_ps();
+    let (mut sq, mut q2) = ([zero; 2], [zero; 2]);
+    let (mut scale, mut score) = ([0f32; ROW], [0f32; ROW]);
+    let mut positive = 0u32;
+    for h in 0..2 {
+        let (x, q) = (load16(&ev.sumqx[16 * h..]), load16(&ev.sumq2[16 * h..]));
+        let sc = _mm512_div_ps(x, q);
+        // SAFETY: both arrays hold 32 f32, so 16 at 16h (h < 2).
+        unsafe {
+            _mm512_storeu_ps(scale.as_mut_ptr().add(16 * h), sc);
+            _mm512_storeu_ps(score.as_mut_ptr().add(16 * h), _mm512_mul_ps(sc, x));
+        }
+        sq[h] = _mm512_mul_ps(x, x);
+        q2[h] = q;
+        positive |= (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(q, zero) as u32) << (16 * h);
+    }
+    // Candidates below n, and from `next` on.
+    let live = ((1u64 << n) - 1) as u32 & positive;
+    let (mut best, mut next, mut chosen) = (0f32, 0usize, None);
+    while next < n {
+        let b = _mm512_set1_ps(best);
+        let pass = (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(sq[0], _mm512_mul_ps(b, q2[0])) as u32)
+            | (_mm512_cmp_ps_mask::<_CMP_GT_OQ>(sq[1], _mm512_mul_ps(b, q2[1])) as u32) << 16;
+        let wins = pass & live & (u32::MAX << next);
+        if wins == 0 {
+            break;
+        }
+        let c = wins.trailing_zeros() as usize;
+        best = score[c];
+        chosen = Some((c, scale[c]));
+        next = c + 1;
+    }
+    chosen
 }
 
 // The candidates' pairs `(id, scale)` are read and written as two consecutive f32.
@@ -751,6 +799,49 @@ mod tests {
 
     /// `candidates` (16 divisions at a time, pairs written by interleaving) against the
     /// reference's, for 1..=32 numerators; the pairs past the numerators are left alone.
+    /// `choose16` against `Evaluation::choose`: sums of smooth and of random scores (many and
+    /// few winners), with zero, negative, infinite and NaN sums, equal scores (the later wins
+    /// only when strictly better), for every n in 0..=32.
+    #[test]
+    fn choose16_matches_reference() {
+        if !detected() {
+            return;
+        }
+        let mut next = crate::x86::tests::xorshift_uniform(0x18);
+        let mut ev = Evaluation::default();
+        for case in 0..3000 {
+            for c in 0..ROW {
+                let (x, q) = match case % 4 {
+                    // Smooth: a peak somewhere, as the searches' candidates.
+                    0 => {
+                        let t = c as f32 / 31.0 - next();
+                        (1.0 - t * t + 0.01 * next(), 1.0 + 0.1 * next())
+                    }
+                    1 => (next() - 0.3, next() - 0.1),
+                    // Few distinct values: equal scores.
+                    2 => ((next() * 3.0).floor(), 1.0 + (next() * 2.0).floor()),
+                    _ => match (next() * 8.0) as u32 {
+                        0 => (0.0, 0.0),
+                        1 => (f32::INFINITY, 1.0),
+                        2 => (1.0, f32::INFINITY),
+                        3 => (f32::NAN, 1.0),
+                        4 => (-2.0, 1.0),
+                        5 => (1e30, 1e-30),
+                        _ => (next() * 4.0, next() + 0.5),
+                    },
+                };
+                (ev.sumqx[c], ev.sumq2[c]) = (x, q);
+            }
+            for n in 0..=ROW {
+                let want = ev.choose(n);
+                // SAFETY: AVX-512F was detected (above).
+                let got = unsafe { choose16(&ev, n) };
+                let bits = |r: Option<(usize, f32)>| r.map(|(c, s)| (c, s.to_bits()));
+                assert_eq!(bits(got), bits(want), "case {case}, n {n}");
+            }
+        }
+    }
+
     #[test]
     fn candidates16_matches_reference() {
         if !detected() {
