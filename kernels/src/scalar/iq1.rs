@@ -12,7 +12,7 @@
 
 use super::common::{c_max, imatrix_weights, nearest_int, value_weights};
 use super::iq_grids::IQ1S_GRID;
-use super::iq_search::{Searcher, grid_codes};
+use super::iq_search::Searcher;
 use super::iq_tables::{self, GgmlAbort, Lattice, Lookup, check_scale};
 use crate::convert::{f16_to_f32, f32_to_f16};
 
@@ -63,8 +63,7 @@ fn split_codes(idx: &[usize], i1: usize, i2: usize, l: &mut [i8]) {
 }
 
 /// The grid index for 8 codes, or (`iq1_find_best_neighbour2`) the neighbour whose levels `xx`
-/// at `scale` come closest to `xb`, its codes rewritten in `l`; and whether they were on the
-/// grid. ggml's fallback when no neighbour is closer than `FLT_MAX` reads past its arrays:
+/// at `scale` come closest to `xb`; and whether they were on the grid. ggml's fallback when no neighbour is closer than `FLT_MAX` reads past its arrays:
 /// that is an abort here.
 #[inline]
 fn grid_point<S: Searcher>(
@@ -74,15 +73,16 @@ fn grid_point<S: Searcher>(
     weight: &[f32],
     scale: f32,
     xx: &[f32; 3],
-    l: &mut [i8],
+    l: &[i8],
 ) -> Result<(u16, bool), GgmlAbort> {
     let u = l.iter().enumerate().fold(0usize, |u, (j, &q)| u | ((q as u8 as usize) << (2 * j)));
     match t.lookup(u) {
         Lookup::OnGrid(g) => Ok((g, true)),
         Lookup::Near(list) => {
             let qtab = [xx[0], xx[1], xx[2], 0.0, 0.0, 0.0, 0.0, 0.0];
+            // ggml rewrites the codes `L` here too; nothing reads them afterwards (the
+            // block's scale is recomputed from the grid points), so they are left as they are.
             let g = list.indices[s.nearest::<8>(list, &qtab, xb, weight, scale).ok_or(GgmlAbort)?];
-            grid_codes(t, g, l);
             Ok((g, false))
         }
     }
@@ -141,7 +141,7 @@ pub fn quantize_iq1_s_block<S: Searcher>(
         let mut all_on_grid = true;
         for k in 0..4 {
             let r = 8 * k..8 * k + 8;
-            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
+            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &l[r])?;
             all_on_grid &= on;
             index[k] = g;
         }
@@ -267,7 +267,7 @@ pub fn quantize_iq1_m_block<S: Searcher>(
         for k in 0..2 {
             let r = 8 * k..8 * k + 8;
             let xx = iq1m_levels(best_k, k);
-            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &mut l[r])?;
+            let (g, on) = grid_point(s, t, &xb[r.clone()], &weight[r.clone()], scale, xx, &l[r])?;
             all_on_grid &= on;
             index[k] = g;
         }
