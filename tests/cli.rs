@@ -5155,7 +5155,8 @@ fn tokenizer_files_are_never_overwritten() {
     assert!(!x.exists());
 }
 
-/// `bench dot` refuses widths it could not allocate (clap's exit 2, no panic or abort);
+/// `bench dot` refuses widths and `bench kernels` sizes it could not allocate (clap's exit 2,
+/// no panic or abort);
 /// `eval --text ""` is the BOS alone, as llama.cpp tokenizes an empty text (no leading space).
 #[test]
 fn bench_dot_widths_and_empty_text() {
@@ -5169,6 +5170,18 @@ fn bench_dot_widths_and_empty_text() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{width}: {err}");
         assert!(err.contains(says) && !err.contains("panicked"), "{width}: {err}");
+    }
+    // `bench kernels --size` past memory aborted on the allocation; 0 measured one block.
+    for (size, says) in [
+        ("0", "must be 1024"),
+        ("1023", "must be 1024"),
+        ("99999999999999", "to 1073741824 (1 GiB)"),
+        ("18446744073709551615", "to 1073741824 (1 GiB)"),
+    ] {
+        let out = moeq(&["bench", "kernels", "--types", "Q4_0", "--size", size]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {err}");
+        assert!(err.contains(says) && !err.contains("memory allocation"), "{size}: {err}");
     }
     let mixtral = fixtures().join("mixtral/hf");
     let shown = ok(&["eval", path_arg(&mixtral), "--text", "", "--top", "1"]);
