@@ -194,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             moeq_formats::target::check_path(&output, kind)?;
             if let Some(path) = &save_chunks {
                 moeq_formats::target::check_path(path, kind)?;
+                moeq::plan::convert::refuse_at_output("--save-chunks", "the chunks", path, &output, kind)?;
             }
             let mut inputs = Source::open_headers(&model)?.files();
             inputs.push(match &calibration {

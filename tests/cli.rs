@@ -3447,7 +3447,7 @@ fn report_on_a_full_disk_leaves_nothing() {
 
 /// `imatrix --save-chunks` put the chunks file in place before computing: a run that then
 /// failed (the matrix not fitting on the disk) or was interrupted left it behind. It is
-/// committed after the matrix now.
+/// committed after the matrix now. A chunks file at the matrix's path is refused.
 #[test]
 fn imatrix_save_chunks_is_committed_with_the_matrix() {
     let gguf = golden("mixtral-bf16.gguf");
@@ -3468,6 +3468,13 @@ fn imatrix_save_chunks_is_committed_with_the_matrix() {
             "-q".into(),
         ]
     };
+    // --save-chunks naming the matrix's own path (spelled otherwise): one output silently
+    // replaced the other. Refused before any work, nothing written.
+    let same = dir.path().join(".").join("m.imatrix");
+    let args = run(&m, &same);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--save-chunks") && err.contains("that is where the output goes"), "{err}");
+    assert!(!m.exists());
     let args = run(&m, &c);
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "1,2,3,4,5,6,7,8,9,10\n");
