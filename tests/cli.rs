@@ -5196,3 +5196,27 @@ fn bench_dot_widths_and_empty_text() {
     assert_eq!(positions.len(), 1, "{shown}");
     assert!(positions[0].trim_start().starts_with("0 ") && positions[0].contains(" 1 →"), "{shown}");
 }
+
+/// `eval` and `verify` ran sequences past the model's training context (the Llama fixture's
+/// 4096 positions) without a word, where `imatrix` (and llama.cpp) warn: now they warn too.
+#[test]
+fn eval_and_verify_warn_past_the_training_context() {
+    let llama = fixtures().join("llama/hf");
+    let ids = vec!["5"; 4097].join(",");
+    let run = |args: &[&str]| {
+        let out = moeq(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let says = "longer than the model's training context of 4096 tokens";
+    let err = run(&["eval", path_arg(&llama), "--tokens", &ids, "--top", "1"]);
+    assert!(err.contains("4097 tokens") && err.contains(says), "{err}");
+    let err = run(&["eval", path_arg(&llama), "--tokens", &ids[2..], "--top", "1"]);
+    assert!(!err.contains("training context"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, format!("1,2,3\n{ids}\n")).unwrap();
+    let q4 = golden("llama-bf16-Q4_0.gguf");
+    let err = run(&["verify", path_arg(&llama), path_arg(&q4), "--tokens-file", path_arg(&file)]);
+    assert!(err.contains("4097 tokens") && err.contains(says), "{err}");
+}
