@@ -5220,3 +5220,20 @@ fn eval_and_verify_warn_past_the_training_context() {
     let err = run(&["verify", path_arg(&llama), path_arg(&q4), "--tokens-file", path_arg(&file)]);
     assert!(err.contains("4097 tokens") && err.contains(says), "{err}");
 }
+
+/// An id outside the vocabulary in `verify`'s tokens was found only after the tensor checks,
+/// as "the source model: token N is outside the vocabulary": the error now comes before any
+/// work and names the file (or `--tokens`), the sequence and the model.
+#[test]
+fn verify_names_the_file_of_an_out_of_vocabulary_token() {
+    let llama = fixtures().join("llama/hf");
+    let q4 = golden("llama-bf16-Q4_0.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, "1,2\n\n3,99999\n").unwrap();
+    let err = fails(&["verify", path_arg(&llama), path_arg(&q4), "--tokens-file", path_arg(&file)]);
+    assert!(err.contains(path_arg(&file)) && err.contains("sequence 2 holds token 99999"), "{err}");
+    assert!(err.contains(&format!("the vocabulary of {} (512 tokens)", path_arg(&llama))), "{err}");
+    let err = fails(&["verify", path_arg(&llama), path_arg(&q4), "--tokens", "1,512"]);
+    assert!(err.contains("--tokens: sequence 1 holds token 512"), "{err}");
+}
