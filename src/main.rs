@@ -370,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     mlx.overrides = quant_override
                         .iter()
-                        .map(|o| parse_override(o).map_err(|e| anyhow::anyhow!("--quant-override '{o}': {e}")))
+                        .map(|o| parse_override(o).map_err(|e| anyhow::anyhow!("--quant-override '{o}': {e:#}")))
                         .collect::<anyhow::Result<_>>()?;
                     if let Some(names) = &mlx_candidates {
                         // At the build's group size (--type qN's or --group-size's, else 64).

@@ -5237,3 +5237,22 @@ fn verify_names_the_file_of_an_out_of_vocabulary_token() {
     let err = fails(&["verify", path_arg(&llama), path_arg(&q4), "--tokens", "1,512"]);
     assert!(err.contains("--tokens: sequence 1 holds token 512"), "{err}");
 }
+
+/// `--quant-override '*=q8:abc'` said only "group size 'abc'": the cause was dropped (and
+/// the parser's own "invalid digit" came without the allowed sizes).
+#[test]
+fn quant_override_bad_group_says_why() {
+    let llama = fixtures().join("llama/hf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlx");
+    for group in ["abc", "18446744073709551616", "-"] {
+        let spec = format!("*=q8:{group}");
+        let err =
+            fails(&["convert", path_arg(&llama), "-o", path_arg(&out), "--format", "mlx", "--quant-override", &spec]);
+        assert!(
+            err.contains(&format!("group size '{group}' is not a whole number (MLX takes 32, 64 or 128)")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}
