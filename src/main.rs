@@ -251,10 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tokens = coverage.tokens as f64;
             if !quiet {
                 eprintln!(
-                    "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
+                    "wrote {} ({} entries, {} chunk{}, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
                     output.display(),
                     imatrix.entries.len(),
                     imatrix.chunk_count,
+                    if imatrix.chunk_count == 1 { "" } else { "s" },
                     coverage.tokens,
                     tokens / seconds.max(1e-9)
                 );

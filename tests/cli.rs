@@ -5256,3 +5256,16 @@ fn quant_override_bad_group_says_why() {
         assert!(!out.exists());
     }
 }
+
+/// `imatrix` on one chunk said "1 chunks".
+#[test]
+fn imatrix_counts_one_chunk_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4\n").unwrap();
+    let m = dir.path().join("m.gguf");
+    let gguf = golden("mixtral-bf16.gguf");
+    let out = moeq(&["imatrix", path_arg(&gguf), "--tokens-file", path_arg(&tokens), "-o", path_arg(&m)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(" entries, 1 chunk, 4 tokens in "), "{err}");
+}
