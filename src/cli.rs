@@ -284,6 +284,20 @@ fn row_width(text: &str) -> Result<usize, String> {
     }
 }
 
+/// The largest `moeq bench kernels --size`: 64 times the default 16 MiB, far past every cache
+/// (the measured rate no longer changes), and the buffers it allocates (the values, their
+/// quantized and dequantized copies: about three times the size) still fit a small machine.
+const MAX_BENCH_SIZE: usize = 1 << 30;
+
+/// `moeq bench kernels --size`: whole 256-value blocks of f32, so at least 1024 bytes.
+fn bench_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n @ 1024..=MAX_BENCH_SIZE) => Ok(n),
+        Ok(n) => Err(format!("{n} bytes: must be 1024 (one block of 256 f32 values) to {MAX_BENCH_SIZE} (1 GiB)")),
+        Err(e) => Err(format!("not a number of bytes: {e}")),
+    }
+}
+
 /// What `moeq bench` measures.
 #[derive(Subcommand, Debug)]
 pub enum BenchTarget {
@@ -292,8 +306,8 @@ pub enum BenchTarget {
         /// Print a JSON list of {"type", "backend", "op", "gbps"}.
         #[arg(long)]
         json: bool,
-        /// Bytes of f32 data per measurement.
-        #[arg(long, default_value_t = 16 << 20)]
+        /// Bytes of f32 data per measurement: 1024 (one 256-value block) to 1 GiB.
+        #[arg(long, default_value_t = 16 << 20, value_parser = bench_size)]
         size: usize,
         /// Measure only these block types (comma-separated ggml names, e.g. `IQ2_XS,Q3_K`) and
         /// no conversions.

@@ -59,6 +59,8 @@ struct VerifyOptions {
     quiet: bool,
     /// Every expert on every token (`--every-expert`).
     every_expert: bool,
+    /// Where the given sequences come from (`--tokens`, the `--tokens-file` path), for errors.
+    origin: String,
 }
 
 /// Runs `moeq verify`: exit status 1 when a check fails.
@@ -68,13 +70,23 @@ fn run_verify(
     sequences: &[Vec<u32>],
     o: VerifyOptions,
 ) -> anyhow::Result<ExitCode> {
-    let VerifyOptions { json, limits, full_forward, quiet, every_expert } = o;
+    let VerifyOptions { json, limits, full_forward, quiet, every_expert, origin } = o;
     use moeq::model::weights::Weights;
     use moeq::verify::{Limits, experts::expert_errors, reference_tokens, verify};
     let (src, out) = (Source::open(source)?, Source::open(output)?);
     let (src_w, out_w) = (Weights::new(&src, source)?, Weights::new(&out, output)?);
     let vocab = *src_w.ne("token_embd.weight")?.get(1).unwrap_or(&1) as usize;
     let sequences = if sequences.is_empty() { reference_tokens(vocab) } else { sequences.to_vec() };
+    // Checked before any work (the forward would find them only after the tensor checks).
+    for (i, seq) in sequences.iter().enumerate() {
+        if let Some(tok) = seq.iter().find(|&&t| t as usize >= vocab) {
+            anyhow::bail!(
+                "{origin}: sequence {} holds token {tok}, outside the vocabulary of {} ({vocab} tokens)",
+                i + 1,
+                source.display()
+            );
+        }
+    }
     let mut report = verify(&src_w, &out_w, &sequences, None, full_forward)?;
     moeq_formats::inputs::check_unchanged()?;
     // The limits given fail the check; the others stay as the defaults have them.
@@ -194,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             moeq_formats::target::check_path(&output, kind)?;
             if let Some(path) = &save_chunks {
                 moeq_formats::target::check_path(path, kind)?;
+                moeq::plan::convert::refuse_at_output("--save-chunks", "the chunks", path, &output, kind)?;
             }
             let mut inputs = Source::open_headers(&model)?.files();
             inputs.push(match &calibration {
@@ -238,10 +251,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tokens = coverage.tokens as f64;
             if !quiet {
                 eprintln!(
-                    "wrote {} ({} entries, {} chunks, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
+                    "wrote {} ({} entries, {} chunk{}, {} tokens in {seconds:.1} s: {:.1} tokens/s)",
                     output.display(),
                     imatrix.entries.len(),
                     imatrix.chunk_count,
+                    if imatrix.chunk_count == 1 { "" } else { "s" },
                     coverage.tokens,
                     tokens / seconds.max(1e-9)
                 );
@@ -357,7 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     mlx.overrides = quant_override
                         .iter()
-                        .map(|o| parse_override(o).map_err(|e| anyhow::anyhow!("--quant-override '{o}': {e}")))
+                        .map(|o| parse_override(o).map_err(|e| anyhow::anyhow!("--quant-override '{o}': {e:#}")))
                         .collect::<anyhow::Result<_>>()?;
                     if let Some(names) = &mlx_candidates {
                         // At the build's group size (--type qN's or --group-size's, else 64).
@@ -468,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             every_expert,
         } => {
             let limits = (max_kl, min_top1, max_moe_rel_err);
+            let origin = tokens_file.as_ref().map_or("--tokens".to_string(), |p| p.display().to_string());
             let sequences = match (tokens_file, text) {
                 (Some(path), _) => moeq::verify::read_token_file(&path)?,
                 (None, Some(text)) => moeq::verify::text_sequences(&source, &text, tokenizer.as_deref())?,
@@ -478,7 +493,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &source,
                 &output,
                 &sequences,
-                VerifyOptions { json, limits, full_forward, quiet, every_expert },
+                VerifyOptions { json, limits, full_forward, quiet, every_expert, origin },
             );
         }
     }

@@ -3447,7 +3447,7 @@ fn report_on_a_full_disk_leaves_nothing() {
 
 /// `imatrix --save-chunks` put the chunks file in place before computing: a run that then
 /// failed (the matrix not fitting on the disk) or was interrupted left it behind. It is
-/// committed after the matrix now.
+/// committed after the matrix now. A chunks file at the matrix's path is refused.
 #[test]
 fn imatrix_save_chunks_is_committed_with_the_matrix() {
     let gguf = golden("mixtral-bf16.gguf");
@@ -3468,6 +3468,13 @@ fn imatrix_save_chunks_is_committed_with_the_matrix() {
             "-q".into(),
         ]
     };
+    // --save-chunks naming the matrix's own path (spelled otherwise): one output silently
+    // replaced the other. Refused before any work, nothing written.
+    let same = dir.path().join(".").join("m.imatrix");
+    let args = run(&m, &same);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("--save-chunks") && err.contains("that is where the output goes"), "{err}");
+    assert!(!m.exists());
     let args = run(&m, &c);
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "1,2,3,4,5,6,7,8,9,10\n");
@@ -5155,7 +5162,8 @@ fn tokenizer_files_are_never_overwritten() {
     assert!(!x.exists());
 }
 
-/// `bench dot` refuses widths it could not allocate (clap's exit 2, no panic or abort);
+/// `bench dot` refuses widths and `bench kernels` sizes it could not allocate (clap's exit 2,
+/// no panic or abort);
 /// `eval --text ""` is the BOS alone, as llama.cpp tokenizes an empty text (no leading space).
 #[test]
 fn bench_dot_widths_and_empty_text() {
@@ -5170,9 +5178,94 @@ fn bench_dot_widths_and_empty_text() {
         assert_eq!(out.status.code(), Some(2), "{width}: {err}");
         assert!(err.contains(says) && !err.contains("panicked"), "{width}: {err}");
     }
+    // `bench kernels --size` past memory aborted on the allocation; 0 measured one block.
+    for (size, says) in [
+        ("0", "must be 1024"),
+        ("1023", "must be 1024"),
+        ("99999999999999", "to 1073741824 (1 GiB)"),
+        ("18446744073709551615", "to 1073741824 (1 GiB)"),
+    ] {
+        let out = moeq(&["bench", "kernels", "--types", "Q4_0", "--size", size]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{size}: {err}");
+        assert!(err.contains(says) && !err.contains("memory allocation"), "{size}: {err}");
+    }
     let mixtral = fixtures().join("mixtral/hf");
     let shown = ok(&["eval", path_arg(&mixtral), "--text", "", "--top", "1"]);
     let positions: Vec<&str> = shown.lines().filter(|l| l.contains('→')).collect();
     assert_eq!(positions.len(), 1, "{shown}");
     assert!(positions[0].trim_start().starts_with("0 ") && positions[0].contains(" 1 →"), "{shown}");
+}
+
+/// `eval` and `verify` ran sequences past the model's training context (the Llama fixture's
+/// 4096 positions) without a word, where `imatrix` (and llama.cpp) warn: now they warn too.
+#[test]
+fn eval_and_verify_warn_past_the_training_context() {
+    let llama = fixtures().join("llama/hf");
+    let ids = vec!["5"; 4097].join(",");
+    let run = |args: &[&str]| {
+        let out = moeq(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let says = "longer than the model's training context of 4096 tokens";
+    let err = run(&["eval", path_arg(&llama), "--tokens", &ids, "--top", "1"]);
+    assert!(err.contains("4097 tokens") && err.contains(says), "{err}");
+    let err = run(&["eval", path_arg(&llama), "--tokens", &ids[2..], "--top", "1"]);
+    assert!(!err.contains("training context"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, format!("1,2,3\n{ids}\n")).unwrap();
+    let q4 = golden("llama-bf16-Q4_0.gguf");
+    let err = run(&["verify", path_arg(&llama), path_arg(&q4), "--tokens-file", path_arg(&file)]);
+    assert!(err.contains("4097 tokens") && err.contains(says), "{err}");
+}
+
+/// An id outside the vocabulary in `verify`'s tokens was found only after the tensor checks,
+/// as "the source model: token N is outside the vocabulary": the error now comes before any
+/// work and names the file (or `--tokens`), the sequence and the model.
+#[test]
+fn verify_names_the_file_of_an_out_of_vocabulary_token() {
+    let llama = fixtures().join("llama/hf");
+    let q4 = golden("llama-bf16-Q4_0.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.txt");
+    std::fs::write(&file, "1,2\n\n3,99999\n").unwrap();
+    let err = fails(&["verify", path_arg(&llama), path_arg(&q4), "--tokens-file", path_arg(&file)]);
+    assert!(err.contains(path_arg(&file)) && err.contains("sequence 2 holds token 99999"), "{err}");
+    assert!(err.contains(&format!("the vocabulary of {} (512 tokens)", path_arg(&llama))), "{err}");
+    let err = fails(&["verify", path_arg(&llama), path_arg(&q4), "--tokens", "1,512"]);
+    assert!(err.contains("--tokens: sequence 1 holds token 512"), "{err}");
+}
+
+/// `--quant-override '*=q8:abc'` said only "group size 'abc'": the cause was dropped (and
+/// the parser's own "invalid digit" came without the allowed sizes).
+#[test]
+fn quant_override_bad_group_says_why() {
+    let llama = fixtures().join("llama/hf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlx");
+    for group in ["abc", "18446744073709551616", "-"] {
+        let spec = format!("*=q8:{group}");
+        let err =
+            fails(&["convert", path_arg(&llama), "-o", path_arg(&out), "--format", "mlx", "--quant-override", &spec]);
+        assert!(
+            err.contains(&format!("group size '{group}' is not a whole number (MLX takes 32, 64 or 128)")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}
+
+/// `imatrix` on one chunk said "1 chunks".
+#[test]
+fn imatrix_counts_one_chunk_in_the_singular() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, "1 2 3 4\n").unwrap();
+    let m = dir.path().join("m.gguf");
+    let gguf = golden("mixtral-bf16.gguf");
+    let out = moeq(&["imatrix", path_arg(&gguf), "--tokens-file", path_arg(&tokens), "-o", path_arg(&m)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains(" entries, 1 chunk, 4 tokens in "), "{err}");
 }

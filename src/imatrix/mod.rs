@@ -294,17 +294,10 @@ pub fn load_chunks(
         eprintln!("warning: {warning}");
     }
     // Positions past the model's training context calibrate on what it never saw.
-    let arch = w.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
     let longest = cut.iter().map(Vec::len).max().unwrap_or(0);
-    if let Some(n_ctx) = w.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64())
-        && n_ctx > 0
-        && longest as u64 > n_ctx
-    {
-        eprintln!(
-            "warning: {what}: chunks of up to {longest} tokens are longer than the model's training context of \
-             {n_ctx} tokens; positions past it show the model what it never saw ({})",
-            if text { "a smaller --ctx avoids it" } else { "shorter chunks avoid it" }
-        );
+    let fix = if text { "a smaller --ctx avoids it" } else { "shorter chunks avoid it" };
+    if let Some(warning) = w.past_context_warning(longest, &what, fix) {
+        eprintln!("warning: {warning}");
     }
     Ok(cut)
 }

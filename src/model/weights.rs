@@ -389,6 +389,26 @@ impl<'a> Weights<'a> {
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    /// The model's training context in tokens (`ARCH.context_length`, a checkpoint's
+    /// `max_position_embeddings` as the converter writes it), when known and not 0.
+    pub fn training_context(&self) -> Option<u64> {
+        let arch = self.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+        self.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64()).filter(|&n| n > 0)
+    }
+
+    /// A warning when a sequence of `longest` tokens runs past [`Self::training_context`]
+    /// (as llama.cpp warns when its context exceeds `n_ctx_train`): positions past it show the
+    /// model what it never saw. `what` names the tokens' origin, `fix` how to avoid it.
+    pub fn past_context_warning(&self, longest: usize, what: &str, fix: &str) -> Option<String> {
+        let n_ctx = self.training_context()?;
+        (longest as u64 > n_ctx).then(|| {
+            format!(
+                "{what}: sequences of up to {longest} tokens are longer than the model's training context of \
+                 {n_ctx} tokens; positions past it show the model what it never saw ({fix})"
+            )
+        })
+    }
 }
 
 /// Rows `first..first + count` of `r` as `(lo, hi)` ranges that never straddle two stacked

@@ -140,7 +140,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
     if let Some(report) = &opts.report {
         target::check_path(report, OutputKind::File)?;
         if writes {
-            refuse_report_at_output(report, &opts.output, kind)?;
+            refuse_at_output("--report", "the report", report, &opts.output, kind)?;
         }
     }
     let source = Source::open(&opts.input)?;
@@ -632,9 +632,14 @@ pub fn prepare_output(output: &Path, kind: OutputKind, inputs: &[PathBuf], quiet
     Ok(())
 }
 
-/// Refuses a `--report` path that names the output (or, for a split output, one of its
-/// shards, `STEM-NNNNN-of-MMMMM.gguf`), which does not exist yet to be compared as a file.
-fn refuse_report_at_output(report: &Path, output: &Path, kind: OutputKind) -> Result<()> {
+/// Refuses a second output's path (`--report`, `imatrix --save-chunks`: `flag`, holding
+/// `what`) that names the output (or, for a split output, one of its shards,
+/// `STEM-NNNNN-of-MMMMM.gguf`), which does not exist yet to be compared as a file: one of the
+/// two would silently replace the other.
+///
+/// # Errors
+/// When both paths name the same file (same folder, same file name).
+pub fn refuse_at_output(flag: &str, what: &str, report: &Path, output: &Path, kind: OutputKind) -> Result<()> {
     let dir = |p: &Path| {
         let d = target::parent_dir(p);
         d.canonicalize().unwrap_or_else(|_| d.to_path_buf())
@@ -653,7 +658,7 @@ fn refuse_report_at_output(report: &Path, output: &Path, kind: OutputKind) -> Re
             .is_some_and(|rest| rest.contains("-of-"))
     };
     if name == out_name || (kind == OutputKind::Split && shard()) {
-        bail!("--report {}: that is where the output goes; choose another file for the report", report.display());
+        bail!("{flag} {}: that is where the output goes; choose another file for {what}", report.display());
     }
     Ok(())
 }

@@ -206,7 +206,13 @@ impl Slot {
 pub fn parse_override(text: &str) -> Result<(String, MlxType)> {
     let (pattern, ty) = text.split_once('=').context("expected PATTERN=TYPE, e.g. lm_head=q8:64")?;
     let (ty, group) = match ty.split_once(':') {
-        Some((t, g)) => (t, Some(g.parse::<u64>().with_context(|| format!("group size '{g}'"))?)),
+        Some((t, g)) => (
+            t,
+            Some(
+                g.parse::<u64>()
+                    .with_context(|| format!("group size '{g}' is not a whole number (MLX takes 32, 64 or 128)"))?,
+            ),
+        ),
         None => (ty, None),
     };
     Ok((pattern.to_string(), MlxType::parse(ty, group)?))

@@ -40,6 +40,9 @@ pub fn eval(path: &Path, tokens: &[u32]) -> Result<Trace> {
 pub fn run(source: &Source, path: &Path, tokens: &[u32]) -> Result<Trace> {
     let weights = Weights::new(source, path)?;
     let model = Model::new(&weights)?;
+    if let Some(warning) = weights.past_context_warning(tokens.len(), "the tokens", "give fewer tokens") {
+        eprintln!("warning: {warning}");
+    }
     model.run(tokens).with_context(|| format!("{}", path.display()))
 }
 

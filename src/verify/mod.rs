@@ -323,6 +323,10 @@ pub fn verify(
 ) -> Result<Report> {
     // Both models' hyperparameters, checked against their tensors before anything runs.
     let (src_model, out_model) = (Model::new(source)?, Model::new(output)?);
+    let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(warning) = source.past_context_warning(longest, "the reference tokens", "give shorter sequences") {
+        eprintln!("warning: {warning}");
+    }
 
     // 1. Tensors, in parallel, each streamed in pieces of about a million values.
     let names: Vec<&str> = source.names().collect();
