@@ -13,8 +13,14 @@
 //! - [`inspect`]: report what a model holds; [`bench`](mod@bench): kernel throughput.
 
 #[macro_use]
-#[allow(unused_macros)]
+#[allow(unused_macros, dead_code)] // (the library prints to standard output nowhere yet)
 mod print;
+
+/// The first failure of a write to standard output by this library's printing, other than a
+/// closed reader (EPIPE, which is no failure): e.g. a full disk under `moeq inspect > FILE`.
+pub fn stdout_error() -> Option<&'static str> {
+    print::stdout_error()
+}
 
 pub mod bench;
 pub mod cli;

@@ -36,8 +36,16 @@ fn main() -> ExitCode {
             _ => result,
         },
     };
+    // What is still buffered goes out now, so that its failure is seen too.
+    print::stdout_result(std::io::Write::flush(&mut std::io::stdout()));
     match result {
-        Ok(code) => code,
+        Ok(code) => match print::stdout_error().or(moeq::stdout_error()) {
+            Some(e) => {
+                eprintln!("error: writing to standard output failed ({e}): what this command printed is incomplete");
+                ExitCode::from(EXIT_ERROR)
+            }
+            None => code,
+        },
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)

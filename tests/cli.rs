@@ -2803,6 +2803,20 @@ fn closed_stdout_and_stderr_are_no_errors() {
         assert!(status.success(), "{args:?}: {status:?}");
     }
     assert!(imatrix.is_file(), "the importance matrix was written");
+    // A standard output that fails otherwise (a full disk: /dev/full) is an error: what the
+    // command printed is lost.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        for args in [vec!["inspect", "--json", path_arg(&gguf)], vec!["eval", path_arg(&gguf), "--tokens", "1,2,3"]] {
+            let out = Command::new(env!("CARGO_BIN_EXE_moeq"))
+                .args(&args)
+                .stdout(full.try_clone().unwrap())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("writing to standard output failed"), "{err}");
+        }
+    }
     // SIGTERM with stderr closed: ends by SIGTERM, nothing left.
     let big = dir.path().join("big.gguf");
     sparse_gguf(&big, 8, 4096, 4096);
