@@ -68,6 +68,16 @@ impl OutputFile {
         Ok(OutputFile { temp, writing: Mutex::new(()), path: path.to_path_buf() })
     }
 
+    /// A temporary file holding exactly `bytes`, in the folder of `path`, not yet committed
+    /// ([`OutputFile::commit`] puts it in place): a small whole file (a report, an index).
+    ///
+    /// Errors: as [`OutputFile::create`], or the write failing (disk full), naming `path`.
+    pub fn with_bytes(path: &Path, bytes: &[u8]) -> Result<OutputFile> {
+        let file = OutputFile::create(path, bytes.len() as u64)?;
+        file.write_at(bytes, 0)?;
+        Ok(file)
+    }
+
     /// The final path.
     pub fn path(&self) -> &Path {
         &self.path

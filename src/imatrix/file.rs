@@ -117,9 +117,7 @@ pub fn write_dat(m: &Imatrix, path: &Path) -> Result<()> {
         bail!("{}: no weight received any data; nothing to write", path.display());
     }
     let bytes = dat_bytes(m)?;
-    let file = OutputFile::create(path, bytes.len() as u64)?;
-    file.write_at(&bytes, 0)?;
-    file.commit()?;
+    OutputFile::with_bytes(path, &bytes)?.commit()?;
     Ok(())
 }
 

@@ -344,9 +344,7 @@ pub fn compute_request(req: &Request) -> Result<(Imatrix, Coverage, Option<moeq_
         Some(path) => {
             let text: String =
                 chunks.iter().map(|c| c.iter().map(u32::to_string).collect::<Vec<_>>().join(",") + "\n").collect();
-            let file = moeq_formats::output::OutputFile::create(path, text.len() as u64)?;
-            file.write_at(text.as_bytes(), 0)?;
-            Some(file)
+            Some(moeq_formats::output::OutputFile::with_bytes(path, text.as_bytes())?)
         }
         None => None,
     };

@@ -108,9 +108,7 @@ fn naming_file(e: anyhow::Error, input: &Path) -> anyhow::Error {
 /// Errors: the file cannot be created or written (disk full), naming it.
 pub fn stage_report(path: &Path, json: &serde_json::Value) -> Result<OutputFile> {
     let text = serde_json::to_string_pretty(json)? + "\n";
-    let file = OutputFile::create(path, text.len() as u64)?;
-    file.write_at(text.as_bytes(), 0)?;
-    Ok(file)
+    Ok(OutputFile::with_bytes(path, text.as_bytes())?)
 }
 
 /// The `--report` of a real run, written before the model is committed, so that a report

@@ -222,9 +222,7 @@ impl SafetensorsWriter {
             let mut text = serde_json::to_vec_pretty(&json).map_err(|e| Error::plan(path, e.to_string()))?;
             text.push(b'\n');
             let index_path = path.with_file_name(format!("{stem}.safetensors.index.json"));
-            let file = OutputFile::create(&index_path, text.len() as u64)?;
-            file.write_at(&text, 0)?;
-            Some(file)
+            Some(OutputFile::with_bytes(&index_path, &text)?)
         } else {
             None
         };
