@@ -52,9 +52,9 @@ pub enum Command {
         /// SentencePiece vocabulary the leading space llama.cpp adds.
         #[arg(long, value_name = "TEXT")]
         text: Option<String>,
-        /// The folder with the tokenizer.json for --text (default: the checkpoint's folder; a
+        /// The tokenizer.json, or its folder, for --text (default: the checkpoint's folder; a
         /// GGUF needs it).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "PATH")]
         tokenizer: Option<PathBuf>,
         /// Write logits, hidden states and MoE block inputs/outputs as F32 safetensors.
         #[arg(long, value_name = "OUT.safetensors")]
@@ -85,9 +85,9 @@ pub enum Command {
         /// as `moeq imatrix --text` does, in sequences of 512 tokens (the last one shorter).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["tokens", "tokens_file"])]
         text: Option<PathBuf>,
-        /// The folder with the tokenizer.json for --text (default: the source checkpoint's
+        /// The tokenizer.json, or its folder, for --text (default: the source checkpoint's
         /// folder; a GGUF source needs it).
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "PATH")]
         tokenizer: Option<PathBuf>,
         /// Print the whole report as JSON.
         #[arg(long)]
@@ -141,8 +141,8 @@ pub enum Command {
         /// At most this many chunks (default: all the text holds).
         #[arg(long)]
         chunks: Option<usize>,
-        /// The folder with the tokenizer.json (default: the checkpoint's folder; a GGUF needs it).
-        #[arg(long, value_name = "DIR")]
+        /// The tokenizer.json, or its folder (default: the checkpoint's folder; a GGUF needs it).
+        #[arg(long, value_name = "PATH")]
         tokenizer: Option<PathBuf>,
         /// gguf (llama.cpp's current format) or dat (legacy).
         #[arg(long, default_value = "gguf", value_parser = ["gguf", "dat"])]
@@ -420,9 +420,9 @@ pub struct QuantArgs {
     /// --target-*, whose forward runs once per tensor; all the input holds for --rounding gptq).
     #[arg(long, value_name = "N")]
     pub chunks: Option<usize>,
-    /// The folder with the tokenizer.json for --calibration text (default: the checkpoint's
+    /// The tokenizer.json, or its folder, for --calibration text (default: the checkpoint's
     /// folder; a GGUF needs it).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
     /// How the KL calibration of --optimize / --target-* probes tensors: layer (the default:
     /// each tensor's change of its own layer's output, turned into KL by one run of the rest of

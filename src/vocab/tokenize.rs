@@ -17,12 +17,16 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Loads `tokenizer.json` from `dir` or, for OpenAI's `original/` layout, its parent.
+    /// Loads `tokenizer.json` from `dir` or, for OpenAI's `original/` layout, its parent; `dir`
+    /// may also name the file itself (`--tokenizer path/to/tokenizer.json`).
     ///
     /// Errors: no `tokenizer.json` there (a folder with only a SentencePiece `tokenizer.model`
     /// is named as such: moeq tokenizes text only through `tokenizer.json`), or a file the
     /// `tokenizers` crate cannot load.
     pub fn from_dir(dir: &Path) -> Result<TextTokenizer> {
+        if dir.is_file() {
+            return Self::from_file(dir);
+        }
         match std::iter::once(dir).chain(dir.parent()).map(|d| d.join("tokenizer.json")).find(|p| p.is_file()) {
             Some(path) => Self::from_file(&path),
             None if dir.join("tokenizer.model").is_file() => bail!(
@@ -272,6 +276,9 @@ mod tests {
             let t = TextTokenizer::from_dir(&fixture(dir)).unwrap();
             let ids = t.encode("Hello world\n\n  ok 3333", false).unwrap();
             assert!(!ids.is_empty(), "{dir}");
+            // The file itself names the same tokenizer (`--tokenizer path/tokenizer.json`).
+            let file = TextTokenizer::from_dir(t.path()).unwrap();
+            assert_eq!(file.encode("Hello world\n\n  ok 3333", false).unwrap(), ids, "{dir}");
             assert!(ids.iter().all(|&i| (i as usize) < t.id_count()), "{dir}");
         }
     }
@@ -283,6 +290,8 @@ mod tests {
         assert!(e.to_string().contains("no tokenizer.json"), "{e}");
         std::fs::write(dir.path().join("tokenizer.json"), b"{not json").unwrap();
         let e = TextTokenizer::from_dir(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("tokenizer.json: not a tokenizer"), "{e}");
+        let e = TextTokenizer::from_dir(&dir.path().join("tokenizer.json")).err().unwrap();
         assert!(e.to_string().contains("tokenizer.json: not a tokenizer"), "{e}");
         let sp = tempfile::tempdir().unwrap();
         std::fs::write(sp.path().join("tokenizer.model"), b"x").unwrap();
