@@ -4228,6 +4228,17 @@ fn size_budget_chooses_types_within_the_budget() {
     for t in only["optimize"]["tensors"].as_array().unwrap() {
         assert!(t["type"] == "Q4_K" || t["type"] == "Q6_K", "{t}");
     }
+    // A type that needs an importance matrix is named when there is none (it was left out
+    // without a word).
+    let out =
+        moeq(&["convert", "--dry-run", "--json", w, "--target-bpw", "6", "--candidate-types", "iq2_xxs,q4_k,q6_k"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: --candidate-types: IQ2_XXS needs an importance matrix (--imatrix)"), "{stderr}");
+    let no_imatrix: Json = serde_json::from_slice(&out.stdout).unwrap();
+    for t in no_imatrix["optimize"]["tensors"].as_array().unwrap() {
+        assert!(t["type"] == "Q4_K" || t["type"] == "Q6_K", "{t}");
+    }
 
     // Refusals: exit 2, a clear message, nothing written.
     let out = dir.path().join("never.gguf");

@@ -116,7 +116,7 @@ pub const CANDIDATES: &[GgmlType] = &[
 
 /// Types ggml's quantizers make only with importance weights (and llama-quantize refuses
 /// without them).
-fn needs_importance(ty: GgmlType) -> bool {
+pub fn needs_importance(ty: GgmlType) -> bool {
     use GgmlType as G;
     matches!(ty, G::IQ1_S | G::IQ1_M | G::IQ2_XXS | G::IQ2_XS | G::IQ2_S | G::IQ3_XXS)
 }

@@ -129,6 +129,19 @@ impl QuantArgs {
                 }
                 types.push(ty);
             }
+            let unusable: Vec<&str> = types
+                .iter()
+                .filter(|&&t| self.imatrix.is_none() && crate::plan::optimize::needs_importance(t))
+                .map(|t| t.name())
+                .collect();
+            if !unusable.is_empty() {
+                warnings.push(format!(
+                    "--candidate-types: {} need{} an importance matrix (--imatrix), so no tensor gets {}",
+                    unusable.join(", "),
+                    if unusable.len() == 1 { "s" } else { "" },
+                    if unusable.len() == 1 { "it" } else { "them" }
+                ));
+            }
             Some(types)
         };
         let (calibration, rounding) = self.calibration_requests(target.is_some())?;
