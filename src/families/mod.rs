@@ -11,6 +11,7 @@
 
 pub mod common;
 pub mod deepseek_v3;
+pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod llama;
 pub mod mixtral;
@@ -39,6 +40,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &qwen3_moe::Qwen3Moe,
     &qwen2_moe::Qwen2Moe,
     &deepseek_v3::DeepseekV3,
+    &glm4_moe::Glm4Moe,
 ];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it
@@ -397,6 +399,7 @@ mod tests {
         assert_eq!(for_gguf("llama", 0).map(|f| f.name()), Some("llama"));
         assert_eq!(for_gguf("qwen3moe", 128).map(|f| f.name()), Some("qwen3-moe"));
         assert_eq!(for_gguf("qwen2moe", 60).map(|f| f.name()), Some("qwen2-moe"));
+        assert_eq!(for_gguf("glm4moe", 128).map(|f| f.name()), Some("glm4-moe"));
         assert!(for_gguf("granitemoe", 32).is_none() && for_class("GraniteMoeForCausalLM").is_none());
     }
 

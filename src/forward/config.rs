@@ -203,6 +203,13 @@ impl Meta<'_, '_> {
         self.opt(key)?.with_context(|| format!("{}: no metadata '{}'", self.w.path, self.key(key)))
     }
 
+    /// Whether the model holds tensor `name` (for a family's optional tensors, such as
+    /// biases or norms a model may have or not; their shapes are checked as those of every
+    /// tensor [`crate::forward::Blocks::layer_tensors`] lists).
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.w.has(name)
+    }
+
     /// The raw value of a key (with the architecture prefix added), if present: for flags and
     /// names a family reads itself.
     pub fn value(&self, key: &str) -> Option<&Value> {
@@ -240,7 +247,17 @@ impl Config {
             bail!("{path}: moeq's forward runs {}, not '{arch}'", names.join(", "));
         };
         let blocks = family.forward();
-        let n_layer = m.req("block_count")?;
+        let blocks_total = m.req("block_count")?;
+        // llama.cpp's n_layer(): the multi-token-prediction blocks a GGUF holds after the
+        // model's layers (`nextn_predict_layers`, GLM-4.5's converter exports them) are not
+        // part of the forward.
+        let n_layer = match m.opt("nextn_predict_layers")? {
+            Some(n) if n.value > 0 => match blocks_total.value.checked_sub(n.value) {
+                Some(value) if value > 0 => Hp { value, from: format!("{} − {}", blocks_total.from, n.from) },
+                _ => bail!("{path}: {} leaves no layers of {}", n.from, blocks_total.from),
+            },
+            _ => blocks_total.clone(),
+        };
         let n_embd = m.req("embedding_length")?;
         let n_head = m.req("attention.head_count")?;
         let n_head_kv = match m.opt("attention.head_count_kv")? {
@@ -326,9 +343,9 @@ impl Config {
         if let Some(past) = w.names().find(|n| {
             n.strip_prefix("blk.")
                 .and_then(|r| r.split('.').next()?.parse::<u64>().ok())
-                .is_some_and(|l| l >= s.n_layer.value)
+                .is_some_and(|l| l >= blocks_total.value)
         }) {
-            bail!("{path}: tensor '{past}' is past the last layer ({})", s.n_layer.from);
+            bail!("{path}: tensor '{past}' is past the last layer ({})", blocks_total.from);
         }
 
         // After the tensors, which name a wrong key_length first.

@@ -41,6 +41,24 @@ pub fn gpt2_vocab(
     pre: Option<&str>,
     family: (&str, &str),
 ) -> Result<(Metadata, Vec<String>)> {
+    gpt2_vocab_with(dir, config, vocab_size, pre, family, &[])
+}
+
+/// [`gpt2_vocab`] with special tokens a family's converter sets by their text after reading the
+/// tokenizer's own (GLM's `_set_vocab_glm`: `("bos", "[gMASK]")`, ...): each `(type, content)`
+/// takes the id of the added token `content` unless the type already has one (gguf-py's
+/// `_set_special_token`), in the order given.
+///
+/// Errors: those of [`gpt2_vocab`], and a `content` that is not an added token of
+/// `tokenizer.json` (where the converter fails with a `KeyError`), naming the file and token.
+pub fn gpt2_vocab_with(
+    dir: &Path,
+    config: &Json,
+    vocab_size: usize,
+    pre: Option<&str>,
+    family: (&str, &str),
+    specials: &[(&str, &str)],
+) -> Result<(Metadata, Vec<String>)> {
     let path = dir.join("tokenizer.json");
     let tok = read_json(&path)?;
     let mut warnings = Vec::new();
@@ -105,7 +123,21 @@ pub fn gpt2_vocab(
             name
         }
     };
-    let special = SpecialVocab::load(dir, config, true, None, None)?;
+    let mut special = SpecialVocab::load(dir, config, true, None, None)?;
+    for &(typ, content) in specials {
+        let id = added
+            .iter()
+            .find(|a| a.get("content").and_then(Json::as_str) == Some(content))
+            .and_then(|a| a.get("id"))
+            .and_then(Json::as_u64);
+        let Some(id) = id else {
+            bail!(
+                "{}: no added token {content:?}, which llama.cpp's converter takes as the {typ} token of this family",
+                path.display()
+            );
+        };
+        special.set_id(typ, id)?;
+    }
     if special.merges.is_empty() {
         bail!("{}: no BPE merges; llama.cpp cannot load a gpt2 vocabulary without them", path.display());
     }

@@ -283,8 +283,9 @@ fn mla(m: &Model, l: usize, x: &[f32], starts: &[usize]) -> Result<Vec<f32>> {
 /// logits (sigmoid, or softmax for gating 1), plus the correction bias for choosing; with
 /// groups, only the `groups_used` groups with the largest sums of their two best choices
 /// compete; the top `k` by choice, weighted by their scores (normalized if asked, then
-/// scaled).
-fn route(logits: &[f32], bias: &[f32], k: usize, c: &Config) -> (Vec<usize>, Vec<f32>) {
+/// scaled). The settings are [`Config::extra`]'s `gating`, `groups`, `groups_used`,
+/// `weights_norm` and `weights_scale` (GLM-4.5's routing is the same).
+pub fn route(logits: &[f32], bias: &[f32], k: usize, c: &Config) -> (Vec<usize>, Vec<f32>) {
     let x = |n: &str| c.extra(n).unwrap_or(0.0);
     let mut scores = logits.to_vec();
     if x("gating") == 2.0 {
