@@ -60,6 +60,8 @@ fn model_inputs() -> Vec<PathBuf> {
         "qwen3-moe/hf",
         "qwen3-moe/hf-dense",
         "qwen2-moe/hf",
+        "glm4-moe/hf",
+        "glm4-moe/hf-qknorm",
     ]
     .iter()
     .map(|d| fixtures().join(d))
@@ -4141,6 +4143,9 @@ mod qwen;
 
 #[path = "cli/deepseek.rs"]
 mod deepseek;
+
+#[path = "cli/glm.rs"]
+mod glm;
 /// `--optimize` / `--target-size` / `--target-bpw`: types chosen to a byte budget, the
 /// decision log in the report and in the file, and the refusals.
 #[test]

@@ -135,6 +135,12 @@ pub trait Family: Sync {
         None
     }
 
+    /// Whether an MLX build keeps the tensor `gguf` (llama.cpp's name) of the family's GGUF
+    /// plan: mlx-lm's `sanitize` drops some (GLM-4.5's multi-token-prediction layer).
+    fn mlx_keeps(&self, _config: &ModelConfig, _gguf: &str) -> bool {
+        true
+    }
+
     /// mlx-lm's per-model choice for `module` (its `quant_predicate`), given `--type` and
     /// the module: the type and, when mlx-lm writes other settings than the type's, the
     /// `quantization` entry. `None`: the global choice applies.

@@ -463,6 +463,7 @@ fn convert_folder(source: &Source, opts: &ConvertOptions) -> Result<ConvertSumma
     let (items, config_json, format, parameters) = match opts.format {
         Format::Mlx => {
             let Converted { mut recipes, warnings, .. } = plan_checkpoint(model, config, OutType::Auto, None)?;
+            recipes.retain(|r| family.mlx_keeps(config, &r.spec.name));
             for w in warnings.iter().filter(|w| !w.contains("GGUF") && !w.contains("llama.cpp")) {
                 eprintln!("warning: {w}");
             }

@@ -330,7 +330,24 @@ pub fn verify(
 
     // 1. Tensors, in parallel, each streamed in pieces of about a million values.
     let names: Vec<&str> = source.names().collect();
-    let missing: Vec<String> = names.iter().filter(|n| !output.has(n)).map(|n| n.to_string()).collect();
+    // Blocks past the forward's layers (GLM-4.5's multi-token-prediction layer) that the output
+    // leaves out whole, as mlx-lm's builds do, are no defect: the forward does not run them.
+    let block = |n: &str| n.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+    let dropped = |l: usize| l >= src_model.cfg.n_layer && !output.names().any(|n| block(n) == Some(l));
+    let mut dropped_blocks: Vec<usize> = names.iter().filter_map(|n| block(n)).filter(|&l| dropped(l)).collect();
+    dropped_blocks.sort_unstable();
+    dropped_blocks.dedup();
+    if !dropped_blocks.is_empty() {
+        let list: Vec<String> = dropped_blocks.iter().map(|l| format!("blk.{l}")).collect();
+        eprintln!(
+            "warning: the output leaves out the multi-token-prediction block{} {} (not part of the forward; \
+             mlx-lm drops it too)",
+            if list.len() == 1 { "" } else { "s" },
+            list.join(", ")
+        );
+    }
+    let missing: Vec<String> =
+        names.iter().filter(|n| !output.has(n) && !block(n).is_some_and(dropped)).map(|n| n.to_string()).collect();
     let bar = steps_bar(names.len() as u64, "tensors");
     let checks: Result<Vec<TensorCheck>> = names
         .par_iter()

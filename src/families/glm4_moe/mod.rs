@@ -117,6 +117,13 @@ impl Family for Glm4Moe {
         "mlp.switch_mlp"
     }
 
+    fn mlx_keeps(&self, config: &ModelConfig, gguf: &str) -> bool {
+        // mlx-lm's sanitize drops model.layers.{num_hidden_layers} (the MTP layer).
+        let mtp = config.keys().opt_u64("num_hidden_layers").ok().flatten();
+        let layer = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<u64>().ok());
+        !matches!((layer, mtp), (Some(l), Some(n)) if l >= n)
+    }
+
     fn mlx_choice(&self, module: &MlxModule, _ty: Option<MlxType>, dtype: MlxType) -> Option<MlxChoice> {
         // mlx-lm's MoEGate is not a linear layer: never quantized.
         module.path.ends_with(".mlp.gate").then_some(MlxChoice { ty: dtype, params: None })
