@@ -311,9 +311,11 @@ def main():
     args = ap.parse_args()
     fx = Path(args.fixtures)
     refs = {}
-    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3"):
+    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3", "glm4-moe"):
         ref = load_file(str(fx / family / "reference.safetensors"))
         refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
+    ref = load_file(str(fx / "glm4-moe/reference-qknorm.safetensors"))
+    refs["glm4-moe/hf-qknorm"] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
 
     # (input folder, --type, golden of the same type to beat)
     cases = [
@@ -357,6 +359,17 @@ def main():
         ("deepseek-v3/fp8", "Q4_0", "deepseek-v3-bf16-Q4_0.gguf"),
         ("deepseek-v3/fp8", "Q4_K_M", "deepseek-v3-bf16-Q4_K_M.gguf"),
         ("deepseek-v3/fp8", "F32", "deepseek-v3-fp8.gguf"),
+        # GLM-4.5 (its MTP layer exported as an extra block, which llama.cpp loads and does not
+        # run in the main graph) and GLM-4.6's form (q/k norms).
+        ("glm4-moe/hf", None, "glm4-moe-bf16.gguf"),
+        ("glm4-moe/hf", "Q8_0", "glm4-moe-bf16-Q8_0.gguf"),
+        ("glm4-moe/hf", "Q4_0", "glm4-moe-bf16-Q4_0.gguf"),
+        ("glm4-moe/hf", "Q4_K_M", "glm4-moe-bf16-Q4_K_M.gguf"),
+        ("glm4-moe/hf", "MXFP4_MOE", "glm4-moe-bf16-MXFP4_MOE.gguf"),
+        ("glm4-moe/hf", "F16", "glm4-moe-bf16.gguf"),
+        ("glm4-moe/hf-qknorm", None, "glm4-moe-qknorm-bf16.gguf"),
+        ("glm4-moe/hf-qknorm", "Q8_0", "glm4-moe-qknorm-bf16-Q8_0.gguf"),
+        ("glm4-moe/hf-qknorm", "Q4_K_M", "glm4-moe-qknorm-bf16-Q4_K_M.gguf"),
     ]
     golden_scores = {}
     failures = 0
@@ -372,7 +385,7 @@ def main():
                 check_mxfp4_experts(out, fx / "gpt-oss/original")
             if args.no_llama:
                 continue
-            tokens, ref_logits = refs[layout.split("/")[0]]
+            tokens, ref_logits = refs.get(layout, refs.get(layout.split("/")[0]))
             if golden not in golden_scores:
                 golden_scores[golden] = agreement(logits_of(fx / "golden" / golden, tokens), ref_logits)
             cos, rel, top1 = agreement(logits_of(out, tokens), ref_logits)

@@ -176,6 +176,8 @@ def check_mlx_lm(moeq, fixtures, work):
     refs = {f: load_file(str(fixtures / f / "reference.safetensors"))
             for f in ["gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe"]}
     refs["qwen3-moe-dense"] = load_file(str(fixtures / "qwen3-moe/reference-dense.safetensors"))
+    refs["glm4-moe"] = load_file(str(fixtures / "glm4-moe/reference.safetensors"))
+    refs["glm4-moe-qknorm"] = load_file(str(fixtures / "glm4-moe/reference-qknorm.safetensors"))
     # mlx-lm reads gpt-oss only in the MXFP4 layout: the other layouts are compared with its
     # build of that one (the same model).
     readable = {"gpt-oss/original": "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16": "gpt-oss/hf-mxfp4"}
@@ -207,6 +209,12 @@ def check_mlx_lm(moeq, fixtures, work):
         ("qwen2-moe", "qwen2-moe/hf", ["--type", "q4"]),
         ("qwen2-moe", "qwen2-moe/hf", ["--type", "q8", "--group-size", "32"]),
         ("qwen2-moe", "qwen2-moe/hf", ["--type", "mxfp4"]),
+        # GLM-4.5: the MTP layer dropped as mlx-lm's sanitize drops it; GLM-4.6's form (q/k norms).
+        ("glm4-moe", "glm4-moe/hf", []),
+        ("glm4-moe", "glm4-moe/hf", ["--type", "q4"]),
+        ("glm4-moe", "glm4-moe/hf", ["--type", "q8", "--group-size", "32"]),
+        ("glm4-moe", "glm4-moe/hf", ["--type", "mxfp4"]),
+        ("glm4-moe-qknorm", "glm4-moe/hf-qknorm", ["--type", "q4", "--group-size", "32"]),
     ]
     print(f"{'source':<18} {'args':<26} {'cosine':>9} {'top-1':>6}   mlx_lm convert, same settings")
     for i, (family, src, args) in enumerate(cases):
