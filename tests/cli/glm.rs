@@ -168,7 +168,8 @@ fn glm4_moe_mlx_builds_equal_what_mlx_lm_writes() {
 fn glm4_moe_refuses_bad_configs_and_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.gguf");
-    let cases: Vec<(Box<dyn Fn(&mut Json)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Json)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|c| c["scoring_func"] = "softmax".into()), "scoring_func"),
         (Box::new(|c| c["partial_rotary_factor"] = 0.01.into()), "partial_rotary_factor"),
         (Box::new(|c| c["n_group"] = 3.into()), "n_group"),
