@@ -213,8 +213,56 @@ def write_qwen_checkpoint(folder, fixture, rng):
     write_safetensors(folder / "model.safetensors", t)
 
 
+def write_glm_checkpoint(folder, fixture, rng):
+    """A GLM-4.5 MoE checkpoint with rows that are multiples of 256: layer 0 dense, layers 1-2
+    MoE with 8 experts in 4 groups and a shared expert, q/k/v biases, and the
+    multi-token-prediction layer 3 with its nextn tensors (GLM-4.5-Air's layout); the fixture's
+    tokenizer and config as a template."""
+    import shutil
+    shutil.copytree(fixture, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    config = json.loads((fixture / "config.json").read_text())
+    hidden, heads, kv, hd, experts, ffn, vocab = 512, 8, 2, 128, 8, 256, config["vocab_size"]
+    config.update({"hidden_size": hidden, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+                   "num_hidden_layers": 3, "n_routed_experts": experts, "moe_intermediate_size": ffn,
+                   "intermediate_size": 1024})
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def w(*shape):
+        x = rng.standard_normal(shape).astype(np.float32) * 0.02
+        x[..., ::97] *= 30
+        return x
+
+    ones = lambda n: np.ones(n, np.float32)
+    t = [("model.embed_tokens.weight", w(vocab, hidden)), ("lm_head.weight", w(vocab, hidden)),
+         ("model.norm.weight", ones(hidden))]
+    for n in range(4):
+        l = f"model.layers.{n}."
+        t += [(l + "input_layernorm.weight", ones(hidden)), (l + "post_attention_layernorm.weight", ones(hidden)),
+              (l + "self_attn.q_proj.weight", w(heads * hd, hidden)), (l + "self_attn.k_proj.weight", w(kv * hd, hidden)),
+              (l + "self_attn.v_proj.weight", w(kv * hd, hidden)), (l + "self_attn.o_proj.weight", w(hidden, heads * hd)),
+              (l + "self_attn.q_proj.bias", w(heads * hd)), (l + "self_attn.k_proj.bias", w(kv * hd)),
+              (l + "self_attn.v_proj.bias", w(kv * hd))]
+        if n == 0:
+            t += [(l + "mlp.gate_proj.weight", w(1024, hidden)), (l + "mlp.up_proj.weight", w(1024, hidden)),
+                  (l + "mlp.down_proj.weight", w(hidden, 1024))]
+            continue
+        t += [(l + "mlp.gate.weight", w(experts, hidden)), (l + "mlp.gate.e_score_correction_bias", w(experts)),
+              (l + "mlp.shared_experts.gate_proj.weight", w(ffn, hidden)),
+              (l + "mlp.shared_experts.up_proj.weight", w(ffn, hidden)),
+              (l + "mlp.shared_experts.down_proj.weight", w(hidden, ffn))]
+        for j in range(experts):
+            e = l + f"mlp.experts.{j}."
+            t += [(e + "gate_proj.weight", w(ffn, hidden)), (e + "up_proj.weight", w(ffn, hidden)),
+                  (e + "down_proj.weight", w(hidden, ffn))]
+        if n == 3:
+            t += [(l + "eh_proj.weight", w(hidden, 2 * hidden)), (l + "enorm.weight", ones(hidden)),
+                  (l + "hnorm.weight", ones(hidden)), (l + "embed_tokens.weight", w(vocab, hidden)),
+                  (l + "shared_head.head.weight", w(vocab, hidden)), (l + "shared_head.norm.weight", ones(hidden))]
+    write_safetensors(folder / "model.safetensors", t)
+
+
 def check_kquant_mixes(moeq, fx, tmp, llama_quantize=None):
-    """On Llama-, Mixtral-, Qwen3-MoE- and Qwen2-MoE-shaped checkpoints with realistic widths,
+    """On Llama-, Mixtral-, Qwen3-MoE-, Qwen2-MoE- and GLM-4.5-shaped checkpoints with realistic widths,
     `moeq convert --type T` from the safetensors equals llama-quantize T of the bf16 GGUF, byte
     for byte (k-quant mixes, the 8-expert attn_v/attn_k bumps, ffn_down getting more bits, the
     shared expert, trailing unit dimensions dropped). llama-quantize is llama-cpp-python's
@@ -235,10 +283,12 @@ def check_kquant_mixes(moeq, fx, tmp, llama_quantize=None):
             params.nthread = 2
             assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
     rng = np.random.default_rng(11)
-    for family, experts in (("llama", 0), ("mixtral", 8), ("qwen3-moe", 8), ("qwen2-moe", 8)):
+    for family, experts in (("llama", 0), ("mixtral", 8), ("qwen3-moe", 8), ("qwen2-moe", 8), ("glm4-moe", 8)):
         folder = Path(tmp) / f"{family}-wide"
         if family.startswith("qwen"):
             write_qwen_checkpoint(folder, fx / family / "hf", rng)
+        elif family == "glm4-moe":
+            write_glm_checkpoint(folder, fx / family / "hf", rng)
         else:
             write_hf_checkpoint(folder, fx / family / "hf", experts, rng)
         bf16 = Path(tmp) / f"{family}-wide-bf16.gguf"

@@ -53,6 +53,8 @@ FOLDERS = [
     "qwen3-moe/hf",
     "deepseek-v3/hf",
     "deepseek-v3/fp8",
+    "glm4-moe/hf",
+    "glm4-moe/hf-qknorm",
     "golden-mlx/llama-q4",
     "golden-mlx/gpt-oss-mxfp4",
 ]

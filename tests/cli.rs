@@ -3290,7 +3290,9 @@ fn fuzz_regressions_fail_cleanly() {
 #[test]
 fn implausible_vocab_size_is_refused_before_padding() {
     let out = tempfile::tempdir().unwrap();
-    for fixture in ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf", "deepseek-v3/fp8"] {
+    for fixture in
+        ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf", "deepseek-v3/fp8", "glm4-moe/hf"]
+    {
         let src = fixtures().join(fixture);
         let variant = fixture_variant(
             &src,
@@ -3336,6 +3338,8 @@ fn implausible_expert_counts_are_refused() {
         ("qwen3-moe/hf", "num_hidden_layers"),
         ("deepseek-v3/fp8", "num_hidden_layers"),
         ("mixtral/hf", "num_hidden_layers"),
+        ("glm4-moe/hf", "n_routed_experts"),
+        ("glm4-moe/hf", "num_hidden_layers"),
     ];
     for (fixture, key) in cases {
         let variant = fixture_variant(
@@ -3539,7 +3543,7 @@ impl Drop for SmallDisk {
 fn negative_rms_norm_eps_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("m.gguf");
-    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8"] {
+    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8", "glm4-moe/hf"] {
         let variant = fixture_variant(
             &fixtures().join(fixture),
             "",
@@ -3613,6 +3617,8 @@ fn config_size_errors_name_the_key() {
             "\"shared_expert_intermediate_size\" is 0",
         ),
         ("deepseek-v3/fp8", "qk_rope_head_dim", serde_json::json!(7), "\"qk_rope_head_dim\" is 7, not an even number"),
+        ("glm4-moe/hf", "n_shared_experts", serde_json::json!(0), "\"n_shared_experts\" is 0"),
+        ("glm4-moe/hf", "head_dim", serde_json::json!(30), "partial_rotary_factor 0.5 rotates 15"),
     ];
     for (fixture, key, value, why) in cases {
         let variant = fixture_variant(
