@@ -308,8 +308,8 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    // 21, and DeepSeek-V3's three.
-    assert_eq!(checked, 24, "expected the 24 quantized goldens");
+    // 21, DeepSeek-V3's three and GLM-4.5's eight.
+    assert_eq!(checked, 32, "expected the 32 quantized goldens");
 }
 
 #[test]
@@ -3581,7 +3581,7 @@ fn negative_rms_norm_eps_is_refused() {
 fn config_size_errors_name_the_key() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("m.gguf");
-    let cases: [(&str, &str, Json, &str); 10] = [
+    let cases: [(&str, &str, Json, &str); 12] = [
         (
             "llama/hf",
             "num_key_value_heads",
