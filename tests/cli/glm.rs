@@ -216,3 +216,42 @@ fn glm4_moe_refuses_bad_configs_and_checkpoints() {
     }
     assert!(!out.exists());
 }
+
+/// verify catches what is GLM's own in a broken output, naming the tensor: the correction bias
+/// zeroed (the routing changes), a shared expert dropped, the q bias zeroed, a q norm changed;
+/// a changed MTP block is named as a tensor difference though the forward does not run it.
+#[test]
+fn glm4_moe_verify_catches_broken_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let zero = |tensor: &'static str| {
+        move |range: &dyn Fn(&str) -> (usize, usize), bytes: &mut [u8]| {
+            let (at, n) = range(tensor);
+            bytes[at..at + n].fill(0);
+        }
+    };
+    let cases = [
+        ("hf", "glm4-moe-bf16.gguf", "blk.1.exp_probs_b.bias", Some(1)),
+        ("hf", "glm4-moe-bf16.gguf", "blk.2.ffn_down_shexp.weight", Some(2)),
+        ("hf", "glm4-moe-bf16.gguf", "blk.0.attn_q.bias", None),
+        ("hf-qknorm", "glm4-moe-qknorm-bf16.gguf", "blk.1.attn_q_norm.weight", None),
+        ("hf", "glm4-moe-bf16.gguf", "blk.3.nextn.eh_proj.weight", None),
+    ];
+    for (i, (src, name, tensor, layer)) in cases.into_iter().enumerate() {
+        let output = patched(dir.path(), name, &format!("glm-broken-{i}"), zero(tensor));
+        let (code, r) = verify_json(&glm(src), &output);
+        assert_eq!(code, 1, "{tensor}: passed: {r}");
+        assert!(r["failures"].to_string().contains(tensor), "{tensor} not named in {}", r["failures"]);
+        if tensor.starts_with("blk.3.") {
+            // Not part of the forward: the model itself is unchanged.
+            assert_eq!(r["model"]["kl_max"].as_f64(), Some(0.0), "{}", r["model"]);
+            continue;
+        }
+        assert!(r["model"]["kl_max"].as_f64() > Some(1e-3), "{tensor}: {}", r["model"]);
+        if let Some(l) = layer {
+            assert!(r["blocks"][l]["rel_err"].as_f64() > Some(0.02), "{tensor}: {}", r["blocks"][l]);
+        }
+        if tensor.ends_with("exp_probs_b.bias") {
+            assert!(r["blocks"][1]["routing_agreement"].as_f64() < Some(0.95), "{}", r["blocks"][1]);
+        }
+    }
+}
