@@ -3962,7 +3962,7 @@ fn imatrix_refuses_bad_input() {
             vec![path_arg(&mixtral), "--text", path_arg(&text), "--tokenizer", path_arg(&gpt_oss)],
             "not this model's tokenizer",
         ),
-        (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer DIR"),
+        (vec![path_arg(&gguf), "--text", path_arg(&text)], "pass --tokenizer PATH"),
         (vec![path_arg(&gguf), "--text", path_arg(&text)], "or give token ids with --tokens-file FILE"),
         (vec![path_arg(&mixtral), "--tokens-file", path_arg(&big_id)], "chunk 2 holds token 99999"),
         (vec![path_arg(&mixtral), "--tokens-file", path_arg(&negative_id)], "line 2: '-2' is not a token id"),
@@ -4078,7 +4078,7 @@ fn eval_gguf_text_says_how_to_give_the_tokenizer() {
     let e = fails(&["eval", path_arg(&gguf), "--text", "Hello world"]);
     let expected = format!(
         "error: {}: moeq reads text through the model's Hugging Face tokenizer.json, which a GGUF file does not \
-         include: pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the GGUF was \
+         include: pass --tokenizer PATH (the model's tokenizer.json or its folder, e.g. the checkpoint the GGUF was \
          converted from), or give token ids with --tokens ID,ID,…",
         gguf.display()
     );
@@ -4462,7 +4462,7 @@ fn size_budget_calibrates_with_next_token_kl() {
         (vec!["--target-bpw", "5", "--calibration-tokens", path_arg(&missing)], missing.display().to_string()),
         (
             vec!["--target-bpw", "5", "--calibration", path_arg(&text)],
-            "pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the GGUF was \
+            "pass --tokenizer PATH (the model's tokenizer.json or its folder, e.g. the checkpoint the GGUF was \
              converted from), or give token ids with --calibration-tokens FILE"
                 .into(),
         ),

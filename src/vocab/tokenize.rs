@@ -206,7 +206,7 @@ impl ModelText {
             (Some(dir), _) => TextTokenizer::from_dir(dir)?,
             (None, Source::Gguf(_)) => bail!(
                 "{}: moeq reads text through the model's Hugging Face tokenizer.json, which a GGUF file does not \
-                 include: pass --tokenizer DIR (the folder with the model's tokenizer.json, e.g. the checkpoint the \
+                 include: pass --tokenizer PATH (the model's tokenizer.json or its folder, e.g. the checkpoint the \
                  GGUF was converted from), or give token ids with {ids_option}",
                 path.display()
             ),
