@@ -344,8 +344,10 @@ pub fn fp8_block(config: &Keys) -> Result<Option<(u64, u64)>> {
         // mlx-lm's builds repeat their own settings there.
         None => return Ok(None),
     }
+    // DeepSeek writes "e4m3", MiniMax "float8_e4m3fn" (torch's name).
     if let Some(fmt) = q.str("fmt")
         && fmt != "e4m3"
+        && fmt != "float8_e4m3fn"
     {
         bail!("quantization_config.fmt is '{fmt}'; moeq reads E4M3 FP8 weights");
     }

@@ -14,6 +14,7 @@ pub mod deepseek_v3;
 pub mod glm4_moe;
 pub mod gpt_oss;
 pub mod llama;
+pub mod minimax_m2;
 pub mod mixtral;
 pub mod qwen2_moe;
 pub mod qwen3_moe;
@@ -41,6 +42,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &qwen2_moe::Qwen2Moe,
     &deepseek_v3::DeepseekV3,
     &glm4_moe::Glm4Moe,
+    &minimax_m2::MiniMaxM2,
 ];
 
 /// What moeq knows about one model family. Every method that reads `config.json` parses it

@@ -218,7 +218,7 @@ fn attention(m: &Model, l: usize, x: &[f32], starts: &[usize]) -> Result<Vec<f32
 
 /// RoPE on halves of the first `2 · inv_freq.len()` values (`rope.dimension_count`) of each head
 /// of `v` [T, heads · head_dim]; the rest of each head is left as it is.
-fn rope_part(m: &Model, v: &mut [f32], heads: usize, starts: &[usize]) {
+pub(crate) fn rope_part(m: &Model, v: &mut [f32], heads: usize, starts: &[usize]) {
     let (hd, rot) = (m.cfg.head_dim, 2 * m.cfg.inv_freq.len());
     if rot >= hd {
         m.rope(v, heads, starts, RopePairs::Halves);
