@@ -135,7 +135,7 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
 
 /// The mlx-lm 0.32 model code (`mlx_lm.models.<module>`) a folder's `model_type` selects, after
 /// mlx-lm's `MODEL_REMAPPING` (`mistral`, `iquestcoder`, `xverse` → `llama`; `kimi_k2`,
-/// `joyai_llm_flash` → `deepseek_v3`), which must be the code of the folder's `architectures`
+/// `joyai_llm_flash` → `deepseek_v3`; `minimax_m2` → `minimax`), which must be the code of the folder's `architectures`
 /// class: mlx-lm picks its model by `model_type` alone.
 ///
 /// Errors: `model_type` missing or not a string (mlx-lm's loader fails on it), or selecting
@@ -150,6 +150,7 @@ fn mlx_module(json: &Json, class: &str, dir: &str) -> Result<&'static str> {
         "DeepseekV3ForCausalLM" => "deepseek_v3",
         "GptOssForCausalLM" => "gpt_oss",
         "Glm4MoeForCausalLM" => "glm4_moe",
+        "MiniMaxM2ForCausalLM" => "minimax",
         other => bail!("{dir}: moeq does not read MLX builds of {other}"),
     };
     let model_type = match json.get("model_type") {
@@ -164,6 +165,7 @@ fn mlx_module(json: &Json, class: &str, dir: &str) -> Result<&'static str> {
     let module = match model_type {
         "mistral" | "iquestcoder" | "xverse" => "llama",
         "kimi_k2" | "joyai_llm_flash" => "deepseek_v3",
+        "minimax_m2" => "minimax",
         t => t,
     };
     if module != want {
