@@ -20,7 +20,8 @@ Writes:
 - `minimax-m2/hf/`: the same model with each FP8 weight times its block scale in f32, rounded
   to BF16 (what the converter and mlx-lm make of `fp8/`), one file.
 - `minimax-m2/reference.safetensors`: transformers' float32 forward over `hf/`'s weights:
-  `tokens`, `logits`, `hidden.0…2`, `moe_in.N`/`moe_out.N`.
+  `tokens`, `logits`, `hidden.0…2`, `moe_in.N`/`moe_out.N`; `reference-fp8.safetensors`: the
+  same over `fp8/`'s weights dequantized in f32 (not rounded).
 - `golden/minimax-m2-bf16.gguf` by llama.cpp's `convert_hf_to_gguf.py` on `hf/` (default
   outtype), `-TYPE.gguf` by `llama-quantize` from it; `golden/minimax-m2-fp8.gguf` by the
   converter on `fp8/` (it dequantizes FP8 itself: the same tensors as the bf16 golden, only
@@ -174,21 +175,24 @@ def dequantize(q, scale):
 
 
 def make_weights(seed: int = 7):
-    """(fp8 tensors, bf16 tensors) in the released names. Norms around 1, projections with unit
+    """(fp8 tensors, bf16 tensors, f32 tensors: the FP8 weights dequantized, not rounded) in the
+    released names. Norms around 1, projections with unit
     gain, the router three times steeper (clear expert choices), correction biases of the size
     of the sigmoid scores' spread (so that they change choices)."""
     import torch
     g = torch.Generator().manual_seed(seed)
     randn = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    fp8, bf16 = {}, {}
+    fp8, bf16, deq = {}, {}, {}
 
     def plain(name, t, dtype=torch.bfloat16):
         fp8[name] = bf16[name] = t.to(dtype).contiguous()
+        deq[name] = fp8[name].float()
 
     def linear(name, rows, cols):
         q, s = fp8_quantize(randn(rows, cols) / cols ** 0.5)
         fp8[name], fp8[name + "_scale_inv"] = q, s
-        bf16[name] = dequantize(q, s).to(torch.bfloat16)
+        deq[name] = dequantize(q, s)
+        bf16[name] = deq[name].to(torch.bfloat16)
 
     plain("model.embed_tokens.weight", randn(VOCAB, HIDDEN))
     q, kv = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
@@ -211,7 +215,7 @@ def make_weights(seed: int = 7):
             linear(e + "w3.weight", INTER, HIDDEN)
     plain("model.norm.weight", 1.0 + 0.2 * randn(HIDDEN))
     plain("lm_head.weight", randn(VOCAB, HIDDEN) / HIDDEN ** 0.5)
-    return fp8, bf16
+    return fp8, bf16, deq
 
 
 def save_sharded(tensors: dict, out: Path, cuts: list):
@@ -239,7 +243,7 @@ def save_sharded(tensors: dict, out: Path, cuts: list):
 
 
 def reference(folder: Path, bf16: dict, out: Path):
-    """transformers' float32 forward over the stored bf16 weights."""
+    """transformers' float32 forward over the weights of `folder` (`bf16`: them, as stored)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
@@ -295,11 +299,17 @@ def make_models(fx: Path):
         shutil.copy(hf / f, fp8_dir / f)
     (hf / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (fp8_dir / "config.json").write_text(json.dumps({**cfg, "quantization_config": QUANT}, indent=2) + "\n")
-    fp8, bf16 = make_weights()
+    fp8, bf16, deq = make_weights()
     save_sharded(bf16, hf, [])
     # Layer 1's experts straddle the cut.
     save_sharded(fp8, fp8_dir, ["model.layers.1.block_sparse_moe.experts.4.w1.weight"])
     reference(hf, bf16, base / "reference.safetensors")
+    # The FP8 weights dequantized in f32 (what moeq's forward reads from fp8/), not rounded.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float32"}))
+        save_sharded(deq, tmp, [])
+        reference(tmp, deq, base / "reference-fp8.safetensors")
     print(f"minimax-m2: {sorted(p.name for p in hf.iterdir())} {sorted(p.name for p in fp8_dir.iterdir())}")
 
 
