@@ -62,6 +62,8 @@ fn model_inputs() -> Vec<PathBuf> {
         "qwen2-moe/hf",
         "glm4-moe/hf",
         "glm4-moe/hf-qknorm",
+        "minimax-m2/hf",
+        "minimax-m2/fp8",
     ]
     .iter()
     .map(|d| fixtures().join(d))
@@ -308,8 +310,8 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    // 21, DeepSeek-V3's three and GLM-4.5's eight.
-    assert_eq!(checked, 32, "expected the 32 quantized goldens");
+    // 21, DeepSeek-V3's three, GLM-4.5's eight and MiniMax-M2's four.
+    assert_eq!(checked, 36, "expected the 36 quantized goldens");
 }
 
 #[test]
@@ -3290,9 +3292,16 @@ fn fuzz_regressions_fail_cleanly() {
 #[test]
 fn implausible_vocab_size_is_refused_before_padding() {
     let out = tempfile::tempdir().unwrap();
-    for fixture in
-        ["gpt-oss/hf-mxfp4", "llama/hf", "mixtral/hf", "qwen2-moe/hf", "qwen3-moe/hf", "deepseek-v3/fp8", "glm4-moe/hf"]
-    {
+    for fixture in [
+        "gpt-oss/hf-mxfp4",
+        "llama/hf",
+        "mixtral/hf",
+        "qwen2-moe/hf",
+        "qwen3-moe/hf",
+        "deepseek-v3/fp8",
+        "glm4-moe/hf",
+        "minimax-m2/fp8",
+    ] {
         let src = fixtures().join(fixture);
         let variant = fixture_variant(
             &src,
@@ -3340,6 +3349,8 @@ fn implausible_expert_counts_are_refused() {
         ("mixtral/hf", "num_hidden_layers"),
         ("glm4-moe/hf", "n_routed_experts"),
         ("glm4-moe/hf", "num_hidden_layers"),
+        ("minimax-m2/fp8", "num_local_experts"),
+        ("minimax-m2/hf", "num_hidden_layers"),
     ];
     for (fixture, key) in cases {
         let variant = fixture_variant(
@@ -3543,7 +3554,8 @@ impl Drop for SmallDisk {
 fn negative_rms_norm_eps_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("m.gguf");
-    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8", "glm4-moe/hf"] {
+    for fixture in ["mixtral/hf", "gpt-oss/hf-mxfp4", "qwen3-moe/hf", "deepseek-v3/fp8", "glm4-moe/hf", "minimax-m2/hf"]
+    {
         let variant = fixture_variant(
             &fixtures().join(fixture),
             "",
@@ -3581,7 +3593,7 @@ fn negative_rms_norm_eps_is_refused() {
 fn config_size_errors_name_the_key() {
     let out = tempfile::tempdir().unwrap();
     let o = out.path().join("m.gguf");
-    let cases: [(&str, &str, Json, &str); 12] = [
+    let cases: [(&str, &str, Json, &str); 14] = [
         (
             "llama/hf",
             "num_key_value_heads",
@@ -3619,6 +3631,8 @@ fn config_size_errors_name_the_key() {
         ("deepseek-v3/fp8", "qk_rope_head_dim", serde_json::json!(7), "\"qk_rope_head_dim\" is 7, not an even number"),
         ("glm4-moe/hf", "n_shared_experts", serde_json::json!(0), "\"n_shared_experts\" is 0"),
         ("glm4-moe/hf", "head_dim", serde_json::json!(30), "partial_rotary_factor 0.5 rotates 15"),
+        ("minimax-m2/fp8", "intermediate_size", serde_json::json!(0), "\"intermediate_size\" is 0"),
+        ("minimax-m2/hf", "head_dim", serde_json::json!(0), "\"head_dim\" is 0"),
     ];
     for (fixture, key, value, why) in cases {
         let variant = fixture_variant(
@@ -4152,6 +4166,9 @@ mod deepseek;
 
 #[path = "cli/glm.rs"]
 mod glm;
+
+#[path = "cli/minimax.rs"]
+mod minimax;
 /// `--optimize` / `--target-size` / `--target-bpw`: types chosen to a byte budget, the
 /// decision log in the report and in the file, and the refusals.
 #[test]

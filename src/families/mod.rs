@@ -408,6 +408,7 @@ mod tests {
         assert_eq!(for_gguf("qwen3moe", 128).map(|f| f.name()), Some("qwen3-moe"));
         assert_eq!(for_gguf("qwen2moe", 60).map(|f| f.name()), Some("qwen2-moe"));
         assert_eq!(for_gguf("glm4moe", 128).map(|f| f.name()), Some("glm4-moe"));
+        assert_eq!(for_gguf("minimax-m2", 256).map(|f| f.name()), Some("minimax-m2"));
         assert!(for_gguf("granitemoe", 32).is_none() && for_class("GraniteMoeForCausalLM").is_none());
     }
 

@@ -13,7 +13,7 @@ fn deepseek(layout: &str) -> PathBuf {
 
 /// Whether two GGUFs hold the same tensors (names, shapes, types, bytes) and metadata, apart
 /// from the keys in `except`.
-fn same_gguf_except(a: &Path, b: &Path, except: &[&str]) -> bool {
+pub(super) fn same_gguf_except(a: &Path, b: &Path, except: &[&str]) -> bool {
     let (a, b) = (moeq_formats::gguf::GgufFile::open(a).unwrap(), moeq_formats::gguf::GgufFile::open(b).unwrap());
     let keys = |f: &moeq_formats::gguf::GgufFile| {
         f.header().metadata.iter().filter(|(k, _)| !except.contains(&k.as_str())).cloned().collect::<Vec<_>>()
