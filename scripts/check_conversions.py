@@ -6,7 +6,8 @@
    the source blocks and scales, gate = even rows and up = odd rows.
 2. gguf-py's Metadata (the converter's) derives the same general.* keys from model cards.
 3. llama.cpp (llama-cpp-python) loads every GGUF moeq writes from gpt-oss's three layouts,
-   Mixtral, Llama, Qwen3-MoE, Qwen2-MoE and DeepSeek-V3 (FP8 and bf16), and its logits for the
+   Mixtral, Llama, Qwen3-MoE, Qwen2-MoE, DeepSeek-V3 (FP8 and bf16), GLM-4.5 and MiniMax-M2
+   (FP8 and bf16), and its logits for the
    reference tokens match reference.safetensors at
    least as well as those of llama.cpp's own file of the same type (cosine, relative L2, top-1).
 
@@ -261,8 +262,44 @@ def write_glm_checkpoint(folder, fixture, rng):
     write_safetensors(folder / "model.safetensors", t)
 
 
+def write_minimax_checkpoint(folder, fixture, rng):
+    """A MiniMax-M2 checkpoint with rows that are multiples of 256: 2 layers of 8 experts
+    (`block_sparse_moe.experts.J.w1/w2/w3`), whole-projection q/k norms, 8 heads of 128 with
+    64 rotated, 2 KV heads, in BF16 (the FP8 release's BF16 form); the fixture's tokenizer and
+    config as a template."""
+    import shutil
+    shutil.copytree(fixture, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    config = json.loads((fixture / "config.json").read_text())
+    hidden, heads, kv, hd, experts, ffn, vocab = 512, 8, 2, 128, 8, 256, config["vocab_size"]
+    config.update({"hidden_size": hidden, "num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": hd,
+                   "rotary_dim": 64, "num_hidden_layers": 2, "num_local_experts": experts, "intermediate_size": ffn,
+                   "attn_type_list": [1, 1]})
+    (folder / "config.json").write_text(json.dumps(config))
+
+    def w(*shape):
+        x = rng.standard_normal(shape).astype(np.float32) * 0.02
+        x[..., ::97] *= 30
+        return x
+
+    ones = lambda n: np.ones(n, np.float32)
+    t = [("model.embed_tokens.weight", w(vocab, hidden)), ("lm_head.weight", w(vocab, hidden)),
+         ("model.norm.weight", ones(hidden))]
+    for n in range(2):
+        l = f"model.layers.{n}."
+        t += [(l + "input_layernorm.weight", ones(hidden)), (l + "post_attention_layernorm.weight", ones(hidden)),
+              (l + "self_attn.q_proj.weight", w(heads * hd, hidden)), (l + "self_attn.k_proj.weight", w(kv * hd, hidden)),
+              (l + "self_attn.v_proj.weight", w(kv * hd, hidden)), (l + "self_attn.o_proj.weight", w(hidden, heads * hd)),
+              (l + "self_attn.q_norm.weight", ones(heads * hd)), (l + "self_attn.k_norm.weight", ones(kv * hd)),
+              (l + "block_sparse_moe.gate.weight", w(experts, hidden)),
+              (l + "block_sparse_moe.e_score_correction_bias", w(experts))]
+        for j in range(experts):
+            e = l + f"block_sparse_moe.experts.{j}."
+            t += [(e + "w1.weight", w(ffn, hidden)), (e + "w2.weight", w(hidden, ffn)), (e + "w3.weight", w(ffn, hidden))]
+    write_safetensors(folder / "model.safetensors", t)
+
+
 def check_kquant_mixes(moeq, fx, tmp, llama_quantize=None):
-    """On Llama-, Mixtral-, Qwen3-MoE-, Qwen2-MoE- and GLM-4.5-shaped checkpoints with realistic widths,
+    """On Llama-, Mixtral-, Qwen3-MoE-, Qwen2-MoE-, GLM-4.5- and MiniMax-M2-shaped checkpoints with realistic widths,
     `moeq convert --type T` from the safetensors equals llama-quantize T of the bf16 GGUF, byte
     for byte (k-quant mixes, the 8-expert attn_v/attn_k bumps, ffn_down getting more bits, the
     shared expert, trailing unit dimensions dropped). llama-quantize is llama-cpp-python's
@@ -283,12 +320,15 @@ def check_kquant_mixes(moeq, fx, tmp, llama_quantize=None):
             params.nthread = 2
             assert llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) == 0
     rng = np.random.default_rng(11)
-    for family, experts in (("llama", 0), ("mixtral", 8), ("qwen3-moe", 8), ("qwen2-moe", 8), ("glm4-moe", 8)):
+    for family, experts in (("llama", 0), ("mixtral", 8), ("qwen3-moe", 8), ("qwen2-moe", 8), ("glm4-moe", 8),
+                            ("minimax-m2", 8)):
         folder = Path(tmp) / f"{family}-wide"
         if family.startswith("qwen"):
             write_qwen_checkpoint(folder, fx / family / "hf", rng)
         elif family == "glm4-moe":
             write_glm_checkpoint(folder, fx / family / "hf", rng)
+        elif family == "minimax-m2":
+            write_minimax_checkpoint(folder, fx / family / "hf", rng)
         else:
             write_hf_checkpoint(folder, fx / family / "hf", experts, rng)
         bf16 = Path(tmp) / f"{family}-wide-bf16.gguf"
@@ -361,7 +401,7 @@ def main():
     args = ap.parse_args()
     fx = Path(args.fixtures)
     refs = {}
-    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3", "glm4-moe"):
+    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3", "glm4-moe", "minimax-m2"):
         ref = load_file(str(fx / family / "reference.safetensors"))
         refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
     ref = load_file(str(fx / "glm4-moe/reference-qknorm.safetensors"))
@@ -420,6 +460,16 @@ def main():
         ("glm4-moe/hf-qknorm", None, "glm4-moe-qknorm-bf16.gguf"),
         ("glm4-moe/hf-qknorm", "Q8_0", "glm4-moe-qknorm-bf16-Q8_0.gguf"),
         ("glm4-moe/hf-qknorm", "Q4_K_M", "glm4-moe-qknorm-bf16-Q4_K_M.gguf"),
+        # MiniMax-M2 from its BF16 form and its FP8 release (decoded and rounded to BF16 as the
+        # converter does, so against the same reference and goldens).
+        ("minimax-m2/hf", None, "minimax-m2-bf16.gguf"),
+        ("minimax-m2/hf", "Q8_0", "minimax-m2-bf16-Q8_0.gguf"),
+        ("minimax-m2/hf", "Q4_0", "minimax-m2-bf16-Q4_0.gguf"),
+        ("minimax-m2/hf", "Q4_K_M", "minimax-m2-bf16-Q4_K_M.gguf"),
+        ("minimax-m2/hf", "MXFP4_MOE", "minimax-m2-bf16-MXFP4_MOE.gguf"),
+        ("minimax-m2/fp8", None, "minimax-m2-fp8.gguf"),
+        ("minimax-m2/fp8", "Q4_K_M", "minimax-m2-bf16-Q4_K_M.gguf"),
+        ("minimax-m2/fp8", "MXFP4_MOE", "minimax-m2-bf16-MXFP4_MOE.gguf"),
     ]
     golden_scores = {}
     failures = 0

@@ -7,7 +7,7 @@
    for every quantized layer, exactly the bytes `mlx.core.quantize` computes for its weight.
 2. mlx-lm: for every MLX build moeq writes from the fixtures (all gpt-oss layouts including
    those mlx-lm cannot convert, Mixtral, Llama, Qwen3-MoE with and without a dense layer,
-   Qwen2-MoE; bf16, q8, q4 with each group size, mxfp4),
+   Qwen2-MoE, GLM-4.5, MiniMax-M2 in FP8 and BF16; bf16, q8, q4 with each group size, mxfp4),
    `mlx_lm convert` makes its own build with the same settings (from the MXFP4 layout where
    it cannot read the source); moeq's equals it tensor for tensor when the source is the
    same, and loaded in mlx-lm its logits for the reference tokens match reference.safetensors
@@ -178,6 +178,7 @@ def check_mlx_lm(moeq, fixtures, work):
     refs["qwen3-moe-dense"] = load_file(str(fixtures / "qwen3-moe/reference-dense.safetensors"))
     refs["glm4-moe"] = load_file(str(fixtures / "glm4-moe/reference.safetensors"))
     refs["glm4-moe-qknorm"] = load_file(str(fixtures / "glm4-moe/reference-qknorm.safetensors"))
+    refs["minimax-m2"] = load_file(str(fixtures / "minimax-m2/reference.safetensors"))
     # mlx-lm reads gpt-oss only in the MXFP4 layout: the other layouts are compared with its
     # build of that one (the same model).
     readable = {"gpt-oss/original": "gpt-oss/hf-mxfp4", "gpt-oss/hf-bf16": "gpt-oss/hf-mxfp4"}
@@ -215,6 +216,13 @@ def check_mlx_lm(moeq, fixtures, work):
         ("glm4-moe", "glm4-moe/hf", ["--type", "q8", "--group-size", "32"]),
         ("glm4-moe", "glm4-moe/hf", ["--type", "mxfp4"]),
         ("glm4-moe-qknorm", "glm4-moe/hf-qknorm", ["--type", "q4", "--group-size", "32"]),
+        # MiniMax-M2 from its FP8 release (mlx-lm dequantizes it in its sanitize) and its BF16
+        # form; the router in 8 bits (mlx-lm's quant_predicate), the correction bias F32.
+        ("minimax-m2", "minimax-m2/fp8", []),
+        ("minimax-m2", "minimax-m2/fp8", ["--type", "q4"]),
+        ("minimax-m2", "minimax-m2/fp8", ["--type", "q8", "--group-size", "32"]),
+        ("minimax-m2", "minimax-m2/fp8", ["--type", "mxfp4"]),
+        ("minimax-m2", "minimax-m2/hf", ["--type", "q4", "--group-size", "32"]),
     ]
     print(f"{'source':<18} {'args':<26} {'cosine':>9} {'top-1':>6}   mlx_lm convert, same settings")
     for i, (family, src, args) in enumerate(cases):

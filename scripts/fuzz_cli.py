@@ -55,6 +55,8 @@ FOLDERS = [
     "deepseek-v3/fp8",
     "glm4-moe/hf",
     "glm4-moe/hf-qknorm",
+    "minimax-m2/hf",
+    "minimax-m2/fp8",
     "golden-mlx/llama-q4",
     "golden-mlx/gpt-oss-mxfp4",
 ]
