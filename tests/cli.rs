@@ -3295,7 +3295,7 @@ fn implausible_vocab_size_is_refused_before_padding() {
             "",
             |_, _, _| false,
             |c| {
-                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000_000u64));
+                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000u64));
             },
         );
         let o = out.path().join("v.gguf");
@@ -3341,7 +3341,7 @@ fn implausible_expert_counts_are_refused() {
             "",
             |_, _, _| false,
             |c| {
-                c.insert(key.into(), serde_json::json!(1_000_000_000_000u64));
+                c.insert(key.into(), serde_json::json!(1_000_000_000u64));
             },
         );
         let dir = path_arg(variant.path());
@@ -3352,7 +3352,7 @@ fn implausible_expert_counts_are_refused() {
             vec!["eval", dir, "--tokens", "1,2"],
         ] {
             let err = fails_after_warnings(&args);
-            let named = format!("\"{key}\" is 1000000000000");
+            let named = format!("\"{key}\" is 1000000000");
             assert!(err.contains(&named) && err.contains("implausible"), "{fixture} {args:?}: {err}");
             assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
         }
@@ -3582,12 +3582,7 @@ fn config_size_errors_name_the_key() {
             serde_json::json!(3),
             "\"num_attention_heads\" 4 is not a multiple of \"num_key_value_heads\" 3",
         ),
-        (
-            "llama/hf",
-            "hidden_size",
-            serde_json::json!(1u64 << 40),
-            "\"hidden_size\" is 1099511627776, more than 1048576",
-        ),
+        ("llama/hf", "hidden_size", serde_json::json!(1u64 << 31), "\"hidden_size\" is 2147483648, more than 1048576"),
         ("llama/hf", "head_dim", serde_json::json!(7), "\"head_dim\" is 7, not a positive even number"),
         (
             "mixtral/hf",
@@ -3627,6 +3622,91 @@ fn config_size_errors_name_the_key() {
         assert!(!err.contains("Config {"), "{fixture} {key}: {err}");
         assert!(names_in(out.path()).is_empty(), "{fixture} {key}");
     }
+}
+
+/// config.json values of the wrong JSON type were read as absent, and values GGUF's 32-bit
+/// fields cannot hold were wrapped or written as infinities, all with exit 0: `"rope_scaling":
+/// "yarn"` converted without YaRN, `"tie_word_embeddings": "yes"` untied, Qwen3-MoE's
+/// `"norm_topk_prob": "true"` ran unnormalized in eval and MLX builds, a context of 2^33 became
+/// `context_length` 0, a YaRN factor of 0 or -32 went into the GGUF (llama.cpp divides by it).
+/// Each is now an error naming the file and key, for convert (GGUF and MLX) and eval; and a
+/// GGUF with a negative YaRN factor is refused by eval.
+#[test]
+fn config_values_of_the_wrong_type_or_range_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let mlx = out.path().join("mlx");
+    type Edit = fn(&mut serde_json::Map<String, Json>);
+    let cases: [(&str, Edit, &str); 9] = [
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("rope_scaling".into(), "yarn".into())),
+            "\"rope_scaling\" is \"yarn\", not an object",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("tie_word_embeddings".into(), "yes".into())),
+            "\"tie_word_embeddings\" is \"yes\", not true or false",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("max_position_embeddings".into(), (1u64 << 33).into())),
+            "\"max_position_embeddings\" is 8589934592, more than GGUF's 32-bit integers hold",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| c["rope_scaling"]["factor"] = (-32.0).into(),
+            "\"rope_scaling.factor\" is -32: YaRN scales the context by a factor of at least 1",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| c["rope_scaling"]["rope_type"] = 5.into(),
+            "\"rope_scaling.rope_type\" is 5, not a string",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("rope_theta".into(), 1e300.into())),
+            "beyond the range of GGUF's 32-bit floats",
+        ),
+        (
+            "qwen3-moe/hf",
+            |c| drop(c.insert("norm_topk_prob".into(), "true".into())),
+            "\"norm_topk_prob\" is \"true\", not true or false",
+        ),
+        ("llama/hf", |c| drop(c.insert("hidden_act".into(), 3.into())), "\"hidden_act\" is 3, not a string"),
+        (
+            "mixtral/hf",
+            |c| drop(c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": 0}))),
+            "\"rope_scaling.factor\" is 0: linear RoPE scaling needs a positive factor",
+        ),
+    ];
+    for (fixture, edit, why) in cases {
+        let variant = fixture_variant(&fixtures().join(fixture), "", |_, _, _| false, edit);
+        let dir = path_arg(variant.path());
+        for args in [
+            vec!["convert", dir, "-o", path_arg(&o), "-q"],
+            vec!["convert", dir, "-o", path_arg(&mlx), "--format", "mlx", "-q"],
+            vec!["eval", dir, "--tokens", "1,2"],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why) && err.contains("config.json"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+    let gguf = golden("gpt-oss-mxfp4.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&o),
+        "--type",
+        "Q8_0",
+        "--override-kv",
+        "gpt-oss.rope.scaling.factor=float:-32",
+        "-q",
+    ]);
+    let err = fails_after_warnings(&["eval", path_arg(&o), "--tokens", "1,2"]);
+    assert!(err.contains("'gpt-oss.rope.scaling.factor' is -32: not a RoPE scaling factor"), "{err}");
 }
 
 /// Zeros that were divisors (found by scripts/fuzz_cli.py, both exit 101): a Llama-style

@@ -145,7 +145,7 @@ fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
             layout.describe(),
         ));
     } else if layout == SourceLayout::Hf
-        && let Some(method) = keys.object("quantization_config").and_then(|q| q.raw("quant_method"))
+        && let Some(method) = keys.object("quantization_config").ok().flatten().and_then(|q| q.raw("quant_method"))
     {
         warnings.push(format!(
             "{}: config.json's quantization_config says quant_method {method}, but the tensors are plain float \
