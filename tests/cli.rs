@@ -2279,14 +2279,40 @@ fn forward_refuses_metadata_that_disagrees_with_the_tensors() {
             }
         }
     }
-    // A model with fewer layers as the output: refused, not run layer against missing layer.
+    // A model with fewer layers as the output: a failed check, not run layer against missing
+    // layer. It was an error (exit 2) with no report, so `verify --json` printed nothing; now
+    // exit 1 with the report (text or JSON) naming the sizes and the tensors.
     let one_layer = edited_golden(dir.path(), "llama-bf16.gguf", "one-layer", |p| {
         p.set("llama.block_count", Value::U32(1));
         p.tensors.retain(|t| !t.name.starts_with("blk.1."));
     });
     ok(&["eval", path_arg(&one_layer), "--tokens", "1,2,3"]);
-    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&one_layer)]);
-    assert!(err.contains("1 layers") && err.contains("2 layers") && err.contains("not the same model"), "{err}");
+    let llama = fixtures().join("llama/hf");
+    let text = moeq(&["verify", path_arg(&llama), path_arg(&one_layer)]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("1 layers") && stdout.contains("2 layers") && stdout.contains("not the same model"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tensor 'blk.1.attn_q.weight' is missing from the output"), "{stdout}");
+    let json = moeq(&["verify", path_arg(&llama), path_arg(&one_layer), "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: Json = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["pass"], false);
+    assert!(report["sizes_differ"].as_str().unwrap().contains("not the same model"), "{report}");
+    assert!(report["blocks"].as_array().unwrap().is_empty() && report["notes"].as_array().unwrap().is_empty());
+    // Different widths: the tensors of other shapes are failures, named with both shapes.
+    let golden_dir = fixtures().join("golden");
+    let (mixtral, deepseek) = (golden_dir.join("mixtral-bf16.gguf"), golden_dir.join("deepseek-v3-bf16.gguf"));
+    let json = moeq(&["verify", path_arg(&mixtral), path_arg(&deepseek), "--json"]);
+    assert_eq!(json.status.code(), Some(1), "{}", String::from_utf8_lossy(&json.stderr));
+    let report: Json = serde_json::from_slice(&json.stdout).unwrap();
+    let failures: Vec<&str> = report["failures"].as_array().unwrap().iter().filter_map(Json::as_str).collect();
+    assert!(
+        failures.contains(&"tensor 'blk.1.ffn_gate_inp.weight': shape [64, 4] in the source, [64, 16] in the output"),
+        "{failures:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
