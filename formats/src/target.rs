@@ -68,7 +68,12 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
     }
     let dir = parent_dir(path);
     if !dir.is_dir() {
-        return Err(Error::plan(path, format!("the folder {} does not exist", dir.display())));
+        let why = if dir.exists() {
+            format!("{} is not a folder", dir.display())
+        } else {
+            format!("the folder {} does not exist", dir.display())
+        };
+        return Err(Error::plan(path, why));
     }
     if let Ok(m) = std::fs::symlink_metadata(path)
         && m.file_type().is_symlink()
@@ -223,5 +228,17 @@ mod tests {
             assert_eq!(parse_split_name(OsStr::new(other), b"s"), None, "{other}");
         }
         assert_eq!(parse_split_name(OsStr::new("s-x-00001-of-00002.gguf"), b"s"), None);
+    }
+
+    /// An output under a regular file said that file's folder "does not exist".
+    #[test]
+    fn an_output_under_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.gguf");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_path(&file.join("x.gguf"), OutputKind::File).unwrap_err().to_string();
+        assert!(err.contains(&format!("cannot write: {} is not a folder", file.display())), "{err}");
+        let err = check_path(&dir.path().join("none/x.gguf"), OutputKind::File).unwrap_err().to_string();
+        assert!(err.contains("none does not exist"), "{err}");
     }
 }
