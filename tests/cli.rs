@@ -3788,6 +3788,47 @@ fn zero_sizes_in_config_json_are_errors() {
     }
 }
 
+/// An MLX build's `quantization` settings of the wrong JSON type were read as absent: `"bits":
+/// "4"` was reported as no settings at all, and a per-module `false` (mlx-lm then builds the
+/// module unquantized and cannot load its packed weight) or `"x"` fell back to the global
+/// settings, so eval and verify ran a folder mlx-lm refuses (exit 0). Each is an error naming
+/// the tensor and the key; a per-module `true` means the global settings, as in mlx-lm.
+#[test]
+fn mlx_quantization_settings_of_the_wrong_type_are_errors() {
+    let llama = fixtures().join("llama/hf");
+    let q_proj = "model.layers.0.self_attn.q_proj";
+    let cases: [(&str, Json, &str); 4] = [
+        ("bits", serde_json::json!("4"), "\"quantization.bits\" is \"4\", not a non-negative integer"),
+        ("mode", serde_json::json!(4), "\"quantization.mode\" is 4, not a string"),
+        (q_proj, serde_json::json!(false), "says \"model.layers.0.self_attn.q_proj\": false"),
+        (q_proj, serde_json::json!("x"), "\"quantization.model.layers.0.self_attn.q_proj\" is \"x\", not an object"),
+    ];
+    for (key, value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join("golden-mlx/llama-q4"),
+            "",
+            |_, _, _| false,
+            |c| {
+                c["quantization"].as_object_mut().unwrap().insert(key.into(), value.clone());
+            },
+        );
+        let dir = path_arg(variant.path());
+        for args in [vec!["eval", dir, "--tokens", "1,2"], vec!["verify", path_arg(&llama), dir, "--tokens", "1,2"]] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why) && err.contains("tensor '"), "{key} {args:?}: {err}");
+        }
+    }
+    let variant = fixture_variant(
+        &fixtures().join("golden-mlx/llama-q4"),
+        "",
+        |_, _, _| false,
+        |c| {
+            c["quantization"].as_object_mut().unwrap().insert(q_proj.into(), serde_json::json!(true));
+        },
+    );
+    ok(&["eval", path_arg(variant.path()), "--tokens", "1,2"]);
+}
+
 /// `--format hf` cut the expert rows by config.json's sizes without checking the tensors
 /// against them: a hidden_size doubled over a gpt-oss checkpoint panicked (slice index out of
 /// range, found by scripts/fuzz_cli.py). Every gpt-oss layout is now checked as for a GGUF:
