@@ -2220,6 +2220,52 @@ fn edited_golden(dir: &Path, name: &str, tag: &str, edit: impl FnOnce(&mut moeq_
     out
 }
 
+/// Requantizing a GGUF whose layer, expert or head count is not a 32-bit integer (a string, a
+/// float, 2^32 + 2) read it as 0 or wrapped it, so `--type Q4_K_M` silently chose other types
+/// (`ffn_down of layer 0 of 0`), where llama.cpp's loader refuses the file. It is an error
+/// naming the file and key, nothing written; an integer `--override-kv` of that key replaces it
+/// (as in llama-quantize), and a plain copy (no `--type`) still copies.
+#[test]
+fn requantizing_refuses_counts_that_are_not_integers() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("q.gguf");
+    let cases = [
+        ("llama.block_count", Value::String("2".into()), "metadata 'llama.block_count' is \"2\""),
+        ("llama.block_count", Value::U64((1 << 32) + 2), "metadata 'llama.block_count' is 4294967298"),
+        ("llama.attention.head_count", Value::F32(4.0), "metadata 'llama.attention.head_count' is 4"),
+    ];
+    for (i, (key, value, why)) in cases.into_iter().enumerate() {
+        let gguf = edited_golden(dir.path(), "llama-bf16.gguf", &format!("count{i}"), |p| p.set(key, value));
+        let err = fails(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_K_M"]);
+        assert!(err.contains(why) && err.contains(path_arg(&gguf)), "{key}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{key}");
+    }
+    let gguf = edited_golden(dir.path(), "llama-bf16.gguf", "string", |p| {
+        p.set("llama.block_count", Value::String("2".into()))
+    });
+    let fixed = out.path().join("fixed.gguf");
+    let reference = out.path().join("reference.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&fixed),
+        "--type",
+        "Q4_K_M",
+        "--override-kv",
+        "llama.block_count=int:2",
+    ]);
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&reference), "--type", "Q4_K_M"]);
+    let types = |p: &Path| {
+        let f = moeq_formats::gguf::GgufFile::open(p).unwrap();
+        f.header().tensors.iter().map(|t| t.ggml_type).collect::<Vec<_>>()
+    };
+    assert_eq!(types(&fixed), types(&reference));
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&out.path().join("copy.gguf"))]);
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]
