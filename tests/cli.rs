@@ -2266,6 +2266,45 @@ fn requantizing_refuses_counts_that_are_not_integers() {
     ok(&["convert", path_arg(&gguf), "-o", path_arg(&out.path().join("copy.gguf"))]);
 }
 
+/// A GGUF whose BOS id is outside its vocabulary, or not an integer, failed deep in the forward
+/// as 'token 99999 is outside the vocabulary' without naming file or key (imatrix), or was read
+/// as no BOS (a string). eval --text and imatrix now name the file and the key, exit 2, nothing
+/// written.
+#[test]
+fn text_input_checks_the_gguf_bos_id() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    for (i, value) in [Value::U32(99999), Value::String("1".into())].into_iter().enumerate() {
+        let gguf = edited_golden(dir.path(), "llama-bf16.gguf", &format!("bos{i}"), |p| {
+            p.set("tokenizer.ggml.bos_token_id", value)
+        });
+        let o = out.path().join("m.imatrix");
+        for args in [
+            vec!["eval", path_arg(&gguf), "--text", "hello", "--tokenizer", path_arg(&llama)],
+            vec![
+                "imatrix",
+                path_arg(&gguf),
+                "--text",
+                path_arg(&text),
+                "--tokenizer",
+                path_arg(&llama),
+                "-o",
+                path_arg(&o),
+            ],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(
+                err.contains(path_arg(&gguf)) && err.contains("metadata 'tokenizer.ggml.bos_token_id' is"),
+                "{args:?}: {err}"
+            );
+            assert!(names_in(out.path()).is_empty());
+        }
+    }
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]
