@@ -227,7 +227,7 @@ impl ModelText {
         if let Some(id) = bos {
             let key = "tokenizer.ggml.bos_token_id";
             match get(key) {
-                Some(v) if !v.as_u64().is_some_and(|n| n < n_vocab as u64) => bail!(
+                Some(v) if v.as_u64().is_none_or(|n| n >= n_vocab as u64) => bail!(
                     "{}: metadata '{key}' is {v}, not one of the model's {n_vocab} token ids (llama.cpp adds that BOS \
                      before the text)",
                     path.display()
