@@ -2305,6 +2305,40 @@ fn text_input_checks_the_gguf_bos_id() {
     }
 }
 
+/// A FIFO given as the model (`moeq inspect fifo`, convert, eval) blocked in open() until some
+/// writer came: moeq hung. It is refused before opening, naming the path (exit 2).
+#[test]
+fn a_fifo_as_the_model_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.gguf");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let o = dir.path().join("o.gguf");
+    for args in [
+        vec!["inspect", path_arg(&fifo)],
+        vec!["convert", path_arg(&fifo), "-o", path_arg(&o)],
+        vec!["eval", path_arg(&fifo), "--tokens", "1"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moeq"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("moeq {args:?} waits on the FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (status, err) = stderr_of(child);
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(path_arg(&fifo)) && err.contains("not a regular file or folder"), "{args:?}: {err}");
+    }
+    assert!(!o.exists());
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]

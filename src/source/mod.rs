@@ -94,6 +94,11 @@ impl Source {
         if !path.exists() {
             bail!("{}: no such file or folder", path.display());
         }
+        // A FIFO would block the open until some writer came (a device or socket holds no
+        // model either): refused before opening.
+        if !path.is_file() {
+            bail!("{}: not a regular file or folder (a FIFO, device or socket holds no model)", path.display());
+        }
         if starts_with_gguf_magic(path)? {
             return Ok(Source::Gguf(GgufModel::open(path)?));
         }
