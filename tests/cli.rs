@@ -3782,7 +3782,7 @@ fn config_values_of_the_wrong_type_or_range_are_errors() {
     let o = out.path().join("m.gguf");
     let mlx = out.path().join("mlx");
     type Edit = fn(&mut serde_json::Map<String, Json>);
-    let cases: [(&str, Edit, &str); 9] = [
+    let cases: [(&str, Edit, &str); 10] = [
         (
             "gpt-oss/hf-mxfp4",
             |c| drop(c.insert("rope_scaling".into(), "yarn".into())),
@@ -3819,6 +3819,11 @@ fn config_values_of_the_wrong_type_or_range_are_errors() {
             "\"norm_topk_prob\" is \"true\", not true or false",
         ),
         ("llama/hf", |c| drop(c.insert("hidden_act".into(), 3.into())), "\"hidden_act\" is 3, not a string"),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("layer_types".into(), "all".into())),
+            "\"layer_types\" is \"all\", not a list",
+        ),
         (
             "mixtral/hf",
             |c| drop(c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": 0}))),

@@ -127,6 +127,11 @@ impl GptOssConfig {
         if json.bool("tie_word_embeddings")? == Some(true) && layout != SourceLayout::Mlx {
             bail!("tie_word_embeddings is true; llama.cpp's gpt-oss needs its own output.weight");
         }
+        if let Some(v) = json.raw("layer_types")
+            && !v.is_array()
+        {
+            bail!("\"layer_types\" is {v}, not a list of attention types");
+        }
         if let Some(types) = json.raw("layer_types").and_then(Json::as_array) {
             let expected = |i: usize| if i.is_multiple_of(2) { "sliding_attention" } else { "full_attention" };
             if types.iter().enumerate().any(|(i, t)| t.as_str() != Some(expected(i))) {
