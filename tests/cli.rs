@@ -2339,6 +2339,35 @@ fn a_fifo_as_the_model_is_refused_not_waited_on() {
     assert!(!o.exists());
 }
 
+/// `--tokenizer-pre` and `--no-vocab` were ignored without a word where they do nothing: a GGUF
+/// input (which keeps its vocabulary), MLX and HF folders (which copy the tokenizer files), and
+/// `--tokenizer-pre` with `--no-vocab`. Each is an error saying where they apply, nothing
+/// written.
+#[test]
+fn vocabulary_options_where_they_do_nothing_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let (o, folder) = (out.path().join("m.gguf"), out.path().join("mlx"));
+    let (gguf, llama) = (golden("llama-bf16.gguf"), fixtures().join("llama/hf"));
+    let cases = [
+        (vec!["convert", path_arg(&gguf), "-o", path_arg(&o), "--tokenizer-pre", "llama-bpe"], "a GGUF keeps its own"),
+        (vec!["convert", path_arg(&gguf), "-o", path_arg(&o), "--no-vocab"], "a GGUF keeps its own"),
+        (
+            vec!["convert", path_arg(&llama), "-o", path_arg(&o), "--no-vocab", "--tokenizer-pre", "llama-bpe"],
+            "the vocabulary that --no-vocab leaves out",
+        ),
+        (
+            vec!["convert", path_arg(&llama), "-o", path_arg(&folder), "--format", "mlx", "--no-vocab"],
+            "MLX and HF folders carry the tokenizer files",
+        ),
+    ];
+    for (args, why) in cases {
+        let err = fails(&args);
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{args:?}");
+    }
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--no-vocab", "-q"]);
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]

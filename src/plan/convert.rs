@@ -130,6 +130,17 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         (Format::Gguf, true) => OutputKind::Split,
         _ => OutputKind::Folder,
     };
+    // The vocabulary options shape a checkpoint's GGUF vocabulary; anywhere else they were
+    // ignored without a word.
+    if opts.no_vocab && opts.tokenizer_pre.is_some() {
+        bail!("--tokenizer-pre names the pre-tokenizer of the vocabulary that --no-vocab leaves out");
+    }
+    if opts.format != Format::Gguf && (opts.no_vocab || opts.tokenizer_pre.is_some()) {
+        bail!(
+            "--no-vocab and --tokenizer-pre shape a GGUF's vocabulary; MLX and HF folders carry the tokenizer files \
+             as they are"
+        );
+    }
     // --dry-run writes no model (and needs no output path); --report writes a file.
     let writes = !opts.quant.dry_run;
     if writes {
@@ -760,6 +771,13 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 }
 
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    if opts.no_vocab || opts.tokenizer_pre.is_some() {
+        bail!(
+            "{}: --no-vocab and --tokenizer-pre apply to a checkpoint's vocabulary; a GGUF keeps its own \
+             (with --type, --override-kv tokenizer.ggml.pre=str:NAME rewrites that key)",
+            opts.input.display()
+        );
+    }
     // GGUF allows a dimension of 0 (llama.cpp's reader checks only for negative ones); no
     // model tensor is empty, and the row arithmetic of the recipes assumes rows with values.
     for shard in model.shards() {
