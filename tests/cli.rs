@@ -2366,6 +2366,28 @@ fn vocabulary_options_where_they_do_nothing_are_errors() {
         assert!(names_in(out.path()).is_empty(), "{args:?}");
     }
     ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--no-vocab", "-q"]);
+    // --tokenizer with token ids (eval, verify, imatrix) was ignored likewise.
+    let ids = out.path().join("ids.txt");
+    std::fs::write(&ids, "1 2 3 4\n").unwrap();
+    let m = out.path().join("m.imatrix");
+    for args in [
+        vec!["eval", path_arg(&gguf), "--tokens", "1,2", "--tokenizer", path_arg(&llama)],
+        vec!["verify", path_arg(&gguf), path_arg(&gguf), "--tokens", "1,2", "--tokenizer", path_arg(&llama)],
+        vec![
+            "imatrix",
+            path_arg(&gguf),
+            "--tokens-file",
+            path_arg(&ids),
+            "-o",
+            path_arg(&m),
+            "--tokenizer",
+            path_arg(&llama),
+        ],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("--tokenizer goes with --text"), "{args:?}: {err}");
+        assert!(!m.exists());
+    }
 }
 
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
