@@ -2390,6 +2390,27 @@ fn vocabulary_options_where_they_do_nothing_are_errors() {
     }
 }
 
+/// A split output whose shard names (`STEM-00001-of-0000N.gguf`, 15 bytes longer than the name
+/// given) exceed the file system's 255 bytes failed with 'File name too long (os error 36)'
+/// when the shard was first written, after the shards before it; now the names are checked
+/// when the output is planned, before any tensor is written: exit 2 naming the shard and both
+/// lengths, nothing left. The same name unsplit (one shard) is written.
+#[test]
+fn split_shard_names_too_long_are_refused_before_writing() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join(format!("{}.gguf", "s".repeat(245)));
+    let llama = fixtures().join("llama/hf");
+    let err =
+        fails_after_warnings(&["convert", path_arg(&llama), "-o", path_arg(&o), "--split-max-size", "100K", "-q"]);
+    assert!(
+        err.contains("-00001-of-00003.gguf: cannot write: the file name is 265 bytes, longer than the 255"),
+        "{err}"
+    );
+    assert!(names_in(out.path()).is_empty(), "{:?}", names_in(out.path()));
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--split-max-size", "10G", "-q"]);
+    assert!(o.is_file());
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]

@@ -112,6 +112,33 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
     }
 }
 
+/// The longest file name (bytes) the folder `dir` takes: `pathconf(_PC_NAME_MAX)`, 255 (Linux's
+/// usual limit) when the file system does not say.
+pub fn name_max(dir: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 255 };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; pathconf only reads it.
+    let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
+    if n > 0 { n as usize } else { 255 }
+}
+
+/// Checks that the file name of `path` fits its folder's limit ([`name_max`]): a split
+/// output's shard names are longer than the name given, and were refused by the file system
+/// only when their shard was first written.
+pub fn check_name_length(path: &Path) -> Result<()> {
+    let len = path.file_name().map_or(0, |n| n.as_bytes().len());
+    let max = name_max(parent_dir(path));
+    if len > max {
+        return Err(Error::plan(
+            path,
+            format!(
+                "the file name is {len} bytes, longer than the {max} a name may have there: give a shorter output name"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_regular(path: &Path, m: &std::fs::Metadata) -> Error {
     use std::os::unix::fs::FileTypeExt;
     let t = m.file_type();
