@@ -2407,6 +2407,20 @@ fn split_shard_names_too_long_are_refused_before_writing() {
         "{err}"
     );
     assert!(names_in(out.path()).is_empty(), "{:?}", names_in(out.path()));
+    // Any output name past the limit is refused before the input is read, naming both lengths
+    // (it was the file system's 'File name too long', the MLX folder's after its build).
+    let long = out.path().join("t".repeat(260));
+    let small = out.path().join("m.gguf");
+    for args in [
+        vec!["convert", path_arg(&llama), "-o", path_arg(&long), "-q"],
+        vec!["convert", path_arg(&llama), "-o", path_arg(&long), "--format", "mlx", "-q"],
+        vec!["convert", path_arg(&llama), "-o", path_arg(&small), "--type", "Q4_0", "--report", path_arg(&long), "-q"],
+        vec!["eval", path_arg(&llama), "--tokens", "1", "--dump", path_arg(&long)],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("cannot write: the file name is 260 bytes, longer than the 255"), "{args:?}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{args:?}");
+    }
     ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--split-max-size", "10G", "-q"]);
     assert!(o.is_file());
 }

@@ -8,7 +8,7 @@
 //!   as `/dev/null`, a FIFO, a socket), which renaming into place would replace.
 //! - A folder output (`--format mlx|hf`) must not exist yet (a trailing `/` is fine).
 //! - The folder that will hold the output must exist and take a new file (permissions, a
-//!   read-only file system).
+//!   read-only file system) of that name (not longer than the file system allows).
 //! - The output path must not be a symbolic link: renaming the finished output into place
 //!   would replace the link itself (`--report /dev/stdout` would replace `/dev/stdout`).
 //! - No output may be an input: an existing file at the output path (or, for a split output,
@@ -88,10 +88,11 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
         ));
     }
     // A new file must be possible in the folder (its permissions, a read-only file system),
-    // found now rather than after the work.
+    // under this name (its length), found now rather than after the work.
     if let Err(e) = crate::temp::scratch_file(dir) {
         return Err(Error::plan(path, format!("the folder {} takes no new file ({e})", dir.display())));
     }
+    check_name_length(path)?;
     match std::fs::metadata(path) {
         Err(_) => Ok(()),
         Ok(m) if kind == OutputKind::Folder => Err(Error::plan(
