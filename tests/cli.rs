@@ -2425,6 +2425,33 @@ fn split_shard_names_too_long_are_refused_before_writing() {
     assert!(o.is_file());
 }
 
+/// A stale `model.safetensors` beside a sharded folder's index was skipped without a word
+/// (transformers would load it instead of the index, llama.cpp's converter with the shards):
+/// convert, eval and inspect now warn, naming the file and the index; the conversion is the
+/// index's shards' as before.
+#[test]
+fn safetensors_files_the_index_does_not_name_get_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("mixtral/hf");
+    let folder = dir.path().join("hf");
+    std::fs::create_dir(&folder).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(fixtures().join("llama/hf/model.safetensors"), folder.join("model.safetensors")).unwrap();
+    let o = dir.path().join("m.gguf");
+    let run = moeq(&["convert", path_arg(&folder), "-o", path_arg(&o), "-q"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("model.safetensors: not named by") && err.contains("so not read"), "{err}");
+    assert_eq!(std::fs::read(&o).unwrap(), std::fs::read(golden("mixtral-bf16.gguf")).unwrap());
+    let run = moeq(&["eval", path_arg(&folder), "--tokens", "1"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("so not read"));
+    let clean = moeq(&["convert", path_arg(&src), "-o", path_arg(&dir.path().join("c.gguf")), "-q"]);
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("so not read"));
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]
