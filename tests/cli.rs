@@ -2452,6 +2452,47 @@ fn safetensors_files_the_index_does_not_name_get_a_warning() {
     assert!(!String::from_utf8_lossy(&clean.stderr).contains("so not read"));
 }
 
+/// An earlier output made write-protected (`chmod a-w`) was replaced by the next run (renamed
+/// over, its mode lost), where `cp`, a shell redirect or llama-quantize fail on it. It is
+/// refused before any work, naming the mode; a writable one is replaced as before. (Root may
+/// write any file: as root the test runs moeq as `nobody` through setpriv.)
+#[test]
+fn write_protected_outputs_are_not_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if root && !setpriv {
+        return; // Nothing to check: root writes any file.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let input = dir.path().join("in.gguf");
+    std::fs::copy(golden("llama-bf16.gguf"), &input).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.path().join("out.gguf");
+    std::fs::write(&out, b"earlier output").unwrap();
+    let run = |mode: u32| {
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode)).unwrap();
+        let args = ["convert", path_arg(&input), "-o", path_arg(&out), "--type", "Q8_0", "-q"];
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_moeq")]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_moeq"))
+        };
+        cmd.args(args).output().unwrap()
+    };
+    let refused = run(0o444);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("is write-protected (mode 444)"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"earlier output");
+    let replaced = run(0o666);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert_ne!(std::fs::read(&out).unwrap(), b"earlier output");
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]

@@ -9,6 +9,8 @@
 //! - A folder output (`--format mlx|hf`) must not exist yet (a trailing `/` is fine).
 //! - The folder that will hold the output must exist and take a new file (permissions, a
 //!   read-only file system) of that name (not longer than the file system allows).
+//! - An existing file at the output path must be writable by this user: a write-protected
+//!   (`chmod a-w`) earlier output is not replaced.
 //! - The output path must not be a symbolic link: renaming the finished output into place
 //!   would replace the link itself (`--report /dev/stdout` would replace `/dev/stdout`).
 //! - No output may be an input: an existing file at the output path (or, for a split output,
@@ -109,8 +111,24 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
              hf write folders",
         )),
         Ok(m) if !m.is_file() => Err(not_regular(path, &m)),
+        Ok(m) if !writable(path) => Err(Error::plan(
+            path,
+            format!(
+                "is write-protected (mode {:o}); moeq puts an output in place by replacing the file, which would \
+                 undo that protection: make it writable (chmod u+w) or choose another path",
+                m.mode() & 0o7777
+            ),
+        )),
         Ok(_) => Ok(()),
     }
+}
+
+/// Whether this process may write to the existing file `path` (`access(W_OK)`: its mode for
+/// this user; root may write any file, as `cp` would).
+fn writable(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; access only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// The longest file name (bytes) the folder `dir` takes: `pathconf(_PC_NAME_MAX)`, 255 (Linux's
