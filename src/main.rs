@@ -155,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Eval { model, tokens, text, tokenizer, dump, top } => {
+            tokenizer_needs_text(tokenizer.is_some(), text.is_some())?;
             let kind = moeq_formats::target::OutputKind::File;
             if let Some(out) = &dump {
                 moeq_formats::target::check_path(out, kind)?;
@@ -202,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             use moeq::imatrix::{Calibration, ImatrixOptions, Request, compute_request, file};
+            tokenizer_needs_text(tokenizer.is_some(), text.is_some())?;
             let calibration = match (text, tokens_file) {
                 (Some(t), _) => Calibration::Text(t),
                 (None, Some(f)) => Calibration::Tokens(f),
@@ -489,6 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             full_forward,
             every_expert,
         } => {
+            tokenizer_needs_text(tokenizer.is_some(), text.is_some())?;
             let limits = (max_kl, min_top1, max_moe_rel_err);
             let origin = tokens_file.as_ref().map_or("--tokens".to_string(), |p| p.display().to_string());
             let sequences = match (tokens_file, text) {
@@ -506,4 +509,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--tokenizer` reads `--text`; with token ids it was ignored without a word (`convert`'s
+/// calibration options refuse it likewise).
+fn tokenizer_needs_text(tokenizer: bool, text: bool) -> anyhow::Result<()> {
+    if tokenizer && !text {
+        anyhow::bail!("--tokenizer goes with --text (token ids need no tokenizer)");
+    }
+    Ok(())
 }

@@ -2224,6 +2224,279 @@ fn edited_golden(dir: &Path, name: &str, tag: &str, edit: impl FnOnce(&mut moeq_
     out
 }
 
+/// Requantizing a GGUF whose layer, expert or head count is not a 32-bit integer (a string, a
+/// float, 2^32 + 2) read it as 0 or wrapped it, so `--type Q4_K_M` silently chose other types
+/// (`ffn_down of layer 0 of 0`), where llama.cpp's loader refuses the file. It is an error
+/// naming the file and key, nothing written; an integer `--override-kv` of that key replaces it
+/// (as in llama-quantize), and a plain copy (no `--type`) still copies.
+#[test]
+fn requantizing_refuses_counts_that_are_not_integers() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("q.gguf");
+    let cases = [
+        ("llama.block_count", Value::String("2".into()), "metadata 'llama.block_count' is \"2\""),
+        ("llama.block_count", Value::U64((1 << 32) + 2), "metadata 'llama.block_count' is 4294967298"),
+        ("llama.attention.head_count", Value::F32(4.0), "metadata 'llama.attention.head_count' is 4"),
+    ];
+    for (i, (key, value, why)) in cases.into_iter().enumerate() {
+        let gguf = edited_golden(dir.path(), "llama-bf16.gguf", &format!("count{i}"), |p| p.set(key, value));
+        let err = fails(&["convert", path_arg(&gguf), "-o", path_arg(&o), "--type", "Q4_K_M"]);
+        assert!(err.contains(why) && err.contains(path_arg(&gguf)), "{key}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{key}");
+    }
+    let gguf = edited_golden(dir.path(), "llama-bf16.gguf", "string", |p| {
+        p.set("llama.block_count", Value::String("2".into()))
+    });
+    let fixed = out.path().join("fixed.gguf");
+    let reference = out.path().join("reference.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&fixed),
+        "--type",
+        "Q4_K_M",
+        "--override-kv",
+        "llama.block_count=int:2",
+    ]);
+    ok(&["convert", path_arg(&golden("llama-bf16.gguf")), "-o", path_arg(&reference), "--type", "Q4_K_M"]);
+    let types = |p: &Path| {
+        let f = moeq_formats::gguf::GgufFile::open(p).unwrap();
+        f.header().tensors.iter().map(|t| t.ggml_type).collect::<Vec<_>>()
+    };
+    assert_eq!(types(&fixed), types(&reference));
+    ok(&["convert", path_arg(&gguf), "-o", path_arg(&out.path().join("copy.gguf"))]);
+}
+
+/// A GGUF whose BOS id is outside its vocabulary, or not an integer, failed deep in the forward
+/// as 'token 99999 is outside the vocabulary' without naming file or key (imatrix), or was read
+/// as no BOS (a string). eval --text and imatrix now name the file and the key, exit 2, nothing
+/// written.
+#[test]
+fn text_input_checks_the_gguf_bos_id() {
+    use moeq_formats::gguf::Value;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let llama = fixtures().join("llama/hf");
+    let text = fixtures().join("imatrix/calib.txt");
+    for (i, value) in [Value::U32(99999), Value::String("1".into())].into_iter().enumerate() {
+        let gguf = edited_golden(dir.path(), "llama-bf16.gguf", &format!("bos{i}"), |p| {
+            p.set("tokenizer.ggml.bos_token_id", value)
+        });
+        let o = out.path().join("m.imatrix");
+        for args in [
+            vec!["eval", path_arg(&gguf), "--text", "hello", "--tokenizer", path_arg(&llama)],
+            vec![
+                "imatrix",
+                path_arg(&gguf),
+                "--text",
+                path_arg(&text),
+                "--tokenizer",
+                path_arg(&llama),
+                "-o",
+                path_arg(&o),
+            ],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(
+                err.contains(path_arg(&gguf)) && err.contains("metadata 'tokenizer.ggml.bos_token_id' is"),
+                "{args:?}: {err}"
+            );
+            assert!(names_in(out.path()).is_empty());
+        }
+    }
+}
+
+/// A FIFO given as the model (`moeq inspect fifo`, convert, eval) blocked in open() until some
+/// writer came: moeq hung. It is refused before opening, naming the path (exit 2).
+#[test]
+fn a_fifo_as_the_model_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.gguf");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let o = dir.path().join("o.gguf");
+    for args in [
+        vec!["inspect", path_arg(&fifo)],
+        vec!["convert", path_arg(&fifo), "-o", path_arg(&o)],
+        vec!["eval", path_arg(&fifo), "--tokens", "1"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_moeq"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("moeq {args:?} waits on the FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (status, err) = stderr_of(child);
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(path_arg(&fifo)) && err.contains("not a regular file or folder"), "{args:?}: {err}");
+    }
+    assert!(!o.exists());
+}
+
+/// `--tokenizer-pre` and `--no-vocab` were ignored without a word where they do nothing: a GGUF
+/// input (which keeps its vocabulary), MLX and HF folders (which copy the tokenizer files), and
+/// `--tokenizer-pre` with `--no-vocab`. Each is an error saying where they apply, nothing
+/// written.
+#[test]
+fn vocabulary_options_where_they_do_nothing_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let (o, folder) = (out.path().join("m.gguf"), out.path().join("mlx"));
+    let (gguf, llama) = (golden("llama-bf16.gguf"), fixtures().join("llama/hf"));
+    let cases = [
+        (vec!["convert", path_arg(&gguf), "-o", path_arg(&o), "--tokenizer-pre", "llama-bpe"], "a GGUF keeps its own"),
+        (vec!["convert", path_arg(&gguf), "-o", path_arg(&o), "--no-vocab"], "a GGUF keeps its own"),
+        (
+            vec!["convert", path_arg(&llama), "-o", path_arg(&o), "--no-vocab", "--tokenizer-pre", "llama-bpe"],
+            "the vocabulary that --no-vocab leaves out",
+        ),
+        (
+            vec!["convert", path_arg(&llama), "-o", path_arg(&folder), "--format", "mlx", "--no-vocab"],
+            "MLX and HF folders carry the tokenizer files",
+        ),
+    ];
+    for (args, why) in cases {
+        let err = fails(&args);
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{args:?}");
+    }
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--no-vocab", "-q"]);
+    // --tokenizer with token ids (eval, verify, imatrix) was ignored likewise.
+    let ids = out.path().join("ids.txt");
+    std::fs::write(&ids, "1 2 3 4\n").unwrap();
+    let m = out.path().join("m.imatrix");
+    for args in [
+        vec!["eval", path_arg(&gguf), "--tokens", "1,2", "--tokenizer", path_arg(&llama)],
+        vec!["verify", path_arg(&gguf), path_arg(&gguf), "--tokens", "1,2", "--tokenizer", path_arg(&llama)],
+        vec![
+            "imatrix",
+            path_arg(&gguf),
+            "--tokens-file",
+            path_arg(&ids),
+            "-o",
+            path_arg(&m),
+            "--tokenizer",
+            path_arg(&llama),
+        ],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("--tokenizer goes with --text"), "{args:?}: {err}");
+        assert!(!m.exists());
+    }
+}
+
+/// A split output whose shard names (`STEM-00001-of-0000N.gguf`, 15 bytes longer than the name
+/// given) exceed the file system's 255 bytes failed with 'File name too long (os error 36)'
+/// when the shard was first written, after the shards before it; now the names are checked
+/// when the output is planned, before any tensor is written: exit 2 naming the shard and both
+/// lengths, nothing left. The same name unsplit (one shard) is written.
+#[test]
+fn split_shard_names_too_long_are_refused_before_writing() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join(format!("{}.gguf", "s".repeat(245)));
+    let llama = fixtures().join("llama/hf");
+    let err =
+        fails_after_warnings(&["convert", path_arg(&llama), "-o", path_arg(&o), "--split-max-size", "100K", "-q"]);
+    assert!(
+        err.contains("-00001-of-00003.gguf: cannot write: the file name is 265 bytes, longer than the 255"),
+        "{err}"
+    );
+    assert!(names_in(out.path()).is_empty(), "{:?}", names_in(out.path()));
+    // Any output name past the limit is refused before the input is read, naming both lengths
+    // (it was the file system's 'File name too long', the MLX folder's after its build).
+    let long = out.path().join("t".repeat(260));
+    let small = out.path().join("m.gguf");
+    for args in [
+        vec!["convert", path_arg(&llama), "-o", path_arg(&long), "-q"],
+        vec!["convert", path_arg(&llama), "-o", path_arg(&long), "--format", "mlx", "-q"],
+        vec!["convert", path_arg(&llama), "-o", path_arg(&small), "--type", "Q4_0", "--report", path_arg(&long), "-q"],
+        vec!["eval", path_arg(&llama), "--tokens", "1", "--dump", path_arg(&long)],
+    ] {
+        let err = fails(&args);
+        assert!(err.contains("cannot write: the file name is 260 bytes, longer than the 255"), "{args:?}: {err}");
+        assert!(names_in(out.path()).is_empty(), "{args:?}");
+    }
+    ok(&["convert", path_arg(&llama), "-o", path_arg(&o), "--split-max-size", "10G", "-q"]);
+    assert!(o.is_file());
+}
+
+/// A stale `model.safetensors` beside a sharded folder's index was skipped without a word
+/// (transformers would load it instead of the index, llama.cpp's converter with the shards):
+/// convert, eval and inspect now warn, naming the file and the index; the conversion is the
+/// index's shards' as before.
+#[test]
+fn safetensors_files_the_index_does_not_name_get_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("mixtral/hf");
+    let folder = dir.path().join("hf");
+    std::fs::create_dir(&folder).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, folder.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(fixtures().join("llama/hf/model.safetensors"), folder.join("model.safetensors")).unwrap();
+    let o = dir.path().join("m.gguf");
+    let run = moeq(&["convert", path_arg(&folder), "-o", path_arg(&o), "-q"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(err.contains("model.safetensors: not named by") && err.contains("so not read"), "{err}");
+    assert_eq!(std::fs::read(&o).unwrap(), std::fs::read(golden("mixtral-bf16.gguf")).unwrap());
+    let run = moeq(&["eval", path_arg(&folder), "--tokens", "1"]);
+    assert!(String::from_utf8_lossy(&run.stderr).contains("so not read"));
+    let clean = moeq(&["convert", path_arg(&src), "-o", path_arg(&dir.path().join("c.gguf")), "-q"]);
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("so not read"));
+}
+
+/// An earlier output made write-protected (`chmod a-w`) was replaced by the next run (renamed
+/// over, its mode lost), where `cp`, a shell redirect or llama-quantize fail on it. It is
+/// refused before any work, naming the mode; a writable one is replaced as before. (Root may
+/// write any file: as root the test runs moeq as `nobody` through setpriv.)
+#[test]
+fn write_protected_outputs_are_not_replaced() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok_and(|o| o.status.success());
+    if root && !setpriv {
+        return; // Nothing to check: root writes any file.
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let input = dir.path().join("in.gguf");
+    std::fs::copy(golden("llama-bf16.gguf"), &input).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = dir.path().join("out.gguf");
+    std::fs::write(&out, b"earlier output").unwrap();
+    let run = |mode: u32| {
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode)).unwrap();
+        let args = ["convert", path_arg(&input), "-o", path_arg(&out), "--type", "Q8_0", "-q"];
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_moeq")]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_moeq"))
+        };
+        cmd.args(args).output().unwrap()
+    };
+    let refused = run(0o444);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("is write-protected (mode 444)"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"earlier output");
+    let replaced = run(0o666);
+    assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
+    assert_ne!(std::fs::read(&out).unwrap(), b"earlier output");
+}
+
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the
 /// forward runs (exit 2, naming the key and the tensor), never a panic.
 #[test]
@@ -2283,14 +2556,40 @@ fn forward_refuses_metadata_that_disagrees_with_the_tensors() {
             }
         }
     }
-    // A model with fewer layers as the output: refused, not run layer against missing layer.
+    // A model with fewer layers as the output: a failed check, not run layer against missing
+    // layer. It was an error (exit 2) with no report, so `verify --json` printed nothing; now
+    // exit 1 with the report (text or JSON) naming the sizes and the tensors.
     let one_layer = edited_golden(dir.path(), "llama-bf16.gguf", "one-layer", |p| {
         p.set("llama.block_count", Value::U32(1));
         p.tensors.retain(|t| !t.name.starts_with("blk.1."));
     });
     ok(&["eval", path_arg(&one_layer), "--tokens", "1,2,3"]);
-    let err = fails(&["verify", path_arg(&fixtures().join("llama/hf")), path_arg(&one_layer)]);
-    assert!(err.contains("1 layers") && err.contains("2 layers") && err.contains("not the same model"), "{err}");
+    let llama = fixtures().join("llama/hf");
+    let text = moeq(&["verify", path_arg(&llama), path_arg(&one_layer)]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("1 layers") && stdout.contains("2 layers") && stdout.contains("not the same model"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tensor 'blk.1.attn_q.weight' is missing from the output"), "{stdout}");
+    let json = moeq(&["verify", path_arg(&llama), path_arg(&one_layer), "--json"]);
+    assert_eq!(json.status.code(), Some(1));
+    let report: Json = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["pass"], false);
+    assert!(report["sizes_differ"].as_str().unwrap().contains("not the same model"), "{report}");
+    assert!(report["blocks"].as_array().unwrap().is_empty() && report["notes"].as_array().unwrap().is_empty());
+    // Different widths: the tensors of other shapes are failures, named with both shapes.
+    let golden_dir = fixtures().join("golden");
+    let (mixtral, deepseek) = (golden_dir.join("mixtral-bf16.gguf"), golden_dir.join("deepseek-v3-bf16.gguf"));
+    let json = moeq(&["verify", path_arg(&mixtral), path_arg(&deepseek), "--json"]);
+    assert_eq!(json.status.code(), Some(1), "{}", String::from_utf8_lossy(&json.stderr));
+    let report: Json = serde_json::from_slice(&json.stdout).unwrap();
+    let failures: Vec<&str> = report["failures"].as_array().unwrap().iter().filter_map(Json::as_str).collect();
+    assert!(
+        failures.contains(&"tensor 'blk.1.ffn_gate_inp.weight': shape [64, 4] in the source, [64, 16] in the output"),
+        "{failures:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -3308,7 +3607,7 @@ fn implausible_vocab_size_is_refused_before_padding() {
             "",
             |_, _, _| false,
             |c| {
-                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000_000u64));
+                c.insert("vocab_size".into(), serde_json::json!(1_000_000_000u64));
             },
         );
         let o = out.path().join("v.gguf");
@@ -3358,7 +3657,7 @@ fn implausible_expert_counts_are_refused() {
             "",
             |_, _, _| false,
             |c| {
-                c.insert(key.into(), serde_json::json!(1_000_000_000_000u64));
+                c.insert(key.into(), serde_json::json!(1_000_000_000u64));
             },
         );
         let dir = path_arg(variant.path());
@@ -3369,7 +3668,7 @@ fn implausible_expert_counts_are_refused() {
             vec!["eval", dir, "--tokens", "1,2"],
         ] {
             let err = fails_after_warnings(&args);
-            let named = format!("\"{key}\" is 1000000000000");
+            let named = format!("\"{key}\" is 1000000000");
             assert!(err.contains(&named) && err.contains("implausible"), "{fixture} {args:?}: {err}");
             assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
         }
@@ -3600,12 +3899,7 @@ fn config_size_errors_name_the_key() {
             serde_json::json!(3),
             "\"num_attention_heads\" 4 is not a multiple of \"num_key_value_heads\" 3",
         ),
-        (
-            "llama/hf",
-            "hidden_size",
-            serde_json::json!(1u64 << 40),
-            "\"hidden_size\" is 1099511627776, more than 1048576",
-        ),
+        ("llama/hf", "hidden_size", serde_json::json!(1u64 << 31), "\"hidden_size\" is 2147483648, more than 1048576"),
         ("llama/hf", "head_dim", serde_json::json!(7), "\"head_dim\" is 7, not a positive even number"),
         (
             "mixtral/hf",
@@ -3649,6 +3943,96 @@ fn config_size_errors_name_the_key() {
         assert!(!err.contains("Config {"), "{fixture} {key}: {err}");
         assert!(names_in(out.path()).is_empty(), "{fixture} {key}");
     }
+}
+
+/// config.json values of the wrong JSON type were read as absent, and values GGUF's 32-bit
+/// fields cannot hold were wrapped or written as infinities, all with exit 0: `"rope_scaling":
+/// "yarn"` converted without YaRN, `"tie_word_embeddings": "yes"` untied, Qwen3-MoE's
+/// `"norm_topk_prob": "true"` ran unnormalized in eval and MLX builds, a context of 2^33 became
+/// `context_length` 0, a YaRN factor of 0 or -32 went into the GGUF (llama.cpp divides by it).
+/// Each is now an error naming the file and key, for convert (GGUF and MLX) and eval; and a
+/// GGUF with a negative YaRN factor is refused by eval.
+#[test]
+fn config_values_of_the_wrong_type_or_range_are_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let o = out.path().join("m.gguf");
+    let mlx = out.path().join("mlx");
+    type Edit = fn(&mut serde_json::Map<String, Json>);
+    let cases: [(&str, Edit, &str); 10] = [
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("rope_scaling".into(), "yarn".into())),
+            "\"rope_scaling\" is \"yarn\", not an object",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("tie_word_embeddings".into(), "yes".into())),
+            "\"tie_word_embeddings\" is \"yes\", not true or false",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("max_position_embeddings".into(), (1u64 << 33).into())),
+            "\"max_position_embeddings\" is 8589934592, more than GGUF's 32-bit integers hold",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| c["rope_scaling"]["factor"] = (-32.0).into(),
+            "\"rope_scaling.factor\" is -32: YaRN scales the context by a factor of at least 1",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| c["rope_scaling"]["rope_type"] = 5.into(),
+            "\"rope_scaling.rope_type\" is 5, not a string",
+        ),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("rope_theta".into(), 1e300.into())),
+            "beyond the range of GGUF's 32-bit floats",
+        ),
+        (
+            "qwen3-moe/hf",
+            |c| drop(c.insert("norm_topk_prob".into(), "true".into())),
+            "\"norm_topk_prob\" is \"true\", not true or false",
+        ),
+        ("llama/hf", |c| drop(c.insert("hidden_act".into(), 3.into())), "\"hidden_act\" is 3, not a string"),
+        (
+            "gpt-oss/hf-mxfp4",
+            |c| drop(c.insert("layer_types".into(), "all".into())),
+            "\"layer_types\" is \"all\", not a list",
+        ),
+        (
+            "mixtral/hf",
+            |c| drop(c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": 0}))),
+            "\"rope_scaling.factor\" is 0: linear RoPE scaling needs a positive factor",
+        ),
+    ];
+    for (fixture, edit, why) in cases {
+        let variant = fixture_variant(&fixtures().join(fixture), "", |_, _, _| false, edit);
+        let dir = path_arg(variant.path());
+        for args in [
+            vec!["convert", dir, "-o", path_arg(&o), "-q"],
+            vec!["convert", dir, "-o", path_arg(&mlx), "--format", "mlx", "-q"],
+            vec!["eval", dir, "--tokens", "1,2"],
+        ] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why) && err.contains("config.json"), "{fixture} {args:?}: {err}");
+            assert!(names_in(out.path()).is_empty(), "{fixture} {args:?}");
+        }
+    }
+    let gguf = golden("gpt-oss-mxfp4.gguf");
+    ok(&[
+        "convert",
+        path_arg(&gguf),
+        "-o",
+        path_arg(&o),
+        "--type",
+        "Q8_0",
+        "--override-kv",
+        "gpt-oss.rope.scaling.factor=float:-32",
+        "-q",
+    ]);
+    let err = fails_after_warnings(&["eval", path_arg(&o), "--tokens", "1,2"]);
+    assert!(err.contains("'gpt-oss.rope.scaling.factor' is -32: not a RoPE scaling factor"), "{err}");
 }
 
 /// Zeros that were divisors (found by scripts/fuzz_cli.py, both exit 101): a Llama-style
@@ -3702,6 +4086,47 @@ fn zero_sizes_in_config_json_are_errors() {
             assert!(names_in(out.path()).is_empty(), "{args:?}");
         }
     }
+}
+
+/// An MLX build's `quantization` settings of the wrong JSON type were read as absent: `"bits":
+/// "4"` was reported as no settings at all, and a per-module `false` (mlx-lm then builds the
+/// module unquantized and cannot load its packed weight) or `"x"` fell back to the global
+/// settings, so eval and verify ran a folder mlx-lm refuses (exit 0). Each is an error naming
+/// the tensor and the key; a per-module `true` means the global settings, as in mlx-lm.
+#[test]
+fn mlx_quantization_settings_of_the_wrong_type_are_errors() {
+    let llama = fixtures().join("llama/hf");
+    let q_proj = "model.layers.0.self_attn.q_proj";
+    let cases: [(&str, Json, &str); 4] = [
+        ("bits", serde_json::json!("4"), "\"quantization.bits\" is \"4\", not a non-negative integer"),
+        ("mode", serde_json::json!(4), "\"quantization.mode\" is 4, not a string"),
+        (q_proj, serde_json::json!(false), "says \"model.layers.0.self_attn.q_proj\": false"),
+        (q_proj, serde_json::json!("x"), "\"quantization.model.layers.0.self_attn.q_proj\" is \"x\", not an object"),
+    ];
+    for (key, value, why) in cases {
+        let variant = fixture_variant(
+            &fixtures().join("golden-mlx/llama-q4"),
+            "",
+            |_, _, _| false,
+            |c| {
+                c["quantization"].as_object_mut().unwrap().insert(key.into(), value.clone());
+            },
+        );
+        let dir = path_arg(variant.path());
+        for args in [vec!["eval", dir, "--tokens", "1,2"], vec!["verify", path_arg(&llama), dir, "--tokens", "1,2"]] {
+            let err = fails_after_warnings(&args);
+            assert!(err.contains(why) && err.contains("tensor '"), "{key} {args:?}: {err}");
+        }
+    }
+    let variant = fixture_variant(
+        &fixtures().join("golden-mlx/llama-q4"),
+        "",
+        |_, _, _| false,
+        |c| {
+            c["quantization"].as_object_mut().unwrap().insert(q_proj.into(), serde_json::json!(true));
+        },
+    );
+    ok(&["eval", path_arg(variant.path()), "--tokens", "1,2"]);
 }
 
 /// `--format hf` cut the expert rows by config.json's sizes without checking the tensors

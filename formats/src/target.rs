@@ -8,7 +8,9 @@
 //!   as `/dev/null`, a FIFO, a socket), which renaming into place would replace.
 //! - A folder output (`--format mlx|hf`) must not exist yet (a trailing `/` is fine).
 //! - The folder that will hold the output must exist and take a new file (permissions, a
-//!   read-only file system).
+//!   read-only file system) of that name (not longer than the file system allows).
+//! - An existing file at the output path must be writable by this user: a write-protected
+//!   (`chmod a-w`) earlier output is not replaced.
 //! - The output path must not be a symbolic link: renaming the finished output into place
 //!   would replace the link itself (`--report /dev/stdout` would replace `/dev/stdout`).
 //! - No output may be an input: an existing file at the output path (or, for a split output,
@@ -68,7 +70,12 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
     }
     let dir = parent_dir(path);
     if !dir.is_dir() {
-        return Err(Error::plan(path, format!("the folder {} does not exist", dir.display())));
+        let why = if dir.exists() {
+            format!("{} is not a folder", dir.display())
+        } else {
+            format!("the folder {} does not exist", dir.display())
+        };
+        return Err(Error::plan(path, why));
     }
     if let Ok(m) = std::fs::symlink_metadata(path)
         && m.file_type().is_symlink()
@@ -83,10 +90,11 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
         ));
     }
     // A new file must be possible in the folder (its permissions, a read-only file system),
-    // found now rather than after the work.
+    // under this name (its length), found now rather than after the work.
     if let Err(e) = crate::temp::scratch_file(dir) {
         return Err(Error::plan(path, format!("the folder {} takes no new file ({e})", dir.display())));
     }
+    check_name_length(path)?;
     match std::fs::metadata(path) {
         Err(_) => Ok(()),
         Ok(m) if kind == OutputKind::Folder => Err(Error::plan(
@@ -103,8 +111,51 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
              hf write folders",
         )),
         Ok(m) if !m.is_file() => Err(not_regular(path, &m)),
+        Ok(m) if !writable(path) => Err(Error::plan(
+            path,
+            format!(
+                "is write-protected (mode {:o}); moeq puts an output in place by replacing the file, which would \
+                 undo that protection: make it writable (chmod u+w) or choose another path",
+                m.mode() & 0o7777
+            ),
+        )),
         Ok(_) => Ok(()),
     }
+}
+
+/// Whether this process may write to the existing file `path` (`access(W_OK)`: its mode for
+/// this user; root may write any file, as `cp` would).
+fn writable(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; access only reads it.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The longest file name (bytes) the folder `dir` takes: `pathconf(_PC_NAME_MAX)`, 255 (Linux's
+/// usual limit) when the file system does not say.
+pub fn name_max(dir: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return 255 };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; pathconf only reads it.
+    let n = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_NAME_MAX) };
+    if n > 0 { n as usize } else { 255 }
+}
+
+/// Checks that the file name of `path` fits its folder's limit ([`name_max`]): a split
+/// output's shard names are longer than the name given, and were refused by the file system
+/// only when their shard was first written.
+pub fn check_name_length(path: &Path) -> Result<()> {
+    let len = path.file_name().map_or(0, |n| n.as_bytes().len());
+    let max = name_max(parent_dir(path));
+    if len > max {
+        return Err(Error::plan(
+            path,
+            format!(
+                "the file name is {len} bytes, longer than the {max} a name may have there: give a shorter output name"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn not_regular(path: &Path, m: &std::fs::Metadata) -> Error {
@@ -223,5 +274,17 @@ mod tests {
             assert_eq!(parse_split_name(OsStr::new(other), b"s"), None, "{other}");
         }
         assert_eq!(parse_split_name(OsStr::new("s-x-00001-of-00002.gguf"), b"s"), None);
+    }
+
+    /// An output under a regular file said that file's folder "does not exist".
+    #[test]
+    fn an_output_under_a_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.gguf");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_path(&file.join("x.gguf"), OutputKind::File).unwrap_err().to_string();
+        assert!(err.contains(&format!("cannot write: {} is not a folder", file.display())), "{err}");
+        let err = check_path(&dir.path().join("none/x.gguf"), OutputKind::File).unwrap_err().to_string();
+        assert!(err.contains("none does not exist"), "{err}");
     }
 }

@@ -48,15 +48,37 @@ const HF_HPARAMS: &[(&str, &str)] = &[
 ///
 /// Errors: a base that is not a positive number (a forward with it computes NaN).
 pub fn rope_theta(config: &Keys) -> Result<Option<f64>> {
-    let theta = config
-        .opt_f64("rope_theta")?
-        .or(config.object("rope_parameters").and_then(|r| r.raw("rope_theta")).and_then(Json::as_f64));
+    let theta = config.opt_f64("rope_theta")?.or(match config.object("rope_parameters")? {
+        Some(r) => r.opt_f64("rope_theta")?,
+        None => None,
+    });
     match theta {
         Some(t) if !(t.is_finite() && t > 0.0) => {
             bail!("\"rope_theta\" is {t}: the RoPE base must be a positive number")
         }
         t => Ok(t),
     }
+}
+
+/// The `factor` of a RoPE scaling object `r` (`rope_scaling` or `rope_parameters`) of type
+/// `rope_type`, or `default` when absent.
+///
+/// Errors: a missing factor without a default; a YaRN factor below 1 (llama.cpp would scale the
+/// frequencies up where transformers and moeq's forward do not scale at all) or any other factor
+/// that is not a positive number (llama.cpp divides the frequencies by it).
+pub fn rope_factor(r: &Keys, rope_type: &str, default: Option<f64>) -> Result<f64> {
+    let factor = match r.opt_f64("factor")?.or(default) {
+        Some(f) => f,
+        None => bail!("\"{}\" is missing", r.name("factor")),
+    };
+    // (Finite: `opt_f64` refuses what an f32 cannot hold, and JSON has no NaN.)
+    if rope_type == "yarn" && factor < 1.0 {
+        bail!("\"{}\" is {factor}: YaRN scales the context by a factor of at least 1", r.name("factor"));
+    }
+    if factor <= 0.0 {
+        bail!("\"{}\" is {factor}: {rope_type} RoPE scaling needs a positive factor", r.name("factor"));
+    }
+    Ok(factor)
 }
 
 /// Checks sizes read from `config.json`, each `(key, value, limit)`: the value must be at
@@ -337,15 +359,15 @@ pub fn stacked_experts<'a>(
 /// `quant_method`). Only E4M3 (`fmt`) with two-dimensional blocks
 /// is read; anything else is refused, naming the key.
 pub fn fp8_block(config: &Keys) -> Result<Option<(u64, u64)>> {
-    let Some(q) = config.object("quantization_config") else { return Ok(None) };
-    match q.str("quant_method") {
+    let Some(q) = config.object("quantization_config")? else { return Ok(None) };
+    match q.str("quant_method")? {
         Some("fp8") => {}
         Some(other) => bail!("quantization_config.quant_method is '{other}'; moeq reads FP8 ('fp8') checkpoints"),
         // mlx-lm's builds repeat their own settings there.
         None => return Ok(None),
     }
     // DeepSeek writes "e4m3", MiniMax "float8_e4m3fn" (torch's name).
-    if let Some(fmt) = q.str("fmt")
+    if let Some(fmt) = q.str("fmt")?
         && fmt != "e4m3"
         && fmt != "float8_e4m3fn"
     {

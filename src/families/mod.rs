@@ -328,7 +328,7 @@ impl ModelConfig {
         };
         let layout = family.layout(&keys, tensor_names);
         // mlx-lm's quantization block marks an MLX build.
-        let layout = if keys.object("quantization").is_some() { SourceLayout::Mlx } else { layout };
+        let layout = if keys.object("quantization")?.is_some() { SourceLayout::Mlx } else { layout };
         let hparams = family.inspect_hparams(&keys, layout);
         Ok(ModelConfig {
             family,

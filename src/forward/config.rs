@@ -384,6 +384,16 @@ impl Config {
         let untyped = if factor.is_some() { "linear" } else { "none" };
         let scaling = w.get(&m.key("rope.scaling.type")).and_then(Value::as_str).unwrap_or(untyped);
         let factor = factor.unwrap_or(1.0);
+        // llama.cpp's loader reads a factor of 0 as none and divides the frequencies by any other:
+        // a negative one, or a YaRN factor below 1, computes what neither transformers nor this
+        // forward computes.
+        if !(factor.is_finite() && factor >= 0.0) || (scaling == "yarn" && factor > 0.0 && factor < 1.0) {
+            bail!(
+                "{path}: '{}' is {factor}: not a RoPE scaling factor moeq's forward runs ({scaling}: {})",
+                m.key("rope.scaling.factor"),
+                if scaling == "yarn" { "0 or at least 1" } else { "0 or more" }
+            );
+        }
         match scaling {
             "yarn" if factor > 1.0 => {
                 // transformers' _compute_yarn_parameters; the correction range is rounded

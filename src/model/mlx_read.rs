@@ -12,15 +12,42 @@ use crate::families::common::{Converted, ggml_of, gguf_plan};
 use crate::plan::mlx::mlx_name;
 use crate::plan::recipe::{Input, Recipe, Stored, View};
 
-/// The quantization of `module` per the config: (bits, group, mode).
-fn quant_of(config: &Json, module: &str) -> Option<(u32, u64, String)> {
-    let q = config.get("quantization")?;
-    let params = q.get(module).filter(|v| v.is_object()).unwrap_or(q);
+/// The quantization of `module` per the config: (bits, group, mode), as mlx-lm reads it (a
+/// per-module object, else the global settings; `true` for the module: the global settings).
+/// `None` when the config gives no bits or group size.
+///
+/// Errors: a per-module `false` (mlx-lm would build the module unquantized and fail to load
+/// its packed weight) or other non-object; `bits`, `group_size` or `mode` of the wrong type
+/// (they were read as absent), each naming the key.
+fn quant_of(config: &Json, module: &str) -> Result<Option<(u32, u64, String)>> {
+    let Some(q) = config.get("quantization") else { return Ok(None) };
+    let (params, prefix) = match q.get(module) {
+        None | Some(Json::Bool(true)) => (q, "quantization".to_string()),
+        Some(p) if p.is_object() => (p, format!("quantization.{module}")),
+        Some(Json::Bool(false)) => bail!(
+            "config.json's \"quantization\" says \"{module}\": false (mlx-lm would build it unquantized and fail to \
+             load its packed weight), but the folder stores it quantized"
+        ),
+        Some(other) => bail!("config.json's \"quantization.{module}\" is {other}, not an object or true/false"),
+    };
+    let int = |key: &str| -> Result<Option<u64>> {
+        match params.get(key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .with_context(|| format!("config.json's \"{prefix}.{key}\" is {v}, not a non-negative integer")),
+        }
+    };
+    let (Some(bits), Some(group)) = (int("bits")?, int("group_size")?) else { return Ok(None) };
     // Past u32: kept out of range (refused by the caller), not wrapped.
-    let bits = u32::try_from(params.get("bits")?.as_u64()?).unwrap_or(u32::MAX);
-    let group = params.get("group_size")?.as_u64()?;
-    let mode = params.get("mode").and_then(Json::as_str).unwrap_or("affine").to_string();
-    Some((bits, group, mode))
+    let bits = u32::try_from(bits).unwrap_or(u32::MAX);
+    let mode = match params.get("mode") {
+        None | Some(Json::Null) => "affine",
+        Some(Json::String(m)) => m.as_str(),
+        Some(v) => bail!("config.json's \"{prefix}.mode\" is {v}, not a string"),
+    };
+    Ok(Some((bits, group, mode.to_string())))
 }
 
 fn stored<'a>(model: &'a SafetensorsModel, name: &str) -> Option<(Stored<'a>, &'a StTensor)> {
@@ -83,9 +110,8 @@ pub fn plan<'a>(model: &'a SafetensorsModel, config: &ModelConfig) -> Result<Con
                 // Without settings in config.json, MLX's mxfp4 mode (U8 scales, no biases)
                 // still says everything: 4 bits in groups of 32.
                 let mxfp4 = st.dtype == Dtype::U8 && !present.contains(format!("{module}.biases").as_str());
-                let Some((bits, group, mode)) =
-                    quant_of(json, module).or_else(|| mxfp4.then(|| (4, 32, "mxfp4".to_string())))
-                else {
+                let settings = quant_of(json, module).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+                let Some((bits, group, mode)) = settings.or_else(|| mxfp4.then(|| (4, 32, "mxfp4".to_string()))) else {
                     bail!(
                         "{origin}: quantized, but config.json has no \"quantization\" settings for it (bits and group \
                          size); an MLX build needs the config.json it was written with"

@@ -130,6 +130,17 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertSummary> {
         (Format::Gguf, true) => OutputKind::Split,
         _ => OutputKind::Folder,
     };
+    // The vocabulary options shape a checkpoint's GGUF vocabulary; anywhere else they were
+    // ignored without a word.
+    if opts.no_vocab && opts.tokenizer_pre.is_some() {
+        bail!("--tokenizer-pre names the pre-tokenizer of the vocabulary that --no-vocab leaves out");
+    }
+    if opts.format != Format::Gguf && (opts.no_vocab || opts.tokenizer_pre.is_some()) {
+        bail!(
+            "--no-vocab and --tokenizer-pre shape a GGUF's vocabulary; MLX and HF folders carry the tokenizer files \
+             as they are"
+        );
+    }
     // --dry-run writes no model (and needs no output path); --report writes a file.
     let writes = !opts.quant.dry_run;
     if writes {
@@ -391,8 +402,8 @@ fn convert_safetensors(
         Some(ftype) if !matches!(ftype, Ftype::F32 | Ftype::F16 | Ftype::BF16) => {
             // MXFP4 experts stay as released: requantizing them could only lose.
             let keep = |r: &Recipe| matches!(r.input(), Input::OpenAiMxfp4 { .. });
-            let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
+            let facts = model_facts(&plan, &settings.overrides)?;
             let (mut plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, keep)?;
             mark_rounding(&mut plan, opts);
             optimize_types(plan, recipes, report, ftype, &settings, opts)?
@@ -688,23 +699,40 @@ pub fn plan_checkpoint<'a>(
 }
 
 /// What llama-quantize's rules need to know, read from GGUF metadata as llama-quantize reads it.
-fn model_facts(plan: &GgufPlan) -> ModelFacts {
+///
+/// Errors: a count that is present but not a non-negative integer of at most 32 bits (a string,
+/// a float, -1, 2^32: llama.cpp's loader refuses the file), naming the key, unless an integer
+/// `--override-kv` replaces it; such a value was read as 0 (or wrapped), which changed the
+/// rules' choices silently.
+fn model_facts(plan: &GgufPlan, overrides: &[crate::plan::quant_rules::kv_override::KvOverride]) -> Result<ModelFacts> {
     let arch = plan.get("general.architecture").and_then(Value::as_str).unwrap_or_default().to_string();
     // A per-layer array counts as its first layer's value (llama.cpp's `n_head()`).
-    let hparam = |key: &str| {
-        plan.get(&format!("{arch}.{key}")).and_then(|v| match v {
+    let hparam = |key: &str| -> Result<Option<u32>> {
+        let key = format!("{arch}.{key}");
+        let Some(v) = plan.get(&key) else { return Ok(None) };
+        if overrides.iter().any(|o| o.key == key && o.int.is_some()) {
+            return Ok(None);
+        }
+        let n = match v {
             Value::Array(a) => a.get(0).and_then(|v| v.as_u64()),
             v => v.as_u64(),
-        })
+        };
+        match n.and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Ok(Some(n)),
+            None => bail!(
+                "metadata '{key}' is {v}, not a count of at most 32 bits (llama.cpp's loader refuses the file, and \
+                 llama-quantize's rules depend on it)"
+            ),
+        }
     };
-    let n_head = hparam("attention.head_count").unwrap_or(0) as u32;
-    ModelFacts {
-        n_layer: hparam("block_count").unwrap_or(0) as u32,
-        n_expert: hparam("expert_count").unwrap_or(0) as u32,
+    let n_head = hparam("attention.head_count")?.unwrap_or(0);
+    Ok(ModelFacts {
+        n_layer: hparam("block_count")?.unwrap_or(0),
+        n_expert: hparam("expert_count")?.unwrap_or(0),
         n_head,
-        n_head_kv: hparam("attention.head_count_kv").map_or(n_head, |v| v as u32),
+        n_head_kv: hparam("attention.head_count_kv")?.unwrap_or(n_head),
         arch,
-    }
+    })
 }
 
 /// The plan of a GGUF model as one file: the first shard's metadata without `split.*` keys,
@@ -744,6 +772,13 @@ pub fn gguf_recipes(model: &GgufModel) -> Vec<Recipe<'_>> {
 }
 
 fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSummary> {
+    if opts.no_vocab || opts.tokenizer_pre.is_some() {
+        bail!(
+            "{}: --no-vocab and --tokenizer-pre apply to a checkpoint's vocabulary; a GGUF keeps its own \
+             (with --type, --override-kv tokenizer.ggml.pre=str:NAME rewrites that key)",
+            opts.input.display()
+        );
+    }
     // GGUF allows a dimension of 0 (llama.cpp's reader checks only for negative ones); no
     // model tensor is empty, and the row arithmetic of the recipes assumes rows with values.
     for shard in model.shards() {
@@ -764,8 +799,8 @@ fn convert_gguf(model: &GgufModel, opts: &ConvertOptions) -> Result<ConvertSumma
             (plan, recipes, report)
         }
         Some(ftype) => {
-            let facts = model_facts(&plan);
             let settings = opts.quant.settings()?;
+            let facts = model_facts(&plan, &settings.overrides).map_err(|e| naming_file(e, &opts.input))?;
             let (mut plan, recipes, report) = requantize(plan, recipes, &facts, ftype, &settings, |_| false)
                 .map_err(|e| naming_file(e, &opts.input))?;
             mark_rounding(&mut plan, opts);

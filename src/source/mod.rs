@@ -94,6 +94,11 @@ impl Source {
         if !path.exists() {
             bail!("{}: no such file or folder", path.display());
         }
+        // A FIFO would block the open until some writer came (a device or socket holds no
+        // model either): refused before opening.
+        if !path.is_file() {
+            bail!("{}: not a regular file or folder (a FIFO, device or socket holds no model)", path.display());
+        }
         if starts_with_gguf_magic(path)? {
             return Ok(Source::Gguf(GgufModel::open(path)?));
         }
@@ -145,7 +150,7 @@ fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
             layout.describe(),
         ));
     } else if layout == SourceLayout::Hf
-        && let Some(method) = keys.object("quantization_config").and_then(|q| q.raw("quant_method"))
+        && let Some(method) = keys.object("quantization_config").ok().flatten().and_then(|q| q.raw("quant_method"))
     {
         warnings.push(format!(
             "{}: config.json's quantization_config says quant_method {method}, but the tensors are plain float \
@@ -153,8 +158,40 @@ fn with_tensors(model: &SafetensorsModel, config: ModelConfig) -> ModelConfig {
             file.display()
         ));
     }
+    warnings.extend(unindexed_shards(model));
     let hparams = config.family.inspect_hparams(&keys, layout);
     ModelConfig { layout, hparams, warnings, ..config }
+}
+
+/// Warnings for `*.safetensors` files in a sharded folder that its index does not name (a stale
+/// `model.safetensors` beside the shards): moeq reads the index's shards alone, where
+/// transformers would load `model.safetensors` and llama.cpp's converter every `model*` file.
+fn unindexed_shards(model: &SafetensorsModel) -> Vec<String> {
+    let dir = model.path();
+    let index = dir.join("model.safetensors.index.json");
+    if !dir.is_dir() || !index.is_file() {
+        return Vec::new();
+    }
+    let read: std::collections::HashSet<std::ffi::OsString> =
+        model.shards().iter().filter_map(|f| f.path().file_name().map(ToOwned::to_owned)).collect();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut stale: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors") && p.is_file())
+        .filter(|p| p.file_name().is_some_and(|n| !read.contains(n)))
+        .collect();
+    stale.sort();
+    stale
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: not named by {}, so not read (transformers would load a model.safetensors instead of the \
+                 index, llama.cpp's converter every model*.safetensors): remove it if it is stale",
+                p.display(),
+                index.display()
+            )
+        })
+        .collect()
 }
 
 /// Whether the tensors are an MLX build (shards whose metadata says `format: mlx`, a quantized

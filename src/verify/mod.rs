@@ -328,7 +328,8 @@ pub fn verify(
         eprintln!("warning: {warning}");
     }
 
-    // 1. Tensors, in parallel, each streamed in pieces of about a million values.
+    // 1. Tensors, in parallel, each streamed in pieces of about a million values; those whose
+    // shapes differ (trailing dimensions of 1 aside) are failures, not compared.
     let names: Vec<&str> = source.names().collect();
     // Blocks past the forward's layers (GLM-4.5's multi-token-prediction layer) that the output
     // leaves out whole, as mlx-lm's builds do, are no defect: the forward does not run them.
@@ -348,10 +349,19 @@ pub fn verify(
     }
     let missing: Vec<String> =
         names.iter().filter(|n| !output.has(n) && !block(n).is_some_and(dropped)).map(|n| n.to_string()).collect();
-    let bar = steps_bar(names.len() as u64, "tensors");
-    let checks: Result<Vec<TensorCheck>> = names
+    let mut shapes_differ = Vec::new();
+    let mut both = Vec::new();
+    for &name in names.iter().filter(|n| output.has(n)) {
+        let (a, b) = (source.ne(name)?, output.ne(name)?);
+        if ggml_dims(a) == ggml_dims(b) {
+            both.push(name);
+        } else {
+            shapes_differ.push(format!("tensor '{name}': shape {a:?} in the source, {b:?} in the output"));
+        }
+    }
+    let bar = steps_bar(both.len() as u64, "tensors");
+    let checks: Result<Vec<TensorCheck>> = both
         .par_iter()
-        .filter(|n| output.has(n))
         .map(|&name| {
             let check = compare_tensor(source, output, name);
             bar.inc(1);
@@ -359,7 +369,7 @@ pub fn verify(
         })
         .collect();
     bar.finish_and_clear();
-    let mut tensors = checks?;
+    let tensors = checks?;
     let extra: Vec<String> = output.names().filter(|n| !source.has(n)).map(str::to_string).collect();
     let worst = tensors
         .iter()
@@ -370,7 +380,11 @@ pub fn verify(
     // The block and model limits fail the check when given, for lossless outputs, and when
     // anything else is off; otherwise they give notes (see `Enforced`).
     let lossy = worst.is_some();
-    let sound = hparams_differ.is_empty() && missing.is_empty() && extra.is_empty() && tensors.iter().all(|t| t.ok());
+    let sound = hparams_differ.is_empty()
+        && missing.is_empty()
+        && extra.is_empty()
+        && shapes_differ.is_empty()
+        && tensors.iter().all(|t| t.ok());
     let enforced = if limits.is_none() && lossy && sound { Enforced::NONE } else { Enforced::ALL };
     let limits = limits.unwrap_or(Limits::for_type(worst));
 
@@ -379,18 +393,32 @@ pub fn verify(
     let (sc, oc) = (&src_model.cfg, &out_model.cfg);
     let vocab = |w: &Weights| w.ne("token_embd.weight").map(|ne| ne.get(1).copied().unwrap_or(1));
     let (src_vocab, out_vocab) = (vocab(source)?, vocab(output)?);
+    let mut report = Report {
+        source: source.path.clone(),
+        output: output.path.clone(),
+        tensors,
+        missing,
+        extra,
+        shapes_differ,
+        sizes_differ: None,
+        blocks: Vec::new(),
+        model: ModelCheck::default(),
+        limits,
+        enforced,
+        hparams_differ,
+    };
     if (sc.n_layer, sc.n_embd, src_vocab) != (oc.n_layer, oc.n_embd, out_vocab) {
-        bail!(
-            "{} has {} layers of width {} and {out_vocab} tokens, but its source {} has {} layers of width {} and \
-             {src_vocab} tokens: not the same model",
-            output.path,
-            oc.n_layer,
-            oc.n_embd,
-            source.path,
-            sc.n_layer,
-            sc.n_embd
-        );
+        // Two readable models of different sizes: a failed check (exit 1, the report says
+        // so), not an error; the blocks and the whole model cannot be run on each other.
+        report.sizes_differ = Some(format!(
+            "the output has {} layers of width {} and {out_vocab} tokens, the source {} layers of width {} and \
+             {src_vocab} tokens: not the same model (blocks and logits not compared)",
+            oc.n_layer, oc.n_embd, sc.n_layer, sc.n_embd
+        ));
+        report.sort_tensors();
+        return Ok(report);
     }
+    let tensors = &report.tensors;
     let mut blocks: Vec<BlockCheck> = Vec::new();
     let mut model = ModelCheck::default();
     let (mut kl_sum, mut top1, mut logit_stats) = (0.0, 0usize, Stats { identical: true, ..Stats::default() });
@@ -403,7 +431,7 @@ pub fn verify(
         let IdenticalParts { layers, ffn, head } = if full_forward {
             IdenticalParts::default()
         } else {
-            IdenticalParts::find(&src_model, &out_model, &tensors)
+            IdenticalParts::find(&src_model, &out_model, tensors)
         };
         let reuse = Reuse { trace: &src, layers, head };
         let mut out = out_model.run_batch_reusing(sequences, Some(&reuse)).context("the output model")?;
@@ -502,21 +530,10 @@ pub fn verify(
     model.kl_mean = kl_sum / model.positions.max(1) as f64;
     model.top1 = top1 as f64 / model.positions.max(1) as f64;
     model.cosine = logit_stats.cosine();
-    tensors.sort_by(|a, b| {
-        (b.rel_rmse / b.bound.max(1e-12)).total_cmp(&(a.rel_rmse / a.bound.max(1e-12))).then(a.name.cmp(&b.name))
-    });
-    Ok(Report {
-        source: source.path.clone(),
-        output: output.path.clone(),
-        tensors,
-        missing,
-        extra,
-        blocks,
-        model,
-        limits,
-        enforced,
-        hparams_differ,
-    })
+    report.blocks = blocks;
+    report.model = model;
+    report.sort_tensors();
+    Ok(report)
 }
 
 fn argmax(v: &[f32]) -> usize {

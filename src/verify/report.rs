@@ -166,6 +166,12 @@ pub struct Report {
     /// Tensors only one side has.
     pub missing: Vec<String>,
     pub extra: Vec<String>,
+    /// Tensors both have in different shapes (`tensor 'NAME': shape … in the source, … in the
+    /// output`), not compared.
+    pub shapes_differ: Vec<String>,
+    /// Why the blocks and the whole model were not compared: the two models' layer counts,
+    /// widths or vocabularies differ (`blocks` is then empty and `model` unmeasured).
+    pub sizes_differ: Option<String>,
     pub blocks: Vec<BlockCheck>,
     pub model: ModelCheck,
     pub limits: Limits,
@@ -177,6 +183,13 @@ pub struct Report {
 }
 
 impl Report {
+    /// Orders the tensors worst first (error relative to the bound), then by name.
+    pub fn sort_tensors(&mut self) {
+        self.tensors.sort_by(|a, b| {
+            (b.rel_rmse / b.bound.max(1e-12)).total_cmp(&(a.rel_rmse / a.bound.max(1e-12))).then(a.name.cmp(&b.name))
+        });
+    }
+
     /// The failed checks, in words.
     pub fn failures(&self) -> Vec<String> {
         self.limit_checks(true)
@@ -191,7 +204,11 @@ impl Report {
     /// With `enforced`: the failed checks; without: the measures beyond limits not enforced.
     fn limit_checks(&self, enforced: bool) -> Vec<String> {
         let mut f = Vec::new();
-        let e = self.enforced;
+        // Models of different sizes: no block or whole-model measure to judge.
+        let e = if self.sizes_differ.is_some() { Enforced::NONE } else { self.enforced };
+        if !enforced && self.sizes_differ.is_some() {
+            return f;
+        }
         if !enforced {
             let l = &self.limits;
             if !e.blocks
@@ -218,6 +235,7 @@ impl Report {
             }
             return f;
         }
+        f.extend(self.sizes_differ.iter().cloned());
         f.extend(self.hparams_differ.iter().map(|d| format!("hyperparameter differs: {d}")));
         if self.model.non_finite > 0 {
             f.push(format!(
@@ -260,6 +278,7 @@ impl Report {
         }
         f.extend(self.missing.iter().map(|n| format!("tensor '{n}' is missing from the output")));
         f.extend(self.extra.iter().map(|n| format!("tensor '{n}' is in the output but not the source")));
+        f.extend(self.shapes_differ.iter().cloned());
         let l = &self.limits;
         for b in self.blocks.iter().filter(|b| e.blocks && b.rel_err > l.max_moe_rel_err) {
             f.push(format!(
@@ -300,10 +319,15 @@ impl Report {
             );
         }
         let identical = self.tensors.iter().filter(|t| t.identical).count();
-        s += &format!(
-            "  ({} tensors, {identical} identical in value)\n\nblocks on the source's hidden states\n",
-            self.tensors.len()
-        );
+        s += &format!("  ({} tensors, {identical} identical in value)\n\n", self.tensors.len());
+        if self.sizes_differ.is_some() {
+            s += "blocks and whole model: not compared (the models' sizes differ)\nFAIL\n";
+            for x in self.failures() {
+                s += &format!("  {x}\n");
+            }
+            return s;
+        }
+        s += "blocks on the source's hidden states\n";
         s += &format!("  {:<6} {:>10} {:>10} {:>9}  worst experts\n", "layer", "rel err", "cosine", "routing");
         for b in &self.blocks {
             let worst: Vec<String> = b.worst_experts.iter().map(|(e, r)| format!("{e}: {r:.2e}")).collect();
@@ -395,6 +419,8 @@ impl Report {
             })).collect::<Vec<_>>(),
             "missing": self.missing,
             "extra": self.extra,
+            "shapes_differ": self.shapes_differ,
+            "sizes_differ": self.sizes_differ,
             "blocks": self.blocks.iter().map(|b| json!({
                 "layer": b.layer, "rel_err": b.rel_err, "cosine": b.cosine, "routing_agreement": b.routing_agreement,
                 "worst_experts": b.worst_experts.iter().map(|(e, r)| json!({"expert": e, "rel_err": r})).collect::<Vec<_>>(),

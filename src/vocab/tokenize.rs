@@ -224,7 +224,27 @@ impl ModelText {
             Ok(ids.first().and_then(|&id| tokenizer.token_text(id)).is_some_and(|t| t.starts_with('\u{2581}')))
         };
         let space_prefix = spm && wants_prefix && !adds_prefix()?;
-        Ok(ModelText { tokenizer, bos: bos_token(&metadata), space_prefix })
+        // The BOS llama.cpp adds must be a token of the model (it was found only by the
+        // forward, as 'token N is outside the vocabulary', or read as absent when not an
+        // integer).
+        let bos = bos_token(&metadata);
+        if let Some(id) = bos {
+            let key = "tokenizer.ggml.bos_token_id";
+            match get(key) {
+                Some(v) if v.as_u64().is_none_or(|n| n >= n_vocab as u64) => bail!(
+                    "{}: metadata '{key}' is {v}, not one of the model's {n_vocab} token ids (llama.cpp adds that BOS \
+                     before the text)",
+                    path.display()
+                ),
+                None if id as usize >= n_vocab => bail!(
+                    "{}: no '{key}', and the default BOS id of this vocabulary, {id}, is outside the model's {n_vocab} \
+                     tokens",
+                    path.display()
+                ),
+                _ => {}
+            }
+        }
+        Ok(ModelText { tokenizer, bos, space_prefix })
     }
 
     /// The ids of `text` as llama.cpp's `common_tokenize(text, add_special = true)` gives them:

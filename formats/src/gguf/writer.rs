@@ -256,6 +256,7 @@ impl GgufWriter {
         }
         for (i, shard) in plans.iter().enumerate() {
             let shard_path: PathBuf = if count == 1 { path.to_path_buf() } else { shard_path(path, i, count) };
+            crate::target::check_name_length(&shard_path)?;
             let layout = shard.layout().map_err(|m| Error::plan(&shard_path, m))?;
             let file = out.add_file(&shard_path, layout.file_len, &layout.header)?;
             for (t, (&offset, &size)) in shard.tensors.iter().zip(layout.offsets.iter().zip(&layout.sizes)) {

@@ -86,12 +86,12 @@ impl DeepseekV3Config {
                 "q_lora_rank is missing or null; moeq converts DeepSeek-V3 models, whose queries have a low-rank projection"
             );
         }
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             bail!("hidden_act is '{act}'; DeepSeek-V3 and llama.cpp's deepseek2 run SiLU");
         }
-        if json.bool("attention_bias") == Some(true) {
+        if json.bool("attention_bias")? == Some(true) {
             bail!("attention_bias is true; llama.cpp's deepseek2 has no attention biases");
         }
         if let Some(freq) = json.opt_u64("moe_layer_freq")?
@@ -99,22 +99,22 @@ impl DeepseekV3Config {
         {
             bail!("moe_layer_freq is {freq}; llama.cpp's deepseek2 makes every layer after the dense ones MoE");
         }
-        match json.str("scoring_func") {
+        match json.str("scoring_func")? {
             Some("sigmoid") => {}
             Some(other) => bail!("scoring_func is '{other}'; DeepSeek-V3 routes with sigmoid scores"),
             None => bail!(
                 "scoring_func is missing; llama.cpp would route with softmax where DeepSeek-V3 uses sigmoid scores"
             ),
         }
-        let norm_topk_prob = json.bool("norm_topk_prob").context("\"norm_topk_prob\" is missing or not a boolean")?;
+        let norm_topk_prob = json.bool("norm_topk_prob")?.context("\"norm_topk_prob\" is missing or not a boolean")?;
         let routed_scaling = json.opt_f64("routed_scaling_factor")?.context("\"routed_scaling_factor\" is missing")?;
 
-        let rope = json.object("rope_scaling").or(json.object("rope_parameters"));
+        let rope = json.object("rope_scaling")?.or(json.object("rope_parameters")?);
         let mut yarn = None;
         if let Some(r) = &rope {
-            match r.str("rope_type").or(r.str("type")) {
+            match r.str("rope_type")?.or(r.str("type")?) {
                 Some("yarn") => {
-                    let factor = r.opt_f64("factor")?.context("rope_scaling.factor is missing")?;
+                    let factor = crate::families::common::rope_factor(r, "yarn", None)?;
                     let orig_ctx = r.u64("original_max_position_embeddings")?;
                     for key in ["attention_factor", "attn_factor", "extrapolation_factor"] {
                         if r.has(key) {
@@ -130,7 +130,7 @@ impl DeepseekV3Config {
                              takes mscale equal to mscale_all_dim (non-zero), so the GGUF would compute another model"
                         );
                     }
-                    if r.bool("truncate") == Some(false) {
+                    if r.bool("truncate")? == Some(false) {
                         warnings.push(
                             "rope_scaling.truncate is false; llama.cpp rounds YaRN's correction range".to_string(),
                         );

@@ -188,7 +188,8 @@ pub fn convert<'a>(
         }
         Ok(vec![t])
     })?;
-    let tied = config.keys().bool("tie_word_embeddings") == Some(true);
+    let tied = config.keys().bool("tie_word_embeddings").with_context(|| format!("{}", config.path().display()))?
+        == Some(true);
     let sources: Vec<SourceTensor> =
         sources.into_iter().filter(|s| !(tied && s.name.starts_with("lm_head.weight"))).collect();
     if !mtp.is_empty() {

@@ -75,7 +75,8 @@ impl Family for DeepseekV3 {
 
     fn layout(&self, config: &Keys, tensor_names: &[&str]) -> SourceLayout {
         let fp8 = if tensor_names.is_empty() {
-            config.object("quantization_config").and_then(|q| q.str("quant_method")) == Some("fp8")
+            config.object("quantization_config").ok().flatten().and_then(|q| q.str("quant_method").ok().flatten())
+                == Some("fp8")
         } else {
             tensor_names.iter().any(|n| n.ends_with("_scale_inv"))
         };

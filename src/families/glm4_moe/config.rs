@@ -77,7 +77,7 @@ impl Glm4MoeConfig {
     /// Reads `config.json`'s keys. Returns the hyperparameters and warnings.
     pub fn parse(json: &Keys) -> Result<(Glm4MoeConfig, Vec<String>)> {
         let warnings = Vec::new();
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             bail!("hidden_act is '{act}'; GLM-4.5 and llama.cpp's glm4moe run SiLU");
@@ -89,14 +89,14 @@ impl Glm4MoeConfig {
         {
             bail!("{key} is {v}; GLM-4.5 routes with sigmoid scores (transformers and llama.cpp's glm4moe)");
         }
-        if let Some(method) = json.str("topk_method")
+        if let Some(method) = json.str("topk_method")?
             && method != "noaux_tc"
         {
             bail!("topk_method is '{method}'; GLM-4.5 chooses experts as DeepSeek-V3's noaux_tc");
         }
-        let rope = json.object("rope_parameters").or(json.object("rope_scaling"));
+        let rope = json.object("rope_parameters")?.or(json.object("rope_scaling")?);
         if let Some(r) = &rope {
-            match r.str("rope_type").or(r.str("type")) {
+            match r.str("rope_type")?.or(r.str("type")?) {
                 Some("default") | None => {}
                 Some(other) => bail!(
                     "rope type '{other}' is set; moeq converts GLM-4.5 with plain RoPE, as the released models have it"

@@ -66,13 +66,13 @@ impl GptOssConfig {
             // initial_context_length · factor (131072) and eps is fixed at 1e-5.
             ((orig as f64 * factor.max(1.0)) as u64, yarn, 1e-5)
         } else {
-            let rope = json.object("rope_scaling").or(json.object("rope_parameters"));
+            let rope = json.object("rope_scaling")?.or(json.object("rope_parameters")?);
             let yarn = match rope {
-                Some(r) => match r.str("rope_type").or(r.str("type")) {
+                Some(r) => match r.str("rope_type")?.or(r.str("type")?) {
                     Some("yarn") => {
-                        let factor = r.opt_f64("factor")?.context("rope_scaling.factor is missing")?;
+                        let factor = crate::families::common::rope_factor(&r, "yarn", None)?;
                         let orig = r.u64("original_max_position_embeddings")?;
-                        if r.bool("truncate") == Some(false) {
+                        if r.bool("truncate")? == Some(false) {
                             warnings.push(
                                 "rope_scaling.truncate is false; llama.cpp always rounds the YaRN correction range \
                                  (a tiny, known deviation at long context)"
@@ -124,8 +124,13 @@ impl GptOssConfig {
         }
         // mlx-lm's gpt_oss always has its own lm_head (it ignores the key), as llama.cpp's does;
         // transformers would tie the head to the embedding.
-        if json.bool("tie_word_embeddings") == Some(true) && layout != SourceLayout::Mlx {
+        if json.bool("tie_word_embeddings")? == Some(true) && layout != SourceLayout::Mlx {
             bail!("tie_word_embeddings is true; llama.cpp's gpt-oss needs its own output.weight");
+        }
+        if let Some(v) = json.raw("layer_types")
+            && !v.is_array()
+        {
+            bail!("\"layer_types\" is {v}, not a list of attention types");
         }
         if let Some(types) = json.raw("layer_types").and_then(Json::as_array) {
             let expected = |i: usize| if i.is_multiple_of(2) { "sliding_attention" } else { "full_attention" };
@@ -133,7 +138,7 @@ impl GptOssConfig {
                 bail!("layer_types is not sliding/full alternating from layer 0; llama.cpp hard-codes that pattern");
             }
         }
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             warnings.push(format!("hidden_act is '{act}'; gpt-oss always runs its clamped SwiGLU (alpha 1.702)"));

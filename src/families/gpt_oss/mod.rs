@@ -82,7 +82,13 @@ impl Family for GptOss {
         if tensor_names.is_empty() {
             return if original_form(config) {
                 SourceLayout::OpenAiOriginal
-            } else if config.object("quantization_config").and_then(|q| q.str("quant_method")) == Some("mxfp4") {
+            } else if config
+                .object("quantization_config")
+                .ok()
+                .flatten()
+                .and_then(|q| q.str("quant_method").ok().flatten())
+                == Some("mxfp4")
+            {
                 SourceLayout::HfMxfp4
             } else {
                 SourceLayout::Hf

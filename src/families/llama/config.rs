@@ -70,18 +70,18 @@ impl LlamaConfig {
     pub fn parse(json: &Keys) -> Result<(LlamaConfig, Vec<String>)> {
         let mut warnings = Vec::new();
         let n_head = json.u64("num_attention_heads")?;
-        let rope = json.object("rope_scaling").or(json.object("rope_parameters"));
+        let rope = json.object("rope_scaling")?.or(json.object("rope_parameters")?);
         let (mut rope_scaling, mut llama3_rope) = (None, None);
         if let Some(r) = rope {
-            match r.str("rope_type").or(r.str("type")) {
+            match r.str("rope_type")?.or(r.str("type")?) {
                 Some(t @ ("linear" | "yarn")) => {
-                    let factor = r.opt_f64("factor")?.context("rope_scaling.factor is missing")?;
+                    let factor = crate::families::common::rope_factor(&r, t, None)?;
                     let orig = if t == "yarn" { Some(r.u64("original_max_position_embeddings")?) } else { None };
                     rope_scaling = Some((t.to_string(), factor, orig));
                 }
                 Some(t) if t.eq_ignore_ascii_case("llama3") => {
                     llama3_rope = Some((
-                        r.opt_f64("factor")?.unwrap_or(8.0),
+                        crate::families::common::rope_factor(&r, "llama3", Some(8.0))?,
                         r.opt_f64("low_freq_factor")?.unwrap_or(1.0),
                         r.opt_f64("high_freq_factor")?.unwrap_or(4.0),
                         r.opt_f64("original_max_position_embeddings")?.unwrap_or(8192.0),
@@ -99,17 +99,17 @@ impl LlamaConfig {
                 ));
             }
         }
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             bail!("hidden_act is '{act}'; llama.cpp's llama architecture runs SiLU");
         }
         for key in ["attention_bias", "mlp_bias"] {
-            if json.bool(key) == Some(true) {
+            if json.bool(key)? == Some(true) {
                 bail!("{key} is true; moeq converts Llama checkpoints without biases");
             }
         }
-        let defaults = Defaults::of(json.str("model_type"));
+        let defaults = Defaults::of(json.str("model_type")?);
         let n_embd = json.u64("hidden_size")?;
         // Without transformers' defaults (a config.json transformers cannot read), the
         // converter takes the context length from the first of these it finds.

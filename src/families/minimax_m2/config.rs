@@ -56,7 +56,7 @@ impl MiniMaxM2Config {
     /// `attn_type_list` (MiniMax-01's); an FP8 `quantization_config` moeq does not read.
     pub fn parse(json: &Keys) -> Result<(MiniMaxM2Config, Vec<String>)> {
         let warnings = Vec::new();
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             bail!("hidden_act is '{act}'; MiniMax-M2 and llama.cpp's minimax-m2 run SiLU");
@@ -69,9 +69,9 @@ impl MiniMaxM2Config {
                  from it (MiniMax-M2's is \"sigmoid\")"
             ),
         }
-        let rope = json.object("rope_parameters").or(json.object("rope_scaling"));
+        let rope = json.object("rope_parameters")?.or(json.object("rope_scaling")?);
         if let Some(r) = &rope {
-            match r.str("rope_type").or(r.str("type")) {
+            match r.str("rope_type")?.or(r.str("type")?) {
                 Some("default") | None => {}
                 Some(other) => bail!(
                     "rope type '{other}' is set; moeq converts MiniMax-M2 with plain RoPE, as the released models have it"

@@ -91,12 +91,12 @@ impl QwenMoeConfig {
     pub fn parse(json: &Keys, kind: QwenKind) -> Result<(QwenMoeConfig, Vec<String>)> {
         let mut warnings = Vec::new();
         let n_head = json.u64("num_attention_heads")?;
-        let rope = json.object("rope_scaling").or(json.object("rope_parameters"));
+        let rope = json.object("rope_scaling")?.or(json.object("rope_parameters")?);
         let mut rope_scaling = None;
         if let Some(r) = &rope {
-            match r.str("rope_type").or(r.str("type")) {
+            match r.str("rope_type")?.or(r.str("type")?) {
                 Some(t @ ("linear" | "yarn")) => {
-                    let factor = r.opt_f64("factor")?.context("rope_scaling.factor is missing")?;
+                    let factor = crate::families::common::rope_factor(r, t, None)?;
                     let orig = if t == "yarn" { Some(r.u64("original_max_position_embeddings")?) } else { None };
                     rope_scaling = Some((t.to_string(), factor, orig));
                 }
@@ -104,11 +104,11 @@ impl QwenMoeConfig {
                 Some(other) => bail!("rope type '{other}' is not one llama.cpp's {} runs", kind.arch()),
             }
         }
-        if json.bool("use_sliding_window") == Some(true) {
+        if json.bool("use_sliding_window")? == Some(true) {
             warnings
                 .push(format!("use_sliding_window is true; llama.cpp's {} attends to the whole context", kind.arch()));
         }
-        if let Some(act) = json.str("hidden_act")
+        if let Some(act) = json.str("hidden_act")?
             && act != "silu"
         {
             bail!("hidden_act is '{act}'; {} runs SiLU", kind.title());
@@ -140,8 +140,8 @@ impl QwenMoeConfig {
             (0..n_layer).filter(|l| mlp_only.contains(l) || n_expert == 0 || !(l + 1).is_multiple_of(step)).collect();
         let qkv_bias = match kind {
             // Qwen2-MoE's attention always has them; transformers 5 names the switch `qkv_bias`.
-            QwenKind::Qwen2 => json.bool("qkv_bias").unwrap_or(true),
-            QwenKind::Qwen3 => json.bool("attention_bias").unwrap_or(false),
+            QwenKind::Qwen2 => json.bool("qkv_bias")?.unwrap_or(true),
+            QwenKind::Qwen3 => json.bool("attention_bias")?.unwrap_or(false),
         };
         let hp = QwenMoeConfig {
             kind,
@@ -163,10 +163,10 @@ impl QwenMoeConfig {
                 QwenKind::Qwen2 => Some(json.u64("shared_expert_intermediate_size")?),
                 QwenKind::Qwen3 => None,
             },
-            norm_topk_prob: json.bool("norm_topk_prob").unwrap_or(false),
+            norm_topk_prob: json.bool("norm_topk_prob")?.unwrap_or(false),
             dense_layers,
             qkv_bias,
-            tied: json.bool("tie_word_embeddings").unwrap_or(false),
+            tied: json.bool("tie_word_embeddings")?.unwrap_or(false),
         };
         check_sizes(&[
             ("num_hidden_layers", hp.n_layer, MAX_LAYERS),
