@@ -53,6 +53,14 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
     if bytes.is_empty() {
         return Err(Error::plan(path, "the output path is empty"));
     }
+    if bytes == b"-" {
+        // Many tools read '-' as standard output; a file named '-' is never what was meant.
+        return Err(Error::plan(
+            path,
+            "moeq writes this output to a file, not to standard output: give a file name (--json prints a \
+             command's report on standard output)",
+        ));
+    }
     let trailing_slash = bytes.ends_with(b"/");
     if kind != OutputKind::Folder {
         if trailing_slash {
@@ -286,5 +294,15 @@ mod tests {
         assert!(err.contains(&format!("cannot write: {} is not a folder", file.display())), "{err}");
         let err = check_path(&dir.path().join("none/x.gguf"), OutputKind::File).unwrap_err().to_string();
         assert!(err.contains("none does not exist"), "{err}");
+    }
+
+    /// `-o -` / `--report -` wrote a file named '-' in the current folder.
+    #[test]
+    fn a_dash_is_not_a_file_name() {
+        for kind in [OutputKind::File, OutputKind::Folder] {
+            let err = check_path(Path::new("-"), kind).unwrap_err().to_string();
+            assert!(err.contains("not to standard output"), "{err}");
+        }
+        assert!(check_path(Path::new("./-x.gguf"), OutputKind::File).is_ok());
     }
 }
