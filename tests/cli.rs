@@ -2475,9 +2475,7 @@ fn write_protected_outputs_are_not_replaced() {
     std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = dir.path().join("out.gguf");
     std::fs::write(&out, b"earlier output").unwrap();
-    let run = |mode: u32| {
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode)).unwrap();
-        let args = ["convert", path_arg(&input), "-o", path_arg(&out), "--type", "Q8_0", "-q"];
+    let run_as = |args: &[&str]| {
         let mut cmd = if root {
             let mut c = Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_moeq")]);
@@ -2487,6 +2485,10 @@ fn write_protected_outputs_are_not_replaced() {
         };
         cmd.args(args).output().unwrap()
     };
+    let run = |mode: u32| {
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(mode)).unwrap();
+        run_as(&["convert", path_arg(&input), "-o", path_arg(&out), "--type", "Q8_0", "-q"])
+    };
     let refused = run(0o444);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{err}");
@@ -2495,6 +2497,16 @@ fn write_protected_outputs_are_not_replaced() {
     let replaced = run(0o666);
     assert!(replaced.status.success(), "{}", String::from_utf8_lossy(&replaced.stderr));
     assert_ne!(std::fs::read(&out).unwrap(), b"earlier output");
+    // The same for an earlier split set's file, which a new split set replaces (it was removed).
+    std::fs::remove_file(&out).unwrap();
+    let shard = dir.path().join("out-00001-of-00002.gguf");
+    std::fs::write(&shard, b"earlier shard").unwrap();
+    std::fs::set_permissions(&shard, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let refused = run_as(&["convert", path_arg(&input), "-o", path_arg(&out), "--split-max-size", "20K", "-q"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("out-00001-of-00002.gguf is write-protected (mode 444)"), "{err}");
+    assert_eq!(std::fs::read(&shard).unwrap(), b"earlier shard");
 }
 
 /// GGUF metadata that disagrees with the tensors is refused by eval and verify before the

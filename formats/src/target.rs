@@ -103,6 +103,25 @@ pub fn check_path(path: &Path, kind: OutputKind) -> Result<()> {
         return Err(Error::plan(path, format!("the folder {} takes no new file ({e})", dir.display())));
     }
     check_name_length(path)?;
+    if kind == OutputKind::Split {
+        // Writing a split set removes the earlier set's files of the same stem.
+        for member in split_members(path) {
+            if let Ok(m) = std::fs::metadata(&member.path)
+                && m.is_file()
+                && !writable(&member.path)
+            {
+                return Err(Error::plan(
+                    path,
+                    format!(
+                        "{} is write-protected (mode {:o}); writing this split set replaces the earlier set's files, \
+                         which would undo that protection: make it writable (chmod u+w) or choose another path",
+                        member.path.display(),
+                        m.mode() & 0o7777
+                    ),
+                ));
+            }
+        }
+    }
     match std::fs::metadata(path) {
         Err(_) => Ok(()),
         Ok(m) if kind == OutputKind::Folder => Err(Error::plan(
