@@ -12,7 +12,7 @@
 
 use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Block, Codes, Evaluation, Searcher, sums};
+use super::iq_search::{Block, Codes, Evaluation, Searcher};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
 use crate::convert::{f16_to_f32, f32_to_f16};
 /// ggml's `GROUP_MAX_EPS_IQ2_S`.
@@ -230,17 +230,7 @@ fn refine16<S: Searcher>(
         on_grid = ev.on_grid[c];
     }
     if on_grid != 0b11 && scale > 0.0 {
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, ev)?;
-        let mut r = [0i8; 16];
-        ev.codes_of(0, &mut r);
-        for k in 0..2 {
-            if on_grid & (1 << k) == 0 {
-                l[8 * k..8 * k + 8].copy_from_slice(&r[8 * k..8 * k + 8]);
-            }
-        }
-        // With both groups refined, `l` is the refinement's codes, whose sums (the same
-        // products added in the same order) the evaluation holds.
-        let (sumqx, sumq2) = if on_grid == 0 { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
+        let (sumqx, sumq2) = s.refine(t, CODES, xval, weight, waux, (1.0 / scale, scale), !on_grid & 0b11, l, ev)?;
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }

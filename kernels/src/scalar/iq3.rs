@@ -10,7 +10,7 @@
 
 use super::common::{c_max, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Block, Codes, Evaluation, Searcher, sums};
+use super::iq_search::{Block, Codes, Evaluation, Searcher};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
 use super::iq2::scale_code;
 use crate::convert::{f16_to_f32, f32_to_f16};
@@ -107,16 +107,7 @@ fn refine32<S: Searcher>(
     }
     if on_grid != 0xff && scale > 0.0 {
         let groups = if p.refine_all { 0xff } else { !on_grid };
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, ev)?;
-        let mut r = [0i8; 32];
-        ev.codes_of(0, &mut r);
-        for k in 0..8 {
-            if groups & (1 << k) != 0 {
-                l[4 * k..4 * k + 4].copy_from_slice(&r[4 * k..4 * k + 4]);
-            }
-        }
-        // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
-        let (sumqx, sumq2) = if groups == 0xff { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
+        let (sumqx, sumq2) = s.refine(t, CODES, xval, weight, waux, (1.0 / scale, scale), groups, l, ev)?;
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }

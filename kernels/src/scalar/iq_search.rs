@@ -118,6 +118,27 @@ pub trait Searcher {
         self.evaluate::<N>(t, c, b.xval, b.weight, b.waux, b.candidates, groups, out_b)
     }
 
+    /// The refinement of a block's chosen codes `l` at one `candidate`: the groups in `groups`
+    /// replaced by [`Searcher::evaluate`]'s codes for that candidate, the others kept; returns
+    /// the sums `Σ w·x·q`, `Σ w·q²` of the resulting codes, in order (as [`sums`]). `out` is
+    /// scratch. SIMD backends evaluate the candidate with the kept groups' codes in place, so
+    /// that the evaluation's own sums are those sums.
+    #[allow(clippy::too_many_arguments)]
+    fn refine<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidate: (f32, f32),
+        groups: u8,
+        l: &mut [i8],
+        out: &mut Evaluation,
+    ) -> Result<(f32, f32), GgmlAbort> {
+        refine_apart(self, t, c, xval, weight, waux, candidate, groups, l, out)
+    }
+
     /// The candidate scales `(id, 1 / id)` with `id = numerators[c] / max`, into
     /// `out[..numerators.len()]` (IEEE divisions, so every implementation gives the same
     /// values; SIMD backends divide 8 at a time).
@@ -174,6 +195,35 @@ pub trait Searcher {
     fn choose(&self, ev: &Evaluation, n: usize) -> Option<(usize, f32)> {
         ev.choose(n)
     }
+}
+
+/// [`Searcher::refine`] by [`Searcher::evaluate`] of the candidate, its selected groups' codes
+/// copied into `l`, and the sums of `l` (the evaluation's own when every group was selected).
+#[allow(clippy::too_many_arguments)]
+pub fn refine_apart<S: Searcher + ?Sized, const N: usize>(
+    s: &S,
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    candidate: (f32, f32),
+    groups: u8,
+    l: &mut [i8],
+    out: &mut Evaluation,
+) -> Result<(f32, f32), GgmlAbort> {
+    let n = xval.len();
+    s.evaluate::<N>(t, c, xval, weight, waux, &[candidate], groups, out)?;
+    let mut r = [0i8; 32];
+    out.codes_of(0, &mut r[..n]);
+    for k in 0..n / N {
+        if groups & (1 << k) != 0 {
+            l[N * k..N * k + N].copy_from_slice(&r[N * k..N * k + N]);
+        }
+    }
+    // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
+    let all = ((1u32 << (n / N)) - 1) as u8;
+    Ok(if groups == all { (out.sumqx[0], out.sumq2[0]) } else { sums(weight, xval, l) })
 }
 
 /// One block's values, weights and candidates for [`Searcher::evaluate_pair`].

@@ -185,6 +185,21 @@ impl Searcher for Avx512 {
         unsafe { evaluate16_pair::<N>(t, c, a, b, groups, out_a, out_b, scratch) }
     }
 
+    fn refine<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidate: (f32, f32),
+        groups: u8,
+        l: &mut [i8],
+        out: &mut Evaluation,
+    ) -> Result<(f32, f32), GgmlAbort> {
+        self.avx2.refine::<N>(t, c, xval, weight, waux, candidate, groups, l, out)
+    }
+
     fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
         // SAFETY: as above.
         unsafe { candidates16(numerators, max, out) }
@@ -1172,6 +1187,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `refine` (the one-candidate evaluation with the unselected groups' codes kept) against
+    /// the reference's (evaluation, copy of the selected groups, sums of the result): random
+    /// blocks, kept codes and candidates near the block's scale, every group or some, on the
+    /// grids the quantizers refine (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S); the codes and the
+    /// sums' bits.
+    #[test]
+    fn refine_matches_reference() {
+        if !detected() {
+            return;
+        }
+        fn check_refine<const N: usize>(t: &Lattice<N>, c: Codes, n: usize, seed: u64) {
+            let mut next = crate::x86::tests::xorshift_uniform(seed);
+            let searcher = Avx512::new();
+            let (mut want_ev, mut got_ev) = (Evaluation::default(), Evaluation::default());
+            for case in 0..1500 {
+                let (xval, weight, waux, candidates) = random_block(&mut next, c, n, case, 3, false);
+                let candidate = candidates[(next() * 3.0) as usize % 3];
+                let kept: Vec<i8> = (0..n).map(|_| (next() * c.kmax as f32) as i8 % c.kmax as i8).collect();
+                let all = ((1u32 << (n / N)) - 1) as u8;
+                let groups = if case % 3 == 0 { all } else { (next() * 256.0) as u8 & all };
+                let (mut want_l, mut got_l) = (kept.clone(), kept.clone());
+                let want =
+                    Reference.refine::<N>(t, c, &xval, &weight, &waux, candidate, groups, &mut want_l, &mut want_ev);
+                let got = searcher.refine::<N>(t, c, &xval, &weight, &waux, candidate, groups, &mut got_l, &mut got_ev);
+                let bits = |r: Result<(f32, f32), GgmlAbort>| r.map(|(a, b)| (a.to_bits(), b.to_bits()));
+                assert_eq!(bits(want), bits(got), "case {case} groups {groups:#x}");
+                if want.is_ok() {
+                    assert_eq!(want_l, got_l, "case {case} groups {groups:#x}");
+                }
+            }
+        }
+        let three = Codes { bits: 3, kmax: 8 };
+        let two = Codes { bits: 2, kmax: 3 };
+        check_refine(iq_tables::iq3_xxs(), three, 32, 21);
+        check_refine(iq_tables::iq3_s(), three, 32, 22);
+        check_refine(iq_tables::iq2_s(), two, 16, 23);
+        check_refine(iq_tables::iq2_xs(), two, 16, 24);
+        check_refine(iq_tables::iq2_xxs(), two, 32, 25);
     }
 
     /// The two-block evaluation on the 3-bit grids (IQ3_S pairs its blocks; IQ3_XXS's grid
