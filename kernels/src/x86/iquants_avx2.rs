@@ -374,7 +374,7 @@ pub(super) fn nearest<const N: usize>(
 /// ([`nearest_packed2`]), so that they are in cache (the level rows of IQ2's long lists are
 /// not, and reading them was a cache miss after most searches); from the level rows otherwise
 /// (which the search just read).
-#[inline]
+#[inline(always)]
 pub(super) fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
     if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
         let code = list.packed[best];
