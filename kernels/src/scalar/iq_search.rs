@@ -44,6 +44,7 @@ impl Default for Evaluation {
 
 impl Evaluation {
     /// Candidate `c`'s codes of the first `l.len()` values.
+    #[inline]
     pub fn codes_of(&self, c: usize, l: &mut [i8]) {
         for (i, q) in l.iter_mut().enumerate() {
             *q = self.codes[c / 8][i][c % 8];
