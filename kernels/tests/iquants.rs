@@ -245,6 +245,80 @@ fn iquants_simd_match_scalar_on_many_blocks() {
     }
 }
 
+/// Super-blocks whose 16-value blocks are zero or tiny (below IQ2_S's 1e-8, above IQ3_S's 0)
+/// in patterns — the first of each pair, the second, both, runs — next to ordinary ones: the
+/// quantizers that search their blocks two at a time (IQ3_S, IQ2_S) meet pairs of which one
+/// block is not searched, on every SIMD backend as on the scalar one.
+#[test]
+fn iquants_simd_match_scalar_with_zero_blocks() {
+    let (g, w) = rows(0, 0x5EED_0020, 256 * 16);
+    let masks: [u16; 8] = [0x5555, 0xaaaa, 0x3333, 0xcccc, 0x0f0f, 0x0001, 0x8000, 0x6996];
+    let mut x = Vec::with_capacity(g.len());
+    for (sb, values) in g.chunks_exact(256).enumerate() {
+        let mask = masks[sb % 8];
+        x.extend(values.iter().enumerate().map(|(i, &v)| match (mask >> (i / 16)) & 1 {
+            0 => v,
+            _ if sb % 16 < 8 => 0.0,
+            _ => v * 1e-9,
+        }));
+    }
+    simd_equals_scalar(&x, &w, "zero blocks");
+}
+
+/// IQ3_S and IQ2_S search each block on its own, as ggml does, though they evaluate two blocks'
+/// candidates at a time: a block's grid indices and signs are the same whether the other block
+/// of its pair is searched or not (all zero for IQ3_S, below 1e-8 for IQ2_S), on every backend.
+#[test]
+fn paired_blocks_are_searched_alone() {
+    let (g, w) = rows(0, 0x0020_0020, 256 * 4);
+    for b in available() {
+        for (ty, size) in [(QuantType::IQ3_S, 32), (QuantType::IQ2_S, 16)] {
+            for weights in [None, Some(&w[..256])] {
+                for sb in g.chunks_exact(256) {
+                    let quiet = |x: &mut [f32], block: usize| {
+                        x[size * block..size * block + size]
+                            .iter_mut()
+                            .for_each(|v| *v *= 1e-9 * (ty == QuantType::IQ2_S) as u8 as f32)
+                    };
+                    let both = quantize(b, ty, sb, weights).unwrap();
+                    let (mut first, mut second) = (sb.to_vec(), sb.to_vec());
+                    quiet(&mut first, 1);
+                    quiet(&mut second, 0);
+                    let (first, second) =
+                        (quantize(b, ty, &first, weights).unwrap(), quantize(b, ty, &second, weights).unwrap());
+                    let what = format!("{} {} weights {}", b.name, ty.name(), weights.is_some());
+                    if ty == QuantType::IQ3_S {
+                        // Block 0's indices, high bits and signs; block 1's land in block 0's place
+                        // when block 0 is not quantized.
+                        assert_eq!(
+                            (&first[2..10], first[66], &first[74..78]),
+                            (&both[2..10], both[66], &both[74..78]),
+                            "{what}"
+                        );
+                        assert_eq!(
+                            (&second[2..10], second[67], &second[74..78]),
+                            (&both[10..18], both[67], &both[78..82]),
+                            "{what}"
+                        );
+                    } else {
+                        // Block 0's two indices (high bits in bits 0..4 of byte 66) and signs, then block 1's.
+                        assert_eq!(
+                            (&first[2..4], first[66] & 0xf, &first[34..36]),
+                            (&both[2..4], both[66] & 0xf, &both[34..36]),
+                            "{what}"
+                        );
+                        assert_eq!(
+                            (&second[4..6], second[66] >> 4, &second[36..38]),
+                            (&both[4..6], both[66] >> 4, &both[36..38]),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Random bytes (finite scales) dequantize identically on every backend.
 #[test]
 fn iquants_dequantize_random_bytes_like_scalar() {

@@ -12,7 +12,7 @@
 
 use super::common::{GROUP_MAX_EPS, c_max, imatrix_weights, nearest_int};
 use super::iq_grids::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Codes, Evaluation, Searcher, sums};
+use super::iq_search::{Block, Codes, Evaluation, Searcher};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
 use crate::convert::{f16_to_f32, f32_to_f16};
 /// ggml's `GROUP_MAX_EPS_IQ2_S`.
@@ -192,10 +192,36 @@ fn search16<S: Searcher>(
     l: &mut [i8; 16],
     ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
-    let numerators: [f32; 19] = std::array::from_fn(|c| (2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1);
     let mut candidates = [(0f32, 0f32); 19];
-    s.candidates(&numerators, max, &mut candidates);
+    s.candidates(&NUMERATORS16, max, &mut candidates);
     s.evaluate(t, CODES, xval, weight, waux, &candidates, 0b11, ev)?;
+    refine16(s, t, xval, weight, waux, max, l, ev)
+}
+
+/// [`search16`]'s candidates' numerators, `2·kMaxQ − 1 + 0.1·(c − 9)`.
+const NUMERATORS16: [f32; 19] = {
+    let mut n = [0f32; 19];
+    let mut c = 0;
+    while c < 19 {
+        n[c] = (2 * KMAXQ - 1) as f32 + (c as i32 - 9) as f32 * 0.1;
+        c += 1;
+    }
+    n
+};
+
+/// [`search16`] after its candidates' evaluation (`ev`): the choice among them and the
+/// refinement.
+#[allow(clippy::too_many_arguments)]
+fn refine16<S: Searcher>(
+    s: &S,
+    t: &Lattice<8>,
+    xval: &[f32; 16],
+    weight: &[f32; 16],
+    waux: &[f32; 16],
+    max: f32,
+    l: &mut [i8; 16],
+    ev: &mut Evaluation,
+) -> Result<f32, GgmlAbort> {
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = 0b11u8;
     if let Some((c, sc)) = ev.choose(19) {
@@ -204,17 +230,7 @@ fn search16<S: Searcher>(
         on_grid = ev.on_grid[c];
     }
     if on_grid != 0b11 && scale > 0.0 {
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], !on_grid & 0b11, ev)?;
-        let mut r = [0i8; 16];
-        ev.codes_of(0, &mut r);
-        for k in 0..2 {
-            if on_grid & (1 << k) == 0 {
-                l[8 * k..8 * k + 8].copy_from_slice(&r[8 * k..8 * k + 8]);
-            }
-        }
-        // With both groups refined, `l` is the refinement's codes, whose sums (the same
-        // products added in the same order) the evaluation holds.
-        let (sumqx, sumq2) = if on_grid == 0 { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
+        let (sumqx, sumq2) = s.refine(t, CODES, xval, weight, waux, (1.0 / scale, scale), !on_grid & 0b11, l, ev)?;
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }
@@ -302,56 +318,83 @@ pub fn quantize_iq2_s_block<S: Searcher>(
 ) -> Result<(), GgmlAbort> {
     let t = iq_tables::iq2_s();
     let mut scales = [0f32; 16];
-    let (mut weight, mut xval, mut waux) = ([0f32; 16], [0f32; 16], [0f32; 16]);
-    let mut block_signs = [0u8; 2];
+    let (mut weight, mut xval, mut waux) = ([[0f32; 16]; 2], [[0f32; 16]; 2], [[0f32; 16]; 2]);
     let mut max_scale = 0.0f32;
     y[..IQ2_S_BYTES].fill(0);
     // Reused by every block: each evaluation writes what is read of it.
-    let mut ev = Evaluation::default();
+    let (mut ev, mut ev_b) = (Evaluation::default(), Evaluation::default());
     let sigma2 = 2.0 * sum_x2 / 256.0;
-    for ib in 0..16 {
-        let xb = &x[16 * ib..16 * ib + 16];
-        match qw {
-            Some(qw) => imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, &mut weight),
-            None => {
-                for (w, &v) in weight.iter_mut().zip(xb) {
-                    *w = 0.25 * sigma2 + v * v;
+    // Blocks two at a time: both searched blocks' candidates evaluated side by side.
+    for pair in 0..8 {
+        let mut block_signs = [[0u8; 2]; 2];
+        let mut max = [0f32; 2];
+        for h in 0..2 {
+            let ib = 2 * pair + h;
+            let xb = &x[16 * ib..16 * ib + 16];
+            let weight = &mut weight[h];
+            match qw {
+                Some(qw) => imatrix_weights(xb, &qw[16 * ib..16 * ib + 16], sigma2, weight),
+                None => {
+                    for (w, &v) in weight.iter_mut().zip(xb) {
+                        *w = 0.25 * sigma2 + v * v;
+                    }
                 }
             }
-        }
-        for (a, &w) in waux.iter_mut().zip(&weight) {
-            *a = w.sqrt();
-        }
-        for k in 0..2 {
-            let r = 8 * k..8 * k + 8;
-            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
-        }
-        let mut max = xval[0];
-        for &v in &xval[1..] {
-            max = c_max(max, v);
-        }
-        if max < GROUP_MAX_EPS_IQ2_S {
-            scales[ib] = 0.0;
-            continue;
-        }
-        let mut l = [0i8; 16];
-        let mut scale = search16(s, t, &xval, &weight, &waux, max, &mut l, &mut ev)?;
-        if scale < 0.0 {
-            scale = -scale;
-            for b in &mut block_signs {
-                *b = !*b;
+            for (a, &w) in waux[h].iter_mut().zip(weight.iter()) {
+                *a = w.sqrt();
+            }
+            for k in 0..2 {
+                let r = 8 * k..8 * k + 8;
+                block_signs[h][k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[h][r], false);
+            }
+            max[h] = xval[h][0];
+            for &v in &xval[h][1..] {
+                max[h] = c_max(max[h], v);
             }
         }
-        for k in 0..2 {
-            let g = on_grid(t, &l[8 * k..8 * k + 8])?;
-            let i8 = 2 * ib + k;
-            y[2 + i8] = g as u8;
-            y[66 + i8 / 4] |= ((g >> 8) << (2 * (i8 % 4))) as u8;
-            y[2 + 32 + i8] = block_signs[k];
+        // Blocks below the threshold are not searched (their scale stays 0).
+        let searched = max.map(|m| m >= GROUP_MAX_EPS_IQ2_S);
+        let mut candidates = [[(0f32, 0f32); 19]; 2];
+        for h in 0..2 {
+            if searched[h] {
+                s.candidates(&NUMERATORS16, max[h], &mut candidates[h]);
+            }
         }
-        check_scale(scale)?;
-        scales[ib] = scale;
-        max_scale = c_max(max_scale, scale);
+        if searched[0] && searched[1] {
+            let block =
+                |h: usize| Block { xval: &xval[h], weight: &weight[h], waux: &waux[h], candidates: &candidates[h] };
+            s.evaluate_pair(t, CODES, &block(0), &block(1), 0b11, &mut ev, &mut ev_b)?;
+        }
+        for h in 0..2 {
+            let ib = 2 * pair + h;
+            if !searched[h] {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let ev = if h == 1 && searched[0] { &mut ev_b } else { &mut ev };
+            if !searched[1 - h] {
+                s.evaluate(t, CODES, &xval[h], &weight[h], &waux[h], &candidates[h], 0b11, ev)?;
+            }
+            let mut l = [0i8; 16];
+            let mut scale = refine16(s, t, &xval[h], &weight[h], &waux[h], max[h], &mut l, ev)?;
+            let block_signs = &mut block_signs[h];
+            if scale < 0.0 {
+                scale = -scale;
+                for b in block_signs.iter_mut() {
+                    *b = !*b;
+                }
+            }
+            for k in 0..2 {
+                let g = on_grid(t, &l[8 * k..8 * k + 8])?;
+                let i8 = 2 * ib + k;
+                y[2 + i8] = g as u8;
+                y[66 + i8 / 4] |= ((g >> 8) << (2 * (i8 % 4))) as u8;
+                y[2 + 32 + i8] = block_signs[k];
+            }
+            check_scale(scale)?;
+            scales[ib] = scale;
+            max_scale = c_max(max_scale, scale);
+        }
     }
     if max_scale == 0.0 {
         return Ok(());

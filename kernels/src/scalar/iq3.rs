@@ -10,7 +10,7 @@
 
 use super::common::{c_max, value_weights};
 use super::iq_grids::{IQ3S_GRID, IQ3XXS_GRID, KMASK_IQ2XS, KSIGNS_IQ2XS};
-use super::iq_search::{Codes, Evaluation, Searcher, sums};
+use super::iq_search::{Block, Codes, Evaluation, Searcher};
 use super::iq_tables::{self, GgmlAbort, Lattice, check_scale};
 use super::iq2::scale_code;
 use crate::convert::{f16_to_f32, f32_to_f16};
@@ -68,13 +68,36 @@ fn search32<S: Searcher>(
     ev: &mut Evaluation,
 ) -> Result<f32, GgmlAbort> {
     let n = (2 * p.steps + 1) as usize;
+    let mut candidates = [(0f32, 0f32); 31];
+    s.candidates(&numerators(p)[..n], max, &mut candidates[..n]);
+    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
+    refine32(s, t, p, xval, weight, waux, max, l, ev)
+}
+
+/// The candidates' numerators `2·kMaxQ − 1 + 0.2·(c − steps)` (the first `2·steps + 1`).
+fn numerators(p: &Search) -> [f32; 31] {
     let mut numerators = [0f32; 31];
-    for (c, v) in numerators[..n].iter_mut().enumerate() {
+    for (c, v) in numerators[..(2 * p.steps + 1) as usize].iter_mut().enumerate() {
         *v = (2 * KMAXQ - 1) as f32 + (c as i32 - p.steps) as f32 * 0.2;
     }
-    let mut candidates = [(0f32, 0f32); 31];
-    s.candidates(&numerators[..n], max, &mut candidates[..n]);
-    s.evaluate(t, CODES, xval, weight, waux, &candidates[..n], 0xff, ev)?;
+    numerators
+}
+
+/// [`search32`] after its candidates' evaluation (`ev`): the choice among them and the
+/// refinement.
+#[allow(clippy::too_many_arguments)]
+fn refine32<S: Searcher>(
+    s: &S,
+    t: &Lattice<4>,
+    p: &Search,
+    xval: &[f32; 32],
+    weight: &[f32; 32],
+    waux: &[f32; 32],
+    max: f32,
+    l: &mut [i8; 32],
+    ev: &mut Evaluation,
+) -> Result<f32, GgmlAbort> {
+    let n = (2 * p.steps + 1) as usize;
     let mut scale = max / (2 * KMAXQ - 1) as f32;
     let mut on_grid = if p.start_on_grid { 0xffu8 } else { 0 };
     if let Some((c, sc)) = s.choose(ev, n) {
@@ -84,16 +107,7 @@ fn search32<S: Searcher>(
     }
     if on_grid != 0xff && scale > 0.0 {
         let groups = if p.refine_all { 0xff } else { !on_grid };
-        s.evaluate(t, CODES, xval, weight, waux, &[(1.0 / scale, scale)], groups, ev)?;
-        let mut r = [0i8; 32];
-        ev.codes_of(0, &mut r);
-        for k in 0..8 {
-            if groups & (1 << k) != 0 {
-                l[4 * k..4 * k + 4].copy_from_slice(&r[4 * k..4 * k + 4]);
-            }
-        }
-        // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
-        let (sumqx, sumq2) = if groups == 0xff { (ev.sumqx[0], ev.sumq2[0]) } else { sums(weight, xval, l) };
+        let (sumqx, sumq2) = s.refine(t, CODES, xval, weight, waux, (1.0 / scale, scale), groups, l, ev)?;
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }
@@ -184,51 +198,78 @@ pub fn quantize_iq3_s_block<S: Searcher>(
     y: &mut [u8],
 ) -> Result<(), GgmlAbort> {
     const SEARCH: Search = Search { steps: 9, start_on_grid: false, refine_all: true };
+    const N: usize = 19;
     let t = iq_tables::iq3_s();
     let mut scales = [0f32; 8];
-    let (mut weight, mut xval, mut waux) = ([0f32; 32], [0f32; 32], [0f32; 32]);
+    let (mut weight, mut xval, mut waux) = ([[0f32; 32]; 2], [[0f32; 32]; 2], [[0f32; 32]; 2]);
     let mut max_scale = 0.0f32;
     y[..IQ3_S_BYTES].fill(0);
     // Reused by every block: each evaluation writes what is read of it.
-    let mut ev = Evaluation::default();
+    let (mut ev, mut ev_b) = (Evaluation::default(), Evaluation::default());
     let sigma2 = 2.0 * sum_x2 / 256.0;
+    let numerators = numerators(&SEARCH);
     // ggml advances its `qs` and `signs` pointers only past blocks it quantizes: after an
     // all-zero block, the next block's grid indices and signs land in the skipped one's place.
     let mut at = 0;
-    for ib in 0..8 {
-        let xb = &x[32 * ib..32 * ib + 32];
-        block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight, &mut waux);
-        let mut block_signs = [0u8; 4];
-        for k in 0..4 {
-            let r = 8 * k..8 * k + 8;
-            block_signs[k] = s.signs8(&xb[r.clone()], &weight[r.clone()], &mut xval[r], false);
-        }
-        let mut max = xval[0];
-        for &v in &xval[1..] {
-            max = c_max(max, v);
-        }
-        if max == 0.0 {
-            scales[ib] = 0.0;
-            continue;
-        }
-        let mut l = [0i8; 32];
-        let mut scale = search32(s, t, &SEARCH, &xval, &weight, &waux, max, &mut l, &mut ev)?;
-        if scale < 0.0 {
-            scale = -scale;
-            for b in &mut block_signs {
-                *b = !*b;
+    // Blocks two at a time: both searched blocks' candidates evaluated side by side.
+    for pair in 0..4 {
+        let mut block_signs = [[0u8; 4]; 2];
+        let mut max = [0f32; 2];
+        for h in 0..2 {
+            let ib = 2 * pair + h;
+            let xb = &x[32 * ib..32 * ib + 32];
+            block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2, &mut weight[h], &mut waux[h]);
+            for k in 0..4 {
+                let r = 8 * k..8 * k + 8;
+                block_signs[h][k] = s.signs8(&xb[r.clone()], &weight[h][r.clone()], &mut xval[h][r], false);
+            }
+            max[h] = xval[h][0];
+            for &v in &xval[h][1..] {
+                max[h] = c_max(max[h], v);
             }
         }
-        for k in 0..8 {
-            let g = on_grid(t, &l[4 * k..4 * k + 4])?;
-            y[2 + 8 * at + k] = g as u8;
-            y[66 + ib] |= ((g >> 8) << k) as u8;
+        let mut candidates = [[(0f32, 0f32); N]; 2];
+        for h in 0..2 {
+            if max[h] != 0.0 {
+                s.candidates(&numerators[..N], max[h], &mut candidates[h]);
+            }
         }
-        y[74 + 4 * at..78 + 4 * at].copy_from_slice(&block_signs);
-        at += 1;
-        check_scale(scale)?;
-        scales[ib] = scale;
-        max_scale = c_max(max_scale, scale);
+        if max[0] != 0.0 && max[1] != 0.0 {
+            let block =
+                |h: usize| Block { xval: &xval[h], weight: &weight[h], waux: &waux[h], candidates: &candidates[h] };
+            s.evaluate_pair(t, CODES, &block(0), &block(1), 0xff, &mut ev, &mut ev_b)?;
+        }
+        for h in 0..2 {
+            let ib = 2 * pair + h;
+            // An all-zero block is not searched (its scale stays 0).
+            if max[h] == 0.0 {
+                scales[ib] = 0.0;
+                continue;
+            }
+            let ev = if h == 1 && max[0] != 0.0 { &mut ev_b } else { &mut ev };
+            if max[1 - h] == 0.0 {
+                s.evaluate(t, CODES, &xval[h], &weight[h], &waux[h], &candidates[h], 0xff, ev)?;
+            }
+            let mut l = [0i8; 32];
+            let mut scale = refine32(s, t, &SEARCH, &xval[h], &weight[h], &waux[h], max[h], &mut l, ev)?;
+            let block_signs = &mut block_signs[h];
+            if scale < 0.0 {
+                scale = -scale;
+                for b in block_signs.iter_mut() {
+                    *b = !*b;
+                }
+            }
+            for k in 0..8 {
+                let g = on_grid(t, &l[4 * k..4 * k + 4])?;
+                y[2 + 8 * at + k] = g as u8;
+                y[66 + ib] |= ((g >> 8) << k) as u8;
+            }
+            y[74 + 4 * at..78 + 4 * at].copy_from_slice(block_signs);
+            at += 1;
+            check_scale(scale)?;
+            scales[ib] = scale;
+            max_scale = c_max(max_scale, scale);
+        }
     }
     if max_scale == 0.0 {
         return Ok(());

@@ -44,6 +44,7 @@ impl Default for Evaluation {
 
 impl Evaluation {
     /// Candidate `c`'s codes of the first `l.len()` values.
+    #[inline]
     pub fn codes_of(&self, c: usize, l: &mut [i8]) {
         for (i, q) in l.iter_mut().enumerate() {
             *q = self.codes[c / 8][i][c % 8];
@@ -98,6 +99,46 @@ pub trait Searcher {
         groups: u8,
         out: &mut Evaluation,
     ) -> Result<(), GgmlAbort>;
+
+    /// [`Searcher::evaluate`] of two blocks of as many values, each with its own candidates
+    /// (at most 24 each), with the same `groups`: `a`'s into `out_a`, `b`'s into `out_b`. `Err`
+    /// when either evaluation is. SIMD backends evaluate both blocks' candidates side by side
+    /// (IQ3_S's and IQ2_S's 19 candidates per block fill three vectors of 16, not four).
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_pair<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        a: &Block<'_>,
+        b: &Block<'_>,
+        groups: u8,
+        out_a: &mut Evaluation,
+        out_b: &mut Evaluation,
+    ) -> Result<(), GgmlAbort> {
+        self.evaluate::<N>(t, c, a.xval, a.weight, a.waux, a.candidates, groups, out_a)?;
+        self.evaluate::<N>(t, c, b.xval, b.weight, b.waux, b.candidates, groups, out_b)
+    }
+
+    /// The refinement of a block's chosen codes `l` at one `candidate`: the groups in `groups`
+    /// replaced by [`Searcher::evaluate`]'s codes for that candidate, the others kept; returns
+    /// the sums `Σ w·x·q`, `Σ w·q²` of the resulting codes, in order (as [`sums`]). `out` is
+    /// scratch. SIMD backends evaluate the candidate with the kept groups' codes in place, so
+    /// that the evaluation's own sums are those sums.
+    #[allow(clippy::too_many_arguments)]
+    fn refine<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidate: (f32, f32),
+        groups: u8,
+        l: &mut [i8],
+        out: &mut Evaluation,
+    ) -> Result<(f32, f32), GgmlAbort> {
+        refine_apart(self, t, c, xval, weight, waux, candidate, groups, l, out)
+    }
 
     /// The candidate scales `(id, 1 / id)` with `id = numerators[c] / max`, into
     /// `out[..numerators.len()]` (IEEE divisions, so every implementation gives the same
@@ -155,6 +196,48 @@ pub trait Searcher {
     fn choose(&self, ev: &Evaluation, n: usize) -> Option<(usize, f32)> {
         ev.choose(n)
     }
+}
+
+/// [`Searcher::refine`] by [`Searcher::evaluate`] of the candidate, its selected groups' codes
+/// copied into `l`, and the sums of `l` (the evaluation's own when every group was selected).
+#[allow(clippy::too_many_arguments)]
+pub fn refine_apart<S: Searcher + ?Sized, const N: usize>(
+    s: &S,
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
+    candidate: (f32, f32),
+    groups: u8,
+    l: &mut [i8],
+    out: &mut Evaluation,
+) -> Result<(f32, f32), GgmlAbort> {
+    let n = xval.len();
+    s.evaluate::<N>(t, c, xval, weight, waux, &[candidate], groups, out)?;
+    let mut r = [0i8; 32];
+    out.codes_of(0, &mut r[..n]);
+    for k in 0..n / N {
+        if groups & (1 << k) != 0 {
+            l[N * k..N * k + N].copy_from_slice(&r[N * k..N * k + N]);
+        }
+    }
+    // With every group refined, `l` is the evaluation's codes and its sums are `l`'s.
+    let all = ((1u32 << (n / N)) - 1) as u8;
+    Ok(if groups == all { (out.sumqx[0], out.sumq2[0]) } else { sums(weight, xval, l) })
+}
+
+/// One block's values, weights and candidates for [`Searcher::evaluate_pair`].
+#[derive(Clone, Copy)]
+pub struct Block<'a> {
+    /// The block's magnitudes.
+    pub xval: &'a [f32],
+    /// Their weights for the sums.
+    pub weight: &'a [f32],
+    /// Their weights for the neighbour searches.
+    pub waux: &'a [f32],
+    /// The candidates `(id, scale)`.
+    pub candidates: &'a [(f32, f32)],
 }
 
 /// ggml's order of operations, one value at a time.

@@ -27,7 +27,7 @@ use super::kquants_avx2::{clamp, nearest_int};
 use crate::QuantType;
 use crate::backend::Refusal;
 use crate::scalar::common::c_max;
-use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
+use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher, refine_apart};
 use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List, Lookup};
 use crate::scalar::iq1::{X_M, X_P};
 use crate::scalar::{iquants, ternary};
@@ -196,6 +196,29 @@ impl Searcher for Avx2 {
         unsafe { nearest::<N>(list, qtab, x, w, scale) }
     }
 
+    fn refine<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidate: (f32, f32),
+        groups: u8,
+        l: &mut [i8],
+        out: &mut Evaluation,
+    ) -> Result<(f32, f32), GgmlAbort> {
+        let n = xval.len();
+        if !(n <= 32 && n.is_multiple_of(8) && n.is_multiple_of(N) && l.len() >= n) {
+            return refine_apart(self, t, c, xval, weight, waux, candidate, groups, l, out);
+        }
+        // SAFETY: an `Avx2` exists only once AVX2 was detected (see the type).
+        unsafe { evaluate_one_keeping::<N>(t, c, xval, weight, waux, candidate, groups, Some(l), out)? };
+        // The evaluated groups' codes and the kept ones, and their sums.
+        out.codes_of(0, &mut l[..n]);
+        Ok((out.sumqx[0], out.sumq2[0]))
+    }
+
     fn evaluate<const N: usize>(
         &self,
         t: &Lattice<N>,
@@ -351,7 +374,7 @@ pub(super) fn nearest<const N: usize>(
 /// ([`nearest_packed2`]), so that they are in cache (the level rows of IQ2's long lists are
 /// not, and reading them was a cache miss after most searches); from the level rows otherwise
 /// (which the search just read).
-#[inline]
+#[inline(always)]
 pub(super) fn winner_levels<const N: usize>(list: List<'_>, best: usize, bits: u32) -> [i32; N] {
     if N == 8 && list.packed.len() >= 8 * list.indices.len().div_ceil(8) {
         let code = list.packed[best];
@@ -918,8 +941,27 @@ fn evaluate_one<const N: usize>(
     xval: &[f32],
     weight: &[f32],
     waux: &[f32],
+    candidate: (f32, f32),
+    groups: u8,
+    out: &mut Evaluation,
+) -> Result<(), GgmlAbort> {
+    evaluate_one_keeping::<N>(t, c, xval, weight, waux, candidate, groups, None, out)
+}
+
+/// [`evaluate_one`], the groups outside `groups` taking the codes `keep` (when given) instead of
+/// the candidate's own, so that the sums are those of the kept and the evaluated groups'
+/// codes ([`Searcher::refine`]).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+fn evaluate_one_keeping<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    xval: &[f32],
+    weight: &[f32],
+    waux: &[f32],
     (id, scale): (f32, f32),
     groups: u8,
+    keep: Option<&[i8]>,
     out: &mut Evaluation,
 ) -> Result<(), GgmlAbort> {
     let n = xval.len();
@@ -931,6 +973,14 @@ fn evaluate_one<const N: usize>(
         let l = clamp(nearest_int(_mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, x), one))), c.kmax - 1);
         // SAFETY: `codes` has room for 8 i32 at 8·v (v < 4).
         unsafe { _mm256_storeu_si256(codes.as_mut_ptr().add(8 * v).cast(), l) };
+    }
+    if let Some(keep) = keep {
+        assert!(keep.len() >= n);
+        for k in (0..n / N).filter(|k| groups & (1 << k) == 0) {
+            for i in N * k..N * k + N {
+                codes[i] = keep[i] as i32;
+            }
+        }
     }
     let mut on_grid = 0u8;
     for k in 0..n / N {

@@ -17,7 +17,12 @@
 //!   the AVX2 prefix search and 15 terms) serves every later window of the group whose run lies
 //!   within the table's 16 candidates (the AVX2 kernel forms it per window of 8); a window of one
 //!   candidate on a list longer than 8 is searched with lanes as neighbours (the AVX2
-//!   `nearest`), as the AVX2 kernel does.
+//!   `nearest`), as the AVX2 kernel does;
+//! - two blocks' evaluations at once ([`Searcher::evaluate_pair`], IQ3_S's and IQ2_S's blocks
+//!   two at a time): the first block's candidates in lanes 0.., the second's in lanes 24..,
+//!   each lane with its block's values and weights, so that 19 + 19 candidates take three
+//!   vectors of 16 rather than four, and a table of terms can serve the end of one block's
+//!   candidates and the start of the other's.
 //!
 //! Written for this machine's Zen 5, whose 512-bit units are full width (a 16-lane operation
 //! costs an 8-lane one). Measured against the AVX2 kernels (`bench_quant_ratios.py`, 16 MiB,
@@ -32,7 +37,7 @@ use std::cell::RefCell;
 use super::iquants_avx2::{Avx2, nearest, winner_levels};
 use crate::QuantType;
 use crate::backend::Refusal;
-use crate::scalar::iq_search::{Codes, Evaluation, ODD_LEVELS, Searcher};
+use crate::scalar::iq_search::{Block, Codes, Evaluation, ODD_LEVELS, Searcher};
 use crate::scalar::iq_tables::{FLT_MAX, GgmlAbort, Lattice, List};
 use crate::scalar::iquants;
 
@@ -71,13 +76,31 @@ struct Scratch {
     terms: [[__m512; 8]; 4],
     /// The 2-bit grids' table of prefix sums and terms (see [`PREFIX_AT`]).
     prefix: [__m512; PREFIX],
+    /// [`evaluate16_pair`]'s rows (as `codes`, `packed`, `entries`, for two blocks' lanes).
+    pair: PairRows,
+}
+
+/// Lanes of [`evaluate16_pair`]: the first block's candidates from lane 0, the second's from
+/// lane [`PAIR_B`] (a multiple of 8, so that each chunk of 8 lanes is one block's).
+const PAIR_B: usize = 24;
+/// Lanes of [`evaluate16_pair`]'s rows.
+const PAIR_ROW: usize = 48;
+
+/// [`evaluate16_pair`]'s working rows (see [`Scratch`]).
+#[repr(C, align(64))]
+struct PairRows {
+    codes: [[i32; PAIR_ROW]; 32],
+    packed: [[i32; PAIR_ROW + 16]; 8],
+    entries: [[i32; PAIR_ROW]; 8],
 }
 
 impl Default for Scratch {
     fn default() -> Self {
         // SAFETY: all bits zero is a valid `__m512` (sixteen 0.0).
         let (terms, prefix) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
-        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW + 16]; 8], entries: [[0; ROW]; 8], terms, prefix }
+        let pair =
+            PairRows { codes: [[0; PAIR_ROW]; 32], packed: [[0; PAIR_ROW + 16]; 8], entries: [[0; PAIR_ROW]; 8] };
+        Scratch { codes: [[0; ROW]; 32], packed: [[0; ROW + 16]; 8], entries: [[0; ROW]; 8], terms, prefix, pair }
     }
 }
 
@@ -134,6 +157,47 @@ impl Searcher for Avx512 {
         // SAFETY: an `Avx512` exists only once AVX2, AVX-512F and AVX-512BW were detected (see
         // the type).
         unsafe { evaluate16::<N>(t, c, xval, weight, waux, candidates, groups, out, scratch) }
+    }
+
+    fn evaluate_pair<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        a: &Block<'_>,
+        b: &Block<'_>,
+        groups: u8,
+        out_a: &mut Evaluation,
+        out_b: &mut Evaluation,
+    ) -> Result<(), GgmlAbort> {
+        let (three_bit, two_bit) = (N == 4 && c.bits == 3, N == 8 && c.bits == 2);
+        let fits = |b: &Block<'_>| (2..=PAIR_B).contains(&b.candidates.len());
+        if !(three_bit || two_bit) || !fits(a) || !fits(b) || a.xval.len() != b.xval.len() {
+            self.evaluate::<N>(t, c, a.xval, a.weight, a.waux, a.candidates, groups, out_a)?;
+            return self.evaluate::<N>(t, c, b.xval, b.weight, b.waux, b.candidates, groups, out_b);
+        }
+        let mut fresh = None;
+        let mut held = self.scratch.try_borrow_mut().ok();
+        let scratch = match held.as_deref_mut() {
+            Some(s) => s,
+            None => &mut **fresh.insert(Box::new(Scratch::default())),
+        };
+        // SAFETY: as in `evaluate`.
+        unsafe { evaluate16_pair::<N>(t, c, a, b, groups, out_a, out_b, scratch) }
+    }
+
+    fn refine<const N: usize>(
+        &self,
+        t: &Lattice<N>,
+        c: Codes,
+        xval: &[f32],
+        weight: &[f32],
+        waux: &[f32],
+        candidate: (f32, f32),
+        groups: u8,
+        l: &mut [i8],
+        out: &mut Evaluation,
+    ) -> Result<(f32, f32), GgmlAbort> {
+        self.avx2.refine::<N>(t, c, xval, weight, waux, candidate, groups, l, out)
     }
 
     fn candidates(&self, numerators: &[f32], max: f32, out: &mut [(f32, f32)]) {
@@ -339,10 +403,23 @@ fn nearest_int(f: __m512) -> __m512i {
 
 /// Per coordinate and level, every lane's term `w·(scale·q_l − x)·(scale·q_l − x)` of the
 /// neighbour distance (the scalar search's very products), levels 0..8.
+///
+/// With `MIXED`, the lanes of `other.0` take the values and weights `other.1`, `other.2`
+/// (another block's); without, `other` is not read.
 #[target_feature(enable = "avx512f")]
-fn lane_terms16(x: &[f32], w: &[f32], scales: __m512, terms: &mut [[__m512; 8]; 4]) {
+fn lane_terms16<const MIXED: bool>(
+    x: &[f32],
+    w: &[f32],
+    other: (u16, &[f32], &[f32]),
+    scales: __m512,
+    terms: &mut [[__m512; 8]; 4],
+) {
     for (i, row) in terms.iter_mut().enumerate() {
-        let (xi, wi) = (_mm512_set1_ps(x[i]), _mm512_set1_ps(w[i]));
+        let (mut xi, mut wi) = (_mm512_set1_ps(x[i]), _mm512_set1_ps(w[i]));
+        if MIXED {
+            xi = _mm512_mask_blend_ps(other.0, xi, _mm512_set1_ps(other.1[i]));
+            wi = _mm512_mask_blend_ps(other.0, wi, _mm512_set1_ps(other.2[i]));
+        }
         for (l, term) in row.iter_mut().enumerate() {
             let diff = _mm512_sub_ps(_mm512_mul_ps(scales, _mm512_set1_ps(ODD_LEVELS[l])), xi);
             *term = _mm512_mul_ps(_mm512_mul_ps(wi, diff), diff);
@@ -358,14 +435,14 @@ fn lane_terms16(x: &[f32], w: &[f32], scales: __m512, terms: &mut [[__m512; 8]; 
 /// FLT_MAX) is where ggml aborts.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-fn nearest_per_lane16(
+fn nearest_per_lane16<const R: usize>(
     terms: &[[__m512; 8]; 4],
     list: List<'_>,
     lanes: u16,
-    codes: &mut [[i32; ROW]],
+    codes: &mut [[i32; R]],
     base: usize,
 ) -> Result<(), GgmlAbort> {
-    assert!(codes.len() >= 4 && base + 16 <= ROW);
+    assert!(codes.len() >= 4 && base + 16 <= R);
     let len = list.indices.len();
     let mut best = _mm512_set1_ps(FLT_MAX);
     let mut best_code = _mm512_set1_epi32(-1);
@@ -457,12 +534,29 @@ const PREFIX: usize = (PREFIX_AT[4] + 1600) / 64;
 /// x)` of coordinate i at level l (the scalar search's very products), and the sums `(t0 + t1)
 /// + t2` of the first three coordinates' terms for the 27 level triples (the scalar search's
 /// first additions, as `0 + t0` is `t0`).
+/// With `MIXED`, the lanes of `other.0` take the values and weights `other.1`, `other.2`
+/// (another block's); without, `other` is not read.
 #[target_feature(enable = "avx512f")]
-fn prefix_table16(x: &[f32], w: &[f32], scales: __m512, table: &mut [__m512; PREFIX]) {
+fn prefix_table16<const MIXED: bool>(
+    x: &[f32],
+    w: &[f32],
+    other: (u16, &[f32], &[f32]),
+    scales: __m512,
+    table: &mut [__m512; PREFIX],
+) {
     assert!(x.len() >= 8 && w.len() >= 8);
+    let (mut xs, mut ws): ([__m512; 8], [__m512; 8]) =
+        (std::array::from_fn(|i| _mm512_set1_ps(x[i])), std::array::from_fn(|i| _mm512_set1_ps(w[i])));
+    if MIXED {
+        assert!(other.1.len() >= 8 && other.2.len() >= 8);
+        for i in 0..8 {
+            xs[i] = _mm512_mask_blend_ps(other.0, xs[i], _mm512_set1_ps(other.1[i]));
+            ws[i] = _mm512_mask_blend_ps(other.0, ws[i], _mm512_set1_ps(other.2[i]));
+        }
+    }
     let term = |i: usize, l: usize| {
-        let diff = _mm512_sub_ps(_mm512_mul_ps(scales, _mm512_set1_ps(ODD_LEVELS[l])), _mm512_set1_ps(x[i]));
-        _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(w[i]), diff), diff)
+        let diff = _mm512_sub_ps(_mm512_mul_ps(scales, _mm512_set1_ps(ODD_LEVELS[l])), xs[i]);
+        _mm512_mul_ps(_mm512_mul_ps(ws[i], diff), diff)
     };
     let t: [[__m512; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|l| term(i, l)));
     for a in 0..3 {
@@ -488,14 +582,14 @@ fn prefix_table16(x: &[f32], w: &[f32], scales: __m512, table: &mut [__m512; PRE
 /// in order. Lane j's winner's levels go to `codes[i][base + j]`; each lane keeps its first
 /// minimum's packed code (−1 before any), and a wanted lane without one is where ggml aborts.
 #[target_feature(enable = "avx512f,avx512bw")]
-fn nearest_per_lane_prefix16(
+fn nearest_per_lane_prefix16<const R: usize>(
     table: &[__m512; PREFIX],
     list: List<'_>,
     lanes: u16,
-    codes: &mut [[i32; ROW]],
+    codes: &mut [[i32; R]],
     base: usize,
 ) -> Result<(), GgmlAbort> {
-    assert!(codes.len() >= 8 && base + 16 <= ROW);
+    assert!(codes.len() >= 8 && base + 16 <= R);
     let len = list.indices.len();
     assert!(list.packed.len() >= len);
     let at: *const u8 = table.as_ptr().cast();
@@ -568,7 +662,7 @@ fn evaluate16<const N: usize>(
     let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
     // Candidate c's id and scale at position c (past the last: copies of it).
     let (ids, scales) = split_candidates(candidates);
-    let Scratch { codes, packed, entries, terms, prefix } = scratch;
+    let Scratch { codes, packed, entries, terms, prefix, .. } = scratch;
     let chunks = count.div_ceil(16);
     // Per group, the candidates whose codes are off the grid.
     let mut off_grid = [0u32; 8];
@@ -648,9 +742,9 @@ fn evaluate16<const N: usize>(
                     // New terms, for 16 candidates from this one (or the last 16).
                     from = first.min(ROW - 16);
                     if N == 8 {
-                        prefix_table16(x, w, load16(&scales[from..]), prefix);
+                        prefix_table16::<false>(x, w, (0, x, w), load16(&scales[from..]), prefix);
                     } else {
-                        lane_terms16(x, w, load16(&scales[from..]), terms);
+                        lane_terms16::<false>(x, w, (0, x, w), load16(&scales[from..]), terms);
                     }
                 }
                 let lanes = (same >> from) as u16;
@@ -674,6 +768,235 @@ fn evaluate16<const N: usize>(
         out.on_grid[at..at + m].copy_from_slice(&on_grid[at..at + m]);
     }
     Ok(())
+}
+
+/// Two blocks' candidates (at most [`PAIR_B`] each) in the lanes of one row: the first
+/// block's ids and scales from lane 0, the second's from lane [`PAIR_B`], each padded with
+/// copies of its last (64 lanes).
+#[target_feature(enable = "avx512f")]
+fn split_pair(a: &[(f32, f32)], b: &[(f32, f32)]) -> ([f32; 64], [f32; 64]) {
+    assert!(a.len() <= PAIR_B && b.len() <= PAIR_B);
+    let ((ia, sa), (ib, sb)) = (split_candidates(a), split_candidates(b));
+    let (mut ids, mut scales) = ([0f32; 64], [0f32; 64]);
+    // Lanes 0..8 of the first vector, then lanes 0..8 of the second.
+    let low = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+    // Lanes 8..16 of the first vector, then lanes 0..8 of the second.
+    let high = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23);
+    for (out, (x, y)) in [(&mut ids, (&ia, &ib)), (&mut scales, (&sa, &sb))] {
+        let (x0, x1, y0, y1) = (load16(&x[..]), load16(&x[16..]), load16(&y[..]), load16(&y[16..]));
+        let last = _mm512_permutexvar_ps(_mm512_set1_epi32(15), y1);
+        let v = [
+            x0,
+            _mm512_permutex2var_ps(x1, low, y0),
+            _mm512_permutex2var_ps(y0, high, y1),
+            _mm512_permutex2var_ps(y1, high, last),
+        ];
+        for (h, v) in v.into_iter().enumerate() {
+            // SAFETY: `out` holds 64 f32, so 16 at 16h (h < 4).
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * h), v) };
+        }
+    }
+    (ids, scales)
+}
+
+/// [`Searcher::evaluate_pair`] for the 3-bit and 2-bit grids: [`evaluate16`] of two blocks at
+/// once, the first block's candidates in lanes `0..a`, the second's in lanes `PAIR_B..PAIR_B +
+/// b` (19 + 19 candidates: three chunks of 16 rather than four), each lane with its block's
+/// values and weights (broadcast, blended in the chunk and the tables that hold both).
+// Rows and both blocks' values are indexed by one value index.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+fn evaluate16_pair<const N: usize>(
+    t: &Lattice<N>,
+    c: Codes,
+    a: &Block<'_>,
+    b: &Block<'_>,
+    groups: u8,
+    out_a: &mut Evaluation,
+    out_b: &mut Evaluation,
+    scratch: &mut Scratch,
+) -> Result<(), GgmlAbort> {
+    let n = a.xval.len();
+    let (ca, cb) = (a.candidates.len(), b.candidates.len());
+    assert!((N == 4 && c.bits == 3) || (N == 8 && c.bits == 2));
+    assert!(n <= 32 && n.is_multiple_of(N) && b.xval.len() == n);
+    assert!(a.weight.len() >= n && a.waux.len() >= n && b.weight.len() >= n && b.waux.len() >= n);
+    assert!((1..=PAIR_B).contains(&ca) && (1..=PAIR_B).contains(&cb));
+    let map = t.map();
+    // The largest packed code the clamped codes can form must be inside the map (gathers).
+    let top: usize = (0..N).map(|j| ((c.kmax - 1) as usize) << (c.bits as usize * j)).sum();
+    assert!(top < map.len(), "code map too small");
+    let (one, half) = (_mm512_set1_ps(1.0), _mm512_set1_ps(0.5));
+    let (ids, scales) = split_pair(a.candidates, b.candidates);
+    let Scratch { terms, prefix, pair, .. } = scratch;
+    let PairRows { codes, packed, entries } = pair;
+    let total = PAIR_B + cb;
+    let chunks = total.div_ceil(16);
+    // The lanes that hold candidates, and the second block's lanes.
+    let live_all = ((1u64 << ca) - 1) | (((1u64 << cb) - 1) << PAIR_B);
+    let second = !0u64 << PAIR_B;
+    // Lane values: the first block's but in the lanes of `mask`.
+    let lanes_of = |x: &[f32], y: &[f32], mask: u16, i: usize| {
+        _mm512_mask_blend_ps(mask, _mm512_set1_ps(x[i]), _mm512_set1_ps(y[i]))
+    };
+    let mut off_grid = [0u64; 8];
+    let mut on_grid = [0u8; PAIR_ROW];
+    let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(c.kmax - 1));
+    for h in 0..chunks {
+        let at = 16 * h;
+        let live = (live_all >> at) as u16;
+        let other = (second >> at) as u16;
+        let idv = load16(&ids[at..]);
+        let mut flags = _mm512_setzero_si512();
+        for i in 0..n {
+            let xv = lanes_of(a.xval, b.xval, other, i);
+            let v = _mm512_mul_ps(half, _mm512_sub_ps(_mm512_mul_ps(idv, xv), one));
+            // SAFETY: `at + 16 ≤ 48` (three chunks at most).
+            store16i(&mut codes[i][at..], _mm512_max_epi32(_mm512_min_epi32(nearest_int(v), hi), lo));
+        }
+        for k in 0..n / N {
+            if groups & (1 << k) == 0 {
+                continue;
+            }
+            let mut u = load16i(&codes[N * k][at..]);
+            for j in 1..N {
+                let q = load16i(&codes[N * k + j][at..]);
+                u = _mm512_or_si512(u, _mm512_sllv_epi32(q, _mm512_set1_epi32((c.bits as usize * j) as i32)));
+            }
+            // SAFETY: every lane of `u` is at most `top`, inside `map` (asserted above).
+            let g = unsafe { _mm512_i32gather_epi32::<4>(u, map.as_ptr()) };
+            let off = _mm512_mask_cmplt_epi32_mask(live, g, lo);
+            flags = _mm512_mask_or_epi32(flags, !off, flags, _mm512_set1_epi32(1 << k));
+            off_grid[k] |= (off as u64) << at;
+            store16i(&mut packed[k][at..], u);
+            store16i(&mut entries[k][at..], g);
+        }
+        // SAFETY: `on_grid` has room for 16 bytes at `at` (at most 32).
+        unsafe { _mm_storeu_si128(on_grid.as_mut_ptr().add(at).cast(), _mm512_cvtepi32_epi8(flags)) };
+    }
+    for k in 0..n / N {
+        let r = N * k..N * k + N;
+        let (xa, wa, xb, wb) = (&a.xval[r.clone()], &a.waux[r.clone()], &b.xval[r.clone()], &b.waux[r.clone()]);
+        let of = |j: usize| if j >= PAIR_B { (xb, wb) } else { (xa, wa) };
+        let mut pending = off_grid[k];
+        let mut from = usize::MAX;
+        while pending != 0 {
+            let first = pending.trailing_zeros() as usize;
+            let eq = _mm512_cmpeq_epi32_mask(load16i(&packed[k][first..]), _mm512_set1_epi32(packed[k][first]));
+            let same = ((eq as u64) << first) & pending;
+            pending &= !same;
+            let entry = entries[k][first];
+            if entry == i32::MIN {
+                return Err(GgmlAbort);
+            }
+            let list = t.list((-(entry + 1)) as usize);
+            if same.count_ones() == 1 && list.indices.len() > 8 {
+                let (x, w) = of(first);
+                let best = nearest::<N>(list, &ODD_LEVELS, x, w, scales[first]).ok_or(GgmlAbort)?;
+                let levels = winner_levels::<N>(list, best, c.bits);
+                for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                    row[first] = l;
+                }
+            } else if N == 8 && !(list.three_levels && list.packed.len() >= list.indices.len()) {
+                let mut todo = same;
+                while todo != 0 {
+                    let j = todo.trailing_zeros() as usize;
+                    todo &= todo - 1;
+                    let (x, w) = of(j);
+                    let best = nearest::<N>(list, &ODD_LEVELS, x, w, scales[j]).ok_or(GgmlAbort)?;
+                    let levels = winner_levels::<N>(list, best, c.bits);
+                    for (row, &l) in codes[r.clone()].iter_mut().zip(&levels) {
+                        row[j] = l;
+                    }
+                }
+            } else {
+                let last = 63 - same.leading_zeros() as usize;
+                if from > first || last >= from + 16 {
+                    from = first.min(PAIR_ROW - 16);
+                    let other = ((second >> from) & 0xffff) as u16;
+                    if N == 8 {
+                        prefix_table16::<true>(xa, wa, (other, xb, wb), load16(&scales[from..]), prefix);
+                    } else {
+                        lane_terms16::<true>(xa, wa, (other, xb, wb), load16(&scales[from..]), terms);
+                    }
+                }
+                let lanes = (same >> from) as u16;
+                if N == 8 {
+                    nearest_per_lane_prefix16(prefix, list, lanes, &mut codes[r.clone()], from)?;
+                } else {
+                    nearest_per_lane16(terms, list, lanes, &mut codes[r.clone()], from)?;
+                }
+            }
+        }
+    }
+    if chunks == 3 {
+        sums16_pair::<3>(codes, a, b, out_a, out_b);
+    } else {
+        sums16_pair::<2>(codes, a, b, out_a, out_b);
+    }
+    out_a.on_grid[..ca].copy_from_slice(&on_grid[..ca]);
+    out_b.on_grid[..cb].copy_from_slice(&on_grid[PAIR_B..PAIR_B + cb]);
+    Ok(())
+}
+
+/// [`sums16`] of [`evaluate16_pair`]'s `C` chunks (2 or 3): each lane with its block's values
+/// and weights; the first block's lanes (0..24) into `out_a`, the second's into `out_b`.
+// Rows and both blocks' values are indexed by one value index.
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f")]
+fn sums16_pair<const C: usize>(
+    codes: &[[i32; PAIR_ROW]; 32],
+    a: &Block<'_>,
+    b: &Block<'_>,
+    out_a: &mut Evaluation,
+    out_b: &mut Evaluation,
+) {
+    assert!((2..=3).contains(&C));
+    let n = a.xval.len();
+    assert!(n <= 32 && a.weight.len() >= n && b.xval.len() >= n && b.weight.len() >= n);
+    let (mut sx, mut sq) = ([_mm512_setzero_ps(); C], [_mm512_setzero_ps(); C]);
+    let ones = _mm512_set1_epi32(1);
+    for i in 0..n {
+        let (wxa, wa) = (_mm512_set1_ps(a.weight[i] * a.xval[i]), _mm512_set1_ps(a.weight[i]));
+        let (wxb, wb) = (_mm512_set1_ps(b.weight[i] * b.xval[i]), _mm512_set1_ps(b.weight[i]));
+        for h in 0..C {
+            // Chunk 0: the first block's lanes; chunk 1: its lanes 16..24 and the second's
+            // 0..8; chunk 2: the second's.
+            let (wx, w) = match h {
+                0 => (wxa, wa),
+                1 => (_mm512_mask_blend_ps(0xff00, wxa, wxb), _mm512_mask_blend_ps(0xff00, wa, wb)),
+                _ => (wxb, wb),
+            };
+            let l = load16i(&codes[i][16 * h..]);
+            let q = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_add_epi32(l, l), ones));
+            sx[h] = _mm512_add_ps(sx[h], _mm512_mul_ps(wx, q));
+            sq[h] = _mm512_add_ps(sq[h], _mm512_mul_ps(_mm512_mul_ps(w, q), q));
+            let bytes = _mm512_cvtepi32_epi8(l);
+            // Lanes 8g..8g + 8 (g = 2h, 2h + 1): chunk g of the first block's codes for g < 3,
+            // chunk g − 3 of the second's.
+            for (half, v) in [(0, bytes), (1, _mm_unpackhi_epi64(bytes, bytes))] {
+                let g = 2 * h + half;
+                let row = if g < 3 { &mut out_a.codes[g][i] } else { &mut out_b.codes[g - 3][i] };
+                // SAFETY: `row` has room for 8 bytes.
+                unsafe { _mm_storel_epi64(row.as_mut_ptr().cast(), v) };
+            }
+        }
+    }
+    for (h, (x, q)) in sx.into_iter().zip(sq).enumerate() {
+        // Lanes 0..8 and 8..16 of the chunk: sums of candidates 8g..8g + 8 of the pair.
+        for (half, (x, q)) in [
+            (0, (x, q)),
+            (1, (_mm512_shuffle_f32x4::<0b11_10_11_10>(x, x), _mm512_shuffle_f32x4::<0b11_10_11_10>(q, q))),
+        ] {
+            let g = 2 * h + half;
+            let (out, at) = if g < 3 { (&mut *out_a, 8 * g) } else { (&mut *out_b, 8 * (g - 3)) };
+            // SAFETY: `sumqx` and `sumq2` hold 32 f32, and 8 · g' + 8 ≤ 24 (g' < 3).
+            unsafe {
+                _mm256_storeu_ps(out.sumqx.as_mut_ptr().add(at), _mm512_castps512_ps256(x));
+                _mm256_storeu_ps(out.sumq2.as_mut_ptr().add(at), _mm512_castps512_ps256(q));
+            }
+        }
+    }
 }
 
 /// The sums `Σ w·x·q` and `Σ w·q²` (`q = 2l + 1`, each lane its candidate's, in the values'
@@ -776,6 +1099,152 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A block's magnitudes, weights, search weights and candidates.
+    type RandomBlock = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<(f32, f32)>);
+
+    /// One random block for [`check_pair`]: magnitudes (as [`check`]'s, `kind` choosing
+    /// among smooth, coarse and sparse ones at one of several scales), weights with zeros, and
+    /// `count` candidates around the block's `kmax / max`, increasing or shuffled.
+    fn random_block(
+        next: &mut impl FnMut() -> f32,
+        c: Codes,
+        n: usize,
+        kind: usize,
+        count: usize,
+        shuffled: bool,
+    ) -> RandomBlock {
+        let scale = [1.0, 0.02, 3.0, 1e-3, 1e6, 0.5][kind % 6];
+        let mut xval: Vec<f32> = (0..n)
+            .map(|_| match (kind / 6) % 3 {
+                0 => next() * scale,
+                1 => (next() * 6.0).floor() * 0.25 * scale,
+                _ if next() < 0.3 => 0.0,
+                _ => next() * scale,
+            })
+            .collect();
+        xval[0] = xval[0].max(scale * 0.01);
+        let weight: Vec<f32> = (0..n).map(|_| if next() < 0.15 { 0.0 } else { next() * 4.0 }).collect();
+        let waux: Vec<f32> = weight.iter().map(|w| w.sqrt()).collect();
+        let max = xval.iter().fold(0f32, |m, &v| m.max(v));
+        let kmax = (2 * c.kmax - 1) as f32;
+        let mut ids: Vec<f32> = (0..count).map(|k| (kmax + (k as f32 - count as f32 / 2.0) * 0.15) / max).collect();
+        if shuffled {
+            for k in (1..count).rev() {
+                ids.swap(k, (next() * (k + 1) as f32) as usize % (k + 1));
+            }
+        }
+        (xval, weight, waux, ids.iter().map(|&id| (id, 1.0 / id)).collect())
+    }
+
+    /// `evaluate_pair` against the reference's `evaluate` of each block: two random blocks
+    /// (different kinds and scales), 2..=24 candidates each (the second block's in one chunk of
+    /// 16 or two), increasing or shuffled, every group or some. Compares the result, and for
+    /// `Ok` the selected groups' codes and, with every group, the sums and on-grid flags, of
+    /// every candidate of both blocks.
+    fn check_pair<const N: usize>(t: &Lattice<N>, c: Codes, n: usize, seed: u64, cases: usize) {
+        let mut next = crate::x86::tests::xorshift_uniform(seed);
+        let searcher = Avx512::new();
+        let (mut want, mut got) =
+            ([Evaluation::default(), Evaluation::default()], [Evaluation::default(), Evaluation::default()]);
+        for case in 0..cases {
+            let (ca, cb) = (2 + case % 23, 2 + (case / 23 + 7 * case) % 23);
+            let a = random_block(&mut next, c, n, case, ca, case % 4 == 3);
+            let b = random_block(&mut next, c, n, case / 3 + 1, cb, case % 7 == 5);
+            let all = ((1u32 << (n / N)) - 1) as u8;
+            let groups = if case % 5 == 4 { (next() * 256.0) as u8 & all | 1 } else { all };
+            let [want_a, want_b] = &mut want;
+            let wa = Reference.evaluate::<N>(t, c, &a.0, &a.1, &a.2, &a.3, groups, want_a);
+            let wb = Reference.evaluate::<N>(t, c, &b.0, &b.1, &b.2, &b.3, groups, want_b);
+            fn block(x: &RandomBlock) -> Block<'_> {
+                Block { xval: &x.0, weight: &x.1, waux: &x.2, candidates: &x.3 }
+            }
+            let [got_a, got_b] = &mut got;
+            let g = searcher.evaluate_pair::<N>(t, c, &block(&a), &block(&b), groups, got_a, got_b);
+            assert_eq!(wa.and(wb), g, "case {case}");
+            if g.is_err() {
+                continue;
+            }
+            for (h, count) in [(0, ca), (1, cb)] {
+                for k in 0..count {
+                    let (mut x, mut y) = ([0i8; 32], [0i8; 32]);
+                    want[h].codes_of(k, &mut x[..n]);
+                    got[h].codes_of(k, &mut y[..n]);
+                    for grp in (0..n / N).filter(|grp| groups & (1 << grp) != 0) {
+                        assert_eq!(
+                            x[N * grp..N * grp + N],
+                            y[N * grp..N * grp + N],
+                            "case {case} block {h} candidate {k}"
+                        );
+                    }
+                    if groups == all {
+                        let what = format!("case {case} block {h} candidate {k}");
+                        assert_eq!(want[h].sumqx[k].to_bits(), got[h].sumqx[k].to_bits(), "{what}");
+                        assert_eq!(want[h].sumq2[k].to_bits(), got[h].sumq2[k].to_bits(), "{what}");
+                        assert_eq!(want[h].on_grid[k], got[h].on_grid[k], "{what}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `refine` (the one-candidate evaluation with the unselected groups' codes kept) against
+    /// the reference's (evaluation, copy of the selected groups, sums of the result): random
+    /// blocks, kept codes and candidates near the block's scale, every group or some, on the
+    /// grids the quantizers refine (IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S); the codes and the
+    /// sums' bits.
+    #[test]
+    fn refine_matches_reference() {
+        if !detected() {
+            return;
+        }
+        fn check_refine<const N: usize>(t: &Lattice<N>, c: Codes, n: usize, seed: u64) {
+            let mut next = crate::x86::tests::xorshift_uniform(seed);
+            let searcher = Avx512::new();
+            let (mut want_ev, mut got_ev) = (Evaluation::default(), Evaluation::default());
+            for case in 0..1500 {
+                let (xval, weight, waux, candidates) = random_block(&mut next, c, n, case, 3, false);
+                let candidate = candidates[(next() * 3.0) as usize % 3];
+                let kept: Vec<i8> = (0..n).map(|_| (next() * c.kmax as f32) as i8 % c.kmax as i8).collect();
+                let all = ((1u32 << (n / N)) - 1) as u8;
+                let groups = if case % 3 == 0 { all } else { (next() * 256.0) as u8 & all };
+                let (mut want_l, mut got_l) = (kept.clone(), kept.clone());
+                let want =
+                    Reference.refine::<N>(t, c, &xval, &weight, &waux, candidate, groups, &mut want_l, &mut want_ev);
+                let got = searcher.refine::<N>(t, c, &xval, &weight, &waux, candidate, groups, &mut got_l, &mut got_ev);
+                let bits = |r: Result<(f32, f32), GgmlAbort>| r.map(|(a, b)| (a.to_bits(), b.to_bits()));
+                assert_eq!(bits(want), bits(got), "case {case} groups {groups:#x}");
+                if want.is_ok() {
+                    assert_eq!(want_l, got_l, "case {case} groups {groups:#x}");
+                }
+            }
+        }
+        let three = Codes { bits: 3, kmax: 8 };
+        let two = Codes { bits: 2, kmax: 3 };
+        check_refine(iq_tables::iq3_xxs(), three, 32, 21);
+        check_refine(iq_tables::iq3_s(), three, 32, 22);
+        check_refine(iq_tables::iq2_s(), two, 16, 23);
+        check_refine(iq_tables::iq2_xs(), two, 16, 24);
+        check_refine(iq_tables::iq2_xxs(), two, 32, 25);
+    }
+
+    /// The two-block evaluation on the 3-bit grids (IQ3_S pairs its blocks; IQ3_XXS's grid
+    /// too) and the 2-bit ones (IQ2_S pairs its blocks; the others, and IQ1's grid, which
+    /// takes the one-candidate-at-a-time path), against the scalar reference.
+    #[test]
+    fn evaluate16_pair_matches_reference() {
+        if !detected() {
+            return;
+        }
+        let three = Codes { bits: 3, kmax: 8 };
+        let two = Codes { bits: 2, kmax: 3 };
+        check_pair(iq_tables::iq3_s(), three, 32, 11, 2000);
+        check_pair(iq_tables::iq3_xxs(), three, 32, 12, 1000);
+        check_pair(iq_tables::iq2_s(), two, 16, 13, 2000);
+        check_pair(iq_tables::iq2_xs(), two, 16, 14, 500);
+        check_pair(iq_tables::iq2_xxs(), two, 32, 15, 500);
+        check_pair(iq_tables::iq1(), two, 16, 16, 200);
     }
 
     /// The 16-lane evaluation on the 3-bit grids (IQ3_XXS, IQ3_S), the three-level 2-bit grids
@@ -886,7 +1355,7 @@ mod tests {
                 let (mut a, mut b) = ([[-1i32; ROW]; 4], [[-1i32; ROW]; 4]);
                 // SAFETY: AVX2, AVX-512F and AVX-512BW were detected above.
                 unsafe {
-                    lane_terms16(&x, &w, _mm512_loadu_ps(scales.as_ptr()), &mut terms);
+                    lane_terms16::<false>(&x, &w, (0, &x, &w), _mm512_loadu_ps(scales.as_ptr()), &mut terms);
                     let ra = nearest_per_lane16(&terms, list, lanes, &mut a, 3);
                     let rb = nearest_per_lane16(&terms, bare, lanes, &mut b, 3);
                     assert_eq!(ra, rb, "code {u}");
