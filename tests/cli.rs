@@ -1838,6 +1838,20 @@ fn wide_model(path: &Path) {
     gguf_file(path, metadata, &tensors);
 }
 
+/// A copy of a fixture checkpoint (`src` under tests/fixtures, e.g. `qwen3-moe/hf`) with its `config.json` edited.
+fn edited_checkpoint(dir: &Path, src: &str, edit: impl FnOnce(&mut Json)) -> PathBuf {
+    let out = dir.join(src.replace('/', "-"));
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(fixtures().join(src)).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut config = config_of(&out);
+    edit(&mut config);
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    out
+}
+
 fn plan_json(args: &[&str]) -> Json {
     let mut all = vec!["convert", "--dry-run", "--json"];
     all.extend_from_slice(args);

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
 use std::path::Path;
 
-use moeq_formats::gguf::{GgmlType, GgufPlan, Value};
+use moeq_formats::gguf::{GgmlType, GgufPlan, TensorSpec, Value};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use serde_json::Value as Json;
 
@@ -322,6 +322,76 @@ pub fn gguf_plan(
     }
     plan.tensors = recipes.iter().map(|r| r.spec.clone()).collect();
     plan
+}
+
+/// The layer of a per-expert Hugging Face tensor `model.layers.N{infix}J.…` (`infix`:
+/// `.mlp.experts.` or Mixtral's `.block_sparse_moe.experts.`), as text.
+pub fn expert_layer<'n>(name: &'n str, infix: &str) -> Option<&'n str> {
+    name.strip_prefix("model.layers.")?.split_once(infix).map(|(layer, _)| layer)
+}
+
+/// The recipes llama.cpp's converter writes for a checkpoint whose tensors map one to one to
+/// GGUF names through `layer_names` ([`gguf_name`]), except the per-expert
+/// `model.layers.N.mlp.experts.J.{gate,up,down}_proj.weight`, which it stacks into
+/// `blk.N.ffn_{down,gate,up}_exps.weight` (in that order, `ne` = [cols, rows, experts]) when it
+/// has seen the layer's last expert tensor (Qwen2-/Qwen3-MoE's and GLM-4.5's
+/// `modify_tensors`). `(hidden, expert_ff, experts)` size the stacks; `out` is the float type
+/// of the file (tensors whose [`converter_type`] is it are copied when stored so).
+///
+/// Errors: a tensor `layer_names` does not name; an expert tensor missing.
+pub fn one_to_one_with_stacked_experts<'a>(
+    sources: &[SourceTensor<'a>],
+    layer_names: &[(&str, &str)],
+    (h, f, e): (u64, u64, u64),
+    out: GgmlType,
+) -> Result<Vec<Recipe<'a>>> {
+    const EXPERTS: &str = ".mlp.experts.";
+    let mut last_expert: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in sources.iter().enumerate() {
+        if let Some(layer) = expert_layer(&s.name, EXPERTS) {
+            last_expert.insert(layer, i);
+        }
+    }
+    let mut recipes = Vec::with_capacity(sources.len());
+    for (i, s) in sources.iter().enumerate() {
+        if let Some(layer) = expert_layer(&s.name, EXPERTS) {
+            if last_expert.get(layer) != Some(&i) {
+                continue;
+            }
+            for (which, name, rows, cols) in [
+                ("down_proj", "ffn_down_exps", h, f),
+                ("gate_proj", "ffn_gate_exps", f, h),
+                ("up_proj", "ffn_up_exps", f, h),
+            ] {
+                let expert = |j| format!("model.layers.{layer}.mlp.experts.{j}.{which}.weight");
+                recipes.push(stacked_experts(
+                    sources,
+                    format!("blk.{layer}.{name}.weight"),
+                    expert,
+                    (e, rows, cols),
+                    out,
+                )?);
+            }
+            continue;
+        }
+        let name = gguf_name(&s.name, layer_names).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
+        let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
+        let ty = converter_type(&name, ne.len(), out);
+        let cols = ne.first().copied().unwrap_or(1).max(1);
+        let input = if s.stored.ty == ty {
+            Input::Copy(s.stored)
+        } else {
+            Input::Values { src: s.stored, view: View::plain(ne.iter().product::<u64>() / cols, cols) }
+        };
+        recipes.push(Recipe {
+            spec: TensorSpec { name, ne, ggml_type: ty },
+            parts: vec![Part { input, origin: s.origin.clone() }],
+            check_finite: true,
+            importance: None,
+            rounding: None,
+        });
+    }
+    Ok(recipes)
 }
 
 /// One stacked expert tensor (`blk.N.ffn_*_exps.weight`, experts outermost: `ne` = [cols, rows,

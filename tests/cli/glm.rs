@@ -15,20 +15,6 @@ fn glm(path: &str) -> PathBuf {
     fixtures().join("glm4-moe").join(path)
 }
 
-/// A copy of a fixture checkpoint with its `config.json` edited.
-fn edited(dir: &Path, src: &str, edit: impl FnOnce(&mut Json)) -> PathBuf {
-    let out = dir.join(format!("glm4-moe-{src}"));
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(glm(src)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
-    }
-    let mut config = config_of(&out);
-    edit(&mut config);
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    out
-}
-
 /// Both forms convert to exactly what llama.cpp's converter writes (the MTP layer exported as
 /// block 3 with its `nextn.*` tensors, `rope.dimension_count` from `partial_rotary_factor`,
 /// the expert groups, `_set_vocab_glm`'s special tokens) and, with `--type`, to what
@@ -179,7 +165,7 @@ fn glm4_moe_refuses_bad_configs_and_checkpoints() {
         (Box::new(|c| c["first_k_dense_replace"] = 9.into()), "first_k_dense_replace"),
     ];
     for (i, (edit, key)) in cases.into_iter().enumerate() {
-        let bad = edited(&dir.path().join(i.to_string()), "hf-qknorm", edit);
+        let bad = edited_checkpoint(&dir.path().join(i.to_string()), "glm4-moe/hf-qknorm", edit);
         for args in
             [vec!["convert", path_arg(&bad), "-o", path_arg(&out)], vec!["eval", path_arg(&bad), "--tokens", "1,2"]]
         {

@@ -13,21 +13,6 @@ fn minimax(path: &str) -> PathBuf {
     fixtures().join("minimax-m2").join(path)
 }
 
-/// A copy of a fixture checkpoint with `config.json` edited and, when `drop` names one, a
-/// tensor of its single file left out (the index too) or renamed (`rename`).
-fn edited(dir: &Path, src: &str, edit: impl FnOnce(&mut Json)) -> PathBuf {
-    let out = dir.join(format!("minimax-m2-{src}"));
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(minimax(src)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
-    }
-    let mut config = config_of(&out);
-    edit(&mut config);
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    out
-}
-
 /// Both layouts convert to exactly what llama.cpp's converter writes (w1/w2/w3 stacked as
 /// gate/down/up, the whole-projection q/k norms, `rotary_dim` as `rope.dimension_count`, the
 /// sigmoid gating function; the FP8 weights decoded block by block and rounded to bf16 as its
@@ -187,7 +172,7 @@ fn minimax_m2_refuses_bad_configs_and_checkpoints() {
         ("fp8", Box::new(|c| c["quantization_config"]["weight_block_size"] = 128.into()), "weight_block_size"),
     ];
     for (i, (src, edit, key)) in cases.into_iter().enumerate() {
-        let bad = edited(&dir.path().join(i.to_string()), src, edit);
+        let bad = edited_checkpoint(&dir.path().join(i.to_string()), &format!("minimax-m2/{src}"), edit);
         for args in
             [vec!["convert", path_arg(&bad), "-o", path_arg(&out)], vec!["eval", path_arg(&bad), "--tokens", "1,2"]]
         {

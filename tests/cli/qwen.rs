@@ -9,20 +9,6 @@ use super::*;
 const TYPES: [&str; 6] = ["Q8_0", "Q4_0", "Q4_1", "Q5_K_M", "Q4_K_M", "MXFP4_MOE"];
 const FAMILIES: [&str; 2] = ["qwen3-moe", "qwen2-moe"];
 
-/// A copy of a fixture checkpoint with its `config.json` edited.
-fn edited_checkpoint(dir: &Path, src: &str, edit: impl FnOnce(&mut Json)) -> PathBuf {
-    let out = dir.join(src.replace('/', "-"));
-    std::fs::create_dir_all(&out).unwrap();
-    for entry in std::fs::read_dir(fixtures().join(src)).unwrap() {
-        let p = entry.unwrap().path();
-        std::fs::copy(&p, out.join(p.file_name().unwrap())).unwrap();
-    }
-    let mut config = config_of(&out);
-    edit(&mut config);
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    out
-}
-
 /// The checkpoints convert to exactly what llama.cpp's converter writes (tensors, order, types,
 /// every metadata key, the vocabulary with pre-tokenizer `qwen2`, the chat template) and, with
 /// `--type`, to what llama-quantize makes of that, in one pass.

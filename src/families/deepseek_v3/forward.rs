@@ -66,6 +66,39 @@ fn flag(meta: &Meta, key: &str) -> Result<bool> {
     }
 }
 
+/// The expert groups of group-limited routing from a GGUF's metadata: `expert_group_count`
+/// (absent: 1) and `expert_group_used_count` (absent: all). Group-limited routing needs groups
+/// of two or more experts (a group scores by its top two) and room for the experts used in the
+/// groups kept (as config.rs checks a checkpoint's n_group / topk_group); DeepSeek-V3's and
+/// GLM-4.5's forward read them alike.
+///
+/// Errors: a count that is not an integer, or groups that do not fit, naming the key.
+pub(crate) fn expert_groups(meta: &Meta) -> Result<(f64, f64)> {
+    let int = |key: &str, default: u64| -> Result<f64> { Ok(meta.opt(key)?.map_or(default, |h| h.value) as f64) };
+    let groups = int("expert_group_count", 1)?.max(1.0);
+    let groups_used = int("expert_group_used_count", groups as u64)?;
+    if groups > 1.0 {
+        let experts = int("expert_count", 0)?;
+        let used = int("expert_used_count", 0)?;
+        let per = (experts / groups).floor();
+        if experts % groups != 0.0 || per < 2.0 {
+            bail!(
+                "metadata '{}' is {groups}: it does not divide the {experts} experts ('{}') into groups of two or more",
+                meta.key("expert_group_count"),
+                meta.key("expert_count")
+            );
+        }
+        if groups_used < 1.0 || groups_used > groups || used > groups_used * per {
+            bail!(
+                "metadata '{}' is {groups_used}: {used} experts per token ('{}') do not fit in that many of {groups} groups of {per}",
+                meta.key("expert_group_used_count"),
+                meta.key("expert_used_count")
+            );
+        }
+    }
+    Ok((groups, groups_used))
+}
+
 impl Blocks for DeepseekV3Blocks {
     fn hparams(&self, meta: &Meta) -> Result<Vec<(&'static str, f64)>> {
         let int = |key: &str, default: u64| -> Result<f64> { Ok(meta.opt(key)?.map_or(default, |h| h.value) as f64) };
@@ -77,30 +110,7 @@ impl Blocks for DeepseekV3Blocks {
                 meta.key("expert_gating_func")
             );
         }
-        let groups = int("expert_group_count", 1)?.max(1.0);
-        let groups_used = int("expert_group_used_count", groups as u64)?;
-        // Group-limited routing needs groups of two or more experts (a group scores by its top
-        // two) and room for the experts used in the groups kept (as config.rs checks a
-        // checkpoint's n_group / topk_group).
-        if groups > 1.0 {
-            let experts = int("expert_count", 0)?;
-            let used = int("expert_used_count", 0)?;
-            let per = (experts / groups).floor();
-            if experts % groups != 0.0 || per < 2.0 {
-                bail!(
-                    "metadata '{}' is {groups}: it does not divide the {experts} experts ('{}') into groups of two or more",
-                    meta.key("expert_group_count"),
-                    meta.key("expert_count")
-                );
-            }
-            if groups_used < 1.0 || groups_used > groups || used > groups_used * per {
-                bail!(
-                    "metadata '{}' is {groups_used}: {used} experts per token ('{}') do not fit in that many of {groups} groups of {per}",
-                    meta.key("expert_group_used_count"),
-                    meta.key("expert_used_count")
-                );
-            }
-        }
+        let (groups, groups_used) = expert_groups(meta)?;
         // The softmax scale: llama.cpp's mscale = 1 + log multiplier · ln factor (with YaRN).
         let factor = meta.float("rope.scaling.factor")?.unwrap_or(1.0);
         let yarn = matches!(meta.value("rope.scaling.type"), Some(Value::String(t)) if t == "yarn");

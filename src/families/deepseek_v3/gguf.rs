@@ -23,8 +23,8 @@ use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use super::config::DeepseekV3Config;
 use crate::families::ModelConfig;
 use crate::families::common::{
-    Converted, Fp8Scales, OutType, SourceTensor, converter_type, float_file_type, gguf_name, gguf_plan, source_tensors,
-    stacked,
+    Converted, Fp8Scales, OutType, SourceTensor, converter_type, expert_layer, float_file_type, gguf_name, gguf_plan,
+    source_tensors, stacked,
 };
 use crate::plan::recipe::{Input, Part, Recipe, View};
 use crate::vocab::Metadata;
@@ -59,10 +59,6 @@ fn layer_of(name: &str) -> Option<u64> {
 }
 
 /// The layer of a per-expert tensor (`model.layers.N.mlp.experts.J.….weight`).
-fn expert_layer(name: &str) -> Option<&str> {
-    name.strip_prefix("model.layers.")?.split_once(".mlp.experts.").map(|(layer, _)| layer)
-}
-
 /// The Hugging Face tensors a DeepSeek-V3 checkpoint holds, with shapes (numpy order), the
 /// multi-token-prediction layers and `lm_head.weight` aside.
 pub fn expected(hp: &DeepseekV3Config) -> Vec<(String, Vec<u64>)> {
@@ -216,14 +212,14 @@ pub fn convert<'a>(
     // The stacks are made at the layer's last expert tensor; the experts found by name.
     let mut last_expert: HashMap<&str, usize> = HashMap::new();
     for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
+        if let Some(layer) = expert_layer(&s.name, ".mlp.experts.") {
             last_expert.insert(layer, i);
         }
     }
     let by_name: HashMap<&str, &SourceTensor> = sources.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut recipes = Vec::new();
     for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
+        if let Some(layer) = expert_layer(&s.name, ".mlp.experts.") {
             // down, gate, up, as the converter's order has them.
             if last_expert.get(layer) != Some(&i) {
                 continue;

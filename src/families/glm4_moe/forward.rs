@@ -60,27 +60,7 @@ impl Blocks for Glm4MoeBlocks {
                 meta.key("expert_gating_func")
             );
         }
-        let groups = int("expert_group_count", 1)?.max(1.0);
-        let groups_used = int("expert_group_used_count", groups as u64)?;
-        if groups > 1.0 {
-            let experts = int("expert_count", 0)?;
-            let used = int("expert_used_count", 0)?;
-            let per = (experts / groups).floor();
-            if experts % groups != 0.0 || per < 2.0 {
-                bail!(
-                    "metadata '{}' is {groups}: it does not divide the {experts} experts ('{}') into groups of two or more",
-                    meta.key("expert_group_count"),
-                    meta.key("expert_count")
-                );
-            }
-            if groups_used < 1.0 || groups_used > groups || used > groups_used * per {
-                bail!(
-                    "metadata '{}' is {groups_used}: {used} experts per token ('{}') do not fit in that many of {groups} groups of {per}",
-                    meta.key("expert_group_used_count"),
-                    meta.key("expert_used_count")
-                );
-            }
-        }
+        let (groups, groups_used) = crate::families::deepseek_v3::forward::expert_groups(meta)?;
         let scale = meta.float("expert_weights_scale")?.unwrap_or(1.0);
         if !scale.is_finite() {
             bail!("metadata '{}' is {scale}, not a finite number", meta.key("expert_weights_scale"));

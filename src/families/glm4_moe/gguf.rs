@@ -11,17 +11,15 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result, bail};
-use moeq_formats::gguf::TensorSpec;
+use anyhow::{Result, bail};
 use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 
 use super::config::Glm4MoeConfig;
 use crate::families::ModelConfig;
 use crate::families::common::{
-    Converted, OutType, SourceTensor, auto_outtype, converter_type, float_file_type, gguf_name, gguf_plan,
-    source_tensors, stacked_experts,
+    Converted, OutType, SourceTensor, auto_outtype, float_file_type, gguf_plan, one_to_one_with_stacked_experts,
+    source_tensors,
 };
-use crate::plan::recipe::{Input, Part, Recipe, View};
 use crate::vocab::Metadata;
 
 /// llama.cpp's names for GLM-4.5's per-layer tensors (not the per-expert ones).
@@ -59,10 +57,6 @@ pub fn layer_of(name: &str) -> Option<u64> {
 }
 
 /// The layer of a per-expert tensor (`model.layers.N.mlp.experts.J.*`).
-fn expert_layer(name: &str) -> Option<&str> {
-    name.strip_prefix("model.layers.")?.split_once(".mlp.experts.").map(|(layer, _)| layer)
-}
-
 /// A tensor the checkpoint holds: name, shape (numpy order), and whether it must be there.
 struct Want {
     name: String,
@@ -203,49 +197,7 @@ pub fn convert<'a>(
         OutType::Float(t) => t,
         OutType::Auto => auto_outtype(&sources),
     };
-    // The converter stacks a layer's experts when it has seen the last of them.
-    let mut last_expert: HashMap<&str, usize> = HashMap::new();
-    for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
-            last_expert.insert(layer, i);
-        }
-    }
-    let (h, f, e) = (hp.n_embd, hp.n_ff_exp, hp.n_expert);
-    let mut recipes = Vec::with_capacity(sources.len());
-    for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
-            if last_expert.get(layer) != Some(&i) {
-                continue;
-            }
-            for (which, name, rows, cols) in [
-                ("down_proj", "ffn_down_exps", h, f),
-                ("gate_proj", "ffn_gate_exps", f, h),
-                ("up_proj", "ffn_up_exps", f, h),
-            ] {
-                let expert = |j| format!("model.layers.{layer}.mlp.experts.{j}.{which}.weight");
-                let stacked =
-                    stacked_experts(&sources, format!("blk.{layer}.{name}.weight"), expert, (e, rows, cols), out)?;
-                recipes.push(stacked);
-            }
-            continue;
-        }
-        let name = gguf_name(&s.name, LAYER_NAMES).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
-        let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
-        let ty = converter_type(&name, ne.len(), out);
-        let cols = ne.first().copied().unwrap_or(1).max(1);
-        let input = if s.stored.ty == ty {
-            Input::Copy(s.stored)
-        } else {
-            Input::Values { src: s.stored, view: View::plain(ne.iter().product::<u64>() / cols, cols) }
-        };
-        recipes.push(Recipe {
-            spec: TensorSpec { name, ne, ggml_type: ty },
-            parts: vec![Part { input, origin: s.origin.clone() }],
-            check_finite: true,
-            importance: None,
-            rounding: None,
-        });
-    }
+    let recipes = one_to_one_with_stacked_experts(&sources, LAYER_NAMES, (hp.n_embd, hp.n_ff_exp, hp.n_expert), out)?;
     let plan = gguf_plan("glm4moe", &config.dir, &config.json, &recipes, hp.metadata(float_file_type(out)), vocab);
     Ok(Converted { plan, recipes, warnings })
 }

@@ -16,8 +16,8 @@ use moeq_formats::safetensors::{Dtype, SafetensorsModel};
 use super::config::MiniMaxM2Config;
 use crate::families::ModelConfig;
 use crate::families::common::{
-    Converted, Fp8Scales, OutType, SourceTensor, auto_outtype, converter_type, float_file_type, gguf_name, gguf_plan,
-    source_tensors, stacked,
+    Converted, Fp8Scales, OutType, SourceTensor, auto_outtype, converter_type, expert_layer, float_file_type,
+    gguf_name, gguf_plan, source_tensors, stacked,
 };
 use crate::plan::recipe::{Input, Part, Recipe, View};
 use crate::vocab::Metadata;
@@ -37,10 +37,6 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
 ];
 
 /// The layer of a per-expert tensor (`model.layers.N.block_sparse_moe.experts.J.*`).
-fn expert_layer(name: &str) -> Option<&str> {
-    name.strip_prefix("model.layers.")?.split_once(".block_sparse_moe.experts.").map(|(layer, _)| layer)
-}
-
 impl MiniMaxM2Config {
     /// The Hugging Face tensors of the checkpoint, with shapes (numpy order), `lm_head.weight`
     /// included.
@@ -141,7 +137,7 @@ pub fn convert<'a>(
     // The converter stacks a layer's experts when it has seen the last of them.
     let mut last_expert: HashMap<&str, usize> = HashMap::new();
     for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
+        if let Some(layer) = expert_layer(&s.name, ".block_sparse_moe.experts.") {
             last_expert.insert(layer, i);
         }
     }
@@ -149,7 +145,7 @@ pub fn convert<'a>(
     let (h, f) = (hp.n_embd, hp.n_ff_exp);
     let mut recipes = Vec::with_capacity(sources.len());
     for (i, s) in sources.iter().enumerate() {
-        if let Some(layer) = expert_layer(&s.name) {
+        if let Some(layer) = expert_layer(&s.name, ".block_sparse_moe.experts.") {
             if last_expert.get(layer) != Some(&i) {
                 continue;
             }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use moeq_formats::gguf::GgmlType;
 
 use super::config::MixtralConfig;
-use crate::families::common::{SourceTensor, stacked_experts};
+use crate::families::common::{SourceTensor, expert_layer, stacked_experts};
 use crate::families::llama::config::LlamaConfig;
 use crate::families::llama::gguf::LlamaArch;
 use crate::plan::recipe::Recipe;
@@ -25,10 +25,6 @@ pub const LAYER_NAMES: &[(&str, &str)] = &[
 ];
 
 /// The layer of a per-expert tensor (`model.layers.N.block_sparse_moe.experts.J.wK.weight`).
-fn expert_layer(name: &str) -> Option<&str> {
-    name.strip_prefix("model.layers.")?.split_once(".block_sparse_moe.experts.").map(|(layer, _)| layer)
-}
-
 impl LlamaArch for MixtralConfig {
     fn base(&self) -> &LlamaConfig {
         &self.base
@@ -66,9 +62,9 @@ impl LlamaArch for MixtralConfig {
         sources: &[SourceTensor<'a>],
         out: GgmlType,
     ) -> Result<Option<Vec<Recipe<'a>>>> {
-        let Some(layer) = expert_layer(&sources[i].name) else { return Ok(None) };
+        let Some(layer) = expert_layer(&sources[i].name, ".block_sparse_moe.experts.") else { return Ok(None) };
         // The stack is made at the layer's last expert tensor.
-        if sources[i + 1..].iter().any(|s| expert_layer(&s.name) == Some(layer)) {
+        if sources[i + 1..].iter().any(|s| expert_layer(&s.name, ".block_sparse_moe.experts.") == Some(layer)) {
             return Ok(Some(Vec::new()));
         }
         let (hp, e) = (&self.base, self.n_expert);
