@@ -3984,7 +3984,7 @@ fn config_values_of_the_wrong_type_or_range_are_errors() {
     let o = out.path().join("m.gguf");
     let mlx = out.path().join("mlx");
     type Edit = fn(&mut serde_json::Map<String, Json>);
-    let cases: [(&str, Edit, &str); 10] = [
+    let cases: [(&str, Edit, &str); 12] = [
         (
             "gpt-oss/hf-mxfp4",
             |c| drop(c.insert("rope_scaling".into(), "yarn".into())),
@@ -4030,6 +4030,24 @@ fn config_values_of_the_wrong_type_or_range_are_errors() {
             "mixtral/hf",
             |c| drop(c.insert("rope_scaling".into(), serde_json::json!({"rope_type": "linear", "factor": 0}))),
             "\"rope_scaling.factor\" is 0: linear RoPE scaling needs a positive factor",
+        ),
+        // llama.cpp's converter stops with a ZeroDivisionError; moeq wrote infinite-wavelength
+        // rope_freqs.
+        (
+            "llama/hf",
+            |c| {
+                let r = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0.0});
+                drop(c.insert("rope_scaling".into(), r))
+            },
+            "rope_scaling.low_freq_factor is 0; Llama 3's RoPE scaling needs a positive number",
+        ),
+        (
+            "llama/hf",
+            |c| {
+                let r = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": -4.0});
+                drop(c.insert("rope_scaling".into(), r))
+            },
+            "rope_scaling.high_freq_factor is -4; Llama 3's RoPE scaling needs a positive number",
         ),
     ];
     for (fixture, edit, why) in cases {

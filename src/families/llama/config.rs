@@ -146,6 +146,23 @@ impl LlamaConfig {
         ])?;
         check_kv_heads(hp.n_head, hp.n_head_kv)?;
         check_head_dim(hp.head_dim(), hp.head_dim.is_some(), hp.n_embd, hp.n_head)?;
+        if let Some((_, low, high, old_ctx)) = hp.llama3_rope {
+            // The converter divides by each (a ZeroDivisionError at 0); a non-finite factor
+            // (equal low and high factors meeting a wavelength exactly) is no rope_freqs.
+            for (key, v) in
+                [("low_freq_factor", low), ("high_freq_factor", high), ("original_max_position_embeddings", old_ctx)]
+            {
+                if !(v.is_finite() && v > 0.0) {
+                    bail!("rope_scaling.{key} is {v}; Llama 3's RoPE scaling needs a positive number");
+                }
+            }
+            if hp.llama3_rope_factors().is_some_and(|f| f.iter().any(|x| !x.is_finite())) {
+                bail!(
+                    "rope_scaling: low_freq_factor {low} and high_freq_factor {high} give a rotary pair no finite \
+                     factor (the smoothing divides by their difference)"
+                );
+            }
+        }
         Ok((hp, warnings))
     }
 
