@@ -170,6 +170,13 @@ impl GptOssConfig {
             (experts, hp.n_expert, 4096),
             ("vocab_size", hp.vocab_size, 1 << 24),
         ])?;
+        if hp.sliding_window == 0 {
+            // Every other layer would attend to no position (only the sinks); no released model
+            // does.
+            bail!(
+                "sliding_window is 0; gpt-oss's sliding layers need a window of at least one position (released: 128)"
+            );
+        }
         if hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert {
             bail!("{used} is {}, not 1 to {experts} ({})", hp.n_expert_used, hp.n_expert);
         }
@@ -200,13 +207,14 @@ mod tests {
 
     #[test]
     fn settings_llama_cpp_cannot_carry_are_refused() {
-        let cases: [(&str, Json, &str); 6] = [
+        let cases: [(&str, Json, &str); 7] = [
             ("swiglu_limit", json!(10.0), "swiglu_limit is 10"),
             ("swiglu_alpha", json!(1.5), "swiglu_alpha is 1.5"),
             ("layer_types", json!(["full_attention", "sliding_attention"]), "layer_types"),
             ("tie_word_embeddings", json!(true), "tie_word_embeddings"),
             ("num_local_experts", json!(0), "\"num_local_experts\" is 0"),
             ("sliding_window", json!(null), "\"sliding_window\" is null"),
+            ("sliding_window", json!(0), "sliding_window is 0"),
         ];
         for (key, value, expected) in cases {
             let mut c = hf_config();
