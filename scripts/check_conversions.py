@@ -401,7 +401,8 @@ def main():
     args = ap.parse_args()
     fx = Path(args.fixtures)
     refs = {}
-    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3", "glm4-moe", "minimax-m2"):
+    for family in ("gpt-oss", "mixtral", "llama", "qwen3-moe", "qwen2-moe", "deepseek-v3", "glm4-moe", "glm4-moe-lite",
+                   "minimax-m2"):
         ref = load_file(str(fx / family / "reference.safetensors"))
         refs[family] = ([int(t) for t in ref["tokens"]], ref["logits"].astype(np.float64))
     ref = load_file(str(fx / "glm4-moe/reference-qknorm.safetensors"))
@@ -460,6 +461,12 @@ def main():
         ("glm4-moe/hf-qknorm", None, "glm4-moe-qknorm-bf16.gguf"),
         ("glm4-moe/hf-qknorm", "Q8_0", "glm4-moe-qknorm-bf16-Q8_0.gguf"),
         ("glm4-moe/hf-qknorm", "Q4_K_M", "glm4-moe-qknorm-bf16-Q4_K_M.gguf"),
+        # GLM-4.7-Flash: deepseek2 with GLM's vocabulary, its MTP layer exported as block 3.
+        ("glm4-moe-lite/hf", None, "glm4-moe-lite-bf16.gguf"),
+        ("glm4-moe-lite/hf", "Q8_0", "glm4-moe-lite-bf16-Q8_0.gguf"),
+        ("glm4-moe-lite/hf", "Q4_0", "glm4-moe-lite-bf16-Q4_0.gguf"),
+        ("glm4-moe-lite/hf", "Q4_K_M", "glm4-moe-lite-bf16-Q4_K_M.gguf"),
+        ("glm4-moe-lite/hf", "MXFP4_MOE", "glm4-moe-lite-bf16-MXFP4_MOE.gguf"),
         # MiniMax-M2 from its BF16 form and its FP8 release (decoded and rounded to BF16 as the
         # converter does, so against the same reference and goldens).
         ("minimax-m2/hf", None, "minimax-m2-bf16.gguf"),

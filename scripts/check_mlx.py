@@ -178,6 +178,7 @@ def check_mlx_lm(moeq, fixtures, work):
     refs["qwen3-moe-dense"] = load_file(str(fixtures / "qwen3-moe/reference-dense.safetensors"))
     refs["glm4-moe"] = load_file(str(fixtures / "glm4-moe/reference.safetensors"))
     refs["glm4-moe-qknorm"] = load_file(str(fixtures / "glm4-moe/reference-qknorm.safetensors"))
+    refs["glm4-moe-lite"] = load_file(str(fixtures / "glm4-moe-lite/reference.safetensors"))
     refs["minimax-m2"] = load_file(str(fixtures / "minimax-m2/reference.safetensors"))
     # mlx-lm reads gpt-oss only in the MXFP4 layout: the other layouts are compared with its
     # build of that one (the same model).
@@ -216,6 +217,11 @@ def check_mlx_lm(moeq, fixtures, work):
         ("glm4-moe", "glm4-moe/hf", ["--type", "q8", "--group-size", "32"]),
         ("glm4-moe", "glm4-moe/hf", ["--type", "mxfp4"]),
         ("glm4-moe-qknorm", "glm4-moe/hf-qknorm", ["--type", "q4", "--group-size", "32"]),
+        # GLM-4.7-Flash (mlx-lm's glm4_moe_lite): kv_b_proj as embed_q/unembed_out, MTP dropped.
+        ("glm4-moe-lite", "glm4-moe-lite/hf", []),
+        ("glm4-moe-lite", "glm4-moe-lite/hf", ["--type", "q4"]),
+        ("glm4-moe-lite", "glm4-moe-lite/hf", ["--type", "q8", "--group-size", "32"]),
+        ("glm4-moe-lite", "glm4-moe-lite/hf", ["--type", "mxfp4"]),
         # MiniMax-M2 from its FP8 release (mlx-lm dequantizes it in its sanitize) and its BF16
         # form; the router in 8 bits (mlx-lm's quant_predicate), the correction bias F32.
         ("minimax-m2", "minimax-m2/fp8", []),

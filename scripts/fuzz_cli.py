@@ -55,6 +55,7 @@ FOLDERS = [
     "deepseek-v3/fp8",
     "glm4-moe/hf",
     "glm4-moe/hf-qknorm",
+    "glm4-moe-lite/hf",
     "minimax-m2/hf",
     "minimax-m2/fp8",
     "golden-mlx/llama-q4",

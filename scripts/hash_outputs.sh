@@ -32,7 +32,7 @@ run() {
     set -e
 }
 
-CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf qwen3-moe/hf qwen3-moe/hf-dense qwen2-moe/hf deepseek-v3/hf deepseek-v3/fp8 glm4-moe/hf glm4-moe/hf-qknorm minimax-m2/hf minimax-m2/fp8"
+CHECKPOINTS="gpt-oss/original gpt-oss/hf-mxfp4 gpt-oss/hf-bf16 mixtral/hf llama/hf qwen3-moe/hf qwen3-moe/hf-dense qwen2-moe/hf deepseek-v3/hf deepseek-v3/fp8 glm4-moe/hf glm4-moe/hf-qknorm glm4-moe-lite/hf minimax-m2/hf minimax-m2/fp8"
 GGUF_TYPES="F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 MXFP4_MOE Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K"
 tag() { echo "$1" | tr '/' '-'; }
 
@@ -162,6 +162,12 @@ for f in glm4-moe glm4-moe-qknorm; do
 done
 verify_pair mlx-glm4-moe-q4 "$FX/glm4-moe/hf" "$FX/golden-mlx/glm4-moe-q4"
 verify_pair mlx-glm4-moe-q8 "$FX/glm4-moe/hf" "$FX/golden-mlx/glm4-moe-q8"
+verify_pair glm4-moe-lite "$FX/glm4-moe-lite/hf" "$FX/golden/glm4-moe-lite-bf16.gguf"
+for ty in Q8_0 Q4_0 Q4_K_M MXFP4_MOE; do
+    verify_pair "glm4-moe-lite-$ty" "$FX/glm4-moe-lite/hf" "$FX/golden/glm4-moe-lite-bf16-$ty.gguf"
+done
+verify_pair mlx-glm4-moe-lite-q4 "$FX/glm4-moe-lite/hf" "$FX/golden-mlx/glm4-moe-lite-q4"
+verify_pair mlx-glm4-moe-lite-q8 "$FX/glm4-moe-lite/hf" "$FX/golden-mlx/glm4-moe-lite-q8"
 verify_pair minimax-m2 "$FX/minimax-m2/hf" "$FX/golden/minimax-m2-bf16.gguf"
 verify_pair minimax-m2-fp8 "$FX/minimax-m2/fp8" "$FX/golden/minimax-m2-fp8.gguf"
 for ty in Q8_0 Q4_0 Q4_K_M MXFP4_MOE; do

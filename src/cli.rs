@@ -39,7 +39,7 @@ pub enum Command {
     /// Run moeq's own f32 forward on a model and show the most likely next tokens.
     ///
     /// MODEL is anything moeq reads: a checkpoint folder (gpt-oss in any layout, DeepSeek-V3,
-    /// GLM-4.5/4.6, MiniMax-M2 (FP8 or BF16), Qwen3-MoE, Qwen2-MoE, Mixtral, Llama), an MLX
+    /// GLM-4.5/4.6, GLM-4.7-Flash, MiniMax-M2 (FP8 or BF16), Qwen3-MoE, Qwen2-MoE, Mixtral, Llama), an MLX
     /// build folder, or a GGUF of any type moeq writes.
     Eval {
         /// The model.

@@ -62,6 +62,7 @@ fn model_inputs() -> Vec<PathBuf> {
         "qwen2-moe/hf",
         "glm4-moe/hf",
         "glm4-moe/hf-qknorm",
+        "glm4-moe-lite/hf",
         "minimax-m2/hf",
         "minimax-m2/fp8",
     ]
@@ -310,8 +311,8 @@ fn convert_type_reproduces_llama_quantize() {
         }
         checked += 1;
     }
-    // 21, DeepSeek-V3's three, GLM-4.5's eight and MiniMax-M2's four.
-    assert_eq!(checked, 36, "expected the 36 quantized goldens");
+    // 21, DeepSeek-V3's three, GLM-4.5's eight, MiniMax-M2's four and GLM-4.7-Flash's four.
+    assert_eq!(checked, 40, "expected the 40 quantized goldens");
 }
 
 #[test]
@@ -3625,6 +3626,7 @@ fn implausible_vocab_size_is_refused_before_padding() {
         "qwen3-moe/hf",
         "deepseek-v3/fp8",
         "glm4-moe/hf",
+        "glm4-moe-lite/hf",
         "minimax-m2/fp8",
     ] {
         let src = fixtures().join(fixture);
@@ -3674,6 +3676,7 @@ fn implausible_expert_counts_are_refused() {
         ("mixtral/hf", "num_hidden_layers"),
         ("glm4-moe/hf", "n_routed_experts"),
         ("glm4-moe/hf", "num_hidden_layers"),
+        ("glm4-moe-lite/hf", "n_routed_experts"),
         ("minimax-m2/fp8", "num_local_experts"),
         ("minimax-m2/hf", "num_hidden_layers"),
     ];
@@ -4635,6 +4638,9 @@ mod deepseek;
 
 #[path = "cli/glm.rs"]
 mod glm;
+
+#[path = "cli/glm_lite.rs"]
+mod glm_lite;
 
 #[path = "cli/minimax.rs"]
 mod minimax;

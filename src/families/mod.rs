@@ -41,6 +41,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &qwen3_moe::Qwen3Moe,
     &qwen2_moe::Qwen2Moe,
     &deepseek_v3::DeepseekV3,
+    &deepseek_v3::glm4_moe_lite::Glm4MoeLite,
     &glm4_moe::Glm4Moe,
     &minimax_m2::MiniMaxM2,
 ];

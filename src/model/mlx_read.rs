@@ -176,6 +176,7 @@ fn mlx_module(json: &Json, class: &str, dir: &str) -> Result<&'static str> {
         "DeepseekV3ForCausalLM" => "deepseek_v3",
         "GptOssForCausalLM" => "gpt_oss",
         "Glm4MoeForCausalLM" => "glm4_moe",
+        "Glm4MoeLiteForCausalLM" => "glm4_moe_lite",
         "MiniMaxM2ForCausalLM" => "minimax",
         other => bail!("{dir}: moeq does not read MLX builds of {other}"),
     };
@@ -206,7 +207,7 @@ fn mlx_module(json: &Json, class: &str, dir: &str) -> Result<&'static str> {
 /// Checks that mlx-lm would run the head this folder holds: a model whose embeddings mlx-lm
 /// ties (per `tie_word_embeddings`, or mlx-lm 0.32's default for its model code `model_type`
 /// ([`mlx_module`]): true for
-/// `llama`, false for `mixtral`; `qwen2_moe`, `deepseek_v3`, `gpt_oss` and `glm4_moe` always have an
+/// `llama`, false for `mixtral`; `qwen2_moe`, `deepseek_v3`, `gpt_oss`, `glm4_moe` and `glm4_moe_lite` always have an
 /// `lm_head`) must not have an `lm_head.weight` (mlx-lm drops it and computes with the
 /// embedding — another model —, or refuses its quantization's scales), an untied one must.
 ///
@@ -223,7 +224,7 @@ fn check_head(json: &Json, model_type: &str, names: &[(String, String)], dir: &s
     if key.is_none() && matches!(model_type, "qwen3_moe" | "glm4_moe") {
         bail!("{dir}: config.json has no tie_word_embeddings, which mlx-lm's {model_type} requires (true or false)");
     }
-    let always_untied = matches!(model_type, "qwen2_moe" | "deepseek_v3" | "gpt_oss" | "glm4_moe");
+    let always_untied = matches!(model_type, "qwen2_moe" | "deepseek_v3" | "gpt_oss" | "glm4_moe" | "glm4_moe_lite");
     let tied = match model_type {
         _ if always_untied => false,
         "llama" => key.unwrap_or(true),

@@ -61,6 +61,12 @@ pub struct DeepseekV3Config {
     pub n_mtp: u64,
     /// FP8 weights: rows and columns per scale block.
     pub fp8_block: Option<(u64, u64)>,
+    /// GLM-4.7-Flash (`Glm4MoeLiteForCausalLM`): its multi-token-prediction layers exported
+    /// as extra blocks with `nextn_predict_layers`, as the converter's `Glm4MoeLiteModel` does.
+    pub glm_lite: bool,
+    /// Whether `config.json` names its `scoring_func` (the converter writes
+    /// `expert_gating_func` only then).
+    pub gating_key: bool,
 }
 
 impl DeepseekV3Config {
@@ -70,8 +76,67 @@ impl DeepseekV3Config {
         Self::parse(&config.keys()).with_context(|| format!("{}", config.path().display()))
     }
 
+    /// [`DeepseekV3Config::load`] for GLM-4.7-Flash (`Glm4MoeLiteForCausalLM`).
+    pub fn load_glm_lite(config: &ModelConfig) -> Result<(DeepseekV3Config, Vec<String>)> {
+        Self::parse_glm_lite(&config.keys()).with_context(|| format!("{}", config.path().display()))
+    }
+
     /// Reads `config.json`'s keys. Returns the hyperparameters and warnings.
     pub fn parse(json: &Keys) -> Result<(DeepseekV3Config, Vec<String>)> {
+        Self::parse_as(json, false)
+    }
+
+    /// Reads a GLM-4.7-Flash `config.json` (transformers' `Glm4MoeLiteConfig`: DeepSeek-V3's
+    /// attention and routing, the dense layers given by `mlp_layer_types`, RoPE over
+    /// `partial_rotary_factor` of `qk_rope_head_dim`, always sigmoid routing). What
+    /// llama.cpp's `deepseek2` would compute otherwise is refused.
+    pub fn parse_glm_lite(json: &Keys) -> Result<(DeepseekV3Config, Vec<String>)> {
+        let (hp, warnings) = Self::parse_as(json, true)?;
+        // transformers reads the dense layers from mlp_layer_types (default: the first one
+        // dense), not first_k_dense_replace, which llama.cpp's converter writes.
+        let k = hp.n_dense_lead;
+        match json.raw("mlp_layer_types").filter(|v| !v.is_null()) {
+            Some(types) => {
+                let want: Vec<&str> = (0..hp.n_layer).map(|n| if n < k { "dense" } else { "sparse" }).collect();
+                let got: Option<Vec<&str>> = types.as_array().map(|a| a.iter().filter_map(|t| t.as_str()).collect());
+                if got.as_deref() != Some(&want[..]) {
+                    bail!(
+                        "mlp_layer_types is not {k} dense layer(s) then sparse ones (first_k_dense_replace {k}); \
+                         llama.cpp's deepseek2 makes only the leading layers dense"
+                    );
+                }
+            }
+            None if k != 1.min(hp.n_layer) => bail!(
+                "first_k_dense_replace is {k}, but without mlp_layer_types transformers' Glm4MoeLite makes only \
+                 layer 0 dense"
+            ),
+            None => {}
+        }
+        let partial = json.opt_f64("partial_rotary_factor")?.or(json
+            .object("rope_parameters")
+            .map(|r| r.opt_f64("partial_rotary_factor"))
+            .transpose()?
+            .flatten());
+        if let Some(p) = partial
+            && p != 1.0
+        {
+            bail!("partial_rotary_factor is {p}; llama.cpp's deepseek2 rotates all qk_rope_head_dim dimensions");
+        }
+        if json.bool("rope_interleave") == Some(false) {
+            bail!("rope_interleave is false; llama.cpp's deepseek2 rotates adjacent pairs (rope_interleave true)");
+        }
+        let glm_flash_size = matches!(hp.n_layer, 47 | 48) && hp.vocab_size == 154880;
+        if !hp.gating_key && !glm_flash_size {
+            bail!(
+                "scoring_func is missing; transformers' Glm4MoeLite routes with sigmoid scores, but llama.cpp routes \
+                 a deepseek2 GGUF without expert_gating_func with softmax unless it has GLM-4.7-Flash's 47 layers \
+                 and 154880 tokens (set \"scoring_func\": \"sigmoid\")"
+            );
+        }
+        Ok((hp, warnings))
+    }
+
+    fn parse_as(json: &Keys, glm_lite: bool) -> Result<(DeepseekV3Config, Vec<String>)> {
         let mut warnings = Vec::new();
         let n_head = json.u64("num_attention_heads")?;
         if let Some(kv) = json.opt_u64("num_key_value_heads")?
@@ -102,6 +167,7 @@ impl DeepseekV3Config {
         match json.str("scoring_func")? {
             Some("sigmoid") => {}
             Some(other) => bail!("scoring_func is '{other}'; DeepSeek-V3 routes with sigmoid scores"),
+            None if glm_lite => {}
             None => bail!(
                 "scoring_func is missing; llama.cpp would route with softmax where DeepSeek-V3 uses sigmoid scores"
             ),
@@ -181,6 +247,8 @@ impl DeepseekV3Config {
             vocab_size: json.u64("vocab_size")?,
             n_mtp: json.opt_u64("num_nextn_predict_layers")?.unwrap_or(0),
             fp8_block: fp8_block(json)?,
+            glm_lite,
+            gating_key: json.str("scoring_func").is_some(),
         };
         const NONE: u64 = u64::MAX;
         check_sizes(&[
@@ -236,8 +304,10 @@ impl DeepseekV3Config {
         let k = |key: &str| format!("deepseek2.{key}");
         let u = |v: u64| Value::U32(v as u32);
         let f = |v: f64| Value::F32(v as f32);
+        // GLM-4.7-Flash's converter counts its multi-token-prediction blocks.
+        let mtp = if self.glm_lite { self.n_mtp } else { 0 };
         let mut m = vec![
-            (k("block_count"), u(self.n_layer)),
+            (k("block_count"), u(self.n_layer + mtp)),
             (k("context_length"), u(self.n_ctx)),
             (k("embedding_length"), u(self.n_embd)),
             (k("feed_forward_length"), u(self.n_ff)),
@@ -259,15 +329,32 @@ impl DeepseekV3Config {
             (k("expert_used_count"), u(self.n_expert_used)),
             (k("expert_group_count"), u(self.n_group)),
             (k("expert_group_used_count"), u(self.topk_group)),
+        ]);
+        if self.gating_key {
             // llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID.
-            (k("expert_gating_func"), u(2)),
+            m.push((k("expert_gating_func"), u(2)));
+        }
+        // The MQA key and value lengths: where the converter's hparams first set them (a
+        // `head_dim` key, which transformers' DeepseekV3Config has and Glm4MoeLiteConfig maps
+        // to qk_rope_head_dim, is written before the file type), then overwritten.
+        let kv_lengths = [
             (k("attention.key_length"), u(self.kv_lora_rank + self.qk_rope)),
             (k("attention.value_length"), u(self.kv_lora_rank)),
+        ];
+        if !self.glm_lite {
+            m.extend(kv_lengths.clone());
+        }
+        m.extend([
             ("general.file_type".into(), Value::U32(file_type)),
             (k("leading_dense_block_count"), u(self.n_dense_lead)),
             (k("vocab_size"), u(self.vocab_size)),
             (k("attention.q_lora_rank"), u(self.q_lora_rank)),
             (k("attention.kv_lora_rank"), u(self.kv_lora_rank)),
+        ]);
+        if self.glm_lite {
+            m.extend(kv_lengths);
+        }
+        m.extend([
             (k("attention.key_length_mla"), u(self.qk_nope + self.qk_rope)),
             (k("attention.value_length_mla"), u(self.v_head_dim)),
             (k("expert_feed_forward_length"), u(self.n_ff_exp)),
@@ -281,6 +368,9 @@ impl DeepseekV3Config {
         if let Some(all) = self.yarn.as_ref().and_then(|y| y.mscale_all_dim) {
             // The converter writes 0.1 · mscale_all_dim; llama.cpp divides it by 0.1 again.
             m.push((k("rope.scaling.yarn_log_multiplier"), f(0.1 * all)));
+        }
+        if mtp > 0 {
+            m.push((k("nextn_predict_layers"), u(mtp)));
         }
         m.push(("general.quantization_version".into(), Value::U32(2)));
         m
@@ -360,5 +450,35 @@ mod tests {
         let mut j = v3();
         j["rms_norm_eps"] = json!(1e-5);
         assert!(parse(&j).unwrap().1[0].contains("rms_norm_eps"));
+    }
+
+    /// GLM-4.7-Flash's released config.json (no scoring_func: llama.cpp routes it by sigmoid at
+    /// this size): the MTP block counted, no gating key, the MQA lengths after kv_lora_rank.
+    #[test]
+    fn reads_glm_4_7_flash() {
+        let j = json!({
+            "architectures": ["Glm4MoeLiteForCausalLM"], "num_hidden_layers": 47, "hidden_size": 2048,
+            "intermediate_size": 10240, "moe_intermediate_size": 1536, "num_attention_heads": 20,
+            "num_key_value_heads": 20, "n_routed_experts": 64, "num_experts_per_tok": 4, "n_shared_experts": 1,
+            "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1, "q_lora_rank": 768, "kv_lora_rank": 512,
+            "qk_nope_head_dim": 192, "qk_rope_head_dim": 64, "v_head_dim": 256, "vocab_size": 154880,
+            "norm_topk_prob": true, "routed_scaling_factor": 1.8, "rope_theta": 1000000, "rope_scaling": null,
+            "partial_rotary_factor": 1.0, "rms_norm_eps": 1e-5, "num_nextn_predict_layers": 1,
+            "topk_method": "noaux_tc"
+        });
+        let (hp, warnings) = DeepseekV3Config::parse_glm_lite(&Keys::of(&j, "")).unwrap();
+        assert!(warnings[0].contains("rms_norm_eps"));
+        let m = hp.metadata(32);
+        let keys: Vec<&str> = m.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(!keys.contains(&"deepseek2.expert_gating_func"));
+        assert_eq!(m[0].1, Value::U32(48));
+        assert_eq!(keys.iter().rev().nth(1), Some(&"deepseek2.nextn_predict_layers"));
+        let kv = keys.iter().position(|k| *k == "deepseek2.attention.kv_lora_rank").unwrap();
+        assert_eq!(keys[kv + 1], "deepseek2.attention.key_length");
+        // Another size without scoring_func would be routed by softmax in llama.cpp.
+        let mut small = j.clone();
+        small["num_hidden_layers"] = json!(3);
+        let e = DeepseekV3Config::parse_glm_lite(&Keys::of(&small, "")).unwrap_err().to_string();
+        assert!(e.contains("scoring_func"), "{e}");
     }
 }

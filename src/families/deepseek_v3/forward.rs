@@ -12,7 +12,8 @@
 //!   `rope_interleave`), YaRN's frequencies with the correction range rounded, the softmax
 //!   scale (0.1 · mscale_all_dim · ln factor + 1)² / √(qk_nope + qk_rope);
 //! - the first `leading_dense_block_count` layers dense SwiGLU, the others MoE: sigmoid scores
-//!   of the router's logits, the correction bias (`exp_probs_b`) added for choosing only,
+//!   (softmax when the GGUF names no gating function, except at GLM-4.7-Flash's size, as
+//!   llama.cpp decides) of the router's logits, the correction bias (`exp_probs_b`) added for choosing only,
 //!   group-limited top-k (each group scored by its two best, `expert_group_used_count` groups
 //!   kept), the chosen scores normalized (`expert_weights_norm`) and scaled
 //!   (`expert_weights_scale`), SwiGLU experts, plus the shared experts (`*_shexp`).
@@ -102,8 +103,12 @@ pub(crate) fn expert_groups(meta: &Meta) -> Result<(f64, f64)> {
 impl Blocks for DeepseekV3Blocks {
     fn hparams(&self, meta: &Meta) -> Result<Vec<(&'static str, f64)>> {
         let int = |key: &str, default: u64| -> Result<f64> { Ok(meta.opt(key)?.map_or(default, |h| h.value) as f64) };
-        // llama.cpp: a GGUF without a gating function is DeepSeek-V2's softmax routing.
-        let gating = int("expert_gating_func", 1)?;
+        // llama.cpp: a GGUF without a gating function is DeepSeek-V2's softmax routing, but
+        // GLM-4.7-Flash's (47 layers past its MTP blocks, 154880 tokens; its converter writes
+        // none) routes by sigmoid.
+        let main_layers = int("block_count", 0)? - int("nextn_predict_layers", 0)?;
+        let glm_flash = matches!(main_layers as u64, 47 | 48) && int("vocab_size", 0)? == 154880.0;
+        let gating = int("expert_gating_func", if glm_flash { 2 } else { 1 })?;
         if gating != 1.0 && gating != 2.0 {
             bail!(
                 "metadata '{}' is {gating}: moeq runs softmax (1) and sigmoid (2) routing",

@@ -9,7 +9,9 @@
 //!   converter's order (down, gate, up);
 //! - `e_score_correction_bias` becomes `exp_probs_b.bias`;
 //! - the multi-token-prediction layers (`model.layers.N` for N ≥ `num_hidden_layers`) are left
-//!   out, as the converter's `skip_mtp` leaves them;
+//!   out, as the converter's `skip_mtp` leaves them; GLM-4.7-Flash's (`Glm4MoeLiteModel`) are
+//!   exported as extra blocks, a whole MoE layer plus GLM-4.5's `nextn.*` tensors
+//!   ([`crate::families::glm4_moe::gguf::LAYER_NAMES`]);
 //! - FP8 weights (F8_E4M3 with `weight_scale_inv`) are decoded block by block as the
 //!   converter dequantizes them (value × block scale in f32) and rounded to the output type,
 //!   piece by piece of rows: no dequantized copy exists anywhere.
@@ -60,12 +62,24 @@ fn layer_of(name: &str) -> Option<u64> {
 
 /// The layer of a per-expert tensor (`model.layers.N.mlp.experts.J.….weight`).
 /// The Hugging Face tensors a DeepSeek-V3 checkpoint holds, with shapes (numpy order), the
-/// multi-token-prediction layers and `lm_head.weight` aside.
-pub fn expected(hp: &DeepseekV3Config) -> Vec<(String, Vec<u64>)> {
+/// multi-token-prediction layers and `lm_head.weight` aside; with GLM-4.7-Flash's `mtp`
+/// layers (`Some(n)`: layers `num_hidden_layers`… of them), theirs too, the MTP layer's own
+/// embedding, head and head norm optional (as GLM-4.5's).
+pub fn expected(hp: &DeepseekV3Config, mtp: Option<u64>) -> Vec<(String, Vec<u64>)> {
     let (h, v) = (hp.n_embd, hp.vocab_size);
     let mut x = vec![("model.embed_tokens.weight".to_string(), vec![v, h]), ("model.norm.weight".to_string(), vec![h])];
-    for n in 0..hp.n_layer {
+    for n in 0..hp.n_layer + mtp.unwrap_or(0) {
         let l = |s: &str| format!("model.layers.{n}.{s}");
+        if n >= hp.n_layer {
+            x.extend([
+                (l("eh_proj.weight"), vec![h, 2 * h]),
+                (l("enorm.weight"), vec![h]),
+                (l("hnorm.weight"), vec![h]),
+                (l("embed_tokens.weight"), vec![v, h]),
+                (l("shared_head.head.weight"), vec![v, h]),
+                (l("shared_head.norm.weight"), vec![h]),
+            ]);
+        }
         x.extend([
             (l("input_layernorm.weight"), vec![h]),
             (l("post_attention_layernorm.weight"), vec![h]),
@@ -104,6 +118,13 @@ pub fn expected(hp: &DeepseekV3Config) -> Vec<(String, Vec<u64>)> {
     x
 }
 
+/// Whether an expected tensor may be absent: a GLM MTP layer's own embedding and head.
+fn optional(name: &str) -> bool {
+    [".embed_tokens.weight", ".shared_head.head.weight", ".shared_head.norm.weight"]
+        .iter()
+        .any(|s| name.starts_with("model.layers.") && name.ends_with(s))
+}
+
 /// Checks the tensors against what the model must hold: names, shapes, and dtypes (floats,
 /// or F8_E4M3 with block scales, which [`Fp8Scales::split`] checked).
 fn check(
@@ -111,12 +132,13 @@ fn check(
     tensors: &[SourceTensor],
     want: &[(String, Vec<u64>)],
     fp8: &Fp8Scales,
+    kind: &str,
 ) -> Result<()> {
     // By name: the released checkpoint has some 45,000 weights.
     let shapes: HashMap<&str, &Vec<u64>> = want.iter().map(|(n, s)| (n.as_str(), s)).collect();
     for s in tensors {
         let Some(shape) = shapes.get(s.name.as_str()) else {
-            bail!("{}: not a tensor of a DeepSeek-V3 checkpoint", s.origin);
+            bail!("{}: not a tensor of a {} checkpoint", s.origin, kind);
         };
         if s.shape != **shape {
             bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, shape);
@@ -127,7 +149,7 @@ fn check(
     }
     let held: HashSet<&str> = tensors.iter().map(|s| s.name.as_str()).collect();
     for (name, _) in want {
-        if !held.contains(name.as_str()) {
+        if !held.contains(name.as_str()) && !optional(name) {
             bail!("{}: tensor '{name}' is missing", model.path().display());
         }
     }
@@ -167,12 +189,20 @@ pub fn convert<'a>(
     config: &ModelConfig,
     outtype: OutType,
     vocab: Option<Metadata>,
+    glm_lite: bool,
 ) -> Result<Converted<'a>> {
-    let (hp, mut warnings) = DeepseekV3Config::load(config)?;
+    let (hp, mut warnings) =
+        if glm_lite { DeepseekV3Config::load_glm_lite(config)? } else { DeepseekV3Config::load(config)? };
     let mut mtp = BTreeSet::new();
     let mut lm_head = None;
     let sources = source_tensors(model, |t| {
+        if glm_lite && t.name.ends_with(".rotary_emb.inv_freq") {
+            return Ok(Vec::new());
+        }
         match layer_of(&t.name) {
+            Some(l) if l >= hp.n_layer && glm_lite => {
+                mtp.insert(l);
+            }
             Some(l) if l >= hp.n_layer => {
                 mtp.insert(l);
                 return Ok(Vec::new());
@@ -188,7 +218,23 @@ pub fn convert<'a>(
         == Some(true);
     let sources: Vec<SourceTensor> =
         sources.into_iter().filter(|s| !(tied && s.name.starts_with("lm_head.weight"))).collect();
-    if !mtp.is_empty() {
+    let exported = glm_lite.then_some(hp.n_mtp);
+    if glm_lite && mtp.is_empty() && hp.n_mtp > 0 {
+        warnings.push(format!(
+            "num_nextn_predict_layers is {} but the checkpoint has no multi-token-prediction layer; the GGUF \
+             counts it in block_count as llama.cpp's converter writes it (llama.cpp loads the model without it)",
+            hp.n_mtp
+        ));
+    } else if glm_lite && mtp.iter().any(|&l| l >= hp.n_layer + hp.n_mtp) {
+        let l = mtp.iter().find(|&&l| l >= hp.n_layer + hp.n_mtp).copied().unwrap_or_default();
+        bail!(
+            "{}: layer model.layers.{l} is past num_hidden_layers {} + num_nextn_predict_layers {}",
+            model.path().display(),
+            hp.n_layer,
+            hp.n_mtp
+        );
+    }
+    if !mtp.is_empty() && !glm_lite {
         let layers: Vec<String> = mtp.iter().map(|l| format!("model.layers.{l}")).collect();
         warnings.push(format!(
             "the multi-token-prediction layer ({}) is left out, as llama.cpp's converter leaves it",
@@ -196,13 +242,13 @@ pub fn convert<'a>(
         ));
     }
     let (sources, fp8) = Fp8Scales::split(sources, hp.fp8_block)?;
-    let mut want = expected(&hp);
+    let mut want = expected(&hp, exported.filter(|_| !mtp.is_empty()));
     if !tied {
         want.push(("lm_head.weight".into(), vec![hp.vocab_size, hp.n_embd]));
     } else if let Some(origin) = lm_head {
         warnings.push(format!("{origin}: tie_word_embeddings is true; left out, as llama.cpp's converter does"));
     }
-    check(model, &sources, &want, &fp8)?;
+    check(model, &sources, &want, &fp8, if glm_lite { "GLM-4.7-Flash" } else { "DeepSeek-V3" })?;
     let out = match outtype {
         OutType::Float(t) => t,
         OutType::Auto => auto_outtype(model),
@@ -273,7 +319,12 @@ pub fn convert<'a>(
             }
             continue;
         }
-        let name = gguf_name(&s.name, LAYER_NAMES).with_context(|| format!("{}: no llama.cpp name", s.origin))?;
+        // A GLM MTP layer's nextn.* tensors by GLM-4.5's names.
+        let name = gguf_name(&s.name, LAYER_NAMES)
+            .or_else(|| {
+                gguf_name(&s.name, crate::families::glm4_moe::gguf::LAYER_NAMES).filter(|n| n.contains(".nextn."))
+            })
+            .with_context(|| format!("{}: no llama.cpp name", s.origin))?;
         let ne: Vec<u64> = s.shape.iter().rev().copied().collect();
         let ty = converter_type(&name, ne.len(), out);
         let cols = ne[0];

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod forward;
 pub mod gguf;
+pub mod glm4_moe_lite;
 
 use std::path::Path;
 
@@ -114,7 +115,7 @@ impl Family for DeepseekV3 {
         outtype: OutType,
         vocab: Option<Metadata>,
     ) -> Result<Converted<'a>> {
-        gguf::convert(model, config, outtype, vocab)
+        gguf::convert(model, config, outtype, vocab, false)
     }
 
     fn build_metadata(&self, config: &ModelConfig) -> Result<(Metadata, u64)> {

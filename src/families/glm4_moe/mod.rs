@@ -67,6 +67,22 @@ const HPARAMS: &[(&str, &str)] = &[
 const GLM_SPECIALS: &[(&str, &str)] =
     &[("bos", "[gMASK]"), ("eot", "<|user|>"), ("unk", "<|endoftext|>"), ("eom", "<|observation|>")];
 
+/// GLM's vocabulary as `_set_vocab_glm` writes it (GLM-4.5/4.6, GLM-4.7-Flash): byte-level BPE
+/// with the `glm4` pre-tokenizer (`pre` overrides it) and [`GLM_SPECIALS`] after the tokenizer's
+/// own special tokens. Returns the `tokenizer.*` keys and warnings.
+pub fn glm_vocab(dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
+    let vocab_size = crate::vocab::config_vocab_size(dir, config)?;
+    gpt2_vocab_with(dir, config, vocab_size, pre, ("glm4", LLAMA3_REGEX), GLM_SPECIALS)
+}
+
+/// Whether an MLX build keeps `gguf` (llama.cpp's name): mlx-lm's `sanitize` of GLM-4.5 and
+/// GLM-4.7-Flash drops `model.layers.{num_hidden_layers…}` (the MTP layers).
+pub fn mlx_keeps_main_layers(config: &ModelConfig, gguf: &str) -> bool {
+    let mtp = config.keys().opt_u64("num_hidden_layers").ok().flatten();
+    let layer = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<u64>().ok());
+    !matches!((layer, mtp), (Some(l), Some(n)) if l >= n)
+}
+
 /// Reads the config, with its warnings.
 fn load(config: &ModelConfig) -> Result<(Glm4MoeConfig, Vec<String>)> {
     Glm4MoeConfig::load(config)
@@ -90,8 +106,7 @@ impl Family for Glm4Moe {
     }
 
     fn vocab(&self, dir: &Path, config: &Json, pre: Option<&str>) -> Result<(Metadata, Vec<String>)> {
-        let vocab_size = crate::vocab::config_vocab_size(dir, config)?;
-        gpt2_vocab_with(dir, config, vocab_size, pre, ("glm4", LLAMA3_REGEX), GLM_SPECIALS)
+        glm_vocab(dir, config, pre)
     }
 
     fn convert<'a>(
@@ -118,10 +133,7 @@ impl Family for Glm4Moe {
     }
 
     fn mlx_keeps(&self, config: &ModelConfig, gguf: &str) -> bool {
-        // mlx-lm's sanitize drops model.layers.{num_hidden_layers} (the MTP layer).
-        let mtp = config.keys().opt_u64("num_hidden_layers").ok().flatten();
-        let layer = gguf.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse::<u64>().ok());
-        !matches!((layer, mtp), (Some(l), Some(n)) if l >= n)
+        mlx_keeps_main_layers(config, gguf)
     }
 
     fn mlx_choice(&self, module: &MlxModule, _ty: Option<MlxType>, dtype: MlxType) -> Option<MlxChoice> {
