@@ -113,7 +113,7 @@ impl DeepseekV3Config {
             None => {}
         }
         let partial = json.opt_f64("partial_rotary_factor")?.or(json
-            .object("rope_parameters")
+            .object("rope_parameters")?
             .map(|r| r.opt_f64("partial_rotary_factor"))
             .transpose()?
             .flatten());
@@ -122,7 +122,7 @@ impl DeepseekV3Config {
         {
             bail!("partial_rotary_factor is {p}; llama.cpp's deepseek2 rotates all qk_rope_head_dim dimensions");
         }
-        if json.bool("rope_interleave") == Some(false) {
+        if json.bool("rope_interleave")? == Some(false) {
             bail!("rope_interleave is false; llama.cpp's deepseek2 rotates adjacent pairs (rope_interleave true)");
         }
         let glm_flash_size = matches!(hp.n_layer, 47 | 48) && hp.vocab_size == 154880;
@@ -248,7 +248,7 @@ impl DeepseekV3Config {
             n_mtp: json.opt_u64("num_nextn_predict_layers")?.unwrap_or(0),
             fp8_block: fp8_block(json)?,
             glm_lite,
-            gating_key: json.str("scoring_func").is_some(),
+            gating_key: json.str("scoring_func")?.is_some(),
         };
         const NONE: u64 = u64::MAX;
         check_sizes(&[
