@@ -1109,6 +1109,21 @@ fn mlx_values(t: &std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8
     y
 }
 
+/// The tensors of the MLX folder `dst`, after checking that they are those of the mlx-lm
+/// golden folder `want`, byte for byte and in the same order (`what` names the case).
+fn mlx_tensors_equal(
+    dst: &Path,
+    want: &Path,
+    what: &str,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let (got_t, want_t) = (folder_tensors(dst), folder_tensors(want));
+    assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{what}");
+    for (name, w) in &want_t {
+        assert!(got_t[name] == *w, "{what}: tensor {name} differs");
+    }
+    got_t
+}
+
 #[test]
 fn mlx_builds_equal_what_mlx_lm_writes() {
     let out = tempfile::tempdir().unwrap();
@@ -1128,11 +1143,7 @@ fn mlx_builds_equal_what_mlx_lm_writes() {
         argv.extend(args.iter());
         ok(&argv);
         let want = fixtures().join("golden-mlx").join(golden);
-        let (got_t, want_t) = (folder_tensors(&dst), folder_tensors(&want));
-        assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{src} → {golden}");
-        for (name, w) in &want_t {
-            assert!(got_t[name] == *w, "{src} → {golden}: tensor {name} differs");
-        }
+        mlx_tensors_equal(&dst, &want, &format!("{src} → {golden}"));
         let (got_c, want_c) = (config_of(&dst), config_of(&want));
         assert_eq!(got_c["quantization"], want_c["quantization"], "{src} → {golden}");
         assert_eq!(got_c["quantization_config"], want_c["quantization"]);

@@ -123,11 +123,7 @@ fn minimax_m2_mlx_builds_equal_what_mlx_lm_writes() {
         let args = ["convert", path_arg(&input), "-o", path_arg(&dst), "--format", "mlx", "--type", ty];
         ok(&[&args[..], &["--group-size", group, "-q"]].concat());
         let want = fixtures().join("golden-mlx").join(golden);
-        let (got_t, want_t) = (folder_tensors(&dst), folder_tensors(&want));
-        assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{src} {golden}");
-        for (name, w) in &want_t {
-            assert!(got_t[name] == *w, "{src} {golden}: tensor {name} differs");
-        }
+        let got_t = mlx_tensors_equal(&dst, &want, &format!("{src} {golden}"));
         assert_eq!(got_t["model.layers.1.block_sparse_moe.e_score_correction_bias"].0, "F32");
         assert_eq!(got_t["model.layers.1.block_sparse_moe.gate.weight"].1, [8, 192 / 4], "8 bits");
         assert!(got_t.contains_key("model.layers.1.block_sparse_moe.switch_mlp.down_proj.weight"));

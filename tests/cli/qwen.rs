@@ -294,11 +294,7 @@ fn qwen_mlx_builds_equal_what_mlx_lm_writes() {
         let warned = String::from_utf8_lossy(&run.stderr).contains("2 MoE routers (mlp.gate) quantized");
         assert_eq!(warned, src.starts_with("qwen2"), "{src}: {}", String::from_utf8_lossy(&run.stderr));
         let want = fixtures().join("golden-mlx").join(golden);
-        let (got_t, want_t) = (folder_tensors(&dst), folder_tensors(&want));
-        assert_eq!(got_t.keys().collect::<Vec<_>>(), want_t.keys().collect::<Vec<_>>(), "{src} → {golden}");
-        for (name, w) in &want_t {
-            assert!(got_t[name] == *w, "{src} → {golden}: tensor {name} differs");
-        }
+        mlx_tensors_equal(&dst, &want, &format!("{src} → {golden}"));
         let (got_c, want_c) = (config_of(&dst), config_of(&want));
         assert_eq!(got_c["quantization"], want_c["quantization"], "{src} → {golden}");
         assert_eq!(got_c["quantization_config"], want_c["quantization"]);
