@@ -349,7 +349,7 @@ fn deepseek_v3_mlx_builds_equal_what_mlx_lm_writes() {
             "-q",
         ]);
         let want = fixtures().join("golden-mlx").join(golden);
-        let got_t = mlx_tensors_equal(&dst, &want, &format!("{layout}"));
+        let got_t = mlx_tensors_equal(&dst, &want, layout);
         // The router is never quantized and its correction bias stays f32, as in mlx-lm.
         assert_eq!(got_t["model.layers.1.mlp.gate.e_score_correction_bias"].0, "F32");
         assert_eq!(got_t["model.layers.1.mlp.gate.weight"].0, "BF16");

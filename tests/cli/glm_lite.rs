@@ -212,7 +212,7 @@ fn glm4_moe_lite_mlx_builds_equal_what_mlx_lm_writes() {
             "-q",
         ]);
         let want = fixtures().join("golden-mlx").join(golden);
-        let got_t = mlx_tensors_equal(&dst, &want, &format!("{golden}"));
+        let got_t = mlx_tensors_equal(&dst, &want, golden);
         assert_eq!(got_t["model.layers.1.mlp.gate.e_score_correction_bias"].0, "F32");
         assert_eq!(got_t["model.layers.1.mlp.gate.weight"].0, "BF16");
         assert!(got_t.contains_key("model.layers.1.self_attn.embed_q.weight"));
