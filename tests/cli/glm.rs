@@ -159,6 +159,9 @@ fn glm4_moe_refuses_bad_configs_and_checkpoints() {
         (Box::new(|c| c.as_object_mut().unwrap().remove("n_routed_experts").map(|_| ()).unwrap()), "n_routed_experts"),
         (Box::new(|c| c["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0})), "yarn"),
         (Box::new(|c| c["first_k_dense_replace"] = 9.into()), "first_k_dense_replace"),
+        // Tied, yet with its own lm_head: transformers' logits come from embed_tokens, llama.cpp's
+        // from the output.weight written from lm_head.
+        (Box::new(|c| c["tie_word_embeddings"] = true.into()), "tie_word_embeddings"),
     ];
     for (i, (edit, key)) in cases.into_iter().enumerate() {
         let bad = edited_checkpoint(&dir.path().join(i.to_string()), "glm4-moe/hf-qknorm", edit);

@@ -189,7 +189,15 @@ pub fn convert<'a>(
         ));
     }
     let mut want = hp.expected(mtp);
-    if !hp.tied || sources.iter().any(|s| s.name == "lm_head.weight") {
+    let has_head = sources.iter().any(|s| s.name == "lm_head.weight");
+    if hp.tied && has_head {
+        bail!(
+            "{}: tie_word_embeddings is true, but the checkpoint has its own lm_head.weight: transformers computes \
+             the logits with embed_tokens, llama.cpp's glm4moe with the output.weight the converter writes from lm_head",
+            config.path().display()
+        );
+    }
+    if !hp.tied || has_head {
         want.push(Want { name: "lm_head.weight".into(), shape: vec![hp.vocab_size, hp.n_embd], required: true });
     }
     check(model, &sources, &want)?;
