@@ -162,6 +162,12 @@ fn glm4_moe_refuses_bad_configs_and_checkpoints() {
         // Tied, yet with its own lm_head: transformers' logits come from embed_tokens, llama.cpp's
         // from the output.weight written from lm_head.
         (Box::new(|c| c["tie_word_embeddings"] = true.into()), "tie_word_embeddings"),
+        // The checkpoint's MTP layer (model.layers.3) not counted by the config.
+        (Box::new(|c| c["num_nextn_predict_layers"] = 0.into()), "num_nextn_predict_layers"),
+        (
+            Box::new(|c| c.as_object_mut().unwrap().remove("num_nextn_predict_layers").map(|_| ()).unwrap()),
+            "num_nextn_predict_layers",
+        ),
     ];
     for (i, (edit, key)) in cases.into_iter().enumerate() {
         let bad = edited_checkpoint(&dir.path().join(i.to_string()), "glm4-moe/hf-qknorm", edit);

@@ -180,6 +180,17 @@ pub fn convert<'a>(
         }
         Ok(vec![t])
     })?;
+    let blocks = hp.n_layer + hp.n_mtp.unwrap_or(0);
+    if let Some(s) = sources.iter().find(|s| layer_of(&s.name).is_some_and(|l| l >= blocks)) {
+        bail!(
+            "{}: a layer past num_hidden_layers {} + num_nextn_predict_layers {} ({}; llama.cpp's converter \
+             maps no such block)",
+            s.origin,
+            hp.n_layer,
+            hp.n_mtp.map_or("missing".to_string(), |n| n.to_string()),
+            config.path().display()
+        );
+    }
     let mtp = sources.iter().any(|s| layer_of(&s.name).is_some_and(|l| l >= hp.n_layer));
     if !mtp && hp.n_mtp.is_some_and(|n| n > 0) {
         warnings.push(format!(
