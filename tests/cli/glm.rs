@@ -164,6 +164,10 @@ fn glm4_moe_refuses_bad_configs_and_checkpoints() {
         (Box::new(|c| c["tie_word_embeddings"] = true.into()), "tie_word_embeddings"),
         // The checkpoint's MTP layer (model.layers.3) not counted by the config.
         (Box::new(|c| c["num_nextn_predict_layers"] = 0.into()), "num_nextn_predict_layers"),
+        // The fixture's q/k norms, dense layer 0 and q/k/v biases against config keys saying otherwise.
+        (Box::new(|c| c["use_qk_norm"] = false.into()), "use_qk_norm"),
+        (Box::new(|c| c["first_k_dense_replace"] = 0.into()), "first_k_dense_replace"),
+        (Box::new(|c| c["attention_bias"] = false.into()), "attention_bias"),
         (
             Box::new(|c| c.as_object_mut().unwrap().remove("num_nextn_predict_layers").map(|_| ()).unwrap()),
             "num_nextn_predict_layers",

@@ -140,6 +140,24 @@ impl Glm4MoeConfig {
     }
 }
 
+/// The config.json key that makes a known kind of tensor unexpected, as a note for the error
+/// (empty for other names).
+fn unexpected_hint(name: &str) -> &'static str {
+    let dense = [".mlp.gate_proj.", ".mlp.up_proj.", ".mlp.down_proj."].iter().any(|p| name.contains(p));
+    let moe = [".mlp.experts.", ".mlp.gate.", ".mlp.shared_experts."].iter().any(|p| name.contains(p));
+    if name.contains(".self_attn.q_norm.") || name.contains(".self_attn.k_norm.") {
+        " (config.json's use_qk_norm is not true: transformers would not apply this q/k norm, llama.cpp would)"
+    } else if [".q_proj.bias", ".k_proj.bias", ".v_proj.bias"].iter().any(|p| name.contains(p)) {
+        " (config.json's attention_bias is not true)"
+    } else if dense {
+        " (a dense layer's, but config.json's first_k_dense_replace makes this layer MoE)"
+    } else if moe {
+        " (an MoE layer's, but config.json's first_k_dense_replace makes this layer dense)"
+    } else {
+        ""
+    }
+}
+
 /// Checks the tensors against what the model must hold: names, shapes, float dtypes, and
 /// every required tensor present.
 fn check(model: &SafetensorsModel, tensors: &[SourceTensor], want: &[Want]) -> Result<()> {
@@ -147,7 +165,7 @@ fn check(model: &SafetensorsModel, tensors: &[SourceTensor], want: &[Want]) -> R
     let by_name: HashMap<&str, &Want> = want.iter().map(|w| (w.name.as_str(), w)).collect();
     for s in tensors {
         let Some(w) = by_name.get(s.name.as_str()) else {
-            bail!("{}: not a tensor of a GLM-4.5 MoE checkpoint", s.origin);
+            bail!("{}: not a tensor of a GLM-4.5 MoE checkpoint{}", s.origin, unexpected_hint(&s.name));
         };
         if s.shape != w.shape {
             bail!("{}: shape {:?}, expected {:?}", s.origin, s.shape, w.shape);
