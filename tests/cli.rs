@@ -1109,6 +1109,38 @@ fn mlx_values(t: &std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8
     y
 }
 
+/// Asserts that moeq's forward of `input` reproduces transformers' reference file
+/// (`tokens`, `logits`, `hidden.N`, `moe_in.N` / `moe_out.N`) within 1e-5 relative L2: the
+/// logits, each of the `hidden` hidden states, and feed-forward blocks `0..blocks` each alone on
+/// the reference's input, block n routing to no expert exactly when `dense(n)`.
+fn assert_forward_matches_reference(
+    input: &Path,
+    reference: &Path,
+    hidden: usize,
+    blocks: usize,
+    dense: impl Fn(usize) -> bool,
+) {
+    let tokens: Vec<u32> = st_tensor(reference, "tokens").iter().map(|&t| t as u32).collect();
+    let trace = moeq::verify::eval::eval(input, &tokens).unwrap();
+    let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(reference, "logits")))];
+    assert_eq!(trace.hidden.len(), hidden, "{input:?}: hidden states");
+    for (n, h) in trace.hidden.iter().enumerate() {
+        checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(reference, &format!("hidden.{n}")))));
+    }
+    let source = moeq::source::Source::open(input).unwrap();
+    let weights = moeq::model::weights::Weights::new(&source, input).unwrap();
+    let model = moeq::forward::Model::new(&weights).unwrap();
+    for n in 0..blocks {
+        let x: Vec<f32> = st_tensor(reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();
+        let (out, routes) = model.ffn(n, &x).unwrap();
+        assert_eq!(routes.is_empty(), dense(n), "{input:?}: layer {n} dense or MoE");
+        checked.push((format!("moe_out.{n}"), rel_l2(&out, &st_tensor(reference, &format!("moe_out.{n}")))));
+    }
+    for (name, err) in checked {
+        assert!(err <= 1e-5, "{input:?}: {name} relative L2 {err:e}");
+    }
+}
+
 /// The tensors of the MLX folder `dst`, after checking that they are those of the mlx-lm
 /// golden folder `want`, byte for byte and in the same order (`what` names the case).
 fn mlx_tensors_equal(

@@ -67,26 +67,8 @@ fn glm4_moe_eval_reproduces_the_reference() {
         (glm("hf-qknorm"), "reference-qknorm.safetensors"),
         (golden("glm4-moe-qknorm-bf16.gguf"), "reference-qknorm.safetensors"),
     ] {
-        let reference = glm(reference);
-        let tokens: Vec<u32> = st_tensor(&reference, "tokens").iter().map(|&t| t as u32).collect();
-        let trace = moeq::verify::eval::eval(&input, &tokens).unwrap();
-        let mut checked = vec![("logits".to_string(), rel_l2(&trace.logits, &st_tensor(&reference, "logits")))];
-        assert_eq!(trace.hidden.len(), 4, "{input:?}: three layers run, the MTP block not");
-        for (n, h) in trace.hidden.iter().enumerate() {
-            checked.push((format!("hidden.{n}"), rel_l2(h, &st_tensor(&reference, &format!("hidden.{n}")))));
-        }
-        let source = moeq::source::Source::open(&input).unwrap();
-        let weights = moeq::model::weights::Weights::new(&source, &input).unwrap();
-        let model = moeq::forward::Model::new(&weights).unwrap();
-        for n in 0..3 {
-            let x: Vec<f32> = st_tensor(&reference, &format!("moe_in.{n}")).iter().map(|&v| v as f32).collect();
-            let (out, routes) = model.ffn(n, &x).unwrap();
-            assert_eq!(routes.is_empty(), n == 0, "layer 0 is dense");
-            checked.push((format!("moe_out.{n}"), rel_l2(&out, &st_tensor(&reference, &format!("moe_out.{n}")))));
-        }
-        for (name, err) in checked {
-            assert!(err <= 1e-5, "{input:?}: {name} relative L2 {err:e}");
-        }
+        // Three layers run (layer 0 dense), the MTP block not.
+        assert_forward_matches_reference(&input, &glm(reference), 4, 3, |n| n == 0);
     }
 }
 
